@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+/**
+ * The `outpost` executable: parses the command word and hands the rest of the
+ * arguments to the command's module. Each command returns its exit status;
+ * this file owns process.exit and nothing else.
+ */
+import { readFileSync } from 'node:fs'
+import { packagePath } from './paths.js'
+
+export const EXIT_OK = 0
+export const EXIT_USAGE = 64
+export const EXIT_CONFIG = 78
+
+export const version: string = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version
+
+type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[]) => Promise<number> }> }
+
+const commands: Record<string, Command> = {
+  run: { summary: 'run the daemon', usage: 'outpost run [--config FILE]', load: () => import('./commands/run.js') },
+  'check-config': { summary: 'validate a site config without touching hardware', usage: 'outpost check-config FILE', load: () => import('./commands/check-config.js') },
+  sim: { summary: 'serve a simulated site over Modbus TCP', usage: 'outpost sim [--outlets N] [--port P]', load: () => import('./commands/sim.js') },
+  scan: { summary: 'probe a Modbus bus for meters and relays', usage: 'outpost scan --bus tcp://HOST:PORT | --bus rtu:/dev/ttyUSB0[@BAUD[,PARITY]] [--units 1-247]', load: () => import('./commands/scan.js') },
+  records: { summary: 'print journal records as JSON lines', usage: 'outpost records --config FILE [--from SEQ]', load: () => import('./commands/records.js') },
+  verify: { summary: 'check sequence and hash chain of the journal or a JSON-lines file', usage: 'outpost verify --config FILE | outpost verify FILE.jsonl', load: () => import('./commands/verify.js') },
+  repair: { summary: "run LevelDB's repair on the journal, then verify the chain", usage: 'outpost repair --config FILE', load: () => import('./commands/repair.js') },
+  reconcile: { summary: 'cloud-side consumer: collect, verify and ack a site\'s records', usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]', load: () => import('./commands/reconcile.js') },
+}
+
+export function helpText(): string {
+  const width = Math.max(...Object.keys(commands).map((c) => c.length))
+  return [
+    `outpost ${version} — pay-per-use EV charging on metered outlets`,
+    '',
+    'Usage: outpost <command> [options]',
+    '',
+    'Commands:',
+    ...Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Options:',
+    '  --help, -h     this text (or: outpost <command> --help)',
+    '  --version, -v  print the version',
+    '',
+    'Exit status: 0 ok, 64 usage error, 78 invalid config, other non-zero on a fatal fault.',
+  ].join('\n')
+}
+
+export async function cli(argv: string[]): Promise<number> {
+  const [word, ...rest] = argv
+  if (word === undefined || word === '--help' || word === '-h' || word === 'help') {
+    process.stdout.write(helpText() + '\n')
+    return word === undefined ? EXIT_USAGE : EXIT_OK
+  }
+  if (word === '--version' || word === '-v') {
+    process.stdout.write(version + '\n')
+    return EXIT_OK
+  }
+  const command = commands[word]
+  if (!command) {
+    process.stderr.write(`outpost: unknown command "${word}"\n\n${helpText()}\n`)
+    return EXIT_USAGE
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(`Usage: ${command.usage}\n  ${command.summary}\n`)
+    return EXIT_OK
+  }
+  const mod = await command.load()
+  return mod.main(rest)
+}
+
+// Run when executed, not when imported by a test.
+const invoked = process.argv[1] ?? ''
+if (invoked.endsWith('/cli.js') || invoked.endsWith('/outpost')) {
+  cli(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code
+    },
+    (err: unknown) => {
+      const e = err as { code?: string; message?: string }
+      process.stderr.write(`outpost: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
+      process.exitCode = 1
+    },
+  )
+}

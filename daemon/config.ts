@@ -1,0 +1,435 @@
+/**
+ * Site configuration: reading, JSON Schema validation (config/site.schema.json),
+ * the checks a schema cannot express, and defaults.
+ *
+ * Owns: turning a file into a SiteConfig or a complete list of problems, each
+ * with its JSON pointer. Never touches hardware, never starts anything.
+ * Defaults live in the schema's `default` keywords and nowhere else; ajv's
+ * useDefaults applies them, and the README's reference is generated from them.
+ */
+import { readFileSync, existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { parseTree, printParseErrorCode, type ParseError, visit } from 'jsonc-parser'
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
+import type { SiteConfig, PlanConfig } from './types.js'
+
+import { packagePath } from './paths.js'
+
+export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
+
+export interface ConfigProblem {
+  /** JSON pointer into the config ('' for the whole document). */
+  pointer: string
+  message: string
+  /** For malformed JSON: 1-based line and column. */
+  line?: number
+  column?: number
+}
+
+export type ConfigResult = { ok: true; config: SiteConfig } | { ok: false; problems: ConfigProblem[] }
+
+/** Models that ship with Outpost (drivers/models). Installer models come from models.dir. */
+export const BUILTIN_METER_MODELS = ['eastron-sdm120', 'eastron-sdm630', 'outpost-serial'] as const
+export const BUILTIN_RELAY_MODELS = ['modbus-coil', 'modbus-holding', 'outpost-serial'] as const
+const SERIAL_ONLY_MODELS = new Set(['outpost-serial'])
+
+let validator: ValidateFunction | undefined
+function compiled(): ValidateFunction {
+  validator ??= new Ajv2020({ allErrors: true, discriminator: true, useDefaults: true, strict: true, strictRequired: false }).compile(siteSchema)
+  return validator
+}
+
+/** Validate an already-parsed config. Applies defaults in place on success. */
+export function validateConfig(input: unknown): ConfigResult {
+  const copy = structuredClone(input)
+  const validate = compiled()
+  const problems: ConfigProblem[] = []
+  if (!validate(copy)) {
+    problems.push(...schemaProblems(validate.errors ?? []))
+  }
+  // Semantic checks run even when the schema failed, on whatever is well-formed enough,
+  // so the installer sees every problem in one go.
+  problems.push(...semanticProblems(copy))
+  if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
+  return { ok: true, config: copy as SiteConfig }
+}
+
+/** Read, parse and validate a config file. */
+export function loadConfigFile(file: string): ConfigResult {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.code === 'EISDIR' ? 'is a directory, not a file' : e.message
+    return { ok: false, problems: [{ pointer: '', message: `cannot read config: ${why}` }] }
+  }
+  const parsed = parseJson(text)
+  if (!parsed.ok) return { ok: false, problems: parsed.problems }
+  return validateConfig(parsed.value)
+}
+
+/** One line per problem, as `outpost check-config` prints them. */
+export function formatProblem(file: string, p: ConfigProblem): string {
+  if (p.line !== undefined) return `${file}:${p.line}:${p.column}: ${p.message}`
+  return `${file}: ${p.pointer === '' ? '/' : p.pointer}: ${p.message}`
+}
+
+// ---------------------------------------------------------------- JSON parsing
+
+/** Strict JSON with line/column on error and duplicate keys reported (JSON.parse keeps the last silently). */
+export function parseJson(text: string): { ok: true; value: unknown } | { ok: false; problems: ConfigProblem[] } {
+  const errors: ParseError[] = []
+  const tree = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false })
+  const problems: ConfigProblem[] = []
+  for (const e of errors) {
+    const { line, column } = lineColumn(text, e.offset)
+    problems.push({ pointer: '', line, column, message: `malformed JSON: ${describeParseError(printParseErrorCode(e.error))}` })
+  }
+  if (problems.length === 0 && tree === undefined) {
+    problems.push({ pointer: '', line: 1, column: 1, message: 'malformed JSON: the file is empty' })
+  }
+  if (problems.length > 0) return { ok: false, problems: problems.slice(0, 1) }
+  // Duplicate keys: walk once, tracking the pointer of each object.
+  const stack: { keys: Set<string>; path: string }[] = []
+  visit(text, {
+    onObjectBegin: (_o, _l, _sl, _sc, pathSupplier) => {
+      stack.push({ keys: new Set(), path: toPointer(pathSupplier()) })
+    },
+    onObjectEnd: () => {
+      stack.pop()
+    },
+    onObjectProperty: (name, offset) => {
+      const top = stack[stack.length - 1]
+      if (!top) return
+      if (top.keys.has(name)) {
+        const { line, column } = lineColumn(text, offset)
+        problems.push({ pointer: `${top.path}/${escapePointer(name)}`, line, column, message: `duplicate key "${name}" (JSON keeps only the last one)` })
+      }
+      top.keys.add(name)
+    },
+  })
+  if (problems.length > 0) return { ok: false, problems }
+  return { ok: true, value: JSON.parse(text) }
+}
+
+function describeParseError(code: string): string {
+  const words: Record<string, string> = {
+    InvalidSymbol: 'unexpected character',
+    InvalidNumberFormat: 'invalid number',
+    PropertyNameExpected: 'expected a quoted property name',
+    ValueExpected: 'expected a value',
+    ColonExpected: "expected ':'",
+    CommaExpected: "expected ',' (or a closing bracket)",
+    CloseBraceExpected: "expected '}'",
+    CloseBracketExpected: "expected ']'",
+    EndOfFileExpected: 'unexpected content after the end of the document',
+    InvalidCommentToken: 'comments are not allowed in JSON',
+    UnexpectedEndOfComment: 'unterminated comment',
+    UnexpectedEndOfString: 'unterminated string',
+    UnexpectedEndOfNumber: 'unterminated number',
+    InvalidUnicode: 'invalid unicode escape',
+    InvalidEscapeCharacter: 'invalid escape character',
+    InvalidCharacter: 'invalid character in string',
+  }
+  return words[code] ?? code
+}
+
+function lineColumn(text: string, offset: number): { line: number; column: number } {
+  let line = 1
+  let lineStart = 0
+  for (let i = 0; i < offset && i < text.length; i++) {
+    if (text.charCodeAt(i) === 10) {
+      line++
+      lineStart = i + 1
+    }
+  }
+  return { line, column: offset - lineStart + 1 }
+}
+
+function escapePointer(s: string): string {
+  return s.replace(/~/g, '~0').replace(/\//g, '~1')
+}
+function toPointer(parts: (string | number)[]): string {
+  return parts.map((p) => '/' + escapePointer(String(p))).join('')
+}
+
+// ---------------------------------------------------------------- schema errors
+
+const PATTERN_WORDS: Record<string, string> = {
+  '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$': "must be an id: a letter or digit, then letters, digits, '-', '_' or '.' (at most 64)",
+  '^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$': 'must be a time HH:MM from 00:00 to 23:59 (24:00 only as an end)',
+  '^[A-Z]{3}$': 'must be an ISO 4217 currency code such as CAD',
+  '^[a-z0-9][a-z0-9_.-]{0,63}$': "must be a model name: lower-case letters, digits, '-', '_' or '.'",
+}
+
+function schemaProblems(errors: ErrorObject[]): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  for (const e of errors) {
+    const at = e.instancePath
+    const p = e.params as Record<string, unknown>
+    switch (e.keyword) {
+      case 'required':
+        out.push({ pointer: `${at}/${escapePointer(String(p.missingProperty))}`, message: 'is required' })
+        break
+      case 'additionalProperties': {
+        const allowed = Object.keys((e.parentSchema as { properties?: object })?.properties ?? {}).filter((k) => k !== '$schema')
+        out.push({ pointer: `${at}/${escapePointer(String(p.additionalProperty))}`, message: `unknown key (allowed here: ${allowed.join(', ')})` })
+        break
+      }
+      case 'type':
+        out.push({ pointer: at, message: `must be ${article(String(p.type))}` })
+        break
+      case 'enum':
+        out.push({ pointer: at, message: `must be one of: ${(p.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}` })
+        break
+      case 'const':
+        out.push({ pointer: at, message: `must be ${JSON.stringify(p.allowedValue)}` })
+        break
+      case 'pattern':
+        out.push({ pointer: at, message: PATTERN_WORDS[String(p.pattern)] ?? describePattern(at, String(p.pattern)) })
+        break
+      case 'minimum':
+      case 'maximum':
+      case 'exclusiveMinimum':
+      case 'exclusiveMaximum': {
+        const op = { minimum: '>=', maximum: '<=', exclusiveMinimum: '>', exclusiveMaximum: '<' }[e.keyword]
+        out.push({ pointer: at, message: `must be ${op} ${String(p.limit)}` })
+        break
+      }
+      case 'minItems':
+        out.push({ pointer: at, message: `must have at least ${String(p.limit)} item${p.limit === 1 ? '' : 's'}` })
+        break
+      case 'minLength':
+        out.push({ pointer: at, message: Number(p.limit) === 1 ? 'must not be empty' : `must be at least ${String(p.limit)} characters` })
+        break
+      case 'maxLength':
+        out.push({ pointer: at, message: `must be at most ${String(p.limit)} characters` })
+        break
+      case 'uniqueItems':
+        out.push({ pointer: at, message: `must not repeat items (items ${String(p.j)} and ${String(p.i)} are the same)` })
+        break
+      case 'discriminator':
+        if (p.error === 'mapping') {
+          out.push({ pointer: `${at}/type`, message: 'must be one of: "modbus-rtu", "modbus-tcp", "serial"' })
+        } else {
+          out.push({ pointer: `${at}/type`, message: 'is required (one of "modbus-rtu", "modbus-tcp", "serial")' })
+        }
+        break
+      case 'oneOf':
+      case 'if':
+        break // the branch's own errors say what is wrong
+      default:
+        out.push({ pointer: at, message: e.message ?? e.keyword })
+    }
+  }
+  return out
+}
+
+function describePattern(at: string, pattern: string): string {
+  if (at.endsWith('/url')) return 'must be a broker URL: mqtt://, mqtts://, ws:// or wss:// followed by host[:port]'
+  if (at.endsWith('/listen')) return 'must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080'
+  if (at.endsWith('/topicPrefix')) return "must not contain '#', '+' or spaces"
+  if (at.endsWith('/httpAdminRoot')) return "must start with '/'"
+  return `must match ${pattern}`
+}
+
+function article(type: string): string {
+  return type
+    .split(',')
+    .map((t) => ({ object: 'an object', array: 'an array', integer: 'an integer', null: 'null', number: 'a number', string: 'a string', boolean: 'true or false' })[t] ?? t)
+    .join(' or ')
+}
+
+function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
+  const seen = new Set<string>()
+  return problems.filter((p) => {
+    const k = `${p.pointer}\u0000${p.message}`
+    if (seen.has(k)) return false
+    seen.add(k)
+    return true
+  })
+}
+
+// ---------------------------------------------------------------- semantic checks
+
+type Loose = Record<string, unknown>
+const isObj = (v: unknown): v is Loose => typeof v === 'object' && v !== null && !Array.isArray(v)
+const arr = (v: unknown): unknown[] => (Array.isArray(v) ? v : [])
+const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined)
+
+/** Checks a schema cannot express. Tolerates a config the schema rejected. */
+function semanticProblems(cfg: unknown): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  if (!isObj(cfg)) return out
+  const site = isObj(cfg.site) ? cfg.site : {}
+  const tz = str(site.timezone)
+  if (tz !== undefined && tz !== '' && !isTimeZone(tz)) {
+    out.push({ pointer: '/site/timezone', message: `"${tz}" is not an IANA time zone (e.g. America/Vancouver, Europe/Berlin, UTC)` })
+  }
+
+  const buses = new Map<string, Loose>()
+  arr(cfg.buses).forEach((b, i) => {
+    if (!isObj(b)) return
+    const id = str(b.id)
+    if (id === undefined) return
+    if (buses.has(id)) out.push({ pointer: `/buses/${i}/id`, message: `duplicate bus id "${id}"` })
+    else buses.set(id, b)
+  })
+  const busPaths = new Map<string, number>()
+  arr(cfg.buses).forEach((b, i) => {
+    if (!isObj(b) || b.type === 'modbus-tcp') return
+    const path = str(b.path)
+    if (path === undefined) return
+    const first = busPaths.get(path)
+    if (first !== undefined) out.push({ pointer: `/buses/${i}/path`, message: `serial port "${path}" is already used by /buses/${first}; one port is one bus` })
+    else busPaths.set(path, i)
+  })
+
+  const plans = new Map<string, Loose>()
+  arr(cfg.plans).forEach((p, i) => {
+    if (!isObj(p)) return
+    const id = str(p.id)
+    if (id !== undefined) {
+      if (plans.has(id)) out.push({ pointer: `/plans/${i}/id`, message: `duplicate plan id "${id}"` })
+      else plans.set(id, p)
+    }
+    out.push(...planProblems(p, `/plans/${i}`))
+  })
+
+  const outletIds = new Set<string>()
+  const meterUnits = new Map<string, string>() // `${bus}#${unit}` -> pointer
+  const relayPoints = new Map<string, string>() // `${bus}#${unit}#${coil|reg}` -> pointer
+  const relayUnits = new Map<string, string>()
+  const modelsDir = isObj(cfg.models) ? str(cfg.models.dir) : undefined
+  arr(cfg.outlets).forEach((o, i) => {
+    if (!isObj(o)) return
+    const at = `/outlets/${i}`
+    const id = str(o.id)
+    if (id !== undefined) {
+      if (outletIds.has(id)) out.push({ pointer: `${at}/id`, message: `duplicate outlet id "${id}"` })
+      outletIds.add(id)
+    }
+    const busId = str(o.bus)
+    const bus = busId !== undefined ? buses.get(busId) : undefined
+    if (busId !== undefined && !bus) {
+      out.push({ pointer: `${at}/bus`, message: `unknown bus "${busId}" (buses: ${[...buses.keys()].join(', ') || 'none'})` })
+    }
+    const planId = str(o.plan)
+    if (planId !== undefined && !plans.has(planId)) {
+      out.push({ pointer: `${at}/plan`, message: `unknown plan "${planId}" (plans: ${[...plans.keys()].join(', ') || 'none'})` })
+    }
+    const serialBus = bus?.type === 'serial'
+    const meter = isObj(o.meter) ? o.meter : undefined
+    const relay = isObj(o.relay) ? o.relay : undefined
+    if (meter) {
+      const model = str(meter.model)
+      if (model !== undefined) out.push(...modelProblems(model, 'meter', `${at}/meter/model`, BUILTIN_METER_MODELS, modelsDir, bus ? serialBus : undefined))
+      if (busId !== undefined && typeof meter.unit === 'number') {
+        const k = `${busId}#${meter.unit}`
+        const prev = meterUnits.get(k) ?? relayUnits.get(k)
+        if (prev) out.push({ pointer: `${at}/meter/unit`, message: `unit ${meter.unit} on bus "${busId}" is already claimed by ${prev}` })
+        else meterUnits.set(k, `${at}/meter`)
+      }
+    }
+    if (relay) {
+      const model = str(relay.model)
+      if (model !== undefined) out.push(...modelProblems(model, 'relay', `${at}/relay/model`, BUILTIN_RELAY_MODELS, modelsDir, bus ? serialBus : undefined))
+      if (model === 'modbus-coil' && relay.coil === undefined) out.push({ pointer: `${at}/relay/coil`, message: 'is required for a modbus-coil relay' })
+      if (model === 'modbus-holding' && relay.register === undefined) out.push({ pointer: `${at}/relay/register`, message: 'is required for a modbus-holding relay' })
+      if (busId !== undefined && typeof relay.unit === 'number') {
+        const uk = `${busId}#${relay.unit}`
+        const meterThere = meterUnits.get(uk)
+        // A relay may share its unit with this outlet's own meter (a meter with a built-in relay), not another's.
+        if (meterThere && meterThere !== `${at}/meter`) {
+          out.push({ pointer: `${at}/relay/unit`, message: `unit ${relay.unit} on bus "${busId}" is the meter of ${meterThere.replace('/meter', '')}` })
+        }
+        relayUnits.set(uk, `${at}/relay`)
+        const point = relay.coil ?? relay.register ?? 'relay'
+        const pk = `${uk}#${String(point)}`
+        const prev = relayPoints.get(pk)
+        const what = relay.coil !== undefined ? 'coil' : relay.register !== undefined ? 'register' : 'unit'
+        if (prev) out.push({ pointer: `${at}/relay/${what === 'unit' ? 'unit' : what}`, message: `${what} ${String(point)} of unit ${relay.unit} on bus "${busId}" is already switched by ${prev}` })
+        else relayPoints.set(pk, at)
+      }
+    }
+    if (isObj(o.autoStart) && !relay) {
+      out.push({ pointer: `${at}/autoStart`, message: 'auto-start needs a relay: an outlet without one can never be switched off for its user' })
+    }
+  })
+  return out
+}
+
+function modelProblems(model: string, kind: 'meter' | 'relay', pointer: string, builtin: readonly string[], modelsDir: string | undefined, serialBus: boolean | undefined): ConfigProblem[] {
+  const known = builtin.includes(model) || (modelsDir !== undefined && existsSync(join(modelsDir, `${model}.json`)))
+  if (!known) {
+    const where = modelsDir ? ` or a file ${join(modelsDir, model + '.json')}` : ' (or set models.dir for your own)'
+    return [{ pointer, message: `unknown ${kind} model "${model}": expected one of ${builtin.join(', ')}${where}` }]
+  }
+  if (serialBus === undefined) return []
+  if (serialBus && !SERIAL_ONLY_MODELS.has(model)) return [{ pointer, message: `"${model}" is a Modbus model but the outlet's bus is a plain serial bus (use outpost-serial)` }]
+  if (!serialBus && SERIAL_ONLY_MODELS.has(model)) return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
+  return []
+}
+
+function planProblems(p: Loose, at: string): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  const currency = str(p.currency)
+  let minorDigits: number | undefined
+  if (currency !== undefined && /^[A-Z]{3}$/.test(currency)) {
+    minorDigits = currencyMinorDigits(currency)
+    if (minorDigits === undefined) out.push({ pointer: `${at}/currency`, message: `"${currency}" is not a known ISO 4217 currency` })
+  }
+  if (typeof p.activationFee === 'number') {
+    if (!hasAtMostDecimals(p.activationFee, 6)) out.push({ pointer: `${at}/activationFee`, message: `${p.activationFee} has more than 6 decimals` })
+    else if (minorDigits !== undefined && !hasAtMostDecimals(p.activationFee, minorDigits)) {
+      out.push({ pointer: `${at}/activationFee`, message: `${p.activationFee} cannot be charged in ${currency} (at most ${minorDigits} decimals)` })
+    }
+  }
+  arr(p.periods).forEach((period, j) => {
+    if (!isObj(period)) return
+    const pat = `${at}/periods/${j}`
+    for (const k of ['perKwh', 'perHour'] as const) {
+      const v = period[k]
+      if (typeof v === 'number' && !hasAtMostDecimals(v, 6)) out.push({ pointer: `${pat}/${k}`, message: `${v} has more than 6 decimals (rates are exact to a millionth)` })
+    }
+    const from = str(period.from)
+    const to = str(period.to)
+    if (from === '24:00') out.push({ pointer: `${pat}/from`, message: '24:00 is only valid as an end; use 00:00' })
+    if (from !== undefined && to !== undefined && from === to && /^\d\d:\d\d$/.test(from)) {
+      out.push({ pointer: `${pat}/to`, message: `from and to are both ${from}: an empty window (use 00:00-24:00 for all day)` })
+    }
+    if (period.unavailable !== true && period.perKwh === undefined && period.perHour === undefined) {
+      out.push({ pointer: pat, message: 'a period needs perKwh, perHour or "unavailable": true' })
+    }
+    if (period.unavailable === true && (period.perKwh !== undefined || period.perHour !== undefined)) {
+      out.push({ pointer: `${pat}/unavailable`, message: 'an unavailable period cannot also have rates' })
+    }
+  })
+  return out
+}
+
+/** Exactly representable with at most `n` decimals (as written in the JSON). */
+export function hasAtMostDecimals(v: number, n: number): boolean {
+  if (!Number.isFinite(v)) return false
+  return Number(v.toFixed(n)) === v
+}
+
+export function isTimeZone(tz: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: tz })
+    return true
+  } catch {
+    return false
+  }
+}
+
+let currencies: Set<string> | undefined
+/** Minor-unit digits of an ISO 4217 currency (CAD 2, JPY 0, BHD 3), undefined if unknown. */
+export function currencyMinorDigits(code: string): number | undefined {
+  currencies ??= new Set(Intl.supportedValuesOf('currency'))
+  if (!currencies.has(code)) return undefined
+  return new Intl.NumberFormat('en', { style: 'currency', currency: code }).resolvedOptions().maximumFractionDigits
+}
+
+export type { PlanConfig }

@@ -1,0 +1,288 @@
+/**
+ * Shared domain types: the seams between the session engine, the drivers, the
+ * journal, the uplink and the local API. Each side codes against these; no
+ * module here does any work. Names follow ../docs/contract.md.
+ */
+
+// ---------------------------------------------------------------- site config
+
+export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'
+
+export interface SiteConfig {
+  site: { id: string; name?: string; timezone: string }
+  storage: { dir: string; retentionDays: number; readingSyncMs: number }
+  models?: { dir?: string }
+  buses: BusConfig[]
+  outlets: OutletConfig[]
+  plans: PlanConfig[]
+  sessions: SessionSettings
+  offline: { limitMinutes: number | null }
+  uplink?: UplinkConfig
+  api?: ApiConfig
+  nodeRed?: NodeRedConfig
+  logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
+}
+
+export interface ModbusRtuBusConfig {
+  id: string
+  type: 'modbus-rtu'
+  path: string
+  baudRate: number
+  parity: 'none' | 'even' | 'odd'
+  dataBits: 7 | 8
+  stopBits: 1 | 2
+  timeoutMs: number
+  retries: number
+  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
+  interFrameMs?: number
+}
+
+export interface ModbusTcpBusConfig {
+  id: string
+  type: 'modbus-tcp'
+  host: string
+  port: number
+  timeoutMs: number
+  retries: number
+}
+
+/** Plain serial: outlet controllers speaking Outpost's ASCII line protocol. */
+export interface SerialBusConfig {
+  id: string
+  type: 'serial'
+  path: string
+  baudRate: number
+  parity: 'none' | 'even' | 'odd'
+  dataBits: 7 | 8
+  stopBits: 1 | 2
+  timeoutMs: number
+  retries: number
+}
+
+export type BusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
+
+export interface OutletConfig {
+  id: string
+  name?: string
+  bus: string
+  meter: { model: string; unit: number; delayMs?: number }
+  relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
+  plan: string
+  /** Continuous rating; readings far above it are impossible (meter fault). */
+  ratingA: number
+  autoStart?: { userId: string }
+}
+
+export interface PeriodConfig {
+  days: Weekday[]
+  /** "HH:MM" local time. */
+  from: string
+  /** "HH:MM" local time, "24:00" allowed; to < from wraps past midnight. */
+  to: string
+  perKwh?: number
+  perHour?: number
+  unavailable?: boolean
+}
+
+export interface PlanConfig {
+  id: string
+  name?: string
+  currency: string
+  /** In currency units (decimal), charged once per session that drew current. */
+  activationFee?: number
+  periods: PeriodConfig[]
+}
+
+export interface SessionSettings {
+  pollMs: number
+  graceSeconds: number
+  minChargeA: number
+  autoStartA: number
+  noCurrentA: number
+  noCurrentHoldMs: number
+  meterFaultMs: number
+  /** charge-complete vs unplugged: tapered when the last minute's mean current < taperRatio × session peak. */
+  taperRatio: number
+  /** Period of meter.reconciliation records per outlet. */
+  reconciliationMinutes: number
+}
+
+export interface UplinkConfig {
+  url: string
+  topicPrefix: string
+  clientId?: string
+  username?: string
+  password?: string
+  passwordFile?: string
+  caFile?: string
+  certFile?: string
+  keyFile?: string
+  keepaliveS: number
+  /** Records in flight (published, not yet acknowledged) at most. */
+  windowRecords: number
+  /** Records per P/records message at most. */
+  batchRecords: number
+  reconnectMaxMs: number
+}
+
+export interface ApiConfig {
+  listen: string
+  token: string
+}
+
+export interface NodeRedConfig {
+  enabled: boolean
+  /** Where the editor is served: a path under the API's listener. */
+  httpAdminRoot: string
+  adminAuth?: { username: string; passwordHash: string }
+  flowFile?: string
+}
+
+// ---------------------------------------------------------------- readings
+
+/** One sample of one outlet's meter. Energy is the meter's own lifetime register. */
+export interface Reading {
+  /** Wall-clock epoch milliseconds of the sample (from the injected clock). */
+  ts: number
+  currentA: number
+  powerW: number
+  energyWh: number
+  voltageV: number
+}
+
+// ---------------------------------------------------------------- records
+
+export type EndReason =
+  | 'user-stopped'
+  | 'manager-stopped'
+  | 'wallet-depleted'
+  | 'unplugged'
+  | 'charge-complete'
+  | 'grace-expired'
+  | 'plan-unavailable'
+  | 'power-loss'
+  | 'reboot'
+  | 'meter-fault'
+  | 'offline-limit'
+
+export type SessionTrigger = 'activation' | 'auto-start'
+
+export interface BillingLine {
+  /** ISO 8601 UTC with milliseconds. */
+  from: string
+  to: string
+  energyWh: number
+  seconds: number
+  perKwh: number | null
+  perHour: number | null
+  /** Integer millionths of the currency unit. */
+  amountMicros: number
+}
+
+/** What the engine emits; the journal adds seq, bootId, clockSynced, prev, hash. */
+export type RecordBody =
+  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean }
+  | {
+      type: 'session.started'
+      ts: string
+      sessionId: string
+      outlet: string
+      userId: string
+      planId: string
+      trigger: SessionTrigger
+      meterWh: number
+    }
+  | {
+      type: 'session.ended'
+      ts: string
+      sessionId: string
+      outlet: string
+      userId: string
+      planId: string
+      trigger: SessionTrigger
+      startedAt: string
+      endedAt: string
+      reason: EndReason
+      durationS: number
+      energyWh: number
+      meterStartWh: number
+      meterEndWh: number
+      currency: string
+      lines: BillingLine[]
+      activationFee: number
+      total: number
+      offline: boolean
+    }
+  | { type: 'outlet.fault'; ts: string; outlet: string; detail: string }
+  | { type: 'outlet.recovered'; ts: string; outlet: string; detail: string }
+  | {
+      type: 'meter.reconciliation'
+      ts: string
+      outlet: string
+      from: string
+      to: string
+      meterStartWh: number
+      meterEndWh: number
+      billedWh: number
+      unbilledWh: number
+    }
+
+export type RecordType = RecordBody['type']
+
+/** A journaled record as the cloud sees it. */
+export type JournalRecord = RecordBody & {
+  seq: number
+  bootId: string
+  clockSynced: boolean
+  /** Hash of the previous record, 64 zeros for seq 1. */
+  prev: string
+  /** Lowercase hex SHA-256 of the RFC 8785 canonical JSON of the record without `hash`. */
+  hash: string
+}
+
+// ---------------------------------------------------------------- outlet status
+
+export type OutletState = 'off' | 'armed' | 'pending' | 'charging' | 'unavailable' | 'fault'
+
+/** Published on P/outlets/{id} and served by GET /api/outlets. */
+export interface OutletStatus {
+  outlet: string
+  state: OutletState
+  sessionId?: string
+  userId?: string
+  currentA: number
+  powerW: number
+  /** Energy of the open session so far, else 0. */
+  energyWh: number
+  /** Cost of the open session so far, in minor units, else 0. */
+  cost: number
+  currency?: string
+  ts: string
+}
+
+// ---------------------------------------------------------------- commands
+
+export type Command =
+  | { action: 'start'; outlet: string; userId: string }
+  | { action: 'stop'; outlet: string; by: 'user' | 'manager' }
+  | { action: 'set-wallet'; userId: string; currency: string; balance: number }
+  | { action: 'set-auto-start'; outlet: string; userId: string | null }
+  | { action: 'set-availability'; outlet: string; available: boolean }
+  | { action: 'set-plan'; plan: PlanConfig }
+  | { action: 'assign-plan'; outlet: string; planId: string }
+
+export type CommandResult =
+  | { id: string; ok: true; result?: unknown }
+  | { id: string; ok: false; error: { code: string; message: string } }
+
+// ---------------------------------------------------------------- errors
+
+/** An error with a stable code; messages may change between versions, codes don't. */
+export class OutpostError extends Error {
+  readonly code: string
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+    this.name = 'OutpostError'
+  }
+}
