@@ -286,3 +286,32 @@ export class OutpostError extends Error {
     this.name = 'OutpostError'
   }
 }
+
+// ---------------------------------------------------------------- journal seams
+
+/**
+ * The engine's state as the journal persists it: plain JSON (no Map, class or
+ * undefined-vs-missing tricks), structurally shared between steps so the journal
+ * can write only the top-level sections and `outlets[id]` entries whose object
+ * identity changed.
+ */
+export interface PersistedEngineState {
+  outlets: Record<string, unknown>
+  [section: string]: unknown
+}
+
+/** The journal's record log as the uplink and the API read it. */
+export interface RecordLog {
+  /** Last seq written, 0 when empty. */
+  head(): number
+  /** The cloud's ack watermark: it durably holds every record up to here. */
+  acked(): number
+  /** Oldest seq still held (earlier ones were compacted), head()+1 when empty. */
+  oldest(): number
+  /** Records with seq >= from, in order, at most `limit`. Throws OutpostError('JOURNAL_COMPACTED') when from < oldest(). */
+  read(from: number, limit: number): Promise<JournalRecord[]>
+  /** Durably advance the ack watermark; values <= acked() are ignored, values > head() are clamped. */
+  ack(upTo: number): Promise<void>
+  /** Called after every durable append with the new head. Returns an unsubscribe function. */
+  onAppend(listener: (head: number) => void): () => void
+}
