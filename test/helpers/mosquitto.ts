@@ -77,6 +77,8 @@ export async function startMosquitto(t?: Teardownable, opts: BrokerOptions = {})
 
   const writeConf = () => {
     const lines = [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'log_dest stderr', 'log_type error', 'log_type warning']
+    // Started as root, mosquitto drops to the 'mosquitto' user, which cannot read our 0700 temp dir.
+    if (process.getuid?.() === 0) lines.push('user root')
     if (opts.tls) {
       lines.push(`cafile ${opts.tls.caFile}`, `certfile ${opts.tls.certFile}`, `keyfile ${opts.tls.keyFile}`)
       if (opts.tls.requireCertificate) lines.push('require_certificate true')
