@@ -100,7 +100,7 @@ export async function main(argv: string[]): Promise<number> {
       if (consumer.chainBreak()) return finish(1)
       const oldest = consumer.compacted()
       if (oldest !== undefined && consumer.held() < oldest - 1) return finish(1)
-      if (values['until-head'] && consumer.head() > 0 && consumer.held() >= consumer.head()) finish(0)
+      if (values['until-head'] && consumer.headConfirmed() && consumer.held() >= consumer.head()) finish(0)
     }, 200)
     const timer = timeoutS !== undefined ? setTimeout(() => finish(1), timeoutS * 1000) : undefined
   })

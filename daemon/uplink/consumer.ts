@@ -79,6 +79,9 @@ export class ReconcilingConsumer {
   private pullSeq = 0
   /** The last pull answer said there is more: ask for the next page without waiting. */
   private pullNow = false
+  /** Pull once right after connecting: the answer's head is the gateway's own, fresher than a retained status. */
+  private probe = false
+  private headFromGateway = false
   private readonly pullPrefix = `rc${randomBytes(4).toString('hex')}`
   private tick?: NodeJS.Timeout
   private breakInfo?: ChainBreak
@@ -109,6 +112,10 @@ export class ReconcilingConsumer {
   head(): number {
     return this.siteHead
   }
+  /** Whether head() comes from a pull answer on the current run (the gateway's live head), not just the file or a retained status. */
+  headConfirmed(): boolean {
+    return this.headFromGateway
+  }
   /** The first chain break seen, if any: nothing after it is kept or acked. */
   chainBreak(): ChainBreak | undefined {
     return this.breakInfo
@@ -138,7 +145,10 @@ export class ReconcilingConsumer {
     this.client = client
     client.on('connect', () => {
       this.logger.info({ url: safeUrl(this.opts.url), held: this.end.seq }, 'connected')
-      client.subscribe([this.t.records, this.t.status, `${this.t.pull}/+`], { qos: 1 })
+      client.subscribe([this.t.records, this.t.status, `${this.t.pull}/+`], { qos: 1 }, () => {
+        this.probe = true
+        this.maybePull()
+      })
       // Tell the gateway what we hold: it may have records we lost (an empty file) or we may hold more than it knows.
       if (this.end.seq > 0) this.sendAck()
     })
@@ -278,7 +288,10 @@ export class ReconcilingConsumer {
       return []
     }
     if (this.pull && a.requestId === this.pull.requestId) this.pull = undefined
-    if (typeof a.head === 'number' && a.head > this.siteHead) this.siteHead = a.head
+    if (typeof a.head === 'number') {
+      if (a.head > this.siteHead) this.siteHead = a.head
+      this.headFromGateway = true
+    }
     if (a.next !== null && a.next !== undefined) this.pullNow = true
     if (a.error) {
       if (a.error.code === 'compacted' && typeof a.error.oldest === 'number') {
@@ -345,14 +358,16 @@ export class ReconcilingConsumer {
     let ahead = 0
     for (const s of this.pending.keys()) if (s > from && (ahead === 0 || s < ahead)) ahead = s
     const behind = this.siteHead >= from
-    if (!behind && ahead === 0) return
-    if (!this.pullNow && now - this.lastProgressAt < this.gapWaitMs) return
+    if (!behind && ahead === 0 && !this.probe) return
+    if (!this.pullNow && !this.probe && now - this.lastProgressAt < this.gapWaitMs) return
     this.pullNow = false
-    const to = ahead > 0 ? ahead - 1 : this.siteHead
+    const probing = this.probe && !behind && ahead === 0
+    this.probe = false
+    const to = probing ? undefined : ahead > 0 ? ahead - 1 : this.siteHead
     const requestId = `${this.pullPrefix}-${++this.pullSeq}`
     this.pull = { requestId, at: now }
     this.stats.pulls++
     this.lastProgressAt = now // one pull per wait, not one per tick
-    client.publish(this.t.pull, JSON.stringify({ requestId, from, to, limit: this.pullLimit }), { qos: 1 })
+    client.publish(this.t.pull, JSON.stringify({ requestId, from, ...(to !== undefined ? { to } : {}), limit: this.pullLimit }), { qos: 1 })
   }
 }

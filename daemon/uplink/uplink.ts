@@ -314,8 +314,12 @@ export class Uplink {
 
   private publishStatus(): void {
     clearTimeout(this.statusTimer)
-    this.statusTimer = undefined
-    const payload = JSON.stringify({ online: true, version: this.opts.version, bootId: this.opts.bootId, head: this.log.head() })
+    const head = this.log.head()
+    this.statusTimer = setTimeout(() => {
+      this.statusTimer = undefined
+      if (this.online && this.log.head() !== head) this.publishStatus()
+    }, this.statusIntervalMs)
+    const payload = JSON.stringify({ online: true, version: this.opts.version, bootId: this.opts.bootId, head })
     this.client?.publish(this.t.status, payload, { qos: 1, retain: true }, () => undefined)
   }
 
@@ -331,12 +335,8 @@ export class Uplink {
 
   private onAppend(): void {
     if (!this.online) return
-    if (!this.statusTimer) {
-      this.statusTimer = setTimeout(() => {
-        this.statusTimer = undefined
-        if (this.online) this.publishStatus()
-      }, this.statusIntervalMs)
-    }
+    // P/status carries the head: publish at once after a quiet spell, then at most every statusIntervalMs.
+    if (!this.statusTimer) this.publishStatus()
     void this.pump()
   }
 
