@@ -25,6 +25,9 @@ import type { PullAnswer } from './pull.js'
 import { topics, type Topics } from './topics.js'
 import { CHAIN_START, isRecordShape, verifyChain, type ChainBreak, type ChainPoint } from './chain.js'
 
+/** Messages handled per write+fsync+ack round at most. */
+const ACK_EVERY_MESSAGES = 4
+
 export interface ConsumerOptions extends BrokerAuth {
   url: string
   siteId: string
@@ -239,8 +242,9 @@ export class ReconcilingConsumer {
   private async work(): Promise<void> {
     try {
       while (this.incoming.length > 0) {
-        const batch = this.incoming
-        this.incoming = []
+        // Up to ACK_EVERY_MESSAGES per write+fsync+ack: acking often keeps the gateway's window sliding
+        // instead of draining it to empty and refilling (stop-and-wait at window size).
+        const batch = this.incoming.splice(0, ACK_EVERY_MESSAGES)
         let sawRecords = false
         for (const m of batch) {
           const records = m.kind === 'records' ? this.parseRecords(m.payload) : this.parsePullAnswer(m.payload)

@@ -1,0 +1,238 @@
+/**
+ * Uplink benchmark: drain a 100,000-record backlog to a local mosquitto, with
+ * the reconciling consumer (`outpost reconcile`, a separate process) writing,
+ * fsyncing and acking, against a raw mqtt.js QoS 1 publish loop of the same
+ * payloads (the same JSON batches, the same bound on messages awaiting PUBACK,
+ * no end-to-end flow control) to the same consumer in the same run. Both end
+ * when the consumer acks the last record, so the ratio is the cost of the
+ * uplink's window/ack protocol and of reading the journal page by page. Also
+ * the uplink process's heap during the drain, against the raw loop's.
+ *
+ * Runs alone: `node dist/bench/uplink.js` (after `npm run build`).
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setFlagsFromString } from 'node:v8'
+import { runInNewContext } from 'node:vm'
+import mqtt from 'mqtt'
+import { row, repeat, type BenchRow } from './lib.js'
+import { Uplink } from '../daemon/uplink/uplink.js'
+import { packagePath } from '../daemon/paths.js'
+import { MemoryLog, bodies } from '../test/helpers/memory-log.js'
+import { startMosquitto, type Broker } from '../test/helpers/mosquitto.js'
+import type { JournalRecord } from '../daemon/types.js'
+
+const RECORDS = Number(process.env.OUTPOST_BENCH_UPLINK_RECORDS ?? 100_000)
+const BATCH = 100
+const WINDOW = Number(process.env.OUTPOST_BENCH_UPLINK_WINDOW ?? 2000)
+const RUNS = Number(process.env.OUTPOST_BENCH_UPLINK_RUNS ?? 3)
+
+interface Measured {
+  recordsPerS: number
+  /** Peak heap above the level just before the drain, MB. */
+  heapMB: number
+}
+
+function sampler(): { stop(): number } {
+  const base = process.memoryUsage().heapUsed
+  let peak = base
+  const timer = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().heapUsed)
+  }, 20)
+  return {
+    stop() {
+      clearInterval(timer)
+      peak = Math.max(peak, process.memoryUsage().heapUsed)
+      return (peak - base) / 1e6
+    },
+  }
+}
+
+/** A gc() even without --expose-gc, so the memory figure is live data, not garbage waiting for collection. */
+function gcFunction(): () => void {
+  setFlagsFromString('--expose-gc')
+  return runInNewContext('gc') as () => void
+}
+
+/** Peak live heap (after a full GC, sampled every 500 ms) above the level just before, MB. */
+function liveSampler(): { stop(): number } {
+  const gc = gcFunction()
+  gc()
+  const base = process.memoryUsage().heapUsed
+  let peak = base
+  const timer = setInterval(() => {
+    gc()
+    peak = Math.max(peak, process.memoryUsage().heapUsed)
+  }, 500)
+  return {
+    stop() {
+      clearInterval(timer)
+      return (peak - base) / 1e6
+    },
+  }
+}
+
+function waitUntil(cond: () => boolean, what: string | (() => string), timeoutMs = 120_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  return new Promise((resolve, reject) => {
+    const tick = () => {
+      if (cond()) return resolve()
+      if (Date.now() > deadline) return reject(new Error(`bench: timed out waiting for ${typeof what === 'string' ? what : what()}`))
+      setTimeout(tick, 5)
+    }
+    tick()
+  })
+}
+
+function exited(c: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => (c.exitCode !== null ? resolve(c.exitCode) : c.once('exit', (code) => resolve(code))))
+}
+
+/** `outpost reconcile` in its own process, connected: verifies, writes, fsyncs and acks what it receives. */
+async function startConsumer(broker: Broker, siteId: string, dir: string): Promise<ChildProcess> {
+  const consumer = spawn(process.execPath, [packagePath('dist', 'daemon', 'cli.js'), 'reconcile', '--url', broker.url, '--site', siteId, '--out', join(dir, `${siteId}.jsonl`)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  let stderr = ''
+  consumer.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
+  try {
+    await waitUntil(() => stderr.includes('"msg":"connected"'), 'the consumer to connect', 30_000)
+  } catch (err) {
+    consumer.kill('SIGKILL')
+    throw err
+  }
+  return consumer
+}
+
+async function stopConsumer(c: ChildProcess): Promise<void> {
+  c.kill('SIGTERM')
+  await exited(c)
+}
+
+/** The uplink draining `log` to the consumer: done when the journal's ack watermark reaches the head. */
+async function drainWithUplink(broker: Broker, log: MemoryLog, dir: string, run: number, live = false): Promise<Measured> {
+  const siteId = `up${run}`
+  const consumer = await startConsumer(broker, siteId, dir)
+  try {
+    const uplink = new Uplink({
+      config: { url: broker.url, topicPrefix: 'outpost', keepaliveS: 30, windowRecords: WINDOW, batchRecords: BATCH, reconnectMaxMs: 30_000 },
+      siteId,
+      log,
+      version: 'bench',
+      bootId: 'bench',
+      onCommand: async () => ({ id: '', ok: true }),
+      now: () => Date.now(),
+    })
+    const mem = live ? liveSampler() : sampler()
+    const t0 = process.hrtime.bigint()
+    uplink.start()
+    await waitUntil(() => log.acked() === log.head(), () => `the backlog to be acked (site ${siteId}; acked ${log.acked()} of ${log.head()}, uplink ${JSON.stringify(uplink.state())})`)
+    const s = Number(process.hrtime.bigint() - t0) / 1e9
+    const heapMB = mem.stop()
+    await uplink.stop()
+    return { recordsPerS: log.head() / s, heapMB }
+  } finally {
+    await stopConsumer(consumer)
+  }
+}
+
+/**
+ * The baseline: the same batches published by a bare mqtt.js QoS 1 loop (at most
+ * the same number of messages awaiting PUBACK, no end-to-end flow control) to the
+ * same consumer; done when the consumer acks the last seq.
+ */
+async function drainRaw(broker: Broker, payloads: string[], dir: string, run: number): Promise<Measured> {
+  const siteId = `raw${run}`
+  const consumer = await startConsumer(broker, siteId, dir)
+  const client = await mqtt.connectAsync(broker.url, { clientId: `raw-pub-${run}`, reconnectPeriod: 0 })
+  try {
+    let acked = 0
+    client.on('message', (_t, p) => (acked = Math.max(acked, (JSON.parse(p.toString()) as { upTo: number }).upTo)))
+    await client.subscribeAsync(`outpost/${siteId}/ack`, { qos: 1 })
+    const inFlightMax = Math.ceil(WINDOW / BATCH)
+    const topic = `outpost/${siteId}/records`
+    const mem = sampler()
+    const t0 = process.hrtime.bigint()
+    await new Promise<void>((resolve, reject) => {
+      let next = 0
+      let inFlight = 0
+      const pump = () => {
+        while (inFlight < inFlightMax && next < payloads.length) {
+          inFlight++
+          client.publish(topic, payloads[next++]!, { qos: 1 }, (err) => {
+            if (err) return reject(err)
+            inFlight--
+            if (next === payloads.length && inFlight === 0) resolve()
+            else pump()
+          })
+        }
+      }
+      pump()
+    })
+    await waitUntil(() => acked === RECORDS, 'the consumer to ack the last record')
+    const s = Number(process.hrtime.bigint() - t0) / 1e9
+    const heapMB = mem.stop()
+    return { recordsPerS: RECORDS / s, heapMB }
+  } finally {
+    await client.endAsync()
+    await stopConsumer(consumer)
+  }
+}
+
+export async function run(): Promise<BenchRow[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-uplink-'))
+  // Unlimited per-client queue: the raw loop has no end-to-end flow control, and with mosquitto's default
+  // (1000 queued messages) a consumer that falls behind loses messages and the baseline never completes.
+  const broker = await startMosquitto(undefined, { extraConfig: ['max_queued_messages 0'] })
+  try {
+    // Measured first, while the heap is small (full GCs of a big heap would dominate the drain).
+    const bigLog = () => {
+      const log = new MemoryLog('bench')
+      log.append(bodies(RECORDS))
+      return log
+    }
+    // Bounded memory: the uplink's live heap while draining the full backlog against a backlog ten times smaller.
+    const small = Math.max(1000, Math.floor(RECORDS / 10))
+    const liveBig: number[] = []
+    const liveSmall: number[] = []
+    for (let i = 0; i < 2; i++) {
+      const smallLog = new MemoryLog('bench')
+      smallLog.append(bodies(small))
+      liveSmall.push(Math.max(0.5, (await drainWithUplink(broker, smallLog, dir, 100 + i, true)).heapMB))
+      liveBig.push(Math.max(0.5, (await drainWithUplink(broker, bigLog(), dir, 200 + i, true)).heapMB))
+    }
+    const template = new MemoryLog('bench')
+    template.append(bodies(RECORDS))
+    const records: JournalRecord[] = await template.read(1, RECORDS)
+    const payloads: string[] = []
+    for (let i = 0; i < records.length; i += BATCH) payloads.push(JSON.stringify(records.slice(i, i + BATCH)))
+    let runNo = 0
+    const uplinkRuns: Measured[] = []
+    const rawRuns: Measured[] = []
+    // Alternate the two so drift on a shared machine hits both alike; one warm-up each.
+    await repeat(RUNS, 1, async () => {
+      const n = runNo++
+      rawRuns.push(await drainRaw(broker, payloads, dir, n))
+      const log = bigLog()
+      uplinkRuns.push(await drainWithUplink(broker, log, dir, n))
+      return 0
+    })
+    const measured = (xs: Measured[]) => xs.slice(1) // drop the warm-up
+    const u = measured(uplinkRuns)
+    const r = measured(rawRuns)
+    const rows = [
+      row(`uplink drain of a ${RECORDS}-record backlog to a fsyncing, acking consumer (vs raw QoS 1 loop, same consumer)`, 'records/s', r.map((x) => x.recordsPerS), u.map((x) => x.recordsPerS), { op: '>=', ratio: 0.7 }),
+      row(`uplink live heap growth draining ${RECORDS} records (vs draining ${small})`, 'MB', liveSmall, liveBig, { op: '<=', ratio: 1.5 }),
+      row('uplink peak heap growth during the timed drain, garbage included (vs raw loop)', 'MB', r.map((x) => Math.max(x.heapMB, 0.5)), u.map((x) => Math.max(x.heapMB, 0.5)), { op: '<=', ratio: 10 }),
+    ]
+    return rows
+  } finally {
+    await broker.stop()
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+if (process.argv[1]?.endsWith('/bench/uplink.js')) {
+  const rows = await run()
+  for (const r of rows) process.stdout.write(JSON.stringify(r) + '\n')
+}
