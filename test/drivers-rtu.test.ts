@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { openSite, type SiteIO } from '../drivers/site.js'
 import { OutpostError } from '../daemon/types.js'
 import { startPymodbus, siteConfig, ptyPair, eventually, type PtyPair, type PyServer } from './fixtures/drivers-helpers.js'
@@ -6,7 +6,7 @@ import { startPymodbus, siteConfig, ptyPair, eventually, type PtyPair, type PySe
 let clock = 1_700_000_000_000
 const now = (): number => clock
 
-async function rtuSite(t: Tap.Test, outlets: unknown[], busExtra: Record<string, unknown> = {}): Promise<{ pair: PtyPair; py: PyServer; site: SiteIO }> {
+async function rtuSite(t: Test, outlets: unknown[], busExtra: Record<string, unknown> = {}): Promise<{ pair: PtyPair; py: PyServer; site: SiteIO }> {
   const pair = await ptyPair()
   t.teardown(() => pair.close())
   const py = await startPymodbus({ rtu: pair.b })
