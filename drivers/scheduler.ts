@@ -311,7 +311,7 @@ export class BusScheduler<Req, Res> {
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       if (attempt > 0) this.stats.retries++
       const wait = Math.max(this.o.interFrameMs - (performance.now() - this.lastEnd), 0) + delayMs
-      if (wait > 0) await sleep(wait)
+      if (wait > 0) await waitPrecisely(performance.now() + wait)
       if (this.state !== 'open') return { ok: false, error: new OutpostError('BUS_CLOSED', `bus ${this.o.id} is not open`) }
       try {
         const value = await this.link.transact(req, this.o.timeoutMs + (this.o.wireMs?.(req) ?? 0))
@@ -337,6 +337,18 @@ export class BusScheduler<Req, Res> {
     }
     return { ok: false, error: error! }
   }
+}
+
+/**
+ * Wait until a monotonic deadline without the ~1 ms overshoot of setTimeout: a
+ * timer for all but the last 1.5 ms, then yielding turns of the event loop. The
+ * inter-frame silence is 1.75 ms above 19200 baud, so the overshoot would be
+ * half again of it on every exchange.
+ */
+async function waitPrecisely(deadline: number): Promise<void> {
+  const left = deadline - performance.now()
+  if (left > 2) await sleep(left - 1.5)
+  while (performance.now() < deadline) await new Promise((r) => setImmediate(r))
 }
 
 export function sleep(ms: number): Promise<void> {

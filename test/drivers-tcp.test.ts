@@ -27,3 +27,23 @@ t.test('Modbus TCP against pymodbus: block reads decode SDM120 and SDM630 exactl
   t.equal(h.state, 'open')
   t.equal(h.devices.find((d) => d.unit === 1)?.transactions, 3)
 })
+
+t.test('Modbus TCP: a refused or dropped connection is a bus in error that reconnects on its own', async (t) => {
+  const { startSim } = await import('../drivers/sim.js')
+  const { eventually } = await import('./fixtures/drivers-helpers.js')
+  let sim = await startSim({ outlets: 1, port: 0, speed: 0, script: false })
+  const port = sim.port
+  t.teardown(() => sim.close())
+  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port, timeoutMs: 500 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }])
+  const site = await openSite(cfg, { now, scheduler: { reopenMinMs: 50, reopenMaxMs: 200 } })
+  t.teardown(() => site.close())
+  await site.bus('lan').scheduler.waitOpen(20_000)
+  t.equal((await site.outlet('A1').read()).currentA, 0)
+  await sim.close()
+  await eventually(() => site.health()[0]!.state, (s) => s === 'error')
+  await t.rejects(site.outlet('A1').read(), { code: 'BUS_CLOSED' })
+  sim = await startSim({ outlets: 1, port, speed: 0, script: false })
+  const r = await eventually(() => site.outlet('A1').read(), () => true)
+  t.equal(r.currentA, 0)
+  t.ok(site.health()[0]!.opens >= 2)
+})

@@ -15,6 +15,7 @@ const USAGE = `Usage: outpost sim [--outlets N] [--port P] [--host H] [--seed S]
   --speed X     simulated seconds per real second (default 1; 0 freezes time, use {"cmd":"advance"})
   --no-script   no scripted vehicles: plug and unplug them yourself
   --rtu PATH    also serve Modbus RTU on this serial device
+  --turnaround-ms T  hold every reply back T ms (benchmarks: a slow device)
 Control: one JSON object per line on stdin, one JSON reply per line on stdout, e.g.
   {"cmd":"plug","outlet":1,"needWh":8000,"maxA":16}   {"cmd":"unplug","outlet":1}
   {"cmd":"fault","unit":1,"fault":"silent"}            {"cmd":"state"}   {"cmd":"advance","ms":60000}`
@@ -33,7 +34,7 @@ export async function main(argv: string[]): Promise<number> {
       args: argv,
       options: {
         outlets: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, seed: { type: 'string' }, speed: { type: 'string' },
-        'no-script': { type: 'boolean' }, rtu: { type: 'string' }, 'rtu-baud': { type: 'string' },
+        'no-script': { type: 'boolean' }, rtu: { type: 'string' }, 'rtu-baud': { type: 'string' }, 'turnaround-ms': { type: 'string' },
       },
       strict: true,
     })
@@ -46,6 +47,7 @@ export async function main(argv: string[]): Promise<number> {
       script: values['no-script'] !== true,
       rtuPath: values.rtu,
       rtuBaud: num(values['rtu-baud'], 'rtu-baud', 9600, (n) => Number.isInteger(n) && n > 0),
+      turnaroundMs: num(values['turnaround-ms'], 'turnaround-ms', 0, (n) => n >= 0 && n <= 10_000),
     }
   } catch (err) {
     process.stderr.write(`outpost sim: ${(err as Error).message}\n${USAGE}\n`)
