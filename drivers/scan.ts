@@ -91,10 +91,8 @@ async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<Sca
       }
     }
   } catch (err) {
+    // Silence at FC04 may still be a relay board that only knows coils: go on.
     if (!absent(err)) answered = true
-    else if ((err as OutpostError).code !== 'MODBUS_EXCEPTION') {
-      // Nothing at FC04: it may still be a relay board, which only knows coils.
-    }
   }
   // Relay board: how many coils it has (the largest read from coil 0 it accepts, up to 64).
   let have = 0
@@ -108,6 +106,8 @@ async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<Sca
       answered = true
     }
   }
+  // Silent to both a register and a coil read: nobody is there (saves a timeout per empty unit).
+  if (!answered && have === 0) return undefined
   if (have > 0) {
     let lo = have
     let hi = Math.min(have * 2, 65)

@@ -11,7 +11,7 @@ async function rtuSite(t: Test, outlets: unknown[], busExtra: Record<string, unk
   t.teardown(() => pair.close())
   const py = await startPymodbus({ rtu: pair.b })
   t.teardown(() => py.kill())
-  const cfg = siteConfig([{ id: 'rs485', type: 'modbus-rtu', path: pair.a, baudRate: 9600, timeoutMs: 400, retries: 1, ...busExtra }], outlets)
+  const cfg = siteConfig([{ id: 'rs485', type: 'modbus-rtu', path: pair.a, baudRate: 9600, timeoutMs: 1000, retries: 1, ...busExtra }], outlets)
   const site = await openSite(cfg, { now, scheduler: { backoffAfter: 2, backoffMinMs: 60_000, reopenMinMs: 100, reopenMaxMs: 500 } })
   t.teardown(() => site.close())
   await site.bus('rs485').scheduler.waitOpen(20_000)

@@ -23,7 +23,7 @@ t.test('scan over RTU against pymodbus identifies SDM120s, the SDM630 and coil b
   t.teardown(() => pair.close())
   const py = await startPymodbus({ rtu: pair.b })
   t.teardown(() => py.kill())
-  const bus = siteConfig([{ id: 'rs485', type: 'modbus-rtu', path: pair.a, timeoutMs: 200, retries: 0 }], [{ id: 'x', bus: 'rs485', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }]).buses[0]!
+  const bus = siteConfig([{ id: 'rs485', type: 'modbus-rtu', path: pair.a, timeoutMs: 1000, retries: 0 }], [{ id: 'x', bus: 'rs485', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }]).buses[0]!
   const hits = await scanBus(bus, parseUnits('1-2,7,10,100'), { now })
   t.same(hits.map((h) => [h.unit, h.kind, h.model]), [
     [1, 'meter', 'eastron-sdm120'],

@@ -38,7 +38,7 @@ t.test('serial outlets over a pty through the real serialport: read, switch, fau
     await ctl.waitLine(() => ctl.lines.filter((l) => l === tag).length > before)
   }
   const outlets = [1, 2, 3, 4].map((n) => ({ id: `S${n}`, bus: 'ser', meter: { model: 'outpost-serial', unit: n }, relay: { model: 'outpost-serial', unit: n }, plan: 'p' }))
-  const cfg = siteConfig([{ id: 'ser', type: 'serial', path: pair.a, baudRate: 9600, timeoutMs: 300, retries: 1 }], outlets)
+  const cfg = siteConfig([{ id: 'ser', type: 'serial', path: pair.a, baudRate: 9600, timeoutMs: 1000, retries: 1 }], outlets)
   const site = await openSite(cfg, { now, scheduler: { backoffAfter: 100 } })
   t.teardown(() => site.close())
   await site.bus('ser').scheduler.waitOpen(20_000)

@@ -118,7 +118,7 @@ t.test('control interface rejects bad commands without changing anything', async
   t.match(sim.control({ cmd: 'advance', ms: -5 }), { ok: false })
   t.equal(JSON.stringify(sim.outlets()), before)
   t.match(sim.control({ cmd: 'fault', unit: 1, fault: 'silent' }), { ok: true })
-  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 100, retries: 0 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }, { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, plan: 'p' }])
+  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 1000, retries: 0 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }, { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, plan: 'p' }])
   const site = await openSite(cfg, { now })
   t.teardown(() => site.close())
   await site.bus('lan').scheduler.waitOpen(20_000)
