@@ -330,6 +330,11 @@ export class BusScheduler<Req, Res> {
           case 'MODBUS_GARBAGE': case 'SERIAL_GARBAGE': case 'MODBUS_BAD_RESPONSE': this.stats.garbage++; break
           case 'MODBUS_EXCEPTION': this.stats.exceptions++; break
         }
+        if (error.code === 'BUS_WRITE_FAILED') {
+          // The port errored without closing (EIO on a vanished adapter): treat it as lost so it is reopened.
+          this.lost(error)
+          break
+        }
         if (!DEVICE_SILENT.has(error.code)) break
         // Wait out a late or long reply and drop it before anything else is sent.
         if (this.state === 'open') await this.link.settle(Math.max(this.o.interFrameMs * 4, 10))
