@@ -32,6 +32,8 @@ export interface SiteIO {
   outletIds(): string[]
   bus(id: string): Bus
   health(): BusHealth[]
+  /** Resolves true once every bus is open, false if that has not happened within `ms` (never throws). */
+  ready(ms: number): Promise<boolean>
   close(): Promise<void>
 }
 
@@ -264,6 +266,10 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
       return b
     },
     health: () => [...buses.values()].map((b) => b.health()),
+    async ready(ms) {
+      const results = await Promise.allSettled([...buses.values()].map((b) => b.scheduler.waitOpen(ms)))
+      return results.every((r) => r.status === 'fulfilled')
+    },
     async close() {
       await Promise.all([...buses.values()].map((b) => b.close()))
     },

@@ -126,6 +126,29 @@ t.test('control interface rejects bad commands without changing anything', async
   t.equal((await site.outlet('A2').read()).currentA, 0)
 })
 
+t.test('a backed-off relay board still gets relay commands (opening a relay is always attempted)', async (t) => {
+  const sim = await startSim({ outlets: 2, port: 0, speed: 0, script: false })
+  t.teardown(() => sim.close())
+  let clock = 0
+  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 300, retries: 0 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'p' }])
+  const site = await openSite(cfg, { now: () => clock, scheduler: { backoffAfter: 2, backoffMinMs: 10_000 } })
+  t.teardown(() => site.close())
+  t.ok(await site.ready(20_000))
+  await site.outlet('A1').setRelay(true)
+  sim.control({ cmd: 'fault', unit: 100, fault: 'silent' })
+  await t.rejects(site.outlet('A1').readRelay(), { code: 'MODBUS_TIMEOUT' })
+  await t.rejects(site.outlet('A1').readRelay(), { code: 'MODBUS_TIMEOUT' })
+  await t.rejects(site.outlet('A1').readRelay(), { code: 'DEVICE_BACKOFF' }, 'polls are refused')
+  t.same(site.health()[0]!.backedOff, [100])
+  await t.rejects(site.outlet('A1').setRelay(false), { code: 'MODBUS_TIMEOUT' }, 'the relay command went to the wire')
+  sim.control({ cmd: 'fault', unit: 100, fault: 'none' })
+  await site.outlet('A1').setRelay(false)
+  t.equal(sim.outlets()[0]!.coilClosed, false)
+  t.same(site.health()[0]!.backedOff, [], 'a success clears the back-off')
+  t.equal(await site.outlet('A1').readRelay(), false)
+  t.equal((await site.outlet('A1').read()).currentA, 0, 'the meter was never affected')
+})
+
 t.test('the simulator also serves Modbus RTU on a serial device', async (t) => {
   const pair = await ptyPair()
   t.teardown(() => pair.close())
