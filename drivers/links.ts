@@ -161,7 +161,11 @@ export class TcpLink extends BaseLink<ModbusRequest, ModbusResponse> {
       if (s.kind === 'garbage') {
         this.counters.garbageBytes += this.buf.length
         this.buf = Buffer.alloc(0)
-        throw new OutpostError('MODBUS_GARBAGE', `unit ${p.req.unit}: not a Modbus TCP frame`)
+        const err = new OutpostError('MODBUS_GARBAGE', `unit ${p.req.unit}: not a Modbus TCP frame`)
+        this.finish(p, err)
+        // A TCP stream has no frame boundaries to resynchronise on: reconnect.
+        this.stream.reset?.()
+        return
       }
       this.buf = Buffer.from(s.rest)
       if (s.tid !== this.tid) {

@@ -312,7 +312,8 @@ export class BusScheduler<Req, Res> {
       if (attempt > 0) this.stats.retries++
       const wait = Math.max(this.o.interFrameMs - (performance.now() - this.lastEnd), 0) + delayMs
       if (wait > 0) await waitPrecisely(performance.now() + wait)
-      if (this.state !== 'open') return { ok: false, error: new OutpostError('BUS_CLOSED', `bus ${this.o.id} is not open`) }
+      // A bus lost during a retry reports the device's own failure if there was one.
+      if (this.state !== 'open') return { ok: false, error: error ?? new OutpostError('BUS_CLOSED', `bus ${this.o.id} is not open`) }
       try {
         const value = await this.link.transact(req, this.o.timeoutMs + (this.o.wireMs?.(req) ?? 0))
         this.lastEnd = performance.now()

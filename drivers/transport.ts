@@ -19,6 +19,8 @@ export interface ByteStream {
   /** Discard what the kernel holds in its input buffer (no-op where meaningless). */
   flushInput(): Promise<void>
   close(): Promise<void>
+  /** Drop the connection as if lost (onLost follows), so the scheduler reconnects: for a desynchronised TCP stream. */
+  reset?(): void
   readonly isOpen: boolean
   onData: (chunk: Buffer) => void
   /** Called once when an open stream is lost without close() being asked for. */
@@ -152,6 +154,10 @@ export class TcpStream implements ByteStream {
 
   flushInput(): Promise<void> {
     return Promise.resolve()
+  }
+
+  reset(): void {
+    this.socket?.destroy()
   }
 
   close(): Promise<void> {
