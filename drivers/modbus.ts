@@ -191,6 +191,13 @@ export function scanRtu(buf: Buffer, req: ModbusRequest): RtuScan {
       return { kind: 'incomplete' }
     }
     if (crc16(buf, i, i + len - 2) === buf.readUInt16LE(i + len - 2)) {
+      const want = expectedByteCount(req)
+      if (fc === req.fc && want !== undefined && buf[i + 2] !== want) {
+        // A valid frame from this unit that answers a different read (a late reply to an
+        // earlier block): stale, skip past it and keep looking for ours.
+        i += len - 1
+        continue
+      }
       return { kind: 'frame', pdu: Buffer.from(buf.subarray(i + 1, i + len - 2)), skipped: i }
     }
     crcAt ??= i

@@ -110,6 +110,11 @@ t.test('RTU timing and framing details', async (t) => {
   const bad = Buffer.from(reply)
   bad[6]! ^= 0xff
   t.match(scanRtu(bad, req), { kind: 'crc' })
+  // A valid reply from this unit to a different read (a late one) is skipped, not decoded.
+  const late = Buffer.from([5, 3, 4, 0, 1, 0, 2, 0, 0])
+  late.writeUInt16LE(require_crc(late.subarray(0, 7)), 7)
+  t.match(scanRtu(Buffer.concat([late, reply]), req), { kind: 'frame', skipped: 9 })
+  t.match(scanRtu(late, req), { kind: 'incomplete' })
   // A reply for another unit is not ours, whatever its CRC.
   const other = Buffer.from([6, 3, 2, 0x12, 0x34, 0, 0])
   other.writeUInt16LE(require_crc(other.subarray(0, 5)), 5)

@@ -122,6 +122,20 @@ t.test('timeouts, exceptions, CRC errors and garbage are reported per device; th
   t.same(await site.outlet('M4').read(), { ts: clock, ...expected(4) })
 })
 
+t.test('a late reply is never taken for the next exchange', async (t) => {
+  const { site, py } = await rtuSite(t, meters.slice(0, 3), { retries: 0 })
+  await py.fault(3, 'slow')
+  await t.rejects(site.outlet('M3').read(), { code: 'MODBUS_TIMEOUT' })
+  // Unit 3's reply arrives while unit 1's exchange is waiting: it is skipped, unit 1's is taken.
+  t.same(await site.outlet('M1').read(), { ts: clock, ...expected(1) })
+  t.ok(site.health()[0]!.garbageBytes >= 33, 'the late 33-byte reply was skipped')
+  await py.fault(3, 'none')
+  // Unit 3 again: a late block-1 reply must not be decoded as block 2.
+  const r = await eventually(() => site.outlet('M3').read(), () => true)
+  t.same(r, { ts: clock, ...expected(3) })
+  t.same(await site.outlet('M2').read(), { ts: clock, ...expected(2) })
+})
+
 t.test('the pty disappears and reappears (adapter unplugged): the bus reports the loss and recovers on its own', async (t) => {
   const { site, pair, py } = await rtuSite(t, meters.slice(0, 2))
   t.same(await site.outlet('M1').read(), { ts: clock, ...expected(1) })
