@@ -73,6 +73,11 @@ export interface Sim {
   port: number
   readonly simMs: number
   outlets(): SimOutletState[]
+  /** The vehicle at each outlet (index n-1), null where none is plugged in. */
+  vehicles(): SimOutletState['vehicle'][]
+  /** Plug a vehicle into outlet n (throws if there is one, or n is not an outlet). */
+  plug(n: number, v?: Partial<VehicleSpec>): void
+  unplug(n: number): void
   control(c: SimCommand): SimReply
   /** Advance simulated time by ms (integrated in steps of at most 1 s). */
   advance(ms: number): void
@@ -415,6 +420,15 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
     port,
     get simMs() { return simMs },
     outlets: state,
+    vehicles: () => state().map((o) => o.vehicle),
+    plug(k, v = {}) {
+      const r = control({ cmd: 'plug', outlet: k, ...v })
+      if (!r.ok) throw new Error(r.error)
+    },
+    unplug(k) {
+      const r = control({ cmd: 'unplug', outlet: k })
+      if (!r.ok) throw new Error(r.error)
+    },
     control,
     advance,
     served,

@@ -66,7 +66,9 @@ t.test('physically coupled, tapering, energy only grows; read through openSite',
   }
   sim.advance(10_000)
   t.equal(await grows(), 0, 'no vehicle, no current')
-  sim.control({ cmd: 'plug', outlet: 1, needWh: 2000, maxA: 10 })
+  sim.plug(1, { needWh: 2000, maxA: 10 })
+  t.throws(() => sim.plug(1), /already has a vehicle/)
+  t.match(sim.vehicles(), [{ needWh: 2000, maxA: 10, chargedWh: 0 }, null])
   sim.advance(10_000)
   t.equal(await grows(), 0, 'vehicle attached but relay open: no current')
   await a1.setRelay(true)
