@@ -192,3 +192,28 @@ t.test('outpost sim (the CLI): JSON-line control on stdin, clean stop on SIGTERM
   c.proc.kill('SIGTERM')
   t.equal(await exited, 0)
 })
+
+t.test('config/example.json opens without hardware: the absent RS-485 bus is in error, the LAN bus reads the simulator', async (t) => {
+  const { readFileSync } = await import('node:fs')
+  const { validateConfig } = await import('../daemon/config.js')
+  const sim = await startSim({ outlets: 2, port: 0, speed: 0, script: false })
+  t.teardown(() => sim.close())
+  const raw = JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8')) as { buses: { type: string; port?: number; path?: string }[] }
+  for (const b of raw.buses) {
+    if (b.type === 'modbus-tcp') b.port = sim.port
+    else b.path = '/dev/serial/by-id/usb-absent-adapter'
+  }
+  const v = validateConfig(raw)
+  if (!v.ok) throw new Error(JSON.stringify(v.problems))
+  const site = await openSite(v.config, { now, scheduler: { reopenMinMs: 50, reopenMaxMs: 100 } })
+  t.teardown(() => site.close())
+  t.equal(await site.ready(3000), false, 'not every bus opens')
+  await eventually(() => site.health(), (h) => h.find((b) => b.id === 'lan')?.state === 'open' && h.find((b) => b.id === 'rs485')?.state === 'error')
+  sim.plug(2, { maxA: 6 })
+  await site.outlet('A2').setRelay(true)
+  sim.advance(5000)
+  t.equal((await site.outlet('A2').read()).currentA, 6)
+  t.equal((await site.outlet('A1').read()).currentA, 0)
+  await site.outlet('A2').setRelay(false)
+  t.same(sim.outlets().map((o) => o.coilClosed), [false, false])
+})
