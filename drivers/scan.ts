@@ -170,10 +170,10 @@ function onPath(cmd: string): boolean {
 }
 
 /**
- * Serial ports on this machine. serialport's list() spawns `udevadm` and, where
- * it is missing, the spawn error escapes as an unhandled 'error' event and kills
- * the process; so it is only called when udevadm exists, and /dev is read
- * directly otherwise (and as a fallback on any failure).
+ * Serial ports on this machine. serialport's list() spawns `udevadm`; where it
+ * is missing the spawn fails (a rejection in serialport 13, an unhandled 'error'
+ * event that kills the process in other versions), so it is only called when
+ * udevadm exists, and /dev is read directly otherwise (and on any failure).
  */
 export async function listSerialPorts(): Promise<{ path: string; byId?: string; note?: string }[]> {
   const byId = new Map<string, string>()
