@@ -11,6 +11,7 @@
 import { parseArgs } from 'node:util'
 import pino from 'pino'
 import { ReconcilingConsumer } from '../uplink/consumer.js'
+import { EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli.js'
 
 const USAGE = `Usage: outpost reconcile --url URL --site ID [options]
   --url URL             broker: mqtt://host:1883 or mqtts://host:8883
@@ -26,7 +27,7 @@ const USAGE = `Usage: outpost reconcile --url URL --site ID [options]
   --timeout S           with --until-head: give up after S seconds (exit 1)
 `
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let values: Record<string, string | boolean | undefined>
   try {
     values = parseArgs({
@@ -49,19 +50,19 @@ export async function main(argv: string[]): Promise<number> {
       allowPositionals: false,
     }).values
   } catch (err) {
-    process.stderr.write(`outpost reconcile: ${(err as Error).message}\n${USAGE}`)
-    return 64
+    io.err(`outpost reconcile: ${(err as Error).message}\n${USAGE}`)
+    return EXIT_USAGE
   }
   const url = values.url as string | undefined
   const site = values.site as string | undefined
   if (!url || !site) {
-    process.stderr.write(`outpost reconcile: --url and --site are required\n${USAGE}`)
-    return 64
+    io.err(`outpost reconcile: --url and --site are required\n${USAGE}`)
+    return EXIT_USAGE
   }
   const timeoutS = values.timeout !== undefined ? Number(values.timeout) : undefined
   if (timeoutS !== undefined && !(timeoutS > 0)) {
-    process.stderr.write(`outpost reconcile: --timeout must be a positive number of seconds\n`)
-    return 64
+    io.err(`outpost reconcile: --timeout must be a positive number of seconds\n`)
+    return EXIT_USAGE
   }
   const file = (values.out as string | undefined) ?? `./${site}.records.jsonl`
   const logger = pino({ level: 'info' }, pino.destination(2))
@@ -82,7 +83,7 @@ export async function main(argv: string[]): Promise<number> {
     await consumer.start()
   } catch (err) {
     const e = err as { code?: string; message?: string }
-    process.stderr.write(`outpost reconcile: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
+    io.err(`outpost reconcile: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
     return 70
   }
   const code = await new Promise<number>((resolve) => {
@@ -93,21 +94,21 @@ export async function main(argv: string[]): Promise<number> {
       process.off('SIGTERM', onSignal)
       resolve(c)
     }
-    const onSignal = () => finish(consumer.chainBreak() ? 1 : 0)
+    const onSignal = () => finish(consumer.chainBreak() ? 1 : EXIT_OK)
     process.on('SIGINT', onSignal)
     process.on('SIGTERM', onSignal)
     const check = setInterval(() => {
       if (consumer.chainBreak()) return finish(1)
       const oldest = consumer.compacted()
       if (oldest !== undefined && consumer.held() < oldest - 1) return finish(1)
-      if (values['until-head'] && consumer.headConfirmed() && consumer.held() >= consumer.head()) finish(0)
+      if (values['until-head'] && consumer.headConfirmed() && consumer.held() >= consumer.head()) finish(EXIT_OK)
     }, 200)
     const timer = timeoutS !== undefined ? setTimeout(() => finish(1), timeoutS * 1000) : undefined
   })
   await consumer.stop()
   const brk = consumer.chainBreak()
   const summary = { file, held: consumer.held(), head: consumer.head(), lastHash: consumer.heldHash(), ...consumer.stats, chainBreak: brk ?? null, compactedBefore: consumer.compacted() ?? null }
-  process.stdout.write(JSON.stringify(summary) + '\n')
-  if (brk) process.stderr.write(`outpost reconcile: chain broken at seq ${brk.seq}: ${brk.message}\n`)
+  io.out(JSON.stringify(summary) + '\n')
+  if (brk) io.err(`outpost reconcile: chain broken at seq ${brk.seq}: ${brk.message}\n`)
   return code
 }
