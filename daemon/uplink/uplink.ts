@@ -286,10 +286,7 @@ export class Uplink {
 
   private scheduleReconnect(): void {
     if (this.reconnectTimer) return
-    // Exponential back-off with "equal jitter": half fixed, half random, so a site full of gateways
-    // that lost the same broker does not come back in lock-step.
-    const ceiling = Math.min(this.cfg.reconnectMaxMs, this.reconnectBaseMs * 2 ** Math.min(this.attempt, 30))
-    const delay = Math.round(ceiling / 2 + (this.random() * ceiling) / 2)
+    const delay = reconnectDelay(this.attempt, this.reconnectBaseMs, this.cfg.reconnectMaxMs, this.random)
     this.attempt++
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined
@@ -496,6 +493,16 @@ export class Uplink {
     if (!this.online) return
     this.client?.publish(this.t.cmdResult(result.id), JSON.stringify(result), { qos: 1 }, () => undefined)
   }
+}
+
+/**
+ * The wait before reconnect attempt `attempt` (0-based): exponential from `baseMs`, capped at
+ * `capMs`, with "equal jitter" — half fixed, half random — so many gateways that lost the same
+ * broker do not come back in lock-step, yet none retries sooner than half the ceiling.
+ */
+export function reconnectDelay(attempt: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 30))
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2)
 }
 
 function sameApartFromTs(a: OutletStatus, b: OutletStatus): boolean {
