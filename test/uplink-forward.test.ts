@@ -161,3 +161,27 @@ t.test('the last will announces a gateway that vanished', async (t) => {
   await waitFor(() => status?.online === false, 'the will is published')
   t.same(status, { online: false })
 })
+
+t.test('a failing journal read is retried; forwarding resumes without a new trigger', async (t) => {
+  const broker = await startMosquitto(t)
+  const log = new MemoryLog()
+  log.append(bodies(50))
+  let failures = 2
+  const realRead = log.read.bind(log)
+  log.read = async (from, limit) => {
+    if (failures > 0) {
+      failures--
+      throw new Error('simulated I/O error')
+    }
+    return realRead(from, limit)
+  }
+  const cloud = await rawClient(t, broker.url)
+  const got: number[] = []
+  cloud.on('message', (_t, p) => got.push(...(JSON.parse(p.toString()) as JournalRecord[]).map((r) => r.seq)))
+  await cloud.subscribeAsync('outpost/lot-7/records', { qos: 1 })
+  const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 25 }))
+  uplink.start()
+  await waitFor(() => got.length >= 50, 'records after the read errors')
+  t.same(got.slice(0, 50), Array.from({ length: 50 }, (_, i) => i + 1))
+  t.equal(failures, 0, 'both failures happened')
+})

@@ -110,4 +110,15 @@ t.test('the consumer restarts and resumes from its file; its file is the durable
   t.equal(consumer.held(), heldBefore, 'resumed at what the file holds')
   await waitFor(() => consumer.held() === 500 && log.acked() === 500, 'caught up after restart')
   checkReconciled(t, file, 500)
+
+  // A crash just before the newline of the last record: the record is kept and the next is not glued to it.
+  await consumer.stop()
+  const { readFileSync, writeFileSync } = await import('node:fs')
+  writeFileSync(file, readFileSync(file, 'utf8').replace(/\n$/, ''))
+  log.append(bodies(5, 500))
+  consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, gapWaitMs: 500 })
+  await consumer.start()
+  t.equal(consumer.held(), 500, 'the last record without its newline still counts')
+  await waitFor(() => consumer.held() === 505, 'caught up after the second restart')
+  checkReconciled(t, file, 505)
 })

@@ -15,7 +15,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { createReadStream, existsSync } from 'node:fs'
-import { open, type FileHandle } from 'node:fs/promises'
+import { open, stat, type FileHandle } from 'node:fs/promises'
 import { createInterface } from 'node:readline'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
@@ -72,6 +72,8 @@ export class ReconcilingConsumer {
   private readonly maxPending: number
   private client?: MqttClient
   private fh?: FileHandle
+  /** Bytes of the output file that hold verified, fsynced records. */
+  private fileBytes = 0
   private end: ChainPoint = CHAIN_START
   private readonly pending = new Map<number, JournalRecord>()
   private incoming: { kind: 'records' | 'pull'; payload: Buffer }[] = []
@@ -209,7 +211,16 @@ export class ReconcilingConsumer {
       await fh.close()
       this.logger.warn({ file: this.opts.file, keptBytes: goodBytes }, 'cut a torn last line')
     }
+    // A record cut just before its newline parses fine but must not have the next one glued to it.
+    const size = (await stat(this.opts.file)).size
+    if (size === goodBytes - 1) {
+      const fh = await open(this.opts.file, 'a')
+      await fh.write('\n')
+      await fh.sync()
+      await fh.close()
+    }
     this.end = end
+    this.fileBytes = goodBytes
     this.siteHead = Math.max(this.siteHead, end.seq)
   }
 
@@ -251,10 +262,21 @@ export class ReconcilingConsumer {
           if (m.kind === 'records') sawRecords = true
           for (const r of records) this.accept(r)
         }
-        const lines = this.drain()
-        if (lines.length > 0 && this.fh) {
-          await this.fh.write(lines.join(''))
-          await this.fh.sync()
+        const { lines, end } = this.drain()
+        if (lines.length > 0) {
+          if (!this.fh) return
+          const text = lines.join('')
+          try {
+            await this.fh.write(text)
+            await this.fh.sync()
+          } catch (err) {
+            // Nothing of this round is held: cut any partial write so the file stays a clean prefix,
+            // and leave `end` where it was; the records come again (resend or pull) since they were never acked.
+            await this.fh.truncate(this.fileBytes).catch(() => undefined)
+            throw err
+          }
+          this.fileBytes += Buffer.byteLength(text)
+          this.end = end
           this.stats.syncs++
         }
         if (lines.length > 0) {
@@ -266,7 +288,8 @@ export class ReconcilingConsumer {
         this.maybePull()
       }
     } catch (err) {
-      this.logger.error({ err }, 'writing the reconciled log failed; not acking')
+      this.incoming = []
+      this.logger.error({ err }, 'writing the reconciled log failed; not acking (the gateway will send again)')
     } finally {
       this.working = false
       this.resolveIdle?.()
@@ -325,24 +348,25 @@ export class ReconcilingConsumer {
     this.pending.set(r.seq, r)
   }
 
-  /** Moves the contiguous run after `end` out of pending, verifying each; returns the lines to write. */
-  private drain(): string[] {
+  /** Takes the contiguous run after `end` out of pending, verifying each; returns the lines to write and where the chain would then end. */
+  private drain(): { lines: string[]; end: ChainPoint } {
     const lines: string[] = []
-    if (this.breakInfo) return lines
+    let end = this.end
+    if (this.breakInfo) return { lines, end }
     for (;;) {
-      const next = this.pending.get(this.end.seq + 1)
+      const next = this.pending.get(end.seq + 1)
       if (!next) break
       this.pending.delete(next.seq)
-      const r = verifyChain([next], this.end)
+      const r = verifyChain([next], end)
       if (!r.ok) {
         this.breakInfo = r.break
         this.logger.error({ break: r.break }, 'chain break: not keeping or acking anything past it')
         break
       }
-      this.end = r.end
+      end = r.end
       lines.push(JSON.stringify(next) + '\n')
     }
-    return lines
+    return { lines, end }
   }
 
   private sendAck(): void {

@@ -107,6 +107,7 @@ export class Uplink {
   private statusTimer?: NodeJS.Timeout
   private ackTimer?: NodeJS.Timeout
   private ackTimerAt = 0
+  private retryTimer?: NodeJS.Timeout
   private unsubscribeAppend?: () => void
   private readonly outlets = new Map<string, OutletSlot>()
   private readonly onlineListeners = new Set<(online: boolean) => void>()
@@ -176,6 +177,7 @@ export class Uplink {
     clearTimeout(this.reconnectTimer)
     clearTimeout(this.statusTimer)
     clearTimeout(this.ackTimer)
+    clearTimeout(this.retryTimer)
     for (const slot of this.outlets.values()) clearTimeout(slot.timer)
     const client = this.client
     if (!client) return
@@ -354,7 +356,13 @@ export class Uplink {
         await this.pumpOnce()
       } while (this.pumpAgain)
     } catch (err) {
-      this.logger.error({ err }, 'uplink forwarding failed; retrying on the next trigger')
+      // A journal read failed: try again shortly rather than waiting for the next append or ack.
+      this.logger.error({ err }, 'uplink forwarding failed; retrying in 1 s')
+      clearTimeout(this.retryTimer)
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined
+        if (!this.stopping) void this.pump()
+      }, 1000)
     } finally {
       this.pumping = false
     }
