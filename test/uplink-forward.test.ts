@@ -185,3 +185,33 @@ t.test('a failing journal read is retried; forwarding resumes without a new trig
   t.same(got.slice(0, 50), Array.from({ length: 50 }, (_, i) => i + 1))
   t.equal(failures, 0, 'both failures happened')
 })
+
+t.test('a large backlog does not starve live traffic: commands and outlet states get through mid-drain', async (t) => {
+  const broker = await startMosquitto(t)
+  const dir = tempDir(t)
+  const log = new MemoryLog()
+  log.append(bodies(40_000))
+  const uplink = makeUplink(t, log, uplinkConfig(broker.url), {
+    onCommand: async (raw) => ({ id: (JSON.parse(raw.toString()) as { id: string }).id, ok: true, result: { heldByCloud: consumer.held() } }),
+  })
+  const consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file: join(dir, 'cloud.jsonl') })
+  t.teardown(() => consumer.stop())
+  await consumer.start()
+  const cloud = await rawClient(t, broker.url)
+  let result: { result?: { heldByCloud: number } } | undefined
+  let outletSeenAt: number | undefined
+  cloud.on('message', (topic, p) => {
+    if (topic.endsWith('/result')) result = JSON.parse(p.toString())
+    else outletSeenAt = consumer.held()
+  })
+  await cloud.subscribeAsync(['outpost/lot-7/cmd/+/result', 'outpost/lot-7/outlets/+'], { qos: 1 })
+  uplink.start()
+  await waitFor(() => consumer.held() > 2000, 'the drain is under way')
+  await cloud.publishAsync('outpost/lot-7/cmd', JSON.stringify({ id: 'live-1', action: 'stop', outlet: 'A1', by: 'user' }), { qos: 1 })
+  uplink.publishOutlet({ outlet: 'A1', state: 'charging', sessionId: 's', userId: 'u', currentA: 10, powerW: 2300, energyWh: 1, cost: 1, ts: new Date().toISOString() })
+  await waitFor(() => result !== undefined && outletSeenAt !== undefined, 'the command result and the outlet state')
+  const heldAtCommand = result!.result!.heldByCloud
+  t.ok(heldAtCommand < 40_000, `the command was applied mid-drain (cloud held ${heldAtCommand} of 40000)`)
+  t.ok(outletSeenAt! < 40_000, `the outlet state arrived mid-drain (cloud held ${outletSeenAt} of 40000)`)
+  await waitFor(() => consumer.held() === 40_000 && log.acked() === 40_000, 'the drain completes')
+})
