@@ -1,4 +1,5 @@
 import t from 'tap'
+import { openTestLog, type TestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { MemoryLog } from './helpers/memory-log.js'
 import { makeUplink, rawClient, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
@@ -6,8 +7,7 @@ import { CommandGateway, MAX_COMMAND_BYTES, type CommandSource } from '../daemon
 import type { Command, CommandResult } from '../daemon/types.js'
 
 /** A daemon stand-in: records every apply, stores results in the ledger as the journal commit would. */
-function fakeDaemon(opts: { delayMs?: number; refuse?: (c: Command) => { code: string; message: string } | undefined; throwOn?: string } = {}) {
-  const ledger = new MemoryLog()
+function fakeDaemon(opts: { delayMs?: number; refuse?: (c: Command) => { code: string; message: string } | undefined; throwOn?: string } = {}, ledger: TestLog = new MemoryLog()) {
   const calls: { id: string; command: Command; source: CommandSource }[] = []
   const gateway = new CommandGateway({
     ledger,
@@ -17,7 +17,7 @@ function fakeDaemon(opts: { delayMs?: number; refuse?: (c: Command) => { code: s
       if (opts.throwOn === id) throw new Error('journal write failed')
       const refusal = opts.refuse?.(command)
       const result: CommandResult = refusal ? { id, ok: false, error: refusal } : { id, ok: true, result: { applied: calls.length } }
-      ledger.storeCommandResult(result)
+      await ledger.storeCommandResult(result)
       return result
     },
   })
@@ -125,8 +125,9 @@ t.test('an apply that throws is answered, not thrown, and a retry may try again'
 
 t.test('commands over MQTT: answered on P/cmd/{id}/result; malformed ones never stop the uplink', async (t) => {
   const broker = await startMosquitto(t)
-  const { gateway, calls } = fakeDaemon()
-  const log = new MemoryLog()
+  // The journal is the ledger here, as in the daemon.
+  const log = await openTestLog(t)
+  const { gateway, calls } = fakeDaemon({}, log)
   const uplink = makeUplink(t, log, uplinkConfig(broker.url), { onCommand: (raw) => gateway.handle(raw, 'cloud') })
   uplink.start()
   await waitFor(() => uplink.state().status === 'online', 'online')

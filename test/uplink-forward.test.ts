@@ -1,7 +1,8 @@
 import t from 'tap'
 import { join } from 'node:path'
+import { openTestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { MemoryLog, bodies } from './helpers/memory-log.js'
+import { bodies } from './helpers/memory-log.js'
 import { makeUplink, rawClient, readJsonLines, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
@@ -10,8 +11,8 @@ import type { JournalRecord } from '../daemon/types.js'
 t.test('records arrive in order, verify, and are acked; live appends follow', async (t) => {
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
-  const log = new MemoryLog()
-  log.append(bodies(1000))
+  const log = await openTestLog(t)
+  await log.append(bodies(1000))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 50, windowRecords: 300 }))
   const transitions: boolean[] = []
   uplink.onOnlineChange((o) => transitions.push(o))
@@ -23,7 +24,7 @@ t.test('records arrive in order, verify, and are acked; live appends follow', as
   uplink.start()
   await waitFor(() => consumer.held() === 1000, 'consumer holds the backlog')
   await waitFor(() => log.acked() === 1000, 'journal acked up to 1000')
-  for (let i = 0; i < 20; i++) log.append(bodies(10, 1000 + i * 10))
+  for (let i = 0; i < 20; i++) await log.append(bodies(10, 1000 + i * 10))
   await waitFor(() => consumer.held() === 1200 && log.acked() === 1200, 'live records forwarded and acked')
 
   const lines = readJsonLines(file)
@@ -41,8 +42,8 @@ t.test('records arrive in order, verify, and are acked; live appends follow', as
 
 t.test('the window bounds what is in flight; ack advances it; a restart resends only the unacked tail', async (t) => {
   const broker = await startMosquitto(t)
-  const log = new MemoryLog()
-  log.append(bodies(600))
+  const log = await openTestLog(t)
+  await log.append(bodies(600))
   const cfg = uplinkConfig(broker.url, { batchRecords: 40, windowRecords: 200 })
   const cloud = await rawClient(t, broker.url)
   const got: number[] = []
@@ -78,15 +79,15 @@ t.test('the window bounds what is in flight; ack advances it; a restart resends 
   // Malformed acks are ignored, not fatal.
   for (const bad of ['nope', '{"upTo":"7"}', '{"upTo":-1}', '{}', '[]']) await cloud.publishAsync('outpost/lot-7/ack', bad, { qos: 1 })
   await cloud.publishAsync('outpost/lot-7/ack', JSON.stringify({ upTo: 10 }), { qos: 1 })
-  log.append(bodies(5, 600))
+  await log.append(bodies(5, 600))
   await waitFor(() => got.includes(605), 'still forwarding after malformed acks')
   t.equal(log.acked(), 600, 'a lower ack never moves the watermark back')
 })
 
 t.test('with no ack for ackTimeoutMs the uplink resends from the oldest unacked', async (t) => {
   const broker = await startMosquitto(t)
-  const log = new MemoryLog()
-  log.append(bodies(30))
+  const log = await openTestLog(t)
+  await log.append(bodies(30))
   const cloud = await rawClient(t, broker.url)
   const firsts: number[] = []
   cloud.on('message', (_t, p) => firsts.push((JSON.parse(p.toString()) as JournalRecord[])[0]!.seq))
@@ -101,8 +102,8 @@ t.test('with no ack for ackTimeoutMs the uplink resends from the oldest unacked'
 
 t.test('presence and live outlet state', async (t) => {
   const broker = await startMosquitto(t)
-  const log = new MemoryLog()
-  log.append(bodies(3))
+  const log = await openTestLog(t)
+  await log.append(bodies(3))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url), { outletIntervalMs: 400 })
   const transitions: boolean[] = []
   uplink.onOnlineChange((o) => transitions.push(o))
@@ -145,7 +146,7 @@ t.test('presence and live outlet state', async (t) => {
 
 t.test('the last will announces a gateway that vanished', async (t) => {
   const broker = await startMosquitto(t)
-  const log = new MemoryLog()
+  const log = await openTestLog(t)
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { keepaliveS: 5 }))
   uplink.start()
   await waitFor(() => uplink.state().status === 'online', 'online')
@@ -164,8 +165,8 @@ t.test('the last will announces a gateway that vanished', async (t) => {
 
 t.test('a failing journal read is retried; forwarding resumes without a new trigger', async (t) => {
   const broker = await startMosquitto(t)
-  const log = new MemoryLog()
-  log.append(bodies(50))
+  const log = await openTestLog(t)
+  await log.append(bodies(50))
   let failures = 2
   const realRead = log.read.bind(log)
   log.read = async (from, limit) => {
@@ -189,8 +190,8 @@ t.test('a failing journal read is retried; forwarding resumes without a new trig
 t.test('a large backlog does not starve live traffic: commands and outlet states get through mid-drain', async (t) => {
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
-  const log = new MemoryLog()
-  log.append(bodies(40_000))
+  const log = await openTestLog(t)
+  await log.append(bodies(40_000))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url), {
     onCommand: async (raw) => ({ id: (JSON.parse(raw.toString()) as { id: string }).id, ok: true, result: { heldByCloud: consumer.held() } }),
   })

@@ -1,19 +1,25 @@
 import t, { type Test } from 'tap'
 import { join } from 'node:path'
+import { openTestLog, type TestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { MemoryLog, bodies } from './helpers/memory-log.js'
+import { bodies } from './helpers/memory-log.js'
 import { makeUplink, readJsonLines, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 
 /** Appends records on a timer, as sessions ending during an outage would; journaling never waits on the uplink. */
-function appender(log: MemoryLog, every = 15, perTick = 3) {
+function appender(log: TestLog, every = 15, perTick = 3) {
   let n = log.head()
+  let chain: Promise<unknown> = Promise.resolve()
   const timer = setInterval(() => {
-    log.append(bodies(perTick, n))
+    const from = n
     n += perTick
+    chain = chain.then(() => log.append(bodies(perTick, from)))
   }, every)
-  return () => clearInterval(timer)
+  return async () => {
+    clearInterval(timer)
+    await chain
+  }
 }
 
 function checkReconciled(t: Test, file: string, head: number) {
@@ -27,8 +33,8 @@ function checkReconciled(t: Test, file: string, head: number) {
 t.test('broker killed mid-stream and restarted while records keep coming', async (t) => {
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
-  const log = new MemoryLog()
-  log.append(bodies(2000))
+  const log = await openTestLog(t)
+  await log.append(bodies(2000))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 50, windowRecords: 500, reconnectMaxMs: 1000 }))
   const transitions: boolean[] = []
   uplink.onOnlineChange((o) => transitions.push(o))
@@ -47,7 +53,7 @@ t.test('broker killed mid-stream and restarted while records keep coming', async
   t.ok(uplink.state().backlog > 0, 'backlog visible while offline')
   await broker.restart()
   await waitFor(() => uplink.state().status === 'online', 'back online')
-  stopAppending()
+  await stopAppending()
   const head = log.head()
   await waitFor(() => consumer.held() === head && log.acked() === head, `consumer catches up to ${head}`)
   checkReconciled(t, file, head)
@@ -57,8 +63,8 @@ t.test('broker killed mid-stream and restarted while records keep coming', async
 t.test('a flapping broker: every record exactly once, gapless, chain intact', async (t) => {
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
-  const log = new MemoryLog()
-  log.append(bodies(500))
+  const log = await openTestLog(t)
+  await log.append(bodies(500))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 20, windowRecords: 200, reconnectMaxMs: 1000 }))
   let offline = 0
   uplink.onOnlineChange((o) => {
@@ -79,7 +85,7 @@ t.test('a flapping broker: every record exactly once, gapless, chain intact', as
     await waitFor(() => uplink.state().status === 'offline', `offline at flap ${flap + 1}`)
     await broker.restart()
   }
-  stopAppending()
+  await stopAppending()
   const head = log.head()
   await waitFor(() => consumer.held() === head && log.acked() === head, `consumer catches up to ${head}`)
   checkReconciled(t, file, head)
@@ -89,8 +95,8 @@ t.test('a flapping broker: every record exactly once, gapless, chain intact', as
 t.test('the consumer restarts and resumes from its file; its file is the durable truth', async (t) => {
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
-  const log = new MemoryLog()
-  log.append(bodies(400))
+  const log = await openTestLog(t)
+  await log.append(bodies(400))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 25, windowRecords: 100 }), { ackTimeoutMs: 1000 })
   const file = join(dir, 'cloud.jsonl')
   let consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, gapWaitMs: 500 })
@@ -103,7 +109,7 @@ t.test('the consumer restarts and resumes from its file; its file is the durable
   // A crash mid-append leaves a torn last line: the consumer cuts it and resumes.
   const { appendFileSync } = await import('node:fs')
   appendFileSync(file, '{"seq": 99999, "tor')
-  log.append(bodies(100, 400))
+  await log.append(bodies(100, 400))
   consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, gapWaitMs: 500 })
   t.teardown(() => consumer.stop())
   await consumer.start()
@@ -115,7 +121,7 @@ t.test('the consumer restarts and resumes from its file; its file is the durable
   await consumer.stop()
   const { readFileSync, writeFileSync } = await import('node:fs')
   writeFileSync(file, readFileSync(file, 'utf8').replace(/\n$/, ''))
-  log.append(bodies(5, 500))
+  await log.append(bodies(5, 500))
   consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, gapWaitMs: 500 })
   await consumer.start()
   t.equal(consumer.held(), 500, 'the last record without its newline still counts')

@@ -2,8 +2,9 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { existsSync, writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { openTestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { MemoryLog, bodies } from './helpers/memory-log.js'
+import { bodies } from './helpers/memory-log.js'
 import { makeUplink, readJsonLines, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 import { cliPath } from './helpers/cli.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
@@ -28,8 +29,8 @@ function run(args: string[]): Promise<{ status: number | null; stdout: string; s
 t.test('outpost reconcile collects, verifies, acks and resumes', async (t) => {
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
-  const log = new MemoryLog()
-  log.append(bodies(500))
+  const log = await openTestLog(t)
+  await log.append(bodies(500))
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 50, windowRecords: 200 }))
   uplink.start()
   await waitFor(() => uplink.state().status === 'online', 'online')
@@ -42,7 +43,7 @@ t.test('outpost reconcile collects, verifies, acks and resumes', async (t) => {
   t.ok(verifyChain(readJsonLines(out)).ok)
   await waitFor(() => log.acked() === 500, 'the tool acked what it wrote')
 
-  log.append(bodies(20, 500))
+  await log.append(bodies(20, 500))
   r = await run(['--url', broker.url, '--site', 'lot-7', '--out', out, '--until-head', '--timeout', '90'])
   t.equal(r.status, 0, r.stderr)
   t.match(JSON.parse(r.stdout), { held: 520 })
@@ -59,8 +60,8 @@ t.test('outpost reconcile: usage errors and a tampered file', async (t) => {
   t.equal(r.status, 64)
 
   // A file whose second record was altered is refused at start, naming the line.
-  const log = new MemoryLog()
-  const recs = log.append(bodies(3))
+  const log = await openTestLog(t)
+  const recs = await log.append(bodies(3))
   const tampered = recs.map((x) => ({ ...x }))
   ;(tampered[1] as { total?: number }).total = 1
   const file = join(dir, 'bad.jsonl')

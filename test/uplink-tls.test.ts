@@ -4,8 +4,9 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import pino from 'pino'
+import { openTestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { MemoryLog, bodies } from './helpers/memory-log.js'
+import { bodies } from './helpers/memory-log.js'
 import { makeUplink, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
@@ -52,8 +53,8 @@ t.test('mqtts:// with a test CA, client certificate, and a password file; secret
   // The mosquitto.conf above says allow_anonymous true, but a password_file makes it check the given credentials.
   const passwordFile = join(dir, 'uplink.pw')
   writeFileSync(passwordFile, password + '\n')
-  const log = new MemoryLog()
-  log.append(bodies(300))
+  const log = await openTestLog(t)
+  await log.append(bodies(300))
   const cap = capturingLogger()
   const uplink = makeUplink(
     t,
@@ -73,7 +74,7 @@ t.test('mqtts:// with a test CA, client certificate, and a password file; secret
   // A wrong password: refused by the broker, retried with back-off, and the password is not in the log.
   const wrongPw = 'Wr0ng-pa55-do-not-log'
   const cap2 = capturingLogger()
-  const bad = makeUplink(t, new MemoryLog(), uplinkConfig(`mqtts://lot-7:${wrongPw}@127.0.0.1:${broker.port}`, { caFile: pki.ca, certFile: pki.clientCert, keyFile: pki.clientKey, clientId: 'bad-pw' }), { logger: cap2.logger })
+  const bad = makeUplink(t, await openTestLog(t), uplinkConfig(`mqtts://lot-7:${wrongPw}@127.0.0.1:${broker.port}`, { caFile: pki.ca, certFile: pki.clientCert, keyFile: pki.clientKey, clientId: 'bad-pw' }), { logger: cap2.logger })
   bad.start()
   await waitFor(() => /connection error/.test(cap2.text()), 'the refusal is logged')
   t.equal(bad.state().status, 'offline')
@@ -88,13 +89,13 @@ t.test('a broker whose certificate the CA did not sign is refused', async (t) =>
   const pki = makePki(dir)
   const broker = await startMosquitto(t, { tls: { caFile: pki.ca, certFile: pki.serverCert, keyFile: pki.serverKey } })
   const cap = capturingLogger()
-  const uplink = makeUplink(t, new MemoryLog(), uplinkConfig(broker.url, { caFile: pki.otherCa }), { logger: cap.logger })
+  const uplink = makeUplink(t, await openTestLog(t), uplinkConfig(broker.url, { caFile: pki.otherCa }), { logger: cap.logger })
   uplink.start()
   await waitFor(() => /certificate|self.signed|unable to verify/i.test(cap.text()), 'the TLS failure is logged')
   t.equal(uplink.state().status, 'offline', 'never online with an unverified broker')
 })
 
 t.test('an unreadable TLS file is a clear start error', async (t) => {
-  const uplink = makeUplink(t, new MemoryLog(), uplinkConfig('mqtts://127.0.0.1:1', { caFile: '/nonexistent/ca.pem' }))
+  const uplink = makeUplink(t, await openTestLog(t), uplinkConfig('mqtts://127.0.0.1:1', { caFile: '/nonexistent/ca.pem' }))
   t.throws(() => uplink.start(), { code: 'UPLINK_CONFIG', message: /caFile \/nonexistent\/ca.pem: cannot read \(ENOENT\)/ })
 })

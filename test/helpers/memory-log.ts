@@ -62,7 +62,7 @@ export class MemoryLog implements RecordLog {
   }
 
   /** Drops records up to `upTo` (only acknowledged ones, as the journal's retention does). */
-  compact(upTo: number): void {
+  compact(upTo: number = this.ackedSeq): void {
     const n = Math.min(upTo, this.ackedSeq) - this.first + 1
     if (n <= 0) return
     this.records.splice(0, n)
