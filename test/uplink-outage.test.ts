@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import { join } from 'node:path'
 import { openTestLog, type TestLog } from './helpers/test-log.js'
-import { startMosquitto } from './helpers/mosquitto.js'
+import { freePort, startMosquitto } from './helpers/mosquitto.js'
 import { bodies } from './helpers/memory-log.js'
 import { makeUplink, readJsonLines, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
@@ -127,4 +127,28 @@ t.test('the consumer restarts and resumes from its file; its file is the durable
   t.equal(consumer.held(), 500, 'the last record without its newline still counts')
   await waitFor(() => consumer.held() === 505, 'caught up after the second restart')
   checkReconciled(t, file, 505)
+})
+
+t.test('no broker at boot: the uplink starts offline, journaling goes on, and it connects when the broker appears', async (t) => {
+  const dir = tempDir(t)
+  const port = await freePort()
+  const log = await openTestLog(t)
+  await log.append(bodies(100))
+  const uplink = makeUplink(t, log, uplinkConfig(`mqtt://127.0.0.1:${port}`, { reconnectMaxMs: 1000 }))
+  const transitions: boolean[] = []
+  uplink.onOnlineChange((o) => transitions.push(o))
+  uplink.start()
+  await log.append(bodies(50, 100))
+  t.match(uplink.state(), { status: 'offline', head: 150, acked: 0, backlog: 150, oldestUnacked: 1 }, 'the backlog is visible while there is no broker')
+  const broker = await startMosquitto(t, { port })
+  const file = join(dir, 'cloud.jsonl')
+  const consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, gapWaitMs: 500 })
+  t.teardown(() => consumer.stop())
+  await consumer.start()
+  await waitFor(() => consumer.held() === 150 && log.acked() === 150, 'everything delivered once the broker is up')
+  checkReconciled(t, file, 150)
+  t.same(transitions, [true])
+  await uplink.stop()
+  await uplink.stop()
+  t.equal(uplink.state().status, 'offline', 'stopped twice without harm')
 })
