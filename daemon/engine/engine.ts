@@ -18,7 +18,6 @@
  */
 import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine } from '../types.js'
 import { OutpostError } from '../types.js'
-import { currencyMinorDigits } from '../config.js'
 import { assertTimeZone, divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, planProblems, priceTimeline, toMicros, type TimelineEntry } from './pricing.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 
@@ -118,14 +117,17 @@ class Ctx {
   private readonly relays: Effect[] = []
   private readonly touched = new Set<string>()
   result: CommandResult | null = null
-  readonly iso: string
+  private isoNow: string | null = null
 
   constructor(
     readonly prev: EngineState,
     readonly now: number,
   ) {
     this.state = prev
-    this.iso = new Date(now).toISOString()
+  }
+  /** `now` as ISO 8601 (formatted once, only when a record or status needs it). */
+  get iso(): string {
+    return (this.isoNow ??= new Date(this.now).toISOString())
   }
   get s(): SettingsSection {
     return this.state.settings
@@ -200,6 +202,15 @@ class Ctx {
 
 // ---------------------------------------------------------------- helpers
 
+function knownCurrency(code: string): boolean {
+  try {
+    microsPerMinor(code) // cached Intl lookup
+    return true
+  } catch {
+    return false
+  }
+}
+
 const hasOwn = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k)
 const isId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 128 && v !== '__proto__'
 
@@ -240,8 +251,13 @@ function offlineLimited(st: EngineState, now: number): boolean {
 }
 
 /** Running cost of a session: micro-units and the rounded total (minor units, capped). */
+/** Only a session that drew current and accounted at least one reading costs anything. */
+function billable(s: Session): boolean {
+  return s.drewCurrent && s.lines.length > 0
+}
+
 function costNow(s: Session): { micros: number; total: number } {
-  if (!s.drewCurrent) return { micros: 0, total: 0 }
+  if (!billable(s)) return { micros: 0, total: 0 }
   let micros = s.feeMicros
   for (const l of s.lines) micros += lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros)
   const total = divRoundHalfUp(micros, microsPerMinor(s.currency))
@@ -355,10 +371,10 @@ function endSession(ctx: Ctx, id: string, reason: EndReason): void {
   const s = e.session!
   const unit = microsPerMinor(s.currency)
   const iso = (t: number): string => new Date(t).toISOString()
-  const lines: BillingLine[] = s.drewCurrent
+  const lines: BillingLine[] = billable(s)
     ? s.lines.map((l) => ({ from: iso(l.from), to: iso(l.to), energyWh: l.mWh / 1000, seconds: l.ms / 1000, perKwh: l.perKwh, perHour: l.perHour, amountMicros: lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros) }))
     : []
-  let feeMicros = s.drewCurrent ? s.feeMicros : 0
+  let feeMicros = billable(s) ? s.feeMicros : 0
   let sum = feeMicros
   for (const l of lines) sum += l.amountMicros
   let total = divRoundHalfUp(sum, unit)
@@ -711,7 +727,7 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
     }
     case 'set-wallet': {
       if (!isId(c.userId)) return fail('invalid-command', 'userId: must be a non-empty string')
-      if (typeof c.currency !== 'string' || !/^[A-Z]{3}$/.test(c.currency) || currencyMinorDigits(c.currency) === undefined) return fail('invalid-command', 'currency: must be a known ISO 4217 code')
+      if (typeof c.currency !== 'string' || !/^[A-Z]{3}$/.test(c.currency) || !knownCurrency(c.currency)) return fail('invalid-command', 'currency: must be a known ISO 4217 code')
       if (typeof c.balance !== 'number' || !Number.isSafeInteger(c.balance)) return fail('invalid-command', 'balance: must be an integer (minor units)')
       const userId = c.userId
       const balance = c.balance

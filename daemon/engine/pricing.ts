@@ -33,10 +33,17 @@ export function toMicros(rate: number): number {
 
 /** Micro-units in one minor unit of the currency (CAD: 10 000, JPY: 1 000 000). */
 export function microsPerMinor(currency: string): number {
-  const digits = currencyMinorDigits(currency)
-  if (digits === undefined) throw new OutpostError('ENGINE_UNKNOWN_CURRENCY', `"${currency}" is not a known ISO 4217 currency`)
-  return 10 ** (6 - digits)
+  let unit = unitCache.get(currency)
+  if (unit === undefined) {
+    const digits = currencyMinorDigits(currency)
+    if (digits === undefined) throw new OutpostError('ENGINE_UNKNOWN_CURRENCY', `"${currency}" is not a known ISO 4217 currency`)
+    unit = 10 ** (6 - digits)
+    unitCache.set(currency, unit)
+  }
+  return unit
 }
+/** Intl lookups are slow and the answer never changes within a process. */
+const unitCache = new Map<string, number>()
 
 /** round(n / d), halves up, for non-negative safe integers; exact (no float division). */
 export function divRoundHalfUp(n: number, d: number): number {
