@@ -62,7 +62,7 @@ const dstPlan: PlanConfig = {
 
 /** A three-real-hour session from `startUtc`, read every minute at 16 A, stopped by the user. */
 function nightSession(startUtc: number) {
-  const r = new Rig(siteConfig({ plans: [dstPlan] }), startUtc - 60_000)
+  const r = new Rig(siteConfig({ plans: [dstPlan], sessions: { meterFaultMs: 120_000 } }), startUtc - 60_000)
   r.boot()
   r.read('A1', 0, 60_000)
   r.wallet('u-1', 1_000_000)
@@ -136,7 +136,7 @@ t.test('a reading interval across a period boundary is split by linear interpola
       { days: ALL, from: '00:00', to: '24:00', perKwh: 0.1 },
     ],
   }
-  const r = new Rig(siteConfig({ plans: [plan] }), pdt(10, 18, 58) + 30_000)
+  const r = new Rig(siteConfig({ plans: [plan], sessions: { meterFaultMs: 120_000 } }), pdt(10, 18, 58) + 30_000)
   r.boot()
   r.read('A1', 0, 30_000) // 18:59:00
   r.wallet('u-1', 100_000)

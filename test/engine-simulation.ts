@@ -142,7 +142,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
     buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
     outlets: outletsCfg,
     plans,
-    sessions: { graceSeconds: int(3, 40), noCurrentHoldMs: pick([0, 1000, 2000, 3000]), meterFaultMs: pick([3000, 10000]), reconciliationMinutes: pick([1, 5]), autoStartA: pick([0.5, 1]), minChargeA: pick([0.5, 1]) },
+    sessions: { graceSeconds: int(3, 40), noCurrentHoldMs: pick([0, 1000, 2000, 3000]), meterFaultMs: pick([3000, 10000, 1_000_000]), reconciliationMinutes: pick([1, 5]), autoStartA: pick([0.5, 1]), minChargeA: pick([0.5, 1]) },
     offline: { limitMinutes: chance(0.3) ? int(1, 3) : null },
     ...(chance(0.9) ? { uplink: { url: 'mqtt://127.0.0.1:1883', topicPrefix: 'outpost' } } : {}),
   }

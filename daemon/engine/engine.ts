@@ -450,7 +450,9 @@ function impossible(e: OutletEntry, r: unknown): string | null {
   if (rd.currentA > RATING_FACTOR * e.ratingA) return `current ${rd.currentA} A above ${RATING_FACTOR} x the rating of ${e.ratingA} A`
   if (rd.energyWh < 0) return `negative energy register ${rd.energyWh} Wh`
   if (e.last) {
-    if (rd.ts <= e.last.ts) return `reading time ${new Date(rd.ts).toISOString()} is not after the previous one`
+    // Not checked for the first reading after boot or a fault: a Pi without a real-time
+    // clock may restart with a clock earlier than the last journaled reading.
+    if (e.fresh && e.meterFault === null && rd.ts <= e.last.ts) return `reading time ${new Date(rd.ts).toISOString()} is not after the previous one`
     // After a declared fault the next plausible register is the new baseline (meter swapped).
     if (e.meterFault === null && Math.round(rd.energyWh * 1000) < e.last.mWh) return `energy register went backwards from ${e.last.mWh / 1000} to ${rd.energyWh} Wh`
   }
@@ -469,6 +471,13 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
   }
   const rd = r.reading
   const mWh = Math.round(rd.energyWh * 1000)
+  const gapMs = e0.last ? rd.ts - e0.last.ts : 0
+  if (e0.session && gapMs > ctx.s.sessions.meterFaultMs) {
+    // No reading for longer than the fault timeout (a stalled bus, or the clock stepped
+    // forward): that was a meter fault. The session ends at the reading before the gap,
+    // so neither the gap's time nor its energy is billed; this reading then recovers the outlet.
+    declareMeterFault(ctx, id, `no reading for ${Math.round(gapMs / 1000)} s (gap between readings)`)
+  }
   const e = ctx.out(id)
   let delta = 0
   if (e.last) delta = Math.max(0, mWh - e.last.mWh)
