@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { Rig, siteConfig } from './engine-fixtures.js'
-import { lineAmountMicros, periodAt, planProblems, priceSession, priceTimeline, divRoundHalfUp } from '../daemon/engine/index.js'
+import { lineAmountMicros, periodAt, planProblems, priceSession, priceTimeline, divRoundHalfUp, outletPrices, outletStatuses, outletPlan } from '../daemon/engine/index.js'
 import type { PlanConfig, Weekday } from '../daemon/types.js'
 
 const ALL: Weekday[] = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']
@@ -218,4 +218,52 @@ t.test('set-plan and assign-plan: new sessions use the new prices, a running ses
   t.equal(r.stateOf('A1'), 'unavailable', 'Wednesday noon is in the night plan’s unavailable window')
   r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
   t.equal(r.result().code, 'plan-unavailable')
+})
+
+t.test('the API views: an outlet’s prices for the next hours and every outlet’s status', async (t) => {
+  const r = new Rig(siteConfig({ plans: [{ ...night, id: 'standard', activationFee: 0.25 }] }), pdt(10, 20))
+  r.boot()
+  r.run(1, {})
+  const p = outletPrices(r.state, 'A1', pdt(10, 20), 24)
+  t.same({ planId: p.planId, currency: p.currency, activationFee: p.activationFee }, { planId: 'standard', currency: 'CAD', activationFee: 0.25 })
+  t.same(
+    p.timeline.map((e) => [e.from, e.available]),
+    [
+      ['2026-06-11T03:00:00.000Z', true],
+      ['2026-06-11T14:00:00.000Z', false],
+      ['2026-06-12T02:00:00.000Z', true],
+    ],
+  )
+  t.equal(outletPlan(r.state, 'A1')?.id, 'standard')
+  t.throws(() => outletPrices(r.state, 'Z', pdt(10, 20), 24), { code: 'ENGINE_UNKNOWN_OUTLET' })
+  r.wallet('u-1', 1000)
+  r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
+  r.run(10, { A1: 16 })
+  const st = outletStatuses(r.state, r.now)
+  t.match(st[0], { outlet: 'A1', state: 'charging', userId: 'u-1', currentA: 16, energyWh: 10.22, cost: 25, currency: 'CAD' })
+  t.match(st[1], { outlet: 'A2', state: 'off', energyWh: 0, cost: 0 })
+  t.notOk('sessionId' in st[1]!)
+})
+
+t.test('set-wallet and other commands validate their fields and change nothing when malformed', async (t) => {
+  const r = new Rig(siteConfig(), pdt(10, 12))
+  r.boot()
+  const before = r.state.wallets
+  for (const cmd of [
+    { action: 'set-wallet', userId: 'u-1', currency: 'CAD', balance: 1.5 },
+    { action: 'set-wallet', userId: 'u-1', currency: 'cad', balance: 1 },
+    { action: 'set-wallet', userId: '', currency: 'CAD', balance: 1 },
+    { action: 'set-wallet', userId: '__proto__', currency: 'CAD', balance: 1 },
+    { action: 'stop', outlet: 'A1', by: 'nobody' },
+    { action: 'set-availability', outlet: 'A1', available: 'no' },
+    { action: 'set-auto-start', outlet: 'A1', userId: 7 },
+  ]) {
+    r.cmd(cmd as never)
+    t.equal(r.result().code, 'invalid-command', JSON.stringify(cmd))
+  }
+  t.equal(r.state.wallets, before)
+  const meterOnly = new Rig(siteConfig({ outlets: [{ id: 'M', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'standard' }] }), pdt(10, 12))
+  meterOnly.boot()
+  meterOnly.cmd({ action: 'set-auto-start', outlet: 'M', userId: 'u-1' })
+  t.equal(meterOnly.result().code, 'no-relay')
 })

@@ -746,7 +746,7 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
       let remaining = balance
       for (const id of Object.keys(ctx.state.outlets)) {
         const s = ctx.state.outlets[id]!.session
-        if (!s || s.userId !== userId) continue
+        if (!s || s.userId !== userId || s.currency !== c.currency) continue
         const cost = Math.min(costNow(s).total, s.capMinor)
         const cap = Math.min(s.capMinor, Math.max(remaining, cost))
         if (cap !== s.capMinor) ctx.sess(id).capMinor = cap
