@@ -45,6 +45,15 @@ export function microsPerMinor(currency: string): number {
 /** Intl lookups are slow and the answer never changes within a process. */
 const unitCache = new Map<string, number>()
 
+/** currencyMinorDigits, cached; undefined for an unknown code. */
+function minorDigits(currency: string): number | undefined {
+  try {
+    return 6 - Math.round(Math.log10(microsPerMinor(currency)))
+  } catch {
+    return undefined
+  }
+}
+
 /** round(n / d), halves up, for non-negative safe integers; exact (no float division). */
 export function divRoundHalfUp(n: number, d: number): number {
   const rem = n % d
@@ -104,7 +113,7 @@ export function planProblems(plan: unknown): string[] {
   if (typeof p.id !== 'string' || !ID.test(p.id)) out.push('plan/id: must be an id (letters, digits, - _ ., at most 64)')
   if (p.name !== undefined && typeof p.name !== 'string') out.push('plan/name: must be a string')
   let minor: number | undefined
-  if (typeof p.currency !== 'string' || !/^[A-Z]{3}$/.test(p.currency) || (minor = currencyMinorDigits(p.currency)) === undefined) {
+  if (typeof p.currency !== 'string' || !/^[A-Z]{3}$/.test(p.currency) || (minor = minorDigits(p.currency)) === undefined) {
     out.push('plan/currency: must be a known ISO 4217 code such as CAD')
   }
   if (p.activationFee !== undefined) {
