@@ -312,3 +312,31 @@ t.test('config after a restart: outlets added and removed, the installer’s pla
   t.equal(r.state.outlets.A2!.planId, 'night', 'the installer changed A2’s plan in the file: that wins')
   t.equal(r.state.outlets.A2!.autoStartUser, null, 'and removed its auto-start')
 })
+
+t.test('an outlet removed from the config before boot: boot closes its session power-loss, then drops it', async (t) => {
+  const r = charging()
+  r.state = roundTrip(r.state)
+  r.state = { ...r.state, gateway: { ...r.state.gateway, running: false } }
+  const only2 = siteConfig({ outlets: [{ id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'standard' }] })
+  r.apply({ type: 'config', config: only2 })
+  t.ok(r.state.outlets.A1, 'kept until boot has closed its session')
+  r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
+  t.equal(r.result().code, 'unknown-outlet', 'but no longer addressable')
+  const fx = r.boot(false)
+  t.equal(r.records('session.ended', fx)[0]?.reason, 'power-loss')
+  t.same(Object.keys(r.state.outlets), ['A2'])
+  t.same(r.relays(fx), [{ outlet: 'A2', closed: false }])
+})
+
+t.test('a meter-only outlet: sessions are metered and billed, never switched', async (t) => {
+  const r = new Rig(siteConfig({ outlets: [{ id: 'M', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'standard' }] }), WED_NOON)
+  r.boot()
+  r.run(1, {})
+  r.wallet('u-1', 10_000)
+  r.cmd({ action: 'start', outlet: 'M', userId: 'u-1' })
+  r.run(10, { M: 16 })
+  r.run(3, {})
+  t.equal(r.ended()[0]?.reason, 'unplugged')
+  t.equal(r.ended()[0]?.energyWh, 10.22)
+  t.same(r.relays(r.effects), [], 'no relay effect, ever')
+})
