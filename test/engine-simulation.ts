@@ -157,6 +157,9 @@ export function runSeed(seed: number, stats?: SimStats): void {
   const endedIds = new Set<string>()
   /** Per user: balance of the last set-wallet and the totals of sessions started since. */
   const walletSince = new Map<string, { balance: number; spent: number; sessions: Set<string> }>()
+  /** Per outlet: energy of ended sessions, and energy inside sessions per reconciliation records. */
+  const sessionMWh = new Map<string, number>()
+  const reconBilledMWh = new Map<string, number>()
   let stepNo = 0
   let cmdNo = 0
   const usedCmdIds: string[] = []
@@ -219,6 +222,10 @@ export function runSeed(seed: number, stats?: SimStats): void {
           open.set(rec.sessionId, { outlet: rec.outlet, userId: rec.userId, startMWh: Math.round(rec.meterWh * 1000), fed: new Set([Math.round(rec.meterWh * 1000)]), balanceAtStart: w ? w.balance : -Infinity, plan: s!.plan, startedAt: s!.startedAt })
         } else if (rec.type === 'session.ended') {
           verifyEnded(rec)
+          sessionMWh.set(rec.outlet, (sessionMWh.get(rec.outlet) ?? 0) + Math.round(rec.energyWh * 1000))
+        } else if (rec.type === 'meter.reconciliation') {
+          check(rec.billedWh >= 0 && rec.unbilledWh >= 0, () => `reconciliation of ${rec.outlet} with negative energy: ${JSON.stringify(rec)}`)
+          reconBilledMWh.set(rec.outlet, (reconBilledMWh.get(rec.outlet) ?? 0) + Math.round(rec.billedWh * 1000))
         }
       } else if (eff.type === 'status') {
         check(eff.status.state === state.outlets[eff.status.outlet]?.state, () => `status of ${eff.status.outlet} says ${eff.status.state}, state is ${state.outlets[eff.status.outlet]?.state}`)
@@ -395,6 +402,13 @@ export function runSeed(seed: number, stats?: SimStats): void {
   }
   apply({ type: 'shutdown' })
   check(open.size === 0, () => `sessions never ended: ${[...open.keys()].join(', ')}`)
+  // Reconciliation accounts for exactly the energy the sessions billed (reported + still pending).
+  for (const o of sim) {
+    const recon = state.outlets[o.id]!.recon
+    const reported = (reconBilledMWh.get(o.id) ?? 0) + (recon ? recon.sessionMWh : 0)
+    check(reported === (sessionMWh.get(o.id) ?? 0), () => `${o.id}: reconciliation counts ${reported} mWh inside sessions, the sessions ${sessionMWh.get(o.id) ?? 0}`)
+    if (recon) check(recon.meterMWh >= recon.sessionMWh, () => `${o.id}: more energy inside sessions than the meter counted`)
+  }
 }
 
 /**
