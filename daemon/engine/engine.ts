@@ -24,6 +24,8 @@ import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletE
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 /** Taper heuristic window: the minute before current fell. */
 const TAPER_WINDOW_MS = 60_000
+/** Samples closer than this are merged in the taper window (see sessionReading). */
+const TAPER_SLOT_MS = 5_000
 /** Command ids remembered for at-most-once application. */
 const COMMAND_MEMORY = 1000
 /** A reading above this multiple of the outlet's rating is impossible. */
@@ -518,7 +520,16 @@ function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh:
   const set = ctx.s.sessions
   ctx.touch(id)
   // Taper window: samples of the last minute plus the one sample that reaches into it.
+  // Each [t, a] holds from t to the next entry. To keep the journaled entry small, two
+  // entries less than TAPER_SLOT_MS apart are merged into their exact time-weighted mean
+  // once the entry after them is known, so about a dozen entries cover the minute.
   const win = [...s.window, [ts, currentA] as [number, number]]
+  const n = win.length
+  if (n >= 3) {
+    const [ta, aa] = win[n - 3]!
+    const [tb, ab] = win[n - 2]!
+    if (tb - ta < TAPER_SLOT_MS && ts > ta) win.splice(n - 3, 2, [ta, (aa * (tb - ta) + ab * (ts - tb)) / (ts - ta)])
+  }
   let cut = 0
   while (cut + 1 < win.length && win[cut + 1]![0] <= ts - TAPER_WINDOW_MS) cut++
   const previous = s.window

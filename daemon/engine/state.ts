@@ -84,7 +84,7 @@ export interface Session {
   /** Reached minChargeA (or started by auto-start): only such sessions cost anything. */
   drewCurrent: boolean
   peakA: number
-  /** Recent [ts, currentA] samples, covering the last minute, for the taper heuristic. */
+  /** Recent [ts, currentA] samples (each holds until the next; close ones merged), covering the last minute, for the taper heuristic. */
   window: [number, number][]
   /** ts of the first of the current run of readings below noCurrentA, else null. */
   lowSince: number | null
