@@ -27,7 +27,7 @@ const TAPER_WINDOW_MS = 60_000
 /** Samples closer than this are merged in the taper window (see sessionReading). */
 const TAPER_SLOT_MS = 5_000
 /** Command ids remembered for at-most-once application. */
-const COMMAND_MEMORY = 1000
+const COMMAND_MEMORY = 256
 /** A reading above this multiple of the outlet's rating is impossible. */
 const RATING_FACTOR = 1.5
 
@@ -506,11 +506,10 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
     const pay = canPay(ctx.state, e.autoStartUser, plan)
     if (!pay.ok) return
     // Starts at this reading: energy before it (below autoStartA) is not billed, it shows in reconciliation.
-    const s = openSession(ctx, id, e.autoStartUser, e.planId, plan, 'auto-start', rd.ts, mWh, pay.cap, true)
+    openSession(ctx, id, e.autoStartUser, e.planId, plan, 'auto-start', rd.ts, mWh, pay.cap, true)
     const m = ctx.sess(id)
     m.peakA = rd.currentA
     m.window = [[rd.ts, rd.currentA]]
-    void s
   }
 }
 
