@@ -340,3 +340,17 @@ t.test('a meter-only outlet: sessions are metered and billed, never switched', a
   t.equal(r.ended()[0]?.energyWh, 10.22)
   t.same(r.relays(r.effects), [], 'no relay effect, ever')
 })
+
+t.test('the command memo is bounded: the last 256 ids are remembered, older ones are forgotten', async (t) => {
+  const r = new Rig(siteConfig(), WED_NOON)
+  r.boot()
+  r.cmd({ action: 'set-wallet', userId: 'u-1', currency: 'CAD', balance: 1 }, 'first')
+  for (let i = 0; i < 255; i++) r.cmd({ action: 'set-wallet', userId: 'u-2', currency: 'CAD', balance: i }, `n${i}`)
+  r.cmd({ action: 'set-wallet', userId: 'u-1', currency: 'CAD', balance: 2 }, 'first')
+  t.equal(r.state.wallets['u-1']!.balance, 1, '256 commands later, still remembered')
+  r.cmd({ action: 'set-wallet', userId: 'u-2', currency: 'CAD', balance: 0 }, 'one-more')
+  r.cmd({ action: 'set-wallet', userId: 'u-1', currency: 'CAD', balance: 2 }, 'first')
+  t.equal(r.state.wallets['u-1']!.balance, 2, 'after 257 it is forgotten and applies again')
+  t.equal(r.state.commands.ids.length, 256)
+  t.equal(Object.keys(r.state.commands.results).length, 256)
+})
