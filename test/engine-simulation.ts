@@ -14,6 +14,8 @@ const VOLTS = 230
 const ALL_DAYS: Weekday[] = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']
 const USERS = ['u-1', 'u-2', 'u-3']
 const TRACE = process.env.ENGINE_SIM_TRACE === '1'
+/** Share of steps also run on a JSON round-tripped state (ENGINE_SIM_ROUNDTRIP=1 checks every step). */
+const ROUND_TRIP_P = Number(process.env.ENGINE_SIM_ROUNDTRIP ?? 0.005)
 const CLOSED = new Set(['armed', 'pending', 'charging'])
 
 /** Instants near a DST change of each zone (and an ordinary day), so plan edges and DST nights meet. */
@@ -176,11 +178,23 @@ export function runSeed(seed: number, stats?: SimStats): void {
     stepNo++
     const before = state
     const r = step(before, ev, now)
-    if (opts.roundTrip || chance(0.005)) {
+    if (opts.roundTrip || chance(ROUND_TRIP_P)) {
       // The same step on the state as the journal gives it back must do exactly the same.
       const r2 = step(JSON.parse(JSON.stringify(before)) as EngineState, ev, now)
       check(JSON.stringify(r2.state) === JSON.stringify(r.state), () => 'step on a JSON round-tripped state gave a different state')
       check(JSON.stringify(r2.effects) === JSON.stringify(r.effects), () => 'step on a JSON round-tripped state gave different effects')
+      // Structural sharing is minimal too: whatever got a new identity really changed.
+      for (const k of Object.keys(r.state)) {
+        if (k === 'outlets') {
+          for (const id of Object.keys(r.state.outlets)) {
+            const a = before.outlets[id]
+            const b = r.state.outlets[id]
+            if (a !== undefined && a !== b) check(JSON.stringify(a) !== JSON.stringify(b), () => `outlets.${id} copied without a change (${ev.type})`)
+          }
+        } else if (before[k] !== r.state[k]) {
+          check(JSON.stringify(before[k]) !== JSON.stringify(r.state[k]), () => `section ${k} copied without a change (${ev.type})`)
+        }
+      }
     }
     state = deepFreeze(r.state)
     if (TRACE) console.error(`#${stepNo} t=${now} ${JSON.stringify(ev)}\n    -> ${r.effects.filter((e) => e.type !== 'status').map((e) => JSON.stringify(e)).join('\n    -> ')}`)

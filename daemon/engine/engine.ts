@@ -620,9 +620,9 @@ function onShutdown(ctx: Ctx): void {
   for (const id of Object.keys(ctx.state.outlets)) if (ctx.state.outlets[id]!.session) endSession(ctx, id, 'reboot')
   ctx.sec('gateway').running = false
   for (const id of Object.keys(ctx.state.outlets)) {
-    const e = ctx.out(id)
-    e.relayClosed = false
-    if (e.hasRelay) ctx.relay(id, false)
+    const e = ctx.state.outlets[id]!
+    if (e.relayClosed) ctx.out(id).relayClosed = false
+    if (e.hasRelay) ctx.relay(id, false) // every relay, open or not
     ctx.touch(id)
   }
 }
@@ -740,7 +740,7 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
       const sessionId = e.session.id
       endSession(ctx, id, c.by === 'user' ? 'user-stopped' : 'manager-stopped')
       // A stop must stick: with auto-start the still-plugged vehicle would start a new session at once.
-      if (e.autoStartUser !== null) ctx.out(id).autoStartSuspended = true
+      if (e.autoStartUser !== null && !e.autoStartSuspended) ctx.out(id).autoStartSuspended = true
       const ended = ctx.records[ctx.records.length - 1]
       return { ok: true, result: { sessionId, total: ended && ended.type === 'session.ended' ? ended.total : 0 } }
     }
@@ -750,8 +750,8 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
       if (typeof c.balance !== 'number' || !Number.isSafeInteger(c.balance)) return fail('invalid-command', 'balance: must be an integer (minor units)')
       const userId = c.userId
       const balance = c.balance
-      const w = ctx.sec('wallets')
-      w[userId] = { currency: c.currency, balance }
+      const cur = hasOwn(ctx.state.wallets, userId) ? ctx.state.wallets[userId]! : null
+      if (!cur || cur.currency !== c.currency || cur.balance !== balance) ctx.sec('wallets')[userId] = { currency: c.currency, balance }
       // Authoritative: a lower balance shrinks the caps of the user's open sessions (never below what they already cost).
       let remaining = balance
       for (const id of Object.keys(ctx.state.outlets)) {
@@ -769,9 +769,12 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
       if (bad) return bad
       const id = c.outlet as string
       if (!ctx.state.outlets[id]!.hasRelay && c.userId !== null) return fail('no-relay', `outlet "${id}" has no relay: it cannot be armed`)
-      const e = ctx.out(id)
-      e.autoStartUser = c.userId as string | null
-      e.autoStartSuspended = false
+      const e0 = ctx.state.outlets[id]!
+      if (e0.autoStartUser !== c.userId || e0.autoStartSuspended) {
+        const e = ctx.out(id)
+        e.autoStartUser = c.userId as string | null
+        e.autoStartSuspended = false
+      }
       return { ok: true }
     }
     case 'set-availability': {
