@@ -326,3 +326,21 @@ t.test('offline limit: sessions end offline-limit when the uplink has been down 
   d.run(600, { A1: 16 })
   t.equal(d.ended().length, 0, 'charges through a 10-minute outage')
 })
+
+t.test('a reading sampled just before the activation it follows: its energy joins the session, no negative time', async (t) => {
+  const r = ready()
+  r.wallet('u-1', 10_000)
+  r.advance(500)
+  r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
+  const activatedAt = r.now
+  r.meter.A1! += 100
+  r.apply({ type: 'reading', outlet: 'A1', reading: { ts: activatedAt - 200, currentA: 16, powerW: 3680, energyWh: r.meter.A1! / 1000, voltageV: 230 } })
+  r.run(5, { A1: 16 })
+  r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
+  const end = r.ended()[0]!
+  t.equal(end.startedAt, new Date(activatedAt).toISOString())
+  t.equal(end.energyWh, (100 + 5 * 1022) / 1000)
+  t.equal(end.lines.length, 1, 'merged into one line')
+  t.equal(end.lines[0]!.energyWh, end.energyWh)
+  t.equal(end.lines[0]!.seconds, end.durationS)
+})
