@@ -151,7 +151,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
   }
   const vr = validateConfig(raw)
   if (!vr.ok) throw new Error(`seed ${seed}: generated config invalid: ${JSON.stringify(vr.problems)}`)
-  const config: SiteConfig = vr.config
+  let config: SiteConfig = vr.config
 
   const sim: SimOutlet[] = config.outlets.map((o) => ({ id: o.id, relay: o.relay !== undefined, closed: false, register: int(1_000_000, 5_000_000_000), lastFed: 0, plugged: false, demand: 0, tapering: false, mode: 'ok', modeLeft: 0 }))
   let state: EngineState = deepFreeze(initialState(config))
@@ -358,10 +358,26 @@ export function runSeed(seed: number, stats?: SimStats): void {
     if (clean) apply({ type: 'shutdown' })
     // What the journal persisted, and nothing else, comes back.
     state = deepFreeze(JSON.parse(JSON.stringify(state)) as EngineState)
-    if (chance(0.5)) apply({ type: 'config', config })
-    now += int(1000, 120_000)
-    for (const o of sim) o.closed = o.closed // contactors keep their position until boot opens them
+    if (chance(0.3)) {
+      // The installer edited the file meanwhile: an outlet's plan or auto-start user, the timings.
+      const edited = structuredClone(raw)
+      const o = pick(edited.outlets) as Record<string, unknown>
+      o.plan = pick(planIds)
+      if (o.relay) {
+        if (chance(0.5)) o.autoStart = { userId: pick(USERS) }
+        else delete o.autoStart
+      }
+      edited.sessions.graceSeconds = int(3, 40)
+      const v = validateConfig(edited)
+      if (!v.ok) fail(`edited config invalid: ${JSON.stringify(v.problems)}`)
+      config = (v as { ok: true; config: SiteConfig }).config
+    }
+    // Before or after boot, as the daemon may do either.
+    const configFirst = chance(0.5)
+    if (configFirst) apply({ type: 'config', config })
+    now += int(1000, 120_000) // contactors keep their position until boot opens them
     apply({ type: 'boot', cleanShutdown: clean, version: 'sim' })
+    if (!configFirst && chance(0.5)) apply({ type: 'config', config })
     if (chance(0.5)) apply({ type: 'uplink', online: true })
   }
 
