@@ -35,7 +35,7 @@ const SERIAL_ONLY_MODELS = new Set(['outpost-serial'])
 
 let validator: ValidateFunction | undefined
 function compiled(): ValidateFunction {
-  validator ??= new Ajv2020({ allErrors: true, discriminator: true, useDefaults: true, strict: true, strictRequired: false }).compile(siteSchema)
+  validator ??= new Ajv2020({ allErrors: true, discriminator: true, useDefaults: true, verbose: true, strict: true, strictRequired: false }).compile(siteSchema)
   return validator
 }
 
@@ -79,6 +79,7 @@ export function formatProblem(file: string, p: ConfigProblem): string {
 
 /** Strict JSON with line/column on error and duplicate keys reported (JSON.parse keeps the last silently). */
 export function parseJson(text: string): { ok: true; value: unknown } | { ok: false; problems: ConfigProblem[] } {
+  if (text.trim() === '') return { ok: false, problems: [{ pointer: '', line: 1, column: 1, message: 'malformed JSON: the file is empty' }] }
   const errors: ParseError[] = []
   const tree = parseTree(text, errors, { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false })
   const problems: ConfigProblem[] = []
@@ -86,9 +87,7 @@ export function parseJson(text: string): { ok: true; value: unknown } | { ok: fa
     const { line, column } = lineColumn(text, e.offset)
     problems.push({ pointer: '', line, column, message: `malformed JSON: ${describeParseError(printParseErrorCode(e.error))}` })
   }
-  if (problems.length === 0 && tree === undefined) {
-    problems.push({ pointer: '', line: 1, column: 1, message: 'malformed JSON: the file is empty' })
-  }
+  void tree
   if (problems.length > 0) return { ok: false, problems: problems.slice(0, 1) }
   // Duplicate keys: walk once, tracking the pointer of each object.
   const stack: { keys: Set<string>; path: string }[] = []
@@ -312,11 +311,11 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
     }
     const busId = str(o.bus)
     const bus = busId !== undefined ? buses.get(busId) : undefined
-    if (busId !== undefined && !bus) {
+    if (busId !== undefined && !bus && Array.isArray(cfg.buses)) {
       out.push({ pointer: `${at}/bus`, message: `unknown bus "${busId}" (buses: ${[...buses.keys()].join(', ') || 'none'})` })
     }
     const planId = str(o.plan)
-    if (planId !== undefined && !plans.has(planId)) {
+    if (planId !== undefined && !plans.has(planId) && Array.isArray(cfg.plans)) {
       out.push({ pointer: `${at}/plan`, message: `unknown plan "${planId}" (plans: ${[...plans.keys()].join(', ') || 'none'})` })
     }
     const serialBus = bus?.type === 'serial'

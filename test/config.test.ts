@@ -1,0 +1,169 @@
+import t from 'tap'
+import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { validateConfig, loadConfigFile, parseJson, type ConfigProblem } from '../daemon/config.js'
+import { packagePath } from '../daemon/paths.js'
+
+const example = (): any => JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8'))
+
+t.test('the contract example validates as written', async (t) => {
+  const r = validateConfig(example())
+  t.ok(r.ok, r.ok ? 'valid' : JSON.stringify(r.problems))
+})
+
+t.test('the contract example in the shared contract is the one in config/', async (t) => {
+  // The shared contract is outside the repo in CI's layout too (shared/ beside the clone).
+  const contract = readFileSync(packagePath('..', 'shared', 'docs', 'contract.md'), 'utf8')
+  const m = /```json\n([\s\S]*?)```/.exec(contract)
+  t.ok(m, 'contract has a JSON example')
+  t.same(JSON.parse(m![1]!), example())
+})
+
+t.test('defaults are applied from the schema, in one place', async (t) => {
+  const cfg = example()
+  delete cfg.sessions
+  delete cfg.offline
+  delete cfg.buses[1].timeoutMs
+  const r = validateConfig(cfg)
+  t.ok(r.ok)
+  if (!r.ok) return
+  t.same(r.config.sessions, {
+    pollMs: 1000, graceSeconds: 60, minChargeA: 0.5, autoStartA: 0.5, noCurrentA: 0.1,
+    noCurrentHoldMs: 2000, meterFaultMs: 10000, taperRatio: 0.5, reconciliationMinutes: 60,
+  })
+  t.same(r.config.offline, { limitMinutes: null })
+  t.equal(r.config.buses[1]!.timeoutMs, 300, 'bus defaults apply inside the bus kind')
+  t.equal(r.config.outlets[0]!.ratingA, 32)
+  t.equal(r.config.storage.readingSyncMs, 5000)
+  t.equal(r.config.uplink!.topicPrefix, 'outpost')
+  t.equal(r.config.logging.level, 'info')
+  t.notOk('ratingA' in example().outlets[0], 'validation does not mutate its input')
+})
+
+t.test('a config without uplink, api and relay is valid (offline, meter-only)', async (t) => {
+  const cfg = example()
+  delete cfg.uplink
+  delete cfg.api
+  delete cfg.outlets[0].relay
+  const r = validateConfig(cfg)
+  t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
+})
+
+type Case = [name: string, mutate: (c: any) => void, pointer: string, message: RegExp]
+const cases: Case[] = [
+  ['missing site id', (c) => delete c.site.id, '/site/id', /is required/],
+  ['missing buses', (c) => delete c.buses, '/buses', /is required/],
+  ['site id with a slash (it is an MQTT topic level)', (c) => (c.site.id = 'lot/7'), '/site/id', /must be an id/],
+  ['bad time zone', (c) => (c.site.timezone = 'Mars/Olympus_Mons'), '/site/timezone', /not an IANA time zone/],
+  ['unknown bus', (c) => (c.outlets[0].bus = 'rs232'), '/outlets/0/bus', /unknown bus "rs232" \(buses: rs485, lan\)/],
+  ['unknown plan', (c) => (c.outlets[1].plan = 'weekend'), '/outlets/1/plan', /unknown plan "weekend"/],
+  ['duplicate outlet id', (c) => (c.outlets[1].id = 'A1'), '/outlets/1/id', /duplicate outlet id "A1"/],
+  ['duplicate bus id', (c) => (c.buses[1].id = 'rs485'), '/buses/1/id', /duplicate bus id "rs485"/],
+  ['duplicate plan id', (c) => (c.plans[1].id = 'standard'), '/plans/1/id', /duplicate plan id "standard"/],
+  ['coil collision on one bus', (c) => (c.outlets[1].relay.coil = 0), '/outlets/1/relay/coil', /coil 0 of unit 100 on bus "lan" is already switched by \/outlets\/0/],
+  ['meter unit collision on one bus', (c) => (c.outlets[1].meter.unit = 1), '/outlets/1/meter/unit', /unit 1 on bus "lan" is already claimed by \/outlets\/0\/meter/],
+  ['relay on another outlet\'s meter unit', (c) => (c.outlets[1].relay.unit = 1), '/outlets/1/relay/unit', /is the meter of \/outlets\/0/],
+  ['hour 25', (c) => (c.plans[1].periods[0].from = '25:00'), '/plans/1/periods/0/from', /must be a time HH:MM/],
+  ['24:00 as a start', (c) => (c.plans[1].periods[0].from = '24:00'), '/plans/1/periods/0/from', /only valid as an end/],
+  ['empty window', (c) => (c.plans[1].periods[0].to = '07:00'), '/plans/1/periods/0/to', /empty window/],
+  ['negative rate', (c) => (c.plans[0].periods[0].perKwh = -0.15), '/plans/0/periods/0/perKwh', /must be >= 0/],
+  ['7 decimals', (c) => (c.plans[0].periods[0].perKwh = 0.1234567), '/plans/0/periods/0/perKwh', /more than 6 decimals/],
+  ['fee finer than the currency', (c) => (c.plans[0].activationFee = 0.505), '/plans/0/activationFee', /cannot be charged in CAD \(at most 2 decimals\)/],
+  ['unknown currency', (c) => (c.plans[0].currency = 'XYZ'), '/plans/0/currency', /not a known ISO 4217 currency/],
+  ['period without a rate', (c) => delete c.plans[1].periods[1].perKwh, '/plans/1/periods/1', /needs perKwh, perHour or "unavailable": true/],
+  ['auto-start without relay', (c) => delete c.outlets[1].relay, '/outlets/1/autoStart', /auto-start needs a relay/],
+  ['port as a string', (c) => (c.buses[1].port = '5020'), '/buses/1/port', /must be an integer/],
+  ['pollMs wrong type', (c) => (c.sessions.pollMs = true), '/sessions/pollMs', /must be an integer/],
+  ['unknown key at the top', (c) => (c.sesions = {}), '/sesions', /unknown key \(allowed here: site, storage, models, buses, outlets, plans, sessions/],
+  ['unknown key in an outlet', (c) => (c.outlets[0].autostart = { userId: 'x' }), '/outlets/0/autostart', /unknown key/],
+  ['unknown bus type', (c) => (c.buses[0].type = 'canbus'), '/buses/0/type', /must be one of: "modbus-rtu", "modbus-tcp", "serial"/],
+  ['key of another bus kind', (c) => (c.buses[1].baudRate = 9600), '/buses/1/baudRate', /unknown key/],
+  ['bad baud rate', (c) => (c.buses[0].baudRate = 9601), '/buses/0/baudRate', /must be one of: 1200, 2400/],
+  ['unit 0', (c) => (c.outlets[0].meter.unit = 0), '/outlets/0/meter/unit', /must be >= 1/],
+  ['unit 248', (c) => (c.outlets[0].meter.unit = 248), '/outlets/0/meter/unit', /must be <= 247/],
+  ['unknown meter model', (c) => (c.outlets[0].meter.model = 'abb-b23'), '/outlets/0/meter/model', /unknown meter model "abb-b23"/],
+  ['modbus-coil relay without a coil', (c) => delete c.outlets[0].relay.coil, '/outlets/0/relay/coil', /is required for a modbus-coil relay/],
+  ['bad day name', (c) => (c.plans[0].periods[0].days = ['monday']), '/plans/0/periods/0/days/0', /must be one of: "mon"/],
+  ['offline limit zero', (c) => (c.offline.limitMinutes = 0), '/offline/limitMinutes', /must be >= 1/],
+  ['bad broker URL', (c) => (c.uplink.url = 'http://broker'), '/uplink/url', /must be a broker URL/],
+  ['bad listen address', (c) => (c.api.listen = '8080'), '/api/listen', /must be host:port/],
+  ['short token', (c) => (c.api.token = 'x'), '/api/token', /at least 8 characters/],
+  ['no outlets', (c) => (c.outlets = []), '/outlets', /at least 1 item/],
+  ['one serial port for two buses', (c) => c.buses.push({ id: 'again', type: 'modbus-rtu', path: '/dev/ttyUSB0' }), '/buses/2/path', /already used by \/buses\/0/],
+  ['Modbus meter on a serial bus', (c) => { c.buses[0].type = 'serial'; c.outlets[0].bus = 'rs485' }, '/outlets/0/meter/model', /Modbus model but the outlet's bus is a plain serial bus/],
+]
+
+for (const [name, mutate, pointer, message] of cases) {
+  t.test(`invalid: ${name}`, async (t) => {
+    const cfg = example()
+    mutate(cfg)
+    const r = validateConfig(cfg)
+    t.notOk(r.ok, 'rejected')
+    if (r.ok) return
+    const hit = r.problems.find((p: ConfigProblem) => p.pointer === pointer && message.test(p.message))
+    t.ok(hit, `expected ${pointer}: ${message} in ${JSON.stringify(r.problems)}`)
+  })
+}
+
+t.test('every problem is reported at once', async (t) => {
+  const cfg = example()
+  delete cfg.site.id
+  cfg.site.timezone = 'Nowhere/Land'
+  cfg.outlets[1].relay.coil = 0
+  cfg.plans[0].periods[0].perKwh = -1
+  const r = validateConfig(cfg)
+  t.notOk(r.ok)
+  if (r.ok) return
+  t.same(r.problems.map((p) => p.pointer).sort(), ['/outlets/1/relay/coil', '/plans/0/periods/0/perKwh', '/site/id', '/site/timezone'])
+})
+
+t.test('a wrapping window and 24:00 end are valid', async (t) => {
+  const cfg = example()
+  cfg.plans[1].periods = [
+    { days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '19:00', to: '07:00', perKwh: 0.08 },
+    { days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '07:00', to: '24:00', perKwh: 0.123456, perHour: 0.5 },
+  ]
+  const r = validateConfig(cfg)
+  t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
+})
+
+t.test('malformed JSON is reported with line and column', async (t) => {
+  const r = parseJson('{\n  "site": {\n    "id": "x",\n  }\n}')
+  t.notOk(r.ok)
+  if (r.ok) return
+  t.equal(r.problems.length, 1)
+  t.match(r.problems[0], { line: 4, column: 3, message: /malformed JSON: expected a quoted property name/ })
+  const trailing = parseJson('{"a": 1} 2')
+  t.match(!trailing.ok && trailing.problems[0], { line: 1, column: 10, message: /after the end of the document/ })
+  const empty = parseJson('   ')
+  t.match(!empty.ok && empty.problems[0], { message: /empty/ })
+})
+
+t.test('a duplicate key is an error, not silently the last one', async (t) => {
+  const r = parseJson('{"site": {"id": "a", "id": "b"}}')
+  t.notOk(r.ok)
+  if (r.ok) return
+  t.match(r.problems[0], { pointer: '/site/id', line: 1, message: /duplicate key "id"/ })
+})
+
+t.test('files: unreadable, a directory, valid', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-cfg-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  t.match(loadConfigFile(join(dir, 'none.json')), { ok: false, problems: [{ message: 'cannot read config: no such file' }] })
+  t.match(loadConfigFile(dir), { ok: false, problems: [{ message: /is a directory/ }] })
+  const f = join(dir, 'site.json')
+  writeFileSync(f, JSON.stringify(example()))
+  t.ok(loadConfigFile(f).ok)
+})
+
+t.test('installer models from models.dir are accepted', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-models-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'abb-b23.json'), '{}')
+  const cfg = example()
+  cfg.models = { dir }
+  cfg.outlets[0].meter.model = 'abb-b23'
+  const r = validateConfig(cfg)
+  t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
+})
