@@ -104,7 +104,7 @@ export function openError(err: unknown, location: string): OutpostError {
   if (codes.includes('LEVEL_LOCKED')) return new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`, { cause: err })
   if (codes.includes('LEVEL_CORRUPTION'))
     return new OutpostError('JOURNAL_CORRUPT', `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`, { cause: err })
-  return new OutpostError('JOURNAL_OPEN_FAILED', `cannot open the journal at ${location}: ${detail}`, { cause: err })
+  return new OutpostError('JOURNAL_OPEN_FAILED', `cannot open the journal at ${location}: ${detail}. If its files are damaged, see \`outpost repair --config FILE\` (docs/journal.md)`, { cause: err })
 }
 
 function corrupt(location: string, what: string, cause?: unknown): OutpostError {

@@ -75,7 +75,7 @@ export async function openOffline(storageDir: string, opts: { allowSnapshot?: bo
     return { db: direct, location, mode: 'direct', close: () => direct.close() }
   } catch (err) {
     const e = openError(err, location)
-    const mode: OfflineMode | undefined = e.code === 'JOURNAL_LOCKED' && opts.allowSnapshot ? 'snapshot' : e.code === 'JOURNAL_CORRUPT' && opts.allowRepairedCopy ? 'repaired-copy' : undefined
+    const mode: OfflineMode | undefined = e.code === 'JOURNAL_LOCKED' && opts.allowSnapshot ? 'snapshot' : (e.code === 'JOURNAL_CORRUPT' || e.code === 'JOURNAL_OPEN_FAILED') && opts.allowRepairedCopy ? 'repaired-copy' : undefined
     if (!mode) throw e
     for (let attempt = 0; ; attempt++) {
       const copy = await copyJournal(location)
@@ -94,7 +94,8 @@ export async function openOffline(storageDir: string, opts: { allowSnapshot?: bo
         }
       } catch (err2) {
         await rm(copy, { recursive: true, force: true })
-        if (attempt >= 4) throw openError(err2, `${location} (copy)`)
+        // The original's error is the one that explains the situation.
+        if (attempt >= 4 || mode === 'repaired-copy') throw e
       }
     }
   }
