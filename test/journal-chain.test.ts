@@ -6,7 +6,7 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
 import fc from 'fast-check'
-import { canonicalJson, recordHash, sealRecord, verifyRecords, GENESIS_PREV } from '../daemon/journal/index.js'
+import { canonicalJson, recordHash, sealRecord, sealRecordText, verifyRecords, GENESIS_PREV } from '../daemon/journal/index.js'
 import type { JournalRecord, RecordBody } from '../daemon/types.js'
 
 t.test('RFC 8785 section 3.2.2: the sample input canonicalizes to the published output', async (t) => {
@@ -117,6 +117,14 @@ t.test('a sealed record hashes the canonical JSON of everything but its hash', a
   t.equal(r!.seq, 1)
   t.equal(r!.bootId, 'boot-1')
   t.equal(r!.clockSynced, false)
+})
+
+t.test('the stored text of a record is its canonical JSON with the hash appended, and parses back to the record', async (t) => {
+  const { record, text } = sealRecordText(started(7), 7, 'ab'.repeat(32), 'boot-1', true)
+  const { hash, ...rest } = record
+  t.equal(text, `${canonicalJson(rest).slice(0, -1)},"hash":"${hash}"}`)
+  t.same(JSON.parse(text), record)
+  t.equal(recordHash(JSON.parse(text) as JournalRecord), hash)
 })
 
 t.test('the verifier accepts an intact chain and names the first break', async (t) => {

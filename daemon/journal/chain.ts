@@ -33,8 +33,19 @@ export function recordHash(record: Omit<JournalRecord, 'hash'> | JournalRecord):
 
 /** Seal a body into a record: the journal's only way of making one. */
 export function sealRecord(body: RecordBody, seq: number, prev: string, bootId: string, clockSynced: boolean): JournalRecord {
+  return sealRecordText(body, seq, prev, bootId, clockSynced).record
+}
+
+/**
+ * Seal, and also return the record's stored JSON text: its canonical form with
+ * `"hash"` appended last. Canonicalizing once serves both the hash and storage
+ * (a second JSON.stringify would cost as much as the hash).
+ */
+export function sealRecordText(body: RecordBody, seq: number, prev: string, bootId: string, clockSynced: boolean): { record: JournalRecord; text: string } {
   const unsealed = { ...body, seq, bootId, clockSynced, prev } as Omit<JournalRecord, 'hash'>
-  return { ...unsealed, hash: recordHash(unsealed) } as JournalRecord
+  const canonical = canonicalJson(unsealed)
+  const hash = createHash('sha256').update(canonical, 'utf8').digest('hex')
+  return { record: { ...unsealed, hash } as JournalRecord, text: `${canonical.slice(0, -1)},"hash":"${hash}"}` }
 }
 
 export interface ChainBreak {
