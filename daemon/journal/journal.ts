@@ -53,7 +53,7 @@ export interface JournalOptions {
   db?: JournalDb
   /** How often retention runs by itself; default 1 h, 0 = only when compact() is called. */
   compactEveryMs?: number
-  /** Records at the tail whose chain is verified on open; default 100 (about 1.5 ms; `outpost verify` checks the whole chain). */
+  /** Records at the tail whose chain is verified on open; default 32 (well under a millisecond; `outpost verify` checks the whole chain). */
   tailCheck?: number
 }
 
@@ -200,7 +200,7 @@ export class Journal implements RecordLog {
 
     // Tail of the chain: enough to prove the last records were not torn or edited, without reading a million of them.
     const tail: JournalRecord[] = []
-    for await (const [key, value] of db.iterator({ ...K.RECORDS, reverse: true, limit: this.opts.tailCheck ?? 100 })) {
+    for await (const [key, value] of db.iterator({ ...K.RECORDS, reverse: true, limit: this.opts.tailCheck ?? 32 })) {
       const r = parseJson<JournalRecord>(this.location, key, value)
       if (r.seq !== K.seqOfRecordKey(key)) throw corrupt(this.location, `entry ${key} holds seq ${r.seq}`)
       tail.push(r)
