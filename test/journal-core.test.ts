@@ -434,3 +434,21 @@ t.test('property: any interleaving of commits, acks and reopenings keeps a gaple
   )
   t.pass('40 random histories held the invariants')
 })
+
+t.test('retention runs by itself every compactEveryMs; a closed journal refuses work', async (t) => {
+  const dir = tempDir(t)
+  const c = clock()
+  const j = await Journal.open(dir, options({ retentionDays: 1, compactEveryMs: 20 }, c))
+  for (let i = 1; i <= 5; i++) await j.commit({ records: [fault(i, c.now())] })
+  await j.ack(5)
+  c.advance(2 * DAY)
+  // Wait for the timer's compaction (a condition, not a fixed sleep).
+  while (j.oldest() === 1) await new Promise((r) => setTimeout(r, 10))
+  t.equal(j.oldest(), 5, 'acknowledged old records went, the head stayed')
+  await j.close({ clean: true })
+  await t.rejects(j.commit({ records: [fault(6)] }), { code: 'JOURNAL_CLOSED' })
+  await t.rejects(j.read(5, 1), { code: 'JOURNAL_CLOSED' })
+  await t.rejects(j.loadState(), { code: 'JOURNAL_CLOSED' })
+  await j.close({ clean: true })
+  t.pass('closing twice is harmless')
+})
