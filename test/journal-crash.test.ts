@@ -1,34 +1,42 @@
 /**
- * kill -9: a child process runs seeded charging sessions through the journal on
- * real LevelDB on disk; the test kills it at random moments (during boot
- * recovery too), 200 times, and after every kill checks the log: the chain
- * verifies with no seq gap, no session ends twice, nothing billed exceeds the
- * meter's register delta, and every record the child reported committed is
- * there with the same hash. After every boot, every session.started has exactly
- * one session.ended. Also: a second process gets JOURNAL_LOCKED, and
- * `records`-style reading works on a snapshot while the daemon runs.
+ * kill -9: a child process runs the session engine and the journal on real
+ * LevelDB on disk, the way the daemon drives them, against meters that are a
+ * deterministic function of time; the test kills it at random moments (during
+ * start-up and boot recovery too), 200 times, and after every kill checks the
+ * log: the chain verifies with no seq gap, no session ends twice, every register
+ * a record claims is one the meter had, nothing billed exceeds the meter's
+ * register delta, and every record the child reported committed is there with
+ * the same hash. After every boot, every session.started has exactly one
+ * session.ended. Also: a second process gets JOURNAL_LOCKED, and reading works
+ * on a snapshot while the daemon runs (with the lighter journal-only workload).
  */
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { openOffline, storedRecords, verifyDb } from '../daemon/journal/index.js'
+import { openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../daemon/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
-import { transpile, JOURNAL_SOURCES } from './fixtures/transpile.js'
+import { registerMWh, siteConfig } from './fixtures/engine-site.js'
+import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
 
 const KILLS = 200
 const OUTLETS = 3
 const SEED = 0x5eed
 
-const built = transpile([...JOURNAL_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts'])
+const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/journal-engine-child.ts'])
 t.teardown(built.cleanup)
-const childScript = built.path('test/fixtures/journal-child.ts')
+const workloadChild = built.path('test/fixtures/journal-child.ts')
+const engineChild = built.path('test/fixtures/journal-engine-child.ts')
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-crash-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+
+const configFile = join(mkdtempSync(join(tmpdir(), 'outpost-crash-config-')), 'site.json')
+writeFileSync(configFile, JSON.stringify(siteConfig()))
+t.teardown(() => rmSync(join(configFile, '..'), { recursive: true, force: true }))
 
 const children = new Set<ChildProcess>()
 t.teardown(() => {
@@ -43,10 +51,11 @@ interface Run {
   waitFor: (pred: (line: string) => boolean) => Promise<void>
 }
 
-function start(seed: number, flag?: string): Run {
+function start(seed: number, flag?: string, kind: 'engine' | 'workload' = 'engine', where = dir): Run {
   const env = { ...process.env }
   delete env.NODE_OPTIONS // tap's coverage hook: not wanted in a child that is killed 200 times
-  const child = spawn(process.execPath, [childScript, dir, String(seed), String(OUTLETS), ...(flag ? [flag] : [])], { stdio: ['ignore', 'pipe', 'pipe'], env })
+  const args = kind === 'engine' ? [engineChild, where, String(seed), configFile] : [workloadChild, where, String(seed), String(OUTLETS)]
+  const child = spawn(process.execPath, [...args, ...(flag ? [flag] : [])], { stdio: ['ignore', 'pipe', 'pipe'], env })
   children.add(child)
   const lines: string[] = []
   const waiters: { pred: (l: string) => boolean; resolve: () => void }[] = []
@@ -91,6 +100,42 @@ async function allRecords(): Promise<JournalRecord[]> {
   }
 }
 
+/**
+ * The crash invariants over the engine's log. `final` also demands that every
+ * session.started has its session.ended (true up to the end of any boot).
+ */
+function checkEngineLog(records: JournalRecord[], final: boolean): string[] {
+  const problems: string[] = []
+  const brk = verifyRecords(records)
+  if (brk) problems.push(`chain: seq ${brk.seq}: ${brk.problem}`)
+  if (records.length > 0 && records[0]!.seq !== 1) problems.push(`log starts at seq ${records[0]!.seq}`)
+  const started = new Map<string, JournalRecord & { type: 'session.started' }>()
+  const ended = new Map<string, number>()
+  const wh = (i: number, t: number): number => registerMWh(i, t) / 1000
+  for (const r of records) {
+    if (r.type === 'session.started') {
+      if (started.has(r.sessionId)) problems.push(`${r.sessionId} started twice`)
+      started.set(r.sessionId, r)
+    }
+    if (r.type !== 'session.ended') continue
+    ended.set(r.sessionId, (ended.get(r.sessionId) ?? 0) + 1)
+    const s = started.get(r.sessionId)
+    if (!s) problems.push(`${r.sessionId} ended without starting (seq ${r.seq})`)
+    else if (s.meterWh !== r.meterStartWh) problems.push(`${r.sessionId}: meterStartWh differs from session.started`)
+    const i = Number(r.outlet.slice(1)) - 1
+    const startT = Date.parse(r.startedAt)
+    const endT = Date.parse(r.endedAt)
+    // The start register is the last good reading at or before the start (read within the child's loop, well under 30 s).
+    if (r.meterStartWh > wh(i, startT) || r.meterStartWh < wh(i, startT - 30_000)) problems.push(`${r.sessionId}: start register ${r.meterStartWh} is not the meter's around ${r.startedAt}`)
+    // The end register is the meter's at endedAt, or, with no reading since the start, the start register.
+    if (r.meterEndWh !== wh(i, endT) && !(r.meterEndWh === r.meterStartWh && endT === startT)) problems.push(`${r.sessionId}: end register ${r.meterEndWh} is not the meter's at ${r.endedAt} (${wh(i, endT)})`)
+    if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005) problems.push(`${r.sessionId}: billed ${r.energyWh} Wh > register delta ${r.meterEndWh - r.meterStartWh}`)
+  }
+  for (const [id, n] of ended) if (n > 1) problems.push(`${id} ended ${n} times`)
+  if (final) for (const id of started.keys()) if (!ended.has(id)) problems.push(`${id} never ended`)
+  return problems
+}
+
 const committed = new Map<number, string>()
 function collect(run: Run): void {
   for (const l of run.lines) {
@@ -128,13 +173,13 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
       break
     }
     const records = await allRecords()
-    const found = checkLog(records, false)
+    const found = checkEngineLog(records, false)
     const bySeq = new Map(records.map((r) => [r.seq, r.hash]))
     for (const [seq, hash] of committed) if (bySeq.get(seq) !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
     if (run.lines.some((l) => l.startsWith('ready'))) {
       // Boot ran to the end in this run: everything started before it has ended.
       const bootHead = Number(run.lines.find((l) => l.startsWith('ready'))!.split(' ')[1])
-      found.push(...checkLog(records.filter((r) => r.seq <= bootHead), true).map((p) => `after boot: ${p}`))
+      found.push(...checkEngineLog(records.filter((r) => r.seq <= bootHead), true).map((p) => `after boot: ${p}`))
     }
     if (found.length > 0) {
       t.fail(`after kill ${i + 1}: ${found.slice(0, 5).join('; ')}`)
@@ -152,7 +197,8 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
   t.ok(last.lines.includes('stopped'))
   collect(last)
   const records = await allRecords()
-  t.same(checkLog(records, true), [], 'final log: every session.started has exactly one session.ended')
+  t.same(checkEngineLog(records, true), [], 'final log: every session.started has exactly one session.ended')
+  t.ok(records.filter((r) => r.type === 'session.ended').length > KILLS / 4, 'sessions ran between kills')
   const powerLoss = records.filter((r) => r.type === 'session.ended' && r.reason === 'power-loss').length
   t.ok(powerLoss > 0, `sessions left open by kills were closed with power-loss (${powerLoss})`)
   const starts = records.filter((r) => r.type === 'gateway.started')
@@ -171,19 +217,24 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
 })
 
 t.test('a second process on the same directory gets JOURNAL_LOCKED; a snapshot can be read meanwhile', async (t) => {
-  const first = start(1)
+  const lockDir = mkdtempSync(join(tmpdir(), 'outpost-lock-'))
+  t.teardown(() => rmSync(lockDir, { recursive: true, force: true }))
+  const first = start(1, undefined, 'workload', lockDir)
   await first.ready
-  const second = start(2)
+  const second = start(2, undefined, 'workload', lockDir)
   await second.waitFor((l) => l.startsWith('error'))
   t.equal(await second.exited, 3)
   t.match(second.lines.find((l) => l.startsWith('error')), /^error JOURNAL_LOCKED another outpost is already running on /)
-  await t.rejects(openOffline(dir), { code: 'JOURNAL_LOCKED' }, 'direct open is refused while the daemon runs')
+  await t.rejects(openOffline(lockDir), { code: 'JOURNAL_LOCKED' }, 'direct open is refused while the daemon runs')
   await first.waitFor((l) => l.startsWith('c '))
-  const snap = await openOffline(dir, { allowSnapshot: true })
+  const snap = await openOffline(lockDir, { allowSnapshot: true })
   t.equal(snap.mode, 'snapshot')
   const report = await verifyDb(snap.db)
+  const snapRecords: JournalRecord[] = []
+  for await (const { record } of storedRecords(snap.db)) if (record) snapRecords.push(record)
   await snap.close()
   t.equal(report.break, undefined, 'the snapshot of a live journal verifies')
+  t.same(checkLog(snapRecords, false), [], 'and holds the workload invariants')
   t.ok((report.last ?? 0) > 0)
   first.child.kill('SIGTERM')
   t.equal(await first.exited, 0, 'SIGTERM stops the child cleanly')
