@@ -125,7 +125,8 @@ t.test('engine state is persisted by sections, only what changed identity, and l
     writes.push(ops.map((op) => `${op.type} ${op.key}`))
     return batch(ops, o)
   }
-  const j = await Journal.open(location, options({ db: db as unknown as JournalDb }))
+  // readingSyncMs 0: every step is written at once, so each batch shows exactly one step's entries.
+  const j = await Journal.open(location, options({ db: db as unknown as JournalDb, readingSyncMs: 0 }))
   t.equal(await j.loadState(), undefined, 'nothing persisted yet')
   const a1 = { state: 'off', lastWh: 10 }
   const a2 = { state: 'armed', lastWh: 20 }
@@ -146,7 +147,7 @@ t.test('engine state is persisted by sections, only what changed identity, and l
   t.same(writes.at(-1), ['put r!000000000002'])
   t.equal(await j.loadState(), s3)
   await j.close({ clean: true })
-  const j2 = await Journal.open(location, options({ db: db as unknown as JournalDb }))
+  const j2 = await Journal.open(location, options({ db: db as unknown as JournalDb, readingSyncMs: 0 }))
   t.same(await j2.loadState(), s3, 'reopened: exactly what was persisted')
   const loaded = await j2.loadState()
   // Handing back the loaded state writes nothing for it.
@@ -271,50 +272,82 @@ t.test('a write failure rejects with JOURNAL_WRITE_FAILED, stops the journal, re
   await db.close()
 })
 
-t.test('a failed group-committed reading also stops the journal', async (t) => {
+t.test('a failed group commit (by the timer, or flush) also stops the journal and is reported', async (t) => {
   const db = new PowerCutLevel()
   await db.open()
-  const j = await Journal.open('mem', options({ db, readingSyncMs: 60_000 }))
+  const j = await Journal.open('mem', options({ db, readingSyncMs: 20 }))
+  const faults: string[] = []
+  j.onFault((e) => faults.push(e.code))
   db.failWrites = new StorageFault('LEVEL_IO_ERROR', 'IO error: Input/output error')
-  await t.rejects(j.commit({ records: [], state: { outlets: { A1: 1 } } }), { code: 'JOURNAL_WRITE_FAILED' })
+  await j.commit({ records: [], state: { outlets: { A1: 1 } } })
+  // The step waits in memory; the group-commit timer meets the error and reports it.
+  while (faults.length === 0) await new Promise((r) => setTimeout(r, 10))
+  t.same(faults, ['JOURNAL_WRITE_FAILED'])
   db.failWrites = undefined
   await t.rejects(j.commit({ records: [fault(1)] }), { code: 'JOURNAL_WRITE_FAILED' })
+  await t.rejects(j.flush(), { code: 'JOURNAL_WRITE_FAILED' })
   await j.close({ clean: false })
   await db.close()
 })
 
-t.test('group commit: a state-only step waits for its fsync; records and command results never do', async (t) => {
+t.test('group commit: a state-only step waits in memory for the next synced batch; records and command results never wait', async (t) => {
   const db = new PowerCutLevel()
   await db.open()
   const j = await Journal.open('mem', options({ db, readingSyncMs: 60_000 }))
-  await j.commit({ records: [], state: { outlets: { A1: { wh: 1 } } }, readings: [{ outlet: 'A1', sessionId: 's-1', reading: { ts: T0, currentA: 1, powerW: 230, energyWh: 1, voltageV: 230 } }] })
-  t.equal(db.unsyncedBatches, 1, 'the reading step is not fsynced yet')
+  const writes = db.writes
+  const s1 = { outlets: { A1: { wh: 1 } } }
+  await j.commit({ records: [], state: s1, readings: [{ outlet: 'A1', sessionId: 's-1', reading: { ts: T0, currentA: 1, powerW: 230, energyWh: 1, voltageV: 230 } }] })
+  const s2 = { outlets: { A1: { wh: 2 } } }
+  await j.commit({ records: [], state: s2 })
+  t.equal(db.writes, writes, 'state-only steps are not written yet')
+  t.equal(await j.loadState(), s2, 'loadState() answers the newest committed state')
+  t.equal(await db.get('o!A1'), undefined)
   await j.commit({ records: [], commandResults: [{ id: 'x', result: { id: 'x', ok: true } }] })
-  t.equal(db.unsyncedBatches, 0, 'a command result syncs, and with it every earlier write')
-  await j.commit({ records: [], state: { outlets: { A1: { wh: 2 } } } })
-  t.equal(db.unsyncedBatches, 1)
+  t.equal(db.writes, writes + 1, 'one batch carried the command result and the waiting steps')
+  t.equal(db.unsyncedBatches, 0, 'and it was fsynced')
+  t.equal(await db.get('o!A1'), JSON.stringify({ wh: 2 }), 'merged by key: the newest entry')
+  t.equal((await j.readings('s-1')).length, 1)
+  await j.commit({ records: [], state: { outlets: { A1: { wh: 3 } } } })
+  t.equal(db.writes, writes + 1)
   await j.flush()
-  t.equal(db.unsyncedBatches, 0, 'flush() syncs')
-  await j.close({ clean: true })
+  t.equal(db.writes, writes + 2, 'flush() writes and fsyncs')
+  t.equal(db.unsyncedBatches, 0)
+  t.equal(await db.get('o!A1'), JSON.stringify({ wh: 3 }))
+  // A power cut now loses what waits, and nothing else.
+  await j.commit({ records: [], state: { outlets: { A1: { wh: 4 } } } })
+  db.cutNow()
+  const after = await PowerCutLevel.fromImage(db.image(Math.random))
+  const j2 = await Journal.open('mem', options({ db: after }))
+  t.same(await j2.loadState(), { outlets: { A1: { wh: 3 } } }, 'the last synced state survives the cut')
+  await j2.close({ clean: true })
+  await after.close()
+  await db.close()
 
-  // With a short readingSyncMs the timer syncs by itself.
+  // With a short readingSyncMs the timer writes by itself.
   const db2 = new PowerCutLevel()
   await db2.open()
-  const j2 = await Journal.open('mem', options({ db: db2, readingSyncMs: 20 }))
-  await j2.commit({ records: [], state: { outlets: { A1: { wh: 3 } } } })
-  t.equal(db2.unsyncedBatches, 1)
-  while (db2.unsyncedBatches > 0) await new Promise((r) => setTimeout(r, 10))
-  t.pass('synced by the group-commit timer')
-  await j2.close({ clean: true })
+  const j3 = await Journal.open('mem', options({ db: db2, readingSyncMs: 20 }))
+  await j3.commit({ records: [], state: { outlets: { A1: { wh: 5 } } } })
+  while ((await db2.get('o!A1')) === undefined) await new Promise((r) => setTimeout(r, 10))
+  t.equal(db2.unsyncedBatches, 0, 'written and fsynced by the group-commit timer')
+  await j3.close({ clean: true })
 
-  // readingSyncMs 0: every state step is synced.
+  // readingSyncMs 0: every state step is written and fsynced at once.
   const db3 = new PowerCutLevel()
   await db3.open()
-  const j3 = await Journal.open('mem', options({ db: db3, readingSyncMs: 0 }))
-  await j3.commit({ records: [], state: { outlets: { A1: { wh: 4 } } } })
+  const j4 = await Journal.open('mem', options({ db: db3, readingSyncMs: 0 }))
+  await j4.commit({ records: [], state: { outlets: { A1: { wh: 6 } } } })
+  t.equal(await db3.get('o!A1'), JSON.stringify({ wh: 6 }))
   t.equal(db3.unsyncedBatches, 0)
-  await j3.close({ clean: true })
-  await Promise.all([db.close(), db2.close(), db3.close()])
+  await j4.close({ clean: true })
+  // close() writes what waits.
+  const db4 = new PowerCutLevel()
+  await db4.open()
+  const j5 = await Journal.open('mem', options({ db: db4, readingSyncMs: 60_000 }))
+  await j5.commit({ records: [], state: { outlets: { A1: { wh: 7 } } } })
+  await j5.close({ clean: true })
+  t.equal(await db4.get('o!A1'), JSON.stringify({ wh: 7 }))
+  await Promise.all([db2.close(), db3.close(), db4.close()])
 })
 
 t.test('readings are journaled per session and read back in order', async (t) => {

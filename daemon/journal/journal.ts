@@ -127,7 +127,10 @@ export class Journal implements RecordLog {
   private headHash = GENESIS_PREV
   private oldestSeq = 1
   private ackedSeq = 0
-  private persisted: PersistedEngineState | undefined
+  /** The newest state handed to commit(): written, or waiting in `pending` for the group commit. */
+  private latest: PersistedEngineState | undefined
+  /** Writes of state-only steps (state entries, readings) not yet handed to LevelDB, by key: the newest wins. */
+  private readonly pending = new Map<string, Op>()
   private failure: OutpostError | undefined
   private closed = false
   private queue: Promise<unknown> = Promise.resolve()
@@ -223,7 +226,7 @@ export class Journal implements RecordLog {
     // Records are fsynced before the uplink may publish them, so an ack past the head means records were lost.
     if (this.ackedSeq > this.headSeq) throw corrupt(this.location, `the cloud acknowledged seq ${this.ackedSeq} but the log ends at ${this.headSeq}`)
 
-    this.persisted = await this.readState()
+    this.latest = await this.readState()
     this.previousCleanShutdown = fresh ? true : (await db.get(K.META_RUNNING)) === undefined
 
     const ops: Op[] = [{ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: this.opts.bootId, since: this.opts.now() }) }]
@@ -368,7 +371,8 @@ export class Journal implements RecordLog {
       ops.push({ type: 'put', key: K.recordKey(r.seq), value: text })
       if (r.type === 'session.ended') ops.push({ type: 'put', key: K.endedKey(now, r.sessionId), value: '' })
     }
-    if (step.state !== undefined) this.stateOps(step.state, ops)
+    const stateOps: Op[] = []
+    if (step.state !== undefined) this.stateOps(step.state, stateOps)
     if (step.commandResults && step.commandResults.length > 0) {
       // First result wins, across steps and within one step.
       const ids = [...new Set(step.commandResults.map((c) => c.id))]
@@ -382,11 +386,24 @@ export class Journal implements RecordLog {
     }
     for (const g of step.readings ?? []) {
       const r = g.reading
-      ops.push({ type: 'put', key: K.readingKey(g.sessionId, r.ts), value: JSON.stringify([r.currentA, r.powerW, r.energyWh, r.voltageV, g.outlet]) })
+      stateOps.push({ type: 'put', key: K.readingKey(g.sessionId, r.ts), value: JSON.stringify([r.currentA, r.powerW, r.energyWh, r.voltageV, g.outlet]) })
     }
     const durable = sealed.length > 0 || (step.commandResults?.length ?? 0) > 0 || this.readingSyncMs === 0
-    if (ops.length > 0) await this.write(ops, durable)
-    if (step.state !== undefined) this.persisted = step.state
+    if (!durable) {
+      // Group commit: a state-only step (a reading) waits in memory, merged by key with the ones before it, and
+      // goes to LevelDB with the next synced batch — the timer's, within readingSyncMs, or an earlier record's.
+      // A crash or a power cut loses at most those readings; SD-card writes shrink by readingSyncMs / pollMs.
+      for (const op of stateOps) this.pending.set(op.key, op)
+      if (step.state !== undefined) this.latest = step.state
+      if (this.pending.size > 0) this.scheduleSync()
+      return sealed
+    }
+    const batch = new Map(this.pending)
+    for (const op of stateOps) batch.set(op.key, op)
+    for (const op of ops) batch.set(op.key, op)
+    if (batch.size > 0) await this.write([...batch.values()], true)
+    this.pending.clear()
+    if (step.state !== undefined) this.latest = step.state
     if (sealed.length > 0) {
       this.headSeq = seq
       this.headHash = prev
@@ -404,7 +421,7 @@ export class Journal implements RecordLog {
 
   /** Put the sections and outlet entries whose identity changed; delete the ones that disappeared. */
   private stateOps(next: PersistedEngineState, ops: Op[]): void {
-    const prev = this.persisted
+    const prev = this.latest
     if (prev === next) return
     const json = (key: string, v: unknown): string => {
       const text = JSON.stringify(v)
@@ -427,10 +444,10 @@ export class Journal implements RecordLog {
     if (!prev) ops.push({ type: 'put', key: K.META_STATE, value: '1' })
   }
 
-  /** The engine state as last persisted (what survived, after a crash). */
+  /** The engine state as last committed (after a restart: what was persisted and survived). */
   async loadState(): Promise<PersistedEngineState | undefined> {
     this.assertOpen()
-    return this.persisted
+    return this.latest
   }
 
   /** The first stored result of a command id. */
@@ -452,11 +469,30 @@ export class Journal implements RecordLog {
     return out
   }
 
-  /** Fsync everything written so far (group-committed readings included). */
+  /** Write and fsync everything committed so far (group-committed readings included). */
   flush(): Promise<void> {
-    return this.enqueue(async () => {
-      if (this.unsynced && !this.failure) await this.write([{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }], true)
-    })
+    return this.enqueue(() => this.flushNow([]))
+  }
+
+  /** Pending state-only writes plus `extra`, in one synced batch (or an fsync of earlier un-synced writes). */
+  private async flushNow(extra: Op[]): Promise<void> {
+    this.assertWritable()
+    const ops = [...this.pending.values(), ...extra]
+    if (ops.length === 0 && this.unsynced) ops.push({ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) })
+    if (ops.length === 0) return
+    await this.write(ops, true)
+    this.pending.clear()
+  }
+
+  private scheduleSync(): void {
+    if (this.syncTimer || this.closed) return
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined
+      this.flush().catch(() => {
+        // A write failure has already put the journal in its fault state and told the listeners.
+      })
+    }, this.readingSyncMs)
+    this.syncTimer.unref()
   }
 
   /**
@@ -467,11 +503,7 @@ export class Journal implements RecordLog {
   async close(opts: { clean: boolean }): Promise<void> {
     if (this.closed) return
     try {
-      await this.enqueue(async () => {
-        if (this.failure) return
-        const ops: Op[] = opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }]
-        await this.write(ops, true)
-      }).catch(() => {})
+      await this.enqueue(() => this.flushNow(opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }])).catch(() => {})
     } finally {
       this.closed = true
       this.clearTimers()
@@ -594,19 +626,11 @@ export class Journal implements RecordLog {
       throw this.failure
     }
     if (sync) {
+      // One fsync covers every write before it (LevelDB's log is append-only).
       this.unsynced = false
-      if (this.syncTimer) clearTimeout(this.syncTimer)
-      this.syncTimer = undefined
     } else {
+      // Only retention deletes are written without fsync; losing them to a power cut just means redoing them.
       this.unsynced = true
-      if (!this.syncTimer && !this.closed) {
-        // Group commit: one fsync covers every reading written before it (LevelDB's log is append-only).
-        this.syncTimer = setTimeout(() => {
-          this.syncTimer = undefined
-          this.flush().catch(() => {})
-        }, this.readingSyncMs)
-        this.syncTimer.unref()
-      }
     }
   }
 
