@@ -82,15 +82,27 @@ async function durableAppends(withState: boolean): Promise<BenchRow> {
     let state: PersistedEngineState = { outlets: {}, wallets: { 'u-1': 1000 } }
     let rawMs = 0
     let jMs = 0
-    for (let i = 1; i <= N; i++) {
+    const rawOne = async (i: number): Promise<void> => {
       const e = sealed[i - 1]!
-      let t = performance.now()
+      const t = performance.now()
       await db.batch([{ type: 'put', key: e.key, value: e.value }], { sync: true } as object)
       rawMs += performance.now() - t
+    }
+    const journalOne = async (i: number): Promise<void> => {
       if (withState) state = { ...state, outlets: { ...state.outlets, [`A${(i % 8) + 1}`]: { state: 'off', lastWh: i } } }
-      t = performance.now()
+      const t = performance.now()
       await j.commit(withState ? { records: [ended(i)], state } : { records: [ended(i)] })
       jMs += performance.now() - t
+    }
+    for (let i = 1; i <= N; i++) {
+      // Alternate who goes first: an fsync right after another file's fsync costs differently.
+      if (i % 2 === 0) {
+        await rawOne(i)
+        await journalOne(i)
+      } else {
+        await journalOne(i)
+        await rawOne(i)
+      }
     }
     await db.close()
     await j.close({ clean: true })
@@ -261,22 +273,27 @@ async function footprint(): Promise<BenchRow[]> {
   return [r1, r2]
 }
 
-export async function run(): Promise<BenchRow[]> {
+/** All rows; `parts` (appends, readings, start, footprint) picks some, for `node dist/bench/journal.js appends`. */
+export async function run(parts: string[] = ['appends', 'readings', 'start', 'footprint']): Promise<BenchRow[]> {
   const rows: BenchRow[] = []
-  rows.push(await durableAppends(false))
-  rows.push(await durableAppends(true))
-  rows.push(...(await readings()))
-  const start = await startTime()
-  start.row.note = [start.row.note, `building the 1,000,000-record journal took ${start.buildS.toFixed(1)} s (${(1_000_000 / start.buildS).toFixed(0)} records/s in 2000-record steps); ${start.bytesPerRecord.toFixed(0)} bytes/record on disk`].filter(Boolean).join('; ')
-  rows.push(start.row)
-  rows.push(...(await footprint()))
+  if (parts.includes('appends')) {
+    rows.push(await durableAppends(false))
+    rows.push(await durableAppends(true))
+  }
+  if (parts.includes('readings')) rows.push(...(await readings()))
+  if (parts.includes('start')) {
+    const start = await startTime()
+    start.row.note = [start.row.note, `building the 1,000,000-record journal took ${start.buildS.toFixed(1)} s (${(1_000_000 / start.buildS).toFixed(0)} records/s in 2000-record steps); ${start.bytesPerRecord.toFixed(0)} bytes/record on disk`].filter(Boolean).join('; ')
+    rows.push(start.row)
+  }
+  if (parts.includes('footprint')) rows.push(...(await footprint()))
   return rows
 }
 
 const invoked = process.argv[1] ?? ''
 if (invoked.endsWith('/bench/journal.js')) {
   const t0 = performance.now()
-  run().then(
+  run(process.argv.length > 2 ? process.argv.slice(2) : undefined).then(
     (rows) => {
       for (const r of rows) {
         process.stdout.write(`${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} vs ${r.baseline.toFixed(1)} ${r.unit} = ${r.ratio.toFixed(2)}x (goal ${r.goal})${r.note ? ` — ${r.note}` : ''}\n`)

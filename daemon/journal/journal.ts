@@ -369,7 +369,6 @@ export class Journal implements RecordLog {
       prev = r.hash
       sealed.push(r)
       ops.push({ type: 'put', key: K.recordKey(r.seq), value: text })
-      if (r.type === 'session.ended') ops.push({ type: 'put', key: K.endedKey(now, r.sessionId), value: '' })
     }
     const stateOps: Op[] = []
     if (step.state !== undefined) this.stateOps(step.state, stateOps)
@@ -516,28 +515,45 @@ export class Journal implements RecordLog {
   /**
    * Delete what retention allows: records the cloud acknowledged whose `ts` is
    * older than retentionDays (never an unacknowledged one, never the head,
-   * always a prefix so the held range stays contiguous), readings of sessions
-   * closed longer ago than that, and command results older than that.
+   * always a prefix so the held range stays contiguous), with them the readings
+   * of the sessions their session.ended records bill (a billing record and its
+   * evidence go together), and command results older than retentionDays.
    */
   async compact(): Promise<CompactionResult> {
     const result: CompactionResult = { records: 0, readings: 0, commands: 0, oldest: this.oldest() }
     const cutoff = this.opts.now() - this.retentionMs
-    // Records: chunked, each chunk its own queued write so commits interleave.
+    // Records, with the readings of the sessions they bill: chunked, each chunk its own queued task so commits interleave.
     for (;;) {
       const n = await this.enqueue(async () => {
         this.assertWritable()
         const limitSeq = Math.min(this.ackedSeq, this.headSeq - 1)
         if (this.oldestSeq > limitSeq) return 0
         const ops: Op[] = []
+        const sessions: string[] = []
         let next = this.oldestSeq
         for await (const [key, value] of this.db.iterator({ gte: K.recordKey(this.oldestSeq), lte: K.recordKey(limitSeq), limit: COMPACT_CHUNK })) {
           const r = parseJson<JournalRecord>(this.location, key, value)
           const t = Date.parse(r.ts)
           if (!(t < cutoff)) break
           ops.push({ type: 'del', key })
+          if (r.type === 'session.ended') sessions.push(r.sessionId)
           next = r.seq + 1
         }
         if (ops.length === 0) return 0
+        // Readings first: a crash in between leaves the records, and the next run deletes them (and nothing else).
+        for (const sessionId of sessions) {
+          let readings: Op[] = []
+          for await (const key of this.db.keys(K.prefixRange(K.readingPrefix(sessionId)))) {
+            readings.push({ type: 'del', key })
+            if (readings.length >= COMPACT_CHUNK) {
+              await this.write(readings, false)
+              result.readings += readings.length
+              readings = []
+            }
+          }
+          if (readings.length > 0) await this.write(readings, false)
+          result.readings += readings.length
+        }
         await this.write(ops, false)
         this.oldestSeq = next
         return ops.length
@@ -545,21 +561,6 @@ export class Journal implements RecordLog {
       result.records += n
       if (n < COMPACT_CHUNK) break
     }
-    // Readings of sessions closed before the cutoff.
-    result.readings += await this.enqueue(async () => {
-      this.assertWritable()
-      let count = 0
-      const ended: string[] = []
-      for await (const key of this.db.keys({ gte: K.ENDED.gte, lt: K.endedKey(cutoff, '') })) ended.push(key)
-      for (const key of ended) {
-        const { sessionId } = K.parseEndedKey(key)
-        const ops: Op[] = [{ type: 'del', key }]
-        for await (const rk of this.db.keys(K.prefixRange(K.readingPrefix(sessionId)))) ops.push({ type: 'del', key: rk })
-        count += ops.length - 1
-        await this.write(ops, false)
-      }
-      return count
-    })
     // Command results: a replay of an id older than retention is treated as new (documented).
     result.commands += await this.enqueue(async () => {
       this.assertWritable()

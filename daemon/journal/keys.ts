@@ -15,7 +15,6 @@
  *   o!<outletId>             one `outlets[id]` entry of the engine state
  *   c!<commandId>            {at, result}: the first result of a command id
  *   g!<sessionId>!<ts:15>    one reading a session is billed from: [currentA, powerW, energyWh, voltageV, outlet]
- *   e!<endedAt:15>!<sessionId>  index of closed sessions by journal time, for reading retention
  *
  * Never holds anything else: an unknown prefix is somebody else's bug.
  */
@@ -55,14 +54,6 @@ const pad = (n: number): string => String(Math.max(0, Math.floor(n))).padStart(T
 export const readingPrefix = (sessionId: string): string => 'g!' + escapeId(sessionId) + '!'
 export const readingKey = (sessionId: string, ts: number): string => readingPrefix(sessionId) + pad(ts)
 export const READINGS = { gte: 'g!', lt: 'g"' } as const
-
-export const endedKey = (at: number, sessionId: string): string => 'e!' + pad(at) + '!' + escapeId(sessionId)
-export const ENDED = { gte: 'e!', lt: 'e"' } as const
-export function parseEndedKey(key: string): { at: number; sessionId: string } {
-  const rest = key.slice(2)
-  const bang = rest.indexOf('!')
-  return { at: Number(rest.slice(0, bang)), sessionId: unescapeId(rest.slice(bang + 1)) }
-}
 
 /** The upper bound of a prefix range: the same prefix with its last byte + 1. */
 export function prefixRange(prefix: string): { gte: string; lt: string } {
