@@ -6,6 +6,7 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
 import fc from 'fast-check'
+import canonicalize from 'canonicalize'
 import { canonicalJson, recordHash, sealRecord, sealRecordText, verifyRecords, GENESIS_PREV } from '../daemon/journal/index.js'
 import type { JournalRecord, RecordBody } from '../daemon/types.js'
 
@@ -50,6 +51,40 @@ t.test('RFC 8785 section 3.2.4: the UTF-8 bytes of the cyberphone sample', async
     ' 6c 73 65 5d 7d'
   ).replace(/ /g, '')
   t.equal(hex, expected)
+})
+
+t.test('property: the canonicalizer agrees with the canonicalize package (a maintained RFC 8785 implementation) on random JSON', async (t) => {
+  // Any UTF-16 code units, lone surrogates included: both must refuse the same strings.
+  const units = fc.array(fc.integer({ min: 0, max: 0xffff }), { maxLength: 8 }).map((a) => String.fromCharCode(...a))
+  const value = fc.letrec((tie) => ({
+    node: fc.oneof({ maxDepth: 4 }, fc.constant(null), fc.boolean(), fc.double(), fc.integer(), units, fc.array(tie('node'), { maxLength: 4 }), fc.dictionary(units, tie('node'), { maxKeys: 5 })),
+  })).node
+  t.doesNotThrow(() =>
+    fc.assert(
+      fc.property(value, (v) => {
+        let theirs: string | undefined
+        let ours: string | undefined
+        try {
+          theirs = canonicalize(v)
+        } catch {
+          theirs = 'THROWS'
+        }
+        try {
+          ours = canonicalJson(v)
+        } catch {
+          ours = 'THROWS'
+        }
+        return ours === theirs
+      }),
+      { numRuns: 3000 },
+    ),
+  )
+  t.throws(() => canonicalJson({ a: '\ud800' }), { code: 'JOURNAL_INVALID_RECORD' })
+  t.throws(() => canonicalJson({ ['\udc00']: 1 }), { code: 'JOURNAL_INVALID_RECORD' })
+  t.equal(canonicalJson({ b: undefined, a: [undefined, 1] }), '{"a":[null,1]}', 'undefined members are left out, undefined items are null, as JSON.stringify does')
+  const cyclic: Record<string, unknown> = {}
+  cyclic.self = cyclic
+  t.throws(() => canonicalJson(cyclic), { code: 'JOURNAL_INVALID_RECORD' })
 })
 
 t.test('RFC 8785 appendix B: IEEE 754 number serialization vectors', async (t) => {

@@ -53,6 +53,7 @@ export async function main(argv: string[]): Promise<number> {
         continue
       }
       await out.line(text)
+      if (out.closed) break
     }
     await out.flush()
   } finally {

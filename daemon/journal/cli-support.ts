@@ -56,17 +56,38 @@ export function describeMode(mode: OfflineMode, location: string): string | unde
   return undefined
 }
 
-/** Buffered stdout writing that waits for the pipe to drain (a million records must not sit in memory). */
+/**
+ * Buffered stdout writing that waits for the pipe to drain (a million records
+ * must not sit in memory) and stops quietly when the reader goes away
+ * (`outpost records | head`).
+ */
 export class Output {
   private chunk = ''
+  closed = false
+  constructor() {
+    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') throw err
+      this.closed = true
+    })
+  }
   async line(text: string): Promise<void> {
     this.chunk += text + '\n'
     if (this.chunk.length >= 64 * 1024) await this.flush()
   }
   async flush(): Promise<void> {
-    if (this.chunk === '') return
+    if (this.chunk === '' || this.closed) return
     const data = this.chunk
     this.chunk = ''
-    if (!process.stdout.write(data)) await new Promise<void>((resolve) => process.stdout.once('drain', resolve))
+    if (!process.stdout.write(data)) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          process.stdout.off('drain', done)
+          process.stdout.off('error', done)
+          resolve()
+        }
+        process.stdout.once('drain', done)
+        process.stdout.once('error', done)
+      })
+    }
   }
 }
