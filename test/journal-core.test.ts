@@ -183,6 +183,8 @@ t.test('ack: durable, monotonic, clamped to the head', async (t) => {
   t.equal(j.acked(), 2, 'lower values are ignored')
   await j.ack(99)
   t.equal(j.acked(), 3, 'clamped to the head')
+  await j.commit({ records: [fault(4)] })
+  t.same(j.status(), { head: 4, acked: 3, oldest: 1, unacked: 1, waitingWrites: 0, fault: null })
   await t.rejects(j.ack(Number.NaN), { code: 'JOURNAL_BAD_RANGE' })
   await j.close({ clean: true })
   const j2 = await Journal.open(dir, options())
@@ -363,6 +365,11 @@ t.test('readings are journaled per session and read back in order', async (t) =>
   t.equal((await j.readings('s-2')).length, 5)
   t.same(await j.readings('s-'), [], 'a prefix of an id is another id')
   await j.close({ clean: true })
+  // With group commit, readings still waiting in memory are answered too.
+  const j2 = await Journal.open(dir, options({ readingSyncMs: 60_000 }))
+  await j2.commit({ records: [], readings: [{ outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + 9000, currentA: 1, powerW: 1, energyWh: 200, voltageV: 230 } }] })
+  t.same((await j2.readings('s-1')).map((r) => r.reading.ts), [0, 1, 2, 3, 4, 9].map((i) => T0 + i * 1000))
+  await j2.close({ clean: true })
 })
 
 t.test('retention: acknowledged old records with their sessions\' readings, and old command results go; nothing unacknowledged does', async (t) => {

@@ -298,6 +298,11 @@ export class Journal implements RecordLog {
     return () => this.faultListeners.delete(listener)
   }
 
+  /** For /api/health, /metrics and the status page. */
+  status(): { head: number; acked: number; oldest: number; unacked: number; waitingWrites: number; fault: string | null } {
+    return { head: this.headSeq, acked: this.ackedSeq, oldest: this.oldest(), unacked: this.headSeq - this.ackedSeq, waitingWrites: this.pending.size, fault: this.failure ? this.failure.message : null }
+  }
+
   /** The write failure that stopped the journal, if any. */
   get fault(): OutpostError | undefined {
     return this.failure
@@ -457,15 +462,17 @@ export class Journal implements RecordLog {
     return parseJson<{ result: CommandResult }>(this.location, K.commandKey(id), text).result
   }
 
-  /** The journaled readings of one session, oldest first. */
+  /** The journaled readings of one session, oldest first (those waiting for the group commit included). */
   async readings(sessionId: string): Promise<ReadingEntry[]> {
     this.assertOpen()
-    const out: ReadingEntry[] = []
-    for await (const [key, value] of this.db.iterator(K.prefixRange(K.readingPrefix(sessionId)))) {
-      const [currentA, powerW, energyWh, voltageV, outlet] = parseJson<[number, number, number, number, string]>(this.location, key, value)
-      out.push({ outlet, sessionId, reading: { ts: Number(key.slice(key.lastIndexOf('!') + 1)), currentA, powerW, energyWh, voltageV } })
-    }
-    return out
+    const range = K.prefixRange(K.readingPrefix(sessionId))
+    const byKey = new Map<string, string>()
+    for await (const [key, value] of this.db.iterator(range)) byKey.set(key, value)
+    for (const [key, op] of this.pending) if (op.type === 'put' && key >= range.gte && key < range.lt) byKey.set(key, op.value)
+    return [...byKey.keys()].sort().map((key) => {
+      const [currentA, powerW, energyWh, voltageV, outlet] = parseJson<[number, number, number, number, string]>(this.location, key, byKey.get(key)!)
+      return { outlet, sessionId, reading: { ts: Number(key.slice(key.lastIndexOf('!') + 1)), currentA, powerW, energyWh, voltageV } }
+    })
   }
 
   /** Write and fsync everything committed so far (group-committed readings included). */
