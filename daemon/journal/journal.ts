@@ -561,7 +561,8 @@ export class Journal implements RecordLog {
           if (readings.length > 0) await this.write(readings, false)
           result.readings += readings.length
         }
-        await this.write(ops, false)
+        // Fsynced: a record deletion must never survive a power cut while an earlier one is lost (a hole in the log).
+        await this.write(ops, true)
         this.oldestSeq = next
         return ops.length
       })
