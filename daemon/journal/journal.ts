@@ -548,8 +548,8 @@ export class Journal implements RecordLog {
         }
         if (ops.length === 0) return 0
         // Readings first: a crash in between leaves the records, and the next run deletes them (and nothing else).
+        let readings: Op[] = []
         for (const sessionId of sessions) {
-          let readings: Op[] = []
           for await (const key of this.db.keys(K.prefixRange(K.readingPrefix(sessionId)))) {
             readings.push({ type: 'del', key })
             if (readings.length >= COMPACT_CHUNK) {
@@ -558,9 +558,9 @@ export class Journal implements RecordLog {
               readings = []
             }
           }
-          if (readings.length > 0) await this.write(readings, false)
-          result.readings += readings.length
         }
+        if (readings.length > 0) await this.write(readings, false)
+        result.readings += readings.length
         // Fsynced: a record deletion must never survive a power cut while an earlier one is lost (a hole in the log).
         await this.write(ops, true)
         this.oldestSeq = next
