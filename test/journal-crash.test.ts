@@ -87,7 +87,14 @@ function start(seed: number, flag?: string, kind: 'engine' | 'workload' = 'engin
 }
 
 async function allRecords(): Promise<JournalRecord[]> {
-  const j = await openOffline(dir)
+  let j
+  try {
+    j = await openOffline(dir)
+  } catch (err) {
+    // Killed before its first open created the journal: nothing was ever committed.
+    if ((err as { code?: string }).code === 'JOURNAL_MISSING' && committed.size === 0) return []
+    throw err
+  }
   try {
     const out: JournalRecord[] = []
     for await (const { record, error, key } of storedRecords(j.db)) {

@@ -38,7 +38,7 @@ export interface JournalOptions {
   bootId: string
   /** Whether the system clock is synchronised now (stamped on every record). */
   clockSynced: () => boolean
-  /** The daemon's version; informational (the engine writes gateway.started). */
+  /** The daemon's version; kept in the running marker for diagnosis (the engine writes gateway.started). */
   version?: string
   /** storage.retentionDays; default 90. */
   retentionDays?: number
@@ -229,7 +229,7 @@ export class Journal implements RecordLog {
     this.latest = await this.readState()
     this.previousCleanShutdown = fresh ? true : (await db.get(K.META_RUNNING)) === undefined
 
-    const ops: Op[] = [{ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: this.opts.bootId, since: this.opts.now() }) }]
+    const ops: Op[] = [{ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: this.opts.bootId, since: this.opts.now(), version: this.opts.version ?? null }) }]
     if (fresh) ops.unshift({ type: 'put', key: K.META_FORMAT, value: K.FORMAT })
     await this.write(ops, true)
   }

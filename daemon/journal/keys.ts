@@ -6,7 +6,7 @@
  * are zero-padded decimal so that LevelDB's byte order is numeric order.
  *
  *   m!format                 "1" — layout version
- *   m!running                {bootId, since} while a daemon has the journal open; absent after a clean close
+ *   m!running                {bootId, since, version} while a daemon has the journal open; absent after a clean close
  *   m!acked                  the cloud's ack watermark (integer)
  *   m!state                  "1" once an engine state has been persisted
  *   m!sync                   a counter written only to force an fsync of group-committed readings
