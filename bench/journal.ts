@@ -17,7 +17,7 @@ import { join } from 'node:path'
 import { Level } from 'level'
 import { Journal, journalLocation, sealRecordText, GENESIS_PREV } from '../daemon/journal/index.js'
 import type { PersistedEngineState, RecordBody } from '../daemon/types.js'
-import { repeat, row, type BenchRow } from './lib.js'
+import { row, type BenchRow } from './lib.js'
 
 const T0 = Date.UTC(2026, 0, 1)
 
