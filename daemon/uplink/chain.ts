@@ -4,24 +4,20 @@
  * `hash`; `prev` is the previous record's hash (64 zeros for seq 1); seq is
  * gapless from 1.
  *
- * Owns: the cloud-side check of a run of records (the reconciling consumer uses
- * it on every record it stores, and on its own file when it restarts). Never
- * does I/O. The journal (issue 5) computes the same hash on its side; if it
- * exports its own verifier later, the two must agree on every record, which the
- * uplink tests check by verifying the journal's records with this one.
+ * Owns: the cloud-side check of a run of records, one record at a time against a
+ * known point (the reconciling consumer uses it on every record it stores, and on
+ * its own file when it restarts), reporting where and why a run breaks. Never does
+ * I/O. The hash itself is the journal's (daemon/journal/chain.ts: one definition of
+ * canonical JSON and SHA-256 for the writer and every checker).
  */
-import { createHash } from 'node:crypto'
-import canonicalize from 'canonicalize'
+import { GENESIS_PREV, recordHash as journalRecordHash } from '../journal/chain.js'
 import type { JournalRecord } from '../types.js'
 
-export const GENESIS_PREV = '0'.repeat(64)
+export { GENESIS_PREV }
 
-/** The hash a record must carry: over every field but `hash` itself. */
+/** The hash a record must carry: over every field but `hash` itself. Throws for content that has no canonical JSON. */
 export function recordHash(record: Record<string, unknown>): string {
-  const { hash: _ignored, ...rest } = record
-  const text = canonicalize(rest)
-  if (text === undefined) throw new TypeError('record cannot be canonicalized')
-  return createHash('sha256').update(text, 'utf8').digest('hex')
+  return journalRecordHash(record as unknown as JournalRecord)
 }
 
 /** Where a run of records must continue: after seq `seq` whose hash is `hash`. */
@@ -51,7 +47,12 @@ export function verifyChain(records: readonly unknown[], after: ChainPoint = CHA
     if (!isRecordShape(r)) return bad('not-a-record', `item ${i} is not a record (needs integer seq, string prev and hash)`)
     if (r.seq !== expected) return bad('seq', `expected seq ${expected}, found ${r.seq}`)
     if (r.prev !== end.hash) return bad('prev', `seq ${r.seq}: prev ${r.prev} does not match the hash of seq ${end.seq} (${end.hash})`)
-    const h = recordHash(r)
+    let h: string
+    try {
+      h = recordHash(r)
+    } catch (err) {
+      return bad('hash', `seq ${r.seq}: content has no canonical JSON (${(err as Error).message})`)
+    }
     if (h !== r.hash) return bad('hash', `seq ${r.seq}: hash ${r.hash} does not match its content (computed ${h})`)
     end = { seq: r.seq, hash: r.hash }
     count++
