@@ -26,7 +26,7 @@ import { topics, type Topics } from './topics.js'
 import { CHAIN_START, isRecordShape, verifyChain, type ChainBreak, type ChainPoint } from './chain.js'
 
 /** Messages handled per write+fsync+ack round at most. */
-const ACK_EVERY_MESSAGES = 2
+const ACK_EVERY_MESSAGES = 1
 
 export interface ConsumerOptions extends BrokerAuth {
   url: string

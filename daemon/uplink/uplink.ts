@@ -23,6 +23,9 @@ import { authOptions, safeUrl } from './connection.js'
 import { answerPull, parsePull, type PullAnswer } from './pull.js'
 import { topics, type Topics } from './topics.js'
 
+/** Records per journal read at most (split into batchRecords-sized messages). */
+const READ_PAGE_RECORDS = 1000
+
 export type UplinkStatus = 'online' | 'offline' | 'disabled'
 
 export interface UplinkState {
@@ -113,7 +116,9 @@ export class Uplink {
   private readonly onlineListeners = new Set<(online: boolean) => void>()
   /** Commands and acks are handled one at a time, in arrival order. */
   private commandChain: Promise<void> = Promise.resolve()
-  private ackChain: Promise<void> = Promise.resolve()
+  /** The highest ack received; written to the journal by writeAcks. */
+  private ackWanted = 0
+  private ackWriting = false
   /** Pulls too, with a bound on how many may wait. */
   private pullChain: Promise<void> = Promise.resolve()
   private pullsWaiting = 0
@@ -372,10 +377,16 @@ export class Uplink {
     const gen = this.gen
     const client = this.client
     while (client && this.online && gen === this.gen && this.unackedMessages < this.maxUnackedMessages) {
-      const acked = this.log.acked()
+      // The window slides on the cloud's ack at once, before the journal has made the watermark durable:
+      // flow control needs no durability (a crash in between only means resending more), and waiting for
+      // the journal's fsync on every ack would turn the window into stop-and-wait.
+      const acked = Math.max(this.log.acked(), this.ackWanted)
       if (this.sent < acked) this.sent = acked
       const room = this.cfg.windowRecords - (this.sent - acked)
-      const n = Math.min(this.cfg.batchRecords, room, this.log.head() - this.sent)
+      // One journal read serves several messages (fewer iterators); it never exceeds the window's room,
+      // nor more messages than may still await PUBACK.
+      const messages = Math.max(1, Math.min(this.maxUnackedMessages - this.unackedMessages, Math.floor(READ_PAGE_RECORDS / this.cfg.batchRecords)))
+      const n = Math.min(this.cfg.batchRecords * messages, room, this.log.head() - this.sent)
       if (n <= 0) return
       let records
       try {
@@ -395,12 +406,15 @@ export class Uplink {
       if (first !== this.sent + 1 || last - first + 1 !== records.length) {
         throw new OutpostError('UPLINK_GAP', `journal read from ${this.sent + 1} returned seq ${first}..${last} (${records.length} records); not forwarding a gap`)
       }
-      this.unackedMessages++
-      client.publish(this.t.records, JSON.stringify(records), { qos: 1 }, () => {
-        if (gen !== this.gen) return
-        this.unackedMessages--
-        if (this.unackedMessages === this.maxUnackedMessages - 1) void this.pump()
-      })
+      for (let i = 0; i < records.length; i += this.cfg.batchRecords) {
+        const batch = records.slice(i, i + this.cfg.batchRecords)
+        this.unackedMessages++
+        client.publish(this.t.records, JSON.stringify(batch), { qos: 1 }, () => {
+          if (gen !== this.gen) return
+          this.unackedMessages--
+          if (this.unackedMessages === this.maxUnackedMessages - 1) void this.pump()
+        })
+      }
       this.sent = last
       this.armAckTimer()
     }
@@ -427,7 +441,7 @@ export class Uplink {
 
   private onMessage(topic: string, payload: Buffer): void {
     try {
-      if (topic === this.t.ack) this.ackChain = this.ackChain.then(() => this.handleAck(payload))
+      if (topic === this.t.ack) this.onAck(payload)
       else if (topic === this.t.pull) this.enqueuePull(payload)
       else if (topic === this.t.cmd) this.commandChain = this.commandChain.then(() => this.handleCommand(payload))
     } catch (err) {
@@ -435,7 +449,8 @@ export class Uplink {
     }
   }
 
-  private async handleAck(payload: Buffer): Promise<void> {
+  /** Parses an ack and hands it to the one ack writer; acks that arrive while one is being written are coalesced. */
+  private onAck(payload: Buffer): void {
     let upTo: unknown
     try {
       upTo = payload.length <= 256 ? (JSON.parse(payload.toString()) as { upTo?: unknown })?.upTo : undefined
@@ -446,19 +461,36 @@ export class Uplink {
       this.logger.warn({ payload: payload.subarray(0, 120).toString() }, 'ignoring malformed ack (expected {"upTo": <seq>})')
       return
     }
-    const before = this.log.acked()
-    try {
-      await this.log.ack(upTo)
-    } catch (err) {
-      this.logger.error({ err }, 'journal ack failed')
-      return
-    }
-    if (this.log.acked() > before) {
-      clearTimeout(this.ackTimer)
-      this.ackTimer = undefined
-      if (this.sent > this.log.acked()) this.armAckTimer()
-    }
+    // Clamped at the head now, so a bogus ack past the head cannot shadow the real ones that follow.
+    const target = Math.min(upTo, this.log.head())
+    if (target <= this.ackWanted || target <= this.log.acked()) return
+    this.ackWanted = target
     void this.pump()
+    if (!this.ackWriting) void this.writeAcks()
+  }
+
+  /** Writes the highest ack received (one durable journal write per round, not one per message), then lets the window slide. */
+  private async writeAcks(): Promise<void> {
+    this.ackWriting = true
+    try {
+      while (this.ackWanted > this.log.acked()) {
+        const before = this.log.acked()
+        const target = this.ackWanted
+        try {
+          await this.log.ack(target)
+        } catch (err) {
+          this.logger.error({ err }, 'journal ack failed')
+          return
+        }
+        if (this.log.acked() === before) break // clamped at the head: nothing more to do
+        clearTimeout(this.ackTimer)
+        this.ackTimer = undefined
+        if (this.sent > this.log.acked()) this.armAckTimer()
+        void this.pump()
+      }
+    } finally {
+      this.ackWriting = false
+    }
   }
 
   private enqueuePull(payload: Buffer): void {
