@@ -1,5 +1,5 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { openTestLog } from './helpers/test-log.js'
@@ -49,6 +49,10 @@ t.test('outpost reconcile collects, verifies, acks and resumes', async (t) => {
   t.match(JSON.parse(r.stdout), { held: 520 })
   const lines = readJsonLines(out)
   t.same(lines.map((l) => l.seq), Array.from({ length: 520 }, (_, i) => i + 1), 'resumed: nothing twice, nothing missing')
+  // The journal's own offline checker agrees with the consumer about the reconciled file.
+  const v = spawnSync(process.execPath, [cliPath, 'verify', out], { encoding: 'utf8' })
+  t.equal(v.status, 0, v.stdout + v.stderr)
+  t.match(v.stdout, /intact: 520 records/)
 })
 
 t.test('outpost reconcile: usage errors and a tampered file', async (t) => {
