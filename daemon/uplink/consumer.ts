@@ -230,8 +230,15 @@ export class ReconcilingConsumer {
       this.enqueue('records', payload)
     } else if (topic === this.t.status) {
       try {
-        const s = JSON.parse(payload.toString()) as { head?: unknown }
+        const s = JSON.parse(payload.toString()) as { head?: unknown; online?: unknown }
         if (typeof s.head === 'number' && Number.isSafeInteger(s.head) && s.head > this.siteHead) this.siteHead = s.head
+        if (s.online === true) {
+          // The gateway (re)connected: it answers pulls now. A pull sent while it was away is lost, so
+          // ask again at once instead of waiting for that pull to time out.
+          this.pull = undefined
+          this.probe = true
+          this.maybePull()
+        }
       } catch {
         this.logger.warn('malformed status')
       }
