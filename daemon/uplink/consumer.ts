@@ -150,7 +150,9 @@ export class ReconcilingConsumer {
     this.client = client
     client.on('connect', () => {
       this.logger.info({ url: safeUrl(this.opts.url), held: this.end.seq }, 'connected')
-      client.subscribe([this.t.records, this.t.status, `${this.t.pull}/+`], { qos: 1 }, () => {
+      client.subscribe([this.t.records, this.t.status, `${this.t.pull}/+`], { qos: 1 }, (err) => {
+        if (err) this.logger.warn({ err: { message: err.message } }, 'subscribe failed')
+        else this.logger.info({ site: this.opts.siteId }, 'subscribed')
         this.probe = true
         this.maybePull()
       })
