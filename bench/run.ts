@@ -1,0 +1,61 @@
+/**
+ * `npm run bench`: every benchmark in bench/ (each module exporting run()),
+ * one after the other (they would disturb each other in parallel on 2 cores),
+ * then one table: figure, baseline measured in the same run, value, ratio, goal.
+ * `npm run bench -- journal bus` runs only those.
+ */
+import { readdirSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import type { BenchRow } from './lib.js'
+
+const here = dirname(fileURLToPath(import.meta.url))
+
+function fmt(n: number): string {
+  if (!Number.isFinite(n)) return String(n)
+  const a = Math.abs(n)
+  return a >= 1000 ? n.toFixed(0) : a >= 10 ? n.toFixed(1) : a >= 0.1 ? n.toFixed(3) : n.toPrecision(3)
+}
+
+export function table(rows: (BenchRow & { bench: string })[]): string {
+  const head = ['bench', 'figure', 'baseline', 'value', 'unit', 'ratio', 'goal', 'met', 'note']
+  const body = rows.map((r) => [r.bench, r.figure, fmt(r.baseline), fmt(r.value), r.unit, `${r.ratio.toFixed(2)}x`, r.goal, r.met ? 'yes' : 'NO', r.note ?? ''])
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
+}
+
+async function main(): Promise<number> {
+  const only = process.argv.slice(2)
+  const names = readdirSync(here)
+    .filter((f) => f.endsWith('.js') && f !== 'run.js' && f !== 'lib.js')
+    .map((f) => f.replace(/\.js$/, ''))
+    .filter((n) => only.length === 0 || only.includes(n))
+    .sort()
+  const rows: (BenchRow & { bench: string })[] = []
+  for (const name of names) {
+    const mod = (await import(pathToFileURL(join(here, `${name}.js`)).href)) as { run?: () => Promise<BenchRow[]> }
+    if (typeof mod.run !== 'function') continue
+    process.stderr.write(`bench: ${name}...\n`)
+    const started = performance.now()
+    try {
+      for (const r of await mod.run()) rows.push({ ...r, bench: name })
+    } catch (err) {
+      process.stderr.write(`bench: ${name} failed: ${(err as Error).stack ?? String(err)}\n`)
+      rows.push({ bench: name, figure: 'FAILED', baseline: NaN, value: NaN, unit: '', ratio: NaN, goal: '', met: false, note: (err as Error).message })
+    }
+    process.stderr.write(`bench: ${name} took ${((performance.now() - started) / 1000).toFixed(0)} s\n`)
+  }
+  process.stdout.write(table(rows) + '\n')
+  const missed = rows.filter((r) => !r.met)
+  if (missed.length) process.stdout.write(`\n${missed.length} figure(s) missed their goal; a row marked "noisy" was measured on a busy machine.\n`)
+  return 0
+}
+
+main().then(
+  (c) => (process.exitCode = c),
+  (e: unknown) => {
+    process.stderr.write(String((e as Error).stack ?? e) + '\n')
+    process.exitCode = 1
+  },
+)
