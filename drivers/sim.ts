@@ -11,6 +11,7 @@
  * monotonic timer scaled by `speed`, or only by advance() when speed is 0.
  * Energy registers only grow.
  */
+import { mulberry32 } from '../daemon/prng.js'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { SerialPort } from 'serialport'
@@ -87,16 +88,7 @@ export interface Sim {
 }
 
 /** Deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export const prng = mulberry32
 
 interface Outlet {
   n: number

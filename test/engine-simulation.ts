@@ -5,6 +5,7 @@
  * through the pure engine, with the invariants of the issue checked after every
  * step. runSeed throws an Error naming the seed and the step on the first breach.
  */
+import { mulberry32 } from '../daemon/prng.js'
 import type { Test } from 'tap'
 import { validateConfig } from '../daemon/config.js'
 import type { PlanConfig, RecordBody, SiteConfig, Weekday } from '../daemon/types.js'
@@ -27,16 +28,7 @@ const ZONES: { tz: string; starts: number[] }[] = [
   { tz: 'UTC', starts: [Date.UTC(2026, 11, 31, 23, 50)] },
 ]
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+export { mulberry32 }
 
 type Ended = Extract<RecordBody, { type: 'session.ended' }>
 type MeterMode = 'ok' | 'fail' | 'nan' | 'neg' | 'over' | 'glitch' | 'silent'

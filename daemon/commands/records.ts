@@ -5,8 +5,8 @@
  * allows one process); on a corrupt database, prints what a repaired copy holds.
  * Never writes to the journal.
  */
-import { openOffline, storedRecords } from '../journal/index.js'
-import { configFile, describeMode, loadConfig, Output, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN } from '../journal/cli-support.js'
+import { storedRecords } from '../journal/index.js'
+import { configFile, loadConfig, openForReading, Output, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_BROKEN } from '../journal/cli-support.js'
 import * as K from '../journal/keys.js'
 
 const USAGE = 'Usage: outpost records --config FILE [--from SEQ]\n'
@@ -30,16 +30,8 @@ export async function main(argv: string[]): Promise<number> {
   }
   const cfg = loadConfig(file)
   if (!cfg.ok) return cfg.exit
-  let journal
-  try {
-    journal = await openOffline(cfg.config.storage.dir, { allowSnapshot: true, allowRepairedCopy: true })
-  } catch (err) {
-    const e = err as { code?: string; message: string }
-    process.stderr.write(`outpost records: ${e.code}: ${e.message}\n`)
-    return e.code === 'JOURNAL_MISSING' ? EXIT_NOINPUT : EXIT_BROKEN
-  }
-  const note = describeMode(journal.mode, journal.location)
-  if (note) process.stderr.write(note + '\n')
+  const journal = await openForReading('records', cfg.config.storage.dir)
+  if (typeof journal === 'number') return journal
   const out = new Output()
   let status = EXIT_OK
   try {

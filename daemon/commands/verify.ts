@@ -7,8 +7,8 @@
  */
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { ChainVerifier, openOffline, verifyDb, type ChainBreak } from '../journal/index.js'
-import { configFile, describeMode, loadConfig, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN } from '../journal/cli-support.js'
+import { ChainVerifier, verifyDb, type ChainBreak } from '../journal/index.js'
+import { configFile, loadConfig, openForReading, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN } from '../journal/cli-support.js'
 
 const USAGE = 'Usage: outpost verify --config FILE | outpost verify FILE.jsonl\n'
 
@@ -70,16 +70,8 @@ export async function main(argv: string[]): Promise<number> {
 
   const cfg = loadConfig(configFile(options))
   if (!cfg.ok) return cfg.exit
-  let journal
-  try {
-    journal = await openOffline(cfg.config.storage.dir, { allowSnapshot: true, allowRepairedCopy: true })
-  } catch (err) {
-    const e = err as { code?: string; message: string }
-    process.stderr.write(`outpost verify: ${e.code}: ${e.message}\n`)
-    return e.code === 'JOURNAL_MISSING' ? EXIT_NOINPUT : EXIT_BROKEN
-  }
-  const note = describeMode(journal.mode, journal.location)
-  if (note) process.stderr.write(note + '\n')
+  const journal = await openForReading('verify', cfg.config.storage.dir)
+  if (typeof journal === 'number') return journal
   try {
     const report = await verifyDb(journal.db)
     if (report.break) {

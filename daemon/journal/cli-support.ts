@@ -6,7 +6,7 @@
  */
 import { loadConfigFile, formatProblem } from '../config.js'
 import type { SiteConfig } from '../types.js'
-import type { OfflineMode } from './offline.js'
+import { openOffline, type OfflineJournal, type OfflineMode } from './offline.js'
 
 export const EXIT_OK = 0
 export const EXIT_BROKEN = 1
@@ -90,4 +90,23 @@ export class Output {
       })
     }
   }
+}
+
+/**
+ * Opens the journal for a read-only command (records, verify): a snapshot while the
+ * daemon runs, a repaired copy of a damaged database; says which on stderr. Returns
+ * the exit status instead when it cannot be opened.
+ */
+export async function openForReading(command: string, dir: string): Promise<OfflineJournal | number> {
+  let journal: OfflineJournal
+  try {
+    journal = await openOffline(dir, { allowSnapshot: true, allowRepairedCopy: true })
+  } catch (err) {
+    const e = err as { code?: string; message: string }
+    process.stderr.write(`outpost ${command}: ${e.code}: ${e.message}\n`)
+    return e.code === 'JOURNAL_MISSING' ? EXIT_NOINPUT : EXIT_BROKEN
+  }
+  const note = describeMode(journal.mode, journal.location)
+  if (note) process.stderr.write(note + '\n')
+  return journal
 }

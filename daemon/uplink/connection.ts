@@ -7,16 +7,10 @@
  */
 import { readFileSync } from 'node:fs'
 import type { IClientOptions } from 'mqtt'
-import { OutpostError } from '../types.js'
+import { OutpostError, type UplinkConfig } from '../types.js'
 
-export interface BrokerAuth {
-  username?: string
-  password?: string
-  passwordFile?: string
-  caFile?: string
-  certFile?: string
-  keyFile?: string
-}
+/** The broker credentials and TLS files of an uplink config (the consumer takes the same). */
+export type BrokerAuth = Pick<UplinkConfig, 'username' | 'password' | 'passwordFile' | 'caFile' | 'certFile' | 'keyFile'>
 
 function readFile(what: string, file: string): Buffer {
   try {
