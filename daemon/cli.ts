@@ -13,7 +13,14 @@ export const EXIT_CONFIG = 78
 
 export const version: string = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version
 
-type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[]) => Promise<number> }> }
+/** Where a command writes; the process's streams unless a test passes its own. */
+export interface Io {
+  out(text: string): void
+  err(text: string): void
+}
+export const processIo: Io = { out: (t) => void process.stdout.write(t), err: (t) => void process.stderr.write(t) }
+
+type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
 
 const commands: Record<string, Command> = {
   run: { summary: 'run the daemon', usage: 'outpost run [--config FILE]', load: () => import('./commands/run.js') },
@@ -44,27 +51,27 @@ export function helpText(): string {
   ].join('\n')
 }
 
-export async function cli(argv: string[]): Promise<number> {
+export async function cli(argv: string[], io: Io = processIo): Promise<number> {
   const [word, ...rest] = argv
   if (word === undefined || word === '--help' || word === '-h' || word === 'help') {
-    process.stdout.write(helpText() + '\n')
+    io.out(helpText() + '\n')
     return word === undefined ? EXIT_USAGE : EXIT_OK
   }
   if (word === '--version' || word === '-v') {
-    process.stdout.write(version + '\n')
+    io.out(version + '\n')
     return EXIT_OK
   }
   const command = commands[word]
   if (!command) {
-    process.stderr.write(`outpost: unknown command "${word}"\n\n${helpText()}\n`)
+    io.err(`outpost: unknown command "${word}"\n\n${helpText()}\n`)
     return EXIT_USAGE
   }
   if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(`Usage: ${command.usage}\n  ${command.summary}\n`)
+    io.out(`Usage: ${command.usage}\n  ${command.summary}\n`)
     return EXIT_OK
   }
   const mod = await command.load()
-  return mod.main(rest)
+  return mod.main(rest, io)
 }
 
 // Run when executed, not when imported by a test.

@@ -177,6 +177,11 @@ export interface BillingLine {
   perHour: number | null
   /** Integer millionths of the currency unit. */
   amountMicros: number
+  /**
+   * Only when the session hit its wallet cap: micro-units of this line not charged,
+   * so that amountMicros + waivedMicros is the line at its rates (added by the engine).
+   */
+  waivedMicros?: number
 }
 
 /** What the engine emits; the journal adds seq, bootId, clockSynced, prev, hash. */

@@ -63,26 +63,16 @@ t.test('built CLI: malformed JSON, missing file, usage', async (t) => {
 
 t.test('in-process: the same entry point', async (t) => {
   const out: string[] = []
-  const orig = process.stdout.write.bind(process.stdout)
-  process.stdout.write = ((s: string) => (out.push(String(s)), true)) as typeof process.stdout.write
-  try {
-    t.equal(await cli(['--version']), 0)
-    t.equal(await cli(['check-config', example]), 0)
-  } finally {
-    process.stdout.write = orig
-  }
-  // tap's own output may be captured alongside; look for ours in it.
-  t.ok(out.some((l) => l.trim() === version), 'version printed')
+  const err: string[] = []
+  const io = { out: (s: string) => void out.push(s), err: (s: string) => void err.push(s) }
+  t.equal(await cli(['--version'], io), 0)
+  t.equal(out.join('').trim(), version)
+  t.equal(await cli(['check-config', example], io), 0)
   t.match(out.join(''), /ok \(site lot-7/)
-  const errs: string[] = []
-  const origErr = process.stderr.write.bind(process.stderr)
-  process.stderr.write = ((s: string) => (errs.push(String(s)), true)) as typeof process.stderr.write
-  try {
-    const f = join(dir, 'bad2.json')
-    writeFileSync(f, JSON.stringify({ ...exampleObj(), site: { id: 'x', timezone: 'Moon/Base' } }))
-    t.equal(await cli(['check-config', f]), 78)
-  } finally {
-    process.stderr.write = origErr
-  }
-  t.match(errs.join(''), /\/site\/timezone: "Moon\/Base" is not an IANA time zone/)
+  const f = join(dir, 'bad2.json')
+  writeFileSync(f, JSON.stringify({ ...exampleObj(), site: { id: 'x', timezone: 'Moon/Base' } }))
+  t.equal(await cli(['check-config', f], io), 78)
+  t.equal(err.join(''), `${f}: /site/timezone: "Moon/Base" is not an IANA time zone (e.g. America/Vancouver, Europe/Berlin, UTC)\n`)
+  t.equal(await cli(['nope'], io), 64)
+  t.match(err.join(''), /unknown command "nope"/)
 })

@@ -1,0 +1,7 @@
+/**
+ * The session and pricing engine, pure: the daemon feeds it events and carries
+ * out its effects. See docs/engine.md.
+ */
+export { initialState, step, outletStatuses, outletPlan, outletPrices, COMMAND_ERRORS, type CommandErrorCode } from './engine.js'
+export { periodAt, priceTimeline, priceSession, planProblems, lineAmountMicros, toMicros, microsPerMinor, divRoundHalfUp, forEachPeriodRun, localWallMs, type PeriodAt, type TimelineEntry, type PricedLine } from './pricing.js'
+export type { EngineEvent, Effect, EngineState, StepResult, OutletEntry, Session, LineAcc, Recon, GatewaySection, SettingsSection, Wallet, CommandMemo, ReadingMark, CommandSource } from './state.js'

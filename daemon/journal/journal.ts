@@ -1,0 +1,652 @@
+/**
+ * The journal: Outpost's single source of truth, one LevelDB database in
+ * `<storage.dir>/journal`.
+ *
+ * Owns: the record log (gapless seq, hash chain), the persisted engine state
+ * (by sections), the readings sessions are billed from, the ack watermark,
+ * command results, the clean-shutdown marker, and retention.
+ *
+ * Must never: reorder or rewrite a committed record, delete an unacknowledged
+ * record, reset or "fix" a database it cannot read (it refuses, and
+ * `outpost repair` is the way out), report a commit before LevelDB has it on
+ * disk (sync) when it holds a record or a command result, or keep accepting
+ * writes after one failed (the daemon must see the fault and open every relay).
+ * It never decides anything about sessions: the engine decides, the journal
+ * makes it durable.
+ */
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Level } from 'level'
+import type { AbstractLevel } from 'abstract-level'
+import {
+  OutpostError,
+  type CommandResult,
+  type JournalRecord,
+  type PersistedEngineState,
+  type Reading,
+  type RecordBody,
+  type RecordLog,
+} from '../types.js'
+import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
+import * as K from './keys.js'
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type JournalDb = AbstractLevel<any, string, string>
+
+export interface JournalOptions {
+  /** This run's boot id (stamped on every record). */
+  bootId: string
+  /** Whether the system clock is synchronised now (stamped on every record). */
+  clockSynced: () => boolean
+  /** The daemon's version; kept in the running marker for diagnosis (the engine writes gateway.started). */
+  version?: string
+  /** storage.retentionDays; default 90. */
+  retentionDays?: number
+  /** storage.readingSyncMs: the longest an un-synced state step waits for its fsync; default 5000, 0 syncs every step. */
+  readingSyncMs?: number
+  /** The injected wall clock, epoch ms. */
+  now: () => number
+  /**
+   * A storage layer to use instead of LevelDB on disk (tests: power cuts, I/O
+   * errors). Must use utf8 keys and values. The caller opens and closes it.
+   */
+  db?: JournalDb
+  /** How often retention runs by itself; default 1 h, 0 = only when compact() is called. */
+  compactEveryMs?: number
+  /** Records at the tail whose chain is verified on open; default 32 (well under a millisecond; `outpost verify` checks the whole chain). */
+  tailCheck?: number
+}
+
+/** A reading a session is billed from, journaled beside the state step that used it. */
+export interface ReadingEntry {
+  outlet: string
+  sessionId: string
+  reading: Reading
+}
+
+export interface CommitStep {
+  records: RecordBody[]
+  state?: PersistedEngineState
+  commandResults?: { id: string; result: CommandResult }[]
+  readings?: ReadingEntry[]
+}
+
+export interface CompactionResult {
+  records: number
+  readings: number
+  commands: number
+  /** The oldest seq still held afterwards. */
+  oldest: number
+}
+
+const RECORD_TYPES = new Set(['gateway.started', 'session.started', 'session.ended', 'outlet.fault', 'outlet.recovered', 'meter.reconciliation'])
+const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/
+const DAY_MS = 86_400_000
+/** Deletions per batch during retention, so a big first compaction never holds the commit queue long. */
+const COMPACT_CHUNK = 2000
+
+/** Where the LevelDB files live inside storage.dir (which Node-RED shares). */
+export function journalLocation(storageDir: string): string {
+  return join(storageDir, 'journal')
+}
+
+type Op = { type: 'put'; key: string; value: string } | { type: 'del'; key: string }
+
+/** Map a classic-level open failure to a coded, installer-readable error. */
+export function openError(err: unknown, location: string): OutpostError {
+  const codes: string[] = []
+  const messages: string[] = []
+  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 5; e = e.cause as typeof e, i++) {
+    if (e.code) codes.push(e.code)
+    if (e.message) messages.push(e.message)
+  }
+  const detail = messages[messages.length - 1] ?? String(err)
+  if (codes.includes('LEVEL_LOCKED')) return new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`, { cause: err })
+  if (codes.includes('LEVEL_CORRUPTION'))
+    return new OutpostError('JOURNAL_CORRUPT', `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`, { cause: err })
+  return new OutpostError('JOURNAL_OPEN_FAILED', `cannot open the journal at ${location}: ${detail}. If its files are damaged, see \`outpost repair --config FILE\` (docs/journal.md)`, { cause: err })
+}
+
+function corrupt(location: string, what: string, cause?: unknown): OutpostError {
+  return new OutpostError('JOURNAL_CORRUPT', `the journal at ${location} is inconsistent: ${what}; nothing was changed. Run \`outpost verify --config FILE\`, then \`outpost repair --config FILE\` (see docs/journal.md)`, { cause })
+}
+
+function parseJson<T>(location: string, key: string, text: string): T {
+  try {
+    return JSON.parse(text) as T
+  } catch (err) {
+    throw corrupt(location, `entry ${key} is not JSON`, err)
+  }
+}
+
+export class Journal implements RecordLog {
+  /** Whether the run before this one closed the journal with close({ clean: true }) (true for a new journal). */
+  previousCleanShutdown = true
+
+  private headSeq = 0
+  private headHash = GENESIS_PREV
+  private oldestSeq = 1
+  private ackedSeq = 0
+  /** The newest state handed to commit(): written, or waiting in `pending` for the group commit. */
+  private latest: PersistedEngineState | undefined
+  /** Writes of state-only steps (state entries, readings) not yet handed to LevelDB, by key: the newest wins. */
+  private readonly pending = new Map<string, Op>()
+  private failure: OutpostError | undefined
+  private closed = false
+  private queue: Promise<unknown> = Promise.resolve()
+  private unsynced = false
+  private syncTimer: NodeJS.Timeout | undefined
+  private compactTimer: NodeJS.Timeout | undefined
+  private syncCounter = 0
+  private readonly appendListeners = new Set<(head: number) => void>()
+  private readonly faultListeners = new Set<(err: OutpostError) => void>()
+  private readonly retentionMs: number
+  private readonly readingSyncMs: number
+
+  private constructor(
+    private readonly db: JournalDb,
+    private readonly owned: boolean,
+    readonly location: string,
+    private readonly opts: JournalOptions,
+  ) {
+    this.retentionMs = (opts.retentionDays ?? 90) * DAY_MS
+    this.readingSyncMs = opts.readingSyncMs ?? 5000
+  }
+
+  /**
+   * Open (creating if missing), take LevelDB's lock, verify the tail of the
+   * chain, load the persisted state and mark this run as running.
+   */
+  static async open(dir: string, opts: JournalOptions): Promise<Journal> {
+    if (typeof dir !== 'string' || dir === '') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: dir must be a non-empty path')
+    if (typeof opts?.bootId !== 'string' || opts.bootId === '') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.bootId must be a non-empty string')
+    if (typeof opts.now !== 'function' || typeof opts.clockSynced !== 'function') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.now and opts.clockSynced must be functions')
+    if (opts.retentionDays !== undefined && !(Number.isInteger(opts.retentionDays) && opts.retentionDays >= 1)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: retentionDays must be an integer >= 1, got ${opts.retentionDays}`)
+    if (opts.readingSyncMs !== undefined && !(Number.isInteger(opts.readingSyncMs) && opts.readingSyncMs >= 0)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: readingSyncMs must be an integer >= 0, got ${opts.readingSyncMs}`)
+    const location = opts.db ? dir : journalLocation(dir)
+    let db = opts.db
+    const owned = db === undefined
+    if (!db) {
+      try {
+        await mkdir(location, { recursive: true })
+      } catch (err) {
+        throw new OutpostError('JOURNAL_OPEN_FAILED', `cannot create ${location}: ${(err as Error).message}`, { cause: err })
+      }
+      db = new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8' }) as unknown as JournalDb
+    }
+    try {
+      if (db.status !== 'open') await db.open()
+    } catch (err) {
+      throw openError(err, location)
+    }
+    const journal = new Journal(db, owned, location, opts)
+    try {
+      await journal.recover()
+    } catch (err) {
+      if (owned) await db.close().catch(() => {})
+      throw err
+    }
+    journal.startCompactTimer()
+    return journal
+  }
+
+  private async recover(): Promise<void> {
+    const db = this.db
+    const format = await db.get(K.META_FORMAT)
+    const fresh = format === undefined
+    if (fresh) {
+      // A database with entries but no format marker is not ours (or lost its first batch): refuse rather than write into it.
+      for await (const _k of db.keys({ limit: 1 })) throw corrupt(this.location, 'entries present but no format marker (m!format)')
+    } else if (format !== K.FORMAT) {
+      throw new OutpostError('JOURNAL_FORMAT', `the journal at ${this.location} has layout version ${format}; this build reads version ${K.FORMAT}`)
+    }
+
+    // Tail of the chain: enough to prove the last records were not torn or edited, without reading a million of them.
+    const tail: JournalRecord[] = []
+    for await (const [key, value] of db.iterator({ ...K.RECORDS, reverse: true, limit: this.opts.tailCheck ?? 32 })) {
+      const r = parseJson<JournalRecord>(this.location, key, value)
+      if (r.seq !== K.seqOfRecordKey(key)) throw corrupt(this.location, `entry ${key} holds seq ${r.seq}`)
+      tail.push(r)
+    }
+    tail.reverse()
+    const v = new ChainVerifier()
+    for (const r of tail) {
+      const b = v.push(r)
+      if (b) throw corrupt(this.location, `chain broken at seq ${b.seq}: ${b.problem}`)
+    }
+    const last = tail[tail.length - 1]
+    if (last) {
+      this.headSeq = last.seq
+      this.headHash = last.hash
+      for await (const key of db.keys({ ...K.RECORDS, limit: 1 })) this.oldestSeq = K.seqOfRecordKey(key)
+    }
+    const acked = await db.get(K.META_ACKED)
+    this.ackedSeq = acked === undefined ? 0 : Number(acked)
+    if (!Number.isSafeInteger(this.ackedSeq) || this.ackedSeq < 0) throw corrupt(this.location, `ack watermark is ${JSON.stringify(acked)}`)
+    // Records are fsynced before the uplink may publish them, so an ack past the head means records were lost.
+    if (this.ackedSeq > this.headSeq) throw corrupt(this.location, `the cloud acknowledged seq ${this.ackedSeq} but the log ends at ${this.headSeq}`)
+
+    this.latest = await this.readState()
+    this.previousCleanShutdown = fresh ? true : (await db.get(K.META_RUNNING)) === undefined
+
+    const ops: Op[] = [{ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: this.opts.bootId, since: this.opts.now(), version: this.opts.version ?? null }) }]
+    if (fresh) ops.unshift({ type: 'put', key: K.META_FORMAT, value: K.FORMAT })
+    await this.write(ops, true)
+  }
+
+  private async readState(): Promise<PersistedEngineState | undefined> {
+    if ((await this.db.get(K.META_STATE)) === undefined) return undefined
+    const state: PersistedEngineState = { outlets: {} }
+    for await (const [key, value] of this.db.iterator(K.SECTIONS)) state[K.unescapeId(key.slice(2))] = parseJson(this.location, key, value)
+    const outlets: Record<string, unknown> = {}
+    for await (const [key, value] of this.db.iterator(K.OUTLETS)) outlets[K.unescapeId(key.slice(2))] = parseJson(this.location, key, value)
+    state.outlets = outlets
+    return state
+  }
+
+  // ---------------------------------------------------------------- RecordLog
+
+  head(): number {
+    return this.headSeq
+  }
+
+  acked(): number {
+    return this.ackedSeq
+  }
+
+  oldest(): number {
+    return this.headSeq === 0 ? 1 : this.oldestSeq
+  }
+
+  /** The hash of the head record (64 zeros when empty). */
+  headHashValue(): string {
+    return this.headHash
+  }
+
+  async read(from: number, limit: number): Promise<JournalRecord[]> {
+    if (!Number.isSafeInteger(from) || from < 1) throw new OutpostError('JOURNAL_BAD_RANGE', `read: from must be an integer >= 1, got ${from}`)
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new OutpostError('JOURNAL_BAD_RANGE', `read: limit must be an integer >= 1, got ${limit}`)
+    this.assertOpen()
+    const head = this.headSeq
+    if (from > head) return []
+    if (from < this.oldest()) throw new OutpostError('JOURNAL_COMPACTED', `records before seq ${this.oldest()} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`)
+    const out: JournalRecord[] = []
+    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(from), lte: K.recordKey(head), limit })) out.push(parseJson<JournalRecord>(this.location, key, value))
+    // Retention may have run between the check and the read: never return a silently shortened range.
+    if (out.length > 0 && out[0]!.seq !== from) throw new OutpostError('JOURNAL_COMPACTED', `records before seq ${out[0]!.seq} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`)
+    return out
+  }
+
+  async ack(upTo: number): Promise<void> {
+    if (!Number.isSafeInteger(upTo)) throw new OutpostError('JOURNAL_BAD_RANGE', `ack: upTo must be an integer, got ${upTo}`)
+    await this.enqueue(async () => {
+      const target = Math.min(upTo, this.headSeq)
+      if (target <= this.ackedSeq) return
+      await this.write([{ type: 'put', key: K.META_ACKED, value: String(target) }], true)
+      this.ackedSeq = target
+    })
+  }
+
+  onAppend(listener: (head: number) => void): () => void {
+    this.appendListeners.add(listener)
+    return () => this.appendListeners.delete(listener)
+  }
+
+  /** Called once when the journal stops accepting writes (full disk, I/O error). */
+  onFault(listener: (err: OutpostError) => void): () => void {
+    this.faultListeners.add(listener)
+    return () => this.faultListeners.delete(listener)
+  }
+
+  /** For /api/health, /metrics and the status page. */
+  status(): { head: number; acked: number; oldest: number; unacked: number; waitingWrites: number; fault: string | null } {
+    return { head: this.headSeq, acked: this.ackedSeq, oldest: this.oldest(), unacked: this.headSeq - this.ackedSeq, waitingWrites: this.pending.size, fault: this.failure ? this.failure.message : null }
+  }
+
+  /** The write failure that stopped the journal, if any. */
+  get fault(): OutpostError | undefined {
+    return this.failure
+  }
+
+  // ---------------------------------------------------------------- commits
+
+  /**
+   * Make one engine step durable: its records (sealed here: seq, prev, hash,
+   * bootId, clockSynced), the state sections that changed, command results and
+   * readings, in ONE batch. Fsynced when it holds records or command results;
+   * a state-only step is group-committed (fsynced within readingSyncMs).
+   * Commits apply in call order. Resolves with the sealed records.
+   */
+  commit(step: CommitStep): Promise<JournalRecord[]> {
+    try {
+      this.checkStep(step)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return this.enqueue(() => this.doCommit(step))
+  }
+
+  private checkStep(step: CommitStep): void {
+    const bad = (msg: string): never => {
+      throw new OutpostError('JOURNAL_INVALID_STEP', `commit: ${msg}; nothing was written`)
+    }
+    if (step === null || typeof step !== 'object') bad('the step must be an object')
+    if (!Array.isArray(step.records)) bad('step.records must be an array')
+    step.records.forEach((r, i) => {
+      if (r === null || typeof r !== 'object') bad(`records[${i}] is not an object`)
+      if (!RECORD_TYPES.has(r.type)) bad(`records[${i}].type ${JSON.stringify(r.type)} is not a record type`)
+      if (typeof r.ts !== 'string' || !ISO_MS.test(r.ts)) bad(`records[${i}].ts ${JSON.stringify(r.ts)} is not an ISO 8601 time`)
+    })
+    if (step.state !== undefined) {
+      const s = step.state as unknown
+      if (s === null || typeof s !== 'object' || Array.isArray(s)) bad('step.state must be an object')
+      const o = (s as PersistedEngineState).outlets as unknown
+      if (o === null || typeof o !== 'object' || Array.isArray(o)) bad('step.state.outlets must be an object')
+    }
+    if (step.commandResults !== undefined) {
+      if (!Array.isArray(step.commandResults)) bad('step.commandResults must be an array')
+      step.commandResults.forEach((c, i) => {
+        if (typeof c?.id !== 'string' || c.id === '') bad(`commandResults[${i}].id must be a non-empty string`)
+        if (c.result === null || typeof c.result !== 'object') bad(`commandResults[${i}].result must be an object`)
+      })
+    }
+    if (step.readings !== undefined) {
+      if (!Array.isArray(step.readings)) bad('step.readings must be an array')
+      step.readings.forEach((g, i) => {
+        if (typeof g?.sessionId !== 'string' || g.sessionId === '') bad(`readings[${i}].sessionId must be a non-empty string`)
+        if (typeof g.outlet !== 'string') bad(`readings[${i}].outlet must be a string`)
+        const r = g.reading
+        if (r === null || typeof r !== 'object' || ![r.ts, r.currentA, r.powerW, r.energyWh, r.voltageV].every(Number.isFinite)) bad(`readings[${i}].reading must have finite ts, currentA, powerW, energyWh, voltageV`)
+      })
+    }
+  }
+
+  private async doCommit(step: CommitStep): Promise<JournalRecord[]> {
+    this.assertWritable()
+    const ops: Op[] = []
+    const sealed: JournalRecord[] = []
+    const clockSynced = this.opts.clockSynced() === true
+    const now = this.opts.now()
+    let seq = this.headSeq
+    let prev = this.headHash
+    for (const body of step.records) {
+      const { record: r, text } = sealRecordText(body, ++seq, prev, this.opts.bootId, clockSynced)
+      prev = r.hash
+      sealed.push(r)
+      ops.push({ type: 'put', key: K.recordKey(r.seq), value: text })
+    }
+    const stateOps: Op[] = []
+    if (step.state !== undefined) this.stateOps(step.state, stateOps)
+    if (step.commandResults && step.commandResults.length > 0) {
+      // First result wins, across steps and within one step.
+      const ids = [...new Set(step.commandResults.map((c) => c.id))]
+      const existing = await this.db.getMany(ids.map(K.commandKey))
+      const done = new Set(ids.filter((_, i) => existing[i] !== undefined))
+      for (const { id, result } of step.commandResults) {
+        if (done.has(id)) continue
+        done.add(id)
+        ops.push({ type: 'put', key: K.commandKey(id), value: JSON.stringify({ at: now, result }) })
+      }
+    }
+    for (const g of step.readings ?? []) {
+      const r = g.reading
+      stateOps.push({ type: 'put', key: K.readingKey(g.sessionId, r.ts), value: JSON.stringify([r.currentA, r.powerW, r.energyWh, r.voltageV, g.outlet]) })
+    }
+    const durable = sealed.length > 0 || (step.commandResults?.length ?? 0) > 0 || this.readingSyncMs === 0
+    if (!durable) {
+      // Group commit: a state-only step (a reading) waits in memory, merged by key with the ones before it, and
+      // goes to LevelDB with the next synced batch — the timer's, within readingSyncMs, or an earlier record's.
+      // A crash or a power cut loses at most those readings; SD-card writes shrink by readingSyncMs / pollMs.
+      for (const op of stateOps) this.pending.set(op.key, op)
+      if (step.state !== undefined) this.latest = step.state
+      if (this.pending.size > 0) this.scheduleSync()
+      return sealed
+    }
+    const batch = new Map(this.pending)
+    for (const op of stateOps) batch.set(op.key, op)
+    for (const op of ops) batch.set(op.key, op)
+    if (batch.size > 0) await this.write([...batch.values()], true)
+    this.pending.clear()
+    if (step.state !== undefined) this.latest = step.state
+    if (sealed.length > 0) {
+      this.headSeq = seq
+      this.headHash = prev
+      if (this.headSeq === sealed.length) this.oldestSeq = 1
+      for (const l of this.appendListeners) {
+        try {
+          l(this.headSeq)
+        } catch {
+          // A listener's bug must not turn a durable commit into a failed one.
+        }
+      }
+    }
+    return sealed
+  }
+
+  /** Put the sections and outlet entries whose identity changed; delete the ones that disappeared. */
+  private stateOps(next: PersistedEngineState, ops: Op[]): void {
+    const prev = this.latest
+    if (prev === next) return
+    const json = (key: string, v: unknown): string => {
+      const text = JSON.stringify(v)
+      if (text === undefined) throw new OutpostError('JOURNAL_INVALID_STEP', `commit: state ${key} has no JSON form; nothing was written`)
+      return text
+    }
+    for (const [name, value] of Object.entries(next)) {
+      if (name === 'outlets') continue
+      if (value === undefined) continue
+      if (!prev || prev[name] !== value) ops.push({ type: 'put', key: K.sectionKey(name), value: json(name, value) })
+    }
+    if (prev) for (const name of Object.keys(prev)) if (name !== 'outlets' && prev[name] !== undefined && next[name] === undefined) ops.push({ type: 'del', key: K.sectionKey(name) })
+    if (!prev || prev.outlets !== next.outlets) {
+      for (const [id, value] of Object.entries(next.outlets)) {
+        if (value === undefined) continue
+        if (!prev || prev.outlets[id] !== value) ops.push({ type: 'put', key: K.outletKey(id), value: json(`outlets.${id}`, value) })
+      }
+      if (prev) for (const id of Object.keys(prev.outlets)) if (prev.outlets[id] !== undefined && next.outlets[id] === undefined) ops.push({ type: 'del', key: K.outletKey(id) })
+    }
+    if (!prev) ops.push({ type: 'put', key: K.META_STATE, value: '1' })
+  }
+
+  /** The engine state as last committed (after a restart: what was persisted and survived). */
+  async loadState(): Promise<PersistedEngineState | undefined> {
+    this.assertOpen()
+    return this.latest
+  }
+
+  /** The first stored result of a command id. */
+  async commandResult(id: string): Promise<CommandResult | undefined> {
+    this.assertOpen()
+    const text = await this.db.get(K.commandKey(id))
+    if (text === undefined) return undefined
+    return parseJson<{ result: CommandResult }>(this.location, K.commandKey(id), text).result
+  }
+
+  /** The journaled readings of one session, oldest first (those waiting for the group commit included). */
+  async readings(sessionId: string): Promise<ReadingEntry[]> {
+    this.assertOpen()
+    const range = K.prefixRange(K.readingPrefix(sessionId))
+    const byKey = new Map<string, string>()
+    for await (const [key, value] of this.db.iterator(range)) byKey.set(key, value)
+    for (const [key, op] of this.pending) if (op.type === 'put' && key >= range.gte && key < range.lt) byKey.set(key, op.value)
+    return [...byKey.keys()].sort().map((key) => {
+      const [currentA, powerW, energyWh, voltageV, outlet] = parseJson<[number, number, number, number, string]>(this.location, key, byKey.get(key)!)
+      return { outlet, sessionId, reading: { ts: Number(key.slice(key.lastIndexOf('!') + 1)), currentA, powerW, energyWh, voltageV } }
+    })
+  }
+
+  /** Write and fsync everything committed so far (group-committed readings included). */
+  flush(): Promise<void> {
+    return this.enqueue(() => this.flushNow([]))
+  }
+
+  /** Pending state-only writes plus `extra`, in one synced batch (or an fsync of earlier un-synced writes). */
+  private async flushNow(extra: Op[]): Promise<void> {
+    this.assertWritable()
+    const ops = [...this.pending.values(), ...extra]
+    if (ops.length === 0 && this.unsynced) ops.push({ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) })
+    if (ops.length === 0) return
+    await this.write(ops, true)
+    this.pending.clear()
+  }
+
+  private scheduleSync(): void {
+    if (this.syncTimer || this.closed) return
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined
+      this.flush().catch(() => {
+        // A write failure has already put the journal in its fault state and told the listeners.
+      })
+    }, this.readingSyncMs)
+    this.syncTimer.unref()
+  }
+
+  /**
+   * Flush and close. `clean: true` records that this run stopped cleanly (the
+   * engine has closed its sessions with `reboot`); otherwise the next open
+   * reports previousCleanShutdown = false.
+   */
+  async close(opts: { clean: boolean }): Promise<void> {
+    if (this.closed) return
+    try {
+      await this.enqueue(() => this.flushNow(opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }])).catch(() => {})
+    } finally {
+      this.closed = true
+      this.clearTimers()
+      if (this.owned) await this.db.close()
+    }
+  }
+
+  // ---------------------------------------------------------------- retention
+
+  /**
+   * Delete what retention allows: records the cloud acknowledged whose `ts` is
+   * older than retentionDays (never an unacknowledged one, never the head,
+   * always a prefix so the held range stays contiguous), with them the readings
+   * of the sessions their session.ended records bill (a billing record and its
+   * evidence go together), and command results older than retentionDays.
+   */
+  async compact(): Promise<CompactionResult> {
+    const result: CompactionResult = { records: 0, readings: 0, commands: 0, oldest: this.oldest() }
+    const cutoff = this.opts.now() - this.retentionMs
+    // Records, with the readings of the sessions they bill: chunked, each chunk its own queued task so commits interleave.
+    for (;;) {
+      const n = await this.enqueue(async () => {
+        this.assertWritable()
+        const limitSeq = Math.min(this.ackedSeq, this.headSeq - 1)
+        if (this.oldestSeq > limitSeq) return 0
+        const ops: Op[] = []
+        const sessions: string[] = []
+        let next = this.oldestSeq
+        for await (const [key, value] of this.db.iterator({ gte: K.recordKey(this.oldestSeq), lte: K.recordKey(limitSeq), limit: COMPACT_CHUNK })) {
+          const r = parseJson<JournalRecord>(this.location, key, value)
+          const t = Date.parse(r.ts)
+          if (!(t < cutoff)) break
+          ops.push({ type: 'del', key })
+          if (r.type === 'session.ended') sessions.push(r.sessionId)
+          next = r.seq + 1
+        }
+        if (ops.length === 0) return 0
+        // Readings first: a crash in between leaves the records, and the next run deletes them (and nothing else).
+        let readings: Op[] = []
+        for (const sessionId of sessions) {
+          for await (const key of this.db.keys(K.prefixRange(K.readingPrefix(sessionId)))) {
+            readings.push({ type: 'del', key })
+            if (readings.length >= COMPACT_CHUNK) {
+              await this.write(readings, false)
+              result.readings += readings.length
+              readings = []
+            }
+          }
+        }
+        if (readings.length > 0) await this.write(readings, false)
+        result.readings += readings.length
+        // Fsynced: a record deletion must never survive a power cut while an earlier one is lost (a hole in the log).
+        await this.write(ops, true)
+        this.oldestSeq = next
+        return ops.length
+      })
+      result.records += n
+      if (n < COMPACT_CHUNK) break
+    }
+    // Command results: a replay of an id older than retention is treated as new (documented).
+    result.commands += await this.enqueue(async () => {
+      this.assertWritable()
+      const ops: Op[] = []
+      for await (const [key, value] of this.db.iterator(K.COMMANDS)) {
+        const { at } = parseJson<{ at: number }>(this.location, key, value)
+        if (at < cutoff) ops.push({ type: 'del', key })
+      }
+      if (ops.length > 0) await this.write(ops, false)
+      return ops.length
+    })
+    await this.flush()
+    result.oldest = this.oldest()
+    return result
+  }
+
+  private startCompactTimer(): void {
+    const every = this.opts.compactEveryMs ?? 3_600_000
+    if (every <= 0) return
+    this.compactTimer = setInterval(() => {
+      if (this.failure || this.closed) return
+      this.compact().catch(() => {
+        // A write failure has already put the journal in its fault state and told the listeners.
+      })
+    }, every)
+    this.compactTimer.unref()
+  }
+
+  // ---------------------------------------------------------------- plumbing
+
+  private enqueue<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(task, task)
+    this.queue = run.catch(() => {})
+    return run
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new OutpostError('JOURNAL_CLOSED', `the journal at ${this.location} is closed`)
+  }
+
+  private assertWritable(): void {
+    this.assertOpen()
+    if (this.failure) throw this.failure
+  }
+
+  /** The only place that writes. A failure stops all further writes until the journal is reopened. */
+  private async write(ops: Op[], sync: boolean): Promise<void> {
+    this.assertWritable()
+    try {
+      // `sync` is classic-level's option (not in abstract-level's types); abstract-level passes it through to _batch.
+      await this.db.batch(ops, { sync } as { keyEncoding?: string })
+    } catch (err) {
+      const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } }
+      const why = [e.code, e.message, e.cause?.code, e.cause?.message].filter(Boolean).join(': ')
+      this.failure = new OutpostError('JOURNAL_WRITE_FAILED', `journal write failed (${why}); the journal refuses further writes until the daemon restarts. Nothing already committed was changed`, { cause: err })
+      this.clearTimers()
+      for (const l of this.faultListeners) {
+        try {
+          l(this.failure)
+        } catch {
+          // keep telling the others
+        }
+      }
+      throw this.failure
+    }
+    if (sync) {
+      // One fsync covers every write before it (LevelDB's log is append-only).
+      this.unsynced = false
+    } else {
+      // Only retention deletes are written without fsync; losing them to a power cut just means redoing them.
+      this.unsynced = true
+    }
+  }
+
+  private clearTimers(): void {
+    if (this.syncTimer) clearTimeout(this.syncTimer)
+    this.syncTimer = undefined
+    if (this.compactTimer) clearInterval(this.compactTimer)
+    this.compactTimer = undefined
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * Reading the journal from outside the daemon: `outpost records`, `outpost
+ * verify`, `outpost repair`, and the crash tests' checkers.
+ *
+ * Owns: opening the LevelDB directory without the daemon's side effects (no
+ * running marker, no writes), falling back to a private copy when the daemon
+ * holds LevelDB's lock (a consistent snapshot: LevelDB recovers a copied
+ * directory like one after a crash, dropping only a torn last batch) or when the
+ * database is corrupt (the copy is repaired, the original left untouched).
+ * Must never write to the original directory, except in repair(), which is the
+ * installer's explicit request.
+ */
+import { cp, mkdtemp, rm, access, readdir } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Level } from 'level'
+import { OutpostError, type JournalRecord } from '../types.js'
+import { ChainVerifier, type ChainBreak } from './chain.js'
+import { journalLocation, openError, type JournalDb } from './journal.js'
+import * as K from './keys.js'
+
+export type OfflineMode = 'direct' | 'snapshot' | 'repaired-copy'
+
+export interface OfflineJournal {
+  db: JournalDb
+  /** The journal's own directory (not the copy). */
+  location: string
+  /** direct: the directory itself; snapshot: a copy taken because a daemon holds the lock; repaired-copy: a repaired copy of a corrupt database. */
+  mode: OfflineMode
+  close(): Promise<void>
+}
+
+const levelRepair = (Level as unknown as { repair: (location: string) => Promise<void> }).repair
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function newLevel(location: string): JournalDb {
+  return new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8', createIfMissing: false }) as unknown as JournalDb
+}
+
+/** Copy the LevelDB directory (without its LOCK) to a private temp dir; retried because a running daemon's compaction may delete a table file mid-copy. */
+async function copyJournal(location: string): Promise<string> {
+  let lastErr: unknown
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const dest = await mkdtemp(join(tmpdir(), 'outpost-journal-copy-'))
+    try {
+      await cp(location, dest, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+      return dest
+    } catch (err) {
+      lastErr = err
+      await rm(dest, { recursive: true, force: true })
+    }
+  }
+  throw new OutpostError('JOURNAL_OPEN_FAILED', `cannot copy ${location}: ${(lastErr as Error).message}`, { cause: lastErr })
+}
+
+/**
+ * Open the journal of `storageDir` for reading. While a daemon runs, reads a
+ * snapshot copy (allowSnapshot); a corrupt database is read through a repaired
+ * copy (allowRepairedCopy) so that `records` and `verify` still show what they can.
+ */
+export async function openOffline(storageDir: string, opts: { allowSnapshot?: boolean; allowRepairedCopy?: boolean } = {}): Promise<OfflineJournal> {
+  const location = journalLocation(storageDir)
+  if (!(await exists(join(location, 'CURRENT')))) throw new OutpostError('JOURNAL_MISSING', `no journal at ${location} (storage.dir ${storageDir}): the daemon has not run here yet`)
+  const direct = newLevel(location)
+  try {
+    await direct.open()
+    return { db: direct, location, mode: 'direct', close: () => direct.close() }
+  } catch (err) {
+    const e = openError(err, location)
+    const mode: OfflineMode | undefined = e.code === 'JOURNAL_LOCKED' && opts.allowSnapshot ? 'snapshot' : (e.code === 'JOURNAL_CORRUPT' || e.code === 'JOURNAL_OPEN_FAILED') && opts.allowRepairedCopy ? 'repaired-copy' : undefined
+    if (!mode) throw e
+    for (let attempt = 0; ; attempt++) {
+      const copy = await copyJournal(location)
+      try {
+        if (mode === 'repaired-copy') await levelRepair(copy)
+        const db = newLevel(copy)
+        await db.open()
+        return {
+          db,
+          location,
+          mode,
+          close: async () => {
+            await db.close()
+            await rm(copy, { recursive: true, force: true })
+          },
+        }
+      } catch (err2) {
+        await rm(copy, { recursive: true, force: true })
+        // The original's error is the one that explains the situation.
+        if (attempt >= 4 || mode === 'repaired-copy') throw e
+      }
+    }
+  }
+}
+
+/** Every stored record from `from` on, in key order; a value that is not JSON comes back as `{ key, error }`. */
+export async function* storedRecords(db: JournalDb, from = 1): AsyncGenerator<{ key: string; record?: JournalRecord; text: string; error?: string }> {
+  for await (const [key, text] of db.iterator({ gte: K.recordKey(Math.max(1, from)), lt: K.RECORDS.lt })) {
+    try {
+      yield { key, record: JSON.parse(text) as JournalRecord, text }
+    } catch (err) {
+      yield { key, text, error: `not JSON: ${(err as Error).message}` }
+    }
+  }
+}
+
+export interface VerifyReport {
+  count: number
+  first?: number
+  last?: number
+  acked: number
+  break?: ChainBreak
+}
+
+/** Check sequence and hash chain of every stored record (and that the ack watermark is not past the log). */
+export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
+  const v = new ChainVerifier()
+  const ackText = await db.get(K.META_ACKED)
+  const acked = ackText === undefined ? 0 : Number(ackText)
+  let brk: ChainBreak | undefined
+  for await (const { key, record, error } of storedRecords(db)) {
+    const seqInKey = K.seqOfRecordKey(key)
+    if (error) {
+      brk = { seq: seqInKey, position: v.count + 1, problem: `entry ${key}: ${error}` }
+      break
+    }
+    if (record && record.seq !== seqInKey) {
+      brk = { seq: seqInKey, position: v.count + 1, problem: `entry ${key} holds seq ${String(record.seq)}` }
+      break
+    }
+    brk = v.push(record)
+    if (brk) break
+  }
+  const report: VerifyReport = { count: v.count, first: v.firstSeq, last: v.lastSeq, acked }
+  if (!brk && acked > (v.lastSeq ?? 0)) brk = { seq: acked, position: v.count, problem: `the cloud acknowledged seq ${acked} but the log ends at ${v.lastSeq ?? 0}: records were lost` }
+  if (brk) report.break = brk
+  return report
+}
+
+/** Run LevelDB's repair on the journal of `storageDir` (the daemon must be stopped), then verify. */
+export async function repairJournal(storageDir: string): Promise<VerifyReport & { location: string }> {
+  const location = journalLocation(storageDir)
+  if (!(await exists(location)) || (await readdir(location)).length === 0) throw new OutpostError('JOURNAL_MISSING', `no journal at ${location}`)
+  // Repair takes no lock of its own; opening first proves no daemon holds the journal.
+  const probe = newLevel(location)
+  try {
+    await probe.open()
+    await probe.close()
+  } catch (err) {
+    const e = openError(err, location)
+    if (e.code === 'JOURNAL_LOCKED') throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
+  }
+  try {
+    await levelRepair(location)
+  } catch (err) {
+    throw new OutpostError('JOURNAL_REPAIR_FAILED', `LevelDB repair of ${location} failed: ${(err as Error).message}`, { cause: err })
+  }
+  const db = newLevel(location)
+  try {
+    await db.open()
+  } catch (err) {
+    throw openError(err, location)
+  }
+  try {
+    return { ...(await verifyDb(db)), location }
+  } finally {
+    await db.close()
+  }
+}

@@ -1,0 +1,224 @@
+/**
+ * Device models: register maps as data (drivers/models/*.json, plus an
+ * installer's models.dir), validated by drivers/models/model.schema.json.
+ *
+ * Owns: loading and validating model files, planning block reads (adjacent
+ * registers in one request, never over the device's limit) and decoding raw
+ * registers into quantities. Never does I/O on a bus.
+ */
+import { readdirSync, readFileSync, existsSync } from 'node:fs'
+import { join, basename } from 'node:path'
+import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
+import { OutpostError } from '../daemon/types.js'
+import { packagePath } from '../daemon/paths.js'
+
+export type RegisterType = 'int16' | 'uint16' | 'int32' | 'uint32' | 'float32' | 'int64' | 'uint64' | 'float64'
+
+export interface RegisterDef {
+  quantity: string
+  function: 3 | 4
+  address: number
+  type: RegisterType
+  wordOrder?: 'big' | 'little'
+  byteOrder?: 'big' | 'little'
+  scale?: number
+}
+
+export interface DeviceModel {
+  name: string
+  description?: string
+  kinds: ('meter' | 'relay')[]
+  transport: 'modbus' | 'serial'
+  serialDefaults?: { baudRate?: number; parity?: 'none' | 'even' | 'odd'; dataBits?: 7 | 8; stopBits?: 1 | 2 }
+  maxRegistersPerRead: number
+  maxGap: number
+  registers?: RegisterDef[]
+  combine?: Record<string, 'sum' | 'max' | 'mean' | 'first'>
+  identify?: { quantity: string; min?: number; max?: number }[]
+  relay?: { point: 'coil' | 'register' | 'line'; address?: number; closedValue: number; openValue: number }
+  /** Where it was loaded from. */
+  file: string
+}
+
+export const REQUIRED_METER_QUANTITIES = ['voltageV', 'currentA', 'powerW', 'energyWh'] as const
+
+export const BUILTIN_MODELS_DIR = packagePath('drivers', 'models')
+
+let validator: ValidateFunction | undefined
+function compiled(): ValidateFunction {
+  const schema = JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, 'model.schema.json'), 'utf8')) as Record<string, unknown>
+  validator ??= new Ajv2020({ allErrors: true, useDefaults: true, strict: true }).compile(schema)
+  return validator
+}
+
+const WORDS: Record<RegisterType, number> = { int16: 1, uint16: 1, int32: 2, uint32: 2, float32: 2, int64: 4, uint64: 4, float64: 4 }
+
+export function registerWords(t: RegisterType): number {
+  return WORDS[t]
+}
+
+/** Validate one parsed model; returns it with defaults applied, or throws MODEL_INVALID naming file and pointer. */
+export function validateModel(input: unknown, file: string): DeviceModel {
+  const copy = structuredClone(input) as Record<string, unknown>
+  const v = compiled()
+  const problems: string[] = []
+  if (!v(copy)) for (const e of v.errors ?? []) problems.push(`${e.instancePath || '/'}: ${e.message ?? 'invalid'}`)
+  else {
+    const m = copy as unknown as DeviceModel
+    const expected = basename(file).replace(/\.json$/, '')
+    if (m.name !== expected) problems.push(`/name: "${m.name}" must equal the file name "${expected}"`)
+    if (m.kinds.includes('meter') && m.transport === 'modbus') {
+      const have = new Set((m.registers ?? []).map((r) => r.quantity))
+      for (const q of REQUIRED_METER_QUANTITIES) if (!have.has(q)) problems.push(`/registers: a meter needs a register for ${q}`)
+      ;(m.registers ?? []).forEach((r, i) => {
+        if (r.address + WORDS[r.type] > 0x10000) problems.push(`/registers/${i}/address: ${r.type} at ${r.address} runs past 65535`)
+        if (WORDS[r.type] > m.maxRegistersPerRead) problems.push(`/registers/${i}/type: wider than maxRegistersPerRead`)
+      })
+    }
+    if (m.kinds.includes('relay') && !m.relay) problems.push('/relay: a relay model needs a "relay" section')
+    if (m.relay?.point === 'line' && m.transport !== 'serial') problems.push('/relay/point: "line" needs transport "serial"')
+    if (m.relay && m.relay.point !== 'line' && m.transport === 'serial') problems.push(`/relay/point: "${m.relay.point}" needs transport "modbus"`)
+  }
+  if (problems.length) throw new OutpostError('MODEL_INVALID', `model file ${file}: ${problems.join('; ')}`)
+  return { ...(copy as unknown as DeviceModel), file }
+}
+
+export function loadModelFile(file: string): DeviceModel {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'))
+  } catch (err) {
+    throw new OutpostError('MODEL_INVALID', `model file ${file}: ${(err as Error).message}`, { cause: err })
+  }
+  return validateModel(parsed, file)
+}
+
+export class ModelRegistry {
+  private readonly models = new Map<string, DeviceModel>()
+
+  /** Built-in models, then an installer's directory (whose files may not shadow a built-in). */
+  constructor(extraDir?: string) {
+    for (const f of listJson(BUILTIN_MODELS_DIR)) {
+      const m = loadModelFile(f)
+      this.models.set(m.name, m)
+    }
+    if (extraDir !== undefined) {
+      if (!existsSync(extraDir)) throw new OutpostError('MODEL_INVALID', `models.dir ${extraDir} does not exist`)
+      for (const f of listJson(extraDir)) {
+        const m = loadModelFile(f)
+        const prev = this.models.get(m.name)
+        if (prev) throw new OutpostError('MODEL_INVALID', `model file ${f}: "${m.name}" is already defined by ${prev.file}`)
+        this.models.set(m.name, m)
+      }
+    }
+  }
+
+  get(name: string, kind?: 'meter' | 'relay'): DeviceModel {
+    const m = this.models.get(name)
+    if (!m) throw new OutpostError('MODEL_UNKNOWN', `unknown device model "${name}" (known: ${[...this.models.keys()].join(', ')})`)
+    if (kind && !m.kinds.includes(kind)) throw new OutpostError('MODEL_UNKNOWN', `model "${name}" cannot be used as a ${kind}`)
+    return m
+  }
+
+  names(kind?: 'meter' | 'relay'): string[] {
+    return [...this.models.values()].filter((m) => !kind || m.kinds.includes(kind)).map((m) => m.name).sort()
+  }
+
+  all(): DeviceModel[] {
+    return [...this.models.values()]
+  }
+}
+
+function listJson(dir: string): string[] {
+  return readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'model.schema.json').sort().map((f) => join(dir, f))
+}
+
+// ---------------------------------------------------------------- block reads
+
+export interface Block {
+  fc: 3 | 4
+  address: number
+  count: number
+}
+
+/**
+ * Group the registers into as few reads as possible: ranges of one function code
+ * are merged when the hole between them is at most `maxGap` registers and the
+ * whole stays within `maxCount`.
+ */
+export function planBlocks(regs: { function: 3 | 4; address: number; words: number }[], maxCount: number, maxGap: number): Block[] {
+  const out: Block[] = []
+  for (const fc of [3, 4] as const) {
+    const ranges = regs.filter((r) => r.function === fc).map((r) => [r.address, r.address + r.words] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    let cur: [number, number] | undefined
+    for (const [s, e] of ranges) {
+      if (cur && s <= cur[1] + maxGap && Math.max(e, cur[1]) - cur[0] <= maxCount) {
+        cur[1] = Math.max(cur[1], e)
+      } else {
+        if (cur) out.push({ fc, address: cur[0], count: cur[1] - cur[0] })
+        cur = [s, e]
+      }
+    }
+    if (cur) out.push({ fc, address: cur[0], count: cur[1] - cur[0] })
+  }
+  return out
+}
+
+export function meterBlocks(model: DeviceModel): Block[] {
+  return planBlocks((model.registers ?? []).map((r) => ({ function: r.function, address: r.address, words: WORDS[r.type] })), model.maxRegistersPerRead, model.maxGap)
+}
+
+/** The shortest decimal that is the same float32: 229.8 rather than 229.8000030517578. */
+export function float32Decimal(x: number): number {
+  if (!Number.isFinite(x)) return x
+  for (let p = 1; p <= 9; p++) {
+    const v = Number(x.toPrecision(p))
+    if (Math.fround(v) === x) return v
+  }
+  return x
+}
+
+export function decodeRegister(def: RegisterDef, words: number[]): number {
+  const n = WORDS[def.type]
+  let ws = words.slice(0, n)
+  if (ws.length < n) throw new OutpostError('MODEL_DECODE', `${def.quantity}: ${ws.length} registers, need ${n}`)
+  if ((def.wordOrder ?? 'big') === 'little') ws = ws.reverse()
+  const b = Buffer.alloc(2 * n)
+  ws.forEach((w, i) => {
+    if ((def.byteOrder ?? 'big') === 'little') b.writeUInt16LE(w, 2 * i)
+    else b.writeUInt16BE(w, 2 * i)
+  })
+  let raw: number
+  switch (def.type) {
+    case 'int16': raw = b.readInt16BE(0); break
+    case 'uint16': raw = b.readUInt16BE(0); break
+    case 'int32': raw = b.readInt32BE(0); break
+    case 'uint32': raw = b.readUInt32BE(0); break
+    case 'float32': raw = float32Decimal(b.readFloatBE(0)); break
+    case 'int64': raw = Number(b.readBigInt64BE(0)); break
+    case 'uint64': raw = Number(b.readBigUInt64BE(0)); break
+    case 'float64': raw = b.readDoubleBE(0); break
+  }
+  const scale = def.scale ?? 1
+  // Round away binary noise from the scaling (1.234 kWh × 1000 is 1234 Wh, not 1233.9999999).
+  return scale === 1 ? raw : Number((raw * scale).toPrecision(12))
+}
+
+/** Decode every register of a meter model from the words of its blocks; quantities combined per the model. */
+export function decodeMeter(model: DeviceModel, blocks: Block[], data: number[][]): Record<string, number> {
+  const values = new Map<string, number[]>()
+  for (const def of model.registers ?? []) {
+    const bi = blocks.findIndex((b) => b.fc === def.function && def.address >= b.address && def.address + WORDS[def.type] <= b.address + b.count)
+    if (bi < 0) throw new OutpostError('MODEL_DECODE', `${model.name}: register ${def.address} is in no block (bug)`)
+    const v = decodeRegister(def, data[bi]!.slice(def.address - blocks[bi]!.address))
+    const list = values.get(def.quantity) ?? []
+    list.push(v)
+    values.set(def.quantity, list)
+  }
+  const out: Record<string, number> = {}
+  for (const [q, list] of values) {
+    const how = model.combine?.[q] ?? 'first'
+    out[q] = how === 'sum' ? list.reduce((a, b) => a + b, 0) : how === 'max' ? Math.max(...list) : how === 'mean' ? Number((list.reduce((a, b) => a + b, 0) / list.length).toPrecision(12)) : list[0]!
+  }
+  return out
+}

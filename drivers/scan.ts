@@ -1,0 +1,206 @@
+/**
+ * Bus scan: which unit ids answer on a bus, and what they are (meter models by
+ * their registers, relay boards by their coils).
+ *
+ * Owns: probing through a normal Bus (one scheduler, so a scan never fights the
+ * port), identifying devices against the model registry, and listing serial
+ * ports without crashing where udevadm is missing. Never writes to a device:
+ * a scan only reads (switching a relay to "see if it is one" could power a car).
+ */
+import { accessSync, constants, readdirSync, realpathSync, existsSync } from 'node:fs'
+import { delimiter, join } from 'node:path'
+import type { BusConfig } from '../daemon/types.js'
+import { OutpostError } from '../daemon/types.js'
+import { Bus } from './site.js'
+import { decodeMeter, meterBlocks, ModelRegistry, type DeviceModel } from './models.js'
+
+export interface ScanHit {
+  unit: number
+  kind: 'meter' | 'relay' | 'unknown'
+  model?: string
+  detail: string
+  values?: Record<string, number>
+  coils?: boolean[]
+}
+
+/** "1-10,100" → [1..10, 100]. */
+export function parseUnits(spec: string): number[] {
+  const out = new Set<number>()
+  for (const part of spec.split(',')) {
+    const m = part.trim().match(/^(\d{1,3})(?:-(\d{1,3}))?$/)
+    if (!m) throw new OutpostError('USAGE', `--units: "${part}" is not a unit or range like 1-10`)
+    const a = Number(m[1])
+    const b = m[2] !== undefined ? Number(m[2]) : a
+    if (a < 1 || b > 247 || a > b) throw new OutpostError('USAGE', `--units: ${part} must be within 1-247, low to high`)
+    for (let u = a; u <= b; u++) out.add(u)
+  }
+  return [...out].sort((x, y) => x - y)
+}
+
+function matches(model: DeviceModel, q: Record<string, number>): boolean {
+  return (model.identify ?? []).every((c) => {
+    const v = q[c.quantity]
+    return typeof v === 'number' && Number.isFinite(v) && (c.min === undefined || v >= c.min) && (c.max === undefined || v <= c.max)
+  })
+}
+
+/** Codes that mean "nothing at this unit" rather than "something that said no". */
+const ABSENT = new Set(['MODBUS_TIMEOUT', 'MODBUS_GARBAGE', 'MODBUS_CRC'])
+function absent(err: unknown): boolean {
+  const e = err as OutpostError & { cause?: { exceptionCode?: number } }
+  if (ABSENT.has(e.code)) return true
+  // A TCP gateway answers 10/11 for a unit behind it that does not answer.
+  return e.code === 'MODBUS_EXCEPTION' && (e.cause?.exceptionCode === 10 || e.cause?.exceptionCode === 11)
+}
+
+export async function scanBus(config: BusConfig, units: number[], opts: { now: () => number; modelsDir?: string; onUnit?: (unit: number, hit: ScanHit | undefined) => void }): Promise<ScanHit[]> {
+  if (config.type === 'serial') throw new OutpostError('USAGE', 'scan probes Modbus buses only')
+  const registry = new ModelRegistry(opts.modelsDir)
+  // Most specific first: a three-phase meter also passes a single-phase meter's checks.
+  const meters = registry.all().filter((m) => m.kinds.includes('meter') && m.transport === 'modbus').sort((a, b) => (b.identify?.length ?? 0) - (a.identify?.length ?? 0) || a.name.localeCompare(b.name))
+  const bus = new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
+  bus.start()
+  const hits: ScanHit[] = []
+  try {
+    await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
+    for (const unit of units) {
+      const hit = await probe(bus, unit, meters)
+      if (hit) hits.push(hit)
+      opts.onUnit?.(unit, hit)
+    }
+  } finally {
+    await bus.close()
+  }
+  return hits
+}
+
+async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<ScanHit | undefined> {
+  let answered = false
+  try {
+    await bus.readRegisters(unit, 4, 0, 2)
+    answered = true
+    for (const m of meters) {
+      const blocks = meterBlocks(m)
+      try {
+        const q = decodeMeter(m, blocks, await bus.readBlocks(unit, blocks))
+        if (matches(m, q)) {
+          return { unit, kind: 'meter', model: m.name, values: q, detail: `${q.voltageV} V  ${q.currentA} A  ${q.powerW} W  ${q.energyWh} Wh` }
+        }
+      } catch {
+        // This model's registers are not all there: not this model.
+      }
+    }
+  } catch (err) {
+    // Silence at FC04 may still be a relay board that only knows coils: go on.
+    if (!absent(err)) answered = true
+  }
+  // Relay board: how many coils it has (the largest read from coil 0 it accepts, up to 64).
+  let have = 0
+  for (const n of [64, 32, 16, 8, 4, 2, 1]) {
+    try {
+      await bus.readBits(unit, 1, 0, n)
+      have = n
+      break
+    } catch (err) {
+      if (absent(err)) break
+      answered = true
+    }
+  }
+  // Silent to both a register and a coil read: nobody is there (saves a timeout per empty unit).
+  if (!answered && have === 0) return undefined
+  if (have > 0) {
+    let lo = have
+    let hi = Math.min(have * 2, 65)
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1
+      try {
+        await bus.readBits(unit, 1, 0, mid)
+        lo = mid
+      } catch {
+        hi = mid
+      }
+    }
+    const coils = await bus.readBits(unit, 1, 0, lo).catch(() => undefined)
+    if (coils) return { unit, kind: 'relay', model: 'modbus-coil', coils, detail: `${lo} coils: ${coils.map((c) => (c ? 1 : 0)).join('')}` }
+  }
+  try {
+    const v = await bus.readRegisters(unit, 3, 0, 1)
+    return { unit, kind: 'unknown', model: 'modbus-holding?', detail: `answers holding register 0 = ${v[0]}; if it is a relay, use modbus-holding with its register` }
+  } catch (err) {
+    if (!absent(err)) answered = true
+  }
+  return answered ? { unit, kind: 'unknown', detail: 'answers, but with exceptions to every probe' } : undefined
+}
+
+export function formatTable(hits: ScanHit[]): string {
+  const rows = [['UNIT', 'KIND', 'MODEL', 'DETAIL'], ...hits.map((h) => [String(h.unit), h.kind, h.model ?? '-', h.detail])]
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length)))
+  return rows.map((r) => r.map((c, i) => (i < 3 ? c.padEnd(w[i]!) : c)).join('  ')).join('\n')
+}
+
+/** A starting point for the site config: each meter paired with the next coil of the first relay board. */
+/** The snippet as JSON with one device per line (easier to paste and edit than fully expanded JSON). */
+export function formatSnippet(s: { buses: BusConfig[]; outlets: unknown[] }): string {
+  const list = (xs: unknown[]): string => xs.map((x) => '    ' + JSON.stringify(x)).join(',\n')
+  return `{\n  "buses": [\n${list(s.buses)}\n  ],\n  "outlets": [\n${list(s.outlets)}\n  ]\n}`
+}
+
+export function configSnippet(bus: BusConfig, hits: ScanHit[]): { buses: BusConfig[]; outlets: unknown[] } {
+  const board = hits.find((h) => h.kind === 'relay')
+  const outlets = hits.filter((h) => h.kind === 'meter').map((h, i) => ({
+    id: `O${h.unit}`,
+    bus: bus.id,
+    meter: { model: h.model, unit: h.unit },
+    ...(board && i < (board.coils?.length ?? 0) ? { relay: { model: 'modbus-coil', unit: board.unit, coil: i } } : {}),
+    plan: 'CHANGE-ME',
+  }))
+  return { buses: [bus], outlets }
+}
+
+function onPath(cmd: string): boolean {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    try {
+      accessSync(join(dir, cmd), constants.X_OK)
+      return true
+    } catch {
+      // keep looking
+    }
+  }
+  return false
+}
+
+/**
+ * Serial ports on this machine. serialport's list() spawns `udevadm`; where it
+ * is missing the spawn fails (a rejection in serialport 13, an unhandled 'error'
+ * event that kills the process in other versions), so it is only called when
+ * udevadm exists, and /dev is read directly otherwise (and on any failure).
+ */
+export async function listSerialPorts(): Promise<{ path: string; byId?: string; note?: string }[]> {
+  const byId = new Map<string, string>()
+  const dir = '/dev/serial/by-id'
+  if (existsSync(dir)) {
+    for (const f of readdirSync(dir)) {
+      try {
+        byId.set(realpathSync(join(dir, f)), join(dir, f))
+      } catch {
+        // dangling link: adapter just unplugged
+      }
+    }
+  }
+  if (onPath('udevadm')) {
+    try {
+      const { SerialPort } = await import('serialport')
+      const ports = await SerialPort.list()
+      return ports.map((p) => ({ path: p.path, byId: byId.get(p.path), note: [p.manufacturer, p.serialNumber].filter(Boolean).join(' ') || undefined }))
+    } catch {
+      // fall through to /dev
+    }
+  }
+  let devs: string[] = []
+  try {
+    devs = readdirSync('/dev').filter((f) => /^tty(USB|ACM|AMA|S|XRUSB|WCH)\d+$/.test(f) || f === 'serial0' || f === 'serial1').map((f) => join('/dev', f))
+  } catch {
+    devs = []
+  }
+  return devs.map((p) => ({ path: p, byId: byId.get(p) }))
+}

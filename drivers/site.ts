@@ -1,0 +1,277 @@
+/**
+ * The site's I/O as the daemon sees it: openSite() turns the validated config
+ * into one scheduler per bus and one OutletIO per outlet.
+ *
+ * Owns: wiring buses, links and models together; turning a model's registers
+ * into a Reading; switching a relay and confirming it by reading it back.
+ * Never throws because a bus is absent (that bus reports 'error' and keeps
+ * reopening), never decides when to poll or switch (the engine does).
+ */
+import type { Logger } from 'pino'
+import { OutpostError, type BusConfig, type OutletConfig, type Reading, type SiteConfig } from '../daemon/types.js'
+import { bitsPerChar, decodeBits, decodeWords, interFrameMs, type ModbusRequest, type ModbusResponse } from './modbus.js'
+import { LineLink, RtuLink, TcpLink } from './links.js'
+import type { LineReply, LineRequest } from './line-protocol.js'
+import { BusScheduler, type BusHealth, type Priority } from './scheduler.js'
+import { SerialStream, TcpStream } from './transport.js'
+import { decodeMeter, meterBlocks, ModelRegistry, REQUIRED_METER_QUANTITIES, type Block, type DeviceModel } from './models.js'
+
+export interface OutletIO {
+  readonly id: string
+  readonly hasRelay: boolean
+  /** One sample of the meter; ts from the injected clock when the reply arrived. */
+  read(): Promise<Reading>
+  /** Switch the relay (closed = current may flow), then read it back; RELAY_MISMATCH if it disagrees. */
+  setRelay(closed: boolean): Promise<void>
+  /** The relay's state as the device reports it. */
+  readRelay(): Promise<boolean>
+}
+
+export interface SiteIO {
+  outlet(id: string): OutletIO
+  outletIds(): string[]
+  bus(id: string): Bus
+  health(): BusHealth[]
+  /** Resolves true once every bus is open, false if that has not happened within `ms` (never throws). */
+  ready(ms: number): Promise<boolean>
+  close(): Promise<void>
+}
+
+export interface OpenOptions {
+  now: () => number
+  logger?: Logger
+  /** Tuning for tests; defaults suit a real RS-485 bus. */
+  scheduler?: { backoffAfter?: number; backoffMinMs?: number; backoffMaxMs?: number; reopenMinMs?: number; reopenMaxMs?: number }
+}
+
+/** A bus and the Modbus/line operations on it, all through its one scheduler. */
+export class Bus {
+  readonly scheduler: BusScheduler<ModbusRequest, ModbusResponse> | BusScheduler<LineRequest, LineReply>
+  constructor(readonly config: BusConfig, opts: OpenOptions) {
+    const common = { id: config.id, type: config.type, now: opts.now, logger: opts.logger, timeoutMs: config.timeoutMs, retries: config.retries, ...opts.scheduler }
+    if (config.type === 'modbus-tcp') {
+      this.scheduler = new BusScheduler(new TcpLink(new TcpStream(config.host, config.port, Math.max(config.timeoutMs * 5, 2000))), { ...common, interFrameMs: 0 })
+    } else {
+      const bits = bitsPerChar(config.dataBits, config.parity, config.stopBits)
+      const charMs = (bits * 1000) / config.baudRate
+      const stream = new SerialStream({ path: config.path, baudRate: config.baudRate, parity: config.parity, dataBits: config.dataBits, stopBits: config.stopBits })
+      const gap = config.type === 'modbus-rtu' && config.interFrameMs !== undefined ? config.interFrameMs : interFrameMs(config.baudRate, bits)
+      if (config.type === 'modbus-rtu') {
+        this.scheduler = new BusScheduler(new RtuLink(stream), { ...common, interFrameMs: gap, wireMs: (req) => charMs * rtuBytes(req as ModbusRequest) })
+      } else {
+        // A D line is at most ~60 characters; a request ~16.
+        this.scheduler = new BusScheduler(new LineLink(stream), { ...common, interFrameMs: gap, wireMs: () => charMs * 80 })
+      }
+    }
+  }
+
+  get id(): string {
+    return this.config.id
+  }
+
+  start(): void {
+    this.scheduler.start()
+  }
+
+  private modbus(): BusScheduler<ModbusRequest, ModbusResponse> {
+    if (this.config.type === 'serial') throw new OutpostError('BUS_WRONG_TYPE', `bus ${this.config.id} is a plain serial bus, not Modbus`)
+    return this.scheduler as BusScheduler<ModbusRequest, ModbusResponse>
+  }
+
+  line(): BusScheduler<LineRequest, LineReply> {
+    if (this.config.type !== 'serial') throw new OutpostError('BUS_WRONG_TYPE', `bus ${this.config.id} is Modbus, not a plain serial bus`)
+    return this.scheduler as BusScheduler<LineRequest, LineReply>
+  }
+
+  /** Read registers (FC03/FC04) as 16-bit words. */
+  readRegisters(unit: number, fc: 3 | 4, address: number, count: number, opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[]> {
+    return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => decodeWords((await tx({ unit, fc, address, count })).data), opts)
+  }
+
+  readBits(unit: number, fc: 1 | 2, address: number, count: number, opts: { priority?: Priority; delayMs?: number } = {}): Promise<boolean[]> {
+    return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => decodeBits((await tx({ unit, fc, address, count })).data, count), opts)
+  }
+
+  /** Several block reads as one job (nothing else on the bus in between). */
+  readBlocks(unit: number, blocks: Block[], opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[][]> {
+    return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => {
+      const out: number[][] = []
+      for (const b of blocks) out.push(decodeWords((await tx({ unit, fc: b.fc, address: b.address, count: b.count })).data))
+      return out
+    }, opts)
+  }
+
+  /** Write then read back in one job; resolves to the value read back. */
+  writeCoilConfirmed(unit: number, address: number, value: boolean, opts: { delayMs?: number } = {}): Promise<boolean> {
+    return this.modbus().submit(unit, 'relay', async (tx) => {
+      await tx({ unit, fc: 5, address, value })
+      return decodeBits((await tx({ unit, fc: 1, address, count: 1 })).data, 1)[0]!
+    }, opts)
+  }
+
+  writeRegisterConfirmed(unit: number, address: number, value: number, opts: { delayMs?: number } = {}): Promise<number> {
+    return this.modbus().submit(unit, 'relay', async (tx) => {
+      await tx({ unit, fc: 6, address, value })
+      return decodeWords((await tx({ unit, fc: 3, address, count: 1 })).data)[0]!
+    }, opts)
+  }
+
+  lineExchange(req: LineRequest, priority: Priority, opts: { delayMs?: number } = {}): Promise<LineReply> {
+    return this.line().submit(req.addr, priority, (tx) => tx(req), opts)
+  }
+
+  health(): BusHealth {
+    return this.scheduler.health()
+  }
+
+  close(): Promise<void> {
+    return this.scheduler.close()
+  }
+}
+
+/** Bytes on the wire for a request and its largest reply. */
+function rtuBytes(req: ModbusRequest): number {
+  const reply = req.fc === 3 || req.fc === 4 ? 5 + 2 * req.count : req.fc === 1 || req.fc === 2 ? 5 + Math.ceil(req.count / 8) : 8
+  const request = req.fc === 15 ? 9 + Math.ceil(req.values.length / 8) : req.fc === 16 ? 9 + 2 * req.values.length : 8
+  return request + reply
+}
+
+export function openBus(config: BusConfig, opts: OpenOptions): Bus {
+  const bus = new Bus(config, opts)
+  bus.start()
+  return bus
+}
+
+class ModbusOutlet implements OutletIO {
+  readonly hasRelay: boolean
+  private readonly blocks: Block[]
+  constructor(readonly id: string, private readonly bus: Bus, private readonly cfg: OutletConfig, private readonly meter: DeviceModel, private readonly relay: DeviceModel | undefined, private readonly now: () => number) {
+    this.hasRelay = relay !== undefined
+    this.blocks = meterBlocks(meter)
+  }
+
+  async read(): Promise<Reading> {
+    const data = await this.bus.readBlocks(this.cfg.meter.unit, this.blocks, { delayMs: this.cfg.meter.delayMs })
+    const q = decodeMeter(this.meter, this.blocks, data)
+    return toReading(this.id, q, this.now())
+  }
+
+  private relayPoint(): { unit: number; address: number; model: DeviceModel } {
+    if (!this.relay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
+    const r = this.relay.relay!
+    const address = r.point === 'coil' ? this.cfg.relay.coil ?? r.address : this.cfg.relay.register ?? r.address
+    if (address === undefined) throw new OutpostError('NO_RELAY', `outlet ${this.id}: relay model ${this.relay.name} needs relay.${r.point}`)
+    return { unit: this.cfg.relay.unit, address, model: this.relay }
+  }
+
+  async setRelay(closed: boolean): Promise<void> {
+    const { unit, address, model } = this.relayPoint()
+    const r = model.relay!
+    const opts = { delayMs: this.cfg.relay?.delayMs }
+    if (r.point === 'coil') {
+      const back = await this.bus.writeCoilConfirmed(unit, address, closed, opts)
+      if (back !== closed) throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: coil ${address} of unit ${unit} reads ${back ? 'closed' : 'open'} after writing ${closed ? 'closed' : 'open'}`)
+    } else {
+      const want = closed ? r.closedValue : r.openValue
+      const back = await this.bus.writeRegisterConfirmed(unit, address, want, opts)
+      if (back !== want) throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: register ${address} of unit ${unit} reads ${back} after writing ${want}`)
+    }
+  }
+
+  async readRelay(): Promise<boolean> {
+    const { unit, address, model } = this.relayPoint()
+    const r = model.relay!
+    if (r.point === 'coil') return (await this.bus.readBits(unit, 1, address, 1, { delayMs: this.cfg.relay?.delayMs }))[0]!
+    const v = (await this.bus.readRegisters(unit, 3, address, 1, { delayMs: this.cfg.relay?.delayMs }))[0]!
+    if (v === r.closedValue) return true
+    if (v === r.openValue) return false
+    throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: register ${address} of unit ${unit} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`)
+  }
+}
+
+class SerialOutlet implements OutletIO {
+  constructor(readonly id: string, private readonly bus: Bus, private readonly cfg: OutletConfig, readonly hasRelay: boolean, private readonly now: () => number) {}
+
+  async read(): Promise<Reading> {
+    const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.meter.unit }, 'poll', { delayMs: this.cfg.meter.delayMs })
+    if (r.type !== 'D') throw new OutpostError('SERIAL_DEVICE_ERROR', `controller ${this.cfg.meter.unit}: unexpected reply`)
+    return toReading(this.id, { voltageV: r.voltageV, currentA: r.currentA, powerW: r.powerW, energyWh: r.energyWh }, this.now())
+  }
+
+  async setRelay(closed: boolean): Promise<void> {
+    if (!this.hasRelay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
+    const r = await this.bus.lineExchange({ type: 'S', addr: this.cfg.relay.unit, closed }, 'relay', { delayMs: this.cfg.relay.delayMs })
+    if (r.type !== 'D' || r.relayClosed !== closed) {
+      throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: controller ${this.cfg.relay.unit} reports its relay ${r.type === 'D' && r.relayClosed ? 'closed' : 'open'} after being told ${closed ? 'close' : 'open'}`)
+    }
+  }
+
+  async readRelay(): Promise<boolean> {
+    if (!this.hasRelay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
+    const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.relay.unit }, 'poll', { delayMs: this.cfg.relay.delayMs })
+    if (r.type !== 'D') throw new OutpostError('SERIAL_DEVICE_ERROR', `controller ${this.cfg.relay.unit}: unexpected reply`)
+    return r.relayClosed
+  }
+}
+
+function toReading(outlet: string, q: Record<string, number>, ts: number): Reading {
+  for (const k of REQUIRED_METER_QUANTITIES) {
+    const v = q[k]
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new OutpostError('READING_INVALID', `outlet ${outlet}: ${k} is ${String(v)}`)
+  }
+  return { ts, currentA: q.currentA!, powerW: q.powerW!, energyWh: q.energyWh!, voltageV: q.voltageV! }
+}
+
+/**
+ * Open every configured bus (each begins connecting in the background) and bind
+ * the outlets to their models. Throws only for problems in the configuration
+ * itself (an invalid model file, a model on the wrong kind of bus), never for
+ * hardware that is absent.
+ */
+export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<SiteIO> {
+  const registry = new ModelRegistry(config.models?.dir)
+  const buses = new Map<string, Bus>()
+  const outlets = new Map<string, OutletIO>()
+  // Bind models first so a bad config opens nothing.
+  const plans: (() => OutletIO)[] = []
+  for (const o of config.outlets) {
+    const bc = config.buses.find((b) => b.id === o.bus)
+    if (!bc) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: unknown bus "${o.bus}"`)
+    const meter = registry.get(o.meter.model, 'meter')
+    const relay = o.relay ? registry.get(o.relay.model, 'relay') : undefined
+    const wantTransport = bc.type === 'serial' ? 'serial' : 'modbus'
+    for (const m of [meter, relay]) {
+      if (m && m.transport !== wantTransport) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
+    }
+    plans.push(() => {
+      const bus = buses.get(bc.id)!
+      return bc.type === 'serial' ? new SerialOutlet(o.id, bus, o, relay !== undefined, opts.now) : new ModbusOutlet(o.id, bus, o, meter, relay, opts.now)
+    })
+  }
+  for (const bc of config.buses) buses.set(bc.id, openBus(bc, opts))
+  for (const p of plans) {
+    const io = p()
+    outlets.set(io.id, io)
+  }
+  return {
+    outlet(id) {
+      const io = outlets.get(id)
+      if (!io) throw new OutpostError('OUTLET_UNKNOWN', `unknown outlet "${id}" (outlets: ${[...outlets.keys()].join(', ')})`)
+      return io
+    },
+    outletIds: () => [...outlets.keys()],
+    bus(id) {
+      const b = buses.get(id)
+      if (!b) throw new OutpostError('BUS_UNKNOWN', `unknown bus "${id}"`)
+      return b
+    },
+    health: () => [...buses.values()].map((b) => b.health()),
+    async ready(ms) {
+      const results = await Promise.allSettled([...buses.values()].map((b) => b.scheduler.waitOpen(ms)))
+      return results.every((r) => r.status === 'fulfilled')
+    },
+    async close() {
+      await Promise.all([...buses.values()].map((b) => b.close()))
+    },
+  }
+}

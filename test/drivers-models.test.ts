@@ -1,0 +1,130 @@
+import t from 'tap'
+import { mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { ModelRegistry, planBlocks, meterBlocks, decodeRegister, decodeMeter, float32Decimal, validateModel } from '../drivers/models.js'
+import { BUILTIN_METER_MODELS, BUILTIN_RELAY_MODELS } from '../daemon/config.js'
+import { openSite } from '../drivers/site.js'
+import { startPymodbus, siteConfig } from './fixtures/drivers-helpers.js'
+import { interFrameMs, bitsPerChar, scanRtu, encodeRtu } from '../drivers/modbus.js'
+
+t.test('the registry ships exactly the models config validation knows', async (t) => {
+  const r = new ModelRegistry()
+  t.same(r.names('meter'), [...BUILTIN_METER_MODELS].sort())
+  t.same(r.names('relay'), [...BUILTIN_RELAY_MODELS].sort())
+  t.throws(() => r.get('nope'), { code: 'MODEL_UNKNOWN' })
+  t.throws(() => r.get('modbus-coil', 'meter'), { code: 'MODEL_UNKNOWN' })
+})
+
+t.test('block planning: adjacent registers in one read, never over the device limit', async (t) => {
+  const sdm120 = new ModelRegistry().get('eastron-sdm120')
+  t.same(meterBlocks(sdm120), [{ fc: 4, address: 0, count: 14 }, { fc: 4, address: 70, count: 4 }])
+  const sdm630 = new ModelRegistry().get('eastron-sdm630')
+  for (const b of meterBlocks(sdm630)) t.ok(b.count <= 60, `block ${b.address}+${b.count} within 60`)
+  // 0..11 phases; 52 (total power) joins 70..73 across a 16-register hole.
+  t.same(meterBlocks(sdm630), [{ fc: 4, address: 0, count: 12 }, { fc: 4, address: 52, count: 22 }])
+  // 0..59 fits, 0..61 does not.
+  t.same(planBlocks([{ function: 4, address: 0, words: 2 }, { function: 4, address: 58, words: 2 }], 60, 100), [{ fc: 4, address: 0, count: 60 }])
+  t.same(planBlocks([{ function: 4, address: 0, words: 2 }, { function: 4, address: 60, words: 2 }], 60, 100), [{ fc: 4, address: 0, count: 2 }, { fc: 4, address: 60, count: 2 }])
+  // Gap rule, and function codes never mix.
+  t.same(planBlocks([{ function: 4, address: 0, words: 1 }, { function: 4, address: 3, words: 1 }], 60, 1), [{ fc: 4, address: 0, count: 1 }, { fc: 4, address: 3, count: 1 }])
+  t.same(planBlocks([{ function: 3, address: 0, words: 1 }, { function: 4, address: 1, words: 1 }], 60, 10).length, 2)
+  // Overlapping registers (SDM630 voltage and voltageL2V) are read once.
+  t.same(planBlocks([{ function: 4, address: 2, words: 2 }, { function: 4, address: 2, words: 2 }], 60, 0), [{ fc: 4, address: 2, count: 2 }])
+})
+
+t.test('decoding: every type, word and byte order, scale', async (t) => {
+  const f = Buffer.alloc(4)
+  f.writeFloatBE(229.8)
+  const hi = f.readUInt16BE(0)
+  const lo = f.readUInt16BE(2)
+  t.equal(decodeRegister({ quantity: 'v', function: 4, address: 0, type: 'float32' }, [hi, lo]), 229.8)
+  t.equal(decodeRegister({ quantity: 'v', function: 4, address: 0, type: 'float32', wordOrder: 'little' }, [lo, hi]), 229.8)
+  const swap = (w: number): number => ((w & 0xff) << 8) | (w >> 8)
+  t.equal(decodeRegister({ quantity: 'v', function: 4, address: 0, type: 'float32', byteOrder: 'little' }, [swap(hi), swap(lo)]), 229.8)
+  t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'uint32', scale: 10 }, [0x0001, 0x0002]), 655380)
+  t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'int32' }, [0xffff, 0xfffe]), -2)
+  t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'int16', scale: 0.1 }, [0xfff6]), -1)
+  t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'uint16', scale: 0.01 }, [23050]), 230.5)
+  t.equal(decodeRegister({ quantity: 'e', function: 3, address: 0, type: 'uint64' }, [0, 0, 1, 0]), 65536)
+  t.equal(decodeRegister({ quantity: 'e', function: 3, address: 0, type: 'float64' }, [0x3ff8, 0, 0, 0]), 1.5)
+  t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'float32', scale: 1000 }, (() => { const b = Buffer.alloc(4); b.writeFloatBE(1.234); return [b.readUInt16BE(0), b.readUInt16BE(2)] })()), 1234)
+  t.equal(float32Decimal(Math.fround(0.1)), 0.1)
+  t.ok(Number.isNaN(float32Decimal(NaN)))
+  const sdm630 = new ModelRegistry().get('eastron-sdm630')
+  const blocks = meterBlocks(sdm630)
+  const words = blocks.map((b) => new Array<number>(b.count).fill(0))
+  const put = (addr: number, v: number): void => {
+    const b = blocks.find((x) => addr >= x.address && addr < x.address + x.count)!
+    const buf = Buffer.alloc(4)
+    buf.writeFloatBE(v)
+    words[blocks.indexOf(b)]![addr - b.address] = buf.readUInt16BE(0)
+    words[blocks.indexOf(b)]![addr - b.address + 1] = buf.readUInt16BE(2)
+  }
+  put(0, 230); put(2, 232); put(4, 228); put(6, 1); put(8, 9.5); put(10, 3); put(52, 1000); put(72, 5)
+  t.match(decodeMeter(sdm630, blocks, words), { voltageV: 230, currentA: 9.5, powerW: 1000, energyWh: 5000, voltageL2V: 232 })
+})
+
+t.test('model files are validated with clear errors; an installer model works end to end', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-models-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [] }, '/m/x.json'), { code: 'MODEL_INVALID', message: /needs a register for voltageV/ })
+  t.throws(() => validateModel({ name: 'y', kinds: ['meter'], transport: 'modbus', registers: [] }, '/m/x.json'), { message: /must equal the file name/ })
+  t.throws(() => validateModel({ name: 'x', kinds: ['relay'], transport: 'modbus' }, '/m/x.json'), { message: /needs a "relay" section/ })
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [{ quantity: 'voltageV', function: 5, address: 0, type: 'float32' }] }, '/m/x.json'), { message: /registers\/0\/function/ })
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [], extra: 1 }, '/m/x.json'), { message: /additional properties/ })
+  // An installer's meter: same registers as an SDM120 but energy from the total register, power as int32 watts.
+  writeFileSync(join(dir, 'acme-m1.json'), JSON.stringify({
+    name: 'acme-m1', kinds: ['meter'], transport: 'modbus', maxRegistersPerRead: 20,
+    registers: [
+      { quantity: 'voltageV', function: 4, address: 0, type: 'float32' },
+      { quantity: 'currentA', function: 4, address: 6, type: 'float32' },
+      { quantity: 'powerW', function: 4, address: 12, type: 'float32' },
+      { quantity: 'energyWh', function: 4, address: 342, type: 'float32', scale: 1000 },
+    ],
+  }))
+  const reg = new ModelRegistry(dir)
+  t.same(meterBlocks(reg.get('acme-m1')), [{ fc: 4, address: 0, count: 14 }, { fc: 4, address: 342, count: 2 }])
+  const py = await startPymodbus({ tcp: true })
+  t.teardown(() => py.kill())
+  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: py.port }], [{ id: 'A', bus: 'lan', meter: { model: 'acme-m1', unit: 2 }, plan: 'p' }], { models: { dir } })
+  const site = await openSite(cfg, { now: () => 5 })
+  t.teardown(() => site.close())
+  await site.bus('lan').scheduler.waitOpen(20_000)
+  t.same(await site.outlet('A').read(), { ts: 5, voltageV: 230, currentA: 1, powerW: 230, energyWh: 24690 })
+  // A broken installer file stops openSite with the file named (a config problem, not a bus problem).
+  writeFileSync(join(dir, 'broken.json'), '{ "name": "broken", ')
+  await t.rejects(openSite(cfg, { now: () => 5 }), { code: 'MODEL_INVALID', message: /broken\.json/ })
+})
+
+t.test('RTU timing and framing details', async (t) => {
+  t.equal(interFrameMs(9600, 10), (3.5 * 10 * 1000) / 9600)
+  t.equal(interFrameMs(2400, bitsPerChar(8, 'none', 1)), (3.5 * 10 * 1000) / 2400)
+  t.equal(interFrameMs(38400), 1.75)
+  t.equal(bitsPerChar(8, 'even', 1), 11)
+  const req = { unit: 5, fc: 3 as const, address: 0, count: 1 }
+  const reply = Buffer.from([5, 3, 2, 0x12, 0x34, 0, 0])
+  reply.writeUInt16LE(require_crc(reply.subarray(0, 5)), 5)
+  t.match(scanRtu(Buffer.concat([Buffer.from([0xff, 0x00]), reply]), req), { kind: 'frame', skipped: 2 })
+  t.match(scanRtu(reply.subarray(0, 4), req), { kind: 'incomplete' })
+  const bad = Buffer.from(reply)
+  bad[6]! ^= 0xff
+  t.match(scanRtu(bad, req), { kind: 'crc' })
+  // A valid reply from this unit to a different read (a late one) is skipped, not decoded.
+  const late = Buffer.from([5, 3, 4, 0, 1, 0, 2, 0, 0])
+  late.writeUInt16LE(require_crc(late.subarray(0, 7)), 7)
+  t.match(scanRtu(Buffer.concat([late, reply]), req), { kind: 'frame', skipped: 9 })
+  t.match(scanRtu(late, req), { kind: 'incomplete' })
+  // A reply for another unit is not ours, whatever its CRC.
+  const other = Buffer.from([6, 3, 2, 0x12, 0x34, 0, 0])
+  other.writeUInt16LE(require_crc(other.subarray(0, 5)), 5)
+  t.match(scanRtu(other, req), { kind: 'incomplete' })
+  // CRC bytes as pymodbus computes them (and the classic 01 04 00 00 00 02 71 CB).
+  t.equal(encodeRtu(req).toString('hex'), '050300000001858e')
+  t.equal(encodeRtu({ unit: 1, fc: 4, address: 0, count: 2 }).toString('hex'), '01040000000271cb')
+})
+
+import { crc16 } from '../drivers/crc.js'
+function require_crc(b: Buffer): number {
+  return crc16(b)
+}

@@ -1,0 +1,151 @@
+/**
+ * `outpost records`, `outpost verify` and `outpost repair` through the BUILT CLI
+ * (npm test builds first), on a real journal on disk: stopped, running (a
+ * snapshot is read), edited, and corrupt.
+ */
+import t from 'tap'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Level } from 'level'
+import { runCli } from './helpers/cli.js'
+import { packagePath } from '../daemon/paths.js'
+import { Journal, journalLocation } from '../daemon/journal/index.js'
+import type { JournalRecord, RecordBody } from '../daemon/types.js'
+
+const dir = mkdtempSync(join(tmpdir(), 'outpost-journal-cli-'))
+t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+
+function siteConfig(name: string): { file: string; storage: string } {
+  const storage = join(dir, name)
+  const cfg = JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8')) as { storage: { dir: string } }
+  cfg.storage.dir = storage
+  const file = join(dir, `${name}.json`)
+  writeFileSync(file, JSON.stringify(cfg))
+  return { file, storage }
+}
+
+const T0 = Date.UTC(2026, 2, 1)
+const body = (i: number): RecordBody => ({ type: 'outlet.fault', ts: new Date(T0 + i * 1000).toISOString(), outlet: 'A1', detail: `meter timeout ${i}` })
+const open = (storage: string): Promise<Journal> => Journal.open(storage, { bootId: 'b-1', clockSynced: () => true, now: () => T0, compactEveryMs: 0 })
+
+async function filled(name: string, n: number): Promise<{ file: string; storage: string; records: JournalRecord[] }> {
+  const site = siteConfig(name)
+  const j = await open(site.storage)
+  const records = await j.commit({ records: Array.from({ length: n }, (_, i) => body(i + 1)) })
+  await j.close({ clean: true })
+  return { ...site, records }
+}
+
+t.test('records prints JSON lines exactly as committed; --from; verify says intact', async (t) => {
+  const { file, records } = await filled('plain', 5)
+  const r = runCli(['records', '--config', file])
+  t.equal(r.status, 0, r.stderr)
+  const lines = r.stdout.trim().split('\n')
+  t.same(lines.map((l) => JSON.parse(l)), records)
+  const from = runCli(['records', `--config=${file}`, '--from', '4'])
+  t.same(from.stdout.trim().split('\n').map((l) => (JSON.parse(l) as JournalRecord).seq), [4, 5])
+  t.equal(runCli(['records', '--config', file, '--from', '9']).stdout, '', 'past the head: nothing')
+  const v = runCli(['verify', '--config', file])
+  t.equal(v.status, 0, v.stdout + v.stderr)
+  t.match(v.stdout, /intact: 5 records, seq 1\.\.5; acknowledged up to 0/)
+})
+
+t.test('verify of a JSON-lines file: intact, then the first break of an edit, a gap, a non-JSON line', async (t) => {
+  const { file } = await filled('jsonl', 6)
+  const text = runCli(['records', '--config', file]).stdout
+  const good = join(dir, 'good.jsonl')
+  writeFileSync(good, text)
+  const ok = runCli(['verify', good])
+  t.equal(ok.status, 0)
+  t.match(ok.stdout, /intact: 6 records, seq 1\.\.6/)
+  const lines = text.trim().split('\n')
+  const edited = [...lines]
+  edited[2] = edited[2]!.replace('meter timeout 3', 'meter timeout 33')
+  writeFileSync(join(dir, 'edited.jsonl'), edited.join('\n') + '\n')
+  const e = runCli(['verify', join(dir, 'edited.jsonl')])
+  t.equal(e.status, 1)
+  t.match(e.stdout, /BROKEN at seq 3 \(line 3\): hash mismatch/)
+  writeFileSync(join(dir, 'gap.jsonl'), [...lines.slice(0, 3), ...lines.slice(4)].join('\n'))
+  const g = runCli(['verify', join(dir, 'gap.jsonl')])
+  t.equal(g.status, 1)
+  t.match(g.stdout, /BROKEN at seq 5 \(line 4\): gap: seq 4\.\.4 missing/)
+  writeFileSync(join(dir, 'junk.jsonl'), [lines[0], '{"seq": 2,', lines[1]].join('\n'))
+  const j = runCli(['verify', join(dir, 'junk.jsonl')])
+  t.equal(j.status, 1)
+  t.match(j.stdout, /line 2 is not JSON/)
+  const tail = join(dir, 'tail.jsonl')
+  writeFileSync(tail, lines.slice(3).join('\n'))
+  t.equal(runCli(['verify', tail]).status, 0, 'a range that starts after seq 1 (a pull, a compacted journal) verifies')
+  t.equal(runCli(['verify', join(dir, 'missing.jsonl')]).status, 66)
+})
+
+t.test('usage, invalid config, missing journal', async (t) => {
+  const { file } = await filled('usage', 1)
+  t.equal(runCli(['records', '--config', file, '--from', 'x']).status, 64)
+  t.equal(runCli(['records', '--config', file, '--bogus', '1']).status, 64)
+  t.equal(runCli(['verify', '--config', file, 'also.jsonl']).status, 64)
+  const bad = join(dir, 'bad.json')
+  writeFileSync(bad, JSON.stringify({ site: { id: 'x' } }))
+  for (const cmd of ['records', 'verify', 'repair']) {
+    const r = runCli([cmd, '--config', bad])
+    t.equal(r.status, 78, `${cmd}: invalid config`)
+    t.ok(r.stderr.split('\n').includes(`${bad}: /storage: is required`), 'problems printed like check-config')
+  }
+  const empty = siteConfig('never-ran')
+  const m = runCli(['records', '--config', empty.file])
+  t.equal(m.status, 66)
+  t.match(m.stderr, /JOURNAL_MISSING: no journal at/)
+})
+
+t.test('while the daemon holds the journal, records and verify read a snapshot; repair refuses', async (t) => {
+  const { file, storage } = await filled('live', 3)
+  const j = await open(storage)
+  t.teardown(() => j.close({ clean: true }))
+  await j.commit({ records: [body(4)] })
+  const r = runCli(['records', '--config', file])
+  t.equal(r.status, 0, r.stderr)
+  t.equal(r.stdout.trim().split('\n').length, 4)
+  t.match(r.stderr, /reading a snapshot copy/)
+  const v = runCli(['verify', '--config', file])
+  t.equal(v.status, 0)
+  t.match(v.stdout, /intact: 4 records/)
+  const rep = runCli(['repair', '--config', file])
+  t.equal(rep.status, 75)
+  t.match(rep.stderr, /JOURNAL_LOCKED: another outpost is already running/)
+  await j.commit({ records: [body(5)] })
+  t.equal(j.head(), 5, 'the running journal was not disturbed')
+})
+
+t.test('an edited record: verify names it, repair cannot fix a changed record and says so', async (t) => {
+  const { file, storage } = await filled('edited', 4)
+  const raw = new Level<string, string>(journalLocation(storage), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+  const r2 = JSON.parse((await raw.get('r!000000000002'))!) as { detail: string }
+  r2.detail = 'nothing to see'
+  await raw.put('r!000000000002', JSON.stringify(r2))
+  await raw.close()
+  const v = runCli(['verify', '--config', file])
+  t.equal(v.status, 1)
+  t.match(v.stdout, /BROKEN at seq 2 \(record 2\): hash mismatch/)
+  const rep = runCli(['repair', '--config', file])
+  t.equal(rep.status, 1)
+  t.match(rep.stdout, /BROKEN at seq 2/)
+})
+
+t.test('a corrupt database: the daemon refuses, records/verify read a repaired copy, repair fixes it, the chain continues', async (t) => {
+  const { file, storage, records } = await filled('corrupt', 5)
+  writeFileSync(join(journalLocation(storage), 'CURRENT'), 'MANIFEST-999999\n')
+  await t.rejects(open(storage), { code: /JOURNAL_(CORRUPT|OPEN_FAILED)/ })
+  const v = runCli(['verify', '--config', file])
+  t.equal(v.status, 1, 'a corrupt database is not "intact"')
+  t.match(v.stderr + v.stdout, /corrupt|CORRUPT|cannot open/)
+  const rep = runCli(['repair', '--config', file])
+  t.equal(rep.status, 0, rep.stdout + rep.stderr)
+  t.match(rep.stdout, /intact: 5 records, seq 1\.\.5/)
+  const j = await open(storage)
+  t.same(await j.read(1, 10), records, 'every record survived the repair')
+  const [next] = await j.commit({ records: [body(6)] })
+  t.equal(next!.prev, records[4]!.hash)
+  await j.close({ clean: true })
+  t.equal(runCli(['verify', '--config', file]).status, 0)
+})
