@@ -22,7 +22,7 @@ import { QuietLog } from './log.js'
 import { initialState, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
 import { Journal } from './journal/index.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
-import { Uplink } from './uplink/index.js'
+import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
 
 export interface DaemonOptions {
@@ -38,6 +38,7 @@ export type CommandSource = 'cloud' | 'local' | 'node-red'
 
 /** What the local API, the status page and Node-RED see of the daemon. */
 export interface DaemonEvents {
+  halted: [Error]
   status: [OutletStatus]
   record: [JournalRecord]
   result: [CommandResult]
@@ -108,9 +109,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         version: this.version,
         bootId: this.bootId,
         onCommand: (raw) => this.gateway.handle(raw, 'cloud'),
-        onOnline: (online: boolean) => void this.dispatch({ type: 'uplink', online }).catch(() => undefined),
         now: () => this.clock.now(),
         logger: this.log,
+      })
+      this.uplink.onOnlineChange((online) => {
+        this.log.info({ online }, online ? 'uplink online' : 'uplink offline')
+        void this.dispatch({ type: 'uplink', online }).catch(() => undefined)
       })
       this.uplink.start()
     } else {
@@ -163,8 +167,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     return this.site
   }
 
-  uplinkState(): ReturnType<Uplink['state']> | { status: 'disabled' } {
-    return this.uplink?.state() ?? { status: 'disabled' }
+  uplinkState(): UplinkState {
+    if (this.uplink) return this.uplink.state()
+    if (!this.journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
+    return disabledUplinkState(this.journal)
   }
 
   // ---------------------------------------------------------------- events in
@@ -260,9 +266,13 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const io = site.outlet(outletId)
     if (!io.hasRelay) return
     const work = io.setRelay(closed).then(
-      () => this.quiet.clear(`relay:${outletId}`, { outlet: outletId }, 'relay answering again'),
+      () => {
+        if (this.quiet.clear(`relay:${outletId}`, { outlet: outletId }, 'relay answering again') && !this.halted) {
+          void this.dispatch({ type: 'relay-ok', outlet: outletId }).catch(() => undefined)
+        }
+      },
       (err: OutpostError) => {
-        this.log.error({ outlet: outletId, closed, code: err.code, err: err.message }, 'relay command failed')
+        this.quiet.warn(`relay:${outletId}`, { outlet: outletId, closed, code: err.code, err: err.message }, 'relay command failed')
         if (!this.halted) void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
       },
     )
@@ -277,6 +287,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.timers = []
     this.log.fatal({ err: err.message, code: (err as OutpostError).code }, 'journal write failed: opening every relay, no charging until restart')
     for (const o of this.config.outlets) if (o.relay) this.switchRelay(o.id, false)
+    this.emit('halted', err)
   }
 
   get haltedBy(): Error | undefined {

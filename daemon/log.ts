@@ -42,8 +42,10 @@ export class QuietLog {
     }
   }
 
-  /** The condition behind `key` is over; logs once if it had been reported. */
-  clear(key: string, obj: Record<string, unknown>, msg: string): void {
-    if (this.seen.delete(key)) this.log.info(obj, msg)
+  /** The condition behind `key` is over; logs once if it had been reported. Returns whether it had. */
+  clear(key: string, obj: Record<string, unknown>, msg: string): boolean {
+    if (!this.seen.delete(key)) return false
+    this.log.info(obj, msg)
+    return true
   }
 }

@@ -58,6 +58,14 @@ export async function main(argv: string[]): Promise<number> {
     }
     process.once('SIGTERM', onSignal)
     process.once('SIGINT', onSignal)
-    daemon.once('halted' as never, () => undefined)
+    // The journal cannot write: relays are already open; stop and let systemd restart us.
+    daemon.once('halted', () => {
+      if (signalled) return
+      signalled = true
+      void daemon.stop().then(() => {
+        logger.flush()
+        resolve(1)
+      })
+    })
   })
 }
