@@ -8,7 +8,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
-import { runCli } from './helpers/cli.js'
+import { spawnSync } from 'node:child_process'
+import { runCli, cliPath } from './helpers/cli.js'
 import { packagePath } from '../daemon/paths.js'
 import { Journal, journalLocation } from '../daemon/journal/index.js'
 import type { JournalRecord, RecordBody } from '../daemon/types.js'
@@ -148,4 +149,12 @@ t.test('a corrupt database: the daemon refuses, records/verify read a repaired c
   t.equal(next!.prev, records[4]!.hash)
   await j.close({ clean: true })
   t.equal(runCli(['verify', '--config', file]).status, 0)
+})
+
+t.test('records into a pipe that closes early (| head) stops quietly with exit 0', async (t) => {
+  const { file } = await filled('pipe', 20_000)
+  const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${cliPath}" records --config "${file}" | head -n 2`], { encoding: 'utf8', timeout: 120_000 })
+  t.equal(r.status, 0, r.stderr)
+  t.equal(r.stdout.trim().split('\n').length, 2)
+  t.equal(r.stderr, '', 'no EPIPE trace')
 })
