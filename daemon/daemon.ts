@@ -87,6 +87,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       retentionDays: config.storage.retentionDays,
       readingSyncMs: config.storage.readingSyncMs,
     })
+    this.journal.onFault((err) => this.halt(err))
     const persisted = (await this.journal.loadState()) as EngineState | undefined
     this.state = persisted ?? initialState(config)
     this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
@@ -219,7 +220,15 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (this.halted) throw this.halted
     const journal = this.journal
     if (!journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
-    const { state, effects } = step(this.state, event, this.clock.now())
+    let result: { state: EngineState; effects: Effect[] }
+    try {
+      result = step(this.state, event, this.clock.now())
+    } catch (err) {
+      // A malformed event changes nothing; say so once and carry on with the others.
+      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as OutpostError).code, err: (err as Error).message }, 'engine refused an event')
+      throw err
+    }
+    const { state, effects } = result
 
     // 1. Opening relays is always safe: do it before anything else.
     for (const e of effects) if (e.type === 'relay' && !e.closed) this.switchRelay(e.outlet, false)
@@ -231,9 +240,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       if (e.type === 'record') records.push(e.record)
       else if (e.type === 'result') commandResults.push({ id: e.result.id, result: e.result })
     }
+    // The reading a session is billed from is journaled beside the state that uses it.
+    const session = event.type === 'reading' ? state.outlets[event.outlet]?.session : undefined
+    const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading }] : undefined
     let committed: JournalRecord[]
     try {
-      committed = await journal.commit({ records, state, commandResults })
+      committed = await journal.commit({ records, state, commandResults, readings })
     } catch (err) {
       this.halt(err as Error)
       throw err
