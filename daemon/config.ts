@@ -371,7 +371,8 @@ function modelProblems(model: string, kind: 'meter' | 'relay', pointer: string, 
   return []
 }
 
-function planProblems(p: Loose, at: string): ConfigProblem[] {
+/** The semantic checks of one plan (also run on a set-plan command by the command gateway). */
+export function planProblems(p: Loose, at: string): ConfigProblem[] {
   const out: ConfigProblem[] = []
   const currency = str(p.currency)
   let minorDigits: number | undefined

@@ -1,5 +1,114 @@
-/** `outpost reconcile`: not built yet; arrives with issue 6. */
-export async function main(_argv: string[]): Promise<number> {
-  process.stderr.write('outpost reconcile: not available in this build yet (issue 6)\n')
-  return 70
+/**
+ * `outpost reconcile`: the cloud-side reconciling consumer as a command, for an
+ * operator checking a site (and a reference for the cloud team). Collects the
+ * site's records into a JSON-lines file, verifies seq and hash chain, acks what
+ * it holds durably, pulls gaps. Runs until stopped, or with --until-head until
+ * it holds everything up to the head the gateway announced.
+ *
+ * Exit status: 0 stopped cleanly (or caught up with --until-head), 1 chain break
+ * or unrecoverable gap, 64 usage error, 70 could not start (e.g. a broken file).
+ */
+import { parseArgs } from 'node:util'
+import pino from 'pino'
+import { ReconcilingConsumer } from '../uplink/consumer.js'
+import { EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli.js'
+
+const USAGE = `Usage: outpost reconcile --url URL --site ID [options]
+  --url URL             broker: mqtt://host:1883 or mqtts://host:8883
+  --site ID             the site id (topics are PREFIX/ID/...)
+  --prefix P            topic prefix (default outpost)
+  --out FILE            JSON-lines output, resumed if present (default ./ID.records.jsonl)
+  --ca FILE             CA bundle (PEM) for mqtts://
+  --cert FILE --key FILE  client certificate and key (PEM)
+  --username U          broker user name
+  --password-file FILE  file whose first line is the broker password
+  --no-ack              observe only: never ack (the gateway keeps its backlog)
+  --until-head          exit once every record up to the gateway's head is held
+  --timeout S           with --until-head: give up after S seconds (exit 1)
+`
+
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  let values: Record<string, string | boolean | undefined>
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        url: { type: 'string' },
+        site: { type: 'string' },
+        prefix: { type: 'string', default: 'outpost' },
+        out: { type: 'string' },
+        ca: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        username: { type: 'string' },
+        'password-file': { type: 'string' },
+        'no-ack': { type: 'boolean', default: false },
+        'until-head': { type: 'boolean', default: false },
+        timeout: { type: 'string' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values
+  } catch (err) {
+    io.err(`outpost reconcile: ${(err as Error).message}\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const url = values.url as string | undefined
+  const site = values.site as string | undefined
+  if (!url || !site) {
+    io.err(`outpost reconcile: --url and --site are required\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const timeoutS = values.timeout !== undefined ? Number(values.timeout) : undefined
+  if (timeoutS !== undefined && !(timeoutS > 0)) {
+    io.err(`outpost reconcile: --timeout must be a positive number of seconds\n`)
+    return EXIT_USAGE
+  }
+  const file = (values.out as string | undefined) ?? `./${site}.records.jsonl`
+  const logger = pino({ level: 'info' }, pino.destination(2))
+  const consumer = new ReconcilingConsumer({
+    url,
+    siteId: site,
+    prefix: values.prefix as string,
+    file,
+    caFile: values.ca as string | undefined,
+    certFile: values.cert as string | undefined,
+    keyFile: values.key as string | undefined,
+    username: values.username as string | undefined,
+    passwordFile: values['password-file'] as string | undefined,
+    ack: !values['no-ack'],
+    logger,
+  })
+  try {
+    await consumer.start()
+  } catch (err) {
+    const e = err as { code?: string; message?: string }
+    io.err(`outpost reconcile: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
+    return 70
+  }
+  const code = await new Promise<number>((resolve) => {
+    const finish = (c: number) => {
+      clearInterval(check)
+      clearTimeout(timer)
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+      resolve(c)
+    }
+    const onSignal = () => finish(consumer.chainBreak() ? 1 : EXIT_OK)
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+    const check = setInterval(() => {
+      if (consumer.chainBreak()) return finish(1)
+      const oldest = consumer.compacted()
+      if (oldest !== undefined && consumer.held() < oldest - 1) return finish(1)
+      if (values['until-head'] && consumer.headConfirmed() && consumer.held() >= consumer.head()) finish(EXIT_OK)
+    }, 200)
+    const timer = timeoutS !== undefined ? setTimeout(() => finish(1), timeoutS * 1000) : undefined
+  })
+  await consumer.stop()
+  const brk = consumer.chainBreak()
+  const summary = { file, held: consumer.held(), head: consumer.head(), lastHash: consumer.heldHash(), ...consumer.stats, chainBreak: brk ?? null, compactedBefore: consumer.compacted() ?? null }
+  io.out(JSON.stringify(summary) + '\n')
+  if (brk) io.err(`outpost reconcile: chain broken at seq ${brk.seq}: ${brk.message}\n`)
+  return code
 }
