@@ -94,6 +94,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
     // Buses before boot: boot opens every relay, and that must reach the hardware.
     this.site = await openSite(config, { now: () => this.clock.now(), logger: this.log })
+    // Give the buses a moment to open so boot's relay opens reach the hardware; a bus
+    // that stays down is not fatal (its outlets fault and are retried), so don't wait long.
+    if (!(await this.site.ready(5000))) this.log.warn({ buses: this.site.health().filter((b) => b.state !== 'open').map((b) => b.id) }, 'not every bus is open yet; continuing')
     if (persisted) await this.dispatch({ type: 'config', config })
     await this.dispatch({ type: 'boot', cleanShutdown: this.journal.previousCleanShutdown, version: this.version })
 
@@ -191,6 +194,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         event = { type: 'read-failed', outlet: outletId, error: `${e.code ?? 'ERROR'}: ${e.message}` }
       }
       await this.dispatch(event)
+      this.retryRelay(outletId)
     } catch {
       // dispatch already logged and halted if the journal failed
     } finally {
@@ -272,6 +276,21 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     return effects
   }
 
+  private readonly relayRetryAt = new Map<string, number>()
+
+  /**
+   * A relay in fault is commanded again (to what the engine last commanded: open, for a
+   * faulted outlet) every few seconds; the first success clears the fault (relay-ok).
+   */
+  private retryRelay(outletId: string): void {
+    const entry = this.state.outlets[outletId]
+    if (!entry?.relayFault || !entry.hasRelay) return
+    const t = this.clock.monotonic()
+    if ((this.relayRetryAt.get(outletId) ?? 0) > t) return
+    this.relayRetryAt.set(outletId, t + 5000)
+    this.switchRelay(outletId, entry.relayClosed)
+  }
+
   private switchRelay(outletId: string, closed: boolean): void {
     const site = this.site
     if (!site) return
@@ -279,13 +298,14 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (!io.hasRelay) return
     const work = io.setRelay(closed).then(
       () => {
-        if (this.quiet.clear(`relay:${outletId}`, { outlet: outletId }, 'relay answering again') && !this.halted) {
+        this.quiet.clear(`relay:${outletId}`, { outlet: outletId }, 'relay answering again')
+        if (this.state.outlets[outletId]?.relayFault && !this.halted && !this.stopping) {
           void this.dispatch({ type: 'relay-ok', outlet: outletId }).catch(() => undefined)
         }
       },
       (err: OutpostError) => {
         this.quiet.warn(`relay:${outletId}`, { outlet: outletId, closed, code: err.code, err: err.message }, 'relay command failed')
-        if (!this.halted) void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
+        if (!this.halted && !this.stopping) void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
       },
     )
     this.relayWork = Promise.all([this.relayWork, work])

@@ -6,14 +6,14 @@
  * public bay, its driver activates the bay, as they would from the app. Bay 4
  * is a resident's auto-start outlet and needs nobody.
  *
- * The simulator runs faster than real time (--speed, default 30) so sessions
+ * The simulator runs faster than real time (--speed, default 120) so sessions
  * charge, taper and end within minutes; the daemon's own timing (grace period,
  * unplug hold, per-hour prices) runs on the real clock.
  *
  * Output: one line per billable fact on stdout; the daemon's structured log
  * goes to var/demo/outpost.log. Ctrl-C stops cleanly (sessions close `reboot`).
  */
-import { mkdirSync, readFileSync, createWriteStream } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { startSim } from '../drivers/index.js'
@@ -53,7 +53,7 @@ function describe(r: JournalRecord): string {
 export async function main(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { speed: { type: 'string', default: '30' }, dir: { type: 'string' }, seed: { type: 'string', default: '7' } },
+    options: { speed: { type: 'string', default: '120' }, dir: { type: 'string' }, seed: { type: 'string', default: '7' } },
     strict: true,
   })
   const dir = resolve(values.dir ?? packagePath('var', 'demo'))
@@ -70,6 +70,9 @@ export async function main(argv: string[]): Promise<number> {
     return 78
   }
   const config = checked.config
+  // The effective config, so `outpost records/verify --config` work on the demo's journal.
+  const siteFile = join(dir, 'site.json')
+  writeFileSync(siteFile, JSON.stringify(raw, null, 2) + '\n')
   const logFile = join(dir, 'outpost.log')
   const logger = createLogger(config.logging.level, createWriteStream(logFile, { flags: 'a' }))
   const daemon = new Daemon({ config, clock: systemClock, logger, version })
@@ -80,7 +83,8 @@ export async function main(argv: string[]): Promise<number> {
   out(`journal: ${config.storage.dir}`)
   out(`daemon log: ${logFile}`)
   out('uplink: none configured, so the site runs offline and records queue in the journal')
-  out(`status page and local API: arrive with issue #8; meanwhile: npx outpost records --config <a config with storage.dir ${config.storage.dir}>`)
+  out(`records: npx outpost records --config ${siteFile}   (verify the chain: npx outpost verify --config ${siteFile})`)
+  out('status page and local API: arrive with issue #8')
   out('')
   await daemon.start()
 
