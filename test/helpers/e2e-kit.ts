@@ -96,6 +96,8 @@ export interface PeerOutlet {
   amps: number
   drawA: number
   energyWh: number
+  /** Requests meter n has answered so far. */
+  polls: number
 }
 
 export interface Peer {

@@ -29,8 +29,9 @@ on stdout, echoing "id" when the command had one:
   {"cmd":"answer","unit":1}               answer 1       it answers again
   {"cmd":"coil","outlet":1,"closed":true} coil 1 1       another master writes the coil
   {"cmd":"state"}                         state
-state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh"}]}
-where energyWh is what the meter's import register shows (float32 kWh x 1000).
+state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls"}]}
+where energyWh is what the meter's import register shows (float32 kWh x 1000) and polls
+counts the requests meter n has answered.
 Closing stdin ends the process (the test is gone).
 """
 import argparse
@@ -105,6 +106,7 @@ def main():
     context = ModbusServerContext(slaves=slaves, single=False)
     outlets = {n: Outlet(n, args.energy_kwh if args.energy_kwh is not None else 100.0 + n) for n in range(1, n_out + 1)}
     silent = set()
+    answered = {}  # unit -> requests answered (tests wait for "the daemon polled n more times")
 
     def coil(n):
         return bool(context[RELAY_UNIT].getValues(1, n - 1, 1)[0])
@@ -142,6 +144,7 @@ def main():
                 "amps": o.amps,
                 "drawA": o.draw(coil(o.n)),
                 "energyWh": f32(o.kwh) * 1000.0,
+                "polls": answered.get(o.n, 0),
             }
             for o in outlets.values()
         ]
@@ -203,6 +206,7 @@ def main():
     def manipulate(response):
         if response.unit_id in silent:
             return b"", True
+        answered[response.unit_id] = answered.get(response.unit_id, 0) + 1
         return response, False
 
     async def physics():
