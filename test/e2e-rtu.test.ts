@@ -1,0 +1,105 @@
+/**
+ * End to end over Modbus RTU on a socat pty pair (the daemon on one end, the
+ * pymodbus peer on the other), with two dead buses in the same config (a TCP port
+ * nobody listens on, a serial path that does not exist): the live bus's sessions
+ * work, the dead ones fault their outlets without flooding the log, and
+ * `outpost run` tells systemd it is ready over NOTIFY_SOCKET (and feeds the
+ * watchdog, and says STOPPING on SIGTERM).
+ */
+import t from 'tap'
+import { join } from 'node:path'
+import { existsSync } from 'node:fs'
+import { freePort, startMosquitto } from './helpers/mosquitto.js'
+import { isEnded, isStarted, ptyPair, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type LogLine } from './helpers/e2e-kit.js'
+import { spawn } from 'node:child_process'
+
+const WH_EPS = 0.02
+const DEAD = new Set(['D1', 'D2'])
+const aboutDead = (l: LogLine): boolean => DEAD.has(String(l.outlet)) || l.bus === 'dead-tcp' || l.bus === 'dead-rtu' || (Array.isArray(l.buses) && l.buses.length > 0)
+
+t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async (t) => {
+  const broker = await startMosquitto(t)
+  const dir = tempDir(t)
+  const pty = await ptyPair(t)
+  const peer = await startPeer(t, { outlets: 2, rtu: pty.b, baud: 9600 })
+  const deadPort = await freePort() // nobody listens here
+  const deadPath = join(dir, 'ttyUSB-missing')
+  const config = writeSiteConfig({
+    dir,
+    rtuPath: pty.a,
+    outlets: 2,
+    brokerUrl: broker.url,
+    extraBuses: [
+      { id: 'dead-tcp', type: 'modbus-tcp', host: '127.0.0.1', port: deadPort, timeoutMs: 300 },
+      { id: 'dead-rtu', type: 'modbus-rtu', path: deadPath, baudRate: 9600, parity: 'none', stopBits: 1, timeoutMs: 300 },
+    ],
+    extraOutlets: [
+      { id: 'D1', bus: 'dead-tcp', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
+      { id: 'D2', bus: 'dead-rtu', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
+    ],
+  })
+
+  // systemd's side of NOTIFY_SOCKET: a unix datagram socket; socat prints what arrives.
+  const notifySocket = join(dir, 'notify')
+  const recv = spawn('socat', ['-u', `UNIX-RECV:${notifySocket}`, 'STDOUT'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const recvExit = new Promise((r) => recv.once('exit', r))
+  t.teardown(async () => {
+    if (recv.exitCode === null && recv.signalCode === null) recv.kill('SIGKILL')
+    await recvExit
+  })
+  let notified = ''
+  recv.stdout.on('data', (d: Buffer) => (notified += d.toString()))
+  await waitFor(() => existsSync(notifySocket), 'the notify socket exists')
+
+  const cloud = await startCloud(t, broker.url, dir)
+  const daemon = startDaemon(t, config, { NOTIFY_SOCKET: notifySocket, WATCHDOG_USEC: '2000000' })
+  await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
+
+  await t.test('systemd readiness and watchdog over NOTIFY_SOCKET', async (t) => {
+    await waitFor(() => notified.includes('READY=1'), 'READY=1 on the notify socket')
+    t.match(notified, /STATUS=charging 4 outlets/, 'a status line')
+    await waitFor(() => notified.includes('WATCHDOG=1'), 'a watchdog keep-alive (WATCHDOG_USEC=2 s: fed every second)')
+  })
+
+  await t.test('a session over RTU, billed from the meter', async (t) => {
+    t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
+    await peer.plug(1, 16)
+    const e0 = (await peer.outlet(1)).energyWh
+    const res = await cloud.start('E1', 'u1')
+    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
+    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const started = await cloud.waitRecord(isStarted('E1'), 'session.started')
+    t.ok(Math.abs(started.meterWh - e0) < WH_EPS, 'meterWh read over RTU is the register')
+    await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed over RTU')
+    await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 3, 'charging')
+    await peer.unplug(1)
+    const eFinal = (await peer.outlet(1)).energyWh
+    const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
+    t.equal(ended.reason, 'unplugged')
+    t.ok(Math.abs(ended.energyWh - (eFinal - e0)) < WH_EPS, `energy ${ended.energyWh} = the peer's delta ${(eFinal - e0).toFixed(3)}`)
+    await waitFor(async () => !(await peer.outlet(1)).coil, 'coil 0 open over RTU')
+  })
+
+  await t.test('the dead buses fault their outlets, quietly', async (t) => {
+    for (const id of DEAD) {
+      await cloud.waitRecord((r) => r.type === 'outlet.fault' && r.outlet === id, `outlet.fault for ${id}`)
+      await waitFor(() => cloud.outlet(id)?.state === 'fault', `${id} reported in fault`)
+    }
+    const refused = await cloud.command({ action: 'start', outlet: 'D1', userId: 'u1' })
+    t.notOk(refused.ok, 'no session on an outlet whose bus is down')
+    const before = daemon.logs().filter(aboutDead).length
+    // Let the live bus poll for a while (60 more answered requests to meter 1: 30 readings, about 8 s) and count
+    // what the dead buses added to the log meanwhile.
+    const polls = (await peer.outlet(1)).polls
+    await waitFor(async () => (await peer.outlet(1)).polls >= polls + 60, '60 more answered requests (30 readings) on the live bus')
+    const during = daemon.logs().filter(aboutDead).length - before
+    t.ok(during <= 2, `at most 2 lines about the dead buses during the window, got ${during}`, { lines: daemon.logs().filter(aboutDead).slice(before) })
+    const all = daemon.logs().filter(aboutDead)
+    t.ok(all.length <= 12, `${all.length} lines about the dead buses since boot (about 3 per dead outlet: read failed, relay failed, fault)`, { lines: all })
+  })
+
+  const exit = await daemon.stop('SIGTERM')
+  t.equal(exit.code, 0, 'clean exit with dead buses', { stderr: daemon.stderr(), log: daemon.logs().slice(-10) })
+  await waitFor(() => notified.includes('STOPPING=1'), 'STOPPING=1 on the notify socket')
+  t.pass('told systemd it is stopping')
+})
