@@ -147,6 +147,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       }
     }
     await withTimeout(work(), this.stopTimeoutMs).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
+    // After a journal fault, halt() queued an open for every relay: those must reach the
+    // hardware before the buses close (closing the site rejects queued jobs).
+    await withTimeout(this.relayWork, this.stopTimeoutMs).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)

@@ -10,8 +10,13 @@
  * charge, taper and end within minutes; the daemon's own timing (grace period,
  * unplug hold, per-hour prices) runs on the real clock.
  *
- * Output: one line per billable fact on stdout; the daemon's structured log
- * goes to var/demo/outpost.log. Ctrl-C stops cleanly (sessions close `reboot`).
+ * Output: one line per billable fact on stdout, and every 30 s (when it changed)
+ * how many records are queued for the cloud; the daemon's structured log goes to
+ * var/demo/outpost.log. Ctrl-C stops cleanly (sessions close `reboot`).
+ *
+ * Options: --uplink URL (a broker, e.g. a local mosquitto: records then leave the
+ * queue as the cloud acks them; without a consumer they stay queued), --config FILE
+ * (a copy of config/demo.json to play with), --dir, --speed, --seed.
  */
 import { mkdirSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -53,19 +58,28 @@ function describe(r: JournalRecord): string {
 export async function main(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { speed: { type: 'string', default: '120' }, dir: { type: 'string' }, seed: { type: 'string', default: '7' } },
+    options: {
+      speed: { type: 'string', default: '120' },
+      dir: { type: 'string' },
+      seed: { type: 'string', default: '7' },
+      config: { type: 'string' },
+      uplink: { type: 'string' },
+    },
     strict: true,
   })
   const dir = resolve(values.dir ?? packagePath('var', 'demo'))
   mkdirSync(dir, { recursive: true })
   const sim = await startSim({ outlets: 4, port: 0, seed: Number(values.seed), speed: Number(values.speed) })
 
-  const raw = JSON.parse(readFileSync(packagePath('config', 'demo.json'), 'utf8')) as { buses: { port: number }[]; storage: { dir: string } }
+  // The demo config (or the installer's copy of it): its first bus is pointed at the simulator.
+  const configFile = values.config ?? packagePath('config', 'demo.json')
+  const raw = JSON.parse(readFileSync(configFile, 'utf8')) as { buses: { port: number }[]; storage: { dir: string }; uplink?: { url: string } }
   raw.buses[0]!.port = sim.port
   raw.storage.dir = join(dir, 'journal')
+  if (values.uplink) raw.uplink = { ...(raw.uplink ?? {}), url: values.uplink }
   const checked = validateConfig(raw)
   if (!checked.ok) {
-    for (const p of checked.problems) process.stderr.write(formatProblem('config/demo.json', p) + '\n')
+    for (const p of checked.problems) process.stderr.write(formatProblem(configFile, p) + '\n')
     await sim.close()
     return 78
   }
@@ -82,7 +96,12 @@ export async function main(argv: string[]): Promise<number> {
   out(`Outpost ${version} demo: simulated site on 127.0.0.1:${sim.port} (Modbus TCP), simulator at ${values.speed}x speed`)
   out(`journal: ${config.storage.dir}`)
   out(`daemon log: ${logFile}`)
-  out('uplink: none configured, so the site runs offline and records queue in the journal')
+  if (config.uplink) {
+    out(`uplink: ${config.uplink.url}; watch records arrive with: mosquitto_sub -v -h <host> -p <port> -t '${config.uplink.topicPrefix}/${config.site.id}/#'`)
+  } else {
+    out('uplink: none configured, so the site runs offline and records queue in the journal')
+    out("        (with a local mosquitto: npm start -- --uplink mqtt://127.0.0.1:1883, then mosquitto_sub -v -t 'outpost/demo/#')")
+  }
   out(`records: npx outpost records --config ${siteFile}   (verify the chain: npx outpost verify --config ${siteFile})`)
   out('status page and local API: arrive with issue #8')
   out('')
@@ -113,9 +132,19 @@ export async function main(argv: string[]): Promise<number> {
     }
   }, 1000)
 
+  // Records queue in the journal until a cloud acknowledges them: show the backlog when it changes.
+  let shownHead = -1
+  const backlog = setInterval(() => {
+    const u = daemon.uplinkState()
+    if (u.head === shownHead) return
+    shownHead = u.head
+    out(`          journal: ${u.head} records, ${u.backlog} queued for the cloud (uplink ${u.status}, acknowledged up to #${u.acked})`)
+  }, 30_000)
+
   return new Promise<number>((done) => {
     const stop = (): void => {
       clearInterval(driver)
+      clearInterval(backlog)
       out('\nstopping: open sessions close with reason "reboot", every relay opens')
       void daemon
         .stop()

@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, isStarted, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { isEnded, isStarted, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
 
 t.test('auto-start and manager availability over Modbus TCP', async (t) => {
   const broker = await startMosquitto(t)
@@ -45,7 +45,7 @@ t.test('auto-start and manager availability over Modbus TCP', async (t) => {
 
     const manual = await cloud.start('E1', 'resident')
     t.ok(manual.ok, 'manual start by the auto-start user: ' + JSON.stringify(manual))
-    const s2 = await cloud.waitRecord((r) => isStarted('E1')(r) && r.sessionId !== s1.sessionId, 'manual session')
+    const s2 = await cloud.waitRecord((r): r is Started => isStarted('E1')(r) && r.sessionId !== s1.sessionId, 'manual session')
     t.equal(s2.trigger, 'activation')
     await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closes for the manual session')
     const e = (await peer.outlet(1)).energyWh
@@ -57,7 +57,7 @@ t.test('auto-start and manager availability over Modbus TCP', async (t) => {
     await waitFor(() => cloud.outlet('E1')?.state === 'armed', 'E1 re-armed')
     await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed again (armed)')
     await peer.plug(1, 10)
-    const s3 = await cloud.waitRecord((r) => isStarted('E1')(r) && r.sessionId !== s1.sessionId && r.sessionId !== s2.sessionId, 'auto-start again')
+    const s3 = await cloud.waitRecord((r): r is Started => isStarted('E1')(r) && r.sessionId !== s1.sessionId && r.sessionId !== s2.sessionId, 'auto-start again')
     t.equal(s3.trigger, 'auto-start', 'auto-start works again after the manual start')
     await peer.unplug(1)
     const e3 = await cloud.waitRecord(isEnded(s3.sessionId), 'third session ends')

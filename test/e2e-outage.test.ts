@@ -8,7 +8,7 @@
 import t from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { runCli } from './helpers/cli.js'
-import { isEnded, isStarted, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { isEnded, isStarted, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 import type { JournalRecord } from '../daemon/types.js'
 
@@ -53,7 +53,7 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
     // Online again: a session now is not offline.
     await waitFor(async () => (await peer.outlet(1)).coil, 'E1 armed again')
     await peer.plug(1, 16)
-    const s = await cloud.waitRecord((r) => isStarted('E1')(r) && !outage.includes(r.sessionId), 'a session after the outage')
+    const s = await cloud.waitRecord((r): r is Started => isStarted('E1')(r) && !outage.includes(r.sessionId), 'a session after the outage')
     const e = (await peer.outlet(1)).energyWh
     await waitFor(async () => (await peer.outlet(1)).energyWh > e + 1, 'charging')
     await peer.unplug(1)

@@ -29,6 +29,10 @@ export async function main(argv: string[]): Promise<number> {
     return EXIT_CONFIG
   }
   const config = loaded.config
+  // A file size limit (ulimit -f, systemd's LimitFSIZE=) must surface as a write error (EFBIG),
+  // which the journal turns into a fault: relays open, exit 1. Left at its default, SIGXFSZ
+  // kills the process on the spot with every relay as it was.
+  process.on('SIGXFSZ', () => undefined)
   const logger = createLogger(config.logging.level)
   const notify = new SystemdNotifier()
   const daemon = new Daemon({ config, clock: systemClock, logger, version })
