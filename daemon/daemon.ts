@@ -60,10 +60,13 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   gateway!: CommandGateway
   private queue: Promise<unknown> = Promise.resolve()
   private timers: NodeJS.Timeout[] = []
-  private reading = new Set<string>()
+  /** The read in flight per outlet: one at a time, and a clean stop waits for it. */
+  private readonly reading = new Map<string, Promise<void>>()
   private readonly statuses = new Map<string, OutletStatus>()
   private halted: Error | undefined
   private stopping = false
+  /** Set once the clean stop's final step is done: later events are refused, never committed. */
+  private closed = false
 
   constructor(opts: DaemonOptions) {
     super()
@@ -141,12 +144,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.timers = []
     const work = async (): Promise<void> => {
       if (this.site && !this.halted) {
+        // A read already on the wire finishes first (its reading is billable), then the final one.
+        await Promise.all([...this.reading.values()])
         await Promise.all(this.config.outlets.map((o) => this.poll(o.id, true)))
         await this.dispatch({ type: 'shutdown' })
         await this.relayWork
       }
     }
     await withTimeout(work(), this.stopTimeoutMs).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
+    // From here nothing more is billed: a read or relay answer arriving late (the bus is
+    // about to close) must not reach the journal, and a refused commit is not a journal fault.
+    this.closed = true
+    await this.queue
     // After a journal fault, halt() queued an open for every relay: those must reach the
     // hardware before the buses close (closing the site rejects queued jobs).
     await withTimeout(this.relayWork, this.stopTimeoutMs).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
@@ -182,9 +191,17 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   // ---------------------------------------------------------------- events in
 
-  private async poll(outletId: string, final = false): Promise<void> {
-    if (!this.site || this.halted || (this.stopping && !final) || this.reading.has(outletId)) return
-    this.reading.add(outletId)
+  private poll(outletId: string, final = false): Promise<void> {
+    if (!this.site || this.halted || this.closed || (this.stopping && !final)) return Promise.resolve()
+    const inflight = this.reading.get(outletId)
+    if (inflight) return inflight
+    const p = this.readOnce(outletId).finally(() => this.reading.delete(outletId))
+    this.reading.set(outletId, p)
+    return p
+  }
+
+  private async readOnce(outletId: string): Promise<void> {
+    if (!this.site) return
     try {
       let event: EngineEvent
       try {
@@ -200,8 +217,6 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       this.retryRelay(outletId)
     } catch {
       // dispatch already logged and halted if the journal failed
-    } finally {
-      this.reading.delete(outletId)
     }
   }
 
@@ -225,6 +240,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   private async stepNow(event: EngineEvent): Promise<Effect[]> {
     if (this.halted) throw this.halted
+    if (this.closed) throw new OutpostError('DAEMON_STOPPED', `the daemon has stopped; ${event.type} ignored`)
     const journal = this.journal
     if (!journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
     let result: { state: EngineState; effects: Effect[] }
@@ -316,7 +332,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   /** The journal cannot write: nothing may be billed, so every relay opens and the daemon stops charging. */
   private halt(err: Error): void {
-    if (this.halted) return
+    if (this.halted || this.closed) return
     this.halted = err
     for (const t of this.timers) clearInterval(t)
     this.timers = []

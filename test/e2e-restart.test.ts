@@ -90,3 +90,31 @@ t.test('kill -9 and SIGTERM mid-session', async (t) => {
     t.equal((await d3.stop('SIGTERM')).code, 0, 'clean exit')
   })
 })
+
+t.test('SIGTERM while reads are on the wire (a slow bus): still exit 0, reboot, relay open', async (t) => {
+  // Regression: a read in flight at SIGTERM used to fail when the bus closed, reach the
+  // already-closed journal, count as a journal fault and turn the clean stop into exit 1.
+  const broker = await startMosquitto(t)
+  const dir = tempDir(t)
+  const peer = await startPeer(t, { outlets: 3 })
+  const config = writeSiteConfig({ dir, port: peer.port, outlets: 3, brokerUrl: broker.url })
+  const cloud = await startCloud(t, broker.url, dir)
+  await peer.plug(1, 16)
+  for (let i = 0; i < 4; i++) {
+    await peer.cmd({ cmd: 'delay', ms: 0 })
+    const d = startDaemon(t, config)
+    await d.waitLog((l) => l.msg === 'uplink online', 'uplink online')
+    if (i === 0) t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 1_000_000 })).ok, 'wallet')
+    const res = await cloud.start('E1', 'u1')
+    t.ok(res.ok, `start ${i + 1}: ` + JSON.stringify(res))
+    await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed')
+    await peer.cmd({ cmd: 'delay', ms: 60 }) // every reply 60 ms late: three meters keep a read on the wire
+    const polls = (await peer.outlet(1)).polls
+    await waitFor(async () => (await peer.outlet(1)).polls > polls + 2, 'slow polls under way')
+    const exit = await d.stop('SIGTERM')
+    t.equal(exit.code, 0, `stop ${i + 1}: exit 0`, { log: d.logs().slice(-12) })
+    t.notOk(d.logs().some((l) => l.level === 'fatal'), 'no fatal line')
+    t.ok(d.logs().some((l) => l.msg === 'session ended' && l.reason === 'reboot'), 'closed reboot')
+    t.equal((await peer.outlet(1)).coil, false, 'coil 0 open after the stop')
+  }
+})

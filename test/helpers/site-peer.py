@@ -28,6 +28,7 @@ on stdout, echoing "id" when the command had one:
   {"cmd":"silence","unit":1}              silence 1      unit stops answering (1..N or 100)
   {"cmd":"answer","unit":1}               answer 1       it answers again
   {"cmd":"coil","outlet":1,"closed":true} coil 1 1       another master writes the coil
+  {"cmd":"delay","ms":150}                delay 150      every reply is held back 150 ms
   {"cmd":"state"}                         state
 state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls"}]}
 where energyWh is what the meter's import register shows (float32 kWh x 1000) and polls
@@ -107,6 +108,7 @@ def main():
     outlets = {n: Outlet(n, args.energy_kwh if args.energy_kwh is not None else 100.0 + n) for n in range(1, n_out + 1)}
     silent = set()
     answered = {}  # unit -> requests answered (tests wait for "the daemon polled n more times")
+    delay = [0.0]  # seconds every reply is held back (a slow bus: a read is nearly always in flight)
 
     def coil(n):
         return bool(context[RELAY_UNIT].getValues(1, n - 1, 1)[0])
@@ -165,6 +167,8 @@ def main():
             return {"cmd": cmd, "unit": int(parts[1])}
         if cmd == "coil":
             return {"cmd": cmd, "outlet": int(parts[1]), "closed": parts[2] in ("1", "true", "on")}
+        if cmd == "delay":
+            return {"cmd": cmd, "ms": float(parts[1])}
         return {"cmd": cmd}
 
     def handle(line):
@@ -196,6 +200,8 @@ def main():
                 if unit != RELAY_UNIT and unit not in outlets:
                     raise ValueError("no unit %s" % unit)
                 (silent.add if cmd == "silence" else silent.discard)(unit)
+            elif cmd == "delay":
+                delay[0] = max(0.0, float(c["ms"]) / 1000.0)
             elif cmd != "state":
                 raise ValueError("unknown command %r" % cmd)
             reply.update({"ok": True, "outlets": state()})
@@ -207,6 +213,8 @@ def main():
         if response.unit_id in silent:
             return b"", True
         answered[response.unit_id] = answered.get(response.unit_id, 0) + 1
+        if delay[0] > 0:
+            time.sleep(delay[0])  # blocks the server, as a slow device on a shared line does
         return response, False
 
     async def physics():
