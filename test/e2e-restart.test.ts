@@ -6,7 +6,8 @@
  * shutdown).
  */
 import t from 'tap'
-import { startMosquitto } from './helpers/mosquitto.js'
+import { freePort, startMosquitto } from './helpers/mosquitto.js'
+import { runCli } from './helpers/cli.js'
 import { isEnded, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended } from './helpers/e2e-kit.js'
 import type { JournalRecord } from '../daemon/types.js'
 
@@ -117,4 +118,32 @@ t.test('SIGTERM while reads are on the wire (a slow bus): still exit 0, reboot, 
     t.ok(d.logs().some((l) => l.msg === 'session ended' && l.reason === 'reboot'), 'closed reboot')
     t.equal((await peer.outlet(1)).coil, false, 'coil 0 open after the stop')
   }
+})
+
+t.test('SIGTERM while starting (waiting for a bus that is down): a clean stop, not a kill', async (t) => {
+  const dir = tempDir(t)
+  const peer = await startPeer(t, { outlets: 1 })
+  const deadPort = await freePort()
+  const config = writeSiteConfig({
+    dir,
+    port: peer.port,
+    outlets: 1,
+    extraBuses: [{ id: 'down', type: 'modbus-tcp', host: '127.0.0.1', port: deadPort, timeoutMs: 300 }],
+    extraOutlets: [{ id: 'X1', bus: 'down', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' }],
+  })
+  const d = startDaemon(t, config)
+  // Boot waits up to 5 s for every bus to open; the journal is open by then.
+  await d.waitLog((l) => l.msg === 'journal open', 'journal open')
+  const exit = await d.stop('SIGTERM')
+  t.equal(exit.signal, null, 'not killed by the signal', { log: d.logs().slice(-8) })
+  t.equal(exit.code, 0, 'exit 0')
+  t.ok(d.logs().some((l) => l.msg === 'outpost stopped'), 'stopped through the clean path')
+  const d2 = startDaemon(t, config)
+  await d2.waitLog((l) => l.msg === 'gateway started', 'second start')
+  t.equal(d2.logs().find((l) => l.msg === 'gateway started')!.cleanShutdown, true, 'the next start reports a clean shutdown')
+  t.equal((await d2.stop('SIGTERM')).code, 0, 'clean exit')
+  const out = runCli(['records', '--config', config])
+  t.equal(out.status, 0, 'outpost records')
+  const starts = out.stdout.trim().split('\n').map((l) => JSON.parse(l) as JournalRecord).filter((r) => r.type === 'gateway.started')
+  t.same(starts.map((r) => (r as Started).cleanShutdown), [true, true], 'both starts in the journal: the first found a new journal, the second a clean stop')
 })

@@ -36,6 +36,18 @@ export async function main(argv: string[]): Promise<number> {
   const logger = createLogger(config.logging.level)
   const notify = new SystemdNotifier()
   const daemon = new Daemon({ config, clock: systemClock, logger, version })
+  // Signals are ours from the start: a stop requested while starting (say, during the wait
+  // for a bus that is down) is carried out cleanly once start() has returned, instead of
+  // the default action killing the process halfway through boot.
+  let signalled: NodeJS.Signals | undefined
+  let onSignal = (sig: NodeJS.Signals): void => {
+    if (signalled) return
+    signalled = sig
+    logger.info({ signal: sig }, 'stop requested while starting; stopping once started')
+  }
+  const handler = (sig: NodeJS.Signals): void => onSignal(sig)
+  process.on('SIGTERM', handler)
+  process.on('SIGINT', handler)
   try {
     await daemon.start()
   } catch (err) {
@@ -46,30 +58,27 @@ export async function main(argv: string[]): Promise<number> {
     logger.flush()
     return 1
   }
-  notify.ready(`charging ${config.outlets.length} outlets`)
+  if (!signalled) notify.ready(`charging ${config.outlets.length} outlets`)
 
   return new Promise<number>((resolve) => {
-    let signalled = false
-    const onSignal = (sig: NodeJS.Signals): void => {
-      if (signalled) return
-      signalled = true
-      logger.info({ signal: sig }, 'stopping')
+    let stopping = false
+    const stop = (code: () => number): void => {
+      if (stopping) return
+      stopping = true
       notify.stopping()
       void daemon.stop().then(() => {
         logger.flush()
-        resolve(daemon.haltedBy ? 1 : EXIT_OK)
+        resolve(code())
       })
     }
-    process.once('SIGTERM', onSignal)
-    process.once('SIGINT', onSignal)
+    onSignal = (sig) => {
+      if (stopping) return
+      logger.info({ signal: sig }, 'stopping')
+      stop(() => (daemon.haltedBy ? 1 : EXIT_OK))
+    }
+    if (signalled) onSignal(signalled)
     // The journal cannot write: relays are already open; stop and let systemd restart us.
-    daemon.once('halted', () => {
-      if (signalled) return
-      signalled = true
-      void daemon.stop().then(() => {
-        logger.flush()
-        resolve(1)
-      })
-    })
+    daemon.once('halted', () => stop(() => 1))
+    if (daemon.haltedBy) stop(() => 1)
   })
 }
