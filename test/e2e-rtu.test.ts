@@ -14,6 +14,8 @@ import { isEnded, isStarted, ptyPair, startCloud, startDaemon, startPeer, tempDi
 import { spawn } from 'node:child_process'
 
 const WH_EPS = 0.02
+/** systemd-notify is what `outpost run` uses to talk to systemd (Debian package `systemd`). */
+const HAS_NOTIFY = (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => existsSync(join(d, 'systemd-notify')))
 const DEAD = new Set(['D1', 'D2'])
 const aboutDead = (l: LogLine): boolean => DEAD.has(String(l.outlet)) || l.bus === 'dead-tcp' || l.bus === 'dead-rtu' || (Array.isArray(l.buses) && l.buses.length > 0)
 
@@ -56,9 +58,16 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
 
   await t.test('systemd readiness and watchdog over NOTIFY_SOCKET', async (t) => {
-    await waitFor(() => notified.includes('READY=1'), 'READY=1 on the notify socket')
-    t.match(notified, /STATUS=charging 4 outlets/, 'a status line')
-    await waitFor(() => notified.includes('WATCHDOG=1'), 'a watchdog keep-alive (WATCHDOG_USEC=2 s: fed every second)')
+    if (HAS_NOTIFY) {
+      await waitFor(() => notified.includes('READY=1'), 'READY=1 on the notify socket')
+      t.match(notified, /STATUS=charging 4 outlets/, 'a status line')
+      await waitFor(() => notified.includes('WATCHDOG=1'), 'a watchdog keep-alive (WATCHDOG_USEC=2 s: fed every second)')
+    } else {
+      // No systemd-notify on this machine (Debian package `systemd`): notifying is best effort,
+      // so the daemon must run exactly as without NOTIFY_SOCKET.
+      await daemon.waitLog((l) => l.msg === 'outpost running', 'the daemon runs without systemd-notify')
+      t.equal(notified, '', 'nothing on the socket without systemd-notify')
+    }
   })
 
   await t.test('a session over RTU, billed from the meter', async (t) => {
@@ -100,6 +109,8 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
 
   const exit = await daemon.stop('SIGTERM')
   t.equal(exit.code, 0, 'clean exit with dead buses', { stderr: daemon.stderr(), log: daemon.logs().slice(-10) })
-  await waitFor(() => notified.includes('STOPPING=1'), 'STOPPING=1 on the notify socket')
-  t.pass('told systemd it is stopping')
+  if (HAS_NOTIFY) {
+    await waitFor(() => notified.includes('STOPPING=1'), 'STOPPING=1 on the notify socket')
+    t.pass('told systemd it is stopping')
+  }
 })
