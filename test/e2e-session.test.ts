@@ -87,8 +87,9 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
     await waitFor(async () => (await peer.outlet(2)).energyWh > e0 + 2, 'charging at 16 A')
     await peer.amps(2, 1) // the vehicle tapers to 1 A...
     const eTaper = (await peer.outlet(2)).energyWh
-    // ...for several seconds (1 A at 230 V is 0.064 Wh/s): the minute's mean falls under half the peak.
-    await waitFor(async () => (await peer.outlet(2)).energyWh > eTaper + 0.5, 'tapered for about 8 s')
+    // ...for several seconds (1 A at 230 V is 0.064 Wh/s): the minute's mean falls under half the
+    // peak. 12 s of taper keep that true even if this test saw the 2 Wh at 16 A late (up to ~10 s).
+    await waitFor(async () => (await peer.outlet(2)).energyWh > eTaper + 0.77, 'tapered for about 12 s')
     await peer.amps(2, 0) // full: draws nothing, still plugged
     const eFinal = (await peer.outlet(2)).energyWh
     const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
