@@ -133,6 +133,23 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
     await peer.unplug(3)
   })
 
+  await t.test('a second outpost on the same journal is refused and touches no relay', async (t) => {
+    await peer.plug(1, 16)
+    const res = await cloud.start('E1', 'u1')
+    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
+    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed')
+    const second = startDaemon(t, config)
+    const exit = await second.exited
+    t.equal(exit.code, 1, 'exit 1')
+    t.match(second.stderr().join('\n'), /JOURNAL_LOCKED/, 'says another outpost holds the journal')
+    t.ok((await peer.outlet(1)).coil, 'the running session\'s relay is untouched')
+    t.ok(daemon.running(), 'the first daemon runs on')
+    await peer.unplug(1)
+    const ended = await cloud.waitRecord(isEnded(sessionId), 'the session ends normally')
+    t.equal(ended.reason, 'unplugged')
+  })
+
   const code = await daemon.stop('SIGTERM')
   t.equal(code.code, 0, 'clean exit', { stderr: daemon.stderr(), log: daemon.logs().slice(-15) })
   const recs = cloud.records()
