@@ -25,7 +25,7 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
   const pty = await ptyPair(t)
   const peer = await startPeer(t, { outlets: 2, rtu: pty.b, baud: 9600 })
   const deadPort = await freePort() // nobody listens here
-  const deadPath = join(dir, 'ttyUSB-missing')
+  const deadPath = '/dev/ttyUSB-outpost-e2e-missing' // an adapter that is not plugged in
   const config = writeSiteConfig({
     dir,
     rtuPath: pty.a,
