@@ -115,10 +115,10 @@ export interface Peer {
   kill(): Promise<void>
 }
 
-export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: string; baud?: number }): Promise<Peer> {
+export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: string; baud?: number; port?: number }): Promise<Peer> {
   const args = [PEER, '--outlets', String(opts.outlets)]
   if (opts.rtu) args.push('--rtu', opts.rtu, '--baud', String(opts.baud ?? 9600))
-  else args.push('--tcp', '0')
+  else args.push('--tcp', String(opts.port ?? 0))
   const p = startProc(t, PY, args)
   const ready = await waitFor(() => p.out.find((l) => l.startsWith('READY ')) ?? (!p.running() && 'exited'), 'site-peer READY', 30_000)
   if (ready === 'exited') throw new Error(`site-peer exited at start:\n${p.err.join('\n')}`)
