@@ -5,6 +5,9 @@
  * the outlets recover and a session runs normally.
  */
 import t from 'tap'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { runCli } from './helpers/cli.js'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
 import { isEnded, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
@@ -42,4 +45,18 @@ t.test('a bus that is down at boot comes up later', async (t) => {
   const lines = daemon.logs().filter((l) => l.outlet === 'E1' || l.outlet === 'E2' || l.bus === 'site')
   t.ok(lines.length <= 20, `${lines.length} log lines about the bus and its outlets over the whole run`, { lines })
   t.equal((await daemon.stop('SIGTERM')).code, 0, 'clean exit')
+})
+
+t.test('outpost run with an invalid config: exit 78, every problem named, nothing touched', async (t) => {
+  const dir = tempDir(t)
+  const file = writeSiteConfig({ dir, port: 1, outlets: 1 })
+  const raw = JSON.parse(readFileSync(file, 'utf8')) as { sessions: Record<string, unknown>; outlets: Record<string, unknown>[] }
+  raw.sessions.pollMs = 5
+  raw.outlets[0]!.plan = 'nope'
+  writeFileSync(file, JSON.stringify(raw))
+  const r = runCli(['run', '--config', file])
+  t.equal(r.status, 78, 'exit 78')
+  t.match(r.stderr, `${file}: /sessions/pollMs: must be >= 100`, 'names the pointer and the problem')
+  t.match(r.stderr, `${file}: /outlets/0/plan: unknown plan "nope"`, 'and every other problem')
+  t.notOk(existsSync(join(dir, 'journal')), 'no journal created')
 })
