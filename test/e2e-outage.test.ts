@@ -20,7 +20,8 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
   const peer = await startPeer(t, { outlets: 2 })
   const config = writeSiteConfig({ dir, port: peer.port, outlets: 2, brokerUrl: broker.url, outlet: { 1: { autoStart: { userId: 'resident' } } } })
   const cloud = await startCloud(t, broker.url, dir)
-  const daemon = startDaemon(t, config)
+  const outer = t // children that outlive a subtest are torn down with the whole test
+  let daemon = startDaemon(outer, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
   for (const userId of ['resident', 'visitor']) t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
   await waitFor(async () => (await peer.outlet(1)).coil, 'E1 armed')
@@ -90,7 +91,31 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
     await peer.unplug(2)
   })
 
-  t.equal((await daemon.stop('SIGTERM')).code, 0, 'clean exit', { stderr: daemon.stderr(), log: daemon.logs().slice(-10) })
+  await t.test('kill -9 while records wait for the broker: they survive and arrive once', async (t) => {
+    await broker.kill()
+    await waitFor(() => daemon.logs().filter((l) => l.msg === 'uplink offline').length >= 2, 'offline again')
+    await waitFor(async () => (await peer.outlet(1)).coil, 'E1 armed')
+    const known = new Set(daemon.logs().filter((l) => l.msg === 'session started').map((l) => String(l.sessionId)))
+    await peer.plug(1, 16)
+    const started = await daemon.waitLog((l) => l.msg === 'session started' && l.outlet === 'E1' && !known.has(String(l.sessionId)), 'an offline session')
+    const sid = String(started.sessionId)
+    const e = (await peer.outlet(1)).energyWh
+    await waitFor(async () => (await peer.outlet(1)).energyWh > e + 1, 'charging')
+    await peer.unplug(1)
+    await daemon.waitLog((l) => l.msg === 'session ended' && l.sessionId === sid, 'it ends, offline')
+    t.notOk(cloud.records().some((r) => r.type === 'session.ended' && r.sessionId === sid), 'not at the cloud yet')
+    t.equal((await daemon.stop('SIGKILL')).signal, 'SIGKILL', 'killed with the records unsent')
+    await broker.restart()
+    daemon = startDaemon(outer, config)
+    const ended = await cloud.waitRecord(isEnded(sid), 'the queued record after the restart')
+    t.equal(ended.reason, 'unplugged')
+    t.equal(ended.offline, true)
+    const boots = await cloud.waitRecord((r) => r.type === 'gateway.started' && r.seq > ended.seq, 'the new boot')
+    t.equal((boots as { cleanShutdown: boolean }).cleanShutdown, false, 'after a kill')
+  })
+
+  const last = await daemon.stop('SIGTERM')
+  t.equal(last.code, 0, 'clean exit', { signal: last.signal, stderr: daemon.stderr(), log: daemon.logs().slice(-10) })
   // The journal itself, read by the CLI after the stop, against what the cloud holds.
   const out = runCli(['records', '--config', config])
   t.equal(out.status, 0, 'outpost records: ' + out.stderr)
