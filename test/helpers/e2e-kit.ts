@@ -242,7 +242,12 @@ export interface DaemonProc {
 
 export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}): DaemonProc {
   if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npx tsc -p .; npm test does)`)
-  const p = startProc(t, process.execPath, [CLI, 'run', '--config', configFile], { ...process.env, OUTPOST_CLOCK_SYNCED: '1', ...env })
+  // The runner's own systemd settings (if it runs under systemd) are not the daemon's.
+  const base: NodeJS.ProcessEnv = { ...process.env }
+  delete base.NOTIFY_SOCKET
+  delete base.WATCHDOG_USEC
+  delete base.WATCHDOG_PID
+  const p = startProc(t, process.execPath, [CLI, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
   const logs = (): LogLine[] =>
     p.out.map((l) => {
       try {
