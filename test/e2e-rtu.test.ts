@@ -102,7 +102,9 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
     const polls = (await peer.outlet(1)).polls
     await waitFor(async () => (await peer.outlet(1)).polls >= polls + 60, '60 more answered requests (30 readings) on the live bus')
     const during = daemon.logs().filter(aboutDead).length - before
-    t.ok(during <= 2, `at most 2 lines about the dead buses during the window, got ${during}`, { lines: daemon.logs().filter(aboutDead).slice(before) })
+    // 30 poll rounds of 2 dead outlets: a flood would be 60+ lines. A late meter-fault line per
+    // outlet may still fall in the window on a slow run, hence 4, not 0.
+    t.ok(during <= 4, `at most 4 lines about the dead buses during the window, got ${during}`, { lines: daemon.logs().filter(aboutDead).slice(before) })
     const all = daemon.logs().filter(aboutDead)
     t.ok(all.length <= 12, `${all.length} lines about the dead buses since boot (the boot warning, then per dead outlet: relay failed, fault, read failed, fault)`, { lines: all })
   })
