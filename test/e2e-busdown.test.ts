@@ -43,7 +43,9 @@ t.test('a bus that is down at boot comes up later', async (t) => {
   t.ok(Math.abs(ended.energyWh - ((await peer.outlet(1)).energyWh - e0)) < 0.02, 'billed from the meter')
   await waitFor(async () => !(await peer.outlet(1)).coil, 'coil 0 open')
   const lines = daemon.logs().filter((l) => l.outlet === 'E1' || l.outlet === 'E2' || l.bus === 'site')
-  t.ok(lines.length <= 20, `${lines.length} log lines about the bus and its outlets over the whole run`, { lines })
+  // About 9 per outlet (relay failed, fault ×2, read failed, answering again ×2, recovered ×2,
+  // session lines) plus `bus open`; a flood (one per poll of two outlets for ~10 s) would be 80+.
+  t.ok(lines.length <= 30, `${lines.length} log lines about the bus and its outlets over the whole run`, { lines })
   t.equal((await daemon.stop('SIGTERM')).code, 0, 'clean exit')
 })
 
