@@ -83,7 +83,7 @@ t.test('kill -9 and SIGTERM mid-session', async (t) => {
     t.equal(e.reason, 'reboot')
     t.ok(e.seq < gatewayStarts(cloud.records())[2]!.seq, 'closed before the stop, not at the next boot')
     t.ok(e.meterEndWh <= afterStop.energyWh + WH_EPS, 'meterEndWh within what the meter showed')
-    t.ok(afterStop.energyWh - e.meterEndWh < 2, `final reading taken at the stop (${e.meterEndWh} vs ${afterStop.energyWh} after the relay opened)`)
+    t.ok(afterStop.energyWh - e.meterEndWh < 4, `final reading taken at the stop (${e.meterEndWh} vs ${afterStop.energyWh} after the relay opened)`)
     t.ok(Math.abs(e.energyWh - (e.meterEndWh - e2)) < WH_EPS, 'energy from activation to the final reading')
     t.equal((await peer.outlet(2)).coil, false, 'relay stays open after the restart (no auto-start here)')
     await waitFor(() => cloud.consumer.held() >= cloud.consumer.head() && cloud.consumer.head() >= e.seq, 'the cloud holds the whole log')
