@@ -116,3 +116,48 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
     t.pass('told systemd it is stopping')
   }
 })
+
+t.test('RTU adapter unplugged mid-session and plugged back', async (t) => {
+  const broker = await startMosquitto(t)
+  const dir = tempDir(t)
+  let pty = await ptyPair(t)
+  let peer = await startPeer(t, { outlets: 1, rtu: pty.b, baud: 9600 })
+  const config = writeSiteConfig({ dir, rtuPath: pty.a, outlets: 1, brokerUrl: broker.url })
+  const cloud = await startCloud(t, broker.url, dir)
+  const daemon = startDaemon(t, config)
+  await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
+  t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
+  await peer.plug(1, 16)
+  const e0 = (await peer.outlet(1)).energyWh
+  const res = await cloud.start('E1', 'u1')
+  t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
+  const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 2, 'charging over RTU')
+  // Unplug the adapter: both pty ends vanish, and with them the site (its contactor drops out too).
+  const atUnplug = (await peer.outlet(1)).energyWh
+  await peer.kill()
+  await pty.close()
+  const ended = await cloud.waitRecord(isEnded(sessionId), 'the session ends')
+  t.equal(ended.reason, 'meter-fault', 'the meter cannot be read: meter-fault')
+  t.ok(ended.meterEndWh <= atUnplug + WH_EPS && ended.meterEndWh > e0 + 1, `at the last good reading (${ended.meterEndWh})`)
+  await waitFor(() => cloud.outlet('E1')?.state === 'fault', 'E1 in fault')
+  // Plug it back: same link names, the site powers up with its registers where they were.
+  pty = await ptyPair(t, pty.dir)
+  peer = await startPeer(t, { outlets: 1, rtu: pty.b, baud: 9600, energyKwh: atUnplug / 1000 })
+  await daemon.waitLog((l) => l.msg === 'bus open' && daemon.logs().filter((x) => x.msg === 'bus open').length >= 2, 'the bus reopens by itself', 60_000)
+  await cloud.waitRecord((r) => r.type === 'outlet.recovered' && r.outlet === 'E1' && r.seq > ended.seq, 'E1 recovers')
+  await waitFor(() => cloud.outlet('E1')?.state === 'off', 'E1 off again')
+  t.equal((await peer.outlet(1)).coil, false, 'the relay came back open')
+  await peer.plug(1, 16)
+  const e1 = (await peer.outlet(1)).energyWh
+  t.ok(Math.abs(e1 - atUnplug) < WH_EPS, 'the register continues where it was')
+  const again = await cloud.start('E1', 'u1')
+  t.ok(again.ok, 'a new session after the replug: ' + JSON.stringify(again))
+  await waitFor(async () => (await peer.outlet(1)).energyWh > e1 + 1, 'charging over the new link')
+  await peer.unplug(1)
+  const sid = (again as { result: { sessionId: string } }).result.sessionId
+  const last = await cloud.waitRecord(isEnded(sid), 'it ends')
+  t.equal(last.reason, 'unplugged')
+  t.ok(Math.abs(last.energyWh - ((await peer.outlet(1)).energyWh - e1)) < WH_EPS, 'billed from the meter')
+  t.equal((await daemon.stop('SIGTERM')).code, 0, 'clean exit')
+})

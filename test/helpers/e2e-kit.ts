@@ -115,8 +115,9 @@ export interface Peer {
   kill(): Promise<void>
 }
 
-export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: string; baud?: number; port?: number }): Promise<Peer> {
+export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number }): Promise<Peer> {
   const args = [PEER, '--outlets', String(opts.outlets)]
+  if (opts.energyKwh !== undefined) args.push('--energy-kwh', String(opts.energyKwh))
   if (opts.rtu) args.push('--rtu', opts.rtu, '--baud', String(opts.baud ?? 9600))
   else args.push('--tcp', String(opts.port ?? 0))
   const p = startProc(t, PY, args)
@@ -150,20 +151,30 @@ export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: 
 // ---------------------------------------------------------------- socat pty pair
 
 export interface PtyPair {
+  dir: string
   a: string
   b: string
+  /** Kills socat: both ends vanish, as when a USB adapter is pulled. */
   close(): Promise<void>
 }
 
-export async function ptyPair(t: Teardownable): Promise<PtyPair> {
-  const dir = tempDir(t, 'outpost-e2e-pty-')
+/** A socat pty pair linked as DIR/a and DIR/b (a new temp DIR, or `dir` again to "plug back" the same names). */
+export async function ptyPair(t: Teardownable, dir = tempDir(t, 'outpost-e2e-pty-')): Promise<PtyPair> {
   const a = join(dir, 'a')
   const b = join(dir, 'b')
   const p = startProc(t, 'socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`])
   await waitFor(() => (p.err.some((l) => l.includes('starting data transfer loop')) && existsSync(a) && existsSync(b)) || (!p.running() && 'exited'), 'socat pty pair', 30_000).then((v) => {
     if (v === 'exited') throw new Error(`socat exited:\n${p.err.join('\n')}`)
   })
-  return { a, b, close: async () => void (await p.kill('SIGKILL')) }
+  return {
+    dir,
+    a,
+    b,
+    close: async () => {
+      await p.kill('SIGKILL')
+      await waitFor(() => !existsSync(a) && !existsSync(b), 'socat links gone', 10_000)
+    },
+  }
 }
 
 // ---------------------------------------------------------------- the site config
