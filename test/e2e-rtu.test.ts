@@ -4,7 +4,8 @@
  * nobody listens on, a serial path that does not exist): the live bus's sessions
  * work, the dead ones fault their outlets without flooding the log, and
  * `outpost run` tells systemd it is ready over NOTIFY_SOCKET (and feeds the
- * watchdog, and says STOPPING on SIGTERM).
+ * watchdog, and says STOPPING on SIGTERM). Then the RTU adapter is pulled
+ * mid-session and plugged back.
  */
 import t from 'tap'
 import { join } from 'node:path'
