@@ -1,5 +1,84 @@
-/** `outpost run`: not built yet; arrives with issue 7. */
-export async function main(_argv: string[]): Promise<number> {
-  process.stderr.write('outpost run: not available in this build yet (issue 7)\n')
-  return 70
+/**
+ * `outpost run [--config FILE]`: validate the config, start the daemon, stop it
+ * cleanly on SIGTERM/SIGINT. Exit 0 after a clean stop, 78 on an invalid config,
+ * 1 on a fatal fault (systemd's Restart=always brings it back; 78 is excluded
+ * from restarts by the unit so an invalid config does not restart-loop).
+ */
+import { parseArgs } from 'node:util'
+import { loadConfigFile, formatProblem } from '../config.js'
+import { EXIT_CONFIG, EXIT_OK, EXIT_USAGE, version } from '../cli.js'
+import { Daemon } from '../daemon.js'
+import { systemClock } from '../clock.js'
+import { createLogger } from '../log.js'
+import { SystemdNotifier } from '../systemd.js'
+
+export const DEFAULT_CONFIG = '/etc/outpost/site.json'
+
+export async function main(argv: string[]): Promise<number> {
+  let file: string
+  try {
+    const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true })
+    file = values.config ?? process.env.OUTPOST_CONFIG ?? DEFAULT_CONFIG
+  } catch (err) {
+    process.stderr.write(`outpost run: ${(err as Error).message}\nUsage: outpost run [--config FILE]\n`)
+    return EXIT_USAGE
+  }
+  const loaded = loadConfigFile(file)
+  if (!loaded.ok) {
+    for (const p of loaded.problems) process.stderr.write(formatProblem(file, p) + '\n')
+    return EXIT_CONFIG
+  }
+  const config = loaded.config
+  // A file size limit (ulimit -f, systemd's LimitFSIZE=) must surface as a write error (EFBIG),
+  // which the journal turns into a fault: relays open, exit 1. Left at its default, SIGXFSZ
+  // kills the process on the spot with every relay as it was.
+  process.on('SIGXFSZ', () => undefined)
+  const logger = createLogger(config.logging.level)
+  const notify = new SystemdNotifier()
+  const daemon = new Daemon({ config, clock: systemClock, logger, version })
+  // Signals are ours from the start: a stop requested while starting (say, during the wait
+  // for a bus that is down) is carried out cleanly once start() has returned, instead of
+  // the default action killing the process halfway through boot.
+  let signalled: NodeJS.Signals | undefined
+  let onSignal = (sig: NodeJS.Signals): void => {
+    if (signalled) return
+    signalled = sig
+    logger.info({ signal: sig }, 'stop requested while starting; stopping once started')
+  }
+  const handler = (sig: NodeJS.Signals): void => onSignal(sig)
+  process.on('SIGTERM', handler)
+  process.on('SIGINT', handler)
+  try {
+    await daemon.start()
+  } catch (err) {
+    const e = err as { code?: string; message: string }
+    logger.fatal({ code: e.code, err: e.message }, 'cannot start')
+    process.stderr.write(`outpost run: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
+    await daemon.stop().catch(() => undefined)
+    logger.flush()
+    return 1
+  }
+  if (!signalled) notify.ready(`charging ${config.outlets.length} outlets`)
+
+  return new Promise<number>((resolve) => {
+    let stopping = false
+    const stop = (code: () => number): void => {
+      if (stopping) return
+      stopping = true
+      notify.stopping()
+      void daemon.stop().then(() => {
+        logger.flush()
+        resolve(code())
+      })
+    }
+    onSignal = (sig) => {
+      if (stopping) return
+      logger.info({ signal: sig }, 'stopping')
+      stop(() => (daemon.haltedBy ? 1 : EXIT_OK))
+    }
+    if (signalled) onSignal(signalled)
+    // The journal cannot write: relays are already open; stop and let systemd restart us.
+    daemon.once('halted', () => stop(() => 1))
+    if (daemon.haltedBy) stop(() => 1)
+  })
 }

@@ -1,0 +1,379 @@
+/**
+ * The composition root: config → buses and devices → session engine → journal →
+ * uplink. Starts them in that order and stops them in reverse.
+ *
+ * Owns the one place where the pure engine meets the world: every event goes
+ * through `dispatch`, one at a time, and its effects are carried out in the only
+ * safe order — relay OPENS first (an open relay never costs anyone money), then
+ * the journal commit (records + state + command results, one batch), then relay
+ * CLOSES, then publishing. Nothing billable is kept only in memory: the engine
+ * state the journal holds is the truth, the copy here is its cache.
+ *
+ * Must never: close a relay before the commit that makes it billable; let one
+ * outlet's or bus's failure stop the others; block sessions on the network.
+ */
+import { randomUUID } from 'node:crypto'
+import { EventEmitter } from 'node:events'
+import type { SiteConfig, Reading, CommandResult, Command, OutletStatus, JournalRecord, RecordBody } from './types.js'
+import { OutpostError } from './types.js'
+import type { Clock } from './clock.js'
+import type { Logger } from './log.js'
+import { QuietLog } from './log.js'
+import { initialState, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
+import { Journal } from './journal/index.js'
+import { openSite, type SiteIO } from '../drivers/index.js'
+import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
+import { CommandGateway } from './command-gateway.js'
+
+export interface DaemonOptions {
+  config: SiteConfig
+  clock: Clock
+  logger: Logger
+  version: string
+  /** Bound on a clean stop (final readings, relays, flush). */
+  stopTimeoutMs?: number
+}
+
+export type CommandSource = 'cloud' | 'local' | 'node-red'
+
+/** What the local API, the status page and Node-RED see of the daemon. */
+export interface DaemonEvents {
+  halted: [Error]
+  status: [OutletStatus]
+  record: [JournalRecord]
+  result: [CommandResult]
+}
+
+export class Daemon extends EventEmitter<DaemonEvents> {
+  readonly config: SiteConfig
+  readonly bootId = randomUUID()
+  private readonly clock: Clock
+  private readonly log: Logger
+  private readonly quiet: QuietLog
+  private readonly version: string
+  private readonly stopTimeoutMs: number
+
+  private state!: EngineState
+  private journal: Journal | undefined
+  private site: SiteIO | undefined
+  private uplink: Uplink | undefined
+  gateway!: CommandGateway
+  private queue: Promise<unknown> = Promise.resolve()
+  private timers: NodeJS.Timeout[] = []
+  /** The read in flight per outlet: one at a time, and a clean stop waits for it. */
+  private readonly reading = new Map<string, Promise<void>>()
+  private readonly statuses = new Map<string, OutletStatus>()
+  private halted: Error | undefined
+  private stopping = false
+  /** Set once the clean stop's final step is done: later events are refused, never committed. */
+  private closed = false
+
+  constructor(opts: DaemonOptions) {
+    super()
+    this.config = opts.config
+    this.clock = opts.clock
+    this.log = opts.logger
+    this.version = opts.version
+    this.stopTimeoutMs = opts.stopTimeoutMs ?? 15_000
+    this.quiet = new QuietLog(this.log, 60_000, () => this.clock.monotonic())
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  async start(): Promise<void> {
+    const { config } = this
+    this.journal = await Journal.open(config.storage.dir, {
+      bootId: this.bootId,
+      clockSynced: () => this.clock.synced(),
+      now: () => this.clock.now(),
+      version: this.version,
+      retentionDays: config.storage.retentionDays,
+      readingSyncMs: config.storage.readingSyncMs,
+    })
+    this.journal.onFault((err) => this.halt(err))
+    const persisted = (await this.journal.loadState()) as EngineState | undefined
+    this.state = persisted ?? initialState(config)
+    this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
+
+    // Buses before boot: boot opens every relay, and that must reach the hardware.
+    this.site = await openSite(config, { now: () => this.clock.now(), logger: this.log })
+    // Give the buses a moment to open so boot's relay opens reach the hardware; a bus
+    // that stays down is not fatal (its outlets fault and are retried), so don't wait long.
+    if (!(await this.site.ready(5000))) this.log.warn({ buses: this.site.health().filter((b) => b.state !== 'open').map((b) => b.id) }, 'not every bus is open yet; continuing')
+    if (persisted) await this.dispatch({ type: 'config', config })
+    await this.dispatch({ type: 'boot', cleanShutdown: this.journal.previousCleanShutdown, version: this.version })
+
+    this.gateway = new CommandGateway({
+      ledger: this.journal,
+      apply: (id, command, source) => this.applyCommand(id, command, source),
+    })
+
+    if (config.uplink) {
+      this.uplink = new Uplink({
+        config: config.uplink,
+        siteId: config.site.id,
+        log: this.journal,
+        version: this.version,
+        bootId: this.bootId,
+        onCommand: (raw) => this.gateway.handle(raw, 'cloud'),
+        now: () => this.clock.now(),
+        logger: this.log,
+      })
+      this.uplink.onOnlineChange((online) => {
+        this.log.info({ online }, online ? 'uplink online' : 'uplink offline')
+        void this.dispatch({ type: 'uplink', online }).catch(() => undefined)
+      })
+      this.uplink.start()
+    } else {
+      this.log.info('no uplink configured: running offline, records queue in the journal')
+    }
+
+    const { pollMs } = config.sessions
+    for (const outlet of config.outlets) {
+      this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
+    }
+    this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
+    this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** Clean stop: final reading of every outlet, close sessions `reboot`, open every relay, flush. */
+  async stop(): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    const work = async (): Promise<void> => {
+      if (this.site && !this.halted) {
+        // A read already on the wire finishes first (its reading is billable), then the final one.
+        await Promise.all([...this.reading.values()])
+        await Promise.all(this.config.outlets.map((o) => this.poll(o.id, true)))
+        await this.dispatch({ type: 'shutdown' })
+        await this.relayWork
+      }
+    }
+    await withTimeout(work(), this.stopTimeoutMs).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
+    // From here nothing more is billed: a read or relay answer arriving late (the bus is
+    // about to close) must not reach the journal, and a refused commit is not a journal fault.
+    this.closed = true
+    await this.queue
+    // After a journal fault, halt() queued an open for every relay: those must reach the
+    // hardware before the buses close (closing the site rejects queued jobs).
+    await withTimeout(this.relayWork, this.stopTimeoutMs).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
+    await this.uplink?.stop().catch(() => undefined)
+    await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
+    await this.site?.close().catch(() => undefined)
+    this.log.info('outpost stopped')
+  }
+
+  // ---------------------------------------------------------------- views
+
+  outletStatuses(): OutletStatus[] {
+    return this.config.outlets.map((o) => this.statuses.get(o.id)).filter((s): s is OutletStatus => s !== undefined)
+  }
+
+  get engineState(): EngineState {
+    return this.state
+  }
+
+  get records(): Journal | undefined {
+    return this.journal
+  }
+
+  get buses(): SiteIO | undefined {
+    return this.site
+  }
+
+  uplinkState(): UplinkState {
+    if (this.uplink) return this.uplink.state()
+    if (!this.journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
+    return disabledUplinkState(this.journal)
+  }
+
+  // ---------------------------------------------------------------- events in
+
+  private poll(outletId: string, final = false): Promise<void> {
+    if (!this.site || this.halted || this.closed || (this.stopping && !final)) return Promise.resolve()
+    const inflight = this.reading.get(outletId)
+    if (inflight) return inflight
+    const p = this.readOnce(outletId).finally(() => this.reading.delete(outletId))
+    this.reading.set(outletId, p)
+    return p
+  }
+
+  private async readOnce(outletId: string): Promise<void> {
+    if (!this.site) return
+    try {
+      let event: EngineEvent
+      try {
+        const reading: Reading = await this.site.outlet(outletId).read()
+        this.quiet.clear(`read:${outletId}`, { outlet: outletId }, 'meter answering again')
+        event = { type: 'reading', outlet: outletId, reading }
+      } catch (err) {
+        const e = err as OutpostError
+        this.quiet.warn(`read:${outletId}`, { outlet: outletId, code: e.code, err: e.message }, 'meter read failed')
+        event = { type: 'read-failed', outlet: outletId, error: `${e.code ?? 'ERROR'}: ${e.message}` }
+      }
+      await this.dispatch(event)
+      this.retryRelay(outletId)
+    } catch {
+      // dispatch already logged and halted if the journal failed
+    }
+  }
+
+  private async applyCommand(id: string, command: Command, source: CommandSource): Promise<CommandResult> {
+    const effects = await this.dispatch({ type: 'command', id, source, command })
+    const result = effects.find((e): e is Extract<Effect, { type: 'result' }> => e.type === 'result')
+    if (!result) throw new OutpostError('ENGINE_NO_RESULT', `the engine gave no result for command ${id}`)
+    return result.result
+  }
+
+  // ---------------------------------------------------------------- the one step
+
+  /** Runs one engine step and carries out its effects, strictly one event at a time. */
+  dispatch(event: EngineEvent): Promise<Effect[]> {
+    const run = this.queue.then(() => this.stepNow(event))
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
+  private relayWork: Promise<unknown> = Promise.resolve()
+
+  private async stepNow(event: EngineEvent): Promise<Effect[]> {
+    if (this.halted) throw this.halted
+    if (this.closed) throw new OutpostError('DAEMON_STOPPED', `the daemon has stopped; ${event.type} ignored`)
+    const journal = this.journal
+    if (!journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
+    let result: { state: EngineState; effects: Effect[] }
+    try {
+      result = step(this.state, event, this.clock.now())
+    } catch (err) {
+      // A malformed event changes nothing; say so once and carry on with the others.
+      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as OutpostError).code, err: (err as Error).message }, 'engine refused an event')
+      throw err
+    }
+    const { state, effects } = result
+
+    // 1. Opening relays is always safe: do it before anything else.
+    for (const e of effects) if (e.type === 'relay' && !e.closed) this.switchRelay(e.outlet, false)
+
+    // 2. Make the step durable: records, state and command results in one batch.
+    const records: RecordBody[] = []
+    const commandResults: { id: string; result: CommandResult }[] = []
+    for (const e of effects) {
+      if (e.type === 'record') records.push(e.record)
+      else if (e.type === 'result') commandResults.push({ id: e.result.id, result: e.result })
+    }
+    // The reading a session is billed from is journaled beside the state that uses it.
+    const session = event.type === 'reading' ? state.outlets[event.outlet]?.session : undefined
+    const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading }] : undefined
+    let committed: JournalRecord[]
+    try {
+      committed = await journal.commit({ records, state, commandResults, readings })
+    } catch (err) {
+      this.halt(err as Error)
+      throw err
+    }
+    this.state = state
+
+    // 3. Only now may a relay close: the session it bills is on disk.
+    for (const e of effects) if (e.type === 'relay' && e.closed) this.switchRelay(e.outlet, true)
+
+    // 4. Tell the world.
+    for (const r of committed) {
+      this.logRecord(r)
+      this.emit('record', r)
+    }
+    for (const e of effects) {
+      if (e.type === 'status') {
+        this.statuses.set(e.status.outlet, e.status)
+        this.uplink?.publishOutlet(e.status)
+        this.emit('status', e.status)
+      } else if (e.type === 'result') {
+        this.emit('result', e.result)
+      }
+    }
+    return effects
+  }
+
+  private readonly relayRetryAt = new Map<string, number>()
+
+  /**
+   * A relay in fault is commanded again (to what the engine last commanded: open, for a
+   * faulted outlet) every few seconds; the first success clears the fault (relay-ok).
+   */
+  private retryRelay(outletId: string): void {
+    const entry = this.state.outlets[outletId]
+    if (!entry?.relayFault || !entry.hasRelay) return
+    const t = this.clock.monotonic()
+    if ((this.relayRetryAt.get(outletId) ?? 0) > t) return
+    this.relayRetryAt.set(outletId, t + 5000)
+    this.switchRelay(outletId, entry.relayClosed)
+  }
+
+  private switchRelay(outletId: string, closed: boolean): void {
+    const site = this.site
+    if (!site) return
+    const io = site.outlet(outletId)
+    if (!io.hasRelay) return
+    const work = io.setRelay(closed).then(
+      () => {
+        this.quiet.clear(`relay:${outletId}`, { outlet: outletId }, 'relay answering again')
+        if (this.state.outlets[outletId]?.relayFault && !this.halted && !this.stopping) {
+          void this.dispatch({ type: 'relay-ok', outlet: outletId }).catch(() => undefined)
+        }
+      },
+      (err: OutpostError) => {
+        this.quiet.warn(`relay:${outletId}`, { outlet: outletId, closed, code: err.code, err: err.message }, 'relay command failed')
+        if (!this.halted && !this.stopping) void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
+      },
+    )
+    this.relayWork = Promise.all([this.relayWork, work])
+  }
+
+  /** The journal cannot write: nothing may be billed, so every relay opens and the daemon stops charging. */
+  private halt(err: Error): void {
+    if (this.halted || this.closed) return
+    this.halted = err
+    for (const t of this.timers) clearInterval(t)
+    this.timers = []
+    this.log.fatal({ err: err.message, code: (err as OutpostError).code }, 'journal write failed: opening every relay, no charging until restart')
+    for (const o of this.config.outlets) if (o.relay) this.switchRelay(o.id, false)
+    this.emit('halted', err)
+  }
+
+  get haltedBy(): Error | undefined {
+    return this.halted
+  }
+
+  private logRecord(r: JournalRecord): void {
+    switch (r.type) {
+      case 'session.started':
+        this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, userId: r.userId, trigger: r.trigger }, 'session started')
+        break
+      case 'session.ended':
+        this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, reason: r.reason, energyWh: r.energyWh, durationS: r.durationS, total: r.total, currency: r.currency }, 'session ended')
+        break
+      case 'outlet.fault':
+        this.log.warn({ seq: r.seq, outlet: r.outlet, detail: r.detail }, 'outlet in fault')
+        break
+      case 'outlet.recovered':
+        this.log.info({ seq: r.seq, outlet: r.outlet, detail: r.detail }, 'outlet recovered')
+        break
+      case 'gateway.started':
+        this.log.info({ seq: r.seq, cleanShutdown: r.cleanShutdown }, 'gateway started')
+        break
+      default:
+        this.log.debug({ seq: r.seq, type: r.type }, 'record')
+    }
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new OutpostError('STOP_TIMEOUT', `did not finish within ${ms} ms`)), ms)
+    p.then(
+      (v) => (clearTimeout(t), resolve(v)),
+      (e: unknown) => (clearTimeout(t), reject(e)),
+    )
+  })
+}

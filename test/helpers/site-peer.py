@@ -1,0 +1,256 @@
+"""An independent site for the end-to-end tests, on Debian's pymodbus 3.0.
+
+Run with /usr/bin/python3 (the only interpreter here that has pymodbus).
+
+  --outlets N        SDM120 meters at units 1..N, a relay board at unit 100 with coils 0..N-1
+  --tcp PORT         serve Modbus TCP on 127.0.0.1:PORT (0 = pick a free one)
+  --rtu PATH         serve Modbus RTU on a serial path (one end of a socat pty pair)
+  --baud B           RTU baud rate (default 9600)
+  --energy-kwh E     every meter's register at start (default 100 + n)
+  --volts V          mains voltage (default 230)
+
+Prints "READY <port-or-path>" on stdout once it serves.
+
+The meters and the relay board are PHYSICALLY COUPLED, as on a real site: meter n
+shows current only while coil n-1 is closed and a vehicle is plugged into outlet n;
+its energy register integrates V*I*dt every tick (100 ms) and never goes down. No
+Outpost code is involved: this is what the daemon's drivers must understand.
+
+Registers (SDM120 layout, float32 big-endian, input registers, FC04):
+  0x0000 voltage V, 0x0006 current A, 0x000C active power W, 0x0046 frequency Hz,
+  0x0048 import active energy kWh, 0x0156 total active energy kWh.
+
+Control: one command per line on stdin, JSON or plain words; one JSON reply per line
+on stdout, echoing "id" when the command had one:
+  {"cmd":"plug","outlet":1,"amps":16}     plug 1 16      a vehicle that draws 16 A
+  {"cmd":"amps","outlet":1,"amps":3}      amps 1 3       the vehicle tapers (0 = full)
+  {"cmd":"unplug","outlet":1}             unplug 1
+  {"cmd":"silence","unit":1}              silence 1      unit stops answering (1..N or 100)
+  {"cmd":"answer","unit":1}               answer 1       it answers again
+  {"cmd":"coil","outlet":1,"closed":true} coil 1 1       another master writes the coil
+  {"cmd":"delay","ms":150}                delay 150      every reply is held back 150 ms
+  {"cmd":"state"}                         state
+state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls"}]}
+where energyWh is what the meter's import register shows (float32 kWh x 1000) and polls
+counts the requests meter n has answered.
+Closing stdin ends the process (the test is gone).
+"""
+import argparse
+import asyncio
+import json
+import logging
+import os
+import struct
+import sys
+import threading
+import time
+
+from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
+from pymodbus.framer.rtu_framer import ModbusRtuFramer
+from pymodbus.server import StartAsyncSerialServer
+from pymodbus.server.async_io import ModbusTcpServer
+
+logging.basicConfig(level=logging.CRITICAL)
+
+TICK_S = 0.1
+RELAY_UNIT = 100
+
+
+def words(v):
+    hi, lo = struct.unpack(">HH", struct.pack(">f", v))
+    return [hi, lo]
+
+
+def f32(v):
+    return struct.unpack(">f", struct.pack(">f", v))[0]
+
+
+class Outlet:
+    def __init__(self, n, kwh):
+        self.n = n
+        self.kwh = kwh  # exact integral, kept as a double; the register shows it as float32
+        self.plugged = False
+        self.amps = 0.0
+
+    def draw(self, coil):
+        return self.amps if (coil and self.plugged and self.amps > 0) else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--outlets", type=int, default=2)
+    ap.add_argument("--tcp", type=int)
+    ap.add_argument("--rtu")
+    ap.add_argument("--baud", type=int, default=9600)
+    ap.add_argument("--energy-kwh", type=float)
+    ap.add_argument("--volts", type=float, default=230.0)
+    args = ap.parse_args()
+    n_out = args.outlets
+
+    def meter_slave():
+        return ModbusSlaveContext(
+            di=ModbusSequentialDataBlock(0, [0] * 8),
+            co=ModbusSequentialDataBlock(0, [0] * 8),
+            hr=ModbusSequentialDataBlock(0, [0] * 8),
+            ir=ModbusSequentialDataBlock(0, [0] * 0x200),
+            zero_mode=True,
+        )
+
+    slaves = {n: meter_slave() for n in range(1, n_out + 1)}
+    slaves[RELAY_UNIT] = ModbusSlaveContext(
+        di=ModbusSequentialDataBlock(0, [0] * 16),
+        co=ModbusSequentialDataBlock(0, [False] * max(16, n_out)),
+        hr=ModbusSequentialDataBlock(0, [0] * 16),
+        ir=ModbusSequentialDataBlock(0, [0] * 16),
+        zero_mode=True,
+    )
+    context = ModbusServerContext(slaves=slaves, single=False)
+    outlets = {n: Outlet(n, args.energy_kwh if args.energy_kwh is not None else 100.0 + n) for n in range(1, n_out + 1)}
+    silent = set()
+    answered = {}  # unit -> requests answered (tests wait for "the daemon polled n more times")
+    delay = [0.0]  # seconds every reply is held back (a slow bus: a read is nearly always in flight)
+
+    def coil(n):
+        return bool(context[RELAY_UNIT].getValues(1, n - 1, 1)[0])
+
+    def publish(o):
+        """Write outlet o's meter registers. Runs on the event loop, so a poll never sees half a float."""
+        a = o.draw(coil(o.n))
+        v = args.volts
+        ir = context[o.n]
+        ir.setValues(4, 0x0000, words(v))
+        ir.setValues(4, 0x0006, words(a))
+        ir.setValues(4, 0x000C, words(v * a))
+        ir.setValues(4, 0x0046, words(50.0))
+        ir.setValues(4, 0x0048, words(o.kwh))
+        ir.setValues(4, 0x0156, words(o.kwh))
+
+    last = [time.monotonic()]
+
+    def tick():
+        t = time.monotonic()
+        dt = t - last[0]
+        last[0] = t
+        for o in outlets.values():
+            a = o.draw(coil(o.n))
+            if a > 0:
+                o.kwh += args.volts * a * dt / 3600.0 / 1000.0
+            publish(o)
+
+    def state():
+        return [
+            {
+                "outlet": o.n,
+                "coil": coil(o.n),
+                "plugged": o.plugged,
+                "amps": o.amps,
+                "drawA": o.draw(coil(o.n)),
+                "energyWh": f32(o.kwh) * 1000.0,
+                "polls": answered.get(o.n, 0),
+            }
+            for o in outlets.values()
+        ]
+
+    def parse(line):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+        parts = line.split()
+        if not parts:
+            return None
+        cmd = parts[0]
+        if cmd in ("plug", "amps"):
+            return {"cmd": cmd, "outlet": int(parts[1]), "amps": float(parts[2]) if len(parts) > 2 else 16.0}
+        if cmd == "unplug":
+            return {"cmd": cmd, "outlet": int(parts[1])}
+        if cmd in ("silence", "answer"):
+            return {"cmd": cmd, "unit": int(parts[1])}
+        if cmd == "coil":
+            return {"cmd": cmd, "outlet": int(parts[1]), "closed": parts[2] in ("1", "true", "on")}
+        if cmd == "delay":
+            return {"cmd": cmd, "ms": float(parts[1])}
+        return {"cmd": cmd}
+
+    def handle(line):
+        reply = {}
+        try:
+            c = parse(line)
+            if c is None:
+                return
+            if "id" in c:
+                reply["id"] = c["id"]
+            cmd = c.get("cmd")
+            tick()  # bring energy up to this instant before changing anything
+            if cmd in ("plug", "amps", "unplug", "coil"):
+                o = outlets.get(int(c["outlet"]))
+                if o is None:
+                    raise ValueError("no outlet %s" % c["outlet"])
+                if cmd == "plug":
+                    o.plugged = True
+                    o.amps = float(c.get("amps", 16.0))
+                elif cmd == "amps":
+                    o.amps = float(c["amps"])
+                elif cmd == "unplug":
+                    o.plugged = False
+                else:
+                    context[RELAY_UNIT].setValues(5, o.n - 1, [bool(c["closed"])])
+                publish(o)
+            elif cmd in ("silence", "answer"):
+                unit = int(c["unit"])
+                if unit != RELAY_UNIT and unit not in outlets:
+                    raise ValueError("no unit %s" % unit)
+                (silent.add if cmd == "silence" else silent.discard)(unit)
+            elif cmd == "delay":
+                delay[0] = max(0.0, float(c["ms"]) / 1000.0)
+            elif cmd != "state":
+                raise ValueError("unknown command %r" % cmd)
+            reply.update({"ok": True, "outlets": state()})
+        except Exception as e:  # a bad command changes nothing and says why
+            reply.update({"ok": False, "error": str(e)})
+        print(json.dumps(reply), flush=True)
+
+    def manipulate(response):
+        if response.unit_id in silent:
+            return b"", True
+        answered[response.unit_id] = answered.get(response.unit_id, 0) + 1
+        if delay[0] > 0:
+            time.sleep(delay[0])  # blocks the server, as a slow device on a shared line does
+        return response, False
+
+    async def physics():
+        while True:
+            tick()
+            await asyncio.sleep(TICK_S)
+
+    async def run():
+        loop = asyncio.get_running_loop()
+
+        def control():
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(handle, line)
+            os._exit(0)  # stdin closed: the test is gone, so are we
+
+        for o in outlets.values():
+            publish(o)
+        asyncio.create_task(physics())
+        threading.Thread(target=control, daemon=True).start()
+        if args.tcp is not None:
+            server = ModbusTcpServer(context, address=("127.0.0.1", args.tcp), allow_reuse_address=True,
+                                     ignore_missing_slaves=True, response_manipulator=manipulate)
+            task = asyncio.create_task(server.serve_forever())
+            await server.serving
+            print("READY", server.server.sockets[0].getsockname()[1], flush=True)
+            await task
+        else:
+            server = await StartAsyncSerialServer(context=context, framer=ModbusRtuFramer, port=args.rtu,
+                                                  baudrate=args.baud, ignore_missing_slaves=True,
+                                                  response_manipulator=manipulate, defer_start=True)
+            await server.start()
+            print("READY", args.rtu, flush=True)
+            await server.serve_forever()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
