@@ -46,9 +46,8 @@ import threading
 import time
 
 from pymodbus.datastore import ModbusSequentialDataBlock, ModbusServerContext, ModbusSlaveContext
-from pymodbus.framer.rtu_framer import ModbusRtuFramer
-from pymodbus.server import StartAsyncSerialServer
-from pymodbus.server.async_io import ModbusTcpServer
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'fixtures'))
+from pymodbus_serve import serve  # noqa: E402
 
 logging.basicConfig(level=logging.CRITICAL)
 
@@ -234,20 +233,7 @@ def main():
             publish(o)
         asyncio.create_task(physics())
         threading.Thread(target=control, daemon=True).start()
-        if args.tcp is not None:
-            server = ModbusTcpServer(context, address=("127.0.0.1", args.tcp), allow_reuse_address=True,
-                                     ignore_missing_slaves=True, response_manipulator=manipulate)
-            task = asyncio.create_task(server.serve_forever())
-            await server.serving
-            print("READY", server.server.sockets[0].getsockname()[1], flush=True)
-            await task
-        else:
-            server = await StartAsyncSerialServer(context=context, framer=ModbusRtuFramer, port=args.rtu,
-                                                  baudrate=args.baud, ignore_missing_slaves=True,
-                                                  response_manipulator=manipulate, defer_start=True)
-            await server.start()
-            print("READY", args.rtu, flush=True)
-            await server.serve_forever()
+        await serve(context, manipulate, tcp=args.tcp, rtu=args.rtu, baud=args.baud)
 
     asyncio.run(run())
 
