@@ -148,7 +148,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         await Promise.all([...this.reading.values()])
         await Promise.all(this.config.outlets.map((o) => this.poll(o.id, true)))
         await this.dispatch({ type: 'shutdown' })
-        await this.relayWork
+        await this.relaysSettled()
       }
     }
     await withTimeout(work(), this.stopTimeoutMs).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
@@ -158,7 +158,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await this.queue
     // After a journal fault, halt() queued an open for every relay: those must reach the
     // hardware before the buses close (closing the site rejects queued jobs).
-    await withTimeout(this.relayWork, this.stopTimeoutMs).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
+    await withTimeout(this.relaysSettled(), this.stopTimeoutMs).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
@@ -236,7 +236,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     return run
   }
 
-  private relayWork: Promise<unknown> = Promise.resolve()
+  /** Relay commands on their way to the hardware: a stop waits for them. */
+  private readonly relayOps = new Set<Promise<void>>()
+
+  private relaysSettled(): Promise<unknown> {
+    return Promise.all([...this.relayOps])
+  }
 
   private async stepNow(event: EngineEvent): Promise<Effect[]> {
     if (this.halted) throw this.halted
@@ -327,7 +332,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         if (!this.halted && !this.stopping) void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
       },
     )
-    this.relayWork = Promise.all([this.relayWork, work])
+    this.relayOps.add(work)
+    void work.finally(() => this.relayOps.delete(work))
   }
 
   /** The journal cannot write: nothing may be billed, so every relay opens and the daemon stops charging. */

@@ -29,7 +29,7 @@ async function verifyFile(file: string): Promise<number> {
       try {
         value = JSON.parse(line)
       } catch (err) {
-        brk = { seq: (v.lastSeq ?? 0) + 1, position: lineNo, problem: `line ${lineNo} is not JSON: ${(err as Error).message}` }
+        brk = { seq: (v.lastSeq ?? 0) + 1, position: lineNo, reason: 'not-a-record', problem: `line ${lineNo} is not JSON: ${(err as Error).message}` }
         break
       }
       const b = v.push(value)

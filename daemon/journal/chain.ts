@@ -121,6 +121,8 @@ export interface ChainBreak {
   seq: number
   /** 1-based position in the checked run (the line number for a JSON-lines file). */
   position: number
+  /** What kind of break: not a record at all, a seq out of order, a prev that does not link, an altered record. */
+  reason: 'not-a-record' | 'seq' | 'prev' | 'hash'
   problem: string
 }
 
@@ -144,29 +146,29 @@ export class ChainVerifier {
   push(value: unknown): ChainBreak | undefined {
     this.position++
     const r = value as Partial<JournalRecord> | null
-    const at = (problem: string, seq?: number): ChainBreak => ({ seq: seq ?? (this.last ? this.last.seq + 1 : this.expectFrom?.seq ?? 1), position: this.position, problem })
-    if (r === null || typeof r !== 'object' || Array.isArray(r)) return at('not a record object')
-    if (!Number.isSafeInteger(r.seq) || (r.seq as number) < 1) return at(`seq is ${JSON.stringify(r.seq)}, not a positive integer`)
+    const at = (reason: ChainBreak['reason'], problem: string, seq?: number): ChainBreak => ({ seq: seq ?? (this.last ? this.last.seq + 1 : this.expectFrom?.seq ?? 1), position: this.position, reason, problem })
+    if (r === null || typeof r !== 'object' || Array.isArray(r)) return at('not-a-record', 'not a record object')
+    if (!Number.isSafeInteger(r.seq) || (r.seq as number) < 1) return at('not-a-record', `seq is ${JSON.stringify(r.seq)}, not a positive integer`)
     const seq = r.seq as number
-    if (typeof r.hash !== 'string' || !HEX64.test(r.hash)) return at('hash is not 64 lowercase hex digits', seq)
-    if (typeof r.prev !== 'string' || !HEX64.test(r.prev)) return at('prev is not 64 lowercase hex digits', seq)
-    if (typeof r.type !== 'string') return at('type is missing', seq)
+    if (typeof r.hash !== 'string' || !HEX64.test(r.hash)) return at('not-a-record', 'hash is not 64 lowercase hex digits', seq)
+    if (typeof r.prev !== 'string' || !HEX64.test(r.prev)) return at('not-a-record', 'prev is not 64 lowercase hex digits', seq)
+    if (typeof r.type !== 'string') return at('not-a-record', 'type is missing', seq)
     if (this.last) {
-      if (seq !== this.last.seq + 1) return at(seq <= this.last.seq ? `seq ${seq} repeats or goes back after ${this.last.seq}` : `gap: seq ${this.last.seq + 1}..${seq - 1} missing`, seq)
-      if (r.prev !== this.last.hash) return at(`prev does not match the hash of seq ${this.last.seq}`, seq)
+      if (seq !== this.last.seq + 1) return at('seq', seq <= this.last.seq ? `seq ${seq} repeats or goes back after ${this.last.seq}` : `gap: seq ${this.last.seq + 1}..${seq - 1} missing`, seq)
+      if (r.prev !== this.last.hash) return at('prev', `prev does not match the hash of seq ${this.last.seq}`, seq)
     } else if (this.expectFrom) {
-      if (seq !== this.expectFrom.seq) return at(`expected seq ${this.expectFrom.seq}, found ${seq}`, seq)
-      if (r.prev !== this.expectFrom.prev) return at(`prev does not match the hash of seq ${seq - 1}`, seq)
+      if (seq !== this.expectFrom.seq) return at('seq', `expected seq ${this.expectFrom.seq}, found ${seq}`, seq)
+      if (r.prev !== this.expectFrom.prev) return at('prev', `prev does not match the hash of seq ${seq - 1}`, seq)
     } else if (seq === 1 && r.prev !== GENESIS_PREV) {
-      return at('seq 1 must have prev = 64 zeros', seq)
+      return at('prev', 'seq 1 must have prev = 64 zeros', seq)
     }
     let computed: string
     try {
       computed = recordHash(r as JournalRecord)
     } catch (err) {
-      return at(`cannot hash: ${(err as Error).message}`, seq)
+      return at('hash', `cannot hash: ${(err as Error).message}`, seq)
     }
-    if (computed !== r.hash) return at(`hash mismatch: the record was changed (stored ${r.hash.slice(0, 12)}…, computed ${computed.slice(0, 12)}…)`, seq)
+    if (computed !== r.hash) return at('hash', `hash mismatch: the record was changed (stored ${r.hash.slice(0, 12)}…, computed ${computed.slice(0, 12)}…)`, seq)
     this.last = { seq, hash: r.hash }
     this.firstSeq ??= seq
     this.lastSeq = seq

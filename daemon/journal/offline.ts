@@ -129,18 +129,18 @@ export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
   for await (const { key, record, error } of storedRecords(db)) {
     const seqInKey = K.seqOfRecordKey(key)
     if (error) {
-      brk = { seq: seqInKey, position: v.count + 1, problem: `entry ${key}: ${error}` }
+      brk = { seq: seqInKey, position: v.count + 1, reason: 'not-a-record', problem: `entry ${key}: ${error}` }
       break
     }
     if (record && record.seq !== seqInKey) {
-      brk = { seq: seqInKey, position: v.count + 1, problem: `entry ${key} holds seq ${String(record.seq)}` }
+      brk = { seq: seqInKey, position: v.count + 1, reason: 'seq', problem: `entry ${key} holds seq ${String(record.seq)}` }
       break
     }
     brk = v.push(record)
     if (brk) break
   }
   const report: VerifyReport = { count: v.count, first: v.firstSeq, last: v.lastSeq, acked }
-  if (!brk && acked > (v.lastSeq ?? 0)) brk = { seq: acked, position: v.count, problem: `the cloud acknowledged seq ${acked} but the log ends at ${v.lastSeq ?? 0}: records were lost` }
+  if (!brk && acked > (v.lastSeq ?? 0)) brk = { seq: acked, position: v.count, reason: 'seq', problem: `the cloud acknowledged seq ${acked} but the log ends at ${v.lastSeq ?? 0}: records were lost` }
   if (brk) report.break = brk
   return report
 }

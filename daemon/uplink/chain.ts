@@ -10,7 +10,7 @@
  * I/O. The hash itself is the journal's (daemon/journal/chain.ts: one definition of
  * canonical JSON and SHA-256 for the writer and every checker).
  */
-import { GENESIS_PREV, recordHash as journalRecordHash } from '../journal/chain.js'
+import { ChainVerifier, GENESIS_PREV, recordHash as journalRecordHash } from '../journal/chain.js'
 import type { JournalRecord } from '../types.js'
 
 export { GENESIS_PREV }
@@ -35,25 +35,19 @@ export type ChainResult = { ok: true; end: ChainPoint; count: number } | { ok: f
 /**
  * Checks that `records` continue the chain at `after` (default: the start of the
  * log) with no gap, no reordering and no altered record. Stops at the first break
- * and reports it; `end` is the last good point either way.
+ * and reports it; `end` is the last good point either way. The rules are the
+ * journal's own ChainVerifier (one checker for the writer, `outpost verify` and the
+ * cloud); this only adds the cloud's view: where the run ends, and the break's
+ * `seq` as the one that was expected.
  */
 export function verifyChain(records: readonly unknown[], after: ChainPoint = CHAIN_START): ChainResult {
+  const verifier = new ChainVerifier({ seq: after.seq + 1, prev: after.hash })
   let end = after
   let count = 0
   for (let i = 0; i < records.length; i++) {
-    const r = records[i]
-    const expected = end.seq + 1
-    const bad = (reason: ChainBreak['reason'], message: string): ChainResult => ({ ok: false, end, count, break: { seq: expected, index: i, reason, message } })
-    if (!isRecordShape(r)) return bad('not-a-record', `item ${i} is not a record (needs integer seq, string prev and hash)`)
-    if (r.seq !== expected) return bad('seq', `expected seq ${expected}, found ${r.seq}`)
-    if (r.prev !== end.hash) return bad('prev', `seq ${r.seq}: prev ${r.prev} does not match the hash of seq ${end.seq} (${end.hash})`)
-    let h: string
-    try {
-      h = recordHash(r)
-    } catch (err) {
-      return bad('hash', `seq ${r.seq}: content has no canonical JSON (${(err as Error).message})`)
-    }
-    if (h !== r.hash) return bad('hash', `seq ${r.seq}: hash ${r.hash} does not match its content (computed ${h})`)
+    const b = verifier.push(records[i])
+    if (b) return { ok: false, end, count, break: { seq: end.seq + 1, index: i, reason: b.reason, message: b.problem } }
+    const r = records[i] as JournalRecord
     end = { seq: r.seq, hash: r.hash }
     count++
   }
