@@ -46,7 +46,7 @@ export function verifyChain(records: readonly unknown[], after: ChainPoint = CHA
   let count = 0
   for (let i = 0; i < records.length; i++) {
     const b = verifier.push(records[i])
-    if (b) return { ok: false, end, count, break: { seq: end.seq + 1, index: i, reason: b.reason, message: b.problem } }
+    if (b) return { ok: false, end, count, break: { seq: end.seq + 1, index: i, reason: b.reason, message: `seq ${b.seq}: ${b.problem}` } }
     const r = records[i] as JournalRecord
     end = { seq: r.seq, hash: r.hash }
     count++
