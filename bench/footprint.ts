@@ -24,7 +24,7 @@
  * measures only if the editor really answers at http://LISTEN/red/; otherwise
  * its rows say "not measured" instead of a number.
  *
- * Runs alone: node dist/bench/footprint.js [--short] (short: 1 minute per variant).
+ * Runs alone: node dist/bench/footprint.js [--short] [--no-node-red] (short: 1 minute per variant).
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -205,7 +205,9 @@ async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
       },
     })
     const cloud = await startCloud(td, broker.url, root)
-    const daemon: DaemonProc = startDaemon(td, config)
+    // OUTPOST_BENCH_DAEMON_NODE_OPTIONS: V8/Node flags for the daemon only (to measure one before adopting it).
+    const nodeOptions = process.env.OUTPOST_BENCH_DAEMON_NODE_OPTIONS
+    const daemon: DaemonProc = startDaemon(td, config, nodeOptions ? { NODE_OPTIONS: nodeOptions } : {})
     await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started', 60_000)
     if (v.nodeRed) {
       const url = `http://127.0.0.1:${apiPort}/red/`
@@ -247,7 +249,7 @@ export async function run(): Promise<BenchRow[]> {
   const idleMB = await idleNodeRssMB()
   const rows: BenchRow[] = []
   rows.push(...(await measure({ name: 'without Node-RED', nodeRed: false, goalMB: RSS_GOAL_MB }, idleMB)))
-  rows.push(...(await measure({ name: 'with Node-RED', nodeRed: true, goalMB: RSS_GOAL_NODE_RED_MB }, idleMB)))
+  if (!process.argv.includes('--no-node-red')) rows.push(...(await measure({ name: 'with Node-RED', nodeRed: true, goalMB: RSS_GOAL_NODE_RED_MB }, idleMB)))
   return rows
 }
 
