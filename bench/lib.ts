@@ -128,3 +128,18 @@ export async function startSimProcess(args: string[]): Promise<{ port: number; p
       }),
   }
 }
+
+function fmt(n: number): string {
+  if (!Number.isFinite(n)) return '-'
+  const a = Math.abs(n)
+  return a >= 1000 ? n.toFixed(0) : a >= 10 ? n.toFixed(1) : a >= 0.1 ? n.toFixed(3) : n.toPrecision(3)
+}
+
+/** The one table: bench, figure, baseline, value, unit, ratio, goal, met (yes / NO / noisy / not measured), note. */
+export function table(rows: (BenchRow & { bench: string })[]): string {
+  const head = ['bench', 'figure', 'baseline', 'value', 'unit', 'ratio', 'goal', 'met', 'note']
+  const body = rows.map((r) => [r.bench, r.figure, fmt(r.baseline), fmt(r.value), r.unit, Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}x` : '-', r.goal, verdict(r), r.note ?? ''])
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
+}

@@ -130,13 +130,15 @@ export async function run(): Promise<BenchRow[]> {
     const stop = await daemon.stop('SIGTERM')
     if (stop.code !== 0) throw new Error(`the daemon exited ${String(stop.code ?? stop.signal)} at SIGTERM`)
     const tx = median(gaps)
+    // The hold counts whole polls; reply-time stamps jitter, so two intervals can measure just under it.
+    const extra = samples.filter((x) => x.holdMs > HOLD_MS + POLL_MS / 2).length
     const bound = HOLD_MS + POLL_MS + tx
     const totals = samples.map((s) => s.totalMs)
     const m = (f: (s: Sample) => number): string => median(samples.map(f)).toFixed(1)
     const setting = `pollMs ${POLL_MS}, noCurrentHoldMs ${HOLD_MS}, one transaction ${tx.toFixed(2)} ms (median of ${gaps.length} on this bus, same run), ${samples.length} unplugs on ${OUTLETS} outlets (relay unit ${RELAY_UNIT})`
     return [
       bounded('unplug to relay open, median (vs noCurrentHoldMs + pollMs + one transaction)', 'ms', median(totals), bound, '<=', `${setting}; median parts: unplug to first low read ${m((s) => s.toFirstLowMs)}, hold ${m((s) => s.holdMs)}, ending read to relay write ${m((s) => s.reactMs)}`),
-      bounded('unplug to relay open, 95th percentile (same bound)', 'ms', percentile(totals, 95), bound, '<=', `max ${Math.max(...totals).toFixed(1)} ms; max ending read to relay write ${Math.max(...samples.map((s) => s.reactMs)).toFixed(1)} ms`),
+      bounded('unplug to relay open, 95th percentile (same bound)', 'ms', percentile(totals, 95), bound, '<=', `max ${Math.max(...totals).toFixed(1)} ms; max ending read to relay write ${Math.max(...samples.map((s) => s.reactMs)).toFixed(1)} ms; ${extra} of ${samples.length} holds took one poll more than noCurrentHoldMs (two poll intervals, stamped at each reply, came out under ${HOLD_MS} ms)`),
     ]
   } finally {
     await td.run()

@@ -14,7 +14,7 @@
 import { mulberry32 } from '../daemon/prng.js'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
-import { SerialPort } from 'serialport'
+import type { SerialPort } from 'serialport'
 import { crc16 } from './crc.js'
 import { scanTcp } from './modbus.js'
 
@@ -336,6 +336,7 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
 
   let rtu: SerialPort | undefined
   if (opts.rtuPath) {
+    const { SerialPort } = await import('serialport')
     const p = new SerialPort({ path: opts.rtuPath, baudRate: opts.rtuBaud ?? 9600, autoOpen: false })
     await new Promise<void>((resolve, reject) => p.open((err) => (err ? reject(err) : resolve())))
     rtu = p
