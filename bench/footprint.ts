@@ -22,11 +22,13 @@
  * value / bound); a bare idle `node` process's RSS, sampled in the same run, is
  * given in a note as the floor any Node daemon pays.
  *
- * Variant 2 enables embedded Node-RED (api.listen + nodeRed.enabled) and
+ * Measured twice: with node's defaults and with the flags on the bin's
+ * interpreter line (dist/daemon/cli.js: --max-semi-space-size=2), before and
+ * after. The Node-RED variant (with the bin's flags) enables embedded Node-RED (api.listen + nodeRed.enabled) and
  * measures only if the editor really answers at http://LISTEN/red/; otherwise
  * its rows say "not measured" instead of a number.
  *
- * Runs alone: node dist/bench/footprint.js [--short] [--no-node-red] (short: 1 minute per variant).
+ * Runs alone: node dist/bench/footprint.js [--short] [--no-node-red] [--flags-only] (short: 1 minute per variant).
  */
 import { execFileSync, spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -34,7 +36,7 @@ import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { startMosquitto, freePort } from '../test/helpers/mosquitto.js'
-import { startCloud, startDaemon, waitFor, writeSiteConfig, type DaemonProc } from '../test/helpers/e2e-kit.js'
+import { CLI, startCloud, startDaemon, waitFor, writeSiteConfig, type DaemonProc } from '../test/helpers/e2e-kit.js'
 import { bounded, median, notMeasured, startSimProcess, Teardowns, type BenchRow } from './lib.js'
 
 const OUTLETS = 64
@@ -202,13 +204,24 @@ interface Variant {
   name: string
   nodeRed: boolean
   goalMB: number
+  /** node/V8 flags before the script. */
+  nodeArgs: string[]
+}
+
+/** The node flags the `outpost` bin starts with: those on dist/daemon/cli.js's interpreter line. */
+export function binNodeFlags(cli = CLI): string[] {
+  const first = readFileSync(cli, 'utf8').split('\n', 1)[0]!
+  const m = first.match(/^#!.*?\bnode\b(.*)$/)
+  if (!m) throw new Error(`${cli}: no node interpreter line`)
+  return m[1]!.trim().split(/\s+/).filter(Boolean)
 }
 
 async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
   const td = new Teardowns()
   const root = mkdtempSync(join(tmpdir(), 'outpost-bench-footprint-'))
   td.teardown(() => rmSync(root, { recursive: true, force: true }))
-  const label = (what: string): string => `daemon ${what}, ${OUTLETS} outlets at 1 Hz, uplink on${v.nodeRed ? ', Node-RED on' : ''}`
+  const flags = v.nodeArgs.length ? v.nodeArgs.join(' ') : "node's defaults"
+  const label = (what: string): string => `daemon ${what}, ${OUTLETS} outlets at 1 Hz, uplink on${v.nodeRed ? ', Node-RED on' : ''} (${flags})`
   try {
     const broker = await startMosquitto(td)
     const sim = await startSimProcess(['--outlets', String(OUTLETS), '--speed', '1', '--seed', '9'])
@@ -231,9 +244,7 @@ async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
       },
     })
     const cloud = await startCloud(td, broker.url, root)
-    // OUTPOST_BENCH_DAEMON_NODE_ARGS: node/V8 flags for the daemon only, space-separated (to measure one before adopting it).
-    const nodeArgs = (process.env.OUTPOST_BENCH_DAEMON_NODE_ARGS ?? '').split(' ').filter(Boolean)
-    const daemon: DaemonProc = startDaemon(td, config, {}, nodeArgs)
+    const daemon: DaemonProc = startDaemon(td, config, {}, v.nodeArgs)
     await waitFor(() => cloud.records().some((r) => r.type === 'gateway.started') || (!daemon.running() && 'exited'), 'gateway.started', 60_000).then((v) => {
       if (v === 'exited') throw new Error(`the daemon exited at start: ${daemon.stderr().slice(-5).join(' | ')}`)
     })
@@ -278,8 +289,13 @@ const sign = (x: number): string => `${x >= 0 ? '+' : ''}${x.toFixed(3)}`
 export async function run(): Promise<BenchRow[]> {
   const idleMB = await idleNodeRssMB()
   const rows: BenchRow[] = []
-  rows.push(...(await measure({ name: 'without Node-RED', nodeRed: false, goalMB: RSS_GOAL_MB }, idleMB)))
-  if (!process.argv.includes('--no-node-red')) rows.push(...(await measure({ name: 'with Node-RED', nodeRed: true, goalMB: RSS_GOAL_NODE_RED_MB }, idleMB)))
+  // OUTPOST_BENCH_DAEMON_NODE_ARGS: measure other node/V8 flags (space-separated) instead of the bin's, before adopting them.
+  const env = process.env.OUTPOST_BENCH_DAEMON_NODE_ARGS
+  const flags = env !== undefined ? env.split(' ').filter(Boolean) : binNodeFlags()
+  // Before and after: plain `node` (what a unit without the flags gets), then the bin's flags.
+  if (!process.argv.includes('--flags-only')) rows.push(...(await measure({ name: "node's defaults", nodeRed: false, goalMB: RSS_GOAL_MB, nodeArgs: [] }, idleMB)))
+  if (flags.length > 0) rows.push(...(await measure({ name: flags.join(' '), nodeRed: false, goalMB: RSS_GOAL_MB, nodeArgs: flags }, idleMB)))
+  if (!process.argv.includes('--no-node-red')) rows.push(...(await measure({ name: 'with Node-RED', nodeRed: true, goalMB: RSS_GOAL_NODE_RED_MB, nodeArgs: flags }, idleMB)))
   return rows
 }
 

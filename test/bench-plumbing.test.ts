@@ -5,7 +5,10 @@
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { parseCpuS, parseRssMB, sampleFor, sampleProc, slope, floorSlope, summarise, type ProcSample } from '../bench/footprint.js'
+import { binNodeFlags, parseCpuS, parseRssMB, sampleFor, sampleProc, slope, floorSlope, summarise, type ProcSample } from '../bench/footprint.js'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { bounded, notMeasured, percentile, row, table, verdict } from '../bench/lib.js'
 
 t.test('/proc parsing', async (t) => {
@@ -29,7 +32,8 @@ t.test('sampling a real process: its RSS and CPU time', async (t) => {
   const samples = await sampleFor(child.pid!, 600, 200, () => alive)
   t.ok(samples.length >= 3, `${samples.length} samples`)
   t.ok(samples[samples.length - 1]!.cpuS > samples[0]!.cpuS, 'CPU time grows while the child spins')
-  t.ok(samples.every((s) => s.rssMB > 5), 'every sample has an RSS')
+  t.ok(samples.every((s) => s.rssMB > 0), 'every sample has an RSS')
+  t.ok(samples[samples.length - 1]!.rssMB > 10, `a running node has more than 10 MB resident (${samples[samples.length - 1]!.rssMB.toFixed(1)} MB)`)
   await exited
   await t.rejects(sampleFor(child.pid!, 1000, 100, () => alive), /exited while being sampled/)
 })
@@ -65,4 +69,16 @@ t.test('rows, verdicts and the table', async (t) => {
   const text = table([{ ...nm, bench: 'footprint' }, { ...ok, bench: 'footprint' }])
   t.match(text, /not measured: Node-RED not running/)
   t.notMatch(text, /NaN/, 'no NaN printed for a figure not measured')
+})
+
+t.test("the bin's node flags come from its interpreter line", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-test-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const f = join(dir, 'cli.js')
+  writeFileSync(f, '#!/usr/bin/env -S node --max-semi-space-size=2 --optimize-for-size\nconsole.log(1)\n')
+  t.same(binNodeFlags(f), ['--max-semi-space-size=2', '--optimize-for-size'])
+  writeFileSync(f, '#!/usr/bin/env node\n')
+  t.same(binNodeFlags(f), [])
+  writeFileSync(f, 'console.log(1)\n')
+  t.throws(() => binNodeFlags(f), /no node interpreter line/)
 })
