@@ -9,7 +9,7 @@
  */
 import t from 'tap'
 import http from 'node:http'
-import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { readFile } from 'node:fs/promises'
@@ -18,7 +18,7 @@ import { Daemon } from '../daemon/daemon.js'
 import { systemClock } from '../daemon/clock.js'
 import { createLogger } from '../daemon/log.js'
 import { validateConfig } from '../daemon/config.js'
-import { startNodeRed, shippedFlows, type NodeRedHandle } from '../daemon/nodered/index.js'
+import { startNodeRed, shippedFlows, prepareUserDir, nodeRedPaths, type NodeRedHandle } from '../daemon/nodered/index.js'
 import type { CommandResult, JournalRecord, SiteConfig } from '../daemon/types.js'
 import { tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
@@ -323,13 +323,67 @@ t.test('the shipped fault flow POSTs to the webhook when a meter goes silent, an
   t.equal(hooks.posts.filter((p) => p.path === '/e2-faults').length, 1, 'the fault-only filter kept the recovery out')
 })
 
+/** Opens the editor's websocket (a raw HTTP upgrade, as a browser does); resolves with the socket once switched. */
+function openComms(): Promise<import('node:net').Socket> {
+  return new Promise((resolve, reject) => {
+    const r = http.request(`${base}/red/comms`, {
+      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': Buffer.from('outpost-test-key').toString('base64') },
+    })
+    r.on('upgrade', (res, socket) => (res.statusCode === 101 ? resolve(socket) : reject(new Error(`upgrade answered ${res.statusCode}`))))
+    r.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)))
+    r.on('error', reject)
+    r.end()
+  })
+}
+
+t.test('the bridge is not visible to the editor', async (t) => {
+  const settings = await admin('GET', '/settings')
+  t.equal(settings.status, 200)
+  t.notMatch(settings.text, /outpost-credential|billingCsvDir|"outpost"\s*:/, 'neither the bridge nor the global context values are in the editor settings')
+  t.equal((await req('GET', '/red/settings')).status, 401)
+})
+
 t.test('Node-RED stops cleanly and lets go of the server', async (t) => {
-  const before = apiServer.listeners('upgrade').length
-  t.ok(before > 0, 'the editor websocket was attached')
+  const ws = await openComms()
+  const closed = new Promise<void>((r) => ws.once('close', () => r()))
   await handle.stop()
+  await closed
+  t.pass('an open editor websocket is closed by the stop')
   t.equal(apiServer.listeners('upgrade').length, 0, 'no upgrade listener is left')
   t.ok(logLines.some((l) => l.msg === 'node-red stopped'))
   const after = await req('POST', '/red-api/test/command', { body: { action: 'stop', outlet: 'E1', by: 'manager' }, auth: BEARER })
   t.equal(after.status, 404, 'flows are gone: their endpoint no longer answers')
+  const records = daemon.records!.head()
+  t.equal(daemon.listenerCount('record') + daemon.listenerCount('status') + daemon.listenerCount('result'), 0, 'the bridge let go of the daemon')
+  t.equal(daemon.records!.head(), records)
+})
+
+t.test('Node-RED starts once per process', async (t) => {
+  await t.rejects(startNodeRed({ daemon, config, server: apiServer, logger: createLogger('fatal') }), { code: 'NODE_RED_ONCE', message: /restart the daemon/ })
+  t.equal(apiServer.listeners('upgrade').length, 0, 'nothing was attached')
+})
+
+t.test('the next start keeps the flows as deployed and the credential key (edits survive restarts and upgrades)', async (t) => {
+  const flowFile = handle.flowFile!
+  const before = readFileSync(flowFile, 'utf8')
+  t.ok(JSON.parse(before).some((n: { id: string }) => n.id === 'feed000000000003'), 'the flow file holds the deploy')
+  const secret = readFileSync(join(config.storage.dir, 'node-red', '.outpost-credential-secret'), 'utf8')
+  const again = prepareUserDir(config)
+  t.equal(again.seeded, false, 'an existing flow file is not seeded again')
+  t.equal(readFileSync(flowFile, 'utf8'), before, 'nor rewritten')
+  t.equal(again.credentialSecret, secret.trim(), 'the same credential key')
+  t.equal(statSync(join(config.storage.dir, 'node-red', '.outpost-credential-secret')).mode & 0o777, 0o600, 'readable by the daemon only')
+  t.equal(statSync(join(config.storage.dir, 'node-red')).mode & 0o777, 0o700)
+
+  const own = { ...config, nodeRed: { ...config.nodeRed!, flowFile: 'site-flows.json' } }
+  t.equal(nodeRedPaths(own).flowFile, join(config.storage.dir, 'site-flows.json'), 'a relative nodeRed.flowFile is under storage.dir')
+  t.equal(prepareUserDir(own).seeded, true, 'a configured flow file that does not exist yet is seeded')
+  t.same(JSON.parse(readFileSync(nodeRedPaths(own).flowFile, 'utf8')), shippedFlows())
+})
+
+t.test('startNodeRed refuses an open editor off loopback, whatever the config says', async (t) => {
+  const open: SiteConfig = { ...config, api: { listen: '0.0.0.0:8080', token: API_TOKEN }, nodeRed: { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red-api' } }
+  await t.rejects(startNodeRed({ daemon, config: open, server: apiServer, logger: createLogger('fatal') }), { code: 'NODE_RED_NO_AUTH', message: /without nodeRed.adminAuth/ })
+  t.equal(apiServer.listeners('upgrade').length, 0, 'nothing was attached')
 })
 

@@ -93,7 +93,8 @@ export function shippedFlows(): unknown[] {
   })
 }
 
-let running = false
+/** Node-RED is a singleton module; a second init in one process leaves http-in nodes on the first runtime's app. */
+let started = false
 
 export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle> {
   const { daemon, config, server, logger } = opts
@@ -103,8 +104,10 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   if (!nr.adminAuth && !isLoopbackListen(listen)) {
     throw new OutpostError('NODE_RED_NO_AUTH', `refusing to serve the Node-RED editor on ${listen} without nodeRed.adminAuth (only loopback may go without a password)`)
   }
-  if (running) throw new OutpostError('NODE_RED_RUNNING', 'embedded Node-RED is already running in this process (it is one per process)')
-  running = true
+  if (started) {
+    throw new OutpostError('NODE_RED_ONCE', 'embedded Node-RED starts once per process (its HTTP nodes keep the first runtime\'s routes): restart the daemon to restart Node-RED')
+  }
+  started = true
   const t0 = performance.now()
   const log = logger.child({ component: 'node-red' })
   const adminRoot = trimSlash(nr.httpAdminRoot) || '/'
@@ -120,13 +123,12 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
     socket.once('close', () => sockets.delete(socket))
   }
   try {
-    mkdirSync(paths.userDir, { recursive: true, mode: 0o700 })
-    const seeded = seedFlowFile(paths.flowFile)
+    const { seeded, credentialSecret } = prepareUserDir(config)
     const RED = (await import('node-red')).default
     bridge = new DaemonBridge(daemon, log)
     await bridge.load()
     server.on('upgrade', trackComms)
-    RED.init(server, settings({ config, paths, adminRoot, nodeRoot, bridge, log }))
+    RED.init(server, settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialSecret }))
     await RED.start()
     const startMs = Math.round(performance.now() - t0)
     log.info({ adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, version: RED.version, startMs, auth: Boolean(nr.adminAuth) }, 'node-red started')
@@ -153,14 +155,12 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
           // Node-RED leaves its upgrade listener on the server and open editor websockets behind.
           for (const l of server.listeners('upgrade')) if (!upgradeBefore.has(l)) server.off('upgrade', l as () => void)
           for (const s of sockets) s.destroy()
-          running = false
           log.info('node-red stopped')
         })()),
     }
   } catch (err) {
     bridge?.close()
     server.off('upgrade', trackComms)
-    running = false
     const e = err as Error
     throw new OutpostError('NODE_RED_START', `embedded Node-RED did not start: ${e.message}`)
   }
@@ -175,16 +175,17 @@ interface SettingsInput {
   nodeRoot: string
   bridge: OutpostBridge
   log: Logger
+  credentialSecret: string
 }
 
-function settings({ config, paths, adminRoot, nodeRoot, bridge, log }: SettingsInput): Record<string, unknown> {
+function settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialSecret }: SettingsInput): Record<string, unknown> {
   const auth = config.nodeRed?.adminAuth
   return {
     userDir: paths.userDir,
     flowFile: paths.flowFile,
     flowFilePretty: true,
     // Credentials (flows_cred.json) are encrypted with a key of our own, kept beside them (see docs/nodered.md).
-    credentialSecret: credentialSecret(paths.userDir),
+    credentialSecret,
     httpAdminRoot: adminRoot,
     httpNodeRoot: nodeRoot,
     ...(auth
@@ -274,6 +275,17 @@ function releaseSessionTimer(): void {
 const nodeRedRequire = createRequire(createRequire(import.meta.url).resolve('node-red'))
 
 // ---------------------------------------------------------------- files
+
+/**
+ * Creates the user directory (0700) and, on first start, the flow file (from the shipped flows)
+ * and the credential key (0600). What exists is never touched: the installer's flows, as deployed
+ * from the editor, survive restarts and upgrades.
+ */
+export function prepareUserDir(config: SiteConfig): { seeded: boolean; credentialSecret: string } {
+  const paths = nodeRedPaths(config)
+  mkdirSync(paths.userDir, { recursive: true, mode: 0o700 })
+  return { seeded: seedFlowFile(paths.flowFile), credentialSecret: credentialSecret(paths.userDir) }
+}
 
 /** Writes the shipped flows to a flow file that does not exist yet; an existing one is never touched. */
 function seedFlowFile(flowFile: string): boolean {
