@@ -5,7 +5,7 @@
  */
 'use strict'
 
-const { bridgeOf, RECORD_TYPES } = require('./lib/bridge.js')
+const { bridgeOf, watchStatuses, RECORD_TYPES } = require('./lib/bridge.js')
 
 module.exports = function (RED) {
   function OutpostEventsNode(config) {
@@ -22,8 +22,6 @@ module.exports = function (RED) {
       return
     }
     const wanted = (id) => !outlet || id === outlet
-    // The state each outlet was last seen in, so "changes" means a change of state, not of power.
-    const last = new Map(bridge.outlets().map((s) => [s.outlet, s.state]))
     let sent = 0
     const emit = (msg) => {
       sent++
@@ -40,12 +38,10 @@ module.exports = function (RED) {
     )
     if (statuses !== 'none') {
       offs.push(
-        bridge.on('status', (s) => {
-          const previous = last.get(s.outlet)
-          last.set(s.outlet, s.state)
-          if (!wanted(s.outlet)) return
-          if (statuses === 'changes' && previous === s.state) return
-          emit({ topic: 'outlet.status', payload: s, outlet: s.outlet, previous: previous ?? null })
+        // "changes" means a change of state, not of power or energy.
+        watchStatuses(bridge, (s, previous, changed) => {
+          if (!wanted(s.outlet) || (statuses === 'changes' && !changed)) return
+          emit({ topic: 'outlet.status', payload: s, outlet: s.outlet, previous })
         }),
       )
     }

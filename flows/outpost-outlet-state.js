@@ -5,7 +5,7 @@
  */
 'use strict'
 
-const { bridgeOf } = require('./lib/bridge.js')
+const { bridgeOf, watchStatuses } = require('./lib/bridge.js')
 
 module.exports = function (RED) {
   function OutpostOutletStateNode(config) {
@@ -51,12 +51,9 @@ module.exports = function (RED) {
         node.error(`unknown outlet "${configured}" (outlets: ${bridge.outletIds().join(', ')})`)
         return
       }
-      const last = new Map(bridge.outlets().map((s) => [s.outlet, s.state]))
-      const off = bridge.on('status', (s) => {
-        const previous = last.get(s.outlet)
-        last.set(s.outlet, s.state)
-        if (previous === s.state || (configured && s.outlet !== configured)) return
-        const msg = { changed: s.outlet, previous: previous ?? null }
+      const off = watchStatuses(bridge, (s, previous, changed) => {
+        if (!changed || (configured && s.outlet !== configured)) return
+        const msg = { changed: s.outlet, previous }
         fill(msg, configured)
         show(msg)
         node.send(msg)

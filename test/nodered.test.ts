@@ -168,6 +168,10 @@ t.test('Node-RED starts with the shipped flows and the outpost nodes, behind the
   const complaints = logLines.filter((l) => l.component === 'node-red' && (l.level === 'error' || l.level === 'warn'))
   t.same(complaints, [], 'no warning or error while loading')
 
+  const examples = await admin('GET', '/library/examples/flows/outpost-node-red')
+  t.equal(examples.status, 200)
+  t.same(examples.json, [{ fn: 'daily-billing-csv' }, { fn: 'fault-webhook' }], 'the shipped flows are in the editor under Import > Examples')
+
   const editor = await req('GET', '/red')
   t.equal(editor.status, 200, 'the editor page itself loads (it asks for the login)')
   t.match(editor.text, /<title>Outpost e2e · Node-RED<\/title>/)

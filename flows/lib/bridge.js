@@ -30,4 +30,17 @@ function bridgeOf(RED, node) {
   return bridge
 }
 
-module.exports = { bridgeOf, RECORD_TYPES }
+/**
+ * Every outlet status update, with the state the outlet was in before (null: first seen since
+ * the node started) and whether the state changed (a new state, not just new power or energy).
+ */
+function watchStatuses(bridge, fn) {
+  const last = new Map(bridge.outlets().map((s) => [s.outlet, s.state]))
+  return bridge.on('status', (s) => {
+    const previous = last.has(s.outlet) ? last.get(s.outlet) : null
+    last.set(s.outlet, s.state)
+    fn(s, previous, previous !== s.state)
+  })
+}
+
+module.exports = { bridgeOf, watchStatuses, RECORD_TYPES }
