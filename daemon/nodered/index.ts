@@ -104,6 +104,7 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   if (!nr.adminAuth && !isLoopbackListen(listen)) {
     throw new OutpostError('NODE_RED_NO_AUTH', `refusing to serve the Node-RED editor on ${listen} without nodeRed.adminAuth (only loopback may go without a password)`)
   }
+  if (!daemon.records) throw new OutpostError('NODE_RED_EARLY', 'start the daemon before Node-RED (its nodes need the command gateway and the journal)')
   if (started) {
     throw new OutpostError('NODE_RED_ONCE', 'embedded Node-RED starts once per process (its HTTP nodes keep the first runtime\'s routes): restart the daemon to restart Node-RED')
   }
@@ -114,7 +115,11 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   const nodeRoot = trimSlash(nr.httpNodeRoot ?? '/red-api') || '/'
   const paths = nodeRedPaths(config)
   let bridge: DaemonBridge | undefined
+  let red: { stop(): Promise<void> } | undefined
   const upgradeBefore = new Set(server.listeners('upgrade'))
+  const detach = (): void => {
+    for (const l of server.listeners('upgrade')) if (!upgradeBefore.has(l)) server.off('upgrade', l as () => void)
+  }
   const sockets = new Set<Socket>()
   const commsPath = `${adminRoot === '/' ? '' : adminRoot}/comms`
   const trackComms = (req: IncomingMessage, socket: Socket): void => {
@@ -128,6 +133,7 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
     bridge = new DaemonBridge(daemon, log)
     await bridge.load()
     server.on('upgrade', trackComms)
+    red = RED
     RED.init(server, settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialSecret }))
     await RED.start()
     const startMs = Math.round(performance.now() - t0)
@@ -153,14 +159,17 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
           }
           releaseSessionTimer()
           // Node-RED leaves its upgrade listener on the server and open editor websockets behind.
-          for (const l of server.listeners('upgrade')) if (!upgradeBefore.has(l)) server.off('upgrade', l as () => void)
+          detach()
           for (const s of sockets) s.destroy()
           log.info('node-red stopped')
         })()),
     }
   } catch (err) {
     bridge?.close()
-    server.off('upgrade', trackComms)
+    // A runtime that got halfway stops again; whatever it attached to the server goes.
+    await red?.stop().catch(() => undefined)
+    releaseSessionTimer()
+    detach()
     const e = err as Error
     throw new OutpostError('NODE_RED_START', `embedded Node-RED did not start: ${e.message}`)
   }
