@@ -13,6 +13,7 @@ import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { readFile } from 'node:fs/promises'
+import { chromium } from 'playwright-core'
 import { startSim, type Sim } from '../drivers/index.js'
 import { Daemon } from '../daemon/daemon.js'
 import { systemClock } from '../daemon/clock.js'
@@ -22,6 +23,7 @@ import { startNodeRed, shippedFlows, prepareUserDir, nodeRedPaths, type NodeRedH
 import type { CommandResult, JournalRecord, SiteConfig } from '../daemon/types.js'
 import { tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
+const CHROMIUM = '/usr/bin/chromium'
 const USER = 'installer'
 const PASSWORD = 'outpost-node-red-test'
 // bcrypt of PASSWORD, made with the bcryptjs Node-RED ships: require('bcryptjs').hashSync(PASSWORD, 8)
@@ -202,6 +204,13 @@ t.test('a test flow deploys through the admin API', async (t) => {
     { id: 'feed00000000000e', type: 'outpost-events', z, types: ['outlet.fault'], outlet: 'E2', statuses: 'none', x: 100, y: 500, wires: [['feed00000000000f']] },
     fn('feed00000000000f', 'feed000000000010'),
     post('feed000000000010', '/e2-faults'),
+    // GET /test/state/:outlet: msg.outlet from the path; an unknown outlet is the node's error, caught into a 404.
+    { id: 'feed000000000011', type: 'http in', z, url: '/test/state/:outlet', method: 'get', x: 100, y: 600, wires: [['feed000000000012']] },
+    { id: 'feed000000000012', type: 'function', z, func: 'msg.outlet = msg.req.params.outlet\nreturn msg', outputs: 1, libs: [], x: 300, y: 600, wires: [['feed000000000013']] },
+    { id: 'feed000000000013', type: 'outpost-outlet-state', z, outlet: '', onChange: false, x: 500, y: 600, wires: [['feed000000000014']] },
+    { id: 'feed000000000014', type: 'http response', z, x: 700, y: 600, wires: [] },
+    { id: 'feed000000000015', type: 'catch', z, scope: ['feed000000000013'], uncaught: false, x: 300, y: 660, wires: [['feed000000000016']] },
+    { id: 'feed000000000016', type: 'function', z, func: 'msg.statusCode = 404\nmsg.payload = { error: msg.error.message }\nreturn msg', outputs: 1, libs: [], x: 500, y: 660, wires: [['feed000000000014']] },
   ]
   const added = await admin('POST', '/flow', { id: z, label: 'test', nodes })
   t.equal(added.status, 200, added.text)
@@ -252,6 +261,12 @@ t.test('the command node goes through the gateway: the same validation, journal 
   t.equal(states.status, 200)
   t.same((states.json as { outlet: string }[]).map((s) => s.outlet), ['E1', 'E2'], 'the outlet-state node reports every outlet')
   t.match((states.json as { outlet: string; state: string }[])[0], { outlet: 'E1', state: 'charging', userId: 'u-nr' })
+
+  const one = await req('GET', '/red-api/test/state/E1', { auth: BEARER })
+  t.match(one.json, { outlet: 'E1', state: 'charging' }, 'msg.outlet picks one outlet')
+  const unknown = await req('GET', '/red-api/test/state/Z9', { auth: BEARER })
+  t.equal(unknown.status, 404, 'an unknown outlet is an error of the node (a Catch node sees it)')
+  t.same(unknown.json, { error: 'unknown outlet "Z9" (outlets: E1, E2)' })
 
   const stop = await command({ id: 'nr-stop-1', action: 'stop', outlet: 'E1', by: 'manager' })
   t.equal(stop.ok, true, JSON.stringify(stop))
@@ -325,6 +340,45 @@ t.test('the shipped fault flow POSTs to the webhook when a meter goes silent, an
   t.match(recovered.body, { site: 'e2e', event: 'outlet.recovered', outlet: 'E2' })
   t.equal(hooks.posts.filter((p) => p.path === '/hook').length, 2, 'one POST each')
   t.equal(hooks.posts.filter((p) => p.path === '/e2-faults').length, 1, 'the fault-only filter kept the recovery out')
+})
+
+t.test('the editor in a browser: login, the outpost palette, the nodes\' edit dialogs and help', async (t) => {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+  t.teardown(() => browser.close())
+  const page = await browser.newPage()
+  const errors: string[] = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  const elsewhere: string[] = []
+  page.on('request', (r) => void (r.url().startsWith(base) || r.url().startsWith('data:') || elsewhere.push(r.url())))
+  await page.goto(`${base}/red/`)
+  await page.fill('#node-dialog-login-username', USER)
+  await page.fill('#node-dialog-login-password', PASSWORD)
+  await page.click('#node-dialog-login-submit')
+  for (const type of ['outpost-events', 'outpost-command', 'outpost-outlet-state']) {
+    await page.waitForSelector(`.red-ui-palette-node[data-palette-type="${type}"]`, { state: 'attached', timeout: 60_000 })
+  }
+  t.pass('the three nodes are in the palette')
+  const seen = await page.evaluate(() => {
+    const RED = (globalThis as any).RED
+    const help = (type: string) => String(RED.nodes.getNodeHelp(type) ?? '')
+    const events = RED.nodes.node('0a7f1a0000000002')
+    const label = RED.nodes.getType('outpost-events').label.call(events)
+    const category = RED.nodes.getType('outpost-command').category
+    return { label, category, help: ['outpost-events', 'outpost-command', 'outpost-outlet-state'].map(help) }
+  })
+  t.equal(seen.category, 'outpost')
+  t.equal(seen.label, 'fault / recovered', 'the shipped flow\'s events node shows its name')
+  t.match(seen.help[0], /<h3>Outputs<\/h3>/, 'events help has its sections')
+  t.match(seen.help[1], /invalid-command/, 'command help names the error code')
+  t.match(seen.help[2], /<h3>Inputs<\/h3>/)
+  // The events node's edit dialog: one checkbox per record type, the configured ones ticked.
+  await page.evaluate(() => (globalThis as any).RED.editor.edit((globalThis as any).RED.nodes.node('0a7f1a0000000002')))
+  await page.waitForSelector('#node-input-types-box input[type=checkbox]', { timeout: 30_000 })
+  const boxes = await page.$$eval('#node-input-types-box input[type=checkbox]', (els) => els.map((e) => [(e as any).dataset.type, (e as any).checked]))
+  t.same(boxes, [['session.started', false], ['session.ended', false], ['outlet.fault', true], ['outlet.recovered', true], ['meter.reconciliation', false], ['gateway.started', false]])
+  t.same(errors, [], 'no script error in the editor')
+  t.same(elsewhere, [], 'the editor asked nothing of any other host')
+  await browser.close()
 })
 
 /** Opens the editor's websocket (a raw HTTP upgrade, as a browser does); resolves with the socket once switched. */
