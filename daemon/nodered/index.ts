@@ -167,7 +167,8 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   } catch (err) {
     bridge?.close()
     // A runtime that got halfway stops again; whatever it attached to the server goes.
-    await red?.stop().catch(() => undefined)
+    if (red) await red.stop().catch(() => undefined)
+    else started = false // Node-RED was never initialised: a later start may try again
     releaseSessionTimer()
     detach()
     const e = err as Error
