@@ -213,7 +213,7 @@ t.test('routes, auth and commands against a real site', async (t) => {
     const ended = (await allRecords(site)).filter((r): r is Ended => r.type === 'session.ended')
     t.equal(ended.length, 1)
     t.match(ended[0], { outlet: 'A1', reason: 'user-stopped', sessionId: first.body.result.sessionId })
-    t.ok(ended[0]!.total > 50, 'billed: the fee and some energy and time '))
+    t.ok(ended[0]!.total > 50, 'billed: the fee and some energy and time')
     const none = await site.post('/api/outlets/A1/stop', { by: 'manager' })
     t.equal(none.status, 409)
     t.equal(none.body.error.code, 'no-session')

@@ -112,7 +112,7 @@
       body.append(el('tr', { 'data-seq': String(r.seq) },
         el('td', {}, time(r.endedAt)), el('td', {}, r.outlet), el('td', {}, r.userId), el('td', {}, r.reason),
         el('td', { class: 'n' }, kwh(r.energyWh)), el('td', { class: 'n' }, dur(r.durationS)),
-        el('td', { class: 'n' }, money(r.total, r.currency, digitsOf(r.currency)) + (r.offline ? ' ⚑' : ''))))
+        el('td', { class: 'n' }, money(r.total, r.currency, digitsOf(r.currency)), r.offline ? el('span', { class: 'unit', title: 'part of this session ran while the uplink was down' }, ' offline') : null)))
     }
   }
 
@@ -142,7 +142,7 @@
       const t = el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'Unit'), el('th', { class: 'n' }, 'OK'), el('th', { class: 'n' }, 'Failed'), el('th', {}, 'Last error'))))
       const tb = el('tbody')
       for (const d of b.devices) {
-        const last = d.lastError ? `${d.lastError.code} ${ago(new Date(d.lastError.ts).toISOString())}` : '—'
+        const last = d.lastError ? `${d.lastError.code} ${ago(new Date(d.lastError.ts).toISOString())}` : ''
         tb.append(el('tr', {}, el('td', {}, String(d.unit) + (d.backedOffUntil ? ' (backed off)' : '')), el('td', { class: 'n' }, String(d.transactions - d.failures)), el('td', { class: 'n' + (d.consecutiveFailures > 0 ? ' bad' : '') }, String(d.failures)), el('td', { class: 'err' }, last)))
       }
       t.append(tb)
@@ -176,16 +176,17 @@
     const val = (p) => (quantity === 'power' ? p.w / 1000 : p.a)
     let max = quantity === 'power' ? 1 : 6
     for (const id of ids) for (const p of series.get(id) || []) max = Math.max(max, val(p))
-    max = niceCeil(max)
+    const scale = niceScale(max)
+    max = scale.max
     const L = 40, R = 8, T = 10, B = 22
     g.font = '11px system-ui, sans-serif'
     g.fillStyle = '#5b6472'
     g.strokeStyle = '#dde1e7'
     g.lineWidth = 1
-    for (let i = 0; i <= 4; i++) {
-      const y = T + ((h - T - B) * i) / 4
+    for (let i = 0; i <= scale.steps; i++) {
+      const y = T + ((h - T - B) * i) / scale.steps
       g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke()
-      g.fillText((max * (1 - i / 4)).toFixed(max < 5 ? 1 : 0), 4, y + 4)
+      g.fillText(String(+(max * (1 - i / scale.steps)).toFixed(2)), 4, y + 4)
     }
     for (let m = 0; m <= 5; m++) {
       const x = L + ((w - L - R) * (5 - m)) / 5
@@ -211,10 +212,11 @@
     })
   }
 
-  function niceCeil(v) {
+  /** A round top for the axis and a number of grid steps that gives round labels. */
+  function niceScale(v) {
     const p = Math.pow(10, Math.floor(Math.log10(v)))
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p
-    return 10 * p
+    for (const [m, steps] of [[1, 4], [2, 4], [2.5, 5], [4, 4], [5, 5], [8, 4], [10, 5]]) if (v <= m * p) return { max: m * p, steps }
+    return { max: 10 * p, steps: 5 }
   }
 
   // ---------------------------------------------------------------- the stream
@@ -223,6 +225,7 @@
     const c = $('conn')
     c.className = 'conn ' + kind
     c.textContent = text
+    c.title = kind === 'down' ? 'the daemon does not answer; trying again every few seconds (the values shown are the last known)' : ''
     document.body.dataset.conn = kind
   }
 
@@ -257,10 +260,10 @@
         sessions = [r, ...sessions].slice(0, 10)
         renderSessions()
       }
-      if (snap) renderHeader()
+      if (snap) { renderHeader(); renderUplink() }
     })
     es.addEventListener('error', () => {
-      setConn('down', 'disconnected — reconnecting')
+      setConn('down', 'disconnected')
       // EventSource retries by itself unless the server refused it (closed): then we do.
       if (es.readyState === EventSource.CLOSED) {
         // Refused: if it is the sign-in (the token was changed), show the form again.
@@ -272,7 +275,7 @@
   // A stream that stays silent (a half-open connection) is as good as gone.
   setInterval(() => {
     if (lastMessage && Date.now() - lastMessage > 10000) {
-      setConn('down', 'disconnected — reconnecting')
+      setConn('down', 'disconnected')
       lastMessage = 0
       connect()
     }

@@ -9,7 +9,8 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Daemon } from '../daemon.js'
-import type { JournalRecord, OutletState } from '../types.js'
+import type { JournalRecord, OutletState, OutletStatus } from '../types.js'
+import { liveStatuses, oldestUnackedTs } from './views.js'
 
 const STATES: OutletState[] = ['off', 'armed', 'pending', 'charging', 'unavailable', 'fault']
 
@@ -19,7 +20,7 @@ export class Metrics {
 
   constructor(private readonly daemon: Daemon, private readonly now: () => number) {
     const registers = [this.registry]
-    const outlets = (): ReturnType<Daemon['outletStatuses']> => daemon.outletStatuses()
+    const outlets = (): OutletStatus[] => liveStatuses(daemon, now())
     const buses = () => daemon.buses?.health() ?? []
 
     new Gauge({
@@ -140,13 +141,4 @@ export class Metrics {
 export async function oldestUnackedAgeS(daemon: Daemon, now: () => number): Promise<number> {
   const ts = await oldestUnackedTs(daemon)
   return ts === null ? 0 : Math.max(0, (now() - Date.parse(ts)) / 1000)
-}
-
-export async function oldestUnackedTs(daemon: Daemon): Promise<string | null> {
-  const journal = daemon.records
-  if (!journal) return null
-  const from = Math.max(journal.acked() + 1, journal.oldest())
-  if (from > journal.head()) return null
-  const [r] = await journal.read(from, 1)
-  return r?.ts ?? null
 }

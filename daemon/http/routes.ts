@@ -19,7 +19,8 @@ import { outletPlan, outletPrices } from '../engine/index.js'
 import { currencyMinorDigits, parseJson } from '../config.js'
 import { HttpError, allow, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
-import { Metrics, oldestUnackedTs } from './metrics.js'
+import { Metrics } from './metrics.js'
+import { liveStatuses, oldestUnackedTs } from './views.js'
 
 /** A start/stop body is a few fields; anything bigger is a mistake. */
 export const MAX_BODY_BYTES = 4096
@@ -140,7 +141,7 @@ export class ApiRoutes {
   // ---------------------------------------------------------------- views
 
   private outlets(): OutletStatus[] {
-    return this.daemon.outletStatuses()
+    return liveStatuses(this.daemon, this.opts.now())
   }
 
   private outletId(raw: string): string {
@@ -190,7 +191,7 @@ export class ApiRoutes {
     const d = this.daemon
     const journal = d.records!
     const state = d.engineState
-    const statuses = new Map(d.outletStatuses().map((s) => [s.outlet, s]))
+    const statuses = new Map(this.outlets().map((s) => [s.outlet, s]))
     const outlets = d.config.outlets.map((o) => {
       const planId = state.outlets[o.id]?.planId ?? o.plan
       const currency = outletPlan(state, o.id)?.currency ?? null
