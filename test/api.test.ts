@@ -10,7 +10,8 @@ import { createServer, type Server } from 'node:net'
 import { startApiSite, parseMetrics, TOKEN, type ApiSite } from './helpers/api-kit.js'
 import { waitFor } from './helpers/e2e-kit.js'
 import { RecentSessions } from '../daemon/http/index.js'
-import type { JournalRecord } from '../daemon/types.js'
+import type { JournalRecord, RecordBody } from '../daemon/types.js'
+import { openTestLog, type DiskLog } from './helpers/test-log.js'
 import type { NodeRedHandle } from '../daemon/nodered/index.js'
 
 type Ended = Extract<JournalRecord, { type: 'session.ended' }>
@@ -412,4 +413,21 @@ t.test('Node-RED: mounted at its roots, a failure to start leaves charging alone
     await site.stop()
     t.same(order, ['node-red', 'daemon'], 'Node-RED, then the API, then the daemon')
   })
+})
+
+t.test('Journal.readBackward: newest first, bounded, stops at the oldest held', async (t) => {
+  const log = (await openTestLog(t)) as DiskLog
+  const fault = (i: number): RecordBody => ({ type: 'outlet.fault', ts: new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString(), outlet: 'A1', detail: `f${i}` })
+  await log.append(Array.from({ length: 10 }, (_, i) => fault(i)))
+  const seqs = async (to: number, limit: number) => (await log.journal.readBackward(to, limit)).map((r) => r.seq)
+  t.same(await seqs(10, 3), [10, 9, 8])
+  t.same(await seqs(4, 10), [4, 3, 2, 1])
+  t.same(await seqs(99, 2), [10, 9], 'to past the head starts at the head')
+  t.same(await seqs(0, 5), [])
+  await t.rejects(log.journal.readBackward(5, 0), { code: 'JOURNAL_BAD_RANGE' })
+  await log.ack(6)
+  await log.compact()
+  const oldest = log.oldest()
+  t.ok(oldest > 1, 'acknowledged records were compacted')
+  t.same(await seqs(10, 100), Array.from({ length: 10 - oldest + 1 }, (_, i) => 10 - i), 'stops at the oldest held, no error')
 })
