@@ -334,11 +334,18 @@ t.test('mount(): express-style handlers under a prefix, without the token', asyn
   t.equal((await site.json('/api/health', { auth: false })).status, 200)
 })
 
-t.test('a taken port: one clear error, charging continues, the bind is retried', async (t) => {
+/** A loopback port held by another listener until release(). */
+async function takePort(t: Test): Promise<{ port: number; release: () => Promise<void> }> {
   const blocker: Server = createServer()
   await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r))
-  const port = (blocker.address() as { port: number }).port
-  t.teardown(() => new Promise<void>((r) => blocker.close(() => r())))
+  let open = true
+  const release = (): Promise<void> => (open ? ((open = false), new Promise<void>((r) => blocker.close(() => r()))) : Promise.resolve())
+  t.teardown(release)
+  return { port: (blocker.address() as { port: number }).port, release }
+}
+
+t.test('a taken port: one clear error, charging continues, the bind is retried', async (t) => {
+  const { port, release } = await takePort(t)
   const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { apiRetryMs: 200 } })
   t.equal(site.api.address(), undefined, 'not listening')
   const err = site.logs.filter((l) => l.msg === 'local API cannot listen; charging continues, retrying')
@@ -349,17 +356,14 @@ t.test('a taken port: one clear error, charging continues, the bind is retried',
   const polls = site.sim.served.get(1) ?? 0
   await waitFor(() => (site.sim.served.get(1) ?? 0) > polls + 3, 'more polls while the API is down')
   t.equal(site.logs.filter((l) => l.msg === 'local API cannot listen; charging continues, retrying').length, 1, 'retries do not repeat the error')
-  await new Promise<void>((r) => blocker.close(() => r()))
+  await release()
   await waitFor(() => site.api.address(), 'the API binds once the port is free', 30_000)
   t.equal(site.api.address()!.port, port, 'on the configured port')
   t.equal((await site.json('/api/health', { auth: false })).status, 200)
 })
 
 t.test('the demo option: a taken port is replaced by a free one', async (t) => {
-  const blocker: Server = createServer()
-  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r))
-  const port = (blocker.address() as { port: number }).port
-  t.teardown(() => new Promise<void>((r) => blocker.close(() => r())))
+  const { port, release } = await takePort(t)
   const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { anyPortIfTaken: true } })
   const bound = site.api.address()
   t.ok(bound && bound.port !== port && bound.port > 0, 'listening elsewhere')

@@ -23,41 +23,22 @@ export class Metrics {
     const outlets = (): OutletStatus[] => liveStatuses(daemon, now())
     const buses = () => daemon.buses?.health() ?? []
 
-    new Gauge({
-      name: 'outpost_outlet_current_amperes', help: 'Current drawn at the outlet (last reading).', labelNames: ['outlet'], registers,
-      collect() {
-        this.reset()
-        for (const s of outlets()) this.set({ outlet: s.outlet }, s.currentA)
-      },
-    })
-    new Gauge({
-      name: 'outpost_outlet_power_watts', help: 'Active power at the outlet (last reading).', labelNames: ['outlet'], registers,
-      collect() {
-        this.reset()
-        for (const s of outlets()) this.set({ outlet: s.outlet }, s.powerW)
-      },
-    })
-    new Gauge({
-      name: 'outpost_outlet_state', help: 'The outlet\'s state: 1 for the state it is in, 0 for the others.', labelNames: ['outlet', 'state'], registers,
-      collect() {
-        this.reset()
-        for (const s of outlets()) for (const st of STATES) this.set({ outlet: s.outlet, state: st }, s.state === st ? 1 : 0)
-      },
-    })
-    new Gauge({
-      name: 'outpost_outlet_session_energy_wh', help: 'Energy of the open session so far (0 without one).', labelNames: ['outlet'], registers,
-      collect() {
-        this.reset()
-        for (const s of outlets()) this.set({ outlet: s.outlet }, s.energyWh)
-      },
-    })
-    new Gauge({
-      name: 'outpost_outlet_session_cost_minor', help: 'Cost of the open session so far, minor currency units (0 without one).', labelNames: ['outlet'], registers,
-      collect() {
-        this.reset()
-        for (const s of outlets()) this.set({ outlet: s.outlet }, s.cost)
-      },
-    })
+    type Rows = [Record<string, string>, number][]
+    // A metric whose samples are read from the daemon at scrape time: `rows` gives labels and value.
+    const gauge = (name: string, help: string, labelNames: string[], rows: () => Rows): void => {
+      new Gauge({ name, help, labelNames, registers, collect() { this.reset(); for (const [l, v] of rows()) this.set(l, v) } })
+    }
+    const counter = (name: string, help: string, labelNames: string[], rows: () => Rows): void => {
+      new Counter({ name, help, labelNames, registers, collect() { this.reset(); for (const [l, v] of rows()) this.inc(l, v) } })
+    }
+    const perOutlet = (pick: (s: OutletStatus) => number) => (): Rows => outlets().map((s) => [{ outlet: s.outlet }, pick(s)])
+    gauge('outpost_outlet_current_amperes', 'Current drawn at the outlet (last reading).', ['outlet'], perOutlet((s) => s.currentA))
+    gauge('outpost_outlet_power_watts', 'Active power at the outlet (last reading).', ['outlet'], perOutlet((s) => s.powerW))
+    gauge('outpost_outlet_session_energy_wh', 'Energy of the open session so far (0 without one).', ['outlet'], perOutlet((s) => s.energyWh))
+    gauge('outpost_outlet_session_cost_minor', 'Cost of the open session so far, minor currency units (0 without one).', ['outlet'], perOutlet((s) => s.cost))
+    gauge('outpost_outlet_state', "The outlet's state: 1 for the state it is in, 0 for the others.", ['outlet', 'state'], () =>
+      outlets().flatMap((s) => STATES.map((st): Rows[number] => [{ outlet: s.outlet, state: st }, s.state === st ? 1 : 0])),
+    )
 
     const sessions = new Counter({ name: 'outpost_sessions_ended_total', help: 'Sessions ended (billed) since the process started, by reason.', labelNames: ['outlet', 'reason'], registers })
     const energy = new Counter({ name: 'outpost_energy_billed_wh_total', help: 'Energy billed in ended sessions since the process started.', labelNames: ['outlet'], registers })
@@ -70,38 +51,17 @@ export class Metrics {
     }
     daemon.on('record', this.onRecord)
 
-    const busCounter = (name: string, help: string, pick: (b: ReturnType<typeof buses>[number]) => number): void => {
-      new Counter({
-        name, help, labelNames: ['bus'], registers,
-        collect() {
-          this.reset()
-          for (const b of buses()) this.inc({ bus: b.id }, pick(b))
-        },
-      })
-    }
-    busCounter('outpost_bus_transactions_total', 'Modbus/serial transactions completed on the bus.', (b) => b.transactions)
-    busCounter('outpost_bus_timeouts_total', 'Requests on the bus that got no answer in time.', (b) => b.timeouts)
-    busCounter('outpost_bus_crc_errors_total', 'Frames with a bad CRC.', (b) => b.crcErrors)
-    busCounter('outpost_bus_exceptions_total', 'Modbus exception responses.', (b) => b.exceptions)
-    busCounter('outpost_bus_opens_total', 'Times the bus (port or TCP connection) was opened.', (b) => b.opens)
-    new Gauge({
-      name: 'outpost_bus_open', help: '1 while the bus is open, else 0.', labelNames: ['bus'], registers,
-      collect() {
-        this.reset()
-        for (const b of buses()) this.set({ bus: b.id }, b.state === 'open' ? 1 : 0)
-      },
-    })
-    const deviceCounter = (name: string, help: string, pick: (d: ReturnType<typeof buses>[number]['devices'][number]) => number): void => {
-      new Counter({
-        name, help, labelNames: ['bus', 'unit'], registers,
-        collect() {
-          this.reset()
-          for (const b of buses()) for (const d of b.devices) this.inc({ bus: b.id, unit: String(d.unit) }, pick(d))
-        },
-      })
-    }
-    deviceCounter('outpost_device_transactions_total', 'Transactions with one device (unit) on a bus.', (d) => d.transactions)
-    deviceCounter('outpost_device_failures_total', 'Failed transactions with one device (timeouts, exceptions, bad frames).', (d) => d.failures)
+    type Bus = ReturnType<typeof buses>[number]
+    const perBus = (pick: (b: Bus) => number) => (): Rows => buses().map((b) => [{ bus: b.id }, pick(b)])
+    counter('outpost_bus_transactions_total', 'Modbus/serial transactions completed on the bus.', ['bus'], perBus((b) => b.transactions))
+    counter('outpost_bus_timeouts_total', 'Requests on the bus that got no answer in time.', ['bus'], perBus((b) => b.timeouts))
+    counter('outpost_bus_crc_errors_total', 'Frames with a bad CRC.', ['bus'], perBus((b) => b.crcErrors))
+    counter('outpost_bus_exceptions_total', 'Modbus exception responses.', ['bus'], perBus((b) => b.exceptions))
+    counter('outpost_bus_opens_total', 'Times the bus (port or TCP connection) was opened.', ['bus'], perBus((b) => b.opens))
+    gauge('outpost_bus_open', '1 while the bus is open, else 0.', ['bus'], perBus((b) => (b.state === 'open' ? 1 : 0)))
+    const perDevice = (pick: (d: Bus['devices'][number]) => number) => (): Rows => buses().flatMap((b) => b.devices.map((d): Rows[number] => [{ bus: b.id, unit: String(d.unit) }, pick(d)]))
+    counter('outpost_device_transactions_total', 'Transactions with one device (unit) on a bus.', ['bus', 'unit'], perDevice((d) => d.transactions))
+    counter('outpost_device_failures_total', 'Failed transactions with one device (timeouts, exceptions, bad frames).', ['bus', 'unit'], perDevice((d) => d.failures))
 
     const journal = () => daemon.records?.status()
     new Gauge({ name: 'outpost_journal_head_seq', help: 'Last record seq journaled.', registers, collect() { this.set(journal()?.head ?? 0) } })

@@ -63,21 +63,32 @@ export class ApiRoutes {
   private readonly daemon: Daemon
   private readonly sessions: RecentSessions
   private readonly metrics: Metrics
-  private readonly streams = new Set<ServerResponse>()
+  /** Open live streams and how to send them an event. One daemon subscription serves them all. */
+  private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
   private readonly outletIds: Set<string>
+  private readonly onStatus = (s: OutletStatus): void => this.broadcast('outlet', s)
+  private readonly onRecord = (r: JournalRecord): void => this.broadcast('record', r)
 
   constructor(private readonly opts: RoutesOptions) {
     this.daemon = opts.daemon
     this.sessions = new RecentSessions(opts.daemon)
     this.metrics = new Metrics(opts.daemon, opts.now)
     this.outletIds = new Set(opts.daemon.config.outlets.map((o) => o.id))
+    this.daemon.on('status', this.onStatus)
+    this.daemon.on('record', this.onRecord)
   }
 
   close(): void {
-    for (const s of this.streams) s.end()
+    this.daemon.off('status', this.onStatus)
+    this.daemon.off('record', this.onRecord)
+    for (const s of this.streams.keys()) s.end()
     this.streams.clear()
     this.sessions.close()
     this.metrics.close()
+  }
+
+  private broadcast(event: string, data: unknown): void {
+    for (const send of this.streams.values()) send(event, data)
   }
 
   /** GET /api/health: open to anyone (no token), says little. */
@@ -246,25 +257,19 @@ export class ApiRoutes {
     if (this.streams.size >= MAX_STREAMS) throw new HttpError(503, 'too-many-streams', `at most ${MAX_STREAMS} live streams at once`)
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' })
     res.write('retry: 2000\n\n')
-    this.streams.add(res)
     const send = (event: string, data: unknown): void => {
       if (!res.writableEnded) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
     }
+    this.streams.set(res, send)
     const snap = (): void =>
       void this.snapshot().then(
         (s) => send('snapshot', s),
         (err: unknown) => this.opts.logger.warn({ err: (err as Error).message }, 'status snapshot failed'),
       )
-    const onStatus = (s: OutletStatus): void => send('outlet', s)
-    const onRecord = (r: JournalRecord): void => send('record', r)
-    this.daemon.on('status', onStatus)
-    this.daemon.on('record', onRecord)
     const timer = setInterval(snap, this.opts.snapshotMs)
     snap()
     const done = (): void => {
       clearInterval(timer)
-      this.daemon.off('status', onStatus)
-      this.daemon.off('record', onRecord)
       this.streams.delete(res)
     }
     req.on('close', done)

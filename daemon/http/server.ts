@@ -20,6 +20,7 @@ import type { Socket } from 'node:net'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
 import type { ApiConfig } from '../types.js'
+import { OutpostError } from '../types.js'
 import type { HttpHandler } from '../nodered/index.js'
 import { TokenAuth, signOutCookie } from './auth.js'
 import { HttpError, allow, mediaType, readBody, sendError } from './util.js'
@@ -51,7 +52,7 @@ export const DEFAULT_LISTEN = '127.0.0.1:8080'
 export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})$/.exec(listen)
   const port = m ? Number(m[3]) : NaN
-  if (!m || port > 65535) throw new HttpError(500, 'invalid-listen', `api.listen must be host:port, got ${JSON.stringify(listen)}`)
+  if (!m || port > 65535) throw new OutpostError('API_BAD_LISTEN', `api.listen must be host:port, got ${JSON.stringify(listen)}`)
   return { host: m[1] ?? m[2]!, port }
 }
 
@@ -95,9 +96,9 @@ export class LocalApi {
    * come first; among mounts the longest prefix wins; `next()` answers 404.
    */
   mount(prefix: string, handler: HttpHandler): void {
-    if (typeof prefix !== 'string' || !prefix.startsWith('/')) throw new HttpError(500, 'invalid-mount', `mount: the prefix must start with '/', got ${JSON.stringify(prefix)}`)
+    if (typeof prefix !== 'string' || !prefix.startsWith('/')) throw new OutpostError('API_BAD_MOUNT', `mount: the prefix must start with '/', got ${JSON.stringify(prefix)}`)
     const p = prefix === '/' ? '/' : prefix.replace(/\/+$/, '')
-    if (this.mounts.some((m) => m.prefix === p)) throw new HttpError(500, 'invalid-mount', `mount: ${p} is already mounted`)
+    if (this.mounts.some((m) => m.prefix === p)) throw new OutpostError('API_BAD_MOUNT', `mount: ${p} is already mounted`)
     this.mounts.push({ prefix: p, handler })
     this.mounts.sort((a, b) => b.prefix.length - a.prefix.length)
   }
