@@ -94,7 +94,7 @@ export async function main(argv: string[]): Promise<number> {
   const logFile = join(dir, 'outpost.log')
   const logger = createLogger(config.logging.level, createWriteStream(logFile, { flags: 'a' }))
   // The demo's API takes any free port when api.listen's is taken (it says which).
-  const service = new Service({ config, clock: systemClock, logger, version, anyPortIfTaken: true })
+  const service = new Service({ config, clock: systemClock, logger, version, api: { anyPortIfTaken: true } })
   const daemon = service.daemon
   const out = (s: string): void => void process.stdout.write(s + '\n')
 

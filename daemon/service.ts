@@ -12,7 +12,7 @@ import type { SiteConfig } from './types.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { Daemon } from './daemon.js'
-import { LocalApi } from './http/index.js'
+import { LocalApi, type LocalApiOptions } from './http/index.js'
 import { startNodeRed as realStartNodeRed, type NodeRedHandle, type NodeRedOptions } from './nodered/index.js'
 
 export interface ServiceOptions {
@@ -21,10 +21,8 @@ export interface ServiceOptions {
   logger: Logger
   version: string
   stopTimeoutMs?: number
-  /** The demo: when api.listen's port is taken, take any free port instead of retrying. */
-  anyPortIfTaken?: boolean
-  /** A taken API port is retried this often (default 10 s). */
-  apiRetryMs?: number
+  /** Local API tuning: `anyPortIfTaken` (the demo), `retryMs`, `snapshotMs`, `chartSampleMs` (tests). */
+  api?: Partial<Pick<LocalApiOptions, 'anyPortIfTaken' | 'retryMs' | 'snapshotMs' | 'chartSampleMs'>>
   /** Node-RED's starter (tests give their own; the default is daemon/nodered). */
   startNodeRed?: (opts: NodeRedOptions) => Promise<NodeRedHandle>
 }
@@ -47,7 +45,7 @@ export class Service {
       if (config.nodeRed?.enabled) logger.error('nodeRed.enabled needs the local API (api) to serve the editor: Node-RED not started')
       return
     }
-    this.api = new LocalApi({ daemon: this.daemon, config: config.api, logger, now: () => this.opts.clock.now(), anyPortIfTaken: this.opts.anyPortIfTaken, retryMs: this.opts.apiRetryMs })
+    this.api = new LocalApi({ ...this.opts.api, daemon: this.daemon, config: config.api, logger, now: () => this.opts.clock.now() })
     await this.api.start()
     if (config.nodeRed?.enabled) await this.startNodeRed(this.api)
   }

@@ -270,7 +270,7 @@ t.test('routes, auth and commands against a real site', async (t) => {
     for (const q of ['from=0', 'from=abc', 'limit=0', 'limit=1001', 'from=-3']) await refused(t, site, q, site.json(`/api/records?${q}`), 400, 'invalid-request', q.split('=')[0])
   })
 
-  await t.test('the live stream: a snapshot at once, then outlet and record events', async (t) => {
+  await t.test('the live stream: the chart history and a snapshot at once, then outlet and record events', async (t) => {
     const ctl = new AbortController()
     t.teardown(() => ctl.abort())
     const res = await site.req('/api/events', { signal: ctl.signal })
@@ -280,6 +280,12 @@ t.test('routes, auth and commands against a real site', async (t) => {
     let text = ''
     const until = async (re: RegExp): Promise<RegExpExecArray> =>
       waitFor(async () => re.exec(text) ?? (text += new TextDecoder().decode((await reader.read()).value ?? new Uint8Array()), undefined), `stream to show ${re}`, 30_000)
+    const history = await until(/event: history\ndata: (.*)\n\n/)
+    const h = JSON.parse(history[1]!) as { sampleMs: number; points: { ageMs: number; outlets: Record<string, [number, number]> }[] }
+    t.equal(h.sampleMs, 250, 'as the test site asked')
+    t.ok(h.points.length >= 2, 'samples from before the stream opened (the API has run for a while)')
+    t.ok(h.points[0]!.ageMs > h.points.at(-1)!.ageMs, 'oldest first')
+    t.same(Object.keys(h.points.at(-1)!.outlets), ['A1', 'A2'])
     const snap = await until(/event: snapshot\ndata: (.*)\n\n/)
     t.match(JSON.parse(snap[1]!), { site: { id: 'api' }, outlets: [{ id: 'A1' }, { id: 'A2' }] })
     site.sim.plug(1, { needWh: 50_000, maxA: 16 })
@@ -346,7 +352,7 @@ async function takePort(t: Test): Promise<{ port: number; release: () => Promise
 
 t.test('a taken port: one clear error, charging continues, the bind is retried', async (t) => {
   const { port, release } = await takePort(t)
-  const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { apiRetryMs: 200 } })
+  const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { api: { retryMs: 200 } } })
   t.equal(site.api.address(), undefined, 'not listening')
   const err = site.logs.filter((l) => l.msg === 'local API cannot listen; charging continues, retrying')
   t.equal(err.length, 1)
@@ -364,7 +370,7 @@ t.test('a taken port: one clear error, charging continues, the bind is retried',
 
 t.test('the demo option: a taken port is replaced by a free one', async (t) => {
   const { port, release } = await takePort(t)
-  const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { anyPortIfTaken: true } })
+  const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { api: { anyPortIfTaken: true } } })
   const bound = site.api.address()
   t.ok(bound && bound.port !== port && bound.port > 0, 'listening elsewhere')
   t.equal((await site.json('/api/health', { auth: false })).status, 200)

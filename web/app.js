@@ -24,6 +24,7 @@
     const e = document.createElement(tag)
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === 'class') e.className = v
+      else if (k === 'color') e.style.background = v // CSSOM: allowed by the page's CSP, unlike a style attribute
       else e.setAttribute(k, v)
     }
     for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c))
@@ -208,7 +209,7 @@
       })
       g.stroke()
       const last = pts[pts.length - 1]
-      legend.append(el('span', {}, el('i', { style: 'background:' + color }), `${id} ${last ? (quantity === 'power' ? (last.w / 1000).toFixed(2) + ' kW' : last.a.toFixed(1) + ' A') : '—'}`))
+      legend.append(el('span', {}, el('i', { color }), `${id} ${last ? (quantity === 'power' ? (last.w / 1000).toFixed(2) + ' kW' : last.a.toFixed(1) + ' A') : '—'}`))
     })
   }
 
@@ -240,6 +241,20 @@
     if (es) es.close()
     es = new EventSource('/api/events')
     es.addEventListener('open', () => setConn('live', 'live'))
+    es.addEventListener('history', (e) => {
+      // The last minutes before this page (or this connection) opened: the chart starts full.
+      const h = JSON.parse(e.data)
+      const now = Date.now()
+      for (const p of h.points) {
+        for (const [id, [a, w]] of Object.entries(p.outlets)) {
+          let arr = series.get(id)
+          if (!arr) series.set(id, (arr = []))
+          const t = now - p.ageMs
+          if (!arr.some((q) => Math.abs(q.t - t) < h.sampleMs / 2)) arr.push({ t, a, w })
+        }
+      }
+      for (const arr of series.values()) arr.sort((x, y) => x.t - y.t)
+    })
     es.addEventListener('snapshot', (e) => {
       lastMessage = Date.now()
       setConn('live', 'live')

@@ -20,7 +20,7 @@ import { currencyMinorDigits, parseJson } from '../config.js'
 import { HttpError, allow, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
 import { Metrics } from './metrics.js'
-import { liveStatuses, oldestUnackedTs } from './views.js'
+import { PowerHistory, liveStatuses, oldestUnackedTs } from './views.js'
 
 /** A start/stop body is a few fields; anything bigger is a mistake. */
 export const MAX_BODY_BYTES = 4096
@@ -56,6 +56,7 @@ interface RoutesOptions {
   daemon: Daemon
   now: () => number
   snapshotMs: number
+  chartSampleMs: number
   logger: Logger
 }
 
@@ -63,6 +64,7 @@ export class ApiRoutes {
   private readonly daemon: Daemon
   private readonly sessions: RecentSessions
   private readonly metrics: Metrics
+  private readonly history: PowerHistory
   /** Open live streams and how to send them an event. One daemon subscription serves them all. */
   private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
   private readonly outletIds: Set<string>
@@ -73,6 +75,7 @@ export class ApiRoutes {
     this.daemon = opts.daemon
     this.sessions = new RecentSessions(opts.daemon)
     this.metrics = new Metrics(opts.daemon, opts.now)
+    this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
     this.outletIds = new Set(opts.daemon.config.outlets.map((o) => o.id))
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
@@ -85,6 +88,7 @@ export class ApiRoutes {
     this.streams.clear()
     this.sessions.close()
     this.metrics.close()
+    this.history.close()
   }
 
   private broadcast(event: string, data: unknown): void {
@@ -249,8 +253,9 @@ export class ApiRoutes {
   // ---------------------------------------------------------------- live stream
 
   /**
-   * GET /api/events: server-sent events for the status page. `snapshot` (what
-   * /api/status returns) at once and every snapshotMs; `outlet` (an OutletStatus) and
+   * GET /api/events: server-sent events for the status page. `history` (the last few
+   * minutes of current and power, for the chart) once; `snapshot` (what /api/status
+   * returns) at once and every snapshotMs; `outlet` (an OutletStatus) and
    * `record` (a journal record) as they happen. The snapshots double as the heartbeat.
    */
   private async stream(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -261,6 +266,7 @@ export class ApiRoutes {
       if (!res.writableEnded) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
     }
     this.streams.set(res, send)
+    send('history', { sampleMs: this.history.sampleMs, points: this.history.recent() })
     const snap = (): void =>
       void this.snapshot().then(
         (s) => send('snapshot', s),

@@ -39,6 +39,8 @@ export interface LocalApiOptions {
   anyPortIfTaken?: boolean
   /** The live stream sends a full snapshot this often (default 2 s). */
   snapshotMs?: number
+  /** The chart's history (sent to a page when it connects) is sampled this often (default 5 s, 5 minutes kept). */
+  chartSampleMs?: number
 }
 
 interface Mount {
@@ -76,7 +78,7 @@ export class LocalApi {
     const { host, port } = parseListen(opts.config.listen || DEFAULT_LISTEN)
     this.host = host
     this.port = port
-    this.routes = new ApiRoutes({ daemon: opts.daemon, now: opts.now, snapshotMs: opts.snapshotMs ?? 2000, logger: opts.logger })
+    this.routes = new ApiRoutes({ daemon: opts.daemon, now: opts.now, snapshotMs: opts.snapshotMs ?? 2000, chartSampleMs: opts.chartSampleMs ?? 5000, logger: opts.logger })
     this.server = createServer((req, res) => void this.handle(req, res))
     this.server.on('connection', (s) => {
       this.sockets.add(s)

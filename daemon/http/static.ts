@@ -20,6 +20,11 @@ const TYPES: Record<string, string> = {
 
 export const WEB_DIR = packagePath('web')
 
+/** The page loads only its own files, and nobody may frame it (a panel page that can start sessions). */
+const PAGE_CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+/** The sign-in form is one self-contained file (its style inline, no script). */
+const SIGN_IN_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+
 export class StaticFiles {
   private readonly cache = new Map<string, Buffer>()
 
@@ -30,7 +35,8 @@ export class StaticFiles {
     const type = m ? TYPES[m[1]!] : undefined
     if (!type) throw new HttpError(404, 'not-found', `no file ${JSON.stringify(name)} in the status page`)
     const body = this.read(name)
-    res.writeHead(status, { 'content-type': type, 'content-length': body.length, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' })
+    const csp = type === TYPES.html ? { 'content-security-policy': PAGE_CSP } : {}
+    res.writeHead(status, { 'content-type': type, 'content-length': body.length, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer', ...csp })
     res.end(body)
   }
 
@@ -38,7 +44,7 @@ export class StaticFiles {
   signIn(res: ServerResponse, status: number, message: string): void {
     const html = this.read('signin.html').toString('utf8').replace('{{message}}', escapeHtml(message))
     const body = Buffer.from(html)
-    res.writeHead(status, { 'content-type': TYPES.html!, 'content-length': body.length, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer' })
+    res.writeHead(status, { 'content-type': TYPES.html!, 'content-length': body.length, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer', 'content-security-policy': SIGN_IN_CSP })
     res.end(body)
   }
 
