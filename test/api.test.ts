@@ -10,6 +10,7 @@ import { createServer, type Server } from 'node:net'
 import { startApiSite, parseMetrics, TOKEN, type ApiSite } from './helpers/api-kit.js'
 import { waitFor } from './helpers/e2e-kit.js'
 import { RecentSessions } from '../daemon/http/index.js'
+import { AuthThrottle } from '../daemon/http/auth.js'
 import type { JournalRecord, RecordBody } from '../daemon/types.js'
 import { openTestLog, type DiskLog } from './helpers/test-log.js'
 import type { NodeRedHandle } from '../daemon/nodered/index.js'
@@ -298,6 +299,27 @@ t.test('routes, auth and commands against a real site', async (t) => {
     t.equal((await site.post('/api/outlets/A1/stop', { by: 'user' })).status, 200)
     site.sim.unplug(1)
   })
+})
+
+t.test('guessing the token: 429 after ten wrong ones from an address, for a minute', async (t) => {
+  const site = await startApiSite(t, { outlets: 1 })
+  for (let i = 0; i < 10; i++) t.equal((await site.json('/api/outlets', { auth: `guess-${i}-xxxx` })).status, 401, `wrong token ${i + 1}: 401`)
+  const right = await site.json('/api/outlets')
+  t.equal(right.status, 429, 'the eleventh try is refused, even with the right token')
+  t.equal(right.body.error.code, 'too-many-attempts')
+  t.ok(Number(right.res.headers.get('retry-after')) > 0, 'Retry-After says when')
+  const form = await site.req('/login', { auth: false, method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=${TOKEN}` })
+  t.equal(form.status, 429, 'the sign-in form too')
+  t.equal((await site.json('/api/outlets', { auth: false })).status, 401, 'no credentials: still a plain 401')
+  t.equal((await site.json('/api/health', { auth: false })).status, 200, 'health stays open')
+
+  let now = 0
+  const th = new AuthThrottle(() => now, 3, 1000)
+  for (let i = 0; i < 3; i++) th.fail('a')
+  t.ok(th.blockedFor('a') > 0, 'blocked after the limit')
+  t.equal(th.blockedFor('b'), 0, 'other addresses are not')
+  now = 1001
+  t.equal(th.blockedFor('a'), 0, 'free again once the window has passed')
 })
 
 t.test('mount(): express-style handlers under a prefix, without the token', async (t) => {

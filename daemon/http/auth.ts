@@ -73,3 +73,40 @@ function readCookie(req: IncomingMessage, name: string): string | undefined {
   }
   return undefined
 }
+
+/**
+ * Slows down guessing: after `limit` wrong tokens (a wrong Bearer, a forged cookie, a
+ * wrong sign-in) from one address within `windowMs`, that address gets 429 until the
+ * window has passed — even with the right token, so guessing gains nothing. Requests
+ * without credentials do not count; other addresses are not affected.
+ */
+export class AuthThrottle {
+  private readonly failures = new Map<string, number[]>()
+
+  constructor(private readonly now: () => number, readonly limit = 10, readonly windowMs = 60_000) {}
+
+  /** Seconds until `addr` may try again, or 0. */
+  blockedFor(addr: string): number {
+    const recent = this.recent(addr)
+    if (recent.length < this.limit) return 0
+    return Math.max(1, Math.ceil((recent[0]! + this.windowMs - this.now()) / 1000))
+  }
+
+  fail(addr: string): void {
+    const recent = this.recent(addr)
+    recent.push(this.now())
+    this.failures.set(addr, recent.slice(-this.limit))
+    // Forget quiet addresses, so the map stays small.
+    if (this.failures.size > 1000) for (const [a] of this.failures) if (this.recent(a).length === 0) this.failures.delete(a)
+  }
+
+  private recent(addr: string): number[] {
+    const t = this.now() - this.windowMs
+    return (this.failures.get(addr) ?? []).filter((x) => x > t)
+  }
+}
+
+/** Whether the request carries credentials at all (a missing token is not a guess). */
+export function presentsCredentials(req: IncomingMessage): boolean {
+  return req.headers.authorization !== undefined || readCookie(req, SESSION_COOKIE) !== undefined
+}

@@ -22,7 +22,7 @@ import type { Logger } from '../log.js'
 import type { ApiConfig } from '../types.js'
 import { OutpostError } from '../types.js'
 import type { HttpHandler } from '../nodered/index.js'
-import { TokenAuth, signOutCookie } from './auth.js'
+import { AuthThrottle, TokenAuth, presentsCredentials, signOutCookie } from './auth.js'
 import { HttpError, allow, mediaType, readBody, sendError } from './util.js'
 import { ApiRoutes } from './routes.js'
 import { StaticFiles } from './static.js'
@@ -61,6 +61,7 @@ export function parseListen(listen: string): { host: string; port: number } {
 export class LocalApi {
   readonly server: Server
   private readonly auth: TokenAuth
+  private readonly throttle: AuthThrottle
   private readonly routes: ApiRoutes
   private readonly files = new StaticFiles()
   private readonly mounts: Mount[] = []
@@ -75,6 +76,7 @@ export class LocalApi {
   constructor(private readonly opts: LocalApiOptions) {
     this.log = opts.logger
     this.auth = new TokenAuth(opts.config.token)
+    this.throttle = new AuthThrottle(opts.now)
     const { host, port } = parseListen(opts.config.listen || DEFAULT_LISTEN)
     this.host = host
     this.port = port
@@ -212,7 +214,7 @@ export class LocalApi {
       throw notFound(path)
     }
 
-    const how = this.auth.check(req)
+    const how = this.checkAuth(req)
     if (!how) {
       if (path === '/' && (method === 'GET' || method === 'HEAD')) return this.files.signIn(res, 401, '')
       throw new HttpError(401, 'unauthorized', 'this route needs Authorization: Bearer <api.token> (or a browser signed in at /)', { 'www-authenticate': 'Bearer realm="outpost"' })
@@ -230,6 +232,21 @@ export class LocalApi {
     return this.routes.handle(req, res, method, path, url.searchParams)
   }
 
+  /** The token check, with the guessing throttle (429 after too many wrong tokens from one address). */
+  private checkAuth(req: IncomingMessage): 'bearer' | 'cookie' | undefined {
+    if (!presentsCredentials(req)) return undefined
+    const addr = req.socket.remoteAddress ?? ''
+    this.refuseIfThrottled(addr)
+    const how = this.auth.check(req)
+    if (!how) this.throttle.fail(addr)
+    return how
+  }
+
+  private refuseIfThrottled(addr: string): void {
+    const wait = this.throttle.blockedFor(addr)
+    if (wait > 0) throw new HttpError(429, 'too-many-attempts', `too many wrong tokens from ${addr}; try again in ${wait} s`, { 'retry-after': String(wait) })
+  }
+
   private async login(req: IncomingMessage, res: ServerResponse, method: string): Promise<void> {
     if (method === 'GET' || method === 'HEAD') return this.files.signIn(res, 200, '')
     allow(method, ['GET', 'HEAD', 'POST'])
@@ -238,8 +255,11 @@ export class LocalApi {
     const form = new URLSearchParams(await readBody(req, 4096))
     const token = form.get('token')
     if (token === null || token === '') return this.files.signIn(res, 400, 'Enter the token (api.token in the site configuration).')
+    const addr = req.socket.remoteAddress ?? ''
+    this.refuseIfThrottled(addr)
     if (!this.auth.accepts(token)) {
-      this.log.warn({ from: req.socket.remoteAddress }, 'local API: a sign-in with a wrong token')
+      this.throttle.fail(addr)
+      this.log.warn({ from: addr }, 'local API: a sign-in with a wrong token')
       return this.files.signIn(res, 401, 'That token is not right.')
     }
     const secure = (req.socket as TLSSocket).encrypted === true
