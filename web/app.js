@@ -63,7 +63,12 @@
     if (s < 172800) return Math.round(s / 3600) + ' h ago'
     return Math.round(s / 86400) + ' days ago'
   }
-  const time = (iso) => new Date(iso).toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' })
+  /** Today: the time only (narrow phone columns); earlier: the date too. */
+  function time(iso) {
+    const d = new Date(iso)
+    const today = d.toDateString() === new Date().toDateString()
+    return d.toLocaleString(undefined, today ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })
+  }
 
   // ---------------------------------------------------------------- rendering
 
