@@ -1,8 +1,7 @@
 /**
  * Embedded Node-RED, for real: a Daemon in this process (journal on disk, its bus
  * against the in-process Modbus TCP simulator), Node-RED started by startNodeRed on
- * a plain node:http server of the test's own (routing to the handle as the local
- * API does), the shipped flows seeded into the user directory, Outpost's nodes
+ * the real local API (daemon/http), its handles mounted as daemon/service.ts does, the shipped flows seeded into the user directory, Outpost's nodes
  * loaded from flows/. A test flow deployed through the admin API drives the
  * command and outlet-state nodes over http-in endpoints and reports the events
  * node's messages to a collector server here.
@@ -22,6 +21,7 @@ import { validateConfig } from '../daemon/config.js'
 import { startNodeRed, shippedFlows, prepareUserDir, nodeRedPaths, type NodeRedHandle } from '../daemon/nodered/index.js'
 import type { CommandResult, JournalRecord, SiteConfig } from '../daemon/types.js'
 import { tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { LocalApi } from '../daemon/http/server.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const USER = 'installer'
@@ -74,6 +74,10 @@ let handle: NodeRedHandle
 let base: string
 let hooks: { url: string; posts: Posted[] }
 let apiServer: http.Server
+let api: LocalApi
+/** The daemon's listeners before Node-RED started (the local API has its own). */
+let apiListeners = 0
+const daemonListeners = (): number => daemon.listenerCount('record') + daemon.listenerCount('status') + daemon.listenerCount('result')
 let token = ''
 const measured: { startMs?: number; rssMb?: number } = {}
 
@@ -96,21 +100,19 @@ t.before(async () => {
   await daemon.start()
   t.teardown(() => daemon.stop())
 
-  let routed: NodeRedHandle | undefined
-  apiServer = http.createServer((req, res) => {
-    const notFound = () => res.writeHead(404).end('not found')
-    if (!routed) return notFound()
-    const h = routed
-    h.admin(req, res, (err) => (err ? res.writeHead(500).end(String(err)) : h.node ? h.node(req, res, notFound) : notFound()))
-  })
-  await new Promise<void>((r) => apiServer.listen(0, '127.0.0.1', r))
-  t.teardown(() => new Promise<void>((r) => (apiServer.closeAllConnections(), apiServer.close(() => r()))))
-  base = `http://127.0.0.1:${(apiServer.address() as { port: number }).port}`
+  // The real local API on a free port, mounting the handles as daemon/service.ts does.
+  api = new LocalApi({ daemon, config: { ...config.api!, listen: '127.0.0.1:0' }, logger, now: () => Date.now() })
+  await api.start()
+  t.teardown(() => api.stop())
+  apiServer = api.server
+  base = `http://127.0.0.1:${api.address()!.port}`
 
+  apiListeners = daemonListeners()
   global.gc?.()
   const rss0 = process.memoryUsage().rss
   handle = await startNodeRed({ daemon, config, server: apiServer, logger })
-  routed = handle
+  api.mount(handle.adminRoot, handle.admin)
+  api.mount(handle.nodeRoot!, handle.node!, { token: true })
   measured.startMs = handle.startMs
   measured.rssMb = Math.round(((process.memoryUsage().rss - rss0) / 2 ** 20) * 10) / 10
   t.teardown(() => handle.stop())
@@ -412,7 +414,7 @@ t.test('Node-RED stops cleanly and lets go of the server', async (t) => {
   const after = await req('POST', '/red-api/test/command', { body: { action: 'stop', outlet: 'E1', by: 'manager' }, auth: BEARER })
   t.equal(after.status, 404, 'flows are gone: their endpoint no longer answers')
   const records = daemon.records!.head()
-  t.equal(daemon.listenerCount('record') + daemon.listenerCount('status') + daemon.listenerCount('result'), 0, 'the bridge let go of the daemon')
+  t.equal(daemonListeners(), apiListeners, 'the bridge let go of the daemon (the local API keeps its own)')
   t.equal(daemon.records!.head(), records)
 })
 

@@ -13,7 +13,7 @@
  * let Node-RED install anything. Node-RED is one per process (a singleton
  * module): a second start while one runs is refused.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
@@ -31,9 +31,9 @@ import { DaemonBridge, type OutpostBridge } from './bridge.js'
 export type { OutpostBridge } from './bridge.js'
 
 /**
- * An express-style handler: Node-RED's httpAdmin and httpNode apps behind a prefix.
- * Call it with the request as received (req.url still starting with the root);
- * a request outside the root, or one no route under it answers, goes to `next()`.
+ * An express-style handler: Node-RED's httpAdmin and httpNode apps. The local API
+ * mounts them as `app.use(root, app)` would: the handler sees `req.url` without the
+ * root (`req.originalUrl` keeps the full one); a request no route answers goes to `next()`.
  */
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void
 
@@ -41,7 +41,7 @@ export interface NodeRedHandle {
   /** Path prefix of the editor and its admin API (config nodeRed.httpAdminRoot). */
   adminRoot: string
   admin: HttpHandler
-  /** Path prefix of flows' own HTTP endpoints (http-in nodes), or undefined if none. */
+  /** Path prefix of flows' own HTTP endpoints (http-in nodes), or undefined if none: served behind the API token. */
   nodeRoot?: string
   node?: HttpHandler
   /** Node-RED's user directory (flow file, credentials, runtime settings). */
@@ -65,15 +65,6 @@ export interface NodeRedOptions {
 export const SHIPPED_FLOWS_DIR = packagePath('flows', 'examples')
 /** Outpost's Node-RED node package. */
 export const NODES_DIR = packagePath('flows')
-
-/** True when `url` is `root` itself or below it (a path-segment boundary, so /red never matches /red-api). */
-export function underRoot(url: string, root: string): boolean {
-  const r = trimSlash(root)
-  if (r === '') return true
-  if (!url.startsWith(r)) return false
-  const c = url.charAt(r.length)
-  return c === '' || c === '/' || c === '?'
-}
 
 /** Where Node-RED keeps its files for this config. */
 export function nodeRedPaths(config: SiteConfig): { userDir: string; flowFile: string; billingCsvDir: string } {
@@ -142,10 +133,10 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
     const b = bridge
     return {
       adminRoot,
-      admin: mount(adminRoot, RED.httpAdmin),
+      admin: RED.httpAdmin,
       nodeRoot,
-      // Flows' own endpoints (today's billing CSV...) are API routes: the local API's bearer token, always.
-      node: mount(nodeRoot, RED.httpNode, bearer(config.api?.token)),
+      // Flows' own endpoints (today's billing CSV...) are API routes: mounted behind the local API's token.
+      node: RED.httpNode,
       userDir: paths.userDir,
       flowFile: paths.flowFile,
       startMs,
@@ -319,33 +310,3 @@ function trimSlash(p: string): string {
   return p.length > 1 && p.endsWith('/') ? p.replace(/\/+$/, '') : p === '/' ? '' : p
 }
 
-/** A check of `Authorization: Bearer <token>` (constant time); with no token configured, nothing passes. */
-function bearer(token: string | undefined): (req: IncomingMessage) => boolean {
-  const want = Buffer.from(`Bearer ${token ?? ''}`)
-  return (req) => {
-    const got = Buffer.from(req.headers.authorization ?? '')
-    return token !== undefined && token !== '' && got.length === want.length && timingSafeEqual(got, want)
-  }
-}
-
-/** Runs an express app for requests under `root`, with the prefix stripped as app.use(root, app) would. */
-function mount(root: string, app: HttpHandler, authorized?: (req: IncomingMessage) => boolean): HttpHandler {
-  const r = root === '/' ? '' : root
-  return (req, res, next) => {
-    const url = req.url ?? '/'
-    if (!underRoot(url, r)) return next()
-    if (authorized && !authorized(req)) {
-      res.writeHead(401, { 'content-type': 'application/json', 'www-authenticate': 'Bearer' }).end(JSON.stringify({ error: 'unauthorized', message: 'Authorization: Bearer <api.token> is required' }) + '\n')
-      return
-    }
-    const rest = url.slice(r.length)
-    const inner = rest === '' || rest.startsWith('?') ? `/${rest}` : rest
-    const withOriginal = req as IncomingMessage & { originalUrl?: string }
-    withOriginal.originalUrl = url
-    req.url = inner
-    app(req, res, (err?: unknown) => {
-      req.url = url
-      next(err)
-    })
-  }
-}
