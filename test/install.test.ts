@@ -16,6 +16,11 @@ import { packagePath } from '../daemon/paths.js'
 import { version } from '../daemon/cli.js'
 import { ptyPair, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
+// Three real installs (the first one runs npm ci in a fresh clone) take about two minutes on
+// a loaded 2-core machine: more than .taprc's 240 s per file allows when the suite runs two
+// files at a time.
+t.setTimeout(600_000)
+
 const ETC_FILES = {
   'etc/passwd': 'root:x:0:0:root:/root:/bin/bash\n',
   'etc/group': 'root:x:0:\ndialout:x:20:\n',
