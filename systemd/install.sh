@@ -221,6 +221,9 @@ staged_version=$("$NODE" "$stage/dist/daemon/cli.js" --version)
 
 systemd_running=no
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then systemd_running=yes; fi
+# For tests only (test/install.test.ts): take the live path under --root, with stand-ins
+# for systemctl and udevadm on PATH, since it cannot run without systemd as PID 1.
+[ "${OUTPOST_INSTALL_ASSUME_SYSTEMD:-}" != yes ] || systemd_running=yes
 was_active=no
 if [ "$systemd_running" = yes ] && systemctl is-active --quiet "$UNIT"; then
   was_active=yes
@@ -256,25 +259,31 @@ say "installed $UNIT_DIR/$UNIT and $UDEV_DIR/$RULE"
 if [ "$systemd_running" = yes ]; then
   systemctl daemon-reload
   if command -v udevadm >/dev/null; then
-    udevadm control --reload
-    udevadm trigger --action=change --subsystem-match=tty --subsystem-match=usb-serial
+    # Plugged adapters get the new rule (latency timer, symlink) without re-plugging.
+    udevadm control --reload && udevadm trigger --action=change --subsystem-match=tty --subsystem-match=usb-serial ||
+      say "warning: udevadm could not reload the rules; re-plug the RS-485 adapters or reboot"
   fi
 else
   if [ -n "$ROOT" ]; then why="--root"; else why="systemd is not running"; fi
   say "skipped daemon-reload, udevadm reload/trigger and starting the service ($why)"
 fi
 
+started() {
+  systemctl restart "$UNIT" || die "$UNIT did not start: see journalctl -u outpost -n 50 (README: Troubleshooting)"
+}
 if [ "$unedited" = yes ]; then
   say "not enabling $UNIT: $SITE is still the example."
   say "next: edit $SITE (site, buses, outlets, plans, uplink), check it with"
   say "      sudo -u outpost outpost check-config $SITE"
   say "      then run this installer again (or: sudo systemctl enable --now outpost)"
+  # Someone ran the example on purpose: leave the service as it was found.
+  if [ "$was_active" = yes ]; then started; fi
   exit 0
 fi
 if [ "$systemd_running" = yes ]; then
   systemctl enable --quiet "$UNIT"
-  if [ "$was_active" = yes ]; then systemctl start "$UNIT"; else systemctl restart "$UNIT"; fi
-  say "outpost is enabled and running: journalctl -u outpost -f"
+  started
+  say "outpost $version is enabled and running: journalctl -u outpost -f"
 else
   systemctl --root="${ROOT:-/}" enable --quiet "$UNIT"
   say "enabled $UNIT (it starts at the next boot)"

@@ -195,11 +195,40 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   t.same(snapshot(root), before, 'the same tree: paths, modes, owners, contents, links')
   t.same([kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')], keptBefore, 'site.json and /var/lib/outpost untouched (bytes and mtime)')
 
+  // ------------------------------------------------------------ the live path (systemd running), with stand-ins
+  // systemctl and udevadm log their arguments; stop and restart also note what /opt held at that moment.
+  const fakes = tempDir(t, 'outpost-install-fakes-')
+  const calls = join(fakes, 'calls')
+  writeFileSync(join(fakes, 'systemctl'), `#!/bin/sh
+extra=
+[ "$1" = stop ] && [ -e '${root}/opt/outpost.new/node_modules/level/package.json' ] && extra=' (new code staged)'
+[ "$1" = restart ] && [ ! -e '${root}/opt/outpost.new' ] && [ -e '${root}/opt/outpost/node_modules/level/package.json' ] && extra=' (new code in place)'
+echo "systemctl $*$extra" >> '${calls}'
+`)
+  writeFileSync(join(fakes, 'udevadm'), `#!/bin/sh\necho "udevadm $*" >> '${calls}'\n`)
+  chmodSync(join(fakes, 'systemctl'), 0o755)
+  chmodSync(join(fakes, 'udevadm'), 0o755)
+  const live = install(src, root, installerEnv({ PATH: `${fakes}:${process.env.PATH}`, OUTPOST_INSTALL_ASSUME_SYSTEMD: 'yes' }))
+  t.equal(live.status, 0, `the live upgrade exits 0\n${live.out}`)
+  t.same(readFileSync(calls, 'utf8').trim().split('\n'), [
+    'systemctl is-active --quiet outpost.service',
+    'systemctl stop outpost.service (new code staged)',
+    'systemctl daemon-reload',
+    'udevadm control --reload',
+    'udevadm trigger --action=change --subsystem-match=tty --subsystem-match=usb-serial',
+    'systemctl enable --quiet outpost.service',
+    'systemctl restart outpost.service (new code in place)',
+  ], 'stops only once the new code is ready, reloads systemd and udev, enables, restarts')
+  t.match(live.out, /outpost \S+ is enabled and running: journalctl -u outpost -f/)
+  t.same(snapshot(root), before, 'and the tree is the same again')
+
   // ------------------------------------------------------------ an invalid config: refused, nothing changes
   const broken = edited.replace('"id": "lot-7", ', '')
   writeFileSync(join(root, 'etc/outpost/site.json'), broken)
-  const refused = install(src, root)
+  const callsBefore = readFileSync(calls, 'utf8')
+  const refused = install(src, root, installerEnv({ PATH: `${fakes}:${process.env.PATH}`, OUTPOST_INSTALL_ASSUME_SYSTEMD: 'yes' }))
   t.equal(refused.status, 78, 'exit 78')
+  t.equal(readFileSync(calls, 'utf8'), callsBefore, 'the running service is not stopped or restarted')
   t.match(refused.out, /\/etc\/outpost\/site\.json: \/site\/id: is required/, "check-config's line, naming the pointer")
   t.match(refused.out, /nothing was installed, upgraded, enabled or restarted/)
   t.same(snapshot(root, ['etc/outpost/site.json']), before.filter((l) => !l.startsWith('etc/outpost/site.json ')), 'the running install is left as it was')
