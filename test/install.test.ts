@@ -93,6 +93,33 @@ const groupLine = (root: string, name: string) => readFileSync(join(root, 'etc/g
 const WANTS = 'etc/systemd/system/multi-user.target.wants/outpost.service'
 const nodePath = spawnSync('sh', ['-c', 'command -v node'], { encoding: 'utf8' }).stdout.trim()
 
+t.test('every file the code reads at run time is in the package (package.json "files")', async (t) => {
+  const packed = spawnSync('npm', ['pack', '--dry-run', '--json'], { cwd: packagePath(), encoding: 'utf8', env: installerEnv() })
+  const files = (JSON.parse(packed.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path)
+  const shipped = (p: string) => files.some((f) => f === p || f.startsWith(p.replace(/\/?$/, '/')))
+  const wanted = new Set<string>()
+  const walk = (dir: string) => {
+    for (const name of readdirSync(dir)) {
+      const path = join(dir, name)
+      if (statSync(path).isDirectory()) walk(path)
+      else if (name.endsWith('.js') && shipped(relative(packagePath(), path))) {
+        const code = readFileSync(path, 'utf8')
+        // packagePath('config', 'site.schema.json'); var/ is where the demo writes, not something shipped.
+        for (const m of code.matchAll(/packagePath\(((?:'[^']*'(?:,\s*)?)+)\)/g)) {
+          const parts = [...m[1]!.matchAll(/'([^']*)'/g)].map((x) => x[1]!)
+          if (parts[0] !== 'var') wanted.add(parts.join('/'))
+        }
+        // new URL('./static/', import.meta.url): relative to the compiled file.
+        for (const m of code.matchAll(/new URL\('([^']+)',\s*import\.meta\.url\)/g)) wanted.add(relative(packagePath(), join(dir, m[1]!)))
+      }
+    }
+  }
+  walk(packagePath('dist'))
+  t.ok(wanted.has('config/site.schema.json') && wanted.has('drivers/models'), `found the run-time reads (${[...wanted].join(', ')})`)
+  t.same([...wanted].filter((p) => !shipped(p)), [], 'each one is packed')
+  t.ok(shipped('dist/daemon/cli.js'), 'the CLI is packed')
+})
+
 t.test('an old Node is refused before anything is written', async (t) => {
   const root = freshRoot()
   const fake = tempDir(t, 'outpost-install-fakenode-')
