@@ -191,6 +191,12 @@ if [ -f "$example_mark" ] && [ "$(sha256sum <"$site_file" | cut -d' ' -f1)" = "$
 fi
 
 # ------------------------------------------------------------------ 5. validate it
+# The service reads it as user outpost (group outpost), not as root.
+read -r f_uid f_gid f_mode < <(stat -c '%u %g %a' "$site_file")
+f_mode=$((8#$f_mode))
+if ! { [ "$f_uid" = "$uid" ] && ((f_mode & 0400)); } && ! { [ "$f_gid" = "$gid" ] && ((f_mode & 040)); } && ! ((f_mode & 04)); then
+  die "$SITE is not readable by the outpost user: sudo chgrp outpost $SITE && sudo chmod 0640 $SITE (nothing was installed, upgraded, enabled or restarted)" "$EX_CONFIG"
+fi
 say "checking $SITE"
 set +e
 check_out=$("$NODE" "$CLI_SRC" check-config "$site_file" 2>&1)

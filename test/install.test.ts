@@ -261,12 +261,13 @@ echo "systemctl $*$extra" >> '${calls}'
   t.same(snapshot(root, ['etc/outpost/site.json']), before.filter((l) => !l.startsWith('etc/outpost/site.json ')), 'the running install is left as it was')
   t.equal(readFileSync(join(root, 'etc/outpost/site.json'), 'utf8'), broken, 'the config is not rewritten')
 
+  // A first install with a config the service could not read (root's, 0600): refused too.
   const fresh = freshRoot()
   mkdirSync(join(fresh, 'etc/outpost'))
-  writeFileSync(join(fresh, 'etc/outpost/site.json'), broken)
+  writeFileSync(join(fresh, 'etc/outpost/site.json'), edited, { mode: 0o600 })
   const refusedFresh = install(src, fresh)
-  t.equal(refusedFresh.status, 78, 'a first install with an invalid config: exit 78')
-  t.match(refusedFresh.out, /\/etc\/outpost\/site\.json: \/site\/id: is required/)
+  t.equal(refusedFresh.status, 78, 'a first install with an unreadable config: exit 78')
+  t.match(refusedFresh.out, /\/etc\/outpost\/site\.json is not readable by the outpost user: sudo chgrp outpost/)
   t.notOk(existsSync(join(fresh, 'opt/outpost')), 'no code installed')
   t.notOk(existsSync(join(fresh, WANTS)) || existsSync(join(fresh, 'etc/systemd/system/outpost.service')), 'no unit, not enabled')
 })
