@@ -9,7 +9,7 @@
  */
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { packagePath } from '../daemon/paths.js'
@@ -106,6 +106,12 @@ t.test('the unit keeps what the daemon needs', async (t) => {
   t.not(one('IPAddressDeny'), 'any', 'no IP deny list: the broker and Modbus TCP gateways can be anywhere')
 
   t.same(unit.get('Install')?.get('WantedBy'), ['multi-user.target'])
+  const docs = (unit.get('Unit')?.get('Documentation') ?? []).flatMap((v) => v.split(/\s+/))
+  t.ok(docs.length > 0, 'Documentation= is set')
+  for (const d of docs) {
+    const installed = /^file:\/opt\/outpost\/(.+)$/.exec(d)?.[1]
+    t.ok(installed !== undefined && existsSync(packagePath(installed)), `${d} is a file of the package`)
+  }
 })
 
 // ---------------------------------------------------------------- the udev rule
