@@ -137,6 +137,8 @@ else
   (cd "$SRC" && as_owner npm ci --no-audit --no-fund)
 fi
 say "building (npm run build)"
+# From scratch: a module deleted upstream must not linger in dist/ and get packed.
+rm -rf "$SRC/dist"
 (cd "$SRC" && as_owner npm run build --silent)
 CLI_SRC="$SRC/dist/daemon/cli.js"
 version=$("$NODE" "$CLI_SRC" --version)

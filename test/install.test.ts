@@ -216,9 +216,11 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
 
   // ------------------------------------------------------------ upgrade: the same tree again
   writeFileSync(join(opt, 'dist/daemon/left-over.js'), 'stale code from an older version\n')
+  writeFileSync(join(src, 'dist/daemon/deleted-upstream.js'), 'compiled from a source file git pull removed\n')
   const third = install(src, root)
   t.equal(third.status, 0, `the upgrade exits 0\n${third.out}`)
   t.notOk(existsSync(join(opt, 'dist/daemon/left-over.js')), 'the code is replaced, not overlaid')
+  t.notOk(existsSync(join(opt, 'dist/daemon/deleted-upstream.js')), 'the clone is built from scratch: nothing stale is packed')
   t.same(snapshot(root), before, 'the same tree: paths, modes, owners, contents, links')
   t.same([kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')], keptBefore, 'site.json and /var/lib/outpost untouched (bytes and mtime)')
 
