@@ -251,14 +251,15 @@ export interface DaemonProc {
   pid: number
 }
 
-export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}): DaemonProc {
-  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (npx tsc -p .; npm test does)`)
+/** Runs `outpost run` from this checkout's build, or from another tree's `cli` (an installed one). */
+export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}, cli = CLI): DaemonProc {
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: build first (npx tsc -p .; npm test does)`)
   // The runner's own systemd settings (if it runs under systemd) are not the daemon's.
   const base: NodeJS.ProcessEnv = { ...process.env }
   delete base.NOTIFY_SOCKET
   delete base.WATCHDOG_USEC
   delete base.WATCHDOG_PID
-  const p = startProc(t, process.execPath, [CLI, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
+  const p = startProc(t, process.execPath, [cli, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
   const logs = (): LogLine[] =>
     p.out.map((l) => {
       try {
