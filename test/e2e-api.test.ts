@@ -16,7 +16,7 @@ t.test('outpost run serves the local API and stops it cleanly', async (t) => {
   const peer = await startPeer(t, { outlets: 2 })
   const file = writeSiteConfig({ dir, port: peer.port, outlets: 2 })
   const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
-  // Port 0: a free one (the log line says which). Node-RED enabled: whatever happens to it, charging goes on.
+  // Port 0: a free one (the log line says which). Node-RED enabled: served by the same listener.
   config.api = { listen: '127.0.0.1:0', token: TOKEN }
   config.nodeRed = { enabled: true }
   writeFileSync(file, JSON.stringify(config, null, 2))
@@ -28,7 +28,12 @@ t.test('outpost run serves the local API and stops it cleanly', async (t) => {
   const running = logs.findIndex((l) => l.msg === 'outpost running')
   t.ok(running >= 0 && running < logs.findIndex((l) => l.msg === 'local API listening'), 'the daemon is running before the API listens')
   t.ok(!daemon.logs().some((l) => l.level === 'fatal'), 'nothing fatal')
-  t.ok(daemon.logs().some((l) => l.msg === 'node-red started' || l.msg === 'node-red did not start; charging continues without it'), 'Node-RED started, or said why not')
+  await daemon.waitLog((l) => l.msg === 'node-red started' && l.component === undefined, 'node-red started')
+  t.notOk(daemon.logs().some((l) => l.msg === 'node-red did not start; charging continues without it'))
+  const editor = await fetch(base + 'red/')
+  t.equal(editor.status, 200, 'the Node-RED editor is served on the loopback listener (no adminAuth needed there)')
+  t.match(await editor.text(), /Node-RED/)
+  t.equal((await fetch(base + 'red-api/billing/today.csv')).status, 401, "flows' own endpoints need the API token")
 
   const health = (await (await fetch(base + 'api/health')).json()) as { ok: boolean; uplink: string }
   t.match(health, { ok: true, uplink: 'disabled' })
