@@ -37,7 +37,7 @@ import { tmpdir } from 'node:os'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { startMosquitto, freePort } from '../test/helpers/mosquitto.js'
 import { CLI, startCloud, startDaemon, waitFor, writeSiteConfig, type DaemonProc } from '../test/helpers/e2e-kit.js'
-import { bounded, median, notMeasured, startSimProcess, Teardowns, type BenchRow } from './lib.js'
+import { binNodeFlags, bounded, median, notMeasured, startSimProcess, Teardowns, type BenchRow } from './lib.js'
 
 const OUTLETS = 64
 const SAMPLE_MS = 2000
@@ -208,13 +208,6 @@ interface Variant {
   nodeArgs: string[]
 }
 
-/** The node flags the `outpost` bin starts with: those on dist/daemon/cli.js's interpreter line. */
-export function binNodeFlags(cli = CLI): string[] {
-  const first = readFileSync(cli, 'utf8').split('\n', 1)[0]!
-  const m = first.match(/^#!.*?\bnode\b(.*)$/)
-  if (!m) throw new Error(`${cli}: no node interpreter line`)
-  return m[1]!.trim().split(/\s+/).filter(Boolean)
-}
 
 async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
   const td = new Teardowns()
@@ -244,7 +237,7 @@ async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
       },
     })
     const cloud = await startCloud(td, broker.url, root)
-    const daemon: DaemonProc = startDaemon(td, config, {}, v.nodeArgs)
+    const daemon: DaemonProc = startDaemon(td, config, {}, CLI, v.nodeArgs)
     await waitFor(() => cloud.records().some((r) => r.type === 'gateway.started') || (!daemon.running() && 'exited'), 'gateway.started', 60_000).then((v) => {
       if (v === 'exited') throw new Error(`the daemon exited at start: ${daemon.stderr().slice(-5).join(' | ')}`)
     })

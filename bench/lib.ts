@@ -4,6 +4,7 @@
  * median of several runs.
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { packagePath } from '../daemon/paths.js'
 
@@ -142,4 +143,12 @@ export function table(rows: (BenchRow & { bench: string })[]): string {
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
+}
+
+/** The node flags the `outpost` bin starts with: those on dist/daemon/cli.js's interpreter line. */
+export function binNodeFlags(cli = packagePath('dist', 'daemon', 'cli.js')): string[] {
+  const first = readFileSync(cli, 'utf8').split('\n', 1)[0]!
+  const m = first.match(/^#!.*?\bnode\b(.*)$/)
+  if (!m) throw new Error(`${cli}: no node interpreter line`)
+  return m[1]!.trim().split(/\s+/).filter(Boolean)
 }

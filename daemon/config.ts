@@ -229,7 +229,7 @@ function describePattern(at: string, pattern: string): string {
   if (at.endsWith('/url')) return 'must be a broker URL: mqtt://, mqtts://, ws:// or wss:// followed by host[:port]'
   if (at.endsWith('/listen')) return 'must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080'
   if (at.endsWith('/topicPrefix')) return "must not contain '#', '+' or spaces"
-  if (at.endsWith('/httpAdminRoot')) return "must start with '/'"
+  if (at.endsWith('/httpAdminRoot') || at.endsWith('/httpNodeRoot')) return "must start with '/'"
   return `must match ${pattern}`
 }
 
@@ -356,6 +356,56 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
       out.push({ pointer: `${at}/autoStart`, message: 'auto-start needs a relay: an outlet without one can never be switched off for its user' })
     }
   })
+  out.push(...nodeRedProblems(cfg))
+  return out
+}
+
+/** host:port whose host is a loopback address (127.0.0.0/8, ::1, localhost): reachable only from the gateway itself. */
+export function isLoopbackListen(listen: string): boolean {
+  const host = listen.startsWith('[') ? listen.slice(1, listen.indexOf(']')) : listen.slice(0, listen.lastIndexOf(':'))
+  return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
+}
+
+const BCRYPT_HASH = /^\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}$/
+/** Paths the local API serves itself: Node-RED's roots must not cover them. */
+const API_PATHS = ['/api', '/metrics']
+
+/** Embedded Node-RED: served by the API listener, never an open editor off loopback, roots that do not shadow the API. */
+function nodeRedProblems(cfg: Loose): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  const nr = isObj(cfg.nodeRed) ? cfg.nodeRed : undefined
+  if (!nr) return out
+  const auth = isObj(nr.adminAuth) ? nr.adminAuth : undefined
+  const hash = auth ? str(auth.passwordHash) : undefined
+  if (hash !== undefined && hash.length >= 20 && !BCRYPT_HASH.test(hash)) {
+    out.push({ pointer: '/nodeRed/adminAuth/passwordHash', message: 'must be a bcrypt hash ($2b$..., 60 characters) such as `npx node-red admin hash-pw` prints, never the password itself' })
+  }
+  const roots: Partial<Record<'httpAdminRoot' | 'httpNodeRoot', string>> = {}
+  for (const k of ['httpAdminRoot', 'httpNodeRoot'] as const) {
+    const root = str(nr[k])
+    if (root === undefined || !root.startsWith('/')) continue
+    const r = root.replace(/\/+$/, '')
+    if (r === '') out.push({ pointer: `/nodeRed/${k}`, message: 'must not be "/": it would cover the status page and the API' })
+    else {
+      const hit = API_PATHS.find((a) => r === a || r.startsWith(a + '/') || a.startsWith(r + '/'))
+      if (hit) out.push({ pointer: `/nodeRed/${k}`, message: `"${root}" overlaps the local API's ${hit}` })
+      roots[k] = r
+    }
+  }
+  const { httpAdminRoot: a, httpNodeRoot: n } = roots
+  if (a !== undefined && n !== undefined && (a === n || a.startsWith(n + '/') || n.startsWith(a + '/'))) {
+    out.push({ pointer: '/nodeRed/httpNodeRoot', message: `"${n}" overlaps httpAdminRoot "${a}": flows' endpoints need a path of their own` })
+  }
+  if (nr.enabled !== true) return out
+  const api = isObj(cfg.api) ? cfg.api : undefined
+  if (!api) {
+    out.push({ pointer: '/api', message: 'is required when nodeRed is enabled: Node-RED is served by the local API listener' })
+    return out
+  }
+  const listen = str(api.listen) ?? '127.0.0.1:8080'
+  if (!auth && !isLoopbackListen(listen)) {
+    out.push({ pointer: '/nodeRed/adminAuth', message: `is required when nodeRed is enabled and api.listen (${listen}) is not loopback: the editor runs code on the gateway` })
+  }
   return out
 }
 

@@ -50,7 +50,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private readonly clock: Clock
   private readonly log: Logger
   private readonly quiet: QuietLog
-  private readonly version: string
+  readonly version: string
   private readonly stopTimeoutMs: number
 
   private state!: EngineState

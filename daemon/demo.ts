@@ -10,6 +10,10 @@
  * charge, taper and end within minutes; the daemon's own timing (grace period,
  * unplug hold, per-hour prices) runs on the real clock.
  *
+ * The status page and local API listen where the config's api.listen says
+ * (127.0.0.1:8080 in config/demo.json), or on a free port if that one is taken;
+ * the demo prints the URL and the token.
+ *
  * Output: one line per billable fact on stdout, and every 30 s (when it changed)
  * how many records are queued for the cloud; the daemon's structured log goes to
  * var/demo/outpost.log. Ctrl-C stops cleanly (sessions close `reboot`).
@@ -23,7 +27,7 @@ import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { startSim } from '../drivers/index.js'
 import { validateConfig, formatProblem } from './config.js'
-import { Daemon } from './daemon.js'
+import { Service } from './service.js'
 import { systemClock } from './clock.js'
 import { createLogger } from './log.js'
 import { packagePath } from './paths.js'
@@ -89,7 +93,9 @@ export async function main(argv: string[]): Promise<number> {
   writeFileSync(siteFile, JSON.stringify(raw, null, 2) + '\n')
   const logFile = join(dir, 'outpost.log')
   const logger = createLogger(config.logging.level, createWriteStream(logFile, { flags: 'a' }))
-  const daemon = new Daemon({ config, clock: systemClock, logger, version })
+  // The demo's API takes any free port when api.listen's is taken (it says which).
+  const service = new Service({ config, clock: systemClock, logger, version, api: { anyPortIfTaken: true } })
+  const daemon = service.daemon
   const out = (s: string): void => void process.stdout.write(s + '\n')
 
   daemon.on('record', (r) => out(describe(r)))
@@ -103,9 +109,16 @@ export async function main(argv: string[]): Promise<number> {
     out("        (with a local mosquitto: npm start -- --uplink mqtt://127.0.0.1:1883, then mosquitto_sub -v -t 'outpost/demo/#')")
   }
   out(`records: npx outpost records --config ${siteFile}   (verify the chain: npx outpost verify --config ${siteFile})`)
-  out('status page and local API: arrive with issue #8')
+  await service.start()
+  const url = service.api?.url()
+  if (url) {
+    const wanted = config.api!.listen
+    if (!url.endsWith(`:${wanted.split(':').pop()}/`)) out(`status page: ${wanted} is taken (another program, or another demo), so it is on a free port instead`)
+    out(`status page: ${url}   (sign in with the token ${config.api!.token}; API: curl -H 'Authorization: Bearer ${config.api!.token}' ${url}api/outlets)`)
+  } else if (config.api) {
+    out(`status page: could not listen on ${config.api.listen} (see ${logFile}); charging runs without it`)
+  }
   out('')
-  await daemon.start()
 
   let n = 0
   const cmd = async (body: Record<string, unknown>): Promise<void> => {
@@ -146,7 +159,7 @@ export async function main(argv: string[]): Promise<number> {
       clearInterval(driver)
       clearInterval(backlog)
       out('\nstopping: open sessions close with reason "reboot", every relay opens')
-      void daemon
+      void service
         .stop()
         .then(() => sim.close())
         .then(() => done(0))

@@ -134,6 +134,8 @@ export interface NodeRedConfig {
   enabled: boolean
   /** Where the editor is served: a path under the API's listener. */
   httpAdminRoot: string
+  /** Where flows' own HTTP endpoints (http-in nodes) are served, under the API's listener. */
+  httpNodeRoot: string
   adminAuth?: { username: string; passwordHash: string }
   flowFile?: string
 }

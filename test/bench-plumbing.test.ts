@@ -5,11 +5,11 @@
  */
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { binNodeFlags, parseCpuS, parseRssMB, sampleFor, sampleProc, slope, floorSlope, summarise, type ProcSample } from '../bench/footprint.js'
+import { parseCpuS, parseRssMB, sampleFor, sampleProc, slope, floorSlope, summarise, type ProcSample } from '../bench/footprint.js'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { bounded, notMeasured, percentile, row, table, verdict } from '../bench/lib.js'
+import { binNodeFlags, bounded, notMeasured, percentile, row, table, verdict } from '../bench/lib.js'
 
 t.test('/proc parsing', async (t) => {
   t.equal(parseRssMB('Name:\tnode\nVmPeak:\t  900000 kB\nVmRSS:\t   102400 kB\nRssAnon:\t 1 kB\n'), 100)

@@ -92,6 +92,14 @@ const cases: Case[] = [
   ['no outlets', (c) => (c.outlets = []), '/outlets', /at least 1 item/],
   ['one serial port for two buses', (c) => c.buses.push({ id: 'again', type: 'modbus-rtu', path: '/dev/ttyUSB0' }), '/buses/2/path', /already used by \/buses\/0/],
   ['Modbus meter on a serial bus', (c) => { c.buses[0].type = 'serial'; c.outlets[0].bus = 'rs485' }, '/outlets/0/meter/model', /Modbus model but the outlet's bus is a plain serial bus/],
+  ['Node-RED without the API that serves it', (c) => { delete c.api; c.nodeRed = { enabled: true } }, '/api', /is required when nodeRed is enabled: Node-RED is served by the local API listener/],
+  ['Node-RED editor open on the network', (c) => { c.api.listen = '0.0.0.0:8080'; c.nodeRed = { enabled: true } }, '/nodeRed/adminAuth', /is required when nodeRed is enabled and api.listen \(0\.0\.0\.0:8080\) is not loopback/],
+  ['Node-RED editor open on a LAN address', (c) => { c.api.listen = '192.168.1.20:80'; c.nodeRed = { enabled: true } }, '/nodeRed/adminAuth', /is required when nodeRed is enabled/],
+  ['a password where its hash belongs', (c) => (c.nodeRed = { enabled: true, adminAuth: { username: 'installer', passwordHash: 'correct horse battery staple' } }), '/nodeRed/adminAuth/passwordHash', /must be a bcrypt hash .* never the password itself/],
+  ['Node-RED editor at the root', (c) => (c.nodeRed = { enabled: true, httpAdminRoot: '/' }), '/nodeRed/httpAdminRoot', /must not be "\/"/],
+  ['Node-RED endpoints over the API', (c) => (c.nodeRed = { enabled: true, httpNodeRoot: '/api/flows' }), '/nodeRed/httpNodeRoot', /overlaps the local API's \/api/],
+  ['Node-RED endpoints inside the editor', (c) => (c.nodeRed = { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red/hooks' }), '/nodeRed/httpNodeRoot', /overlaps httpAdminRoot "\/red"/],
+  ['Node-RED root without a slash', (c) => (c.nodeRed = { enabled: true, httpNodeRoot: 'hooks' }), '/nodeRed/httpNodeRoot', /must start with '\/'/],
 ]
 
 for (const [name, mutate, pointer, message] of cases) {
@@ -105,6 +113,26 @@ for (const [name, mutate, pointer, message] of cases) {
     t.ok(hit, `expected ${pointer}: ${message} in ${JSON.stringify(r.problems)}`)
   })
 }
+
+t.test('Node-RED: loopback may go without a password; the defaults; disabled needs nothing', async (t) => {
+  for (const listen of ['127.0.0.1:8080', '127.1.2.3:80', 'localhost:8080', '[::1]:8080']) {
+    const cfg = example()
+    cfg.api.listen = listen
+    cfg.nodeRed = { enabled: true }
+    const r = validateConfig(cfg)
+    t.ok(r.ok, `${listen}: ${r.ok ? 'valid' : JSON.stringify(r.problems)}`)
+    if (r.ok) t.same(r.config.nodeRed, { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red-api' }, 'roots default')
+  }
+  const lan = example()
+  lan.api.listen = '0.0.0.0:8080'
+  lan.nodeRed = { enabled: true, adminAuth: { username: 'installer', passwordHash: '$2b$08$vVmNK1VDdiGAqRm4K/74wO2C0h7zOYdCc7h36GeYheqjYFxBnVro.' } }
+  const r = validateConfig(lan)
+  t.ok(r.ok, r.ok ? 'off loopback with adminAuth' : JSON.stringify(r.problems))
+  const off = example()
+  delete off.api
+  off.nodeRed = { enabled: false }
+  t.ok(validateConfig(off).ok, 'a disabled Node-RED needs no API')
+})
 
 t.test('every problem is reported at once', async (t) => {
   const cfg = example()

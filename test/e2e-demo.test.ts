@@ -1,8 +1,9 @@
 /**
  * The demo (`npm start` runs `node dist/daemon/demo.js`): with no hardware and no
  * broker it starts the simulator and the real daemon, shows sessions starting,
- * stops cleanly on Ctrl-C (open sessions close `reboot`), and leaves a journal that
- * `outpost verify` accepts.
+ * prints where its status page is (and the token, which opens the API), stops cleanly
+ * on Ctrl-C (open sessions close `reboot`), and leaves a journal that `outpost verify`
+ * accepts.
  */
 import t from 'tap'
 import { join } from 'node:path'
@@ -27,6 +28,14 @@ t.test('npm start: the demo site charges, queues records offline and stops clean
   await waitFor(() => out.some((l) => l.includes('gateway started')), 'gateway started', 60_000)
   t.ok(out.some((l) => l.includes('uplink: none configured')), 'says it runs offline')
   // Cars arrive 5-65 simulated seconds in: at 300x, within a second or so of real time.
+  // The status page: the demo prints its URL and token; the API answers with the demo's four bays.
+  const line = await waitFor(() => out.find((l) => l.startsWith('status page: http')), 'the status page line', 60_000)
+  const m = /^status page: (http:\/\/127\.0\.0\.1:\d+\/) +\(sign in with the token (\S+);/.exec(line)
+  t.ok(m, 'URL and token printed: ' + line)
+  const health = await fetch(m![1] + 'api/health')
+  t.equal(health.status, 200, '/api/health answers')
+  const outlets = (await (await fetch(m![1] + 'api/outlets', { headers: { authorization: `Bearer ${m![2]}` } })).json()) as { outlet: string }[]
+  t.same(outlets.map((o) => o.outlet), ['D1', 'D2', 'D3', 'D4'], 'the token printed opens the API')
   await waitFor(() => out.filter((l) => l.includes('session started')).length >= 2, 'two sessions started', 90_000)
   t.ok(out.filter((l) => l.includes('session started')).every((l) => /\((activation|auto-start), meter at \d+\.\d{3} kWh\)/.test(l)), 'each start says its trigger and the meter register')
   demo.kill('SIGINT')

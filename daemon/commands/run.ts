@@ -1,13 +1,13 @@
 /**
- * `outpost run [--config FILE]`: validate the config, start the daemon, stop it
- * cleanly on SIGTERM/SIGINT. Exit 0 after a clean stop, 78 on an invalid config,
- * 1 on a fatal fault (systemd's Restart=always brings it back; 78 is excluded
+ * `outpost run [--config FILE]`: validate the config, start the service (the daemon,
+ * then the local API and Node-RED: daemon/service.ts), stop it cleanly on
+ * SIGTERM/SIGINT. Exit 0 after a clean stop, 78 on an invalid config, 1 on a fatal fault (systemd's Restart=always brings it back; 78 is excluded
  * from restarts by the unit so an invalid config does not restart-loop).
  */
 import { parseArgs } from 'node:util'
 import { loadConfigFile, formatProblem } from '../config.js'
 import { EXIT_CONFIG, EXIT_OK, EXIT_USAGE, version } from '../cli.js'
-import { Daemon } from '../daemon.js'
+import { Service } from '../service.js'
 import { systemClock } from '../clock.js'
 import { createLogger } from '../log.js'
 import { SystemdNotifier } from '../systemd.js'
@@ -35,7 +35,8 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGXFSZ', () => undefined)
   const logger = createLogger(config.logging.level)
   const notify = new SystemdNotifier()
-  const daemon = new Daemon({ config, clock: systemClock, logger, version })
+  const service = new Service({ config, clock: systemClock, logger, version })
+  const daemon = service.daemon
   // Signals are ours from the start: a stop requested while starting (say, during the wait
   // for a bus that is down) is carried out cleanly once start() has returned, instead of
   // the default action killing the process halfway through boot.
@@ -49,12 +50,12 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGTERM', handler)
   process.on('SIGINT', handler)
   try {
-    await daemon.start()
+    await service.start()
   } catch (err) {
     const e = err as { code?: string; message: string }
     logger.fatal({ code: e.code, err: e.message }, 'cannot start')
     process.stderr.write(`outpost run: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
-    await daemon.stop().catch(() => undefined)
+    await service.stop().catch(() => undefined)
     logger.flush()
     return 1
   }
@@ -66,7 +67,7 @@ export async function main(argv: string[]): Promise<number> {
       if (stopping) return
       stopping = true
       notify.stopping()
-      void daemon.stop().then(() => {
+      void service.stop().then(() => {
         logger.flush()
         resolve(code())
       })

@@ -277,6 +277,21 @@ export class Journal implements RecordLog {
     return out
   }
 
+  /**
+   * Records with seq <= `to`, NEWEST first, at most `limit`, stopping at the oldest held
+   * (never throws JOURNAL_COMPACTED: what was compacted is simply not returned). For the
+   * local API's "recent sessions" without reading a long journal forward from its start.
+   */
+  async readBackward(to: number, limit: number): Promise<JournalRecord[]> {
+    if (!Number.isSafeInteger(to) || !Number.isSafeInteger(limit) || limit < 1) throw new OutpostError('JOURNAL_BAD_RANGE', `readBackward: to and limit must be integers (limit >= 1), got ${to}, ${limit}`)
+    this.assertOpen()
+    const top = Math.min(to, this.headSeq)
+    if (top < 1) return []
+    const out: JournalRecord[] = []
+    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(1), lte: K.recordKey(top), reverse: true, limit })) out.push(parseJson<JournalRecord>(this.location, key, value))
+    return out
+  }
+
   async ack(upTo: number): Promise<void> {
     if (!Number.isSafeInteger(upTo)) throw new OutpostError('JOURNAL_BAD_RANGE', `ack: upTo must be an integer, got ${upTo}`)
     await this.enqueue(async () => {

@@ -1,0 +1,63 @@
+/**
+ * Small HTTP helpers for the local API: JSON answers, the error shape
+ * `{"error": {"code", "message"}}`, bounded body reading.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http'
+
+/** A refusal with its HTTP status and a stable code; the message names what was wrong and where. */
+export class HttpError extends Error {
+  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
+    super(message)
+  }
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers })
+  res.end(text)
+}
+
+export function sendError(res: ServerResponse, err: HttpError): void {
+  sendJson(res, err.status, { error: { code: err.code, message: err.message } }, err.headers)
+}
+
+/** Reads the request body, refusing (413) past `limit` bytes without buffering the rest. */
+export function readBody(req: IncomingMessage, limit: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'])
+    if (Number.isFinite(declared) && declared > limit) {
+      req.resume()
+      reject(new HttpError(413, 'body-too-large', `the request body is ${declared} bytes; at most ${limit} are accepted`))
+      return
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    let failed = false
+    req.on('data', (c: Buffer) => {
+      if (failed) return
+      size += c.length
+      if (size > limit) {
+        failed = true
+        reject(new HttpError(413, 'body-too-large', `the request body is over ${limit} bytes; at most ${limit} are accepted`))
+        return
+      }
+      chunks.push(c)
+    })
+    req.on('end', () => {
+      if (!failed) resolve(Buffer.concat(chunks).toString('utf8'))
+    })
+    req.on('error', (err) => {
+      if (!failed) reject(new HttpError(400, 'invalid-request', `the request body could not be read: ${err.message}`))
+    })
+  })
+}
+
+/** The media type of a request without parameters, lower-case ('' when absent). */
+export function mediaType(req: IncomingMessage): string {
+  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase()
+}
+
+/** Refuses (405, with Allow) a method the route does not take. */
+export function allow(method: string, methods: string[]): void {
+  if (!methods.includes(method)) throw new HttpError(405, 'method-not-allowed', `${method} is not allowed here; use ${methods.join(' or ')}`, { allow: methods.join(', ') })
+}

@@ -1,0 +1,298 @@
+#!/usr/bin/env bash
+# Install or upgrade Outpost on Raspberry Pi OS (arm64 or armhf) from a clone of the
+# repository:
+#
+#   sudo systemd/install.sh [--root DIR]
+#
+# What it does, in order (docs/install.md has the details):
+#   1. checks Node (20 or newer) and npm;
+#   2. builds the clone (npm ci when its node_modules do not match package-lock.json,
+#      then npm run build), as the clone's owner;
+#   3. creates the system user `outpost` (in dialout), /etc/outpost and /var/lib/outpost;
+#   4. installs config/example.json as /etc/outpost/site.json if there is none (with a
+#      random api.token) and then stops short of enabling: edit it, run again;
+#   5. validates /etc/outpost/site.json with check-config; an invalid one stops the
+#      installer here, before anything is installed or restarted (exit 78);
+#   6. packs the package (npm pack: package.json "files"), installs it with
+#      `npm ci --omit=dev` into a staging directory, checks that it runs, stops the
+#      service, swaps the directory in as /opt/outpost, and installs /usr/local/bin/outpost,
+#      the systemd unit and the udev rule;
+#   7. enables and (re)starts outpost.service.
+#
+# Re-running it upgrades: the code, the unit and the udev rule are replaced; /etc/outpost
+# and /var/lib/outpost are never touched (beyond creating them). With --root DIR every
+# path is under DIR (for tests and image builds) and nothing is started or reloaded.
+set -euo pipefail
+umask 022
+
+PREFIX=/opt/outpost
+CONF_DIR=/etc/outpost
+STATE_DIR=/var/lib/outpost
+UNIT_DIR=/etc/systemd/system
+UDEV_DIR=/etc/udev/rules.d
+BIN=/usr/local/bin/outpost
+UNIT=outpost.service
+RULE=99-outpost-rs485.rules
+USER_NAME=outpost
+MIN_NODE=20
+EX_USAGE=64
+EX_CONFIG=78
+
+say() { printf 'install: %s\n' "$*"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit "${2:-1}"; }
+
+usage() {
+  cat <<'USAGE'
+Usage: sudo systemd/install.sh [--root DIR]
+
+Installs or upgrades Outpost from this clone: /opt/outpost, /usr/local/bin/outpost,
+the outpost user, /etc/outpost (config, kept), /var/lib/outpost (journal, kept), the
+systemd unit and the udev rule for USB-RS485 adapters; then enables and starts the
+service once /etc/outpost/site.json is valid and edited.
+
+  --root DIR   install into DIR instead of / (users in DIR/etc/passwd; nothing is
+               started, reloaded or triggered)
+  -h, --help   this text
+USAGE
+}
+
+ROOT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) [ $# -ge 2 ] || die "--root needs a directory" "$EX_USAGE"; ROOT=$2; shift 2 ;;
+    --root=*) ROOT=${1#--root=}; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" "$EX_USAGE" ;;
+  esac
+done
+if [ -n "$ROOT" ]; then
+  [ -d "$ROOT" ] || die "--root $ROOT: no such directory" "$EX_USAGE"
+  ROOT=$(cd "$ROOT" && pwd)
+  [ "$ROOT" != / ] || ROOT=""
+fi
+# A path as it is on this machine (under --root) vs. as the service will see it.
+at() { printf '%s%s' "$ROOT" "$1"; }
+
+[ "$(id -u)" = 0 ] || die "run as root (sudo systemd/install.sh): it creates a user and writes /opt, /etc and /var/lib"
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+[ -f "$SRC/package.json" ] && grep -q '"name": "outpost"' "$SRC/package.json" ||
+  die "$SRC is not an Outpost clone (run systemd/install.sh from the repository)"
+case "$SRC/" in
+  "$(at "$PREFIX")/"*) die "this clone is $SRC, inside $PREFIX where the installer puts the code; clone the repository elsewhere (for example ~/outpost) and run its systemd/install.sh" ;;
+esac
+if [ -e "$(at "$PREFIX")/.git" ]; then
+  die "$(at "$PREFIX") is a git clone (the earlier manual install); move it away (sudo mv $(at "$PREFIX") /root/outpost-old), then run the installer again: the journal in /var/lib/outpost and /etc/outpost are kept"
+fi
+
+# ------------------------------------------------------------------ 1. Node and npm
+NODE=$(command -v node) || die "Node.js is not installed: Outpost needs Node $MIN_NODE or newer (README: Install on a Raspberry Pi, step 2)"
+node_version=$("$NODE" --version 2>/dev/null) || die "$NODE --version failed"
+node_major=${node_version#v}
+node_major=${node_major%%.*}
+if ! [[ $node_major =~ ^[0-9]+$ ]] || [ "$node_major" -lt "$MIN_NODE" ]; then
+  die "Node $node_version at $NODE is too old: Outpost needs Node $MIN_NODE or newer (install Node 22 from NodeSource: README, Install on a Raspberry Pi, step 2)"
+fi
+case "$NODE" in
+  /home/* | /root/*) die "Node at $NODE is in a home directory, which the service cannot see (ProtectHome=yes): install Node system-wide (NodeSource puts it in /usr/bin)" ;;
+esac
+command -v npm >/dev/null || die "npm is not installed (it comes with NodeSource's nodejs package)"
+arch=$(uname -m)
+case "$arch" in
+  aarch64 | armv7l | x86_64) ;;
+  armv6l) die "this is an ARMv6 board (Pi 1, Pi Zero W): Node $MIN_NODE has no build for it; use a Pi 2 or newer, or a Pi Zero 2 W" ;;
+  *) say "warning: untested architecture $arch (Raspberry Pi OS is aarch64 or armv7l)" ;;
+esac
+say "Node $node_version ($NODE), npm $(npm --version), $arch"
+
+# ------------------------------------------------------------------ 2. build the clone
+owner=$(stat -c %U "$SRC")
+owner_home=$(getent passwd "$owner" | cut -d: -f6 || true)
+# Build as the clone's owner, so that sudo leaves no root-owned files in their checkout.
+as_owner() {
+  if [ "$owner" = root ] || [ "$owner" = UNKNOWN ]; then
+    "$@"
+  else
+    runuser -u "$owner" -- env HOME="${owner_home:-/tmp}" "$@"
+  fi
+}
+# Do the clone's node_modules match its package-lock.json? (npm's own record of what it
+# installed is node_modules/.package-lock.json.) Compared by name and version.
+deps_current() {
+  (cd "$SRC" && "$NODE" -e '
+    const fs = require("fs")
+    const want = JSON.parse(fs.readFileSync("package-lock.json", "utf8")).packages
+    let have
+    try { have = JSON.parse(fs.readFileSync("node_modules/.package-lock.json", "utf8")).packages } catch { process.exit(1) }
+    for (const [path, p] of Object.entries(want)) {
+      if (path === "" || p.link) continue
+      const h = have[path]
+      if (h === undefined ? !p.optional : h.version !== p.version) process.exit(1)
+    }')
+}
+if deps_current; then
+  say "the clone's dependencies match package-lock.json"
+else
+  say "installing the clone's dependencies (npm ci; the build needs the dev dependencies)"
+  (cd "$SRC" && as_owner npm ci --no-audit --no-fund)
+fi
+say "building (npm run build)"
+# From scratch: a module deleted upstream must not linger in dist/ and get packed.
+rm -rf "$SRC/dist"
+(cd "$SRC" && as_owner npm run build --silent)
+CLI_SRC="$SRC/dist/daemon/cli.js"
+version=$("$NODE" "$CLI_SRC" --version)
+
+# ------------------------------------------------------------------ 3. user and directories
+passwd_file=$(at /etc/passwd)
+group_file=$(at /etc/group)
+[ -f "$passwd_file" ] && [ -f "$group_file" ] || die "$passwd_file or $group_file is missing"
+grep -q '^dialout:' "$group_file" || die "there is no dialout group in $group_file"
+prefix_args=()
+[ -z "$ROOT" ] || prefix_args=(--prefix "$ROOT")
+if ! grep -q "^$USER_NAME:" "$group_file"; then
+  groupadd "${prefix_args[@]}" --system "$USER_NAME"
+  say "created group $USER_NAME"
+fi
+if grep -q "^$USER_NAME:" "$passwd_file"; then
+  usermod "${prefix_args[@]}" -a -G dialout "$USER_NAME"
+else
+  useradd "${prefix_args[@]}" --system --gid "$USER_NAME" --groups dialout --home-dir "$STATE_DIR" \
+    --no-create-home --shell /usr/sbin/nologin --comment "Outpost EV charging gateway" "$USER_NAME"
+  say "created system user $USER_NAME (groups: $USER_NAME, dialout)"
+fi
+# Numeric ids from the tree's own files: under --root the user does not exist on this machine.
+uid=$(awk -F: -v u="$USER_NAME" '$1 == u { print $3 }' "$passwd_file")
+gid=$(awk -F: -v g="$USER_NAME" '$1 == g { print $3 }' "$group_file")
+
+install -d -m 0755 "$(at /opt)" "$(at /usr/local/bin)" "$(at "$UNIT_DIR")" "$(at "$UDEV_DIR")"
+# Existing directories keep their contents; owner and mode are (re)asserted.
+install -d -o 0 -g "$gid" -m 0750 "$(at "$CONF_DIR")"
+install -d -o "$uid" -g "$gid" -m 0750 "$(at "$STATE_DIR")"
+
+# ------------------------------------------------------------------ 4. the site config
+SITE=$CONF_DIR/site.json
+site_file=$(at "$SITE")
+example_mark=$(at "$CONF_DIR/.example.sha256")
+if [ ! -e "$site_file" ]; then
+  token=$("$NODE" -e 'process.stdout.write(require("crypto").randomBytes(24).toString("base64url"))')
+  "$NODE" -e '
+    const fs = require("fs")
+    const [from, to, token] = process.argv.slice(1)
+    const text = fs.readFileSync(from, "utf8")
+    const out = text.replace(/"token": "change-me"/, JSON.stringify("token") + ": " + JSON.stringify(token))
+    if (out === text) throw new Error(from + ": no api.token to replace")
+    fs.writeFileSync(to, out, { mode: 0o640, flag: "wx" })' "$SRC/config/example.json" "$site_file" "$token"
+  chown "0:$gid" "$site_file"
+  sha256sum <"$site_file" | cut -d' ' -f1 >"$example_mark"
+  say "installed the example configuration as $SITE (with a random api.token)"
+fi
+unedited=no
+if [ -f "$example_mark" ] && [ "$(sha256sum <"$site_file" | cut -d' ' -f1)" = "$(cat "$example_mark")" ]; then
+  unedited=yes
+fi
+
+# ------------------------------------------------------------------ 5. validate it
+# The service reads it as user outpost (group outpost), not as root.
+read -r f_uid f_gid f_mode < <(stat -c '%u %g %a' "$site_file")
+f_mode=$((8#$f_mode))
+if ! { [ "$f_uid" = "$uid" ] && ((f_mode & 0400)); } && ! { [ "$f_gid" = "$gid" ] && ((f_mode & 040)); } && ! ((f_mode & 04)); then
+  die "$SITE is not readable by the outpost user: sudo chgrp outpost $SITE && sudo chmod 0640 $SITE (nothing was installed, upgraded, enabled or restarted)" "$EX_CONFIG"
+fi
+say "checking $SITE"
+set +e
+check_out=$("$NODE" "$CLI_SRC" check-config "$site_file" 2>&1)
+check_status=$?
+set -e
+printf '%s\n' "$check_out" | sed "s|^$ROOT||; s|^|  |"
+if [ "$check_status" -ne 0 ]; then
+  die "$SITE is not valid (check-config exit $check_status): nothing was installed, upgraded, enabled or restarted. Fix the lines above, then run the installer again." "$EX_CONFIG"
+fi
+
+# ------------------------------------------------------------------ 6. the code
+stage=$(at "$PREFIX.new")
+rm -rf "$stage"
+work=$(mktemp -d)
+trap 'rm -rf "$work" "$stage"' EXIT
+chmod 0755 "$work"
+[ "$owner" = root ] || [ "$owner" = UNKNOWN ] || chown "$owner" "$work"
+# npm pack takes exactly what package.json "files" lists (plus package.json and README.md).
+tarball=$(cd "$SRC" && as_owner npm pack --silent --pack-destination "$work")
+tarball=$(printf '%s\n' "$tarball" | tail -n 1)
+install -d -m 0755 "$stage"
+tar -xzf "$work/$tarball" -C "$stage" --strip-components=1 --no-same-owner
+install -m 0644 "$SRC/package-lock.json" "$stage/package-lock.json"
+say "installing $version's runtime dependencies (npm ci --omit=dev)"
+(cd "$stage" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+staged_version=$("$NODE" "$stage/dist/daemon/cli.js" --version)
+[ "$staged_version" = "$version" ] || die "the staged package says version $staged_version, expected $version"
+
+systemd_running=no
+if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then systemd_running=yes; fi
+# For tests only (test/install.test.ts): take the live path under --root, with stand-ins
+# for systemctl and udevadm on PATH, since it cannot run without systemd as PID 1.
+[ "${OUTPOST_INSTALL_ASSUME_SYSTEMD:-}" != yes ] || systemd_running=yes
+was_active=no
+if [ "$systemd_running" = yes ] && systemctl is-active --quiet "$UNIT"; then
+  was_active=yes
+  say "stopping $UNIT for the upgrade (open sessions close 'reboot', relays open)"
+  systemctl stop "$UNIT"
+fi
+target=$(at "$PREFIX")
+if [ -e "$target" ]; then
+  rm -rf "$target.old"
+  mv "$target" "$target.old"
+fi
+mv "$stage" "$target"
+rm -rf "$target.old"
+say "installed Outpost $version in $PREFIX"
+
+cat >"$(at "$BIN").tmp" <<EOF
+#!/bin/sh
+# Installed by Outpost's systemd/install.sh. Run tools as the service user, e.g.
+#   sudo -u outpost outpost records --config /etc/outpost/site.json
+exec $NODE $PREFIX/dist/daemon/cli.js "\$@"
+EOF
+chmod 0755 "$(at "$BIN").tmp"
+mv "$(at "$BIN").tmp" "$(at "$BIN")"
+
+# The unit names /usr/bin/node (NodeSource's path); another system-wide node is patched in.
+sed "s|^ExecStart=/usr/bin/node |ExecStart=$NODE |" "$SRC/systemd/$UNIT" >"$(at "$UNIT_DIR/$UNIT").tmp"
+chmod 0644 "$(at "$UNIT_DIR/$UNIT").tmp"
+mv "$(at "$UNIT_DIR/$UNIT").tmp" "$(at "$UNIT_DIR/$UNIT")"
+install -m 0644 "$SRC/systemd/$RULE" "$(at "$UDEV_DIR/$RULE")"
+say "installed $UNIT_DIR/$UNIT and $UDEV_DIR/$RULE"
+
+# ------------------------------------------------------------------ 7. enable and start
+if [ "$systemd_running" = yes ]; then
+  systemctl daemon-reload
+  if command -v udevadm >/dev/null; then
+    # Plugged adapters get the new rule (latency timer, symlink) without re-plugging.
+    udevadm control --reload && udevadm trigger --action=change --subsystem-match=tty --subsystem-match=usb-serial ||
+      say "warning: udevadm could not reload the rules; re-plug the RS-485 adapters or reboot"
+  fi
+else
+  if [ -n "$ROOT" ]; then why="--root"; else why="systemd is not running"; fi
+  say "skipped daemon-reload, udevadm reload/trigger and starting the service ($why)"
+fi
+
+started() {
+  systemctl restart "$UNIT" || die "$UNIT did not start: see journalctl -u outpost -n 50 (README: Troubleshooting)"
+}
+if [ "$unedited" = yes ]; then
+  say "not enabling $UNIT: $SITE is still the example."
+  say "next: edit $SITE (site, buses, outlets, plans, uplink), check it with"
+  say "      sudo -u outpost outpost check-config $SITE"
+  say "      then run this installer again (or: sudo systemctl enable --now outpost)"
+  # Someone ran the example on purpose: leave the service as it was found.
+  if [ "$was_active" = yes ]; then started; fi
+  exit 0
+fi
+if [ "$systemd_running" = yes ]; then
+  systemctl enable --quiet "$UNIT"
+  started
+  say "outpost $version is enabled and running: journalctl -u outpost -f"
+else
+  systemctl --root="${ROOT:-/}" enable --quiet "$UNIT"
+  say "enabled $UNIT (it starts at the next boot)"
+fi

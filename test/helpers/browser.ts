@@ -1,0 +1,32 @@
+/**
+ * Headless Chromium for page tests: Debian's `chromium` (/usr/bin/chromium; CI
+ * installs it) driven by playwright-core. Closed at teardown.
+ */
+import { existsSync, mkdirSync, copyFileSync } from 'node:fs'
+import { basename, join } from 'node:path'
+import { chromium, type Browser } from 'playwright-core'
+
+interface Teardownable {
+  teardown(fn: () => unknown): void
+}
+
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+
+export async function launchChromium(t: Teardownable): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: install Debian's chromium (apt-get install chromium; .ci/run does)`)
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking'],
+  })
+  t.teardown(() => browser.close())
+  return browser
+}
+
+/** Also keep a screenshot where a person can look at it (OUTPOST_SCREENSHOTS=DIR), since test temp dirs are removed. */
+export function keepScreenshot(file: string): void {
+  const dir = process.env.OUTPOST_SCREENSHOTS
+  if (!dir) return
+  mkdirSync(dir, { recursive: true })
+  copyFileSync(file, join(dir, basename(file)))
+}
