@@ -10,11 +10,10 @@
  * The peer is `outpost sim` in a child process, so the peer's work does not
  * share our event loop.
  */
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, existsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import ModbusSerial from 'modbus-serial'
@@ -22,29 +21,15 @@ import type { ModbusRTU as ModbusRTUClass } from 'modbus-serial/ModbusRTU.js'
 import { interFrameMs, encodeRtu } from '../drivers/modbus.js'
 import { SerialPort } from 'serialport'
 import { validateConfig } from '../daemon/config.js'
-import { packagePath } from '../daemon/paths.js'
 import type { BusConfig } from '../daemon/types.js'
 import { Bus } from '../drivers/site.js'
-import { repeat, row, type BenchRow } from './lib.js'
+import { repeat, row, startSimProcess, type BenchRow } from './lib.js'
 
 const N = 8
 const TURNAROUND = 20
 
-interface Peer { port: number; proc: ChildProcess; stop(): Promise<void> }
-
-async function startPeer(args: string[]): Promise<Peer> {
-  const proc = spawn(process.execPath, [packagePath('dist', 'daemon', 'cli.js'), 'sim', '--port', '0', '--speed', '0', '--no-script', ...args], { stdio: ['pipe', 'pipe', 'ignore'] })
-  const port = await new Promise<number>((resolve, reject) => {
-    const rl = createInterface({ input: proc.stdout! })
-    rl.on('line', (l) => { const m = l.match(/"port":(\d+)/); if (m) resolve(Number(m[1])) })
-    proc.once('exit', () => reject(new Error('simulator exited')))
-  })
-  return {
-    port,
-    proc,
-    stop: () => new Promise((r) => { proc.once('exit', () => r()); proc.kill('SIGTERM') }),
-  }
-}
+/** The peer: `outpost sim` in a child process, time frozen, no scripted vehicles. */
+const startPeer = (args: string[]) => startSimProcess(['--speed', '0', '--no-script', ...args])
 
 async function socatPair(): Promise<{ a: string; b: string; stop(): Promise<void> }> {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-'))
@@ -92,7 +77,7 @@ async function pollCycleRows(): Promise<BenchRow[]> {
     await peer.stop()
   }
   const pty = await socatPair()
-  const rtuPeer = await startPeer(['--outlets', String(N), '--turnaround-ms', String(TURNAROUND), '--port', '0', '--rtu', pty.b])
+  const rtuPeer = await startPeer(['--outlets', String(N), '--turnaround-ms', String(TURNAROUND), '--rtu', pty.b])
   try {
     // RTU requires 3.5 characters of silence between frames (1.75 ms here): part of the ideal, not idle time.
     const rtuIdeal = N * (TURNAROUND + interFrameMs(115200))

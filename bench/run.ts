@@ -7,23 +7,9 @@
 import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import type { BenchRow } from './lib.js'
+import { table, type BenchRow } from './lib.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
-
-function fmt(n: number): string {
-  if (!Number.isFinite(n)) return String(n)
-  const a = Math.abs(n)
-  return a >= 1000 ? n.toFixed(0) : a >= 10 ? n.toFixed(1) : a >= 0.1 ? n.toFixed(3) : n.toPrecision(3)
-}
-
-export function table(rows: (BenchRow & { bench: string })[]): string {
-  const head = ['bench', 'figure', 'baseline', 'value', 'unit', 'ratio', 'goal', 'met', 'note']
-  const body = rows.map((r) => [r.bench, r.figure, fmt(r.baseline), fmt(r.value), r.unit, `${r.ratio.toFixed(2)}x`, r.goal, r.met ? 'yes' : 'NO', r.note ?? ''])
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()
-  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
-}
 
 async function main(): Promise<number> {
   const only = process.argv.slice(2)
@@ -47,8 +33,10 @@ async function main(): Promise<number> {
     process.stderr.write(`bench: ${name} took ${((performance.now() - started) / 1000).toFixed(0)} s\n`)
   }
   process.stdout.write(table(rows) + '\n')
-  const missed = rows.filter((r) => !r.met)
-  if (missed.length) process.stdout.write(`\n${missed.length} figure(s) missed their goal; a row marked "noisy" was measured on a busy machine.\n`)
+  const missed = rows.filter((r) => !r.met && !r.notMeasured).length
+  const noisy = rows.filter((r) => r.noisy).length
+  const unmeasured = rows.filter((r) => r.notMeasured).length
+  process.stdout.write(`\n${rows.length} figures: ${missed} missed their goal, ${noisy} noisy (runs spread > 25 %: measured on a busy machine, not a claim), ${unmeasured} not measured.\n`)
   return 0
 }
 

@@ -1,8 +1,15 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2 --optimize-for-size
 /**
  * The `outpost` executable: parses the command word and hands the rest of the
  * arguments to the command's module. Each command returns its exit status;
  * this file owns process.exit and nothing else.
+ *
+ * The interpreter line caps V8's young generation at 2 MB per semi-space (the
+ * daemon's garbage is short-lived and small; node's default of up to 16 MB
+ * costs about 20 MB of RSS) and has V8 favour size over speed (its old
+ * generation then grows to less before each collection: another 15-20 MB), for
+ * no CPU cost measurable at 64 outlets (docs/bench.md, footprint). A unit that
+ * runs `node dist/daemon/cli.js` should pass the same flags.
  */
 import { readFileSync } from 'node:fs'
 import { packagePath } from './paths.js'

@@ -14,7 +14,7 @@
 import { mulberry32 } from '../daemon/prng.js'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
-import { SerialPort } from 'serialport'
+import type { SerialPort } from 'serialport'
 import { crc16 } from './crc.js'
 import { scanTcp } from './modbus.js'
 
@@ -38,6 +38,10 @@ export interface SimOptions {
   /** Artificial turnaround before every reply (benchmarks). */
   turnaroundMs?: number
   tickMs?: number
+  /** Called as each coil write (fc 5 or 15) arrives, per coil written: outlet n (coil n-1) and the value (benchmarks time relay commands). */
+  onCoilWrite?: (outlet: number, closed: boolean) => void
+  /** Called as each request arrives, before it is answered (benchmarks time polls). */
+  onRequest?: (unit: number, fc: number) => void
 }
 
 export interface VehicleSpec {
@@ -231,6 +235,7 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
   const handle = (unit: number, pdu: Buffer, tcp: boolean): Buffer | null => {
     const fc = pdu[0]!
     served.set(unit, (served.get(unit) ?? 0) + 1)
+    opts.onRequest?.(unit, fc)
     if (unit >= 1 && unit <= n) {
       const o = outlets[unit - 1]!
       if (o.fault === 'silent') return null
@@ -268,6 +273,7 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
         if (v !== 0xff00 && v !== 0) return exception(fc, 3)
         if (addr >= n) return exception(fc, 2)
         outlets[addr]!.coil = v === 0xff00
+        opts.onCoilWrite?.(addr + 1, v === 0xff00)
         return Buffer.from(pdu)
       }
       if (fc === 15) {
@@ -275,7 +281,10 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
         const count = pdu.readUInt16BE(3)
         if (pdu.length < 6 || pdu[5] !== Math.ceil(count / 8) || pdu.length !== 6 + pdu[5]!) return exception(fc, 3)
         if (addr + count > n) return exception(fc, 2)
-        for (let i = 0; i < count; i++) outlets[addr + i]!.coil = ((pdu[6 + (i >> 3)]! >> (i & 7)) & 1) === 1
+        for (let i = 0; i < count; i++) {
+          outlets[addr + i]!.coil = ((pdu[6 + (i >> 3)]! >> (i & 7)) & 1) === 1
+          opts.onCoilWrite?.(addr + i + 1, outlets[addr + i]!.coil)
+        }
         return pdu.subarray(0, 5)
       }
       return exception(fc, 1)
@@ -327,6 +336,7 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
 
   let rtu: SerialPort | undefined
   if (opts.rtuPath) {
+    const { SerialPort } = await import('serialport')
     const p = new SerialPort({ path: opts.rtuPath, baudRate: opts.rtuBaud ?? 9600, autoOpen: false })
     await new Promise<void>((resolve, reject) => p.open((err) => (err ? reject(err) : resolve())))
     rtu = p

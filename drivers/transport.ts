@@ -8,7 +8,8 @@
  * bus scheduler decides that), never interprets bytes.
  */
 import net from 'node:net'
-import { SerialPort } from 'serialport'
+// serialport (a native addon) is loaded by the first serial bus that opens: a TCP-only site never pays for it.
+import type { SerialPort } from 'serialport'
 import { OutpostError } from '../daemon/types.js'
 
 export interface ByteStream {
@@ -51,8 +52,9 @@ export class SerialStream implements ByteStream {
     return this.port?.isOpen === true
   }
 
-  open(): Promise<void> {
+  async open(): Promise<void> {
     this.closing = false
+    const { SerialPort } = await import('serialport')
     const port = new SerialPort({ path: this.opts.path, baudRate: this.opts.baudRate, parity: this.opts.parity, dataBits: this.opts.dataBits, stopBits: this.opts.stopBits, autoOpen: false })
     return new Promise((resolve, reject) => {
       port.open((err) => {

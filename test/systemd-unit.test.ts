@@ -15,6 +15,7 @@ import { join } from 'node:path'
 import { packagePath } from '../daemon/paths.js'
 import { EXIT_CONFIG } from '../daemon/cli.js'
 import { DEFAULT_CONFIG } from '../daemon/commands/run.js'
+import { binNodeFlags } from '../bench/lib.js'
 
 const UNIT_FILE = packagePath('systemd', 'outpost.service')
 const RULE_FILE = packagePath('systemd', '99-outpost-rs485.rules')
@@ -79,7 +80,7 @@ t.test('the unit keeps what the daemon needs', async (t) => {
   t.equal(one('Type'), 'notify', 'Type=notify: the daemon sends READY=1')
   t.equal(one('NotifyAccess'), 'all', 'NotifyAccess=all: READY/WATCHDOG come from the systemd-notify child')
   t.ok(Number(one('WatchdogSec')) >= 10, 'a watchdog the daemon feeds at half the period')
-  t.equal(one('ExecStart'), `/usr/bin/node /opt/outpost/dist/daemon/cli.js run --config ${DEFAULT_CONFIG}`, 'runs the installed CLI on the default config')
+  t.equal(one('ExecStart'), `/usr/bin/node ${binNodeFlags(packagePath('daemon', 'cli.ts')).join(' ')} /opt/outpost/dist/daemon/cli.js run --config ${DEFAULT_CONFIG}`, 'runs the installed CLI on the default config, with the node flags of the outpost bin')
   t.equal(one('Restart'), 'always')
   t.ok(words('RestartPreventExitStatus').includes(String(EXIT_CONFIG)), `an invalid config (exit ${EXIT_CONFIG}) does not restart-loop`)
   t.ok(Number(one('TimeoutStopSec')) > 15, 'TimeoutStopSec above the daemon\'s own 15 s stop bound')

@@ -11,14 +11,15 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join, dirname, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import mqtt, { type MqttClient } from 'mqtt'
 import { ReconcilingConsumer } from '../../daemon/uplink/consumer.js'
 import type { CommandResult, JournalRecord } from '../../daemon/types.js'
+import { packageRoot } from '../../daemon/paths.js'
 
-export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** The package root, from test/helpers (ts-node) or dist/test/helpers (the built benchmarks). */
+export const ROOT = packageRoot
 export const CLI = join(ROOT, 'dist', 'daemon', 'cli.js')
 export const PEER = join(ROOT, 'test', 'helpers', 'site-peer.py')
 /** Debian's python3: the only interpreter here with pymodbus (not the python3 on PATH). */
@@ -194,6 +195,8 @@ export interface SiteOptions {
   extraOutlets?: unknown[]
   sessions?: Record<string, unknown>
   storage?: Record<string, unknown>
+  /** Further top-level sections (api, nodeRed, logging), replacing the defaults above. */
+  extra?: Record<string, unknown>
 }
 
 export const PLANS = [
@@ -224,6 +227,7 @@ export function writeSiteConfig(o: SiteOptions): string {
     sessions: { pollMs: 250, graceSeconds: 3, minChargeA: 0.5, autoStartA: 0.5, noCurrentA: 0.1, noCurrentHoldMs: 750, meterFaultMs: 2500, ...(o.sessions ?? {}) },
     ...(o.brokerUrl ? { uplink: { url: o.brokerUrl, topicPrefix: PREFIX, keepaliveS: 5, reconnectMaxMs: 1000 } } : {}),
     logging: { level: 'info' },
+    ...(o.extra ?? {}),
   }
   const file = join(o.dir, 'site.json')
   writeFileSync(file, JSON.stringify(config, null, 2) + '\n')
@@ -251,15 +255,18 @@ export interface DaemonProc {
   pid: number
 }
 
-/** Runs `outpost run` from this checkout's build, or from another tree's `cli` (an installed one). */
-export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}, cli = CLI): DaemonProc {
+/**
+ * Runs `outpost run` from this checkout's build, or from another tree's `cli` (an installed one).
+ * `nodeArgs` go before the script (V8 flags such as --optimize-for-size, which NODE_OPTIONS does not accept).
+ */
+export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}, cli = CLI, nodeArgs: string[] = []): DaemonProc {
   if (!existsSync(cli)) throw new Error(`${cli} is missing: build first (npx tsc -p .; npm test does)`)
   // The runner's own systemd settings (if it runs under systemd) are not the daemon's.
   const base: NodeJS.ProcessEnv = { ...process.env }
   delete base.NOTIFY_SOCKET
   delete base.WATCHDOG_USEC
   delete base.WATCHDOG_PID
-  const p = startProc(t, process.execPath, [cli, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
+  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
   const logs = (): LogLine[] =>
     p.out.map((l) => {
       try {

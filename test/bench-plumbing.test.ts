@@ -1,0 +1,84 @@
+/**
+ * The benchmark plumbing on a tiny scale (no timing asserted: performance lives
+ * in bench/): /proc parsing, the leak-indicator slopes, percentiles and the
+ * table's verdict column.
+ */
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { parseCpuS, parseRssMB, sampleFor, sampleProc, slope, floorSlope, summarise, type ProcSample } from '../bench/footprint.js'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { binNodeFlags, bounded, notMeasured, percentile, row, table, verdict } from '../bench/lib.js'
+
+t.test('/proc parsing', async (t) => {
+  t.equal(parseRssMB('Name:\tnode\nVmPeak:\t  900000 kB\nVmRSS:\t   102400 kB\nRssAnon:\t 1 kB\n'), 100)
+  t.throws(() => parseRssMB('Name:\tnode\nState:\tZ (zombie)\n'), /no VmRSS/)
+  // A command name with spaces and a parenthesis must not shift the fields: utime 250, stime 50 ticks.
+  const stat = '4242 (node (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 11 0 100 1000000 2000 18446744073709551615'
+  t.equal(parseCpuS(stat, 100), 3)
+  t.throws(() => parseCpuS('4242 (node) S 1', 100), /utime\/stime/)
+})
+
+t.test('sampling a real process: its RSS and CPU time', async (t) => {
+  const mine = sampleProc(process.pid)
+  const rss = process.memoryUsage().rss / 1048576
+  t.ok(Math.abs(mine.rssMB - rss) < 0.25 * rss, `VmRSS ${mine.rssMB.toFixed(1)} MB agrees with process.memoryUsage().rss ${rss.toFixed(1)} MB`)
+  // A child that burns CPU for a while: its utime+stime grows between samples.
+  const child = spawn(process.execPath, ['-e', 'const end = Date.now() + 1500; while (Date.now() < end) {}'], { stdio: 'ignore' })
+  const exited = new Promise((r) => child.once('exit', r))
+  let alive = true
+  child.once('exit', () => (alive = false))
+  const samples = await sampleFor(child.pid!, 600, 200, () => alive)
+  t.ok(samples.length >= 3, `${samples.length} samples`)
+  t.ok(samples[samples.length - 1]!.cpuS > samples[0]!.cpuS, 'CPU time grows while the child spins')
+  t.ok(samples.every((s) => s.rssMB > 0), 'every sample has an RSS')
+  t.ok(samples[samples.length - 1]!.rssMB > 10, `a running node has more than 10 MB resident (${samples[samples.length - 1]!.rssMB.toFixed(1)} MB)`)
+  await exited
+  await t.rejects(sampleFor(child.pid!, 1000, 100, () => alive), /exited while being sampled/)
+})
+
+t.test('slopes: least squares, and the GC floor', async (t) => {
+  t.equal(slope([{ x: 0, y: 1 }, { x: 1, y: 3 }, { x: 2, y: 5 }]), 2)
+  t.ok(Number.isNaN(slope([{ x: 0, y: 1 }])), 'one point has no slope')
+  // A sawtooth around a flat floor: the raw slope depends on where the drops fall, the floor's is ~0.
+  const saw: ProcSample[] = Array.from({ length: 48 }, (_, i) => ({ t: i * 5000, rssMB: 100 + (i % 12) * 2, cpuS: i * 0.1 }))
+  t.ok(Math.abs(floorSlope(saw)) < 1e-9, `flat floor: ${floorSlope(saw)}`)
+  // The same sawtooth on a floor rising 1 MB/min: the floor slope sees it.
+  const leak = saw.map((s) => ({ ...s, rssMB: s.rssMB + s.t / 60_000 }))
+  t.ok(Math.abs(floorSlope(leak) - 1) < 0.2, `rising floor: ${floorSlope(leak).toFixed(3)} MB/min`)
+  const s = summarise(leak)
+  t.equal(s.samples, 48)
+  t.equal(s.rssMaxMB, Math.max(...leak.map((x) => x.rssMB)))
+  // cpuS grows 0.1 s per 5 s: 2 % of one core, in both halves.
+  t.ok(Math.abs(s.cpuPct - 2) < 1e-9 && Math.abs(s.cpuPctAll - 2) < 1e-9, `cpu ${s.cpuPct} %`)
+  t.throws(() => summarise(leak.slice(0, 3)), /too few/)
+})
+
+t.test('rows, verdicts and the table', async (t) => {
+  t.equal(percentile([5, 1, 4, 2, 3], 95), 5)
+  t.equal(percentile([5, 1, 4, 2, 3], 50), 3)
+  const ok = bounded('rss', 'MB', 60, 80)
+  t.equal(ok.ratio, 0.75)
+  t.equal(verdict(ok), 'yes')
+  t.equal(verdict(bounded('rss', 'MB', 100, 80)), 'NO')
+  t.equal(verdict(row('x', 'ops/s', [100, 100, 100], [50, 90, 130], { op: '>=', ratio: 0.8 })), 'noisy', 'met but spread 89 %')
+  t.equal(verdict(row('x', 'ops/s', [100, 100, 100], [50, 60, 90], { op: '>=', ratio: 0.8 })), 'NO (noisy)')
+  const nm = notMeasured('rss with Node-RED', 'MB', '<= 160 MB', 'not measured: Node-RED not running')
+  t.equal(verdict(nm), 'not measured')
+  const text = table([{ ...nm, bench: 'footprint' }, { ...ok, bench: 'footprint' }])
+  t.match(text, /not measured: Node-RED not running/)
+  t.notMatch(text, /NaN/, 'no NaN printed for a figure not measured')
+})
+
+t.test("the bin's node flags come from its interpreter line", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-test-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const f = join(dir, 'cli.js')
+  writeFileSync(f, '#!/usr/bin/env -S node --max-semi-space-size=2 --optimize-for-size\nconsole.log(1)\n')
+  t.same(binNodeFlags(f), ['--max-semi-space-size=2', '--optimize-for-size'])
+  writeFileSync(f, '#!/usr/bin/env node\n')
+  t.same(binNodeFlags(f), [])
+  writeFileSync(f, 'console.log(1)\n')
+  t.throws(() => binNodeFlags(f), /no node interpreter line/)
+})
