@@ -56,6 +56,31 @@ t.test('one low sample does not end a session; the hold restarts when current re
   t.equal(r.ended()[0]?.reason, 'unplugged')
 })
 
+t.test('the hold is met within half a poll: samples that arrive a little early do not cost another poll', async (t) => {
+  const r = ready() // pollMs 1000, noCurrentHoldMs 2000
+  r.wallet('u-1', 10_000)
+  r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
+  r.run(5, { A1: 16 })
+  r.read('A1', 0, 1000) // the first low sample: the hold starts here
+  r.read('A1', 0, 990)
+  t.equal(r.ended().length, 0, '990 ms of no current is not the hold')
+  r.read('A1', 0, 988) // 1978 ms after the first low sample: two polls, answered a little early
+  t.equal(r.ended()[0]?.reason, 'unplugged', 'ends on the sample that completes two polls, not one poll later')
+})
+
+t.test('the slack never lets one low sample end a session, even with a hold shorter than a poll', async (t) => {
+  const r = ready({ sessions: { noCurrentHoldMs: 400 } })
+  r.wallet('u-1', 10_000)
+  r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
+  r.run(5, { A1: 16 })
+  r.read('A1', 0, 1000)
+  t.equal(r.ended().length, 0, 'the first low sample alone never ends it')
+  r.read('A1', 0, 250)
+  t.equal(r.ended().length, 0, '250 ms is under 400 ms less its 100 ms slack')
+  r.read('A1', 0, 60)
+  t.equal(r.ended()[0]?.reason, 'unplugged', '310 ms ≥ 300 ms')
+})
+
 t.test('current that tapered before falling ends the session charge-complete', async (t) => {
   const r = ready()
   r.wallet('u-1', 100_000)

@@ -16,7 +16,7 @@
  * closes), then statuses, then the command result. The daemon may carry out a relay
  * OPEN before the journal commit; a relay CLOSE only after the step's records are durable.
  */
-import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine } from '../types.js'
+import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings } from '../types.js'
 import { OutpostError } from '../types.js'
 import { assertTimeZone, divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, planProblems, priceTimeline, toMicros, type TimelineEntry } from './pricing.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
@@ -544,7 +544,7 @@ function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh:
         const mean = recentMean(previous, ts)
         s.taperedAtLow = mean !== null && mean < set.taperRatio * s.peakA
       }
-      if (ts - s.lowSince >= set.noCurrentHoldMs) reason = s.taperedAtLow ? 'charge-complete' : 'unplugged'
+      if (ts - s.lowSince >= set.noCurrentHoldMs - holdSlackMs(set)) reason = s.taperedAtLow ? 'charge-complete' : 'unplugged'
     } else if (s.lowSince !== null) {
       s.lowSince = null
       s.taperedAtLow = false
@@ -554,6 +554,18 @@ function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh:
   if (reason === null && !periodAt(s.plan, ctx.s.timezone, ctx.now).available) reason = 'plan-unavailable'
   if (reason === null && !s.drewCurrent && ctx.now >= s.startedAt + set.graceSeconds * 1000) reason = 'grace-expired'
   if (reason !== null) endSession(ctx, id, reason)
+}
+
+/**
+ * Readings are stamped when the meter's answer arrives, so samples one poll apart land a
+ * few ms either side of pollMs: with the hold an exact multiple of pollMs (the defaults,
+ * 2000 and 1000), the sample that completes the hold could measure 1998 ms and the session
+ * would end one poll late. The hold is therefore met within half a poll (at most a quarter
+ * of the hold, so a hold shorter than a poll still needs a second low sample). Ending
+ * early costs nobody anything: no current is flowing.
+ */
+export function holdSlackMs(set: SessionSettings): number {
+  return Math.min(set.pollMs / 2, set.noCurrentHoldMs / 4)
 }
 
 function onTick(ctx: Ctx): void {
