@@ -19,7 +19,7 @@ import { OutpostError } from './types.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
-import { initialState, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
+import { initialState, outletStatuses, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
 import { Journal } from './journal/index.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
@@ -62,7 +62,6 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private timers: NodeJS.Timeout[] = []
   /** The read in flight per outlet: one at a time, and a clean stop waits for it. */
   private readonly reading = new Map<string, Promise<void>>()
-  private readonly statuses = new Map<string, OutletStatus>()
   private halted: Error | undefined
   private stopping = false
   /** Set once the clean stop's final step is done: later events are refused, never committed. */
@@ -167,8 +166,14 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   // ---------------------------------------------------------------- views
 
+  /**
+   * Every outlet's status as of now, in config order, derived from the engine's state (so an
+   * idle outlet shows its last reading, not the last session's current); [] before start.
+   */
   outletStatuses(): OutletStatus[] {
-    return this.config.outlets.map((o) => this.statuses.get(o.id)).filter((s): s is OutletStatus => s !== undefined)
+    if (!this.state) return []
+    const byId = new Map(outletStatuses(this.state, this.clock.now()).map((s) => [s.outlet, s]))
+    return this.config.outlets.map((o) => byId.get(o.id)).filter((s): s is OutletStatus => s !== undefined)
   }
 
   get engineState(): EngineState {
@@ -290,7 +295,6 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
     for (const e of effects) {
       if (e.type === 'status') {
-        this.statuses.set(e.status.outlet, e.status)
         this.uplink?.publishOutlet(e.status)
         this.emit('status', e.status)
       } else if (e.type === 'result') {

@@ -68,13 +68,13 @@ function install(src: string, root: string, env: NodeJS.ProcessEnv = installerEn
 }
 
 /** Every entry under `root`: path, type, mode, owner, and content hash or link target. */
-function snapshot(root: string, skip: string[] = []): string[] {
+function snapshot(root: string, excluded: string[] = []): string[] {
   const lines: string[] = []
   const walk = (dir: string) => {
     for (const name of readdirSync(dir).sort()) {
       const path = join(dir, name)
       const rel = relative(root, path)
-      if (skip.includes(rel)) continue
+      if (excluded.includes(rel)) continue
       const s = lstatSync(path)
       const head = `${rel} ${(s.mode & 0o7777).toString(8)} ${s.uid}:${s.gid}`
       if (s.isSymbolicLink()) lines.push(`${head} -> ${readlinkSync(path)}`)

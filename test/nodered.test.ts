@@ -229,7 +229,7 @@ t.test('the events node sends this boot’s gateway.started once', async (t) => 
 })
 
 t.test('the command node goes through the gateway: the same validation, journal and results', async (t) => {
-  await waitFor(() => daemon.outletStatuses().length === 2, 'both outlets have a status')
+  await waitFor(() => Object.values(daemon.engineState.outlets).every((o) => o.last !== undefined && o.last !== null), 'both outlets have been read')
   const head0 = daemon.records!.head()
   const invalid = await command({ action: 'start', outlet: 'E1' })
   t.equal(invalid.ok, false)

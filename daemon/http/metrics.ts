@@ -10,7 +10,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Daemon } from '../daemon.js'
 import type { JournalRecord, OutletState, OutletStatus } from '../types.js'
-import { liveStatuses, oldestUnackedTs } from './views.js'
+import { oldestUnackedTs } from './views.js'
 
 const STATES: OutletState[] = ['off', 'armed', 'pending', 'charging', 'unavailable', 'fault']
 
@@ -20,7 +20,7 @@ export class Metrics {
 
   constructor(private readonly daemon: Daemon, private readonly now: () => number) {
     const registers = [this.registry]
-    const outlets = (): OutletStatus[] => liveStatuses(daemon, now())
+    const outlets = (): OutletStatus[] => daemon.outletStatuses()
     const buses = () => daemon.buses?.health() ?? []
 
     type Rows = [Record<string, string>, number][]

@@ -20,7 +20,7 @@ import { currencyMinorDigits, parseJson } from '../config.js'
 import { HttpError, allow, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
 import { Metrics } from './metrics.js'
-import { PowerHistory, liveStatuses, oldestUnackedTs } from './views.js'
+import { PowerHistory, oldestUnackedTs } from './views.js'
 
 /** A start/stop body is a few fields; anything bigger is a mistake. */
 export const MAX_BODY_BYTES = 4096
@@ -156,7 +156,7 @@ export class ApiRoutes {
   // ---------------------------------------------------------------- views
 
   private outlets(): OutletStatus[] {
-    return liveStatuses(this.daemon, this.opts.now())
+    return this.daemon.outletStatuses()
   }
 
   private outletId(raw: string): string {
