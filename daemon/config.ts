@@ -7,13 +7,14 @@
  * Defaults live in the schema's `default` keywords and nowhere else; ajv's
  * useDefaults applies them, and the README's reference is generated from them.
  */
-import { readFileSync, existsSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseTree, printParseErrorCode, type ParseError, visit } from 'jsonc-parser'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
 import type { SiteConfig, PlanConfig } from './types.js'
 
 import { packagePath } from './paths.js'
+import { ModelRegistry } from '../drivers/models.js'
 
 export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
 
@@ -28,10 +29,6 @@ export interface ConfigProblem {
 
 export type ConfigResult = { ok: true; config: SiteConfig } | { ok: false; problems: ConfigProblem[] }
 
-/** Models that ship with Outpost (drivers/models). Installer models come from models.dir. */
-export const BUILTIN_METER_MODELS = ['eastron-sdm120', 'eastron-sdm630', 'outpost-serial'] as const
-export const BUILTIN_RELAY_MODELS = ['modbus-coil', 'modbus-holding', 'outpost-serial'] as const
-const SERIAL_ONLY_MODELS = new Set(['outpost-serial'])
 
 let validator: ValidateFunction | undefined
 function compiled(): ValidateFunction {
@@ -301,6 +298,13 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
   const relayPoints = new Map<string, string>() // `${bus}#${unit}#${coil|reg}` -> pointer
   const relayUnits = new Map<string, string>()
   const modelsDir = isObj(cfg.models) ? str(cfg.models.dir) : undefined
+  // The model folders are the list of models: ask the registry what exists and what it speaks.
+  let registry: ModelRegistry | undefined
+  try {
+    registry = new ModelRegistry(modelsDir)
+  } catch (err) {
+    out.push({ pointer: '/models/dir', message: (err as Error).message })
+  }
   arr(cfg.outlets).forEach((o, i) => {
     if (!isObj(o)) return
     const at = `/outlets/${i}`
@@ -323,7 +327,7 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
     const relay = isObj(o.relay) ? o.relay : undefined
     if (meter) {
       const model = str(meter.model)
-      if (model !== undefined) out.push(...modelProblems(model, 'meter', `${at}/meter/model`, BUILTIN_METER_MODELS, modelsDir, bus ? serialBus : undefined))
+      if (model !== undefined) out.push(...modelProblems(registry, model, 'meter', `${at}/meter/model`, modelsDir, bus ? serialBus : undefined))
       if (busId !== undefined && typeof meter.unit === 'number') {
         const k = `${busId}#${meter.unit}`
         const prev = meterUnits.get(k) ?? relayUnits.get(k)
@@ -333,9 +337,13 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
     }
     if (relay) {
       const model = str(relay.model)
-      if (model !== undefined) out.push(...modelProblems(model, 'relay', `${at}/relay/model`, BUILTIN_RELAY_MODELS, modelsDir, bus ? serialBus : undefined))
-      if (model === 'modbus-coil' && relay.coil === undefined) out.push({ pointer: `${at}/relay/coil`, message: 'is required for a modbus-coil relay' })
-      if (model === 'modbus-holding' && relay.register === undefined) out.push({ pointer: `${at}/relay/register`, message: 'is required for a modbus-holding relay' })
+      if (model !== undefined) out.push(...modelProblems(registry, model, 'relay', `${at}/relay/model`, modelsDir, bus ? serialBus : undefined))
+      // A relay model that names no coil or register of its own takes it from the outlet's config.
+      const point = model !== undefined ? registry?.find(model, 'relay')?.relay : undefined
+      if (point && point.address === undefined && point.point !== 'line') {
+        const key = point.point === 'coil' ? 'coil' : 'register'
+        if (relay[key] === undefined) out.push({ pointer: `${at}/relay/${key}`, message: `is required for a ${model} relay` })
+      }
       if (busId !== undefined && typeof relay.unit === 'number') {
         const uk = `${busId}#${relay.unit}`
         const meterThere = meterUnits.get(uk)
@@ -409,15 +417,16 @@ function nodeRedProblems(cfg: Loose): ConfigProblem[] {
   return out
 }
 
-function modelProblems(model: string, kind: 'meter' | 'relay', pointer: string, builtin: readonly string[], modelsDir: string | undefined, serialBus: boolean | undefined): ConfigProblem[] {
-  const known = builtin.includes(model) || (modelsDir !== undefined && existsSync(join(modelsDir, `${model}.json`)))
-  if (!known) {
+function modelProblems(registry: ModelRegistry | undefined, model: string, kind: 'meter' | 'relay', pointer: string, modelsDir: string | undefined, serialBus: boolean | undefined): ConfigProblem[] {
+  if (!registry) return [] // models.dir itself is reported
+  const m = registry.find(model, kind)
+  if (!m) {
     const where = modelsDir ? ` or a file ${join(modelsDir, model + '.json')}` : ' (or set models.dir for your own)'
-    return [{ pointer, message: `unknown ${kind} model "${model}": expected one of ${builtin.join(', ')}${where}` }]
+    return [{ pointer, message: `unknown ${kind} model "${model}": expected one of ${registry.names(kind).join(', ')}${where}` }]
   }
   if (serialBus === undefined) return []
-  if (serialBus && !SERIAL_ONLY_MODELS.has(model)) return [{ pointer, message: `"${model}" is a Modbus model but the outlet's bus is a plain serial bus (use outpost-serial)` }]
-  if (!serialBus && SERIAL_ONLY_MODELS.has(model)) return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
+  if (serialBus && m.transport !== 'serial') return [{ pointer, message: `"${model}" is a Modbus model but the outlet's bus is a plain serial bus (use a model with "transport": "serial", such as outpost-serial)` }]
+  if (!serialBus && m.transport === 'serial') return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
   return []
 }
 

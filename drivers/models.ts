@@ -45,9 +45,12 @@ export const REQUIRED_METER_QUANTITIES = ['voltageV', 'currentA', 'powerW', 'ene
 export const BUILTIN_MODELS_DIR = packagePath('drivers', 'models')
 
 let validator: ValidateFunction | undefined
+/** Read and compiled once per process: every model file of every registry goes through it. */
 function compiled(): ValidateFunction {
-  const schema = JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, 'model.schema.json'), 'utf8')) as Record<string, unknown>
-  validator ??= new Ajv2020({ allErrors: true, useDefaults: true, strict: true }).compile(schema)
+  if (!validator) {
+    const schema = JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, 'model.schema.json'), 'utf8')) as Record<string, unknown>
+    validator = new Ajv2020({ allErrors: true, useDefaults: true, strict: true }).compile(schema)
+  }
   return validator
 }
 
@@ -118,6 +121,12 @@ export class ModelRegistry {
     if (!m) throw new OutpostError('MODEL_UNKNOWN', `unknown device model "${name}" (known: ${[...this.models.keys()].join(', ')})`)
     if (kind && !m.kinds.includes(kind)) throw new OutpostError('MODEL_UNKNOWN', `model "${name}" cannot be used as a ${kind}`)
     return m
+  }
+
+  /** The model, if it exists and can serve as `kind`; for checks that report their own problem. */
+  find(name: string, kind?: 'meter' | 'relay'): DeviceModel | undefined {
+    const m = this.models.get(name)
+    return m && (!kind || m.kinds.includes(kind)) ? m : undefined
   }
 
   names(kind?: 'meter' | 'relay'): string[] {

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -185,13 +185,59 @@ t.test('files: unreadable, a directory, valid', async (t) => {
   t.ok(loadConfigFile(f).ok)
 })
 
-t.test('installer models from models.dir are accepted', async (t) => {
+// Installer models, written as an installer would from docs/drivers.md.
+const serialMeterModel = { name: 'acme-serial', kinds: ['meter', 'relay'], transport: 'serial', relay: { point: 'line', closedValue: 1, openValue: 0 } }
+const modbusMeterModel = {
+  name: 'abb-b23', kinds: ['meter'], transport: 'modbus', maxRegistersPerRead: 60,
+  registers: [
+    { quantity: 'voltageV', function: 4, address: 0, type: 'float32' },
+    { quantity: 'currentA', function: 4, address: 6, type: 'float32' },
+    { quantity: 'powerW', function: 4, address: 12, type: 'float32' },
+    { quantity: 'energyWh', function: 4, address: 72, type: 'float32', scale: 1000 },
+  ],
+}
+
+function modelsDir(t: Test, ...models: { name: string }[]): string {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-models-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  for (const m of models) writeFileSync(join(dir, `${m.name}.json`), JSON.stringify(m))
+  return dir
+}
+
+t.test('installer models from models.dir are accepted', async (t) => {
+  const cfg = example()
+  cfg.models = { dir: modelsDir(t, modbusMeterModel) }
+  cfg.outlets[0].meter.model = 'abb-b23'
+  const r = validateConfig(cfg)
+  t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
+})
+
+t.test('an installer serial model on a serial bus passes; on a Modbus bus it is refused', async (t) => {
+  const cfg = example()
+  cfg.models = { dir: modelsDir(t, serialMeterModel) }
+  cfg.buses[0].type = 'serial'
+  for (const k of Object.keys(cfg.buses[0])) if (!['id', 'type', 'path', 'baudRate'].includes(k)) delete cfg.buses[0][k]
+  cfg.outlets[0].bus = cfg.buses[0].id
+  cfg.outlets[0].meter = { model: 'acme-serial', unit: 1 }
+  cfg.outlets[0].relay = { model: 'acme-serial', unit: 1 }
+  const ok = validateConfig(cfg)
+  t.ok(ok.ok, ok.ok ? '' : JSON.stringify(ok.problems))
+
+  const onModbus = example()
+  onModbus.models = cfg.models
+  onModbus.outlets[0].meter.model = 'acme-serial'
+  const r = validateConfig(onModbus)
+  t.notOk(r.ok)
+  if (!r.ok) t.match(r.problems, [{ pointer: '/outlets/0/meter/model', message: /"acme-serial" speaks the serial line protocol but the outlet's bus is Modbus/ }])
+})
+
+t.test('an installer model file that is not a valid model is named, at /models/dir', async (t) => {
+  const dir = modelsDir(t)
   writeFileSync(join(dir, 'abb-b23.json'), '{}')
   const cfg = example()
   cfg.models = { dir }
   cfg.outlets[0].meter.model = 'abb-b23'
   const r = validateConfig(cfg)
-  t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
+  t.notOk(r.ok)
+  if (!r.ok) t.match(r.problems, [{ pointer: '/models/dir', message: /model file .*abb-b23\.json: .*must have required property 'name'/ }])
 })

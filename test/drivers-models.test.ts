@@ -1,17 +1,19 @@
 import t from 'tap'
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, writeFileSync, rmSync, readdirSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ModelRegistry, planBlocks, meterBlocks, decodeRegister, decodeMeter, float32Decimal, validateModel } from '../drivers/models.js'
-import { BUILTIN_METER_MODELS, BUILTIN_RELAY_MODELS } from '../daemon/config.js'
+import { BUILTIN_MODELS_DIR, ModelRegistry, planBlocks, meterBlocks, decodeRegister, decodeMeter, float32Decimal, validateModel } from '../drivers/models.js'
 import { openSite } from '../drivers/site.js'
 import { startPymodbus, siteConfig } from './fixtures/drivers-helpers.js'
 import { interFrameMs, bitsPerChar, scanRtu, encodeRtu } from '../drivers/modbus.js'
 
-t.test('the registry ships exactly the models config validation knows', async (t) => {
+t.test('the model folder is the list of models', async (t) => {
   const r = new ModelRegistry()
-  t.same(r.names('meter'), [...BUILTIN_METER_MODELS].sort())
-  t.same(r.names('relay'), [...BUILTIN_RELAY_MODELS].sort())
+  const files = readdirSync(BUILTIN_MODELS_DIR).filter((f) => f.endsWith('.json') && f !== 'model.schema.json')
+  const byKind = (kind: string) => files.filter((f) => JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, f), 'utf8')).kinds.includes(kind)).map((f) => f.replace(/\.json$/, '')).sort()
+  t.same(r.names('meter'), byKind('meter'))
+  t.same(r.names('relay'), byKind('relay'))
+  t.ok(r.names('meter').includes('eastron-sdm120') && r.names('relay').includes('modbus-coil'))
   t.throws(() => r.get('nope'), { code: 'MODEL_UNKNOWN' })
   t.throws(() => r.get('modbus-coil', 'meter'), { code: 'MODEL_UNKNOWN' })
 })
