@@ -108,6 +108,11 @@ t.test('routes, auth and commands against a real site', async (t) => {
     t.equal(unknown.status, 404)
     t.equal(unknown.body.error.code, 'unknown-outlet')
     t.match(unknown.body.error.message, 'Z9')
+    // A bad %-escape is the client's mistake: 400 naming it, and no error in the daemon's log.
+    const errorsBefore = site.logs.filter((l) => l.level === 'error' || l.level === 'fatal').length
+    await refused(t, site, 'bad %-escape in a file name', site.json('/static/%E0%A4%A'), 400, 'invalid-request', /the file name .*%E0%A4%A/)
+    await refused(t, site, 'bad %-escape in an outlet id', site.json('/api/outlets/%zz/prices'), 400, 'invalid-request', /the outlet id .*%zz/)
+    t.equal(site.logs.filter((l) => l.level === 'error' || l.level === 'fatal').length, errorsBefore, 'nothing logged as an error')
   })
 
   await t.test('prices: the plan as a timeline; hours validated', async (t) => {

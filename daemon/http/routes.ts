@@ -17,7 +17,7 @@ import type { CommandResult, JournalRecord, OutletStatus } from '../types.js'
 import { OutpostError } from '../types.js'
 import { outletPlan, outletPrices } from '../engine/index.js'
 import { currencyMinorDigits, parseJson } from '../config.js'
-import { HttpError, allow, mediaType, readBody, sendJson } from './util.js'
+import { HttpError, allow, decodePathPart, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
 import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
@@ -160,12 +160,7 @@ export class ApiRoutes {
   }
 
   private outletId(raw: string): string {
-    let id: string
-    try {
-      id = decodeURIComponent(raw)
-    } catch {
-      throw new HttpError(400, 'invalid-request', `the outlet id in the path is not valid percent-encoding: ${JSON.stringify(raw)}`)
-    }
+    const id = decodePathPart(raw, 'the outlet id')
     if (!this.outletIds.has(id)) throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${[...this.outletIds].join(', ')})`)
     return id
   }

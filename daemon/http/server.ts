@@ -23,7 +23,7 @@ import type { ApiConfig } from '../types.js'
 import { OutpostError } from '../types.js'
 import type { HttpHandler } from '../nodered/index.js'
 import { AuthThrottle, TokenAuth, presentsCredentials, signOutCookie } from './auth.js'
-import { HttpError, allow, mediaType, readBody, sendError } from './util.js'
+import { HttpError, allow, decodePathPart, mediaType, readBody, sendError } from './util.js'
 import { ApiRoutes } from './routes.js'
 import { StaticFiles } from './static.js'
 
@@ -229,7 +229,7 @@ export class LocalApi {
     }
     if (path.startsWith('/static/')) {
       allow(method, ['GET', 'HEAD'])
-      return this.files.serve(res, decodeURIComponent(path.slice('/static/'.length)))
+      return this.files.serve(res, decodePathPart(path.slice('/static/'.length), 'the file name'))
     }
     // A browser's cookie travels with cross-site requests only for navigations it starts itself
     // (SameSite=Strict), and a cross-site form cannot send application/json: together, no CSRF.

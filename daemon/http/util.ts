@@ -11,6 +11,15 @@ export class HttpError extends Error {
   }
 }
 
+/** A path segment, percent-decoded; bad percent-encoding is the client's mistake (400), never a 500. */
+export function decodePathPart(raw: string, what: string): string {
+  try {
+    return decodeURIComponent(raw)
+  } catch {
+    throw new HttpError(400, 'invalid-request', `${what} in the path is not valid percent-encoding: ${JSON.stringify(raw)}`)
+  }
+}
+
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body)
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers })
