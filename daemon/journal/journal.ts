@@ -188,7 +188,8 @@ export class Journal implements RecordLog {
       await journal.recover()
     } catch (err) {
       if (owned) await db.close().catch(() => {})
-      throw err
+      // A table LevelDB opens lazily can be found damaged only now, while the tail is read.
+      throw err instanceof OutpostError ? err : openError(err, location)
     }
     journal.startCompactTimer()
     return journal

@@ -18,26 +18,15 @@
  */
 import { cp, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
-import { OutpostError, type JournalRecord } from '../types.js'
+import { OutpostError, type JournalRecord, type JournalSalvageInfo } from '../types.js'
 import { ChainVerifier } from './chain.js'
 import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
 
-/** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract. */
-export interface JournalSalvage {
-  /** repaired: LevelDB's repair gave back a whole verified chain; fresh: a new journal holding what could be read. */
-  mode: 'repaired' | 'fresh'
-  /** Where the damaged journal now is (absolute path). */
-  movedTo: string
-  /** Why it was refused (the JOURNAL_CORRUPT message). */
-  reason: string
-  /** The seqs carried over (held by the journal now), or null when none could be read. */
-  carried: { from: number; to: number } | null
-  /** Unacknowledged seqs that could not be read (never sent again: tell the cloud team), or null. */
-  lost: { from: number; to: number } | null
-}
+/** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (daemon/types.ts). */
+export type JournalSalvage = JournalSalvageInfo
 
 export interface SalvageLog {
   warn(fields: Record<string, unknown>, msg: string): void
