@@ -20,7 +20,8 @@ import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
 import { initialState, outletStatuses, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
-import { Journal } from './journal/index.js'
+import type { Journal } from './journal/index.js'
+import { openJournalForRun } from './journal/salvage.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
@@ -81,14 +82,16 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   async start(): Promise<void> {
     const { config } = this
-    this.journal = await Journal.open(config.storage.dir, {
+    // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
+    const opened = await openJournalForRun(config.storage.dir, {
       bootId: this.bootId,
       clockSynced: () => this.clock.synced(),
       now: () => this.clock.now(),
       version: this.version,
       retentionDays: config.storage.retentionDays,
       readingSyncMs: config.storage.readingSyncMs,
-    })
+    }, { warn: (fields, msg) => this.log.error(fields, msg) })
+    this.journal = opened.journal
     this.journal.onFault((err) => this.halt(err))
     const persisted = (await this.journal.loadState()) as EngineState | undefined
     this.state = persisted ?? initialState(config)
@@ -100,7 +103,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // that stays down is not fatal (its outlets fault and are retried), so don't wait long.
     if (!(await this.site.ready(5000))) this.log.warn({ buses: this.site.health().filter((b) => b.state !== 'open').map((b) => b.id) }, 'not every bus is open yet; continuing')
     if (persisted) await this.dispatch({ type: 'config', config })
-    await this.dispatch({ type: 'boot', cleanShutdown: this.journal.previousCleanShutdown, version: this.version })
+    await this.dispatch({ type: 'boot', cleanShutdown: this.journal.previousCleanShutdown, version: this.version, ...(opened.salvage ? { journalSalvage: opened.salvage } : {}) })
 
     this.gateway = new CommandGateway({
       ledger: this.journal,

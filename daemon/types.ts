@@ -186,9 +186,22 @@ export interface BillingLine {
   waivedMicros?: number
 }
 
+/**
+ * Present on gateway.started only when boot found the journal damaged (JOURNAL_CORRUPT)
+ * and moved it aside: `repaired` (LevelDB's repair gave back the whole verified chain)
+ * or `fresh` (a new journal holding the readable records, state, readings and results).
+ */
+export interface JournalSalvageInfo {
+  mode: 'repaired' | 'fresh'
+  movedTo: string
+  reason: string
+  carried: { from: number; to: number } | null
+  lost: { from: number; to: number } | null
+}
+
 /** What the engine emits; the journal adds seq, bootId, clockSynced, prev, hash. */
 export type RecordBody =
-  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean }
+  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
   | {
       type: 'session.started'
       ts: string

@@ -4,8 +4,8 @@
  * way out when the daemon refuses to start with JOURNAL_CORRUPT; the daemon
  * never repairs or resets anything by itself. Repair salvages every readable
  * entry and can resurrect entries that had been deleted (compacted records,
- * old readings, a removed state section): see docs/journal.md. Take a copy of
- * the directory first. Exit 0 when the chain verifies afterwards, 1 when not.
+ * old readings, a removed state section): see docs/journal.md. The journal as it
+ * was is kept beside it (journal.pre-repair-<time>). Exit 0 when the chain verifies afterwards, 1 when not.
  */
 import { repairJournal } from '../journal/index.js'
 import { configFile, loadConfig, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN, EXIT_TEMPFAIL } from '../journal/cli-support.js'
@@ -27,7 +27,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!cfg.ok) return cfg.exit
   try {
     const report = await repairJournal(cfg.config.storage.dir)
-    process.stdout.write(`${report.location}: LevelDB repair done\n`)
+    process.stdout.write(`${report.location}: LevelDB repair done; the journal as it was is kept in ${report.keptAs} (delete it once the daemon runs again)\n`)
     if (report.break) {
       process.stdout.write(`${report.location}: BROKEN at seq ${report.break.seq} (record ${report.break.position}): ${report.break.problem}\n`)
       process.stdout.write('The records up to the break are intact; tell the cloud team the seq above (the gap cannot be re-created on the gateway).\n')

@@ -16,7 +16,7 @@
  * closes), then statuses, then the command result. The daemon may carry out a relay
  * OPEN before the journal commit; a relay CLOSE only after the step's records are durable.
  */
-import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings } from '../types.js'
+import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings, JournalSalvageInfo } from '../types.js'
 import { OutpostError } from '../types.js'
 import { assertTimeZone, divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, planProblems, priceTimeline, toMicros, type TimelineEntry } from './pricing.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
@@ -599,14 +599,14 @@ function onTick(ctx: Ctx): void {
   }
 }
 
-function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string): void {
+function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, journalSalvage?: JournalSalvageInfo): void {
   const g = ctx.sec('gateway')
   g.running = true
   g.bootAt = ctx.now
   g.online = false
   g.offlineSince = ctx.now
   if (g.idPrefix === null) g.idPrefix = ctx.now.toString(36)
-  ctx.record({ type: 'gateway.started', ts: ctx.iso, version, cleanShutdown })
+  ctx.record(journalSalvage ? { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown, journalSalvage } : { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown })
   const reason: EndReason = cleanShutdown ? 'reboot' : 'power-loss'
   for (const id of Object.keys(ctx.state.outlets)) {
     // Closed at the session's last journaled reading (its lastTs / lastMWh), never at boot time.
@@ -930,7 +930,7 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
       onTick(ctx)
       break
     case 'boot':
-      onBoot(ctx, event.cleanShutdown === true, String(event.version))
+      onBoot(ctx, event.cleanShutdown === true, String(event.version), event.journalSalvage)
       break
     case 'shutdown':
       onShutdown(ctx)

@@ -19,6 +19,7 @@ import type {
   SessionSettings,
   SessionTrigger,
   SiteConfig,
+  JournalSalvageInfo,
 } from '../types.js'
 
 export type CommandSource = 'cloud' | 'local' | 'node-red'
@@ -32,7 +33,7 @@ export type EngineEvent =
   | { type: 'relay-ok'; outlet: string }
   | { type: 'command'; id: string; source: CommandSource; command: Command }
   | { type: 'tick' }
-  | { type: 'boot'; cleanShutdown: boolean; version: string }
+  | { type: 'boot'; cleanShutdown: boolean; version: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
   | { type: 'uplink'; online: boolean }
   | { type: 'config'; config: SiteConfig }

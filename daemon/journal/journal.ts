@@ -55,6 +55,8 @@ export interface JournalOptions {
   compactEveryMs?: number
   /** Records at the tail whose chain is verified on open; default 32 (well under a millisecond; `outpost verify` checks the whole chain). */
   tailCheck?: number
+  /** Tests only: LevelDB's write buffer in bytes (default 4 MB); a small one forces table writes and compactions. */
+  writeBufferSize?: number
 }
 
 /** A reading a session is billed from, journaled beside the state step that used it. */
@@ -163,6 +165,7 @@ export class Journal implements RecordLog {
     if (typeof opts.now !== 'function' || typeof opts.clockSynced !== 'function') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.now and opts.clockSynced must be functions')
     if (opts.retentionDays !== undefined && !(Number.isInteger(opts.retentionDays) && opts.retentionDays >= 1)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: retentionDays must be an integer >= 1, got ${opts.retentionDays}`)
     if (opts.readingSyncMs !== undefined && !(Number.isInteger(opts.readingSyncMs) && opts.readingSyncMs >= 0)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: readingSyncMs must be an integer >= 0, got ${opts.readingSyncMs}`)
+    if (opts.writeBufferSize !== undefined && !(Number.isInteger(opts.writeBufferSize) && opts.writeBufferSize >= 1024)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: writeBufferSize must be an integer >= 1024, got ${opts.writeBufferSize}`)
     const location = opts.db ? dir : journalLocation(dir)
     let db = opts.db
     const owned = db === undefined
@@ -172,7 +175,8 @@ export class Journal implements RecordLog {
       } catch (err) {
         throw new OutpostError('JOURNAL_OPEN_FAILED', `cannot create ${location}: ${(err as Error).message}`, { cause: err })
       }
-      db = new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8' }) as unknown as JournalDb
+      const tuning = opts.writeBufferSize === undefined ? {} : { writeBufferSize: opts.writeBufferSize }
+      db = new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8', ...tuning }) as unknown as JournalDb
     }
     try {
       if (db.status !== 'open') await db.open()
@@ -184,7 +188,8 @@ export class Journal implements RecordLog {
       await journal.recover()
     } catch (err) {
       if (owned) await db.close().catch(() => {})
-      throw err
+      // A table LevelDB opens lazily can be found damaged only now, while the tail is read.
+      throw err instanceof OutpostError ? err : openError(err, location)
     }
     journal.startCompactTimer()
     return journal

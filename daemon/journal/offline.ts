@@ -18,6 +18,7 @@ import { OutpostError, type JournalRecord } from '../types.js'
 import { ChainVerifier, type ChainBreak } from './chain.js'
 import { journalLocation, openError, type JournalDb } from './journal.js'
 import * as K from './keys.js'
+import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
 
 export type OfflineMode = 'direct' | 'snapshot' | 'repaired-copy'
 
@@ -145,9 +146,15 @@ export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
   return report
 }
 
-/** Run LevelDB's repair on the journal of `storageDir` (the daemon must be stopped), then verify. */
-export async function repairJournal(storageDir: string): Promise<VerifyReport & { location: string }> {
+/**
+ * Run LevelDB's repair on the journal of `storageDir` (the daemon must be stopped), then verify.
+ * Repair works on a copy in `journal.next` that is fsynced whole (LevelDB's RepairDB does not
+ * sync the manifest it writes: cut mid-repair in place, a journal would not open), then swapped
+ * in; the journal as it was stays beside it as `journal.pre-repair-<UTC time>`.
+ */
+export async function repairJournal(storageDir: string, now: number = Date.now()): Promise<VerifyReport & { location: string; keptAs: string }> {
   const location = journalLocation(storageDir)
+  await settleJournalDir(storageDir)
   if (!(await exists(location)) || (await readdir(location)).length === 0) throw new OutpostError('JOURNAL_MISSING', `no journal at ${location}`)
   // Repair takes no lock of its own; opening first proves no daemon holds the journal.
   const probe = newLevel(location)
@@ -158,11 +165,18 @@ export async function repairJournal(storageDir: string): Promise<VerifyReport & 
     const e = openError(err, location)
     if (e.code === 'JOURNAL_LOCKED') throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
   }
+  const next = stagingLocation(storageDir)
+  await rm(next, { recursive: true, force: true })
+  await cp(location, next, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
   try {
-    await levelRepair(location)
+    await levelRepair(next)
   } catch (err) {
+    await rm(next, { recursive: true, force: true })
     throw new OutpostError('JOURNAL_REPAIR_FAILED', `LevelDB repair of ${location} failed: ${(err as Error).message}`, { cause: err })
   }
+  await syncTree(next)
+  const keptAs = await asideName(storageDir, 'pre-repair', now)
+  await swapIn(storageDir, keptAs)
   const db = newLevel(location)
   try {
     await db.open()
@@ -170,7 +184,7 @@ export async function repairJournal(storageDir: string): Promise<VerifyReport & 
     throw openError(err, location)
   }
   try {
-    return { ...(await verifyDb(db)), location }
+    return { ...(await verifyDb(db)), location, keptAs }
   } finally {
     await db.close()
   }

@@ -1,0 +1,102 @@
+/**
+ * Replacing the journal directory without a window in which a power cut leaves
+ * no journal (or a half-built one) in its place: `outpost repair` and the boot
+ * salvage build the replacement in `<storage.dir>/journal.next`, fsync it whole,
+ * then move the old journal aside and the new one in.
+ *
+ * Owns: the staging name, the two renames and their directory fsyncs, and
+ * finishing (or discarding) what a cut left of a swap. Must never: rename a
+ * staging directory into place that was not fsynced whole first, or delete a
+ * journal (the old one is only ever renamed aside).
+ */
+import { access, open, readdir, rename, rm } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { journalLocation } from './journal.js'
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** A UTC time for a directory name: 20260101T120000Z. */
+export function stamp(now: number): string {
+  return new Date(now).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+}
+
+/** A name beside the journal that is not taken yet: `journal.<what>-<stamp>`, with -2, -3... if needed. */
+export async function asideName(storageDir: string, what: string, now: number): Promise<string> {
+  const base = `${journalLocation(storageDir)}.${what}-${stamp(now)}`
+  let name = base
+  for (let i = 2; await exists(name); i++) name = `${base}-${i}`
+  return name
+}
+
+/**
+ * Where a replacement journal is built before it takes the journal's place
+ * (`<storage.dir>/journal.next`). It is renamed into place only once complete and
+ * fsynced, so: `journal` present → `journal.next` is an unfinished leftover;
+ * `journal` missing and `journal.next` present → a cut fell between the two
+ * renames of swapIn, and `journal.next` is the finished replacement.
+ */
+export function stagingLocation(storageDir: string): string {
+  return `${journalLocation(storageDir)}.next`
+}
+
+/** Finish or discard what a cut left of a swap. Returns true when it finished one. */
+export async function settleJournalDir(storageDir: string): Promise<boolean> {
+  const location = journalLocation(storageDir)
+  const next = stagingLocation(storageDir)
+  if (!(await exists(next))) return false
+  if (await exists(location)) {
+    await rm(next, { recursive: true, force: true })
+    return false
+  }
+  await rename(next, location)
+  await syncDir(dirname(location))
+  return true
+}
+
+/** Move the journal to `aside`, then the finished `journal.next` into its place; each rename made durable. */
+export async function swapIn(storageDir: string, aside: string): Promise<void> {
+  const location = journalLocation(storageDir)
+  await rename(location, aside)
+  await syncDir(dirname(location))
+  await rename(stagingLocation(storageDir), location)
+  await syncDir(dirname(location))
+}
+
+export async function syncDir(dir: string): Promise<void> {
+  const fd = await open(dir, 'r')
+  try {
+    await fd.sync()
+  } catch (err) {
+    // Some file systems cannot fsync a directory; their renames are durable by other means.
+    if (!['EINVAL', 'ENOTSUP', 'ENOSYS', 'EISDIR'].includes((err as { code?: string }).code ?? '')) throw err
+  } finally {
+    await fd.close()
+  }
+}
+
+/** fsync every file of a LevelDB directory, then the directory: LevelDB's repair does not sync the manifest it writes. */
+export async function syncTree(dir: string): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name)
+    if (entry.isDirectory()) {
+      await syncTree(path)
+      continue
+    }
+    if (!entry.isFile()) continue
+    const fd = await open(path, 'r')
+    try {
+      await fd.sync()
+    } finally {
+      await fd.close()
+    }
+  }
+  await syncDir(dir)
+}
+

@@ -1,0 +1,191 @@
+/**
+ * What `outpost run` does when the journal is damaged beyond what LevelDB's own
+ * recovery absorbs (JOURNAL_CORRUPT at start): the damaged directory is moved
+ * aside untouched (`journal.corrupt-<time>`), and the site charges on a repaired
+ * copy (when LevelDB's repair gives back a whole verified chain) or on a fresh
+ * journal that carries over what could be read. Real LevelDB on disk, damaged by
+ * hand: CURRENT, MANIFEST, a table file, an edited record. Also: the crash-safe
+ * swap that repair and salvage share (journal.next), and that a locked journal is
+ * refused as before, not salvaged.
+ */
+import t, { type Test } from 'tap'
+import { createHash, randomUUID } from 'node:crypto'
+import { existsSync, mkdirSync, renameSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Level } from 'level'
+import { Journal, journalLocation, verifyRecords } from '../daemon/journal/index.js'
+import { openJournalForRun } from '../daemon/journal/salvage.js'
+import { settleJournalDir } from '../daemon/journal/swap.js'
+import { initialState, step, type EngineState } from '../daemon/engine/index.js'
+import type { JournalRecord } from '../daemon/types.js'
+import { reading, siteConfig } from './fixtures/engine-site.js'
+import { recordKey } from '../daemon/journal/keys.js'
+
+const config = siteConfig()
+const T0 = 1_767_225_600_000
+const opts = (now: () => number) => ({ bootId: randomUUID(), clockSynced: () => true, now, compactEveryMs: 0, readingSyncMs: 0, writeBufferSize: 4096 })
+
+/** Drive the engine for `rounds` polls on a journal, with one session open at the end; ack up to `ack`. */
+async function charge(dir: string, rounds: number, ack: number): Promise<JournalRecord[]> {
+  let clock = T0
+  const journal = await Journal.open(dir, opts(() => clock))
+  const out: JournalRecord[] = []
+  let state = ((await journal.loadState()) as EngineState | undefined) ?? initialState(config)
+  const run = async (event: Parameters<typeof step>[1], outlet?: string, r?: ReturnType<typeof reading>): Promise<void> => {
+    const res = step(state, event, clock)
+    state = res.state
+    const records = res.effects.flatMap((e) => (e.type === 'record' ? [e.record] : []))
+    const session = outlet ? state.outlets[outlet]?.session : null
+    out.push(...(await journal.commit({ records, state, readings: session && r ? [{ outlet: outlet!, sessionId: session.id, reading: r }] : [] })))
+  }
+  await run({ type: 'config', config })
+  await run({ type: 'boot', cleanShutdown: true, version: 't' })
+  for (const userId of ['u-1', 'u-2']) await run({ type: 'command', id: `w-${userId}`, source: 'local', command: { action: 'set-wallet', userId, currency: 'CAD', balance: 1_000_000 } })
+  for (let i = 0; i < rounds; i++) {
+    clock += 1000
+    for (let o = 0; o < config.outlets.length; o++) {
+      const r = reading(o, clock)
+      await run({ type: 'reading', outlet: config.outlets[o]!.id, reading: r }, config.outlets[o]!.id, r)
+    }
+    if (i % 7 === 0) await run({ type: 'command', id: `c-${i}`, source: 'local', command: i % 14 === 0 ? { action: 'start', outlet: 'A1', userId: 'u-1' } : { action: 'stop', outlet: 'A1', by: 'user' } })
+    await run({ type: 'tick' })
+  }
+  await run({ type: 'command', id: 'c-last', source: 'local', command: { action: 'start', outlet: 'A3', userId: 'u-2' } })
+  await journal.ack(ack)
+  await journal.close({ clean: false })
+  return out
+}
+
+function fingerprint(dir: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  // LevelDB's info log (LOG, LOG.old) is rewritten by any open attempt, so it is not part of the evidence.
+  for (const f of readdirSync(dir)) if (statSync(join(dir, f)).isFile() && !['LOCK', 'LOG', 'LOG.old'].includes(f)) out[f] = createHash('sha256').update(readFileSync(join(dir, f))).digest('hex')
+  return out
+}
+
+const quietLog = () => {
+  const lines: string[] = []
+  return { lines, warn: (_f: Record<string, unknown>, msg: string) => void lines.push(msg) }
+}
+
+async function bootAfterDamage(t: Test, damage: (location: string) => void, expectMode: 'repaired' | 'fresh') {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const before = await charge(dir, 60, 10)
+  t.ok(before.length > 8, `records written (${before.length})`)
+  const location = journalLocation(dir)
+  damage(location)
+  const damaged = fingerprint(location)
+  await t.rejects(Journal.open(dir, opts(() => T0 + 10_000_000)), { code: 'JOURNAL_CORRUPT' }, 'the damage is refused by a plain open')
+  const log = quietLog()
+  const clock = T0 + 10_000_000
+  const { journal, salvage } = await openJournalForRun(dir, opts(() => clock), log)
+  t.teardown(() => journal.close({ clean: true }))
+  t.equal(salvage?.mode, expectMode, `salvaged as ${expectMode}`)
+  t.match(log.lines[0], /^JOURNAL DAMAGED: moved to .*journal\.corrupt-20260101T024640Z/, 'logged loudly, naming where the damaged journal went')
+  t.ok(existsSync(salvage!.movedTo), 'the damaged journal is kept beside the new one')
+  t.same(fingerprint(salvage!.movedTo), damaged, 'the damaged journal is kept exactly as it was found')
+  t.notOk(existsSync(`${location}.next`) || existsSync(`${location}.salvage`), 'no staging left behind')
+  // The engine boots on it and charges: boot closes what was open (power-loss), and the chain continues.
+  let state = ((await journal.loadState()) as EngineState | undefined) ?? initialState(config)
+  state = step(state, { type: 'config', config }, clock).state
+  const boot = step(state, { type: 'boot', cleanShutdown: journal.previousCleanShutdown, version: 't', journalSalvage: salvage }, clock)
+  const sealed = await journal.commit({ records: boot.effects.flatMap((e) => (e.type === 'record' ? [e.record] : [])), state: boot.state })
+  const started = sealed.find((r) => r.type === 'gateway.started') as JournalRecord & { journalSalvage?: unknown; cleanShutdown: boolean }
+  t.same(started.journalSalvage, salvage, 'gateway.started says what happened')
+  t.equal(started.cleanShutdown, false, 'the boot after a salvage reads as unclean')
+  const held = await journal.read(journal.oldest(), 10_000)
+  t.equal(verifyRecords(held), undefined, 'the held log verifies')
+  t.ok(journal.acked() <= journal.head())
+  return { dir, before, held, salvage: salvage!, journal, boot }
+}
+
+t.test('CURRENT garbled: LevelDB repair gives back the whole chain, the daemon runs on the repaired copy', async (t) => {
+  const { before, held, salvage, boot } = await bootAfterDamage(t, (loc) => writeFileSync(join(loc, 'CURRENT'), 'MANIFEST-99999x'), 'repaired')
+  t.same(salvage.lost, null)
+  t.same(held.slice(0, before.length).map((r) => r.hash), before.map((r) => r.hash), 'every record is there, unchanged')
+  const ended = boot.effects.filter((e) => e.type === 'record' && e.record.type === 'session.ended')
+  t.ok(ended.length > 0, 'the session left open was closed at boot')
+})
+
+t.test('MANIFEST truncated: repaired, nothing lost', async (t) => {
+  const { before, held, salvage } = await bootAfterDamage(t, (loc) => {
+    for (const f of readdirSync(loc)) if (f.startsWith('MANIFEST-')) truncateSync(join(loc, f), 0)
+  }, 'repaired')
+  t.same(salvage.lost, null)
+  t.same(held.slice(0, before.length).map((r) => r.hash), before.map((r) => r.hash))
+})
+
+t.test('a record edited inside the tail: a fresh journal carries the chained run after it and names the lost seqs', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-edit-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const records = await charge(dir, 60, 2)
+  const victim = records[records.length - 5]!
+  const db = new Level<string, string>(journalLocation(dir), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+  await db.put(recordKey(victim.seq), JSON.stringify({ ...victim, ts: '2020-01-01T00:00:00.000Z' }))
+  await db.close()
+  const log = quietLog()
+  const { journal, salvage: s } = await openJournalForRun(dir, opts(() => T0 + 10_000_000), log)
+  t.teardown(() => journal.close({ clean: true }))
+  t.equal(s?.mode, 'fresh')
+  t.same(s?.carried, { from: victim.seq + 1, to: records.at(-1)!.seq }, 'the records after the edit chain, and are carried')
+  t.same(s?.lost, { from: 3, to: victim.seq }, 'the unacknowledged records before them are reported lost')
+  t.equal(journal.head(), records.at(-1)!.seq, 'new records continue the seq')
+  t.equal(journal.acked(), victim.seq, 'nothing lost is waiting to be sent')
+  const held = await journal.read(journal.oldest(), 100)
+  t.same(held.map((r) => r.hash), records.slice(-4).map((r) => r.hash), 'carried records are unchanged')
+  t.ok(await journal.loadState(), 'the engine state was carried over')
+  t.match(log.lines[0], /could not be read/)
+})
+
+t.test('a table file garbled: the daemon still starts, and every record it holds verifies', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-ldb-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  await charge(dir, 120, 10)
+  const loc = journalLocation(dir)
+  const tables = readdirSync(loc).filter((f) => f.endsWith('.ldb'))
+  t.ok(tables.length > 0, `a small write buffer leaves table files (${tables.length})`)
+  for (const f of tables) {
+    const b = readFileSync(join(loc, f))
+    for (let i = 0; i < b.length; i += 97) b[i] = b[i]! ^ 0xff
+    writeFileSync(join(loc, f), b)
+  }
+  const log = quietLog()
+  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 10_000_000), log)
+  t.teardown(() => journal.close({ clean: true }))
+  t.ok(salvage, `salvaged (${salvage?.mode}, carried ${JSON.stringify(salvage?.carried)}, lost ${JSON.stringify(salvage?.lost)})`)
+  const held = await journal.read(journal.oldest(), 10_000).catch(() => [])
+  t.equal(verifyRecords(held), undefined, 'what it holds verifies')
+  t.ok(journal.acked() <= journal.head())
+  await journal.commit({ records: [{ type: 'gateway.started', ts: new Date(T0 + 10_000_000).toISOString(), version: 't', cleanShutdown: false }] })
+  t.equal(journal.head(), Math.max(held.at(-1)?.seq ?? 0, journal.acked()) + 1, 'and it takes new records')
+})
+
+t.test('only JOURNAL_CORRUPT is salvaged: a journal held by another process is refused as before', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-lock-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const first = await Journal.open(dir, opts(Date.now))
+  t.teardown(() => first.close({ clean: true }))
+  await t.rejects(openJournalForRun(dir, opts(Date.now), quietLog()), { code: 'JOURNAL_LOCKED' })
+  t.same(readdirSync(dir), ['journal'], 'nothing moved')
+})
+
+t.test('a cut between the two renames of a swap: boot finishes it; a leftover staging is discarded', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-swap-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const records = await charge(dir, 10, 0)
+  const loc = journalLocation(dir)
+  // journal moved aside, journal.next (complete) not yet in place.
+  renameSync(loc, `${loc}.next`)
+  mkdirSync(join(dir, 'journal.pre-repair-x'))
+  const log = quietLog()
+  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 1e7), log)
+  t.equal(salvage, undefined)
+  t.equal(journal.head(), records.at(-1)!.seq, 'the finished replacement was moved in, not a fresh journal created')
+  t.match(log.lines[0], /cut off after its result was on disk/)
+  await journal.close({ clean: true })
+  mkdirSync(`${loc}.next`)
+  t.equal(await settleJournalDir(dir), false)
+  t.notOk(existsSync(`${loc}.next`), 'an unfinished staging beside a journal is removed')
+})
