@@ -272,6 +272,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (this.refusedOnlyForReading(id, command, source)) {
       held()
       const outlet = (command as { outlet: string }).outlet
+      this.log.info({ id, outlet, action: command.action, source }, 'command held until its outlet is read')
       const why = await this.holdForReading(outlet)
       this.log.info({ id, outlet, why }, 'held command let go')
       if (why === 'stopping') {
