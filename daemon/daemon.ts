@@ -292,7 +292,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
    * refused for any other reason is answered at once, and no rule is repeated here.
    */
   private refusedOnlyForReading(id: string, command: Command, source: CommandSource): boolean {
-    if (!this.state || this.halted || this.stopping || this.closed) return false
+    // Only a start needs a reading (it bills from the register as it is now).
+    if (command.action !== 'start' || !this.state || this.halted || this.stopping || this.closed) return false
     try {
       const { effects } = step(this.state, { type: 'command', id, source, command }, this.clock.now())
       const r = effects.find((e): e is Extract<Effect, { type: 'result' }> => e.type === 'result')?.result
