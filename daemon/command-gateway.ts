@@ -7,7 +7,10 @@
  * schema's own $defs/plan, plus the same semantic plan checks as the config),
  * and at-most-once application per command id — a repeated id gets the first
  * result, from the journal's ledger once committed and from memory while the
- * first is still in flight.
+ * first is still in flight (or held for its outlet's first reading). An
+ * oversized command still gets an answer when its id can be recovered from the
+ * payload's first KiB; a refusal with no id to answer to is counted by reason
+ * (`outpost_commands_rejected_total{reason}`) and logged at most once a minute.
  *
  * Must never: throw (every outcome is a CommandResult), change anything for an
  * invalid command, apply one id twice, or store results itself (the daemon's
@@ -18,6 +21,7 @@ import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.
 import { currencyMinorDigits, parseJson, planProblems, siteSchema } from './config.js'
 import { packagePath } from './paths.js'
 import type { Command, CommandResult } from './types.js'
+import { QuietLog, type Logger } from './log.js'
 
 export type CommandSource = 'cloud' | 'local' | 'node-red'
 
@@ -26,6 +30,20 @@ export const MAX_COMMAND_BYTES = 64 * 1024
 
 export const INVALID_COMMAND = 'invalid-command'
 
+/** How much of an oversized payload is searched for its `"id"`: the payload itself is never parsed. */
+export const ID_SEARCH_BYTES = 1024
+
+/**
+ * Why a command was refused with no id to answer to (the `reason` label of
+ * outpost_commands_rejected_total): `too-large` (over MAX_COMMAND_BYTES, no id in its
+ * first KiB), `not-json` (not parseable JSON), `no-id` (JSON without a valid command id:
+ * missing, not a string, or not usable as a topic level).
+ */
+export const REJECT_REASONS = ['too-large', 'not-json', 'no-id'] as const
+export type RejectReason = (typeof REJECT_REASONS)[number]
+
+const COMMAND_ID = /^[A-Za-z0-9][^/+#\u0000-\u001f\u007f]{0,127}$/u
+
 export interface CommandLedger {
   /** The stored result of a command id already applied, if any. */
   commandResult(id: string): Promise<CommandResult | undefined>
@@ -33,8 +51,16 @@ export interface CommandLedger {
 
 export interface CommandGatewayOptions {
   ledger: CommandLedger
-  /** Runs the engine step and commits it with the result; returns the result (engine refusals are ok:false with the engine's code). */
-  apply: (id: string, command: Command, source: CommandSource) => Promise<CommandResult>
+  /**
+   * Runs the engine step and commits it with the result; returns the result (engine refusals
+   * are ok:false with the engine's code). Calls `held` when it holds the command for a
+   * reading rather than applying it at once.
+   */
+  apply: (id: string, command: Command, source: CommandSource, held: () => void) => Promise<CommandResult>
+  /** Where id-less refusals are logged (at most once a minute per reason). */
+  logger?: Logger
+  /** Monotonic ms for the log's rate limit (the injected clock). */
+  monotonic?: () => number
 }
 
 export const commandSchema = JSON.parse(readFileSync(packagePath('config', 'command.schema.json'), 'utf8')) as Record<string, unknown>
@@ -52,39 +78,68 @@ function compiled(): ValidateFunction {
 const ACTIONS = ['start', 'stop', 'set-wallet', 'set-auto-start', 'set-availability', 'set-plan', 'assign-plan']
 
 export class CommandGateway {
-  private readonly inFlight = new Map<string, Promise<CommandResult>>()
+  private readonly inFlight = new Map<string, { result: Promise<CommandResult>; held: boolean }>()
+  private readonly rejected = new Map<RejectReason, number>(REJECT_REASONS.map((r) => [r, 0]))
+  private readonly quiet: QuietLog | undefined
 
   constructor(private readonly opts: CommandGatewayOptions) {
     compiled() // fail at construction, not on the first command, if the schema is broken
+    if (opts.logger) this.quiet = new QuietLog(opts.logger, 60_000, opts.monotonic ?? (() => performance.now()))
   }
 
-  /** Validates and applies one command. Never throws. */
-  async handle(raw: unknown, source: CommandSource): Promise<CommandResult> {
-    let checked: { ok: true; id: string; command: Command } | { ok: false; result: CommandResult }
+  /** Refusals with no id to answer to, by reason, since the gateway was created. */
+  rejectedCounts(): Record<RejectReason, number> {
+    return Object.fromEntries(this.rejected) as Record<RejectReason, number>
+  }
+
+  /**
+   * Validates and applies one command. Never throws. `held` is called (at most once) when the
+   * command is held for its outlet's first reading, or joins a held one: a caller that keeps
+   * commands in order (the uplink) may then hand over the next one.
+   */
+  async handle(raw: unknown, source: CommandSource, held?: () => void): Promise<CommandResult> {
+    let checked: ReturnType<typeof validateCommand>
     try {
       checked = validateCommand(raw)
     } catch (err) {
       return { id: '', ok: false, error: { code: 'internal', message: `command validation failed: ${(err as Error).message}` } }
     }
-    if (!checked.ok) return checked.result
+    if (!checked.ok) {
+      // Answered on P/cmd/_invalid/result at best: no cloud can tell whose command it was.
+      if (!COMMAND_ID.test(checked.result.id)) this.countRejected(checked.reason ?? 'no-id', source, checked.result)
+      return checked.result
+    }
     const { id, command } = checked
     const running = this.inFlight.get(id)
-    if (running) return running
+    if (running) {
+      if (running.held) held?.()
+      return running.result
+    }
     // Registered before the first await, so a repeat arriving meanwhile finds it.
-    const p = this.run(id, command, source)
-    this.inFlight.set(id, p)
+    const entry = { result: Promise.resolve() as unknown as Promise<CommandResult>, held: false }
+    entry.result = this.run(id, command, source, () => {
+      entry.held = true
+      held?.()
+    })
+    this.inFlight.set(id, entry)
     try {
-      return await p
+      return await entry.result
     } finally {
       this.inFlight.delete(id)
     }
   }
 
-  private async run(id: string, command: Command, source: CommandSource): Promise<CommandResult> {
+  private countRejected(reason: RejectReason, source: CommandSource, result: CommandResult): void {
+    this.rejected.set(reason, (this.rejected.get(reason) ?? 0) + 1)
+    const message = result.ok ? '' : result.error.message
+    this.quiet?.warn(`rejected:${reason}`, { reason, source, err: message }, 'command refused with no id to answer to')
+  }
+
+  private async run(id: string, command: Command, source: CommandSource, held: () => void): Promise<CommandResult> {
     try {
       const stored = await this.opts.ledger.commandResult(id)
       if (stored) return stored
-      const result = await this.opts.apply(id, command, source)
+      const result = await this.opts.apply(id, command, source, held)
       // The daemon's apply answers for this id; make sure the answer names it.
       return { ...result, id } as CommandResult
     } catch (err) {
@@ -95,17 +150,21 @@ export class CommandGateway {
 }
 
 /** Parses and validates a command without applying it. */
-export function validateCommand(raw: unknown): { ok: true; id: string; command: Command } | { ok: false; result: CommandResult } {
-  const invalid = (id: string, message: string) => ({ ok: false as const, result: { id, ok: false as const, error: { code: INVALID_COMMAND, message } } })
+export function validateCommand(raw: unknown): { ok: true; id: string; command: Command } | { ok: false; result: CommandResult; reason?: RejectReason } {
+  const invalid = (id: string, message: string, reason: RejectReason = 'no-id') => ({ ok: false as const, result: { id, ok: false as const, error: { code: INVALID_COMMAND, message } }, reason })
+  const tooLarge = (size: number) => `command is ${size} bytes; at most ${MAX_COMMAND_BYTES} are accepted`
   let value: unknown = raw
   if (typeof raw === 'string' || Buffer.isBuffer(raw) || raw instanceof Uint8Array) {
     const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length
-    if (size > MAX_COMMAND_BYTES) return invalid('', `command is ${size} bytes; at most ${MAX_COMMAND_BYTES} are accepted`)
+    if (size > MAX_COMMAND_BYTES) {
+      const head = typeof raw === 'string' ? raw.slice(0, ID_SEARCH_BYTES) : Buffer.from(raw.buffer, raw.byteOffset, ID_SEARCH_BYTES).toString('utf8')
+      return invalid(recoverId(head) ?? '', tooLarge(size), 'too-large')
+    }
     const text = typeof raw === 'string' ? raw : Buffer.from(raw).toString('utf8')
     const parsed = parseJson(text)
     if (!parsed.ok) {
       const p = parsed.problems[0]!
-      return invalid(looseId(undefined), p.line !== undefined ? `${p.message} at line ${p.line}, column ${p.column}` : `${p.pointer || '/'}: ${p.message}`)
+      return invalid(recoverId(text.slice(0, ID_SEARCH_BYTES)) ?? '', p.line !== undefined ? `${p.message} at line ${p.line}, column ${p.column}` : `${p.pointer || '/'}: ${p.message}`, 'not-json')
     }
     value = parsed.value
   } else {
@@ -113,9 +172,9 @@ export function validateCommand(raw: unknown): { ok: true; id: string; command: 
     try {
       size = Buffer.byteLength(JSON.stringify(raw) ?? '')
     } catch {
-      return invalid('', 'command is not JSON-serialisable')
+      return invalid(looseId(raw), 'command is not JSON-serialisable', 'not-json')
     }
-    if (size > MAX_COMMAND_BYTES) return invalid(looseId(raw), `command is ${size} bytes; at most ${MAX_COMMAND_BYTES} are accepted`)
+    if (size > MAX_COMMAND_BYTES) return invalid(looseId(raw), tooLarge(size), 'too-large')
   }
   const id = looseId(value)
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return invalid(id, '/: a command must be a JSON object {"id", "action", ...}')
@@ -138,6 +197,84 @@ export function validateCommand(raw: unknown): { ok: true; id: string; command: 
 function looseId(v: unknown): string {
   if (typeof v === 'object' && v !== null && typeof (v as { id?: unknown }).id === 'string') return (v as { id: string }).id.slice(0, 128)
   return ''
+}
+
+/**
+ * The top-level `"id"` string of a JSON object from the start of its text (the first KiB of a
+ * payload too large to parse), or undefined. Conservative: only keys of the outer object
+ * count (an "id" inside a plan does not), the value must be a complete string literal, and
+ * once its escapes are decoded it must be a valid command id (it becomes a topic level).
+ * Anything unexpected (a cut-off value before "id", a non-object) gives undefined.
+ */
+export function recoverId(head: string): string | undefined {
+  let i = 0
+  const ws = () => {
+    while (i < head.length && ' \t\r\n'.includes(head[i]!)) i++
+  }
+  /** A string literal starting at i (on its quote); returns its raw text with quotes, or undefined if it is cut off. */
+  const str = (): string | undefined => {
+    const from = i
+    i++
+    while (i < head.length) {
+      const c = head[i]!
+      if (c === '\\') i += 2
+      else if (c === '"') return head.slice(from, ++i)
+      else i++
+    }
+    return undefined
+  }
+  /** Skips one value (any JSON); false if it does not end inside `head`. */
+  const skip = (): boolean => {
+    let depth = 0
+    while (i < head.length) {
+      const c = head[i]!
+      if (c === '"') {
+        if (str() === undefined) return false
+        if (depth === 0) return true
+        continue
+      }
+      if (c === '{' || c === '[') depth++
+      else if (c === '}' || c === ']') {
+        if (depth === 0) return true // the end of the outer object: the scalar before it is over
+        depth--
+        if (depth === 0) {
+          i++
+          return true
+        }
+      } else if (depth === 0 && (c === ',' || ' \t\r\n'.includes(c))) return true
+      i++
+    }
+    return false
+  }
+  ws()
+  if (head[i] !== '{') return undefined
+  i++
+  for (;;) {
+    ws()
+    if (head[i] !== '"') return undefined
+    const key = str()
+    if (key === undefined) return undefined
+    ws()
+    if (head[i] !== ':') return undefined
+    i++
+    ws()
+    if (key === '"id"') {
+      if (head[i] !== '"') return undefined
+      const lit = str()
+      if (lit === undefined) return undefined
+      let id: unknown
+      try {
+        id = JSON.parse(lit)
+      } catch {
+        return undefined
+      }
+      return typeof id === 'string' && COMMAND_ID.test(id) ? id : undefined
+    }
+    if (!skip()) return undefined
+    ws()
+    if (head[i] !== ',') return undefined
+    i++
+  }
 }
 
 function escapePointer(s: string): string {

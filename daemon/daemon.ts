@@ -9,8 +9,14 @@
  * CLOSES, then publishing. Nothing billable is kept only in memory: the engine
  * state the journal holds is the truth, the copy here is its cache.
  *
+ * Also owns the ready gate: a command the engine would refuse only because its
+ * outlet has not been read since boot (`outlet-not-ready`) is held until that
+ * outlet's first reading is stepped, then applied; every outlet is read once
+ * before the uplink announces `online`.
+ *
  * Must never: close a relay before the commit that makes it billable; let one
- * outlet's or bus's failure stop the others; block sessions on the network.
+ * outlet's or bus's failure stop the others; block sessions on the network; let a
+ * listener's throw undo or skip an effect of a committed step.
  */
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
@@ -36,6 +42,20 @@ export interface DaemonOptions {
 }
 
 export type CommandSource = 'cloud' | 'local' | 'node-red'
+
+/**
+ * At start, how long the daemon waits for every outlet's first reading before the uplink
+ * starts (and announces online): a meter that does not answer by then is left to the poll
+ * timers and holds no other outlet or the uplink up any longer.
+ */
+export const BOOT_READ_MS = 3000
+
+/** Why a held command was let go: its outlet was stepped, the daemon is stopping or halted, or the wait ran out. */
+type Release = 'ready' | 'stopping' | 'halted' | 'timeout'
+interface HeldCommand {
+  outlet: string
+  release(why: Release): void
+}
 
 /** What the local API, the status page and Node-RED see of the daemon. */
 export interface DaemonEvents {
@@ -67,6 +87,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private stopping = false
   /** Set once the clean stop's final step is done: later events are refused, never committed. */
   private closed = false
+  /** Commands held for their outlet's first reading since boot. */
+  private readonly held = new Set<HeldCommand>()
+  /** Held commands a clean stop let go: applied right after the shutdown step (the engine then refuses them `not-running`). */
+  private atShutdown: { run(): Promise<void>; fail(err: Error): void }[] = []
 
   constructor(opts: DaemonOptions) {
     super()
@@ -107,8 +131,13 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
     this.gateway = new CommandGateway({
       ledger: this.journal,
-      apply: (id, command, source) => this.applyCommand(id, command, source),
+      apply: (id, command, source, held) => this.applyCommand(id, command, source, held),
+      logger: this.log,
+      monotonic: () => this.clock.monotonic(),
     })
+
+    // So that `online` means ready: a start sent the moment the cloud sees it finds its outlet read.
+    await this.readAll(BOOT_READ_MS)
 
     if (config.uplink) {
       this.uplink = new Uplink({
@@ -117,7 +146,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         log: this.journal,
         version: this.version,
         bootId: this.bootId,
-        onCommand: (raw) => this.gateway.handle(raw, 'cloud'),
+        onCommand: (raw, held) => this.gateway.handle(raw, 'cloud', held),
         now: () => this.clock.now(),
         logger: this.log,
       })
@@ -144,16 +173,19 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.stopping = true
     for (const t of this.timers) clearInterval(t)
     this.timers = []
+    this.releaseHeld('stopping')
     const work = async (): Promise<void> => {
       if (this.site && !this.halted) {
         // A read already on the wire finishes first (its reading is billable), then the final one.
         await Promise.all([...this.reading.values()])
         await Promise.all(this.config.outlets.map((o) => this.poll(o.id, true)))
         await this.dispatch({ type: 'shutdown' })
+        await Promise.all(this.atShutdown.splice(0).map((h) => h.run()))
         await this.relaysSettled()
       }
     }
     await withTimeout(work(), this.stopTimeoutMs).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
+    for (const h of this.atShutdown.splice(0)) h.fail(new OutpostError('DAEMON_STOPPED', 'the daemon stopped before the command could be applied'))
     // From here nothing more is billed: a read or relay answer arriving late (the bus is
     // about to close) must not reach the journal, and a refused commit is not a journal fault.
     this.closed = true
@@ -228,7 +260,83 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
   }
 
-  private async applyCommand(id: string, command: Command, source: CommandSource): Promise<CommandResult> {
+  /** Reads every outlet once, waiting at most `ms` (a read still on the wire then carries on in the background). */
+  private async readAll(ms: number): Promise<void> {
+    const all = Promise.all(this.config.outlets.map((o) => this.poll(o.id)))
+    const answered = await withTimeout(all, ms).then(
+      () => true,
+      () => false,
+    )
+    const waiting = this.config.outlets.filter((o) => !this.state.outlets[o.id]?.fresh && this.state.outlets[o.id]?.meterFault === null).map((o) => o.id)
+    if (!answered || waiting.length > 0) this.log.warn({ outlets: waiting, waitedMs: ms }, 'not every meter answered at start; continuing (a start for those outlets waits for their first reading)')
+  }
+
+  private async applyCommand(id: string, command: Command, source: CommandSource, held: () => void = () => undefined): Promise<CommandResult> {
+    if (this.refusedOnlyForReading(id, command, source)) {
+      held()
+      const outlet = (command as { outlet: string }).outlet
+      this.log.info({ id, outlet, action: command.action, source }, 'command held until its outlet is read')
+      const why = await this.holdForReading(outlet)
+      this.log.info({ id, outlet, why }, 'held command let go')
+      if (why === 'stopping') {
+        return new Promise<CommandResult>((resolve, reject) => {
+          this.atShutdown.push({ run: () => this.applyNow(id, command, source).then(resolve, reject), fail: reject })
+        })
+      }
+      // The engine declares a meter that stayed silent meterFaultMs in fault on a tick: make sure it has had one.
+      if (why === 'timeout') await this.dispatch({ type: 'tick' }).catch(() => undefined)
+    }
+    return this.applyNow(id, command, source)
+  }
+
+  /**
+   * Whether the engine, as things stand, would refuse this command `outlet-not-ready`: its
+   * outlet has not had a good reading since boot. Asks the (pure) engine itself, so a command
+   * refused for any other reason is answered at once, and no rule is repeated here.
+   */
+  private refusedOnlyForReading(id: string, command: Command, source: CommandSource): boolean {
+    // Only a start needs a reading (it bills from the register as it is now).
+    if (command.action !== 'start' || !this.state || this.halted || this.stopping || this.closed) return false
+    try {
+      const { effects } = step(this.state, { type: 'command', id, source, command }, this.clock.now())
+      const r = effects.find((e): e is Extract<Effect, { type: 'result' }> => e.type === 'result')?.result
+      return r !== undefined && !r.ok && r.error.code === 'outlet-not-ready'
+    } catch {
+      return false
+    }
+  }
+
+  /**
+   * Resolves once `outlet` has been stepped into a state where a command no longer waits for
+   * it (read, in fault, or the gateway not running), or the daemon stops or halts, or
+   * meterFaultMs has passed (by then the engine has declared the silent meter in fault).
+   */
+  private holdForReading(outlet: string): Promise<Release> {
+    return new Promise<Release>((resolve) => {
+      const h: HeldCommand = {
+        outlet,
+        release: (why) => {
+          if (!this.held.delete(h)) return
+          clearTimeout(timer)
+          resolve(why)
+        },
+      }
+      const timer = setTimeout(() => h.release('timeout'), this.config.sessions.meterFaultMs)
+      this.held.add(h)
+    })
+  }
+
+  private releaseHeld(why: Release, state?: EngineState): void {
+    for (const h of [...this.held]) {
+      if (state) {
+        const e = state.outlets[h.outlet]
+        if (e && !e.fresh && e.meterFault === null && state.gateway.running) continue
+      }
+      h.release(why)
+    }
+  }
+
+  private async applyNow(id: string, command: Command, source: CommandSource): Promise<CommandResult> {
     const effects = await this.dispatch({ type: 'command', id, source, command })
     const result = effects.find((e): e is Extract<Effect, { type: 'result' }> => e.type === 'result')
     if (!result) throw new OutpostError('ENGINE_NO_RESULT', `the engine gave no result for command ${id}`)
@@ -291,20 +399,48 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // 3. Only now may a relay close: the session it bills is on disk.
     for (const e of effects) if (e.type === 'relay' && e.closed) this.switchRelay(e.outlet, true)
 
-    // 4. Tell the world.
+    // 4. Tell the world. The step is committed: nothing here may fail it (emit is guarded).
     for (const r of committed) {
       this.logRecord(r)
       this.emit('record', r)
     }
     for (const e of effects) {
       if (e.type === 'status') {
-        this.uplink?.publishOutlet(e.status)
+        try {
+          this.uplink?.publishOutlet(e.status)
+        } catch (err) {
+          this.quiet.warn('publish:status', { outlet: e.status.outlet, err: (err as Error).message }, 'publishing an outlet status failed')
+        }
         this.emit('status', e.status)
       } else if (e.type === 'result') {
         this.emit('result', e.result)
       }
     }
+    if (this.held.size > 0) this.releaseHeld('ready', state)
     return effects
+  }
+
+  /** Listener ids for the guarded emit's log keys (one key per listener and event). */
+  private readonly listenerIds = new WeakMap<object, number>()
+  private nextListenerId = 1
+
+  /**
+   * Calls every listener even when one throws: the daemon's events report steps already
+   * committed, so a listener's failure is logged (at most once a minute per listener and
+   * event) and never reaches the step, the other listeners, the publishes or relay retries.
+   */
+  override emit<K extends keyof DaemonEvents>(event: K, ...args: DaemonEvents[K]): boolean {
+    const listeners = this.rawListeners(event) as ((...a: unknown[]) => unknown)[]
+    for (const l of listeners) {
+      try {
+        l.apply(this, args)
+      } catch (err) {
+        let n = this.listenerIds.get(l)
+        if (n === undefined) this.listenerIds.set(l, (n = this.nextListenerId++))
+        this.quiet.warn(`listener:${String(event)}:${n}`, { event, listener: n, err: (err as Error)?.message ?? String(err) }, 'a daemon event listener threw; the others still run')
+      }
+    }
+    return listeners.length > 0
   }
 
   private readonly relayRetryAt = new Map<string, number>()
@@ -351,6 +487,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.timers = []
     this.log.fatal({ err: err.message, code: (err as OutpostError).code }, 'journal write failed: opening every relay, no charging until restart')
     for (const o of this.config.outlets) if (o.relay) this.switchRelay(o.id, false)
+    this.releaseHeld('halted')
     this.emit('halted', err)
   }
 

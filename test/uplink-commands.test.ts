@@ -1,4 +1,6 @@
 import t from 'tap'
+import { Writable } from 'node:stream'
+import { createLogger } from '../daemon/log.js'
 import { openTestLog, type TestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { MemoryLog } from './helpers/memory-log.js'
@@ -147,9 +149,67 @@ t.test('commands over MQTT: answered on P/cmd/{id}/result; malformed ones never 
   t.match(await send('{"id":"m2","action":"fly"}', 'm2'), { id: 'm2', ok: false, error: { code: 'invalid-command', message: /unknown action "fly"/ } })
   t.match(await send('not json at all', '_invalid'), { id: '', ok: false, error: { code: 'invalid-command', message: /malformed JSON/ } })
   t.match(await send(JSON.stringify({ id: 'a/b', action: 'stop', outlet: 'A1', by: 'user' }), '_invalid', 2), { id: 'a/b', ok: false, error: { code: 'invalid-command' } })
-  t.match(await send(JSON.stringify({ id: 'm3', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(70_000) }), '_invalid', 3), { ok: false, error: { code: 'invalid-command', message: /bytes/ } })
+  // Too large to parse, but its id is in the first KiB: answered where the cloud waits for it.
+  t.match(await send(JSON.stringify({ id: 'm3', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(70_000) }), 'm3'), { id: 'm3', ok: false, error: { code: 'invalid-command', message: /is 7\d{4} bytes; at most 65536/ } })
   t.same(await send(JSON.stringify({ id: 'm1', action: 'start', outlet: 'A1', userId: 'u-42' }), 'm1', 2), { id: 'm1', ok: true, result: { applied: 1 } }, 'repeat over MQTT: first result')
   t.same(await send(JSON.stringify({ id: 'm4', action: 'stop', outlet: 'A1', by: 'manager' }), 'm4'), { id: 'm4', ok: true, result: { applied: 2 } }, 'still serving after malformed commands')
   t.equal(calls.length, 2)
   t.equal(uplink.state().status, 'online')
+})
+
+t.test('an oversized command: its id recovered from the first KiB, never from the rest; id-less refusals counted', async (t) => {
+  const { gateway, calls } = fakeDaemon()
+  const pad = 'x'.repeat(2 * 1024 * 1024)
+  const big = (head: string) => `${head}"pad":"${pad}"}`
+  const cases: [string, string, string][] = [
+    ['id first', big('{"id":"big-1","action":"set-wallet","userId":"u1","currency":"CAD","balance":5,'), 'big-1'],
+    ['id after other fields and a nested object', big('{ "action" : "set-plan", "plan": {"id": "inner", "periods": [{"days": ["mon"]}]}, "id": "big-2", '), 'big-2'],
+    ['an escaped id, decoded', big('{"id":"big\\u002d3","action":"stop",'), 'big-3'],
+    ['an escaped quote in an earlier value', big('{"note":"say \\"id\\": \\"fake\\"","id":"big-4",'), 'big-4'],
+    ['only a nested id', big('{"plan":{"id":"inner"},'), ''],
+    ['id past the first KiB', big(`{"note":"${'n'.repeat(1100)}","id":"late",`), ''],
+    ['id cut off at the KiB boundary', `{"note":"${'n'.repeat(1000)}","id":"${'a'.repeat(100)}${pad}"}`, ''],
+    ['an id that cannot be a topic level', big('{"id":"a/b",'), ''],
+    ['an id that is not a string', big('{"id":42,'), ''],
+    ['not an object', `[${JSON.stringify(pad)}]`, ''],
+  ]
+  for (const [what, raw, id] of cases) {
+    const r = await gateway.handle(raw, 'cloud')
+    t.equal(r.id, id, `${what}: answered as ${JSON.stringify(id)}`)
+    t.match(r, { ok: false, error: { code: 'invalid-command', message: new RegExp(`^command is ${Buffer.byteLength(raw)} bytes; at most ${MAX_COMMAND_BYTES} are accepted$`) } }, `${what}: names the size and the limit`)
+  }
+  // Buffers (MQTT payloads) the same way.
+  t.match(await gateway.handle(Buffer.from(big('{"id":"big-5",')), 'cloud'), { id: 'big-5', ok: false, error: { code: 'invalid-command' } })
+  t.equal(calls.length, 0, 'nothing reached the engine')
+  t.same(gateway.rejectedCounts(), { 'too-large': 6, 'not-json': 0, 'no-id': 0 }, 'the six without a usable id counted as too-large')
+
+  t.match(await gateway.handle('not json', 'cloud'), { id: '', error: { code: 'invalid-command' } })
+  t.match(await gateway.handle('{"id":"half-1","action":', 'cloud'), { id: 'half-1', error: { code: 'invalid-command', message: /malformed JSON/ } }, 'cut-off JSON with an id is answered to it')
+  t.match(await gateway.handle({ action: 'stop', outlet: 'A1', by: 'user' }, 'local'), { id: '', error: { code: 'invalid-command' } })
+  t.match(await gateway.handle({ id: 'a/b', action: 'stop', outlet: 'A1', by: 'user' }, 'cloud'), { id: 'a/b', error: { code: 'invalid-command' } })
+  t.match(await gateway.handle({ id: 'ok-1', action: 'fly' }, 'cloud'), { id: 'ok-1', error: { code: 'invalid-command' } }, 'an invalid command with a usable id is answered, not counted')
+  t.same(gateway.rejectedCounts(), { 'too-large': 6, 'not-json': 1, 'no-id': 2 })
+})
+
+t.test('id-less refusals are logged at most once a minute per reason', async (t) => {
+  const lines: { msg: string; reason?: string; repeats?: number }[] = []
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) lines.push(JSON.parse(line) as (typeof lines)[number])
+      cb()
+    },
+  })
+  const logger = createLogger('info', sink)
+  let now = 0
+  const gateway = new CommandGateway({ ledger: new MemoryLog(), apply: async (id) => ({ id, ok: true }), logger, monotonic: () => now })
+  for (let i = 0; i < 50; i++) await gateway.handle('x'.repeat(MAX_COMMAND_BYTES + 1), 'cloud')
+  t.equal(lines.length, 1, 'fifty refusals, one line')
+  t.match(lines[0], { reason: 'too-large', msg: 'command refused with no id to answer to' })
+  await gateway.handle('nope', 'cloud')
+  t.equal(lines.length, 2, 'another reason gets its own line')
+  now = 61_000
+  await gateway.handle('x'.repeat(MAX_COMMAND_BYTES + 1), 'cloud')
+  t.equal(lines.length, 3, 'a minute later: one summary line')
+  t.match(lines[2], { reason: 'too-large', repeats: 50 })
+  t.equal(gateway.rejectedCounts()['too-large'], 51)
 })

@@ -11,6 +11,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Daemon } from '../daemon.js'
 import type { JournalRecord, OutletState, OutletStatus } from '../types.js'
 import { oldestUnackedTs } from './views.js'
+import { REJECT_REASONS } from '../command-gateway.js'
 
 const STATES: OutletState[] = ['off', 'armed', 'pending', 'charging', 'unavailable', 'fault']
 
@@ -62,6 +63,10 @@ export class Metrics {
     const perDevice = (pick: (d: Bus['devices'][number]) => number) => (): Rows => buses().flatMap((b) => b.devices.map((d): Rows[number] => [{ bus: b.id, unit: String(d.unit) }, pick(d)]))
     counter('outpost_device_transactions_total', 'Transactions with one device (unit) on a bus.', ['bus', 'unit'], perDevice((d) => d.transactions))
     counter('outpost_device_failures_total', 'Failed transactions with one device (timeouts, exceptions, bad frames).', ['bus', 'unit'], perDevice((d) => d.failures))
+
+    counter('outpost_commands_rejected_total', 'Commands refused with no id to answer to (too-large, not-json, no-id), since the process started.', ['reason'], () =>
+      REJECT_REASONS.map((reason): Rows[number] => [{ reason }, (daemon.gateway as Daemon['gateway'] | undefined)?.rejectedCounts()[reason] ?? 0]),
+    )
 
     const journal = () => daemon.records?.status()
     new Gauge({ name: 'outpost_journal_head_seq', help: 'Last record seq journaled.', registers, collect() { this.set(journal()?.head ?? 0) } })

@@ -51,7 +51,11 @@ export interface UplinkOptions {
   version: string
   bootId: string
   /** The command gateway: `(raw) => gateway.handle(raw, 'cloud')`. Must not throw (a throw is answered as 'internal'). */
-  onCommand: (raw: Buffer) => Promise<CommandResult>
+  /**
+   * Applies one P/cmd payload. Commands are handed over one at a time, in arrival order; one
+   * held for its outlet's first reading calls `held`, and the next is handed over meanwhile.
+   */
+  onCommand: (raw: Buffer, held: () => void) => Promise<CommandResult>
   now: () => number
   logger?: Logger
   /** While an outlet's state is unchanged (e.g. charging), publish it at most this often. Default 5000 ms. */
@@ -446,7 +450,7 @@ export class Uplink {
     try {
       if (topic === this.t.ack) this.onAck(payload)
       else if (topic === this.t.pull) this.enqueuePull(payload)
-      else if (topic === this.t.cmd) this.commandChain = this.commandChain.then(() => this.handleCommand(payload))
+      else if (topic === this.t.cmd) this.commandChain = this.commandChain.then(() => new Promise<void>((next) => void this.handleCommand(payload, next).finally(next)))
     } catch (err) {
       this.logger.error({ err, topic }, 'uplink message handler failed')
     }
@@ -524,10 +528,10 @@ export class Uplink {
     this.client?.publish(this.t.pullAnswer(answer.requestId ?? ''), JSON.stringify(answer), { qos: 1 }, () => undefined)
   }
 
-  private async handleCommand(payload: Buffer): Promise<void> {
+  private async handleCommand(payload: Buffer, held: () => void): Promise<void> {
     let result: CommandResult
     try {
-      result = await this.opts.onCommand(payload)
+      result = await this.opts.onCommand(payload, held)
     } catch (err) {
       this.logger.error({ err }, 'command handler threw')
       result = { id: '', ok: false, error: { code: 'internal', message: 'the command could not be handled' } }
