@@ -46,8 +46,18 @@ export interface LazyFs {
   root: string
   /** Drop every write not fsynced (the writer must be dead first: a power cut). Resolves once LazyFS says it is done. */
   clearCache(): Promise<void>
+  /**
+   * `p` (file work under the mount), or a LazyFsHang if LazyFS has not answered within `ms`:
+   * then LazyFS is killed, which fails every request still waiting on it instead of leaving
+   * its callers blocked for good. Do file work under the mount asynchronously and through
+   * this, never with *Sync calls (a blocked sync call stops the test's own timers).
+   */
+  guard<T>(what: string, p: Promise<T>, ms?: number): Promise<T>
   unmount(): void
 }
+
+/** LazyFS stopped answering (its own lock-up, not the code under test): the mount is gone. */
+export class LazyFsHang extends Error {}
 
 function mounted(mnt: string): boolean {
   return readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mnt)
@@ -122,6 +132,18 @@ export async function mountLazyfs(): Promise<LazyFs> {
       })
       await faultsFd.write('lazyfs::clear-cache\n')
       await finished
+    },
+    guard<T>(what: string, p: Promise<T>, ms = 30_000): Promise<T> {
+      return new Promise<T>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          proc.kill('SIGKILL')
+          reject(new LazyFsHang(`LazyFS stopped answering during ${what} (no answer within ${ms} ms); it was killed`))
+        }, ms)
+        p.then(
+          (v) => (clearTimeout(timer), resolve(v)),
+          (e: unknown) => (clearTimeout(timer), reject(e)),
+        )
+      })
     },
     unmount() {
       if (gone) return
