@@ -19,7 +19,7 @@ import { OutpostError } from './types.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
-import { initialState, outletStatuses, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
+import { initialState, outletStatuses, replayReadings, step, type EngineState, type EngineEvent, type Effect, type ReplayReading } from './engine/index.js'
 import { Journal } from './journal/index.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
@@ -91,7 +91,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     })
     this.journal.onFault((err) => this.halt(err))
     const persisted = (await this.journal.loadState()) as EngineState | undefined
-    this.state = persisted ?? initialState(config)
+    this.state = persisted ? await this.replay(this.journal, persisted) : initialState(config)
     this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
 
     // Buses before boot: boot opens every relay, and that must reach the hardware.
@@ -133,6 +133,25 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /**
+   * The state the engine had when the last run ended: the journal's checkpoint, then the
+   * readings of each open session journaled after it, stepped again (effects discarded).
+   * Boot then closes those sessions at their last stepped reading, not the checkpoint's.
+   */
+  private async replay(journal: Journal, persisted: EngineState): Promise<EngineState> {
+    const readings: ReplayReading[] = []
+    for (const [outlet, entry] of Object.entries(persisted.outlets)) {
+      const s = entry.session
+      if (!s) continue
+      for (const g of await journal.readings(s.id, { after: s.lastTs })) readings.push({ outlet, sessionId: s.id, reading: g.reading, now: g.now ?? g.reading.ts })
+    }
+    if (readings.length === 0) return persisted
+    const r = replayReadings(persisted, readings)
+    if (r.stopped) this.log.error({ ...r.stopped, replayed: r.replayed }, 'replaying journaled readings stopped: the journal\'s state and its readings disagree; sessions close at the last reading replayed')
+    else this.log.info({ replayed: r.replayed, skipped: r.skipped }, 'replayed the readings journaled after the last checkpoint')
+    return r.state
   }
 
   /** Clean stop: final reading of every outlet, close sessions `reboot`, open every relay, flush. */
@@ -254,8 +273,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const journal = this.journal
     if (!journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
     let result: { state: EngineState; effects: Effect[] }
+    const now = this.clock.now()
     try {
-      result = step(this.state, event, this.clock.now())
+      result = step(this.state, event, now)
     } catch (err) {
       // A malformed event changes nothing; say so once and carry on with the others.
       this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as OutpostError).code, err: (err as Error).message }, 'engine refused an event')
@@ -273,12 +293,16 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       if (e.type === 'record') records.push(e.record)
       else if (e.type === 'result') commandResults.push({ id: e.result.id, result: e.result })
     }
-    // The reading a session is billed from is journaled beside the state that uses it.
+    // The reading a session is billed from is journaled beside the state that uses it, with the
+    // `now` it was stepped at: boot replays it from there if the process dies before the checkpoint.
     const session = event.type === 'reading' ? state.outlets[event.outlet]?.session : undefined
-    const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading }] : undefined
+    const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading, now }] : undefined
+    // A reading's state change is rebuilt from the journaled readings (or, for an idle outlet, is
+    // read again at the next poll): it waits for the journal's checkpoint. Any other change is written now.
+    const checkpoint = event.type !== 'reading' && state !== this.state
     let committed: JournalRecord[]
     try {
-      committed = await journal.commit({ records, state, commandResults, readings })
+      committed = await journal.commit({ records, state, commandResults, readings, checkpoint })
     } catch (err) {
       this.halt(err as Error)
       throw err

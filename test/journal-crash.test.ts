@@ -6,8 +6,9 @@
  * log: the chain verifies with no seq gap, no session ends twice, every register
  * a record claims is one the meter had, nothing billed exceeds the meter's
  * register delta, and every record the child reported committed is there with
- * the same hash. After every boot, every session.started has exactly one
- * session.ended. Also: a second process gets JOURNAL_LOCKED, and reading works
+ * the same hash, and every session closed `power-loss` ends at or after the last
+ * reading the child reported stepped into it (a process death loses no reading).
+ * After every boot, every session.started has exactly one session.ended. Also: a second process gets JOURNAL_LOCKED, and reading works
  * on a snapshot while the daemon runs (with the lighter journal-only workload).
  */
 import t from 'tap'
@@ -144,12 +145,29 @@ function checkEngineLog(records: JournalRecord[], final: boolean): string[] {
 }
 
 const committed = new Map<number, string>()
+/** The ts of the last reading each session was stepped with, as the children reported once its commit resolved. */
+const lastStepped = new Map<string, number>()
 function collect(run: Run): void {
   for (const l of run.lines) {
+    if (l.startsWith('g ')) {
+      const [, sessionId, ts] = l.split(' ')
+      lastStepped.set(sessionId!, Math.max(lastStepped.get(sessionId!) ?? 0, Number(ts)))
+    }
     if (!l.startsWith('c ')) continue
     const [, seq, hash] = l.split(' ')
     committed.set(Number(seq), hash!)
   }
+}
+
+/** A session closed `power-loss` must be billed up to the last reading stepped into it before the kill. */
+function checkNothingLost(records: JournalRecord[]): string[] {
+  const problems: string[] = []
+  for (const r of records) {
+    if (r.type !== 'session.ended' || r.reason !== 'power-loss') continue
+    const last = lastStepped.get(r.sessionId)
+    if (last !== undefined && Date.parse(r.endedAt) < last) problems.push(`${r.sessionId} closed power-loss at ${r.endedAt}, before its last stepped reading ${new Date(last).toISOString()} (${last - Date.parse(r.endedAt)} ms of metering lost)`)
+  }
+  return problems
 }
 
 t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain holds, every session ends once`, { timeout: 600_000 }, async (t) => {
@@ -181,6 +199,9 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
     }
     const records = await allRecords()
     const found = checkEngineLog(records, false)
+    found.push(...checkNothingLost(records))
+    const stoppedLine = run.lines.find((l) => l.startsWith('replay-stopped'))
+    if (stoppedLine) found.push(`run ${i}: ${stoppedLine}`)
     const bySeq = new Map(records.map((r) => [r.seq, r.hash]))
     for (const [seq, hash] of committed) if (bySeq.get(seq) !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
     if (run.lines.some((l) => l.startsWith('ready'))) {
@@ -205,6 +226,9 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
   collect(last)
   const records = await allRecords()
   t.same(checkEngineLog(records, true), [], 'final log: every session.started has exactly one session.ended')
+  t.same(checkNothingLost(records), [], 'every session closed power-loss is billed up to its last stepped reading')
+  const checkedLoss = records.filter((r) => r.type === 'session.ended' && r.reason === 'power-loss' && lastStepped.has(r.sessionId)).length
+  t.ok(checkedLoss > KILLS / 10, `sessions closed power-loss after readings were stepped into them: ${checkedLoss}`)
   t.ok(records.filter((r) => r.type === 'session.ended').length > KILLS / 4, 'sessions ran between kills')
   const powerLoss = records.filter((r) => r.type === 'session.ended' && r.reason === 'power-loss').length
   t.ok(powerLoss > 0, `sessions left open by kills were closed with power-loss (${powerLoss})`)
