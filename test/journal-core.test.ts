@@ -524,3 +524,31 @@ t.test('retention runs by itself every compactEveryMs; a closed journal refuses 
   await j.close({ clean: true })
   t.pass('closing twice is harmless')
 })
+
+t.test('readings between fsyncs: a kill -9 keeps every one; a power cut loses at most those after the last fsync, never a record', async (t) => {
+  const db = new PowerCutLevel()
+  await db.open()
+  const j = await Journal.open('mem', options({ db, readingSyncMs: 600_000 }))
+  const g = (i: number) => ({ outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + i * 1000, currentA: 16, powerW: 3680, energyWh: 100 + i, voltageV: 230 } })
+  for (let i = 0; i < 5; i++) await j.commit({ records: [], state: { outlets: { A1: { i } } }, readings: [g(i)] })
+  const [rec] = await j.commit({ records: [fault(1)] }) // fsynced: readings 0-4 with it
+  for (let i = 5; i < 9; i++) await j.commit({ records: [], state: { outlets: { A1: { i } } }, readings: [g(i)] })
+  db.cutNow()
+  const tsOf = async (image: Map<string, string>): Promise<{ readings: number[]; head: number }> => {
+    const copy = await PowerCutLevel.fromImage(image)
+    const j2 = await Journal.open('mem', options({ db: copy }))
+    const out = { readings: (await j2.readings('s-1')).map((x) => (x.reading.ts - T0) / 1000), head: j2.head() }
+    await j2.close({ clean: true })
+    await copy.close()
+    return out
+  }
+  t.same(await tsOf(db.everything()), { readings: [0, 1, 2, 3, 4, 5, 6, 7, 8], head: rec!.seq }, 'kill -9 (what LevelDB accepted): every reading')
+  const random = ((seed) => () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31))(7)
+  for (let k = 0; k < 20; k++) {
+    const after = await tsOf(db.image(random))
+    t.equal(after.head, rec!.seq, `power cut ${k}: the record survives`)
+    t.same(after.readings.filter((x) => x < 5), [0, 1, 2, 3, 4], `power cut ${k}: every reading before the last fsync survives (kept after it: ${after.readings.filter((x) => x >= 5).join(',') || 'none'})`)
+  }
+  await j.close({ clean: false })
+  await db.close()
+})

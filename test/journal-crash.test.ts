@@ -17,7 +17,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
+import { Journal, openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../daemon/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
@@ -27,10 +27,11 @@ const KILLS = 200
 const OUTLETS = 3
 const SEED = 0x5eed
 
-const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/journal-engine-child.ts'])
+const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/journal-engine-child.ts', 'test/fixtures/journal-readings-child.ts'])
 t.teardown(built.cleanup)
 const workloadChild = built.path('test/fixtures/journal-child.ts')
 const engineChild = built.path('test/fixtures/journal-engine-child.ts')
+const readingsChild = built.path('test/fixtures/journal-readings-child.ts')
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-crash-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -270,4 +271,34 @@ t.test('a second process on the same directory gets JOURNAL_LOCKED; a snapshot c
   first.child.kill('SIGTERM')
   t.equal(await first.exited, 0, 'SIGTERM stops the child cleanly')
   t.ok(first.lines.includes('stopped'))
+})
+
+t.test('kill -9 right after a reading\'s commit resolved, never fsynced: the reopened journal has every reading reported', async (t) => {
+  for (const [n, after] of [[1, 5], [2, 400], [3, 1500]] as const) {
+    const where = mkdtempSync(join(tmpdir(), 'outpost-readings-kill-'))
+    t.teardown(() => rmSync(where, { recursive: true, force: true }))
+    const env = { ...process.env }
+    delete env.NODE_OPTIONS
+    const child = spawn(process.execPath, [readingsChild, where, `s-${n}`], { stdio: ['ignore', 'pipe', 'pipe'], env })
+    children.add(child)
+    const reported: number[] = []
+    const exited = new Promise<void>((resolve) => child.on('exit', () => (children.delete(child), resolve())))
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (line.startsWith('error')) reject(new Error(line))
+        if (!line.startsWith('g ')) return
+        reported.push(Number(line.slice(2)))
+        // Killed synchronously on the line: the child may be anywhere in its next commit.
+        if (reported.length === after) child.kill('SIGKILL'), resolve()
+      })
+    })
+    await exited
+    const j = await Journal.open(where, { bootId: 'check', clockSynced: () => true, now: Date.now, compactEveryMs: 0 })
+    const held = await j.readings(`s-${n}`)
+    await j.close({ clean: true })
+    const ts = new Set(held.map((g) => g.reading.ts))
+    const missing = reported.filter((x) => !ts.has(x))
+    t.same(missing, [], `killed after ${after} readings: all ${reported.length} reported readings are held (${held.length} held)`)
+    t.equal(held.find((g) => g.reading.ts === reported.at(-1))?.now, reported.at(-1)! + 2, 'with the now they were stepped at')
+  }
 })
