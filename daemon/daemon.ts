@@ -308,6 +308,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       throw err
     }
     this.state = state
+    if (readings) this.log.debug({ outlet: readings[0]!.outlet, sessionId: readings[0]!.sessionId, ts: readings[0]!.reading.ts, energyWh: readings[0]!.reading.energyWh }, 'reading journaled')
 
     // 3. Only now may a relay close: the session it bills is on disk.
     for (const e of effects) if (e.type === 'relay' && e.closed) this.switchRelay(e.outlet, true)
