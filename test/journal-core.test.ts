@@ -552,3 +552,28 @@ t.test('readings between fsyncs: a kill -9 keeps every one; a power cut loses at
   await j.close({ clean: false })
   await db.close()
 })
+
+t.test('a durable step writes the state entries it changed; entries changed by readings alone keep waiting for the checkpoint', async (t) => {
+  const db = new PowerCutLevel()
+  await db.open()
+  const j = await Journal.open('mem', options({ db, readingSyncMs: 600_000 }))
+  const s1 = { outlets: { A1: { wh: 1 }, B1: { wh: 1 } } }
+  await j.commit({ records: [], state: s1 })
+  t.equal(await db.get('o!A1'), undefined, 'the first state waits')
+  await j.commit({ records: [fault(1)], state: s1 })
+  t.equal(await db.get('m!state'), '1', 'a durable step writes the first state whole')
+  t.equal(await db.get('o!B1'), JSON.stringify({ wh: 1 }))
+  const s2 = { outlets: { A1: s1.outlets.A1, B1: { wh: 2 } } } // B1 changed by a reading
+  await j.commit({ records: [], state: s2 })
+  const s3 = { outlets: { A1: { wh: 5 }, B1: s2.outlets.B1 } } // A1 changed by a step with a record
+  const before = db.writes
+  await j.commit({ records: [fault(2)], state: s3 })
+  t.equal(db.writes, before + 1)
+  t.equal(await db.get('o!A1'), JSON.stringify({ wh: 5 }), 'the entry the durable step changed is written')
+  t.equal(await db.get('o!B1'), JSON.stringify({ wh: 1 }), 'the entry changed by readings alone is not (boot rebuilds it from its readings)')
+  t.equal(j.status().waitingWrites, 1)
+  await j.flush()
+  t.equal(await db.get('o!B1'), JSON.stringify({ wh: 2 }), 'flush() writes it')
+  await j.close({ clean: true })
+  await db.close()
+})

@@ -317,8 +317,13 @@ export class Journal implements RecordLog {
     await this.enqueue(async () => {
       const target = Math.min(upTo, this.headSeq)
       if (target <= this.ackedSeq) return
-      await this.write([{ type: 'put', key: K.META_ACKED, value: String(target) }], true)
+      // Unsynced, fsynced within readingSyncMs (or by the next record): losing the newest acks to a power
+      // cut only re-sends records the cloud de-duplicates by seq, and at a site's pace the cloud acks
+      // about every record, so an fsync per ack would double the fsyncs (each rewrites a 4 kB page).
+      // Retention deletes records below the ack only in a synced batch, which makes the ack durable first.
+      await this.write([{ type: 'put', key: K.META_ACKED, value: String(target) }], this.readingSyncMs === 0)
       this.ackedSeq = target
+      if (this.unsynced) this.scheduleSync()
     })
   }
 
@@ -444,11 +449,9 @@ export class Journal implements RecordLog {
       // reading) waits in memory, merged by key, for the next checkpoint: boot rebuilds it from these readings.
       if (step.state !== undefined) this.stateOps(step.state, stateOps)
       if (step.checkpoint === true) {
-        const batch = new Map(this.pending)
-        for (const op of stateOps) batch.set(op.key, op)
-        for (const op of readingOps) batch.set(op.key, op)
-        if (batch.size > 0) await this.write([...batch.values()], false)
-        this.pending.clear()
+        const batch = [...this.firstState(), ...stateOps, ...readingOps]
+        if (batch.length > 0) await this.write(batch, false)
+        for (const op of stateOps) this.pending.delete(op.key)
       } else {
         if (readingOps.length > 0) await this.write(readingOps, false)
         for (const op of stateOps) this.pending.set(op.key, op)
@@ -459,12 +462,12 @@ export class Journal implements RecordLog {
       return sealed
     }
     if (step.state !== undefined) this.stateOps(step.state, stateOps)
-    const batch = new Map(this.pending)
-    for (const op of stateOps) batch.set(op.key, op)
-    for (const op of readingOps) batch.set(op.key, op)
-    for (const op of ops) batch.set(op.key, op)
-    if (batch.size > 0) await this.write([...batch.values()], true)
-    this.pending.clear()
+    // Only the entries this step changed: an entry still waiting for the checkpoint was changed by
+    // readings alone (an outlet's own entry), which boot rebuilds from the readings journaled since
+    // the value it finds; writing every waiting entry with each record would checkpoint every second.
+    const batch = [...this.firstState(), ...stateOps, ...readingOps, ...ops]
+    if (batch.length > 0) await this.write(batch, true)
+    for (const op of stateOps) this.pending.delete(op.key)
     if (step.state !== undefined) this.latest = step.state
     if (sealed.length > 0) {
       this.headSeq = seq
@@ -479,6 +482,18 @@ export class Journal implements RecordLog {
       }
     }
     return sealed
+  }
+
+  /**
+   * The first state ever persisted goes to disk whole, never entry by entry: loadState() answers
+   * nothing until m!state exists, so the entries written before it would be ignored. Taken from
+   * `pending` (the caller writes them).
+   */
+  private firstState(): Op[] {
+    if (!this.pending.has(K.META_STATE)) return []
+    const all = [...this.pending.values()]
+    this.pending.clear()
+    return all
   }
 
   /** Put the sections and outlet entries whose identity changed; delete the ones that disappeared. */
