@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { binNodeFlags, bounded, notMeasured, percentile, row, table, verdict } from '../bench/lib.js'
-import { parseProcIo, rawFacts, readProcIo } from '../bench/disk.js'
+import { parseProcIo, rawFacts, readProcIo, simulatedDay } from '../bench/disk.js'
 import { openSync, writeSync, fsyncSync, closeSync } from 'node:fs'
 import { Journal, openOffline } from '../daemon/journal/index.js'
 import { recordKey } from '../daemon/journal/keys.js'
@@ -121,3 +121,11 @@ async function recordText(dir: string, seq: number): Promise<string> {
     await j.close()
   }
 }
+
+t.test('disk bench: the simulated journal run counts what it journaled and what this process wrote', async (t) => {
+  const r = await simulatedDay(20, 4)
+  t.equal(r.simulatedS, 20)
+  t.ok(r.raw > 80 * 30, `raw facts: 80 readings of ~35 bytes and 4 records at least (${r.raw} B)`)
+  t.ok(r.bytes >= r.raw, `LevelDB wrote at least the raw facts (${r.bytes} B)`)
+  t.equal(r.amplification, r.bytes / r.raw)
+})
