@@ -128,9 +128,11 @@ async function durableAppends(withState: boolean): Promise<BenchRow> {
 /**
  * Readings: state-only steps with one journaled reading each (the outlet's
  * state entry + the reading). Three writers run interleaved, one operation each
- * in turn: the journal with group commit (readingSyncMs 5000), the journal
- * fsyncing every reading (readingSyncMs 0), and raw un-synced classic-level
- * batches of the same two entries.
+ * in turn: the journal with its default "group commit" (readingSyncMs 5000: each
+ * reading written unsynced at once, fsynced on the timer, the state entry
+ * waiting for the checkpoint), the journal fsyncing every reading
+ * (readingSyncMs 0), and raw un-synced classic-level batches of the same two
+ * entries (so the journal writes less than the raw writer: no state entry).
  */
 async function readings(): Promise<BenchRow[]> {
   const N = 1500

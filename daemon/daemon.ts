@@ -26,6 +26,7 @@ import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
 import { initialState, outletStatuses, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
+import { restoreState } from './restore.js'
 import type { Journal } from './journal/index.js'
 import { openJournalForRun } from './journal/salvage.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
@@ -117,7 +118,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }, { warn: (fields, msg) => this.log.error(fields, msg) })
     this.journal = opened.journal
     this.journal.onFault((err) => this.halt(err))
-    const persisted = (await this.journal.loadState()) as EngineState | undefined
+    const persisted = await this.restore(this.journal)
     this.state = persisted ?? initialState(config)
     this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
 
@@ -165,6 +166,14 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
+  private async restore(journal: Journal): Promise<EngineState | undefined> {
+    const { state, replay: r } = await restoreState(journal)
+    if (r?.stopped) this.log.error({ ...r.stopped, replayed: r.replayed }, 'replaying journaled readings stopped: the journal\'s state and its readings disagree; sessions close at the last reading replayed')
+    else if (r) this.log.info({ replayed: r.replayed, skipped: r.skipped }, 'replayed the readings journaled after the last checkpoint')
+    return state
   }
 
   /** Clean stop: final reading of every outlet, close sessions `reboot`, open every relay, flush. */
@@ -365,8 +374,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const journal = this.journal
     if (!journal) throw new OutpostError('DAEMON_NOT_STARTED', 'the daemon is not started')
     let result: { state: EngineState; effects: Effect[] }
+    const now = this.clock.now()
     try {
-      result = step(this.state, event, this.clock.now())
+      result = step(this.state, event, now)
     } catch (err) {
       // A malformed event changes nothing; say so once and carry on with the others.
       this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as OutpostError).code, err: (err as Error).message }, 'engine refused an event')
@@ -384,17 +394,22 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       if (e.type === 'record') records.push(e.record)
       else if (e.type === 'result') commandResults.push({ id: e.result.id, result: e.result })
     }
-    // The reading a session is billed from is journaled beside the state that uses it.
+    // The reading a session is billed from is journaled beside the state that uses it, with the
+    // `now` it was stepped at: boot replays it from there if the process dies before the checkpoint.
     const session = event.type === 'reading' ? state.outlets[event.outlet]?.session : undefined
-    const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading }] : undefined
+    const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading, now }] : undefined
+    // A reading's state change is rebuilt from the journaled readings (or, for an idle outlet, is
+    // read again at the next poll): it waits for the journal's checkpoint. Any other change is written now.
+    const checkpoint = event.type !== 'reading' && state !== this.state
     let committed: JournalRecord[]
     try {
-      committed = await journal.commit({ records, state, commandResults, readings })
+      committed = await journal.commit({ records, state, commandResults, readings, checkpoint })
     } catch (err) {
       this.halt(err as Error)
       throw err
     }
     this.state = state
+    if (readings) this.log.debug({ outlet: readings[0]!.outlet, sessionId: readings[0]!.sessionId, ts: readings[0]!.reading.ts, energyWh: readings[0]!.reading.energyWh }, 'reading journaled')
 
     // 3. Only now may a relay close: the session it bills is on disk.
     for (const e of effects) if (e.type === 'relay' && e.closed) this.switchRelay(e.outlet, true)

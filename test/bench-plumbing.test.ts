@@ -10,6 +10,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { binNodeFlags, bounded, notMeasured, percentile, row, table, verdict } from '../bench/lib.js'
+import { parseProcIo, rawFacts, readProcIo, simulatedDay } from '../bench/disk.js'
+import { openSync, writeSync, fsyncSync, closeSync } from 'node:fs'
+import { Journal, openOffline } from '../daemon/journal/index.js'
+import { recordKey } from '../daemon/journal/keys.js'
 
 t.test('/proc parsing', async (t) => {
   t.equal(parseRssMB('Name:\tnode\nVmPeak:\t  900000 kB\nVmRSS:\t   102400 kB\nRssAnon:\t 1 kB\n'), 100)
@@ -81,4 +85,47 @@ t.test("the bin's node flags come from its interpreter line", async (t) => {
   t.same(binNodeFlags(f), [])
   writeFileSync(f, 'console.log(1)\n')
   t.throws(() => binNodeFlags(f), /no node interpreter line/)
+})
+
+t.test('disk bench: /proc/PID/io parsing, a real process\'s write_bytes, and the raw facts of a journal', async (t) => {
+  t.same(parseProcIo('rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 8192\ncancelled_write_bytes: 4096\n'), { writeBytes: 8192, cancelledWriteBytes: 4096 })
+  t.throws(() => parseProcIo('rchar: 1\n'), /no write_bytes line/)
+  // This process writes 256 kB to disk and fsyncs: its write_bytes grows by at least that much.
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-plumbing-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const before = readProcIo(process.pid)
+  const fd = openSync(join(dir, 'blob'), 'w')
+  writeSync(fd, Buffer.alloc(256 * 1024, 7))
+  fsyncSync(fd)
+  closeSync(fd)
+  const after = readProcIo(process.pid)
+  t.ok(after.writeBytes - before.writeBytes >= 256 * 1024, `write_bytes grew by ${after.writeBytes - before.writeBytes}`)
+
+  // Raw facts: the reading values and record texts journaled in the window, nothing else.
+  const T = Date.parse('2026-03-02T10:00:00Z')
+  const j = await Journal.open(dir, { bootId: 'b', clockSynced: () => true, now: () => T, compactEveryMs: 0, readingSyncMs: 0 })
+  const g = (ts: number) => ({ outlet: 'A1', sessionId: 's-1', reading: { ts, currentA: 16, powerW: 3680, energyWh: 12.5, voltageV: 230 } })
+  const [rec] = await j.commit({ records: [{ type: 'outlet.fault', ts: new Date(T + 1000).toISOString(), outlet: 'A1', detail: 'x' }], state: { outlets: { A1: { big: 'y'.repeat(5000) } } }, readings: [g(T + 1000)] })
+  await j.commit({ records: [{ type: 'outlet.recovered', ts: new Date(T + 90_000).toISOString(), outlet: 'A1', detail: 'x' }], readings: [g(T + 2000), g(T + 90_000)] })
+  await j.close({ clean: true })
+  const f = await rawFacts(dir, T, T + 60_000)
+  const value = JSON.stringify([16, 3680, 12.5, 230, 'A1'])
+  t.same(f, { readings: 2, readingBytes: 2 * value.length, records: 1, recordBytes: (await recordText(dir, rec!.seq)).length }, 'two readings and one record in the window; the engine state is not a raw fact')
+})
+
+async function recordText(dir: string, seq: number): Promise<string> {
+  const j = await openOffline(dir)
+  try {
+    return (await j.db.get(recordKey(seq)))!
+  } finally {
+    await j.close()
+  }
+}
+
+t.test('disk bench: the simulated journal run counts what it journaled and what this process wrote', async (t) => {
+  const r = await simulatedDay(20, 4)
+  t.equal(r.simulatedS, 20)
+  t.ok(r.raw > 80 * 30, `raw facts: 80 readings of ~35 bytes and 4 records at least (${r.raw} B)`)
+  t.ok(r.bytes >= r.raw, `LevelDB wrote at least the raw facts (${r.bytes} B)`)
+  t.equal(r.amplification, r.bytes / r.raw)
 })

@@ -92,6 +92,43 @@ t.test('kill -9 and SIGTERM mid-session', async (t) => {
   })
 })
 
+t.test('kill -9 after ~5 s at 16 A, well inside readingSyncMs: the session is billed up to the last reading the daemon stepped', async (t) => {
+  const broker = await startMosquitto(t)
+  const dir = tempDir(t)
+  const peer = await startPeer(t, { outlets: 1 })
+  // readingSyncMs 10 s: no fsync of readings during the session, so only the journal's handing
+  // of every reading to LevelDB (not the fsync) can keep them across the kill.
+  const config = writeSiteConfig({ dir, port: peer.port, outlets: 1, brokerUrl: broker.url, storage: { readingSyncMs: 10_000 }, extra: { logging: { level: 'debug' } } })
+  const cloud = await startCloud(t, broker.url, dir)
+  const d1 = startDaemon(t, config)
+  await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
+  t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
+  await peer.plug(1, 16)
+  const res = await cloud.start('E1', 'u1')
+  t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
+  const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+  const started = await cloud.waitRecord((r) => r.type === 'session.started' && r.sessionId === sessionId, 'session.started')
+  const e0 = (started as { meterWh: number }).meterWh
+  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 5, 'charging for about 5 s at 16 A')
+  const killed = await d1.stop('SIGKILL')
+  t.equal(killed.signal, 'SIGKILL')
+  const atKill = await peer.outlet(1)
+  const stepped = d1.logs().filter((l) => l.msg === 'reading journaled' && l.sessionId === sessionId)
+  t.ok(stepped.length >= 15, `the daemon logged the readings it stepped (${stepped.length})`)
+  const last = stepped.at(-1)! as unknown as { ts: number; energyWh: number }
+  t.ok(last.energyWh > e0 + 4, `its last stepped reading is ~5 s into the session (${last.energyWh} Wh, start ${e0})`)
+
+  const d2 = startDaemon(t, config)
+  const ended = await cloud.waitRecord(isEnded(sessionId), 'the interrupted session ends')
+  t.equal(ended.reason, 'power-loss')
+  t.ok(Date.parse(ended.endedAt) >= last.ts, `ended at ${ended.endedAt}, not before the last stepped reading ${new Date(last.ts).toISOString()}`)
+  t.ok(ended.meterEndWh >= last.energyWh - 0.0005, `meterEndWh ${ended.meterEndWh} >= the last stepped reading's ${last.energyWh}: nothing lost`)
+  t.ok(ended.meterEndWh <= atKill.energyWh + WH_EPS, `meterEndWh ${ended.meterEndWh} <= the register at the kill ${atKill.energyWh}`)
+  t.ok(Math.abs(ended.energyWh - (ended.meterEndWh - ended.meterStartWh)) < 0.0015, `billed ${ended.energyWh} Wh: the meter delta up to that reading (${ended.meterEndWh} - ${ended.meterStartWh})`)
+  t.ok(d2.logs().some((l) => l.msg === 'replayed the readings journaled after the last checkpoint' && (l.replayed as number) >= 15), 'boot replayed the readings after the checkpoint')
+  t.equal((await d2.stop('SIGTERM')).code, 0, 'clean exit')
+})
+
 t.test('SIGTERM while reads are on the wire (a slow bus): still exit 0, reboot, relay open', async (t) => {
   // Regression: a read in flight at SIGTERM used to fail when the bus closed, reach the
   // already-closed journal, count as a journal fault and turn the clean stop into exit 1.

@@ -292,47 +292,76 @@ t.test('a failed group commit (by the timer, or flush) also stops the journal an
   await db.close()
 })
 
-t.test('group commit: a state-only step waits in memory for the next synced batch; records and command results never wait', async (t) => {
+t.test('a state-only step: its readings are handed to LevelDB at once (unsynced), its state waits for the checkpoint; records and command results never wait', async (t) => {
   const db = new PowerCutLevel()
   await db.open()
   const j = await Journal.open('mem', options({ db, readingSyncMs: 60_000 }))
   const writes = db.writes
+  const g1 = { ts: T0, currentA: 1, powerW: 230, energyWh: 1, voltageV: 230 }
   const s1 = { outlets: { A1: { wh: 1 } } }
-  await j.commit({ records: [], state: s1, readings: [{ outlet: 'A1', sessionId: 's-1', reading: { ts: T0, currentA: 1, powerW: 230, energyWh: 1, voltageV: 230 } }] })
+  await j.commit({ records: [], state: s1, readings: [{ outlet: 'A1', sessionId: 's-1', reading: g1, now: T0 + 3 }] })
+  t.equal(db.writes, writes + 1, 'the reading was written before commit() resolved')
+  t.equal(db.unsyncedBatches, 1, 'without an fsync')
+  t.equal(await db.get('g!s-1!' + String(T0).padStart(15, '0')), JSON.stringify([1, 230, 1, 230, 'A1', 3]), 'the reading with its stepped-at now (as an offset from ts)')
+  t.equal(await db.get('o!A1'), undefined, 'the state it changed waits for the checkpoint')
   const s2 = { outlets: { A1: { wh: 2 } } }
   await j.commit({ records: [], state: s2 })
-  t.equal(db.writes, writes, 'state-only steps are not written yet')
+  t.equal(db.writes, writes + 1, 'a state-only step without readings writes nothing yet')
   t.equal(await j.loadState(), s2, 'loadState() answers the newest committed state')
-  t.equal(await db.get('o!A1'), undefined)
+  t.equal(j.status().waitingWrites, 2, 'the outlet entry and the state marker wait')
   await j.commit({ records: [], commandResults: [{ id: 'x', result: { id: 'x', ok: true } }] })
-  t.equal(db.writes, writes + 1, 'one batch carried the command result and the waiting steps')
-  t.equal(db.unsyncedBatches, 0, 'and it was fsynced')
+  t.equal(db.writes, writes + 2, 'one batch carried the command result and the waiting state')
+  t.equal(db.unsyncedBatches, 0, 'and it was fsynced (with the reading before it)')
   t.equal(await db.get('o!A1'), JSON.stringify({ wh: 2 }), 'merged by key: the newest entry')
-  t.equal((await j.readings('s-1')).length, 1)
+  t.same((await j.readings('s-1')).map((g) => g.now), [T0 + 3])
   await j.commit({ records: [], state: { outlets: { A1: { wh: 3 } } } })
-  t.equal(db.writes, writes + 1)
+  t.equal(db.writes, writes + 2)
   await j.flush()
-  t.equal(db.writes, writes + 2, 'flush() writes and fsyncs')
+  t.equal(db.writes, writes + 3, 'flush() writes and fsyncs')
   t.equal(db.unsyncedBatches, 0)
   t.equal(await db.get('o!A1'), JSON.stringify({ wh: 3 }))
-  // A power cut now loses what waits, and nothing else.
-  await j.commit({ records: [], state: { outlets: { A1: { wh: 4 } } } })
+  // checkpoint: true writes the state now, with what waited before it, unsynced.
+  await j.commit({ records: [], state: { outlets: { A1: { wh: 4 }, A2: { wh: 0 } } } })
+  await j.commit({ records: [], state: { outlets: { A1: { wh: 4 }, A2: { wh: 1 } } }, checkpoint: true })
+  t.equal(db.writes, writes + 4, 'checkpoint: one write')
+  t.equal(db.unsyncedBatches, 1, 'unsynced')
+  t.equal(j.status().waitingWrites, 0)
+  t.equal(await db.get('o!A2'), JSON.stringify({ wh: 1 }))
+  await t.rejects(j.commit({ records: [], checkpoint: 'yes' as unknown as boolean }), { code: 'JOURNAL_INVALID_STEP', message: /step\.checkpoint must be a boolean/ })
+  await t.rejects(j.commit({ records: [], readings: [{ outlet: 'A1', sessionId: 's-1', reading: g1, now: NaN }] }), { code: 'JOURNAL_INVALID_STEP', message: /readings\[0\]\.now must be a finite epoch ms/ })
+  t.equal(db.writes, writes + 4, 'a refused step wrote nothing')
+  // A power cut now loses what waits, and at worst what was not fsynced: never the fsynced state.
+  await j.commit({ records: [], state: { outlets: { A1: { wh: 5 } } } })
   db.cutNow()
-  const after = await PowerCutLevel.fromImage(db.image(Math.random))
+  const after = await PowerCutLevel.fromImage(db.image(() => 0)) // every un-synced batch lost
   const j2 = await Journal.open('mem', options({ db: after }))
   t.same(await j2.loadState(), { outlets: { A1: { wh: 3 } } }, 'the last synced state survives the cut')
   await j2.close({ clean: true })
   await after.close()
   await db.close()
 
-  // With a short readingSyncMs the timer writes by itself.
+  // The fsync timer (readingSyncMs) fsyncs what LevelDB has; it does not write the waiting state.
   const db2 = new PowerCutLevel()
   await db2.open()
   const j3 = await Journal.open('mem', options({ db: db2, readingSyncMs: 20 }))
-  await j3.commit({ records: [], state: { outlets: { A1: { wh: 5 } } } })
-  while ((await db2.get('o!A1')) === undefined) await new Promise((r) => setTimeout(r, 10))
-  t.equal(db2.unsyncedBatches, 0, 'written and fsynced by the group-commit timer')
+  await j3.commit({ records: [], state: { outlets: { A1: { wh: 5 } } }, readings: [{ outlet: 'A1', sessionId: 's-9', reading: g1 }] })
+  t.equal(db2.unsyncedBatches, 1)
+  while (db2.unsyncedBatches > 0) await new Promise((r) => setTimeout(r, 10))
+  t.pass('fsynced by the timer')
+  t.equal(await db2.get('o!A1'), undefined, 'the state still waits for its checkpoint')
   await j3.close({ clean: true })
+  t.equal(await db2.get('o!A1'), JSON.stringify({ wh: 5 }), 'close() writes it')
+
+  // The checkpoint timer writes the waiting state; the fsync timer follows.
+  const db5 = new PowerCutLevel()
+  await db5.open()
+  const j6 = await Journal.open('mem', options({ db: db5, readingSyncMs: 20, checkpointMs: 30 }))
+  await j6.commit({ records: [], state: { outlets: { A1: { wh: 8 } } } })
+  while ((await db5.get('o!A1')) === undefined) await new Promise((r) => setTimeout(r, 10))
+  while (db5.unsyncedBatches > 0) await new Promise((r) => setTimeout(r, 10))
+  t.pass('checkpointed by its timer, then fsynced')
+  await j6.close({ clean: true })
+  await t.rejects(Journal.open('mem', options({ db: db5, checkpointMs: 0 })), { code: 'JOURNAL_BAD_OPTIONS', message: /checkpointMs must be an integer >= 1/ })
 
   // readingSyncMs 0: every state step is written and fsynced at once.
   const db3 = new PowerCutLevel()
@@ -349,7 +378,7 @@ t.test('group commit: a state-only step waits in memory for the next synced batc
   await j5.commit({ records: [], state: { outlets: { A1: { wh: 7 } } } })
   await j5.close({ clean: true })
   t.equal(await db4.get('o!A1'), JSON.stringify({ wh: 7 }))
-  await Promise.all([db2.close(), db3.close(), db4.close()])
+  await Promise.all([db2.close(), db3.close(), db4.close(), db5.close()])
 })
 
 t.test('readings are journaled per session and read back in order', async (t) => {
@@ -360,15 +389,17 @@ t.test('readings are journaled per session and read back in order', async (t) =>
   }
   const r1 = await j.readings('s-1')
   t.equal(r1.length, 5)
-  t.same(r1[4], { outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + 4000, currentA: 14, powerW: 2300, energyWh: 102, voltageV: 230 } })
+  t.same(r1[4], { outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + 4000, currentA: 14, powerW: 2300, energyWh: 102, voltageV: 230 }, now: T0 + 4000 })
   t.same(r1.map((r) => r.reading.ts), [0, 1, 2, 3, 4].map((i) => T0 + i * 1000))
   t.equal((await j.readings('s-2')).length, 5)
   t.same(await j.readings('s-'), [], 'a prefix of an id is another id')
   await j.close({ clean: true })
-  // With group commit, readings still waiting in memory are answered too.
+  // Between fsyncs, readings are answered too (LevelDB has them).
   const j2 = await Journal.open(dir, options({ readingSyncMs: 60_000 }))
-  await j2.commit({ records: [], readings: [{ outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + 9000, currentA: 1, powerW: 1, energyWh: 200, voltageV: 230 } }] })
+  await j2.commit({ records: [], readings: [{ outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + 9000, currentA: 1, powerW: 1, energyWh: 200, voltageV: 230 }, now: T0 + 9004 }] })
   t.same((await j2.readings('s-1')).map((r) => r.reading.ts), [0, 1, 2, 3, 4, 9].map((i) => T0 + i * 1000))
+  t.same((await j2.readings('s-1', { after: T0 + 3000 })).map((r) => [r.reading.ts, r.now]), [[T0 + 4000, T0 + 4000], [T0 + 9000, T0 + 9004]], 'after: only newer readings; now defaults to ts')
+  await t.rejects(j2.readings('s-1', { after: NaN }), { code: 'JOURNAL_BAD_RANGE' })
   await j2.close({ clean: true })
 })
 
@@ -492,4 +523,57 @@ t.test('retention runs by itself every compactEveryMs; a closed journal refuses 
   await t.rejects(j.loadState(), { code: 'JOURNAL_CLOSED' })
   await j.close({ clean: true })
   t.pass('closing twice is harmless')
+})
+
+t.test('readings between fsyncs: a kill -9 keeps every one; a power cut loses at most those after the last fsync, never a record', async (t) => {
+  const db = new PowerCutLevel()
+  await db.open()
+  const j = await Journal.open('mem', options({ db, readingSyncMs: 600_000 }))
+  const g = (i: number) => ({ outlet: 'A1', sessionId: 's-1', reading: { ts: T0 + i * 1000, currentA: 16, powerW: 3680, energyWh: 100 + i, voltageV: 230 } })
+  for (let i = 0; i < 5; i++) await j.commit({ records: [], state: { outlets: { A1: { i } } }, readings: [g(i)] })
+  const [rec] = await j.commit({ records: [fault(1)] }) // fsynced: readings 0-4 with it
+  for (let i = 5; i < 9; i++) await j.commit({ records: [], state: { outlets: { A1: { i } } }, readings: [g(i)] })
+  db.cutNow()
+  const tsOf = async (image: Map<string, string>): Promise<{ readings: number[]; head: number }> => {
+    const copy = await PowerCutLevel.fromImage(image)
+    const j2 = await Journal.open('mem', options({ db: copy }))
+    const out = { readings: (await j2.readings('s-1')).map((x) => (x.reading.ts - T0) / 1000), head: j2.head() }
+    await j2.close({ clean: true })
+    await copy.close()
+    return out
+  }
+  t.same(await tsOf(db.everything()), { readings: [0, 1, 2, 3, 4, 5, 6, 7, 8], head: rec!.seq }, 'kill -9 (what LevelDB accepted): every reading')
+  const random = ((seed) => () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31))(7)
+  for (let k = 0; k < 20; k++) {
+    const after = await tsOf(db.image(random))
+    t.equal(after.head, rec!.seq, `power cut ${k}: the record survives`)
+    t.same(after.readings.filter((x) => x < 5), [0, 1, 2, 3, 4], `power cut ${k}: every reading before the last fsync survives (kept after it: ${after.readings.filter((x) => x >= 5).join(',') || 'none'})`)
+  }
+  await j.close({ clean: false })
+  await db.close()
+})
+
+t.test('a durable step writes the state entries it changed; entries changed by readings alone keep waiting for the checkpoint', async (t) => {
+  const db = new PowerCutLevel()
+  await db.open()
+  const j = await Journal.open('mem', options({ db, readingSyncMs: 600_000 }))
+  const s1 = { outlets: { A1: { wh: 1 }, B1: { wh: 1 } } }
+  await j.commit({ records: [], state: s1 })
+  t.equal(await db.get('o!A1'), undefined, 'the first state waits')
+  await j.commit({ records: [fault(1)], state: s1 })
+  t.equal(await db.get('m!state'), '1', 'a durable step writes the first state whole')
+  t.equal(await db.get('o!B1'), JSON.stringify({ wh: 1 }))
+  const s2 = { outlets: { A1: s1.outlets.A1, B1: { wh: 2 } } } // B1 changed by a reading
+  await j.commit({ records: [], state: s2 })
+  const s3 = { outlets: { A1: { wh: 5 }, B1: s2.outlets.B1 } } // A1 changed by a step with a record
+  const before = db.writes
+  await j.commit({ records: [fault(2)], state: s3 })
+  t.equal(db.writes, before + 1)
+  t.equal(await db.get('o!A1'), JSON.stringify({ wh: 5 }), 'the entry the durable step changed is written')
+  t.equal(await db.get('o!B1'), JSON.stringify({ wh: 1 }), 'the entry changed by readings alone is not (boot rebuilds it from its readings)')
+  t.equal(j.status().waitingWrites, 1)
+  await j.flush()
+  t.equal(await db.get('o!B1'), JSON.stringify({ wh: 2 }), 'flush() writes it')
+  await j.close({ clean: true })
+  await db.close()
 })

@@ -6,8 +6,9 @@
  * log: the chain verifies with no seq gap, no session ends twice, every register
  * a record claims is one the meter had, nothing billed exceeds the meter's
  * register delta, and every record the child reported committed is there with
- * the same hash. After every boot, every session.started has exactly one
- * session.ended. Also: a second process gets JOURNAL_LOCKED, and reading works
+ * the same hash, and every session closed `power-loss` ends at or after the last
+ * reading the child reported stepped into it (a process death loses no reading).
+ * After every boot, every session.started has exactly one session.ended. Also: a second process gets JOURNAL_LOCKED, and reading works
  * on a snapshot while the daemon runs (with the lighter journal-only workload).
  */
 import t from 'tap'
@@ -16,7 +17,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
+import { Journal, openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../daemon/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
@@ -26,10 +27,11 @@ const KILLS = 200
 const OUTLETS = 3
 const SEED = 0x5eed
 
-const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/journal-engine-child.ts'])
+const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/journal-engine-child.ts', 'test/fixtures/journal-readings-child.ts'])
 t.teardown(built.cleanup)
 const workloadChild = built.path('test/fixtures/journal-child.ts')
 const engineChild = built.path('test/fixtures/journal-engine-child.ts')
+const readingsChild = built.path('test/fixtures/journal-readings-child.ts')
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-crash-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -144,12 +146,29 @@ function checkEngineLog(records: JournalRecord[], final: boolean): string[] {
 }
 
 const committed = new Map<number, string>()
+/** The ts of the last reading each session was stepped with, as the children reported once its commit resolved. */
+const lastStepped = new Map<string, number>()
 function collect(run: Run): void {
   for (const l of run.lines) {
+    if (l.startsWith('g ')) {
+      const [, sessionId, ts] = l.split(' ')
+      lastStepped.set(sessionId!, Math.max(lastStepped.get(sessionId!) ?? 0, Number(ts)))
+    }
     if (!l.startsWith('c ')) continue
     const [, seq, hash] = l.split(' ')
     committed.set(Number(seq), hash!)
   }
+}
+
+/** A session closed `power-loss` must be billed up to the last reading stepped into it before the kill. */
+function checkNothingLost(records: JournalRecord[]): string[] {
+  const problems: string[] = []
+  for (const r of records) {
+    if (r.type !== 'session.ended' || r.reason !== 'power-loss') continue
+    const last = lastStepped.get(r.sessionId)
+    if (last !== undefined && Date.parse(r.endedAt) < last) problems.push(`${r.sessionId} closed power-loss at ${r.endedAt}, before its last stepped reading ${new Date(last).toISOString()} (${last - Date.parse(r.endedAt)} ms of metering lost)`)
+  }
+  return problems
 }
 
 t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain holds, every session ends once`, { timeout: 600_000 }, async (t) => {
@@ -181,6 +200,9 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
     }
     const records = await allRecords()
     const found = checkEngineLog(records, false)
+    found.push(...checkNothingLost(records))
+    const stoppedLine = run.lines.find((l) => l.startsWith('replay-stopped'))
+    if (stoppedLine) found.push(`run ${i}: ${stoppedLine}`)
     const bySeq = new Map(records.map((r) => [r.seq, r.hash]))
     for (const [seq, hash] of committed) if (bySeq.get(seq) !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
     if (run.lines.some((l) => l.startsWith('ready'))) {
@@ -205,6 +227,9 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
   collect(last)
   const records = await allRecords()
   t.same(checkEngineLog(records, true), [], 'final log: every session.started has exactly one session.ended')
+  t.same(checkNothingLost(records), [], 'every session closed power-loss is billed up to its last stepped reading')
+  const checkedLoss = records.filter((r) => r.type === 'session.ended' && r.reason === 'power-loss' && lastStepped.has(r.sessionId)).length
+  t.ok(checkedLoss > KILLS / 10, `sessions closed power-loss after readings were stepped into them: ${checkedLoss}`)
   t.ok(records.filter((r) => r.type === 'session.ended').length > KILLS / 4, 'sessions ran between kills')
   const powerLoss = records.filter((r) => r.type === 'session.ended' && r.reason === 'power-loss').length
   t.ok(powerLoss > 0, `sessions left open by kills were closed with power-loss (${powerLoss})`)
@@ -246,4 +271,34 @@ t.test('a second process on the same directory gets JOURNAL_LOCKED; a snapshot c
   first.child.kill('SIGTERM')
   t.equal(await first.exited, 0, 'SIGTERM stops the child cleanly')
   t.ok(first.lines.includes('stopped'))
+})
+
+t.test('kill -9 right after a reading\'s commit resolved, never fsynced: the reopened journal has every reading reported', async (t) => {
+  for (const [n, after] of [[1, 5], [2, 400], [3, 1500]] as const) {
+    const where = mkdtempSync(join(tmpdir(), 'outpost-readings-kill-'))
+    t.teardown(() => rmSync(where, { recursive: true, force: true }))
+    const env = { ...process.env }
+    delete env.NODE_OPTIONS
+    const child = spawn(process.execPath, [readingsChild, where, `s-${n}`], { stdio: ['ignore', 'pipe', 'pipe'], env })
+    children.add(child)
+    const reported: number[] = []
+    const exited = new Promise<void>((resolve) => child.on('exit', () => (children.delete(child), resolve())))
+    await new Promise<void>((resolve, reject) => {
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (line.startsWith('error')) reject(new Error(line))
+        if (!line.startsWith('g ')) return
+        reported.push(Number(line.slice(2)))
+        // Killed synchronously on the line: the child may be anywhere in its next commit.
+        if (reported.length === after) child.kill('SIGKILL'), resolve()
+      })
+    })
+    await exited
+    const j = await Journal.open(where, { bootId: 'check', clockSynced: () => true, now: Date.now, compactEveryMs: 0 })
+    const held = await j.readings(`s-${n}`)
+    await j.close({ clean: true })
+    const ts = new Set(held.map((g) => g.reading.ts))
+    const missing = reported.filter((x) => !ts.has(x))
+    t.same(missing, [], `killed after ${after} readings: all ${reported.length} reported readings are held (${held.length} held)`)
+    t.equal(held.find((g) => g.reading.ts === reported.at(-1))?.now, reported.at(-1)! + 2, 'with the now they were stepped at')
+  }
 })

@@ -7,8 +7,11 @@
  * - every record whose commit resolved is there, unchanged; the chain verifies
  *   with no gap; no session ends twice; nothing billed exceeds the meter delta;
  * - each persisted state entry is one that was committed at or after the last
- *   fsynced step (a power cut loses at most the readings since the last sync,
- *   never a record, and never mixes in something that was not committed);
+ *   fsynced step that wrote it (a durable step writes the entries it changed;
+ *   an entry changed by readings alone waits for the checkpoint, and its
+ *   readings are on disk to rebuild it): a power cut loses at most the readings
+ *   since the last sync, never a record, and never mixes in something that was
+ *   not committed;
  * - after boot, every session.started has exactly one session.ended, closed at
  *   a reading that survived the cut.
  */
@@ -62,13 +65,23 @@ for (const seed of SEEDS) {
       const loaded = (await journal.loadState()) as SimState | undefined
       const history: SimState[] = loaded ? [loaded] : []
       let lastDurable = loaded ? 0 : -1
+      /** Per state entry ('site' or an outlet id): the history index of the last fsynced step that wrote it. */
+      const lastWritten = new Map<string, number>()
+      if (loaded) for (const id of ['site', ...Object.keys(loaded.outlets)]) lastWritten.set(id, 0)
       const workload = new Workload(journal, random, clock, OUTLETS, bootId, {
         attempted: (state) => {
           history.push(state)
         },
         committed: (sealed, state, durable) => {
           for (const r of sealed) reported.set(r.seq, r.hash)
-          if (durable) lastDurable = history.lastIndexOf(state)
+          if (!durable) return
+          const k = history.lastIndexOf(state)
+          const prev = history[k - 1]
+          // The first state ever persisted goes out whole; afterwards a durable step writes what it changed.
+          const first = lastDurable < 0
+          if (first || prev?.site !== state.site) lastWritten.set('site', k)
+          for (const id of Object.keys(state.outlets)) if (first || prev?.outlets[id] !== state.outlets[id]) lastWritten.set(id, k)
+          lastDurable = k
         },
       })
       const checkCut = async (image: Map<string, string>): Promise<void> => {
@@ -85,11 +98,11 @@ for (const seed of SEEDS) {
         await next.close()
         if (lastDurable >= 0 && !survived) return void problems.push(`cycle ${cycle}: a durable state was lost entirely`)
         if (!survived) return
-        const candidates = lastDurable >= 0 ? history.slice(lastDurable) : history
+        const since = (id: string): SimState[] => history.slice(lastWritten.get(id) ?? 0)
         for (const [id, entry] of Object.entries(survived.outlets)) {
-          if (!candidates.some((s) => isDeepStrictEqual(s.outlets[id], entry))) problems.push(`cycle ${cycle}: outlet ${id} came back as a state that was never committed after the last sync: ${JSON.stringify(entry)}`)
+          if (!since(id).some((s) => isDeepStrictEqual(s.outlets[id], entry))) problems.push(`cycle ${cycle}: outlet ${id} came back as a state that was never committed since the last sync that wrote it: ${JSON.stringify(entry)}`)
         }
-        if (!candidates.some((s) => isDeepStrictEqual(s.site, survived.site))) problems.push(`cycle ${cycle}: site section came back as ${JSON.stringify(survived.site)}`)
+        if (!since('site').some((s) => isDeepStrictEqual(s.site, survived.site))) problems.push(`cycle ${cycle}: site section came back as ${JSON.stringify(survived.site)}`)
         const newest = history[history.length - 1]
         if (newest && !isDeepStrictEqual(newest.outlets, survived.outlets)) lostReadings++
       }

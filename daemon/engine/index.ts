@@ -5,3 +5,4 @@
 export { initialState, step, outletStatuses, outletPlan, outletPrices, COMMAND_ERRORS, type CommandErrorCode } from './engine.js'
 export { periodAt, priceTimeline, priceSession, planProblems, lineAmountMicros, toMicros, microsPerMinor, divRoundHalfUp, forEachPeriodRun, localWallMs, type PeriodAt, type TimelineEntry, type PricedLine } from './pricing.js'
 export type { EngineEvent, Effect, EngineState, StepResult, OutletEntry, Session, LineAcc, Recon, GatewaySection, SettingsSection, Wallet, CommandMemo, ReadingMark, CommandSource } from './state.js'
+export { replayReadings, type ReplayReading, type ReplayResult } from './replay.js'

@@ -42,8 +42,15 @@ export interface JournalOptions {
   version?: string
   /** storage.retentionDays; default 90. */
   retentionDays?: number
-  /** storage.readingSyncMs: the longest an un-synced state step waits for its fsync; default 5000, 0 syncs every step. */
+  /** storage.readingSyncMs: the longest a journaled reading waits for its fsync; default 5000, 0 writes and fsyncs every step. */
   readingSyncMs?: number
+  /**
+   * How often the engine state changed only by readings is checkpointed (written, then fsynced
+   * with the next fsync); default 60000. Between checkpoints it is rebuilt at boot from the
+   * readings journaled since (see replayReadings), so a longer interval costs nothing but a
+   * longer replay, and spares the SD card a ~2.5 kB outlet entry per reading.
+   */
+  checkpointMs?: number
   /** The injected wall clock, epoch ms. */
   now: () => number
   /**
@@ -64,6 +71,8 @@ export interface ReadingEntry {
   outlet: string
   sessionId: string
   reading: Reading
+  /** The `now` the engine stepped this reading at (so that a replay steps it identically); reading.ts when absent. */
+  now?: number
 }
 
 export interface CommitStep {
@@ -71,6 +80,13 @@ export interface CommitStep {
   state?: PersistedEngineState
   commandResults?: { id: string; result: CommandResult }[]
   readings?: ReadingEntry[]
+  /**
+   * Write this step's state now (with the state-only changes waiting before it), not at the next
+   * checkpoint. For a state-only step that cannot be rebuilt from journaled readings (an uplink
+   * change, a failed read): a process death must not lose it. Steps with records or command
+   * results always write their state (fsynced).
+   */
+  checkpoint?: boolean
 }
 
 export interface CompactionResult {
@@ -129,21 +145,23 @@ export class Journal implements RecordLog {
   private headHash = GENESIS_PREV
   private oldestSeq = 1
   private ackedSeq = 0
-  /** The newest state handed to commit(): written, or waiting in `pending` for the group commit. */
+  /** The newest state handed to commit(): written, or its changed entries waiting in `pending` for the checkpoint. */
   private latest: PersistedEngineState | undefined
-  /** Writes of state-only steps (state entries, readings) not yet handed to LevelDB, by key: the newest wins. */
+  /** State entries of steps whose state waits for the checkpoint, not yet handed to LevelDB, by key: the newest wins. */
   private readonly pending = new Map<string, Op>()
   private failure: OutpostError | undefined
   private closed = false
   private queue: Promise<unknown> = Promise.resolve()
   private unsynced = false
   private syncTimer: NodeJS.Timeout | undefined
+  private checkpointTimer: NodeJS.Timeout | undefined
   private compactTimer: NodeJS.Timeout | undefined
   private syncCounter = 0
   private readonly appendListeners = new Set<(head: number) => void>()
   private readonly faultListeners = new Set<(err: OutpostError) => void>()
   private readonly retentionMs: number
   private readonly readingSyncMs: number
+  private readonly checkpointMs: number
 
   private constructor(
     private readonly db: JournalDb,
@@ -153,6 +171,7 @@ export class Journal implements RecordLog {
   ) {
     this.retentionMs = (opts.retentionDays ?? 90) * DAY_MS
     this.readingSyncMs = opts.readingSyncMs ?? 5000
+    this.checkpointMs = opts.checkpointMs ?? 60_000
   }
 
   /**
@@ -166,6 +185,7 @@ export class Journal implements RecordLog {
     if (opts.retentionDays !== undefined && !(Number.isInteger(opts.retentionDays) && opts.retentionDays >= 1)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: retentionDays must be an integer >= 1, got ${opts.retentionDays}`)
     if (opts.readingSyncMs !== undefined && !(Number.isInteger(opts.readingSyncMs) && opts.readingSyncMs >= 0)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: readingSyncMs must be an integer >= 0, got ${opts.readingSyncMs}`)
     if (opts.writeBufferSize !== undefined && !(Number.isInteger(opts.writeBufferSize) && opts.writeBufferSize >= 1024)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: writeBufferSize must be an integer >= 1024, got ${opts.writeBufferSize}`)
+    if (opts.checkpointMs !== undefined && !(Number.isInteger(opts.checkpointMs) && opts.checkpointMs >= 1)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: checkpointMs must be an integer >= 1, got ${opts.checkpointMs}`)
     const location = opts.db ? dir : journalLocation(dir)
     let db = opts.db
     const owned = db === undefined
@@ -302,8 +322,13 @@ export class Journal implements RecordLog {
     await this.enqueue(async () => {
       const target = Math.min(upTo, this.headSeq)
       if (target <= this.ackedSeq) return
-      await this.write([{ type: 'put', key: K.META_ACKED, value: String(target) }], true)
+      // Unsynced, fsynced within readingSyncMs (or by the next record): losing the newest acks to a power
+      // cut only re-sends records the cloud de-duplicates by seq, and at a site's pace the cloud acks
+      // about every record, so an fsync per ack would double the fsyncs (each rewrites a 4 kB page).
+      // Retention deletes records below the ack only in a synced batch, which makes the ack durable first.
+      await this.write([{ type: 'put', key: K.META_ACKED, value: String(target) }], this.readingSyncMs === 0)
       this.ackedSeq = target
+      if (this.unsynced) this.scheduleSync()
     })
   }
 
@@ -333,9 +358,12 @@ export class Journal implements RecordLog {
   /**
    * Make one engine step durable: its records (sealed here: seq, prev, hash,
    * bootId, clockSynced), the state sections that changed, command results and
-   * readings, in ONE batch. Fsynced when it holds records or command results;
-   * a state-only step is group-committed (fsynced within readingSyncMs).
-   * Commits apply in call order. Resolves with the sealed records.
+   * readings, in ONE batch. Fsynced when it holds records or command results.
+   * A state-only step (a reading) hands its readings to LevelDB before it
+   * resolves, unsynced (the kernel keeps them across a process death; the fsync
+   * follows within readingSyncMs), and its state waits for the next checkpoint
+   * unless `checkpoint` is set. Commits apply in call order. Resolves with the
+   * sealed records.
    */
   commit(step: CommitStep): Promise<JournalRecord[]> {
     try {
@@ -377,8 +405,10 @@ export class Journal implements RecordLog {
         if (typeof g.outlet !== 'string') bad(`readings[${i}].outlet must be a string`)
         const r = g.reading
         if (r === null || typeof r !== 'object' || ![r.ts, r.currentA, r.powerW, r.energyWh, r.voltageV].every(Number.isFinite)) bad(`readings[${i}].reading must have finite ts, currentA, powerW, energyWh, voltageV`)
+        if (g.now !== undefined && !Number.isFinite(g.now)) bad(`readings[${i}].now must be a finite epoch ms when given, got ${String(g.now)}`)
       })
     }
+    if (step.checkpoint !== undefined && typeof step.checkpoint !== 'boolean') bad('step.checkpoint must be a boolean when given')
   }
 
   private async doCommit(step: CommitStep): Promise<JournalRecord[]> {
@@ -396,7 +426,6 @@ export class Journal implements RecordLog {
       ops.push({ type: 'put', key: K.recordKey(r.seq), value: text })
     }
     const stateOps: Op[] = []
-    if (step.state !== undefined) this.stateOps(step.state, stateOps)
     if (step.commandResults && step.commandResults.length > 0) {
       // First result wins, across steps and within one step.
       const ids = [...new Set(step.commandResults.map((c) => c.id))]
@@ -408,25 +437,42 @@ export class Journal implements RecordLog {
         ops.push({ type: 'put', key: K.commandKey(id), value: JSON.stringify({ at: now, result }) })
       }
     }
+    const readingOps: Op[] = []
     for (const g of step.readings ?? []) {
       const r = g.reading
-      stateOps.push({ type: 'put', key: K.readingKey(g.sessionId, r.ts), value: JSON.stringify([r.currentA, r.powerW, r.energyWh, r.voltageV, g.outlet]) })
+      // The stepped-at `now` kept as its offset from ts (a few ms, omitted when 0): 2 bytes a reading, not 14.
+      const late = g.now === undefined ? 0 : g.now - r.ts
+      const value = [r.currentA, r.powerW, r.energyWh, r.voltageV, g.outlet]
+      if (late !== 0) value.push(late)
+      readingOps.push({ type: 'put', key: K.readingKey(g.sessionId, r.ts), value: JSON.stringify(value) })
     }
     const durable = sealed.length > 0 || (step.commandResults?.length ?? 0) > 0 || this.readingSyncMs === 0
     if (!durable) {
-      // Group commit: a state-only step (a reading) waits in memory, merged by key with the ones before it, and
-      // goes to LevelDB with the next synced batch — the timer's, within readingSyncMs, or an earlier record's.
-      // A crash or a power cut loses at most those readings; SD-card writes shrink by readingSyncMs / pollMs.
-      for (const op of stateOps) this.pending.set(op.key, op)
+      // The readings (the billing evidence, ~60 bytes each) go to LevelDB now, unsynced: once write() returns,
+      // LevelDB has written them to its log file, so a process death loses none; a power cut loses at most the
+      // last readingSyncMs of them (the fsync timer). The engine state they changed (a ~2.5 kB outlet entry per
+      // reading) waits in memory, merged by key, for the next checkpoint: boot rebuilds it from these readings.
+      if (step.state !== undefined) this.stateOps(step.state, stateOps)
+      if (step.checkpoint === true) {
+        const batch = [...this.firstState(), ...stateOps, ...readingOps]
+        if (batch.length > 0) await this.write(batch, false)
+        for (const op of stateOps) this.pending.delete(op.key)
+      } else {
+        if (readingOps.length > 0) await this.write(readingOps, false)
+        for (const op of stateOps) this.pending.set(op.key, op)
+      }
       if (step.state !== undefined) this.latest = step.state
-      if (this.pending.size > 0) this.scheduleSync()
+      if (this.unsynced) this.scheduleSync()
+      if (this.pending.size > 0) this.scheduleCheckpoint()
       return sealed
     }
-    const batch = new Map(this.pending)
-    for (const op of stateOps) batch.set(op.key, op)
-    for (const op of ops) batch.set(op.key, op)
-    if (batch.size > 0) await this.write([...batch.values()], true)
-    this.pending.clear()
+    if (step.state !== undefined) this.stateOps(step.state, stateOps)
+    // Only the entries this step changed: an entry still waiting for the checkpoint was changed by
+    // readings alone (an outlet's own entry), which boot rebuilds from the readings journaled since
+    // the value it finds; writing every waiting entry with each record would checkpoint every second.
+    const batch = [...this.firstState(), ...stateOps, ...readingOps, ...ops]
+    if (batch.length > 0) await this.write(batch, true)
+    for (const op of stateOps) this.pending.delete(op.key)
     if (step.state !== undefined) this.latest = step.state
     if (sealed.length > 0) {
       this.headSeq = seq
@@ -441,6 +487,18 @@ export class Journal implements RecordLog {
       }
     }
     return sealed
+  }
+
+  /**
+   * The first state ever persisted goes to disk whole, never entry by entry: loadState() answers
+   * nothing until m!state exists, so the entries written before it would be ignored. Taken from
+   * `pending` (the caller writes them).
+   */
+  private firstState(): Op[] {
+    if (!this.pending.has(K.META_STATE)) return []
+    const all = [...this.pending.values()]
+    this.pending.clear()
+    return all
   }
 
   /** Put the sections and outlet entries whose identity changed; delete the ones that disappeared. */
@@ -482,25 +540,35 @@ export class Journal implements RecordLog {
     return parseJson<{ result: CommandResult }>(this.location, K.commandKey(id), text).result
   }
 
-  /** The journaled readings of one session, oldest first (those waiting for the group commit included). */
-  async readings(sessionId: string): Promise<ReadingEntry[]> {
+  /**
+   * The journaled readings of one session, oldest first, each with the `now` it was stepped at
+   * (reading.ts for entries written without it). `after`: only readings with ts > after.
+   */
+  async readings(sessionId: string, opts: { after?: number } = {}): Promise<ReadingEntry[]> {
     this.assertOpen()
-    const range = K.prefixRange(K.readingPrefix(sessionId))
-    const byKey = new Map<string, string>()
-    for await (const [key, value] of this.db.iterator(range)) byKey.set(key, value)
-    for (const [key, op] of this.pending) if (op.type === 'put' && key >= range.gte && key < range.lt) byKey.set(key, op.value)
-    return [...byKey.keys()].sort().map((key) => {
-      const [currentA, powerW, energyWh, voltageV, outlet] = parseJson<[number, number, number, number, string]>(this.location, key, byKey.get(key)!)
-      return { outlet, sessionId, reading: { ts: Number(key.slice(key.lastIndexOf('!') + 1)), currentA, powerW, energyWh, voltageV } }
-    })
+    const range: { gte?: string; gt?: string; lt: string } = K.prefixRange(K.readingPrefix(sessionId))
+    if (opts.after !== undefined) {
+      if (!Number.isFinite(opts.after)) throw new OutpostError('JOURNAL_BAD_RANGE', `readings: after must be finite epoch ms, got ${String(opts.after)}`)
+      if (opts.after >= 0) {
+        delete range.gte
+        range.gt = K.readingKey(sessionId, opts.after)
+      }
+    }
+    const out: ReadingEntry[] = []
+    for await (const [key, value] of this.db.iterator(range)) {
+      const [currentA, powerW, energyWh, voltageV, outlet, late] = parseJson<[number, number, number, number, string, number?]>(this.location, key, value)
+      const ts = Number(key.slice(key.lastIndexOf('!') + 1))
+      out.push({ outlet, sessionId, reading: { ts, currentA, powerW, energyWh, voltageV }, now: ts + (late ?? 0) })
+    }
+    return out
   }
 
-  /** Write and fsync everything committed so far (group-committed readings included). */
+  /** Write and fsync everything committed so far (the state waiting for its checkpoint included). */
   flush(): Promise<void> {
     return this.enqueue(() => this.flushNow([]))
   }
 
-  /** Pending state-only writes plus `extra`, in one synced batch (or an fsync of earlier un-synced writes). */
+  /** Pending state writes plus `extra`, in one synced batch (or an fsync of earlier un-synced writes). */
   private async flushNow(extra: Op[]): Promise<void> {
     this.assertWritable()
     const ops = [...this.pending.values(), ...extra]
@@ -510,15 +578,42 @@ export class Journal implements RecordLog {
     this.pending.clear()
   }
 
+  /** Fsync what LevelDB already has (one tiny synced write: LevelDB's log is append-only, one fsync covers it all). */
+  private async syncNow(): Promise<void> {
+    this.assertWritable()
+    if (!this.unsynced) return
+    await this.write([{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }], true)
+  }
+
+  /** Hand the state waiting for its checkpoint to LevelDB (unsynced: the fsync timer follows). */
+  private async checkpointNow(): Promise<void> {
+    this.assertWritable()
+    if (this.pending.size === 0) return
+    await this.write([...this.pending.values()], false)
+    this.pending.clear()
+    this.scheduleSync()
+  }
+
   private scheduleSync(): void {
     if (this.syncTimer || this.closed) return
     this.syncTimer = setTimeout(() => {
       this.syncTimer = undefined
-      this.flush().catch(() => {
+      this.enqueue(() => this.syncNow()).catch(() => {
         // A write failure has already put the journal in its fault state and told the listeners.
       })
     }, this.readingSyncMs)
     this.syncTimer.unref()
+  }
+
+  private scheduleCheckpoint(): void {
+    if (this.checkpointTimer || this.closed) return
+    this.checkpointTimer = setTimeout(() => {
+      this.checkpointTimer = undefined
+      this.enqueue(() => this.checkpointNow()).catch(() => {
+        // A write failure has already put the journal in its fault state and told the listeners.
+      })
+    }, this.checkpointMs)
+    this.checkpointTimer.unref()
   }
 
   /**
@@ -658,7 +753,7 @@ export class Journal implements RecordLog {
       // One fsync covers every write before it (LevelDB's log is append-only).
       this.unsynced = false
     } else {
-      // Only retention deletes are written without fsync; losing them to a power cut just means redoing them.
+      // Readings, checkpoints and retention deletes: in the kernel's hands (safe from a process death), fsynced later.
       this.unsynced = true
     }
   }
@@ -666,6 +761,8 @@ export class Journal implements RecordLog {
   private clearTimers(): void {
     if (this.syncTimer) clearTimeout(this.syncTimer)
     this.syncTimer = undefined
+    if (this.checkpointTimer) clearTimeout(this.checkpointTimer)
+    this.checkpointTimer = undefined
     if (this.compactTimer) clearInterval(this.compactTimer)
     this.compactTimer = undefined
   }
