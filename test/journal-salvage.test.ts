@@ -142,7 +142,7 @@ t.test('a record edited inside the tail: a fresh journal carries the chained run
 t.test('a table file garbled: the daemon still starts, and every record it holds verifies', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-ldb-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  await charge(dir, 120, 10)
+  const records = await charge(dir, 120, 10)
   const loc = journalLocation(dir)
   const tables = readdirSync(loc).filter((f) => f.endsWith('.ldb'))
   t.ok(tables.length > 0, `a small write buffer leaves table files (${tables.length})`)
@@ -159,7 +159,35 @@ t.test('a table file garbled: the daemon still starts, and every record it holds
   t.equal(verifyRecords(held), undefined, 'what it holds verifies')
   t.ok(journal.acked() <= journal.head())
   await journal.commit({ records: [{ type: 'gateway.started', ts: new Date(T0 + 10_000_000).toISOString(), version: 't', cleanShutdown: false }] })
-  t.equal(journal.head(), Math.max(held.at(-1)?.seq ?? 0, journal.acked()) + 1, 'and it takes new records')
+  // With every table garbled no record key survives: the highest seq known is the cloud's ack (10).
+  t.ok(records.at(-1)!.seq > 10)
+  t.equal(journal.head(), Math.max(held.at(-1)?.seq ?? 0, 10) + 1, 'it takes new records, never reusing a seq the cloud acknowledged')
+})
+
+t.test('a fresh journal that carried no record goes on past the seqs the damaged one showed', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-base-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const records = await charge(dir, 30, 5)
+  const loc = journalLocation(dir)
+  // Every record's value unreadable, keys intact (and the ack watermark, 5): nothing chains, so nothing is carried.
+  const db = new Level<string, string>(loc, { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+  await db.open()
+  for (const r of records) await db.put(recordKey(r.seq), '{garbled')
+  await db.close()
+  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 1e7), quietLog())
+  t.teardown(() => journal.close({ clean: true }))
+  t.match(salvage, { mode: 'fresh', carried: null, lost: { from: 6, to: records.at(-1)!.seq } }, 'the unreadable unacknowledged records are named as lost')
+  t.equal(journal.head(), records.at(-1)!.seq, 'the log starts after the highest seq the damaged journal showed')
+  t.equal(journal.oldest(), records.at(-1)!.seq + 1)
+  await t.rejects(journal.read(1, 10), { code: 'JOURNAL_COMPACTED' }, 'seqs before it are not held here')
+  const [first] = await journal.commit({ records: [{ type: 'gateway.started', ts: new Date(T0 + 1e7).toISOString(), version: 't', cleanShutdown: false }] })
+  t.equal(first!.seq, records.at(-1)!.seq + 1, 'the next record continues the gateway\'s seq: none reuses one the cloud may hold')
+  t.equal(first!.prev, '0'.repeat(64), 'and starts a new chain (journalSalvage says why)')
+  await journal.close({ clean: true })
+  const again = await Journal.open(dir, opts(() => T0 + 2e7))
+  t.equal(again.head(), first!.seq, 'a reopen finds the log where it was')
+  t.equal(again.oldest(), first!.seq)
+  await again.close({ clean: true })
 })
 
 t.test('only JOURNAL_CORRUPT is salvaged: a journal held by another process is refused as before', async (t) => {

@@ -120,7 +120,9 @@ export function openError(err: unknown, location: string): OutpostError {
   }
   const detail = messages[messages.length - 1] ?? String(err)
   if (codes.includes('LEVEL_LOCKED')) return new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`, { cause: err })
-  if (codes.includes('LEVEL_CORRUPTION'))
+  // A damaged table's bogus block offset comes back from LevelDB as an I/O error (EINVAL) on that file: it is damage, not a permission or disk problem.
+  const damagedTable = messages.some((m) => /\.(ldb|sst)\b[^]*Invalid argument/.test(m))
+  if (codes.includes('LEVEL_CORRUPTION') || damagedTable)
     return new OutpostError('JOURNAL_CORRUPT', `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`, { cause: err })
   return new OutpostError('JOURNAL_OPEN_FAILED', `cannot open the journal at ${location}: ${detail}. If its files are damaged, see \`outpost repair --config FILE\` (docs/journal.md)`, { cause: err })
 }
@@ -244,6 +246,16 @@ export class Journal implements RecordLog {
       this.headSeq = last.seq
       this.headHash = last.hash
       for await (const key of db.keys({ ...K.RECORDS, limit: 1 })) this.oldestSeq = K.seqOfRecordKey(key)
+    } else {
+      const base = await db.get(K.META_BASE)
+      if (base !== undefined) {
+        const b = parseJson<{ seq: number; hash: string }>(this.location, K.META_BASE, base)
+        if (!Number.isSafeInteger(b?.seq) || b.seq < 0 || typeof b.hash !== 'string' || !/^[0-9a-f]{64}$/.test(b.hash)) throw corrupt(this.location, `the log's base is ${base}`)
+        // The first record appended continues the gateway's seq; records up to the base are not held here.
+        this.headSeq = b.seq
+        this.headHash = b.hash
+        this.oldestSeq = b.seq + 1
+      }
     }
     const acked = await db.get(K.META_ACKED)
     this.ackedSeq = acked === undefined ? 0 : Number(acked)

@@ -26,6 +26,12 @@ export const META_RUNNING = 'm!running'
 export const META_ACKED = 'm!acked'
 export const META_STATE = 'm!state'
 export const META_SYNC = 'm!sync'
+/**
+ * Where the record log starts when it holds no record yet: `{"seq", "hash"}` of the last
+ * record before it. Written only by a salvage that could carry no record over, so that
+ * the gateway's seq goes on past what the cloud may already hold instead of restarting at 1.
+ */
+export const META_BASE = 'm!base'
 
 const SEQ_DIGITS = 12
 const TS_DIGITS = 15

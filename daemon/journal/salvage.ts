@@ -19,7 +19,7 @@
 import { cp, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
 import { OutpostError, type JournalRecord, type JournalSalvageInfo } from '../types.js'
-import { ChainVerifier } from './chain.js'
+import { ChainVerifier, GENESIS_PREV } from './chain.js'
 import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
@@ -118,7 +118,21 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         carried = { from, to }
         if (from > acked + 1) lost = { from: acked + 1, to: from - 1 }
         acked = Math.min(Math.max(acked, from - 1), to)
-      } else acked = 0
+      } else {
+        // No record could be carried: the log goes on past every seq the damaged journal shows
+        // (its ack watermark, its record keys), so no new record reuses a seq the cloud may hold.
+        let highest = acked
+        for await (const key of db.keys(K.RECORDS)) {
+          const seq = K.seqOfRecordKey(key)
+          if (Number.isSafeInteger(seq) && seq > highest) highest = seq
+        }
+        if (highest > 0) {
+          ops.push({ type: 'put', key: K.META_BASE, value: JSON.stringify({ seq: highest, hash: GENESIS_PREV }) })
+          lost = { from: acked + 1, to: highest }
+          if (lost.from > lost.to) lost = null
+        }
+        acked = highest
+      }
       for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS]) {
         for await (const [key, value] of db.iterator(range)) {
           try {
