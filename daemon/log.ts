@@ -1,6 +1,6 @@
 /**
  * Structured logs: one JSON line per event an installer cares about, on stdout,
- * which journald captures. `quiet()` keeps a failing bus from flooding the log:
+ * which journald captures. `QuietLog` keeps a failing bus from flooding the log:
  * the first occurrence of a key is logged, repeats are counted and summarised
  * at most once per interval, and recovery is logged once.
  */

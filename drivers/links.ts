@@ -28,7 +28,7 @@ export interface Link<Req, Res> {
   abort(err: OutpostError): void
   /** After a failed exchange: wait out the line, then drop whatever is buffered so a late reply can't be taken for the next one. */
   settle(quietMs: number): Promise<void>
-  /** Short text naming the device a request addresses, for errors. */
+  /** The device (unit id) a request addresses: the scheduler's per-device counters and errors are keyed by it. */
   deviceOf(req: Req): number
 }
 

@@ -2,8 +2,8 @@
  * The engine simulation: a seeded virtual site (outlets with a meter, a relay and
  * a vehicle; users with wallets; plans whose edges fall inside the run; DST nights;
  * meter faults, relay faults, uplink outages, crashes and clean restarts) driven
- * through the pure engine, with the invariants of the issue checked after every
- * step. runSeed throws an Error naming the seed and the step on the first breach.
+ * through the pure engine, with the billing invariants (docs/engine.md) checked after
+ * every step. runSeed throws an Error naming the seed and the step on the first breach.
  */
 import { mulberry32 } from '../daemon/prng.js'
 import type { Test } from 'tap'

@@ -252,12 +252,12 @@ function offlineLimited(st: EngineState, now: number): boolean {
   return st.settings.uplink && lim !== null && !g.online && g.offlineSince !== null && now - g.offlineSince >= lim
 }
 
-/** Running cost of a session: micro-units and the rounded total (minor units, capped). */
 /** Only a session that drew current and accounted at least one reading costs anything. */
 function billable(s: Session): boolean {
   return s.drewCurrent && s.lines.length > 0
 }
 
+/** Running cost of a session: micro-units and the rounded total (minor units, before the wallet cap). */
 function costNow(s: Session): { micros: number; total: number } {
   if (!billable(s)) return { micros: 0, total: 0 }
   let micros = s.feeMicros

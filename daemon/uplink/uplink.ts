@@ -118,7 +118,7 @@ export class Uplink {
   private unsubscribeAppend?: () => void
   private readonly outlets = new Map<string, OutletSlot>()
   private readonly onlineListeners = new Set<(online: boolean) => void>()
-  /** Commands and acks are handled one at a time, in arrival order. */
+  /** Commands are handled one at a time, in arrival order (a held start lets the next one go); acks coalesce through ackWanted instead. */
   private commandChain: Promise<void> = Promise.resolve()
   /** The highest ack received; written to the journal by writeAcks. */
   private ackWanted = 0

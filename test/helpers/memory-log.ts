@@ -1,6 +1,6 @@
 /**
- * An in-memory RecordLog for the uplink's tests until the journal (issue 5) is
- * on main: same contract as daemon/types.ts RecordLog, records hashed exactly
+ * An in-memory RecordLog for the uplink's fast tests: same contract as
+ * daemon/types.ts RecordLog, records hashed exactly
  * as the contract says (SHA-256 of RFC 8785 canonical JSON without `hash`).
  * Reads are asynchronous like LevelDB's so ordering bugs show up here too.
  */

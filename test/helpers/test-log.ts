@@ -1,5 +1,5 @@
 /**
- * The RecordLog the uplink tests run against: the real journal (issue 5) on
+ * The RecordLog the uplink tests run against: the real journal on
  * disk in a temp dir, LevelDB and all, closed and removed at teardown. The
  * in-memory log (test/helpers/memory-log.ts) remains for the gateway's unit
  * tests and the benchmark's baseline-free setup.
