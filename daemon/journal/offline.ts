@@ -19,6 +19,7 @@ import { ChainVerifier, type ChainBreak } from './chain.js'
 import { journalLocation, openError, type JournalDb } from './journal.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
+import { repairLevelDb } from './level-repair.js'
 
 export type OfflineMode = 'direct' | 'snapshot' | 'repaired-copy'
 
@@ -31,7 +32,6 @@ export interface OfflineJournal {
   close(): Promise<void>
 }
 
-const levelRepair = (Level as unknown as { repair: (location: string) => Promise<void> }).repair
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -81,7 +81,7 @@ export async function openOffline(storageDir: string, opts: { allowSnapshot?: bo
     for (let attempt = 0; ; attempt++) {
       const copy = await copyJournal(location)
       try {
-        if (mode === 'repaired-copy') await levelRepair(copy)
+        if (mode === 'repaired-copy') await repairLevelDb(copy)
         const db = newLevel(copy)
         await db.open()
         return {
@@ -169,7 +169,7 @@ export async function repairJournal(storageDir: string, now: number = Date.now()
   await rm(next, { recursive: true, force: true })
   await cp(location, next, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
   try {
-    await levelRepair(next)
+    await repairLevelDb(next)
   } catch (err) {
     await rm(next, { recursive: true, force: true })
     throw new OutpostError('JOURNAL_REPAIR_FAILED', `LevelDB repair of ${location} failed: ${(err as Error).message}`, { cause: err })

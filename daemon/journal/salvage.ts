@@ -24,6 +24,7 @@ import { Journal, journalLocation, type JournalDb, type JournalOptions } from '.
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
+import { repairLevelDb } from './level-repair.js'
 
 /** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (daemon/types.ts). */
 export type JournalSalvage = JournalSalvageInfo
@@ -32,7 +33,6 @@ export interface SalvageLog {
   warn(fields: Record<string, unknown>, msg: string): void
 }
 
-const levelRepair = (Level as unknown as { repair: (location: string) => Promise<void> }).repair
 
 /** Journal.open, and on JOURNAL_CORRUPT: move aside, then a repaired copy or a fresh journal with what could be read. */
 export async function openJournalForRun(storageDir: string, opts: JournalOptions, log: SalvageLog): Promise<{ journal: Journal; salvage?: JournalSalvage }> {
@@ -65,16 +65,26 @@ export async function salvageJournal(storageDir: string, now: number, reason: st
   await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
   let db: JournalDb | undefined
   try {
-    await levelRepair(work)
+    await repairLevelDb(work)
     db = newLevel(work, false)
     await db.open()
   } catch {
     await db?.close().catch(() => {})
     db = undefined
+    // Repair failed (or crashed: it runs in a child): read what an untouched copy still gives.
+    await rm(work, { recursive: true, force: true })
+    await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+    try {
+      db = newLevel(work, false)
+      await db.open()
+    } catch {
+      await db?.close().catch(() => {})
+      db = undefined
+    }
   }
   let result: Omit<JournalSalvage, 'movedTo'>
   try {
-    const report = db ? await verifyDb(db) : undefined
+    const report = db ? await verifyDb(db).catch(() => undefined) : undefined
     if (db && report && !report.break && (await db.get(K.META_FORMAT)) === K.FORMAT) {
       await db.close()
       db = undefined
@@ -108,7 +118,8 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
     if (db) {
       const ackText = await db.get(K.META_ACKED).catch(() => undefined)
       acked = Number.isSafeInteger(Number(ackText)) && Number(ackText) > 0 ? Number(ackText) : 0
-      const run = await tailRun(db)
+      // A damaged table can fail any read: each part takes what it can, and an unreadable rest stays behind in the moved directory.
+      const run = await tailRun(db).catch(() => [])
       if (run.length > 0) {
         // From the acknowledged head on (kept so the chain's link stays checkable), or the whole run if it starts later.
         const keep = run.filter((r) => r.record.seq >= Math.min(Math.max(acked, 1), run[run.length - 1]!.record.seq))
@@ -122,9 +133,13 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         // No record could be carried: the log goes on past every seq the damaged journal shows
         // (its ack watermark, its record keys), so no new record reuses a seq the cloud may hold.
         let highest = acked
-        for await (const key of db.keys(K.RECORDS)) {
-          const seq = K.seqOfRecordKey(key)
-          if (Number.isSafeInteger(seq) && seq > highest) highest = seq
+        try {
+          for await (const key of db.keys(K.RECORDS)) {
+            const seq = K.seqOfRecordKey(key)
+            if (Number.isSafeInteger(seq) && seq > highest) highest = seq
+          }
+        } catch {
+          // the keys read before the damage still count
         }
         if (highest > 0) {
           ops.push({ type: 'put', key: K.META_BASE, value: JSON.stringify({ seq: highest, hash: GENESIS_PREV }) })
@@ -134,13 +149,17 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         acked = highest
       }
       for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS]) {
-        for await (const [key, value] of db.iterator(range)) {
-          try {
-            JSON.parse(value)
-            ops.push({ type: 'put', key, value })
-          } catch {
-            // An unreadable entry stays in the moved directory only.
+        try {
+          for await (const [key, value] of db.iterator(range)) {
+            try {
+              JSON.parse(value)
+              ops.push({ type: 'put', key, value })
+            } catch {
+              // An unreadable entry stays in the moved directory only.
+            }
           }
+        } catch {
+          // A damaged table ends this range here; what came before it is kept.
         }
       }
       if ((await db.get(K.META_STATE).catch(() => undefined)) !== undefined) ops.push({ type: 'put', key: K.META_STATE, value: '1' })
