@@ -5,7 +5,7 @@
  */
 import t from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, isStarted, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
+import { isEnded, isStarted, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
 
 t.test('auto-start and manager availability over Modbus TCP', async (t) => {
   const broker = await startMosquitto(t)
@@ -65,10 +65,7 @@ t.test('auto-start and manager availability over Modbus TCP', async (t) => {
   })
 
   await t.test('manager makes an outlet unavailable mid-session', async (t) => {
-    await peer.plug(2, 16)
-    const res = await cloud.start('E2', 'visitor')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId } = await startSession(t, peer, cloud, { outlet: 2, userId: 'visitor', amps: 16 })
     const e0 = (await peer.outlet(2)).energyWh
     await waitFor(async () => (await peer.outlet(2)).energyWh > e0 + 1, 'charging')
     const off = await cloud.command({ action: 'set-availability', outlet: 'E2', available: false })
@@ -85,10 +82,8 @@ t.test('auto-start and manager availability over Modbus TCP', async (t) => {
     const on = await cloud.command({ action: 'set-availability', outlet: 'E2', available: true })
     t.ok(on.ok, 'back in service')
     await waitFor(() => cloud.outlet('E2')?.state === 'off', 'E2 reported off')
-    const again = await cloud.start('E2', 'visitor')
-    t.ok(again.ok, 'start works again: ' + JSON.stringify(again))
+    const { sessionId: sid } = await startSession(t, peer, cloud, { outlet: 2, userId: 'visitor' })
     await peer.unplug(2)
-    const sid = (again as { result: { sessionId: string } }).result.sessionId
     const last = await cloud.waitRecord(isEnded(sid), 'last session ends')
     t.ok(['unplugged', 'grace-expired'].includes(last.reason), `ended ${last.reason}`)
   })

@@ -9,7 +9,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { runCli } from './helpers/cli.js'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 t.test('a bus that is down at boot comes up later', async (t) => {
   const broker = await startMosquitto(t)
@@ -31,12 +31,8 @@ t.test('a bus that is down at boot comes up later', async (t) => {
   t.ok(recovered.seq > 0)
   await waitFor(() => cloud.outlet('E1')?.state === 'off', 'E1 off, ready for a session')
 
-  await peer.plug(1, 16)
-  const e0 = (await peer.outlet(1)).energyWh
-  const res = await cloud.start('E1', 'u1')
-  t.ok(res.ok, 'start accepted once the bus is up: ' + JSON.stringify(res))
-  const sessionId = (res as { result: { sessionId: string } }).result.sessionId
-  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 2, 'charging')
+  // Accepted once the bus is up.
+  const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, chargeWh: 2, charging: 'charging' })
   await peer.unplug(1)
   const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
   t.equal(ended.reason, 'unplugged')

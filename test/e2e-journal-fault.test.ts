@@ -8,7 +8,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const WH_EPS = 0.02
 
@@ -22,12 +22,7 @@ t.test('a journal write failure mid-session opens every relay and stops the daem
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
   for (const userId of ['u1', 'resident']) t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
   await waitFor(async () => (await peer.outlet(2)).coil, 'E2 armed (relay closed, nobody charging)')
-  await peer.plug(1, 16)
-  const e0 = (await peer.outlet(1)).energyWh
-  const res = await cloud.start('E1', 'u1')
-  t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-  const sessionId = (res as { result: { sessionId: string } }).result.sessionId
-  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 3, 'charging')
+  const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, chargeWh: 3, charging: 'charging' })
 
   const limit = spawnSync('prlimit', ['--pid', String(d1.pid), '--fsize=1:1'], { encoding: 'utf8' })
   t.equal(limit.status, 0, 'file size limit set: ' + limit.stderr)

@@ -8,7 +8,7 @@
 import t from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { runCli } from './helpers/cli.js'
-import { isEnded, isStarted, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
+import { isEnded, isStarted, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 import type { JournalRecord } from '../daemon/types.js'
 
@@ -63,10 +63,7 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
   })
 
   await t.test('a meter goes silent mid-session: meter-fault, relay open, then recovered', async (t) => {
-    await peer.plug(2, 16)
-    const res = await cloud.start('E2', 'visitor')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId } = await startSession(t, peer, cloud, { outlet: 2, userId: 'visitor', amps: 16 })
     const e0 = (await peer.outlet(2)).energyWh
     await waitFor(async () => (await peer.outlet(2)).energyWh > e0 + 2, 'charging')
     const atSilence = await peer.silence(2)

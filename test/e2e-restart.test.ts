@@ -8,7 +8,7 @@
 import t from 'tap'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
 import { runCli } from './helpers/cli.js'
-import { isEnded, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended } from './helpers/e2e-kit.js'
+import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Ended } from './helpers/e2e-kit.js'
 import type { JournalRecord } from '../daemon/types.js'
 
 const WH_EPS = 0.02
@@ -25,12 +25,7 @@ t.test('kill -9 and SIGTERM mid-session', async (t) => {
   await t.test('kill -9 mid-session, then restart: power-loss at the last journaled reading', async (t) => {
     const d1 = startDaemon(t, config)
     await cloud.waitRecord((r) => r.type === 'gateway.started', 'first gateway.started')
-    t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
-    await peer.plug(1, 16)
-    const e0 = (await peer.outlet(1)).energyWh
-    const res = await cloud.start('E1', 'u1')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000 })
     // Several group commits (readingSyncMs 500) of charging readings.
     await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 4, 'charging for about 4 s')
     const killed = await d1.stop('SIGKILL')
@@ -63,12 +58,7 @@ t.test('kill -9 and SIGTERM mid-session', async (t) => {
     await peer.unplug(1)
 
     // ------------------------------------------------------------ SIGTERM
-    await peer.plug(2, 16)
-    const e2 = (await peer.outlet(2)).energyWh
-    const res2 = await cloud.start('E2', 'u1')
-    t.ok(res2.ok, 'start accepted: ' + JSON.stringify(res2))
-    const sid2 = (res2 as { result: { sessionId: string } }).result.sessionId
-    await waitFor(async () => (await peer.outlet(2)).energyWh > e2 + 2, 'charging')
+    const { sessionId: sid2, e0: e2 } = await startSession(t, peer, cloud, { outlet: 2, userId: 'u1', amps: 16, chargeWh: 2, charging: 'charging' })
     const exit = await d2.stop('SIGTERM')
     t.equal(exit.code, 0, 'SIGTERM: exit status 0', { stderr: d2.stderr(), log: d2.logs().slice(-10) })
     const afterStop = await peer.outlet(2)
@@ -102,11 +92,7 @@ t.test('kill -9 after ~5 s at 16 A, well inside readingSyncMs: the session is bi
   const cloud = await startCloud(t, broker.url, dir)
   const d1 = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
-  t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
-  await peer.plug(1, 16)
-  const res = await cloud.start('E1', 'u1')
-  t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-  const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+  const { sessionId } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000 })
   const started = await cloud.waitRecord((r) => r.type === 'session.started' && r.sessionId === sessionId, 'session.started')
   const e0 = (started as { meterWh: number }).meterWh
   await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 5, 'charging for about 5 s at 16 A')

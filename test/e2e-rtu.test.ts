@@ -11,7 +11,7 @@ import t from 'tap'
 import { join } from 'node:path'
 import { existsSync } from 'node:fs'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, isStarted, ptyPair, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type LogLine } from './helpers/e2e-kit.js'
+import { isEnded, isStarted, ptyPair, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type LogLine } from './helpers/e2e-kit.js'
 import { spawn } from 'node:child_process'
 
 const WH_EPS = 0.02
@@ -72,12 +72,7 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
   })
 
   await t.test('a session over RTU, billed from the meter', async (t) => {
-    t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
-    await peer.plug(1, 16)
-    const e0 = (await peer.outlet(1)).energyWh
-    const res = await cloud.start('E1', 'u1')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000 })
     const started = await cloud.waitRecord(isStarted('E1'), 'session.started')
     t.ok(Math.abs(started.meterWh - e0) < WH_EPS, 'meterWh read over RTU is the register')
     await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed over RTU')
@@ -127,13 +122,7 @@ t.test('RTU adapter unplugged mid-session and plugged back', async (t) => {
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
-  t.ok((await cloud.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 100_000 })).ok, 'wallet')
-  await peer.plug(1, 16)
-  const e0 = (await peer.outlet(1)).energyWh
-  const res = await cloud.start('E1', 'u1')
-  t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-  const sessionId = (res as { result: { sessionId: string } }).result.sessionId
-  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 2, 'charging over RTU')
+  const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000, chargeWh: 2, charging: 'charging over RTU' })
   // Unplug the adapter: both pty ends vanish, and with them the site (its contactor drops out too).
   const atUnplug = (await peer.outlet(1)).energyWh
   await peer.kill()
@@ -152,11 +141,9 @@ t.test('RTU adapter unplugged mid-session and plugged back', async (t) => {
   await peer.plug(1, 16)
   const e1 = (await peer.outlet(1)).energyWh
   t.ok(Math.abs(e1 - atUnplug) < WH_EPS, 'the register continues where it was')
-  const again = await cloud.start('E1', 'u1')
-  t.ok(again.ok, 'a new session after the replug: ' + JSON.stringify(again))
+  const { sessionId: sid } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1' })
   await waitFor(async () => (await peer.outlet(1)).energyWh > e1 + 1, 'charging over the new link')
   await peer.unplug(1)
-  const sid = (again as { result: { sessionId: string } }).result.sessionId
   const last = await cloud.waitRecord(isEnded(sid), 'it ends')
   t.equal(last.reason, 'unplugged')
   t.ok(Math.abs(last.energyWh - ((await peer.outlet(1)).energyWh - e1)) < WH_EPS, 'billed from the meter')

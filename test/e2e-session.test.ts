@@ -7,7 +7,7 @@
  */
 import t, { type Test } from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { PLANS, isEnded, isStarted, roundHalfUp, startCloud, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended, type Peer } from './helpers/e2e-kit.js'
+import { PLANS, isEnded, isStarted, roundHalfUp, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Ended, type Peer } from './helpers/e2e-kit.js'
 
 /** Float32 kWh registers and JSON round trips: equal to well under a hundredth of a Wh. */
 const WH_EPS = 0.02
@@ -53,11 +53,8 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   for (const userId of ['u1', 'u2']) t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
 
   await t.test('plug, activate, charge, unplug: billed from the meter, relay open after', async (t) => {
-    await peer.plug(1, 16) // the car is plugged first; with the coil open it draws nothing
-    const e0 = (await peer.outlet(1)).energyWh
-    const res = await cloud.start('E1', 'u1')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    // The car is plugged first: with the coil open it draws nothing.
+    const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16 })
     const started = await cloud.waitRecord(isStarted('E1'), 'session.started on E1')
     t.equal(started.sessionId, sessionId)
     t.equal(started.trigger, 'activation')
@@ -79,12 +76,7 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   })
 
   await t.test('taper then full: charge-complete', async (t) => {
-    await peer.plug(2, 16)
-    const e0 = (await peer.outlet(2)).energyWh
-    const res = await cloud.start('E2', 'u2')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
-    await waitFor(async () => (await peer.outlet(2)).energyWh > e0 + 2, 'charging at 16 A')
+    const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 2, userId: 'u2', amps: 16, chargeWh: 2, charging: 'charging at 16 A' })
     await peer.amps(2, 1) // the vehicle tapers to 1 A...
     const eTaper = (await peer.outlet(2)).energyWh
     // ...for several seconds (1 A at 230 V is 0.064 Wh/s): the minute's mean falls under half the
@@ -101,9 +93,7 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   })
 
   await t.test('activated with no vehicle: grace-expired, costs nothing', async (t) => {
-    const res = await cloud.start('E1', 'u1')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1' })
     await waitFor(async () => (await peer.outlet(1)).coil, 'relay closes for the grace period')
     const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
     t.equal(ended.reason, 'grace-expired')
@@ -117,11 +107,7 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   })
 
   await t.test('small wallet: wallet-depleted, billed at most the balance', async (t) => {
-    t.ok((await cloud.command({ action: 'set-wallet', userId: 'u3', currency: 'CAD', balance: 100 })).ok, 'CAD 1.00 for u3')
-    await peer.plug(3, 16)
-    const res = await cloud.start('E3', 'u3')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId } = await startSession(t, peer, cloud, { outlet: 3, userId: 'u3', amps: 16, wallet: 100 })
     const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
     t.equal(ended.reason, 'wallet-depleted')
     t.ok(ended.total <= 100, `total ${ended.total} within the balance of 100`)
@@ -136,10 +122,7 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   })
 
   await t.test('a second outpost on the same journal is refused and touches no relay', async (t) => {
-    await peer.plug(1, 16)
-    const res = await cloud.start('E1', 'u1')
-    t.ok(res.ok, 'start accepted: ' + JSON.stringify(res))
-    const sessionId = (res as { result: { sessionId: string } }).result.sessionId
+    const { sessionId } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16 })
     await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed')
     const second = startDaemon(t, config)
     const exit = await second.exited

@@ -16,9 +16,10 @@ import { packagePath } from '../daemon/paths.js'
 import { version } from '../daemon/cli.js'
 import { ptyPair, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
-// Three real installs (the first one runs npm ci in a fresh clone) take about two minutes on
-// a loaded 2-core machine: more than .taprc's 240 s per file allows when the suite runs two
-// files at a time.
+// Five real installer runs (the first runs npm ci in a fresh clone; each builds the clone) take
+// about two minutes on a loaded 2-core machine: more than .taprc's 240 s per file allows when
+// the suite runs several files at a time. One upgrade serves both the stale-code checks and
+// the live path: a second identical upgrade would only repeat the build and the npm ci.
 t.setTimeout(600_000)
 
 const ETC_FILES = {
@@ -214,17 +215,7 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const kept = (p: string) => ({ bytes: readFileSync(join(root, p), 'utf8'), mtime: statSync(join(root, p)).mtimeMs })
   const keptBefore = [kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')]
 
-  // ------------------------------------------------------------ upgrade: the same tree again
-  writeFileSync(join(opt, 'dist/daemon/left-over.js'), 'stale code from an older version\n')
-  writeFileSync(join(src, 'dist/daemon/deleted-upstream.js'), 'compiled from a source file git pull removed\n')
-  const third = install(src, root)
-  t.equal(third.status, 0, `the upgrade exits 0\n${third.out}`)
-  t.notOk(existsSync(join(opt, 'dist/daemon/left-over.js')), 'the code is replaced, not overlaid')
-  t.notOk(existsSync(join(opt, 'dist/daemon/deleted-upstream.js')), 'the clone is built from scratch: nothing stale is packed')
-  t.same(snapshot(root), before, 'the same tree: paths, modes, owners, contents, links')
-  t.same([kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')], keptBefore, 'site.json and /var/lib/outpost untouched (bytes and mtime)')
-
-  // ------------------------------------------------------------ the live path (systemd running), with stand-ins
+  // ------------------------------------------------------------ upgrade to the same tree, on the live path (systemd running), with stand-ins
   // systemctl and udevadm log their arguments; stop and restart also note what /opt held at that moment.
   const fakes = tempDir(t, 'outpost-install-fakes-')
   const calls = join(fakes, 'calls')
@@ -237,8 +228,14 @@ echo "systemctl $*$extra" >> '${calls}'
   writeFileSync(join(fakes, 'udevadm'), `#!/bin/sh\necho "udevadm $*" >> '${calls}'\n`)
   chmodSync(join(fakes, 'systemctl'), 0o755)
   chmodSync(join(fakes, 'udevadm'), 0o755)
+  // Stale code on both sides: an older version's file in the install, a removed source's output in the clone.
+  writeFileSync(join(opt, 'dist/daemon/left-over.js'), 'stale code from an older version\n')
+  writeFileSync(join(src, 'dist/daemon/deleted-upstream.js'), 'compiled from a source file git pull removed\n')
   const live = install(src, root, installerEnv({ PATH: `${fakes}:${process.env.PATH}`, OUTPOST_INSTALL_ASSUME_SYSTEMD: 'yes' }))
   t.equal(live.status, 0, `the live upgrade exits 0\n${live.out}`)
+  t.notOk(existsSync(join(opt, 'dist/daemon/left-over.js')), 'the code is replaced, not overlaid')
+  t.notOk(existsSync(join(opt, 'dist/daemon/deleted-upstream.js')), 'the clone is built from scratch: nothing stale is packed')
+  t.same([kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')], keptBefore, 'site.json and /var/lib/outpost untouched (bytes and mtime)')
   t.same(readFileSync(calls, 'utf8').trim().split('\n'), [
     'systemctl is-active --quiet outpost.service',
     'systemctl stop outpost.service (new code staged)',
@@ -249,7 +246,7 @@ echo "systemctl $*$extra" >> '${calls}'
     'systemctl restart outpost.service (new code in place)',
   ], 'stops only once the new code is ready, reloads systemd and udev, enables, restarts')
   t.match(live.out, /outpost \S+ is enabled and running: journalctl -u outpost -f/)
-  t.same(snapshot(root), before, 'and the tree is the same again')
+  t.same(snapshot(root), before, 'the same tree: paths, modes, owners, contents, links')
 
   // ------------------------------------------------------------ an invalid config: refused, nothing changes
   const broken = edited.replace('"id": "lot-7", ', '')

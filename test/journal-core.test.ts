@@ -277,12 +277,12 @@ t.test('a write failure rejects with JOURNAL_WRITE_FAILED, stops the journal, re
 t.test('a failed group commit (by the timer, or flush) also stops the journal and is reported', async (t) => {
   const db = new PowerCutLevel()
   await db.open()
-  const j = await Journal.open('mem', options({ db, readingSyncMs: 20 }))
+  const j = await Journal.open('mem', options({ db, readingSyncMs: 20, checkpointMs: 20 }))
   const faults: string[] = []
   j.onFault((e) => faults.push(e.code))
   db.failWrites = new StorageFault('LEVEL_IO_ERROR', 'IO error: Input/output error')
   await j.commit({ records: [], state: { outlets: { A1: 1 } } })
-  // The step waits in memory; the group-commit timer meets the error and reports it.
+  // The step waits in memory for the checkpoint; the checkpoint timer (20 ms here) meets the error and reports it.
   while (faults.length === 0) await new Promise((r) => setTimeout(r, 10))
   t.same(faults, ['JOURNAL_WRITE_FAILED'])
   db.failWrites = undefined

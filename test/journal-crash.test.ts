@@ -23,6 +23,10 @@ import { checkLog, rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
 import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
 
+// The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s
+// when it shares the cores with other files).
+t.setTimeout(600_000)
+
 const KILLS = 200
 const OUTLETS = 3
 const SEED = 0x5eed

@@ -28,6 +28,10 @@ import { registerMWh, siteConfig } from './fixtures/engine-site.js'
 import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
 import { LazyFsHang, mountLazyfs, type LazyFs } from './helpers/lazyfs.js'
 
+// The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s
+// when it shares the cores with other files).
+t.setTimeout(900_000)
+
 const CHAINS = 7
 const CUTS_PER_CHAIN = 30
 const SEED = 0x1a2f5

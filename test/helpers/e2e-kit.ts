@@ -393,6 +393,42 @@ export async function startCloud(t: Teardownable, brokerUrl: string, dir: string
   return cloud
 }
 
+// ---------------------------------------------------------------- a session
+
+interface Asserts {
+  ok(value: unknown, message: string): unknown
+}
+
+export interface StartedSession {
+  sessionId: string
+  /** The outlet's meter register just before the start was sent (the car plugged, the relay open). */
+  e0: number
+  result: CommandResult
+}
+
+/**
+ * How most scenarios open a session: the user's wallet (when `wallet` is given, in cents),
+ * the car plugged drawing `amps` (when given), the cloud's `start` for outlet E`outlet`
+ * (asserted accepted), then, when `chargeWh` is given, a wait until the meter has counted
+ * more than that many Wh past `e0`.
+ */
+export async function startSession(
+  t: Asserts,
+  peer: Peer,
+  cloud: Cloud,
+  o: { outlet: number; userId: string; amps?: number; wallet?: number; chargeWh?: number; charging?: string },
+): Promise<StartedSession> {
+  if (o.wallet !== undefined) t.ok((await cloud.command({ action: 'set-wallet', userId: o.userId, currency: 'CAD', balance: o.wallet })).ok, `wallet of ${o.userId}`)
+  if (o.amps !== undefined) await peer.plug(o.outlet, o.amps)
+  const e0 = (await peer.outlet(o.outlet)).energyWh
+  const result = await cloud.start(`E${o.outlet}`, o.userId)
+  t.ok(result.ok, 'start accepted: ' + JSON.stringify(result))
+  if (!result.ok) throw new Error(`start of E${o.outlet} for ${o.userId} refused: ${JSON.stringify(result)}`)
+  const sessionId = (result as { result: { sessionId: string } }).result.sessionId
+  if (o.chargeWh !== undefined) await waitFor(async () => (await peer.outlet(o.outlet)).energyWh > e0 + o.chargeWh!, o.charging ?? `E${o.outlet} charging ${o.chargeWh} Wh`)
+  return { sessionId, e0, result }
+}
+
 // ---------------------------------------------------------------- checks
 
 export type Ended = Extract<JournalRecord, { type: 'session.ended' }>

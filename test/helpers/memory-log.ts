@@ -1,7 +1,8 @@
 /**
- * An in-memory RecordLog for the uplink's fast tests: same contract as
- * daemon/types.ts RecordLog, records hashed exactly
- * as the contract says (SHA-256 of RFC 8785 canonical JSON without `hash`).
+ * An in-memory RecordLog for the uplink's tests: same contract as daemon/types.ts
+ * RecordLog (test/record-log.test.ts runs one contract suite against it and the
+ * Journal), records hashed exactly as the contract says (SHA-256 of RFC 8785
+ * canonical JSON without `hash`).
  * Reads are asynchronous like LevelDB's so ordering bugs show up here too.
  */
 import { createHash } from 'node:crypto'
