@@ -18,9 +18,10 @@
  */
 import { readFileSync } from 'node:fs'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import { currencyMinorDigits, parseJson, planProblems, siteSchema } from './config.js'
-import { packagePath } from './paths.js'
-import type { Command, CommandResult } from './types.js'
+import { parseJson, planProblems, siteSchema } from './config.js'
+import { currencyMinorDigits } from '../core/money.js'
+import { packagePath } from '../core/paths.js'
+import type { Command, CommandResult } from '../core/types.js'
 import { QuietLog, type Logger } from './log.js'
 
 export type CommandSource = 'cloud' | 'local' | 'node-red'

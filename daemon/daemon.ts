@@ -20,8 +20,8 @@
  */
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import type { SiteConfig, Reading, CommandResult, Command, OutletStatus, JournalRecord, RecordBody } from './types.js'
-import { OutpostError } from './types.js'
+import type { SiteConfig, Reading, CommandResult, Command, OutletStatus, JournalRecord, RecordBody } from '../core/types.js'
+import { OutpostError } from '../core/types.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'

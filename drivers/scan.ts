@@ -9,8 +9,8 @@
  */
 import { accessSync, constants, readdirSync, realpathSync, existsSync } from 'node:fs'
 import { delimiter, join } from 'node:path'
-import type { BusConfig } from '../daemon/types.js'
-import { OutpostError } from '../daemon/types.js'
+import type { BusConfig } from '../core/types.js'
+import { OutpostError } from '../core/types.js'
 import { Bus } from './site.js'
 import { decodeMeter, meterBlocks, ModelRegistry, type DeviceModel } from './models.js'
 

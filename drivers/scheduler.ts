@@ -16,7 +16,7 @@
  */
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import { OutpostError } from '../daemon/types.js'
+import { OutpostError } from '../core/types.js'
 import type { Link } from './links.js'
 
 export type Priority = 'relay' | 'poll'

@@ -12,8 +12,8 @@ import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
-import { packagePath } from '../daemon/paths.js'
-import { version } from '../daemon/cli.js'
+import { packagePath } from '../core/paths.js'
+import { version } from '../daemon/cli-common.js'
 import { ptyPair, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 // Three real installs (the first one runs npm ci in a fresh clone) take about two minutes on

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { withReference } from '../daemon/config-reference.js'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 
 t.test("the README's configuration reference is the one generated from the schema", async (t) => {
   const readme = readFileSync(packagePath('README.md'), 'utf8')

@@ -16,8 +16,8 @@
  * closes), then statuses, then the command result. The daemon may carry out a relay
  * OPEN before the journal commit; a relay CLOSE only after the step's records are durable.
  */
-import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings, JournalSalvageInfo } from '../types.js'
-import { OutpostError } from '../types.js'
+import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings, JournalSalvageInfo } from '../../core/types.js'
+import { OutpostError } from '../../core/types.js'
 import { assertTimeZone, divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, planProblems, priceTimeline, toMicros, type TimelineEntry } from './pricing.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 

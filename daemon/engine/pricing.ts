@@ -14,9 +14,9 @@
  * the session engine fast enough to simulate tens of thousands of sessions.
  */
 import { IANAZone } from 'luxon'
-import type { PeriodConfig, PlanConfig, Weekday } from '../types.js'
-import { OutpostError } from '../types.js'
-import { currencyMinorDigits, hasAtMostDecimals } from '../config.js'
+import type { PeriodConfig, PlanConfig, Weekday } from '../../core/types.js'
+import { OutpostError } from '../../core/types.js'
+import { currencyMinorDigits, hasAtMostDecimals } from '../../core/money.js'
 
 export const DAY_MS = 86_400_000
 export const WEEK_MS = 7 * DAY_MS

@@ -20,7 +20,7 @@ import type {
   SessionTrigger,
   SiteConfig,
   JournalSalvageInfo,
-} from '../types.js'
+} from '../../core/types.js'
 
 export type CommandSource = 'cloud' | 'local' | 'node-red'
 

@@ -26,7 +26,7 @@ import {
   type Reading,
   type RecordBody,
   type RecordLog,
-} from '../types.js'
+} from '../../core/types.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
 import * as K from './keys.js'
 

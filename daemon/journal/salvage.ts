@@ -18,14 +18,14 @@
  */
 import { cp, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
-import { OutpostError, type JournalRecord, type JournalSalvageInfo } from '../types.js'
+import { OutpostError, type JournalRecord, type JournalSalvageInfo } from '../../core/types.js'
 import { ChainVerifier } from './chain.js'
 import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
 
-/** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (daemon/types.ts). */
+/** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (core/types.ts). */
 export type JournalSalvage = JournalSalvageInfo
 
 export interface SalvageLog {

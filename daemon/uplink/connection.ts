@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs'
 import type { IClientOptions } from 'mqtt'
-import { OutpostError, type UplinkConfig } from '../types.js'
+import { OutpostError, type UplinkConfig } from '../../core/types.js'
 
 /** The broker credentials and TLS files of an uplink config (the consumer takes the same). */
 export type BrokerAuth = Pick<UplinkConfig, 'username' | 'password' | 'passwordFile' | 'caFile' | 'certFile' | 'keyFile'>

@@ -18,7 +18,7 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
-import { OutpostError, type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../types.js'
+import { OutpostError, type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../../core/types.js'
 import { authOptions, safeUrl } from './connection.js'
 import { answerPull, parsePull, type PullAnswer } from './pull.js'
 import { topics, type Topics } from './topics.js'

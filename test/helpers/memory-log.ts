@@ -1,12 +1,12 @@
 /**
  * An in-memory RecordLog for the uplink's tests until the journal (issue 5) is
- * on main: same contract as daemon/types.ts RecordLog, records hashed exactly
+ * on main: same contract as core/types.ts RecordLog, records hashed exactly
  * as the contract says (SHA-256 of RFC 8785 canonical JSON without `hash`).
  * Reads are asynchronous like LevelDB's so ordering bugs show up here too.
  */
 import { createHash } from 'node:crypto'
 import canonicalize from 'canonicalize'
-import { OutpostError, type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../daemon/types.js'
+import { OutpostError, type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../core/types.js'
 
 export class MemoryLog implements RecordLog {
   private records: JournalRecord[] = [] // records[i].seq === first + i
