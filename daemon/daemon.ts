@@ -21,7 +21,7 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { SiteConfig, Reading, CommandResult, Command, OutletStatus, JournalRecord, RecordBody } from '../core/types.js'
-import { OutpostError } from '../core/types.js'
+import { OutpostError } from './errors.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
@@ -258,7 +258,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         this.quiet.clear(`read:${outletId}`, { outlet: outletId }, 'meter answering again')
         event = { type: 'reading', outlet: outletId, reading }
       } catch (err) {
-        const e = err as OutpostError
+        const e = err as { code?: string; message: string }
         this.quiet.warn(`read:${outletId}`, { outlet: outletId, code: e.code, err: e.message }, 'meter read failed')
         event = { type: 'read-failed', outlet: outletId, error: `${e.code ?? 'ERROR'}: ${e.message}` }
       }
@@ -379,7 +379,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       result = step(this.state, event, now)
     } catch (err) {
       // A malformed event changes nothing; say so once and carry on with the others.
-      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as OutpostError).code, err: (err as Error).message }, 'engine refused an event')
+      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as { code?: string }).code, err: (err as Error).message }, 'engine refused an event')
       throw err
     }
     const { state, effects } = result
@@ -500,7 +500,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.halted = err
     for (const t of this.timers) clearInterval(t)
     this.timers = []
-    this.log.fatal({ err: err.message, code: (err as OutpostError).code }, 'journal write failed: opening every relay, no charging until restart')
+    this.log.fatal({ err: err.message, code: (err as { code?: string }).code }, 'journal write failed: opening every relay, no charging until restart')
     for (const o of this.config.outlets) if (o.relay) this.switchRelay(o.id, false)
     this.releaseHeld('halted')
     this.emit('halted', err)

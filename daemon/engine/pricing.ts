@@ -15,7 +15,7 @@
  */
 import { IANAZone } from 'luxon'
 import type { PeriodConfig, PlanConfig, Weekday } from '../../core/types.js'
-import { OutpostError } from '../../core/types.js'
+import { OutpostError } from './errors.js'
 import { currencyMinorDigits, hasAtMostDecimals } from '../../core/money.js'
 
 export const DAY_MS = 86_400_000

@@ -18,7 +18,8 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
-import { OutpostError, type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../../core/types.js'
+import { type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../../core/types.js'
+import { OutpostError } from '../errors.js'
 import { authOptions, safeUrl } from './connection.js'
 import { answerPull, parsePull, type PullAnswer } from './pull.js'
 import { topics, type Topics } from './topics.js'

@@ -6,7 +6,8 @@
  */
 import { createHash } from 'node:crypto'
 import canonicalize from 'canonicalize'
-import { OutpostError, type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../core/types.js'
+import { type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../core/types.js'
+import { OutpostError } from '../../daemon/errors.js'
 
 export class MemoryLog implements RecordLog {
   private records: JournalRecord[] = [] // records[i].seq === first + i
