@@ -291,6 +291,9 @@ export type Command =
   | { action: 'set-plan'; plan: PlanConfig }
   | { action: 'assign-plan'; outlet: string; planId: string }
 
+/** Where a command came from: the cloud (MQTT), the local API, or a Node-RED flow. */
+export type CommandSource = 'cloud' | 'local' | 'node-red'
+
 export type CommandResult =
   | { id: string; ok: true; result?: unknown }
   | { id: string; ok: false; error: { code: string; message: string } }
