@@ -223,11 +223,7 @@ install -d -m 0755 "$stage"
 tar -xzf "$work/$tarball" -C "$stage" --strip-components=1 --no-same-owner
 install -m 0644 "$SRC/package-lock.json" "$stage/package-lock.json"
 say "installing $version's runtime dependencies (npm ci --omit=dev)"
-# --legacy-peer-deps: i18next (under node-red) lists typescript as an optional peer, and
-# npm installs an optional peer whenever the tree holds it (here as our build tool): 23 MB
-# that never runs on the gateway. No runtime package needs a peer npm would add for it
-# (the installed tree is the same without the flag, typescript apart).
-(cd "$stage" && npm ci --omit=dev --legacy-peer-deps --no-audit --no-fund --loglevel=error)
+(cd "$stage" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
 staged_version=$("$NODE" "$stage/dist/daemon/cli.js" --version)
 [ "$staged_version" = "$version" ] || die "the staged package says version $staged_version, expected $version"
 
