@@ -21,7 +21,7 @@ import type { ModbusRTU as ModbusRTUClass } from 'modbus-serial/ModbusRTU.js'
 import { interFrameMs, encodeRtu } from '../drivers/modbus.js'
 import { SerialPort } from 'serialport'
 import { validateConfig } from '../daemon/config.js'
-import type { BusConfig } from '../daemon/types.js'
+import type { BusConfig } from '../core/types.js'
 import { Bus } from '../drivers/site.js'
 import { repeat, row, startSimProcess, type BenchRow } from './lib.js'
 

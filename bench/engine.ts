@@ -9,7 +9,7 @@
  */
 import { DateTime } from 'luxon'
 import { validateConfig } from '../daemon/config.js'
-import type { SiteConfig } from '../daemon/types.js'
+import type { SiteConfig } from '../core/types.js'
 import { initialState, periodAt, step, type EngineState } from '../daemon/engine/index.js'
 import { repeat, row, type BenchRow } from './lib.js'
 

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { Journal, journalLocation, sealRecordText, GENESIS_PREV } from '../daemon/journal/index.js'
-import type { PersistedEngineState, RecordBody } from '../daemon/types.js'
+import type { PersistedEngineState, RecordBody } from '../core/types.js'
 import { row, type BenchRow } from './lib.js'
 
 const T0 = Date.UTC(2026, 0, 1)

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 
 export interface BenchRow {
   /** What is measured, e.g. "journal durable appends/s". */

@@ -22,11 +22,11 @@ import { runInNewContext } from 'node:vm'
 import mqtt from 'mqtt'
 import { row, repeat, type BenchRow } from './lib.js'
 import { Uplink } from '../daemon/uplink/uplink.js'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 import { bodies } from '../test/helpers/memory-log.js'
 import { Journal } from '../daemon/journal/index.js'
 import { startMosquitto, type Broker } from '../test/helpers/mosquitto.js'
-import type { JournalRecord, RecordLog } from '../daemon/types.js'
+import type { JournalRecord, RecordLog } from '../core/types.js'
 
 const RECORDS = Number(process.env.OUTPOST_BENCH_UPLINK_RECORDS ?? 100_000)
 const BATCH = 100

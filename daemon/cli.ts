@@ -14,21 +14,7 @@
  * I/O-bound, keeps 94 % (docs/bench.md, footprint). The systemd unit passes the same flags
  * (test/systemd-unit.test.ts checks they agree).
  */
-import { readFileSync } from 'node:fs'
-import { packagePath } from './paths.js'
-
-export const EXIT_OK = 0
-export const EXIT_USAGE = 64
-export const EXIT_CONFIG = 78
-
-export const version: string = (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version
-
-/** Where a command writes; the process's streams unless a test passes its own. */
-export interface Io {
-  out(text: string): void
-  err(text: string): void
-}
-export const processIo: Io = { out: (t) => void process.stdout.write(t), err: (t) => void process.stderr.write(t) }
+import { EXIT_OK, EXIT_USAGE, processIo, version, type Io } from './cli-common.js'
 
 type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
 

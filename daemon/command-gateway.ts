@@ -18,12 +18,11 @@
  */
 import { readFileSync } from 'node:fs'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import { currencyMinorDigits, parseJson, planProblems, siteSchema } from './config.js'
-import { packagePath } from './paths.js'
-import type { Command, CommandResult } from './types.js'
+import { parseJson, planProblems, siteSchema } from './config.js'
+import { currencyMinorDigits } from '../core/money.js'
+import { packagePath } from '../core/paths.js'
+import type { Command, CommandResult, CommandSource } from '../core/types.js'
 import { QuietLog, type Logger } from './log.js'
-
-export type CommandSource = 'cloud' | 'local' | 'node-red'
 
 /** A command payload larger than this is refused before it is parsed (a plan of ~200 periods fits in 32 KiB). */
 export const MAX_COMMAND_BYTES = 64 * 1024

@@ -11,9 +11,10 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseTree, printParseErrorCode, type ParseError, visit } from 'jsonc-parser'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import type { SiteConfig, PlanConfig } from './types.js'
+import type { SiteConfig, PlanConfig } from '../core/types.js'
 
-import { packagePath } from './paths.js'
+import { packagePath } from '../core/paths.js'
+import { currencyMinorDigits, hasAtMostDecimals } from '../core/money.js'
 import { ModelRegistry } from '../drivers/models.js'
 
 export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
@@ -468,12 +469,6 @@ export function planProblems(p: Loose, at: string): ConfigProblem[] {
   return out
 }
 
-/** Exactly representable with at most `n` decimals (as written in the JSON). */
-export function hasAtMostDecimals(v: number, n: number): boolean {
-  if (!Number.isFinite(v)) return false
-  return Number(v.toFixed(n)) === v
-}
-
 export function isTimeZone(tz: string): boolean {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz })
@@ -481,14 +476,6 @@ export function isTimeZone(tz: string): boolean {
   } catch {
     return false
   }
-}
-
-let currencies: Set<string> | undefined
-/** Minor-unit digits of an ISO 4217 currency (CAD 2, JPY 0, BHD 3), undefined if unknown. */
-export function currencyMinorDigits(code: string): number | undefined {
-  currencies ??= new Set(Intl.supportedValuesOf('currency'))
-  if (!currencies.has(code)) return undefined
-  return new Intl.NumberFormat('en', { style: 'currency', currency: code }).resolvedOptions().maximumFractionDigits
 }
 
 export type { PlanConfig }

@@ -20,8 +20,9 @@
  */
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
-import type { SiteConfig, Reading, CommandResult, Command, OutletStatus, JournalRecord, RecordBody } from './types.js'
-import { OutpostError } from './types.js'
+import type { SiteConfig, Reading, CommandResult, Command, CommandSource, OutletStatus, JournalRecord, RecordBody } from '../core/types.js'
+import { OutpostError } from './errors.js'
+import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
@@ -42,7 +43,6 @@ export interface DaemonOptions {
   stopTimeoutMs?: number
 }
 
-export type CommandSource = 'cloud' | 'local' | 'node-red'
 
 /**
  * At start, how long the daemon waits for every outlet's first reading before the uplink
@@ -193,7 +193,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         await this.relaysSettled()
       }
     }
-    await withTimeout(work(), this.stopTimeoutMs).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
+    await withTimeout(work(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
     for (const h of this.atShutdown.splice(0)) h.fail(new OutpostError('DAEMON_STOPPED', 'the daemon stopped before the command could be applied'))
     // From here nothing more is billed: a read or relay answer arriving late (the bus is
     // about to close) must not reach the journal, and a refused commit is not a journal fault.
@@ -201,7 +201,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await this.queue
     // After a journal fault, halt() queued an open for every relay: those must reach the
     // hardware before the buses close (closing the site rejects queued jobs).
-    await withTimeout(this.relaysSettled(), this.stopTimeoutMs).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
+    await withTimeout(this.relaysSettled(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
@@ -258,7 +258,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         this.quiet.clear(`read:${outletId}`, { outlet: outletId }, 'meter answering again')
         event = { type: 'reading', outlet: outletId, reading }
       } catch (err) {
-        const e = err as OutpostError
+        const e = err as { code?: string; message: string }
         this.quiet.warn(`read:${outletId}`, { outlet: outletId, code: e.code, err: e.message }, 'meter read failed')
         event = { type: 'read-failed', outlet: outletId, error: `${e.code ?? 'ERROR'}: ${e.message}` }
       }
@@ -272,7 +272,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   /** Reads every outlet once, waiting at most `ms` (a read still on the wire then carries on in the background). */
   private async readAll(ms: number): Promise<void> {
     const all = Promise.all(this.config.outlets.map((o) => this.poll(o.id)))
-    const answered = await withTimeout(all, ms).then(
+    const answered = await withTimeout(all, ms, stopTimeout(ms)).then(
       () => true,
       () => false,
     )
@@ -379,7 +379,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       result = step(this.state, event, now)
     } catch (err) {
       // A malformed event changes nothing; say so once and carry on with the others.
-      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as OutpostError).code, err: (err as Error).message }, 'engine refused an event')
+      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as { code?: string }).code, err: (err as Error).message }, 'engine refused an event')
       throw err
     }
     const { state, effects } = result
@@ -500,7 +500,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.halted = err
     for (const t of this.timers) clearInterval(t)
     this.timers = []
-    this.log.fatal({ err: err.message, code: (err as OutpostError).code }, 'journal write failed: opening every relay, no charging until restart')
+    this.log.fatal({ err: err.message, code: (err as { code?: string }).code }, 'journal write failed: opening every relay, no charging until restart')
     for (const o of this.config.outlets) if (o.relay) this.switchRelay(o.id, false)
     this.releaseHeld('halted')
     this.emit('halted', err)
@@ -533,12 +533,5 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   }
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const t = setTimeout(() => reject(new OutpostError('STOP_TIMEOUT', `did not finish within ${ms} ms`)), ms)
-    p.then(
-      (v) => (clearTimeout(t), resolve(v)),
-      (e: unknown) => (clearTimeout(t), reject(e)),
-    )
-  })
-}
+/** What a part that does not stop in time rejects with. */
+const stopTimeout = (ms: number) => (): Error => new OutpostError('STOP_TIMEOUT', `did not finish within ${ms} ms`)

@@ -30,9 +30,9 @@ import { validateConfig, formatProblem } from './config.js'
 import { Service } from './service.js'
 import { systemClock } from './clock.js'
 import { createLogger } from './log.js'
-import { packagePath } from './paths.js'
-import { version } from './cli.js'
-import type { JournalRecord } from './types.js'
+import { packagePath } from '../core/paths.js'
+import { version } from './cli-common.js'
+import type { JournalRecord } from '../core/types.js'
 
 const DRIVERS = ['driver-1', 'driver-2', 'driver-3']
 const RESIDENT = 'resident-4'

@@ -8,7 +8,7 @@
  * retries (server.ts), a Node-RED that fails to start is logged and left out. Only
  * the Daemon's own start can fail the service.
  */
-import type { SiteConfig } from './types.js'
+import type { SiteConfig } from '../core/types.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { Daemon } from './daemon.js'

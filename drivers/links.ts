@@ -7,7 +7,7 @@
  * bytes. Never queues (the bus scheduler calls transact() strictly one at a
  * time), never retries, never reopens.
  */
-import { OutpostError } from '../daemon/types.js'
+import { OutpostError } from './errors.js'
 import type { ByteStream } from './transport.js'
 import { checkResponsePdu, encodeRtu, encodeTcp, scanRtu, scanTcp, validateRequest, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { encodeLine, parseLine, type LineReply, type LineRequest } from './line-protocol.js'

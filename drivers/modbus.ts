@@ -6,7 +6,7 @@
  * Never does I/O and never keeps state between frames: the link that uses it
  * owns the buffer, the timer and the port.
  */
-import { OutpostError } from '../daemon/types.js'
+import { OutpostError } from './errors.js'
 import { crc16 } from './crc.js'
 
 export type FunctionCode = 1 | 2 | 3 | 4 | 5 | 6 | 15 | 16

@@ -9,8 +9,8 @@
 import { readdirSync, readFileSync, existsSync } from 'node:fs'
 import { join, basename } from 'node:path'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
-import { OutpostError } from '../daemon/types.js'
-import { packagePath } from '../daemon/paths.js'
+import { OutpostError } from './errors.js'
+import { packagePath } from '../core/paths.js'
 
 export type RegisterType = 'int16' | 'uint16' | 'int32' | 'uint32' | 'float32' | 'int64' | 'uint64' | 'float64'
 

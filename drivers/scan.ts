@@ -9,8 +9,8 @@
  */
 import { accessSync, constants, readdirSync, realpathSync, existsSync } from 'node:fs'
 import { delimiter, join } from 'node:path'
-import type { BusConfig } from '../daemon/types.js'
-import { OutpostError } from '../daemon/types.js'
+import type { BusConfig } from '../core/types.js'
+import { isOutpostError, OutpostError } from './errors.js'
 import { Bus } from './site.js'
 import { decodeMeter, meterBlocks, ModelRegistry, type DeviceModel } from './models.js'
 
@@ -44,13 +44,12 @@ function matches(model: DeviceModel, q: Record<string, number>): boolean {
   })
 }
 
-/** Codes that mean "nothing at this unit" rather than "something that said no". */
-const ABSENT = new Set(['MODBUS_TIMEOUT', 'MODBUS_GARBAGE', 'MODBUS_CRC'])
+/** Timeout, garbage and CRC mean "nothing at this unit" rather than "something that said no". */
 function absent(err: unknown): boolean {
-  const e = err as OutpostError & { cause?: { exceptionCode?: number } }
-  if (ABSENT.has(e.code)) return true
+  if (isOutpostError(err, 'MODBUS_TIMEOUT', 'MODBUS_GARBAGE', 'MODBUS_CRC')) return true
   // A TCP gateway answers 10/11 for a unit behind it that does not answer.
-  return e.code === 'MODBUS_EXCEPTION' && (e.cause?.exceptionCode === 10 || e.cause?.exceptionCode === 11)
+  const cause = (err as { cause?: { exceptionCode?: number } }).cause
+  return isOutpostError(err, 'MODBUS_EXCEPTION') && (cause?.exceptionCode === 10 || cause?.exceptionCode === 11)
 }
 
 export async function scanBus(config: BusConfig, units: number[], opts: { now: () => number; modelsDir?: string; onUnit?: (unit: number, hit: ScanHit | undefined) => void }): Promise<ScanHit[]> {

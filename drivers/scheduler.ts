@@ -16,7 +16,7 @@
  */
 import { performance } from 'node:perf_hooks'
 import type { Logger } from 'pino'
-import { OutpostError } from '../daemon/types.js'
+import { OutpostError } from './errors.js'
 import type { Link } from './links.js'
 
 export type Priority = 'relay' | 'poll'
@@ -220,7 +220,8 @@ export class BusScheduler<Req, Res> {
       this.o.logger?.info({ bus: this.o.id, port: this.link.stream.describe }, 'bus open')
       this.pump()
     } catch (err) {
-      this.fail(err as OutpostError)
+      // open() rejects with BUS_OPEN_FAILED; anything else keeps its own code, or BUS_ERROR.
+      this.fail(err as Error & { code?: string })
     }
   }
 
@@ -231,7 +232,7 @@ export class BusScheduler<Req, Res> {
     this.fail(err)
   }
 
-  private fail(err: OutpostError): void {
+  private fail(err: Error & { code?: string }): void {
     this.state = 'error'
     this.lastError = { code: err.code ?? 'BUS_ERROR', message: err.message, ts: this.o.now() }
     this.drain(new OutpostError('BUS_CLOSED', `bus ${this.o.id}: ${err.message}`))
@@ -284,7 +285,7 @@ export class BusScheduler<Req, Res> {
       d.lastOkTs = this.o.now()
       job.resolve(value)
     } catch (err) {
-      const e = err as OutpostError
+      const e = err as { code?: string; message: string }
       const code = e.code ?? 'ERROR'
       d.failures++
       d.lastError = { code, message: e.message, ts: this.o.now() }

@@ -11,7 +11,7 @@
  * monotonic timer scaled by `speed`, or only by advance() when speed is 0.
  * Energy registers only grow.
  */
-import { mulberry32 } from '../daemon/prng.js'
+import { mulberry32 } from '../core/prng.js'
 import net from 'node:net'
 import { performance } from 'node:perf_hooks'
 import type { SerialPort } from 'serialport'

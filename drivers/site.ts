@@ -8,7 +8,8 @@
  * reopening), never decides when to poll or switch (the engine does).
  */
 import type { Logger } from 'pino'
-import { OutpostError, type BusConfig, type OutletConfig, type Reading, type SiteConfig } from '../daemon/types.js'
+import { OutpostError } from './errors.js'
+import type { BusConfig, OutletConfig, Reading, SiteConfig } from '../core/types.js'
 import { bitsPerChar, decodeBits, decodeWords, interFrameMs, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { LineLink, RtuLink, TcpLink } from './links.js'
 import type { LineReply, LineRequest } from './line-protocol.js'

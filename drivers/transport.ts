@@ -10,7 +10,7 @@
 import net from 'node:net'
 // serialport (a native addon) is loaded by the first serial bus that opens: a TCP-only site never pays for it.
 import type { SerialPort } from 'serialport'
-import { OutpostError } from '../daemon/types.js'
+import { OutpostError } from './errors.js'
 
 export interface ByteStream {
   /** Human description for logs and errors, e.g. "/dev/ttyUSB0@9600,8N1" or "tcp://10.0.0.5:502". */

@@ -11,7 +11,7 @@ import { startApiSite, parseMetrics, TOKEN, type ApiSite } from './helpers/api-k
 import { waitFor } from './helpers/e2e-kit.js'
 import { RecentSessions } from '../daemon/http/index.js'
 import { AuthThrottle } from '../daemon/http/auth.js'
-import type { JournalRecord, RecordBody } from '../daemon/types.js'
+import type { JournalRecord, RecordBody } from '../core/types.js'
 import { openTestLog, type DiskLog } from './helpers/test-log.js'
 import type { NodeRedHandle } from '../daemon/nodered/index.js'
 

@@ -3,8 +3,9 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runCli } from './helpers/cli.js'
-import { cli, version } from '../daemon/cli.js'
-import { packagePath } from '../daemon/paths.js'
+import { cli } from '../daemon/cli.js'
+import { version } from '../daemon/cli-common.js'
+import { packagePath } from '../core/paths.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-cli-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { validateConfig, loadConfigFile, parseJson, type ConfigProblem } from '../daemon/config.js'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 
 const example = (): any => JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8'))
 

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { openSite, type SiteIO } from '../drivers/site.js'
-import { OutpostError } from '../daemon/types.js'
+import { OutpostError } from '../daemon/errors.js'
 import { startPymodbus, siteConfig, ptyPair, eventually, type PtyPair, type PyServer } from './fixtures/drivers-helpers.js'
 
 let clock = 1_700_000_000_000

@@ -5,7 +5,7 @@ import { promisify } from 'node:util'
 import { scanBus, parseUnits, configSnippet, listSerialPorts } from '../drivers/scan.js'
 import { startSim } from '../drivers/sim.js'
 import { validateConfig } from '../daemon/config.js'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 import { startPymodbus, siteConfig, ptyPair } from './fixtures/drivers-helpers.js'
 
 const run = promisify(execFile)

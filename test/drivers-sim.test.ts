@@ -5,7 +5,7 @@ import { promisify } from 'node:util'
 import { startSim } from '../drivers/sim.js'
 import { openSite } from '../drivers/site.js'
 import { float32Decimal } from '../drivers/models.js'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 import { siteConfig, startChild, eventually, ptyPair } from './fixtures/drivers-helpers.js'
 
 const run = promisify(execFile)

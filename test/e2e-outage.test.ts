@@ -10,7 +10,7 @@ import { startMosquitto } from './helpers/mosquitto.js'
 import { runCli } from './helpers/cli.js'
 import { isEnded, isStarted, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
-import type { JournalRecord } from '../daemon/types.js'
+import type { JournalRecord } from '../core/types.js'
 
 const WH_EPS = 0.02
 

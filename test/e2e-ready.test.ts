@@ -16,7 +16,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { startMosquitto, freePort } from './helpers/mosquitto.js'
 import { PREFIX, SITE, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Peer } from './helpers/e2e-kit.js'
 import { parseMetrics } from './helpers/api-kit.js'
-import type { CommandResult } from '../daemon/types.js'
+import type { CommandResult } from '../core/types.js'
 
 const BASE = `${PREFIX}/${SITE}`
 const TOKEN = 'e2e-ready-token-7'

@@ -9,7 +9,7 @@ import t from 'tap'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
 import { runCli } from './helpers/cli.js'
 import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Ended } from './helpers/e2e-kit.js'
-import type { JournalRecord } from '../daemon/types.js'
+import type { JournalRecord } from '../core/types.js'
 
 const WH_EPS = 0.02
 type Started = Extract<JournalRecord, { type: 'gateway.started' }>

@@ -4,7 +4,7 @@
  * virtual clock and a simulated meter per outlet.
  */
 import { validateConfig } from '../daemon/config.js'
-import type { PlanConfig, RecordBody, SiteConfig, Command, OutletState } from '../daemon/types.js'
+import type { PlanConfig, RecordBody, SiteConfig, Command, OutletState } from '../core/types.js'
 import { initialState, step, type Effect, type EngineEvent, type EngineState } from '../daemon/engine/index.js'
 
 export const VOLTS = 230

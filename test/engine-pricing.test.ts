@@ -5,8 +5,9 @@
  */
 import t from 'tap'
 import { Rig, siteConfig } from './engine-fixtures.js'
-import { lineAmountMicros, periodAt, planProblems, priceSession, priceTimeline, divRoundHalfUp, outletPrices, outletStatuses, outletPlan } from '../daemon/engine/index.js'
-import type { PlanConfig, Weekday } from '../daemon/types.js'
+import { priceSession } from './helpers/bill-oracle.js'
+import { lineAmountMicros, periodAt, planProblems, priceTimeline, divRoundHalfUp, outletPrices, outletStatuses, outletPlan } from '../daemon/engine/index.js'
+import type { PlanConfig, Weekday } from '../core/types.js'
 
 const ALL: Weekday[] = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']
 const VAN = 'America/Vancouver'

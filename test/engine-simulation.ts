@@ -5,10 +5,10 @@
  * through the pure engine, with the billing invariants (docs/engine.md) checked after
  * every step. runSeed throws an Error naming the seed and the step on the first breach.
  */
-import { mulberry32 } from '../daemon/prng.js'
+import { mulberry32 } from '../core/prng.js'
 import type { Test } from 'tap'
 import { validateConfig } from '../daemon/config.js'
-import type { PlanConfig, RecordBody, SiteConfig, Weekday } from '../daemon/types.js'
+import type { PlanConfig, RecordBody, SiteConfig, Weekday } from '../core/types.js'
 import { initialState, localWallMs, periodAt, step, microsPerMinor, type Effect, type EngineEvent, type EngineState } from '../daemon/engine/index.js'
 
 const VOLTS = 230

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto'
 import fc from 'fast-check'
 import canonicalize from 'canonicalize'
 import { canonicalJson, recordHash, sealRecord, sealRecordText, verifyRecords, GENESIS_PREV } from '../daemon/journal/index.js'
-import type { JournalRecord, RecordBody } from '../daemon/types.js'
+import type { JournalRecord, RecordBody } from '../core/types.js'
 
 t.test('RFC 8785 section 3.2.2: the sample input canonicalizes to the published output', async (t) => {
   // The input as JSON text, so that number literals such as 333333333.33333329 go through JSON parsing as in the RFC.

@@ -10,9 +10,9 @@ import { join } from 'node:path'
 import { Level } from 'level'
 import { spawnSync } from 'node:child_process'
 import { runCli, cliPath } from './helpers/cli.js'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 import { Journal, journalLocation } from '../daemon/journal/index.js'
-import type { JournalRecord, RecordBody } from '../daemon/types.js'
+import type { JournalRecord, RecordBody } from '../core/types.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-journal-cli-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))

@@ -12,7 +12,7 @@ import { Level } from 'level'
 import fc from 'fast-check'
 import { isDeepStrictEqual } from 'node:util'
 import { Journal, journalLocation, verifyRecords, GENESIS_PREV, type JournalOptions, type JournalDb } from '../daemon/journal/index.js'
-import type { RecordBody, PersistedEngineState, CommandResult } from '../daemon/types.js'
+import type { RecordBody, PersistedEngineState, CommandResult } from '../core/types.js'
 import { PowerCutLevel, StorageFault } from './fixtures/power-cut-level.js'
 
 const T0 = Date.UTC(2026, 0, 5, 12, 0, 0)

@@ -19,7 +19,7 @@
 import t from 'tap'
 import { Journal, verifyRecords } from '../daemon/journal/index.js'
 import { initialState, step, type EngineState, type Effect } from '../daemon/engine/index.js'
-import type { Command, JournalRecord } from '../daemon/types.js'
+import type { Command, JournalRecord } from '../core/types.js'
 import { PowerCutLevel } from './fixtures/power-cut-level.js'
 import { rng } from './fixtures/journal-workload.js'
 import { siteConfig } from './fixtures/engine-site.js'

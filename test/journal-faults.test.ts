@@ -9,7 +9,7 @@
 import t from 'tap'
 import { Journal, verifyRecords } from '../daemon/journal/index.js'
 import { initialState, step, type EngineState, type Effect } from '../daemon/engine/index.js'
-import type { OutpostError } from '../daemon/types.js'
+import type { OutpostError } from '../daemon/errors.js'
 import { PowerCutLevel, StorageFault } from './fixtures/power-cut-level.js'
 import { siteConfig, reading } from './fixtures/engine-site.js'
 

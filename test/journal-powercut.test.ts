@@ -18,7 +18,7 @@
 import t from 'tap'
 import { isDeepStrictEqual } from 'node:util'
 import { Journal, verifyRecords } from '../daemon/journal/index.js'
-import type { JournalRecord } from '../daemon/types.js'
+import type { JournalRecord } from '../core/types.js'
 import { PowerCutLevel } from './fixtures/power-cut-level.js'
 import { BASE, Workload, checkLog, rng, type SimState } from './fixtures/journal-workload.js'
 

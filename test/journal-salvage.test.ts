@@ -18,7 +18,7 @@ import { Journal, journalLocation, verifyRecords } from '../daemon/journal/index
 import { openJournalForRun } from '../daemon/journal/salvage.js'
 import { settleJournalDir } from '../daemon/journal/swap.js'
 import { initialState, step, type EngineState } from '../daemon/engine/index.js'
-import type { JournalRecord } from '../daemon/types.js'
+import type { JournalRecord } from '../core/types.js'
 import { reading, siteConfig } from './fixtures/engine-site.js'
 import { recordKey } from '../daemon/journal/keys.js'
 

@@ -19,7 +19,7 @@ import { systemClock } from '../daemon/clock.js'
 import { createLogger } from '../daemon/log.js'
 import { validateConfig } from '../daemon/config.js'
 import { startNodeRed, shippedFlows, prepareUserDir, nodeRedPaths, type NodeRedHandle } from '../daemon/nodered/index.js'
-import type { CommandResult, JournalRecord, SiteConfig } from '../daemon/types.js'
+import type { CommandResult, JournalRecord, SiteConfig } from '../core/types.js'
 import { tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 import { LocalApi } from '../daemon/http/server.js'
 

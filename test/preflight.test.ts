@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { packagePath } from '../daemon/paths.js'
+import { packagePath } from '../core/paths.js'
 
 const PREFLIGHT = packagePath('.ci', 'preflight')
 const run = (path: string, ...args: string[]) => spawnSync('/bin/bash', [PREFLIGHT, ...args], { encoding: 'utf8', env: { PATH: path } })

@@ -12,7 +12,7 @@
 import t from 'tap'
 import { startApiSite } from './helpers/api-kit.js'
 import { waitFor } from './helpers/e2e-kit.js'
-import type { CommandResult, JournalRecord, OutletStatus } from '../daemon/types.js'
+import type { CommandResult, JournalRecord, OutletStatus } from '../core/types.js'
 
 // A poll far longer than the test's first request: only the boot read can have read the meters.
 const SLOW_POLL = { pollMs: 20_000, graceSeconds: 30, minChargeA: 0.5, autoStartA: 0.5, noCurrentA: 0.1, noCurrentHoldMs: 750, meterFaultMs: 60_000 }

@@ -12,9 +12,8 @@ import { spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { packagePath } from '../daemon/paths.js'
-import { EXIT_CONFIG } from '../daemon/cli.js'
-import { DEFAULT_CONFIG } from '../daemon/commands/run.js'
+import { packagePath } from '../core/paths.js'
+import { EXIT_CONFIG, DEFAULT_CONFIG } from '../daemon/cli-common.js'
 import { binNodeFlags } from '../bench/lib.js'
 
 const UNIT_FILE = packagePath('systemd', 'outpost.service')

@@ -5,8 +5,8 @@ import { openTestLog, type TestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { MemoryLog } from './helpers/memory-log.js'
 import { makeUplink, rawClient, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
-import { CommandGateway, MAX_COMMAND_BYTES, type CommandSource } from '../daemon/command-gateway.js'
-import type { Command, CommandResult } from '../daemon/types.js'
+import { CommandGateway, MAX_COMMAND_BYTES } from '../daemon/command-gateway.js'
+import type { Command, CommandResult, CommandSource } from '../core/types.js'
 
 /** A daemon stand-in: records every apply, stores results in the ledger as the journal commit would. */
 function fakeDaemon(opts: { delayMs?: number; refuse?: (c: Command) => { code: string; message: string } | undefined; throwOn?: string } = {}, ledger: TestLog = new MemoryLog()) {

@@ -6,7 +6,7 @@ import { bodies } from './helpers/memory-log.js'
 import { makeUplink, rawClient, readJsonLines, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
-import type { JournalRecord } from '../daemon/types.js'
+import type { JournalRecord } from '../core/types.js'
 
 t.test('records arrive in order, verify, and are acked; live appends follow', async (t) => {
   const broker = await startMosquitto(t)

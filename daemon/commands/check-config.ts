@@ -1,14 +1,20 @@
 /** `outpost check-config FILE`: every problem at once, one line each; 0 valid, 78 invalid. */
 import { loadConfigFile, formatProblem } from '../config.js'
-import { EXIT_CONFIG, EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli.js'
+import { EXIT_CONFIG, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageError, type Io } from '../cli-common.js'
+
+const USAGE = 'Usage: outpost check-config FILE\n'
 
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
-  const files = argv.filter((a) => !a.startsWith('-'))
-  if (files.length !== 1 || argv.length !== 1) {
-    io.err('Usage: outpost check-config FILE\n')
+  let file: string
+  try {
+    const { positionals } = parseCommandLine(argv, {}, { positionals: true })
+    if (positionals.length !== 1) throw new UsageError('give one config file')
+    file = positionals[0]!
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    io.err(`outpost check-config: ${err.message}\n${USAGE}`)
     return EXIT_USAGE
   }
-  const file = files[0]!
   const result = loadConfigFile(file)
   if (result.ok) {
     const c = result.config

@@ -11,7 +11,7 @@
 import { parseArgs } from 'node:util'
 import pino from 'pino'
 import { ReconcilingConsumer } from '../uplink/consumer.js'
-import { EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli.js'
+import { EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli-common.js'
 
 const USAGE = `Usage: outpost reconcile --url URL --site ID [options]
   --url URL             broker: mqtt://host:1883 or mqtts://host:8883

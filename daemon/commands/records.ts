@@ -6,41 +6,42 @@
  * Never writes to the journal.
  */
 import { storedRecords } from '../journal/index.js'
-import { configFile, loadConfig, openForReading, Output, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_BROKEN } from '../journal/cli-support.js'
+import { loadConfig, openForReading, Output } from './journal-support.js'
+import { configFile, parseCommandLine, processIo, UsageError, EXIT_OK, EXIT_USAGE, EXIT_BROKEN, type Io } from '../cli-common.js'
 import * as K from '../journal/keys.js'
 
 const USAGE = 'Usage: outpost records --config FILE [--from SEQ]\n'
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let from = 1
   let file: string
   try {
-    const { options, positional } = parseArgs(argv, ['config', 'from'])
-    if (positional.length > 0) throw new UsageError(`unexpected argument ${positional[0]}`)
-    const f = options.get('from')
+    const { values, positionals } = parseCommandLine(argv, { config: { type: 'string' }, from: { type: 'string' } }, { positionals: true })
+    if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0]}`)
+    const f = values.from
     if (f !== undefined) {
       if (!/^\d+$/.test(f) || Number(f) < 1 || !Number.isSafeInteger(Number(f))) throw new UsageError(`--from must be a sequence number (an integer >= 1), got ${f}`)
       from = Number(f)
     }
-    file = configFile(options)
+    file = configFile(values.config)
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
-    process.stderr.write(`outpost records: ${err.message}\n${USAGE}`)
+    io.err(`outpost records: ${err.message}\n${USAGE}`)
     return EXIT_USAGE
   }
-  const cfg = loadConfig(file)
+  const cfg = loadConfig(file, io)
   if (!cfg.ok) return cfg.exit
-  const journal = await openForReading('records', cfg.config.storage.dir)
+  const journal = await openForReading('records', cfg.config.storage.dir, io)
   if (typeof journal === 'number') return journal
-  const out = new Output()
+  const out = new Output(io)
   let status = EXIT_OK
   try {
     let first = true
     for await (const { key, text, error } of storedRecords(journal.db, from)) {
-      if (first && K.seqOfRecordKey(key) > from) process.stderr.write(`outpost records: records before seq ${K.seqOfRecordKey(key)} were compacted after the cloud acknowledged them; starting there\n`)
+      if (first && K.seqOfRecordKey(key) > from) io.err(`outpost records: records before seq ${K.seqOfRecordKey(key)} were compacted after the cloud acknowledged them; starting there\n`)
       first = false
       if (error) {
-        process.stderr.write(`outpost records: ${key}: ${error}\n`)
+        io.err(`outpost records: ${key}: ${error}\n`)
         status = EXIT_BROKEN
         continue
       }

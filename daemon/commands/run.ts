@@ -6,26 +6,25 @@
  */
 import { parseArgs } from 'node:util'
 import { loadConfigFile, formatProblem } from '../config.js'
-import { EXIT_CONFIG, EXIT_OK, EXIT_USAGE, version } from '../cli.js'
+import { configFile, EXIT_BROKEN, EXIT_CONFIG, EXIT_OK, EXIT_USAGE, processIo, version, type Io } from '../cli-common.js'
 import { Service } from '../service.js'
 import { systemClock } from '../clock.js'
 import { createLogger } from '../log.js'
 import { SystemdNotifier } from '../systemd.js'
 
-export const DEFAULT_CONFIG = '/etc/outpost/site.json'
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let file: string
   try {
     const { values } = parseArgs({ args: argv, options: { config: { type: 'string', short: 'c' } }, strict: true })
-    file = values.config ?? process.env.OUTPOST_CONFIG ?? DEFAULT_CONFIG
+    file = configFile(values.config)
   } catch (err) {
-    process.stderr.write(`outpost run: ${(err as Error).message}\nUsage: outpost run [--config FILE]\n`)
+    io.err(`outpost run: ${(err as Error).message}\nUsage: outpost run [--config FILE]\n`)
     return EXIT_USAGE
   }
   const loaded = loadConfigFile(file)
   if (!loaded.ok) {
-    for (const p of loaded.problems) process.stderr.write(formatProblem(file, p) + '\n')
+    for (const p of loaded.problems) io.err(formatProblem(file, p) + '\n')
     return EXIT_CONFIG
   }
   const config = loaded.config
@@ -54,10 +53,10 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     const e = err as { code?: string; message: string }
     logger.fatal({ code: e.code, err: e.message }, 'cannot start')
-    process.stderr.write(`outpost run: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
+    io.err(`outpost run: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
     await service.stop().catch(() => undefined)
     logger.flush()
-    return 1
+    return EXIT_BROKEN
   }
   if (!signalled) notify.ready(`charging ${config.outlets.length} outlets`)
 

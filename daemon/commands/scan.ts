@@ -5,14 +5,15 @@
  */
 import { parseArgs } from 'node:util'
 import { validateConfig } from '../config.js'
-import type { BusConfig } from '../types.js'
+import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli-common.js'
+import type { BusConfig } from '../../core/types.js'
 import { configSnippet, formatSnippet, formatTable, listSerialPorts, parseUnits, scanBus } from '../../drivers/scan.js'
 
 const USAGE = `Usage: outpost scan --bus tcp://HOST:PORT | --bus rtu:/dev/serial/by-id/...[@BAUD[,PARITY]]
                     [--baud 9600] [--parity none|even|odd] [--stop-bits 1|2] [--units 1-247] [--timeout MS] [--models DIR] [--json]
        outpost scan --list      (serial ports on this machine)`
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let values
   try {
     values = parseArgs({
@@ -24,14 +25,14 @@ export async function main(argv: string[]): Promise<number> {
       strict: true,
     }).values
   } catch (err) {
-    process.stderr.write(`outpost scan: ${(err as Error).message}\n${USAGE}\n`)
-    return 64
+    io.err(`outpost scan: ${(err as Error).message}\n${USAGE}\n`)
+    return EXIT_USAGE
   }
   if (values.list || values.bus === undefined) {
     const ports = await listSerialPorts()
-    process.stdout.write(ports.length ? ports.map((p) => `${p.byId ?? p.path}${p.byId ? `  (${p.path})` : ''}${p.note ? '  ' + p.note : ''}`).join('\n') + '\n' : 'no serial ports found\n')
-    if (values.bus === undefined && !values.list) process.stderr.write(`\n${USAGE}\n`)
-    return values.list ? 0 : 64
+    io.out(ports.length ? ports.map((p) => `${p.byId ?? p.path}${p.byId ? `  (${p.path})` : ''}${p.note ? '  ' + p.note : ''}`).join('\n') + '\n' : 'no serial ports found\n')
+    if (values.bus === undefined && !values.list) io.err(`\n${USAGE}\n`)
+    return values.list ? EXIT_OK : EXIT_USAGE
   }
   let bus: BusConfig
   let units: number[]
@@ -39,31 +40,31 @@ export async function main(argv: string[]): Promise<number> {
     bus = parseBus(values.bus, values)
     units = parseUnits(values.units ?? '1-247')
   } catch (err) {
-    process.stderr.write(`outpost scan: ${(err as Error).message}\n${USAGE}\n`)
-    return 64
+    io.err(`outpost scan: ${(err as Error).message}\n${USAGE}\n`)
+    return EXIT_USAGE
   }
   const started = Date.now()
-  process.stderr.write(`scanning ${values.bus} units ${units[0]}-${units[units.length - 1]} (${units.length} ids, timeout ${bus.timeoutMs} ms)\n`)
+  io.err(`scanning ${values.bus} units ${units[0]}-${units[units.length - 1]} (${units.length} ids, timeout ${bus.timeoutMs} ms)\n`)
   let hits
   try {
     hits = await scanBus(bus, units, {
       now: () => Date.now(),
       modelsDir: values.models,
-      onUnit: (u, h) => { if (h) process.stderr.write(`  unit ${u}: ${h.kind} ${h.model ?? ''}\n`) },
+      onUnit: (u, h) => { if (h) io.err(`  unit ${u}: ${h.kind} ${h.model ?? ''}\n`) },
     })
   } catch (err) {
     const e = err as { code?: string; message: string }
-    process.stderr.write(`outpost scan: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
-    return 1
+    io.err(`outpost scan: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
+    return EXIT_BROKEN
   }
   if (values.json) {
-    process.stdout.write(JSON.stringify({ hits, config: configSnippet(bus, hits) }, null, 2) + '\n')
-    return 0
+    io.out(JSON.stringify({ hits, config: configSnippet(bus, hits) }, null, 2) + '\n')
+    return EXIT_OK
   }
-  process.stdout.write(hits.length ? formatTable(hits) + '\n' : 'nothing answered\n')
-  process.stdout.write(`\n# config snippet (set each outlet's plan; check the meter/relay pairing):\n${formatSnippet(configSnippet(bus, hits))}\n`)
-  process.stderr.write(`scan took ${((Date.now() - started) / 1000).toFixed(1)} s\n`)
-  return 0
+  io.out(hits.length ? formatTable(hits) + '\n' : 'nothing answered\n')
+  io.out(`\n# config snippet (set each outlet's plan; check the meter/relay pairing):\n${formatSnippet(configSnippet(bus, hits))}\n`)
+  io.err(`scan took ${((Date.now() - started) / 1000).toFixed(1)} s\n`)
+  return EXIT_OK
 }
 
 function parseBus(spec: string, v: { baud?: string; parity?: string; 'stop-bits'?: string; timeout?: string }): BusConfig {

@@ -7,6 +7,7 @@
 import { parseArgs } from 'node:util'
 import { createInterface } from 'node:readline'
 import { startSim, RELAY_UNIT, type SimCommand } from '../../drivers/sim.js'
+import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli-common.js'
 
 const USAGE = `Usage: outpost sim [--outlets N] [--port P] [--host H] [--seed S] [--speed X] [--no-script] [--rtu PATH [--rtu-baud B]]
   --outlets N   meters at units 1..N (SDM120 layout), relay board at unit ${RELAY_UNIT} with coils 0..N-1 (default 2)
@@ -27,7 +28,7 @@ function num(v: string | undefined, name: string, dflt: number, ok: (n: number) 
   return n
 }
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let o
   try {
     const { values } = parseArgs({
@@ -50,20 +51,20 @@ export async function main(argv: string[]): Promise<number> {
       turnaroundMs: num(values['turnaround-ms'], 'turnaround-ms', 0, (n) => n >= 0 && n <= 10_000),
     }
   } catch (err) {
-    process.stderr.write(`outpost sim: ${(err as Error).message}\n${USAGE}\n`)
-    return 64
+    io.err(`outpost sim: ${(err as Error).message}\n${USAGE}\n`)
+    return EXIT_USAGE
   }
   let sim
   try {
     sim = await startSim(o)
   } catch (err) {
-    process.stderr.write(`outpost sim: cannot start: ${(err as Error).message}\n`)
-    return 1
+    io.err(`outpost sim: cannot start: ${(err as Error).message}\n`)
+    return EXIT_BROKEN
   }
-  process.stderr.write(
+  io.err(
     `outpost sim: ${o.outlets} outlet(s) on tcp://${o.host}:${sim.port}${o.rtuPath ? ` and RTU ${o.rtuPath}` : ''}; meters at units 1..${o.outlets} (SDM120), relay board at unit ${RELAY_UNIT} coils 0..${o.outlets - 1}; seed ${o.seed}, speed ${o.speed}x${o.script ? '' : ', no script'}\n`,
   )
-  process.stdout.write(JSON.stringify({ ready: true, port: sim.port }) + '\n')
+  io.out(JSON.stringify({ ready: true, port: sim.port }) + '\n')
   const rl = createInterface({ input: process.stdin })
   rl.on('line', (line) => {
     if (line.trim() === '') return
@@ -73,7 +74,7 @@ export async function main(argv: string[]): Promise<number> {
     } catch (err) {
       reply = { ok: false, error: `not JSON: ${(err as Error).message}` }
     }
-    process.stdout.write(JSON.stringify(reply) + '\n')
+    io.out(JSON.stringify(reply) + '\n')
   })
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve)
@@ -81,5 +82,5 @@ export async function main(argv: string[]): Promise<number> {
   })
   rl.close()
   await sim.close()
-  return 0
+  return EXIT_OK
 }

@@ -8,15 +8,16 @@
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { ChainVerifier, verifyDb, type ChainBreak } from '../journal/index.js'
-import { configFile, loadConfig, openForReading, parseArgs, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN } from '../journal/cli-support.js'
+import { loadConfig, openForReading } from './journal-support.js'
+import { configFile, parseCommandLine, processIo, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN, type Io } from '../cli-common.js'
 
 const USAGE = 'Usage: outpost verify --config FILE | outpost verify FILE.jsonl\n'
 
-function printBreak(where: string, b: ChainBreak, what: string): void {
-  process.stdout.write(`${where}: BROKEN at seq ${b.seq} (${what} ${b.position}): ${b.problem}\n`)
+function printBreak(io: Io, where: string, b: ChainBreak, what: string): void {
+  io.out(`${where}: BROKEN at seq ${b.seq} (${what} ${b.position}): ${b.problem}\n`)
 }
 
-async function verifyFile(file: string): Promise<number> {
+async function verifyFile(file: string, io: Io): Promise<number> {
   const v = new ChainVerifier()
   let lineNo = 0
   let brk: ChainBreak | undefined
@@ -40,50 +41,52 @@ async function verifyFile(file: string): Promise<number> {
     }
   } catch (err) {
     const e = err as NodeJS.ErrnoException
-    process.stderr.write(`outpost verify: cannot read ${file}: ${e.code === 'ENOENT' ? 'no such file' : e.message}\n`)
+    io.err(`outpost verify: cannot read ${file}: ${e.code === 'ENOENT' ? 'no such file' : e.message}\n`)
     return EXIT_NOINPUT
   }
   if (brk) {
-    printBreak(file, brk, 'line')
+    printBreak(io, file, brk, 'line')
     return EXIT_BROKEN
   }
   if (v.count === 0) {
-    process.stdout.write(`${file}: no records\n`)
+    io.out(`${file}: no records\n`)
     return EXIT_OK
   }
-  process.stdout.write(`${file}: intact: ${v.count} records, seq ${v.firstSeq}..${v.lastSeq}\n`)
+  io.out(`${file}: intact: ${v.count} records, seq ${v.firstSeq}..${v.lastSeq}\n`)
   return EXIT_OK
 }
 
-export async function main(argv: string[]): Promise<number> {
-  let options: Map<string, string>
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  let config: string | undefined
   let positional: string[]
   try {
-    ;({ options, positional } = parseArgs(argv, ['config']))
-    if (positional.length > 1 || (positional.length === 1 && options.has('config'))) throw new UsageError('give either --config FILE or one JSON-lines file')
+    const parsed = parseCommandLine(argv, { config: { type: 'string' } }, { positionals: true })
+    config = parsed.values.config
+    positional = parsed.positionals
+    if (positional.length > 1 || (positional.length === 1 && config !== undefined)) throw new UsageError('give either --config FILE or one JSON-lines file')
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
-    process.stderr.write(`outpost verify: ${err.message}\n${USAGE}`)
+    io.err(`outpost verify: ${err.message}\n${USAGE}`)
     return EXIT_USAGE
   }
-  if (positional.length === 1) return verifyFile(positional[0]!)
+  if (positional.length === 1) return verifyFile(positional[0]!, io)
 
-  const cfg = loadConfig(configFile(options))
+  const cfg = loadConfig(configFile(config), io)
   if (!cfg.ok) return cfg.exit
-  const journal = await openForReading('verify', cfg.config.storage.dir)
+  const journal = await openForReading('verify', cfg.config.storage.dir, io)
   if (typeof journal === 'number') return journal
   try {
     const report = await verifyDb(journal.db)
     if (report.break) {
-      printBreak(journal.location, report.break, 'record')
+      printBreak(io, journal.location, report.break, 'record')
       return EXIT_BROKEN
     }
     if (journal.mode === 'repaired-copy') {
-      process.stdout.write(`${journal.location}: DAMAGED database (it cannot be opened as it is); a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). Run \`outpost repair\` with the daemon stopped.\n`)
+      io.out(`${journal.location}: DAMAGED database (it cannot be opened as it is); a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). Run \`outpost repair\` with the daemon stopped.\n`)
       return EXIT_BROKEN
     }
     const range = report.count === 0 ? 'no records' : `${report.count} records, seq ${report.first}..${report.last}${report.first !== 1 ? ` (earlier ones compacted after acknowledgement)` : ''}`
-    process.stdout.write(`${journal.location}: intact: ${range}; acknowledged up to ${report.acked}\n`)
+    io.out(`${journal.location}: intact: ${range}; acknowledged up to ${report.acked}\n`)
     return EXIT_OK
   } finally {
     await journal.close()

@@ -16,8 +16,8 @@
  * closes), then statuses, then the command result. The daemon may carry out a relay
  * OPEN before the journal commit; a relay CLOSE only after the step's records are durable.
  */
-import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings, JournalSalvageInfo } from '../types.js'
-import { OutpostError } from '../types.js'
+import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings, JournalSalvageInfo } from '../../core/types.js'
+import { OutpostError, type CommandErrorCode } from './errors.js'
 import { assertTimeZone, divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, planProblems, priceTimeline, toMicros, type TimelineEntry } from './pricing.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 
@@ -31,26 +31,6 @@ const COMMAND_MEMORY = 256
 /** A reading above this multiple of the outlet's rating is impossible. */
 const RATING_FACTOR = 1.5
 
-/** Codes of refused commands (CommandResult.error.code). Stable: the cloud and the API build on them. */
-export const COMMAND_ERRORS = {
-  'invalid-command': 'the command is malformed (fields missing or of the wrong type)',
-  'invalid-plan': 'set-plan: the plan is not valid (the message lists every problem)',
-  'unknown-outlet': 'no outlet with that id on this site',
-  'unknown-user': 'no wallet is known for that user (the cloud has not sent set-wallet)',
-  'unknown-plan': 'no plan with that id (assign-plan), or the outlet’s plan does not exist (start)',
-  'outlet-busy': 'the outlet already has an open session',
-  'outlet-unavailable': 'the manager made the outlet unavailable',
-  'outlet-fault': 'the outlet’s meter or relay is in fault',
-  'outlet-not-ready': 'the meter has not been read since the gateway started',
-  'plan-unavailable': 'the outlet’s plan is in an unavailable window now',
-  'offline-limit': 'the uplink has been down longer than offline.limitMinutes',
-  'no-balance': 'the user’s available balance is not positive, or does not exceed the activation fee',
-  'currency-mismatch': 'the user’s wallet is in another currency than the outlet’s plan',
-  'no-session': 'stop: the outlet has no open session',
-  'no-relay': 'set-auto-start: a meter-only outlet cannot be armed',
-  'not-running': 'start: the gateway is not running (before boot or after shutdown)',
-} as const
-export type CommandErrorCode = keyof typeof COMMAND_ERRORS
 
 // ---------------------------------------------------------------- construction
 

@@ -2,7 +2,8 @@
  * The session and pricing engine, pure: the daemon feeds it events and carries
  * out its effects. See docs/engine.md.
  */
-export { initialState, step, outletStatuses, outletPlan, outletPrices, COMMAND_ERRORS, type CommandErrorCode } from './engine.js'
-export { periodAt, priceTimeline, priceSession, planProblems, lineAmountMicros, toMicros, microsPerMinor, divRoundHalfUp, forEachPeriodRun, localWallMs, type PeriodAt, type TimelineEntry, type PricedLine } from './pricing.js'
-export type { EngineEvent, Effect, EngineState, StepResult, OutletEntry, Session, LineAcc, Recon, GatewaySection, SettingsSection, Wallet, CommandMemo, ReadingMark, CommandSource } from './state.js'
+export { initialState, step, outletStatuses, outletPlan, outletPrices } from './engine.js'
+export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
+export { periodAt, priceTimeline, planProblems, lineAmountMicros, toMicros, microsPerMinor, divRoundHalfUp, forEachPeriodRun, localWallMs, type PeriodAt, type TimelineEntry } from './pricing.js'
+export type { EngineEvent, Effect, EngineState, StepResult, OutletEntry, Session, LineAcc, Recon, GatewaySection, SettingsSection, Wallet, CommandMemo, ReadingMark } from './state.js'
 export { replayReadings, type ReplayReading, type ReplayResult } from './replay.js'

@@ -14,9 +14,9 @@
  * the session engine fast enough to simulate tens of thousands of sessions.
  */
 import { IANAZone } from 'luxon'
-import type { PeriodConfig, PlanConfig, Weekday } from '../types.js'
-import { OutpostError } from '../types.js'
-import { currencyMinorDigits, hasAtMostDecimals } from '../config.js'
+import type { PeriodConfig, PlanConfig, Weekday } from '../../core/types.js'
+import { OutpostError } from './errors.js'
+import { currencyMinorDigits, hasAtMostDecimals } from '../../core/money.js'
 
 export const DAY_MS = 86_400_000
 export const WEEK_MS = 7 * DAY_MS
@@ -72,31 +72,6 @@ const MICROS_HALF = 1_800_000_000n
 export function lineAmountMicros(energyMWh: number, durationMs: number, perKwhMicros: number, perHourMicros: number): number {
   const num = BigInt(energyMWh) * BigInt(perKwhMicros) * 3600n + BigInt(durationMs) * BigInt(perHourMicros) * 1000n
   return Number((num + MICROS_HALF) / MICROS_DEN)
-}
-
-export interface PricedLine {
-  energyWh: number
-  seconds: number
-  perKwh: number | null
-  perHour: number | null
-}
-
-/**
- * The cost of a session from its lines, as the billing record states it: each
- * line's amount in micros, the activation fee in minor units, and the total =
- * fee + lines, rounded once, half-up, to minor units. Energy and seconds are
- * taken to the millisecond / milliwatt-hour (the resolution the engine keeps).
- */
-export function priceSession(lines: PricedLine[], activationFee: number, currency: string): { lines: (PricedLine & { amountMicros: number })[]; activationFee: number; total: number } {
-  const unit = microsPerMinor(currency)
-  const feeMinor = Math.round((activationFee * 1_000_000) / unit)
-  let sum = feeMinor * unit
-  const out = lines.map((l) => {
-    const amountMicros = lineAmountMicros(Math.round(l.energyWh * 1000), Math.round(l.seconds * 1000), toMicros(l.perKwh ?? 0), toMicros(l.perHour ?? 0))
-    sum += amountMicros
-    return { ...l, amountMicros }
-  })
-  return { lines: out, activationFee: feeMinor, total: divRoundHalfUp(sum, unit) }
 }
 
 // ---------------------------------------------------------------- plan validation

@@ -10,7 +10,7 @@
  * stepped at), emit an effect (the relays, statuses and records of the original
  * steps already happened or were never billable), or bill a reading twice.
  */
-import type { Reading } from '../types.js'
+import type { Reading } from '../../core/types.js'
 import { step } from './engine.js'
 import type { EngineState } from './state.js'
 

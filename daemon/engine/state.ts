@@ -20,9 +20,8 @@ import type {
   SessionTrigger,
   SiteConfig,
   JournalSalvageInfo,
-} from '../types.js'
-
-export type CommandSource = 'cloud' | 'local' | 'node-red'
+  CommandSource,
+} from '../../core/types.js'
 
 export type EngineEvent =
   | { type: 'reading'; outlet: string; reading: Reading }

@@ -9,7 +9,7 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Daemon } from '../daemon.js'
-import type { JournalRecord, OutletState, OutletStatus } from '../types.js'
+import type { JournalRecord, OutletState, OutletStatus } from '../../core/types.js'
 import { oldestUnackedTs } from './views.js'
 import { REJECT_REASONS } from '../command-gateway.js'
 

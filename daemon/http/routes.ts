@@ -13,10 +13,11 @@ import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
-import type { CommandResult, JournalRecord, OutletStatus } from '../types.js'
-import { OutpostError } from '../types.js'
+import type { CommandResult, JournalRecord, OutletStatus } from '../../core/types.js'
+import { isOutpostError, type CommandResultCode } from '../errors.js'
 import { outletPlan, outletPrices } from '../engine/index.js'
-import { currencyMinorDigits, parseJson } from '../config.js'
+import { parseJson } from '../config.js'
+import { currencyMinorDigits } from '../../core/money.js'
 import { HttpError, allow, decodePathPart, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
 import { Metrics } from './metrics.js'
@@ -32,7 +33,7 @@ export const MAX_STREAMS = 32
  * something that does not exist here; 402: the user cannot pay; 409: the outlet's state
  * does not allow it now (try again later or elsewhere); 503: the gateway is not running.
  */
-export const COMMAND_STATUS: Record<string, number> = {
+export const COMMAND_STATUS = {
   'invalid-command': 400,
   'invalid-plan': 400,
   'unknown-outlet': 404,
@@ -50,7 +51,7 @@ export const COMMAND_STATUS: Record<string, number> = {
   'no-relay': 409,
   'not-running': 503,
   internal: 500,
-}
+} as const satisfies Record<CommandResultCode, number>
 
 interface RoutesOptions {
   daemon: Daemon
@@ -175,7 +176,7 @@ export class ApiRoutes {
     try {
       return { outlet: id, hours, ...outletPrices(this.daemon.engineState, id, this.opts.now(), hours) }
     } catch (err) {
-      if ((err as OutpostError).code === 'ENGINE_UNKNOWN_PLAN') throw new HttpError(409, 'unknown-plan', (err as Error).message)
+      if (isOutpostError(err, 'ENGINE_UNKNOWN_PLAN')) throw new HttpError(409, 'unknown-plan', err.message)
       throw err
     }
   }
@@ -188,7 +189,7 @@ export class ApiRoutes {
     try {
       records = await journal.read(from, limit)
     } catch (err) {
-      if ((err as OutpostError).code === 'JOURNAL_COMPACTED') throw new HttpError(410, 'journal-compacted', (err as Error).message)
+      if (isOutpostError(err, 'JOURNAL_COMPACTED')) throw new HttpError(410, 'journal-compacted', err.message)
       throw err
     }
     const head = journal.head()
@@ -239,7 +240,8 @@ export class ApiRoutes {
     const command = action === 'start' ? { id, action, outlet, userId: body.userId } : { id, action, outlet, by: body.by }
     const result: CommandResult = await this.daemon.gateway.handle(JSON.stringify(command), 'local')
     if (result.ok) return sendJson(res, 200, result)
-    const status = COMMAND_STATUS[result.error.code] ?? 400
+    const code = result.error.code
+    const status = Object.hasOwn(COMMAND_STATUS, code) ? COMMAND_STATUS[code as CommandResultCode] : 400
     // The gateway's schema messages point into the command ("/userId: ..."): say it was the body.
     const message = result.error.code === 'invalid-command' ? result.error.message.replace(/(^|; )\//g, '$1body/') : result.error.message
     sendJson(res, status, { id: result.id || id, ok: false, error: { code: result.error.code, message } })

@@ -9,7 +9,7 @@
  * events, which are subscribed before the backward read so nothing committed
  * meanwhile is missed (duplicates are dropped by seq).
  */
-import type { JournalRecord } from '../types.js'
+import type { JournalRecord } from '../../core/types.js'
 import type { Daemon } from '../daemon.js'
 
 export type EndedRecord = Extract<JournalRecord, { type: 'session.ended' }>

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ServerResponse } from 'node:http'
-import { packagePath } from '../paths.js'
+import { packagePath } from '../../core/paths.js'
 import { HttpError } from './util.js'
 
 const TYPES: Record<string, string> = {

@@ -7,7 +7,8 @@
  * because a changed billing record must stay visible to the cloud.
  */
 import { createHash } from 'node:crypto'
-import { OutpostError, type JournalRecord, type RecordBody } from '../types.js'
+import { type JournalRecord, type RecordBody } from '../../core/types.js'
+import { OutpostError } from '../errors.js'
 
 /** `prev` of seq 1. */
 export const GENESIS_PREV = '0'.repeat(64)

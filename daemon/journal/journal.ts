@@ -18,15 +18,8 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { AbstractLevel } from 'abstract-level'
-import {
-  OutpostError,
-  type CommandResult,
-  type JournalRecord,
-  type PersistedEngineState,
-  type Reading,
-  type RecordBody,
-  type RecordLog,
-} from '../types.js'
+import { type CommandResult, type JournalRecord, type PersistedEngineState, type Reading, type RecordBody, type RecordLog } from '../../core/types.js'
+import { OutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
 import * as K from './keys.js'
 

@@ -10,7 +10,7 @@
  * directory it is given).
  */
 import { spawn } from 'node:child_process'
-import { OutpostError } from '../types.js'
+import { OutpostError } from '../errors.js'
 
 const LEVEL_URL = import.meta.resolve('level')
 

@@ -18,7 +18,8 @@
  */
 import { cp, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
-import { OutpostError, type JournalRecord, type JournalSalvageInfo } from '../types.js'
+import { type JournalRecord, type JournalSalvageInfo } from '../../core/types.js'
+import { isOutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV } from './chain.js'
 import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
@@ -26,7 +27,7 @@ import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
 import { repairLevelDb } from './level-repair.js'
 
-/** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (daemon/types.ts). */
+/** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (core/types.ts). */
 export type JournalSalvage = JournalSalvageInfo
 
 export interface SalvageLog {
@@ -40,7 +41,7 @@ export async function openJournalForRun(storageDir: string, opts: JournalOptions
   try {
     return { journal: await Journal.open(storageDir, opts) }
   } catch (err) {
-    if ((err as OutpostError).code !== 'JOURNAL_CORRUPT') throw err
+    if (!isOutpostError(err, 'JOURNAL_CORRUPT')) throw err
     const salvage = await salvageJournal(storageDir, opts.now(), (err as Error).message)
     log.warn({ ...salvage }, `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'}${salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''}. Keep the moved directory; see README troubleshooting`)
     return { journal: await Journal.open(storageDir, opts), salvage }

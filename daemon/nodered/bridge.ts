@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
-import type { CommandResult, JournalRecord, OutletStatus } from '../types.js'
+import type { CommandResult, JournalRecord, OutletStatus } from '../../core/types.js'
 
 export type BridgeEvent = 'record' | 'status' | 'result'
 type Payload<E extends BridgeEvent> = E extends 'record' ? JournalRecord : E extends 'status' ? OutletStatus : CommandResult

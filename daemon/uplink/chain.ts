@@ -11,7 +11,7 @@
  * canonical JSON and SHA-256 for the writer and every checker).
  */
 import { ChainVerifier, GENESIS_PREV, recordHash as journalRecordHash } from '../journal/chain.js'
-import type { JournalRecord } from '../types.js'
+import type { JournalRecord } from '../../core/types.js'
 
 export { GENESIS_PREV }
 

@@ -7,7 +7,8 @@
  */
 import { readFileSync } from 'node:fs'
 import type { IClientOptions } from 'mqtt'
-import { OutpostError, type UplinkConfig } from '../types.js'
+import { type UplinkConfig } from '../../core/types.js'
+import { OutpostError } from '../errors.js'
 
 /** The broker credentials and TLS files of an uplink config (the consumer takes the same). */
 export type BrokerAuth = Pick<UplinkConfig, 'username' | 'password' | 'passwordFile' | 'caFile' | 'certFile' | 'keyFile'>

@@ -6,7 +6,8 @@
  * bounded page. Never writes to the journal; never throws for bad input (the
  * answer carries an error instead).
  */
-import { OutpostError, type JournalRecord, type RecordLog } from '../types.js'
+import { type JournalRecord, type RecordLog } from '../../core/types.js'
+import { OutpostError } from '../errors.js'
 import { isTopicLevel } from './topics.js'
 
 /** Records per answer when the request gives no limit. */

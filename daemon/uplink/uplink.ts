@@ -18,10 +18,14 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
-import { OutpostError, type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../types.js'
+import { type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../../core/types.js'
+import { OutpostError } from '../errors.js'
 import { authOptions, safeUrl } from './connection.js'
 import { answerPull, parsePull, type PullAnswer } from './pull.js'
 import { topics, type Topics } from './topics.js'
+import { withTimeout } from '../../core/timeout.js'
+
+const timeout = (): Error => new Error('timeout')
 
 /** Records per journal read at most (split into batchRecords-sized messages). */
 const READ_PAGE_RECORDS = 1000
@@ -195,9 +199,9 @@ export class Uplink {
     if (!client) return
     if (client.connected) {
       // A clean stop does not fire the will: say so ourselves, but never wait long on the network.
-      await withTimeout(client.publishAsync(this.t.status, JSON.stringify({ online: false }), { qos: 1, retain: true }), 2000).catch(() => undefined)
+      await withTimeout(client.publishAsync(this.t.status, JSON.stringify({ online: false }), { qos: 1, retain: true }), 2000, timeout).catch(() => undefined)
     }
-    await withTimeout(client.endAsync(), 3000).catch(() => undefined)
+    await withTimeout(client.endAsync(), 3000, timeout).catch(() => undefined)
     if (!client.disconnected) client.end(true)
     this.setOnline(false)
   }
@@ -563,20 +567,4 @@ function sameApartFromTs(a: OutletStatus, b: OutletStatus): boolean {
     a.cost === b.cost &&
     a.currency === b.currency
   )
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('timeout')), ms)
-    p.then(
-      (v) => {
-        clearTimeout(timer)
-        resolve(v)
-      },
-      (e: unknown) => {
-        clearTimeout(timer)
-        reject(e instanceof Error ? e : new Error(String(e)))
-      },
-    )
-  })
 }

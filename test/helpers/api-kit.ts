@@ -13,7 +13,7 @@ import { systemClock } from '../../daemon/clock.js'
 import { Service, type ServiceOptions } from '../../daemon/service.js'
 import type { Daemon } from '../../daemon/daemon.js'
 import type { LocalApi } from '../../daemon/http/index.js'
-import type { SiteConfig } from '../../daemon/types.js'
+import type { SiteConfig } from '../../core/types.js'
 import { tempDir, waitFor, PLANS } from './e2e-kit.js'
 
 interface Teardownable {

@@ -1,7 +1,7 @@
 /** Run the BUILT CLI (dist/, produced by `npm test`'s build step) as a subprocess. */
 import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { packagePath } from '../../daemon/paths.js'
+import { packagePath } from '../../core/paths.js'
 
 export const cliPath = packagePath('dist', 'daemon', 'cli.js')
 

@@ -15,8 +15,8 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import mqtt, { type MqttClient } from 'mqtt'
 import { ReconcilingConsumer } from '../../daemon/uplink/consumer.js'
-import type { CommandResult, JournalRecord } from '../../daemon/types.js'
-import { packageRoot } from '../../daemon/paths.js'
+import type { CommandResult, JournalRecord } from '../../core/types.js'
+import { packageRoot } from '../../core/paths.js'
 
 /** The package root, from test/helpers (ts-node) or dist/test/helpers (the built benchmarks). */
 export const ROOT = packageRoot

@@ -15,7 +15,7 @@ import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmS
 import { open } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { packageRoot } from '../../daemon/paths.js'
+import { packageRoot } from '../../core/paths.js'
 
 const BUILD_SCRIPT = resolve(packageRoot, '..', 'shared', 'tools', 'lazyfs', 'BUILD-HERE.sh')
 const HOW = `set OUTPOST_LAZYFS to a LazyFS binary, or build one with \`bash ${BUILD_SCRIPT} \${TMPDIR:-/tmp}/lazyfs-build\` (needs root and /dev/fuse; .ci/run does it)`

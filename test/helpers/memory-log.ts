@@ -1,5 +1,5 @@
 /**
- * An in-memory RecordLog for the uplink's tests: same contract as daemon/types.ts
+ * An in-memory RecordLog for the uplink's tests: same contract as core/types.ts
  * RecordLog (test/record-log.test.ts runs one contract suite against it and the
  * Journal), records hashed exactly as the contract says (SHA-256 of RFC 8785
  * canonical JSON without `hash`).
@@ -7,7 +7,8 @@
  */
 import { createHash } from 'node:crypto'
 import canonicalize from 'canonicalize'
-import { OutpostError, type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../daemon/types.js'
+import { type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../core/types.js'
+import { OutpostError } from '../../daemon/errors.js'
 
 export class MemoryLog implements RecordLog {
   private records: JournalRecord[] = [] // records[i].seq === first + i

@@ -12,7 +12,7 @@
  */
 import type { Test } from 'tap'
 import { CHAIN_START, recordHash, verifyChain } from '../../daemon/uplink/chain.js'
-import type { JournalRecord, RecordBody, RecordLog } from '../../daemon/types.js'
+import type { JournalRecord, RecordBody, RecordLog } from '../../core/types.js'
 import { bodies } from './memory-log.js'
 
 /** One implementation under test, as its owner drives it. */

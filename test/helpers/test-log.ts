@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Journal } from '../../daemon/journal/index.js'
-import type { CommandResult, JournalRecord, RecordBody, RecordLog } from '../../daemon/types.js'
+import type { CommandResult, JournalRecord, RecordBody, RecordLog } from '../../core/types.js'
 
 interface Teardownable {
   teardown(fn: () => unknown): void

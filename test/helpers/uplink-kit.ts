@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import mqtt, { type MqttClient } from 'mqtt'
 import { Uplink, type UplinkOptions } from '../../daemon/uplink/uplink.js'
-import type { CommandResult, RecordLog, UplinkConfig } from '../../daemon/types.js'
+import type { CommandResult, RecordLog, UplinkConfig } from '../../core/types.js'
 
 interface Teardownable {
   teardown(fn: () => unknown): void

@@ -1,6 +1,6 @@
 /**
- * Where the package's own files are, whether running from daemon/*.ts (tests,
- * ts-node) or from dist/daemon/*.js (the built CLI).
+ * Where the package's own files are, whether running from core/*.ts (tests,
+ * ts-node) or from dist/core/*.js (the built CLI).
  */
 import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'

@@ -291,21 +291,12 @@ export type Command =
   | { action: 'set-plan'; plan: PlanConfig }
   | { action: 'assign-plan'; outlet: string; planId: string }
 
+/** Where a command came from: the cloud (MQTT), the local API, or a Node-RED flow. */
+export type CommandSource = 'cloud' | 'local' | 'node-red'
+
 export type CommandResult =
   | { id: string; ok: true; result?: unknown }
   | { id: string; ok: false; error: { code: string; message: string } }
-
-// ---------------------------------------------------------------- errors
-
-/** An error with a stable code; messages may change between versions, codes don't. */
-export class OutpostError extends Error {
-  readonly code: string
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options)
-    this.code = code
-    this.name = 'OutpostError'
-  }
-}
 
 // ---------------------------------------------------------------- journal seams
 

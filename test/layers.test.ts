@@ -1,0 +1,132 @@
+/**
+ * The layers point one way, checked over the sources' import graph: core/ imports
+ * nothing of the project, drivers/ only core/, the session engine only core/ and
+ * nothing that does I/O, no folder imports a folder that imports it back, no module
+ * imports the `outpost` executable (cli.ts), and the untyped error class is taken
+ * only by the errors.ts files that type it.
+ */
+import t from 'tap'
+import { readdirSync, readFileSync } from 'node:fs'
+import { dirname, join, normalize } from 'node:path'
+import { packageRoot } from '../core/paths.js'
+
+type Graph = Map<string, { local: string[]; packages: string[] }>
+
+/** Every .ts file under `tops` with its project imports (as root-relative .ts paths) and package imports. */
+function importGraph(tops: string[]): Graph {
+  const graph: Graph = new Map()
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(join(packageRoot, dir), { withFileTypes: true })) {
+      const path = join(dir, e.name)
+      if (e.isDirectory()) walk(path)
+      else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) {
+        const source = readFileSync(join(packageRoot, path), 'utf8')
+        const local: string[] = []
+        const packages: string[] = []
+        for (const m of source.matchAll(/(?:^|\n)\s*(?:import|export)\b[^'"]*?from\s*['"]([^'"]+)['"]|import\s*\(\s*['"]([^'"]+)['"]\s*\)/g)) {
+          const spec = (m[1] ?? m[2])!
+          if (spec.startsWith('.')) local.push(normalize(join(dirname(path), spec)).replace(/\.js$/, '.ts'))
+          else packages.push(spec)
+        }
+        graph.set(path, { local, packages })
+      }
+    }
+  }
+  for (const top of tops) walk(top)
+  return graph
+}
+
+/** The folder a file belongs to for layering: daemon/engine is a layer of its own, other folders are their top folder. */
+function folderOf(file: string): string {
+  return file.startsWith('daemon/engine/') ? 'daemon/engine' : file.split('/')[0]!
+}
+
+/** Pairs of folders that import each other, directly or through others (each pair once). */
+function folderCycles(graph: Graph, folder: (file: string) => string): string[] {
+  const edges = new Map<string, Set<string>>()
+  for (const [file, { local }] of graph) {
+    for (const dep of local) {
+      const a = folder(file)
+      const b = folder(dep)
+      if (a !== b) edges.set(a, (edges.get(a) ?? new Set()).add(b))
+    }
+  }
+  const reaches = (from: string, to: string): boolean => {
+    const seen = new Set<string>()
+    const todo = [from]
+    while (todo.length) {
+      const f = todo.pop()!
+      if (f === to) return true
+      if (seen.has(f)) continue
+      seen.add(f)
+      todo.push(...(edges.get(f) ?? []))
+    }
+    return false
+  }
+  const folders = [...new Set([...edges.keys(), ...[...edges.values()].flatMap((s) => [...s])])].sort()
+  const out: string[] = []
+  for (const a of folders) for (const b of folders) if (a < b && reaches(a, b) && reaches(b, a)) out.push(`${a} <-> ${b}`)
+  return out
+}
+
+/** Every file `start` loads, itself included. */
+function closure(graph: Graph, start: string): string[] {
+  const seen = new Set<string>()
+  const todo = [start]
+  while (todo.length) {
+    const f = todo.pop()!
+    if (seen.has(f)) continue
+    seen.add(f)
+    todo.push(...(graph.get(f)?.local ?? []))
+  }
+  return [...seen].sort()
+}
+
+const graph = importGraph(['core', 'drivers', 'daemon'])
+
+t.test('the checker finds a folder cycle, direct or through a third folder', async (t) => {
+  const g: Graph = new Map([
+    ['a/x.ts', { local: ['b/y.ts'], packages: [] }],
+    ['b/y.ts', { local: ['c/z.ts'], packages: [] }],
+    ['c/z.ts', { local: ['a/w.ts'], packages: [] }],
+    ['a/w.ts', { local: [], packages: [] }],
+  ])
+  t.same(folderCycles(g, (f) => f.split('/')[0]!), ['a <-> b', 'a <-> c', 'b <-> c'])
+  g.set('c/z.ts', { local: [], packages: [] })
+  t.same(folderCycles(g, (f) => f.split('/')[0]!), [])
+})
+
+t.test('the graph was read: the composition root reaches the drivers, the engine and the journal', async (t) => {
+  const all = closure(graph, 'daemon/daemon.ts')
+  for (const f of ['drivers/site.ts', 'daemon/engine/engine.ts', 'daemon/journal/journal.ts', 'core/types.ts']) t.ok(all.includes(f), f)
+})
+
+t.test('no folder imports a folder that imports it back', async (t) => {
+  t.same(folderCycles(graph, folderOf), [])
+})
+
+t.test('core/ imports nothing of the project; drivers/ only core/', async (t) => {
+  for (const [file, { local }] of graph) {
+    if (file.startsWith('core/')) t.same(local.filter((d) => !d.startsWith('core/')), [], file)
+    if (file.startsWith('drivers/')) t.same(local.filter((d) => !d.startsWith('core/') && !d.startsWith('drivers/')), [], file)
+  }
+})
+
+t.test('the session engine loads only itself and core/, and nothing that does I/O', async (t) => {
+  const files = closure(graph, 'daemon/engine/index.ts')
+  t.same(files.filter((f) => !f.startsWith('daemon/engine/') && !f.startsWith('core/')), [], 'no file outside the engine and core/')
+  t.notOk(files.includes('core/paths.ts'), 'not the package paths (they probe the file system)')
+  const packages = [...new Set(files.flatMap((f) => graph.get(f)!.packages))].sort()
+  t.same(packages, ['luxon'], 'no node: built-in (fs, net, ...) and no package but luxon')
+})
+
+t.test('nothing imports the outpost executable; the commands share daemon/cli-common.ts', async (t) => {
+  for (const [file, { local }] of graph) t.notOk(local.includes('daemon/cli.ts'), `${file} does not import daemon/cli.ts`)
+  t.ok(graph.get('daemon/commands/run.ts')!.local.includes('daemon/cli-common.ts'))
+})
+
+t.test('the untyped error class is taken only by the errors.ts that type it', async (t) => {
+  const takers = [...graph].filter(([, { local }]) => local.includes('core/errors.ts')).map(([f]) => f).sort()
+  t.same(takers, ['daemon/engine/errors.ts', 'daemon/errors.ts', 'drivers/errors.ts'])
+})
+
