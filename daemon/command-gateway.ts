@@ -18,7 +18,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import { parseJson, planProblems, siteSchema } from './config.js'
+import { article, parseJson, planProblems, siteSchema } from './config.js'
 import { currencyMinorDigits } from '../core/money.js'
 import { packagePath } from '../core/paths.js'
 import type { Command, CommandResult, CommandSource } from '../core/types.js'
@@ -340,22 +340,6 @@ function describeErrors(all: ErrorObject[]): string[] {
     }
   }
   return out
-}
-
-function article(type: string): string {
-  return (
-    (
-      {
-        object: 'an object',
-        array: 'an array',
-        integer: 'an integer',
-        null: 'null',
-        number: 'a number',
-        string: 'a string',
-        boolean: 'true or false',
-      } as Record<string, string>
-    )[type] ?? type
-  )
 }
 
 function patternWords(at: string, pattern: string): string {

@@ -244,7 +244,8 @@ function describePattern(at: string, pattern: string): string {
   return `must match ${pattern}`
 }
 
-function article(type: string): string {
+/** A JSON Schema type (or ajv's comma-joined list of them) as words: "an integer or null". */
+export function article(type: string): string {
   return type
     .split(',')
     .map(
