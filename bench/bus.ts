@@ -37,12 +37,24 @@ async function socatPair(): Promise<{ a: string; b: string; stop(): Promise<void
   const b = join(dir, 'b')
   const proc = spawn('socat', [`pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`], { stdio: 'ignore' })
   for (let i = 0; i < 500 && !(existsSync(a) && existsSync(b)); i++) await new Promise((r) => setTimeout(r, 20))
-  return { a, b, stop: async () => { await new Promise<void>((r) => { proc.once('exit', () => r()); proc.kill('SIGKILL') }); rmSync(dir, { recursive: true, force: true }) } }
+  return {
+    a,
+    b,
+    stop: async () => {
+      await new Promise<void>((r) => {
+        proc.once('exit', () => r())
+        proc.kill('SIGKILL')
+      })
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
 }
 
 function busConfig(raw: Record<string, unknown>): BusConfig {
   const r = validateConfig({
-    site: { id: 'b', timezone: 'UTC' }, storage: { dir: '/tmp' }, buses: [{ id: 'b', ...raw }],
+    site: { id: 'b', timezone: 'UTC' },
+    storage: { dir: '/tmp' },
+    buses: [{ id: 'b', ...raw }],
     outlets: [{ id: 'x', bus: 'b', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
     plans: [{ id: 'p', currency: 'EUR', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 0.1 }] }],
   })
@@ -71,7 +83,15 @@ async function pollCycleRows(): Promise<BenchRow[]> {
   try {
     const bus = await openBus(busConfig({ type: 'modbus-tcp', host: '127.0.0.1', port: peer.port, timeoutMs: 1000 }))
     const runs = await repeat(7, 2, () => cycle(bus))
-    rows.push(row(`poll cycle, ${N} devices, turnaround ${TURNAROUND} ms, Modbus TCP (vs N·t)`, 'ms', runs.map(() => ideal), runs, { op: '<=', ratio: 1.1 }))
+    rows.push(
+      row(
+        `poll cycle, ${N} devices, turnaround ${TURNAROUND} ms, Modbus TCP (vs N·t)`,
+        'ms',
+        runs.map(() => ideal),
+        runs,
+        { op: '<=', ratio: 1.1 },
+      ),
+    )
     await bus.close()
   } finally {
     await peer.stop()
@@ -88,12 +108,20 @@ async function pollCycleRows(): Promise<BenchRow[]> {
       await new Promise<void>((res, rej) => port.open((e) => (e ? rej(e) : res())))
       let got = 0
       let wake: (() => void) | undefined
-      port.on('data', (c: Buffer) => { got += c.length; wake?.() })
+      port.on('data', (c: Buffer) => {
+        got += c.length
+        wake?.()
+      })
       const one = async (): Promise<number> => {
         const t0 = performance.now()
         for (let u = 1; u <= N; u++) {
           got = 0
-          await new Promise<void>((res) => { wake = () => { if (got >= 33) res() }; port.write(encodeRtu({ unit: u, fc: 4, address: 0, count: 14 })) })
+          await new Promise<void>((res) => {
+            wake = () => {
+              if (got >= 33) res()
+            }
+            port.write(encodeRtu({ unit: u, fc: 4, address: 0, count: 14 }))
+          })
           const until = performance.now() + interFrameMs(115200)
           while (performance.now() < until) await new Promise((r) => setImmediate(r))
         }
@@ -114,8 +142,21 @@ async function pollCycleRows(): Promise<BenchRow[]> {
       await bus.close()
       ourRuns.push(...runs)
     }
-    rows.push(row(`poll cycle, ${N} devices, turnaround ${TURNAROUND} ms, Modbus RTU 115200 on a pty (vs N·(t + 3.5-char gap))`, 'ms', ourRuns.map(() => rtuIdeal), ourRuns, { op: '<=', ratio: 1.1 }))
-    rows.push(row(`poll cycle, same RTU set-up, through the scheduler vs a bare sequential loop on the same pty`, 'ms', bareRuns, ourRuns, { op: '<=', ratio: 1.1 }))
+    rows.push(
+      row(
+        `poll cycle, ${N} devices, turnaround ${TURNAROUND} ms, Modbus RTU 115200 on a pty (vs N·(t + 3.5-char gap))`,
+        'ms',
+        ourRuns.map(() => rtuIdeal),
+        ourRuns,
+        { op: '<=', ratio: 1.1 },
+      ),
+    )
+    rows.push(
+      row(`poll cycle, same RTU set-up, through the scheduler vs a bare sequential loop on the same pty`, 'ms', bareRuns, ourRuns, {
+        op: '<=',
+        ratio: 1.1,
+      }),
+    )
   } finally {
     await rtuPeer.stop()
     await pty.stop()
@@ -146,14 +187,20 @@ async function overheadRows(): Promise<BenchRow[]> {
     // Interleave the two so drift on a shared machine hits both alike.
     const b: number[] = []
     const o: number[] = []
-    await bare(); await ours(); await bare(); await ours()
+    await bare()
+    await ours()
+    await bare()
+    await ours()
     for (let i = 0; i < 7; i++) {
       b.push(await bare())
       o.push(await ours())
     }
     await bus.close()
     client.close(() => {})
-    const r = row('per-transaction time through the bus scheduler vs a bare modbus-serial loop (TCP, zero turnaround)', 'µs', b, o, { op: '<=', ratio: 1.5 })
+    const r = row('per-transaction time through the bus scheduler vs a bare modbus-serial loop (TCP, zero turnaround)', 'µs', b, o, {
+      op: '<=',
+      ratio: 1.5,
+    })
     r.note = [r.note, `overhead ≈ ${Math.round(r.value - r.baseline)} µs per transaction`].filter(Boolean).join('; ')
     return [r]
   } finally {
@@ -168,7 +215,10 @@ export async function run(): Promise<BenchRow[]> {
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   run().then(
     (rows) => {
-      for (const r of rows) process.stdout.write(`${r.met ? 'ok  ' : 'MISS'} ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs ${r.baseline.toFixed(1)} ${r.unit} = ${r.ratio.toFixed(3)}x (goal ${r.goal})${r.note ? ' — ' + r.note : ''}\n`)
+      for (const r of rows)
+        process.stdout.write(
+          `${r.met ? 'ok  ' : 'MISS'} ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs ${r.baseline.toFixed(1)} ${r.unit} = ${r.ratio.toFixed(3)}x (goal ${r.goal})${r.note ? ' — ' + r.note : ''}\n`,
+        )
     },
     (err: unknown) => {
       process.stderr.write(`bench/bus: ${String((err as Error)?.stack ?? err)}\n`)

@@ -38,8 +38,21 @@ function site(dir: string, port: number): SiteConfig {
     site: { id: 'bench', timezone: 'America/Vancouver' },
     storage: { dir },
     buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port }],
-    outlets: Array.from({ length: OUTLETS }, (_, i) => ({ id: `O${i}`, bus: 'lan', meter: { model: 'eastron-sdm120', unit: i + 1 }, relay: { model: 'modbus-coil', unit: 100, coil: i }, plan: 'p' })),
-    plans: [{ id: 'p', currency: 'CAD', activationFee: 0.5, periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.15, perHour: 0.5 }] }],
+    outlets: Array.from({ length: OUTLETS }, (_, i) => ({
+      id: `O${i}`,
+      bus: 'lan',
+      meter: { model: 'eastron-sdm120', unit: i + 1 },
+      relay: { model: 'modbus-coil', unit: 100, coil: i },
+      plan: 'p',
+    })),
+    plans: [
+      {
+        id: 'p',
+        currency: 'CAD',
+        activationFee: 0.5,
+        periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.15, perHour: 0.5 }],
+      },
+    ],
     // Polls parked: the benchmark is the only source of readings.
     sessions: { pollMs: 60_000 },
     logging: { level: 'fatal' },
@@ -62,7 +75,12 @@ class Feed {
   setup(): EngineEvent[] {
     const ev: EngineEvent[] = []
     for (let i = 0; i < OUTLETS; i++) {
-      ev.push({ type: 'command', id: `w${++this.cmd}`, source: 'local', command: { action: 'set-wallet', userId: `u${i}`, currency: 'CAD', balance: 1_000_000_000 } })
+      ev.push({
+        type: 'command',
+        id: `w${++this.cmd}`,
+        source: 'local',
+        command: { action: 'set-wallet', userId: `u${i}`, currency: 'CAD', balance: 1_000_000_000 },
+      })
       ev.push(this.reading(i))
       ev.push({ type: 'command', id: `s${++this.cmd}`, source: 'local', command: { action: 'start', outlet: `O${i}`, userId: `u${i}` } })
     }
@@ -72,7 +90,13 @@ class Feed {
 
 async function bare(dir: string, config: SiteConfig): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
   const feed = new Feed()
-  const journal = await Journal.open(dir, { bootId: randomUUID(), clockSynced: () => true, now: () => feed.t, version: 'bench', readingSyncMs: config.storage.readingSyncMs })
+  const journal = await Journal.open(dir, {
+    bootId: randomUUID(),
+    clockSynced: () => true,
+    now: () => feed.t,
+    version: 'bench',
+    readingSyncMs: config.storage.readingSyncMs,
+  })
   let state: EngineState = initialState(config)
   const apply = async (event: EngineEvent): Promise<void> => {
     const r = step(state, event, feed.t)
@@ -145,7 +169,9 @@ if (process.argv[1]?.endsWith('/bench/daemon.js')) {
   run().then(
     (rows) => {
       for (const r of rows) {
-        process.stdout.write(`${r.figure}: ${r.value.toFixed(0)} ${r.unit} vs bare loop ${r.baseline.toFixed(0)} = ${r.ratio.toFixed(2)}x (goal ${r.goal}: ${r.met ? 'met' : 'NOT met'})${r.note ? ' — ' + r.note : ''}\n`)
+        process.stdout.write(
+          `${r.figure}: ${r.value.toFixed(0)} ${r.unit} vs bare loop ${r.baseline.toFixed(0)} = ${r.ratio.toFixed(2)}x (goal ${r.goal}: ${r.met ? 'met' : 'NOT met'})${r.note ? ' — ' + r.note : ''}\n`,
+        )
       }
     },
     (err: unknown) => {

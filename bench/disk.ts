@@ -135,9 +135,11 @@ export async function measureDisk(opts: { warmupMs: number; windowMs: number; ou
     })
     const cloud = await startCloud(td, broker.url, root)
     const daemon: DaemonProc = startDaemon(td, config, {}, opts.cli ?? CLI)
-    await waitFor(() => cloud.records().some((r) => r.type === 'gateway.started') || (!daemon.running() && 'exited'), 'gateway.started', 60_000).then((v) => {
-      if (v === 'exited') throw new Error(`the daemon exited at start: ${daemon.stderr().slice(-5).join(' | ')}`)
-    })
+    await waitFor(() => cloud.records().some((r) => r.type === 'gateway.started') || (!daemon.running() && 'exited'), 'gateway.started', 60_000).then(
+      (v) => {
+        if (v === 'exited') throw new Error(`the daemon exited at start: ${daemon.stderr().slice(-5).join(' | ')}`)
+      },
+    )
     for (const userId of users) {
       const r = await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000_000 })
       if (!r.ok) throw new Error(`set-wallet ${userId}: ${JSON.stringify(r)}`)
@@ -154,11 +156,19 @@ export async function measureDisk(opts: { warmupMs: number; windowMs: number; ou
     const to = Date.now()
     const charging = [...Array(outlets).keys()].filter((i) => cloud.outlet(`E${i + 1}`)?.state === 'charging').length
     const stop = await daemon.stop('SIGTERM')
-    if (stop.code !== 0) throw new Error(`the daemon exited ${String(stop.code ?? stop.signal)} at SIGTERM; stderr: ${daemon.stderr().slice(-5).join(' | ')}`)
+    if (stop.code !== 0)
+      throw new Error(`the daemon exited ${String(stop.code ?? stop.signal)} at SIGTERM; stderr: ${daemon.stderr().slice(-5).join(' | ')}`)
     const bytes = io1.writeBytes - io1.cancelledWriteBytes - (io0.writeBytes - io0.cancelledWriteBytes)
     const raw = await rawFacts(storageDir, from, to)
-    if (raw.readings === 0) throw new Error('no reading was journaled in the window: no session was charging, the figures would not be a site\'s')
-    return { bytes, windowS, perOutletDayMB: (bytes / windowS / outlets) * DAY_S / MB, raw, amplification: bytes / (raw.readingBytes + raw.recordBytes), charging }
+    if (raw.readings === 0) throw new Error("no reading was journaled in the window: no session was charging, the figures would not be a site's")
+    return {
+      bytes,
+      windowS,
+      perOutletDayMB: ((bytes / windowS / outlets) * DAY_S) / MB,
+      raw,
+      amplification: bytes / (raw.readingBytes + raw.recordBytes),
+      charging,
+    }
   } finally {
     await td.run()
   }
@@ -167,15 +177,63 @@ export async function measureDisk(opts: { warmupMs: number; windowMs: number; ou
 /** A ~2 kB outlet entry, like the engine's while charging (last reading, lines, taper window). */
 function outletEntry(i: number, t: number, mWh: number): unknown {
   return {
-    id: `E${i + 1}`, hasRelay: true, ratingA: 32, configPlan: 'standard', planId: 'standard', configAutoStart: `r${i + 1}`, autoStartUser: `r${i + 1}`, autoStartSuspended: false, available: true, state: 'charging', relayClosed: true,
-    last: { ts: t, mWh, currentA: 16.02, powerW: 3684.6, voltageV: 230.1 }, fresh: true, goodAt: t, badDetail: null, meterFault: null, relayFault: null,
+    id: `E${i + 1}`,
+    hasRelay: true,
+    ratingA: 32,
+    configPlan: 'standard',
+    planId: 'standard',
+    configAutoStart: `r${i + 1}`,
+    autoStartUser: `r${i + 1}`,
+    autoStartSuspended: false,
+    available: true,
+    state: 'charging',
+    relayClosed: true,
+    last: { ts: t, mWh, currentA: 16.02, powerW: 3684.6, voltageV: 230.1 },
+    fresh: true,
+    goodAt: t,
+    badDetail: null,
+    meterFault: null,
+    relayFault: null,
     session: {
-      id: `s-${i}-${Math.floor(t / 7_200_000)}`, userId: `r${i + 1}`, planId: 'standard', currency: 'CAD', trigger: 'auto-start', startedAt: t - 3_600_000, meterStartMWh: mWh - 58_000_000, lastTs: t, lastMWh: mWh,
-      plan: { id: 'standard', currency: 'CAD', activationFee: 0.5, periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 2.5, perHour: 36 }] },
-      lines: [{ from: t - 3_600_000, to: t, period: 0, mWh: 58_000_000, ms: 3_600_000, perKwh: 2.5, perHour: 36, perKwhMicros: 2_500_000, perHourMicros: 36_000_000 }],
-      drewCurrent: true, peakA: 16.4, window: Array.from({ length: 13 }, (_, k) => [t - 60_000 + k * 5000, 16 + (k % 3) * 0.01]), lowSince: null, taperedAtLow: false, capMinor: 100_000_000, feeMicros: 500_000, offline: false,
+      id: `s-${i}-${Math.floor(t / 7_200_000)}`,
+      userId: `r${i + 1}`,
+      planId: 'standard',
+      currency: 'CAD',
+      trigger: 'auto-start',
+      startedAt: t - 3_600_000,
+      meterStartMWh: mWh - 58_000_000,
+      lastTs: t,
+      lastMWh: mWh,
+      plan: {
+        id: 'standard',
+        currency: 'CAD',
+        activationFee: 0.5,
+        periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 2.5, perHour: 36 }],
+      },
+      lines: [
+        {
+          from: t - 3_600_000,
+          to: t,
+          period: 0,
+          mWh: 58_000_000,
+          ms: 3_600_000,
+          perKwh: 2.5,
+          perHour: 36,
+          perKwhMicros: 2_500_000,
+          perHourMicros: 36_000_000,
+        },
+      ],
+      drewCurrent: true,
+      peakA: 16.4,
+      window: Array.from({ length: 13 }, (_, k) => [t - 60_000 + k * 5000, 16 + (k % 3) * 0.01]),
+      lowSince: null,
+      taperedAtLow: false,
+      capMinor: 100_000_000,
+      feeMicros: 500_000,
+      offline: false,
     },
-    recon: { from: t - 600_000, startMWh: mWh - 600_000, meterMWh: 600_000, sessionMWh: 600_000 }, removed: false,
+    recon: { from: t - 600_000, startMWh: mWh - 600_000, meterMWh: 600_000, sessionMWh: 600_000 },
+    removed: false,
   }
 }
 
@@ -207,11 +265,45 @@ export async function simulatedDay(simulatedS: number, outlets = OUTLETS): Promi
         // Every two hours per outlet (staggered): the session ends and the next starts.
         if ((s + i * 97) % 7200 === 0) {
           const iso = new Date(now).toISOString()
-          records.push({ type: 'session.ended', ts: iso, sessionId: `${entry.session.id}-prev`, outlet: `E${i + 1}`, userId: `r${i + 1}`, planId: 'standard', trigger: 'auto-start', reason: 'charge-complete', startedAt: iso, endedAt: iso, meterStartWh: 1000, meterEndWh: 1058, energyWh: 58, durationS: 7200, activationFee: 50, lines: [{ from: iso, to: iso, energyWh: 58, seconds: 7200, perKwh: 2.5, perHour: 36, amountMicros: 217_000_000 }], total: 21750, currency: 'CAD', offline: false })
-          records.push({ type: 'session.started', ts: iso, sessionId: entry.session.id, outlet: `E${i + 1}`, userId: `r${i + 1}`, planId: 'standard', trigger: 'auto-start', meterWh: mWh / 1000, capMinor: 100_000_000 })
+          records.push({
+            type: 'session.ended',
+            ts: iso,
+            sessionId: `${entry.session.id}-prev`,
+            outlet: `E${i + 1}`,
+            userId: `r${i + 1}`,
+            planId: 'standard',
+            trigger: 'auto-start',
+            reason: 'charge-complete',
+            startedAt: iso,
+            endedAt: iso,
+            meterStartWh: 1000,
+            meterEndWh: 1058,
+            energyWh: 58,
+            durationS: 7200,
+            activationFee: 50,
+            lines: [{ from: iso, to: iso, energyWh: 58, seconds: 7200, perKwh: 2.5, perHour: 36, amountMicros: 217_000_000 }],
+            total: 21750,
+            currency: 'CAD',
+            offline: false,
+          })
+          records.push({
+            type: 'session.started',
+            ts: iso,
+            sessionId: entry.session.id,
+            outlet: `E${i + 1}`,
+            userId: `r${i + 1}`,
+            planId: 'standard',
+            trigger: 'auto-start',
+            meterWh: mWh / 1000,
+            capMinor: 100_000_000,
+          })
         }
         const reading = { ts: now, currentA: 16.02, powerW: 3684.6, energyWh: mWh / 1000, voltageV: 230.1 }
-        const sealed = await j.commit({ records: records as never, state, readings: [{ outlet: `E${i + 1}`, sessionId: entry.session.id, reading, now: now + 3 }] })
+        const sealed = await j.commit({
+          records: records as never,
+          state,
+          readings: [{ outlet: `E${i + 1}`, sessionId: entry.session.id, reading, now: now + 3 }],
+        })
         raw += Buffer.byteLength(JSON.stringify([reading.currentA, reading.powerW, reading.energyWh, reading.voltageV, `E${i + 1}`, 3]))
         for (const r of sealed) raw += Buffer.byteLength(JSON.stringify(r))
       }
@@ -220,7 +312,7 @@ export async function simulatedDay(simulatedS: number, outlets = OUTLETS): Promi
     await j.flush()
     const io1 = readProcIo(process.pid)
     const bytes = io1.writeBytes - io1.cancelledWriteBytes - (io0.writeBytes - io0.cancelledWriteBytes)
-    return { simulatedS, bytes, raw, perOutletDayMB: (bytes / simulatedS / outlets) * DAY_S / MB, amplification: bytes / raw }
+    return { simulatedS, bytes, raw, perOutletDayMB: ((bytes / simulatedS / outlets) * DAY_S) / MB, amplification: bytes / raw }
   } finally {
     await j.close({ clean: true })
     rmSync(dir, { recursive: true, force: true })
@@ -246,23 +338,49 @@ export async function run(): Promise<BenchRow[]> {
   process.stderr.write(`bench: disk: the journal through a simulated ${(simS / 3600).toFixed(0)} h at ${OUTLETS} outlets\n`)
   const t0 = performance.now()
   const day = cli ? undefined : await simulatedDay(simS)
-  const simNote = day ? `${(day.bytes / MB).toFixed(1)} MB written for ${(day.raw / MB).toFixed(1)} MB of raw facts over a simulated ${(simS / 3600).toFixed(0)} h (${((performance.now() - t0) / 1000).toFixed(0)} s)` : ''
+  const simNote = day
+    ? `${(day.bytes / MB).toFixed(1)} MB written for ${(day.raw / MB).toFixed(1)} MB of raw facts over a simulated ${(simS / 3600).toFixed(0)} h (${((performance.now() - t0) / 1000).toFixed(0)} s)`
+    : ''
   return [
     ...(day
       ? [
-          bounded(`journal alone, a simulated ${(simS / 3600).toFixed(0)} h at ${OUTLETS} outlets charging: disk writes per outlet-day (log, memtable flushes, compactions)`, 'MB', day.perOutletDayMB, PER_OUTLET_DAY_GOAL_MB, '<=', simNote),
+          bounded(
+            `journal alone, a simulated ${(simS / 3600).toFixed(0)} h at ${OUTLETS} outlets charging: disk writes per outlet-day (log, memtable flushes, compactions)`,
+            'MB',
+            day.perOutletDayMB,
+            PER_OUTLET_DAY_GOAL_MB,
+            '<=',
+            simNote,
+          ),
           bounded(`journal alone, the same: write amplification vs the raw facts`, 'x', day.amplification, AMPLIFICATION_GOAL, '<=', simNote),
         ]
       : []),
-    bounded(`daemon disk writes per outlet-day, ${OUTLETS} outlets at 1 Hz, readingSyncMs 5000${build}`, 'MB', f.perOutletDayMB, PER_OUTLET_DAY_GOAL_MB, '<=', facts),
-    bounded(`daemon disk write amplification vs the raw facts journaled${build}`, 'x', f.amplification, AMPLIFICATION_GOAL, '<=', `bytes written / (reading values + sealed record texts); ${((f.bytes / f.windowS / OUTLETS) * DAY_S * 365 / 1e9).toFixed(2)} GB per outlet-year`),
+    bounded(
+      `daemon disk writes per outlet-day, ${OUTLETS} outlets at 1 Hz, readingSyncMs 5000${build}`,
+      'MB',
+      f.perOutletDayMB,
+      PER_OUTLET_DAY_GOAL_MB,
+      '<=',
+      facts,
+    ),
+    bounded(
+      `daemon disk write amplification vs the raw facts journaled${build}`,
+      'x',
+      f.amplification,
+      AMPLIFICATION_GOAL,
+      '<=',
+      `bytes written / (reading values + sealed record texts); ${(((f.bytes / f.windowS / OUTLETS) * DAY_S * 365) / 1e9).toFixed(2)} GB per outlet-year`,
+    ),
   ]
 }
 
 if (process.argv[1]?.endsWith('/bench/disk.js')) {
   run().then(
     (rows) => {
-      for (const r of rows) process.stdout.write(`${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(2)} ${r.unit} vs ${r.baseline} (${r.goal})${r.note ? ' — ' + r.note : ''}\n`)
+      for (const r of rows)
+        process.stdout.write(
+          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(2)} ${r.unit} vs ${r.baseline} (${r.goal})${r.note ? ' — ' + r.note : ''}\n`,
+        )
     },
     (err: unknown) => {
       process.stderr.write(`bench/disk: ${(err as Error).stack ?? String(err)}\n`)

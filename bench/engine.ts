@@ -21,7 +21,13 @@ function site(): SiteConfig {
     site: { id: 'bench', timezone: 'America/Vancouver' },
     storage: { dir: '/tmp/unused' },
     buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
-    outlets: Array.from({ length: OUTLETS }, (_, i) => ({ id: `O${i}`, bus: 'lan', meter: { model: 'eastron-sdm120', unit: i + 1 }, relay: { model: 'modbus-coil', unit: 100, coil: i }, plan: 'tou' })),
+    outlets: Array.from({ length: OUTLETS }, (_, i) => ({
+      id: `O${i}`,
+      bus: 'lan',
+      meter: { model: 'eastron-sdm120', unit: i + 1 },
+      relay: { model: 'modbus-coil', unit: 100, coil: i },
+      plan: 'tou',
+    })),
     plans: [
       {
         id: 'tou',
@@ -46,13 +52,21 @@ function chargingSite(): { state: EngineState; now: number; wh: number[] } {
   const wh = Array.from({ length: OUTLETS }, () => 1_000_000)
   const feed = (i: number, a: number): void => {
     wh[i]! += (a * 230) / 3600
-    state = step(state, { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: a, powerW: a * 230, energyWh: wh[i]!, voltageV: 230 } }, now).state
+    state = step(
+      state,
+      { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: a, powerW: a * 230, energyWh: wh[i]!, voltageV: 230 } },
+      now,
+    ).state
   }
   state = step(state, { type: 'boot', cleanShutdown: true, version: 'bench' }, now).state
   now += 1000
   for (let i = 0; i < OUTLETS; i++) feed(i, 0)
   for (let i = 0; i < OUTLETS; i++) {
-    state = step(state, { type: 'command', id: `w${i}`, source: 'cloud', command: { action: 'set-wallet', userId: `u${i}`, currency: 'CAD', balance: 10_000_000 } }, now).state
+    state = step(
+      state,
+      { type: 'command', id: `w${i}`, source: 'cloud', command: { action: 'set-wallet', userId: `u${i}`, currency: 'CAD', balance: 10_000_000 } },
+      now,
+    ).state
     state = step(state, { type: 'command', id: `s${i}`, source: 'cloud', command: { action: 'start', outlet: `O${i}`, userId: `u${i}` } }, now).state
   }
   for (let s = 0; s < 3600; s++) {
@@ -76,7 +90,11 @@ export async function run(): Promise<BenchRow[]> {
       const i = k % OUTLETS
       if (i === 0) now += 1000
       wh[i]! += 1.02
-      state = step(state, { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: 16, powerW: 3680, energyWh: wh[i]!, voltageV: 230 } }, now).state
+      state = step(
+        state,
+        { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: 16, powerW: 3680, energyWh: wh[i]!, voltageV: 230 } },
+        now,
+      ).state
     }
     return N / ((performance.now() - t0) / 1000)
   })
@@ -88,12 +106,21 @@ export async function run(): Promise<BenchRow[]> {
     if (bytes === 0) throw new Error('unreachable')
     return N / ((performance.now() - t0) / 1000)
   })
-  rows.push(row('engine reading steps/s (charging, 8 outlets) vs JSON.stringify of the changed outlet entry/s', 'ops/s', serialiseRuns, stepRuns, { op: '>=', ratio: 0.5 }))
+  rows.push(
+    row('engine reading steps/s (charging, 8 outlets) vs JSON.stringify of the changed outlet entry/s', 'ops/s', serialiseRuns, stepRuns, {
+      op: '>=',
+      ratio: 0.5,
+    }),
+  )
 
   // 2. Bytes a reading step changes, against the whole state.
   {
     const { state, now } = base
-    const next = step(state, { type: 'reading', outlet: 'O3', reading: { ts: now + 1000, currentA: 16, powerW: 3680, energyWh: base.wh[3]! + 1.02, voltageV: 230 } }, now + 1000).state
+    const next = step(
+      state,
+      { type: 'reading', outlet: 'O3', reading: { ts: now + 1000, currentA: 16, powerW: 3680, energyWh: base.wh[3]! + 1.02, voltageV: 230 } },
+      now + 1000,
+    ).state
     let changed = 0
     for (const k of Object.keys(next)) {
       if (k === 'outlets') {
@@ -101,7 +128,9 @@ export async function run(): Promise<BenchRow[]> {
       } else if (next[k] !== state[k]) changed += JSON.stringify(next[k]).length
     }
     const whole = JSON.stringify(next).length
-    rows.push(row('journal bytes changed by one reading step (structural sharing) vs whole state', 'bytes', [whole], [changed], { op: '<=', ratio: 0.25 }))
+    rows.push(
+      row('journal bytes changed by one reading step (structural sharing) vs whole state', 'bytes', [whole], [changed], { op: '<=', ratio: 0.25 }),
+    )
   }
 
   // 3. Period lookups against one luxon zone conversion.
@@ -124,7 +153,12 @@ export async function run(): Promise<BenchRow[]> {
       if (Number.isNaN(s)) throw new Error('unreachable')
       return M / ((performance.now() - t0) / 1000)
     })
-    rows.push(row('periodAt lookups/s (random instants over a year, DST zone) vs luxon DateTime.fromMillis(t, zone)/s', 'ops/s', luxonRuns, lookupRuns, { op: '>=', ratio: 1 }))
+    rows.push(
+      row('periodAt lookups/s (random instants over a year, DST zone) vs luxon DateTime.fromMillis(t, zone)/s', 'ops/s', luxonRuns, lookupRuns, {
+        op: '>=',
+        ratio: 1,
+      }),
+    )
   }
   return rows
 }

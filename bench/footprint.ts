@@ -116,7 +116,9 @@ export function floorSlope(samples: ProcSample[], windows = 4): number {
   const span = samples[samples.length - 1]!.t - t0
   const floors: { x: number; y: number }[] = []
   for (let w = 0; w < windows; w++) {
-    const inWindow = samples.filter((s) => s.t - t0 >= (w * span) / windows && (w === windows - 1 ? s.t - t0 <= span : s.t - t0 < ((w + 1) * span) / windows))
+    const inWindow = samples.filter(
+      (s) => s.t - t0 >= (w * span) / windows && (w === windows - 1 ? s.t - t0 <= span : s.t - t0 < ((w + 1) * span) / windows),
+    )
     if (inWindow.length === 0) continue
     const low = inWindow.reduce((a, b) => (b.rssMB < a.rssMB ? b : a))
     floors.push({ x: low.t / 60_000, y: low.rssMB })
@@ -208,7 +210,6 @@ interface Variant {
   nodeArgs: string[]
 }
 
-
 async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
   const td = new Teardowns()
   const root = mkdtempSync(join(tmpdir(), 'outpost-bench-footprint-'))
@@ -238,12 +239,16 @@ async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
     })
     const cloud = await startCloud(td, broker.url, root)
     const daemon: DaemonProc = startDaemon(td, config, {}, CLI, v.nodeArgs)
-    await waitFor(() => cloud.records().some((r) => r.type === 'gateway.started') || (!daemon.running() && 'exited'), 'gateway.started', 60_000).then((v) => {
-      if (v === 'exited') throw new Error(`the daemon exited at start: ${daemon.stderr().slice(-5).join(' | ')}`)
-    })
+    await waitFor(() => cloud.records().some((r) => r.type === 'gateway.started') || (!daemon.running() && 'exited'), 'gateway.started', 60_000).then(
+      (v) => {
+        if (v === 'exited') throw new Error(`the daemon exited at start: ${daemon.stderr().slice(-5).join(' | ')}`)
+      },
+    )
     if (v.nodeRed) {
       const url = `http://127.0.0.1:${apiPort}/red/`
-      const up = await waitFor(async () => (await answers(url)) || (!daemon.running() && 'exited'), `Node-RED editor at ${url}`, 90_000).catch(() => false)
+      const up = await waitFor(async () => (await answers(url)) || (!daemon.running() && 'exited'), `Node-RED editor at ${url}`, 90_000).catch(
+        () => false,
+      )
       if (up !== true) {
         const why = `not measured: Node-RED not running (${url} did not answer 200${daemon.running() ? '' : '; the daemon exited: ' + daemon.stderr().slice(-3).join(' | ')})`
         return [
@@ -264,13 +269,35 @@ async function measure(v: Variant, idleMB: number): Promise<BenchRow[]> {
     const charging = [...Array(OUTLETS).keys()].filter((i) => cloud.outlet(`E${i + 1}`)?.state === 'charging').length
     const s = summarise(samples)
     const stop = await daemon.stop('SIGTERM')
-    if (stop.code !== 0) throw new Error(`the daemon exited ${String(stop.code ?? stop.signal)} at SIGTERM; stderr: ${daemon.stderr().slice(-5).join(' | ')}`)
-    if (started === 0) throw new Error('no session started during the run: the site was idle, the figures would not be a site\'s')
+    if (stop.code !== 0)
+      throw new Error(`the daemon exited ${String(stop.code ?? stop.signal)} at SIGTERM; stderr: ${daemon.stderr().slice(-5).join(' | ')}`)
+    if (started === 0) throw new Error("no session started during the run: the site was idle, the figures would not be a site's")
     const load = `${charging} of ${OUTLETS} outlets charging at the end, ${started} sessions started, ${cloud.records().length} records acked by the consumer; ${s.samples} samples every ${SAMPLE_MS / 1000} s over ${minutes()} min`
-    const rss = bounded(label('RSS median'), 'MB', s.rssMedianMB, v.goalMB, '<=', `max ${s.rssMaxMB.toFixed(1)} MB (${(s.rssMaxMB / v.goalMB).toFixed(2)}x); a bare idle node process: ${idleMB.toFixed(1)} MB; ${load}`)
+    const rss = bounded(
+      label('RSS median'),
+      'MB',
+      s.rssMedianMB,
+      v.goalMB,
+      '<=',
+      `max ${s.rssMaxMB.toFixed(1)} MB (${(s.rssMaxMB / v.goalMB).toFixed(2)}x); a bare idle node process: ${idleMB.toFixed(1)} MB; ${load}`,
+    )
     const rssMax = bounded(label('RSS max'), 'MB', s.rssMaxMB, v.goalMB)
-    const cpu = bounded(label('CPU, % of one core (second half)'), '%', s.cpuPct, CPU_GOAL_PCT, '<=', `whole run incl. start and 64 session starts: ${s.cpuPctAll.toFixed(2)} %`)
-    const leak = bounded(label('RSS slope over the second half (leak indicator)'), 'MB/min', Math.abs(s.slopeMBPerMin), SLOPE_GOAL_MB_PER_MIN, '<=', `floor slope ${sign(s.slopeMBPerMin)} MB/min (least squares over the lowest sample of each quarter of the second half); over every sample ${sign(s.rawSlopeMBPerMin)} MB/min (a GC sawtooth)`)
+    const cpu = bounded(
+      label('CPU, % of one core (second half)'),
+      '%',
+      s.cpuPct,
+      CPU_GOAL_PCT,
+      '<=',
+      `whole run incl. start and 64 session starts: ${s.cpuPctAll.toFixed(2)} %`,
+    )
+    const leak = bounded(
+      label('RSS slope over the second half (leak indicator)'),
+      'MB/min',
+      Math.abs(s.slopeMBPerMin),
+      SLOPE_GOAL_MB_PER_MIN,
+      '<=',
+      `floor slope ${sign(s.slopeMBPerMin)} MB/min (least squares over the lowest sample of each quarter of the second half); over every sample ${sign(s.rawSlopeMBPerMin)} MB/min (a GC sawtooth)`,
+    )
     return [rss, rssMax, cpu, leak]
   } finally {
     await td.run()
@@ -286,16 +313,21 @@ export async function run(): Promise<BenchRow[]> {
   const env = process.env.OUTPOST_BENCH_DAEMON_NODE_ARGS
   const flags = env !== undefined ? env.split(' ').filter(Boolean) : binNodeFlags()
   // Before and after: plain `node` (what a unit without the flags gets), then the bin's flags.
-  if (!process.argv.includes('--flags-only')) rows.push(...(await measure({ name: "node's defaults", nodeRed: false, goalMB: RSS_GOAL_MB, nodeArgs: [] }, idleMB)))
+  if (!process.argv.includes('--flags-only'))
+    rows.push(...(await measure({ name: "node's defaults", nodeRed: false, goalMB: RSS_GOAL_MB, nodeArgs: [] }, idleMB)))
   if (flags.length > 0) rows.push(...(await measure({ name: flags.join(' '), nodeRed: false, goalMB: RSS_GOAL_MB, nodeArgs: flags }, idleMB)))
-  if (!process.argv.includes('--no-node-red')) rows.push(...(await measure({ name: 'with Node-RED', nodeRed: true, goalMB: RSS_GOAL_NODE_RED_MB, nodeArgs: flags }, idleMB)))
+  if (!process.argv.includes('--no-node-red'))
+    rows.push(...(await measure({ name: 'with Node-RED', nodeRed: true, goalMB: RSS_GOAL_NODE_RED_MB, nodeArgs: flags }, idleMB)))
   return rows
 }
 
 if (process.argv[1]?.endsWith('/bench/footprint.js')) {
   run().then(
     (rows) => {
-      for (const r of rows) process.stdout.write(`${r.notMeasured ? 'n/m ' : r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(2)} ${r.unit} vs ${r.baseline} (${r.goal})${r.note ? ' — ' + r.note : ''}\n`)
+      for (const r of rows)
+        process.stdout.write(
+          `${r.notMeasured ? 'n/m ' : r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(2)} ${r.unit} vs ${r.baseline} (${r.goal})${r.note ? ' — ' + r.note : ''}\n`,
+        )
     },
     (err: unknown) => {
       process.stderr.write(`bench/footprint: ${(err as Error).stack ?? String(err)}\n`)

@@ -42,19 +42,57 @@ const options = (now = (): number => T0) => ({ bootId: 'bench-boot', clockSynced
 function ended(i: number): RecordBody {
   const at = (ms: number): string => new Date(T0 + ms).toISOString()
   return {
-    type: 'session.ended', ts: at(i * 60_000), sessionId: `01J${String(i).padStart(10, '0')}`, outlet: `A${(i % 8) + 1}`, userId: `u-${i % 97}`, planId: 'standard', trigger: 'activation',
-    startedAt: at(i * 60_000 - 3_600_000), endedAt: at(i * 60_000), reason: 'unplugged', durationS: 3600, energyWh: 7012.5, meterStartWh: 1_234_567.5, meterEndWh: 1_241_580,
-    currency: 'CAD', lines: [{ from: at(i * 60_000 - 3_600_000), to: at(i * 60_000), energyWh: 7012.5, seconds: 3600, perKwh: 0.15, perHour: 0.5, amountMicros: 1_551_875 }],
-    activationFee: 50, total: 205, offline: false,
+    type: 'session.ended',
+    ts: at(i * 60_000),
+    sessionId: `01J${String(i).padStart(10, '0')}`,
+    outlet: `A${(i % 8) + 1}`,
+    userId: `u-${i % 97}`,
+    planId: 'standard',
+    trigger: 'activation',
+    startedAt: at(i * 60_000 - 3_600_000),
+    endedAt: at(i * 60_000),
+    reason: 'unplugged',
+    durationS: 3600,
+    energyWh: 7012.5,
+    meterStartWh: 1_234_567.5,
+    meterEndWh: 1_241_580,
+    currency: 'CAD',
+    lines: [
+      { from: at(i * 60_000 - 3_600_000), to: at(i * 60_000), energyWh: 7012.5, seconds: 3600, perKwh: 0.15, perHour: 0.5, amountMicros: 1_551_875 },
+    ],
+    activationFee: 50,
+    total: 205,
+    offline: false,
   }
 }
 
 function started(i: number): RecordBody {
-  return { type: 'session.started', ts: new Date(T0 + i * 1000).toISOString(), sessionId: `01J${String(i).padStart(10, '0')}`, outlet: `A${(i % 8) + 1}`, userId: `u-${i % 97}`, planId: 'standard', trigger: 'activation', meterWh: 1_234_567.5 + i }
+  return {
+    type: 'session.started',
+    ts: new Date(T0 + i * 1000).toISOString(),
+    sessionId: `01J${String(i).padStart(10, '0')}`,
+    outlet: `A${(i % 8) + 1}`,
+    userId: `u-${i % 97}`,
+    planId: 'standard',
+    trigger: 'activation',
+    meterWh: 1_234_567.5 + i,
+  }
 }
 
 function outletState(i: number): unknown {
-  return { state: 'charging', session: { id: `01J${String(i).padStart(10, '0')}`, userId: `u-${i % 97}`, startedAt: T0, meterStartWh: 1_234_567.5, lastTs: T0 + i * 1000, lastWh: 1_234_567.5 + i * 2, peakA: 31.2, costMicros: i * 100 } }
+  return {
+    state: 'charging',
+    session: {
+      id: `01J${String(i).padStart(10, '0')}`,
+      userId: `u-${i % 97}`,
+      startedAt: T0,
+      meterStartWh: 1_234_567.5,
+      lastTs: T0 + i * 1000,
+      lastWh: 1_234_567.5 + i * 2,
+      peakA: 31.2,
+      costMicros: i * 100,
+    },
+  }
 }
 
 /**
@@ -121,8 +159,20 @@ async function durableAppends(withState: boolean): Promise<BenchRow> {
     journalRuns.push(j)
   }
   return withState
-    ? row('journal durable appends/s, each step also writing an outlet state entry, vs raw synced batches of the records alone', 'appends/s', rawRuns, journalRuns, { op: '>=', ratio: 0.7 })
-    : row('journal durable appends/s (1 billing record per fsynced step) vs raw classic-level batch sync of the same encoded records', 'appends/s', rawRuns, journalRuns, { op: '>=', ratio: 0.8 })
+    ? row(
+        'journal durable appends/s, each step also writing an outlet state entry, vs raw synced batches of the records alone',
+        'appends/s',
+        rawRuns,
+        journalRuns,
+        { op: '>=', ratio: 0.7 },
+      )
+    : row(
+        'journal durable appends/s (1 billing record per fsynced step) vs raw classic-level batch sync of the same encoded records',
+        'appends/s',
+        rawRuns,
+        journalRuns,
+        { op: '>=', ratio: 0.8 },
+      )
 }
 
 /**
@@ -147,7 +197,11 @@ async function readings(): Promise<BenchRow[]> {
     let sState: PersistedEngineState = { outlets: {} }
     for (let i = 1; i <= N; i++) {
       const id = `A${(i % 8) + 1}`
-      const reading = { outlet: id, sessionId: `s-${id}`, reading: { ts: T0 + i * 1000, currentA: 31.2, powerW: 7180, energyWh: 1_234_567.5 + i * 2, voltageV: 231.4 } }
+      const reading = {
+        outlet: id,
+        sessionId: `s-${id}`,
+        reading: { ts: T0 + i * 1000, currentA: 31.2, powerW: 7180, energyWh: 1_234_567.5 + i * 2, voltageV: 231.4 },
+      }
       let t = performance.now()
       gState = { ...gState, outlets: { ...gState.outlets, [id]: outletState(i) } }
       await grouped.commit({ records: [], state: gState, readings: [reading] })
@@ -159,7 +213,11 @@ async function readings(): Promise<BenchRow[]> {
       t = performance.now()
       await db.batch([
         { type: 'put', key: 'o!' + id, value: JSON.stringify(outletState(i)) },
-        { type: 'put', key: `g!s-${id}!${String(T0 + i * 1000).padStart(15, '0')}`, value: JSON.stringify([31.2, 7180, 1_234_567.5 + i * 2, 231.4, id]) },
+        {
+          type: 'put',
+          key: `g!s-${id}!${String(T0 + i * 1000).padStart(15, '0')}`,
+          value: JSON.stringify([31.2, 7180, 1_234_567.5 + i * 2, 231.4, id]),
+        },
       ])
       ms[2] += performance.now() - t
     }
@@ -187,8 +245,14 @@ async function readings(): Promise<BenchRow[]> {
     raw.push(c)
   }
   return [
-    row('journal readings/s, group commit (readingSyncMs 5000) vs every reading fsynced (readingSyncMs 0)', 'readings/s', sy, g, { op: '>=', ratio: 5 }),
-    row('journal readings/s, group commit vs raw un-synced classic-level batches of the same entries', 'readings/s', raw, g, { op: '>=', ratio: 0.7 }),
+    row('journal readings/s, group commit (readingSyncMs 5000) vs every reading fsynced (readingSyncMs 0)', 'readings/s', sy, g, {
+      op: '>=',
+      ratio: 5,
+    }),
+    row('journal readings/s, group commit vs raw un-synced classic-level batches of the same entries', 'readings/s', raw, g, {
+      op: '>=',
+      ratio: 0.7,
+    }),
   ]
 }
 
@@ -199,7 +263,10 @@ async function startTime(): Promise<{ row: BenchRow; buildS: number; bytesPerRec
   const emptyDir = tmp()
   const bigDir = tmp()
   try {
-    const state: PersistedEngineState = { outlets: Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`A${i + 1}`, outletState(i)])), wallets: { 'u-1': 1000 } }
+    const state: PersistedEngineState = {
+      outlets: Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`A${i + 1}`, outletState(i)])),
+      wallets: { 'u-1': 1000 },
+    }
     for (const dir of [emptyDir, bigDir]) {
       const j = await Journal.open(dir, options())
       await j.commit({ records: [], state })
@@ -236,7 +303,14 @@ async function startTime(): Promise<{ row: BenchRow; buildS: number; bytesPerRec
       emptyRuns.push(await openClose(emptyDir)())
       bigRuns.push(await openClose(bigDir)())
     }
-    return { row: row('journal start time, 1,000,000 records vs empty (open, tail check, state load, close)', 'ms', emptyRuns, bigRuns, { op: '<=', ratio: 1.5 }), buildS, bytesPerRecord }
+    return {
+      row: row('journal start time, 1,000,000 records vs empty (open, tail check, state load, close)', 'ms', emptyRuns, bigRuns, {
+        op: '<=',
+        ratio: 1.5,
+      }),
+      buildS,
+      bytesPerRecord,
+    }
   } finally {
     rmSync(emptyDir, { recursive: true, force: true })
     rmSync(bigDir, { recursive: true, force: true })
@@ -256,7 +330,17 @@ async function footprint(): Promise<BenchRow[]> {
           const sealed = await j.commit({ records: Array.from({ length: 1000 }, (_, k) => ((i + k) % 2 === 0 ? started(i + k) : ended(i + k))) })
           for (const r of sealed) json += JSON.stringify(r).length
         } else {
-          const rs = Array.from({ length: 1000 }, (_, k) => ({ outlet: 'A1', sessionId: `01J${String(Math.floor((i + k) / 3600)).padStart(10, '0')}`, reading: { ts: T0 + (i + k) * 1000, currentA: 31.2 + ((i + k) % 7) / 10, powerW: 7180 + ((i + k) % 13), energyWh: 1_234_567.5 + (i + k) * 2, voltageV: 231.4 } }))
+          const rs = Array.from({ length: 1000 }, (_, k) => ({
+            outlet: 'A1',
+            sessionId: `01J${String(Math.floor((i + k) / 3600)).padStart(10, '0')}`,
+            reading: {
+              ts: T0 + (i + k) * 1000,
+              currentA: 31.2 + ((i + k) % 7) / 10,
+              powerW: 7180 + ((i + k) % 13),
+              energyWh: 1_234_567.5 + (i + k) * 2,
+              voltageV: 231.4,
+            },
+          }))
           await j.commit({ records: [], readings: rs })
           for (const r of rs) json += JSON.stringify(r.reading).length
         }
@@ -273,7 +357,10 @@ async function footprint(): Promise<BenchRow[]> {
   }
   const rec = await measure('record')
   const rd = await measure('reading')
-  const r1 = row('journal bytes on disk per record (half session.started, half session.ended) vs its JSON', 'bytes', [rec.json], [rec.disk], { op: '<=', ratio: 1 })
+  const r1 = row('journal bytes on disk per record (half session.started, half session.ended) vs its JSON', 'bytes', [rec.json], [rec.disk], {
+    op: '<=',
+    ratio: 1,
+  })
   const r2 = row('journal bytes on disk per reading vs the reading as JSON', 'bytes', [rd.json], [rd.disk], { op: '<=', ratio: 1.5 })
   return [r1, r2]
 }
@@ -288,7 +375,12 @@ export async function run(parts: string[] = ['appends', 'readings', 'start', 'fo
   if (parts.includes('readings')) rows.push(...(await readings()))
   if (parts.includes('start')) {
     const start = await startTime()
-    start.row.note = [start.row.note, `building the 1,000,000-record journal took ${start.buildS.toFixed(1)} s (${(1_000_000 / start.buildS).toFixed(0)} records/s in 2000-record steps); ${start.bytesPerRecord.toFixed(0)} bytes/record on disk`].filter(Boolean).join('; ')
+    start.row.note = [
+      start.row.note,
+      `building the 1,000,000-record journal took ${start.buildS.toFixed(1)} s (${(1_000_000 / start.buildS).toFixed(0)} records/s in 2000-record steps); ${start.bytesPerRecord.toFixed(0)} bytes/record on disk`,
+    ]
+      .filter(Boolean)
+      .join('; ')
     rows.push(start.row)
   }
   if (parts.includes('footprint')) rows.push(...(await footprint()))
@@ -302,7 +394,9 @@ if (invoked.endsWith('/bench/journal.js')) {
   run(process.argv.length > 2 ? process.argv.slice(2) : undefined).then(
     (rows) => {
       for (const r of rows) {
-        process.stdout.write(`${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} vs ${r.baseline.toFixed(1)} ${r.unit} = ${r.ratio.toFixed(2)}x (goal ${r.goal})${r.note ? ` — ${r.note}` : ''}\n`)
+        process.stdout.write(
+          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} vs ${r.baseline.toFixed(1)} ${r.unit} = ${r.ratio.toFixed(2)}x (goal ${r.goal})${r.note ? ` — ${r.note}` : ''}\n`,
+        )
       }
       process.stdout.write(`(${((performance.now() - t0) / 1000).toFixed(1)} s)\n`)
     },
@@ -312,4 +406,3 @@ if (invoked.endsWith('/bench/journal.js')) {
     },
   )
 }
-

@@ -62,7 +62,17 @@ export function row(figure: string, unit: string, baselineRuns: number[], valueR
   const worst = Math.max(spread(baselineRuns), spread(valueRuns))
   const met = goal.op === '>=' ? ratio >= goal.ratio : ratio <= goal.ratio
   const noisy = worst > 0.25
-  return { figure, baseline, value, unit, ratio, goal: `${goal.op} ${goal.ratio}x`, met, noisy, note: noisy ? `noisy: runs spread ${(worst * 100).toFixed(0)}%` : undefined }
+  return {
+    figure,
+    baseline,
+    value,
+    unit,
+    ratio,
+    goal: `${goal.op} ${goal.ratio}x`,
+    met,
+    noisy,
+    note: noisy ? `noisy: runs spread ${(worst * 100).toFixed(0)}%` : undefined,
+  }
 }
 
 /**
@@ -107,7 +117,9 @@ export class Teardowns {
 
 /** `outpost sim` (the built CLI) in a child process on a free port; resolves once it prints its port. */
 export async function startSimProcess(args: string[]): Promise<{ port: number; proc: ChildProcess; stop(): Promise<void> }> {
-  const proc = spawn(process.execPath, [packagePath('dist', 'daemon', 'cli.js'), 'sim', '--port', '0', ...args], { stdio: ['pipe', 'pipe', 'ignore'] })
+  const proc = spawn(process.execPath, [packagePath('dist', 'daemon', 'cli.js'), 'sim', '--port', '0', ...args], {
+    stdio: ['pipe', 'pipe', 'ignore'],
+  })
   const port = await new Promise<number>((resolve, reject) => {
     const rl = createInterface({ input: proc.stdout! })
     rl.on('line', (l) => {
@@ -139,9 +151,23 @@ function fmt(n: number): string {
 /** The one table: bench, figure, baseline, value, unit, ratio, goal, met (yes / NO / noisy / not measured), note. */
 export function table(rows: (BenchRow & { bench: string })[]): string {
   const head = ['bench', 'figure', 'baseline', 'value', 'unit', 'ratio', 'goal', 'met', 'note']
-  const body = rows.map((r) => [r.bench, r.figure, fmt(r.baseline), fmt(r.value), r.unit, Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}x` : '-', r.goal, verdict(r), r.note ?? ''])
+  const body = rows.map((r) => [
+    r.bench,
+    r.figure,
+    fmt(r.baseline),
+    fmt(r.value),
+    r.unit,
+    Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}x` : '-',
+    r.goal,
+    verdict(r),
+    r.note ?? '',
+  ])
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)))
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd()
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
 }
 

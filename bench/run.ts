@@ -28,7 +28,17 @@ async function main(): Promise<number> {
       for (const r of await mod.run()) rows.push({ ...r, bench: name })
     } catch (err) {
       process.stderr.write(`bench: ${name} failed: ${(err as Error).stack ?? String(err)}\n`)
-      rows.push({ bench: name, figure: 'FAILED', baseline: NaN, value: NaN, unit: '', ratio: NaN, goal: '', met: false, note: (err as Error).message })
+      rows.push({
+        bench: name,
+        figure: 'FAILED',
+        baseline: NaN,
+        value: NaN,
+        unit: '',
+        ratio: NaN,
+        goal: '',
+        met: false,
+        note: (err as Error).message,
+      })
     }
     process.stderr.write(`bench: ${name} took ${((performance.now() - started) / 1000).toFixed(0)} s\n`)
   }
@@ -36,7 +46,9 @@ async function main(): Promise<number> {
   const missed = rows.filter((r) => !r.met && !r.notMeasured).length
   const noisy = rows.filter((r) => r.noisy).length
   const unmeasured = rows.filter((r) => r.notMeasured).length
-  process.stdout.write(`\n${rows.length} figures: ${missed} missed their goal, ${noisy} noisy (runs spread > 25 %: measured on a busy machine, not a claim), ${unmeasured} not measured.\n`)
+  process.stdout.write(
+    `\n${rows.length} figures: ${missed} missed their goal, ${noisy} noisy (runs spread > 25 %: measured on a busy machine, not a claim), ${unmeasured} not measured.\n`,
+  )
   return 0
 }
 

@@ -115,7 +115,27 @@ export async function run(): Promise<BenchRow[]> {
         const t0 = performance.now()
         sim.unplug(n)
         let timer: NodeJS.Timeout | undefined
-        const t3 = await Promise.race([relayOpen, new Promise<number>((_, rej) => (timer = setTimeout(() => rej(new Error(`${id}: no relay-open write within 10 s of the unplug; daemon log tail: ${daemon.logs().slice(-8).map((l) => JSON.stringify(l)).join('\n')}; cloud sees ${JSON.stringify(cloud.outlet(id))}; sim: ${JSON.stringify(sim.outlets()[n - 1])}, ${requests.get(n)?.length} requests`)), 10_000)))]).finally(() => clearTimeout(timer))
+        const t3 = await Promise.race([
+          relayOpen,
+          new Promise<number>(
+            (_, rej) =>
+              (timer = setTimeout(
+                () =>
+                  rej(
+                    new Error(
+                      `${id}: no relay-open write within 10 s of the unplug; daemon log tail: ${daemon
+                        .logs()
+                        .slice(-8)
+                        .map((l) => JSON.stringify(l))
+                        .join(
+                          '\n',
+                        )}; cloud sees ${JSON.stringify(cloud.outlet(id))}; sim: ${JSON.stringify(sim.outlets()[n - 1])}, ${requests.get(n)?.length} requests`,
+                    ),
+                  ),
+                10_000,
+              )),
+          ),
+        ]).finally(() => clearTimeout(timer))
         waiting.delete(n)
         const reqs = requests.get(n) ?? []
         const first = reqs.find((t) => t > t0)
@@ -123,7 +143,8 @@ export async function run(): Promise<BenchRow[]> {
         if (first === undefined || last === undefined) throw new Error(`${id}: no meter read between the unplug and the relay write`)
         samples.push({ totalMs: t3 - t0, toFirstLowMs: first - t0, holdMs: last - first, reactMs: t3 - last })
         const e = await waitFor(() => ended(id)[k - 1], `${id} session ${k} ended`, 30_000)
-        if (e.type !== 'session.ended' || e.reason !== 'unplugged') throw new Error(`${id}: session ended ${e.type === 'session.ended' ? e.reason : e.type}, not unplugged`)
+        if (e.type !== 'session.ended' || e.reason !== 'unplugged')
+          throw new Error(`${id}: session ended ${e.type === 'session.ended' ? e.reason : e.type}, not unplugged`)
       }
     }
     await Promise.all(Array.from({ length: OUTLETS }, (_, i) => cycle(i + 1)))
@@ -137,8 +158,22 @@ export async function run(): Promise<BenchRow[]> {
     const m = (f: (s: Sample) => number): string => median(samples.map(f)).toFixed(1)
     const setting = `pollMs ${POLL_MS}, noCurrentHoldMs ${HOLD_MS}, one transaction ${tx.toFixed(2)} ms (median of ${gaps.length} on this bus, same run), ${samples.length} unplugs on ${OUTLETS} outlets (relay unit ${RELAY_UNIT})`
     return [
-      bounded('unplug to relay open, median (vs noCurrentHoldMs + pollMs + one transaction)', 'ms', median(totals), bound, '<=', `${setting}; median parts: unplug to first low read ${m((s) => s.toFirstLowMs)}, hold ${m((s) => s.holdMs)}, ending read to relay write ${m((s) => s.reactMs)}`),
-      bounded('unplug to relay open, 95th percentile (same bound)', 'ms', percentile(totals, 95), bound, '<=', `max ${Math.max(...totals).toFixed(1)} ms; max ending read to relay write ${Math.max(...samples.map((s) => s.reactMs)).toFixed(1)} ms; ${extra} of ${samples.length} holds took one poll more than noCurrentHoldMs (two poll intervals, stamped at each reply, came out under ${HOLD_MS} ms)`),
+      bounded(
+        'unplug to relay open, median (vs noCurrentHoldMs + pollMs + one transaction)',
+        'ms',
+        median(totals),
+        bound,
+        '<=',
+        `${setting}; median parts: unplug to first low read ${m((s) => s.toFirstLowMs)}, hold ${m((s) => s.holdMs)}, ending read to relay write ${m((s) => s.reactMs)}`,
+      ),
+      bounded(
+        'unplug to relay open, 95th percentile (same bound)',
+        'ms',
+        percentile(totals, 95),
+        bound,
+        '<=',
+        `max ${Math.max(...totals).toFixed(1)} ms; max ending read to relay write ${Math.max(...samples.map((s) => s.reactMs)).toFixed(1)} ms; ${extra} of ${samples.length} holds took one poll more than noCurrentHoldMs (two poll intervals, stamped at each reply, came out under ${HOLD_MS} ms)`,
+      ),
     ]
   } finally {
     await td.run()
@@ -148,7 +183,10 @@ export async function run(): Promise<BenchRow[]> {
 if (process.argv[1]?.endsWith('/bench/unplug.js')) {
   run().then(
     (rows) => {
-      for (const r of rows) process.stdout.write(`${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs bound ${r.baseline.toFixed(1)} = ${r.ratio.toFixed(2)}x${r.note ? ' — ' + r.note : ''}\n`)
+      for (const r of rows)
+        process.stdout.write(
+          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs bound ${r.baseline.toFixed(1)} = ${r.ratio.toFixed(2)}x${r.note ? ' — ' + r.note : ''}\n`,
+        )
     },
     (err: unknown) => {
       process.stderr.write(`bench/unplug: ${(err as Error).stack ?? String(err)}\n`)

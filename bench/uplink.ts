@@ -99,7 +99,11 @@ function exited(c: ChildProcess): Promise<number | null> {
 /** `outpost reconcile` in its own process, connected: verifies, writes, fsyncs and acks what it receives. */
 let lastConsumerLog = ''
 async function startConsumer(broker: Broker, siteId: string, dir: string): Promise<ChildProcess> {
-  const consumer = spawn(process.execPath, [packagePath('dist', 'daemon', 'cli.js'), 'reconcile', '--url', broker.url, '--site', siteId, '--out', join(dir, `${siteId}.jsonl`)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const consumer = spawn(
+    process.execPath,
+    [packagePath('dist', 'daemon', 'cli.js'), 'reconcile', '--url', broker.url, '--site', siteId, '--out', join(dir, `${siteId}.jsonl`)],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  )
   let stderr = ''
   consumer.stderr!.on('data', (d: Buffer) => {
     stderr += d.toString()
@@ -137,7 +141,10 @@ async function drainWithUplink(broker: Broker, log: RecordLog, dir: string, run:
     const mem = live ? liveSampler() : sampler()
     const t0 = process.hrtime.bigint()
     uplink.start()
-    await waitUntil(() => log.acked() === log.head(), () => `the backlog to be acked (site ${siteId}; acked ${log.acked()} of ${log.head()}, uplink ${JSON.stringify(uplink.state())})`)
+    await waitUntil(
+      () => log.acked() === log.head(),
+      () => `the backlog to be acked (site ${siteId}; acked ${log.acked()} of ${log.head()}, uplink ${JSON.stringify(uplink.state())})`,
+    )
     const s = Number(process.hrtime.bigint() - t0) / 1e9
     const heapMB = mem.stop()
     await uplink.stop()
@@ -180,7 +187,10 @@ async function drainRaw(broker: Broker, payloads: string[], dir: string, run: nu
       }
       pump()
     })
-    await waitUntil(() => acked === RECORDS, () => `the consumer to ack the last record (acked ${acked} of ${RECORDS}); consumer log: ${lastConsumerLog}`)
+    await waitUntil(
+      () => acked === RECORDS,
+      () => `the consumer to ack the last record (acked ${acked} of ${RECORDS}); consumer log: ${lastConsumerLog}`,
+    )
     const s = Number(process.hrtime.bigint() - t0) / 1e9
     const heapMB = mem.stop()
     return { recordsPerS: RECORDS / s, heapMB }
@@ -250,9 +260,24 @@ export async function run(): Promise<BenchRow[]> {
     const u = uplinkRuns.slice(1) // drop the warm-up
     const r = rawRuns.slice(1)
     const rows = [
-      row(`uplink drain of a ${RECORDS}-record backlog to a fsyncing, acking consumer (vs raw QoS 1 loop, same consumer)`, 'records/s', r.map((x) => x.recordsPerS), u.map((x) => x.recordsPerS), { op: '>=', ratio: 0.7 }),
-      row(`the same with windowRecords ${WIDE_WINDOW} (default ${WINDOW})`, 'records/s', r.map((x) => x.recordsPerS), w.map((x) => x.recordsPerS), { op: '>=', ratio: 0.7 }),
-      row(`uplink live heap growth while draining ${RECORDS} records (vs the backlog's size as JSON)`, 'MB', [backlogMB], liveMB, { op: '<=', ratio: 0.2 }),
+      row(
+        `uplink drain of a ${RECORDS}-record backlog to a fsyncing, acking consumer (vs raw QoS 1 loop, same consumer)`,
+        'records/s',
+        r.map((x) => x.recordsPerS),
+        u.map((x) => x.recordsPerS),
+        { op: '>=', ratio: 0.7 },
+      ),
+      row(
+        `the same with windowRecords ${WIDE_WINDOW} (default ${WINDOW})`,
+        'records/s',
+        r.map((x) => x.recordsPerS),
+        w.map((x) => x.recordsPerS),
+        { op: '>=', ratio: 0.7 },
+      ),
+      row(`uplink live heap growth while draining ${RECORDS} records (vs the backlog's size as JSON)`, 'MB', [backlogMB], liveMB, {
+        op: '<=',
+        ratio: 0.2,
+      }),
     ]
     return rows
   } finally {

@@ -294,9 +294,7 @@ export type Command =
 /** Where a command came from: the cloud (MQTT), the local API, or a Node-RED flow. */
 export type CommandSource = 'cloud' | 'local' | 'node-red'
 
-export type CommandResult =
-  | { id: string; ok: true; result?: unknown }
-  | { id: string; ok: false; error: { code: string; message: string } }
+export type CommandResult = { id: string; ok: true; result?: unknown } | { id: string; ok: false; error: { code: string; message: string } }
 
 // ---------------------------------------------------------------- journal seams
 

@@ -20,13 +20,37 @@ type Command = { summary: string; usage: string; load: () => Promise<{ main: (ar
 
 const commands: Record<string, Command> = {
   run: { summary: 'run the daemon', usage: 'outpost run [--config FILE]', load: () => import('./commands/run.js') },
-  'check-config': { summary: 'validate a site config without touching hardware', usage: 'outpost check-config FILE', load: () => import('./commands/check-config.js') },
+  'check-config': {
+    summary: 'validate a site config without touching hardware',
+    usage: 'outpost check-config FILE',
+    load: () => import('./commands/check-config.js'),
+  },
   sim: { summary: 'serve a simulated site over Modbus TCP', usage: 'outpost sim [--outlets N] [--port P]', load: () => import('./commands/sim.js') },
-  scan: { summary: 'probe a Modbus bus for meters and relays', usage: 'outpost scan --bus tcp://HOST:PORT | --bus rtu:/dev/ttyUSB0[@BAUD[,PARITY]] [--units 1-247]', load: () => import('./commands/scan.js') },
-  records: { summary: 'print journal records as JSON lines', usage: 'outpost records --config FILE [--from SEQ]', load: () => import('./commands/records.js') },
-  verify: { summary: 'check sequence and hash chain of the journal or a JSON-lines file', usage: 'outpost verify --config FILE | outpost verify FILE.jsonl', load: () => import('./commands/verify.js') },
-  repair: { summary: "run LevelDB's repair on the journal, then verify the chain", usage: 'outpost repair --config FILE', load: () => import('./commands/repair.js') },
-  reconcile: { summary: 'cloud-side consumer: collect, verify and ack a site\'s records', usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]', load: () => import('./commands/reconcile.js') },
+  scan: {
+    summary: 'probe a Modbus bus for meters and relays',
+    usage: 'outpost scan --bus tcp://HOST:PORT | --bus rtu:/dev/ttyUSB0[@BAUD[,PARITY]] [--units 1-247]',
+    load: () => import('./commands/scan.js'),
+  },
+  records: {
+    summary: 'print journal records as JSON lines',
+    usage: 'outpost records --config FILE [--from SEQ]',
+    load: () => import('./commands/records.js'),
+  },
+  verify: {
+    summary: 'check sequence and hash chain of the journal or a JSON-lines file',
+    usage: 'outpost verify --config FILE | outpost verify FILE.jsonl',
+    load: () => import('./commands/verify.js'),
+  },
+  repair: {
+    summary: "run LevelDB's repair on the journal, then verify the chain",
+    usage: 'outpost repair --config FILE',
+    load: () => import('./commands/repair.js'),
+  },
+  reconcile: {
+    summary: "cloud-side consumer: collect, verify and ack a site's records",
+    usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]',
+    load: () => import('./commands/reconcile.js'),
+  },
 }
 
 export function helpText(): string {

@@ -18,7 +18,7 @@
  */
 import { readFileSync } from 'node:fs'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import { parseJson, planProblems, siteSchema } from './config.js'
+import { article, parseJson, planProblems, siteSchema } from './config.js'
 import { currencyMinorDigits } from '../core/money.js'
 import { packagePath } from '../core/paths.js'
 import type { Command, CommandResult, CommandSource } from '../core/types.js'
@@ -41,6 +41,7 @@ export const ID_SEARCH_BYTES = 1024
 export const REJECT_REASONS = ['too-large', 'not-json', 'no-id'] as const
 export type RejectReason = (typeof REJECT_REASONS)[number]
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: a command id must not hold control characters, so the class names them
 const COMMAND_ID = /^[A-Za-z0-9][^/+#\u0000-\u001f\u007f]{0,127}$/u
 
 export interface CommandLedger {
@@ -149,8 +150,14 @@ export class CommandGateway {
 }
 
 /** Parses and validates a command without applying it. */
-export function validateCommand(raw: unknown): { ok: true; id: string; command: Command } | { ok: false; result: CommandResult; reason?: RejectReason } {
-  const invalid = (id: string, message: string, reason: RejectReason = 'no-id') => ({ ok: false as const, result: { id, ok: false as const, error: { code: INVALID_COMMAND, message } }, reason })
+export function validateCommand(
+  raw: unknown,
+): { ok: true; id: string; command: Command } | { ok: false; result: CommandResult; reason?: RejectReason } {
+  const invalid = (id: string, message: string, reason: RejectReason = 'no-id') => ({
+    ok: false as const,
+    result: { id, ok: false as const, error: { code: INVALID_COMMAND, message } },
+    reason,
+  })
   const tooLarge = (size: number) => `command is ${size} bytes; at most ${MAX_COMMAND_BYTES} are accepted`
   let value: unknown = raw
   if (typeof raw === 'string' || Buffer.isBuffer(raw) || raw instanceof Uint8Array) {
@@ -163,7 +170,11 @@ export function validateCommand(raw: unknown): { ok: true; id: string; command: 
     const parsed = parseJson(text)
     if (!parsed.ok) {
       const p = parsed.problems[0]!
-      return invalid(recoverId(text.slice(0, ID_SEARCH_BYTES)) ?? '', p.line !== undefined ? `${p.message} at line ${p.line}, column ${p.column}` : `${p.pointer || '/'}: ${p.message}`, 'not-json')
+      return invalid(
+        recoverId(text.slice(0, ID_SEARCH_BYTES)) ?? '',
+        p.line !== undefined ? `${p.message} at line ${p.line}, column ${p.column}` : `${p.pointer || '/'}: ${p.message}`,
+        'not-json',
+      )
     }
     value = parsed.value
   } else {
@@ -176,7 +187,8 @@ export function validateCommand(raw: unknown): { ok: true; id: string; command: 
     if (size > MAX_COMMAND_BYTES) return invalid(looseId(raw), tooLarge(size), 'too-large')
   }
   const id = looseId(value)
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return invalid(id, '/: a command must be a JSON object {"id", "action", ...}')
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return invalid(id, '/: a command must be a JSON object {"id", "action", ...}')
   const validate = compiled()
   const problems: string[] = []
   if (!validate(value)) problems.push(...describeErrors(validate.errors ?? []))
@@ -288,7 +300,8 @@ function describeErrors(all: ErrorObject[]): string[] {
   const errors = all.filter((e) => {
     if (e.keyword !== 'oneOf' && summarised.has(e.instancePath)) return false
     if (badAction && e.instancePath === '/action') return false
-    if (badAction && e.keyword === 'required' && e.instancePath === '' && (e.params as { missingProperty?: string }).missingProperty === 'action') return false
+    if (badAction && e.keyword === 'required' && e.instancePath === '' && (e.params as { missingProperty?: string }).missingProperty === 'action')
+      return false
     return true
   })
   for (const e of errors) {
@@ -327,10 +340,6 @@ function describeErrors(all: ErrorObject[]): string[] {
     }
   }
   return out
-}
-
-function article(type: string): string {
-  return ({ object: 'an object', array: 'an array', integer: 'an integer', null: 'null', number: 'a number', string: 'a string', boolean: 'true or false' } as Record<string, string>)[type] ?? type
 }
 
 function patternWords(at: string, pattern: string): string {

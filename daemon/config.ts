@@ -30,10 +30,11 @@ export interface ConfigProblem {
 
 export type ConfigResult = { ok: true; config: SiteConfig } | { ok: false; problems: ConfigProblem[] }
 
-
 let validator: ValidateFunction | undefined
 function compiled(): ValidateFunction {
-  validator ??= new Ajv2020({ allErrors: true, discriminator: true, useDefaults: true, verbose: true, strict: true, strictRequired: false }).compile(siteSchema)
+  validator ??= new Ajv2020({ allErrors: true, discriminator: true, useDefaults: true, verbose: true, strict: true, strictRequired: false }).compile(
+    siteSchema,
+  )
   return validator
 }
 
@@ -59,7 +60,14 @@ export function loadConfigFile(file: string): ConfigResult {
     text = readFileSync(file, 'utf8')
   } catch (err) {
     const e = err as NodeJS.ErrnoException
-    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' ? 'permission denied' : e.code === 'EISDIR' ? 'is a directory, not a file' : e.message
+    const why =
+      e.code === 'ENOENT'
+        ? 'no such file'
+        : e.code === 'EACCES'
+          ? 'permission denied'
+          : e.code === 'EISDIR'
+            ? 'is a directory, not a file'
+            : e.message
     return { ok: false, problems: [{ pointer: '', message: `cannot read config: ${why}` }] }
   }
   const parsed = parseJson(text)
@@ -101,7 +109,12 @@ export function parseJson(text: string): { ok: true; value: unknown } | { ok: fa
       if (!top) return
       if (top.keys.has(name)) {
         const { line, column } = lineColumn(text, offset)
-        problems.push({ pointer: `${top.path}/${escapePointer(name)}`, line, column, message: `duplicate key "${name}" (JSON keeps only the last one)` })
+        problems.push({
+          pointer: `${top.path}/${escapePointer(name)}`,
+          line,
+          column,
+          message: `duplicate key "${name}" (JSON keeps only the last one)`,
+        })
       }
       top.keys.add(name)
     },
@@ -231,10 +244,22 @@ function describePattern(at: string, pattern: string): string {
   return `must match ${pattern}`
 }
 
-function article(type: string): string {
+/** A JSON Schema type (or ajv's comma-joined list of them) as words: "an integer or null". */
+export function article(type: string): string {
   return type
     .split(',')
-    .map((t) => ({ object: 'an object', array: 'an array', integer: 'an integer', null: 'null', number: 'a number', string: 'a string', boolean: 'true or false' })[t] ?? t)
+    .map(
+      (t) =>
+        ({
+          object: 'an object',
+          array: 'an array',
+          integer: 'an integer',
+          null: 'null',
+          number: 'a number',
+          string: 'a string',
+          boolean: 'true or false',
+        })[t] ?? t,
+    )
     .join(' or ')
 }
 
@@ -279,7 +304,8 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
     const path = str(b.path)
     if (path === undefined) return
     const first = busPaths.get(path)
-    if (first !== undefined) out.push({ pointer: `/buses/${i}/path`, message: `serial port "${path}" is already used by /buses/${first}; one port is one bus` })
+    if (first !== undefined)
+      out.push({ pointer: `/buses/${i}/path`, message: `serial port "${path}" is already used by /buses/${first}; one port is one bus` })
     else busPaths.set(path, i)
   })
 
@@ -350,14 +376,21 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
         const meterThere = meterUnits.get(uk)
         // A relay may share its unit with this outlet's own meter (a meter with a built-in relay), not another's.
         if (meterThere && meterThere !== `${at}/meter`) {
-          out.push({ pointer: `${at}/relay/unit`, message: `unit ${relay.unit} on bus "${busId}" is the meter of ${meterThere.replace('/meter', '')}` })
+          out.push({
+            pointer: `${at}/relay/unit`,
+            message: `unit ${relay.unit} on bus "${busId}" is the meter of ${meterThere.replace('/meter', '')}`,
+          })
         }
         relayUnits.set(uk, `${at}/relay`)
         const point = relay.coil ?? relay.register ?? 'relay'
         const pk = `${uk}#${String(point)}`
         const prev = relayPoints.get(pk)
         const what = relay.coil !== undefined ? 'coil' : relay.register !== undefined ? 'register' : 'unit'
-        if (prev) out.push({ pointer: `${at}/relay/${what === 'unit' ? 'unit' : what}`, message: `${what} ${String(point)} of unit ${relay.unit} on bus "${busId}" is already switched by ${prev}` })
+        if (prev)
+          out.push({
+            pointer: `${at}/relay/${what === 'unit' ? 'unit' : what}`,
+            message: `${what} ${String(point)} of unit ${relay.unit} on bus "${busId}" is already switched by ${prev}`,
+          })
         else relayPoints.set(pk, at)
       }
     }
@@ -387,7 +420,10 @@ function nodeRedProblems(cfg: Loose): ConfigProblem[] {
   const auth = isObj(nr.adminAuth) ? nr.adminAuth : undefined
   const hash = auth ? str(auth.passwordHash) : undefined
   if (hash !== undefined && hash.length >= 20 && !BCRYPT_HASH.test(hash)) {
-    out.push({ pointer: '/nodeRed/adminAuth/passwordHash', message: 'must be a bcrypt hash ($2b$..., 60 characters) such as `npx node-red admin hash-pw` prints, never the password itself' })
+    out.push({
+      pointer: '/nodeRed/adminAuth/passwordHash',
+      message: 'must be a bcrypt hash ($2b$..., 60 characters) such as `npx node-red admin hash-pw` prints, never the password itself',
+    })
   }
   const roots: Partial<Record<'httpAdminRoot' | 'httpNodeRoot', string>> = {}
   for (const k of ['httpAdminRoot', 'httpNodeRoot'] as const) {
@@ -413,12 +449,22 @@ function nodeRedProblems(cfg: Loose): ConfigProblem[] {
   }
   const listen = str(api.listen) ?? '127.0.0.1:8080'
   if (!auth && !isLoopbackListen(listen)) {
-    out.push({ pointer: '/nodeRed/adminAuth', message: `is required when nodeRed is enabled and api.listen (${listen}) is not loopback: the editor runs code on the gateway` })
+    out.push({
+      pointer: '/nodeRed/adminAuth',
+      message: `is required when nodeRed is enabled and api.listen (${listen}) is not loopback: the editor runs code on the gateway`,
+    })
   }
   return out
 }
 
-function modelProblems(registry: ModelRegistry | undefined, model: string, kind: 'meter' | 'relay', pointer: string, modelsDir: string | undefined, serialBus: boolean | undefined): ConfigProblem[] {
+function modelProblems(
+  registry: ModelRegistry | undefined,
+  model: string,
+  kind: 'meter' | 'relay',
+  pointer: string,
+  modelsDir: string | undefined,
+  serialBus: boolean | undefined,
+): ConfigProblem[] {
   if (!registry) return [] // models.dir itself is reported
   const m = registry.find(model, kind)
   if (!m) {
@@ -426,8 +472,15 @@ function modelProblems(registry: ModelRegistry | undefined, model: string, kind:
     return [{ pointer, message: `unknown ${kind} model "${model}": expected one of ${registry.names(kind).join(', ')}${where}` }]
   }
   if (serialBus === undefined) return []
-  if (serialBus && m.transport !== 'serial') return [{ pointer, message: `"${model}" is a Modbus model but the outlet's bus is a plain serial bus (use a model with "transport": "serial", such as outpost-serial)` }]
-  if (!serialBus && m.transport === 'serial') return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
+  if (serialBus && m.transport !== 'serial')
+    return [
+      {
+        pointer,
+        message: `"${model}" is a Modbus model but the outlet's bus is a plain serial bus (use a model with "transport": "serial", such as outpost-serial)`,
+      },
+    ]
+  if (!serialBus && m.transport === 'serial')
+    return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
   return []
 }
 
@@ -451,7 +504,8 @@ export function planProblems(p: Loose, at: string): ConfigProblem[] {
     const pat = `${at}/periods/${j}`
     for (const k of ['perKwh', 'perHour'] as const) {
       const v = period[k]
-      if (typeof v === 'number' && !hasAtMostDecimals(v, 6)) out.push({ pointer: `${pat}/${k}`, message: `${v} has more than 6 decimals (rates are exact to a millionth)` })
+      if (typeof v === 'number' && !hasAtMostDecimals(v, 6))
+        out.push({ pointer: `${pat}/${k}`, message: `${v} has more than 6 decimals (rates are exact to a millionth)` })
     }
     const from = str(period.from)
     const to = str(period.to)

@@ -43,7 +43,6 @@ export interface DaemonOptions {
   stopTimeoutMs?: number
 }
 
-
 /**
  * At start, how long the daemon waits for every outlet's first reading before the uplink
  * starts (and announces online): a meter that does not answer by then is left to the poll
@@ -108,14 +107,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   async start(): Promise<void> {
     const { config } = this
     // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
-    const opened = await openJournalForRun(config.storage.dir, {
-      bootId: this.bootId,
-      clockSynced: () => this.clock.synced(),
-      now: () => this.clock.now(),
-      version: this.version,
-      retentionDays: config.storage.retentionDays,
-      readingSyncMs: config.storage.readingSyncMs,
-    }, { warn: (fields, msg) => this.log.error(fields, msg) })
+    const opened = await openJournalForRun(
+      config.storage.dir,
+      {
+        bootId: this.bootId,
+        clockSynced: () => this.clock.synced(),
+        now: () => this.clock.now(),
+        version: this.version,
+        retentionDays: config.storage.retentionDays,
+        readingSyncMs: config.storage.readingSyncMs,
+      },
+      { warn: (fields, msg) => this.log.error(fields, msg) },
+    )
     this.journal = opened.journal
     this.journal.onFault((err) => this.halt(err))
     const persisted = await this.restore(this.journal)
@@ -126,9 +129,23 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.site = await openSite(config, { now: () => this.clock.now(), logger: this.log })
     // Give the buses a moment to open so boot's relay opens reach the hardware; a bus
     // that stays down is not fatal (its outlets fault and are retried), so don't wait long.
-    if (!(await this.site.ready(5000))) this.log.warn({ buses: this.site.health().filter((b) => b.state !== 'open').map((b) => b.id) }, 'not every bus is open yet; continuing')
+    if (!(await this.site.ready(5000)))
+      this.log.warn(
+        {
+          buses: this.site
+            .health()
+            .filter((b) => b.state !== 'open')
+            .map((b) => b.id),
+        },
+        'not every bus is open yet; continuing',
+      )
     if (persisted) await this.dispatch({ type: 'config', config })
-    await this.dispatch({ type: 'boot', cleanShutdown: this.journal.previousCleanShutdown, version: this.version, ...(opened.salvage ? { journalSalvage: opened.salvage } : {}) })
+    await this.dispatch({
+      type: 'boot',
+      cleanShutdown: this.journal.previousCleanShutdown,
+      version: this.version,
+      ...(opened.salvage ? { journalSalvage: opened.salvage } : {}),
+    })
 
     this.gateway = new CommandGateway({
       ledger: this.journal,
@@ -171,7 +188,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
   private async restore(journal: Journal): Promise<EngineState | undefined> {
     const { state, replay: r } = await restoreState(journal)
-    if (r?.stopped) this.log.error({ ...r.stopped, replayed: r.replayed }, 'replaying journaled readings stopped: the journal\'s state and its readings disagree; sessions close at the last reading replayed')
+    if (r?.stopped)
+      this.log.error(
+        { ...r.stopped, replayed: r.replayed },
+        "replaying journaled readings stopped: the journal's state and its readings disagree; sessions close at the last reading replayed",
+      )
     else if (r) this.log.info({ replayed: r.replayed, skipped: r.skipped }, 'replayed the readings journaled after the last checkpoint')
     return state
   }
@@ -193,7 +214,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         await this.relaysSettled()
       }
     }
-    await withTimeout(work(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch((err: unknown) => this.log.error({ err }, 'clean stop did not finish in time'))
+    await withTimeout(work(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch((err: unknown) =>
+      this.log.error({ err }, 'clean stop did not finish in time'),
+    )
     for (const h of this.atShutdown.splice(0)) h.fail(new OutpostError('DAEMON_STOPPED', 'the daemon stopped before the command could be applied'))
     // From here nothing more is billed: a read or relay answer arriving late (the bus is
     // about to close) must not reach the journal, and a refused commit is not a journal fault.
@@ -201,7 +224,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await this.queue
     // After a journal fault, halt() queued an open for every relay: those must reach the
     // hardware before the buses close (closing the site rejects queued jobs).
-    await withTimeout(this.relaysSettled(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch(() => this.log.error('relays may not all be open: the bus did not answer in time'))
+    await withTimeout(this.relaysSettled(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch(() =>
+      this.log.error('relays may not all be open: the bus did not answer in time'),
+    )
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
@@ -276,8 +301,14 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       () => true,
       () => false,
     )
-    const waiting = this.config.outlets.filter((o) => !this.state.outlets[o.id]?.fresh && this.state.outlets[o.id]?.meterFault === null).map((o) => o.id)
-    if (!answered || waiting.length > 0) this.log.warn({ outlets: waiting, waitedMs: ms }, 'not every meter answered at start; continuing (a start for those outlets waits for their first reading)')
+    const waiting = this.config.outlets
+      .filter((o) => !this.state.outlets[o.id]?.fresh && this.state.outlets[o.id]?.meterFault === null)
+      .map((o) => o.id)
+    if (!answered || waiting.length > 0)
+      this.log.warn(
+        { outlets: waiting, waitedMs: ms },
+        'not every meter answered at start; continuing (a start for those outlets waits for their first reading)',
+      )
   }
 
   private async applyCommand(id: string, command: Command, source: CommandSource, held: () => void = () => undefined): Promise<CommandResult> {
@@ -379,7 +410,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       result = step(this.state, event, now)
     } catch (err) {
       // A malformed event changes nothing; say so once and carry on with the others.
-      this.quiet.warn(`engine:${event.type}`, { event: event.type, code: (err as { code?: string }).code, err: (err as Error).message }, 'engine refused an event')
+      this.quiet.warn(
+        `engine:${event.type}`,
+        { event: event.type, code: (err as { code?: string }).code, err: (err as Error).message },
+        'engine refused an event',
+      )
       throw err
     }
     const { state, effects } = result
@@ -409,7 +444,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       throw err
     }
     this.state = state
-    if (readings) this.log.debug({ outlet: readings[0]!.outlet, sessionId: readings[0]!.sessionId, ts: readings[0]!.reading.ts, energyWh: readings[0]!.reading.energyWh }, 'reading journaled')
+    if (readings)
+      this.log.debug(
+        { outlet: readings[0]!.outlet, sessionId: readings[0]!.sessionId, ts: readings[0]!.reading.ts, energyWh: readings[0]!.reading.energyWh },
+        'reading journaled',
+      )
 
     // 3. Only now may a relay close: the session it bills is on disk.
     for (const e of effects) if (e.type === 'relay' && e.closed) this.switchRelay(e.outlet, true)
@@ -451,8 +490,15 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         l.apply(this, args)
       } catch (err) {
         let n = this.listenerIds.get(l)
-        if (n === undefined) this.listenerIds.set(l, (n = this.nextListenerId++))
-        this.quiet.warn(`listener:${String(event)}:${n}`, { event, listener: n, err: (err as Error)?.message ?? String(err) }, 'a daemon event listener threw; the others still run')
+        if (n === undefined) {
+          n = this.nextListenerId++
+          this.listenerIds.set(l, n)
+        }
+        this.quiet.warn(
+          `listener:${String(event)}:${n}`,
+          { event, listener: n, err: (err as Error)?.message ?? String(err) },
+          'a daemon event listener threw; the others still run',
+        )
       }
     }
     return listeners.length > 0
@@ -487,7 +533,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       },
       (err: OutpostError) => {
         this.quiet.warn(`relay:${outletId}`, { outlet: outletId, closed, code: err.code, err: err.message }, 'relay command failed')
-        if (!this.halted && !this.stopping) void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
+        if (!this.halted && !this.stopping)
+          void this.dispatch({ type: 'relay-failed', outlet: outletId, error: `${err.code ?? 'ERROR'}: ${err.message}` }).catch(() => undefined)
       },
     )
     this.relayOps.add(work)
@@ -500,7 +547,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.halted = err
     for (const t of this.timers) clearInterval(t)
     this.timers = []
-    this.log.fatal({ err: err.message, code: (err as { code?: string }).code }, 'journal write failed: opening every relay, no charging until restart')
+    this.log.fatal(
+      { err: err.message, code: (err as { code?: string }).code },
+      'journal write failed: opening every relay, no charging until restart',
+    )
     for (const o of this.config.outlets) if (o.relay) this.switchRelay(o.id, false)
     this.releaseHeld('halted')
     this.emit('halted', err)
@@ -516,7 +566,19 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, userId: r.userId, trigger: r.trigger }, 'session started')
         break
       case 'session.ended':
-        this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, reason: r.reason, energyWh: r.energyWh, durationS: r.durationS, total: r.total, currency: r.currency }, 'session ended')
+        this.log.info(
+          {
+            seq: r.seq,
+            outlet: r.outlet,
+            sessionId: r.sessionId,
+            reason: r.reason,
+            energyWh: r.energyWh,
+            durationS: r.durationS,
+            total: r.total,
+            currency: r.currency,
+          },
+          'session ended',
+        )
         break
       case 'outlet.fault':
         this.log.warn({ seq: r.seq, outlet: r.outlet, detail: r.detail }, 'outlet in fault')

@@ -103,7 +103,9 @@ export async function main(argv: string[]): Promise<number> {
   out(`journal: ${config.storage.dir}`)
   out(`daemon log: ${logFile}`)
   if (config.uplink) {
-    out(`uplink: ${config.uplink.url}; watch records arrive with: mosquitto_sub -v -h <host> -p <port> -t '${config.uplink.topicPrefix}/${config.site.id}/#'`)
+    out(
+      `uplink: ${config.uplink.url}; watch records arrive with: mosquitto_sub -v -h <host> -p <port> -t '${config.uplink.topicPrefix}/${config.site.id}/#'`,
+    )
   } else {
     out('uplink: none configured, so the site runs offline and records queue in the journal')
     out("        (with a local mosquitto: npm start -- --uplink mqtt://127.0.0.1:1883, then mosquitto_sub -v -t 'outpost/demo/#')")
@@ -113,8 +115,11 @@ export async function main(argv: string[]): Promise<number> {
   const url = service.api?.url()
   if (url) {
     const wanted = config.api!.listen
-    if (!url.endsWith(`:${wanted.split(':').pop()}/`)) out(`status page: ${wanted} is taken (another program, or another demo), so it is on a free port instead`)
-    out(`status page: ${url}   (sign in with the token ${config.api!.token}; API: curl -H 'Authorization: Bearer ${config.api!.token}' ${url}api/outlets)`)
+    if (!url.endsWith(`:${wanted.split(':').pop()}/`))
+      out(`status page: ${wanted} is taken (another program, or another demo), so it is on a free port instead`)
+    out(
+      `status page: ${url}   (sign in with the token ${config.api!.token}; API: curl -H 'Authorization: Bearer ${config.api!.token}' ${url}api/outlets)`,
+    )
   } else if (config.api) {
     out(`status page: could not listen on ${config.api.listen} (see ${logFile}); charging runs without it`)
   }
@@ -123,7 +128,8 @@ export async function main(argv: string[]): Promise<number> {
   let n = 0
   const cmd = async (body: Record<string, unknown>): Promise<void> => {
     const res = await daemon.gateway.handle({ id: `demo-${daemon.bootId}-${++n}`, ...body }, 'local')
-    if (!res.ok) out(`          command ${String(body.action)} ${String(body.outlet ?? body.userId)} refused: ${res.error.code} (${res.error.message})`)
+    if (!res.ok)
+      out(`          command ${String(body.action)} ${String(body.outlet ?? body.userId)} refused: ${res.error.code} (${res.error.message})`)
   }
   for (const userId of [...DRIVERS, RESIDENT]) await cmd({ action: 'set-wallet', userId, currency: 'CAD', balance: 2500 })
   out('wallets: driver-1..3 and resident-4 hold CAD 25.00 each; D4 auto-starts for resident-4')

@@ -18,7 +18,8 @@ const cell = (text: string): string => text.replace(/\|/g, '\\|')
 /** The tables of docs/errors.md: the refusal codes with their HTTP status, then the thrown codes by part. */
 export function errorTables(): string {
   const out = ['### Refused commands (`CommandResult.error.code`)', '', '| code | HTTP status | meaning |', '| --- | --- | --- |']
-  for (const [code, meaning] of Object.entries(COMMAND_RESULT_ERRORS)) out.push(`| \`${code}\` | ${COMMAND_STATUS[code as CommandResultCode]} | ${cell(meaning)} |`)
+  for (const [code, meaning] of Object.entries(COMMAND_RESULT_ERRORS))
+    out.push(`| \`${code}\` | ${COMMAND_STATUS[code as CommandResultCode]} | ${cell(meaning)} |`)
   for (const s of ERROR_SECTIONS) {
     out.push('', `### ${s.title}`, '', '| code | meaning |', '| --- | --- |')
     for (const [code, meaning] of Object.entries(s.codes)) out.push(`| \`${code}\` | ${cell(meaning)} |`)

@@ -9,7 +9,12 @@
  * Owns: the daemon's codes and their meanings, ErrorCode, the typed OutpostError, isOutpostError.
  * Must never: reuse a code for another meaning, or import anything but the lower layers' code lists.
  */
-import { OutpostError as CoreOutpostError, isOutpostError as coreIsOutpostError, type OutpostErrorClass, type OutpostErrorGuard } from '../core/errors.js'
+import {
+  OutpostError as CoreOutpostError,
+  isOutpostError as coreIsOutpostError,
+  type OutpostErrorClass,
+  type OutpostErrorGuard,
+} from '../core/errors.js'
 import { DRIVER_ERRORS } from '../drivers/errors.js'
 import { COMMAND_ERRORS, ENGINE_ERRORS } from './engine/errors.js'
 
@@ -46,7 +51,7 @@ const NODE_RED_ERRORS = {
   NODE_RED_EARLY: 'Node-RED was started before the daemon (its nodes need the command gateway and the journal)',
   NODE_RED_ONCE: 'embedded Node-RED starts once per process; restart the daemon to restart it',
   NODE_RED_NO_AUTH: 'the editor would be served beyond loopback without nodeRed.adminAuth',
-  NODE_RED_SECRET: "the credential key file holds no usable key",
+  NODE_RED_SECRET: 'the credential key file holds no usable key',
   NODE_RED_FLOWS: 'a shipped flow file is not a Node-RED flow',
   NODE_RED_START: 'embedded Node-RED did not start (the message says why)',
 } as const satisfies Record<string, string>
@@ -69,7 +74,15 @@ export const ERROR_SECTIONS = [
   { title: 'Daemon', codes: DAEMON_ERRORS },
 ] as const
 
-export const ERRORS = { ...DRIVER_ERRORS, ...ENGINE_ERRORS, ...JOURNAL_ERRORS, ...UPLINK_ERRORS, ...API_ERRORS, ...NODE_RED_ERRORS, ...DAEMON_ERRORS } as const
+export const ERRORS = {
+  ...DRIVER_ERRORS,
+  ...ENGINE_ERRORS,
+  ...JOURNAL_ERRORS,
+  ...UPLINK_ERRORS,
+  ...API_ERRORS,
+  ...NODE_RED_ERRORS,
+  ...DAEMON_ERRORS,
+} as const
 export type ErrorCode = keyof typeof ERRORS
 
 /** OutpostError as the daemon throws and tests it: every code in the catalog, no other. */

@@ -24,7 +24,11 @@ export function createLogger(level: string, destination?: NodeJS.WritableStream)
 /** Rate-limits repeated warnings per key (a bus that is down, a device that times out). */
 export class QuietLog {
   private readonly seen = new Map<string, { count: number; lastLogged: number }>()
-  constructor(private readonly log: Logger, private readonly intervalMs: number, private readonly now: () => number) {}
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs: number,
+    private readonly now: () => number,
+  ) {}
 
   warn(key: string, obj: Record<string, unknown>, msg: string): void {
     const t = this.now()

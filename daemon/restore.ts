@@ -25,7 +25,8 @@ export async function restoreState(journal: Pick<Journal, 'loadState' | 'reading
   for (const [outlet, entry] of Object.entries(persisted.outlets)) {
     const s = entry.session
     if (!s) continue
-    for (const g of await journal.readings(s.id, { after: s.lastTs })) readings.push({ outlet, sessionId: s.id, reading: g.reading, now: g.now ?? g.reading.ts })
+    for (const g of await journal.readings(s.id, { after: s.lastTs }))
+      readings.push({ outlet, sessionId: s.id, reading: g.reading, now: g.now ?? g.reading.ts })
   }
   if (readings.length === 0) return { state: persisted, replay: null }
   const replay = replayReadings(persisted, readings)

@@ -33,7 +33,13 @@ export class Service {
   nodeRed: NodeRedHandle | undefined
 
   constructor(private readonly opts: ServiceOptions) {
-    this.daemon = new Daemon({ config: opts.config, clock: opts.clock, logger: opts.logger, version: opts.version, stopTimeoutMs: opts.stopTimeoutMs })
+    this.daemon = new Daemon({
+      config: opts.config,
+      clock: opts.clock,
+      logger: opts.logger,
+      version: opts.version,
+      stopTimeoutMs: opts.stopTimeoutMs,
+    })
   }
 
   /** Starts the daemon (throws if it cannot), then the extras (which never throw). */

@@ -6,14 +6,20 @@
  * Owns: the drivers' codes and their meanings.
  * Must never: import the daemon; reuse a code for another meaning (codes are stable).
  */
-import { OutpostError as CoreOutpostError, isOutpostError as coreIsOutpostError, type OutpostErrorClass, type OutpostErrorGuard } from '../core/errors.js'
+import {
+  OutpostError as CoreOutpostError,
+  isOutpostError as coreIsOutpostError,
+  type OutpostErrorClass,
+  type OutpostErrorGuard,
+} from '../core/errors.js'
 
 export const DRIVER_ERRORS = {
   MODBUS_TIMEOUT: 'no byte came back within the timeout (retried; counts toward back-off)',
   MODBUS_CRC: 'a frame for this unit and function arrived with a bad CRC (retried; counts toward back-off)',
   MODBUS_GARBAGE: 'bytes arrived but no valid frame: noise, wrong baud rate (retried; counts toward back-off)',
   MODBUS_BAD_RESPONSE: 'a valid frame that does not answer the request: wrong unit, byte count or echo (retried; counts toward back-off)',
-  MODBUS_EXCEPTION: 'the device answered with a Modbus exception; the message names it, cause.exceptionCode holds it (not retried: the device is alive)',
+  MODBUS_EXCEPTION:
+    'the device answered with a Modbus exception; the message names it, cause.exceptionCode holds it (not retried: the device is alive)',
   MODBUS_BAD_REQUEST: 'a request the driver refuses to frame (unit, address, count or value out of range)',
   SERIAL_TIMEOUT: 'line protocol: the controller did not answer within the timeout (retried; counts toward back-off)',
   SERIAL_CHECKSUM: 'line protocol: a reply with a wrong checksum (retried; counts toward back-off)',

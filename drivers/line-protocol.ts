@@ -29,7 +29,15 @@ const FORMS: [RegExp, (m: RegExpMatchArray) => LineMessage][] = [
   [new RegExp(`^S,${ADDR},([01])$`), (m) => ({ type: 'S', addr: Number(m[1]), closed: m[2] === '1' })],
   [
     new RegExp(`^D,${ADDR},([01]),(${NUM}),(${NUM}),(${NUM}),(${NUM})$`),
-    (m) => ({ type: 'D', addr: Number(m[1]), relayClosed: m[2] === '1', voltageV: Number(m[3]), currentA: Number(m[4]), powerW: Number(m[5]), energyWh: Number(m[6]) }),
+    (m) => ({
+      type: 'D',
+      addr: Number(m[1]),
+      relayClosed: m[2] === '1',
+      voltageV: Number(m[3]),
+      currentA: Number(m[4]),
+      powerW: Number(m[5]),
+      energyWh: Number(m[6]),
+    }),
   ],
   [new RegExp(`^E,${ADDR},([A-Z0-9_]{1,16})$`), (m) => ({ type: 'E', addr: Number(m[1]), code: m[2]! })],
 ]
@@ -41,10 +49,14 @@ function fmt(n: number): string {
 
 export function bodyOf(msg: LineMessage): string {
   switch (msg.type) {
-    case 'Q': return `Q,${msg.addr}`
-    case 'S': return `S,${msg.addr},${msg.closed ? 1 : 0}`
-    case 'D': return `D,${msg.addr},${msg.relayClosed ? 1 : 0},${fmt(msg.voltageV)},${fmt(msg.currentA)},${fmt(msg.powerW)},${fmt(msg.energyWh)}`
-    case 'E': return `E,${msg.addr},${msg.code}`
+    case 'Q':
+      return `Q,${msg.addr}`
+    case 'S':
+      return `S,${msg.addr},${msg.closed ? 1 : 0}`
+    case 'D':
+      return `D,${msg.addr},${msg.relayClosed ? 1 : 0},${fmt(msg.voltageV)},${fmt(msg.currentA)},${fmt(msg.powerW)},${fmt(msg.energyWh)}`
+    case 'E':
+      return `E,${msg.addr},${msg.code}`
   }
 }
 

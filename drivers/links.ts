@@ -132,10 +132,14 @@ export class RtuLink extends BaseLink<ModbusRequest, ModbusResponse> {
   }
 
   protected timeoutError(req: ModbusRequest, timeoutMs: number): OutpostError {
-    if (this.buf.length === 0) return new OutpostError('MODBUS_TIMEOUT', `unit ${req.unit} did not answer FC${req.fc} @${req.address} within ${Math.round(timeoutMs)} ms`)
+    if (this.buf.length === 0)
+      return new OutpostError('MODBUS_TIMEOUT', `unit ${req.unit} did not answer FC${req.fc} @${req.address} within ${Math.round(timeoutMs)} ms`)
     this.counters.garbageBytes += this.buf.length
     // A lone complete frame with a bad CRC is reported as such, anything else as garbage.
-    return new OutpostError('MODBUS_GARBAGE', `unit ${req.unit}: ${this.buf.length} bytes within ${Math.round(timeoutMs)} ms but no valid reply (${this.buf.subarray(0, 16).toString('hex')}${this.buf.length > 16 ? '…' : ''})`)
+    return new OutpostError(
+      'MODBUS_GARBAGE',
+      `unit ${req.unit}: ${this.buf.length} bytes within ${Math.round(timeoutMs)} ms but no valid reply (${this.buf.subarray(0, 16).toString('hex')}${this.buf.length > 16 ? '…' : ''})`,
+    )
   }
 }
 
@@ -241,7 +245,8 @@ export class LineLink extends BaseLink<LineRequest, LineReply> {
   }
 
   protected timeoutError(req: LineRequest, timeoutMs: number): OutpostError {
-    if (this.sawGarbage || this.buf.length > 0) return new OutpostError('SERIAL_GARBAGE', `controller ${req.addr}: no valid reply within ${Math.round(timeoutMs)} ms, only unreadable bytes`)
+    if (this.sawGarbage || this.buf.length > 0)
+      return new OutpostError('SERIAL_GARBAGE', `controller ${req.addr}: no valid reply within ${Math.round(timeoutMs)} ms, only unreadable bytes`)
     return new OutpostError('SERIAL_TIMEOUT', `controller ${req.addr} did not answer within ${Math.round(timeoutMs)} ms`)
   }
 }

@@ -44,14 +44,16 @@ const MAX_READ = { 1: 2000, 2: 2000, 3: 125, 4: 125 } as const
 export function validateRequest(req: ModbusRequest): void {
   const where = `unit ${req.unit} FC${String(req.fc).padStart(2, '0')} @${req.address}`
   if (!Number.isInteger(req.unit) || req.unit < 0 || req.unit > 255) throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: unit must be 0..255`)
-  if (!Number.isInteger(req.address) || req.address < 0 || req.address > 0xffff) throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: address must be 0..65535`)
+  if (!Number.isInteger(req.address) || req.address < 0 || req.address > 0xffff)
+    throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: address must be 0..65535`)
   if (req.fc <= 4) {
     const r = req as { count: number; fc: 1 | 2 | 3 | 4 }
     if (!Number.isInteger(r.count) || r.count < 1 || r.count > MAX_READ[r.fc] || req.address + r.count > 0x10000) {
       throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: count must be 1..${MAX_READ[r.fc]} within the address space`)
     }
   } else if (req.fc === 6) {
-    if (!Number.isInteger(req.value) || req.value < 0 || req.value > 0xffff) throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: value must be 0..65535`)
+    if (!Number.isInteger(req.value) || req.value < 0 || req.value > 0xffff)
+      throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: value must be 0..65535`)
   } else if (req.fc === 15 || req.fc === 16) {
     const n = req.values.length
     if (n < 1 || n > (req.fc === 15 ? 1968 : 123)) throw new OutpostError('MODBUS_BAD_REQUEST', `${where}: bad value count ${n}`)
@@ -61,7 +63,10 @@ export function validateRequest(req: ModbusRequest): void {
 /** The request PDU (function code + data), without unit or checksum. */
 export function encodePdu(req: ModbusRequest): Buffer {
   switch (req.fc) {
-    case 1: case 2: case 3: case 4: {
+    case 1:
+    case 2:
+    case 3:
+    case 4: {
       const b = Buffer.alloc(5)
       b[0] = req.fc
       b.writeUInt16BE(req.address, 1)
@@ -89,7 +94,9 @@ export function encodePdu(req: ModbusRequest): Buffer {
       b.writeUInt16BE(req.address, 1)
       b.writeUInt16BE(req.values.length, 3)
       b[5] = bytes
-      req.values.forEach((v, i) => { if (v) b[6 + (i >> 3)]! |= 1 << (i & 7) })
+      req.values.forEach((v, i) => {
+        if (v) b[6 + (i >> 3)]! |= 1 << (i & 7)
+      })
       return b
     }
     case 16: {
@@ -98,7 +105,9 @@ export function encodePdu(req: ModbusRequest): Buffer {
       b.writeUInt16BE(req.address, 1)
       b.writeUInt16BE(req.values.length, 3)
       b[5] = 2 * req.values.length
-      req.values.forEach((v, i) => b.writeUInt16BE(v & 0xffff, 6 + 2 * i))
+      req.values.forEach((v, i) => {
+        b.writeUInt16BE(v & 0xffff, 6 + 2 * i)
+      })
       return b
     }
   }
@@ -140,19 +149,25 @@ export function checkResponsePdu(req: ModbusRequest, unit: number, pdu: Buffer):
   const fc = pdu[0]!
   if (fc === (req.fc | 0x80)) {
     const code = pdu[1] ?? 0
-    throw new OutpostError('MODBUS_EXCEPTION', `unit ${unit} answered FC${req.fc} @${req.address} with exception ${code} (${EXCEPTION_NAMES[code] ?? 'unknown'})`, { cause: { exceptionCode: code } })
+    throw new OutpostError(
+      'MODBUS_EXCEPTION',
+      `unit ${unit} answered FC${req.fc} @${req.address} with exception ${code} (${EXCEPTION_NAMES[code] ?? 'unknown'})`,
+      { cause: { exceptionCode: code } },
+    )
   }
   if (fc !== req.fc) throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit}: reply has function ${fc}, expected ${req.fc}`)
   const want = expectedByteCount(req)
   if (want !== undefined) {
-    if (pdu[1] !== want || pdu.length !== 2 + want) throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit} FC${req.fc} @${req.address}: reply carries ${pdu[1]} bytes, expected ${want}`)
+    if (pdu[1] !== want || pdu.length !== 2 + want)
+      throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit} FC${req.fc} @${req.address}: reply carries ${pdu[1]} bytes, expected ${want}`)
     return { unit, fc, data: pdu.subarray(2) }
   }
   if (pdu.length !== 5) throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit}: write reply of ${pdu.length} bytes`)
   const echo = pdu.subarray(1)
   if (req.fc === 5 || req.fc === 6) {
     const sent = encodePdu(req).subarray(1)
-    if (!echo.equals(sent)) throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit}: write echo ${echo.toString('hex')} differs from request ${sent.toString('hex')}`)
+    if (!echo.equals(sent))
+      throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit}: write echo ${echo.toString('hex')} differs from request ${sent.toString('hex')}`)
   } else if (echo.readUInt16BE(0) !== req.address || echo.readUInt16BE(2) !== (req as { values: unknown[] }).values.length) {
     throw new OutpostError('MODBUS_BAD_RESPONSE', `unit ${unit}: write-multiple reply does not match the request`)
   }
@@ -167,10 +182,7 @@ function rtuFrameLength(buf: Buffer, i: number, reqFc: number): number | undefin
   return 8
 }
 
-export type RtuScan =
-  | { kind: 'frame'; pdu: Buffer; skipped: number }
-  | { kind: 'crc'; skipped: number }
-  | { kind: 'incomplete' }
+export type RtuScan = { kind: 'frame'; pdu: Buffer; skipped: number } | { kind: 'crc'; skipped: number } | { kind: 'incomplete' }
 
 /**
  * Look for the reply to `req` in bytes received since the request went out. A frame
@@ -206,10 +218,7 @@ export function scanRtu(buf: Buffer, req: ModbusRequest): RtuScan {
   return { kind: 'incomplete' }
 }
 
-export type TcpScan =
-  | { kind: 'frame'; tid: number; unit: number; pdu: Buffer; rest: Buffer }
-  | { kind: 'garbage' }
-  | { kind: 'incomplete' }
+export type TcpScan = { kind: 'frame'; tid: number; unit: number; pdu: Buffer; rest: Buffer } | { kind: 'garbage' } | { kind: 'incomplete' }
 
 /** Split one MBAP frame off the front of a TCP stream. */
 export function scanTcp(buf: Buffer): TcpScan {

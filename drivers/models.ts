@@ -130,7 +130,10 @@ export class ModelRegistry {
   }
 
   names(kind?: 'meter' | 'relay'): string[] {
-    return [...this.models.values()].filter((m) => !kind || m.kinds.includes(kind)).map((m) => m.name).sort()
+    return [...this.models.values()]
+      .filter((m) => !kind || m.kinds.includes(kind))
+      .map((m) => m.name)
+      .sort()
   }
 
   all(): DeviceModel[] {
@@ -139,7 +142,10 @@ export class ModelRegistry {
 }
 
 function listJson(dir: string): string[] {
-  return readdirSync(dir).filter((f) => f.endsWith('.json') && f !== 'model.schema.json').sort().map((f) => join(dir, f))
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.json') && f !== 'model.schema.json')
+    .sort()
+    .map((f) => join(dir, f))
 }
 
 // ---------------------------------------------------------------- block reads
@@ -158,7 +164,10 @@ export interface Block {
 export function planBlocks(regs: { function: 3 | 4; address: number; words: number }[], maxCount: number, maxGap: number): Block[] {
   const out: Block[] = []
   for (const fc of [3, 4] as const) {
-    const ranges = regs.filter((r) => r.function === fc).map((r) => [r.address, r.address + r.words] as const).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    const ranges = regs
+      .filter((r) => r.function === fc)
+      .map((r) => [r.address, r.address + r.words] as const)
+      .sort((a, b) => a[0] - b[0] || a[1] - b[1])
     let cur: [number, number] | undefined
     for (const [s, e] of ranges) {
       if (cur && s <= cur[1] + maxGap && Math.max(e, cur[1]) - cur[0] <= maxCount) {
@@ -174,7 +183,11 @@ export function planBlocks(regs: { function: 3 | 4; address: number; words: numb
 }
 
 export function meterBlocks(model: DeviceModel): Block[] {
-  return planBlocks((model.registers ?? []).map((r) => ({ function: r.function, address: r.address, words: WORDS[r.type] })), model.maxRegistersPerRead, model.maxGap)
+  return planBlocks(
+    (model.registers ?? []).map((r) => ({ function: r.function, address: r.address, words: WORDS[r.type] })),
+    model.maxRegistersPerRead,
+    model.maxGap,
+  )
 }
 
 /** The shortest decimal that is the same float32: 229.8 rather than 229.8000030517578. */
@@ -199,14 +212,30 @@ export function decodeRegister(def: RegisterDef, words: number[]): number {
   })
   let raw: number
   switch (def.type) {
-    case 'int16': raw = b.readInt16BE(0); break
-    case 'uint16': raw = b.readUInt16BE(0); break
-    case 'int32': raw = b.readInt32BE(0); break
-    case 'uint32': raw = b.readUInt32BE(0); break
-    case 'float32': raw = float32Decimal(b.readFloatBE(0)); break
-    case 'int64': raw = Number(b.readBigInt64BE(0)); break
-    case 'uint64': raw = Number(b.readBigUInt64BE(0)); break
-    case 'float64': raw = b.readDoubleBE(0); break
+    case 'int16':
+      raw = b.readInt16BE(0)
+      break
+    case 'uint16':
+      raw = b.readUInt16BE(0)
+      break
+    case 'int32':
+      raw = b.readInt32BE(0)
+      break
+    case 'uint32':
+      raw = b.readUInt32BE(0)
+      break
+    case 'float32':
+      raw = float32Decimal(b.readFloatBE(0))
+      break
+    case 'int64':
+      raw = Number(b.readBigInt64BE(0))
+      break
+    case 'uint64':
+      raw = Number(b.readBigUInt64BE(0))
+      break
+    case 'float64':
+      raw = b.readDoubleBE(0)
+      break
   }
   const scale = def.scale ?? 1
   // Round away binary noise from the scaling (1.234 kWh × 1000 is 1234 Wh, not 1233.9999999).
@@ -227,7 +256,14 @@ export function decodeMeter(model: DeviceModel, blocks: Block[], data: number[][
   const out: Record<string, number> = {}
   for (const [q, list] of values) {
     const how = model.combine?.[q] ?? 'first'
-    out[q] = how === 'sum' ? list.reduce((a, b) => a + b, 0) : how === 'max' ? Math.max(...list) : how === 'mean' ? Number((list.reduce((a, b) => a + b, 0) / list.length).toPrecision(12)) : list[0]!
+    out[q] =
+      how === 'sum'
+        ? list.reduce((a, b) => a + b, 0)
+        : how === 'max'
+          ? Math.max(...list)
+          : how === 'mean'
+            ? Number((list.reduce((a, b) => a + b, 0) / list.length).toPrecision(12))
+            : list[0]!
   }
   return out
 }

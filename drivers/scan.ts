@@ -52,11 +52,18 @@ function absent(err: unknown): boolean {
   return isOutpostError(err, 'MODBUS_EXCEPTION') && (cause?.exceptionCode === 10 || cause?.exceptionCode === 11)
 }
 
-export async function scanBus(config: BusConfig, units: number[], opts: { now: () => number; modelsDir?: string; onUnit?: (unit: number, hit: ScanHit | undefined) => void }): Promise<ScanHit[]> {
+export async function scanBus(
+  config: BusConfig,
+  units: number[],
+  opts: { now: () => number; modelsDir?: string; onUnit?: (unit: number, hit: ScanHit | undefined) => void },
+): Promise<ScanHit[]> {
   if (config.type === 'serial') throw new OutpostError('USAGE', 'scan probes Modbus buses only')
   const registry = new ModelRegistry(opts.modelsDir)
   // Most specific first: a three-phase meter also passes a single-phase meter's checks.
-  const meters = registry.all().filter((m) => m.kinds.includes('meter') && m.transport === 'modbus').sort((a, b) => (b.identify?.length ?? 0) - (a.identify?.length ?? 0) || a.name.localeCompare(b.name))
+  const meters = registry
+    .all()
+    .filter((m) => m.kinds.includes('meter') && m.transport === 'modbus')
+    .sort((a, b) => (b.identify?.length ?? 0) - (a.identify?.length ?? 0) || a.name.localeCompare(b.name))
   const bus = new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
   bus.start()
   const hits: ScanHit[] = []
@@ -124,7 +131,12 @@ async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<Sca
   }
   try {
     const v = await bus.readRegisters(unit, 3, 0, 1)
-    return { unit, kind: 'unknown', model: 'modbus-holding?', detail: `answers holding register 0 = ${v[0]}; if it is a relay, use modbus-holding with its register` }
+    return {
+      unit,
+      kind: 'unknown',
+      model: 'modbus-holding?',
+      detail: `answers holding register 0 = ${v[0]}; if it is a relay, use modbus-holding with its register`,
+    }
   } catch (err) {
     if (!absent(err)) answered = true
   }
@@ -146,13 +158,15 @@ export function formatSnippet(s: { buses: BusConfig[]; outlets: unknown[] }): st
 
 export function configSnippet(bus: BusConfig, hits: ScanHit[]): { buses: BusConfig[]; outlets: unknown[] } {
   const board = hits.find((h) => h.kind === 'relay')
-  const outlets = hits.filter((h) => h.kind === 'meter').map((h, i) => ({
-    id: `O${h.unit}`,
-    bus: bus.id,
-    meter: { model: h.model, unit: h.unit },
-    ...(board && i < (board.coils?.length ?? 0) ? { relay: { model: 'modbus-coil', unit: board.unit, coil: i } } : {}),
-    plan: 'CHANGE-ME',
-  }))
+  const outlets = hits
+    .filter((h) => h.kind === 'meter')
+    .map((h, i) => ({
+      id: `O${h.unit}`,
+      bus: bus.id,
+      meter: { model: h.model, unit: h.unit },
+      ...(board && i < (board.coils?.length ?? 0) ? { relay: { model: 'modbus-coil', unit: board.unit, coil: i } } : {}),
+      plan: 'CHANGE-ME',
+    }))
   return { buses: [bus], outlets }
 }
 
@@ -190,14 +204,20 @@ export async function listSerialPorts(): Promise<{ path: string; byId?: string; 
     try {
       const { SerialPort } = await import('serialport')
       const ports = await SerialPort.list()
-      return ports.map((p) => ({ path: p.path, byId: byId.get(p.path), note: [p.manufacturer, p.serialNumber].filter(Boolean).join(' ') || undefined }))
+      return ports.map((p) => ({
+        path: p.path,
+        byId: byId.get(p.path),
+        note: [p.manufacturer, p.serialNumber].filter(Boolean).join(' ') || undefined,
+      }))
     } catch {
       // fall through to /dev
     }
   }
   let devs: string[] = []
   try {
-    devs = readdirSync('/dev').filter((f) => /^tty(USB|ACM|AMA|S|XRUSB|WCH)\d+$/.test(f) || f === 'serial0' || f === 'serial1').map((f) => join('/dev', f))
+    devs = readdirSync('/dev')
+      .filter((f) => /^tty(USB|ACM|AMA|S|XRUSB|WCH)\d+$/.test(f) || f === 'serial0' || f === 'serial1')
+      .map((f) => join('/dev', f))
   } catch {
     devs = []
   }

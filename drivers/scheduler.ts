@@ -75,7 +75,15 @@ export interface SchedulerOptions {
 }
 
 /** Errors that mean "the device did not answer sensibly": retried, and counted toward back-off. */
-const DEVICE_SILENT = new Set(['MODBUS_TIMEOUT', 'MODBUS_CRC', 'MODBUS_GARBAGE', 'MODBUS_BAD_RESPONSE', 'SERIAL_TIMEOUT', 'SERIAL_CHECKSUM', 'SERIAL_GARBAGE'])
+const DEVICE_SILENT = new Set([
+  'MODBUS_TIMEOUT',
+  'MODBUS_CRC',
+  'MODBUS_GARBAGE',
+  'MODBUS_BAD_RESPONSE',
+  'SERIAL_TIMEOUT',
+  'SERIAL_CHECKSUM',
+  'SERIAL_GARBAGE',
+])
 
 interface Job {
   device: number
@@ -102,7 +110,10 @@ export class BusScheduler<Req, Res> {
   private readonly stats = { opens: 0, transactions: 0, timeouts: 0, crcErrors: 0, exceptions: 0, garbage: 0, retries: 0, refused: 0 }
   private readonly o: Required<Omit<SchedulerOptions, 'logger' | 'wireMs'>> & Pick<SchedulerOptions, 'logger' | 'wireMs'>
 
-  constructor(readonly link: Link<Req, Res>, opts: SchedulerOptions) {
+  constructor(
+    readonly link: Link<Req, Res>,
+    opts: SchedulerOptions,
+  ) {
     this.o = { backoffAfter: 3, backoffMinMs: 2000, backoffMaxMs: 60_000, reopenMinMs: 250, reopenMaxMs: 10_000, ...opts }
     this.reopenDelay = this.o.reopenMinMs
     link.stream.onLost = (err) => this.lost(err)
@@ -127,7 +138,8 @@ export class BusScheduler<Req, Res> {
     const t0 = performance.now()
     while (this.state !== 'open') {
       if (this.closed) throw new OutpostError('BUS_CLOSED', `bus ${this.o.id} is closed`)
-      if (performance.now() - t0 > ms) throw new OutpostError('BUS_CLOSED', `bus ${this.o.id} did not open within ${ms} ms: ${this.lastError?.message ?? 'still opening'}`)
+      if (performance.now() - t0 > ms)
+        throw new OutpostError('BUS_CLOSED', `bus ${this.o.id} did not open within ${ms} ms: ${this.lastError?.message ?? 'still opening'}`)
       await sleep(20)
     }
   }
@@ -153,7 +165,12 @@ export class BusScheduler<Req, Res> {
 
   health(): BusHealth {
     const t = this.o.now()
-    const devices = [...this.devices.values()].sort((a, b) => a.unit - b.unit).map(({ backoffs: _b, ...d }) => ({ ...d, backedOffUntil: d.backedOffUntil !== undefined && d.backedOffUntil > t ? d.backedOffUntil : undefined }))
+    const devices = [...this.devices.values()]
+      .sort((a, b) => a.unit - b.unit)
+      .map(({ backoffs: _b, ...d }) => ({
+        ...d,
+        backedOffUntil: d.backedOffUntil !== undefined && d.backedOffUntil > t ? d.backedOffUntil : undefined,
+      }))
     return {
       id: this.o.id,
       type: this.o.type,
@@ -185,11 +202,18 @@ export class BusScheduler<Req, Res> {
 
   private refusal(device: number, priority: Priority): OutpostError | undefined {
     if (this.closed) return new OutpostError('BUS_CLOSED', `bus ${this.o.id} is closed`)
-    if (this.state !== 'open') return new OutpostError('BUS_CLOSED', `bus ${this.o.id} (${this.link.stream.describe}) is not open${this.lastError ? ': ' + this.lastError.message : ''}`)
+    if (this.state !== 'open')
+      return new OutpostError(
+        'BUS_CLOSED',
+        `bus ${this.o.id} (${this.link.stream.describe}) is not open${this.lastError ? ': ' + this.lastError.message : ''}`,
+      )
     if (priority === 'poll') {
       const d = this.devices.get(device)
       if (d?.backedOffUntil !== undefined && d.backedOffUntil > this.o.now()) {
-        return new OutpostError('DEVICE_BACKOFF', `unit ${device} on bus ${this.o.id} is backed off after ${d.consecutiveFailures} failures (last: ${d.lastError?.code ?? '?'}); next try in ${d.backedOffUntil - this.o.now()} ms`)
+        return new OutpostError(
+          'DEVICE_BACKOFF',
+          `unit ${device} on bus ${this.o.id} is backed off after ${d.consecutiveFailures} failures (last: ${d.lastError?.code ?? '?'}); next try in ${d.backedOffUntil - this.o.now()} ms`,
+        )
       }
     }
     return undefined
@@ -327,10 +351,22 @@ export class BusScheduler<Req, Res> {
         this.stats.transactions++
         d.transactions++
         switch (error.code) {
-          case 'MODBUS_TIMEOUT': case 'SERIAL_TIMEOUT': this.stats.timeouts++; break
-          case 'MODBUS_CRC': case 'SERIAL_CHECKSUM': this.stats.crcErrors++; break
-          case 'MODBUS_GARBAGE': case 'SERIAL_GARBAGE': case 'MODBUS_BAD_RESPONSE': this.stats.garbage++; break
-          case 'MODBUS_EXCEPTION': this.stats.exceptions++; break
+          case 'MODBUS_TIMEOUT':
+          case 'SERIAL_TIMEOUT':
+            this.stats.timeouts++
+            break
+          case 'MODBUS_CRC':
+          case 'SERIAL_CHECKSUM':
+            this.stats.crcErrors++
+            break
+          case 'MODBUS_GARBAGE':
+          case 'SERIAL_GARBAGE':
+          case 'MODBUS_BAD_RESPONSE':
+            this.stats.garbage++
+            break
+          case 'MODBUS_EXCEPTION':
+            this.stats.exceptions++
+            break
         }
         if (error.code === 'BUS_WRITE_FAILED') {
           // The port errored without closing (EIO on a vanished adapter): treat it as lost so it is reopened.

@@ -121,7 +121,18 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
   const outlets: Outlet[] = []
   for (let i = 1; i <= n; i++) {
     const rand = prng(seed * 1000 + i)
-    outlets.push({ n: i, coil: false, vehicle: null, energyWh: Math.round(100_000 + rand() * 4_900_000) / 1, exportWh: 0, currentA: 0, voltageV: 230, fault: 'none', nextEventMs: Math.round(5_000 + rand() * 60_000), rand })
+    outlets.push({
+      n: i,
+      coil: false,
+      vehicle: null,
+      energyWh: Math.round(100_000 + rand() * 4_900_000) / 1,
+      exportWh: 0,
+      currentA: 0,
+      voltageV: 230,
+      fault: 'none',
+      nextEventMs: Math.round(5_000 + rand() * 60_000),
+      rand,
+    })
   }
 
   const plug = (o: Outlet, v: VehicleSpec, leaveAtMs: number | null): void => {
@@ -146,7 +157,8 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
       runScript(o)
       const v = o.vehicle
       if (v) {
-        const leave = (v.leaveAtMs !== null && simMs >= v.leaveAtMs) || (v.fullSinceMs !== null && simMs - v.fullSinceMs >= 60_000 + (o.n * 7919) % 120_000)
+        const leave =
+          (v.leaveAtMs !== null && simMs >= v.leaveAtMs) || (v.fullSinceMs !== null && simMs - v.fullSinceMs >= 60_000 + ((o.n * 7919) % 120_000))
         if (script && leave) {
           o.vehicle = null
           o.nextEventMs = simMs + Math.round(20_000 + o.rand() * 100_000)
@@ -184,18 +196,23 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
   }
 
   let last = performance.now()
-  const tick = speed > 0 ? setInterval(() => {
-    const t = performance.now()
-    advance((t - last) * speed)
-    last = t
-  }, opts.tickMs ?? 100) : undefined
+  const tick =
+    speed > 0
+      ? setInterval(() => {
+          const t = performance.now()
+          advance((t - last) * speed)
+          last = t
+        }, opts.tickMs ?? 100)
+      : undefined
   tick?.unref()
 
   const state = (): SimOutletState[] =>
     outlets.map((o) => ({
       outlet: o.n,
       coilClosed: o.coil,
-      vehicle: o.vehicle ? { needWh: o.vehicle.needWh, maxA: o.vehicle.maxA, taperFrom: o.vehicle.taperFrom, chargedWh: o.vehicle.chargedWh, full: o.vehicle.full } : null,
+      vehicle: o.vehicle
+        ? { needWh: o.vehicle.needWh, maxA: o.vehicle.maxA, taperFrom: o.vehicle.taperFrom, chargedWh: o.vehicle.chargedWh, full: o.vehicle.full }
+        : null,
       voltageV: o.voltageV,
       currentA: o.currentA,
       powerW: o.voltageV * o.currentA,
@@ -324,13 +341,18 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
         frame.writeUInt16BE(res.length + 1, 4)
         frame[6] = s.unit
         res.copy(frame, 7)
-        reply(() => { if (!sock.destroyed) sock.write(frame) })
+        reply(() => {
+          if (!sock.destroyed) sock.write(frame)
+        })
       }
     })
   })
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
-    server.listen(opts.port ?? 5020, opts.host ?? '127.0.0.1', () => { server.off('error', reject); resolve() })
+    server.listen(opts.port ?? 5020, opts.host ?? '127.0.0.1', () => {
+      server.off('error', reject)
+      resolve()
+    })
   })
   const port = (server.address() as net.AddressInfo).port
 
@@ -414,13 +436,18 @@ export async function startSim(opts: SimOptions = {}): Promise<Sim> {
       case 'state':
         return { ok: true, simMs, state: state() }
       default:
-        return { ok: false, error: `unknown command ${JSON.stringify((c as { cmd?: unknown })?.cmd)} (plug, unplug, coil, fault, advance, script, state)` }
+        return {
+          ok: false,
+          error: `unknown command ${JSON.stringify((c as { cmd?: unknown })?.cmd)} (plug, unplug, coil, fault, advance, script, state)`,
+        }
     }
   }
 
   return {
     port,
-    get simMs() { return simMs },
+    get simMs() {
+      return simMs
+    },
     outlets: state,
     vehicles: () => state().map((o) => o.vehicle),
     plug(k, v = {}) {

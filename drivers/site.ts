@@ -48,17 +48,41 @@ export interface OpenOptions {
 /** A bus and the Modbus/line operations on it, all through its one scheduler. */
 export class Bus {
   readonly scheduler: BusScheduler<ModbusRequest, ModbusResponse> | BusScheduler<LineRequest, LineReply>
-  constructor(readonly config: BusConfig, opts: OpenOptions) {
-    const common = { id: config.id, type: config.type, now: opts.now, logger: opts.logger, timeoutMs: config.timeoutMs, retries: config.retries, ...opts.scheduler }
+  constructor(
+    readonly config: BusConfig,
+    opts: OpenOptions,
+  ) {
+    const common = {
+      id: config.id,
+      type: config.type,
+      now: opts.now,
+      logger: opts.logger,
+      timeoutMs: config.timeoutMs,
+      retries: config.retries,
+      ...opts.scheduler,
+    }
     if (config.type === 'modbus-tcp') {
-      this.scheduler = new BusScheduler(new TcpLink(new TcpStream(config.host, config.port, Math.max(config.timeoutMs * 5, 2000))), { ...common, interFrameMs: 0 })
+      this.scheduler = new BusScheduler(new TcpLink(new TcpStream(config.host, config.port, Math.max(config.timeoutMs * 5, 2000))), {
+        ...common,
+        interFrameMs: 0,
+      })
     } else {
       const bits = bitsPerChar(config.dataBits, config.parity, config.stopBits)
       const charMs = (bits * 1000) / config.baudRate
-      const stream = new SerialStream({ path: config.path, baudRate: config.baudRate, parity: config.parity, dataBits: config.dataBits, stopBits: config.stopBits })
+      const stream = new SerialStream({
+        path: config.path,
+        baudRate: config.baudRate,
+        parity: config.parity,
+        dataBits: config.dataBits,
+        stopBits: config.stopBits,
+      })
       const gap = config.type === 'modbus-rtu' && config.interFrameMs !== undefined ? config.interFrameMs : interFrameMs(config.baudRate, bits)
       if (config.type === 'modbus-rtu') {
-        this.scheduler = new BusScheduler(new RtuLink(stream), { ...common, interFrameMs: gap, wireMs: (req) => charMs * rtuBytes(req as ModbusRequest) })
+        this.scheduler = new BusScheduler(new RtuLink(stream), {
+          ...common,
+          interFrameMs: gap,
+          wireMs: (req) => charMs * rtuBytes(req as ModbusRequest),
+        })
       } else {
         // A D line is at most ~60 characters; a request ~16.
         this.scheduler = new BusScheduler(new LineLink(stream), { ...common, interFrameMs: gap, wireMs: () => charMs * 80 })
@@ -95,26 +119,41 @@ export class Bus {
 
   /** Several block reads as one job (nothing else on the bus in between). */
   readBlocks(unit: number, blocks: Block[], opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[][]> {
-    return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => {
-      const out: number[][] = []
-      for (const b of blocks) out.push(decodeWords((await tx({ unit, fc: b.fc, address: b.address, count: b.count })).data))
-      return out
-    }, opts)
+    return this.modbus().submit(
+      unit,
+      opts.priority ?? 'poll',
+      async (tx) => {
+        const out: number[][] = []
+        for (const b of blocks) out.push(decodeWords((await tx({ unit, fc: b.fc, address: b.address, count: b.count })).data))
+        return out
+      },
+      opts,
+    )
   }
 
   /** Write then read back in one job; resolves to the value read back. */
   writeCoilConfirmed(unit: number, address: number, value: boolean, opts: { delayMs?: number } = {}): Promise<boolean> {
-    return this.modbus().submit(unit, 'relay', async (tx) => {
-      await tx({ unit, fc: 5, address, value })
-      return decodeBits((await tx({ unit, fc: 1, address, count: 1 })).data, 1)[0]!
-    }, opts)
+    return this.modbus().submit(
+      unit,
+      'relay',
+      async (tx) => {
+        await tx({ unit, fc: 5, address, value })
+        return decodeBits((await tx({ unit, fc: 1, address, count: 1 })).data, 1)[0]!
+      },
+      opts,
+    )
   }
 
   writeRegisterConfirmed(unit: number, address: number, value: number, opts: { delayMs?: number } = {}): Promise<number> {
-    return this.modbus().submit(unit, 'relay', async (tx) => {
-      await tx({ unit, fc: 6, address, value })
-      return decodeWords((await tx({ unit, fc: 3, address, count: 1 })).data)[0]!
-    }, opts)
+    return this.modbus().submit(
+      unit,
+      'relay',
+      async (tx) => {
+        await tx({ unit, fc: 6, address, value })
+        return decodeWords((await tx({ unit, fc: 3, address, count: 1 })).data)[0]!
+      },
+      opts,
+    )
   }
 
   lineExchange(req: LineRequest, priority: Priority, opts: { delayMs?: number } = {}): Promise<LineReply> {
@@ -146,7 +185,14 @@ export function openBus(config: BusConfig, opts: OpenOptions): Bus {
 class ModbusOutlet implements OutletIO {
   readonly hasRelay: boolean
   private readonly blocks: Block[]
-  constructor(readonly id: string, private readonly bus: Bus, private readonly cfg: OutletConfig, private readonly meter: DeviceModel, private readonly relay: DeviceModel | undefined, private readonly now: () => number) {
+  constructor(
+    readonly id: string,
+    private readonly bus: Bus,
+    private readonly cfg: OutletConfig,
+    private readonly meter: DeviceModel,
+    private readonly relay: DeviceModel | undefined,
+    private readonly now: () => number,
+  ) {
     this.hasRelay = relay !== undefined
     this.blocks = meterBlocks(meter)
   }
@@ -160,7 +206,7 @@ class ModbusOutlet implements OutletIO {
   private relayPoint(): { unit: number; address: number; model: DeviceModel } {
     if (!this.relay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
     const r = this.relay.relay!
-    const address = r.point === 'coil' ? this.cfg.relay.coil ?? r.address : this.cfg.relay.register ?? r.address
+    const address = r.point === 'coil' ? (this.cfg.relay.coil ?? r.address) : (this.cfg.relay.register ?? r.address)
     if (address === undefined) throw new OutpostError('NO_RELAY', `outlet ${this.id}: relay model ${this.relay.name} needs relay.${r.point}`)
     return { unit: this.cfg.relay.unit, address, model: this.relay }
   }
@@ -171,11 +217,16 @@ class ModbusOutlet implements OutletIO {
     const opts = { delayMs: this.cfg.relay?.delayMs }
     if (r.point === 'coil') {
       const back = await this.bus.writeCoilConfirmed(unit, address, closed, opts)
-      if (back !== closed) throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: coil ${address} of unit ${unit} reads ${back ? 'closed' : 'open'} after writing ${closed ? 'closed' : 'open'}`)
+      if (back !== closed)
+        throw new OutpostError(
+          'RELAY_MISMATCH',
+          `outlet ${this.id}: coil ${address} of unit ${unit} reads ${back ? 'closed' : 'open'} after writing ${closed ? 'closed' : 'open'}`,
+        )
     } else {
       const want = closed ? r.closedValue : r.openValue
       const back = await this.bus.writeRegisterConfirmed(unit, address, want, opts)
-      if (back !== want) throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: register ${address} of unit ${unit} reads ${back} after writing ${want}`)
+      if (back !== want)
+        throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: register ${address} of unit ${unit} reads ${back} after writing ${want}`)
     }
   }
 
@@ -186,12 +237,21 @@ class ModbusOutlet implements OutletIO {
     const v = (await this.bus.readRegisters(unit, 3, address, 1, { delayMs: this.cfg.relay?.delayMs }))[0]!
     if (v === r.closedValue) return true
     if (v === r.openValue) return false
-    throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: register ${address} of unit ${unit} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`)
+    throw new OutpostError(
+      'RELAY_MISMATCH',
+      `outlet ${this.id}: register ${address} of unit ${unit} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`,
+    )
   }
 }
 
 class SerialOutlet implements OutletIO {
-  constructor(readonly id: string, private readonly bus: Bus, private readonly cfg: OutletConfig, readonly hasRelay: boolean, private readonly now: () => number) {}
+  constructor(
+    readonly id: string,
+    private readonly bus: Bus,
+    private readonly cfg: OutletConfig,
+    readonly hasRelay: boolean,
+    private readonly now: () => number,
+  ) {}
 
   async read(): Promise<Reading> {
     const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.meter.unit }, 'poll', { delayMs: this.cfg.meter.delayMs })
@@ -203,7 +263,10 @@ class SerialOutlet implements OutletIO {
     if (!this.hasRelay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
     const r = await this.bus.lineExchange({ type: 'S', addr: this.cfg.relay.unit, closed }, 'relay', { delayMs: this.cfg.relay.delayMs })
     if (r.type !== 'D' || r.relayClosed !== closed) {
-      throw new OutpostError('RELAY_MISMATCH', `outlet ${this.id}: controller ${this.cfg.relay.unit} reports its relay ${r.type === 'D' && r.relayClosed ? 'closed' : 'open'} after being told ${closed ? 'close' : 'open'}`)
+      throw new OutpostError(
+        'RELAY_MISMATCH',
+        `outlet ${this.id}: controller ${this.cfg.relay.unit} reports its relay ${r.type === 'D' && r.relayClosed ? 'closed' : 'open'} after being told ${closed ? 'close' : 'open'}`,
+      )
     }
   }
 
@@ -242,11 +305,14 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     const relay = o.relay ? registry.get(o.relay.model, 'relay') : undefined
     const wantTransport = bc.type === 'serial' ? 'serial' : 'modbus'
     for (const m of [meter, relay]) {
-      if (m && m.transport !== wantTransport) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
+      if (m && m.transport !== wantTransport)
+        throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
     }
     plans.push(() => {
       const bus = buses.get(bc.id)!
-      return bc.type === 'serial' ? new SerialOutlet(o.id, bus, o, relay !== undefined, opts.now) : new ModbusOutlet(o.id, bus, o, meter, relay, opts.now)
+      return bc.type === 'serial'
+        ? new SerialOutlet(o.id, bus, o, relay !== undefined, opts.now)
+        : new ModbusOutlet(o.id, bus, o, meter, relay, opts.now)
     })
   }
   for (const bc of config.buses) buses.set(bc.id, openBus(bc, opts))

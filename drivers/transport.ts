@@ -55,7 +55,14 @@ export class SerialStream implements ByteStream {
   async open(): Promise<void> {
     this.closing = false
     const { SerialPort } = await import('serialport')
-    const port = new SerialPort({ path: this.opts.path, baudRate: this.opts.baudRate, parity: this.opts.parity, dataBits: this.opts.dataBits, stopBits: this.opts.stopBits, autoOpen: false })
+    const port = new SerialPort({
+      path: this.opts.path,
+      baudRate: this.opts.baudRate,
+      parity: this.opts.parity,
+      dataBits: this.opts.dataBits,
+      stopBits: this.opts.stopBits,
+      autoOpen: false,
+    })
     return new Promise((resolve, reject) => {
       port.open((err) => {
         if (err) {
@@ -70,7 +77,14 @@ export class SerialStream implements ByteStream {
         port.on('error', () => {})
         port.on('close', (e?: Error & { disconnected?: boolean }) => {
           if (this.port === port) this.port = undefined
-          if (!this.closing) this.onLost(new OutpostError('BUS_CLOSED', `${this.describe} was lost${e?.disconnected ? ' (adapter disconnected)' : ''}${e ? ': ' + e.message : ''}`, { cause: e }))
+          if (!this.closing)
+            this.onLost(
+              new OutpostError(
+                'BUS_CLOSED',
+                `${this.describe} was lost${e?.disconnected ? ' (adapter disconnected)' : ''}${e ? ': ' + e.message : ''}`,
+                { cause: e },
+              ),
+            )
         })
         resolve()
       })
@@ -99,7 +113,13 @@ export class SerialStream implements ByteStream {
     const port = this.port
     this.port = undefined
     if (!port?.isOpen) return Promise.resolve()
-    return new Promise((resolve) => port.close(() => { port.removeAllListeners(); port.on('error', () => {}); resolve() }))
+    return new Promise((resolve) =>
+      port.close(() => {
+        port.removeAllListeners()
+        port.on('error', () => {})
+        resolve()
+      }),
+    )
   }
 }
 
@@ -110,7 +130,11 @@ export class TcpStream implements ByteStream {
   onData: (chunk: Buffer) => void = () => {}
   onLost: (err: OutpostError) => void = () => {}
 
-  constructor(private readonly host: string, private readonly port: number, private readonly connectTimeoutMs = 3000) {
+  constructor(
+    private readonly host: string,
+    private readonly port: number,
+    private readonly connectTimeoutMs = 3000,
+  ) {
     this.describe = `tcp://${host}:${port}`
   }
 
@@ -123,7 +147,10 @@ export class TcpStream implements ByteStream {
     return new Promise((resolve, reject) => {
       const s = net.connect({ host: this.host, port: this.port })
       s.setNoDelay(true)
-      const timer = setTimeout(() => { s.destroy(); reject(new OutpostError('BUS_OPEN_FAILED', `cannot connect to ${this.describe}: timed out`)) }, this.connectTimeoutMs)
+      const timer = setTimeout(() => {
+        s.destroy()
+        reject(new OutpostError('BUS_OPEN_FAILED', `cannot connect to ${this.describe}: timed out`))
+      }, this.connectTimeoutMs)
       const onErr = (err: Error): void => {
         clearTimeout(timer)
         s.destroy()
@@ -150,7 +177,9 @@ export class TcpStream implements ByteStream {
     const s = this.socket
     if (!s || s.destroyed) return Promise.reject(new OutpostError('BUS_CLOSED', `${this.describe} is not connected`))
     return new Promise((resolve, reject) => {
-      s.write(data, (err) => (err ? reject(new OutpostError('BUS_WRITE_FAILED', `write to ${this.describe} failed: ${err.message}`, { cause: err })) : resolve()))
+      s.write(data, (err) =>
+        err ? reject(new OutpostError('BUS_WRITE_FAILED', `write to ${this.describe} failed: ${err.message}`, { cause: err })) : resolve(),
+      )
     })
   }
 

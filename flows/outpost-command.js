@@ -11,32 +11,31 @@ const { bridgeOf } = require('./lib/bridge.js')
 /** Codes that mean the flow is wrong (or Outpost is), not that the site said no. */
 const FLOW_ERRORS = new Set(['invalid-command', 'internal', 'unavailable'])
 
-module.exports = function (RED) {
+module.exports = (RED) => {
   function OutpostCommandNode(config) {
     RED.nodes.createNode(this, config)
-    const node = this
-    const bridge = bridgeOf(RED, node)
+    const bridge = bridgeOf(RED, this)
     if (!bridge) return
-    node.on('input', (msg, send, done) => {
+    this.on('input', (msg, send, done) => {
       const p = msg.payload
       const what = p && typeof p === 'object' ? `${p.action ?? '?'}${p.outlet ? ' ' + p.outlet : ''}` : typeof p
       bridge.command(p).then(
         (result) => {
           msg.payload = result
           if (result.ok) {
-            node.status({ fill: 'green', shape: 'dot', text: `${what}: ok` })
+            this.status({ fill: 'green', shape: 'dot', text: `${what}: ok` })
             send(msg)
             done()
             return
           }
           const { code, message } = result.error
-          node.status({ fill: FLOW_ERRORS.has(code) ? 'red' : 'yellow', shape: 'ring', text: `${what}: ${code}` })
+          this.status({ fill: FLOW_ERRORS.has(code) ? 'red' : 'yellow', shape: 'ring', text: `${what}: ${code}` })
           send(msg)
           if (FLOW_ERRORS.has(code)) done(`${code}: ${message}`)
           else done()
         },
         (err) => {
-          node.status({ fill: 'red', shape: 'ring', text: 'failed' })
+          this.status({ fill: 'red', shape: 'ring', text: 'failed' })
           done(err)
         },
       )

@@ -7,26 +7,25 @@
 
 const { bridgeOf, watchStatuses, RECORD_TYPES } = require('./lib/bridge.js')
 
-module.exports = function (RED) {
+module.exports = (RED) => {
   function OutpostEventsNode(config) {
     RED.nodes.createNode(this, config)
-    const node = this
-    const bridge = bridgeOf(RED, node)
+    const bridge = bridgeOf(RED, this)
     if (!bridge) return
     const types = new Set(Array.isArray(config.types) ? config.types.filter((t) => RECORD_TYPES.includes(t)) : RECORD_TYPES)
     const outlet = typeof config.outlet === 'string' ? config.outlet.trim() : ''
     const statuses = ['none', 'changes', 'all'].includes(config.statuses) ? config.statuses : 'changes'
     if (outlet && !bridge.outletIds().includes(outlet)) {
-      node.status({ fill: 'red', shape: 'ring', text: `unknown outlet ${outlet}` })
-      node.error(`unknown outlet "${outlet}" (outlets: ${bridge.outletIds().join(', ')})`)
+      this.status({ fill: 'red', shape: 'ring', text: `unknown outlet ${outlet}` })
+      this.error(`unknown outlet "${outlet}" (outlets: ${bridge.outletIds().join(', ')})`)
       return
     }
     const wanted = (id) => !outlet || id === outlet
     let sent = 0
     const emit = (msg) => {
       sent++
-      node.status({ fill: 'green', shape: 'dot', text: `${msg.topic} (${sent})` })
-      node.send(msg)
+      this.status({ fill: 'green', shape: 'dot', text: `${msg.topic} (${sent})` })
+      this.send(msg)
     }
     const offs = []
     offs.push(
@@ -47,11 +46,11 @@ module.exports = function (RED) {
     }
     // gateway.started is journaled before Node-RED starts: each node gets this boot's one once.
     if (types.has('gateway.started') && outlet === '') {
-      const boot = bridge.bootRecord(node.id)
+      const boot = bridge.bootRecord(this.id)
       if (boot) setImmediate(() => emit({ topic: boot.type, payload: boot }))
     }
-    node.status({ fill: 'grey', shape: 'ring', text: 'listening' })
-    node.on('close', () => {
+    this.status({ fill: 'grey', shape: 'ring', text: 'listening' })
+    this.on('close', () => {
       for (const off of offs) off()
     })
   }

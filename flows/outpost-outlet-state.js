@@ -7,11 +7,10 @@
 
 const { bridgeOf, watchStatuses } = require('./lib/bridge.js')
 
-module.exports = function (RED) {
+module.exports = (RED) => {
   function OutpostOutletStateNode(config) {
     RED.nodes.createNode(this, config)
-    const node = this
-    const bridge = bridgeOf(RED, node)
+    const bridge = bridgeOf(RED, this)
     if (!bridge) return
     const configured = typeof config.outlet === 'string' ? config.outlet.trim() : ''
 
@@ -29,15 +28,19 @@ module.exports = function (RED) {
       return undefined
     }
     const show = (msg) => {
-      const text = Array.isArray(msg.payload) ? `${msg.payload.length} outlets` : msg.payload ? `${msg.payload.outlet}: ${msg.payload.state}` : 'no reading yet'
-      node.status({ fill: 'blue', shape: 'dot', text })
+      const text = Array.isArray(msg.payload)
+        ? `${msg.payload.length} outlets`
+        : msg.payload
+          ? `${msg.payload.outlet}: ${msg.payload.state}`
+          : 'no reading yet'
+      this.status({ fill: 'blue', shape: 'dot', text })
     }
 
-    node.on('input', (msg, send, done) => {
+    this.on('input', (msg, send, done) => {
       const asked = configured || (typeof msg.outlet === 'string' ? msg.outlet : '')
       const err = fill(msg, asked)
       if (err) {
-        node.status({ fill: 'red', shape: 'ring', text: err })
+        this.status({ fill: 'red', shape: 'ring', text: err })
         done(err)
         return
       }
@@ -48,7 +51,7 @@ module.exports = function (RED) {
 
     if (config.onChange) {
       if (configured && !bridge.outletIds().includes(configured)) {
-        node.error(`unknown outlet "${configured}" (outlets: ${bridge.outletIds().join(', ')})`)
+        this.error(`unknown outlet "${configured}" (outlets: ${bridge.outletIds().join(', ')})`)
         return
       }
       const off = watchStatuses(bridge, (s, previous, changed) => {
@@ -56,9 +59,9 @@ module.exports = function (RED) {
         const msg = { changed: s.outlet, previous }
         fill(msg, configured)
         show(msg)
-        node.send(msg)
+        this.send(msg)
       })
-      node.on('close', off)
+      this.on('close', off)
     }
   }
   RED.nodes.registerType('outpost-outlet-state', OutpostOutletStateNode)

@@ -26,7 +26,10 @@ t.test('the status page: sign in, every outlet, live session, billed session, di
   const page = await context.newPage()
   const errors: string[] = []
   page.on('pageerror', (e) => errors.push(e.message))
-  page.on('console', (m) => void (m.type() === 'error' && !/Failed to load resource|ERR_CONNECTION_REFUSED|EventSource/.test(m.text()) && errors.push(m.text())))
+  page.on(
+    'console',
+    (m) => void (m.type() === 'error' && !/Failed to load resource|ERR_CONNECTION_REFUSED|EventSource/.test(m.text()) && errors.push(m.text())),
+  )
   const base = site.base
   const external: string[] = []
   page.on('request', (r) => void (!r.url().startsWith(base + '/') && external.push(r.url())))
@@ -40,7 +43,11 @@ t.test('the status page: sign in, every outlet, live session, billed session, di
   await Promise.all([page.waitForURL(base + '/'), page.click('button[type=submit]')])
   await page.waitForSelector('#conn.live')
   await page.waitForFunction(() => document.querySelectorAll('#outlets [data-outlet]').length === 3)
-  t.same(await page.$$eval('#outlets [data-outlet]', (els) => els.map((e: any) => e.getAttribute('data-outlet'))), ['A1', 'A2', 'A3'], 'every outlet, in config order')
+  t.same(
+    await page.$$eval('#outlets [data-outlet]', (els) => els.map((e: any) => e.getAttribute('data-outlet'))),
+    ['A1', 'A2', 'A3'],
+    'every outlet, in config order',
+  )
   t.same(await page.$$eval('#outlets [data-outlet]', (els) => els.map((e: any) => e.getAttribute('data-state'))), ['off', 'off', 'off'])
   t.match(await page.textContent('#outlets [data-outlet="A1"]'), 'Bay 1')
   t.match(await page.textContent('#buses'), /lan[\s\S]*open/, 'bus health shown')
@@ -53,14 +60,18 @@ t.test('the status page: sign in, every outlet, live session, billed session, di
   const start = await site.post('/api/outlets/A1/start', { userId: 'alice' })
   t.equal(start.status, 200)
   await page.waitForSelector('#outlets [data-outlet="A1"][data-state="charging"]', { timeout: 30_000 })
-  await page.waitForFunction(() => Number(document.querySelector('#outlets [data-outlet="A1"] .amps')?.textContent) > 1, undefined, { timeout: 30_000 })
+  await page.waitForFunction(() => Number(document.querySelector('#outlets [data-outlet="A1"] .amps')?.textContent) > 1, undefined, {
+    timeout: 30_000,
+  })
   const card = await page.textContent('#outlets [data-outlet="A1"]')
   t.match(card, 'alice', 'the open session names its user')
   t.match(card, /CA\$|\$\s?0\.\d\d|CAD/, 'and its running cost in the plan currency')
   t.match(card, 'so far')
   t.equal(await page.evaluate(() => window.marker), 42, 'no reload happened')
   // Let the chart collect a few points, then look at it.
-  await page.waitForFunction(() => /A1 [1-9]\d*\.\d\d kW|A1 0\.[1-9]\d kW/.test(document.querySelector('#legend')?.textContent ?? ''), undefined, { timeout: 30_000 })
+  await page.waitForFunction(() => /A1 [1-9]\d*\.\d\d kW|A1 0\.[1-9]\d kW/.test(document.querySelector('#legend')?.textContent ?? ''), undefined, {
+    timeout: 30_000,
+  })
   const shot1 = join(site.dir, 'status-charging-phone.png')
   await page.screenshot({ path: shot1, fullPage: true })
   keepScreenshot(shot1)
@@ -71,7 +82,9 @@ t.test('the status page: sign in, every outlet, live session, billed session, di
   t.match(row, /A1[\s\S]*alice[\s\S]*user-stopped/, 'the billed session, with its reason')
   t.match(row, /CA\$|CAD|\$/)
   await page.waitForSelector('#outlets [data-outlet="A1"][data-state="off"]')
-  await page.waitForFunction(() => Number(document.querySelector('#outlets [data-outlet="A1"] .amps')?.textContent) === 0, undefined, { timeout: 30_000 })
+  await page.waitForFunction(() => Number(document.querySelector('#outlets [data-outlet="A1"] .amps')?.textContent) === 0, undefined, {
+    timeout: 30_000,
+  })
   t.pass('the idle outlet shows its current reading (0 A with the relay open), not the last charging one')
   site.sim.unplug(1)
 
@@ -83,7 +96,13 @@ t.test('the status page: sign in, every outlet, live session, billed session, di
   const shot2 = join(site.dir, 'status-disconnected-phone.png')
   await page.screenshot({ path: shot2 })
   keepScreenshot(shot2)
-  const again = new LocalApi({ daemon: site.daemon, config: { listen: `127.0.0.1:${port}`, token: TOKEN }, logger: createLogger('silent'), now: () => Date.now(), retryMs: 200 })
+  const again = new LocalApi({
+    daemon: site.daemon,
+    config: { listen: `127.0.0.1:${port}`, token: TOKEN },
+    logger: createLogger('silent'),
+    now: () => Date.now(),
+    retryMs: 200,
+  })
   t.teardown(() => again.stop())
   await again.start()
   t.ok(again.address(), 'the API is back on the same port')

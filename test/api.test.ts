@@ -22,7 +22,15 @@ async function allRecords(site: ApiSite): Promise<JournalRecord[]> {
 }
 
 /** A request that must be refused with `status` and `code`, naming `names` in its message, and change nothing. */
-async function refused(t: Test, site: ApiSite, what: string, p: Promise<{ status: number; body: any }>, status: number, code: string, names?: string | RegExp): Promise<void> {
+async function refused(
+  t: Test,
+  site: ApiSite,
+  what: string,
+  p: Promise<{ status: number; body: any }>,
+  status: number,
+  code: string,
+  names?: string | RegExp,
+): Promise<void> {
   const head = site.daemon.records!.head()
   const r = await p
   t.equal(r.status, status, `${what}: HTTP ${status}`)
@@ -50,7 +58,11 @@ t.test('routes, auth and commands against a real site', async (t) => {
       const r = await site.json('/api/outlets', { auth: wrong })
       t.equal(r.status, 401, `wrong token ${JSON.stringify(wrong)} refused`)
     }
-    t.equal((await site.json('/api/outlets', { headers: { authorization: `Basic ${Buffer.from('a:' + TOKEN).toString('base64')}` } })).status, 401, 'Basic is not Bearer')
+    t.equal(
+      (await site.json('/api/outlets', { headers: { authorization: `Basic ${Buffer.from('a:' + TOKEN).toString('base64')}` } })).status,
+      401,
+      'Basic is not Bearer',
+    )
     for (const path of ['/metrics', '/api/sessions', '/api/records', '/api/status', '/api/outlets/A1/prices', '/static/app.js']) {
       t.equal((await site.req(path, { auth: false })).status, 401, `${path} needs the token`)
     }
@@ -59,7 +71,10 @@ t.test('routes, auth and commands against a real site', async (t) => {
 
     const ok = await site.json('/api/outlets')
     t.equal(ok.status, 200)
-    t.same(ok.body.map((s: { outlet: string }) => s.outlet), ['A1', 'A2'])
+    t.same(
+      ok.body.map((s: { outlet: string }) => s.outlet),
+      ['A1', 'A2'],
+    )
     for (const s of ok.body) {
       t.match(s, { state: 'off', currentA: Number, powerW: Number, energyWh: 0, cost: 0, ts: String }, `${s.outlet} has the MQTT outlet shape`)
     }
@@ -71,11 +86,21 @@ t.test('routes, auth and commands against a real site', async (t) => {
     t.match(form, /<form method="post" action="\/login">/)
     t.notMatch(form, /A1/, 'no site data on the sign-in form')
 
-    const bad = await site.req('/login', { auth: false, method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'token=wrong-token' })
+    const bad = await site.req('/login', {
+      auth: false,
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'token=wrong-token',
+    })
     t.equal(bad.status, 401)
     t.equal(bad.headers.get('set-cookie'), null, 'no cookie for a wrong token')
     t.match(await bad.text(), /That token is not right/)
-    const good = await site.req('/login', { auth: false, method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams({ token: TOKEN }).toString() })
+    const good = await site.req('/login', {
+      auth: false,
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ token: TOKEN }).toString(),
+    })
     t.equal(good.status, 303)
     t.equal(good.headers.get('location'), '/')
     const cookie = good.headers.get('set-cookie')!
@@ -90,7 +115,18 @@ t.test('routes, auth and commands against a real site', async (t) => {
     const out = await site.req('/logout', { auth: false, method: 'POST', headers: { cookie: pair } })
     t.equal(out.status, 303)
     t.match(out.headers.get('set-cookie'), /Max-Age=0/)
-    t.equal((await site.req('/login', { auth: false, method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: TOKEN }) })).status, 415, 'sign-in takes a form')
+    t.equal(
+      (
+        await site.req('/login', {
+          auth: false,
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ token: TOKEN }),
+        })
+      ).status,
+      415,
+      'sign-in takes a form',
+    )
   })
 
   await t.test('404 and 405 are clear', async (t) => {
@@ -137,10 +173,26 @@ t.test('routes, auth and commands against a real site', async (t) => {
     await refused(t, site, 'userId a number', site.post('/api/outlets/A1/start', { userId: 7 }), 400, 'invalid-request', 'body/userId')
     await refused(t, site, 'unknown field', site.post('/api/outlets/A1/start', { userId: 'u', amount: 5 }), 400, 'invalid-request', 'body/amount')
     await refused(t, site, 'bad command id', site.post('/api/outlets/A1/start', { userId: 'u', id: 5 }), 400, 'invalid-request', 'body/id')
-    await refused(t, site, 'userId the schema refuses', site.post('/api/outlets/A1/start', { userId: 'x'.repeat(300) }), 400, 'invalid-command', 'body/userId')
+    await refused(
+      t,
+      site,
+      'userId the schema refuses',
+      site.post('/api/outlets/A1/start', { userId: 'x'.repeat(300) }),
+      400,
+      'invalid-command',
+      'body/userId',
+    )
     await refused(t, site, 'missing by', site.post('/api/outlets/A1/stop', {}), 400, 'invalid-request', 'body/by')
     await refused(t, site, 'bad by', site.post('/api/outlets/A1/stop', { by: 'cloud' }), 400, 'invalid-request', 'body/by')
-    await refused(t, site, 'text/plain', site.post('/api/outlets/A1/start', JSON.stringify({ userId: 'u' }), { headers: { 'content-type': 'text/plain' } }), 415, 'unsupported-media-type', 'application/json')
+    await refused(
+      t,
+      site,
+      'text/plain',
+      site.post('/api/outlets/A1/start', JSON.stringify({ userId: 'u' }), { headers: { 'content-type': 'text/plain' } }),
+      415,
+      'unsupported-media-type',
+      'application/json',
+    )
     await refused(t, site, 'too big', site.post('/api/outlets/A1/start', { userId: 'u', pad: 'x'.repeat(10_000) }), 413, 'body-too-large', '4096')
     await refused(t, site, 'unknown outlet', site.post('/api/outlets/Q/start', { userId: 'u' }), 404, 'unknown-outlet', 'Q')
     t.equal(site.daemon.engineState.outlets.A1!.session, null, 'no session was opened')
@@ -177,11 +229,25 @@ t.test('routes, auth and commands against a real site', async (t) => {
     t.equal(busy.body.error.code, 'outlet-busy')
     t.match(busy.body.id, /^local-/, 'a command id was made up for it')
 
-    await waitFor(async () => (await site.json('/api/outlets')).body.find((s: { outlet: string; state: string; currentA: number }) => s.outlet === 'A1' && s.state === 'charging' && s.currentA > 1), 'A1 charging, seen through the API')
+    await waitFor(
+      async () =>
+        (await site.json('/api/outlets')).body.find(
+          (s: { outlet: string; state: string; currentA: number }) => s.outlet === 'A1' && s.state === 'charging' && s.currentA > 1,
+        ),
+      'A1 charging, seen through the API',
+    )
     const snap = await site.json('/api/status')
     t.equal(snap.status, 200)
     const a1 = snap.body.outlets.find((o: { id: string }) => o.id === 'A1')
-    t.match(a1, { id: 'A1', name: 'Bay 1', planId: 'standard', currency: 'CAD', digits: 2, hasRelay: true, status: { state: 'charging', userId: 'alice' } })
+    t.match(a1, {
+      id: 'A1',
+      name: 'Bay 1',
+      planId: 'standard',
+      currency: 'CAD',
+      digits: 2,
+      hasRelay: true,
+      status: { state: 'charging', userId: 'alice' },
+    })
     t.match(snap.body.buses[0], { id: 'lan', state: 'open', transactions: Number })
     t.match(snap.body.uplink, { status: 'disabled', head: site.daemon.records!.head() })
     t.equal(snap.body.journal.head, site.daemon.records!.head())
@@ -189,7 +255,10 @@ t.test('routes, auth and commands against a real site', async (t) => {
     // /metrics against the daemon's own views while A1 charges.
     // Charging for a few more polls of meter 1, so the bill has energy and time in it.
     const polled = site.sim.served.get(1) ?? 0
-    await waitFor(() => (site.sim.served.get(1) ?? 0) >= polled + 4 && site.daemon.outletStatuses().find((s) => s.outlet === 'A1')!.energyWh > 0.5, 'A1 has charged some energy')
+    await waitFor(
+      () => (site.sim.served.get(1) ?? 0) >= polled + 4 && site.daemon.outletStatuses().find((s) => s.outlet === 'A1')!.energyWh > 0.5,
+      'A1 has charged some energy',
+    )
     const m = parseMetrics(await (await site.req('/metrics')).text())
     t.equal(m.get('outpost_outlet_state{outlet="A1",state="charging"}'), 1)
     t.equal(m.get('outpost_outlet_state{outlet="A1",state="off"}'), 0)
@@ -249,8 +318,12 @@ t.test('routes, auth and commands against a real site', async (t) => {
     const newest = [...ended].reverse()
     t.same((await site.json('/api/sessions')).body.sessions, newest, 'all four, newest first')
     t.same((await site.json('/api/sessions?limit=2')).body.sessions, newest.slice(0, 2))
-    t.same(newest.map((r) => r.reason), ['user-stopped', 'manager-stopped', 'user-stopped', 'user-stopped'])
-    for (const q of ['limit=0', 'limit=201', 'limit=x', 'limit=1.5']) await refused(t, site, q, site.json(`/api/sessions?${q}`), 400, 'invalid-request', 'limit')
+    t.same(
+      newest.map((r) => r.reason),
+      ['user-stopped', 'manager-stopped', 'user-stopped', 'user-stopped'],
+    )
+    for (const q of ['limit=0', 'limit=201', 'limit=x', 'limit=1.5'])
+      await refused(t, site, q, site.json(`/api/sessions?${q}`), 400, 'invalid-request', 'limit')
 
     // The backward fill in small chunks finds the same, and later sessions join from events.
     const ring = new RecentSessions(site.daemon, { chunk: 2, capacity: 3 })
@@ -261,19 +334,27 @@ t.test('routes, auth and commands against a real site', async (t) => {
     t.equal((await site.post('/api/outlets/A2/stop', { by: 'user' })).status, 200)
     site.sim.unplug(2)
     const latest = (await allRecords(site)).filter((r): r is Ended => r.type === 'session.ended').at(-1)!
-    t.same((await ring.recent(10)).map((r) => r.seq), [latest.seq, ...newest.slice(0, 2).map((r) => r.seq)], 'a new session comes first')
+    t.same(
+      (await ring.recent(10)).map((r) => r.seq),
+      [latest.seq, ...newest.slice(0, 2).map((r) => r.seq)],
+      'a new session comes first',
+    )
 
     const head = site.daemon.records!.head()
     const page1 = await site.json('/api/records?from=1&limit=2')
     t.equal(page1.status, 200)
-    t.same(page1.body.records.map((r: JournalRecord) => r.seq), [1, 2])
+    t.same(
+      page1.body.records.map((r: JournalRecord) => r.seq),
+      [1, 2],
+    )
     t.match(page1.body, { next: 3, head, oldest: 1 })
     t.equal(page1.body.records[0].type, 'gateway.started')
     const all = await site.json('/api/records')
     t.equal(all.body.records.length, head, 'default: from the oldest, up to 100')
     t.equal(all.body.next, null)
     t.same((await site.json(`/api/records?from=${head + 1}`)).body, { records: [], next: null, head, oldest: 1 })
-    for (const q of ['from=0', 'from=abc', 'limit=0', 'limit=1001', 'from=-3']) await refused(t, site, q, site.json(`/api/records?${q}`), 400, 'invalid-request', q.split('=')[0])
+    for (const q of ['from=0', 'from=abc', 'limit=0', 'limit=1001', 'from=-3'])
+      await refused(t, site, q, site.json(`/api/records?${q}`), 400, 'invalid-request', q.split('=')[0])
   })
 
   await t.test('the live stream: the chart history and a snapshot at once, then outlet and record events', async (t) => {
@@ -285,7 +366,11 @@ t.test('routes, auth and commands against a real site', async (t) => {
     const reader = res.body!.getReader()
     let text = ''
     const until = async (re: RegExp): Promise<RegExpExecArray> =>
-      waitFor(async () => re.exec(text) ?? (text += new TextDecoder().decode((await reader.read()).value ?? new Uint8Array()), undefined), `stream to show ${re}`, 30_000)
+      waitFor(
+        async () => re.exec(text) ?? ((text += new TextDecoder().decode((await reader.read()).value ?? new Uint8Array())), undefined),
+        `stream to show ${re}`,
+        30_000,
+      )
     const history = await until(/event: history\ndata: (.*)\n\n/)
     const h = JSON.parse(history[1]!) as { sampleMs: number; points: { ageMs: number; outlets: Record<string, [number, number]> }[] }
     t.equal(h.sampleMs, 250, 'as the test site asked')
@@ -313,7 +398,12 @@ t.test('guessing the token: 429 after ten wrong ones from an address, for a minu
   t.equal(right.status, 429, 'the eleventh try is refused, even with the right token')
   t.equal(right.body.error.code, 'too-many-attempts')
   t.ok(Number(right.res.headers.get('retry-after')) > 0, 'Retry-After says when')
-  const form = await site.req('/login', { auth: false, method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `token=${TOKEN}` })
+  const form = await site.req('/login', {
+    auth: false,
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: `token=${TOKEN}`,
+  })
   t.equal(form.status, 429, 'the sign-in form too')
   t.equal((await site.json('/api/outlets', { auth: false })).status, 401, 'no credentials: still a plain 401')
   t.equal((await site.json('/api/health', { auth: false })).status, 200, 'health stays open')
@@ -396,7 +486,7 @@ t.test('a taken port: one clear error, charging continues, the bind is retried',
 })
 
 t.test('the demo option: a taken port is replaced by a free one', async (t) => {
-  const { port, release } = await takePort(t)
+  const { port } = await takePort(t)
   const site = await startApiSite(t, { outlets: 1, listen: `127.0.0.1:${port}`, service: { api: { anyPortIfTaken: true } } })
   const bound = site.api.address()
   t.ok(bound && bound.port !== port && bound.port > 0, 'listening elsewhere')
@@ -411,7 +501,10 @@ t.test('Node-RED: mounted at its roots, a failure to start leaves charging alone
       config: { nodeRed: { enabled: true } },
       service: { startNodeRed: () => Promise.reject(Object.assign(new Error('no flows'), { code: 'NODE_RED_UNAVAILABLE' })) },
     })
-    t.match(site.logs.find((l) => l.msg === 'node-red did not start; charging continues without it'), { level: 'error', code: 'NODE_RED_UNAVAILABLE' })
+    t.match(
+      site.logs.find((l) => l.msg === 'node-red did not start; charging continues without it'),
+      { level: 'error', code: 'NODE_RED_UNAVAILABLE' },
+    )
     await site.ready()
     t.equal((await site.json('/api/health', { auth: false })).status, 200, 'the API serves')
     t.equal((await site.json('/red/', { auth: false })).status, 404, 'nothing mounted')
@@ -455,7 +548,12 @@ t.test('Node-RED: mounted at its roots, a failure to start leaves charging alone
 
 t.test('Journal.readBackward: newest first, bounded, stops at the oldest held', async (t) => {
   const log = (await openTestLog(t)) as DiskLog
-  const fault = (i: number): RecordBody => ({ type: 'outlet.fault', ts: new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString(), outlet: 'A1', detail: `f${i}` })
+  const fault = (i: number): RecordBody => ({
+    type: 'outlet.fault',
+    ts: new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString(),
+    outlet: 'A1',
+    detail: `f${i}`,
+  })
   await log.append(Array.from({ length: 10 }, (_, i) => fault(i)))
   const seqs = async (to: number, limit: number) => (await log.journal.readBackward(to, limit)).map((r) => r.seq)
   t.same(await seqs(10, 3), [10, 9, 8])
@@ -467,5 +565,9 @@ t.test('Journal.readBackward: newest first, bounded, stops at the oldest held', 
   await log.compact()
   const oldest = log.oldest()
   t.ok(oldest > 1, 'acknowledged records were compacted')
-  t.same(await seqs(10, 100), Array.from({ length: 10 - oldest + 1 }, (_, i) => 10 - i), 'stops at the oldest held, no error')
+  t.same(
+    await seqs(10, 100),
+    Array.from({ length: 10 - oldest + 1 }, (_, i) => 10 - i),
+    'stops at the oldest held, no error',
+  )
 })

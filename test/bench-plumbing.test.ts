@@ -36,14 +36,27 @@ t.test('sampling a real process: its RSS and CPU time', async (t) => {
   const samples = await sampleFor(child.pid!, 600, 200, () => alive)
   t.ok(samples.length >= 3, `${samples.length} samples`)
   t.ok(samples[samples.length - 1]!.cpuS > samples[0]!.cpuS, 'CPU time grows while the child spins')
-  t.ok(samples.every((s) => s.rssMB > 0), 'every sample has an RSS')
+  t.ok(
+    samples.every((s) => s.rssMB > 0),
+    'every sample has an RSS',
+  )
   t.ok(samples[samples.length - 1]!.rssMB > 10, `a running node has more than 10 MB resident (${samples[samples.length - 1]!.rssMB.toFixed(1)} MB)`)
   await exited
-  await t.rejects(sampleFor(child.pid!, 1000, 100, () => alive), /exited while being sampled/)
+  await t.rejects(
+    sampleFor(child.pid!, 1000, 100, () => alive),
+    /exited while being sampled/,
+  )
 })
 
 t.test('slopes: least squares, and the GC floor', async (t) => {
-  t.equal(slope([{ x: 0, y: 1 }, { x: 1, y: 3 }, { x: 2, y: 5 }]), 2)
+  t.equal(
+    slope([
+      { x: 0, y: 1 },
+      { x: 1, y: 3 },
+      { x: 2, y: 5 },
+    ]),
+    2,
+  )
   t.ok(Number.isNaN(slope([{ x: 0, y: 1 }])), 'one point has no slope')
   // A sawtooth around a flat floor: the raw slope depends on where the drops fall, the floor's is ~0.
   const saw: ProcSample[] = Array.from({ length: 48 }, (_, i) => ({ t: i * 5000, rssMB: 100 + (i % 12) * 2, cpuS: i * 0.1 }))
@@ -70,7 +83,10 @@ t.test('rows, verdicts and the table', async (t) => {
   t.equal(verdict(row('x', 'ops/s', [100, 100, 100], [50, 60, 90], { op: '>=', ratio: 0.8 })), 'NO (noisy)')
   const nm = notMeasured('rss with Node-RED', 'MB', '<= 160 MB', 'not measured: Node-RED not running')
   t.equal(verdict(nm), 'not measured')
-  const text = table([{ ...nm, bench: 'footprint' }, { ...ok, bench: 'footprint' }])
+  const text = table([
+    { ...nm, bench: 'footprint' },
+    { ...ok, bench: 'footprint' },
+  ])
   t.match(text, /not measured: Node-RED not running/)
   t.notMatch(text, /NaN/, 'no NaN printed for a figure not measured')
 })
@@ -87,8 +103,11 @@ t.test("the bin's node flags come from its interpreter line", async (t) => {
   t.throws(() => binNodeFlags(f), /no node interpreter line/)
 })
 
-t.test('disk bench: /proc/PID/io parsing, a real process\'s write_bytes, and the raw facts of a journal', async (t) => {
-  t.same(parseProcIo('rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 8192\ncancelled_write_bytes: 4096\n'), { writeBytes: 8192, cancelledWriteBytes: 4096 })
+t.test("disk bench: /proc/PID/io parsing, a real process's write_bytes, and the raw facts of a journal", async (t) => {
+  t.same(parseProcIo('rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 5\nwrite_bytes: 8192\ncancelled_write_bytes: 4096\n'), {
+    writeBytes: 8192,
+    cancelledWriteBytes: 4096,
+  })
   t.throws(() => parseProcIo('rchar: 1\n'), /no write_bytes line/)
   // This process writes 256 kB to disk and fsyncs: its write_bytes grows by at least that much.
   const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-plumbing-'))
@@ -105,12 +124,23 @@ t.test('disk bench: /proc/PID/io parsing, a real process\'s write_bytes, and the
   const T = Date.parse('2026-03-02T10:00:00Z')
   const j = await Journal.open(dir, { bootId: 'b', clockSynced: () => true, now: () => T, compactEveryMs: 0, readingSyncMs: 0 })
   const g = (ts: number) => ({ outlet: 'A1', sessionId: 's-1', reading: { ts, currentA: 16, powerW: 3680, energyWh: 12.5, voltageV: 230 } })
-  const [rec] = await j.commit({ records: [{ type: 'outlet.fault', ts: new Date(T + 1000).toISOString(), outlet: 'A1', detail: 'x' }], state: { outlets: { A1: { big: 'y'.repeat(5000) } } }, readings: [g(T + 1000)] })
-  await j.commit({ records: [{ type: 'outlet.recovered', ts: new Date(T + 90_000).toISOString(), outlet: 'A1', detail: 'x' }], readings: [g(T + 2000), g(T + 90_000)] })
+  const [rec] = await j.commit({
+    records: [{ type: 'outlet.fault', ts: new Date(T + 1000).toISOString(), outlet: 'A1', detail: 'x' }],
+    state: { outlets: { A1: { big: 'y'.repeat(5000) } } },
+    readings: [g(T + 1000)],
+  })
+  await j.commit({
+    records: [{ type: 'outlet.recovered', ts: new Date(T + 90_000).toISOString(), outlet: 'A1', detail: 'x' }],
+    readings: [g(T + 2000), g(T + 90_000)],
+  })
   await j.close({ clean: true })
   const f = await rawFacts(dir, T, T + 60_000)
   const value = JSON.stringify([16, 3680, 12.5, 230, 'A1'])
-  t.same(f, { readings: 2, readingBytes: 2 * value.length, records: 1, recordBytes: (await recordText(dir, rec!.seq)).length }, 'two readings and one record in the window; the engine state is not a raw fact')
+  t.same(
+    f,
+    { readings: 2, readingBytes: 2 * value.length, records: 1, recordBytes: (await recordText(dir, rec!.seq)).length },
+    'two readings and one record in the window; the engine state is not a raw fact',
+  )
 })
 
 async function recordText(dir: string, seq: number): Promise<string> {

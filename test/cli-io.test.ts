@@ -25,7 +25,12 @@ function capture(): Io & { outText: () => string; errText: () => string } {
 }
 
 const T0 = Date.UTC(2026, 2, 1)
-const body = (i: number): RecordBody => ({ type: 'outlet.fault', ts: new Date(T0 + i * 1000).toISOString(), outlet: 'A1', detail: `meter timeout ${i}` })
+const body = (i: number): RecordBody => ({
+  type: 'outlet.fault',
+  ts: new Date(T0 + i * 1000).toISOString(),
+  outlet: 'A1',
+  detail: `meter timeout ${i}`,
+})
 
 async function filled(name: string, n: number): Promise<{ file: string; records: JournalRecord[] }> {
   const storage = join(dir, name)
@@ -43,7 +48,14 @@ t.test('records writes the JSON lines to io.out', async (t) => {
   const { file, records } = await filled('records', 3)
   const io = capture()
   t.equal(await cli(['records', '--config', file, '--from', '2'], io), 0, io.errText())
-  t.same(io.outText().trim().split('\n').map((l) => JSON.parse(l)), records.slice(1))
+  t.same(
+    io
+      .outText()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l)),
+    records.slice(1),
+  )
   t.equal(io.errText(), '')
 })
 

@@ -29,8 +29,15 @@ t.test('defaults are applied from the schema, in one place', async (t) => {
   t.ok(r.ok)
   if (!r.ok) return
   t.same(r.config.sessions, {
-    pollMs: 1000, graceSeconds: 60, minChargeA: 0.5, autoStartA: 0.5, noCurrentA: 0.1,
-    noCurrentHoldMs: 2000, meterFaultMs: 10000, taperRatio: 0.5, reconciliationMinutes: 60,
+    pollMs: 1000,
+    graceSeconds: 60,
+    minChargeA: 0.5,
+    autoStartA: 0.5,
+    noCurrentA: 0.1,
+    noCurrentHoldMs: 2000,
+    meterFaultMs: 10000,
+    taperRatio: 0.5,
+    reconciliationMinutes: 60,
   })
   t.same(r.config.offline, { limitMinutes: null })
   t.equal(r.config.buses[1]!.timeoutMs, 300, 'bus defaults apply inside the bus kind')
@@ -61,21 +68,41 @@ const cases: Case[] = [
   ['duplicate outlet id', (c) => (c.outlets[1].id = 'A1'), '/outlets/1/id', /duplicate outlet id "A1"/],
   ['duplicate bus id', (c) => (c.buses[1].id = 'rs485'), '/buses/1/id', /duplicate bus id "rs485"/],
   ['duplicate plan id', (c) => (c.plans[1].id = 'standard'), '/plans/1/id', /duplicate plan id "standard"/],
-  ['coil collision on one bus', (c) => (c.outlets[1].relay.coil = 0), '/outlets/1/relay/coil', /coil 0 of unit 100 on bus "lan" is already switched by \/outlets\/0/],
-  ['meter unit collision on one bus', (c) => (c.outlets[1].meter.unit = 1), '/outlets/1/meter/unit', /unit 1 on bus "lan" is already claimed by \/outlets\/0\/meter/],
-  ['relay on another outlet\'s meter unit', (c) => (c.outlets[1].relay.unit = 1), '/outlets/1/relay/unit', /is the meter of \/outlets\/0/],
+  [
+    'coil collision on one bus',
+    (c) => (c.outlets[1].relay.coil = 0),
+    '/outlets/1/relay/coil',
+    /coil 0 of unit 100 on bus "lan" is already switched by \/outlets\/0/,
+  ],
+  [
+    'meter unit collision on one bus',
+    (c) => (c.outlets[1].meter.unit = 1),
+    '/outlets/1/meter/unit',
+    /unit 1 on bus "lan" is already claimed by \/outlets\/0\/meter/,
+  ],
+  ["relay on another outlet's meter unit", (c) => (c.outlets[1].relay.unit = 1), '/outlets/1/relay/unit', /is the meter of \/outlets\/0/],
   ['hour 25', (c) => (c.plans[1].periods[0].from = '25:00'), '/plans/1/periods/0/from', /must be a time HH:MM/],
   ['24:00 as a start', (c) => (c.plans[1].periods[0].from = '24:00'), '/plans/1/periods/0/from', /only valid as an end/],
   ['empty window', (c) => (c.plans[1].periods[0].to = '07:00'), '/plans/1/periods/0/to', /empty window/],
   ['negative rate', (c) => (c.plans[0].periods[0].perKwh = -0.15), '/plans/0/periods/0/perKwh', /must be >= 0/],
   ['7 decimals', (c) => (c.plans[0].periods[0].perKwh = 0.1234567), '/plans/0/periods/0/perKwh', /more than 6 decimals/],
-  ['fee finer than the currency', (c) => (c.plans[0].activationFee = 0.505), '/plans/0/activationFee', /cannot be charged in CAD \(at most 2 decimals\)/],
+  [
+    'fee finer than the currency',
+    (c) => (c.plans[0].activationFee = 0.505),
+    '/plans/0/activationFee',
+    /cannot be charged in CAD \(at most 2 decimals\)/,
+  ],
   ['unknown currency', (c) => (c.plans[0].currency = 'XYZ'), '/plans/0/currency', /not a known ISO 4217 currency/],
   ['period without a rate', (c) => delete c.plans[1].periods[1].perKwh, '/plans/1/periods/1', /needs perKwh, perHour or "unavailable": true/],
   ['auto-start without relay', (c) => delete c.outlets[1].relay, '/outlets/1/autoStart', /auto-start needs a relay/],
   ['port as a string', (c) => (c.buses[1].port = '5020'), '/buses/1/port', /must be an integer/],
   ['pollMs wrong type', (c) => (c.sessions.pollMs = true), '/sessions/pollMs', /must be an integer/],
-  ['unknown key at the top', (c) => (c.sesions = {}), '/sesions', /unknown key \(allowed here: site, storage, models, buses, outlets, plans, sessions/],
+  [
+    'unknown key at the top',
+    (c) => (c.sesions = {}),
+    '/sesions',
+    /unknown key \(allowed here: site, storage, models, buses, outlets, plans, sessions/,
+  ],
   ['unknown key in an outlet', (c) => (c.outlets[0].autostart = { userId: 'x' }), '/outlets/0/autostart', /unknown key/],
   ['unknown bus type', (c) => (c.buses[0].type = 'canbus'), '/buses/0/type', /must be one of: "modbus-rtu", "modbus-tcp", "serial"/],
   ['key of another bus kind', (c) => (c.buses[1].baudRate = 9600), '/buses/1/baudRate', /unknown key/],
@@ -90,15 +117,67 @@ const cases: Case[] = [
   ['bad listen address', (c) => (c.api.listen = '8080'), '/api/listen', /must be host:port/],
   ['short token', (c) => (c.api.token = 'x'), '/api/token', /at least 8 characters/],
   ['no outlets', (c) => (c.outlets = []), '/outlets', /at least 1 item/],
-  ['one serial port for two buses', (c) => c.buses.push({ id: 'again', type: 'modbus-rtu', path: '/dev/ttyUSB0' }), '/buses/2/path', /already used by \/buses\/0/],
-  ['Modbus meter on a serial bus', (c) => { c.buses[0].type = 'serial'; c.outlets[0].bus = 'rs485' }, '/outlets/0/meter/model', /Modbus model but the outlet's bus is a plain serial bus/],
-  ['Node-RED without the API that serves it', (c) => { delete c.api; c.nodeRed = { enabled: true } }, '/api', /is required when nodeRed is enabled: Node-RED is served by the local API listener/],
-  ['Node-RED editor open on the network', (c) => { c.api.listen = '0.0.0.0:8080'; c.nodeRed = { enabled: true } }, '/nodeRed/adminAuth', /is required when nodeRed is enabled and api.listen \(0\.0\.0\.0:8080\) is not loopback/],
-  ['Node-RED editor open on a LAN address', (c) => { c.api.listen = '192.168.1.20:80'; c.nodeRed = { enabled: true } }, '/nodeRed/adminAuth', /is required when nodeRed is enabled/],
-  ['a password where its hash belongs', (c) => (c.nodeRed = { enabled: true, adminAuth: { username: 'installer', passwordHash: 'correct horse battery staple' } }), '/nodeRed/adminAuth/passwordHash', /must be a bcrypt hash .* never the password itself/],
+  [
+    'one serial port for two buses',
+    (c) => c.buses.push({ id: 'again', type: 'modbus-rtu', path: '/dev/ttyUSB0' }),
+    '/buses/2/path',
+    /already used by \/buses\/0/,
+  ],
+  [
+    'Modbus meter on a serial bus',
+    (c) => {
+      c.buses[0].type = 'serial'
+      c.outlets[0].bus = 'rs485'
+    },
+    '/outlets/0/meter/model',
+    /Modbus model but the outlet's bus is a plain serial bus/,
+  ],
+  [
+    'Node-RED without the API that serves it',
+    (c) => {
+      delete c.api
+      c.nodeRed = { enabled: true }
+    },
+    '/api',
+    /is required when nodeRed is enabled: Node-RED is served by the local API listener/,
+  ],
+  [
+    'Node-RED editor open on the network',
+    (c) => {
+      c.api.listen = '0.0.0.0:8080'
+      c.nodeRed = { enabled: true }
+    },
+    '/nodeRed/adminAuth',
+    /is required when nodeRed is enabled and api.listen \(0\.0\.0\.0:8080\) is not loopback/,
+  ],
+  [
+    'Node-RED editor open on a LAN address',
+    (c) => {
+      c.api.listen = '192.168.1.20:80'
+      c.nodeRed = { enabled: true }
+    },
+    '/nodeRed/adminAuth',
+    /is required when nodeRed is enabled/,
+  ],
+  [
+    'a password where its hash belongs',
+    (c) => (c.nodeRed = { enabled: true, adminAuth: { username: 'installer', passwordHash: 'correct horse battery staple' } }),
+    '/nodeRed/adminAuth/passwordHash',
+    /must be a bcrypt hash .* never the password itself/,
+  ],
   ['Node-RED editor at the root', (c) => (c.nodeRed = { enabled: true, httpAdminRoot: '/' }), '/nodeRed/httpAdminRoot', /must not be "\/"/],
-  ['Node-RED endpoints over the API', (c) => (c.nodeRed = { enabled: true, httpNodeRoot: '/api/flows' }), '/nodeRed/httpNodeRoot', /overlaps the local API's \/api/],
-  ['Node-RED endpoints inside the editor', (c) => (c.nodeRed = { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red/hooks' }), '/nodeRed/httpNodeRoot', /overlaps httpAdminRoot "\/red"/],
+  [
+    'Node-RED endpoints over the API',
+    (c) => (c.nodeRed = { enabled: true, httpNodeRoot: '/api/flows' }),
+    '/nodeRed/httpNodeRoot',
+    /overlaps the local API's \/api/,
+  ],
+  [
+    'Node-RED endpoints inside the editor',
+    (c) => (c.nodeRed = { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red/hooks' }),
+    '/nodeRed/httpNodeRoot',
+    /overlaps httpAdminRoot "\/red"/,
+  ],
   ['Node-RED root without a slash', (c) => (c.nodeRed = { enabled: true, httpNodeRoot: 'hooks' }), '/nodeRed/httpNodeRoot', /must start with '\/'/],
 ]
 
@@ -186,9 +265,17 @@ t.test('files: unreadable, a directory, valid', async (t) => {
 })
 
 // Installer models, written as an installer would from docs/drivers.md.
-const serialMeterModel = { name: 'acme-serial', kinds: ['meter', 'relay'], transport: 'serial', relay: { point: 'line', closedValue: 1, openValue: 0 } }
+const serialMeterModel = {
+  name: 'acme-serial',
+  kinds: ['meter', 'relay'],
+  transport: 'serial',
+  relay: { point: 'line', closedValue: 1, openValue: 0 },
+}
 const modbusMeterModel = {
-  name: 'abb-b23', kinds: ['meter'], transport: 'modbus', maxRegistersPerRead: 60,
+  name: 'abb-b23',
+  kinds: ['meter'],
+  transport: 'modbus',
+  maxRegistersPerRead: 60,
   registers: [
     { quantity: 'voltageV', function: 4, address: 0, type: 'float32' },
     { quantity: 'currentA', function: 4, address: 6, type: 'float32' },
@@ -228,7 +315,10 @@ t.test('an installer serial model on a serial bus passes; on a Modbus bus it is 
   onModbus.outlets[0].meter.model = 'acme-serial'
   const r = validateConfig(onModbus)
   t.notOk(r.ok)
-  if (!r.ok) t.match(r.problems, [{ pointer: '/outlets/0/meter/model', message: /"acme-serial" speaks the serial line protocol but the outlet's bus is Modbus/ }])
+  if (!r.ok)
+    t.match(r.problems, [
+      { pointer: '/outlets/0/meter/model', message: /"acme-serial" speaks the serial line protocol but the outlet's bus is Modbus/ },
+    ])
 })
 
 t.test('an installer model file that is not a valid model is named, at /models/dir', async (t) => {

@@ -2,7 +2,16 @@ import t from 'tap'
 import { mkdtempSync, writeFileSync, rmSync, readdirSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { BUILTIN_MODELS_DIR, ModelRegistry, planBlocks, meterBlocks, decodeRegister, decodeMeter, float32Decimal, validateModel } from '../drivers/models.js'
+import {
+  BUILTIN_MODELS_DIR,
+  ModelRegistry,
+  planBlocks,
+  meterBlocks,
+  decodeRegister,
+  decodeMeter,
+  float32Decimal,
+  validateModel,
+} from '../drivers/models.js'
 import { openSite } from '../drivers/site.js'
 import { startPymodbus, siteConfig } from './fixtures/drivers-helpers.js'
 import { interFrameMs, bitsPerChar, scanRtu, encodeRtu } from '../drivers/modbus.js'
@@ -10,7 +19,11 @@ import { interFrameMs, bitsPerChar, scanRtu, encodeRtu } from '../drivers/modbus
 t.test('the model folder is the list of models', async (t) => {
   const r = new ModelRegistry()
   const files = readdirSync(BUILTIN_MODELS_DIR).filter((f) => f.endsWith('.json') && f !== 'model.schema.json')
-  const byKind = (kind: string) => files.filter((f) => JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, f), 'utf8')).kinds.includes(kind)).map((f) => f.replace(/\.json$/, '')).sort()
+  const byKind = (kind: string) =>
+    files
+      .filter((f) => JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, f), 'utf8')).kinds.includes(kind))
+      .map((f) => f.replace(/\.json$/, ''))
+      .sort()
   t.same(r.names('meter'), byKind('meter'))
   t.same(r.names('relay'), byKind('relay'))
   t.ok(r.names('meter').includes('eastron-sdm120') && r.names('relay').includes('modbus-coil'))
@@ -20,19 +33,81 @@ t.test('the model folder is the list of models', async (t) => {
 
 t.test('block planning: adjacent registers in one read, never over the device limit', async (t) => {
   const sdm120 = new ModelRegistry().get('eastron-sdm120')
-  t.same(meterBlocks(sdm120), [{ fc: 4, address: 0, count: 14 }, { fc: 4, address: 70, count: 4 }])
+  t.same(meterBlocks(sdm120), [
+    { fc: 4, address: 0, count: 14 },
+    { fc: 4, address: 70, count: 4 },
+  ])
   const sdm630 = new ModelRegistry().get('eastron-sdm630')
   for (const b of meterBlocks(sdm630)) t.ok(b.count <= 60, `block ${b.address}+${b.count} within 60`)
   // 0..11 phases; 52 (total power) joins 70..73 across a 16-register hole.
-  t.same(meterBlocks(sdm630), [{ fc: 4, address: 0, count: 12 }, { fc: 4, address: 52, count: 22 }])
+  t.same(meterBlocks(sdm630), [
+    { fc: 4, address: 0, count: 12 },
+    { fc: 4, address: 52, count: 22 },
+  ])
   // 0..59 fits, 0..61 does not.
-  t.same(planBlocks([{ function: 4, address: 0, words: 2 }, { function: 4, address: 58, words: 2 }], 60, 100), [{ fc: 4, address: 0, count: 60 }])
-  t.same(planBlocks([{ function: 4, address: 0, words: 2 }, { function: 4, address: 60, words: 2 }], 60, 100), [{ fc: 4, address: 0, count: 2 }, { fc: 4, address: 60, count: 2 }])
+  t.same(
+    planBlocks(
+      [
+        { function: 4, address: 0, words: 2 },
+        { function: 4, address: 58, words: 2 },
+      ],
+      60,
+      100,
+    ),
+    [{ fc: 4, address: 0, count: 60 }],
+  )
+  t.same(
+    planBlocks(
+      [
+        { function: 4, address: 0, words: 2 },
+        { function: 4, address: 60, words: 2 },
+      ],
+      60,
+      100,
+    ),
+    [
+      { fc: 4, address: 0, count: 2 },
+      { fc: 4, address: 60, count: 2 },
+    ],
+  )
   // Gap rule, and function codes never mix.
-  t.same(planBlocks([{ function: 4, address: 0, words: 1 }, { function: 4, address: 3, words: 1 }], 60, 1), [{ fc: 4, address: 0, count: 1 }, { fc: 4, address: 3, count: 1 }])
-  t.same(planBlocks([{ function: 3, address: 0, words: 1 }, { function: 4, address: 1, words: 1 }], 60, 10).length, 2)
+  t.same(
+    planBlocks(
+      [
+        { function: 4, address: 0, words: 1 },
+        { function: 4, address: 3, words: 1 },
+      ],
+      60,
+      1,
+    ),
+    [
+      { fc: 4, address: 0, count: 1 },
+      { fc: 4, address: 3, count: 1 },
+    ],
+  )
+  t.same(
+    planBlocks(
+      [
+        { function: 3, address: 0, words: 1 },
+        { function: 4, address: 1, words: 1 },
+      ],
+      60,
+      10,
+    ).length,
+    2,
+  )
   // Overlapping registers (SDM630 voltage and voltageL2V) are read once.
-  t.same(planBlocks([{ function: 4, address: 2, words: 2 }, { function: 4, address: 2, words: 2 }], 60, 0), [{ fc: 4, address: 2, count: 2 }])
+  t.same(
+    planBlocks(
+      [
+        { function: 4, address: 2, words: 2 },
+        { function: 4, address: 2, words: 2 },
+      ],
+      60,
+      0,
+    ),
+    [{ fc: 4, address: 2, count: 2 }],
+  )
 })
 
 t.test('decoding: every type, word and byte order, scale', async (t) => {
@@ -50,7 +125,17 @@ t.test('decoding: every type, word and byte order, scale', async (t) => {
   t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'uint16', scale: 0.01 }, [23050]), 230.5)
   t.equal(decodeRegister({ quantity: 'e', function: 3, address: 0, type: 'uint64' }, [0, 0, 1, 0]), 65536)
   t.equal(decodeRegister({ quantity: 'e', function: 3, address: 0, type: 'float64' }, [0x3ff8, 0, 0, 0]), 1.5)
-  t.equal(decodeRegister({ quantity: 'e', function: 4, address: 0, type: 'float32', scale: 1000 }, (() => { const b = Buffer.alloc(4); b.writeFloatBE(1.234); return [b.readUInt16BE(0), b.readUInt16BE(2)] })()), 1234)
+  t.equal(
+    decodeRegister(
+      { quantity: 'e', function: 4, address: 0, type: 'float32', scale: 1000 },
+      (() => {
+        const b = Buffer.alloc(4)
+        b.writeFloatBE(1.234)
+        return [b.readUInt16BE(0), b.readUInt16BE(2)]
+      })(),
+    ),
+    1234,
+  )
   t.equal(float32Decimal(Math.fround(0.1)), 0.1)
   t.ok(Number.isNaN(float32Decimal(NaN)))
   const sdm630 = new ModelRegistry().get('eastron-sdm630')
@@ -63,33 +148,67 @@ t.test('decoding: every type, word and byte order, scale', async (t) => {
     words[blocks.indexOf(b)]![addr - b.address] = buf.readUInt16BE(0)
     words[blocks.indexOf(b)]![addr - b.address + 1] = buf.readUInt16BE(2)
   }
-  put(0, 230); put(2, 232); put(4, 228); put(6, 1); put(8, 9.5); put(10, 3); put(52, 1000); put(72, 5)
+  put(0, 230)
+  put(2, 232)
+  put(4, 228)
+  put(6, 1)
+  put(8, 9.5)
+  put(10, 3)
+  put(52, 1000)
+  put(72, 5)
   t.match(decodeMeter(sdm630, blocks, words), { voltageV: 230, currentA: 9.5, powerW: 1000, energyWh: 5000, voltageL2V: 232 })
 })
 
 t.test('model files are validated with clear errors; an installer model works end to end', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-models-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [] }, '/m/x.json'), { code: 'MODEL_INVALID', message: /needs a register for voltageV/ })
-  t.throws(() => validateModel({ name: 'y', kinds: ['meter'], transport: 'modbus', registers: [] }, '/m/x.json'), { message: /must equal the file name/ })
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [] }, '/m/x.json'), {
+    code: 'MODEL_INVALID',
+    message: /needs a register for voltageV/,
+  })
+  t.throws(() => validateModel({ name: 'y', kinds: ['meter'], transport: 'modbus', registers: [] }, '/m/x.json'), {
+    message: /must equal the file name/,
+  })
   t.throws(() => validateModel({ name: 'x', kinds: ['relay'], transport: 'modbus' }, '/m/x.json'), { message: /needs a "relay" section/ })
-  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [{ quantity: 'voltageV', function: 5, address: 0, type: 'float32' }] }, '/m/x.json'), { message: /registers\/0\/function/ })
-  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [], extra: 1 }, '/m/x.json'), { message: /additional properties/ })
+  t.throws(
+    () =>
+      validateModel(
+        { name: 'x', kinds: ['meter'], transport: 'modbus', registers: [{ quantity: 'voltageV', function: 5, address: 0, type: 'float32' }] },
+        '/m/x.json',
+      ),
+    { message: /registers\/0\/function/ },
+  )
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [], extra: 1 }, '/m/x.json'), {
+    message: /additional properties/,
+  })
   // An installer's meter: same registers as an SDM120 but energy from the total register, power as int32 watts.
-  writeFileSync(join(dir, 'acme-m1.json'), JSON.stringify({
-    name: 'acme-m1', kinds: ['meter'], transport: 'modbus', maxRegistersPerRead: 20,
-    registers: [
-      { quantity: 'voltageV', function: 4, address: 0, type: 'float32' },
-      { quantity: 'currentA', function: 4, address: 6, type: 'float32' },
-      { quantity: 'powerW', function: 4, address: 12, type: 'float32' },
-      { quantity: 'energyWh', function: 4, address: 342, type: 'float32', scale: 1000 },
-    ],
-  }))
+  writeFileSync(
+    join(dir, 'acme-m1.json'),
+    JSON.stringify({
+      name: 'acme-m1',
+      kinds: ['meter'],
+      transport: 'modbus',
+      maxRegistersPerRead: 20,
+      registers: [
+        { quantity: 'voltageV', function: 4, address: 0, type: 'float32' },
+        { quantity: 'currentA', function: 4, address: 6, type: 'float32' },
+        { quantity: 'powerW', function: 4, address: 12, type: 'float32' },
+        { quantity: 'energyWh', function: 4, address: 342, type: 'float32', scale: 1000 },
+      ],
+    }),
+  )
   const reg = new ModelRegistry(dir)
-  t.same(meterBlocks(reg.get('acme-m1')), [{ fc: 4, address: 0, count: 14 }, { fc: 4, address: 342, count: 2 }])
+  t.same(meterBlocks(reg.get('acme-m1')), [
+    { fc: 4, address: 0, count: 14 },
+    { fc: 4, address: 342, count: 2 },
+  ])
   const py = await startPymodbus({ tcp: true })
   t.teardown(() => py.kill())
-  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: py.port }], [{ id: 'A', bus: 'lan', meter: { model: 'acme-m1', unit: 2 }, plan: 'p' }], { models: { dir } })
+  const cfg = siteConfig(
+    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: py.port }],
+    [{ id: 'A', bus: 'lan', meter: { model: 'acme-m1', unit: 2 }, plan: 'p' }],
+    { models: { dir } },
+  )
   const site = await openSite(cfg, { now: () => 5 })
   t.teardown(() => site.close())
   await site.bus('lan').scheduler.waitOpen(20_000)

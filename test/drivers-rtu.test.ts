@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { openSite, type SiteIO } from '../drivers/site.js'
-import { OutpostError } from '../daemon/errors.js'
+import type { OutpostError } from '../daemon/errors.js'
 import { startPymodbus, siteConfig, ptyPair, eventually, type PtyPair, type PyServer } from './fixtures/drivers-helpers.js'
 
 let clock = 1_700_000_000_000
@@ -18,11 +18,22 @@ async function rtuSite(t: Test, outlets: unknown[], busExtra: Record<string, unk
   return { pair, py, site }
 }
 
-const meters = [1, 2, 3, 4, 5, 6].map((n) => ({ id: `M${n}`, bus: 'rs485', meter: { model: 'eastron-sdm120', unit: n }, relay: { model: 'modbus-coil', unit: 100, coil: n - 1 }, plan: 'p' }))
+const meters = [1, 2, 3, 4, 5, 6].map((n) => ({
+  id: `M${n}`,
+  bus: 'rs485',
+  meter: { model: 'eastron-sdm120', unit: n },
+  relay: { model: 'modbus-coil', unit: 100, coil: n - 1 },
+  plan: 'p',
+}))
 
 function expected(n: number): { voltageV: number; currentA: number; powerW: number; energyWh: number } {
   const v = Number(Math.fround(229.8 + n / 10).toPrecision(7))
-  return { voltageV: v, currentA: 0.5 * n, powerW: Number(Math.fround(Math.round((229.8 + n / 10) * 0.5 * n * 10) / 10).toPrecision(7)), energyWh: Number((Number(Math.fround(12.345 * n).toPrecision(7)) * 1000).toPrecision(12)) }
+  return {
+    voltageV: v,
+    currentA: 0.5 * n,
+    powerW: Number(Math.fround(Math.round((229.8 + n / 10) * 0.5 * n * 10) / 10).toPrecision(7)),
+    energyWh: Number((Number(Math.fround(12.345 * n).toPrecision(7)) * 1000).toPrecision(12)),
+  }
 }
 
 t.test('RTU over a pty pair: many concurrent callers on one bus never interleave frames', async (t) => {
@@ -30,10 +41,26 @@ t.test('RTU over a pty pair: many concurrent callers on one bus never interleave
   // 6 meters × 5 rounds + relay commands, all issued at once.
   const jobs: Promise<unknown>[] = []
   for (let round = 0; round < 5; round++) {
-    for (let n = 1; n <= 6; n++) jobs.push(site.outlet(`M${n}`).read().then((r) => ({ n, r })))
-    jobs.push(site.outlet('T').read().then((r) => ({ n: 10, r })))
+    for (let n = 1; n <= 6; n++)
+      jobs.push(
+        site
+          .outlet(`M${n}`)
+          .read()
+          .then((r) => ({ n, r })),
+      )
+    jobs.push(
+      site
+        .outlet('T')
+        .read()
+        .then((r) => ({ n: 10, r })),
+    )
   }
-  jobs.push(site.outlet('M2').setRelay(true).then(() => 'relay'))
+  jobs.push(
+    site
+      .outlet('M2')
+      .setRelay(true)
+      .then(() => 'relay'),
+  )
   const results = await Promise.all(jobs)
   for (const res of results) {
     if (res === 'relay') continue
@@ -51,8 +78,23 @@ t.test('relay commands go ahead of queued polls', async (t) => {
   const { site } = await rtuSite(t, meters)
   const order: string[] = []
   const jobs: Promise<void>[] = []
-  for (let i = 0; i < 6; i++) jobs.push(site.outlet(`M${i + 1}`).read().then(() => { order.push(`poll${i + 1}`) }))
-  jobs.push(site.outlet('M3').setRelay(true).then(() => { order.push('relay') }))
+  for (let i = 0; i < 6; i++)
+    jobs.push(
+      site
+        .outlet(`M${i + 1}`)
+        .read()
+        .then(() => {
+          order.push(`poll${i + 1}`)
+        }),
+    )
+  jobs.push(
+    site
+      .outlet('M3')
+      .setRelay(true)
+      .then(() => {
+        order.push('relay')
+      }),
+  )
   await Promise.all(jobs)
   // The first poll was already on the wire; the relay command overtakes the rest.
   t.ok(order.indexOf('relay') <= 1, `relay ran early: ${order.join(',')}`)
@@ -85,8 +127,12 @@ t.test('timeouts, exceptions, CRC errors and garbage are reported per device; th
   await py.fault(5, 'garbage')
   await py.fault(6, 'noise')
   const settled = await Promise.allSettled(['M1', 'M2', 'M3', 'M4', 'M5', 'M6', 'ABSENT', 'SMALL', 'M1'].map((id) => site.outlet(id).read()))
-  const code = (i: number): string | undefined => (settled[i]!.status === 'rejected' ? ((settled[i] as PromiseRejectedResult).reason as OutpostError).code : undefined)
-  t.same(settled.slice(0, 3).map((s) => s.status), ['fulfilled', 'fulfilled', 'fulfilled'])
+  const code = (i: number): string | undefined =>
+    settled[i]!.status === 'rejected' ? ((settled[i] as PromiseRejectedResult).reason as OutpostError).code : undefined
+  t.same(
+    settled.slice(0, 3).map((s) => s.status),
+    ['fulfilled', 'fulfilled', 'fulfilled'],
+  )
   t.equal(code(3), 'MODBUS_CRC')
   t.equal(code(4), 'MODBUS_GARBAGE')
   t.equal(settled[5]!.status, 'fulfilled', 'noise before a valid frame is skipped')
@@ -131,7 +177,10 @@ t.test('a late reply is never taken for the next exchange', async (t) => {
   t.ok(site.health()[0]!.garbageBytes >= 33, 'the late 33-byte reply was skipped')
   await py.fault(3, 'none')
   // Unit 3 again: a late block-1 reply must not be decoded as block 2.
-  const r = await eventually(() => site.outlet('M3').read(), () => true)
+  const r = await eventually(
+    () => site.outlet('M3').read(),
+    () => true,
+  )
   t.same(r, { ts: clock, ...expected(3) })
   t.same(await site.outlet('M2').read(), { ts: clock, ...expected(2) })
 })
@@ -141,13 +190,20 @@ t.test('the pty disappears and reappears (adapter unplugged): the bus reports th
   t.same(await site.outlet('M1').read(), { ts: clock, ...expected(1) })
   await py.kill()
   await pair.unplug()
-  await eventually(() => site.health()[0]!.state, (s) => s === 'error')
+  await eventually(
+    () => site.health()[0]!.state,
+    (s) => s === 'error',
+  )
   await t.rejects(site.outlet('M1').read(), { code: 'BUS_CLOSED' })
   t.match(site.health()[0]!.lastError, { code: /BUS_/ })
   await pair.replug()
   const py2 = await startPymodbus({ rtu: pair.b })
   t.teardown(() => py2.kill())
-  const r = await eventually(() => site.outlet('M2').read(), () => true, 60_000)
+  const r = await eventually(
+    () => site.outlet('M2').read(),
+    () => true,
+    60_000,
+  )
   t.same(r, { ts: clock, ...expected(2) })
   t.equal(site.health()[0]!.state, 'open')
   t.ok(site.health()[0]!.opens >= 2)
@@ -155,12 +211,21 @@ t.test('the pty disappears and reappears (adapter unplugged): the bus reports th
 
 t.test('an absent port is a bus in error that keeps retrying, never a throw', async (t) => {
   const cfg = siteConfig(
-    [{ id: 'gone', type: 'modbus-rtu', path: '/dev/serial/by-id/usb-nothing-here', timeoutMs: 100 }, { id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: 1, timeoutMs: 100 }],
-    [{ id: 'X', bus: 'gone', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }, { id: 'Y', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
+    [
+      { id: 'gone', type: 'modbus-rtu', path: '/dev/serial/by-id/usb-nothing-here', timeoutMs: 100 },
+      { id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: 1, timeoutMs: 100 },
+    ],
+    [
+      { id: 'X', bus: 'gone', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' },
+      { id: 'Y', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' },
+    ],
   )
   const site = await openSite(cfg, { now, scheduler: { reopenMinMs: 50, reopenMaxMs: 100 } })
   t.teardown(() => site.close())
-  await eventually(() => site.health(), (h) => h.every((b) => b.state === 'error' && b.lastError?.code === 'BUS_OPEN_FAILED'))
+  await eventually(
+    () => site.health(),
+    (h) => h.every((b) => b.state === 'error' && b.lastError?.code === 'BUS_OPEN_FAILED'),
+  )
   await t.rejects(site.outlet('X').read(), { code: 'BUS_CLOSED' })
   await t.rejects(site.outlet('Y').read(), { code: 'BUS_CLOSED' })
   t.throws(() => site.outlet('nope'), { code: 'OUTLET_UNKNOWN' })

@@ -14,7 +14,10 @@ t.test('line protocol: encoding, checksum and rejection of malformed lines', asy
   t.same(parseLine(q.trimEnd()), { kind: 'ok', message: { type: 'Q', addr: 1 } })
   const d = encodeLine({ type: 'D', addr: 3, relayClosed: true, voltageV: 230.5, currentA: 8.25, powerW: 1901.625, energyWh: 12345.5 })
   t.equal(d.slice(0, d.indexOf('*')), 'D,3,1,230.5,8.25,1901.625,12345.5')
-  t.same(parseLine(d.replace('\r\n', '')), { kind: 'ok', message: { type: 'D', addr: 3, relayClosed: true, voltageV: 230.5, currentA: 8.25, powerW: 1901.625, energyWh: 12345.5 } })
+  t.same(parseLine(d.replace('\r\n', '')), {
+    kind: 'ok',
+    message: { type: 'D', addr: 3, relayClosed: true, voltageV: 230.5, currentA: 8.25, powerW: 1901.625, energyWh: 12345.5 },
+  })
   t.same(parseLine(d.replace('230.5', '230.6').trimEnd()), { kind: 'checksum' }, 'one changed digit fails the checksum')
   t.same(parseLine('D,3,1,230.5'), { kind: 'garbage' }, 'no checksum')
   t.same(parseLine('hello*ZZZZ'), { kind: 'garbage' })
@@ -37,7 +40,13 @@ t.test('serial outlets over a pty through the real serialport: read, switch, fau
     ctl.proc.stdin!.write(`fault ${addr} ${kind}\n`)
     await ctl.waitLine(() => ctl.lines.filter((l) => l === tag).length > before)
   }
-  const outlets = [1, 2, 3, 4].map((n) => ({ id: `S${n}`, bus: 'ser', meter: { model: 'outpost-serial', unit: n }, relay: { model: 'outpost-serial', unit: n }, plan: 'p' }))
+  const outlets = [1, 2, 3, 4].map((n) => ({
+    id: `S${n}`,
+    bus: 'ser',
+    meter: { model: 'outpost-serial', unit: n },
+    relay: { model: 'outpost-serial', unit: n },
+    plan: 'p',
+  }))
   const cfg = siteConfig([{ id: 'ser', type: 'serial', path: pair.a, baudRate: 9600, timeoutMs: 1000, retries: 1 }], outlets)
   const site = await openSite(cfg, { now, scheduler: { backoffAfter: 100 } })
   t.teardown(() => site.close())

@@ -51,7 +51,13 @@ t.test('physically coupled, tapering, energy only grows; read through openSite',
   t.teardown(() => sim.close())
   const cfg = siteConfig(
     [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 1000 }],
-    [1, 2].map((n) => ({ id: `A${n}`, bus: 'lan', meter: { model: 'eastron-sdm120', unit: n }, relay: { model: 'modbus-coil', unit: 100, coil: n - 1 }, plan: 'p' })),
+    [1, 2].map((n) => ({
+      id: `A${n}`,
+      bus: 'lan',
+      meter: { model: 'eastron-sdm120', unit: n },
+      relay: { model: 'modbus-coil', unit: 100, coil: n - 1 },
+      plan: 'p',
+    })),
   )
   const site = await openSite(cfg, { now })
   t.teardown(() => site.close())
@@ -96,7 +102,11 @@ t.test('the script is deterministic from the seed', async (t) => {
   const run1 = await startSim({ outlets: 4, port: 0, speed: 0, seed: 42 })
   const run2 = await startSim({ outlets: 4, port: 0, speed: 0, seed: 42 })
   const run3 = await startSim({ outlets: 4, port: 0, speed: 0, seed: 43 })
-  t.teardown(async () => { await run1.close(); await run2.close(); await run3.close() })
+  t.teardown(async () => {
+    await run1.close()
+    await run2.close()
+    await run3.close()
+  })
   for (const s of [run1, run2, run3]) for (let n = 1; n <= 4; n++) s.control({ cmd: 'coil', outlet: n, closed: true })
   let plugged = 0
   let charged = false
@@ -120,7 +130,13 @@ t.test('control interface rejects bad commands without changing anything', async
   t.match(sim.control({ cmd: 'advance', ms: -5 }), { ok: false })
   t.equal(JSON.stringify(sim.outlets()), before)
   t.match(sim.control({ cmd: 'fault', unit: 1, fault: 'silent' }), { ok: true })
-  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 1000, retries: 0 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }, { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, plan: 'p' }])
+  const cfg = siteConfig(
+    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 1000, retries: 0 }],
+    [
+      { id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' },
+      { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, plan: 'p' },
+    ],
+  )
   const site = await openSite(cfg, { now })
   t.teardown(() => site.close())
   await site.bus('lan').scheduler.waitOpen(20_000)
@@ -131,8 +147,11 @@ t.test('control interface rejects bad commands without changing anything', async
 t.test('a backed-off relay board still gets relay commands (opening a relay is always attempted)', async (t) => {
   const sim = await startSim({ outlets: 2, port: 0, speed: 0, script: false })
   t.teardown(() => sim.close())
-  let clock = 0
-  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 300, retries: 0 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'p' }])
+  const clock = 0
+  const cfg = siteConfig(
+    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 300, retries: 0 }],
+    [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'p' }],
+  )
   const site = await openSite(cfg, { now: () => clock, scheduler: { backoffAfter: 2, backoffMinMs: 10_000 } })
   t.teardown(() => site.close())
   t.ok(await site.ready(20_000))
@@ -156,7 +175,10 @@ t.test('the simulator also serves Modbus RTU on a serial device', async (t) => {
   t.teardown(() => pair.close())
   const sim = await startSim({ outlets: 2, port: 0, speed: 0, script: false, rtuPath: pair.b })
   t.teardown(() => sim.close())
-  const cfg = siteConfig([{ id: 'rs485', type: 'modbus-rtu', path: pair.a, baudRate: 9600, timeoutMs: 500 }], [{ id: 'A1', bus: 'rs485', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'p' }])
+  const cfg = siteConfig(
+    [{ id: 'rs485', type: 'modbus-rtu', path: pair.a, baudRate: 9600, timeoutMs: 500 }],
+    [{ id: 'A1', bus: 'rs485', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'p' }],
+  )
   const site = await openSite(cfg, { now })
   t.teardown(() => site.close())
   await site.bus('rs485').scheduler.waitOpen(20_000)
@@ -177,7 +199,10 @@ t.test('outpost sim (the CLI): JSON-line control on stdin, clean stop on SIGTERM
   const send = async (cmd: object): Promise<Record<string, unknown>> => {
     const n = c.lines.filter((l) => l.startsWith('{"ok"')).length
     c.proc.stdin!.write(JSON.stringify(cmd) + '\n')
-    await eventually(() => c.lines.filter((l) => l.startsWith('{"ok"')).length, (k) => k > n)
+    await eventually(
+      () => c.lines.filter((l) => l.startsWith('{"ok"')).length,
+      (k) => k > n,
+    )
     return JSON.parse(c.lines.filter((l) => l.startsWith('{"ok"'))[n]!) as Record<string, unknown>
   }
   t.match(await send({ cmd: 'plug', outlet: 1, maxA: 13 }), { ok: true })
@@ -187,7 +212,10 @@ t.test('outpost sim (the CLI): JSON-line control on stdin, clean stop on SIGTERM
   t.equal(cur[6], 13)
   t.match(await send({ cmd: 'bogus' }), { ok: false })
   c.proc.stdin!.write('not json\n')
-  await eventually(() => c.lines.filter((l) => l.includes('not JSON')).length, (k) => k === 1)
+  await eventually(
+    () => c.lines.filter((l) => l.includes('not JSON')).length,
+    (k) => k === 1,
+  )
   const exited = new Promise<number | null>((r) => c.proc.once('exit', (code) => r(code)))
   c.proc.kill('SIGTERM')
   t.equal(await exited, 0)
@@ -208,12 +236,18 @@ t.test('config/example.json opens without hardware: the absent RS-485 bus is in 
   const site = await openSite(v.config, { now, scheduler: { reopenMinMs: 50, reopenMaxMs: 100 } })
   t.teardown(() => site.close())
   t.equal(await site.ready(3000), false, 'not every bus opens')
-  await eventually(() => site.health(), (h) => h.find((b) => b.id === 'lan')?.state === 'open' && h.find((b) => b.id === 'rs485')?.state === 'error')
+  await eventually(
+    () => site.health(),
+    (h) => h.find((b) => b.id === 'lan')?.state === 'open' && h.find((b) => b.id === 'rs485')?.state === 'error',
+  )
   sim.plug(2, { maxA: 6 })
   await site.outlet('A2').setRelay(true)
   sim.advance(5000)
   t.equal((await site.outlet('A2').read()).currentA, 6)
   t.equal((await site.outlet('A1').read()).currentA, 0)
   await site.outlet('A2').setRelay(false)
-  t.same(sim.outlets().map((o) => o.coilClosed), [false, false])
+  t.same(
+    sim.outlets().map((o) => o.coilClosed),
+    [false, false],
+  )
 })

@@ -34,16 +34,25 @@ t.test('Modbus TCP: a refused or dropped connection is a bus in error that recon
   let sim = await startSim({ outlets: 1, port: 0, speed: 0, script: false })
   const port = sim.port
   t.teardown(() => sim.close())
-  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port, timeoutMs: 500 }], [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }])
+  const cfg = siteConfig(
+    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port, timeoutMs: 500 }],
+    [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
+  )
   const site = await openSite(cfg, { now, scheduler: { reopenMinMs: 50, reopenMaxMs: 200 } })
   t.teardown(() => site.close())
   await site.bus('lan').scheduler.waitOpen(20_000)
   t.equal((await site.outlet('A1').read()).currentA, 0)
   await sim.close()
-  await eventually(() => site.health()[0]!.state, (s) => s === 'error')
+  await eventually(
+    () => site.health()[0]!.state,
+    (s) => s === 'error',
+  )
   await t.rejects(site.outlet('A1').read(), { code: 'BUS_CLOSED' })
   sim = await startSim({ outlets: 1, port, speed: 0, script: false })
-  const r = await eventually(() => site.outlet('A1').read(), () => true)
+  const r = await eventually(
+    () => site.outlet('A1').read(),
+    () => true,
+  )
   t.equal(r.currentA, 0)
   t.ok(site.health()[0]!.opens >= 2)
 })
@@ -52,14 +61,20 @@ t.test('Modbus TCP: garbage instead of a frame fails that device and the connect
   const { eventually } = await import('./fixtures/drivers-helpers.js')
   const py = await startPymodbus({ tcp: true })
   t.teardown(() => py.kill())
-  const cfg = siteConfig([{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: py.port, timeoutMs: 1000 }], [1, 5].map((n) => ({ id: `A${n}`, bus: 'lan', meter: { model: 'eastron-sdm120', unit: n }, plan: 'p' })))
+  const cfg = siteConfig(
+    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: py.port, timeoutMs: 1000 }],
+    [1, 5].map((n) => ({ id: `A${n}`, bus: 'lan', meter: { model: 'eastron-sdm120', unit: n }, plan: 'p' })),
+  )
   const site = await openSite(cfg, { now, scheduler: { reopenMinMs: 50, reopenMaxMs: 200 } })
   t.teardown(() => site.close())
   t.ok(await site.ready(20_000))
   await py.fault(5, 'garbage')
   await t.rejects(site.outlet('A5').read(), { code: 'MODBUS_GARBAGE' })
   t.equal(site.health()[0]!.devices.find((d) => d.unit === 5)?.lastError?.code, 'MODBUS_GARBAGE')
-  const r = await eventually(() => site.outlet('A1').read(), () => true)
+  const r = await eventually(
+    () => site.outlet('A1').read(),
+    () => true,
+  )
   t.equal(r.energyWh, 12345)
   t.ok(site.health()[0]!.opens >= 2, 'reconnected')
   t.ok(site.health()[0]!.garbageBytes > 0)

@@ -40,7 +40,10 @@ t.test('outpost run serves the local API and stops it cleanly', async (t) => {
   t.equal((await fetch(base + 'api/outlets')).status, 401, 'the token is needed')
   const auth = { authorization: `Bearer ${TOKEN}` }
   const outlets = (await (await fetch(base + 'api/outlets', { headers: auth })).json()) as { outlet: string }[]
-  t.same(outlets.map((o) => o.outlet), ['E1', 'E2'])
+  t.same(
+    outlets.map((o) => o.outlet),
+    ['E1', 'E2'],
+  )
   const metrics = parseMetrics(await (await fetch(base + 'metrics', { headers: auth })).text())
   t.equal(metrics.get('outpost_bus_open{bus="site"}'), 1)
   t.ok(metrics.get('outpost_journal_head_seq')! >= 1)

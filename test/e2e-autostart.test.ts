@@ -5,7 +5,18 @@
  */
 import t from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, isStarted, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
+import {
+  isEnded,
+  isStarted,
+  startCloud,
+  startDaemon,
+  startPeer,
+  startSession,
+  tempDir,
+  waitFor,
+  writeSiteConfig,
+  type Started,
+} from './helpers/e2e-kit.js'
 
 t.test('auto-start and manager availability over Modbus TCP', async (t) => {
   const broker = await startMosquitto(t)
@@ -15,7 +26,8 @@ t.test('auto-start and manager availability over Modbus TCP', async (t) => {
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
-  for (const userId of ['resident', 'visitor']) t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
+  for (const userId of ['resident', 'visitor'])
+    t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
 
   await t.test('auto-start: armed, plug starts, user stop suspends, manual start re-arms', async (t) => {
     await waitFor(async () => (await peer.outlet(1)).coil, 'E1 armed: coil 0 closed with nobody charging')
@@ -57,7 +69,10 @@ t.test('auto-start and manager availability over Modbus TCP', async (t) => {
     await waitFor(() => cloud.outlet('E1')?.state === 'armed', 'E1 re-armed')
     await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed again (armed)')
     await peer.plug(1, 10)
-    const s3 = await cloud.waitRecord((r): r is Started => isStarted('E1')(r) && r.sessionId !== s1.sessionId && r.sessionId !== s2.sessionId, 'auto-start again')
+    const s3 = await cloud.waitRecord(
+      (r): r is Started => isStarted('E1')(r) && r.sessionId !== s1.sessionId && r.sessionId !== s2.sessionId,
+      'auto-start again',
+    )
     t.equal(s3.trigger, 'auto-start', 'auto-start works again after the manual start')
     await peer.unplug(1)
     const e3 = await cloud.waitRecord(isEnded(s3.sessionId), 'third session ends')

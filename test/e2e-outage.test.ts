@@ -8,7 +8,18 @@
 import t from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { runCli } from './helpers/cli.js'
-import { isEnded, isStarted, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Started } from './helpers/e2e-kit.js'
+import {
+  isEnded,
+  isStarted,
+  startCloud,
+  startDaemon,
+  startPeer,
+  startSession,
+  tempDir,
+  waitFor,
+  writeSiteConfig,
+  type Started,
+} from './helpers/e2e-kit.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 import type { JournalRecord } from '../core/types.js'
 
@@ -23,7 +34,8 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
   const outer = t // children that outlive a subtest are torn down with the whole test
   let daemon = startDaemon(outer, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
-  for (const userId of ['resident', 'visitor']) t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
+  for (const userId of ['resident', 'visitor'])
+    t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
   await waitFor(async () => (await peer.outlet(1)).coil, 'E1 armed')
 
   await t.test('three sessions while the broker is down arrive afterwards, each once', async (t) => {
@@ -34,17 +46,27 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
       await waitFor(async () => (await peer.outlet(1)).coil, `E1 armed (${i + 1})`)
       const before = daemon.logs().filter((l) => l.msg === 'session ended').length
       await peer.plug(1, 16)
-      const started = await daemon.waitLog((l) => l.msg === 'session started' && l.outlet === 'E1' && !outage.includes(String(l.sessionId)), `session ${i + 1} starts offline`)
+      const started = await daemon.waitLog(
+        (l) => l.msg === 'session started' && l.outlet === 'E1' && !outage.includes(String(l.sessionId)),
+        `session ${i + 1} starts offline`,
+      )
       outage.push(String(started.sessionId))
       const e = (await peer.outlet(1)).energyWh
       await waitFor(async () => (await peer.outlet(1)).energyWh > e + 1, 'charging')
       await peer.unplug(1)
       await waitFor(() => daemon.logs().filter((l) => l.msg === 'session ended').length > before, `session ${i + 1} ends offline`)
     }
-    t.equal(cloud.records().filter((r) => r.type === 'session.started' && outage.includes(r.sessionId)).length, 0, 'nothing reached the cloud during the outage')
+    t.equal(
+      cloud.records().filter((r) => r.type === 'session.started' && outage.includes(r.sessionId)).length,
+      0,
+      'nothing reached the cloud during the outage',
+    )
 
     await broker.restart()
-    await daemon.waitLog((l) => l.msg === 'uplink online' && l.time > daemon.logs().find((x) => x.msg === 'uplink offline')!.time, 'the daemon reconnects')
+    await daemon.waitLog(
+      (l) => l.msg === 'uplink online' && l.time > daemon.logs().find((x) => x.msg === 'uplink offline')!.time,
+      'the daemon reconnects',
+    )
     for (const sid of outage) {
       const ended = await cloud.waitRecord(isEnded(sid), `session ${sid} after the outage`)
       t.equal(ended.reason, 'unplugged')
@@ -92,15 +114,26 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
     await broker.kill()
     await waitFor(() => daemon.logs().filter((l) => l.msg === 'uplink offline').length >= 2, 'offline again')
     await waitFor(async () => (await peer.outlet(1)).coil, 'E1 armed')
-    const known = new Set(daemon.logs().filter((l) => l.msg === 'session started').map((l) => String(l.sessionId)))
+    const known = new Set(
+      daemon
+        .logs()
+        .filter((l) => l.msg === 'session started')
+        .map((l) => String(l.sessionId)),
+    )
     await peer.plug(1, 16)
-    const started = await daemon.waitLog((l) => l.msg === 'session started' && l.outlet === 'E1' && !known.has(String(l.sessionId)), 'an offline session')
+    const started = await daemon.waitLog(
+      (l) => l.msg === 'session started' && l.outlet === 'E1' && !known.has(String(l.sessionId)),
+      'an offline session',
+    )
     const sid = String(started.sessionId)
     const e = (await peer.outlet(1)).energyWh
     await waitFor(async () => (await peer.outlet(1)).energyWh > e + 1, 'charging')
     await peer.unplug(1)
     await daemon.waitLog((l) => l.msg === 'session ended' && l.sessionId === sid, 'it ends, offline')
-    t.notOk(cloud.records().some((r) => r.type === 'session.ended' && r.sessionId === sid), 'not at the cloud yet')
+    t.notOk(
+      cloud.records().some((r) => r.type === 'session.ended' && r.sessionId === sid),
+      'not at the cloud yet',
+    )
     t.equal((await daemon.stop('SIGKILL')).signal, 'SIGKILL', 'killed with the records unsent')
     await broker.restart()
     daemon = startDaemon(outer, config)
@@ -116,13 +149,24 @@ t.test('broker outage across sessions, then a silent meter', async (t) => {
   // The journal itself, read by the CLI after the stop, against what the cloud holds.
   const out = runCli(['records', '--config', config])
   t.equal(out.status, 0, 'outpost records: ' + out.stderr)
-  const journal = out.stdout.trim().split('\n').map((l) => JSON.parse(l) as JournalRecord)
+  const journal = out.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as JournalRecord)
   const held = cloud.records()
   t.ok(held.length >= journal.length - 3, `the cloud holds the log up to the stop (${held.length} of ${journal.length})`)
-  t.same(held.map((r) => r.seq), held.map((_, i) => i + 1), 'gapless, in order, each seq once')
+  t.same(
+    held.map((r) => r.seq),
+    held.map((_, i) => i + 1),
+    'gapless, in order, each seq once',
+  )
   const v = verifyChain(held)
   t.ok(v.ok, 'chain intact' + (v.ok ? '' : `: ${v.break.message}`))
-  t.same(held.map((r) => r.hash), journal.slice(0, held.length).map((r) => r.hash), 'identical to the journal, record by record')
+  t.same(
+    held.map((r) => r.hash),
+    journal.slice(0, held.length).map((r) => r.hash),
+    'identical to the journal, record by record',
+  )
   const sessions = held.filter((r) => r.type === 'session.ended').map((r) => (r as { sessionId: string }).sessionId)
   t.equal(new Set(sessions).size, sessions.length, 'one billing record per session')
 })

@@ -145,14 +145,23 @@ t.test('2 MB commands: answered on P/cmd/{id}/result when the id is in the first
   const cloud = await cloudClient(t, broker.url, () => undefined)
   startDaemon(t, file)
   await waitFor(() => cloud.statuses.some((s) => s.online === true), 'online')
-  const metrics = async () => parseMetrics(await (await fetch(`http://127.0.0.1:${port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text())
+  const metrics = async () =>
+    parseMetrics(await (await fetch(`http://127.0.0.1:${port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text())
   await waitFor(() => metrics().catch(() => undefined), 'the local API')
   const pad = 'x'.repeat(2 * 1024 * 1024)
 
   const withId = `{"id":"big-1","action":"set-wallet","userId":"u-big","currency":"CAD","balance":5000,"pad":"${pad}"}`
   cloud.publish(withId)
   const r = await cloud.result('big-1', '2 MB set-wallet')
-  t.same(r, { id: 'big-1', ok: false, error: { code: 'invalid-command', message: `command is ${Buffer.byteLength(withId)} bytes; at most 65536 are accepted` } }, 'refused, naming the size and the limit')
+  t.same(
+    r,
+    {
+      id: 'big-1',
+      ok: false,
+      error: { code: 'invalid-command', message: `command is ${Buffer.byteLength(withId)} bytes; at most 65536 are accepted` },
+    },
+    'refused, naming the size and the limit',
+  )
 
   const before = await metrics()
   t.equal(before.get('outpost_commands_rejected_total{reason="too-large"}'), 0, 'nothing counted yet: big-1 had an id')

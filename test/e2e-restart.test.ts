@@ -64,7 +64,10 @@ t.test('kill -9 and SIGTERM mid-session', async (t) => {
     const afterStop = await peer.outlet(2)
     t.equal(afterStop.coil, false, 'SIGTERM opened coil 1')
     t.ok(afterStop.plugged, 'the car is still plugged')
-    t.ok(d2.logs().some((l) => l.msg === 'outpost stopped'), 'logged the stop')
+    t.ok(
+      d2.logs().some((l) => l.msg === 'outpost stopped'),
+      'logged the stop',
+    )
 
     const d3 = startDaemon(t, config)
     await waitFor(() => gatewayStarts(cloud.records()).length >= 3, 'third gateway.started')
@@ -88,7 +91,14 @@ t.test('kill -9 after ~5 s at 16 A, well inside readingSyncMs: the session is bi
   const peer = await startPeer(t, { outlets: 1 })
   // readingSyncMs 10 s: no fsync of readings during the session, so only the journal's handing
   // of every reading to LevelDB (not the fsync) can keep them across the kill.
-  const config = writeSiteConfig({ dir, port: peer.port, outlets: 1, brokerUrl: broker.url, storage: { readingSyncMs: 10_000 }, extra: { logging: { level: 'debug' } } })
+  const config = writeSiteConfig({
+    dir,
+    port: peer.port,
+    outlets: 1,
+    brokerUrl: broker.url,
+    storage: { readingSyncMs: 10_000 },
+    extra: { logging: { level: 'debug' } },
+  })
   const cloud = await startCloud(t, broker.url, dir)
   const d1 = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
@@ -110,8 +120,14 @@ t.test('kill -9 after ~5 s at 16 A, well inside readingSyncMs: the session is bi
   t.ok(Date.parse(ended.endedAt) >= last.ts, `ended at ${ended.endedAt}, not before the last stepped reading ${new Date(last.ts).toISOString()}`)
   t.ok(ended.meterEndWh >= last.energyWh - 0.0005, `meterEndWh ${ended.meterEndWh} >= the last stepped reading's ${last.energyWh}: nothing lost`)
   t.ok(ended.meterEndWh <= atKill.energyWh + WH_EPS, `meterEndWh ${ended.meterEndWh} <= the register at the kill ${atKill.energyWh}`)
-  t.ok(Math.abs(ended.energyWh - (ended.meterEndWh - ended.meterStartWh)) < 0.0015, `billed ${ended.energyWh} Wh: the meter delta up to that reading (${ended.meterEndWh} - ${ended.meterStartWh})`)
-  t.ok(d2.logs().some((l) => l.msg === 'replayed the readings journaled after the last checkpoint' && (l.replayed as number) >= 15), 'boot replayed the readings after the checkpoint')
+  t.ok(
+    Math.abs(ended.energyWh - (ended.meterEndWh - ended.meterStartWh)) < 0.0015,
+    `billed ${ended.energyWh} Wh: the meter delta up to that reading (${ended.meterEndWh} - ${ended.meterStartWh})`,
+  )
+  t.ok(
+    d2.logs().some((l) => l.msg === 'replayed the readings journaled after the last checkpoint' && (l.replayed as number) >= 15),
+    'boot replayed the readings after the checkpoint',
+  )
   t.equal((await d2.stop('SIGTERM')).code, 0, 'clean exit')
 })
 
@@ -137,8 +153,14 @@ t.test('SIGTERM while reads are on the wire (a slow bus): still exit 0, reboot, 
     await waitFor(async () => (await peer.outlet(1)).polls > polls + 2, 'slow polls under way')
     const exit = await d.stop('SIGTERM')
     t.equal(exit.code, 0, `stop ${i + 1}: exit 0`, { log: d.logs().slice(-12) })
-    t.notOk(d.logs().some((l) => l.level === 'fatal'), 'no fatal line')
-    t.ok(d.logs().some((l) => l.msg === 'session ended' && l.reason === 'reboot'), 'closed reboot')
+    t.notOk(
+      d.logs().some((l) => l.level === 'fatal'),
+      'no fatal line',
+    )
+    t.ok(
+      d.logs().some((l) => l.msg === 'session ended' && l.reason === 'reboot'),
+      'closed reboot',
+    )
     t.equal((await peer.outlet(1)).coil, false, 'coil 0 open after the stop')
   }
 })
@@ -152,7 +174,9 @@ t.test('SIGTERM while starting (waiting for a bus that is down): a clean stop, n
     port: peer.port,
     outlets: 1,
     extraBuses: [{ id: 'down', type: 'modbus-tcp', host: '127.0.0.1', port: deadPort, timeoutMs: 300 }],
-    extraOutlets: [{ id: 'X1', bus: 'down', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' }],
+    extraOutlets: [
+      { id: 'X1', bus: 'down', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
+    ],
   })
   const d = startDaemon(t, config)
   // Boot waits up to 5 s for every bus to open; the journal is open by then.
@@ -160,13 +184,24 @@ t.test('SIGTERM while starting (waiting for a bus that is down): a clean stop, n
   const exit = await d.stop('SIGTERM')
   t.equal(exit.signal, null, 'not killed by the signal', { log: d.logs().slice(-8) })
   t.equal(exit.code, 0, 'exit 0')
-  t.ok(d.logs().some((l) => l.msg === 'outpost stopped'), 'stopped through the clean path')
+  t.ok(
+    d.logs().some((l) => l.msg === 'outpost stopped'),
+    'stopped through the clean path',
+  )
   const d2 = startDaemon(t, config)
   await d2.waitLog((l) => l.msg === 'gateway started', 'second start')
   t.equal(d2.logs().find((l) => l.msg === 'gateway started')!.cleanShutdown, true, 'the next start reports a clean shutdown')
   t.equal((await d2.stop('SIGTERM')).code, 0, 'clean exit')
   const out = runCli(['records', '--config', config])
   t.equal(out.status, 0, 'outpost records')
-  const starts = out.stdout.trim().split('\n').map((l) => JSON.parse(l) as JournalRecord).filter((r) => r.type === 'gateway.started')
-  t.same(starts.map((r) => (r as Started).cleanShutdown), [true, true], 'both starts in the journal: the first found a new journal, the second a clean stop')
+  const starts = out.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as JournalRecord)
+    .filter((r) => r.type === 'gateway.started')
+  t.same(
+    starts.map((r) => (r as Started).cleanShutdown),
+    [true, true],
+    'both starts in the journal: the first found a new journal, the second a clean stop',
+  )
 })

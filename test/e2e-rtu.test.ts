@@ -11,14 +11,27 @@ import t from 'tap'
 import { join } from 'node:path'
 import { existsSync } from 'node:fs'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, isStarted, ptyPair, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type LogLine } from './helpers/e2e-kit.js'
+import {
+  isEnded,
+  isStarted,
+  ptyPair,
+  startCloud,
+  startDaemon,
+  startPeer,
+  startSession,
+  tempDir,
+  waitFor,
+  writeSiteConfig,
+  type LogLine,
+} from './helpers/e2e-kit.js'
 import { spawn } from 'node:child_process'
 
 const WH_EPS = 0.02
 /** systemd-notify is what `outpost run` uses to talk to systemd (Debian package `systemd`). */
 const HAS_NOTIFY = (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => existsSync(join(d, 'systemd-notify')))
 const DEAD = new Set(['D1', 'D2'])
-const aboutDead = (l: LogLine): boolean => DEAD.has(String(l.outlet)) || l.bus === 'dead-tcp' || l.bus === 'dead-rtu' || (Array.isArray(l.buses) && l.buses.length > 0)
+const aboutDead = (l: LogLine): boolean =>
+  DEAD.has(String(l.outlet)) || l.bus === 'dead-tcp' || l.bus === 'dead-rtu' || (Array.isArray(l.buses) && l.buses.length > 0)
 
 t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async (t) => {
   const broker = await startMosquitto(t)
@@ -37,8 +50,20 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
       { id: 'dead-rtu', type: 'modbus-rtu', path: deadPath, baudRate: 9600, parity: 'none', stopBits: 1, timeoutMs: 300 },
     ],
     extraOutlets: [
-      { id: 'D1', bus: 'dead-tcp', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
-      { id: 'D2', bus: 'dead-rtu', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
+      {
+        id: 'D1',
+        bus: 'dead-tcp',
+        meter: { model: 'eastron-sdm120', unit: 1 },
+        relay: { model: 'modbus-coil', unit: 100, coil: 0 },
+        plan: 'standard',
+      },
+      {
+        id: 'D2',
+        bus: 'dead-rtu',
+        meter: { model: 'eastron-sdm120', unit: 1 },
+        relay: { model: 'modbus-coil', unit: 100, coil: 0 },
+        plan: 'standard',
+      },
     ],
   })
 
@@ -100,9 +125,15 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
     const during = daemon.logs().filter(aboutDead).length - before
     // 30 poll rounds of 2 dead outlets: a flood would be 60+ lines. A late meter-fault line per
     // outlet may still fall in the window on a slow run, hence 4, not 0.
-    t.ok(during <= 4, `at most 4 lines about the dead buses during the window, got ${during}`, { lines: daemon.logs().filter(aboutDead).slice(before) })
+    t.ok(during <= 4, `at most 4 lines about the dead buses during the window, got ${during}`, {
+      lines: daemon.logs().filter(aboutDead).slice(before),
+    })
     const all = daemon.logs().filter(aboutDead)
-    t.ok(all.length <= 12, `${all.length} lines about the dead buses since boot (the boot warning, then per dead outlet: relay failed, fault, read failed, fault)`, { lines: all })
+    t.ok(
+      all.length <= 12,
+      `${all.length} lines about the dead buses since boot (the boot warning, then per dead outlet: relay failed, fault, read failed, fault)`,
+      { lines: all },
+    )
   })
 
   const exit = await daemon.stop('SIGTERM')
@@ -122,7 +153,14 @@ t.test('RTU adapter unplugged mid-session and plugged back', async (t) => {
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
-  const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000, chargeWh: 2, charging: 'charging over RTU' })
+  const { sessionId, e0 } = await startSession(t, peer, cloud, {
+    outlet: 1,
+    userId: 'u1',
+    amps: 16,
+    wallet: 100_000,
+    chargeWh: 2,
+    charging: 'charging over RTU',
+  })
   // Unplug the adapter: both pty ends vanish, and with them the site (its contactor drops out too).
   const atUnplug = (await peer.outlet(1)).energyWh
   await peer.kill()
@@ -134,7 +172,11 @@ t.test('RTU adapter unplugged mid-session and plugged back', async (t) => {
   // Plug it back: same link names, the site powers up with its registers where they were.
   pty = await ptyPair(t, pty.dir)
   peer = await startPeer(t, { outlets: 1, rtu: pty.b, baud: 9600, energyKwh: atUnplug / 1000 })
-  await daemon.waitLog((l) => l.msg === 'bus open' && daemon.logs().filter((x) => x.msg === 'bus open').length >= 2, 'the bus reopens by itself', 60_000)
+  await daemon.waitLog(
+    (l) => l.msg === 'bus open' && daemon.logs().filter((x) => x.msg === 'bus open').length >= 2,
+    'the bus reopens by itself',
+    60_000,
+  )
   await cloud.waitRecord((r) => r.type === 'outlet.recovered' && r.outlet === 'E1' && r.seq > ended.seq, 'E1 recovers')
   await waitFor(() => cloud.outlet('E1')?.state === 'off', 'E1 off again')
   t.equal((await peer.outlet(1)).coil, false, 'the relay came back open')

@@ -7,7 +7,21 @@
  */
 import t, { type Test } from 'tap'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { PLANS, isEnded, isStarted, roundHalfUp, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Ended, type Peer } from './helpers/e2e-kit.js'
+import {
+  PLANS,
+  isEnded,
+  isStarted,
+  roundHalfUp,
+  startCloud,
+  startDaemon,
+  startPeer,
+  startSession,
+  tempDir,
+  waitFor,
+  writeSiteConfig,
+  type Ended,
+  type Peer,
+} from './helpers/e2e-kit.js'
 
 /** Float32 kWh registers and JSON round trips: equal to well under a hundredth of a Wh. */
 const WH_EPS = 0.02
@@ -29,7 +43,10 @@ function checkBill(t: Test, e: Ended, planId: string): void {
     t.equal(l.perHour, period.perHour ?? null, 'line carries the plan rate per hour')
     // amount = energy × perKwh + time × perHour, to within the one rounding per line.
     const expected = (l.energyWh / 1000) * (period.perKwh ?? 0) * 1e6 + (l.seconds / 3600) * (period.perHour ?? 0) * 1e6
-    t.ok(Math.abs(l.amountMicros - expected) <= 1.5, `line amount ${l.amountMicros} µ is its energy and time at the plan's rates (${expected.toFixed(2)})`)
+    t.ok(
+      Math.abs(l.amountMicros - expected) <= 1.5,
+      `line amount ${l.amountMicros} µ is its energy and time at the plan's rates (${expected.toFixed(2)})`,
+    )
     t.ok(Number.isInteger(l.amountMicros), 'amountMicros is an integer')
     micros += l.amountMicros
     energy += l.energyWh
@@ -50,7 +67,8 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
-  for (const userId of ['u1', 'u2']) t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
+  for (const userId of ['u1', 'u2'])
+    t.ok((await cloud.command({ action: 'set-wallet', userId, currency: 'CAD', balance: 100_000 })).ok, `wallet of ${userId}`)
 
   await t.test('plug, activate, charge, unplug: billed from the meter, relay open after', async (t) => {
     // The car is plugged first: with the coil open it draws nothing.
@@ -128,7 +146,7 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
     const exit = await second.exited
     t.equal(exit.code, 1, 'exit 1')
     t.match(second.stderr().join('\n'), /JOURNAL_LOCKED/, 'says another outpost holds the journal')
-    t.ok((await peer.outlet(1)).coil, 'the running session\'s relay is untouched')
+    t.ok((await peer.outlet(1)).coil, "the running session's relay is untouched")
     t.ok(daemon.running(), 'the first daemon runs on')
     await peer.unplug(1)
     const ended = await cloud.waitRecord(isEnded(sessionId), 'the session ends normally')
@@ -138,5 +156,9 @@ t.test('cloud-started sessions over Modbus TCP', async (t) => {
   const code = await daemon.stop('SIGTERM')
   t.equal(code.code, 0, 'clean exit', { stderr: daemon.stderr(), log: daemon.logs().slice(-15) })
   const recs = cloud.records()
-  t.same(recs.map((r) => r.seq), recs.map((_, i) => i + 1), 'the cloud holds a gapless log')
+  t.same(
+    recs.map((r) => r.seq),
+    recs.map((_, i) => i + 1),
+    'the cloud holds a gapless log',
+  )
 })

@@ -9,17 +9,38 @@ import { initialState, step, type Effect, type EngineEvent, type EngineState } f
 
 export const VOLTS = 230
 
-export function siteConfig(over: { timezone?: string; plans?: PlanConfig[]; outlets?: unknown[]; sessions?: Record<string, number>; offline?: { limitMinutes: number | null }; uplink?: boolean } = {}): SiteConfig {
+export function siteConfig(
+  over: {
+    timezone?: string
+    plans?: PlanConfig[]
+    outlets?: unknown[]
+    sessions?: Record<string, number>
+    offline?: { limitMinutes: number | null }
+    uplink?: boolean
+  } = {},
+): SiteConfig {
   const raw = {
     site: { id: 'lot-7', timezone: over.timezone ?? 'America/Vancouver' },
     storage: { dir: '/tmp/unused' },
     buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
     outlets: over.outlets ?? [
       { id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
-      { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'standard', autoStart: { userId: 'u-42' } },
+      {
+        id: 'A2',
+        bus: 'lan',
+        meter: { model: 'eastron-sdm120', unit: 2 },
+        relay: { model: 'modbus-coil', unit: 100, coil: 1 },
+        plan: 'standard',
+        autoStart: { userId: 'u-42' },
+      },
     ],
     plans: over.plans ?? [
-      { id: 'standard', currency: 'CAD', activationFee: 0.5, periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.15, perHour: 0.5 }] },
+      {
+        id: 'standard',
+        currency: 'CAD',
+        activationFee: 0.5,
+        periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.15, perHour: 0.5 }],
+      },
     ],
     sessions: over.sessions ?? {},
     offline: over.offline ?? { limitMinutes: null },
@@ -65,7 +86,11 @@ export class Rig {
   read(outlet: string, amps: number, ms = 1000): Effect[] {
     this.advance(ms)
     this.meter[outlet]! += Math.round((amps * VOLTS * ms) / 3600)
-    return this.apply({ type: 'reading', outlet, reading: { ts: this.now, currentA: amps, powerW: amps * VOLTS, energyWh: this.meter[outlet]! / 1000, voltageV: VOLTS } })
+    return this.apply({
+      type: 'reading',
+      outlet,
+      reading: { ts: this.now, currentA: amps, powerW: amps * VOLTS, energyWh: this.meter[outlet]! / 1000, voltageV: VOLTS },
+    })
   }
   /** Feeds readings of every outlet (those not named draw 0 A) for `seconds` seconds. */
   run(seconds: number, amps: Record<string, number>): void {
@@ -74,7 +99,11 @@ export class Rig {
       for (const o of Object.keys(this.meter)) {
         const a = amps[o] ?? 0
         this.meter[o]! += Math.round((a * VOLTS * 1000) / 3600)
-        this.apply({ type: 'reading', outlet: o, reading: { ts: this.now, currentA: a, powerW: a * VOLTS, energyWh: this.meter[o]! / 1000, voltageV: VOLTS } })
+        this.apply({
+          type: 'reading',
+          outlet: o,
+          reading: { ts: this.now, currentA: a, powerW: a * VOLTS, energyWh: this.meter[o]! / 1000, voltageV: VOLTS },
+        })
       }
       this.apply({ type: 'tick' })
     }
@@ -97,7 +126,9 @@ export class Rig {
     this.cmd({ action: 'set-wallet', userId, currency, balance })
   }
   records<T extends RecordBody['type']>(type: T, from: Effect[] = this.effects): Extract<RecordBody, { type: T }>[] {
-    return from.filter((e): e is Extract<Effect, { type: 'record' }> => e.type === 'record' && e.record.type === type).map((e) => e.record as Extract<RecordBody, { type: T }>)
+    return from
+      .filter((e): e is Extract<Effect, { type: 'record' }> => e.type === 'record' && e.record.type === type)
+      .map((e) => e.record as Extract<RecordBody, { type: T }>)
   }
   ended(): Extract<RecordBody, { type: 'session.ended' }>[] {
     return this.records('session.ended')

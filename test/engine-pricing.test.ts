@@ -6,7 +6,16 @@
 import t from 'tap'
 import { Rig, siteConfig } from './engine-fixtures.js'
 import { priceSession } from './helpers/bill-oracle.js'
-import { lineAmountMicros, periodAt, planProblems, priceTimeline, divRoundHalfUp, outletPrices, outletStatuses, outletPlan } from '../daemon/engine/index.js'
+import {
+  lineAmountMicros,
+  periodAt,
+  planProblems,
+  priceTimeline,
+  divRoundHalfUp,
+  outletPrices,
+  outletStatuses,
+  outletPlan,
+} from '../daemon/engine/index.js'
 import type { PlanConfig, Weekday } from '../core/types.js'
 
 const ALL: Weekday[] = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']
@@ -173,7 +182,10 @@ t.test('money: integer micro-units per line, the total rounded once, half-up, to
     0,
     'CAD',
   )
-  t.same(two.lines.map((l) => l.amountMicros), [4000, 4000])
+  t.same(
+    two.lines.map((l) => l.amountMicros),
+    [4000, 4000],
+  )
   t.equal(two.total, 1)
   t.equal(priceSession([{ energyWh: 100, seconds: 0, perKwh: 0.05, perHour: null }], 0, 'CAD').total, 1, '0.5 cent rounds up')
   t.equal(priceSession([{ energyWh: 99.98, seconds: 0, perKwh: 0.05, perHour: null }], 0, 'CAD').total, 0, 'just under half (4999 µ) rounds down')
@@ -185,10 +197,28 @@ t.test('money: integer micro-units per line, the total rounded once, half-up, to
 
 t.test('planProblems names every problem of a pushed plan; set-plan refuses it and changes nothing', async (t) => {
   t.same(planProblems(night), [])
-  const bad = { id: 'x y', currency: 'XXQ', activationFee: -1, periods: [{ days: ['funday'], from: '25:00', to: '07:00', perKwh: 0.1234567, unavailable: true }], extra: 1 }
+  const bad = {
+    id: 'x y',
+    currency: 'XXQ',
+    activationFee: -1,
+    periods: [{ days: ['funday'], from: '25:00', to: '07:00', perKwh: 0.1234567, unavailable: true }],
+    extra: 1,
+  }
   const problems = planProblems(bad)
-  for (const p of ['plan/extra', 'plan/id', 'plan/currency', 'plan/activationFee', 'plan/periods/0/days', 'plan/periods/0/from', 'plan/periods/0/perKwh', 'plan/periods/0/unavailable']) {
-    t.ok(problems.some((x) => x.startsWith(p + ':')), `reports ${p}`)
+  for (const p of [
+    'plan/extra',
+    'plan/id',
+    'plan/currency',
+    'plan/activationFee',
+    'plan/periods/0/days',
+    'plan/periods/0/from',
+    'plan/periods/0/perKwh',
+    'plan/periods/0/unavailable',
+  ]) {
+    t.ok(
+      problems.some((x) => x.startsWith(p + ':')),
+      `reports ${p}`,
+    )
   }
   t.same(planProblems({ id: 'p', currency: 'CAD', periods: [] }), ['plan/periods: must be a non-empty array'])
   const r = new Rig(siteConfig(), pdt(10, 12))
@@ -210,7 +240,11 @@ t.test('set-plan and assign-plan: new sessions use the new prices, a running ses
   t.equal(r.result().ok, true)
   r.run(10, { A1: 16 })
   r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
-  t.same(r.ended()[0]!.lines.map((l) => l.perKwh), [0.15], 'the running session kept its plan')
+  t.same(
+    r.ended()[0]!.lines.map((l) => l.perKwh),
+    [0.15],
+    'the running session kept its plan',
+  )
   r.cmd({ action: 'assign-plan', outlet: 'A1', planId: 'ghost' })
   t.equal(r.result().code, 'unknown-plan')
   r.cmd({ action: 'set-plan', plan: night })
@@ -263,7 +297,10 @@ t.test('set-wallet and other commands validate their fields and change nothing w
     t.equal(r.result().code, 'invalid-command', JSON.stringify(cmd))
   }
   t.equal(r.state.wallets, before)
-  const meterOnly = new Rig(siteConfig({ outlets: [{ id: 'M', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'standard' }] }), pdt(10, 12))
+  const meterOnly = new Rig(
+    siteConfig({ outlets: [{ id: 'M', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'standard' }] }),
+    pdt(10, 12),
+  )
   meterOnly.boot()
   meterOnly.cmd({ action: 'set-auto-start', outlet: 'M', userId: 'u-1' })
   t.equal(meterOnly.result().code, 'no-relay')

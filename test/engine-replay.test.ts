@@ -23,7 +23,10 @@ function charging(): { r: Rig; checkpoint: EngineState; journaled: ReplayReading
   const checkpoint = r.state
   const journaled: ReplayReading[] = []
   for (let i = 0; i < 5; i++) {
-    for (const [outlet, amps] of [['A1', 16], ['A2', 10]] as const) {
+    for (const [outlet, amps] of [
+      ['A1', 16],
+      ['A2', 10],
+    ] as const) {
       r.advance(500)
       r.meter[outlet]! += Math.round((amps * VOLTS * 500) / 3600)
       const reading = { ts: r.now - 3, currentA: amps, powerW: amps * VOLTS, energyWh: r.meter[outlet]! / 1000, voltageV: VOLTS }
@@ -75,7 +78,11 @@ t.test('a reading whose replay would produce a record stops the replay before it
   const a1 = journaled.filter((g) => g.outlet === 'A1')
   // The log says the current stopped long enough to end the session (unplugged): when first
   // stepped, that would have been a durable step with its record, so the checkpoint would be after it.
-  const low = (i: number) => ({ ...a1[1]!, reading: { ...a1[1]!.reading, ts: a1[1]!.reading.ts + i * 1000, currentA: 0, powerW: 0 }, now: a1[1]!.now + i * 1000 })
+  const low = (i: number) => ({
+    ...a1[1]!,
+    reading: { ...a1[1]!.reading, ts: a1[1]!.reading.ts + i * 1000, currentA: 0, powerW: 0 },
+    now: a1[1]!.now + i * 1000,
+  })
   const list = [a1[0]!, a1[1]!, low(1), low(2), low(3), low(4)]
   const out = replayReadings(checkpoint, list)
   t.ok(out.stopped, 'stopped')

@@ -13,7 +13,10 @@ function ready(over: Parameters<typeof siteConfig>[0] = {}): Rig {
   return r
 }
 
-const kinds = (effects: Effect[]): string[] => effects.map((e) => (e.type === 'record' ? `record:${e.record.type}` : e.type === 'relay' ? `relay:${e.outlet}:${e.closed ? 'close' : 'open'}` : e.type))
+const kinds = (effects: Effect[]): string[] =>
+  effects.map((e) =>
+    e.type === 'record' ? `record:${e.record.type}` : e.type === 'relay' ? `relay:${e.outlet}:${e.closed ? 'close' : 'open'}` : e.type,
+  )
 
 t.test('activation opens a session, closes the relay after the record, and an abrupt drop ends it unplugged', async (t) => {
   const r = ready()
@@ -241,7 +244,10 @@ t.test('wallet: offline, each session debits the local copy, so sessions cannot 
     r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
     billed += r.ended()[r.ended().length - 1]!.total
   }
-  t.ok(r.ended().every((e) => e.offline), 'records say the sessions ran offline')
+  t.ok(
+    r.ended().every((e) => e.offline),
+    'records say the sessions ran offline',
+  )
   t.ok(billed <= 200, `billed ${billed} of a 200 balance`)
   t.equal(r.state.wallets['u-1']!.balance, 200 - billed)
   t.ok(r.ended().length >= 2)
@@ -359,7 +365,11 @@ t.test('a reading sampled just before the activation it follows: its energy join
   r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
   const activatedAt = r.now
   r.meter.A1! += 100
-  r.apply({ type: 'reading', outlet: 'A1', reading: { ts: activatedAt - 200, currentA: 16, powerW: 3680, energyWh: r.meter.A1! / 1000, voltageV: 230 } })
+  r.apply({
+    type: 'reading',
+    outlet: 'A1',
+    reading: { ts: activatedAt - 200, currentA: 16, powerW: 3680, energyWh: r.meter.A1! / 1000, voltageV: 230 },
+  })
   r.run(5, { A1: 16 })
   r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
   const end = r.ended()[0]!

@@ -96,7 +96,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
   // Plan edges a few minutes into the run, in local wall time.
   const wall = localWallMs(tz, now)
   const hm = (offsetMin: number): string => {
-    const m = Math.floor(((wall / 60_000 + offsetMin) % 1440 + 1440) % 1440)
+    const m = Math.floor((((wall / 60_000 + offsetMin) % 1440) + 1440) % 1440)
     return `${String(Math.floor(m / 60)).padStart(2, '0')}:${String(m % 60).padStart(2, '0')}`
   }
   const rate = (): number => int(0, 500_000) / 1_000_000
@@ -104,7 +104,12 @@ export function runSeed(seed: number, stats?: SimStats): void {
   const edge2 = edge1 + int(1, 60)
   const edge3 = edge2 + int(1, 60)
   const plans: PlanConfig[] = [
-    { id: 'flat', currency: 'CAD', activationFee: pick([0, 0.5, 1.25]), periods: [{ days: ALL_DAYS, from: '00:00', to: '24:00', perKwh: rate(), perHour: chance(0.5) ? rate() : 0.5 }] },
+    {
+      id: 'flat',
+      currency: 'CAD',
+      activationFee: pick([0, 0.5, 1.25]),
+      periods: [{ days: ALL_DAYS, from: '00:00', to: '24:00', perKwh: rate(), perHour: chance(0.5) ? rate() : 0.5 }],
+    },
     {
       id: 'tou',
       currency: 'CAD',
@@ -114,7 +119,12 @@ export function runSeed(seed: number, stats?: SimStats): void {
         { days: ALL_DAYS, from: '00:00', to: '24:00', perKwh: rate() },
       ],
     },
-    { id: 'night', currency: 'CAD', activationFee: 0.05, periods: [{ days: ALL_DAYS, from: hm(edge1), to: hm(edge1 + 600), perKwh: 0.123456, perHour: 0.000001 }] },
+    {
+      id: 'night',
+      currency: 'CAD',
+      activationFee: 0.05,
+      periods: [{ days: ALL_DAYS, from: hm(edge1), to: hm(edge1 + 600), perKwh: 0.123456, perHour: 0.000001 }],
+    },
     { id: 'yen', currency: 'JPY', activationFee: 30, periods: [{ days: ALL_DAYS, from: '00:00', to: '24:00', perKwh: 31.5, perHour: 12 }] },
   ].filter((p) => hm(edge1) !== hm(edge2) || p.id !== 'tou') as PlanConfig[]
   const planIds = plans.map((p) => p.id)
@@ -137,7 +147,14 @@ export function runSeed(seed: number, stats?: SimStats): void {
     buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
     outlets: outletsCfg,
     plans,
-    sessions: { graceSeconds: int(3, 40), noCurrentHoldMs: pick([0, 1000, 2000, 3000]), meterFaultMs: pick([3000, 10000, 1_000_000]), reconciliationMinutes: pick([1, 5]), autoStartA: pick([0.5, 1]), minChargeA: pick([0.5, 1]) },
+    sessions: {
+      graceSeconds: int(3, 40),
+      noCurrentHoldMs: pick([0, 1000, 2000, 3000]),
+      meterFaultMs: pick([3000, 10000, 1_000_000]),
+      reconciliationMinutes: pick([1, 5]),
+      autoStartA: pick([0.5, 1]),
+      minChargeA: pick([0.5, 1]),
+    },
     offline: { limitMinutes: chance(0.3) ? int(1, 3) : null },
     ...(chance(0.9) ? { uplink: { url: 'mqtt://127.0.0.1:1883', topicPrefix: 'outpost' } } : {}),
   }
@@ -145,7 +162,18 @@ export function runSeed(seed: number, stats?: SimStats): void {
   if (!vr.ok) throw new Error(`seed ${seed}: generated config invalid: ${JSON.stringify(vr.problems)}`)
   let config: SiteConfig = vr.config
 
-  const sim: SimOutlet[] = config.outlets.map((o) => ({ id: o.id, relay: o.relay !== undefined, closed: false, register: int(1_000_000, 5_000_000_000), lastFed: 0, plugged: false, demand: 0, tapering: false, mode: 'ok', modeLeft: 0 }))
+  const sim: SimOutlet[] = config.outlets.map((o) => ({
+    id: o.id,
+    relay: o.relay !== undefined,
+    closed: false,
+    register: int(1_000_000, 5_000_000_000),
+    lastFed: 0,
+    plugged: false,
+    demand: 0,
+    tapering: false,
+    mode: 'ok',
+    modeLeft: 0,
+  }))
   let state: EngineState = deepFreeze(initialState(config))
   const open = new Map<string, OpenInfo>()
   const endedIds = new Set<string>()
@@ -189,7 +217,13 @@ export function runSeed(seed: number, stats?: SimStats): void {
       }
     }
     state = deepFreeze(r.state)
-    if (TRACE) console.error(`#${stepNo} t=${now} ${JSON.stringify(ev)}\n    -> ${r.effects.filter((e) => e.type !== 'status').map((e) => JSON.stringify(e)).join('\n    -> ')}`)
+    if (TRACE)
+      console.error(
+        `#${stepNo} t=${now} ${JSON.stringify(ev)}\n    -> ${r.effects
+          .filter((e) => e.type !== 'status')
+          .map((e) => JSON.stringify(e))
+          .join('\n    -> ')}`,
+      )
     verify(before, ev, r.effects)
     if (stats) stats.steps++
     return r.effects
@@ -200,15 +234,28 @@ export function runSeed(seed: number, stats?: SimStats): void {
     check(results.length === (ev.type === 'command' ? 1 : 0), () => `${ev.type}: ${results.length} results`)
     if (ev.type === 'boot') {
       check(effects[0]?.type === 'record' && effects[0].record.type === 'gateway.started', () => 'boot: gateway.started is not the first effect')
-      for (const o of sim) if (o.relay) check(effects.some((e) => e.type === 'relay' && e.outlet === o.id && !e.closed), () => `boot: relay of ${o.id} not opened`)
-      const openBefore = Object.values(before.outlets).filter((e) => e.session !== null).map((e) => e.session!)
-      check(Object.values(state.outlets).every((e) => e.session === null), () => 'boot: a session is still open')
+      for (const o of sim)
+        if (o.relay)
+          check(
+            effects.some((e) => e.type === 'relay' && e.outlet === o.id && !e.closed),
+            () => `boot: relay of ${o.id} not opened`,
+          )
+      const openBefore = Object.values(before.outlets)
+        .filter((e) => e.session !== null)
+        .map((e) => e.session!)
+      check(
+        Object.values(state.outlets).every((e) => e.session === null),
+        () => 'boot: a session is still open',
+      )
       for (const s of openBefore) {
         const endRecs = effects.filter((e) => e.type === 'record' && e.record.type === 'session.ended' && e.record.sessionId === s.id)
         check(endRecs.length === 1, () => `boot: ${endRecs.length} session.ended for ${s.id}`)
         const rec = (endRecs[0] as { record: Ended }).record
         check(rec.reason === (ev.cleanShutdown ? 'reboot' : 'power-loss'), () => `boot: ${s.id} ended ${rec.reason}`)
-        check(Date.parse(rec.endedAt) === s.lastTs && Math.round(rec.meterEndWh * 1000) === s.lastMWh, () => `boot: ${s.id} not closed at its last journaled reading`)
+        check(
+          Date.parse(rec.endedAt) === s.lastTs && Math.round(rec.meterEndWh * 1000) === s.lastMWh,
+          () => `boot: ${s.id} not closed at its last journaled reading`,
+        )
       }
     }
     for (const eff of effects) {
@@ -225,7 +272,15 @@ export function runSeed(seed: number, stats?: SimStats): void {
           const w = before.wallets[rec.userId]
           const ws = walletSince.get(rec.userId)
           if (ws) ws.sessions.add(rec.sessionId)
-          open.set(rec.sessionId, { outlet: rec.outlet, userId: rec.userId, startMWh: Math.round(rec.meterWh * 1000), fed: new Set([Math.round(rec.meterWh * 1000)]), balanceAtStart: w ? w.balance : -Infinity, plan: s!.plan, startedAt: s!.startedAt })
+          open.set(rec.sessionId, {
+            outlet: rec.outlet,
+            userId: rec.userId,
+            startMWh: Math.round(rec.meterWh * 1000),
+            fed: new Set([Math.round(rec.meterWh * 1000)]),
+            balanceAtStart: w ? w.balance : -Infinity,
+            plan: s!.plan,
+            startedAt: s!.startedAt,
+          })
         } else if (rec.type === 'session.ended') {
           verifyEnded(rec)
           sessionMWh.set(rec.outlet, (sessionMWh.get(rec.outlet) ?? 0) + Math.round(rec.energyWh * 1000))
@@ -234,7 +289,10 @@ export function runSeed(seed: number, stats?: SimStats): void {
           reconBilledMWh.set(rec.outlet, (reconBilledMWh.get(rec.outlet) ?? 0) + Math.round(rec.billedWh * 1000))
         }
       } else if (eff.type === 'status') {
-        check(eff.status.state === state.outlets[eff.status.outlet]?.state, () => `status of ${eff.status.outlet} says ${eff.status.state}, state is ${state.outlets[eff.status.outlet]?.state}`)
+        check(
+          eff.status.state === state.outlets[eff.status.outlet]?.state,
+          () => `status of ${eff.status.outlet} says ${eff.status.state}, state is ${state.outlets[eff.status.outlet]?.state}`,
+        )
       }
     }
     // Relay closed only in armed / pending / charging, and the contactor matches.
@@ -249,7 +307,10 @@ export function runSeed(seed: number, stats?: SimStats): void {
         check(e.state === 'pending' || e.state === 'charging', () => `${o.id}: session open in state ${e.state}`)
       }
     }
-    check(openIds.size === open.size && [...openIds].every((id) => open.has(id)), () => `open sessions in state [${[...openIds]}] vs started-not-ended [${[...open.keys()]}]`)
+    check(
+      openIds.size === open.size && [...openIds].every((id) => open.has(id)),
+      () => `open sessions in state [${[...openIds]}] vs started-not-ended [${[...open.keys()]}]`,
+    )
   }
 
   function verifyEnded(rec: Ended): void {
@@ -265,27 +326,47 @@ export function runSeed(seed: number, stats?: SimStats): void {
     const end = Math.round(rec.meterEndWh * 1000)
     const energy = Math.round(rec.energyWh * 1000)
     check(start === info!.startMWh, () => `${rec.sessionId}: meterStartWh ${rec.meterStartWh} differs from session.started`)
-    check(info!.fed.has(end), () => `${rec.sessionId}: meterEndWh ${rec.meterEndWh} is not a register value read during the session (read: ${[...info!.fed].join(",")})`)
-    check(energy === end - start && energy >= 0, () => `${rec.sessionId}: energy ${rec.energyWh} is not meterEnd - meterStart (${rec.meterEndWh} - ${rec.meterStartWh})`)
+    check(
+      info!.fed.has(end),
+      () => `${rec.sessionId}: meterEndWh ${rec.meterEndWh} is not a register value read during the session (read: ${[...info!.fed].join(',')})`,
+    )
+    check(
+      energy === end - start && energy >= 0,
+      () => `${rec.sessionId}: energy ${rec.energyWh} is not meterEnd - meterStart (${rec.meterEndWh} - ${rec.meterStartWh})`,
+    )
     check(rec.durationS >= 0 && rec.total >= 0 && rec.activationFee >= 0, () => `${rec.sessionId}: negative duration/total/fee`)
     check(Number.isInteger(rec.total) && Number.isInteger(rec.activationFee), () => `${rec.sessionId}: total/fee not integers`)
     const unit = microsPerMinor(rec.currency)
     let sum = rec.activationFee * unit
     let lineEnergy = 0
     let lineMs = 0
-    let waived = 0
+    let _waived = 0
     rec.lines.forEach((l, i) => {
-      check(l.amountMicros >= 0 && Number.isInteger(l.amountMicros) && l.energyWh >= 0 && l.seconds >= 0, () => `${rec.sessionId}: negative or fractional line ${JSON.stringify(l)}`)
+      check(
+        l.amountMicros >= 0 && Number.isInteger(l.amountMicros) && l.energyWh >= 0 && l.seconds >= 0,
+        () => `${rec.sessionId}: negative or fractional line ${JSON.stringify(l)}`,
+      )
       const w = l.waivedMicros ?? 0
       check(w >= 0, () => `${rec.sessionId}: negative waiver`)
-      waived += w
-      check(l.amountMicros + w === expectedLineMicros(l.energyWh, l.seconds, l.perKwh, l.perHour), () => `${rec.sessionId}: line ${i} amount ${l.amountMicros}+${w} is not its energy and time at its rates (${expectedLineMicros(l.energyWh, l.seconds, l.perKwh, l.perHour)})`)
+      _waived += w
+      check(
+        l.amountMicros + w === expectedLineMicros(l.energyWh, l.seconds, l.perKwh, l.perHour),
+        () =>
+          `${rec.sessionId}: line ${i} amount ${l.amountMicros}+${w} is not its energy and time at its rates (${expectedLineMicros(l.energyWh, l.seconds, l.perKwh, l.perHour)})`,
+      )
       const from = Date.parse(l.from)
       const to = Date.parse(l.to)
-      check(i === 0 ? from === Date.parse(rec.startedAt) : from === Date.parse(rec.lines[i - 1]!.to), () => `${rec.sessionId}: lines not contiguous at ${i}`)
+      check(
+        i === 0 ? from === Date.parse(rec.startedAt) : from === Date.parse(rec.lines[i - 1]!.to),
+        () => `${rec.sessionId}: lines not contiguous at ${i}`,
+      )
       for (const t of to > from ? [from, to - 1] : [from]) {
         const p = periodAt(info!.plan, tz, t)
-        check(p.perKwh === l.perKwh && p.perHour === l.perHour, () => `${rec.sessionId}: line ${i} rates ${l.perKwh}/${l.perHour} but the plan says ${p.perKwh}/${p.perHour} at ${new Date(t).toISOString()}`)
+        check(
+          p.perKwh === l.perKwh && p.perHour === l.perHour,
+          () =>
+            `${rec.sessionId}: line ${i} rates ${l.perKwh}/${l.perHour} but the plan says ${p.perKwh}/${p.perHour} at ${new Date(t).toISOString()}`,
+        )
       }
       sum += l.amountMicros
       lineEnergy += Math.round(l.energyWh * 1000)
@@ -303,7 +384,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
     if (rec.reason === 'grace-expired') check(rec.total === 0 && rec.lines.length === 0, () => `${rec.sessionId}: grace-expired costs ${rec.total}`)
     check(rec.total <= info!.balanceAtStart, () => `${rec.sessionId}: total ${rec.total} above the balance at start ${info!.balanceAtStart}`)
     const ws = walletSince.get(rec.userId)
-    if (ws && ws.sessions.has(rec.sessionId)) {
+    if (ws?.sessions.has(rec.sessionId)) {
       ws.spent += rec.total
       check(ws.spent <= Math.max(ws.balance, 0), () => `${rec.userId}: sessions since set-wallet(${ws.balance}) billed ${ws.spent}`)
     }
@@ -333,7 +414,11 @@ export function runSeed(seed: number, stats?: SimStats): void {
     }
     for (const info of open.values()) if (info.outlet === o.id) info.fed.add(o.register)
     o.lastFed = o.register
-    apply({ type: 'reading', outlet: o.id, reading: { ts: now, currentA: flowing, powerW: flowing * VOLTS, energyWh: o.register / 1000, voltageV: VOLTS } })
+    apply({
+      type: 'reading',
+      outlet: o.id,
+      reading: { ts: now, currentA: flowing, powerW: flowing * VOLTS, energyWh: o.register / 1000, voltageV: VOLTS },
+    })
   }
 
   function command(cmd: Record<string, unknown>, id?: string): void {
@@ -407,17 +492,21 @@ export function runSeed(seed: number, stats?: SimStats): void {
       const r = rnd()
       if (r < 0.3) command({ action: 'start', outlet: chance(0.95) ? o : 'nope', userId: chance(0.9) ? pick(USERS) : 'u-unknown' })
       else if (r < 0.4) command({ action: 'stop', outlet: o, by: pick(['user', 'manager']) })
-      else if (r < 0.5) command({ action: 'set-wallet', userId: pick(USERS), currency: chance(0.9) ? 'CAD' : 'JPY', balance: pick([-5, 0, 1, 20, 300, 5000]) })
+      else if (r < 0.5)
+        command({ action: 'set-wallet', userId: pick(USERS), currency: chance(0.9) ? 'CAD' : 'JPY', balance: pick([-5, 0, 1, 20, 300, 5000]) })
       else if (r < 0.55) command({ action: 'set-auto-start', outlet: o, userId: chance(0.7) ? pick(USERS) : null })
       else if (r < 0.6) command({ action: 'set-availability', outlet: o, available: chance(0.6) })
       else if (r < 0.65) {
         const base = pick(plans)
-        const changed = chance(0.8) ? { ...base, periods: base.periods.map((p) => (p.perKwh !== undefined ? { ...p, perKwh: rate() } : p)) } : { ...base, periods: [] }
+        const changed = chance(0.8)
+          ? { ...base, periods: base.periods.map((p) => (p.perKwh !== undefined ? { ...p, perKwh: rate() } : p)) }
+          : { ...base, periods: [] }
         command({ action: 'set-plan', plan: changed })
       } else if (r < 0.7) command({ action: 'assign-plan', outlet: o, planId: chance(0.9) ? pick(planIds) : 'ghost' })
       else if (r < 0.78) apply({ type: 'uplink', online: chance(0.5) })
       else if (r < 0.83) apply({ type: chance(0.5) ? 'relay-failed' : 'relay-ok', outlet: o, error: 'read-back disagrees' } as EngineEvent)
-      else if (r < 0.87 && usedCmdIds.length > 0) command({ action: 'stop', outlet: o, by: 'user' }, pick(usedCmdIds)) // a repeated id
+      else if (r < 0.87 && usedCmdIds.length > 0)
+        command({ action: 'stop', outlet: o, by: 'user' }, pick(usedCmdIds)) // a repeated id
       else if (r < 0.93) command({ action: chance(0.5) ? 'bogus' : 'start', outlet: 42 })
       else restart(chance(0.5))
     }
@@ -428,7 +517,10 @@ export function runSeed(seed: number, stats?: SimStats): void {
   for (const o of sim) {
     const recon = state.outlets[o.id]!.recon
     const reported = (reconBilledMWh.get(o.id) ?? 0) + (recon ? recon.sessionMWh : 0)
-    check(reported === (sessionMWh.get(o.id) ?? 0), () => `${o.id}: reconciliation counts ${reported} mWh inside sessions, the sessions ${sessionMWh.get(o.id) ?? 0}`)
+    check(
+      reported === (sessionMWh.get(o.id) ?? 0),
+      () => `${o.id}: reconciliation counts ${reported} mWh inside sessions, the sessions ${sessionMWh.get(o.id) ?? 0}`,
+    )
     if (recon) check(recon.meterMWh >= recon.sessionMWh, () => `${o.id}: more energy inside sessions than the meter counted`)
   }
 }
@@ -458,7 +550,19 @@ export function simulationTest(tap: Test, base: number, count: number): void {
     t.comment(`${seeds.length} seeds, ${stats.steps} steps, ${stats.sessions} sessions; reasons ${JSON.stringify(stats.reasons)}`)
     // The generator must actually reach every way a session ends, or the invariants prove little.
     if (seeds.length >= 5000) {
-      for (const r of ['user-stopped', 'manager-stopped', 'wallet-depleted', 'unplugged', 'charge-complete', 'grace-expired', 'plan-unavailable', 'power-loss', 'reboot', 'meter-fault', 'offline-limit']) {
+      for (const r of [
+        'user-stopped',
+        'manager-stopped',
+        'wallet-depleted',
+        'unplugged',
+        'charge-complete',
+        'grace-expired',
+        'plan-unavailable',
+        'power-loss',
+        'reboot',
+        'meter-fault',
+        'offline-limit',
+      ]) {
         t.ok((stats.reasons[r] ?? 0) > 0, `the simulation ended sessions with ${r}`)
       }
     }

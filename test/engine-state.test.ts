@@ -19,31 +19,38 @@ function charging(over: Parameters<typeof siteConfig>[0] = {}): Rig {
 
 const roundTrip = (s: EngineState): EngineState => JSON.parse(JSON.stringify(s)) as EngineState
 
-t.test('boot after a crash: gateway.started first, the open session closed power-loss at its last journaled reading, every relay opened', async (t) => {
-  const r = charging()
-  const lastTs = r.state.outlets.A1!.last!.ts
-  const lastWh = r.meter.A1! / 1000
-  r.state = roundTrip(r.state) // what the journal persisted
-  r.advance(5 * 60_000) // the gateway was down five minutes; the meter kept its register
-  r.meter.A1! += 999_000
-  const fx = r.boot(false)
-  t.equal(fx[0]?.type === 'record' && fx[0].record.type, 'gateway.started', 'gateway.started first')
-  t.match(fx[0], { record: { cleanShutdown: false, version: 'test' } })
-  const ended = r.records('session.ended', fx)
-  t.equal(ended.length, 1)
-  t.equal(ended[0]!.reason, 'power-loss')
-  t.equal(ended[0]!.endedAt, new Date(lastTs).toISOString(), 'closed at the last journaled reading, not at boot time')
-  t.equal(ended[0]!.meterEndWh, lastWh)
-  t.equal(ended[0]!.energyWh, Math.round(30 * 1022) / 1000, 'the session energy, never the lifetime register')
-  t.same(r.relays(fx), [
-    { outlet: 'A1', closed: false },
-    { outlet: 'A2', closed: false },
-  ])
-  t.equal(r.stateOf('A1'), 'off')
-  r.run(1, {})
-  t.equal(r.boot(false).filter((e) => e.type === 'record' && e.record.type === 'session.ended').length, 0, 'exactly one session.ended: a second boot has nothing to close')
-  t.equal(r.state.gateway.nextSession, 2, 'the session counter survived the restart')
-})
+t.test(
+  'boot after a crash: gateway.started first, the open session closed power-loss at its last journaled reading, every relay opened',
+  async (t) => {
+    const r = charging()
+    const lastTs = r.state.outlets.A1!.last!.ts
+    const lastWh = r.meter.A1! / 1000
+    r.state = roundTrip(r.state) // what the journal persisted
+    r.advance(5 * 60_000) // the gateway was down five minutes; the meter kept its register
+    r.meter.A1! += 999_000
+    const fx = r.boot(false)
+    t.equal(fx[0]?.type === 'record' && fx[0].record.type, 'gateway.started', 'gateway.started first')
+    t.match(fx[0], { record: { cleanShutdown: false, version: 'test' } })
+    const ended = r.records('session.ended', fx)
+    t.equal(ended.length, 1)
+    t.equal(ended[0]!.reason, 'power-loss')
+    t.equal(ended[0]!.endedAt, new Date(lastTs).toISOString(), 'closed at the last journaled reading, not at boot time')
+    t.equal(ended[0]!.meterEndWh, lastWh)
+    t.equal(ended[0]!.energyWh, Math.round(30 * 1022) / 1000, 'the session energy, never the lifetime register')
+    t.same(r.relays(fx), [
+      { outlet: 'A1', closed: false },
+      { outlet: 'A2', closed: false },
+    ])
+    t.equal(r.stateOf('A1'), 'off')
+    r.run(1, {})
+    t.equal(
+      r.boot(false).filter((e) => e.type === 'record' && e.record.type === 'session.ended').length,
+      0,
+      'exactly one session.ended: a second boot has nothing to close',
+    )
+    t.equal(r.state.gateway.nextSession, 2, 'the session counter survived the restart')
+  },
+)
 
 t.test('readings before boot are not billed into the restored session', async (t) => {
   const r2 = charging()
@@ -139,50 +146,60 @@ t.test('meter fault: silence alone (no events at all) faults the outlet on ticks
   t.match(r.records('outlet.fault')[0]?.detail, /no good reading for 10 s/)
 })
 
-t.test('impossible readings: one is ignored; NaN, negative current, current far above the rating and a backwards register all count toward a fault', async (t) => {
-  const r = charging()
-  const e0 = r.state.outlets.A1!
-  const bad = (reading: Record<string, number>): void => {
-    r.advance(1000)
-    r.apply({ type: 'reading', outlet: 'A1', reading: { ts: r.now, currentA: 16, powerW: 3680, energyWh: r.meter.A1! / 1000, voltageV: 230, ...reading } })
-  }
-  bad({ energyWh: Number.NaN })
-  t.equal(r.state.outlets.A1!.last, e0.last, 'a NaN is not a reading')
-  t.match(r.state.outlets.A1!.badDetail, /energyWh is not a finite number/)
-  r.read('A1', 16)
-  t.equal(r.state.outlets.A1!.badDetail, null)
-  bad({ currentA: -2 })
-  t.match(r.state.outlets.A1!.badDetail, /negative current/)
-  bad({ currentA: 49 }) // rating 32 A (default): 1.5 × 32 = 48
-  t.match(r.state.outlets.A1!.badDetail, /above 1.5 x the rating/)
-  bad({ energyWh: r.meter.A1! / 1000 - 1 })
-  t.match(r.state.outlets.A1!.badDetail, /went backwards/)
-  r.read('A1', 16)
-  t.equal(r.stateOf('A1'), 'charging', 'isolated bad samples end nothing')
-  for (let i = 0; i < 10; i++) bad({ currentA: 100 })
-  t.equal(r.stateOf('A1'), 'fault')
-  t.equal(r.ended()[0]?.reason, 'meter-fault')
-  t.ok(r.ended()[0]!.energyWh > 0)
-})
+t.test(
+  'impossible readings: one is ignored; NaN, negative current, current far above the rating and a backwards register all count toward a fault',
+  async (t) => {
+    const r = charging()
+    const e0 = r.state.outlets.A1!
+    const bad = (reading: Record<string, number>): void => {
+      r.advance(1000)
+      r.apply({
+        type: 'reading',
+        outlet: 'A1',
+        reading: { ts: r.now, currentA: 16, powerW: 3680, energyWh: r.meter.A1! / 1000, voltageV: 230, ...reading },
+      })
+    }
+    bad({ energyWh: Number.NaN })
+    t.equal(r.state.outlets.A1!.last, e0.last, 'a NaN is not a reading')
+    t.match(r.state.outlets.A1!.badDetail, /energyWh is not a finite number/)
+    r.read('A1', 16)
+    t.equal(r.state.outlets.A1!.badDetail, null)
+    bad({ currentA: -2 })
+    t.match(r.state.outlets.A1!.badDetail, /negative current/)
+    bad({ currentA: 49 }) // rating 32 A (default): 1.5 × 32 = 48
+    t.match(r.state.outlets.A1!.badDetail, /above 1.5 x the rating/)
+    bad({ energyWh: r.meter.A1! / 1000 - 1 })
+    t.match(r.state.outlets.A1!.badDetail, /went backwards/)
+    r.read('A1', 16)
+    t.equal(r.stateOf('A1'), 'charging', 'isolated bad samples end nothing')
+    for (let i = 0; i < 10; i++) bad({ currentA: 100 })
+    t.equal(r.stateOf('A1'), 'fault')
+    t.equal(r.ended()[0]?.reason, 'meter-fault')
+    t.ok(r.ended()[0]!.energyWh > 0)
+  },
+)
 
-t.test('a meter swapped mid-session (register jumps back for good): meter-fault, then the new register is the baseline; never negative energy', async (t) => {
-  const r = charging()
-  const before = r.meter.A1!
-  r.meter.A1 = 5_000 // the new meter's register: 5 Wh
-  for (let i = 0; i < 11; i++) r.read('A1', 16)
-  const end = r.ended()[0]!
-  t.equal(end.reason, 'meter-fault')
-  t.equal(end.meterEndWh, before / 1000, 'billed to the last reading of the old meter')
-  t.ok(end.energyWh > 0)
-  t.match(r.records('outlet.recovered')[0]?.detail, /rebased/)
-  t.equal(r.stateOf('A1'), 'off')
-  r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
-  r.run(10, { A1: 16 })
-  r.run(3, {})
-  const second = r.ended()[1]!
-  t.equal(second.energyWh, 10.22)
-  t.ok(second.meterStartWh < 20, 'the new session starts from the new register')
-})
+t.test(
+  'a meter swapped mid-session (register jumps back for good): meter-fault, then the new register is the baseline; never negative energy',
+  async (t) => {
+    const r = charging()
+    const before = r.meter.A1!
+    r.meter.A1 = 5_000 // the new meter's register: 5 Wh
+    for (let i = 0; i < 11; i++) r.read('A1', 16)
+    const end = r.ended()[0]!
+    t.equal(end.reason, 'meter-fault')
+    t.equal(end.meterEndWh, before / 1000, 'billed to the last reading of the old meter')
+    t.ok(end.energyWh > 0)
+    t.match(r.records('outlet.recovered')[0]?.detail, /rebased/)
+    t.equal(r.stateOf('A1'), 'off')
+    r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
+    r.run(10, { A1: 16 })
+    r.run(3, {})
+    const second = r.ended()[1]!
+    t.equal(second.energyWh, 10.22)
+    t.ok(second.meterStartWh < 20, 'the new session starts from the new register')
+  },
+)
 
 t.test('relay fault: the outlet goes to fault, the session ends meter-fault, relay-ok recovers', async (t) => {
   const r = charging()
@@ -273,20 +290,43 @@ t.test('commands apply at most once per id: a repeated id returns the first resu
   t.same(again, [first])
   t.equal(r.state, s)
   t.equal(r.records('session.started').length, 1)
-  t.throws(() => step(r.state, { type: 'reading', outlet: 'nope', reading: { ts: 1, currentA: 0, powerW: 0, energyWh: 0, voltageV: 0 } }, r.now), { code: 'ENGINE_UNKNOWN_OUTLET' })
+  t.throws(() => step(r.state, { type: 'reading', outlet: 'nope', reading: { ts: 1, currentA: 0, powerW: 0, energyWh: 0, voltageV: 0 } }, r.now), {
+    code: 'ENGINE_UNKNOWN_OUTLET',
+  })
   t.throws(() => step(r.state, { type: 'tick' }, Number.NaN), { code: 'ENGINE_BAD_EVENT' })
 })
 
 t.test('config after a restart: outlets added and removed, the installer’s plan change wins, an unchanged file keeps cloud choices', async (t) => {
   const r = charging()
-  r.cmd({ action: 'set-plan', plan: { id: 'cheap', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.01 }] } })
-  r.cmd({ action: 'set-plan', plan: { id: 'standard', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.02 }] } })
+  r.cmd({
+    action: 'set-plan',
+    plan: {
+      id: 'cheap',
+      currency: 'CAD',
+      periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.01 }],
+    },
+  })
+  r.cmd({
+    action: 'set-plan',
+    plan: {
+      id: 'standard',
+      currency: 'CAD',
+      periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.02 }],
+    },
+  })
   r.cmd({ action: 'assign-plan', outlet: 'A2', planId: 'cheap' })
   r.state = roundTrip(r.state)
   const cfg = siteConfig({
     outlets: [
       { id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
-      { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'standard', autoStart: { userId: 'u-42' } },
+      {
+        id: 'A2',
+        bus: 'lan',
+        meter: { model: 'eastron-sdm120', unit: 2 },
+        relay: { model: 'modbus-coil', unit: 100, coil: 1 },
+        plan: 'standard',
+        autoStart: { userId: 'u-42' },
+      },
       { id: 'B1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 3 }, plan: 'standard' },
     ],
   })
@@ -299,9 +339,15 @@ t.test('config after a restart: outlets added and removed, the installer’s pla
   r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
   r.run(5, { A1: 16 })
   r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
-  t.same(r.ended()[1]!.lines.map((l) => l.perKwh), [0.02], 'a cloud plan wins over the config plan of the same id')
+  t.same(
+    r.ended()[1]!.lines.map((l) => l.perKwh),
+    [0.02],
+    'a cloud plan wins over the config plan of the same id',
+  )
   const moved = siteConfig({
-    outlets: [{ id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'night' }],
+    outlets: [
+      { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'night' },
+    ],
     plans: [
       { id: 'standard', currency: 'CAD', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 1 }] },
       { id: 'night', currency: 'CAD', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 1 }] },
@@ -317,7 +363,11 @@ t.test('an outlet removed from the config before boot: boot closes its session p
   const r = charging()
   r.state = roundTrip(r.state)
   r.state = { ...r.state, gateway: { ...r.state.gateway, running: false } }
-  const only2 = siteConfig({ outlets: [{ id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'standard' }] })
+  const only2 = siteConfig({
+    outlets: [
+      { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'standard' },
+    ],
+  })
   r.apply({ type: 'config', config: only2 })
   t.ok(r.state.outlets.A1, 'kept until boot has closed its session')
   r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })

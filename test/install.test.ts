@@ -89,8 +89,14 @@ function snapshot(root: string, excluded: string[] = []): string[] {
   return lines
 }
 
-const userLine = (root: string, name: string) => readFileSync(join(root, 'etc/passwd'), 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))
-const groupLine = (root: string, name: string) => readFileSync(join(root, 'etc/group'), 'utf8').split('\n').find((l) => l.startsWith(`${name}:`))
+const userLine = (root: string, name: string) =>
+  readFileSync(join(root, 'etc/passwd'), 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`))
+const groupLine = (root: string, name: string) =>
+  readFileSync(join(root, 'etc/group'), 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`))
 const WANTS = 'etc/systemd/system/multi-user.target.wants/outpost.service'
 const nodePath = spawnSync('sh', ['-c', 'command -v node'], { encoding: 'utf8' }).stdout.trim()
 
@@ -117,7 +123,11 @@ t.test('every file the code reads at run time is in the package (package.json "f
   }
   walk(packagePath('dist'))
   t.ok(wanted.has('config/site.schema.json') && wanted.has('drivers/models'), `found the run-time reads (${[...wanted].join(', ')})`)
-  t.same([...wanted].filter((p) => !shipped(p)), [], 'each one is packed')
+  t.same(
+    [...wanted].filter((p) => !shipped(p)),
+    [],
+    'each one is packed',
+  )
   t.ok(shipped('dist/daemon/cli.js'), 'the CLI is packed')
 })
 
@@ -157,15 +167,19 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const owner = (p: string) => `${statSync(join(root, p)).uid}:${statSync(join(root, p)).gid}`
   t.equal(`${mode('etc/outpost')} ${owner('etc/outpost')}`, `750 0:${gid}`, '/etc/outpost: root-owned, readable by the service group')
   t.equal(`${mode('etc/outpost/site.json')} ${owner('etc/outpost/site.json')}`, `640 0:${gid}`, 'site.json: secrets readable by the service only')
-  t.equal(`${mode('var/lib/outpost')} ${owner('var/lib/outpost')}`, `750 ${uid}:${gid}`, '/var/lib/outpost: the service user\'s')
+  t.equal(`${mode('var/lib/outpost')} ${owner('var/lib/outpost')}`, `750 ${uid}:${gid}`, "/var/lib/outpost: the service user's")
   const site = JSON.parse(readFileSync(join(root, 'etc/outpost/site.json'), 'utf8')) as { api: { token: string }; site: { name: string } }
   const example = JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8')) as { api: { token: string } }
   t.match(site.api.token, /^[\w-]{32}$/, 'a random api.token, not change-me')
   t.same({ ...site, api: { ...site.api, token: 'change-me' } }, example, 'otherwise the example as written')
 
   const unitText = readFileSync(packagePath('systemd', 'outpost.service'), 'utf8').replace('ExecStart=/usr/bin/node ', `ExecStart=${nodePath} `)
-  t.equal(readFileSync(join(root, 'etc/systemd/system/outpost.service'), 'utf8'), unitText, 'the unit (with this machine\'s node)')
-  t.equal(readFileSync(join(root, 'etc/udev/rules.d/99-outpost-rs485.rules'), 'utf8'), readFileSync(packagePath('systemd', '99-outpost-rs485.rules'), 'utf8'), 'the udev rule')
+  t.equal(readFileSync(join(root, 'etc/systemd/system/outpost.service'), 'utf8'), unitText, "the unit (with this machine's node)")
+  t.equal(
+    readFileSync(join(root, 'etc/udev/rules.d/99-outpost-rs485.rules'), 'utf8'),
+    readFileSync(packagePath('systemd', '99-outpost-rs485.rules'), 'utf8'),
+    'the udev rule',
+  )
   t.match(readFileSync(join(root, 'usr/local/bin/outpost'), 'utf8'), `exec ${nodePath} /opt/outpost/dist/daemon/cli.js "$@"`, 'the outpost command')
   t.equal(mode('usr/local/bin/outpost'), '755')
 
@@ -175,12 +189,18 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const opt = join(root, 'opt/outpost')
   const missing = files.filter((f) => !existsSync(join(opt, f)) || !readFileSync(join(opt, f)).equals(readFileSync(join(src, f))))
   t.same(missing, [], `the ${files.length} packed files, byte for byte`)
-  t.same(readdirSync(opt).sort(), [...new Set([...files.map((f) => f.split('/')[0]!), 'node_modules', 'package-lock.json'])].sort(), 'nothing else at the top')
+  t.same(
+    readdirSync(opt).sort(),
+    [...new Set([...files.map((f) => f.split('/')[0]!), 'node_modules', 'package-lock.json'])].sort(),
+    'nothing else at the top',
+  )
   t.ok(existsSync(join(opt, 'dist/daemon/cli.js')) && existsSync(join(opt, 'drivers/models/eastron-sdm120.json')), 'the build and the device models')
-  for (const dep of ['level', 'serialport', 'ajv', 'mqtt', 'node-red']) t.ok(existsSync(join(opt, 'node_modules', dep, 'package.json')), `runtime dependency ${dep}`)
+  for (const dep of ['level', 'serialport', 'ajv', 'mqtt', 'node-red'])
+    t.ok(existsSync(join(opt, 'node_modules', dep, 'package.json')), `runtime dependency ${dep}`)
   // (typescript stays: i18next, under node-red, lists it as an optional peer, which npm keeps.)
   // modbus-serial is the bench's baseline and canonicalize a test oracle: neither runs here.
-  for (const dev of ['tap', 'fast-check', 'playwright-core', 'memory-level', 'modbus-serial', 'canonicalize']) t.notOk(existsSync(join(opt, 'node_modules', dev)), `no dev dependency ${dev}`)
+  for (const dev of ['tap', 'fast-check', 'playwright-core', 'memory-level', 'modbus-serial', 'canonicalize'])
+    t.notOk(existsSync(join(opt, 'node_modules', dev)), `no dev dependency ${dev}`)
   t.notOk(existsSync(join(opt, 'dist/test')), 'no compiled tests')
   t.notOk(existsSync(join(root, 'opt/outpost.new')) || existsSync(join(root, 'opt/outpost.old')), 'no staging left behind')
 
@@ -210,7 +230,11 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const second = install(src, root)
   t.equal(second.status, 0, `the re-run exits 0\n${second.out}`)
   t.match(second.out, /the clone's dependencies match package-lock\.json/, 'no second npm ci in the clone')
-  t.equal(lstatSync(join(root, WANTS)).isSymbolicLink() && readlinkSync(join(root, WANTS)), '/etc/systemd/system/outpost.service', 'enabled (systemctl --root)')
+  t.equal(
+    lstatSync(join(root, WANTS)).isSymbolicLink() && readlinkSync(join(root, WANTS)),
+    '/etc/systemd/system/outpost.service',
+    'enabled (systemctl --root)',
+  )
   t.match(second.out, /enabled outpost\.service/)
   const before = snapshot(root)
   const kept = (p: string) => ({ bytes: readFileSync(join(root, p), 'utf8'), mtime: statSync(join(root, p)).mtimeMs })
@@ -220,12 +244,15 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   // systemctl and udevadm log their arguments; stop and restart also note what /opt held at that moment.
   const fakes = tempDir(t, 'outpost-install-fakes-')
   const calls = join(fakes, 'calls')
-  writeFileSync(join(fakes, 'systemctl'), `#!/bin/sh
+  writeFileSync(
+    join(fakes, 'systemctl'),
+    `#!/bin/sh
 extra=
 [ "$1" = stop ] && [ -e '${root}/opt/outpost.new/node_modules/level/package.json' ] && extra=' (new code staged)'
 [ "$1" = restart ] && [ ! -e '${root}/opt/outpost.new' ] && [ -e '${root}/opt/outpost/node_modules/level/package.json' ] && extra=' (new code in place)'
 echo "systemctl $*$extra" >> '${calls}'
-`)
+`,
+  )
   writeFileSync(join(fakes, 'udevadm'), `#!/bin/sh\necho "udevadm $*" >> '${calls}'\n`)
   chmodSync(join(fakes, 'systemctl'), 0o755)
   chmodSync(join(fakes, 'udevadm'), 0o755)
@@ -236,16 +263,24 @@ echo "systemctl $*$extra" >> '${calls}'
   t.equal(live.status, 0, `the live upgrade exits 0\n${live.out}`)
   t.notOk(existsSync(join(opt, 'dist/daemon/left-over.js')), 'the code is replaced, not overlaid')
   t.notOk(existsSync(join(opt, 'dist/daemon/deleted-upstream.js')), 'the clone is built from scratch: nothing stale is packed')
-  t.same([kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')], keptBefore, 'site.json and /var/lib/outpost untouched (bytes and mtime)')
-  t.same(readFileSync(calls, 'utf8').trim().split('\n'), [
-    'systemctl is-active --quiet outpost.service',
-    'systemctl stop outpost.service (new code staged)',
-    'systemctl daemon-reload',
-    'udevadm control --reload',
-    'udevadm trigger --action=change --subsystem-match=tty --subsystem-match=usb-serial',
-    'systemctl enable --quiet outpost.service',
-    'systemctl restart outpost.service (new code in place)',
-  ], 'stops only once the new code is ready, reloads systemd and udev, enables, restarts')
+  t.same(
+    [kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')],
+    keptBefore,
+    'site.json and /var/lib/outpost untouched (bytes and mtime)',
+  )
+  t.same(
+    readFileSync(calls, 'utf8').trim().split('\n'),
+    [
+      'systemctl is-active --quiet outpost.service',
+      'systemctl stop outpost.service (new code staged)',
+      'systemctl daemon-reload',
+      'udevadm control --reload',
+      'udevadm trigger --action=change --subsystem-match=tty --subsystem-match=usb-serial',
+      'systemctl enable --quiet outpost.service',
+      'systemctl restart outpost.service (new code in place)',
+    ],
+    'stops only once the new code is ready, reloads systemd and udev, enables, restarts',
+  )
   t.match(live.out, /outpost \S+ is enabled and running: journalctl -u outpost -f/)
   t.same(snapshot(root), before, 'the same tree: paths, modes, owners, contents, links')
 
@@ -258,7 +293,11 @@ echo "systemctl $*$extra" >> '${calls}'
   t.equal(readFileSync(calls, 'utf8'), callsBefore, 'the running service is not stopped or restarted')
   t.match(refused.out, /\/etc\/outpost\/site\.json: \/site\/id: is required/, "check-config's line, naming the pointer")
   t.match(refused.out, /nothing was installed, upgraded, enabled or restarted/)
-  t.same(snapshot(root, ['etc/outpost/site.json']), before.filter((l) => !l.startsWith('etc/outpost/site.json ')), 'the running install is left as it was')
+  t.same(
+    snapshot(root, ['etc/outpost/site.json']),
+    before.filter((l) => !l.startsWith('etc/outpost/site.json ')),
+    'the running install is left as it was',
+  )
   t.equal(readFileSync(join(root, 'etc/outpost/site.json'), 'utf8'), broken, 'the config is not rewritten')
 
   // A first install with a config the service could not read (root's, 0600): refused too.

@@ -35,14 +35,20 @@ t.test('RFC 8785 section 3.2.3: properties sort by UTF-16 code units', async (t)
   // JSON.parse puts "1" first regardless (integer-like key), so check the canonical text's order instead.
   const text = canonicalJson(input)
   const order = ['\r', '1', '\u0080', '\u00f6', '\u20ac', '\ud83d\ude00', '\ufb33'].map((k) => text.indexOf(JSON.stringify(k) + ':'))
-  t.same([...order].sort((a, b) => a - b), order, 'keys appear in code-unit order')
+  t.same(
+    [...order].sort((a, b) => a - b),
+    order,
+    'keys appear in code-unit order',
+  )
   t.ok(order.every((i) => i >= 0))
   t.equal(keys.length, 7)
   t.ok(text.startsWith('{"\\r":"Carriage Return","1":"One","\u0080":"Control"'), 'control characters above U+001F are not escaped')
 })
 
 t.test('RFC 8785 section 3.2.4: the UTF-8 bytes of the cyberphone sample', async (t) => {
-  const input = JSON.parse(String.raw`{"numbers":[1E30,4.50,6,2e-3,0.000000000000000000000000001],"escaping":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","other":[null,true,false]}`)
+  const input = JSON.parse(
+    String.raw`{"numbers":[1E30,4.50,6,2e-3,0.000000000000000000000000001],"escaping":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","other":[null,true,false]}`,
+  )
   const hex = Buffer.from(canonicalJson(input), 'utf8').toString('hex')
   const expected = (
     '7b 22 65 73 63 61 70 69 6e 67 22 3a 22 e2 82 ac 24 5c 75 30 30 30 66 5c 6e 41 27 42 5c 22 5c 5c' +
@@ -57,7 +63,16 @@ t.test('property: the canonicalizer agrees with the canonicalize package (a main
   // Any UTF-16 code units, lone surrogates included: both must refuse the same strings.
   const units = fc.array(fc.integer({ min: 0, max: 0xffff }), { maxLength: 8 }).map((a) => String.fromCharCode(...a))
   const value = fc.letrec((tie) => ({
-    node: fc.oneof({ maxDepth: 4 }, fc.constant(null), fc.boolean(), fc.double(), fc.integer(), units, fc.array(tie('node'), { maxLength: 4 }), fc.dictionary(units, tie('node'), { maxKeys: 5 })),
+    node: fc.oneof(
+      { maxDepth: 4 },
+      fc.constant(null),
+      fc.boolean(),
+      fc.double(),
+      fc.integer(),
+      units,
+      fc.array(tie('node'), { maxLength: 4 }),
+      fc.dictionary(units, tie('node'), { maxKeys: 5 }),
+    ),
   })).node
   t.doesNotThrow(() =>
     fc.assert(
@@ -80,8 +95,12 @@ t.test('property: the canonicalizer agrees with the canonicalize package (a main
     ),
   )
   t.throws(() => canonicalJson({ a: '\ud800' }), { code: 'JOURNAL_INVALID_RECORD' })
-  t.throws(() => canonicalJson({ ['\udc00']: 1 }), { code: 'JOURNAL_INVALID_RECORD' })
-  t.equal(canonicalJson({ b: undefined, a: [undefined, 1] }), '{"a":[null,1]}', 'undefined members are left out, undefined items are null, as JSON.stringify does')
+  t.throws(() => canonicalJson({ '\udc00': 1 }), { code: 'JOURNAL_INVALID_RECORD' })
+  t.equal(
+    canonicalJson({ b: undefined, a: [undefined, 1] }),
+    '{"a":[null,1]}',
+    'undefined members are left out, undefined items are null, as JSON.stringify does',
+  )
   const cyclic: Record<string, unknown> = {}
   cyclic.self = cyclic
   t.throws(() => canonicalJson(cyclic), { code: 'JOURNAL_INVALID_RECORD' })
@@ -127,7 +146,14 @@ t.test('RFC 8785 appendix B: IEEE 754 number serialization vectors', async (t) =
 })
 
 const started = (i: number): RecordBody => ({
-  type: 'session.started', ts: new Date(1_700_000_000_000 + i * 1000).toISOString(), sessionId: `s-${i}`, outlet: 'A1', userId: 'u-1', planId: 'standard', trigger: 'activation', meterWh: 1000.5 + i,
+  type: 'session.started',
+  ts: new Date(1_700_000_000_000 + i * 1000).toISOString(),
+  sessionId: `s-${i}`,
+  outlet: 'A1',
+  userId: 'u-1',
+  planId: 'standard',
+  trigger: 'activation',
+  meterWh: 1000.5 + i,
 })
 
 function chain(n: number): JournalRecord[] {
@@ -188,13 +214,19 @@ t.test('the verifier accepts an intact chain and names the first break', async (
 
 t.test('property: any single change to any field of any record is caught at that record', async (t) => {
   const records = chain(12)
-  t.doesNotThrow(() => fc.assert(
-    fc.property(fc.integer({ min: 0, max: 11 }), fc.constantFrom('ts', 'meterWh', 'userId', 'bootId', 'clockSynced', 'outlet', 'seq'), (i, field) => {
-      const copy = records.map((r) => ({ ...r })) as unknown as Record<string, unknown>[]
-      const v = copy[i]![field]
-      copy[i]![field] = typeof v === 'number' ? v + 0.25 : typeof v === 'boolean' ? !v : `${String(v)}x`
-      const b = verifyRecords(copy)
-      return b !== undefined && b.position === i + 1
-    }),
-  ))
+  t.doesNotThrow(() =>
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 11 }),
+        fc.constantFrom('ts', 'meterWh', 'userId', 'bootId', 'clockSynced', 'outlet', 'seq'),
+        (i, field) => {
+          const copy = records.map((r) => ({ ...r })) as unknown as Record<string, unknown>[]
+          const v = copy[i]![field]
+          copy[i]![field] = typeof v === 'number' ? v + 0.25 : typeof v === 'boolean' ? !v : `${String(v)}x`
+          const b = verifyRecords(copy)
+          return b !== undefined && b.position === i + 1
+        },
+      ),
+    ),
+  )
 })

@@ -27,8 +27,14 @@ function siteConfig(name: string): { file: string; storage: string } {
 }
 
 const T0 = Date.UTC(2026, 2, 1)
-const body = (i: number): RecordBody => ({ type: 'outlet.fault', ts: new Date(T0 + i * 1000).toISOString(), outlet: 'A1', detail: `meter timeout ${i}` })
-const open = (storage: string): Promise<Journal> => Journal.open(storage, { bootId: 'b-1', clockSynced: () => true, now: () => T0, compactEveryMs: 0 })
+const body = (i: number): RecordBody => ({
+  type: 'outlet.fault',
+  ts: new Date(T0 + i * 1000).toISOString(),
+  outlet: 'A1',
+  detail: `meter timeout ${i}`,
+})
+const open = (storage: string): Promise<Journal> =>
+  Journal.open(storage, { bootId: 'b-1', clockSynced: () => true, now: () => T0, compactEveryMs: 0 })
 
 async function filled(name: string, n: number): Promise<{ file: string; storage: string; records: JournalRecord[] }> {
   const site = siteConfig(name)
@@ -43,9 +49,18 @@ t.test('records prints JSON lines exactly as committed; --from; verify says inta
   const r = runCli(['records', '--config', file])
   t.equal(r.status, 0, r.stderr)
   const lines = r.stdout.trim().split('\n')
-  t.same(lines.map((l) => JSON.parse(l)), records)
+  t.same(
+    lines.map((l) => JSON.parse(l)),
+    records,
+  )
   const from = runCli(['records', `--config=${file}`, '--from', '4'])
-  t.same(from.stdout.trim().split('\n').map((l) => (JSON.parse(l) as JournalRecord).seq), [4, 5])
+  t.same(
+    from.stdout
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as JournalRecord).seq),
+    [4, 5],
+  )
   t.equal(runCli(['records', '--config', file, '--from', '9']).stdout, '', 'past the head: nothing')
   const v = runCli(['verify', '--config', file])
   t.equal(v.status, 0, v.stdout + v.stderr)
@@ -153,7 +168,10 @@ t.test('a corrupt database: the daemon refuses, records/verify read a repaired c
 
 t.test('records into a pipe that closes early (| head) stops quietly with exit 0', async (t) => {
   const { file } = await filled('pipe', 20_000)
-  const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${cliPath}" records --config "${file}" | head -n 2`], { encoding: 'utf8', timeout: 120_000 })
+  const r = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${cliPath}" records --config "${file}" | head -n 2`], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  })
   t.equal(r.status, 0, r.stderr)
   t.equal(r.stdout.trim().split('\n').length, 2)
   t.equal(r.stderr, '', 'no EPIPE trace')

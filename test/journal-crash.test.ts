@@ -31,7 +31,15 @@ const KILLS = 200
 const OUTLETS = 3
 const SEED = 0x5eed
 
-const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'test/fixtures/journal-workload.ts', 'test/fixtures/journal-child.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/journal-engine-child.ts', 'test/fixtures/journal-readings-child.ts'])
+const built = transpile([
+  ...JOURNAL_SOURCES,
+  ...ENGINE_SOURCES,
+  'test/fixtures/journal-workload.ts',
+  'test/fixtures/journal-child.ts',
+  'test/fixtures/engine-site.ts',
+  'test/fixtures/journal-engine-child.ts',
+  'test/fixtures/journal-readings-child.ts',
+])
 t.teardown(built.cleanup)
 const workloadChild = built.path('test/fixtures/journal-child.ts')
 const engineChild = built.path('test/fixtures/journal-engine-child.ts')
@@ -69,22 +77,29 @@ function start(seed: number, flag?: string, kind: 'engine' | 'workload' = 'engin
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
   createInterface({ input: child.stdout! }).on('line', (line) => {
     lines.push(line)
-    for (const w of [...waiters]) if (w.pred(line)) {
-      waiters.splice(waiters.indexOf(w), 1)
-      w.resolve()
-    }
+    for (const w of [...waiters])
+      if (w.pred(line)) {
+        waiters.splice(waiters.indexOf(w), 1)
+        w.resolve()
+      }
   })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => {
-    children.delete(child)
-    resolve(code)
-  }))
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      children.delete(child)
+      resolve(code)
+    }),
+  )
   const waitFor = (pred: (l: string) => boolean): Promise<void> =>
     new Promise<void>((resolve, reject) => {
       if (lines.some(pred)) return resolve()
       waiters.push({ pred, resolve })
       void exited.then((code) => {
         // Let the line reader drain what the child wrote before it exited.
-        setImmediate(() => (lines.some(pred) ? resolve() : reject(new Error(`child exited (${code}) before the expected line; stdout: ${lines.slice(-3).join(' | ')}; stderr: ${stderr}`))))
+        setImmediate(() =>
+          lines.some(pred)
+            ? resolve()
+            : reject(new Error(`child exited (${code}) before the expected line; stdout: ${lines.slice(-3).join(' | ')}; stderr: ${stderr}`)),
+        )
       })
     })
   const ready = waitFor((l) => l.startsWith('ready ')).then(() => Number(lines.find((l) => l.startsWith('ready '))!.split(' ')[1]))
@@ -139,10 +154,13 @@ function checkEngineLog(records: JournalRecord[], final: boolean): string[] {
     const startT = Date.parse(r.startedAt)
     const endT = Date.parse(r.endedAt)
     // The start register is the last good reading at or before the start (read within the child's loop, well under 30 s).
-    if (r.meterStartWh > wh(i, startT) || r.meterStartWh < wh(i, startT - 30_000)) problems.push(`${r.sessionId}: start register ${r.meterStartWh} is not the meter's around ${r.startedAt}`)
+    if (r.meterStartWh > wh(i, startT) || r.meterStartWh < wh(i, startT - 30_000))
+      problems.push(`${r.sessionId}: start register ${r.meterStartWh} is not the meter's around ${r.startedAt}`)
     // The end register is the meter's at endedAt, or, with no reading since the start, the start register.
-    if (r.meterEndWh !== wh(i, endT) && !(r.meterEndWh === r.meterStartWh && endT === startT)) problems.push(`${r.sessionId}: end register ${r.meterEndWh} is not the meter's at ${r.endedAt} (${wh(i, endT)})`)
-    if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005) problems.push(`${r.sessionId}: billed ${r.energyWh} Wh > register delta ${r.meterEndWh - r.meterStartWh}`)
+    if (r.meterEndWh !== wh(i, endT) && !(r.meterEndWh === r.meterStartWh && endT === startT))
+      problems.push(`${r.sessionId}: end register ${r.meterEndWh} is not the meter's at ${r.endedAt} (${wh(i, endT)})`)
+    if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005)
+      problems.push(`${r.sessionId}: billed ${r.energyWh} Wh > register delta ${r.meterEndWh - r.meterStartWh}`)
   }
   for (const [id, n] of ended) if (n > 1) problems.push(`${id} ended ${n} times`)
   if (final) for (const id of started.keys()) if (!ended.has(id)) problems.push(`${id} never ended`)
@@ -170,7 +188,10 @@ function checkNothingLost(records: JournalRecord[]): string[] {
   for (const r of records) {
     if (r.type !== 'session.ended' || r.reason !== 'power-loss') continue
     const last = lastStepped.get(r.sessionId)
-    if (last !== undefined && Date.parse(r.endedAt) < last) problems.push(`${r.sessionId} closed power-loss at ${r.endedAt}, before its last stepped reading ${new Date(last).toISOString()} (${last - Date.parse(r.endedAt)} ms of metering lost)`)
+    if (last !== undefined && Date.parse(r.endedAt) < last)
+      problems.push(
+        `${r.sessionId} closed power-loss at ${r.endedAt}, before its last stepped reading ${new Date(last).toISOString()} (${last - Date.parse(r.endedAt)} ms of metering lost)`,
+      )
   }
   return problems
 }
@@ -208,11 +229,17 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
     const stoppedLine = run.lines.find((l) => l.startsWith('replay-stopped'))
     if (stoppedLine) found.push(`run ${i}: ${stoppedLine}`)
     const bySeq = new Map(records.map((r) => [r.seq, r.hash]))
-    for (const [seq, hash] of committed) if (bySeq.get(seq) !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
+    for (const [seq, hash] of committed)
+      if (bySeq.get(seq) !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
     if (run.lines.some((l) => l.startsWith('ready'))) {
       // Boot ran to the end in this run: everything started before it has ended.
       const bootHead = Number(run.lines.find((l) => l.startsWith('ready'))!.split(' ')[1])
-      found.push(...checkEngineLog(records.filter((r) => r.seq <= bootHead), true).map((p) => `after boot: ${p}`))
+      found.push(
+        ...checkEngineLog(
+          records.filter((r) => r.seq <= bootHead),
+          true,
+        ).map((p) => `after boot: ${p}`),
+      )
     }
     if (found.length > 0) {
       t.fail(`after kill ${i + 1}: ${found.slice(0, 5).join('; ')}`)
@@ -222,7 +249,10 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
   }
   t.equal(problems, 0, `${KILLS} kills without a broken invariant`)
   t.ok(committed.size > KILLS, `records were committed between kills (${committed.size})`)
-  t.ok(readyRuns > KILLS / 2 && killedBeforeReady > 0, `kills landed both while running (${readyRuns}) and during start-up/recovery (${killedBeforeReady})`)
+  t.ok(
+    readyRuns > KILLS / 2 && killedBeforeReady > 0,
+    `kills landed both while running (${readyRuns}) and during start-up/recovery (${killedBeforeReady})`,
+  )
 
   // A clean run at the end: recovery closes what the last kill left open, then a clean stop.
   const last = start(SEED + KILLS, '--stop')
@@ -260,7 +290,10 @@ t.test('a second process on the same directory gets JOURNAL_LOCKED; a snapshot c
   const second = start(2, undefined, 'workload', lockDir)
   await second.waitFor((l) => l.startsWith('error'))
   t.equal(await second.exited, 3)
-  t.match(second.lines.find((l) => l.startsWith('error')), /^error JOURNAL_LOCKED another outpost is already running on /)
+  t.match(
+    second.lines.find((l) => l.startsWith('error')),
+    /^error JOURNAL_LOCKED another outpost is already running on /,
+  )
   await t.rejects(openOffline(lockDir), { code: 'JOURNAL_LOCKED' }, 'direct open is refused while the daemon runs')
   await first.waitFor((l) => l.startsWith('c '))
   const snap = await openOffline(lockDir, { allowSnapshot: true })
@@ -277,8 +310,12 @@ t.test('a second process on the same directory gets JOURNAL_LOCKED; a snapshot c
   t.ok(first.lines.includes('stopped'))
 })
 
-t.test('kill -9 right after a reading\'s commit resolved, never fsynced: the reopened journal has every reading reported', async (t) => {
-  for (const [n, after] of [[1, 5], [2, 400], [3, 1500]] as const) {
+t.test("kill -9 right after a reading's commit resolved, never fsynced: the reopened journal has every reading reported", async (t) => {
+  for (const [n, after] of [
+    [1, 5],
+    [2, 400],
+    [3, 1500],
+  ] as const) {
     const where = mkdtempSync(join(tmpdir(), 'outpost-readings-kill-'))
     t.teardown(() => rmSync(where, { recursive: true, force: true }))
     const env = { ...process.env }

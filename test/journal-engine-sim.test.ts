@@ -55,7 +55,12 @@ for (const seed of SEEDS) {
     const random = rng(seed)
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(random() * xs.length)]!
     let now = Date.UTC(2026, 2, 2, 8, 0, 0) + seed * 3_600_000
-    const meters = new Map<string, Meter>(config.outlets.map((o) => [o.id, { mWh: 1_000_000 * (1 + Math.floor(random() * 100)), relayClosed: false, car: null, reported: new Map(), firstSeen: new Map() }]))
+    const meters = new Map<string, Meter>(
+      config.outlets.map((o) => [
+        o.id,
+        { mWh: 1_000_000 * (1 + Math.floor(random() * 100)), relayClosed: false, car: null, reported: new Map(), firstSeen: new Map() },
+      ]),
+    )
     const reported = new Map<number, string>()
     const problems: string[] = []
     const cuts: number[] = []
@@ -66,19 +71,30 @@ for (const seed of SEEDS) {
     /** The result first returned for each command id whose commit resolved. */
     const firstResults = new Map<string, unknown>()
     let repeats = 0
-    let stats = { sessions: 0, powerLoss: 0, reboots: 0, steps: 0 }
+    const stats = { sessions: 0, powerLoss: 0, reboots: 0, steps: 0 }
 
     /** Carry out a step's effects the way the daemon must: records first (committed), then relays. */
-    async function commitStep(journal: Journal, state: EngineState, effects: Effect[], reading?: { outlet: string; reading: { ts: number; currentA: number; powerW: number; energyWh: number; voltageV: number } }): Promise<void> {
+    async function commitStep(
+      journal: Journal,
+      state: EngineState,
+      effects: Effect[],
+      reading?: { outlet: string; reading: { ts: number; currentA: number; powerW: number; energyWh: number; voltageV: number } },
+    ): Promise<void> {
       const records = effects.flatMap((e) => (e.type === 'record' ? [e.record] : []))
       const commandResults = effects.flatMap((e) => (e.type === 'result' ? [{ id: e.result.id, result: e.result }] : []))
       const session = reading ? state.outlets[reading.outlet]?.session : null
       // Opening is safe before the commit; closing only after it.
       for (const e of effects) if (e.type === 'relay' && !e.closed) meters.get(e.outlet)!.relayClosed = false
-      const sealed = await journal.commit({ records, state, commandResults, readings: session && reading ? [{ outlet: reading.outlet, sessionId: session.id, reading: reading.reading }] : [] })
+      const sealed = await journal.commit({
+        records,
+        state,
+        commandResults,
+        readings: session && reading ? [{ outlet: reading.outlet, sessionId: session.id, reading: reading.reading }] : [],
+      })
       for (const r of sealed) reported.set(r.seq, r.hash)
       const closes = effects.filter((e) => e.type === 'relay' && e.closed)
-      if (closes.length > 0 && records.length > 0 && db.unsyncedBatches > 0) problems.push(`a relay close followed a commit of records that was not yet fsynced`)
+      if (closes.length > 0 && records.length > 0 && db.unsyncedBatches > 0)
+        problems.push(`a relay close followed a commit of records that was not yet fsynced`)
       for (const e of closes) if (e.type === 'relay') meters.get(e.outlet)!.relayClosed = true
     }
 
@@ -90,7 +106,8 @@ for (const seed of SEEDS) {
       const brk = verifyRecords(records)
       if (brk) problems.push(`${where}: chain: seq ${brk.seq}: ${brk.problem}`)
       const bySeq = new Map(records.map((r) => [r.seq, r.hash]))
-      for (const [seq, hash] of reported) if (bySeq.get(seq) !== hash) problems.push(`${where}: seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
+      for (const [seq, hash] of reported)
+        if (bySeq.get(seq) !== hash) problems.push(`${where}: seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
       const started = new Map<string, JournalRecord & { type: 'session.started' }>()
       const ended = new Map<string, number>()
       for (const r of records) {
@@ -104,12 +121,16 @@ for (const seed of SEEDS) {
         const startTs = Date.parse(r.startedAt)
         const endReported = m.reported.get(endTs)
         // A session that never saw a reading ends at its start register.
-        if (endReported !== undefined ? endReported !== r.meterEndWh : r.meterEndWh !== r.meterStartWh) problems.push(`${where}: ${r.sessionId} meterEndWh ${r.meterEndWh} is not what the meter reported at ${r.endedAt}`)
+        if (endReported !== undefined ? endReported !== r.meterEndWh : r.meterEndWh !== r.meterStartWh)
+          problems.push(`${where}: ${r.sessionId} meterEndWh ${r.meterEndWh} is not what the meter reported at ${r.endedAt}`)
         if (s && s.meterWh !== r.meterStartWh) problems.push(`${where}: ${r.sessionId} meterStartWh differs from its session.started`)
         const seen = m.firstSeen.get(r.meterStartWh)
-        if (seen === undefined || seen > startTs) problems.push(`${where}: ${r.sessionId} meterStartWh ${r.meterStartWh} was never reported before ${r.startedAt}`)
-        if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005) problems.push(`${where}: ${r.sessionId} billed ${r.energyWh} Wh beyond the register delta ${r.meterEndWh - r.meterStartWh}`)
-        if (r.reason === 'power-loss' && lastCut !== undefined && r.endedAt > new Date(lastCut).toISOString()) problems.push(`${where}: ${r.sessionId} closed at ${r.endedAt}, after the power cut`)
+        if (seen === undefined || seen > startTs)
+          problems.push(`${where}: ${r.sessionId} meterStartWh ${r.meterStartWh} was never reported before ${r.startedAt}`)
+        if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005)
+          problems.push(`${where}: ${r.sessionId} billed ${r.energyWh} Wh beyond the register delta ${r.meterEndWh - r.meterStartWh}`)
+        if (r.reason === 'power-loss' && lastCut !== undefined && r.endedAt > new Date(lastCut).toISOString())
+          problems.push(`${where}: ${r.sessionId} closed at ${r.endedAt}, after the power cut`)
       }
       for (const [id, n] of ended) if (n > 1) problems.push(`${where}: ${id} ended ${n} times`)
       for (const id of started.keys()) if (!ended.has(id)) problems.push(`${where}: ${id} never ended after boot`)
@@ -119,7 +140,14 @@ for (const seed of SEEDS) {
       const bootId = `seed${seed}-run${restart}`
       let journal: Journal
       try {
-        journal = await Journal.open('sim', { bootId, clockSynced: () => true, now: () => now, compactEveryMs: 0, readingSyncMs: random() < 0.2 ? 0 : 600_000, db })
+        journal = await Journal.open('sim', {
+          bootId,
+          clockSynced: () => true,
+          now: () => now,
+          compactEveryMs: 0,
+          readingSyncMs: random() < 0.2 ? 0 : 600_000,
+          db,
+        })
       } catch (err) {
         problems.push(`run ${restart}: open failed: ${(err as Error).message}`)
         break
@@ -134,7 +162,9 @@ for (const seed of SEEDS) {
         const boot = step(state, { type: 'boot', cleanShutdown: journal.previousCleanShutdown, version: 'sim' }, now)
         state = boot.state
         await commitStep(journal, state, boot.effects)
-        stats.powerLoss += boot.effects.filter((e) => e.type === 'record' && e.record.type === 'session.ended' && e.record.reason === 'power-loss').length
+        stats.powerLoss += boot.effects.filter(
+          (e) => e.type === 'record' && e.record.type === 'session.ended' && e.record.reason === 'power-loss',
+        ).length
         checkRecords(await allRecords(journal), `run ${restart} after boot`, cuts.at(-1))
         if (final) break
         const seconds = 200 + Math.floor(random() * 1500)
@@ -184,7 +214,8 @@ for (const seed of SEEDS) {
             const prior = await journal.commandResult(id)
             if (prior) {
               const first = firstResults.get(id)
-              if (first && JSON.stringify(prior) !== JSON.stringify(first)) problems.push(`command ${id}: the journal's stored result differs from the first one returned`)
+              if (first && JSON.stringify(prior) !== JSON.stringify(first))
+                problems.push(`command ${id}: the journal's stored result differs from the first one returned`)
               repeats++
             } else {
               const r = step(state, { type: 'command', id, source: 'cloud', command }, now)
@@ -239,6 +270,8 @@ for (const seed of SEEDS) {
     t.ok(stats.sessions >= 20, `sessions started (${stats.sessions})`)
     t.ok(cuts.length > 0 && stats.reboots > 0, `power cuts (${cuts.length}) and clean restarts (${stats.reboots})`)
     t.ok(repeats > 0, `repeated command ids were answered from the journal (${repeats})`)
-    t.comment(`${stats.steps} reading steps, ${stats.sessions} sessions, ${stats.powerLoss} closed by power-loss, ${cuts.length} cuts, ${stats.reboots} clean restarts`)
+    t.comment(
+      `${stats.steps} reading steps, ${stats.sessions} sessions, ${stats.powerLoss} closed by power-loss, ${cuts.length} cuts, ${stats.reboots} clean restarts`,
+    )
   })
 }

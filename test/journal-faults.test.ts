@@ -88,7 +88,9 @@ for (const [name, fault] of faults) {
     t.same([...relays.values()], [false, false, false], 'every relay is open: nobody charges unbilled')
     db.failWrites = undefined
     // Even with the disk back, nothing is written and nothing closes again until the daemon restarts.
-    await t.rejects(drive({ type: 'command', id: 'c-2', source: 'cloud', command: { action: 'start', outlet: 'A3', userId: 'u-1' } }), { code: 'JOURNAL_WRITE_FAILED' })
+    await t.rejects(drive({ type: 'command', id: 'c-2', source: 'cloud', command: { action: 'start', outlet: 'A3', userId: 'u-1' } }), {
+      code: 'JOURNAL_WRITE_FAILED',
+    })
     t.same([...relays.values()], [false, false, false])
     t.same(await journal.read(1, 1000), before, 'the records committed before the fault are untouched')
     await journal.close({ clean: true })

@@ -36,7 +36,14 @@ const CHAINS = 7
 const CUTS_PER_CHAIN = 30
 const SEED = 0x1a2f5
 
-const built = transpile([...JOURNAL_SOURCES, ...ENGINE_SOURCES, 'daemon/journal/salvage.ts', 'test/fixtures/journal-workload.ts', 'test/fixtures/engine-site.ts', 'test/fixtures/lazyfs-child.ts'])
+const built = transpile([
+  ...JOURNAL_SOURCES,
+  ...ENGINE_SOURCES,
+  'daemon/journal/salvage.ts',
+  'test/fixtures/journal-workload.ts',
+  'test/fixtures/engine-site.ts',
+  'test/fixtures/lazyfs-child.ts',
+])
 t.teardown(built.cleanup)
 const childJs = built.path('test/fixtures/lazyfs-child.ts')
 
@@ -71,21 +78,30 @@ function start(args: string[]): Run {
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
   createInterface({ input: child.stdout! }).on('line', (line) => {
     lines.push(line)
-    for (const w of [...waiters]) if (w.pred(line)) {
-      waiters.splice(waiters.indexOf(w), 1)
-      w.resolve()
-    }
+    for (const w of [...waiters])
+      if (w.pred(line)) {
+        waiters.splice(waiters.indexOf(w), 1)
+        w.resolve()
+      }
   })
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => {
-    children.delete(child)
-    // Let the line reader drain what the child wrote before it died.
-    setImmediate(() => resolve(code))
-  }))
+  const exited = new Promise<number | null>((resolve) =>
+    child.on('exit', (code) => {
+      children.delete(child)
+      // Let the line reader drain what the child wrote before it died.
+      setImmediate(() => resolve(code))
+    }),
+  )
   const waitFor = (pred: (l: string) => boolean): Promise<void> =>
     new Promise<void>((resolve, reject) => {
       if (lines.some(pred)) return resolve()
       waiters.push({ pred, resolve })
-      void exited.then((code) => (lines.some(pred) ? resolve() : reject(new Error(`child exited (${code}) before the expected line; stdout: ${lines.slice(-3).join(' | ')}; stderr: ${stderr.slice(-500)}`))))
+      void exited.then((code) =>
+        lines.some(pred)
+          ? resolve()
+          : reject(
+              new Error(`child exited (${code}) before the expected line; stdout: ${lines.slice(-3).join(' | ')}; stderr: ${stderr.slice(-500)}`),
+            ),
+      )
     })
   return { child, lines, exited, waitFor }
 }
@@ -106,7 +122,8 @@ function compactionInFlight(log: string): boolean {
   let open = 0
   for (const l of log.split('\n')) {
     if (/Compacting \d+@\d+/.test(l) || /Level-0 table #\d+: started/.test(l)) open++
-    else if (/Compacted \d+@\d+/.test(l) || /Level-0 table #\d+: \d+ bytes/.test(l) || /compaction error|Compaction error/i.test(l)) open = Math.max(0, open - 1)
+    else if (/Compacted \d+@\d+/.test(l) || /Level-0 table #\d+: \d+ bytes/.test(l) || /compaction error|Compaction error/i.test(l))
+      open = Math.max(0, open - 1)
   }
   return open > 0
 }
@@ -115,12 +132,18 @@ function compactions(log: string): number {
   return (log.match(/Compacted \d+@\d+/g) ?? []).length
 }
 
-const exists = (path: string): Promise<boolean> => access(path).then(() => true, () => false)
+const exists = (path: string): Promise<boolean> =>
+  access(path).then(
+    () => true,
+    () => false,
+  )
 
 /** What survived the cut, read from a copy (so that the next boot is the first to open the cut directory). */
 async function survivors(fs: LazyFs, storageDir: string): Promise<JournalRecord[] | 'missing'> {
   // A cut between the two renames of a repair's swap leaves the finished replacement in journal.next (boot moves it in).
-  const from = (await fs.guard('looking for the journal', exists(join(storageDir, 'journal')))) ? join(storageDir, 'journal') : join(storageDir, 'journal.next')
+  const from = (await fs.guard('looking for the journal', exists(join(storageDir, 'journal'))))
+    ? join(storageDir, 'journal')
+    : join(storageDir, 'journal.next')
   if (!(await fs.guard('looking for CURRENT', exists(join(from, 'CURRENT'))))) return 'missing'
   const copy = mkdtempSync(join(tmpdir(), 'outpost-lazyfs-copy-'))
   try {
@@ -162,10 +185,13 @@ function checkLog(records: JournalRecord[], final: boolean): string[] {
     const i = Number(r.outlet.slice(1)) - 1
     const startT = Date.parse(r.startedAt)
     const endT = Date.parse(r.endedAt)
-    if (r.meterStartWh > wh(i, startT) + 0.0005 || r.meterStartWh < wh(i, startT - 30_000) - 0.0005) problems.push(`${r.sessionId}: start register ${r.meterStartWh} is not the meter's around ${r.startedAt}`)
-    if (Math.abs(r.meterEndWh - wh(i, endT)) > 0.0005 && !(r.meterEndWh === r.meterStartWh && endT === startT)) problems.push(`${r.sessionId}: end register ${r.meterEndWh} is not the meter's at ${r.endedAt} (${wh(i, endT)})`)
+    if (r.meterStartWh > wh(i, startT) + 0.0005 || r.meterStartWh < wh(i, startT - 30_000) - 0.0005)
+      problems.push(`${r.sessionId}: start register ${r.meterStartWh} is not the meter's around ${r.startedAt}`)
+    if (Math.abs(r.meterEndWh - wh(i, endT)) > 0.0005 && !(r.meterEndWh === r.meterStartWh && endT === startT))
+      problems.push(`${r.sessionId}: end register ${r.meterEndWh} is not the meter's at ${r.endedAt} (${wh(i, endT)})`)
     const delta = wh(i, endT) - wh(i, startT - 30_000)
-    if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005 || r.energyWh > delta + 0.0005) problems.push(`${r.sessionId}: billed ${r.energyWh} Wh > meter delta ${r.meterEndWh - r.meterStartWh}`)
+    if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005 || r.energyWh > delta + 0.0005)
+      problems.push(`${r.sessionId}: billed ${r.energyWh} Wh > meter delta ${r.meterEndWh - r.meterStartWh}`)
   }
   for (const [id, n] of ended) if (n > 1) problems.push(`${id} ended ${n} times`)
   if (final) for (const id of started.keys()) if (!ended.has(id)) problems.push(`${id} never ended`)
@@ -174,143 +200,170 @@ function checkLog(records: JournalRecord[], final: boolean): string[] {
 
 type Scenario = 'charging' | 'boot' | 'repair'
 
-t.test(`${CHAINS * CUTS_PER_CHAIN} power cuts on LazyFS: LevelDB opens, nothing committed is lost, the chain holds, every session ends once`, { timeout: 900_000 }, async (t) => {
-  let fs = await mountLazyfs()
-  t.teardown(() => fs.unmount())
-  // LazyFS itself can lock up (rarely: a FUSE request that never gets its answer). That is the
-  // tool failing, not a cut: the chain it was on runs again from scratch on a fresh mount.
-  let hangs = 0
-  const began = Date.now()
-  const random = rng(SEED)
-  const cuts: Record<Scenario, number> = { charging: 0, boot: 0, repair: 0 }
-  let midCompaction = 0
-  let killedInRecovery = 0
-  let compacted = 0
-  let powerLossChecked = 0
-  let problems = 0
-  let salvages = 0
-  let settled = 0
-  let recordsSeen = 0
+t.test(
+  `${CHAINS * CUTS_PER_CHAIN} power cuts on LazyFS: LevelDB opens, nothing committed is lost, the chain holds, every session ends once`,
+  { timeout: 900_000 },
+  async (t) => {
+    let fs = await mountLazyfs()
+    t.teardown(() => fs.unmount())
+    // LazyFS itself can lock up (rarely: a FUSE request that never gets its answer). That is the
+    // tool failing, not a cut: the chain it was on runs again from scratch on a fresh mount.
+    let hangs = 0
+    const began = Date.now()
+    const random = rng(SEED)
+    const cuts: Record<Scenario, number> = { charging: 0, boot: 0, repair: 0 }
+    let midCompaction = 0
+    let killedInRecovery = 0
+    let compacted = 0
+    let powerLossChecked = 0
+    let problems = 0
+    let salvages = 0
+    let settled = 0
+    let recordsSeen = 0
 
-  for (let chain = 0; chain < CHAINS && problems <= 3; chain++) {
-   try {
-    const storageDir = join(fs.mnt, `chain-${chain}`)
-    await fs.guard('creating the chain directory', mkdir(storageDir))
-    const committed = new Map<number, string>()
-    let clock = 1_767_225_600_000 + chain * 86_400_000 // 2026-01-01, one day per chain
-    let lastP: number | undefined
-    /** Power-loss bound to check at the next completed boot: the last round started before the cut. */
-    let pendingBound: number | undefined
-    let lastHead = 0
+    for (let chain = 0; chain < CHAINS && problems <= 3; chain++) {
+      try {
+        const storageDir = join(fs.mnt, `chain-${chain}`)
+        await fs.guard('creating the chain directory', mkdir(storageDir))
+        const committed = new Map<number, string>()
+        let clock = 1_767_225_600_000 + chain * 86_400_000 // 2026-01-01, one day per chain
+        let lastP: number | undefined
+        /** Power-loss bound to check at the next completed boot: the last round started before the cut. */
+        let pendingBound: number | undefined
+        let lastHead = 0
 
-    for (let cut = 0; cut < CUTS_PER_CHAIN && problems <= 3; cut++) {
-      const roll = random()
-      const scenario: Scenario = cut === 0 ? 'charging' : roll < 0.6 ? 'charging' : roll < 0.82 ? 'boot' : 'repair'
-      let run: Run
-      clock = Math.max(clock, lastP ?? 0) + 60_000
-      if (scenario === 'repair') {
-        run = start(['repair', storageDir])
-        await fs.guard('the repair starting', run.waitFor((l) => l === 'repairing'))
-        await sleep(Math.floor(random() * 60))
-      } else {
-        run = start(['run', storageDir, String(SEED + chain * 1000 + cut), configFile, String(clock)])
-        if (scenario === 'boot') {
-          await fs.guard('the child opening the journal', run.waitFor((l) => l === 'opening'))
-          await sleep(Math.floor(random() * 25))
-          if (!run.lines.some((l) => l.startsWith('ready'))) killedInRecovery++
-        } else {
-          await fs.guard('the child booting', run.waitFor((l) => l.startsWith('ready ')))
-          await sleep(Math.floor(random() * 120))
-        }
-      }
-      run.child.kill('SIGKILL')
-      await fs.guard('the child dying', run.exited)
-      // What the LOG shows of the moment of the kill (nothing writes it now): a table write or compaction cut short?
-      const log = await readLog(fs, storageDir)
-      if (compactionInFlight(log)) midCompaction++
-      compacted = Math.max(compacted, compactions(log))
-      await fs.guard('clear-cache', fs.clearCache())
-      cuts[scenario]++
-
-      const found: string[] = []
-      for (const l of run.lines) {
-        if (l.startsWith('error')) found.push(`child: ${l}`)
-        if (l.startsWith('settled')) settled++
-        if (l.startsWith('salvaged')) {
-          salvages++
-          found.push(`boot needed the salvage path: ${l}`)
-        }
-      }
-      const ready = run.lines.find((l) => l.startsWith('ready '))
-      const bootHead = ready ? Number(ready.split(' ')[1]) : undefined
-      for (const l of run.lines) {
-        if (l.startsWith('c ')) {
-          const [, seq, hash] = l.split(' ')
-          committed.set(Number(seq), hash!)
-        } else if (l.startsWith('p ')) lastP = Number(l.slice(2))
-      }
-      const records = await survivors(fs, storageDir).catch((err: Error) => {
-        if (err instanceof LazyFsHang) throw err
-        found.push(`LevelDB did not open after the cut: ${err.message}`)
-        return [] as JournalRecord[]
-      })
-      if (records === 'missing') {
-        if (committed.size > 0) found.push('the journal vanished')
-      } else {
-        recordsSeen = Math.max(recordsSeen, records.length)
-        found.push(...checkLog(records, false))
-        const bySeq = new Map(records.map((r) => [r.seq, r]))
-        for (const [seq, hash] of committed) if (bySeq.get(seq)?.hash !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
-        if (bootHead !== undefined) {
-          found.push(...checkLog(records.filter((r) => r.seq <= bootHead), true).map((p) => `after boot: ${p}`))
-          if (pendingBound !== undefined) {
-            // Sessions the cut left open were closed by this boot: billed up to at least readingSyncMs before the last round started.
-            for (const r of records) {
-              if (r.seq <= lastHead || r.seq > bootHead || r.type !== 'session.ended' || r.reason !== 'power-loss') continue
-              powerLossChecked++
-              const i = Number(r.outlet.slice(1)) - 1
-              const floor = wh(i, pendingBound - syncMs)
-              if (r.meterEndWh < floor - 0.0005) found.push(`${r.sessionId}: billed up to ${r.meterEndWh} Wh at the cut, below the bound ${floor} Wh (meter ${wh(i, pendingBound + pollMs)} Wh one poll after the last round)`)
+        for (let cut = 0; cut < CUTS_PER_CHAIN && problems <= 3; cut++) {
+          const roll = random()
+          const scenario: Scenario = cut === 0 ? 'charging' : roll < 0.6 ? 'charging' : roll < 0.82 ? 'boot' : 'repair'
+          let run: Run
+          clock = Math.max(clock, lastP ?? 0) + 60_000
+          if (scenario === 'repair') {
+            run = start(['repair', storageDir])
+            await fs.guard(
+              'the repair starting',
+              run.waitFor((l) => l === 'repairing'),
+            )
+            await sleep(Math.floor(random() * 60))
+          } else {
+            run = start(['run', storageDir, String(SEED + chain * 1000 + cut), configFile, String(clock)])
+            if (scenario === 'boot') {
+              await fs.guard(
+                'the child opening the journal',
+                run.waitFor((l) => l === 'opening'),
+              )
+              await sleep(Math.floor(random() * 25))
+              if (!run.lines.some((l) => l.startsWith('ready'))) killedInRecovery++
+            } else {
+              await fs.guard(
+                'the child booting',
+                run.waitFor((l) => l.startsWith('ready ')),
+              )
+              await sleep(Math.floor(random() * 120))
             }
           }
-          pendingBound = undefined
-          lastHead = bootHead
-        }
-        if (run.lines.some((l) => l.startsWith('p '))) pendingBound = lastP
-      }
-      if (found.length > 0) {
-        t.fail(`chain ${chain} cut ${cut + 1} (${scenario}): ${found.slice(0, 5).join('; ')}`)
-        problems++
-      }
-    }
+          run.child.kill('SIGKILL')
+          await fs.guard('the child dying', run.exited)
+          // What the LOG shows of the moment of the kill (nothing writes it now): a table write or compaction cut short?
+          const log = await readLog(fs, storageDir)
+          if (compactionInFlight(log)) midCompaction++
+          compacted = Math.max(compacted, compactions(log))
+          await fs.guard('clear-cache', fs.clearCache())
+          cuts[scenario]++
 
-    // A clean run at the end of the chain: boot closes what the last cut left open, then a clean stop.
-    const last = start(['run', storageDir, String(SEED + chain * 1000 + 999), configFile, String(Math.max(clock, lastP ?? 0) + 60_000), '--stop'])
-    t.equal(await fs.guard('the clean run', last.exited, 120_000), 0, `chain ${chain}: a clean run after the last cut`)
-    for (const l of last.lines) if (l.startsWith('c ')) committed.set(Number(l.split(' ')[1]), l.split(' ')[2]!)
-    const final = await survivors(fs, storageDir)
-    t.not(final, 'missing')
-    if (final !== 'missing') {
-      t.same(checkLog(final, true), [], `chain ${chain}: final log holds every invariant`)
-      t.ok(final.some((r) => r.type === 'session.ended'), `chain ${chain}: sessions ran`)
+          const found: string[] = []
+          for (const l of run.lines) {
+            if (l.startsWith('error')) found.push(`child: ${l}`)
+            if (l.startsWith('settled')) settled++
+            if (l.startsWith('salvaged')) {
+              salvages++
+              found.push(`boot needed the salvage path: ${l}`)
+            }
+          }
+          const ready = run.lines.find((l) => l.startsWith('ready '))
+          const bootHead = ready ? Number(ready.split(' ')[1]) : undefined
+          for (const l of run.lines) {
+            if (l.startsWith('c ')) {
+              const [, seq, hash] = l.split(' ')
+              committed.set(Number(seq), hash!)
+            } else if (l.startsWith('p ')) lastP = Number(l.slice(2))
+          }
+          const records = await survivors(fs, storageDir).catch((err: Error) => {
+            if (err instanceof LazyFsHang) throw err
+            found.push(`LevelDB did not open after the cut: ${err.message}`)
+            return [] as JournalRecord[]
+          })
+          if (records === 'missing') {
+            if (committed.size > 0) found.push('the journal vanished')
+          } else {
+            recordsSeen = Math.max(recordsSeen, records.length)
+            found.push(...checkLog(records, false))
+            const bySeq = new Map(records.map((r) => [r.seq, r]))
+            for (const [seq, hash] of committed)
+              if (bySeq.get(seq)?.hash !== hash) found.push(`seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
+            if (bootHead !== undefined) {
+              found.push(
+                ...checkLog(
+                  records.filter((r) => r.seq <= bootHead),
+                  true,
+                ).map((p) => `after boot: ${p}`),
+              )
+              if (pendingBound !== undefined) {
+                // Sessions the cut left open were closed by this boot: billed up to at least readingSyncMs before the last round started.
+                for (const r of records) {
+                  if (r.seq <= lastHead || r.seq > bootHead || r.type !== 'session.ended' || r.reason !== 'power-loss') continue
+                  powerLossChecked++
+                  const i = Number(r.outlet.slice(1)) - 1
+                  const floor = wh(i, pendingBound - syncMs)
+                  if (r.meterEndWh < floor - 0.0005)
+                    found.push(
+                      `${r.sessionId}: billed up to ${r.meterEndWh} Wh at the cut, below the bound ${floor} Wh (meter ${wh(i, pendingBound + pollMs)} Wh one poll after the last round)`,
+                    )
+                }
+              }
+              pendingBound = undefined
+              lastHead = bootHead
+            }
+            if (run.lines.some((l) => l.startsWith('p '))) pendingBound = lastP
+          }
+          if (found.length > 0) {
+            t.fail(`chain ${chain} cut ${cut + 1} (${scenario}): ${found.slice(0, 5).join('; ')}`)
+            problems++
+          }
+        }
+
+        // A clean run at the end of the chain: boot closes what the last cut left open, then a clean stop.
+        const last = start(['run', storageDir, String(SEED + chain * 1000 + 999), configFile, String(Math.max(clock, lastP ?? 0) + 60_000), '--stop'])
+        t.equal(await fs.guard('the clean run', last.exited, 120_000), 0, `chain ${chain}: a clean run after the last cut`)
+        for (const l of last.lines) if (l.startsWith('c ')) committed.set(Number(l.split(' ')[1]), l.split(' ')[2]!)
+        const final = await survivors(fs, storageDir)
+        t.not(final, 'missing')
+        if (final !== 'missing') {
+          t.same(checkLog(final, true), [], `chain ${chain}: final log holds every invariant`)
+          t.ok(
+            final.some((r) => r.type === 'session.ended'),
+            `chain ${chain}: sessions ran`,
+          )
+        }
+      } catch (err) {
+        if (!(err instanceof LazyFsHang) || ++hangs > 2) throw err
+        for (const c of children) c.kill('SIGKILL')
+        t.comment(`${err.message}: chain ${chain} runs again on a fresh mount`)
+        fs.unmount()
+        fs = await mountLazyfs()
+        chain--
+      }
     }
-   } catch (err) {
-    if (!(err instanceof LazyFsHang) || ++hangs > 2) throw err
-    for (const c of children) c.kill('SIGKILL')
-    t.comment(`${err.message}: chain ${chain} runs again on a fresh mount`)
-    fs.unmount()
-    fs = await mountLazyfs()
-    chain--
-   }
-  }
-  const total = cuts.charging + cuts.boot + cuts.repair
-  t.equal(problems, 0, `${total} cuts without a broken invariant`)
-  t.equal(salvages, 0, 'no cut left LevelDB unopenable or the tail of the chain broken (no boot needed the salvage path)')
-  t.ok(total >= 200, `at least 200 cuts (${total})`)
-  t.ok(cuts.boot > 10 && killedInRecovery > 5, `cuts during boot recovery: ${cuts.boot} (${killedInRecovery} before boot was committed)`)
-  t.ok(cuts.repair > 10, `cuts during outpost repair: ${cuts.repair}`)
-  t.ok(midCompaction > 5, `cuts with a table write or compaction in flight: ${midCompaction}`)
-  t.ok(compacted > 0, `LevelDB compacted (${compacted} compactions in one chain's LOG)`)
-  t.ok(powerLossChecked > 10, `power-loss closures checked against the bound: ${powerLossChecked}`)
-  t.comment(`cuts: ${JSON.stringify(cuts)}, mid-compaction ${midCompaction}, killed in recovery ${killedInRecovery}, power-loss checked ${powerLossChecked}, swaps finished at boot ${settled}, LazyFS lock-ups ${hangs}, largest log ${recordsSeen} records, ${((Date.now() - began) / 1000).toFixed(1)} s`)
-})
+    const total = cuts.charging + cuts.boot + cuts.repair
+    t.equal(problems, 0, `${total} cuts without a broken invariant`)
+    t.equal(salvages, 0, 'no cut left LevelDB unopenable or the tail of the chain broken (no boot needed the salvage path)')
+    t.ok(total >= 200, `at least 200 cuts (${total})`)
+    t.ok(cuts.boot > 10 && killedInRecovery > 5, `cuts during boot recovery: ${cuts.boot} (${killedInRecovery} before boot was committed)`)
+    t.ok(cuts.repair > 10, `cuts during outpost repair: ${cuts.repair}`)
+    t.ok(midCompaction > 5, `cuts with a table write or compaction in flight: ${midCompaction}`)
+    t.ok(compacted > 0, `LevelDB compacted (${compacted} compactions in one chain's LOG)`)
+    t.ok(powerLossChecked > 10, `power-loss closures checked against the bound: ${powerLossChecked}`)
+    t.comment(
+      `cuts: ${JSON.stringify(cuts)}, mid-compaction ${midCompaction}, killed in recovery ${killedInRecovery}, power-loss checked ${powerLossChecked}, swaps finished at boot ${settled}, LazyFS lock-ups ${hangs}, largest log ${recordsSeen} records, ${((Date.now() - began) / 1000).toFixed(1)} s`,
+    )
+  },
+)

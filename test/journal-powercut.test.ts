@@ -50,7 +50,14 @@ for (const seed of SEEDS) {
       const bootId = `s${seed}c${cycle}`
       let journal: Journal
       try {
-        journal = await Journal.open('power-cut', { bootId, clockSynced: () => random() < 0.9, now: clock, compactEveryMs: 0, readingSyncMs: random() < 0.2 ? 0 : 600_000, db })
+        journal = await Journal.open('power-cut', {
+          bootId,
+          clockSynced: () => random() < 0.9,
+          now: clock,
+          compactEveryMs: 0,
+          readingSyncMs: random() < 0.2 ? 0 : 600_000,
+          db,
+        })
       } catch (err) {
         problems.push(`cycle ${cycle}: open failed after a power cut: ${(err as Error).message}`)
         break
@@ -59,7 +66,9 @@ for (const seed of SEEDS) {
       const records = await readAll(journal)
       problems.push(...checkLog(records, false).map((p) => `cycle ${cycle} after the cut: ${p}`))
       const bySeq = new Map(records.map((r) => [r.seq, r.hash]))
-      for (const [seq, hash] of reported) if (bySeq.get(seq) !== hash) problems.push(`cycle ${cycle}: seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
+      for (const [seq, hash] of reported)
+        if (bySeq.get(seq) !== hash)
+          problems.push(`cycle ${cycle}: seq ${seq} was reported committed but is ${bySeq.has(seq) ? 'different' : 'missing'}`)
 
       // History of what this run commits: the state entries that may be on disk after the next cut.
       const loaded = (await journal.loadState()) as SimState | undefined
@@ -100,9 +109,13 @@ for (const seed of SEEDS) {
         if (!survived) return
         const since = (id: string): SimState[] => history.slice(lastWritten.get(id) ?? 0)
         for (const [id, entry] of Object.entries(survived.outlets)) {
-          if (!since(id).some((s) => isDeepStrictEqual(s.outlets[id], entry))) problems.push(`cycle ${cycle}: outlet ${id} came back as a state that was never committed since the last sync that wrote it: ${JSON.stringify(entry)}`)
+          if (!since(id).some((s) => isDeepStrictEqual(s.outlets[id], entry)))
+            problems.push(
+              `cycle ${cycle}: outlet ${id} came back as a state that was never committed since the last sync that wrote it: ${JSON.stringify(entry)}`,
+            )
         }
-        if (!since('site').some((s) => isDeepStrictEqual(s.site, survived.site))) problems.push(`cycle ${cycle}: site section came back as ${JSON.stringify(survived.site)}`)
+        if (!since('site').some((s) => isDeepStrictEqual(s.site, survived.site)))
+          problems.push(`cycle ${cycle}: site section came back as ${JSON.stringify(survived.site)}`)
         const newest = history[history.length - 1]
         if (newest && !isDeepStrictEqual(newest.outlets, survived.outlets)) lostReadings++
       }
@@ -126,7 +139,12 @@ for (const seed of SEEDS) {
         const boot = await workload.boot()
         bootDone = true
         const head = boot[boot.length - 1]!.seq
-        problems.push(...checkLog((await readAll(journal)).filter((r) => r.seq <= head), true).map((p) => `cycle ${cycle} after boot: ${p}`))
+        problems.push(
+          ...checkLog(
+            (await readAll(journal)).filter((r) => r.seq <= head),
+            true,
+          ).map((p) => `cycle ${cycle} after boot: ${p}`),
+        )
         for (;;) {
           now += 50 + Math.floor(random() * 3000)
           await workload.step()
@@ -160,16 +178,49 @@ t.test('power cuts during retention never leave a hole in the log', async (t) =>
     let now = BASE
     const db = new PowerCutLevel()
     await db.open()
-    const j = await Journal.open('retention', { bootId: `r${round}`, clockSynced: () => true, now: () => now, compactEveryMs: 0, retentionDays: 1, db })
+    const j = await Journal.open('retention', {
+      bootId: `r${round}`,
+      clockSynced: () => true,
+      now: () => now,
+      compactEveryMs: 0,
+      retentionDays: 1,
+      db,
+    })
     // 5000 old records with readings of their sessions, all acknowledged, then 10 recent ones.
     for (let i = 0; i < 50; i++) {
       await j.commit({
-        records: Array.from({ length: 100 }, (_, k) => ({ type: 'session.ended' as const, ts: new Date(now).toISOString(), sessionId: `s-${i}-${k}`, outlet: 'A1', userId: 'u', planId: 'p', trigger: 'activation' as const, startedAt: new Date(now).toISOString(), endedAt: new Date(now).toISOString(), reason: 'unplugged' as const, durationS: 1, energyWh: 1, meterStartWh: 1, meterEndWh: 2, currency: 'CAD', lines: [], activationFee: 0, total: 0, offline: false })),
-        readings: Array.from({ length: 100 }, (_, k) => ({ outlet: 'A1', sessionId: `s-${i}-${k}`, reading: { ts: now, currentA: 1, powerW: 1, energyWh: 1, voltageV: 230 } })),
+        records: Array.from({ length: 100 }, (_, k) => ({
+          type: 'session.ended' as const,
+          ts: new Date(now).toISOString(),
+          sessionId: `s-${i}-${k}`,
+          outlet: 'A1',
+          userId: 'u',
+          planId: 'p',
+          trigger: 'activation' as const,
+          startedAt: new Date(now).toISOString(),
+          endedAt: new Date(now).toISOString(),
+          reason: 'unplugged' as const,
+          durationS: 1,
+          energyWh: 1,
+          meterStartWh: 1,
+          meterEndWh: 2,
+          currency: 'CAD',
+          lines: [],
+          activationFee: 0,
+          total: 0,
+          offline: false,
+        })),
+        readings: Array.from({ length: 100 }, (_, k) => ({
+          outlet: 'A1',
+          sessionId: `s-${i}-${k}`,
+          reading: { ts: now, currentA: 1, powerW: 1, energyWh: 1, voltageV: 230 },
+        })),
       })
     }
     now += 2 * DAY
-    await j.commit({ records: Array.from({ length: 10 }, () => ({ type: 'outlet.fault' as const, ts: new Date(now).toISOString(), outlet: 'A1', detail: 'x' })) })
+    await j.commit({
+      records: Array.from({ length: 10 }, () => ({ type: 'outlet.fault' as const, ts: new Date(now).toISOString(), outlet: 'A1', detail: 'x' })),
+    })
     await j.ack(j.head())
     // Compaction writes: per chunk of 2000 records, their sessions' readings, then the records; then a final fsync.
     db.cutDuringWrite(1 + Math.floor(random() * 7), random)

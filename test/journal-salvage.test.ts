@@ -24,12 +24,22 @@ import { recordKey } from '../daemon/journal/keys.js'
 
 const config = siteConfig()
 const T0 = 1_767_225_600_000
-const opts = (now: () => number) => ({ bootId: randomUUID(), clockSynced: () => true, now, compactEveryMs: 0, readingSyncMs: 0, writeBufferSize: 4096 })
+const opts = (now: () => number) => ({
+  bootId: randomUUID(),
+  clockSynced: () => true,
+  now,
+  compactEveryMs: 0,
+  readingSyncMs: 0,
+  writeBufferSize: 4096,
+})
 
 /** Drive the engine for `rounds` polls on a journal, with one session open at the end; ack up to `ack`. */
 async function charge(dir: string, rounds: number, ack: number): Promise<JournalRecord[]> {
   let clock = T0
-  const journal = await Journal.open(dir, opts(() => clock))
+  const journal = await Journal.open(
+    dir,
+    opts(() => clock),
+  )
   const out: JournalRecord[] = []
   let state = ((await journal.loadState()) as EngineState | undefined) ?? initialState(config)
   const run = async (event: Parameters<typeof step>[1], outlet?: string, r?: ReturnType<typeof reading>): Promise<void> => {
@@ -41,14 +51,21 @@ async function charge(dir: string, rounds: number, ack: number): Promise<Journal
   }
   await run({ type: 'config', config })
   await run({ type: 'boot', cleanShutdown: true, version: 't' })
-  for (const userId of ['u-1', 'u-2']) await run({ type: 'command', id: `w-${userId}`, source: 'local', command: { action: 'set-wallet', userId, currency: 'CAD', balance: 1_000_000 } })
+  for (const userId of ['u-1', 'u-2'])
+    await run({ type: 'command', id: `w-${userId}`, source: 'local', command: { action: 'set-wallet', userId, currency: 'CAD', balance: 1_000_000 } })
   for (let i = 0; i < rounds; i++) {
     clock += 1000
     for (let o = 0; o < config.outlets.length; o++) {
       const r = reading(o, clock)
       await run({ type: 'reading', outlet: config.outlets[o]!.id, reading: r }, config.outlets[o]!.id, r)
     }
-    if (i % 7 === 0) await run({ type: 'command', id: `c-${i}`, source: 'local', command: i % 14 === 0 ? { action: 'start', outlet: 'A1', userId: 'u-1' } : { action: 'stop', outlet: 'A1', by: 'user' } })
+    if (i % 7 === 0)
+      await run({
+        type: 'command',
+        id: `c-${i}`,
+        source: 'local',
+        command: i % 14 === 0 ? { action: 'start', outlet: 'A1', userId: 'u-1' } : { action: 'stop', outlet: 'A1', by: 'user' },
+      })
     await run({ type: 'tick' })
   }
   await run({ type: 'command', id: 'c-last', source: 'local', command: { action: 'start', outlet: 'A3', userId: 'u-2' } })
@@ -60,7 +77,11 @@ async function charge(dir: string, rounds: number, ack: number): Promise<Journal
 function fingerprint(dir: string): Record<string, string> {
   const out: Record<string, string> = {}
   // LevelDB's info log (LOG, LOG.old) is rewritten by any open attempt, so it is not part of the evidence.
-  for (const f of readdirSync(dir)) if (statSync(join(dir, f)).isFile() && !['LOCK', 'LOG', 'LOG.old'].includes(f)) out[f] = createHash('sha256').update(readFileSync(join(dir, f))).digest('hex')
+  for (const f of readdirSync(dir))
+    if (statSync(join(dir, f)).isFile() && !['LOCK', 'LOG', 'LOG.old'].includes(f))
+      out[f] = createHash('sha256')
+        .update(readFileSync(join(dir, f)))
+        .digest('hex')
   return out
 }
 
@@ -77,10 +98,21 @@ async function bootAfterDamage(t: Test, damage: (location: string) => void, expe
   const location = journalLocation(dir)
   damage(location)
   const damaged = fingerprint(location)
-  await t.rejects(Journal.open(dir, opts(() => T0 + 10_000_000)), { code: 'JOURNAL_CORRUPT' }, 'the damage is refused by a plain open')
+  await t.rejects(
+    Journal.open(
+      dir,
+      opts(() => T0 + 10_000_000),
+    ),
+    { code: 'JOURNAL_CORRUPT' },
+    'the damage is refused by a plain open',
+  )
   const log = quietLog()
   const clock = T0 + 10_000_000
-  const { journal, salvage } = await openJournalForRun(dir, opts(() => clock), log)
+  const { journal, salvage } = await openJournalForRun(
+    dir,
+    opts(() => clock),
+    log,
+  )
   t.teardown(() => journal.close({ clean: true }))
   t.equal(salvage?.mode, expectMode, `salvaged as ${expectMode}`)
   t.match(log.lines[0], /^JOURNAL DAMAGED: moved to .*journal\.corrupt-20260101T024640Z/, 'logged loudly, naming where the damaged journal went')
@@ -104,17 +136,28 @@ async function bootAfterDamage(t: Test, damage: (location: string) => void, expe
 t.test('CURRENT garbled: LevelDB repair gives back the whole chain, the daemon runs on the repaired copy', async (t) => {
   const { before, held, salvage, boot } = await bootAfterDamage(t, (loc) => writeFileSync(join(loc, 'CURRENT'), 'MANIFEST-99999x'), 'repaired')
   t.same(salvage.lost, null)
-  t.same(held.slice(0, before.length).map((r) => r.hash), before.map((r) => r.hash), 'every record is there, unchanged')
+  t.same(
+    held.slice(0, before.length).map((r) => r.hash),
+    before.map((r) => r.hash),
+    'every record is there, unchanged',
+  )
   const ended = boot.effects.filter((e) => e.type === 'record' && e.record.type === 'session.ended')
   t.ok(ended.length > 0, 'the session left open was closed at boot')
 })
 
 t.test('MANIFEST truncated: repaired, nothing lost', async (t) => {
-  const { before, held, salvage } = await bootAfterDamage(t, (loc) => {
-    for (const f of readdirSync(loc)) if (f.startsWith('MANIFEST-')) truncateSync(join(loc, f), 0)
-  }, 'repaired')
+  const { before, held, salvage } = await bootAfterDamage(
+    t,
+    (loc) => {
+      for (const f of readdirSync(loc)) if (f.startsWith('MANIFEST-')) truncateSync(join(loc, f), 0)
+    },
+    'repaired',
+  )
   t.same(salvage.lost, null)
-  t.same(held.slice(0, before.length).map((r) => r.hash), before.map((r) => r.hash))
+  t.same(
+    held.slice(0, before.length).map((r) => r.hash),
+    before.map((r) => r.hash),
+  )
 })
 
 t.test('a record edited inside the tail: a fresh journal carries the chained run after it and names the lost seqs', async (t) => {
@@ -126,7 +169,11 @@ t.test('a record edited inside the tail: a fresh journal carries the chained run
   await db.put(recordKey(victim.seq), JSON.stringify({ ...victim, ts: '2020-01-01T00:00:00.000Z' }))
   await db.close()
   const log = quietLog()
-  const { journal, salvage: s } = await openJournalForRun(dir, opts(() => T0 + 10_000_000), log)
+  const { journal, salvage: s } = await openJournalForRun(
+    dir,
+    opts(() => T0 + 10_000_000),
+    log,
+  )
   t.teardown(() => journal.close({ clean: true }))
   t.equal(s?.mode, 'fresh')
   t.same(s?.carried, { from: victim.seq + 1, to: records.at(-1)!.seq }, 'the records after the edit chain, and are carried')
@@ -134,7 +181,11 @@ t.test('a record edited inside the tail: a fresh journal carries the chained run
   t.equal(journal.head(), records.at(-1)!.seq, 'new records continue the seq')
   t.equal(journal.acked(), victim.seq, 'nothing lost is waiting to be sent')
   const held = await journal.read(journal.oldest(), 100)
-  t.same(held.map((r) => r.hash), records.slice(-4).map((r) => r.hash), 'carried records are unchanged')
+  t.same(
+    held.map((r) => r.hash),
+    records.slice(-4).map((r) => r.hash),
+    'carried records are unchanged',
+  )
   t.ok(await journal.loadState(), 'the engine state was carried over')
   t.match(log.lines[0], /could not be read/)
 })
@@ -152,7 +203,11 @@ t.test('a table file garbled: the daemon still starts, and every record it holds
     writeFileSync(join(loc, f), b)
   }
   const log = quietLog()
-  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 10_000_000), log)
+  const { journal, salvage } = await openJournalForRun(
+    dir,
+    opts(() => T0 + 10_000_000),
+    log,
+  )
   t.teardown(() => journal.close({ clean: true }))
   t.ok(salvage, `salvaged (${salvage?.mode}, carried ${JSON.stringify(salvage?.carried)}, lost ${JSON.stringify(salvage?.lost)})`)
   const held = await journal.read(journal.oldest(), 10_000).catch(() => [])
@@ -174,17 +229,30 @@ t.test('a fresh journal that carried no record goes on past the seqs the damaged
   await db.open()
   for (const r of records) await db.put(recordKey(r.seq), '{garbled')
   await db.close()
-  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 1e7), quietLog())
+  const { journal, salvage } = await openJournalForRun(
+    dir,
+    opts(() => T0 + 1e7),
+    quietLog(),
+  )
   t.teardown(() => journal.close({ clean: true }))
-  t.match(salvage, { mode: 'fresh', carried: null, lost: { from: 6, to: records.at(-1)!.seq } }, 'the unreadable unacknowledged records are named as lost')
+  t.match(
+    salvage,
+    { mode: 'fresh', carried: null, lost: { from: 6, to: records.at(-1)!.seq } },
+    'the unreadable unacknowledged records are named as lost',
+  )
   t.equal(journal.head(), records.at(-1)!.seq, 'the log starts after the highest seq the damaged journal showed')
   t.equal(journal.oldest(), records.at(-1)!.seq + 1)
   await t.rejects(journal.read(1, 10), { code: 'JOURNAL_COMPACTED' }, 'seqs before it are not held here')
-  const [first] = await journal.commit({ records: [{ type: 'gateway.started', ts: new Date(T0 + 1e7).toISOString(), version: 't', cleanShutdown: false }] })
-  t.equal(first!.seq, records.at(-1)!.seq + 1, 'the next record continues the gateway\'s seq: none reuses one the cloud may hold')
+  const [first] = await journal.commit({
+    records: [{ type: 'gateway.started', ts: new Date(T0 + 1e7).toISOString(), version: 't', cleanShutdown: false }],
+  })
+  t.equal(first!.seq, records.at(-1)!.seq + 1, "the next record continues the gateway's seq: none reuses one the cloud may hold")
   t.equal(first!.prev, '0'.repeat(64), 'and starts a new chain (journalSalvage says why)')
   await journal.close({ clean: true })
-  const again = await Journal.open(dir, opts(() => T0 + 2e7))
+  const again = await Journal.open(
+    dir,
+    opts(() => T0 + 2e7),
+  )
   t.equal(again.head(), first!.seq, 'a reopen finds the log where it was')
   t.equal(again.oldest(), first!.seq)
   await again.close({ clean: true })
@@ -208,7 +276,11 @@ t.test('a cut between the two renames of a swap: boot finishes it; a leftover st
   renameSync(loc, `${loc}.next`)
   mkdirSync(join(dir, 'journal.pre-repair-x'))
   const log = quietLog()
-  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 1e7), log)
+  const { journal, salvage } = await openJournalForRun(
+    dir,
+    opts(() => T0 + 1e7),
+    log,
+  )
   t.equal(salvage, undefined)
   t.equal(journal.head(), records.at(-1)!.seq, 'the finished replacement was moved in, not a fresh journal created')
   t.match(log.lines[0], /cut off after its result was on disk/)

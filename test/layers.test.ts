@@ -91,9 +91,15 @@ t.test('the checker finds a folder cycle, direct or through a third folder', asy
     ['c/z.ts', { local: ['a/w.ts'], packages: [] }],
     ['a/w.ts', { local: [], packages: [] }],
   ])
-  t.same(folderCycles(g, (f) => f.split('/')[0]!), ['a <-> b', 'a <-> c', 'b <-> c'])
+  t.same(
+    folderCycles(g, (f) => f.split('/')[0]!),
+    ['a <-> b', 'a <-> c', 'b <-> c'],
+  )
   g.set('c/z.ts', { local: [], packages: [] })
-  t.same(folderCycles(g, (f) => f.split('/')[0]!), [])
+  t.same(
+    folderCycles(g, (f) => f.split('/')[0]!),
+    [],
+  )
 })
 
 t.test('the graph was read: the composition root reaches the drivers, the engine and the journal', async (t) => {
@@ -107,14 +113,28 @@ t.test('no folder imports a folder that imports it back', async (t) => {
 
 t.test('core/ imports nothing of the project; drivers/ only core/', async (t) => {
   for (const [file, { local }] of graph) {
-    if (file.startsWith('core/')) t.same(local.filter((d) => !d.startsWith('core/')), [], file)
-    if (file.startsWith('drivers/')) t.same(local.filter((d) => !d.startsWith('core/') && !d.startsWith('drivers/')), [], file)
+    if (file.startsWith('core/'))
+      t.same(
+        local.filter((d) => !d.startsWith('core/')),
+        [],
+        file,
+      )
+    if (file.startsWith('drivers/'))
+      t.same(
+        local.filter((d) => !d.startsWith('core/') && !d.startsWith('drivers/')),
+        [],
+        file,
+      )
   }
 })
 
 t.test('the session engine loads only itself and core/, and nothing that does I/O', async (t) => {
   const files = closure(graph, 'daemon/engine/index.ts')
-  t.same(files.filter((f) => !f.startsWith('daemon/engine/') && !f.startsWith('core/')), [], 'no file outside the engine and core/')
+  t.same(
+    files.filter((f) => !f.startsWith('daemon/engine/') && !f.startsWith('core/')),
+    [],
+    'no file outside the engine and core/',
+  )
   t.notOk(files.includes('core/paths.ts'), 'not the package paths (they probe the file system)')
   const packages = [...new Set(files.flatMap((f) => graph.get(f)!.packages))].sort()
   t.same(packages, ['luxon'], 'no node: built-in (fs, net, ...) and no package but luxon')
@@ -126,7 +146,9 @@ t.test('nothing imports the outpost executable; the commands share daemon/cli-co
 })
 
 t.test('the untyped error class is taken only by the errors.ts that type it', async (t) => {
-  const takers = [...graph].filter(([, { local }]) => local.includes('core/errors.ts')).map(([f]) => f).sort()
+  const takers = [...graph]
+    .filter(([, { local }]) => local.includes('core/errors.ts'))
+    .map(([f]) => f)
+    .sort()
   t.same(takers, ['daemon/engine/errors.ts', 'daemon/errors.ts', 'drivers/errors.ts'])
 })
-

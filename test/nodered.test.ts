@@ -118,7 +118,11 @@ t.before(async () => {
   t.teardown(() => handle.stop())
 })
 
-async function req(method: string, path: string, opts: { body?: unknown; text?: string; auth?: string } = {}): Promise<{ status: number; text: string; json: any }> {
+async function req(
+  method: string,
+  path: string,
+  opts: { body?: unknown; text?: string; auth?: string } = {},
+): Promise<{ status: number; text: string; json: any }> {
   const headers: Record<string, string> = { accept: 'application/json' }
   if (opts.auth) headers.authorization = opts.auth
   if (opts.body !== undefined) headers['content-type'] = 'application/json'
@@ -136,12 +140,17 @@ async function req(method: string, path: string, opts: { body?: unknown; text?: 
 
 const admin = (method: string, path: string, body?: unknown) => req(method, `/red${path}`, { body, auth: `Bearer ${token}` })
 /** POST to the test flow's command endpoint: what comes back is the outpost-command node's msg.payload. */
-const command = async (body: unknown): Promise<CommandResult> => (await req('POST', '/red-api/test/command', { body, auth: BEARER })).json as CommandResult
+const command = async (body: unknown): Promise<CommandResult> =>
+  (await req('POST', '/red-api/test/command', { body, auth: BEARER })).json as CommandResult
 const journal = async (): Promise<JournalRecord[]> => daemon.records!.read(1, 10_000)
 
 t.test('Node-RED starts with the shipped flows and the outpost nodes, behind the password', async (t) => {
   t.comment(`Node-RED start: ${measured.startMs} ms, RSS added: ${measured.rssMb} MiB`)
-  t.match(logLines.find((l) => l.msg === 'node-red started'), { component: 'node-red', adminRoot: '/red', nodeRoot: '/red-api', seeded: true, auth: true }, 'one info line says where it runs')
+  t.match(
+    logLines.find((l) => l.msg === 'node-red started'),
+    { component: 'node-red', adminRoot: '/red', nodeRoot: '/red-api', seeded: true, auth: true },
+    'one info line says where it runs',
+  )
 
   const flowFile = join(config.storage.dir, 'node-red', 'flows.json')
   t.equal(handle.flowFile, flowFile, 'the flow file lives in the user directory under storage.dir')
@@ -150,10 +159,14 @@ t.test('Node-RED starts with the shipped flows and the outpost nodes, behind the
 
   t.equal((await req('GET', '/red/flows')).status, 401, 'the admin API refuses a request without a token')
   t.equal((await req('GET', '/red/nodes')).status, 401)
-  const wrong = await req('POST', '/red/auth/token', { body: { client_id: 'node-red-admin', grant_type: 'password', scope: '*', username: USER, password: 'not-it' } })
+  const wrong = await req('POST', '/red/auth/token', {
+    body: { client_id: 'node-red-admin', grant_type: 'password', scope: '*', username: USER, password: 'not-it' },
+  })
   t.not(wrong.status, 200, 'a wrong password gets no token')
   t.notOk(wrong.json?.access_token)
-  const login = await req('POST', '/red/auth/token', { body: { client_id: 'node-red-admin', grant_type: 'password', scope: '*', username: USER, password: PASSWORD } })
+  const login = await req('POST', '/red/auth/token', {
+    body: { client_id: 'node-red-admin', grant_type: 'password', scope: '*', username: USER, password: PASSWORD },
+  })
   t.equal(login.status, 200, 'the configured user and password get a token')
   token = login.json.access_token as string
   t.ok(token)
@@ -162,12 +175,22 @@ t.test('Node-RED starts with the shipped flows and the outpost nodes, behind the
   t.equal(nodes.status, 200)
   const ours = (nodes.json as { module: string; types: string[]; enabled: boolean; err?: string }[]).filter((s) => s.module === 'outpost-node-red')
   t.same(ours.flatMap((s) => s.types).sort(), ['outpost-command', 'outpost-events', 'outpost-outlet-state'], "Outpost's three nodes are registered")
-  t.ok(ours.every((s) => s.enabled && !s.err), 'and loaded without error')
+  t.ok(
+    ours.every((s) => s.enabled && !s.err),
+    'and loaded without error',
+  )
 
   const flows = await admin('GET', '/flows')
   t.equal(flows.status, 200)
   const running = flows.json as { id: string; type: string; label?: string }[]
-  t.same(running.filter((n) => n.type === 'tab').map((n) => n.label).sort(), ['Daily billing CSV', 'Fault notification (webhook)'], 'both shipped flows are running')
+  t.same(
+    running
+      .filter((n) => n.type === 'tab')
+      .map((n) => n.label)
+      .sort(),
+    ['Daily billing CSV', 'Fault notification (webhook)'],
+    'both shipped flows are running',
+  )
   t.equal(running.filter((n) => n.type === 'outpost-events').length, 2)
   const complaints = logLines.filter((l) => l.component === 'node-red' && (l.level === 'error' || l.level === 'warn'))
   t.same(complaints, [], 'no warning or error while loading')
@@ -187,9 +210,20 @@ t.test('Node-RED starts with the shipped flows and the outpost nodes, behind the
 
 t.test('a test flow deploys through the admin API', async (t) => {
   const z = 'feed000000000001'
-  const wrap = "msg.payload = { topic: msg.topic, payload: msg.payload, previous: msg.previous, changed: msg.changed }\nreturn msg"
+  const wrap = 'msg.payload = { topic: msg.topic, payload: msg.payload, previous: msg.previous, changed: msg.changed }\nreturn msg'
   const fn = (id: string, next: string) => ({ id, type: 'function', z, name: '', func: wrap, outputs: 1, libs: [], x: 300, y: 100, wires: [[next]] })
-  const post = (id: string, path: string) => ({ id, type: 'http request', z, method: 'POST', ret: 'txt', url: `${hooks.url}${path}`, paytoqs: 'ignore', x: 500, y: 100, wires: [[]] })
+  const post = (id: string, path: string) => ({
+    id,
+    type: 'http request',
+    z,
+    method: 'POST',
+    ret: 'txt',
+    url: `${hooks.url}${path}`,
+    paytoqs: 'ignore',
+    x: 500,
+    y: 100,
+    wires: [[]],
+  })
   const nodes = [
     { id: 'feed000000000002', type: 'http in', z, url: '/test/command', method: 'post', x: 100, y: 100, wires: [['feed000000000003']] },
     { id: 'feed000000000003', type: 'outpost-command', z, name: 'test command', x: 300, y: 100, wires: [['feed000000000004']] },
@@ -197,35 +231,88 @@ t.test('a test flow deploys through the admin API', async (t) => {
     { id: 'feed000000000005', type: 'http in', z, url: '/test/state', method: 'get', x: 100, y: 200, wires: [['feed000000000006']] },
     { id: 'feed000000000006', type: 'outpost-outlet-state', z, outlet: '', onChange: false, x: 300, y: 200, wires: [['feed000000000007']] },
     { id: 'feed000000000007', type: 'http response', z, x: 500, y: 200, wires: [] },
-    { id: 'feed000000000008', type: 'outpost-events', z, types: ['session.started', 'session.ended', 'outlet.fault', 'outlet.recovered', 'meter.reconciliation', 'gateway.started'], outlet: '', statuses: 'changes', x: 100, y: 300, wires: [['feed000000000009']] },
+    {
+      id: 'feed000000000008',
+      type: 'outpost-events',
+      z,
+      types: ['session.started', 'session.ended', 'outlet.fault', 'outlet.recovered', 'meter.reconciliation', 'gateway.started'],
+      outlet: '',
+      statuses: 'changes',
+      x: 100,
+      y: 300,
+      wires: [['feed000000000009']],
+    },
     fn('feed000000000009', 'feed00000000000a'),
     post('feed00000000000a', '/events'),
     { id: 'feed00000000000b', type: 'outpost-outlet-state', z, outlet: 'E1', onChange: true, x: 100, y: 400, wires: [['feed00000000000c']] },
     fn('feed00000000000c', 'feed00000000000d'),
     post('feed00000000000d', '/state-changes'),
-    { id: 'feed00000000000e', type: 'outpost-events', z, types: ['outlet.fault'], outlet: 'E2', statuses: 'none', x: 100, y: 500, wires: [['feed00000000000f']] },
+    {
+      id: 'feed00000000000e',
+      type: 'outpost-events',
+      z,
+      types: ['outlet.fault'],
+      outlet: 'E2',
+      statuses: 'none',
+      x: 100,
+      y: 500,
+      wires: [['feed00000000000f']],
+    },
     fn('feed00000000000f', 'feed000000000010'),
     post('feed000000000010', '/e2-faults'),
     // GET /test/state/:outlet: msg.outlet from the path; an unknown outlet is the node's error, caught into a 404.
     { id: 'feed000000000011', type: 'http in', z, url: '/test/state/:outlet', method: 'get', x: 100, y: 600, wires: [['feed000000000012']] },
-    { id: 'feed000000000012', type: 'function', z, func: 'msg.outlet = msg.req.params.outlet\nreturn msg', outputs: 1, libs: [], x: 300, y: 600, wires: [['feed000000000013']] },
+    {
+      id: 'feed000000000012',
+      type: 'function',
+      z,
+      func: 'msg.outlet = msg.req.params.outlet\nreturn msg',
+      outputs: 1,
+      libs: [],
+      x: 300,
+      y: 600,
+      wires: [['feed000000000013']],
+    },
     { id: 'feed000000000013', type: 'outpost-outlet-state', z, outlet: '', onChange: false, x: 500, y: 600, wires: [['feed000000000014']] },
     { id: 'feed000000000014', type: 'http response', z, x: 700, y: 600, wires: [] },
     { id: 'feed000000000015', type: 'catch', z, scope: ['feed000000000013'], uncaught: false, x: 300, y: 660, wires: [['feed000000000016']] },
-    { id: 'feed000000000016', type: 'function', z, func: 'msg.statusCode = 404\nmsg.payload = { error: msg.error.message }\nreturn msg', outputs: 1, libs: [], x: 500, y: 660, wires: [['feed000000000014']] },
+    {
+      id: 'feed000000000016',
+      type: 'function',
+      z,
+      func: 'msg.statusCode = 404\nmsg.payload = { error: msg.error.message }\nreturn msg',
+      outputs: 1,
+      libs: [],
+      x: 500,
+      y: 660,
+      wires: [['feed000000000014']],
+    },
   ]
   const added = await admin('POST', '/flow', { id: z, label: 'test', nodes })
   t.equal(added.status, 200, added.text)
   const flowFile = JSON.parse(readFileSync(handle.flowFile!, 'utf8')) as { id: string }[]
-  t.ok(flowFile.some((n) => n.id === 'feed000000000003'), 'the deploy is saved to the flow file in the user directory')
-  t.ok(flowFile.some((n) => n.id === '0a7f1a0000000001'), 'beside the shipped flows')
+  t.ok(
+    flowFile.some((n) => n.id === 'feed000000000003'),
+    'the deploy is saved to the flow file in the user directory',
+  )
+  t.ok(
+    flowFile.some((n) => n.id === '0a7f1a0000000001'),
+    'beside the shipped flows',
+  )
 })
 
 t.test('the events node sends this boot’s gateway.started once', async (t) => {
-  const boot = await waitFor(() => hooks.posts.find((p) => p.path === '/events' && p.body.topic === 'gateway.started'), 'gateway.started from the events node', 30_000)
+  const boot = await waitFor(
+    () => hooks.posts.find((p) => p.path === '/events' && p.body.topic === 'gateway.started'),
+    'gateway.started from the events node',
+    30_000,
+  )
   t.equal(boot.body.payload.bootId, daemon.bootId)
   t.equal(boot.body.payload.seq, (await journal()).find((r) => r.type === 'gateway.started' && r.bootId === daemon.bootId)!.seq)
-  t.notOk(hooks.posts.some((p) => p.path === '/e2-faults' && p.body.topic === 'gateway.started'), 'a node filtered to one outlet does not get it')
+  t.notOk(
+    hooks.posts.some((p) => p.path === '/e2-faults' && p.body.topic === 'gateway.started'),
+    'a node filtered to one outlet does not get it',
+  )
 })
 
 t.test('the command node goes through the gateway: the same validation, journal and results', async (t) => {
@@ -233,10 +320,18 @@ t.test('the command node goes through the gateway: the same validation, journal 
   const head0 = daemon.records!.head()
   const invalid = await command({ action: 'start', outlet: 'E1' })
   t.equal(invalid.ok, false)
-  t.match(invalid, { ok: false, error: { code: 'invalid-command', message: /userId: is required/ } }, 'a malformed command is refused with invalid-command')
+  t.match(
+    invalid,
+    { ok: false, error: { code: 'invalid-command', message: /userId: is required/ } },
+    'a malformed command is refused with invalid-command',
+  )
   t.match(invalid.id, /^node-red-[0-9a-f-]{36}$/, 'an id was generated for it')
   t.equal(daemon.records!.head(), head0, 'and nothing was journaled')
-  await waitFor(() => logLines.find((l) => l.component === 'node-red' && l.level === 'error' && l.node?.type === 'outpost-command' && /invalid-command/.test(l.msg)), 'the node reported the error')
+  await waitFor(
+    () =>
+      logLines.find((l) => l.component === 'node-red' && l.level === 'error' && l.node?.type === 'outpost-command' && /invalid-command/.test(l.msg)),
+    'the node reported the error',
+  )
   const notObject = (await req('POST', '/red-api/test/command', { text: 'start E1', auth: BEARER })).json
   t.match(notObject, { ok: false, error: { code: 'invalid-command' } }, 'a payload that is not a command is invalid too')
 
@@ -261,7 +356,11 @@ t.test('the command node goes through the gateway: the same validation, journal 
 
   const states = await req('GET', '/red-api/test/state', { auth: BEARER })
   t.equal(states.status, 200)
-  t.same((states.json as { outlet: string }[]).map((s) => s.outlet), ['E1', 'E2'], 'the outlet-state node reports every outlet')
+  t.same(
+    (states.json as { outlet: string }[]).map((s) => s.outlet),
+    ['E1', 'E2'],
+    'the outlet-state node reports every outlet',
+  )
   t.match((states.json as { outlet: string; state: string }[])[0], { outlet: 'E1', state: 'charging', userId: 'u-nr' })
 
   const one = await req('GET', '/red-api/test/state/E1', { auth: BEARER })
@@ -272,7 +371,11 @@ t.test('the command node goes through the gateway: the same validation, journal 
 
   const stop = await command({ id: 'nr-stop-1', action: 'stop', outlet: 'E1', by: 'manager' })
   t.equal(stop.ok, true, JSON.stringify(stop))
-  const ended = await waitFor(async () => (await journal()).find((r): r is Extract<JournalRecord, { type: 'session.ended' }> => r.type === 'session.ended' && r.outlet === 'E1'), 'session.ended')
+  const ended = await waitFor(
+    async () =>
+      (await journal()).find((r): r is Extract<JournalRecord, { type: 'session.ended' }> => r.type === 'session.ended' && r.outlet === 'E1'),
+    'session.ended',
+  )
   t.equal(ended.reason, 'manager-stopped')
   const head1 = daemon.records!.head()
   t.same(await command({ id: 'nr-stop-1', action: 'stop', outlet: 'E1', by: 'manager' }), stop, 'a repeated id gets the first result')
@@ -288,9 +391,18 @@ t.test('the events node sends records and state changes; the outlet-state node s
   await waitFor(() => events().some((e) => e.topic === 'session.ended'), 'session.ended from the events node')
   const started = events().find((e) => e.topic === 'session.started')
   const records = await journal()
-  t.same(started.payload, records.find((r) => r.type === 'session.started'), 'topic = record type, payload = the journaled record')
-  t.same(events().find((e) => e.topic === 'session.ended').payload, records.find((r) => r.type === 'session.ended'))
-  const e1 = events().filter((e) => e.topic === 'outlet.status' && e.payload.outlet === 'E1').map((e) => `${e.previous}>${e.payload.state}`)
+  t.same(
+    started.payload,
+    records.find((r) => r.type === 'session.started'),
+    'topic = record type, payload = the journaled record',
+  )
+  t.same(
+    events().find((e) => e.topic === 'session.ended').payload,
+    records.find((r) => r.type === 'session.ended'),
+  )
+  const e1 = events()
+    .filter((e) => e.topic === 'outlet.status' && e.payload.outlet === 'E1')
+    .map((e) => `${e.previous}>${e.payload.state}`)
   t.same(e1, ['off>pending', 'pending>charging', 'charging>off'], 'state changes are sent')
   t.equal(new Set(e1).size, e1.length, 'only changes, not every reading')
 
@@ -298,28 +410,50 @@ t.test('the events node sends records and state changes; the outlet-state node s
     const c = hooks.posts.filter((p) => p.path === '/state-changes').map((p) => p.body)
     return c.some((x) => x.payload?.state !== 'charging' && x.previous === 'charging') && c
   }, 'E1 leaves charging (on-change outlet-state)')
-  t.ok(changes.every((c: any) => c.topic === 'E1' && c.payload.outlet === 'E1' && c.changed === 'E1'), 'only E1, with the outlet as topic')
-  t.same(changes.map((c: any) => `${c.previous}>${c.payload.state}`), ['off>pending', 'pending>charging', 'charging>off'], 'each change of E1, once')
+  t.ok(
+    changes.every((c: any) => c.topic === 'E1' && c.payload.outlet === 'E1' && c.changed === 'E1'),
+    'only E1, with the outlet as topic',
+  )
+  t.same(
+    changes.map((c: any) => `${c.previous}>${c.payload.state}`),
+    ['off>pending', 'pending>charging', 'charging>off'],
+    'each change of E1, once',
+  )
 })
 
 t.test('the shipped CSV flow appends a line per session.ended, with a header, and serves the day', async (t) => {
   const ended = (await journal()).find((r): r is Extract<JournalRecord, { type: 'session.ended' }> => r.type === 'session.ended')!
   const dir = join(config.storage.dir, 'billing-csv')
   const file = await waitFor(() => existsSync(dir) && readdirSync(dir).find((f) => /^billing-\d{4}-\d{2}-\d{2}\.csv$/.test(f)), 'a billing CSV')
-  const day = new Intl.DateTimeFormat('en-CA', { timeZone: config.site.timezone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date(ended.endedAt))
+  const day = new Intl.DateTimeFormat('en-CA', { timeZone: config.site.timezone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(
+    new Date(ended.endedAt),
+  )
   t.equal(file, `billing-${day}.csv`, 'named after the site-local day the session ended')
   const text = await readFile(join(dir, file), 'utf8')
   const [header, line, ...rest] = text.trimEnd().split('\n')
-  t.equal(header, 'seq,sessionId,outlet,userId,planId,trigger,startedAt,endedAt,reason,durationS,energyWh,currency,activationFee,total,amount,offline')
+  t.equal(
+    header,
+    'seq,sessionId,outlet,userId,planId,trigger,startedAt,endedAt,reason,durationS,energyWh,currency,activationFee,total,amount,offline',
+  )
   t.same(rest, [], 'one line per session.ended')
   const cols = header!.split(',')
   const row = Object.fromEntries(line!.split(',').map((v, i) => [cols[i], v]))
   t.equal(Number(row.total), ended.total, 'the line carries the record’s total (minor units)')
   t.equal(row.amount, (ended.total / 100).toFixed(2))
-  t.match(row, { seq: String(ended.seq), sessionId: ended.sessionId, outlet: 'E1', userId: 'u-nr', reason: 'manager-stopped', currency: 'CAD', energyWh: String(ended.energyWh) })
+  t.match(row, {
+    seq: String(ended.seq),
+    sessionId: ended.sessionId,
+    outlet: 'E1',
+    userId: 'u-nr',
+    reason: 'manager-stopped',
+    currency: 'CAD',
+    energyWh: String(ended.energyWh),
+  })
 
   const served = await req('GET', '/red-api/billing/today.csv', { auth: BEARER })
-  if (day === new Intl.DateTimeFormat('en-CA', { timeZone: config.site.timezone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date())) {
+  if (
+    day === new Intl.DateTimeFormat('en-CA', { timeZone: config.site.timezone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date())
+  ) {
     t.equal(served.status, 200)
     t.equal(served.text, text, 'GET /red-api/billing/today.csv serves the file')
   }
@@ -333,18 +467,28 @@ t.test('the shipped fault flow POSTs to the webhook when a meter goes silent, an
   sim.control({ cmd: 'fault', unit: 2, fault: 'silent' })
   const fault = await waitFor(() => hooks.posts.find((p) => p.path === '/hook' && p.body.event === 'outlet.fault'), 'webhook: outlet.fault')
   const faultRec = (await journal()).find((r) => r.type === 'outlet.fault' && r.outlet === 'E2')!
-  t.match(fault.body, { site: 'e2e', event: 'outlet.fault', outlet: 'E2', seq: faultRec.seq, at: faultRec.ts, detail: String((faultRec as { detail: string }).detail) })
+  t.match(fault.body, {
+    site: 'e2e',
+    event: 'outlet.fault',
+    outlet: 'E2',
+    seq: faultRec.seq,
+    at: faultRec.ts,
+    detail: String((faultRec as { detail: string }).detail),
+  })
   t.match(fault.body.text, /^e2e: outlet E2 in fault/)
   await waitFor(() => hooks.posts.find((p) => p.path === '/e2-faults'), 'the E2-only events node got it')
 
   sim.control({ cmd: 'fault', unit: 2, fault: 'none' })
-  const recovered = await waitFor(() => hooks.posts.find((p) => p.path === '/hook' && p.body.event === 'outlet.recovered'), 'webhook: outlet.recovered')
+  const recovered = await waitFor(
+    () => hooks.posts.find((p) => p.path === '/hook' && p.body.event === 'outlet.recovered'),
+    'webhook: outlet.recovered',
+  )
   t.match(recovered.body, { site: 'e2e', event: 'outlet.recovered', outlet: 'E2' })
   t.equal(hooks.posts.filter((p) => p.path === '/hook').length, 2, 'one POST each')
   t.equal(hooks.posts.filter((p) => p.path === '/e2-faults').length, 1, 'the fault-only filter kept the recovery out')
 })
 
-t.test('the editor in a browser: login, the outpost palette, the nodes\' edit dialogs and help', async (t) => {
+t.test("the editor in a browser: login, the outpost palette, the nodes' edit dialogs and help", async (t) => {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
   t.teardown(() => browser.close())
   const page = await browser.newPage()
@@ -369,15 +513,24 @@ t.test('the editor in a browser: login, the outpost palette, the nodes\' edit di
     return { label, category, help: ['outpost-events', 'outpost-command', 'outpost-outlet-state'].map(help) }
   })
   t.equal(seen.category, 'outpost')
-  t.equal(seen.label, 'fault / recovered', 'the shipped flow\'s events node shows its name')
+  t.equal(seen.label, 'fault / recovered', "the shipped flow's events node shows its name")
   t.match(seen.help[0], /<h3>Outputs<\/h3>/, 'events help has its sections')
   t.match(seen.help[1], /invalid-command/, 'command help names the error code')
   t.match(seen.help[2], /<h3>Inputs<\/h3>/)
   // The events node's edit dialog: one checkbox per record type, the configured ones ticked.
   await page.evaluate(() => (globalThis as any).RED.editor.edit((globalThis as any).RED.nodes.node('0a7f1a0000000002')))
   await page.waitForSelector('#node-input-types-box input[type=checkbox]', { timeout: 30_000 })
-  const boxes = await page.$$eval('#node-input-types-box input[type=checkbox]', (els) => els.map((e) => [(e as any).dataset.type, (e as any).checked]))
-  t.same(boxes, [['session.started', false], ['session.ended', false], ['outlet.fault', true], ['outlet.recovered', true], ['meter.reconciliation', false], ['gateway.started', false]])
+  const boxes = await page.$$eval('#node-input-types-box input[type=checkbox]', (els) =>
+    els.map((e) => [(e as any).dataset.type, (e as any).checked]),
+  )
+  t.same(boxes, [
+    ['session.started', false],
+    ['session.ended', false],
+    ['outlet.fault', true],
+    ['outlet.recovered', true],
+    ['meter.reconciliation', false],
+    ['gateway.started', false],
+  ])
   t.same(errors, [], 'no script error in the editor')
   t.same(elsewhere, [], 'the editor asked nothing of any other host')
   await browser.close()
@@ -387,7 +540,12 @@ t.test('the editor in a browser: login, the outpost palette, the nodes\' edit di
 function openComms(): Promise<import('node:net').Socket> {
   return new Promise((resolve, reject) => {
     const r = http.request(`${base}/red/comms`, {
-      headers: { connection: 'Upgrade', upgrade: 'websocket', 'sec-websocket-version': '13', 'sec-websocket-key': Buffer.from('outpost-test-key').toString('base64') },
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': Buffer.from('outpost-test-key').toString('base64'),
+      },
     })
     r.on('upgrade', (res, socket) => (res.statusCode === 101 ? resolve(socket) : reject(new Error(`upgrade answered ${res.statusCode}`))))
     r.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)))
@@ -399,7 +557,11 @@ function openComms(): Promise<import('node:net').Socket> {
 t.test('the bridge is not visible to the editor', async (t) => {
   const settings = await admin('GET', '/settings')
   t.equal(settings.status, 200)
-  t.notMatch(settings.text, /outpost-credential|billingCsvDir|"outpost"\s*:/, 'neither the bridge nor the global context values are in the editor settings')
+  t.notMatch(
+    settings.text,
+    /outpost-credential|billingCsvDir|"outpost"\s*:/,
+    'neither the bridge nor the global context values are in the editor settings',
+  )
   t.equal((await req('GET', '/red/settings')).status, 401)
 })
 
@@ -419,14 +581,20 @@ t.test('Node-RED stops cleanly and lets go of the server', async (t) => {
 })
 
 t.test('Node-RED starts once per process', async (t) => {
-  await t.rejects(startNodeRed({ daemon, config, server: apiServer, logger: createLogger('fatal') }), { code: 'NODE_RED_ONCE', message: /restart the daemon/ })
+  await t.rejects(startNodeRed({ daemon, config, server: apiServer, logger: createLogger('fatal') }), {
+    code: 'NODE_RED_ONCE',
+    message: /restart the daemon/,
+  })
   t.equal(apiServer.listeners('upgrade').length, 0, 'nothing was attached')
 })
 
 t.test('the next start keeps the flows as deployed and the credential key (edits survive restarts and upgrades)', async (t) => {
   const flowFile = handle.flowFile!
   const before = readFileSync(flowFile, 'utf8')
-  t.ok(JSON.parse(before).some((n: { id: string }) => n.id === 'feed000000000003'), 'the flow file holds the deploy')
+  t.ok(
+    JSON.parse(before).some((n: { id: string }) => n.id === 'feed000000000003'),
+    'the flow file holds the deploy',
+  )
   const secret = readFileSync(join(config.storage.dir, 'node-red', '.outpost-credential-secret'), 'utf8')
   const again = prepareUserDir(config)
   t.equal(again.seeded, false, 'an existing flow file is not seeded again')
@@ -442,8 +610,14 @@ t.test('the next start keeps the flows as deployed and the credential key (edits
 })
 
 t.test('startNodeRed refuses an open editor off loopback, whatever the config says', async (t) => {
-  const open: SiteConfig = { ...config, api: { listen: '0.0.0.0:8080', token: API_TOKEN }, nodeRed: { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red-api' } }
-  await t.rejects(startNodeRed({ daemon, config: open, server: apiServer, logger: createLogger('fatal') }), { code: 'NODE_RED_NO_AUTH', message: /without nodeRed.adminAuth/ })
+  const open: SiteConfig = {
+    ...config,
+    api: { listen: '0.0.0.0:8080', token: API_TOKEN },
+    nodeRed: { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red-api' },
+  }
+  await t.rejects(startNodeRed({ daemon, config: open, server: apiServer, logger: createLogger('fatal') }), {
+    code: 'NODE_RED_NO_AUTH',
+    message: /without nodeRed.adminAuth/,
+  })
   t.equal(apiServer.listeners('upgrade').length, 0, 'nothing was attached')
 })
-

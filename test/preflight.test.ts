@@ -47,15 +47,25 @@ t.test('a PATH with none of the tools: one line naming the packages, non-zero ex
   t.equal(lines(r.stderr).length, 1, `one line: ${r.stderr}`)
   const pkgs = r.stderr.match(/apt-get install -y --no-install-recommends ([\w. -]+?) \(or run: bash \.ci\/run\)/)?.[1]?.split(' ') ?? []
   const expected = [...new Set(commands.map((c) => c.pkg))]
-  t.same(pkgs.filter((p) => expected.includes(p)), expected, 'names the package of every missing command, each once, in the list\'s order')
-  t.same(pkgs.filter((p) => !expected.includes(p)), [], 'and nothing this machine has outside PATH (mosquitto in /usr/sbin, the python modules)')
+  t.same(
+    pkgs.filter((p) => expected.includes(p)),
+    expected,
+    "names the package of every missing command, each once, in the list's order",
+  )
+  t.same(
+    pkgs.filter((p) => !expected.includes(p)),
+    [],
+    'and nothing this machine has outside PATH (mosquitto in /usr/sbin, the python modules)',
+  )
 })
 
 t.test('a PATH lacking only socat and mbpoll: names exactly those two', async (t) => {
   const present = commands.map((c) => c.what).filter((w) => w !== 'socat' && w !== 'mbpoll')
   const r = run(dirWith(present))
   t.equal(r.status, 1)
-  t.same(lines(r.stderr), ['npm test needs Debian packages that are missing: apt-get install -y --no-install-recommends socat mbpoll (or run: bash .ci/run)'])
+  t.same(lines(r.stderr), [
+    'npm test needs Debian packages that are missing: apt-get install -y --no-install-recommends socat mbpoll (or run: bash .ci/run)',
+  ])
   t.equal(run(dirWith(present), '--missing').stdout, 'socat mbpoll\n', '--missing lists the same two')
 })
 

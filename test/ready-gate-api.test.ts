@@ -24,7 +24,10 @@ t.test('a start through the local API right after it listens is applied, not 409
   const res = await site.post('/api/outlets/A1/start', { userId: 'u1' })
   t.equal(res.status, 200, `started: ${JSON.stringify(res.body)}`)
   t.match(res.body, { ok: true, result: { sessionId: String } })
-  t.ok(Object.values(site.daemon.engineState.outlets).every((e) => e.fresh), 'every outlet was read before the API listened')
+  t.ok(
+    Object.values(site.daemon.engineState.outlets).every((e) => e.fresh),
+    'every outlet was read before the API listened',
+  )
 })
 
 t.test('a throwing record/status/result listener: the result stays ok, the others still hear, the relay closes', async (t) => {
@@ -46,14 +49,27 @@ t.test('a throwing record/status/result listener: the result stays ok, the other
   daemon.on('status', (s) => seen.status.push(s))
   daemon.on('result', (r) => seen.result.push(r))
 
-  t.match(await site.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 10_000 }), { ok: true }, 'set-wallet ok despite the throwing listeners')
+  t.match(
+    await site.command({ action: 'set-wallet', userId: 'u1', currency: 'CAD', balance: 10_000 }),
+    { ok: true },
+    'set-wallet ok despite the throwing listeners',
+  )
   site.sim.plug(1, { maxA: 10 })
   const started = await site.command({ action: 'start', outlet: 'A1', userId: 'u1' })
   t.match(started, { ok: true, result: { sessionId: String } }, `start is the engine's ok: ${JSON.stringify(started)}`)
   const sessionId = (started as { result: { sessionId: string } }).result.sessionId
-  t.ok(seen.result.some((r) => r.id === started.id && r.ok), 'the other result listener saw the result')
-  t.ok(seen.record.some((r) => r.type === 'session.started' && r.sessionId === sessionId), 'the other record listener saw session.started')
-  t.ok(seen.status.some((s) => s.outlet === 'A1' && s.sessionId === sessionId), 'the other status listener saw the session')
+  t.ok(
+    seen.result.some((r) => r.id === started.id && r.ok),
+    'the other result listener saw the result',
+  )
+  t.ok(
+    seen.record.some((r) => r.type === 'session.started' && r.sessionId === sessionId),
+    'the other record listener saw session.started',
+  )
+  t.ok(
+    seen.status.some((s) => s.outlet === 'A1' && s.sessionId === sessionId),
+    'the other status listener saw the session',
+  )
   await waitFor(() => site.sim.outlets()[0]!.coilClosed, 'the relay of A1 closes', 30_000)
   t.equal(daemon.haltedBy, undefined, 'the daemon did not halt')
   // The journal holds the command's result as the engine gave it.
@@ -67,6 +83,10 @@ t.test('a throwing record/status/result listener: the result stays ok, the other
   t.equal(byEvent('record'), 1, 'the record listener failure logged once')
   t.equal(byEvent('status'), 1, 'the status listener failure logged once')
   t.equal(byEvent('result'), 1, 'the result listener failure logged once')
-  t.match(threw.find((l) => l.event === 'status'), { err: 'status listener broke' }, 'the log names the error')
+  t.match(
+    threw.find((l) => l.event === 'status'),
+    { err: 'status listener broke' },
+    'the log names the error',
+  )
   t.equal(site.logs.filter((l) => l.level === 'warn' && String(l.msg).includes('engine refused')).length, 0, 'no engine refusals')
 })

@@ -29,7 +29,13 @@ t.test('MemoryLog', async (t) => {
 
 t.test('Journal (LevelDB on disk)', async (t) => {
   // The bodies are dated January 2026: a clock a year later with 1 day of retention makes every record old enough.
-  const options: JournalOptions = { bootId: 'boot-contract', clockSynced: () => true, now: () => Date.parse('2027-01-15T00:00:00Z'), compactEveryMs: 0, retentionDays: 1 }
+  const options: JournalOptions = {
+    bootId: 'boot-contract',
+    clockSynced: () => true,
+    now: () => Date.parse('2027-01-15T00:00:00Z'),
+    compactEveryMs: 0,
+    retentionDays: 1,
+  }
   const subject = async (dir: string): Promise<Subject> => {
     const j = await Journal.open(dir, options)
     let closed = false

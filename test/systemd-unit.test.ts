@@ -79,10 +79,14 @@ t.test('the unit keeps what the daemon needs', async (t) => {
   t.equal(one('Type'), 'notify', 'Type=notify: the daemon sends READY=1')
   t.equal(one('NotifyAccess'), 'all', 'NotifyAccess=all: READY/WATCHDOG come from the systemd-notify child')
   t.ok(Number(one('WatchdogSec')) >= 10, 'a watchdog the daemon feeds at half the period')
-  t.equal(one('ExecStart'), `/usr/bin/node ${binNodeFlags(packagePath('daemon', 'cli.ts')).join(' ')} /opt/outpost/dist/daemon/cli.js run --config ${DEFAULT_CONFIG}`, 'runs the installed CLI on the default config, with the node flags of the outpost bin')
+  t.equal(
+    one('ExecStart'),
+    `/usr/bin/node ${binNodeFlags(packagePath('daemon', 'cli.ts')).join(' ')} /opt/outpost/dist/daemon/cli.js run --config ${DEFAULT_CONFIG}`,
+    'runs the installed CLI on the default config, with the node flags of the outpost bin',
+  )
   t.equal(one('Restart'), 'always')
   t.ok(words('RestartPreventExitStatus').includes(String(EXIT_CONFIG)), `an invalid config (exit ${EXIT_CONFIG}) does not restart-loop`)
-  t.ok(Number(one('TimeoutStopSec')) > 15, 'TimeoutStopSec above the daemon\'s own 15 s stop bound')
+  t.ok(Number(one('TimeoutStopSec')) > 15, "TimeoutStopSec above the daemon's own 15 s stop bound")
 
   t.equal(one('User'), 'outpost')
   t.ok(words('SupplementaryGroups').includes('dialout') || one('Group') === 'dialout', 'in dialout for the serial ports')
@@ -94,13 +98,19 @@ t.test('the unit keeps what the daemon needs', async (t) => {
   t.equal(one('DevicePolicy'), 'closed')
   const allowed = (service.get('DeviceAllow') ?? []).map((v) => v.split(/\s+/))
   for (const major of ['char-ttyUSB', 'char-ttyACM', 'char-ttyAMA', 'char-ttyS']) {
-    t.ok(allowed.some(([dev, mode]) => dev === major && mode === 'rw'), `DeviceAllow=${major} rw`)
+    t.ok(
+      allowed.some(([dev, mode]) => dev === major && mode === 'rw'),
+      `DeviceAllow=${major} rw`,
+    )
   }
   t.not(one('PrivateDevices'), 'yes', 'PrivateDevices would hide /dev/ttyUSB* and /dev/serial/by-id')
 
   const families = words('RestrictAddressFamilies')
   for (const f of ['AF_UNIX', 'AF_INET', 'AF_INET6']) t.ok(families.includes(f), `RestrictAddressFamilies has ${f}`)
-  t.notOk(families.some((f) => f.startsWith('~')), 'an allow list, not a deny list')
+  t.notOk(
+    families.some((f) => f.startsWith('~')),
+    'an allow list, not a deny list',
+  )
   t.not(one('PrivateNetwork'), 'yes', 'the network stays reachable')
   t.not(one('MemoryDenyWriteExecute'), 'yes', "V8's JIT needs writable executable memory")
   t.not(one('IPAddressDeny'), 'any', 'no IP deny list: the broker and Modbus TCP gateways can be anywhere')
@@ -116,7 +126,21 @@ t.test('the unit keeps what the daemon needs', async (t) => {
 
 // ---------------------------------------------------------------- the udev rule
 
-const MATCH_KEYS = new Set(['ACTION', 'DEVPATH', 'KERNEL', 'KERNELS', 'SUBSYSTEM', 'SUBSYSTEMS', 'DRIVER', 'DRIVERS', 'TAGS', 'TEST', 'PROGRAM', 'RESULT', 'CONST'])
+const MATCH_KEYS = new Set([
+  'ACTION',
+  'DEVPATH',
+  'KERNEL',
+  'KERNELS',
+  'SUBSYSTEM',
+  'SUBSYSTEMS',
+  'DRIVER',
+  'DRIVERS',
+  'TAGS',
+  'TEST',
+  'PROGRAM',
+  'RESULT',
+  'CONST',
+])
 const ASSIGN_KEYS = new Set(['NAME', 'SYMLINK', 'OWNER', 'GROUP', 'MODE', 'SECLABEL', 'RUN', 'LABEL', 'GOTO', 'IMPORT', 'OPTIONS'])
 const BOTH_KEYS = new Set(['ATTR', 'ATTRS', 'ENV', 'TAG', 'SYSCTL'])
 /** Keys that always name something in braces (ATTR{latency_timer}), and keys that may. */
@@ -160,7 +184,28 @@ function lintUdevRules(text: string): { rules: Pair[][]; problems: string[] } {
       if (key === 'LABEL') labels.add(value)
       if (key === 'GOTO') gotos.push({ label: value, line: n })
       for (const sub of value.matchAll(/\$(\w+)(\{[^}]*\})?/g)) {
-        if (!['env', 'attr', 'kernel', 'number', 'devpath', 'id', 'driver', 'major', 'minor', 'result', 'parent', 'name', 'links', 'root', 'sys', 'devnode', 'tempnode'].includes(sub[1]!)) problems.push(`line ${n}: unknown substitution $${sub[1]}`)
+        if (
+          ![
+            'env',
+            'attr',
+            'kernel',
+            'number',
+            'devpath',
+            'id',
+            'driver',
+            'major',
+            'minor',
+            'result',
+            'parent',
+            'name',
+            'links',
+            'root',
+            'sys',
+            'devnode',
+            'tempnode',
+          ].includes(sub[1]!)
+        )
+          problems.push(`line ${n}: unknown substitution $${sub[1]}`)
       }
       pairs.push({ key, attr, op, value })
       rest = rest.slice(whole.length)
@@ -178,14 +223,16 @@ t.test('the udev rule lints clean (udevadm is not on every test machine)', async
   t.ok(rules.length >= 6, `${rules.length} rules parsed`)
 
   // The linter must catch what it claims to catch.
-  const bad = lintUdevRules([
-    'SUBSYSTEM="tty", GROUP=="dialout"',
-    'ATTRS{idVendor}=="0403" MODE="660"',
-    'FOO=="x"',
-    'ENV{X}=="1", GOTO="nowhere"',
-    'SYMLINK+="x-$envv{ID_SERIAL}"',
-    'ATTR="1"',
-  ].join('\n')).problems
+  const bad = lintUdevRules(
+    [
+      'SUBSYSTEM="tty", GROUP=="dialout"',
+      'ATTRS{idVendor}=="0403" MODE="660"',
+      'FOO=="x"',
+      'ENV{X}=="1", GOTO="nowhere"',
+      'SYMLINK+="x-$envv{ID_SERIAL}"',
+      'ATTR="1"',
+    ].join('\n'),
+  ).problems
   t.match(bad, [
     /line 1: SUBSYSTEM cannot be assigned/,
     /line 1: GROUP cannot be matched/,
@@ -201,11 +248,20 @@ t.test('the udev rule lints clean (udevadm is not on every test machine)', async
 t.test('the udev rule does its job for every supported adapter', async (t) => {
   const { rules } = lintUdevRules(readFileSync(RULE_FILE, 'utf8'))
   const has = (r: Pair[], key: string, op: string, value: string | RegExp, attr?: string) =>
-    r.some((p) => p.key === key && p.op === op && (attr === undefined || p.attr === attr) && (typeof value === 'string' ? p.value === value : value.test(p.value)))
+    r.some(
+      (p) =>
+        p.key === key &&
+        p.op === op &&
+        (attr === undefined || p.attr === attr) &&
+        (typeof value === 'string' ? p.value === value : value.test(p.value)),
+    )
 
   const latency = rules.find((r) => has(r, 'ATTR', '=', '1', 'latency_timer'))
   t.ok(latency, 'an FTDI latency_timer of 1 ms')
-  t.ok(latency && has(latency, 'SUBSYSTEM', '==', 'usb-serial') && has(latency, 'DRIVER', '==', 'ftdi_sio'), 'set on the ftdi_sio usb-serial device, where the attribute lives')
+  t.ok(
+    latency && has(latency, 'SUBSYSTEM', '==', 'usb-serial') && has(latency, 'DRIVER', '==', 'ftdi_sio'),
+    'set on the ftdi_sio usb-serial device, where the attribute lives',
+  )
 
   const adapters: Record<string, string[]> = { '0403': ['6001', '6010', '6011', '6014', '6015'], '1a86': ['7523'], '10c4': ['ea60'] }
   for (const [vid, pids] of Object.entries(adapters)) {
@@ -215,10 +271,22 @@ t.test('the udev rule does its job for every supported adapter', async (t) => {
   }
   // The tty gets dialout 0660 and the stable symlink, once one of the adapters matched.
   const all = rules.flat()
-  t.ok(all.some((p) => p.key === 'GROUP' && p.value === 'dialout'), 'GROUP="dialout"')
-  t.ok(all.some((p) => p.key === 'MODE' && p.value === '0660'), 'MODE="0660"')
-  t.ok(all.some((p) => p.key === 'SYMLINK' && p.op === '+=' && p.value.startsWith('outpost/rs485-$env{ID_SERIAL_SHORT}')), 'a /dev/outpost/rs485-<serial> symlink')
-  t.ok(all.some((p) => p.key === 'ENV' && p.attr === 'ID_MM_DEVICE_IGNORE' && p.value === '1'), 'ModemManager keeps off the bus')
+  t.ok(
+    all.some((p) => p.key === 'GROUP' && p.value === 'dialout'),
+    'GROUP="dialout"',
+  )
+  t.ok(
+    all.some((p) => p.key === 'MODE' && p.value === '0660'),
+    'MODE="0660"',
+  )
+  t.ok(
+    all.some((p) => p.key === 'SYMLINK' && p.op === '+=' && p.value.startsWith('outpost/rs485-$env{ID_SERIAL_SHORT}')),
+    'a /dev/outpost/rs485-<serial> symlink',
+  )
+  t.ok(
+    all.some((p) => p.key === 'ENV' && p.attr === 'ID_MM_DEVICE_IGNORE' && p.value === '1'),
+    'ModemManager keeps off the bus',
+  )
   t.ok(rules[0] && has(rules[0], 'ACTION', '==', 'remove') && has(rules[0], 'GOTO', '=', /./), 'nothing runs on remove')
 
   // Where udevadm verify exists (systemd 254 and later), it must agree.

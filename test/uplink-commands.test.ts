@@ -9,7 +9,10 @@ import { CommandGateway, MAX_COMMAND_BYTES } from '../daemon/command-gateway.js'
 import type { Command, CommandResult, CommandSource } from '../core/types.js'
 
 /** A daemon stand-in: records every apply, stores results in the ledger as the journal commit would. */
-function fakeDaemon(opts: { delayMs?: number; refuse?: (c: Command) => { code: string; message: string } | undefined; throwOn?: string } = {}, ledger: TestLog = new MemoryLog()) {
+function fakeDaemon(
+  opts: { delayMs?: number; refuse?: (c: Command) => { code: string; message: string } | undefined; throwOn?: string } = {},
+  ledger: TestLog = new MemoryLog(),
+) {
   const calls: { id: string; command: Command; source: CommandSource }[] = []
   const gateway = new CommandGateway({
     ledger,
@@ -52,7 +55,10 @@ t.test('every valid action passes validation and reaches apply once', async (t) 
   // Already-parsed objects (local API, Node-RED) and Buffers are accepted too.
   t.match(await gateway.handle({ id: 'l1', action: 'stop', outlet: 'A1', by: 'user' }, 'local'), { ok: true })
   t.match(await gateway.handle(Buffer.from(JSON.stringify({ id: 'n1', action: 'stop', outlet: 'A1', by: 'user' })), 'node-red'), { ok: true })
-  t.same(calls.slice(-2).map((c) => c.source), ['local', 'node-red'])
+  t.same(
+    calls.slice(-2).map((c) => c.source),
+    ['local', 'node-red'],
+  )
 })
 
 t.test('every malformed class: invalid-command naming the field, nothing applied', async (t) => {
@@ -76,13 +82,42 @@ t.test('every malformed class: invalid-command naming the field, nothing applied
     ['unknown field', { id: 'x10', action: 'stop', outlet: 'A1', by: 'user', force: true }, /\/force: unknown field/, 'x10'],
     ['bad outlet id', { id: 'x11', action: 'stop', outlet: '', by: 'user' }, /\/outlet: must be an id/, 'x11'],
     ['bool as string', { id: 'x12', action: 'set-availability', outlet: 'A1', available: 'no' }, /\/available: must be true or false/, 'x12'],
-    ['auto-start user neither string nor null', { id: 'x13', action: 'set-auto-start', outlet: 'A1', userId: 3 }, /\/userId: must be a user id .* or null/, 'x13'],
-    ['unknown currency', { id: 'x14', action: 'set-wallet', userId: 'u', currency: 'QQQ', balance: 1 }, /\/currency: "QQQ" is not a known ISO 4217/, 'x14'],
+    [
+      'auto-start user neither string nor null',
+      { id: 'x13', action: 'set-auto-start', outlet: 'A1', userId: 3 },
+      /\/userId: must be a user id .* or null/,
+      'x13',
+    ],
+    [
+      'unknown currency',
+      { id: 'x14', action: 'set-wallet', userId: 'u', currency: 'QQQ', balance: 1 },
+      /\/currency: "QQQ" is not a known ISO 4217/,
+      'x14',
+    ],
     ['plan: schema', { id: 'x15', action: 'set-plan', plan: { id: 'p', currency: 'CAD', periods: [] } }, /\/plan\/periods: /, 'x15'],
-    ['plan: semantic (decimals)', { id: 'x16', action: 'set-plan', plan: { ...plan, periods: [{ ...plan.periods[0], perKwh: 0.1234567 }] } }, /\/plan\/periods\/0\/perKwh: .*more than 6 decimals/, 'x16'],
-    ['plan: semantic (no rate)', { id: 'x17', action: 'set-plan', plan: { ...plan, periods: [{ days: ['mon'], from: '00:00', to: '24:00' }] } }, /\/plan\/periods\/0: a period needs perKwh/, 'x17'],
-    ['plan: bad time', { id: 'x18', action: 'set-plan', plan: { ...plan, periods: [{ ...plan.periods[0], from: '7am' }] } }, /\/plan\/periods\/0\/from: must be a time/, 'x18'],
-    ['oversized', JSON.stringify({ id: 'x19', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(MAX_COMMAND_BYTES) }), /bytes; at most 65536/],
+    [
+      'plan: semantic (decimals)',
+      { id: 'x16', action: 'set-plan', plan: { ...plan, periods: [{ ...plan.periods[0], perKwh: 0.1234567 }] } },
+      /\/plan\/periods\/0\/perKwh: .*more than 6 decimals/,
+      'x16',
+    ],
+    [
+      'plan: semantic (no rate)',
+      { id: 'x17', action: 'set-plan', plan: { ...plan, periods: [{ days: ['mon'], from: '00:00', to: '24:00' }] } },
+      /\/plan\/periods\/0: a period needs perKwh/,
+      'x17',
+    ],
+    [
+      'plan: bad time',
+      { id: 'x18', action: 'set-plan', plan: { ...plan, periods: [{ ...plan.periods[0], from: '7am' }] } },
+      /\/plan\/periods\/0\/from: must be a time/,
+      'x18',
+    ],
+    [
+      'oversized',
+      JSON.stringify({ id: 'x19', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(MAX_COMMAND_BYTES) }),
+      /bytes; at most 65536/,
+    ],
     ['oversized object', { id: 'x20', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(MAX_COMMAND_BYTES) }, /bytes; at most 65536/, 'x20'],
   ]
   for (const [what, raw, message, id] of cases) {
@@ -98,7 +133,10 @@ t.test('every malformed class: invalid-command naming the field, nothing applied
 })
 
 t.test('a repeated id is applied once and returns the first result, also while in flight', async (t) => {
-  const { gateway, calls } = fakeDaemon({ delayMs: 100, refuse: (c) => (c.action === 'start' ? { code: 'busy', message: 'outlet A1 is charging' } : undefined) })
+  const { gateway, calls } = fakeDaemon({
+    delayMs: 100,
+    refuse: (c) => (c.action === 'start' ? { code: 'busy', message: 'outlet A1 is charging' } : undefined),
+  })
   const cmd = JSON.stringify({ id: 'dup-1', action: 'stop', outlet: 'A1', by: 'user' })
   const concurrent = await Promise.all([gateway.handle(cmd, 'cloud'), gateway.handle(cmd, 'cloud'), gateway.handle(cmd, 'local')])
   t.equal(calls.length, 1, 'applied once though three arrived together')
@@ -145,14 +183,38 @@ t.test('commands over MQTT: answered on P/cmd/{id}/result; malformed ones never 
     await waitFor(() => (results.get(topicId)?.length ?? 0) >= n, `result on cmd/${topicId}/result`)
     return results.get(topicId)![n - 1]!
   }
-  t.same(await send(JSON.stringify({ id: 'm1', action: 'start', outlet: 'A1', userId: 'u-42' }), 'm1'), { id: 'm1', ok: true, result: { applied: 1 } })
-  t.match(await send('{"id":"m2","action":"fly"}', 'm2'), { id: 'm2', ok: false, error: { code: 'invalid-command', message: /unknown action "fly"/ } })
+  t.same(await send(JSON.stringify({ id: 'm1', action: 'start', outlet: 'A1', userId: 'u-42' }), 'm1'), {
+    id: 'm1',
+    ok: true,
+    result: { applied: 1 },
+  })
+  t.match(await send('{"id":"m2","action":"fly"}', 'm2'), {
+    id: 'm2',
+    ok: false,
+    error: { code: 'invalid-command', message: /unknown action "fly"/ },
+  })
   t.match(await send('not json at all', '_invalid'), { id: '', ok: false, error: { code: 'invalid-command', message: /malformed JSON/ } })
-  t.match(await send(JSON.stringify({ id: 'a/b', action: 'stop', outlet: 'A1', by: 'user' }), '_invalid', 2), { id: 'a/b', ok: false, error: { code: 'invalid-command' } })
+  t.match(await send(JSON.stringify({ id: 'a/b', action: 'stop', outlet: 'A1', by: 'user' }), '_invalid', 2), {
+    id: 'a/b',
+    ok: false,
+    error: { code: 'invalid-command' },
+  })
   // Too large to parse, but its id is in the first KiB: answered where the cloud waits for it.
-  t.match(await send(JSON.stringify({ id: 'm3', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(70_000) }), 'm3'), { id: 'm3', ok: false, error: { code: 'invalid-command', message: /is 7\d{4} bytes; at most 65536/ } })
-  t.same(await send(JSON.stringify({ id: 'm1', action: 'start', outlet: 'A1', userId: 'u-42' }), 'm1', 2), { id: 'm1', ok: true, result: { applied: 1 } }, 'repeat over MQTT: first result')
-  t.same(await send(JSON.stringify({ id: 'm4', action: 'stop', outlet: 'A1', by: 'manager' }), 'm4'), { id: 'm4', ok: true, result: { applied: 2 } }, 'still serving after malformed commands')
+  t.match(await send(JSON.stringify({ id: 'm3', action: 'stop', outlet: 'A1', by: 'user', pad: 'x'.repeat(70_000) }), 'm3'), {
+    id: 'm3',
+    ok: false,
+    error: { code: 'invalid-command', message: /is 7\d{4} bytes; at most 65536/ },
+  })
+  t.same(
+    await send(JSON.stringify({ id: 'm1', action: 'start', outlet: 'A1', userId: 'u-42' }), 'm1', 2),
+    { id: 'm1', ok: true, result: { applied: 1 } },
+    'repeat over MQTT: first result',
+  )
+  t.same(
+    await send(JSON.stringify({ id: 'm4', action: 'stop', outlet: 'A1', by: 'manager' }), 'm4'),
+    { id: 'm4', ok: true, result: { applied: 2 } },
+    'still serving after malformed commands',
+  )
   t.equal(calls.length, 2)
   t.equal(uplink.state().status, 'online')
 })
@@ -163,7 +225,11 @@ t.test('an oversized command: its id recovered from the first KiB, never from th
   const big = (head: string) => `${head}"pad":"${pad}"}`
   const cases: [string, string, string][] = [
     ['id first', big('{"id":"big-1","action":"set-wallet","userId":"u1","currency":"CAD","balance":5,'), 'big-1'],
-    ['id after other fields and a nested object', big('{ "action" : "set-plan", "plan": {"id": "inner", "periods": [{"days": ["mon"]}]}, "id": "big-2", '), 'big-2'],
+    [
+      'id after other fields and a nested object',
+      big('{ "action" : "set-plan", "plan": {"id": "inner", "periods": [{"days": ["mon"]}]}, "id": "big-2", '),
+      'big-2',
+    ],
     ['an escaped id, decoded', big('{"id":"big\\u002d3","action":"stop",'), 'big-3'],
     ['an escaped quote in an earlier value', big('{"note":"say \\"id\\": \\"fake\\"","id":"big-4",'), 'big-4'],
     ['only a nested id', big('{"plan":{"id":"inner"},'), ''],
@@ -176,7 +242,17 @@ t.test('an oversized command: its id recovered from the first KiB, never from th
   for (const [what, raw, id] of cases) {
     const r = await gateway.handle(raw, 'cloud')
     t.equal(r.id, id, `${what}: answered as ${JSON.stringify(id)}`)
-    t.match(r, { ok: false, error: { code: 'invalid-command', message: new RegExp(`^command is ${Buffer.byteLength(raw)} bytes; at most ${MAX_COMMAND_BYTES} are accepted$`) } }, `${what}: names the size and the limit`)
+    t.match(
+      r,
+      {
+        ok: false,
+        error: {
+          code: 'invalid-command',
+          message: new RegExp(`^command is ${Buffer.byteLength(raw)} bytes; at most ${MAX_COMMAND_BYTES} are accepted$`),
+        },
+      },
+      `${what}: names the size and the limit`,
+    )
   }
   // Buffers (MQTT payloads) the same way.
   t.match(await gateway.handle(Buffer.from(big('{"id":"big-5",')), 'cloud'), { id: 'big-5', ok: false, error: { code: 'invalid-command' } })
@@ -184,10 +260,18 @@ t.test('an oversized command: its id recovered from the first KiB, never from th
   t.same(gateway.rejectedCounts(), { 'too-large': 6, 'not-json': 0, 'no-id': 0 }, 'the six without a usable id counted as too-large')
 
   t.match(await gateway.handle('not json', 'cloud'), { id: '', error: { code: 'invalid-command' } })
-  t.match(await gateway.handle('{"id":"half-1","action":', 'cloud'), { id: 'half-1', error: { code: 'invalid-command', message: /malformed JSON/ } }, 'cut-off JSON with an id is answered to it')
+  t.match(
+    await gateway.handle('{"id":"half-1","action":', 'cloud'),
+    { id: 'half-1', error: { code: 'invalid-command', message: /malformed JSON/ } },
+    'cut-off JSON with an id is answered to it',
+  )
   t.match(await gateway.handle({ action: 'stop', outlet: 'A1', by: 'user' }, 'local'), { id: '', error: { code: 'invalid-command' } })
   t.match(await gateway.handle({ id: 'a/b', action: 'stop', outlet: 'A1', by: 'user' }, 'cloud'), { id: 'a/b', error: { code: 'invalid-command' } })
-  t.match(await gateway.handle({ id: 'ok-1', action: 'fly' }, 'cloud'), { id: 'ok-1', error: { code: 'invalid-command' } }, 'an invalid command with a usable id is answered, not counted')
+  t.match(
+    await gateway.handle({ id: 'ok-1', action: 'fly' }, 'cloud'),
+    { id: 'ok-1', error: { code: 'invalid-command' } },
+    'an invalid command with a usable id is answered, not counted',
+  )
   t.same(gateway.rejectedCounts(), { 'too-large': 6, 'not-json': 1, 'no-id': 2 })
 })
 

@@ -31,7 +31,11 @@ t.test('records arrive in order, verify, and are acked; live appends follow', as
   t.equal(lines.length, 1200, 'every record written once')
   const v = verifyChain(lines)
   t.ok(v.ok, 'chain verifies from seq 1')
-  t.same(lines.map((r) => r.seq), Array.from({ length: 1200 }, (_, i) => i + 1), 'in seq order')
+  t.same(
+    lines.map((r) => r.seq),
+    Array.from({ length: 1200 }, (_, i) => i + 1),
+    'in seq order',
+  )
   const expected = await log.read(1, 1200)
   t.same(lines, expected, 'byte-for-byte the journal records')
   t.same(transitions, [true], 'one transition to online')
@@ -59,7 +63,11 @@ t.test('the window bounds what is in flight; ack advances it; a restart resends 
   await cloud.subscribeAsync('outpost/lot-7/records', { qos: 1 })
   uplink.start()
   await waitFor(() => got.length >= 200, 'the first window')
-  t.same(got.slice(0, 200), Array.from({ length: 200 }, (_, i) => i + 1), 'first window in order')
+  t.same(
+    got.slice(0, 200),
+    Array.from({ length: 200 }, (_, i) => i + 1),
+    'first window in order',
+  )
   t.equal(uplink.state().sentUpTo, 200, 'stopped at the window edge')
   cloudAcked = 150
   await cloud.publishAsync('outpost/lot-7/ack', JSON.stringify({ upTo: 150 }), { qos: 1 })
@@ -74,8 +82,14 @@ t.test('the window bounds what is in flight; ack advances it; a restart resends 
   uplink.start()
   await waitFor(() => got.length >= 200, 'resend after restart')
   t.equal(got[0], 151, 'resend starts at the oldest unacknowledged record')
-  t.ok(got.every((s) => s > 150), 'nothing acknowledged is sent again')
-  t.same(got.slice(0, 200), Array.from({ length: 200 }, (_, i) => i + 151))
+  t.ok(
+    got.every((s) => s > 150),
+    'nothing acknowledged is sent again',
+  )
+  t.same(
+    got.slice(0, 200),
+    Array.from({ length: 200 }, (_, i) => i + 151),
+  )
   await cloud.publishAsync('outpost/lot-7/ack', JSON.stringify({ upTo: 600 }), { qos: 1 })
   await waitFor(() => log.acked() === 600, 'ack of everything sent so far is clamped to what exists')
   // Malformed acks are ignored, not fatal.
@@ -128,7 +142,17 @@ t.test('presence and live outlet state', async (t) => {
   t.same(status, { online: true, version: '0.1.0-test', bootId: 'boot-test', head: 3 }, 'retained P/status')
   t.match(seen[0], { state: 'pending', sessionId: 's-1' }, 'latest offline state published on connect, retained')
 
-  const charging = (powerW: number) => ({ outlet: 'A1', state: 'charging' as const, sessionId: 's-1', userId: 'u-1', currentA: powerW / 230, powerW, energyWh: powerW / 100, cost: 3, ts: ts() })
+  const charging = (powerW: number) => ({
+    outlet: 'A1',
+    state: 'charging' as const,
+    sessionId: 's-1',
+    userId: 'u-1',
+    currentA: powerW / 230,
+    powerW,
+    energyWh: powerW / 100,
+    cost: 3,
+    ts: ts(),
+  })
   uplink.publishOutlet(charging(1000)) // state change: at once
   uplink.publishOutlet(charging(2000)) // within the interval: held back
   uplink.publishOutlet(charging(3000)) // replaces 2000
@@ -136,7 +160,11 @@ t.test('presence and live outlet state', async (t) => {
   await waitFor(() => seen.some((s) => s.powerW === 3000), 'the latest value is sent when the interval ends')
   uplink.publishOutlet({ outlet: 'A1', state: 'off', currentA: 0, powerW: 0, energyWh: 0, cost: 0, ts: ts() })
   await waitFor(() => seen.some((s) => s.state === 'off'), 'state change published')
-  t.same(seen.map((s) => s.powerW), [0, 1000, 3000, 0], 'rate-limited: 2000 superseded before it was due, ts-only change skipped')
+  t.same(
+    seen.map((s) => s.powerW),
+    [0, 1000, 3000, 0],
+    'rate-limited: 2000 superseded before it was due, ts-only change skipped',
+  )
   t.notOk('outlet' in seen[0]!, 'payload shaped as the contract (outlet id is in the topic)')
 
   // A clean stop says offline on P/status (the will covers a crash).
@@ -185,7 +213,10 @@ t.test('a failing journal read is retried; forwarding resumes without a new trig
   const uplink = makeUplink(t, log, uplinkConfig(broker.url, { batchRecords: 25 }))
   uplink.start()
   await waitFor(() => got.length >= 50, 'records after the read errors')
-  t.same(got.slice(0, 50), Array.from({ length: 50 }, (_, i) => i + 1))
+  t.same(
+    got.slice(0, 50),
+    Array.from({ length: 50 }, (_, i) => i + 1),
+  )
   t.equal(failures, 0, 'both failures happened')
 })
 
@@ -211,7 +242,17 @@ t.test('a large backlog does not starve live traffic: commands and outlet states
   uplink.start()
   await waitFor(() => consumer.held() > 2000, 'the drain is under way')
   await cloud.publishAsync('outpost/lot-7/cmd', JSON.stringify({ id: 'live-1', action: 'stop', outlet: 'A1', by: 'user' }), { qos: 1 })
-  uplink.publishOutlet({ outlet: 'A1', state: 'charging', sessionId: 's', userId: 'u', currentA: 10, powerW: 2300, energyWh: 1, cost: 1, ts: new Date().toISOString() })
+  uplink.publishOutlet({
+    outlet: 'A1',
+    state: 'charging',
+    sessionId: 's',
+    userId: 'u',
+    currentA: 10,
+    powerW: 2300,
+    energyWh: 1,
+    cost: 1,
+    ts: new Date().toISOString(),
+  })
   await waitFor(() => result !== undefined && outletSeenAt !== undefined, 'the command result and the outlet state')
   const heldAtCommand = result!.result!.heldByCloud
   t.ok(heldAtCommand < 40_000, `the command was applied mid-drain (cloud held ${heldAtCommand} of 40000)`)

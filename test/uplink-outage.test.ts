@@ -25,7 +25,11 @@ function appender(log: TestLog, every = 15, perTick = 3) {
 function checkReconciled(t: Test, file: string, head: number) {
   const lines = readJsonLines(file)
   t.equal(lines.length, head, `the consumer holds ${head} records, each exactly once`)
-  t.same(lines.map((r) => r.seq), Array.from({ length: head }, (_, i) => i + 1), 'gapless and in order')
+  t.same(
+    lines.map((r) => r.seq),
+    Array.from({ length: head }, (_, i) => i + 1),
+    'gapless and in order',
+  )
   const v = verifyChain(lines)
   t.ok(v.ok, 'hash chain intact' + (v.ok ? '' : `: ${v.break.message}`))
 }
@@ -139,7 +143,11 @@ t.test('no broker at boot: the uplink starts offline, journaling goes on, and it
   uplink.onOnlineChange((o) => transitions.push(o))
   uplink.start()
   await log.append(bodies(50, 100))
-  t.match(uplink.state(), { status: 'offline', head: 150, acked: 0, backlog: 150, oldestUnacked: 1 }, 'the backlog is visible while there is no broker')
+  t.match(
+    uplink.state(),
+    { status: 'offline', head: 150, acked: 0, backlog: 150, oldestUnacked: 1 },
+    'the backlog is visible while there is no broker',
+  )
   const broker = await startMosquitto(t, { port })
   const file = join(dir, 'cloud.jsonl')
   const consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, gapWaitMs: 500 })

@@ -9,7 +9,13 @@ import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 import { PULL_DEFAULT_LIMIT, PULL_MAX_LIMIT } from '../daemon/uplink/pull.js'
 
-type Answer = { requestId: string | null; records: { seq: number }[]; next: number | null; head: number; error?: { code: string; message: string; oldest?: number } }
+type Answer = {
+  requestId: string | null
+  records: { seq: number }[]
+  next: number | null
+  head: number
+  error?: { code: string; message: string; oldest?: number }
+}
 
 /** A cloud that sends pulls and collects answers by topic. */
 async function puller(t: Tap, url: string) {
@@ -23,7 +29,8 @@ async function puller(t: Tap, url: string) {
   let n = 0
   return {
     async pull(req: Record<string, unknown> | string, topicId?: string): Promise<Answer> {
-      const id = topicId ?? (typeof req !== 'string' && typeof req.requestId === 'string' && !req.requestId.includes('/') ? req.requestId : '_invalid')
+      const id =
+        topicId ?? (typeof req !== 'string' && typeof req.requestId === 'string' && !req.requestId.includes('/') ? req.requestId : '_invalid')
       const before = answers.get(id)?.length ?? 0
       await c.publishAsync('outpost/lot-7/pull', typeof req === 'string' ? req : JSON.stringify(req), { qos: 1 })
       await waitFor(() => (answers.get(id)?.length ?? 0) > before, `answer on pull/${id}`)
@@ -32,7 +39,6 @@ async function puller(t: Tap, url: string) {
     id: () => `r${++n}`,
   }
 }
-
 
 t.test('pulls of arbitrary ranges', async (t) => {
   const broker = await startMosquitto(t)
@@ -112,7 +118,11 @@ t.test('a compacted range is answered with an error naming the oldest seq held',
   t.equal(a.error?.oldest, oldest)
   t.match(a.error?.message, new RegExp(`oldest seq held is ${oldest}`), 'the message names the oldest seq held')
   a = await cloud.pull({ requestId: 'c2', from: oldest, to: oldest + 2 })
-  t.same(a.records.map((r) => r.seq), [oldest, oldest + 1, oldest + 2], 'from the oldest held works')
+  t.same(
+    a.records.map((r) => r.seq),
+    [oldest, oldest + 1, oldest + 2],
+    'from the oldest held works',
+  )
   t.notOk(a.error)
 })
 
@@ -145,7 +155,11 @@ t.test('malformed pulls are answered with an error, never a crash', async (t) =>
     t.same(a.records, [])
   }
   const ok = await cloud.pull({ requestId: 'after', from: 1, to: 2 })
-  t.same(ok.records.map((r) => r.seq), [1, 2], 'the uplink still answers after malformed pulls')
+  t.same(
+    ok.records.map((r) => r.seq),
+    [1, 2],
+    'the uplink still answers after malformed pulls',
+  )
 })
 
 t.test('the consumer detects a gap and pulls it', async (t) => {

@@ -48,7 +48,11 @@ t.test('outpost reconcile collects, verifies, acks and resumes', async (t) => {
   t.equal(r.status, 0, r.stderr)
   t.match(JSON.parse(r.stdout), { held: 520 })
   const lines = readJsonLines(out)
-  t.same(lines.map((l) => l.seq), Array.from({ length: 520 }, (_, i) => i + 1), 'resumed: nothing twice, nothing missing')
+  t.same(
+    lines.map((l) => l.seq),
+    Array.from({ length: 520 }, (_, i) => i + 1),
+    'resumed: nothing twice, nothing missing',
+  )
   // The journal's own offline checker agrees with the consumer about the reconciled file.
   const v = spawnSync(process.execPath, [cliPath, 'verify', out], { encoding: 'utf8' })
   t.equal(v.status, 0, v.stdout + v.stderr)

@@ -19,13 +19,52 @@ function makePki(dir: string) {
   ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=Outpost Test CA', '-keyout', p('ca.key'), '-out', p('ca.crt'))
   writeFileSync(p('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n')
   ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', p('server.key'), '-out', p('server.csr'))
-  ossl('x509', '-req', '-in', p('server.csr'), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', p('server.ext'), '-out', p('server.crt'))
+  ossl(
+    'x509',
+    '-req',
+    '-in',
+    p('server.csr'),
+    '-CA',
+    p('ca.crt'),
+    '-CAkey',
+    p('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    p('server.ext'),
+    '-out',
+    p('server.crt'),
+  )
   writeFileSync(p('client.ext'), 'extendedKeyUsage=clientAuth\n')
   ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=lot-7', '-keyout', p('client.key'), '-out', p('client.csr'))
-  ossl('x509', '-req', '-in', p('client.csr'), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', p('client.ext'), '-out', p('client.crt'))
+  ossl(
+    'x509',
+    '-req',
+    '-in',
+    p('client.csr'),
+    '-CA',
+    p('ca.crt'),
+    '-CAkey',
+    p('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    p('client.ext'),
+    '-out',
+    p('client.crt'),
+  )
   // A second, unrelated CA: the uplink must refuse a broker it signed nothing for.
   ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=Other CA', '-keyout', p('other.key'), '-out', p('other.crt'))
-  return { ca: p('ca.crt'), serverCert: p('server.crt'), serverKey: p('server.key'), clientCert: p('client.crt'), clientKey: p('client.key'), otherCa: p('other.crt') }
+  return {
+    ca: p('ca.crt'),
+    serverCert: p('server.crt'),
+    serverKey: p('server.key'),
+    clientCert: p('client.crt'),
+    clientKey: p('client.key'),
+    otherCa: p('other.crt'),
+  }
 }
 
 function capturingLogger() {
@@ -63,7 +102,16 @@ t.test('mqtts:// with a test CA, client certificate, and a password file; secret
     { logger: cap.logger },
   )
   const file = join(dir, 'cloud.jsonl')
-  const consumer = new ReconcilingConsumer({ url: broker.url, siteId: 'lot-7', file, caFile: pki.ca, certFile: pki.clientCert, keyFile: pki.clientKey, username: 'lot-7', password })
+  const consumer = new ReconcilingConsumer({
+    url: broker.url,
+    siteId: 'lot-7',
+    file,
+    caFile: pki.ca,
+    certFile: pki.clientCert,
+    keyFile: pki.clientKey,
+    username: 'lot-7',
+    password,
+  })
   t.teardown(() => consumer.stop())
   await consumer.start()
   uplink.start()
@@ -74,7 +122,17 @@ t.test('mqtts:// with a test CA, client certificate, and a password file; secret
   // A wrong password: refused by the broker, retried with back-off, and the password is not in the log.
   const wrongPw = 'Wr0ng-pa55-do-not-log'
   const cap2 = capturingLogger()
-  const bad = makeUplink(t, await openTestLog(t), uplinkConfig(`mqtts://lot-7:${wrongPw}@127.0.0.1:${broker.port}`, { caFile: pki.ca, certFile: pki.clientCert, keyFile: pki.clientKey, clientId: 'bad-pw' }), { logger: cap2.logger })
+  const bad = makeUplink(
+    t,
+    await openTestLog(t),
+    uplinkConfig(`mqtts://lot-7:${wrongPw}@127.0.0.1:${broker.port}`, {
+      caFile: pki.ca,
+      certFile: pki.clientCert,
+      keyFile: pki.clientKey,
+      clientId: 'bad-pw',
+    }),
+    { logger: cap2.logger },
+  )
   bad.start()
   await waitFor(() => /connection error/.test(cap2.text()), 'the refusal is logged')
   t.equal(bad.state().status, 'offline')

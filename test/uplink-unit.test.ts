@@ -6,14 +6,26 @@ import { topics, isTopicLevel } from '../daemon/uplink/topics.js'
 import { MemoryLog, bodies } from './helpers/memory-log.js'
 
 t.test('reconnect back-off: exponential, capped, jittered between half and all of the ceiling', async (t) => {
-  t.same([0, 1, 2, 3, 4, 5, 6].map((a) => reconnectDelay(a, 1000, 30_000, () => 1)), [1000, 2000, 4000, 8000, 16000, 30000, 30000])
-  t.same([0, 1, 2, 5, 40].map((a) => reconnectDelay(a, 1000, 30_000, () => 0)), [500, 1000, 2000, 15000, 15000])
+  t.same(
+    [0, 1, 2, 3, 4, 5, 6].map((a) => reconnectDelay(a, 1000, 30_000, () => 1)),
+    [1000, 2000, 4000, 8000, 16000, 30000, 30000],
+  )
+  t.same(
+    [0, 1, 2, 5, 40].map((a) => reconnectDelay(a, 1000, 30_000, () => 0)),
+    [500, 1000, 2000, 15000, 15000],
+  )
   fc.assert(
-    fc.property(fc.nat(100), fc.integer({ min: 1, max: 10_000 }), fc.integer({ min: 1000, max: 600_000 }), fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), (attempt, base, cap, r) => {
-      const d = reconnectDelay(attempt, base, cap, () => r)
-      const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30))
-      return d >= Math.floor(ceiling / 2) && d <= cap && d <= ceiling
-    }),
+    fc.property(
+      fc.nat(100),
+      fc.integer({ min: 1, max: 10_000 }),
+      fc.integer({ min: 1000, max: 600_000 }),
+      fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+      (attempt, base, cap, r) => {
+        const d = reconnectDelay(attempt, base, cap, () => r)
+        const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30))
+        return d >= Math.floor(ceiling / 2) && d <= cap && d <= ceiling
+      },
+    ),
   )
 })
 
@@ -28,7 +40,11 @@ t.test('verifyChain finds every kind of break', async (t) => {
   t.match(verifyChain(recs.slice(2), { seq: 2, hash: recs[1]!.hash }), { ok: true, count: 3 }, 'continues a known point')
   t.match(verifyChain(recs.slice(2), { seq: 2, hash: recs[0]!.hash }), { ok: false, break: { reason: 'prev' } }, 'wrong anchor')
   const altered = { ...recs[3]!, total: 1 }
-  t.match(verifyChain([...recs.slice(0, 3), altered, recs[4]]), { ok: false, break: { seq: 4, reason: 'hash' }, end: { seq: 3 } }, 'an altered record')
+  t.match(
+    verifyChain([...recs.slice(0, 3), altered, recs[4]]),
+    { ok: false, break: { seq: 4, reason: 'hash' }, end: { seq: 3 } },
+    'an altered record',
+  )
   t.match(verifyChain([recs[0], { seq: 2 }]), { ok: false, break: { reason: 'not-a-record' } })
   const reordered = [recs[0], recs[2], recs[1]]
   t.notOk(verifyChain(reordered).ok, 'reordered')
@@ -41,7 +57,8 @@ t.test('topics and ids', async (t) => {
   t.equal(tp.cmdResult('a/b'), 'outpost/lot-7/cmd/_invalid/result')
   t.equal(tp.pullAnswer(''), 'outpost/lot-7/pull/_invalid')
   t.equal(tp.outlet('A1'), 'outpost/lot-7/outlets/A1')
-  for (const bad of ['', '_x', 'a+b', 'a#', 'x'.repeat(129), 'a\u0000b', 7, null]) t.notOk(isTopicLevel(bad), `${JSON.stringify(bad)} is not a topic level`)
+  for (const bad of ['', '_x', 'a+b', 'a#', 'x'.repeat(129), 'a\u0000b', 7, null])
+    t.notOk(isTopicLevel(bad), `${JSON.stringify(bad)} is not a topic level`)
   for (const good of ['c1', '0f8e4b1c-3a5e-4a43-9a0f-2f1d1b0c9e11', 'A.b_c-d:e']) t.ok(isTopicLevel(good))
 })
 

@@ -6,7 +6,7 @@
  * page says "disconnected" and keeps the last values.
  */
 'use strict'
-;(function () {
+;(() => {
   const WINDOW_MS = 5 * 60 * 1000
   const COLORS = ['#1f6feb', '#1a7f37', '#b54708', '#7c3aed', '#b42318', '#0e7490', '#a21caf', '#4d7c0f']
   const $ = (id) => document.getElementById(id)
@@ -24,7 +24,8 @@
     const e = document.createElement(tag)
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === 'class') e.className = v
-      else if (k === 'color') e.style.background = v // CSSOM: allowed by the page's CSP, unlike a style attribute
+      else if (k === 'color')
+        e.style.background = v // CSSOM: allowed by the page's CSP, unlike a style attribute
       else e.setAttribute(k, v)
     }
     for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c))
@@ -34,9 +35,11 @@
     if (!currency) return String(minor)
     const d = Number.isInteger(digits) ? digits : 2
     try {
-      return new Intl.NumberFormat(undefined, { style: 'currency', currency, minimumFractionDigits: d, maximumFractionDigits: d }).format(minor / Math.pow(10, d))
+      return new Intl.NumberFormat(undefined, { style: 'currency', currency, minimumFractionDigits: d, maximumFractionDigits: d }).format(
+        minor / 10 ** d,
+      )
     } catch (_) {
-      return currency + ' ' + (minor / Math.pow(10, d)).toFixed(d)
+      return currency + ' ' + (minor / 10 ** d).toFixed(d)
     }
   }
   function digitsOf(currency) {
@@ -67,7 +70,10 @@
   function time(iso) {
     const d = new Date(iso)
     const today = d.toDateString() === new Date().toDateString()
-    return d.toLocaleString(undefined, today ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })
+    return d.toLocaleString(
+      undefined,
+      today ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' },
+    )
   }
 
   // ---------------------------------------------------------------- rendering
@@ -77,7 +83,9 @@
     $('meta').textContent = `site ${snap.site.id} · outpost ${snap.version} · journal #${snap.journal.head}`
     const h = $('halted')
     h.hidden = !snap.halted
-    h.textContent = snap.halted ? `The journal cannot write: every relay is open and nothing is charged until the daemon restarts (${snap.halted}).` : ''
+    h.textContent = snap.halted
+      ? `The journal cannot write: every relay is open and nothing is charged until the daemon restarts (${snap.halted}).`
+      : ''
   }
 
   function renderOutlets() {
@@ -90,14 +98,24 @@
       card.append(el('h3', {}, el('span', {}, o.id), el('span', { class: 'state' }, state)))
       card.append(el('div', { class: 'name' }, o.name || ''))
       card.append(
-        el('div', { class: 'live' },
+        el(
+          'div',
+          { class: 'live' },
           el('div', {}, el('span', { class: 'big amps' }, s ? s.currentA.toFixed(1) : '—'), el('span', { class: 'unit' }, ' A')),
-          el('div', {}, el('span', { class: 'big watts' }, s ? (s.powerW / 1000).toFixed(2) : '—'), el('span', { class: 'unit' }, ' kW'))),
+          el('div', {}, el('span', { class: 'big watts' }, s ? (s.powerW / 1000).toFixed(2) : '—'), el('span', { class: 'unit' }, ' kW')),
+        ),
       )
       const sess = el('div', { class: 'session' })
-      if (s && s.sessionId) {
+      if (s?.sessionId) {
         sess.append(el('div', {}, 'Session for ', el('b', {}, s.userId || '?'), ' · ', kwh(s.energyWh)))
-        sess.append(el('div', { class: 'cost' }, money(s.cost, s.currency || o.currency, digitsOf(s.currency || o.currency)), el('span', { class: 'unit' }, ' so far')))
+        sess.append(
+          el(
+            'div',
+            { class: 'cost' },
+            money(s.cost, s.currency || o.currency, digitsOf(s.currency || o.currency)),
+            el('span', { class: 'unit' }, ' so far'),
+          ),
+        )
       } else {
         sess.append(el('div', { class: 'unit' }, state === 'armed' ? 'Armed: charging starts when a car draws current' : 'No open session'))
         sess.append(el('div', { class: 'unit' }, 'Plan ' + o.planId + (o.hasRelay ? '' : ' · meter only')))
@@ -115,10 +133,24 @@
       return
     }
     for (const r of sessions.slice(0, 10)) {
-      body.append(el('tr', { 'data-seq': String(r.seq) },
-        el('td', {}, time(r.endedAt)), el('td', {}, r.outlet), el('td', {}, r.userId), el('td', {}, r.reason),
-        el('td', { class: 'n' }, kwh(r.energyWh)), el('td', { class: 'n' }, dur(r.durationS)),
-        el('td', { class: 'n' }, money(r.total, r.currency, digitsOf(r.currency)), r.offline ? el('span', { class: 'unit', title: 'part of this session ran while the uplink was down' }, ' offline') : null)))
+      body.append(
+        el(
+          'tr',
+          { 'data-seq': String(r.seq) },
+          el('td', {}, time(r.endedAt)),
+          el('td', {}, r.outlet),
+          el('td', {}, r.userId),
+          el('td', {}, r.reason),
+          el('td', { class: 'n' }, kwh(r.energyWh)),
+          el('td', { class: 'n' }, dur(r.durationS)),
+          el(
+            'td',
+            { class: 'n' },
+            money(r.total, r.currency, digitsOf(r.currency)),
+            r.offline ? el('span', { class: 'unit', title: 'part of this session ran while the uplink was down' }, ' offline') : null,
+          ),
+        ),
+      )
     }
   }
 
@@ -144,12 +176,32 @@
       div.append(el('h3', {}, el('span', {}, b.id), el('span', { class: b.state === 'open' ? 'good' : 'bad' }, b.state)))
       div.append(el('div', { class: 'port' }, b.port))
       div.append(el('div', {}, `${b.transactions} transactions · ${b.timeouts} timeouts · ${b.crcErrors} CRC errors · ${b.exceptions} exceptions`))
-      if (b.lastError) div.append(el('div', { class: 'err' }, `last bus error ${ago(new Date(b.lastError.ts).toISOString())}: ${b.lastError.code} ${b.lastError.message}`))
-      const t = el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'Unit'), el('th', { class: 'n' }, 'OK'), el('th', { class: 'n' }, 'Failed'), el('th', {}, 'Last error'))))
+      if (b.lastError)
+        div.append(
+          el('div', { class: 'err' }, `last bus error ${ago(new Date(b.lastError.ts).toISOString())}: ${b.lastError.code} ${b.lastError.message}`),
+        )
+      const t = el(
+        'table',
+        {},
+        el(
+          'thead',
+          {},
+          el('tr', {}, el('th', {}, 'Unit'), el('th', { class: 'n' }, 'OK'), el('th', { class: 'n' }, 'Failed'), el('th', {}, 'Last error')),
+        ),
+      )
       const tb = el('tbody')
       for (const d of b.devices) {
         const last = d.lastError ? `${d.lastError.code} ${ago(new Date(d.lastError.ts).toISOString())}` : ''
-        tb.append(el('tr', {}, el('td', {}, String(d.unit) + (d.backedOffUntil ? ' (backed off)' : '')), el('td', { class: 'n' }, String(d.transactions - d.failures)), el('td', { class: 'n' + (d.consecutiveFailures > 0 ? ' bad' : '') }, String(d.failures)), el('td', { class: 'err' }, last)))
+        tb.append(
+          el(
+            'tr',
+            {},
+            el('td', {}, String(d.unit) + (d.backedOffUntil ? ' (backed off)' : '')),
+            el('td', { class: 'n' }, String(d.transactions - d.failures)),
+            el('td', { class: 'n' + (d.consecutiveFailures > 0 ? ' bad' : '') }, String(d.failures)),
+            el('td', { class: 'err' }, last),
+          ),
+        )
       }
       t.append(tb)
       div.append(t)
@@ -162,7 +214,10 @@
   function sample(s) {
     const t = Date.now()
     let arr = series.get(s.outlet)
-    if (!arr) series.set(s.outlet, (arr = []))
+    if (!arr) {
+      arr = []
+      series.set(s.outlet, arr)
+    }
     arr.push({ t, a: s.currentA, w: s.powerW })
     while (arr.length && arr[0].t < t - WINDOW_MS) arr.shift()
   }
@@ -184,14 +239,20 @@
     for (const id of ids) for (const p of series.get(id) || []) max = Math.max(max, val(p))
     const scale = niceScale(max)
     max = scale.max
-    const L = 40, R = 8, T = 10, B = 22
+    const L = 40,
+      R = 8,
+      T = 10,
+      B = 22
     g.font = '11px system-ui, sans-serif'
     g.fillStyle = '#5b6472'
     g.strokeStyle = '#dde1e7'
     g.lineWidth = 1
     for (let i = 0; i <= scale.steps; i++) {
       const y = T + ((h - T - B) * i) / scale.steps
-      g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke()
+      g.beginPath()
+      g.moveTo(L, y)
+      g.lineTo(w - R, y)
+      g.stroke()
       g.fillText(String(+(max * (1 - i / scale.steps)).toFixed(2)), 4, y + 4)
     }
     for (let m = 0; m <= 5; m++) {
@@ -214,14 +275,30 @@
       })
       g.stroke()
       const last = pts[pts.length - 1]
-      legend.append(el('span', {}, el('i', { color }), `${id} ${last ? (quantity === 'power' ? (last.w / 1000).toFixed(2) + ' kW' : last.a.toFixed(1) + ' A') : '—'}`))
+      legend.append(
+        el(
+          'span',
+          {},
+          el('i', { color }),
+          `${id} ${last ? (quantity === 'power' ? (last.w / 1000).toFixed(2) + ' kW' : last.a.toFixed(1) + ' A') : '—'}`,
+        ),
+      )
     })
   }
 
   /** A round top for the axis and a number of grid steps that gives round labels. */
   function niceScale(v) {
-    const p = Math.pow(10, Math.floor(Math.log10(v)))
-    for (const [m, steps] of [[1, 4], [2, 4], [2.5, 5], [4, 4], [5, 5], [8, 4], [10, 5]]) if (v <= m * p) return { max: m * p, steps }
+    const p = 10 ** Math.floor(Math.log10(v))
+    for (const [m, steps] of [
+      [1, 4],
+      [2, 4],
+      [2.5, 5],
+      [4, 4],
+      [5, 5],
+      [8, 4],
+      [10, 5],
+    ])
+      if (v <= m * p) return { max: m * p, steps }
     return { max: 10 * p, steps: 5 }
   }
 
@@ -237,9 +314,18 @@
 
   function onSnapshot(s) {
     snap = s
-    for (const o of s.outlets) if (o.status) { statuses.set(o.id, o.status); sample(o.status) }
+    for (const o of s.outlets)
+      if (o.status) {
+        statuses.set(o.id, o.status)
+        sample(o.status)
+      }
     sessions = s.sessions
-    renderHeader(); renderOutlets(); renderSessions(); renderUplink(); renderBuses(); drawChart()
+    renderHeader()
+    renderOutlets()
+    renderSessions()
+    renderUplink()
+    renderBuses()
+    drawChart()
   }
 
   function connect() {
@@ -253,7 +339,10 @@
       for (const p of h.points) {
         for (const [id, [a, w]] of Object.entries(p.outlets)) {
           let arr = series.get(id)
-          if (!arr) series.set(id, (arr = []))
+          if (!arr) {
+            arr = []
+            series.set(id, arr)
+          }
           const t = now - p.ageMs
           if (!arr.some((q) => Math.abs(q.t - t) < h.sampleMs / 2)) arr.push({ t, a, w })
         }
@@ -280,14 +369,20 @@
         sessions = [r, ...sessions].slice(0, 10)
         renderSessions()
       }
-      if (snap) { renderHeader(); renderUplink() }
+      if (snap) {
+        renderHeader()
+        renderUplink()
+      }
     })
     es.addEventListener('error', () => {
       setConn('down', 'disconnected')
       // EventSource retries by itself unless the server refused it (closed): then we do.
       if (es.readyState === EventSource.CLOSED) {
         // Refused: if it is the sign-in (the token was changed), show the form again.
-        fetch('/api/status', { credentials: 'same-origin' }).then((r) => (r.status === 401 ? location.reload() : setTimeout(connect, 3000)), () => setTimeout(connect, 3000))
+        fetch('/api/status', { credentials: 'same-origin' }).then(
+          (r) => (r.status === 401 ? location.reload() : setTimeout(connect, 3000)),
+          () => setTimeout(connect, 3000),
+        )
       }
     })
   }
@@ -300,9 +395,21 @@
       connect()
     }
   }, 2000)
-  setInterval(() => { if (snap) drawChart() }, 1000)
+  setInterval(() => {
+    if (snap) drawChart()
+  }, 1000)
   window.addEventListener('resize', () => snap && drawChart())
-  $('show-power').addEventListener('click', () => { quantity = 'power'; $('show-power').className = 'on'; $('show-current').className = ''; drawChart() })
-  $('show-current').addEventListener('click', () => { quantity = 'current'; $('show-current').className = 'on'; $('show-power').className = ''; drawChart() })
+  $('show-power').addEventListener('click', () => {
+    quantity = 'power'
+    $('show-power').className = 'on'
+    $('show-current').className = ''
+    drawChart()
+  })
+  $('show-current').addEventListener('click', () => {
+    quantity = 'current'
+    $('show-current').className = 'on'
+    $('show-power').className = ''
+    drawChart()
+  })
   connect()
 })()

@@ -18,7 +18,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   const result = loadConfigFile(file)
   if (result.ok) {
     const c = result.config
-    io.out(`${file}: ok (site ${c.site.id}: ${c.buses.length} bus${c.buses.length === 1 ? '' : 'es'}, ${c.outlets.length} outlet${c.outlets.length === 1 ? '' : 's'}, ${c.plans.length} plan${c.plans.length === 1 ? '' : 's'})\n`)
+    io.out(
+      `${file}: ok (site ${c.site.id}: ${c.buses.length} bus${c.buses.length === 1 ? '' : 'es'}, ${c.outlets.length} outlet${c.outlets.length === 1 ? '' : 's'}, ${c.plans.length} plan${c.plans.length === 1 ? '' : 's'})\n`,
+    )
     return EXIT_OK
   }
   for (const p of result.problems) io.err(formatProblem(file, p) + '\n')

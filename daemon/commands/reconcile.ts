@@ -107,7 +107,15 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   })
   await consumer.stop()
   const brk = consumer.chainBreak()
-  const summary = { file, held: consumer.held(), head: consumer.head(), lastHash: consumer.heldHash(), ...consumer.stats, chainBreak: brk ?? null, compactedBefore: consumer.compacted() ?? null }
+  const summary = {
+    file,
+    held: consumer.held(),
+    head: consumer.head(),
+    lastHash: consumer.heldHash(),
+    ...consumer.stats,
+    chainBreak: brk ?? null,
+    compactedBefore: consumer.compacted() ?? null,
+  }
   io.out(JSON.stringify(summary) + '\n')
   if (brk) io.err(`outpost reconcile: chain broken at seq ${brk.seq}: ${brk.message}\n`)
   return code

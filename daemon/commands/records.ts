@@ -20,7 +20,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (positionals.length > 0) throw new UsageError(`unexpected argument ${positionals[0]}`)
     const f = values.from
     if (f !== undefined) {
-      if (!/^\d+$/.test(f) || Number(f) < 1 || !Number.isSafeInteger(Number(f))) throw new UsageError(`--from must be a sequence number (an integer >= 1), got ${f}`)
+      if (!/^\d+$/.test(f) || Number(f) < 1 || !Number.isSafeInteger(Number(f)))
+        throw new UsageError(`--from must be a sequence number (an integer >= 1), got ${f}`)
       from = Number(f)
     }
     file = configFile(values.config)
@@ -38,7 +39,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   try {
     let first = true
     for await (const { key, text, error } of storedRecords(journal.db, from)) {
-      if (first && K.seqOfRecordKey(key) > from) io.err(`outpost records: records before seq ${K.seqOfRecordKey(key)} were compacted after the cloud acknowledged them; starting there\n`)
+      if (first && K.seqOfRecordKey(key) > from)
+        io.err(`outpost records: records before seq ${K.seqOfRecordKey(key)} were compacted after the cloud acknowledged them; starting there\n`)
       first = false
       if (error) {
         io.err(`outpost records: ${key}: ${error}\n`)

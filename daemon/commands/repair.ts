@@ -9,7 +9,18 @@
  */
 import { repairJournal } from '../journal/index.js'
 import { loadConfig } from './journal-support.js'
-import { configFile, parseCommandLine, processIo, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN, EXIT_TEMPFAIL, type Io } from '../cli-common.js'
+import {
+  configFile,
+  parseCommandLine,
+  processIo,
+  UsageError,
+  EXIT_OK,
+  EXIT_USAGE,
+  EXIT_NOINPUT,
+  EXIT_BROKEN,
+  EXIT_TEMPFAIL,
+  type Io,
+} from '../cli-common.js'
 
 const USAGE = 'Usage: outpost repair --config FILE\n'
 
@@ -34,7 +45,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       io.out('The records up to the break are intact; tell the cloud team the seq above (the gap cannot be re-created on the gateway).\n')
       return EXIT_BROKEN
     }
-    io.out(`${report.location}: intact: ${report.count} records${report.count ? `, seq ${report.first}..${report.last}` : ''}; acknowledged up to ${report.acked}. The daemon can start.\n`)
+    io.out(
+      `${report.location}: intact: ${report.count} records${report.count ? `, seq ${report.first}..${report.last}` : ''}; acknowledged up to ${report.acked}. The daemon can start.\n`,
+    )
     return EXIT_OK
   } catch (err) {
     const e = err as { code?: string; message: string }

@@ -12,7 +12,6 @@ import { systemClock } from '../clock.js'
 import { createLogger } from '../log.js'
 import { SystemdNotifier } from '../systemd.js'
 
-
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let file: string
   try {

@@ -19,8 +19,15 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     values = parseArgs({
       args: argv,
       options: {
-        bus: { type: 'string' }, baud: { type: 'string' }, parity: { type: 'string' }, 'stop-bits': { type: 'string' }, units: { type: 'string' },
-        timeout: { type: 'string' }, models: { type: 'string' }, json: { type: 'boolean' }, list: { type: 'boolean' },
+        bus: { type: 'string' },
+        baud: { type: 'string' },
+        parity: { type: 'string' },
+        'stop-bits': { type: 'string' },
+        units: { type: 'string' },
+        timeout: { type: 'string' },
+        models: { type: 'string' },
+        json: { type: 'boolean' },
+        list: { type: 'boolean' },
       },
       strict: true,
     }).values
@@ -30,7 +37,11 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   }
   if (values.list || values.bus === undefined) {
     const ports = await listSerialPorts()
-    io.out(ports.length ? ports.map((p) => `${p.byId ?? p.path}${p.byId ? `  (${p.path})` : ''}${p.note ? '  ' + p.note : ''}`).join('\n') + '\n' : 'no serial ports found\n')
+    io.out(
+      ports.length
+        ? ports.map((p) => `${p.byId ?? p.path}${p.byId ? `  (${p.path})` : ''}${p.note ? '  ' + p.note : ''}`).join('\n') + '\n'
+        : 'no serial ports found\n',
+    )
     if (values.bus === undefined && !values.list) io.err(`\n${USAGE}\n`)
     return values.list ? EXIT_OK : EXIT_USAGE
   }
@@ -50,7 +61,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     hits = await scanBus(bus, units, {
       now: () => Date.now(),
       modelsDir: values.models,
-      onUnit: (u, h) => { if (h) io.err(`  unit ${u}: ${h.kind} ${h.model ?? ''}\n`) },
+      onUnit: (u, h) => {
+        if (h) io.err(`  unit ${u}: ${h.kind} ${h.model ?? ''}\n`)
+      },
     })
   } catch (err) {
     const e = err as { code?: string; message: string }
@@ -76,19 +89,32 @@ function parseBus(spec: string, v: { baud?: string; parity?: string; 'stop-bits'
     raw = { id: 'scan', type: 'modbus-tcp', host: tcp[1], port: tcp[2] !== undefined ? Number(tcp[2]) : 502, timeoutMs: timeoutMs ?? 300, retries: 0 }
   } else if (rtu) {
     raw = {
-      id: 'scan', type: 'modbus-rtu', path: rtu[1],
-      baudRate: Number(v.baud ?? rtu[2] ?? 9600), parity: v.parity ?? rtu[3] ?? 'none', stopBits: Number(v['stop-bits'] ?? 1),
-      timeoutMs: timeoutMs ?? 200, retries: 0,
+      id: 'scan',
+      type: 'modbus-rtu',
+      path: rtu[1],
+      baudRate: Number(v.baud ?? rtu[2] ?? 9600),
+      parity: v.parity ?? rtu[3] ?? 'none',
+      stopBits: Number(v['stop-bits'] ?? 1),
+      timeoutMs: timeoutMs ?? 200,
+      retries: 0,
     }
   } else {
     throw new Error(`--bus "${spec}": expected tcp://HOST:PORT or rtu:/dev/PATH[@BAUD[,PARITY]]`)
   }
   // Validate through the site schema so scan accepts exactly what a config would.
   const r = validateConfig({
-    site: { id: 'scan', timezone: 'UTC' }, storage: { dir: '/tmp' }, buses: [raw],
+    site: { id: 'scan', timezone: 'UTC' },
+    storage: { dir: '/tmp' },
+    buses: [raw],
     outlets: [{ id: 'x', bus: 'scan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
     plans: [{ id: 'p', currency: 'EUR', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 0.1 }] }],
   })
-  if (!r.ok) throw new Error(r.problems.filter((p) => p.pointer.startsWith('/buses/0')).map((p) => `${p.pointer.replace('/buses/0/', '')}: ${p.message}`).join('; ') || 'invalid bus')
+  if (!r.ok)
+    throw new Error(
+      r.problems
+        .filter((p) => p.pointer.startsWith('/buses/0'))
+        .map((p) => `${p.pointer.replace('/buses/0/', '')}: ${p.message}`)
+        .join('; ') || 'invalid bus',
+    )
   return r.config.buses[0]!
 }

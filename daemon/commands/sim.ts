@@ -34,8 +34,15 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     const { values } = parseArgs({
       args: argv,
       options: {
-        outlets: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' }, seed: { type: 'string' }, speed: { type: 'string' },
-        'no-script': { type: 'boolean' }, rtu: { type: 'string' }, 'rtu-baud': { type: 'string' }, 'turnaround-ms': { type: 'string' },
+        outlets: { type: 'string' },
+        port: { type: 'string' },
+        host: { type: 'string' },
+        seed: { type: 'string' },
+        speed: { type: 'string' },
+        'no-script': { type: 'boolean' },
+        rtu: { type: 'string' },
+        'rtu-baud': { type: 'string' },
+        'turnaround-ms': { type: 'string' },
       },
       strict: true,
     })

@@ -30,7 +30,12 @@ async function verifyFile(file: string, io: Io): Promise<number> {
       try {
         value = JSON.parse(line)
       } catch (err) {
-        brk = { seq: (v.lastSeq ?? 0) + 1, position: lineNo, reason: 'not-a-record', problem: `line ${lineNo} is not JSON: ${(err as Error).message}` }
+        brk = {
+          seq: (v.lastSeq ?? 0) + 1,
+          position: lineNo,
+          reason: 'not-a-record',
+          problem: `line ${lineNo} is not JSON: ${(err as Error).message}`,
+        }
         break
       }
       const b = v.push(value)
@@ -63,7 +68,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     const parsed = parseCommandLine(argv, { config: { type: 'string' } }, { positionals: true })
     config = parsed.values.config
     positional = parsed.positionals
-    if (positional.length > 1 || (positional.length === 1 && config !== undefined)) throw new UsageError('give either --config FILE or one JSON-lines file')
+    if (positional.length > 1 || (positional.length === 1 && config !== undefined))
+      throw new UsageError('give either --config FILE or one JSON-lines file')
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
     io.err(`outpost verify: ${err.message}\n${USAGE}`)
@@ -82,10 +88,15 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       return EXIT_BROKEN
     }
     if (journal.mode === 'repaired-copy') {
-      io.out(`${journal.location}: DAMAGED database (it cannot be opened as it is); a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). Run \`outpost repair\` with the daemon stopped.\n`)
+      io.out(
+        `${journal.location}: DAMAGED database (it cannot be opened as it is); a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). Run \`outpost repair\` with the daemon stopped.\n`,
+      )
       return EXIT_BROKEN
     }
-    const range = report.count === 0 ? 'no records' : `${report.count} records, seq ${report.first}..${report.last}${report.first !== 1 ? ` (earlier ones compacted after acknowledgement)` : ''}`
+    const range =
+      report.count === 0
+        ? 'no records'
+        : `${report.count} records, seq ${report.first}..${report.last}${report.first !== 1 ? ` (earlier ones compacted after acknowledgement)` : ''}`
     io.out(`${journal.location}: intact: ${range}; acknowledged up to ${report.acked}\n`)
     return EXIT_OK
   } finally {

@@ -16,9 +16,32 @@
  * closes), then statuses, then the command result. The daemon may carry out a relay
  * OPEN before the journal commit; a relay CLOSE only after the step's records are durable.
  */
-import type { Command, CommandResult, EndReason, OutletState, OutletStatus, PlanConfig, RecordBody, SiteConfig, BillingLine, SessionSettings, JournalSalvageInfo } from '../../core/types.js'
+import type {
+  Command,
+  CommandResult,
+  EndReason,
+  OutletState,
+  OutletStatus,
+  PlanConfig,
+  RecordBody,
+  SiteConfig,
+  BillingLine,
+  SessionSettings,
+  JournalSalvageInfo,
+} from '../../core/types.js'
 import { OutpostError, type CommandErrorCode } from './errors.js'
-import { assertTimeZone, divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, planProblems, priceTimeline, toMicros, type TimelineEntry } from './pricing.js'
+import {
+  assertTimeZone,
+  divRoundHalfUp,
+  forEachPeriodRun,
+  lineAmountMicros,
+  microsPerMinor,
+  periodAt,
+  planProblems,
+  priceTimeline,
+  toMicros,
+  type TimelineEntry,
+} from './pricing.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
@@ -30,7 +53,6 @@ const TAPER_SLOT_MS = 5_000
 const COMMAND_MEMORY = 256
 /** A reading above this multiple of the outlet's rating is impossible. */
 const RATING_FACTOR = 1.5
-
 
 // ---------------------------------------------------------------- construction
 
@@ -109,7 +131,8 @@ class Ctx {
   }
   /** `now` as ISO 8601 (formatted once, only when a record or status needs it). */
   get iso(): string {
-    return (this.isoNow ??= new Date(this.now).toISOString())
+    this.isoNow ??= new Date(this.now).toISOString()
+    return this.isoNow
   }
   get s(): SettingsSection {
     return this.state.settings
@@ -193,7 +216,7 @@ function knownCurrency(code: string): boolean {
   }
 }
 
-const hasOwn = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k)
+const hasOwn = (o: object, k: string): boolean => Object.hasOwn(o, k)
 const isId = (v: unknown): v is string => typeof v === 'string' && v.length > 0 && v.length <= 128 && v !== '__proto__'
 
 function planById(st: EngineState, id: string): PlanConfig | null {
@@ -219,10 +242,12 @@ function canPay(st: EngineState, userId: string, plan: PlanConfig): PayCheck {
   const avail = availableMinor(st, userId)
   if (avail === null) return { ok: false, code: 'unknown-user', message: `no wallet known for user "${userId}"` }
   const w = st.wallets[userId]!
-  if (w.currency !== plan.currency) return { ok: false, code: 'currency-mismatch', message: `wallet of "${userId}" is in ${w.currency}, plan "${plan.id}" charges ${plan.currency}` }
+  if (w.currency !== plan.currency)
+    return { ok: false, code: 'currency-mismatch', message: `wallet of "${userId}" is in ${w.currency}, plan "${plan.id}" charges ${plan.currency}` }
   const feeMinor = feeMicrosOf(plan) / microsPerMinor(plan.currency)
   if (avail <= 0) return { ok: false, code: 'no-balance', message: `available balance of "${userId}" is ${avail} (minor units), not positive` }
-  if (avail <= feeMinor) return { ok: false, code: 'no-balance', message: `available balance of "${userId}" (${avail}) does not exceed the activation fee (${feeMinor})` }
+  if (avail <= feeMinor)
+    return { ok: false, code: 'no-balance', message: `available balance of "${userId}" (${avail}) does not exceed the activation fee (${feeMinor})` }
   return { ok: true, cap: avail }
 }
 
@@ -267,7 +292,18 @@ function statusOf(e: OutletEntry, iso: string): OutletStatus {
 
 // ---------------------------------------------------------------- sessions
 
-function openSession(ctx: Ctx, outletId: string, userId: string, planId: string, plan: PlanConfig, trigger: Session['trigger'], startTs: number, startMWh: number, cap: number, drewCurrent: boolean): Session {
+function openSession(
+  ctx: Ctx,
+  outletId: string,
+  userId: string,
+  planId: string,
+  plan: PlanConfig,
+  trigger: Session['trigger'],
+  startTs: number,
+  startMWh: number,
+  cap: number,
+  drewCurrent: boolean,
+): Session {
   const g = ctx.sec('gateway')
   const n = g.nextSession
   g.nextSession = n + 1
@@ -319,7 +355,17 @@ function account(ctx: Ctx, id: string, b: number, energy: number, mWh: number): 
     if (last && last.period === p.index && last.to === from) {
       lines[lines.length - 1] = { ...last, to, mWh: last.mWh + share, ms: last.ms + (to - from) }
     } else {
-      const line: LineAcc = { from, to, period: p.index, mWh: share, ms: to - from, perKwh: p.perKwh, perHour: p.perHour, perKwhMicros: p.perKwhMicros, perHourMicros: p.perHourMicros }
+      const line: LineAcc = {
+        from,
+        to,
+        period: p.index,
+        mWh: share,
+        ms: to - from,
+        perKwh: p.perKwh,
+        perHour: p.perHour,
+        perKwhMicros: p.perKwhMicros,
+        perHourMicros: p.perHourMicros,
+      }
       lines.push(line)
     }
   })
@@ -354,7 +400,15 @@ function endSession(ctx: Ctx, id: string, reason: EndReason): void {
   const unit = microsPerMinor(s.currency)
   const iso = (t: number): string => new Date(t).toISOString()
   const lines: BillingLine[] = billable(s)
-    ? s.lines.map((l) => ({ from: iso(l.from), to: iso(l.to), energyWh: l.mWh / 1000, seconds: l.ms / 1000, perKwh: l.perKwh, perHour: l.perHour, amountMicros: lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros) }))
+    ? s.lines.map((l) => ({
+        from: iso(l.from),
+        to: iso(l.to),
+        energyWh: l.mWh / 1000,
+        seconds: l.ms / 1000,
+        perKwh: l.perKwh,
+        perHour: l.perHour,
+        amountMicros: lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros),
+      }))
     : []
   let feeMicros = billable(s) ? s.feeMicros : 0
   let sum = feeMicros
@@ -436,7 +490,8 @@ function impossible(e: OutletEntry, r: unknown): string | null {
     // clock may restart with a clock earlier than the last journaled reading.
     if (e.fresh && e.meterFault === null && rd.ts <= e.last.ts) return `reading time ${new Date(rd.ts).toISOString()} is not after the previous one`
     // After a declared fault the next plausible register is the new baseline (meter swapped).
-    if (e.meterFault === null && Math.round(rd.energyWh * 1000) < e.last.mWh) return `energy register went backwards from ${e.last.mWh / 1000} to ${rd.energyWh} Wh`
+    if (e.meterFault === null && Math.round(rd.energyWh * 1000) < e.last.mWh)
+      return `energy register went backwards from ${e.last.mWh / 1000} to ${rd.energyWh} Wh`
   }
   return null
 }
@@ -465,7 +520,14 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
   if (e.last) delta = Math.max(0, mWh - e.last.mWh)
   if (e.meterFault !== null) {
     const rebased = e.last !== null && mWh < e.last.mWh
-    ctx.record({ type: 'outlet.recovered', ts: ctx.iso, outlet: id, detail: rebased ? `meter answers again; register rebased from ${e.last!.mWh / 1000} to ${mWh / 1000} Wh (meter swapped?)` : 'meter answers again' })
+    ctx.record({
+      type: 'outlet.recovered',
+      ts: ctx.iso,
+      outlet: id,
+      detail: rebased
+        ? `meter answers again; register rebased from ${e.last!.mWh / 1000} to ${mWh / 1000} Wh (meter swapped?)`
+        : 'meter answers again',
+    })
     e.meterFault = null
     ctx.touch(id)
   }
@@ -473,7 +535,10 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
   e.goodAt = ctx.now
   e.fresh = true
   e.last = { ts: rd.ts, mWh, currentA: rd.currentA, powerW: rd.powerW, voltageV: rd.voltageV }
-  e.recon = e.recon === null ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 } : { ...e.recon, meterMWh: e.recon.meterMWh + delta, sessionMWh: e.recon.sessionMWh + (e.session ? delta : 0) }
+  e.recon =
+    e.recon === null
+      ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 }
+      : { ...e.recon, meterMWh: e.recon.meterMWh + delta, sessionMWh: e.recon.sessionMWh + (e.session ? delta : 0) }
 
   if (e.session) {
     sessionReading(ctx, id, rd.ts, rd.currentA, mWh, delta)
@@ -586,7 +651,11 @@ function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, journalSalvag
   g.online = false
   g.offlineSince = ctx.now
   if (g.idPrefix === null) g.idPrefix = ctx.now.toString(36)
-  ctx.record(journalSalvage ? { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown, journalSalvage } : { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown })
+  ctx.record(
+    journalSalvage
+      ? { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown, journalSalvage }
+      : { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown },
+  )
   const reason: EndReason = cleanShutdown ? 'reboot' : 'power-loss'
   for (const id of Object.keys(ctx.state.outlets)) {
     // Closed at the session's last journaled reading (its lastTs / lastMWh), never at boot time.
@@ -699,7 +768,11 @@ function onCommand(ctx: Ctx, ev: EngineEvent & { type: 'command' }): void {
     return
   }
   const o = applyCommand(ctx, ev.command)
-  const result: CommandResult = o.ok ? (o.result === undefined ? { id: ev.id, ok: true } : { id: ev.id, ok: true, result: o.result }) : { id: ev.id, ok: false, error: { code: o.code, message: o.message } }
+  const result: CommandResult = o.ok
+    ? o.result === undefined
+      ? { id: ev.id, ok: true }
+      : { id: ev.id, ok: true, result: o.result }
+    : { id: ev.id, ok: false, error: { code: o.code, message: o.message } }
   const c = ctx.sec('commands')
   const ids = [...c.ids, ev.id]
   const results = { ...c.results, [ev.id]: result }
@@ -714,7 +787,8 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
   const c = cmd as Record<string, unknown>
   const needOutlet = (): Outcome | null => {
     if (!isId(c.outlet)) return fail('invalid-command', 'outlet: must be a non-empty string')
-    if (!hasOwn(ctx.state.outlets, c.outlet) || ctx.state.outlets[c.outlet]!.removed) return fail('unknown-outlet', `no outlet "${c.outlet}" on this site`)
+    if (!hasOwn(ctx.state.outlets, c.outlet) || ctx.state.outlets[c.outlet]!.removed)
+      return fail('unknown-outlet', `no outlet "${c.outlet}" on this site`)
     return null
   }
   switch (c.action) {
@@ -738,8 +812,10 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
     }
     case 'set-wallet': {
       if (!isId(c.userId)) return fail('invalid-command', 'userId: must be a non-empty string')
-      if (typeof c.currency !== 'string' || !/^[A-Z]{3}$/.test(c.currency) || !knownCurrency(c.currency)) return fail('invalid-command', 'currency: must be a known ISO 4217 code')
-      if (typeof c.balance !== 'number' || !Number.isSafeInteger(c.balance)) return fail('invalid-command', 'balance: must be an integer (minor units)')
+      if (typeof c.currency !== 'string' || !/^[A-Z]{3}$/.test(c.currency) || !knownCurrency(c.currency))
+        return fail('invalid-command', 'currency: must be a known ISO 4217 code')
+      if (typeof c.balance !== 'number' || !Number.isSafeInteger(c.balance))
+        return fail('invalid-command', 'balance: must be an integer (minor units)')
       const userId = c.userId
       const balance = c.balance
       const cur = hasOwn(ctx.state.wallets, userId) ? ctx.state.wallets[userId]! : null
@@ -806,7 +882,8 @@ function start(ctx: Ctx, id: string, userId: string): Outcome {
   if (!e.available) return fail('outlet-unavailable', `outlet "${id}" was made unavailable by the manager`)
   const plan = planById(st, e.planId)
   if (!plan) return fail('unknown-plan', `outlet "${id}" uses plan "${e.planId}", which does not exist`)
-  if (!periodAt(plan, st.settings.timezone, ctx.now).available) return fail('plan-unavailable', `plan "${plan.id}" makes outlet "${id}" unavailable now`)
+  if (!periodAt(plan, st.settings.timezone, ctx.now).available)
+    return fail('plan-unavailable', `plan "${plan.id}" makes outlet "${id}" unavailable now`)
   if (offlineLimited(st, ctx.now)) return fail('offline-limit', 'the uplink has been down longer than the offline limit')
   if (!e.fresh || e.last === null) return fail('outlet-not-ready', `the meter of outlet "${id}" has not been read since the gateway started`)
   const pay = canPay(st, userId, plan)
@@ -824,7 +901,8 @@ function idleState(st: EngineState, e: OutletEntry, now: number): OutletState {
   if (!e.available) return 'unavailable'
   const plan = planById(st, e.planId)
   if (!plan || !periodAt(plan, st.settings.timezone, now).available) return 'unavailable'
-  if (e.autoStartUser !== null && !e.autoStartSuspended && e.hasRelay && e.fresh && !offlineLimited(st, now) && canPay(st, e.autoStartUser, plan).ok) return 'armed'
+  if (e.autoStartUser !== null && !e.autoStartSuspended && e.hasRelay && e.fresh && !offlineLimited(st, now) && canPay(st, e.autoStartUser, plan).ok)
+    return 'armed'
   return 'off'
 }
 
@@ -850,7 +928,8 @@ function settle(ctx: Ctx): void {
 // ---------------------------------------------------------------- step
 
 function requireOutlet(st: EngineState, id: unknown, what: string): string {
-  if (typeof id !== 'string' || !hasOwn(st.outlets, id)) throw new OutpostError('ENGINE_UNKNOWN_OUTLET', `${what} event: no outlet ${JSON.stringify(id)} in the engine state`)
+  if (typeof id !== 'string' || !hasOwn(st.outlets, id))
+    throw new OutpostError('ENGINE_UNKNOWN_OUTLET', `${what} event: no outlet ${JSON.stringify(id)} in the engine state`)
   return id
 }
 
@@ -943,8 +1022,18 @@ export function outletPlan(state: EngineState, outletId: string): PlanConfig | n
 }
 
 /** GET /api/outlets/{id}/prices: availability and rates of the outlet's plan for the next `hours`. */
-export function outletPrices(state: EngineState, outletId: string, fromMs: number, hours: number): { planId: string; currency: string; activationFee: number; timeline: TimelineEntry[] } {
+export function outletPrices(
+  state: EngineState,
+  outletId: string,
+  fromMs: number,
+  hours: number,
+): { planId: string; currency: string; activationFee: number; timeline: TimelineEntry[] } {
   const plan = outletPlan(state, outletId)
   if (!plan) throw new OutpostError('ENGINE_UNKNOWN_PLAN', `outlet ${outletId} uses plan "${state.outlets[outletId]!.planId}", which does not exist`)
-  return { planId: plan.id, currency: plan.currency, activationFee: plan.activationFee ?? 0, timeline: priceTimeline(plan, state.settings.timezone, fromMs, hours) }
+  return {
+    planId: plan.id,
+    currency: plan.currency,
+    activationFee: plan.activationFee ?? 0,
+    timeline: priceTimeline(plan, state.settings.timezone, fromMs, hours),
+  }
 }

@@ -7,7 +7,12 @@
  * Owns: the engine's codes and their meanings.
  * Must never: import anything outside the engine but core/ (the engine stays pure).
  */
-import { OutpostError as CoreOutpostError, isOutpostError as coreIsOutpostError, type OutpostErrorClass, type OutpostErrorGuard } from '../../core/errors.js'
+import {
+  OutpostError as CoreOutpostError,
+  isOutpostError as coreIsOutpostError,
+  type OutpostErrorClass,
+  type OutpostErrorGuard,
+} from '../../core/errors.js'
 
 /** Codes of refused commands (CommandResult.error.code). Stable: the cloud and the API build on them. */
 export const COMMAND_ERRORS = {

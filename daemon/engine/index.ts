@@ -4,6 +4,32 @@
  */
 export { initialState, step, outletStatuses, outletPlan, outletPrices } from './engine.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
-export { periodAt, priceTimeline, planProblems, lineAmountMicros, toMicros, microsPerMinor, divRoundHalfUp, forEachPeriodRun, localWallMs, type PeriodAt, type TimelineEntry } from './pricing.js'
-export type { EngineEvent, Effect, EngineState, StepResult, OutletEntry, Session, LineAcc, Recon, GatewaySection, SettingsSection, Wallet, CommandMemo, ReadingMark } from './state.js'
+export {
+  periodAt,
+  priceTimeline,
+  planProblems,
+  lineAmountMicros,
+  toMicros,
+  microsPerMinor,
+  divRoundHalfUp,
+  forEachPeriodRun,
+  localWallMs,
+  type PeriodAt,
+  type TimelineEntry,
+} from './pricing.js'
+export type {
+  EngineEvent,
+  Effect,
+  EngineState,
+  StepResult,
+  OutletEntry,
+  Session,
+  LineAcc,
+  Recon,
+  GatewaySection,
+  SettingsSection,
+  Wallet,
+  CommandMemo,
+  ReadingMark,
+} from './state.js'
 export { replayReadings, type ReplayReading, type ReplayResult } from './replay.js'

@@ -87,8 +87,8 @@ export function planProblems(plan: unknown): string[] {
   for (const k of Object.keys(p)) if (!['id', 'name', 'currency', 'activationFee', 'periods'].includes(k)) out.push(`plan/${k}: unknown key`)
   if (typeof p.id !== 'string' || !ID.test(p.id)) out.push('plan/id: must be an id (letters, digits, - _ ., at most 64)')
   if (p.name !== undefined && typeof p.name !== 'string') out.push('plan/name: must be a string')
-  let minor: number | undefined
-  if (typeof p.currency !== 'string' || !/^[A-Z]{3}$/.test(p.currency) || (minor = minorDigits(p.currency)) === undefined) {
+  const minor = typeof p.currency === 'string' && /^[A-Z]{3}$/.test(p.currency) ? minorDigits(p.currency) : undefined
+  if (minor === undefined) {
     out.push('plan/currency: must be a known ISO 4217 code such as CAD')
   }
   if (p.activationFee !== undefined) {
@@ -108,7 +108,8 @@ export function planProblems(plan: unknown): string[] {
     }
     const r = q as Record<string, unknown>
     for (const k of Object.keys(r)) if (!['days', 'from', 'to', 'perKwh', 'perHour', 'unavailable'].includes(k)) out.push(`${at}/${k}: unknown key`)
-    if (!Array.isArray(r.days) || r.days.length === 0 || !r.days.every((d) => WEEKDAYS.includes(d as Weekday))) out.push(`${at}/days: must be a non-empty list of mon..sun`)
+    if (!Array.isArray(r.days) || r.days.length === 0 || !r.days.every((d) => WEEKDAYS.includes(d as Weekday)))
+      out.push(`${at}/days: must be a non-empty list of mon..sun`)
     if (typeof r.from !== 'string' || !HHMM.test(r.from) || r.from === '24:00') out.push(`${at}/from: must be HH:MM from 00:00 to 23:59`)
     if (typeof r.to !== 'string' || !HHMM.test(r.to)) out.push(`${at}/to: must be HH:MM from 00:00 to 24:00`)
     if (r.from === r.to) out.push(`${at}/to: from and to are equal: an empty window`)
@@ -119,7 +120,8 @@ export function planProblems(plan: unknown): string[] {
       else if (!hasAtMostDecimals(v, 6)) out.push(`${at}/${k}: ${v} has more than 6 decimals`)
     }
     if (r.unavailable !== undefined && typeof r.unavailable !== 'boolean') out.push(`${at}/unavailable: must be true or false`)
-    if (r.unavailable === true && (r.perKwh !== undefined || r.perHour !== undefined)) out.push(`${at}/unavailable: an unavailable period cannot also have rates`)
+    if (r.unavailable === true && (r.perKwh !== undefined || r.perHour !== undefined))
+      out.push(`${at}/unavailable: an unavailable period cannot also have rates`)
     if (r.unavailable !== true && r.perKwh === undefined && r.perHour === undefined) out.push(`${at}: needs perKwh, perHour or "unavailable": true`)
   })
   return out
@@ -345,7 +347,13 @@ function describe(cp: CompiledPlan, index: number, until: number): PeriodAt {
  * Split [a, b) at the plan's period boundaries: calls fn(from, to, period) for
  * each maximal run of one period index, in order. a === b yields one empty run.
  */
-export function forEachPeriodRun(plan: PlanConfig, timezone: string, a: number, b: number, fn: (from: number, to: number, p: PeriodAt) => void): void {
+export function forEachPeriodRun(
+  plan: PlanConfig,
+  timezone: string,
+  a: number,
+  b: number,
+  fn: (from: number, to: number, p: PeriodAt) => void,
+): void {
   const cp = compile(plan)
   if (b <= a) {
     const s = segmentAt(cp, timezone, a)
@@ -383,7 +391,8 @@ export interface TimelineEntry {
  */
 export function priceTimeline(plan: PlanConfig, timezone: string, fromMs: number, hours: number): TimelineEntry[] {
   if (!Number.isFinite(fromMs)) throw new OutpostError('ENGINE_BAD_ARGUMENT', 'priceTimeline: fromMs must be a finite epoch ms')
-  if (!Number.isFinite(hours) || hours <= 0 || hours > 24 * 31) throw new OutpostError('ENGINE_BAD_ARGUMENT', `priceTimeline: hours must be > 0 and <= 744, got ${hours}`)
+  if (!Number.isFinite(hours) || hours <= 0 || hours > 24 * 31)
+    throw new OutpostError('ENGINE_BAD_ARGUMENT', `priceTimeline: hours must be > 0 and <= 744, got ${hours}`)
   const out: TimelineEntry[] = []
   forEachPeriodRun(plan, timezone, fromMs, fromMs + Math.round(hours * 3_600_000), (from, to, p) => {
     out.push({ from: new Date(from).toISOString(), to: new Date(to).toISOString(), available: p.available, perKwh: p.perKwh, perHour: p.perHour })

@@ -56,14 +56,24 @@ export function replayReadings(state: EngineState, readings: readonly ReplayRead
     try {
       next = step(state, { type: 'reading', outlet: r.outlet, reading: r.reading }, r.now)
     } catch (err) {
-      return { state, replayed, skipped, stopped: { outlet: r.outlet, sessionId: r.sessionId, ts: r.reading.ts, why: `the engine refused it: ${(err as Error).message}` } }
+      return {
+        state,
+        replayed,
+        skipped,
+        stopped: { outlet: r.outlet, sessionId: r.sessionId, ts: r.reading.ts, why: `the engine refused it: ${(err as Error).message}` },
+      }
     }
     const record = next.effects.find((e) => e.type === 'record')
     if (record) {
       // When first stepped, a reading that produced a record was committed durably WITH the state after it,
       // so replaying it from the checkpoint cannot produce one: the state and the readings disagree.
       const what = record.type === 'record' ? record.record.type : 'record'
-      return { state, replayed, skipped, stopped: { outlet: r.outlet, sessionId: r.sessionId, ts: r.reading.ts, why: `replaying it would produce ${what}` } }
+      return {
+        state,
+        replayed,
+        skipped,
+        stopped: { outlet: r.outlet, sessionId: r.sessionId, ts: r.reading.ts, why: `replaying it would produce ${what}` },
+      }
     }
     state = next.state
     replayed++

@@ -83,7 +83,11 @@ function readCookie(req: IncomingMessage, name: string): string | undefined {
 export class AuthThrottle {
   private readonly failures = new Map<string, number[]>()
 
-  constructor(private readonly now: () => number, readonly limit = 10, readonly windowMs = 60_000) {}
+  constructor(
+    private readonly now: () => number,
+    readonly limit = 10,
+    readonly windowMs = 60_000,
+  ) {}
 
   /** Seconds until `addr` may try again, or 0. */
   blockedFor(addr: string): number {

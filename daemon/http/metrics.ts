@@ -19,7 +19,10 @@ export class Metrics {
   readonly registry = new Registry()
   private readonly onRecord: (r: JournalRecord) => void
 
-  constructor(private readonly daemon: Daemon, private readonly now: () => number) {
+  constructor(
+    private readonly daemon: Daemon,
+    readonly now: () => number,
+  ) {
     const registers = [this.registry]
     const outlets = (): OutletStatus[] => daemon.outletStatuses()
     const buses = () => daemon.buses?.health() ?? []
@@ -27,23 +30,76 @@ export class Metrics {
     type Rows = [Record<string, string>, number][]
     // A metric whose samples are read from the daemon at scrape time: `rows` gives labels and value.
     const gauge = (name: string, help: string, labelNames: string[], rows: () => Rows): void => {
-      new Gauge({ name, help, labelNames, registers, collect() { this.reset(); for (const [l, v] of rows()) this.set(l, v) } })
+      new Gauge({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.reset()
+          for (const [l, v] of rows()) this.set(l, v)
+        },
+      })
     }
     const counter = (name: string, help: string, labelNames: string[], rows: () => Rows): void => {
-      new Counter({ name, help, labelNames, registers, collect() { this.reset(); for (const [l, v] of rows()) this.inc(l, v) } })
+      new Counter({
+        name,
+        help,
+        labelNames,
+        registers,
+        collect() {
+          this.reset()
+          for (const [l, v] of rows()) this.inc(l, v)
+        },
+      })
     }
     const perOutlet = (pick: (s: OutletStatus) => number) => (): Rows => outlets().map((s) => [{ outlet: s.outlet }, pick(s)])
-    gauge('outpost_outlet_current_amperes', 'Current drawn at the outlet (last reading).', ['outlet'], perOutlet((s) => s.currentA))
-    gauge('outpost_outlet_power_watts', 'Active power at the outlet (last reading).', ['outlet'], perOutlet((s) => s.powerW))
-    gauge('outpost_outlet_session_energy_wh', 'Energy of the open session so far (0 without one).', ['outlet'], perOutlet((s) => s.energyWh))
-    gauge('outpost_outlet_session_cost_minor', 'Cost of the open session so far, minor currency units (0 without one).', ['outlet'], perOutlet((s) => s.cost))
+    gauge(
+      'outpost_outlet_current_amperes',
+      'Current drawn at the outlet (last reading).',
+      ['outlet'],
+      perOutlet((s) => s.currentA),
+    )
+    gauge(
+      'outpost_outlet_power_watts',
+      'Active power at the outlet (last reading).',
+      ['outlet'],
+      perOutlet((s) => s.powerW),
+    )
+    gauge(
+      'outpost_outlet_session_energy_wh',
+      'Energy of the open session so far (0 without one).',
+      ['outlet'],
+      perOutlet((s) => s.energyWh),
+    )
+    gauge(
+      'outpost_outlet_session_cost_minor',
+      'Cost of the open session so far, minor currency units (0 without one).',
+      ['outlet'],
+      perOutlet((s) => s.cost),
+    )
     gauge('outpost_outlet_state', "The outlet's state: 1 for the state it is in, 0 for the others.", ['outlet', 'state'], () =>
       outlets().flatMap((s) => STATES.map((st): Rows[number] => [{ outlet: s.outlet, state: st }, s.state === st ? 1 : 0])),
     )
 
-    const sessions = new Counter({ name: 'outpost_sessions_ended_total', help: 'Sessions ended (billed) since the process started, by reason.', labelNames: ['outlet', 'reason'], registers })
-    const energy = new Counter({ name: 'outpost_energy_billed_wh_total', help: 'Energy billed in ended sessions since the process started.', labelNames: ['outlet'], registers })
-    const billed = new Counter({ name: 'outpost_billed_minor_total', help: 'Session totals billed since the process started, minor currency units.', labelNames: ['currency'], registers })
+    const sessions = new Counter({
+      name: 'outpost_sessions_ended_total',
+      help: 'Sessions ended (billed) since the process started, by reason.',
+      labelNames: ['outlet', 'reason'],
+      registers,
+    })
+    const energy = new Counter({
+      name: 'outpost_energy_billed_wh_total',
+      help: 'Energy billed in ended sessions since the process started.',
+      labelNames: ['outlet'],
+      registers,
+    })
+    const billed = new Counter({
+      name: 'outpost_billed_minor_total',
+      help: 'Session totals billed since the process started, minor currency units.',
+      labelNames: ['currency'],
+      registers,
+    })
     this.onRecord = (r) => {
       if (r.type !== 'session.ended') return
       sessions.inc({ outlet: r.outlet, reason: r.reason })
@@ -54,32 +110,128 @@ export class Metrics {
 
     type Bus = ReturnType<typeof buses>[number]
     const perBus = (pick: (b: Bus) => number) => (): Rows => buses().map((b) => [{ bus: b.id }, pick(b)])
-    counter('outpost_bus_transactions_total', 'Modbus/serial transactions completed on the bus.', ['bus'], perBus((b) => b.transactions))
-    counter('outpost_bus_timeouts_total', 'Requests on the bus that got no answer in time.', ['bus'], perBus((b) => b.timeouts))
-    counter('outpost_bus_crc_errors_total', 'Frames with a bad CRC.', ['bus'], perBus((b) => b.crcErrors))
-    counter('outpost_bus_exceptions_total', 'Modbus exception responses.', ['bus'], perBus((b) => b.exceptions))
-    counter('outpost_bus_opens_total', 'Times the bus (port or TCP connection) was opened.', ['bus'], perBus((b) => b.opens))
-    gauge('outpost_bus_open', '1 while the bus is open, else 0.', ['bus'], perBus((b) => (b.state === 'open' ? 1 : 0)))
-    const perDevice = (pick: (d: Bus['devices'][number]) => number) => (): Rows => buses().flatMap((b) => b.devices.map((d): Rows[number] => [{ bus: b.id, unit: String(d.unit) }, pick(d)]))
-    counter('outpost_device_transactions_total', 'Transactions with one device (unit) on a bus.', ['bus', 'unit'], perDevice((d) => d.transactions))
-    counter('outpost_device_failures_total', 'Failed transactions with one device (timeouts, exceptions, bad frames).', ['bus', 'unit'], perDevice((d) => d.failures))
+    counter(
+      'outpost_bus_transactions_total',
+      'Modbus/serial transactions completed on the bus.',
+      ['bus'],
+      perBus((b) => b.transactions),
+    )
+    counter(
+      'outpost_bus_timeouts_total',
+      'Requests on the bus that got no answer in time.',
+      ['bus'],
+      perBus((b) => b.timeouts),
+    )
+    counter(
+      'outpost_bus_crc_errors_total',
+      'Frames with a bad CRC.',
+      ['bus'],
+      perBus((b) => b.crcErrors),
+    )
+    counter(
+      'outpost_bus_exceptions_total',
+      'Modbus exception responses.',
+      ['bus'],
+      perBus((b) => b.exceptions),
+    )
+    counter(
+      'outpost_bus_opens_total',
+      'Times the bus (port or TCP connection) was opened.',
+      ['bus'],
+      perBus((b) => b.opens),
+    )
+    gauge(
+      'outpost_bus_open',
+      '1 while the bus is open, else 0.',
+      ['bus'],
+      perBus((b) => (b.state === 'open' ? 1 : 0)),
+    )
+    const perDevice = (pick: (d: Bus['devices'][number]) => number) => (): Rows =>
+      buses().flatMap((b) => b.devices.map((d): Rows[number] => [{ bus: b.id, unit: String(d.unit) }, pick(d)]))
+    counter(
+      'outpost_device_transactions_total',
+      'Transactions with one device (unit) on a bus.',
+      ['bus', 'unit'],
+      perDevice((d) => d.transactions),
+    )
+    counter(
+      'outpost_device_failures_total',
+      'Failed transactions with one device (timeouts, exceptions, bad frames).',
+      ['bus', 'unit'],
+      perDevice((d) => d.failures),
+    )
 
-    counter('outpost_commands_rejected_total', 'Commands refused with no id to answer to (too-large, not-json, no-id), since the process started.', ['reason'], () =>
-      REJECT_REASONS.map((reason): Rows[number] => [{ reason }, (daemon.gateway as Daemon['gateway'] | undefined)?.rejectedCounts()[reason] ?? 0]),
+    counter(
+      'outpost_commands_rejected_total',
+      'Commands refused with no id to answer to (too-large, not-json, no-id), since the process started.',
+      ['reason'],
+      () =>
+        REJECT_REASONS.map((reason): Rows[number] => [{ reason }, (daemon.gateway as Daemon['gateway'] | undefined)?.rejectedCounts()[reason] ?? 0]),
     )
 
     const journal = () => daemon.records?.status()
-    new Gauge({ name: 'outpost_journal_head_seq', help: 'Last record seq journaled.', registers, collect() { this.set(journal()?.head ?? 0) } })
-    new Gauge({ name: 'outpost_journal_acked_seq', help: 'The cloud\'s acknowledgement watermark.', registers, collect() { this.set(journal()?.acked ?? 0) } })
-    new Gauge({ name: 'outpost_journal_unacked_records', help: 'Records journaled, not yet acknowledged by the cloud.', registers, collect() { this.set(journal()?.unacked ?? 0) } })
-    new Gauge({ name: 'outpost_journal_fault', help: '1 once the journal refused a write (no charging until restart).', registers, collect() { this.set(journal()?.fault ? 1 : 0) } })
+    new Gauge({
+      name: 'outpost_journal_head_seq',
+      help: 'Last record seq journaled.',
+      registers,
+      collect() {
+        this.set(journal()?.head ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_journal_acked_seq',
+      help: "The cloud's acknowledgement watermark.",
+      registers,
+      collect() {
+        this.set(journal()?.acked ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_journal_unacked_records',
+      help: 'Records journaled, not yet acknowledged by the cloud.',
+      registers,
+      collect() {
+        this.set(journal()?.unacked ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_journal_fault',
+      help: '1 once the journal refused a write (no charging until restart).',
+      registers,
+      collect() {
+        this.set(journal()?.fault ? 1 : 0)
+      },
+    })
 
     const uplink = () => (daemon.records ? daemon.uplinkState() : undefined)
-    new Gauge({ name: 'outpost_uplink_online', help: '1 while connected to the broker, 0 offline or disabled.', registers, collect() { this.set(uplink()?.status === 'online' ? 1 : 0) } })
-    new Gauge({ name: 'outpost_uplink_enabled', help: '1 when an uplink is configured.', registers, collect() { this.set(daemon.config.uplink ? 1 : 0) } })
-    new Gauge({ name: 'outpost_uplink_backlog_records', help: 'Records waiting for the cloud\'s acknowledgement.', registers, collect() { this.set(uplink()?.backlog ?? 0) } })
     new Gauge({
-      name: 'outpost_uplink_oldest_unacked_age_seconds', help: 'Age of the oldest record not yet acknowledged (0 when none).', registers,
+      name: 'outpost_uplink_online',
+      help: '1 while connected to the broker, 0 offline or disabled.',
+      registers,
+      collect() {
+        this.set(uplink()?.status === 'online' ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_uplink_enabled',
+      help: '1 when an uplink is configured.',
+      registers,
+      collect() {
+        this.set(daemon.config.uplink ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_uplink_backlog_records',
+      help: "Records waiting for the cloud's acknowledgement.",
+      registers,
+      collect() {
+        this.set(uplink()?.backlog ?? 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_uplink_oldest_unacked_age_seconds',
+      help: 'Age of the oldest record not yet acknowledged (0 when none).',
+      registers,
       async collect() {
         this.set(await oldestUnackedAgeS(daemon, now))
       },

@@ -100,7 +100,10 @@ export class ApiRoutes {
   health(method: string, res: ServerResponse): void {
     allow(method, ['GET', 'HEAD'])
     const journal = this.daemon.records
-    if (!journal) return sendJson(res, 503, { ok: false, uplink: this.daemon.config.uplink ? 'offline' : 'disabled', journal: null })
+    if (!journal) {
+      sendJson(res, 503, { ok: false, uplink: this.daemon.config.uplink ? 'offline' : 'disabled', journal: null })
+      return
+    }
     const status = this.daemon.uplinkState().status
     const ok = !this.daemon.haltedBy && !journal.fault
     sendJson(res, ok ? 200 : 503, { ok, uplink: status, journal: { head: journal.head(), acked: journal.acked() } })
@@ -162,7 +165,8 @@ export class ApiRoutes {
 
   private outletId(raw: string): string {
     const id = decodePathPart(raw, 'the outlet id')
-    if (!this.outletIds.has(id)) throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${[...this.outletIds].join(', ')})`)
+    if (!this.outletIds.has(id))
+      throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${[...this.outletIds].join(', ')})`)
     return id
   }
 
@@ -171,7 +175,12 @@ export class ApiRoutes {
     let hours = 24
     if (raw !== null) {
       hours = Number(raw)
-      if (raw.trim() === '' || !Number.isFinite(hours) || hours <= 0 || hours > 744) throw new HttpError(400, 'invalid-request', `query parameter hours: must be a number of hours > 0 and <= 744 (31 days), got ${JSON.stringify(raw)}`)
+      if (raw.trim() === '' || !Number.isFinite(hours) || hours <= 0 || hours > 744)
+        throw new HttpError(
+          400,
+          'invalid-request',
+          `query parameter hours: must be a number of hours > 0 and <= 744 (31 days), got ${JSON.stringify(raw)}`,
+        )
     }
     try {
       return { outlet: id, hours, ...outletPrices(this.daemon.engineState, id, this.opts.now(), hours) }
@@ -206,7 +215,17 @@ export class ApiRoutes {
     const outlets = d.config.outlets.map((o) => {
       const planId = state.outlets[o.id]?.planId ?? o.plan
       const currency = outletPlan(state, o.id)?.currency ?? null
-      return { id: o.id, name: o.name ?? null, bus: o.bus, meterUnit: o.meter.unit, hasRelay: o.relay !== undefined, planId, currency, digits: currency ? (currencyMinorDigits(currency) ?? 2) : 2, status: statuses.get(o.id) ?? null }
+      return {
+        id: o.id,
+        name: o.name ?? null,
+        bus: o.bus,
+        meterUnit: o.meter.unit,
+        hasRelay: o.relay !== undefined,
+        planId,
+        currency,
+        digits: currency ? (currencyMinorDigits(currency) ?? 2) : 2,
+        status: statuses.get(o.id) ?? null,
+      }
     })
     return {
       site: { id: d.config.site.id, name: d.config.site.name ?? null, timezone: d.config.site.timezone },
@@ -229,12 +248,25 @@ export class ApiRoutes {
     for (const k of Object.keys(body)) {
       if (!fields.includes(k)) throw new HttpError(400, 'invalid-request', `body/${k}: unknown field (allowed: ${fields.join(', ')})`)
     }
-    if (body.id !== undefined && (typeof body.id !== 'string' || body.id === '')) throw new HttpError(400, 'invalid-request', 'body/id: must be a non-empty string (a command id of your choosing; the same id again returns the first result)')
+    if (body.id !== undefined && (typeof body.id !== 'string' || body.id === ''))
+      throw new HttpError(
+        400,
+        'invalid-request',
+        'body/id: must be a non-empty string (a command id of your choosing; the same id again returns the first result)',
+      )
     if (action === 'start' && (typeof body.userId !== 'string' || body.userId === '')) {
-      throw new HttpError(400, 'invalid-request', body.userId === undefined ? 'body/userId: is required (the user to bill)' : 'body/userId: must be a non-empty string')
+      throw new HttpError(
+        400,
+        'invalid-request',
+        body.userId === undefined ? 'body/userId: is required (the user to bill)' : 'body/userId: must be a non-empty string',
+      )
     }
     if (action === 'stop' && body.by !== 'user' && body.by !== 'manager') {
-      throw new HttpError(400, 'invalid-request', body.by === undefined ? 'body/by: is required ("user" or "manager")' : `body/by: must be "user" or "manager", got ${JSON.stringify(body.by)}`)
+      throw new HttpError(
+        400,
+        'invalid-request',
+        body.by === undefined ? 'body/by: is required ("user" or "manager")' : `body/by: must be "user" or "manager", got ${JSON.stringify(body.by)}`,
+      )
     }
     const id = (body.id as string | undefined) ?? `local-${randomUUID()}`
     const command = action === 'start' ? { id, action, outlet, userId: body.userId } : { id, action, outlet, by: body.by }
@@ -257,7 +289,12 @@ export class ApiRoutes {
    */
   private async stream(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (this.streams.size >= MAX_STREAMS) throw new HttpError(503, 'too-many-streams', `at most ${MAX_STREAMS} live streams at once`)
-    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' })
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-store',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    })
     res.write('retry: 2000\n\n')
     const send = (event: string, data: unknown): void => {
       if (!res.writableEnded) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
@@ -282,7 +319,8 @@ export class ApiRoutes {
 
 async function jsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
   const type = mediaType(req)
-  if (type !== 'application/json') throw new HttpError(415, 'unsupported-media-type', `the body must be JSON (content-type: application/json), got ${type || 'no content type'}`)
+  if (type !== 'application/json')
+    throw new HttpError(415, 'unsupported-media-type', `the body must be JSON (content-type: application/json), got ${type || 'no content type'}`)
   const text = await readBody(req, MAX_BODY_BYTES)
   const parsed = parseJson(text)
   if (!parsed.ok) {

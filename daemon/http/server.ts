@@ -82,7 +82,13 @@ export class LocalApi {
     const { host, port } = parseListen(opts.config.listen || DEFAULT_LISTEN)
     this.host = host
     this.port = port
-    this.routes = new ApiRoutes({ daemon: opts.daemon, now: opts.now, snapshotMs: opts.snapshotMs ?? 2000, chartSampleMs: opts.chartSampleMs ?? 5000, logger: opts.logger })
+    this.routes = new ApiRoutes({
+      daemon: opts.daemon,
+      now: opts.now,
+      snapshotMs: opts.snapshotMs ?? 2000,
+      chartSampleMs: opts.chartSampleMs ?? 5000,
+      logger: opts.logger,
+    })
     this.server = createServer((req, res) => void this.handle(req, res))
     this.server.on('connection', (s) => {
       this.sockets.add(s)
@@ -103,7 +109,8 @@ export class LocalApi {
    * come first; among mounts the longest prefix wins; `next()` answers 404.
    */
   mount(prefix: string, handler: HttpHandler, opts: { token?: boolean } = {}): void {
-    if (typeof prefix !== 'string' || !prefix.startsWith('/')) throw new OutpostError('API_BAD_MOUNT', `mount: the prefix must start with '/', got ${JSON.stringify(prefix)}`)
+    if (typeof prefix !== 'string' || !prefix.startsWith('/'))
+      throw new OutpostError('API_BAD_MOUNT', `mount: the prefix must start with '/', got ${JSON.stringify(prefix)}`)
     const p = prefix === '/' ? '/' : prefix.replace(/\/+$/, '')
     if (this.mounts.some((m) => m.prefix === p)) throw new OutpostError('API_BAD_MOUNT', `mount: ${p} is already mounted`)
     this.mounts.push({ prefix: p, handler, token: opts.token ?? false })
@@ -150,7 +157,10 @@ export class LocalApi {
       return this.tryListen(0)
     }
     const retryMs = this.opts.retryMs ?? 10_000
-    this.log.error({ listen: `${this.host}:${port}`, code: err.code, err: err.message, retryMs }, 'local API cannot listen; charging continues, retrying')
+    this.log.error(
+      { listen: `${this.host}:${port}`, code: err.code, err: err.message, retryMs },
+      'local API cannot listen; charging continues, retrying',
+    )
     // Later attempts log only on success: the first failure said it all.
     const again = async (): Promise<void> => {
       if (this.stopped) return
@@ -170,7 +180,8 @@ export class LocalApi {
         this.server.off('error', onError)
         if (this.stopped) {
           this.server.close()
-          return resolve(undefined)
+          resolve(undefined)
+          return
         }
         const a = this.server.address()
         this.bound = { host: this.host, port: a && typeof a === 'object' ? a.port : port }
@@ -248,14 +259,20 @@ export class LocalApi {
 
   private refuseIfThrottled(addr: string): void {
     const wait = this.throttle.blockedFor(addr)
-    if (wait > 0) throw new HttpError(429, 'too-many-attempts', `too many wrong tokens from ${addr}; try again in ${wait} s`, { 'retry-after': String(wait) })
+    if (wait > 0)
+      throw new HttpError(429, 'too-many-attempts', `too many wrong tokens from ${addr}; try again in ${wait} s`, { 'retry-after': String(wait) })
   }
 
   private async login(req: IncomingMessage, res: ServerResponse, method: string): Promise<void> {
     if (method === 'GET' || method === 'HEAD') return this.files.signIn(res, 200, '')
     allow(method, ['GET', 'HEAD', 'POST'])
     const type = mediaType(req)
-    if (type !== 'application/x-www-form-urlencoded') throw new HttpError(415, 'unsupported-media-type', `POST /login takes a form (application/x-www-form-urlencoded) with the field "token", got ${type || 'no content type'}`)
+    if (type !== 'application/x-www-form-urlencoded')
+      throw new HttpError(
+        415,
+        'unsupported-media-type',
+        `POST /login takes a form (application/x-www-form-urlencoded) with the field "token", got ${type || 'no content type'}`,
+      )
     const form = new URLSearchParams(await readBody(req, 4096))
     const token = form.get('token')
     if (token === null || token === '') return this.files.signIn(res, 400, 'Enter the token (api.token in the site configuration).')
@@ -302,7 +319,9 @@ export class LocalApi {
 }
 
 function unauthorized(what: string): HttpError {
-  return new HttpError(401, 'unauthorized', `${what} needs Authorization: Bearer <api.token> (or a browser signed in at /)`, { 'www-authenticate': 'Bearer realm="outpost"' })
+  return new HttpError(401, 'unauthorized', `${what} needs Authorization: Bearer <api.token> (or a browser signed in at /)`, {
+    'www-authenticate': 'Bearer realm="outpost"',
+  })
 }
 
 function notFound(path: string): HttpError {

@@ -40,7 +40,10 @@ export class RecentSessions {
     if (this.ready) this.merge()
   }
 
-  constructor(private readonly daemon: Daemon, opts: RecentSessionsOptions = {}) {
+  constructor(
+    private readonly daemon: Daemon,
+    opts: RecentSessionsOptions = {},
+  ) {
     this.capacity = opts.capacity ?? 200
     this.scanLimit = opts.scanLimit ?? 50_000
     this.chunk = opts.chunk ?? 500

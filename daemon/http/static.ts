@@ -36,7 +36,14 @@ export class StaticFiles {
     if (!type) throw new HttpError(404, 'not-found', `no file ${JSON.stringify(name)} in the status page`)
     const body = this.read(name)
     const csp = type === TYPES.html ? { 'content-security-policy': PAGE_CSP } : {}
-    res.writeHead(status, { 'content-type': type, 'content-length': body.length, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer', ...csp })
+    res.writeHead(status, {
+      'content-type': type,
+      'content-length': body.length,
+      'cache-control': 'no-cache',
+      'x-content-type-options': 'nosniff',
+      'referrer-policy': 'no-referrer',
+      ...csp,
+    })
     res.end(body)
   }
 
@@ -44,7 +51,13 @@ export class StaticFiles {
   signIn(res: ServerResponse, status: number, message: string): void {
     const html = this.read('signin.html').toString('utf8').replace('{{message}}', escapeHtml(message))
     const body = Buffer.from(html)
-    res.writeHead(status, { 'content-type': TYPES.html!, 'content-length': body.length, 'cache-control': 'no-store', 'referrer-policy': 'no-referrer', 'content-security-policy': SIGN_IN_CSP })
+    res.writeHead(status, {
+      'content-type': TYPES.html!,
+      'content-length': body.length,
+      'cache-control': 'no-store',
+      'referrer-policy': 'no-referrer',
+      'content-security-policy': SIGN_IN_CSP,
+    })
     res.end(body)
   }
 

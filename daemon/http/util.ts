@@ -6,7 +6,12 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 
 /** A refusal with its HTTP status and a stable code; the message names what was wrong and where. */
 export class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
     super(message)
   }
 }
@@ -22,7 +27,12 @@ export function decodePathPart(raw: string, what: string): string {
 
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'content-length': Buffer.byteLength(text), ...headers })
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'cache-control': 'no-store',
+    'content-length': Buffer.byteLength(text),
+    ...headers,
+  })
   res.end(text)
 }
 
@@ -68,5 +78,6 @@ export function mediaType(req: IncomingMessage): string {
 
 /** Refuses (405, with Allow) a method the route does not take. */
 export function allow(method: string, methods: string[]): void {
-  if (!methods.includes(method)) throw new HttpError(405, 'method-not-allowed', `${method} is not allowed here; use ${methods.join(' or ')}`, { allow: methods.join(', ') })
+  if (!methods.includes(method))
+    throw new HttpError(405, 'method-not-allowed', `${method} is not allowed here; use ${methods.join(' or ')}`, { allow: methods.join(', ') })
 }

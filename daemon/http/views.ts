@@ -28,7 +28,12 @@ export class PowerHistory {
   private readonly points: HistoryPoint[] = []
   private readonly timer: NodeJS.Timeout
 
-  constructor(private readonly daemon: Daemon, private readonly now: () => number, readonly sampleMs = 5000, private readonly keep = 60) {
+  constructor(
+    private readonly daemon: Daemon,
+    private readonly now: () => number,
+    readonly sampleMs = 5000,
+    private readonly keep = 60,
+  ) {
     this.timer = setInterval(() => this.sample(), sampleMs)
     this.timer.unref()
     this.sample()

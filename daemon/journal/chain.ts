@@ -7,7 +7,7 @@
  * because a changed billing record must stay visible to the cloud.
  */
 import { createHash } from 'node:crypto'
-import { type JournalRecord, type RecordBody } from '../../core/types.js'
+import type { JournalRecord, RecordBody } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 
 /** `prev` of seq 1. */
@@ -108,7 +108,13 @@ export function sealRecord(body: RecordBody, seq: number, prev: string, bootId: 
  * `"hash"` appended last. Canonicalizing once serves both the hash and storage
  * (a second JSON.stringify would cost as much as the hash).
  */
-export function sealRecordText(body: RecordBody, seq: number, prev: string, bootId: string, clockSynced: boolean): { record: JournalRecord; text: string } {
+export function sealRecordText(
+  body: RecordBody,
+  seq: number,
+  prev: string,
+  bootId: string,
+  clockSynced: boolean,
+): { record: JournalRecord; text: string } {
   const record = { ...body, seq, bootId, clockSynced, prev } as JournalRecord
   const canonical = canonicalJson(record)
   const hash = createHash('sha256').update(canonical, 'utf8').digest('hex')
@@ -147,7 +153,12 @@ export class ChainVerifier {
   push(value: unknown): ChainBreak | undefined {
     this.position++
     const r = value as Partial<JournalRecord> | null
-    const at = (reason: ChainBreak['reason'], problem: string, seq?: number): ChainBreak => ({ seq: seq ?? (this.last ? this.last.seq + 1 : this.expectFrom?.seq ?? 1), position: this.position, reason, problem })
+    const at = (reason: ChainBreak['reason'], problem: string, seq?: number): ChainBreak => ({
+      seq: seq ?? (this.last ? this.last.seq + 1 : (this.expectFrom?.seq ?? 1)),
+      position: this.position,
+      reason,
+      problem,
+    })
     if (r === null || typeof r !== 'object' || Array.isArray(r)) return at('not-a-record', 'not a record object')
     if (!Number.isSafeInteger(r.seq) || (r.seq as number) < 1) return at('not-a-record', `seq is ${JSON.stringify(r.seq)}, not a positive integer`)
     const seq = r.seq as number
@@ -155,7 +166,12 @@ export class ChainVerifier {
     if (typeof r.prev !== 'string' || !HEX64.test(r.prev)) return at('not-a-record', 'prev is not 64 lowercase hex digits', seq)
     if (typeof r.type !== 'string') return at('not-a-record', 'type is missing', seq)
     if (this.last) {
-      if (seq !== this.last.seq + 1) return at('seq', seq <= this.last.seq ? `seq ${seq} repeats or goes back after ${this.last.seq}` : `gap: seq ${this.last.seq + 1}..${seq - 1} missing`, seq)
+      if (seq !== this.last.seq + 1)
+        return at(
+          'seq',
+          seq <= this.last.seq ? `seq ${seq} repeats or goes back after ${this.last.seq}` : `gap: seq ${this.last.seq + 1}..${seq - 1} missing`,
+          seq,
+        )
       if (r.prev !== this.last.hash) return at('prev', `prev does not match the hash of seq ${this.last.seq}`, seq)
     } else if (this.expectFrom) {
       if (seq !== this.expectFrom.seq) return at('seq', `expected seq ${this.expectFrom.seq}, found ${seq}`, seq)
@@ -169,7 +185,8 @@ export class ChainVerifier {
     } catch (err) {
       return at('hash', `cannot hash: ${(err as Error).message}`, seq)
     }
-    if (computed !== r.hash) return at('hash', `hash mismatch: the record was changed (stored ${r.hash.slice(0, 12)}…, computed ${computed.slice(0, 12)}…)`, seq)
+    if (computed !== r.hash)
+      return at('hash', `hash mismatch: the record was changed (stored ${r.hash.slice(0, 12)}…, computed ${computed.slice(0, 12)}…)`, seq)
     this.last = { seq, hash: r.hash }
     this.firstSeq ??= seq
     this.lastSeq = seq

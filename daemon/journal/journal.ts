@@ -18,12 +18,12 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { AbstractLevel } from 'abstract-level'
-import { type CommandResult, type JournalRecord, type PersistedEngineState, type Reading, type RecordBody, type RecordLog } from '../../core/types.js'
+import type { CommandResult, JournalRecord, PersistedEngineState, Reading, RecordBody, RecordLog } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
 import * as K from './keys.js'
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: abstract-level's format type parameter; the journal only ever opens utf8 keys and values
 export type JournalDb = AbstractLevel<any, string, string>
 
 export interface JournalOptions {
@@ -114,14 +114,26 @@ export function openError(err: unknown, location: string): OutpostError {
   const detail = messages[messages.length - 1] ?? String(err)
   if (codes.includes('LEVEL_LOCKED')) return new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`, { cause: err })
   // A damaged table's bogus block offset comes back from LevelDB as an I/O error (EINVAL) on that file: it is damage, not a permission or disk problem.
-  const damagedTable = messages.some((m) => /\.(ldb|sst)\b[^]*Invalid argument/.test(m))
+  const damagedTable = messages.some((m) => /\.(ldb|sst)\b[\s\S]*Invalid argument/.test(m))
   if (codes.includes('LEVEL_CORRUPTION') || damagedTable)
-    return new OutpostError('JOURNAL_CORRUPT', `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`, { cause: err })
-  return new OutpostError('JOURNAL_OPEN_FAILED', `cannot open the journal at ${location}: ${detail}. If its files are damaged, see \`outpost repair --config FILE\` (docs/journal.md)`, { cause: err })
+    return new OutpostError(
+      'JOURNAL_CORRUPT',
+      `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`,
+      { cause: err },
+    )
+  return new OutpostError(
+    'JOURNAL_OPEN_FAILED',
+    `cannot open the journal at ${location}: ${detail}. If its files are damaged, see \`outpost repair --config FILE\` (docs/journal.md)`,
+    { cause: err },
+  )
 }
 
 function corrupt(location: string, what: string, cause?: unknown): OutpostError {
-  return new OutpostError('JOURNAL_CORRUPT', `the journal at ${location} is inconsistent: ${what}; nothing was changed. Run \`outpost verify --config FILE\`, then \`outpost repair --config FILE\` (see docs/journal.md)`, { cause })
+  return new OutpostError(
+    'JOURNAL_CORRUPT',
+    `the journal at ${location} is inconsistent: ${what}; nothing was changed. Run \`outpost verify --config FILE\`, then \`outpost repair --config FILE\` (see docs/journal.md)`,
+    { cause },
+  )
 }
 
 function parseJson<T>(location: string, key: string, text: string): T {
@@ -175,12 +187,18 @@ export class Journal implements RecordLog {
    */
   static async open(dir: string, opts: JournalOptions): Promise<Journal> {
     if (typeof dir !== 'string' || dir === '') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: dir must be a non-empty path')
-    if (typeof opts?.bootId !== 'string' || opts.bootId === '') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.bootId must be a non-empty string')
-    if (typeof opts.now !== 'function' || typeof opts.clockSynced !== 'function') throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.now and opts.clockSynced must be functions')
-    if (opts.retentionDays !== undefined && !(Number.isInteger(opts.retentionDays) && opts.retentionDays >= 1)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: retentionDays must be an integer >= 1, got ${opts.retentionDays}`)
-    if (opts.readingSyncMs !== undefined && !(Number.isInteger(opts.readingSyncMs) && opts.readingSyncMs >= 0)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: readingSyncMs must be an integer >= 0, got ${opts.readingSyncMs}`)
-    if (opts.writeBufferSize !== undefined && !(Number.isInteger(opts.writeBufferSize) && opts.writeBufferSize >= 1024)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: writeBufferSize must be an integer >= 1024, got ${opts.writeBufferSize}`)
-    if (opts.checkpointMs !== undefined && !(Number.isInteger(opts.checkpointMs) && opts.checkpointMs >= 1)) throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: checkpointMs must be an integer >= 1, got ${opts.checkpointMs}`)
+    if (typeof opts?.bootId !== 'string' || opts.bootId === '')
+      throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.bootId must be a non-empty string')
+    if (typeof opts.now !== 'function' || typeof opts.clockSynced !== 'function')
+      throw new OutpostError('JOURNAL_BAD_OPTIONS', 'Journal.open: opts.now and opts.clockSynced must be functions')
+    if (opts.retentionDays !== undefined && !(Number.isInteger(opts.retentionDays) && opts.retentionDays >= 1))
+      throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: retentionDays must be an integer >= 1, got ${opts.retentionDays}`)
+    if (opts.readingSyncMs !== undefined && !(Number.isInteger(opts.readingSyncMs) && opts.readingSyncMs >= 0))
+      throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: readingSyncMs must be an integer >= 0, got ${opts.readingSyncMs}`)
+    if (opts.writeBufferSize !== undefined && !(Number.isInteger(opts.writeBufferSize) && opts.writeBufferSize >= 1024))
+      throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: writeBufferSize must be an integer >= 1024, got ${opts.writeBufferSize}`)
+    if (opts.checkpointMs !== undefined && !(Number.isInteger(opts.checkpointMs) && opts.checkpointMs >= 1))
+      throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: checkpointMs must be an integer >= 1, got ${opts.checkpointMs}`)
     const location = opts.db ? dir : journalLocation(dir)
     let db = opts.db
     const owned = db === undefined
@@ -243,7 +261,8 @@ export class Journal implements RecordLog {
       const base = await db.get(K.META_BASE)
       if (base !== undefined) {
         const b = parseJson<{ seq: number; hash: string }>(this.location, K.META_BASE, base)
-        if (!Number.isSafeInteger(b?.seq) || b.seq < 0 || typeof b.hash !== 'string' || !/^[0-9a-f]{64}$/.test(b.hash)) throw corrupt(this.location, `the log's base is ${base}`)
+        if (!Number.isSafeInteger(b?.seq) || b.seq < 0 || typeof b.hash !== 'string' || !/^[0-9a-f]{64}$/.test(b.hash))
+          throw corrupt(this.location, `the log's base is ${base}`)
         // The first record appended continues the gateway's seq; records up to the base are not held here.
         this.headSeq = b.seq
         this.headHash = b.hash
@@ -259,7 +278,13 @@ export class Journal implements RecordLog {
     this.latest = await this.readState()
     this.previousCleanShutdown = fresh ? true : (await db.get(K.META_RUNNING)) === undefined
 
-    const ops: Op[] = [{ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: this.opts.bootId, since: this.opts.now(), version: this.opts.version ?? null }) }]
+    const ops: Op[] = [
+      {
+        type: 'put',
+        key: K.META_RUNNING,
+        value: JSON.stringify({ bootId: this.opts.bootId, since: this.opts.now(), version: this.opts.version ?? null }),
+      },
+    ]
     if (fresh) ops.unshift({ type: 'put', key: K.META_FORMAT, value: K.FORMAT })
     await this.write(ops, true)
   }
@@ -299,11 +324,20 @@ export class Journal implements RecordLog {
     this.assertOpen()
     const head = this.headSeq
     if (from > head) return []
-    if (from < this.oldest()) throw new OutpostError('JOURNAL_COMPACTED', `records before seq ${this.oldest()} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`)
+    if (from < this.oldest())
+      throw new OutpostError(
+        'JOURNAL_COMPACTED',
+        `records before seq ${this.oldest()} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`,
+      )
     const out: JournalRecord[] = []
-    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(from), lte: K.recordKey(head), limit })) out.push(parseJson<JournalRecord>(this.location, key, value))
+    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(from), lte: K.recordKey(head), limit }))
+      out.push(parseJson<JournalRecord>(this.location, key, value))
     // Retention may have run between the check and the read: never return a silently shortened range.
-    if (out.length > 0 && out[0]!.seq !== from) throw new OutpostError('JOURNAL_COMPACTED', `records before seq ${out[0]!.seq} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`)
+    if (out.length > 0 && out[0]!.seq !== from)
+      throw new OutpostError(
+        'JOURNAL_COMPACTED',
+        `records before seq ${out[0]!.seq} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`,
+      )
     return out
   }
 
@@ -313,12 +347,14 @@ export class Journal implements RecordLog {
    * local API's "recent sessions" without reading a long journal forward from its start.
    */
   async readBackward(to: number, limit: number): Promise<JournalRecord[]> {
-    if (!Number.isSafeInteger(to) || !Number.isSafeInteger(limit) || limit < 1) throw new OutpostError('JOURNAL_BAD_RANGE', `readBackward: to and limit must be integers (limit >= 1), got ${to}, ${limit}`)
+    if (!Number.isSafeInteger(to) || !Number.isSafeInteger(limit) || limit < 1)
+      throw new OutpostError('JOURNAL_BAD_RANGE', `readBackward: to and limit must be integers (limit >= 1), got ${to}, ${limit}`)
     this.assertOpen()
     const top = Math.min(to, this.headSeq)
     if (top < 1) return []
     const out: JournalRecord[] = []
-    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(1), lte: K.recordKey(top), reverse: true, limit })) out.push(parseJson<JournalRecord>(this.location, key, value))
+    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(1), lte: K.recordKey(top), reverse: true, limit }))
+      out.push(parseJson<JournalRecord>(this.location, key, value))
     return out
   }
 
@@ -350,7 +386,14 @@ export class Journal implements RecordLog {
 
   /** For /api/health, /metrics and the status page. */
   status(): { head: number; acked: number; oldest: number; unacked: number; waitingWrites: number; fault: string | null } {
-    return { head: this.headSeq, acked: this.ackedSeq, oldest: this.oldest(), unacked: this.headSeq - this.ackedSeq, waitingWrites: this.pending.size, fault: this.failure ? this.failure.message : null }
+    return {
+      head: this.headSeq,
+      acked: this.ackedSeq,
+      oldest: this.oldest(),
+      unacked: this.headSeq - this.ackedSeq,
+      waitingWrites: this.pending.size,
+      fault: this.failure ? this.failure.message : null,
+    }
   }
 
   /** The write failure that stopped the journal, if any. */
@@ -409,7 +452,8 @@ export class Journal implements RecordLog {
         if (typeof g?.sessionId !== 'string' || g.sessionId === '') bad(`readings[${i}].sessionId must be a non-empty string`)
         if (typeof g.outlet !== 'string') bad(`readings[${i}].outlet must be a string`)
         const r = g.reading
-        if (r === null || typeof r !== 'object' || ![r.ts, r.currentA, r.powerW, r.energyWh, r.voltageV].every(Number.isFinite)) bad(`readings[${i}].reading must have finite ts, currentA, powerW, energyWh, voltageV`)
+        if (r === null || typeof r !== 'object' || ![r.ts, r.currentA, r.powerW, r.energyWh, r.voltageV].every(Number.isFinite))
+          bad(`readings[${i}].reading must have finite ts, currentA, powerW, energyWh, voltageV`)
         if (g.now !== undefined && !Number.isFinite(g.now)) bad(`readings[${i}].now must be a finite epoch ms when given, got ${String(g.now)}`)
       })
     }
@@ -520,13 +564,17 @@ export class Journal implements RecordLog {
       if (value === undefined) continue
       if (!prev || prev[name] !== value) ops.push({ type: 'put', key: K.sectionKey(name), value: json(name, value) })
     }
-    if (prev) for (const name of Object.keys(prev)) if (name !== 'outlets' && prev[name] !== undefined && next[name] === undefined) ops.push({ type: 'del', key: K.sectionKey(name) })
+    if (prev)
+      for (const name of Object.keys(prev))
+        if (name !== 'outlets' && prev[name] !== undefined && next[name] === undefined) ops.push({ type: 'del', key: K.sectionKey(name) })
     if (!prev || prev.outlets !== next.outlets) {
       for (const [id, value] of Object.entries(next.outlets)) {
         if (value === undefined) continue
         if (!prev || prev.outlets[id] !== value) ops.push({ type: 'put', key: K.outletKey(id), value: json(`outlets.${id}`, value) })
       }
-      if (prev) for (const id of Object.keys(prev.outlets)) if (prev.outlets[id] !== undefined && next.outlets[id] === undefined) ops.push({ type: 'del', key: K.outletKey(id) })
+      if (prev)
+        for (const id of Object.keys(prev.outlets))
+          if (prev.outlets[id] !== undefined && next.outlets[id] === undefined) ops.push({ type: 'del', key: K.outletKey(id) })
     }
     if (!prev) ops.push({ type: 'put', key: K.META_STATE, value: '1' })
   }
@@ -553,7 +601,8 @@ export class Journal implements RecordLog {
     this.assertOpen()
     const range: { gte?: string; gt?: string; lt: string } = K.prefixRange(K.readingPrefix(sessionId))
     if (opts.after !== undefined) {
-      if (!Number.isFinite(opts.after)) throw new OutpostError('JOURNAL_BAD_RANGE', `readings: after must be finite epoch ms, got ${String(opts.after)}`)
+      if (!Number.isFinite(opts.after))
+        throw new OutpostError('JOURNAL_BAD_RANGE', `readings: after must be finite epoch ms, got ${String(opts.after)}`)
       if (opts.after >= 0) {
         delete range.gte
         range.gt = K.readingKey(sessionId, opts.after)
@@ -561,7 +610,11 @@ export class Journal implements RecordLog {
     }
     const out: ReadingEntry[] = []
     for await (const [key, value] of this.db.iterator(range)) {
-      const [currentA, powerW, energyWh, voltageV, outlet, late] = parseJson<[number, number, number, number, string, number?]>(this.location, key, value)
+      const [currentA, powerW, energyWh, voltageV, outlet, late] = parseJson<[number, number, number, number, string, number?]>(
+        this.location,
+        key,
+        value,
+      )
       const ts = Number(key.slice(key.lastIndexOf('!') + 1))
       out.push({ outlet, sessionId, reading: { ts, currentA, powerW, energyWh, voltageV }, now: ts + (late ?? 0) })
     }
@@ -629,7 +682,9 @@ export class Journal implements RecordLog {
   async close(opts: { clean: boolean }): Promise<void> {
     if (this.closed) return
     try {
-      await this.enqueue(() => this.flushNow(opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }])).catch(() => {})
+      await this.enqueue(() =>
+        this.flushNow(opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }]),
+      ).catch(() => {})
     } finally {
       this.closed = true
       this.clearTimers()
@@ -743,7 +798,11 @@ export class Journal implements RecordLog {
     } catch (err) {
       const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } }
       const why = [e.code, e.message, e.cause?.code, e.cause?.message].filter(Boolean).join(': ')
-      this.failure = new OutpostError('JOURNAL_WRITE_FAILED', `journal write failed (${why}); the journal refuses further writes until the daemon restarts. Nothing already committed was changed`, { cause: err })
+      this.failure = new OutpostError(
+        'JOURNAL_WRITE_FAILED',
+        `journal write failed (${why}); the journal refuses further writes until the daemon restarts. Nothing already committed was changed`,
+        { cause: err },
+      )
       this.clearTimers()
       for (const l of this.faultListeners) {
         try {

@@ -14,7 +14,7 @@ import { cp, mkdtemp, rm, access, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
-import { type JournalRecord } from '../../core/types.js'
+import type { JournalRecord } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { ChainVerifier, type ChainBreak } from './chain.js'
 import { journalLocation, openError, type JournalDb } from './journal.js'
@@ -32,7 +32,6 @@ export interface OfflineJournal {
   mode: OfflineMode
   close(): Promise<void>
 }
-
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -70,14 +69,20 @@ async function copyJournal(location: string): Promise<string> {
  */
 export async function openOffline(storageDir: string, opts: { allowSnapshot?: boolean; allowRepairedCopy?: boolean } = {}): Promise<OfflineJournal> {
   const location = journalLocation(storageDir)
-  if (!(await exists(join(location, 'CURRENT')))) throw new OutpostError('JOURNAL_MISSING', `no journal at ${location} (storage.dir ${storageDir}): the daemon has not run here yet`)
+  if (!(await exists(join(location, 'CURRENT'))))
+    throw new OutpostError('JOURNAL_MISSING', `no journal at ${location} (storage.dir ${storageDir}): the daemon has not run here yet`)
   const direct = newLevel(location)
   try {
     await direct.open()
     return { db: direct, location, mode: 'direct', close: () => direct.close() }
   } catch (err) {
     const e = openError(err, location)
-    const mode: OfflineMode | undefined = e.code === 'JOURNAL_LOCKED' && opts.allowSnapshot ? 'snapshot' : (e.code === 'JOURNAL_CORRUPT' || e.code === 'JOURNAL_OPEN_FAILED') && opts.allowRepairedCopy ? 'repaired-copy' : undefined
+    const mode: OfflineMode | undefined =
+      e.code === 'JOURNAL_LOCKED' && opts.allowSnapshot
+        ? 'snapshot'
+        : (e.code === 'JOURNAL_CORRUPT' || e.code === 'JOURNAL_OPEN_FAILED') && opts.allowRepairedCopy
+          ? 'repaired-copy'
+          : undefined
     if (!mode) throw e
     for (let attempt = 0; ; attempt++) {
       const copy = await copyJournal(location)
@@ -94,7 +99,7 @@ export async function openOffline(storageDir: string, opts: { allowSnapshot?: bo
             await rm(copy, { recursive: true, force: true })
           },
         }
-      } catch (err2) {
+      } catch (_err2) {
         await rm(copy, { recursive: true, force: true })
         // The original's error is the one that explains the situation.
         if (attempt >= 4 || mode === 'repaired-copy') throw e
@@ -142,7 +147,13 @@ export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
     if (brk) break
   }
   const report: VerifyReport = { count: v.count, first: v.firstSeq, last: v.lastSeq, acked }
-  if (!brk && acked > (v.lastSeq ?? 0)) brk = { seq: acked, position: v.count, reason: 'seq', problem: `the cloud acknowledged seq ${acked} but the log ends at ${v.lastSeq ?? 0}: records were lost` }
+  if (!brk && acked > (v.lastSeq ?? 0))
+    brk = {
+      seq: acked,
+      position: v.count,
+      reason: 'seq',
+      problem: `the cloud acknowledged seq ${acked} but the log ends at ${v.lastSeq ?? 0}: records were lost`,
+    }
   if (brk) report.break = brk
   return report
 }
@@ -164,7 +175,8 @@ export async function repairJournal(storageDir: string, now: number = Date.now()
     await probe.close()
   } catch (err) {
     const e = openError(err, location)
-    if (e.code === 'JOURNAL_LOCKED') throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
+    if (e.code === 'JOURNAL_LOCKED')
+      throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
   }
   const next = stagingLocation(storageDir)
   await rm(next, { recursive: true, force: true })

@@ -18,7 +18,7 @@
  */
 import { cp, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
-import { type JournalRecord, type JournalSalvageInfo } from '../../core/types.js'
+import type { JournalRecord, JournalSalvageInfo } from '../../core/types.js'
 import { isOutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV } from './chain.js'
 import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
@@ -34,16 +34,23 @@ export interface SalvageLog {
   warn(fields: Record<string, unknown>, msg: string): void
 }
 
-
 /** Journal.open, and on JOURNAL_CORRUPT: move aside, then a repaired copy or a fresh journal with what could be read. */
-export async function openJournalForRun(storageDir: string, opts: JournalOptions, log: SalvageLog): Promise<{ journal: Journal; salvage?: JournalSalvage }> {
-  if (await settleJournalDir(storageDir)) log.warn({ dir: journalLocation(storageDir) }, 'a journal repair or salvage was cut off after its result was on disk: finished it')
+export async function openJournalForRun(
+  storageDir: string,
+  opts: JournalOptions,
+  log: SalvageLog,
+): Promise<{ journal: Journal; salvage?: JournalSalvage }> {
+  if (await settleJournalDir(storageDir))
+    log.warn({ dir: journalLocation(storageDir) }, 'a journal repair or salvage was cut off after its result was on disk: finished it')
   try {
     return { journal: await Journal.open(storageDir, opts) }
   } catch (err) {
     if (!isOutpostError(err, 'JOURNAL_CORRUPT')) throw err
     const salvage = await salvageJournal(storageDir, opts.now(), (err as Error).message)
-    log.warn({ ...salvage }, `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'}${salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''}. Keep the moved directory; see README troubleshooting`)
+    log.warn(
+      { ...salvage },
+      `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'}${salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''}. Keep the moved directory; see README troubleshooting`,
+    )
     return { journal: await Journal.open(storageDir, opts), salvage }
   }
 }

@@ -24,7 +24,10 @@ export async function exists(path: string): Promise<boolean> {
 
 /** A UTC time for a directory name: 20260101T120000Z. */
 export function stamp(now: number): string {
-  return new Date(now).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+  return new Date(now)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z')
 }
 
 /** A name beside the journal that is not taken yet: `journal.<what>-<stamp>`, with -2, -3... if needed. */
@@ -99,4 +102,3 @@ export async function syncTree(dir: string): Promise<void> {
   }
   await syncDir(dir)
 }
-

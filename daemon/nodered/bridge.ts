@@ -56,7 +56,10 @@ export class DaemonBridge implements OutpostBridge {
   private boot: JournalRecord | undefined
   private readonly bootGiven = new Set<string>()
 
-  constructor(private readonly daemon: Daemon, private readonly log: Logger) {
+  constructor(
+    private readonly daemon: Daemon,
+    private readonly log: Logger,
+  ) {
     this.siteId = daemon.config.site.id
     this.timezone = daemon.config.site.timezone
     this.relays = {

@@ -76,7 +76,9 @@ export function nodeRedPaths(config: SiteConfig): { userDir: string; flowFile: s
 
 /** The shipped flows as one flow file: every example's nodes, in file-name order. */
 export function shippedFlows(): unknown[] {
-  const files = readdirSync(SHIPPED_FLOWS_DIR).filter((f) => f.endsWith('.json')).sort()
+  const files = readdirSync(SHIPPED_FLOWS_DIR)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
   return files.flatMap((f) => {
     const nodes = JSON.parse(readFileSync(join(SHIPPED_FLOWS_DIR, f), 'utf8')) as unknown
     if (!Array.isArray(nodes)) throw new OutpostError('NODE_RED_FLOWS', `${join(SHIPPED_FLOWS_DIR, f)} is not a Node-RED flow (an array of nodes)`)
@@ -93,11 +95,18 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   if (!nr?.enabled) throw new OutpostError('NODE_RED_DISABLED', 'nodeRed.enabled is not true in the config')
   const listen = config.api?.listen ?? '127.0.0.1:8080'
   if (!nr.adminAuth && !isLoopbackListen(listen)) {
-    throw new OutpostError('NODE_RED_NO_AUTH', `refusing to serve the Node-RED editor on ${listen} without nodeRed.adminAuth (only loopback may go without a password)`)
+    throw new OutpostError(
+      'NODE_RED_NO_AUTH',
+      `refusing to serve the Node-RED editor on ${listen} without nodeRed.adminAuth (only loopback may go without a password)`,
+    )
   }
-  if (!daemon.records) throw new OutpostError('NODE_RED_EARLY', 'start the daemon before Node-RED (its nodes need the command gateway and the journal)')
+  if (!daemon.records)
+    throw new OutpostError('NODE_RED_EARLY', 'start the daemon before Node-RED (its nodes need the command gateway and the journal)')
   if (started) {
-    throw new OutpostError('NODE_RED_ONCE', 'embedded Node-RED starts once per process (its HTTP nodes keep the first runtime\'s routes): restart the daemon to restart Node-RED')
+    throw new OutpostError(
+      'NODE_RED_ONCE',
+      "embedded Node-RED starts once per process (its HTTP nodes keep the first runtime's routes): restart the daemon to restart Node-RED",
+    )
   }
   started = true
   const t0 = performance.now()
@@ -128,7 +137,10 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
     RED.init(server, settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialSecret }))
     await RED.start()
     const startMs = Math.round(performance.now() - t0)
-    log.info({ adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, version: RED.version, startMs, auth: Boolean(nr.adminAuth) }, 'node-red started')
+    log.info(
+      { adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, version: RED.version, startMs, auth: Boolean(nr.adminAuth) },
+      'node-red started',
+    )
     let stopped: Promise<void> | undefined
     const b = bridge
     return {
@@ -208,7 +220,12 @@ function settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialS
     // Function nodes may use Node's built-in modules (the CSV flow uses fs), never npm installs.
     functionExternalModules: true,
     functionGlobalContext: {
-      outpost: { siteId: config.site.id, timezone: config.site.timezone, storageDir: resolve(config.storage.dir), billingCsvDir: paths.billingCsvDir },
+      outpost: {
+        siteId: config.site.id,
+        timezone: config.site.timezone,
+        storageDir: resolve(config.storage.dir),
+        billingCsvDir: paths.billingCsvDir,
+      },
     },
     exportGlobalContextKeys: false,
     editorTheme: {
@@ -250,7 +267,7 @@ function logHandler(log: Logger): (m: NodeRedLogMessage) => void {
     if (m.level <= 20) log.error(fields, text)
     else if (m.level === 30 && !m.type && BENIGN_WARNINGS.some((w) => text.startsWith(w))) log.debug(fields, text)
     else if (m.level === 30) log.warn(fields, text)
-    else if (m.level === 40) (m.type ? log.info(fields, text) : log.debug(fields, text))
+    else if (m.level === 40) m.type ? log.info(fields, text) : log.debug(fields, text)
     else if (m.level <= 60) log.trace(fields, text)
   }
 }
@@ -268,7 +285,10 @@ function releaseSessionTimer(): void {
       get(token: string): Promise<unknown>
     }
     const none = { getSessions: async () => ({}), saveSessions: async () => undefined }
-    void tokens.init({}, none).then(() => tokens.get('')).catch(() => undefined)
+    void tokens
+      .init({}, none)
+      .then(() => tokens.get(''))
+      .catch(() => undefined)
   } catch {
     // A later Node-RED may have moved the module; then it may also have fixed the timer.
   }
@@ -309,4 +329,3 @@ function credentialSecret(userDir: string): string {
 function trimSlash(p: string): string {
   return p.length > 1 && p.endsWith('/') ? p.replace(/\/+$/, '') : p === '/' ? '' : p
 }
-

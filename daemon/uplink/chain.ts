@@ -57,5 +57,7 @@ export function verifyChain(records: readonly unknown[], after: ChainPoint = CHA
 export function isRecordShape(r: unknown): r is JournalRecord {
   if (typeof r !== 'object' || r === null || Array.isArray(r)) return false
   const o = r as Record<string, unknown>
-  return Number.isSafeInteger(o.seq) && (o.seq as number) >= 1 && typeof o.prev === 'string' && typeof o.hash === 'string' && typeof o.type === 'string'
+  return (
+    Number.isSafeInteger(o.seq) && (o.seq as number) >= 1 && typeof o.prev === 'string' && typeof o.hash === 'string' && typeof o.type === 'string'
+  )
 }

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs'
 import type { IClientOptions } from 'mqtt'
-import { type UplinkConfig } from '../../core/types.js'
+import type { UplinkConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 
 /** The broker credentials and TLS files of an uplink config (the consumer takes the same). */

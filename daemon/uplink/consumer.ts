@@ -19,7 +19,7 @@ import { open, stat, type FileHandle } from 'node:fs/promises'
 import { createInterface } from 'node:readline'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
-import { type JournalRecord } from '../../core/types.js'
+import type { JournalRecord } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { authOptions, safeUrl, type BrokerAuth } from './connection.js'
 import type { PullAnswer } from './pull.js'
@@ -333,7 +333,10 @@ export class ReconcilingConsumer {
     if (a.error) {
       if (a.error.code === 'compacted' && typeof a.error.oldest === 'number') {
         this.compactedBefore = a.error.oldest
-        this.logger.error({ oldest: a.error.oldest, held: this.end.seq }, 'the gateway compacted records this log does not hold; cannot reconcile past the gap')
+        this.logger.error(
+          { oldest: a.error.oldest, held: this.end.seq },
+          'the gateway compacted records this log does not hold; cannot reconcile past the gap',
+        )
       } else {
         this.logger.warn({ error: a.error }, 'pull refused')
       }

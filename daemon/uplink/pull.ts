@@ -6,7 +6,7 @@
  * bounded page. Never writes to the journal; never throws for bad input (the
  * answer carries an error instead).
  */
-import { type JournalRecord, type RecordLog } from '../../core/types.js'
+import type { JournalRecord, RecordLog } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { isTopicLevel } from './topics.js'
 
@@ -56,16 +56,24 @@ export function parsePull(payload: Buffer | string): { ok: true; request: PullRe
   const o = v as Record<string, unknown>
   const requestId = typeof o.requestId === 'string' ? o.requestId.slice(0, 128) : null
   const problems: string[] = []
-  if (!isTopicLevel(o.requestId)) problems.push('/requestId: must be a string of 1-128 characters starting with a letter or digit, without "/", "+", "#"')
-  for (const k of Object.keys(o)) if (!['requestId', 'from', 'to', 'limit'].includes(k)) problems.push(`/${k}: unknown field (allowed: requestId, from, to, limit)`)
+  if (!isTopicLevel(o.requestId))
+    problems.push('/requestId: must be a string of 1-128 characters starting with a letter or digit, without "/", "+", "#"')
+  for (const k of Object.keys(o))
+    if (!['requestId', 'from', 'to', 'limit'].includes(k)) problems.push(`/${k}: unknown field (allowed: requestId, from, to, limit)`)
   if (!isSeq(o.from)) problems.push('/from: is required, an integer >= 1')
   if (o.to !== undefined && !isSeq(o.to)) problems.push('/to: must be an integer >= 1')
   if (isSeq(o.from) && isSeq(o.to) && o.to < o.from) problems.push(`/to: ${o.to} is before from (${o.from})`)
-  if (o.limit !== undefined && !(typeof o.limit === 'number' && Number.isSafeInteger(o.limit) && o.limit >= 1)) problems.push('/limit: must be an integer >= 1')
+  if (o.limit !== undefined && !(typeof o.limit === 'number' && Number.isSafeInteger(o.limit) && o.limit >= 1))
+    problems.push('/limit: must be an integer >= 1')
   if (problems.length > 0) return { ok: false, requestId, message: problems.join('; ') }
   return {
     ok: true,
-    request: { requestId: o.requestId as string, from: o.from as number, ...(o.to !== undefined ? { to: o.to as number } : {}), limit: Math.min((o.limit as number | undefined) ?? PULL_DEFAULT_LIMIT, PULL_MAX_LIMIT) },
+    request: {
+      requestId: o.requestId as string,
+      from: o.from as number,
+      ...(o.to !== undefined ? { to: o.to as number } : {}),
+      limit: Math.min((o.limit as number | undefined) ?? PULL_DEFAULT_LIMIT, PULL_MAX_LIMIT),
+    },
   }
 }
 

@@ -24,6 +24,7 @@ export const INVALID_LEVEL = '_invalid'
 
 /** An id usable as one topic level: 1-128 characters, starts alphanumeric, no wildcards, '/' or control characters. */
 export function isTopicLevel(id: unknown): id is string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: a topic level must not hold control characters, so the class names them
   return typeof id === 'string' && /^[A-Za-z0-9][^/+#\u0000-\u001f\u007f]{0,127}$/u.test(id)
 }
 

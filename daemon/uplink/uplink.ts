@@ -18,7 +18,7 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
-import { type CommandResult, type OutletStatus, type RecordLog, type UplinkConfig } from '../../core/types.js'
+import type { CommandResult, OutletStatus, RecordLog, UplinkConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { authOptions, safeUrl } from './connection.js'
 import { answerPull, parsePull, type PullAnswer } from './pull.js'
@@ -179,7 +179,8 @@ export class Uplink {
     client.on('error', (err) => {
       // Logged once per distinct error, so a broker that stays away does not flood the log.
       const text = `${(err as NodeJS.ErrnoException).code ?? ''} ${err.message}`
-      if (text !== this.lastError) this.logger.warn({ err: { message: err.message, code: (err as NodeJS.ErrnoException).code } }, 'uplink connection error')
+      if (text !== this.lastError)
+        this.logger.warn({ err: { message: err.message, code: (err as NodeJS.ErrnoException).code } }, 'uplink connection error')
       this.lastError = text
     })
     client.on('message', (topic, payload) => this.onMessage(topic, payload))
@@ -199,7 +200,9 @@ export class Uplink {
     if (!client) return
     if (client.connected) {
       // A clean stop does not fire the will: say so ourselves, but never wait long on the network.
-      await withTimeout(client.publishAsync(this.t.status, JSON.stringify({ online: false }), { qos: 1, retain: true }), 2000, timeout).catch(() => undefined)
+      await withTimeout(client.publishAsync(this.t.status, JSON.stringify({ online: false }), { qos: 1, retain: true }), 2000, timeout).catch(
+        () => undefined,
+      )
     }
     await withTimeout(client.endAsync(), 3000, timeout).catch(() => undefined)
     if (!client.disconnected) client.end(true)
@@ -255,10 +258,13 @@ export class Uplink {
     }
     slot.pending = status
     if (!slot.timer) {
-      slot.timer = setTimeout(() => {
-        slot.timer = undefined
-        if (slot.pending && this.online) this.sendOutlet(slot, slot.pending)
-      }, Math.max(0, slot.lastAt + this.outletIntervalMs - now))
+      slot.timer = setTimeout(
+        () => {
+          slot.timer = undefined
+          if (slot.pending && this.online) this.sendOutlet(slot, slot.pending)
+        },
+        Math.max(0, slot.lastAt + this.outletIntervalMs - now),
+      )
     }
   }
 
@@ -415,7 +421,10 @@ export class Uplink {
       const first = records[0]!.seq
       const last = records[records.length - 1]!.seq
       if (first !== this.sent + 1 || last - first + 1 !== records.length) {
-        throw new OutpostError('UPLINK_GAP', `journal read from ${this.sent + 1} returned seq ${first}..${last} (${records.length} records); not forwarding a gap`)
+        throw new OutpostError(
+          'UPLINK_GAP',
+          `journal read from ${this.sent + 1} returned seq ${first}..${last} (${records.length} records); not forwarding a gap`,
+        )
       }
       for (let i = 0; i < records.length; i += this.cfg.batchRecords) {
         const batch = records.slice(i, i + this.cfg.batchRecords)
@@ -454,7 +463,8 @@ export class Uplink {
     try {
       if (topic === this.t.ack) this.onAck(payload)
       else if (topic === this.t.pull) this.enqueuePull(payload)
-      else if (topic === this.t.cmd) this.commandChain = this.commandChain.then(() => new Promise<void>((next) => void this.handleCommand(payload, next).finally(next)))
+      else if (topic === this.t.cmd)
+        this.commandChain = this.commandChain.then(() => new Promise<void>((next) => void this.handleCommand(payload, next).finally(next)))
     } catch (err) {
       this.logger.error({ err, topic }, 'uplink message handler failed')
     }
@@ -508,7 +518,13 @@ export class Uplink {
     if (this.pullsWaiting >= 16) {
       const parsed = parsePull(payload)
       const requestId = parsed.ok ? parsed.request.requestId : parsed.requestId
-      this.sendPullAnswer({ requestId, records: [], next: null, head: this.log.head(), error: { code: 'internal', message: 'too many pulls waiting; retry later' } })
+      this.sendPullAnswer({
+        requestId,
+        records: [],
+        next: null,
+        head: this.log.head(),
+        error: { code: 'internal', message: 'too many pulls waiting; retry later' },
+      })
       return
     }
     this.pullsWaiting++

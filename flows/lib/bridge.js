@@ -22,7 +22,7 @@ function bridgeOf(RED, node) {
   } catch {
     bridge = undefined
   }
-  if (!bridge || bridge.version !== 1) {
+  if (bridge?.version !== 1) {
     node.status({ fill: 'red', shape: 'ring', text: 'not inside Outpost' })
     node.error('Outpost nodes run only in the Node-RED embedded in `outpost run` (RED.settings.outpost is missing)')
     return undefined

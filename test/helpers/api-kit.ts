@@ -62,7 +62,14 @@ export async function startApiSite(t: Teardownable, o: ApiSiteOptions = {}): Pro
     site: { id: 'api', name: 'API test site', timezone: 'America/Vancouver' },
     storage: { dir: join(dir, 'journal'), readingSyncMs: 200 },
     buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 500 }],
-    outlets: Array.from({ length: n }, (_, i) => ({ id: `A${i + 1}`, name: `Bay ${i + 1}`, bus: 'lan', meter: { model: 'eastron-sdm120', unit: i + 1 }, relay: { model: 'modbus-coil', unit: 100, coil: i }, plan: 'standard' })),
+    outlets: Array.from({ length: n }, (_, i) => ({
+      id: `A${i + 1}`,
+      name: `Bay ${i + 1}`,
+      bus: 'lan',
+      meter: { model: 'eastron-sdm120', unit: i + 1 },
+      relay: { model: 'modbus-coil', unit: 100, coil: i },
+      plan: 'standard',
+    })),
     plans: PLANS,
     sessions: { pollMs: 250, graceSeconds: 30, minChargeA: 0.5, autoStartA: 0.5, noCurrentA: 0.1, noCurrentHoldMs: 750, meterFaultMs: 5000 },
     api: { listen: o.listen ?? '127.0.0.1:0', token: TOKEN },
@@ -81,7 +88,15 @@ export async function startApiSite(t: Teardownable, o: ApiSiteOptions = {}): Pro
   const logger = createLogger('info', sink)
   // The chart's history sampled every 250 ms, so a test need not wait 5 s for two samples.
   const { api: apiTuning, ...serviceRest } = o.service ?? {}
-  const service = new Service({ config, clock: systemClock, logger, version: '0.0.0-test', stopTimeoutMs: 5000, ...serviceRest, api: { chartSampleMs: 250, ...apiTuning } })
+  const service = new Service({
+    config,
+    clock: systemClock,
+    logger,
+    version: '0.0.0-test',
+    stopTimeoutMs: 5000,
+    ...serviceRest,
+    api: { chartSampleMs: 250, ...apiTuning },
+  })
   await service.start()
   let stopped = false
   const stop = async (): Promise<void> => {
@@ -129,7 +144,11 @@ export async function startApiSite(t: Teardownable, o: ApiSiteOptions = {}): Pro
       return service.daemon.gateway.handle({ id: `kit-${process.pid}-${++cmdSeq}`, ...body }, 'local')
     },
     async ready() {
-      await waitFor(() => Object.values(service.daemon.engineState.outlets).every((e) => e.fresh && e.last !== null), 'a first reading of every outlet', 30_000)
+      await waitFor(
+        () => Object.values(service.daemon.engineState.outlets).every((e) => e.fresh && e.last !== null),
+        'a first reading of every outlet',
+        30_000,
+      )
     },
     stop,
   }

@@ -18,12 +18,21 @@ export interface PricedLine {
  * fee + lines, rounded once, half-up, to minor units. Energy and seconds are taken to
  * the millisecond / milliwatt-hour (the resolution the engine keeps).
  */
-export function priceSession(lines: PricedLine[], activationFee: number, currency: string): { lines: (PricedLine & { amountMicros: number })[]; activationFee: number; total: number } {
+export function priceSession(
+  lines: PricedLine[],
+  activationFee: number,
+  currency: string,
+): { lines: (PricedLine & { amountMicros: number })[]; activationFee: number; total: number } {
   const unit = microsPerMinor(currency)
   const feeMinor = Math.round((activationFee * 1_000_000) / unit)
   let sum = feeMinor * unit
   const out = lines.map((l) => {
-    const amountMicros = lineAmountMicros(Math.round(l.energyWh * 1000), Math.round(l.seconds * 1000), toMicros(l.perKwh ?? 0), toMicros(l.perHour ?? 0))
+    const amountMicros = lineAmountMicros(
+      Math.round(l.energyWh * 1000),
+      Math.round(l.seconds * 1000),
+      toMicros(l.perKwh ?? 0),
+      toMicros(l.perHour ?? 0),
+    )
     sum += amountMicros
     return { ...l, amountMicros }
   })

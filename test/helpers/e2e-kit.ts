@@ -116,7 +116,10 @@ export interface Peer {
   kill(): Promise<void>
 }
 
-export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number }): Promise<Peer> {
+export async function startPeer(
+  t: Teardownable,
+  opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number },
+): Promise<Peer> {
   const args = [PEER, '--outlets', String(opts.outlets)]
   if (opts.energyKwh !== undefined) args.push('--energy-kwh', String(opts.energyKwh))
   if (opts.rtu) args.push('--rtu', opts.rtu, '--baud', String(opts.baud ?? 9600))
@@ -128,7 +131,11 @@ export async function startPeer(t: Teardownable, opts: { outlets: number; rtu?: 
   const cmd = async (c: Record<string, unknown>): Promise<PeerOutlet[]> => {
     const id = `c${++next}`
     p.proc.stdin!.write(JSON.stringify({ ...c, id }) + '\n')
-    const line = await waitFor(() => p.out.find((l) => l.startsWith('{') && (JSON.parse(l) as { id?: string }).id === id) ?? (!p.running() && 'exited'), `site-peer reply to ${JSON.stringify(c)}`, 30_000)
+    const line = await waitFor(
+      () => p.out.find((l) => l.startsWith('{') && (JSON.parse(l) as { id?: string }).id === id) ?? (!p.running() && 'exited'),
+      `site-peer reply to ${JSON.stringify(c)}`,
+      30_000,
+    )
     if (line === 'exited') throw new Error(`site-peer exited:\n${p.err.join('\n')}`)
     const reply = JSON.parse(line) as { ok: boolean; error?: string; outlets: PeerOutlet[] }
     if (!reply.ok) throw new Error(`site-peer refused ${JSON.stringify(c)}: ${reply.error}`)
@@ -164,7 +171,11 @@ export async function ptyPair(t: Teardownable, dir = tempDir(t, 'outpost-e2e-pty
   const a = join(dir, 'a')
   const b = join(dir, 'b')
   const p = startProc(t, 'socat', ['-d', '-d', `pty,raw,echo=0,link=${a}`, `pty,raw,echo=0,link=${b}`])
-  await waitFor(() => (p.err.some((l) => l.includes('starting data transfer loop')) && existsSync(a) && existsSync(b)) || (!p.running() && 'exited'), 'socat pty pair', 30_000).then((v) => {
+  await waitFor(
+    () => (p.err.some((l) => l.includes('starting data transfer loop')) && existsSync(a) && existsSync(b)) || (!p.running() && 'exited'),
+    'socat pty pair',
+    30_000,
+  ).then((v) => {
     if (v === 'exited') throw new Error(`socat exited:\n${p.err.join('\n')}`)
   })
   return {
@@ -201,9 +212,19 @@ export interface SiteOptions {
 
 export const PLANS = [
   // 2.50 CAD/kWh and 36 CAD/h (one cent a second): a few Wh and seconds make a total worth checking.
-  { id: 'standard', currency: 'CAD', activationFee: 0.5, periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 2.5, perHour: 36 }] },
+  {
+    id: 'standard',
+    currency: 'CAD',
+    activationFee: 0.5,
+    periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 2.5, perHour: 36 }],
+  },
   // 100 CAD/kWh: 16 A at 230 V costs about ten cents a second.
-  { id: 'pricey', currency: 'CAD', activationFee: 0.5, periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 100 }] },
+  {
+    id: 'pricey',
+    currency: 'CAD',
+    activationFee: 0.5,
+    periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 100 }],
+  },
 ]
 
 export function writeSiteConfig(o: SiteOptions): string {
@@ -224,7 +245,16 @@ export function writeSiteConfig(o: SiteOptions): string {
     buses: [bus, ...(o.extraBuses ?? [])],
     outlets: [...outlets, ...(o.extraOutlets ?? [])],
     plans: PLANS,
-    sessions: { pollMs: 250, graceSeconds: 3, minChargeA: 0.5, autoStartA: 0.5, noCurrentA: 0.1, noCurrentHoldMs: 750, meterFaultMs: 2500, ...(o.sessions ?? {}) },
+    sessions: {
+      pollMs: 250,
+      graceSeconds: 3,
+      minChargeA: 0.5,
+      autoStartA: 0.5,
+      noCurrentA: 0.1,
+      noCurrentHoldMs: 750,
+      meterFaultMs: 2500,
+      ...(o.sessions ?? {}),
+    },
     ...(o.brokerUrl ? { uplink: { url: o.brokerUrl, topicPrefix: PREFIX, keepaliveS: 5, reconnectMaxMs: 1000 } } : {}),
     logging: { level: 'info' },
     ...(o.extra ?? {}),
@@ -282,12 +312,17 @@ export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.Pro
     pid: p.proc.pid!,
     exited: p.exited,
     async waitLog(pred, what, timeoutMs = 60_000) {
-      return waitFor(() => {
-        const hit = logs().find(pred)
-        if (hit) return hit
-        if (!p.running()) throw new Error(`the daemon exited while waiting for ${what}; stderr:\n${p.err.join('\n')}\nlog tail:\n${p.out.slice(-20).join('\n')}`)
-        return undefined
-      }, what, timeoutMs)
+      return waitFor(
+        () => {
+          const hit = logs().find(pred)
+          if (hit) return hit
+          if (!p.running())
+            throw new Error(`the daemon exited while waiting for ${what}; stderr:\n${p.err.join('\n')}\nlog tail:\n${p.out.slice(-20).join('\n')}`)
+          return undefined
+        },
+        what,
+        timeoutMs,
+      )
     },
     stop: (signal = 'SIGTERM') => p.kill(signal),
   }
@@ -320,7 +355,11 @@ export async function startCloud(t: Teardownable, brokerUrl: string, dir: string
   const consumer = new ReconcilingConsumer({ url: brokerUrl, siteId: SITE, prefix: PREFIX, file, gapWaitMs: 1000, pullTimeoutMs: 5000 })
   await consumer.start()
   const base = `${PREFIX}/${SITE}`
-  const client = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 250, connectTimeout: 10_000, clientId: `e2e-cloud-${process.pid}-${Math.random().toString(36).slice(2, 8)}` })
+  const client = await mqtt.connectAsync(brokerUrl, {
+    reconnectPeriod: 250,
+    connectTimeout: 10_000,
+    clientId: `e2e-cloud-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+  })
   const results = new Map<string, CommandResult>()
   const outlets = new Map<string, Record<string, unknown>>()
   let status: Record<string, unknown> | undefined
@@ -362,16 +401,20 @@ export async function startCloud(t: Teardownable, brokerUrl: string, dir: string
       const id = `e2e-${process.pid}-${++cmdSeq}`
       const msg = JSON.stringify({ id, ...body })
       let sentAt = 0
-      return waitFor(() => {
-        const r = results.get(id)
-        if (r) return r
-        // The gateway's session is clean: a command sent while it was offline is lost, so resend (same id: applied once).
-        if (Date.now() - sentAt > 3000 && client.connected) {
-          sentAt = Date.now()
-          client.publish(`${base}/cmd`, msg, { qos: 1 })
-        }
-        return undefined
-      }, `result of ${msg}`, timeoutMs)
+      return waitFor(
+        () => {
+          const r = results.get(id)
+          if (r) return r
+          // The gateway's session is clean: a command sent while it was offline is lost, so resend (same id: applied once).
+          if (Date.now() - sentAt > 3000 && client.connected) {
+            sentAt = Date.now()
+            client.publish(`${base}/cmd`, msg, { qos: 1 })
+          }
+          return undefined
+        },
+        `result of ${msg}`,
+        timeoutMs,
+      )
     },
     async start(outlet, userId) {
       return waitFor(async () => {
@@ -418,14 +461,16 @@ export async function startSession(
   cloud: Cloud,
   o: { outlet: number; userId: string; amps?: number; wallet?: number; chargeWh?: number; charging?: string },
 ): Promise<StartedSession> {
-  if (o.wallet !== undefined) t.ok((await cloud.command({ action: 'set-wallet', userId: o.userId, currency: 'CAD', balance: o.wallet })).ok, `wallet of ${o.userId}`)
+  if (o.wallet !== undefined)
+    t.ok((await cloud.command({ action: 'set-wallet', userId: o.userId, currency: 'CAD', balance: o.wallet })).ok, `wallet of ${o.userId}`)
   if (o.amps !== undefined) await peer.plug(o.outlet, o.amps)
   const e0 = (await peer.outlet(o.outlet)).energyWh
   const result = await cloud.start(`E${o.outlet}`, o.userId)
   t.ok(result.ok, 'start accepted: ' + JSON.stringify(result))
   if (!result.ok) throw new Error(`start of E${o.outlet} for ${o.userId} refused: ${JSON.stringify(result)}`)
   const sessionId = (result as { result: { sessionId: string } }).result.sessionId
-  if (o.chargeWh !== undefined) await waitFor(async () => (await peer.outlet(o.outlet)).energyWh > e0 + o.chargeWh!, o.charging ?? `E${o.outlet} charging ${o.chargeWh} Wh`)
+  if (o.chargeWh !== undefined)
+    await waitFor(async () => (await peer.outlet(o.outlet)).energyWh > e0 + o.chargeWh!, o.charging ?? `E${o.outlet} charging ${o.chargeWh} Wh`)
   return { sessionId, e0, result }
 }
 
@@ -434,8 +479,14 @@ export async function startSession(
 export type Ended = Extract<JournalRecord, { type: 'session.ended' }>
 export type Started = Extract<JournalRecord, { type: 'session.started' }>
 
-export const isEnded = (sessionId?: string) => (r: JournalRecord): r is Ended => r.type === 'session.ended' && (sessionId === undefined || r.sessionId === sessionId)
-export const isStarted = (outlet?: string) => (r: JournalRecord): r is Started => r.type === 'session.started' && (outlet === undefined || r.outlet === outlet)
+export const isEnded =
+  (sessionId?: string) =>
+  (r: JournalRecord): r is Ended =>
+    r.type === 'session.ended' && (sessionId === undefined || r.sessionId === sessionId)
+export const isStarted =
+  (outlet?: string) =>
+  (r: JournalRecord): r is Started =>
+    r.type === 'session.started' && (outlet === undefined || r.outlet === outlet)
 
 /** Half-up division of a non-negative integer. */
 export function roundHalfUp(n: number, d: number): number {

@@ -35,7 +35,8 @@ export function lazyfsBinary(): string {
   if (!existsSync(BUILD_SCRIPT)) throw new Error(`LazyFS is missing and ${BUILD_SCRIPT} is not there to build it: ${HOW}`)
   const r = spawnSync('bash', [BUILD_SCRIPT, out], { encoding: 'utf8', timeout: 600_000 })
   const bin = r.stdout.trim().split('\n').at(-1) ?? ''
-  if (r.status !== 0 || !existsSync(bin)) throw new Error(`LazyFS is missing and building it failed (${r.stderr.trim().split('\n').at(-1) ?? r.status}): ${HOW}`)
+  if (r.status !== 0 || !existsSync(bin))
+    throw new Error(`LazyFS is missing and building it failed (${r.stderr.trim().split('\n').at(-1) ?? r.status}): ${HOW}`)
   return bin
 }
 
@@ -60,7 +61,9 @@ export interface LazyFs {
 export class LazyFsHang extends Error {}
 
 function mounted(mnt: string): boolean {
-  return readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mnt)
+  return readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === mnt)
 }
 
 export async function mountLazyfs(): Promise<LazyFs> {
@@ -91,7 +94,9 @@ export async function mountLazyfs(): Promise<LazyFs> {
     ].join('\n'),
   )
   let stderr = ''
-  const proc: ChildProcess = spawn(bin, [mnt, '--config-path', cfg, '-o', 'allow_other', '-o', 'modules=subdir', '-o', `subdir=${root}`, '-f'], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const proc: ChildProcess = spawn(bin, [mnt, '--config-path', cfg, '-o', 'allow_other', '-o', 'modules=subdir', '-o', `subdir=${root}`, '-f'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
   let exited = false
   proc.on('exit', () => (exited = true))
@@ -124,7 +129,10 @@ export async function mountLazyfs(): Promise<LazyFs> {
     root,
     async clearCache() {
       const finished = new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`LazyFS did not answer clear-cache within 20 s (${stderr.trim().split('\n').at(-1) ?? ''})`)), 20_000)
+        const timer = setTimeout(
+          () => reject(new Error(`LazyFS did not answer clear-cache within 20 s (${stderr.trim().split('\n').at(-1) ?? ''})`)),
+          20_000,
+        )
         waiting.push(() => {
           clearTimeout(timer)
           resolve()

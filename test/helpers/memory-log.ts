@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto'
 import canonicalize from 'canonicalize'
-import { type CommandResult, type JournalRecord, type RecordBody, type RecordLog } from '../../core/types.js'
+import type { CommandResult, JournalRecord, RecordBody, RecordLog } from '../../core/types.js'
 import { OutpostError } from '../../daemon/errors.js'
 
 export class MemoryLog implements RecordLog {
@@ -19,7 +19,10 @@ export class MemoryLog implements RecordLog {
   private ledger = new Map<string, CommandResult>()
   readonly ackCalls: number[] = []
 
-  constructor(readonly bootId = 'boot-test', private clockSynced = true) {}
+  constructor(
+    readonly bootId = 'boot-test',
+    private clockSynced = true,
+  ) {}
 
   head(): number {
     return this.first + this.records.length - 1
@@ -51,7 +54,10 @@ export class MemoryLog implements RecordLog {
   append(bodies: RecordBody[]): JournalRecord[] {
     const out: JournalRecord[] = []
     for (const body of bodies) {
-      const rec = { ...body, seq: this.head() + 1, bootId: this.bootId, clockSynced: this.clockSynced, prev: this.lastHash } as Omit<JournalRecord, 'hash'>
+      const rec = { ...body, seq: this.head() + 1, bootId: this.bootId, clockSynced: this.clockSynced, prev: this.lastHash } as Omit<
+        JournalRecord,
+        'hash'
+      >
       const hash = createHash('sha256').update(canonicalize(rec)!, 'utf8').digest('hex')
       const full = { ...rec, hash } as JournalRecord
       this.records.push(full)

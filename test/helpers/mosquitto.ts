@@ -98,10 +98,12 @@ export async function startMosquitto(t?: Teardownable, opts: BrokerOptions = {})
       stderr += d.toString()
     })
     let gone = false
-    exited = new Promise((resolve) => c.once('exit', () => {
-      gone = true
-      resolve()
-    }))
+    exited = new Promise((resolve) =>
+      c.once('exit', () => {
+        gone = true
+        resolve()
+      }),
+    )
     const deadline = Date.now() + 30_000
     while (Date.now() < deadline) {
       if (gone) throw new Error(`mosquitto exited at start (port ${port}): ${stderr.trim()}`)

@@ -61,20 +61,47 @@ export function recordLogContract(t: Test, make: Make): void {
     const s = await open(t, make)
     const first = await s.append(bodies(3))
     const second = await s.append(bodies(2, 3))
-    t.same([...first, ...second].map((r) => r.seq), [1, 2, 3, 4, 5], 'sealed with seq 1..5')
+    t.same(
+      [...first, ...second].map((r) => r.seq),
+      [1, 2, 3, 4, 5],
+      'sealed with seq 1..5',
+    )
     t.equal(s.log.head(), 5)
     t.equal(s.log.oldest(), 1)
     const all = await s.log.read(1, 100)
-    t.same(all.map((r) => r.seq), [1, 2, 3, 4, 5])
+    t.same(
+      all.map((r) => r.seq),
+      [1, 2, 3, 4, 5],
+    )
     t.same(all, [...first, ...second], 'read returns the records append sealed')
-    t.same(all.map((r) => (r as { sessionId: string }).sessionId), ['s-0', 's-1', 's-2', 's-3', 's-4'], 'bodies kept')
+    t.same(
+      all.map((r) => (r as { sessionId: string }).sessionId),
+      ['s-0', 's-1', 's-2', 's-3', 's-4'],
+      'bodies kept',
+    )
     t.match(verifyChain(all, CHAIN_START), { ok: true, end: { seq: 5, hash: all[4]!.hash } }, "the uplink's chain check holds from the genesis")
-    for (const r of all) t.equal(r.hash, recordHash(r as unknown as Record<string, unknown>), `seq ${r.seq}: hash is SHA-256 of the canonical record without hash`)
-    t.ok(all.every((r) => typeof r.bootId === 'string' && r.bootId !== '' && typeof r.clockSynced === 'boolean'), 'bootId and clockSynced stamped')
-    t.same((await s.log.read(2, 2)).map((r) => r.seq), [2, 3], 'from 2, at most 2')
-    t.same((await s.log.read(5, 100)).map((r) => r.seq), [5], 'from the head')
+    for (const r of all)
+      t.equal(r.hash, recordHash(r as unknown as Record<string, unknown>), `seq ${r.seq}: hash is SHA-256 of the canonical record without hash`)
+    t.ok(
+      all.every((r) => typeof r.bootId === 'string' && r.bootId !== '' && typeof r.clockSynced === 'boolean'),
+      'bootId and clockSynced stamped',
+    )
+    t.same(
+      (await s.log.read(2, 2)).map((r) => r.seq),
+      [2, 3],
+      'from 2, at most 2',
+    )
+    t.same(
+      (await s.log.read(5, 100)).map((r) => r.seq),
+      [5],
+      'from the head',
+    )
     t.same(await s.log.read(6, 10), [], 'past the head: nothing')
-    t.same((await s.log.read(4, 1)).map((r) => r.seq), [4], 'limit 1')
+    t.same(
+      (await s.log.read(4, 1)).map((r) => r.seq),
+      [4],
+      'limit 1',
+    )
   })
 
   t.test('onAppend: once per durable append, with the new head, already readable; unsubscribe stops it', async (t) => {
@@ -86,10 +113,22 @@ export function recordLogContract(t: Test, make: Make): void {
     await s.append(bodies(2))
     t.equal(seen.length, 1, 'called by the time append resolved')
     await s.append(bodies(3, 2))
-    t.same(seen.map((x) => x.given), [2, 5], 'once per append, with the new head')
-    t.same(seen.map((x) => x.head), [2, 5], 'head() already says so inside the listener')
+    t.same(
+      seen.map((x) => x.given),
+      [2, 5],
+      'once per append, with the new head',
+    )
+    t.same(
+      seen.map((x) => x.head),
+      [2, 5],
+      'head() already says so inside the listener',
+    )
     // (It may also find later records: the read runs on after the listener returned.)
-    t.same((await Promise.all(seen.map((x) => x.read))).map((rs) => rs[0]?.seq), [2, 5], 'a read started inside the listener finds the new head record')
+    t.same(
+      (await Promise.all(seen.map((x) => x.read))).map((rs) => rs[0]?.seq),
+      [2, 5],
+      'a read started inside the listener finds the new head record',
+    )
     off()
     await s.append(bodies(1, 5))
     t.equal(seen.length, 2, 'not called after unsubscribing')
@@ -124,13 +163,21 @@ export function recordLogContract(t: Test, make: Make): void {
     t.equal(s.log.head(), 10, 'head unchanged')
     t.equal(s.log.acked(), 6, 'acked unchanged')
     const held = await s.log.read(7, 100)
-    t.same(held.map((r) => r.seq), [7, 8, 9, 10], 'every unacknowledged record is still held')
+    t.same(
+      held.map((r) => r.seq),
+      [7, 8, 9, 10],
+      'every unacknowledged record is still held',
+    )
     t.match(verifyChain(held, { seq: 6, hash: held[0]!.prev }), { ok: true }, 'and still chains')
     t.equal(await code(s.log.read(6, 10)), 'JOURNAL_COMPACTED', 'from oldest-1')
     t.equal(await code(s.log.read(1, 1)), 'JOURNAL_COMPACTED', 'from 1')
     t.same(await s.log.read(11, 10), [], 'past the head: still nothing, not an error')
     await s.append(bodies(1, 10))
-    t.same((await s.log.read(7, 100)).map((r) => r.seq), [7, 8, 9, 10, 11], 'appends go on after a compaction')
+    t.same(
+      (await s.log.read(7, 100)).map((r) => r.seq),
+      [7, 8, 9, 10, 11],
+      'appends go on after a compaction',
+    )
   })
 
   t.test('reopened: the same head, acked, oldest and records; appends continue the chain', async (t) => {
@@ -141,7 +188,10 @@ export function recordLogContract(t: Test, make: Make): void {
     await s.compact()
     const before = { head: s.log.head(), acked: s.log.acked(), oldest: s.log.oldest(), records: await s.log.read(s.log.oldest(), 100) }
     const again = await s.reopen()
-    t.same({ head: again.log.head(), acked: again.log.acked(), oldest: again.log.oldest(), records: await again.log.read(again.log.oldest(), 100) }, before)
+    t.same(
+      { head: again.log.head(), acked: again.log.acked(), oldest: again.log.oldest(), records: await again.log.read(again.log.oldest(), 100) },
+      before,
+    )
     t.same(before.oldest, 6, 'the compaction held')
     const heads: number[] = []
     again.log.onAppend((h) => heads.push(h))

@@ -18,6 +18,7 @@ export interface TestLog extends RecordLog {
   /** Journal these bodies (one commit) and return the sealed records. */
   append(bodies: RecordBody[]): Promise<JournalRecord[]> | JournalRecord[]
   /** Compact every acknowledged record retention allows (all of them, in tests) but the head. */
+  // biome-ignore lint/suspicious/noConfusingVoidType: MemoryLog compacts synchronously, the journal asynchronously
   compact(): Promise<unknown> | void
   commandResult(id: string): Promise<CommandResult | undefined>
   /** Store a command's first result, as the daemon's commit does. */
@@ -32,7 +33,13 @@ export class DiskLog implements TestLog {
 
   static async open(dir: string): Promise<DiskLog> {
     const log = new DiskLog()
-    log.journal = await Journal.open(dir, { bootId: 'boot-test', clockSynced: () => true, now: () => Date.now() + log.skew, compactEveryMs: 0, readingSyncMs: 0 })
+    log.journal = await Journal.open(dir, {
+      bootId: 'boot-test',
+      clockSynced: () => true,
+      now: () => Date.now() + log.skew,
+      compactEveryMs: 0,
+      readingSyncMs: 0,
+    })
     return log
   }
   head(): number {

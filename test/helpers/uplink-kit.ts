@@ -40,12 +40,7 @@ export function uplinkConfig(url: string, over: Partial<UplinkConfig> = {}): Upl
   return { url, topicPrefix: 'outpost', keepaliveS: 30, windowRecords: 2000, batchRecords: 100, reconnectMaxMs: 1000, ...over }
 }
 
-export function makeUplink(
-  t: Teardownable,
-  log: RecordLog,
-  config: UplinkConfig,
-  over: Partial<UplinkOptions> = {},
-): Uplink {
+export function makeUplink(t: Teardownable, log: RecordLog, config: UplinkConfig, over: Partial<UplinkOptions> = {}): Uplink {
   const u = new Uplink({
     config,
     siteId: 'lot-7',
