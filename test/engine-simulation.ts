@@ -261,7 +261,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
     for (const eff of effects) {
       if (eff.type === 'relay') {
         const o = sim.find((x) => x.id === eff.outlet)
-        check(o !== undefined && o.relay, () => `relay effect for ${eff.outlet}, which has no relay`)
+        check(o?.relay === true, () => `relay effect for ${eff.outlet}, which has no relay`)
         o!.closed = eff.closed
       } else if (eff.type === 'record') {
         const rec = eff.record
