@@ -200,6 +200,17 @@ export interface JournalSalvageInfo {
 }
 
 /** What the engine emits; the journal adds seq, bootId, clockSynced, prev, hash. */
+/** Every record type, in one list: the journal refuses any other, Node-RED's events node offers these. */
+export const RECORD_TYPES = [
+  'gateway.started',
+  'session.started',
+  'session.ended',
+  'outlet.fault',
+  'outlet.recovered',
+  'meter.reconciliation',
+] as const
+export type RecordType = (typeof RECORD_TYPES)[number]
+
 export type RecordBody =
   | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
   | {
@@ -246,8 +257,6 @@ export type RecordBody =
       billedWh: number
       unbilledWh: number
     }
-
-export type RecordType = RecordBody['type']
 
 /** A journaled record as the cloud sees it. */
 export type JournalRecord = RecordBody & {
@@ -324,3 +333,8 @@ export interface RecordLog {
   /** Called after every durable append with the new head. Returns an unsubscribe function. */
   onAppend(listener: (head: number) => void): () => void
 }
+
+// The list and the record shapes name the same types: a record added to one and not the other does not compile.
+type SameTypes<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
+const recordTypesMatch: SameTypes<RecordType, RecordBody['type']> = true
+void recordTypesMatch

@@ -5,14 +5,15 @@
  */
 'use strict'
 
-const { bridgeOf, watchStatuses, RECORD_TYPES } = require('./lib/bridge.js')
+const { bridgeOf, watchStatuses } = require('./lib/bridge.js')
 
 module.exports = (RED) => {
   function OutpostEventsNode(config) {
     RED.nodes.createNode(this, config)
     const bridge = bridgeOf(RED, this)
     if (!bridge) return
-    const types = new Set(Array.isArray(config.types) ? config.types.filter((t) => RECORD_TYPES.includes(t)) : RECORD_TYPES)
+    const all = bridge.recordTypes
+    const types = new Set(Array.isArray(config.types) ? config.types.filter((t) => all.includes(t)) : all)
     const outlet = typeof config.outlet === 'string' ? config.outlet.trim() : ''
     const statuses = ['none', 'changes', 'all'].includes(config.statuses) ? config.statuses : 'changes'
     if (outlet && !bridge.outletIds().includes(outlet)) {

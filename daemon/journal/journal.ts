@@ -18,7 +18,15 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { AbstractLevel } from 'abstract-level'
-import type { CommandResult, JournalRecord, PersistedEngineState, Reading, RecordBody, RecordLog } from '../../core/types.js'
+import {
+  type CommandResult,
+  type JournalRecord,
+  type PersistedEngineState,
+  RECORD_TYPES,
+  type Reading,
+  type RecordBody,
+  type RecordLog,
+} from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
 import * as K from './keys.js'
@@ -90,7 +98,7 @@ export interface CompactionResult {
   oldest: number
 }
 
-const RECORD_TYPES = new Set(['gateway.started', 'session.started', 'session.ended', 'outlet.fault', 'outlet.recovered', 'meter.reconciliation'])
+const RECORD_TYPE_SET = new Set<string>(RECORD_TYPES)
 const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/
 const DAY_MS = 86_400_000
 /** Deletions per batch during retention, so a big first compaction never holds the commit queue long. */
@@ -430,7 +438,7 @@ export class Journal implements RecordLog {
     if (!Array.isArray(step.records)) bad('step.records must be an array')
     step.records.forEach((r, i) => {
       if (r === null || typeof r !== 'object') bad(`records[${i}] is not an object`)
-      if (!RECORD_TYPES.has(r.type)) bad(`records[${i}].type ${JSON.stringify(r.type)} is not a record type`)
+      if (!RECORD_TYPE_SET.has(r.type)) bad(`records[${i}].type ${JSON.stringify(r.type)} is not a record type`)
       if (typeof r.ts !== 'string' || !ISO_MS.test(r.ts)) bad(`records[${i}].ts ${JSON.stringify(r.ts)} is not an ISO 8601 time`)
     })
     if (step.state !== undefined) {

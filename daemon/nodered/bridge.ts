@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
-import type { CommandResult, JournalRecord, OutletStatus } from '../../core/types.js'
+import { type CommandResult, type JournalRecord, type OutletStatus, RECORD_TYPES } from '../../core/types.js'
 
 export type BridgeEvent = 'record' | 'status' | 'result'
 type Payload<E extends BridgeEvent> = E extends 'record' ? JournalRecord : E extends 'status' ? OutletStatus : CommandResult
@@ -22,6 +22,8 @@ type Payload<E extends BridgeEvent> = E extends 'record' ? JournalRecord : E ext
 /** What Outpost's nodes see (keep in step with the JSDoc in flows/lib/bridge.js). */
 export interface OutpostBridge {
   readonly version: 1
+  /** Every record type (core/types.ts RECORD_TYPES): what the events node may filter on. */
+  readonly recordTypes: readonly string[]
   readonly siteId: string
   readonly timezone: string
   /** Outlet ids in config order. */
@@ -48,6 +50,7 @@ const BOOT_LOOKBACK = 1000
 
 export class DaemonBridge implements OutpostBridge {
   readonly version = 1 as const
+  readonly recordTypes: readonly string[] = RECORD_TYPES
   readonly siteId: string
   readonly timezone: string
   private readonly subs: { [E in BridgeEvent]: Set<(p: Payload<E>) => void> } = { record: new Set(), status: new Set(), result: new Set() }

@@ -3,6 +3,7 @@
  * is started with (daemon/nodered/bridge.ts, exposed as RED.settings.outpost):
  *
  *   siteId, timezone            the site's config
+ *   recordTypes                 every record type (the daemon's one list)
  *   outletIds()                 outlet ids in config order
  *   outlets()                   latest OutletStatus of every outlet that has one
  *   on(event, fn) -> off()      event: 'record' | 'status' | 'result'
@@ -12,8 +13,6 @@
  * Outside Outpost (a stock Node-RED) there is no bridge: the node says so and does nothing.
  */
 'use strict'
-
-const RECORD_TYPES = ['session.started', 'session.ended', 'outlet.fault', 'outlet.recovered', 'meter.reconciliation', 'gateway.started']
 
 function bridgeOf(RED, node) {
   let bridge
@@ -43,4 +42,4 @@ function watchStatuses(bridge, fn) {
   })
 }
 
-module.exports = { bridgeOf, watchStatuses, RECORD_TYPES }
+module.exports = { bridgeOf, watchStatuses }
