@@ -22,6 +22,7 @@ import type { JournalRecord } from '../core/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
 import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
+import { type LineChild, spawnLineChild } from './helpers/line-child.js'
 
 // The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s
 // when it shares the cores with other files).
@@ -57,54 +58,16 @@ t.teardown(() => {
   for (const c of children) c.kill('SIGKILL')
 })
 
-interface Run {
-  child: ChildProcess
-  lines: string[]
+interface Run extends LineChild {
   ready: Promise<number>
-  exited: Promise<number | null>
-  waitFor: (pred: (line: string) => boolean) => Promise<void>
 }
 
 function start(seed: number, flag?: string, kind: 'engine' | 'workload' = 'engine', where = dir): Run {
-  const env = { ...process.env }
-  delete env.NODE_OPTIONS // tap's coverage hook: not wanted in a child that is killed 200 times
   const args = kind === 'engine' ? [engineChild, where, String(seed), configFile] : [workloadChild, where, String(seed), String(OUTLETS)]
-  const child = spawn(process.execPath, [...args, ...(flag ? [flag] : [])], { stdio: ['ignore', 'pipe', 'pipe'], env })
-  children.add(child)
-  const lines: string[] = []
-  const waiters: { pred: (l: string) => boolean; resolve: () => void }[] = []
-  let stderr = ''
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    lines.push(line)
-    for (const w of [...waiters])
-      if (w.pred(line)) {
-        waiters.splice(waiters.indexOf(w), 1)
-        w.resolve()
-      }
-  })
-  const exited = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
-      children.delete(child)
-      resolve(code)
-    }),
-  )
-  const waitFor = (pred: (l: string) => boolean): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      if (lines.some(pred)) return resolve()
-      waiters.push({ pred, resolve })
-      void exited.then((code) => {
-        // Let the line reader drain what the child wrote before it exited.
-        setImmediate(() =>
-          lines.some(pred)
-            ? resolve()
-            : reject(new Error(`child exited (${code}) before the expected line; stdout: ${lines.slice(-3).join(' | ')}; stderr: ${stderr}`)),
-        )
-      })
-    })
-  const ready = waitFor((l) => l.startsWith('ready ')).then(() => Number(lines.find((l) => l.startsWith('ready '))!.split(' ')[1]))
+  const run = spawnLineChild([...args, ...(flag ? [flag] : [])], children)
+  const ready = run.waitFor((l) => l.startsWith('ready ')).then(() => Number(run.lines.find((l) => l.startsWith('ready '))!.split(' ')[1]))
   ready.catch(() => {})
-  return { child, lines, ready, exited, waitFor }
+  return { ...run, ready }
 }
 
 async function allRecords(): Promise<JournalRecord[]> {

@@ -15,17 +15,17 @@
  * later). No boot may meet JOURNAL_CORRUPT or need the salvage path.
  */
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { access, cp, mkdir, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { openOffline, storedRecords, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord, SiteConfig } from '../core/types.js'
 import { rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
 import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
+import { type LineChild, spawnLineChild } from './helpers/line-child.js'
 import { LazyFsHang, mountLazyfs, type LazyFs } from './helpers/lazyfs.js'
 
 // The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s
@@ -60,50 +60,10 @@ t.teardown(() => {
   for (const c of children) c.kill('SIGKILL')
 })
 
-interface Run {
-  child: ChildProcess
-  lines: string[]
-  exited: Promise<number | null>
-  waitFor: (pred: (line: string) => boolean) => Promise<void>
-}
+type Run = LineChild
 
 function start(args: string[]): Run {
-  const env = { ...process.env }
-  delete env.NODE_OPTIONS
-  const child = spawn(process.execPath, [childJs, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env })
-  children.add(child)
-  const lines: string[] = []
-  const waiters: { pred: (l: string) => boolean; resolve: () => void }[] = []
-  let stderr = ''
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
-  createInterface({ input: child.stdout! }).on('line', (line) => {
-    lines.push(line)
-    for (const w of [...waiters])
-      if (w.pred(line)) {
-        waiters.splice(waiters.indexOf(w), 1)
-        w.resolve()
-      }
-  })
-  const exited = new Promise<number | null>((resolve) =>
-    child.on('exit', (code) => {
-      children.delete(child)
-      // Let the line reader drain what the child wrote before it died.
-      setImmediate(() => resolve(code))
-    }),
-  )
-  const waitFor = (pred: (l: string) => boolean): Promise<void> =>
-    new Promise<void>((resolve, reject) => {
-      if (lines.some(pred)) return resolve()
-      waiters.push({ pred, resolve })
-      void exited.then((code) =>
-        lines.some(pred)
-          ? resolve()
-          : reject(
-              new Error(`child exited (${code}) before the expected line; stdout: ${lines.slice(-3).join(' | ')}; stderr: ${stderr.slice(-500)}`),
-            ),
-      )
-    })
-  return { child, lines, exited, waitFor }
+  return spawnLineChild([childJs, ...args], children)
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))

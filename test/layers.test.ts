@@ -53,13 +53,13 @@ function folderCycles(graph: Graph, folder: (file: string) => string): string[] 
   }
   const reaches = (from: string, to: string): boolean => {
     const seen = new Set<string>()
-    const todo = [from]
-    while (todo.length) {
-      const f = todo.pop()!
+    const pending = [from]
+    while (pending.length) {
+      const f = pending.pop()!
       if (f === to) return true
       if (seen.has(f)) continue
       seen.add(f)
-      todo.push(...(edges.get(f) ?? []))
+      pending.push(...(edges.get(f) ?? []))
     }
     return false
   }
@@ -72,12 +72,12 @@ function folderCycles(graph: Graph, folder: (file: string) => string): string[] 
 /** Every file `start` loads, itself included. */
 function closure(graph: Graph, start: string): string[] {
   const seen = new Set<string>()
-  const todo = [start]
-  while (todo.length) {
-    const f = todo.pop()!
+  const pending = [start]
+  while (pending.length) {
+    const f = pending.pop()!
     if (seen.has(f)) continue
     seen.add(f)
-    todo.push(...(graph.get(f)?.local ?? []))
+    pending.push(...(graph.get(f)?.local ?? []))
   }
   return [...seen].sort()
 }
