@@ -110,36 +110,15 @@ export class Metrics {
 
     type Bus = ReturnType<typeof buses>[number]
     const perBus = (pick: (b: Bus) => number) => (): Rows => buses().map((b) => [{ bus: b.id }, pick(b)])
-    counter(
-      'outpost_bus_transactions_total',
-      'Modbus/serial transactions completed on the bus.',
-      ['bus'],
-      perBus((b) => b.transactions),
-    )
-    counter(
-      'outpost_bus_timeouts_total',
-      'Requests on the bus that got no answer in time.',
-      ['bus'],
-      perBus((b) => b.timeouts),
-    )
-    counter(
-      'outpost_bus_crc_errors_total',
-      'Frames with a bad CRC.',
-      ['bus'],
-      perBus((b) => b.crcErrors),
-    )
-    counter(
-      'outpost_bus_exceptions_total',
-      'Modbus exception responses.',
-      ['bus'],
-      perBus((b) => b.exceptions),
-    )
-    counter(
-      'outpost_bus_opens_total',
-      'Times the bus (port or TCP connection) was opened.',
-      ['bus'],
-      perBus((b) => b.opens),
-    )
+    // One counter per bus statistic, and whether the bus is open.
+    const busCounters: [string, string, (b: Bus) => number][] = [
+      ['outpost_bus_transactions_total', 'Modbus/serial transactions completed on the bus.', (b) => b.transactions],
+      ['outpost_bus_timeouts_total', 'Requests on the bus that got no answer in time.', (b) => b.timeouts],
+      ['outpost_bus_crc_errors_total', 'Frames with a bad CRC.', (b) => b.crcErrors],
+      ['outpost_bus_exceptions_total', 'Modbus exception responses.', (b) => b.exceptions],
+      ['outpost_bus_opens_total', 'Times the bus (port or TCP connection) was opened.', (b) => b.opens],
+    ]
+    for (const [name, help, pick] of busCounters) counter(name, help, ['bus'], perBus(pick))
     gauge(
       'outpost_bus_open',
       '1 while the bus is open, else 0.',
