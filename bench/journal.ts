@@ -63,6 +63,7 @@ function ended(i: number): RecordBody {
     activationFee: 50,
     total: 205,
     offline: false,
+    pausedS: 0,
   }
 }
 

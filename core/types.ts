@@ -13,6 +13,8 @@ export interface SiteConfig {
   storage: { dir: string; retentionDays: number; readingSyncMs: number }
   models?: { dir?: string }
   buses: BusConfig[]
+  /** Shared circuits (feeders): load management and time-sharing. Empty when the site has none. */
+  circuits: CircuitConfig[]
   outlets: OutletConfig[]
   plans: PlanConfig[]
   sessions: SessionSettings
@@ -71,6 +73,37 @@ export interface OutletConfig {
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number
   autoStart?: { userId: string }
+  /** The circuit it is wired to (circuits[].id); omitted: on no managed circuit. */
+  circuit?: string
+  /** The phase it draws from on its circuit. */
+  phase: Phase
+  /** Higher is served first on a shared circuit (and shed last). */
+  priority: number
+}
+
+export type Phase = 'L1' | 'L2' | 'L3'
+export const PHASES: readonly Phase[] = ['L1', 'L2', 'L3']
+
+/** A feeder: a per-phase current limit shared by the outlets wired to it and to its children. */
+export interface CircuitConfig {
+  id: string
+  /** Per phase, amperes. */
+  maxA: number
+  /** The circuit this one is fed from: its limit applies to this one's load too. */
+  parent?: string
+  /** A meter measuring the circuit's own phase currents (outlets and anything else on it). */
+  meter?: { bus: string; model: string; unit: number; delayMs?: number }
+  /** What the outlets may draw while the feeder meter is silent (per phase). */
+  failsafeA: number
+  /** Rotation slice while demand exceeds the limit, seconds. */
+  slotS: number
+}
+
+/** One sample of a feeder meter: the current on each phase. */
+export interface CircuitReading {
+  ts: number
+  /** [L1, L2, L3] amperes. */
+  currentsA: [number, number, number]
 }
 
 export interface PeriodConfig {
@@ -184,7 +217,11 @@ export interface BillingLine {
    * so that amountMicros + waivedMicros is the line at its rates (added by the engine).
    */
   waivedMicros?: number
+  /** Only when the session waited on a full circuit within this line: those seconds, not in `seconds` (seconds + pausedS = to - from). */
+  pausedS?: number
 }
+
+export type QueueReason = 'start' | 'rotation' | 'shed' | 'failsafe'
 
 /**
  * Present on gateway.started only when boot found the journal damaged (JOURNAL_CORRUPT)
@@ -208,6 +245,8 @@ export const RECORD_TYPES = [
   'outlet.fault',
   'outlet.recovered',
   'meter.reconciliation',
+  'session.queued',
+  'session.resumed',
 ] as const
 export type RecordType = (typeof RECORD_TYPES)[number]
 
@@ -243,7 +282,19 @@ export type RecordBody =
       activationFee: number
       total: number
       offline: boolean
+      /** Seconds the session waited with its relay open on a full circuit (never billed per hour). */
+      pausedS: number
     }
+  | {
+      type: 'session.queued'
+      ts: string
+      sessionId: string
+      outlet: string
+      circuit: string
+      /** start: no room when it began; rotation: its slot was over and another's turn came; shed: the circuit was over its limit; failsafe: the feeder meter is silent. */
+      why: QueueReason
+    }
+  | { type: 'session.resumed'; ts: string; sessionId: string; outlet: string; circuit: string; waitedS: number }
   | { type: 'outlet.fault'; ts: string; outlet: string; detail: string }
   | { type: 'outlet.recovered'; ts: string; outlet: string; detail: string }
   | {
@@ -271,7 +322,9 @@ export type JournalRecord = RecordBody & {
 
 // ---------------------------------------------------------------- outlet status
 
-export type OutletState = 'off' | 'armed' | 'pending' | 'charging' | 'unavailable' | 'fault'
+export type OutletState = 'off' | 'armed' | 'pending' | 'charging' | 'queued' | 'unavailable' | 'fault'
+/** Every outlet state, in one list (metrics, the status page). */
+export const OUTLET_STATES: readonly OutletState[] = ['off', 'armed', 'pending', 'charging', 'queued', 'unavailable', 'fault']
 
 /** Published on P/outlets/{id} and served by GET /api/outlets. */
 export interface OutletStatus {
@@ -286,6 +339,10 @@ export interface OutletStatus {
   /** Cost of the open session so far, in minor units, else 0. */
   cost: number
   currency?: string
+  /** The circuit the outlet is on, if any. */
+  circuit?: string
+  /** While `queued`: since when the session has waited (ISO 8601). */
+  queuedSince?: string
   ts: string
 }
 
@@ -299,6 +356,8 @@ export type Command =
   | { action: 'set-availability'; outlet: string; available: boolean }
   | { action: 'set-plan'; plan: PlanConfig }
   | { action: 'assign-plan'; outlet: string; planId: string }
+  /** Demand response: the circuit's limit (per phase, A) until the next one; null goes back to the configured maxA. */
+  | { action: 'set-circuit-limit'; circuit: string; maxA: number | null }
 
 /** Where a command came from: the cloud (MQTT), the local API, or a Node-RED flow. */
 export type CommandSource = 'cloud' | 'local' | 'node-red'

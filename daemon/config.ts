@@ -398,7 +398,101 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
       out.push({ pointer: `${at}/autoStart`, message: 'auto-start needs a relay: an outlet without one can never be switched off for its user' })
     }
   })
+  out.push(...circuitProblems(cfg, buses, registry, modelsDir, meterUnits, relayUnits))
   out.push(...nodeRedProblems(cfg))
+  return out
+}
+
+/**
+ * Circuits: ids unique, parents that exist and form no cycle, every outlet's circuit known
+ * and its rating within the smallest limit on its way to the root (an outlet that alone
+ * exceeds its circuit could never be switched on), and a feeder meter that is a device of
+ * its own on a known bus.
+ */
+function circuitProblems(
+  cfg: Loose,
+  buses: Map<string, Loose>,
+  registry: ModelRegistry | undefined,
+  modelsDir: string | undefined,
+  meterUnits: Map<string, string>,
+  relayUnits: Map<string, string>,
+): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  const circuits = new Map<string, { at: string; maxA: number | undefined; parent: string | undefined }>()
+  arr(cfg.circuits).forEach((c, i) => {
+    if (!isObj(c)) return
+    const id = str(c.id)
+    if (id === undefined) return
+    if (circuits.has(id)) out.push({ pointer: `/circuits/${i}/id`, message: `duplicate circuit id "${id}"` })
+    else circuits.set(id, { at: `/circuits/${i}`, maxA: typeof c.maxA === 'number' ? c.maxA : undefined, parent: str(c.parent) })
+  })
+  const known = (): string => [...circuits.keys()].join(', ') || 'none'
+  const cyclic = new Set<string>()
+  for (const [id, c] of circuits) {
+    if (c.parent === undefined) continue
+    if (!circuits.has(c.parent)) {
+      out.push({ pointer: `${c.at}/parent`, message: `unknown circuit "${c.parent}" (circuits: ${known()})` })
+      continue
+    }
+    // Walk up: a cycle comes back to where it began (each cycle is reported once, at its first member).
+    const path = [id]
+    let cur: string | undefined = c.parent
+    while (cur !== undefined && circuits.has(cur) && !path.includes(cur)) {
+      path.push(cur)
+      cur = circuits.get(cur)!.parent
+    }
+    if (cur === id && !path.some((p) => cyclic.has(p))) {
+      for (const p of path) cyclic.add(p)
+      out.push({ pointer: `${c.at}/parent`, message: `circuits form a cycle: ${[...path, id].join(' -> ')} (a circuit cannot feed itself)` })
+    }
+  }
+  /** The smallest maxA from a circuit up to its root, and where it is. */
+  const tightest = (id: string): { maxA: number; id: string } | undefined => {
+    let best: { maxA: number; id: string } | undefined
+    const seen = new Set<string>()
+    for (let cur: string | undefined = id; cur !== undefined && circuits.has(cur) && !seen.has(cur); cur = circuits.get(cur)!.parent) {
+      seen.add(cur)
+      const m = circuits.get(cur)!.maxA
+      if (m !== undefined && (best === undefined || m < best.maxA)) best = { maxA: m, id: cur }
+    }
+    return best
+  }
+  arr(cfg.outlets).forEach((o, i) => {
+    if (!isObj(o)) return
+    const circuit = str(o.circuit)
+    if (circuit === undefined) return
+    if (!circuits.has(circuit)) {
+      out.push({ pointer: `/outlets/${i}/circuit`, message: `unknown circuit "${circuit}" (circuits: ${known()})` })
+      return
+    }
+    const rating = typeof o.ratingA === 'number' ? o.ratingA : 32
+    const t = tightest(circuit)
+    if (t && rating > t.maxA)
+      out.push({
+        pointer: `/outlets/${i}/ratingA`,
+        message: `rating ${rating} A exceeds the ${t.maxA} A limit of circuit "${t.id}"${t.id === circuit ? '' : ` (which feeds "${circuit}")`}: it could never be switched on (set ratingA to what the outlet may draw)`,
+      })
+  })
+  const feeders = new Map<string, string>()
+  arr(cfg.circuits).forEach((c, i) => {
+    if (!isObj(c) || !isObj(c.meter)) return
+    const at = `/circuits/${i}/meter`
+    const m = c.meter
+    const busId = str(m.bus)
+    const bus = busId !== undefined ? buses.get(busId) : undefined
+    if (busId !== undefined && !bus) out.push({ pointer: `${at}/bus`, message: `unknown bus "${busId}" (buses: ${[...buses.keys()].join(', ') || 'none'})` })
+    const model = str(m.model)
+    if (model !== undefined) {
+      out.push(...modelProblems(registry, model, 'meter', `${at}/model`, modelsDir, bus ? bus.type === 'serial' : undefined))
+      if (bus?.type === 'serial') out.push({ pointer: `${at}/bus`, message: `a feeder meter must be on a Modbus bus; "${busId}" is a plain serial bus` })
+    }
+    if (busId !== undefined && typeof m.unit === 'number') {
+      const k = `${busId}#${m.unit}`
+      const prev = meterUnits.get(k) ?? relayUnits.get(k) ?? feeders.get(k)
+      if (prev) out.push({ pointer: `${at}/unit`, message: `unit ${m.unit} on bus "${busId}" is already claimed by ${prev}: a feeder meter needs a unit id of its own` })
+      else feeders.set(k, at)
+    }
+  })
   return out
 }
 

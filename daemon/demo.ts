@@ -56,6 +56,10 @@ function describe(r: JournalRecord): string {
       return `${at}  ${r.outlet}  recovered  ${r.detail}`
     case 'meter.reconciliation':
       return `${at}  ${r.outlet}  reconciliation: meter ${((r.meterEndWh - r.meterStartWh) / 1000).toFixed(3)} kWh, billed ${(r.billedWh / 1000).toFixed(3)}, unbilled ${(r.unbilledWh / 1000).toFixed(3)}`
+    case 'session.queued':
+      return `${at}  ${r.outlet}  session queued    circuit ${r.circuit} (${r.why})`
+    case 'session.resumed':
+      return `${at}  ${r.outlet}  session resumed   circuit ${r.circuit} after ${Math.round(r.waitedS)} s`
   }
 }
 

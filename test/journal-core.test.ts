@@ -524,6 +524,7 @@ t.test("retention: acknowledged old records with their sessions' readings, and o
     activationFee: 0,
     total: 0,
     offline: false,
+    pausedS: 0,
   })
   const reading = (sessionId: string) => ({ outlet: 'A1', sessionId, reading: { ts: c.now(), currentA: 1, powerW: 1, energyWh: 1, voltageV: 230 } })
   // Day 0: ten records, session old-1 closed, a command.

@@ -209,6 +209,7 @@ t.test('power cuts during retention never leave a hole in the log', async (t) =>
           activationFee: 0,
           total: 0,
           offline: false,
+          pausedS: 0,
         })),
         readings: Array.from({ length: 100 }, (_, k) => ({
           outlet: 'A1',

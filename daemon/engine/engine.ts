@@ -28,7 +28,10 @@ import type {
   BillingLine,
   SessionSettings,
   JournalSalvageInfo,
+  CircuitReading,
+  QueueReason,
 } from '../../core/types.js'
+import { planCircuits, type CircuitLimit, type Contender } from './circuits.js'
 import { OutpostError, type CommandErrorCode } from './errors.js'
 import {
   assertTimeZone,
@@ -42,7 +45,19 @@ import {
   toMicros,
   type TimelineEntry,
 } from './pricing.js'
-import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
+import type {
+  CircuitEntry,
+  CircuitSettings,
+  EngineEvent,
+  EngineState,
+  Effect,
+  GatewaySection,
+  LineAcc,
+  OutletEntry,
+  Session,
+  SettingsSection,
+  StepResult,
+} from './state.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 /** Taper heuristic window: the minute before current fell. */
@@ -67,7 +82,28 @@ function settingsFrom(config: SiteConfig): SettingsSection {
     offlineLimitMs: config.offline.limitMinutes === null ? null : config.offline.limitMinutes * 60_000,
     uplink: config.uplink !== undefined,
     configPlans,
+    circuits: circuitSettings(config),
   }
+}
+
+/** Each circuit with its chain to the root and its children, computed once per config. */
+function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
+  const out: Record<string, CircuitSettings> = {}
+  const byId = new Map((config.circuits ?? []).map((c) => [c.id, c]))
+  for (const c of config.circuits ?? []) {
+    const chain: string[] = []
+    // The config refuses cycles and unknown parents; the walk stops at either all the same.
+    for (let cur: string | undefined = c.id; cur !== undefined && byId.has(cur) && !chain.includes(cur); cur = byId.get(cur)!.parent) chain.push(cur)
+    out[c.id] = { maxA: c.maxA, chain, children: [], metered: c.meter !== undefined, failsafeA: c.failsafeA ?? 0, slotMs: (c.slotS ?? 1800) * 1000 }
+  }
+  for (const c of config.circuits ?? []) if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
+  return out
+}
+
+const PHASE_INDEX = { L1: 0, L2: 1, L3: 2 } as const
+
+function outletCircuit(o: SiteConfig['outlets'][number]): { circuit: string | null; phase: 0 | 1 | 2; priority: number } {
+  return { circuit: o.circuit ?? null, phase: PHASE_INDEX[o.phase ?? 'L1'] ?? 0, priority: o.priority ?? 0 }
 }
 
 function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {
@@ -93,6 +129,7 @@ function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {
     session: null,
     recon: null,
     removed: false,
+    ...outletCircuit(o),
   }
 }
 
@@ -107,12 +144,13 @@ export function initialState(config: SiteConfig): EngineState {
     wallets: {},
     plans: {},
     commands: { ids: [], results: {} },
+    circuits: {},
   }
 }
 
 // ---------------------------------------------------------------- copy-on-write step context
 
-type SectionName = 'outlets' | 'gateway' | 'settings' | 'wallets' | 'plans' | 'commands'
+type SectionName = 'outlets' | 'gateway' | 'settings' | 'wallets' | 'plans' | 'commands' | 'circuits'
 
 class Ctx {
   state: EngineState
@@ -286,7 +324,9 @@ function statusOf(e: OutletEntry, iso: string): OutletStatus {
     st.sessionId = s.id
     st.userId = s.userId
     st.currency = s.currency
+    if (s.queuedAt != null) st.queuedSince = new Date(s.queuedAt).toISOString()
   }
+  if (e.circuit != null) st.circuit = e.circuit
   return st
 }
 
@@ -329,6 +369,15 @@ function openSession(
     capMinor: cap,
     feeMicros: feeMicrosOf(plan),
     offline: !ctx.gw.online,
+    // On a circuit, an activated session waits until the circuit rules switch it on (in this
+    // same step when there is room); an auto-start is already drawing through a closed relay.
+    queuedAt: onCircuit(ctx.state, e) && trigger === 'activation' ? ctx.now : null,
+    onAt: ctx.now,
+    offAt: null,
+    graceFrom: startTs,
+    awaitDraw: false,
+    drawing: trigger === 'auto-start',
+    pauseEdge: null,
   }
   e.session = s
   ctx.record({ type: 'session.started', ts: ctx.iso, sessionId: id, outlet: outletId, userId, planId, trigger, meterWh: startMWh / 1000 })
@@ -341,7 +390,7 @@ function openSession(
  * plan's period boundaries by linear interpolation in time (cumulative rounding
  * so the parts sum exactly to `energy`). b <= a: the energy goes to the period at a.
  */
-function account(ctx: Ctx, id: string, b: number, energy: number, mWh: number): void {
+function account(ctx: Ctx, id: string, b: number, energy: number, mWh: number, paused: boolean): void {
   const s = ctx.sess(id)
   const a = s.lastTs
   const lines = s.lines.slice()
@@ -352,15 +401,18 @@ function account(ctx: Ctx, id: string, b: number, energy: number, mWh: number): 
     const share = cum - given
     given = cum
     const last = lines[lines.length - 1]
+    const ms = paused ? 0 : to - from
+    const pausedMs = paused ? to - from : 0
     if (last && last.period === p.index && last.to === from) {
-      lines[lines.length - 1] = { ...last, to, mWh: last.mWh + share, ms: last.ms + (to - from) }
+      lines[lines.length - 1] = { ...last, to, mWh: last.mWh + share, ms: last.ms + ms, pausedMs: (last.pausedMs ?? 0) + pausedMs }
     } else {
       const line: LineAcc = {
         from,
         to,
         period: p.index,
         mWh: share,
-        ms: to - from,
+        ms,
+        pausedMs,
         perKwh: p.perKwh,
         perHour: p.perHour,
         perKwhMicros: p.perKwhMicros,
@@ -400,16 +452,22 @@ function endSession(ctx: Ctx, id: string, reason: EndReason): void {
   const unit = microsPerMinor(s.currency)
   const iso = (t: number): string => new Date(t).toISOString()
   const lines: BillingLine[] = billable(s)
-    ? s.lines.map((l) => ({
-        from: iso(l.from),
-        to: iso(l.to),
-        energyWh: l.mWh / 1000,
-        seconds: l.ms / 1000,
-        perKwh: l.perKwh,
-        perHour: l.perHour,
-        amountMicros: lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros),
-      }))
+    ? s.lines.map((l) => {
+        const line: BillingLine = {
+          from: iso(l.from),
+          to: iso(l.to),
+          energyWh: l.mWh / 1000,
+          seconds: l.ms / 1000,
+          perKwh: l.perKwh,
+          perHour: l.perHour,
+          amountMicros: lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros),
+        }
+        if ((l.pausedMs ?? 0) > 0) line.pausedS = l.pausedMs / 1000
+        return line
+      })
     : []
+  let pausedMs = 0
+  for (const l of s.lines) pausedMs += l.pausedMs ?? 0
   let feeMicros = billable(s) ? s.feeMicros : 0
   let sum = feeMicros
   for (const l of lines) sum += l.amountMicros
@@ -446,6 +504,7 @@ function endSession(ctx: Ctx, id: string, reason: EndReason): void {
     activationFee: feeMicros / unit,
     total,
     offline: s.offline || !ctx.gw.online,
+    pausedS: pausedMs / 1000,
   })
   if (total > 0 && hasOwn(ctx.state.wallets, s.userId) && ctx.state.wallets[s.userId]!.currency === s.currency) {
     // Debit the local copy (online or not): no second session can spend the same money
@@ -559,8 +618,20 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
 }
 
 function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh: number, delta: number): void {
-  account(ctx, id, ts, delta, mWh)
+  const s0 = ctx.state.outlets[id]!.session!
+  const queuedNow = s0.queuedAt != null
+  const edge = s0.pauseEdge ?? null
+  // Time waiting on a full circuit is not billed per hour: the interval since the last
+  // reading is split where the circuit rules switched the session off or on.
+  if (edge === null || edge.at <= s0.lastTs) account(ctx, id, ts, delta, mWh, queuedNow)
+  else if (edge.at >= ts) account(ctx, id, ts, delta, mWh, edge.wasQueued)
+  else {
+    const first = Math.round((delta * (edge.at - s0.lastTs)) / (ts - s0.lastTs))
+    account(ctx, id, edge.at, first, s0.lastMWh + first, edge.wasQueued)
+    account(ctx, id, ts, delta - first, mWh, queuedNow)
+  }
   const s = ctx.sess(id)
+  if (edge !== null && edge.at <= ts) s.pauseEdge = null
   const set = ctx.s.sessions
   ctx.touch(id)
   // Taper window: samples of the last minute plus the one sample that reaches into it.
@@ -581,8 +652,19 @@ function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh:
   if (currentA > s.peakA) s.peakA = currentA
 
   let reason: EndReason | null = null
-  if (!s.drewCurrent && currentA >= set.minChargeA && ts <= s.startedAt + set.graceSeconds * 1000) s.drewCurrent = true
-  if (s.drewCurrent) {
+  const graceEnd = graceFromOf(s) + set.graceSeconds * 1000
+  // Waiting with the relay open: no grace and no unplug timer run (nothing can flow).
+  if (!queuedNow) {
+    if (!s.drewCurrent && currentA >= set.minChargeA && ts <= graceEnd) s.drewCurrent = true
+    if (currentA >= set.minChargeA && s.drawing !== true) s.drawing = true
+    if (s.awaitDraw === true) {
+      // Switched on again after waiting: the car must draw again within the grace period; if it
+      // does not, it left while it waited.
+      if (currentA >= set.minChargeA) s.awaitDraw = false
+      else if (ctx.now >= graceEnd) reason = 'unplugged'
+    }
+  }
+  if (reason === null && !queuedNow && s.drewCurrent && s.awaitDraw !== true) {
     if (currentA < set.noCurrentA) {
       if (s.lowSince === null) {
         s.lowSince = ts
@@ -597,8 +679,13 @@ function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh:
   }
   if (reason === null && s.drewCurrent && costNow(s).total >= s.capMinor) reason = 'wallet-depleted'
   if (reason === null && !periodAt(s.plan, ctx.s.timezone, ctx.now).available) reason = 'plan-unavailable'
-  if (reason === null && !s.drewCurrent && ctx.now >= s.startedAt + set.graceSeconds * 1000) reason = 'grace-expired'
+  if (reason === null && !queuedNow && !s.drewCurrent && ctx.now >= graceEnd) reason = 'grace-expired'
   if (reason !== null) endSession(ctx, id, reason)
+}
+
+/** Start of a session's grace period (sessions journaled before circuits existed have only startedAt). */
+function graceFromOf(s: Session): number {
+  return s.graceFrom ?? s.startedAt
 }
 
 /**
@@ -616,12 +703,16 @@ export function holdSlackMs(set: SessionSettings): number {
 function onTick(ctx: Ctx): void {
   const set = ctx.s.sessions
   const limited = offlineLimited(ctx.state, ctx.now)
+  for (const id of Object.keys(ctx.s.circuits)) checkFeederTimer(ctx, id)
   for (const id of Object.keys(ctx.state.outlets)) {
     checkMeterTimer(ctx, id)
     let e = ctx.state.outlets[id]!
     const s = e.session
     if (s) {
-      if (!s.drewCurrent && ctx.now >= s.startedAt + set.graceSeconds * 1000) endSession(ctx, id, 'grace-expired')
+      const waiting = s.queuedAt != null
+      const graceOver = ctx.now >= graceFromOf(s) + set.graceSeconds * 1000
+      if (!waiting && !s.drewCurrent && graceOver) endSession(ctx, id, 'grace-expired')
+      else if (!waiting && s.awaitDraw === true && graceOver) endSession(ctx, id, 'unplugged')
       else if (!periodAt(s.plan, ctx.s.timezone, ctx.now).available) endSession(ctx, id, 'plan-unavailable')
       else if (limited) endSession(ctx, id, 'offline-limit')
     }
@@ -656,6 +747,11 @@ function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, journalSalvag
       ? { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown, journalSalvage }
       : { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown },
   )
+  // The feeder meters must answer again after a restart: their silence timers start now.
+  if (hasCircuits(ctx.s)) {
+    const circuits = ctx.sec('circuits')
+    for (const id of Object.keys(ctx.s.circuits)) circuits[id] = { limitA: circuits[id]?.limitA ?? null, currentsA: null, goodAt: ctx.now, fault: null }
+  }
   const reason: EndReason = cleanShutdown ? 'reboot' : 'power-loss'
   for (const id of Object.keys(ctx.state.outlets)) {
     // Closed at the session's last journaled reading (its lastTs / lastMWh), never at boot time.
@@ -710,6 +806,17 @@ function onUplink(ctx: Ctx, online: boolean): void {
 function onConfig(ctx: Ctx, config: SiteConfig): void {
   const next = settingsFrom(config)
   if (JSON.stringify(next) !== JSON.stringify(ctx.s)) ctx.put('settings', next)
+  // Circuits: new ones added, removed ones dropped; a commanded limit above a lowered maxA is void.
+  const had = (ctx.state.circuits ?? {}) as Record<string, CircuitEntry>
+  const want: Record<string, CircuitEntry> = {}
+  let same = Object.keys(had).length === Object.keys(next.circuits).length && ctx.state.circuits !== undefined
+  for (const id of Object.keys(next.circuits)) {
+    const h = hasOwn(had, id) ? had[id]! : null
+    const limitA = h && h.limitA !== null && h.limitA <= next.circuits[id]!.maxA ? h.limitA : null
+    want[id] = h && h.limitA === limitA ? h : { limitA, currentsA: h?.currentsA ?? null, goodAt: h?.goodAt ?? ctx.now, fault: h?.fault ?? null }
+    if (want[id] !== h) same = false
+  }
+  if (!same) ctx.put('circuits', want)
   const inConfig = new Set<string>()
   for (const o of config.outlets) {
     inConfig.add(o.id)
@@ -721,8 +828,20 @@ function onConfig(ctx: Ctx, config: SiteConfig): void {
     const e0 = ctx.state.outlets[o.id]!
     const auto = o.autoStart?.userId ?? null
     const hasRelay = o.relay !== undefined
-    if (e0.hasRelay === hasRelay && e0.ratingA === o.ratingA && e0.configPlan === o.plan && e0.configAutoStart === auto && !e0.removed) continue
+    const wired = outletCircuit(o)
+    if (
+      e0.hasRelay === hasRelay &&
+      e0.ratingA === o.ratingA &&
+      e0.configPlan === o.plan &&
+      e0.configAutoStart === auto &&
+      !e0.removed &&
+      e0.circuit === wired.circuit &&
+      e0.phase === wired.phase &&
+      e0.priority === wired.priority
+    )
+      continue
     const e = ctx.out(o.id)
+    Object.assign(e, wired)
     e.hasRelay = hasRelay
     e.ratingA = o.ratingA
     e.removed = false
@@ -868,6 +987,22 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
       if (ctx.state.outlets[id]!.planId !== c.planId) ctx.out(id).planId = c.planId as string
       return { ok: true }
     }
+    case 'set-circuit-limit': {
+      if (!isId(c.circuit)) return fail('invalid-command', 'circuit: must be a non-empty string')
+      const cfg = hasOwn(ctx.s.circuits, c.circuit) ? ctx.s.circuits[c.circuit]! : null
+      if (!cfg) return fail('unknown-circuit', `no circuit "${c.circuit}" on this site`)
+      if (c.maxA !== null && (typeof c.maxA !== 'number' || !Number.isFinite(c.maxA) || c.maxA < 0))
+        return fail('invalid-command', 'maxA: must be a number >= 0 (amperes per phase) or null')
+      if (c.maxA !== null && c.maxA > cfg.maxA)
+        return fail('limit-above-circuit', `maxA ${c.maxA} A is above the ${cfg.maxA} A circuit "${c.circuit}" is wired for`)
+      const limitA = c.maxA === null || c.maxA === cfg.maxA ? null : c.maxA
+      const cur = ctx.state.circuits[c.circuit]
+      if (!cur || cur.limitA !== limitA) {
+        const cs = ctx.sec('circuits')
+        cs[c.circuit] = { ...(cur ?? { currentsA: null, goodAt: ctx.now, fault: null }), limitA }
+      }
+      return { ok: true, result: { circuit: c.circuit, maxA: limitA ?? cfg.maxA } }
+    }
     default:
       return fail('invalid-command', `action: unknown action ${JSON.stringify(c.action)}`)
   }
@@ -893,6 +1028,181 @@ function start(ctx: Ctx, id: string, userId: string): Outcome {
   return { ok: true, result: { sessionId: s.id, capMinor: pay.cap } }
 }
 
+// ---------------------------------------------------------------- shared circuits
+
+function hasCircuits(set: SettingsSection): boolean {
+  for (const _ in set.circuits ?? {}) return true
+  return false
+}
+
+/** The outlet is switched by the circuit rules: it is wired to a known circuit and has a relay. */
+function onCircuit(st: EngineState, e: OutletEntry): boolean {
+  return e.circuit != null && e.hasRelay && hasOwn(st.settings.circuits ?? {}, e.circuit)
+}
+
+/** A circuit's limit now: the configured maxA, a set-circuit-limit in force, the failsafe while its feeder meter is silent. */
+function circuitLimit(st: EngineState, id: string): { limitA: number; failsafe: boolean } {
+  const c = st.settings.circuits[id]!
+  const entry = st.circuits?.[id]
+  const failsafe = c.metered && entry !== undefined && entry.fault !== null
+  const limitA = entry?.limitA ?? c.maxA
+  return { limitA: failsafe ? Math.min(limitA, c.failsafeA) : limitA, failsafe }
+}
+
+/**
+ * An armed outlet's relay is closed with nobody deciding: it stays armed only while every
+ * circuit on its way to the root could carry its rating (not in failsafe, not cut below it).
+ */
+function circuitClosedToArming(st: EngineState, e: OutletEntry): boolean {
+  if (!onCircuit(st, e)) return false
+  for (const id of st.settings.circuits[e.circuit!]!.chain) if (circuitLimit(st, id).limitA < e.ratingA) return true
+  return false
+}
+
+function checkFeederTimer(ctx: Ctx, id: string, detail?: string): void {
+  const c = ctx.s.circuits[id]
+  const entry = ctx.state.circuits?.[id]
+  if (!c?.metered || !entry || entry.fault !== null) return
+  const silentMs = ctx.now - entry.goodAt
+  if (silentMs < ctx.s.sessions.meterFaultMs) return
+  ctx.sec('circuits')[id] = { ...entry, currentsA: null, fault: detail ?? `no good reading for ${Math.round(silentMs / 1000)} s` }
+}
+
+function onFeederReading(ctx: Ctx, id: string, r: CircuitReading): void {
+  const a = (r as { currentsA?: unknown } | null)?.currentsA
+  const bad = !Array.isArray(a) || a.length !== 3 || a.some((x) => typeof x !== 'number' || !Number.isFinite(x) || x < 0)
+  if (bad) {
+    // An impossible sample counts as silence: the timer keeps running from the last good one.
+    checkFeederTimer(ctx, id, `impossible reading ${JSON.stringify(a)}`)
+    return
+  }
+  const entry = ctx.state.circuits?.[id]
+  ctx.sec('circuits')[id] = { limitA: entry?.limitA ?? null, currentsA: [a[0], a[1], a[2]] as [number, number, number], goodAt: ctx.now, fault: null }
+}
+
+/** The first switch since the last accounted reading: that reading's interval is split there (billed, or waited). */
+function markEdge(ctx: Ctx, s: Session, wasQueued: boolean): void {
+  if ((s.pauseEdge ?? null) === null && ctx.now > s.lastTs) s.pauseEdge = { at: ctx.now, wasQueued }
+}
+
+/** The circuit rules (circuits.ts) over the whole site: who is switched on, who waits. */
+function schedule(ctx: Ctx): void {
+  const st = ctx.state
+  const cs = st.settings.circuits
+  const limits: Record<string, CircuitLimit> = {}
+  const measured: Record<string, [number, number, number]> = {}
+  for (const id of Object.keys(cs)) {
+    limits[id] = { ...circuitLimit(st, id), extraA: [0, 0, 0] }
+    measured[id] = [0, 0, 0]
+  }
+  const contenders: Contender[] = []
+  const fresh = new Set<string>()
+  const prev = ctx.prev.outlets
+  for (const id of Object.keys(st.outlets)) {
+    const e = st.outlets[id]!
+    if (e.circuit == null || !hasOwn(cs, e.circuit)) continue
+    const c = cs[e.circuit]!
+    const flowing = e.relayClosed || !e.hasRelay
+    const cur = flowing && e.last ? e.last.currentA : 0
+    for (const cid of c.chain) measured[cid]![e.phase] += cur
+    const s = e.session
+    if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+      const on = s.queuedAt == null
+      const isNew = prev[id]?.session?.id !== s.id
+      if (isNew) fresh.add(id)
+      contenders.push({
+        outlet: id,
+        chain: c.chain,
+        phase: e.phase,
+        priority: e.priority,
+        // Its measured current once it has drawn since it was switched on; its rating before.
+        drawA: on && s.drawing === true && e.last ? e.last.currentA : e.ratingA,
+        on,
+        movable: true,
+        tentative: on && isNew,
+        onAt: s.onAt ?? s.startedAt,
+        queuedAt: s.queuedAt ?? s.startedAt,
+        offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
+        slotMs: c.slotMs,
+      })
+    } else if (cur > 0) {
+      // A load the rules cannot switch (a meter-only outlet, an armed one starting to draw): it counts.
+      contenders.push({
+        outlet: id,
+        chain: c.chain,
+        phase: e.phase,
+        priority: e.priority,
+        drawA: cur,
+        on: true,
+        movable: false,
+        tentative: false,
+        onAt: 0,
+        queuedAt: 0,
+        offAt: Number.NEGATIVE_INFINITY,
+        slotMs: c.slotMs,
+      })
+    }
+  }
+  // What a feeder meter measures beyond the outlets it feeds is an unmanaged load; a circuit
+  // without a meter carries what its children's meters found.
+  const extraOf = (id: string, depth: number): [number, number, number] => {
+    const c = cs[id]!
+    const entry = st.circuits?.[id]
+    if (c.metered) {
+      const a = entry && entry.fault === null ? entry.currentsA : null
+      if (!a) return [0, 0, 0]
+      const m = measured[id]!
+      return [Math.max(0, a[0] - m[0]), Math.max(0, a[1] - m[1]), Math.max(0, a[2] - m[2])]
+    }
+    const sum: [number, number, number] = [0, 0, 0]
+    if (depth < 64)
+      for (const child of c.children) {
+        const x = extraOf(child, depth + 1)
+        sum[0] += x[0]
+        sum[1] += x[1]
+        sum[2] += x[2]
+      }
+    return sum
+  }
+  for (const id of Object.keys(cs)) limits[id]!.extraA = extraOf(id, 0)
+
+  const plan = planCircuits(limits, contenders, ctx.now)
+  for (const [id, why] of plan.off) {
+    const e = st.outlets[id]!
+    const s = ctx.sess(id)
+    markEdge(ctx, s, false)
+    s.queuedAt = ctx.now
+    s.offAt = ctx.now
+    s.lowSince = null
+    s.taperedAtLow = false
+    s.drawing = false
+    s.awaitDraw = false
+    ctx.record({ type: 'session.queued', ts: ctx.iso, sessionId: s.id, outlet: id, circuit: e.circuit!, why: fresh.has(id) ? 'start' : why })
+    ctx.touch(id)
+  }
+  for (const id of plan.on) {
+    const e = st.outlets[id]!
+    const waitedMs = ctx.now - (e.session!.queuedAt ?? ctx.now)
+    const s = ctx.sess(id)
+    markEdge(ctx, s, true)
+    s.queuedAt = null
+    s.onAt = ctx.now
+    s.graceFrom = ctx.now
+    s.drawing = false
+    // It had drawn before it waited: the car must draw again within the grace period.
+    if (s.drewCurrent) s.awaitDraw = true
+    if (!fresh.has(id))
+      ctx.record({ type: 'session.resumed', ts: ctx.iso, sessionId: s.id, outlet: id, circuit: e.circuit!, waitedS: waitedMs / 1000 })
+    ctx.touch(id)
+  }
+  // An activation that found no room: it opened waiting, and says so once.
+  for (const c of contenders) {
+    if (!c.movable || c.on || plan.on.has(c.outlet) || !fresh.has(c.outlet)) continue
+    const s = st.outlets[c.outlet]!.session!
+    ctx.record({ type: 'session.queued', ts: ctx.iso, sessionId: s.id, outlet: c.outlet, circuit: st.outlets[c.outlet]!.circuit!, why: 'start' })
+  }
+}
+
 // ---------------------------------------------------------------- settle: derived states and relays
 
 function idleState(st: EngineState, e: OutletEntry, now: number): OutletState {
@@ -901,17 +1211,27 @@ function idleState(st: EngineState, e: OutletEntry, now: number): OutletState {
   if (!e.available) return 'unavailable'
   const plan = planById(st, e.planId)
   if (!plan || !periodAt(plan, st.settings.timezone, now).available) return 'unavailable'
-  if (e.autoStartUser !== null && !e.autoStartSuspended && e.hasRelay && e.fresh && !offlineLimited(st, now) && canPay(st, e.autoStartUser, plan).ok)
+  if (
+    e.autoStartUser !== null &&
+    !e.autoStartSuspended &&
+    e.hasRelay &&
+    e.fresh &&
+    !offlineLimited(st, now) &&
+    !circuitClosedToArming(st, e) &&
+    canPay(st, e.autoStartUser, plan).ok
+  )
     return 'armed'
   return 'off'
 }
 
 function settle(ctx: Ctx): void {
+  if (ctx.gw.running && hasCircuits(ctx.s)) schedule(ctx)
   for (const id of Object.keys(ctx.state.outlets)) {
     const e = ctx.state.outlets[id]!
     let target: OutletState
     if (e.meterFault !== null || e.relayFault !== null) target = 'fault'
-    else if (e.session) target = e.session.drewCurrent ? 'charging' : 'pending'
+    else if (e.session)
+      target = e.session.queuedAt != null ? 'queued' : e.session.drewCurrent && e.session.awaitDraw !== true ? 'charging' : 'pending'
     else target = idleState(ctx.state, e, ctx.now)
     const closed = CLOSED_STATES.has(target)
     if (target === e.state && closed === e.relayClosed) continue
@@ -926,6 +1246,12 @@ function settle(ctx: Ctx): void {
 }
 
 // ---------------------------------------------------------------- step
+
+function requireFeeder(st: EngineState, id: unknown, what: string): string {
+  if (typeof id !== 'string' || !hasOwn(st.settings.circuits ?? {}, id) || !st.settings.circuits[id]!.metered)
+    throw new OutpostError('ENGINE_UNKNOWN_CIRCUIT', `${what} event: no circuit ${JSON.stringify(id)} with a feeder meter in the engine state`)
+  return id
+}
 
 function requireOutlet(st: EngineState, id: unknown, what: string): string {
   if (typeof id !== 'string' || !hasOwn(st.outlets, id))
@@ -1000,6 +1326,18 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
     case 'config':
       onConfig(ctx, event.config)
       break
+    case 'circuit-reading': {
+      const id = requireFeeder(state, event.circuit, 'circuit-reading')
+      if (!state.gateway.running) return { state, effects: [] }
+      onFeederReading(ctx, id, event.reading)
+      break
+    }
+    case 'circuit-read-failed': {
+      const id = requireFeeder(state, event.circuit, 'circuit-read-failed')
+      if (!state.gateway.running) return { state, effects: [] }
+      checkFeederTimer(ctx, id, `read failed: ${String(event.error)}`)
+      break
+    }
     default:
       throw new OutpostError('ENGINE_BAD_EVENT', `unknown event type ${JSON.stringify((event as { type?: unknown }).type)}`)
   }

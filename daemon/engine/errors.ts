@@ -32,6 +32,8 @@ export const COMMAND_ERRORS = {
   'no-session': 'stop: the outlet has no open session',
   'no-relay': 'set-auto-start: a meter-only outlet cannot be armed',
   'not-running': 'start: the gateway is not running (before boot or after shutdown)',
+  'unknown-circuit': 'set-circuit-limit: no circuit with that id on this site',
+  'limit-above-circuit': 'set-circuit-limit: maxA above the circuit’s configured maxA (the wiring’s limit cannot be raised by a command)',
 } as const satisfies Record<string, string>
 export type CommandErrorCode = keyof typeof COMMAND_ERRORS
 
@@ -41,6 +43,7 @@ export const ENGINE_ERRORS = {
   ENGINE_BAD_TIMEZONE: 'site.timezone is not an IANA time zone',
   ENGINE_UNKNOWN_CURRENCY: 'a plan or wallet names a currency that is not ISO 4217',
   ENGINE_UNKNOWN_OUTLET: 'an event or query names an outlet the state does not hold',
+  ENGINE_UNKNOWN_CIRCUIT: 'a feeder meter event names a circuit the state does not hold, or one without a feeder meter',
   ENGINE_UNKNOWN_PLAN: 'an outlet is assigned a plan that does not exist',
 } as const satisfies Record<string, string>
 export type EngineErrorCode = keyof typeof ENGINE_ERRORS

@@ -21,6 +21,7 @@ import type {
   SiteConfig,
   JournalSalvageInfo,
   CommandSource,
+  CircuitReading,
 } from '../../core/types.js'
 
 export type EngineEvent =
@@ -36,6 +37,10 @@ export type EngineEvent =
   | { type: 'shutdown' }
   | { type: 'uplink'; online: boolean }
   | { type: 'config'; config: SiteConfig }
+  /** One sample of a circuit's feeder meter. */
+  | { type: 'circuit-reading'; circuit: string; reading: CircuitReading }
+  /** The feeder meter did not answer. */
+  | { type: 'circuit-read-failed'; circuit: string; error: string }
 
 export type Effect =
   | { type: 'relay'; outlet: string; closed: boolean }
@@ -60,7 +65,10 @@ export interface LineAcc {
   /** Index into the session's plan.periods, -1 when no period matched (unavailable). */
   period: number
   mWh: number
+  /** Billed time (the session was switched on, or not on a circuit). */
   ms: number
+  /** Time waiting with the relay open on a full circuit: never billed per hour. */
+  pausedMs: number
   perKwh: number | null
   perHour: number | null
   perKwhMicros: number
@@ -96,6 +104,20 @@ export interface Session {
   feeMicros: number
   /** Any part of it ran without uplink. */
   offline: boolean
+  /** On a full circuit: waiting (relay open) since then; null when switched on (or on no circuit). */
+  queuedAt: number | null
+  /** When its relay was last switched on by the circuit rules (its slot runs from here). */
+  onAt: number
+  /** When the circuit rules last switched it off; null when never. */
+  offAt: number | null
+  /** Start of the grace period: activation, or when a session that waited was switched on. */
+  graceFrom: number
+  /** Switched on again after a pause in which it had drawn: the car must draw again within the grace period, else unplugged. */
+  awaitDraw: boolean
+  /** Drew at least minChargeA since it was last switched on: its measured current is its expected draw (else the outlet's rating). */
+  drawing: boolean
+  /** The first queue or resume since the last accounted reading: the next reading's interval is split there. */
+  pauseEdge: { at: number; wasQueued: boolean } | null
 }
 
 /** Meter energy against energy inside sessions, since `from`, for meter.reconciliation. */
@@ -139,6 +161,36 @@ export interface OutletEntry {
   recon: Recon | null
   /** Removed from the config while a session was open before boot: dropped at boot. */
   removed: boolean
+  /** The circuit it is wired to, null when none. */
+  circuit: string | null
+  /** 0, 1, 2 for L1, L2, L3. */
+  phase: 0 | 1 | 2
+  /** Higher is served first on a shared circuit. */
+  priority: number
+}
+
+/** A circuit as the engine keeps it (its configuration is in settings.circuits). */
+export interface CircuitEntry {
+  /** A set-circuit-limit in force (per phase, A), else null: the configured maxA. */
+  limitA: number | null
+  /** The feeder meter's last good phase currents since boot, else null. */
+  currentsA: [number, number, number] | null
+  /** `now` of the feeder's last good reading (or boot): base of its silence timer. */
+  goodAt: number
+  /** Why the feeder meter counts as silent (failsafe), else null. */
+  fault: string | null
+}
+
+/** A circuit's configuration, as the engine needs it. */
+export interface CircuitSettings {
+  maxA: number
+  /** The circuit itself, then its parents up to the root. */
+  chain: string[]
+  /** Circuits fed directly by this one. */
+  children: string[]
+  metered: boolean
+  failsafeA: number
+  slotMs: number
 }
 
 export interface GatewaySection {
@@ -161,6 +213,8 @@ export interface SettingsSection {
   uplink: boolean
   /** Plans from the config file, by id. Cloud plans (state.plans) win over these. */
   configPlans: Record<string, PlanConfig>
+  /** Shared circuits, by id (empty when the site has none). */
+  circuits: Record<string, CircuitSettings>
 }
 
 export interface Wallet {
@@ -183,6 +237,8 @@ export interface EngineState extends PersistedEngineState {
   /** Plans pushed by set-plan, by id. */
   plans: Record<string, PlanConfig>
   commands: CommandMemo
+  /** Per circuit: a commanded limit and the feeder meter's state. */
+  circuits: Record<string, CircuitEntry>
 }
 
 export type StepResult = { state: EngineState; effects: Effect[] }

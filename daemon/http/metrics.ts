@@ -9,11 +9,11 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Daemon } from '../daemon.js'
-import type { JournalRecord, OutletState, OutletStatus } from '../../core/types.js'
+import { OUTLET_STATES, type JournalRecord, type OutletStatus } from '../../core/types.js'
 import { oldestUnackedTs } from './views.js'
 import { REJECT_REASONS } from '../command-gateway.js'
 
-const STATES: OutletState[] = ['off', 'armed', 'pending', 'charging', 'unavailable', 'fault']
+const STATES = OUTLET_STATES
 
 export class Metrics {
   readonly registry = new Registry()

@@ -50,6 +50,8 @@ export const COMMAND_STATUS = {
   'no-session': 409,
   'no-relay': 409,
   'not-running': 503,
+  'unknown-circuit': 404,
+  'limit-above-circuit': 409,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 

@@ -111,6 +111,7 @@ export function sessionEndedBody(i: number): RecordBody {
     activationFee: 50,
     total: 208,
     offline: false,
+    pausedS: 0,
   }
 }
 
