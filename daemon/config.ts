@@ -480,16 +480,22 @@ function circuitProblems(
     const m = c.meter
     const busId = str(m.bus)
     const bus = busId !== undefined ? buses.get(busId) : undefined
-    if (busId !== undefined && !bus) out.push({ pointer: `${at}/bus`, message: `unknown bus "${busId}" (buses: ${[...buses.keys()].join(', ') || 'none'})` })
+    if (busId !== undefined && !bus)
+      out.push({ pointer: `${at}/bus`, message: `unknown bus "${busId}" (buses: ${[...buses.keys()].join(', ') || 'none'})` })
     const model = str(m.model)
     if (model !== undefined) {
       out.push(...modelProblems(registry, model, 'meter', `${at}/model`, modelsDir, bus ? bus.type === 'serial' : undefined))
-      if (bus?.type === 'serial') out.push({ pointer: `${at}/bus`, message: `a feeder meter must be on a Modbus bus; "${busId}" is a plain serial bus` })
+      if (bus?.type === 'serial')
+        out.push({ pointer: `${at}/bus`, message: `a feeder meter must be on a Modbus bus; "${busId}" is a plain serial bus` })
     }
     if (busId !== undefined && typeof m.unit === 'number') {
       const k = `${busId}#${m.unit}`
       const prev = meterUnits.get(k) ?? relayUnits.get(k) ?? feeders.get(k)
-      if (prev) out.push({ pointer: `${at}/unit`, message: `unit ${m.unit} on bus "${busId}" is already claimed by ${prev}: a feeder meter needs a unit id of its own` })
+      if (prev)
+        out.push({
+          pointer: `${at}/unit`,
+          message: `unit ${m.unit} on bus "${busId}" is already claimed by ${prev}: a feeder meter needs a unit id of its own`,
+        })
       else feeders.set(k, at)
     }
   })

@@ -97,7 +97,7 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
   let victims: Contender[] | null = null
   for (const w of waiting) {
     if (off.has(w.outlet)) continue // shed in this step: not back in the same one
-    if (w.chain.some((id) => blocked.has(id))) continue
+    if (w.chain.some((id) => blocked.has(`${id}#${w.phase}`))) continue
     if (now - w.offAt < minOffMs(w.slotMs)) continue
     if (fits(w, load, limits)) {
       switchOn(w, load, on)
@@ -121,7 +121,7 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
       switchOn(w, load, on)
     } else {
       for (const v of chosen) for (const cid of v.chain) load[cid]![v.phase] += v.drawA
-      for (const id of w.chain) blocked.add(id)
+      for (const id of w.chain) blocked.add(`${id}#${w.phase}`)
     }
   }
   return { off, on }

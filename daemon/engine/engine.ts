@@ -96,7 +96,8 @@ function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
     for (let cur: string | undefined = c.id; cur !== undefined && byId.has(cur) && !chain.includes(cur); cur = byId.get(cur)!.parent) chain.push(cur)
     out[c.id] = { maxA: c.maxA, chain, children: [], metered: c.meter !== undefined, failsafeA: c.failsafeA ?? 0, slotMs: (c.slotS ?? 1800) * 1000 }
   }
-  for (const c of config.circuits ?? []) if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
+  for (const c of config.circuits ?? [])
+    if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
   return out
 }
 
@@ -750,7 +751,8 @@ function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, journalSalvag
   // The feeder meters must answer again after a restart: their silence timers start now.
   if (hasCircuits(ctx.s)) {
     const circuits = ctx.sec('circuits')
-    for (const id of Object.keys(ctx.s.circuits)) circuits[id] = { limitA: circuits[id]?.limitA ?? null, currentsA: null, goodAt: ctx.now, fault: null }
+    for (const id of Object.keys(ctx.s.circuits))
+      circuits[id] = { limitA: circuits[id]?.limitA ?? null, currentsA: null, goodAt: ctx.now, fault: null }
   }
   const reason: EndReason = cleanShutdown ? 'reboot' : 'power-loss'
   for (const id of Object.keys(ctx.state.outlets)) {
@@ -1055,7 +1057,10 @@ function circuitLimit(st: EngineState, id: string): { limitA: number; failsafe: 
  */
 function circuitClosedToArming(st: EngineState, e: OutletEntry): boolean {
   if (!onCircuit(st, e)) return false
-  for (const id of st.settings.circuits[e.circuit!]!.chain) if (circuitLimit(st, id).limitA < e.ratingA) return true
+  for (const id of st.settings.circuits[e.circuit!]!.chain) {
+    const l = circuitLimit(st, id)
+    if (l.failsafe || l.limitA < e.ratingA) return true
+  }
   return false
 }
 
@@ -1090,10 +1095,11 @@ function schedule(ctx: Ctx): void {
   const st = ctx.state
   const cs = st.settings.circuits
   const limits: Record<string, CircuitLimit> = {}
-  const measured: Record<string, [number, number, number]> = {}
+  /** Per circuit and phase, what the switched-on outlets below it are expected to draw. */
+  const expected: Record<string, [number, number, number]> = {}
   for (const id of Object.keys(cs)) {
     limits[id] = { ...circuitLimit(st, id), extraA: [0, 0, 0] }
-    measured[id] = [0, 0, 0]
+    expected[id] = [0, 0, 0]
   }
   const contenders: Contender[] = []
   const fresh = new Set<string>()
@@ -1104,7 +1110,6 @@ function schedule(ctx: Ctx): void {
     const c = cs[e.circuit]!
     const flowing = e.relayClosed || !e.hasRelay
     const cur = flowing && e.last ? e.last.currentA : 0
-    for (const cid of c.chain) measured[cid]![e.phase] += cur
     const s = e.session
     if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
       const on = s.queuedAt == null
@@ -1125,8 +1130,9 @@ function schedule(ctx: Ctx): void {
         offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
         slotMs: c.slotMs,
       })
-    } else if (cur > 0) {
+    } else if (cur > 0 && (!e.hasRelay || (!s && idleState(st, e, ctx.now) === 'armed'))) {
       // A load the rules cannot switch (a meter-only outlet, an armed one starting to draw): it counts.
+      // An outlet whose session just ended, or that is in fault, opens in this step: it does not.
       contenders.push({
         outlet: id,
         chain: c.chain,
@@ -1143,15 +1149,17 @@ function schedule(ctx: Ctx): void {
       })
     }
   }
-  // What a feeder meter measures beyond the outlets it feeds is an unmanaged load; a circuit
-  // without a meter carries what its children's meters found.
+  for (const c of contenders) if (c.on) for (const cid of c.chain) expected[cid]![c.phase] += c.drawA
+  // What a feeder meter measures beyond what the switched-on outlets are expected to draw is an
+  // unmanaged load (so the load counted is the larger of the two: a car whose meter has not
+  // been read yet is not counted twice); a circuit without a meter carries its children's.
   const extraOf = (id: string, depth: number): [number, number, number] => {
     const c = cs[id]!
     const entry = st.circuits?.[id]
     if (c.metered) {
       const a = entry && entry.fault === null ? entry.currentsA : null
       if (!a) return [0, 0, 0]
-      const m = measured[id]!
+      const m = expected[id]!
       return [Math.max(0, a[0] - m[0]), Math.max(0, a[1] - m[1]), Math.max(0, a[2] - m[2])]
     }
     const sum: [number, number, number] = [0, 0, 0]
