@@ -75,7 +75,8 @@ function compiled(): ValidateFunction {
   return validator
 }
 
-const ACTIONS = ['start', 'stop', 'set-wallet', 'set-auto-start', 'set-availability', 'set-plan', 'assign-plan']
+/** The actions, as the schema lists them (one branch of its oneOf per action). */
+const ACTIONS = (commandSchema.oneOf as { properties: { action: { const: string } } }[]).map((b) => b.properties.action.const)
 
 export class CommandGateway {
   private readonly inFlight = new Map<string, { result: Promise<CommandResult>; held: boolean }>()

@@ -14,6 +14,10 @@
  * outlet's first reading is stepped, then applied; every outlet is read once
  * before the uplink announces `online`.
  *
+ * Break-before-make: a relay close waits until every relay open already sent has been
+ * carried out (or has failed), so on a shared circuit the session whose turn is over is off
+ * before the next one is switched on.
+ *
  * Must never: close a relay before the commit that makes it billable; let one
  * outlet's or bus's failure stop the others; block sessions on the network; let a
  * listener's throw undo or skip an effect of a committed step.
@@ -26,7 +30,16 @@ import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
-import { initialState, outletStatuses, step, type EngineState, type EngineEvent, type Effect } from './engine/index.js'
+import {
+  circuitStatuses,
+  initialState,
+  outletStatuses,
+  step,
+  type CircuitStatus,
+  type EngineState,
+  type EngineEvent,
+  type Effect,
+} from './engine/index.js'
 import { restoreState } from './restore.js'
 import type { Journal } from './journal/index.js'
 import { openJournalForRun } from './journal/salvage.js'
@@ -181,6 +194,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     for (const outlet of config.outlets) {
       this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
     }
+    for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
   }
@@ -245,6 +259,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     return this.config.outlets.map((o) => byId.get(o.id)).filter((s): s is OutletStatus => s !== undefined)
   }
 
+  /** Every circuit's load against its limit and who waits, in config order; [] before start. */
+  circuitStatuses(): CircuitStatus[] {
+    if (!this.state) return []
+    return circuitStatuses(this.state, this.clock.now())
+  }
+
   get engineState(): EngineState {
     return this.state
   }
@@ -294,9 +314,36 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
   }
 
-  /** Reads every outlet once, waiting at most `ms` (a read still on the wire then carries on in the background). */
+  /** The feeder meter read in flight per circuit: one at a time. */
+  private readonly feederReading = new Map<string, Promise<void>>()
+
+  /** One sample of a circuit's feeder meter, stepped like an outlet's reading (a failure counts toward its failsafe). */
+  private pollFeeder(circuit: string): Promise<void> {
+    if (!this.site || this.halted || this.closed || this.stopping) return Promise.resolve()
+    const inflight = this.feederReading.get(circuit)
+    if (inflight) return inflight
+    const site = this.site
+    const p = (async () => {
+      let event: EngineEvent
+      try {
+        const reading = await site.feeder(circuit).read()
+        this.quiet.clear(`feeder:${circuit}`, { circuit }, 'feeder meter answering again')
+        event = { type: 'circuit-reading', circuit, reading }
+      } catch (err) {
+        const e = err as { code?: string; message: string }
+        this.quiet.warn(`feeder:${circuit}`, { circuit, code: e.code, err: e.message }, 'feeder meter read failed')
+        event = { type: 'circuit-read-failed', circuit, error: `${e.code ?? 'ERROR'}: ${e.message}` }
+      }
+      await this.dispatch(event).catch(() => undefined)
+    })().finally(() => this.feederReading.delete(circuit))
+    this.feederReading.set(circuit, p)
+    return p
+  }
+
+  /** Reads every outlet (and feeder meter) once, waiting at most `ms` (a read still on the wire then carries on in the background). */
   private async readAll(ms: number): Promise<void> {
-    const all = Promise.all(this.config.outlets.map((o) => this.poll(o.id)))
+    const feeders = this.site ? this.site.feederIds().map((c) => this.pollFeeder(c)) : []
+    const all = Promise.all([...this.config.outlets.map((o) => this.poll(o.id)), ...feeders])
     const answered = await withTimeout(all, ms, stopTimeout(ms)).then(
       () => true,
       () => false,
@@ -435,7 +482,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const readings = event.type === 'reading' && session ? [{ outlet: event.outlet, sessionId: session.id, reading: event.reading, now }] : undefined
     // A reading's state change is rebuilt from the journaled readings (or, for an idle outlet, is
     // read again at the next poll): it waits for the journal's checkpoint. Any other change is written now.
-    const checkpoint = event.type !== 'reading' && state !== this.state
+    // A feeder reading is the same: boot starts every feeder's silence timer afresh.
+    const checkpoint = event.type !== 'reading' && event.type !== 'circuit-reading' && state !== this.state
     let committed: JournalRecord[]
     try {
       committed = await journal.commit({ records, state, commandResults, readings, checkpoint })
@@ -450,8 +498,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         'reading journaled',
       )
 
-    // 3. Only now may a relay close: the session it bills is on disk.
-    for (const e of effects) if (e.type === 'relay' && e.closed) this.switchRelay(e.outlet, true)
+    // 3. Only now may a relay close: the session it bills is on disk (and, break-before-make,
+    // once the opens already sent are carried out).
+    for (const e of effects) if (e.type === 'relay' && e.closed) this.closeRelay(e.outlet)
 
     // 4. Tell the world. The step is committed: nothing here may fail it (emit is guarded).
     for (const r of committed) {
@@ -519,6 +568,23 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.switchRelay(outletId, entry.relayClosed)
   }
 
+  /** Relay opens sent and not yet carried out: a close waits for them (break-before-make). */
+  private readonly opening = new Set<Promise<void>>()
+
+  private closeRelay(outletId: string): void {
+    if (this.opening.size === 0) {
+      this.switchRelay(outletId, true)
+      return
+    }
+    const work = Promise.allSettled([...this.opening]).then(() => {
+      // Still wanted closed? A later step (a stop, a fault, the next turn) may have opened it meanwhile.
+      if (this.halted || this.closed || this.state.outlets[outletId]?.relayClosed !== true) return
+      this.switchRelay(outletId, true)
+    })
+    this.relayOps.add(work)
+    void work.finally(() => this.relayOps.delete(work))
+  }
+
   private switchRelay(outletId: string, closed: boolean): void {
     const site = this.site
     if (!site) return
@@ -539,6 +605,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     )
     this.relayOps.add(work)
     void work.finally(() => this.relayOps.delete(work))
+    if (!closed) {
+      this.opening.add(work)
+      void work.finally(() => this.opening.delete(work))
+    }
   }
 
   /** The journal cannot write: nothing may be billed, so every relay opens and the daemon stops charging. */
@@ -588,6 +658,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         break
       case 'gateway.started':
         this.log.info({ seq: r.seq, cleanShutdown: r.cleanShutdown }, 'gateway started')
+        break
+      case 'session.queued':
+        this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, circuit: r.circuit, why: r.why }, 'session queued')
+        break
+      case 'session.resumed':
+        this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, circuit: r.circuit, waitedS: r.waitedS }, 'session resumed')
         break
       default:
         this.log.debug({ seq: r.seq, type: r.type }, 'record')

@@ -38,6 +38,7 @@ export const DRIVER_ERRORS = {
   MODEL_INVALID: 'a device model file is not valid (the message lists every problem)',
   MODEL_DECODE: 'a reply holds fewer registers than the model needs for a quantity',
   OUTLET_UNKNOWN: 'no outlet with that id on this site',
+  FEEDER_UNKNOWN: 'no circuit with a feeder meter of that id on this site',
   NO_RELAY: 'a relay operation on a meter-only outlet',
   RELAY_MISMATCH: 'the relay read back differs from what was written',
   READING_INVALID: 'a meter register decoded to NaN or infinity',

@@ -9,7 +9,7 @@
  */
 import type { Logger } from 'pino'
 import { OutpostError } from './errors.js'
-import type { BusConfig, OutletConfig, Reading, SiteConfig } from '../core/types.js'
+import type { BusConfig, CircuitConfig, CircuitReading, OutletConfig, Reading, SiteConfig } from '../core/types.js'
 import { bitsPerChar, decodeBits, decodeWords, interFrameMs, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { LineLink, RtuLink, TcpLink } from './links.js'
 import type { LineReply, LineRequest } from './line-protocol.js'
@@ -28,9 +28,19 @@ export interface OutletIO {
   readRelay(): Promise<boolean>
 }
 
+/** A circuit's feeder meter: its phase currents. */
+export interface FeederIO {
+  readonly circuit: string
+  /** One sample; a single-phase meter's current counts on every phase (the safe reading). */
+  read(): Promise<CircuitReading>
+}
+
 export interface SiteIO {
   outlet(id: string): OutletIO
   outletIds(): string[]
+  /** The feeder meter of a circuit that has one. */
+  feeder(circuit: string): FeederIO
+  feederIds(): string[]
   bus(id: string): Bus
   health(): BusHealth[]
   /** Resolves true once every bus is open, false if that has not happened within `ms` (never throws). */
@@ -278,6 +288,31 @@ class SerialOutlet implements OutletIO {
   }
 }
 
+class ModbusFeeder implements FeederIO {
+  private readonly blocks: Block[]
+  constructor(
+    readonly circuit: string,
+    private readonly bus: Bus,
+    private readonly cfg: NonNullable<CircuitConfig['meter']>,
+    private readonly meter: DeviceModel,
+    private readonly now: () => number,
+  ) {
+    this.blocks = meterBlocks(meter)
+  }
+
+  async read(): Promise<CircuitReading> {
+    const data = await this.bus.readBlocks(this.cfg.unit, this.blocks, { delayMs: this.cfg.delayMs })
+    const q = decodeMeter(this.meter, this.blocks, data)
+    const phase = (k: string): number => {
+      const v = q[k] ?? q.currentA
+      if (typeof v !== 'number' || !Number.isFinite(v))
+        throw new OutpostError('READING_INVALID', `feeder meter of circuit ${this.circuit}: ${k} is ${String(v)}`)
+      return v
+    }
+    return { ts: this.now(), currentsA: [phase('currentL1A'), phase('currentL2A'), phase('currentL3A')] }
+  }
+}
+
 function toReading(outlet: string, q: Record<string, number>, ts: number): Reading {
   for (const k of REQUIRED_METER_QUANTITIES) {
     const v = q[k]
@@ -315,10 +350,25 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
         : new ModbusOutlet(o.id, bus, o, meter, relay, opts.now)
     })
   }
+  const feederPlans: (() => FeederIO)[] = []
+  for (const c of config.circuits ?? []) {
+    const m = c.meter
+    if (!m) continue
+    const bc = config.buses.find((b) => b.id === m.bus)
+    if (!bc) throw new OutpostError('CONFIG_INVALID', `circuit ${c.id}: unknown bus "${m.bus}"`)
+    if (bc.type === 'serial') throw new OutpostError('CONFIG_INVALID', `circuit ${c.id}: a feeder meter needs a Modbus bus, ${bc.id} is serial`)
+    const model = registry.get(m.model, 'meter')
+    feederPlans.push(() => new ModbusFeeder(c.id, buses.get(bc.id)!, m, model, opts.now))
+  }
   for (const bc of config.buses) buses.set(bc.id, openBus(bc, opts))
   for (const p of plans) {
     const io = p()
     outlets.set(io.id, io)
+  }
+  const feeders = new Map<string, FeederIO>()
+  for (const p of feederPlans) {
+    const f = p()
+    feeders.set(f.circuit, f)
   }
   return {
     outlet(id) {
@@ -327,6 +377,13 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
       return io
     },
     outletIds: () => [...outlets.keys()],
+    feeder(circuit) {
+      const f = feeders.get(circuit)
+      if (!f)
+        throw new OutpostError('FEEDER_UNKNOWN', `no feeder meter for circuit "${circuit}" (feeders: ${[...feeders.keys()].join(', ') || 'none'})`)
+      return f
+    },
+    feederIds: () => [...feeders.keys()],
     bus(id) {
       const b = buses.get(id)
       if (!b) throw new OutpostError('BUS_UNKNOWN', `unknown bus "${id}"`)

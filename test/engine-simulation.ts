@@ -9,7 +9,18 @@ import { mulberry32 } from '../core/prng.js'
 import type { Test } from 'tap'
 import { validateConfig } from '../daemon/config.js'
 import type { PlanConfig, RecordBody, SiteConfig, Weekday } from '../core/types.js'
-import { initialState, localWallMs, periodAt, step, microsPerMinor, type Effect, type EngineEvent, type EngineState } from '../daemon/engine/index.js'
+import {
+  initialState,
+  localWallMs,
+  periodAt,
+  step,
+  microsPerMinor,
+  minOffMs,
+  minOnMs,
+  type Effect,
+  type EngineEvent,
+  type EngineState,
+} from '../daemon/engine/index.js'
 
 const VOLTS = 230
 const ALL_DAYS: Weekday[] = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']
@@ -18,6 +29,7 @@ const TRACE = process.env.ENGINE_SIM_TRACE === '1'
 /** Share of steps also run on a JSON round-tripped state (ENGINE_SIM_ROUNDTRIP=1 checks every step). */
 const ROUND_TRIP_P = Number(process.env.ENGINE_SIM_ROUNDTRIP ?? 0.005)
 const CLOSED = new Set(['armed', 'pending', 'charging'])
+const PH = { L1: 0, L2: 1, L3: 2 } as const
 
 /** Instants near a DST change of each zone (and an ordinary day), so plan edges and DST nights meet. */
 const ZONES: { tz: string; starts: number[] }[] = [
@@ -45,6 +57,10 @@ interface SimOutlet {
   tapering: boolean
   mode: MeterMode
   modeLeft: number
+  /** Circuit mode: the outlet's circuit, phase index, rating. */
+  circuit: string | null
+  phase: 0 | 1 | 2
+  ratingA: number
 }
 
 interface OpenInfo {
@@ -56,6 +72,13 @@ interface OpenInfo {
   balanceAtStart: number
   plan: PlanConfig
   startedAt: number
+  /** Circuit mode: time spent queued (from the records), and since when it is queued now. */
+  queuedMs: number
+  queuedSince: number | null
+  edges: number
+  /** When its relay last closed or opened by the circuit rules. */
+  lastOn: number
+  lastOff: number | null
 }
 
 function deepFreeze<T>(o: T): T {
@@ -82,9 +105,21 @@ export interface SimStats {
   steps: number
   sessions: number
   reasons: Record<string, number>
+  /** Circuit mode: sessions that waited, rotations, sheds, relay closings, outlet-hours simulated. */
+  queued?: number
+  rotations?: number
+  sheds?: number
+  closings?: number
+  outletMs?: number
+  maxWaitS?: number
 }
 
-export function runSeed(seed: number, stats?: SimStats): void {
+export interface SimOptions {
+  /** Shared circuits (with feeder meters, unmanaged loads, demand response) and their invariants. */
+  circuits?: boolean
+}
+
+export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): void {
   const rnd = mulberry32(seed)
   const int = (lo: number, hi: number): number => lo + Math.floor(rnd() * (hi - lo + 1))
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!
@@ -128,17 +163,36 @@ export function runSeed(seed: number, stats?: SimStats): void {
     { id: 'yen', currency: 'JPY', activationFee: 30, periods: [{ days: ALL_DAYS, from: '00:00', to: '24:00', perKwh: 31.5, perHour: 12 }] },
   ].filter((p) => hm(edge1) !== hm(edge2) || p.id !== 'tou') as PlanConfig[]
   const planIds = plans.map((p) => p.id)
-  const nOutlets = int(1, 4)
+  const circ = opts.circuits === true
+  // Circuit mode: a feeder ("main", maybe metered) and maybe a sub-circuit, limits a car or a few wide.
+  const circuitsCfg: Record<string, unknown>[] = []
+  if (circ) {
+    const mainA = pick([16, 32, 40, 63])
+    circuitsCfg.push({
+      id: 'main',
+      maxA: mainA,
+      slotS: pick([5, 10, 30]),
+      ...(chance(0.6) ? { meter: { bus: 'lan', model: 'eastron-sdm630', unit: 50 }, failsafeA: pick([0, 0, 16]) } : {}),
+    })
+    if (chance(0.5)) circuitsCfg.push({ id: 'sub', maxA: pick([16, 32, mainA]), parent: 'main', slotS: pick([5, 10]) })
+  }
+  const circuitIds = circuitsCfg.map((c) => c.id as string)
+  const tightest = (id: string): number =>
+    id === 'sub' ? Math.min(circuitsCfg[1]!.maxA as number, circuitsCfg[0]!.maxA as number) : (circuitsCfg[0]!.maxA as number)
+  const nOutlets = circ ? int(2, 5) : int(1, 4)
   const outletsCfg = []
   for (let i = 0; i < nOutlets; i++) {
-    const relay = chance(0.85)
+    const relay = circ ? chance(0.95) : chance(0.85)
+    const circuit = circ && chance(0.9) ? pick(circuitIds) : undefined
+    const ratingA = circuit ? Math.min(pick([16, 32]), tightest(circuit)) : undefined
     outletsCfg.push({
       id: `O${i}`,
       bus: 'lan',
       meter: { model: 'eastron-sdm120', unit: i + 1 },
       ...(relay ? { relay: { model: 'modbus-coil', unit: 100, coil: i } } : {}),
       plan: pick(planIds),
-      ...(relay && chance(0.4) ? { autoStart: { userId: pick(USERS) } } : {}),
+      ...(relay && chance(circ ? 0.2 : 0.4) ? { autoStart: { userId: pick(USERS) } } : {}),
+      ...(circuit ? { circuit, ratingA, phase: chance(0.8) ? 'L1' : pick(['L2', 'L3']), priority: chance(0.8) ? 0 : 5 } : {}),
     })
   }
   const raw = {
@@ -156,6 +210,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
       minChargeA: pick([0.5, 1]),
     },
     offline: { limitMinutes: chance(0.3) ? int(1, 3) : null },
+    ...(circ ? { circuits: circuitsCfg } : {}),
     ...(chance(0.9) ? { uplink: { url: 'mqtt://127.0.0.1:1883', topicPrefix: 'outpost' } } : {}),
   }
   const vr = validateConfig(raw)
@@ -173,7 +228,18 @@ export function runSeed(seed: number, stats?: SimStats): void {
     tapering: false,
     mode: 'ok',
     modeLeft: 0,
+    circuit: o.circuit ?? null,
+    phase: PH[o.phase ?? 'L1'],
+    ratingA: o.ratingA,
   }))
+  /** The feeder meter of "main" (circuit mode): an unmanaged load on it, and its own failure mode. */
+  const feeder = { unmanaged: 0, mode: 'ok' as 'ok' | 'fail' | 'silent', modeLeft: 0 }
+  /** Circuit mode: whether anything that changes a circuit's load or limit happened in this iteration. */
+  let loadChanged = true
+  /** Per circuit and phase: over its limit at the end of the last iteration. */
+  const overBefore = new Set<string>()
+  /** Per open session: since when it waits while another of no higher priority on its circuit is on. */
+  const starving = new Map<string, number>()
   let state: EngineState = deepFreeze(initialState(config))
   const open = new Map<string, OpenInfo>()
   const endedIds = new Set<string>()
@@ -263,6 +329,8 @@ export function runSeed(seed: number, stats?: SimStats): void {
         const o = sim.find((x) => x.id === eff.outlet)
         check(o?.relay === true, () => `relay effect for ${eff.outlet}, which has no relay`)
         o!.closed = eff.closed
+        // Arming closes a relay nobody decided to load: whatever the car then draws is a change of load.
+        if (eff.closed && state.outlets[eff.outlet]?.state === 'armed') loadChanged = true
       } else if (eff.type === 'record') {
         const rec = eff.record
         if (rec.type === 'session.started') {
@@ -280,10 +348,48 @@ export function runSeed(seed: number, stats?: SimStats): void {
             balanceAtStart: w ? w.balance : -Infinity,
             plan: s!.plan,
             startedAt: s!.startedAt,
+            queuedMs: 0,
+            queuedSince: null,
+            edges: 0,
+            lastOn: now,
+            lastOff: null,
           })
         } else if (rec.type === 'session.ended') {
           verifyEnded(rec)
           sessionMWh.set(rec.outlet, (sessionMWh.get(rec.outlet) ?? 0) + Math.round(rec.energyWh * 1000))
+        } else if (rec.type === 'session.queued') {
+          const info = open.get(rec.sessionId)
+          check(info !== undefined && info.queuedSince === null, () => `session.queued for ${rec.sessionId}, which is not open and switched on`)
+          const slot = circuitSlotMs(rec.circuit)
+          // Turn taking never chatters: a session yields its turn only after its minimum on time.
+          if (rec.why === 'rotation')
+            check(now - info!.lastOn >= minOnMs(slot), () => `${rec.sessionId} rotated out after ${now - info!.lastOn} ms on (min ${minOnMs(slot)})`)
+          info!.queuedSince = now
+          info!.edges++
+          if (rec.why !== 'start') info!.lastOff = now
+          if (stats) {
+            if (rec.why === 'rotation') stats.rotations = (stats.rotations ?? 0) + 1
+            else if (rec.why === 'start') stats.queued = (stats.queued ?? 0) + 1
+            else stats.sheds = (stats.sheds ?? 0) + 1
+          }
+        } else if (rec.type === 'session.resumed') {
+          const info = open.get(rec.sessionId)
+          check(info !== undefined && info.queuedSince !== null, () => `session.resumed for ${rec.sessionId}, which was not queued`)
+          const slot = circuitSlotMs(rec.circuit)
+          if (info!.lastOff !== null)
+            check(
+              now - info!.lastOff >= minOffMs(slot),
+              () => `${rec.sessionId} switched on again ${now - info!.lastOff!} ms after it was switched off`,
+            )
+          check(
+            Math.abs(rec.waitedS * 1000 - (now - info!.queuedSince!)) < 1,
+            () => `${rec.sessionId}: waitedS ${rec.waitedS} but it waited ${now - info!.queuedSince!} ms`,
+          )
+          info!.queuedMs += now - info!.queuedSince!
+          info!.queuedSince = null
+          info!.edges++
+          info!.lastOn = now
+          if (stats) stats.closings = (stats.closings ?? 0) + 1
         } else if (rec.type === 'meter.reconciliation') {
           check(rec.billedWh >= 0 && rec.unbilledWh >= 0, () => `reconciliation of ${rec.outlet} with negative energy: ${JSON.stringify(rec)}`)
           reconBilledMWh.set(rec.outlet, (reconBilledMWh.get(rec.outlet) ?? 0) + Math.round(rec.billedWh * 1000))
@@ -304,7 +410,8 @@ export function runSeed(seed: number, stats?: SimStats): void {
       if (o.closed) check(CLOSED.has(e.state), () => `${o.id}: contactor closed in state ${e.state}`)
       if (e.session) {
         openIds.add(e.session.id)
-        check(e.state === 'pending' || e.state === 'charging', () => `${o.id}: session open in state ${e.state}`)
+        check(e.state === 'pending' || e.state === 'charging' || e.state === 'queued', () => `${o.id}: session open in state ${e.state}`)
+        check((e.state === 'queued') === (e.session!.queuedAt !== null), () => `${o.id}: state ${e.state} but queuedAt ${e.session!.queuedAt}`)
       }
     }
     check(
@@ -318,6 +425,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
     check(info !== undefined, () => `session.ended for ${rec.sessionId}, which is not open (ended twice or never started)`)
     open.delete(rec.sessionId)
     endedIds.add(rec.sessionId)
+    const queuedMs = info!.queuedMs + (info!.queuedSince !== null ? now - info!.queuedSince : 0)
     if (stats) {
       stats.sessions++
       stats.reasons[rec.reason] = (stats.reasons[rec.reason] ?? 0) + 1
@@ -340,6 +448,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
     let sum = rec.activationFee * unit
     let lineEnergy = 0
     let lineMs = 0
+    let linePausedMs = 0
     let _waived = 0
     rec.lines.forEach((l, i) => {
       check(
@@ -370,17 +479,30 @@ export function runSeed(seed: number, stats?: SimStats): void {
       }
       sum += l.amountMicros
       lineEnergy += Math.round(l.energyWh * 1000)
-      lineMs += Math.round(l.seconds * 1000)
+      lineMs += Math.round(l.seconds * 1000) + Math.round((l.pausedS ?? 0) * 1000)
+      linePausedMs += Math.round((l.pausedS ?? 0) * 1000)
+      check(
+        Math.round(l.seconds * 1000) + Math.round((l.pausedS ?? 0) * 1000) === to - from,
+        () => `${rec.sessionId}: line ${i} seconds ${l.seconds} + paused ${l.pausedS ?? 0} is not its span`,
+      )
     })
     const rounded = Math.floor((sum * 2 + unit) / (2 * unit))
     check(rec.total === rounded, () => `${rec.sessionId}: total ${rec.total} is not fee + lines rounded half-up (${rounded})`)
     if (rec.lines.length > 0) {
       check(lineEnergy === energy, () => `${rec.sessionId}: lines carry ${lineEnergy} mWh, the session ${energy}`)
       check(lineMs === Math.round(rec.durationS * 1000), () => `${rec.sessionId}: lines carry ${lineMs} ms, the session ${rec.durationS} s`)
+      check(
+        linePausedMs === Math.round(rec.pausedS * 1000),
+        () => `${rec.sessionId}: lines carry ${linePausedMs} ms paused, the session ${rec.pausedS} s`,
+      )
       check(Date.parse(rec.lines[rec.lines.length - 1]!.to) === Date.parse(rec.endedAt), () => `${rec.sessionId}: last line does not end at endedAt`)
     } else {
       check(rec.total === 0, () => `${rec.sessionId}: no lines but total ${rec.total}`)
     }
+    // Waiting is not billed per hour, and only waiting is: the pause is at most the time it was queued.
+    check(typeof rec.pausedS === 'number' && rec.pausedS >= 0, () => `${rec.sessionId}: pausedS ${rec.pausedS}`)
+    check(rec.pausedS * 1000 <= queuedMs + 1, () => `${rec.sessionId}: pausedS ${rec.pausedS} but it waited ${queuedMs} ms`)
+    if (info!.edges === 0) check(rec.pausedS === 0, () => `${rec.sessionId}: never queued but pausedS ${rec.pausedS}`)
     if (rec.reason === 'grace-expired') check(rec.total === 0 && rec.lines.length === 0, () => `${rec.sessionId}: grace-expired costs ${rec.total}`)
     check(rec.total <= info!.balanceAtStart, () => `${rec.sessionId}: total ${rec.total} above the balance at start ${info!.balanceAtStart}`)
     const ws = walletSince.get(rec.userId)
@@ -389,6 +511,113 @@ export function runSeed(seed: number, stats?: SimStats): void {
       check(ws.spent <= Math.max(ws.balance, 0), () => `${rec.userId}: sessions since set-wallet(${ws.balance}) billed ${ws.spent}`)
     }
     check(Date.parse(rec.endedAt) <= now && Date.parse(rec.endedAt) >= info!.startedAt, () => `${rec.sessionId}: endedAt outside the session`)
+  }
+
+  function circuitSlotMs(id: string): number {
+    return ((circuitsCfg.find((c) => c.id === id)?.slotS as number | undefined) ?? 1800) * 1000
+  }
+  const inCircuit = (o: SimOutlet, id: string): boolean => o.circuit === id || (id === 'main' && o.circuit === 'sub')
+  const flowingA = (o: SimOutlet): number => (o.plugged && (o.closed || !o.relay) ? o.demand : 0)
+  function limitOf(id: string): number {
+    const cfg = circuitsCfg.find((c) => c.id === id)!
+    const entry = state.circuits?.[id]
+    const lim = entry?.limitA ?? (cfg.maxA as number)
+    return cfg.meter !== undefined && entry?.fault != null ? Math.min(lim, (cfg.failsafeA as number | undefined) ?? 0) : lim
+  }
+
+  /**
+   * After every poll (all meters read, the feeder read, a tick): the switched-on current of
+   * each circuit and phase is within its limit, allowing one poll after a change of load; and
+   * no session waits longer than the rotation bound while another of no higher priority on
+   * its circuit and phase is switched on.
+   */
+  function circuitCheck(dtMax: number): void {
+    for (const id of circuitIds) {
+      const metered = circuitsCfg.find((c) => c.id === id)!.meter !== undefined || (id === 'sub' && circuitsCfg[0]!.meter !== undefined)
+      for (let ph = 0; ph < 3; ph++) {
+        const members = sim.filter((o) => inCircuit(o, id) && o.phase === ph)
+        let physical = 0
+        for (const o of members) physical += flowingA(o)
+        if (id === 'main' && ph === 0 && circuitsCfg[0]!.meter !== undefined) physical += feeder.unmanaged
+        // What the engine cannot see: a meter in a failure mode, in fault or giving impossible readings (a swapped meter), a silent feeder meter.
+        const blind =
+          members.some((o) => o.mode !== 'ok' || state.outlets[o.id]!.meterFault !== null || state.outlets[o.id]!.badDetail !== null) ||
+          (metered && feeder.mode !== 'ok')
+        const switchedOn = members.some((o) => o.relay && o.closed && flowingA(o) > 0)
+        const key = `${id}#${ph}`
+        const over = physical > limitOf(id) + 1e-6
+        if (over && !blind && switchedOn && overBefore.has(key) && !loadChanged)
+          fail(
+            `circuit ${id} phase L${ph + 1}: ${physical} A switched on, limit ${limitOf(id)} A, for two polls without a change of load${process.env.ENGINE_SIM_TRACE ? JSON.stringify({ outlets: Object.values(state.outlets).map((e) => [e.id, e.state, e.circuit, e.phase, e.hasRelay, e.last?.currentA, e.session?.queuedAt, e.session?.drawing, e.ratingA, e.badDetail, e.last?.ts]), circuits: state.circuits, settings: state.settings.circuits }) : ''}`,
+          )
+        if (over && !blind) overBefore.add(key)
+        else overBefore.delete(key)
+      }
+    }
+    // The rotation bound.
+    const sessions = Object.values(state.outlets).filter((e) => e.session !== null && e.circuit !== null)
+    const slotMax = Math.max(...circuitIds.map(circuitSlotMs))
+    const bound = (sessions.length + 1) * (slotMax + minOffMs(slotMax) + 2 * dtMax) + 5000
+    for (const e of sessions) {
+      const s = e.session!
+      const o = sim.find((x) => x.id === e.id)!
+      const chain = e.circuit === 'sub' ? ['sub', 'main'] : ['main']
+      let waiting = s.queuedAt !== null && e.hasRelay
+      if (waiting) {
+        // It could never fit (a limit cut below its rating, loads nobody switches): not the rules' fault.
+        for (const id of chain) {
+          let fixed = id === 'main' && o.phase === 0 && circuitsCfg[0]!.meter !== undefined ? feeder.unmanaged : 0
+          for (const x of sim) if (inCircuit(x, id) && x.phase === o.phase && !x.relay) fixed += flowingA(x)
+          if (limitOf(id) - fixed < o.ratingA) waiting = false
+        }
+      }
+      const othersOn =
+        waiting &&
+        sessions.some(
+          (x) =>
+            x !== e &&
+            x.session?.queuedAt === null &&
+            x.phase === e.phase &&
+            x.priority <= e.priority &&
+            x.relayClosed &&
+            (x.circuit === e.circuit || x.circuit === 'main' || e.circuit === 'main'),
+        )
+      if (!othersOn) {
+        starving.delete(s.id)
+        continue
+      }
+      const since = starving.get(s.id) ?? now
+      starving.set(s.id, since)
+      if (stats) stats.maxWaitS = Math.max(stats.maxWaitS ?? 0, (now - since) / 1000)
+      check(now - since <= bound, () => `${s.id} on ${e.id} waited ${now - since} ms while others charged (bound ${bound} ms)`)
+    }
+  }
+
+  function feedFeeder(): void {
+    if (circuitsCfg[0]?.meter === undefined) return
+    if (feeder.mode === 'ok' && chance(0.01)) {
+      feeder.mode = chance(0.5) ? 'fail' : 'silent'
+      feeder.modeLeft = int(1, 20)
+      loadChanged = true
+    }
+    if (chance(0.02)) {
+      feeder.unmanaged = pick([0, 0, 5, 10, 30])
+      loadChanged = true
+    }
+    if (feeder.mode !== 'ok') {
+      feeder.modeLeft--
+      const mode = feeder.mode
+      if (feeder.modeLeft <= 0) {
+        feeder.mode = 'ok'
+        loadChanged = true
+      }
+      if (mode === 'fail') apply({ type: 'circuit-read-failed', circuit: 'main', error: 'timeout' })
+      return
+    }
+    const a: [number, number, number] = [0, 0, 0]
+    for (const o of sim) if (o.circuit !== null) a[o.phase] += flowingA(o)
+    a[0] += feeder.unmanaged
+    apply({ type: 'circuit-reading', circuit: 'main', reading: { ts: now, currentsA: a } })
   }
 
   function feed(o: SimOutlet, dt: number): void {
@@ -453,6 +682,8 @@ export function runSeed(seed: number, stats?: SimStats): void {
     const configFirst = chance(0.5)
     if (configFirst) apply({ type: 'config', config })
     now += int(1000, 120_000) // contactors keep their position until boot opens them
+    loadChanged = true
+    starving.clear()
     apply({ type: 'boot', cleanShutdown: clean, version: 'sim' })
     if (!configFirst && chance(0.5)) apply({ type: 'config', config })
     if (chance(0.5)) apply({ type: 'uplink', online: true })
@@ -462,16 +693,27 @@ export function runSeed(seed: number, stats?: SimStats): void {
   if (config.uplink && chance(0.8)) apply({ type: 'uplink', online: true })
   for (const u of USERS) if (chance(0.8)) command({ action: 'set-wallet', userId: u, currency: 'CAD', balance: pick([0, 50, 300, 2000, 100_000]) })
 
-  const nSteps = int(30, 130)
+  const nSteps = circ ? int(12, 45) : int(30, 130)
+  // Circuit mode keeps the clock to polls (and a rare stall), so the rotation bound is about turns, not jumps.
+  const dtMax = 20_000
   for (let i = 0; i < nSteps; i++) {
-    const dt = chance(0.03) ? int(10_000, 900_000) : pick([500, 1000, 1000, 1000, 2000])
+    const dt = circ
+      ? chance(0.01)
+        ? int(5000, dtMax)
+        : pick([500, 1000, 1000, 1000, 2000])
+      : chance(0.03)
+        ? int(10_000, 900_000)
+        : pick([500, 1000, 1000, 1000, 2000])
     now += dt
+    loadChanged = false
+    if (stats && circ) stats.outletMs = (stats.outletMs ?? 0) + dt * sim.filter((o) => o.circuit !== null).length
     // Vehicles.
     for (const o of sim) {
       if (!o.plugged && chance(0.06)) {
         o.plugged = true
-        o.demand = int(6, 32)
+        o.demand = circ ? int(6, o.ratingA) : int(6, 32)
         o.tapering = false
+        loadChanged = true
       } else if (o.plugged && chance(0.02)) {
         o.plugged = false
       } else if (o.plugged && !o.tapering && chance(0.03)) {
@@ -485,11 +727,20 @@ export function runSeed(seed: number, stats?: SimStats): void {
       if (chance(0.003)) o.register = int(1_000_000, 2_000_000) // meter swapped: a new, lower register
     }
     for (const o of sim) feed(o, dt)
+    if (circ) feedFeeder()
     apply({ type: 'tick' })
+    if (circ) circuitCheck(dtMax)
     // Users, managers, the cloud, the power.
-    if (chance(0.25)) {
+    if (circ && chance(0.03)) {
+      // Demand response from the cloud: a lower limit, the configured one back, or nonsense.
+      const id = pick(circuitIds)
+      const maxA = circuitsCfg.find((c) => c.id === id)!.maxA as number
+      command({ action: 'set-circuit-limit', circuit: chance(0.95) ? id : 'ghost', maxA: pick([null, 0, 16, 20, maxA, maxA + 10]) })
+      loadChanged = true
+    }
+    if (chance(circ ? 0.35 : 0.25)) {
       const o = pick(sim).id
-      const r = rnd()
+      const r = circ && chance(0.5) ? rnd() * 0.3 : rnd()
       if (r < 0.3) command({ action: 'start', outlet: chance(0.95) ? o : 'nope', userId: chance(0.9) ? pick(USERS) : 'u-unknown' })
       else if (r < 0.4) command({ action: 'stop', outlet: o, by: pick(['user', 'manager']) })
       else if (r < 0.5)
@@ -529,7 +780,7 @@ export function runSeed(seed: number, stats?: SimStats): void {
  * Runs `count` seeds from `base` as one tap test (ENGINE_SEED / ENGINE_SEEDS /
  * ENGINE_SEED_BASE override), and checks the generator reached every end reason.
  */
-export function simulationTest(tap: Test, base: number, count: number): void {
+export function simulationTest(tap: Test, base: number, count: number, opts: SimOptions = {}): void {
   const one = process.env.ENGINE_SEED
   const n = Number(process.env.ENGINE_SEEDS ?? count)
   const first = Number(process.env.ENGINE_SEED_BASE ?? base)
@@ -539,7 +790,7 @@ export function simulationTest(tap: Test, base: number, count: number): void {
     const failures: string[] = []
     for (const seed of seeds) {
       try {
-        runSeed(seed, stats)
+        runSeed(seed, stats, opts)
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err)
         failures.push(msg.includes('ENGINE_SEED=') ? msg : `ENGINE_SEED=${seed}: ${err instanceof Error ? err.stack : msg}`)
@@ -548,8 +799,21 @@ export function simulationTest(tap: Test, base: number, count: number): void {
     }
     t.same(failures, [], 'every seed keeps every invariant (replay a failure with ENGINE_SEED=n)')
     t.comment(`${seeds.length} seeds, ${stats.steps} steps, ${stats.sessions} sessions; reasons ${JSON.stringify(stats.reasons)}`)
+    if (opts.circuits) {
+      const hours = (stats.outletMs ?? 0) / 3_600_000
+      t.comment(
+        `circuits: ${stats.queued ?? 0} starts queued, ${stats.rotations ?? 0} rotations, ${stats.sheds ?? 0} sheds, ${stats.closings ?? 0} resumes; ` +
+          `${((2 * (stats.closings ?? 0)) / hours).toFixed(1)} relay switchings by the circuit rules per outlet-hour over ${hours.toFixed(1)} outlet-hours; longest wait while others charged ${stats.maxWaitS ?? 0} s`,
+      )
+      // The generator must reach every way a session comes to wait, or the circuit invariants prove little.
+      if (seeds.length >= 1000) {
+        t.ok((stats.queued ?? 0) > 0, 'starts were queued')
+        t.ok((stats.rotations ?? 0) > 0, 'sessions took turns')
+        t.ok((stats.sheds ?? 0) > 0, 'sessions were shed')
+      }
+    }
     // The generator must actually reach every way a session ends, or the invariants prove little.
-    if (seeds.length >= 5000) {
+    if (seeds.length >= 5000 && !opts.circuits) {
       for (const r of [
         'user-stopped',
         'manager-stopped',

@@ -72,7 +72,21 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
   const on = new Set<string>()
   const load: Record<string, [number, number, number]> = {}
   for (const id of Object.keys(limits)) load[id] = [...limits[id]!.extraA]
-  for (const c of contenders) if (c.on) for (const id of c.chain) load[id]![c.phase] += c.drawA
+  /** What switched-on sessions draw per circuit and phase: what turn taking could ever free. */
+  const movableOn: Record<string, [number, number, number]> = {}
+  for (const id of Object.keys(limits)) movableOn[id] = [0, 0, 0]
+  for (const c of contenders)
+    if (c.on)
+      for (const id of c.chain) {
+        load[id]![c.phase] += c.drawA
+        if (c.movable) movableOn[id]![c.phase] += c.drawA
+      }
+  const shift = (c: Contender, sign: 1 | -1): void => {
+    for (const id of c.chain) {
+      load[id]![c.phase] += sign * c.drawA
+      movableOn[id]![c.phase] += sign * c.drawA
+    }
+  }
   const over = (id: string, ph: number): boolean => load[id]![ph]! > limits[id]!.limitA + 1e-9
 
   // 1. Shed: every circuit and phase over its limit loses sessions until it is not.
@@ -85,7 +99,7 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
         if (!over(id, ph)) break
         if (off.has(v.outlet) || v.phase !== ph || !v.chain.includes(id)) continue
         off.set(v.outlet, v.tentative ? 'start' : limits[id]!.failsafe ? 'failsafe' : 'shed')
-        for (const cid of v.chain) load[cid]![v.phase] -= v.drawA
+        shift(v, -1)
       }
     }
   }
@@ -100,7 +114,8 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
     if (w.chain.some((id) => blocked.has(`${id}#${w.phase}`))) continue
     if (now - w.offAt < minOffMs(w.slotMs)) continue
     if (fits(w, load, limits)) {
-      switchOn(w, load, on)
+      on.add(w.outlet)
+      shift(w, 1)
       continue
     }
     // Its turn: sessions on its circuits whose time is up make room (lower priority once
@@ -113,16 +128,20 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
       if (v.priority > w.priority) continue
       if (v.priority === w.priority ? onFor < v.slotMs : onFor < minOnMs(v.slotMs)) continue
       chosen.push(v)
-      for (const cid of v.chain) load[cid]![v.phase] -= v.drawA
+      shift(v, -1)
       if (fits(w, load, limits)) break
     }
     if (fits(w, load, limits)) {
       for (const v of chosen) off.set(v.outlet, 'rotation')
-      switchOn(w, load, on)
-    } else {
-      for (const v of chosen) for (const cid of v.chain) load[cid]![v.phase] += v.drawA
-      for (const id of w.chain) blocked.add(`${id}#${w.phase}`)
+      on.add(w.outlet)
+      shift(w, 1)
+      continue
     }
+    for (const v of chosen) shift(v, 1)
+    // It waits for its turn, and nobody behind it on its circuits jumps the line; unless it
+    // could never fit (a limit cut below its draw, a load nobody switches): then it holds nobody up.
+    const couldFit = w.chain.every((id) => load[id]![w.phase] - movableOn[id]![w.phase] + w.drawA <= limits[id]!.limitA + 1e-9)
+    if (couldFit) for (const id of w.chain) blocked.add(`${id}#${w.phase}`)
   }
   return { off, on }
 }
@@ -130,11 +149,6 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
 function fits(w: Contender, load: Record<string, [number, number, number]>, limits: Readonly<Record<string, CircuitLimit>>): boolean {
   for (const id of w.chain) if (load[id]![w.phase] + w.drawA > limits[id]!.limitA + 1e-9) return false
   return true
-}
-
-function switchOn(w: Contender, load: Record<string, [number, number, number]>, on: Set<string>): void {
-  on.add(w.outlet)
-  for (const id of w.chain) load[id]![w.phase] += w.drawA
 }
 
 /** Who goes first when load must go: a tentative start, then the lowest priority, then the one on longest. */

@@ -29,7 +29,6 @@ import type {
   SessionSettings,
   JournalSalvageInfo,
   CircuitReading,
-  QueueReason,
 } from '../../core/types.js'
 import { planCircuits, type CircuitLimit, type Contender } from './circuits.js'
 import { OutpostError, type CommandErrorCode } from './errors.js'
@@ -378,7 +377,7 @@ function openSession(
     graceFrom: startTs,
     awaitDraw: false,
     drawing: trigger === 'auto-start',
-    pauseEdge: null,
+    switches: [],
   }
   e.session = s
   ctx.record({ type: 'session.started', ts: ctx.iso, sessionId: id, outlet: outletId, userId, planId, trigger, meterWh: startMWh / 1000 })
@@ -621,18 +620,31 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
 function sessionReading(ctx: Ctx, id: string, ts: number, currentA: number, mWh: number, delta: number): void {
   const s0 = ctx.state.outlets[id]!.session!
   const queuedNow = s0.queuedAt != null
-  const edge = s0.pauseEdge ?? null
   // Time waiting on a full circuit is not billed per hour: the interval since the last
-  // reading is split where the circuit rules switched the session off or on.
-  if (edge === null || edge.at <= s0.lastTs) account(ctx, id, ts, delta, mWh, queuedNow)
-  else if (edge.at >= ts) account(ctx, id, ts, delta, mWh, edge.wasQueued)
-  else {
-    const first = Math.round((delta * (edge.at - s0.lastTs)) / (ts - s0.lastTs))
-    account(ctx, id, edge.at, first, s0.lastMWh + first, edge.wasQueued)
-    account(ctx, id, ts, delta - first, mWh, queuedNow)
+  // reading is split where the circuit rules switched the session off or on (its energy
+  // in proportion to time, cumulatively rounded so the parts add up).
+  const switches = s0.switches ?? []
+  let paused = switches.length > 0 ? !switches[0]![1] : queuedNow
+  const later: [number, boolean][] = []
+  let given = 0
+  let at = s0.lastTs
+  const span = ts - s0.lastTs
+  for (const [t, queuedAfter] of switches) {
+    if (t >= ts) {
+      later.push([t, queuedAfter])
+      continue
+    }
+    if (t > at && span > 0) {
+      const cum = Math.round((delta * (t - s0.lastTs)) / span)
+      account(ctx, id, t, cum - given, s0.lastMWh + cum, paused)
+      given = cum
+      at = t
+    }
+    paused = queuedAfter
   }
+  account(ctx, id, ts, delta - given, mWh, paused)
   const s = ctx.sess(id)
-  if (edge !== null && edge.at <= ts) s.pauseEdge = null
+  if (switches.length > 0) s.switches = later
   const set = ctx.s.sessions
   ctx.touch(id)
   // Taper window: samples of the last minute plus the one sample that reaches into it.
@@ -1085,71 +1097,51 @@ function onFeederReading(ctx: Ctx, id: string, r: CircuitReading): void {
   ctx.sec('circuits')[id] = { limitA: entry?.limitA ?? null, currentsA: [a[0], a[1], a[2]] as [number, number, number], goodAt: ctx.now, fault: null }
 }
 
-/** The first switch since the last accounted reading: that reading's interval is split there (billed, or waited). */
-function markEdge(ctx: Ctx, s: Session, wasQueued: boolean): void {
-  if ((s.pauseEdge ?? null) === null && ctx.now > s.lastTs) s.pauseEdge = { at: ctx.now, wasQueued }
+/** A switch by the circuit rules: the next reading's interval is split there (billed, or waited). */
+function markSwitch(s: Session, at: number, queuedAfter: boolean): void {
+  s.switches = [...(s.switches ?? []), [at, queuedAfter]]
+}
+
+/** drawOf: the outlet's session waits for room (it draws nothing now, and wants its rating). */
+const WAITS = -1
+
+/**
+ * What an outlet on a circuit is expected to draw now: a switched-on session its measured
+ * current once it has drawn since it was switched on, else its rating; a load the rules cannot
+ * switch (a meter-only outlet, an armed one starting to draw) what it measures; WAITS for a
+ * waiting session; 0 for an outlet whose relay opens in this step (a session that just ended, a fault).
+ */
+function drawOf(st: EngineState, e: OutletEntry, now: number): number {
+  const s = e.session
+  if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+    if (s.queuedAt != null) return WAITS
+    return s.drawing === true && e.last ? e.last.currentA : e.ratingA
+  }
+  const cur = (e.relayClosed || !e.hasRelay) && e.last ? e.last.currentA : 0
+  if (cur > 0 && (!e.hasRelay || (!s && idleState(st, e, now) === 'armed'))) return cur
+  return 0
 }
 
 /** The circuit rules (circuits.ts) over the whole site: who is switched on, who waits. */
 function schedule(ctx: Ctx): void {
   const st = ctx.state
   const cs = st.settings.circuits
-  const limits: Record<string, CircuitLimit> = {}
+  const ids = Object.keys(cs)
   /** Per circuit and phase, what the switched-on outlets below it are expected to draw. */
   const expected: Record<string, [number, number, number]> = {}
-  for (const id of Object.keys(cs)) {
-    limits[id] = { ...circuitLimit(st, id), extraA: [0, 0, 0] }
-    expected[id] = [0, 0, 0]
-  }
-  const contenders: Contender[] = []
-  const fresh = new Set<string>()
+  for (const id of ids) expected[id] = [0, 0, 0]
   const prev = ctx.prev.outlets
-  for (const id of Object.keys(st.outlets)) {
+  // Pass 1, without allocating per outlet: the expected load, and whether anybody waits.
+  let waiting = false
+  const members: string[] = []
+  for (const id in st.outlets) {
     const e = st.outlets[id]!
     if (e.circuit == null || !hasOwn(cs, e.circuit)) continue
-    const c = cs[e.circuit]!
-    const flowing = e.relayClosed || !e.hasRelay
-    const cur = flowing && e.last ? e.last.currentA : 0
-    const s = e.session
-    if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
-      const on = s.queuedAt == null
-      const isNew = prev[id]?.session?.id !== s.id
-      if (isNew) fresh.add(id)
-      contenders.push({
-        outlet: id,
-        chain: c.chain,
-        phase: e.phase,
-        priority: e.priority,
-        // Its measured current once it has drawn since it was switched on; its rating before.
-        drawA: on && s.drawing === true && e.last ? e.last.currentA : e.ratingA,
-        on,
-        movable: true,
-        tentative: on && isNew,
-        onAt: s.onAt ?? s.startedAt,
-        queuedAt: s.queuedAt ?? s.startedAt,
-        offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
-        slotMs: c.slotMs,
-      })
-    } else if (cur > 0 && (!e.hasRelay || (!s && idleState(st, e, ctx.now) === 'armed'))) {
-      // A load the rules cannot switch (a meter-only outlet, an armed one starting to draw): it counts.
-      // An outlet whose session just ended, or that is in fault, opens in this step: it does not.
-      contenders.push({
-        outlet: id,
-        chain: c.chain,
-        phase: e.phase,
-        priority: e.priority,
-        drawA: cur,
-        on: true,
-        movable: false,
-        tentative: false,
-        onAt: 0,
-        queuedAt: 0,
-        offAt: Number.NEGATIVE_INFINITY,
-        slotMs: c.slotMs,
-      })
-    }
+    members.push(id)
+    const a = drawOf(st, e, ctx.now)
+    if (a === WAITS) waiting = true
+    else if (a > 0) for (const cid of cs[e.circuit]!.chain) expected[cid]![e.phase] += a
   }
-  for (const c of contenders) if (c.on) for (const cid of c.chain) expected[cid]![c.phase] += c.drawA
   // What a feeder meter measures beyond what the switched-on outlets are expected to draw is an
   // unmanaged load (so the load counted is the larger of the two: a car whose meter has not
   // been read yet is not counted twice); a circuit without a meter carries its children's.
@@ -1172,13 +1164,66 @@ function schedule(ctx: Ctx): void {
       }
     return sum
   }
-  for (const id of Object.keys(cs)) limits[id]!.extraA = extraOf(id, 0)
+  const limits: Record<string, CircuitLimit> = {}
+  let over = false
+  for (const id of ids) {
+    const l = circuitLimit(st, id)
+    const extraA = extraOf(id, 0)
+    const x = expected[id]!
+    if (x[0] + extraA[0] > l.limitA + 1e-9 || x[1] + extraA[1] > l.limitA + 1e-9 || x[2] + extraA[2] > l.limitA + 1e-9) over = true
+    limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA }
+  }
+  // Nobody waits and every circuit is within its limit: nothing to decide (the common step).
+  if (!waiting && !over) return
+
+  const contenders: Contender[] = []
+  const fresh = new Set<string>()
+  for (const id of members) {
+    const e = st.outlets[id]!
+    const c = cs[e.circuit!]!
+    const s = e.session
+    const a = drawOf(st, e, ctx.now)
+    if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+      const on = s.queuedAt == null
+      const isNew = prev[id]?.session?.id !== s.id
+      if (isNew) fresh.add(id)
+      contenders.push({
+        outlet: id,
+        chain: c.chain,
+        phase: e.phase,
+        priority: e.priority,
+        drawA: on ? a : e.ratingA,
+        on,
+        movable: true,
+        tentative: on && isNew,
+        onAt: s.onAt ?? s.startedAt,
+        queuedAt: s.queuedAt ?? s.startedAt,
+        offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
+        slotMs: c.slotMs,
+      })
+    } else if (a > 0) {
+      contenders.push({
+        outlet: id,
+        chain: c.chain,
+        phase: e.phase,
+        priority: e.priority,
+        drawA: a,
+        on: true,
+        movable: false,
+        tentative: false,
+        onAt: 0,
+        queuedAt: 0,
+        offAt: Number.NEGATIVE_INFINITY,
+        slotMs: c.slotMs,
+      })
+    }
+  }
 
   const plan = planCircuits(limits, contenders, ctx.now)
   for (const [id, why] of plan.off) {
     const e = st.outlets[id]!
     const s = ctx.sess(id)
-    markEdge(ctx, s, false)
+    markSwitch(s, ctx.now, true)
     s.queuedAt = ctx.now
     s.offAt = ctx.now
     s.lowSince = null
@@ -1192,7 +1237,7 @@ function schedule(ctx: Ctx): void {
     const e = st.outlets[id]!
     const waitedMs = ctx.now - (e.session!.queuedAt ?? ctx.now)
     const s = ctx.sess(id)
-    markEdge(ctx, s, true)
+    markSwitch(s, ctx.now, false)
     s.queuedAt = null
     s.onAt = ctx.now
     s.graceFrom = ctx.now
@@ -1354,6 +1399,70 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
 }
 
 // ---------------------------------------------------------------- read-only views for the API
+
+/** A circuit as the status page, the API and the metrics show it. */
+export interface CircuitStatus {
+  circuit: string
+  parent: string | null
+  /** Configured, per phase. */
+  maxA: number
+  /** In force now (a set-circuit-limit, the failsafe). */
+  limitA: number
+  failsafe: boolean
+  /** Per phase [L1, L2, L3]: the feeder meter's reading, else what the switched-on outlets on it measure. */
+  currentA: [number, number, number]
+  metered: boolean
+  feederFault: string | null
+  /** Switched-on sessions. */
+  on: { outlet: string; sessionId: string; since: string }[]
+  /** Waiting sessions, in the order they will be served. */
+  queue: { outlet: string; sessionId: string; userId: string; since: string; waitedS: number; priority: number }[]
+}
+
+export function circuitStatuses(state: EngineState, now: number): CircuitStatus[] {
+  const cs = state.settings.circuits ?? {}
+  const out: CircuitStatus[] = []
+  for (const id of Object.keys(cs)) {
+    const c = cs[id]!
+    const entry = state.circuits?.[id]
+    const lim = circuitLimit(state, id)
+    const measured: [number, number, number] = [0, 0, 0]
+    const on: CircuitStatus['on'] = []
+    const queue: (CircuitStatus['queue'][number] & { at: number })[] = []
+    for (const e of Object.values(state.outlets)) {
+      if (e.circuit == null || !hasOwn(cs, e.circuit) || !cs[e.circuit]!.chain.includes(id)) continue
+      if ((e.relayClosed || !e.hasRelay) && e.last) measured[e.phase] += e.last.currentA
+      const s = e.session
+      if (!s) continue
+      if (s.queuedAt != null)
+        queue.push({
+          outlet: e.id,
+          sessionId: s.id,
+          userId: s.userId,
+          since: new Date(s.queuedAt).toISOString(),
+          waitedS: Math.max(0, Math.round((now - s.queuedAt) / 1000)),
+          priority: e.priority,
+          at: s.queuedAt,
+        })
+      else if (e.relayClosed) on.push({ outlet: e.id, sessionId: s.id, since: new Date(s.onAt ?? s.startedAt).toISOString() })
+    }
+    queue.sort((a, b) => b.priority - a.priority || a.at - b.at)
+    const feeder = c.metered && entry?.fault === null ? entry.currentsA : null
+    out.push({
+      circuit: id,
+      parent: c.chain[1] ?? null,
+      maxA: c.maxA,
+      limitA: lim.limitA,
+      failsafe: lim.failsafe,
+      currentA: feeder ? [...feeder] : measured,
+      metered: c.metered,
+      feederFault: entry?.fault ?? null,
+      on,
+      queue: queue.map(({ at: _at, ...q }) => q),
+    })
+  }
+  return out
+}
 
 /** Every outlet's status as published (state, live values, open session's energy and cost). */
 export function outletStatuses(state: EngineState, now: number): OutletStatus[] {

@@ -2,7 +2,7 @@
  * The session and pricing engine, pure: the daemon feeds it events and carries
  * out its effects. See docs/engine.md.
  */
-export { initialState, step, outletStatuses, outletPlan, outletPrices } from './engine.js'
+export { initialState, step, outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus } from './engine.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,
@@ -31,5 +31,8 @@ export type {
   Wallet,
   CommandMemo,
   ReadingMark,
+  CircuitEntry,
+  CircuitSettings,
 } from './state.js'
+export { planCircuits, minOnMs, minOffMs, MIN_ON_MS, MIN_OFF_MS, type CircuitLimit, type Contender, type CircuitPlan } from './circuits.js'
 export { replayReadings, type ReplayReading, type ReplayResult } from './replay.js'

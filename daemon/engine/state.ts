@@ -116,8 +116,8 @@ export interface Session {
   awaitDraw: boolean
   /** Drew at least minChargeA since it was last switched on: its measured current is its expected draw (else the outlet's rating). */
   drawing: boolean
-  /** The first queue or resume since the last accounted reading: the next reading's interval is split there. */
-  pauseEdge: { at: number; wasQueued: boolean } | null
+  /** Switches by the circuit rules since the last accounted reading, [at, queued after]: the next reading's interval is split there. */
+  switches: [number, boolean][]
 }
 
 /** Meter energy against energy inside sessions, since `from`, for meter.reconciliation. */
