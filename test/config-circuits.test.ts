@@ -45,7 +45,9 @@ function garage(): any {
         priority: 10,
       },
     ],
-    plans: [{ id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.2 }] }],
+    plans: [
+      { id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.2 }] },
+    ],
   }
 }
 
@@ -79,7 +81,12 @@ const cases: [string, (c: any) => void, string, RegExp][] = [
     /circuits form a cycle: feeder -> row-a -> feeder/,
   ],
   ['a circuit that feeds itself', (c) => (c.circuits[1].parent = 'row-a'), '/circuits/1/parent', /cycle: row-a -> row-a/],
-  ['an outlet rated above its circuit', (c) => (c.outlets[0].ratingA = 48), '/outlets/0/ratingA', /rating 48 A exceeds the 40 A limit of circuit "row-a"/],
+  [
+    'an outlet rated above its circuit',
+    (c) => (c.outlets[0].ratingA = 48),
+    '/outlets/0/ratingA',
+    /rating 48 A exceeds the 40 A limit of circuit "row-a"/,
+  ],
   [
     'an outlet rated above a parent of its circuit',
     (c) => {
@@ -90,9 +97,24 @@ const cases: [string, (c: any) => void, string, RegExp][] = [
     '/outlets/0/ratingA',
     /exceeds the 20 A limit of circuit "feeder" \(which feeds "row-a"\)/,
   ],
-  ['the default 32 A rating above a 16 A circuit', (c) => ((c.circuits[1].maxA = 16), delete c.outlets[0].ratingA), '/outlets/0/ratingA', /rating 32 A/],
-  ['a feeder meter on an outlet meter’s unit', (c) => (c.circuits[0].meter.unit = 2), '/circuits/0/meter/unit', /unit 2 on bus "rs485" is already claimed by \/outlets\/1\/meter/],
-  ['a feeder meter on the relay board’s unit', (c) => (c.circuits[0].meter.unit = 100), '/circuits/0/meter/unit', /unit 100 on bus "rs485" is already claimed by \/outlets\/\d\/relay/],
+  [
+    'the default 32 A rating above a 16 A circuit',
+    (c) => ((c.circuits[1].maxA = 16), delete c.outlets[0].ratingA),
+    '/outlets/0/ratingA',
+    /rating 32 A/,
+  ],
+  [
+    'a feeder meter on an outlet meter’s unit',
+    (c) => (c.circuits[0].meter.unit = 2),
+    '/circuits/0/meter/unit',
+    /unit 2 on bus "rs485" is already claimed by \/outlets\/1\/meter/,
+  ],
+  [
+    'a feeder meter on the relay board’s unit',
+    (c) => (c.circuits[0].meter.unit = 100),
+    '/circuits/0/meter/unit',
+    /unit 100 on bus "rs485" is already claimed by \/outlets\/\d\/relay/,
+  ],
   [
     'two feeder meters on one unit',
     (c) => (c.circuits[1].meter = { bus: 'rs485', model: 'eastron-sdm630', unit: 30 }),
@@ -107,7 +129,12 @@ const cases: [string, (c: any) => void, string, RegExp][] = [
   ['a zero limit', (c) => (c.circuits[1].maxA = 0), '/circuits/1/maxA', /must be > 0/],
   ['an unknown phase', (c) => (c.outlets[0].phase = 'L4'), '/outlets/0/phase', /must be one of: "L1", "L2", "L3"/],
   ['a negative priority', (c) => (c.outlets[0].priority = -1), '/outlets/0/priority', /must be >= 0/],
-  ['an unknown key in a circuit', (c) => (c.circuits[0].limit = 5), '/circuits/0/limit', /unknown key \(allowed here: id, maxA, parent, meter, failsafeA, slotS\)/],
+  [
+    'an unknown key in a circuit',
+    (c) => (c.circuits[0].limit = 5),
+    '/circuits/0/limit',
+    /unknown key \(allowed here: id, maxA, parent, meter, failsafeA, slotS\)/,
+  ],
 ]
 
 for (const [name, mutate, pointer, message] of cases) {

@@ -101,9 +101,21 @@ export interface PeerOutlet {
   polls: number
 }
 
+/** The peer's feeder meter (--feeder): the physical phase currents and their maxima since reset-max. */
+export interface PeerFeeder {
+  unit: number
+  currentsA: [number, number, number]
+  loadA: [number, number, number]
+  polls: number
+  maxA: [number, number, number]
+  maxDrawing: number
+}
+
 export interface Peer {
   /** TCP port (TCP mode). */
   port: number
+  /** The feeder meter's state (a peer started with `feeder`). */
+  feeder(): Promise<PeerFeeder>
   /** Sends one command and waits for its reply; throws when the peer refused it. */
   cmd(c: Record<string, unknown>): Promise<PeerOutlet[]>
   state(): Promise<PeerOutlet[]>
@@ -118,9 +130,11 @@ export interface Peer {
 
 export async function startPeer(
   t: Teardownable,
-  opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number },
+  opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number; feeder?: number; phases?: number[] },
 ): Promise<Peer> {
   const args = [PEER, '--outlets', String(opts.outlets)]
+  if (opts.feeder !== undefined) args.push('--feeder', String(opts.feeder))
+  if (opts.phases) args.push('--phases', opts.phases.join(','))
   if (opts.energyKwh !== undefined) args.push('--energy-kwh', String(opts.energyKwh))
   if (opts.rtu) args.push('--rtu', opts.rtu, '--baud', String(opts.baud ?? 9600))
   else args.push('--tcp', String(opts.port ?? 0))
@@ -128,6 +142,7 @@ export async function startPeer(
   const ready = await waitFor(() => p.out.find((l) => l.startsWith('READY ')) ?? (!p.running() && 'exited'), 'site-peer READY', 30_000)
   if (ready === 'exited') throw new Error(`site-peer exited at start:\n${p.err.join('\n')}`)
   let next = 0
+  let lastFeeder: PeerFeeder | undefined
   const cmd = async (c: Record<string, unknown>): Promise<PeerOutlet[]> => {
     const id = `c${++next}`
     p.proc.stdin!.write(JSON.stringify({ ...c, id }) + '\n')
@@ -137,13 +152,19 @@ export async function startPeer(
       30_000,
     )
     if (line === 'exited') throw new Error(`site-peer exited:\n${p.err.join('\n')}`)
-    const reply = JSON.parse(line) as { ok: boolean; error?: string; outlets: PeerOutlet[] }
+    const reply = JSON.parse(line) as { ok: boolean; error?: string; outlets: PeerOutlet[]; feeder?: PeerFeeder }
     if (!reply.ok) throw new Error(`site-peer refused ${JSON.stringify(c)}: ${reply.error}`)
+    lastFeeder = reply.feeder
     return reply.outlets
   }
   const peer: Peer = {
     port: opts.rtu ? 0 : Number(ready.split(' ')[1]),
     cmd,
+    async feeder() {
+      await cmd({ cmd: 'state' })
+      if (!lastFeeder) throw new Error('the site-peer has no feeder meter (start it with feeder)')
+      return lastFeeder
+    },
     state: () => cmd({ cmd: 'state' }),
     outlet: async (n) => (await cmd({ cmd: 'state' })).find((o) => o.outlet === n)!,
     plug: (n, amps) => cmd({ cmd: 'plug', outlet: n, amps }),

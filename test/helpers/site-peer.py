@@ -8,6 +8,9 @@ Run with /usr/bin/python3 (the only interpreter here that has pymodbus).
   --baud B           RTU baud rate (default 9600)
   --energy-kwh E     every meter's register at start (default 100 + n)
   --volts V          mains voltage (default 230)
+  --feeder UNIT      an SDM630 feeder meter at UNIT measuring the circuit all outlets are on:
+                     per phase, the sum of what its outlets draw plus an unmanaged load
+  --phases P         the phase of each outlet, comma separated (1,1,2,...; default all 1)
 
 Prints "READY <port-or-path>" on stdout once it serves.
 
@@ -29,10 +32,15 @@ on stdout, echoing "id" when the command had one:
   {"cmd":"answer","unit":1}               answer 1       it answers again
   {"cmd":"coil","outlet":1,"closed":true} coil 1 1       another master writes the coil
   {"cmd":"delay","ms":150}                delay 150      every reply is held back 150 ms
+  {"cmd":"load","amps":30,"phase":1}      load 30 1      an unmanaged load on the feeder (a heater)
+  {"cmd":"reset-max"}                     reset-max      forget the maxima below
   {"cmd":"state"}                         state
 state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls"}]}
 where energyWh is what the meter's import register shows (float32 kWh x 1000) and polls
-counts the requests meter n has answered.
+counts the requests meter n has answered. With --feeder every reply also carries
+"feeder": {"unit","currentsA" [L1,L2,L3],"loadA","polls","maxA" [per phase],"maxDrawing"}: the
+highest phase currents and the most outlets drawing at once seen at any tick (every 100 ms)
+or change since the start or the last reset-max.
 Closing stdin ends the process (the test is gone).
 """
 import argparse
@@ -83,8 +91,12 @@ def main():
     ap.add_argument("--baud", type=int, default=9600)
     ap.add_argument("--energy-kwh", type=float)
     ap.add_argument("--volts", type=float, default=230.0)
+    ap.add_argument("--feeder", type=int)
+    ap.add_argument("--phases")
     args = ap.parse_args()
     n_out = args.outlets
+    phases = [int(x) for x in args.phases.split(",")] if args.phases else []
+    phase_of = {n: (phases[n - 1] if n - 1 < len(phases) else 1) for n in range(1, n_out + 1)}
 
     def meter_slave():
         return ModbusSlaveContext(
@@ -96,6 +108,9 @@ def main():
         )
 
     slaves = {n: meter_slave() for n in range(1, n_out + 1)}
+    if args.feeder:
+        slaves[args.feeder] = meter_slave()
+    feeder = {"load": [0.0, 0.0, 0.0], "kwh": 1000.0, "maxA": [0.0, 0.0, 0.0], "maxDrawing": 0}
     slaves[RELAY_UNIT] = ModbusSlaveContext(
         di=ModbusSequentialDataBlock(0, [0] * 16),
         co=ModbusSequentialDataBlock(0, [False] * max(16, n_out)),
@@ -124,6 +139,41 @@ def main():
         ir.setValues(4, 0x0048, words(o.kwh))
         ir.setValues(4, 0x0156, words(o.kwh))
 
+    def phase_currents():
+        a = list(feeder["load"])
+        for o in outlets.values():
+            a[phase_of[o.n] - 1] += o.draw(coil(o.n))
+        return a
+
+    def publish_feeder(dt):
+        """The feeder meter (SDM630 layout) sees the physical sum of its outlets, phase by phase."""
+        if not args.feeder:
+            return
+        a = phase_currents()
+        drawing = sum(1 for o in outlets.values() if o.draw(coil(o.n)) > 0)
+        feeder["maxA"] = [max(m, x) for m, x in zip(feeder["maxA"], a)]
+        feeder["maxDrawing"] = max(feeder["maxDrawing"], drawing)
+        v = args.volts
+        feeder["kwh"] += v * sum(a) * dt / 3600.0 / 1000.0
+        ir = context[args.feeder]
+        for i, addr in enumerate((0x0000, 0x0002, 0x0004)):
+            ir.setValues(4, addr, words(v))
+        for i, addr in enumerate((0x0006, 0x0008, 0x000A)):
+            ir.setValues(4, addr, words(a[i]))
+        ir.setValues(4, 0x0034, words(v * sum(a)))
+        ir.setValues(4, 0x0046, words(50.0))
+        ir.setValues(4, 0x0048, words(feeder["kwh"]))
+
+    def feeder_state():
+        return {
+            "unit": args.feeder,
+            "currentsA": phase_currents(),
+            "loadA": list(feeder["load"]),
+            "polls": answered.get(args.feeder, 0),
+            "maxA": list(feeder["maxA"]),
+            "maxDrawing": feeder["maxDrawing"],
+        }
+
     last = [time.monotonic()]
 
     def tick():
@@ -135,6 +185,7 @@ def main():
             if a > 0:
                 o.kwh += args.volts * a * dt / 3600.0 / 1000.0
             publish(o)
+        publish_feeder(dt)
 
     def state():
         return [
@@ -168,6 +219,8 @@ def main():
             return {"cmd": cmd, "outlet": int(parts[1]), "closed": parts[2] in ("1", "true", "on")}
         if cmd == "delay":
             return {"cmd": cmd, "ms": float(parts[1])}
+        if cmd == "load":
+            return {"cmd": cmd, "amps": float(parts[1]), "phase": int(parts[2]) if len(parts) > 2 else 1}
         return {"cmd": cmd}
 
     def handle(line):
@@ -196,14 +249,26 @@ def main():
                 publish(o)
             elif cmd in ("silence", "answer"):
                 unit = int(c["unit"])
-                if unit != RELAY_UNIT and unit not in outlets:
+                if unit != RELAY_UNIT and unit not in outlets and unit != args.feeder:
                     raise ValueError("no unit %s" % unit)
                 (silent.add if cmd == "silence" else silent.discard)(unit)
             elif cmd == "delay":
                 delay[0] = max(0.0, float(c["ms"]) / 1000.0)
+            elif cmd == "load":
+                ph = int(c.get("phase", 1))
+                if not args.feeder or ph not in (1, 2, 3):
+                    raise ValueError("no feeder meter, or phase %s is not 1, 2 or 3" % ph)
+                feeder["load"][ph - 1] = max(0.0, float(c["amps"]))
+                publish_feeder(0.0)
+            elif cmd == "reset-max":
+                feeder["maxA"] = [0.0, 0.0, 0.0]
+                feeder["maxDrawing"] = 0
+                publish_feeder(0.0)
             elif cmd != "state":
                 raise ValueError("unknown command %r" % cmd)
             reply.update({"ok": True, "outlets": state()})
+            if args.feeder:
+                reply["feeder"] = feeder_state()
         except Exception as e:  # a bad command changes nothing and says why
             reply.update({"ok": False, "error": str(e)})
         print(json.dumps(reply), flush=True)
@@ -231,6 +296,7 @@ def main():
 
         for o in outlets.values():
             publish(o)
+        publish_feeder(0.0)
         asyncio.create_task(physics())
         threading.Thread(target=control, daemon=True).start()
         await serve(context, manipulate, tcp=args.tcp, rtu=args.rtu, baud=args.baud)
