@@ -22,6 +22,11 @@ import {
   type Peer,
 } from './helpers/e2e-kit.js'
 import type { JournalRecord } from '../core/types.js'
+import { parseMetrics } from './helpers/api-kit.js'
+import { launchChromium } from './helpers/browser.js'
+
+// Page functions run in the browser; the test's tsconfig has no DOM library.
+declare const document: any
 
 const FEEDER = 50
 const TOKEN = 'e2e-circuits-token'
@@ -148,6 +153,26 @@ t.test('a 40 A garage circuit with six 16 A cars, online', async (t) => {
     )
     await peer.answer(FEEDER)
     await waitFor(async () => (await drawing(peer)) === 2, 'both cars again once the feeder answers')
+  })
+
+  await t.test('set-circuit-limit from the cloud: applied, journaled, answered once per id, kept through an outage', async (t) => {
+    const cmd = { action: 'set-circuit-limit', circuit: 'garage', maxA: 20 }
+    const r = await cloud.command(cmd)
+    t.same(r, { id: r.id, ok: true, result: { circuit: 'garage', maxA: 20 } })
+    await waitFor(async () => (await drawing(peer)) === 1, 'one car left on 20 A')
+    const bad = await cloud.command({ action: 'set-circuit-limit', circuit: 'garage', maxA: 'lots' })
+    t.equal(!bad.ok && bad.error.code, 'invalid-command')
+    t.match(!bad.ok && bad.error.message, /maxA/, 'the refusal names the field')
+    const above = await cloud.command({ action: 'set-circuit-limit', circuit: 'garage', maxA: 63 })
+    t.equal(!above.ok && above.error.code, 'limit-above-circuit')
+    await broker.kill()
+    await peer.cmd({ cmd: 'reset-max' })
+    await new Promise((r) => setTimeout(r, 6000))
+    t.equal((await peer.feeder()).maxDrawing, 1, 'offline, the lower limit holds: the two cars take turns one at a time')
+    await broker.restart()
+    const back = await cloud.command({ action: 'set-circuit-limit', circuit: 'garage', maxA: null })
+    t.ok(back.ok, 'null: back to the configured 40 A')
+    await waitFor(async () => (await drawing(peer)) === 2, 'both cars again')
     for (const n of [1, 2]) t.ok((await cloud.command({ action: 'stop', outlet: `E${n}`, by: 'user' })).ok)
   })
 })
@@ -176,6 +201,36 @@ t.test('an internet outage throughout the turns changes nothing', async (t) => {
   await peer.cmd({ cmd: 'reset-max' })
   const outlets = (await (await fetch(`${base}api/outlets`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { state: string }[]
   t.equal(outlets.filter((o) => o.state === 'queued').length, 4, 'the API shows four queued')
+  const auth = { authorization: `Bearer ${TOKEN}` }
+  const status = (await (await fetch(`${base}api/status`, { headers: auth })).json()) as {
+    circuits: { circuit: string; limitA: number; queue: { outlet: string; waitedS: number }[]; on: unknown[] }[]
+  }
+  t.equal(status.circuits.length, 1)
+  t.equal(status.circuits[0]!.limitA, 40)
+  t.equal(status.circuits[0]!.queue.length, 4, '/api/status: four waiting, in the order they will be served')
+  const waits = status.circuits[0]!.queue.map((q) => q.waitedS)
+  t.same(
+    waits,
+    [...waits].sort((a, b) => b - a),
+    'the longest waiting first',
+  )
+  const m = parseMetrics(await (await fetch(`${base}metrics`, { headers: auth })).text())
+  t.equal(m.get('outpost_circuit_limit_amperes{circuit="garage"}'), 40)
+  t.equal(m.get('outpost_circuit_queue_length{circuit="garage"}'), 4)
+  t.ok((m.get('outpost_circuit_current_amperes{circuit="garage",phase="L1"}') ?? -1) >= 0, 'the circuit current per phase')
+  t.equal(m.get('outpost_outlet_state{outlet="E6",state="queued"}'), 1, 'queued in the outlet state metric')
+  // The status page: the circuit's load against its limit, and who waits.
+  const browser = await launchChromium(t)
+  const page = await (await browser.newContext()).newPage()
+  await page.goto(base)
+  await page.fill('#token', TOKEN)
+  await Promise.all([page.waitForURL(base), page.click('button[type=submit]')])
+  await page.waitForFunction(() => document.querySelectorAll('#circuits [data-circuit="garage"]').length === 1)
+  const card = (await page.textContent('#circuits [data-circuit="garage"]')) ?? ''
+  t.match(card, /L1: \d+\.\d A of 40 A/, 'the load against the limit')
+  t.match(card, /waiting/, 'who waits')
+  t.ok((await page.$$eval('#circuits .queue li', (els: any[]) => els.length)) >= 3, 'the waiting sessions listed, each with its wait')
+  t.ok((await page.$$eval('#outlets [data-state="queued"]', (els: any[]) => els.length)) >= 3, 'queued outlet cards')
   await everyOneServed(peer, e0, 1.5)
   const f = await peer.feeder()
   t.ok(f.maxDrawing <= 2, `at most two cars drew at once offline (${f.maxDrawing})`)

@@ -106,7 +106,12 @@
         ),
       )
       const sess = el('div', { class: 'session' })
-      if (s?.sessionId) {
+      if (s?.sessionId && s.queuedSince) {
+        sess.append(el('div', {}, 'Waiting: ', el('b', {}, s.userId || '?'), ' · circuit ', s.circuit || '?', ' is full'))
+        sess.append(
+          el('div', { class: 'unit' }, 'waiting ' + dur((Date.now() - Date.parse(s.queuedSince)) / 1000) + ' · not billed per hour while waiting'),
+        )
+      } else if (s?.sessionId) {
         sess.append(el('div', {}, 'Session for ', el('b', {}, s.userId || '?'), ' · ', kwh(s.energyWh)))
         sess.append(
           el(
@@ -166,6 +171,41 @@
     row('Acknowledged up to', '#' + u.acked)
     row('Journal head', '#' + j.head)
     if (j.fault) row('Journal fault', j.fault, 'bad')
+  }
+
+  function renderCircuits() {
+    const list = snap.circuits || []
+    $('circuits-section').hidden = list.length === 0
+    const box = $('circuits')
+    box.replaceChildren()
+    for (const c of list) {
+      const card = el('article', { class: 'card circuit', 'data-circuit': c.circuit })
+      const head = c.failsafe ? 'failsafe' : c.limitA < c.maxA ? 'limited' : c.queue.length > 0 ? 'full' : 'ok'
+      card.append(el('h3', {}, el('span', {}, c.circuit), el('span', { class: 'state' }, head)))
+      card.append(
+        el(
+          'div',
+          { class: 'unit' },
+          `limit ${c.limitA} A per phase` + (c.limitA !== c.maxA ? ` (wired for ${c.maxA} A)` : '') + (c.parent ? ` · fed by ${c.parent}` : ''),
+        ),
+      )
+      if (c.feederFault) card.append(el('div', { class: 'err' }, 'feeder meter: ' + c.feederFault))
+      ;['L1', 'L2', 'L3'].forEach((ph, i) => {
+        const a = c.currentA[i]
+        if (a === 0 && i > 0) return
+        const pct = c.limitA > 0 ? Math.min(100, (a / c.limitA) * 100) : 100
+        const bar = el('i', { class: pct >= 95 ? 'full' : '' })
+        bar.style.width = pct.toFixed(0) + '%'
+        card.append(el('div', { class: 'phase', 'data-phase': ph }, `${ph}: ${a.toFixed(1)} A of ${c.limitA} A`), el('div', { class: 'bar' }, bar))
+      })
+      card.append(el('div', {}, `${c.on.length} charging · ${c.queue.length} waiting`))
+      if (c.queue.length > 0) {
+        const ol = el('ol', { class: 'queue' })
+        for (const q of c.queue) ol.append(el('li', { 'data-outlet': q.outlet }, `${q.outlet} (${q.userId}) waiting ${dur(q.waitedS)}`))
+        card.append(ol)
+      }
+      box.append(card)
+    }
   }
 
   function renderBuses() {
@@ -324,6 +364,7 @@
     renderOutlets()
     renderSessions()
     renderUplink()
+    renderCircuits()
     renderBuses()
     drawChart()
   }

@@ -9,7 +9,7 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
 import type { Daemon } from '../daemon.js'
-import { OUTLET_STATES, type JournalRecord, type OutletStatus } from '../../core/types.js'
+import { OUTLET_STATES, PHASES, type JournalRecord, type OutletStatus } from '../../core/types.js'
 import { oldestUnackedTs } from './views.js'
 import { REJECT_REASONS } from '../command-gateway.js'
 
@@ -82,6 +82,29 @@ export class Metrics {
       outlets().flatMap((s) => STATES.map((st): Rows[number] => [{ outlet: s.outlet, state: st }, s.state === st ? 1 : 0])),
     )
 
+    const circuits = () => daemon.circuitStatuses()
+    gauge(
+      'outpost_circuit_current_amperes',
+      "A circuit's current per phase: its feeder meter, else the sum of its switched-on outlets.",
+      ['circuit', 'phase'],
+      () => circuits().flatMap((c) => PHASES.map((ph, i): Rows[number] => [{ circuit: c.circuit, phase: ph }, c.currentA[i]!])),
+    )
+    gauge(
+      'outpost_circuit_limit_amperes',
+      "A circuit's limit per phase in force now (maxA, a set-circuit-limit, or the failsafe).",
+      ['circuit'],
+      () => circuits().map((c): Rows[number] => [{ circuit: c.circuit }, c.limitA]),
+    )
+    gauge('outpost_circuit_queue_length', 'Sessions waiting (queued) for room on the circuit.', ['circuit'], () =>
+      circuits().map((c): Rows[number] => [{ circuit: c.circuit }, c.queue.length]),
+    )
+    const turns = new Counter({
+      name: 'outpost_circuit_switchings_total',
+      help: 'Relay switchings by the circuit rules since the process started: off (queued, by why) and on (resumed), per outlet.',
+      labelNames: ['outlet', 'circuit', 'switch'],
+      registers,
+    })
+
     const sessions = new Counter({
       name: 'outpost_sessions_ended_total',
       help: 'Sessions ended (billed) since the process started, by reason.',
@@ -101,6 +124,8 @@ export class Metrics {
       registers,
     })
     this.onRecord = (r) => {
+      if (r.type === 'session.queued') turns.inc({ outlet: r.outlet, circuit: r.circuit, switch: `off-${r.why}` })
+      else if (r.type === 'session.resumed') turns.inc({ outlet: r.outlet, circuit: r.circuit, switch: 'on' })
       if (r.type !== 'session.ended') return
       sessions.inc({ outlet: r.outlet, reason: r.reason })
       energy.inc({ outlet: r.outlet }, r.energyWh)

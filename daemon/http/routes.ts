@@ -237,6 +237,7 @@ export class ApiRoutes {
       halted: d.haltedBy ? d.haltedBy.message : null,
       outlets,
       buses: d.buses?.health() ?? [],
+      circuits: d.circuitStatuses(),
       uplink: { ...d.uplinkState(), oldestUnackedTs: await oldestUnackedTs(d) },
       journal: journal.status(),
       sessions: await this.sessions.recent(10),
