@@ -30,7 +30,7 @@ import type {
   JournalSalvageInfo,
   CircuitReading,
 } from '../../core/types.js'
-import { planCircuits, type CircuitLimit, type Contender } from './circuits.js'
+import { minOffMs, minOnMs, planCircuits, type CircuitLimit, type Contender } from './circuits.js'
 import { OutpostError, type CommandErrorCode } from './errors.js'
 import {
   assertTimeZone,
@@ -93,7 +93,15 @@ function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
     const chain: string[] = []
     // The config refuses cycles and unknown parents; the walk stops at either all the same.
     for (let cur: string | undefined = c.id; cur !== undefined && byId.has(cur) && !chain.includes(cur); cur = byId.get(cur)!.parent) chain.push(cur)
-    out[c.id] = { maxA: c.maxA, chain, children: [], metered: c.meter !== undefined, failsafeA: c.failsafeA ?? 0, slotMs: (c.slotS ?? 1800) * 1000 }
+    out[c.id] = {
+      maxA: c.maxA,
+      chain,
+      children: [],
+      members: config.outlets.filter((o) => o.circuit === c.id).map((o) => o.id),
+      metered: c.meter !== undefined,
+      failsafeA: c.failsafeA ?? 0,
+      slotMs: (c.slotS ?? 1800) * 1000,
+    }
   }
   for (const c of config.circuits ?? [])
     if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
@@ -1131,16 +1139,23 @@ function schedule(ctx: Ctx): void {
   const expected: Record<string, [number, number, number]> = {}
   for (const id of ids) expected[id] = [0, 0, 0]
   const prev = ctx.prev.outlets
-  // Pass 1, without allocating per outlet: the expected load, and whether anybody waits.
-  let waiting = false
+  const now = ctx.now
+  // Pass 1, allocating nothing per outlet: the expected load; who waits; when, at the
+  // earliest, a switched-on session's slot or minimum on time is over, per circuit.
+  const waiting: OutletEntry[] = []
+  // A session opened in this step goes through the rules (it is admitted or queued, and says so).
+  const fresh0 = ctx.records.some((r) => r.type === 'session.started')
   const members: string[] = []
-  for (const id in st.outlets) {
-    const e = st.outlets[id]!
-    if (e.circuit == null || !hasOwn(cs, e.circuit)) continue
-    members.push(id)
-    const a = drawOf(st, e, ctx.now)
-    if (a === WAITS) waiting = true
-    else if (a > 0) for (const cid of cs[e.circuit]!.chain) expected[cid]![e.phase] += a
+  for (const cid0 of ids) {
+    const c0 = cs[cid0]!
+    for (const oid of c0.members ?? []) {
+      const e = st.outlets[oid]
+      if (!e || e.circuit !== cid0) continue
+      members.push(oid)
+      const a = drawOf(st, e, now)
+      if (a === WAITS) waiting.push(e)
+      else if (a > 0) for (const cid of c0.chain) expected[cid]![e.phase] += a
+    }
   }
   // What a feeder meter measures beyond what the switched-on outlets are expected to draw is an
   // unmanaged load (so the load counted is the larger of the two: a car whose meter has not
@@ -1173,8 +1188,49 @@ function schedule(ctx: Ctx): void {
     if (x[0] + extraA[0] > l.limitA + 1e-9 || x[1] + extraA[1] > l.limitA + 1e-9 || x[2] + extraA[2] > l.limitA + 1e-9) over = true
     limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA }
   }
-  // Nobody waits and every circuit is within its limit: nothing to decide (the common step).
-  if (!waiting && !over) return
+  // Nothing over its limit, no session opened in this step, and nobody waiting who could be
+  // switched on now (off long enough, and either there is room or a switched-on session's
+  // time is up): the rules would change nothing, so they are not run (the common step).
+  if (!over && !fresh0) {
+    if (waiting.length === 0) return
+    const slotEnd: Record<string, number> = {}
+    const minOnEnd: Record<string, number> = {}
+    const lowestOn: Record<string, number> = {}
+    for (const id of ids) {
+      slotEnd[id] = Number.POSITIVE_INFINITY
+      minOnEnd[id] = Number.POSITIVE_INFINITY
+      lowestOn[id] = Number.POSITIVE_INFINITY
+    }
+    for (const oid of members) {
+      const e = st.outlets[oid]!
+      const s = e.session
+      if (!s || !e.hasRelay || s.queuedAt != null || e.meterFault !== null || e.relayFault !== null) continue
+      const c0 = cs[e.circuit!]!
+      const onAt = s.onAt ?? s.startedAt
+      for (const cid of c0.chain) {
+        if (onAt + c0.slotMs < slotEnd[cid]!) slotEnd[cid] = onAt + c0.slotMs
+        if (onAt + minOnMs(c0.slotMs) < minOnEnd[cid]!) minOnEnd[cid] = onAt + minOnMs(c0.slotMs)
+        if (e.priority < lowestOn[cid]!) lowestOn[cid] = e.priority
+      }
+    }
+    let maybe = false
+    for (const e of waiting) {
+      const s = e.session!
+      const c = cs[e.circuit!]!
+      if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) continue
+      let room = true
+      let turn = false
+      for (const cid of c.chain) {
+        if (expected[cid]![e.phase] + limits[cid]!.extraA[e.phase] + e.ratingA > limits[cid]!.limitA + 1e-9) room = false
+        if (slotEnd[cid]! <= now || (lowestOn[cid]! < e.priority && minOnEnd[cid]! <= now)) turn = true
+      }
+      if (room || turn) {
+        maybe = true
+        break
+      }
+    }
+    if (!maybe) return
+  }
 
   const contenders: Contender[] = []
   const fresh = new Set<string>()

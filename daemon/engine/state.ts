@@ -188,6 +188,8 @@ export interface CircuitSettings {
   chain: string[]
   /** Circuits fed directly by this one. */
   children: string[]
+  /** Outlets wired directly to it (config order). */
+  members: string[]
   metered: boolean
   failsafeA: number
   slotMs: number
