@@ -530,6 +530,8 @@ t.test("the editor in a browser: login, the outpost palette, the nodes' edit dia
     ['outlet.recovered', true],
     ['meter.reconciliation', false],
     ['gateway.started', false],
+    ['session.queued', false],
+    ['session.resumed', false],
   ])
   t.same(errors, [], 'no script error in the editor')
   t.same(elsewhere, [], 'the editor asked nothing of any other host')
