@@ -91,6 +91,9 @@ t.before(async () => {
   const file = writeSiteConfig({ dir, port: sim.port, outlets: 2 })
   const raw = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
   raw.api = { listen: '127.0.0.1:8080', token: API_TOKEN }
+  // Both bays on one 16 A circuit: a second session waits its turn (queued).
+  raw.circuits = [{ id: 'row', maxA: 16 }]
+  for (const o of raw.outlets as Record<string, unknown>[]) Object.assign(o, { circuit: 'row', ratingA: 16 })
   raw.nodeRed = { enabled: true, adminAuth: { username: USER, passwordHash: HASH } }
   const v = validateConfig(raw)
   if (!v.ok) throw new Error(JSON.stringify(v.problems))
@@ -486,6 +489,34 @@ t.test('the shipped fault flow POSTs to the webhook when a meter goes silent, an
   t.match(recovered.body, { site: 'e2e', event: 'outlet.recovered', outlet: 'E2' })
   t.equal(hooks.posts.filter((p) => p.path === '/hook').length, 2, 'one POST each')
   t.equal(hooks.posts.filter((p) => p.path === '/e2-faults').length, 1, 'the fault-only filter kept the recovery out')
+})
+
+t.test('a session waiting on a full circuit: queued through the command node and the outlet-state node', async (t) => {
+  for (const userId of ['u-q1', 'u-q2'])
+    t.equal((await command({ action: 'set-wallet', userId, currency: 'CAD', balance: 5000 })).ok, true, `wallet of ${userId}`)
+  const first = await waitFor(async () => {
+    const r = await command({ action: 'start', outlet: 'E1', userId: 'u-q1' })
+    return !r.ok && r.error.code === 'outlet-not-ready' ? undefined : r
+  }, 'start E1')
+  t.equal(first.ok, true, JSON.stringify(first))
+  const second = await waitFor(async () => {
+    const r = await command({ action: 'start', outlet: 'E2', userId: 'u-q2' })
+    return !r.ok && (r.error.code === 'outlet-not-ready' || r.error.code === 'outlet-fault') ? undefined : r
+  }, 'start E2 (its meter answering again after the fault test)')
+  t.equal(second.ok, true, 'a start on a full circuit is accepted')
+  const e2 = await req('GET', '/red-api/test/state/E2', { auth: BEARER })
+  t.match(e2.json, { outlet: 'E2', state: 'queued', circuit: 'row', userId: 'u-q2' }, 'the outlet-state node says queued')
+  t.match((e2.json as { queuedSince?: string }).queuedSince, /^\d{4}-\d\d-\d\dT/, 'and since when')
+  const limit = await command({ action: 'set-circuit-limit', circuit: 'row', maxA: 10 })
+  t.same(limit, { id: limit.id, ok: true, result: { circuit: 'row', maxA: 10 } }, 'set-circuit-limit through the command node')
+  t.same(await daemon.records!.commandResult(limit.id), limit, 'its result is in the journal')
+  const queued = (await journal()).filter((r) => r.type === 'session.queued')
+  t.ok(
+    queued.some((r) => r.outlet === 'E2'),
+    'session.queued journaled',
+  )
+  for (const outlet of ['E1', 'E2']) t.equal((await command({ action: 'stop', outlet, by: 'manager' })).ok, true, `stop ${outlet}`)
+  t.equal((await command({ action: 'set-circuit-limit', circuit: 'row', maxA: null })).ok, true)
 })
 
 t.test("the editor in a browser: login, the outpost palette, the nodes' edit dialogs and help", async (t) => {
