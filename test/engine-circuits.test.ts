@@ -7,7 +7,10 @@
 import t from 'tap'
 import { validateConfig } from '../daemon/config.js'
 import type { RecordBody, SiteConfig } from '../core/types.js'
-import { initialState, step, type Effect, type EngineEvent, type EngineState } from '../daemon/engine/index.js'
+import { circuitMemoCheck, initialState, step, type Effect, type EngineEvent, type EngineState } from '../daemon/engine/index.js'
+
+// Every step also checks the engine's memo of each circuit's load against a walk of every outlet.
+circuitMemoCheck.enabled = true
 
 const VOLTS = 230
 const T0 = Date.UTC(2026, 5, 10, 19, 0)

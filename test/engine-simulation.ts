@@ -17,6 +17,7 @@ import {
   microsPerMinor,
   minOffMs,
   minOnMs,
+  circuitMemoCheck,
   type Effect,
   type EngineEvent,
   type EngineState,
@@ -164,6 +165,8 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
   ].filter((p) => hm(edge1) !== hm(edge2) || p.id !== 'tou') as PlanConfig[]
   const planIds = plans.map((p) => p.id)
   const circ = opts.circuits === true
+  // Circuit mode also checks, in every step, the engine's memo of each circuit's load against a walk of every outlet.
+  circuitMemoCheck.enabled = circ
   // Circuit mode: a feeder ("main", maybe metered) and maybe a sub-circuit, limits a car or a few wide.
   const circuitsCfg: Record<string, unknown>[] = []
   if (circ) {

@@ -216,8 +216,11 @@ class Ctx {
     const c = { ...cur }
     this.own.add(c)
     outs[id] = c
+    this.changed.push(id)
     return c
   }
+  /** Outlet entries this step copied (changed), in order. */
+  readonly changed: string[] = []
   /** The open session of an outlet, mutable (copied once). Arrays inside must be replaced, not mutated. */
   sess(id: string): Session {
     const e = this.out(id)
@@ -1110,6 +1113,91 @@ function markSwitch(s: Session, at: number, queuedAfter: boolean): void {
   s.switches = [...(s.switches ?? []), [at, queuedAfter]]
 }
 
+/**
+ * What each circuit carries, kept beside the state (a memo, never persisted): per circuit and
+ * phase the expected draw of its outlets in integer mA, the outlets waiting, and the outlets
+ * whose draw depends on more than their own entry (an armed outlet drawing: it is worked out
+ * afresh in every step). A step updates it from the previous state's for the outlet entries it
+ * changed only, so the common step does not walk every outlet; a state without one (from the
+ * journal, after a config change) gets it by walking every outlet once.
+ */
+interface CircuitSummary {
+  expected: Record<string, [number, number, number]>
+  waiting: Set<string>
+  volatile: Set<string>
+}
+const summaries = new WeakMap<object, CircuitSummary>()
+
+/** Tests set this: every step then also walks every outlet and throws if the memo disagrees. */
+export const circuitMemoCheck = { enabled: false }
+
+type Contribution = { mA: number; waits: boolean; volatile: boolean }
+const NOTHING: Contribution = { mA: 0, waits: false, volatile: false }
+
+/** An outlet entry's share of its circuit, from the entry alone (drawOf, without the armed case). */
+function contributionOf(cs: Record<string, CircuitSettings>, e: OutletEntry | undefined): Contribution {
+  if (!e || e.circuit == null || !hasOwn(cs, e.circuit) || !cs[e.circuit]!.members?.includes(e.id)) return NOTHING
+  const s = e.session
+  if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+    if (s.queuedAt != null) return { mA: 0, waits: true, volatile: false }
+    return { mA: Math.round(1000 * (s.drawing === true && e.last ? e.last.currentA : e.ratingA)), waits: false, volatile: false }
+  }
+  const cur = (e.relayClosed || !e.hasRelay) && e.last ? e.last.currentA : 0
+  if (!e.hasRelay) return { mA: Math.round(1000 * cur), waits: false, volatile: false }
+  if (!s && cur > 0) return { mA: 0, waits: false, volatile: true }
+  return NOTHING
+}
+
+function addContribution(sum: CircuitSummary, cs: Record<string, CircuitSettings>, e: OutletEntry | undefined, sign: 1 | -1): void {
+  const c = contributionOf(cs, e)
+  if (c === NOTHING) return
+  const id = e!.id
+  if (c.mA !== 0) for (const cid of cs[e!.circuit!]!.chain) sum.expected[cid]![e!.phase] += sign * c.mA
+  if (c.waits) sign > 0 ? sum.waiting.add(id) : sum.waiting.delete(id)
+  if (c.volatile) sign > 0 ? sum.volatile.add(id) : sum.volatile.delete(id)
+}
+
+function fullSummary(st: EngineState): CircuitSummary {
+  const cs = st.settings.circuits
+  const sum: CircuitSummary = { expected: {}, waiting: new Set(), volatile: new Set() }
+  for (const id of Object.keys(cs)) sum.expected[id] = [0, 0, 0]
+  for (const id of Object.keys(cs)) for (const oid of cs[id]!.members ?? []) addContribution(sum, cs, st.outlets[oid], 1)
+  return sum
+}
+
+/** The memo for the state as it is now in this step: the previous state's, with this step's changed entries. */
+function currentSummary(ctx: Ctx): CircuitSummary {
+  const st = ctx.state
+  const prev = ctx.prev.settings === st.settings ? summaries.get(ctx.prev.outlets) : undefined
+  if (!prev) return fullSummary(st)
+  if (st.outlets === ctx.prev.outlets) return prev
+  const cs = st.settings.circuits
+  const sum: CircuitSummary = { expected: {}, waiting: new Set(prev.waiting), volatile: new Set(prev.volatile) }
+  for (const id of Object.keys(prev.expected)) sum.expected[id] = [...prev.expected[id]!]
+  const seen = new Set<string>()
+  for (const oid of ctx.changed) {
+    if (seen.has(oid)) continue
+    seen.add(oid)
+    addContribution(sum, cs, ctx.prev.outlets[oid], -1)
+    addContribution(sum, cs, st.outlets[oid], 1)
+  }
+  if (circuitMemoCheck.enabled) {
+    const full = fullSummary(st)
+    const same =
+      JSON.stringify(full.expected) === JSON.stringify(sum.expected) &&
+      JSON.stringify([...full.waiting].sort()) === JSON.stringify([...sum.waiting].sort()) &&
+      JSON.stringify([...full.volatile].sort()) === JSON.stringify([...sum.volatile].sort())
+    if (!same)
+      throw new Error(`circuit memo disagrees: ${JSON.stringify({ full, sum: { ...sum, waiting: [...sum.waiting], volatile: [...sum.volatile] } })}`)
+  }
+  return sum
+}
+
+function storeSummary(ctx: Ctx): void {
+  if (summaries.has(ctx.state.outlets)) return
+  summaries.set(ctx.state.outlets, currentSummary(ctx))
+}
+
 /** drawOf: the outlet's session waits for room (it draws nothing now, and wants its rating). */
 const WAITS = -1
 
@@ -1130,107 +1218,145 @@ function drawOf(st: EngineState, e: OutletEntry, now: number): number {
   return 0
 }
 
+/**
+ * Whether any waiting session could be switched on now: off long enough, and either room for
+ * its rating or, on one of its circuits, a switched-on session whose slot (or, for a lower
+ * priority, whose minimum on time) is over. When none could, the rules would change nothing.
+ */
+function couldSwitchOn(
+  st: EngineState,
+  waiting: OutletEntry[],
+  members: string[],
+  expected: Record<string, [number, number, number]>,
+  limits: Record<string, CircuitLimit>,
+  now: number,
+): boolean {
+  const cs = st.settings.circuits
+  const slotEnd: Record<string, number> = {}
+  const minOnEnd: Record<string, number> = {}
+  const lowestOn: Record<string, number> = {}
+  for (const id of Object.keys(cs)) {
+    slotEnd[id] = Number.POSITIVE_INFINITY
+    minOnEnd[id] = Number.POSITIVE_INFINITY
+    lowestOn[id] = Number.POSITIVE_INFINITY
+  }
+  for (const oid of members) {
+    const e = st.outlets[oid]!
+    const s = e.session
+    if (!s || !e.hasRelay || s.queuedAt != null || e.meterFault !== null || e.relayFault !== null) continue
+    const c0 = cs[e.circuit!]!
+    const onAt = s.onAt ?? s.startedAt
+    for (const cid of c0.chain) {
+      if (onAt + c0.slotMs < slotEnd[cid]!) slotEnd[cid] = onAt + c0.slotMs
+      if (onAt + minOnMs(c0.slotMs) < minOnEnd[cid]!) minOnEnd[cid] = onAt + minOnMs(c0.slotMs)
+      if (e.priority < lowestOn[cid]!) lowestOn[cid] = e.priority
+    }
+  }
+  for (const e of waiting) {
+    const s = e.session!
+    const c = cs[e.circuit!]!
+    if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) continue
+    let room = true
+    let turn = false
+    for (const cid of c.chain) {
+      if (expected[cid]![e.phase] + limits[cid]!.extraA[e.phase] + e.ratingA > limits[cid]!.limitA + 1e-9) room = false
+      if (slotEnd[cid]! <= now || (lowestOn[cid]! < e.priority && minOnEnd[cid]! <= now)) turn = true
+    }
+    if (room || turn) return true
+  }
+  return false
+}
+
 /** The circuit rules (circuits.ts) over the whole site: who is switched on, who waits. */
 function schedule(ctx: Ctx): void {
   const st = ctx.state
   const cs = st.settings.circuits
   const ids = Object.keys(cs)
-  /** Per circuit and phase, what the switched-on outlets below it are expected to draw. */
-  const expected: Record<string, [number, number, number]> = {}
-  for (const id of ids) expected[id] = [0, 0, 0]
   const prev = ctx.prev.outlets
   const now = ctx.now
-  // Pass 1, allocating nothing per outlet: the expected load; who waits; when, at the
-  // earliest, a switched-on session's slot or minimum on time is over, per circuit.
-  const waiting: OutletEntry[] = []
-  // A session opened in this step goes through the rules (it is admitted or queued, and says so).
-  const fresh0 = ctx.records.some((r) => r.type === 'session.started')
-  const members: string[] = []
-  for (const cid0 of ids) {
-    const c0 = cs[cid0]!
-    for (const oid of c0.members ?? []) {
-      const e = st.outlets[oid]
-      if (!e || e.circuit !== cid0) continue
-      members.push(oid)
-      const a = drawOf(st, e, now)
-      if (a === WAITS) waiting.push(e)
-      else if (a > 0) for (const cid of c0.chain) expected[cid]![e.phase] += a
-    }
-  }
   // What a feeder meter measures beyond what the switched-on outlets are expected to draw is an
   // unmanaged load (so the load counted is the larger of the two: a car whose meter has not
   // been read yet is not counted twice); a circuit without a meter carries its children's.
-  const extraOf = (id: string, depth: number): [number, number, number] => {
-    const c = cs[id]!
-    const entry = st.circuits?.[id]
-    if (c.metered) {
-      const a = entry && entry.fault === null ? entry.currentsA : null
-      if (!a) return [0, 0, 0]
-      const m = expected[id]!
-      return [Math.max(0, a[0] - m[0]), Math.max(0, a[1] - m[1]), Math.max(0, a[2] - m[2])]
-    }
-    const sum: [number, number, number] = [0, 0, 0]
-    if (depth < 64)
-      for (const child of c.children) {
-        const x = extraOf(child, depth + 1)
-        sum[0] += x[0]
-        sum[1] += x[1]
-        sum[2] += x[2]
+  const loadsFrom = (expected: Record<string, [number, number, number]>): { limits: Record<string, CircuitLimit>; over: boolean } => {
+    const extraOf = (id: string, depth: number): [number, number, number] => {
+      const c = cs[id]!
+      const entry = st.circuits?.[id]
+      if (c.metered) {
+        const a = entry && entry.fault === null ? entry.currentsA : null
+        if (!a) return [0, 0, 0]
+        const m = expected[id]!
+        return [Math.max(0, a[0] - m[0]), Math.max(0, a[1] - m[1]), Math.max(0, a[2] - m[2])]
       }
-    return sum
-  }
-  const limits: Record<string, CircuitLimit> = {}
-  let over = false
-  for (const id of ids) {
-    const l = circuitLimit(st, id)
-    const extraA = extraOf(id, 0)
-    const x = expected[id]!
-    if (x[0] + extraA[0] > l.limitA + 1e-9 || x[1] + extraA[1] > l.limitA + 1e-9 || x[2] + extraA[2] > l.limitA + 1e-9) over = true
-    limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA }
-  }
-  // Nothing over its limit, no session opened in this step, and nobody waiting who could be
-  // switched on now (off long enough, and either there is room or a switched-on session's
-  // time is up): the rules would change nothing, so they are not run (the common step).
-  if (!over && !fresh0) {
-    if (waiting.length === 0) return
-    const slotEnd: Record<string, number> = {}
-    const minOnEnd: Record<string, number> = {}
-    const lowestOn: Record<string, number> = {}
+      const sum: [number, number, number] = [0, 0, 0]
+      if (depth < 64)
+        for (const child of c.children) {
+          const x = extraOf(child, depth + 1)
+          sum[0] += x[0]
+          sum[1] += x[1]
+          sum[2] += x[2]
+        }
+      return sum
+    }
+    const limits: Record<string, CircuitLimit> = {}
+    let over = false
     for (const id of ids) {
-      slotEnd[id] = Number.POSITIVE_INFINITY
-      minOnEnd[id] = Number.POSITIVE_INFINITY
-      lowestOn[id] = Number.POSITIVE_INFINITY
+      const l = circuitLimit(st, id)
+      const extraA = extraOf(id, 0)
+      const x = expected[id]!
+      if (x[0] + extraA[0] > l.limitA + 1e-9 || x[1] + extraA[1] > l.limitA + 1e-9 || x[2] + extraA[2] > l.limitA + 1e-9) over = true
+      limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA }
     }
-    for (const oid of members) {
-      const e = st.outlets[oid]!
-      const s = e.session
-      if (!s || !e.hasRelay || s.queuedAt != null || e.meterFault !== null || e.relayFault !== null) continue
-      const c0 = cs[e.circuit!]!
-      const onAt = s.onAt ?? s.startedAt
-      for (const cid of c0.chain) {
-        if (onAt + c0.slotMs < slotEnd[cid]!) slotEnd[cid] = onAt + c0.slotMs
-        if (onAt + minOnMs(c0.slotMs) < minOnEnd[cid]!) minOnEnd[cid] = onAt + minOnMs(c0.slotMs)
-        if (e.priority < lowestOn[cid]!) lowestOn[cid] = e.priority
-      }
-    }
-    let maybe = false
-    for (const e of waiting) {
-      const s = e.session!
-      const c = cs[e.circuit!]!
-      if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) continue
-      let room = true
-      let turn = false
-      for (const cid of c.chain) {
-        if (expected[cid]![e.phase] + limits[cid]!.extraA[e.phase] + e.ratingA > limits[cid]!.limitA + 1e-9) room = false
-        if (slotEnd[cid]! <= now || (lowestOn[cid]! < e.priority && minOnEnd[cid]! <= now)) turn = true
-      }
-      if (room || turn) {
-        maybe = true
-        break
-      }
-    }
-    if (!maybe) return
+    return { limits, over }
   }
+  const membersOf = (): string[] => {
+    const out: string[] = []
+    for (const cid0 of ids) for (const oid of cs[cid0]!.members ?? []) if (st.outlets[oid]?.circuit === cid0) out.push(oid)
+    return out
+  }
+
+  // The quick look, from the memo (integer mA, 1 mA toward running the rules; the armed outlets
+  // drawing worked out afresh): nothing over its limit, no session opened in this step, and
+  // nobody waiting who could be switched on now (off long enough, and either there is room or a
+  // switched-on session's time is up): the rules would change nothing (the common step).
+  const fresh0 = ctx.records.some((r) => r.type === 'session.started')
+  if (!fresh0) {
+    const memo = currentSummary(ctx)
+    const approx: Record<string, [number, number, number]> = {}
+    for (const id of ids) {
+      const x = memo.expected[id]!
+      approx[id] = [(x[0] + 1) / 1000, (x[1] + 1) / 1000, (x[2] + 1) / 1000]
+    }
+    for (const oid of memo.volatile) {
+      const e = st.outlets[oid]!
+      const a = drawOf(st, e, now)
+      if (a > 0) for (const cid of cs[e.circuit!]!.chain) approx[cid]![e.phase] += a
+    }
+    const quick = loadsFrom(approx)
+    if (!quick.over && memo.waiting.size === 0) return
+    if (
+      !quick.over &&
+      !couldSwitchOn(
+        st,
+        [...memo.waiting].map((oid) => st.outlets[oid]!),
+        membersOf(),
+        approx,
+        quick.limits,
+        now,
+      )
+    )
+      return
+  }
+  const members = membersOf()
+
+  // The rules run: the expected load exactly, from every outlet on a circuit.
+  const expected: Record<string, [number, number, number]> = {}
+  for (const id of ids) expected[id] = [0, 0, 0]
+  for (const oid of members) {
+    const e = st.outlets[oid]!
+    const a = drawOf(st, e, now)
+    if (a > 0) for (const cid of cs[e.circuit!]!.chain) expected[cid]![e.phase] += a
+  }
+  const { limits } = loadsFrom(expected)
 
   const contenders: Contender[] = []
   const fresh = new Set<string>()
@@ -1334,7 +1460,13 @@ function idleState(st: EngineState, e: OutletEntry, now: number): OutletState {
 }
 
 function settle(ctx: Ctx): void {
-  if (ctx.gw.running && hasCircuits(ctx.s)) schedule(ctx)
+  const circuits = hasCircuits(ctx.s)
+  if (ctx.gw.running && circuits) schedule(ctx)
+  deriveStates(ctx)
+  if (circuits) storeSummary(ctx)
+}
+
+function deriveStates(ctx: Ctx): void {
   for (const id of Object.keys(ctx.state.outlets)) {
     const e = ctx.state.outlets[id]!
     let target: OutletState
