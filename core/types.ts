@@ -18,6 +18,7 @@ export interface SiteConfig {
   sessions: SessionSettings
   offline: { limitMinutes: number | null }
   uplink?: UplinkConfig
+  ocpp?: OcppConfig
   api?: ApiConfig
   nodeRed?: NodeRedConfig
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
@@ -71,6 +72,8 @@ export interface OutletConfig {
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number
   autoStart?: { userId: string }
+  /** OCPP connectorId; default the outlet's 1-based position in `outlets`. */
+  connectorId?: number
 }
 
 export interface PeriodConfig {
@@ -123,6 +126,20 @@ export interface UplinkConfig {
   /** Records per P/records message at most. */
   batchRecords: number
   reconnectMaxMs: number
+}
+
+/** OCPP 1.6J: the gateway as one charge point, one connector per outlet. */
+export interface OcppConfig {
+  /** The central system's endpoint; the gateway connects to `${url}/${identity}`. */
+  url: string
+  identity: string
+  /** Basic auth (identity as user) when set. */
+  password?: string
+  caFile?: string
+  heartbeatS: number
+  meterValueSampleS: number
+  reconnectMaxMs: number
+  callTimeoutS: number
 }
 
 export interface ApiConfig {
@@ -300,8 +317,8 @@ export type Command =
   | { action: 'set-plan'; plan: PlanConfig }
   | { action: 'assign-plan'; outlet: string; planId: string }
 
-/** Where a command came from: the cloud (MQTT), the local API, or a Node-RED flow. */
-export type CommandSource = 'cloud' | 'local' | 'node-red'
+/** Where a command came from: the cloud (MQTT), the local API, a Node-RED flow, or the OCPP central system. */
+export type CommandSource = 'cloud' | 'local' | 'node-red' | 'ocpp'
 
 export type CommandResult = { id: string; ok: true; result?: unknown } | { id: string; ok: false; error: { code: string; message: string } }
 

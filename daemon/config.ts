@@ -332,6 +332,7 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
   } catch (err) {
     out.push({ pointer: '/models/dir', message: (err as Error).message })
   }
+  const connectors = new Map<number, string>()
   arr(cfg.outlets).forEach((o, i) => {
     if (!isObj(o)) return
     const at = `/outlets/${i}`
@@ -340,6 +341,15 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
       if (outletIds.has(id)) out.push({ pointer: `${at}/id`, message: `duplicate outlet id "${id}"` })
       outletIds.add(id)
     }
+    // The OCPP connector of an outlet: explicit, or its 1-based position; two outlets on one connector would share transactions.
+    const connector = typeof o.connectorId === 'number' ? o.connectorId : i + 1
+    const holder = connectors.get(connector)
+    if (holder !== undefined)
+      out.push({
+        pointer: typeof o.connectorId === 'number' ? `${at}/connectorId` : at,
+        message: `connectorId ${connector} is already outlet ${holder}'s (each outlet needs its own connector; set outlets[].connectorId)`,
+      })
+    else connectors.set(connector, id ?? `#${i + 1}`)
     const busId = str(o.bus)
     const bus = busId !== undefined ? buses.get(busId) : undefined
     if (busId !== undefined && !bus && Array.isArray(cfg.buses)) {
