@@ -629,6 +629,33 @@ export class Journal implements RecordLog {
     return out
   }
 
+  /**
+   * Side data of `owner` (keys `x!<owner>!<rest>`), in key order: what another part of the
+   * daemon derives from the records and must keep across crashes (the OCPP outbox).
+   */
+  async asideRead(owner: string, prefix = ''): Promise<[string, string][]> {
+    this.assertOpen()
+    const base = K.asideKey(owner, '')
+    const out: [string, string][] = []
+    for await (const [key, value] of this.db.iterator(K.prefixRange(base + prefix))) out.push([key.slice(base.length), value])
+    return out
+  }
+
+  /**
+   * Writes `owner`'s side data in one batch, fsynced, behind every commit before it (so what
+   * it derives from a record is never on disk before the record). `value: null` deletes.
+   */
+  asideWrite(owner: string, entries: { key: string; value: string | null }[]): Promise<void> {
+    return this.enqueue(async () => {
+      this.assertWritable()
+      if (entries.length === 0) return
+      const ops: Op[] = entries.map((e) =>
+        e.value === null ? { type: 'del', key: K.asideKey(owner, e.key) } : { type: 'put', key: K.asideKey(owner, e.key), value: e.value },
+      )
+      await this.write(ops, true)
+    })
+  }
+
   /** Write and fsync everything committed so far (the state waiting for its checkpoint included). */
   flush(): Promise<void> {
     return this.enqueue(() => this.flushNow([]))

@@ -15,6 +15,8 @@
  *   o!<outletId>             one `outlets[id]` entry of the engine state
  *   c!<commandId>            {at, result}: the first result of a command id
  *   g!<sessionId>!<ts:15>    one reading a session is billed from: [currentA, powerW, energyWh, voltageV, outlet]
+ *   x!<owner>!<rest>         side data another part of the daemon keeps beside the records it derives from
+ *                            (x!ocpp!…: the OCPP transaction outbox, daemon/ocpp/outbox.ts); the journal never reads it
  *
  * Never holds anything else: an unknown prefix is somebody else's bug.
  */
@@ -60,6 +62,9 @@ const pad = (n: number): string => String(Math.max(0, Math.floor(n))).padStart(T
 export const readingPrefix = (sessionId: string): string => 'g!' + escapeId(sessionId) + '!'
 export const readingKey = (sessionId: string, ts: number): string => readingPrefix(sessionId) + pad(ts)
 export const READINGS = { gte: 'g!', lt: 'g"' } as const
+
+export const asideKey = (owner: string, rest: string): string => 'x!' + escapeId(owner) + '!' + rest
+export const ASIDE = { gte: 'x!', lt: 'x"' } as const
 
 /** The upper bound of a prefix range: the same prefix with its last byte + 1. */
 export function prefixRange(prefix: string): { gte: string; lt: string } {

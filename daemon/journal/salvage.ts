@@ -156,7 +156,7 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         }
         acked = highest
       }
-      for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS]) {
+      for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS, K.ASIDE]) {
         try {
           for await (const [key, value] of db.iterator(range)) {
             try {
