@@ -66,6 +66,7 @@ function settingsFrom(config: SiteConfig): SettingsSection {
     sessions: { ...config.sessions },
     offlineLimitMs: config.offline.limitMinutes === null ? null : config.offline.limitMinutes * 60_000,
     uplink: config.uplink !== undefined,
+    centralAuth: config.ocpp !== undefined,
     configPlans,
   }
 }
@@ -237,9 +238,14 @@ function availableMinor(st: EngineState, userId: string): number | null {
   return st.wallets[userId]!.balance - reserved
 }
 
+/** The cap of a session with no local wallet (the central system bills it): never reached, and plain JSON (Infinity is not). */
+const NO_WALLET_CAP = Number.MAX_SAFE_INTEGER
+
 type PayCheck = { ok: true; cap: number } | { ok: false; code: CommandErrorCode; message: string }
 function canPay(st: EngineState, userId: string, plan: PlanConfig): PayCheck {
   const avail = availableMinor(st, userId)
+  // The central system authorized this user and bills the session: no local cap without a local wallet.
+  if (avail === null && st.settings.centralAuth) return { ok: true, cap: NO_WALLET_CAP }
   if (avail === null) return { ok: false, code: 'unknown-user', message: `no wallet known for user "${userId}"` }
   const w = st.wallets[userId]!
   if (w.currency !== plan.currency)

@@ -159,6 +159,11 @@ export interface SettingsSection {
   sessions: SessionSettings
   offlineLimitMs: number | null
   uplink: boolean
+  /**
+   * An OCPP central system authorizes users (config `ocpp`): a user without a local wallet may
+   * start, uncapped (the central system bills them); a user with one is still capped by it.
+   */
+  centralAuth?: boolean
   /** Plans from the config file, by id. Cloud plans (state.plans) win over these. */
   configPlans: Record<string, PlanConfig>
 }
