@@ -33,6 +33,7 @@ import { openJournalForRun } from './journal/salvage.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
+import { ChargePoint, type OutletView } from './ocpp/chargepoint.js'
 
 export interface DaemonOptions {
   config: SiteConfig
@@ -63,6 +64,8 @@ export interface DaemonEvents {
   status: [OutletStatus]
   record: [JournalRecord]
   result: [CommandResult]
+  /** The OCPP central system asked for a reset: the process should stop cleanly (systemd starts it again). */
+  reset: ['Soft' | 'Hard']
 }
 
 export class Daemon extends EventEmitter<DaemonEvents> {
@@ -78,6 +81,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private journal: Journal | undefined
   private site: SiteIO | undefined
   private uplink: Uplink | undefined
+  private ocpp: ChargePoint | undefined
+  /** A Hard reset from the central system: the clean stop does not wait for the OCPP outbox to drain. */
+  private hardReset = false
   gateway!: CommandGateway
   private queue: Promise<unknown> = Promise.resolve()
   private timers: NodeJS.Timeout[] = []
@@ -124,6 +130,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const persisted = await this.restore(this.journal)
     this.state = persisted ?? initialState(config)
     this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
+
+    // The OCPP outbox follows the journal from before the boot step, so the sessions boot closes become StopTransactions.
+    if (config.ocpp) await this.attachOcpp(this.journal)
 
     // Buses before boot: boot opens every relay, and that must reach the hardware.
     this.site = await openSite(config, { now: () => this.clock.now(), logger: this.log })
@@ -177,12 +186,73 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       this.log.info('no uplink configured: running offline, records queue in the journal')
     }
 
+    if (this.ocpp) {
+      try {
+        this.ocpp.start()
+      } catch (err) {
+        this.log.error(
+          { code: (err as { code?: string }).code, err: (err as Error).message },
+          'ocpp cannot start; charging and the uplink continue without it',
+        )
+        this.ocpp = undefined
+      }
+    }
+
     const { pollMs } = config.sessions
     for (const outlet of config.outlets) {
       this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
     }
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** The OCPP charge point on this journal; a failure is logged and leaves the site charging without OCPP. */
+  private async attachOcpp(journal: Journal): Promise<void> {
+    try {
+      const cp = new ChargePoint({
+        config: this.config,
+        version: this.version,
+        journal,
+        logger: this.log,
+        now: () => this.clock.now(),
+        outlets: () => this.ocppOutlets(),
+        command: (cmd) => this.gateway.handle(cmd, 'ocpp'),
+        reset: (kind) => {
+          this.hardReset = kind === 'Hard'
+          this.emit('reset', kind)
+        },
+      })
+      await cp.attach()
+      this.ocpp = cp
+      this.on('status', () => cp.onStatus())
+    } catch (err) {
+      this.log.error(
+        { code: (err as { code?: string }).code, err: (err as Error).message },
+        'ocpp cannot start; charging and the uplink continue without it',
+      )
+    }
+  }
+
+  private ocppOutlets(): OutletView[] {
+    const byId = new Map(this.outletStatuses().map((s) => [s.outlet, s]))
+    return this.config.outlets.map((o) => {
+      const e = this.state.outlets[o.id]
+      const s = byId.get(o.id)
+      const last = e?.last
+      return {
+        id: o.id,
+        state: s?.state ?? 'off',
+        ...(e?.session ? { sessionId: e.session.id } : {}),
+        currentA: s?.currentA ?? 0,
+        meterFault: e?.meterFault ?? null,
+        relayFault: e?.relayFault ?? null,
+        last: last ? { ts: last.ts, currentA: last.currentA, powerW: last.powerW, energyWh: last.mWh / 1000, voltageV: last.voltageV } : null,
+      }
+    })
+  }
+
+  ocppState(): { connected: boolean; accepted: boolean; queued: number } | undefined {
+    return this.ocpp?.state()
   }
 
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
@@ -227,6 +297,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await withTimeout(this.relaysSettled(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch(() =>
       this.log.error('relays may not all be open: the bus did not answer in time'),
     )
+    // The StopTransactions of the shutdown step get a few seconds to reach the central system (not after a Hard reset); the rest go after the restart.
+    await this.ocpp?.stop(this.hardReset || this.halted ? 0 : 3000).catch(() => undefined)
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)

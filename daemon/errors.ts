@@ -41,6 +41,13 @@ const UPLINK_ERRORS = {
   RECONCILE_FILE: "outpost reconcile: the output file's own chain is broken or a line in it is not a record",
 } as const satisfies Record<string, string>
 
+const OCPP_ERRORS = {
+  OCPP_CONFIG: 'the CA file of ocpp.caFile cannot be read',
+  OCPP_CALL_ERROR: 'the central system answered a call with a CALLERROR (the message carries its code and description)',
+  OCPP_TIMEOUT: 'the central system did not answer a call within ocpp.callTimeoutS (the connection is then dropped and reopened)',
+  OCPP_CLOSED: 'a call could not be sent or answered because the websocket to the central system closed',
+} as const satisfies Record<string, string>
+
 const API_ERRORS = {
   API_BAD_LISTEN: 'api.listen is not host:port',
   API_BAD_MOUNT: 'a handler mounted on a path already taken, or a path that is not /name',
@@ -69,6 +76,7 @@ export const ERROR_SECTIONS = [
   { title: 'Session engine', codes: ENGINE_ERRORS },
   { title: 'Journal', codes: JOURNAL_ERRORS },
   { title: 'Uplink and reconcile', codes: UPLINK_ERRORS },
+  { title: 'OCPP', codes: OCPP_ERRORS },
   { title: 'Local API', codes: API_ERRORS },
   { title: 'Node-RED', codes: NODE_RED_ERRORS },
   { title: 'Daemon', codes: DAEMON_ERRORS },
@@ -79,6 +87,7 @@ export const ERRORS = {
   ...ENGINE_ERRORS,
   ...JOURNAL_ERRORS,
   ...UPLINK_ERRORS,
+  ...OCPP_ERRORS,
   ...API_ERRORS,
   ...NODE_RED_ERRORS,
   ...DAEMON_ERRORS,
