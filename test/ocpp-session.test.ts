@@ -4,11 +4,24 @@
  * site peer. A remote start sent the moment the boot is accepted, charging with
  * clock-aligned MeterValues, an unplug (EVDisconnected, meterStop − meterStart = the
  * session's energy), Basic auth, StatusNotifications after boot and on every
- * change, an auto-start Authorized at the gateway, and a refused idTag (DeAuthorized).
+ * change, an auto-start Authorized at the gateway, a refused idTag (DeAuthorized),
+ * and OCPP beside the MQTT uplink with the central system away.
  */
 import t from 'tap'
 import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
-import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended, type Started } from './helpers/e2e-kit.js'
+import {
+  isEnded,
+  startCloud,
+  startDaemon,
+  startPeer,
+  startSession,
+  tempDir,
+  waitFor,
+  writeSiteConfig,
+  type Ended,
+  type Started,
+} from './helpers/e2e-kit.js'
+import { startMosquitto } from './helpers/mosquitto.js'
 
 const statusesOf = (csms: Csms, connectorId: number): string[] =>
   csms
@@ -64,7 +77,18 @@ t.test('remote start at boot, meter values, unplug; auto-start with Authorize; a
     const values = (mv.params.meterValue as { timestamp: string; sampledValue: { measurand: string; unit: string; value: string }[] }[])[0]!
     t.same(values.sampledValue.map((v) => v.measurand).sort(), ['Current.Import', 'Energy.Active.Import.Register', 'Power.Active.Import', 'Voltage'])
     t.equal(new Date(values.timestamp).getTime() % 1000, 0, 'clock-aligned to the second')
-    t.ok(Number(values.sampledValue.find((v) => v.measurand === 'Current.Import')!.value) > 10, 'the current of a 16 A car')
+    // The first sample may come before the current rose (the relay had just closed); a later one shows the car drawing.
+    await waitFor(
+      () =>
+        csms
+          .of('MeterValues')
+          .filter((c) => c.params.connectorId === 1)
+          .some((c) =>
+            (c.params.meterValue as (typeof values)[]).some((m) => Number(m.sampledValue.find((v) => v.measurand === 'Current.Import')!.value) > 10),
+          ),
+      'a sample with the current of a 16 A car',
+    )
+    t.pass('a sample shows the 16 A car drawing')
     const txId = await waitFor(() => transactionIdOf(csms, tx), 'the transaction id')
     t.ok(mv.params.transactionId === txId, 'MeterValues carry the transaction id')
 
@@ -147,3 +171,31 @@ t.test('a wrong password is refused; the site charges on', async (t) => {
 function transactionIdOf(_csms: Csms, start: CsmsCall): number | undefined {
   return start.reply?.transactionId as number | undefined
 }
+
+t.test('beside the MQTT uplink: a central system that is not there stops neither charging nor the uplink', async (t) => {
+  const broker = await startMosquitto(t)
+  const dir = tempDir(t)
+  const peer = await startPeer(t, { outlets: 1 })
+  const csms = await startCsms(t)
+  await csms.down() // the port is known, nothing listens on it
+  const config = writeSiteConfig({ dir, port: peer.port, outlets: 1, brokerUrl: broker.url, extra: { ocpp: ocppSection(csms) } })
+  const cloud = await startCloud(t, broker.url, dir)
+  const daemon = startDaemon(t, config)
+  // The cloud's user has a wallet: a local wallet still caps a session the central system also sees.
+  const s = await startSession(t, peer, cloud, { outlet: 1, userId: 'walleted', wallet: 100_000, amps: 16, chargeWh: 2 })
+  await peer.unplug(1)
+  const ended = await cloud.waitRecord(isEnded(s.sessionId), 'the session reaches the cloud over MQTT')
+  t.equal(ended.reason, 'unplugged')
+  t.ok(ended.total > 0)
+  t.equal(csms.calls.length, 0, 'the central system was away throughout')
+  await csms.up()
+  const start = await csms.waitCall('StartTransaction', () => true, 'the queued start once the central system is back')
+  t.equal(start.params.idTag, 'walleted')
+  const stop = await csms.waitCall('StopTransaction', () => true, 'the queued stop')
+  t.equal(stop.params.transactionId, start.reply!.transactionId)
+  t.equal(stop.params.meterStop, Math.round(ended.meterEndWh))
+  t.equal(csms.of('Authorize').length, 0, 'no Authorize for a session that had already ended when it could be sent')
+  t.equal((await daemon.stop('SIGTERM')).code, 0)
+  t.equal(csms.violations.length, 0)
+  t.equal(csms.badMessages.length, 0)
+})
