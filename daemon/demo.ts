@@ -20,7 +20,8 @@
  *
  * Options: --uplink URL (a broker, e.g. a local mosquitto: records then leave the
  * queue as the cloud acks them; without a consumer they stay queued), --config FILE
- * (a copy of config/demo.json to play with), --dir, --speed, --seed.
+ * (a copy of config/demo.json to play with), --dir, --speed, --seed, --ocpp URL (an
+ * OCPP 1.6J central system, e.g. demo/csms.mjs: the site is then one charge point there).
  */
 import { mkdirSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -68,6 +69,7 @@ export async function main(argv: string[]): Promise<number> {
       seed: { type: 'string', default: '7' },
       config: { type: 'string' },
       uplink: { type: 'string' },
+      ocpp: { type: 'string' },
     },
     strict: true,
   })
@@ -77,10 +79,18 @@ export async function main(argv: string[]): Promise<number> {
 
   // The demo config (or the installer's copy of it): its first bus is pointed at the simulator.
   const configFile = values.config ?? packagePath('config', 'demo.json')
-  const raw = JSON.parse(readFileSync(configFile, 'utf8')) as { buses: { port: number }[]; storage: { dir: string }; uplink?: { url: string } }
+  const raw = JSON.parse(readFileSync(configFile, 'utf8')) as {
+    site: { id: string }
+    buses: { port: number }[]
+    storage: { dir: string }
+    uplink?: { url: string }
+    ocpp?: { url: string; identity?: string }
+  }
   raw.buses[0]!.port = sim.port
   raw.storage.dir = join(dir, 'journal')
   if (values.uplink) raw.uplink = { ...(raw.uplink ?? {}), url: values.uplink }
+  // The charge point's identity is the site id unless the config names one.
+  if (values.ocpp) raw.ocpp = { ...(raw.ocpp ?? {}), url: values.ocpp.replace(/\/+$/, ''), identity: raw.ocpp?.identity ?? `outpost-${raw.site.id}` }
   const checked = validateConfig(raw)
   if (!checked.ok) {
     for (const p of checked.problems) process.stderr.write(formatProblem(configFile, p) + '\n')
@@ -110,6 +120,8 @@ export async function main(argv: string[]): Promise<number> {
     out('uplink: none configured, so the site runs offline and records queue in the journal')
     out("        (with a local mosquitto: npm start -- --uplink mqtt://127.0.0.1:1883, then mosquitto_sub -v -t 'outpost/demo/#')")
   }
+  if (config.ocpp) out(`ocpp: charge point ${config.ocpp.identity} of ${config.ocpp.url} (one connector per bay, D1..D${config.outlets.length})`)
+  else out('ocpp: none configured (to try it: node demo/csms.mjs, then npm start -- --ocpp ws://127.0.0.1:9220/ocpp)')
   out(`records: npx outpost records --config ${siteFile}   (verify the chain: npx outpost verify --config ${siteFile})`)
   await service.start()
   const url = service.api?.url()
