@@ -151,6 +151,7 @@ export class ChargePoint {
       })
     }
     this.stopped = true
+    await this.outbox?.settled()
     this.unsubscribe?.()
     this.clearTimers()
     if (this.sampleTimer) clearTimeout(this.sampleTimer)
@@ -347,10 +348,13 @@ export class ChargePoint {
           const status = (res.idTagInfo as { status?: string } | undefined)?.status
           this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
           if (status !== 'Accepted') this.deauthorize(q, status)
-        } else {
+        } else if (q.action === 'StopTransaction') {
           await this.outbox.answered(q)
-          if (q.action === 'StopTransaction')
-            this.log.info({ sessionId: q.sessionId, transactionId: payload.transactionId }, 'ocpp: transaction stopped')
+          this.log.info({ sessionId: q.sessionId, transactionId: payload.transactionId }, 'ocpp: transaction stopped')
+        } else {
+          // A MeterValues answer goes to disk with the next ones (group commit) while the queue moves on:
+          // a crash before that write sends it again, with the same message id. Starts and Stops wait for theirs.
+          this.outbox.answered(q).catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: an answer could not be written'))
         }
         this.attempts.delete(q.n)
       } catch (err) {

@@ -44,6 +44,9 @@ export class Outbox {
   private readonly started = new Set<string>()
   private next = 1
   private cursorSeq = 0
+  /** Answers waiting for their write, and the write in progress. */
+  private readonly retired: { key: string; value: string | null }[] = []
+  private flushing: Promise<void> = Promise.resolve()
 
   private constructor(private readonly journal: Journal) {}
 
@@ -121,16 +124,30 @@ export class Outbox {
     }
   }
 
-  /** The first message was answered: it leaves the queue; a StartTransaction's transactionId is kept, a StopTransaction's dropped. */
-  async answered(q: Queued, transactionId?: number): Promise<void> {
-    const entries: { key: string; value: string | null }[] = [{ key: `q!${pad(q.n)}`, value: null }]
+  /**
+   * The first message was answered: it leaves the queue; a StartTransaction's transactionId is
+   * kept, a StopTransaction's dropped. The answers are written in order, as many per fsync as
+   * have come in meanwhile (group commit); the promise resolves once this one is on disk.
+   */
+  answered(q: Queued, transactionId?: number): Promise<void> {
+    this.retired.push({ key: `q!${pad(q.n)}`, value: null })
     if (q.action === 'StartTransaction' && transactionId !== undefined)
-      entries.push({ key: `t!${escapeId(q.sessionId)}`, value: JSON.stringify({ sessionId: q.sessionId, transactionId }) })
-    if (q.action === 'StopTransaction') entries.push({ key: `t!${escapeId(q.sessionId)}`, value: null })
-    await this.journal.asideWrite(OWNER, entries)
+      this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: JSON.stringify({ sessionId: q.sessionId, transactionId }) })
+    if (q.action === 'StopTransaction') this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: null })
     const i = this.queue.findIndex((m) => m.n === q.n)
     if (i >= 0) this.queue.splice(i, 1)
     if (q.action === 'StartTransaction' && transactionId !== undefined) this.tx.set(q.sessionId, transactionId)
     if (q.action === 'StopTransaction') this.tx.delete(q.sessionId)
+    const done = this.flushing.then(async () => {
+      const entries = this.retired.splice(0)
+      if (entries.length > 0) await this.journal.asideWrite(OWNER, entries)
+    })
+    this.flushing = done.catch(() => undefined)
+    return done
+  }
+
+  /** Resolves once every answer so far is on disk. */
+  settled(): Promise<void> {
+    return this.flushing
   }
 }
