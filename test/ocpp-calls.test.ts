@@ -5,7 +5,7 @@
  * Accepted; heartbeats at the interval given; malformed and unknown calls answered
  * with the right CALLERROR, nothing changed, the connection kept; a repeated message
  * id applied once; ChangeAvailability on a connector with a session; RemoteStop;
- * Get/ChangeConfiguration; TriggerMessage; UnlockConnector; Reset.
+ * Get/ChangeConfiguration; TriggerMessage; UnlockConnector; Reset Soft and Hard.
  */
 import t from 'tap'
 import { journalRecords, ocppSection, startCsms } from './helpers/csms.js'
@@ -172,6 +172,24 @@ t.test('the central system calls the charge point', async (t) => {
       ['manager-stopped', 'manager-stopped', 'reboot'],
     )
     t.equal(records.filter((r): r is Started => r.type === 'session.started').length, 3, 'three sessions, the repeated id applied once')
+  })
+
+  await t.test('Reset Hard: the same stop without waiting; what did not leave goes after the restart, once', async (t) => {
+    csms.setBoot([{ status: 'Accepted', interval: 60 }])
+    let again = startDaemon(t, config)
+    await again.waitLog((l) => l.msg === 'ocpp: boot accepted', 'the restarted daemon is accepted')
+    t.same(await csms.call('RemoteStartTransaction', { connectorId: 2, idTag: 'drv-5' }), { status: 'Accepted' })
+    const start = await csms.waitCall('StartTransaction', (c) => c.params.idTag === 'drv-5' && c.reply !== undefined)
+    const tx = start.reply!.transactionId as number
+    t.same(await csms.call('Reset', { type: 'Hard' }), { status: 'Accepted' })
+    t.equal((await again.exited).code, 0, 'a clean stop, exit 0')
+    again = startDaemon(t, config)
+    await again.waitLog((l) => l.msg === 'ocpp: boot accepted', 'accepted after the hard reset')
+    const stop = await csms.waitCall('StopTransaction', (c) => c.params.transactionId === tx, 'the StopTransaction of the reset session')
+    t.equal(stop.params.reason, 'Reboot')
+    await again.waitLog((l) => l.msg === 'ocpp: boot accepted' && again.logs().some((x) => x.msg === 'ocpp: connected'), 'settled')
+    t.equal((await again.stop('SIGTERM')).code, 0)
+    t.equal(csms.of('StopTransaction').filter((c) => c.params.transactionId === tx).length, 1, 'sent once')
   })
 
   t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)

@@ -48,8 +48,16 @@ t.test('an outage across two sessions and a kill -9 while their messages wait', 
   await daemon.stop('SIGKILL')
   daemon = startDaemon(t, config)
   await daemon.waitLog((l) => l.msg === 'ocpp: connecting to the central system', 'restarted')
+  const statusesBefore = csms.of('StatusNotification').length
   await csms.up()
   await waitFor(() => csms.of('StopTransaction').length >= 2 && csms.of('StartTransaction').length >= 2, 'both sessions reach the central system')
+  const resent = csms.of('StatusNotification').slice(statusesBefore)
+  t.same(
+    [...new Set(resent.map((c) => c.params.connectorId))].sort(),
+    [0, 1],
+    'after the reconnect every connector (and 0) is sent its current status',
+  )
+  t.equal(resent.find((c) => c.params.connectorId === 1)?.params.status, 'Available', 'the current state, not the queued history')
   await waitFor(() => daemon.logs().filter((l) => l.msg === 'ocpp: transaction stopped').length >= 2, 'both stops answered')
   // A duplicate would follow the queue at once: give it a moment to show before counting.
   await new Promise((r) => setTimeout(r, 1500))

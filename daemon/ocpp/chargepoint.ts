@@ -65,6 +65,8 @@ export interface ChargePointHost {
 /** A transaction message refused with a CALLERROR this many times is dropped (logged): the rest of the queue must not wait on it forever. */
 export const TRANSACTION_MESSAGE_ATTEMPTS = 3
 const RETRY_MS = 1000
+/** How long a stop waits for the answer to the transaction message already on the wire. */
+const IN_FLIGHT_MS = 2000
 
 /** The configuration keys GetConfiguration reports; `write` when ChangeConfiguration may change them. */
 const CONFIG_KEYS = ['HeartbeatInterval', 'MeterValueSampleInterval', 'ClockAlignedDataInterval'] as const
@@ -94,6 +96,8 @@ export class ChargePoint {
   private work: Promise<unknown> = Promise.resolve()
   private ingestWanted = false
   private pumping = false
+  /** The pump's current run: a stop waits for the message on the wire. */
+  private pumpRun: Promise<void> = Promise.resolve()
   private unsubscribe: (() => void) | undefined
   private drained: (() => void)[] = []
 
@@ -150,7 +154,10 @@ export class ChargePoint {
         })
       })
     }
+    // No new message from here; the one on the wire gets its answer (a Hard reset too): closing the
+    // socket under it would leave it answered at the central system and unretired here, so sent twice.
     this.stopped = true
+    await Promise.race([this.pumpRun, new Promise((r) => setTimeout(r, IN_FLIGHT_MS).unref())])
     await this.outbox?.settled()
     this.unsubscribe?.()
     this.clearTimers()
@@ -315,7 +322,7 @@ export class ChargePoint {
   private pump(): void {
     if (this.pumping || this.stopped) return
     this.pumping = true
-    void this.pumpNow()
+    this.pumpRun = this.pumpNow()
       .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: sending the outbox failed'))
       .finally(() => {
         this.pumping = false
