@@ -41,6 +41,8 @@ let compiled: Map<string, ValidateFunction> | undefined
 function validators(): Map<string, ValidateFunction> {
   if (!compiled) {
     const ajv = new Ajv({ allErrors: true, strict: false })
+    // The one format the 1.6 schemas use (ajv-formats is not a dependency): RFC 3339 date-time.
+    ajv.addFormat('date-time', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/i)
     compiled = new Map(Object.entries(file.actions).map(([a, s]) => [a, ajv.compile(s)]))
   }
   return compiled
