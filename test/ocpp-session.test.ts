@@ -178,9 +178,25 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
   const peer = await startPeer(t, { outlets: 1 })
   const csms = await startCsms(t)
   await csms.down() // the port is known, nothing listens on it
-  const config = writeSiteConfig({ dir, port: peer.port, outlets: 1, brokerUrl: broker.url, extra: { ocpp: ocppSection(csms) } })
+  const config = writeSiteConfig({
+    dir,
+    port: peer.port,
+    outlets: 1,
+    brokerUrl: broker.url,
+    extra: { ocpp: ocppSection(csms), api: { listen: '127.0.0.1:0', token: 'ocpp-test-token' } },
+  })
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config)
+  const api = String((await daemon.waitLog((l) => l.msg === 'local API listening', 'the local API')).url).replace(/\/$/, '')
+  const metrics = async (): Promise<Map<string, number>> => {
+    const text = await (await fetch(`${api}/metrics`, { headers: { authorization: 'Bearer ocpp-test-token' } })).text()
+    return new Map(
+      text
+        .split('\n')
+        .filter((l) => l.startsWith('outpost_ocpp_'))
+        .map((l) => [l.split(' ')[0]!, Number(l.split(' ')[1])]),
+    )
+  }
   // The cloud's user has a wallet: a local wallet still caps a session the central system also sees.
   const s = await startSession(t, peer, cloud, { outlet: 1, userId: 'walleted', wallet: 100_000, amps: 16, chargeWh: 2 })
   await peer.unplug(1)
@@ -188,6 +204,10 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
   t.equal(ended.reason, 'unplugged')
   t.ok(ended.total > 0)
   t.equal(csms.calls.length, 0, 'the central system was away throughout')
+  const away = await metrics()
+  t.same([away.get('outpost_ocpp_enabled'), away.get('outpost_ocpp_online')], [1, 0], '/metrics: configured, not online')
+  t.ok(away.get('outpost_ocpp_queued_messages')! >= 2, '/metrics: the Start and Stop wait in the journal')
+  t.equal(((await (await fetch(`${api}/api/health`)).json()) as { ocpp: string }).ocpp, 'offline', '/api/health says so')
   await csms.up()
   const start = await csms.waitCall('StartTransaction', () => true, 'the queued start once the central system is back')
   t.equal(start.params.idTag, 'walleted')
@@ -195,6 +215,8 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
   t.equal(stop.params.transactionId, start.reply!.transactionId)
   t.equal(stop.params.meterStop, Math.round(ended.meterEndWh))
   t.equal(csms.of('Authorize').length, 0, 'no Authorize for a session that had already ended when it could be sent')
+  await waitFor(async () => (await metrics()).get('outpost_ocpp_queued_messages') === 0, '/metrics: the queue drained')
+  t.equal((await metrics()).get('outpost_ocpp_online'), 1, '/metrics: online')
   t.equal((await daemon.stop('SIGTERM')).code, 0)
   t.equal(csms.violations.length, 0)
   t.equal(csms.badMessages.length, 0)

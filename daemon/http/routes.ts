@@ -106,7 +106,10 @@ export class ApiRoutes {
     }
     const status = this.daemon.uplinkState().status
     const ok = !this.daemon.haltedBy && !journal.fault
-    sendJson(res, ok ? 200 : 503, { ok, uplink: status, journal: { head: journal.head(), acked: journal.acked() } })
+    // `ocpp` only on a site that has one: the health of a site without stays as it was.
+    const o = this.daemon.ocppState()
+    const ocpp = o ? { ocpp: o.connected && o.accepted ? 'online' : 'offline' } : {}
+    sendJson(res, ok ? 200 : 503, { ok, uplink: status, ...ocpp, journal: { head: journal.head(), acked: journal.acked() } })
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, method: string, path: string, q: URLSearchParams): Promise<void> {
@@ -236,6 +239,7 @@ export class ApiRoutes {
       outlets,
       buses: d.buses?.health() ?? [],
       uplink: { ...d.uplinkState(), oldestUnackedTs: await oldestUnackedTs(d) },
+      ocpp: d.ocppState() ?? null,
       journal: journal.status(),
       sessions: await this.sessions.recent(10),
     }
