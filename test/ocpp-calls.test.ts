@@ -133,6 +133,18 @@ t.test('the central system calls the charge point', async (t) => {
   })
 
   await t.test('Get/ChangeConfiguration, TriggerMessage, UnlockConnector', async (t) => {
+    // A triggered boot replaces the heartbeat timer (at the 1 s it gives again), it does not add one.
+    const boots = csms.of('BootNotification').length
+    t.same(await csms.call('TriggerMessage', { requestedMessage: 'BootNotification' }), { status: 'Accepted' })
+    await waitFor(() => csms.of('BootNotification').length > boots, 'the triggered BootNotification')
+    const from = csms.of('Heartbeat').length
+    await waitFor(() => csms.of('Heartbeat').length >= from + 4, 'four more heartbeats')
+    const beats = csms.of('Heartbeat').slice(from)
+    const gaps = beats.slice(1).map((b, i) => b.at - beats[i]!.at)
+    t.ok(
+      gaps.every((g) => g >= 700),
+      `one heartbeat a second, not two timers (gaps ${gaps.join(', ')} ms)`,
+    )
     const all = (await csms.call('GetConfiguration', {})) as { configurationKey: { key: string; value: string }[] }
     t.ok(
       all.configurationKey.some((k) => k.key === 'HeartbeatInterval' && k.value === '1'),

@@ -198,6 +198,8 @@ export class ChargePoint {
 
   private async boot(): Promise<void> {
     if (this.stopped) return
+    // A boot asked for again (TriggerMessage, a retry) replaces the timers of the one before.
+    this.clearTimers()
     let res: Record<string, unknown>
     try {
       res = await this.rpc.call('BootNotification', {
