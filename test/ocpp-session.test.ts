@@ -7,6 +7,9 @@
  * change, an auto-start Authorized at the gateway, a refused idTag (DeAuthorized),
  * and OCPP beside the MQTT uplink with the central system away.
  */
+import { execFileSync } from 'node:child_process'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import t from 'tap'
 import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
 import {
@@ -220,4 +223,66 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
   t.equal((await daemon.stop('SIGTERM')).code, 0)
   t.equal(csms.violations.length, 0)
   t.equal(csms.badMessages.length, 0)
+})
+
+t.test("security profile 2: wss:// with the central system's CA and Basic auth; an unknown CA is refused", async (t) => {
+  const dir = tempDir(t)
+  const ossl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
+  const p = (f: string) => join(dir, f)
+  ossl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=Outpost Test CSMS CA',
+    '-keyout',
+    p('ca.key'),
+    '-out',
+    p('ca.crt'),
+  )
+  writeFileSync(p('server.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
+  ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', p('server.key'), '-out', p('server.csr'))
+  ossl(
+    'x509',
+    '-req',
+    '-in',
+    p('server.csr'),
+    '-CA',
+    p('ca.crt'),
+    '-CAkey',
+    p('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-extfile',
+    p('server.ext'),
+    '-out',
+    p('server.crt'),
+  )
+  const peer = await startPeer(t, { outlets: 1 })
+  const csms = await startCsms(t, { password: 'tls-pw', tls: { key: readFileSync(p('server.key')), cert: readFileSync(p('server.crt')) } })
+  t.match(csms.url, /^wss:/)
+  for (const d of ['a', 'b']) mkdirSync(join(dir, d))
+  const good = writeSiteConfig({
+    dir: join(dir, 'a'),
+    port: peer.port,
+    outlets: 1,
+    extra: { ocpp: ocppSection(csms, { password: 'tls-pw', caFile: p('ca.crt') }) },
+  })
+  const daemon = startDaemon(t, good)
+  await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'accepted over wss:// with the CA')
+  t.equal(csms.of('BootNotification').length, 1)
+  t.equal((await daemon.stop('SIGTERM')).code, 0)
+  // Without the CA the central system's certificate cannot be verified: no connection, and the site runs on.
+  const untrusted = writeSiteConfig({ dir: join(dir, 'b'), port: peer.port, outlets: 1, extra: { ocpp: ocppSection(csms, { password: 'tls-pw' }) } })
+  const blind = startDaemon(t, untrusted)
+  await blind.waitLog((l) => l.msg === 'outpost running', 'running without the central system')
+  await new Promise((r) => setTimeout(r, 2500))
+  t.equal(csms.of('BootNotification').length, 1, 'no boot over an unverified link')
+  t.equal((await blind.stop('SIGTERM')).code, 0)
+  t.equal(csms.violations.length, 0)
 })

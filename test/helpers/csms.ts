@@ -13,6 +13,7 @@
  * charge point's side), or leave a server listening after its test.
  */
 import { execFileSync } from 'node:child_process'
+import { createServer as createHttpsServer } from 'node:https'
 import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import type { JournalRecord } from '../../core/types.js'
@@ -46,6 +47,8 @@ export interface CsmsOptions {
   /** idTags Authorize and StartTransaction refuse (Invalid). */
   invalidTags?: string[]
   port?: number
+  /** Serve wss:// with this key and certificate (PEM). */
+  tls?: { key: Buffer; cert: Buffer }
 }
 
 export interface Csms {
@@ -141,13 +144,22 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
         return record('MeterValues', p)({})
       })
     })
-    const http = await server.listen(port, '127.0.0.1')
-    port = (http.address() as AddressInfo).port
+    if (opts.tls) {
+      const https = createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert })
+      https.on('upgrade', server.handleUpgrade)
+      await new Promise<void>((resolve) => https.listen(port, '127.0.0.1', resolve))
+      port = (https.address() as AddressInfo).port
+      server.once('close', () => https.close())
+      server.on('closing', () => https.closeAllConnections())
+    } else {
+      const http = await server.listen(port, '127.0.0.1')
+      port = (http.address() as AddressInfo).port
+    }
   }
   await listen()
   const csms: Csms = {
     get url() {
-      return `ws://127.0.0.1:${port}/ocpp`
+      return `${opts.tls ? 'wss' : 'ws'}://127.0.0.1:${port}/ocpp`
     },
     get port() {
       return port
@@ -204,7 +216,7 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
 
 /** The site config's `ocpp` section for a test CSMS: short timings so a scenario takes seconds. */
 export function ocppSection(csms: Csms, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return { url: `ws://127.0.0.1:${csms.port}/ocpp`, identity: 'outpost-e2e', reconnectMaxMs: 1000, callTimeoutS: 10, meterValueSampleS: 0, ...extra }
+  return { url: csms.url, identity: 'outpost-e2e', reconnectMaxMs: 1000, callTimeoutS: 10, meterValueSampleS: 0, ...extra }
 }
 
 /** The journal's records, read with `outpost records` (the daemon stopped, or between its writes). */
