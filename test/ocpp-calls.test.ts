@@ -5,7 +5,7 @@
  * Accepted; heartbeats at the interval given; malformed and unknown calls answered
  * with the right CALLERROR, nothing changed, the connection kept; a repeated message
  * id applied once; ChangeAvailability on a connector with a session; RemoteStop;
- * Get/ChangeConfiguration; TriggerMessage; UnlockConnector; Reset Soft and Hard.
+ * a meter fault (Faulted); Get/ChangeConfiguration; TriggerMessage; UnlockConnector; Reset Soft and Hard.
  */
 import t from 'tap'
 import { journalRecords, ocppSection, startCsms } from './helpers/csms.js'
@@ -130,6 +130,21 @@ t.test('the central system calls the charge point', async (t) => {
     t.same(await csms.call('RemoteStopTransaction', { transactionId: start.reply!.transactionId }), { status: 'Accepted' })
     const stop = await csms.waitCall('StopTransaction', (c) => c.params.transactionId === start.reply!.transactionId)
     t.equal(stop.params.reason, 'Remote')
+  })
+
+  await t.test('a silent meter: Faulted with PowerMeterFailure, then Available again', async (t) => {
+    const last2 = () =>
+      csms
+        .of('StatusNotification')
+        .filter((c) => c.params.connectorId === 2)
+        .at(-1)?.params
+    await peer.silence(2)
+    const faulted = await waitFor(() => (last2()?.status === 'Faulted' ? last2() : undefined), 'connector 2 Faulted')
+    t.equal(faulted.errorCode, 'PowerMeterFailure')
+    t.ok(typeof faulted.info === 'string' && (faulted.info as string).length <= 50, 'info names the fault within 50 characters')
+    await peer.answer(2)
+    await waitFor(() => last2()?.status === 'Available', 'connector 2 Available after the meter answers')
+    t.equal(last2()?.errorCode, 'NoError')
   })
 
   await t.test('Get/ChangeConfiguration, TriggerMessage, UnlockConnector', async (t) => {
