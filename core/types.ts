@@ -6,7 +6,9 @@
 
 // ---------------------------------------------------------------- site config
 
-export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'
+/** The days of a plan's week, Monday first (the order the engine numbers them in). */
+export const WEEKDAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'] as const
+export type Weekday = (typeof WEEKDAYS)[number]
 
 export interface SiteConfig {
   site: { id: string; name?: string; timezone: string }

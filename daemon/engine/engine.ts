@@ -37,11 +37,11 @@ import {
   lineAmountMicros,
   microsPerMinor,
   periodAt,
-  planProblems,
   priceTimeline,
   toMicros,
   type TimelineEntry,
 } from './pricing.js'
+import { planProblems } from './plan-rules.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
