@@ -44,7 +44,9 @@ const plan: fc.Arbitrary<unknown> = fc.record(
     name: maybe(pick(['Night'], [7, 'n'.repeat(201)])),
     currency: pick(['CAD', 'JPY', 'BHD'], ['XYZ', 'cad', 5]),
     activationFee: maybe(pick([0, 1, 0.25], [1.5, 0.001, 0.1234567, -1, 'x'])),
-    periods: pick([true], ['all day', []]).chain((isList) => (isList === true ? fc.array(period, { minLength: 1, maxLength: 3 }) : fc.constant(isList))),
+    periods: pick([true], ['all day', []]).chain((isList) =>
+      isList === true ? fc.array(period, { minLength: 1, maxLength: 3 }) : fc.constant(isList),
+    ),
     extra: maybe(pick([undefined], [1])),
   },
   { requiredKeys: ['id', 'currency', 'periods'] },
@@ -104,10 +106,13 @@ t.test('a pushed set-plan is refused exactly when the plan rules find a problem'
 })
 
 t.test('the rules name the place and say what is wrong', async (t) => {
-  t.same(planIssues({ id: 'p', currency: 'CAD', activationFee: 0.005, periods: [{ days: ['mon'], from: '07:00', to: '07:00', perKwh: 1 }] }, '/plans/0'), [
-    { pointer: '/plans/0/activationFee', message: '0.005 cannot be charged in CAD (at most 2 decimals)' },
-    { pointer: '/plans/0/periods/0/to', message: 'from and to are both 07:00: an empty window (use 00:00-24:00 for all day)' },
-  ])
+  t.same(
+    planIssues({ id: 'p', currency: 'CAD', activationFee: 0.005, periods: [{ days: ['mon'], from: '07:00', to: '07:00', perKwh: 1 }] }, '/plans/0'),
+    [
+      { pointer: '/plans/0/activationFee', message: '0.005 cannot be charged in CAD (at most 2 decimals)' },
+      { pointer: '/plans/0/periods/0/to', message: 'from and to are both 07:00: an empty window (use 00:00-24:00 for all day)' },
+    ],
+  )
   t.same(planProblems({ id: 'p', currency: 'QQQ', periods: [{ days: ['mon', 'mon'], from: '24:00', to: '24:00' }] }), [
     'plan/currency: "QQQ" is not a known ISO 4217 currency',
     'plan/periods/0/days: names a day twice',

@@ -40,7 +40,8 @@ export function planIssues(plan: unknown, at: string): PlanProblem[] {
   }
   for (const k of Object.keys(plan)) if (!PLAN_KEYS.includes(k)) add(`${at}/${k}`, 'unknown key')
   if (typeof plan.id !== 'string' || !ID.test(plan.id)) add(`${at}/id`, 'must be an id (letters, digits, - _ ., at most 64)')
-  if (plan.name !== undefined && (typeof plan.name !== 'string' || plan.name.length > 200)) add(`${at}/name`, 'must be a string of at most 200 characters')
+  if (plan.name !== undefined && (typeof plan.name !== 'string' || plan.name.length > 200))
+    add(`${at}/name`, 'must be a string of at most 200 characters')
 
   const currency = plan.currency
   let minor: number | undefined
@@ -62,7 +63,7 @@ export function planIssues(plan: unknown, at: string): PlanProblem[] {
     add(`${at}/periods`, 'must be a non-empty array')
     return out
   }
-  plan.periods.forEach((period: unknown, i: number) => periodIssues(period, `${at}/periods/${i}`, add))
+  for (const [i, period] of plan.periods.entries()) periodIssues(period, `${at}/periods/${i}`, add)
   return out
 }
 
