@@ -95,5 +95,6 @@ export const isOutpostError: OutpostErrorGuard<ErrorCode> = coreIsOutpostError
 export const COMMAND_RESULT_ERRORS = {
   ...COMMAND_ERRORS,
   internal: 'the gateway could not validate or apply the command (a fault on the gateway; nothing was changed)',
+  unavailable: 'Node-RED is stopping: its outpost-command node did not hand the command to the gateway (nothing was sent)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

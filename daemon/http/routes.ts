@@ -50,6 +50,7 @@ export const COMMAND_STATUS = {
   'no-session': 409,
   'no-relay': 409,
   'not-running': 503,
+  unavailable: 503,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 
