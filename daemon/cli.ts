@@ -14,7 +14,7 @@
  * I/O-bound, keeps 94 % (docs/bench.md, footprint). The systemd unit passes the same flags
  * (test/systemd-unit.test.ts checks they agree).
  */
-import { EXIT_OK, EXIT_USAGE, processIo, version, type Io } from './cli-common.js'
+import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, version, type Io } from './cli-common.js'
 
 type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
 
@@ -104,7 +104,7 @@ if (invoked.endsWith('/cli.js') || invoked.endsWith('/outpost')) {
     (err: unknown) => {
       const e = err as { code?: string; message?: string }
       process.stderr.write(`outpost: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
-      process.exitCode = 1
+      process.exitCode = EXIT_BROKEN
     },
   )
 }

@@ -11,7 +11,7 @@
 import { parseArgs } from 'node:util'
 import pino from 'pino'
 import { ReconcilingConsumer } from '../uplink/consumer.js'
-import { EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli-common.js'
+import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli-common.js'
 
 const USAGE = `Usage: outpost reconcile --url URL --site ID [options]
   --url URL             broker: mqtt://host:1883 or mqtts://host:8883
@@ -84,7 +84,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   } catch (err) {
     const e = err as { code?: string; message?: string }
     io.err(`outpost reconcile: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
-    return 70
+    return EXIT_CANNOT_START
   }
   const code = await new Promise<number>((resolve) => {
     const finish = (c: number) => {

@@ -89,7 +89,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     }
     if (journal.mode === 'repaired-copy') {
       io.out(
-        `${journal.location}: DAMAGED database (it cannot be opened as it is); a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). Run \`outpost repair\` with the daemon stopped.\n`,
+        `${journal.location}: DAMAGED database (it cannot be opened as it is); ` +
+          `a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). ` +
+          'Run `outpost repair` with the daemon stopped.\n',
       )
       return EXIT_BROKEN
     }

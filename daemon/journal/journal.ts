@@ -126,7 +126,8 @@ export function openError(err: unknown, location: string): OutpostError {
   if (codes.includes('LEVEL_CORRUPTION') || damagedTable)
     return new OutpostError(
       'JOURNAL_CORRUPT',
-      `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`,
+      `the journal at ${location} is corrupt (${detail}); nothing was changed. ` +
+        'Run `outpost repair --config FILE` (see docs/journal.md) after taking a copy of the directory',
       { cause: err },
     )
   return new OutpostError(
@@ -139,7 +140,8 @@ export function openError(err: unknown, location: string): OutpostError {
 function corrupt(location: string, what: string, cause?: unknown): OutpostError {
   return new OutpostError(
     'JOURNAL_CORRUPT',
-    `the journal at ${location} is inconsistent: ${what}; nothing was changed. Run \`outpost verify --config FILE\`, then \`outpost repair --config FILE\` (see docs/journal.md)`,
+    `the journal at ${location} is inconsistent: ${what}; nothing was changed. ` +
+      'Run `outpost verify --config FILE`, then `outpost repair --config FILE` (see docs/journal.md)',
     { cause },
   )
 }

@@ -47,9 +47,11 @@ export async function openJournalForRun(
   } catch (err) {
     if (!isOutpostError(err, 'JOURNAL_CORRUPT')) throw err
     const salvage = await salvageJournal(storageDir, opts.now(), (err as Error).message)
+    const onto = salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'
+    const lost = salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''
     log.warn(
       { ...salvage },
-      `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'}${salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''}. Keep the moved directory; see README troubleshooting`,
+      `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${onto}${lost}. Keep the moved directory; see README troubleshooting`,
     )
     return { journal: await Journal.open(storageDir, opts), salvage }
   }
