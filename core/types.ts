@@ -25,9 +25,9 @@ export interface SiteConfig {
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
 }
 
-export interface ModbusRtuBusConfig {
+/** A serial port and its line settings, shared by Modbus RTU and plain serial buses. */
+export interface SerialLineConfig {
   id: string
-  type: 'modbus-rtu'
   path: string
   baudRate: number
   parity: 'none' | 'even' | 'odd'
@@ -35,6 +35,10 @@ export interface ModbusRtuBusConfig {
   stopBits: 1 | 2
   timeoutMs: number
   retries: number
+}
+
+export interface ModbusRtuBusConfig extends SerialLineConfig {
+  type: 'modbus-rtu'
   /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
   interFrameMs?: number
 }
@@ -49,16 +53,8 @@ export interface ModbusTcpBusConfig {
 }
 
 /** Plain serial: outlet controllers speaking Outpost's ASCII line protocol. */
-export interface SerialBusConfig {
-  id: string
+export interface SerialBusConfig extends SerialLineConfig {
   type: 'serial'
-  path: string
-  baudRate: number
-  parity: 'none' | 'even' | 'odd'
-  dataBits: 7 | 8
-  stopBits: 1 | 2
-  timeoutMs: number
-  retries: number
 }
 
 export type BusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
