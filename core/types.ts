@@ -65,7 +65,7 @@ export interface OutletConfig {
   id: string
   name?: string
   bus: string
-  meter: { model: string; unit: number; delayMs?: number }
+  meter: { model: string; unit: number; delayMs?: number; serial?: string }
   relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
@@ -212,7 +212,15 @@ export const RECORD_TYPES = [
 export type RecordType = (typeof RECORD_TYPES)[number]
 
 export type RecordBody =
-  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
+  | {
+      type: 'gateway.started'
+      ts: string
+      version: string
+      cleanShutdown: boolean
+      /** The gateway's public key, SPKI in PEM: every later session.ended's OCMF signature verifies against it. */
+      publicKey?: string
+      journalSalvage?: JournalSalvageInfo
+    }
   | {
       type: 'session.started'
       ts: string
@@ -243,6 +251,8 @@ export type RecordBody =
       activationFee: number
       total: number
       offline: boolean
+      /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
+      ocmf?: string
     }
   | { type: 'outlet.fault'; ts: string; outlet: string; detail: string }
   | { type: 'outlet.recovered'; ts: string; outlet: string; detail: string }
@@ -257,6 +267,8 @@ export type RecordBody =
       billedWh: number
       unbilledWh: number
     }
+
+export type SessionEndedBody = Extract<RecordBody, { type: 'session.ended' }>
 
 /** A journaled record as the cloud sees it. */
 export type JournalRecord = RecordBody & {

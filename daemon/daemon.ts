@@ -33,6 +33,9 @@ import { openJournalForRun } from './journal/salvage.js'
 import { openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
+import { loadOrCreateKey, type GatewayKey } from './gateway-key.js'
+import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
+import { ModelRegistry } from '../drivers/index.js'
 
 export interface DaemonOptions {
   config: SiteConfig
@@ -75,6 +78,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private readonly stopTimeoutMs: number
 
   private state!: EngineState
+  /** The gateway's signing key (loaded, or created with a new journal, at start). */
+  key: GatewayKey | undefined
   private journal: Journal | undefined
   private site: SiteIO | undefined
   private uplink: Uplink | undefined
@@ -106,6 +111,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   async start(): Promise<void> {
     const { config } = this
+    // The key before the journal: a new journal is created with its key, and an existing one never gets a new key silently.
+    const key = loadOrCreateKey(config.storage.dir)
+    this.key = key
+    const meters = meterIdentities(config, this.manufacturers())
     // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
     const opened = await openJournalForRun(
       config.storage.dir,
@@ -116,6 +125,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         version: this.version,
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
+        sign: (body, { pagination, clockSynced }) =>
+          signOcmf(
+            ocmfPayload(body, {
+              siteId: config.site.id,
+              gatewaySerial: key.fingerprint,
+              version: this.version,
+              pagination,
+              clockSynced,
+              meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
+            }),
+            key.privateKey,
+          ),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
@@ -144,6 +165,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       type: 'boot',
       cleanShutdown: this.journal.previousCleanShutdown,
       version: this.version,
+      publicKey: key.publicKeyPem,
       ...(opened.salvage ? { journalSalvage: opened.salvage } : {}),
     })
 
@@ -164,6 +186,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         log: this.journal,
         version: this.version,
         bootId: this.bootId,
+        publicKey: key.publicKeyPem,
         onCommand: (raw, held) => this.gateway.handle(raw, 'cloud', held),
         now: () => this.clock.now(),
         logger: this.log,
@@ -183,6 +206,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** Each meter model's manufacturer (OCMF MV), from the built-in models and models.dir. */
+  private manufacturers(): (model: string) => string | undefined {
+    const registry = new ModelRegistry(this.config.models?.dir)
+    return (model) => registry.find(model, 'meter')?.manufacturer
   }
 
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
