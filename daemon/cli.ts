@@ -46,6 +46,11 @@ const commands: Record<string, Command> = {
     usage: 'outpost repair --config FILE',
     load: () => import('./commands/repair.js'),
   },
+  key: {
+    summary: "print the gateway's public key (PEM) that verifies its OCMF signatures; --rotate makes a new one",
+    usage: 'outpost key --config FILE [--rotate]',
+    load: () => import('./commands/key.js'),
+  },
   reconcile: {
     summary: "cloud-side consumer: collect, verify and ack a site's records",
     usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]',

@@ -129,7 +129,10 @@ export function rotateKey(storageDir: string, now: Date): { key: GatewayKey; ret
   const file = keyPath(storageDir)
   let retired: string | null = null
   if (existsSync(file)) {
-    retired = `${file}.retired-${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}`
+    retired = `${file}.retired-${now
+      .toISOString()
+      .replace(/[-:]/g, '')
+      .replace(/\.\d+Z$/, 'Z')}`
     try {
       renameSync(file, retired)
     } catch (err) {

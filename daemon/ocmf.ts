@@ -168,7 +168,8 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
     return { ok: false, problem: `ocmf: ${(err as Error).message}` }
   }
   const { payload: p, signature: s } = parsed
-  if (s.SA !== SIGNATURE_ALGORITHM) return { ok: false, problem: `ocmf: signature algorithm ${JSON.stringify(s.SA)}, expected ${SIGNATURE_ALGORITHM}` }
+  if (s.SA !== SIGNATURE_ALGORITHM)
+    return { ok: false, problem: `ocmf: signature algorithm ${JSON.stringify(s.SA)}, expected ${SIGNATURE_ALGORITHM}` }
   if (typeof s.SD !== 'string' || !/^([0-9a-fA-F]{2})+$/.test(s.SD)) return { ok: false, problem: 'ocmf: SD is not hex' }
   let good: boolean
   try {
@@ -209,4 +210,80 @@ export function meterIdentities(config: SiteConfig, manufacturerOf: (model: stri
     })
   }
   return out
+}
+
+/**
+ * Checks the OCMF of a log's session.ended records in order, each against the public key the
+ * log announced last (gateway.started.publicKey), and that the pagination counter goes up by one
+ * from each to the next (any step up after a salvaged journal's gateway.started, which follows
+ * records that may have been lost). `fallbackKey` (the key file, for `--config`) checks records
+ * that come before the first announcement a compacted log still holds.
+ */
+export class OcmfVerifier {
+  private key: KeyObject | undefined
+  private announcedAt: number | undefined
+  private lastPg: number | undefined
+  private jumpAllowed = false
+  verified = 0
+  /** session.ended records before any key was announced and without a fallback key: not checked. */
+  unchecked = 0
+  /** session.ended records without ocmf from before the log announced any key (written before signing existed). */
+  unsigned = 0
+  firstPg: number | undefined
+
+  constructor(private readonly fallbackKey?: string) {}
+
+  get lastPagination(): number | undefined {
+    return this.lastPg
+  }
+
+  /** Returns the problem with this record's OCMF, or undefined. */
+  push(r: { seq?: number; type?: string } & Record<string, unknown>): string | undefined {
+    if (r.type === 'gateway.started') {
+      if (r.journalSalvage) this.jumpAllowed = true
+      if (typeof r.publicKey === 'string') {
+        try {
+          this.key = createPublicKey(r.publicKey)
+        } catch (err) {
+          return `gateway.started announces a publicKey that is not a PEM public key: ${(err as Error).message}`
+        }
+        this.announcedAt = r.seq
+      }
+      return undefined
+    }
+    if (r.type !== 'session.ended') return undefined
+    const ended = r as unknown as SessionEndedBody
+    if (ended.ocmf === undefined && this.announcedAt === undefined) {
+      this.unsigned++
+      return undefined
+    }
+    let key = this.key
+    if (!key && this.fallbackKey) key = createPublicKey(this.fallbackKey)
+    if (!key) {
+      this.unchecked++
+      return undefined
+    }
+    const result = checkOcmf(ended, key)
+    if (!result.ok)
+      return this.announcedAt === undefined ? `${result.problem} (checked with the gateway key file: no key announced before it)` : result.problem
+    const pg = result.pagination
+    if (this.lastPg !== undefined) {
+      if (pg <= this.lastPg) return `ocmf: pagination T${pg} repeats or goes back after T${this.lastPg}`
+      if (pg !== this.lastPg + 1 && !this.jumpAllowed) return `ocmf: pagination gap: T${this.lastPg + 1}..T${pg - 1} missing`
+    }
+    this.jumpAllowed = false
+    this.lastPg = pg
+    this.firstPg ??= pg
+    this.verified++
+    return undefined
+  }
+
+  /** One line for the verify report: how many signatures held, and what was not checked. */
+  summary(): string {
+    const parts = [this.verified === 0 ? 'no OCMF signatures' : `${this.verified} OCMF signatures verified (T${this.firstPg}..T${this.lastPg})`]
+    if (this.unsigned > 0) parts.push(`${this.unsigned} session.ended without OCMF from before the log announced a key`)
+    if (this.unchecked > 0)
+      parts.push(`${this.unchecked} not checked: no public key announced before them (verify with --config to use the key file)`)
+    return parts.join('; ')
+  }
 }

@@ -992,7 +992,13 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
       onTick(ctx)
       break
     case 'boot':
-      onBoot(ctx, event.cleanShutdown === true, String(event.version), typeof event.publicKey === 'string' ? event.publicKey : undefined, event.journalSalvage)
+      onBoot(
+        ctx,
+        event.cleanShutdown === true,
+        String(event.version),
+        typeof event.publicKey === 'string' ? event.publicKey : undefined,
+        event.journalSalvage,
+      )
       break
     case 'shutdown':
       onShutdown(ctx)
