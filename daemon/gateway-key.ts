@@ -10,7 +10,7 @@
  * and rotation is an installer's explicit `outpost key --rotate`).
  */
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, unlinkSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { OutpostError } from './errors.js'
 
@@ -113,7 +113,8 @@ export function loadOrCreateKey(storageDir: string): GatewayKey {
       `the gateway key ${keyPath(storageDir)} is missing, but a journal exists in ${storageDir}. A new key would be a new identity for this gateway: restore the key file from a backup, or rotate the key on purpose with \`outpost key --config FILE --rotate\` (README: key rotation)`,
     )
   try {
-    statSync(storageDir)
+    // A new gateway: storage.dir may not exist yet (the journal would create it next).
+    mkdirSync(storageDir, { recursive: true })
   } catch (err) {
     throw new OutpostError('KEY_WRITE_FAILED', `storage.dir ${storageDir} cannot be used: ${(err as Error).message}`, { cause: err })
   }
