@@ -19,6 +19,7 @@ export interface SiteConfig {
   offline: { limitMinutes: number | null }
   uplink?: UplinkConfig
   api?: ApiConfig
+  ocpi?: OcpiConfig
   nodeRed?: NodeRedConfig
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
 }
@@ -128,6 +129,20 @@ export interface UplinkConfig {
 export interface ApiConfig {
   listen: string
   token: string
+}
+
+/** The site as OCPI 2.2.1 names it (for the ocpi-cdr and ocpi-tariff exports). */
+export interface OcpiConfig {
+  countryCode: string
+  partyId: string
+  address: string
+  city: string
+  postalCode?: string
+  state?: string
+  country: string
+  latitude: number
+  longitude: number
+  connector?: { standard?: string; format?: 'SOCKET' | 'CABLE'; powerType?: 'AC_1_PHASE' | 'AC_2_PHASE' | 'AC_2_PHASE_SPLIT' | 'AC_3_PHASE' | 'DC' }
 }
 
 export interface NodeRedConfig {
