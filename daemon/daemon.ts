@@ -21,7 +21,7 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { SiteConfig, Reading, CommandResult, Command, CommandSource, OutletStatus, JournalRecord, RecordBody } from '../core/types.js'
-import { OutpostError } from './errors.js'
+import { OutpostError, isOutpostError } from './errors.js'
 import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
@@ -78,8 +78,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private readonly stopTimeoutMs: number
 
   private state!: EngineState
-  /** The gateway's signing key (loaded, or created with a new journal, at start). */
-  key: GatewayKey | undefined
+  /** The gateway's signing key (loaded, or created with a new journal, at start); never handed out. */
+  private key: GatewayKey | undefined
   private journal: Journal | undefined
   private site: SiteIO | undefined
   private uplink: Uplink | undefined
@@ -111,9 +111,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   async start(): Promise<void> {
     const { config } = this
-    // The key before the journal: a new journal is created with its key, and an existing one never gets a new key silently.
-    const key = loadOrCreateKey(config.storage.dir)
-    this.key = key
+    // The key before the journal: a new journal is created with its key, and one that recorded a key never gets a new one
+    // silently. A missing key beside an existing journal is decided once the journal says whether it was ever signed.
+    let key: GatewayKey | undefined
+    try {
+      key = loadOrCreateKey(config.storage.dir)
+    } catch (err) {
+      if (!isOutpostError(err, 'KEY_MISSING')) throw err
+    }
+    const signer = (): GatewayKey => {
+      if (!this.key) throw new OutpostError('KEY_MISSING', 'the gateway key is not loaded')
+      return this.key
+    }
     const meters = meterIdentities(config, this.manufacturers())
     // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
     const opened = await openJournalForRun(
@@ -129,17 +138,30 @@ export class Daemon extends EventEmitter<DaemonEvents> {
           signOcmf(
             ocmfPayload(body, {
               siteId: config.site.id,
-              gatewaySerial: key.fingerprint,
+              gatewaySerial: signer().fingerprint,
               version: this.version,
               pagination,
               clockSynced,
               meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
             }),
-            key.privateKey,
+            signer().privateKey,
           ),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
+    if (!key) {
+      if (opened.journal.keyOnRecord() !== undefined) {
+        // The journal's records are signed with a key that is gone: leave the journal as it was found.
+        await opened.journal.close({ clean: opened.journal.previousCleanShutdown }).catch(() => undefined)
+        loadOrCreateKey(config.storage.dir) // throws KEY_MISSING with the installer's message
+      }
+      // A journal written before records were signed (an upgrade): its first key.
+      key = loadOrCreateKey(config.storage.dir, { journalSigned: false })
+      this.log.warn({ file: key.file, fingerprint: key.fingerprint }, 'made the first gateway key for a journal whose records were never signed')
+    }
+    this.key = key
+    const publicKey = key.publicKeyPem
+    await opened.journal.recordKey(key.fingerprint)
     this.journal = opened.journal
     this.journal.onFault((err) => this.halt(err))
     const persisted = await this.restore(this.journal)
@@ -165,7 +187,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       type: 'boot',
       cleanShutdown: this.journal.previousCleanShutdown,
       version: this.version,
-      publicKey: key.publicKeyPem,
+      publicKey,
       ...(opened.salvage ? { journalSalvage: opened.salvage } : {}),
     })
 
@@ -186,7 +208,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         log: this.journal,
         version: this.version,
         bootId: this.bootId,
-        publicKey: key.publicKeyPem,
+        publicKey,
         onCommand: (raw, held) => this.gateway.handle(raw, 'cloud', held),
         now: () => this.clock.now(),
         logger: this.log,
@@ -276,6 +298,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   get engineState(): EngineState {
     return this.state
+  }
+
+  /** The gateway's public key (SPKI PEM) once started: what gateway.started and P/status announce. */
+  get publicKey(): string | undefined {
+    return this.key?.publicKeyPem
   }
 
   get records(): Journal | undefined {

@@ -102,12 +102,15 @@ function writeNewKey(storageDir: string): GatewayKey {
 
 /**
  * The key `outpost run` signs with: loaded, or created when storage.dir holds no journal
- * yet (a new gateway). Beside an existing journal a missing key is KEY_MISSING.
+ * yet (a new gateway). Beside an existing journal a missing key is KEY_MISSING, unless the
+ * caller found that journal never recorded a key (`journalSigned: false`).
  */
-export function loadOrCreateKey(storageDir: string): GatewayKey {
+export function loadOrCreateKey(storageDir: string, opts: { journalSigned?: boolean } = {}): GatewayKey {
   const key = readKey(storageDir)
   if (key) return key
-  if (journalExists(storageDir))
+  // `journalSigned: false`: the caller opened the journal and found no key on record (one written before
+  // records were signed, an upgrade): the first key of that journal is not a new identity.
+  if (journalExists(storageDir) && opts.journalSigned !== false)
     throw new OutpostError(
       'KEY_MISSING',
       `the gateway key ${keyPath(storageDir)} is missing, but a journal exists in ${storageDir}. A new key would be a new identity for this gateway: restore the key file from a backup, or rotate the key on purpose with \`outpost key --config FILE --rotate\` (README: key rotation)`,

@@ -14,6 +14,7 @@ import { runCli } from './helpers/cli.js'
 import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type Ended } from './helpers/e2e-kit.js'
 import { opensslVerifies, roadLabsVerifies } from './helpers/ocmf-check.js'
 import type { JournalRecord } from '../core/types.js'
+import { Journal } from '../daemon/journal/index.js'
 
 type Started = Extract<JournalRecord, { type: 'gateway.started' }>
 const starts = (recs: JournalRecord[]) => recs.filter((r): r is Started => r.type === 'gateway.started')
@@ -97,4 +98,34 @@ t.test('OCMF from the running daemon', async (t) => {
   )
   t.equal(runCli(['records', '--config', config]).stdout, head, 'the journal is unchanged')
   t.throws(() => readFileSync(keyFile), 'and no new key was made')
+})
+
+t.test('an upgrade: a journal written before records were signed gets its first key at start', async (t) => {
+  const dir = tempDir(t)
+  const peer = await startPeer(t, { outlets: 1 })
+  const config = writeSiteConfig({ dir, port: peer.port, outlets: 1 })
+  const storage = join(dir, 'journal')
+  const old = await Journal.open(storage, { bootId: 'old-version', clockSynced: () => true, now: () => Date.now(), compactEveryMs: 0 })
+  await old.commit({ records: [{ type: 'gateway.started', ts: new Date().toISOString(), version: '0.0.9', cleanShutdown: true }] })
+  await old.close({ clean: true })
+  const d = startDaemon(t, config)
+  await d.waitLog((l) => l.msg === 'outpost running', 'the daemon runs')
+  t.ok(
+    d.logs().some((l) => l.msg === 'made the first gateway key for a journal whose records were never signed'),
+    'says it made the first key',
+  )
+  t.equal((await d.stop('SIGTERM')).code, 0)
+  const records = runCli(['records', '--config', config])
+    .stdout.split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as JournalRecord)
+  const boots = starts(records)
+  t.equal(boots.length, 2)
+  t.notOk(boots[0]!.publicKey, 'the old record as it was')
+  t.equal(boots[1]!.publicKey, runCli(['key', '--config', config]).stdout, 'the new start announces the new key')
+  // From now on the journal has a key on record: losing it is KEY_MISSING.
+  renameSync(join(storage, 'gateway-key.pem'), join(dir, 'away.pem'))
+  const again = startDaemon(t, config)
+  t.equal((await again.exited).code, 1, 'a signed journal without its key does not start')
+  t.match(again.stderr().join('\n'), /KEY_MISSING/)
 })

@@ -123,6 +123,10 @@ t.test('the key: made with a new journal, 0600, refused missing beside an existi
   t.throws(() => loadOrCreateKey(dir), { code: 'KEY_UNREADABLE' }, 'an unreadable key is an error')
   t.equal(readFileSync(keyPath(dir), 'utf8'), 'not a key\n', 'and is left as it was')
 
+  const upgraded = tempDir(t)
+  await (await Journal.open(upgraded, { bootId: 'old', clockSynced: () => true, now: () => T0, compactEveryMs: 0 })).close({ clean: true })
+  t.throws(() => loadOrCreateKey(upgraded), { code: 'KEY_MISSING' }, 'beside a journal, by default missing')
+  t.ok(loadOrCreateKey(upgraded, { journalSigned: false }).publicKeyPem, 'a journal that never recorded a key (an upgrade) gets its first')
   const { key: fresh, retired } = rotateKey(dir, new Date(T0))
   t.ok(retired && existsSync(retired) && readFileSync(retired, 'utf8') === 'not a key\n', `the old file kept as ${retired}`)
   t.equal(statSync(keyPath(dir)).mode & 0o777, 0o600, 'the new key is 0600 too')

@@ -44,7 +44,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       const journal = existsSync(join(dir, 'journal'))
       io.err(
         journal
-          ? `outpost key: KEY_MISSING: ${keyPath(dir)} is missing beside the journal in ${dir}; restore it from a backup, or rotate with \`outpost key --config ${file} --rotate\`\n`
+          ? `outpost key: KEY_MISSING: ${keyPath(dir)} is missing beside the journal in ${dir}; restore it from a backup, or rotate with \`outpost key --config ${file} --rotate\` (a journal written by a version that did not sign gets its first key at the next \`outpost run\`)\n`
           : `outpost key: no gateway key in ${dir} yet: it is made with the journal when \`outpost run\` first starts\n`,
       )
       return journal ? EXIT_BROKEN : EXIT_NOINPUT

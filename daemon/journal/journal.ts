@@ -172,6 +172,7 @@ export class Journal implements RecordLog {
   private ackedSeq = 0
   /** The last OCMF pagination counter given to a session.ended (0 before the first). */
   private paginationValue = 0
+  private keyOnRecordValue: string | undefined
   /** The newest state handed to commit(): written, or its changed entries waiting in `pending` for the checkpoint. */
   private latest: PersistedEngineState | undefined
   /** State entries of steps whose state waits for the checkpoint, not yet handed to LevelDB, by key: the newest wins. */
@@ -295,6 +296,8 @@ export class Journal implements RecordLog {
     // Records are fsynced before the uplink may publish them, so an ack past the head means records were lost.
     if (this.ackedSeq > this.headSeq) throw corrupt(this.location, `the cloud acknowledged seq ${this.ackedSeq} but the log ends at ${this.headSeq}`)
 
+    const keyText = await db.get(K.META_KEY)
+    this.keyOnRecordValue = keyText === undefined ? undefined : parseJson<string>(this.location, K.META_KEY, keyText)
     const pg = await db.get(K.META_PAGINATION)
     this.paginationValue = pg === undefined ? 0 : Number(pg)
     if (!Number.isSafeInteger(this.paginationValue) || this.paginationValue < 0)
@@ -343,6 +346,20 @@ export class Journal implements RecordLog {
   /** The last OCMF pagination counter given to a session.ended (0 before the first). */
   pagination(): number {
     return this.paginationValue
+  }
+
+  /** The fingerprint of the gateway key this journal's records are signed with, undefined for a journal never signed. */
+  keyOnRecord(): string | undefined {
+    return this.keyOnRecordValue
+  }
+
+  /** Records (fsynced) which gateway key signs this journal's records from now on. */
+  recordKey(fingerprint: string): Promise<void> {
+    return this.enqueue(async () => {
+      if (this.keyOnRecordValue === fingerprint) return
+      await this.write([{ type: 'put', key: K.META_KEY, value: JSON.stringify(fingerprint) }], true)
+      this.keyOnRecordValue = fingerprint
+    })
   }
 
   /** The hash of the head record (64 zeros when empty). */

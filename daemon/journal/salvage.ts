@@ -189,6 +189,8 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         // a damaged table: the counters read before it still count
       }
       if (pagination > 0) ops.push({ type: 'put', key: K.META_PAGINATION, value: String(pagination) })
+      const keyText = await db.get(K.META_KEY).catch(() => undefined)
+      if (keyText !== undefined) ops.push({ type: 'put', key: K.META_KEY, value: keyText })
     }
     if (acked > 0) ops.push({ type: 'put', key: K.META_ACKED, value: String(acked) })
     await out.batch(ops, { sync: true } as { keyEncoding?: string })
