@@ -1,10 +1,12 @@
 /**
  * GET /api/sessions.csv on a running daemon (the simulated Modbus site, the real journal,
  * the local API): behind the token, the last sessions oldest first as the CSV export writes
- * them, `limit` validated; and the status page links it.
+ * them, `limit` validated; and the status page links it (headless Chromium: a signed-in
+ * browser downloads it with its session cookie).
  */
 import t from 'tap'
-import { startApiSite } from './helpers/api-kit.js'
+import { startApiSite, TOKEN } from './helpers/api-kit.js'
+import { launchChromium } from './helpers/browser.js'
 import { csvHeader, csvRow } from '../daemon/export.js'
 import type { JournalRecord, SessionEndedBody } from '../core/types.js'
 
@@ -40,7 +42,17 @@ t.test('the sessions CSV', async (t) => {
     t.match(bad.body.error.message, /limit/, 'naming the parameter')
   }
 
-  const page = await site.req('/')
-  const html = await page.text()
-  t.match(html, /<a class="csv" href="\/api\/sessions\.csv" download>CSV<\/a>/, 'the status page links the CSV')
+  const browser = await launchChromium(t)
+  const context = await browser.newContext({ acceptDownloads: true })
+  const page = await context.newPage()
+  await page.goto(`${site.base}/`)
+  await page.fill('#token', TOKEN)
+  await Promise.all([page.waitForURL(`${site.base}/`), page.click('button[type=submit]')])
+  const link = page.locator('a.csv')
+  t.equal(await link.getAttribute('href'), '/api/sessions.csv', 'the status page links the CSV')
+  const [download] = await Promise.all([page.waitForEvent('download'), link.click()])
+  t.equal(download.suggestedFilename(), 'api-sessions.csv', 'downloaded under the site name')
+  const path = await download.path()
+  const { readFileSync } = await import('node:fs')
+  t.equal(readFileSync(path!, 'utf8'), text, 'with the session cookie: the same CSV')
 })
