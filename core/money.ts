@@ -14,11 +14,17 @@ export function hasAtMostDecimals(v: number, n: number): boolean {
 }
 
 let currencies: Set<string> | undefined
+/** Answers by code: building an Intl.NumberFormat costs tens of µs, and the answer never changes within a process. */
+const digitsCache = new Map<string, number | undefined>()
 /** Minor-unit digits of an ISO 4217 currency (CAD 2, JPY 0, BHD 3), undefined if unknown. */
 export function currencyMinorDigits(code: string): number | undefined {
+  if (digitsCache.has(code)) return digitsCache.get(code)
   currencies ??= new Set(Intl.supportedValuesOf('currency'))
-  if (!currencies.has(code)) return undefined
-  return new Intl.NumberFormat('en', { style: 'currency', currency: code }).resolvedOptions().maximumFractionDigits
+  const digits = currencies.has(code)
+    ? new Intl.NumberFormat('en', { style: 'currency', currency: code }).resolvedOptions().maximumFractionDigits
+    : undefined
+  if (typeof code === 'string' && code.length <= 8) digitsCache.set(code, digits)
+  return digits
 }
 
 /** An integer amount of minor units as a decimal string of major units with `digits` decimals (235, 2 → "2.35"; -5, 2 → "-0.05"). */

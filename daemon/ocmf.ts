@@ -67,7 +67,10 @@ export interface OcmfContext {
  * OCMF time: `YYYY-MM-DDThh:mm:ss,fff+zzzz T` with the time status T: `S` synchronised, `U`
  * unknown (the gateway's clock was not synchronised when the record was sealed).
  */
+const RECORD_ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/
 export function ocmfTime(iso: string, synced: boolean): string {
+  // The records' own times are already toISOString()'s form: rewritten without a Date.
+  if (RECORD_ISO.test(iso)) return `${iso.slice(0, 19)},${iso.slice(20, 23)}+0000 ${synced ? 'S' : 'U'}`
   const d = new Date(iso)
   if (Number.isNaN(d.getTime())) throw new OutpostError('OCMF_INVALID', `not an ISO 8601 time: ${JSON.stringify(iso)}`)
   return `${d.toISOString().replace('.', ',').replace('Z', '+0000')} ${synced ? 'S' : 'U'}`
