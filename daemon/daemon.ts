@@ -30,12 +30,11 @@ import { initialState, outletStatuses, step, type EngineState, type EngineEvent,
 import { restoreState } from './restore.js'
 import type { Journal } from './journal/index.js'
 import { openJournalForRun } from './journal/salvage.js'
-import { openSite, type SiteIO } from '../drivers/index.js'
+import { ModelRegistry, openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
 import { loadOrCreateKey, type GatewayKey } from './gateway-key.js'
 import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
-import { ModelRegistry } from '../drivers/index.js'
 
 export interface DaemonOptions {
   config: SiteConfig
