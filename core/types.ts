@@ -21,6 +21,7 @@ export interface SiteConfig {
   offline: { limitMinutes: number | null }
   uplink?: UplinkConfig
   api?: ApiConfig
+  ocpi?: OcpiConfig
   nodeRed?: NodeRedConfig
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
 }
@@ -63,7 +64,7 @@ export interface OutletConfig {
   id: string
   name?: string
   bus: string
-  meter: { model: string; unit: number; delayMs?: number }
+  meter: { model: string; unit: number; delayMs?: number; serial?: string }
   relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
@@ -126,6 +127,20 @@ export interface UplinkConfig {
 export interface ApiConfig {
   listen: string
   token: string
+}
+
+/** The site as OCPI 2.2.1 names it (for the ocpi-cdr and ocpi-tariff exports). */
+export interface OcpiConfig {
+  countryCode: string
+  partyId: string
+  address: string
+  city: string
+  postalCode?: string
+  state?: string
+  country: string
+  latitude: number
+  longitude: number
+  connector?: { standard?: string; format?: 'SOCKET' | 'CABLE'; powerType?: 'AC_1_PHASE' | 'AC_2_PHASE' | 'AC_2_PHASE_SPLIT' | 'AC_3_PHASE' | 'DC' }
 }
 
 export interface NodeRedConfig {
@@ -210,7 +225,15 @@ export const RECORD_TYPES = [
 export type RecordType = (typeof RECORD_TYPES)[number]
 
 export type RecordBody =
-  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
+  | {
+      type: 'gateway.started'
+      ts: string
+      version: string
+      cleanShutdown: boolean
+      /** The gateway's public key, SPKI in PEM: every later session.ended's OCMF signature verifies against it. */
+      publicKey?: string
+      journalSalvage?: JournalSalvageInfo
+    }
   | {
       type: 'session.started'
       ts: string
@@ -241,6 +264,8 @@ export type RecordBody =
       activationFee: number
       total: number
       offline: boolean
+      /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
+      ocmf?: string
     }
   | { type: 'outlet.fault'; ts: string; outlet: string; detail: string }
   | { type: 'outlet.recovered'; ts: string; outlet: string; detail: string }
@@ -255,6 +280,8 @@ export type RecordBody =
       billedWh: number
       unbilledWh: number
     }
+
+export type SessionEndedBody = Extract<RecordBody, { type: 'session.ended' }>
 
 /** A journaled record as the cloud sees it. */
 export type JournalRecord = RecordBody & {

@@ -46,6 +46,16 @@ const commands: Record<string, Command> = {
     usage: 'outpost repair --config FILE',
     load: () => import('./commands/repair.js'),
   },
+  export: {
+    summary: 'billing records as CSV or OCPI 2.2.1 CDRs, plans as OCPI 2.2.1 tariffs',
+    usage: 'outpost export (--config FILE | --records FILE.jsonl) --format csv|ocpi-cdr|ocpi-tariff [--from ISO] [--to ISO] [--out FILE]',
+    load: () => import('./commands/export.js'),
+  },
+  key: {
+    summary: "print the gateway's public key (PEM) that verifies its OCMF signatures; --rotate makes a new one",
+    usage: 'outpost key --config FILE [--rotate]',
+    load: () => import('./commands/key.js'),
+  },
   reconcile: {
     summary: "cloud-side consumer: collect, verify and ack a site's records",
     usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]',

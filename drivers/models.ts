@@ -27,6 +27,8 @@ export interface RegisterDef {
 export interface DeviceModel {
   name: string
   description?: string
+  /** The maker's name (a meter's OCMF MV). */
+  manufacturer?: string
   kinds: ('meter' | 'relay')[]
   transport: 'modbus' | 'serial'
   serialDefaults?: { baudRate?: number; parity?: 'none' | 'even' | 'odd'; dataBits?: 7 | 8; stopBits?: 1 | 2 }
