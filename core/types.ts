@@ -6,7 +6,9 @@
 
 // ---------------------------------------------------------------- site config
 
-export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'
+/** The days of a plan's week, Monday first (the order the engine numbers them in). */
+export const WEEKDAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'] as const
+export type Weekday = (typeof WEEKDAYS)[number]
 
 export interface SiteConfig {
   site: { id: string; name?: string; timezone: string }
@@ -20,13 +22,14 @@ export interface SiteConfig {
   uplink?: UplinkConfig
   ocpp?: OcppConfig
   api?: ApiConfig
+  ocpi?: OcpiConfig
   nodeRed?: NodeRedConfig
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
 }
 
-export interface ModbusRtuBusConfig {
+/** A serial port and its line settings, shared by Modbus RTU and plain serial buses. */
+export interface SerialLineConfig {
   id: string
-  type: 'modbus-rtu'
   path: string
   baudRate: number
   parity: 'none' | 'even' | 'odd'
@@ -34,6 +37,10 @@ export interface ModbusRtuBusConfig {
   stopBits: 1 | 2
   timeoutMs: number
   retries: number
+}
+
+export interface ModbusRtuBusConfig extends SerialLineConfig {
+  type: 'modbus-rtu'
   /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
   interFrameMs?: number
 }
@@ -48,16 +55,8 @@ export interface ModbusTcpBusConfig {
 }
 
 /** Plain serial: outlet controllers speaking Outpost's ASCII line protocol. */
-export interface SerialBusConfig {
-  id: string
+export interface SerialBusConfig extends SerialLineConfig {
   type: 'serial'
-  path: string
-  baudRate: number
-  parity: 'none' | 'even' | 'odd'
-  dataBits: 7 | 8
-  stopBits: 1 | 2
-  timeoutMs: number
-  retries: number
 }
 
 export type BusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
@@ -66,7 +65,7 @@ export interface OutletConfig {
   id: string
   name?: string
   bus: string
-  meter: { model: string; unit: number; delayMs?: number }
+  meter: { model: string; unit: number; delayMs?: number; serial?: string }
   relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
@@ -145,6 +144,20 @@ export interface OcppConfig {
 export interface ApiConfig {
   listen: string
   token: string
+}
+
+/** The site as OCPI 2.2.1 names it (for the ocpi-cdr and ocpi-tariff exports). */
+export interface OcpiConfig {
+  countryCode: string
+  partyId: string
+  address: string
+  city: string
+  postalCode?: string
+  state?: string
+  country: string
+  latitude: number
+  longitude: number
+  connector?: { standard?: string; format?: 'SOCKET' | 'CABLE'; powerType?: 'AC_1_PHASE' | 'AC_2_PHASE' | 'AC_2_PHASE_SPLIT' | 'AC_3_PHASE' | 'DC' }
 }
 
 export interface NodeRedConfig {
@@ -229,7 +242,15 @@ export const RECORD_TYPES = [
 export type RecordType = (typeof RECORD_TYPES)[number]
 
 export type RecordBody =
-  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
+  | {
+      type: 'gateway.started'
+      ts: string
+      version: string
+      cleanShutdown: boolean
+      /** The gateway's public key, SPKI in PEM: every later session.ended's OCMF signature verifies against it. */
+      publicKey?: string
+      journalSalvage?: JournalSalvageInfo
+    }
   | {
       type: 'session.started'
       ts: string
@@ -260,6 +281,8 @@ export type RecordBody =
       activationFee: number
       total: number
       offline: boolean
+      /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
+      ocmf?: string
     }
   | { type: 'outlet.fault'; ts: string; outlet: string; detail: string }
   | { type: 'outlet.recovered'; ts: string; outlet: string; detail: string }
@@ -274,6 +297,8 @@ export type RecordBody =
       billedWh: number
       unbilledWh: number
     }
+
+export type SessionEndedBody = Extract<RecordBody, { type: 'session.ended' }>
 
 /** A journaled record as the cloud sees it. */
 export type JournalRecord = RecordBody & {

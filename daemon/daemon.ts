@@ -21,7 +21,7 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { SiteConfig, Reading, CommandResult, Command, CommandSource, OutletStatus, JournalRecord, RecordBody } from '../core/types.js'
-import { OutpostError } from './errors.js'
+import { OutpostError, isOutpostError } from './errors.js'
 import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
@@ -30,10 +30,12 @@ import { initialState, outletStatuses, step, type EngineState, type EngineEvent,
 import { restoreState } from './restore.js'
 import type { Journal } from './journal/index.js'
 import { openJournalForRun } from './journal/salvage.js'
-import { openSite, type SiteIO } from '../drivers/index.js'
+import { ModelRegistry, openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
 import { ChargePoint, type OutletView } from './ocpp/chargepoint.js'
+import { loadOrCreateKey, type GatewayKey } from './gateway-key.js'
+import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
 
 export interface DaemonOptions {
   config: SiteConfig
@@ -78,6 +80,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private readonly stopTimeoutMs: number
 
   private state!: EngineState
+  /** The gateway's signing key (loaded, or created with a new journal, at start); never handed out. */
+  private key: GatewayKey | undefined
   private journal: Journal | undefined
   private site: SiteIO | undefined
   private uplink: Uplink | undefined
@@ -112,6 +116,19 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   async start(): Promise<void> {
     const { config } = this
+    // The key before the journal: a new journal is created with its key, and one that recorded a key never gets a new one
+    // silently. A missing key beside an existing journal is decided once the journal says whether it was ever signed.
+    let key: GatewayKey | undefined
+    try {
+      key = loadOrCreateKey(config.storage.dir)
+    } catch (err) {
+      if (!isOutpostError(err, 'KEY_MISSING')) throw err
+    }
+    const signer = (): GatewayKey => {
+      if (!this.key) throw new OutpostError('KEY_MISSING', 'the gateway key is not loaded')
+      return this.key
+    }
+    const meters = meterIdentities(config, this.manufacturers())
     // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
     const opened = await openJournalForRun(
       config.storage.dir,
@@ -122,9 +139,34 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         version: this.version,
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
+        sign: (body, { pagination, clockSynced }) =>
+          signOcmf(
+            ocmfPayload(body, {
+              siteId: config.site.id,
+              gatewaySerial: signer().fingerprint,
+              version: this.version,
+              pagination,
+              clockSynced,
+              meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
+            }),
+            signer().privateKey,
+          ),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
+    if (!key) {
+      if (opened.journal.keyOnRecord() !== undefined) {
+        // The journal's records are signed with a key that is gone: leave the journal as it was found.
+        await opened.journal.close({ clean: opened.journal.previousCleanShutdown }).catch(() => undefined)
+        loadOrCreateKey(config.storage.dir) // throws KEY_MISSING with the installer's message
+      }
+      // A journal written before records were signed (an upgrade): its first key.
+      key = loadOrCreateKey(config.storage.dir, { journalSigned: false })
+      this.log.warn({ file: key.file, fingerprint: key.fingerprint }, 'made the first gateway key for a journal whose records were never signed')
+    }
+    this.key = key
+    const publicKey = key.publicKeyPem
+    await opened.journal.recordKey(key.fingerprint)
     this.journal = opened.journal
     this.journal.onFault((err) => this.halt(err))
     const persisted = await this.restore(this.journal)
@@ -153,6 +195,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       type: 'boot',
       cleanShutdown: this.journal.previousCleanShutdown,
       version: this.version,
+      publicKey,
       ...(opened.salvage ? { journalSalvage: opened.salvage } : {}),
     })
 
@@ -173,6 +216,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         log: this.journal,
         version: this.version,
         bootId: this.bootId,
+        publicKey,
         onCommand: (raw, held) => this.gateway.handle(raw, 'cloud', held),
         now: () => this.clock.now(),
         logger: this.log,
@@ -255,6 +299,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     return this.ocpp?.state()
   }
 
+  /** Each meter model's manufacturer (OCMF MV), from the built-in models and models.dir. */
+  private manufacturers(): (model: string) => string | undefined {
+    const registry = new ModelRegistry(this.config.models?.dir)
+    return (model) => registry.find(model, 'meter')?.manufacturer
+  }
+
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
   private async restore(journal: Journal): Promise<EngineState | undefined> {
     const { state, replay: r } = await restoreState(journal)
@@ -319,6 +369,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   get engineState(): EngineState {
     return this.state
+  }
+
+  /** The gateway's public key (SPKI PEM) once started: what gateway.started and P/status announce. */
+  get publicKey(): string | undefined {
+    return this.key?.publicKeyPem
   }
 
   get records(): Journal | undefined {

@@ -32,11 +32,14 @@ import { Service } from './service.js'
 import { systemClock } from './clock.js'
 import { createLogger } from './log.js'
 import { packagePath } from '../core/paths.js'
-import { version } from './cli-common.js'
+import { EXIT_BROKEN, EXIT_CONFIG, version } from './cli-common.js'
 import type { JournalRecord } from '../core/types.js'
 
 const DRIVERS = ['driver-1', 'driver-2', 'driver-3']
 const RESIDENT = 'resident-4'
+
+/** Wh as kWh with three decimals, exactly as the journal's integers allow. */
+const kWh = (wh: number): string => (wh / 1000).toFixed(3)
 
 function money(minor: number, currency: string): string {
   return `${currency} ${(minor / 100).toFixed(2)}`
@@ -50,13 +53,16 @@ function describe(r: JournalRecord): string {
     case 'session.started':
       return `${at}  ${r.outlet}  session started   ${r.userId.padEnd(10)} (${r.trigger}, meter at ${(r.meterWh / 1000).toFixed(3)} kWh)`
     case 'session.ended':
-      return `${at}  ${r.outlet}  session ended     ${r.userId.padEnd(10)} ${r.reason.padEnd(16)} ${(r.energyWh / 1000).toFixed(3)} kWh in ${Math.round(r.durationS)} s -> ${money(r.total, r.currency)}${r.offline ? ' (offline)' : ''}`
+      return (
+        `${at}  ${r.outlet}  session ended     ${r.userId.padEnd(10)} ${r.reason.padEnd(16)} ${kWh(r.energyWh)} kWh ` +
+        `in ${Math.round(r.durationS)} s -> ${money(r.total, r.currency)}${r.offline ? ' (offline)' : ''}`
+      )
     case 'outlet.fault':
       return `${at}  ${r.outlet}  FAULT  ${r.detail}`
     case 'outlet.recovered':
       return `${at}  ${r.outlet}  recovered  ${r.detail}`
     case 'meter.reconciliation':
-      return `${at}  ${r.outlet}  reconciliation: meter ${((r.meterEndWh - r.meterStartWh) / 1000).toFixed(3)} kWh, billed ${(r.billedWh / 1000).toFixed(3)}, unbilled ${(r.unbilledWh / 1000).toFixed(3)}`
+      return `${at}  ${r.outlet}  reconciliation: meter ${kWh(r.meterEndWh - r.meterStartWh)} kWh, billed ${kWh(r.billedWh)}, unbilled ${kWh(r.unbilledWh)}`
   }
 }
 
@@ -95,7 +101,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!checked.ok) {
     for (const p of checked.problems) process.stderr.write(formatProblem(configFile, p) + '\n')
     await sim.close()
-    return 78
+    return EXIT_CONFIG
   }
   const config = checked.config
   // The effective config, so `outpost records/verify --config` work on the demo's journal.
@@ -193,6 +199,6 @@ main(process.argv.slice(2)).then(
   },
   (err: unknown) => {
     process.stderr.write(`demo: ${(err as Error).stack ?? String(err)}\n`)
-    process.exitCode = 1
+    process.exitCode = EXIT_BROKEN
   },
 )

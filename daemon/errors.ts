@@ -63,6 +63,17 @@ const NODE_RED_ERRORS = {
   NODE_RED_START: 'embedded Node-RED did not start (the message says why)',
 } as const satisfies Record<string, string>
 
+const SIGNING_ERRORS = {
+  KEY_MISSING: 'the gateway key is missing beside an existing journal (a new key would be a new identity: see the README, key rotation)',
+  KEY_UNREADABLE: 'the gateway key file cannot be read or is not an ECDSA P-256 private key',
+  KEY_WRITE_FAILED: 'the gateway key could not be written to storage.dir',
+  OCMF_INVALID: 'an OCMF string cannot be parsed (not OCMF|{payload}|{signature}, or its sections are not JSON)',
+} as const satisfies Record<string, string>
+
+const EXPORT_ERRORS = {
+  EXPORT_INPUT: 'outpost export: a records file cannot be read or a line in it is not a record',
+} as const satisfies Record<string, string>
+
 const DAEMON_ERRORS = {
   DAEMON_NOT_STARTED: 'an operation that needs the daemon started (its journal open)',
   DAEMON_STOPPED: 'the daemon stopped before a command waiting on it could be applied',
@@ -79,6 +90,8 @@ export const ERROR_SECTIONS = [
   { title: 'OCPP', codes: OCPP_ERRORS },
   { title: 'Local API', codes: API_ERRORS },
   { title: 'Node-RED', codes: NODE_RED_ERRORS },
+  { title: 'Signing (the gateway key, OCMF)', codes: SIGNING_ERRORS },
+  { title: 'Exports', codes: EXPORT_ERRORS },
   { title: 'Daemon', codes: DAEMON_ERRORS },
 ] as const
 
@@ -90,6 +103,8 @@ export const ERRORS = {
   ...OCPP_ERRORS,
   ...API_ERRORS,
   ...NODE_RED_ERRORS,
+  ...SIGNING_ERRORS,
+  ...EXPORT_ERRORS,
   ...DAEMON_ERRORS,
 } as const
 export type ErrorCode = keyof typeof ERRORS
@@ -104,5 +119,6 @@ export const isOutpostError: OutpostErrorGuard<ErrorCode> = coreIsOutpostError
 export const COMMAND_RESULT_ERRORS = {
   ...COMMAND_ERRORS,
   internal: 'the gateway could not validate or apply the command (a fault on the gateway; nothing was changed)',
+  unavailable: 'Node-RED is stopping: its outpost-command node did not hand the command to the gateway (nothing was sent)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

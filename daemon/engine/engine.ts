@@ -37,11 +37,11 @@ import {
   lineAmountMicros,
   microsPerMinor,
   periodAt,
-  planProblems,
   priceTimeline,
   toMicros,
   type TimelineEntry,
 } from './pricing.js'
+import { planProblems } from './plan-rules.js'
 import type { EngineEvent, EngineState, Effect, GatewaySection, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
@@ -650,18 +650,21 @@ function onTick(ctx: Ctx): void {
   }
 }
 
-function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, journalSalvage?: JournalSalvageInfo): void {
+function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, publicKey: string | undefined, journalSalvage?: JournalSalvageInfo): void {
   const g = ctx.sec('gateway')
   g.running = true
   g.bootAt = ctx.now
   g.online = false
   g.offlineSince = ctx.now
   if (g.idPrefix === null) g.idPrefix = ctx.now.toString(36)
-  ctx.record(
-    journalSalvage
-      ? { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown, journalSalvage }
-      : { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown },
-  )
+  ctx.record({
+    type: 'gateway.started',
+    ts: ctx.iso,
+    version,
+    cleanShutdown,
+    ...(publicKey === undefined ? {} : { publicKey }),
+    ...(journalSalvage ? { journalSalvage } : {}),
+  })
   const reason: EndReason = cleanShutdown ? 'reboot' : 'power-loss'
   for (const id of Object.keys(ctx.state.outlets)) {
     // Closed at the session's last journaled reading (its lastTs / lastMWh), never at boot time.
@@ -995,7 +998,13 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
       onTick(ctx)
       break
     case 'boot':
-      onBoot(ctx, event.cleanShutdown === true, String(event.version), event.journalSalvage)
+      onBoot(
+        ctx,
+        event.cleanShutdown === true,
+        String(event.version),
+        typeof event.publicKey === 'string' ? event.publicKey : undefined,
+        event.journalSalvage,
+      )
       break
     case 'shutdown':
       onShutdown(ctx)

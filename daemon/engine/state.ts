@@ -32,7 +32,7 @@ export type EngineEvent =
   | { type: 'relay-ok'; outlet: string }
   | { type: 'command'; id: string; source: CommandSource; command: Command }
   | { type: 'tick' }
-  | { type: 'boot'; cleanShutdown: boolean; version: string; journalSalvage?: JournalSalvageInfo }
+  | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
   | { type: 'uplink'; online: boolean }
   | { type: 'config'; config: SiteConfig }

@@ -20,6 +20,7 @@ import { parseJson } from '../config.js'
 import { currencyMinorDigits } from '../../core/money.js'
 import { HttpError, allow, decodePathPart, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
+import { csvHeader, csvRow } from '../export.js'
 import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
 
@@ -50,6 +51,7 @@ export const COMMAND_STATUS = {
   'no-session': 409,
   'no-relay': 409,
   'not-running': 503,
+  unavailable: 503,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 
@@ -144,6 +146,18 @@ export class ApiRoutes {
       allow(method, ['GET', 'HEAD'])
       const limit = intParam(q, 'limit', 20, 1, this.sessions.capacity)
       return sendJson(res, 200, { sessions: await this.sessions.recent(limit) })
+    }
+    if (route === 'sessions.csv' && parts.length === 1) {
+      allow(method, ['GET', 'HEAD'])
+      // The last sessions, oldest first (a spreadsheet reads down in time), as `outpost export --format csv` writes them.
+      const limit = intParam(q, 'limit', this.sessions.capacity, 1, this.sessions.capacity)
+      const rows = (await this.sessions.recent(limit)).reverse().map(csvRow)
+      res.writeHead(200, {
+        'content-type': 'text/csv; charset=utf-8',
+        'content-disposition': `attachment; filename="${this.daemon.config.site.id.replace(/[^A-Za-z0-9_.-]/g, '_')}-sessions.csv"`,
+        'cache-control': 'no-store',
+      })
+      return void res.end(method === 'HEAD' ? undefined : csvHeader() + rows.join(''))
     }
     if (route === 'records' && parts.length === 1) {
       allow(method, ['GET', 'HEAD'])
