@@ -6,7 +6,9 @@
 
 // ---------------------------------------------------------------- site config
 
-export type Weekday = 'mon' | 'tue' | 'wed' | 'thu' | 'fri' | 'sat' | 'sun'
+/** The days of a plan's week, Monday first (the order the engine numbers them in). */
+export const WEEKDAYS = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'] as const
+export type Weekday = (typeof WEEKDAYS)[number]
 
 export interface SiteConfig {
   site: { id: string; name?: string; timezone: string }
@@ -20,14 +22,16 @@ export interface SiteConfig {
   sessions: SessionSettings
   offline: { limitMinutes: number | null }
   uplink?: UplinkConfig
+  ocpp?: OcppConfig
   api?: ApiConfig
+  ocpi?: OcpiConfig
   nodeRed?: NodeRedConfig
   logging: { level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' }
 }
 
-export interface ModbusRtuBusConfig {
+/** A serial port and its line settings, shared by Modbus RTU and plain serial buses. */
+export interface SerialLineConfig {
   id: string
-  type: 'modbus-rtu'
   path: string
   baudRate: number
   parity: 'none' | 'even' | 'odd'
@@ -35,6 +39,10 @@ export interface ModbusRtuBusConfig {
   stopBits: 1 | 2
   timeoutMs: number
   retries: number
+}
+
+export interface ModbusRtuBusConfig extends SerialLineConfig {
+  type: 'modbus-rtu'
   /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
   interFrameMs?: number
 }
@@ -49,16 +57,8 @@ export interface ModbusTcpBusConfig {
 }
 
 /** Plain serial: outlet controllers speaking Outpost's ASCII line protocol. */
-export interface SerialBusConfig {
-  id: string
+export interface SerialBusConfig extends SerialLineConfig {
   type: 'serial'
-  path: string
-  baudRate: number
-  parity: 'none' | 'even' | 'odd'
-  dataBits: 7 | 8
-  stopBits: 1 | 2
-  timeoutMs: number
-  retries: number
 }
 
 export type BusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
@@ -67,7 +67,7 @@ export interface OutletConfig {
   id: string
   name?: string
   bus: string
-  meter: { model: string; unit: number; delayMs?: number }
+  meter: { model: string; unit: number; delayMs?: number; serial?: string }
   relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
@@ -79,6 +79,8 @@ export interface OutletConfig {
   phase: Phase
   /** Higher is served first on a shared circuit (and shed last). */
   priority: number
+  /** OCPP connectorId; default the outlet's 1-based position in `outlets`. */
+  connectorId?: number
 }
 
 export type Phase = 'L1' | 'L2' | 'L3'
@@ -158,9 +160,37 @@ export interface UplinkConfig {
   reconnectMaxMs: number
 }
 
+/** OCPP 1.6J: the gateway as one charge point, one connector per outlet. */
+export interface OcppConfig {
+  /** The central system's endpoint; the gateway connects to `${url}/${identity}`. */
+  url: string
+  identity: string
+  /** Basic auth (identity as user) when set. */
+  password?: string
+  caFile?: string
+  heartbeatS: number
+  meterValueSampleS: number
+  reconnectMaxMs: number
+  callTimeoutS: number
+}
+
 export interface ApiConfig {
   listen: string
   token: string
+}
+
+/** The site as OCPI 2.2.1 names it (for the ocpi-cdr and ocpi-tariff exports). */
+export interface OcpiConfig {
+  countryCode: string
+  partyId: string
+  address: string
+  city: string
+  postalCode?: string
+  state?: string
+  country: string
+  latitude: number
+  longitude: number
+  connector?: { standard?: string; format?: 'SOCKET' | 'CABLE'; powerType?: 'AC_1_PHASE' | 'AC_2_PHASE' | 'AC_2_PHASE_SPLIT' | 'AC_3_PHASE' | 'DC' }
 }
 
 export interface NodeRedConfig {
@@ -251,7 +281,15 @@ export const RECORD_TYPES = [
 export type RecordType = (typeof RECORD_TYPES)[number]
 
 export type RecordBody =
-  | { type: 'gateway.started'; ts: string; version: string; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
+  | {
+      type: 'gateway.started'
+      ts: string
+      version: string
+      cleanShutdown: boolean
+      /** The gateway's public key, SPKI in PEM: every later session.ended's OCMF signature verifies against it. */
+      publicKey?: string
+      journalSalvage?: JournalSalvageInfo
+    }
   | {
       type: 'session.started'
       ts: string
@@ -284,6 +322,8 @@ export type RecordBody =
       offline: boolean
       /** Seconds the session waited with its relay open on a full circuit (never billed per hour). */
       pausedS: number
+      /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
+      ocmf?: string
     }
   | {
       type: 'session.queued'
@@ -291,7 +331,10 @@ export type RecordBody =
       sessionId: string
       outlet: string
       circuit: string
-      /** start: no room when it began; rotation: its slot was over and another's turn came; shed: the circuit was over its limit; failsafe: the feeder meter is silent. */
+      /**
+       * start: no room when it began; rotation: its slot was over and another's turn came;
+       * shed: the circuit was over its limit; failsafe: the feeder meter is silent.
+       */
       why: QueueReason
     }
   | { type: 'session.resumed'; ts: string; sessionId: string; outlet: string; circuit: string; waitedS: number }
@@ -308,6 +351,8 @@ export type RecordBody =
       billedWh: number
       unbilledWh: number
     }
+
+export type SessionEndedBody = Extract<RecordBody, { type: 'session.ended' }>
 
 /** A journaled record as the cloud sees it. */
 export type JournalRecord = RecordBody & {
@@ -359,8 +404,8 @@ export type Command =
   /** Demand response: the circuit's limit (per phase, A) until the next one; null goes back to the configured maxA. */
   | { action: 'set-circuit-limit'; circuit: string; maxA: number | null }
 
-/** Where a command came from: the cloud (MQTT), the local API, or a Node-RED flow. */
-export type CommandSource = 'cloud' | 'local' | 'node-red'
+/** Where a command came from: the cloud (MQTT), the local API, a Node-RED flow, or the OCPP central system. */
+export type CommandSource = 'cloud' | 'local' | 'node-red' | 'ocpp'
 
 export type CommandResult = { id: string; ok: true; result?: unknown } | { id: string; ok: false; error: { code: string; message: string } }
 

@@ -16,6 +16,8 @@ export const EXIT_OK = 0
 export const EXIT_BROKEN = 1
 export const EXIT_USAGE = 64
 export const EXIT_NOINPUT = 66
+/** The command could not start (a broken file, a broker that refuses it): sysexits' EX_SOFTWARE. */
+export const EXIT_CANNOT_START = 70
 export const EXIT_TEMPFAIL = 75
 export const EXIT_CONFIG = 78
 

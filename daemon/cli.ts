@@ -14,7 +14,7 @@
  * I/O-bound, keeps 94 % (docs/bench.md, footprint). The systemd unit passes the same flags
  * (test/systemd-unit.test.ts checks they agree).
  */
-import { EXIT_OK, EXIT_USAGE, processIo, version, type Io } from './cli-common.js'
+import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, version, type Io } from './cli-common.js'
 
 type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
 
@@ -45,6 +45,16 @@ const commands: Record<string, Command> = {
     summary: "run LevelDB's repair on the journal, then verify the chain",
     usage: 'outpost repair --config FILE',
     load: () => import('./commands/repair.js'),
+  },
+  export: {
+    summary: 'billing records as CSV or OCPI 2.2.1 CDRs, plans as OCPI 2.2.1 tariffs',
+    usage: 'outpost export (--config FILE | --records FILE.jsonl) --format csv|ocpi-cdr|ocpi-tariff [--from ISO] [--to ISO] [--out FILE]',
+    load: () => import('./commands/export.js'),
+  },
+  key: {
+    summary: "print the gateway's public key (PEM) that verifies its OCMF signatures; --rotate makes a new one",
+    usage: 'outpost key --config FILE [--rotate]',
+    load: () => import('./commands/key.js'),
   },
   reconcile: {
     summary: "cloud-side consumer: collect, verify and ack a site's records",
@@ -104,7 +114,7 @@ if (invoked.endsWith('/cli.js') || invoked.endsWith('/outpost')) {
     (err: unknown) => {
       const e = err as { code?: string; message?: string }
       process.stderr.write(`outpost: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
-      process.exitCode = 1
+      process.exitCode = EXIT_BROKEN
     },
   )
 }

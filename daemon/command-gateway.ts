@@ -18,7 +18,8 @@
  */
 import { readFileSync } from 'node:fs'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import { article, parseJson, planProblems, siteSchema } from './config.js'
+import { article, parseJson, siteSchema } from './config.js'
+import { planIssues } from './engine/plan-rules.js'
 import { currencyMinorDigits } from '../core/money.js'
 import { packagePath } from '../core/paths.js'
 import type { Command, CommandResult, CommandSource } from '../core/types.js'
@@ -195,7 +196,7 @@ export function validateCommand(
   if (!validate(value)) problems.push(...describeErrors(validate.errors ?? []))
   const o = value as Record<string, unknown>
   if (problems.length === 0 && o.action === 'set-plan') {
-    for (const p of planProblems(o.plan as Record<string, unknown>, '/plan')) problems.push(`${p.pointer}: ${p.message}`)
+    for (const p of planIssues(o.plan, '/plan')) problems.push(`${p.pointer}: ${p.message}`)
   }
   if (problems.length === 0 && o.action === 'set-wallet' && currencyMinorDigits(o.currency as string) === undefined) {
     problems.push(`/currency: "${String(o.currency)}" is not a known ISO 4217 currency`)

@@ -14,8 +14,8 @@ import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.
 import type { SiteConfig, PlanConfig } from '../core/types.js'
 
 import { packagePath } from '../core/paths.js'
-import { currencyMinorDigits, hasAtMostDecimals } from '../core/money.js'
 import { ModelRegistry } from '../drivers/models.js'
+import { planIssues } from './engine/plan-rules.js'
 
 export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
 
@@ -48,7 +48,7 @@ export function validateConfig(input: unknown): ConfigResult {
   }
   // Semantic checks run even when the schema failed, on whatever is well-formed enough,
   // so the installer sees every problem in one go.
-  problems.push(...semanticProblems(copy))
+  problems.push(...semanticProblems(copy, problems))
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
   return { ok: true, config: copy as SiteConfig }
 }
@@ -280,8 +280,16 @@ const isObj = (v: unknown): v is Loose => typeof v === 'object' && v !== null &&
 const arr = (v: unknown): unknown[] => (Array.isArray(v) ? v : [])
 const str = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined)
 
-/** Checks a schema cannot express. Tolerates a config the schema rejected. */
-function semanticProblems(cfg: unknown): ConfigProblem[] {
+/**
+ * The plan rules repeat the schema's shape checks (the engine needs them without a schema), so
+ * a plan problem at a value the schema already named, or inside one, is not said twice.
+ */
+function saidAtOrAbove(schema: readonly ConfigProblem[], pointer: string): boolean {
+  return schema.some((p) => pointer === p.pointer || pointer.startsWith(p.pointer + '/'))
+}
+
+/** Checks a schema cannot express. Tolerates a config the schema rejected (`schema`: what it said). */
+function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): ConfigProblem[] {
   const out: ConfigProblem[] = []
   if (!isObj(cfg)) return out
   const site = isObj(cfg.site) ? cfg.site : {}
@@ -317,7 +325,7 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
       if (plans.has(id)) out.push({ pointer: `/plans/${i}/id`, message: `duplicate plan id "${id}"` })
       else plans.set(id, p)
     }
-    out.push(...planProblems(p, `/plans/${i}`))
+    out.push(...planIssues(p, `/plans/${i}`).filter((q) => !saidAtOrAbove(schema, q.pointer)))
   })
 
   const outletIds = new Set<string>()
@@ -332,6 +340,7 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
   } catch (err) {
     out.push({ pointer: '/models/dir', message: (err as Error).message })
   }
+  const connectors = new Map<number, string>()
   arr(cfg.outlets).forEach((o, i) => {
     if (!isObj(o)) return
     const at = `/outlets/${i}`
@@ -340,6 +349,15 @@ function semanticProblems(cfg: unknown): ConfigProblem[] {
       if (outletIds.has(id)) out.push({ pointer: `${at}/id`, message: `duplicate outlet id "${id}"` })
       outletIds.add(id)
     }
+    // The OCPP connector of an outlet: explicit, or its 1-based position; two outlets on one connector would share transactions.
+    const connector = typeof o.connectorId === 'number' ? o.connectorId : i + 1
+    const holder = connectors.get(connector)
+    if (holder !== undefined)
+      out.push({
+        pointer: typeof o.connectorId === 'number' ? `${at}/connectorId` : at,
+        message: `connectorId ${connector} is already outlet ${holder}'s (each outlet needs its own connector; set outlets[].connectorId)`,
+      })
+    else connectors.set(connector, id ?? `#${i + 1}`)
     const busId = str(o.bus)
     const bus = busId !== undefined ? buses.get(busId) : undefined
     if (busId !== undefined && !bus && Array.isArray(cfg.buses)) {
@@ -467,11 +485,13 @@ function circuitProblems(
     }
     const rating = typeof o.ratingA === 'number' ? o.ratingA : 32
     const t = tightest(circuit)
-    if (t && rating > t.maxA)
+    if (t && rating > t.maxA) {
+      const feeds = t.id === circuit ? '' : ` (which feeds "${circuit}")`
       out.push({
         pointer: `/outlets/${i}/ratingA`,
-        message: `rating ${rating} A exceeds the ${t.maxA} A limit of circuit "${t.id}"${t.id === circuit ? '' : ` (which feeds "${circuit}")`}: it could never be switched on (set ratingA to what the outlet may draw)`,
+        message: `rating ${rating} A exceeds the ${t.maxA} A limit of circuit "${t.id}"${feeds}: it could never be switched on (set ratingA to what the outlet may draw)`,
       })
+    }
   })
   const feeders = new Map<string, string>()
   arr(cfg.circuits).forEach((c, i) => {
@@ -582,45 +602,6 @@ function modelProblems(
   if (!serialBus && m.transport === 'serial')
     return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
   return []
-}
-
-/** The semantic checks of one plan (also run on a set-plan command by the command gateway). */
-export function planProblems(p: Loose, at: string): ConfigProblem[] {
-  const out: ConfigProblem[] = []
-  const currency = str(p.currency)
-  let minorDigits: number | undefined
-  if (currency !== undefined && /^[A-Z]{3}$/.test(currency)) {
-    minorDigits = currencyMinorDigits(currency)
-    if (minorDigits === undefined) out.push({ pointer: `${at}/currency`, message: `"${currency}" is not a known ISO 4217 currency` })
-  }
-  if (typeof p.activationFee === 'number') {
-    if (!hasAtMostDecimals(p.activationFee, 6)) out.push({ pointer: `${at}/activationFee`, message: `${p.activationFee} has more than 6 decimals` })
-    else if (minorDigits !== undefined && !hasAtMostDecimals(p.activationFee, minorDigits)) {
-      out.push({ pointer: `${at}/activationFee`, message: `${p.activationFee} cannot be charged in ${currency} (at most ${minorDigits} decimals)` })
-    }
-  }
-  arr(p.periods).forEach((period, j) => {
-    if (!isObj(period)) return
-    const pat = `${at}/periods/${j}`
-    for (const k of ['perKwh', 'perHour'] as const) {
-      const v = period[k]
-      if (typeof v === 'number' && !hasAtMostDecimals(v, 6))
-        out.push({ pointer: `${pat}/${k}`, message: `${v} has more than 6 decimals (rates are exact to a millionth)` })
-    }
-    const from = str(period.from)
-    const to = str(period.to)
-    if (from === '24:00') out.push({ pointer: `${pat}/from`, message: '24:00 is only valid as an end; use 00:00' })
-    if (from !== undefined && to !== undefined && from === to && /^\d\d:\d\d$/.test(from)) {
-      out.push({ pointer: `${pat}/to`, message: `from and to are both ${from}: an empty window (use 00:00-24:00 for all day)` })
-    }
-    if (period.unavailable !== true && period.perKwh === undefined && period.perHour === undefined) {
-      out.push({ pointer: pat, message: 'a period needs perKwh, perHour or "unavailable": true' })
-    }
-    if (period.unavailable === true && (period.perKwh !== undefined || period.perHour !== undefined)) {
-      out.push({ pointer: `${pat}/unavailable`, message: 'an unavailable period cannot also have rates' })
-    }
-  })
-  return out
 }
 
 export function isTimeZone(tz: string): boolean {

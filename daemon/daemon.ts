@@ -25,7 +25,7 @@
 import { randomUUID } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import type { SiteConfig, Reading, CommandResult, Command, CommandSource, OutletStatus, JournalRecord, RecordBody } from '../core/types.js'
-import { OutpostError } from './errors.js'
+import { OutpostError, isOutpostError } from './errors.js'
 import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
@@ -43,9 +43,12 @@ import {
 import { restoreState } from './restore.js'
 import type { Journal } from './journal/index.js'
 import { openJournalForRun } from './journal/salvage.js'
-import { openSite, type SiteIO } from '../drivers/index.js'
+import { ModelRegistry, openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
+import { ChargePoint, type OutletView } from './ocpp/chargepoint.js'
+import { loadOrCreateKey, type GatewayKey } from './gateway-key.js'
+import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
 
 export interface DaemonOptions {
   config: SiteConfig
@@ -76,6 +79,8 @@ export interface DaemonEvents {
   status: [OutletStatus]
   record: [JournalRecord]
   result: [CommandResult]
+  /** The OCPP central system asked for a reset: the process should stop cleanly (systemd starts it again). */
+  reset: ['Soft' | 'Hard']
 }
 
 export class Daemon extends EventEmitter<DaemonEvents> {
@@ -88,9 +93,14 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private readonly stopTimeoutMs: number
 
   private state!: EngineState
+  /** The gateway's signing key (loaded, or created with a new journal, at start); never handed out. */
+  private key: GatewayKey | undefined
   private journal: Journal | undefined
   private site: SiteIO | undefined
   private uplink: Uplink | undefined
+  private ocpp: ChargePoint | undefined
+  /** A Hard reset from the central system: the clean stop does not wait for the OCPP outbox to drain. */
+  private hardReset = false
   gateway!: CommandGateway
   private queue: Promise<unknown> = Promise.resolve()
   private timers: NodeJS.Timeout[] = []
@@ -119,6 +129,19 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   async start(): Promise<void> {
     const { config } = this
+    // The key before the journal: a new journal is created with its key, and one that recorded a key never gets a new one
+    // silently. A missing key beside an existing journal is decided once the journal says whether it was ever signed.
+    let key: GatewayKey | undefined
+    try {
+      key = loadOrCreateKey(config.storage.dir)
+    } catch (err) {
+      if (!isOutpostError(err, 'KEY_MISSING')) throw err
+    }
+    const signer = (): GatewayKey => {
+      if (!this.key) throw new OutpostError('KEY_MISSING', 'the gateway key is not loaded')
+      return this.key
+    }
+    const meters = meterIdentities(config, this.manufacturers())
     // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
     const opened = await openJournalForRun(
       config.storage.dir,
@@ -129,14 +152,42 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         version: this.version,
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
+        sign: (body, { pagination, clockSynced }) =>
+          signOcmf(
+            ocmfPayload(body, {
+              siteId: config.site.id,
+              gatewaySerial: signer().fingerprint,
+              version: this.version,
+              pagination,
+              clockSynced,
+              meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
+            }),
+            signer().privateKey,
+          ),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
+    if (!key) {
+      if (opened.journal.keyOnRecord() !== undefined) {
+        // The journal's records are signed with a key that is gone: leave the journal as it was found.
+        await opened.journal.close({ clean: opened.journal.previousCleanShutdown }).catch(() => undefined)
+        loadOrCreateKey(config.storage.dir) // throws KEY_MISSING with the installer's message
+      }
+      // A journal written before records were signed (an upgrade): its first key.
+      key = loadOrCreateKey(config.storage.dir, { journalSigned: false })
+      this.log.warn({ file: key.file, fingerprint: key.fingerprint }, 'made the first gateway key for a journal whose records were never signed')
+    }
+    this.key = key
+    const publicKey = key.publicKeyPem
+    await opened.journal.recordKey(key.fingerprint)
     this.journal = opened.journal
     this.journal.onFault((err) => this.halt(err))
     const persisted = await this.restore(this.journal)
     this.state = persisted ?? initialState(config)
     this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
+
+    // The OCPP outbox follows the journal from before the boot step, so the sessions boot closes become StopTransactions.
+    if (config.ocpp) await this.attachOcpp(this.journal)
 
     // Buses before boot: boot opens every relay, and that must reach the hardware.
     this.site = await openSite(config, { now: () => this.clock.now(), logger: this.log })
@@ -157,6 +208,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       type: 'boot',
       cleanShutdown: this.journal.previousCleanShutdown,
       version: this.version,
+      publicKey,
       ...(opened.salvage ? { journalSalvage: opened.salvage } : {}),
     })
 
@@ -177,6 +229,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         log: this.journal,
         version: this.version,
         bootId: this.bootId,
+        publicKey,
         onCommand: (raw, held) => this.gateway.handle(raw, 'cloud', held),
         now: () => this.clock.now(),
         logger: this.log,
@@ -190,6 +243,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       this.log.info('no uplink configured: running offline, records queue in the journal')
     }
 
+    if (this.ocpp) {
+      try {
+        this.ocpp.start()
+      } catch (err) {
+        this.log.error(
+          { code: (err as { code?: string }).code, err: (err as Error).message },
+          'ocpp cannot start; charging and the uplink continue without it',
+        )
+        this.ocpp = undefined
+      }
+    }
+
     const { pollMs } = config.sessions
     for (const outlet of config.outlets) {
       this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
@@ -197,6 +262,61 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** The OCPP charge point on this journal; a failure is logged and leaves the site charging without OCPP. */
+  private async attachOcpp(journal: Journal): Promise<void> {
+    try {
+      const cp = new ChargePoint({
+        config: this.config,
+        version: this.version,
+        journal,
+        logger: this.log,
+        now: () => this.clock.now(),
+        outlets: () => this.ocppOutlets(),
+        command: (cmd) => this.gateway.handle(cmd, 'ocpp'),
+        reset: (kind) => {
+          this.hardReset = kind === 'Hard'
+          this.emit('reset', kind)
+        },
+      })
+      await cp.attach()
+      this.ocpp = cp
+      this.on('status', () => cp.onStatus())
+    } catch (err) {
+      this.log.error(
+        { code: (err as { code?: string }).code, err: (err as Error).message },
+        'ocpp cannot start; charging and the uplink continue without it',
+      )
+    }
+  }
+
+  private ocppOutlets(): OutletView[] {
+    const byId = new Map(this.outletStatuses().map((s) => [s.outlet, s]))
+    return this.config.outlets.map((o) => {
+      const e = this.state.outlets[o.id]
+      const s = byId.get(o.id)
+      const last = e?.last
+      return {
+        id: o.id,
+        state: s?.state ?? 'off',
+        ...(e?.session ? { sessionId: e.session.id } : {}),
+        currentA: s?.currentA ?? 0,
+        meterFault: e?.meterFault ?? null,
+        relayFault: e?.relayFault ?? null,
+        last: last ? { ts: last.ts, currentA: last.currentA, powerW: last.powerW, energyWh: last.mWh / 1000, voltageV: last.voltageV } : null,
+      }
+    })
+  }
+
+  ocppState(): { connected: boolean; accepted: boolean; queued: number } | undefined {
+    return this.ocpp?.state()
+  }
+
+  /** Each meter model's manufacturer (OCMF MV), from the built-in models and models.dir. */
+  private manufacturers(): (model: string) => string | undefined {
+    const registry = new ModelRegistry(this.config.models?.dir)
+    return (model) => registry.find(model, 'meter')?.manufacturer
   }
 
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
@@ -241,6 +361,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await withTimeout(this.relaysSettled(), this.stopTimeoutMs, stopTimeout(this.stopTimeoutMs)).catch(() =>
       this.log.error('relays may not all be open: the bus did not answer in time'),
     )
+    // The StopTransactions of the shutdown step get a few seconds to reach the central system (not after a Hard reset); the rest go after the restart.
+    await this.ocpp?.stop(this.hardReset || this.halted ? 0 : 3000).catch(() => undefined)
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
@@ -267,6 +389,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   get engineState(): EngineState {
     return this.state
+  }
+
+  /** The gateway's public key (SPKI PEM) once started: what gateway.started and P/status announce. */
+  get publicKey(): string | undefined {
+    return this.key?.publicKeyPem
   }
 
   get records(): Journal | undefined {

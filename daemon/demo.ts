@@ -20,7 +20,8 @@
  *
  * Options: --uplink URL (a broker, e.g. a local mosquitto: records then leave the
  * queue as the cloud acks them; without a consumer they stay queued), --config FILE
- * (a copy of config/demo.json to play with), --dir, --speed, --seed.
+ * (a copy of config/demo.json to play with), --dir, --speed, --seed, --ocpp URL (an
+ * OCPP 1.6J central system, e.g. demo/csms.mjs: the site is then one charge point there).
  */
 import { mkdirSync, readFileSync, writeFileSync, createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -31,11 +32,14 @@ import { Service } from './service.js'
 import { systemClock } from './clock.js'
 import { createLogger } from './log.js'
 import { packagePath } from '../core/paths.js'
-import { version } from './cli-common.js'
+import { EXIT_BROKEN, EXIT_CONFIG, version } from './cli-common.js'
 import type { JournalRecord } from '../core/types.js'
 
 const DRIVERS = ['driver-1', 'driver-2', 'driver-3']
 const RESIDENT = 'resident-4'
+
+/** Wh as kWh with three decimals, exactly as the journal's integers allow. */
+const kWh = (wh: number): string => (wh / 1000).toFixed(3)
 
 function money(minor: number, currency: string): string {
   return `${currency} ${(minor / 100).toFixed(2)}`
@@ -49,13 +53,16 @@ function describe(r: JournalRecord): string {
     case 'session.started':
       return `${at}  ${r.outlet}  session started   ${r.userId.padEnd(10)} (${r.trigger}, meter at ${(r.meterWh / 1000).toFixed(3)} kWh)`
     case 'session.ended':
-      return `${at}  ${r.outlet}  session ended     ${r.userId.padEnd(10)} ${r.reason.padEnd(16)} ${(r.energyWh / 1000).toFixed(3)} kWh in ${Math.round(r.durationS)} s -> ${money(r.total, r.currency)}${r.offline ? ' (offline)' : ''}`
+      return (
+        `${at}  ${r.outlet}  session ended     ${r.userId.padEnd(10)} ${r.reason.padEnd(16)} ${kWh(r.energyWh)} kWh ` +
+        `in ${Math.round(r.durationS)} s -> ${money(r.total, r.currency)}${r.offline ? ' (offline)' : ''}`
+      )
     case 'outlet.fault':
       return `${at}  ${r.outlet}  FAULT  ${r.detail}`
     case 'outlet.recovered':
       return `${at}  ${r.outlet}  recovered  ${r.detail}`
     case 'meter.reconciliation':
-      return `${at}  ${r.outlet}  reconciliation: meter ${((r.meterEndWh - r.meterStartWh) / 1000).toFixed(3)} kWh, billed ${(r.billedWh / 1000).toFixed(3)}, unbilled ${(r.unbilledWh / 1000).toFixed(3)}`
+      return `${at}  ${r.outlet}  reconciliation: meter ${kWh(r.meterEndWh - r.meterStartWh)} kWh, billed ${kWh(r.billedWh)}, unbilled ${kWh(r.unbilledWh)}`
     case 'session.queued':
       return `${at}  ${r.outlet}  session queued    circuit ${r.circuit} (${r.why})`
     case 'session.resumed':
@@ -72,6 +79,7 @@ export async function main(argv: string[]): Promise<number> {
       seed: { type: 'string', default: '7' },
       config: { type: 'string' },
       uplink: { type: 'string' },
+      ocpp: { type: 'string' },
     },
     strict: true,
   })
@@ -81,15 +89,23 @@ export async function main(argv: string[]): Promise<number> {
 
   // The demo config (or the installer's copy of it): its first bus is pointed at the simulator.
   const configFile = values.config ?? packagePath('config', 'demo.json')
-  const raw = JSON.parse(readFileSync(configFile, 'utf8')) as { buses: { port: number }[]; storage: { dir: string }; uplink?: { url: string } }
+  const raw = JSON.parse(readFileSync(configFile, 'utf8')) as {
+    site: { id: string }
+    buses: { port: number }[]
+    storage: { dir: string }
+    uplink?: { url: string }
+    ocpp?: { url: string; identity?: string }
+  }
   raw.buses[0]!.port = sim.port
   raw.storage.dir = join(dir, 'journal')
   if (values.uplink) raw.uplink = { ...(raw.uplink ?? {}), url: values.uplink }
+  // The charge point's identity is the site id unless the config names one.
+  if (values.ocpp) raw.ocpp = { ...(raw.ocpp ?? {}), url: values.ocpp.replace(/\/+$/, ''), identity: raw.ocpp?.identity ?? `outpost-${raw.site.id}` }
   const checked = validateConfig(raw)
   if (!checked.ok) {
     for (const p of checked.problems) process.stderr.write(formatProblem(configFile, p) + '\n')
     await sim.close()
-    return 78
+    return EXIT_CONFIG
   }
   const config = checked.config
   // The effective config, so `outpost records/verify --config` work on the demo's journal.
@@ -114,6 +130,8 @@ export async function main(argv: string[]): Promise<number> {
     out('uplink: none configured, so the site runs offline and records queue in the journal')
     out("        (with a local mosquitto: npm start -- --uplink mqtt://127.0.0.1:1883, then mosquitto_sub -v -t 'outpost/demo/#')")
   }
+  if (config.ocpp) out(`ocpp: charge point ${config.ocpp.identity} of ${config.ocpp.url} (one connector per bay, D1..D${config.outlets.length})`)
+  else out('ocpp: none configured (to try it: node demo/csms.mjs, then npm start -- --ocpp ws://127.0.0.1:9220/ocpp)')
   out(`records: npx outpost records --config ${siteFile}   (verify the chain: npx outpost verify --config ${siteFile})`)
   await service.start()
   const url = service.api?.url()
@@ -185,6 +203,6 @@ main(process.argv.slice(2)).then(
   },
   (err: unknown) => {
     process.stderr.write(`demo: ${(err as Error).stack ?? String(err)}\n`)
-    process.exitCode = 1
+    process.exitCode = EXIT_BROKEN
   },
 )

@@ -41,6 +41,13 @@ const UPLINK_ERRORS = {
   RECONCILE_FILE: "outpost reconcile: the output file's own chain is broken or a line in it is not a record",
 } as const satisfies Record<string, string>
 
+const OCPP_ERRORS = {
+  OCPP_CONFIG: 'the CA file of ocpp.caFile cannot be read',
+  OCPP_CALL_ERROR: 'the central system answered a call with a CALLERROR (the message carries its code and description)',
+  OCPP_TIMEOUT: 'the central system did not answer a call within ocpp.callTimeoutS (the connection is then dropped and reopened)',
+  OCPP_CLOSED: 'a call could not be sent or answered because the websocket to the central system closed',
+} as const satisfies Record<string, string>
+
 const API_ERRORS = {
   API_BAD_LISTEN: 'api.listen is not host:port',
   API_BAD_MOUNT: 'a handler mounted on a path already taken, or a path that is not /name',
@@ -56,6 +63,17 @@ const NODE_RED_ERRORS = {
   NODE_RED_START: 'embedded Node-RED did not start (the message says why)',
 } as const satisfies Record<string, string>
 
+const SIGNING_ERRORS = {
+  KEY_MISSING: 'the gateway key is missing beside an existing journal (a new key would be a new identity: see the README, key rotation)',
+  KEY_UNREADABLE: 'the gateway key file cannot be read or is not an ECDSA P-256 private key',
+  KEY_WRITE_FAILED: 'the gateway key could not be written to storage.dir',
+  OCMF_INVALID: 'an OCMF string cannot be parsed (not OCMF|{payload}|{signature}, or its sections are not JSON)',
+} as const satisfies Record<string, string>
+
+const EXPORT_ERRORS = {
+  EXPORT_INPUT: 'outpost export: a records file cannot be read or a line in it is not a record',
+} as const satisfies Record<string, string>
+
 const DAEMON_ERRORS = {
   DAEMON_NOT_STARTED: 'an operation that needs the daemon started (its journal open)',
   DAEMON_STOPPED: 'the daemon stopped before a command waiting on it could be applied',
@@ -69,8 +87,11 @@ export const ERROR_SECTIONS = [
   { title: 'Session engine', codes: ENGINE_ERRORS },
   { title: 'Journal', codes: JOURNAL_ERRORS },
   { title: 'Uplink and reconcile', codes: UPLINK_ERRORS },
+  { title: 'OCPP', codes: OCPP_ERRORS },
   { title: 'Local API', codes: API_ERRORS },
   { title: 'Node-RED', codes: NODE_RED_ERRORS },
+  { title: 'Signing (the gateway key, OCMF)', codes: SIGNING_ERRORS },
+  { title: 'Exports', codes: EXPORT_ERRORS },
   { title: 'Daemon', codes: DAEMON_ERRORS },
 ] as const
 
@@ -79,8 +100,11 @@ export const ERRORS = {
   ...ENGINE_ERRORS,
   ...JOURNAL_ERRORS,
   ...UPLINK_ERRORS,
+  ...OCPP_ERRORS,
   ...API_ERRORS,
   ...NODE_RED_ERRORS,
+  ...SIGNING_ERRORS,
+  ...EXPORT_ERRORS,
   ...DAEMON_ERRORS,
 } as const
 export type ErrorCode = keyof typeof ERRORS
@@ -95,5 +119,6 @@ export const isOutpostError: OutpostErrorGuard<ErrorCode> = coreIsOutpostError
 export const COMMAND_RESULT_ERRORS = {
   ...COMMAND_ERRORS,
   internal: 'the gateway could not validate or apply the command (a fault on the gateway; nothing was changed)',
+  unavailable: 'Node-RED is stopping: its outpost-command node did not hand the command to the gateway (nothing was sent)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

@@ -138,7 +138,8 @@ export class RtuLink extends BaseLink<ModbusRequest, ModbusResponse> {
     // A lone complete frame with a bad CRC is reported as such, anything else as garbage.
     return new OutpostError(
       'MODBUS_GARBAGE',
-      `unit ${req.unit}: ${this.buf.length} bytes within ${Math.round(timeoutMs)} ms but no valid reply (${this.buf.subarray(0, 16).toString('hex')}${this.buf.length > 16 ? '…' : ''})`,
+      `unit ${req.unit}: ${this.buf.length} bytes within ${Math.round(timeoutMs)} ms ` +
+        `but no valid reply (${this.buf.subarray(0, 16).toString('hex')}${this.buf.length > 16 ? '…' : ''})`,
     )
   }
 }

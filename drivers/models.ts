@@ -27,6 +27,8 @@ export interface RegisterDef {
 export interface DeviceModel {
   name: string
   description?: string
+  /** The maker's name (a meter's OCMF MV). */
+  manufacturer?: string
   kinds: ('meter' | 'relay')[]
   transport: 'modbus' | 'serial'
   serialDefaults?: { baudRate?: number; parity?: 'none' | 'even' | 'odd'; dataBits?: 7 | 8; stopBits?: 1 | 2 }
@@ -55,6 +57,18 @@ function compiled(): ValidateFunction {
 }
 
 const WORDS: Record<RegisterType, number> = { int16: 1, uint16: 1, int32: 2, uint32: 2, float32: 2, int64: 4, uint64: 4, float64: 4 }
+
+/** How each register type reads from its big-endian bytes (word and byte order already applied). */
+const READ: Record<RegisterType, (b: Buffer) => number> = {
+  int16: (b) => b.readInt16BE(0),
+  uint16: (b) => b.readUInt16BE(0),
+  int32: (b) => b.readInt32BE(0),
+  uint32: (b) => b.readUInt32BE(0),
+  float32: (b) => float32Decimal(b.readFloatBE(0)),
+  int64: (b) => Number(b.readBigInt64BE(0)),
+  uint64: (b) => Number(b.readBigUInt64BE(0)),
+  float64: (b) => b.readDoubleBE(0),
+}
 
 export function registerWords(t: RegisterType): number {
   return WORDS[t]
@@ -210,33 +224,7 @@ export function decodeRegister(def: RegisterDef, words: number[]): number {
     if ((def.byteOrder ?? 'big') === 'little') b.writeUInt16LE(w, 2 * i)
     else b.writeUInt16BE(w, 2 * i)
   })
-  let raw: number
-  switch (def.type) {
-    case 'int16':
-      raw = b.readInt16BE(0)
-      break
-    case 'uint16':
-      raw = b.readUInt16BE(0)
-      break
-    case 'int32':
-      raw = b.readInt32BE(0)
-      break
-    case 'uint32':
-      raw = b.readUInt32BE(0)
-      break
-    case 'float32':
-      raw = float32Decimal(b.readFloatBE(0))
-      break
-    case 'int64':
-      raw = Number(b.readBigInt64BE(0))
-      break
-    case 'uint64':
-      raw = Number(b.readBigUInt64BE(0))
-      break
-    case 'float64':
-      raw = b.readDoubleBE(0)
-      break
-  }
+  const raw = READ[def.type](b)
   const scale = def.scale ?? 1
   // Round away binary noise from the scaling (1.234 kWh × 1000 is 1234 Wh, not 1233.9999999).
   return scale === 1 ? raw : Number((raw * scale).toPrecision(12))

@@ -212,7 +212,8 @@ export class BusScheduler<Req, Res> {
       if (d?.backedOffUntil !== undefined && d.backedOffUntil > this.o.now()) {
         return new OutpostError(
           'DEVICE_BACKOFF',
-          `unit ${device} on bus ${this.o.id} is backed off after ${d.consecutiveFailures} failures (last: ${d.lastError?.code ?? '?'}); next try in ${d.backedOffUntil - this.o.now()} ms`,
+          `unit ${device} on bus ${this.o.id} is backed off after ${d.consecutiveFailures} failures ` +
+            `(last: ${d.lastError?.code ?? '?'}); next try in ${d.backedOffUntil - this.o.now()} ms`,
         )
       }
     }

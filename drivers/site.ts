@@ -275,7 +275,8 @@ class SerialOutlet implements OutletIO {
     if (r.type !== 'D' || r.relayClosed !== closed) {
       throw new OutpostError(
         'RELAY_MISMATCH',
-        `outlet ${this.id}: controller ${this.cfg.relay.unit} reports its relay ${r.type === 'D' && r.relayClosed ? 'closed' : 'open'} after being told ${closed ? 'close' : 'open'}`,
+        `outlet ${this.id}: controller ${this.cfg.relay.unit} reports its relay ${r.type === 'D' && r.relayClosed ? 'closed' : 'open'} ` +
+          `after being told ${closed ? 'close' : 'open'}`,
       )
     }
   }

@@ -14,7 +14,7 @@
 #   5. validates /etc/outpost/site.json with check-config; an invalid one stops the
 #      installer here, before anything is installed or restarted (exit 78);
 #   6. packs the package (npm pack: package.json "files"), installs it with
-#      `npm ci --omit=dev` into a staging directory, checks that it runs, stops the
+#      `npm ci --omit=dev --omit=optional` into a staging directory, checks that it runs, stops the
 #      service, swaps the directory in as /opt/outpost, and installs /usr/local/bin/outpost,
 #      the systemd unit and the udev rule;
 #   7. enables and (re)starts outpost.service.
@@ -222,8 +222,11 @@ tarball=$(printf '%s\n' "$tarball" | tail -n 1)
 install -d -m 0755 "$stage"
 tar -xzf "$work/$tarball" -C "$stage" --strip-components=1 --no-same-owner
 install -m 0644 "$SRC/package-lock.json" "$stage/package-lock.json"
-say "installing $version's runtime dependencies (npm ci --omit=dev)"
-(cd "$stage" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+say "installing $version's runtime dependencies (npm ci --omit=dev --omit=optional)"
+# --omit=optional keeps out typescript (23 MB): our dev typescript satisfies i18next's optional
+# peer, and npm keeps such "devOptional" packages under --omit=dev alone. The only runtime cost
+# is Node-RED's native bcrypt, whose pure-JS fallback (bcryptjs) checks the editor's password.
+(cd "$stage" && npm ci --omit=dev --omit=optional --no-audit --no-fund --loglevel=error)
 staged_version=$("$NODE" "$stage/dist/daemon/cli.js" --version)
 [ "$staged_version" = "$version" ] || die "the staged package says version $staged_version, expected $version"
 

@@ -197,11 +197,22 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   t.ok(existsSync(join(opt, 'dist/daemon/cli.js')) && existsSync(join(opt, 'drivers/models/eastron-sdm120.json')), 'the build and the device models')
   for (const dep of ['level', 'serialport', 'ajv', 'mqtt', 'node-red'])
     t.ok(existsSync(join(opt, 'node_modules', dep, 'package.json')), `runtime dependency ${dep}`)
-  // (typescript stays: i18next, under node-red, lists it as an optional peer, which npm keeps.)
   // modbus-serial is the bench's baseline and canonicalize a test oracle: neither runs here.
-  for (const dev of ['tap', 'fast-check', 'playwright-core', 'memory-level', 'modbus-serial', 'canonicalize'])
+  // typescript is i18next's optional peer (under node-red): kept out with the optional packages.
+  for (const dev of ['tap', 'fast-check', 'playwright-core', 'memory-level', 'modbus-serial', 'canonicalize', 'typescript'])
     t.notOk(existsSync(join(opt, 'node_modules', dev)), `no dev dependency ${dev}`)
   t.notOk(existsSync(join(opt, 'dist/test')), 'no compiled tests')
+  // Without the optional native bcrypt, Node-RED's editor sign-in checks passwords with bcryptjs.
+  const bcrypt = spawnSync(
+    process.execPath,
+    [
+      '-e',
+      `const r = require('node:module').createRequire(process.argv[1]); const b = r('bcryptjs'); process.stdout.write(String(b.compareSync('pw', b.hashSync('pw', 4))))`,
+      join(opt, 'node_modules/@node-red/editor-api/lib/auth/users.js'),
+    ],
+    { encoding: 'utf8' },
+  )
+  t.equal(bcrypt.stdout, 'true', "the editor's password check loads in the installed tree")
   t.notOk(existsSync(join(root, 'opt/outpost.new')) || existsSync(join(root, 'opt/outpost.old')), 'no staging left behind')
 
   // The installed tree works on its own node_modules.

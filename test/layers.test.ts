@@ -2,6 +2,7 @@
  * The layers point one way, checked over the sources' import graph: core/ imports
  * nothing of the project, drivers/ only core/, the session engine only core/ and
  * nothing that does I/O, no folder imports a folder that imports it back, no module
+ * imports a module that imports it back (type imports too), no module
  * imports the `outpost` executable (cli.ts), and the untyped error class is taken
  * only by the errors.ts files that type it.
  */
@@ -69,6 +70,20 @@ function folderCycles(graph: Graph, folder: (file: string) => string): string[] 
   return out
 }
 
+/** Modules that load themselves through their imports (each cycle named by its first file, once). */
+function moduleCycles(graph: Graph): string[] {
+  const out: string[] = []
+  const inCycle = new Set<string>()
+  for (const file of [...graph.keys()].sort()) {
+    if (inCycle.has(file)) continue
+    const back = (graph.get(file)?.local ?? []).filter((dep) => dep !== file && closure(graph, dep).includes(file))
+    if (back.length === 0) continue
+    for (const dep of back) for (const f of closure(graph, dep)) if (closure(graph, f).includes(file)) inCycle.add(f)
+    out.push(`${file} <-> ${back.sort().join(', ')}`)
+  }
+  return out
+}
+
 /** Every file `start` loads, itself included. */
 function closure(graph: Graph, start: string): string[] {
   const seen = new Set<string>()
@@ -109,6 +124,24 @@ t.test('the graph was read: the composition root reaches the drivers, the engine
 
 t.test('no folder imports a folder that imports it back', async (t) => {
   t.same(folderCycles(graph, folderOf), [])
+})
+
+t.test('the checker finds a module cycle, direct or through a third module', async (t) => {
+  const g: Graph = new Map([
+    ['a.ts', { local: ['b.ts'], packages: [] }],
+    ['b.ts', { local: ['c.ts'], packages: [] }],
+    ['c.ts', { local: ['a.ts'], packages: [] }],
+    ['d.ts', { local: ['a.ts'], packages: [] }],
+  ])
+  t.same(moduleCycles(g), ['a.ts <-> b.ts'])
+  g.set('c.ts', { local: [], packages: [] })
+  t.same(moduleCycles(g), [])
+})
+
+t.test('no module imports a module that imports it back, types included', async (t) => {
+  // daemon/'s subfolders use the daemon's shared modules (errors.ts, log.ts, config.ts) that its
+  // composition root sits beside; what must never happen is a module loading itself back.
+  t.same(moduleCycles(graph), [])
 })
 
 t.test('core/ imports nothing of the project; drivers/ only core/', async (t) => {

@@ -4,6 +4,9 @@ import { EXIT_CONFIG, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageErr
 
 const USAGE = 'Usage: outpost check-config FILE\n'
 
+/** "1 bus", "2 buses". */
+const count = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`
+
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
   let file: string
   try {
@@ -19,7 +22,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   if (result.ok) {
     const c = result.config
     io.out(
-      `${file}: ok (site ${c.site.id}: ${c.buses.length} bus${c.buses.length === 1 ? '' : 'es'}, ${c.outlets.length} outlet${c.outlets.length === 1 ? '' : 's'}, ${c.plans.length} plan${c.plans.length === 1 ? '' : 's'})\n`,
+      `${file}: ok (site ${c.site.id}: ${count(c.buses.length, 'bus', 'buses')}, ${count(c.outlets.length, 'outlet')}, ${count(c.plans.length, 'plan')})\n`,
     )
     return EXIT_OK
   }

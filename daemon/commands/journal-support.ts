@@ -19,7 +19,10 @@ export function loadConfig(file: string, io: Io): { ok: true; config: SiteConfig
 export function describeMode(mode: OfflineMode, location: string): string | undefined {
   if (mode === 'snapshot') return `outpost: a daemon holds ${location}; reading a snapshot copy taken just now`
   if (mode === 'repaired-copy')
-    return `outpost: ${location} cannot be opened as it is (corrupt or damaged files); reading what a repaired COPY holds (the original is untouched; see \`outpost repair\`)`
+    return (
+      `outpost: ${location} cannot be opened as it is (corrupt or damaged files); ` +
+      'reading what a repaired COPY holds (the original is untouched; see `outpost repair`)'
+    )
   return undefined
 }
 

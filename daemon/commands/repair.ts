@@ -46,7 +46,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       return EXIT_BROKEN
     }
     io.out(
-      `${report.location}: intact: ${report.count} records${report.count ? `, seq ${report.first}..${report.last}` : ''}; acknowledged up to ${report.acked}. The daemon can start.\n`,
+      `${report.location}: intact: ${report.count} records${report.count ? `, seq ${report.first}..${report.last}` : ''}; ` +
+        `acknowledged up to ${report.acked}. The daemon can start.\n`,
     )
     return EXIT_OK
   } catch (err) {

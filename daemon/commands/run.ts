@@ -78,6 +78,11 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (signalled) onSignal(signalled)
     // The journal cannot write: relays are already open; stop and let systemd restart us.
     daemon.once('halted', () => stop(() => 1))
+    // The central system's Reset: a clean stop, exit 0; systemd's Restart=always starts the daemon again.
+    daemon.once('reset', (kind) => {
+      logger.info({ kind }, 'stopping for a reset from the central system')
+      stop(() => (daemon.haltedBy ? 1 : EXIT_OK))
+    })
     if (daemon.haltedBy) stop(() => 1)
   })
 }

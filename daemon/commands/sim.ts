@@ -69,7 +69,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     return EXIT_BROKEN
   }
   io.err(
-    `outpost sim: ${o.outlets} outlet(s) on tcp://${o.host}:${sim.port}${o.rtuPath ? ` and RTU ${o.rtuPath}` : ''}; meters at units 1..${o.outlets} (SDM120), relay board at unit ${RELAY_UNIT} coils 0..${o.outlets - 1}; seed ${o.seed}, speed ${o.speed}x${o.script ? '' : ', no script'}\n`,
+    `outpost sim: ${o.outlets} outlet(s) on tcp://${o.host}:${sim.port}${o.rtuPath ? ` and RTU ${o.rtuPath}` : ''}; ` +
+      `meters at units 1..${o.outlets} (SDM120), relay board at unit ${RELAY_UNIT} coils 0..${o.outlets - 1}; ` +
+      `seed ${o.seed}, speed ${o.speed}x${o.script ? '' : ', no script'}\n`,
   )
   io.out(JSON.stringify({ ready: true, port: sim.port }) + '\n')
   const rl = createInterface({ input: process.stdin })

@@ -2,25 +2,37 @@
  * `outpost verify --config FILE` or `outpost verify FILE.jsonl`: checks that
  * sequence numbers are gapless and that every record's hash and `prev` link
  * hold, in the journal or in a JSON-lines file of records (what `outpost
- * records` or a pull wrote). Prints the first break. Exit 0 intact, 1 broken.
+ * records` or a pull wrote), and every session.ended's OCMF signature against the public
+ * key the log announced (gateway.started.publicKey) with its signed readings, user, outlet
+ * and total against the record. Prints the first break. Exit 0 intact, 1 broken.
  * Never writes to the journal.
  */
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { ChainVerifier, verifyDb, type ChainBreak } from '../journal/index.js'
+import { ChainVerifier, storedRecords, verifyDb, type ChainBreak } from '../journal/index.js'
+import { OcmfVerifier } from '../ocmf.js'
+import { readKey } from '../gateway-key.js'
 import { loadConfig, openForReading } from './journal-support.js'
 import { configFile, parseCommandLine, processIo, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN, type Io } from '../cli-common.js'
 
 const USAGE = 'Usage: outpost verify --config FILE | outpost verify FILE.jsonl\n'
 
-function printBreak(io: Io, where: string, b: ChainBreak, what: string): void {
+/** A chain break, or a session.ended whose OCMF fails. */
+type Break = Omit<ChainBreak, 'reason'> & { reason: ChainBreak['reason'] | 'signature' }
+
+function printBreak(io: Io, where: string, b: Break, what: string): void {
   io.out(`${where}: BROKEN at seq ${b.seq} (${what} ${b.position}): ${b.problem}\n`)
+}
+
+function ocmfBreak(seq: unknown, position: number, problem: string): Break {
+  return { seq: typeof seq === 'number' ? seq : position, position, reason: 'signature', problem }
 }
 
 async function verifyFile(file: string, io: Io): Promise<number> {
   const v = new ChainVerifier()
+  const o = new OcmfVerifier()
   let lineNo = 0
-  let brk: ChainBreak | undefined
+  let brk: Break | undefined
   try {
     const lines = createInterface({ input: createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity })
     for await (const line of lines) {
@@ -43,6 +55,12 @@ async function verifyFile(file: string, io: Io): Promise<number> {
         brk = { ...b, position: lineNo }
         break
       }
+      const r = value as { seq?: number; type?: string } & Record<string, unknown>
+      const problem = o.push(r)
+      if (problem) {
+        brk = ocmfBreak(r.seq, lineNo, problem)
+        break
+      }
     }
   } catch (err) {
     const e = err as NodeJS.ErrnoException
@@ -57,7 +75,7 @@ async function verifyFile(file: string, io: Io): Promise<number> {
     io.out(`${file}: no records\n`)
     return EXIT_OK
   }
-  io.out(`${file}: intact: ${v.count} records, seq ${v.firstSeq}..${v.lastSeq}\n`)
+  io.out(`${file}: intact: ${v.count} records, seq ${v.firstSeq}..${v.lastSeq}; ${o.summary()}\n`)
   return EXIT_OK
 }
 
@@ -87,9 +105,28 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       printBreak(io, journal.location, report.break, 'record')
       return EXIT_BROKEN
     }
+    // The chain holds: now every signature, with the key the log announced (the key file for what precedes it).
+    let fallback: string | undefined
+    try {
+      fallback = readKey(cfg.config.storage.dir)?.publicKeyPem
+    } catch (err) {
+      io.err(`outpost verify: ${(err as Error).message}; records before the first key announcement are not checked\n`)
+    }
+    const o = new OcmfVerifier(fallback)
+    let position = 0
+    for await (const { record } of storedRecords(journal.db)) {
+      position++
+      const problem = record ? o.push(record as unknown as { seq?: number; type?: string } & Record<string, unknown>) : undefined
+      if (problem) {
+        printBreak(io, journal.location, ocmfBreak(record?.seq, position, problem), 'record')
+        return EXIT_BROKEN
+      }
+    }
     if (journal.mode === 'repaired-copy') {
       io.out(
-        `${journal.location}: DAMAGED database (it cannot be opened as it is); a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). Run \`outpost repair\` with the daemon stopped.\n`,
+        `${journal.location}: DAMAGED database (it cannot be opened as it is); ` +
+          `a repaired copy holds an intact chain of ${report.count} records (seq ${report.first ?? '-'}..${report.last ?? '-'}). ` +
+          'Run `outpost repair` with the daemon stopped.\n',
       )
       return EXIT_BROKEN
     }
@@ -97,7 +134,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       report.count === 0
         ? 'no records'
         : `${report.count} records, seq ${report.first}..${report.last}${report.first !== 1 ? ` (earlier ones compacted after acknowledgement)` : ''}`
-    io.out(`${journal.location}: intact: ${range}; acknowledged up to ${report.acked}\n`)
+    io.out(`${journal.location}: intact: ${range}; acknowledged up to ${report.acked}; ${o.summary()}\n`)
     return EXIT_OK
   } finally {
     await journal.close()

@@ -39,11 +39,11 @@ import {
   lineAmountMicros,
   microsPerMinor,
   periodAt,
-  planProblems,
   priceTimeline,
   toMicros,
   type TimelineEntry,
 } from './pricing.js'
+import { planProblems } from './plan-rules.js'
 import type {
   CircuitEntry,
   CircuitSettings,
@@ -80,6 +80,7 @@ function settingsFrom(config: SiteConfig): SettingsSection {
     sessions: { ...config.sessions },
     offlineLimitMs: config.offline.limitMinutes === null ? null : config.offline.limitMinutes * 60_000,
     uplink: config.uplink !== undefined,
+    centralAuth: config.ocpp !== undefined,
     configPlans,
     circuits: circuitSettings(config),
   }
@@ -286,9 +287,14 @@ function availableMinor(st: EngineState, userId: string): number | null {
   return st.wallets[userId]!.balance - reserved
 }
 
+/** The cap of a session with no local wallet (the central system bills it): never reached, and plain JSON (Infinity is not). */
+const NO_WALLET_CAP = Number.MAX_SAFE_INTEGER
+
 type PayCheck = { ok: true; cap: number } | { ok: false; code: CommandErrorCode; message: string }
 function canPay(st: EngineState, userId: string, plan: PlanConfig): PayCheck {
   const avail = availableMinor(st, userId)
+  // The central system authorized this user and bills the session: no local cap without a local wallet.
+  if (avail === null && st.settings.centralAuth) return { ok: true, cap: NO_WALLET_CAP }
   if (avail === null) return { ok: false, code: 'unknown-user', message: `no wallet known for user "${userId}"` }
   const w = st.wallets[userId]!
   if (w.currency !== plan.currency)
@@ -759,18 +765,21 @@ function onTick(ctx: Ctx): void {
   }
 }
 
-function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, journalSalvage?: JournalSalvageInfo): void {
+function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, publicKey: string | undefined, journalSalvage?: JournalSalvageInfo): void {
   const g = ctx.sec('gateway')
   g.running = true
   g.bootAt = ctx.now
   g.online = false
   g.offlineSince = ctx.now
   if (g.idPrefix === null) g.idPrefix = ctx.now.toString(36)
-  ctx.record(
-    journalSalvage
-      ? { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown, journalSalvage }
-      : { type: 'gateway.started', ts: ctx.iso, version, cleanShutdown },
-  )
+  ctx.record({
+    type: 'gateway.started',
+    ts: ctx.iso,
+    version,
+    cleanShutdown,
+    ...(publicKey === undefined ? {} : { publicKey }),
+    ...(journalSalvage ? { journalSalvage } : {}),
+  })
   // The feeder meters must answer again after a restart: their silence timers start now.
   if (hasCircuits(ctx.s)) {
     const circuits = ctx.sec('circuits')
@@ -1556,7 +1565,13 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
       onTick(ctx)
       break
     case 'boot':
-      onBoot(ctx, event.cleanShutdown === true, String(event.version), event.journalSalvage)
+      onBoot(
+        ctx,
+        event.cleanShutdown === true,
+        String(event.version),
+        typeof event.publicKey === 'string' ? event.publicKey : undefined,
+        event.journalSalvage,
+      )
       break
     case 'shutdown':
       onShutdown(ctx)

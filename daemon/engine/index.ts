@@ -7,7 +7,6 @@ export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorC
 export {
   periodAt,
   priceTimeline,
-  planProblems,
   lineAmountMicros,
   toMicros,
   microsPerMinor,
@@ -17,6 +16,7 @@ export {
   type PeriodAt,
   type TimelineEntry,
 } from './pricing.js'
+export { planIssues, planProblems, type PlanProblem } from './plan-rules.js'
 export type {
   EngineEvent,
   Effect,

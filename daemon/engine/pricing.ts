@@ -3,7 +3,7 @@
  * the site's IANA time zone, daylight-saving changes included), the price
  * timeline for the next hours, and the integer money arithmetic of a session.
  *
- * Owns: plan validation, period lookup, segment boundaries, micro-unit money.
+ * Owns: period lookup, segment boundaries, micro-unit money.
  * Must never: do I/O, read the clock, or use a float for money after the one
  * conversion of a decimal rate into integer micro-units.
  *
@@ -14,15 +14,14 @@
  * the session engine fast enough to simulate tens of thousands of sessions.
  */
 import { IANAZone } from 'luxon'
-import type { PeriodConfig, PlanConfig, Weekday } from '../../core/types.js'
+import { type PeriodConfig, type PlanConfig, WEEKDAYS } from '../../core/types.js'
 import { OutpostError } from './errors.js'
-import { currencyMinorDigits, hasAtMostDecimals } from '../../core/money.js'
+import { currencyMinorDigits } from '../../core/money.js'
 
 export const DAY_MS = 86_400_000
 export const WEEK_MS = 7 * DAY_MS
 /** 1970-01-05 was a Monday: the origin of week positions. */
 const MONDAY0 = 4 * DAY_MS
-const WEEKDAYS: readonly Weekday[] = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']
 
 // ---------------------------------------------------------------- money
 
@@ -45,15 +44,6 @@ export function microsPerMinor(currency: string): number {
 /** Intl lookups are slow and the answer never changes within a process. */
 const unitCache = new Map<string, number>()
 
-/** currencyMinorDigits, cached; undefined for an unknown code. */
-function minorDigits(currency: string): number | undefined {
-  try {
-    return 6 - Math.round(Math.log10(microsPerMinor(currency)))
-  } catch {
-    return undefined
-  }
-}
-
 /** round(n / d), halves up, for non-negative safe integers; exact (no float division). */
 export function divRoundHalfUp(n: number, d: number): number {
   const rem = n % d
@@ -72,59 +62,6 @@ const MICROS_HALF = 1_800_000_000n
 export function lineAmountMicros(energyMWh: number, durationMs: number, perKwhMicros: number, perHourMicros: number): number {
   const num = BigInt(energyMWh) * BigInt(perKwhMicros) * 3600n + BigInt(durationMs) * BigInt(perHourMicros) * 1000n
   return Number((num + MICROS_HALF) / MICROS_DEN)
-}
-
-// ---------------------------------------------------------------- plan validation
-
-const HHMM = /^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$/
-const ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/
-
-/** Problems with a plan pushed at runtime (set-plan), each naming where. Empty when valid. */
-export function planProblems(plan: unknown): string[] {
-  const out: string[] = []
-  if (typeof plan !== 'object' || plan === null || Array.isArray(plan)) return ['plan: must be an object']
-  const p = plan as Record<string, unknown>
-  for (const k of Object.keys(p)) if (!['id', 'name', 'currency', 'activationFee', 'periods'].includes(k)) out.push(`plan/${k}: unknown key`)
-  if (typeof p.id !== 'string' || !ID.test(p.id)) out.push('plan/id: must be an id (letters, digits, - _ ., at most 64)')
-  if (p.name !== undefined && typeof p.name !== 'string') out.push('plan/name: must be a string')
-  const minor = typeof p.currency === 'string' && /^[A-Z]{3}$/.test(p.currency) ? minorDigits(p.currency) : undefined
-  if (minor === undefined) {
-    out.push('plan/currency: must be a known ISO 4217 code such as CAD')
-  }
-  if (p.activationFee !== undefined) {
-    const f = p.activationFee
-    if (typeof f !== 'number' || !Number.isFinite(f) || f < 0) out.push('plan/activationFee: must be a number >= 0')
-    else if (!hasAtMostDecimals(f, minor ?? 6)) out.push(`plan/activationFee: ${f} has more decimals than the currency allows`)
-  }
-  if (!Array.isArray(p.periods) || p.periods.length === 0) {
-    out.push('plan/periods: must be a non-empty array')
-    return out
-  }
-  p.periods.forEach((q: unknown, i: number) => {
-    const at = `plan/periods/${i}`
-    if (typeof q !== 'object' || q === null || Array.isArray(q)) {
-      out.push(`${at}: must be an object`)
-      return
-    }
-    const r = q as Record<string, unknown>
-    for (const k of Object.keys(r)) if (!['days', 'from', 'to', 'perKwh', 'perHour', 'unavailable'].includes(k)) out.push(`${at}/${k}: unknown key`)
-    if (!Array.isArray(r.days) || r.days.length === 0 || !r.days.every((d) => WEEKDAYS.includes(d as Weekday)))
-      out.push(`${at}/days: must be a non-empty list of mon..sun`)
-    if (typeof r.from !== 'string' || !HHMM.test(r.from) || r.from === '24:00') out.push(`${at}/from: must be HH:MM from 00:00 to 23:59`)
-    if (typeof r.to !== 'string' || !HHMM.test(r.to)) out.push(`${at}/to: must be HH:MM from 00:00 to 24:00`)
-    if (r.from === r.to) out.push(`${at}/to: from and to are equal: an empty window`)
-    for (const k of ['perKwh', 'perHour'] as const) {
-      const v = r[k]
-      if (v === undefined) continue
-      if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > 1_000_000) out.push(`${at}/${k}: must be a number from 0 to 1000000`)
-      else if (!hasAtMostDecimals(v, 6)) out.push(`${at}/${k}: ${v} has more than 6 decimals`)
-    }
-    if (r.unavailable !== undefined && typeof r.unavailable !== 'boolean') out.push(`${at}/unavailable: must be true or false`)
-    if (r.unavailable === true && (r.perKwh !== undefined || r.perHour !== undefined))
-      out.push(`${at}/unavailable: an unavailable period cannot also have rates`)
-    if (r.unavailable !== true && r.perKwh === undefined && r.perHour === undefined) out.push(`${at}: needs perKwh, perHour or "unavailable": true`)
-  })
-  return out
 }
 
 // ---------------------------------------------------------------- time zones

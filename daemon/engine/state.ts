@@ -33,7 +33,7 @@ export type EngineEvent =
   | { type: 'relay-ok'; outlet: string }
   | { type: 'command'; id: string; source: CommandSource; command: Command }
   | { type: 'tick' }
-  | { type: 'boot'; cleanShutdown: boolean; version: string; journalSalvage?: JournalSalvageInfo }
+  | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
   | { type: 'uplink'; online: boolean }
   | { type: 'config'; config: SiteConfig }
@@ -213,6 +213,11 @@ export interface SettingsSection {
   sessions: SessionSettings
   offlineLimitMs: number | null
   uplink: boolean
+  /**
+   * An OCPP central system authorizes users (config `ocpp`): a user without a local wallet may
+   * start, uncapped (the central system bills them); a user with one is still capped by it.
+   */
+  centralAuth?: boolean
   /** Plans from the config file, by id. Cloud plans (state.plans) win over these. */
   configPlans: Record<string, PlanConfig>
   /** Shared circuits, by id (empty when the site has none). */

@@ -241,6 +241,32 @@ export class Metrics {
       },
     })
 
+    new Gauge({
+      name: 'outpost_ocpp_enabled',
+      help: '1 when an OCPP central system is configured.',
+      registers,
+      collect() {
+        this.set(daemon.config.ocpp ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_ocpp_online',
+      help: '1 while connected to the OCPP central system with the boot accepted.',
+      registers,
+      collect() {
+        const o = daemon.ocppState()
+        this.set(o?.connected && o.accepted ? 1 : 0)
+      },
+    })
+    new Gauge({
+      name: 'outpost_ocpp_queued_messages',
+      help: 'OCPP transaction messages waiting in the journal for the central system.',
+      registers,
+      collect() {
+        this.set(daemon.ocppState()?.queued ?? 0)
+      },
+    })
+
     collectDefaultMetrics({ register: this.registry, prefix: 'outpost_' })
   }
 

@@ -20,6 +20,7 @@ import { parseJson } from '../config.js'
 import { currencyMinorDigits } from '../../core/money.js'
 import { HttpError, allow, decodePathPart, mediaType, readBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
+import { csvHeader, csvRow } from '../export.js'
 import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
 
@@ -52,6 +53,7 @@ export const COMMAND_STATUS = {
   'not-running': 503,
   'unknown-circuit': 404,
   'limit-above-circuit': 409,
+  unavailable: 503,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 
@@ -108,7 +110,10 @@ export class ApiRoutes {
     }
     const status = this.daemon.uplinkState().status
     const ok = !this.daemon.haltedBy && !journal.fault
-    sendJson(res, ok ? 200 : 503, { ok, uplink: status, journal: { head: journal.head(), acked: journal.acked() } })
+    // `ocpp` only on a site that has one: the health of a site without stays as it was.
+    const o = this.daemon.ocppState()
+    const ocpp = o ? { ocpp: o.connected && o.accepted ? 'online' : 'offline' } : {}
+    sendJson(res, ok ? 200 : 503, { ok, uplink: status, ...ocpp, journal: { head: journal.head(), acked: journal.acked() } })
   }
 
   async handle(req: IncomingMessage, res: ServerResponse, method: string, path: string, q: URLSearchParams): Promise<void> {
@@ -143,6 +148,18 @@ export class ApiRoutes {
       allow(method, ['GET', 'HEAD'])
       const limit = intParam(q, 'limit', 20, 1, this.sessions.capacity)
       return sendJson(res, 200, { sessions: await this.sessions.recent(limit) })
+    }
+    if (route === 'sessions.csv' && parts.length === 1) {
+      allow(method, ['GET', 'HEAD'])
+      // The last sessions, oldest first (a spreadsheet reads down in time), as `outpost export --format csv` writes them.
+      const limit = intParam(q, 'limit', this.sessions.capacity, 1, this.sessions.capacity)
+      const rows = (await this.sessions.recent(limit)).reverse().map(csvRow)
+      res.writeHead(200, {
+        'content-type': 'text/csv; charset=utf-8',
+        'content-disposition': `attachment; filename="${this.daemon.config.site.id.replace(/[^A-Za-z0-9_.-]/g, '_')}-sessions.csv"`,
+        'cache-control': 'no-store',
+      })
+      return void res.end(method === 'HEAD' ? undefined : csvHeader() + rows.join(''))
     }
     if (route === 'records' && parts.length === 1) {
       allow(method, ['GET', 'HEAD'])
@@ -239,6 +256,7 @@ export class ApiRoutes {
       buses: d.buses?.health() ?? [],
       circuits: d.circuitStatuses(),
       uplink: { ...d.uplinkState(), oldestUnackedTs: await oldestUnackedTs(d) },
+      ocpp: d.ocppState() ?? null,
       journal: journal.status(),
       sessions: await this.sessions.recent(10),
     }

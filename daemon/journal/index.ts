@@ -8,6 +8,7 @@ export {
   type ReadingEntry,
   type CompactionResult,
   type JournalDb,
+  type SessionSigner,
 } from './journal.js'
 export { canonicalJson, recordHash, sealRecord, sealRecordText, verifyRecords, ChainVerifier, GENESIS_PREV, type ChainBreak } from './chain.js'
 export { openOffline, storedRecords, verifyDb, repairJournal, type OfflineJournal, type OfflineMode, type VerifyReport } from './offline.js'

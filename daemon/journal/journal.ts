@@ -26,9 +26,11 @@ import {
   type Reading,
   type RecordBody,
   type RecordLog,
+  type SessionEndedBody,
 } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
+import { paginationOf } from '../ocmf.js'
 import * as K from './keys.js'
 
 // biome-ignore lint/suspicious/noExplicitAny: abstract-level's format type parameter; the journal only ever opens utf8 keys and values
@@ -65,7 +67,15 @@ export interface JournalOptions {
   tailCheck?: number
   /** Tests only: LevelDB's write buffer in bytes (default 4 MB); a small one forces table writes and compactions. */
   writeBufferSize?: number
+  /**
+   * Signs a session.ended as it is sealed (the daemon's OCMF signer): given the record and the
+   * pagination counter this record takes, returns its `ocmf` value. The counter is kept in the
+   * journal (m!pagination, in the record's own batch): gapless across restarts and crashes.
+   */
+  sign?: SessionSigner
 }
+
+export type SessionSigner = (body: SessionEndedBody, ctx: { pagination: number; clockSynced: boolean }) => string
 
 /** A reading a session is billed from, journaled beside the state step that used it. */
 export interface ReadingEntry {
@@ -126,7 +136,8 @@ export function openError(err: unknown, location: string): OutpostError {
   if (codes.includes('LEVEL_CORRUPTION') || damagedTable)
     return new OutpostError(
       'JOURNAL_CORRUPT',
-      `the journal at ${location} is corrupt (${detail}); nothing was changed. Run \`outpost repair --config FILE\` (see docs/journal.md) after taking a copy of the directory`,
+      `the journal at ${location} is corrupt (${detail}); nothing was changed. ` +
+        'Run `outpost repair --config FILE` (see docs/journal.md) after taking a copy of the directory',
       { cause: err },
     )
   return new OutpostError(
@@ -139,7 +150,8 @@ export function openError(err: unknown, location: string): OutpostError {
 function corrupt(location: string, what: string, cause?: unknown): OutpostError {
   return new OutpostError(
     'JOURNAL_CORRUPT',
-    `the journal at ${location} is inconsistent: ${what}; nothing was changed. Run \`outpost verify --config FILE\`, then \`outpost repair --config FILE\` (see docs/journal.md)`,
+    `the journal at ${location} is inconsistent: ${what}; nothing was changed. ` +
+      'Run `outpost verify --config FILE`, then `outpost repair --config FILE` (see docs/journal.md)',
     { cause },
   )
 }
@@ -160,6 +172,9 @@ export class Journal implements RecordLog {
   private headHash = GENESIS_PREV
   private oldestSeq = 1
   private ackedSeq = 0
+  /** The last OCMF pagination counter given to a session.ended (0 before the first). */
+  private paginationValue = 0
+  private keyOnRecordValue: string | undefined
   /** The newest state handed to commit(): written, or its changed entries waiting in `pending` for the checkpoint. */
   private latest: PersistedEngineState | undefined
   /** State entries of steps whose state waits for the checkpoint, not yet handed to LevelDB, by key: the newest wins. */
@@ -283,6 +298,15 @@ export class Journal implements RecordLog {
     // Records are fsynced before the uplink may publish them, so an ack past the head means records were lost.
     if (this.ackedSeq > this.headSeq) throw corrupt(this.location, `the cloud acknowledged seq ${this.ackedSeq} but the log ends at ${this.headSeq}`)
 
+    const keyText = await db.get(K.META_KEY)
+    this.keyOnRecordValue = keyText === undefined ? undefined : parseJson<string>(this.location, K.META_KEY, keyText)
+    const pg = await db.get(K.META_PAGINATION)
+    this.paginationValue = pg === undefined ? 0 : Number(pg)
+    if (!Number.isSafeInteger(this.paginationValue) || this.paginationValue < 0)
+      throw corrupt(this.location, `the OCMF pagination counter is ${JSON.stringify(pg)}`)
+    // Never behind a record the log holds (a journal rebuilt from records alone carries their counters).
+    for (const r of tail) if (r.type === 'session.ended') this.paginationValue = Math.max(this.paginationValue, paginationOf(r.ocmf) ?? 0)
+
     this.latest = await this.readState()
     this.previousCleanShutdown = fresh ? true : (await db.get(K.META_RUNNING)) === undefined
 
@@ -319,6 +343,25 @@ export class Journal implements RecordLog {
 
   oldest(): number {
     return this.headSeq === 0 ? 1 : this.oldestSeq
+  }
+
+  /** The last OCMF pagination counter given to a session.ended (0 before the first). */
+  pagination(): number {
+    return this.paginationValue
+  }
+
+  /** The fingerprint of the gateway key this journal's records are signed with, undefined for a journal never signed. */
+  keyOnRecord(): string | undefined {
+    return this.keyOnRecordValue
+  }
+
+  /** Records (fsynced) which gateway key signs this journal's records from now on. */
+  recordKey(fingerprint: string): Promise<void> {
+    return this.enqueue(async () => {
+      if (this.keyOnRecordValue === fingerprint) return
+      await this.write([{ type: 'put', key: K.META_KEY, value: JSON.stringify(fingerprint) }], true)
+      this.keyOnRecordValue = fingerprint
+    })
   }
 
   /** The hash of the head record (64 zeros when empty). */
@@ -476,12 +519,19 @@ export class Journal implements RecordLog {
     const now = this.opts.now()
     let seq = this.headSeq
     let prev = this.headHash
-    for (const body of step.records) {
+    let pagination = this.paginationValue
+    for (const given of step.records) {
+      let body = given
+      if (body.type === 'session.ended' && this.opts.sign) {
+        // Signed here, where the record is sealed: the counter it takes goes to disk in the same batch.
+        body = { ...body, ocmf: this.opts.sign(body, { pagination: ++pagination, clockSynced }) }
+      }
       const { record: r, text } = sealRecordText(body, ++seq, prev, this.opts.bootId, clockSynced)
       prev = r.hash
       sealed.push(r)
       ops.push({ type: 'put', key: K.recordKey(r.seq), value: text })
     }
+    if (pagination !== this.paginationValue) ops.push({ type: 'put', key: K.META_PAGINATION, value: String(pagination) })
     const stateOps: Op[] = []
     if (step.commandResults && step.commandResults.length > 0) {
       // First result wins, across steps and within one step.
@@ -531,6 +581,7 @@ export class Journal implements RecordLog {
     if (batch.length > 0) await this.write(batch, true)
     for (const op of stateOps) this.pending.delete(op.key)
     if (step.state !== undefined) this.latest = step.state
+    this.paginationValue = pagination
     if (sealed.length > 0) {
       this.headSeq = seq
       this.headHash = prev
@@ -627,6 +678,33 @@ export class Journal implements RecordLog {
       out.push({ outlet, sessionId, reading: { ts, currentA, powerW, energyWh, voltageV }, now: ts + (late ?? 0) })
     }
     return out
+  }
+
+  /**
+   * Side data of `owner` (keys `x!<owner>!<rest>`), in key order: what another part of the
+   * daemon derives from the records and must keep across crashes (the OCPP outbox).
+   */
+  async asideRead(owner: string, prefix = ''): Promise<[string, string][]> {
+    this.assertOpen()
+    const base = K.asideKey(owner, '')
+    const out: [string, string][] = []
+    for await (const [key, value] of this.db.iterator(K.prefixRange(base + prefix))) out.push([key.slice(base.length), value])
+    return out
+  }
+
+  /**
+   * Writes `owner`'s side data in one batch, fsynced, behind every commit before it (so what
+   * it derives from a record is never on disk before the record). `value: null` deletes.
+   */
+  asideWrite(owner: string, entries: { key: string; value: string | null }[]): Promise<void> {
+    return this.enqueue(async () => {
+      this.assertWritable()
+      if (entries.length === 0) return
+      const ops: Op[] = entries.map((e) =>
+        e.value === null ? { type: 'del', key: K.asideKey(owner, e.key) } : { type: 'put', key: K.asideKey(owner, e.key), value: e.value },
+      )
+      await this.write(ops, true)
+    })
   }
 
   /** Write and fsync everything committed so far (the state waiting for its checkpoint included). */

@@ -10,11 +10,15 @@
  *   m!acked                  the cloud's ack watermark (integer)
  *   m!state                  "1" once an engine state has been persisted
  *   m!sync                   a counter written only to force an fsync of group-committed readings
+ *   m!pagination             the last OCMF pagination counter (T<n>) given to a session.ended, in that record's batch
+ *   m!key                    the fingerprint of the gateway key this journal's records are signed with
  *   r!<seq:12>               a record, exactly as sealed (with hash)
  *   s!<section>              one top-level section of the engine state (all but `outlets`)
  *   o!<outletId>             one `outlets[id]` entry of the engine state
  *   c!<commandId>            {at, result}: the first result of a command id
  *   g!<sessionId>!<ts:15>    one reading a session is billed from: [currentA, powerW, energyWh, voltageV, outlet]
+ *   x!<owner>!<rest>         side data another part of the daemon keeps beside the records it derives from
+ *                            (x!ocpp!…: the OCPP transaction outbox, daemon/ocpp/outbox.ts); the journal never reads it
  *
  * Never holds anything else: an unknown prefix is somebody else's bug.
  */
@@ -26,6 +30,10 @@ export const META_RUNNING = 'm!running'
 export const META_ACKED = 'm!acked'
 export const META_STATE = 'm!state'
 export const META_SYNC = 'm!sync'
+/** The last OCMF pagination counter given to a session.ended: written in the batch of that record, so it never runs ahead or behind the log. */
+export const META_PAGINATION = 'm!pagination'
+/** The fingerprint of the gateway key the journal's records are signed with: a journal with one needs its key file. */
+export const META_KEY = 'm!key'
 /**
  * Where the record log starts when it holds no record yet: `{"seq", "hash"}` of the last
  * record before it. Written only by a salvage that could carry no record over, so that
@@ -60,6 +68,9 @@ const pad = (n: number): string => String(Math.max(0, Math.floor(n))).padStart(T
 export const readingPrefix = (sessionId: string): string => 'g!' + escapeId(sessionId) + '!'
 export const readingKey = (sessionId: string, ts: number): string => readingPrefix(sessionId) + pad(ts)
 export const READINGS = { gte: 'g!', lt: 'g"' } as const
+
+export const asideKey = (owner: string, rest: string): string => 'x!' + escapeId(owner) + '!' + rest
+export const ASIDE = { gte: 'x!', lt: 'x"' } as const
 
 /** The upper bound of a prefix range: the same prefix with its last byte + 1. */
 export function prefixRange(prefix: string): { gte: string; lt: string } {

@@ -21,6 +21,7 @@ import { Level } from 'level'
 import type { JournalRecord, JournalSalvageInfo } from '../../core/types.js'
 import { isOutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV } from './chain.js'
+import { paginationOf } from '../ocmf.js'
 import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
@@ -47,9 +48,11 @@ export async function openJournalForRun(
   } catch (err) {
     if (!isOutpostError(err, 'JOURNAL_CORRUPT')) throw err
     const salvage = await salvageJournal(storageDir, opts.now(), (err as Error).message)
+    const onto = salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'
+    const lost = salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''
     log.warn(
       { ...salvage },
-      `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'}${salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''}. Keep the moved directory; see README troubleshooting`,
+      `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${onto}${lost}. Keep the moved directory; see README troubleshooting`,
     )
     return { journal: await Journal.open(storageDir, opts), salvage }
   }
@@ -156,7 +159,7 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         }
         acked = highest
       }
-      for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS]) {
+      for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS, K.ASIDE]) {
         try {
           for await (const [key, value] of db.iterator(range)) {
             try {
@@ -171,6 +174,25 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         }
       }
       if ((await db.get(K.META_STATE).catch(() => undefined)) !== undefined) ops.push({ type: 'put', key: K.META_STATE, value: '1' })
+      // The OCMF pagination counter goes on where it was (it is written with every session.ended, so it is never
+      // behind a record); when it cannot be read, past the highest counter a readable record carries.
+      const pgText = await db.get(K.META_PAGINATION).catch(() => undefined)
+      let pagination = Number.isSafeInteger(Number(pgText)) && Number(pgText) > 0 ? Number(pgText) : 0
+      try {
+        for await (const text of db.values(K.RECORDS)) {
+          if (!text.includes('"session.ended"')) continue
+          try {
+            pagination = Math.max(pagination, paginationOf((JSON.parse(text) as { ocmf?: string }).ocmf) ?? 0)
+          } catch {
+            // not a record: skipped
+          }
+        }
+      } catch {
+        // a damaged table: the counters read before it still count
+      }
+      if (pagination > 0) ops.push({ type: 'put', key: K.META_PAGINATION, value: String(pagination) })
+      const keyText = await db.get(K.META_KEY).catch(() => undefined)
+      if (keyText !== undefined) ops.push({ type: 'put', key: K.META_KEY, value: keyText })
     }
     if (acked > 0) ops.push({ type: 'put', key: K.META_ACKED, value: String(acked) })
     await out.batch(ops, { sync: true } as { keyEncoding?: string })

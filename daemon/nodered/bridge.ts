@@ -14,6 +14,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
+import type { CommandResultCode } from '../errors.js'
 import { type CommandResult, type JournalRecord, type OutletStatus, RECORD_TYPES } from '../../core/types.js'
 
 export type BridgeEvent = 'record' | 'status' | 'result'
@@ -108,7 +109,10 @@ export class DaemonBridge implements OutpostBridge {
   }
 
   async command(raw: unknown): Promise<CommandResult> {
-    if (this.closed) return { id: '', ok: false, error: { code: 'unavailable', message: 'Node-RED is stopping: the command was not sent' } }
+    if (this.closed) {
+      const code: CommandResultCode = 'unavailable'
+      return { id: '', ok: false, error: { code, message: 'Node-RED is stopping: the command was not sent' } }
+    }
     const body = isPlainObject(raw) && raw.id === undefined ? { ...raw, id: `node-red-${randomUUID()}` } : raw
     return this.daemon.gateway.handle(body, 'node-red')
   }

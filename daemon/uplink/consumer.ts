@@ -47,6 +47,12 @@ export interface ConsumerOptions extends BrokerAuth {
   maxPending?: number
   /** Whether to ack at all (false: a passive observer). Default true. */
   ack?: boolean
+  /**
+   * Called with the records just made durable in `file` (in order, after its fsync, before the
+   * ack). A throw is logged and does not stop the consumer: what it derives must be rebuildable
+   * from `file` (reconcile --cdr rebuilds its CDR file at start).
+   */
+  onHeld?: (records: JournalRecord[]) => void | Promise<void>
 }
 
 export interface ConsumerStats {
@@ -272,7 +278,7 @@ export class ReconcilingConsumer {
           if (m.kind === 'records') sawRecords = true
           for (const r of records) this.accept(r)
         }
-        const { lines, end } = this.drain()
+        const { lines, records, end } = this.drain()
         if (lines.length > 0) {
           if (!this.fh) return
           const text = lines.join('')
@@ -288,6 +294,13 @@ export class ReconcilingConsumer {
           this.fileBytes += Buffer.byteLength(text)
           this.end = end
           this.stats.syncs++
+        }
+        if (lines.length > 0 && this.opts.onHeld) {
+          try {
+            await this.opts.onHeld(records)
+          } catch (err) {
+            this.logger.error({ err }, 'the onHeld hook failed; the records are held and acked all the same')
+          }
         }
         if (lines.length > 0) {
           this.lastProgressAt = Date.now()
@@ -362,10 +375,11 @@ export class ReconcilingConsumer {
   }
 
   /** Takes the contiguous run after `end` out of pending, verifying each; returns the lines to write and where the chain would then end. */
-  private drain(): { lines: string[]; end: ChainPoint } {
+  private drain(): { lines: string[]; records: JournalRecord[]; end: ChainPoint } {
     const lines: string[] = []
+    const records: JournalRecord[] = []
     let end = this.end
-    if (this.breakInfo) return { lines, end }
+    if (this.breakInfo) return { lines, records, end }
     for (;;) {
       const next = this.pending.get(end.seq + 1)
       if (!next) break
@@ -378,8 +392,9 @@ export class ReconcilingConsumer {
       }
       end = r.end
       lines.push(JSON.stringify(next) + '\n')
+      records.push(next)
     }
-    return { lines, end }
+    return { lines, records, end }
   }
 
   private sendAck(): void {

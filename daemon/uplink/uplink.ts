@@ -54,6 +54,8 @@ export interface UplinkOptions {
   log: RecordLog
   version: string
   bootId: string
+  /** The gateway's public key (SPKI PEM), announced in P/status beside the version. */
+  publicKey?: string
   /** The command gateway: `(raw) => gateway.handle(raw, 'cloud')`. Must not throw (a throw is answered as 'internal'). */
   /**
    * Applies one P/cmd payload. Commands are handed over one at a time, in arrival order; one
@@ -340,7 +342,13 @@ export class Uplink {
       this.statusTimer = undefined
       if (this.online && this.log.head() !== head) this.publishStatus()
     }, this.statusIntervalMs)
-    const payload = JSON.stringify({ online: true, version: this.opts.version, bootId: this.opts.bootId, head })
+    const payload = JSON.stringify({
+      online: true,
+      version: this.opts.version,
+      bootId: this.opts.bootId,
+      head,
+      ...(this.opts.publicKey ? { publicKey: this.opts.publicKey } : {}),
+    })
     this.client?.publish(this.t.status, payload, { qos: 1, retain: true }, () => undefined)
   }
 

@@ -1,0 +1,585 @@
+/**
+ * The gateway as one OCPP 1.6J charge point: one websocket to the central
+ * system, one connector per outlet.
+ *
+ * Owns: BootNotification (Accepted, Pending and Rejected with their retry
+ * interval; nothing transactional and no StatusNotification before Accepted),
+ * Heartbeat at the interval the central system gives, StatusNotification for
+ * connector 0 and every connector after each accepted boot (every connection
+ * boots) and on every change, Authorize for starts the gateway began itself,
+ * the transaction messages (derived from journal records into the durable
+ * outbox, sent in order, one at a time, a Stop or MeterValues only once its
+ * StartTransaction was answered), clock-aligned MeterValues of open
+ * transactions, and the central system's calls, which become commands through
+ * the command gateway (source `ocpp`).
+ *
+ * Must never: hold anything billable (the journal does; this only derives),
+ * send a transaction message with a transactionId the central system did not
+ * give, throw into the daemon (an OCPP failure never stops charging or the MQTT
+ * uplink), or apply a call the schema refused.
+ */
+import type { CommandResult, OcppConfig, OutletState, Reading, SiteConfig } from '../../core/types.js'
+import { isOutpostError } from '../errors.js'
+import type { Journal } from '../journal/index.js'
+import type { Logger } from '../log.js'
+import { checkCall } from './calls.js'
+import { Outbox, type Queued } from './outbox.js'
+import { CallError, OcppRpc } from './rpc.js'
+import {
+  CONNECTOR_STATUS,
+  type ConnectorStatus,
+  type Ended,
+  meterSample,
+  STOP_REASON,
+  type Started,
+  type StopReason,
+  startPayload,
+  stopPayload,
+} from './tables.js'
+
+/** What the charge point sees of one outlet (from the engine's state). */
+export interface OutletView {
+  id: string
+  state: OutletState
+  sessionId?: string
+  currentA: number
+  meterFault: string | null
+  relayFault: string | null
+  last: Reading | null
+}
+
+export interface ChargePointHost {
+  config: SiteConfig
+  version: string
+  journal: Journal
+  logger: Logger
+  now(): number
+  /** Every outlet, config order. */
+  outlets(): OutletView[]
+  /** A command through the command gateway (source `ocpp`). */
+  command(cmd: Record<string, unknown>): Promise<CommandResult>
+  /** Reset from the central system: a clean stop (systemd starts the daemon again). Hard does not wait for the outbox to drain. */
+  reset(kind: 'Soft' | 'Hard'): void
+}
+
+/** A transaction message refused with a CALLERROR this many times is dropped (logged): the rest of the queue must not wait on it forever. */
+export const TRANSACTION_MESSAGE_ATTEMPTS = 3
+const RETRY_MS = 1000
+/** How long a stop waits for the answer to the transaction message already on the wire. */
+const IN_FLIGHT_MS = 2000
+
+/** The configuration keys GetConfiguration reports; `write` when ChangeConfiguration may change them. */
+const CONFIG_KEYS = ['HeartbeatInterval', 'MeterValueSampleInterval', 'ClockAlignedDataInterval'] as const
+type WritableKey = (typeof CONFIG_KEYS)[number]
+
+export class ChargePoint {
+  readonly rpc: OcppRpc
+  private outbox!: Outbox
+  private readonly ocpp: OcppConfig
+  private readonly log: Logger
+  private readonly byOutlet = new Map<string, number>()
+  private readonly byConnector = new Map<number, string>()
+  private accepted = false
+  private stopped = false
+  private heartbeatMs: number
+  private sampleS: number
+  private heartbeatTimer: NodeJS.Timeout | undefined
+  private bootTimer: NodeJS.Timeout | undefined
+  private sampleTimer: NodeJS.Timeout | undefined
+  private readonly lastSent = new Map<number, ConnectorStatus & { session: boolean }>()
+  /** Outlet → idTag of a RemoteStartTransaction being applied: its session needs no Authorize. */
+  private readonly remoteStarts = new Map<string, string>()
+  /** Stops the central system caused (Remote) or a refused idTag caused (DeAuthorized), by session. */
+  private readonly stopOverride = new Map<string, StopReason>()
+  private readonly attempts = new Map<number, number>()
+  /** One chain for everything that writes the outbox (ingest and samples), so their order is the journal's. */
+  private work: Promise<unknown> = Promise.resolve()
+  private ingestWanted = false
+  private pumping = false
+  /** The pump's current run: a stop waits for the message on the wire. */
+  private pumpRun: Promise<void> = Promise.resolve()
+  private unsubscribe: (() => void) | undefined
+  private drained: (() => void)[] = []
+
+  constructor(private readonly host: ChargePointHost) {
+    const ocpp = host.config.ocpp
+    if (!ocpp) throw new Error('ChargePoint needs config.ocpp')
+    this.ocpp = ocpp
+    this.log = host.logger
+    this.heartbeatMs = ocpp.heartbeatS * 1000
+    this.sampleS = ocpp.meterValueSampleS
+    host.config.outlets.forEach((o, i) => {
+      const c = o.connectorId ?? i + 1
+      this.byOutlet.set(o.id, c)
+      this.byConnector.set(c, o.id)
+    })
+    this.rpc = new OcppRpc({
+      url: ocpp.url,
+      identity: ocpp.identity,
+      password: ocpp.password,
+      caFile: ocpp.caFile,
+      callTimeoutMs: ocpp.callTimeoutS * 1000,
+      reconnectMaxMs: ocpp.reconnectMaxMs,
+      logger: this.log,
+      onCall: (id, action, payload) => this.onCall(id, action, payload),
+      onOpen: () => this.onOpen(),
+      onClose: () => this.onClose(),
+    })
+  }
+
+  /** Opens the outbox and follows the journal: call before the boot step, so every session the boot closes is seen. */
+  async attach(): Promise<void> {
+    this.outbox = await Outbox.open(this.host.journal)
+    this.unsubscribe = this.host.journal.onAppend(() => this.ingest())
+    this.ingest()
+  }
+
+  /** Connects (after the boot read, so that an accepted BootNotification means ready). */
+  start(): void {
+    this.log.info({ url: this.rpc.endpoint, queued: this.outbox.size }, 'ocpp: connecting to the central system')
+    this.rpc.start()
+    this.scheduleSample()
+  }
+
+  /** After the daemon's last step: a Soft stop waits (at most `drainMs`) for the outbox to drain while connected. */
+  async stop(drainMs: number): Promise<void> {
+    await this.work.catch(() => undefined)
+    if (drainMs > 0 && this.accepted && this.rpc.connected && this.outbox.size > 0) {
+      this.pump()
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, drainMs)
+        this.drained.push(() => {
+          clearTimeout(t)
+          resolve()
+        })
+      })
+    }
+    // No new message from here; the one on the wire gets its answer (a Hard reset too): closing the
+    // socket under it would leave it answered at the central system and unretired here, so sent twice.
+    this.stopped = true
+    await Promise.race([this.pumpRun, new Promise((r) => setTimeout(r, IN_FLIGHT_MS).unref())])
+    await this.outbox?.settled()
+    this.unsubscribe?.()
+    this.clearTimers()
+    if (this.sampleTimer) clearTimeout(this.sampleTimer)
+    await this.rpc.stop()
+  }
+
+  state(): { connected: boolean; accepted: boolean; queued: number } {
+    return { connected: this.rpc.connected, accepted: this.accepted, queued: this.outbox?.size ?? 0 }
+  }
+
+  /** An outlet's status changed (daemon `status` event). */
+  onStatus(): void {
+    this.sendStatuses(false)
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  private onOpen(): void {
+    this.log.info({ url: this.rpc.endpoint }, 'ocpp: connected')
+    this.accepted = false
+    this.lastSent.clear()
+    void this.boot()
+  }
+
+  private onClose(): void {
+    this.log.warn({ url: this.rpc.endpoint, queued: this.outbox.size }, 'ocpp: disconnected; transaction messages queue in the journal')
+    this.accepted = false
+    this.clearTimers()
+  }
+
+  private clearTimers(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer)
+    if (this.bootTimer) clearTimeout(this.bootTimer)
+    this.heartbeatTimer = undefined
+    this.bootTimer = undefined
+  }
+
+  private async boot(): Promise<void> {
+    if (this.stopped) return
+    // A boot asked for again (TriggerMessage, a retry) replaces the timers of the one before.
+    this.clearTimers()
+    let res: Record<string, unknown>
+    try {
+      res = await this.rpc.call('BootNotification', {
+        chargePointVendor: 'Outpost',
+        chargePointModel: 'Outpost site gateway',
+        chargePointSerialNumber: this.host.config.site.id.slice(0, 25),
+        firmwareVersion: this.host.version.slice(0, 50),
+      })
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'ocpp: BootNotification failed')
+      if (isOutpostError(err, 'OCPP_CALL_ERROR')) this.bootTimer = setTimeout(() => void this.boot(), this.heartbeatMs)
+      return
+    }
+    const interval = typeof res.interval === 'number' && res.interval > 0 ? res.interval * 1000 : undefined
+    if (res.status === 'Accepted') {
+      if (interval) this.heartbeatMs = interval
+      this.accepted = true
+      this.log.info({ heartbeatS: this.heartbeatMs / 1000, queued: this.outbox.size }, 'ocpp: boot accepted')
+      this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
+      this.sendStatuses(true)
+      this.pump()
+      return
+    }
+    // Pending or Rejected: ask again after the interval it gave (the configured heartbeat when it gave none).
+    const retry = interval ?? this.ocpp.heartbeatS * 1000
+    this.log.warn({ status: res.status, retryS: retry / 1000 }, 'ocpp: boot not accepted yet; asking again after the interval')
+    this.bootTimer = setTimeout(() => void this.boot(), retry)
+  }
+
+  private heartbeat(): void {
+    void this.rpc.call('Heartbeat', {}).catch((err: Error) => this.log.debug({ err: err.message }, 'ocpp: heartbeat failed'))
+  }
+
+  // ---------------------------------------------------------------- status
+
+  private statusOf(o: OutletView): ConnectorStatus {
+    return CONNECTOR_STATUS[o.state]({
+      currentA: o.currentA,
+      minChargeA: this.host.config.sessions.minChargeA,
+      meterFault: o.meterFault,
+      relayFault: o.relayFault,
+    })
+  }
+
+  /** Sends what changed since the last StatusNotification on this connection (`all`: every connector, and connector 0). */
+  private sendStatuses(all: boolean, only?: number): void {
+    if (!this.accepted || this.stopped) return
+    const ts = new Date(this.host.now()).toISOString()
+    if (all && (only === undefined || only === 0)) this.sendStatus({ connectorId: 0, status: 'Available', errorCode: 'NoError', timestamp: ts })
+    for (const o of this.host.outlets()) {
+      const connectorId = this.byOutlet.get(o.id)
+      if (connectorId === undefined || (only !== undefined && only !== connectorId)) continue
+      const now = this.statusOf(o)
+      const prev = this.lastSent.get(connectorId)
+      const session = o.sessionId !== undefined
+      if (!all && prev && prev.status === now.status && prev.errorCode === now.errorCode && prev.info === now.info) continue
+      // A session just ended: Finishing, once, before what follows.
+      if (prev?.session && !session && !all) this.sendStatus({ connectorId, status: 'Finishing', errorCode: 'NoError', timestamp: ts })
+      this.lastSent.set(connectorId, { ...now, session })
+      this.sendStatus({ connectorId, ...now, timestamp: ts })
+    }
+  }
+
+  private sendStatus(payload: Record<string, unknown>): void {
+    void this.rpc.call('StatusNotification', payload).catch((err: Error) => this.log.debug({ err: err.message }, 'ocpp: StatusNotification failed'))
+  }
+
+  // ---------------------------------------------------------------- transaction messages
+
+  /** Turns journal records past the cursor into queued transaction messages. */
+  private ingest(): void {
+    if (this.ingestWanted) return
+    this.ingestWanted = true
+    this.serial(async () => {
+      this.ingestWanted = false
+      const journal = this.host.journal
+      while (this.outbox.cursor < journal.head()) {
+        let from = this.outbox.cursor + 1
+        if (from < journal.oldest()) from = journal.oldest()
+        const records = await journal.read(from, 500)
+        if (records.length === 0) break
+        const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
+        const starting = new Set<string>()
+        for (const r of records) {
+          if (r.type === 'session.started') {
+            const connectorId = this.byOutlet.get(r.outlet)
+            if (connectorId === undefined) continue
+            const remote = this.remoteStarts.get(r.outlet) === r.userId
+            if (remote) this.remoteStarts.delete(r.outlet)
+            starting.add(r.sessionId)
+            msgs.push({
+              action: 'StartTransaction',
+              sessionId: r.sessionId,
+              connectorId,
+              payload: startPayload(r as Started, connectorId),
+              authorize: !remote,
+            })
+          } else if (r.type === 'session.ended') {
+            if (!starting.has(r.sessionId) && !this.outbox.hasStart(r.sessionId)) continue
+            const reason = this.stopOverride.get(r.sessionId) ?? STOP_REASON[r.reason]
+            this.stopOverride.delete(r.sessionId)
+            msgs.push({
+              action: 'StopTransaction',
+              sessionId: r.sessionId,
+              connectorId: this.byOutlet.get(r.outlet) ?? 0,
+              payload: stopPayload(r as Ended, reason),
+            })
+          }
+        }
+        await this.outbox.enqueue(msgs, records[records.length - 1]!.seq)
+      }
+      this.pump()
+    })
+  }
+
+  private serial(task: () => Promise<void>): void {
+    const run = this.work.then(task)
+    this.work = run.catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: the transaction outbox could not be written'))
+  }
+
+  /** Sends the outbox, oldest first, while the boot is accepted and the link up. */
+  private pump(): void {
+    if (this.pumping || this.stopped) return
+    this.pumping = true
+    this.pumpRun = this.pumpNow()
+      .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: sending the outbox failed'))
+      .finally(() => {
+        this.pumping = false
+        if (this.outbox.size === 0) for (const d of this.drained.splice(0)) d()
+      })
+  }
+
+  private async pumpNow(): Promise<void> {
+    for (;;) {
+      if (!this.accepted || !this.rpc.connected || this.stopped) return
+      const q = this.outbox.first()
+      if (!q) return
+      const payload = { ...q.payload }
+      if (q.action !== 'StartTransaction') {
+        const tid = this.outbox.transactionId(q.sessionId)
+        if (tid === undefined) {
+          // Its StartTransaction was dropped (refused again and again): there is no transaction to speak of.
+          this.log.error({ action: q.action, sessionId: q.sessionId }, 'ocpp: a transaction message without a transaction was dropped')
+          await this.outbox.answered(q)
+          continue
+        }
+        payload.transactionId = tid
+      }
+      try {
+        if (q.action === 'StartTransaction' && q.authorize && this.isOpen(q.sessionId)) await this.authorize(q)
+        const res = await this.rpc.call(q.action, payload, q.msgId)
+        if (q.action === 'StartTransaction') {
+          const tid = res.transactionId as number
+          await this.outbox.answered(q, tid)
+          const status = (res.idTagInfo as { status?: string } | undefined)?.status
+          this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
+          if (status !== 'Accepted') this.deauthorize(q, status)
+        } else if (q.action === 'StopTransaction') {
+          await this.outbox.answered(q)
+          this.log.info({ sessionId: q.sessionId, transactionId: payload.transactionId }, 'ocpp: transaction stopped')
+        } else {
+          // A MeterValues answer goes to disk with the next ones (group commit) while the queue moves on:
+          // a crash before that write sends it again, with the same message id. Starts and Stops wait for theirs.
+          this.outbox.answered(q).catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: an answer could not be written'))
+        }
+        this.attempts.delete(q.n)
+      } catch (err) {
+        if (!isOutpostError(err, 'OCPP_CALL_ERROR')) return // closed or timed out: the next accepted boot resends, same message id
+        const n = (this.attempts.get(q.n) ?? 0) + 1
+        this.attempts.set(q.n, n)
+        this.log.error(
+          { action: q.action, sessionId: q.sessionId, attempt: n, err: (err as Error).message },
+          'ocpp: the central system refused a transaction message',
+        )
+        if (n >= TRANSACTION_MESSAGE_ATTEMPTS) {
+          await this.outbox.answered(q)
+          this.attempts.delete(q.n)
+        } else await new Promise((r) => setTimeout(r, RETRY_MS))
+      }
+    }
+  }
+
+  private isOpen(sessionId: string): boolean {
+    return this.host.outlets().some((o) => o.sessionId === sessionId)
+  }
+
+  private async authorize(q: Queued): Promise<void> {
+    const idTag = q.payload.idTag as string
+    const res = await this.rpc.call('Authorize', { idTag })
+    const status = (res.idTagInfo as { status?: string } | undefined)?.status
+    if (status !== 'Accepted') this.deauthorize(q, status)
+  }
+
+  /** The central system refused the idTag of an open session: it ends (DeAuthorized). */
+  private deauthorize(q: Queued, status: string | undefined): void {
+    const outlet = this.byConnector.get(q.connectorId)
+    if (!outlet || !this.isOpen(q.sessionId) || this.stopOverride.has(q.sessionId)) return
+    this.log.warn({ sessionId: q.sessionId, outlet, status }, 'ocpp: the central system refused the idTag; stopping the session')
+    this.stopOverride.set(q.sessionId, 'DeAuthorized')
+    void this.host.command({ id: `ocpp-deauth-${q.sessionId}`, action: 'stop', outlet, by: 'manager' })
+  }
+
+  // ---------------------------------------------------------------- meter values
+
+  private scheduleSample(): void {
+    if (this.sampleTimer) clearTimeout(this.sampleTimer)
+    if (this.stopped || this.sampleS <= 0) return
+    const period = this.sampleS * 1000
+    const now = this.host.now()
+    this.sampleTimer = setTimeout(
+      () => {
+        this.sample(Math.round(this.host.now() / period) * period)
+        this.scheduleSample()
+      },
+      period - (now % period),
+    )
+  }
+
+  private sample(at: number): void {
+    this.serial(async () => {
+      const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
+      for (const o of this.host.outlets()) {
+        const connectorId = this.byOutlet.get(o.id)
+        if (connectorId === undefined || !o.sessionId || !o.last || !this.outbox.hasStart(o.sessionId)) continue
+        msgs.push({
+          action: 'MeterValues',
+          sessionId: o.sessionId,
+          connectorId,
+          payload: meterSample(connectorId, new Date(at).toISOString(), o.last),
+        })
+      }
+      if (msgs.length > 0) await this.outbox.enqueue(msgs)
+      this.pump()
+    })
+  }
+
+  // ---------------------------------------------------------------- calls from the central system
+
+  private async onCall(msgId: string, action: string, raw: unknown): Promise<Record<string, unknown>> {
+    const p = checkCall(action, raw)
+    const id = `ocpp-${msgId.replace(/[^A-Za-z0-9_.:-]/g, '_')}`.slice(0, 128)
+    switch (action) {
+      case 'RemoteStartTransaction': {
+        const outlet = p.connectorId !== undefined ? this.byConnector.get(p.connectorId as number) : this.freeOutlet()
+        if (!outlet) return { status: 'Rejected' }
+        this.remoteStarts.set(outlet, p.idTag as string)
+        const r = await this.host.command({ id, action: 'start', outlet, userId: p.idTag })
+        if (!r.ok) {
+          this.remoteStarts.delete(outlet)
+          this.log.info({ outlet, idTag: p.idTag, code: r.error.code }, 'ocpp: remote start refused')
+        }
+        return { status: r.ok ? 'Accepted' : 'Rejected' }
+      }
+      case 'RemoteStopTransaction': {
+        const sessionId = this.outbox.sessionOf(p.transactionId as number)
+        const o = sessionId ? this.host.outlets().find((x) => x.sessionId === sessionId) : undefined
+        if (!o || !sessionId) return { status: 'Rejected' }
+        this.stopOverride.set(sessionId, 'Remote')
+        const r = await this.host.command({ id, action: 'stop', outlet: o.id, by: 'manager' })
+        if (!r.ok) this.stopOverride.delete(sessionId)
+        return { status: r.ok ? 'Accepted' : 'Rejected' }
+      }
+      case 'ChangeAvailability': {
+        const c = p.connectorId as number
+        const outlets = c === 0 ? [...this.byOutlet.keys()] : this.byConnector.has(c) ? [this.byConnector.get(c)!] : []
+        if (outlets.length === 0) return { status: 'Rejected' }
+        const available = p.type === 'Operative'
+        let ok = true
+        for (const outlet of outlets) {
+          const open = this.host.outlets().find((o) => o.id === outlet)?.sessionId
+          if (open && !available) this.stopOverride.set(open, 'Remote')
+          const r = await this.host.command({
+            id: outlets.length > 1 ? `${id}-${outlet}`.slice(0, 128) : id,
+            action: 'set-availability',
+            outlet,
+            available,
+          })
+          if (!r.ok) {
+            ok = false
+            if (open) this.stopOverride.delete(open)
+          }
+        }
+        return { status: ok ? 'Accepted' : 'Rejected' }
+      }
+      case 'Reset': {
+        const kind = p.type as 'Soft' | 'Hard'
+        this.log.warn({ type: kind }, 'ocpp: reset requested by the central system')
+        setImmediate(() => this.host.reset(kind))
+        return { status: 'Accepted' }
+      }
+      case 'TriggerMessage':
+        return this.trigger(p.requestedMessage as string, p.connectorId as number | undefined)
+      case 'GetConfiguration': {
+        const all = this.configuration()
+        const keys = p.key as string[] | undefined
+        if (!keys || keys.length === 0) return { configurationKey: all }
+        return {
+          configurationKey: all.filter((k) => keys.includes(k.key)),
+          unknownKey: keys.filter((k) => !all.some((c) => c.key === k)),
+        }
+      }
+      case 'ChangeConfiguration':
+        return { status: this.changeConfiguration(p.key as string, p.value as string) }
+      case 'UnlockConnector':
+        // A shelf outlet has no lockable connector.
+        return { status: 'NotSupported' }
+      default:
+        throw new CallError('NotImplemented', `unknown action ${action}`)
+    }
+  }
+
+  /** The first outlet free for a new session (a RemoteStartTransaction without connectorId). */
+  private freeOutlet(): string | undefined {
+    return this.host.outlets().find((o) => (o.state === 'off' || o.state === 'armed') && !o.sessionId)?.id
+  }
+
+  private trigger(what: string, connectorId: number | undefined): Record<string, unknown> {
+    if (connectorId !== undefined && connectorId !== 0 && !this.byConnector.has(connectorId)) return { status: 'Rejected' }
+    switch (what) {
+      case 'BootNotification':
+        setImmediate(() => void this.boot())
+        return { status: 'Accepted' }
+      case 'Heartbeat':
+        setImmediate(() => this.heartbeat())
+        return { status: 'Accepted' }
+      case 'StatusNotification':
+        setImmediate(() => this.sendStatuses(true, connectorId))
+        return { status: 'Accepted' }
+      case 'MeterValues':
+        setImmediate(() => this.sample(this.host.now()))
+        return { status: 'Accepted' }
+      default:
+        return { status: 'NotImplemented' }
+    }
+  }
+
+  private configuration(): { key: string; readonly: boolean; value: string }[] {
+    const measurands = 'Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage'
+    const sample = String(this.sampleS)
+    return [
+      { key: 'HeartbeatInterval', readonly: false, value: String(this.heartbeatMs / 1000) },
+      { key: 'MeterValueSampleInterval', readonly: false, value: sample },
+      { key: 'ClockAlignedDataInterval', readonly: false, value: sample },
+      { key: 'MeterValuesSampledData', readonly: true, value: measurands },
+      { key: 'MeterValuesAlignedData', readonly: true, value: measurands },
+      { key: 'StopTxnSampledData', readonly: true, value: '' },
+      { key: 'StopTxnAlignedData', readonly: true, value: 'Energy.Active.Import.Interval,Energy.Active.Import.Register' },
+      { key: 'NumberOfConnectors', readonly: true, value: String(this.byOutlet.size) },
+      { key: 'AuthorizeRemoteTxRequests', readonly: true, value: 'false' },
+      { key: 'LocalAuthorizeOffline', readonly: true, value: 'true' },
+      { key: 'LocalPreAuthorize', readonly: true, value: 'false' },
+      { key: 'StopTransactionOnEVSideDisconnect', readonly: true, value: 'true' },
+      { key: 'StopTransactionOnInvalidId', readonly: true, value: 'true' },
+      { key: 'TransactionMessageAttempts', readonly: true, value: String(TRANSACTION_MESSAGE_ATTEMPTS) },
+      { key: 'TransactionMessageRetryInterval', readonly: true, value: String(RETRY_MS / 1000) },
+      { key: 'ConnectorPhaseRotation', readonly: true, value: 'NotApplicable' },
+      { key: 'SupportedFeatureProfiles', readonly: true, value: 'Core,RemoteTrigger' },
+    ]
+  }
+
+  private changeConfiguration(key: string, value: string): 'Accepted' | 'Rejected' | 'NotSupported' {
+    const known = this.configuration().find((k) => k.key === key)
+    if (!known) return 'NotSupported'
+    if (known.readonly || !(CONFIG_KEYS as readonly string[]).includes(key)) return 'Rejected'
+    if (!/^\d{1,6}$/.test(value)) return 'Rejected'
+    const n = Number(value)
+    switch (key as WritableKey) {
+      case 'HeartbeatInterval':
+        if (n < 10) return 'Rejected'
+        this.heartbeatMs = n * 1000
+        if (this.heartbeatTimer) {
+          clearInterval(this.heartbeatTimer)
+          this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
+        }
+        return 'Accepted'
+      case 'MeterValueSampleInterval':
+      case 'ClockAlignedDataInterval':
+        this.sampleS = n
+        this.scheduleSample()
+        return 'Accepted'
+    }
+  }
+}

@@ -1,0 +1,153 @@
+/**
+ * The OCPP transaction outbox, kept in the journal's LevelDB beside the records
+ * it is derived from (keys `x!ocpp!…`, docs/journal.md).
+ *
+ *   cursor          the last journal seq turned into transaction messages
+ *   q!<n:12>        a queued StartTransaction / StopTransaction / MeterValues, with its message id
+ *   t!<sessionId>   {transactionId}: what the central system answered the session's StartTransaction
+ *
+ * Owns: the order of transaction messages (n, gapless, never reused), each message's id from
+ * the moment it is queued (a resend after a crash or a reconnect carries the same id, so the
+ * central system can tell a repeat), and the answer that retires it: the message is deleted
+ * and the transactionId stored in one fsynced batch. The cursor moves in the batch that
+ * queues what the records up to it produced, so a crash never skips or repeats a record.
+ *
+ * Must never: reorder messages, forget a message before its answer is on disk, or hold a
+ * transactionId the central system did not give (no `-1`).
+ */
+import { randomUUID } from 'node:crypto'
+import type { Journal } from '../journal/index.js'
+import { escapeId } from '../journal/keys.js'
+
+export type TransactionAction = 'StartTransaction' | 'StopTransaction' | 'MeterValues'
+
+export interface Queued {
+  n: number
+  /** The OCPP message id, fixed when queued. */
+  msgId: string
+  action: TransactionAction
+  sessionId: string
+  connectorId: number
+  /** The payload, without transactionId for Stop / MeterValues (added when sent). */
+  payload: Record<string, unknown>
+  /** A start the gateway began itself (not the central system's remote start): Authorize it first while it is open. */
+  authorize?: boolean
+}
+
+const OWNER = 'ocpp'
+const pad = (n: number): string => String(n).padStart(12, '0')
+
+export class Outbox {
+  private readonly queue: Queued[] = []
+  private readonly tx = new Map<string, number>()
+  /** Sessions whose StartTransaction was queued (answered or not): only they get Stop and MeterValues. */
+  private readonly started = new Set<string>()
+  private next = 1
+  private cursorSeq = 0
+  /** Answers waiting for their write, and the write in progress. */
+  private readonly retired: { key: string; value: string | null }[] = []
+  private flushing: Promise<void> = Promise.resolve()
+
+  private constructor(private readonly journal: Journal) {}
+
+  /** Loads the outbox; a journal that never had one starts at its current head (older sessions were never the central system's). */
+  static async open(journal: Journal): Promise<Outbox> {
+    const o = new Outbox(journal)
+    let cursor: number | undefined
+    for (const [key, value] of await journal.asideRead(OWNER)) {
+      if (key === 'cursor') cursor = Number(value)
+      else if (key.startsWith('q!')) {
+        const q = JSON.parse(value) as Queued
+        o.queue.push(q)
+        o.started.add(q.sessionId)
+        o.next = Math.max(o.next, q.n + 1)
+      } else if (key.startsWith('t!')) {
+        const v = JSON.parse(value) as { sessionId: string; transactionId: number }
+        o.tx.set(v.sessionId, v.transactionId)
+        o.started.add(v.sessionId)
+      } else if (key === 'next') o.next = Math.max(o.next, Number(value))
+    }
+    o.queue.sort((a, b) => a.n - b.n)
+    if (cursor === undefined) {
+      cursor = journal.head()
+      await journal.asideWrite(OWNER, [{ key: 'cursor', value: String(cursor) }])
+    }
+    o.cursorSeq = cursor
+    return o
+  }
+
+  get cursor(): number {
+    return this.cursorSeq
+  }
+
+  get size(): number {
+    return this.queue.length
+  }
+
+  first(): Queued | undefined {
+    return this.queue[0]
+  }
+
+  transactionId(sessionId: string): number | undefined {
+    return this.tx.get(sessionId)
+  }
+
+  sessionOf(transactionId: number): string | undefined {
+    for (const [s, t] of this.tx) if (t === transactionId) return s
+    return undefined
+  }
+
+  hasStart(sessionId: string): boolean {
+    return this.started.has(sessionId)
+  }
+
+  /** Queues messages (in this order) and moves the cursor to `cursor`, in one fsynced batch. */
+  async enqueue(msgs: Omit<Queued, 'n' | 'msgId'>[], cursor?: number): Promise<void> {
+    const entries: { key: string; value: string | null }[] = []
+    const added: Queued[] = []
+    let n = this.next
+    for (const m of msgs) {
+      const q: Queued = { ...m, n, msgId: randomUUID() }
+      n++
+      added.push(q)
+      entries.push({ key: `q!${pad(q.n)}`, value: JSON.stringify(q) })
+    }
+    // The counter is kept even when the queue empties, so n is never reused.
+    if (added.length > 0) entries.push({ key: 'next', value: String(n) })
+    if (cursor !== undefined && cursor !== this.cursorSeq) entries.push({ key: 'cursor', value: String(cursor) })
+    await this.journal.asideWrite(OWNER, entries)
+    this.next = n
+    if (cursor !== undefined) this.cursorSeq = Math.max(this.cursorSeq, cursor)
+    for (const q of added) {
+      this.queue.push(q)
+      if (q.action === 'StartTransaction') this.started.add(q.sessionId)
+    }
+  }
+
+  /**
+   * The first message was answered: it leaves the queue; a StartTransaction's transactionId is
+   * kept, a StopTransaction's dropped. The answers are written in order, as many per fsync as
+   * have come in meanwhile (group commit); the promise resolves once this one is on disk.
+   */
+  answered(q: Queued, transactionId?: number): Promise<void> {
+    this.retired.push({ key: `q!${pad(q.n)}`, value: null })
+    if (q.action === 'StartTransaction' && transactionId !== undefined)
+      this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: JSON.stringify({ sessionId: q.sessionId, transactionId }) })
+    if (q.action === 'StopTransaction') this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: null })
+    const i = this.queue.findIndex((m) => m.n === q.n)
+    if (i >= 0) this.queue.splice(i, 1)
+    if (q.action === 'StartTransaction' && transactionId !== undefined) this.tx.set(q.sessionId, transactionId)
+    if (q.action === 'StopTransaction') this.tx.delete(q.sessionId)
+    const done = this.flushing.then(async () => {
+      const entries = this.retired.splice(0)
+      if (entries.length > 0) await this.journal.asideWrite(OWNER, entries)
+    })
+    this.flushing = done.catch(() => undefined)
+    return done
+  }
+
+  /** Resolves once every answer so far is on disk. */
+  settled(): Promise<void> {
+    return this.flushing
+  }
+}
