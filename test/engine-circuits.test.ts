@@ -241,6 +241,41 @@ t.test('waiting is not billed per hour: pausedS, and the lines still add up', as
   t.ok(b1, 'B1 still open')
 })
 
+t.test('a car that leaves soon after its turn came is unplugged, not charge-complete: waiting is no taper', async (t) => {
+  const g = new Garage(
+    config({
+      circuits: [{ id: 'bay', maxA: 20, slotS: 3600 }],
+      outlets: [
+        { id: 'B1', circuit: 'bay' },
+        { id: 'B2', circuit: 'bay' },
+      ],
+    }),
+  )
+  g.car.B1 = 16
+  g.car.B2 = 16
+  g.start('B1')
+  g.poll(1000)
+  g.start('B2')
+  g.poll(1000)
+  t.same(g.states(), { B1: 'charging', B2: 'queued' })
+  g.run(30_000)
+  g.car.B1 = 0
+  g.run(5_000)
+  t.same(g.states(), { B1: 'off', B2: 'charging' }, 'B1 left; B2 had its turn')
+  g.run(20_000)
+  g.car.B2 = 0
+  g.run(5_000)
+  const ended = g.records('session.ended')
+  t.same(
+    ended.map((r) => [r.outlet, r.reason]),
+    [
+      ['B1', 'unplugged'],
+      ['B2', 'unplugged'],
+    ],
+    "the minute before B2's current fell held its wait at 0 A, which is not a car tapering off",
+  )
+})
+
 t.test('a resumed session gets the grace period; no current within it ends it unplugged', async (t) => {
   const g = new Garage(six({ slotS: 30 }))
   for (const id of ['B1', 'B2', 'B3']) {

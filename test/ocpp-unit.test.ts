@@ -71,6 +71,7 @@ t.test('tables: statuses, stop reasons, messages from records', async (t) => {
     armed: 'Available',
     pending: 'Preparing',
     charging: 'Charging',
+    queued: 'SuspendedEVSE',
     unavailable: 'Unavailable',
     fault: 'Faulted',
   })

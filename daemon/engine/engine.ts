@@ -1433,6 +1433,9 @@ function schedule(ctx: Ctx): void {
     s.onAt = ctx.now
     s.graceFrom = ctx.now
     s.drawing = false
+    // The taper heuristic looks at the minute before the current fell: the wait's 0 A with the
+    // relay open is not the car tapering off, so the window starts again with the turn.
+    s.window = []
     // It had drawn before it waited: the car must draw again within the grace period.
     if (s.drewCurrent) s.awaitDraw = true
     if (!fresh.has(id))
