@@ -61,6 +61,11 @@ const commands: Record<string, Command> = {
     usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]',
     load: () => import('./commands/reconcile.js'),
   },
+  ingest: {
+    summary: 'cloud-side service: store every site\'s records in PostgreSQL, split across workers',
+    usage: 'outpost ingest --url URL --db POSTGRES_URL [--group NAME] [--sites PATTERN]',
+    load: () => import('./commands/ingest.js'),
+  },
 }
 
 export function helpText(): string {

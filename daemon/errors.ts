@@ -39,6 +39,8 @@ const UPLINK_ERRORS = {
   UPLINK_GAP: 'a journal read returned records that do not follow the last one sent; nothing is forwarded past a gap',
   UPLINK_STATE: 'the uplink was started twice',
   RECONCILE_FILE: "outpost reconcile: the output file's own chain is broken or a line in it is not a record",
+  INGEST_DB:
+    'outpost ingest: the database cannot be reached, or its schema cannot be migrated (a schema newer than this build is refused, nothing changed)',
 } as const satisfies Record<string, string>
 
 const OCPP_ERRORS = {
@@ -86,7 +88,7 @@ export const ERROR_SECTIONS = [
   { title: 'Drivers (buses, framing, device models, outlets)', codes: DRIVER_ERRORS },
   { title: 'Session engine', codes: ENGINE_ERRORS },
   { title: 'Journal', codes: JOURNAL_ERRORS },
-  { title: 'Uplink and reconcile', codes: UPLINK_ERRORS },
+  { title: 'Uplink, reconcile and ingest', codes: UPLINK_ERRORS },
   { title: 'OCPP', codes: OCPP_ERRORS },
   { title: 'Local API', codes: API_ERRORS },
   { title: 'Node-RED', codes: NODE_RED_ERRORS },

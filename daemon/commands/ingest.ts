@@ -1,0 +1,103 @@
+/**
+ * `outpost ingest`: the cloud side at scale, as a long-running service. Subscribes
+ * to every site's records through an MQTT 5 shared subscription (workers started
+ * with the same --group split the traffic), stores them idempotently in PostgreSQL,
+ * verifies each site's chain incrementally, acks each site's verified prefix after
+ * the commit, and pulls gaps (daemon/ingest/, docs/ingest.md).
+ *
+ * Owns: the command line of the service and its signals (SIGTERM/SIGINT: a clean
+ * stop that finishes in-flight transactions).
+ * Must never: start with a flag it does not understand, or print a password.
+ *
+ * Exit status: 0 after a clean stop, 64 usage, 70 cannot start (database or broker settings).
+ */
+import pino from 'pino'
+import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageError, type Io } from '../cli-common.js'
+import { IngestWorker } from '../ingest/worker.js'
+
+const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
+  --url URL             broker: mqtt://host:1883 or mqtts://host:8883 (MQTT 5 shared subscriptions)
+  --db URL              PostgreSQL: postgres://user@host:5432/dbname (migrated at start)
+  --group NAME          shared-subscription group; workers of one group split the traffic (default outpost-ingest)
+  --sites PATTERN       site ids to take, * and ? as wildcards (default *); the same for every worker of a group
+  --prefix P            topic prefix (default outpost)
+  --worker ID           this worker's name in logs, pull ids and leases (default random)
+  --gap-wait MS         pull a gap that made no progress for this long (default 3000)
+  --ca FILE             CA bundle (PEM) for mqtts://
+  --cert FILE --key FILE  client certificate and key (PEM)
+  --username U          broker user name
+  --password-file FILE  file whose first line is the broker password
+`
+
+const LEVEL = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/u
+
+export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  let values
+  try {
+    values = parseCommandLine(argv, {
+      url: { type: 'string' },
+      db: { type: 'string' },
+      group: { type: 'string' },
+      sites: { type: 'string' },
+      prefix: { type: 'string' },
+      worker: { type: 'string' },
+      'gap-wait': { type: 'string' },
+      ca: { type: 'string' },
+      cert: { type: 'string' },
+      key: { type: 'string' },
+      username: { type: 'string' },
+      'password-file': { type: 'string' },
+    }).values
+    if (!values.url || !values.db) throw new UsageError('--url and --db are required')
+    if (!/^mqtts?:\/\//u.test(values.url)) throw new UsageError(`--url ${values.url}: not an mqtt:// or mqtts:// URL`)
+    if (!/^postgres(ql)?:\/\//u.test(values.db)) throw new UsageError('--db: not a postgres:// URL')
+    if (values.group !== undefined && !LEVEL.test(values.group))
+      throw new UsageError(`--group ${values.group}: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`)
+    if (values.worker !== undefined && !LEVEL.test(values.worker))
+      throw new UsageError(`--worker ${values.worker}: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`)
+    if (values.sites !== undefined && /[/+#]/u.test(values.sites)) throw new UsageError(`--sites ${values.sites}: '/', '+' and '#' cannot be in a site id`)
+    if (values.prefix !== undefined && /[+#]/u.test(values.prefix)) throw new UsageError(`--prefix ${values.prefix}: '+' and '#' are MQTT wildcards`)
+    if (values['gap-wait'] !== undefined && !(Number.isSafeInteger(Number(values['gap-wait'])) && Number(values['gap-wait']) >= 100))
+      throw new UsageError(`--gap-wait ${values['gap-wait']}: an integer number of milliseconds, at least 100`)
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    io.err(`outpost ingest: ${err.message}\n${USAGE}`)
+    return EXIT_USAGE
+  }
+  const logger = pino({ level: 'info' }, pino.destination(2))
+  const worker = new IngestWorker({
+    url: values.url,
+    db: values.db,
+    group: values.group,
+    sites: values.sites,
+    prefix: values.prefix,
+    workerId: values.worker,
+    gapWaitMs: values['gap-wait'] !== undefined ? Number(values['gap-wait']) : undefined,
+    caFile: values.ca,
+    certFile: values.cert,
+    keyFile: values.key,
+    username: values.username,
+    passwordFile: values['password-file'],
+    logger,
+  })
+  try {
+    await worker.start()
+  } catch (err) {
+    const e = err as { code?: string; message?: string }
+    io.err(`outpost ingest: ${e.code ? e.code + ': ' : ''}${e.message ?? String(err)}\n`)
+    return EXIT_CANNOT_START
+  }
+  io.err(`outpost ingest: worker ${worker.workerId} running\n`)
+  await new Promise<void>((resolve) => {
+    const onSignal = () => {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+      resolve()
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+  })
+  await worker.stop()
+  io.out(JSON.stringify({ worker: worker.workerId, ...worker.stats }) + '\n')
+  return EXIT_OK
+}

@@ -1,0 +1,270 @@
+/**
+ * Storing one site's records in PostgreSQL, one transaction per delivery: the
+ * idempotent insert, the fork table, the incremental chain check and the derived
+ * tables (sessions, meter reconciliations), all under the site's row lock so that
+ * any number of workers may store the same site's records in any order.
+ *
+ * Owns: what a delivery does to the database — which records are kept, which are
+ * set aside as forks or rejected, how far the site's contiguous verified prefix
+ * (`sites.acked`) reaches, and the rows derived from verified records.
+ * Must never: overwrite a stored record; move `sites.acked` past a gap, a fork or a
+ * chain break; derive a session row from a record that is not verified; hash or
+ * check a chain by any rule but the project's own (daemon/uplink/chain.ts).
+ */
+import type pg from 'pg'
+import type { JournalRecord } from '../../core/types.js'
+import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../uplink/chain.js'
+
+/** Rows read per step of the prefix walk. */
+const WALK_PAGE = 1000
+
+export interface ChainBreakRow {
+  seq: number
+  reason: string
+  message: string
+}
+
+export interface StoreResult {
+  /** The site's contiguous verified prefix after the commit: what may be acked. */
+  acked: number
+  /** Records newly inserted. */
+  stored: number
+  /** Records already held with the same hash. */
+  duplicates: number
+  /** Records differing from the one held at their seq (new ones only). */
+  forks: number[]
+  /** Records refused before storage (not a record, or its own hash does not match it). */
+  rejects: { seq: number | null; reason: string }[]
+  /** Records that became verified in this transaction, in seq order. */
+  verified: JournalRecord[]
+  /** The site's chain break, when one is known (set now or before). */
+  chainBreak: ChainBreakRow | null
+  /** The highest seq held for the site. */
+  head: number
+}
+
+interface SiteRow {
+  acked: string
+  acked_hash: string
+  head: string
+  chain_break: ChainBreakRow | null
+}
+
+/** JSON that PostgreSQL's jsonb cannot hold (it refuses the NUL character). */
+function jsonbProblem(text: string): string | undefined {
+  return text.includes('\\u0000') ? 'holds a NUL character, which jsonb cannot store' : undefined
+}
+
+/**
+ * Checks a record on its own: the shape and its hash over its content (the link to
+ * its predecessor is checked against the stored chain). Uses verifyChain from the
+ * point the record itself names, so the rules are the chain's own.
+ */
+export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: string } | { ok: false; seq: number | null; reason: string } {
+  const seqOf = (v: unknown): number | null => {
+    const s = (v as { seq?: unknown } | null)?.seq
+    return typeof s === 'number' && Number.isSafeInteger(s) ? s : null
+  }
+  if (!isRecordShape(r)) return { ok: false, seq: seqOf(r), reason: 'not a record (seq, type, prev and hash are required)' }
+  const v = verifyChain([r], { seq: r.seq - 1, hash: r.prev })
+  if (!v.ok) return { ok: false, seq: r.seq, reason: v.break.message }
+  const text = JSON.stringify(r)
+  const bad = jsonbProblem(text)
+  if (bad) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: ${bad}` }
+  return { ok: true, record: r, text }
+}
+
+/**
+ * Stores a delivery of `siteId`'s records (live, re-sent or pulled) in one transaction
+ * on `client` and returns what it changed. Throws when the database does (nothing of
+ * the delivery is then kept; the records come again because they were not acked).
+ */
+export async function storeRecords(client: pg.ClientBase, siteId: string, incoming: readonly unknown[]): Promise<StoreResult> {
+  const rejects: StoreResult['rejects'] = []
+  const fresh = new Map<number, { record: JournalRecord; text: string }>()
+  const inBatchForks: { record: JournalRecord; text: string }[] = []
+  for (const r of incoming) {
+    const c = selfCheck(r)
+    if (!c.ok) {
+      rejects.push({ seq: c.seq, reason: c.reason })
+      continue
+    }
+    const seen = fresh.get(c.record.seq)
+    if (!seen) fresh.set(c.record.seq, c)
+    else if (seen.record.hash !== c.record.hash) inBatchForks.push(c)
+  }
+  await client.query('BEGIN')
+  try {
+    await client.query('INSERT INTO sites (site_id) VALUES ($1) ON CONFLICT DO NOTHING', [siteId])
+    const site = (await client.query<SiteRow>('SELECT acked, acked_hash, head, chain_break FROM sites WHERE site_id = $1 FOR UPDATE', [siteId]))
+      .rows[0]!
+    const list = [...fresh.values()].sort((a, b) => a.record.seq - b.record.seq)
+    let stored = 0
+    const insertedSeqs = new Set<number>()
+    if (list.length > 0) {
+      const res = await client.query<{ seq: string }>(
+        `INSERT INTO records (site_id, seq, type, hash, prev, body)
+         SELECT $1, s, t, h, p, b::jsonb FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(s, t, h, p, b)
+         ON CONFLICT (site_id, seq) DO NOTHING RETURNING seq`,
+        [
+          siteId,
+          list.map((x) => x.record.seq),
+          list.map((x) => x.record.type),
+          list.map((x) => x.record.hash),
+          list.map((x) => x.record.prev),
+          list.map((x) => x.text),
+        ],
+      )
+      for (const row of res.rows) insertedSeqs.add(Number(row.seq))
+      stored = insertedSeqs.size
+    }
+    // Records not inserted were held already: the same hash is a repeat, another is a fork.
+    const held = list.filter((x) => !insertedSeqs.has(x.record.seq))
+    const candidates = [...held, ...inBatchForks]
+    let duplicates = 0
+    const forks: number[] = []
+    if (candidates.length > 0) {
+      const have = await client.query<{ seq: string; hash: string }>('SELECT seq, hash FROM records WHERE site_id = $1 AND seq = ANY($2::bigint[])', [
+        siteId,
+        [...new Set(candidates.map((x) => x.record.seq))],
+      ])
+      const storedHash = new Map(have.rows.map((r) => [Number(r.seq), r.hash]))
+      for (const x of candidates) {
+        const h = storedHash.get(x.record.seq)!
+        if (h === x.record.hash) {
+          duplicates++
+          continue
+        }
+        const f = await client.query(
+          `INSERT INTO forks (site_id, seq, hash, prev, stored_hash, body) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+           ON CONFLICT DO NOTHING RETURNING seq`,
+          [siteId, x.record.seq, x.record.hash, x.record.prev, h, x.text],
+        )
+        if (f.rowCount) forks.push(x.record.seq)
+      }
+    }
+    if (rejects.length > 0)
+      await client.query(
+        `INSERT INTO rejects (site_id, seq, reason, body) SELECT $1, s, r, b::jsonb FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(s, r, b)`,
+        [
+          siteId,
+          rejects.map((x) => x.seq),
+          rejects.map((x) => x.reason),
+          incoming
+            .filter((r) => !selfCheck(r).ok)
+            .map((r) => {
+              const text = JSON.stringify(r) ?? 'null'
+              return jsonbProblem(text) ? JSON.stringify({ unstorable: true }) : text
+            }),
+        ],
+      )
+
+    let chainBreak = site.chain_break
+    // A fork past the verified prefix stops it there: which of the two is the site's record is the operator's call.
+    const forkAhead = forks.filter((s) => s > Number(site.acked)).sort((a, b) => a - b)[0]
+    if (!chainBreak && forkAhead !== undefined)
+      chainBreak = { seq: forkAhead, reason: 'fork', message: `seq ${forkAhead}: two different records were received for this seq` }
+    // The links between newly stored records and their stored neighbours, whichever arrived first.
+    if (!chainBreak && insertedSeqs.size > 0) chainBreak = await checkLinks(client, siteId, [...insertedSeqs], Number(site.acked))
+
+    // Advance the verified prefix over what is now contiguous, re-verifying from the stored bodies.
+    let end: ChainPoint = Number(site.acked) === 0 ? CHAIN_START : { seq: Number(site.acked), hash: site.acked_hash }
+    const verified: JournalRecord[] = []
+    const limit = chainBreak ? chainBreak.seq - 1 : Number.MAX_SAFE_INTEGER
+    walk: while (end.seq < limit) {
+      const page = await client.query<{ seq: string; body: JournalRecord }>(
+        'SELECT seq, body FROM records WHERE site_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq',
+        [siteId, end.seq, Math.min(limit, end.seq + WALK_PAGE)],
+      )
+      if (page.rows.length === 0) break
+      for (const row of page.rows) {
+        if (Number(row.seq) !== end.seq + 1) break walk
+        const v = verifyChain([row.body], end)
+        if (!v.ok) {
+          chainBreak = { seq: v.break.seq, reason: v.break.reason, message: v.break.message }
+          break walk
+        }
+        end = v.end
+        verified.push(row.body)
+      }
+      if (page.rows.length < WALK_PAGE) break
+    }
+
+    let publicKey: string | undefined
+    const sessions = verified.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]
+    if (sessions.length > 0)
+      await client.query(
+        `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
+         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+                                  $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
+         ON CONFLICT (site_id, session_id) DO NOTHING`,
+        [
+          siteId,
+          sessions.map((s) => s.sessionId),
+          sessions.map((s) => s.seq),
+          sessions.map((s) => s.outlet),
+          sessions.map((s) => s.userId),
+          sessions.map((s) => s.startedAt),
+          sessions.map((s) => s.endedAt),
+          sessions.map((s) => s.energyWh),
+          sessions.map((s) => s.currency),
+          sessions.map((s) => s.total),
+          sessions.map((s) => JSON.stringify(s)),
+        ],
+      )
+    const recs = verified.filter((r) => r.type === 'meter.reconciliation') as Extract<JournalRecord, { type: 'meter.reconciliation' }>[]
+    if (recs.length > 0)
+      await client.query(
+        `INSERT INTO meter_reconciliations (site_id, seq, outlet, from_ts, to_ts, meter_start_wh, meter_end_wh, billed_wh, unbilled_wh, body)
+         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::float8[], $7::float8[],
+                                  $8::float8[], $9::float8[], $10::jsonb[])
+         ON CONFLICT DO NOTHING`,
+        [
+          siteId,
+          recs.map((r) => r.seq),
+          recs.map((r) => r.outlet),
+          recs.map((r) => r.from),
+          recs.map((r) => r.to),
+          recs.map((r) => r.meterStartWh),
+          recs.map((r) => r.meterEndWh),
+          recs.map((r) => r.billedWh),
+          recs.map((r) => r.unbilledWh),
+          recs.map((r) => JSON.stringify(r)),
+        ],
+      )
+    for (const r of verified) if (r.type === 'gateway.started' && typeof r.publicKey === 'string') publicKey = r.publicKey
+
+    const maxSeq = list.length > 0 ? list[list.length - 1]!.record.seq : 0
+    const up = await client.query<{ head: string }>(
+      `UPDATE sites SET acked = $2, acked_hash = $3, head = greatest(head, $4), last_seen = now(),
+         progress_at = CASE WHEN $2 > acked THEN now() ELSE progress_at END,
+         chain_break = $5::jsonb, forks = forks + $6, public_key = coalesce($7, public_key)
+       WHERE site_id = $1 RETURNING head`,
+      [siteId, end.seq, end.hash, maxSeq, chainBreak ? JSON.stringify(chainBreak) : null, forks.length, publicKey ?? null],
+    )
+    await client.query('COMMIT')
+    return { acked: end.seq, stored, duplicates, forks, rejects, verified, chainBreak, head: Number(up.rows[0]!.head) }
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined)
+    throw err
+  }
+}
+
+/**
+ * For each newly stored record past the verified prefix, its `prev` against the stored
+ * hash of seq − 1 and its hash against the stored `prev` of seq + 1, when those are held.
+ * Returns the first mismatch (the seq whose prev does not link), or null.
+ */
+async function checkLinks(client: pg.ClientBase, siteId: string, seqs: number[], acked: number): Promise<ChainBreakRow | null> {
+  const ahead = seqs.filter((s) => s > acked + 1)
+  if (ahead.length === 0) return null
+  const res = await client.query<{ seq: string }>(
+    `SELECT b.seq FROM records a JOIN records b ON b.site_id = a.site_id AND b.seq = a.seq + 1
+     WHERE a.site_id = $1 AND b.prev <> a.hash AND (a.seq = ANY($2::bigint[]) OR b.seq = ANY($2::bigint[])) AND a.seq > $3
+     ORDER BY b.seq LIMIT 1`,
+    [siteId, ahead.flatMap((s) => [s, s - 1]), acked],
+  )
+  if (res.rows.length === 0) return null
+  const seq = Number(res.rows[0]!.seq)
+  return { seq, reason: 'prev', message: `seq ${seq}: prev does not match the hash of seq ${seq - 1}` }
+}

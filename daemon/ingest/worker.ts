@@ -1,0 +1,319 @@
+/**
+ * One ingest worker: an MQTT 5 shared-subscription member that stores every site's
+ * records in PostgreSQL, acks each site's verified prefix after the commit that
+ * stored it, and pulls gaps that stay open. Any number of workers with the same
+ * group split the traffic; any worker may receive any site's records, in any order.
+ *
+ * Owns: the subscriptions, the per-site ordering of deliveries inside this worker,
+ * publishing P/ack after commit, the gap pulls under a lease row (one puller per
+ * site across workers), keeping `sites` current from P/status, and a clean stop
+ * that finishes in-flight transactions.
+ * Must never: ack before the commit that stored what it acks, or past the verified
+ * prefix; let one site's failure (a bad payload, a database error) stop another's;
+ * import the gateway daemon.
+ */
+import { randomBytes } from 'node:crypto'
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import pg from 'pg'
+import pino, { type Logger } from 'pino'
+import { OutpostError } from '../errors.js'
+import { authOptions, safeUrl, type BrokerAuth } from '../uplink/connection.js'
+import type { PullAnswer } from '../uplink/pull.js'
+import { migrate } from './schema.js'
+import { storeRecords, type StoreResult } from './store.js'
+
+export interface IngestOptions extends BrokerAuth {
+  url: string
+  db: string
+  /** The shared-subscription group: workers of one group split the traffic. Default "outpost-ingest". */
+  group?: string
+  prefix?: string
+  /** Site ids to take, `*` and `?` as wildcards. Every worker of a group must use the same pattern. Default "*". */
+  sites?: string
+  /** This worker's name (in logs, pull request ids and leases). Default a random one. */
+  workerId?: string
+  logger?: Logger
+  /** A gap (head ahead of the verified prefix) with no progress for this long is pulled. Default 3000 ms. */
+  gapWaitMs?: number
+  /** How long a pull lease holds a site for this worker. Default 10000 ms. */
+  leaseMs?: number
+  /** Records per pull request. Default 1000 (the gateway's maximum). */
+  pullLimit?: number
+  /** Database connections of this worker. Default 4. */
+  connections?: number
+}
+
+export interface IngestStats {
+  messages: number
+  stored: number
+  duplicates: number
+  forks: number
+  rejects: number
+  malformed: number
+  acks: number
+  pulls: number
+  commits: number
+  dbErrors: number
+}
+
+/** Whether `id` matches a `--sites` pattern (`*` any run, `?` one character). */
+export function siteMatcher(pattern: string): (id: string) => boolean {
+  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, 'u')
+  return (id) => re.test(id)
+}
+
+/** A database URL without its password, for logs and errors. */
+export function safeDbUrl(url: string): string {
+  try {
+    const u = new URL(url)
+    u.password = ''
+    return u.toString()
+  } catch {
+    return '(not a URL)'
+  }
+}
+
+export class IngestWorker {
+  readonly stats: IngestStats = { messages: 0, stored: 0, duplicates: 0, forks: 0, rejects: 0, malformed: 0, acks: 0, pulls: 0, commits: 0, dbErrors: 0 }
+  readonly workerId: string
+  private readonly logger: Logger
+  private readonly group: string
+  private readonly prefix: string
+  private readonly matches: (id: string) => boolean
+  private readonly gapWaitMs: number
+  private readonly leaseMs: number
+  private readonly pullLimit: number
+  private pool?: pg.Pool
+  private client?: MqttClient
+  /** Per-site chain of deliveries inside this worker (arrival order per site, sites in parallel). */
+  private readonly queues = new Map<string, Promise<void>>()
+  private tick?: NodeJS.Timeout
+  private pullSeq = 0
+  private stopping = false
+  private readonly afterCommit = new Set<(site: string, r: StoreResult) => void>()
+
+  constructor(private readonly opts: IngestOptions) {
+    this.workerId = opts.workerId ?? `w${randomBytes(4).toString('hex')}`
+    this.logger = (opts.logger ?? pino({ level: 'silent' })).child({ module: 'ingest', worker: this.workerId })
+    this.group = opts.group ?? 'outpost-ingest'
+    this.prefix = opts.prefix ?? 'outpost'
+    this.matches = siteMatcher(opts.sites ?? '*')
+    this.gapWaitMs = opts.gapWaitMs ?? 3000
+    this.leaseMs = opts.leaseMs ?? 10_000
+    this.pullLimit = opts.pullLimit ?? 1000
+  }
+
+  /** Called after each committed delivery (tests, metrics). */
+  onCommit(fn: (site: string, r: StoreResult) => void): () => void {
+    this.afterCommit.add(fn)
+    return () => this.afterCommit.delete(fn)
+  }
+
+  /** Applies the migrations, then subscribes. Throws when the database cannot be reached or migrated. */
+  async start(): Promise<void> {
+    const pool = new pg.Pool({ connectionString: this.opts.db, max: this.opts.connections ?? 4 })
+    pool.on('error', (err) => this.logger.warn({ err: { message: err.message } }, 'idle database connection failed'))
+    this.pool = pool
+    try {
+      const c = await pool.connect()
+      try {
+        const version = await migrate(c)
+        this.logger.info({ schema: version }, 'database ready')
+      } finally {
+        c.release()
+      }
+    } catch (err) {
+      await pool.end().catch(() => undefined)
+      this.pool = undefined
+      throw new OutpostError('INGEST_DB', `database ${safeDbUrl(this.opts.db)}: ${(err as Error).message}`, { cause: err })
+    }
+    const options: IClientOptions = {
+      clientId: `outpost-ingest-${this.workerId}`,
+      protocolVersion: 5,
+      clean: true,
+      reconnectPeriod: 1000,
+      connectTimeout: 15_000,
+      ...authOptions(this.opts),
+    }
+    const client = mqtt.connect(this.opts.url, options)
+    this.client = client
+    const share = `$share/${this.group}/${this.prefix}/+`
+    client.on('connect', () => {
+      this.logger.info({ url: safeUrl(this.opts.url), group: this.group }, 'connected')
+      client.subscribe([`${share}/records`, `${share}/status`, `${share}/pull/+`], { qos: 1 }, (err) => {
+        if (err) this.logger.warn({ err: { message: err.message } }, 'subscribe failed')
+        else this.logger.info('subscribed')
+      })
+    })
+    client.on('error', (err) => this.logger.warn({ err: { message: err.message } }, 'broker connection error'))
+    client.on('message', (topic, payload) => this.onMessage(topic, payload))
+    this.tick = setInterval(() => void this.pullGaps(), Math.max(100, Math.floor(this.gapWaitMs / 2)))
+  }
+
+  /** Stops taking messages, lets every in-flight transaction commit and its ack go out, then disconnects. */
+  async stop(): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    clearInterval(this.tick)
+    const client = this.client
+    if (client?.connected) {
+      const share = `$share/${this.group}/${this.prefix}/+`
+      await client.unsubscribeAsync([`${share}/records`, `${share}/status`, `${share}/pull/+`]).catch(() => undefined)
+    }
+    while (this.queues.size > 0) await Promise.all([...this.queues.values()])
+    if (client) await client.endAsync(false).catch(() => undefined)
+    await this.pool?.end().catch(() => undefined)
+  }
+
+  private onMessage(topic: string, payload: Buffer): void {
+    if (this.stopping) return
+    const rest = topic.startsWith(`${this.prefix}/`) ? topic.slice(this.prefix.length + 1).split('/') : []
+    const [site, kind] = rest
+    if (!site || !kind || !this.matches(site)) return
+    this.stats.messages++
+    if (kind === 'records' && rest.length === 2) this.enqueue(site, () => this.onRecords(site, topic, payload, 'records'))
+    else if (kind === 'pull' && rest.length === 3) this.enqueue(site, () => this.onRecords(site, topic, payload, 'pull'))
+    else if (kind === 'status' && rest.length === 2) this.enqueue(site, () => this.onStatus(site, topic, payload))
+  }
+
+  private enqueue(site: string, job: () => Promise<void>): void {
+    const before = this.queues.get(site) ?? Promise.resolve()
+    const next = before.then(job).catch((err) => {
+      this.stats.dbErrors++
+      this.logger.error({ site, err: { message: (err as Error).message } }, 'storing failed; not acked (the records come again)')
+    })
+    this.queues.set(site, next)
+    void next.then(() => {
+      if (this.queues.get(site) === next) this.queues.delete(site)
+    })
+  }
+
+  private malformed(site: string, topic: string, what: string): void {
+    this.stats.malformed++
+    this.logger.warn({ site, topic }, `malformed payload on ${topic}: ${what}; ignored`)
+  }
+
+  private async onRecords(site: string, topic: string, payload: Buffer, kind: 'records' | 'pull'): Promise<void> {
+    let v: unknown
+    try {
+      v = JSON.parse(payload.toString('utf8'))
+    } catch (err) {
+      return this.malformed(site, topic, `not JSON (${(err as Error).message})`)
+    }
+    let records: unknown[]
+    let next: number | null = null
+    if (kind === 'records') {
+      if (!Array.isArray(v)) return this.malformed(site, topic, 'not a JSON array of records')
+      records = v
+    } else {
+      const a = v as PullAnswer
+      if (typeof a !== 'object' || a === null || Array.isArray(a)) return this.malformed(site, topic, 'not a pull answer object')
+      if (a.error) {
+        if (a.error.code === 'compacted' && typeof a.error.oldest === 'number') {
+          await this.pool!.query('UPDATE sites SET compacted_before = $2 WHERE site_id = $1', [site, a.error.oldest])
+          this.logger.error({ site, oldest: a.error.oldest }, 'the gateway compacted records the database does not hold')
+        } else this.logger.warn({ site, error: a.error }, 'pull refused')
+        return
+      }
+      if (!Array.isArray(a.records)) return this.malformed(site, topic, '/records: not an array')
+      records = a.records
+      next = typeof a.next === 'number' ? a.next : null
+      if (typeof a.head === 'number' && Number.isSafeInteger(a.head))
+        await this.pool!.query('UPDATE sites SET head = greatest(head, $2) WHERE site_id = $1', [site, a.head])
+    }
+    const c = await this.pool!.connect()
+    let r: StoreResult
+    try {
+      r = await storeRecords(c, site, records)
+    } finally {
+      c.release()
+    }
+    this.stats.commits++
+    this.stats.stored += r.stored
+    this.stats.duplicates += r.duplicates
+    this.stats.forks += r.forks.length
+    this.stats.rejects += r.rejects.length
+    for (const x of r.rejects) this.logger.error({ site, seq: x.seq, reason: x.reason }, `refused a record of ${site}: ${x.reason}`)
+    if (r.forks.length > 0) this.logger.error({ site, seqs: r.forks }, `FORK: ${site} sent a different record at a stored seq; kept aside in forks`)
+    if (r.chainBreak) this.logger.error({ site, break: r.chainBreak }, `chain break at ${site}: nothing past it is acked`)
+    // Committed: now, and only now, the gateway may forget what the prefix covers. Acked after every delivery, duplicates too.
+    if (r.acked > 0) this.sendAck(site, r.acked)
+    for (const fn of this.afterCommit) fn(site, r)
+    if (kind === 'pull' && next !== null && r.acked >= next - 1) await this.pullSite(site, true)
+  }
+
+  private async onStatus(site: string, topic: string, payload: Buffer): Promise<void> {
+    let s: { online?: unknown; head?: unknown }
+    try {
+      s = JSON.parse(payload.toString('utf8')) as typeof s
+    } catch (err) {
+      return this.malformed(site, topic, `not JSON (${(err as Error).message})`)
+    }
+    if (typeof s !== 'object' || s === null || typeof s.online !== 'boolean') return this.malformed(site, topic, '/online: not a boolean')
+    const head = typeof s.head === 'number' && Number.isSafeInteger(s.head) && s.head >= 0 ? s.head : 0
+    const res = await this.pool!.query<{ acked: string }>(
+      `INSERT INTO sites (site_id, head, online, last_seen) VALUES ($1, $2, $3, now())
+       ON CONFLICT (site_id) DO UPDATE SET head = greatest(sites.head, $2), online = $3, last_seen = now() RETURNING acked`,
+      [site, head, s.online],
+    )
+    const acked = Number(res.rows[0]!.acked)
+    // A gateway that just connected learns at once what the database holds.
+    if (s.online && acked > 0) this.sendAck(site, acked)
+  }
+
+  private sendAck(site: string, upTo: number): void {
+    if (!this.client?.connected) return
+    this.stats.acks++
+    this.client.publish(`${this.prefix}/${site}/ack`, JSON.stringify({ upTo }), { qos: 1 })
+  }
+
+  /** Sites whose head is ahead of their verified prefix with no progress for gapWaitMs: pull each one this worker can lease. */
+  private async pullGaps(): Promise<void> {
+    if (this.stopping || !this.client?.connected || !this.pool) return
+    try {
+      const { rows } = await this.pool.query<{ site_id: string }>(
+        `SELECT site_id FROM sites WHERE head > acked AND chain_break IS NULL
+           AND (compacted_before IS NULL OR acked + 1 >= compacted_before)
+           AND progress_at < now() - make_interval(secs => $1::float8 / 1000) ORDER BY progress_at LIMIT 100`,
+        [this.gapWaitMs],
+      )
+      for (const { site_id } of rows) if (this.matches(site_id)) await this.pullSite(site_id, false)
+    } catch (err) {
+      this.logger.warn({ err: { message: (err as Error).message } }, 'gap check failed')
+    }
+  }
+
+  /**
+   * Pulls the first gap of `site` if this worker holds (or can take) its lease: the lease row
+   * names one worker per site until it expires, so a gap is pulled once, not once per worker.
+   */
+  private async pullSite(site: string, following: boolean): Promise<void> {
+    const pool = this.pool!
+    const lease = await pool.query(
+      `INSERT INTO pull_leases (site_id, worker, until) VALUES ($1, $2, now() + make_interval(secs => $3::float8 / 1000))
+       ON CONFLICT (site_id) DO UPDATE SET worker = excluded.worker, until = excluded.until
+         WHERE pull_leases.until < now() OR pull_leases.worker = excluded.worker
+       RETURNING worker`,
+      [site, this.workerId, this.leaseMs],
+    )
+    if (!lease.rowCount) return
+    const { rows } = await pool.query<{ acked: string; head: string; ahead: string | null }>(
+      `UPDATE sites SET progress_at = now() WHERE site_id = $1
+       RETURNING acked, head, (SELECT min(seq) FROM records r WHERE r.site_id = $1 AND r.seq > sites.acked + 1) AS ahead`,
+      [site],
+    )
+    const row = rows[0]
+    if (!row) return
+    const from = Number(row.acked) + 1
+    const to = row.ahead !== null ? Number(row.ahead) - 1 : Number(row.head)
+    if (to < from && !following) return
+    const requestId = `ing-${this.workerId}-${++this.pullSeq}`
+    this.stats.pulls++
+    this.logger.info({ site, from, to, requestId }, 'pulling a gap')
+    this.client?.publish(
+      `${this.prefix}/${site}/pull`,
+      JSON.stringify({ requestId, from, ...(to >= from ? { to } : {}), limit: this.pullLimit }),
+      { qos: 1 },
+    )
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * A real PostgreSQL for tests: Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin),
+ * a fresh cluster made with initdb in a temp directory, served on a free loopback
+ * port, awaited until it accepts queries, and stopped at teardown. PostgreSQL
+ * refuses to run as root, so under root the cluster belongs to the `postgres`
+ * user and the programs run through runuser.
+ *
+ *   const pg = await startPostgres(t)     // pg.url: postgres://outpost@127.0.0.1:PORT/outpost
+ *
+ * Owns: the test cluster's life (initdb, start, readiness, stop, removal).
+ * Must never: touch a cluster it did not create, or leave a server running after teardown.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import pg from 'pg'
+import { freePort } from './mosquitto.js'
+
+export const PG_BIN = '/usr/lib/postgresql/15/bin'
+const USER = 'outpost'
+
+interface Teardownable {
+  teardown(fn: () => unknown): void
+}
+
+export interface Postgres {
+  url: string
+  port: number
+  /** A query on a fresh connection (for the test's own checks). */
+  query<T extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<T[]>
+  stop(): Promise<void>
+}
+
+/** How to run a PostgreSQL program: as the postgres user when we are root (it refuses root). */
+function asOwner(cmd: string, args: string[]): [string, string[]] {
+  return process.getuid?.() === 0 ? ['runuser', ['-u', 'postgres', '--', cmd, ...args]] : [cmd, args]
+}
+
+export async function startPostgres(t?: Teardownable): Promise<Postgres> {
+  if (!existsSync(join(PG_BIN, 'postgres'))) throw new Error(`${PG_BIN}/postgres is missing: apt-get install postgresql`)
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-pg-'))
+  const data = join(dir, 'data')
+  if (process.getuid?.() === 0) {
+    const ids = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' })
+    const gids = spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' })
+    chownSync(dir, Number(ids.stdout.trim()), Number(gids.stdout.trim()))
+  }
+  chmodSync(dir, 0o700)
+  const [icmd, iargs] = asOwner(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', USER, '--no-sync', '-E', 'UTF8', '--locale', 'C'])
+  const init = spawnSync(icmd, iargs, { encoding: 'utf8' })
+  if (init.status !== 0) {
+    rmSync(dir, { recursive: true, force: true })
+    throw new Error(`initdb failed: ${init.stderr}`)
+  }
+  let child: ChildProcess | undefined
+  let port = 0
+  let stderr = ''
+  for (let attempt = 0; ; attempt++) {
+    port = await freePort()
+    // fsync stays on: the tests check what a commit promises. Small buffers: several clusters may run at once.
+    const [cmd, args] = asOwner(join(PG_BIN, 'postgres'), [
+      '-D',
+      data,
+      '-p',
+      String(port),
+      '-k',
+      dir,
+      '-h',
+      '127.0.0.1',
+      '-c',
+      'shared_buffers=32MB',
+      '-c',
+      'max_connections=200',
+    ])
+    stderr = ''
+    const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    c.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
+    child = c
+    const ok = await ready(port, c)
+    if (ok) break
+    c.kill('SIGKILL')
+    if (attempt >= 3) {
+      rmSync(dir, { recursive: true, force: true })
+      throw new Error(`postgres did not start: ${stderr}`)
+    }
+  }
+  const url = `postgres://${USER}@127.0.0.1:${port}/postgres`
+  let stopped = false
+  const server = child!
+  const result: Postgres = {
+    url,
+    port,
+    async query(sql, params) {
+      const c = new pg.Client({ connectionString: url })
+      await c.connect()
+      try {
+        return (await c.query(sql, params)).rows
+      } finally {
+        await c.end()
+      }
+    },
+    async stop() {
+      if (stopped) return
+      stopped = true
+      if (server.exitCode === null && server.signalCode === null) {
+        const gone = new Promise((r) => server.once('exit', r))
+        // SIGINT is PostgreSQL's fast shutdown; runuser passes it on.
+        server.kill('SIGINT')
+        const timer = setTimeout(() => server.kill('SIGKILL'), 10_000)
+        await gone
+        clearTimeout(timer)
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  t?.teardown(() => result.stop())
+  return result
+}
+
+async function ready(port: number, c: ChildProcess): Promise<boolean> {
+  const deadline = Date.now() + 30_000
+  while (Date.now() < deadline) {
+    if (c.exitCode !== null || c.signalCode !== null) return false
+    const client = new pg.Client({ host: '127.0.0.1', port, user: USER, database: 'postgres' })
+    try {
+      await client.connect()
+      await client.query('select 1')
+      await client.end()
+      return true
+    } catch {
+      await client.end().catch(() => undefined)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+  return false
+}
