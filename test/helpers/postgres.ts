@@ -1,5 +1,5 @@
 /**
- * A real PostgreSQL for tests: Debian's PostgreSQL 15 (/usr/lib/postgresql/15/bin),
+ * A real PostgreSQL for tests: Debian's (/usr/lib/postgresql/VERSION/bin, the newest),
  * a fresh cluster made with initdb in a temp directory, served on a free loopback
  * port, awaited until it accepts queries, and stopped at teardown. PostgreSQL
  * refuses to run as root, so under root the cluster belongs to the `postgres`
@@ -11,13 +11,19 @@
  * Must never: touch a cluster it did not create, or leave a server running after teardown.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
 import { freePort } from './mosquitto.js'
 
-export const PG_BIN = '/usr/lib/postgresql/15/bin'
+/** Debian keeps PostgreSQL's programs off PATH, one directory per major version: the newest installed. */
+export const PG_BIN: string = (() => {
+  const root = '/usr/lib/postgresql'
+  const versions = existsSync(root) ? readdirSync(root).filter((v) => /^\d+$/.test(v) && existsSync(join(root, v, 'bin', 'postgres'))) : []
+  versions.sort((a, b) => Number(b) - Number(a))
+  return join(root, versions[0] ?? '15', 'bin')
+})()
 const USER = 'outpost'
 
 interface Teardownable {
