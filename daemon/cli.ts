@@ -62,7 +62,7 @@ const commands: Record<string, Command> = {
     load: () => import('./commands/reconcile.js'),
   },
   ingest: {
-    summary: 'cloud-side service: store every site\'s records in PostgreSQL, split across workers',
+    summary: "cloud-side service: store every site's records in PostgreSQL, split across workers",
     usage: 'outpost ingest --url URL --db POSTGRES_URL [--group NAME] [--sites PATTERN]',
     load: () => import('./commands/ingest.js'),
   },

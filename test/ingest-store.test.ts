@@ -74,7 +74,10 @@ t.test('records in any order, in repeats, end up stored once with the prefix ver
     t.ok(r.acked >= maxAck, 'the prefix never goes back')
     maxAck = r.acked
     // The prefix is always a verified, gapless run of what the site sent.
-    t.ok(r.acked === 0 || log.records[r.acked - 1]!.hash === (await client.query('SELECT acked_hash FROM sites WHERE site_id = $1', ['order'])).rows[0].acked_hash)
+    t.ok(
+      r.acked === 0 ||
+        log.records[r.acked - 1]!.hash === (await client.query('SELECT acked_hash FROM sites WHERE site_id = $1', ['order'])).rows[0].acked_hash,
+    )
   }
   t.equal(maxAck, 60)
   const rows = (await client.query('SELECT seq, hash, body FROM records WHERE site_id = $1 ORDER BY seq', ['order'])).rows

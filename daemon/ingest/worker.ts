@@ -58,7 +58,13 @@ export interface IngestStats {
 
 /** Whether `id` matches a `--sites` pattern (`*` any run, `?` one character). */
 export function siteMatcher(pattern: string): (id: string) => boolean {
-  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, 'u')
+  const re = new RegExp(
+    `^${pattern
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+    'u',
+  )
   return (id) => re.test(id)
 }
 
@@ -74,7 +80,18 @@ export function safeDbUrl(url: string): string {
 }
 
 export class IngestWorker {
-  readonly stats: IngestStats = { messages: 0, stored: 0, duplicates: 0, forks: 0, rejects: 0, malformed: 0, acks: 0, pulls: 0, commits: 0, dbErrors: 0 }
+  readonly stats: IngestStats = {
+    messages: 0,
+    stored: 0,
+    duplicates: 0,
+    forks: 0,
+    rejects: 0,
+    malformed: 0,
+    acks: 0,
+    pulls: 0,
+    commits: 0,
+    dbErrors: 0,
+  }
   readonly workerId: string
   private readonly logger: Logger
   private readonly group: string
@@ -310,10 +327,8 @@ export class IngestWorker {
     const requestId = `ing-${this.workerId}-${++this.pullSeq}`
     this.stats.pulls++
     this.logger.info({ site, from, to, requestId }, 'pulling a gap')
-    this.client?.publish(
-      `${this.prefix}/${site}/pull`,
-      JSON.stringify({ requestId, from, ...(to >= from ? { to } : {}), limit: this.pullLimit }),
-      { qos: 1 },
-    )
+    this.client?.publish(`${this.prefix}/${site}/pull`, JSON.stringify({ requestId, from, ...(to >= from ? { to } : {}), limit: this.pullLimit }), {
+      qos: 1,
+    })
   }
 }

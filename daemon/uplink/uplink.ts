@@ -273,6 +273,9 @@ export class Uplink {
   // ------------------------------------------------------------ connection
 
   private onConnect(): void {
+    // A connection that completes after stop() (a reconnect already under way) is not used: the client is being
+    // closed and mqtt.js's stores with it, so publishing on it would throw.
+    if (this.stopping) return
     this.gen++
     this.attempt = 0
     this.lastError = ''

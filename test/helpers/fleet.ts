@@ -157,7 +157,13 @@ export class FleetSite {
     if (!this.open) {
       this.sessions++
       const outlet = `A${1 + Math.floor(this.random() * 4)}`
-      const s = { sessionId: `${this.id}-s${this.sessions}`, outlet, userId: `u-${Math.floor(this.random() * 50)}`, startedAt: this.ts(), meterWh: this.meterWh }
+      const s = {
+        sessionId: `${this.id}-s${this.sessions}`,
+        outlet,
+        userId: `u-${Math.floor(this.random() * 50)}`,
+        startedAt: this.ts(),
+        meterWh: this.meterWh,
+      }
       this.open = s
       this.log.append([
         {

@@ -3,7 +3,7 @@
  * a fresh cluster made with initdb in a temp directory, served on a free loopback
  * port, awaited until it accepts queries, and stopped at teardown. PostgreSQL
  * refuses to run as root, so under root the cluster belongs to the `postgres`
- * user and the programs run through runuser.
+ * user and its programs are spawned with that user's ids.
  *
  *   const pg = await startPostgres(t)     // pg.url: postgres://outpost@127.0.0.1:PORT/outpost
  *
@@ -38,23 +38,27 @@ export interface Postgres {
   stop(): Promise<void>
 }
 
-/** How to run a PostgreSQL program: as the postgres user when we are root (it refuses root). */
-function asOwner(cmd: string, args: string[]): [string, string[]] {
-  return process.getuid?.() === 0 ? ['runuser', ['-u', 'postgres', '--', cmd, ...args]] : [cmd, args]
+/** Under root, PostgreSQL's programs run as the postgres user (the server refuses root); spawned with its ids, no wrapper. */
+function owner(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined
+  const uid = Number(spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).stdout.trim())
+  const gid = Number(spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).stdout.trim())
+  if (!Number.isInteger(uid) || !Number.isInteger(gid)) throw new Error('running as root, but there is no postgres user to run PostgreSQL as')
+  return { uid, gid }
 }
 
 export async function startPostgres(t?: Teardownable): Promise<Postgres> {
   if (!existsSync(join(PG_BIN, 'postgres'))) throw new Error(`${PG_BIN}/postgres is missing: apt-get install postgresql`)
   const dir = mkdtempSync(join(tmpdir(), 'outpost-pg-'))
   const data = join(dir, 'data')
-  if (process.getuid?.() === 0) {
-    const ids = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' })
-    const gids = spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' })
-    chownSync(dir, Number(ids.stdout.trim()), Number(gids.stdout.trim()))
-  }
+  const ids = owner()
+  if (ids) chownSync(dir, ids.uid, ids.gid)
   chmodSync(dir, 0o700)
-  const [icmd, iargs] = asOwner(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', USER, '--no-sync', '-E', 'UTF8', '--locale', 'C'])
-  const init = spawnSync(icmd, iargs, { encoding: 'utf8' })
+  const init = spawnSync(join(PG_BIN, 'initdb'), ['-D', data, '-A', 'trust', '-U', USER, '--no-sync', '-E', 'UTF8', '--locale', 'C'], {
+    encoding: 'utf8',
+    cwd: dir,
+    ...ids,
+  })
   if (init.status !== 0) {
     rmSync(dir, { recursive: true, force: true })
     throw new Error(`initdb failed: ${init.stderr}`)
@@ -65,22 +69,9 @@ export async function startPostgres(t?: Teardownable): Promise<Postgres> {
   for (let attempt = 0; ; attempt++) {
     port = await freePort()
     // fsync stays on: the tests check what a commit promises. Small buffers: several clusters may run at once.
-    const [cmd, args] = asOwner(join(PG_BIN, 'postgres'), [
-      '-D',
-      data,
-      '-p',
-      String(port),
-      '-k',
-      dir,
-      '-h',
-      '127.0.0.1',
-      '-c',
-      'shared_buffers=32MB',
-      '-c',
-      'max_connections=200',
-    ])
+    const args = ['-D', data, '-p', String(port), '-k', dir, '-h', '127.0.0.1', '-c', 'shared_buffers=32MB', '-c', 'max_connections=200']
     stderr = ''
-    const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    const c = spawn(join(PG_BIN, 'postgres'), args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...ids })
     c.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
     child = c
     const ok = await ready(port, c)
@@ -94,6 +85,12 @@ export async function startPostgres(t?: Teardownable): Promise<Postgres> {
   const url = `postgres://${USER}@127.0.0.1:${port}/postgres`
   let stopped = false
   const server = child!
+  // Should the test process die without its teardown (an uncaught exception), the server goes with it:
+  // SIGQUIT is PostgreSQL's immediate shutdown.
+  const onExit = () => {
+    if (server.exitCode === null && server.signalCode === null) server.kill('SIGQUIT')
+  }
+  process.once('exit', onExit)
   const result: Postgres = {
     url,
     port,
@@ -111,12 +108,13 @@ export async function startPostgres(t?: Teardownable): Promise<Postgres> {
       stopped = true
       if (server.exitCode === null && server.signalCode === null) {
         const gone = new Promise((r) => server.once('exit', r))
-        // SIGINT is PostgreSQL's fast shutdown; runuser passes it on.
+        // SIGINT is PostgreSQL's fast shutdown: open connections are closed, nothing waits for them.
         server.kill('SIGINT')
         const timer = setTimeout(() => server.kill('SIGKILL'), 10_000)
         await gone
         clearTimeout(timer)
       }
+      process.off('exit', onExit)
       rmSync(dir, { recursive: true, force: true })
     },
   }

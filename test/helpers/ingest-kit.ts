@@ -1,0 +1,191 @@
+/**
+ * Plumbing for the ingest tests: `outpost ingest` workers as child processes of the
+ * built CLI (so kill -9 is real), an observer of every P/ack the workers publish, and
+ * the invariants the database must hold against what the sites sent.
+ *
+ * Owns: starting and stopping workers for a test, and the invariant checks.
+ * Must never: decide a result by sleeping; leave a worker running after teardown.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { join } from 'node:path'
+import mqtt, { type MqttClient } from 'mqtt'
+import pg from 'pg'
+import { packageRoot } from '../../core/paths.js'
+import type { JournalRecord } from '../../core/types.js'
+import { verifyChain } from '../../daemon/uplink/chain.js'
+
+export const CLI = join(packageRoot, 'dist', 'daemon', 'cli.js')
+
+interface Teardownable {
+  teardown(fn: () => unknown): void
+}
+
+export interface WorkerProc {
+  name: string
+  proc: ChildProcess
+  out: string[]
+  err: string[]
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  running(): boolean
+  kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+}
+
+export async function waitFor(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 90_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (await cond()) return
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`)
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+/** Starts `outpost ingest` and waits until it has subscribed. */
+export async function startWorker(t: Teardownable, name: string, brokerUrl: string, dbUrl: string, extra: string[] = []): Promise<WorkerProc> {
+  const proc = spawn(process.execPath, [CLI, 'ingest', '--url', brokerUrl, '--db', dbUrl, '--worker', name, '--gap-wait', '1000', ...extra], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const out: string[] = []
+  const err: string[] = []
+  createInterface({ input: proc.stdout! }).on('line', (l) => out.push(l))
+  createInterface({ input: proc.stderr! }).on('line', (l) => err.push(l))
+  let done = false
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+    proc.once('exit', (code, signal) => {
+      done = true
+      r({ code, signal })
+    }),
+  )
+  const w: WorkerProc = {
+    name,
+    proc,
+    out,
+    err,
+    exited,
+    running: () => !done,
+    async kill(signal = 'SIGKILL') {
+      if (!done) proc.kill(signal)
+      return exited
+    },
+  }
+  t.teardown(() => w.kill('SIGKILL'))
+  // A test process that dies without its teardown takes its workers with it.
+  const onExit = () => void (!done && proc.kill('SIGKILL'))
+  process.once('exit', onExit)
+  void exited.then(() => process.off('exit', onExit))
+  await waitFor(() => {
+    if (done) throw new Error(`worker ${name} exited at start:\n${err.join('\n')}`)
+    return err.some((l) => l.includes('"msg":"subscribed"'))
+  }, `worker ${name} subscribed`)
+  return w
+}
+
+/**
+ * Watches every P/ack on the broker and checks, after each, that the database's
+ * verified prefix of that site is at least the ack: an ack may only follow the commit.
+ */
+export async function ackWatch(t: Teardownable, brokerUrl: string, dbUrl: string, prefix = 'outpost') {
+  const client: MqttClient = await mqtt.connectAsync(brokerUrl, { reconnectPeriod: 250, clientId: `ack-watch-${process.pid}` })
+  const db = new pg.Client({ connectionString: dbUrl })
+  await db.connect()
+  const pending: { site: string; upTo: number }[] = []
+  const violations: string[] = []
+  let seen = 0
+  const sub = () => client.subscribeAsync(`${prefix}/+/ack`, { qos: 1 })
+  client.on('connect', () => void sub().catch(() => undefined))
+  await sub()
+  client.on('message', (topic, payload) => {
+    const site = topic.split('/')[1]!
+    const upTo = (JSON.parse(payload.toString()) as { upTo: number }).upTo
+    pending.push({ site, upTo })
+  })
+  let busy = false
+  const timer = setInterval(async () => {
+    if (busy || pending.length === 0) return
+    busy = true
+    const batch = pending.splice(0)
+    try {
+      const { rows } = await db.query<{ site_id: string; acked: string }>('SELECT site_id, acked FROM sites WHERE site_id = ANY($1)', [
+        [...new Set(batch.map((b) => b.site))],
+      ])
+      const acked = new Map(rows.map((r) => [r.site_id, Number(r.acked)]))
+      for (const b of batch) {
+        seen++
+        if ((acked.get(b.site) ?? 0) < b.upTo) violations.push(`${b.site}: ack ${b.upTo} ahead of the database's ${acked.get(b.site) ?? 0}`)
+      }
+    } finally {
+      busy = false
+    }
+  }, 100)
+  const stop = async () => {
+    clearInterval(timer)
+    await client.endAsync(true).catch(() => undefined)
+    await db.end().catch(() => undefined)
+  }
+  t.teardown(stop)
+  return {
+    violations,
+    seen: () => seen,
+    /** Waits until every ack received so far has been checked. */
+    drained: () => waitFor(() => pending.length === 0 && !busy, 'ack checks drained'),
+    client,
+  }
+}
+
+export interface SiteTruth {
+  id: string
+  records: readonly JournalRecord[]
+}
+
+/**
+ * What must hold once the fleet has settled: every record stored exactly once (the
+ * sites' own seqs and hashes, nothing else), every chain re-verified from the stored
+ * bodies alone, each prefix at the head, no fork or break, and the sessions table
+ * equal to the session.ended records.
+ */
+export async function invariants(db: pg.ClientBase, sites: readonly SiteTruth[]): Promise<string[]> {
+  const problems: string[] = []
+  const ids = sites.map((s) => s.id)
+  const rows = (
+    await db.query<{ site_id: string; seq: string; hash: string; body: JournalRecord }>(
+      'SELECT site_id, seq, hash, body FROM records WHERE site_id = ANY($1) ORDER BY site_id, seq',
+      [ids],
+    )
+  ).rows
+  const bySite = new Map<string, typeof rows>()
+  for (const r of rows) bySite.set(r.site_id, [...(bySite.get(r.site_id) ?? []), r])
+  const siteRows = new Map(
+    (await db.query('SELECT site_id, acked, head, chain_break, forks FROM sites WHERE site_id = ANY($1)', [ids])).rows.map((r) => [r.site_id, r]),
+  )
+  const sessions = new Set(
+    (
+      await db.query<{ site_id: string; session_id: string; seq: string }>('SELECT site_id, session_id, seq FROM sessions WHERE site_id = ANY($1)', [
+        ids,
+      ])
+    ).rows.map((r) => `${r.site_id}/${r.session_id}/${r.seq}`),
+  )
+  const expectedSessions = new Set<string>()
+  for (const s of sites) {
+    const got = bySite.get(s.id) ?? []
+    if (got.length !== s.records.length) problems.push(`${s.id}: ${got.length} records stored, the site has ${s.records.length}`)
+    for (let i = 0; i < Math.min(got.length, s.records.length); i++) {
+      if (Number(got[i]!.seq) !== i + 1 || got[i]!.hash !== s.records[i]!.hash) {
+        problems.push(`${s.id}: stored seq ${got[i]!.seq} is not the site's record ${i + 1}`)
+        break
+      }
+    }
+    const v = verifyChain(got.map((r) => r.body))
+    if (!v.ok) problems.push(`${s.id}: the stored chain does not verify: ${v.break.message}`)
+    const row = siteRows.get(s.id)
+    if (!row) problems.push(`${s.id}: no sites row`)
+    else {
+      if (Number(row.acked) !== s.records.length) problems.push(`${s.id}: acked ${row.acked}, head ${s.records.length}`)
+      if (row.chain_break) problems.push(`${s.id}: chain break ${JSON.stringify(row.chain_break)}`)
+      if (row.forks !== 0) problems.push(`${s.id}: ${row.forks} forks`)
+    }
+    for (const r of s.records) if (r.type === 'session.ended') expectedSessions.add(`${s.id}/${r.sessionId}/${r.seq}`)
+  }
+  for (const k of expectedSessions) if (!sessions.has(k)) problems.push(`session missing from the sessions table: ${k}`)
+  for (const k of sessions) if (!expectedSessions.has(k)) problems.push(`sessions table holds what no session.ended says: ${k}`)
+  return problems
+}

@@ -1,0 +1,181 @@
+/**
+ * `outpost ingest` at fleet scale with real parts: PostgreSQL, mosquitto 2 (MQTT 5
+ * shared subscriptions), three worker processes of the built CLI, and 200 simulated
+ * gateways whose records are sealed by the journal's own code and forwarded by the
+ * real Uplink. In turn: a kill -9 of a worker mid-stream (and a clean stop of
+ * another), a broker restart with gateways restarting, ten gateways offline for
+ * hours of records catching up, and forged records. After each, the invariants:
+ * every record stored exactly once, every chain verified from the database alone,
+ * no ack ahead of the database, the sessions table equal to the session.ended
+ * records, and the forgery detected.
+ */
+import t from 'tap'
+import pg from 'pg'
+import mqtt from 'mqtt'
+import { startPostgres } from './helpers/postgres.js'
+import { startMosquitto } from './helpers/mosquitto.js'
+import { FleetSite, rng } from './helpers/fleet.js'
+import { ackWatch, invariants, startWorker, waitFor, type WorkerProc } from './helpers/ingest-kit.js'
+import { recordHash } from '../daemon/uplink/chain.js'
+import type { JournalRecord } from '../core/types.js'
+
+const SITES = 200
+const random = rng(20261201)
+
+const db = await startPostgres(t)
+const broker = await startMosquitto(t, { extraConfig: ['max_queued_messages 0'] })
+const client = new pg.Client({ connectionString: db.url })
+await client.connect()
+t.teardown(() => client.end())
+
+// Three workers starting at once: one applies the migrations, the others wait for its lock.
+const workers: WorkerProc[] = await Promise.all(['w1', 'w2', 'w3'].map((n) => startWorker(t, n, broker.url, db.url)))
+const watch = await ackWatch(t, broker.url, db.url)
+
+const fleet = Array.from({ length: SITES }, (_, i) => new FleetSite(`site-${String(i + 1).padStart(3, '0')}`, { url: broker.url }, random))
+t.teardown(() => Promise.all(fleet.map((s) => s.stopUplink())))
+for (const s of fleet) s.boot()
+
+const truth = (sites = fleet) => sites.map((s) => ({ id: s.id, records: s.log.records }))
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function round(sites = fleet): Promise<void> {
+  for (const s of sites) s.step()
+  await pause(150)
+}
+
+async function settled(sites = fleet, what = 'every site acked to its head'): Promise<void> {
+  await waitFor(async () => {
+    if (!sites.every((s) => s.log.acked() === s.log.head())) return false
+    const { rows } = await client.query<{ n: number }>('SELECT count(*)::int AS n FROM sites WHERE site_id = ANY($1) AND acked = head', [
+      sites.map((s) => s.id),
+    ])
+    return rows[0]!.n === sites.length
+  }, what)
+  await watch.drained()
+}
+
+async function checkAll(t: { same(a: unknown, b: unknown, m: string): unknown }, sites = fleet): Promise<void> {
+  t.same(await invariants(client, truth(sites)), [], 'every record once, every chain verified, sessions = session.ended')
+  t.same(watch.violations, [], 'no ack ahead of the database')
+}
+
+t.test('the fleet streams; a worker is killed mid-stream and another stops cleanly', async (t) => {
+  for (let i = 0; i < 3; i++) await round()
+  const killed = await workers[0]!.kill('SIGKILL')
+  t.equal(killed.signal, 'SIGKILL')
+  for (let i = 0; i < 2; i++) await round()
+  // A clean stop: in-flight transactions finish, the summary is printed, exit 0.
+  const stopping = workers[1]!.kill('SIGTERM')
+  for (let i = 0; i < 2; i++) await round()
+  const st = await stopping
+  t.equal(st.code, 0, workers[1]!.err.slice(-5).join('\n'))
+  const summary = JSON.parse(workers[1]!.out.at(-1)!) as { commits: number; stored: number }
+  t.ok(summary.commits > 0, 'the stopped worker had committed deliveries')
+  workers[0] = await startWorker(t, 'w1b', broker.url, db.url)
+  workers[1] = await startWorker(t, 'w2b', broker.url, db.url)
+  for (let i = 0; i < 2; i++) await round()
+  await settled()
+  await checkAll(t)
+  t.ok(watch.seen() > SITES, `acks were watched (${watch.seen()})`)
+  const spread = await client.query<{ n: number }>('SELECT count(DISTINCT site_id)::int AS n FROM sessions')
+  t.equal(spread.rows[0]!.n, SITES, 'every site has ended sessions')
+})
+
+t.test('a broker restart while gateways restart', async (t) => {
+  await round()
+  await broker.restart()
+  for (let i = 0; i < 10; i++) await fleet[i * 7]!.restart(i % 2 === 0)
+  for (let i = 0; i < 3; i++) await round()
+  await settled()
+  await checkAll(t)
+  const starts = await client.query<{ n: number }>("SELECT count(*)::int AS n FROM records WHERE type = 'gateway.started'")
+  t.equal(starts.rows[0]!.n, SITES + 10, 'each boot stored once')
+})
+
+t.test('ten gateways offline for hours of records catch up', async (t) => {
+  const away = fleet.slice(100, 110)
+  await Promise.all(away.map((s) => s.stopUplink()))
+  // About two hours of the site's clock each: hundreds of records queued in the journal.
+  for (let i = 0; i < 150; i++) for (const s of away) s.step()
+  const behind = away.map((s) => s.log.head() - s.log.acked())
+  t.ok(
+    behind.every((n) => n >= 150),
+    `each has a backlog (${Math.min(...behind)}..${Math.max(...behind)} records)`,
+  )
+  for (let i = 0; i < 2; i++) await round(fleet.filter((s) => !away.includes(s)))
+  for (const s of away) s.startUplink()
+  await round()
+  await settled()
+  await checkAll(t)
+  const offline = await client.query<{ n: number }>(
+    "SELECT count(*)::int AS n FROM sessions WHERE (body->>'offline')::boolean AND site_id = ANY($1)",
+    [away.map((s) => s.id)],
+  )
+  t.ok(offline.rows[0]!.n >= 70, `the sessions ended offline are in the sessions table (${offline.rows[0]!.n})`)
+})
+
+t.test('forged records are detected, change nothing they must not, and stop no other site', async (t) => {
+  const victim = fleet[5]!
+  const raw = await mqtt.connectAsync(broker.url, { clientId: `forger-${process.pid}` })
+  t.teardown(() => raw.endAsync(true))
+  const topic = `outpost/${victim.id}/records`
+  const head = victim.log.head()
+  const last = victim.log.records[head - 1]! as JournalRecord & { total?: number }
+  // 1. A stored record altered without re-hashing: refused.
+  await raw.publishAsync(topic, JSON.stringify([{ ...last, total: 1 }]), { qos: 1 })
+  // 2. A malformed payload: ignored, logged.
+  await raw.publishAsync(topic, '{"not": "an array"', { qos: 1 })
+  // 3. A stored record altered and re-hashed: a fork, kept aside, the stored one untouched.
+  const rehashed = { ...last, total: 2 } as JournalRecord
+  rehashed.hash = recordHash(rehashed as unknown as Record<string, unknown>)
+  await raw.publishAsync(topic, JSON.stringify([rehashed]), { qos: 1 })
+  await waitFor(async () => {
+    const r = await client.query<{ n: number }>(
+      'SELECT (SELECT count(*) FROM rejects WHERE site_id = $1)::int + (SELECT count(*) FROM forks WHERE site_id = $1)::int AS n',
+      [victim.id],
+    )
+    return r.rows[0]!.n === 2
+  }, 'the forgeries recorded')
+  const rej = await client.query('SELECT seq, reason FROM rejects WHERE site_id = $1', [victim.id])
+  t.match(rej.rows, [{ seq: String(head), reason: new RegExp(`seq ${head}: hash mismatch`) }])
+  const fk = await client.query('SELECT seq, hash, stored_hash FROM forks WHERE site_id = $1', [victim.id])
+  t.same(fk.rows, [{ seq: String(head), hash: rehashed.hash, stored_hash: last.hash }])
+  const stored = await client.query('SELECT hash FROM records WHERE site_id = $1 AND seq = $2', [victim.id, head])
+  t.equal(stored.rows[0].hash, last.hash, 'the stored record was not overwritten')
+  t.ok(
+    workers.some((w) => w.err.some((l) => l.includes('FORK') && l.includes(victim.id))),
+    'the fork is alerted in a worker log',
+  )
+  t.ok(
+    workers.some((w) => w.err.some((l) => l.includes('malformed payload') && l.includes(victim.id))),
+    'the malformed payload is logged, naming the topic',
+  )
+
+  // 4. A forged next record (self-consistent, linking to the head) before the gateway's own:
+  // the genuine one is then a fork, and the chain breaks at the record after it: no ack past it.
+  const next = { ...last, seq: head + 1, prev: last.hash, total: 3 } as JournalRecord
+  next.hash = recordHash(next as unknown as Record<string, unknown>)
+  await raw.publishAsync(topic, JSON.stringify([next]), { qos: 1 })
+  await waitFor(async () => {
+    const r = await client.query('SELECT head FROM sites WHERE site_id = $1', [victim.id])
+    return Number(r.rows[0].head) === head + 1
+  }, 'the forged next record stored')
+  victim.step()
+  victim.step()
+  const others = fleet.filter((s) => s !== victim)
+  await round(others)
+  await waitFor(async () => {
+    const r = await client.query('SELECT chain_break FROM sites WHERE site_id = $1', [victim.id])
+    return r.rows[0].chain_break !== null
+  }, 'the break found')
+  const site = (await client.query('SELECT acked, chain_break, forks FROM sites WHERE site_id = $1', [victim.id])).rows[0]
+  t.match(site.chain_break, { seq: head + 2, reason: 'prev' })
+  t.equal(site.forks, 2, 'both forks counted')
+  t.ok(Number(site.acked) <= head + 1, 'the prefix stops before the break')
+  t.ok(victim.log.acked() <= head + 1, 'the gateway was never acked past the break')
+  // Everyone else carried on.
+  await settled(others, 'every other site acked to its head')
+  await checkAll(t, others)
+  t.same(watch.violations, [])
+})
