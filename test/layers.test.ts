@@ -185,3 +185,25 @@ t.test('the untyped error class is taken only by the errors.ts that type it', as
     .sort()
   t.same(takers, ['daemon/engine/errors.ts', 'daemon/errors.ts', 'drivers/errors.ts'])
 })
+
+t.test('the gateway never loads the cloud-side ingest, nor PostgreSQL; the ingest reuses the chain code', async (t) => {
+  for (const root of ['daemon/daemon.ts', 'daemon/commands/run.ts']) {
+    const files = closure(graph, root)
+    t.same(
+      files.filter((f) => f.startsWith('daemon/ingest/')),
+      [],
+      `${root} loads nothing of daemon/ingest/`,
+    )
+    t.notOk(
+      files.some((f) => graph.get(f)!.packages.includes('pg')),
+      `${root} loads no PostgreSQL client`,
+    )
+  }
+  t.ok(graph.get('daemon/ingest/store.ts')!.local.includes('daemon/uplink/chain.ts'), "the ingest checks chains with the uplink's chain code")
+  t.notOk(
+    [...graph.keys()]
+      .filter((f) => f.startsWith('daemon/ingest/'))
+      .some((f) => graph.get(f)!.packages.includes('node:crypto') && f !== 'daemon/ingest/worker.ts'),
+    'and hashes nothing itself',
+  )
+})
