@@ -108,6 +108,9 @@ export class IngestWorker {
   private pullSeq = 0
   private stopping = false
   private readonly afterCommit = new Set<(site: string, r: StoreResult) => void>()
+  private markSubscribed!: () => void
+  /** Resolves once the first subscription is in place (the broker delivers to this worker from then on). */
+  readonly subscribed: Promise<void> = new Promise((r) => (this.markSubscribed = r))
 
   constructor(private readonly opts: IngestOptions) {
     this.workerId = opts.workerId ?? `w${randomBytes(4).toString('hex')}`
@@ -159,7 +162,10 @@ export class IngestWorker {
       this.logger.info({ url: safeUrl(this.opts.url), group: this.group }, 'connected')
       client.subscribe([`${share}/records`, `${share}/status`, `${share}/pull/+`], { qos: 1 }, (err) => {
         if (err) this.logger.warn({ err: { message: err.message } }, 'subscribe failed')
-        else this.logger.info('subscribed')
+        else {
+          this.logger.info('subscribed')
+          this.markSubscribed()
+        }
       })
     })
     client.on('error', (err) => this.logger.warn({ err: { message: err.message } }, 'broker connection error'))

@@ -96,6 +96,11 @@ export class FleetSite {
     this.t = opts.clock?.() ?? Date.UTC(2026, 11, 1)
   }
 
+  /** The last seq the uplink has published since it connected. */
+  sentUpTo(): number {
+    return this.uplink?.state().sentUpTo ?? 0
+  }
+
   online(): boolean {
     return this.uplink?.state().status === 'online'
   }
