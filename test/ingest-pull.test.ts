@@ -73,7 +73,7 @@ t.test('a gap is pulled by one worker per site; the lease moves when its holder 
   await waitFor(() => site.log.acked() === site.log.head(), 'gap-1 acked')
   const before = pulls.length
   await client.query("DELETE FROM records WHERE site_id = 'gap-1' AND seq > $1", [site.log.head() - 3])
-  await client.query("UPDATE sites SET acked = $2, acked_hash = $3, progress_at = now() WHERE site_id = $1", [
+  await client.query('UPDATE sites SET acked = $2, acked_hash = $3, progress_at = now() WHERE site_id = $1', [
     'gap-1',
     site.log.head() - 3,
     site.log.records[site.log.head() - 4]!.hash,

@@ -6,7 +6,7 @@
  */
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { packagePath } from '../core/paths.js'
@@ -72,4 +72,20 @@ t.test('a PATH lacking only socat and mbpoll: names exactly those two', async (t
 t.test('npm test runs it before the build and before tap', async (t) => {
   const pkg = JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { scripts: { test: string } }
   t.match(pkg.scripts.test, /^bash \.ci\/preflight && npm run build && tap\b/)
+})
+
+t.test('a PostgreSQL program is looked for off PATH too, and its package named when absent', async (t) => {
+  // The same script beside a list of our own: a pg check that finds the server, one that cannot.
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-preflight-pg-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'preflight'), readFileSync(PREFLIGHT))
+  writeFileSync(join(dir, 'debian-packages'), 'pg   postgres              postgresql\n')
+  const present = spawnSync('/bin/bash', [join(dir, 'preflight')], { encoding: 'utf8', env: { PATH: '/nonexistent' } })
+  t.equal(present.status, 0, `found in /usr/lib/postgresql/*/bin without PATH: ${present.stderr}`)
+  writeFileSync(join(dir, 'debian-packages'), 'pg   no-such-pg-program    postgresql\n')
+  const absent = spawnSync('/bin/bash', [join(dir, 'preflight')], { encoding: 'utf8', env: { PATH: '/nonexistent' } })
+  t.equal(absent.status, 1)
+  t.same(lines(absent.stderr), [
+    'npm test needs Debian packages that are missing: apt-get install -y --no-install-recommends postgresql (or run: bash .ci/run)',
+  ])
 })
