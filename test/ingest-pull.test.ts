@@ -36,7 +36,7 @@ t.test('a gap is pulled by one worker per site; the lease moves when its holder 
   await watcher.subscribeAsync('outpost/+/pull', { qos: 1 })
   watcher.on('message', (topic, payload) => pulls.push({ site: topic.split('/')[1]!, requestId: JSON.parse(payload.toString()).requestId }))
 
-  const workers = ['p1', 'p2', 'p3'].map((id) => new IngestWorker({ url: broker.url, db: db.url, workerId: id, gapWaitMs: 500, leaseMs: 2000 }))
+  const workers = ['p1', 'p2', 'p3'].map((id) => new IngestWorker({ url: broker.url, db: db.url, workerId: id, gapWaitMs: 500, leaseMs: 4000 }))
   t.teardown(() => Promise.all(workers.map((w) => w.stop())))
   await Promise.all(workers.map((w) => w.start()))
   await Promise.all(workers.map((w) => w.subscribed))
@@ -90,6 +90,33 @@ t.test('a gap is pulled by one worker per site; the lease moves when its holder 
     'by another worker than the stopped holder',
   )
   t.equal(new Set(after.map((p) => p.requestId.split('-')[1])).size, 1, 'by one worker')
+})
+
+t.test('a worker that falls behind leaves messages with the broker and still stores everything', async (t) => {
+  const random = rng(11)
+  const sites = Array.from({ length: 4 }, (_, i) => new FleetSite(`bp-${i + 1}`, { url: broker.url }, random))
+  t.teardown(() => Promise.all(sites.map((s) => s.stopUplink())))
+  // At most two deliveries in hand: the rest of the burst waits in the broker.
+  const worker = new IngestWorker({ url: broker.url, db: db.url, group: 'bp', workerId: 'bp', maxPending: 2, sites: 'bp-*' })
+  t.teardown(() => worker.stop())
+  await worker.start()
+  await worker.subscribed
+  let most = 0
+  worker.onCommit(() => {
+    most = Math.max(most, (worker as unknown as { pending: number }).pending)
+  })
+  for (const s of sites) s.boot()
+  for (let i = 0; i < 150; i++) for (const s of sites) s.step()
+  await waitFor(() => sites.every((s) => s.log.acked() === s.log.head()), 'the burst stored and acked')
+  t.same(
+    await invariants(
+      client,
+      sites.map((s) => ({ id: s.id, records: s.log.records })),
+    ),
+    [],
+  )
+  t.ok(most <= 2, `never more than two deliveries in hand (${most})`)
+  t.ok(worker.stats.messages >= 4 * 6, `the burst came in many messages (${worker.stats.messages})`)
 })
 
 t.test('outpost ingest refuses bad flags and an unreachable database, and says which', async (t) => {

@@ -41,6 +41,8 @@ export interface IngestOptions extends BrokerAuth {
   pullLimit?: number
   /** Database connections of this worker. Default 4. */
   connections?: number
+  /** Deliveries received and not yet stored at most; past it the broker connection is not read (the broker holds the rest). Default 2000. */
+  maxPending?: number
 }
 
 export interface IngestStats {
@@ -108,6 +110,10 @@ export class IngestWorker {
   private pullSeq = 0
   private stopping = false
   private readonly afterCommit = new Set<(site: string, r: StoreResult) => void>()
+  /** Deliveries handed to the site queues and not yet finished. */
+  private pending = 0
+  /** mqtt.js callbacks held back while `pending` is at the limit: each lets it read the next packet. */
+  private readonly held: (() => void)[] = []
   private markSubscribed!: () => void
   /** Resolves once the first subscription is in place (the broker delivers to this worker from then on). */
   readonly subscribed: Promise<void> = new Promise((r) => (this.markSubscribed = r))
@@ -170,6 +176,13 @@ export class IngestWorker {
     })
     client.on('error', (err) => this.logger.warn({ err: { message: err.message } }, 'broker connection error'))
     client.on('message', (topic, payload) => this.onMessage(topic, payload))
+    // Backpressure: mqtt.js reads the next packet (and PUBACKs this one) only when this calls back, so a worker
+    // that falls behind leaves the messages with the broker instead of in its own memory.
+    const limit = this.opts.maxPending ?? 2000
+    client.handleMessage = (_packet, callback) => {
+      if (this.pending < limit) callback()
+      else this.held.push(() => callback())
+    }
     this.tick = setInterval(() => void this.pullGaps(), Math.max(100, Math.floor(this.gapWaitMs / 2)))
   }
 
@@ -183,7 +196,10 @@ export class IngestWorker {
       const share = `$share/${this.group}/${this.prefix}/+`
       await client.unsubscribeAsync([`${share}/records`, `${share}/status`, `${share}/pull/+`]).catch(() => undefined)
     }
-    while (this.queues.size > 0) await Promise.all([...this.queues.values()])
+    while (this.queues.size > 0 || this.held.length > 0) {
+      for (const release of this.held.splice(0)) release()
+      await Promise.all([...this.queues.values()])
+    }
     if (client) await client.endAsync(false).catch(() => undefined)
     await this.pool?.end().catch(() => undefined)
   }
@@ -200,6 +216,7 @@ export class IngestWorker {
   }
 
   private enqueue(site: string, job: () => Promise<void>): void {
+    this.pending++
     const before = this.queues.get(site) ?? Promise.resolve()
     const next = before.then(job).catch((err) => {
       this.stats.dbErrors++
@@ -207,6 +224,8 @@ export class IngestWorker {
     })
     this.queues.set(site, next)
     void next.then(() => {
+      this.pending--
+      this.held.shift()?.()
       if (this.queues.get(site) === next) this.queues.delete(site)
     })
   }
