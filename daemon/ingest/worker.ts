@@ -108,6 +108,8 @@ export class IngestWorker {
   private readonly queues = new Map<string, Promise<void>>()
   private tick?: NodeJS.Timeout
   private pullSeq = 0
+  /** The gap check under way, if any (one at a time; a stop waits for it). */
+  private gapCheck?: Promise<void>
   private stopping = false
   private readonly afterCommit = new Set<(site: string, r: StoreResult) => void>()
   /** Deliveries handed to the site queues and not yet finished. */
@@ -183,7 +185,9 @@ export class IngestWorker {
       if (this.pending < limit) callback()
       else this.held.push(() => callback())
     }
-    this.tick = setInterval(() => void this.pullGaps(), Math.max(100, Math.floor(this.gapWaitMs / 2)))
+    this.tick = setInterval(() => {
+      if (!this.gapCheck) this.gapCheck = this.pullGaps().finally(() => (this.gapCheck = undefined))
+    }, Math.max(100, Math.floor(this.gapWaitMs / 2)))
   }
 
   /** Stops taking messages, lets every in-flight transaction commit and its ack go out, then disconnects. */
@@ -191,6 +195,7 @@ export class IngestWorker {
     if (this.stopping) return
     this.stopping = true
     clearInterval(this.tick)
+    await this.gapCheck
     const client = this.client
     if (client?.connected) {
       const share = `$share/${this.group}/${this.prefix}/+`
@@ -319,7 +324,10 @@ export class IngestWorker {
            AND progress_at < now() - make_interval(secs => $1::float8 / 1000) ORDER BY progress_at LIMIT 100`,
         [this.gapWaitMs],
       )
-      for (const { site_id } of rows) if (this.matches(site_id)) await this.pullSite(site_id, false)
+      for (const { site_id } of rows) {
+        if (this.stopping) return
+        if (this.matches(site_id)) await this.pullSite(site_id, false)
+      }
     } catch (err) {
       this.logger.warn({ err: { message: (err as Error).message } }, 'gap check failed')
     }
