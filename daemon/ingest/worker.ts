@@ -185,9 +185,12 @@ export class IngestWorker {
       if (this.pending < limit) callback()
       else this.held.push(() => callback())
     }
-    this.tick = setInterval(() => {
-      if (!this.gapCheck) this.gapCheck = this.pullGaps().finally(() => (this.gapCheck = undefined))
-    }, Math.max(100, Math.floor(this.gapWaitMs / 2)))
+    this.tick = setInterval(
+      () => {
+        if (!this.gapCheck) this.gapCheck = this.pullGaps().finally(() => (this.gapCheck = undefined))
+      },
+      Math.max(100, Math.floor(this.gapWaitMs / 2)),
+    )
   }
 
   /** Stops taking messages, lets every in-flight transaction commit and its ack go out, then disconnects. */
