@@ -160,6 +160,17 @@ t.test('a forged record whose hash does not match is refused and changes nothing
   t.same(after.forks, [3])
 })
 
+t.test('a second session.ended for one session id is reported, and the sessions table keeps the first', async (t) => {
+  const log = new FleetLog()
+  const [a] = bodies(1)
+  log.append([a!, { ...a!, total: 999 } as typeof a & {}])
+  const r = await storeRecords(client, 'twice', log.records)
+  t.equal(r.acked, 2, "both records are the site's and verified")
+  t.same(r.repeatedSessions, [{ sessionId: 's-0', seq: 2 }])
+  const rows = (await client.query("SELECT seq, total FROM sessions WHERE site_id = 'twice'")).rows
+  t.same(rows, [{ seq: '1', total: '208' }])
+})
+
 t.test('two connections storing the same site at once: one prefix, every record once', async (t) => {
   const log = new FleetLog()
   log.append(bodies(200))

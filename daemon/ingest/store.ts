@@ -41,6 +41,8 @@ export interface StoreResult {
   chainBreak: ChainBreakRow | null
   /** The highest seq held for the site. */
   head: number
+  /** Verified session.ended records whose session id already had a row (a second bill for one session: never stored twice, reported). */
+  repeatedSessions: { sessionId: string; seq: number }[]
 }
 
 interface SiteRow {
@@ -192,12 +194,13 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
 
     let publicKey: string | undefined
     const sessions = verified.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]
-    if (sessions.length > 0)
-      await client.query(
+    const repeatedSessions: StoreResult['repeatedSessions'] = []
+    if (sessions.length > 0) {
+      const ins = await client.query<{ seq: string }>(
         `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
          SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
                                   $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
-         ON CONFLICT (site_id, session_id) DO NOTHING`,
+         ON CONFLICT (site_id, session_id) DO NOTHING RETURNING seq`,
         [
           siteId,
           sessions.map((s) => s.sessionId),
@@ -212,6 +215,9 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
           sessions.map((s) => JSON.stringify(s)),
         ],
       )
+      const inserted = new Set(ins.rows.map((r) => Number(r.seq)))
+      for (const x of sessions) if (!inserted.has(x.seq)) repeatedSessions.push({ sessionId: x.sessionId, seq: x.seq })
+    }
     const recs = verified.filter((r) => r.type === 'meter.reconciliation') as Extract<JournalRecord, { type: 'meter.reconciliation' }>[]
     if (recs.length > 0)
       await client.query(
@@ -243,7 +249,7 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
       [siteId, end.seq, end.hash, maxSeq, chainBreak ? JSON.stringify(chainBreak) : null, forks.length, publicKey ?? null],
     )
     await client.query('COMMIT')
-    return { acked: end.seq, stored, duplicates, forks, rejects, verified, chainBreak, head: Number(up.rows[0]!.head) }
+    return { acked: end.seq, stored, duplicates, forks, rejects, verified, chainBreak, head: Number(up.rows[0]!.head), repeatedSessions }
   } catch (err) {
     await client.query('ROLLBACK').catch(() => undefined)
     throw err

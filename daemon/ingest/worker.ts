@@ -285,6 +285,8 @@ export class IngestWorker {
     this.stats.rejects += r.rejects.length
     for (const x of r.rejects) this.logger.error({ site, seq: x.seq, reason: x.reason }, `refused a record of ${site}: ${x.reason}`)
     if (r.forks.length > 0) this.logger.error({ site, seqs: r.forks }, `FORK: ${site} sent a different record at a stored seq; kept aside in forks`)
+    for (const x of r.repeatedSessions)
+      this.logger.error({ site, ...x }, `${site} ended session ${x.sessionId} a second time (seq ${x.seq}); the sessions table keeps the first`)
     if (r.chainBreak) this.logger.error({ site, break: r.chainBreak }, `chain break at ${site}: nothing past it is acked`)
     // Committed: now, and only now, the gateway may forget what the prefix covers. Acked after every delivery, duplicates too.
     if (r.acked > 0) this.sendAck(site, r.acked)
