@@ -122,7 +122,9 @@ function siteConfig(dir: string, port: number): SiteConfig {
     storage: { dir, readingSyncMs: 5000 },
     buses: [{ id: 'b', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
     outlets: Array.from({ length: 8 }, (_, i) => ({ id: `O${i + 1}`, bus: 'b', meter: { model: 'eastron-sdm120', unit: i + 1 }, plan: 'p' })),
-    plans: [{ id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.1 }] }],
+    plans: [
+      { id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.1 }] },
+    ],
     ocpp: { url: `ws://127.0.0.1:${port}/ocpp`, identity: 'bench', heartbeatS: 3600, meterValueSampleS: 0, reconnectMaxMs: 1000, callTimeoutS: 30 },
     logging: { level: 'error' },
   })
