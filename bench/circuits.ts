@@ -10,7 +10,7 @@
 import { validateConfig } from '../daemon/config.js'
 import type { SiteConfig } from '../core/types.js'
 import { initialState, step, type EngineState } from '../daemon/engine/index.js'
-import { repeat, row, type BenchRow } from './lib.js'
+import { repeat, row, type BenchRow, readingAt } from './lib.js'
 
 const OUTLETS = 256
 const CIRCUITS = 16
@@ -54,11 +54,7 @@ function chargingSite(config: SiteConfig): { state: EngineState; now: number; wh
   const feed = (i: number): void => {
     const a = state.outlets[`O${i}`]!.relayClosed ? AMPS : 0
     wh[i]! += (a * 230) / 3600
-    state = step(
-      state,
-      { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: a, powerW: a * 230, energyWh: wh[i]!, voltageV: 230 } },
-      now,
-    ).state
+    state = step(state, readingAt(`O${i}`, now, a, wh[i]!), now).state
   }
   state = step(state, { type: 'boot', cleanShutdown: true, version: 'bench' }, now).state
   now += 1000
@@ -85,11 +81,7 @@ function timeSteps(base: { state: EngineState; now: number; wh: number[] }, n: n
     if (i === 0) now += 1000
     const a = state.outlets[`O${i}`]!.relayClosed ? AMPS : 0
     wh[i]! += (a * 230) / 3600
-    state = step(
-      state,
-      { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: a, powerW: a * 230, energyWh: wh[i]!, voltageV: 230 } },
-      now,
-    ).state
+    state = step(state, readingAt(`O${i}`, now, a, wh[i]!), now).state
   }
   return ((performance.now() - t0) * 1000) / n
 }

@@ -11,7 +11,7 @@ import { DateTime } from 'luxon'
 import { validateConfig } from '../daemon/config.js'
 import type { SiteConfig } from '../core/types.js'
 import { initialState, periodAt, step, type EngineState } from '../daemon/engine/index.js'
-import { repeat, row, type BenchRow } from './lib.js'
+import { repeat, row, type BenchRow, readingAt } from './lib.js'
 
 const OUTLETS = 8
 const T0 = Date.UTC(2026, 5, 10, 19, 0)
@@ -52,11 +52,7 @@ function chargingSite(): { state: EngineState; now: number; wh: number[] } {
   const wh = Array.from({ length: OUTLETS }, () => 1_000_000)
   const feed = (i: number, a: number): void => {
     wh[i]! += (a * 230) / 3600
-    state = step(
-      state,
-      { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: a, powerW: a * 230, energyWh: wh[i]!, voltageV: 230 } },
-      now,
-    ).state
+    state = step(state, readingAt(`O${i}`, now, a, wh[i]!), now).state
   }
   state = step(state, { type: 'boot', cleanShutdown: true, version: 'bench' }, now).state
   now += 1000
@@ -90,11 +86,7 @@ export async function run(): Promise<BenchRow[]> {
       const i = k % OUTLETS
       if (i === 0) now += 1000
       wh[i]! += 1.02
-      state = step(
-        state,
-        { type: 'reading', outlet: `O${i}`, reading: { ts: now, currentA: 16, powerW: 3680, energyWh: wh[i]!, voltageV: 230 } },
-        now,
-      ).state
+      state = step(state, readingAt(`O${i}`, now, 16, wh[i]!), now).state
     }
     return N / ((performance.now() - t0) / 1000)
   })
@@ -116,11 +108,7 @@ export async function run(): Promise<BenchRow[]> {
   // 2. Bytes a reading step changes, against the whole state.
   {
     const { state, now } = base
-    const next = step(
-      state,
-      { type: 'reading', outlet: 'O3', reading: { ts: now + 1000, currentA: 16, powerW: 3680, energyWh: base.wh[3]! + 1.02, voltageV: 230 } },
-      now + 1000,
-    ).state
+    const next = step(state, readingAt('O3', now + 1000, 16, base.wh[3]! + 1.02), now + 1000).state
     let changed = 0
     for (const k of Object.keys(next)) {
       if (k === 'outlets') {

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
 import { Journal, journalLocation, sealRecordText, GENESIS_PREV } from '../daemon/journal/index.js'
-import type { PersistedEngineState, RecordBody } from '../core/types.js'
+import type { PersistedEngineState, RecordBody, SessionEndedBody } from '../core/types.js'
 import { row, type BenchRow } from './lib.js'
 
 const T0 = Date.UTC(2026, 0, 1)
@@ -36,10 +36,11 @@ function dirBytes(dir: string): number {
   return total
 }
 
-const options = (now = (): number => T0) => ({ bootId: 'bench-boot', clockSynced: () => true, now, compactEveryMs: 0 })
+/** The journal's options for a bench: a fixed clock, no compaction. */
+export const options = (now = (): number => T0) => ({ bootId: 'bench-boot', clockSynced: () => true, now, compactEveryMs: 0 })
 
-/** A billing record as the engine writes it: the largest and most common kind. */
-function ended(i: number): RecordBody {
+/** A billing record as the engine writes it: the largest and most common kind (the signing bench signs it). */
+export function ended(i: number): SessionEndedBody {
   const at = (ms: number): string => new Date(T0 + ms).toISOString()
   return {
     type: 'session.ended',

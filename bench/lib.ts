@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { packagePath } from '../core/paths.js'
+import type { EngineEvent } from '../daemon/engine/index.js'
 
 export interface BenchRow {
   /** What is measured, e.g. "journal durable appends/s". */
@@ -177,4 +178,9 @@ export function binNodeFlags(cli = packagePath('dist', 'daemon', 'cli.js')): str
   const m = first.match(/^#!.*?\bnode\b(.*)$/)
   if (!m) throw new Error(`${cli}: no node interpreter line`)
   return m[1]!.trim().split(/\s+/).filter(Boolean)
+}
+
+/** A meter reading event for the engine benches: `a` amperes at 230 V, the register at `energyWh`. */
+export function readingAt(outlet: string, ts: number, a: number, energyWh: number): EngineEvent {
+  return { type: 'reading', outlet, reading: { ts, currentA: a, powerW: a * 230, energyWh, voltageV: 230 } }
 }

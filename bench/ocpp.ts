@@ -15,6 +15,7 @@ import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { validateConfig } from '../daemon/config.js'
 import type { SiteConfig } from '../core/types.js'
 import { Journal } from '../daemon/journal/index.js'
 import { createLogger } from '../daemon/log.js'
@@ -114,37 +115,21 @@ async function centralSystem(): Promise<{ port: number; until(n: number): Promis
   }
 }
 
+/** Eight meter-only outlets and the central system on loopback; the schema fills in the rest. */
 function siteConfig(dir: string, port: number): SiteConfig {
-  return {
+  const r = validateConfig({
     site: { id: 'bench', timezone: 'UTC' },
-    storage: { dir, retentionDays: 90, readingSyncMs: 5000 },
-    buses: [],
-    outlets: Array.from({ length: 8 }, (_, i) => ({
-      id: `O${i + 1}`,
-      bus: 'b',
-      meter: { model: 'eastron-sdm120', unit: i + 1 },
-      plan: 'p',
-      ratingA: 32,
-      phase: 'L1' as const,
-      priority: 0,
-    })),
-    circuits: [],
-    plans: [],
-    sessions: {
-      pollMs: 1000,
-      graceSeconds: 60,
-      minChargeA: 0.5,
-      autoStartA: 0.5,
-      noCurrentA: 0.1,
-      noCurrentHoldMs: 2000,
-      meterFaultMs: 10000,
-      taperRatio: 0.5,
-      reconciliationMinutes: 60,
-    },
-    offline: { limitMinutes: null },
+    storage: { dir, readingSyncMs: 5000 },
+    buses: [{ id: 'b', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
+    outlets: Array.from({ length: 8 }, (_, i) => ({ id: `O${i + 1}`, bus: 'b', meter: { model: 'eastron-sdm120', unit: i + 1 }, plan: 'p' })),
+    plans: [
+      { id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.1 }] },
+    ],
     ocpp: { url: `ws://127.0.0.1:${port}/ocpp`, identity: 'bench', heartbeatS: 3600, meterValueSampleS: 0, reconnectMaxMs: 1000, callTimeoutS: 30 },
     logging: { level: 'error' },
-  }
+  })
+  if (!r.ok) throw new Error(JSON.stringify(r.problems))
+  return r.config
 }
 
 const opts = (_dir: string) => ({ bootId: 'bench', clockSynced: () => true, now: () => Date.now(), compactEveryMs: 0 })

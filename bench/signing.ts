@@ -16,36 +16,7 @@ import { loadOrCreateKey } from '../daemon/gateway-key.js'
 import { ocmfPayload, signOcmf } from '../daemon/ocmf.js'
 import type { SessionEndedBody } from '../core/types.js'
 import { median, row, type BenchRow } from './lib.js'
-
-const T0 = Date.UTC(2026, 0, 1)
-
-function ended(i: number): SessionEndedBody {
-  const at = (ms: number): string => new Date(T0 + ms).toISOString()
-  return {
-    type: 'session.ended',
-    ts: at(i * 60_000),
-    sessionId: `01J${String(i).padStart(10, '0')}`,
-    outlet: `A${(i % 8) + 1}`,
-    userId: `u-${i % 97}`,
-    planId: 'standard',
-    trigger: 'activation',
-    startedAt: at(i * 60_000 - 3_600_000),
-    endedAt: at(i * 60_000),
-    reason: 'unplugged',
-    durationS: 3600,
-    energyWh: 7012.5,
-    meterStartWh: 1_234_567.5,
-    meterEndWh: 1_241_580,
-    currency: 'CAD',
-    lines: [
-      { from: at(i * 60_000 - 3_600_000), to: at(i * 60_000), energyWh: 7012.5, seconds: 3600, perKwh: 0.15, perHour: 0.5, amountMicros: 1_551_875 },
-    ],
-    activationFee: 50,
-    total: 205,
-    offline: false,
-    pausedS: 0,
-  }
-}
+import { ended, options } from './journal.js'
 
 export async function run(): Promise<BenchRow[]> {
   const keyDir = mkdtempSync(join(tmpdir(), 'outpost-bench-key-'))
@@ -64,13 +35,12 @@ export async function run(): Promise<BenchRow[]> {
     )
   const N = 300
   const bodies = Array.from({ length: N + 1 }, (_, i) => ended(i))
-  const options = { bootId: 'bench-boot', clockSynced: () => true, now: () => T0, compactEveryMs: 0 }
 
   const round = async (): Promise<[number, number]> => {
     const plainDir = mkdtempSync(join(tmpdir(), 'outpost-bench-plain-'))
     const signedDir = mkdtempSync(join(tmpdir(), 'outpost-bench-signed-'))
-    const plain = await Journal.open(plainDir, options)
-    const signed = await Journal.open(signedDir, { ...options, sign })
+    const plain = await Journal.open(plainDir, options())
+    const signed = await Journal.open(signedDir, { ...options(), sign })
     const plainMs: number[] = []
     const signedMs: number[] = []
     const one = async (j: Journal, i: number): Promise<number> => {

@@ -9,14 +9,8 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs'
 import t from 'tap'
-import { type Csms, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
+import { journalRecords, ocppSection, startCsms, statusesOf } from './helpers/csms.js'
 import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
-
-const statusesOf = (csms: Csms, connectorId: number): string[] =>
-  csms
-    .of('StatusNotification')
-    .filter((c) => c.params.connectorId === connectorId)
-    .map((c) => c.params.status as string)
 
 t.test('a queued session is SuspendedEVSE inside its transaction, and Charging when its turn comes', async (t) => {
   const dir = tempDir(t)

@@ -1,17 +1,7 @@
-/**
- * OCPP 1.6J end to end: the built daemon against ocpp-rpc's strict central system
- * (every call and reply checked against the official 1.6 schemas) and the pymodbus
- * site peer. A remote start sent the moment the boot is accepted, charging with
- * clock-aligned MeterValues, an unplug (EVDisconnected, meterStop − meterStart = the
- * session's energy), Basic auth, StatusNotifications after boot and on every
- * change, an auto-start Authorized at the gateway, a refused idTag (DeAuthorized),
- * and OCPP beside the MQTT uplink with the central system away.
- */
-import { execFileSync } from 'node:child_process'
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import t from 'tap'
-import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
+import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms, statusesOf } from './helpers/csms.js'
 import {
   isEnded,
   startCloud,
@@ -25,12 +15,7 @@ import {
   type Started,
 } from './helpers/e2e-kit.js'
 import { startMosquitto } from './helpers/mosquitto.js'
-
-const statusesOf = (csms: Csms, connectorId: number): string[] =>
-  csms
-    .of('StatusNotification')
-    .filter((c) => c.params.connectorId === connectorId)
-    .map((c) => c.params.status as string)
+import { makePki } from './helpers/pki.js'
 
 t.test('remote start at boot, meter values, unplug; auto-start with Authorize; a refused idTag', async (t) => {
   const dir = tempDir(t)
@@ -227,51 +212,16 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
 
 t.test("security profile 2: wss:// with the central system's CA and Basic auth; an unknown CA is refused", async (t) => {
   const dir = tempDir(t)
-  const ossl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
-  const p = (f: string) => join(dir, f)
-  ossl(
-    'req',
-    '-x509',
-    '-newkey',
-    'rsa:2048',
-    '-nodes',
-    '-days',
-    '2',
-    '-subj',
-    '/CN=Outpost Test CSMS CA',
-    '-keyout',
-    p('ca.key'),
-    '-out',
-    p('ca.crt'),
-  )
-  writeFileSync(p('server.ext'), 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n')
-  ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', p('server.key'), '-out', p('server.csr'))
-  ossl(
-    'x509',
-    '-req',
-    '-in',
-    p('server.csr'),
-    '-CA',
-    p('ca.crt'),
-    '-CAkey',
-    p('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    p('server.ext'),
-    '-out',
-    p('server.crt'),
-  )
+  const pki = makePki(dir)
   const peer = await startPeer(t, { outlets: 1 })
-  const csms = await startCsms(t, { password: 'tls-pw', tls: { key: readFileSync(p('server.key')), cert: readFileSync(p('server.crt')) } })
+  const csms = await startCsms(t, { password: 'tls-pw', tls: { key: readFileSync(pki.serverKey), cert: readFileSync(pki.serverCert) } })
   t.match(csms.url, /^wss:/)
   for (const d of ['a', 'b']) mkdirSync(join(dir, d))
   const good = writeSiteConfig({
     dir: join(dir, 'a'),
     port: peer.port,
     outlets: 1,
-    extra: { ocpp: ocppSection(csms, { password: 'tls-pw', caFile: p('ca.crt') }) },
+    extra: { ocpp: ocppSection(csms, { password: 'tls-pw', caFile: pki.ca }) },
   })
   const daemon = startDaemon(t, good)
   await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'accepted over wss:// with the CA')

@@ -4,31 +4,16 @@
  * totals the records'; resumed without a CDR twice or missing; usage and config errors.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import { existsSync, writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { openTestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { bodies } from './helpers/memory-log.js'
 import { makeUplink, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
-import { cliPath } from './helpers/cli.js'
+import { runCliAsync } from './helpers/cli.js'
 import { OCPI, ocpiValidators } from './helpers/export-kit.js'
 
-function run(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  if (!existsSync(cliPath)) throw new Error(`${cliPath} is missing: run \`npm run build\``)
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [cliPath, 'reconcile', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    const killer = setTimeout(() => c.kill('SIGKILL'), 120_000)
-    c.on('close', (status) => {
-      clearTimeout(killer)
-      resolve({ status, stdout, stderr })
-    })
-  })
-}
+const run = (args: string[]) => runCliAsync(['reconcile', ...args])
 
 function siteConfig(dir: string, ocpi: boolean): string {
   const file = join(dir, ocpi ? 'site.json' : 'site-no-ocpi.json')

@@ -1,30 +1,15 @@
 import t from 'tap'
-import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, writeFileSync, readFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { writeFileSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { openTestLog } from './helpers/test-log.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { bodies } from './helpers/memory-log.js'
 import { makeUplink, readJsonLines, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
-import { cliPath } from './helpers/cli.js'
+import { cliPath, runCliAsync } from './helpers/cli.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 
-/** The built CLI, asynchronously: the uplink under test runs in this process meanwhile. */
-function run(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  if (!existsSync(cliPath)) throw new Error(`${cliPath} is missing: run \`npm run build\` (npm test does)`)
-  return new Promise((resolve) => {
-    const c = spawn(process.execPath, [cliPath, 'reconcile', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let stdout = ''
-    let stderr = ''
-    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
-    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
-    const killer = setTimeout(() => c.kill('SIGKILL'), 120_000)
-    c.on('close', (status) => {
-      clearTimeout(killer)
-      resolve({ status, stdout, stderr })
-    })
-  })
-}
+const run = (args: string[]) => runCliAsync(['reconcile', ...args])
 
 t.test('outpost reconcile collects, verifies, acks and resumes', async (t) => {
   const broker = await startMosquitto(t)

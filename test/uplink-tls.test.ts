@@ -11,61 +11,7 @@ import { makeUplink, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit
 import { ReconcilingConsumer } from '../daemon/uplink/consumer.js'
 import { verifyChain } from '../daemon/uplink/chain.js'
 import { readJsonLines } from './helpers/uplink-kit.js'
-
-/** A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl. */
-function makePki(dir: string) {
-  const p = (f: string) => join(dir, f)
-  const ossl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] })
-  ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=Outpost Test CA', '-keyout', p('ca.key'), '-out', p('ca.crt'))
-  writeFileSync(p('server.ext'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n')
-  ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', p('server.key'), '-out', p('server.csr'))
-  ossl(
-    'x509',
-    '-req',
-    '-in',
-    p('server.csr'),
-    '-CA',
-    p('ca.crt'),
-    '-CAkey',
-    p('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    p('server.ext'),
-    '-out',
-    p('server.crt'),
-  )
-  writeFileSync(p('client.ext'), 'extendedKeyUsage=clientAuth\n')
-  ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=lot-7', '-keyout', p('client.key'), '-out', p('client.csr'))
-  ossl(
-    'x509',
-    '-req',
-    '-in',
-    p('client.csr'),
-    '-CA',
-    p('ca.crt'),
-    '-CAkey',
-    p('ca.key'),
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    p('client.ext'),
-    '-out',
-    p('client.crt'),
-  )
-  // A second, unrelated CA: the uplink must refuse a broker it signed nothing for.
-  ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=Other CA', '-keyout', p('other.key'), '-out', p('other.crt'))
-  return {
-    ca: p('ca.crt'),
-    serverCert: p('server.crt'),
-    serverKey: p('server.key'),
-    clientCert: p('client.crt'),
-    clientKey: p('client.key'),
-    otherCa: p('other.crt'),
-  }
-}
+import { makePki } from './helpers/pki.js'
 
 function capturingLogger() {
   const lines: string[] = []

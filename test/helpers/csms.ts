@@ -214,6 +214,13 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
   return csms
 }
 
+/** Every status the charge point reported for a connector, in order. */
+export const statusesOf = (csms: Csms, connectorId: number): string[] =>
+  csms
+    .of('StatusNotification')
+    .filter((c) => c.params.connectorId === connectorId)
+    .map((c) => c.params.status as string)
+
 /** The site config's `ocpp` section for a test CSMS: short timings so a scenario takes seconds. */
 export function ocppSection(csms: Csms, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { url: csms.url, identity: 'outpost-e2e', reconnectMaxMs: 1000, callTimeoutS: 10, meterValueSampleS: 0, ...extra }
