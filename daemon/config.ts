@@ -489,7 +489,9 @@ function circuitProblems(
       const feeds = t.id === circuit ? '' : ` (which feeds "${circuit}")`
       out.push({
         pointer: `/outlets/${i}/ratingA`,
-        message: `rating ${rating} A exceeds the ${t.maxA} A limit of circuit "${t.id}"${feeds}: it could never be switched on (set ratingA to what the outlet may draw)`,
+        message:
+          `rating ${rating} A exceeds the ${t.maxA} A limit of circuit "${t.id}"${feeds}: ` +
+          'it could never be switched on (set ratingA to what the outlet may draw)',
       })
     }
   })
