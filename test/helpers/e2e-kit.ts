@@ -109,6 +109,10 @@ export interface PeerFeeder {
   polls: number
   maxA: [number, number, number]
   maxDrawing: number
+  /** The feeder's poll count when the last unmanaged load came on (null without one). */
+  loadAtPolls: number | null
+  /** Its poll count at the first tick after that with no outlet drawing (null until then). */
+  clearAtPolls: number | null
 }
 
 export interface Peer {

@@ -38,9 +38,11 @@ on stdout, echoing "id" when the command had one:
 state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls"}]}
 where energyWh is what the meter's import register shows (float32 kWh x 1000) and polls
 counts the requests meter n has answered. With --feeder every reply also carries
-"feeder": {"unit","currentsA" [L1,L2,L3],"loadA","polls","maxA" [per phase],"maxDrawing"}: the
-highest phase currents and the most outlets drawing at once seen at any tick (every 100 ms)
-or change since the start or the last reset-max.
+"feeder": {"unit","currentsA" [L1,L2,L3],"loadA","polls","maxA" [per phase],"maxDrawing",
+"loadAtPolls","clearAtPolls"}: the highest phase currents and the most outlets drawing at once
+seen at any tick (every 100 ms) or change since the start or the last reset-max, and the
+feeder meter's poll count when the last unmanaged load was switched on and when, at a tick
+after it, no outlet was drawing any more (null until then): the shedding as the site saw it.
 Closing stdin ends the process (the test is gone).
 """
 import argparse
@@ -110,7 +112,7 @@ def main():
     slaves = {n: meter_slave() for n in range(1, n_out + 1)}
     if args.feeder:
         slaves[args.feeder] = meter_slave()
-    feeder = {"load": [0.0, 0.0, 0.0], "kwh": 1000.0, "maxA": [0.0, 0.0, 0.0], "maxDrawing": 0}
+    feeder = {"load": [0.0, 0.0, 0.0], "kwh": 1000.0, "maxA": [0.0, 0.0, 0.0], "maxDrawing": 0, "loadAtPolls": None, "clearAtPolls": None}
     slaves[RELAY_UNIT] = ModbusSlaveContext(
         di=ModbusSequentialDataBlock(0, [0] * 16),
         co=ModbusSequentialDataBlock(0, [False] * max(16, n_out)),
@@ -153,6 +155,8 @@ def main():
         drawing = sum(1 for o in outlets.values() if o.draw(coil(o.n)) > 0)
         feeder["maxA"] = [max(m, x) for m, x in zip(feeder["maxA"], a)]
         feeder["maxDrawing"] = max(feeder["maxDrawing"], drawing)
+        if feeder["loadAtPolls"] is not None and feeder["clearAtPolls"] is None and drawing == 0:
+            feeder["clearAtPolls"] = answered.get(args.feeder, 0)
         v = args.volts
         feeder["kwh"] += v * sum(a) * dt / 3600.0 / 1000.0
         ir = context[args.feeder]
@@ -172,6 +176,8 @@ def main():
             "polls": answered.get(args.feeder, 0),
             "maxA": list(feeder["maxA"]),
             "maxDrawing": feeder["maxDrawing"],
+            "loadAtPolls": feeder["loadAtPolls"],
+            "clearAtPolls": feeder["clearAtPolls"],
         }
 
     last = [time.monotonic()]
@@ -259,6 +265,9 @@ def main():
                 if not args.feeder or ph not in (1, 2, 3):
                     raise ValueError("no feeder meter, or phase %s is not 1, 2 or 3" % ph)
                 feeder["load"][ph - 1] = max(0.0, float(c["amps"]))
+                on = sum(feeder["load"]) > 0
+                feeder["loadAtPolls"] = answered.get(args.feeder, 0) if on else None
+                feeder["clearAtPolls"] = None
                 publish_feeder(0.0)
             elif cmd == "reset-max":
                 feeder["maxA"] = [0.0, 0.0, 0.0]
