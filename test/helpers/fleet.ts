@@ -13,18 +13,10 @@
 import type { CommandResult, JournalRecord, RecordBody, RecordLog, UplinkConfig } from '../../core/types.js'
 import { GENESIS_PREV, sealRecord } from '../../daemon/journal/chain.js'
 import { Uplink } from '../../daemon/uplink/uplink.js'
+import { mulberry32 } from '../../core/prng.js'
 
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The project's seeded generator (core/prng.ts), so a failing run can be replayed. */
+export const rng = mulberry32
 
 export class FleetLog implements RecordLog {
   readonly records: JournalRecord[] = []
