@@ -50,7 +50,8 @@ export function tempDir(t: Teardownable, prefix = 'outpost-e2e-'): string {
 
 // ---------------------------------------------------------------- child processes
 
-interface Proc {
+/** A child process of a test, its output lines kept, killed at the test's teardown. */
+export interface Proc {
   proc: ChildProcess
   out: string[]
   err: string[]
@@ -59,7 +60,7 @@ interface Proc {
   kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
-function startProc(t: Teardownable, cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Proc {
+export function startProc(t: Teardownable, cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Proc {
   const proc = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], env })
   const out: string[] = []
   const err: string[] = []

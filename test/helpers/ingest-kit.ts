@@ -1,17 +1,8 @@
-/**
- * Plumbing for the ingest tests: `outpost ingest` workers as child processes of the
- * built CLI (so kill -9 is real), an observer of every P/ack the workers publish, and
- * the invariants the database must hold against what the sites sent.
- *
- * Owns: starting and stopping workers for a test, and the invariant checks.
- * Must never: decide a result by sleeping; leave a worker running after teardown.
- */
-import { spawn, type ChildProcess } from 'node:child_process'
-import { createInterface } from 'node:readline'
 import { join } from 'node:path'
 import mqtt, { type MqttClient } from 'mqtt'
 import pg from 'pg'
 import { packageRoot } from '../../core/paths.js'
+import { type Proc, startProc } from './e2e-kit.js'
 import type { JournalRecord } from '../../core/types.js'
 import { verifyChain } from '../../daemon/uplink/chain.js'
 
@@ -21,14 +12,8 @@ interface Teardownable {
   teardown(fn: () => unknown): void
 }
 
-export interface WorkerProc {
+export interface WorkerProc extends Proc {
   name: string
-  proc: ChildProcess
-  out: string[]
-  err: string[]
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
-  running(): boolean
-  kill(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 
 export async function waitFor(cond: () => boolean | Promise<boolean>, what: string, timeoutMs = 90_000): Promise<void> {
@@ -42,40 +27,17 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, what: stri
 
 /** Starts `outpost ingest` and waits until it has subscribed. */
 export async function startWorker(t: Teardownable, name: string, brokerUrl: string, dbUrl: string, extra: string[] = []): Promise<WorkerProc> {
-  const proc = spawn(process.execPath, [CLI, 'ingest', '--url', brokerUrl, '--db', dbUrl, '--worker', name, '--gap-wait', '1000', ...extra], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  })
-  const out: string[] = []
-  const err: string[] = []
-  createInterface({ input: proc.stdout! }).on('line', (l) => out.push(l))
-  createInterface({ input: proc.stderr! }).on('line', (l) => err.push(l))
-  let done = false
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
-    proc.once('exit', (code, signal) => {
-      done = true
-      r({ code, signal })
-    }),
-  )
   const w: WorkerProc = {
     name,
-    proc,
-    out,
-    err,
-    exited,
-    running: () => !done,
-    async kill(signal = 'SIGKILL') {
-      if (!done) proc.kill(signal)
-      return exited
-    },
+    ...startProc(t, process.execPath, [CLI, 'ingest', '--url', brokerUrl, '--db', dbUrl, '--worker', name, '--gap-wait', '1000', ...extra]),
   }
-  t.teardown(() => w.kill('SIGKILL'))
   // A test process that dies without its teardown takes its workers with it.
-  const onExit = () => void (!done && proc.kill('SIGKILL'))
+  const onExit = () => void (w.running() && w.proc.kill('SIGKILL'))
   process.once('exit', onExit)
-  void exited.then(() => process.off('exit', onExit))
+  void w.exited.then(() => process.off('exit', onExit))
   await waitFor(() => {
-    if (done) throw new Error(`worker ${name} exited at start:\n${err.join('\n')}`)
-    return err.some((l) => l.includes('"msg":"subscribed"'))
+    if (!w.running()) throw new Error(`worker ${name} exited at start:\n${w.err.join('\n')}`)
+    return w.err.some((l) => l.includes('"msg":"subscribed"'))
   }, `worker ${name} subscribed`)
   return w
 }
