@@ -13,6 +13,7 @@ import fc from 'fast-check'
 import { isDeepStrictEqual } from 'node:util'
 import { Journal, journalLocation, verifyRecords, GENESIS_PREV, type JournalOptions, type JournalDb } from '../daemon/journal/index.js'
 import type { RecordBody, PersistedEngineState, CommandResult } from '../core/types.js'
+import { tinySessionEnded } from './helpers/memory-log.js'
 import { PowerCutLevel, StorageFault } from './fixtures/power-cut-level.js'
 
 const T0 = Date.UTC(2026, 0, 5, 12, 0, 0)
@@ -504,28 +505,7 @@ t.test("retention: acknowledged old records with their sessions' readings, and o
   const dir = tempDir(t)
   const c = clock()
   const j = await Journal.open(dir, options({ retentionDays: 30 }, c))
-  const ended = (sessionId: string): RecordBody => ({
-    type: 'session.ended',
-    ts: new Date(c.now()).toISOString(),
-    sessionId,
-    outlet: 'A1',
-    userId: 'u',
-    planId: 'p',
-    trigger: 'activation',
-    startedAt: new Date(c.now() - 1000).toISOString(),
-    endedAt: new Date(c.now()).toISOString(),
-    reason: 'unplugged',
-    durationS: 1,
-    energyWh: 1,
-    meterStartWh: 1,
-    meterEndWh: 2,
-    currency: 'CAD',
-    lines: [],
-    activationFee: 0,
-    total: 0,
-    offline: false,
-    pausedS: 0,
-  })
+  const ended = (sessionId: string): RecordBody => tinySessionEnded(sessionId, c.now(), c.now() - 1000)
   const reading = (sessionId: string) => ({ outlet: 'A1', sessionId, reading: { ts: c.now(), currentA: 1, powerW: 1, energyWh: 1, voltageV: 230 } })
   // Day 0: ten records, session old-1 closed, a command.
   for (let i = 1; i <= 10; i++) await j.commit({ records: [fault(i, c.now())] })

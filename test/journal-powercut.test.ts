@@ -19,6 +19,7 @@ import t from 'tap'
 import { isDeepStrictEqual } from 'node:util'
 import { Journal, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../core/types.js'
+import { tinySessionEnded } from './helpers/memory-log.js'
 import { PowerCutLevel } from './fixtures/power-cut-level.js'
 import { BASE, Workload, checkLog, rng, type SimState } from './fixtures/journal-workload.js'
 
@@ -189,28 +190,7 @@ t.test('power cuts during retention never leave a hole in the log', async (t) =>
     // 5000 old records with readings of their sessions, all acknowledged, then 10 recent ones.
     for (let i = 0; i < 50; i++) {
       await j.commit({
-        records: Array.from({ length: 100 }, (_, k) => ({
-          type: 'session.ended' as const,
-          ts: new Date(now).toISOString(),
-          sessionId: `s-${i}-${k}`,
-          outlet: 'A1',
-          userId: 'u',
-          planId: 'p',
-          trigger: 'activation' as const,
-          startedAt: new Date(now).toISOString(),
-          endedAt: new Date(now).toISOString(),
-          reason: 'unplugged' as const,
-          durationS: 1,
-          energyWh: 1,
-          meterStartWh: 1,
-          meterEndWh: 2,
-          currency: 'CAD',
-          lines: [],
-          activationFee: 0,
-          total: 0,
-          offline: false,
-          pausedS: 0,
-        })),
+        records: Array.from({ length: 100 }, (_, k) => tinySessionEnded(`s-${i}-${k}`, now)),
         readings: Array.from({ length: 100 }, (_, k) => ({
           outlet: 'A1',
           sessionId: `s-${i}-${k}`,

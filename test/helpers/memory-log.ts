@@ -115,6 +115,32 @@ export function sessionEndedBody(i: number): RecordBody {
   }
 }
 
+/** The smallest well-formed billing record, for tests where only its session and time matter. */
+export function tinySessionEnded(sessionId: string, at: number, startedAt = at): Extract<RecordBody, { type: 'session.ended' }> {
+  return {
+    type: 'session.ended',
+    ts: new Date(at).toISOString(),
+    sessionId,
+    outlet: 'A1',
+    userId: 'u',
+    planId: 'p',
+    trigger: 'activation',
+    startedAt: new Date(startedAt).toISOString(),
+    endedAt: new Date(at).toISOString(),
+    reason: 'unplugged',
+    durationS: 1,
+    energyWh: 1,
+    meterStartWh: 1,
+    meterEndWh: 2,
+    currency: 'CAD',
+    lines: [],
+    activationFee: 0,
+    total: 0,
+    offline: false,
+    pausedS: 0,
+  }
+}
+
 export function bodies(n: number, offset = 0): RecordBody[] {
   return Array.from({ length: n }, (_, k) => sessionEndedBody(offset + k))
 }
