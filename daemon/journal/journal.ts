@@ -14,7 +14,7 @@
  * It never decides anything about sessions: the engine decides, the journal
  * makes it durable.
  */
-import { mkdir } from 'node:fs/promises'
+import { mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { AbstractLevel } from 'abstract-level'
@@ -32,6 +32,7 @@ import { OutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
 import { paginationOf } from '../ocmf.js'
 import * as K from './keys.js'
+import { readMarker, RESERVE_BLOCK, type SeqMarker, writeMarker } from './seq-marker.js'
 
 // biome-ignore lint/suspicious/noExplicitAny: abstract-level's format type parameter; the journal only ever opens utf8 keys and values
 export type JournalDb = AbstractLevel<any, string, string>
@@ -73,6 +74,11 @@ export interface JournalOptions {
    * journal (m!pagination, in the record's own batch): gapless across restarts and crashes.
    */
   sign?: SessionSigner
+  /**
+   * A journal existed in this storage.dir before (the gateway key, created with the journal, was
+   * there before this start): a LevelDB found empty then is a lost journal, never a new one.
+   */
+  expectExisting?: boolean
 }
 
 export type SessionSigner = (body: SessionEndedBody, ctx: { pagination: number; clockSynced: boolean }) => string
@@ -156,6 +162,24 @@ function corrupt(location: string, what: string, cause?: unknown): OutpostError 
   )
 }
 
+/**
+ * What LevelDB reported dropping while it recovered its log at this open: lines of its info log
+ * (`<dir>/LOG`, rewritten at every open) such as `... dropping 1234 bytes; Corruption: checksum
+ * mismatch`. LevelDB skips damaged log data without an error; this is its only report of it.
+ */
+export async function droppedByLevelDb(location: string): Promise<string[]> {
+  let text: string
+  try {
+    text = await readFile(join(location, 'LOG'), 'utf8')
+  } catch {
+    return []
+  }
+  return text
+    .split('\n')
+    .filter((l) => /dropping \d+ bytes/.test(l))
+    .map((l) => l.replace(/^\S+ \S+ /, '').trim())
+}
+
 function parseJson<T>(location: string, key: string, text: string): T {
   try {
     return JSON.parse(text) as T
@@ -175,6 +199,12 @@ export class Journal implements RecordLog {
   /** The last OCMF pagination counter given to a session.ended (0 before the first). */
   private paginationValue = 0
   private keyOnRecordValue: string | undefined
+  /** Seqs from..to a salvage could not read (m!base above the last carried record): never given out again, never read. */
+  private holeRange: { from: number; to: number } | undefined
+  /** The seq marker as last written (storage.dir/journal-seq.json); undefined for a journal on an injected db. */
+  private marker: SeqMarker | undefined
+  /** Why the seq marker had to be rebuilt from the log at open (it was unreadable), for the daemon to report. */
+  markerProblem: string | undefined
   /** The newest state handed to commit(): written, or its changed entries waiting in `pending` for the checkpoint. */
   private latest: PersistedEngineState | undefined
   /** State entries of steps whose state waits for the checkpoint, not yet handed to LevelDB, by key: the newest wins. */
@@ -198,6 +228,8 @@ export class Journal implements RecordLog {
     private readonly owned: boolean,
     readonly location: string,
     private readonly opts: JournalOptions,
+    /** storage.dir, where the seq marker lives (undefined: an injected db keeps no marker). */
+    private readonly markerDir?: string,
   ) {
     this.retentionMs = (opts.retentionDays ?? 90) * DAY_MS
     this.readingSyncMs = opts.readingSyncMs ?? 5000
@@ -239,7 +271,7 @@ export class Journal implements RecordLog {
     } catch (err) {
       throw openError(err, location)
     }
-    const journal = new Journal(db, owned, location, opts)
+    const journal = new Journal(db, owned, location, opts, owned ? dir : undefined)
     try {
       await journal.recover()
     } catch (err) {
@@ -270,8 +302,19 @@ export class Journal implements RecordLog {
       tail.push(r)
     }
     tail.reverse()
-    const v = new ChainVerifier()
+    // A salvage that lost records above the ones it carried starts a new chain past every seq ever given out (m!base):
+    // the records before that hole and the ones after it are two chains, each verified on its own.
+    const baseText = await db.get(K.META_BASE)
+    let base: { seq: number; hash: string } | undefined
+    if (baseText !== undefined) {
+      const b = parseJson<{ seq: number; hash: string }>(this.location, K.META_BASE, baseText)
+      if (!Number.isSafeInteger(b?.seq) || b.seq < 0 || typeof b.hash !== 'string' || !/^[0-9a-f]{64}$/.test(b.hash))
+        throw corrupt(this.location, `the log's base is ${baseText}`)
+      base = b
+    }
+    let v = new ChainVerifier()
     for (const r of tail) {
+      if (base && r.seq === base.seq + 1) v = new ChainVerifier({ seq: r.seq, prev: base.hash })
       const b = v.push(r)
       if (b) throw corrupt(this.location, `chain broken at seq ${b.seq}: ${b.problem}`)
     }
@@ -280,17 +323,19 @@ export class Journal implements RecordLog {
       this.headSeq = last.seq
       this.headHash = last.hash
       for await (const key of db.keys({ ...K.RECORDS, limit: 1 })) this.oldestSeq = K.seqOfRecordKey(key)
-    } else {
-      const base = await db.get(K.META_BASE)
-      if (base !== undefined) {
-        const b = parseJson<{ seq: number; hash: string }>(this.location, K.META_BASE, base)
-        if (!Number.isSafeInteger(b?.seq) || b.seq < 0 || typeof b.hash !== 'string' || !/^[0-9a-f]{64}$/.test(b.hash))
-          throw corrupt(this.location, `the log's base is ${base}`)
-        // The first record appended continues the gateway's seq; records up to the base are not held here.
-        this.headSeq = b.seq
-        this.headHash = b.hash
-        this.oldestSeq = b.seq + 1
-      }
+    }
+    if (base && base.seq > this.headSeq) {
+      // The first record appended continues the gateway's seq; records up to the base are not held here.
+      if (last) this.holeRange = { from: last.seq + 1, to: base.seq }
+      else this.oldestSeq = base.seq + 1
+      this.headSeq = base.seq
+      this.headHash = base.hash
+    } else if (base && last) {
+      // Records after the base exist: the hole lies between the last record at or below the base and base + 1.
+      let below = 0
+      for await (const key of db.keys({ ...K.RECORDS, lte: K.recordKey(base.seq), reverse: true, limit: 1 })) below = K.seqOfRecordKey(key)
+      if (below > 0 && below < base.seq) this.holeRange = { from: below + 1, to: base.seq }
+      else if (below === 0) this.oldestSeq = Math.max(this.oldestSeq, base.seq + 1)
     }
     const acked = await db.get(K.META_ACKED)
     this.ackedSeq = acked === undefined ? 0 : Number(acked)
@@ -307,6 +352,8 @@ export class Journal implements RecordLog {
     // Never behind a record the log holds (a journal rebuilt from records alone carries their counters).
     for (const r of tail) if (r.type === 'session.ended') this.paginationValue = Math.max(this.paginationValue, paginationOf(r.ocmf) ?? 0)
 
+    await this.checkEvidence(fresh)
+
     this.latest = await this.readState()
     this.previousCleanShutdown = fresh ? true : (await db.get(K.META_RUNNING)) === undefined
 
@@ -319,6 +366,70 @@ export class Journal implements RecordLog {
     ]
     if (fresh) ops.unshift({ type: 'put', key: K.META_FORMAT, value: K.FORMAT })
     await this.write(ops, true)
+    // After the format marker: a marker beside an empty LevelDB then always means a lost journal.
+    if (this.markerDir !== undefined) {
+      const prev = this.marker
+      await this.writeSeqMarker({ reserved: Math.max(prev?.reserved ?? 0, this.headSeq), clean: false })
+    }
+  }
+
+  /**
+   * What LevelDB cannot say: whether it silently dropped records. Compares the log with the seq
+   * marker (outside LevelDB), LevelDB's own report of bytes it dropped while recovering its log,
+   * and whether a journal existed here before. Any loss → JOURNAL_CORRUPT, so that boot salvages
+   * (journal/salvage.ts, which reads the same evidence to name what was lost). docs/journal.md.
+   */
+  private async checkEvidence(fresh: boolean): Promise<void> {
+    if (this.markerDir === undefined) return
+    const read = await readMarker(this.markerDir)
+    const dropped = await droppedByLevelDb(this.location)
+    const drops = dropped.length > 0 ? `; LevelDB dropped damaged log data while opening (${dropped[0]})` : ''
+    if (fresh) {
+      if (read.state === 'ok')
+        throw corrupt(this.location, `the journal is empty, but its seq marker says seqs up to ${read.marker.head} were given out${drops}`)
+      if (read.state === 'garbled') throw corrupt(this.location, `the journal is empty and its seq marker is unreadable (${read.detail})${drops}`)
+      if (this.opts.expectExisting) throw corrupt(this.location, `the journal is empty, but the gateway key shows a journal existed here${drops}`)
+      if (dropped.length > 0) throw corrupt(this.location, `the journal is empty${drops}`)
+      return
+    }
+    if (read.state === 'ok') {
+      const m = read.marker
+      if (this.headSeq < m.head || (m.clean && this.headSeq !== m.head))
+        throw corrupt(
+          this.location,
+          `records lost: the seq marker says the log reached seq ${m.head}${m.clean ? ' at a clean stop' : ''}, LevelDB holds up to ${this.headSeq}${drops}`,
+        )
+      // Reservations only grow: a marker behind the log (put back from an old copy) is raised, never trusted lower.
+      this.marker = m
+    } else if (read.state === 'garbled') {
+      if (dropped.length > 0) throw corrupt(this.location, `its seq marker is unreadable (${read.detail})${drops}`)
+      // LevelDB reports no damage: its head is the head. Reported (error level) by the daemon, rebuilt at the end of open.
+      this.markerProblem = `${read.detail}; rebuilt from the journal's head ${this.headSeq}`
+    }
+    if (dropped.length > 0) {
+      // Damage in the log's middle keeps the newest records: every seq from the oldest held to the head must still be there.
+      let expect = this.oldestSeq
+      for await (const key of this.db.keys(K.RECORDS)) {
+        const seq = K.seqOfRecordKey(key)
+        if (this.holeRange && seq === this.holeRange.to + 1) expect = seq
+        if (seq !== expect) throw corrupt(this.location, `records lost: seq ${expect}..${seq - 1} missing${drops}`)
+        expect = seq + 1
+      }
+      if (this.headSeq > 0 && expect !== this.headSeq + 1 && !(this.holeRange && expect === this.holeRange.from))
+        throw corrupt(this.location, `records lost: the log ends at seq ${expect - 1}, its head is ${this.headSeq}${drops}`)
+    }
+  }
+
+  /** Writes the seq marker (fsynced) with the head and watermark of now; a failure is a write failure. */
+  private async writeSeqMarker(m: { reserved: number; clean: boolean }): Promise<void> {
+    if (this.markerDir === undefined) return
+    const next: SeqMarker = { reserved: Math.max(m.reserved, this.marker?.reserved ?? 0), head: this.headSeq, acked: this.ackedSeq, clean: m.clean }
+    try {
+      await writeMarker(this.markerDir, next)
+    } catch (err) {
+      this.fail(err)
+    }
+    this.marker = next
   }
 
   private async readState(): Promise<PersistedEngineState | undefined> {
@@ -364,6 +475,11 @@ export class Journal implements RecordLog {
     })
   }
 
+  /** Seqs a salvage could not read and that are never given out again (the log holds records on both sides), or undefined. */
+  hole(): { from: number; to: number } | undefined {
+    return this.holeRange
+  }
+
   /** The hash of the head record (64 zeros when empty). */
   headHashValue(): string {
     return this.headHash
@@ -380,8 +496,14 @@ export class Journal implements RecordLog {
         'JOURNAL_COMPACTED',
         `records before seq ${this.oldest()} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`,
       )
+    // A salvage's hole: a read stops before it (a reader checking seqs sees no jump), and a read from inside it starts after it.
+    const hole = this.holeRange
+    let top = head
+    if (hole && from >= hole.from && from <= hole.to) from = hole.to + 1
+    else if (hole && from < hole.from) top = hole.from - 1
+    if (from > head) return []
     const out: JournalRecord[] = []
-    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(from), lte: K.recordKey(head), limit }))
+    for await (const [key, value] of this.db.iterator({ gte: K.recordKey(from), lte: K.recordKey(top), limit }))
       out.push(parseJson<JournalRecord>(this.location, key, value))
     // Retention may have run between the check and the read: never return a silently shortened range.
     if (out.length > 0 && out[0]!.seq !== from)
@@ -412,7 +534,9 @@ export class Journal implements RecordLog {
   async ack(upTo: number): Promise<void> {
     if (!Number.isSafeInteger(upTo)) throw new OutpostError('JOURNAL_BAD_RANGE', `ack: upTo must be an integer, got ${upTo}`)
     await this.enqueue(async () => {
-      const target = Math.min(upTo, this.headSeq)
+      let target = Math.min(upTo, this.headSeq)
+      // Acknowledging the last record before a salvage's hole acknowledges the hole: its seqs are lost, never sent.
+      if (this.holeRange && target >= this.holeRange.from - 1 && target < this.holeRange.to) target = this.holeRange.to
       if (target <= this.ackedSeq) return
       // Unsynced, fsynced within readingSyncMs (or by the next record): losing the newest acks to a power
       // cut only re-sends records the cloud de-duplicates by seq, and at a site's pace the cloud acks
@@ -578,6 +702,8 @@ export class Journal implements RecordLog {
     // readings alone (an outlet's own entry), which boot rebuilds from the readings journaled since
     // the value it finds; writing every waiting entry with each record would checkpoint every second.
     const batch = [...this.firstState(), ...stateOps, ...readingOps, ...ops]
+    // No seq past the marker's reservation before the marker says so: whatever LevelDB later loses, no seq is given twice.
+    if (this.marker !== undefined && seq > this.marker.reserved) await this.writeSeqMarker({ reserved: seq + RESERVE_BLOCK, clean: false })
     if (batch.length > 0) await this.write(batch, true)
     for (const op of stateOps) this.pending.delete(op.key)
     if (step.state !== undefined) this.latest = step.state
@@ -732,6 +858,8 @@ export class Journal implements RecordLog {
   /** Hand the state waiting for its checkpoint to LevelDB (unsynced: the fsync timer follows). */
   private async checkpointNow(): Promise<void> {
     this.assertWritable()
+    // The marker's head follows the log at checkpoints (the records up to the head are fsynced): a silent loss of them shows at open.
+    if (this.marker !== undefined && this.marker.head !== this.headSeq) await this.writeSeqMarker({ reserved: this.marker.reserved, clean: false })
     if (this.pending.size === 0) return
     await this.write([...this.pending.values()], false)
     this.pending.clear()
@@ -768,9 +896,13 @@ export class Journal implements RecordLog {
   async close(opts: { clean: boolean }): Promise<void> {
     if (this.closed) return
     try {
-      await this.enqueue(() =>
-        this.flushNow(opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }]),
-      ).catch(() => {})
+      await this.enqueue(async () => {
+        await this.flushNow(
+          opts.clean ? [{ type: 'del', key: K.META_RUNNING }] : [{ type: 'put', key: K.META_SYNC, value: String(++this.syncCounter) }],
+        )
+        // Everything is fsynced: the marker may say exactly where the log ends.
+        if (this.marker !== undefined) await this.writeSeqMarker({ reserved: this.marker.reserved, clean: opts.clean })
+      }).catch(() => {})
     } finally {
       this.closed = true
       this.clearTimers()
@@ -882,22 +1014,7 @@ export class Journal implements RecordLog {
       // `sync` is classic-level's option (not in abstract-level's types); abstract-level passes it through to _batch.
       await this.db.batch(ops, { sync } as { keyEncoding?: string })
     } catch (err) {
-      const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } }
-      const why = [e.code, e.message, e.cause?.code, e.cause?.message].filter(Boolean).join(': ')
-      this.failure = new OutpostError(
-        'JOURNAL_WRITE_FAILED',
-        `journal write failed (${why}); the journal refuses further writes until the daemon restarts. Nothing already committed was changed`,
-        { cause: err },
-      )
-      this.clearTimers()
-      for (const l of this.faultListeners) {
-        try {
-          l(this.failure)
-        } catch {
-          // keep telling the others
-        }
-      }
-      throw this.failure
+      this.fail(err)
     }
     if (sync) {
       // One fsync covers every write before it (LevelDB's log is append-only).
@@ -906,6 +1023,26 @@ export class Journal implements RecordLog {
       // Readings, checkpoints and retention deletes: in the kernel's hands (safe from a process death), fsynced later.
       this.unsynced = true
     }
+  }
+
+  /** A failed write (LevelDB's or the seq marker's): the journal refuses every further write until reopened. */
+  private fail(err: unknown): never {
+    const e = err as { code?: string; message?: string; cause?: { code?: string; message?: string } }
+    const why = [e.code, e.message, e.cause?.code, e.cause?.message].filter(Boolean).join(': ')
+    this.failure = new OutpostError(
+      'JOURNAL_WRITE_FAILED',
+      `journal write failed (${why}); the journal refuses further writes until the daemon restarts. Nothing already committed was changed`,
+      { cause: err },
+    )
+    this.clearTimers()
+    for (const l of this.faultListeners) {
+      try {
+        l(this.failure)
+      } catch {
+        // keep telling the others
+      }
+    }
+    throw this.failure
   }
 
   private clearTimers(): void {
