@@ -260,10 +260,21 @@ export type QueueReason = 'start' | 'rotation' | 'shed' | 'failsafe'
  */
 export interface JournalSalvageInfo {
   mode: 'repaired' | 'fresh'
-  movedTo: string
+  /** Where the damaged journal was moved; null when its directory was missing. */
+  movedTo: string | null
   reason: string
+  /** The seqs now held. */
   carried: { from: number; to: number } | null
+  /** Unacknowledged seqs below the carried ones (all of them, when none is carried) that could not be read (never sent again). */
   lost: { from: number; to: number } | null
+  /** Seqs above the carried ones known to have been given out, and lost (never sent again). */
+  lostAfter: { from: number; to: number } | null
+  /** Seqs above this one may have been given out and lost: how many is unknown. */
+  unknownAbove: number | null
+  /** The records after this gateway.started are a new chain: its seq is past every seq the old chain may have used, its prev 64 zeros. */
+  newChain: boolean
+  /** Records were lost: a session.started in them whose session no surviving state shows is gone with them. */
+  sessionsMayBeLost: boolean
 }
 
 /** What the engine emits; the journal adds seq, bootId, clockSynced, prev, hash. */

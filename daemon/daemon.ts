@@ -47,7 +47,8 @@ import { ModelRegistry, openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
 import { ChargePoint, type OutletView } from './ocpp/chargepoint.js'
-import { loadOrCreateKey, type GatewayKey } from './gateway-key.js'
+import { keyPath, loadOrCreateKey, type GatewayKey } from './gateway-key.js'
+import { existsSync } from 'node:fs'
 import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
 
 export interface DaemonOptions {
@@ -132,6 +133,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // The key before the journal: a new journal is created with its key, and one that recorded a key never gets a new one
     // silently. A missing key beside an existing journal is decided once the journal says whether it was ever signed.
     let key: GatewayKey | undefined
+    // The key is created with the journal: a key already there means a journal existed, and an empty one was lost.
+    const keyExisted = existsSync(keyPath(config.storage.dir))
     try {
       key = loadOrCreateKey(config.storage.dir)
     } catch (err) {
@@ -152,6 +155,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         version: this.version,
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
+        expectExisting: keyExisted,
         sign: (body, { pagination, clockSynced }) =>
           signOcmf(
             ocmfPayload(body, {

@@ -21,6 +21,7 @@ import { initialState, step, type EngineState } from '../daemon/engine/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { reading, siteConfig } from './fixtures/engine-site.js'
 import { recordKey } from '../daemon/journal/keys.js'
+import { MARKER_FILE, readMarker } from '../daemon/journal/seq-marker.js'
 
 const config = siteConfig()
 const T0 = 1_767_225_600_000
@@ -116,8 +117,8 @@ async function bootAfterDamage(t: Test, damage: (location: string) => void, expe
   t.teardown(() => journal.close({ clean: true }))
   t.equal(salvage?.mode, expectMode, `salvaged as ${expectMode}`)
   t.match(log.lines[0], /^JOURNAL DAMAGED: moved to .*journal\.corrupt-20260101T024640Z/, 'logged loudly, naming where the damaged journal went')
-  t.ok(existsSync(salvage!.movedTo), 'the damaged journal is kept beside the new one')
-  t.same(fingerprint(salvage!.movedTo), damaged, 'the damaged journal is kept exactly as it was found')
+  t.ok(existsSync(salvage!.movedTo!), 'the damaged journal is kept beside the new one')
+  t.same(fingerprint(salvage!.movedTo!), damaged, 'the damaged journal is kept exactly as it was found')
   t.notOk(existsSync(`${location}.next`) || existsSync(`${location}.salvage`), 'no staging left behind')
   // The engine boots on it and charges: boot closes what was open (power-loss), and the chain continues.
   let state = ((await journal.loadState()) as EngineState | undefined) ?? initialState(config)
@@ -194,6 +195,8 @@ t.test('a table file garbled: the daemon still starts, and every record it holds
   const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-ldb-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const records = await charge(dir, 120, 10)
+  const marker = await readMarker(dir)
+  if (marker.state !== 'ok') throw new Error('the seq marker is not readable')
   const loc = journalLocation(dir)
   const tables = readdirSync(loc).filter((f) => f.endsWith('.ldb'))
   t.ok(tables.length > 0, `a small write buffer leaves table files (${tables.length})`)
@@ -213,13 +216,23 @@ t.test('a table file garbled: the daemon still starts, and every record it holds
   const held = await journal.read(journal.oldest(), 10_000).catch(() => [])
   t.equal(verifyRecords(held), undefined, 'what it holds verifies')
   t.ok(journal.acked() <= journal.head())
-  await journal.commit({ records: [{ type: 'gateway.started', ts: new Date(T0 + 10_000_000).toISOString(), version: 't', cleanShutdown: false }] })
-  // Which keys survive the garbling depends on what LevelDB had compacted into tables when the
-  // charging stopped: the highest seq known is the last record held, the last one named lost,
-  // or the cloud's ack (10), whichever is highest; the next record comes after all of them.
+  const [first] = await journal.commit({
+    records: [{ type: 'gateway.started', ts: new Date(T0 + 10_000_000).toISOString(), version: 't', cleanShutdown: false }],
+  })
+  // Which records a garbled table takes with it is not known (LevelDB's repair drops what it cannot
+  // read, the newest records included): the highest seq ever given out is then unknown, and the next
+  // record starts a new chain past the seq marker's reservation, above every seq the old chain used.
   t.ok(records.at(-1)!.seq > 10)
-  const known = Math.max(held.at(-1)?.seq ?? 0, salvage?.lost?.to ?? 0, 10)
-  t.equal(journal.head(), known + 1, 'it takes new records, never reusing a seq the cloud acknowledged or the damaged journal showed')
+  t.equal(salvage?.newChain, true, 'a new chain starts')
+  t.equal(
+    salvage?.unknownAbove,
+    Math.max(records.at(-1)!.seq, held.filter((r) => r.seq <= records.at(-1)!.seq).at(-1)?.seq ?? 0),
+    'records above the highest seq seen may be lost',
+  )
+  t.equal(salvage?.sessionsMayBeLost, true)
+  t.ok(marker.marker.reserved > records.at(-1)!.seq)
+  t.equal(first!.seq, marker.marker.reserved + 1, "it takes new records past the marker's reservation, never reusing a seq")
+  t.equal(first!.prev, '0'.repeat(64), 'in a new chain')
 })
 
 t.test('a fresh journal that carried no record goes on past the seqs the damaged one showed', async (t) => {
@@ -267,7 +280,7 @@ t.test('only JOURNAL_CORRUPT is salvaged: a journal held by another process is r
   const first = await Journal.open(dir, opts(Date.now))
   t.teardown(() => first.close({ clean: true }))
   await t.rejects(openJournalForRun(dir, opts(Date.now), quietLog()), { code: 'JOURNAL_LOCKED' })
-  t.same(readdirSync(dir), ['journal'], 'nothing moved')
+  t.same(readdirSync(dir), ['journal', MARKER_FILE], 'nothing moved')
 })
 
 t.test('a cut between the two renames of a swap: boot finishes it; a leftover staging is discarded', async (t) => {

@@ -166,6 +166,8 @@ function corrupt(location: string, what: string, cause?: unknown): OutpostError 
  * What LevelDB reported dropping while it recovered its log at this open: lines of its info log
  * (`<dir>/LOG`, rewritten at every open) such as `... dropping 1234 bytes; Corruption: checksum
  * mismatch`. LevelDB skips damaged log data without an error; this is its only report of it.
+ * After LevelDB's repair, the same log names what the repair left out (`ignoring`,
+ * a table scanned with an error).
  */
 export async function droppedByLevelDb(location: string): Promise<string[]> {
   let text: string
@@ -176,7 +178,7 @@ export async function droppedByLevelDb(location: string): Promise<string[]> {
   }
   return text
     .split('\n')
-    .filter((l) => /dropping \d+ bytes/.test(l))
+    .filter((l) => /dropping \d+ bytes|: ignoring |entries (?!OK)\S/.test(l))
     .map((l) => l.replace(/^\S+ \S+ /, '').trim())
 }
 

@@ -16,16 +16,17 @@
  * format from a newer build are refused as before), carry over a record that does
  * not chain, or put the ack watermark past the carried records.
  */
-import { cp, rename, rm } from 'node:fs/promises'
+import { cp, mkdir, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
 import type { JournalRecord, JournalSalvageInfo } from '../../core/types.js'
 import { isOutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV } from './chain.js'
 import { paginationOf } from '../ocmf.js'
-import { Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
+import { droppedByLevelDb, Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
-import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
+import { asideName, exists, settleJournalDir, stagingLocation, swapIn, syncDir, syncTree } from './swap.js'
+import { type MarkerRead, readMarker, unknownChainBase, writeMarker } from './seq-marker.js'
 import { repairLevelDb } from './level-repair.js'
 
 /** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (core/types.ts). */
@@ -35,7 +36,11 @@ export interface SalvageLog {
   warn(fields: Record<string, unknown>, msg: string): void
 }
 
-/** Journal.open, and on JOURNAL_CORRUPT: move aside, then a repaired copy or a fresh journal with what could be read. */
+/**
+ * Journal.open, and on JOURNAL_CORRUPT: move aside, then a repaired copy or a fresh journal with
+ * what could be read. `opts.expectExisting`: a journal existed in storage.dir before this start
+ * (the gateway key did), so an empty or missing one is a lost journal.
+ */
 export async function openJournalForRun(
   storageDir: string,
   opts: JournalOptions,
@@ -43,66 +48,136 @@ export async function openJournalForRun(
 ): Promise<{ journal: Journal; salvage?: JournalSalvage }> {
   if (await settleJournalDir(storageDir))
     log.warn({ dir: journalLocation(storageDir) }, 'a journal repair or salvage was cut off after its result was on disk: finished it')
+  const location = journalLocation(storageDir)
+  const wasThere = await exists(location)
+  let reason: string
   try {
-    return { journal: await Journal.open(storageDir, opts) }
+    const journal = await Journal.open(storageDir, opts)
+    if (journal.markerProblem) log.warn({ marker: journal.markerProblem }, `JOURNAL SEQ MARKER UNREADABLE: ${journal.markerProblem}`)
+    return { journal }
   } catch (err) {
     if (!isOutpostError(err, 'JOURNAL_CORRUPT')) throw err
-    const salvage = await salvageJournal(storageDir, opts.now(), (err as Error).message)
-    const onto = salvage.mode === 'repaired' ? 'repaired copy' : 'fresh journal'
-    const lost = salvage.lost ? `; unacknowledged records ${salvage.lost.from}..${salvage.lost.to} could not be read` : ''
-    log.warn(
-      { ...salvage },
-      `JOURNAL DAMAGED: moved to ${salvage.movedTo}; charging continues on a ${onto}${lost}. Keep the moved directory; see README troubleshooting`,
-    )
-    return { journal: await Journal.open(storageDir, opts), salvage }
+    reason = (err as Error).message
   }
+  // Open created the directory it found missing: that empty LevelDB is ours, not a journal to keep.
+  if (!wasThere) await rm(location, { recursive: true, force: true })
+  const salvage = await salvageJournal(storageDir, opts.now(), reason, { expectExisting: opts.expectExisting === true })
+  log.warn({ ...salvage }, salvageMessage(salvage))
+  return { journal: await Journal.open(storageDir, { ...opts, expectExisting: false }), salvage }
+}
+
+/** The error-level line a salvage is reported with: where the journal went, and every seq it could not carry. */
+export function salvageMessage(s: JournalSalvage): string {
+  const onto = s.mode === 'repaired' ? 'repaired copy' : 'fresh journal'
+  const where = s.movedTo ? `moved to ${s.movedTo}` : 'the journal directory was missing'
+  const parts: string[] = []
+  if (s.lost) parts.push(`unacknowledged records ${s.lost.from}..${s.lost.to} could not be read`)
+  if (s.lostAfter) parts.push(`records ${s.lostAfter.from}..${s.lostAfter.to} were lost`)
+  if (s.unknownAbove !== null && s.unknownAbove !== undefined)
+    parts.push(`records above seq ${s.unknownAbove} may have been lost (how many is unknown)`)
+  if (s.newChain) parts.push('a new chain starts')
+  if (s.sessionsMayBeLost) parts.push('sessions open in the lost part may have been lost')
+  const keep = s.movedTo ? 'Keep the moved directory; see' : 'See'
+  return `JOURNAL DAMAGED: ${where}; charging continues on a ${onto}${parts.length ? `; ${parts.join('; ')}` : ''}. ${keep} README troubleshooting`
 }
 
 function newLevel(location: string, createIfMissing: boolean): JournalDb {
   return new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8', createIfMissing }) as unknown as JournalDb
 }
 
+/** What the salvage knows, outside the records it can read, about the seqs the damaged journal gave out. */
+interface Evidence {
+  marker: MarkerRead
+  /** LevelDB's report of log data it dropped while opening the damaged journal. */
+  dropped: string[]
+  /** The highest seq the damaged journal itself shows (record keys, m!base), undefined when it cannot be read. */
+  headSeen: number | undefined
+  /** LevelDB's repair ran and reported nothing dropped or ignored (its own info log). */
+  repairedWhole: boolean
+  /** The damaged journal holds nothing (no format marker) or is missing, but one existed (the gateway key, or the marker). */
+  emptied: boolean
+}
+
 /**
  * Move the damaged journal of `storageDir` aside and put in its place the best
- * journal that can be built from it. The daemon must hold no lock on it.
+ * journal that can be built from it. The daemon must hold no lock on it. With no
+ * journal directory at all (deleted), the replacement is built from the evidence
+ * outside it (the seq marker, the gateway key) alone.
  */
-export async function salvageJournal(storageDir: string, now: number, reason: string): Promise<JournalSalvage> {
+export async function salvageJournal(
+  storageDir: string,
+  now: number,
+  reason: string,
+  ctx: { expectExisting?: boolean } = {},
+): Promise<JournalSalvage> {
   const location = journalLocation(storageDir)
   const next = stagingLocation(storageDir)
   const work = `${location}.salvage`
+  const source = await exists(location)
   await rm(next, { recursive: true, force: true })
   await rm(work, { recursive: true, force: true })
-  // Repair works on a copy: the damaged directory stays exactly as it was found.
-  await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+  const ev: Evidence = { marker: await readMarker(storageDir), dropped: [], headSeen: source ? undefined : 0, emptied: !source, repairedWhole: false }
   let db: JournalDb | undefined
-  try {
-    await repairLevelDb(work)
-    db = newLevel(work, false)
-    await db.open()
-  } catch {
-    await db?.close().catch(() => {})
-    db = undefined
-    // Repair failed (or crashed: it runs in a child): read what an untouched copy still gives.
+  if (source) {
+    // Repair works on a copy: the damaged directory stays exactly as it was found.
+    await copyOf(location, work)
+    // First as LevelDB opens it untouched: how far its log goes, and what LevelDB drops on the way.
+    ev.headSeen = await headOf(work).catch(() => undefined)
+    ev.dropped = [...(await droppedByLevelDb(location)), ...(await droppedByLevelDb(work))]
+    if (ev.headSeen === -1) {
+      ev.emptied = ctx.expectExisting === true || ev.marker.state !== 'missing'
+      ev.headSeen = 0
+    }
     await rm(work, { recursive: true, force: true })
-    await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+    await copyOf(location, work)
     try {
+      await repairLevelDb(work)
+      // Read before the copy is opened (an open starts a new info log): what the repair had to leave out.
+      const left = await droppedByLevelDb(work)
+      ev.dropped.push(...left)
+      ev.repairedWhole = left.length === 0
       db = newLevel(work, false)
       await db.open()
     } catch {
       await db?.close().catch(() => {})
       db = undefined
+      // Repair failed (or crashed: it runs in a child): read what an untouched copy still gives.
+      await rm(work, { recursive: true, force: true })
+      await copyOf(location, work)
+      try {
+        db = newLevel(work, false)
+        await db.open()
+      } catch {
+        await db?.close().catch(() => {})
+        db = undefined
+      }
     }
   }
   let result: Omit<JournalSalvage, 'movedTo'>
+  let head = 0
+  let acked = 0
   try {
     const report = db ? await verifyDb(db).catch(() => undefined) : undefined
-    if (db && report && !report.break && (await db.get(K.META_FORMAT)) === K.FORMAT) {
+    const top = report?.last ?? 0
+    if (
+      db &&
+      report &&
+      !report.break &&
+      (await db.get(K.META_FORMAT)) === K.FORMAT &&
+      (await db.get(K.META_BASE)) === undefined &&
+      knownHighest(ev, top) === top
+    ) {
       await db.close()
       db = undefined
       await rename(work, next)
-      result = { mode: 'repaired', reason, carried: report.count > 0 ? { from: report.first!, to: report.last! } : null, lost: null }
+      head = top
+      acked = report.acked ?? 0
+      result = { mode: 'repaired', reason, carried: report.count > 0 ? { from: report.first!, to: report.last! } : null, lost: null, ...NOTHING_LOST }
     } else {
-      result = { mode: 'fresh', reason, ...(await buildFresh(db, next, now)) }
+      const fresh = await buildFresh(db, next, now, ev)
+      head = fresh.head
+      acked = fresh.acked
+      result = { mode: 'fresh', reason, ...fresh.info }
     }
   } finally {
     await db?.close().catch(() => {})
@@ -110,22 +185,79 @@ export async function salvageJournal(storageDir: string, now: number, reason: st
   }
   // Only now, with the replacement complete and fsynced, does the damaged journal move aside.
   await syncTree(next)
+  // The marker follows the replacement before it takes the journal's place: a cut in between salvages again, to the same seqs.
+  const reserved = Math.max(head, ev.marker.state === 'ok' ? ev.marker.marker.reserved : 0)
+  await writeMarker(storageDir, { reserved, head, acked: Math.min(acked, head), clean: false })
+  if (!source) {
+    await rename(next, location)
+    await syncDir(storageDir)
+    return { ...result, movedTo: null }
+  }
   const movedTo = await asideName(storageDir, 'corrupt', now)
   await swapIn(storageDir, movedTo)
   return { ...result, movedTo }
 }
 
+const NOTHING_LOST = { lostAfter: null, unknownAbove: null, newChain: false, sessionsMayBeLost: false } as const
+
+async function copyOf(location: string, work: string): Promise<void> {
+  await mkdir(work, { recursive: true })
+  await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+}
+
+/** The highest seq an untouched copy shows (its record keys, its m!base); -1 when it holds no format marker (empty). */
+async function headOf(work: string): Promise<number> {
+  const db = newLevel(work, false)
+  await db.open()
+  try {
+    if ((await db.get(K.META_FORMAT)) === undefined) return -1
+    let head = 0
+    for await (const key of db.keys({ ...K.RECORDS, reverse: true, limit: 1 })) head = K.seqOfRecordKey(key)
+    const base = await db.get(K.META_BASE)
+    if (base !== undefined) head = Math.max(head, Number((JSON.parse(base) as { seq?: unknown }).seq) || 0)
+    return head
+  } finally {
+    await db.close()
+  }
+}
+
+/**
+ * The highest seq the damaged journal gave out, when the evidence proves it: a clean stop's marker
+ * names it exactly; otherwise LevelDB dropped nothing (neither while opening nor in its repair),
+ * the highest seq still seen (`seen`: record keys, m!base) is its head as it opened, and the
+ * marker (when there is one) is not past it. undefined: records above `seen` may have been lost.
+ */
+function knownHighest(ev: Evidence, seen: number): number | undefined {
+  if (ev.emptied || ev.marker.state === 'garbled') return undefined
+  if (ev.marker.state === 'ok' && ev.marker.marker.clean) return seen <= ev.marker.marker.head ? ev.marker.marker.head : undefined
+  if (ev.marker.state === 'ok' && seen < ev.marker.marker.head) return undefined
+  // The head as LevelDB showed it before the repair; when it could not open, the repair must have left nothing out.
+  const whole = ev.headSeen !== undefined ? seen >= ev.headSeen : ev.repairedWhole
+  return ev.dropped.length === 0 && whole ? seen : undefined
+}
+
+interface Fresh {
+  info: Pick<JournalSalvage, 'carried' | 'lost' | 'lostAfter' | 'unknownAbove' | 'newChain' | 'sessionsMayBeLost'>
+  head: number
+  acked: number
+}
+
 /** A fresh journal at `dest` holding what `db` (a repaired copy, or nothing) could give. */
-async function buildFresh(db: JournalDb | undefined, dest: string, now: number): Promise<Pick<JournalSalvage, 'carried' | 'lost'>> {
+async function buildFresh(db: JournalDb | undefined, dest: string, now: number, ev: Evidence): Promise<Fresh> {
   const out = newLevel(dest, true)
   await out.open()
   let carried: JournalSalvage['carried'] = null
   let lost: JournalSalvage['lost'] = null
+  let acked = 0
+  let head = 0
+  const info: Omit<Fresh['info'], 'carried' | 'lost'> = { ...NOTHING_LOST }
   try {
     const ops: { type: 'put'; key: string; value: string }[] = [{ type: 'put', key: K.META_FORMAT, value: K.FORMAT }]
     // This boot must read as unclean: the engine closes open sessions with power-loss.
     ops.push({ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: 'salvaged', since: now, version: null }) })
-    let acked = 0
+    // Every seq the damaged journal and the evidence outside it show as given out.
+    let highest = ev.headSeen ?? 0
+    if (ev.marker.state === 'ok') highest = Math.max(highest, ev.marker.marker.head)
     if (db) {
       const ackText = await db.get(K.META_ACKED).catch(() => undefined)
       acked = Number.isSafeInteger(Number(ackText)) && Number(ackText) > 0 ? Number(ackText) : 0
@@ -140,25 +272,18 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
         carried = { from, to }
         if (from > acked + 1) lost = { from: acked + 1, to: from - 1 }
         acked = Math.min(Math.max(acked, from - 1), to)
-      } else {
-        // No record could be carried: the log goes on past every seq the damaged journal shows
-        // (its ack watermark, its record keys), so no new record reuses a seq the cloud may hold.
-        let highest = acked
-        try {
-          for await (const key of db.keys(K.RECORDS)) {
-            const seq = K.seqOfRecordKey(key)
-            if (Number.isSafeInteger(seq) && seq > highest) highest = seq
-          }
-        } catch {
-          // the keys read before the damage still count
-        }
-        if (highest > 0) {
-          ops.push({ type: 'put', key: K.META_BASE, value: JSON.stringify({ seq: highest, hash: GENESIS_PREV }) })
-          lost = { from: acked + 1, to: highest }
-          if (lost.from > lost.to) lost = null
-        }
-        acked = highest
+        head = to
       }
+      try {
+        for await (const key of db.keys(K.RECORDS)) {
+          const seq = K.seqOfRecordKey(key)
+          if (Number.isSafeInteger(seq) && seq > highest) highest = seq
+        }
+      } catch {
+        // the keys read before the damage still count
+      }
+      const baseText = await db.get(K.META_BASE).catch(() => undefined)
+      if (baseText !== undefined) highest = Math.max(highest, Number((JSON.parse(baseText) as { seq?: unknown }).seq) || 0)
       for (const range of [K.SECTIONS, K.OUTLETS, K.COMMANDS, K.READINGS, K.ASIDE]) {
         try {
           for await (const [key, value] of db.iterator(range)) {
@@ -194,12 +319,36 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number):
       const keyText = await db.get(K.META_KEY).catch(() => undefined)
       if (keyText !== undefined) ops.push({ type: 'put', key: K.META_KEY, value: keyText })
     }
+    highest = Math.max(highest, acked)
+    const m = ev.marker.state === 'ok' ? ev.marker.marker : undefined
+    const known = knownHighest(ev, highest)
+    if (known === undefined || known > head) {
+      // Records above `head` are gone (or may be): the log goes on past every seq that may have been given out, in a
+      // new chain (its first record's prev is 64 zeros) that no cloud can mistake for the old one. How far the old
+      // chain may have gone: known, a clean stop's marker, the marker's reservation, or unknown (a time-based seq).
+      const seen = Math.max(highest, m?.head ?? 0)
+      const base = known ?? (m ? Math.max(m.clean ? m.head : m.reserved, seen) : Math.max(unknownChainBase(now), seen))
+      const from = Math.max(head, acked) + 1
+      if (seen >= from) {
+        if (carried) info.lostAfter = { from, to: seen }
+        else lost = { from, to: seen }
+      }
+      if (known === undefined && !(m?.clean && base === seen)) info.unknownAbove = seen
+      ops.push({ type: 'put', key: K.META_BASE, value: JSON.stringify({ seq: base, hash: GENESIS_PREV }) })
+      info.newChain = true
+      // Nothing carried waits for the cloud: the lost seqs are never sent, the new chain is next.
+      if (acked >= head) acked = base
+      head = base
+      // The lost part may have held a session.started whose session no surviving state shows.
+      info.sessionsMayBeLost = true
+    }
+    if (lost) info.sessionsMayBeLost = true
     if (acked > 0) ops.push({ type: 'put', key: K.META_ACKED, value: String(acked) })
     await out.batch(ops, { sync: true } as { keyEncoding?: string })
   } finally {
     await out.close()
   }
-  return { carried, lost }
+  return { info: { carried, lost, ...info }, head, acked }
 }
 
 /** The longest run of records that chains (seq + 1, prev = hash) and ends at the newest readable record. */
