@@ -447,6 +447,11 @@ export interface RecordLog {
   ack(upTo: number): Promise<void>
   /** Called after every durable append with the new head. Returns an unsubscribe function. */
   onAppend(listener: (head: number) => void): () => void
+  /**
+   * Seqs a salvage lost between the records it carried and a new chain (never held, never sent):
+   * a read stops before the hole, and a read from inside it starts after it.
+   */
+  hole?(): { from: number; to: number } | undefined
 }
 
 // The list and the record shapes name the same types: a record added to one and not the other does not compile.

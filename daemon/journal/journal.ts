@@ -401,6 +401,10 @@ export class Journal implements RecordLog {
           this.location,
           `records lost: the seq marker says the log reached seq ${m.head}${m.clean ? ' at a clean stop' : ''}, LevelDB holds up to ${this.headSeq}${drops}`,
         )
+      // After an unclean stop the marker's head may be behind the log: LevelDB's report of dropped log data is then the
+      // only sign that records after it went (a torn unsynced tail is not reported: LevelDB ignores it as a crash).
+      if (!m.clean && dropped.length > 0)
+        throw corrupt(this.location, `the last stop was not clean and records after seq ${m.head} may be lost${drops}`)
       // Reservations only grow: a marker behind the log (put back from an old copy) is raised, never trusted lower.
       this.marker = m
     } else if (read.state === 'garbled') {

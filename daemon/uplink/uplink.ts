@@ -128,6 +128,8 @@ export class Uplink {
   private commandChain: Promise<void> = Promise.resolve()
   /** The highest ack received; written to the journal by writeAcks. */
   private ackWanted = 0
+  /** The highest ack above the journal head already reported (once per value, not per message). */
+  private ackPastHead = 0
   private ackWriting = false
   /** Pulls too, with a bound on how many may wait. */
   private pullChain: Promise<void> = Promise.resolve()
@@ -410,6 +412,9 @@ export class Uplink {
       // the journal's fsync on every ack would turn the window into stop-and-wait.
       const acked = Math.max(this.log.acked(), this.ackWanted)
       if (this.sent < acked) this.sent = acked
+      // Past a salvage's hole (lost seqs, never sent) the new chain follows at once, without waiting for the ack.
+      const hole = this.log.hole?.()
+      if (hole && this.sent >= hole.from - 1 && this.sent < hole.to) this.sent = hole.to
       const room = this.cfg.windowRecords - (this.sent - acked)
       // One journal read serves several messages (fewer iterators); it never exceeds the window's room,
       // nor more messages than may still await PUBACK.
@@ -492,6 +497,14 @@ export class Uplink {
     if (typeof upTo !== 'number' || !Number.isSafeInteger(upTo) || upTo < 0) {
       this.logger.warn({ payload: payload.subarray(0, 120).toString() }, 'ignoring malformed ack (expected {"upTo": <seq>})')
       return
+    }
+    // The cloud holds a seq this journal does not: records it had were lost (docs/journal.md, evidence of loss).
+    if (upTo > this.log.head() && upTo > this.ackPastHead) {
+      this.ackPastHead = upTo
+      this.logger.error(
+        { upTo, head: this.log.head() },
+        'the cloud acknowledged a seq above the journal head: records the cloud holds were lost here',
+      )
     }
     // Clamped at the head now, so a bogus ack past the head cannot shadow the real ones that follow.
     const target = Math.min(upTo, this.log.head())
