@@ -257,10 +257,12 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
     ops.push({ type: 'put', key: K.META_RUNNING, value: JSON.stringify({ bootId: 'salvaged', since: now, version: null }) })
     // Every seq the damaged journal and the evidence outside it show as given out.
     let highest = ev.headSeen ?? 0
+    // The marker's watermark: the cloud held at least that much when it was written.
     if (ev.marker.state === 'ok') highest = Math.max(highest, ev.marker.marker.head)
+    acked = ev.marker.state === 'ok' ? ev.marker.marker.acked : 0
     if (db) {
       const ackText = await db.get(K.META_ACKED).catch(() => undefined)
-      acked = Number.isSafeInteger(Number(ackText)) && Number(ackText) > 0 ? Number(ackText) : 0
+      acked = Math.max(acked, Number.isSafeInteger(Number(ackText)) && Number(ackText) > 0 ? Number(ackText) : 0)
       // A damaged table can fail any read: each part takes what it can, and an unreadable rest stays behind in the moved directory.
       const run = await tailRun(db).catch(() => [])
       if (run.length > 0) {
@@ -339,8 +341,8 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
       // Nothing carried waits for the cloud: the lost seqs are never sent, the new chain is next.
       if (acked >= head) acked = base
       head = base
-      // The lost part may have held a session.started whose session no surviving state shows.
-      info.sessionsMayBeLost = true
+      // The lost part may have held a session.started whose session no surviving state shows (a clean stop had closed them all).
+      info.sessionsMayBeLost = !m?.clean
     }
     if (lost) info.sessionsMayBeLost = true
     if (acked > 0) ops.push({ type: 'put', key: K.META_ACKED, value: String(acked) })

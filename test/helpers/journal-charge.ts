@@ -1,0 +1,84 @@
+/**
+ * A journal on disk charged by the engine, for the tests that damage it (journal-salvage,
+ * journal-damage): the engine-site's outlets polled, wallets set, sessions started and
+ * stopped by commands, one session left open; and the tools to look at what a damage left.
+ */
+import { createHash, randomUUID } from 'node:crypto'
+import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { Journal } from '../../daemon/journal/index.js'
+import { initialState, step, type EngineState } from '../../daemon/engine/index.js'
+import type { JournalRecord } from '../../core/types.js'
+import { reading, siteConfig } from '../fixtures/engine-site.js'
+
+const config = siteConfig()
+export const T0 = 1_767_225_600_000
+export const opts = (now: () => number) => ({
+  bootId: randomUUID(),
+  clockSynced: () => true,
+  now,
+  compactEveryMs: 0,
+  readingSyncMs: 0,
+  writeBufferSize: 4096,
+})
+
+/**
+ * Drive the engine for `rounds` polls on a journal, with one session open at the end; ack up to `ack`.
+ * `clean`: then stop as the daemon does on SIGTERM (the engine closes every session, the journal closes clean).
+ */
+export async function charge(dir: string, rounds: number, ack: number, o: { clean?: boolean; start?: number } = {}): Promise<JournalRecord[]> {
+  let clock = o.start ?? T0
+  const journal = await Journal.open(
+    dir,
+    opts(() => clock),
+  )
+  const out: JournalRecord[] = []
+  let state = ((await journal.loadState()) as EngineState | undefined) ?? initialState(config)
+  const run = async (event: Parameters<typeof step>[1], outlet?: string, r?: ReturnType<typeof reading>): Promise<void> => {
+    const res = step(state, event, clock)
+    state = res.state
+    const records = res.effects.flatMap((e) => (e.type === 'record' ? [e.record] : []))
+    const session = outlet ? state.outlets[outlet]?.session : null
+    out.push(...(await journal.commit({ records, state, readings: session && r ? [{ outlet: outlet!, sessionId: session.id, reading: r }] : [] })))
+  }
+  await run({ type: 'config', config })
+  await run({ type: 'boot', cleanShutdown: true, version: 't' })
+  for (const userId of ['u-1', 'u-2'])
+    await run({ type: 'command', id: `w-${userId}`, source: 'local', command: { action: 'set-wallet', userId, currency: 'CAD', balance: 1_000_000 } })
+  for (let i = 0; i < rounds; i++) {
+    clock += 1000
+    for (let o = 0; o < config.outlets.length; o++) {
+      const r = reading(o, clock)
+      await run({ type: 'reading', outlet: config.outlets[o]!.id, reading: r }, config.outlets[o]!.id, r)
+    }
+    if (i % 7 === 0)
+      await run({
+        type: 'command',
+        id: `c-${i}`,
+        source: 'local',
+        command: i % 14 === 0 ? { action: 'start', outlet: 'A1', userId: 'u-1' } : { action: 'stop', outlet: 'A1', by: 'user' },
+      })
+    await run({ type: 'tick' })
+  }
+  await run({ type: 'command', id: 'c-last', source: 'local', command: { action: 'start', outlet: 'A3', userId: 'u-2' } })
+  if (o.clean) await run({ type: 'shutdown' })
+  await journal.ack(ack)
+  await journal.close({ clean: o.clean === true })
+  return out
+}
+
+export function fingerprint(dir: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  // LevelDB's info log (LOG, LOG.old) is rewritten by any open attempt, so it is not part of the evidence.
+  for (const f of readdirSync(dir))
+    if (statSync(join(dir, f)).isFile() && !['LOCK', 'LOG', 'LOG.old'].includes(f))
+      out[f] = createHash('sha256')
+        .update(readFileSync(join(dir, f)))
+        .digest('hex')
+  return out
+}
+
+export const quietLog = () => {
+  const lines: string[] = []
+  return { lines, warn: (_f: Record<string, unknown>, msg: string) => void lines.push(msg) }
+}
