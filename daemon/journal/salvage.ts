@@ -344,7 +344,7 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
       // The lost part may have held a session.started whose session no surviving state shows (a clean stop had closed them all).
       info.sessionsMayBeLost = !m?.clean
     }
-    if (lost) info.sessionsMayBeLost = true
+    if (lost && !m?.clean) info.sessionsMayBeLost = true
     if (acked > 0) ops.push({ type: 'put', key: K.META_ACKED, value: String(acked) })
     await out.batch(ops, { sync: true } as { keyEncoding?: string })
   } finally {
