@@ -164,3 +164,31 @@ export async function mountLazyfs(): Promise<LazyFs> {
     },
   }
 }
+
+/**
+ * Bit rot after a cut: `count` bytes of `file` (on the mount) from a random offset XORed with
+ * 0xff, written in place and fsynced (the damage is on the card, not in a cache). Returns the
+ * offset, or undefined for an empty file.
+ */
+export async function flipBytes(fs: LazyFs, file: string, random: () => number, count = 16): Promise<number | undefined> {
+  return fs.guard(
+    `flipping bytes in ${file}`,
+    (async () => {
+      const fd = await open(file, 'r+')
+      try {
+        const { size } = await fd.stat()
+        if (size === 0) return undefined
+        const at = Math.floor(random() * size)
+        const n = Math.min(count, size - at)
+        const buf = Buffer.alloc(n)
+        await fd.read(buf, 0, n, at)
+        for (let i = 0; i < n; i++) buf[i] = buf[i]! ^ 0xff
+        await fd.write(buf, 0, n, at)
+        await fd.sync()
+        return at
+      } finally {
+        await fd.close()
+      }
+    })(),
+  )
+}
