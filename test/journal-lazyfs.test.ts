@@ -353,6 +353,8 @@ t.test(
         await fs.guard('creating the chain directory', mkdir(storageDir))
         /** Every seq any run ever reported giving out, with its hash. */
         const given = new Map<number, string>()
+        /** The seqs the journal must still hold: every one given out, less those a salvage reported lost. */
+        let expected = new Set<number>()
         let clock = 1_767_225_600_000 + chain * 86_400_000
         for (let flip = 0; flip < FLIPS_PER_CHAIN; flip++) {
           // Charge, then the cut.
@@ -366,7 +368,11 @@ t.test(
           run.child.kill('SIGKILL')
           await fs.guard('the child dying', run.exited)
           await fs.guard('clear-cache', fs.clearCache())
-          for (const l of run.lines) if (l.startsWith('c ')) given.set(Number(l.split(' ')[1]), l.split(' ')[2]!)
+          for (const l of run.lines)
+            if (l.startsWith('c ')) {
+              given.set(Number(l.split(' ')[1]), l.split(' ')[2]!)
+              expected.add(Number(l.split(' ')[1]))
+            }
           if (run.lines.some((l) => l.startsWith('salvaged'))) salvaged++
           // Bit rot in one file.
           const jdir = join(storageDir, 'journal')
@@ -399,7 +405,10 @@ t.test(
             `${where}: no seq given twice (boot from seq ${sealed[0]?.seq}, highest before ${highest})${salvage ? ' — salvaged' : ''}`,
           )
           if (!salvage) t.equal(sealed[0]?.seq, highest + 1, `${where}: no salvage: the chain continues right after the highest seq`)
-          for (const r of sealed) given.set(r.seq, r.hash)
+          for (const r of sealed) {
+            given.set(r.seq, r.hash)
+            expected.add(r.seq)
+          }
           // What the journal holds now: every record from before is the one that was given, never another under its seq.
           const copy = mkdtempSync(join(tmpdir(), 'outpost-lazyfs-flip-'))
           try {
@@ -407,9 +416,15 @@ t.test(
             const j = await openOffline(copy)
             try {
               const changed: number[] = []
-              for await (const { record } of storedRecords(j.db))
+              const held = new Set<number>()
+              for await (const { record } of storedRecords(j.db)) {
+                if (record) held.add(record.seq)
                 if (record && given.has(record.seq) && given.get(record.seq) !== record.hash) changed.push(record.seq)
+              }
               t.same(changed, [], `${where}: every record held is the one given out under its seq`)
+              const gone = [...expected].filter((seq) => !held.has(seq))
+              if (salvage) expected = new Set([...expected].filter((seq) => held.has(seq)))
+              else t.same(gone, [], `${where}: no salvage, so nothing was lost: every seq given out is still held`)
             } finally {
               await j.close()
             }
