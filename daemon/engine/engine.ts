@@ -23,7 +23,6 @@ import type {
   OutletState,
   OutletStatus,
   PlanConfig,
-  RecordBody,
   SiteConfig,
   BillingLine,
   SessionSettings,
@@ -43,19 +42,7 @@ import {
   type TimelineEntry,
 } from './pricing.js'
 import { planProblems } from './plan-rules.js'
-import type {
-  CircuitEntry,
-  CircuitSettings,
-  EngineEvent,
-  EngineState,
-  Effect,
-  GatewaySection,
-  LineAcc,
-  OutletEntry,
-  Session,
-  SettingsSection,
-  StepResult,
-} from './state.js'
+import type { CircuitEntry, CircuitSettings, EngineEvent, EngineState, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
 import {
   knownCurrency,
   hasOwn,
@@ -72,6 +59,7 @@ import {
   circuitLimit,
   idleState,
 } from './00-queries.js'
+import { Ctx } from './10-context.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 /** Taper heuristic window: the minute before current fell. */
@@ -169,104 +157,6 @@ export function initialState(config: SiteConfig): EngineState {
     plans: {},
     commands: { ids: [], results: {} },
     circuits: {},
-  }
-}
-
-// ---------------------------------------------------------------- copy-on-write step context
-
-type SectionName = 'outlets' | 'gateway' | 'settings' | 'wallets' | 'plans' | 'commands' | 'circuits'
-
-class Ctx {
-  state: EngineState
-  private readonly own = new WeakSet<object>()
-  readonly records: RecordBody[] = []
-  private readonly relays: Effect[] = []
-  private readonly touched = new Set<string>()
-  result: CommandResult | null = null
-  private isoNow: string | null = null
-
-  constructor(
-    readonly prev: EngineState,
-    readonly now: number,
-  ) {
-    this.state = prev
-  }
-  /** `now` as ISO 8601 (formatted once, only when a record or status needs it). */
-  get iso(): string {
-    this.isoNow ??= new Date(this.now).toISOString()
-    return this.isoNow
-  }
-  get s(): SettingsSection {
-    return this.state.settings
-  }
-  get gw(): GatewaySection {
-    return this.state.gateway
-  }
-  private top(): EngineState {
-    if (!this.own.has(this.state)) {
-      this.state = { ...this.state }
-      this.own.add(this.state)
-    }
-    return this.state
-  }
-  /** A section this step may mutate (copied once). */
-  sec<K extends SectionName>(k: K): EngineState[K] {
-    const top = this.top()
-    const cur = top[k]
-    if (this.own.has(cur)) return cur
-    const c = { ...cur } as EngineState[K]
-    this.own.add(c)
-    top[k] = c
-    return c
-  }
-  /** Replace a whole section. */
-  put<K extends SectionName>(k: K, v: EngineState[K]): void {
-    this.top()[k] = v
-    this.own.add(v)
-  }
-  /** An outlet entry this step may mutate (copied once). */
-  out(id: string): OutletEntry {
-    const outs = this.sec('outlets')
-    const cur = outs[id]!
-    if (this.own.has(cur)) return cur
-    const c = { ...cur }
-    this.own.add(c)
-    outs[id] = c
-    this.changed.push(id)
-    return c
-  }
-  /** Outlet entries this step copied (changed), in order. */
-  readonly changed: string[] = []
-  /** The open session of an outlet, mutable (copied once). Arrays inside must be replaced, not mutated. */
-  sess(id: string): Session {
-    const e = this.out(id)
-    const cur = e.session!
-    if (this.own.has(cur)) return cur
-    const c = { ...cur }
-    this.own.add(c)
-    e.session = c
-    return c
-  }
-  record(r: RecordBody): void {
-    this.records.push(r)
-  }
-  relay(outlet: string, closed: boolean): void {
-    this.relays.push({ type: 'relay', outlet, closed })
-  }
-  touch(id: string): void {
-    this.touched.add(id)
-  }
-  effects(): Effect[] {
-    const out: Effect[] = this.records.map((record) => ({ type: 'record', record }))
-    // Opens first: the safe direction, and a close must wait for the commit anyway.
-    for (const r of this.relays) if (r.type === 'relay' && !r.closed) out.push(r)
-    for (const r of this.relays) if (r.type === 'relay' && r.closed) out.push(r)
-    for (const id of this.touched) {
-      const e = this.state.outlets[id]
-      if (e) out.push({ type: 'status', status: statusOf(e, this.iso) })
-    }
-    if (this.result) out.push({ type: 'result', result: this.result })
-    return out
   }
 }
 
