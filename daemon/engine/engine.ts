@@ -31,18 +31,9 @@ import type {
 } from '../../core/types.js'
 import { minOffMs, minOnMs, planCircuits, type CircuitLimit, type Contender } from './circuits.js'
 import { OutpostError, type CommandErrorCode } from './errors.js'
-import {
-  assertTimeZone,
-  divRoundHalfUp,
-  forEachPeriodRun,
-  lineAmountMicros,
-  microsPerMinor,
-  periodAt,
-  priceTimeline,
-  type TimelineEntry,
-} from './pricing.js'
+import { divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, priceTimeline, type TimelineEntry } from './pricing.js'
 import { planProblems } from './plan-rules.js'
-import type { CircuitEntry, CircuitSettings, EngineEvent, EngineState, LineAcc, OutletEntry, Session, SettingsSection, StepResult } from './state.js'
+import type { CircuitEntry, CircuitSettings, EngineEvent, EngineState, LineAcc, OutletEntry, Session, StepResult } from './state.js'
 import {
   knownCurrency,
   hasOwn,
@@ -60,6 +51,7 @@ import {
   idleState,
 } from './00-queries.js'
 import { Ctx } from './10-context.js'
+import { settingsFrom, outletCircuit, newOutlet } from './20-setup.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 /** Taper heuristic window: the minute before current fell. */
@@ -70,95 +62,6 @@ const TAPER_SLOT_MS = 5_000
 const COMMAND_MEMORY = 256
 /** A reading above this multiple of the outlet's rating is impossible. */
 const RATING_FACTOR = 1.5
-
-// ---------------------------------------------------------------- construction
-
-function settingsFrom(config: SiteConfig): SettingsSection {
-  assertTimeZone(config.site.timezone)
-  const configPlans: Record<string, PlanConfig> = {}
-  for (const p of config.plans) configPlans[p.id] = structuredClone(p)
-  return {
-    siteId: config.site.id,
-    timezone: config.site.timezone,
-    sessions: { ...config.sessions },
-    offlineLimitMs: config.offline.limitMinutes === null ? null : config.offline.limitMinutes * 60_000,
-    uplink: config.uplink !== undefined,
-    centralAuth: config.ocpp !== undefined,
-    configPlans,
-    circuits: circuitSettings(config),
-  }
-}
-
-/** Each circuit with its chain to the root and its children, computed once per config. */
-function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
-  const out: Record<string, CircuitSettings> = {}
-  const byId = new Map((config.circuits ?? []).map((c) => [c.id, c]))
-  for (const c of config.circuits ?? []) {
-    const chain: string[] = []
-    // The config refuses cycles and unknown parents; the walk stops at either all the same.
-    for (let cur: string | undefined = c.id; cur !== undefined && byId.has(cur) && !chain.includes(cur); cur = byId.get(cur)!.parent) chain.push(cur)
-    out[c.id] = {
-      maxA: c.maxA,
-      chain,
-      children: [],
-      members: config.outlets.filter((o) => o.circuit === c.id).map((o) => o.id),
-      metered: c.meter !== undefined,
-      failsafeA: c.failsafeA ?? 0,
-      slotMs: (c.slotS ?? 1800) * 1000,
-    }
-  }
-  for (const c of config.circuits ?? [])
-    if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
-  return out
-}
-
-const PHASE_INDEX = { L1: 0, L2: 1, L3: 2 } as const
-
-function outletCircuit(o: SiteConfig['outlets'][number]): { circuit: string | null; phase: 0 | 1 | 2; priority: number } {
-  return { circuit: o.circuit ?? null, phase: PHASE_INDEX[o.phase ?? 'L1'] ?? 0, priority: o.priority ?? 0 }
-}
-
-function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {
-  const auto = o.autoStart?.userId ?? null
-  return {
-    id: o.id,
-    hasRelay: o.relay !== undefined,
-    ratingA: o.ratingA,
-    configPlan: o.plan,
-    planId: o.plan,
-    configAutoStart: auto,
-    autoStartUser: auto,
-    autoStartSuspended: false,
-    available: true,
-    state: 'off',
-    relayClosed: false,
-    last: null,
-    fresh: false,
-    goodAt: now,
-    badDetail: null,
-    meterFault: null,
-    relayFault: null,
-    session: null,
-    recon: null,
-    removed: false,
-    ...outletCircuit(o),
-  }
-}
-
-/** A fresh state for a site: every outlet off, no sessions, no wallets. Send `boot` next. */
-export function initialState(config: SiteConfig): EngineState {
-  const outlets: Record<string, OutletEntry> = {}
-  for (const o of config.outlets) outlets[o.id] = newOutlet(o, 0)
-  return {
-    outlets,
-    gateway: { running: false, bootAt: null, online: false, offlineSince: null, nextSession: 1, idPrefix: null },
-    settings: settingsFrom(config),
-    wallets: {},
-    plans: {},
-    commands: { ids: [], results: {} },
-    circuits: {},
-  }
-}
 
 // ---------------------------------------------------------------- sessions
 

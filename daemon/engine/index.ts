@@ -2,7 +2,8 @@
  * The session and pricing engine, pure: the daemon feeds it events and carries
  * out its effects. See docs/engine.md.
  */
-export { initialState, circuitMemoCheck, outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus, step } from './engine.js'
+export { initialState } from './20-setup.js'
+export { circuitMemoCheck, outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus, step } from './engine.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,
