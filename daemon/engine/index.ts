@@ -3,7 +3,8 @@
  * out its effects. See docs/engine.md.
  */
 export { initialState } from './20-setup.js'
-export { circuitMemoCheck, outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus, step } from './engine.js'
+export { circuitMemoCheck } from './30-scheduler.js'
+export { outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus, step } from './engine.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,
