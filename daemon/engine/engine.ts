@@ -24,33 +24,30 @@ import type {
   OutletStatus,
   PlanConfig,
   SiteConfig,
-  BillingLine,
   SessionSettings,
   JournalSalvageInfo,
 } from '../../core/types.js'
 import { OutpostError, type CommandErrorCode } from './errors.js'
-import { divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor, periodAt, priceTimeline, type TimelineEntry } from './pricing.js'
+import { periodAt, priceTimeline, type TimelineEntry } from './pricing.js'
 import { planProblems } from './plan-rules.js'
-import type { CircuitEntry, EngineEvent, EngineState, LineAcc, OutletEntry, Session, StepResult } from './state.js'
+import type { CircuitEntry, EngineEvent, EngineState, OutletEntry, Session, StepResult } from './state.js'
 import {
   knownCurrency,
   hasOwn,
   isId,
   planById,
-  feeMicrosOf,
   canPay,
   offlineLimited,
-  billable,
   costNow,
   statusOf,
   hasCircuits,
-  onCircuit,
   circuitLimit,
   idleState,
 } from './00-queries.js'
 import { Ctx } from './10-context.js'
 import { settingsFrom, outletCircuit, newOutlet } from './20-setup.js'
 import { checkFeederTimer, onFeederReading, storeSummary, schedule } from './30-scheduler.js'
+import { openSession, account, endSession } from './40-sessions.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 /** Taper heuristic window: the minute before current fell. */
@@ -61,102 +58,6 @@ const TAPER_SLOT_MS = 5_000
 const COMMAND_MEMORY = 256
 /** A reading above this multiple of the outlet's rating is impossible. */
 const RATING_FACTOR = 1.5
-
-// ---------------------------------------------------------------- sessions
-
-function openSession(
-  ctx: Ctx,
-  outletId: string,
-  userId: string,
-  planId: string,
-  plan: PlanConfig,
-  trigger: Session['trigger'],
-  startTs: number,
-  startMWh: number,
-  cap: number,
-  drewCurrent: boolean,
-): Session {
-  const g = ctx.sec('gateway')
-  const n = g.nextSession
-  g.nextSession = n + 1
-  const id = `${g.idPrefix ?? '0'}-${n}`
-  const e = ctx.out(outletId)
-  const s: Session = {
-    id,
-    userId,
-    planId,
-    plan,
-    currency: plan.currency,
-    trigger,
-    startedAt: startTs,
-    meterStartMWh: startMWh,
-    lastTs: startTs,
-    lastMWh: startMWh,
-    lines: [],
-    drewCurrent,
-    peakA: 0,
-    window: [],
-    lowSince: null,
-    taperedAtLow: false,
-    capMinor: cap,
-    feeMicros: feeMicrosOf(plan),
-    offline: !ctx.gw.online,
-    // On a circuit, an activated session waits until the circuit rules switch it on (in this
-    // same step when there is room); an auto-start is already drawing through a closed relay.
-    queuedAt: onCircuit(ctx.state, e) && trigger === 'activation' ? ctx.now : null,
-    onAt: ctx.now,
-    offAt: null,
-    graceFrom: startTs,
-    awaitDraw: false,
-    drawing: trigger === 'auto-start',
-    switches: [],
-  }
-  e.session = s
-  ctx.record({ type: 'session.started', ts: ctx.iso, sessionId: id, outlet: outletId, userId, planId, trigger, meterWh: startMWh / 1000 })
-  ctx.touch(outletId)
-  return s
-}
-
-/**
- * Add the interval [a, b] with `energy` mWh to the session's lines, split at the
- * plan's period boundaries by linear interpolation in time (cumulative rounding
- * so the parts sum exactly to `energy`). b <= a: the energy goes to the period at a.
- */
-function account(ctx: Ctx, id: string, b: number, energy: number, mWh: number, paused: boolean): void {
-  const s = ctx.sess(id)
-  const a = s.lastTs
-  const lines = s.lines.slice()
-  const span = b - a
-  let given = 0
-  forEachPeriodRun(s.plan, ctx.s.timezone, a, Math.max(a, b), (from, to, p) => {
-    const cum = span <= 0 || to >= b ? energy : Math.round((energy * (to - a)) / span)
-    const share = cum - given
-    given = cum
-    const last = lines[lines.length - 1]
-    const ms = paused ? 0 : to - from
-    const pausedMs = paused ? to - from : 0
-    if (last && last.period === p.index && last.to === from) {
-      lines[lines.length - 1] = { ...last, to, mWh: last.mWh + share, ms: last.ms + ms, pausedMs: (last.pausedMs ?? 0) + pausedMs }
-    } else {
-      const line: LineAcc = {
-        from,
-        to,
-        period: p.index,
-        mWh: share,
-        ms,
-        pausedMs,
-        perKwh: p.perKwh,
-        perHour: p.perHour,
-        perKwhMicros: p.perKwhMicros,
-        perHourMicros: p.perHourMicros,
-      }
-      lines.push(line)
-    }
-  })
-  s.lines = lines
-  s.lastTs = Math.max(a, b)
-  s.lastMWh = mWh
-}
 
 /** Time-weighted mean current over the minute before `end`, from the window's samples. */
 function recentMean(window: [number, number][], end: number): number | null {
@@ -176,76 +77,6 @@ function recentMean(window: [number, number][], end: number): number | null {
   if (span > 0) return weighted / span
   const lastSample = window[window.length - 1]
   return lastSample ? lastSample[1] : null
-}
-
-function endSession(ctx: Ctx, id: string, reason: EndReason): void {
-  const e = ctx.out(id)
-  const s = e.session!
-  const unit = microsPerMinor(s.currency)
-  const iso = (t: number): string => new Date(t).toISOString()
-  const lines: BillingLine[] = billable(s)
-    ? s.lines.map((l) => {
-        const line: BillingLine = {
-          from: iso(l.from),
-          to: iso(l.to),
-          energyWh: l.mWh / 1000,
-          seconds: l.ms / 1000,
-          perKwh: l.perKwh,
-          perHour: l.perHour,
-          amountMicros: lineAmountMicros(l.mWh, l.ms, l.perKwhMicros, l.perHourMicros),
-        }
-        if ((l.pausedMs ?? 0) > 0) line.pausedS = l.pausedMs / 1000
-        return line
-      })
-    : []
-  let pausedMs = 0
-  for (const l of s.lines) pausedMs += l.pausedMs ?? 0
-  let feeMicros = billable(s) ? s.feeMicros : 0
-  let sum = feeMicros
-  for (const l of lines) sum += l.amountMicros
-  let total = divRoundHalfUp(sum, unit)
-  if (total > s.capMinor) {
-    // Never bill above the balance reserved at start: waive the excess, newest line first.
-    let excess = sum - s.capMinor * unit
-    for (let i = lines.length - 1; i >= 0 && excess > 0; i--) {
-      const l = lines[i]!
-      const cut = Math.min(excess, l.amountMicros)
-      if (cut > 0) lines[i] = { ...l, amountMicros: l.amountMicros - cut, waivedMicros: cut }
-      excess -= cut
-    }
-    feeMicros -= excess // only when the lines alone could not absorb it
-    total = s.capMinor
-  }
-  ctx.record({
-    type: 'session.ended',
-    ts: ctx.iso,
-    sessionId: s.id,
-    outlet: id,
-    userId: s.userId,
-    planId: s.planId,
-    trigger: s.trigger,
-    startedAt: iso(s.startedAt),
-    endedAt: iso(s.lastTs),
-    reason,
-    durationS: (s.lastTs - s.startedAt) / 1000,
-    energyWh: (s.lastMWh - s.meterStartMWh) / 1000,
-    meterStartWh: s.meterStartMWh / 1000,
-    meterEndWh: s.lastMWh / 1000,
-    currency: s.currency,
-    lines,
-    activationFee: feeMicros / unit,
-    total,
-    offline: s.offline || !ctx.gw.online,
-    pausedS: pausedMs / 1000,
-  })
-  if (total > 0 && hasOwn(ctx.state.wallets, s.userId) && ctx.state.wallets[s.userId]!.currency === s.currency) {
-    // Debit the local copy (online or not): no second session can spend the same money
-    // before the cloud's next set-wallet, which replaces this figure.
-    const w = ctx.sec('wallets')
-    w[s.userId] = { ...w[s.userId]!, balance: w[s.userId]!.balance - total }
-  }
-  e.session = null
-  ctx.touch(id)
 }
 
 // ---------------------------------------------------------------- faults
