@@ -4,8 +4,8 @@
  */
 export { initialState } from './20-setup.js'
 export { circuitMemoCheck } from './30-scheduler.js'
+export { step } from './80-step.js'
 export { outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus } from './90-views.js'
-export { step } from './engine.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,

@@ -1,31 +1,25 @@
 /**
- * The session engine: every rule of a charging session as a pure function
- * `step(state, event, now) → { state, effects }`.
+ * The session engine's one entry point: every rule of a charging session as a pure
+ * function `step(state, event, now) → { state, effects }`, dispatching each event to its
+ * handler, then settling the outlets' derived states and relays.
  *
- * Owns: outlet states, session lifecycle (start, grace, unplug/taper, wallet cap,
- * plan windows, meter and relay faults, boot/shutdown closing, offline limit),
- * billing lines, local wallet copies, reconciliation counters, command results.
- * Must never: do I/O, read a clock (time is `now` and reading timestamps), use
- * randomness, mutate the state it was given, or use floats for money.
- *
- * Structural sharing: a step copies only what it changes (top-level sections and
- * `outlets[id]` entries), so the journal can persist exactly the changed parts,
- * and a step that changes nothing returns the very same state object.
- *
- * Effects come in the order they must happen: records, then relays (opens before
- * closes), then statuses, then the command result. The daemon may carry out a relay
- * OPEN before the journal commit; a relay CLOSE only after the step's records are durable.
+ * Owns: event validation (an unknown outlet or circuit, a non-finite `now`, an unknown
+ * event type throw and change nothing), which events count before boot, relay faults,
+ * the order of a step (handler, circuit scheduler, derived states, memo), each outlet's
+ * derived state and whether its relay is closed.
+ * Must never: do I/O, read a clock (time is `now` and reading timestamps), use randomness,
+ * mutate the state it was given, or use floats for money.
  */
 import type { OutletState } from '../../core/types.js'
-import { OutpostError } from './errors.js'
-import type { EngineEvent, EngineState, StepResult } from './state.js'
-import { hasOwn, hasCircuits, idleState } from './00-queries.js'
+import { hasCircuits, hasOwn, idleState } from './00-queries.js'
 import { Ctx } from './10-context.js'
-import { checkFeederTimer, onFeederReading, storeSummary, schedule } from './30-scheduler.js'
+import { checkFeederTimer, onFeederReading, schedule, storeSummary } from './30-scheduler.js'
 import { endSession } from './40-sessions.js'
 import { checkMeterTimer, onReading, onTick } from './50-readings.js'
 import { onCommand } from './60-commands.js'
-import { onBoot, onShutdown, onUplink, onConfig } from './70-gateway.js'
+import { onBoot, onConfig, onShutdown, onUplink } from './70-gateway.js'
+import { OutpostError } from './errors.js'
+import type { EngineEvent, EngineState, StepResult } from './state.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 
@@ -55,8 +49,6 @@ function deriveStates(ctx: Ctx): void {
     }
   }
 }
-
-// ---------------------------------------------------------------- step
 
 function requireFeeder(st: EngineState, id: unknown, what: string): string {
   if (typeof id !== 'string' || !hasOwn(st.settings.circuits ?? {}, id) || !st.settings.circuits[id]!.metered)
