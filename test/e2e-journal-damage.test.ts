@@ -8,10 +8,11 @@
  * `outpost records` after it stopped again — with every record still readable carried unchanged.
  */
 import t, { type Test } from 'tap'
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { readdirSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import type { JournalRecord, JournalSalvageInfo } from '../core/types.js'
 import { runCli } from './helpers/cli.js'
+import { garble } from './helpers/journal-charge.js'
 import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 type Started = JournalRecord & { type: 'gateway.started'; cleanShutdown: boolean; journalSalvage?: JournalSalvageInfo }
@@ -23,12 +24,6 @@ function records(config: string): JournalRecord[] {
     .split('\n')
     .filter((l) => l.trim() !== '')
     .map((l) => JSON.parse(l) as JournalRecord)
-}
-
-function garble(file: string, from = 0): void {
-  const b = readFileSync(file)
-  for (let i = Math.floor(b.length * from); i < b.length; i++) b[i] = b[i]! ^ (0x5a + (i % 61))
-  writeFileSync(file, b)
 }
 
 /** One daemon run: up, a charging car seen, then SIGTERM; returns its log. */

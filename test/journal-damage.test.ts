@@ -9,7 +9,7 @@
  */
 import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
-import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
@@ -20,18 +20,12 @@ import { initialState, step, type EngineState } from '../daemon/engine/index.js'
 import type { JournalRecord, JournalSalvageInfo } from '../core/types.js'
 import { packagePath } from '../core/paths.js'
 import { siteConfig } from './fixtures/engine-site.js'
-import { charge, opts, quietLog, T0 } from './helpers/journal-charge.js'
+import { charge, garble, opts, quietLog, T0 } from './helpers/journal-charge.js'
 
 const config = siteConfig()
 const NOW = T0 + 10_000_000
 const GENESIS = '0'.repeat(64)
 
-/** Every byte of `file` from `from` (a fraction of its length) on, XORed with a pattern: a failing card's bad sectors. */
-function garble(file: string, from = 0): void {
-  const b = readFileSync(file)
-  for (let i = Math.floor(b.length * from); i < b.length; i++) b[i] = b[i]! ^ (0x5a + (i % 61))
-  writeFileSync(file, b)
-}
 const filesOf = (loc: string, ext: string) =>
   readdirSync(loc)
     .filter((f) => f.endsWith(ext))

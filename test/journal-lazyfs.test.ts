@@ -72,6 +72,21 @@ function start(args: string[]): Run {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
+
+async function kill(fs: LazyFs, run: Run): Promise<void> {
+  run.child.kill('SIGKILL')
+  await fs.guard('the child dying', run.exited)
+}
+
+/** Let a charging child boot, run `ms` more, then SIGKILL it. */
+async function bootThenKill(fs: LazyFs, run: Run, ms: number): Promise<void> {
+  await fs.guard(
+    'the child booting',
+    run.waitFor((l) => l.startsWith('ready ')),
+  )
+  await sleep(ms)
+  await kill(fs, run)
+}
 const wh = (i: number, t: number): number => registerMWh(i, t) / 1000
 
 /** The LevelDB LOG, read through the mount after the child died and before the cut drops it. */
@@ -219,15 +234,10 @@ t.test(
               await sleep(Math.floor(random() * 25))
               if (!run.lines.some((l) => l.startsWith('ready'))) killedInRecovery++
             } else {
-              await fs.guard(
-                'the child booting',
-                run.waitFor((l) => l.startsWith('ready ')),
-              )
-              await sleep(Math.floor(random() * 120))
+              await bootThenKill(fs, run, Math.floor(random() * 120))
             }
           }
-          run.child.kill('SIGKILL')
-          await fs.guard('the child dying', run.exited)
+          if (scenario !== 'charging') await kill(fs, run)
           // What the LOG shows of the moment of the kill (nothing writes it now): a table write or compaction cut short?
           const log = await readLog(fs, storageDir)
           if (compactionInFlight(log)) midCompaction++
@@ -360,13 +370,7 @@ t.test(
           // Charge, then the cut.
           clock += 3_600_000
           const run = start(['run', storageDir, String(SEED + chain * 100 + flip), configFile, String(clock)])
-          await fs.guard(
-            'the child booting',
-            run.waitFor((l) => l.startsWith('ready ')),
-          )
-          await sleep(Math.floor(random() * 150))
-          run.child.kill('SIGKILL')
-          await fs.guard('the child dying', run.exited)
+          await bootThenKill(fs, run, Math.floor(random() * 150))
           await fs.guard('clear-cache', fs.clearCache())
           for (const l of run.lines)
             if (l.startsWith('c ')) {

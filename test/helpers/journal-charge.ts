@@ -4,7 +4,7 @@
  * stopped by commands, one session left open; and the tools to look at what a damage left.
  */
 import { createHash, randomUUID } from 'node:crypto'
-import { readdirSync, readFileSync, statSync } from 'node:fs'
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Journal } from '../../daemon/journal/index.js'
 import { initialState, step, type EngineState } from '../../daemon/engine/index.js'
@@ -81,4 +81,11 @@ export function fingerprint(dir: string): Record<string, string> {
 export const quietLog = () => {
   const lines: string[] = []
   return { lines, warn: (_f: Record<string, unknown>, msg: string) => void lines.push(msg) }
+}
+
+/** Every byte of `file` from `from` (a fraction of its length) on, XORed with a pattern: a failing card's bad sectors. */
+export function garble(file: string, from = 0): void {
+  const b = readFileSync(file)
+  for (let i = Math.floor(b.length * from); i < b.length; i++) b[i] = b[i]! ^ (0x5a + (i % 61))
+  writeFileSync(file, b)
 }
