@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto'
 import { open, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { syncDir } from './swap.js'
+import { syncDir } from './fsync.js'
 
 export const MARKER_FILE = 'journal-seq.json'
 /** Seqs reserved at a time: one marker write per this many records (a few ms on an SD card). */

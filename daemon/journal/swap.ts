@@ -9,9 +9,10 @@
  * staging directory into place that was not fsynced whole first, or delete a
  * journal (the old one is only ever renamed aside).
  */
-import { access, open, readdir, rename, rm } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
+import { access, rename, rm } from 'node:fs/promises'
+import { dirname } from 'node:path'
 import { journalLocation } from './journal.js'
+import { syncDir } from './fsync.js'
 
 export async function exists(path: string): Promise<boolean> {
   try {
@@ -72,33 +73,4 @@ export async function swapIn(storageDir: string, aside: string): Promise<void> {
   await syncDir(dirname(location))
 }
 
-export async function syncDir(dir: string): Promise<void> {
-  const fd = await open(dir, 'r')
-  try {
-    await fd.sync()
-  } catch (err) {
-    // Some file systems cannot fsync a directory; their renames are durable by other means.
-    if (!['EINVAL', 'ENOTSUP', 'ENOSYS', 'EISDIR'].includes((err as { code?: string }).code ?? '')) throw err
-  } finally {
-    await fd.close()
-  }
-}
-
-/** fsync every file of a LevelDB directory, then the directory: LevelDB's repair does not sync the manifest it writes. */
-export async function syncTree(dir: string): Promise<void> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name)
-    if (entry.isDirectory()) {
-      await syncTree(path)
-      continue
-    }
-    if (!entry.isFile()) continue
-    const fd = await open(path, 'r')
-    try {
-      await fd.sync()
-    } finally {
-      await fd.close()
-    }
-  }
-  await syncDir(dir)
-}
+export { syncDir, syncTree } from './fsync.js'
