@@ -181,7 +181,7 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
     readFileSync(packagePath('systemd', '99-outpost-rs485.rules'), 'utf8'),
     'the udev rule',
   )
-  t.match(readFileSync(join(root, 'usr/local/bin/outpost'), 'utf8'), `exec ${nodePath} /opt/outpost/dist/bin/outpost.js "$@"`, 'the outpost command: the package bin')
+  t.match(readFileSync(join(root, 'usr/local/bin/outpost'), 'utf8'), `exec ${nodePath} /opt/outpost/dist/bin/outpost.js "$@"`, 'the outpost command')
   t.equal(mode('usr/local/bin/outpost'), '755')
 
   // /opt/outpost is exactly the packed package plus its runtime dependencies.

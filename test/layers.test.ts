@@ -94,15 +94,16 @@ function moduleCycles(graph: Graph): string[] {
   return out
 }
 
-/** Every file `start` loads, itself included. */
-function closure(graph: Graph, start: string): string[] {
+/** Every file `start` loads, itself included (`eager`: only those loaded before any import() runs). */
+function closure(graph: Graph, start: string, eager = false): string[] {
   const seen = new Set<string>()
   const pending = [start]
   while (pending.length) {
     const f = pending.pop()!
     if (seen.has(f)) continue
     seen.add(f)
-    pending.push(...(graph.get(f)?.local ?? []))
+    const { local = [], lazy = [] } = graph.get(f) ?? {}
+    pending.push(...(eager ? local.filter((d) => !lazy.includes(d)) : local))
   }
   return [...seen].sort()
 }
@@ -113,20 +114,6 @@ function forbiddenImports(graph: Graph, from: (file: string) => boolean, allowed
   for (const [file, { local, packages }] of [...graph].sort(([a], [b]) => (a < b ? -1 : 1)))
     if (from(file)) for (const dep of [...local, ...packages]) if (!allowed(dep)) out.push(`${file} -> ${dep}`)
   return out
-}
-
-/** Every file `start` loads before any import() runs, itself included. */
-function eagerClosure(graph: Graph, start: string): string[] {
-  const seen = new Set<string>()
-  const pending = [start]
-  while (pending.length) {
-    const f = pending.pop()!
-    if (seen.has(f)) continue
-    seen.add(f)
-    const { local = [], lazy = [] } = graph.get(f) ?? {}
-    pending.push(...local.filter((d) => !lazy.includes(d)))
-  }
-  return [...seen].sort()
 }
 
 /**
@@ -297,7 +284,7 @@ t.test('the bin names both sides and loads each command only when its word is gi
     "the cloud side's entry",
   )
   t.ok(bin.lazy?.includes('cloud/cli.ts'), 'loaded by import(), when `ingest` is given')
-  const eager = eagerClosure(graph, 'bin/outpost.ts')
+  const eager = closure(graph, 'bin/outpost.ts', true)
   t.same(
     eager.filter((f) => f.startsWith('cloud/') || f.startsWith('daemon/commands/')),
     [],
