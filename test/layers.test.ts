@@ -31,8 +31,11 @@ function importGraph(tops: string[]): Graph {
         const local: string[] = []
         const lazy: string[] = []
         const packages: string[] = []
-        for (const m of source.matchAll(/(?:^|\n)\s*(?:import|export)\b[^'"]*?from\s*['"]([^'"]+)['"]|import\s*\(\s*['"]([^'"]+)['"]\s*\)/g)) {
-          const spec = (m[1] ?? m[2])!
+        // `import … from 'x'`, `export … from 'x'`, `import('x')`, and a bare `import 'x'` (loaded for its effects).
+        for (const m of source.matchAll(
+          /(?:^|\n)\s*(?:import|export)\b[^'"]*?from\s*['"]([^'"]+)['"]|import\s*\(\s*['"]([^'"]+)['"]\s*\)|(?:^|\n)\s*import\s*['"]([^'"]+)['"]/g,
+        )) {
+          const spec = (m[1] ?? m[2] ?? m[3])!
           if (spec.startsWith('.')) {
             const dep = normalize(join(dirname(path), spec)).replace(/\.js$/, '.ts')
             local.push(dep)
