@@ -4,10 +4,11 @@
  *  - value: reading steps per second through `Daemon.dispatch` (the one-at-a-time queue,
  *    the engine step, the journal commit with the billed reading, effect routing: statuses,
  *    records, events) on an 8-outlet site with every outlet charging, the daemon started for
- *    real against the simulator over loopback Modbus TCP; once it has booted (its first read
- *    of every meter done), its own timers are stopped, so the benchmark's feed is its one
- *    source of readings (a poll of the simulator, which has no cars, would read 0 A and another
- *    register and end the sessions being measured);
+ *    real against the simulator over loopback Modbus TCP. The feed continues each meter's
+ *    register from where the simulator's stands (the daemon reads every meter once at boot: a
+ *    feed starting below that is a register stepping back, a meter fault that ends the session),
+ *    and once the daemon has booted its own timers are stopped, so the feed is its one source of
+ *    readings (a poll of the carless simulator would read 0 A and the simulator's register);
  *  - baseline: the same sequence as a bare loop of `step()` + `journal.commit()` on a
  *    journal of its own (the floor: what any daemon would have to do per reading).
  *
@@ -66,7 +67,15 @@ function site(dir: string, port: number): SiteConfig {
 /** The events of one site: wallets, a first reading, a start per outlet, then charging readings round-robin. */
 class Feed {
   t = T0
-  private readonly wh = Array.from({ length: OUTLETS }, (_, i) => 1_000_000 + i * 1000)
+  private readonly wh: number[]
+  /**
+   * Each register starts 1 Wh past the simulator's (the daemon reads every meter once at boot,
+   * and float32 kWh registers decode within a fraction of a Wh), a minute after that read: a
+   * plausible draw, neither a step back nor a glitch.
+   */
+  constructor(startWh: number[]) {
+    this.wh = startWh.map((wh) => wh + 1)
+  }
   private cmd = 0
   reading(i: number): EngineEvent {
     this.t += 100
@@ -75,6 +84,7 @@ class Feed {
     return { type: 'reading', outlet: `O${i}`, reading }
   }
   setup(): EngineEvent[] {
+    this.t += 60_000
     const ev: EngineEvent[] = []
     for (let i = 0; i < OUTLETS; i++) {
       ev.push({
@@ -90,8 +100,8 @@ class Feed {
   }
 }
 
-async function bare(dir: string, config: SiteConfig): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
-  const feed = new Feed()
+async function bare(dir: string, config: SiteConfig, startWh: number[]): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
+  const feed = new Feed(startWh)
   const journal = await Journal.open(dir, {
     bootId: randomUUID(),
     clockSynced: () => true,
@@ -133,8 +143,8 @@ function holdStill(daemon: Daemon): void {
   for (const t of timers as NodeJS.Timeout[]) clearInterval(t)
 }
 
-async function composed(dir: string, config: SiteConfig): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
-  const feed = new Feed()
+async function composed(dir: string, config: SiteConfig, startWh: number[]): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
+  const feed = new Feed(startWh)
   const clock: Clock = { now: () => feed.t, monotonic: () => performance.now(), synced: () => true }
   const daemon = new Daemon({ config: { ...config, storage: { ...config.storage, dir } }, clock, logger: createLogger('fatal'), version: 'bench' })
   await daemon.start()
@@ -161,9 +171,13 @@ export async function run(): Promise<BenchRow[]> {
   const closing: (() => Promise<void>)[] = []
   try {
     const config = site(join(root, 'unused'), sim.port)
-    const a = await bare(join(root, 'bare'), config)
+    // The daemon's boot read sees these registers; a feed starting elsewhere would be a meter
+    // stepping back (a fault, the session ended) or jumping ahead (a glitch, not billed).
+    const startWh = [...sim.outlets()].sort((x, y) => x.outlet - y.outlet).map((o) => o.energyWh)
+    if (startWh.length !== OUTLETS) throw new Error(`bench/daemon: the simulator has ${startWh.length} meters, not ${OUTLETS}`)
+    const a = await bare(join(root, 'bare'), config, startWh)
     closing.unshift(a.close)
-    const b = await composed(join(root, 'daemon'), config)
+    const b = await composed(join(root, 'daemon'), config, startWh)
     closing.unshift(b.close)
     // Interleave the two so load on this shared machine hits both alike.
     const base: number[] = []
