@@ -138,8 +138,8 @@ else
 fi
 say "building (npm run build:ship)"
 # From scratch: a module deleted upstream must not linger in dist/ and get packed. Only what
-# ships (core/, daemon/, drivers/: tsconfig.ship.json), not the tests and benchmarks, which
-# would double the compile on a Pi (npm test builds those itself).
+# ships (tsconfig.ship.json: the folders package.json "files" packs), not the tests and
+# benchmarks, which would double the compile on a Pi (npm test builds those itself).
 rm -rf "$SRC/dist"
 (cd "$SRC" && as_owner npm run build:ship --silent)
 CLI_SRC="$SRC/dist/daemon/cli.js"
