@@ -223,6 +223,8 @@ export interface SiteOptions {
   /** The peer's TCP port (bus "site"), unless `rtuPath` is given. */
   port?: number
   rtuPath?: string
+  /** Further keys of bus "site" (echo, requestGapMs, ...). */
+  bus?: Record<string, unknown>
   outlets: number
   brokerUrl?: string
   /** Per-outlet extras, by outlet number (1-based): plan, autoStart. */
@@ -257,6 +259,7 @@ export function writeSiteConfig(o: SiteOptions): string {
   const bus = o.rtuPath
     ? { id: 'site', type: 'modbus-rtu', path: o.rtuPath, baudRate: 9600, parity: 'none', stopBits: 1, timeoutMs: 500, retries: 1 }
     : { id: 'site', type: 'modbus-tcp', host: '127.0.0.1', port: o.port, timeoutMs: 500, retries: 1 }
+  Object.assign(bus, o.bus)
   const outlets = Array.from({ length: o.outlets }, (_, i) => ({
     id: `E${i + 1}`,
     bus: 'site',
