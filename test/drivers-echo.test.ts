@@ -260,3 +260,50 @@ t.test('a dropped reply is retried on an echo bus; without retries it is a timeo
   await t.rejects(site.outlet('M2').read(), { code: 'MODBUS_TIMEOUT' })
   t.same(await site.outlet('M2').read(), { ts: clock, ...sdm120(2) }, 'and the next poll is served')
 })
+
+t.test('a plain serial bus (line protocol) behind an echoing adapter', async (t) => {
+  const line = await echoLine('serial')
+  t.teardown(() => line.close())
+  const serialOutlets = [1, 2].map((n) => ({
+    id: `S${n}`,
+    bus: 'ser',
+    meter: { model: 'outpost-serial', unit: n },
+    relay: { model: 'outpost-serial', unit: n },
+    plan: 'p',
+  }))
+  const open = async (bus: Record<string, unknown>): Promise<SiteIO> => {
+    const site = await openSite(siteConfig([{ id: 'ser', type: 'serial', path: line.path, timeoutMs: 1000, retries: 0, ...bus }], serialOutlets), {
+      now,
+    })
+    t.teardown(() => site.close())
+    await site.bus('ser').scheduler.waitOpen(20_000)
+    return site
+  }
+  const s1 = { ts: clock, voltageV: 230.5, currentA: 0, powerW: 0, energyWh: 1000.5 }
+
+  await t.test('echo: true consumes and compares the echoed line', async (t) => {
+    const site = await open({ echo: true })
+    t.same(await site.outlet('S1').read(), s1)
+    await site.outlet('S2').setRelay(true)
+    t.equal(await site.outlet('S2').readRelay(), true)
+    await site.outlet('S2').setRelay(false)
+    await line.command({ cmd: 'corrupt', n: 1 })
+    await t.rejects(site.outlet('S1').read(), { code: 'BUS_ECHO_MISMATCH' })
+    t.same(await site.outlet('S1').read(), s1, 'served again after the bad echo')
+    t.equal(site.health()[0]!.echoErrors, 1)
+    await site.close()
+  })
+  await t.test('without echo an echoed request line is skipped (it never parses as a reply)', async (t) => {
+    const site = await open({})
+    t.same(await site.outlet('S1').read(), s1)
+    t.equal(site.health()[0]!.garbageBytes, 0)
+    await site.close()
+  })
+  await t.test('echo: true on an adapter that does not echo names the fix', async (t) => {
+    const site = await open({ echo: true })
+    await line.command({ cmd: 'echo', on: false })
+    await t.rejects(site.outlet('S1').read(), { code: 'BUS_ECHO_MISSING', message: /remove echo: true from bus "ser"/ })
+    await line.command({ cmd: 'echo', on: true })
+    await site.close()
+  })
+})
