@@ -11,6 +11,7 @@ import { Writable } from 'node:stream'
 import pino from 'pino'
 import { openSite, type SiteIO } from '../drivers/site.js'
 import { interFrameMs } from '../drivers/modbus.js'
+import { parseUnits, scanBus } from '../drivers/scan.js'
 import type { ModbusRequest, ModbusResponse } from '../drivers/modbus.js'
 import type { BusScheduler } from '../drivers/scheduler.js'
 import { echoLine, eventually, ptyPair, siteConfig, startPymodbus, type EchoLine, type WireEvent } from './fixtures/drivers-helpers.js'
@@ -306,4 +307,23 @@ t.test('a plain serial bus (line protocol) behind an echoing adapter', async (t)
     await line.command({ cmd: 'echo', on: true })
     await site.close()
   })
+})
+
+t.test('outpost scan behind an echoing adapter: --echo finds the devices; without it the scan stops with the diagnosis', async (t) => {
+  const line = await echoLine()
+  t.teardown(() => line.close())
+  const bus = (extra: Record<string, unknown>) =>
+    siteConfig(
+      [{ id: 'scan', type: 'modbus-rtu', path: line.path, timeoutMs: 200, retries: 0, ...extra }],
+      [{ id: 'x', bus: 'scan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
+    ).buses[0]!
+  const hits = await scanBus(bus({ echo: true }), parseUnits('1,7,100'), { now })
+  t.same(
+    hits.map((h) => [h.unit, h.kind, h.model]),
+    [
+      [1, 'meter', 'eastron-sdm120'],
+      [100, 'relay', 'modbus-coil'],
+    ],
+  )
+  await t.rejects(scanBus(bus({}), parseUnits('1-10'), { now }), { code: 'BUS_ECHO_UNEXPECTED' }, 'no unit is reported as answering')
 })
