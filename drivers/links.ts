@@ -11,6 +11,7 @@
  */
 import { OutpostError } from './errors.js'
 import type { ByteStream } from './transport.js'
+import { crc16 } from './crc.js'
 import { checkResponsePdu, encodeRtu, encodeTcp, scanRtu, scanTcp, validateRequest, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { encodeLine, parseLine, type LineReply, type LineRequest } from './line-protocol.js'
 
@@ -78,10 +79,13 @@ abstract class BaseLink<Req, Res> implements Link<Req, Res> {
   protected abstract examine(): void
   protected abstract timeoutError(req: Req, timeoutMs: number): OutpostError
   /**
-   * echo: true and the bytes so far differ from the request: the reply itself when the
-   * adapter does not echo (an error naming the fix), 'wait' while that cannot be told yet.
+   * The length of a complete reply to `req` at the head of the buffer, 'incomplete' while
+   * the head could still become one, undefined when it is not one. Used where the echo
+   * should be (echo: true).
    */
-  protected abstract replyWithoutEcho(req: Req): OutpostError | 'wait' | undefined
+  protected abstract replyAtHead(req: Req): number | 'incomplete' | undefined
+  /** Whether these bytes are one whole frame of this protocol (a late reply), not a corrupted echo. */
+  protected abstract wholeFrame(bytes: Buffer): boolean
 
   transact(req: Req, timeoutMs: number): Promise<Res> {
     if (this.pending && !this.pending.done) return Promise.reject(new OutpostError('BUS_BUSY', 'an exchange is already in flight (scheduler bug)'))
@@ -170,18 +174,49 @@ abstract class BaseLink<Req, Res> implements Link<Req, Res> {
 
   /** echo: true: compare what came back with the request; true once the whole echo is consumed. */
   private takeEcho(req: Req): boolean {
-    const n = Math.min(this.buf.length, this.sent.length)
-    if (!this.buf.subarray(0, n).equals(this.sent.subarray(0, n))) {
-      const verdict = this.replyWithoutEcho(req)
-      if (verdict === 'wait') return false
-      throw verdict ?? this.echoMismatch()
+    for (;;) {
+      const n = Math.min(this.buf.length, this.sent.length)
+      if (this.buf.subarray(0, n).equals(this.sent.subarray(0, n))) break
+      // A reply where the echo should be: an earlier attempt's late reply (the echo follows
+      // it: skip it) or an adapter that does not echo (nothing follows: the timeout says so).
+      const r = this.replyAtHead(req)
+      if (r === 'incomplete') return false
+      if (r === undefined) {
+        // A whole frame an earlier exchange left on the line, if this request's echo follows it.
+        const from = echoStart(this.buf, this.sent, (head) => this.wholeFrame(head))
+        if (from === undefined) throw this.echoMismatch()
+        this.counters.garbageBytes += from
+        this.buf = this.buf.subarray(from)
+        continue
+      }
+      const rest = this.buf.subarray(r)
+      if (rest.length === 0) return false
+      const m = Math.min(rest.length, this.sent.length)
+      if (!rest.subarray(0, m).equals(this.sent.subarray(0, m))) throw this.echoMismatch()
+      this.counters.garbageBytes += r
+      this.buf = rest
     }
-    if (n < this.sent.length) return false
+    if (this.buf.length < this.sent.length) return false
     this.buf = this.buf.subarray(this.sent.length)
     this.awaitingEcho = false
     this.echoConsumed = true
     return true
   }
+
+  /** echo: true and the timeout came before the whole echo: a lone reply means the adapter does not echo. */
+  protected echoTimeoutError(req: Req): OutpostError {
+    this.counters.garbageBytes += this.buf.length
+    return this.replyAtHead(req) === this.buf.length ? this.echoMissing() : this.echoMismatch()
+  }
+}
+
+/** The first offset past a whole frame from which the buffer holds the echo of `sent`, or its beginning so far. */
+function echoStart(buf: Buffer, sent: Buffer, wholeFrame: (head: Buffer) => boolean): number | undefined {
+  for (let i = 1; i < buf.length; i++) {
+    const m = Math.min(buf.length - i, sent.length)
+    if (buf.subarray(i, i + m).equals(sent.subarray(0, m)) && wholeFrame(buf.subarray(0, i))) return i
+  }
+  return undefined
 }
 
 /**
@@ -283,6 +318,11 @@ export class RtuLink extends BaseLink<ModbusRequest, ModbusResponse> {
    * exchange is settled or must wait for more bytes; false to scan for the reply.
    */
   private echoCopy(p: Pending<ModbusRequest, ModbusResponse>): boolean {
+    if (this.adapterEchoes) {
+      // Known since the port opened: every exchange fails until the config says echo: true.
+      this.counters.garbageBytes += this.buf.length
+      throw this.echoUnexpected()
+    }
     if (this.doubt) {
       const n = Math.min(this.buf.length, this.doubt.length)
       if (this.buf.subarray(0, n).equals(this.doubt.subarray(0, n))) {
@@ -294,40 +334,44 @@ export class RtuLink extends BaseLink<ModbusRequest, ModbusResponse> {
       this.doubt = undefined
     }
     const sent = this.sent
-    const n = Math.min(this.buf.length, sent.length)
-    if (!this.buf.subarray(0, n).equals(sent.subarray(0, n))) return false
-    if (n < sent.length) {
+    // The copy may follow the tail of an earlier exchange's late reply.
+    const at = this.buf.indexOf(sent)
+    if (at < 0) {
+      const n = Math.min(this.buf.length, sent.length)
+      if (n === sent.length || !this.buf.subarray(0, n).equals(sent.subarray(0, n))) return false
       // Either the echo on its way or a short reply that happens to begin like the request.
       const s = scanRtu(this.buf, p.req)
       return !(s.kind === 'frame' && s.skipped === 0)
     }
     const writeSingle = p.req.fc === 5 || p.req.fc === 6
-    const again = this.buf.subarray(sent.length)
+    const again = this.buf.subarray(at + sent.length)
     const m = Math.min(again.length, sent.length)
-    if (!writeSingle || this.adapterEchoes || (m > 0 && again.subarray(0, m).equals(sent.subarray(0, m)))) {
+    if (!writeSingle || (m > 0 && again.subarray(0, m).equals(sent.subarray(0, m)))) {
       this.adapterEchoes = true
       this.counters.garbageBytes += this.buf.length
       throw this.echoUnexpected()
     }
+    this.counters.garbageBytes += at
     if (!this.afterFailure) this.doubt = sent
     this.accept(p, Buffer.from(sent.subarray(1, sent.length - 2)))
     return true
   }
 
-  protected replyWithoutEcho(req: ModbusRequest): OutpostError | 'wait' | undefined {
+  protected wholeFrame(bytes: Buffer): boolean {
+    return bytes.length >= 4 && crc16(bytes, 0, bytes.length - 2) === bytes.readUInt16LE(bytes.length - 2)
+  }
+
+  protected replyAtHead(req: ModbusRequest): number | 'incomplete' | undefined {
     const s = scanRtu(this.buf, req)
-    if (s.kind === 'frame' && s.skipped === 0) return this.echoMissing()
-    if (s.kind === 'incomplete' && this.buf[0] === req.unit && (this.buf[1] === req.fc || this.buf[1] === (req.fc | 0x80))) return 'wait'
+    if (s.kind === 'frame' && s.skipped === 0) return s.pdu.length + 3
+    if (s.kind === 'incomplete' && this.buf[0] === req.unit && (this.buf[1] === req.fc || this.buf[1] === (req.fc | 0x80))) return 'incomplete'
     return undefined
   }
 
   protected timeoutError(req: ModbusRequest, timeoutMs: number): OutpostError {
     const what = `unit ${req.unit} did not answer FC${req.fc} @${req.address} within ${Math.round(timeoutMs)} ms`
     if (this.awaitingEcho) {
-      if (this.buf.length > 0) {
-        this.counters.garbageBytes += this.buf.length
-        return this.echoMismatch()
-      }
+      if (this.buf.length > 0) return this.echoTimeoutError(req)
       return new OutpostError('MODBUS_TIMEOUT', `${what}, and the adapter did not echo the request (bus ${this.bus} has echo: true)`)
     }
     if (this.buf.length === 0) {
@@ -393,8 +437,12 @@ export class TcpLink extends BaseLink<ModbusRequest, ModbusResponse> {
   }
 
   /** A TCP link never has echo: true. */
-  protected replyWithoutEcho(): undefined {
+  protected replyAtHead(): undefined {
     return undefined
+  }
+
+  protected wholeFrame(): boolean {
+    return false
   }
 }
 
@@ -459,19 +507,20 @@ export class LineLink extends BaseLink<LineRequest, LineReply> {
     }
   }
 
-  protected replyWithoutEcho(): OutpostError | 'wait' | undefined {
+  protected wholeFrame(bytes: Buffer): boolean {
+    return bytes.indexOf(0x0a) === bytes.length - 1
+  }
+
+  protected replyAtHead(req: LineRequest): number | 'incomplete' | undefined {
     const nl = this.buf.indexOf(0x0a)
-    if (nl < 0) return this.buf.length > 256 ? undefined : 'wait'
+    if (nl < 0) return this.buf.length > 256 ? undefined : 'incomplete'
     const r = parseLine(this.buf.subarray(0, nl).toString('latin1'))
-    if (r.kind === 'ok' && (r.message.type === 'D' || r.message.type === 'E')) return this.echoMissing()
+    if (r.kind === 'ok' && (r.message.type === 'D' || r.message.type === 'E') && r.message.addr === req.addr) return nl + 1
     return undefined
   }
 
   protected timeoutError(req: LineRequest, timeoutMs: number): OutpostError {
-    if (this.awaitingEcho && this.buf.length > 0) {
-      this.counters.garbageBytes += this.buf.length
-      return this.echoMismatch()
-    }
+    if (this.awaitingEcho && this.buf.length > 0) return this.echoTimeoutError(req)
     if (this.sawGarbage || this.buf.length > 0)
       return new OutpostError('SERIAL_GARBAGE', `controller ${req.addr}: no valid reply within ${Math.round(timeoutMs)} ms, only unreadable bytes`)
     return new OutpostError('SERIAL_TIMEOUT', `controller ${req.addr} did not answer within ${Math.round(timeoutMs)} ms`)

@@ -41,9 +41,9 @@ interface Captured {
 async function echoSite(
   t: Test,
   bus: Record<string, unknown>,
-  o: { extraBuses?: unknown[]; extraOutlets?: unknown[] } = {},
+  o: { extraBuses?: unknown[]; extraOutlets?: unknown[]; turnaroundMs?: number } = {},
 ): Promise<{ line: EchoLine; site: SiteIO; log: Captured }> {
-  const line = await echoLine()
+  const line = await echoLine('modbus', { delayMs: o.turnaroundMs })
   t.teardown(() => line.close())
   const log: Captured = { lines: [] }
   const logger = pino(
@@ -142,6 +142,24 @@ t.test('echo: true — a mismatched echo is retried', async (t) => {
   t.equal(site.health()[0]!.echoErrors, 2)
 })
 
+t.test('echo: true — a late reply ahead of the echo is skipped, never a config error', async (t) => {
+  const { site, line } = await echoSite(t, { echo: true, retries: 0 })
+  await line.command({ cmd: 'log' })
+  t.same(await site.outlet('M1').read(), { ts: clock, ...sdm120(1) })
+  // The reply to M1's first block, as the device sent it: replay it ahead of the next echo.
+  const events = (await line.command({ cmd: 'log' })).events!
+  const at = events.findIndex(([k]) => k === 'rep')
+  let reply = ''
+  for (let i = at; i < events.length && events[i]![0] === 'rep'; i++) reply += events[i]![2]
+  await line.command({ cmd: 'stale', hex: reply })
+  const before = site.health()[0]!.garbageBytes
+  t.same(await site.outlet('M1').read(), { ts: clock, ...sdm120(1) })
+  const h = site.health()[0]!
+  t.equal(h.garbageBytes - before, reply.length / 2, 'the late reply was skipped and counted')
+  t.equal(h.lastError, undefined, 'no echo diagnosis')
+  t.equal(h.echoErrors, 0)
+})
+
 t.test('echo off on an echoing adapter: the first exchange names the fix, logged once; another bus is unaffected', async (t) => {
   const plain = await ptyPair()
   t.teardown(() => plain.close())
@@ -178,7 +196,8 @@ t.test('echo off on an echoing adapter: the first exchange names the fix, logged
 })
 
 t.test('echo off on an echoing adapter: an FC05 "reply" that was the echo is found out by its second copy', async (t) => {
-  const { site } = await echoSite(t, {})
+  // The device answers 50 ms after the request, so the echo comes back alone first.
+  const { site } = await echoSite(t, {}, { turnaroundMs: 50 })
   const s = modbus(site)
   // A lone FC05 job: its first copy is indistinguishable from a reply and is taken.
   const first = await s.submit(100, 'relay', (tx) => tx({ unit: 100, fc: 5, address: 3, value: true }))
