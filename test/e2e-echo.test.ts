@@ -11,22 +11,19 @@ import { join } from 'node:path'
 import {
   ROOT,
   PY,
-  isEnded,
-  isStarted,
   ptyPair,
   startCloud,
   startDaemon,
   startPeer,
   startProc,
   startSession,
+  unplugSession,
   tempDir,
   waitFor,
   writeSiteConfig,
 } from './helpers/e2e-kit.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import type { Test } from 'tap'
-
-const WH_EPS = 0.02
 
 /** gateway ↔ pty pair ↔ echo relay ↔ pty pair ↔ site peer; returns the gateway's path and the peer. */
 async function echoingAdapter(t: Test, outlets: number): Promise<{ path: string; peer: Awaited<ReturnType<typeof startPeer>> }> {
@@ -49,17 +46,7 @@ t.test('a full session on an RS-485 bus whose adapter echoes (echo: true)', asyn
   const daemon = startDaemon(t, config)
   await cloud.waitRecord((r) => r.type === 'gateway.started', 'gateway.started')
 
-  const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000 })
-  const started = await cloud.waitRecord(isStarted('E1'), 'session.started')
-  t.ok(Math.abs(started.meterWh - e0) < WH_EPS, 'meterWh read through the echoing adapter is the register')
-  await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed (FC05 through the echo)')
-  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 3, 'charging')
-  await peer.unplug(1)
-  const eFinal = (await peer.outlet(1)).energyWh
-  const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
-  t.equal(ended.reason, 'unplugged')
-  t.ok(Math.abs(ended.energyWh - (eFinal - e0)) < WH_EPS, `energy ${ended.energyWh} = the peer's delta ${(eFinal - e0).toFixed(3)}`)
-  await waitFor(async () => !(await peer.outlet(1)).coil, 'coil 0 open again')
+  await unplugSession(t, peer, cloud, 'through the echoing adapter')
   t.equal((await peer.outlet(2)).coil, false, 'the other outlet was never switched')
   t.notOk(
     cloud.records().some((r) => r.type === 'outlet.fault'),
