@@ -16,7 +16,6 @@ import {
   startDaemon,
   startPeer,
   startProc,
-  startSession,
   unplugSession,
   tempDir,
   waitFor,
