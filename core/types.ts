@@ -39,12 +39,16 @@ export interface SerialLineConfig {
   stopBits: 1 | 2
   timeoutMs: number
   retries: number
+  /** The adapter echoes every request back before the reply (most cheap two-wire adapters): consume and compare the echo. */
+  echo: boolean
+  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
+  interFrameMs?: number
+  /** The least time from the end of one exchange to the next request (slow meters, slow adapters); 0 = the frame silence alone. */
+  requestGapMs: number
 }
 
 export interface ModbusRtuBusConfig extends SerialLineConfig {
   type: 'modbus-rtu'
-  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
-  interFrameMs?: number
 }
 
 export interface ModbusTcpBusConfig {

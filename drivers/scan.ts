@@ -44,8 +44,13 @@ function matches(model: DeviceModel, q: Record<string, number>): boolean {
   })
 }
 
-/** Timeout, garbage and CRC mean "nothing at this unit" rather than "something that said no". */
+/**
+ * Timeout, garbage and CRC mean "nothing at this unit" rather than "something that said no".
+ * An echo setting that does not match the adapter is rethrown: every unit would seem to
+ * answer, and the scan stops with the diagnosis instead.
+ */
 function absent(err: unknown): boolean {
+  if (isOutpostError(err, 'BUS_ECHO_UNEXPECTED', 'BUS_ECHO_MISSING')) throw err
   if (isOutpostError(err, 'MODBUS_TIMEOUT', 'MODBUS_GARBAGE', 'MODBUS_CRC')) return true
   // A TCP gateway answers 10/11 for a unit behind it that does not answer.
   const cause = (err as { cause?: { exceptionCode?: number } }).cause

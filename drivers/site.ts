@@ -86,16 +86,17 @@ export class Bus {
         dataBits: config.dataBits,
         stopBits: config.stopBits,
       })
-      const gap = config.type === 'modbus-rtu' && config.interFrameMs !== undefined ? config.interFrameMs : interFrameMs(config.baudRate, bits)
+      const line = {
+        ...common,
+        interFrameMs: config.interFrameMs ?? interFrameMs(config.baudRate, bits),
+        requestGapMs: config.requestGapMs,
+      }
+      const linkOpts = { bus: config.id, echo: config.echo }
       if (config.type === 'modbus-rtu') {
-        this.scheduler = new BusScheduler(new RtuLink(stream), {
-          ...common,
-          interFrameMs: gap,
-          wireMs: (req) => charMs * rtuBytes(req as ModbusRequest),
-        })
+        this.scheduler = new BusScheduler(new RtuLink(stream, linkOpts), { ...line, wireMs: (req) => charMs * rtuBytes(req as ModbusRequest) })
       } else {
         // A D line is at most ~60 characters; a request ~16.
-        this.scheduler = new BusScheduler(new LineLink(stream), { ...common, interFrameMs: gap, wireMs: () => charMs * 80 })
+        this.scheduler = new BusScheduler(new LineLink(stream, linkOpts), { ...line, wireMs: () => charMs * 80 })
       }
     }
   }
