@@ -129,7 +129,7 @@ export function validateModel(input: unknown, file: string): DeviceModel {
     const cited = (where: string, key: string | undefined): void => {
       if (key !== undefined && !Object.hasOwn(m.sources ?? {}, key)) problems.push(`${where}/source: "${key}" is not a key of "sources"`)
     }
-    ;(m.registers ?? []).forEach((r, i) => cited(`/registers/${i}`, r.source))
+    for (const [i, r] of (m.registers ?? []).entries()) cited(`/registers/${i}`, r.source)
     cited('/identity/model', m.identity?.model?.source)
     cited('/identity/serial', m.identity?.serial?.source)
     if (m.kinds.includes('relay') && !m.relay) problems.push('/relay: a relay model needs a "relay" section')
@@ -322,7 +322,7 @@ export function decodeIdentity(reg: IdentityRegister, words: number[]): string {
   let ws = words.slice(0, n)
   if (reg.type !== 'ascii' && (reg.wordOrder ?? 'big') === 'little') ws = ws.reverse()
   const b = Buffer.alloc(2 * n)
-  ws.forEach((w, i) => b.writeUInt16BE(w, 2 * i))
+  for (const [i, w] of ws.entries()) b.writeUInt16BE(w, 2 * i)
   // NULs are dropped wherever they are: some makers put one character in the low byte of each register.
   if (reg.type === 'ascii') return b.toString('latin1').replaceAll('\0', '').trim()
   if (reg.type === 'uint16') return String(b.readUInt16BE(0))
