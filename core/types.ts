@@ -213,6 +213,8 @@ export interface Reading {
   powerW: number
   energyWh: number
   voltageV: number
+  /** The meter's serial number as its serial register reads (models with identity.serial), once known. */
+  meterSerial?: string
 }
 
 // ---------------------------------------------------------------- records

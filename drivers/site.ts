@@ -15,7 +15,16 @@ import { LineLink, RtuLink, TcpLink } from './links.js'
 import type { LineReply, LineRequest } from './line-protocol.js'
 import { BusScheduler, type BusHealth, type Priority } from './scheduler.js'
 import { SerialStream, TcpStream } from './transport.js'
-import { decodeMeter, meterBlocks, ModelRegistry, REQUIRED_METER_QUANTITIES, type Block, type DeviceModel } from './models.js'
+import {
+  decodeIdentity,
+  decodeMeter,
+  identityWords,
+  meterBlocks,
+  ModelRegistry,
+  REQUIRED_METER_QUANTITIES,
+  type Block,
+  type DeviceModel,
+} from './models.js'
 
 export interface OutletIO {
   readonly id: string
@@ -195,6 +204,12 @@ export function openBus(config: BusConfig, opts: OpenOptions): Bus {
 class ModbusOutlet implements OutletIO {
   readonly hasRelay: boolean
   private readonly blocks: Block[]
+  /**
+   * The meter's serial number (models with identity.serial): read with the first good reading
+   * and again after any failed read (a meter swapped while silent shows with the next session).
+   * A serial register that does not answer is not asked again until the meter has failed a read.
+   */
+  private serial: { state: 'unread' | 'known' | 'failed'; value?: string } = { state: 'unread' }
   constructor(
     readonly id: string,
     private readonly bus: Bus,
@@ -212,11 +227,24 @@ class ModbusOutlet implements OutletIO {
     try {
       data = await this.bus.readBlocks(this.cfg.meter.unit, this.blocks, { delayMs: this.cfg.meter.delayMs })
     } catch (err) {
+      this.serial = { state: 'unread' }
       throw withLineHint(err, this.bus.config, this.meter)
     }
     const unavailable: string[] = []
     const q = decodeMeter(this.meter, this.blocks, data, unavailable)
-    return toReading(this.id, q, this.now(), unavailable)
+    const reading = toReading(this.id, q, this.now(), unavailable)
+    const reg = this.meter.identity?.serial
+    if (reg && this.serial.state === 'unread') {
+      try {
+        const words = await this.bus.readRegisters(this.cfg.meter.unit, reg.function, reg.address, identityWords(reg), {
+          delayMs: this.cfg.meter.delayMs,
+        })
+        this.serial = { state: 'known', value: decodeIdentity(reg, words) }
+      } catch {
+        this.serial = { state: 'failed' }
+      }
+    }
+    return this.serial.value !== undefined && this.serial.value !== '' ? { ...reading, meterSerial: this.serial.value } : reading
   }
 
   private relayPoint(): { unit: number; address: number; model: DeviceModel } {

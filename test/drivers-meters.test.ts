@@ -230,6 +230,9 @@ const MODELS: [number, string][] = [
   [12, 'finder-7m38'],
 ]
 
+/** The serial registers' values (ABB u32, Carlo Gavazzi text): they ride on each reading. */
+const SERIALS: Record<number, string> = { 3: '12345678', 4: '87654321', 5: '555', 6: 'ET11201', 7: 'EM11177' }
+
 const mean3 = (a: number, b: number, c: number): number => Number(((a + b + c) / 3).toPrecision(12))
 
 /** What each meter must read: import energy in Wh, never total or export. */
@@ -252,15 +255,25 @@ t.test('every new meter model reads import energy, power, current and voltage fr
   const peer = await startRegisterPeer(layout, { tcp: true })
   t.teardown(() => peer.kill())
   const cfg = siteConfig(
-    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: peer.port, timeoutMs: 1000, retries: 0 }],
+    [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: peer.port, timeoutMs: 500, retries: 0 }],
     MODELS.map(([unit, model]) => ({ id: `M${unit}`, bus: 'lan', meter: { model, unit }, plan: 'p' })),
   )
   const site: SiteIO = await openSite(cfg, { now: () => 7 })
   t.teardown(() => site.close())
   await site.bus('lan').scheduler.waitOpen(20_000)
   for (const [unit, model] of MODELS) {
-    t.same(await site.outlet(`M${unit}`).read(), { ts: 7, ...EXPECTED[unit]! }, `${model} at unit ${unit}`)
+    const serial = SERIALS[unit] !== undefined ? { meterSerial: SERIALS[unit] } : {}
+    t.same(await site.outlet(`M${unit}`).read(), { ts: 7, ...EXPECTED[unit]!, ...serial }, `${model} at unit ${unit}`)
   }
+
+  t.test('the serial number is read again after a failed read: a swapped meter shows', async (t) => {
+    await peer.set(4, 'hr', [0x8900, '>I', 11112222])
+    t.equal((await site.outlet('M4').read()).meterSerial, '87654321', 'not re-read while the meter keeps answering')
+    await peer.silence(4, true)
+    await t.rejects(site.outlet('M4').read(), { code: 'MODBUS_TIMEOUT' })
+    await peer.silence(4, false)
+    t.equal((await site.outlet('M4').read()).meterSerial, '11112222')
+  })
 
   t.test('a "not available" value or a NaN is a bad reading, never a number', async (t) => {
     const bad = async (unit: number, re: RegExp): Promise<void> => {
@@ -273,7 +286,7 @@ t.test('every new meter model reads import energy, power, current and voltage fr
     await peer.set(3, 'hr', [0x5b14, '>i', 0x7fffffff])
     await bad(3, /powerW is NaN.*powerW \(FC3 @0x5B14\) is "not available"/)
     await peer.set(3, 'hr', [0x5b14, '>i', 374400])
-    t.same(await site.outlet('M3').read(), { ts: 7, ...EXPECTED[3]! }, 'and a number again once the meter has one')
+    t.same(await site.outlet('M3').read(), { ts: 7, ...EXPECTED[3]!, meterSerial: '12345678' }, 'and a number again once the meter has one')
     // A B23/B24 phase that is "not available" spoils the combined current and voltage too.
     await peer.set(4, 'hr', [0x5b0e, 'words', ALL_FF(2)])
     await bad(4, /currentA is NaN.*currentA \(FC3 @0x5B0E\)/)

@@ -234,9 +234,12 @@ t.test('model files are validated with clear errors; an installer model works en
     type: 'uint32',
     ...extra,
   })
-  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [oneReg({ notAvailable: ['0xFFFF'] })] }, '/m/x.json'), {
-    message: /registers\/0\/notAvailable: 0xFFFF is not 2 register\(s\) of uint32/,
-  })
+  t.throws(
+    () => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [oneReg({ notAvailable: ['0xFFFF'] })] }, '/m/x.json'),
+    {
+      message: /registers\/0\/notAvailable: 0xFFFF is not 2 register\(s\) of uint32/,
+    },
+  )
   t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [oneReg({ source: 'manual' })] }, '/m/x.json'), {
     message: /registers\/0\/source: "manual" is not a key of "sources"/,
   })

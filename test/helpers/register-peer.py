@@ -24,6 +24,7 @@ struct (see test/drivers-meters.test.ts): no Outpost model file is read here.
 Prints "READY <port-or-path>" once it serves. Control, one JSON command per line on stdin,
 one JSON reply per line on stdout:
   {"cmd":"set","unit":1,"table":"hr","entry":[20480,"words",[65535,65535,65535,65535]]}
+  {"cmd":"silence","unit":1,"on":true}   the unit stops answering (false: it answers again)
 Closing stdin ends the process.
 """
 import argparse
@@ -89,6 +90,7 @@ def main():
             zero_mode=True,
         )
     context = ModbusServerContext(slaves=slaves, single=False)
+    silent = set()
 
     def handle(line):
         reply = {}
@@ -101,6 +103,8 @@ def main():
                     raise ValueError("no unit %s or table %s" % (unit, c["table"]))
                 address, words = encode(c["entry"])
                 context[unit].setValues(TABLE_FC[c["table"]], address, words)
+            elif cmd == "silence":
+                (silent.add if c.get("on", True) else silent.discard)(int(c["unit"]))
             else:
                 raise ValueError("unknown command %r" % cmd)
             reply["ok"] = True
@@ -109,6 +113,8 @@ def main():
         print(json.dumps(reply), flush=True)
 
     def manipulate(response):
+        if response.unit_id in silent:
+            return b"", True
         return response, False
 
     async def run():
