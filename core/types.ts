@@ -301,6 +301,8 @@ export type RecordBody =
       planId: string
       trigger: SessionTrigger
       meterWh: number
+      /** The serial number the outlet's meter reported when the session started (models with a serial register). */
+      meterSerial?: string
     }
   | {
       type: 'session.ended'
@@ -324,6 +326,8 @@ export type RecordBody =
       offline: boolean
       /** Seconds the session waited with its relay open on a full circuit (never billed per hour). */
       pausedS: number
+      /** The session.started's meterSerial: the meter that measured the session (signed into the OCMF as MS). */
+      meterSerial?: string
       /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
       ocmf?: string
     }

@@ -94,7 +94,8 @@ export function ocmfPayload(r: SessionEndedBody, c: OcmfContext): OcmfPayload {
     PG: `T${c.pagination}`,
     ...(c.meter.manufacturer ? { MV: c.meter.manufacturer } : {}),
     MM: c.meter.model,
-    MS: c.meter.serial,
+    // The serial the meter itself reported at the session's start, else the configured one.
+    MS: r.meterSerial ?? c.meter.serial,
     IS: true,
     IT: 'CENTRAL',
     ID: r.userId,
@@ -188,6 +189,7 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
   const expect: [string, unknown, unknown][] = [
     ['ID (user)', p.ID, r.userId],
     ['CI (outlet)', p.CI, r.outlet],
+    ...(r.meterSerial !== undefined ? [['MS (meter serial)', p.MS, r.meterSerial] as [string, unknown, unknown]] : []),
     ['TT (plan and total)', p.TT, tariffText(r)],
     ['RD[0].TX', b?.TX, 'B'],
     ['RD[0].RV (begin reading, kWh)', b?.RV, kwh(r.meterStartWh)],
