@@ -5,11 +5,15 @@
  * address, word order, type or scale in a model file fails here.
  */
 import t from 'tap'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { packagePath } from '../core/paths.js'
 import { openSite, type SiteIO } from '../drivers/site.js'
 import { parseUnits, scanBus } from '../drivers/scan.js'
 import { ModelRegistry } from '../drivers/models.js'
 import { siteConfig, startRegisterPeer, ptyPair, type PeerEntry, type PeerLayout } from './fixtures/drivers-helpers.js'
 
+const run = promisify(execFile)
 const zeros = (address: number, n: number): PeerEntry => [address, 'words', new Array<number>(n).fill(0)]
 const ALL_FF = (n: number): number[] => new Array<number>(n).fill(0xffff)
 
@@ -331,6 +335,17 @@ t.test('outpost scan names each model, its own model text and its serial number'
     ],
   )
   t.match(hits.find((h) => h.unit === 4)!.detail, /^B24 {2}serial 87654321 {2}230\.333333333 V {2}16 A {2}7370 W {2}420 Wh$/)
+  // The CLI prints the same: the model, its own name for itself and its serial; models it cannot tell apart.
+  const cli = await run(
+    process.execPath,
+    [packagePath('dist', 'daemon', 'cli.js'), 'scan', '--bus', `tcp://127.0.0.1:${peer.port}`, '--units', '1,4,6'],
+    {
+      timeout: 60_000,
+    },
+  )
+  t.match(cli.stdout, /^1\s+meter\s+eastron-sdm120\s+231\.5 V .*\(same registers: eastron-sdm230\)$/m)
+  t.match(cli.stdout, /^4\s+meter\s+abb-b23\s+B24 {2}serial 87654321 /m)
+  t.match(cli.stdout, /^6\s+meter\s+carlo-gavazzi-em111\s+ET112 \(ET112DINAV01XS1X\) {2}serial ET11201 /m)
 })
 
 t.test('Orno WE-514/515: 8E1 from the factory; read over RTU at even parity; a silent one on an 8N1 bus says why', async (t) => {
