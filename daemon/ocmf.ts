@@ -203,7 +203,7 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
   return { ok: true, pagination: Number(m[1]) }
 }
 
-/** Each outlet's meter identity from the config and its meter model (MV from the model, MS from meter.serial or `<bus>:<unit>`). */
+/** Each outlet's meter identity from the config and its meter model (MV from the model, MS from meter.serial or `<bus>:<unit>`, used when the record has no meterSerial). */
 export function meterIdentities(config: SiteConfig, manufacturerOf: (model: string) => string | undefined): Map<string, MeterIdentity> {
   const out = new Map<string, MeterIdentity>()
   for (const o of config.outlets) {
