@@ -217,6 +217,8 @@ export interface Reading {
   powerW: number
   energyWh: number
   voltageV: number
+  /** The meter's serial number as its serial register reads (models with identity.serial), once known. */
+  meterSerial?: string
 }
 
 // ---------------------------------------------------------------- records
@@ -303,6 +305,8 @@ export type RecordBody =
       planId: string
       trigger: SessionTrigger
       meterWh: number
+      /** The serial number the outlet's meter reported when the session started (models with a serial register). */
+      meterSerial?: string
     }
   | {
       type: 'session.ended'
@@ -326,6 +330,8 @@ export type RecordBody =
       offline: boolean
       /** Seconds the session waited with its relay open on a full circuit (never billed per hour). */
       pausedS: number
+      /** The session.started's meterSerial: the meter that measured the session (signed into the OCMF as MS). */
+      meterSerial?: string
       /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
       ocmf?: string
     }
