@@ -240,6 +240,7 @@ const BUS_TYPES = '"modbus-rtu", "modbus-tcp", "serial", "shelly", "tasmota"'
 
 function describePattern(at: string, pattern: string): string {
   if (at.endsWith('/url')) return 'must be a broker URL: mqtt://, mqtts://, ws:// or wss:// followed by host[:port]'
+  if (at.endsWith('/host')) return 'must be a host name or an IP address alone (no scheme, path or port: set port)'
   if (at.endsWith('/listen')) return 'must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080'
   if (at.endsWith('/topicPrefix')) return "must not contain '#', '+' or spaces"
   if (at.endsWith('/httpAdminRoot') || at.endsWith('/httpNodeRoot')) return "must start with '/'"
@@ -373,7 +374,7 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
     const busType = str(bus?.type)
     const meter = isObj(o.meter) ? o.meter : undefined
     const relay = isObj(o.relay) ? o.relay : undefined
-    if (busType !== undefined) {
+    if (busType !== undefined && BUS_TRANSPORT[busType] !== undefined) {
       for (const part of ['meter', 'relay'] as const) out.push(...addressProblems(o[part], busType, `${at}/${part}`))
       if (NET_BUS_TYPES.has(busType)) out.push(...channelProblems(o, busId!, busType, at, netClaims))
     }

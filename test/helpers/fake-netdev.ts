@@ -436,7 +436,7 @@ export class FakeShelly {
 
   /** The WebSocket auth object: ha2 over "dummy_method:dummy_uri", as the gen2 Authentication page has it. */
   private wsAuthorized(a: Record<string, unknown> | undefined): boolean {
-    if (!a || a.username !== 'admin' || a.realm !== this.deviceId || !this.nonces.has(String(a.nonce))) return false
+    if (a?.username !== 'admin' || a.realm !== this.deviceId || !this.nonces.has(String(a.nonce))) return false
     const ha1 = h(`admin:${this.deviceId}:${this.password}`)
     const ha2 = h('dummy_method:dummy_uri')
     return a.response === h(`${ha1}:${String(a.nonce)}:1:${String(a.cnonce)}:auth:${ha2}`)
