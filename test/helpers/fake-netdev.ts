@@ -28,6 +28,8 @@ class Load {
   amps = 0
   voltage = 230
   energyWh: number
+  /** What really flowed since the fake started: never reset, for tests to bound the bill. */
+  deliveredWh = 0
   private last = performance.now()
   private timer: NodeJS.Timeout
   constructor(
@@ -48,7 +50,9 @@ class Load {
 
   tick(): void {
     const t = performance.now()
-    this.energyWh += (this.power * (t - this.last)) / 3_600_000
+    const wh = (this.power * (t - this.last)) / 3_600_000
+    this.energyWh += wh
+    this.deliveredWh += wh
     this.last = t
   }
 
@@ -220,14 +224,17 @@ export class FakeShelly {
     this.load.set({ amps: 0 })
   }
 
-  /** A reboot: connections dropped, nonces forgotten, relay open, the counter at `energyWh` (0: reset). */
-  reboot(energyWh = 0): void {
+  /**
+   * A reboot: connections dropped, nonces forgotten, the counter at `energyWh` (0: reset);
+   * the relay comes back as it was with initial_state "restore_last", else open.
+   */
+  reboot(energyWh = 0, o: { restore?: boolean } = {}): void {
     clearTimeout(this.toggleTimer)
     this.nonces.clear()
     for (const ws of this.clients.keys()) ws.terminate()
     this.clients.clear()
     this.http.dropConnections()
-    this.setSwitch(false, 'init')
+    if (!o.restore) this.setSwitch(false, 'init')
     this.load.energyWh = energyWh
     if (this.retWh !== undefined) this.retWh = 0
   }
@@ -532,11 +539,12 @@ export class FakeTasmota {
     this.savedWh = this.load.energyWh
   }
 
-  /** A power cut: the relay opens (PowerOnState 0), the total falls back to the last save. */
-  powerCut(): void {
+  /** A power cut: the total falls back to the last save; the relay comes back as it was (PowerOnState 3) or open (0). */
+  powerCut(o: { restore?: boolean } = {}): void {
     clearTimeout(this.pulseTimer)
     this.http.dropConnections()
-    this.setPower(false)
+    // Restored on, the relay's pulse timer starts again as at any power on.
+    this.setPower(o.restore === true && this.load.closed)
     this.load.energyWh = this.savedWh
   }
 
