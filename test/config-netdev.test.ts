@@ -11,7 +11,6 @@ const PLAN = {
   periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 1 }],
 }
 
-// biome-ignore lint/suspicious/noExplicitAny: configs are mutated freely per case
 function base(): any {
   return {
     site: { id: 's', timezone: 'UTC' },
