@@ -26,7 +26,7 @@ import { startMosquitto } from '../test/helpers/mosquitto.js'
 import { PLANS, PREFIX, SITE, startCloud, startDaemon, waitFor } from '../test/helpers/e2e-kit.js'
 import { FakeShelly } from '../test/helpers/fake-netdev.js'
 import { DigestAuth } from '../drivers/netdev.js'
-import { bounded, median, percentile, Teardowns, type BenchRow } from './lib.js'
+import { bounded, median, percentile, runAlone, Teardowns, type BenchRow } from './lib.js'
 
 const OUTLETS = 4
 const CYCLES = Number(process.env.OUTPOST_BENCH_UNPLUG_CYCLES ?? 8)
@@ -189,17 +189,4 @@ export async function run(): Promise<BenchRow[]> {
   }
 }
 
-if (process.argv[1]?.endsWith('/bench/unplug-shelly.js')) {
-  run().then(
-    (rows) => {
-      for (const r of rows)
-        process.stdout.write(
-          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs bound ${r.baseline.toFixed(1)} = ${r.ratio.toFixed(2)}x${r.note ? ' — ' + r.note : ''}\n`,
-        )
-    },
-    (err: unknown) => {
-      process.stderr.write(`bench/unplug-shelly: ${(err as Error).stack ?? String(err)}\n`)
-      process.exitCode = 1
-    },
-  )
-}
+runAlone('unplug-shelly', run)

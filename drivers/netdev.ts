@@ -19,7 +19,8 @@ import type { Logger } from 'pino'
 import { OutpostError } from './errors.js'
 import type { NetDeviceConfig, OutletConfig, Reading } from '../core/types.js'
 import type { BusHealth, DeviceHealth, Priority } from './scheduler.js'
-import { REQUIRED_METER_QUANTITIES, type DeviceModel, type NetValue } from './models.js'
+import { REQUIRED_METER_QUANTITIES, type DeviceModel, type NetDeviceSpec, type NetValue } from './models.js'
+import type { OutletIO } from './site.js'
 
 // ---------------------------------------------------------------- HTTP
 
@@ -365,6 +366,113 @@ export class AutoOff {
   /** Whether a read that found the relay `closed` should re-arm it now. */
   due(closed: boolean): boolean {
     return this.wanted && closed && this.monotonic() - this.armedAt >= (this.autoOffS * 1000) / 3
+  }
+}
+
+type ReadCall = NetDeviceSpec['read'][number]
+type SwitchSpec = NonNullable<NetDeviceSpec['switch']>
+
+/**
+ * An outlet on a network device: a model's read calls into a Reading, the switch with its
+ * read-back, and the auto-off re-arm. The protocol (which request a call is) is the subclass's.
+ */
+export abstract class NetOutlet implements OutletIO {
+  readonly hasRelay: boolean
+  protected readonly meterCh: number
+  protected readonly relayCh: number
+  protected readonly autoOff: AutoOff
+
+  constructor(
+    readonly id: string,
+    dev: NetDevice,
+    cfg: OutletConfig,
+    protected readonly meter: DeviceModel,
+    protected readonly relay: DeviceModel | undefined,
+    private readonly now: () => number,
+  ) {
+    this.hasRelay = relay !== undefined
+    this.meterCh = netChannel(cfg, 'meter', dev.config.type)
+    this.relayCh = netChannel(cfg, 'relay', dev.config.type)
+    this.autoOff = new AutoOff(dev.config.autoOffS)
+  }
+
+  /** One of the meter model's read calls: the device's reply, and what to call it in errors. */
+  protected abstract ask(r: ReadCall): Promise<{ reply: unknown; what: string }>
+  /** The switch's state query (`get`): the reply. */
+  protected abstract state(sw: SwitchSpec, priority: Priority): Promise<unknown>
+  /** Switch; closing arms the auto-off. */
+  protected abstract switchTo(sw: SwitchSpec, closed: boolean): Promise<void>
+  /** Re-arm the auto-off of a relay that is closed. */
+  protected abstract rearmCall(sw: SwitchSpec): Promise<void>
+  /** A state path as sent (Tasmota fills in the relay number). */
+  protected statePath(p: string): string {
+    return p
+  }
+  /** A read reply that already holds the switch's state, so re-arming needs no query of its own. */
+  protected stateFrom(_replies: Map<ReadCall, unknown>, _sw: SwitchSpec): unknown {
+    return undefined
+  }
+
+  private sw(): SwitchSpec {
+    const sw = this.relay?.device?.switch
+    if (!sw) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
+    return sw
+  }
+
+  async read(): Promise<Reading> {
+    const q: Record<string, number> = {}
+    const replies = new Map<ReadCall, unknown>()
+    for (const r of this.meter.device!.read) {
+      const { reply, what } = await this.ask(r)
+      replies.set(r, reply)
+      for (const [name, v] of Object.entries(r.values)) q[name] = netValue(`outlet ${this.id} ${what}`, reply, name, v)
+    }
+    const reading = toNetReading(`outlet ${this.id}`, q, this.now())
+    await this.rearm(replies)
+    return reading
+  }
+
+  /** Re-arms the auto-off of a relay the gateway closed and the device still reports closed. */
+  private async rearm(replies: Map<ReadCall, unknown>): Promise<void> {
+    const sw = this.relay?.device?.switch
+    if (!sw || !this.autoOff.wanted) return
+    try {
+      const status = this.stateFrom(replies, sw) ?? (await this.state(sw, 'poll'))
+      if (!this.autoOff.due(this.closedIn(sw, status))) return
+      await this.rearmCall(sw)
+      this.autoOff.armed()
+    } catch {
+      // The device keeps its last timer: if the gateway is gone for good, the relay opens by itself.
+    }
+  }
+
+  protected closedIn(sw: SwitchSpec, reply: unknown): boolean {
+    for (const p of sw.path) {
+      const v = pathGet(reply, this.statePath(p))
+      if (v !== undefined) return v === sw.closedValue
+    }
+    throw new OutpostError(
+      'NET_BAD_REPLY',
+      `outlet ${this.id}: the switch state (${sw.path.map((p) => this.statePath(p)).join(' or ')}) is missing from ${sw.get}`,
+    )
+  }
+
+  async setRelay(closed: boolean): Promise<void> {
+    const sw = this.sw()
+    this.autoOff.wanted = closed
+    await this.switchTo(sw, closed)
+    if (closed) this.autoOff.armed()
+    const back = this.closedIn(sw, await this.state(sw, 'relay'))
+    if (back !== closed)
+      throw new OutpostError(
+        'RELAY_MISMATCH',
+        `outlet ${this.id}: relay ${this.relayCh} reads ${back ? 'closed' : 'open'} after being told to ${closed ? 'close' : 'open'}`,
+      )
+  }
+
+  async readRelay(): Promise<boolean> {
+    const sw = this.sw()
+    return this.closedIn(sw, await this.state(sw, 'poll'))
   }
 }
 

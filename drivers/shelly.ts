@@ -13,23 +13,10 @@
 import { randomBytes, createHash } from 'node:crypto'
 import WebSocket from 'ws'
 import { OutpostError } from './errors.js'
-import type { NetDeviceConfig, OutletConfig, Reading } from '../core/types.js'
-import type { OutletIO } from './site.js'
+import type { NetDeviceConfig, OutletConfig } from '../core/types.js'
 import type { Priority } from './scheduler.js'
-import type { DeviceModel } from './models.js'
-import {
-  AutoOff,
-  DigestAuth,
-  httpExchange,
-  NetDevice,
-  netChannel,
-  netValue,
-  parseJsonReply,
-  passwordReader,
-  pathGet,
-  toNetReading,
-  type NetOpenOptions,
-} from './netdev.js'
+import type { DeviceModel, NetDeviceSpec } from './models.js'
+import { DigestAuth, httpExchange, NetDevice, NetOutlet, parseJsonReply, passwordReader, type NetOpenOptions } from './netdev.js'
 
 /** Shelly's user name is fixed. */
 const USER = 'admin'
@@ -235,24 +222,16 @@ export class ShellyDevice extends NetDevice {
 }
 
 /** One outlet on a Shelly: its meter's component and, where it has one, its switch. */
-export class ShellyOutlet implements OutletIO {
-  readonly hasRelay: boolean
-  private readonly meterCh: number
-  private readonly relayCh: number
-  private readonly autoOff: AutoOff
-
+export class ShellyOutlet extends NetOutlet {
   constructor(
-    readonly id: string,
+    id: string,
     private readonly dev: ShellyDevice,
     cfg: OutletConfig,
-    private readonly meter: DeviceModel,
-    private readonly relay: DeviceModel | undefined,
-    private readonly now: () => number,
+    meter: DeviceModel,
+    relay: DeviceModel | undefined,
+    now: () => number,
   ) {
-    this.hasRelay = relay !== undefined
-    this.meterCh = netChannel(cfg, 'meter', 'shelly')
-    this.relayCh = netChannel(cfg, 'relay', 'shelly')
-    this.autoOff = new AutoOff(dev.config.autoOffS)
+    super(id, dev, cfg, meter, relay, now)
     dev.need(meter)
     if (relay) dev.need(relay)
   }
@@ -261,62 +240,26 @@ export class ShellyOutlet implements OutletIO {
     for (const r of this.meter.device!.read) if (r.component) this.dev.onNotify(`${r.component}:${this.meterCh}`, listener)
   }
 
-  async read(): Promise<Reading> {
-    const q: Record<string, number> = {}
-    const results = new Map<string, unknown>()
-    for (const r of this.meter.device!.read) {
-      const res = await this.dev.call('poll', r.method!, { id: this.meterCh })
-      results.set(r.method!, res)
-      for (const [name, v] of Object.entries(r.values)) q[name] = netValue(`outlet ${this.id} ${r.method}`, res, name, v)
-    }
-    const ts = this.now()
-    const reading = toNetReading(`outlet ${this.id}`, q, ts)
-    await this.rearm(this.meterCh === this.relayCh ? results : undefined)
-    return reading
+  protected async ask(r: NetDeviceSpec['read'][number]): Promise<{ reply: unknown; what: string }> {
+    return { reply: await this.dev.call('poll', r.method!, { id: this.meterCh }), what: r.method! }
   }
 
-  /** Re-arms toggle_after on a relay the gateway closed and the device still reports closed. */
-  private async rearm(results: Map<string, unknown> | undefined): Promise<void> {
-    const sw = this.relay?.device?.switch
-    if (!sw || !this.autoOff.wanted) return
-    try {
-      const status = results?.get(sw.get) ?? (await this.dev.call('poll', sw.get, { id: this.relayCh }))
-      if (!this.autoOff.due(this.closedIn(status))) return
-      await this.dev.call('relay', sw.set!, { id: this.relayCh, on: true, toggle_after: this.dev.config.autoOffS })
-      this.autoOff.armed()
-    } catch {
-      // The device keeps its last timer; if it is gone for good, the relay opens by itself.
-    }
+  /** Switch.GetStatus read for the meter already holds `output` when the meter and the switch are one component. */
+  protected override stateFrom(replies: Map<NetDeviceSpec['read'][number], unknown>, sw: NonNullable<NetDeviceSpec['switch']>): unknown {
+    if (this.meterCh !== this.relayCh) return undefined
+    for (const [r, reply] of replies) if (r.method === sw.get) return reply
+    return undefined
   }
 
-  private closedIn(status: unknown): boolean {
-    const sw = this.relay!.device!.switch!
-    for (const p of sw.path) {
-      const v = pathGet(status, p)
-      if (v !== undefined) return v === sw.closedValue
-    }
-    throw new OutpostError('NET_BAD_REPLY', `outlet ${this.id}: the switch state (${sw.path.join(' or ')}) is missing from ${sw.get}`)
+  protected state(sw: NonNullable<NetDeviceSpec['switch']>, priority: Priority): Promise<unknown> {
+    return this.dev.call(priority, sw.get, { id: this.relayCh })
   }
 
-  async setRelay(closed: boolean): Promise<void> {
-    const sw = this.relay?.device?.switch
-    if (!sw) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
-    this.autoOff.wanted = closed
-    const params: Record<string, unknown> = { id: this.relayCh, on: closed }
-    if (closed) params.toggle_after = this.dev.config.autoOffS
-    await this.dev.call('relay', sw.set!, params)
-    if (closed) this.autoOff.armed()
-    const back = this.closedIn(await this.dev.call('relay', sw.get, { id: this.relayCh }))
-    if (back !== closed)
-      throw new OutpostError(
-        'RELAY_MISMATCH',
-        `outlet ${this.id}: switch:${this.relayCh} of ${this.dev.id} reads ${back ? 'closed' : 'open'} after ${sw.set} ${closed ? 'on' : 'off'}`,
-      )
+  protected async switchTo(sw: NonNullable<NetDeviceSpec['switch']>, closed: boolean): Promise<void> {
+    await this.dev.call('relay', sw.set!, { id: this.relayCh, on: closed, ...(closed ? { toggle_after: this.dev.config.autoOffS } : {}) })
   }
 
-  async readRelay(): Promise<boolean> {
-    const sw = this.relay?.device?.switch
-    if (!sw) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
-    return this.closedIn(await this.dev.call('poll', sw.get, { id: this.relayCh }))
+  protected async rearmCall(sw: NonNullable<NetDeviceSpec['switch']>): Promise<void> {
+    await this.dev.call('relay', sw.set!, { id: this.relayCh, on: true, toggle_after: this.dev.config.autoOffS })
   }
 }

@@ -9,22 +9,10 @@
  * it falls back after a power cut: the engine sees the raw value and judges it).
  */
 import { OutpostError } from './errors.js'
-import type { NetDeviceConfig, OutletConfig, Reading } from '../core/types.js'
-import type { OutletIO } from './site.js'
+import type { NetDeviceConfig, OutletConfig } from '../core/types.js'
 import type { Priority } from './scheduler.js'
-import type { DeviceModel } from './models.js'
-import {
-  AutoOff,
-  httpExchange,
-  NetDevice,
-  netChannel,
-  netValue,
-  parseJsonReply,
-  passwordReader,
-  pathGet,
-  toNetReading,
-  type NetOpenOptions,
-} from './netdev.js'
+import type { DeviceModel, NetDeviceSpec } from './models.js'
+import { httpExchange, NetDevice, NetOutlet, parseJsonReply, passwordReader, type NetOpenOptions } from './netdev.js'
 
 export class TasmotaDevice extends NetDevice {
   private readonly password: (() => string) | undefined
@@ -96,85 +84,43 @@ export function pulseTime(s: number): number {
   return s <= 11 ? s * 10 : s + 100
 }
 
-export class TasmotaOutlet implements OutletIO {
-  readonly hasRelay: boolean
-  private readonly n: number
-  private readonly meterN: number
-  private readonly autoOff: AutoOff
-
+/** One outlet on a Tasmota plug: Status 10 for the meter, relay n for the switch. */
+export class TasmotaOutlet extends NetOutlet {
   constructor(
-    readonly id: string,
+    id: string,
     private readonly dev: TasmotaDevice,
     cfg: OutletConfig,
-    private readonly meter: DeviceModel,
-    private readonly relay: DeviceModel | undefined,
-    private readonly now: () => number,
+    meter: DeviceModel,
+    relay: DeviceModel | undefined,
+    now: () => number,
   ) {
-    this.hasRelay = relay !== undefined
-    this.meterN = netChannel(cfg, 'meter', 'tasmota')
-    this.n = netChannel(cfg, 'relay', 'tasmota')
-    this.autoOff = new AutoOff(dev.config.autoOffS)
+    super(id, dev, cfg, meter, relay, now)
   }
 
-  private cmd(template: string): string {
-    return template.replace(/\{n\}/g, String(this.n)).replace(/\{s\}/g, String(pulseTime(this.dev.config.autoOffS)))
+  private cmd(template: string, n = this.relayCh): string {
+    return template.replace(/\{n\}/g, String(n)).replace(/\{s\}/g, String(pulseTime(this.dev.config.autoOffS)))
   }
 
-  async read(): Promise<Reading> {
-    const q: Record<string, number> = {}
-    for (const r of this.meter.device!.read) {
-      const cmnd = r.command!.replace(/\{n\}/g, String(this.meterN))
-      const reply = await this.dev.command('poll', cmnd)
-      for (const [name, v] of Object.entries(r.values)) q[name] = netValue(`outlet ${this.id} ${cmnd}`, reply, name, v)
-    }
-    const reading = toNetReading(`outlet ${this.id}`, q, this.now())
-    await this.rearm()
-    return reading
+  protected override statePath(p: string): string {
+    return this.cmd(p)
   }
 
-  /** A Power On while on restarts the pulse timer: re-armed only when the device still reports the relay closed. */
-  private async rearm(): Promise<void> {
-    const sw = this.relay?.device?.switch
-    if (!sw?.autoOff || !this.autoOff.wanted) return
-    try {
-      if (!this.autoOff.due(this.closedIn(await this.dev.command('poll', this.cmd(sw.get))))) return
-      await this.dev.command('relay', this.cmd(sw.on!))
-      this.autoOff.armed()
-    } catch {
-      // The pulse timer runs on; if the gateway is gone for good the relay opens by itself.
-    }
+  protected async ask(r: NetDeviceSpec['read'][number]): Promise<{ reply: unknown; what: string }> {
+    const cmnd = this.cmd(r.command!, this.meterCh)
+    return { reply: await this.dev.command('poll', cmnd), what: cmnd }
   }
 
-  private closedIn(reply: unknown): boolean {
-    const sw = this.relay!.device!.switch!
-    for (const p of sw.path) {
-      const v = pathGet(reply, this.cmd(p))
-      if (v !== undefined) return v === sw.closedValue
-    }
-    throw new OutpostError(
-      'NET_BAD_REPLY',
-      `outlet ${this.id}: ${sw.path.map((p) => this.cmd(p)).join(' or ')} missing from the reply to ${this.cmd(sw.get)}`,
-    )
+  protected state(sw: NonNullable<NetDeviceSpec['switch']>, priority: Priority): Promise<unknown> {
+    return this.dev.command(priority, this.cmd(sw.get))
   }
 
-  async setRelay(closed: boolean): Promise<void> {
-    const sw = this.relay?.device?.switch
-    if (!sw) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
-    this.autoOff.wanted = closed
+  protected async switchTo(sw: NonNullable<NetDeviceSpec['switch']>, closed: boolean): Promise<void> {
     if (closed && sw.autoOff) await this.dev.command('relay', this.cmd(sw.autoOff))
     await this.dev.command('relay', this.cmd(closed ? sw.on! : sw.off!))
-    if (closed) this.autoOff.armed()
-    const back = this.closedIn(await this.dev.command('relay', this.cmd(sw.get)))
-    if (back !== closed)
-      throw new OutpostError(
-        'RELAY_MISMATCH',
-        `outlet ${this.id}: relay ${this.n} of ${this.dev.id} reads ${back ? 'ON' : 'OFF'} after ${closed ? 'On' : 'Off'}`,
-      )
   }
 
-  async readRelay(): Promise<boolean> {
-    const sw = this.relay?.device?.switch
-    if (!sw) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
-    return this.closedIn(await this.dev.command('poll', this.cmd(sw.get)))
+  /** A Power On while on restarts the pulse timer. */
+  protected async rearmCall(sw: NonNullable<NetDeviceSpec['switch']>): Promise<void> {
+    if (sw.autoOff) await this.dev.command('relay', this.cmd(sw.on!))
   }
 }

@@ -134,6 +134,48 @@ function json(res: ServerResponse, status: number, body: unknown, headers: Recor
   res.end(JSON.stringify(body))
 }
 
+/** What both fakes share: the HTTP side, the load, the switch log, fault modes. */
+abstract class FakeDevice {
+  abstract readonly load: Load
+  protected abstract readonly http: FakeServer
+  /** Every switch change, in order (the bench and the dead-gateway test read it). */
+  readonly switches: SwitchEvent[] = []
+  /** Requests that came with credentials and were refused. */
+  authFailures = 0
+
+  get port(): number {
+    return this.http.port
+  }
+
+  listen(port = 0): Promise<number> {
+    return this.http.listen(port)
+  }
+
+  get output(): boolean {
+    return this.load.closed
+  }
+
+  set mode(m: FaultMode) {
+    if (m === 'none') this.http.answer()
+    else this.http.mode = m
+    this.onMode(m)
+  }
+
+  get mode(): FaultMode {
+    return this.http.mode
+  }
+
+  protected onMode(_m: FaultMode): void {}
+
+  plug(amps: number): void {
+    this.load.set({ amps })
+  }
+
+  unplug(): void {
+    this.load.set({ amps: 0 })
+  }
+}
+
 // ---------------------------------------------------------------- Shelly
 
 export type ShellyProfile = 'switch' | 'pm1' | 'em1'
@@ -162,12 +204,12 @@ export interface SwitchEvent {
   at: number
 }
 
-export class FakeShelly {
+export class FakeShelly extends FakeDevice {
   readonly profile: ShellyProfile
   readonly deviceId: string
   readonly load: Load
   retWh: number | undefined
-  private readonly http: FakeServer
+  protected readonly http: FakeServer
   private readonly wss = new WebSocketServer({ noServer: true })
   private readonly clients = new Map<WebSocket, string | undefined>()
   private readonly nonces = new Set<string>()
@@ -176,12 +218,10 @@ export class FakeShelly {
   /** What `source` the switch reports (Shelly: the last command's origin). */
   private source = 'init'
   private readonly password: string | undefined
-  /** Every switch change, in order (the bench and the dead-gateway test read it). */
-  readonly switches: SwitchEvent[] = []
   readonly calls: string[] = []
-  authFailures = 0
 
   constructor(o: FakeShellyOptions = {}) {
+    super()
     this.profile = o.profile ?? 'switch'
     this.password = o.password
     this.retWh = o.retWh
@@ -194,34 +234,9 @@ export class FakeShelly {
     })
   }
 
-  get port(): number {
-    return this.http.port
-  }
-
-  listen(port = 0): Promise<number> {
-    return this.http.listen(port)
-  }
-
-  get output(): boolean {
-    return this.load.closed
-  }
-
-  set mode(m: FaultMode) {
-    if (m === 'none') this.http.answer()
-    else this.http.mode = m
+  /** Wi-Fi lost: open WebSockets stop reading too, so pings go unanswered. */
+  protected override onMode(m: FaultMode): void {
     if (m === 'silent') for (const ws of this.clients.keys()) (ws as unknown as { _socket: Socket })._socket.pause()
-  }
-
-  get mode(): FaultMode {
-    return this.http.mode
-  }
-
-  plug(amps: number): void {
-    this.load.set({ amps })
-  }
-
-  unplug(): void {
-    this.load.set({ amps: 0 })
   }
 
   /**
@@ -489,48 +504,22 @@ export interface FakeTasmotaOptions {
   port?: number
 }
 
-export class FakeTasmota {
+export class FakeTasmota extends FakeDevice {
   readonly load: Load
-  private readonly http: FakeServer
+  protected readonly http: FakeServer
   private readonly password: string | undefined
   /** The total as last saved to flash (Tasmota: once a day); a power cut falls back to it. */
   savedWh: number
   pulseTime = 0
   private pulseTimer: NodeJS.Timeout | undefined
-  readonly switches: SwitchEvent[] = []
   readonly commands: string[] = []
-  authFailures = 0
 
   constructor(o: FakeTasmotaOptions = {}) {
+    super()
     this.password = o.password
     this.load = new Load(o.energyWh ?? 5432.1, () => undefined)
     this.savedWh = this.load.energyWh
     this.http = new FakeServer((req, _body, res) => this.onHttp(req, res))
-  }
-
-  get port(): number {
-    return this.http.port
-  }
-
-  listen(port = 0): Promise<number> {
-    return this.http.listen(port)
-  }
-
-  get output(): boolean {
-    return this.load.closed
-  }
-
-  set mode(m: FaultMode) {
-    if (m === 'none') this.http.answer()
-    else this.http.mode = m
-  }
-
-  plug(amps: number): void {
-    this.load.set({ amps })
-  }
-
-  unplug(): void {
-    this.load.set({ amps: 0 })
   }
 
   /** Tasmota's daily save of the total to flash. */
