@@ -20,7 +20,7 @@ import { OutpostError } from './errors.js'
 import type { NetDeviceConfig, OutletConfig, Reading } from '../core/types.js'
 import type { BusHealth, DeviceHealth, Priority } from './scheduler.js'
 import { REQUIRED_METER_QUANTITIES, type DeviceModel, type NetDeviceSpec, type NetValue } from './models.js'
-import type { OutletIO } from './site.js'
+import type { OutletIO } from './outlet.js'
 
 // ---------------------------------------------------------------- HTTP
 

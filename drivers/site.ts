@@ -9,6 +9,7 @@
  */
 import type { Logger } from 'pino'
 import { OutpostError } from './errors.js'
+import type { OutletIO } from './outlet.js'
 import type { BusConfig, CircuitConfig, CircuitReading, NetDeviceConfig, OutletConfig, Reading, SiteConfig, WireBusConfig } from '../core/types.js'
 import { bitsPerChar, decodeBits, decodeWords, interFrameMs, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { LineLink, RtuLink, TcpLink } from './links.js'
@@ -20,18 +21,7 @@ import type { NetDevice } from './netdev.js'
 import { ShellyDevice, ShellyOutlet } from './shelly.js'
 import { TasmotaDevice, TasmotaOutlet } from './tasmota.js'
 
-export interface OutletIO {
-  readonly id: string
-  readonly hasRelay: boolean
-  /** One sample of the meter; ts from the injected clock when the reply arrived. */
-  read(): Promise<Reading>
-  /** Switch the relay (closed = current may flow), then read it back; RELAY_MISMATCH if it disagrees. */
-  setRelay(closed: boolean): Promise<void>
-  /** The relay's state as the device reports it. */
-  readRelay(): Promise<boolean>
-  /** Network devices that push changes (Shelly NotifyStatus): `listener` runs when the outlet should be read now. */
-  onChange?(listener: () => void): void
-}
+export type { OutletIO } from './outlet.js'
 
 /** A circuit's feeder meter: its phase currents. */
 export interface FeederIO {
