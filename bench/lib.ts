@@ -172,8 +172,8 @@ export function table(rows: (BenchRow & { bench: string })[]): string {
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
 }
 
-/** The node flags the `outpost` bin starts with: those on dist/daemon/cli.js's interpreter line. */
-export function binNodeFlags(cli = packagePath('dist', 'daemon', 'cli.js')): string[] {
+/** The node flags the `outpost` bin starts with: those on dist/bin/outpost.js's interpreter line. */
+export function binNodeFlags(cli = packagePath('dist', 'bin', 'outpost.js')): string[] {
   const first = readFileSync(cli, 'utf8').split('\n', 1)[0]!
   const m = first.match(/^#!.*?\bnode\b(.*)$/)
   if (!m) throw new Error(`${cli}: no node interpreter line`)
@@ -183,4 +183,21 @@ export function binNodeFlags(cli = packagePath('dist', 'daemon', 'cli.js')): str
 /** A meter reading event for the engine benches: `a` amperes at 230 V, the register at `energyWh`. */
 export function readingAt(outlet: string, ts: number, a: number, energyWh: number): EngineEvent {
   return { type: 'reading', outlet, reading: { ts, currentA: a, powerW: a * 230, energyWh, voltageV: 230 } }
+}
+
+/** `node dist/bench/NAME.js` alone: runs it and prints each bounded row against its bound. */
+export function runAlone(name: string, run: () => Promise<BenchRow[]>): void {
+  if (!process.argv[1]?.endsWith(`/bench/${name}.js`)) return
+  run().then(
+    (rows) => {
+      for (const r of rows)
+        process.stdout.write(
+          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs bound ${r.baseline.toFixed(1)} = ${r.ratio.toFixed(2)}x${r.note ? ' — ' + r.note : ''}\n`,
+        )
+    },
+    (err: unknown) => {
+      process.stderr.write(`bench/${name}: ${(err as Error).stack ?? String(err)}\n`)
+      process.exitCode = 1
+    },
+  )
 }

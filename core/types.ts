@@ -39,12 +39,16 @@ export interface SerialLineConfig {
   stopBits: 1 | 2
   timeoutMs: number
   retries: number
+  /** The adapter echoes every request back before the reply (most cheap two-wire adapters): consume and compare the echo. */
+  echo: boolean
+  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
+  interFrameMs?: number
+  /** The least time from the end of one exchange to the next request (slow meters, slow adapters); 0 = the frame silence alone. */
+  requestGapMs: number
 }
 
 export interface ModbusRtuBusConfig extends SerialLineConfig {
   type: 'modbus-rtu'
-  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
-  interFrameMs?: number
 }
 
 export interface ModbusTcpBusConfig {
@@ -61,14 +65,35 @@ export interface SerialBusConfig extends SerialLineConfig {
   type: 'serial'
 }
 
-export type BusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
+/** A network device that is its own bus: one Shelly or one Tasmota plug, meter and relay in one. */
+export interface NetDeviceConfig {
+  id: string
+  type: 'shelly' | 'tasmota'
+  host: string
+  port: number
+  /** Tasmota's web user; Shelly's is always admin. */
+  user?: string
+  /** First line: the device's password. */
+  passwordFile?: string
+  timeoutMs: number
+  retries: number
+  /** A relay the gateway closed opens by itself this long after its last re-arm. */
+  autoOffS: number
+  /** Shelly: hold a WebSocket for NotifyStatus. */
+  notify?: boolean
+}
+
+/** A bus of bytes: one scheduler owns its port. */
+export type WireBusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
+export type BusConfig = WireBusConfig | NetDeviceConfig
 
 export interface OutletConfig {
   id: string
   name?: string
   bus: string
-  meter: { model: string; unit: number; delayMs?: number; serial?: string }
-  relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
+  /** `unit` on a Modbus or serial bus (required there, config.ts checks), `channel` on a network device. */
+  meter: { model: string; unit?: number; channel?: number; delayMs?: number; serial?: string }
+  relay?: { model: string; unit?: number; channel?: number; coil?: number; register?: number; delayMs?: number }
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number
@@ -213,6 +238,8 @@ export interface Reading {
   powerW: number
   energyWh: number
   voltageV: number
+  /** The meter's serial number as its serial register reads (models with identity.serial), once known. */
+  meterSerial?: string
 }
 
 // ---------------------------------------------------------------- records
@@ -310,6 +337,8 @@ export type RecordBody =
       planId: string
       trigger: SessionTrigger
       meterWh: number
+      /** The serial number the outlet's meter reported when the session started (models with a serial register). */
+      meterSerial?: string
     }
   | {
       type: 'session.ended'
@@ -333,6 +362,8 @@ export type RecordBody =
       offline: boolean
       /** Seconds the session waited with its relay open on a full circuit (never billed per hour). */
       pausedS: number
+      /** The session.started's meterSerial: the meter that measured the session (signed into the OCMF as MS). */
+      meterSerial?: string
       /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
       ocmf?: string
     }
@@ -452,6 +483,27 @@ export interface RecordLog {
    * a read stops before the hole, and a read from inside it starts after it.
    */
   hole?(): { from: number; to: number } | undefined
+}
+
+// ---------------------------------------------------------------- the pull (P/pull/answer), both sides of the contract
+
+/** Why a pull was refused (PullAnswer.error). */
+export interface PullError {
+  /** 'invalid-pull' (malformed request), 'compacted' (range no longer held), 'internal'. */
+  code: 'invalid-pull' | 'compacted' | 'internal'
+  message: string
+  /** With 'compacted': the oldest seq the journal still holds. */
+  oldest?: number
+}
+
+/** A gateway's answer to a pull: what the uplink publishes on P/pull/answer and the cloud reads. */
+export interface PullAnswer {
+  requestId: string | null
+  records: JournalRecord[]
+  /** The seq to pull next for the rest of the range, or null when the range is complete. */
+  next: number | null
+  head: number
+  error?: PullError
 }
 
 // The list and the record shapes name the same types: a record added to one and not the other does not compile.

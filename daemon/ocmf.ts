@@ -12,6 +12,7 @@ import { createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import type { SessionEndedBody, SiteConfig } from '../core/types.js'
 import { currencyMinorDigits, formatMinor } from '../core/money.js'
 import { OutpostError } from './errors.js'
+import { meterSerial } from '../core/meter-serial.js'
 
 export const OCMF_VERSION = '1.2'
 export const SIGNATURE_ALGORITHM = 'ECDSA-secp256r1-SHA256'
@@ -94,7 +95,8 @@ export function ocmfPayload(r: SessionEndedBody, c: OcmfContext): OcmfPayload {
     PG: `T${c.pagination}`,
     ...(c.meter.manufacturer ? { MV: c.meter.manufacturer } : {}),
     MM: c.meter.model,
-    MS: c.meter.serial,
+    // The serial the meter itself reported at the session's start, else the configured one.
+    MS: r.meterSerial ?? c.meter.serial,
     IS: true,
     IT: 'CENTRAL',
     ID: r.userId,
@@ -188,6 +190,7 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
   const expect: [string, unknown, unknown][] = [
     ['ID (user)', p.ID, r.userId],
     ['CI (outlet)', p.CI, r.outlet],
+    ...(r.meterSerial !== undefined ? [['MS (meter serial)', p.MS, r.meterSerial] as [string, unknown, unknown]] : []),
     ['TT (plan and total)', p.TT, tariffText(r)],
     ['RD[0].TX', b?.TX, 'B'],
     ['RD[0].RV (begin reading, kWh)', b?.RV, kwh(r.meterStartWh)],
@@ -201,7 +204,7 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
   return { ok: true, pagination: Number(m[1]) }
 }
 
-/** Each outlet's meter identity from the config and its meter model (MV from the model, MS from meter.serial or `<bus>:<unit>`). */
+/** Each outlet's meter identity from the config and its meter model (MV from the model, MS from meter.serial or `<bus>:<unit>`, used when the record has no meterSerial). */
 export function meterIdentities(config: SiteConfig, manufacturerOf: (model: string) => string | undefined): Map<string, MeterIdentity> {
   const out = new Map<string, MeterIdentity>()
   for (const o of config.outlets) {
@@ -209,7 +212,7 @@ export function meterIdentities(config: SiteConfig, manufacturerOf: (model: stri
     out.set(o.id, {
       ...(manufacturer ? { manufacturer } : {}),
       model: o.meter.model,
-      serial: o.meter.serial ?? `${o.bus}:${o.meter.unit}`,
+      serial: meterSerial(o),
     })
   }
   return out
