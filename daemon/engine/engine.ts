@@ -44,6 +44,7 @@ import {
   type TimelineEntry,
 } from './pricing.js'
 import { planProblems } from './plan-rules.js'
+import { judgeOutletReading, noteMeterEvent, RATING_FACTOR, reconAfter, sessionEnergyMWh, sessionMeterEvents } from './meter-readings.js'
 import type {
   CircuitEntry,
   CircuitSettings,
@@ -65,8 +66,6 @@ const TAPER_WINDOW_MS = 60_000
 const TAPER_SLOT_MS = 5_000
 /** Command ids remembered for at-most-once application. */
 const COMMAND_MEMORY = 256
-/** A reading above this multiple of the outlet's rating is impossible. */
-const RATING_FACTOR = 1.5
 
 // ---------------------------------------------------------------- construction
 
@@ -130,6 +129,8 @@ function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {
     state: 'off',
     relayClosed: false,
     last: null,
+    anchor: null,
+    suspect: null,
     fresh: false,
     goodAt: now,
     badDetail: null,
@@ -333,7 +334,7 @@ function statusOf(e: OutletEntry, iso: string): OutletStatus {
     state: e.state,
     currentA: e.last?.currentA ?? 0,
     powerW: e.last?.powerW ?? 0,
-    energyWh: s ? (s.lastMWh - s.meterStartMWh) / 1000 : 0,
+    energyWh: s ? sessionEnergyMWh(s) / 1000 : 0,
     cost: s ? Math.min(costNow(s).total, s.capMinor) : 0,
     ts: iso,
   }
@@ -513,7 +514,7 @@ function endSession(ctx: Ctx, id: string, reason: EndReason): void {
     endedAt: iso(s.lastTs),
     reason,
     durationS: (s.lastTs - s.startedAt) / 1000,
-    energyWh: (s.lastMWh - s.meterStartMWh) / 1000,
+    energyWh: sessionEnergyMWh(s) / 1000,
     meterStartWh: s.meterStartMWh / 1000,
     meterEndWh: s.lastMWh / 1000,
     currency: s.currency,
@@ -522,6 +523,7 @@ function endSession(ctx: Ctx, id: string, reason: EndReason): void {
     total,
     offline: s.offline || !ctx.gw.online,
     pausedS: pausedMs / 1000,
+    ...sessionMeterEvents(s),
   })
   if (total > 0 && hasOwn(ctx.state.wallets, s.userId) && ctx.state.wallets[s.userId]!.currency === s.currency) {
     // Debit the local copy (online or not): no second session can spend the same money
@@ -565,10 +567,8 @@ function impossible(e: OutletEntry, r: unknown): string | null {
     // Not checked for the first reading after boot or a fault: a Pi without a real-time
     // clock may restart with a clock earlier than the last journaled reading.
     if (e.fresh && e.meterFault === null && rd.ts <= e.last.ts) return `reading time ${new Date(rd.ts).toISOString()} is not after the previous one`
-    // After a declared fault the next plausible register is the new baseline (meter swapped).
-    if (e.meterFault === null && Math.round(rd.energyWh * 1000) < e.last.mWh)
-      return `energy register went backwards from ${e.last.mWh / 1000} to ${rd.energyWh} Wh`
   }
+  // The register's steps (too large, back, a reset) are judged by meter-readings.ts.
   return null
 }
 
@@ -583,7 +583,6 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
     return
   }
   const rd = r.reading
-  const mWh = Math.round(rd.energyWh * 1000)
   const gapMs = e0.last ? rd.ts - e0.last.ts : 0
   if (e0.session && gapMs > ctx.s.sessions.meterFaultMs) {
     // No reading for longer than the fault timeout (a stalled bus, or the clock stepped
@@ -591,11 +590,22 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
     // so neither the gap's time nor its energy is billed; this reading then recovers the outlet.
     declareMeterFault(ctx, id, `no reading for ${Math.round(gapMs / 1000)} s (gap between readings)`)
   }
+  const v = judgeOutletReading(ctx.state.outlets[id]!, rd)
+  if (v.kind === 'rejected') {
+    // Never billed, and not a good reading: the meter-fault timer runs on.
+    const e = ctx.out(id)
+    e.badDetail = v.detail
+    if (v.suspect) e.suspect = { ts: rd.ts, mWh: Math.round(rd.energyWh * 1000) }
+    e.recon = reconAfter(e.recon, v, false)
+    if (e.session) noteMeterEvent(ctx.sess(id), 'rejected', rd.ts, e.last!.mWh, Math.round(rd.energyWh * 1000))
+    checkMeterTimer(ctx, id)
+    return
+  }
   const e = ctx.out(id)
-  let delta = 0
-  if (e.last) delta = Math.max(0, mWh - e.last.mWh)
+  const mWh = v.markMWh
+  const delta = v.deltaMWh
   if (e.meterFault !== null) {
-    const rebased = e.last !== null && mWh < e.last.mWh
+    const rebased = v.kind === 'baseline' && v.rebasedMWh < 0
     ctx.record({
       type: 'outlet.recovered',
       ts: ctx.iso,
@@ -607,14 +617,16 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
     e.meterFault = null
     ctx.touch(id)
   }
+  // Across a reset nothing is billed: the session's energy counts from the new register on.
+  if (e.session && v.kind === 'rebase') noteMeterEvent(ctx.sess(id), 'rebase', e.suspect!.ts, v.fromMWh, v.toMWh)
+  e.anchor = v.kind === 'step' ? (e.anchor ?? { ts: e.last!.ts, mWh: e.last!.mWh }) : v.kind === 'rebase' ? e.suspect : { ts: rd.ts, mWh }
+  e.suspect = null
   e.badDetail = null
   e.goodAt = ctx.now
   e.fresh = true
   e.last = { ts: rd.ts, mWh, currentA: rd.currentA, powerW: rd.powerW, voltageV: rd.voltageV }
   e.recon =
-    e.recon === null
-      ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 }
-      : { ...e.recon, meterMWh: e.recon.meterMWh + delta, sessionMWh: e.recon.sessionMWh + (e.session ? delta : 0) }
+    e.recon === null ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 } : reconAfter(e.recon, v, e.session !== null)
 
   if (e.session) {
     sessionReading(ctx, id, rd.ts, rd.currentA, mWh, delta)
@@ -759,6 +771,8 @@ function onTick(ctx: Ctx): void {
         meterEndWh: e.last.mWh / 1000,
         billedWh: rc.sessionMWh / 1000,
         unbilledWh: (rc.meterMWh - rc.sessionMWh) / 1000,
+        ...((rc.rebasedMWh ?? 0) !== 0 ? { rebasedWh: rc.rebasedMWh! / 1000 } : {}),
+        ...((rc.rejected ?? 0) > 0 ? { rejectedReadings: rc.rejected } : {}),
       })
       ctx.out(id).recon = { from: ctx.now, startMWh: e.last.mWh, meterMWh: 0, sessionMWh: 0 }
     }
