@@ -338,11 +338,16 @@ export type RecordBody =
       pausedS: number
       /**
        * Only when the meter misbehaved during the session: each rejected reading and each rebase,
-       * oldest first (the first 32). energyWh = meterEndWh − meterStartWh − Σ(toWh − fromWh) of the rebases.
+       * oldest first (the first 32).
        */
       meterEvents?: MeterEvent[]
       /** Only when more events happened than meterEvents holds: how many were left out. */
       meterEventsOmitted?: number
+      /**
+       * Only when the register was rebased during the session: the sum of the rebases' jumps (Wh,
+       * negative for a reset), never billed. energyWh = meterEndWh − meterStartWh − rebasedWh.
+       */
+      rebasedWh?: number
       /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
       ocmf?: string
     }

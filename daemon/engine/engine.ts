@@ -44,7 +44,7 @@ import {
   type TimelineEntry,
 } from './pricing.js'
 import { planProblems } from './plan-rules.js'
-import { judgeOutletReading, noteMeterEvent, RATING_FACTOR, reconAfter, sessionEnergyMWh, sessionMeterEvents } from './meter-readings.js'
+import { anchorAfter, judgeOutletReading, noteMeterEvent, RATING_FACTOR, reconAfter, sessionEnergyMWh, sessionMeterEvents } from './meter-readings.js'
 import type {
   CircuitEntry,
   CircuitSettings,
@@ -595,7 +595,7 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
     // Never billed, and not a good reading: the meter-fault timer runs on.
     const e = ctx.out(id)
     e.badDetail = v.detail
-    if (v.suspect) e.suspect = { ts: rd.ts, mWh: Math.round(rd.energyWh * 1000) }
+    e.suspect = { ts: rd.ts, mWh: Math.round(rd.energyWh * 1000) }
     e.recon = reconAfter(e.recon, v, false)
     if (e.session) noteMeterEvent(ctx.sess(id), 'rejected', rd.ts, e.last!.mWh, Math.round(rd.energyWh * 1000))
     checkMeterTimer(ctx, id)
@@ -603,15 +603,16 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
   }
   const e = ctx.out(id)
   const mWh = v.markMWh
-  const delta = v.deltaMWh
+  const delta = v.kind === 'baseline' ? 0 : v.deltaMWh
+  e.anchor = anchorAfter(e, v, { ts: rd.ts, mWh })
   if (e.meterFault !== null) {
-    const rebased = v.kind === 'baseline' && v.rebasedMWh < 0
+    const rebased = v.kind === 'rebase' && v.toMWh < v.fromMWh
     ctx.record({
       type: 'outlet.recovered',
       ts: ctx.iso,
       outlet: id,
       detail: rebased
-        ? `meter answers again; register rebased from ${e.last!.mWh / 1000} to ${mWh / 1000} Wh (meter swapped?)`
+        ? `meter answers again; register rebased from ${v.fromMWh / 1000} to ${v.toMWh / 1000} Wh (meter swapped?)`
         : 'meter answers again',
     })
     e.meterFault = null
@@ -619,7 +620,6 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
   }
   // Across a reset nothing is billed: the session's energy counts from the new register on.
   if (e.session && v.kind === 'rebase') noteMeterEvent(ctx.sess(id), 'rebase', e.suspect!.ts, v.fromMWh, v.toMWh)
-  e.anchor = v.kind === 'step' ? (e.anchor ?? { ts: e.last!.ts, mWh: e.last!.mWh }) : v.kind === 'rebase' ? e.suspect : { ts: rd.ts, mWh }
   e.suspect = null
   e.badDetail = null
   e.goodAt = ctx.now

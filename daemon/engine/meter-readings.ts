@@ -61,22 +61,20 @@ export function maxDrawMWh(ratingA: number, volts: number, ms: number): number {
 export type Verdict =
   /** A good reading: bill `deltaMWh` (≥ 0); the baseline becomes `markMWh` (never lower: a tiny step back keeps it). */
   | { kind: 'step'; deltaMWh: number; markMWh: number; zeroStep: boolean }
-  /** Not billed and not good. `suspect`: a large step back, kept to see whether the next reading confirms a reset. */
-  | { kind: 'rejected'; detail: string; suspect: boolean }
-  /** The held suspect is confirmed (the counter was reset): nothing across `fromMWh` → `toMWh` is billed; `deltaMWh` is measured by the new counter since. */
+  /** Not billed and not good; held as the suspect, to see whether the next reading follows it (a reset) or the last good one (a glitch). */
+  | { kind: 'rejected'; detail: string }
+  /** The next reading followed the suspect, not the last good reading: the counter was reset (or the meter swapped). Nothing across `fromMWh` → `toMWh` is billed; `deltaMWh` is measured by the new counter since. */
   | { kind: 'rebase'; fromMWh: number; toMWh: number; deltaMWh: number; markMWh: number }
-  /** No continuity to judge against (first reading, after boot, after a fault): the register is the new baseline; `deltaMWh` is the forward step (unbilled: no session runs), `rebasedMWh` the backward one. */
-  | { kind: 'baseline'; deltaMWh: number; rebasedMWh: number; markMWh: number }
+  /** The outlet's very first reading: the register is the baseline. */
+  | { kind: 'baseline'; markMWh: number }
 
 export interface JudgeInput {
   /** The last good reading's baseline (the highest register seen since the run began, or since the last rebase). */
   last: EnergyMark | null
   /** Start of the continuous run (first good reading, or the last rebase): the whole run is bounded too, so per-step slack never adds up. */
   anchor: EnergyMark | null
-  /** A large step back held since the last good reading, else null. */
+  /** The last rejected reading since the last good one, else null. */
   suspect: EnergyMark | null
-  /** The last good reading is a valid base: read since boot and no meter fault since. */
-  continuous: boolean
   ratingA: number
   /** The voltage the bound uses (boundVolts). */
   volts: number
@@ -95,30 +93,24 @@ function follows(from: EnergyMark, r: EnergyMark, ratingA: number, volts: number
 /** The verdict on one plausible register value (the engine has already refused non-finite or negative ones). */
 export function judgeReading(x: JudgeInput): Verdict {
   const { last, reading: r } = x
-  if (last === null) return { kind: 'baseline', deltaMWh: 0, rebasedMWh: 0, markMWh: r.mWh }
-  if (!x.continuous) {
-    const d = r.mWh - last.mWh
-    return { kind: 'baseline', deltaMWh: Math.max(0, d), rebasedMWh: Math.min(0, d), markMWh: r.mWh }
-  }
+  if (last === null) return { kind: 'baseline', markMWh: r.mWh }
   const anchor = x.anchor ?? last
   if (follows(last, r, x.ratingA, x.volts) && r.mWh - anchor.mWh <= maxDrawMWh(x.ratingA, x.volts, r.ts - anchor.ts) + resolutionMWh(anchor.mWh)) {
     const d = r.mWh - last.mWh
     return { kind: 'step', deltaMWh: Math.max(0, d), markMWh: Math.max(last.mWh, r.mWh), zeroStep: d < 0 }
   }
   const s = x.suspect
-  if (s !== null && s.mWh < last.mWh && follows(s, r, x.ratingA, x.volts)) {
+  if (s !== null && follows(s, r, x.ratingA, x.volts)) {
     const d = r.mWh - s.mWh
     return { kind: 'rebase', fromMWh: last.mWh, toMWh: s.mWh, deltaMWh: Math.max(0, d), markMWh: Math.max(s.mWh, r.mWh) }
   }
   const d = r.mWh - last.mWh
   const dt = r.ts - last.ts
-  if (d > 0)
-    return {
-      kind: 'rejected',
-      suspect: false,
-      detail: `energy register stepped ${wh(d)} in ${dt / 1000} s, more than the outlet could draw (${wh(Math.floor(maxDrawMWh(x.ratingA, x.volts, dt)))} at ${x.ratingA} A)`,
-    }
-  return { kind: 'rejected', suspect: true, detail: `energy register went back from ${wh(last.mWh)} to ${wh(r.mWh)} (a reset is confirmed by the next reading)` }
+  const detail =
+    d > 0
+      ? `energy register stepped ${wh(d)} in ${dt / 1000} s, more than the outlet could draw (${wh(Math.floor(maxDrawMWh(x.ratingA, x.volts, dt)))} at ${x.ratingA} A)`
+      : `energy register went back from ${wh(last.mWh)} to ${wh(r.mWh)}`
+  return { kind: 'rejected', detail }
 }
 
 // ---------------------------------------------------------------- the engine's bookkeeping
@@ -127,13 +119,24 @@ export function judgeReading(x: JudgeInput): Verdict {
 export function judgeOutletReading(e: OutletEntry, r: Reading): Verdict {
   return judgeReading({
     last: e.last,
-    anchor: e.anchor ?? null,
+    anchor: runAnchor(e),
     suspect: e.suspect ?? null,
-    continuous: e.fresh && e.meterFault === null,
     ratingA: e.ratingA,
     volts: boundVolts(r.voltageV, e.last?.voltageV ?? Number.NaN),
     reading: { ts: r.ts, mWh: Math.round(r.energyWh * 1000) },
   })
+}
+
+/** The anchor of the outlet's run, while it runs on: a restart or a meter fault ends the run (the clock may have stepped meanwhile). */
+function runAnchor(e: OutletEntry): EnergyMark | null {
+  return e.fresh && e.meterFault === null ? (e.anchor ?? null) : null
+}
+
+/** The anchor after a good verdict: kept while the run goes on, the new counter's first register after a rebase, else the base of this step. */
+export function anchorAfter(e: OutletEntry, v: Exclude<Verdict, { kind: 'rejected' }>, r: EnergyMark): EnergyMark {
+  if (v.kind === 'rebase') return e.suspect!
+  if (v.kind === 'baseline' || e.last === null) return { ts: r.ts, mWh: v.markMWh }
+  return runAnchor(e) ?? { ts: e.last.ts, mWh: e.last.mWh }
 }
 
 /** Events a session keeps for its session.ended at most; later ones are only counted. */
@@ -152,14 +155,17 @@ export function noteMeterEvent(s: Session, kind: MeterEventKind, ts: number, fro
   else s.meterEventsOmitted = (s.meterEventsOmitted ?? 0) + 1
 }
 
-/** session.ended's meterEvents (and meterEventsOmitted), only when there were any. */
-export function sessionMeterEvents(s: Session): Pick<SessionEndedBody, 'meterEvents' | 'meterEventsOmitted'> {
+type EndedMeterFields = Pick<SessionEndedBody, 'meterEvents' | 'meterEventsOmitted' | 'rebasedWh'>
+
+/** session.ended's meterEvents, meterEventsOmitted and rebasedWh, only when there were any. */
+export function sessionMeterEvents(s: Session): EndedMeterFields {
   const events = s.meterEvents ?? []
   if (events.length === 0) return {}
-  const out: Pick<SessionEndedBody, 'meterEvents' | 'meterEventsOmitted'> = {
+  const out: EndedMeterFields = {
     meterEvents: events.map((x) => ({ at: new Date(x.ts).toISOString(), kind: x.kind, fromWh: x.fromMWh / 1000, toWh: x.toMWh / 1000 })),
   }
   if ((s.meterEventsOmitted ?? 0) > 0) out.meterEventsOmitted = s.meterEventsOmitted
+  if ((s.rebasedMWh ?? 0) !== 0) out.rebasedWh = s.rebasedMWh! / 1000
   return out
 }
 
@@ -173,14 +179,13 @@ export function reconAfter(rc: Recon | null, v: Verdict, inSession: boolean): Re
       if (v.deltaMWh === 0) return rc
       return { ...rc, meterMWh: rc.meterMWh + v.deltaMWh, sessionMWh: rc.sessionMWh + (inSession ? v.deltaMWh : 0) }
     case 'rebase':
-    case 'baseline': {
-      const jump = v.kind === 'rebase' ? v.toMWh - v.fromMWh : v.rebasedMWh
       return {
         ...rc,
         meterMWh: rc.meterMWh + v.deltaMWh,
         sessionMWh: rc.sessionMWh + (inSession ? v.deltaMWh : 0),
-        ...(jump !== 0 ? { rebasedMWh: (rc.rebasedMWh ?? 0) + jump } : {}),
+        rebasedMWh: (rc.rebasedMWh ?? 0) + v.toMWh - v.fromMWh,
       }
-    }
+    case 'baseline':
+      return rc
   }
 }

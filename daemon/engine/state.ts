@@ -171,7 +171,7 @@ export interface OutletEntry {
   last: ReadingMark | null
   /** Start of the continuous run of good readings (first one, or the last rebase): the whole run's energy is bounded too. */
   anchor?: EnergyMark | null
-  /** A large step back held until the next reading shows whether the counter was reset, else null. */
+  /** The last rejected register since the last good reading, held until the next reading shows whether the counter was reset, else null. */
   suspect?: EnergyMark | null
   /** A good reading arrived since boot: the engine knows the meter answers now. */
   fresh: boolean
