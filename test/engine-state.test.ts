@@ -182,57 +182,61 @@ t.test(
   },
 )
 
+t.test('a meter swapped mid-session (register jumps back for good): a rebase, the session goes on, nothing billed across the jump', async (t) => {
+  const r = charging()
+  const before = r.meter.A1!
+  const billedBefore = before - r.state.outlets.A1!.session!.meterStartMWh
+  r.meter.A1 = 5_000 // the new meter's register: 5 Wh
+  r.read('A1', 16)
+  t.equal(r.stateOf('A1'), 'charging', 'one reading back is held, not a fault')
+  const swappedAt = r.now
+  const first = r.meter.A1! // the new meter's first reading
+  for (let i = 0; i < 10; i++) r.read('A1', 16)
+  t.equal(r.stateOf('A1'), 'charging', 'the next reading confirmed the reset: the session goes on')
+  t.same(r.records('outlet.fault'), [])
+  r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
+  const end = r.ended()[0]!
+  t.equal(end.reason, 'user-stopped')
+  t.equal(end.meterEndWh, r.meter.A1! / 1000, 'ends at the new meter’s last reading')
+  t.equal(end.energyWh, (billedBefore + (r.meter.A1! - first)) / 1000, 'the old meter’s energy plus the new one’s since its first reading')
+  t.same(end.meterEvents, [
+    { at: new Date(swappedAt).toISOString(), kind: 'rejected', fromWh: before / 1000, toWh: first / 1000 },
+    { at: new Date(swappedAt).toISOString(), kind: 'rebase', fromWh: before / 1000, toWh: first / 1000 },
+  ])
+  t.equal(
+    end.energyWh,
+    Math.round((end.meterEndWh - end.meterStartWh - (first - before) / 1000) * 1000) / 1000,
+    'energy = register span minus the rebase jump',
+  )
+})
+
 t.test(
-  'a meter swapped mid-session (register jumps back for good): a rebase, the session goes on, nothing billed across the jump',
+  'a meter in fault comes back with a lower register: once the next reading follows it, the new baseline (outlet.recovered says rebased); never negative energy',
   async (t) => {
     const r = charging()
     const before = r.meter.A1!
-    const billedBefore = before - r.state.outlets.A1!.session!.meterStartMWh
-    r.meter.A1 = 5_000 // the new meter's register: 5 Wh
-    r.read('A1', 16)
-    t.equal(r.stateOf('A1'), 'charging', 'one reading back is held, not a fault')
-    const swappedAt = r.now
-    const first = r.meter.A1! // the new meter's first reading
-    for (let i = 0; i < 10; i++) r.read('A1', 16)
-    t.equal(r.stateOf('A1'), 'charging', 'the next reading confirmed the reset: the session goes on')
-    t.same(r.records('outlet.fault'), [])
-    r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
+    for (let i = 0; i < 11; i++) {
+      r.advance(1000)
+      r.apply({ type: 'read-failed', outlet: 'A1', error: 'timeout' })
+    }
     const end = r.ended()[0]!
-    t.equal(end.reason, 'user-stopped')
-    t.equal(end.meterEndWh, r.meter.A1! / 1000, 'ends at the new meter’s last reading')
-    t.equal(end.energyWh, (billedBefore + (r.meter.A1! - first)) / 1000, 'the old meter’s energy plus the new one’s since its first reading')
-    t.same(end.meterEvents, [
-      { at: new Date(swappedAt).toISOString(), kind: 'rejected', fromWh: before / 1000, toWh: first / 1000 },
-      { at: new Date(swappedAt).toISOString(), kind: 'rebase', fromWh: before / 1000, toWh: first / 1000 },
-    ])
-    t.equal(end.energyWh, Math.round((end.meterEndWh - end.meterStartWh - (first - before) / 1000) * 1000) / 1000, 'energy = register span minus the rebase jump')
+    t.equal(end.reason, 'meter-fault')
+    t.equal(end.meterEndWh, before / 1000, 'billed to the last reading of the old meter')
+    t.ok(end.energyWh > 0)
+    r.meter.A1 = 5_000 // swapped while it was silent
+    r.read('A1', 0)
+    t.same(r.records('outlet.recovered'), [], 'a register far from the last good one is held')
+    r.read('A1', 0)
+    t.match(r.records('outlet.recovered')[0]?.detail, /rebased from 10000\d+(\.\d+)? to 5 Wh/, 'the next reading followed it: the new baseline')
+    t.equal(r.stateOf('A1'), 'off')
+    r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
+    r.run(10, { A1: 16 })
+    r.run(3, {})
+    const second = r.ended()[1]!
+    t.equal(second.energyWh, 10.22)
+    t.ok(second.meterStartWh < 20, 'the new session starts from the new register')
   },
 )
-
-t.test('a meter in fault comes back with a lower register: once the next reading follows it, the new baseline (outlet.recovered says rebased); never negative energy', async (t) => {
-  const r = charging()
-  const before = r.meter.A1!
-  for (let i = 0; i < 11; i++) {
-    r.advance(1000)
-    r.apply({ type: 'read-failed', outlet: 'A1', error: 'timeout' })
-  }
-  const end = r.ended()[0]!
-  t.equal(end.reason, 'meter-fault')
-  t.equal(end.meterEndWh, before / 1000, 'billed to the last reading of the old meter')
-  t.ok(end.energyWh > 0)
-  r.meter.A1 = 5_000 // swapped while it was silent
-  r.read('A1', 0)
-  t.same(r.records('outlet.recovered'), [], 'a register far from the last good one is held')
-  r.read('A1', 0)
-  t.match(r.records('outlet.recovered')[0]?.detail, /rebased from 10000\d+(\.\d+)? to 5 Wh/, 'the next reading followed it: the new baseline')
-  t.equal(r.stateOf('A1'), 'off')
-  r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
-  r.run(10, { A1: 16 })
-  r.run(3, {})
-  const second = r.ended()[1]!
-  t.equal(second.energyWh, 10.22)
-  t.ok(second.meterStartWh < 20, 'the new session starts from the new register')
-})
 
 t.test('relay fault: the outlet goes to fault, the session ends meter-fault, relay-ok recovers', async (t) => {
   const r = charging()

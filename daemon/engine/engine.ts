@@ -625,8 +625,7 @@ function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'reading' }): 
   e.goodAt = ctx.now
   e.fresh = true
   e.last = { ts: rd.ts, mWh, currentA: rd.currentA, powerW: rd.powerW, voltageV: rd.voltageV }
-  e.recon =
-    e.recon === null ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 } : reconAfter(e.recon, v, e.session !== null)
+  e.recon = e.recon === null ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 } : reconAfter(e.recon, v, e.session !== null)
 
   if (e.session) {
     sessionReading(ctx, id, rd.ts, rd.currentA, mWh, delta)
