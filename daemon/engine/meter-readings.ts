@@ -13,7 +13,9 @@
  * (verdicts are integer mWh), or let a step through that the outlet could not have drawn.
  */
 import type { Reading, SessionEndedBody, MeterEventKind } from '../../core/types.js'
-import type { OutletEntry, Recon, Session } from './state.js'
+import type { EnergyMark, OutletEntry, Recon, Session } from './state.js'
+
+export type { EnergyMark }
 
 /** A current above this multiple of the outlet's rating is impossible; the same margin bounds its energy. */
 export const RATING_FACTOR = 1.5
@@ -32,12 +34,6 @@ export const BOUND_MAX_V = 500
 export const RESOLUTION_MWH = 10_000
 /** …or this many ppm of the register (a float32 kWh register's rounding at a large total), whichever is larger. */
 export const RESOLUTION_PPM = 10
-
-/** A register value (mWh) at a reading's time (epoch ms). */
-export interface EnergyMark {
-  ts: number
-  mWh: number
-}
 
 /** The counter's resolution near `registerMWh`: a step back within it counts as zero. */
 export function resolutionMWh(registerMWh: number): number {

@@ -24,7 +24,6 @@ import type {
   CircuitReading,
   MeterEventKind,
 } from '../../core/types.js'
-import type { EnergyMark } from './meter-readings.js'
 
 export type EngineEvent =
   | { type: 'reading'; outlet: string; reading: Reading }
@@ -49,6 +48,12 @@ export type Effect =
   | { type: 'record'; record: RecordBody }
   | { type: 'status'; status: OutletStatus }
   | { type: 'result'; result: CommandResult }
+
+/** A register value (mWh) at a reading's time (epoch ms). */
+export interface EnergyMark {
+  ts: number
+  mWh: number
+}
 
 /** A good reading as the engine keeps it. */
 export interface ReadingMark {
