@@ -19,7 +19,7 @@
 import { readFileSync } from 'node:fs'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
 import { article, parseJson, siteSchema } from './config.js'
-import { planIssues } from './engine/plan-rules.js'
+import { planIssues } from './engine/index.js'
 import { currencyMinorDigits } from '../core/money.js'
 import { packagePath } from '../core/paths.js'
 import type { Command, CommandResult, CommandSource } from '../core/types.js'

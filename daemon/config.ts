@@ -15,7 +15,7 @@ import type { SiteConfig, PlanConfig } from '../core/types.js'
 
 import { packagePath } from '../core/paths.js'
 import { ModelRegistry } from '../drivers/models.js'
-import { planIssues } from './engine/plan-rules.js'
+import { planIssues } from './engine/index.js'
 
 export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
 

@@ -16,7 +16,7 @@ import {
   type OutpostErrorGuard,
 } from '../core/errors.js'
 import { DRIVER_ERRORS } from '../drivers/errors.js'
-import { COMMAND_ERRORS, ENGINE_ERRORS } from './engine/errors.js'
+import { COMMAND_ERRORS, ENGINE_ERRORS } from './engine/index.js'
 
 const JOURNAL_ERRORS = {
   JOURNAL_LOCKED: 'another process (a running daemon) holds the journal',

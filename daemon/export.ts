@@ -11,7 +11,7 @@
 import { createHash, createPublicKey } from 'node:crypto'
 import type { OcpiConfig, PeriodConfig, PlanConfig, SessionEndedBody, SiteConfig, Weekday } from '../core/types.js'
 import { currencyMinorDigits, formatMinor } from '../core/money.js'
-import { lineAmountMicros, toMicros } from './engine/pricing.js'
+import { lineAmountMicros, toMicros } from './engine/index.js'
 import { parseOcmf } from './ocmf.js'
 
 // ---------------------------------------------------------------- money split

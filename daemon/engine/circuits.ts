@@ -10,7 +10,7 @@
  * Must never: do I/O, read a clock (`now` is given), keep state between calls (the engine's
  * state is the memory), or switch an outlet it was not asked about.
  *
- * The engine calls `planCircuits` in every step that changes anything (engine.ts, settle).
+ * The engine calls `planCircuits` in every step that changes anything (30-scheduler.ts, from settle in 80-step.ts).
  */
 import type { QueueReason } from '../../core/types.js'
 

@@ -2,7 +2,10 @@
  * The session and pricing engine, pure: the daemon feeds it events and carries
  * out its effects. See docs/engine.md.
  */
-export { initialState, step, outletStatuses, outletPlan, outletPrices, circuitStatuses, circuitMemoCheck, type CircuitStatus } from './engine.js'
+export { initialState } from './20-setup.js'
+export { circuitMemoCheck } from './30-scheduler.js'
+export { step } from './80-step.js'
+export { outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus } from './90-views.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,

@@ -11,7 +11,7 @@
  * steps already happened or were never billable), or bill a reading twice.
  */
 import type { Reading } from '../../core/types.js'
-import { step } from './engine.js'
+import { step } from './80-step.js'
 import type { EngineState } from './state.js'
 
 export interface ReplayReading {

@@ -1,0 +1,102 @@
+/**
+ * The engine's view of a site configuration: the settings section, each circuit's chain,
+ * children and members, a fresh outlet entry, and the initial state of a site.
+ *
+ * Owns: what of a SiteConfig the engine keeps (and how: a plan copied, minutes as ms, a
+ * circuit's chain to the root computed once per config), a new outlet's starting values.
+ * Must never: validate a config (daemon/config.ts does, before the engine sees it), read an
+ * existing state, or produce an effect.
+ */
+import type { PlanConfig, SiteConfig } from '../../core/types.js'
+import { hasOwn } from './00-queries.js'
+import { assertTimeZone } from './pricing.js'
+import type { CircuitSettings, EngineState, OutletEntry, SettingsSection } from './state.js'
+
+export function settingsFrom(config: SiteConfig): SettingsSection {
+  assertTimeZone(config.site.timezone)
+  const configPlans: Record<string, PlanConfig> = {}
+  for (const p of config.plans) configPlans[p.id] = structuredClone(p)
+  return {
+    siteId: config.site.id,
+    timezone: config.site.timezone,
+    sessions: { ...config.sessions },
+    offlineLimitMs: config.offline.limitMinutes === null ? null : config.offline.limitMinutes * 60_000,
+    uplink: config.uplink !== undefined,
+    centralAuth: config.ocpp !== undefined,
+    configPlans,
+    circuits: circuitSettings(config),
+  }
+}
+
+/** Each circuit with its chain to the root and its children, computed once per config. */
+function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
+  const out: Record<string, CircuitSettings> = {}
+  const byId = new Map((config.circuits ?? []).map((c) => [c.id, c]))
+  for (const c of config.circuits ?? []) {
+    const chain: string[] = []
+    // The config refuses cycles and unknown parents; the walk stops at either all the same.
+    for (let cur: string | undefined = c.id; cur !== undefined && byId.has(cur) && !chain.includes(cur); cur = byId.get(cur)!.parent) chain.push(cur)
+    out[c.id] = {
+      maxA: c.maxA,
+      chain,
+      children: [],
+      members: config.outlets.filter((o) => o.circuit === c.id).map((o) => o.id),
+      metered: c.meter !== undefined,
+      failsafeA: c.failsafeA ?? 0,
+      slotMs: (c.slotS ?? 1800) * 1000,
+    }
+  }
+  for (const c of config.circuits ?? [])
+    if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
+  return out
+}
+
+const PHASE_INDEX = { L1: 0, L2: 1, L3: 2 } as const
+
+export function outletCircuit(o: SiteConfig['outlets'][number]): { circuit: string | null; phase: 0 | 1 | 2; priority: number } {
+  return { circuit: o.circuit ?? null, phase: PHASE_INDEX[o.phase ?? 'L1'] ?? 0, priority: o.priority ?? 0 }
+}
+
+export function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {
+  const auto = o.autoStart?.userId ?? null
+  return {
+    id: o.id,
+    hasRelay: o.relay !== undefined,
+    ratingA: o.ratingA,
+    configPlan: o.plan,
+    planId: o.plan,
+    configAutoStart: auto,
+    autoStartUser: auto,
+    autoStartSuspended: false,
+    available: true,
+    state: 'off',
+    relayClosed: false,
+    last: null,
+    anchor: null,
+    suspect: null,
+    fresh: false,
+    goodAt: now,
+    badDetail: null,
+    meterFault: null,
+    relayFault: null,
+    session: null,
+    recon: null,
+    removed: false,
+    ...outletCircuit(o),
+  }
+}
+
+/** A fresh state for a site: every outlet off, no sessions, no wallets. Send `boot` next. */
+export function initialState(config: SiteConfig): EngineState {
+  const outlets: Record<string, OutletEntry> = {}
+  for (const o of config.outlets) outlets[o.id] = newOutlet(o, 0)
+  return {
+    outlets,
+    gateway: { running: false, bootAt: null, online: false, offlineSince: null, nextSession: 1, idPrefix: null },
+    settings: settingsFrom(config),
+    wallets: {},
+    plans: {},
+    commands: { ids: [], results: {} },
+    circuits: {},
+  }
+}

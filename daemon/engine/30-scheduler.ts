@@ -1,0 +1,371 @@
+/**
+ * The circuit scheduler: applies the circuit rules (circuits.ts) to the site in a step,
+ * and keeps a circuit's feeder meter readings.
+ *
+ * Owns: feeder readings and the feeder's silence timer (failsafe), the memo of expected load
+ * per circuit and phase (beside the state, never persisted), an outlet's expected draw, the
+ * quick look that skips the rules when they would change nothing (`couldSwitchOn`), and
+ * carrying out a plan: switching sessions off to wait (`session.queued`) and on again
+ * (`session.resumed`), with the switch times the next reading is split at.
+ * Must never: open or end a session, bill anything, decide who goes first (circuits.ts
+ * does), or persist the memo.
+ */
+import { idleState, circuitLimit, hasOwn } from './00-queries.js'
+import type { Ctx } from './10-context.js'
+import type { CircuitReading } from '../../core/types.js'
+import { minOffMs, minOnMs, planCircuits, type CircuitLimit, type Contender } from './circuits.js'
+import type { CircuitSettings, EngineState, OutletEntry, Session } from './state.js'
+
+export function checkFeederTimer(ctx: Ctx, id: string, detail?: string): void {
+  const c = ctx.s.circuits[id]
+  const entry = ctx.state.circuits?.[id]
+  if (!c?.metered || !entry || entry.fault !== null) return
+  const silentMs = ctx.now - entry.goodAt
+  if (silentMs < ctx.s.sessions.meterFaultMs) return
+  ctx.sec('circuits')[id] = { ...entry, currentsA: null, fault: detail ?? `no good reading for ${Math.round(silentMs / 1000)} s` }
+}
+
+export function onFeederReading(ctx: Ctx, id: string, r: CircuitReading): void {
+  const a = (r as { currentsA?: unknown } | null)?.currentsA
+  const bad = !Array.isArray(a) || a.length !== 3 || a.some((x) => typeof x !== 'number' || !Number.isFinite(x) || x < 0)
+  if (bad) {
+    // An impossible sample counts as silence: the timer keeps running from the last good one.
+    checkFeederTimer(ctx, id, `impossible reading ${JSON.stringify(a)}`)
+    return
+  }
+  const entry = ctx.state.circuits?.[id]
+  ctx.sec('circuits')[id] = { limitA: entry?.limitA ?? null, currentsA: [a[0], a[1], a[2]] as [number, number, number], goodAt: ctx.now, fault: null }
+}
+
+/** A switch by the circuit rules: the next reading's interval is split there (billed, or waited). */
+function markSwitch(s: Session, at: number, queuedAfter: boolean): void {
+  s.switches = [...(s.switches ?? []), [at, queuedAfter]]
+}
+
+/**
+ * What each circuit carries, kept beside the state (a memo, never persisted): per circuit and
+ * phase the expected draw of its outlets in integer mA, the outlets waiting, and the outlets
+ * whose draw depends on more than their own entry (an armed outlet drawing: it is worked out
+ * afresh in every step). A step updates it from the previous state's for the outlet entries it
+ * changed only, so the common step does not walk every outlet; a state without one (from the
+ * journal, after a config change) gets it by walking every outlet once.
+ */
+interface CircuitSummary {
+  expected: Record<string, [number, number, number]>
+  waiting: Set<string>
+  volatile: Set<string>
+}
+const summaries = new WeakMap<object, CircuitSummary>()
+
+/** Tests set this: every step then also walks every outlet and throws if the memo disagrees. */
+export const circuitMemoCheck = { enabled: false }
+
+type Contribution = { mA: number; waits: boolean; volatile: boolean }
+const NOTHING: Contribution = { mA: 0, waits: false, volatile: false }
+
+/** An outlet entry's share of its circuit, from the entry alone (drawOf, without the armed case). */
+function contributionOf(cs: Record<string, CircuitSettings>, e: OutletEntry | undefined): Contribution {
+  if (!e || e.circuit == null || !hasOwn(cs, e.circuit) || !cs[e.circuit]!.members?.includes(e.id)) return NOTHING
+  const s = e.session
+  if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+    if (s.queuedAt != null) return { mA: 0, waits: true, volatile: false }
+    return { mA: Math.round(1000 * (s.drawing === true && e.last ? e.last.currentA : e.ratingA)), waits: false, volatile: false }
+  }
+  const cur = (e.relayClosed || !e.hasRelay) && e.last ? e.last.currentA : 0
+  if (!e.hasRelay) return { mA: Math.round(1000 * cur), waits: false, volatile: false }
+  if (!s && cur > 0) return { mA: 0, waits: false, volatile: true }
+  return NOTHING
+}
+
+function addContribution(sum: CircuitSummary, cs: Record<string, CircuitSettings>, e: OutletEntry | undefined, sign: 1 | -1): void {
+  const c = contributionOf(cs, e)
+  if (c === NOTHING) return
+  const id = e!.id
+  if (c.mA !== 0) for (const cid of cs[e!.circuit!]!.chain) sum.expected[cid]![e!.phase] += sign * c.mA
+  if (c.waits) sign > 0 ? sum.waiting.add(id) : sum.waiting.delete(id)
+  if (c.volatile) sign > 0 ? sum.volatile.add(id) : sum.volatile.delete(id)
+}
+
+function fullSummary(st: EngineState): CircuitSummary {
+  const cs = st.settings.circuits
+  const sum: CircuitSummary = { expected: {}, waiting: new Set(), volatile: new Set() }
+  for (const id of Object.keys(cs)) sum.expected[id] = [0, 0, 0]
+  for (const id of Object.keys(cs)) for (const oid of cs[id]!.members ?? []) addContribution(sum, cs, st.outlets[oid], 1)
+  return sum
+}
+
+/** The memo for the state as it is now in this step: the previous state's, with this step's changed entries. */
+function currentSummary(ctx: Ctx): CircuitSummary {
+  const st = ctx.state
+  const prev = ctx.prev.settings === st.settings ? summaries.get(ctx.prev.outlets) : undefined
+  if (!prev) return fullSummary(st)
+  if (st.outlets === ctx.prev.outlets) return prev
+  const cs = st.settings.circuits
+  const sum: CircuitSummary = { expected: {}, waiting: new Set(prev.waiting), volatile: new Set(prev.volatile) }
+  for (const id of Object.keys(prev.expected)) sum.expected[id] = [...prev.expected[id]!]
+  const seen = new Set<string>()
+  for (const oid of ctx.changed) {
+    if (seen.has(oid)) continue
+    seen.add(oid)
+    addContribution(sum, cs, ctx.prev.outlets[oid], -1)
+    addContribution(sum, cs, st.outlets[oid], 1)
+  }
+  if (circuitMemoCheck.enabled) {
+    const full = fullSummary(st)
+    const same =
+      JSON.stringify(full.expected) === JSON.stringify(sum.expected) &&
+      JSON.stringify([...full.waiting].sort()) === JSON.stringify([...sum.waiting].sort()) &&
+      JSON.stringify([...full.volatile].sort()) === JSON.stringify([...sum.volatile].sort())
+    if (!same)
+      throw new Error(`circuit memo disagrees: ${JSON.stringify({ full, sum: { ...sum, waiting: [...sum.waiting], volatile: [...sum.volatile] } })}`)
+  }
+  return sum
+}
+
+export function storeSummary(ctx: Ctx): void {
+  if (summaries.has(ctx.state.outlets)) return
+  summaries.set(ctx.state.outlets, currentSummary(ctx))
+}
+
+/** drawOf: the outlet's session waits for room (it draws nothing now, and wants its rating). */
+const WAITS = -1
+
+/**
+ * What an outlet on a circuit is expected to draw now: a switched-on session its measured
+ * current once it has drawn since it was switched on, else its rating; a load the rules cannot
+ * switch (a meter-only outlet, an armed one starting to draw) what it measures; WAITS for a
+ * waiting session; 0 for an outlet whose relay opens in this step (a session that just ended, a fault).
+ */
+function drawOf(st: EngineState, e: OutletEntry, now: number): number {
+  const s = e.session
+  if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+    if (s.queuedAt != null) return WAITS
+    return s.drawing === true && e.last ? e.last.currentA : e.ratingA
+  }
+  const cur = (e.relayClosed || !e.hasRelay) && e.last ? e.last.currentA : 0
+  if (cur > 0 && (!e.hasRelay || (!s && idleState(st, e, now) === 'armed'))) return cur
+  return 0
+}
+
+/**
+ * Whether any waiting session could be switched on now: off long enough, and either room for
+ * its rating or, on one of its circuits, a switched-on session whose slot (or, for a lower
+ * priority, whose minimum on time) is over. When none could, the rules would change nothing.
+ */
+function couldSwitchOn(
+  st: EngineState,
+  waiting: OutletEntry[],
+  members: string[],
+  expected: Record<string, [number, number, number]>,
+  limits: Record<string, CircuitLimit>,
+  now: number,
+): boolean {
+  const cs = st.settings.circuits
+  const slotEnd: Record<string, number> = {}
+  const minOnEnd: Record<string, number> = {}
+  const lowestOn: Record<string, number> = {}
+  for (const id of Object.keys(cs)) {
+    slotEnd[id] = Number.POSITIVE_INFINITY
+    minOnEnd[id] = Number.POSITIVE_INFINITY
+    lowestOn[id] = Number.POSITIVE_INFINITY
+  }
+  for (const oid of members) {
+    const e = st.outlets[oid]!
+    const s = e.session
+    if (!s || !e.hasRelay || s.queuedAt != null || e.meterFault !== null || e.relayFault !== null) continue
+    const c0 = cs[e.circuit!]!
+    const onAt = s.onAt ?? s.startedAt
+    for (const cid of c0.chain) {
+      if (onAt + c0.slotMs < slotEnd[cid]!) slotEnd[cid] = onAt + c0.slotMs
+      if (onAt + minOnMs(c0.slotMs) < minOnEnd[cid]!) minOnEnd[cid] = onAt + minOnMs(c0.slotMs)
+      if (e.priority < lowestOn[cid]!) lowestOn[cid] = e.priority
+    }
+  }
+  for (const e of waiting) {
+    const s = e.session!
+    const c = cs[e.circuit!]!
+    if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) continue
+    let room = true
+    let turn = false
+    for (const cid of c.chain) {
+      if (expected[cid]![e.phase] + limits[cid]!.extraA[e.phase] + e.ratingA > limits[cid]!.limitA + 1e-9) room = false
+      if (slotEnd[cid]! <= now || (lowestOn[cid]! < e.priority && minOnEnd[cid]! <= now)) turn = true
+    }
+    if (room || turn) return true
+  }
+  return false
+}
+
+/** The circuit rules (circuits.ts) over the whole site: who is switched on, who waits. */
+export function schedule(ctx: Ctx): void {
+  const st = ctx.state
+  const cs = st.settings.circuits
+  const ids = Object.keys(cs)
+  const prev = ctx.prev.outlets
+  const now = ctx.now
+  // What a feeder meter measures beyond what the switched-on outlets are expected to draw is an
+  // unmanaged load (so the load counted is the larger of the two: a car whose meter has not
+  // been read yet is not counted twice); a circuit without a meter carries its children's.
+  const loadsFrom = (expected: Record<string, [number, number, number]>): { limits: Record<string, CircuitLimit>; over: boolean } => {
+    const extraOf = (id: string, depth: number): [number, number, number] => {
+      const c = cs[id]!
+      const entry = st.circuits?.[id]
+      if (c.metered) {
+        const a = entry && entry.fault === null ? entry.currentsA : null
+        if (!a) return [0, 0, 0]
+        const m = expected[id]!
+        return [Math.max(0, a[0] - m[0]), Math.max(0, a[1] - m[1]), Math.max(0, a[2] - m[2])]
+      }
+      const sum: [number, number, number] = [0, 0, 0]
+      if (depth < 64)
+        for (const child of c.children) {
+          const x = extraOf(child, depth + 1)
+          sum[0] += x[0]
+          sum[1] += x[1]
+          sum[2] += x[2]
+        }
+      return sum
+    }
+    const limits: Record<string, CircuitLimit> = {}
+    let over = false
+    for (const id of ids) {
+      const l = circuitLimit(st, id)
+      const extraA = extraOf(id, 0)
+      const x = expected[id]!
+      if (x[0] + extraA[0] > l.limitA + 1e-9 || x[1] + extraA[1] > l.limitA + 1e-9 || x[2] + extraA[2] > l.limitA + 1e-9) over = true
+      limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA }
+    }
+    return { limits, over }
+  }
+  const membersOf = (): string[] => {
+    const out: string[] = []
+    for (const cid0 of ids) for (const oid of cs[cid0]!.members ?? []) if (st.outlets[oid]?.circuit === cid0) out.push(oid)
+    return out
+  }
+
+  // The quick look, from the memo (integer mA, 1 mA toward running the rules; the armed outlets
+  // drawing worked out afresh): nothing over its limit, no session opened in this step, and
+  // nobody waiting who could be switched on now (off long enough, and either there is room or a
+  // switched-on session's time is up): the rules would change nothing (the common step).
+  const fresh0 = ctx.records.some((r) => r.type === 'session.started')
+  if (!fresh0) {
+    const memo = currentSummary(ctx)
+    const approx: Record<string, [number, number, number]> = {}
+    for (const id of ids) {
+      const x = memo.expected[id]!
+      approx[id] = [(x[0] + 1) / 1000, (x[1] + 1) / 1000, (x[2] + 1) / 1000]
+    }
+    for (const oid of memo.volatile) {
+      const e = st.outlets[oid]!
+      const a = drawOf(st, e, now)
+      if (a > 0) for (const cid of cs[e.circuit!]!.chain) approx[cid]![e.phase] += a
+    }
+    const quick = loadsFrom(approx)
+    if (!quick.over && memo.waiting.size === 0) return
+    if (
+      !quick.over &&
+      !couldSwitchOn(
+        st,
+        [...memo.waiting].map((oid) => st.outlets[oid]!),
+        membersOf(),
+        approx,
+        quick.limits,
+        now,
+      )
+    )
+      return
+  }
+  const members = membersOf()
+
+  // The rules run: the expected load exactly, from every outlet on a circuit.
+  const expected: Record<string, [number, number, number]> = {}
+  for (const id of ids) expected[id] = [0, 0, 0]
+  for (const oid of members) {
+    const e = st.outlets[oid]!
+    const a = drawOf(st, e, now)
+    if (a > 0) for (const cid of cs[e.circuit!]!.chain) expected[cid]![e.phase] += a
+  }
+  const { limits } = loadsFrom(expected)
+
+  const contenders: Contender[] = []
+  const fresh = new Set<string>()
+  for (const id of members) {
+    const e = st.outlets[id]!
+    const c = cs[e.circuit!]!
+    const s = e.session
+    const a = drawOf(st, e, ctx.now)
+    if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+      const on = s.queuedAt == null
+      const isNew = prev[id]?.session?.id !== s.id
+      if (isNew) fresh.add(id)
+      contenders.push({
+        outlet: id,
+        chain: c.chain,
+        phase: e.phase,
+        priority: e.priority,
+        drawA: on ? a : e.ratingA,
+        on,
+        movable: true,
+        tentative: on && isNew,
+        onAt: s.onAt ?? s.startedAt,
+        queuedAt: s.queuedAt ?? s.startedAt,
+        offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
+        slotMs: c.slotMs,
+      })
+    } else if (a > 0) {
+      contenders.push({
+        outlet: id,
+        chain: c.chain,
+        phase: e.phase,
+        priority: e.priority,
+        drawA: a,
+        on: true,
+        movable: false,
+        tentative: false,
+        onAt: 0,
+        queuedAt: 0,
+        offAt: Number.NEGATIVE_INFINITY,
+        slotMs: c.slotMs,
+      })
+    }
+  }
+
+  const plan = planCircuits(limits, contenders, ctx.now)
+  for (const [id, why] of plan.off) {
+    const e = st.outlets[id]!
+    const s = ctx.sess(id)
+    markSwitch(s, ctx.now, true)
+    s.queuedAt = ctx.now
+    s.offAt = ctx.now
+    s.lowSince = null
+    s.taperedAtLow = false
+    s.drawing = false
+    s.awaitDraw = false
+    ctx.record({ type: 'session.queued', ts: ctx.iso, sessionId: s.id, outlet: id, circuit: e.circuit!, why: fresh.has(id) ? 'start' : why })
+    ctx.touch(id)
+  }
+  for (const id of plan.on) {
+    const e = st.outlets[id]!
+    const waitedMs = ctx.now - (e.session!.queuedAt ?? ctx.now)
+    const s = ctx.sess(id)
+    markSwitch(s, ctx.now, false)
+    s.queuedAt = null
+    s.onAt = ctx.now
+    s.graceFrom = ctx.now
+    s.drawing = false
+    // The taper heuristic looks at the minute before the current fell: the wait's 0 A with the
+    // relay open is not the car tapering off, so the window starts again with the turn.
+    s.window = []
+    // It had drawn before it waited: the car must draw again within the grace period.
+    if (s.drewCurrent) s.awaitDraw = true
+    if (!fresh.has(id))
+      ctx.record({ type: 'session.resumed', ts: ctx.iso, sessionId: s.id, outlet: id, circuit: e.circuit!, waitedS: waitedMs / 1000 })
+    ctx.touch(id)
+  }
+  // An activation that found no room: it opened waiting, and says so once.
+  for (const c of contenders) {
+    if (!c.movable || c.on || plan.on.has(c.outlet) || !fresh.has(c.outlet)) continue
+    const s = st.outlets[c.outlet]!.session!
+    ctx.record({ type: 'session.queued', ts: ctx.iso, sessionId: s.id, outlet: c.outlet, circuit: st.outlets[c.outlet]!.circuit!, why: 'start' })
+  }
+}

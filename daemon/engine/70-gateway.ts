@@ -1,0 +1,156 @@
+/**
+ * The gateway's own events: boot, shutdown, the uplink going up or down, and a new site
+ * configuration.
+ *
+ * Owns: closing open sessions at boot (at their last journaled reading) and at shutdown,
+ * the session id prefix, opening every relay at boot and shutdown, the offline clock,
+ * outlets and circuits added, changed or removed by a config.
+ * Must never: close a session at boot time instead of its last reading, keep a commanded
+ * circuit limit above a lowered maxA, or let a config file's unchanged plan override the cloud's.
+ */
+import type { EndReason, JournalSalvageInfo, SiteConfig } from '../../core/types.js'
+import { hasCircuits, hasOwn } from './00-queries.js'
+import type { Ctx } from './10-context.js'
+import { newOutlet, outletCircuit, settingsFrom } from './20-setup.js'
+import { endSession } from './40-sessions.js'
+import type { CircuitEntry } from './state.js'
+
+export function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, publicKey: string | undefined, journalSalvage?: JournalSalvageInfo): void {
+  const g = ctx.sec('gateway')
+  g.running = true
+  g.bootAt = ctx.now
+  g.online = false
+  g.offlineSince = ctx.now
+  if (g.idPrefix === null) g.idPrefix = ctx.now.toString(36)
+  ctx.record({
+    type: 'gateway.started',
+    ts: ctx.iso,
+    version,
+    cleanShutdown,
+    ...(publicKey === undefined ? {} : { publicKey }),
+    ...(journalSalvage ? { journalSalvage } : {}),
+  })
+  // The feeder meters must answer again after a restart: their silence timers start now.
+  if (hasCircuits(ctx.s)) {
+    const circuits = ctx.sec('circuits')
+    for (const id of Object.keys(ctx.s.circuits))
+      circuits[id] = { limitA: circuits[id]?.limitA ?? null, currentsA: null, goodAt: ctx.now, fault: null }
+  }
+  const reason: EndReason = cleanShutdown ? 'reboot' : 'power-loss'
+  for (const id of Object.keys(ctx.state.outlets)) {
+    // Closed at the session's last journaled reading (its lastTs / lastMWh), never at boot time.
+    if (ctx.state.outlets[id]!.session) endSession(ctx, id, reason)
+  }
+  const outs = ctx.sec('outlets')
+  for (const id of Object.keys(outs)) {
+    if (outs[id]!.removed) {
+      delete outs[id]
+      continue
+    }
+    const e = ctx.out(id)
+    e.fresh = false
+    e.goodAt = ctx.now
+    e.badDetail = null
+    e.relayClosed = false
+    if (e.hasRelay) ctx.relay(id, false)
+    ctx.touch(id)
+  }
+}
+
+export function onShutdown(ctx: Ctx): void {
+  for (const id of Object.keys(ctx.state.outlets)) if (ctx.state.outlets[id]!.session) endSession(ctx, id, 'reboot')
+  ctx.sec('gateway').running = false
+  for (const id of Object.keys(ctx.state.outlets)) {
+    const e = ctx.state.outlets[id]!
+    if (e.relayClosed) ctx.out(id).relayClosed = false
+    if (e.hasRelay) ctx.relay(id, false) // every relay, open or not
+    ctx.touch(id)
+  }
+}
+
+export function onUplink(ctx: Ctx, online: boolean): void {
+  const g = ctx.gw
+  if (online) {
+    if (g.online && g.offlineSince === null) return
+    const m = ctx.sec('gateway')
+    m.online = true
+    m.offlineSince = null
+    return
+  }
+  if (!g.online && g.offlineSince !== null) return
+  const m = ctx.sec('gateway')
+  m.online = false
+  m.offlineSince = ctx.now
+  for (const id of Object.keys(ctx.state.outlets)) {
+    const s = ctx.state.outlets[id]!.session
+    if (s && !s.offline) ctx.sess(id).offline = true
+  }
+}
+
+export function onConfig(ctx: Ctx, config: SiteConfig): void {
+  const next = settingsFrom(config)
+  if (JSON.stringify(next) !== JSON.stringify(ctx.s)) ctx.put('settings', next)
+  // Circuits: new ones added, removed ones dropped; a commanded limit above a lowered maxA is void.
+  const had = (ctx.state.circuits ?? {}) as Record<string, CircuitEntry>
+  const want: Record<string, CircuitEntry> = {}
+  let same = Object.keys(had).length === Object.keys(next.circuits).length && ctx.state.circuits !== undefined
+  for (const id of Object.keys(next.circuits)) {
+    const h = hasOwn(had, id) ? had[id]! : null
+    const limitA = h && h.limitA !== null && h.limitA <= next.circuits[id]!.maxA ? h.limitA : null
+    want[id] = h && h.limitA === limitA ? h : { limitA, currentsA: h?.currentsA ?? null, goodAt: h?.goodAt ?? ctx.now, fault: h?.fault ?? null }
+    if (want[id] !== h) same = false
+  }
+  if (!same) ctx.put('circuits', want)
+  const inConfig = new Set<string>()
+  for (const o of config.outlets) {
+    inConfig.add(o.id)
+    if (!hasOwn(ctx.state.outlets, o.id)) {
+      ctx.sec('outlets')[o.id] = newOutlet(o, ctx.now)
+      ctx.touch(o.id)
+      continue
+    }
+    const e0 = ctx.state.outlets[o.id]!
+    const auto = o.autoStart?.userId ?? null
+    const hasRelay = o.relay !== undefined
+    const wired = outletCircuit(o)
+    if (
+      e0.hasRelay === hasRelay &&
+      e0.ratingA === o.ratingA &&
+      e0.configPlan === o.plan &&
+      e0.configAutoStart === auto &&
+      !e0.removed &&
+      e0.circuit === wired.circuit &&
+      e0.phase === wired.phase &&
+      e0.priority === wired.priority
+    )
+      continue
+    const e = ctx.out(o.id)
+    Object.assign(e, wired)
+    e.hasRelay = hasRelay
+    e.ratingA = o.ratingA
+    e.removed = false
+    // The installer changed the plan or auto-start user in the file: that is newer than
+    // a cloud assign-plan / set-auto-start; an unchanged file keeps the cloud's choice.
+    if (e.configPlan !== o.plan) {
+      e.configPlan = o.plan
+      e.planId = o.plan
+    }
+    if (e.configAutoStart !== auto) {
+      e.configAutoStart = auto
+      e.autoStartUser = auto
+      e.autoStartSuspended = false
+    }
+    if (!hasRelay) e.autoStartUser = null
+  }
+  for (const id of Object.keys(ctx.state.outlets)) {
+    if (inConfig.has(id)) continue
+    const e = ctx.state.outlets[id]!
+    if (e.session && !ctx.gw.running) {
+      // Restored state, not yet booted: boot closes the session at its last reading, then drops the outlet.
+      if (!e.removed) ctx.out(id).removed = true
+      continue
+    }
+    if (e.session) endSession(ctx, id, 'manager-stopped')
+    delete ctx.sec('outlets')[id]
+  }
+}
