@@ -23,7 +23,7 @@
  * given in a note as the floor any Node daemon pays.
  *
  * Measured twice: with node's defaults and with the flags on the bin's
- * interpreter line (dist/daemon/cli.js), before and
+ * interpreter line (dist/bin/outpost.js), before and
  * after. The Node-RED variant (with the bin's flags) enables embedded Node-RED (api.listen + nodeRed.enabled) and
  * measures only if the editor really answers at http://LISTEN/red/; otherwise
  * its rows say "not measured" instead of a number.

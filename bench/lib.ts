@@ -172,8 +172,8 @@ export function table(rows: (BenchRow & { bench: string })[]): string {
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n')
 }
 
-/** The node flags the `outpost` bin starts with: those on dist/daemon/cli.js's interpreter line. */
-export function binNodeFlags(cli = packagePath('dist', 'daemon', 'cli.js')): string[] {
+/** The node flags the `outpost` bin starts with: those on dist/bin/outpost.js's interpreter line. */
+export function binNodeFlags(cli = packagePath('dist', 'bin', 'outpost.js')): string[] {
   const first = readFileSync(cli, 'utf8').split('\n', 1)[0]!
   const m = first.match(/^#!.*?\bnode\b(.*)$/)
   if (!m) throw new Error(`${cli}: no node interpreter line`)

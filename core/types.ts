@@ -471,6 +471,27 @@ export interface RecordLog {
   onAppend(listener: (head: number) => void): () => void
 }
 
+// ---------------------------------------------------------------- the pull (P/pull/answer), both sides of the contract
+
+/** Why a pull was refused (PullAnswer.error). */
+export interface PullError {
+  /** 'invalid-pull' (malformed request), 'compacted' (range no longer held), 'internal'. */
+  code: 'invalid-pull' | 'compacted' | 'internal'
+  message: string
+  /** With 'compacted': the oldest seq the journal still holds. */
+  oldest?: number
+}
+
+/** A gateway's answer to a pull: what the uplink publishes on P/pull/answer and the cloud reads. */
+export interface PullAnswer {
+  requestId: string | null
+  records: JournalRecord[]
+  /** The seq to pull next for the rest of the range, or null when the range is complete. */
+  next: number | null
+  head: number
+  error?: PullError
+}
+
 // The list and the record shapes name the same types: a record added to one and not the other does not compile.
 type SameTypes<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
 const recordTypesMatch: SameTypes<RecordType, RecordBody['type']> = true

@@ -1,22 +1,16 @@
-#!/usr/bin/env -S node --max-semi-space-size=1 --optimize-for-size --lite-mode
 /**
- * The `outpost` executable: parses the command word and hands the rest of the
- * arguments to the command's module. Each command returns its exit status;
- * this file owns process.exit and nothing else.
- *
- * The interpreter line sizes V8 for a small gateway: a 1 MB young generation per
- * semi-space (the daemon's garbage is short-lived and small; node's default of up to
- * 16 MB costs about 20 MB of RSS), V8 favouring size over speed (the old generation
- * grows less before each collection), and lite mode (no optimising compiler: less code
- * in memory). Together about 50 MB less RSS at 64 outlets (72 MB median against 122 MB
- * with node's defaults) for about 0.7 % more of one core; peak throughput drops (2.5x
- * fewer dispatch steps/s, still 500x what 64 outlets need) while the uplink drain, being
- * I/O-bound, keeps 94 % (docs/bench.md, footprint). The systemd unit passes the same flags
- * (test/systemd-unit.test.ts checks they agree).
+ * The gateway's executable: parses the command word and hands the rest of the
+ * arguments to the command's module. Each command returns its exit status; `main`
+ * owns process.exit and nothing else. systemd runs this file (`run`); the `outpost`
+ * bin (bin/outpost.ts) runs it too, with the cloud side's commands added to the table,
+ * so that this file never names the cloud side (test/layers.test.ts).
  */
+import { realpathSync } from 'node:fs'
+import { pathToFileURL } from 'node:url'
 import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, version, type Io } from './cli-common.js'
 
-type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
+/** One command word: its help line, its usage, and its module, loaded only when the word is given. */
+export type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
 
 const commands: Record<string, Command> = {
   run: { summary: 'run the daemon', usage: 'outpost run [--config FILE]', load: () => import('./commands/run.js') },
@@ -61,22 +55,19 @@ const commands: Record<string, Command> = {
     usage: 'outpost reconcile --url URL --site ID [--prefix P] [--out FILE]',
     load: () => import('./commands/reconcile.js'),
   },
-  ingest: {
-    summary: "cloud-side service: store every site's records in PostgreSQL, split across workers",
-    usage: 'outpost ingest --url URL --db POSTGRES_URL [--group NAME] [--sites PATTERN]',
-    load: () => import('./commands/ingest.js'),
-  },
 }
 
-export function helpText(): string {
-  const width = Math.max(...Object.keys(commands).map((c) => c.length))
+/** The help text listing the gateway's commands and any `more` (the cloud side's, from the bin). */
+export function helpText(more: Record<string, Command> = {}): string {
+  const all = { ...commands, ...more }
+  const width = Math.max(...Object.keys(all).map((c) => c.length))
   return [
     `outpost ${version} — pay-per-use EV charging on metered outlets`,
     '',
     'Usage: outpost <command> [options]',
     '',
     'Commands:',
-    ...Object.entries(commands).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
+    ...Object.entries(all).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`),
     '',
     'Options:',
     '  --help, -h     this text (or: outpost <command> --help)',
@@ -86,19 +77,20 @@ export function helpText(): string {
   ].join('\n')
 }
 
-export async function cli(argv: string[], io: Io = processIo): Promise<number> {
+/** Runs one command line; `more` adds command words from outside the gateway (bin/outpost.ts adds the cloud side's). */
+export async function cli(argv: string[], io: Io = processIo, more: Record<string, Command> = {}): Promise<number> {
   const [word, ...rest] = argv
   if (word === undefined || word === '--help' || word === '-h' || word === 'help') {
-    io.out(helpText() + '\n')
+    io.out(helpText(more) + '\n')
     return word === undefined ? EXIT_USAGE : EXIT_OK
   }
   if (word === '--version' || word === '-v') {
     io.out(version + '\n')
     return EXIT_OK
   }
-  const command = commands[word]
+  const command = Object.hasOwn(more, word) ? more[word] : Object.hasOwn(commands, word) ? commands[word] : undefined
   if (!command) {
-    io.err(`outpost: unknown command "${word}"\n\n${helpText()}\n`)
+    io.err(`outpost: unknown command "${word}"\n\n${helpText(more)}\n`)
     return EXIT_USAGE
   }
   if (rest.includes('--help') || rest.includes('-h')) {
@@ -109,10 +101,9 @@ export async function cli(argv: string[], io: Io = processIo): Promise<number> {
   return mod.main(rest, io)
 }
 
-// Run when executed, not when imported by a test.
-const invoked = process.argv[1] ?? ''
-if (invoked.endsWith('/cli.js') || invoked.endsWith('/outpost')) {
-  cli(process.argv.slice(2)).then(
+/** Runs the process's command line and sets its exit status (a thrown error is printed, exit 1). */
+export function main(more: Record<string, Command> = {}): void {
+  cli(process.argv.slice(2), processIo, more).then(
     (code) => {
       process.exitCode = code
     },
@@ -123,3 +114,16 @@ if (invoked.endsWith('/cli.js') || invoked.endsWith('/outpost')) {
     },
   )
 }
+
+/** Whether this module is the process's main script (not imported by the bin or a test). */
+function isMain(): boolean {
+  const invoked = process.argv[1]
+  if (!invoked) return false
+  try {
+    return pathToFileURL(realpathSync(invoked)).href === import.meta.url
+  } catch {
+    return false
+  }
+}
+
+if (isMain()) main()

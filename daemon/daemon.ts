@@ -1,6 +1,7 @@
 /**
  * The composition root: config → buses and devices → session engine → journal →
- * uplink. Starts them in that order and stops them in reverse.
+ * uplink, and the OCPP charge point beside the uplink (daemon/ocpp/attach.ts owns its
+ * wiring). Starts them in that order and stops them in reverse.
  *
  * Owns the one place where the pure engine meets the world: every event goes
  * through `dispatch`, one at a time, and its effects are carried out in the only
@@ -43,12 +44,12 @@ import {
 import { restoreState } from './restore.js'
 import type { Journal } from './journal/index.js'
 import { openJournalForRun } from './journal/salvage.js'
-import { ModelRegistry, openSite, type SiteIO } from '../drivers/index.js'
+import { openSite, type SiteIO } from '../drivers/index.js'
 import { Uplink, disabledUplinkState, type UplinkState } from './uplink/uplink.js'
 import { CommandGateway } from './command-gateway.js'
-import { ChargePoint, type OutletView } from './ocpp/chargepoint.js'
+import { OcppLink, type OcppState } from './ocpp/attach.js'
 import { loadOrCreateKey, type GatewayKey } from './gateway-key.js'
-import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
+import { sessionSigner } from './session-signer.js'
 
 export interface DaemonOptions {
   config: SiteConfig
@@ -98,9 +99,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private journal: Journal | undefined
   private site: SiteIO | undefined
   private uplink: Uplink | undefined
-  private ocpp: ChargePoint | undefined
-  /** A Hard reset from the central system: the clean stop does not wait for the OCPP outbox to drain. */
-  private hardReset = false
+  private ocpp: OcppLink | undefined
   gateway!: CommandGateway
   private queue: Promise<unknown> = Promise.resolve()
   private timers: NodeJS.Timeout[] = []
@@ -141,7 +140,6 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       if (!this.key) throw new OutpostError('KEY_MISSING', 'the gateway key is not loaded')
       return this.key
     }
-    const meters = meterIdentities(config, this.manufacturers())
     // A damaged journal (JOURNAL_CORRUPT) is moved aside and replaced, never reset: the site keeps charging (journal/salvage.ts).
     const opened = await openJournalForRun(
       config.storage.dir,
@@ -152,18 +150,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         version: this.version,
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
-        sign: (body, { pagination, clockSynced }) =>
-          signOcmf(
-            ocmfPayload(body, {
-              siteId: config.site.id,
-              gatewaySerial: signer().fingerprint,
-              version: this.version,
-              pagination,
-              clockSynced,
-              meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
-            }),
-            signer().privateKey,
-          ),
+        sign: sessionSigner({ config, version: this.version, key: signer }),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
@@ -187,7 +174,20 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.log.info({ dir: config.storage.dir, head: this.journal.head(), acked: this.journal.acked(), restored: Boolean(persisted) }, 'journal open')
 
     // The OCPP outbox follows the journal from before the boot step, so the sessions boot closes become StopTransactions.
-    if (config.ocpp) await this.attachOcpp(this.journal)
+    if (config.ocpp) {
+      this.ocpp = await OcppLink.attach({
+        config,
+        version: this.version,
+        journal: this.journal,
+        logger: this.log,
+        now: () => this.clock.now(),
+        engineState: () => this.state,
+        outletStatuses: () => this.outletStatuses(),
+        command: (cmd) => this.gateway.handle(cmd, 'ocpp'),
+        reset: (kind) => this.emit('reset', kind),
+        onStatus: (listener) => this.on('status', listener),
+      })
+    }
 
     // Buses before boot: boot opens every relay, and that must reach the hardware.
     this.site = await openSite(config, { now: () => this.clock.now(), logger: this.log })
@@ -243,17 +243,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       this.log.info('no uplink configured: running offline, records queue in the journal')
     }
 
-    if (this.ocpp) {
-      try {
-        this.ocpp.start()
-      } catch (err) {
-        this.log.error(
-          { code: (err as { code?: string }).code, err: (err as Error).message },
-          'ocpp cannot start; charging and the uplink continue without it',
-        )
-        this.ocpp = undefined
-      }
-    }
+    if (this.ocpp && !this.ocpp.start()) this.ocpp = undefined
 
     const { pollMs } = config.sessions
     for (const outlet of config.outlets) {
@@ -262,61 +252,6 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
-  }
-
-  /** The OCPP charge point on this journal; a failure is logged and leaves the site charging without OCPP. */
-  private async attachOcpp(journal: Journal): Promise<void> {
-    try {
-      const cp = new ChargePoint({
-        config: this.config,
-        version: this.version,
-        journal,
-        logger: this.log,
-        now: () => this.clock.now(),
-        outlets: () => this.ocppOutlets(),
-        command: (cmd) => this.gateway.handle(cmd, 'ocpp'),
-        reset: (kind) => {
-          this.hardReset = kind === 'Hard'
-          this.emit('reset', kind)
-        },
-      })
-      await cp.attach()
-      this.ocpp = cp
-      this.on('status', () => cp.onStatus())
-    } catch (err) {
-      this.log.error(
-        { code: (err as { code?: string }).code, err: (err as Error).message },
-        'ocpp cannot start; charging and the uplink continue without it',
-      )
-    }
-  }
-
-  private ocppOutlets(): OutletView[] {
-    const byId = new Map(this.outletStatuses().map((s) => [s.outlet, s]))
-    return this.config.outlets.map((o) => {
-      const e = this.state.outlets[o.id]
-      const s = byId.get(o.id)
-      const last = e?.last
-      return {
-        id: o.id,
-        state: s?.state ?? 'off',
-        ...(e?.session ? { sessionId: e.session.id } : {}),
-        currentA: s?.currentA ?? 0,
-        meterFault: e?.meterFault ?? null,
-        relayFault: e?.relayFault ?? null,
-        last: last ? { ts: last.ts, currentA: last.currentA, powerW: last.powerW, energyWh: last.mWh / 1000, voltageV: last.voltageV } : null,
-      }
-    })
-  }
-
-  ocppState(): { connected: boolean; accepted: boolean; queued: number } | undefined {
-    return this.ocpp?.state()
-  }
-
-  /** Each meter model's manufacturer (OCMF MV), from the built-in models and models.dir. */
-  private manufacturers(): (model: string) => string | undefined {
-    const registry = new ModelRegistry(this.config.models?.dir)
-    return (model) => registry.find(model, 'meter')?.manufacturer
   }
 
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
@@ -362,7 +297,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       this.log.error('relays may not all be open: the bus did not answer in time'),
     )
     // The StopTransactions of the shutdown step get a few seconds to reach the central system (not after a Hard reset); the rest go after the restart.
-    await this.ocpp?.stop(this.hardReset || this.halted ? 0 : 3000).catch(() => undefined)
+    await this.ocpp?.stop({ halted: Boolean(this.halted) })
     await this.uplink?.stop().catch(() => undefined)
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
@@ -402,6 +337,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   get buses(): SiteIO | undefined {
     return this.site
+  }
+
+  /** The link to the central system, when OCPP is configured and its charge point started. */
+  ocppState(): OcppState | undefined {
+    return this.ocpp?.state()
   }
 
   uplinkState(): UplinkState {

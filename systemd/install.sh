@@ -254,7 +254,7 @@ cat >"$(at "$BIN").tmp" <<EOF
 #!/bin/sh
 # Installed by Outpost's systemd/install.sh. Run tools as the service user, e.g.
 #   sudo -u outpost outpost records --config /etc/outpost/site.json
-exec $NODE $PREFIX/dist/daemon/cli.js "\$@"
+exec $NODE $PREFIX/dist/bin/outpost.js "\$@"
 EOF
 chmod 0755 "$(at "$BIN").tmp"
 mv "$(at "$BIN").tmp" "$(at "$BIN")"

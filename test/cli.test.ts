@@ -2,6 +2,7 @@ import t from 'tap'
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { spawnSync } from 'node:child_process'
 import { runCli } from './helpers/cli.js'
 import { cli } from '../daemon/cli.js'
 import { version } from '../daemon/cli-common.js'
@@ -24,6 +25,26 @@ t.test('built CLI: --version and --help', async (t) => {
   const bad = runCli(['frobnicate'])
   t.equal(bad.status, 64)
   t.match(bad.stderr, /unknown command "frobnicate"/)
+})
+
+t.test("the outpost bin: the gateway's words and the cloud side's, from one executable", async (t) => {
+  const bin = packagePath('dist', 'bin', 'outpost.js')
+  const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000 })
+  t.equal(JSON.parse(readFileSync(packagePath('package.json'), 'utf8')).bin.outpost, 'dist/bin/outpost.js', 'package.json names it')
+  const h = run('--help')
+  t.equal(h.status, 0)
+  for (const c of ['run', 'check-config', 'verify', 'ingest']) t.match(h.stdout, new RegExp(`\\n  ${c} `), `help lists ${c}`)
+  t.notMatch(runCli(['--help']).stdout, /\n {2}ingest /, "the gateway's own CLI does not name the cloud side")
+  const usage = run('ingest', '--help')
+  t.equal(usage.status, 0)
+  t.match(usage.stdout, /^Usage: outpost ingest --url URL --db POSTGRES_URL/)
+  const missing = run('ingest', '--url', 'mqtt://127.0.0.1:1')
+  t.equal(missing.status, 64, 'ingest runs: its own usage error')
+  t.match(missing.stderr, /outpost ingest: --url and --db are required/)
+  const check = run('check-config', example)
+  t.equal(check.status, 0, check.stderr)
+  t.match(check.stdout, /ok \(site lot-7/, 'a gateway word goes to the gateway')
+  t.equal(run('frobnicate').status, 64)
 })
 
 t.test('built CLI: check-config accepts the contract example', async (t) => {

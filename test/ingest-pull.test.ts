@@ -12,7 +12,7 @@ import { startPostgres } from './helpers/postgres.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { FleetSite, rng } from './helpers/fleet.js'
 import { CLI, invariants, waitFor } from './helpers/ingest-kit.js'
-import { IngestWorker } from '../daemon/ingest/worker.js'
+import { IngestWorker } from '../cloud/worker.js'
 
 const db = await startPostgres(t)
 const broker = await startMosquitto(t, { extraConfig: ['max_queued_messages 0'] })

@@ -129,6 +129,7 @@ t.test('every file the code reads at run time is in the package (package.json "f
     'each one is packed',
   )
   t.ok(shipped('dist/daemon/cli.js'), 'the CLI is packed')
+  t.ok(shipped('dist/bin/outpost.js'), 'and the bin')
 })
 
 t.test('an old Node is refused before anything is written', async (t) => {
@@ -180,7 +181,7 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
     readFileSync(packagePath('systemd', '99-outpost-rs485.rules'), 'utf8'),
     'the udev rule',
   )
-  t.match(readFileSync(join(root, 'usr/local/bin/outpost'), 'utf8'), `exec ${nodePath} /opt/outpost/dist/daemon/cli.js "$@"`, 'the outpost command')
+  t.match(readFileSync(join(root, 'usr/local/bin/outpost'), 'utf8'), `exec ${nodePath} /opt/outpost/dist/bin/outpost.js "$@"`, 'the outpost command')
   t.equal(mode('usr/local/bin/outpost'), '755')
 
   // /opt/outpost is exactly the packed package plus its runtime dependencies.
@@ -219,6 +220,8 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const cli = join(opt, 'dist/daemon/cli.js')
   const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd: opt })
   t.equal(run('--version').stdout.trim(), version, 'installed outpost --version')
+  const bin = spawnSync(process.execPath, [join(opt, 'dist/bin/outpost.js'), 'ingest', '--help'], { encoding: 'utf8', cwd: opt })
+  t.match(bin.stdout, /^Usage: outpost ingest /, 'the installed bin routes ingest to the cloud side')
   const check = run('check-config', join(root, 'etc/outpost/site.json'))
   t.equal(check.status, 0, 'installed check-config accepts the installed site.json')
   t.match(check.stdout, /: ok \(site lot-7/)

@@ -81,7 +81,7 @@ t.test('the unit keeps what the daemon needs', async (t) => {
   t.ok(Number(one('WatchdogSec')) >= 10, 'a watchdog the daemon feeds at half the period')
   t.equal(
     one('ExecStart'),
-    `/usr/bin/node ${binNodeFlags(packagePath('daemon', 'cli.ts')).join(' ')} /opt/outpost/dist/daemon/cli.js run --config ${DEFAULT_CONFIG}`,
+    `/usr/bin/node ${binNodeFlags(packagePath('bin', 'outpost.ts')).join(' ')} /opt/outpost/dist/daemon/cli.js run --config ${DEFAULT_CONFIG}`,
     'runs the installed CLI on the default config, with the node flags of the outpost bin',
   )
   t.equal(one('Restart'), 'always')

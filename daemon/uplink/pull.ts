@@ -6,7 +6,7 @@
  * bounded page. Never writes to the journal; never throws for bad input (the
  * answer carries an error instead).
  */
-import type { JournalRecord, RecordLog } from '../../core/types.js'
+import type { JournalRecord, PullAnswer, PullError, RecordLog } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { isTopicLevel } from './topics.js'
 
@@ -22,23 +22,6 @@ export interface PullRequest {
   from: number
   to?: number
   limit: number
-}
-
-export interface PullError {
-  /** 'invalid-pull' (malformed request), 'compacted' (range no longer held), 'internal'. */
-  code: 'invalid-pull' | 'compacted' | 'internal'
-  message: string
-  /** With 'compacted': the oldest seq the journal still holds. */
-  oldest?: number
-}
-
-export interface PullAnswer {
-  requestId: string | null
-  records: JournalRecord[]
-  /** The seq to pull next for the rest of the range, or null when the range is complete. */
-  next: number | null
-  head: number
-  error?: PullError
 }
 
 const isSeq = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 1

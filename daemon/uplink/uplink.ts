@@ -18,10 +18,10 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pino, { type Logger } from 'pino'
-import type { CommandResult, OutletStatus, RecordLog, UplinkConfig } from '../../core/types.js'
+import type { CommandResult, OutletStatus, PullAnswer, RecordLog, UplinkConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { authOptions, safeUrl } from './connection.js'
-import { answerPull, parsePull, type PullAnswer } from './pull.js'
+import { answerPull, parsePull } from './pull.js'
 import { topics, type Topics } from './topics.js'
 import { withTimeout } from '../../core/timeout.js'
 

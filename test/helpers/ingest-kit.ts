@@ -6,7 +6,8 @@ import { type Proc, startProc } from './e2e-kit.js'
 import type { JournalRecord } from '../../core/types.js'
 import { verifyChain } from '../../daemon/uplink/chain.js'
 
-export const CLI = join(packageRoot, 'dist', 'daemon', 'cli.js')
+/** The built `outpost` bin (package.json `bin`): it routes `ingest` to the cloud side and every other word to the gateway's CLI. */
+export const CLI = join(packageRoot, 'dist', 'bin', 'outpost.js')
 
 interface Teardownable {
   teardown(fn: () => unknown): void

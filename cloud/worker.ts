@@ -10,15 +10,15 @@
  * that finishes in-flight transactions.
  * Must never: ack before the commit that stored what it acks, or past the verified
  * prefix; let one site's failure (a bad payload, a database error) stop another's;
- * import the gateway daemon.
+ * import the gateway daemon (test/layers.test.ts: only core/ and the shared modules it names).
  */
 import { randomBytes } from 'node:crypto'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pg from 'pg'
 import pino, { type Logger } from 'pino'
-import { OutpostError } from '../errors.js'
-import { authOptions, safeUrl, type BrokerAuth } from '../uplink/connection.js'
-import type { PullAnswer } from '../uplink/pull.js'
+import type { PullAnswer } from '../core/types.js'
+import { OutpostError } from '../daemon/errors.js'
+import { authOptions, safeUrl, type BrokerAuth } from '../daemon/uplink/connection.js'
 import { migrate } from './schema.js'
 import { storeRecords, type StoreResult } from './store.js'
 

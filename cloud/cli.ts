@@ -3,7 +3,8 @@
  * to every site's records through an MQTT 5 shared subscription (workers started
  * with the same --group split the traffic), stores them idempotently in PostgreSQL,
  * verifies each site's chain incrementally, acks each site's verified prefix after
- * the commit, and pulls gaps (daemon/ingest/, docs/ingest.md).
+ * the commit, and pulls gaps (cloud/, docs/ingest.md). The `outpost` bin (bin/outpost.ts)
+ * routes the word `ingest` here.
  *
  * Owns: the command line of the service and its signals (SIGTERM/SIGINT: a clean
  * stop that finishes in-flight transactions).
@@ -12,8 +13,8 @@
  * Exit status: 0 after a clean stop, 64 usage, 70 cannot start (database or broker settings).
  */
 import pino from 'pino'
-import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageError, type Io } from '../cli-common.js'
-import { IngestWorker } from '../ingest/worker.js'
+import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageError, type Io } from '../daemon/cli-common.js'
+import { IngestWorker } from './worker.js'
 
 const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
   --url URL             broker: mqtt://host:1883 or mqtts://host:8883 (MQTT 5 shared subscriptions)

@@ -12,8 +12,8 @@
  * check a chain by any rule but the project's own (daemon/uplink/chain.ts).
  */
 import type pg from 'pg'
-import type { JournalRecord } from '../../core/types.js'
-import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../uplink/chain.js'
+import type { JournalRecord } from '../core/types.js'
+import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../daemon/uplink/chain.js'
 
 /** Rows read per step of the prefix walk. */
 const WALK_PAGE = 1000

@@ -1,0 +1,38 @@
+/**
+ * The journal's OCMF signer: each session.ended is signed as it is sealed, with the gateway
+ * key and the identity of the outlet's meter (MV from the meter model's manufacturer, from
+ * the built-in models and models.dir; MS from meter.serial or `<bus>:<unit>`).
+ *
+ * Owns: which meter identity and which context (site, gateway serial, version) a signature
+ * carries.
+ * Must never: hold or hand out the private key (it asks for it at each signature, so a key
+ * loaded after the journal opened is the one used), or sign without a key (KEY_MISSING).
+ */
+import type { SiteConfig } from '../core/types.js'
+import { ModelRegistry } from '../drivers/index.js'
+import type { GatewayKey } from './gateway-key.js'
+import type { SessionSigner } from './journal/index.js'
+import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
+
+export function sessionSigner(opts: { config: SiteConfig; version: string; key: () => GatewayKey }): SessionSigner {
+  const { config, version, key } = opts
+  const meters = meterIdentities(config, manufacturers(config))
+  return (body, { pagination, clockSynced }) =>
+    signOcmf(
+      ocmfPayload(body, {
+        siteId: config.site.id,
+        gatewaySerial: key().fingerprint,
+        version,
+        pagination,
+        clockSynced,
+        meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
+      }),
+      key().privateKey,
+    )
+}
+
+/** Each meter model's manufacturer (OCMF MV), from the built-in models and models.dir. */
+function manufacturers(config: SiteConfig): (model: string) => string | undefined {
+  const registry = new ModelRegistry(config.models?.dir)
+  return (model) => registry.find(model, 'meter')?.manufacturer
+}
