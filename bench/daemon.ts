@@ -4,8 +4,11 @@
  *  - value: reading steps per second through `Daemon.dispatch` (the one-at-a-time queue,
  *    the engine step, the journal commit with the billed reading, effect routing: statuses,
  *    records, events) on an 8-outlet site with every outlet charging, the daemon started for
- *    real against the simulator over loopback Modbus TCP (polls parked so only the benchmark
- *    feeds it);
+ *    real against the simulator over loopback Modbus TCP. The feed continues each meter's
+ *    register from where the simulator's stands (the daemon reads every meter once at boot: a
+ *    feed starting below that is a register stepping back, a meter fault that ends the session),
+ *    and once the daemon has booted its own timers are stopped, so the feed is its one source of
+ *    readings (a poll of the carless simulator would read 0 A and the simulator's register);
  *  - baseline: the same sequence as a bare loop of `step()` + `journal.commit()` on a
  *    journal of its own (the floor: what any daemon would have to do per reading).
  *
@@ -53,7 +56,7 @@ function site(dir: string, port: number): SiteConfig {
         periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.15, perHour: 0.5 }],
       },
     ],
-    // Polls parked: the benchmark is the only source of readings.
+    // The longest poll period, though the polls are stopped anyway once the daemon runs (holdStill).
     sessions: { pollMs: 60_000 },
     logging: { level: 'fatal' },
   })
@@ -64,7 +67,15 @@ function site(dir: string, port: number): SiteConfig {
 /** The events of one site: wallets, a first reading, a start per outlet, then charging readings round-robin. */
 class Feed {
   t = T0
-  private readonly wh = Array.from({ length: OUTLETS }, (_, i) => 1_000_000 + i * 1000)
+  private readonly wh: number[]
+  /**
+   * Each register starts 1 Wh past the simulator's (the daemon reads every meter once at boot,
+   * and float32 kWh registers decode within a fraction of a Wh), a minute after that read: a
+   * plausible draw, neither a step back nor a glitch.
+   */
+  constructor(startWh: number[]) {
+    this.wh = startWh.map((wh) => wh + 1)
+  }
   private cmd = 0
   reading(i: number): EngineEvent {
     this.t += 100
@@ -73,6 +84,7 @@ class Feed {
     return { type: 'reading', outlet: `O${i}`, reading }
   }
   setup(): EngineEvent[] {
+    this.t += 60_000
     const ev: EngineEvent[] = []
     for (let i = 0; i < OUTLETS; i++) {
       ev.push({
@@ -88,8 +100,8 @@ class Feed {
   }
 }
 
-async function bare(dir: string, config: SiteConfig): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
-  const feed = new Feed()
+async function bare(dir: string, config: SiteConfig, startWh: number[]): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
+  const feed = new Feed(startWh)
   const journal = await Journal.open(dir, {
     bootId: randomUUID(),
     clockSynced: () => true,
@@ -119,11 +131,24 @@ async function bare(dir: string, config: SiteConfig): Promise<{ run: () => Promi
   }
 }
 
-async function composed(dir: string, config: SiteConfig): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
-  const feed = new Feed()
+/**
+ * Stops the daemon's own meter polls and tick (its interval timers), so that the feed is the
+ * one source of readings and of time. Daemon keeps them private, without a switch: a bench
+ * reaching for them says loudly when they are no longer where it looks.
+ */
+function holdStill(daemon: Daemon): void {
+  const timers = (daemon as unknown as { timers?: unknown }).timers
+  if (!Array.isArray(timers) || timers.length < OUTLETS)
+    throw new Error('bench/daemon: the daemon no longer keeps its poll timers in `timers`; the bench cannot stop its own polls')
+  for (const t of timers as NodeJS.Timeout[]) clearInterval(t)
+}
+
+async function composed(dir: string, config: SiteConfig, startWh: number[]): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
+  const feed = new Feed(startWh)
   const clock: Clock = { now: () => feed.t, monotonic: () => performance.now(), synced: () => true }
   const daemon = new Daemon({ config: { ...config, storage: { ...config.storage, dir } }, clock, logger: createLogger('fatal'), version: 'bench' })
   await daemon.start()
+  holdStill(daemon)
   for (const e of feed.setup()) await daemon.dispatch(e)
   return {
     run: async () => {
@@ -142,10 +167,18 @@ async function composed(dir: string, config: SiteConfig): Promise<{ run: () => P
 export async function run(): Promise<BenchRow[]> {
   const root = mkdtempSync(join(tmpdir(), 'outpost-bench-daemon-'))
   const sim = await startSim({ outlets: OUTLETS, port: 0, speed: 0, script: false })
+  // Closed whatever happens: a daemon left connected would keep the simulator, and the process, from ending.
+  const closing: (() => Promise<void>)[] = []
   try {
     const config = site(join(root, 'unused'), sim.port)
-    const a = await bare(join(root, 'bare'), config)
-    const b = await composed(join(root, 'daemon'), config)
+    // The daemon's boot read sees these registers; a feed starting elsewhere would be a meter
+    // stepping back (a fault, the session ended) or jumping ahead (a glitch, not billed).
+    const startWh = [...sim.outlets()].sort((x, y) => x.outlet - y.outlet).map((o) => o.energyWh)
+    if (startWh.length !== OUTLETS) throw new Error(`bench/daemon: the simulator has ${startWh.length} meters, not ${OUTLETS}`)
+    const a = await bare(join(root, 'bare'), config, startWh)
+    closing.unshift(a.close)
+    const b = await composed(join(root, 'daemon'), config, startWh)
+    closing.unshift(b.close)
     // Interleave the two so load on this shared machine hits both alike.
     const base: number[] = []
     const value: number[] = []
@@ -156,10 +189,9 @@ export async function run(): Promise<BenchRow[]> {
     })
     base.shift()
     value.shift()
-    await b.close()
-    await a.close()
     return [row(`reading steps/s through Daemon.dispatch (${OUTLETS} outlets charging)`, 'steps/s', base, value, { op: '>=', ratio: 0.8 })]
   } finally {
+    for (const close of closing) await close().catch(() => undefined)
     await sim.close()
     rmSync(root, { recursive: true, force: true })
   }

@@ -39,12 +39,16 @@ export interface SerialLineConfig {
   stopBits: 1 | 2
   timeoutMs: number
   retries: number
+  /** The adapter echoes every request back before the reply (most cheap two-wire adapters): consume and compare the echo. */
+  echo: boolean
+  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
+  interFrameMs?: number
+  /** The least time from the end of one exchange to the next request (slow meters, slow adapters); 0 = the frame silence alone. */
+  requestGapMs: number
 }
 
 export interface ModbusRtuBusConfig extends SerialLineConfig {
   type: 'modbus-rtu'
-  /** Silence between frames; default 3.5 characters at baudRate, 1.75 ms above 19200 baud. */
-  interFrameMs?: number
 }
 
 export interface ModbusTcpBusConfig {
@@ -213,6 +217,8 @@ export interface Reading {
   powerW: number
   energyWh: number
   voltageV: number
+  /** The meter's serial number as its serial register reads (models with identity.serial), once known. */
+  meterSerial?: string
 }
 
 // ---------------------------------------------------------------- records
@@ -313,6 +319,8 @@ export type RecordBody =
       planId: string
       trigger: SessionTrigger
       meterWh: number
+      /** The serial number the outlet's meter reported when the session started (models with a serial register). */
+      meterSerial?: string
     }
   | {
       type: 'session.ended'
@@ -348,6 +356,8 @@ export type RecordBody =
        * negative for a reset), never billed. energyWh = meterEndWh − meterStartWh − rebasedWh.
        */
       rebasedWh?: number
+      /** The session.started's meterSerial: the meter that measured the session (signed into the OCMF as MS). */
+      meterSerial?: string
       /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
       ocmf?: string
     }

@@ -606,9 +606,14 @@ function modelProblems(
   return []
 }
 
+/** Zones already found valid: building an Intl.DateTimeFormat is costly, and configs are validated often (each engine simulation seed, each reload). */
+const knownZones = new Set<string>()
+
 export function isTimeZone(tz: string): boolean {
+  if (knownZones.has(tz)) return true
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz })
+    knownZones.add(tz)
     return true
   } catch {
     return false

@@ -16,7 +16,9 @@ import {
   type OutpostErrorGuard,
 } from '../core/errors.js'
 import { DRIVER_ERRORS } from '../drivers/errors.js'
-import { COMMAND_ERRORS, ENGINE_ERRORS } from './engine/index.js'
+// The engine's codes straight from their module, not the engine's face: this catalog is shared
+// with the cloud side (test/layers.test.ts), which must never load the engine itself.
+import { COMMAND_ERRORS, ENGINE_ERRORS } from './engine/errors.js'
 
 const JOURNAL_ERRORS = {
   JOURNAL_LOCKED: 'another process (a running daemon) holds the journal',

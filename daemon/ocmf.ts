@@ -94,7 +94,8 @@ export function ocmfPayload(r: SessionEndedBody, c: OcmfContext): OcmfPayload {
     PG: `T${c.pagination}`,
     ...(c.meter.manufacturer ? { MV: c.meter.manufacturer } : {}),
     MM: c.meter.model,
-    MS: c.meter.serial,
+    // The serial the meter itself reported at the session's start, else the configured one.
+    MS: r.meterSerial ?? c.meter.serial,
     IS: true,
     IT: 'CENTRAL',
     ID: r.userId,
@@ -188,6 +189,7 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
   const expect: [string, unknown, unknown][] = [
     ['ID (user)', p.ID, r.userId],
     ['CI (outlet)', p.CI, r.outlet],
+    ...(r.meterSerial !== undefined ? [['MS (meter serial)', p.MS, r.meterSerial] as [string, unknown, unknown]] : []),
     ['TT (plan and total)', p.TT, tariffText(r)],
     ['RD[0].TX', b?.TX, 'B'],
     ['RD[0].RV (begin reading, kWh)', b?.RV, kwh(r.meterStartWh)],
@@ -201,7 +203,7 @@ export function checkOcmf(r: SessionEndedBody, publicKey: string | KeyObject): {
   return { ok: true, pagination: Number(m[1]) }
 }
 
-/** Each outlet's meter identity from the config and its meter model (MV from the model, MS from meter.serial or `<bus>:<unit>`). */
+/** Each outlet's meter identity from the config and its meter model (MV from the model, MS from meter.serial or `<bus>:<unit>`, used when the record has no meterSerial). */
 export function meterIdentities(config: SiteConfig, manufacturerOf: (model: string) => string | undefined): Map<string, MeterIdentity> {
   const out = new Map<string, MeterIdentity>()
   for (const o of config.outlets) {

@@ -1,7 +1,7 @@
 /**
  * The journal's OCMF signer: each session.ended is signed as it is sealed, with the gateway
  * key and the identity of the outlet's meter (MV from the meter model's manufacturer, from
- * the built-in models and models.dir; MS from meter.serial or `<bus>:<unit>`).
+ * the built-in models and models.dir; MS from the record's meterSerial, the serial the meter reported, else meter.serial or `<bus>:<unit>`).
  *
  * Owns: which meter identity and which context (site, gateway serial, version) a signature
  * carries.

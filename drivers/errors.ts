@@ -26,6 +26,10 @@ export const DRIVER_ERRORS = {
   SERIAL_GARBAGE: 'line protocol: only unreadable bytes within the timeout (retried; counts toward back-off)',
   SERIAL_DEVICE_ERROR: 'line protocol: the controller answered E,<addr>,<CODE> or an unexpected reply (not retried)',
   DEVICE_BACKOFF: 'refused at once: the device is backed off after consecutive failures',
+  BUS_ECHO_MISMATCH:
+    'echo: true and the bytes the adapter echoed differ from the request sent (a collision or a second master on the line); retried, never taken as a reply',
+  BUS_ECHO_UNEXPECTED: 'the adapter echoes every request back but the bus does not have echo: true; the message names the bus to fix (not retried)',
+  BUS_ECHO_MISSING: 'the bus has echo: true but a reply came back without the echo of its request; the message names the bus to fix (not retried)',
   BUS_CLOSED: 'the bus is not open (absent, unplugged, reconnecting, closing) or was lost',
   BUS_OPEN_FAILED: 'the port or socket could not be opened (in health().lastError while the bus retries)',
   BUS_WRITE_FAILED: 'a write to an open port failed (EIO on a vanished adapter); the bus is treated as lost and reopened',

@@ -22,11 +22,33 @@ export interface RegisterDef {
   wordOrder?: 'big' | 'little'
   byteOrder?: 'big' | 'little'
   scale?: number
+  /** The key in the model's `sources` this register is taken from. */
+  source?: string
+  /** Raw values (hex, after word and byte order) that mean "not available": a bad reading, never a number. */
+  notAvailable?: string[]
+}
+
+/** A register that says what the device is (model code or text, serial number). */
+export interface IdentityRegister {
+  function: 3 | 4
+  address: number
+  type: 'ascii' | 'uint16' | 'uint32' | 'int32'
+  /** ascii: registers the text spans. */
+  words?: number
+  wordOrder?: 'big' | 'little'
+  source?: string
+}
+
+export interface DeviceIdentity {
+  model?: IdentityRegister & { values: Record<string, string>; otherValues: 'reject' | 'ranges' }
+  serial?: IdentityRegister
 }
 
 export interface DeviceModel {
   name: string
   description?: string
+  /** Where the register map comes from: key → citation. */
+  sources?: Record<string, string>
   /** The maker's name (a meter's OCMF MV). */
   manufacturer?: string
   kinds: ('meter' | 'relay')[]
@@ -37,6 +59,7 @@ export interface DeviceModel {
   registers?: RegisterDef[]
   combine?: Record<string, 'sum' | 'max' | 'mean' | 'first'>
   identify?: { quantity: string; min?: number; max?: number }[]
+  identity?: DeviceIdentity
   relay?: { point: 'coil' | 'register' | 'line'; address?: number; closedValue: number; openValue: number }
   /** Where it was loaded from. */
   file: string
@@ -90,8 +113,25 @@ export function validateModel(input: unknown, file: string): DeviceModel {
       ;(m.registers ?? []).forEach((r, i) => {
         if (r.address + WORDS[r.type] > 0x10000) problems.push(`/registers/${i}/address: ${r.type} at ${r.address} runs past 65535`)
         if (WORDS[r.type] > m.maxRegistersPerRead) problems.push(`/registers/${i}/type: wider than maxRegistersPerRead`)
+        for (const v of r.notAvailable ?? [])
+          if (v.length !== 2 + 4 * WORDS[r.type]) problems.push(`/registers/${i}/notAvailable: ${v} is not ${WORDS[r.type]} register(s) of ${r.type}`)
       })
     }
+    for (const k of ['model', 'serial'] as const) {
+      const reg = m.identity?.[k]
+      if (!reg) continue
+      const n = identityWords(reg)
+      if (reg.type === 'ascii' && reg.words === undefined) problems.push(`/identity/${k}/words: ascii needs "words"`)
+      if (reg.type !== 'ascii' && reg.words !== undefined) problems.push(`/identity/${k}/words: only for ascii (${reg.type} is ${n} register(s))`)
+      if (reg.address + n > 0x10000) problems.push(`/identity/${k}/address: runs past 65535`)
+      if (n > m.maxRegistersPerRead) problems.push(`/identity/${k}/words: wider than maxRegistersPerRead`)
+    }
+    const cited = (where: string, key: string | undefined): void => {
+      if (key !== undefined && !Object.hasOwn(m.sources ?? {}, key)) problems.push(`${where}/source: "${key}" is not a key of "sources"`)
+    }
+    for (const [i, r] of (m.registers ?? []).entries()) cited(`/registers/${i}`, r.source)
+    cited('/identity/model', m.identity?.model?.source)
+    cited('/identity/serial', m.identity?.serial?.source)
     if (m.kinds.includes('relay') && !m.relay) problems.push('/relay: a relay model needs a "relay" section')
     if (m.relay?.point === 'line' && m.transport !== 'serial') problems.push('/relay/point: "line" needs transport "serial"')
     if (m.relay && m.relay.point !== 'line' && m.transport === 'serial') problems.push(`/relay/point: "${m.relay.point}" needs transport "modbus"`)
@@ -224,19 +264,28 @@ export function decodeRegister(def: RegisterDef, words: number[]): number {
     if ((def.byteOrder ?? 'big') === 'little') b.writeUInt16LE(w, 2 * i)
     else b.writeUInt16BE(w, 2 * i)
   })
+  // A sentinel is compared as the maker's manual writes it: the value's hex, after word and byte order.
+  if (def.notAvailable?.includes(`0x${b.toString('hex').toUpperCase()}`)) return Number.NaN
   const raw = READ[def.type](b)
+  // A 64-bit count beyond 2^53 cannot be held exactly: not a number to bill from.
+  if (!Number.isSafeInteger(raw) && (def.type === 'int64' || def.type === 'uint64')) return Number.NaN
   const scale = def.scale ?? 1
   // Round away binary noise from the scaling (1.234 kWh × 1000 is 1234 Wh, not 1233.9999999).
   return scale === 1 ? raw : Number((raw * scale).toPrecision(12))
 }
 
-/** Decode every register of a meter model from the words of its blocks; quantities combined per the model. */
-export function decodeMeter(model: DeviceModel, blocks: Block[], data: number[][]): Record<string, number> {
+/**
+ * Decode every register of a meter model from the words of its blocks; quantities combined per the model.
+ * A register holding a "not available" value decodes to NaN (so does any quantity it is combined into),
+ * and `unavailable`, when given, collects which register said so.
+ */
+export function decodeMeter(model: DeviceModel, blocks: Block[], data: number[][], unavailable?: string[]): Record<string, number> {
   const values = new Map<string, number[]>()
   for (const def of model.registers ?? []) {
     const bi = blocks.findIndex((b) => b.fc === def.function && def.address >= b.address && def.address + WORDS[def.type] <= b.address + b.count)
     if (bi < 0) throw new OutpostError('MODEL_DECODE', `${model.name}: register ${def.address} is in no block (bug)`)
     const v = decodeRegister(def, data[bi]!.slice(def.address - blocks[bi]!.address))
+    if (Number.isNaN(v) && def.notAvailable) unavailable?.push(`${def.quantity} (FC${def.function} @0x${hex4(def.address)}) is "not available"`)
     const list = values.get(def.quantity) ?? []
     list.push(v)
     values.set(def.quantity, list)
@@ -254,4 +303,34 @@ export function decodeMeter(model: DeviceModel, blocks: Block[], data: number[][
             : list[0]!
   }
   return out
+}
+
+function hex4(n: number): string {
+  return n.toString(16).toUpperCase().padStart(4, '0')
+}
+
+// ---------------------------------------------------------------- identity
+
+export function identityWords(reg: IdentityRegister): number {
+  return reg.type === 'ascii' ? (reg.words ?? 1) : reg.type === 'uint16' ? 1 : 2
+}
+
+/** An identity register as text: ascii trimmed of NULs and spaces, integers in decimal. */
+export function decodeIdentity(reg: IdentityRegister, words: number[]): string {
+  const n = identityWords(reg)
+  if (words.length < n) throw new OutpostError('MODEL_DECODE', `identity register @${reg.address}: ${words.length} registers, need ${n}`)
+  let ws = words.slice(0, n)
+  if (reg.type !== 'ascii' && (reg.wordOrder ?? 'big') === 'little') ws = ws.reverse()
+  const b = Buffer.alloc(2 * n)
+  for (const [i, w] of ws.entries()) b.writeUInt16BE(w, 2 * i)
+  // NULs are dropped wherever they are: some makers put one character in the low byte of each register.
+  if (reg.type === 'ascii') return b.toString('latin1').replaceAll('\0', '').trim()
+  if (reg.type === 'uint16') return String(b.readUInt16BE(0))
+  return String(reg.type === 'int32' ? b.readInt32BE(0) : b.readUInt32BE(0))
+}
+
+/** The variant a model register names, or undefined when the value is not one this model lists. */
+export function identityVariant(model: DeviceModel, value: string): string | undefined {
+  const values = model.identity?.model?.values ?? {}
+  return Object.hasOwn(values, value) ? values[value] : undefined
 }

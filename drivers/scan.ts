@@ -12,12 +12,27 @@ import { delimiter, join } from 'node:path'
 import type { BusConfig } from '../core/types.js'
 import { isOutpostError, OutpostError } from './errors.js'
 import { Bus } from './site.js'
-import { decodeMeter, meterBlocks, ModelRegistry, type DeviceModel } from './models.js'
+import {
+  decodeIdentity,
+  decodeMeter,
+  identityVariant,
+  identityWords,
+  meterBlocks,
+  ModelRegistry,
+  type DeviceModel,
+  type IdentityRegister,
+} from './models.js'
 
 export interface ScanHit {
   unit: number
   kind: 'meter' | 'relay' | 'unknown'
   model?: string
+  /** What the device's own model register says it is (ABB "B24", Carlo Gavazzi "ET112 ..."). */
+  variant?: string
+  /** The device's serial number, where its model has a serial register. */
+  serial?: string
+  /** Other models whose registers read the same here (SDM120 and SDM230): the scan cannot tell them apart. */
+  alternatives?: string[]
   detail: string
   values?: Record<string, number>
   coils?: boolean[]
@@ -44,8 +59,13 @@ function matches(model: DeviceModel, q: Record<string, number>): boolean {
   })
 }
 
-/** Timeout, garbage and CRC mean "nothing at this unit" rather than "something that said no". */
+/**
+ * Timeout, garbage and CRC mean "nothing at this unit" rather than "something that said no".
+ * An echo setting that does not match the adapter is rethrown: every unit would seem to
+ * answer, and the scan stops with the diagnosis instead.
+ */
 function absent(err: unknown): boolean {
+  if (isOutpostError(err, 'BUS_ECHO_UNEXPECTED', 'BUS_ECHO_MISSING')) throw err
   if (isOutpostError(err, 'MODBUS_TIMEOUT', 'MODBUS_GARBAGE', 'MODBUS_CRC')) return true
   // A TCP gateway answers 10/11 for a unit behind it that does not answer.
   const cause = (err as { cause?: { exceptionCode?: number } }).cause
@@ -59,11 +79,11 @@ export async function scanBus(
 ): Promise<ScanHit[]> {
   if (config.type === 'serial') throw new OutpostError('USAGE', 'scan probes Modbus buses only')
   const registry = new ModelRegistry(opts.modelsDir)
-  // Most specific first: a three-phase meter also passes a single-phase meter's checks.
+  // A model with neither a model register nor range checks is never guessed.
   const meters = registry
     .all()
-    .filter((m) => m.kinds.includes('meter') && m.transport === 'modbus')
-    .sort((a, b) => (b.identify?.length ?? 0) - (a.identify?.length ?? 0) || a.name.localeCompare(b.name))
+    .filter((m) => m.kinds.includes('meter') && m.transport === 'modbus' && ((m.identify?.length ?? 0) > 0 || m.identity?.model))
+    .sort((a, b) => a.name.localeCompare(b.name))
   const bus = new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
   bus.start()
   const hits: ScanHit[] = []
@@ -80,25 +100,109 @@ export async function scanBus(
   return hits
 }
 
+/** An identity register's text, or undefined when the device does not answer it. */
+async function readIdentity(bus: Bus, unit: number, reg: IdentityRegister): Promise<string | undefined> {
+  try {
+    return decodeIdentity(reg, await bus.readRegisters(unit, reg.function, reg.address, identityWords(reg)))
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The meter at this unit. First every model that names itself (its model register holds a value it
+ * lists: certain); else every model whose ranges match, most specific first, the first naming it
+ * and the rest listed as alternatives where they are as specific.
+ */
+async function identifyMeter(bus: Bus, unit: number, meters: DeviceModel[]): Promise<ScanHit | undefined> {
+  const decode = async (m: DeviceModel): Promise<Record<string, number> | undefined> => {
+    const blocks = meterBlocks(m)
+    try {
+      return decodeMeter(m, blocks, await bus.readBlocks(unit, blocks))
+    } catch {
+      return undefined // this model's registers are not all there: not this model
+    }
+  }
+  const byRanges: DeviceModel[] = []
+  for (const m of meters) {
+    const id = m.identity?.model
+    if (!id) {
+      byRanges.push(m)
+      continue
+    }
+    const value = await readIdentity(bus, unit, id)
+    const variant = value !== undefined ? identityVariant(m, value) : undefined
+    if (variant !== undefined) {
+      // A device that names itself is that model even where a range check would fail (a three-phase meter on one phase).
+      const q = await decode(m)
+      if (q) return hit(bus, unit, m, q, variant, [])
+    } else if (id.otherValues === 'ranges' && (m.identify?.length ?? 0) > 0) byRanges.push(m)
+  }
+  byRanges.sort((a, b) => (b.identify?.length ?? 0) - (a.identify?.length ?? 0) || a.name.localeCompare(b.name))
+  const found: { m: DeviceModel; q: Record<string, number> }[] = []
+  for (const m of byRanges) {
+    if (found.length && (m.identify?.length ?? 0) < (found[0]!.m.identify?.length ?? 0)) break
+    const q = await decode(m)
+    if (q && matches(m, q)) found.push({ m, q })
+  }
+  const best = found[0]
+  return best
+    ? hit(
+        bus,
+        unit,
+        best.m,
+        best.q,
+        undefined,
+        found.slice(1).map((f) => f.m.name),
+      )
+    : undefined
+}
+
+async function hit(
+  bus: Bus,
+  unit: number,
+  m: DeviceModel,
+  q: Record<string, number>,
+  variant: string | undefined,
+  alternatives: string[],
+): Promise<ScanHit> {
+  const serial = m.identity?.serial ? await readIdentity(bus, unit, m.identity.serial) : undefined
+  const detail = [
+    variant,
+    serial !== undefined ? `serial ${serial}` : undefined,
+    `${q.voltageV} V  ${q.currentA} A  ${q.powerW} W  ${q.energyWh} Wh`,
+    alternatives.length ? `(same registers: ${alternatives.join(', ')})` : undefined,
+  ]
+    .filter((x) => x !== undefined)
+    .join('  ')
+  return {
+    unit,
+    kind: 'meter',
+    model: m.name,
+    ...(variant !== undefined ? { variant } : {}),
+    ...(serial !== undefined ? { serial } : {}),
+    ...(alternatives.length ? { alternatives } : {}),
+    values: q,
+    detail,
+  }
+}
+
 async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<ScanHit | undefined> {
   let answered = false
-  try {
-    await bus.readRegisters(unit, 4, 0, 2)
-    answered = true
-    for (const m of meters) {
-      const blocks = meterBlocks(m)
-      try {
-        const q = decodeMeter(m, blocks, await bus.readBlocks(unit, blocks))
-        if (matches(m, q)) {
-          return { unit, kind: 'meter', model: m.name, values: q, detail: `${q.voltageV} V  ${q.currentA} A  ${q.powerW} W  ${q.energyWh} Wh` }
-        }
-      } catch {
-        // This model's registers are not all there: not this model.
-      }
+  // Input registers (Eastron, Carlo Gavazzi, Finder), then holding registers (ABB, Orno): any
+  // answer, an exception included, means a device is there.
+  for (const fc of [4, 3] as const) {
+    try {
+      await bus.readRegisters(unit, fc, 0, 1)
+      answered = true
+    } catch (err) {
+      if (!absent(err)) answered = true
     }
-  } catch (err) {
-    // Silence at FC04 may still be a relay board that only knows coils: go on.
-    if (!absent(err)) answered = true
+    if (answered) break
+  }
+  if (answered) {
+    const hit = await identifyMeter(bus, unit, meters)
+    if (hit) return hit
   }
   // Relay board: how many coils it has (the largest read from coil 0 it accepts, up to 64).
   let have = 0

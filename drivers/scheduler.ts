@@ -3,11 +3,12 @@
  * touches that bus's port.
  *
  * Owns: the order of exchanges (one on the wire at a time; relay commands ahead
- * of polls; FIFO within a priority), the silence between frames, per-device
- * delay, per-request timeout and bounded retry, dropping input between
+ * of polls; FIFO within a priority), the silence between frames and the gap
+ * between requests, per-device delay, per-request timeout and bounded retry, dropping input between
  * exchanges, per-device back-off, opening and reopening the port with back-off
  * (a bus that is absent is a bus in error, never an exception out of here), and
- * the counters behind health(). Never decodes a device's values (models.ts does)
+ * the counters behind health(), and saying once per open that the bus's echo
+ * setting does not match its adapter. Never decodes a device's values (models.ts does)
  * and never decides anything about sessions.
  *
  * Timing: back-off deadlines come from the injected clock (`now`); the
@@ -45,6 +46,8 @@ export interface BusHealth {
   crcErrors: number
   exceptions: number
   garbage: number
+  /** Exchanges whose echo differed from the request (`echo: true` buses). */
+  echoErrors: number
   retries: number
   strayBytes: number
   garbageBytes: number
@@ -62,8 +65,10 @@ export interface SchedulerOptions {
   logger?: Logger
   timeoutMs: number
   retries: number
-  /** Silence between the end of one exchange and the next request. */
+  /** Silence between the end of one exchange and the next request (3.5 characters on a serial line). */
   interFrameMs: number
+  /** The least time from the end of one exchange to the next request, when a device or adapter needs more than interFrameMs. */
+  requestGapMs?: number
   /** Extra time a request/reply spends on the wire (slow baud rates), added to the timeout. */
   wireMs?: (req: unknown) => number
   /** Consecutive failed jobs before a device is backed off. */
@@ -73,6 +78,9 @@ export interface SchedulerOptions {
   reopenMinMs?: number
   reopenMaxMs?: number
 }
+
+/** The bus's echo setting does not match its adapter: retrying cannot help, the config must change. */
+const ECHO_CONFIG = new Set(['BUS_ECHO_UNEXPECTED', 'BUS_ECHO_MISSING'])
 
 /** Errors that mean "the device did not answer sensibly": retried, and counted toward back-off. */
 const DEVICE_SILENT = new Set([
@@ -107,14 +115,16 @@ export class BusScheduler<Req, Res> {
   private reopenTimer: NodeJS.Timeout | undefined
   private closed = false
   private readonly devices = new Map<number, DeviceHealth & { backoffs: number }>()
-  private readonly stats = { opens: 0, transactions: 0, timeouts: 0, crcErrors: 0, exceptions: 0, garbage: 0, retries: 0, refused: 0 }
+  private readonly stats = { opens: 0, transactions: 0, timeouts: 0, crcErrors: 0, exceptions: 0, garbage: 0, echoErrors: 0, retries: 0, refused: 0 }
   private readonly o: Required<Omit<SchedulerOptions, 'logger' | 'wireMs'>> & Pick<SchedulerOptions, 'logger' | 'wireMs'>
+  /** The echo diagnosis was logged since the port last opened. */
+  private echoLogged = false
 
   constructor(
     readonly link: Link<Req, Res>,
     opts: SchedulerOptions,
   ) {
-    this.o = { backoffAfter: 3, backoffMinMs: 2000, backoffMaxMs: 60_000, reopenMinMs: 250, reopenMaxMs: 10_000, ...opts }
+    this.o = { requestGapMs: 0, backoffAfter: 3, backoffMinMs: 2000, backoffMaxMs: 60_000, reopenMinMs: 250, reopenMaxMs: 10_000, ...opts }
     this.reopenDelay = this.o.reopenMinMs
     link.stream.onLost = (err) => this.lost(err)
   }
@@ -240,6 +250,8 @@ export class BusScheduler<Req, Res> {
       }
       this.state = 'open'
       this.stats.opens++
+      this.link.reopened()
+      this.echoLogged = false
       this.reopenDelay = this.o.reopenMinMs
       this.lastEnd = performance.now()
       this.o.logger?.info({ bus: this.o.id, port: this.link.stream.describe }, 'bus open')
@@ -268,6 +280,14 @@ export class BusScheduler<Req, Res> {
       this.reopenTimer = undefined
       void this.link.stream.close().then(() => this.open())
     }, delay)
+  }
+
+  /** Once per open, at error level: every exchange on this bus fails until its echo setting is fixed. */
+  private echoMisconfigured(err: OutpostError): void {
+    this.lastError = { code: err.code, message: err.message, ts: this.o.now() }
+    if (this.echoLogged) return
+    this.echoLogged = true
+    this.o.logger?.error({ bus: this.o.id, code: err.code, err: err.message }, 'bus echo setting does not match the adapter')
   }
 
   private drain(err: OutpostError): void {
@@ -336,7 +356,8 @@ export class BusScheduler<Req, Res> {
     let error: OutpostError | undefined
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       if (attempt > 0) this.stats.retries++
-      const wait = Math.max(this.o.interFrameMs - (performance.now() - this.lastEnd), 0) + delayMs
+      const gap = Math.max(this.o.interFrameMs, this.o.requestGapMs)
+      const wait = Math.max(gap - (performance.now() - this.lastEnd), 0) + delayMs
       if (wait > 0) await waitPrecisely(performance.now() + wait)
       // A bus lost during a retry reports the device's own failure if there was one.
       if (this.state !== 'open') return { ok: false, error: error ?? new OutpostError('BUS_CLOSED', `bus ${this.o.id} is not open`) }
@@ -368,13 +389,20 @@ export class BusScheduler<Req, Res> {
           case 'MODBUS_EXCEPTION':
             this.stats.exceptions++
             break
+          case 'BUS_ECHO_MISMATCH':
+            this.stats.echoErrors++
+            break
+        }
+        if (ECHO_CONFIG.has(error.code)) {
+          this.echoMisconfigured(error)
+          break
         }
         if (error.code === 'BUS_WRITE_FAILED') {
           // The port errored without closing (EIO on a vanished adapter): treat it as lost so it is reopened.
           this.lost(error)
           break
         }
-        if (!DEVICE_SILENT.has(error.code)) break
+        if (!DEVICE_SILENT.has(error.code) && error.code !== 'BUS_ECHO_MISMATCH') break
         // Wait out a late or long reply and drop it before anything else is sent.
         if (this.state === 'open') await this.link.settle(Math.max(this.o.interFrameMs * 4, 10))
       }

@@ -8,14 +8,23 @@
  * reopening), never decides when to poll or switch (the engine does).
  */
 import type { Logger } from 'pino'
-import { OutpostError } from './errors.js'
+import { isOutpostError, OutpostError } from './errors.js'
 import type { BusConfig, CircuitConfig, CircuitReading, OutletConfig, Reading, SiteConfig } from '../core/types.js'
 import { bitsPerChar, decodeBits, decodeWords, interFrameMs, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { LineLink, RtuLink, TcpLink } from './links.js'
 import type { LineReply, LineRequest } from './line-protocol.js'
 import { BusScheduler, type BusHealth, type Priority } from './scheduler.js'
 import { SerialStream, TcpStream } from './transport.js'
-import { decodeMeter, meterBlocks, ModelRegistry, REQUIRED_METER_QUANTITIES, type Block, type DeviceModel } from './models.js'
+import {
+  decodeIdentity,
+  decodeMeter,
+  identityWords,
+  meterBlocks,
+  ModelRegistry,
+  REQUIRED_METER_QUANTITIES,
+  type Block,
+  type DeviceModel,
+} from './models.js'
 
 export interface OutletIO {
   readonly id: string
@@ -86,16 +95,17 @@ export class Bus {
         dataBits: config.dataBits,
         stopBits: config.stopBits,
       })
-      const gap = config.type === 'modbus-rtu' && config.interFrameMs !== undefined ? config.interFrameMs : interFrameMs(config.baudRate, bits)
+      const line = {
+        ...common,
+        interFrameMs: config.interFrameMs ?? interFrameMs(config.baudRate, bits),
+        requestGapMs: config.requestGapMs,
+      }
+      const linkOpts = { bus: config.id, echo: config.echo }
       if (config.type === 'modbus-rtu') {
-        this.scheduler = new BusScheduler(new RtuLink(stream), {
-          ...common,
-          interFrameMs: gap,
-          wireMs: (req) => charMs * rtuBytes(req as ModbusRequest),
-        })
+        this.scheduler = new BusScheduler(new RtuLink(stream, linkOpts), { ...line, wireMs: (req) => charMs * rtuBytes(req as ModbusRequest) })
       } else {
         // A D line is at most ~60 characters; a request ~16.
-        this.scheduler = new BusScheduler(new LineLink(stream), { ...common, interFrameMs: gap, wireMs: () => charMs * 80 })
+        this.scheduler = new BusScheduler(new LineLink(stream, linkOpts), { ...line, wireMs: () => charMs * 80 })
       }
     }
   }
@@ -195,6 +205,12 @@ export function openBus(config: BusConfig, opts: OpenOptions): Bus {
 class ModbusOutlet implements OutletIO {
   readonly hasRelay: boolean
   private readonly blocks: Block[]
+  /**
+   * The meter's serial number (models with identity.serial): read with the first good reading
+   * and again after any failed read (a meter swapped while silent shows with the next session).
+   * A serial register that does not answer is not asked again until the meter has failed a read.
+   */
+  private serial: { state: 'unread' | 'known' | 'failed'; value?: string } = { state: 'unread' }
   constructor(
     readonly id: string,
     private readonly bus: Bus,
@@ -208,9 +224,28 @@ class ModbusOutlet implements OutletIO {
   }
 
   async read(): Promise<Reading> {
-    const data = await this.bus.readBlocks(this.cfg.meter.unit, this.blocks, { delayMs: this.cfg.meter.delayMs })
-    const q = decodeMeter(this.meter, this.blocks, data)
-    return toReading(this.id, q, this.now())
+    let data: number[][]
+    try {
+      data = await this.bus.readBlocks(this.cfg.meter.unit, this.blocks, { delayMs: this.cfg.meter.delayMs })
+    } catch (err) {
+      this.serial = { state: 'unread' }
+      throw withLineHint(err, this.bus.config, this.meter)
+    }
+    const unavailable: string[] = []
+    const q = decodeMeter(this.meter, this.blocks, data, unavailable)
+    const reading = toReading(this.id, q, this.now(), unavailable)
+    const reg = this.meter.identity?.serial
+    if (reg && this.serial.state === 'unread') {
+      try {
+        const words = await this.bus.readRegisters(this.cfg.meter.unit, reg.function, reg.address, identityWords(reg), {
+          delayMs: this.cfg.meter.delayMs,
+        })
+        this.serial = { state: 'known', value: decodeIdentity(reg, words) }
+      } catch {
+        this.serial = { state: 'failed' }
+      }
+    }
+    return this.serial.value !== undefined && this.serial.value !== '' ? { ...reading, meterSerial: this.serial.value } : reading
   }
 
   private relayPoint(): { unit: number; address: number; model: DeviceModel } {
@@ -303,23 +338,50 @@ class ModbusFeeder implements FeederIO {
 
   async read(): Promise<CircuitReading> {
     const data = await this.bus.readBlocks(this.cfg.unit, this.blocks, { delayMs: this.cfg.delayMs })
-    const q = decodeMeter(this.meter, this.blocks, data)
+    const unavailable: string[] = []
+    const q = decodeMeter(this.meter, this.blocks, data, unavailable)
     const phase = (k: string): number => {
       const v = q[k] ?? q.currentA
       if (typeof v !== 'number' || !Number.isFinite(v))
-        throw new OutpostError('READING_INVALID', `feeder meter of circuit ${this.circuit}: ${k} is ${String(v)}`)
+        throw new OutpostError('READING_INVALID', `feeder meter of circuit ${this.circuit}: ${k} is ${String(v)}${why(unavailable)}`)
       return v
     }
     return { ts: this.now(), currentsA: [phase('currentL1A'), phase('currentL2A'), phase('currentL3A')] }
   }
 }
 
-function toReading(outlet: string, q: Record<string, number>, ts: number): Reading {
+/** A quantity that is not a finite number makes the whole reading a failed read (the engine counts it as silence). */
+function toReading(outlet: string, q: Record<string, number>, ts: number, unavailable: string[] = []): Reading {
   for (const k of REQUIRED_METER_QUANTITIES) {
     const v = q[k]
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new OutpostError('READING_INVALID', `outlet ${outlet}: ${k} is ${String(v)}`)
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      throw new OutpostError('READING_INVALID', `outlet ${outlet}: ${k} is ${String(v)}${why(unavailable)}`)
   }
   return { ts, currentA: q.currentA!, powerW: q.powerW!, energyWh: q.energyWh!, voltageV: q.voltageV! }
+}
+
+/**
+ * A meter that never answers on a bus whose line settings differ from the model's factory ones
+ * (an Orno at 8E1 on an 8N1 bus) is most likely set up wrong, not broken: the timeout says so.
+ */
+function withLineHint(err: unknown, bus: BusConfig, meter: DeviceModel): unknown {
+  const d = meter.serialDefaults
+  if (!d || bus.type !== 'modbus-rtu' || !isOutpostError(err, 'MODBUS_TIMEOUT')) return err
+  const line = (baud: number | undefined, bits: number | undefined, parity: string | undefined, stop: number | undefined): string =>
+    `${baud ?? '?'} ${bits ?? 8}${parity === 'even' ? 'E' : parity === 'odd' ? 'O' : 'N'}${stop ?? 1}`
+  const differs =
+    (d.baudRate !== undefined && d.baudRate !== bus.baudRate) ||
+    (d.parity !== undefined && d.parity !== bus.parity) ||
+    (d.stopBits !== undefined && d.stopBits !== bus.stopBits)
+  if (!differs) return err
+  const factory = line(d.baudRate, d.dataBits, d.parity, d.stopBits)
+  const here = line(bus.baudRate, bus.dataBits, bus.parity, bus.stopBits)
+  const e = err as OutpostError
+  return new OutpostError(e.code, `${e.message} (model ${meter.name} ships set to ${factory}; bus ${bus.id} runs ${here})`, { cause: err })
+}
+
+function why(unavailable: string[]): string {
+  return unavailable.length ? ` (${unavailable.join('; ')})` : ''
 }
 
 /**

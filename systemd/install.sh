@@ -7,7 +7,7 @@
 # What it does, in order (docs/install.md has the details):
 #   1. checks Node (20 or newer) and npm;
 #   2. builds the clone (npm ci when its node_modules do not match package-lock.json,
-#      then npm run build), as the clone's owner;
+#      then npm run build:ship: the shipped code, not the tests), as the clone's owner;
 #   3. creates the system user `outpost` (in dialout), /etc/outpost and /var/lib/outpost;
 #   4. installs config/example.json as /etc/outpost/site.json if there is none (with a
 #      random api.token) and then stops short of enabling: edit it, run again;
@@ -136,10 +136,12 @@ else
   say "installing the clone's dependencies (npm ci; the build needs the dev dependencies)"
   (cd "$SRC" && as_owner npm ci --no-audit --no-fund)
 fi
-say "building (npm run build)"
-# From scratch: a module deleted upstream must not linger in dist/ and get packed.
+say "building (npm run build:ship)"
+# From scratch: a module deleted upstream must not linger in dist/ and get packed. Only what
+# ships (tsconfig.ship.json: the folders package.json "files" packs), not the tests and
+# benchmarks, which would double the compile on a Pi (npm test builds those itself).
 rm -rf "$SRC/dist"
-(cd "$SRC" && as_owner npm run build --silent)
+(cd "$SRC" && as_owner npm run build:ship --silent)
 CLI_SRC="$SRC/dist/daemon/cli.js"
 version=$("$NODE" "$CLI_SRC" --version)
 
@@ -232,7 +234,7 @@ staged_version=$("$NODE" "$stage/dist/daemon/cli.js" --version)
 
 systemd_running=no
 if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then systemd_running=yes; fi
-# For tests only (test/install.test.ts): take the live path under --root, with stand-ins
+# For tests only (test/0-install.test.ts): take the live path under --root, with stand-ins
 # for systemctl and udevadm on PATH, since it cannot run without systemd as PID 1.
 [ "${OUTPOST_INSTALL_ASSUME_SYSTEMD:-}" != yes ] || systemd_running=yes
 was_active=no

@@ -1,10 +1,12 @@
 /**
  * The benchmark plumbing on a tiny scale (no timing asserted: performance lives
- * in bench/): /proc parsing, the leak-indicator slopes, percentiles and the
- * table's verdict column.
+ * in bench/): /proc parsing, the leak-indicator slopes, percentiles, the
+ * table's verdict column, and the exit status of `npm run bench` (the built
+ * dist/bench/run.js) when a benchmark throws or cannot measure.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { packagePath } from '../core/paths.js'
 import { parseCpuS, parseRssMB, sampleFor, sampleProc, slope, floorSlope, summarise, type ProcSample } from '../bench/footprint.js'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -158,4 +160,42 @@ t.test('disk bench: the simulated journal run counts what it journaled and what 
   t.ok(r.raw > 80 * 30, `raw facts: 80 readings of ~35 bytes and 4 records at least (${r.raw} B)`)
   t.ok(r.bytes >= r.raw, `LevelDB wrote at least the raw facts (${r.bytes} B)`)
   t.equal(r.amplification, r.bytes / r.raw)
+})
+
+t.test('npm run bench exits non-zero, naming them, when a benchmark throws or a row is not measured; a missed goal is a result', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bench-runner-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, 'package.json'), '{"type": "module"}\n')
+  const goal = "goal: '>= 0.8x', unit: 'ops/s', baseline: 100"
+  writeFileSync(join(dir, 'broken.js'), "export async function run() { throw new Error('2 of 8 outlets charging; the feed is wrong') }\n")
+  writeFileSync(
+    join(dir, 'invalid.js'),
+    `export async function run() { return [{ figure: 'lag', ${goal}, value: NaN, ratio: NaN, met: false, notMeasured: true, note: 'only 3 of 600 acks seen' }] }\n`,
+  )
+  writeFileSync(join(dir, 'slow.js'), `export async function run() { return [{ figure: 'steps', ${goal}, value: 50, ratio: 0.5, met: false }] }\n`)
+  writeFileSync(join(dir, 'helper.js'), 'export const notABenchmark = 1\n')
+  const bench = (...args: string[]) =>
+    spawnSync(process.execPath, [packagePath('dist', 'bench', 'run.js'), '--from', dir, ...args], { encoding: 'utf8' })
+
+  const all = bench()
+  t.equal(all.status, 1, `exit 1 when any row is not measured\n${all.stdout}${all.stderr}`)
+  t.match(all.stderr, /bench: FAILED: 2 figures not measured \(broken, invalid\)/, 'says so loudly, naming the benchmarks')
+  t.match(all.stderr, /bench: broken failed: Error: 2 of 8 outlets charging; the feed is wrong/, "the benchmark's error")
+  t.match(all.stdout, /broken\s+FAILED .*not measured\s+2 of 8 outlets charging/, 'the failed benchmark has its row')
+  t.match(all.stdout, /invalid\s+lag .*not measured\s+only 3 of 600 acks seen/, 'the invalid run has its row')
+  t.match(all.stdout, /slow\s+steps .*0\.50x\s+>= 0\.8x\s+NO/, 'the missed goal is reported as one')
+  t.match(all.stdout, /3 figures: 1 missed their goal, 0 noisy .*, 2 not measured/)
+
+  const missed = bench('slow')
+  t.equal(missed.status, 0, `a missed goal alone: exit 0\n${missed.stdout}${missed.stderr}`)
+  t.match(missed.stdout, /1 figures: 1 missed their goal, 0 noisy .*, 0 not measured/)
+  t.notMatch(missed.stderr, /FAILED/)
+
+  const thrown = bench('broken')
+  t.equal(thrown.status, 1, 'a benchmark that throws alone: exit 1')
+
+  const unknown = bench('slow', 'nosuch')
+  t.equal(unknown.status, 2, 'a benchmark name that does not exist: exit 2')
+  t.match(unknown.stderr, /bench: no benchmark named nosuch in .* \(there are: broken, helper, invalid, slow\)/)
+  t.equal(unknown.stdout, '', 'nothing run')
 })

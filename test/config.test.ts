@@ -109,7 +109,7 @@ const cases: Case[] = [
   ['bad baud rate', (c) => (c.buses[0].baudRate = 9601), '/buses/0/baudRate', /must be one of: 1200, 2400/],
   ['unit 0', (c) => (c.outlets[0].meter.unit = 0), '/outlets/0/meter/unit', /must be >= 1/],
   ['unit 248', (c) => (c.outlets[0].meter.unit = 248), '/outlets/0/meter/unit', /must be <= 247/],
-  ['unknown meter model', (c) => (c.outlets[0].meter.model = 'abb-b23'), '/outlets/0/meter/model', /unknown meter model "abb-b23"/],
+  ['unknown meter model', (c) => (c.outlets[0].meter.model = 'acme-x1'), '/outlets/0/meter/model', /unknown meter model "acme-x1"/],
   ['modbus-coil relay without a coil', (c) => delete c.outlets[0].relay.coil, '/outlets/0/relay/coil', /is required for a modbus-coil relay/],
   ['bad day name', (c) => (c.plans[0].periods[0].days = ['monday']), '/plans/0/periods/0/days/0', /must be one of: "mon"/],
   ['offline limit zero', (c) => (c.offline.limitMinutes = 0), '/offline/limitMinutes', /must be >= 1/],
@@ -272,7 +272,7 @@ const serialMeterModel = {
   relay: { point: 'line', closedValue: 1, openValue: 0 },
 }
 const modbusMeterModel = {
-  name: 'abb-b23',
+  name: 'acme-b23',
   kinds: ['meter'],
   transport: 'modbus',
   maxRegistersPerRead: 60,
@@ -294,7 +294,7 @@ function modelsDir(t: Test, ...models: { name: string }[]): string {
 t.test('installer models from models.dir are accepted', async (t) => {
   const cfg = example()
   cfg.models = { dir: modelsDir(t, modbusMeterModel) }
-  cfg.outlets[0].meter.model = 'abb-b23'
+  cfg.outlets[0].meter.model = 'acme-b23'
   const r = validateConfig(cfg)
   t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
 })
@@ -323,11 +323,11 @@ t.test('an installer serial model on a serial bus passes; on a Modbus bus it is 
 
 t.test('an installer model file that is not a valid model is named, at /models/dir', async (t) => {
   const dir = modelsDir(t)
-  writeFileSync(join(dir, 'abb-b23.json'), '{}')
+  writeFileSync(join(dir, 'acme-b23.json'), '{}')
   const cfg = example()
   cfg.models = { dir }
-  cfg.outlets[0].meter.model = 'abb-b23'
+  cfg.outlets[0].meter.model = 'acme-b23'
   const r = validateConfig(cfg)
   t.notOk(r.ok)
-  if (!r.ok) t.match(r.problems, [{ pointer: '/models/dir', message: /model file .*abb-b23\.json: .*must have required property 'name'/ }])
+  if (!r.ok) t.match(r.problems, [{ pointer: '/models/dir', message: /model file .*acme-b23\.json: .*must have required property 'name'/ }])
 })

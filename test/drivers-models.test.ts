@@ -11,6 +11,8 @@ import {
   decodeMeter,
   float32Decimal,
   validateModel,
+  decodeIdentity,
+  identityVariant,
 } from '../drivers/models.js'
 import { openSite } from '../drivers/site.js'
 import { startPymodbus, siteConfig } from './fixtures/drivers-helpers.js'
@@ -159,6 +161,50 @@ t.test('decoding: every type, word and byte order, scale', async (t) => {
   t.match(decodeMeter(sdm630, blocks, words), { voltageV: 230, currentA: 9.5, powerW: 1000, energyWh: 5000, voltageL2V: 232 })
 })
 
+t.test('sentinels, 64-bit counts and identity registers', async (t) => {
+  const abbImport = {
+    quantity: 'energyWh',
+    function: 3 as const,
+    address: 0x5000,
+    type: 'uint64' as const,
+    scale: 10,
+    notAvailable: ['0xFFFFFFFFFFFFFFFF'],
+  }
+  t.equal(decodeRegister(abbImport, [0, 0, 0x075b, 0xcd15]), 1_234_567_890)
+  t.ok(Number.isNaN(decodeRegister(abbImport, [0xffff, 0xffff, 0xffff, 0xffff])), 'all-FF is not a number')
+  // The sentinel is the value after word order: low word first, 0x7FFFFFFF arrives as FFFF 7FFF.
+  const le = {
+    quantity: 'powerW',
+    function: 4 as const,
+    address: 0,
+    type: 'int32' as const,
+    wordOrder: 'little' as const,
+    notAvailable: ['0x7FFFFFFF'],
+  }
+  t.ok(Number.isNaN(decodeRegister(le, [0xffff, 0x7fff])))
+  t.equal(decodeRegister(le, [0x7fff, 0xffff]), -32769)
+  // A 64-bit count past 2^53 cannot be held exactly: not a number to bill from.
+  t.ok(Number.isNaN(decodeRegister({ quantity: 'e', function: 3, address: 0, type: 'uint64' }, [0x0020, 0, 0, 1])))
+  t.equal(decodeRegister({ quantity: 'e', function: 3, address: 0, type: 'uint64' }, [0x001f, 0xffff, 0xffff, 0xffff]), Number.MAX_SAFE_INTEGER)
+  // Text: two characters per register, or one in each low byte (Carlo Gavazzi); NULs and spaces trimmed.
+  t.equal(decodeIdentity({ function: 3, address: 0, type: 'ascii', words: 3 }, [0x4232, 0x3320, 0]), 'B23')
+  t.equal(decodeIdentity({ function: 3, address: 0, type: 'ascii', words: 3 }, [0x41, 0x42, 0x31]), 'AB1')
+  t.equal(decodeIdentity({ function: 3, address: 0, type: 'uint32' }, [0x00bc, 0x614e]), '12345678')
+  t.equal(decodeIdentity({ function: 3, address: 0, type: 'uint32', wordOrder: 'little' }, [0x614e, 0x00bc]), '12345678')
+  t.equal(decodeIdentity({ function: 3, address: 0, type: 'uint16' }, [120]), '120')
+  const reg = new ModelRegistry()
+  t.equal(identityVariant(reg.get('abb-b23'), 'B24'), 'B24')
+  t.equal(identityVariant(reg.get('abb-b23'), 'B21'), undefined)
+  t.equal(identityVariant(reg.get('abb-b23'), 'constructor'), undefined, 'only listed values, not inherited keys')
+})
+
+t.test('every built-in meter register names its source', async (t) => {
+  for (const m of new ModelRegistry().all().filter((x) => x.kinds.includes('meter') && x.transport === 'modbus')) {
+    for (const r of m.registers ?? []) t.ok(r.source && m.sources?.[r.source], `${m.name} ${r.quantity} @${r.address} cites ${r.source}`)
+    for (const k of ['model', 'serial'] as const) if (m.identity?.[k]) t.ok(m.sources?.[m.identity[k]!.source ?? ''], `${m.name} identity ${k} cited`)
+  }
+})
+
 t.test('model files are validated with clear errors; an installer model works end to end', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-models-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -181,6 +227,44 @@ t.test('model files are validated with clear errors; an installer model works en
   t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [], extra: 1 }, '/m/x.json'), {
     message: /additional properties/,
   })
+  const oneReg = (extra: Record<string, unknown>): Record<string, unknown> => ({
+    quantity: 'voltageV',
+    function: 4,
+    address: 0,
+    type: 'uint32',
+    ...extra,
+  })
+  t.throws(
+    () => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [oneReg({ notAvailable: ['0xFFFF'] })] }, '/m/x.json'),
+    {
+      message: /registers\/0\/notAvailable: 0xFFFF is not 2 register\(s\) of uint32/,
+    },
+  )
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], transport: 'modbus', registers: [oneReg({ source: 'manual' })] }, '/m/x.json'), {
+    message: /registers\/0\/source: "manual" is not a key of "sources"/,
+  })
+  t.throws(
+    () =>
+      validateModel(
+        { name: 'x', kinds: ['meter'], transport: 'modbus', registers: [], identity: { serial: { function: 3, address: 0, type: 'ascii' } } },
+        '/m/x.json',
+      ),
+    { message: /identity\/serial\/words: ascii needs "words"/ },
+  )
+  t.throws(
+    () =>
+      validateModel(
+        {
+          name: 'x',
+          kinds: ['meter'],
+          transport: 'modbus',
+          registers: [],
+          identity: { model: { function: 3, address: 0, type: 'uint16', value: {} } },
+        },
+        '/m/x.json',
+      ),
+    { message: /identity\/model/ },
+  )
   // An installer's meter: same registers as an SDM120 but energy from the total register, power as int32 watts.
   writeFileSync(
     join(dir, 'acme-m1.json'),

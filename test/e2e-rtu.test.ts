@@ -13,12 +13,12 @@ import { existsSync } from 'node:fs'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
 import {
   isEnded,
-  isStarted,
   ptyPair,
   startCloud,
   startDaemon,
   startPeer,
   startSession,
+  unplugSession,
   tempDir,
   waitFor,
   writeSiteConfig,
@@ -97,17 +97,7 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
   })
 
   await t.test('a session over RTU, billed from the meter', async (t) => {
-    const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000 })
-    const started = await cloud.waitRecord(isStarted('E1'), 'session.started')
-    t.ok(Math.abs(started.meterWh - e0) < WH_EPS, 'meterWh read over RTU is the register')
-    await waitFor(async () => (await peer.outlet(1)).coil, 'coil 0 closed over RTU')
-    await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 3, 'charging')
-    await peer.unplug(1)
-    const eFinal = (await peer.outlet(1)).energyWh
-    const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
-    t.equal(ended.reason, 'unplugged')
-    t.ok(Math.abs(ended.energyWh - (eFinal - e0)) < WH_EPS, `energy ${ended.energyWh} = the peer's delta ${(eFinal - e0).toFixed(3)}`)
-    await waitFor(async () => !(await peer.outlet(1)).coil, 'coil 0 open over RTU')
+    await unplugSession(t, peer, cloud, 'over RTU')
   })
 
   await t.test('the dead buses fault their outlets, quietly', async (t) => {

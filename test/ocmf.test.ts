@@ -334,3 +334,19 @@ t.test('outpost key and outpost verify (the built CLI) on a signed journal', asy
   t.match(gap.stdout, /pagination gap: T2\.\.T2 missing/)
   t.ok(readdirSync(dir).includes('journal'), 'verify wrote nothing but what the test wrote')
 })
+
+t.test("MS is the serial the meter itself reported (the record's meterSerial), else the configured one", async (t) => {
+  const key = loadOrCreateKey(tempDir(t))
+  const sign = signer(key)
+  const withSerial = ended(1, { meterSerial: '87654321' })
+  const signed = { ...withSerial, ocmf: sign(withSerial, { pagination: 1, clockSynced: true }) }
+  t.equal(JSON.parse(sections(signed.ocmf).payload).MS, '87654321', 'the meter-reported serial is signed')
+  t.ok(opensslVerifies(signed.ocmf, key.publicKeyPem), 'openssl verifies it')
+  t.ok(checkOcmf(signed, key.publicKeyPem).ok, 'checkOcmf agrees')
+  // A record whose meterSerial was edited after signing: a swapped meter cannot be hidden.
+  const edited = checkOcmf({ ...signed, meterSerial: '11112222' }, key.publicKeyPem)
+  t.notOk(edited.ok)
+  t.match(!edited.ok && edited.problem, /signed MS \(meter serial\) is "87654321" but the record says "11112222"/)
+  const without = ended(2)
+  t.equal(JSON.parse(sections(sign(without, { pagination: 2, clockSynced: true })).payload).MS, 'lan:1', 'no meterSerial: the configured one')
+})

@@ -10,7 +10,7 @@ import type { BusConfig } from '../../core/types.js'
 import { configSnippet, formatSnippet, formatTable, listSerialPorts, parseUnits, scanBus } from '../../drivers/scan.js'
 
 const USAGE = `Usage: outpost scan --bus tcp://HOST:PORT | --bus rtu:/dev/serial/by-id/...[@BAUD[,PARITY]]
-                    [--baud 9600] [--parity none|even|odd] [--stop-bits 1|2] [--units 1-247] [--timeout MS] [--models DIR] [--json]
+                    [--baud 9600] [--parity none|even|odd] [--stop-bits 1|2] [--echo] [--units 1-247] [--timeout MS] [--models DIR] [--json]
        outpost scan --list      (serial ports on this machine)`
 
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
@@ -23,6 +23,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
         baud: { type: 'string' },
         parity: { type: 'string' },
         'stop-bits': { type: 'string' },
+        echo: { type: 'boolean' },
         units: { type: 'string' },
         timeout: { type: 'string' },
         models: { type: 'string' },
@@ -67,7 +68,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     })
   } catch (err) {
     const e = err as { code?: string; message: string }
-    io.err(`outpost scan: ${e.code ? e.code + ': ' : ''}${e.message}\n`)
+    const hint = e.code === 'BUS_ECHO_UNEXPECTED' ? ' (scan: add --echo)' : e.code === 'BUS_ECHO_MISSING' ? ' (scan: drop --echo)' : ''
+    io.err(`outpost scan: ${e.code ? e.code + ': ' : ''}${e.message}${hint}\n`)
     return EXIT_BROKEN
   }
   if (values.json) {
@@ -80,7 +82,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   return EXIT_OK
 }
 
-function parseBus(spec: string, v: { baud?: string; parity?: string; 'stop-bits'?: string; timeout?: string }): BusConfig {
+function parseBus(spec: string, v: { baud?: string; parity?: string; 'stop-bits'?: string; echo?: boolean; timeout?: string }): BusConfig {
   const timeoutMs = v.timeout !== undefined ? Number(v.timeout) : undefined
   let raw: Record<string, unknown>
   const tcp = spec.match(/^tcp:\/\/([^:/]+)(?::(\d+))?\/?$/)
@@ -97,6 +99,7 @@ function parseBus(spec: string, v: { baud?: string; parity?: string; 'stop-bits'
       stopBits: Number(v['stop-bits'] ?? 1),
       timeoutMs: timeoutMs ?? 200,
       retries: 0,
+      echo: v.echo === true,
     }
   } else {
     throw new Error(`--bus "${spec}": expected tcp://HOST:PORT or rtu:/dev/PATH[@BAUD[,PARITY]]`)

@@ -32,6 +32,7 @@ export function openSession(
   g.nextSession = n + 1
   const id = `${g.idPrefix ?? '0'}-${n}`
   const e = ctx.out(outletId)
+  const serial = e.last?.meterSerial !== undefined ? { meterSerial: e.last.meterSerial } : {}
   const s: Session = {
     id,
     userId,
@@ -41,6 +42,7 @@ export function openSession(
     trigger,
     startedAt: startTs,
     meterStartMWh: startMWh,
+    ...serial,
     lastTs: startTs,
     lastMWh: startMWh,
     lines: [],
@@ -63,7 +65,7 @@ export function openSession(
     switches: [],
   }
   e.session = s
-  ctx.record({ type: 'session.started', ts: ctx.iso, sessionId: id, outlet: outletId, userId, planId, trigger, meterWh: startMWh / 1000 })
+  ctx.record({ type: 'session.started', ts: ctx.iso, sessionId: id, outlet: outletId, userId, planId, trigger, meterWh: startMWh / 1000, ...serial })
   ctx.touch(outletId)
   return s
 }
@@ -162,6 +164,7 @@ export function endSession(ctx: Ctx, id: string, reason: EndReason): void {
     energyWh: sessionEnergyMWh(s) / 1000,
     meterStartWh: s.meterStartMWh / 1000,
     meterEndWh: s.lastMWh / 1000,
+    ...(s.meterSerial !== undefined ? { meterSerial: s.meterSerial } : {}),
     currency: s.currency,
     lines,
     activationFee: feeMicros / unit,

@@ -129,7 +129,14 @@ export function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'readin
   e.badDetail = null
   e.goodAt = ctx.now
   e.fresh = true
-  e.last = { ts: rd.ts, mWh, currentA: rd.currentA, powerW: rd.powerW, voltageV: rd.voltageV }
+  e.last = {
+    ts: rd.ts,
+    mWh,
+    currentA: rd.currentA,
+    powerW: rd.powerW,
+    voltageV: rd.voltageV,
+    ...(typeof rd.meterSerial === 'string' ? { meterSerial: rd.meterSerial } : {}),
+  }
   e.recon = e.recon === null ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 } : reconAfter(e.recon, v, e.session !== null)
 
   if (e.session) {

@@ -63,6 +63,8 @@ export interface ReadingMark {
   currentA: number
   powerW: number
   voltageV: number
+  /** The serial number the meter reported with this reading (models with a serial register). */
+  meterSerial?: string
 }
 
 /** Energy and time of one contiguous run of one plan period. */
@@ -92,6 +94,8 @@ export interface Session {
   trigger: SessionTrigger
   startedAt: number
   meterStartMWh: number
+  /** The serial number the outlet's meter reported at the start (its last good reading's), when it reports one. */
+  meterSerial?: string
   /** Last accounted point: the session's last good reading (startedAt/meterStart before any). */
   lastTs: number
   lastMWh: number

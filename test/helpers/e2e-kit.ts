@@ -225,6 +225,8 @@ export interface SiteOptions {
   /** The peer's TCP port (bus "site"), unless `rtuPath` is given. */
   port?: number
   rtuPath?: string
+  /** Further keys of bus "site" (echo, requestGapMs, ...). */
+  bus?: Record<string, unknown>
   outlets: number
   brokerUrl?: string
   /** Per-outlet extras, by outlet number (1-based): plan, autoStart. */
@@ -259,6 +261,7 @@ export function writeSiteConfig(o: SiteOptions): string {
   const bus = o.rtuPath
     ? { id: 'site', type: 'modbus-rtu', path: o.rtuPath, baudRate: 9600, parity: 'none', stopBits: 1, timeoutMs: 500, retries: 1 }
     : { id: 'site', type: 'modbus-tcp', host: '127.0.0.1', port: o.port, timeoutMs: 500, retries: 1 }
+  Object.assign(bus, o.bus)
   const outlets = Array.from({ length: o.outlets }, (_, i) => ({
     id: `E${i + 1}`,
     bus: 'site',
@@ -500,6 +503,25 @@ export async function startSession(
   if (o.chargeWh !== undefined)
     await waitFor(async () => (await peer.outlet(o.outlet)).energyWh > e0 + o.chargeWh!, o.charging ?? `E${o.outlet} charging ${o.chargeWh} Wh`)
   return { sessionId, e0, result }
+}
+
+/**
+ * One whole session on outlet E1 of the peer at 16 A: started, billed from the meter,
+ * ended by the unplug, relay (coil 0) closed while charging and open after.
+ */
+export async function unplugSession(t: Asserts, peer: Peer, cloud: Cloud, via: string): Promise<void> {
+  const whEps = 0.02
+  const { sessionId, e0 } = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000 })
+  const started = await cloud.waitRecord(isStarted('E1'), 'session.started')
+  t.ok(Math.abs(started.meterWh - e0) < whEps, `meterWh read ${via} is the register`)
+  await waitFor(async () => (await peer.outlet(1)).coil, `coil 0 closed ${via}`)
+  await waitFor(async () => (await peer.outlet(1)).energyWh > e0 + 3, 'charging')
+  await peer.unplug(1)
+  const eFinal = (await peer.outlet(1)).energyWh
+  const ended = await cloud.waitRecord(isEnded(sessionId), 'session.ended')
+  t.ok(ended.reason === 'unplugged', `ended by the unplug (${ended.reason})`)
+  t.ok(Math.abs(ended.energyWh - (eFinal - e0)) < whEps, `energy ${ended.energyWh} = the peer's delta ${(eFinal - e0).toFixed(3)}`)
+  await waitFor(async () => !(await peer.outlet(1)).coil, `coil 0 open ${via}`)
 }
 
 // ---------------------------------------------------------------- checks
