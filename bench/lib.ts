@@ -184,3 +184,20 @@ export function binNodeFlags(cli = packagePath('dist', 'bin', 'outpost.js')): st
 export function readingAt(outlet: string, ts: number, a: number, energyWh: number): EngineEvent {
   return { type: 'reading', outlet, reading: { ts, currentA: a, powerW: a * 230, energyWh, voltageV: 230 } }
 }
+
+/** `node dist/bench/NAME.js` alone: runs it and prints each bounded row against its bound. */
+export function runAlone(name: string, run: () => Promise<BenchRow[]>): void {
+  if (!process.argv[1]?.endsWith(`/bench/${name}.js`)) return
+  run().then(
+    (rows) => {
+      for (const r of rows)
+        process.stdout.write(
+          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs bound ${r.baseline.toFixed(1)} = ${r.ratio.toFixed(2)}x${r.note ? ' — ' + r.note : ''}\n`,
+        )
+    },
+    (err: unknown) => {
+      process.stderr.write(`bench/${name}: ${(err as Error).stack ?? String(err)}\n`)
+      process.exitCode = 1
+    },
+  )
+}

@@ -31,7 +31,7 @@ import { join } from 'node:path'
 import { startSim, RELAY_UNIT } from '../drivers/index.js'
 import { startMosquitto } from '../test/helpers/mosquitto.js'
 import { startCloud, startDaemon, waitFor, writeSiteConfig } from '../test/helpers/e2e-kit.js'
-import { bounded, median, percentile, Teardowns, type BenchRow } from './lib.js'
+import { bounded, median, percentile, runAlone, Teardowns, type BenchRow } from './lib.js'
 
 const OUTLETS = 8
 const CYCLES = Number(process.env.OUTPOST_BENCH_UNPLUG_CYCLES ?? 8)
@@ -180,17 +180,4 @@ export async function run(): Promise<BenchRow[]> {
   }
 }
 
-if (process.argv[1]?.endsWith('/bench/unplug.js')) {
-  run().then(
-    (rows) => {
-      for (const r of rows)
-        process.stdout.write(
-          `${r.met ? 'met ' : 'MISS'}  ${r.figure}: ${r.value.toFixed(1)} ${r.unit} vs bound ${r.baseline.toFixed(1)} = ${r.ratio.toFixed(2)}x${r.note ? ' — ' + r.note : ''}\n`,
-        )
-    },
-    (err: unknown) => {
-      process.stderr.write(`bench/unplug: ${(err as Error).stack ?? String(err)}\n`)
-      process.exitCode = 1
-    },
-  )
-}
+runAlone('unplug', run)

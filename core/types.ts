@@ -65,14 +65,35 @@ export interface SerialBusConfig extends SerialLineConfig {
   type: 'serial'
 }
 
-export type BusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
+/** A network device that is its own bus: one Shelly or one Tasmota plug, meter and relay in one. */
+export interface NetDeviceConfig {
+  id: string
+  type: 'shelly' | 'tasmota'
+  host: string
+  port: number
+  /** Tasmota's web user; Shelly's is always admin. */
+  user?: string
+  /** First line: the device's password. */
+  passwordFile?: string
+  timeoutMs: number
+  retries: number
+  /** A relay the gateway closed opens by itself this long after its last re-arm. */
+  autoOffS: number
+  /** Shelly: hold a WebSocket for NotifyStatus. */
+  notify?: boolean
+}
+
+/** A bus of bytes: one scheduler owns its port. */
+export type WireBusConfig = ModbusRtuBusConfig | ModbusTcpBusConfig | SerialBusConfig
+export type BusConfig = WireBusConfig | NetDeviceConfig
 
 export interface OutletConfig {
   id: string
   name?: string
   bus: string
-  meter: { model: string; unit: number; delayMs?: number; serial?: string }
-  relay?: { model: string; unit: number; coil?: number; register?: number; delayMs?: number }
+  /** `unit` on a Modbus or serial bus (required there, config.ts checks), `channel` on a network device. */
+  meter: { model: string; unit?: number; channel?: number; delayMs?: number; serial?: string }
+  relay?: { model: string; unit?: number; channel?: number; coil?: number; register?: number; delayMs?: number }
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number

@@ -221,9 +221,9 @@ function schemaProblems(errors: ErrorObject[]): ConfigProblem[] {
         break
       case 'discriminator':
         if (p.error === 'mapping') {
-          out.push({ pointer: `${at}/type`, message: 'must be one of: "modbus-rtu", "modbus-tcp", "serial"' })
+          out.push({ pointer: `${at}/type`, message: `must be one of: ${BUS_TYPES}` })
         } else {
-          out.push({ pointer: `${at}/type`, message: 'is required (one of "modbus-rtu", "modbus-tcp", "serial")' })
+          out.push({ pointer: `${at}/type`, message: `is required (one of ${BUS_TYPES})` })
         }
         break
       case 'oneOf':
@@ -236,8 +236,11 @@ function schemaProblems(errors: ErrorObject[]): ConfigProblem[] {
   return out
 }
 
+const BUS_TYPES = '"modbus-rtu", "modbus-tcp", "serial", "shelly", "tasmota"'
+
 function describePattern(at: string, pattern: string): string {
   if (at.endsWith('/url')) return 'must be a broker URL: mqtt://, mqtts://, ws:// or wss:// followed by host[:port]'
+  if (at.endsWith('/host')) return 'must be a host name or an IP address alone (no scheme, path or port: set port)'
   if (at.endsWith('/listen')) return 'must be host:port, e.g. 127.0.0.1:8080 or [::1]:8080'
   if (at.endsWith('/topicPrefix')) return "must not contain '#', '+' or spaces"
   if (at.endsWith('/httpAdminRoot') || at.endsWith('/httpNodeRoot')) return "must start with '/'"
@@ -341,6 +344,7 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
     out.push({ pointer: '/models/dir', message: (err as Error).message })
   }
   const connectors = new Map<number, string>()
+  const netClaims = new Map<string, string>() // `${bus}#${meter|relay}#${channel}` -> pointer
   arr(cfg.outlets).forEach((o, i) => {
     if (!isObj(o)) return
     const at = `/outlets/${i}`
@@ -367,12 +371,16 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
     if (planId !== undefined && !plans.has(planId) && Array.isArray(cfg.plans)) {
       out.push({ pointer: `${at}/plan`, message: `unknown plan "${planId}" (plans: ${[...plans.keys()].join(', ') || 'none'})` })
     }
-    const serialBus = bus?.type === 'serial'
+    const busType = str(bus?.type)
     const meter = isObj(o.meter) ? o.meter : undefined
     const relay = isObj(o.relay) ? o.relay : undefined
+    if (busType !== undefined && BUS_TRANSPORT[busType] !== undefined) {
+      for (const part of ['meter', 'relay'] as const) out.push(...addressProblems(o[part], busType, `${at}/${part}`))
+      if (NET_BUS_TYPES.has(busType)) out.push(...channelProblems(o, busId!, busType, at, netClaims))
+    }
     if (meter) {
       const model = str(meter.model)
-      if (model !== undefined) out.push(...modelProblems(registry, model, 'meter', `${at}/meter/model`, modelsDir, bus ? serialBus : undefined))
+      if (model !== undefined) out.push(...modelProblems(registry, model, 'meter', `${at}/meter/model`, modelsDir, busType))
       if (busId !== undefined && typeof meter.unit === 'number') {
         const k = `${busId}#${meter.unit}`
         const prev = meterUnits.get(k) ?? relayUnits.get(k)
@@ -382,10 +390,10 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
     }
     if (relay) {
       const model = str(relay.model)
-      if (model !== undefined) out.push(...modelProblems(registry, model, 'relay', `${at}/relay/model`, modelsDir, bus ? serialBus : undefined))
+      if (model !== undefined) out.push(...modelProblems(registry, model, 'relay', `${at}/relay/model`, modelsDir, busType))
       // A relay model that names no coil or register of its own takes it from the outlet's config.
       const point = model !== undefined ? registry?.find(model, 'relay')?.relay : undefined
-      if (point && point.address === undefined && point.point !== 'line') {
+      if (point && point.address === undefined && (point.point === 'coil' || point.point === 'register')) {
         const key = point.point === 'coil' ? 'coil' : 'register'
         if (relay[key] === undefined) out.push({ pointer: `${at}/relay/${key}`, message: `is required for a ${model} relay` })
       }
@@ -506,9 +514,12 @@ function circuitProblems(
       out.push({ pointer: `${at}/bus`, message: `unknown bus "${busId}" (buses: ${[...buses.keys()].join(', ') || 'none'})` })
     const model = str(m.model)
     if (model !== undefined) {
-      out.push(...modelProblems(registry, model, 'meter', `${at}/model`, modelsDir, bus ? bus.type === 'serial' : undefined))
-      if (bus?.type === 'serial')
-        out.push({ pointer: `${at}/bus`, message: `a feeder meter must be on a Modbus bus; "${busId}" is a plain serial bus` })
+      out.push(...modelProblems(registry, model, 'meter', `${at}/model`, modelsDir, str(bus?.type)))
+      if (bus !== undefined && bus.type !== 'modbus-rtu' && bus.type !== 'modbus-tcp')
+        out.push({
+          pointer: `${at}/bus`,
+          message: `a feeder meter must be on a Modbus bus; "${busId}" is ${bus.type === 'serial' ? 'a plain serial bus' : `a ${String(bus.type)} device`}`,
+        })
     }
     if (busId !== undefined && typeof m.unit === 'number') {
       const k = `${busId}#${m.unit}`
@@ -579,13 +590,23 @@ function nodeRedProblems(cfg: Loose): ConfigProblem[] {
   return out
 }
 
+/** The model transport each kind of bus speaks. */
+const BUS_TRANSPORT: Record<string, string> = {
+  'modbus-rtu': 'modbus',
+  'modbus-tcp': 'modbus',
+  serial: 'serial',
+  shelly: 'shelly-rpc',
+  tasmota: 'tasmota-http',
+}
+const NET_BUS_TYPES = new Set(['shelly', 'tasmota'])
+
 function modelProblems(
   registry: ModelRegistry | undefined,
   model: string,
   kind: 'meter' | 'relay',
   pointer: string,
   modelsDir: string | undefined,
-  serialBus: boolean | undefined,
+  busType: string | undefined,
 ): ConfigProblem[] {
   if (!registry) return [] // models.dir itself is reported
   const m = registry.find(model, kind)
@@ -593,17 +614,63 @@ function modelProblems(
     const where = modelsDir ? ` or a file ${join(modelsDir, model + '.json')}` : ' (or set models.dir for your own)'
     return [{ pointer, message: `unknown ${kind} model "${model}": expected one of ${registry.names(kind).join(', ')}${where}` }]
   }
-  if (serialBus === undefined) return []
-  if (serialBus && m.transport !== 'serial')
+  const want = busType !== undefined ? BUS_TRANSPORT[busType] : undefined
+  if (want === undefined || m.transport === want) return []
+  if (want === 'serial' && m.transport === 'modbus')
     return [
       {
         pointer,
         message: `"${model}" is a Modbus model but the outlet's bus is a plain serial bus (use a model with "transport": "serial", such as outpost-serial)`,
       },
     ]
-  if (!serialBus && m.transport === 'serial')
+  if (want === 'modbus' && m.transport === 'serial')
     return [{ pointer, message: `"${model}" speaks the serial line protocol but the outlet's bus is Modbus` }]
-  return []
+  const fitting = registry
+    .all()
+    .filter((x) => x.transport === want && x.kinds.includes(kind))
+    .map((x) => x.name)
+    .sort()
+  const bus = busType === 'serial' ? 'a plain serial bus' : busType === 'shelly' || busType === 'tasmota' ? `a ${busType} device` : 'Modbus'
+  return [
+    {
+      pointer,
+      message: `"${model}" speaks ${m.transport} but the outlet's bus is ${bus} (${kind} models for it: ${fitting.join(', ') || 'none'})`,
+    },
+  ]
+}
+
+/** Modbus and serial devices are addressed by unit; a network device's meter and relay by channel. */
+function addressProblems(part: unknown, busType: string, at: string): ConfigProblem[] {
+  if (!isObj(part)) return []
+  const out: ConfigProblem[] = []
+  if (NET_BUS_TYPES.has(busType)) {
+    for (const k of ['unit', 'coil', 'register', 'delayMs'])
+      if (part[k] !== undefined) out.push({ pointer: `${at}/${k}`, message: `is for Modbus and serial buses; on a ${busType} device use channel` })
+  } else {
+    if (part.unit === undefined) out.push({ pointer: `${at}/unit`, message: 'is required' })
+    if (part.channel !== undefined) out.push({ pointer: `${at}/channel`, message: 'is for a shelly or tasmota device; on this bus use unit' })
+  }
+  return out
+}
+
+/** One outlet per meter channel and per relay channel of a network device. */
+function channelProblems(o: Loose, busId: string, busType: string, at: string, claims: Map<string, string>): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  for (const part of ['meter', 'relay'] as const) {
+    const p = o[part]
+    if (!isObj(p)) continue
+    // The default channel is Shelly's first component (0) or Tasmota's first relay (1), as drivers/netdev.ts has it.
+    const ch = typeof p.channel === 'number' ? p.channel : busType === 'tasmota' ? 1 : 0
+    const k = `${busId}#${part}#${ch}`
+    const prev = claims.get(k)
+    if (prev)
+      out.push({
+        pointer: `${at}/${part}${typeof p.channel === 'number' ? '/channel' : ''}`,
+        message: `the ${part} channel ${ch} of device "${busId}" is already ${prev}'s`,
+      })
+    else claims.set(k, at)
+  }
+  return out
 }
 
 /** Zones already found valid: building an Intl.DateTimeFormat is costly, and configs are validated often (each engine simulation seed, each reload). */

@@ -248,6 +248,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const { pollMs } = config.sessions
     for (const outlet of config.outlets) {
       this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
+      // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
+      this.site.outlet(outlet.id).onChange?.(() => void this.poll(outlet.id))
     }
     for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))

@@ -13,6 +13,7 @@ import type { OcpiConfig, PeriodConfig, PlanConfig, SessionEndedBody, SiteConfig
 import { currencyMinorDigits, formatMinor } from '../core/money.js'
 import { lineAmountMicros, toMicros } from './engine/index.js'
 import { parseOcmf } from './ocmf.js'
+import { meterSerial } from '../core/meter-serial.js'
 
 // ---------------------------------------------------------------- money split
 
@@ -143,7 +144,7 @@ export function ocpiSite(config: SiteConfig): OcpiSite | undefined {
     ocpi: config.ocpi,
     plans: new Map(config.plans.map((p) => [p.id, p])),
     timezone: config.site.timezone,
-    meterIds: new Map(config.outlets.map((o) => [o.id, o.meter.serial ?? `${o.bus}:${o.meter.unit}`])),
+    meterIds: new Map(config.outlets.map((o) => [o.id, meterSerial(o)])),
   }
 }
 

@@ -12,6 +12,7 @@ import { createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import type { SessionEndedBody, SiteConfig } from '../core/types.js'
 import { currencyMinorDigits, formatMinor } from '../core/money.js'
 import { OutpostError } from './errors.js'
+import { meterSerial } from '../core/meter-serial.js'
 
 export const OCMF_VERSION = '1.2'
 export const SIGNATURE_ALGORITHM = 'ECDSA-secp256r1-SHA256'
@@ -211,7 +212,7 @@ export function meterIdentities(config: SiteConfig, manufacturerOf: (model: stri
     out.set(o.id, {
       ...(manufacturer ? { manufacturer } : {}),
       model: o.meter.model,
-      serial: o.meter.serial ?? `${o.bus}:${o.meter.unit}`,
+      serial: meterSerial(o),
     })
   }
   return out

@@ -46,6 +46,14 @@ export const DRIVER_ERRORS = {
   NO_RELAY: 'a relay operation on a meter-only outlet',
   RELAY_MISMATCH: 'the relay read back differs from what was written',
   READING_INVALID: 'a meter register decoded to NaN or infinity',
+  NET_TIMEOUT: 'network device: no answer within timeoutMs (retried; the device is in error until it answers)',
+  NET_UNREACHABLE: 'network device: the connection was refused, reset or has no route (retried)',
+  NET_AUTH: 'network device: it asks for a password and none is set, the password was refused, or passwordFile cannot be read (not retried)',
+  NET_HTTP: 'network device: an HTTP status other than 200 (not retried)',
+  NET_BAD_REPLY:
+    'network device: a reply that is not the JSON expected (an HTML page, garbage, a value missing or not a number); the message quotes it',
+  NET_RPC_ERROR: 'network device: the device answered with an error (a Shelly RPC error frame, Tasmota "Command Unknown")',
+  NET_MODEL_MISMATCH: "network device: the device lacks a method its outlets' models call (the message lists what it offers)",
   USAGE: 'outpost scan: a --units range that is not within 1-247, low to high',
 } as const satisfies Record<string, string>
 

@@ -52,7 +52,7 @@ export interface DeviceModel {
   /** The maker's name (a meter's OCMF MV). */
   manufacturer?: string
   kinds: ('meter' | 'relay')[]
-  transport: 'modbus' | 'serial'
+  transport: 'modbus' | 'serial' | NetTransport
   serialDefaults?: { baudRate?: number; parity?: 'none' | 'even' | 'odd'; dataBits?: 7 | 8; stopBits?: 1 | 2 }
   maxRegistersPerRead: number
   maxGap: number
@@ -60,9 +60,27 @@ export interface DeviceModel {
   combine?: Record<string, 'sum' | 'max' | 'mean' | 'first'>
   identify?: { quantity: string; min?: number; max?: number }[]
   identity?: DeviceIdentity
-  relay?: { point: 'coil' | 'register' | 'line'; address?: number; closedValue: number; openValue: number }
+  relay?: { point: 'coil' | 'register' | 'line' | 'device'; address?: number; closedValue: number; openValue: number }
+  /** Network devices: the calls a reading makes and how the switch is set (drivers/netdev.ts). */
+  device?: NetDeviceSpec
   /** Where it was loaded from. */
   file: string
+}
+
+export type NetTransport = 'shelly-rpc' | 'tasmota-http'
+export const NET_TRANSPORTS: readonly string[] = ['shelly-rpc', 'tasmota-http'] satisfies NetTransport[]
+
+/** Where one quantity is in a network device's JSON reply. */
+export interface NetValue {
+  path: string
+  /** Subtracted when present (Shelly's ret_aenergy). */
+  minus?: string
+  scale?: number
+}
+
+export interface NetDeviceSpec {
+  read: { method?: string; component?: string; command?: string; values: Record<string, NetValue> }[]
+  switch?: { set?: string; get: string; on?: string; off?: string; autoOff?: string; path: string[]; closedValue: string | boolean }
 }
 
 export const REQUIRED_METER_QUANTITIES = ['voltageV', 'currentA', 'powerW', 'energyWh'] as const
@@ -133,11 +151,44 @@ export function validateModel(input: unknown, file: string): DeviceModel {
     cited('/identity/model', m.identity?.model?.source)
     cited('/identity/serial', m.identity?.serial?.source)
     if (m.kinds.includes('relay') && !m.relay) problems.push('/relay: a relay model needs a "relay" section')
+    problems.push(...netModelProblems(m))
     if (m.relay?.point === 'line' && m.transport !== 'serial') problems.push('/relay/point: "line" needs transport "serial"')
-    if (m.relay && m.relay.point !== 'line' && m.transport === 'serial') problems.push(`/relay/point: "${m.relay.point}" needs transport "modbus"`)
+    if (m.relay && (m.relay.point === 'coil' || m.relay.point === 'register') && m.transport !== 'modbus')
+      problems.push(`/relay/point: "${m.relay.point}" needs transport "modbus"`)
   }
   if (problems.length) throw new OutpostError('MODEL_INVALID', `model file ${file}: ${problems.join('; ')}`)
   return { ...(copy as unknown as DeviceModel), file }
+}
+
+/** A network model: calls of its own transport's kind, every meter quantity somewhere, a switch for a relay. */
+function netModelProblems(m: DeviceModel): string[] {
+  const net = NET_TRANSPORTS.includes(m.transport)
+  const out: string[] = []
+  if (!net) {
+    if (m.device) out.push(`/device: only for transports ${NET_TRANSPORTS.join(', ')}`)
+    if (m.relay?.point === 'device') out.push(`/relay/point: "device" needs a network transport (${NET_TRANSPORTS.join(', ')})`)
+    return out
+  }
+  if (!m.device) return ['/device: a network model needs a "device" section']
+  if (m.relay && m.relay.point !== 'device') out.push(`/relay/point: a network device's relay is "device"`)
+  const shelly = m.transport === 'shelly-rpc'
+  m.device.read.forEach((r, i) => {
+    if (shelly && r.method === undefined) out.push(`/device/read/${i}/method: is required for shelly-rpc`)
+    if (!shelly && r.command === undefined) out.push(`/device/read/${i}/command: is required for tasmota-http`)
+    if (shelly ? r.command !== undefined : r.method !== undefined || r.component !== undefined)
+      out.push(`/device/read/${i}: ${shelly ? 'command' : 'method and component'} belong to the other transport`)
+  })
+  if (m.kinds.includes('meter')) {
+    const have = new Set(m.device.read.flatMap((r) => Object.keys(r.values)))
+    for (const q of REQUIRED_METER_QUANTITIES) if (!have.has(q)) out.push(`/device/read: a meter needs a value for ${q}`)
+  }
+  const sw = m.device.switch
+  if (m.kinds.includes('relay')) {
+    if (!sw) out.push('/device/switch: a relay model needs a switch')
+    else if (shelly && sw.set === undefined) out.push('/device/switch/set: is required for shelly-rpc')
+    else if (!shelly && (sw.on === undefined || sw.off === undefined)) out.push('/device/switch: on and off are required for tasmota-http')
+  }
+  return out
 }
 
 export function loadModelFile(file: string): DeviceModel {

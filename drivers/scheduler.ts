@@ -35,7 +35,7 @@ export interface DeviceHealth {
 
 export interface BusHealth {
   id: string
-  type: 'modbus-rtu' | 'modbus-tcp' | 'serial'
+  type: 'modbus-rtu' | 'modbus-tcp' | 'serial' | 'shelly' | 'tasmota'
   /** Port, e.g. "/dev/ttyUSB0@9600,8N1" or "tcp://10.0.0.5:502". */
   port: string
   state: 'opening' | 'open' | 'error' | 'closed'

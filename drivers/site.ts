@@ -9,7 +9,8 @@
  */
 import type { Logger } from 'pino'
 import { isOutpostError, OutpostError } from './errors.js'
-import type { BusConfig, CircuitConfig, CircuitReading, OutletConfig, Reading, SiteConfig } from '../core/types.js'
+import type { OutletIO } from './outlet.js'
+import type { BusConfig, CircuitConfig, CircuitReading, NetDeviceConfig, OutletConfig, Reading, SiteConfig, WireBusConfig } from '../core/types.js'
 import { bitsPerChar, decodeBits, decodeWords, interFrameMs, type ModbusRequest, type ModbusResponse } from './modbus.js'
 import { LineLink, RtuLink, TcpLink } from './links.js'
 import type { LineReply, LineRequest } from './line-protocol.js'
@@ -25,17 +26,11 @@ import {
   type Block,
   type DeviceModel,
 } from './models.js'
+import type { NetDevice } from './netdev.js'
+import { ShellyDevice, ShellyOutlet } from './shelly.js'
+import { TasmotaDevice, TasmotaOutlet } from './tasmota.js'
 
-export interface OutletIO {
-  readonly id: string
-  readonly hasRelay: boolean
-  /** One sample of the meter; ts from the injected clock when the reply arrived. */
-  read(): Promise<Reading>
-  /** Switch the relay (closed = current may flow), then read it back; RELAY_MISMATCH if it disagrees. */
-  setRelay(closed: boolean): Promise<void>
-  /** The relay's state as the device reports it. */
-  readRelay(): Promise<boolean>
-}
+export type { OutletIO } from './outlet.js'
 
 /** A circuit's feeder meter: its phase currents. */
 export interface FeederIO {
@@ -67,41 +62,43 @@ export interface OpenOptions {
 /** A bus and the Modbus/line operations on it, all through its one scheduler. */
 export class Bus {
   readonly scheduler: BusScheduler<ModbusRequest, ModbusResponse> | BusScheduler<LineRequest, LineReply>
-  constructor(
-    readonly config: BusConfig,
-    opts: OpenOptions,
-  ) {
+  readonly config: WireBusConfig
+  constructor(config: BusConfig, opts: OpenOptions) {
+    if (config.type === 'shelly' || config.type === 'tasmota')
+      throw new OutpostError('BUS_WRONG_TYPE', `"${config.id}" is a network device (${config.type}), not a Modbus or serial bus`)
+    this.config = config as WireBusConfig
+    const wire = this.config
     const common = {
-      id: config.id,
-      type: config.type,
+      id: wire.id,
+      type: wire.type,
       now: opts.now,
       logger: opts.logger,
-      timeoutMs: config.timeoutMs,
-      retries: config.retries,
+      timeoutMs: wire.timeoutMs,
+      retries: wire.retries,
       ...opts.scheduler,
     }
-    if (config.type === 'modbus-tcp') {
-      this.scheduler = new BusScheduler(new TcpLink(new TcpStream(config.host, config.port, Math.max(config.timeoutMs * 5, 2000))), {
+    if (wire.type === 'modbus-tcp') {
+      this.scheduler = new BusScheduler(new TcpLink(new TcpStream(wire.host, wire.port, Math.max(wire.timeoutMs * 5, 2000))), {
         ...common,
         interFrameMs: 0,
       })
     } else {
-      const bits = bitsPerChar(config.dataBits, config.parity, config.stopBits)
-      const charMs = (bits * 1000) / config.baudRate
+      const bits = bitsPerChar(wire.dataBits, wire.parity, wire.stopBits)
+      const charMs = (bits * 1000) / wire.baudRate
       const stream = new SerialStream({
-        path: config.path,
-        baudRate: config.baudRate,
-        parity: config.parity,
-        dataBits: config.dataBits,
-        stopBits: config.stopBits,
+        path: wire.path,
+        baudRate: wire.baudRate,
+        parity: wire.parity,
+        dataBits: wire.dataBits,
+        stopBits: wire.stopBits,
       })
       const line = {
         ...common,
-        interFrameMs: config.interFrameMs ?? interFrameMs(config.baudRate, bits),
-        requestGapMs: config.requestGapMs,
+        interFrameMs: wire.interFrameMs ?? interFrameMs(wire.baudRate, bits),
+        requestGapMs: wire.requestGapMs,
       }
-      const linkOpts = { bus: config.id, echo: config.echo }
-      if (config.type === 'modbus-rtu') {
+      const linkOpts = { bus: wire.id, echo: wire.echo }
+      if (wire.type === 'modbus-rtu') {
         this.scheduler = new BusScheduler(new RtuLink(stream, linkOpts), { ...line, wireMs: (req) => charMs * rtuBytes(req as ModbusRequest) })
       } else {
         // A D line is at most ~60 characters; a request ~16.
@@ -226,7 +223,7 @@ class ModbusOutlet implements OutletIO {
   async read(): Promise<Reading> {
     let data: number[][]
     try {
-      data = await this.bus.readBlocks(this.cfg.meter.unit, this.blocks, { delayMs: this.cfg.meter.delayMs })
+      data = await this.bus.readBlocks(this.cfg.meter.unit!, this.blocks, { delayMs: this.cfg.meter.delayMs })
     } catch (err) {
       this.serial = { state: 'unread' }
       throw withLineHint(err, this.bus.config, this.meter)
@@ -237,7 +234,7 @@ class ModbusOutlet implements OutletIO {
     const reg = this.meter.identity?.serial
     if (reg && this.serial.state === 'unread') {
       try {
-        const words = await this.bus.readRegisters(this.cfg.meter.unit, reg.function, reg.address, identityWords(reg), {
+        const words = await this.bus.readRegisters(this.cfg.meter.unit!, reg.function, reg.address, identityWords(reg), {
           delayMs: this.cfg.meter.delayMs,
         })
         this.serial = { state: 'known', value: decodeIdentity(reg, words) }
@@ -253,7 +250,7 @@ class ModbusOutlet implements OutletIO {
     const r = this.relay.relay!
     const address = r.point === 'coil' ? (this.cfg.relay.coil ?? r.address) : (this.cfg.relay.register ?? r.address)
     if (address === undefined) throw new OutpostError('NO_RELAY', `outlet ${this.id}: relay model ${this.relay.name} needs relay.${r.point}`)
-    return { unit: this.cfg.relay.unit, address, model: this.relay }
+    return { unit: this.cfg.relay.unit!, address, model: this.relay }
   }
 
   async setRelay(closed: boolean): Promise<void> {
@@ -299,14 +296,14 @@ class SerialOutlet implements OutletIO {
   ) {}
 
   async read(): Promise<Reading> {
-    const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.meter.unit }, 'poll', { delayMs: this.cfg.meter.delayMs })
+    const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.meter.unit! }, 'poll', { delayMs: this.cfg.meter.delayMs })
     if (r.type !== 'D') throw new OutpostError('SERIAL_DEVICE_ERROR', `controller ${this.cfg.meter.unit}: unexpected reply`)
     return toReading(this.id, { voltageV: r.voltageV, currentA: r.currentA, powerW: r.powerW, energyWh: r.energyWh }, this.now())
   }
 
   async setRelay(closed: boolean): Promise<void> {
     if (!this.hasRelay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
-    const r = await this.bus.lineExchange({ type: 'S', addr: this.cfg.relay.unit, closed }, 'relay', { delayMs: this.cfg.relay.delayMs })
+    const r = await this.bus.lineExchange({ type: 'S', addr: this.cfg.relay.unit!, closed }, 'relay', { delayMs: this.cfg.relay.delayMs })
     if (r.type !== 'D' || r.relayClosed !== closed) {
       throw new OutpostError(
         'RELAY_MISMATCH',
@@ -318,7 +315,7 @@ class SerialOutlet implements OutletIO {
 
   async readRelay(): Promise<boolean> {
     if (!this.hasRelay || !this.cfg.relay) throw new OutpostError('NO_RELAY', `outlet ${this.id} has no relay`)
-    const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.relay.unit }, 'poll', { delayMs: this.cfg.relay.delayMs })
+    const r = await this.bus.lineExchange({ type: 'Q', addr: this.cfg.relay.unit! }, 'poll', { delayMs: this.cfg.relay.delayMs })
     if (r.type !== 'D') throw new OutpostError('SERIAL_DEVICE_ERROR', `controller ${this.cfg.relay.unit}: unexpected reply`)
     return r.relayClosed
   }
@@ -360,6 +357,16 @@ function toReading(outlet: string, q: Record<string, number>, ts: number, unavai
   return { ts, currentA: q.currentA!, powerW: q.powerW!, energyWh: q.energyWh!, voltageV: q.voltageV! }
 }
 
+/** The model transport a bus speaks. */
+function busTransport(type: SiteConfig['buses'][number]['type']): DeviceModel['transport'] {
+  return type === 'serial' ? 'serial' : type === 'shelly' ? 'shelly-rpc' : type === 'tasmota' ? 'tasmota-http' : 'modbus'
+}
+
+function netDevice(config: NetDeviceConfig, opts: OpenOptions): NetDevice {
+  const o = { now: opts.now, logger: opts.logger }
+  return config.type === 'shelly' ? new ShellyDevice(config, o) : new TasmotaDevice(config, o)
+}
+
 /**
  * A meter that never answers on a bus whose line settings differ from the model's factory ones
  * (an Orno at 8E1 on an 8N1 bus) is most likely set up wrong, not broken: the timeout says so.
@@ -393,6 +400,7 @@ function why(unavailable: string[]): string {
 export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<SiteIO> {
   const registry = new ModelRegistry(config.models?.dir)
   const buses = new Map<string, Bus>()
+  const devices = new Map<string, NetDevice>()
   const outlets = new Map<string, OutletIO>()
   // Bind models first so a bad config opens nothing.
   const plans: (() => OutletIO)[] = []
@@ -401,10 +409,19 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     if (!bc) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: unknown bus "${o.bus}"`)
     const meter = registry.get(o.meter.model, 'meter')
     const relay = o.relay ? registry.get(o.relay.model, 'relay') : undefined
-    const wantTransport = bc.type === 'serial' ? 'serial' : 'modbus'
+    const wantTransport = busTransport(bc.type)
     for (const m of [meter, relay]) {
       if (m && m.transport !== wantTransport)
         throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
+    }
+    if (bc.type === 'shelly' || bc.type === 'tasmota') {
+      plans.push(() => {
+        const dev = devices.get(bc.id)!
+        return dev instanceof ShellyDevice
+          ? new ShellyOutlet(o.id, dev, o, meter, relay, opts.now)
+          : new TasmotaOutlet(o.id, dev as TasmotaDevice, o, meter, relay, opts.now)
+      })
+      continue
     }
     plans.push(() => {
       const bus = buses.get(bc.id)!
@@ -419,15 +436,21 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     if (!m) continue
     const bc = config.buses.find((b) => b.id === m.bus)
     if (!bc) throw new OutpostError('CONFIG_INVALID', `circuit ${c.id}: unknown bus "${m.bus}"`)
-    if (bc.type === 'serial') throw new OutpostError('CONFIG_INVALID', `circuit ${c.id}: a feeder meter needs a Modbus bus, ${bc.id} is serial`)
+    if (bc.type !== 'modbus-rtu' && bc.type !== 'modbus-tcp')
+      throw new OutpostError('CONFIG_INVALID', `circuit ${c.id}: a feeder meter needs a Modbus bus, ${bc.id} is ${bc.type}`)
     const model = registry.get(m.model, 'meter')
     feederPlans.push(() => new ModbusFeeder(c.id, buses.get(bc.id)!, m, model, opts.now))
   }
-  for (const bc of config.buses) buses.set(bc.id, openBus(bc, opts))
+  for (const bc of config.buses) {
+    if (bc.type === 'shelly' || bc.type === 'tasmota') devices.set(bc.id, netDevice(bc, opts))
+    else buses.set(bc.id, openBus(bc, opts))
+  }
   for (const p of plans) {
     const io = p()
     outlets.set(io.id, io)
   }
+  // Outlets first: a Shelly checks at start that it has the methods its outlets' models call.
+  for (const d of devices.values()) d.start()
   const feeders = new Map<string, FeederIO>()
   for (const p of feederPlans) {
     const f = p()
@@ -449,16 +472,22 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     feederIds: () => [...feeders.keys()],
     bus(id) {
       const b = buses.get(id)
-      if (!b) throw new OutpostError('BUS_UNKNOWN', `unknown bus "${id}"`)
+      if (!b) {
+        if (devices.has(id)) throw new OutpostError('BUS_WRONG_TYPE', `"${id}" is a network device, not a Modbus or serial bus`)
+        throw new OutpostError('BUS_UNKNOWN', `unknown bus "${id}"`)
+      }
       return b
     },
-    health: () => [...buses.values()].map((b) => b.health()),
+    health: () => config.buses.map((bc) => (buses.get(bc.id) ?? devices.get(bc.id)!).health()),
     async ready(ms) {
-      const results = await Promise.allSettled([...buses.values()].map((b) => b.scheduler.waitOpen(ms)))
+      const results = await Promise.allSettled([
+        ...[...buses.values()].map((b) => b.scheduler.waitOpen(ms)),
+        ...[...devices.values()].map((d) => d.waitOpen(ms)),
+      ])
       return results.every((r) => r.status === 'fulfilled')
     },
     async close() {
-      await Promise.all([...buses.values()].map((b) => b.close()))
+      await Promise.all([...[...buses.values()].map((b) => b.close()), ...[...devices.values()].map((d) => d.close())])
     },
   }
 }
