@@ -259,6 +259,20 @@ export type EndReason =
 
 export type SessionTrigger = 'activation' | 'auto-start'
 
+/** rejected: a reading whose energy step was never billed; rebase: the meter's counter was reset, nothing billed across it. */
+export type MeterEventKind = 'rejected' | 'rebase'
+
+/** A reading the engine would not bill as it stood, in session.ended's meterEvents. */
+export interface MeterEvent {
+  /** rejected: the reading's time; rebase: the time of the first reading of the reset counter. */
+  at: string
+  kind: MeterEventKind
+  /** The last good register (Wh) the step was judged against. */
+  fromWh: number
+  /** rejected: the register the reading gave; rebase: the reset counter's register, the new base. */
+  toWh: number
+}
+
 export interface BillingLine {
   /** ISO 8601 UTC with milliseconds. */
   from: string
@@ -362,6 +376,18 @@ export type RecordBody =
       offline: boolean
       /** Seconds the session waited with its relay open on a full circuit (never billed per hour). */
       pausedS: number
+      /**
+       * Only when the meter misbehaved during the session: each rejected reading and each rebase,
+       * oldest first (the first 32).
+       */
+      meterEvents?: MeterEvent[]
+      /** Only when more events happened than meterEvents holds: how many were left out. */
+      meterEventsOmitted?: number
+      /**
+       * Only when the register was rebased during the session: the sum of the rebases' jumps (Wh,
+       * negative for a reset), never billed. energyWh = meterEndWh − meterStartWh − rebasedWh.
+       */
+      rebasedWh?: number
       /** The session.started's meterSerial: the meter that measured the session (signed into the OCMF as MS). */
       meterSerial?: string
       /** `OCMF|{payload}|{signature}`: the session's readings, user, outlet and total, signed with the gateway key (added where it is journaled). */
@@ -392,6 +418,13 @@ export type RecordBody =
       meterEndWh: number
       billedWh: number
       unbilledWh: number
+      /**
+       * Only when the register was rebased in the period: the sum of its jumps (Wh, negative for a
+       * reset), never counted as energy. meterEndWh − meterStartWh = billedWh + unbilledWh + rebasedWh.
+       */
+      rebasedWh?: number
+      /** Only when readings were rejected in the period (a step the outlet could not draw, a step back): how many. */
+      rejectedReadings?: number
     }
 
 export type SessionEndedBody = Extract<RecordBody, { type: 'session.ended' }>

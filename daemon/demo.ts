@@ -55,14 +55,18 @@ function describe(r: JournalRecord): string {
     case 'session.ended':
       return (
         `${at}  ${r.outlet}  session ended     ${r.userId.padEnd(10)} ${r.reason.padEnd(16)} ${kWh(r.energyWh)} kWh ` +
-        `in ${Math.round(r.durationS)} s -> ${money(r.total, r.currency)}${r.offline ? ' (offline)' : ''}`
+        `in ${Math.round(r.durationS)} s -> ${money(r.total, r.currency)}${r.offline ? ' (offline)' : ''}` +
+        `${r.meterEvents ? ` (${r.meterEvents.length + (r.meterEventsOmitted ?? 0)} meter events)` : ''}`
       )
     case 'outlet.fault':
       return `${at}  ${r.outlet}  FAULT  ${r.detail}`
     case 'outlet.recovered':
       return `${at}  ${r.outlet}  recovered  ${r.detail}`
     case 'meter.reconciliation':
-      return `${at}  ${r.outlet}  reconciliation: meter ${kWh(r.meterEndWh - r.meterStartWh)} kWh, billed ${kWh(r.billedWh)}, unbilled ${kWh(r.unbilledWh)}`
+      return (
+        `${at}  ${r.outlet}  reconciliation: meter ${kWh(r.meterEndWh - r.meterStartWh)} kWh, billed ${kWh(r.billedWh)}, unbilled ${kWh(r.unbilledWh)}` +
+        `${r.rebasedWh ? `, rebased ${kWh(r.rebasedWh)}` : ''}${r.rejectedReadings ? `, ${r.rejectedReadings} readings rejected` : ''}`
+      )
     case 'session.queued':
       return `${at}  ${r.outlet}  session queued    circuit ${r.circuit} (${r.why})`
     case 'session.resumed':

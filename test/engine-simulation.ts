@@ -44,7 +44,13 @@ const ZONES: { tz: string; starts: number[] }[] = [
 export { mulberry32 }
 
 type Ended = Extract<RecordBody, { type: 'session.ended' }>
-type MeterMode = 'ok' | 'fail' | 'nan' | 'neg' | 'over' | 'glitch' | 'silent'
+/**
+ * How a meter misbehaves: fail (no answer), nan / neg / over (an impossible field), glitch (1 Wh
+ * below the last reading: within the counter's resolution), silent, spike (one poll 5,000 kWh
+ * too high, a corrupt high word), dip (one poll far below), reset (the device restarts: its
+ * counter reads −1 once, then counts from 0).
+ */
+type MeterMode = 'ok' | 'fail' | 'nan' | 'neg' | 'over' | 'glitch' | 'silent' | 'spike' | 'dip' | 'reset'
 
 interface SimOutlet {
   id: string
@@ -53,6 +59,10 @@ interface SimOutlet {
   closed: boolean
   register: number // mWh
   lastFed: number
+  /** Energy truly drawn through the outlet since the run began (mWh), across swaps and resets. */
+  drawn: number
+  /** Per register value fed as a true reading: `drawn` when it was read. */
+  drawnAt: Map<number, number>
   plugged: boolean
   demand: number
   tapering: boolean
@@ -70,6 +80,8 @@ interface OpenInfo {
   startMWh: number
   /** Register values (mWh) fed as readings while the session was open. */
   fed: Set<number>
+  /** Energy truly drawn when the counter last stood at the session's start value (drawnSince). */
+  drawnAtStart: number
   balanceAtStart: number
   plan: PlanConfig
   startedAt: number
@@ -226,6 +238,8 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
     closed: false,
     register: int(1_000_000, 5_000_000_000),
     lastFed: 0,
+    drawn: 0,
+    drawnAt: new Map(),
     plugged: false,
     demand: 0,
     tapering: false,
@@ -348,6 +362,7 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
             userId: rec.userId,
             startMWh: Math.round(rec.meterWh * 1000),
             fed: new Set([Math.round(rec.meterWh * 1000)]),
+            drawnAtStart: drawnSince(rec.outlet, Math.round(rec.meterWh * 1000)),
             balanceAtStart: w ? w.balance : -Infinity,
             plan: s!.plan,
             startedAt: s!.startedAt,
@@ -395,6 +410,11 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
           if (stats) stats.closings = (stats.closings ?? 0) + 1
         } else if (rec.type === 'meter.reconciliation') {
           check(rec.billedWh >= 0 && rec.unbilledWh >= 0, () => `reconciliation of ${rec.outlet} with negative energy: ${JSON.stringify(rec)}`)
+          const mWh = (wh: number | undefined): number => Math.round((wh ?? 0) * 1000)
+          check(
+            mWh(rec.meterEndWh) - mWh(rec.meterStartWh) === mWh(rec.billedWh) + mWh(rec.unbilledWh) + mWh(rec.rebasedWh),
+            () => `reconciliation of ${rec.outlet}: the register's span is not billed + unbilled + rebased: ${JSON.stringify(rec)}`,
+          )
           reconBilledMWh.set(rec.outlet, (reconBilledMWh.get(rec.outlet) ?? 0) + Math.round(rec.billedWh * 1000))
         }
       } else if (eff.type === 'status') {
@@ -441,10 +461,20 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
       info!.fed.has(end),
       () => `${rec.sessionId}: meterEndWh ${rec.meterEndWh} is not a register value read during the session (read: ${[...info!.fed].join(',')})`,
     )
+    const rebased = Math.round((rec.rebasedWh ?? 0) * 1000)
     check(
-      energy === end - start && energy >= 0,
-      () => `${rec.sessionId}: energy ${rec.energyWh} is not meterEnd - meterStart (${rec.meterEndWh} - ${rec.meterStartWh})`,
+      energy === end - start - rebased && energy >= 0,
+      () =>
+        `${rec.sessionId}: energy ${rec.energyWh} is not meterEnd - meterStart - rebased (${rec.meterEndWh} - ${rec.meterStartWh} - ${rec.rebasedWh ?? 0})`,
     )
+    let jumps = 0
+    for (const ev of rec.meterEvents ?? []) if (ev.kind === 'rebase') jumps += Math.round(ev.toWh * 1000) - Math.round(ev.fromWh * 1000)
+    if (rec.meterEventsOmitted === undefined)
+      check(jumps === rebased, () => `${rec.sessionId}: rebasedWh ${rec.rebasedWh} is not the sum of its rebases' jumps (${jumps} mWh)`)
+    // Never more than the outlet truly drew since its counter stood at the session's start value.
+    // (Nothing billed needs no check: its end may be a baseline kept from before a reset, read before the start.)
+    const drawn = drawnUntil(rec.outlet, end) - info!.drawnAtStart
+    check(energy === 0 || energy <= drawn, () => `${rec.sessionId}: billed ${energy} mWh, but the outlet drew ${drawn} mWh in the session`)
     check(rec.durationS >= 0 && rec.total >= 0 && rec.activationFee >= 0, () => `${rec.sessionId}: negative duration/total/fee`)
     check(Number.isInteger(rec.total) && Number.isInteger(rec.activationFee), () => `${rec.sessionId}: total/fee not integers`)
     const unit = microsPerMinor(rec.currency)
@@ -623,9 +653,29 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
     apply({ type: 'circuit-reading', circuit: 'main', reading: { ts: now, currentsA: a } })
   }
 
+  /**
+   * `drawn` of an outlet when its counter last stood at or below `mWh` (true readings fed so far).
+   * A glitch within what the outlet could draw cannot be told from a reading, so a session may
+   * start at one: it may then bill what was drawn since the counter truly stood there. Without
+   * any such reading (the outlet's very first one was a glitch, rebased later), `drawn` now.
+   */
+  function drawnSince(outlet: string, mWh: number): number {
+    const o = sim.find((x) => x.id === outlet)!
+    let at = -1
+    for (const [reg, drawn] of o.drawnAt) if (reg <= mWh && drawn > at) at = drawn
+    return at >= 0 ? at : o.drawn
+  }
+  /** `drawn` when the counter read `mWh`, or now if it never truly did (an upper bound either way). */
+  function drawnUntil(outlet: string, mWh: number): number {
+    const o = sim.find((x) => x.id === outlet)!
+    return o.drawnAt.get(mWh) ?? o.drawn
+  }
+
   function feed(o: SimOutlet, dt: number): void {
     const flowing = o.plugged && (o.closed || !o.relay) ? o.demand : 0
-    o.register += Math.round((flowing * VOLTS * dt) / 3600)
+    const inc = Math.round((flowing * VOLTS * dt) / 3600)
+    o.register += inc
+    o.drawn += inc
     if (o.mode !== 'ok') {
       o.modeLeft--
       const mode = o.mode
@@ -641,10 +691,18 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
       if (mode === 'over') base.currentA = 100
       // One sample below the last good one (a corrupt frame): never a plausible register.
       if (mode === 'glitch') base.energyWh = (o.lastFed - 1000) / 1000
+      if (mode === 'spike') base.energyWh = (o.register + 5_000_000_000) / 1000
+      if (mode === 'dip') base.energyWh = Math.floor(o.register / 2) / 1000
+      if (mode === 'reset') {
+        // The device restarted: one sentinel, then its counter counts from 0.
+        base.energyWh = -1
+        o.register = 0
+      }
       apply({ type: 'reading', outlet: o.id, reading: base })
       return
     }
     for (const info of open.values()) if (info.outlet === o.id) info.fed.add(o.register)
+    o.drawnAt.set(o.register, o.drawn)
     o.lastFed = o.register
     apply({
       type: 'reading',
@@ -724,10 +782,15 @@ export function runSeed(seed: number, stats?: SimStats, opts: SimOptions = {}): 
       }
       if (o.tapering) o.demand = o.demand < 0.3 ? 0 : Math.round(o.demand * 0.7 * 100) / 100
       if (o.mode === 'ok' && chance(0.012)) {
-        o.mode = pick(['fail', 'nan', 'neg', 'over', 'glitch', 'silent'] as const)
-        o.modeLeft = o.mode === 'glitch' ? 1 : int(1, 15)
+        o.mode = pick(['fail', 'nan', 'neg', 'over', 'glitch', 'silent', 'spike', 'dip', 'reset'] as const)
+        o.modeLeft = o.mode === 'glitch' || o.mode === 'spike' || o.mode === 'dip' || o.mode === 'reset' ? 1 : int(1, 15)
       }
-      if (chance(0.003)) o.register = int(1_000_000, 2_000_000) // meter swapped: a new, lower register
+      if (chance(0.003)) {
+        // Meter swapped: a register far from the old one, lower or much higher. (A jump up by less
+        // than the outlet could draw in a poll cannot be told from drawing: docs/engine.md.)
+        const lower = int(1_000_000, 2_000_000)
+        o.register = lower < o.register - 100_000 ? lower : o.register + int(1_000_000_000, 5_000_000_000)
+      }
     }
     for (const o of sim) feed(o, dt)
     if (circ) feedFeeder()

@@ -147,7 +147,7 @@ t.test('meter fault: silence alone (no events at all) faults the outlet on ticks
 })
 
 t.test(
-  'impossible readings: one is ignored; NaN, negative current, current far above the rating and a backwards register all count toward a fault',
+  'impossible readings: one is ignored; NaN, negative current, current far above the rating, a register back or ahead of what the outlet could draw all count toward a fault',
   async (t) => {
     const r = charging()
     const e0 = r.state.outlets.A1!
@@ -168,8 +168,11 @@ t.test(
     t.match(r.state.outlets.A1!.badDetail, /negative current/)
     bad({ currentA: 49 }) // rating 32 A (default): 1.5 × 32 = 48
     t.match(r.state.outlets.A1!.badDetail, /above 1.5 x the rating/)
-    bad({ energyWh: r.meter.A1! / 1000 - 1 })
-    t.match(r.state.outlets.A1!.badDetail, /went backwards/)
+    bad({ energyWh: r.meter.A1! / 1000 - 100 }) // 100 Wh back: more than the counter's resolution
+    t.match(r.state.outlets.A1!.badDetail, /went back from/)
+    r.read('A1', 16)
+    bad({ energyWh: r.meter.A1! / 1000 + 5_000_000 }) // a corrupt high word: 5,000 kWh in a second
+    t.match(r.state.outlets.A1!.badDetail, /more than the outlet could draw/)
     r.read('A1', 16)
     t.equal(r.stateOf('A1'), 'charging', 'isolated bad samples end nothing')
     for (let i = 0; i < 10; i++) bad({ currentA: 100 })
@@ -179,18 +182,52 @@ t.test(
   },
 )
 
+t.test('a meter swapped mid-session (register jumps back for good): a rebase, the session goes on, nothing billed across the jump', async (t) => {
+  const r = charging()
+  const before = r.meter.A1!
+  const billedBefore = before - r.state.outlets.A1!.session!.meterStartMWh
+  r.meter.A1 = 5_000 // the new meter's register: 5 Wh
+  r.read('A1', 16)
+  t.equal(r.stateOf('A1'), 'charging', 'one reading back is held, not a fault')
+  const swappedAt = r.now
+  const first = r.meter.A1! // the new meter's first reading
+  for (let i = 0; i < 10; i++) r.read('A1', 16)
+  t.equal(r.stateOf('A1'), 'charging', 'the next reading confirmed the reset: the session goes on')
+  t.same(r.records('outlet.fault'), [])
+  r.cmd({ action: 'stop', outlet: 'A1', by: 'user' })
+  const end = r.ended()[0]!
+  t.equal(end.reason, 'user-stopped')
+  t.equal(end.meterEndWh, r.meter.A1! / 1000, 'ends at the new meter’s last reading')
+  t.equal(end.energyWh, (billedBefore + (r.meter.A1! - first)) / 1000, 'the old meter’s energy plus the new one’s since its first reading')
+  t.same(end.meterEvents, [
+    { at: new Date(swappedAt).toISOString(), kind: 'rejected', fromWh: before / 1000, toWh: first / 1000 },
+    { at: new Date(swappedAt).toISOString(), kind: 'rebase', fromWh: before / 1000, toWh: first / 1000 },
+  ])
+  t.equal(
+    end.energyWh,
+    Math.round((end.meterEndWh - end.meterStartWh - (first - before) / 1000) * 1000) / 1000,
+    'energy = register span minus the rebase jump',
+  )
+})
+
 t.test(
-  'a meter swapped mid-session (register jumps back for good): meter-fault, then the new register is the baseline; never negative energy',
+  'a meter in fault comes back with a lower register: once the next reading follows it, the new baseline (outlet.recovered says rebased); never negative energy',
   async (t) => {
     const r = charging()
     const before = r.meter.A1!
-    r.meter.A1 = 5_000 // the new meter's register: 5 Wh
-    for (let i = 0; i < 11; i++) r.read('A1', 16)
+    for (let i = 0; i < 11; i++) {
+      r.advance(1000)
+      r.apply({ type: 'read-failed', outlet: 'A1', error: 'timeout' })
+    }
     const end = r.ended()[0]!
     t.equal(end.reason, 'meter-fault')
     t.equal(end.meterEndWh, before / 1000, 'billed to the last reading of the old meter')
     t.ok(end.energyWh > 0)
-    t.match(r.records('outlet.recovered')[0]?.detail, /rebased/)
+    r.meter.A1 = 5_000 // swapped while it was silent
+    r.read('A1', 0)
+    t.same(r.records('outlet.recovered'), [], 'a register far from the last good one is held')
+    r.read('A1', 0)
+    t.match(r.records('outlet.recovered')[0]?.detail, /rebased from 10000\d+(\.\d+)? to 5 Wh/, 'the next reading followed it: the new baseline')
     t.equal(r.stateOf('A1'), 'off')
     r.cmd({ action: 'start', outlet: 'A1', userId: 'u-1' })
     r.run(10, { A1: 16 })

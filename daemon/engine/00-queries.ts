@@ -10,6 +10,7 @@
  */
 import type { OutletState, OutletStatus, PlanConfig } from '../../core/types.js'
 import type { CommandErrorCode } from './errors.js'
+import { sessionEnergyMWh } from './meter-readings.js'
 import { divRoundHalfUp, lineAmountMicros, microsPerMinor, periodAt, toMicros } from './pricing.js'
 import type { EngineState, OutletEntry, Session, SettingsSection } from './state.js'
 
@@ -89,7 +90,7 @@ export function statusOf(e: OutletEntry, iso: string): OutletStatus {
     state: e.state,
     currentA: e.last?.currentA ?? 0,
     powerW: e.last?.powerW ?? 0,
-    energyWh: s ? (s.lastMWh - s.meterStartMWh) / 1000 : 0,
+    energyWh: s ? sessionEnergyMWh(s) / 1000 : 0,
     cost: s ? Math.min(costNow(s).total, s.capMinor) : 0,
     ts: iso,
   }

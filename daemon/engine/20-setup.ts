@@ -72,6 +72,8 @@ export function newOutlet(o: SiteConfig['outlets'][number], now: number): Outlet
     state: 'off',
     relayClosed: false,
     last: null,
+    anchor: null,
+    suspect: null,
     fresh: false,
     goodAt: now,
     badDetail: null,

@@ -11,6 +11,7 @@
 import type { BillingLine, EndReason, PlanConfig } from '../../core/types.js'
 import { billable, feeMicrosOf, hasOwn, onCircuit } from './00-queries.js'
 import type { Ctx } from './10-context.js'
+import { sessionEnergyMWh, sessionMeterEvents } from './meter-readings.js'
 import { divRoundHalfUp, forEachPeriodRun, lineAmountMicros, microsPerMinor } from './pricing.js'
 import type { LineAcc, Session } from './state.js'
 
@@ -160,7 +161,7 @@ export function endSession(ctx: Ctx, id: string, reason: EndReason): void {
     endedAt: iso(s.lastTs),
     reason,
     durationS: (s.lastTs - s.startedAt) / 1000,
-    energyWh: (s.lastMWh - s.meterStartMWh) / 1000,
+    energyWh: sessionEnergyMWh(s) / 1000,
     meterStartWh: s.meterStartMWh / 1000,
     meterEndWh: s.lastMWh / 1000,
     ...(s.meterSerial !== undefined ? { meterSerial: s.meterSerial } : {}),
@@ -170,6 +171,7 @@ export function endSession(ctx: Ctx, id: string, reason: EndReason): void {
     total,
     offline: s.offline || !ctx.gw.online,
     pausedS: pausedMs / 1000,
+    ...sessionMeterEvents(s),
   })
   if (total > 0 && hasOwn(ctx.state.wallets, s.userId) && ctx.state.wallets[s.userId]!.currency === s.currency) {
     // Debit the local copy (online or not): no second session can spend the same money

@@ -1,8 +1,9 @@
 /**
  * What meter readings and the passing of time do to an outlet and its session.
  *
- * Owns: the plausibility of a reading (impossible values, a register going backwards, time
- * not advancing), meter faults and recovery (silence, gaps), reconciliation counters and
+ * Owns: the plausibility of a reading (impossible values, time not advancing; the register's
+ * steps are judged by meter-readings.ts and applied here: rejected readings, rebases), meter
+ * faults and recovery (silence, gaps), reconciliation counters and
  * their record, auto-start on current, accounting a reading into the open session (split
  * where the circuit rules switched it), the taper window and the unplug / charge-complete
  * decision, grace, plan windows and the offline limit in the tick.
@@ -14,6 +15,7 @@ import { canPay, costNow, offlineLimited, planById } from './00-queries.js'
 import type { Ctx } from './10-context.js'
 import { checkFeederTimer } from './30-scheduler.js'
 import { account, endSession, openSession } from './40-sessions.js'
+import { anchorAfter, judgeOutletReading, noteMeterEvent, RATING_FACTOR, reconAfter } from './meter-readings.js'
 import { periodAt } from './pricing.js'
 import type { EngineEvent, OutletEntry, Session } from './state.js'
 
@@ -21,8 +23,6 @@ import type { EngineEvent, OutletEntry, Session } from './state.js'
 const TAPER_WINDOW_MS = 60_000
 /** Samples closer than this are merged in the taper window (see sessionReading). */
 const TAPER_SLOT_MS = 5_000
-/** A reading above this multiple of the outlet's rating is impossible. */
-const RATING_FACTOR = 1.5
 
 export function declareMeterFault(ctx: Ctx, id: string, detail: string): void {
   const e = ctx.out(id)
@@ -54,10 +54,8 @@ function impossible(e: OutletEntry, r: unknown): string | null {
     // Not checked for the first reading after boot or a fault: a Pi without a real-time
     // clock may restart with a clock earlier than the last journaled reading.
     if (e.fresh && e.meterFault === null && rd.ts <= e.last.ts) return `reading time ${new Date(rd.ts).toISOString()} is not after the previous one`
-    // After a declared fault the next plausible register is the new baseline (meter swapped).
-    if (e.meterFault === null && Math.round(rd.energyWh * 1000) < e.last.mWh)
-      return `energy register went backwards from ${e.last.mWh / 1000} to ${rd.energyWh} Wh`
   }
+  // The register's steps (too large, back, a reset) are judged by meter-readings.ts.
   return null
 }
 
@@ -90,7 +88,6 @@ export function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'readin
     return
   }
   const rd = r.reading
-  const mWh = Math.round(rd.energyWh * 1000)
   const gapMs = e0.last ? rd.ts - e0.last.ts : 0
   if (e0.session && gapMs > ctx.s.sessions.meterFaultMs) {
     // No reading for longer than the fault timeout (a stalled bus, or the clock stepped
@@ -98,22 +95,37 @@ export function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'readin
     // so neither the gap's time nor its energy is billed; this reading then recovers the outlet.
     declareMeterFault(ctx, id, `no reading for ${Math.round(gapMs / 1000)} s (gap between readings)`)
   }
+  const v = judgeOutletReading(ctx.state.outlets[id]!, rd)
+  if (v.kind === 'rejected') {
+    // Never billed, and not a good reading: the meter-fault timer runs on.
+    const e = ctx.out(id)
+    e.badDetail = v.detail
+    e.suspect = { ts: rd.ts, mWh: Math.round(rd.energyWh * 1000) }
+    e.recon = reconAfter(e.recon, v, false)
+    if (e.session) noteMeterEvent(ctx.sess(id), 'rejected', rd.ts, e.last!.mWh, Math.round(rd.energyWh * 1000))
+    checkMeterTimer(ctx, id)
+    return
+  }
   const e = ctx.out(id)
-  let delta = 0
-  if (e.last) delta = Math.max(0, mWh - e.last.mWh)
+  const mWh = v.markMWh
+  const delta = v.kind === 'baseline' ? 0 : v.deltaMWh
+  e.anchor = anchorAfter(e, v, { ts: rd.ts, mWh })
   if (e.meterFault !== null) {
-    const rebased = e.last !== null && mWh < e.last.mWh
+    const rebased = v.kind === 'rebase' && v.toMWh < v.fromMWh
     ctx.record({
       type: 'outlet.recovered',
       ts: ctx.iso,
       outlet: id,
       detail: rebased
-        ? `meter answers again; register rebased from ${e.last!.mWh / 1000} to ${mWh / 1000} Wh (meter swapped?)`
+        ? `meter answers again; register rebased from ${v.fromMWh / 1000} to ${v.toMWh / 1000} Wh (meter swapped?)`
         : 'meter answers again',
     })
     e.meterFault = null
     ctx.touch(id)
   }
+  // Across a reset nothing is billed: the session's energy counts from the new register on.
+  if (e.session && v.kind === 'rebase') noteMeterEvent(ctx.sess(id), 'rebase', e.suspect!.ts, v.fromMWh, v.toMWh)
+  e.suspect = null
   e.badDetail = null
   e.goodAt = ctx.now
   e.fresh = true
@@ -125,10 +137,7 @@ export function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'readin
     voltageV: rd.voltageV,
     ...(typeof rd.meterSerial === 'string' ? { meterSerial: rd.meterSerial } : {}),
   }
-  e.recon =
-    e.recon === null
-      ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 }
-      : { ...e.recon, meterMWh: e.recon.meterMWh + delta, sessionMWh: e.recon.sessionMWh + (e.session ? delta : 0) }
+  e.recon = e.recon === null ? { from: ctx.now, startMWh: mWh, meterMWh: 0, sessionMWh: 0 } : reconAfter(e.recon, v, e.session !== null)
 
   if (e.session) {
     sessionReading(ctx, id, rd.ts, rd.currentA, mWh, delta)
@@ -273,6 +282,8 @@ export function onTick(ctx: Ctx): void {
         meterEndWh: e.last.mWh / 1000,
         billedWh: rc.sessionMWh / 1000,
         unbilledWh: (rc.meterMWh - rc.sessionMWh) / 1000,
+        ...((rc.rebasedMWh ?? 0) !== 0 ? { rebasedWh: rc.rebasedMWh! / 1000 } : {}),
+        ...((rc.rejected ?? 0) > 0 ? { rejectedReadings: rc.rejected } : {}),
       })
       ctx.out(id).recon = { from: ctx.now, startMWh: e.last.mWh, meterMWh: 0, sessionMWh: 0 }
     }

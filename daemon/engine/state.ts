@@ -22,6 +22,7 @@ import type {
   JournalSalvageInfo,
   CommandSource,
   CircuitReading,
+  MeterEventKind,
 } from '../../core/types.js'
 
 export type EngineEvent =
@@ -47,6 +48,12 @@ export type Effect =
   | { type: 'record'; record: RecordBody }
   | { type: 'status'; status: OutletStatus }
   | { type: 'result'; result: CommandResult }
+
+/** A register value (mWh) at a reading's time (epoch ms). */
+export interface EnergyMark {
+  ts: number
+  mWh: number
+}
 
 /** A good reading as the engine keeps it. */
 export interface ReadingMark {
@@ -122,6 +129,20 @@ export interface Session {
   drawing: boolean
   /** Switches by the circuit rules since the last accounted reading, [at, queued after]: the next reading's interval is split there. */
   switches: [number, boolean][]
+  /** Sum of the register jumps of the rebases in this session (mWh, negative for a reset): energy = lastMWh − meterStartMWh − rebasedMWh. */
+  rebasedMWh?: number
+  /** Rejected readings and rebases (meter-readings.ts), the first MAX_METER_EVENTS. */
+  meterEvents?: MeterEventAcc[]
+  /** Events beyond those kept. */
+  meterEventsOmitted?: number
+}
+
+/** A rejected reading or a rebase, as the session keeps it (mWh, epoch ms). */
+export interface MeterEventAcc {
+  ts: number
+  kind: MeterEventKind
+  fromMWh: number
+  toMWh: number
 }
 
 /** Meter energy against energy inside sessions, since `from`, for meter.reconciliation. */
@@ -132,6 +153,10 @@ export interface Recon {
   meterMWh: number
   /** The part of meterMWh that fell inside sessions. */
   sessionMWh: number
+  /** Register jumps of rebases (negative for a reset), never counted as energy. */
+  rebasedMWh?: number
+  /** Readings rejected (meter-readings.ts). */
+  rejected?: number
 }
 
 export interface OutletEntry {
@@ -151,8 +176,12 @@ export interface OutletEntry {
   state: OutletState
   /** What the engine last commanded (meter-only outlets: what it would command). */
   relayClosed: boolean
-  /** Last good reading. */
+  /** Last good reading; its mWh is the baseline (the highest register since the run began or the last rebase: a tiny step back keeps it). */
   last: ReadingMark | null
+  /** Start of the continuous run of good readings (first one, or the last rebase): the whole run's energy is bounded too. */
+  anchor?: EnergyMark | null
+  /** The last rejected register since the last good reading, held until the next reading shows whether the counter was reset, else null. */
+  suspect?: EnergyMark | null
   /** A good reading arrived since boot: the engine knows the meter answers now. */
   fresh: boolean
   /** `now` of the last good reading (or boot): base of the meter-fault timer. */

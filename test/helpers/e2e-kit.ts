@@ -100,6 +100,8 @@ export interface PeerOutlet {
   energyWh: number
   /** Requests meter n has answered so far. */
   polls: number
+  /** Replies meter n sent with a glitched import register (the peer's `glitch` command). */
+  glitched: number
 }
 
 /** The peer's feeder meter (--feeder): the physical phase currents and their maxima since reset-max. */

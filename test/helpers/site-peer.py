@@ -34,10 +34,14 @@ on stdout, echoing "id" when the command had one:
   {"cmd":"delay","ms":150}                delay 150      every reply is held back 150 ms
   {"cmd":"load","amps":30,"phase":1}      load 30 1      an unmanaged load on the feeder (a heater)
   {"cmd":"reset-max"}                     reset-max      forget the maxima below
+  {"cmd":"glitch","outlet":1,"addKwh":5000} glitch 1 5000
+                                          the next reply that carries meter n's import register
+                                          shows it addKwh too high (a corrupt frame), the
+                                          replies after it are right again
   {"cmd":"state"}                         state
-state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls"}]}
-where energyWh is what the meter's import register shows (float32 kWh x 1000) and polls
-counts the requests meter n has answered. With --feeder every reply also carries
+state answers {"ok":true,"outlets":[{"outlet","coil","plugged","amps","drawA","energyWh","polls","glitched"}]}
+where energyWh is what the meter's import register shows (float32 kWh x 1000), polls
+counts the requests meter n has answered and glitched the glitched replies it sent. With --feeder every reply also carries
 "feeder": {"unit","currentsA" [L1,L2,L3],"loadA","polls","maxA" [per phase],"maxDrawing",
 "loadAtPolls","clearAtPolls"}: the highest phase currents and the most outlets drawing at once
 seen at any tick (every 100 ms) or change since the start or the last reset-max, and the
@@ -80,6 +84,8 @@ class Outlet:
         self.kwh = kwh  # exact integral, kept as a double; the register shows it as float32
         self.plugged = False
         self.amps = 0.0
+        self.glitch_kwh = 0.0  # pending: the next reply carrying the import register is this much too high
+        self.glitched = 0  # glitched replies sent
 
     def draw(self, coil):
         return self.amps if (coil and self.plugged and self.amps > 0) else 0.0
@@ -138,8 +144,8 @@ def main():
         ir.setValues(4, 0x0006, words(a))
         ir.setValues(4, 0x000C, words(v * a))
         ir.setValues(4, 0x0046, words(50.0))
-        ir.setValues(4, 0x0048, words(o.kwh))
-        ir.setValues(4, 0x0156, words(o.kwh))
+        ir.setValues(4, 0x0048, words(o.kwh + o.glitch_kwh))
+        ir.setValues(4, 0x0156, words(o.kwh + o.glitch_kwh))
 
     def phase_currents():
         a = list(feeder["load"])
@@ -203,6 +209,7 @@ def main():
                 "drawA": o.draw(coil(o.n)),
                 "energyWh": f32(o.kwh) * 1000.0,
                 "polls": answered.get(o.n, 0),
+                "glitched": o.glitched,
             }
             for o in outlets.values()
         ]
@@ -225,6 +232,8 @@ def main():
             return {"cmd": cmd, "outlet": int(parts[1]), "closed": parts[2] in ("1", "true", "on")}
         if cmd == "delay":
             return {"cmd": cmd, "ms": float(parts[1])}
+        if cmd == "glitch":
+            return {"cmd": cmd, "outlet": int(parts[1]), "addKwh": float(parts[2]) if len(parts) > 2 else 5000.0}
         if cmd == "load":
             return {"cmd": cmd, "amps": float(parts[1]), "phase": int(parts[2]) if len(parts) > 2 else 1}
         return {"cmd": cmd}
@@ -252,6 +261,12 @@ def main():
                     o.plugged = False
                 else:
                     context[RELAY_UNIT].setValues(5, o.n - 1, [bool(c["closed"])])
+                publish(o)
+            elif cmd == "glitch":
+                o = outlets.get(int(c["outlet"]))
+                if o is None:
+                    raise ValueError("no outlet %s" % c["outlet"])
+                o.glitch_kwh = float(c.get("addKwh", 5000.0))
                 publish(o)
             elif cmd in ("silence", "answer"):
                 unit = int(c["unit"])
@@ -286,6 +301,16 @@ def main():
         if response.unit_id in silent:
             return b"", True
         answered[response.unit_id] = answered.get(response.unit_id, 0) + 1
+        o = outlets.get(response.unit_id)
+        regs = list(getattr(response, "registers", None) or [])
+        # Served from the registers as last published (ticks run on this same loop): the reply
+        # carries the glitch when a float at an even offset is exactly the glitched register.
+        glitched = words(o.kwh + o.glitch_kwh) if o is not None and o.glitch_kwh else None
+        if glitched and any(regs[i:i + 2] == glitched for i in range(0, len(regs) - 1, 2)):
+            # This reply carries the glitched import register: the next one is right again.
+            o.glitched += 1
+            o.glitch_kwh = 0.0
+            publish(o)
         if delay[0] > 0:
             time.sleep(delay[0])  # blocks the server, as a slow device on a shared line does
         return response, False
