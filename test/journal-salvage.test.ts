@@ -112,7 +112,7 @@ t.test('a record edited inside the tail: a fresh journal carries the chained run
   t.teardown(() => journal.close({ clean: true }))
   t.equal(s?.mode, 'fresh')
   t.same(s?.carried, { from: victim.seq + 1, to: records.at(-1)!.seq }, 'the records after the edit chain, and are carried')
-  t.same(s?.lost, { from: 3, to: victim.seq }, 'the unacknowledged records before them are reported lost')
+  t.same(s?.lost, [{ from: 3, to: victim.seq }], 'the unacknowledged records before them are reported lost')
   t.equal(journal.head(), records.at(-1)!.seq, 'new records continue the seq')
   t.equal(journal.acked(), victim.seq, 'nothing lost is waiting to be sent')
   const held = await journal.read(journal.oldest(), 100)
