@@ -89,7 +89,11 @@ t.test('the second half of each log and table file garbled: what is readable car
   const s = started.journalSalvage!
   t.equal(s.newChain, true)
   const top = s.carried?.to ?? 0
-  t.same(s.carried ? s.lostAfter : s.lost, s.carried ? { from: top + 1, to: before.at(-1)!.seq } : [{ from: top + 1, to: before.at(-1)!.seq }], 'the seqs lost are named')
+  t.same(
+    s.carried ? s.lostAfter : s.lost,
+    s.carried ? { from: top + 1, to: before.at(-1)!.seq } : [{ from: top + 1, to: before.at(-1)!.seq }],
+    'the seqs lost are named',
+  )
   t.match(log.msg, /were lost|could not be read/)
 })
 

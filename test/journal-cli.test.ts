@@ -186,7 +186,11 @@ t.test('verify understands a salvage: an announced hole passes with a line namin
   const db = new Level<string, string>(journalLocation(storage), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
   await db.put(recordKey(5), JSON.stringify({ ...records[4]!, detail: 'edited' }))
   await db.close()
-  const { journal, salvage } = await openJournalForRun(storage, opts(() => T0 + 1000), quietLog())
+  const { journal, salvage } = await openJournalForRun(
+    storage,
+    opts(() => T0 + 1000),
+    quietLog(),
+  )
   t.same(salvage?.lost, [{ from: 5, to: 5 }])
   const [started] = await journal.commit({
     records: [{ type: 'gateway.started', ts: new Date(T0).toISOString(), version: 't', cleanShutdown: false, journalSalvage: salvage! }],

@@ -218,7 +218,11 @@ t.test('the log truncated to zero after a clean stop: the records only it held a
   t.equal(b.salvage?.newChain, true)
   t.equal(b.started.seq, last + 1)
   const top = b.salvage?.carried?.to ?? 3
-  t.same(b.salvage?.carried ? b.salvage.lostAfter : b.salvage?.lost, b.salvage?.carried ? { from: top + 1, to: last } : [{ from: top + 1, to: last }], 'the lost seqs are named')
+  t.same(
+    b.salvage?.carried ? b.salvage.lostAfter : b.salvage?.lost,
+    b.salvage?.carried ? { from: top + 1, to: last } : [{ from: top + 1, to: last }],
+    'the lost seqs are named',
+  )
 })
 
 t.test('the journal directory deleted, the key (and the marker) still there: a fresh journal past every seq given out', async (t) => {

@@ -134,7 +134,10 @@ t.test('a record edited in the middle: a fresh journal carries every record on b
   t.ok(await journal.loadState(), 'the engine state was carried over')
   t.match(log.lines[0], new RegExp(`records ${victim.seq}\\.\\.${victim.seq} could not be read`))
   await journal.close({ clean: true })
-  const again = await Journal.open(dir, opts(() => T0 + 10_000_001))
+  const again = await Journal.open(
+    dir,
+    opts(() => T0 + 10_000_001),
+  )
   t.teardown(() => again.close({ clean: true }))
   t.same(again.holes(), [{ from: victim.seq, to: victim.seq }], 'the hole survives a restart')
   const [next] = await again.commit({ records: [{ type: 'gateway.started', ts: new Date(T0).toISOString(), version: 't', cleanShutdown: true }] })

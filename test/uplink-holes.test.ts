@@ -25,7 +25,11 @@ t.test('two holes in the middle: every carried record is forwarded, no lost seq 
   const db = new Level<string, string>(journalLocation(dir), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
   for (const v of victims) await db.put(recordKey(v.seq), JSON.stringify({ ...v, ts: '2020-01-01T00:00:00.000Z' }))
   await db.close()
-  const { journal, salvage } = await openJournalForRun(dir, opts(() => T0 + 1e7), quietLog())
+  const { journal, salvage } = await openJournalForRun(
+    dir,
+    opts(() => T0 + 1e7),
+    quietLog(),
+  )
   t.teardown(() => journal.close({ clean: true }))
   t.same(
     salvage?.lost,

@@ -259,7 +259,12 @@ export class SalvageAwareVerifier {
       const restart = new ChainVerifier({ seq: seq as number, prev: r.prev as string })
       const own = restart.push(value)
       if (own) return { ...own, position: this.position }
-      const p: Pending = { brk: { ...b, position: this.position }, from: (last as number) + 1, to: (seq as number) - 1, newChain: r.prev === GENESIS_PREV }
+      const p: Pending = {
+        brk: { ...b, position: this.position },
+        from: (last as number) + 1,
+        to: (seq as number) - 1,
+        newChain: r.prev === GENESIS_PREV,
+      }
       if (p.newChain) {
         // A new chain announces itself: its first record is the salvage's gateway.started.
         const s = r.type === 'gateway.started' ? r.journalSalvage : undefined
