@@ -66,6 +66,8 @@ async function damagedBoot(t: Test, damage: (storage: string, journal: string) =
     carried.every((r) => r.hash === bySeq.get(r.seq)?.hash),
     `the records carried (${carried.length} of ${before.length}) are the ones written`,
   )
+  const v = runCli(['verify', '--config', config])
+  t.equal(v.status, 0, `outpost verify accepts what the salvage announced: ${v.stdout}`)
   return { before, after, started: started!, log: damaged!, storage }
 }
 
