@@ -12,9 +12,8 @@ import { spawnSync } from 'node:child_process'
 import { runCli, cliPath } from './helpers/cli.js'
 import { packagePath } from '../core/paths.js'
 import { GENESIS_PREV, Journal, journalLocation, sealRecord } from '../daemon/journal/index.js'
-import { recordKey } from '../daemon/journal/keys.js'
 import { openJournalForRun } from '../daemon/journal/salvage.js'
-import { opts, quietLog } from './helpers/journal-charge.js'
+import { editOnDisk, opts, quietLog } from './helpers/journal-charge.js'
 import type { JournalRecord, RecordBody } from '../core/types.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-journal-cli-'))
@@ -183,9 +182,7 @@ t.test('records into a pipe that closes early (| head) stops quietly with exit 0
 t.test('verify understands a salvage: an announced hole passes with a line naming it; an unannounced gap or new chain fails', async (t) => {
   const { file, storage, records } = await filled('salvaged', 12)
   // Record 5 edited on disk: the salvage carries every other record and names seq 5 lost.
-  const db = new Level<string, string>(journalLocation(storage), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
-  await db.put(recordKey(5), JSON.stringify({ ...records[4]!, detail: 'edited' }))
-  await db.close()
+  await editOnDisk(storage, [records[4]!])
   const { journal, salvage } = await openJournalForRun(
     storage,
     opts(() => T0 + 1000),

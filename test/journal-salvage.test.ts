@@ -20,7 +20,7 @@ import { initialState, step, type EngineState } from '../daemon/engine/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { siteConfig } from './fixtures/engine-site.js'
 import { recordKey } from '../daemon/journal/keys.js'
-import { charge, fingerprint, opts, quietLog, T0 } from './helpers/journal-charge.js'
+import { charge, editOnDisk, fingerprint, opts, quietLog, T0 } from './helpers/journal-charge.js'
 import { MARKER_FILE, readMarker } from '../daemon/journal/seq-marker.js'
 
 const config = siteConfig()
@@ -100,9 +100,7 @@ t.test('a record edited in the middle: a fresh journal carries every record on b
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const records = await charge(dir, 60, 2)
   const victim = records[records.length - 5]!
-  const db = new Level<string, string>(journalLocation(dir), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
-  await db.put(recordKey(victim.seq), JSON.stringify({ ...victim, ts: '2020-01-01T00:00:00.000Z' }))
-  await db.close()
+  await editOnDisk(dir, [victim])
   const log = quietLog()
   const { journal, salvage: s } = await openJournalForRun(
     dir,

@@ -5,13 +5,10 @@
  * Real parts: a LevelDB journal on disk damaged in two places, salvaged as boot does; mosquitto.
  */
 import t from 'tap'
-import { Level } from 'level'
-import { journalLocation } from '../daemon/journal/index.js'
-import { recordKey } from '../daemon/journal/keys.js'
 import { openJournalForRun } from '../daemon/journal/salvage.js'
 import type { JournalRecord } from '../core/types.js'
 import { startMosquitto } from './helpers/mosquitto.js'
-import { charge, opts, quietLog, T0 } from './helpers/journal-charge.js'
+import { charge, editOnDisk, opts, quietLog, T0 } from './helpers/journal-charge.js'
 import { makeUplink, rawClient, tempDir, uplinkConfig, waitFor } from './helpers/uplink-kit.js'
 
 t.test('two holes in the middle: every carried record is forwarded, no lost seq is, acks cross the holes', async (t) => {
@@ -22,9 +19,7 @@ t.test('two holes in the middle: every carried record is forwarded, no lost seq 
   // Two records edited on disk (their hashes no longer hold), far apart: two holes.
   const victims = [records[3]!, records[records.length - 4]!]
   t.ok(victims[1]!.seq > victims[0]!.seq + 2, `two holes apart (seqs ${victims[0]!.seq}, ${victims[1]!.seq})`)
-  const db = new Level<string, string>(journalLocation(dir), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
-  for (const v of victims) await db.put(recordKey(v.seq), JSON.stringify({ ...v, ts: '2020-01-01T00:00:00.000Z' }))
-  await db.close()
+  await editOnDisk(dir, victims)
   const { journal, salvage } = await openJournalForRun(
     dir,
     opts(() => T0 + 1e7),
