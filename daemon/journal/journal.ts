@@ -278,8 +278,10 @@ export class Journal implements RecordLog {
       await journal.recover()
     } catch (err) {
       if (owned) await db.close().catch(() => {})
-      // A table LevelDB opens lazily can be found damaged only now, while the tail is read.
-      throw err instanceof OutpostError ? err : openError(err, location)
+      // A table LevelDB opens lazily can be found damaged only now, while the tail is read, or by the compaction open's
+      // first write starts (a write failing on LEVEL_CORRUPTION): damage to salvage, not a failing disk.
+      const damaged = err instanceof OutpostError && err.code === 'JOURNAL_WRITE_FAILED' && openError(err, location).code === 'JOURNAL_CORRUPT'
+      throw err instanceof OutpostError && !damaged ? err : openError(err, location)
     }
     journal.startCompactTimer()
     return journal
