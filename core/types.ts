@@ -304,10 +304,13 @@ export interface JournalSalvageInfo {
   /** Where the damaged journal was moved; null when its directory was missing. */
   movedTo: string | null
   reason: string
-  /** The seqs now held. */
+  /** The first and last seq now held (the seqs in `lost` between them are not). */
   carried: { from: number; to: number } | null
-  /** Unacknowledged seqs below the carried ones (all of them, when none is carried) that could not be read (never sent again). */
-  lost: { from: number; to: number } | null
+  /**
+   * Unacknowledged seqs that could not be read (never sent again), ascending ranges: below the carried ones,
+   * and every hole between carried records (all of them, when none is carried); null when none.
+   */
+  lost: { from: number; to: number }[] | null
   /** Seqs above the carried ones known to have been given out, and lost (never sent again). */
   lostAfter: { from: number; to: number } | null
   /** Seqs above this one may have been given out and lost: how many is unknown. */
@@ -512,10 +515,10 @@ export interface RecordLog {
   /** Called after every durable append with the new head. Returns an unsubscribe function. */
   onAppend(listener: (head: number) => void): () => void
   /**
-   * Seqs a salvage lost between the records it carried and a new chain (never held, never sent):
-   * a read stops before the hole, and a read from inside it starts after it.
+   * Seqs a salvage lost between records it carried, and between them and a new chain (never held,
+   * never sent), ascending: a read stops before the next hole, and a read from inside one starts after it.
    */
-  hole?(): { from: number; to: number } | undefined
+  holes?(): readonly { from: number; to: number }[]
 }
 
 // ---------------------------------------------------------------- the pull (P/pull/answer), both sides of the contract

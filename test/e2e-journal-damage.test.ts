@@ -66,6 +66,8 @@ async function damagedBoot(t: Test, damage: (storage: string, journal: string) =
     carried.every((r) => r.hash === bySeq.get(r.seq)?.hash),
     `the records carried (${carried.length} of ${before.length}) are the ones written`,
   )
+  const v = runCli(['verify', '--config', config])
+  t.equal(v.status, 0, `outpost verify accepts what the salvage announced: ${v.stdout}`)
   return { before, after, started: started!, log: damaged!, storage }
 }
 
@@ -89,14 +91,18 @@ t.test('the second half of each log and table file garbled: what is readable car
   const s = started.journalSalvage!
   t.equal(s.newChain, true)
   const top = s.carried?.to ?? 0
-  t.same(s.carried ? s.lostAfter : s.lost, { from: top + 1, to: before.at(-1)!.seq }, 'the seqs lost are named')
+  t.same(
+    s.carried ? s.lostAfter : s.lost,
+    s.carried ? { from: top + 1, to: before.at(-1)!.seq } : [{ from: top + 1, to: before.at(-1)!.seq }],
+    'the seqs lost are named',
+  )
   t.match(log.msg, /were lost|could not be read/)
 })
 
 t.test('the journal directory deleted, the key remaining: reported, a fresh journal past every seq given out', async (t) => {
   const { before, started, log } = await damagedBoot(t, (_s, loc) => rmSync(loc, { recursive: true }))
   t.match(started.journalSalvage, { mode: 'fresh', movedTo: null, carried: null, newChain: true })
-  t.same(started.journalSalvage?.lost, { from: 1, to: before.at(-1)!.seq }, 'every seq given out is named lost')
+  t.same(started.journalSalvage?.lost, [{ from: 1, to: before.at(-1)!.seq }], 'every seq given out is named lost')
   t.equal(started.seq, before.at(-1)!.seq + 1)
   t.match(log.msg, /the journal directory was missing/)
 })

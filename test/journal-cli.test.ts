@@ -11,7 +11,9 @@ import { Level } from 'level'
 import { spawnSync } from 'node:child_process'
 import { runCli, cliPath } from './helpers/cli.js'
 import { packagePath } from '../core/paths.js'
-import { Journal, journalLocation } from '../daemon/journal/index.js'
+import { GENESIS_PREV, Journal, journalLocation, sealRecord } from '../daemon/journal/index.js'
+import { openJournalForRun } from '../daemon/journal/salvage.js'
+import { editOnDisk, opts, quietLog } from './helpers/journal-charge.js'
 import type { JournalRecord, RecordBody } from '../core/types.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-journal-cli-'))
@@ -175,4 +177,67 @@ t.test('records into a pipe that closes early (| head) stops quietly with exit 0
   t.equal(r.status, 0, r.stderr)
   t.equal(r.stdout.trim().split('\n').length, 2)
   t.equal(r.stderr, '', 'no EPIPE trace')
+})
+
+t.test('verify understands a salvage: an announced hole passes with a line naming it; an unannounced gap or new chain fails', async (t) => {
+  const { file, storage, records } = await filled('salvaged', 12)
+  // Record 5 edited on disk: the salvage carries every other record and names seq 5 lost.
+  await editOnDisk(storage, [records[4]!])
+  const { journal, salvage } = await openJournalForRun(
+    storage,
+    opts(() => T0 + 1000),
+    quietLog(),
+  )
+  t.same(salvage?.lost, [{ from: 5, to: 5 }])
+  const [started] = await journal.commit({
+    records: [{ type: 'gateway.started', ts: new Date(T0).toISOString(), version: 't', cleanShutdown: false, journalSalvage: salvage! }],
+  })
+  await journal.commit({ records: [body(13)] })
+  await journal.close({ clean: true })
+  t.equal(started!.seq, 13)
+
+  const v = runCli(['verify', '--config', file])
+  t.equal(v.status, 0, `the journal verifies: ${v.stdout}`)
+  t.match(v.stdout, /salvage announced at seq 13: seqs 5\.\.5 lost\n/, 'the lost seqs are named')
+  t.match(v.stdout, /intact: 13 records, seq 1\.\.14 across 1 break a salvage announced/)
+  const text = runCli(['records', '--config', file]).stdout
+  const lines = text.trim().split('\n')
+  const good = join(dir, 'salvaged.jsonl')
+  writeFileSync(good, text)
+  const f = runCli(['verify', good])
+  t.equal(f.status, 0, 'so does its JSON-lines export')
+  t.match(f.stdout, /salvage announced at seq 13: seqs 5\.\.5 lost/)
+
+  // A gap the salvage record does not name: seq 8 left out.
+  writeFileSync(join(dir, 'salvaged-gap.jsonl'), lines.filter((l) => (JSON.parse(l) as JournalRecord).seq !== 8).join('\n'))
+  const g = runCli(['verify', join(dir, 'salvaged-gap.jsonl')])
+  t.equal(g.status, 1, 'an unannounced gap is a break')
+  t.match(g.stdout, /BROKEN at seq 9 \(line 7\): gap: seq 8\.\.8 missing, and no salvage record after it names those seqs lost/)
+
+  // A new chain (prev 64 zeros) that no salvage announces.
+  const last = JSON.parse(lines.at(-1)!) as JournalRecord
+  const forged = sealRecord(body(15), last.seq + 1, GENESIS_PREV, 'b-1', true)
+  writeFileSync(join(dir, 'salvaged-chain.jsonl'), [...lines, JSON.stringify(forged)].join('\n'))
+  const c = runCli(['verify', join(dir, 'salvaged-chain.jsonl')])
+  t.equal(c.status, 1, 'an unannounced new chain is a break')
+  t.match(c.stdout, /BROKEN at seq 15 \(line 14\): prev does not match .*no salvage announces a new chain here/)
+
+  // The same new chain, announced by its first record: accepted, named.
+  const announced = sealRecord(
+    {
+      type: 'gateway.started',
+      ts: new Date(T0).toISOString(),
+      version: 't',
+      cleanShutdown: false,
+      journalSalvage: { ...salvage!, lost: null, carried: { from: 1, to: last.seq }, newChain: true, lostAfter: { from: last.seq + 1, to: 30 } },
+    },
+    100,
+    GENESIS_PREV,
+    'b-1',
+    true,
+  )
+  writeFileSync(join(dir, 'salvaged-new.jsonl'), [...lines, JSON.stringify(announced)].join('\n'))
+  const n = runCli(['verify', join(dir, 'salvaged-new.jsonl')])
+  t.equal(n.status, 0, `an announced new chain passes: ${n.stdout}`)
+  t.match(n.stdout, /salvage announced at seq 100: seqs 15\.\.99 lost, a new chain starts at seq 100/)
 })

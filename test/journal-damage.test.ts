@@ -125,21 +125,20 @@ async function bootAfter(
     carried.every((r) => recordHash(r) === r.hash && r.hash === bySeq.get(r.seq)?.hash),
     'every record held from before the damage is the record as it was written',
   )
-  // Every record LevelDB still gives is carried: all of them from the newest readable run down (the salvage carries one chained
-  // run ending at the newest readable record); a readable record below a break is named in `lost` instead.
+  // Every record LevelDB still gives is carried, from the ack watermark on (below it the cloud holds them already),
+  // holes and all: every seq between the carried ones that is not held is named lost.
   const heldSeqs = new Set(carried.map((r) => r.seq))
   const missing = [...still.keys()].filter((s) => !heldSeqs.has(s))
-  const below = salvage?.carried ? missing.filter((s) => s < salvage.carried!.from) : missing
   t.same(
-    missing.filter((s) => !below.includes(s)),
+    missing.filter((s) => s >= (o.ack ?? 0)),
     [],
-    `every readable record of the newest run is carried (${still.size} readable, ${carried.length} held)`,
+    `every readable record is carried (${still.size} readable, ${carried.length} held)`,
   )
-  for (const s of below)
-    t.ok(
-      s <= (o.ack ?? 0) || (salvage?.lost && s >= salvage.lost.from && s <= salvage.lost.to),
-      `readable seq ${s} below a break is acknowledged or named lost`,
-    )
+  const named = (s: number) => (salvage?.lost ?? []).some((r) => s >= r.from && s <= r.to)
+  if (salvage?.carried)
+    for (let s = Math.max(salvage.carried.from, (o.ack ?? 0) + 1); s <= salvage.carried.to; s++)
+      if (!heldSeqs.has(s)) t.ok(named(s), `seq ${s} between carried records is named lost`)
+  for (const r of salvage?.lost ?? []) for (let s = r.from; s <= r.to; s++) if (heldSeqs.has(s)) t.fail(`seq ${s} is both held and named lost`)
   if (salvage) t.match(log.lines.join('\n'), /^JOURNAL DAMAGED: /m, 'the salvage is logged (the daemon logs it at error level)')
   return { before, salvage, lines: log.lines, started, sealed, carried, journal, dir }
 }
@@ -219,7 +218,11 @@ t.test('the log truncated to zero after a clean stop: the records only it held a
   t.equal(b.salvage?.newChain, true)
   t.equal(b.started.seq, last + 1)
   const top = b.salvage?.carried?.to ?? 3
-  t.same(b.salvage?.carried ? b.salvage.lostAfter : b.salvage?.lost, { from: top + 1, to: last }, 'the lost seqs are named')
+  t.same(
+    b.salvage?.carried ? b.salvage.lostAfter : b.salvage?.lost,
+    b.salvage?.carried ? { from: top + 1, to: last } : [{ from: top + 1, to: last }],
+    'the lost seqs are named',
+  )
 })
 
 t.test('the journal directory deleted, the key (and the marker) still there: a fresh journal past every seq given out', async (t) => {
@@ -229,7 +232,7 @@ t.test('the journal directory deleted, the key (and the marker) still there: a f
   })
   t.match(b.salvage, { mode: 'fresh', movedTo: null, carried: null, newChain: true, sessionsMayBeLost: true })
   t.match(b.salvage?.reason, /the journal is empty, but its seq marker says/)
-  t.same(b.salvage?.lost, { from: 5, to: b.salvage!.unknownAbove! }, 'what the marker knew was given out is named lost; above it, unknown')
+  t.same(b.salvage?.lost, [{ from: 5, to: b.salvage!.unknownAbove! }], 'what the marker knew was given out is named lost; above it, unknown')
   const m = await readMarker(b.dir)
   t.ok(m.state === 'ok' && b.started.seq <= m.marker.reserved + 1, 'the new chain starts at the reservation (the marker carries on)')
   t.match(b.lines[0], /JOURNAL DAMAGED: the journal directory was missing/)

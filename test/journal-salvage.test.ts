@@ -20,7 +20,7 @@ import { initialState, step, type EngineState } from '../daemon/engine/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { siteConfig } from './fixtures/engine-site.js'
 import { recordKey } from '../daemon/journal/keys.js'
-import { charge, fingerprint, opts, quietLog, T0 } from './helpers/journal-charge.js'
+import { charge, editOnDisk, fingerprint, opts, quietLog, T0 } from './helpers/journal-charge.js'
 import { MARKER_FILE, readMarker } from '../daemon/journal/seq-marker.js'
 
 const config = siteConfig()
@@ -95,14 +95,12 @@ t.test('MANIFEST truncated: repaired, nothing lost', async (t) => {
   )
 })
 
-t.test('a record edited inside the tail: a fresh journal carries the chained run after it and names the lost seqs', async (t) => {
+t.test('a record edited in the middle: a fresh journal carries every record on both sides of it, the edited seq a hole', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-salvage-edit-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   const records = await charge(dir, 60, 2)
   const victim = records[records.length - 5]!
-  const db = new Level<string, string>(journalLocation(dir), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
-  await db.put(recordKey(victim.seq), JSON.stringify({ ...victim, ts: '2020-01-01T00:00:00.000Z' }))
-  await db.close()
+  await editOnDisk(dir, [victim])
   const log = quietLog()
   const { journal, salvage: s } = await openJournalForRun(
     dir,
@@ -111,18 +109,38 @@ t.test('a record edited inside the tail: a fresh journal carries the chained run
   )
   t.teardown(() => journal.close({ clean: true }))
   t.equal(s?.mode, 'fresh')
-  t.same(s?.carried, { from: victim.seq + 1, to: records.at(-1)!.seq }, 'the records after the edit chain, and are carried')
-  t.same(s?.lost, { from: 3, to: victim.seq }, 'the unacknowledged records before them are reported lost')
+  t.same(s?.carried, { from: 2, to: records.at(-1)!.seq }, 'every record from the acknowledged one to the last is carried')
+  t.same(s?.lost, [{ from: victim.seq, to: victim.seq }], 'only the edited record is lost, named as a hole')
+  t.equal(s?.newChain, false, 'the last seq is known: no new chain')
+  t.same(journal.holes(), [{ from: victim.seq, to: victim.seq }])
   t.equal(journal.head(), records.at(-1)!.seq, 'new records continue the seq')
-  t.equal(journal.acked(), victim.seq, 'nothing lost is waiting to be sent')
-  const held = await journal.read(journal.oldest(), 100)
+  t.equal(journal.acked(), 2, 'the carried records wait for the cloud as before')
+  const below = await journal.read(journal.oldest(), 100)
   t.same(
-    held.map((r) => r.hash),
-    records.slice(-4).map((r) => r.hash),
-    'carried records are unchanged',
+    below.map((r) => r.hash),
+    records.filter((r) => r.seq >= 2 && r.seq < victim.seq).map((r) => r.hash),
+    'a read stops before the hole; the records below it are unchanged',
   )
+  const inside = await journal.read(victim.seq, 100)
+  t.same(
+    inside.map((r) => r.hash),
+    records.filter((r) => r.seq > victim.seq).map((r) => r.hash),
+    'a read from inside the hole starts after it; the records above it are unchanged',
+  )
+  await journal.ack(victim.seq - 1)
+  t.equal(journal.acked(), victim.seq, 'acknowledging the record before the hole acknowledges the hole')
   t.ok(await journal.loadState(), 'the engine state was carried over')
-  t.match(log.lines[0], /could not be read/)
+  t.match(log.lines[0], new RegExp(`records ${victim.seq}\\.\\.${victim.seq} could not be read`))
+  await journal.close({ clean: true })
+  const again = await Journal.open(
+    dir,
+    opts(() => T0 + 10_000_001),
+  )
+  t.teardown(() => again.close({ clean: true }))
+  t.same(again.holes(), [{ from: victim.seq, to: victim.seq }], 'the hole survives a restart')
+  const [next] = await again.commit({ records: [{ type: 'gateway.started', ts: new Date(T0).toISOString(), version: 't', cleanShutdown: true }] })
+  t.equal(next!.seq, records.at(-1)!.seq + 1, 'the next record follows the last carried one')
+  t.equal(next!.prev, records.at(-1)!.hash, 'and chains to it')
 })
 
 t.test('a table file garbled: the daemon still starts, and every record it holds verifies', async (t) => {
@@ -187,7 +205,7 @@ t.test('a fresh journal that carried no record goes on past the seqs the damaged
   t.teardown(() => journal.close({ clean: true }))
   t.match(
     salvage,
-    { mode: 'fresh', carried: null, lost: { from: 6, to: records.at(-1)!.seq } },
+    { mode: 'fresh', carried: null, lost: [{ from: 6, to: records.at(-1)!.seq }] },
     'the unreadable unacknowledged records are named as lost',
   )
   t.equal(journal.head(), records.at(-1)!.seq, 'the log starts after the highest seq the damaged journal showed')

@@ -4,12 +4,14 @@
  * hold, in the journal or in a JSON-lines file of records (what `outpost
  * records` or a pull wrote), and every session.ended's OCMF signature against the public
  * key the log announced (gateway.started.publicKey) with its signed readings, user, outlet
- * and total against the record. Prints the first break. Exit 0 intact, 1 broken.
+ * and total against the record. A break a salvage announced (gateway.started.journalSalvage:
+ * seqs named lost, a new chain) is accepted and printed; any other is the first break.
+ * Exit 0 intact, 1 broken.
  * Never writes to the journal.
  */
 import { createReadStream } from 'node:fs'
 import { createInterface } from 'node:readline'
-import { ChainVerifier, storedRecords, verifyDb, type ChainBreak } from '../journal/index.js'
+import { describeAnnounced, SalvageAwareVerifier, storedRecords, verifyDb, type AnnouncedBreak, type ChainBreak } from '../journal/index.js'
 import { OcmfVerifier } from '../ocmf.js'
 import { readKey } from '../gateway-key.js'
 import { loadConfig, openForReading } from './journal-support.js'
@@ -28,8 +30,16 @@ function ocmfBreak(seq: unknown, position: number, problem: string): Break {
   return { seq: typeof seq === 'number' ? seq : position, position, reason: 'signature', problem }
 }
 
+/** One line per break a salvage announced: what was lost, where a new chain starts. */
+function printAnnounced(io: Io, where: string, announced: AnnouncedBreak[]): void {
+  for (const a of announced) io.out(`${where}: ${describeAnnounced(a)}\n`)
+}
+
+const salvaged = (announced: AnnouncedBreak[]): string =>
+  announced.length === 0 ? '' : ` across ${announced.length} break${announced.length === 1 ? '' : 's'} a salvage announced`
+
 async function verifyFile(file: string, io: Io): Promise<number> {
-  const v = new ChainVerifier()
+  const v = new SalvageAwareVerifier()
   const o = new OcmfVerifier()
   let lineNo = 0
   let brk: Break | undefined
@@ -50,12 +60,15 @@ async function verifyFile(file: string, io: Io): Promise<number> {
         }
         break
       }
+      const before = v.lastSeq
       const b = v.push(value)
       if (b) {
         brk = { ...b, position: lineNo }
         break
       }
       const r = value as { seq?: number; type?: string } & Record<string, unknown>
+      // Past a hole the pagination may jump (a session.ended may be among the lost seqs); the chain judged the hole.
+      if (before !== undefined && r.seq !== before + 1) o.allowJump()
       const problem = o.push(r)
       if (problem) {
         brk = ocmfBreak(r.seq, lineNo, problem)
@@ -67,6 +80,8 @@ async function verifyFile(file: string, io: Io): Promise<number> {
     io.err(`outpost verify: cannot read ${file}: ${e.code === 'ENOENT' ? 'no such file' : e.message}\n`)
     return EXIT_NOINPUT
   }
+  brk ??= v.finish()
+  printAnnounced(io, file, v.announced)
   if (brk) {
     printBreak(io, file, brk, 'line')
     return EXIT_BROKEN
@@ -75,7 +90,7 @@ async function verifyFile(file: string, io: Io): Promise<number> {
     io.out(`${file}: no records\n`)
     return EXIT_OK
   }
-  io.out(`${file}: intact: ${v.count} records, seq ${v.firstSeq}..${v.lastSeq}; ${o.summary()}\n`)
+  io.out(`${file}: intact: ${v.count} records, seq ${v.firstSeq}..${v.lastSeq}${salvaged(v.announced)}; ${o.summary()}\n`)
   return EXIT_OK
 }
 
@@ -101,6 +116,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   if (typeof journal === 'number') return journal
   try {
     const report = await verifyDb(journal.db)
+    printAnnounced(io, journal.location, report.announced)
     if (report.break) {
       printBreak(io, journal.location, report.break, 'record')
       return EXIT_BROKEN
@@ -114,8 +130,11 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     }
     const o = new OcmfVerifier(fallback)
     let position = 0
+    let before: number | undefined
     for await (const { record } of storedRecords(journal.db)) {
       position++
+      if (before !== undefined && record && record.seq !== before + 1) o.allowJump()
+      before = record?.seq
       const problem = record ? o.push(record as unknown as { seq?: number; type?: string } & Record<string, unknown>) : undefined
       if (problem) {
         printBreak(io, journal.location, ocmfBreak(record?.seq, position, problem), 'record')
@@ -133,7 +152,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     const range =
       report.count === 0
         ? 'no records'
-        : `${report.count} records, seq ${report.first}..${report.last}${report.first !== 1 ? ` (earlier ones compacted after acknowledgement)` : ''}`
+        : `${report.count} records, seq ${report.first}..${report.last}${report.first !== 1 ? ` (earlier ones compacted after acknowledgement)` : ''}${salvaged(report.announced)}`
     io.out(`${journal.location}: intact: ${range}; acknowledged up to ${report.acked}; ${o.summary()}\n`)
     return EXIT_OK
   } finally {

@@ -7,7 +7,7 @@
  * because a changed billing record must stay visible to the cloud.
  */
 import { createHash } from 'node:crypto'
-import type { JournalRecord, RecordBody } from '../../core/types.js'
+import type { JournalRecord, JournalSalvageInfo, RecordBody } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 
 /** `prev` of seq 1. */
@@ -203,4 +203,105 @@ export function verifyRecords(records: Iterable<unknown>, expectFrom?: { seq: nu
     if (b) return b
   }
   return undefined
+}
+
+/** A break a salvage announced: seqs it lost (never sent), or the start of a new chain. */
+export interface AnnouncedBreak {
+  /** The seq of the gateway.started whose journalSalvage announces it. */
+  announcedAt: number
+  /** The seqs missing (from > to: none, a new chain right after the last record). */
+  from: number
+  to: number
+  /** The record after them starts a new chain (prev 64 zeros). */
+  newChain: boolean
+}
+
+interface Pending {
+  brk: ChainBreak
+  from: number
+  to: number
+  newChain: boolean
+}
+
+/**
+ * The chain of a journal that may have been through salvages: a ChainVerifier that accepts a
+ * break exactly when a `gateway.started.journalSalvage` announces it, and reports every other.
+ * A gap between two records is accepted when a salvage record after it names its seqs in `lost`
+ * or `lostAfter`; a record with `prev` of 64 zeros after the first (a new chain) only when it is
+ * itself a `gateway.started` whose journalSalvage says `newChain` and the records before it end
+ * at or below the carried ones. Every record still hashes right; between breaks the links hold.
+ * finish() reports a gap no salvage record after it announced.
+ */
+export class SalvageAwareVerifier {
+  private v = new ChainVerifier()
+  private done = 0
+  private position = 0
+  private pending: Pending[] = []
+  readonly announced: AnnouncedBreak[] = []
+  firstSeq: number | undefined
+  lastSeq: number | undefined
+
+  get count(): number {
+    return this.done + this.v.count
+  }
+
+  push(value: unknown): ChainBreak | undefined {
+    this.position++
+    let b = this.v.push(value)
+    const r = value as Partial<JournalRecord> & { journalSalvage?: JournalSalvageAnnouncement }
+    if (b) {
+      const last = this.v.lastSeq
+      const seq = r?.seq
+      const gap = b.reason === 'seq' && last !== undefined && typeof seq === 'number' && seq > last + 1
+      // A new chain right after the last record loses nothing: only its prev breaks the link.
+      const newChain = b.reason === 'prev' && last !== undefined && seq === last + 1 && r.prev === GENESIS_PREV
+      if (!gap && !newChain) return { ...b, position: this.position }
+      const restart = new ChainVerifier({ seq: seq as number, prev: r.prev as string })
+      const own = restart.push(value)
+      if (own) return { ...own, position: this.position }
+      const p: Pending = {
+        brk: { ...b, position: this.position },
+        from: (last as number) + 1,
+        to: (seq as number) - 1,
+        newChain: r.prev === GENESIS_PREV,
+      }
+      if (p.newChain) {
+        // A new chain announces itself: its first record is the salvage's gateway.started.
+        const s = r.type === 'gateway.started' ? r.journalSalvage : undefined
+        if (!s?.newChain || p.from <= (s.carried?.to ?? 0))
+          return { ...p.brk, problem: `${b.problem}, and no salvage announces a new chain here (prev is 64 zeros)` }
+        this.announced.push({ announcedAt: seq as number, from: p.from, to: p.to, newChain: true })
+      } else this.pending.push(p)
+      this.done += this.v.count
+      this.v = restart
+      b = undefined
+    }
+    this.firstSeq ??= r.seq
+    this.lastSeq = r.seq
+    const s = r.type === 'gateway.started' ? r.journalSalvage : undefined
+    if (s && this.pending.length > 0) {
+      const ranges = [...(s.lost ?? []), ...(s.lostAfter ? [s.lostAfter] : [])]
+      this.pending = this.pending.filter((p) => {
+        if (!ranges.some((x) => p.from >= x.from && p.to <= x.to)) return true
+        this.announced.push({ announcedAt: r.seq as number, from: p.from, to: p.to, newChain: false })
+        return false
+      })
+    }
+    return undefined
+  }
+
+  /** The first gap no salvage record after it announced, once every record was pushed. */
+  finish(): ChainBreak | undefined {
+    const p = this.pending[0]
+    return p ? { ...p.brk, problem: `${p.brk.problem}, and no salvage record after it names those seqs lost` } : undefined
+  }
+}
+
+/** What SalvageAwareVerifier reads of a gateway.started's journalSalvage (core/types.ts JournalSalvageInfo). */
+type JournalSalvageAnnouncement = Partial<Pick<JournalSalvageInfo, 'carried' | 'lost' | 'lostAfter' | 'newChain'>>
+
+/** One line per announced break, for `outpost verify`. */
+export function describeAnnounced(a: AnnouncedBreak): string {
+  const lost = a.from <= a.to ? `seqs ${a.from}..${a.to} lost` : 'nothing lost'
+  return `salvage announced at seq ${a.announcedAt}: ${lost}${a.newChain ? `, a new chain starts at seq ${a.to + 1}` : ''}`
 }

@@ -10,5 +10,17 @@ export {
   type JournalDb,
   type SessionSigner,
 } from './journal.js'
-export { canonicalJson, recordHash, sealRecord, sealRecordText, verifyRecords, ChainVerifier, GENESIS_PREV, type ChainBreak } from './chain.js'
+export {
+  canonicalJson,
+  recordHash,
+  sealRecord,
+  sealRecordText,
+  verifyRecords,
+  ChainVerifier,
+  SalvageAwareVerifier,
+  describeAnnounced,
+  GENESIS_PREV,
+  type ChainBreak,
+  type AnnouncedBreak,
+} from './chain.js'
 export { openOffline, storedRecords, verifyDb, repairJournal, type OfflineJournal, type OfflineMode, type VerifyReport } from './offline.js'

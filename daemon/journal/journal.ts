@@ -201,8 +201,8 @@ export class Journal implements RecordLog {
   /** The last OCMF pagination counter given to a session.ended (0 before the first). */
   private paginationValue = 0
   private keyOnRecordValue: string | undefined
-  /** Seqs from..to a salvage could not read (m!base above the last carried record): never given out again, never read. */
-  private holeRange: { from: number; to: number } | undefined
+  /** Seqs a salvage could not read (m!holes between carried records, m!base above the last one), ascending: never given out again, never read. */
+  private holeList: { from: number; to: number }[] = []
   /** The seq marker as last written (storage.dir/journal-seq.json); undefined for a journal on an injected db. */
   private marker: SeqMarker | undefined
   /** Why the seq marker had to be rebuilt from the log at open (it was unreadable), for the daemon to report. */
@@ -278,8 +278,10 @@ export class Journal implements RecordLog {
       await journal.recover()
     } catch (err) {
       if (owned) await db.close().catch(() => {})
-      // A table LevelDB opens lazily can be found damaged only now, while the tail is read.
-      throw err instanceof OutpostError ? err : openError(err, location)
+      // A table LevelDB opens lazily can be found damaged only now, while the tail is read, or by the compaction open's
+      // first write starts (a write failing on LEVEL_CORRUPTION): damage to salvage, not a failing disk.
+      const damaged = err instanceof OutpostError && err.code === 'JOURNAL_WRITE_FAILED' && openError(err, location).code === 'JOURNAL_CORRUPT'
+      throw err instanceof OutpostError && !damaged ? err : openError(err, location)
     }
     journal.startCompactTimer()
     return journal
@@ -305,7 +307,8 @@ export class Journal implements RecordLog {
     }
     tail.reverse()
     // A salvage that lost records above the ones it carried starts a new chain past every seq ever given out (m!base):
-    // the records before that hole and the ones after it are two chains, each verified on its own.
+    // the records before that hole and the ones after it are two chains, each verified on its own. Holes between carried
+    // records (m!holes) end a run the same way: the record after one links to a record that is gone.
     const baseText = await db.get(K.META_BASE)
     let base: { seq: number; hash: string } | undefined
     if (baseText !== undefined) {
@@ -314,9 +317,23 @@ export class Journal implements RecordLog {
         throw corrupt(this.location, `the log's base is ${baseText}`)
       base = b
     }
+    const holesText = await db.get(K.META_HOLES)
+    const holes: { from: number; to: number }[] = []
+    if (holesText !== undefined) {
+      const list = parseJson<unknown>(this.location, K.META_HOLES, holesText)
+      if (!Array.isArray(list)) throw corrupt(this.location, `the log's holes are ${holesText}`)
+      for (const h of list as { from?: unknown; to?: unknown }[]) {
+        const from = h?.from as number
+        const to = h?.to as number
+        if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 1 || to < from || from <= (holes.at(-1)?.to ?? 0) + 1)
+          throw corrupt(this.location, `the log's holes are ${holesText}`)
+        holes.push({ from, to })
+      }
+    }
     let v = new ChainVerifier()
     for (const r of tail) {
       if (base && r.seq === base.seq + 1) v = new ChainVerifier({ seq: r.seq, prev: base.hash })
+      else if (holes.some((h) => r.seq === h.to + 1)) v = new ChainVerifier({ seq: r.seq, prev: r.prev })
       const b = v.push(r)
       if (b) throw corrupt(this.location, `chain broken at seq ${b.seq}: ${b.problem}`)
     }
@@ -326,9 +343,10 @@ export class Journal implements RecordLog {
       this.headHash = last.hash
       for await (const key of db.keys({ ...K.RECORDS, limit: 1 })) this.oldestSeq = K.seqOfRecordKey(key)
     }
+    this.holeList = holes
     if (base && base.seq > this.headSeq) {
       // The first record appended continues the gateway's seq; records up to the base are not held here.
-      if (last) this.holeRange = { from: last.seq + 1, to: base.seq }
+      if (last) this.holeList.push({ from: last.seq + 1, to: base.seq })
       else this.oldestSeq = base.seq + 1
       this.headSeq = base.seq
       this.headHash = base.hash
@@ -336,9 +354,10 @@ export class Journal implements RecordLog {
       // Records after the base exist: the hole lies between the last record at or below the base and base + 1.
       let below = 0
       for await (const key of db.keys({ ...K.RECORDS, lte: K.recordKey(base.seq), reverse: true, limit: 1 })) below = K.seqOfRecordKey(key)
-      if (below > 0 && below < base.seq) this.holeRange = { from: below + 1, to: base.seq }
+      if (below > 0 && below < base.seq) this.holeList.push({ from: below + 1, to: base.seq })
       else if (below === 0) this.oldestSeq = Math.max(this.oldestSeq, base.seq + 1)
     }
+    this.holeList.sort((a, b) => a.from - b.from)
     const acked = await db.get(K.META_ACKED)
     this.ackedSeq = acked === undefined ? 0 : Number(acked)
     if (!Number.isSafeInteger(this.ackedSeq) || this.ackedSeq < 0) throw corrupt(this.location, `ack watermark is ${JSON.stringify(acked)}`)
@@ -417,11 +436,11 @@ export class Journal implements RecordLog {
       let expect = this.oldestSeq
       for await (const key of this.db.keys(K.RECORDS)) {
         const seq = K.seqOfRecordKey(key)
-        if (this.holeRange && seq === this.holeRange.to + 1) expect = seq
+        if (this.holeList.some((h) => h.from === expect && seq === h.to + 1)) expect = seq
         if (seq !== expect) throw corrupt(this.location, `records lost: seq ${expect}..${seq - 1} missing${drops}`)
         expect = seq + 1
       }
-      if (this.headSeq > 0 && expect !== this.headSeq + 1 && !(this.holeRange && expect === this.holeRange.from))
+      if (this.headSeq > 0 && expect !== this.headSeq + 1 && !this.holeList.some((h) => expect === h.from && h.to === this.headSeq))
         throw corrupt(this.location, `records lost: the log ends at seq ${expect - 1}, its head is ${this.headSeq}${drops}`)
     }
   }
@@ -481,9 +500,9 @@ export class Journal implements RecordLog {
     })
   }
 
-  /** Seqs a salvage could not read and that are never given out again (the log holds records on both sides), or undefined. */
-  hole(): { from: number; to: number } | undefined {
-    return this.holeRange
+  /** Seqs a salvage could not read and that are never given out again (the log holds records on both sides), ascending. */
+  holes(): readonly { from: number; to: number }[] {
+    return this.holeList
   }
 
   /** The hash of the head record (64 zeros when empty). */
@@ -502,11 +521,16 @@ export class Journal implements RecordLog {
         'JOURNAL_COMPACTED',
         `records before seq ${this.oldest()} were compacted after acknowledgement; the oldest seq held is ${this.oldest()}`,
       )
-    // A salvage's hole: a read stops before it (a reader checking seqs sees no jump), and a read from inside it starts after it.
-    const hole = this.holeRange
+    // A salvage's holes: a read stops before the next one (a reader checking seqs sees no jump), and a read from inside
+    // one starts after it.
     let top = head
-    if (hole && from >= hole.from && from <= hole.to) from = hole.to + 1
-    else if (hole && from < hole.from) top = hole.from - 1
+    for (const h of this.holeList) {
+      if (from >= h.from && from <= h.to) from = h.to + 1
+      else if (from < h.from) {
+        top = h.from - 1
+        break
+      }
+    }
     if (from > head) return []
     const out: JournalRecord[] = []
     for await (const [key, value] of this.db.iterator({ gte: K.recordKey(from), lte: K.recordKey(top), limit }))
@@ -542,7 +566,7 @@ export class Journal implements RecordLog {
     await this.enqueue(async () => {
       let target = Math.min(upTo, this.headSeq)
       // Acknowledging the last record before a salvage's hole acknowledges the hole: its seqs are lost, never sent.
-      if (this.holeRange && target >= this.holeRange.from - 1 && target < this.holeRange.to) target = this.holeRange.to
+      for (const h of this.holeList) if (target >= h.from - 1 && target < h.to) target = h.to
       if (target <= this.ackedSeq) return
       // Unsynced, fsynced within readingSyncMs (or by the next record): losing the newest acks to a power
       // cut only re-sends records the cloud de-duplicates by seq, and at a site's pace the cloud acks

@@ -40,6 +40,11 @@ export const META_KEY = 'm!key'
  * the gateway's seq goes on past what the cloud may already hold instead of restarting at 1.
  */
 export const META_BASE = 'm!base'
+/**
+ * Seqs a salvage could not read between records it carried: `[{"from", "to"}, ...]`, ascending.
+ * The record after each hole starts a run of its own (its prev names a record that is gone).
+ */
+export const META_HOLES = 'm!holes'
 
 const SEQ_DIGITS = 12
 const TS_DIGITS = 15

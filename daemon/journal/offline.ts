@@ -16,7 +16,7 @@ import { join } from 'node:path'
 import { Level } from 'level'
 import type { JournalRecord } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
-import { ChainVerifier, type ChainBreak } from './chain.js'
+import { SalvageAwareVerifier, type AnnouncedBreak, type ChainBreak } from './chain.js'
 import { journalLocation, openError, type JournalDb } from './journal.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
@@ -125,11 +125,16 @@ export interface VerifyReport {
   last?: number
   acked: number
   break?: ChainBreak
+  /** Breaks a salvage's gateway.started announced (seqs lost, a new chain): accepted, for the report to name. */
+  announced: AnnouncedBreak[]
 }
 
-/** Check sequence and hash chain of every stored record (and that the ack watermark is not past the log). */
+/**
+ * Check sequence and hash chain of every stored record (and that the ack watermark is not past the log).
+ * A break a salvage announced (its gateway.started's journalSalvage) is accepted and listed, any other reported.
+ */
 export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
-  const v = new ChainVerifier()
+  const v = new SalvageAwareVerifier()
   const ackText = await db.get(K.META_ACKED)
   const acked = ackText === undefined ? 0 : Number(ackText)
   let brk: ChainBreak | undefined
@@ -146,7 +151,8 @@ export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
     brk = v.push(record)
     if (brk) break
   }
-  const report: VerifyReport = { count: v.count, first: v.firstSeq, last: v.lastSeq, acked }
+  brk ??= v.finish()
+  const report: VerifyReport = { count: v.count, first: v.firstSeq, last: v.lastSeq, acked, announced: v.announced }
   if (!brk && acked > (v.lastSeq ?? 0))
     brk = {
       seq: acked,

@@ -6,8 +6,8 @@
  * kept whole for `outpost repair` and forensics), then either a repaired copy
  * (LevelDB's repair on a copy, used only if the WHOLE chain then verifies and the
  * ack watermark is within it) or a fresh journal that carries over everything it
- * could read: the chained run of records ending at the newest readable one (all
- * unacknowledged records, when they are readable), the engine state, readings and
+ * could read: every readable record from the ack watermark on, each missing range
+ * between them a hole (m!holes) never given out again, the engine state, readings and
  * command results. It reports what it did (the caller logs it loudly and puts it
  * in `gateway.started.journalSalvage`).
  *
@@ -71,7 +71,7 @@ export function salvageMessage(s: JournalSalvage): string {
   const onto = s.mode === 'repaired' ? 'repaired copy' : 'fresh journal'
   const where = s.movedTo ? `moved to ${s.movedTo}` : 'the journal directory was missing'
   const parts: string[] = []
-  if (s.lost) parts.push(`unacknowledged records ${s.lost.from}..${s.lost.to} could not be read`)
+  if (s.lost) parts.push(`unacknowledged records ${s.lost.map((r) => `${r.from}..${r.to}`).join(', ')} could not be read`)
   if (s.lostAfter) parts.push(`records ${s.lostAfter.from}..${s.lostAfter.to} were lost`)
   if (s.unknownAbove !== null && s.unknownAbove !== undefined)
     parts.push(`records above seq ${s.unknownAbove} may have been lost (how many is unknown)`)
@@ -165,6 +165,7 @@ export async function salvageJournal(
       !report.break &&
       (await db.get(K.META_FORMAT)) === K.FORMAT &&
       (await db.get(K.META_BASE)) === undefined &&
+      (await db.get(K.META_HOLES)) === undefined &&
       knownHighest(ev, top) === top
     ) {
       await db.close()
@@ -247,7 +248,7 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
   const out = newLevel(dest, true)
   await out.open()
   let carried: JournalSalvage['carried'] = null
-  let lost: JournalSalvage['lost'] = null
+  const lost: { from: number; to: number }[] = []
   let acked = 0
   let head = 0
   const info: Omit<Fresh['info'], 'carried' | 'lost'> = { ...NOTHING_LOST }
@@ -264,15 +265,24 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
       const ackText = await db.get(K.META_ACKED).catch(() => undefined)
       acked = Math.max(acked, Number.isSafeInteger(Number(ackText)) && Number(ackText) > 0 ? Number(ackText) : 0)
       // A damaged table can fail any read: each part takes what it can, and an unreadable rest stays behind in the moved directory.
-      const run = await tailRun(db).catch(() => [])
-      if (run.length > 0) {
-        // From the acknowledged head on (kept so the chain's link stays checkable), or the whole run if it starts later.
-        const keep = run.filter((r) => r.record.seq >= Math.min(Math.max(acked, 1), run[run.length - 1]!.record.seq))
+      const readable = await chainedRecords(db).catch(() => [])
+      if (readable.length > 0) {
+        // From the acknowledged head on (kept so the chain's link stays checkable), or all of them if they start later.
+        const keep = readable.filter((r) => r.record.seq >= Math.min(Math.max(acked, 1), readable[readable.length - 1]!.record.seq))
         for (const r of keep) ops.push({ type: 'put', key: K.recordKey(r.record.seq), value: r.text })
         const from = keep[0]!.record.seq
         const to = keep[keep.length - 1]!.record.seq
         carried = { from, to }
-        if (from > acked + 1) lost = { from: acked + 1, to: from - 1 }
+        if (from > acked + 1) lost.push({ from: acked + 1, to: from - 1 })
+        // Every seq missing between carried records is a hole: never given out again, never sent.
+        const holes: { from: number; to: number }[] = []
+        for (let i = 1; i < keep.length; i++) {
+          const below = keep[i - 1]!.record.seq
+          const above = keep[i]!.record.seq
+          if (above > below + 1) holes.push({ from: below + 1, to: above - 1 })
+        }
+        if (holes.length > 0) ops.push({ type: 'put', key: K.META_HOLES, value: JSON.stringify(holes) })
+        lost.push(...holes)
         acked = Math.min(Math.max(acked, from - 1), to)
         head = to
       }
@@ -333,7 +343,7 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
       const from = Math.max(head, acked) + 1
       if (seen >= from) {
         if (carried) info.lostAfter = { from, to: seen }
-        else lost = { from, to: seen }
+        else lost.push({ from, to: seen })
       }
       if (known === undefined && !(m?.clean && base === seen)) info.unknownAbove = seen
       ops.push({ type: 'put', key: K.META_BASE, value: JSON.stringify({ seq: base, hash: GENESIS_PREV }) })
@@ -344,34 +354,34 @@ async function buildFresh(db: JournalDb | undefined, dest: string, now: number, 
       // The lost part may have held a session.started whose session no surviving state shows (a clean stop had closed them all).
       info.sessionsMayBeLost = !m?.clean
     }
-    if (lost && !m?.clean) info.sessionsMayBeLost = true
+    if (lost.length > 0 && !m?.clean) info.sessionsMayBeLost = true
     if (acked > 0) ops.push({ type: 'put', key: K.META_ACKED, value: String(acked) })
     await out.batch(ops, { sync: true } as { keyEncoding?: string })
   } finally {
     await out.close()
   }
-  return { info: { carried, lost, ...info }, head, acked }
+  return { info: { carried, lost: lost.length > 0 ? lost : null, ...info }, head, acked }
 }
 
-/** The longest run of records that chains (seq + 1, prev = hash) and ends at the newest readable record. */
-async function tailRun(db: JournalDb): Promise<{ record: JournalRecord; text: string }[]> {
-  const all: { record: JournalRecord; text: string }[] = []
+/**
+ * Every readable record that hashes right, ascending: runs of consecutive seqs, each linking (prev = hash) to the one
+ * before; between runs, seqs that could not be read. Two consecutive seqs that do not link are not the same chain: only
+ * the records from there on are kept (the newest are the ones the gateway went on from).
+ */
+async function chainedRecords(db: JournalDb): Promise<{ record: JournalRecord; text: string }[]> {
+  let out: { record: JournalRecord; text: string }[] = []
   for await (const [key, text] of db.iterator(K.RECORDS)) {
+    let record: JournalRecord
     try {
-      const record = JSON.parse(text) as JournalRecord
-      if (record.seq === K.seqOfRecordKey(key)) all.push({ record, text })
+      record = JSON.parse(text) as JournalRecord
     } catch {
-      // not a record: the run stops before it
+      continue // not a record: a hole
     }
+    if (record.seq !== K.seqOfRecordKey(key)) continue
+    if (new ChainVerifier({ seq: record.seq, prev: record.prev }).push(record)) continue
+    const before = out[out.length - 1]?.record
+    if (before && before.seq === record.seq - 1 && record.prev !== before.hash) out = []
+    out.push({ record, text })
   }
-  // Backwards from the newest: each record must hash right, and link to the one after it.
-  let start = all.length
-  for (let i = all.length - 1; i >= 0; i--) {
-    const r = all[i]!.record
-    if (new ChainVerifier({ seq: r.seq, prev: r.prev }).push(r)) break
-    const next = all[i + 1]?.record
-    if (next && (next.seq !== r.seq + 1 || next.prev !== r.hash)) break
-    start = i
-  }
-  return all.slice(start)
+  return out
 }

@@ -30,11 +30,13 @@ import {
   type ConnectorStatus,
   type Ended,
   meterSample,
+  powerLossPayload,
   STOP_REASON,
   type Started,
   type StopReason,
   startPayload,
   stopPayload,
+  wholeWh,
 } from './tables.js'
 
 /** What the charge point sees of one outlet (from the engine's state). */
@@ -137,6 +139,8 @@ export class ChargePoint {
   /** Connects (after the boot read, so that an accepted BootNotification means ready). */
   start(): void {
     this.log.info({ url: this.rpc.endpoint, queued: this.outbox.size }, 'ocpp: connecting to the central system')
+    // After the boot step: every session it closed is in the outbox by now, what is still open is a trace without a session.
+    this.serial(() => this.closeOrphans())
     this.rpc.start()
     this.scheduleSample()
   }
@@ -269,50 +273,86 @@ export class ChargePoint {
 
   // ---------------------------------------------------------------- transaction messages
 
-  /** Turns journal records past the cursor into queued transaction messages. */
+  /** Schedules catchUp() and a pump (coalesced). */
   private ingest(): void {
     if (this.ingestWanted) return
     this.ingestWanted = true
     this.serial(async () => {
       this.ingestWanted = false
-      const journal = this.host.journal
-      while (this.outbox.cursor < journal.head()) {
-        let from = this.outbox.cursor + 1
-        if (from < journal.oldest()) from = journal.oldest()
-        const records = await journal.read(from, 500)
-        if (records.length === 0) break
-        const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
-        const starting = new Set<string>()
-        for (const r of records) {
-          if (r.type === 'session.started') {
-            const connectorId = this.byOutlet.get(r.outlet)
-            if (connectorId === undefined) continue
-            const remote = this.remoteStarts.get(r.outlet) === r.userId
-            if (remote) this.remoteStarts.delete(r.outlet)
-            starting.add(r.sessionId)
-            msgs.push({
-              action: 'StartTransaction',
-              sessionId: r.sessionId,
-              connectorId,
-              payload: startPayload(r as Started, connectorId),
-              authorize: !remote,
-            })
-          } else if (r.type === 'session.ended') {
-            if (!starting.has(r.sessionId) && !this.outbox.hasStart(r.sessionId)) continue
-            const reason = this.stopOverride.get(r.sessionId) ?? STOP_REASON[r.reason]
-            this.stopOverride.delete(r.sessionId)
-            msgs.push({
-              action: 'StopTransaction',
-              sessionId: r.sessionId,
-              connectorId: this.byOutlet.get(r.outlet) ?? 0,
-              payload: stopPayload(r as Ended, reason),
-            })
-          }
-        }
-        await this.outbox.enqueue(msgs, records[records.length - 1]!.seq)
-      }
+      await this.catchUp()
       this.pump()
     })
+  }
+
+  /** Turns journal records past the cursor into queued transaction messages (in the serial chain). */
+  private async catchUp(): Promise<void> {
+    const journal = this.host.journal
+    while (this.outbox.cursor < journal.head()) {
+      let from = this.outbox.cursor + 1
+      if (from < journal.oldest()) from = journal.oldest()
+      const records = await journal.read(from, 500)
+      if (records.length === 0) break
+      const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
+      const starting = new Set<string>()
+      for (const r of records) {
+        if (r.type === 'session.started') {
+          const connectorId = this.byOutlet.get(r.outlet)
+          if (connectorId === undefined) continue
+          const remote = this.remoteStarts.get(r.outlet) === r.userId
+          if (remote) this.remoteStarts.delete(r.outlet)
+          starting.add(r.sessionId)
+          msgs.push({
+            action: 'StartTransaction',
+            sessionId: r.sessionId,
+            connectorId,
+            payload: startPayload(r as Started, connectorId),
+            authorize: !remote,
+          })
+        } else if (r.type === 'session.ended') {
+          if (!starting.has(r.sessionId) && !this.outbox.hasStart(r.sessionId)) continue
+          const reason = this.stopOverride.get(r.sessionId) ?? STOP_REASON[r.reason]
+          this.stopOverride.delete(r.sessionId)
+          msgs.push({
+            action: 'StopTransaction',
+            sessionId: r.sessionId,
+            connectorId: this.byOutlet.get(r.outlet) ?? 0,
+            payload: stopPayload(r as Ended, reason),
+          })
+        }
+      }
+      await this.outbox.enqueue(msgs, records[records.length - 1]!.seq)
+    }
+  }
+
+  /**
+   * A transaction the outbox started and never stopped, whose session no outlet holds once the
+   * boot step has closed what the engine state showed open (a salvage lost the session's state
+   * and its records, the outbox survived): closed as a power loss, StopTransaction reason
+   * PowerLoss at the last meter value known (the session's last journaled reading, else its
+   * meterStart), never left open at the central system. Logged at error level.
+   */
+  private async closeOrphans(): Promise<void> {
+    await this.catchUp()
+    const open = new Set(this.host.outlets().flatMap((o) => (o.sessionId ? [o.sessionId] : [])))
+    const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
+    for (const t of this.outbox.openTransactions()) {
+      if (open.has(t.sessionId)) continue
+      const last = (await this.host.journal.readings(t.sessionId).catch(() => [])).at(-1)
+      const meterWh = last ? last.reading.energyWh : t.meterStart
+      if (meterWh === undefined) {
+        this.log.error({ sessionId: t.sessionId }, 'ocpp: a transaction without a session and without a known meter value stays open')
+        continue
+      }
+      const connectorId = t.connectorId ?? (last ? this.byOutlet.get(last.outlet) : undefined) ?? 0
+      const at = new Date(last ? last.reading.ts : this.host.now()).toISOString()
+      this.log.error(
+        { sessionId: t.sessionId, meterStop: wholeWh(meterWh), at },
+        'ocpp: a transaction whose session no surviving state holds is closed PowerLoss at its last known meter value',
+      )
+      msgs.push({ action: 'StopTransaction', sessionId: t.sessionId, connectorId, payload: powerLossPayload(at, meterWh) })
+    }
+    if (msgs.length > 0) await this.outbox.enqueue(msgs)
+    this.pump()
   }
 
   private serial(task: () => Promise<void>): void {

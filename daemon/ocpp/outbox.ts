@@ -4,7 +4,7 @@
  *
  *   cursor          the last journal seq turned into transaction messages
  *   q!<n:12>        a queued StartTransaction / StopTransaction / MeterValues, with its message id
- *   t!<sessionId>   {transactionId}: what the central system answered the session's StartTransaction
+ *   t!<sessionId>   {transactionId, meterStart}: what the central system answered the session's StartTransaction
  *
  * Owns: the order of transaction messages (n, gapless, never reused), each message's id from
  * the moment it is queued (a resend after a crash or a reconnect carries the same id, so the
@@ -42,6 +42,10 @@ export class Outbox {
   private readonly tx = new Map<string, number>()
   /** Sessions whose StartTransaction was queued (answered or not): only they get Stop and MeterValues. */
   private readonly started = new Set<string>()
+  /** Sessions whose StopTransaction was queued (answered or not): their transaction is closed. */
+  private readonly stopped = new Set<string>()
+  /** What the outbox knows of each started session: its connector and meterStart (Wh), from its StartTransaction. */
+  private readonly known = new Map<string, { connectorId?: number; meterStart?: number }>()
   private next = 1
   private cursorSeq = 0
   /** Answers waiting for their write, and the write in progress. */
@@ -59,12 +63,13 @@ export class Outbox {
       else if (key.startsWith('q!')) {
         const q = JSON.parse(value) as Queued
         o.queue.push(q)
-        o.started.add(q.sessionId)
+        o.note(q)
         o.next = Math.max(o.next, q.n + 1)
       } else if (key.startsWith('t!')) {
-        const v = JSON.parse(value) as { sessionId: string; transactionId: number }
+        const v = JSON.parse(value) as { sessionId: string; transactionId: number; meterStart?: number }
         o.tx.set(v.sessionId, v.transactionId)
         o.started.add(v.sessionId)
+        if (typeof v.meterStart === 'number') o.known.set(v.sessionId, { ...o.known.get(v.sessionId), meterStart: v.meterStart })
       } else if (key === 'next') o.next = Math.max(o.next, Number(value))
     }
     o.queue.sort((a, b) => a.n - b.n)
@@ -101,6 +106,25 @@ export class Outbox {
     return this.started.has(sessionId)
   }
 
+  /**
+   * Transactions the outbox started and never stopped (StartTransaction queued or answered, no
+   * StopTransaction queued): each with its connector and meterStart when the outbox knows them.
+   */
+  openTransactions(): { sessionId: string; connectorId?: number; meterStart?: number }[] {
+    return [...this.started].filter((s) => !this.stopped.has(s)).map((sessionId) => ({ sessionId, ...this.known.get(sessionId) }))
+  }
+
+  private note(q: Queued): void {
+    if (q.action === 'StartTransaction') {
+      this.started.add(q.sessionId)
+      const meterStart = q.payload.meterStart
+      this.known.set(q.sessionId, { connectorId: q.connectorId, ...(typeof meterStart === 'number' ? { meterStart } : {}) })
+    } else {
+      this.started.add(q.sessionId)
+      if (q.action === 'StopTransaction') this.stopped.add(q.sessionId)
+    }
+  }
+
   /** Queues messages (in this order) and moves the cursor to `cursor`, in one fsynced batch. */
   async enqueue(msgs: Omit<Queued, 'n' | 'msgId'>[], cursor?: number): Promise<void> {
     const entries: { key: string; value: string | null }[] = []
@@ -120,7 +144,7 @@ export class Outbox {
     if (cursor !== undefined) this.cursorSeq = Math.max(this.cursorSeq, cursor)
     for (const q of added) {
       this.queue.push(q)
-      if (q.action === 'StartTransaction') this.started.add(q.sessionId)
+      if (q.action === 'StartTransaction' || q.action === 'StopTransaction') this.note(q)
     }
   }
 
@@ -132,7 +156,10 @@ export class Outbox {
   answered(q: Queued, transactionId?: number): Promise<void> {
     this.retired.push({ key: `q!${pad(q.n)}`, value: null })
     if (q.action === 'StartTransaction' && transactionId !== undefined)
-      this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: JSON.stringify({ sessionId: q.sessionId, transactionId }) })
+      this.retired.push({
+        key: `t!${escapeId(q.sessionId)}`,
+        value: JSON.stringify({ sessionId: q.sessionId, transactionId, meterStart: q.payload.meterStart }),
+      })
     if (q.action === 'StopTransaction') this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: null })
     const i = this.queue.findIndex((m) => m.n === q.n)
     if (i >= 0) this.queue.splice(i, 1)

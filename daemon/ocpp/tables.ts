@@ -138,6 +138,16 @@ function lineValue(l: BillingLine): Record<string, unknown> {
   }
 }
 
+/** StopTransaction of a transaction whose session record is gone: PowerLoss at the last meter value known. */
+export function powerLossPayload(at: string, meterWh: number): Record<string, unknown> {
+  return {
+    meterStop: wholeWh(meterWh),
+    timestamp: at,
+    reason: 'PowerLoss' satisfies StopReason,
+    transactionData: [registerValue(at, meterWh, 'Transaction.End')],
+  }
+}
+
 function registerValue(ts: string, wh: number, context: string): Record<string, unknown> {
   return { timestamp: ts, sampledValue: [{ value: wh.toFixed(3), context, measurand: 'Energy.Active.Import.Register', unit: 'Wh' }] }
 }

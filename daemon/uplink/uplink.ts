@@ -412,9 +412,8 @@ export class Uplink {
       // the journal's fsync on every ack would turn the window into stop-and-wait.
       const acked = Math.max(this.log.acked(), this.ackWanted)
       if (this.sent < acked) this.sent = acked
-      // Past a salvage's hole (lost seqs, never sent) the new chain follows at once, without waiting for the ack.
-      const hole = this.log.hole?.()
-      if (hole && this.sent >= hole.from - 1 && this.sent < hole.to) this.sent = hole.to
+      // Past a salvage's hole (lost seqs, never sent) the next records follow at once, without waiting for the ack.
+      for (const h of this.log.holes?.() ?? []) if (this.sent >= h.from - 1 && this.sent < h.to) this.sent = h.to
       const room = this.cfg.windowRecords - (this.sent - acked)
       // One journal read serves several messages (fewer iterators); it never exceeds the window's room,
       // nor more messages than may still await PUBACK.

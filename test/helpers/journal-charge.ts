@@ -6,7 +6,9 @@
 import { createHash, randomUUID } from 'node:crypto'
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Journal } from '../../daemon/journal/index.js'
+import { Level } from 'level'
+import { Journal, journalLocation } from '../../daemon/journal/index.js'
+import { recordKey } from '../../daemon/journal/keys.js'
 import { initialState, step, type EngineState } from '../../daemon/engine/index.js'
 import type { JournalRecord } from '../../core/types.js'
 import { reading, siteConfig } from '../fixtures/engine-site.js'
@@ -81,6 +83,13 @@ export function fingerprint(dir: string): Record<string, string> {
 export const quietLog = () => {
   const lines: string[] = []
   return { lines, warn: (_f: Record<string, unknown>, msg: string) => void lines.push(msg) }
+}
+
+/** Each record stored again with its `ts` changed (its hash no longer holds), as if edited on disk: the salvage must leave a hole there. */
+export async function editOnDisk(dir: string, records: JournalRecord[]): Promise<void> {
+  const db = new Level<string, string>(journalLocation(dir), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
+  for (const r of records) await db.put(recordKey(r.seq), JSON.stringify({ ...r, ts: '2020-01-01T00:00:00.000Z' }))
+  await db.close()
 }
 
 /** Every byte of `file` from `from` (a fraction of its length) on, XORed with a pattern: a failing card's bad sectors. */
