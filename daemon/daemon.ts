@@ -253,7 +253,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     for (const outlet of config.outlets) {
       this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
       // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
-      this.site.outlet(outlet.id).onChange?.(() => void this.poll(outlet.id))
+      this.site.outlet(outlet.id).onChange?.(() => this.pollFresh(outlet.id))
     }
     for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
     this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
@@ -366,6 +366,28 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.reading.set(outletId, p)
     return p
   }
+
+  /**
+   * A change the device pushed (Shelly NotifyStatus): read now, or once more right after the
+   * read in flight, whose reply may predate the change (joining it would miss an unplug until
+   * the next poll).
+   */
+  private pollFresh(outletId: string): void {
+    const inflight = this.reading.get(outletId)
+    if (!inflight) {
+      void this.poll(outletId)
+      return
+    }
+    if (this.rereads.has(outletId)) return
+    this.rereads.add(outletId)
+    void inflight.finally(() => {
+      this.rereads.delete(outletId)
+      void this.poll(outletId)
+    })
+  }
+
+  /** Outlets with a pushed change waiting for the read in flight to end. */
+  private readonly rereads = new Set<string>()
 
   private async readOnce(outletId: string): Promise<void> {
     if (!this.site) return

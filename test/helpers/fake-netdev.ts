@@ -74,6 +74,8 @@ class FakeServer {
   readonly server: Server
   readonly sockets = new Set<Socket>()
   mode: FaultMode = 'none'
+  /** Each answer is made when its request arrives and sent this much later (a slow Wi-Fi round trip). */
+  replyDelayMs = 0
   /** Requests held while silent: never answered. */
   private held: ServerResponse[] = []
   port = 0
@@ -96,6 +98,15 @@ class FakeServer {
           res.writeHead(200, { 'content-type': 'application/json' })
           res.end('{"id":1,"result":{"apower":12.5,"aenergy":{"tot')
           return
+        }
+        if (this.replyDelayMs > 0) {
+          // The answer is made now and sent later: a reply on the wire that predates what happens next.
+          const end = res.end.bind(res) as (...a: unknown[]) => ServerResponse
+          const delay = this.replyDelayMs
+          res.end = ((...a: unknown[]) => {
+            setTimeout(() => end(...a), delay)
+            return res
+          }) as typeof res.end
         }
         handler(req, Buffer.concat(chunks).toString('utf8'), res)
       })
@@ -166,6 +177,11 @@ abstract class FakeDevice {
   }
 
   protected onMode(_m: FaultMode): void {}
+
+  /** Answers are made when a request arrives and sent this much later. */
+  set replyDelayMs(ms: number) {
+    this.http.replyDelayMs = ms
+  }
 
   plug(amps: number): void {
     this.load.set({ amps })
