@@ -95,12 +95,15 @@ interface Boot {
  */
 async function bootAfter(
   t: Test,
-  o: { clean: boolean; ack?: number; rounds?: number; expectExisting?: boolean },
+  o: { clean: boolean; ack?: number; rounds?: number; expectExisting?: boolean; tables?: boolean },
   damage: (dir: string, loc: string) => void,
 ): Promise<Boot> {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-damage-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const before = await charge(dir, o.rounds ?? 60, o.ack ?? 0, { clean: o.clean })
+  // Damage to the log needs the records in the log: LevelDB's default 4 MB write buffer keeps them
+  // there; a tiny one (o.tables) moves them into table files as the charge goes, and where the last
+  // ones stand at the stop would then depend on the size of each outlet entry.
+  const before = await charge(dir, o.rounds ?? 60, o.ack ?? 0, { clean: o.clean, ...(o.tables ? {} : { writeBufferSize: 4 << 20 }) })
   const last = before.at(-1)!.seq
   const loc = journalLocation(dir)
   damage(dir, loc)
@@ -143,8 +146,6 @@ async function bootAfter(
   return { before, salvage, lines: log.lines, started, sealed, carried, journal, dir }
 }
 
-const powerLoss = (b: Boot) => b.sealed.filter((r) => r.type === 'session.ended' && (r as { reason?: string }).reason === 'power-loss')
-
 t.test('the whole log garbled after a clean stop, every record acknowledged: a new chain past the last seq, not seq 1', async (t) => {
   let last = 0
   const b = await bootAfter(t, { clean: true, ack: 1e9 }, (_dir, loc) => {
@@ -152,7 +153,8 @@ t.test('the whole log garbled after a clean stop, every record acknowledged: a n
   })
   last = b.before.at(-1)!.seq
   t.match(b.salvage, { mode: 'fresh', newChain: true, unknownAbove: null, sessionsMayBeLost: false }, 'a fresh journal, a new chain')
-  t.match(b.salvage?.reason, /records lost: the seq marker says the log reached seq \d+ at a clean stop/, 'found by the seq marker')
+  // Everything was in the log: an empty journal beside a marker that counted its seqs, or fewer records than it counted.
+  t.match(b.salvage?.reason, /seq marker says (the log reached )?seqs? (up to )?\d+/, 'found by the seq marker')
   t.equal(b.started.seq, last + 1, 'the clean stop named the last seq exactly: the new chain starts right after it')
   t.equal(b.started.prev, GENESIS, 'and links to nothing: a new chain')
   t.equal(b.started.cleanShutdown, false, 'the boot reads as unclean (what was open is closed power-loss)')
@@ -192,13 +194,11 @@ t.test('the tail of the log garbled after a power cut: records since the marker 
   t.equal(b.salvage?.sessionsMayBeLost, true, 'sessions open in the lost part may be lost: the report says so')
   t.equal(b.started.seq, reserved + 1, "the new chain starts past the marker's reservation")
   t.match(b.lines[0], /may have been lost \(how many is unknown\)/)
-  if (b.carried.length > 0 && (await b.journal.loadState()) !== undefined)
-    t.ok(powerLoss(b).length >= 0, `sessions the carried state shows open are closed power-loss (${powerLoss(b).length})`)
 })
 
 t.test('a table file garbled: the records it held are lost, the next seq is past every seq that may have been given out', async (t) => {
   let reserved = 0
-  const b = await bootAfter(t, { clean: false, ack: 10, rounds: 120 }, (dir, loc) => {
+  const b = await bootAfter(t, { clean: false, ack: 10, rounds: 120, tables: true }, (dir, loc) => {
     reserved = (JSON.parse(readFileSync(markerPath(dir), 'utf8')) as { reserved: number }).reserved
     const tables = filesOf(loc, '.ldb')
     t.ok(tables.length > 1, `a small write buffer leaves table files (${tables.length})`)

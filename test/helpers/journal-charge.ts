@@ -28,12 +28,14 @@ export const opts = (now: () => number) => ({
  * Drive the engine for `rounds` polls on a journal, with one session open at the end; ack up to `ack`.
  * `clean`: then stop as the daemon does on SIGTERM (the engine closes every session, the journal closes clean).
  */
-export async function charge(dir: string, rounds: number, ack: number, o: { clean?: boolean; start?: number } = {}): Promise<JournalRecord[]> {
+export async function charge(
+  dir: string,
+  rounds: number,
+  ack: number,
+  o: { clean?: boolean; start?: number; writeBufferSize?: number } = {},
+): Promise<JournalRecord[]> {
   let clock = o.start ?? T0
-  const journal = await Journal.open(
-    dir,
-    opts(() => clock),
-  )
+  const journal = await Journal.open(dir, { ...opts(() => clock), ...(o.writeBufferSize ? { writeBufferSize: o.writeBufferSize } : {}) })
   const out: JournalRecord[] = []
   let state = ((await journal.loadState()) as EngineState | undefined) ?? initialState(config)
   const run = async (event: Parameters<typeof step>[1], outlet?: string, r?: ReturnType<typeof reading>): Promise<void> => {
