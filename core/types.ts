@@ -97,6 +97,12 @@ export interface OutletConfig {
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number
+  /**
+   * The phases its meter measures, from the meter model (config.ts resolves it; not a key of
+   * the config file). The engine's bound on an energy step scales with it; absent: 3, the
+   * loosest bound, for a config recorded before models said.
+   */
+  phases?: 1 | 3
   autoStart?: { userId: string }
   /** The circuit it is wired to (circuits[].id); omitted: on no managed circuit. */
   circuit?: string

@@ -50,7 +50,15 @@ export function validateConfig(input: unknown): ConfigResult {
   // so the installer sees every problem in one go.
   problems.push(...semanticProblems(copy, problems))
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
-  return { ok: true, config: copy as SiteConfig }
+  const config = copy as SiteConfig
+  withMeterPhases(config)
+  return { ok: true, config }
+}
+
+/** Each outlet's `phases` from its meter model, so the engine (which never reads a model file) bounds its energy steps by what the meter can measure. */
+function withMeterPhases(config: SiteConfig): void {
+  const registry = new ModelRegistry(config.models?.dir)
+  for (const o of config.outlets) o.phases = registry.get(o.meter.model, 'meter').phases
 }
 
 /** Read, parse and validate a config file. */

@@ -52,6 +52,8 @@ export interface DeviceModel {
   /** The maker's name (a meter's OCMF MV). */
   manufacturer?: string
   kinds: ('meter' | 'relay')[]
+  /** Meters: the phases the meter measures (the engine's bound on an energy step scales with it). */
+  phases?: 1 | 3
   transport: 'modbus' | 'serial' | NetTransport
   serialDefaults?: { baudRate?: number; parity?: 'none' | 'even' | 'odd'; dataBits?: 7 | 8; stopBits?: 1 | 2 }
   maxRegistersPerRead: number
@@ -150,6 +152,7 @@ export function validateModel(input: unknown, file: string): DeviceModel {
     for (const [i, r] of (m.registers ?? []).entries()) cited(`/registers/${i}`, r.source)
     cited('/identity/model', m.identity?.model?.source)
     cited('/identity/serial', m.identity?.serial?.source)
+    if (m.kinds.includes('meter') && m.phases === undefined) problems.push('/phases: a meter model needs "phases" (1 or 3)')
     if (m.kinds.includes('relay') && !m.relay) problems.push('/relay: a relay model needs a "relay" section')
     problems.push(...netModelProblems(m))
     if (m.relay?.point === 'line' && m.transport !== 'serial') problems.push('/relay/point: "line" needs transport "serial"')
