@@ -268,12 +268,14 @@ t.test('files: unreadable, a directory, valid', async (t) => {
 const serialMeterModel = {
   name: 'acme-serial',
   kinds: ['meter', 'relay'],
+  phases: 1,
   transport: 'serial',
   relay: { point: 'line', closedValue: 1, openValue: 0 },
 }
 const modbusMeterModel = {
   name: 'acme-b23',
   kinds: ['meter'],
+  phases: 3,
   transport: 'modbus',
   maxRegistersPerRead: 60,
   registers: [
