@@ -61,7 +61,11 @@ t.test('the outlet’s phases come from its meter model through the config', asy
   one.boot()
   t.equal(one.state.outlets.A1!.phases, 1, 'eastron-sdm120: single-phase')
   const three = new Rig(
-    siteConfig({ outlets: [{ id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm630', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' }] }),
+    siteConfig({
+      outlets: [
+        { id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm630', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
+      ],
+    }),
     T0,
   )
   three.boot()
