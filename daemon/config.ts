@@ -48,17 +48,13 @@ export function validateConfig(input: unknown): ConfigResult {
   }
   // Semantic checks run even when the schema failed, on whatever is well-formed enough,
   // so the installer sees every problem in one go.
-  problems.push(...semanticProblems(copy, problems))
+  const models: { registry?: ModelRegistry } = {}
+  problems.push(...semanticProblems(copy, problems, models))
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
   const config = copy as SiteConfig
-  withMeterPhases(config)
+  // The engine never reads a model file: each outlet carries its meter's phases, which bound its energy steps.
+  for (const o of config.outlets) o.phases = models.registry!.get(o.meter.model, 'meter').phases
   return { ok: true, config }
-}
-
-/** Each outlet's `phases` from its meter model, so the engine (which never reads a model file) bounds its energy steps by what the meter can measure. */
-function withMeterPhases(config: SiteConfig): void {
-  const registry = new ModelRegistry(config.models?.dir)
-  for (const o of config.outlets) o.phases = registry.get(o.meter.model, 'meter').phases
 }
 
 /** Read, parse and validate a config file. */
@@ -300,7 +296,8 @@ function saidAtOrAbove(schema: readonly ConfigProblem[], pointer: string): boole
 }
 
 /** Checks a schema cannot express. Tolerates a config the schema rejected (`schema`: what it said). */
-function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): ConfigProblem[] {
+/** `models.registry` is set to the model registry the checks used (when the models loaded). */
+function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models: { registry?: ModelRegistry }): ConfigProblem[] {
   const out: ConfigProblem[] = []
   if (!isObj(cfg)) return out
   const site = isObj(cfg.site) ? cfg.site : {}
@@ -348,6 +345,7 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
   let registry: ModelRegistry | undefined
   try {
     registry = new ModelRegistry(modelsDir)
+    models.registry = registry
   } catch (err) {
     out.push({ pointer: '/models/dir', message: (err as Error).message })
   }
