@@ -16,7 +16,7 @@ import {
   type EnergyMark,
   type JudgeInput,
 } from '../daemon/engine/meter-readings.js'
-import { Rig, siteConfig, WED_NOON } from './engine-fixtures.js'
+import { oneMeterSite, Rig, siteConfig, WED_NOON } from './engine-fixtures.js'
 
 const T0 = WED_NOON
 /** A single-phase 32 A outlet (an SDM120's, a Shelly's), unless `more` says otherwise. */
@@ -60,14 +60,7 @@ t.test('the outlet’s phases come from its meter model through the config', asy
   const one = new Rig(siteConfig(), T0)
   one.boot()
   t.equal(one.state.outlets.A1!.phases, 1, 'eastron-sdm120: single-phase')
-  const three = new Rig(
-    siteConfig({
-      outlets: [
-        { id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm630', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
-      ],
-    }),
-    T0,
-  )
+  const three = new Rig(oneMeterSite('eastron-sdm630'), T0)
   three.boot()
   t.equal(three.state.outlets.A1!.phases, 3, 'eastron-sdm630: three-phase')
 })
