@@ -98,9 +98,9 @@ export interface OutletConfig {
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number
   /**
-   * The phases its meter measures, from the meter model (config.ts resolves it; not a key of
-   * the config file). The engine's bound on an energy step scales with it; absent: 3, the
-   * loosest bound, for a config recorded before models said.
+   * The phases it draws on: the config's, else its meter model's (validateConfig fills it in,
+   * so the engine never reads a model file). The engine's bound on an energy step scales with
+   * it; absent (a config built without validateConfig): 3, the loosest bound.
    */
   phases?: 1 | 3
   autoStart?: { userId: string }

@@ -52,8 +52,8 @@ export function validateConfig(input: unknown): ConfigResult {
   problems.push(...semanticProblems(copy, problems, models))
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
   const config = copy as SiteConfig
-  // The engine never reads a model file: each outlet carries its meter's phases, which bound its energy steps.
-  for (const o of config.outlets) o.phases = models.registry!.get(o.meter.model, 'meter').phases
+  // The engine never reads a model file: each outlet carries its phases (default: its meter's), which bound its energy steps.
+  for (const o of config.outlets) o.phases ??= models.registry!.get(o.meter.model, 'meter').phases
   return { ok: true, config }
 }
 
@@ -387,6 +387,12 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models
     if (meter) {
       const model = str(meter.model)
       if (model !== undefined) out.push(...modelProblems(registry, model, 'meter', `${at}/meter/model`, modelsDir, busType))
+      const measured = model !== undefined ? registry?.find(model, 'meter')?.phases : undefined
+      if (o.phases === 3 && measured === 1)
+        out.push({
+          pointer: `${at}/phases`,
+          message: `is 3 but "${model}" is a single-phase meter: it measures one phase (set 1, or leave phases out)`,
+        })
       if (busId !== undefined && typeof meter.unit === 'number') {
         const k = `${busId}#${meter.unit}`
         const prev = meterUnits.get(k) ?? relayUnits.get(k)
