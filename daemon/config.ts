@@ -53,7 +53,9 @@ export function validateConfig(input: unknown): ConfigResult {
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
   const config = copy as SiteConfig
   // The engine never reads a model file: each outlet carries its phases (default: its meter's), which bound its energy steps.
-  for (const o of config.outlets) o.phases ??= models.registry!.get(o.meter.model, 'meter').phases
+  // An installer's model file written before "phases" existed is bounded as three-phase (the loose
+  // bound it had): an upgrade never stops a site; every built-in model says its phases.
+  for (const o of config.outlets) o.phases ??= models.registry!.get(o.meter.model, 'meter').phases ?? 3
   return { ok: true, config }
 }
 

@@ -152,7 +152,6 @@ export function validateModel(input: unknown, file: string): DeviceModel {
     for (const [i, r] of (m.registers ?? []).entries()) cited(`/registers/${i}`, r.source)
     cited('/identity/model', m.identity?.model?.source)
     cited('/identity/serial', m.identity?.serial?.source)
-    if (m.kinds.includes('meter') && m.phases === undefined) problems.push('/phases: a meter model needs "phases" (1 or 3)')
     if (m.kinds.includes('relay') && !m.relay) problems.push('/relay: a relay model needs a "relay" section')
     problems.push(...netModelProblems(m))
     if (m.relay?.point === 'line' && m.transport !== 'serial') problems.push('/relay/point: "line" needs transport "serial"')

@@ -318,6 +318,17 @@ t.test("each outlet's phases: its meter model's, or 1 set for a three-phase mete
   t.match(two.ok ? [] : two.problems, [{ pointer: '/outlets/1/phases' }])
 })
 
+t.test('an installer meter model from before "phases" still loads: its outlets are bounded as three-phase', async (t) => {
+  const cfg = example()
+  const { phases: _, ...older } = { ...modbusMeterModel, name: 'acme-older' }
+  cfg.models = { dir: modelsDir(t, older) }
+  cfg.outlets[0].meter.model = 'acme-older'
+  const r = validateConfig(cfg)
+  if (!r.ok) return t.fail(JSON.stringify(r.problems))
+  t.equal(r.config.outlets[0]!.phases, 3, 'the loose bound it had: an upgrade never stops a site')
+  t.equal(r.config.outlets[1]!.phases, 1, 'a built-in single-phase model keeps its own')
+})
+
 t.test('installer models from models.dir are accepted', async (t) => {
   const cfg = example()
   cfg.models = { dir: modelsDir(t, modbusMeterModel) }
