@@ -97,6 +97,12 @@ export interface OutletConfig {
   plan: string
   /** Continuous rating; readings far above it are impossible (meter fault). */
   ratingA: number
+  /**
+   * The phases it draws on: the config's, else its meter model's (validateConfig fills it in,
+   * so the engine never reads a model file). The engine's bound on an energy step scales with
+   * it; absent (a config built without validateConfig): 3, the loosest bound.
+   */
+  phases?: 1 | 3
   autoStart?: { userId: string }
   /** The circuit it is wired to (circuits[].id); omitted: on no managed circuit. */
   circuit?: string

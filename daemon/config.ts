@@ -48,9 +48,15 @@ export function validateConfig(input: unknown): ConfigResult {
   }
   // Semantic checks run even when the schema failed, on whatever is well-formed enough,
   // so the installer sees every problem in one go.
-  problems.push(...semanticProblems(copy, problems))
+  const models: { registry?: ModelRegistry } = {}
+  problems.push(...semanticProblems(copy, problems, models))
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
-  return { ok: true, config: copy as SiteConfig }
+  const config = copy as SiteConfig
+  // The engine never reads a model file: each outlet carries its phases (default: its meter's), which bound its energy steps.
+  // An installer's model file written before "phases" existed is bounded as three-phase (the loose
+  // bound it had): an upgrade never stops a site; every built-in model says its phases.
+  for (const o of config.outlets) o.phases ??= models.registry!.get(o.meter.model, 'meter').phases ?? 3
+  return { ok: true, config }
 }
 
 /** Read, parse and validate a config file. */
@@ -292,7 +298,8 @@ function saidAtOrAbove(schema: readonly ConfigProblem[], pointer: string): boole
 }
 
 /** Checks a schema cannot express. Tolerates a config the schema rejected (`schema`: what it said). */
-function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): ConfigProblem[] {
+/** `models.registry` is set to the model registry the checks used (when the models loaded). */
+function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models: { registry?: ModelRegistry }): ConfigProblem[] {
   const out: ConfigProblem[] = []
   if (!isObj(cfg)) return out
   const site = isObj(cfg.site) ? cfg.site : {}
@@ -340,6 +347,7 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
   let registry: ModelRegistry | undefined
   try {
     registry = new ModelRegistry(modelsDir)
+    models.registry = registry
   } catch (err) {
     out.push({ pointer: '/models/dir', message: (err as Error).message })
   }
@@ -381,6 +389,12 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[]): Confi
     if (meter) {
       const model = str(meter.model)
       if (model !== undefined) out.push(...modelProblems(registry, model, 'meter', `${at}/meter/model`, modelsDir, busType))
+      const measured = model !== undefined ? registry?.find(model, 'meter')?.phases : undefined
+      if (o.phases === 3 && measured === 1)
+        out.push({
+          pointer: `${at}/phases`,
+          message: `is 3 but "${model}" is a single-phase meter: it measures one phase (set 1, or leave phases out)`,
+        })
       if (busId !== undefined && typeof meter.unit === 'number') {
         const k = `${busId}#${meter.unit}`
         const prev = meterUnits.get(k) ?? relayUnits.get(k)

@@ -52,6 +52,8 @@ export interface DeviceModel {
   /** The maker's name (a meter's OCMF MV). */
   manufacturer?: string
   kinds: ('meter' | 'relay')[]
+  /** Meters: the phases the meter measures (the engine's bound on an energy step scales with it). */
+  phases?: 1 | 3
   transport: 'modbus' | 'serial' | NetTransport
   serialDefaults?: { baudRate?: number; parity?: 'none' | 'even' | 'odd'; dataBits?: 7 | 8; stopBits?: 1 | 2 }
   maxRegistersPerRead: number

@@ -268,12 +268,14 @@ t.test('files: unreadable, a directory, valid', async (t) => {
 const serialMeterModel = {
   name: 'acme-serial',
   kinds: ['meter', 'relay'],
+  phases: 1,
   transport: 'serial',
   relay: { point: 'line', closedValue: 1, openValue: 0 },
 }
 const modbusMeterModel = {
   name: 'acme-b23',
   kinds: ['meter'],
+  phases: 3,
   transport: 'modbus',
   maxRegistersPerRead: 60,
   registers: [
@@ -290,6 +292,42 @@ function modelsDir(t: Test, ...models: { name: string }[]): string {
   for (const m of models) writeFileSync(join(dir, `${m.name}.json`), JSON.stringify(m))
   return dir
 }
+
+t.test("each outlet's phases: its meter model's, or 1 set for a three-phase meter on a single-phase outlet", async (t) => {
+  const cfg = example()
+  cfg.outlets[0].meter.model = 'eastron-sdm630'
+  const r = validateConfig(cfg)
+  if (!r.ok) return t.fail(JSON.stringify(r.problems))
+  t.equal(r.config.outlets[0]!.phases, 3, 'an SDM630: three')
+  t.equal(r.config.outlets[1]!.phases, 1, 'an SDM120: one')
+  t.ok(validateConfig(r.config).ok, 'a validated config validates again')
+  cfg.outlets[0].phases = 1
+  const one = validateConfig(cfg)
+  t.equal(one.ok && one.config.outlets[0]!.phases, 1, 'set 1: the bound of one phase')
+  const bad = example()
+  bad.outlets[1].phases = 3
+  const no = validateConfig(bad)
+  t.same(no.ok ? [] : no.problems, [
+    {
+      pointer: '/outlets/1/phases',
+      message: 'is 3 but "eastron-sdm120" is a single-phase meter: it measures one phase (set 1, or leave phases out)',
+    },
+  ])
+  bad.outlets[1].phases = 2
+  const two = validateConfig(bad)
+  t.match(two.ok ? [] : two.problems, [{ pointer: '/outlets/1/phases' }])
+})
+
+t.test('an installer meter model from before "phases" still loads: its outlets are bounded as three-phase', async (t) => {
+  const cfg = example()
+  const { phases: _, ...older } = { ...modbusMeterModel, name: 'acme-older' }
+  cfg.models = { dir: modelsDir(t, older) }
+  cfg.outlets[0].meter.model = 'acme-older'
+  const r = validateConfig(cfg)
+  if (!r.ok) return t.fail(JSON.stringify(r.problems))
+  t.equal(r.config.outlets[0]!.phases, 3, 'the loose bound it had: an upgrade never stops a site')
+  t.equal(r.config.outlets[1]!.phases, 1, 'a built-in single-phase model keeps its own')
+})
 
 t.test('installer models from models.dir are accepted', async (t) => {
   const cfg = example()

@@ -205,6 +205,23 @@ t.test('every built-in meter register names its source', async (t) => {
   }
 })
 
+t.test('every built-in meter says its phases, from what the meter is', async (t) => {
+  const three = ['abb-b23', 'carlo-gavazzi-em340', 'eastron-sdm630', 'eastron-sdm72d-m-v2', 'finder-7m38', 'orno-we516']
+  for (const m of new ModelRegistry().all().filter((x) => x.kinds.includes('meter')))
+    t.equal(m.phases, three.includes(m.name) ? 3 : 1, `${m.name}: ${m.phases} phase(s)`)
+  // An installer's model from before "phases" existed still loads (an upgrade never stops a site);
+  // its outlets are bounded as three-phase (test/config.test.ts).
+  t.ok(
+    validateModel({ name: 'x', kinds: ['meter'], transport: 'serial', relay: { point: 'line', closedValue: 1, openValue: 0 } }, '/m/x.json'),
+    'a meter model without phases still loads',
+  )
+  t.throws(() => validateModel({ name: 'x', kinds: ['meter'], phases: 2, transport: 'serial' }, '/m/x.json'), { message: /phases/ })
+  t.ok(
+    validateModel({ name: 'x', kinds: ['relay'], transport: 'modbus', relay: { point: 'coil', closedValue: 1, openValue: 0 } }, '/m/x.json'),
+    'a relay needs none',
+  )
+})
+
 t.test('model files are validated with clear errors; an installer model works end to end', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-models-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -271,6 +288,7 @@ t.test('model files are validated with clear errors; an installer model works en
     JSON.stringify({
       name: 'acme-m1',
       kinds: ['meter'],
+      phases: 1,
       transport: 'modbus',
       maxRegistersPerRead: 20,
       registers: [

@@ -311,6 +311,7 @@ t.test('network model files: validated, errors name the pointer', async (t) => {
     {
       name: 'acme-plug',
       kinds: ['meter', 'relay'],
+      phases: 1,
       transport: 'shelly-rpc',
       relay: { point: 'device' },
       device: {

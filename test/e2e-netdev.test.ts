@@ -134,16 +134,38 @@ t.test('Shelly and Tasmota outlets, end to end', async (t) => {
     }
   })
 
-  await t.test('Shelly reboots mid-session with its counter reset: nothing billed for the step, the outlet goes on', async (t) => {
+  await t.test('Shelly reboots mid-session with its counter reset: the session goes on, billed what flowed, the rebase recorded', async (t) => {
+    const seen = cloud.records().length
     const s = await start(t, 'S1', shelly, 10)
     await waitFor(() => shelly.load.deliveredWh > s.deliveredWh + 2, 'S1 charges 2 Wh')
+    shelly.load.tick()
+    const beforeWh = shelly.load.energyWh
+    const atReboot = shelly.load.deliveredWh
     shelly.reboot(0, { restore: true })
     await waitFor(() => shelly.listeners >= 1, 'the daemon registered again for notifications', 20_000)
-    await new Promise((r) => setTimeout(r, 3 * POLL_MS))
+    await waitFor(() => shelly.load.deliveredWh > atReboot + 5, 'S1 charges 5 Wh on the new counter')
+    await new Promise((r) => setTimeout(r, 2 * POLL_MS))
     shelly.unplug()
     const e = await cloud.waitRecord(isEnded(s.sessionId), 'the session across the reboot ended')
     await waitFor(() => !shelly.output, 'relay open')
+    t.equal(e.reason, 'unplugged', 'the session went on across the reset and ended as the car left')
+    const since = cloud.records().slice(seen)
+    t.notOk(
+      since.find((r) => r.type === 'outlet.fault' && r.outlet === 'S1'),
+      'no outlet.fault: the device answered again within meterFaultMs',
+    )
+    t.equal(since.filter(isStarted('S1')).length, 1, 'one session, not one before and one after the reset')
     billedWithin(t, e, shelly.load.deliveredWh - s.deliveredWh, 0.01, 'across the reset')
+    t.ok(
+      e.energyWh > 4,
+      `the energy before and after the reset is billed (${e.energyWh} Wh of ${(shelly.load.deliveredWh - s.deliveredWh).toFixed(3)} Wh)`,
+    )
+    const rebases = (e.meterEvents ?? []).filter((x) => x.kind === 'rebase')
+    t.equal(rebases.length, 1, `one rebase in meterEvents: ${JSON.stringify(e.meterEvents)}`)
+    t.ok(rebases[0]!.fromWh > 40_000 && rebases[0]!.fromWh <= beforeWh, `from the old counter (${rebases[0]!.fromWh} Wh)`)
+    t.ok(rebases[0]!.toWh >= 0 && rebases[0]!.toWh < 5, `to the new one (${rebases[0]!.toWh} Wh)`)
+    t.ok(e.rebasedWh! < -40_000, `rebasedWh ${e.rebasedWh}: the reset's jump, never billed`)
+    t.ok(Math.abs(e.meterEndWh - e.meterStartWh - e.rebasedWh! - e.energyWh) < 0.002, 'energyWh = meterEndWh − meterStartWh − rebasedWh')
     // The outlet is usable after the reset: a new session bills from the new counter.
     const s2 = await start(t, 'S1', shelly, 16)
     await waitFor(() => shelly.load.deliveredWh > s2.deliveredWh + 2, 'S1 charges again')
@@ -151,6 +173,7 @@ t.test('Shelly and Tasmota outlets, end to end', async (t) => {
     const e2 = await cloud.waitRecord(isEnded(s2.sessionId), 'the next session ended')
     t.equal(e2.reason, 'unplugged')
     t.ok(e2.meterStartWh < 1000, `billed from the counter as it reads after the reset (${e2.meterStartWh} Wh)`)
+    t.equal(e2.meterEvents, undefined, 'nothing to record on a steady counter')
     billedWithin(t, e2, shelly.load.deliveredWh - s2.deliveredWh, 0.01, 'after the reset')
     t.ok(e2.energyWh > 2)
   })
@@ -172,24 +195,65 @@ t.test('Shelly and Tasmota outlets, end to end', async (t) => {
     t.ok(['unplugged', 'charge-complete'].includes(e.reason), `ended ${e.reason}`)
   })
 
-  await t.test('Tasmota: start, charge, a power cut that drops the total back, unplug: never billed for the fall-back', async (t) => {
-    tasmota.save()
+  await t.test('Tasmota: a power cut that drops the total back a day (5 kWh) is a rebase; the session goes on, billed what flowed', async (t) => {
+    const seen = cloud.records().length
     const s = await start(t, 'T1', tasmota, 16)
     await waitFor(() => tasmota.load.deliveredWh > s.deliveredWh + 4, 'T1 charges 4 Wh')
-    // Power cut: Total falls back to the last daily save; the relay comes back on (PowerOnState 3).
+    // Tasmota saved its total to flash a day ago, 5 kWh back: the power cut falls back to it,
+    // and the relay comes back on (PowerOnState 3).
+    tasmota.save()
+    tasmota.savedWh -= 5000
+    const savedWh = tasmota.savedWh
+    const atCut = tasmota.load.deliveredWh
     tasmota.powerCut({ restore: true })
-    await new Promise((r) => setTimeout(r, 3 * POLL_MS))
+    await waitFor(() => tasmota.load.deliveredWh > atCut + 4, 'T1 charges 4 Wh after the power cut')
+    await new Promise((r) => setTimeout(r, 2 * POLL_MS))
     tasmota.unplug()
     const e = await cloud.waitRecord(isEnded(s.sessionId), 'T1 session ended')
     await waitFor(() => !tasmota.output, 'the Tasmota relay opened')
+    t.equal(e.reason, 'unplugged', 'the session went on across the power cut and ended as the car left')
+    t.notOk(
+      cloud
+        .records()
+        .slice(seen)
+        .find((r) => r.type === 'outlet.fault' && r.outlet === 'T1'),
+      'no outlet.fault',
+    )
     billedWithin(t, e, tasmota.load.deliveredWh - s.deliveredWh, 1, 'T1 across the power cut')
+    t.ok(e.energyWh > 4, `the energy before and after the cut is billed (${e.energyWh} Wh)`)
+    const rebases = (e.meterEvents ?? []).filter((x) => x.kind === 'rebase')
+    t.equal(rebases.length, 1, `one rebase in meterEvents: ${JSON.stringify(e.meterEvents)}`)
+    t.ok(
+      rebases[0]!.toWh >= savedWh - 1 && rebases[0]!.toWh < savedWh + 10,
+      `to the saved total (${rebases[0]!.toWh} Wh, saved ${savedWh.toFixed(3)} Wh)`,
+    )
+    t.ok(e.rebasedWh! < -4990 && e.rebasedWh! > -5010, `rebasedWh ${e.rebasedWh}: the day that fell back, never billed`)
     const s2 = await start(t, 'T1', tasmota, 16)
     await waitFor(() => tasmota.load.deliveredWh > s2.deliveredWh + 3, 'T1 charges again')
     tasmota.unplug()
     const e2 = await cloud.waitRecord(isEnded(s2.sessionId), 'the next T1 session ended')
     t.equal(e2.reason, 'unplugged')
+    t.equal(e2.meterEvents, undefined)
     billedWithin(t, e2, tasmota.load.deliveredWh - s2.deliveredWh, 1, 'T1 after the power cut')
     t.ok(e2.energyWh >= 2, 'what charged is billed')
+  })
+
+  await t.test('Tasmota: a power cut that drops the total back 5 Wh (within the resolution) is a zero step, not an event', async (t) => {
+    const s = await start(t, 'T1', tasmota, 16)
+    await waitFor(() => tasmota.load.deliveredWh > s.deliveredWh + 4, 'T1 charges 4 Wh')
+    tasmota.save()
+    tasmota.savedWh -= 5
+    tasmota.powerCut({ restore: true })
+    await new Promise((r) => setTimeout(r, 3 * POLL_MS))
+    tasmota.unplug()
+    const e = await cloud.waitRecord(isEnded(s.sessionId), 'T1 session ended')
+    await waitFor(() => !tasmota.output, 'the Tasmota relay opened')
+    t.equal(e.reason, 'unplugged')
+    t.equal(e.meterEvents, undefined, 'a step back within the counter resolution is no event')
+    t.equal(e.rebasedWh, undefined, 'and no rebase')
+    // The baseline stays where it was: the 5 Wh the counter climbs back are not billed again.
+    billedWithin(t, e, tasmota.load.deliveredWh - s.deliveredWh - 4, 1, 'T1 across a small fall-back')
+    t.ok(e.energyWh >= 2, `what charged before the cut is billed (${e.energyWh} Wh)`)
   })
 
   await t.test('dead gateway: kill -9 with both relays closed; each opens by itself after autoOffS', async (t) => {

@@ -51,6 +51,13 @@ export function siteConfig(
   return r.config
 }
 
+/** A site of one outlet, A1, metered by `model` (unit 1) and switched by a coil. */
+export function oneMeterSite(model: string): SiteConfig {
+  return siteConfig({
+    outlets: [{ id: 'A1', bus: 'lan', meter: { model, unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' }],
+  })
+}
+
 /** Drives the engine like the daemon would, keeping every effect. */
 export class Rig {
   state: EngineState

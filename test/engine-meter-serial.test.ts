@@ -3,7 +3,7 @@
  * starts records it (session.started and session.ended meterSerial), so a swapped meter shows.
  */
 import t from 'tap'
-import { Rig, siteConfig, VOLTS, WED_NOON } from './engine-fixtures.js'
+import { oneMeterSite, Rig, VOLTS, WED_NOON } from './engine-fixtures.js'
 
 function readWithSerial(r: Rig, outlet: string, amps: number, meterSerial?: string): void {
   r.advance(1000)
@@ -23,14 +23,7 @@ function readWithSerial(r: Rig, outlet: string, amps: number, meterSerial?: stri
 }
 
 t.test('session.started and session.ended carry the serial the meter reported when the session started', async (t) => {
-  const r = new Rig(
-    siteConfig({
-      outlets: [
-        { id: 'A1', bus: 'lan', meter: { model: 'abb-b21', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
-      ],
-    }),
-    WED_NOON,
-  )
+  const r = new Rig(oneMeterSite('abb-b21'), WED_NOON)
   r.boot()
   readWithSerial(r, 'A1', 0, '12345678')
   r.wallet('u-1', 10_000)

@@ -16,21 +16,23 @@ import {
   type EnergyMark,
   type JudgeInput,
 } from '../daemon/engine/meter-readings.js'
-import { Rig, siteConfig, WED_NOON } from './engine-fixtures.js'
+import { oneMeterSite, Rig, siteConfig, WED_NOON } from './engine-fixtures.js'
 
 const T0 = WED_NOON
+/** A single-phase 32 A outlet (an SDM120's, a Shelly's), unless `more` says otherwise. */
 const judge = (last: EnergyMark, reading: EnergyMark, more: Partial<JudgeInput> = {}) =>
-  judgeReading({ last, anchor: null, suspect: null, ratingA: 32, volts: boundVolts(230), reading, ...more })
+  judgeReading({ last, anchor: null, suspect: null, phases: 1, ratingA: 32, volts: boundVolts(230), reading, ...more })
 
-t.test('the bound: three phases × 1.5 × rating × volts × time, volts within [253, 500] V', async (t) => {
+t.test('the bound: the meter’s phases × 1.5 × rating × volts × time, volts within [253, 500] V', async (t) => {
   t.equal(boundVolts(230), BOUND_MIN_V, 'a measured 230 V: the bound uses 230 V + 10 %')
   t.equal(boundVolts(0, Number.NaN), BOUND_MIN_V, 'no voltage or a NaN: still the nominal bound, never 0')
   t.equal(boundVolts(277, 240), 277, 'the higher measured voltage above the nominal one')
   t.equal(boundVolts(65_000), BOUND_MAX_V, 'a corrupt voltage never widens the bound past 500 V')
-  // 32 A: 3 × 1.5 × 32 × 253 = 36,432 W; one second = 10.12 Wh
-  t.equal(Math.round(maxDrawMWh(32, 253, 1000)), 10_120)
-  t.equal(maxDrawMWh(32, 253, 0), 0)
-  t.equal(maxDrawMWh(32, 253, -5000), 0, 'no time (or a clock that went back): nothing could be drawn')
+  // 32 A single-phase: 1.5 × 32 × 253 = 12,144 W; one second = 3.373 Wh. Three-phase: 10.12 Wh.
+  t.equal(Math.round(maxDrawMWh(1, 32, 253, 1000)), 3_373)
+  t.equal(Math.round(maxDrawMWh(3, 32, 253, 1000)), 10_120)
+  t.equal(maxDrawMWh(1, 32, 253, 0), 0)
+  t.equal(maxDrawMWh(3, 32, 253, -5000), 0, 'no time (or a clock that went back): nothing could be drawn')
   t.equal(resolutionMWh(1_000_000), 10_000, '10 Wh at least')
   t.equal(resolutionMWh(5_000_000_000_000), 50_000_000, '10 ppm of a 5 GWh register')
 })
@@ -38,9 +40,29 @@ t.test('the bound: three phases × 1.5 × rating × volts × time, volts within 
 t.test('the defect: a register 5,000 kWh too high for one poll is rejected, the next reading bills what was drawn', async (t) => {
   const last = { ts: T0, mWh: 1_000_000_000 }
   const spike = judge(last, { ts: T0 + 1000, mWh: 1_000_000_000 + 5_000_000_000 + 2_000 })
-  t.match(spike, { kind: 'rejected', detail: /stepped 5000002 Wh in 1 s, more than the outlet could draw \(10\.\d+ Wh at 32 A\)/ })
+  t.match(spike, { kind: 'rejected', detail: /stepped 5000002 Wh in 1 s, more than the outlet could draw \(3\.\d+ Wh at 1 × 32 A\)/ })
   const next = judge(last, { ts: T0 + 2000, mWh: 1_000_004_000 }, { suspect: { ts: T0 + 1000, mWh: 6_000_002_000 } })
   t.same(next, { kind: 'step', deltaMWh: 4_000, markMWh: 1_000_004_000, zeroStep: false }, '4 Wh billed, not 5,000,004 Wh')
+})
+
+t.test('a single-phase outlet: a step of twice what it could draw is rejected (a three-phase bound would bill it)', async (t) => {
+  // 32 A on one phase for 10 s: at most 1.5 × 32 A × 253 V × 10 s = 33.7 Wh (+ 10 Wh resolution).
+  const last = { ts: T0, mWh: 500_000_000 }
+  const step = { ts: T0 + 10_000, mWh: last.mWh + Math.round(2 * maxDrawMWh(1, 32, 253, 10_000)) }
+  t.match(judge(last, step), { kind: 'rejected', detail: /stepped 67\.\d+ Wh in 10 s, more than the outlet could draw \(33\.\d+ Wh at 1 × 32 A\)/ })
+  t.match(judge(last, step, { phases: 3 }), { kind: 'step', zeroStep: false }, 'the same step on a three-phase meter is physically possible')
+  // Just inside the single-phase bound is billed: the bound rejects nothing honest.
+  const honest = { ts: T0 + 10_000, mWh: last.mWh + Math.floor(maxDrawMWh(1, 32, 253, 10_000)) }
+  t.same(judge(last, honest), { kind: 'step', deltaMWh: honest.mWh - last.mWh, markMWh: honest.mWh, zeroStep: false })
+})
+
+t.test('the outlet’s phases come from its meter model through the config', async (t) => {
+  const one = new Rig(siteConfig(), T0)
+  one.boot()
+  t.equal(one.state.outlets.A1!.phases, 1, 'eastron-sdm120: single-phase')
+  const three = new Rig(oneMeterSite('eastron-sdm630'), T0)
+  three.boot()
+  t.equal(three.state.outlets.A1!.phases, 3, 'eastron-sdm630: three-phase')
 })
 
 t.test('a step back within the resolution counts as zero and keeps the baseline; one past it is held', async (t) => {
@@ -78,25 +100,25 @@ t.test('a register that jumps up and stays is a rebase too (a swapped meter), ne
 })
 
 t.test('the whole run is bounded: per-step slack never adds up past the bound since the run began', async (t) => {
-  // A counter creeping 15 Wh a second at an idle 6 A outlet (bound 2.3 Wh/s + 10 Wh slack per step).
+  // A counter creeping 11 Wh a second at a single-phase 6 A outlet (bound 0.63 Wh/s + 10 Wh slack per step).
   const anchor = { ts: T0, mWh: 1_000_000 }
   let last = anchor
   let rejected = 0
   for (let i = 1; i <= 20; i++) {
     const r = { ts: T0 + i * 1000, mWh: last.mWh + 11_000 }
-    const v = judgeReading({ last, anchor, suspect: null, ratingA: 6, volts: 253, reading: r })
+    const v = judgeReading({ last, anchor, suspect: null, phases: 1, ratingA: 6, volts: 253, reading: r })
     if (v.kind === 'step') last = { ts: r.ts, mWh: v.markMWh }
     else rejected++
   }
   t.ok(rejected > 0, 'the creep is caught')
-  t.ok(last.mWh - anchor.mWh <= maxDrawMWh(6, 253, last.ts - anchor.ts) + resolutionMWh(anchor.mWh), 'never more than the bound over the run')
+  t.ok(last.mWh - anchor.mWh <= maxDrawMWh(1, 6, 253, last.ts - anchor.ts) + resolutionMWh(anchor.mWh), 'never more than the bound over the run')
   // A 10 Wh counter ticking at 1 kW polled every second: every tick passes.
   let tick = { ts: T0, mWh: 1_000_000 }
   const a2 = tick
   for (let s = 1; s <= 120; s++) {
     const trueMWh = 1_000_000 + Math.round((1000 * s * 1000) / 3600)
     const shown = Math.floor(trueMWh / 10_000) * 10_000
-    const v = judgeReading({ last: tick, anchor: a2, suspect: null, ratingA: 6, volts: 253, reading: { ts: T0 + s * 1000, mWh: shown } })
+    const v = judgeReading({ last: tick, anchor: a2, suspect: null, phases: 1, ratingA: 6, volts: 253, reading: { ts: T0 + s * 1000, mWh: shown } })
     t.equal(v.kind, 'step', `tick at ${s} s`)
     if (v.kind === 'step') tick = { ts: T0 + s * 1000, mWh: v.markMWh }
     if (v.kind !== 'step') break
@@ -144,6 +166,8 @@ interface Outcome {
   spanMs: number
   rebases: number
   startMWh: number
+  /** The phases the engine holds for A1 (its SDM120: 1). */
+  phases: number
 }
 
 /**
@@ -193,7 +217,7 @@ function runStream(register0: number, stream: Poll[], tickMWh = 1): Outcome {
     billed += Math.round(e.energyWh * 1000)
     rebases += (e.meterEvents ?? []).filter((x) => x.kind === 'rebase').length + (e.meterEventsOmitted ?? 0)
   }
-  return { billedMWh: billed, drawnMWh: drawn - drawnAtStart, spanMs: r.now - start, rebases, startMWh }
+  return { billedMWh: billed, drawnMWh: drawn - drawnAtStart, spanMs: r.now - start, rebases, startMWh, phases: r.state.outlets.A1!.phases! }
 }
 
 t.test('property: with glitches, resets and ppm steps back, the bill never exceeds the energy truly drawn', async (t) => {
@@ -228,8 +252,10 @@ t.test('property: whatever the meter says, the bill never exceeds the bound over
   await fc.assert(
     fc.asyncProperty(fc.integer({ min: 0, max: 5_000_000_000_000 }), polls(anyValue), async (register0, stream) => {
       const o = runStream(register0, stream)
-      // Each continuous run (the first, and one after each rebase) is bounded with one counter resolution of slack.
-      const bound = maxDrawMWh(32, BOUND_MIN_V, o.spanMs) + (o.rebases + 1) * resolutionMWh(5_000_000_000_000 + 10_000_000_000_000)
+      // Each continuous run (the first, and one after each rebase) is bounded with one counter resolution of slack,
+      // at the outlet's own phases: one for A1's SDM120, a third of a bound that assumed three.
+      if (o.phases !== 1) return false
+      const bound = maxDrawMWh(1, 32, BOUND_MIN_V, o.spanMs) + (o.rebases + 1) * resolutionMWh(5_000_000_000_000 + 10_000_000_000_000)
       return o.billedMWh <= bound
     }),
     { numRuns: 400, seed: 242 },

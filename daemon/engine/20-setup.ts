@@ -63,6 +63,7 @@ export function newOutlet(o: SiteConfig['outlets'][number], now: number): Outlet
     id: o.id,
     hasRelay: o.relay !== undefined,
     ratingA: o.ratingA,
+    ...(o.phases !== undefined ? { phases: o.phases } : {}),
     configPlan: o.plan,
     planId: o.plan,
     configAutoStart: auto,

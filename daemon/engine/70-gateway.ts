@@ -116,6 +116,7 @@ export function onConfig(ctx: Ctx, config: SiteConfig): void {
     if (
       e0.hasRelay === hasRelay &&
       e0.ratingA === o.ratingA &&
+      e0.phases === o.phases &&
       e0.configPlan === o.plan &&
       e0.configAutoStart === auto &&
       !e0.removed &&
@@ -128,6 +129,8 @@ export function onConfig(ctx: Ctx, config: SiteConfig): void {
     Object.assign(e, wired)
     e.hasRelay = hasRelay
     e.ratingA = o.ratingA
+    if (o.phases !== undefined) e.phases = o.phases
+    else delete e.phases
     e.removed = false
     // The installer changed the plan or auto-start user in the file: that is newer than
     // a cloud assign-plan / set-auto-start; an unchanged file keeps the cloud's choice.

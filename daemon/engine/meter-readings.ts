@@ -4,7 +4,7 @@
  * counter that restarts at 0, a total truncated by a few ppm at a reboot); the engine asks
  * this module, for every plausible reading, what the step from the last good one is.
  *
- * Owns: the physical bound of an outlet's draw (phases × RATING_FACTOR × ratingA × volts ×
+ * Owns: the physical bound of an outlet's draw (its meter's phases × RATING_FACTOR × ratingA × volts ×
  * time, plus the counter's resolution), the counter's resolution, and the verdict on one
  * register value: a billable step, a tiny step back (zero), a rejected reading (never
  * billed), a confirmed reset (a rebase: nothing billed across it) or a new baseline after
@@ -20,12 +20,11 @@ export type { EnergyMark }
 /** A current above this multiple of the outlet's rating is impossible; the same margin bounds its energy. */
 export const RATING_FACTOR = 1.5
 /**
- * Phases the bound allows. `ratingA` is per phase and the engine does not know whether the
- * meter is single- or three-phase (an SDM630's register counts all three), so the bound
- * assumes three: a single-phase outlet's bound is three times what it could draw, which
- * still rejects any corrupt high word by orders of magnitude and never an honest reading.
+ * Phases the bound assumes for an outlet whose config does not say (one recorded before meter
+ * models carried `phases`): three, the loosest, so such a journal replays as it ran. `ratingA`
+ * is per phase; a three-phase meter's register counts all three.
  */
-export const BOUND_PHASES = 3
+export const DEFAULT_PHASES = 3
 /** The voltage the bound uses at least: 230 V + 10 % (EN 50160), so a meter that reads no or a low voltage never makes honest energy look impossible. */
 export const BOUND_MIN_V = 253
 /** A measured voltage above this is not believed (low-voltage outlets only): the bound never grows past it. */
@@ -47,11 +46,11 @@ export function boundVolts(...measured: number[]): number {
   return Math.min(v, BOUND_MAX_V)
 }
 
-/** Most energy (mWh) an outlet of `ratingA` could draw in `ms` at `volts`; 0 for no time. */
-export function maxDrawMWh(ratingA: number, volts: number, ms: number): number {
+/** Most energy (mWh) an outlet of `phases` × `ratingA` could draw in `ms` at `volts`; 0 for no time. */
+export function maxDrawMWh(phases: number, ratingA: number, volts: number, ms: number): number {
   if (!(ms > 0)) return 0
   // W × ms / 3600 = mWh
-  return (BOUND_PHASES * RATING_FACTOR * ratingA * volts * ms) / 3600
+  return (phases * RATING_FACTOR * ratingA * volts * ms) / 3600
 }
 
 export type Verdict =
@@ -71,6 +70,8 @@ export interface JudgeInput {
   anchor: EnergyMark | null
   /** The last rejected reading since the last good one, else null. */
   suspect: EnergyMark | null
+  /** The phases the outlet's meter measures (1 or 3). */
+  phases: number
   ratingA: number
   /** The voltage the bound uses (boundVolts). */
   volts: number
@@ -80,10 +81,10 @@ export interface JudgeInput {
 const wh = (mWh: number): string => `${mWh / 1000} Wh`
 
 /** Whether `r` can follow `from`: no more than the outlet could draw since (plus the resolution), no further back than the resolution. */
-function follows(from: EnergyMark, r: EnergyMark, ratingA: number, volts: number): boolean {
+function follows(from: EnergyMark, r: EnergyMark, x: JudgeInput): boolean {
   const d = r.mWh - from.mWh
   const res = resolutionMWh(from.mWh)
-  return d >= -res && d <= maxDrawMWh(ratingA, volts, r.ts - from.ts) + res
+  return d >= -res && d <= maxDrawMWh(x.phases, x.ratingA, x.volts, r.ts - from.ts) + res
 }
 
 /** The verdict on one plausible register value (the engine has already refused non-finite or negative ones). */
@@ -91,12 +92,12 @@ export function judgeReading(x: JudgeInput): Verdict {
   const { last, reading: r } = x
   if (last === null) return { kind: 'baseline', markMWh: r.mWh }
   const anchor = x.anchor ?? last
-  if (follows(last, r, x.ratingA, x.volts) && r.mWh - anchor.mWh <= maxDrawMWh(x.ratingA, x.volts, r.ts - anchor.ts) + resolutionMWh(anchor.mWh)) {
+  if (follows(last, r, x) && r.mWh - anchor.mWh <= maxDrawMWh(x.phases, x.ratingA, x.volts, r.ts - anchor.ts) + resolutionMWh(anchor.mWh)) {
     const d = r.mWh - last.mWh
     return { kind: 'step', deltaMWh: Math.max(0, d), markMWh: Math.max(last.mWh, r.mWh), zeroStep: d < 0 }
   }
   const s = x.suspect
-  if (s !== null && follows(s, r, x.ratingA, x.volts)) {
+  if (s !== null && follows(s, r, x)) {
     const d = r.mWh - s.mWh
     return { kind: 'rebase', fromMWh: last.mWh, toMWh: s.mWh, deltaMWh: Math.max(0, d), markMWh: Math.max(s.mWh, r.mWh) }
   }
@@ -104,7 +105,7 @@ export function judgeReading(x: JudgeInput): Verdict {
   const dt = r.ts - last.ts
   const detail =
     d > 0
-      ? `energy register stepped ${wh(d)} in ${dt / 1000} s, more than the outlet could draw (${wh(Math.floor(maxDrawMWh(x.ratingA, x.volts, dt)))} at ${x.ratingA} A)`
+      ? `energy register stepped ${wh(d)} in ${dt / 1000} s, more than the outlet could draw (${wh(Math.floor(maxDrawMWh(x.phases, x.ratingA, x.volts, dt)))} at ${x.phases} × ${x.ratingA} A)`
       : `energy register went back from ${wh(last.mWh)} to ${wh(r.mWh)}`
   return { kind: 'rejected', detail }
 }
@@ -117,6 +118,7 @@ export function judgeOutletReading(e: OutletEntry, r: Reading): Verdict {
     last: e.last,
     anchor: runAnchor(e),
     suspect: e.suspect ?? null,
+    phases: e.phases ?? DEFAULT_PHASES,
     ratingA: e.ratingA,
     volts: boundVolts(r.voltageV, e.last?.voltageV ?? Number.NaN),
     reading: { ts: r.ts, mWh: Math.round(r.energyWh * 1000) },

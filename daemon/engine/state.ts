@@ -163,6 +163,8 @@ export interface OutletEntry {
   id: string
   hasRelay: boolean
   ratingA: number
+  /** The phases its meter measures (from the meter model via the config); absent: DEFAULT_PHASES. */
+  phases?: 1 | 3
   /** The plan the config names, remembered to notice when the installer changes it. */
   configPlan: string
   /** Effective plan for new sessions (config, or a later assign-plan). */
