@@ -48,48 +48,129 @@ function markSwitch(s: Session, at: number, queuedAfter: boolean): void {
  * whose draw depends on more than their own entry (an armed outlet drawing: it is worked out
  * afresh in every step). A step updates it from the previous state's for the outlet entries it
  * changed only, so the common step does not walk every outlet; a state without one (from the
- * journal, after a config change) gets it by walking every outlet once.
+ * journal, after a config change) gets it by walking every outlet once. The sets are shared
+ * with the previous state's memo until a step changes who is in them.
  */
 interface CircuitSummary {
   expected: Record<string, [number, number, number]>
+  /** How far `expected` may be from the exact sum of amperes, pA (see drawContribution). */
+  slack: Record<string, [number, number, number]>
   waiting: Set<string>
   volatile: Set<string>
+  /** Nobody waiting could be switched on, and until when that holds (see Quiet); null: not known. */
+  quiet: Quiet | null
+}
+
+/**
+ * The verdict of a walk that found nobody waiting who could be switched on, kept with the memo
+ * so the steps after it need not walk again. It holds while the switched-on sessions and the
+ * waiting ones keep what the walk looked at (`turnKey`), time stays in [at, until) (until: the
+ * first minimum off time, slot or minimum on time that runs out), and every waiter that was off
+ * long enough still finds no room on the circuit and phase where it found none: `tight` keeps,
+ * per circuit and phase, the smallest rating refused there, checked against the load and limit
+ * of each step (readings, feeder meters and limits change them without a walk).
+ */
+interface Quiet {
+  at: number
+  until: number
+  tight: Array<{ circuit: string; phase: 0 | 1 | 2; ratingA: number }>
 }
 const summaries = new WeakMap<object, CircuitSummary>()
-
+/** The verdict when nobody waits at all. */
+const NOBODY: Quiet = { at: Number.NEGATIVE_INFINITY, until: Number.POSITIVE_INFINITY, tight: [] }
 /** Tests set this: every step then also walks every outlet and throws if the memo disagrees. */
 export const circuitMemoCheck = { enabled: false }
 
-type Contribution = { mA: number; waits: boolean; volatile: boolean }
-const NOTHING: Contribution = { mA: 0, waits: false, volatile: false }
+type Contribution = { mA: number; slack: number; waits: boolean; volatile: boolean }
+const NOTHING: Contribution = { mA: 0, slack: 0, waits: false, volatile: false }
+
+/**
+ * A draw in integer mA, and how far it may be from the amperes it stands for in pA (1e-12 A,
+ * integers, so adding and taking away stays exact): a whole number of mA (up to float noise)
+ * 2 pA, any other 0.5 mA. The quick look bounds the exact load with it from above (anything
+ * over a limit?) and from below (no room?), so it never skips a step the rules would change.
+ */
+function drawContribution(amps: number): Contribution {
+  const mA = Math.round(1000 * amps)
+  return { mA, slack: Math.abs(1000 * amps - mA) <= 1e-9 ? 2 : 500_000_000, waits: false, volatile: false }
+}
 
 /** An outlet entry's share of its circuit, from the entry alone (drawOf, without the armed case). */
 function contributionOf(cs: Record<string, CircuitSettings>, e: OutletEntry | undefined): Contribution {
   if (!e || e.circuit == null || !hasOwn(cs, e.circuit) || !cs[e.circuit]!.members?.includes(e.id)) return NOTHING
   const s = e.session
   if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
-    if (s.queuedAt != null) return { mA: 0, waits: true, volatile: false }
-    return { mA: Math.round(1000 * (s.drawing === true && e.last ? e.last.currentA : e.ratingA)), waits: false, volatile: false }
+    if (s.queuedAt != null) return { mA: 0, slack: 0, waits: true, volatile: false }
+    return drawContribution(s.drawing === true && e.last ? e.last.currentA : e.ratingA)
   }
   const cur = (e.relayClosed || !e.hasRelay) && e.last ? e.last.currentA : 0
-  if (!e.hasRelay) return { mA: Math.round(1000 * cur), waits: false, volatile: false }
-  if (!s && cur > 0) return { mA: 0, waits: false, volatile: true }
+  if (!e.hasRelay) return drawContribution(cur)
+  if (!s && cur > 0) return { mA: 0, slack: 0, waits: false, volatile: true }
   return NOTHING
 }
 
-function addContribution(sum: CircuitSummary, cs: Record<string, CircuitSettings>, e: OutletEntry | undefined, sign: 1 | -1): void {
+function addContribution(
+  sum: CircuitSummary,
+  cs: Record<string, CircuitSettings>,
+  e: OutletEntry | undefined,
+  sign: 1 | -1,
+  own?: Set<Set<string>>,
+): void {
   const c = contributionOf(cs, e)
   if (c === NOTHING) return
   const id = e!.id
-  if (c.mA !== 0) for (const cid of cs[e!.circuit!]!.chain) sum.expected[cid]![e!.phase] += sign * c.mA
-  if (c.waits) sign > 0 ? sum.waiting.add(id) : sum.waiting.delete(id)
-  if (c.volatile) sign > 0 ? sum.volatile.add(id) : sum.volatile.delete(id)
+  if (c.slack !== 0)
+    for (const cid of cs[e!.circuit!]!.chain) {
+      sum.expected[cid]![e!.phase] += sign * c.mA
+      sum.slack[cid]![e!.phase] += sign * c.slack
+    }
+  if (c.waits) {
+    if (own && !own.has(sum.waiting)) {
+      sum.waiting = new Set(sum.waiting)
+      own.add(sum.waiting)
+    }
+    sign > 0 ? sum.waiting.add(id) : sum.waiting.delete(id)
+  }
+  if (c.volatile) {
+    if (own && !own.has(sum.volatile)) {
+      sum.volatile = new Set(sum.volatile)
+      own.add(sum.volatile)
+    }
+    sign > 0 ? sum.volatile.add(id) : sum.volatile.delete(id)
+  }
+}
+
+/**
+ * What of an outlet entry the look for a waiter who could be switched on reads (couldSwitchOn):
+ * its circuit, phase, rating and priority, whether its session is switched on or waits, and
+ * its switch times. Two entries with the same key leave a quiet verdict standing.
+ */
+function sameForTurns(a: OutletEntry | undefined, b: OutletEntry | undefined): boolean {
+  if (a === b) return true
+  if (!a || !b) return false
+  const sa = a.session
+  const sb = b.session
+  return (
+    a.circuit === b.circuit &&
+    a.phase === b.phase &&
+    a.ratingA === b.ratingA &&
+    a.priority === b.priority &&
+    a.hasRelay === b.hasRelay &&
+    (a.meterFault === null) === (b.meterFault === null) &&
+    (a.relayFault === null) === (b.relayFault === null) &&
+    (sa == null) === (sb == null) &&
+    (sa == null ||
+      ((sa.queuedAt == null) === (sb!.queuedAt == null) && sa.offAt === sb!.offAt && (sa.onAt ?? sa.startedAt) === (sb!.onAt ?? sb!.startedAt)))
+  )
 }
 
 function fullSummary(st: EngineState): CircuitSummary {
   const cs = st.settings.circuits
-  const sum: CircuitSummary = { expected: {}, waiting: new Set(), volatile: new Set() }
-  for (const id of Object.keys(cs)) sum.expected[id] = [0, 0, 0]
+  const sum: CircuitSummary = { expected: {}, slack: {}, waiting: new Set(), volatile: new Set(), quiet: null }
+  for (const id of Object.keys(cs)) {
+    sum.expected[id] = [0, 0, 0]
+    sum.slack[id] = [0, 0, 0]
+  }
   for (const id of Object.keys(cs)) for (const oid of cs[id]!.members ?? []) addContribution(sum, cs, st.outlets[oid], 1)
   return sum
 }
@@ -101,19 +182,27 @@ function currentSummary(ctx: Ctx): CircuitSummary {
   if (!prev) return fullSummary(st)
   if (st.outlets === ctx.prev.outlets) return prev
   const cs = st.settings.circuits
-  const sum: CircuitSummary = { expected: {}, waiting: new Set(prev.waiting), volatile: new Set(prev.volatile) }
-  for (const id of Object.keys(prev.expected)) sum.expected[id] = [...prev.expected[id]!]
+  const sum: CircuitSummary = { expected: {}, slack: {}, waiting: prev.waiting, volatile: prev.volatile, quiet: prev.quiet }
+  for (const id of Object.keys(prev.expected)) {
+    sum.expected[id] = [...prev.expected[id]!]
+    sum.slack[id] = [...prev.slack[id]!]
+  }
+  const own = new Set<Set<string>>()
   const seen = new Set<string>()
   for (const oid of ctx.changed) {
     if (seen.has(oid)) continue
     seen.add(oid)
-    addContribution(sum, cs, ctx.prev.outlets[oid], -1)
-    addContribution(sum, cs, st.outlets[oid], 1)
+    const was = ctx.prev.outlets[oid]
+    const is = st.outlets[oid]
+    addContribution(sum, cs, was, -1, own)
+    addContribution(sum, cs, is, 1, own)
+    if (sum.quiet && !sameForTurns(was, is)) sum.quiet = null
   }
   if (circuitMemoCheck.enabled) {
     const full = fullSummary(st)
     const same =
       JSON.stringify(full.expected) === JSON.stringify(sum.expected) &&
+      JSON.stringify(full.slack) === JSON.stringify(sum.slack) &&
       JSON.stringify([...full.waiting].sort()) === JSON.stringify([...sum.waiting].sort()) &&
       JSON.stringify([...full.volatile].sort()) === JSON.stringify([...sum.volatile].sort())
     if (!same)
@@ -122,9 +211,16 @@ function currentSummary(ctx: Ctx): CircuitSummary {
   return sum
 }
 
+/** A quiet verdict found or confirmed in this step's scheduling, for the memo stored at its end. */
+const quietOf = new WeakMap<Ctx, Quiet>()
+
 export function storeSummary(ctx: Ctx): void {
   if (summaries.has(ctx.state.outlets)) return
-  summaries.set(ctx.state.outlets, currentSummary(ctx))
+  const sum = currentSummary(ctx)
+  // What settles after the scheduler (derived states, relays) is not what a verdict looks at.
+  const q = quietOf.get(ctx)
+  if (q) sum.quiet = q
+  summaries.set(ctx.state.outlets, sum)
 }
 
 /** drawOf: the outlet's session waits for room (it draws nothing now, and wants its rating). */
@@ -150,16 +246,18 @@ function drawOf(st: EngineState, e: OutletEntry, now: number): number {
 /**
  * Whether any waiting session could be switched on now: off long enough, and either room for
  * its rating or, on one of its circuits, a switched-on session whose slot (or, for a lower
- * priority, whose minimum on time) is over. When none could, the rules would change nothing.
+ * priority, whose minimum on time) is over. When none could, the rules would change nothing:
+ * the answer is then a Quiet verdict (until when, and where each waiter found no room);
+ * null when one could.
  */
 function couldSwitchOn(
   st: EngineState,
-  waiting: OutletEntry[],
+  waiting: Iterable<string>,
   members: string[],
   expected: Record<string, [number, number, number]>,
   limits: Record<string, CircuitLimit>,
   now: number,
-): boolean {
+): Quiet | null {
   const cs = st.settings.circuits
   const slotEnd: Record<string, number> = {}
   const minOnEnd: Record<string, number> = {}
@@ -181,19 +279,39 @@ function couldSwitchOn(
       if (e.priority < lowestOn[cid]!) lowestOn[cid] = e.priority
     }
   }
-  for (const e of waiting) {
+  let until = Number.POSITIVE_INFINITY
+  const tight = new Map<string, { circuit: string; phase: 0 | 1 | 2; ratingA: number }>()
+  for (const oid of waiting) {
+    const e = st.outlets[oid]!
     const s = e.session!
     const c = cs[e.circuit!]!
-    if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) continue
-    let room = true
-    let turn = false
-    for (const cid of c.chain) {
-      if (expected[cid]![e.phase] + limits[cid]!.extraA[e.phase] + e.ratingA > limits[cid]!.limitA + 1e-9) room = false
-      if (slotEnd[cid]! <= now || (lowestOn[cid]! < e.priority && minOnEnd[cid]! <= now)) turn = true
+    if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) {
+      until = Math.min(until, s.offAt + minOffMs(c.slotMs))
+      continue
     }
-    if (room || turn) return true
+    let refused: string | null = null
+    for (const cid of c.chain) {
+      if (refused === null && expected[cid]![e.phase] + limits[cid]!.extraA[e.phase] + e.ratingA > limits[cid]!.limitA + 1e-9) refused = cid
+      if (slotEnd[cid]! <= now || (lowestOn[cid]! < e.priority && minOnEnd[cid]! <= now)) return null
+      until = Math.min(until, slotEnd[cid]!, lowestOn[cid]! < e.priority ? minOnEnd[cid]! : Number.POSITIVE_INFINITY)
+    }
+    if (refused === null) return null
+    const key = `${refused}#${e.phase}`
+    const t = tight.get(key)
+    if (!t) tight.set(key, { circuit: refused, phase: e.phase, ratingA: e.ratingA })
+    else if (e.ratingA < t.ratingA) t.ratingA = e.ratingA
   }
-  return false
+  return { at: now, until, tight: [...tight.values()] }
+}
+
+/** Whether a verdict still stands at `now` with this step's load and limits (see Quiet). */
+function stillQuiet(q: Quiet, expected: Record<string, [number, number, number]>, limits: Record<string, CircuitLimit>, now: number): boolean {
+  if (now < q.at || now >= q.until) return false
+  for (const t of q.tight) {
+    const l = limits[t.circuit]!
+    if (!(expected[t.circuit]![t.phase] + l.extraA[t.phase] + t.ratingA > l.limitA + 1e-9)) return false
+  }
+  return true
 }
 
 /** The circuit rules (circuits.ts) over the whole site: who is switched on, who waits. */
@@ -243,93 +361,118 @@ export function schedule(ctx: Ctx): void {
     return out
   }
 
-  // The quick look, from the memo (integer mA, 1 mA toward running the rules; the armed outlets
-  // drawing worked out afresh): nothing over its limit, no session opened in this step, and
-  // nobody waiting who could be switched on now (off long enough, and either there is room or a
-  // switched-on session's time is up): the rules would change nothing (the common step).
+  const contendersOf = (members: string[]): { contenders: Contender[]; fresh: Set<string> } => {
+    const contenders: Contender[] = []
+    const fresh = new Set<string>()
+    for (const id of members) {
+      const e = st.outlets[id]!
+      const c = cs[e.circuit!]!
+      const s = e.session
+      const a = drawOf(st, e, ctx.now)
+      if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
+        const on = s.queuedAt == null
+        const isNew = prev[id]?.session?.id !== s.id
+        if (isNew) fresh.add(id)
+        contenders.push({
+          outlet: id,
+          chain: c.chain,
+          phase: e.phase,
+          priority: e.priority,
+          drawA: on ? a : e.ratingA,
+          on,
+          movable: true,
+          tentative: on && isNew,
+          onAt: s.onAt ?? s.startedAt,
+          queuedAt: s.queuedAt ?? s.startedAt,
+          offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
+          slotMs: c.slotMs,
+        })
+      } else if (a > 0) {
+        contenders.push({
+          outlet: id,
+          chain: c.chain,
+          phase: e.phase,
+          priority: e.priority,
+          drawA: a,
+          on: true,
+          movable: false,
+          tentative: false,
+          onAt: 0,
+          queuedAt: 0,
+          offAt: Number.NEGATIVE_INFINITY,
+          slotMs: c.slotMs,
+        })
+      }
+    }
+    return { contenders, fresh }
+  }
+
+  // The rules' input: the expected load exactly, from every outlet on a circuit.
+  const exactLimits = (members: string[]): Record<string, CircuitLimit> => {
+    const expected: Record<string, [number, number, number]> = {}
+    for (const id of ids) expected[id] = [0, 0, 0]
+    for (const oid of members) {
+      const e = st.outlets[oid]!
+      const a = drawOf(st, e, now)
+      if (a > 0) for (const cid of cs[e.circuit!]!.chain) expected[cid]![e.phase] += a
+    }
+    return loadsFrom(expected).limits
+  }
+
+  // The quick look, from the memo (the armed outlets drawing worked out afresh): nothing over
+  // its limit, no session opened in this step, and nobody waiting who could be switched on now
+  // (off long enough, and either there is room or a switched-on session's time is up): the
+  // rules would change nothing (the common step). A walk that finds nobody is kept as a Quiet
+  // verdict, so the steps after it look only at what changed.
   const fresh0 = ctx.records.some((r) => r.type === 'session.started')
   if (!fresh0) {
     const memo = currentSummary(ctx)
-    const approx: Record<string, [number, number, number]> = {}
+    const hi: Record<string, [number, number, number]> = {}
+    const lo: Record<string, [number, number, number]> = {}
     for (const id of ids) {
       const x = memo.expected[id]!
-      approx[id] = [(x[0] + 1) / 1000, (x[1] + 1) / 1000, (x[2] + 1) / 1000]
+      const d = memo.slack[id]!
+      hi[id] = [x[0] / 1000 + d[0] * 1e-12, x[1] / 1000 + d[1] * 1e-12, x[2] / 1000 + d[2] * 1e-12]
+      lo[id] = [x[0] / 1000 - d[0] * 1e-12, x[1] / 1000 - d[1] * 1e-12, x[2] / 1000 - d[2] * 1e-12]
     }
     for (const oid of memo.volatile) {
       const e = st.outlets[oid]!
       const a = drawOf(st, e, now)
-      if (a > 0) for (const cid of cs[e.circuit!]!.chain) approx[cid]![e.phase] += a
+      if (a > 0)
+        for (const cid of cs[e.circuit!]!.chain) {
+          hi[cid]![e.phase] += a
+          lo[cid]![e.phase] += a
+        }
     }
-    const quick = loadsFrom(approx)
-    if (!quick.over && memo.waiting.size === 0) return
-    if (
-      !quick.over &&
-      !couldSwitchOn(
-        st,
-        [...memo.waiting].map((oid) => st.outlets[oid]!),
-        membersOf(),
-        approx,
-        quick.limits,
-        now,
-      )
-    )
+    let quiet: Quiet | null = null
+    if (!loadsFrom(hi).over) {
+      if (memo.waiting.size === 0) quiet = NOBODY
+      else {
+        const low = loadsFrom(lo).limits
+        if (memo.quiet && stillQuiet(memo.quiet, lo, low, now)) {
+          quiet = memo.quiet
+          if (circuitMemoCheck.enabled && couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now) === null)
+            throw new Error(`circuit quiet verdict disagrees: a walk finds a waiting session to switch on at ${now}: ${JSON.stringify(quiet)}`)
+        } else quiet = couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now)
+      }
+    }
+    if (quiet) {
+      if (quiet !== NOBODY) quietOf.set(ctx, quiet)
+      if (circuitMemoCheck.enabled) {
+        const members = membersOf()
+        const { contenders } = contendersOf(members)
+        const plan = planCircuits(exactLimits(members), contenders, now)
+        if (plan.on.size > 0 || plan.off.size > 0)
+          throw new Error(
+            `circuit quick look disagrees: it skips the rules at ${now}, which would switch ${JSON.stringify({ on: [...plan.on], off: [...plan.off.keys()] })}`,
+          )
+      }
       return
+    }
   }
   const members = membersOf()
-
-  // The rules run: the expected load exactly, from every outlet on a circuit.
-  const expected: Record<string, [number, number, number]> = {}
-  for (const id of ids) expected[id] = [0, 0, 0]
-  for (const oid of members) {
-    const e = st.outlets[oid]!
-    const a = drawOf(st, e, now)
-    if (a > 0) for (const cid of cs[e.circuit!]!.chain) expected[cid]![e.phase] += a
-  }
-  const { limits } = loadsFrom(expected)
-
-  const contenders: Contender[] = []
-  const fresh = new Set<string>()
-  for (const id of members) {
-    const e = st.outlets[id]!
-    const c = cs[e.circuit!]!
-    const s = e.session
-    const a = drawOf(st, e, ctx.now)
-    if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
-      const on = s.queuedAt == null
-      const isNew = prev[id]?.session?.id !== s.id
-      if (isNew) fresh.add(id)
-      contenders.push({
-        outlet: id,
-        chain: c.chain,
-        phase: e.phase,
-        priority: e.priority,
-        drawA: on ? a : e.ratingA,
-        on,
-        movable: true,
-        tentative: on && isNew,
-        onAt: s.onAt ?? s.startedAt,
-        queuedAt: s.queuedAt ?? s.startedAt,
-        offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
-        slotMs: c.slotMs,
-      })
-    } else if (a > 0) {
-      contenders.push({
-        outlet: id,
-        chain: c.chain,
-        phase: e.phase,
-        priority: e.priority,
-        drawA: a,
-        on: true,
-        movable: false,
-        tentative: false,
-        onAt: 0,
-        queuedAt: 0,
-        offAt: Number.NEGATIVE_INFINITY,
-        slotMs: c.slotMs,
-      })
-    }
-  }
-
+  const limits = exactLimits(members)
+  const { contenders, fresh } = contendersOf(members)
   const plan = planCircuits(limits, contenders, ctx.now)
   for (const [id, why] of plan.off) {
     const e = st.outlets[id]!
