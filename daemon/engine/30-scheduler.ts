@@ -74,15 +74,21 @@ interface Quiet {
   at: number
   until: number
   tight: Array<{ circuit: string; phase: 0 | 1 | 2; ratingA: number }>
+  /**
+   * Found by running the rules, which switched nobody (a waiter whose turn has come, but the
+   * sessions whose time is up cannot free its rating): it also needs every outlet's expected
+   * draw and the feeder readings exactly as they were, and no armed outlet drawing.
+   */
+  exact: boolean
 }
 const summaries = new WeakMap<object, CircuitSummary>()
 /** The verdict when nobody waits at all. */
-const NOBODY: Quiet = { at: Number.NEGATIVE_INFINITY, until: Number.POSITIVE_INFINITY, tight: [] }
+const NOBODY: Quiet = { at: Number.NEGATIVE_INFINITY, until: Number.POSITIVE_INFINITY, tight: [], exact: false }
 /** Tests set this: every step then also walks every outlet and throws if the memo disagrees. */
 export const circuitMemoCheck = { enabled: false }
 
-type Contribution = { mA: number; slack: number; waits: boolean; volatile: boolean }
-const NOTHING: Contribution = { mA: 0, slack: 0, waits: false, volatile: false }
+type Contribution = { amps: number; mA: number; slack: number; waits: boolean; volatile: boolean }
+const NOTHING: Contribution = { amps: 0, mA: 0, slack: 0, waits: false, volatile: false }
 
 /**
  * A draw in integer mA, and how far it may be from the amperes it stands for in pA (1e-12 A,
@@ -92,7 +98,7 @@ const NOTHING: Contribution = { mA: 0, slack: 0, waits: false, volatile: false }
  */
 function drawContribution(amps: number): Contribution {
   const mA = Math.round(1000 * amps)
-  return { mA, slack: Math.abs(1000 * amps - mA) <= 1e-9 ? 2 : 500_000_000, waits: false, volatile: false }
+  return { amps, mA, slack: Math.abs(1000 * amps - mA) <= 1e-9 ? 2 : 500_000_000, waits: false, volatile: false }
 }
 
 /** An outlet entry's share of its circuit, from the entry alone (drawOf, without the armed case). */
@@ -100,12 +106,12 @@ function contributionOf(cs: Record<string, CircuitSettings>, e: OutletEntry | un
   if (!e || e.circuit == null || !hasOwn(cs, e.circuit) || !cs[e.circuit]!.members?.includes(e.id)) return NOTHING
   const s = e.session
   if (s && e.hasRelay && e.meterFault === null && e.relayFault === null) {
-    if (s.queuedAt != null) return { mA: 0, slack: 0, waits: true, volatile: false }
+    if (s.queuedAt != null) return { amps: 0, mA: 0, slack: 0, waits: true, volatile: false }
     return drawContribution(s.drawing === true && e.last ? e.last.currentA : e.ratingA)
   }
   const cur = (e.relayClosed || !e.hasRelay) && e.last ? e.last.currentA : 0
   if (!e.hasRelay) return drawContribution(cur)
-  if (!s && cur > 0) return { mA: 0, slack: 0, waits: false, volatile: true }
+  if (!s && cur > 0) return { amps: cur, mA: 0, slack: 0, waits: false, volatile: true }
   return NOTHING
 }
 
@@ -115,9 +121,9 @@ function addContribution(
   e: OutletEntry | undefined,
   sign: 1 | -1,
   own?: Set<Set<string>>,
-): void {
+): Contribution {
   const c = contributionOf(cs, e)
-  if (c === NOTHING) return
+  if (c === NOTHING) return c
   const id = e!.id
   if (c.slack !== 0)
     for (const cid of cs[e!.circuit!]!.chain) {
@@ -138,6 +144,7 @@ function addContribution(
     }
     sign > 0 ? sum.volatile.add(id) : sum.volatile.delete(id)
   }
+  return c
 }
 
 /**
@@ -180,9 +187,15 @@ function currentSummary(ctx: Ctx): CircuitSummary {
   const st = ctx.state
   const prev = ctx.prev.settings === st.settings ? summaries.get(ctx.prev.outlets) : undefined
   if (!prev) return fullSummary(st)
-  if (st.outlets === ctx.prev.outlets) return prev
+  if (st.outlets === ctx.prev.outlets && (st.circuits === ctx.prev.circuits || !prev.quiet?.exact)) return prev
   const cs = st.settings.circuits
-  const sum: CircuitSummary = { expected: {}, slack: {}, waiting: prev.waiting, volatile: prev.volatile, quiet: prev.quiet }
+  const sum: CircuitSummary = {
+    expected: {},
+    slack: {},
+    waiting: prev.waiting,
+    volatile: prev.volatile,
+    quiet: prev.quiet?.exact && st.circuits !== ctx.prev.circuits ? null : prev.quiet,
+  }
   for (const id of Object.keys(prev.expected)) {
     sum.expected[id] = [...prev.expected[id]!]
     sum.slack[id] = [...prev.slack[id]!]
@@ -194,9 +207,9 @@ function currentSummary(ctx: Ctx): CircuitSummary {
     seen.add(oid)
     const was = ctx.prev.outlets[oid]
     const is = st.outlets[oid]
-    addContribution(sum, cs, was, -1, own)
-    addContribution(sum, cs, is, 1, own)
-    if (sum.quiet && !sameForTurns(was, is)) sum.quiet = null
+    const before = addContribution(sum, cs, was, -1, own)
+    const after = addContribution(sum, cs, is, 1, own)
+    if (sum.quiet && (!sameForTurns(was, is) || (sum.quiet.exact && before.amps !== after.amps))) sum.quiet = null
   }
   if (circuitMemoCheck.enabled) {
     const full = fullSummary(st)
@@ -301,12 +314,13 @@ function couldSwitchOn(
     if (!t) tight.set(key, { circuit: refused, phase: e.phase, ratingA: e.ratingA })
     else if (e.ratingA < t.ratingA) t.ratingA = e.ratingA
   }
-  return { at: now, until, tight: [...tight.values()] }
+  return { at: now, until, tight: [...tight.values()], exact: false }
 }
 
 /** Whether a verdict still stands at `now` with this step's load and limits (see Quiet). */
 function stillQuiet(q: Quiet, expected: Record<string, [number, number, number]>, limits: Record<string, CircuitLimit>, now: number): boolean {
   if (now < q.at || now >= q.until) return false
+  if (q.exact) return true
   for (const t of q.tight) {
     const l = limits[t.circuit]!
     if (!(expected[t.circuit]![t.phase] + l.extraA[t.phase] + t.ratingA > l.limitA + 1e-9)) return false
@@ -449,9 +463,10 @@ export function schedule(ctx: Ctx): void {
       if (memo.waiting.size === 0) quiet = NOBODY
       else {
         const low = loadsFrom(lo).limits
-        if (memo.quiet && stillQuiet(memo.quiet, lo, low, now)) {
+        if (memo.quiet && (!memo.quiet.exact || memo.volatile.size === 0) && stillQuiet(memo.quiet, lo, low, now)) {
           quiet = memo.quiet
-          if (circuitMemoCheck.enabled && couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now) === null)
+          // (A verdict of the rules themselves is checked below, by running them.)
+          if (circuitMemoCheck.enabled && !quiet.exact && couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now) === null)
             throw new Error(`circuit quiet verdict disagrees: a walk finds a waiting session to switch on at ${now}: ${JSON.stringify(quiet)}`)
         } else quiet = couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now)
       }
@@ -474,6 +489,18 @@ export function schedule(ctx: Ctx): void {
   const limits = exactLimits(members)
   const { contenders, fresh } = contendersOf(members)
   const plan = planCircuits(limits, contenders, ctx.now)
+  if (plan.on.size === 0 && plan.off.size === 0 && fresh.size === 0) {
+    // Nobody switched: the same holds until the next switch time, while nothing it used changes.
+    let until = Number.POSITIVE_INFINITY
+    let armed = false
+    for (const c of contenders) {
+      // An armed outlet drawing: its draw depends on more than its entry.
+      if (!c.movable && st.outlets[c.outlet]!.hasRelay) armed = true
+      if (!c.movable) continue
+      for (const t of c.on ? [c.onAt + c.slotMs, c.onAt + minOnMs(c.slotMs)] : [c.offAt + minOffMs(c.slotMs)]) if (t > now && t < until) until = t
+    }
+    if (!armed) quietOf.set(ctx, { at: now, until, tight: [], exact: true })
+  }
   for (const [id, why] of plan.off) {
     const e = st.outlets[id]!
     const s = ctx.sess(id)
