@@ -80,6 +80,8 @@ interface Quiet {
    * draw and the feeder readings exactly as they were, and no armed outlet drawing.
    */
   exact: boolean
+  /** For an exact verdict, the feeder readings it was found with (the state's circuits section). */
+  circuits?: object
 }
 const summaries = new WeakMap<object, CircuitSummary>()
 /** The verdict when nobody waits at all. */
@@ -187,7 +189,7 @@ function currentSummary(ctx: Ctx): CircuitSummary {
   const st = ctx.state
   const prev = ctx.prev.settings === st.settings ? summaries.get(ctx.prev.outlets) : undefined
   if (!prev) return fullSummary(st)
-  if (st.outlets === ctx.prev.outlets && (st.circuits === ctx.prev.circuits || !prev.quiet?.exact)) return prev
+  if (st.outlets === ctx.prev.outlets) return prev
   const cs = st.settings.circuits
   const sum: CircuitSummary = {
     expected: {},
@@ -226,10 +228,13 @@ function currentSummary(ctx: Ctx): CircuitSummary {
 
 /** A quiet verdict found or confirmed in this step's scheduling, for the memo stored at its end. */
 const quietOf = new WeakMap<Ctx, Quiet>()
+/** The memo the scheduler worked out in this step, and `ctx.outs` then: still true while that has not moved. */
+const memoOf = new WeakMap<Ctx, { sum: CircuitSummary; outs: number }>()
 
 export function storeSummary(ctx: Ctx): void {
   if (summaries.has(ctx.state.outlets)) return
-  const sum = currentSummary(ctx)
+  const early = memoOf.get(ctx)
+  const sum = early && early.outs === ctx.outs ? early.sum : currentSummary(ctx)
   // What settles after the scheduler (derived states, relays) is not what a verdict looks at.
   const q = quietOf.get(ctx)
   if (q) sum.quiet = q
@@ -318,9 +323,15 @@ function couldSwitchOn(
 }
 
 /** Whether a verdict still stands at `now` with this step's load and limits (see Quiet). */
-function stillQuiet(q: Quiet, expected: Record<string, [number, number, number]>, limits: Record<string, CircuitLimit>, now: number): boolean {
+function stillQuiet(
+  q: Quiet,
+  circuits: object,
+  expected: Record<string, [number, number, number]>,
+  limits: Record<string, CircuitLimit>,
+  now: number,
+): boolean {
   if (now < q.at || now >= q.until) return false
-  if (q.exact) return true
+  if (q.exact) return q.circuits === circuits
   for (const t of q.tight) {
     const l = limits[t.circuit]!
     if (!(expected[t.circuit]![t.phase] + l.extraA[t.phase] + t.ratingA > l.limitA + 1e-9)) return false
@@ -441,6 +452,7 @@ export function schedule(ctx: Ctx): void {
   const fresh0 = ctx.records.some((r) => r.type === 'session.started')
   if (!fresh0) {
     const memo = currentSummary(ctx)
+    memoOf.set(ctx, { sum: memo, outs: ctx.outs })
     const hi: Record<string, [number, number, number]> = {}
     const lo: Record<string, [number, number, number]> = {}
     for (const id of ids) {
@@ -463,7 +475,7 @@ export function schedule(ctx: Ctx): void {
       if (memo.waiting.size === 0) quiet = NOBODY
       else {
         const low = loadsFrom(lo).limits
-        if (memo.quiet && (!memo.quiet.exact || memo.volatile.size === 0) && stillQuiet(memo.quiet, lo, low, now)) {
+        if (memo.quiet && (!memo.quiet.exact || memo.volatile.size === 0) && stillQuiet(memo.quiet, st.circuits, lo, low, now)) {
           quiet = memo.quiet
           // (A verdict of the rules themselves is checked below, by running them.)
           if (circuitMemoCheck.enabled && !quiet.exact && couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now) === null)
@@ -499,7 +511,7 @@ export function schedule(ctx: Ctx): void {
       if (!c.movable) continue
       for (const t of c.on ? [c.onAt + c.slotMs, c.onAt + minOnMs(c.slotMs)] : [c.offAt + minOffMs(c.slotMs)]) if (t > now && t < until) until = t
     }
-    if (!armed) quietOf.set(ctx, { at: now, until, tight: [], exact: true })
+    if (!armed) quietOf.set(ctx, { at: now, until, tight: [], exact: true, circuits: st.circuits })
   }
   for (const [id, why] of plan.off) {
     const e = st.outlets[id]!
