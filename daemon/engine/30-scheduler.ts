@@ -122,13 +122,18 @@ function addContribution(
   cs: Record<string, CircuitSettings>,
   e: OutletEntry | undefined,
   sign: 1 | -1,
-  own?: Set<Set<string>>,
+  own?: Set<object>,
 ): Contribution {
   const c = contributionOf(cs, e)
   if (c === NOTHING) return c
   const id = e!.id
   if (c.slack !== 0)
     for (const cid of cs[e!.circuit!]!.chain) {
+      if (own && !own.has(sum.expected[cid]!)) {
+        sum.expected[cid] = [...sum.expected[cid]!]
+        sum.slack[cid] = [...sum.slack[cid]!]
+        own.add(sum.expected[cid]!)
+      }
       sum.expected[cid]![e!.phase] += sign * c.mA
       sum.slack[cid]![e!.phase] += sign * c.slack
     }
@@ -198,11 +203,10 @@ function currentSummary(ctx: Ctx): CircuitSummary {
     volatile: prev.volatile,
     quiet: prev.quiet?.exact && st.circuits !== ctx.prev.circuits ? null : prev.quiet,
   }
-  for (const id of Object.keys(prev.expected)) {
-    sum.expected[id] = [...prev.expected[id]!]
-    sum.slack[id] = [...prev.slack[id]!]
-  }
-  const own = new Set<Set<string>>()
+  // The previous memo's per-circuit arrays are shared until this step changes a circuit's.
+  sum.expected = { ...prev.expected }
+  sum.slack = { ...prev.slack }
+  const own = new Set<object>()
   const seen = new Set<string>()
   for (const oid of ctx.changed) {
     if (seen.has(oid)) continue
@@ -239,6 +243,44 @@ export function storeSummary(ctx: Ctx): void {
   const q = quietOf.get(ctx)
   if (q) sum.quiet = q
   summaries.set(ctx.state.outlets, sum)
+}
+
+const ZERO: readonly [number, number, number] = Object.freeze([0, 0, 0]) as readonly [number, number, number]
+
+/**
+ * Every circuit's limit in force, worked out once for a settings section and circuits section
+ * (both replaced, never changed in place, when a limit, a feeder reading or the config
+ * changes), kept beside them like the memo. `unmetered`: no circuit has a feeder meter, so no
+ * circuit carries an unmanaged load and these are the rules' limits as they stand.
+ */
+interface Limits {
+  circuits: object
+  limits: Record<string, CircuitLimit>
+  unmetered: boolean
+}
+const limitsOf = new WeakMap<object, Limits>()
+
+function limitsNow(st: EngineState): Limits {
+  const had = limitsOf.get(st.settings)
+  if (had && had.circuits === st.circuits) {
+    if (circuitMemoCheck.enabled)
+      for (const id of Object.keys(st.settings.circuits)) {
+        const l = circuitLimit(st, id)
+        if (l.limitA !== had.limits[id]!.limitA || l.failsafe !== had.limits[id]!.failsafe)
+          throw new Error(`circuit limit memo disagrees on ${id}: ${JSON.stringify({ l, had: had.limits[id] })}`)
+      }
+    return had
+  }
+  const limits: Record<string, CircuitLimit> = {}
+  let unmetered = true
+  for (const id of Object.keys(st.settings.circuits)) {
+    const l = circuitLimit(st, id)
+    limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA: ZERO as [number, number, number] }
+    if (st.settings.circuits[id]!.metered) unmetered = false
+  }
+  const out = { circuits: st.circuits, limits, unmetered }
+  limitsOf.set(st.settings, out)
+  return out
 }
 
 /** drawOf: the outlet's session waits for room (it draws nothing now, and wants its rating). */
@@ -326,7 +368,7 @@ function couldSwitchOn(
 function stillQuiet(
   q: Quiet,
   circuits: object,
-  expected: Record<string, [number, number, number]>,
+  loadAt: (circuit: string, phase: 0 | 1 | 2) => number,
   limits: Record<string, CircuitLimit>,
   now: number,
 ): boolean {
@@ -334,7 +376,7 @@ function stillQuiet(
   if (q.exact) return q.circuits === circuits
   for (const t of q.tight) {
     const l = limits[t.circuit]!
-    if (!(expected[t.circuit]![t.phase] + l.extraA[t.phase] + t.ratingA > l.limitA + 1e-9)) return false
+    if (!(loadAt(t.circuit, t.phase) + l.extraA[t.phase] + t.ratingA > l.limitA + 1e-9)) return false
   }
   return true
 }
@@ -453,34 +495,52 @@ export function schedule(ctx: Ctx): void {
   if (!fresh0) {
     const memo = currentSummary(ctx)
     memoOf.set(ctx, { sum: memo, outs: ctx.outs })
-    const hi: Record<string, [number, number, number]> = {}
-    const lo: Record<string, [number, number, number]> = {}
-    for (const id of ids) {
-      const x = memo.expected[id]!
-      const d = memo.slack[id]!
-      hi[id] = [x[0] / 1000 + d[0] * 1e-12, x[1] / 1000 + d[1] * 1e-12, x[2] / 1000 + d[2] * 1e-12]
-      lo[id] = [x[0] / 1000 - d[0] * 1e-12, x[1] / 1000 - d[1] * 1e-12, x[2] / 1000 - d[2] * 1e-12]
-    }
+    // The armed outlets drawing, worked out afresh (rare: usually nobody).
+    let vol: Record<string, [number, number, number]> | null = null
     for (const oid of memo.volatile) {
       const e = st.outlets[oid]!
       const a = drawOf(st, e, now)
       if (a > 0)
         for (const cid of cs[e.circuit!]!.chain) {
-          hi[cid]![e.phase] += a
-          lo[cid]![e.phase] += a
+          vol ??= {}
+          vol[cid] ??= [0, 0, 0]
+          vol[cid]![e.phase] += a
         }
     }
+    const bound = (id: string, ph: 0 | 1 | 2, sign: 1 | -1): number =>
+      memo.expected[id]![ph] / 1000 + sign * memo.slack[id]![ph] * 1e-12 + (vol?.[id]?.[ph] ?? 0)
+    const boundsOf = (sign: 1 | -1): Record<string, [number, number, number]> => {
+      const out: Record<string, [number, number, number]> = {}
+      for (const id of ids) out[id] = [bound(id, 0, sign), bound(id, 1, sign), bound(id, 2, sign)]
+      return out
+    }
+    // Without feeder meters no circuit carries an unmanaged load: the limits in force are
+    // those of this settings and circuits section, worked out once, and the upper bound is
+    // checked without building it.
+    const known = limitsNow(st)
+    let over: boolean
+    if (known.unmetered) {
+      over = false
+      for (let i = 0; i < ids.length && !over; i++) {
+        const id = ids[i]!
+        const top = known.limits[id]!.limitA + 1e-9
+        over = bound(id, 0, 1) > top || bound(id, 1, 1) > top || bound(id, 2, 1) > top
+      }
+      if (circuitMemoCheck.enabled && over !== loadsFrom(boundsOf(1)).over) throw new Error(`circuit upper bound disagrees at ${now}`)
+    } else over = loadsFrom(boundsOf(1)).over
     let quiet: Quiet | null = null
-    if (!loadsFrom(hi).over) {
+    if (!over) {
       if (memo.waiting.size === 0) quiet = NOBODY
       else {
-        const low = loadsFrom(lo).limits
-        if (memo.quiet && (!memo.quiet.exact || memo.volatile.size === 0) && stillQuiet(memo.quiet, st.circuits, lo, low, now)) {
+        const lo = known.unmetered ? null : boundsOf(-1)
+        const low = known.unmetered ? known.limits : loadsFrom(lo!).limits
+        const loadAt = lo ? (id: string, ph: 0 | 1 | 2): number => lo[id]![ph] : (id: string, ph: 0 | 1 | 2): number => bound(id, ph, -1)
+        if (memo.quiet && (!memo.quiet.exact || memo.volatile.size === 0) && stillQuiet(memo.quiet, st.circuits, loadAt, low, now)) {
           quiet = memo.quiet
           // (A verdict of the rules themselves is checked below, by running them.)
-          if (circuitMemoCheck.enabled && !quiet.exact && couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now) === null)
+          if (circuitMemoCheck.enabled && !quiet.exact && couldSwitchOn(st, memo.waiting, membersOf(), lo ?? boundsOf(-1), low, now) === null)
             throw new Error(`circuit quiet verdict disagrees: a walk finds a waiting session to switch on at ${now}: ${JSON.stringify(quiet)}`)
-        } else quiet = couldSwitchOn(st, memo.waiting, membersOf(), lo, low, now)
+        } else quiet = couldSwitchOn(st, memo.waiting, membersOf(), lo ?? boundsOf(-1), low, now)
       }
     }
     if (quiet) {
