@@ -129,6 +129,11 @@ function addContribution(
   const id = e!.id
   if (c.slack !== 0)
     for (const cid of cs[e!.circuit!]!.chain) {
+      if (own && !own.has(sum.expected)) {
+        sum.expected = { ...sum.expected }
+        sum.slack = { ...sum.slack }
+        own.add(sum.expected)
+      }
       if (own && !own.has(sum.expected[cid]!)) {
         sum.expected[cid] = [...sum.expected[cid]!]
         sum.slack[cid] = [...sum.slack[cid]!]
@@ -197,15 +202,12 @@ function currentSummary(ctx: Ctx): CircuitSummary {
   if (st.outlets === ctx.prev.outlets) return prev
   const cs = st.settings.circuits
   const sum: CircuitSummary = {
-    expected: {},
-    slack: {},
+    expected: prev.expected,
+    slack: prev.slack,
     waiting: prev.waiting,
     volatile: prev.volatile,
     quiet: prev.quiet?.exact && st.circuits !== ctx.prev.circuits ? null : prev.quiet,
   }
-  // The previous memo's per-circuit arrays are shared until this step changes a circuit's.
-  sum.expected = { ...prev.expected }
-  sum.slack = { ...prev.slack }
   const own = new Set<object>()
   const seen = new Set<string>()
   for (const oid of ctx.changed) {
