@@ -10,7 +10,7 @@
  * Must never: open or end a session, bill anything, decide who goes first (circuits.ts
  * does), or persist the memo.
  */
-import { idleState, circuitLimit, hasOwn } from './00-queries.js'
+import { idleState, circuitLimit, hasOwn, limitsNow } from './00-queries.js'
 import type { Ctx } from './10-context.js'
 import type { CircuitReading } from '../../core/types.js'
 import { minOffMs, minOnMs, planCircuits, type CircuitLimit, type Contender } from './circuits.js'
@@ -247,44 +247,6 @@ export function storeSummary(ctx: Ctx): void {
   summaries.set(ctx.state.outlets, sum)
 }
 
-const ZERO: readonly [number, number, number] = Object.freeze([0, 0, 0]) as readonly [number, number, number]
-
-/**
- * Every circuit's limit in force, worked out once for a settings section and circuits section
- * (both replaced, never changed in place, when a limit, a feeder reading or the config
- * changes), kept beside them like the memo. `unmetered`: no circuit has a feeder meter, so no
- * circuit carries an unmanaged load and these are the rules' limits as they stand.
- */
-interface Limits {
-  circuits: object
-  limits: Record<string, CircuitLimit>
-  unmetered: boolean
-}
-const limitsOf = new WeakMap<object, Limits>()
-
-function limitsNow(st: EngineState): Limits {
-  const had = limitsOf.get(st.settings)
-  if (had && had.circuits === st.circuits) {
-    if (circuitMemoCheck.enabled)
-      for (const id of Object.keys(st.settings.circuits)) {
-        const l = circuitLimit(st, id)
-        if (l.limitA !== had.limits[id]!.limitA || l.failsafe !== had.limits[id]!.failsafe)
-          throw new Error(`circuit limit memo disagrees on ${id}: ${JSON.stringify({ l, had: had.limits[id] })}`)
-      }
-    return had
-  }
-  const limits: Record<string, CircuitLimit> = {}
-  let unmetered = true
-  for (const id of Object.keys(st.settings.circuits)) {
-    const l = circuitLimit(st, id)
-    limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA: ZERO as [number, number, number] }
-    if (st.settings.circuits[id]!.metered) unmetered = false
-  }
-  const out = { circuits: st.circuits, limits, unmetered }
-  limitsOf.set(st.settings, out)
-  return out
-}
-
 /** drawOf: the outlet's session waits for room (it draws nothing now, and wants its rating). */
 const WAITS = -1
 
@@ -519,7 +481,7 @@ export function schedule(ctx: Ctx): void {
     // Without feeder meters no circuit carries an unmanaged load: the limits in force are
     // those of this settings and circuits section, worked out once, and the upper bound is
     // checked without building it.
-    const known = limitsNow(st)
+    const known = limitsNow(st, circuitMemoCheck.enabled)
     let over: boolean
     if (known.unmetered) {
       over = false
