@@ -5,10 +5,12 @@
  *
  * Owns: plan lookup (the cloud's over the file's), the wallet check at start (available
  * balance, currency, activation fee), what makes a session billable and its running cost,
- * the status an outlet publishes, when an idle outlet is armed, a circuit's limit in force.
+ * the status an outlet publishes, when an idle outlet is armed, a circuit's limit in force
+ * (every circuit's, kept beside the settings section while the circuits section is the same).
  * Must never: change a state, produce an effect, do I/O, read a clock, or use floats for money.
  */
 import type { OutletState, OutletStatus, PlanConfig } from '../../core/types.js'
+import type { CircuitLimit } from './circuits.js'
 import type { CommandErrorCode } from './errors.js'
 import { sessionEnergyMWh } from './meter-readings.js'
 import { divRoundHalfUp, lineAmountMicros, microsPerMinor, periodAt, toMicros } from './pricing.js'
@@ -121,6 +123,45 @@ export function circuitLimit(st: EngineState, id: string): { limitA: number; fai
   const failsafe = c.metered && entry !== undefined && entry.fault !== null
   const limitA = entry?.limitA ?? c.maxA
   return { limitA: failsafe ? Math.min(limitA, c.failsafeA) : limitA, failsafe }
+}
+
+const ZERO: readonly [number, number, number] = Object.freeze([0, 0, 0]) as readonly [number, number, number]
+
+/**
+ * Every circuit's limit in force, worked out once for a settings section and circuits section
+ * (both replaced, never changed in place, when a limit, a feeder reading or the config
+ * changes), kept beside them like the memo. `unmetered`: no circuit has a feeder meter, so no
+ * circuit carries an unmanaged load and these are the rules' limits as they stand.
+ */
+export interface Limits {
+  circuits: object
+  limits: Record<string, CircuitLimit>
+  unmetered: boolean
+}
+const limitsOf = new WeakMap<object, Limits>()
+
+/** `check` (circuitMemoCheck): work every kept limit out again, and throw if one differs. */
+export function limitsNow(st: EngineState, check: boolean): Limits {
+  const had = limitsOf.get(st.settings)
+  if (had && had.circuits === st.circuits) {
+    if (check)
+      for (const id of Object.keys(st.settings.circuits)) {
+        const l = circuitLimit(st, id)
+        if (l.limitA !== had.limits[id]!.limitA || l.failsafe !== had.limits[id]!.failsafe)
+          throw new Error(`circuit limit memo disagrees on ${id}: ${JSON.stringify({ l, had: had.limits[id] })}`)
+      }
+    return had
+  }
+  const limits: Record<string, CircuitLimit> = {}
+  let unmetered = true
+  for (const id of Object.keys(st.settings.circuits)) {
+    const l = circuitLimit(st, id)
+    limits[id] = { limitA: l.limitA, failsafe: l.failsafe, extraA: ZERO as [number, number, number] }
+    if (st.settings.circuits[id]!.metered) unmetered = false
+  }
+  const out = { circuits: st.circuits, limits, unmetered }
+  limitsOf.set(st.settings, out)
+  return out
 }
 
 /**

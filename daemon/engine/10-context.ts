@@ -65,8 +65,11 @@ export class Ctx {
     this.top()[k] = v
     this.own.add(v)
   }
+  /** How many times this step asked for an entry to mutate: unchanged, no entry changed since. */
+  outs = 0
   /** An outlet entry this step may mutate (copied once). */
   out(id: string): OutletEntry {
+    this.outs++
     const outs = this.sec('outlets')
     const cur = outs[id]!
     if (this.own.has(cur)) return cur
