@@ -123,8 +123,8 @@ function addContribution(
   e: OutletEntry | undefined,
   sign: 1 | -1,
   own?: Set<object>,
+  c: Contribution = contributionOf(cs, e),
 ): Contribution {
-  const c = contributionOf(cs, e)
   if (c === NOTHING) return c
   const id = e!.id
   if (c.slack !== 0)
@@ -215,8 +215,14 @@ function currentSummary(ctx: Ctx): CircuitSummary {
     seen.add(oid)
     const was = ctx.prev.outlets[oid]
     const is = st.outlets[oid]
-    const before = addContribution(sum, cs, was, -1, own)
-    const after = addContribution(sum, cs, is, 1, own)
+    const before = contributionOf(cs, was)
+    const after = contributionOf(cs, is)
+    // The same share of the same circuit and phase (a steady draw read again): nothing to copy.
+    const same = was && is && was.circuit === is.circuit && was.phase === is.phase && before.mA === after.mA && before.slack === after.slack
+    if (!(same && before.waits === after.waits && before.volatile === after.volatile)) {
+      addContribution(sum, cs, was, -1, own, before)
+      addContribution(sum, cs, is, 1, own, after)
+    }
     if (sum.quiet && (!sameForTurns(was, is) || (sum.quiet.exact && before.amps !== after.amps))) sum.quiet = null
   }
   if (circuitMemoCheck.enabled) {
