@@ -86,6 +86,8 @@ abstract class BaseLink<Req, Res> implements Link<Req, Res> {
   protected abstract replyAtHead(req: Req): number | 'incomplete' | undefined
   /** Whether these bytes are one whole frame of this protocol (a late reply), not a corrupted echo. */
   protected abstract wholeFrame(bytes: Buffer): boolean
+  /** Whether these bytes may be the start of a frame still arriving (an earlier exchange's late reply). */
+  protected abstract partialFrame(bytes: Buffer): boolean
 
   transact(req: Req, timeoutMs: number): Promise<Res> {
     if (this.pending && !this.pending.done) return Promise.reject(new OutpostError('BUS_BUSY', 'an exchange is already in flight (scheduler bug)'))
@@ -184,7 +186,12 @@ abstract class BaseLink<Req, Res> implements Link<Req, Res> {
       if (r === undefined) {
         // A whole frame an earlier exchange left on the line, if this request's echo follows it.
         const from = echoStart(this.buf, this.sent, (head) => this.wholeFrame(head))
-        if (from === undefined) throw this.echoMismatch()
+        if (from === undefined) {
+          // A slow device's late reply may still be arriving where the echo should be: wait for the
+          // rest (the echo then follows it, or the timeout ends the wait) rather than call it a collision.
+          if (this.partialFrame(this.buf)) return false
+          throw this.echoMismatch()
+        }
         this.counters.garbageBytes += from
         this.buf = this.buf.subarray(from)
         continue
@@ -361,6 +368,16 @@ export class RtuLink extends BaseLink<ModbusRequest, ModbusResponse> {
     return bytes.length >= 4 && crc16(bytes, 0, bytes.length - 2) === bytes.readUInt16LE(bytes.length - 2)
   }
 
+  protected partialFrame(bytes: Buffer): boolean {
+    if (bytes.length < 3) return true
+    if ((bytes[1]! & 0x80) !== 0) return bytes.length < 5
+    const fc = bytes[1]!
+    // FC01-04 replies carry their byte count; FC05/06/15/16 replies are 8 bytes.
+    if (fc >= 1 && fc <= 4) return bytes.length < 5 + bytes[2]!
+    if (fc === 5 || fc === 6 || fc === 15 || fc === 16) return bytes.length < 8
+    return false
+  }
+
   protected replyAtHead(req: ModbusRequest): number | 'incomplete' | undefined {
     const s = scanRtu(this.buf, req)
     if (s.kind === 'frame' && s.skipped === 0) return s.pdu.length + 3
@@ -441,6 +458,10 @@ export class TcpLink extends BaseLink<ModbusRequest, ModbusResponse> {
     return undefined
   }
 
+  protected partialFrame(): boolean {
+    return false
+  }
+
   protected wholeFrame(): boolean {
     return false
   }
@@ -509,6 +530,10 @@ export class LineLink extends BaseLink<LineRequest, LineReply> {
 
   protected wholeFrame(bytes: Buffer): boolean {
     return bytes.indexOf(0x0a) === bytes.length - 1
+  }
+
+  protected partialFrame(bytes: Buffer): boolean {
+    return bytes.indexOf(0x0a) < 0 && bytes.length <= 256
   }
 
   protected replyAtHead(req: LineRequest): number | 'incomplete' | undefined {

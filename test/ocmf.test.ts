@@ -241,7 +241,8 @@ t.test('pagination: gapless across reopening (clean and not) and a salvage; a po
   t.equal(parseOcmf(last.ocmf!).payload.RD[1]!.TX, 'E', 'others end TX E')
   await j.close({ clean: true })
 
-  // A record edited in the tail: boot builds a fresh journal from the run after it, and the counter goes on.
+  // A record edited in the tail: boot builds a fresh journal carrying every record still readable, the edited one
+  // named lost (a hole), and the counter goes on.
   j = await openSigned(dir, key, 'b3b')
   const [victim] = await j.commit({ records: [ended(6)] })
   take([victim!])
@@ -259,7 +260,8 @@ t.test('pagination: gapless across reopening (clean and not) and a salvage; a po
     },
   )
   t.equal(opened.salvage?.mode, 'fresh', 'salvaged into a fresh journal')
-  t.same(opened.salvage?.carried, { from: victim!.seq + 1, to: victim!.seq + 1 }, 'only the record after the edit carried')
+  t.same(opened.salvage?.carried, { from: 1, to: victim!.seq + 1 }, 'every readable record carried, up to the one after the edit')
+  t.same(opened.salvage?.lost, [{ from: victim!.seq, to: victim!.seq }], 'the edited record named lost')
   take(await opened.journal.commit({ records: [ended(7)] }))
   await opened.journal.close({ clean: true })
   db = new Level<string, string>(join(dir, 'journal'), { keyEncoding: 'utf8', valueEncoding: 'utf8' })
