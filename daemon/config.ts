@@ -15,7 +15,7 @@ import type { SiteConfig, PlanConfig } from '../core/types.js'
 
 import { packagePath } from '../core/paths.js'
 import { ModelRegistry } from '../drivers/models.js'
-import { planIssues } from './engine/index.js'
+import { DEFAULT_PHASES, planIssues } from './engine/index.js'
 
 export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
 
@@ -53,9 +53,9 @@ export function validateConfig(input: unknown): ConfigResult {
   if (problems.length > 0) return { ok: false, problems: dedupe(problems) }
   const config = copy as SiteConfig
   // The engine never reads a model file: each outlet carries its phases (default: its meter's), which bound its energy steps.
-  // An installer's model file written before "phases" existed is bounded as three-phase (the loose
+  // An installer's model file written before "phases" existed gets the engine's default (the loose
   // bound it had): an upgrade never stops a site; every built-in model says its phases.
-  for (const o of config.outlets) o.phases ??= models.registry!.get(o.meter.model, 'meter').phases ?? 3
+  for (const o of config.outlets) o.phases ??= models.registry!.get(o.meter.model, 'meter').phases ?? DEFAULT_PHASES
   return { ok: true, config }
 }
 

@@ -20,6 +20,7 @@ export {
   type TimelineEntry,
 } from './pricing.js'
 export { planIssues, planProblems, type PlanProblem } from './plan-rules.js'
+export { DEFAULT_PHASES } from './meter-readings.js'
 export type {
   EngineEvent,
   Effect,
