@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { startMosquitto } from '../test/helpers/mosquitto.js'
 import { PLANS, PREFIX, SITE, startCloud, startDaemon, waitFor } from '../test/helpers/e2e-kit.js'
-import { FakeShelly } from '../test/helpers/fake-netdev.js'
+import { startShelly, type FakeShelly } from '../test/helpers/fake-netdev.js'
 import { DigestAuth } from '../drivers/netdev.js'
 import { bounded, median, percentile, runAlone, Teardowns, type BenchRow } from './lib.js'
 
@@ -71,10 +71,7 @@ export async function run(): Promise<BenchRow[]> {
   try {
     const devices: FakeShelly[] = []
     for (let i = 0; i < OUTLETS; i++) {
-      const d = new FakeShelly({ password: PASSWORD, energyWh: 10_000 * (i + 1) })
-      await d.listen()
-      td.teardown(() => d.close())
-      devices.push(d)
+      devices.push(await startShelly(td, { password: PASSWORD, energyWh: 10_000 * (i + 1) }))
     }
     writeFileSync(join(root, 'pw'), `${PASSWORD}\n`)
     const broker = await startMosquitto(td)

@@ -12,7 +12,7 @@ import { openSite, type SiteIO } from '../drivers/site.js'
 import { validateModel } from '../drivers/models.js'
 import { validateConfig } from '../daemon/config.js'
 import type { SiteConfig } from '../core/types.js'
-import { FakeShelly, FakeTasmota, type ShellyProfile } from './helpers/fake-netdev.js'
+import { startShelly, startTasmota, type ShellyProfile } from './helpers/fake-netdev.js'
 import { tempDir, waitFor } from './helpers/e2e-kit.js'
 
 const PLAN = {
@@ -39,20 +39,6 @@ function passwordFile(t: Test, pw: string): string {
   return f
 }
 
-async function shelly(t: Test, o: ConstructorParameters<typeof FakeShelly>[0] = {}): Promise<FakeShelly> {
-  const dev = new FakeShelly(o)
-  await dev.listen()
-  t.teardown(() => dev.close())
-  return dev
-}
-
-async function tasmota(t: Test, o: ConstructorParameters<typeof FakeTasmota>[0] = {}): Promise<FakeTasmota> {
-  const dev = new FakeTasmota(o)
-  await dev.listen()
-  t.teardown(() => dev.close())
-  return dev
-}
-
 const shellyBus = (dev: { port: number }, extra: Record<string, unknown> = {}) => ({
   id: 'sh',
   type: 'shelly',
@@ -70,7 +56,7 @@ const outlet = (model: string, relay: string | null = model, extra: Record<strin
 })
 
 t.test('Shelly switch with a password: reading, import = aenergy - ret_aenergy, switch and read-back', async (t) => {
-  const dev = await shelly(t, { password: 'sesame', energyWh: 5000, retWh: 120.5 })
+  const dev = await startShelly(t, { password: 'sesame', energyWh: 5000, retWh: 120.5 })
   const site = await open(t, config(t, [shellyBus(dev, { passwordFile: passwordFile(t, 'sesame'), autoOffS: 30 })], [outlet('shelly-switch')]))
   t.ok(await site.ready(5000), 'the device answers (digest auth passed)')
   const a = site.outlet('A')
@@ -95,13 +81,13 @@ t.test('Shelly switch with a password: reading, import = aenergy - ret_aenergy, 
 })
 
 t.test('Shelly without ret_aenergy: energy is aenergy.total', async (t) => {
-  const dev = await shelly(t, { energyWh: 777.25 })
+  const dev = await startShelly(t, { energyWh: 777.25 })
   const site = await open(t, config(t, [shellyBus(dev)], [outlet('shelly-switch')]))
   t.equal((await site.outlet('A').read()).energyWh, 777.25)
 })
 
 t.test('auth: a wrong password or none is NET_AUTH, and nothing is switched', async (t) => {
-  const dev = await shelly(t, { password: 'right' })
+  const dev = await startShelly(t, { password: 'right' })
   const wrong = await open(t, config(t, [shellyBus(dev, { passwordFile: passwordFile(t, 'wrong'), notify: false })], [outlet('shelly-switch')]))
   await t.rejects(wrong.outlet('A').read(), { code: 'NET_AUTH', message: /password was refused/ })
   await t.rejects(wrong.outlet('A').setRelay(true), { code: 'NET_AUTH' })
@@ -113,7 +99,7 @@ t.test('auth: a wrong password or none is NET_AUTH, and nothing is switched', as
 })
 
 t.test('bad replies: garbage JSON, an HTML error page, an RPC error are clear errors and change nothing', async (t) => {
-  const dev = await shelly(t)
+  const dev = await startShelly(t)
   const site = await open(t, config(t, [shellyBus(dev, { notify: false, retries: 0 })], [outlet('shelly-switch')]))
   const a = site.outlet('A')
   await a.read()
@@ -135,7 +121,7 @@ t.test('bad replies: garbage JSON, an HTML error page, an RPC error are clear er
 })
 
 t.test('silence (Wi-Fi lost): NET_TIMEOUT within timeoutMs x tries, the device in error, then answering again', async (t) => {
-  const dev = await shelly(t)
+  const dev = await startShelly(t)
   const site = await open(t, config(t, [shellyBus(dev, { timeoutMs: 300, retries: 1 })], [outlet('shelly-switch')]))
   const a = site.outlet('A')
   await a.read()
@@ -162,7 +148,7 @@ t.test('silence (Wi-Fi lost): NET_TIMEOUT within timeoutMs x tries, the device i
 })
 
 t.test('NotifyStatus: an unplug calls the outlet listener at once (WebSocket, digest auth)', async (t) => {
-  const dev = await shelly(t, { password: 'pw' })
+  const dev = await startShelly(t, { password: 'pw' })
   const site = await open(t, config(t, [shellyBus(dev, { passwordFile: passwordFile(t, 'pw') })], [outlet('shelly-switch')]))
   const a = site.outlet('A')
   let calls = 0
@@ -183,7 +169,7 @@ t.test('NotifyStatus: an unplug calls the outlet listener at once (WebSocket, di
 })
 
 t.test('dead gateway: the relay the gateway closed opens by itself after autoOffS; reads re-arm it', async (t) => {
-  const dev = await shelly(t)
+  const dev = await startShelly(t)
   const site = await open(t, config(t, [shellyBus(dev, { autoOffS: 3, notify: false })], [outlet('shelly-switch')]))
   const a = site.outlet('A')
   await a.setRelay(true)
@@ -214,7 +200,7 @@ for (const [profile, meter, relay] of [
   ['em1', 'shelly-em1', 'shelly-switch'],
 ] as [ShellyProfile, string, string | null][]) {
   t.test(`Shelly ${profile}: model ${meter}${relay ? ` with relay ${relay}` : ''}`, async (t) => {
-    const dev = await shelly(t, { profile, energyWh: 2500, retWh: 40 })
+    const dev = await startShelly(t, { profile, energyWh: 2500, retWh: 40 })
     const site = await open(t, config(t, [shellyBus(dev)], [outlet(meter, relay)]))
     const a = site.outlet('A')
     t.equal(a.hasRelay, relay !== null)
@@ -236,7 +222,7 @@ for (const [profile, meter, relay] of [
 }
 
 t.test('a model the device does not speak: NET_MODEL_MISMATCH in health, naming what it offers', async (t) => {
-  const dev = await shelly(t, { profile: 'pm1' })
+  const dev = await startShelly(t, { profile: 'pm1' })
   const site = await open(t, config(t, [shellyBus(dev, { notify: false })], [outlet('shelly-switch')]))
   await waitFor(() => site.health()[0]!.lastError?.code === 'NET_MODEL_MISMATCH', 'mismatch reported', 10_000)
   t.match(site.health()[0]!.lastError!.message, /no Switch\.GetStatus \(model shelly-switch\).*PM1\.GetStatus/)
@@ -244,7 +230,7 @@ t.test('a model the device does not speak: NET_MODEL_MISMATCH in health, naming 
 })
 
 t.test('Tasmota: Status 10 in kWh, Power On/Off read back, user and password, PulseTime as the auto-off', async (t) => {
-  const dev = await tasmota(t, { password: 'tpw', energyWh: 1234.6 })
+  const dev = await startTasmota(t, { password: 'tpw', energyWh: 1234.6 })
   const site = await open(
     t,
     config(
@@ -277,7 +263,7 @@ t.test('Tasmota: Status 10 in kWh, Power On/Off read back, user and password, Pu
 t.test(
   'Tasmota: a wrong password, Command Unknown, an HTML page are clear errors; a power cut hands the engine the raw fallen-back total',
   async (t) => {
-    const dev = await tasmota(t, { password: 'right', energyWh: 8000 })
+    const dev = await startTasmota(t, { password: 'right', energyWh: 8000 })
     const bus = (pw: string) => ({ id: 'ta', type: 'tasmota', host: '127.0.0.1', port: dev.port, passwordFile: passwordFile(t, pw), retries: 0 })
     const wrong = await open(t, config(t, [bus('nope')], [{ ...outlet('tasmota'), bus: 'ta' }]))
     await t.rejects(wrong.outlet('A').setRelay(true), { code: 'NET_AUTH', message: /user or password refused/ })

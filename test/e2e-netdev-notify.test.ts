@@ -10,13 +10,11 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { PLANS, PREFIX, SITE, isStarted, startCloud, startDaemon, tempDir, waitFor } from './helpers/e2e-kit.js'
-import { FakeShelly } from './helpers/fake-netdev.js'
+import { startShelly } from './helpers/fake-netdev.js'
 
 t.test('a pushed change during a read in flight is read again right after it', async (t) => {
   const dir = tempDir(t)
-  const shelly = new FakeShelly({ energyWh: 1_000 })
-  await shelly.listen()
-  t.teardown(() => shelly.close())
+  const shelly = await startShelly(t, { energyWh: 1_000 })
   const broker = await startMosquitto(t)
   const config = join(dir, 'site.json')
   writeFileSync(

@@ -12,7 +12,7 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { PLANS, PREFIX, SITE, isEnded, isStarted, startCloud, startDaemon, tempDir, waitFor, type Ended } from './helpers/e2e-kit.js'
-import { FakeShelly, FakeTasmota } from './helpers/fake-netdev.js'
+import { startShelly, startTasmota, type FakeShelly, type FakeTasmota } from './helpers/fake-netdev.js'
 import type { JournalRecord } from '../core/types.js'
 
 const POLL_MS = 1000
@@ -21,12 +21,8 @@ const AUTO_OFF_S = 3
 
 t.test('Shelly and Tasmota outlets, end to end', async (t) => {
   const dir = tempDir(t)
-  const shelly = new FakeShelly({ password: 'shelly-secret', energyWh: 40_000 })
-  const tasmota = new FakeTasmota({ password: 'tasmota-secret', energyWh: 9_000 })
-  await shelly.listen()
-  await tasmota.listen()
-  t.teardown(() => shelly.close())
-  t.teardown(() => tasmota.close())
+  const shelly = await startShelly(t, { password: 'shelly-secret', energyWh: 40_000 })
+  const tasmota = await startTasmota(t, { password: 'tasmota-secret', energyWh: 9_000 })
   writeFileSync(join(dir, 'shelly.pw'), 'shelly-secret\n')
   writeFileSync(join(dir, 'tasmota.pw'), 'tasmota-secret\n')
   const broker = await startMosquitto(t)

@@ -635,3 +635,24 @@ export class FakeTasmota extends FakeDevice {
     await this.http.close()
   }
 }
+
+/** Something that closes what a test started when the test ends (a tap Test, the bench's teardown list). */
+interface Teardownable {
+  teardown(fn: () => unknown): void
+}
+
+/** A Shelly fake listening on a loopback port, closed when `t` ends. */
+export async function startShelly(t: Teardownable, o: FakeShellyOptions = {}): Promise<FakeShelly> {
+  const dev = new FakeShelly(o)
+  await dev.listen()
+  t.teardown(() => dev.close())
+  return dev
+}
+
+/** A Tasmota fake listening on a loopback port, closed when `t` ends. */
+export async function startTasmota(t: Teardownable, o: ConstructorParameters<typeof FakeTasmota>[0] = {}): Promise<FakeTasmota> {
+  const dev = new FakeTasmota(o)
+  await dev.listen()
+  t.teardown(() => dev.close())
+  return dev
+}
