@@ -7,7 +7,7 @@
  *    real against the simulator over loopback Modbus TCP. The feed continues each meter's
  *    register from where the simulator's stands (the daemon reads every meter once at boot: a
  *    feed starting below that is a register stepping back, a meter fault that ends the session),
- *    and once the daemon has booted its own timers are stopped, so the feed is its one source of
+ *    and the daemon runs without poll or tick timers of its own, so the feed is its one source of
  *    readings (a poll of the carless simulator would read 0 A and the simulator's register);
  *  - baseline: the same sequence as a bare loop of `step()` + `journal.commit()` on a
  *    journal of its own (the floor: what any daemon would have to do per reading).
@@ -56,7 +56,7 @@ function site(dir: string, port: number): SiteConfig {
         periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.15, perHour: 0.5 }],
       },
     ],
-    // The longest poll period, though the polls are stopped anyway once the daemon runs (holdStill).
+    // The longest poll period, though the daemon runs without its poll timers here (timers: false).
     sessions: { pollMs: 60_000 },
     logging: { level: 'fatal' },
   })
@@ -131,24 +131,18 @@ async function bare(dir: string, config: SiteConfig, startWh: number[]): Promise
   }
 }
 
-/**
- * Stops the daemon's own meter polls and tick (its interval timers), so that the feed is the
- * one source of readings and of time. Daemon keeps them private, without a switch: a bench
- * reaching for them says loudly when they are no longer where it looks.
- */
-function holdStill(daemon: Daemon): void {
-  const timers = (daemon as unknown as { timers?: unknown }).timers
-  if (!Array.isArray(timers) || timers.length < OUTLETS)
-    throw new Error('bench/daemon: the daemon no longer keeps its poll timers in `timers`; the bench cannot stop its own polls')
-  for (const t of timers as NodeJS.Timeout[]) clearInterval(t)
-}
-
 async function composed(dir: string, config: SiteConfig, startWh: number[]): Promise<{ run: () => Promise<number>; close: () => Promise<void> }> {
   const feed = new Feed(startWh)
   const clock: Clock = { now: () => feed.t, monotonic: () => performance.now(), synced: () => true }
-  const daemon = new Daemon({ config: { ...config, storage: { ...config.storage, dir } }, clock, logger: createLogger('fatal'), version: 'bench' })
+  // No poll or tick timers of its own: the feed is the one source of readings and of time.
+  const daemon = new Daemon({
+    config: { ...config, storage: { ...config.storage, dir } },
+    clock,
+    logger: createLogger('fatal'),
+    version: 'bench',
+    timers: false,
+  })
   await daemon.start()
-  holdStill(daemon)
   for (const e of feed.setup()) await daemon.dispatch(e)
   return {
     run: async () => {

@@ -59,6 +59,11 @@ export interface DaemonOptions {
   version: string
   /** Bound on a clean stop (final readings, relays, flush). */
   stopTimeoutMs?: number
+  /**
+   * false: after the boot's first reads, no poll or tick timers run and the caller dispatches
+   * the readings and ticks (a benchmark measuring the daemon with one source of readings).
+   */
+  timers?: boolean
 }
 
 /**
@@ -115,6 +120,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   /** Held commands a clean stop let go: applied right after the shutdown step (the engine then refuses them `not-running`). */
   private atShutdown: { run(): Promise<void>; fail(err: Error): void }[] = []
 
+  /** Whether the daemon polls and ticks on its own timers (DaemonOptions.timers). */
+  private readonly ownTimers: boolean
+
   constructor(opts: DaemonOptions) {
     super()
     this.config = opts.config
@@ -122,6 +130,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     this.log = opts.logger
     this.version = opts.version
     this.stopTimeoutMs = opts.stopTimeoutMs ?? 15_000
+    this.ownTimers = opts.timers !== false
     this.quiet = new QuietLog(this.log, 60_000, () => this.clock.monotonic())
   }
 
@@ -250,13 +259,15 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (this.ocpp && !this.ocpp.start()) this.ocpp = undefined
 
     const { pollMs } = config.sessions
-    for (const outlet of config.outlets) {
-      this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
-      // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
-      this.site.outlet(outlet.id).onChange?.(() => this.pollFresh(outlet.id))
+    if (this.ownTimers) {
+      for (const outlet of config.outlets) {
+        this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
+        // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
+        this.site.outlet(outlet.id).onChange?.(() => this.pollFresh(outlet.id))
+      }
+      for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
+      this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     }
-    for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
-    this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
   }
 
