@@ -14,25 +14,20 @@
  * It never decides anything about sessions: the engine decides, the journal
  * makes it durable.
  */
-import { mkdir, readFile } from 'node:fs/promises'
+import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { AbstractLevel } from 'abstract-level'
-import {
-  type CommandResult,
-  type JournalRecord,
-  type PersistedEngineState,
-  RECORD_TYPES,
-  type Reading,
-  type RecordBody,
-  type RecordLog,
-  type SessionEndedBody,
-} from '../../core/types.js'
+import type { CommandResult, JournalRecord, PersistedEngineState, RecordLog, SessionEndedBody } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
 import { paginationOf } from '../ocmf.js'
 import * as K from './keys.js'
 import { readMarker, RESERVE_BLOCK, type SeqMarker, writeMarker } from './seq-marker.js'
+import { type CommitStep, checkStep, type ReadingEntry } from './commit-step.js'
+import { corrupt, droppedByLevelDb, openError, parseJson } from './open-errors.js'
+
+export { droppedByLevelDb, openError } from './open-errors.js'
 
 // biome-ignore lint/suspicious/noExplicitAny: abstract-level's format type parameter; the journal only ever opens utf8 keys and values
 export type JournalDb = AbstractLevel<any, string, string>
@@ -83,28 +78,7 @@ export interface JournalOptions {
 
 export type SessionSigner = (body: SessionEndedBody, ctx: { pagination: number; clockSynced: boolean }) => string
 
-/** A reading a session is billed from, journaled beside the state step that used it. */
-export interface ReadingEntry {
-  outlet: string
-  sessionId: string
-  reading: Reading
-  /** The `now` the engine stepped this reading at (so that a replay steps it identically); reading.ts when absent. */
-  now?: number
-}
-
-export interface CommitStep {
-  records: RecordBody[]
-  state?: PersistedEngineState
-  commandResults?: { id: string; result: CommandResult }[]
-  readings?: ReadingEntry[]
-  /**
-   * Write this step's state now (with the state-only changes waiting before it), not at the next
-   * checkpoint. For a state-only step that cannot be rebuilt from journaled readings (an uplink
-   * change, a failed read): a process death must not lose it. Steps with records or command
-   * results always write their state (fsynced).
-   */
-  checkpoint?: boolean
-}
+export type { CommitStep, ReadingEntry } from './commit-step.js'
 
 export interface CompactionResult {
   records: number
@@ -114,8 +88,6 @@ export interface CompactionResult {
   oldest: number
 }
 
-const RECORD_TYPE_SET = new Set<string>(RECORD_TYPES)
-const ISO_MS = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$/
 const DAY_MS = 86_400_000
 /** Deletions per batch during retention, so a big first compaction never holds the commit queue long. */
 const COMPACT_CHUNK = 2000
@@ -126,69 +98,6 @@ export function journalLocation(storageDir: string): string {
 }
 
 type Op = { type: 'put'; key: string; value: string } | { type: 'del'; key: string }
-
-/** Map a classic-level open failure to a coded, installer-readable error. */
-export function openError(err: unknown, location: string): OutpostError {
-  const codes: string[] = []
-  const messages: string[] = []
-  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 5; e = e.cause as typeof e, i++) {
-    if (e.code) codes.push(e.code)
-    if (e.message) messages.push(e.message)
-  }
-  const detail = messages[messages.length - 1] ?? String(err)
-  if (codes.includes('LEVEL_LOCKED')) return new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`, { cause: err })
-  // A damaged table's bogus block offset comes back from LevelDB as an I/O error (EINVAL) on that file: it is damage, not a permission or disk problem.
-  const damagedTable = messages.some((m) => /\.(ldb|sst)\b[\s\S]*Invalid argument/.test(m))
-  if (codes.includes('LEVEL_CORRUPTION') || damagedTable)
-    return new OutpostError(
-      'JOURNAL_CORRUPT',
-      `the journal at ${location} is corrupt (${detail}); nothing was changed. ` +
-        'Run `outpost repair --config FILE` (see docs/journal.md) after taking a copy of the directory',
-      { cause: err },
-    )
-  return new OutpostError(
-    'JOURNAL_OPEN_FAILED',
-    `cannot open the journal at ${location}: ${detail}. If its files are damaged, see \`outpost repair --config FILE\` (docs/journal.md)`,
-    { cause: err },
-  )
-}
-
-function corrupt(location: string, what: string, cause?: unknown): OutpostError {
-  return new OutpostError(
-    'JOURNAL_CORRUPT',
-    `the journal at ${location} is inconsistent: ${what}; nothing was changed. ` +
-      'Run `outpost verify --config FILE`, then `outpost repair --config FILE` (see docs/journal.md)',
-    { cause },
-  )
-}
-
-/**
- * What LevelDB reported dropping while it recovered its log at this open: lines of its info log
- * (`<dir>/LOG`, rewritten at every open) such as `... dropping 1234 bytes; Corruption: checksum
- * mismatch`. LevelDB skips damaged log data without an error; this is its only report of it.
- * After LevelDB's repair, the same log names what the repair left out (`ignoring`,
- * a table scanned with an error).
- */
-export async function droppedByLevelDb(location: string): Promise<string[]> {
-  let text: string
-  try {
-    text = await readFile(join(location, 'LOG'), 'utf8')
-  } catch {
-    return []
-  }
-  return text
-    .split('\n')
-    .filter((l) => /dropping \d+ bytes|: ignoring |entries (?!OK)\S/.test(l))
-    .map((l) => l.replace(/^\S+ \S+ /, '').trim())
-}
-
-function parseJson<T>(location: string, key: string, text: string): T {
-  try {
-    return JSON.parse(text) as T
-  } catch (err) {
-    throw corrupt(location, `entry ${key} is not JSON`, err)
-  }
-}
 
 export class Journal implements RecordLog {
   /** Whether the run before this one closed the journal with close({ clean: true }) (true for a new journal). */
@@ -620,49 +529,11 @@ export class Journal implements RecordLog {
    */
   commit(step: CommitStep): Promise<JournalRecord[]> {
     try {
-      this.checkStep(step)
+      checkStep(step)
     } catch (err) {
       return Promise.reject(err)
     }
     return this.enqueue(() => this.doCommit(step))
-  }
-
-  private checkStep(step: CommitStep): void {
-    const bad = (msg: string): never => {
-      throw new OutpostError('JOURNAL_INVALID_STEP', `commit: ${msg}; nothing was written`)
-    }
-    if (step === null || typeof step !== 'object') bad('the step must be an object')
-    if (!Array.isArray(step.records)) bad('step.records must be an array')
-    step.records.forEach((r, i) => {
-      if (r === null || typeof r !== 'object') bad(`records[${i}] is not an object`)
-      if (!RECORD_TYPE_SET.has(r.type)) bad(`records[${i}].type ${JSON.stringify(r.type)} is not a record type`)
-      if (typeof r.ts !== 'string' || !ISO_MS.test(r.ts)) bad(`records[${i}].ts ${JSON.stringify(r.ts)} is not an ISO 8601 time`)
-    })
-    if (step.state !== undefined) {
-      const s = step.state as unknown
-      if (s === null || typeof s !== 'object' || Array.isArray(s)) bad('step.state must be an object')
-      const o = (s as PersistedEngineState).outlets as unknown
-      if (o === null || typeof o !== 'object' || Array.isArray(o)) bad('step.state.outlets must be an object')
-    }
-    if (step.commandResults !== undefined) {
-      if (!Array.isArray(step.commandResults)) bad('step.commandResults must be an array')
-      step.commandResults.forEach((c, i) => {
-        if (typeof c?.id !== 'string' || c.id === '') bad(`commandResults[${i}].id must be a non-empty string`)
-        if (c.result === null || typeof c.result !== 'object') bad(`commandResults[${i}].result must be an object`)
-      })
-    }
-    if (step.readings !== undefined) {
-      if (!Array.isArray(step.readings)) bad('step.readings must be an array')
-      step.readings.forEach((g, i) => {
-        if (typeof g?.sessionId !== 'string' || g.sessionId === '') bad(`readings[${i}].sessionId must be a non-empty string`)
-        if (typeof g.outlet !== 'string') bad(`readings[${i}].outlet must be a string`)
-        const r = g.reading
-        if (r === null || typeof r !== 'object' || ![r.ts, r.currentA, r.powerW, r.energyWh, r.voltageV].every(Number.isFinite))
-          bad(`readings[${i}].reading must have finite ts, currentA, powerW, energyWh, voltageV`)
-        if (g.now !== undefined && !Number.isFinite(g.now)) bad(`readings[${i}].now must be a finite epoch ms when given, got ${String(g.now)}`)
-      })
-    }
-    if (step.checkpoint !== undefined && typeof step.checkpoint !== 'boolean') bad('step.checkpoint must be a boolean when given')
   }
 
   private async doCommit(step: CommitStep): Promise<JournalRecord[]> {
