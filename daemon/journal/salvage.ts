@@ -60,7 +60,7 @@ export async function openJournalForRun(
     reason = (err as Error).message
   }
   // Open created the directory it found missing: that empty LevelDB is ours, not a journal to keep.
-  if (!wasThere) await rm(location, { recursive: true, force: true })
+  if (!wasThere) await rm(location, { recursive: true, force: true, maxRetries: 5 })
   const salvage = await salvageJournal(storageDir, opts.now(), reason, { expectExisting: opts.expectExisting === true })
   log.warn({ ...salvage }, salvageMessage(salvage))
   return { journal: await Journal.open(storageDir, { ...opts, expectExisting: false }), salvage }
@@ -114,8 +114,8 @@ export async function salvageJournal(
   const next = stagingLocation(storageDir)
   const work = `${location}.salvage`
   const source = await exists(location)
-  await rm(next, { recursive: true, force: true })
-  await rm(work, { recursive: true, force: true })
+  await rm(next, { recursive: true, force: true, maxRetries: 5 })
+  await rm(work, { recursive: true, force: true, maxRetries: 5 })
   const ev: Evidence = { marker: await readMarker(storageDir), dropped: [], headSeen: source ? undefined : 0, emptied: !source, repairedWhole: false }
   let db: JournalDb | undefined
   if (source) {
@@ -128,7 +128,7 @@ export async function salvageJournal(
       ev.emptied = ctx.expectExisting === true || ev.marker.state !== 'missing'
       ev.headSeen = 0
     }
-    await rm(work, { recursive: true, force: true })
+    await rm(work, { recursive: true, force: true, maxRetries: 5 })
     await copyOf(location, work)
     try {
       await repairLevelDb(work)
@@ -142,7 +142,7 @@ export async function salvageJournal(
       await db?.close().catch(() => {})
       db = undefined
       // Repair failed (or crashed: it runs in a child): read what an untouched copy still gives.
-      await rm(work, { recursive: true, force: true })
+      await rm(work, { recursive: true, force: true, maxRetries: 5 })
       await copyOf(location, work)
       try {
         db = newLevel(work, false)
@@ -182,7 +182,7 @@ export async function salvageJournal(
     }
   } finally {
     await db?.close().catch(() => {})
-    await rm(work, { recursive: true, force: true })
+    await rm(work, { recursive: true, force: true, maxRetries: 5 })
   }
   // Only now, with the replacement complete and fsynced, does the damaged journal move aside.
   await syncTree(next)

@@ -56,7 +56,7 @@ export async function settleJournalDir(storageDir: string): Promise<boolean> {
   const next = stagingLocation(storageDir)
   if (!(await exists(next))) return false
   if (await exists(location)) {
-    await rm(next, { recursive: true, force: true })
+    await rm(next, { recursive: true, force: true, maxRetries: 5 })
     return false
   }
   await rename(next, location)
