@@ -4,7 +4,7 @@
  * snapshot is read), edited, and corrupt.
  */
 import t from 'tap'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
@@ -166,6 +166,31 @@ t.test('a corrupt database: the daemon refuses, records/verify read a repaired c
   t.equal(next!.prev, records[4]!.hash)
   await j.close({ clean: true })
   t.equal(runCli(['verify', '--config', file]).status, 0)
+})
+
+t.test('a flipped byte in a table: the daemon refuses naming it, verify reads around it, repair leaves it out and says so', async (t) => {
+  const site = siteConfig('flipped')
+  // A small write buffer moves the records into table files as they are committed.
+  const j = await Journal.open(site.storage, { bootId: 'b-1', clockSynced: () => true, now: () => T0, compactEveryMs: 0, writeBufferSize: 4096 })
+  for (let i = 0; i < 30; i++) await j.commit({ records: Array.from({ length: 10 }, (_, k) => body(i * 10 + k + 1)) })
+  await j.close({ clean: true })
+  const loc = journalLocation(site.storage)
+  const tables = readdirSync(loc).filter((f) => f.endsWith('.ldb'))
+  const victim = tables.sort((a, b) => statSync(join(loc, b)).size - statSync(join(loc, a)).size)[0]!
+  const bytes = readFileSync(join(loc, victim))
+  for (let i = 200; i < 216; i++) bytes[i] = bytes[i]! ^ 0xff
+  writeFileSync(join(loc, victim), bytes)
+  await t.rejects(open(site.storage), { code: 'JOURNAL_CORRUPT', message: new RegExp(`table ${victim}: a data block at 0 fails its checksum`) })
+  const v = runCli(['verify', '--config', site.file])
+  t.equal(v.status, 1, `verify ends (not a crash) and does not call it intact: ${v.stdout}${v.stderr}`)
+  const rep = runCli(['repair', '--config', site.file])
+  t.equal(rep.status, 1, `repair runs to its end: ${rep.stderr}`)
+  t.match(rep.stdout, new RegExp(`table ${victim} left out \\(a data block at 0 fails its checksum\\)`))
+  t.match(rep.stdout, /BROKEN at seq 1 .*records 1\.\.\d+ were lost/, 'and the records only it held are named lost, not called intact')
+  // The daemon's boot on what repair left: it charges on, past every seq given out.
+  const { journal, salvage } = await openJournalForRun(site.storage, { ...opts(() => T0), expectExisting: true }, quietLog())
+  t.ok(salvage === undefined || journal.head() >= 300, `the boot goes on past seq 300 (head ${journal.head()})`)
+  await journal.close({ clean: true })
 })
 
 t.test('records into a pipe that closes early (| head) stops quietly with exit 0', async (t) => {

@@ -40,6 +40,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   try {
     const report = await repairJournal(cfg.config.storage.dir)
     io.out(`${report.location}: LevelDB repair done; the journal as it was is kept in ${report.keptAs} (delete it once the daemon runs again)\n`)
+    for (const t of report.tablesLeftOut)
+      io.out(
+        `${report.location}: table ${t.file} left out (${t.problem}): LevelDB would have read it unchecked; the records only it held are lost to the repaired journal\n`,
+      )
     if (report.break) {
       io.out(`${report.location}: BROKEN at seq ${report.break.seq} (record ${report.break.position}): ${report.break.problem}\n`)
       io.out('The records up to the break are intact; tell the cloud team the seq above (the gap cannot be re-created on the gateway).\n')

@@ -26,6 +26,7 @@ import * as K from './keys.js'
 import { readMarker, RESERVE_BLOCK, type SeqMarker, writeMarker } from './seq-marker.js'
 import { type CommitStep, checkStep, type ReadingEntry } from './commit-step.js'
 import { corrupt, droppedByLevelDb, openError, parseJson } from './open-errors.js'
+import { checkedTables, describeDamage } from './table-check.js'
 
 export { droppedByLevelDb, openError } from './open-errors.js'
 
@@ -174,6 +175,10 @@ export class Journal implements RecordLog {
       } catch (err) {
         throw new OutpostError('JOURNAL_OPEN_FAILED', `cannot create ${location}: ${(err as Error).message}`, { cause: err })
       }
+      // LevelDB here reads tables without checking their blocks, and a garbled key aborts the process in a compaction.
+      const damage = await checkedTables(location)
+      if (damage === 'locked') throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`)
+      if (damage.length > 0) throw corrupt(location, `LevelDB would read damaged tables unchecked: ${describeDamage(damage)}`)
       const tuning = opts.writeBufferSize === undefined ? {} : { writeBufferSize: opts.writeBufferSize }
       db = new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8', ...tuning }) as unknown as JournalDb
     }

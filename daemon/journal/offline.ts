@@ -18,9 +18,11 @@ import type { JournalRecord } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import { SalvageAwareVerifier, type AnnouncedBreak, type ChainBreak } from './chain.js'
 import { journalLocation, openError, type JournalDb } from './journal.js'
+import { corrupt } from './open-errors.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
-import { repairLevelDb } from './level-repair.js'
+import { levelLocked, repairLevelDb } from './level-repair.js'
+import { checkedTables, damagedTables, describeDamage, leaveOutDamagedTables, type TableDamage } from './table-check.js'
 
 export type OfflineMode = 'direct' | 'snapshot' | 'repaired-copy'
 
@@ -71,12 +73,17 @@ export async function openOffline(storageDir: string, opts: { allowSnapshot?: bo
   const location = journalLocation(storageDir)
   if (!(await exists(join(location, 'CURRENT'))))
     throw new OutpostError('JOURNAL_MISSING', `no journal at ${location} (storage.dir ${storageDir}): the daemon has not run here yet`)
-  const direct = newLevel(location)
   try {
+    // LevelDB reads tables unchecked here (and aborts on a garbled key): a damaged one is read through a repaired copy.
+    // Checked before the Level is made: it starts opening as soon as it exists.
+    const damage = await checkedTables(location)
+    if (damage === 'locked') throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`)
+    if (damage.length > 0) throw corrupt(location, `damaged tables: ${describeDamage(damage)}`)
+    const direct = newLevel(location)
     await direct.open()
     return { db: direct, location, mode: 'direct', close: () => direct.close() }
   } catch (err) {
-    const e = openError(err, location)
+    const e = err instanceof OutpostError ? err : openError(err, location)
     const mode: OfflineMode | undefined =
       e.code === 'JOURNAL_LOCKED' && opts.allowSnapshot
         ? 'snapshot'
@@ -87,7 +94,13 @@ export async function openOffline(storageDir: string, opts: { allowSnapshot?: bo
     for (let attempt = 0; ; attempt++) {
       const copy = await copyJournal(location)
       try {
-        if (mode === 'repaired-copy') await repairLevelDb(copy)
+        if (mode === 'repaired-copy') {
+          await leaveOutDamagedTables(copy)
+          await repairLevelDb(copy)
+        } else if ((await damagedTables(copy)).length > 0) {
+          // A snapshot torn by the running daemon's compaction (or damage): copied again, never opened unchecked.
+          throw new Error('the snapshot does not check')
+        }
         const db = newLevel(copy)
         await db.open()
         return {
@@ -160,6 +173,14 @@ export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
       reason: 'seq',
       problem: `the cloud acknowledged seq ${acked} but the log ends at ${v.lastSeq ?? 0}: records were lost`,
     }
+  // Retention deletes only what the cloud acknowledged: a log that starts above the watermark lost its unacknowledged start.
+  if (!brk && v.firstSeq !== undefined && v.firstSeq > acked + 1)
+    brk = {
+      seq: acked + 1,
+      position: 1,
+      reason: 'seq',
+      problem: `the log starts at seq ${v.firstSeq} but the cloud acknowledged only up to ${acked}: records ${acked + 1}..${v.firstSeq - 1} were lost`,
+    }
   if (brk) report.break = brk
   return report
 }
@@ -170,23 +191,21 @@ export async function verifyDb(db: JournalDb): Promise<VerifyReport> {
  * sync the manifest it writes: cut mid-repair in place, a journal would not open), then swapped
  * in; the journal as it was stays beside it as `journal.pre-repair-<UTC time>`.
  */
-export async function repairJournal(storageDir: string, now: number = Date.now()): Promise<VerifyReport & { location: string; keptAs: string }> {
+export async function repairJournal(
+  storageDir: string,
+  now: number = Date.now(),
+): Promise<VerifyReport & { location: string; keptAs: string; tablesLeftOut: TableDamage[] }> {
   const location = journalLocation(storageDir)
   await settleJournalDir(storageDir)
   if (!(await exists(location)) || (await readdir(location)).length === 0) throw new OutpostError('JOURNAL_MISSING', `no journal at ${location}`)
-  // Repair takes no lock of its own; opening first proves no daemon holds the journal.
-  const probe = newLevel(location)
-  try {
-    await probe.open()
-    await probe.close()
-  } catch (err) {
-    const e = openError(err, location)
-    if (e.code === 'JOURNAL_LOCKED')
-      throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
-  }
+  // Repair takes no lock of its own; opening first (in a child: a damaged table can abort LevelDB) proves no daemon holds the journal.
+  if (await levelLocked(location))
+    throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
   const next = stagingLocation(storageDir)
   await rm(next, { recursive: true, force: true })
   await cp(location, next, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+  // LevelDB's repair copies a table's entries without checking its blocks: a damaged table is left out, and named.
+  const tablesLeftOut = await leaveOutDamagedTables(next)
   try {
     await repairLevelDb(next)
   } catch (err) {
@@ -203,7 +222,7 @@ export async function repairJournal(storageDir: string, now: number = Date.now()
     throw openError(err, location)
   }
   try {
-    return { ...(await verifyDb(db)), location, keptAs }
+    return { ...(await verifyDb(db)), location, keptAs, tablesLeftOut }
   } finally {
     await db.close()
   }

@@ -28,6 +28,7 @@ import * as K from './keys.js'
 import { asideName, exists, settleJournalDir, stagingLocation, swapIn, syncDir, syncTree } from './swap.js'
 import { type MarkerRead, readMarker, unknownChainBase, writeMarker } from './seq-marker.js'
 import { repairLevelDb } from './level-repair.js'
+import { describeDamage, type LeftOutTable, leaveOutDamagedTables } from './table-check.js'
 
 /** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (core/types.ts). */
 export type JournalSalvage = JournalSalvageInfo
@@ -119,11 +120,12 @@ export async function salvageJournal(
   const ev: Evidence = { marker: await readMarker(storageDir), dropped: [], headSeen: source ? undefined : 0, emptied: !source, repairedWhole: false }
   let db: JournalDb | undefined
   if (source) {
-    // Repair works on a copy: the damaged directory stays exactly as it was found.
-    await copyOf(location, work)
+    // Repair works on a copy: the damaged directory stays exactly as it was found. A table failing its checksums is
+    // left out of every copy (LevelDB would read it unchecked, or abort on it): what it held counts as dropped.
+    const leftOut = await copyOf(location, work)
     // First as LevelDB opens it untouched: how far its log goes, and what LevelDB drops on the way.
     ev.headSeen = await headOf(work).catch(() => undefined)
-    ev.dropped = [...(await droppedByLevelDb(location)), ...(await droppedByLevelDb(work))]
+    ev.dropped = [...leftOut.map((d) => describeDamage([d])), ...(await droppedByLevelDb(location)), ...(await droppedByLevelDb(work))]
     if (ev.headSeen === -1) {
       ev.emptied = ctx.expectExisting === true || ev.marker.state !== 'missing'
       ev.headSeen = 0
@@ -152,6 +154,9 @@ export async function salvageJournal(
         db = undefined
       }
     }
+    // The records a damaged table still gave go back into the copy where it has none (each is checked, hash and
+    // chain, before it is carried): a flipped byte costs the records it garbled, not its whole table.
+    if (db) await putBack(db, leftOut)
   }
   let result: Omit<JournalSalvage, 'movedTo'>
   let head = 0
@@ -201,9 +206,18 @@ export async function salvageJournal(
 
 const NOTHING_LOST = { lostAfter: null, unknownAbove: null, newChain: false, sessionsMayBeLost: false } as const
 
-async function copyOf(location: string, work: string): Promise<void> {
+async function putBack(db: JournalDb, leftOut: LeftOutTable[]): Promise<void> {
+  const ops: { type: 'put'; key: string; value: string }[] = []
+  for (const table of leftOut)
+    for (const [key, value] of table.entries) if ((await db.get(key).catch(() => undefined)) === undefined) ops.push({ type: 'put', key, value })
+  if (ops.length > 0) await db.batch(ops)
+}
+
+/** A copy of the journal at `work`, less its damaged tables; returns the live ones left out. */
+async function copyOf(location: string, work: string): Promise<LeftOutTable[]> {
   await mkdir(work, { recursive: true })
   await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+  return leaveOutDamagedTables(work, K.RECORDS.gte)
 }
 
 /** The highest seq an untouched copy shows (its record keys, its m!base); -1 when it holds no format marker (empty). */
