@@ -4,14 +4,24 @@
  * MANIFEST says or missing are each named with their file; a partial table a cut left (not in the
  * MANIFEST) is not damage; a MANIFEST failing its own checksum leaves the verdict to LevelDB,
  * which refuses it. What a damaged table still gives is read from its blocks (Snappy included)
- * and matches what LevelDB reads from the same table whole.
+ * and matches what LevelDB reads from the same table whole. Tables checked once are trusted
+ * (present is enough) only when the caller says so, after a clean stop.
  */
 import t from 'tap'
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
-import { crc32c, damagedTables, entriesOfDamagedTable, leaveOutDamagedTables, liveTables, type TableStats } from '../daemon/journal/table-check.js'
+import {
+  CHECKED_FILE,
+  crc32c,
+  damagedTables,
+  entriesOfDamagedTable,
+  leaveOutDamagedTables,
+  liveTables,
+  recordCheckedTables,
+  type TableStats,
+} from '../daemon/journal/table-check.js'
 
 const ROWS = 6000
 const key = (i: number) => `r!${String(i).padStart(12, '0')}`
@@ -59,7 +69,7 @@ t.test('a healthy database: every live table checks whole, block by block', asyn
   for (const [n, size] of live!)
     t.equal(statSync(join(loc, `${String(n).padStart(6, '0')}.ldb`)).size, size, `table ${n}: the size the MANIFEST records`)
   const s = stats()
-  t.same(await damagedTables(loc, s), [])
+  t.same(await damagedTables(loc, { stats: s }), [])
   t.equal(s.tables, tables(loc).length)
   t.ok(s.blocks > s.tables * 3, `every block checked (${s.blocks} in ${s.tables} tables)`)
   t.ok(s.compressed > 0, `Snappy blocks among them (${s.compressed})`)
@@ -87,7 +97,7 @@ t.test('what a table gives, read block by block, is what LevelDB reads from it',
 t.test('a flipped byte in a data block: the table is named, and only that block is lost from it', async (t) => {
   const loc = await build()
   t.teardown(() => rmSync(loc, { recursive: true, force: true }))
-  const victim = tables(loc).at(-1)!
+  const victim = tables(loc).sort((a, b) => statSync(join(loc, b)).size - statSync(join(loc, a)).size)[0]!
   const whole = await entriesOfDamagedTable(join(loc, victim), 'r!')
   flip(join(loc, victim), 200)
   const damage = await damagedTables(loc)
@@ -143,4 +153,53 @@ t.test('a partial table a cut left behind is not damage; on a copy it is removed
   )
   t.ok(out[0]!.entries.size > 0, 'with the rows it still gave')
   t.notOk(tables(loc).includes(victim), 'and the damaged table is out of the copy')
+})
+
+t.test('tables checked once are trusted (present is enough) only when asked, after a clean stop', async (t) => {
+  const loc = await build()
+  t.teardown(() => rmSync(loc, { recursive: true, force: true }))
+  const first = stats()
+  const passed = new Map<number, number>()
+  t.same(await damagedTables(loc, { trustChecked: true, passed, stats: first }), [])
+  await recordCheckedTables(loc, passed)
+  t.equal(first.tables, tables(loc).length, 'nothing recorded yet: every table read whole')
+  t.ok(readdirSync(loc).includes(CHECKED_FILE), 'the checked tables are recorded in the directory')
+  const again = stats()
+  t.same(await damagedTables(loc, { trustChecked: true, stats: again }), [])
+  t.equal(again.tables, 0, 'trusted: none read again')
+  // A table written since (LevelDB adds one): only it is read.
+  const db = new Level<string, string>(loc, { writeBufferSize: 16 * 1024 })
+  await db.open()
+  for (let i = 1; i <= 400; i++) await db.put(key(ROWS + i), value(ROWS + i))
+  await db.close()
+  const after = stats()
+  t.same(await damagedTables(loc, { trustChecked: true, stats: after }), [])
+  t.ok(after.tables > 0 && after.tables < tables(loc).length, `only the tables written since are read (${after.tables} of ${tables(loc).length})`)
+
+  const victim = tables(loc)[0]!
+  flip(join(loc, victim), 200)
+  t.same(await damagedTables(loc, { trustChecked: true }), [], 'a flip inside a trusted table is not seen by the trusted check')
+  t.same(
+    (await damagedTables(loc)).map((d) => d.file),
+    [victim],
+    'the full check (after an unclean stop) finds it',
+  )
+  rmSync(join(loc, tables(loc)[1]!))
+  t.equal((await damagedTables(loc, { trustChecked: true })).length, 1, 'a trusted table gone is found')
+  // Cut short, a trusted table is not read here: LevelDB finds its footer out of place and says so (an error, not an abort).
+  rmSync(join(loc, CHECKED_FILE))
+  truncateSync(join(loc, victim), statSync(join(loc, victim)).size - 1)
+  const raw = new Level<string, string>(loc, { createIfMissing: false })
+  await raw.open().catch(() => {})
+  const read = async () => {
+    for await (const _ of raw.iterator()) {
+      // read every table
+    }
+  }
+  await t.rejects(read(), 'LevelDB refuses a table cut short with an error, not an abort')
+  await raw.close().catch(() => {})
+  writeFileSync(join(loc, CHECKED_FILE), '{"v":1,"tables":[[')
+  const torn = stats()
+  await damagedTables(loc, { trustChecked: true, stats: torn })
+  t.ok(torn.tables > 0, 'a torn record of checked tables means a full check')
 })

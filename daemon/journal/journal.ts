@@ -26,7 +26,7 @@ import * as K from './keys.js'
 import { readMarker, RESERVE_BLOCK, type SeqMarker, writeMarker } from './seq-marker.js'
 import { type CommitStep, checkStep, type ReadingEntry } from './commit-step.js'
 import { corrupt, droppedByLevelDb, openError, parseJson } from './open-errors.js'
-import { checkedTables, describeDamage } from './table-check.js'
+import { checkedTables, describeDamage, recordCheckedTables } from './table-check.js'
 
 export { droppedByLevelDb, openError } from './open-errors.js'
 
@@ -167,6 +167,7 @@ export class Journal implements RecordLog {
     if (opts.checkpointMs !== undefined && !(Number.isInteger(opts.checkpointMs) && opts.checkpointMs >= 1))
       throw new OutpostError('JOURNAL_BAD_OPTIONS', `Journal.open: checkpointMs must be an integer >= 1, got ${opts.checkpointMs}`)
     const location = opts.db ? dir : journalLocation(dir)
+    let passed: Map<number, number> | undefined
     let db = opts.db
     const owned = db === undefined
     if (!db) {
@@ -176,7 +177,11 @@ export class Journal implements RecordLog {
         throw new OutpostError('JOURNAL_OPEN_FAILED', `cannot create ${location}: ${(err as Error).message}`, { cause: err })
       }
       // LevelDB here reads tables without checking their blocks, and a garbled key aborts the process in a compaction.
-      const damage = await checkedTables(location)
+      // Tables checked at an earlier boot are trusted by size only after a clean stop: after a crash (it may have been
+      // LevelDB aborting on one of them) every table is read again. Cost: reading the tables written since the last boot.
+      const marker = await readMarker(dir)
+      passed = new Map<number, number>()
+      const damage = await checkedTables(location, { trustChecked: marker.state === 'ok' && marker.marker.clean, passed })
       if (damage === 'locked') throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}`)
       if (damage.length > 0) throw corrupt(location, `LevelDB would read damaged tables unchecked: ${describeDamage(damage)}`)
       const tuning = opts.writeBufferSize === undefined ? {} : { writeBufferSize: opts.writeBufferSize }
@@ -197,6 +202,7 @@ export class Journal implements RecordLog {
       const damaged = err instanceof OutpostError && err.code === 'JOURNAL_WRITE_FAILED' && openError(err, location).code === 'JOURNAL_CORRUPT'
       throw err instanceof OutpostError && !damaged ? err : openError(err, location)
     }
+    if (passed) await recordCheckedTables(location, passed).catch(() => {}) // only a full check next time
     journal.startCompactTimer()
     return journal
   }

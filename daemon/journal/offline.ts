@@ -22,7 +22,7 @@ import { corrupt } from './open-errors.js'
 import * as K from './keys.js'
 import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
 import { levelLocked, repairLevelDb } from './level-repair.js'
-import { checkedTables, damagedTables, describeDamage, leaveOutDamagedTables, type TableDamage } from './table-check.js'
+import { CHECKED_FILE, checkedTables, damagedTables, describeDamage, leaveOutDamagedTables, type TableDamage } from './table-check.js'
 
 export type OfflineMode = 'direct' | 'snapshot' | 'repaired-copy'
 
@@ -203,7 +203,7 @@ export async function repairJournal(
     throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
   const next = stagingLocation(storageDir)
   await rm(next, { recursive: true, force: true })
-  await cp(location, next, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+  await cp(location, next, { recursive: true, filter: (src) => !src.endsWith('/LOCK') && !src.endsWith(`/${CHECKED_FILE}`) })
   // LevelDB's repair copies a table's entries without checking its blocks: a damaged table is left out, and named.
   const tablesLeftOut = await leaveOutDamagedTables(next)
   try {

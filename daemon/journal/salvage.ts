@@ -28,7 +28,7 @@ import * as K from './keys.js'
 import { asideName, exists, settleJournalDir, stagingLocation, swapIn, syncDir, syncTree } from './swap.js'
 import { type MarkerRead, readMarker, unknownChainBase, writeMarker } from './seq-marker.js'
 import { repairLevelDb } from './level-repair.js'
-import { describeDamage, type LeftOutTable, leaveOutDamagedTables } from './table-check.js'
+import { CHECKED_FILE, describeDamage, type LeftOutTable, leaveOutDamagedTables } from './table-check.js'
 
 /** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (core/types.ts). */
 export type JournalSalvage = JournalSalvageInfo
@@ -216,7 +216,8 @@ async function putBack(db: JournalDb, leftOut: LeftOutTable[]): Promise<void> {
 /** A copy of the journal at `work`, less its damaged tables; returns the live ones left out. */
 async function copyOf(location: string, work: string): Promise<LeftOutTable[]> {
   await mkdir(work, { recursive: true })
-  await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+  // Not the record of checked tables: a repair may give a new table the number of one left out.
+  await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') && !src.endsWith(`/${CHECKED_FILE}`) })
   return leaveOutDamagedTables(work, K.RECORDS.gte)
 }
 

@@ -18,7 +18,7 @@
  * (leaveOutDamagedTables), or call a table damaged that LevelDB would read whole: a
  * partial table a cut left behind is not live, so it is not damage.
  */
-import { open, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { levelLocked } from './level-repair.js'
 
@@ -332,16 +332,61 @@ async function readTable(path: string, size?: number): Promise<Uint8Array> {
 }
 
 /**
+ * The tables of a journal directory checked whole before (number → size), in a file LevelDB
+ * ignores (it is not one of its names), so that it moves with the directory and never outlives
+ * it. A table file is never rewritten and its number never reused within a directory, so a
+ * table checked once needs only to be there, as long as nothing could have changed it since: the
+ * caller trusts this only after a clean stop (see CheckOptions.trustChecked).
+ */
+export const CHECKED_FILE = 'OUTPOST-CHECKED-TABLES.json'
+
+async function readChecked(location: string): Promise<Map<number, number>> {
+  try {
+    const parsed = JSON.parse(await readFile(join(location, CHECKED_FILE), 'utf8')) as { v?: unknown; tables?: unknown }
+    if (parsed.v !== 1 || !Array.isArray(parsed.tables)) return new Map()
+    return new Map(
+      (parsed.tables as unknown[]).filter((e): e is [number, number] => Array.isArray(e) && e.length === 2 && e.every(Number.isSafeInteger)),
+    )
+  } catch {
+    return new Map()
+  }
+}
+
+/**
+ * Record `tables` (a check's CheckOptions.passed) as checked. Written whole or not at all (a temporary file renamed);
+ * unsynced: a lost or torn file only means a full check. The caller writes it only once LevelDB opened the
+ * directory: a journal found damaged is kept exactly as it was.
+ */
+export async function recordCheckedTables(location: string, tables: Map<number, number>): Promise<void> {
+  const tmp = join(location, `${CHECKED_FILE}.tmp`)
+  await writeFile(tmp, JSON.stringify({ v: 1, tables: [...tables] }))
+  await rename(tmp, join(location, CHECKED_FILE))
+}
+
+export interface CheckOptions {
+  /**
+   * Tables a previous check recorded (CHECKED_FILE) are checked for presence only. Only after a clean
+   * stop: after a crash (an abort in a compaction among them) every table is read again.
+   */
+  trustChecked?: boolean
+  /** Filled with the live tables (number → size) when every one checks, for recordCheckedTables. */
+  passed?: Map<number, number>
+  stats?: TableStats
+}
+
+/**
  * Every table the live MANIFEST of `location` names that is missing, shorter than recorded, or
  * holds a block failing its checksum. [] when all check out, and when the MANIFEST itself cannot
  * be read (LevelDB then refuses to open on its own, with its own error). Only a verdict on a
  * database no process has open: a running LevelDB replaces its tables under the check (see
  * checkedTables).
  */
-export async function damagedTables(location: string, stats: TableStats = { tables: 0, blocks: 0, compressed: 0, bytes: 0 }): Promise<TableDamage[]> {
+export async function damagedTables(location: string, o: CheckOptions = {}): Promise<TableDamage[]> {
+  const stats = o.stats ?? { tables: 0, blocks: 0, compressed: 0, bytes: 0 }
   const live = await liveTables(location)
   if (!live) return []
   const names = await readdir(location)
+  const checked = o.trustChecked ? await readChecked(location) : new Map<number, number>()
   const damage: TableDamage[] = []
   for (const [number, size] of [...live].sort((a, b) => a[0] - b[0])) {
     const file = tableFile(names, number)
@@ -349,6 +394,9 @@ export async function damagedTables(location: string, stats: TableStats = { tabl
       damage.push({ file: `${String(number).padStart(6, '0')}.ldb`, problem: 'missing' })
       continue
     }
+    // Trusted: present is enough. A trusted table cut short or grown since reads as a footer out of place, which
+    // LevelDB reports as corruption (an error, not an abort); a stat per table would cost more than the open.
+    if (checked.get(number) === size) continue
     try {
       const actual = (await stat(join(location, file))).size
       if (actual !== size) throw new Damage(`${actual} bytes, the MANIFEST says ${size}`)
@@ -360,6 +408,7 @@ export async function damagedTables(location: string, stats: TableStats = { tabl
       else damage.push({ file, problem: err.message })
     }
   }
+  if (damage.length === 0) for (const [n, size] of live) o.passed?.set(n, size)
   return damage
 }
 
@@ -452,8 +501,8 @@ export async function leaveOutDamagedTables(copy: string, prefix?: string): Prom
  * for the caller to refuse as LevelDB's own open would. Otherwise the check is run again on the
  * database at rest, and that is the verdict.
  */
-export async function checkedTables(location: string): Promise<TableDamage[] | 'locked'> {
-  if ((await damagedTables(location)).length === 0) return []
+export async function checkedTables(location: string, o: CheckOptions = {}): Promise<TableDamage[] | 'locked'> {
+  if ((await damagedTables(location, o)).length === 0) return []
   if (await levelLocked(location)) return 'locked'
-  return damagedTables(location)
+  return damagedTables(location, o)
 }
