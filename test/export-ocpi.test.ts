@@ -10,11 +10,12 @@
 import t from 'tap'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { packagePath } from '../core/paths.js'
 import type { PlanConfig, SessionEndedBody } from '../core/types.js'
 import { costSplit, csvHeader, csvRow, planToTariff, sessionToCdr, type OcpiSite, type OcpiTariff } from '../daemon/export.js'
 import { OCPI, billOne, ocpiValidators } from './helpers/export-kit.js'
 
-const FIXTURES = join(import.meta.dirname, 'fixtures', 'ocpi')
+const FIXTURES = packagePath('test', 'fixtures', 'ocpi')
 const spec = (name: string) => JSON.parse(readFileSync(join(FIXTURES, `${name}.json`), 'utf8'))
 const ALL = ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'] as const
 const NOW = '2026-03-09T12:00:00.000Z'

@@ -49,6 +49,13 @@ const flip = (file: string, at: number, n = 16) => {
   for (let i = at; i < at + n && i < b.length; i++) b[i] = b[i]! ^ 0xff
   writeFileSync(file, b)
 }
+/** The largest live table (not a leftover a close cut short): several data blocks, so a flip at byte 200 lands in its first. */
+const largestLive = async (loc: string) => {
+  const live = await liveTables(loc)
+  return tables(loc)
+    .filter((f) => live!.has(Number(f.slice(0, -4))))
+    .sort((a, b) => statSync(join(loc, b)).size - statSync(join(loc, a)).size)[0]!
+}
 const stats = (): TableStats => ({ tables: 0, blocks: 0, compressed: 0, bytes: 0 })
 
 t.test('CRC32C is the Castagnoli CRC LevelDB uses', async (t) => {
@@ -61,16 +68,20 @@ t.test('a healthy database: every live table checks whole, block by block', asyn
   t.teardown(() => rmSync(loc, { recursive: true, force: true }))
   const live = await liveTables(loc)
   t.ok(live, 'the MANIFEST reads')
+  const files = tables(loc)
+  const names = [...live!.keys()].map((n) => `${String(n).padStart(6, '0')}.ldb`)
+  // A compaction cut short by the close may leave its output behind, not live: every live table is a file.
   t.same(
-    [...live!.keys()].map((n) => `${String(n).padStart(6, '0')}.ldb`).sort(),
-    tables(loc),
-    'the live tables are exactly the table files of a database closed clean',
+    names.filter((n) => !files.includes(n)),
+    [],
+    'every live table is a table file',
   )
+  t.ok(names.length >= files.length - 2, `the live tables are the table files, but for a compaction's leftover (${names.length} of ${files.length})`)
   for (const [n, size] of live!)
     t.equal(statSync(join(loc, `${String(n).padStart(6, '0')}.ldb`)).size, size, `table ${n}: the size the MANIFEST records`)
   const s = stats()
   t.same(await damagedTables(loc, { stats: s }), [])
-  t.equal(s.tables, tables(loc).length)
+  t.equal(s.tables, names.length)
   t.ok(s.blocks > s.tables * 3, `every block checked (${s.blocks} in ${s.tables} tables)`)
   t.ok(s.compressed > 0, `Snappy blocks among them (${s.compressed})`)
 })
@@ -97,7 +108,7 @@ t.test('what a table gives, read block by block, is what LevelDB reads from it',
 t.test('a flipped byte in a data block: the table is named, and only that block is lost from it', async (t) => {
   const loc = await build()
   t.teardown(() => rmSync(loc, { recursive: true, force: true }))
-  const victim = tables(loc).sort((a, b) => statSync(join(loc, b)).size - statSync(join(loc, a)).size)[0]!
+  const victim = await largestLive(loc)
   const whole = await entriesOfDamagedTable(join(loc, victim), 'r!')
   flip(join(loc, victim), 200)
   const damage = await damagedTables(loc)
@@ -144,7 +155,7 @@ t.test('a partial table a cut left behind is not damage; on a copy it is removed
   t.same(await damagedTables(loc), [], 'the live MANIFEST does not name it')
   t.same(await leaveOutDamagedTables(loc, 'r!'), [], 'nothing live was left out')
   t.notOk(tables(loc).includes('999999.ldb'), 'but the partial table is gone from the copy (repair would read it)')
-  const victim = tables(loc).at(-1)!
+  const victim = await largestLive(loc)
   flip(join(loc, victim), 200)
   const out = await leaveOutDamagedTables(loc, 'r!')
   t.same(
@@ -176,7 +187,9 @@ t.test('tables checked once are trusted (present is enough) only when asked, aft
   t.same(await damagedTables(loc, { trustChecked: true, stats: after }), [])
   t.ok(after.tables > 0 && after.tables < tables(loc).length, `only the tables written since are read (${after.tables} of ${tables(loc).length})`)
 
-  const victim = tables(loc)[0]!
+  const live = (await liveTables(loc))!
+  const liveFiles = tables(loc).filter((f) => live.has(Number(f.slice(0, -4))))
+  const victim = liveFiles[0]!
   flip(join(loc, victim), 200)
   t.same(await damagedTables(loc, { trustChecked: true }), [], 'a flip inside a trusted table is not seen by the trusted check')
   t.same(
@@ -184,7 +197,7 @@ t.test('tables checked once are trusted (present is enough) only when asked, aft
     [victim],
     'the full check (after an unclean stop) finds it',
   )
-  rmSync(join(loc, tables(loc)[1]!))
+  rmSync(join(loc, liveFiles[1]!))
   t.equal((await damagedTables(loc, { trustChecked: true })).length, 1, 'a trusted table gone is found')
   // Cut short, a trusted table is not read here: LevelDB finds its footer out of place and says so (an error, not an abort).
   rmSync(join(loc, CHECKED_FILE))

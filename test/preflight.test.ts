@@ -71,7 +71,7 @@ t.test('a PATH lacking only socat and mbpoll: names exactly those two', async (t
 
 t.test('npm test runs it before the build and before tap', async (t) => {
   const pkg = JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { scripts: { test: string } }
-  t.match(pkg.scripts.test, /^bash \.ci\/preflight && npm run build && tap\b/)
+  t.match(pkg.scripts.test, /^bash \.ci\/preflight && rm -rf dist\/test && npm run build && tap\b/)
 })
 
 t.test('a PostgreSQL program is looked for off PATH too, and its package named when absent', async (t) => {
