@@ -203,15 +203,31 @@ export function loadModelFile(file: string): DeviceModel {
   return validateModel(parsed, file)
 }
 
+/**
+ * The built-in models, read and validated once per process: they ship with the code and do not
+ * change under it, while every config check builds a registry (a simulation validates
+ * thousands of configs). Frozen, since every registry shares them.
+ */
+let builtins: DeviceModel[] | undefined
+function builtinModels(): DeviceModel[] {
+  builtins ??= listJson(BUILTIN_MODELS_DIR).map((f) => deepFreeze(loadModelFile(f)))
+  return builtins
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const v of Object.values(value)) deepFreeze(v)
+  }
+  return value
+}
+
 export class ModelRegistry {
   private readonly models = new Map<string, DeviceModel>()
 
-  /** Built-in models, then an installer's directory (whose files may not shadow a built-in). */
+  /** Built-in models, then an installer's directory (read at each registry: it may change; its files may not shadow a built-in). */
   constructor(extraDir?: string) {
-    for (const f of listJson(BUILTIN_MODELS_DIR)) {
-      const m = loadModelFile(f)
-      this.models.set(m.name, m)
-    }
+    for (const m of builtinModels()) this.models.set(m.name, m)
     if (extraDir !== undefined) {
       if (!existsSync(extraDir)) throw new OutpostError('MODEL_INVALID', `models.dir ${extraDir} does not exist`)
       for (const f of listJson(extraDir)) {
