@@ -136,12 +136,30 @@ else
   say "installing the clone's dependencies (npm ci; the build needs the dev dependencies)"
   (cd "$SRC" && as_owner npm ci --no-audit --no-fund)
 fi
-say "building (npm run build:ship)"
-# From scratch: a module deleted upstream must not linger in dist/ and get packed. Only what
-# ships (tsconfig.ship.json: the folders package.json "files" packs), not the tests and
-# benchmarks, which would double the compile on a Pi (npm test builds those itself).
-rm -rf "$SRC/dist"
-(cd "$SRC" && as_owner npm run build:ship --silent)
+# The build's stamp: a hash of what the build reads (the shipped sources, the tsconfigs, the
+# lock file that pins TypeScript) and one of what it wrote (every file of dist/). A re-run on an
+# unchanged clone (run again to enable after editing site.json) skips the compile, which takes
+# minutes on a Pi; a changed source, or any file in dist/ the build did not write, rebuilds.
+STAMP=dist/.outpost-build-stamp
+sources_hash() {
+  (cd "$SRC" && find bin cloud core daemon drivers -name '*.ts' -type f -print0 | LC_ALL=C sort -z |
+    xargs -0 sha256sum && sha256sum tsconfig.json tsconfig.ship.json package-lock.json) | sha256sum | cut -d' ' -f1
+}
+dist_hash() {
+  (cd "$SRC" && find dist -type f ! -path "$STAMP" -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) | sha256sum | cut -d' ' -f1
+}
+stamp_now() { printf '%s %s\n' "$(sources_hash)" "$(dist_hash)"; }
+if [ -f "$SRC/$STAMP" ] && [ "$(cat "$SRC/$STAMP")" = "$(stamp_now)" ]; then
+  say "the build is current (dist/ is what these sources compile to): not compiling again"
+else
+  say "building (npm run build:ship)"
+  # From scratch: a module deleted upstream must not linger in dist/ and get packed. Only what
+  # ships (tsconfig.ship.json: the folders package.json "files" packs), not the tests and
+  # benchmarks, which would double the compile on a Pi (npm test builds those itself).
+  rm -rf "$SRC/dist"
+  (cd "$SRC" && as_owner npm run build:ship --silent)
+  stamp_now | as_owner tee "$SRC/$STAMP" >/dev/null
+fi
 CLI_SRC="$SRC/dist/daemon/cli.js"
 version=$("$NODE" "$CLI_SRC" --version)
 

@@ -16,7 +16,8 @@ import { packagePath } from '../core/paths.js'
 import { version } from '../daemon/cli-common.js'
 import { ptyPair, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
-// Five real installer runs (the first runs npm ci in a fresh clone; each builds the clone) take
+// Real installer runs (the first runs npm ci in a fresh clone and builds it; the re-run on the
+// unchanged clone skips the compile, the live upgrade compiles again over a stale dist/) take
 // about two minutes on a loaded 2-core machine: more than .taprc's 240 s per file allows when
 // the suite runs several files at a time. One upgrade serves both the stale-code checks and
 // the live path: a second identical upgrade would only repeat the build and the npm ci.
@@ -244,6 +245,11 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const second = install(src, root)
   t.equal(second.status, 0, `the re-run exits 0\n${second.out}`)
   t.match(second.out, /the clone's dependencies match package-lock\.json/, 'no second npm ci in the clone')
+  t.match(
+    second.out,
+    /the build is current \(dist\/ is what these sources compile to\): not compiling again/,
+    'nor a second compile of an unchanged clone',
+  )
   t.equal(
     lstatSync(join(root, WANTS)).isSymbolicLink() && readlinkSync(join(root, WANTS)),
     '/etc/systemd/system/outpost.service',
@@ -277,6 +283,7 @@ echo "systemctl $*$extra" >> '${calls}'
   t.equal(live.status, 0, `the live upgrade exits 0\n${live.out}`)
   t.notOk(existsSync(join(opt, 'dist/daemon/left-over.js')), 'the code is replaced, not overlaid')
   t.notOk(existsSync(join(opt, 'dist/daemon/deleted-upstream.js')), 'the clone is built from scratch: nothing stale is packed')
+  t.match(live.out, /building \(npm run build:ship\)/, 'a file in dist/ the build did not write: compiled again, from scratch')
   t.same(
     [kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')],
     keptBefore,

@@ -4,8 +4,8 @@
  *
  * Owns: moving a damaged journal aside (`journal.corrupt-<UTC time>` beside it,
  * kept whole for `outpost repair` and forensics), then either a repaired copy
- * (LevelDB's repair on a copy, used only if the WHOLE chain then verifies and the
- * ack watermark is within it) or a fresh journal that carries over everything it
+ * (LevelDB's repair on a copy, used only if the WHOLE chain then verifies, the
+ * ack watermark is within it and no damaged table had to be left out) or a fresh journal that carries over everything it
  * could read: every readable record from the ack watermark on, each missing range
  * between them a hole (m!holes) never given out again, the engine state, readings and
  * command results. It reports what it did (the caller logs it loudly and puts it
@@ -97,6 +97,8 @@ interface Evidence {
   repairedWhole: boolean
   /** The damaged journal holds nothing (no format marker) or is missing, but one existed (the gateway key, or the marker). */
   emptied: boolean
+  /** Tables left out for failing their checksums: whatever else they held (engine state, outlet entries) is gone too. */
+  tablesLeftOut: number
 }
 
 /**
@@ -117,12 +119,20 @@ export async function salvageJournal(
   const source = await exists(location)
   await rm(next, { recursive: true, force: true, maxRetries: 5 })
   await rm(work, { recursive: true, force: true, maxRetries: 5 })
-  const ev: Evidence = { marker: await readMarker(storageDir), dropped: [], headSeen: source ? undefined : 0, emptied: !source, repairedWhole: false }
+  const ev: Evidence = {
+    marker: await readMarker(storageDir),
+    dropped: [],
+    headSeen: source ? undefined : 0,
+    emptied: !source,
+    repairedWhole: false,
+    tablesLeftOut: 0,
+  }
   let db: JournalDb | undefined
   if (source) {
     // Repair works on a copy: the damaged directory stays exactly as it was found. A table failing its checksums is
     // left out of every copy (LevelDB would read it unchecked, or abort on it): what it held counts as dropped.
     const leftOut = await copyOf(location, work)
+    ev.tablesLeftOut = leftOut.length
     // First as LevelDB opens it untouched: how far its log goes, and what LevelDB drops on the way.
     ev.headSeen = await headOf(work).catch(() => undefined)
     ev.dropped = [...leftOut.map((d) => describeDamage([d])), ...(await droppedByLevelDb(location)), ...(await droppedByLevelDb(work))]
@@ -164,10 +174,13 @@ export async function salvageJournal(
   try {
     const report = db ? await verifyDb(db).catch(() => undefined) : undefined
     const top = report?.last ?? 0
+    // A repaired copy is the journal only when nothing was left out of it: a table left out may have held engine
+    // state, so the boot must read as unclean (the fresh journal's m!running) and rebuild from what is left.
     if (
       db &&
       report &&
       !report.break &&
+      ev.tablesLeftOut === 0 &&
       (await db.get(K.META_FORMAT)) === K.FORMAT &&
       (await db.get(K.META_BASE)) === undefined &&
       (await db.get(K.META_HOLES)) === undefined &&

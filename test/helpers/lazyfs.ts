@@ -99,7 +99,11 @@ export async function mountLazyfs(): Promise<LazyFs> {
   })
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()))
   let exited = false
-  proc.on('exit', () => (exited = true))
+  let exitedWith = ''
+  proc.on('exit', (code, signal) => {
+    exited = true
+    exitedWith = signal ? `killed by ${signal}` : `exited ${code}`
+  })
   const deadline = Date.now() + 20_000
   while (!(mounted(mnt) && existsSync(done) && existsSync(faults))) {
     if (exited || Date.now() > deadline) {
@@ -142,14 +146,17 @@ export async function mountLazyfs(): Promise<LazyFs> {
       await finished
     },
     guard<T>(what: string, p: Promise<T>, ms = 30_000): Promise<T> {
+      // LazyFS itself gone (the FUSE daemon died: ENOTCONN, or files that vanish): nothing read through the mount can be trusted.
+      const died = () =>
+        new LazyFsHang(`LazyFS ${exitedWith} during ${what}${stderr.trim() ? ` (${stderr.trim().split('\n').slice(-2).join(' ')})` : ''}`)
       return new Promise<T>((resolve, reject) => {
         const timer = setTimeout(() => {
           proc.kill('SIGKILL')
           reject(new LazyFsHang(`LazyFS stopped answering during ${what} (no answer within ${ms} ms); it was killed`))
         }, ms)
         p.then(
-          (v) => (clearTimeout(timer), resolve(v)),
-          (e: unknown) => (clearTimeout(timer), reject(e)),
+          (v) => (clearTimeout(timer), exited && !gone ? reject(died()) : resolve(v)),
+          (e: unknown) => (clearTimeout(timer), reject(exited && !gone ? died() : e)),
         )
       })
     },
