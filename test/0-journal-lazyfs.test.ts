@@ -19,7 +19,7 @@
  * boot either opens the journal as it was or salvages (and says so in gateway.started), and
  * it never gives out a seq an earlier run had given.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { access, cp, mkdir, readdir, readFile } from 'node:fs/promises'
@@ -178,6 +178,26 @@ function checkLog(records: JournalRecord[], final: boolean): string[] {
   return problems
 }
 
+/**
+ * LazyFS locking up or dying (its own failure, not the code under test): the children are
+ * killed, the mount replaced, and the caller runs the chain again; at most twice per test.
+ */
+function retries(t: Test): { readonly hangs: number; remount(err: unknown, fs: LazyFs, chain: number): Promise<LazyFs> } {
+  let hangs = 0
+  return {
+    get hangs() {
+      return hangs
+    },
+    async remount(err, fs, chain) {
+      if (!(err instanceof LazyFsHang) || ++hangs > 2) throw err
+      for (const c of children) c.kill('SIGKILL')
+      t.comment(`${err.message}: chain ${chain} runs again on a fresh mount`)
+      fs.unmount()
+      return mountLazyfs()
+    },
+  }
+}
+
 type Scenario = 'charging' | 'boot' | 'repair'
 
 t.test(
@@ -188,7 +208,7 @@ t.test(
     t.teardown(() => fs.unmount())
     // LazyFS itself can lock up (rarely: a FUSE request that never gets its answer). That is the
     // tool failing, not a cut: the chain it was on runs again from scratch on a fresh mount.
-    let hangs = 0
+    const lazyFs = retries(t)
     const began = Date.now()
     const random = rng(SEED)
     const cuts: Record<Scenario, number> = { charging: 0, boot: 0, repair: 0 }
@@ -320,11 +340,7 @@ t.test(
           )
         }
       } catch (err) {
-        if (!(err instanceof LazyFsHang) || ++hangs > 2) throw err
-        for (const c of children) c.kill('SIGKILL')
-        t.comment(`${err.message}: chain ${chain} runs again on a fresh mount`)
-        fs.unmount()
-        fs = await mountLazyfs()
+        fs = await lazyFs.remount(err, fs, chain)
         chain--
       }
     }
@@ -338,7 +354,7 @@ t.test(
     t.ok(compacted > 0, `LevelDB compacted (${compacted} compactions in one chain's LOG)`)
     t.ok(powerLossChecked > 10, `power-loss closures checked against the bound: ${powerLossChecked}`)
     t.comment(
-      `cuts: ${JSON.stringify(cuts)}, mid-compaction ${midCompaction}, killed in recovery ${killedInRecovery}, power-loss checked ${powerLossChecked}, swaps finished at boot ${settled}, LazyFS lock-ups ${hangs}, largest log ${recordsSeen} records, ${((Date.now() - began) / 1000).toFixed(1)} s`,
+      `cuts: ${JSON.stringify(cuts)}, mid-compaction ${midCompaction}, killed in recovery ${killedInRecovery}, power-loss checked ${powerLossChecked}, swaps finished at boot ${settled}, LazyFS lock-ups ${lazyFs.hangs}, largest log ${recordsSeen} records, ${((Date.now() - began) / 1000).toFixed(1)} s`,
     )
   },
 )
@@ -352,7 +368,7 @@ t.test(
     let fs = await mountLazyfs()
     t.teardown(() => fs.unmount())
     const random = rng(SEED + 77)
-    let hangs = 0
+    const lazyFs = retries(t)
     let salvaged = 0
     let intact = 0
     let refused = 0
@@ -446,11 +462,7 @@ t.test(
           }
         }
       } catch (err) {
-        if (!(err instanceof LazyFsHang) || ++hangs > 2) throw err
-        for (const c of children) c.kill('SIGKILL')
-        t.comment(`${err.message}: chain ${chain} runs again on a fresh mount`)
-        fs.unmount()
-        fs = await mountLazyfs()
+        fs = await lazyFs.remount(err, fs, chain)
         chain--
       }
     }
@@ -458,6 +470,6 @@ t.test(
       salvaged + intact > (FLIP_CHAINS * FLIPS_PER_CHAIN) / 2,
       `boots: ${intact} found the journal intact, ${salvaged} salvaged, ${refused} refused`,
     )
-    t.comment(`files hit: ${JSON.stringify(Object.fromEntries(hit))}; LazyFS lock-ups ${hangs}`)
+    t.comment(`files hit: ${JSON.stringify(Object.fromEntries(hit))}; LazyFS lock-ups ${lazyFs.hangs}`)
   },
 )
