@@ -177,7 +177,7 @@ export class Journal implements RecordLog {
         throw new OutpostError('JOURNAL_OPEN_FAILED', `cannot create ${location}: ${(err as Error).message}`, { cause: err })
       }
       // LevelDB here reads tables without checking their blocks, and a garbled key aborts the process in a compaction.
-      // Tables checked at an earlier boot are trusted by size only after a clean stop: after a crash (it may have been
+      // Tables checked at an earlier boot need only be present after a clean stop: after a crash (it may have been
       // LevelDB aborting on one of them) every table is read again. Cost: reading the tables written since the last boot.
       const marker = await readMarker(dir)
       passed = new Map<number, number>()
