@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { validateConfig, type ConfigProblem } from '../daemon/config.js'
 import { runCli } from './helpers/cli.js'
+import { type RejectCase, testRejections } from './helpers/config-cases.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-circuits-cfg-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -69,7 +70,7 @@ t.test('a garage with a metered feeder and a row on it is accepted, with the def
   t.ok(none.ok && none.config.circuits.length === 0, 'a site without circuits has an empty list')
 })
 
-const cases: [string, (c: any) => void, string, RegExp][] = [
+const cases: RejectCase[] = [
   ['unknown parent', (c) => (c.circuits[1].parent = 'mains'), '/circuits/1/parent', /unknown circuit "mains" \(circuits: feeder, row-a\)/],
   ['unknown circuit on an outlet', (c) => (c.outlets[1].circuit = 'row-b'), '/outlets/1/circuit', /unknown circuit "row-b"/],
   [
@@ -137,16 +138,7 @@ const cases: [string, (c: any) => void, string, RegExp][] = [
   ],
 ]
 
-for (const [name, mutate, pointer, message] of cases) {
-  t.test(`refused: ${name}`, async (t) => {
-    const cfg = garage()
-    mutate(cfg)
-    const ps = problems(cfg)
-    t.ok(ps.length > 0, 'refused')
-    const hit = ps.find((p) => p.pointer === pointer && message.test(p.message))
-    t.ok(hit, `expected ${pointer}: ${message} in ${JSON.stringify(ps)}`)
-  })
-}
+testRejections(cases, garage, 'refused')
 
 t.test('a cycle of three is reported once', async (t) => {
   const cfg = garage()

@@ -3,7 +3,8 @@
  * channel, and every mistake named by its JSON pointer.
  */
 import t from 'tap'
-import { validateConfig, type ConfigProblem } from '../daemon/config.js'
+import { validateConfig } from '../daemon/config.js'
+import { type RejectCase, testRejections } from './helpers/config-cases.js'
 
 const PLAN = {
   id: 'p',
@@ -41,7 +42,7 @@ t.test('a site with Shelly and Tasmota devices validates, with their defaults', 
   t.match(ta, { type: 'tasmota', port: 80, user: 'admin', timeoutMs: 2000, retries: 1, autoOffS: 60 })
 })
 
-const cases: [string, (c: ReturnType<typeof base>) => void, string, RegExp][] = [
+const cases: RejectCase[] = [
   ['an unknown bus type', (c) => (c.buses[1].type = 'shelly-gen1'), '/buses/1/type', /"shelly", "tasmota"/],
   ['a Shelly without a host', (c) => delete c.buses[1].host, '/buses/1/host', /is required/],
   ['a host with a path in it', (c) => (c.buses[2].host = 'http://plug/cm'), '/buses/2/host', /must be a host name or an IP address alone/],
@@ -90,14 +91,4 @@ const cases: [string, (c: ReturnType<typeof base>) => void, string, RegExp][] = 
   ],
 ]
 
-for (const [name, mutate, pointer, message] of cases) {
-  t.test(`invalid: ${name}`, async (t) => {
-    const cfg = base()
-    mutate(cfg)
-    const r = validateConfig(cfg)
-    t.notOk(r.ok, 'rejected')
-    if (r.ok) return
-    const hit = r.problems.find((p: ConfigProblem) => p.pointer === pointer && message.test(p.message))
-    t.ok(hit, `expected ${pointer}: ${message} in ${JSON.stringify(r.problems)}`)
-  })
-}
+testRejections(cases, base)

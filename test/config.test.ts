@@ -2,8 +2,9 @@ import t, { type Test } from 'tap'
 import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { validateConfig, loadConfigFile, parseJson, type ConfigProblem } from '../daemon/config.js'
+import { validateConfig, loadConfigFile, parseJson } from '../daemon/config.js'
 import { packagePath } from '../core/paths.js'
+import { type RejectCase, testRejections } from './helpers/config-cases.js'
 
 const example = (): any => JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8'))
 
@@ -57,8 +58,7 @@ t.test('a config without uplink, api and relay is valid (offline, meter-only)', 
   t.ok(r.ok, r.ok ? '' : JSON.stringify(r.problems))
 })
 
-type Case = [name: string, mutate: (c: any) => void, pointer: string, message: RegExp]
-const cases: Case[] = [
+const cases: RejectCase[] = [
   ['missing site id', (c) => delete c.site.id, '/site/id', /is required/],
   ['missing buses', (c) => delete c.buses, '/buses', /is required/],
   ['site id with a slash (it is an MQTT topic level)', (c) => (c.site.id = 'lot/7'), '/site/id', /must be an id/],
@@ -181,17 +181,7 @@ const cases: Case[] = [
   ['Node-RED root without a slash', (c) => (c.nodeRed = { enabled: true, httpNodeRoot: 'hooks' }), '/nodeRed/httpNodeRoot', /must start with '\/'/],
 ]
 
-for (const [name, mutate, pointer, message] of cases) {
-  t.test(`invalid: ${name}`, async (t) => {
-    const cfg = example()
-    mutate(cfg)
-    const r = validateConfig(cfg)
-    t.notOk(r.ok, 'rejected')
-    if (r.ok) return
-    const hit = r.problems.find((p: ConfigProblem) => p.pointer === pointer && message.test(p.message))
-    t.ok(hit, `expected ${pointer}: ${message} in ${JSON.stringify(r.problems)}`)
-  })
-}
+testRejections(cases, example)
 
 t.test('Node-RED: loopback may go without a password; the defaults; disabled needs nothing', async (t) => {
   for (const listen of ['127.0.0.1:8080', '127.1.2.3:80', 'localhost:8080', '[::1]:8080']) {
