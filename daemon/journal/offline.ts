@@ -10,7 +10,7 @@
  * Must never write to the original directory, except in repair(), which is the
  * installer's explicit request.
  */
-import { cp, mkdtemp, rm, access, readdir } from 'node:fs/promises'
+import { mkdtemp, rm, readdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Level } from 'level'
@@ -20,9 +20,9 @@ import { SalvageAwareVerifier, type AnnouncedBreak, type ChainBreak } from './ch
 import { journalLocation, openError, type JournalDb } from './journal.js'
 import { corrupt } from './open-errors.js'
 import * as K from './keys.js'
-import { asideName, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
+import { asideName, copyJournalDir, exists, settleJournalDir, stagingLocation, swapIn, syncTree } from './swap.js'
 import { levelLocked, repairLevelDb } from './level-repair.js'
-import { CHECKED_FILE, checkedTables, damagedTables, describeDamage, leaveOutDamagedTables, type TableDamage } from './table-check.js'
+import { checkedTables, damagedTables, describeDamage, leaveOutDamagedTables, type TableDamage } from './table-check.js'
 
 export type OfflineMode = 'direct' | 'snapshot' | 'repaired-copy'
 
@@ -35,15 +35,6 @@ export interface OfflineJournal {
   close(): Promise<void>
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path)
-    return true
-  } catch {
-    return false
-  }
-}
-
 function newLevel(location: string): JournalDb {
   return new Level<string, string>(location, { keyEncoding: 'utf8', valueEncoding: 'utf8', createIfMissing: false }) as unknown as JournalDb
 }
@@ -54,7 +45,7 @@ async function copyJournal(location: string): Promise<string> {
   for (let attempt = 0; attempt < 5; attempt++) {
     const dest = await mkdtemp(join(tmpdir(), 'outpost-journal-copy-'))
     try {
-      await cp(location, dest, { recursive: true, filter: (src) => !src.endsWith('/LOCK') })
+      await copyJournalDir(location, dest)
       return dest
     } catch (err) {
       lastErr = err
@@ -203,7 +194,7 @@ export async function repairJournal(
     throw new OutpostError('JOURNAL_LOCKED', `another outpost is already running on ${location}: stop it before repairing`)
   const next = stagingLocation(storageDir)
   await rm(next, { recursive: true, force: true })
-  await cp(location, next, { recursive: true, filter: (src) => !src.endsWith('/LOCK') && !src.endsWith(`/${CHECKED_FILE}`) })
+  await copyJournalDir(location, next)
   // LevelDB's repair copies a table's entries without checking its blocks: a damaged table is left out, and named.
   const tablesLeftOut = await leaveOutDamagedTables(next)
   try {

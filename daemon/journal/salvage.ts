@@ -16,7 +16,7 @@
  * format from a newer build are refused as before), carry over a record that does
  * not chain, or put the ack watermark past the carried records.
  */
-import { cp, mkdir, rename, rm } from 'node:fs/promises'
+import { mkdir, rename, rm } from 'node:fs/promises'
 import { Level } from 'level'
 import type { JournalRecord, JournalSalvageInfo } from '../../core/types.js'
 import { isOutpostError } from '../errors.js'
@@ -25,10 +25,10 @@ import { paginationOf } from '../ocmf.js'
 import { droppedByLevelDb, Journal, journalLocation, type JournalDb, type JournalOptions } from './journal.js'
 import { verifyDb } from './offline.js'
 import * as K from './keys.js'
-import { asideName, exists, settleJournalDir, stagingLocation, swapIn, syncDir, syncTree } from './swap.js'
+import { asideName, copyJournalDir, exists, settleJournalDir, stagingLocation, swapIn, syncDir, syncTree } from './swap.js'
 import { type MarkerRead, readMarker, unknownChainBase, writeMarker } from './seq-marker.js'
 import { repairLevelDb } from './level-repair.js'
-import { CHECKED_FILE, describeDamage, type LeftOutTable, leaveOutDamagedTables } from './table-check.js'
+import { describeDamage, type LeftOutTable, leaveOutDamagedTables } from './table-check.js'
 
 /** What boot did with a damaged journal; `gateway.started.journalSalvage` in the contract (core/types.ts). */
 export type JournalSalvage = JournalSalvageInfo
@@ -229,8 +229,7 @@ async function putBack(db: JournalDb, leftOut: LeftOutTable[]): Promise<void> {
 /** A copy of the journal at `work`, less its damaged tables; returns the live ones left out. */
 async function copyOf(location: string, work: string): Promise<LeftOutTable[]> {
   await mkdir(work, { recursive: true })
-  // Not the record of checked tables: a repair may give a new table the number of one left out.
-  await cp(location, work, { recursive: true, filter: (src) => !src.endsWith('/LOCK') && !src.endsWith(`/${CHECKED_FILE}`) })
+  await copyJournalDir(location, work)
   return leaveOutDamagedTables(work, K.RECORDS.gte)
 }
 

@@ -9,10 +9,11 @@
  * staging directory into place that was not fsynced whole first, or delete a
  * journal (the old one is only ever renamed aside).
  */
-import { access, rename, rm } from 'node:fs/promises'
+import { access, cp, rename, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { journalLocation } from './journal.js'
 import { syncDir } from './fsync.js'
+import { CHECKED_FILE } from './table-check.js'
 
 export async function exists(path: string): Promise<boolean> {
   try {
@@ -21,6 +22,15 @@ export async function exists(path: string): Promise<boolean> {
   } catch {
     return false
   }
+}
+
+/**
+ * A copy of a journal directory to read or repair: without LevelDB's LOCK (held by whoever has
+ * the journal open) and without the record of checked tables (a repair may give a new table the
+ * number of one it left out, and a copy's tables were never checked as the copy's).
+ */
+export async function copyJournalDir(from: string, to: string): Promise<void> {
+  await cp(from, to, { recursive: true, filter: (src) => !src.endsWith('/LOCK') && !src.endsWith(`/${CHECKED_FILE}`) })
 }
 
 /** A UTC time for a directory name: 20260101T120000Z. */

@@ -313,9 +313,29 @@ export interface LeftOutTable extends TableDamage {
   entries: Map<string, string>
 }
 
+/** LevelDB's name for table `number` (a missing one is named so too). */
+const tableName = (number: number): string => `${String(number).padStart(6, '0')}.ldb`
+
 function tableFile(names: string[], number: number): string | undefined {
   const base = String(number).padStart(6, '0')
   return names.find((n) => n === `${base}.ldb` || n === `${base}.sst`)
+}
+
+/**
+ * What is wrong with the table file at `path`, or undefined when every block checks: shorter or
+ * longer than the MANIFEST's `size` (when it names one), or a block failing its checksum. Throws
+ * only what is not damage (an I/O error).
+ */
+async function tableProblem(path: string, size: number | undefined, stats: TableStats): Promise<string | undefined> {
+  try {
+    const actual = (await stat(path)).size
+    if (size !== undefined && actual !== size) throw new Damage(`${actual} bytes, the MANIFEST says ${size}`)
+    checkTable(await readTable(path, size), stats)
+    return undefined
+  } catch (err) {
+    if (err instanceof Damage) return err.message
+    throw err
+  }
 }
 
 async function readTable(path: string, size?: number): Promise<Uint8Array> {
@@ -391,21 +411,19 @@ export async function damagedTables(location: string, o: CheckOptions = {}): Pro
   for (const [number, size] of [...live].sort((a, b) => a[0] - b[0])) {
     const file = tableFile(names, number)
     if (!file) {
-      damage.push({ file: `${String(number).padStart(6, '0')}.ldb`, problem: 'missing' })
+      damage.push({ file: tableName(number), problem: 'missing' })
       continue
     }
     // Trusted: present is enough. A trusted table cut short or grown since reads as a footer out of place, which
     // LevelDB reports as corruption (an error, not an abort); a stat per table would cost more than the open.
     if (checked.get(number) === size) continue
     try {
-      const actual = (await stat(join(location, file))).size
-      if (actual !== size) throw new Damage(`${actual} bytes, the MANIFEST says ${size}`)
-      checkTable(await readTable(join(location, file), size), stats)
+      const problem = await tableProblem(join(location, file), size, stats)
+      if (problem !== undefined) damage.push({ file, problem })
     } catch (err) {
       // Gone between the listing and the read: another process has this LevelDB open (the caller asks its lock).
-      if ((err as { code?: string }).code === 'ENOENT') damage.push({ file, problem: 'missing' })
-      else if (!(err instanceof Damage)) throw err
-      else damage.push({ file, problem: err.message })
+      if ((err as { code?: string }).code !== 'ENOENT') throw err
+      damage.push({ file, problem: 'missing' })
     }
   }
   if (damage.length === 0) for (const [n, size] of live) o.passed?.set(n, size)
@@ -475,21 +493,14 @@ export async function leaveOutDamagedTables(copy: string, prefix?: string): Prom
   const lost: LeftOutTable[] = []
   const stats: TableStats = { tables: 0, blocks: 0, compressed: 0, bytes: 0 }
   const names = await readdir(copy)
-  for (const number of live.keys())
-    if (!tableFile(names, number)) lost.push({ file: `${String(number).padStart(6, '0')}.ldb`, problem: 'missing', entries: new Map() })
+  for (const number of live.keys()) if (!tableFile(names, number)) lost.push({ file: tableName(number), problem: 'missing', entries: new Map() })
   for (const file of names.filter((n) => /^\d+\.(ldb|sst)$/.test(n))) {
-    const number = Number(file.slice(0, -4))
-    const size = live.get(number)
-    try {
-      const actual = (await stat(join(copy, file))).size
-      if (size !== undefined && actual !== size) throw new Damage(`${actual} bytes, the MANIFEST says ${size}`)
-      checkTable(await readTable(join(copy, file)), stats)
-    } catch (err) {
-      if (!(err instanceof Damage)) throw err
-      if (size !== undefined)
-        lost.push({ file, problem: err.message, entries: prefix === undefined ? new Map() : await entriesOfDamagedTable(join(copy, file), prefix) })
-      await rm(join(copy, file), { force: true })
-    }
+    const size = live.get(Number(file.slice(0, -4)))
+    const problem = await tableProblem(join(copy, file), size, stats)
+    if (problem === undefined) continue
+    if (size !== undefined)
+      lost.push({ file, problem, entries: prefix === undefined ? new Map() : await entriesOfDamagedTable(join(copy, file), prefix) })
+    await rm(join(copy, file), { force: true })
   }
   return lost
 }
