@@ -11,10 +11,10 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseTree, printParseErrorCode, type ParseError, visit } from 'jsonc-parser'
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import type { SiteConfig, PlanConfig } from '../core/types.js'
+import type { NetDeviceConfig, SiteConfig, PlanConfig } from '../core/types.js'
 
 import { packagePath } from '../core/paths.js'
-import { ModelRegistry } from '../drivers/models.js'
+import { BUS_TRANSPORT, defaultChannel, isNetBusType, ModelRegistry } from '../drivers/models.js'
 import { DEFAULT_PHASES, planIssues } from './engine/index.js'
 
 export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
@@ -382,9 +382,9 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models
     const busType = str(bus?.type)
     const meter = isObj(o.meter) ? o.meter : undefined
     const relay = isObj(o.relay) ? o.relay : undefined
-    if (busType !== undefined && BUS_TRANSPORT[busType] !== undefined) {
+    if (busType !== undefined && (BUS_TRANSPORT as Record<string, string>)[busType] !== undefined) {
       for (const part of ['meter', 'relay'] as const) out.push(...addressProblems(o[part], busType, `${at}/${part}`))
-      if (NET_BUS_TYPES.has(busType)) out.push(...channelProblems(o, busId!, busType, at, netClaims))
+      if (isNetBusType(busType)) out.push(...channelProblems(o, busId!, busType, at, netClaims))
     }
     if (meter) {
       const model = str(meter.model)
@@ -604,16 +604,6 @@ function nodeRedProblems(cfg: Loose): ConfigProblem[] {
   return out
 }
 
-/** The model transport each kind of bus speaks. */
-const BUS_TRANSPORT: Record<string, string> = {
-  'modbus-rtu': 'modbus',
-  'modbus-tcp': 'modbus',
-  serial: 'serial',
-  shelly: 'shelly-rpc',
-  tasmota: 'tasmota-http',
-}
-const NET_BUS_TYPES = new Set(['shelly', 'tasmota'])
-
 function modelProblems(
   registry: ModelRegistry | undefined,
   model: string,
@@ -628,7 +618,7 @@ function modelProblems(
     const where = modelsDir ? ` or a file ${join(modelsDir, model + '.json')}` : ' (or set models.dir for your own)'
     return [{ pointer, message: `unknown ${kind} model "${model}": expected one of ${registry.names(kind).join(', ')}${where}` }]
   }
-  const want = busType !== undefined ? BUS_TRANSPORT[busType] : undefined
+  const want = busType !== undefined ? (BUS_TRANSPORT as Record<string, string>)[busType] : undefined
   if (want === undefined || m.transport === want) return []
   if (want === 'serial' && m.transport === 'modbus')
     return [
@@ -644,7 +634,7 @@ function modelProblems(
     .filter((x) => x.transport === want && x.kinds.includes(kind))
     .map((x) => x.name)
     .sort()
-  const bus = busType === 'serial' ? 'a plain serial bus' : busType === 'shelly' || busType === 'tasmota' ? `a ${busType} device` : 'Modbus'
+  const bus = busType === 'serial' ? 'a plain serial bus' : busType !== undefined && isNetBusType(busType) ? `a ${busType} device` : 'Modbus'
   return [
     {
       pointer,
@@ -657,7 +647,7 @@ function modelProblems(
 function addressProblems(part: unknown, busType: string, at: string): ConfigProblem[] {
   if (!isObj(part)) return []
   const out: ConfigProblem[] = []
-  if (NET_BUS_TYPES.has(busType)) {
+  if (isNetBusType(busType)) {
     for (const k of ['unit', 'coil', 'register', 'delayMs'])
       if (part[k] !== undefined) out.push({ pointer: `${at}/${k}`, message: `is for Modbus and serial buses; on a ${busType} device use channel` })
   } else {
@@ -668,13 +658,12 @@ function addressProblems(part: unknown, busType: string, at: string): ConfigProb
 }
 
 /** One outlet per meter channel and per relay channel of a network device. */
-function channelProblems(o: Loose, busId: string, busType: string, at: string, claims: Map<string, string>): ConfigProblem[] {
+function channelProblems(o: Loose, busId: string, busType: NetDeviceConfig['type'], at: string, claims: Map<string, string>): ConfigProblem[] {
   const out: ConfigProblem[] = []
   for (const part of ['meter', 'relay'] as const) {
     const p = o[part]
     if (!isObj(p)) continue
-    // The default channel is Shelly's first component (0) or Tasmota's first relay (1), as drivers/netdev.ts has it.
-    const ch = typeof p.channel === 'number' ? p.channel : busType === 'tasmota' ? 1 : 0
+    const ch = typeof p.channel === 'number' ? p.channel : defaultChannel(busType)
     const k = `${busId}#${part}#${ch}`
     const prev = claims.get(k)
     if (prev)

@@ -11,6 +11,7 @@ import { join, basename } from 'node:path'
 import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
 import { OutpostError } from './errors.js'
 import { packagePath } from '../core/paths.js'
+import type { BusConfig, NetDeviceConfig, Reading } from '../core/types.js'
 
 export type RegisterType = 'int16' | 'uint16' | 'int32' | 'uint32' | 'float32' | 'int64' | 'uint64' | 'float64'
 
@@ -72,6 +73,25 @@ export interface DeviceModel {
 export type NetTransport = 'shelly-rpc' | 'tasmota-http'
 export const NET_TRANSPORTS: readonly string[] = ['shelly-rpc', 'tasmota-http'] satisfies NetTransport[]
 
+/** The model transport each kind of bus speaks: a meter or relay model must speak its bus's. */
+export const BUS_TRANSPORT: Record<BusConfig['type'], DeviceModel['transport']> = {
+  'modbus-rtu': 'modbus',
+  'modbus-tcp': 'modbus',
+  serial: 'serial',
+  shelly: 'shelly-rpc',
+  tasmota: 'tasmota-http',
+}
+
+/** A bus that is one network device (Shelly, Tasmota), its outlets on the device's channels. */
+export function isNetBusType(type: string): type is NetDeviceConfig['type'] {
+  return type === 'shelly' || type === 'tasmota'
+}
+
+/** The channel an outlet uses on a network device when it names none: Shelly's components count from 0, Tasmota's relays from 1. */
+export function defaultChannel(type: NetDeviceConfig['type']): number {
+  return type === 'tasmota' ? 1 : 0
+}
+
 /** Where one quantity is in a network device's JSON reply. */
 export interface NetValue {
   path: string
@@ -86,6 +106,25 @@ export interface NetDeviceSpec {
 }
 
 export const REQUIRED_METER_QUANTITIES = ['voltageV', 'currentA', 'powerW', 'energyWh'] as const
+
+/**
+ * The reading of outlet `outlet` from its meter's quantities. A required quantity that is not a
+ * finite number makes the whole reading a failed read (the engine counts it as silence);
+ * `unavailable` names the registers a device refused, for the message.
+ */
+export function toReading(outlet: string, q: Record<string, number>, ts: number, unavailable: string[] = []): Reading {
+  for (const k of REQUIRED_METER_QUANTITIES) {
+    const v = q[k]
+    if (typeof v !== 'number' || !Number.isFinite(v))
+      throw new OutpostError('READING_INVALID', `outlet ${outlet}: ${k} is ${String(v)}${unavailableWhy(unavailable)}`)
+  }
+  return { ts, currentA: q.currentA!, powerW: q.powerW!, energyWh: q.energyWh!, voltageV: q.voltageV! }
+}
+
+/** What a failed read's message adds for the registers a device refused. */
+export function unavailableWhy(unavailable: string[]): string {
+  return unavailable.length ? ` (${unavailable.join('; ')})` : ''
+}
 
 export const BUILTIN_MODELS_DIR = packagePath('drivers', 'models')
 

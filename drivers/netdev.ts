@@ -19,7 +19,7 @@ import type { Logger } from 'pino'
 import { OutpostError } from './errors.js'
 import type { NetDeviceConfig, OutletConfig, Reading } from '../core/types.js'
 import type { BusHealth, DeviceHealth, Priority } from './scheduler.js'
-import { REQUIRED_METER_QUANTITIES, type DeviceModel, type NetDeviceSpec, type NetValue } from './models.js'
+import { defaultChannel, toReading, type DeviceModel, type NetDeviceSpec, type NetValue } from './models.js'
 import type { OutletIO } from './outlet.js'
 
 // ---------------------------------------------------------------- HTTP
@@ -199,12 +199,6 @@ export function netValue(where: string, reply: unknown, q: string, v: NetValue):
   return Number((x * scale).toPrecision(12))
 }
 
-export function toNetReading(where: string, q: Record<string, number>, ts: number): Reading {
-  for (const k of REQUIRED_METER_QUANTITIES)
-    if (typeof q[k] !== 'number' || !Number.isFinite(q[k])) throw new OutpostError('READING_INVALID', `${where}: ${k} is ${String(q[k])}`)
-  return { ts, voltageV: q.voltageV!, currentA: q.currentA!, powerW: q.powerW!, energyWh: q.energyWh! }
-}
-
 // ---------------------------------------------------------------- the device
 
 /** Failures that mean "the device did not answer": retried. */
@@ -343,7 +337,7 @@ export abstract class NetDevice {
 
 /** The channel an outlet's meter or relay uses on a network device (Shelly's component id; Tasmota's relay number). */
 export function netChannel(cfg: OutletConfig, part: 'meter' | 'relay', type: NetDeviceConfig['type']): number {
-  return cfg[part]?.channel ?? (type === 'tasmota' ? 1 : 0)
+  return cfg[part]?.channel ?? defaultChannel(type)
 }
 
 /**
@@ -428,7 +422,7 @@ export abstract class NetOutlet implements OutletIO {
       replies.set(r, reply)
       for (const [name, v] of Object.entries(r.values)) q[name] = netValue(`outlet ${this.id} ${what}`, reply, name, v)
     }
-    const reading = toNetReading(`outlet ${this.id}`, q, this.now())
+    const reading = toReading(this.id, q, this.now())
     await this.rearm(replies)
     return reading
   }

@@ -17,13 +17,15 @@ import type { LineReply, LineRequest } from './line-protocol.js'
 import { BusScheduler, type BusHealth, type Priority } from './scheduler.js'
 import { SerialStream, TcpStream } from './transport.js'
 import {
+  BUS_TRANSPORT,
   decodeIdentity,
   decodeMeter,
   identityWords,
   meterBlocks,
   ModelRegistry,
-  REQUIRED_METER_QUANTITIES,
+  toReading,
   type Block,
+  unavailableWhy as why,
   type DeviceModel,
 } from './models.js'
 import type { NetDevice } from './netdev.js'
@@ -347,21 +349,6 @@ class ModbusFeeder implements FeederIO {
   }
 }
 
-/** A quantity that is not a finite number makes the whole reading a failed read (the engine counts it as silence). */
-function toReading(outlet: string, q: Record<string, number>, ts: number, unavailable: string[] = []): Reading {
-  for (const k of REQUIRED_METER_QUANTITIES) {
-    const v = q[k]
-    if (typeof v !== 'number' || !Number.isFinite(v))
-      throw new OutpostError('READING_INVALID', `outlet ${outlet}: ${k} is ${String(v)}${why(unavailable)}`)
-  }
-  return { ts, currentA: q.currentA!, powerW: q.powerW!, energyWh: q.energyWh!, voltageV: q.voltageV! }
-}
-
-/** The model transport a bus speaks. */
-function busTransport(type: SiteConfig['buses'][number]['type']): DeviceModel['transport'] {
-  return type === 'serial' ? 'serial' : type === 'shelly' ? 'shelly-rpc' : type === 'tasmota' ? 'tasmota-http' : 'modbus'
-}
-
 function netDevice(config: NetDeviceConfig, opts: OpenOptions): NetDevice {
   const o = { now: opts.now, logger: opts.logger }
   return config.type === 'shelly' ? new ShellyDevice(config, o) : new TasmotaDevice(config, o)
@@ -387,10 +374,6 @@ function withLineHint(err: unknown, bus: BusConfig, meter: DeviceModel): unknown
   return new OutpostError(e.code, `${e.message} (model ${meter.name} ships set to ${factory}; bus ${bus.id} runs ${here})`, { cause: err })
 }
 
-function why(unavailable: string[]): string {
-  return unavailable.length ? ` (${unavailable.join('; ')})` : ''
-}
-
 /**
  * Open every configured bus (each begins connecting in the background) and bind
  * the outlets to their models. Throws only for problems in the configuration
@@ -409,7 +392,7 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     if (!bc) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: unknown bus "${o.bus}"`)
     const meter = registry.get(o.meter.model, 'meter')
     const relay = o.relay ? registry.get(o.relay.model, 'relay') : undefined
-    const wantTransport = busTransport(bc.type)
+    const wantTransport = BUS_TRANSPORT[bc.type]
     for (const m of [meter, relay]) {
       if (m && m.transport !== wantTransport)
         throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
