@@ -223,6 +223,8 @@ export abstract class NetDevice {
   protected readonly stats = { opens: 0, transactions: 0, timeouts: 0, exceptions: 0, garbage: 0, retries: 0, refused: 0 }
   private readonly dev: DeviceHealth = { unit: 0, transactions: 0, failures: 0, consecutiveFailures: 0 }
   private readonly openWaiters = new Set<() => void>()
+  private probeTimer: NodeJS.Timeout | undefined
+  private probeDelay = 1000
 
   constructor(
     readonly config: NetDeviceConfig,
@@ -233,7 +235,26 @@ export abstract class NetDevice {
     return this.config.id
   }
 
-  abstract start(): void
+  /** Begins probing the device (and whatever else the kind of device keeps open). */
+  start(): void {
+    this.closed = false
+    this.probe()
+  }
+
+  /** One exchange that shows the device is there (and, for a Shelly, speaks its outlets' models); rejects when it did not answer. */
+  protected abstract probeOnce(): Promise<void>
+
+  /** probeOnce until it answers, backing off from 1 s to 30 s: health shows the device open before the first poll. */
+  private probe(): void {
+    if (this.closed) return
+    this.probeOnce().then(
+      () => undefined,
+      () => {
+        this.probeTimer = setTimeout(() => this.probe(), this.probeDelay)
+        this.probeDelay = Math.min(this.probeDelay * 2, 30_000)
+      },
+    )
+  }
 
   /** Runs `fn` (one device exchange) in its lane with the bus's retries; the device's health follows the result. */
   run<T>(priority: Priority, what: string, fn: () => Promise<T>): Promise<T> {
@@ -331,6 +352,7 @@ export abstract class NetDevice {
 
   async close(): Promise<void> {
     this.closed = true
+    clearTimeout(this.probeTimer)
     this.agent.destroy()
   }
 }

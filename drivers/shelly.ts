@@ -29,8 +29,6 @@ export class ShellyDevice extends NetDevice {
   private ws: WebSocket | undefined
   private wsTimer: NodeJS.Timeout | undefined
   private wsDelay = 1000
-  private probeTimer: NodeJS.Timeout | undefined
-  private probeDelay = 1000
   private readonly listeners = new Map<string, Set<() => void>>()
   /** Methods every outlet on this device calls, checked against Shelly.ListMethods at start. */
   private readonly needs = new Map<string, string>()
@@ -49,34 +47,24 @@ export class ShellyDevice extends NetDevice {
     if (sw?.get && model.kinds.includes('relay')) this.needs.set(sw.get, model.name)
   }
 
-  start(): void {
-    this.closed = false
-    this.probe()
+  override start(): void {
+    super.start()
     if (this.config.notify !== false) this.connectWs()
   }
 
-  /** Shelly.ListMethods until it answers: the device is there, and it speaks what its outlets' models call. */
-  private probe(): void {
-    if (this.closed) return
-    this.call('poll', 'Shelly.ListMethods', {}).then(
-      (r) => {
-        const methods = new Set(Array.isArray((r as { methods?: unknown }).methods) ? ((r as { methods: unknown[] }).methods as string[]) : [])
-        const missing = [...this.needs].filter(([m]) => !methods.has(m))
-        if (missing.length > 0) {
-          const err = new OutpostError(
-            'NET_MODEL_MISMATCH',
-            `device ${this.id} (${this.config.host}) has no ${missing.map(([m, model]) => `${m} (model ${model})`).join(', ')}; ` +
-              `it offers ${[...methods].filter((m) => /\.GetStatus$/.test(m)).join(', ') || 'no GetStatus methods'}`,
-          )
-          this.failed(err, 'Shelly.ListMethods')
-          this.opts.logger?.error({ bus: this.id, err: err.message }, 'device model mismatch')
-        }
-      },
-      () => {
-        this.probeTimer = setTimeout(() => this.probe(), this.probeDelay)
-        this.probeDelay = Math.min(this.probeDelay * 2, 30_000)
-      },
+  /** Shelly.ListMethods: the device is there, and it speaks what its outlets' models call. */
+  protected async probeOnce(): Promise<void> {
+    const r = await this.call('poll', 'Shelly.ListMethods', {})
+    const methods = new Set(Array.isArray((r as { methods?: unknown }).methods) ? ((r as { methods: unknown[] }).methods as string[]) : [])
+    const missing = [...this.needs].filter(([m]) => !methods.has(m))
+    if (missing.length === 0) return
+    const err = new OutpostError(
+      'NET_MODEL_MISMATCH',
+      `device ${this.id} (${this.config.host}) has no ${missing.map(([m, model]) => `${m} (model ${model})`).join(', ')}; ` +
+        `it offers ${[...methods].filter((m) => /\.GetStatus$/.test(m)).join(', ') || 'no GetStatus methods'}`,
     )
+    this.failed(err, 'Shelly.ListMethods')
+    this.opts.logger?.error({ bus: this.id, err: err.message }, 'device model mismatch')
   }
 
   /** One RPC over HTTP, in the device's lane for `priority`; the result, or the device's error as NET_RPC_ERROR. */
@@ -212,7 +200,6 @@ export class ShellyDevice extends NetDevice {
 
   override async close(): Promise<void> {
     this.closed = true
-    clearTimeout(this.probeTimer)
     clearTimeout(this.wsTimer)
     const ws = this.ws
     this.ws = undefined

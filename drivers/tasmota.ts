@@ -16,29 +16,15 @@ import { httpExchange, NetDevice, NetOutlet, parseJsonReply, passwordReader, typ
 
 export class TasmotaDevice extends NetDevice {
   private readonly password: (() => string) | undefined
-  private probeTimer: NodeJS.Timeout | undefined
-  private probeDelay = 1000
 
   constructor(config: NetDeviceConfig, opts: NetOpenOptions) {
     super(config, opts)
     this.password = passwordReader(config)
   }
 
-  start(): void {
-    this.closed = false
-    this.probe()
-  }
-
-  /** Status 0 until it answers: health shows the device as open before the first poll. */
-  private probe(): void {
-    if (this.closed) return
-    this.command('poll', 'Status').then(
-      () => undefined,
-      () => {
-        this.probeTimer = setTimeout(() => this.probe(), this.probeDelay)
-        this.probeDelay = Math.min(this.probeDelay * 2, 30_000)
-      },
-    )
+  /** Status 0: the device is there. */
+  protected async probeOnce(): Promise<void> {
+    await this.command('poll', 'Status')
   }
 
   /** One command; its JSON reply, or NET_AUTH / NET_RPC_ERROR / NET_BAD_REPLY saying what the device said instead. */
@@ -70,12 +56,6 @@ export class TasmotaDevice extends NetDevice {
         throw new OutpostError('NET_RPC_ERROR', `${where}: the device answered Command ${reply.Command}`)
       return reply
     })
-  }
-
-  override async close(): Promise<void> {
-    this.closed = true
-    clearTimeout(this.probeTimer)
-    await super.close()
   }
 }
 
