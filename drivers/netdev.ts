@@ -134,7 +134,7 @@ export class DigestAuth {
 }
 
 /** key=value and key="value" pairs of an auth header, keys lower-cased. */
-export function parseAuthParams(s: string): Record<string, string> {
+function parseAuthParams(s: string): Record<string, string> {
   const out: Record<string, string> = {}
   const re = /([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g
   for (let m = re.exec(s); m; m = re.exec(s)) out[m[1]!.toLowerCase()] = m[2] !== undefined ? m[2].replace(/\\(.)/g, '$1') : m[3]!
@@ -171,7 +171,7 @@ export function parseJsonReply(where: string, r: HttpReply): Record<string, unkn
   return v as Record<string, unknown>
 }
 
-export function pathGet(obj: unknown, path: string): unknown {
+function pathGet(obj: unknown, path: string): unknown {
   let cur = obj
   for (const k of path.split('.')) {
     if (typeof cur !== 'object' || cur === null || Array.isArray(cur)) return undefined
@@ -358,7 +358,7 @@ export abstract class NetDevice {
 }
 
 /** The channel an outlet's meter or relay uses on a network device (Shelly's component id; Tasmota's relay number). */
-export function netChannel(cfg: OutletConfig, part: 'meter' | 'relay', type: NetDeviceConfig['type']): number {
+function netChannel(cfg: OutletConfig, part: 'meter' | 'relay', type: NetDeviceConfig['type']): number {
   return cfg[part]?.channel ?? defaultChannel(type)
 }
 
@@ -367,7 +367,7 @@ export function netChannel(cfg: OutletConfig, part: 'meter' | 'relay', type: Net
  * the gateway reads it, at most every third of autoOffS, so the device opens it by
  * itself autoOffS after the gateway stops (crash, power loss, hang of the poll loop).
  */
-export class AutoOff {
+class AutoOff {
   private armedAt = -Infinity
   /** The gateway wants the relay closed (set by setRelay). */
   wanted = false

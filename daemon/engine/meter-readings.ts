@@ -30,9 +30,9 @@ export const BOUND_MIN_V = 253
 /** A measured voltage above this is not believed (low-voltage outlets only): the bound never grows past it. */
 export const BOUND_MAX_V = 500
 /** A counter's resolution, at least: 10 Wh (0.01 kWh registers, the coarsest Outpost reads). */
-export const RESOLUTION_MWH = 10_000
+const RESOLUTION_MWH = 10_000
 /** …or this many ppm of the register (a float32 kWh register's rounding at a large total), whichever is larger. */
-export const RESOLUTION_PPM = 10
+const RESOLUTION_PPM = 10
 
 /** The counter's resolution near `registerMWh`: a step back within it counts as zero. */
 export function resolutionMWh(registerMWh: number): number {

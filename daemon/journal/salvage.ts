@@ -68,7 +68,7 @@ export async function openJournalForRun(
 }
 
 /** The error-level line a salvage is reported with: where the journal went, and every seq it could not carry. */
-export function salvageMessage(s: JournalSalvage): string {
+function salvageMessage(s: JournalSalvage): string {
   const onto = s.mode === 'repaired' ? 'repaired copy' : 'fresh journal'
   const where = s.movedTo ? `moved to ${s.movedTo}` : 'the journal directory was missing'
   const parts: string[] = []
