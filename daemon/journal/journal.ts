@@ -27,6 +27,7 @@ import { readMarker, RESERVE_BLOCK, type SeqMarker, writeMarker } from './seq-ma
 import { type CommitStep, checkStep, type ReadingEntry } from './commit-step.js'
 import { corrupt, droppedByLevelDb, openError, parseJson } from './open-errors.js'
 import { checkedTables, describeDamage, recordCheckedTables } from './table-check.js'
+import { pastHole } from '../../core/holes.js'
 
 export { droppedByLevelDb, openError } from './open-errors.js'
 
@@ -484,9 +485,8 @@ export class Journal implements RecordLog {
   async ack(upTo: number): Promise<void> {
     if (!Number.isSafeInteger(upTo)) throw new OutpostError('JOURNAL_BAD_RANGE', `ack: upTo must be an integer, got ${upTo}`)
     await this.enqueue(async () => {
-      let target = Math.min(upTo, this.headSeq)
       // Acknowledging the last record before a salvage's hole acknowledges the hole: its seqs are lost, never sent.
-      for (const h of this.holeList) if (target >= h.from - 1 && target < h.to) target = h.to
+      const target = pastHole(this.holeList, Math.min(upTo, this.headSeq))
       if (target <= this.ackedSeq) return
       // Unsynced, fsynced within readingSyncMs (or by the next record): losing the newest acks to a power
       // cut only re-sends records the cloud de-duplicates by seq, and at a site's pace the cloud acks

@@ -24,6 +24,7 @@ import { authOptions, safeUrl } from './connection.js'
 import { answerPull, parsePull } from './pull.js'
 import { topics, type Topics } from './topics.js'
 import { withTimeout } from '../../core/timeout.js'
+import { pastHole } from '../../core/holes.js'
 
 const timeout = (): Error => new Error('timeout')
 
@@ -413,7 +414,7 @@ export class Uplink {
       const acked = Math.max(this.log.acked(), this.ackWanted)
       if (this.sent < acked) this.sent = acked
       // Past a salvage's hole (lost seqs, never sent) the next records follow at once, without waiting for the ack.
-      for (const h of this.log.holes?.() ?? []) if (this.sent >= h.from - 1 && this.sent < h.to) this.sent = h.to
+      this.sent = pastHole(this.log.holes?.() ?? [], this.sent)
       const room = this.cfg.windowRecords - (this.sent - acked)
       // One journal read serves several messages (fewer iterators); it never exceeds the window's room,
       // nor more messages than may still await PUBACK.
