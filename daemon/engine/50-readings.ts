@@ -99,10 +99,11 @@ export function onReading(ctx: Ctx, id: string, r: EngineEvent & { type: 'readin
   if (v.kind === 'rejected') {
     // Never billed, and not a good reading: the meter-fault timer runs on.
     const e = ctx.out(id)
+    const regMWh = Math.round(rd.energyWh * 1000)
     e.badDetail = v.detail
-    e.suspect = { ts: rd.ts, mWh: Math.round(rd.energyWh * 1000) }
+    e.suspect = { ts: rd.ts, mWh: regMWh }
     e.recon = reconAfter(e.recon, v, false)
-    if (e.session) noteMeterEvent(ctx.sess(id), 'rejected', rd.ts, e.last!.mWh, Math.round(rd.energyWh * 1000))
+    if (e.session) noteMeterEvent(ctx.sess(id), 'rejected', rd.ts, e.last!.mWh, regMWh)
     checkMeterTimer(ctx, id)
     return
   }
