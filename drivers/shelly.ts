@@ -10,13 +10,13 @@
  * Must never: treat a notification as a reading (only a read is billed from),
  * or close a relay the device opened by itself (a re-arm only re-arms a closed one).
  */
-import { randomBytes, createHash } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import WebSocket from 'ws'
 import { OutpostError } from './errors.js'
 import type { NetDeviceConfig, OutletConfig } from '../core/types.js'
 import type { Priority } from './scheduler.js'
 import type { DeviceModel, NetDeviceSpec } from './models.js'
-import { DigestAuth, httpExchange, NetDevice, NetOutlet, parseJsonReply, passwordReader, type NetOpenOptions } from './netdev.js'
+import { DigestAuth, digestResponse, httpExchange, NetDevice, NetOutlet, parseJsonReply, passwordReader, type NetOpenOptions } from './netdev.js'
 
 /** Shelly's user name is fixed. */
 const USER = 'admin'
@@ -183,17 +183,13 @@ export class ShellyDevice extends NetDevice {
     } catch {
       return undefined
     }
-    const h = (s: string) => createHash('sha256').update(s).digest('hex')
     const cnonce = randomBytes(8).readUInt32BE(0)
-    const nc = c.nc ?? 1
-    const ha1 = h(`${USER}:${c.realm}:${password}`)
-    const ha2 = h('dummy_method:dummy_uri')
     return {
       realm: c.realm,
       username: USER,
       nonce: c.nonce,
       cnonce,
-      response: h(`${ha1}:${c.nonce}:${nc}:${cnonce}:auth:${ha2}`),
+      response: digestResponse(USER, c.realm, password, c.nonce, c.nc ?? 1, cnonce, 'dummy_method:dummy_uri'),
       algorithm: 'SHA-256',
     }
   }
