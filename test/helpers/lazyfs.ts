@@ -66,7 +66,24 @@ function mounted(mnt: string): boolean {
     .some((l) => l.split(' ')[1] === mnt)
 }
 
+/**
+ * A fresh LazyFS mount. LazyFS itself sometimes dies while starting (once in a fresh-clone run it
+ * aborted parsing its arguments, as if --config-path were missing): a failed start is tried again,
+ * twice, before the test fails with LazyFS's own words.
+ */
 export async function mountLazyfs(): Promise<LazyFs> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await mountOnce()
+    } catch (err) {
+      if (attempt >= 3 || !(err instanceof LazyFsStartFailed)) throw err
+    }
+  }
+}
+
+class LazyFsStartFailed extends Error {}
+
+async function mountOnce(): Promise<LazyFs> {
   const bin = lazyfsBinary()
   const base = mkdtempSync(join(tmpdir(), 'outpost-lazyfs-'))
   const mnt = join(base, 'mnt')
@@ -108,7 +125,9 @@ export async function mountLazyfs(): Promise<LazyFs> {
   while (!(mounted(mnt) && existsSync(done) && existsSync(faults))) {
     if (exited || Date.now() > deadline) {
       proc.kill('SIGKILL')
-      throw new Error(`LazyFS (${bin}) did not mount ${mnt}: ${stderr.trim().split('\n').slice(-2).join(' ') || 'no output'}; ${HOW}`)
+      spawnSync('fusermount3', ['-uz', mnt])
+      rmSync(base, { recursive: true, force: true })
+      throw new LazyFsStartFailed(`LazyFS (${bin}) did not mount ${mnt}: ${stderr.trim().split('\n').slice(-2).join(' ') || 'no output'}; ${HOW}`)
     }
     await new Promise((r) => setTimeout(r, 20))
   }
