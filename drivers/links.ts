@@ -217,9 +217,13 @@ abstract class BaseLink<Req, Res> implements Link<Req, Res> {
   }
 }
 
-/** The first offset past a whole frame from which the buffer holds the echo of `sent`, or its beginning so far. */
+/**
+ * The first offset past a whole frame from which the buffer holds the echo of `sent`, or its
+ * beginning so far, or nothing yet: an earlier exchange's late reply can arrive whole, on its
+ * own, a moment before the echo of the request after it.
+ */
 function echoStart(buf: Buffer, sent: Buffer, wholeFrame: (head: Buffer) => boolean): number | undefined {
-  for (let i = 1; i < buf.length; i++) {
+  for (let i = 1; i <= buf.length; i++) {
     const m = Math.min(buf.length - i, sent.length)
     if (buf.subarray(i, i + m).equals(sent.subarray(0, m)) && wholeFrame(buf.subarray(0, i))) return i
   }
@@ -528,8 +532,9 @@ export class LineLink extends BaseLink<LineRequest, LineReply> {
     }
   }
 
+  /** One protocol line, whole and well-formed: a garbled echo run into a reply is not one. */
   protected wholeFrame(bytes: Buffer): boolean {
-    return bytes.indexOf(0x0a) === bytes.length - 1
+    return bytes.indexOf(0x0a) === bytes.length - 1 && parseLine(bytes.subarray(0, -1).toString('latin1')).kind === 'ok'
   }
 
   protected partialFrame(bytes: Buffer): boolean {

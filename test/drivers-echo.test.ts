@@ -142,6 +142,23 @@ t.test('echo: true — a mismatched echo is retried', async (t) => {
   t.equal(site.health()[0]!.echoErrors, 2)
 })
 
+t.test("echo: true — another unit's late reply, whole, and the echo only a moment later: skipped, never a collision", async (t) => {
+  const { site, line } = await echoSite(t, { echo: true, retries: 0 })
+  await line.command({ cmd: 'log' })
+  t.same(await site.outlet('M1').read(), { ts: clock, ...sdm120(1) })
+  const events = (await line.command({ cmd: 'log' })).events!
+  const at = events.findIndex(([k]) => k === 'rep')
+  let reply = ''
+  for (let i = at; i < events.length && events[i]![0] === 'rep'; i++) reply += events[i]![2]
+  // Unit 1's reply reaches the gateway on its own, 50 ms before the echo of unit 2's request.
+  await line.command({ cmd: 'stale', hex: reply, gapMs: 50 })
+  const before = site.health()[0]!.garbageBytes
+  t.same(await site.outlet('M2').read(), { ts: clock, ...sdm120(2) })
+  const h = site.health()[0]!
+  t.equal(h.garbageBytes - before, reply.length / 2, 'the late reply was skipped and counted')
+  t.equal(h.echoErrors, 0, 'no collision')
+})
+
 t.test('echo: true — a late reply ahead of the echo is skipped, never a config error', async (t) => {
   const { site, line } = await echoSite(t, { echo: true, retries: 0 })
   await line.command({ cmd: 'log' })
