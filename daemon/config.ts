@@ -76,6 +76,11 @@ export function loadConfigFile(file: string): ConfigResult {
             : e.message
     return { ok: false, problems: [{ pointer: '', message: `cannot read config: ${why}` }] }
   }
+  return checkConfigText(text)
+}
+
+/** Parse and validate a config's text: what `check-config` checks in a file, and the local API at every save. */
+export function checkConfigText(text: string): ConfigResult {
   const parsed = parseJson(text)
   if (!parsed.ok) return { ok: false, problems: parsed.problems }
   return validateConfig(parsed.value)
@@ -337,6 +342,23 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models
     }
     out.push(...planIssues(p, `/plans/${i}`).filter((q) => !saidAtOrAbove(schema, q.pointer)))
   })
+
+  if (isObj(cfg.api)) {
+    const seen = new Map<string, string>()
+    const token = str(cfg.api.token)
+    if (token !== undefined) seen.set(token, '/api/token')
+    const names = new Set<string>()
+    arr(cfg.api.tokens).forEach((x, i) => {
+      if (!isObj(x)) return
+      const t = str(x.token)
+      const first = t === undefined ? undefined : seen.get(t)
+      if (first !== undefined) out.push({ pointer: `/api/tokens/${i}/token`, message: `is the same token as ${first}: each token is one role` })
+      else if (t !== undefined) seen.set(t, `/api/tokens/${i}/token`)
+      const name = str(x.name)
+      if (name !== undefined && names.has(name)) out.push({ pointer: `/api/tokens/${i}/name`, message: `duplicate token name "${name}"` })
+      else if (name !== undefined) names.add(name)
+    })
+  }
 
   const outletIds = new Set<string>()
   const meterUnits = new Map<string, string>() // `${bus}#${unit}` -> pointer

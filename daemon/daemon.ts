@@ -37,6 +37,7 @@ import {
   outletStatuses,
   step,
   type CircuitStatus,
+  type ConfigChange,
   type EngineState,
   type EngineEvent,
   type Effect,
@@ -59,6 +60,13 @@ export interface DaemonOptions {
   version: string
   /** Bound on a clean stop (final readings, relays, flush). */
   stopTimeoutMs?: number
+  /**
+   * The SHA-256 of the config file's bytes (daemon/config-store.ts): kept in the engine state,
+   * so a boot that finds the file changed since the last config applied journals `config.applied`.
+   */
+  configHash?: string
+  /** The JSON pointers that changed since the config of `previousHash` (boot, when the file changed); `[""]` when unknown. */
+  changedSince?: (previousHash: string) => Promise<string[]>
   /**
    * false: after the boot's first reads, no poll or tick timers run and the caller dispatches
    * the readings and ticks (a benchmark measuring the daemon with one source of readings).
@@ -91,7 +99,12 @@ export interface DaemonEvents {
 }
 
 export class Daemon extends EventEmitter<DaemonEvents> {
-  readonly config: SiteConfig
+  private cfg: SiteConfig
+  /** The config in force (replaced, without a restart, by applyConfig). */
+  get config(): SiteConfig {
+    return this.cfg
+  }
+  private readonly opts: DaemonOptions
   readonly bootId = randomUUID()
   private readonly clock: Clock
   private readonly log: Logger
@@ -125,7 +138,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   constructor(opts: DaemonOptions) {
     super()
-    this.config = opts.config
+    this.opts = opts
+    this.cfg = opts.config
     this.clock = opts.clock
     this.log = opts.logger
     this.version = opts.version
@@ -216,7 +230,16 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         },
         'not every bus is open yet; continuing',
       )
-    if (persisted) await this.dispatch({ type: 'config', config })
+    const hash = this.opts.configHash
+    if (persisted || hash !== undefined) {
+      // A file changed since the last config applied (a hand edit, or a save whose journal record the process did not live to write): journaled.
+      const previous = persisted?.gateway.configHash ?? null
+      const change =
+        hash !== undefined && previous !== null && previous !== hash
+          ? { who: 'file', changed: (await this.opts.changedSince?.(previous)) ?? [''] }
+          : undefined
+      await this.dispatch({ type: 'config', config, ...(hash !== undefined ? { hash } : {}), ...(change ? { change } : {}) })
+    }
     await this.dispatch({
       type: 'boot',
       cleanShutdown: this.journal.previousCleanShutdown,
@@ -319,6 +342,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
     this.log.info('outpost stopped')
+  }
+
+  /**
+   * Applies a validated config without a restart: one `config` step (journaled as
+   * `config.applied` in the same commit as the state it changes), then the daemon's own copy.
+   * Only what daemon/config-changes.ts lists as applying at once may differ from the config in
+   * force (the buses, devices and timers stay as they were opened). Returns the record's body.
+   */
+  async applyConfig(next: SiteConfig, hash: string, change: ConfigChange): Promise<RecordBody | undefined> {
+    const effects = await this.dispatch({ type: 'config', config: next, hash, change })
+    this.cfg = next
+    return effects.find((e): e is Extract<Effect, { type: 'record' }> => e.type === 'record' && e.record.type === 'config.applied')?.record
   }
 
   // ---------------------------------------------------------------- views
@@ -770,6 +805,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         break
       case 'session.resumed':
         this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, circuit: r.circuit, waitedS: r.waitedS }, 'session resumed')
+        break
+      case 'config.applied':
+        this.log.info({ seq: r.seq, who: r.who, configHash: r.configHash, changed: r.changed, pendingOutlets: r.pendingOutlets }, 'config applied')
         break
       default:
         this.log.debug({ seq: r.seq, type: r.type }, 'record')

@@ -23,6 +23,9 @@ import { RecentSessions } from './sessions.js'
 import { csvHeader, csvRow } from '../export.js'
 import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
+import { ConfigRoutes } from './config-routes.js'
+import type { ConfigStore } from '../config-store.js'
+import type { Principal } from './auth.js'
 
 /** A start/stop body is a few fields; anything bigger is a mistake. */
 export const MAX_BODY_BYTES = 4096
@@ -59,6 +62,7 @@ export const COMMAND_STATUS = {
 
 interface RoutesOptions {
   daemon: Daemon
+  configStore?: ConfigStore
   now: () => number
   snapshotMs: number
   chartSampleMs: number
@@ -73,6 +77,7 @@ export class ApiRoutes {
   /** Open live streams and how to send them an event. One daemon subscription serves them all. */
   private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
   private readonly outletIds: Set<string>
+  private readonly configRoutes: ConfigRoutes | undefined
   private readonly onStatus = (s: OutletStatus): void => this.broadcast('outlet', s)
   private readonly onRecord = (r: JournalRecord): void => this.broadcast('record', r)
 
@@ -82,6 +87,7 @@ export class ApiRoutes {
     this.metrics = new Metrics(opts.daemon, opts.now)
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
     this.outletIds = new Set(opts.daemon.config.outlets.map((o) => o.id))
+    this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
   }
@@ -116,7 +122,7 @@ export class ApiRoutes {
     sendJson(res, ok ? 200 : 503, { ok, uplink: status, ...ocpp, journal: { head: journal.head(), acked: journal.acked() } })
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse, method: string, path: string, q: URLSearchParams): Promise<void> {
+  async handle(req: IncomingMessage, res: ServerResponse, method: string, path: string, q: URLSearchParams, who: Principal): Promise<void> {
     if (path === '/metrics') {
       allow(method, ['GET', 'HEAD'])
       const text = await this.metrics.text()
@@ -169,6 +175,7 @@ export class ApiRoutes {
       allow(method, ['GET', 'HEAD'])
       return sendJson(res, 200, await this.snapshot())
     }
+    if (route === 'config' && this.configRoutes) return this.configRoutes.handle(req, res, method, parts.slice(1), who)
     if (route === 'events' && parts.length === 1) {
       allow(method, ['GET'])
       return this.stream(req, res)

@@ -22,10 +22,11 @@ import type { Logger } from '../log.js'
 import type { ApiConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import type { HttpHandler } from '../nodered/index.js'
-import { AuthThrottle, TokenAuth, presentsCredentials, signOutCookie } from './auth.js'
+import { AuthThrottle, TokenAuth, crossSite, presentsCredentials, signOutCookie, type Principal } from './auth.js'
 import { HttpError, allow, decodePathPart, mediaType, readBody, sendError } from './util.js'
 import { ApiRoutes } from './routes.js'
 import { StaticFiles } from './static.js'
+import type { ConfigStore } from '../config-store.js'
 
 export interface LocalApiOptions {
   daemon: Daemon
@@ -33,6 +34,8 @@ export interface LocalApiOptions {
   logger: Logger
   /** Wall clock (the daemon's injected clock). */
   now: () => number
+  /** The config file as the daemon runs it: the config routes (GET, check, save, versions, rollback) need it; without it they answer 404. */
+  configStore?: ConfigStore
   /** A taken port is tried again this often (default 10 s). */
   retryMs?: number
   /** When the port is taken, listen on any free port of the same host instead of retrying (the demo). */
@@ -77,13 +80,14 @@ export class LocalApi {
 
   constructor(private readonly opts: LocalApiOptions) {
     this.log = opts.logger
-    this.auth = new TokenAuth(opts.config.token)
+    this.auth = new TokenAuth(opts.config.token, opts.config.tokens)
     this.throttle = new AuthThrottle(opts.now)
     const { host, port } = parseListen(opts.config.listen || DEFAULT_LISTEN)
     this.host = host
     this.port = port
     this.routes = new ApiRoutes({
       daemon: opts.daemon,
+      configStore: opts.configStore,
       now: opts.now,
       snapshotMs: opts.snapshotMs ?? 2000,
       chartSampleMs: opts.chartSampleMs ?? 5000,
@@ -229,11 +233,17 @@ export class LocalApi {
       return this.runMount(m, req, res, url)
     }
 
-    const how = this.checkAuth(req)
-    if (!how) {
+    const who = this.checkAuth(req)
+    if (!who) {
       if (path === '/' && (method === 'GET' || method === 'HEAD')) return this.files.signIn(res, 401, '')
       throw unauthorized('this route')
     }
+    const reads = method === 'GET' || method === 'HEAD'
+    if (!reads && who.how === 'cookie') {
+      const why = crossSite(req)
+      if (why) throw new HttpError(403, 'cross-site', `${method} ${path} refused: ${why}`)
+    }
+    if (!reads && who.role === 'viewer') throw new HttpError(403, 'forbidden', `${who.who} may only read: the viewer role cannot ${method} ${path}`)
     if (path === '/') {
       allow(method, ['GET', 'HEAD'])
       return this.files.serve(res, 'index.html')
@@ -243,12 +253,13 @@ export class LocalApi {
       return this.files.serve(res, decodePathPart(path.slice('/static/'.length), 'the file name'))
     }
     // A browser's cookie travels with cross-site requests only for navigations it starts itself
-    // (SameSite=Strict), and a cross-site form cannot send application/json: together, no CSRF.
-    return this.routes.handle(req, res, method, path, url.searchParams)
+    // (SameSite=Strict), a cross-site form cannot send application/json, and a change made with
+    // the cookie must carry this page's Origin (above): CSRF is refused three times over.
+    return this.routes.handle(req, res, method, path, url.searchParams, who)
   }
 
   /** The token check, with the guessing throttle (429 after too many wrong tokens from one address). */
-  private checkAuth(req: IncomingMessage): 'bearer' | 'cookie' | undefined {
+  private checkAuth(req: IncomingMessage): (Principal & { how: 'bearer' | 'cookie' }) | undefined {
     if (!presentsCredentials(req)) return undefined
     const addr = req.socket.remoteAddress ?? ''
     this.refuseIfThrottled(addr)
@@ -284,7 +295,7 @@ export class LocalApi {
       return this.files.signIn(res, 401, 'That token is not right.')
     }
     const secure = (req.socket as TLSSocket).encrypted === true
-    res.writeHead(303, { location: '/', 'set-cookie': this.auth.signInCookie(secure), 'cache-control': 'no-store' })
+    res.writeHead(303, { location: '/', 'set-cookie': this.auth.signInCookie(token, secure), 'cache-control': 'no-store' })
     res.end()
   }
 

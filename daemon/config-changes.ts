@@ -1,0 +1,93 @@
+/**
+ * What a config change is: the JSON pointers that differ between two config documents, which
+ * of them the running daemon can apply without a restart, and which API role may change each.
+ *
+ * Owns: the list of what applies at once (the engine's parameters: plans and prices, an
+ * outlet's plan, auto-start, rating, phases, phase and priority, a circuit's limits, the
+ * session timings but the poll, the offline limit, the site's name), and which role owns
+ * which part of the config (docs/contract.md "Config changes").
+ * Must never: validate a config (daemon/config.ts), read or write a file, or apply anything.
+ */
+
+/** The local API's roles: `admin` is `api.token` (may do everything), the others come from `api.tokens`. */
+export const ROLES = ['admin', 'installer', 'owner', 'viewer'] as const
+export type Role = (typeof ROLES)[number]
+
+/** Applied at once, owned by the owner: plans and prices, which plan an outlet sells, auto-start users, the offline limit. */
+const OWNER_HOT = [/^\/plans(\/|$)/, /^\/outlets\/\d+\/plan$/, /^\/outlets\/\d+\/autoStart(\/|$)/, /^\/offline(\/|$)/]
+/** Applied at once, owned by the installer: what the engine keeps of the wiring and the timings. */
+const INSTALLER_HOT = [
+  /^\/outlets\/\d+\/(name|ratingA|phases|phase|priority)$/,
+  /^\/circuits\/\d+\/(maxA|failsafeA|slotS)$/,
+  /^\/sessions\/(graceSeconds|minChargeA|autoStartA|noCurrentA|noCurrentHoldMs|meterFaultMs|taperRatio|reconciliationMinutes)$/,
+  /^\/site\/name$/,
+]
+/** Who may be given API tokens, and where the API listens: only `api.token`'s holder. */
+const ADMIN_ONLY = [/^\/api(\/|$)/]
+
+export interface PointerRule {
+  pointer: string
+  /** Applies without a restart of the process. */
+  hot: boolean
+  /** The role that owns it (admin may change everything). */
+  owner: Role
+}
+
+/** One JSON pointer segment, escaped (RFC 6901). */
+const seg = (k: string | number): string => String(k).replace(/~/g, '~0').replace(/\//g, '~1')
+
+/** The pointers of every leaf that differs (a whole subtree when one side is not an object of the same kind), in document order. */
+export function diffPointers(a: unknown, b: unknown, at = ''): string[] {
+  if (Object.is(a, b)) return []
+  const obj = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+  if (Array.isArray(a) && Array.isArray(b)) {
+    const out: string[] = []
+    for (let i = 0; i < Math.max(a.length, b.length); i++) {
+      if (i >= a.length || i >= b.length) out.push(`${at}/${i}`)
+      else out.push(...diffPointers(a[i], b[i], `${at}/${i}`))
+    }
+    return out
+  }
+  if (obj(a) && obj(b)) {
+    const out: string[] = []
+    const keys = [...Object.keys(a), ...Object.keys(b).filter((k) => !Object.hasOwn(a, k))]
+    for (const k of keys) {
+      if (!Object.hasOwn(b, k) || !Object.hasOwn(a, k)) out.push(`${at}/${seg(k)}`)
+      else out.push(...diffPointers(a[k], b[k], `${at}/${seg(k)}`))
+    }
+    return out
+  }
+  return [at]
+}
+
+const ids = (doc: unknown, key: string): string => {
+  const list = (doc as Record<string, unknown> | null)?.[key]
+  return JSON.stringify(Array.isArray(list) ? list.map((x) => (x as { id?: unknown } | null)?.id ?? null) : null)
+}
+
+/**
+ * The changes between two documents, each with whether it applies at once and who owns it.
+ * Outlets or circuits added, removed or reordered count as one change of the whole list
+ * (`/outlets`, `/circuits`): the buses and devices behind them are opened at start.
+ */
+export function describeChanges(before: unknown, after: unknown): PointerRule[] {
+  let pointers = diffPointers(before, after)
+  for (const list of ['outlets', 'circuits']) {
+    if (ids(before, list) === ids(after, list)) continue
+    pointers = pointers.filter((p) => p !== `/${list}` && !p.startsWith(`/${list}/`))
+    pointers.push(`/${list}`)
+  }
+  return pointers.map(rule)
+}
+
+export function rule(pointer: string): PointerRule {
+  if (OWNER_HOT.some((r) => r.test(pointer))) return { pointer, hot: true, owner: 'owner' }
+  if (INSTALLER_HOT.some((r) => r.test(pointer))) return { pointer, hot: true, owner: 'installer' }
+  if (ADMIN_ONLY.some((r) => r.test(pointer))) return { pointer, hot: false, owner: 'admin' }
+  return { pointer, hot: false, owner: 'installer' }
+}
+
+/** Whether `role` may change what `r` names. */
+export function mayChange(role: Role, r: PointerRule): boolean {
+  return role === 'admin' || role === r.owner
+}
