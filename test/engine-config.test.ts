@@ -16,8 +16,22 @@ const plan = (perKwh: number, activationFee = 0): PlanConfig => ({
 })
 
 const outlets = (ratingA2 = 32, ratingA1 = 32): unknown[] => [
-  { id: 'A1', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard', ratingA: ratingA1 },
-  { id: 'A2', bus: 'lan', meter: { model: 'eastron-sdm120', unit: 2 }, relay: { model: 'modbus-coil', unit: 100, coil: 1 }, plan: 'standard', ratingA: ratingA2 },
+  {
+    id: 'A1',
+    bus: 'lan',
+    meter: { model: 'eastron-sdm120', unit: 1 },
+    relay: { model: 'modbus-coil', unit: 100, coil: 0 },
+    plan: 'standard',
+    ratingA: ratingA1,
+  },
+  {
+    id: 'A2',
+    bus: 'lan',
+    meter: { model: 'eastron-sdm120', unit: 2 },
+    relay: { model: 'modbus-coil', unit: 100, coil: 1 },
+    plan: 'standard',
+    ratingA: ratingA2,
+  },
 ]
 
 function site(perKwh: number, ratingA2 = 32, ratingA1 = 32): SiteConfig {
