@@ -91,3 +91,50 @@ export function rule(pointer: string): PointerRule {
 export function mayChange(role: Role, r: PointerRule): boolean {
   return role === 'admin' || role === r.owner
 }
+
+/** Where a config holds a secret: only the admin reads them back (every other role reads REDACTED there). */
+const SECRETS = [
+  /^\/uplink\/password$/,
+  /^\/ocpp\/password$/,
+  /^\/api\/token$/,
+  /^\/api\/tokens\/\d+\/token$/,
+  /^\/nodeRed\/adminAuth\/passwordHash$/,
+]
+/** What a secret reads as for a role other than admin; given back unchanged in a save, it keeps the secret in force. */
+export const REDACTED = '<redacted>'
+
+function eachSecret(doc: unknown, visit: (holder: Record<string, unknown>, key: string, pointer: string) => void, at = ''): void {
+  if (typeof doc !== 'object' || doc === null) return
+  for (const [k, v] of Object.entries(doc)) {
+    const p = `${at}/${seg(k)}`
+    if (typeof v === 'string' && SECRETS.some((r) => r.test(p))) visit(doc as Record<string, unknown>, k, p)
+    else eachSecret(v, visit, p)
+  }
+}
+
+/** A copy of `doc` with every secret replaced by REDACTED. */
+export function redact(doc: unknown): unknown {
+  const copy = structuredClone(doc)
+  eachSecret(copy, (holder, key) => {
+    holder[key] = REDACTED
+  })
+  return copy
+}
+
+/** A copy of `doc` in which every secret still REDACTED takes the value at the same pointer of `inForce` (so a save by a role that never saw it keeps it). */
+export function unredact(doc: unknown, inForce: unknown): unknown {
+  const copy = structuredClone(doc)
+  const at = (p: string): unknown =>
+    p
+      .split('/')
+      .slice(1)
+      .reduce<unknown>(
+        (n, k) => (typeof n === 'object' && n !== null ? (n as Record<string, unknown>)[k.replace(/~1/g, '/').replace(/~0/g, '~')] : undefined),
+        inForce,
+      )
+  eachSecret(copy, (holder, key, pointer) => {
+    const was = at(pointer)
+    if (holder[key] === REDACTED && typeof was === 'string') holder[key] = was
+  })
+  return copy
+}

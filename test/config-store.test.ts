@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process'
 import { readFileSync, readdirSync, statfsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { ConfigStore, KEEP_VERSIONS, configVersion, writeAtomic } from '../daemon/config-store.js'
-import { describeChanges, diffPointers, mayChange, rule } from '../daemon/config-changes.js'
+import { REDACTED, describeChanges, diffPointers, mayChange, redact, rule, unredact } from '../daemon/config-changes.js'
 import { isOutpostError } from '../daemon/errors.js'
 import { tempDir } from './helpers/e2e-kit.js'
 
@@ -84,4 +84,26 @@ t.test('the diff and its rules', async (t) => {
   t.notOk(mayChange('owner', rule('/buses/0/port')))
   t.ok(mayChange('admin', rule('/buses/0/port')))
   t.notOk(mayChange('viewer', rule('/site/name')))
+})
+
+t.test('secrets: redacted for every role but admin, kept in force by a save that never saw them', async (t) => {
+  const doc = {
+    api: { token: 'admin-secret-1', tokens: [{ name: 'o', role: 'owner', token: 'owner-secret-12345' }] },
+    uplink: { url: 'mqtts://x', password: 'mqtt-secret' },
+    plans: [{ id: 'p', name: 'password' }],
+  }
+  const seen = redact(doc) as typeof doc
+  t.equal(seen.api.token, REDACTED)
+  t.equal(seen.api.tokens[0]!.token, REDACTED)
+  t.equal(seen.uplink.password, REDACTED)
+  t.equal(seen.plans[0]!.name, 'password', 'only secrets, by where they are')
+  t.same(unredact(seen, doc), doc, 'a save of what was read keeps every secret')
+  const changed = structuredClone(seen)
+  changed.uplink.password = 'new-mqtt-secret'
+  const back = unredact(changed, doc) as typeof doc
+  t.equal(back.uplink.password, 'new-mqtt-secret', 'a secret given anew is taken')
+  t.same(
+    describeChanges(doc, back).map((c) => [c.pointer, c.owner]),
+    [['/uplink/password', 'installer']],
+  )
 })

@@ -155,11 +155,20 @@ t.test('config changes through the API while sessions run', async (t) => {
 
   // E1 charges on the old price; the owner raises it (and moves E1 to another plan).
   const s1 = await startSession(t, peer, cloud, { outlet: 1, userId: 'u1', amps: 16, wallet: 100_000, chargeWh: 2 })
-  r = await put(priceUp, v0, 'owner')
+  // The owner edits the config as the owner reads it: the tokens redacted, kept as they are by the save.
+  const ownerView = (await api('/api/config', { role: 'owner' })).body.config
+  t.equal(ownerView.api.token, '<redacted>', 'only the admin reads the tokens back')
+  t.same(
+    ownerView.api.tokens.map((x: { token: string }) => x.token),
+    ['<redacted>', '<redacted>', '<redacted>'],
+  )
+  ownerView.plans[0].periods[0].perKwh = 7.5
+  ownerView.outlets[0].plan = 'pricey'
+  r = await put(ownerView, v0, 'owner')
   t.equal(r.status, 200, `the owner's save is applied: ${JSON.stringify(r.body)}`)
   const v1 = r.body.version as string
-  t.equal(v1, sha(JSON.stringify(priceUp, null, 2)), 'the new version is the hash of the bytes saved')
-  t.equal(sha(readFileSync(file, 'utf8')), v1, 'the file holds the new config')
+  t.equal(sha(readFileSync(file, 'utf8')), v1, 'the version is the hash of the file saved')
+  t.same(JSON.parse(readFileSync(file, 'utf8')), priceUp, 'the file holds the new config, with the tokens in force')
   current = v1
   const applied = (await cloud.waitRecord((x) => x.type === 'config.applied' && x.configHash === v1, 'config.applied reaches the cloud')) as Applied
   t.match(applied, { who: 'owner:olga', previousHash: v0 })

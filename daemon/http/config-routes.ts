@@ -17,7 +17,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
 import { checkConfigText } from '../config.js'
-import { describeChanges, mayChange, type PointerRule } from '../config-changes.js'
+import { REDACTED, describeChanges, mayChange, redact, unredact, type PointerRule } from '../config-changes.js'
 import { pendingConfig } from '../engine/index.js'
 import { isOutpostError } from '../errors.js'
 import { HttpError, allow, mediaType, readBody, sendJson } from './util.js'
@@ -40,7 +40,7 @@ export class ConfigRoutes {
     if (sub === '') {
       allow(method, ['GET', 'HEAD', 'PUT'])
       if (method === 'PUT') return this.serialized(res, () => this.save(req, who))
-      const view = await this.view()
+      const view = await this.view(who)
       return sendJson(res, 200, view, { etag: etag(view.version) })
     }
     if (sub === 'check') {
@@ -67,21 +67,24 @@ export class ConfigRoutes {
   }
 
   /** The config in force, its version, whether the file on disk is still it, and the outlets whose change waits for their session. */
-  async view(): Promise<{ version: string } & Record<string, unknown>> {
+  async view(who: Principal): Promise<{ version: string } & Record<string, unknown>> {
     const cur = this.store.current()
     const disk = await this.store.onDisk()
+    const config = JSON.parse(cur.text) as unknown
     return {
       version: cur.version,
-      config: JSON.parse(cur.text) as unknown,
+      // Tokens and passwords are the admin's to read: another role would read its way up.
+      config: who.role === 'admin' ? config : redact(config),
       file: { path: this.store.file, ...fileState(cur.version, disk) },
       pending: pendingConfig(this.daemon.engineState).map((p) => ({ ...p, note: 'pending until the session ends' })),
     }
   }
 
   /** A dry run: the problems `check-config` finds, or what would change, what applies at once and what this role may change. */
-  private async check(text: string, who: Principal): Promise<Record<string, unknown>> {
-    const checked = checkConfigText(text)
+  private async check(body: string, who: Principal): Promise<Record<string, unknown>> {
     const base = this.store.current()
+    const text = this.withSecrets(body, base.text)
+    const checked = checkConfigText(text)
     if (!checked.ok) return { ok: false, base: base.version, problems: checked.problems }
     const changes = describeChanges(JSON.parse(base.text), JSON.parse(text))
     return {
@@ -94,7 +97,22 @@ export class ConfigRoutes {
 
   private async save(req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
     const ifMatch = ifMatchOf(req)
-    return this.apply(await configText(req), ifMatch, who)
+    return this.apply(this.withSecrets(await configText(req), this.store.current().text), ifMatch, who)
+  }
+
+  /**
+   * The body with each secret still REDACTED (as a role other than admin read it) given its
+   * value in force; the body's own bytes when it has none (or is not JSON: the checks say so).
+   */
+  private withSecrets(body: string, inForce: string): string {
+    if (!body.includes(REDACTED)) return body
+    let doc: unknown
+    try {
+      doc = JSON.parse(body)
+    } catch {
+      return body
+    }
+    return `${JSON.stringify(unredact(doc, JSON.parse(inForce)), null, 2)}\n`
   }
 
   private async rollback(req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
