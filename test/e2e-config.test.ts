@@ -97,22 +97,13 @@ t.test('config changes through the API while sessions run', async (t) => {
   r = await put(priceUp, v0, 'installer')
   t.equal(r.status, 403, 'the installer may not change prices')
   t.match(r.body.error.message, /installer:ian may not change \/outlets\/0\/plan, \/plans\/0\/periods\/0\/perKwh/)
-  r = await put(
-    edit((d) => {
-      d.buses[0].timeoutMs = 800
-    }),
-    v0,
-    'owner',
-  )
+  const busTimeout = edit((d) => {
+    d.buses[0].timeoutMs = 800
+  })
+  r = await put(busTimeout, v0, 'owner')
   t.equal(r.status, 403, 'the owner may not change a bus')
   t.match(r.body.error.message, /\/buses\/0\/timeoutMs is the installer's/)
-  r = await put(
-    edit((d) => {
-      d.buses[0].timeoutMs = 800
-    }),
-    v0,
-    'installer',
-  )
+  r = await put(busTimeout, v0, 'installer')
   t.equal(r.status, 409, 'a bus change needs a restart: refused, not saved to be ignored')
   t.equal(r.body.error.code, 'restart-required')
   t.match(r.body.error.message, /\/buses\/0\/timeoutMs/)

@@ -15,24 +15,16 @@ const plan = (perKwh: number, activationFee = 0): PlanConfig => ({
   periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh }],
 })
 
-const outlets = (ratingA2 = 32, ratingA1 = 32): unknown[] => [
-  {
-    id: 'A1',
-    bus: 'lan',
-    meter: { model: 'eastron-sdm120', unit: 1 },
-    relay: { model: 'modbus-coil', unit: 100, coil: 0 },
-    plan: 'standard',
-    ratingA: ratingA1,
-  },
-  {
-    id: 'A2',
-    bus: 'lan',
-    meter: { model: 'eastron-sdm120', unit: 2 },
-    relay: { model: 'modbus-coil', unit: 100, coil: 1 },
-    plan: 'standard',
-    ratingA: ratingA2,
-  },
-]
+/** Outlet An on meter unit n and coil n-1 of the relay board. */
+const outlet = (n: number, ratingA: number): unknown => ({
+  id: `A${n}`,
+  bus: 'lan',
+  meter: { model: 'eastron-sdm120', unit: n },
+  relay: { model: 'modbus-coil', unit: 100, coil: n - 1 },
+  plan: 'standard',
+  ratingA,
+})
+const outlets = (ratingA2 = 32, ratingA1 = 32): unknown[] => [outlet(1, ratingA1), outlet(2, ratingA2)]
 
 function site(perKwh: number, ratingA2 = 32, ratingA1 = 32): SiteConfig {
   return siteConfig({ plans: [plan(perKwh)], outlets: outlets(ratingA2, ratingA1) })
