@@ -202,8 +202,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
     // The OCPP outbox follows the journal from before the boot step, so the sessions boot closes become StopTransactions.
     if (config.ocpp) {
+      const daemon = this
       this.ocpp = await OcppLink.attach({
-        config,
+        get config() {
+          return daemon.config
+        },
         version: this.version,
         journal: this.journal,
         logger: this.log,

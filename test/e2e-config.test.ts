@@ -167,7 +167,13 @@ t.test('config changes through the API while sessions run', async (t) => {
   t.same(applied.pendingOutlets, ['E1'], 'E1 has a session: its change waits')
   const view = await api('/api/config', { role: 'viewer' })
   t.match(view.body.pending, [{ outlet: 'E1', sessionId: s1.sessionId, note: 'pending until the session ends' }], 'the API says what waits')
-  t.equal((await api('/api/status')).body.outlets[0].planId, 'standard', 'E1 keeps its plan while its session runs')
+  const during = (await api('/api/status')).body.outlets
+  t.equal(during[0].planId, 'standard', 'E1 keeps its plan while its session runs')
+  t.same(
+    during.map((o: { configPending: boolean }) => o.configPending),
+    [true, false],
+    'the status says E1 has a change pending',
+  )
 
   // A stale If-Match changes nothing.
   r = await put(
@@ -193,6 +199,7 @@ t.test('config changes through the API while sessions run', async (t) => {
   t.ok(e2.lines.length > 0 && e2.lines.every((l) => l.perKwh === 7.5), 'E2 billed at the new price')
   await waitFor(async () => (await api('/api/status')).body.outlets[0].planId === 'pricey', 'E1 takes its new plan once its session ended')
   t.same((await api('/api/config')).body.pending, [], 'nothing waits any more')
+  t.equal((await api('/api/status')).body.outlets[0].configPending, false)
 
   // Rollback to the first version.
   const versions = (await api('/api/config/versions')).body

@@ -248,6 +248,8 @@ export class ApiRoutes {
         meterUnit: o.meter.unit,
         hasRelay: o.relay !== undefined,
         planId,
+        // A config change that waits for this outlet's session to end (GET /api/config says what).
+        configPending: Boolean(state.outlets[o.id]?.pending),
         currency,
         digits: currency ? (currencyMinorDigits(currency) ?? 2) : 2,
         status: statuses.get(o.id) ?? null,
