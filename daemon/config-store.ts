@@ -14,7 +14,7 @@
  * the file anywhere but through writeAtomic, or leave a temporary file behind on failure.
  */
 import { createHash } from 'node:crypto'
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, realpath, rename, stat, unlink } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { OutpostError } from './errors.js'
 import { syncDir } from './journal/fsync.js'
@@ -85,7 +85,9 @@ export class ConfigStore {
 
   /** Reads `file` as the daemon starts with it. */
   static async load(file: string): Promise<ConfigStore> {
-    return new ConfigStore(file, await readFile(file, 'utf8'))
+    // A symlinked config is saved where it really is: a rename over the link would replace the link.
+    const real = await realpath(file)
+    return new ConfigStore(real, await readFile(real, 'utf8'))
   }
 
   /** The bytes in force and their version. */

@@ -79,6 +79,16 @@ export function loadConfigFile(file: string): ConfigResult {
   return checkConfigText(text)
 }
 
+/**
+ * A config's text as the daemon reads it (defaults filled in, each outlet's phases resolved),
+ * or, when it is not valid, as written: what a diff compares, so that writing a default out
+ * changes nothing.
+ */
+export function effectiveConfig(text: string): unknown {
+  const r = checkConfigText(text)
+  return r.ok ? r.config : JSON.parse(text)
+}
+
 /** Parse and validate a config's text: what `check-config` checks in a file, and the local API at every save. */
 export function checkConfigText(text: string): ConfigResult {
   const parsed = parseJson(text)

@@ -15,6 +15,7 @@ import { Daemon } from './daemon.js'
 import { LocalApi, type LocalApiOptions } from './http/index.js'
 import type { ConfigStore } from './config-store.js'
 import { describeChanges } from './config-changes.js'
+import { effectiveConfig } from './config.js'
 import { startNodeRed as realStartNodeRed, type NodeRedHandle, type NodeRedOptions } from './nodered/index.js'
 
 export interface ServiceOptions {
@@ -100,7 +101,7 @@ function configOptions(store: ConfigStore): { configHash: string; changedSince: 
     configHash: version,
     changedSince: async (previous) => {
       const old = await store.read(previous).catch(() => undefined)
-      return old === undefined ? [''] : describeChanges(JSON.parse(old), JSON.parse(text)).map((c) => c.pointer)
+      return old === undefined ? [''] : describeChanges(effectiveConfig(old), effectiveConfig(text)).map((c) => c.pointer)
     },
   }
 }

@@ -11,6 +11,8 @@ import { join } from 'node:path'
 import { ConfigStore, KEEP_VERSIONS, configVersion, writeAtomic } from '../daemon/config-store.js'
 import { REDACTED, describeChanges, diffPointers, mayChange, redact, rule, unredact } from '../daemon/config-changes.js'
 import { isOutpostError } from '../daemon/errors.js'
+import { effectiveConfig } from '../daemon/config.js'
+import { packagePath } from '../core/paths.js'
 import { tempDir } from './helpers/e2e-kit.js'
 
 t.test('a full disk: the write fails, the old file is whole, no temporary file is left', async (t) => {
@@ -105,5 +107,20 @@ t.test('secrets: redacted for every role but admin, kept in force by a save that
   t.same(
     describeChanges(doc, back).map((c) => [c.pointer, c.owner]),
     [['/uplink/password', 'installer']],
+  )
+})
+
+t.test('the diff compares configs as the daemon reads them: writing a default out changes nothing', async (t) => {
+  const example = JSON.parse(readFileSync(packagePath('config', 'example.json'), 'utf8'))
+  const implicit = structuredClone(example)
+  delete implicit.sessions.pollMs
+  const explicit = structuredClone(implicit)
+  explicit.sessions.pollMs = (effectiveConfig(JSON.stringify(implicit)) as { sessions: { pollMs: number } }).sessions.pollMs
+  t.same(describeChanges(effectiveConfig(JSON.stringify(implicit)), effectiveConfig(JSON.stringify(explicit))), [], 'the default written out')
+  explicit.sessions.pollMs += 1
+  t.same(
+    describeChanges(effectiveConfig(JSON.stringify(implicit)), effectiveConfig(JSON.stringify(explicit))).map((c) => [c.pointer, c.hot]),
+    [['/sessions/pollMs', false]],
+    'another poll needs a restart',
   )
 })

@@ -16,7 +16,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
-import { checkConfigText } from '../config.js'
+import { checkConfigText, effectiveConfig } from '../config.js'
 import { REDACTED, describeChanges, mayChange, redact, unredact, type PointerRule } from '../config-changes.js'
 import { pendingConfig } from '../engine/index.js'
 import { isOutpostError } from '../errors.js'
@@ -86,7 +86,7 @@ export class ConfigRoutes {
     const text = this.withSecrets(body, base.text)
     const checked = checkConfigText(text)
     if (!checked.ok) return { ok: false, base: base.version, problems: checked.problems }
-    const changes = describeChanges(JSON.parse(base.text), JSON.parse(text))
+    const changes = describeChanges(effectiveConfig(base.text), checked.config)
     return {
       ok: true,
       base: base.version,
@@ -155,7 +155,7 @@ export class ConfigRoutes {
         {},
         { problems: checked.problems },
       )
-    const changes = describeChanges(JSON.parse(cur.text), JSON.parse(text))
+    const changes = describeChanges(effectiveConfig(cur.text), checked.config)
     const denied = changes.filter((c) => !mayChange(who.role, c))
     if (denied.length > 0)
       throw new HttpError(403, 'forbidden', `${who.who} may not change ${list(denied)} (${ownersOf(denied)}); nothing was changed`)
