@@ -19,7 +19,19 @@ import { createHash } from 'node:crypto'
 import type { JournalRecord } from '../core/types.js'
 import { formatProblem, type ConfigProblem } from '../daemon/config.js'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
-import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig, type DaemonProc } from './helpers/e2e-kit.js'
+import {
+  PY,
+  isEnded,
+  startCloud,
+  startDaemon,
+  startPeer,
+  startProc,
+  startSession,
+  tempDir,
+  waitFor,
+  writeSiteConfig,
+  type DaemonProc,
+} from './helpers/e2e-kit.js'
 
 const ADMIN = 'admin-token-0123456789'
 const TOKENS = [
@@ -273,15 +285,29 @@ t.test('config changes through the API while sessions run', async (t) => {
   t.equal(JSON.parse(readFileSync(file, 'utf8')).site.name, 'renamed by the API', 'the file parses: the old config, whole')
   unlinkSync(filler)
 
-  // kill -9 right as a save renames the file: whatever boots is one config whole, and the journal agrees with it.
+  // kill -9 right as a save renames the file, while E2 charges and its plan change waits for it: whatever boots is
+  // one config whole, the journal agrees with it, E2's session is closed at the price it started with, and only then
+  // does E2 take the plan of the config that booted.
+  const s3 = await startSession(t, peer, cloud, { outlet: 2, userId: 'u2', amps: 16, chargeWh: 1 })
   const before = current
   const crashDoc = edit((d) => {
     d.site.name = 'renamed by the API'
     d.plans[0].periods[0].perKwh = 4
+    d.outlets[1].plan = 'pricey'
   })
+  // A watcher spinning on the file kills the daemon the moment the rename lands: most often before the journal commit.
+  const watcher = startProc(t, PY, [
+    '-c',
+    'import hashlib,os,sys\nf,h,pid=sys.argv[1],sys.argv[2],int(sys.argv[3])\nprint("WATCHING",flush=True)\n' +
+      'while hashlib.sha256(open(f,"rb").read()).hexdigest()==h: pass\nos.kill(pid,9)\nprint("KILLED",flush=True)',
+    file,
+    before,
+    String(daemon.pid),
+  ])
+  await waitFor(() => watcher.out.includes('WATCHING'), 'the watcher')
   const saving = put(crashDoc, current, 'owner').catch(() => undefined)
-  await waitFor(() => sha(readFileSync(file, 'utf8')) !== before, 'the file renamed', 30_000)
-  await daemon.stop('SIGKILL')
+  await waitFor(() => watcher.out.includes('KILLED'), 'the kill', 30_000)
+  await daemon.exited
   await saving
   const afterCrash = readFileSync(file, 'utf8')
   const vCrash = sha(afterCrash)
@@ -297,6 +323,13 @@ t.test('config changes through the API while sessions run', async (t) => {
   const last = await lastApplied()
   t.equal(last.configHash, vCrash, `the last config.applied names the config that booted (by ${last.who})`)
   t.comment(last.who === 'file' ? 'the kill came before the journal commit: boot journaled the file' : 'the kill came after the journal commit')
+  const e3 = await cloud.waitRecord(isEnded(s3.sessionId), 'E2 closed by the boot')
+  t.equal(e3.reason, 'power-loss')
+  t.equal(e3.planId, 'standard')
+  t.ok(e3.lines.length > 0 && e3.lines.every((l) => l.perKwh === 2.5), 'billed at the price it started with')
+  const newPlan = vCrash === before ? 'standard' : 'pricey'
+  await waitFor(async () => (await api('/api/status')).body.outlets[1].planId === newPlan, `E2 sells the booted config's plan (${newPlan})`)
+  await peer.unplug(2)
 
   // A hand edit while stopped is journaled at boot, with what changed.
   await daemon.stop('SIGTERM')
