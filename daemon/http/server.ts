@@ -229,7 +229,11 @@ export class LocalApi {
     if (!builtin) {
       const m = this.mounts.find((x) => x.prefix === '/' || path === x.prefix || path.startsWith(x.prefix + '/'))
       if (!m) throw notFound(path)
-      if (m.token && !this.checkAuth(req)) throw unauthorized(m.prefix)
+      if (m.token) {
+        const who = this.checkAuth(req)
+        if (!who) throw unauthorized(m.prefix)
+        refuseChange(req, method, path, who)
+      }
       return this.runMount(m, req, res, url)
     }
 
@@ -238,12 +242,7 @@ export class LocalApi {
       if (path === '/' && (method === 'GET' || method === 'HEAD')) return this.files.signIn(res, 401, '')
       throw unauthorized('this route')
     }
-    const reads = method === 'GET' || method === 'HEAD'
-    if (!reads && who.how === 'cookie') {
-      const why = crossSite(req)
-      if (why) throw new HttpError(403, 'cross-site', `${method} ${path} refused: ${why}`)
-    }
-    if (!reads && who.role === 'viewer') throw new HttpError(403, 'forbidden', `${who.who} may only read: the viewer role cannot ${method} ${path}`)
+    refuseChange(req, method, path, who)
     if (path === '/') {
       allow(method, ['GET', 'HEAD'])
       return this.files.serve(res, 'index.html')
@@ -327,6 +326,16 @@ export class LocalApi {
       next(err)
     }
   }
+}
+
+/** A change (any method but GET and HEAD) made with the cookie from another page, or by a viewer: refused, 403. */
+function refuseChange(req: IncomingMessage, method: string, path: string, who: Principal & { how: 'bearer' | 'cookie' }): void {
+  if (method === 'GET' || method === 'HEAD') return
+  if (who.how === 'cookie') {
+    const why = crossSite(req)
+    if (why) throw new HttpError(403, 'cross-site', `${method} ${path} refused: ${why}`)
+  }
+  if (who.role === 'viewer') throw new HttpError(403, 'forbidden', `${who.who} may only read: the viewer role cannot ${method} ${path}`)
 }
 
 function unauthorized(what: string): HttpError {
