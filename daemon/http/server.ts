@@ -6,7 +6,8 @@
  * Owns: binding `api.listen` (and, when the port is taken, logging one clear
  * error and trying again every `retryMs` while the daemon keeps charging — the
  * API is not worth stopping billing for), the token check on every route but
- * `/api/health` and the sign-in form (see auth.ts), request size limits, and
+ * `/api/health` and the sign-in form (see auth.ts), the refusal of a change by a viewer
+ * or made with the cookie from another page (CSRF), request size limits, and
  * routing mounted handlers (express-style) under their prefixes WITHOUT the token
  * (Node-RED has its own adminAuth).
  *
