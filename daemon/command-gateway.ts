@@ -17,8 +17,9 @@
  * `apply` commits the engine step and its result in one journal batch).
  */
 import { readFileSync } from 'node:fs'
-import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
-import { article, parseJson, siteSchema } from './config.js'
+import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js'
+import { loadValidators, type ValidatorSpec } from '../core/validators.js'
+import { article, parseJson, siteSchema, siteSchemaText } from './config.js'
 import { planIssues } from './engine/index.js'
 import { currencyMinorDigits } from '../core/money.js'
 import { packagePath } from '../core/paths.js'
@@ -64,15 +65,25 @@ export interface CommandGatewayOptions {
   monotonic?: () => number
 }
 
-export const commandSchema = JSON.parse(readFileSync(packagePath('config', 'command.schema.json'), 'utf8')) as Record<string, unknown>
+const commandSchemaText = readFileSync(packagePath('config', 'command.schema.json'), 'utf8')
+export const commandSchema = JSON.parse(commandSchemaText) as Record<string, unknown>
+
+/** The command validator (built by `npm run build`, core/validators.ts); it refers to the site schema's definitions. */
+export const COMMAND_VALIDATOR: ValidatorSpec = {
+  name: 'command',
+  texts: [commandSchemaText, siteSchemaText],
+  draft: '2020-12',
+  options: { allErrors: true, discriminator: true, strict: true, strictRequired: false, verbose: true },
+  add: (ajv) => {
+    ajv.addSchema(siteSchema)
+    ajv.addSchema(commandSchema, 'command')
+    return ['command']
+  },
+}
 
 let validator: ValidateFunction | undefined
 function compiled(): ValidateFunction {
-  if (!validator) {
-    const ajv = new Ajv2020({ allErrors: true, discriminator: true, strict: true, strictRequired: false, verbose: true })
-    ajv.addSchema(siteSchema)
-    validator = ajv.compile(commandSchema)
-  }
+  validator ??= loadValidators(COMMAND_VALIDATOR).command!
   return validator
 }
 

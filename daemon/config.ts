@@ -10,14 +10,28 @@
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseTree, printParseErrorCode, type ParseError, visit } from 'jsonc-parser'
-import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js'
+import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js'
 import type { NetDeviceConfig, SiteConfig, PlanConfig } from '../core/types.js'
 
 import { packagePath } from '../core/paths.js'
+import { loadValidators, type ValidatorSpec } from '../core/validators.js'
 import { BUS_TRANSPORT, defaultChannel, isNetBusType, ModelRegistry } from '../drivers/models.js'
 import { DEFAULT_PHASES, planIssues } from './engine/index.js'
 
-export const siteSchema = JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8')) as Record<string, unknown>
+export const siteSchemaText = readFileSync(packagePath('config', 'site.schema.json'), 'utf8')
+export const siteSchema = JSON.parse(siteSchemaText) as Record<string, unknown>
+
+/** The site config's validator (built by `npm run build`, core/validators.ts). */
+export const SITE_VALIDATOR: ValidatorSpec = {
+  name: 'site',
+  texts: [siteSchemaText],
+  draft: '2020-12',
+  options: { allErrors: true, discriminator: true, useDefaults: true, verbose: true, strict: true, strictRequired: false },
+  add: (ajv) => {
+    ajv.addSchema(siteSchema, 'site')
+    return ['site']
+  },
+}
 
 export interface ConfigProblem {
   /** JSON pointer into the config ('' for the whole document). */
@@ -32,9 +46,7 @@ export type ConfigResult = { ok: true; config: SiteConfig } | { ok: false; probl
 
 let validator: ValidateFunction | undefined
 function compiled(): ValidateFunction {
-  validator ??= new Ajv2020({ allErrors: true, discriminator: true, useDefaults: true, verbose: true, strict: true, strictRequired: false }).compile(
-    siteSchema,
-  )
+  validator ??= loadValidators(SITE_VALIDATOR).site!
   return validator
 }
 

@@ -8,7 +8,8 @@
  */
 import { readdirSync, readFileSync, existsSync } from 'node:fs'
 import { join, basename } from 'node:path'
-import { Ajv2020, type ValidateFunction } from 'ajv/dist/2020.js'
+import type { ValidateFunction } from 'ajv/dist/2020.js'
+import { loadValidators, type ValidatorSpec } from '../core/validators.js'
 import { OutpostError } from './errors.js'
 import { packagePath } from '../core/paths.js'
 import type { BusConfig, NetDeviceConfig, Reading } from '../core/types.js'
@@ -128,13 +129,23 @@ export function unavailableWhy(unavailable: string[]): string {
 
 export const BUILTIN_MODELS_DIR = packagePath('drivers', 'models')
 
+/** The model file validator (built by `npm run build`, core/validators.ts). */
+const modelSchemaText = readFileSync(join(BUILTIN_MODELS_DIR, 'model.schema.json'), 'utf8')
+export const MODEL_VALIDATOR: ValidatorSpec = {
+  name: 'model',
+  texts: [modelSchemaText],
+  draft: '2020-12',
+  options: { allErrors: true, useDefaults: true, strict: true },
+  add: (ajv) => {
+    ajv.addSchema(JSON.parse(modelSchemaText) as Record<string, unknown>, 'model')
+    return ['model']
+  },
+}
+
 let validator: ValidateFunction | undefined
-/** Read and compiled once per process: every model file of every registry goes through it. */
+/** Loaded once per process: every model file of every registry goes through it. */
 function compiled(): ValidateFunction {
-  if (!validator) {
-    const schema = JSON.parse(readFileSync(join(BUILTIN_MODELS_DIR, 'model.schema.json'), 'utf8')) as Record<string, unknown>
-    validator = new Ajv2020({ allErrors: true, useDefaults: true, strict: true }).compile(schema)
-  }
+  validator ??= loadValidators(MODEL_VALIDATOR).model!
   return validator
 }
 

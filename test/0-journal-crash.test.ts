@@ -176,6 +176,18 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
       await run.ready
       readyRuns++
       await new Promise((r) => setTimeout(r, Math.floor(random() * 120)))
+      // On a loaded machine the child may not have charged at all by then: the kill waits for one
+      // commit past boot (up to 5 s), so that every such run charges before it dies.
+      const seen = run.lines.length
+      const booted = run.lines.findIndex((l) => l.startsWith('ready '))
+      if (!run.lines.slice(booted + 1).some((l) => l.startsWith('c '))) {
+        let timer: NodeJS.Timeout | undefined
+        await Promise.race([
+          run.waitFor((l) => l.startsWith('c ') && run.lines.length > seen).catch(() => undefined),
+          new Promise((r) => (timer = setTimeout(r, 5000))),
+        ])
+        clearTimeout(timer)
+      }
     }
     run.child.kill('SIGKILL')
     await run.exited

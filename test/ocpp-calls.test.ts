@@ -4,7 +4,8 @@
  * then Accepted, each retried at its interval, with nothing else sent before
  * Accepted; heartbeats at the interval given; malformed and unknown calls answered
  * with the right CALLERROR, nothing changed, the connection kept; a repeated message
- * id applied once; ChangeAvailability on a connector with a session; RemoteStop;
+ * id applied once; ChangeAvailability on a connector with a session; RemoteStop, also one sent
+ * ahead of the StartTransaction answer that gives its id;
  * a meter fault (Faulted); Get/ChangeConfiguration; TriggerMessage; UnlockConnector; Reset Soft and Hard.
  */
 import t from 'tap'
@@ -14,12 +15,17 @@ import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended, 
 t.test('the central system calls the charge point', async (t) => {
   const dir = tempDir(t)
   const peer = await startPeer(t, { outlets: 2 })
+  let stopAhead: Promise<unknown> | undefined
   const csms = await startCsms(t, {
     boot: [
       { status: 'Pending', interval: 1 },
       { status: 'Rejected', interval: 1 },
       { status: 'Accepted', interval: 1 },
     ],
+    // A central system that stops a transaction the moment it gives it an id: the call leaves before the answer does.
+    onStartTransaction: (transactionId, params) => {
+      if (params.idTag === 'drv-quick') stopAhead = csms.client().call('RemoteStopTransaction', { transactionId })
+    },
   })
   const config = writeSiteConfig({ dir, port: peer.port, outlets: 2, extra: { ocpp: ocppSection(csms) } })
   const daemon = startDaemon(t, config)
@@ -132,6 +138,14 @@ t.test('the central system calls the charge point', async (t) => {
     t.equal(stop.params.reason, 'Remote')
   })
 
+  await t.test('RemoteStopTransaction sent ahead of the StartTransaction answer that gives its id', async (t) => {
+    t.same(await csms.call('RemoteStartTransaction', { idTag: 'drv-quick' }), { status: 'Accepted' })
+    const start = await csms.waitCall('StartTransaction', (c) => c.params.idTag === 'drv-quick' && c.reply !== undefined)
+    t.same(await waitFor(() => stopAhead, 'the early RemoteStopTransaction'), { status: 'Accepted' }, 'the charge point waited for the id')
+    const stop = await csms.waitCall('StopTransaction', (c) => c.params.transactionId === start.reply!.transactionId)
+    t.equal(stop.params.reason, 'Remote')
+  })
+
   await t.test('a silent meter: Faulted with PowerMeterFailure, then Available again', async (t) => {
     const last2 = () =>
       csms
@@ -196,9 +210,9 @@ t.test('the central system calls the charge point', async (t) => {
     const ended = records.filter((r): r is Ended => r.type === 'session.ended')
     t.same(
       ended.map((e) => e.reason),
-      ['manager-stopped', 'manager-stopped', 'reboot'],
+      ['manager-stopped', 'manager-stopped', 'manager-stopped', 'reboot'],
     )
-    t.equal(records.filter((r): r is Started => r.type === 'session.started').length, 3, 'three sessions, the repeated id applied once')
+    t.equal(records.filter((r): r is Started => r.type === 'session.started').length, 4, 'four sessions, the repeated id applied once')
   })
 
   await t.test('Reset Hard: the same stop without waiting; what did not leave goes after the restart, once', async (t) => {

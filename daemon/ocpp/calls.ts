@@ -13,11 +13,27 @@
  * Must never: let a refused call reach the command gateway.
  */
 import { readFileSync } from 'node:fs'
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv'
+import type { ErrorObject, ValidateFunction } from 'ajv'
 import { packagePath } from '../../core/paths.js'
+import { loadValidators, type ValidatorSpec } from '../../core/validators.js'
 import { CallError } from './rpc.js'
 
-const file = JSON.parse(readFileSync(packagePath('config', 'ocpp16-requests.json'), 'utf8')) as { actions: Record<string, object> }
+const fileText = readFileSync(packagePath('config', 'ocpp16-requests.json'), 'utf8')
+const file = JSON.parse(fileText) as { actions: Record<string, object> }
+
+/** One validator per answered action (built by `npm run build`, core/validators.ts). */
+export const OCPP_CALL_VALIDATOR: ValidatorSpec = {
+  name: 'ocpp16-requests',
+  texts: [fileText],
+  draft: '07',
+  options: { allErrors: true, strict: false },
+  add: (ajv) => {
+    // The one format the 1.6 schemas use (ajv-formats is not a dependency): RFC 3339 date-time.
+    ajv.addFormat('date-time', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/i)
+    for (const [action, schema] of Object.entries(file.actions)) ajv.addSchema(schema, action)
+    return Object.keys(file.actions)
+  },
+}
 
 /** The central system's calls Outpost answers (each has its schema in config/ocpp16-requests.json). */
 export const ANSWERED = Object.keys(file.actions)
@@ -40,10 +56,7 @@ export const NOT_SUPPORTED = [
 let compiled: Map<string, ValidateFunction> | undefined
 function validators(): Map<string, ValidateFunction> {
   if (!compiled) {
-    const ajv = new Ajv({ allErrors: true, strict: false })
-    // The one format the 1.6 schemas use (ajv-formats is not a dependency): RFC 3339 date-time.
-    ajv.addFormat('date-time', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/i)
-    compiled = new Map(Object.entries(file.actions).map(([a, s]) => [a, ajv.compile(s)]))
+    compiled = new Map(Object.entries(loadValidators(OCPP_CALL_VALIDATOR)))
   }
   return compiled
 }

@@ -100,6 +100,8 @@ export class ChargePoint {
   private pumping = false
   /** The pump's current run: a stop waits for the message on the wire. */
   private pumpRun: Promise<void> = Promise.resolve()
+  /** The StartTransaction on the wire, until its answer (its transactionId) is known to the outbox. */
+  private startCall: Promise<void> | undefined
   private unsubscribe: (() => void) | undefined
   private drained: (() => void)[] = []
 
@@ -388,12 +390,23 @@ export class ChargePoint {
         }
         payload.transactionId = tid
       }
+      // A RemoteStopTransaction for this transaction may reach us before (or in the same read as) the
+      // answer that gives its id: it waits for that answer instead of calling the id unknown.
+      let answer: (() => void) | undefined
+      const startCall = q.action === 'StartTransaction' ? new Promise<void>((r) => (answer = r)) : undefined
+      if (startCall) this.startCall = startCall
+      const settled = (): void => {
+        answer?.()
+        if (this.startCall === startCall) this.startCall = undefined
+      }
       try {
         if (q.action === 'StartTransaction' && q.authorize && this.isOpen(q.sessionId)) await this.authorize(q)
         const res = await this.rpc.call(q.action, payload, q.msgId)
         if (q.action === 'StartTransaction') {
           const tid = res.transactionId as number
-          await this.outbox.answered(q, tid)
+          const written = this.outbox.answered(q, tid)
+          settled()
+          await written
           const status = (res.idTagInfo as { status?: string } | undefined)?.status
           this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
           if (status !== 'Accepted') this.deauthorize(q, status)
@@ -407,6 +420,7 @@ export class ChargePoint {
         }
         this.attempts.delete(q.n)
       } catch (err) {
+        settled()
         if (!isOutpostError(err, 'OCPP_CALL_ERROR')) return // closed or timed out: the next accepted boot resends, same message id
         const n = (this.attempts.get(q.n) ?? 0) + 1
         this.attempts.set(q.n, n)
@@ -494,7 +508,11 @@ export class ChargePoint {
         return { status: r.ok ? 'Accepted' : 'Rejected' }
       }
       case 'RemoteStopTransaction': {
-        const sessionId = this.outbox.sessionOf(p.transactionId as number)
+        let sessionId = this.outbox.sessionOf(p.transactionId as number)
+        if (!sessionId && this.startCall) {
+          await this.startCall
+          sessionId = this.outbox.sessionOf(p.transactionId as number)
+        }
         const o = sessionId ? this.host.outlets().find((x) => x.sessionId === sessionId) : undefined
         if (!o || !sessionId) return { status: 'Rejected' }
         this.stopOverride.set(sessionId, 'Remote')

@@ -44,6 +44,11 @@ export interface CsmsOptions {
   boot?: { status: 'Accepted' | 'Pending' | 'Rejected'; interval: number }[]
   /** Called right after each accepted BootNotification has been answered (a command sent the moment the charge point is online). */
   onAccepted?: () => void
+  /**
+   * Called inside the StartTransaction handler, before its answer is sent, with the transactionId
+   * it is about to give: a call made here reaches the charge point ahead of that answer.
+   */
+  onStartTransaction?: (transactionId: number, params: Record<string, unknown>) => void
   /** idTags Authorize and StartTransaction refuse (Invalid). */
   invalidTags?: string[]
   port?: number
@@ -132,10 +137,9 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
         return record('Authorize', p)({ idTagInfo: { status: invalid.has(p.params.idTag as string) ? 'Invalid' : 'Accepted' } })
       })
       client.handle('StartTransaction', (p: { params: Record<string, unknown>; messageId: string }) => {
-        return record(
-          'StartTransaction',
-          p,
-        )({ transactionId: nextTx++, idTagInfo: { status: invalid.has(p.params.idTag as string) ? 'Invalid' : 'Accepted' } })
+        const transactionId = nextTx++
+        opts.onStartTransaction?.(transactionId, p.params)
+        return record('StartTransaction', p)({ transactionId, idTagInfo: { status: invalid.has(p.params.idTag as string) ? 'Invalid' : 'Accepted' } })
       })
       client.handle('StopTransaction', (p: { params: Record<string, unknown>; messageId: string }) => {
         return record('StopTransaction', p)({ idTagInfo: { status: 'Accepted' } })
