@@ -4,8 +4,9 @@
  *
  * Owns: the list of what applies at once (the engine's parameters: plans and prices, an
  * outlet's plan, auto-start, rating, phases, phase and priority, a circuit's limits, the
- * session timings but the poll, the offline limit, the site's name), and which role owns
- * which part of the config (docs/contract.md "Config changes").
+ * session timings but the poll, the offline limit, the site's name; outlets and buses
+ * appended), which role owns which part of the config (docs/contract.md "Config changes"),
+ * and which parts are secrets.
  * Must never: validate a config (daemon/config.ts), read or write a file, or apply anything.
  */
 
@@ -67,17 +68,46 @@ const ids = (doc: unknown, key: string): string => {
 
 /**
  * The changes between two documents, each with whether it applies at once and who owns it.
- * Outlets or circuits added, removed or reordered count as one change of the whole list
- * (`/outlets`, `/circuits`): the buses and devices behind them are opened at start.
+ * Outlets or circuits removed or reordered count as one change of the whole list (`/outlets`,
+ * `/circuits`): their buses and devices stay open until a restart. Outlets and buses appended
+ * to their lists are one change each (`/outlets/N`, `/buses/N`) and apply at once (the daemon
+ * opens them beside the others), unless the site speaks OCPP (its central system knows the
+ * connectors from the boot) or the outlet is a new channel of a network device already open.
  */
 export function describeChanges(before: unknown, after: unknown): PointerRule[] {
   let pointers = diffPointers(before, after)
   for (const list of ['outlets', 'circuits']) {
-    if (ids(before, list) === ids(after, list)) continue
+    if (ids(before, list) === ids(after, list) || (list === 'outlets' && appended(before, after, 'outlets'))) continue
     pointers = pointers.filter((p) => p !== `/${list}` && !p.startsWith(`/${list}/`))
     pointers.push(`/${list}`)
   }
-  return pointers.map(rule)
+  return pointers.map((p) => (addable(p, before, after) ? { pointer: p, hot: true, owner: 'installer' } : rule(p)))
+}
+
+type Doc = Record<string, unknown> | null
+const listOf = (doc: unknown, key: string): Record<string, unknown>[] => {
+  const v = (doc as Doc)?.[key]
+  return Array.isArray(v) ? (v as Record<string, unknown>[]) : []
+}
+
+/** Whether `after`'s list only appends entries (with new ids) to `before`'s. */
+function appended(before: unknown, after: unknown, key: string): boolean {
+  const a = listOf(before, key).map((x) => x?.id)
+  const b = listOf(after, key).map((x) => x?.id)
+  return b.length > a.length && a.every((id, i) => b[i] === id) && b.slice(a.length).every((id) => typeof id === 'string' && !a.includes(id))
+}
+
+/** A whole outlet or bus appended, which the daemon can open while it runs. */
+function addable(pointer: string, before: unknown, after: unknown): boolean {
+  const m = /^\/(outlets|buses)\/(\d+)$/.exec(pointer)
+  if (!m || (before as Doc)?.ocpp !== undefined || (after as Doc)?.ocpp !== undefined) return false
+  const key = m[1]!
+  if (Number(m[2]) < listOf(before, key).length || !appended(before, after, key)) return false
+  if (key === 'buses') return true
+  const bus = listOf(after, 'outlets')[Number(m[2])]?.bus
+  const had = listOf(before, 'buses').find((b) => b?.id === bus)
+  // A network device checks its outlets' needs when it starts: a new channel of one already open waits for a restart.
+  return had === undefined || (had.type !== 'shelly' && had.type !== 'tasmota')
 }
 
 export function rule(pointer: string): PointerRule {

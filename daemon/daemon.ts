@@ -177,7 +177,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
         expectExisting: keyExisted,
-        sign: sessionSigner({ config, version: this.version, key: signer }),
+        sign: sessionSigner({ config: () => this.config, version: this.version, key: signer }),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
@@ -286,15 +286,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
     const { pollMs } = config.sessions
     if (this.ownTimers) {
-      for (const outlet of config.outlets) {
-        this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
-        // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
-        this.site.outlet(outlet.id).onChange?.(() => this.pollFresh(outlet.id))
-      }
+      for (const outlet of config.outlets) this.pollOutlet(outlet.id)
       for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
       this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     }
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** Polls an outlet every pollMs, and at once when its device pushes a change. */
+  private pollOutlet(id: string): void {
+    this.timers.push(setInterval(() => this.poll(id), this.config.sessions.pollMs))
+    // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
+    this.site!.outlet(id).onChange?.(() => this.pollFresh(id))
   }
 
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
@@ -348,14 +351,26 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   }
 
   /**
-   * Applies a validated config without a restart: one `config` step (journaled as
-   * `config.applied` in the same commit as the state it changes), then the daemon's own copy.
-   * Only what daemon/config-changes.ts lists as applying at once may differ from the config in
-   * force (the buses, devices and timers stay as they were opened). Returns the record's body.
+   * Applies a validated config without a restart: the outlets it adds open (with the buses
+   * and devices new to them), then one `config` step (journaled as `config.applied` in the same
+   * commit as the state it changes), then the daemon's own copy. Only what
+   * daemon/config-changes.ts lists as applying at once may differ from the config in force
+   * (the buses, devices and timers already open stay as they are). Returns the record's body.
    */
   async applyConfig(next: SiteConfig, hash: string, change: ConfigChange): Promise<RecordBody | undefined> {
+    const had = new Set(this.config.outlets.map((o) => o.id))
+    const added = next.outlets.filter((o) => !had.has(o.id)).map((o) => o.id)
+    // Outlets added (and the buses new to them) open before the step that adds them to the engine; the others are left alone.
+    if (added.length > 0) await this.site?.addOutlets(next, added)
     const effects = await this.dispatch({ type: 'config', config: next, hash, change })
     this.cfg = next
+    for (const id of added) {
+      // As at boot: a relay found in an unknown position is opened, and the outlet is read before it can be armed or started.
+      this.switchRelay(id, false)
+      if (this.ownTimers && !this.stopping && !this.halted) this.pollOutlet(id)
+      void this.poll(id)
+    }
+    if (added.length > 0) this.log.info({ outlets: added }, 'outlets added while running')
     return effects.find((e): e is Extract<Effect, { type: 'record' }> => e.type === 'record' && e.record.type === 'config.applied')?.record
   }
 

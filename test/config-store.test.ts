@@ -70,12 +70,37 @@ t.test('kept versions: newest first, pruned, the one in force always kept, read 
 
 t.test('the diff and its rules', async (t) => {
   t.same(diffPointers({ a: 1, b: { c: [1, 2] } }, { a: 1, b: { c: [1, 3, 4] }, 'd/e': 0 }), ['/b/c/1', '/b/c/2', '/d~1e'])
-  const base = { outlets: [{ id: 'A', plan: 'p', bus: 'x' }], plans: [{ id: 'p' }], buses: [{ id: 'x' }] }
+  const base = {
+    outlets: [{ id: 'A', plan: 'p', bus: 'x' }],
+    plans: [{ id: 'p' }],
+    buses: [
+      { id: 'x', type: 'modbus-tcp' },
+      { id: 'sh', type: 'shelly' },
+    ],
+  }
+  const changes = (after: unknown, before: unknown = base) => describeChanges(before, after).map((c) => [c.pointer, c.hot])
   const added = { ...base, outlets: [...base.outlets, { id: 'B', plan: 'p', bus: 'x' }] }
+  t.same(changes(added), [['/outlets/1', true]], 'an outlet appended on an open Modbus bus applies at once')
+  const onNewBus = { ...added, outlets: [...base.outlets, { id: 'B', plan: 'p', bus: 'y' }], buses: [...base.buses, { id: 'y', type: 'shelly' }] }
   t.same(
-    describeChanges(base, added).map((c) => [c.pointer, c.hot]),
+    changes(onNewBus),
+    [
+      ['/outlets/1', true],
+      ['/buses/2', true],
+    ],
+    'with a new device of its own too',
+  )
+  t.same(
+    changes({ ...added, outlets: [...base.outlets, { id: 'B', plan: 'p', bus: 'sh' }] }),
+    [['/outlets/1', false]],
+    'a new channel of an open Shelly waits for a restart',
+  )
+  t.same(changes({ ...added, ocpp: {} }, { ...base, ocpp: {} }), [['/outlets/1', false]], 'so does any outlet on a site that speaks OCPP')
+  t.same(changes(base, added), [['/outlets', false]], 'an outlet removed is a change of the list, which needs a restart')
+  t.same(
+    changes({ ...base, outlets: [{ id: 'B', plan: 'p', bus: 'x' }, ...base.outlets] }),
     [['/outlets', false]],
-    'an outlet added is one change of the list, which needs a restart',
+    'so is one inserted before others',
   )
   t.same(rule('/plans/0/periods/0/perKwh'), { pointer: '/plans/0/periods/0/perKwh', hot: true, owner: 'owner' })
   t.same(rule('/outlets/3/ratingA'), { pointer: '/outlets/3/ratingA', hot: true, owner: 'installer' })

@@ -50,7 +50,8 @@ t.test('config changes through the API while sessions run', async (t) => {
   t.teardown(() => execFileSync('umount', ['-l', mnt]))
   const work = tempDir(t, 'outpost-e2e-config-')
   const broker = await startMosquitto(t)
-  const peer = await startPeer(t, { outlets: 2 })
+  // Three outlets wired in the peer, two in the config: E3 is added while the site runs.
+  const peer = await startPeer(t, { outlets: 3 })
   const port = await freePort()
   const file = writeSiteConfig({
     dir: mnt,
@@ -285,16 +286,37 @@ t.test('config changes through the API while sessions run', async (t) => {
   t.equal(JSON.parse(readFileSync(file, 'utf8')).site.name, 'renamed by the API', 'the file parses: the old config, whole')
   unlinkSync(filler)
 
+  // An outlet added while the site runs: the installer's (not the owner's), opened beside the others, billed and signed as its own meter.
+  const withE3 = structuredClone((await api('/api/config')).body.config)
+  withE3.outlets.push({
+    ...withE3.outlets[1],
+    id: 'E3',
+    meter: { model: 'eastron-sdm120', unit: 3 },
+    relay: { model: 'modbus-coil', unit: 100, coil: 2 },
+  })
+  r = await put(withE3, current, 'owner')
+  t.equal(r.status, 403, "adding an outlet is the installer's")
+  r = await put(withE3, current, 'installer')
+  t.equal(r.status, 200, `E3 added: ${JSON.stringify(r.body)}`)
+  t.same(r.body.changed, ['/outlets/2'])
+  current = r.body.version
+  const s4 = await startSession(t, peer, cloud, { outlet: 3, userId: 'u1', amps: 16, chargeWh: 1 })
+  await peer.unplug(3)
+  const e4 = await cloud.waitRecord(isEnded(s4.sessionId), 'E3 ended')
+  t.equal(e4.reason, 'unplugged')
+  t.ok(e4.energyWh > 1, `E3 billed from its meter (${e4.energyWh} Wh)`)
+  const ocmf = JSON.parse(e4.ocmf!.split('|')[1]!) as { MM?: string; CI?: string }
+  t.equal(ocmf.MM, 'eastron-sdm120', "signed with E3's meter model")
+  t.equal((await api('/api/status')).body.outlets.length, 3, 'the status shows it')
+
   // kill -9 right as a save renames the file, while E2 charges and its plan change waits for it: whatever boots is
   // one config whole, the journal agrees with it, E2's session is closed at the price it started with, and only then
   // does E2 take the plan of the config that booted.
   const s3 = await startSession(t, peer, cloud, { outlet: 2, userId: 'u2', amps: 16, chargeWh: 1 })
   const before = current
-  const crashDoc = edit((d) => {
-    d.site.name = 'renamed by the API'
-    d.plans[0].periods[0].perKwh = 4
-    d.outlets[1].plan = 'pricey'
-  })
+  const crashDoc = structuredClone(withE3)
+  crashDoc.plans[0].periods[0].perKwh = 4
+  crashDoc.outlets[1].plan = 'pricey'
   // A watcher spinning on the file kills the daemon the moment the rename lands: most often before the journal commit.
   const watcher = startProc(t, PY, [
     '-c',

@@ -76,7 +76,6 @@ export class ApiRoutes {
   private readonly history: PowerHistory
   /** Open live streams and how to send them an event. One daemon subscription serves them all. */
   private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
-  private readonly outletIds: Set<string>
   private readonly configRoutes: ConfigRoutes | undefined
   private readonly onStatus = (s: OutletStatus): void => this.broadcast('outlet', s)
   private readonly onRecord = (r: JournalRecord): void => this.broadcast('record', r)
@@ -86,7 +85,6 @@ export class ApiRoutes {
     this.sessions = new RecentSessions(opts.daemon)
     this.metrics = new Metrics(opts.daemon, opts.now)
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
-    this.outletIds = new Set(opts.daemon.config.outlets.map((o) => o.id))
     this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
@@ -191,8 +189,9 @@ export class ApiRoutes {
 
   private outletId(raw: string): string {
     const id = decodePathPart(raw, 'the outlet id')
-    if (!this.outletIds.has(id))
-      throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${[...this.outletIds].join(', ')})`)
+    // The config in force: outlets may be added while the daemon runs.
+    const ids = this.daemon.config.outlets.map((o) => o.id)
+    if (!ids.includes(id)) throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${ids.join(', ')})`)
     return id
   }
 
