@@ -1,6 +1,7 @@
 /**
  * The site's I/O as the daemon sees it: openSite() turns the validated config
- * into one scheduler per bus and one OutletIO per outlet.
+ * into one scheduler per bus and one OutletIO per outlet; addOutlets() opens outlets
+ * appended while the daemon runs, beside the others.
  *
  * Owns: wiring buses, links and models together; turning a model's registers
  * into a Reading; switching a relay and confirming it by reading it back.
