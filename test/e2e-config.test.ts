@@ -296,8 +296,12 @@ t.test('config changes through the API while sessions run', async (t) => {
   })
   r = await put(withE3, current, 'owner')
   t.equal(r.status, 403, "adding an outlet is the installer's")
+  // Its relay was left closed (by hand, or another master): adding it opens it first, as a boot does.
+  await peer.cmd({ cmd: 'coil', outlet: 3, closed: true })
+  t.equal((await peer.outlet(3)).coil, true)
   r = await put(withE3, current, 'installer')
   t.equal(r.status, 200, `E3 added: ${JSON.stringify(r.body)}`)
+  await waitFor(async () => !(await peer.outlet(3)).coil, "E3's relay opened when it was added")
   t.same(r.body.changed, ['/outlets/2'])
   current = r.body.version
   const s4 = await startSession(t, peer, cloud, { outlet: 3, userId: 'u1', amps: 16, chargeWh: 1 })
