@@ -21,7 +21,7 @@ import { ptyPair, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } fr
 // about two minutes on a loaded 2-core machine: more than .taprc's 240 s per file allows when
 // the suite runs several files at a time. One upgrade serves both the stale-code checks and
 // the live path: a second identical upgrade would only repeat the build and the npm ci.
-t.setTimeout(600_000)
+t.setTimeout(900_000)
 
 const ETC_FILES = {
   'etc/passwd': 'root:x:0:0:root:/root:/bin/bash\n',
@@ -64,7 +64,7 @@ function installerEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
 }
 
 function install(src: string, root: string, env: NodeJS.ProcessEnv = installerEnv()): Run {
-  const r = spawnSync('bash', [join(src, 'systemd', 'install.sh'), '--root', root], { env, encoding: 'utf8', timeout: 180_000 })
+  const r = spawnSync('bash', [join(src, 'systemd', 'install.sh'), '--root', root], { env, encoding: 'utf8', timeout: 400_000 })
   if (r.error) throw r.error
   return { status: r.status, out: r.stdout + r.stderr }
 }

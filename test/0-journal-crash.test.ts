@@ -16,13 +16,13 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import { Journal, openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
-import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
-import { type LineChild, spawnLineChild } from './helpers/line-child.js'
+import { type LineChild, spawnLineChild, untilCommitAfterReady } from './helpers/line-child.js'
 
 // The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s
 // when it shares the cores with other files).
@@ -32,19 +32,11 @@ const KILLS = 200
 const OUTLETS = 3
 const SEED = 0x5eed
 
-const built = transpile([
-  ...JOURNAL_SOURCES,
-  ...ENGINE_SOURCES,
-  'test/fixtures/journal-workload.ts',
-  'test/fixtures/journal-child.ts',
-  'test/fixtures/engine-site.ts',
-  'test/fixtures/journal-engine-child.ts',
-  'test/fixtures/journal-readings-child.ts',
-])
-t.teardown(built.cleanup)
-const workloadChild = built.path('test/fixtures/journal-child.ts')
-const engineChild = built.path('test/fixtures/journal-engine-child.ts')
-const readingsChild = built.path('test/fixtures/journal-readings-child.ts')
+// The children are the compiled fixtures beside this file (npm test builds before it runs).
+const fixture = (name: string): string => fileURLToPath(new URL(`./fixtures/${name}.js`, import.meta.url))
+const workloadChild = fixture('journal-child')
+const engineChild = fixture('journal-engine-child')
+const readingsChild = fixture('journal-readings-child')
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-crash-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
@@ -176,18 +168,7 @@ t.test(`kill -9 at ${KILLS} random moments: nothing committed is lost, the chain
       await run.ready
       readyRuns++
       await new Promise((r) => setTimeout(r, Math.floor(random() * 120)))
-      // On a loaded machine the child may not have charged at all by then: the kill waits for one
-      // commit past boot (up to 5 s), so that every such run charges before it dies.
-      const seen = run.lines.length
-      const booted = run.lines.findIndex((l) => l.startsWith('ready '))
-      if (!run.lines.slice(booted + 1).some((l) => l.startsWith('c '))) {
-        let timer: NodeJS.Timeout | undefined
-        await Promise.race([
-          run.waitFor((l) => l.startsWith('c ') && run.lines.length > seen).catch(() => undefined),
-          new Promise((r) => (timer = setTimeout(r, 5000))),
-        ])
-        clearTimeout(timer)
-      }
+      await untilCommitAfterReady(run, 5000)
     }
     run.child.kill('SIGKILL')
     await run.exited
@@ -293,9 +274,7 @@ t.test("kill -9 right after a reading's commit resolved, never fsynced: the reop
   ] as const) {
     const where = mkdtempSync(join(tmpdir(), 'outpost-readings-kill-'))
     t.teardown(() => rmSync(where, { recursive: true, force: true }))
-    const env = { ...process.env }
-    delete env.NODE_OPTIONS
-    const child = spawn(process.execPath, [readingsChild, where, `s-${n}`], { stdio: ['ignore', 'pipe', 'pipe'], env })
+    const child = spawn(process.execPath, [readingsChild, where, `s-${n}`], { stdio: ['ignore', 'pipe', 'pipe'] })
     children.add(child)
     const reported: number[] = []
     const exited = new Promise<void>((resolve) => child.on('exit', () => (children.delete(child), resolve())))

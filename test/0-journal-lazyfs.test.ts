@@ -25,12 +25,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { access, cp, mkdir, readdir, readFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { openOffline, storedRecords, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord, SiteConfig } from '../core/types.js'
 import { rng } from './fixtures/journal-workload.js'
 import { registerMWh, siteConfig } from './fixtures/engine-site.js'
-import { transpile, JOURNAL_SOURCES, ENGINE_SOURCES } from './fixtures/transpile.js'
-import { type LineChild, spawnLineChild } from './helpers/line-child.js'
+import { type LineChild, spawnLineChild, untilCommitAfterReady } from './helpers/line-child.js'
 import { flipBytes, LazyFsHang, mountLazyfs, type LazyFs } from './helpers/lazyfs.js'
 
 // The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s
@@ -41,16 +41,8 @@ const CHAINS = 7
 const CUTS_PER_CHAIN = 30
 const SEED = 0x1a2f5
 
-const built = transpile([
-  ...JOURNAL_SOURCES,
-  ...ENGINE_SOURCES,
-  'daemon/journal/salvage.ts',
-  'test/fixtures/journal-workload.ts',
-  'test/fixtures/engine-site.ts',
-  'test/fixtures/lazyfs-child.ts',
-])
-t.teardown(built.cleanup)
-const childJs = built.path('test/fixtures/lazyfs-child.ts')
+// The child is the compiled fixture beside this file (npm test builds before it runs).
+const childJs = fileURLToPath(new URL('./fixtures/lazyfs-child.js', import.meta.url))
 
 const config: SiteConfig = siteConfig()
 const { pollMs } = config.sessions
@@ -78,13 +70,14 @@ async function kill(fs: LazyFs, run: Run): Promise<void> {
   await fs.guard('the child dying', run.exited)
 }
 
-/** Let a charging child boot, run `ms` more, then SIGKILL it. */
+/** Let a charging child boot, run `ms` more (and commit at least once), then SIGKILL it. */
 async function bootThenKill(fs: LazyFs, run: Run, ms: number): Promise<void> {
   await fs.guard(
     'the child booting',
     run.waitFor((l) => l.startsWith('ready ')),
   )
   await sleep(ms)
+  await fs.guard('the child committing', untilCommitAfterReady(run, 5000))
   await kill(fs, run)
 }
 const wh = (i: number, t: number): number => registerMWh(i, t) / 1000

@@ -95,10 +95,20 @@ interface OpenInfo {
 }
 
 function deepFreeze<T>(o: T): T {
-  if (typeof o === 'object' && o !== null && !Object.isFrozen(o)) {
-    Object.freeze(o)
-    for (const v of Object.values(o)) deepFreeze(v)
-  }
+  if (typeof o !== 'object' || o === null || Object.isFrozen(o)) return o
+  Object.freeze(o)
+  // Every step freezes the state it returns; most of it is shared with the last one and frozen
+  // already, and the rest is mostly strings (the command memo's ids): no call, no array, per leaf.
+  if (Array.isArray(o)) {
+    for (let i = 0; i < o.length; i++) {
+      const v: unknown = o[i]
+      if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) deepFreeze(v)
+    }
+  } else
+    for (const k in o) {
+      const v: unknown = o[k]
+      if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) deepFreeze(v)
+    }
   return o
 }
 

@@ -2,8 +2,8 @@
  * A child process that reports on stdout one line per event (the kill -9 and LazyFS
  * suites' children): spawned with plain node, its lines kept, and a wait for a line.
  *
- * Owns: spawning (without tap's NODE_OPTIONS hooks: a child killed hundreds of times
- * should not carry them), collecting lines, and `waitFor`, which rejects naming the last
+ * Owns: spawning with plain node (tap's hooks stay out of test children: .taprc's node-arg),
+ * collecting lines, and `waitFor`, which rejects naming the last
  * lines and stderr when the child exits without the line. Registers every child in
  * `children` until it exits, so the suite can SIGKILL what is left at teardown.
  */
@@ -19,9 +19,7 @@ export interface LineChild {
 }
 
 export function spawnLineChild(args: string[], children: Set<ChildProcess>): LineChild {
-  const env = { ...process.env }
-  delete env.NODE_OPTIONS
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env })
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
   children.add(child)
   const lines: string[] = []
   const waiters: { pred: (l: string) => boolean; resolve: () => void }[] = []
@@ -57,4 +55,22 @@ export function spawnLineChild(args: string[], children: Set<ChildProcess>): Lin
       )
     })
   return { child, lines, exited, waitFor }
+}
+
+/**
+ * For children that say `ready <head>` once booted and `c <seq> <hash>` per commit (the kill -9
+ * and LazyFS children): unless one has committed since `ready`, waits for its next commit, at
+ * most `maxMs` (or until it exits). A kill timed in milliseconds after boot can land before a
+ * child on a loaded machine charged at all; this keeps every such run writing.
+ */
+export async function untilCommitAfterReady(run: LineChild, maxMs: number): Promise<void> {
+  const booted = run.lines.findIndex((l) => l.startsWith('ready '))
+  if (booted < 0 || run.lines.slice(booted + 1).some((l) => l.startsWith('c '))) return
+  const seen = run.lines.length
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([
+    run.waitFor((l) => l.startsWith('c ') && run.lines.length > seen).catch(() => undefined),
+    new Promise((r) => (timer = setTimeout(r, maxMs))),
+  ])
+  clearTimeout(timer)
 }
