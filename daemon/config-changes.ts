@@ -4,8 +4,8 @@
  *
  * Owns: the list of what applies at once (the engine's parameters: plans and prices, an
  * outlet's plan, auto-start, rating, phases, phase and priority, a circuit's limits, the
- * session timings but the poll, the offline limit, the site's name; outlets and buses
- * appended), which role owns which part of the config (docs/contract.md "Config changes"),
+ * session timings but the poll, the offline limit, the site's name; the API tokens; outlets
+ * and buses appended), which role owns which part of the config (docs/contract.md "Config changes"),
  * and which parts are secrets.
  * Must never: validate a config (daemon/config.ts), read or write a file, or apply anything.
  */
@@ -23,7 +23,9 @@ const INSTALLER_HOT = [
   /^\/sessions\/(graceSeconds|minChargeA|autoStartA|noCurrentA|noCurrentHoldMs|meterFaultMs|taperRatio|reconciliationMinutes)$/,
   /^\/site\/name$/,
 ]
-/** Who may be given API tokens, and where the API listens: only `api.token`'s holder. */
+/** Who holds which API token: applied at once (the next request is checked against them), only `api.token`'s holder may change them. */
+const ADMIN_HOT = [/^\/api\/token$/, /^\/api\/tokens(\/|$)/]
+/** Where the API listens (and anything else under `api`): only `api.token`'s holder, at a restart. */
 const ADMIN_ONLY = [/^\/api(\/|$)/]
 
 export interface PointerRule {
@@ -113,6 +115,7 @@ function addable(pointer: string, before: unknown, after: unknown): boolean {
 export function rule(pointer: string): PointerRule {
   if (OWNER_HOT.some((r) => r.test(pointer))) return { pointer, hot: true, owner: 'owner' }
   if (INSTALLER_HOT.some((r) => r.test(pointer))) return { pointer, hot: true, owner: 'installer' }
+  if (ADMIN_HOT.some((r) => r.test(pointer))) return { pointer, hot: true, owner: 'admin' }
   if (ADMIN_ONLY.some((r) => r.test(pointer))) return { pointer, hot: false, owner: 'admin' }
   return { pointer, hot: false, owner: 'installer' }
 }

@@ -313,12 +313,25 @@ t.test('config changes through the API while sessions run', async (t) => {
   t.equal(ocmf.MM, 'eastron-sdm120', "signed with E3's meter model")
   t.equal((await api('/api/status')).body.outlets.length, 3, 'the status shows it')
 
+  // A token handed out while the site runs: the admin's to give, valid at the next request.
+  const withNina = structuredClone(withE3)
+  withNina.api.tokens.push({ name: 'nina', role: 'owner', token: 'nina-token-0123456789' })
+  r = await put(withNina, current, 'owner')
+  t.equal(r.status, 403, 'an owner cannot hand out tokens')
+  t.match(r.body.error.message, /\/api\/tokens\/3 is the admin's/)
+  const nina = { authorization: 'Bearer nina-token-0123456789' }
+  t.equal((await fetch(`${base}/api/status`, { headers: nina })).status, 401, 'not yet a token')
+  r = await put(withNina, current)
+  t.equal(r.status, 200, 'the admin hands it out')
+  current = r.body.version
+  t.equal((await fetch(`${base}/api/status`, { headers: nina })).status, 200, 'valid at once')
+
   // kill -9 right as a save renames the file, while E2 charges and its plan change waits for it: whatever boots is
   // one config whole, the journal agrees with it, E2's session is closed at the price it started with, and only then
   // does E2 take the plan of the config that booted.
   const s3 = await startSession(t, peer, cloud, { outlet: 2, userId: 'u2', amps: 16, chargeWh: 1 })
   const before = current
-  const crashDoc = structuredClone(withE3)
+  const crashDoc = structuredClone(withNina)
   crashDoc.plans[0].periods[0].perKwh = 4
   crashDoc.outlets[1].plan = 'pricey'
   // A watcher spinning on the file kills the daemon the moment the rename lands: most often before the journal commit.

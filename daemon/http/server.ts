@@ -66,7 +66,7 @@ export function parseListen(listen: string): { host: string; port: number } {
 
 export class LocalApi {
   readonly server: Server
-  private readonly auth: TokenAuth
+  private tokens: { of: ApiConfig; auth: TokenAuth }
   private readonly throttle: AuthThrottle
   private readonly routes: ApiRoutes
   private readonly files = new StaticFiles()
@@ -81,7 +81,7 @@ export class LocalApi {
 
   constructor(private readonly opts: LocalApiOptions) {
     this.log = opts.logger
-    this.auth = new TokenAuth(opts.config.token, opts.config.tokens)
+    this.tokens = { of: opts.config, auth: new TokenAuth(opts.config.token, opts.config.tokens) }
     this.throttle = new AuthThrottle(opts.now)
     const { host, port } = parseListen(opts.config.listen || DEFAULT_LISTEN)
     this.host = host
@@ -258,12 +258,19 @@ export class LocalApi {
     return this.routes.handle(req, res, method, path, url.searchParams, who)
   }
 
+  /** The tokens in force: a config applied while the daemon runs may change `api.token` and `api.tokens` (the listener stays). */
+  private auth(): TokenAuth {
+    const api = this.opts.daemon.config.api ?? this.opts.config
+    if (api !== this.tokens.of) this.tokens = { of: api, auth: new TokenAuth(api.token, api.tokens) }
+    return this.tokens.auth
+  }
+
   /** The token check, with the guessing throttle (429 after too many wrong tokens from one address). */
   private checkAuth(req: IncomingMessage): (Principal & { how: 'bearer' | 'cookie' }) | undefined {
     if (!presentsCredentials(req)) return undefined
     const addr = req.socket.remoteAddress ?? ''
     this.refuseIfThrottled(addr)
-    const how = this.auth.check(req)
+    const how = this.auth().check(req)
     if (!how) this.throttle.fail(addr)
     return how
   }
@@ -289,13 +296,13 @@ export class LocalApi {
     if (token === null || token === '') return this.files.signIn(res, 400, 'Enter the token (api.token in the site configuration).')
     const addr = req.socket.remoteAddress ?? ''
     this.refuseIfThrottled(addr)
-    if (!this.auth.accepts(token)) {
+    if (!this.auth().accepts(token)) {
       this.throttle.fail(addr)
       this.log.warn({ from: addr }, 'local API: a sign-in with a wrong token')
       return this.files.signIn(res, 401, 'That token is not right.')
     }
     const secure = (req.socket as TLSSocket).encrypted === true
-    res.writeHead(303, { location: '/', 'set-cookie': this.auth.signInCookie(token, secure), 'cache-control': 'no-store' })
+    res.writeHead(303, { location: '/', 'set-cookie': this.auth().signInCookie(token, secure), 'cache-control': 'no-store' })
     res.end()
   }
 
