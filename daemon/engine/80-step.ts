@@ -5,7 +5,7 @@
  *
  * Owns: event validation (an unknown outlet or circuit, a non-finite `now`, an unknown
  * event type throw and change nothing), which events count before boot, relay faults,
- * the order of a step (handler, circuit scheduler, derived states, memo), each outlet's
+ * the order of a step (handler, config changes that waited for a session, circuit scheduler, derived states, memo), each outlet's
  * derived state and whether its relay is closed.
  * Must never: do I/O, read a clock (time is `now` and reading timestamps), use randomness,
  * mutate the state it was given, or use floats for money.
