@@ -120,3 +120,19 @@ t.test('a config without a change, or with the hash in force, journals nothing',
   t.equal(rec!.changed.length, 64)
   t.equal(rec!.changedOmitted, 6)
 })
+
+t.test('an outlet whose relay leaves the config has it opened first, even once armed', async (t) => {
+  const auto = (relay: boolean): SiteConfig =>
+    siteConfig({
+      plans: [plan(1)],
+      outlets: [{ ...(outlet(1, 32) as object), ...(relay ? { autoStart: { userId: 'u1' } } : { relay: undefined }) }],
+    })
+  const r = new Rig(auto(true), WED_NOON)
+  r.boot()
+  r.wallet('u1', 100_000)
+  r.run(1, {})
+  t.equal(r.stateOf('A1'), 'armed', 'armed: its relay is closed')
+  const fx = r.apply({ type: 'config', config: auto(false), hash: 'c'.repeat(64), change: { who: 'admin', changed: ['/outlets/0/relay'] } })
+  t.same(r.relays(fx), [{ outlet: 'A1', closed: false }], 'the relay is opened')
+  t.equal(r.state.outlets.A1!.hasRelay, false)
+})

@@ -166,6 +166,8 @@ export const CONFIG_CHANGES_MAX = 64
  */
 function applyOutletParams(ctx: Ctx, id: string, p: OutletParams): void {
   const e = ctx.out(id)
+  // A relay the outlet no longer has is opened before the engine forgets it (an armed outlet's is closed).
+  if (e.hasRelay && !p.hasRelay) ctx.relay(id, false)
   e.hasRelay = p.hasRelay
   e.ratingA = p.ratingA
   if (p.phases !== null) e.phases = p.phases
