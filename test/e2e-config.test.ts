@@ -148,6 +148,7 @@ t.test('config changes through the API while sessions run', async (t) => {
 
   // The dry run shows the diff and who may do it.
   r = await api('/api/config/check', { method: 'POST', body: priceUp, role: 'owner' })
+  t.match(r.body, { ok: true, base: v0, file: { version: v0, edited: false }, restartRequired: [] })
   t.same(
     r.body.changes.map((c: { pointer: string; allowed: boolean; hot: boolean }) => [c.pointer, c.allowed, c.hot]),
     [

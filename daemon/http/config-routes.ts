@@ -85,11 +85,14 @@ export class ConfigRoutes {
     const base = this.store.current()
     const text = this.withSecrets(body, base.text)
     const checked = checkConfigText(text)
-    if (!checked.ok) return { ok: false, base: base.version, problems: checked.problems }
+    // Whether the file was edited by hand since: a save would then need its version as If-Match.
+    const file = fileState(base.version, await this.store.onDisk())
+    if (!checked.ok) return { ok: false, base: base.version, file, problems: checked.problems }
     const changes = describeChanges(effectiveConfig(base.text), checked.config)
     return {
       ok: true,
       base: base.version,
+      file,
       changes: changes.map((c) => ({ ...c, allowed: mayChange(who.role, c) })),
       restartRequired: changes.filter((c) => !c.hot).map((c) => c.pointer),
     }
