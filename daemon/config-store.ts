@@ -72,10 +72,11 @@ export class ConfigStore {
   private text: string
   private version: string
 
-  /** `text`: the file's bytes the daemon started with (and validated). */
+  /** `text`: the file's bytes the daemon started with (and validated); `now`: the injected clock (a kept version's time). */
   constructor(
     readonly file: string,
     text: string,
+    private readonly now: () => number,
     private readonly keep = KEEP_VERSIONS,
   ) {
     this.dir = `${file}.versions`
@@ -84,10 +85,10 @@ export class ConfigStore {
   }
 
   /** Reads `file` as the daemon starts with it. */
-  static async load(file: string): Promise<ConfigStore> {
+  static async load(file: string, now: () => number): Promise<ConfigStore> {
     // A symlinked config is saved where it really is: a rename over the link would replace the link.
     const real = await realpath(file)
-    return new ConfigStore(real, await readFile(real, 'utf8'))
+    return new ConfigStore(real, await readFile(real, 'utf8'), now)
   }
 
   /** The bytes in force and their version. */
@@ -113,7 +114,7 @@ export class ConfigStore {
    */
   async save(text: string, edited?: { version: string; text: string }): Promise<string> {
     const version = configVersion(text)
-    const at = Date.now()
+    const at = this.now()
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 })
       const kept = await this.list()

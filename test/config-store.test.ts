@@ -32,7 +32,7 @@ t.test('a full disk: the write fails, the old file is whole, no temporary file i
   t.same(readdirSync(mnt).sort(), ['filler', 'site.json'], 'no temporary file left behind')
 
   // Through the store: CONFIG_WRITE_FAILED, and the version in force is unchanged.
-  const store = new ConfigStore(file, '{"old": true}\n')
+  const store = new ConfigStore(file, '{"old": true}\n', Date.now)
   const before = store.current()
   const err = await store.save('{"new": true}\n').catch((e: unknown) => e)
   t.ok(isOutpostError(err, 'CONFIG_WRITE_FAILED'), 'CONFIG_WRITE_FAILED')
@@ -46,11 +46,13 @@ t.test('kept versions: newest first, pruned, the one in force always kept, read 
   const file = join(dir, 'site.json')
   const first = '{"n": 0}\n'
   writeFileSync(file, first, { mode: 0o640 })
-  const store = await ConfigStore.load(file)
+  let clock = Date.UTC(2026, 5, 10, 19)
+  const store = await ConfigStore.load(file, () => (clock += 1000))
   const versions: string[] = [configVersion(first)]
   for (let i = 1; i <= KEEP_VERSIONS + 2; i++) versions.push(await store.save(`{"n": ${i}}\n`))
   const kept = await store.list()
   t.equal(kept.length, KEEP_VERSIONS, `the newest ${KEEP_VERSIONS}`)
+  t.equal(kept[0]!.savedAt, new Date(clock).toISOString(), "kept at the injected clock's time")
   t.same(
     kept.map((k) => k.version),
     versions.slice(-KEEP_VERSIONS).reverse(),

@@ -23,7 +23,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     return EXIT_USAGE
   }
   // The bytes read once: what is validated is what the config store versions (its SHA-256).
-  const store = await ConfigStore.load(file).catch(() => undefined)
+  const store = await ConfigStore.load(file, systemClock.now).catch(() => undefined)
   const loaded = store ? checkConfigText(store.current().text) : loadConfigFile(file)
   if (!loaded.ok) {
     for (const p of loaded.problems) io.err(formatProblem(file, p) + '\n')
