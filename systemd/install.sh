@@ -242,11 +242,25 @@ tarball=$(printf '%s\n' "$tarball" | tail -n 1)
 install -d -m 0755 "$stage"
 tar -xzf "$work/$tarball" -C "$stage" --strip-components=1 --no-same-owner
 install -m 0644 "$SRC/package-lock.json" "$stage/package-lock.json"
-say "installing $version's runtime dependencies (npm ci --omit=dev --omit=optional)"
-# --omit=optional keeps out typescript (23 MB): our dev typescript satisfies i18next's optional
-# peer, and npm keeps such "devOptional" packages under --omit=dev alone. The only runtime cost
-# is Node-RED's native bcrypt, whose pure-JS fallback (bcryptjs) checks the editor's password.
-(cd "$stage" && npm ci --omit=dev --omit=optional --no-audit --no-fund --loglevel=error)
+# The runtime dependencies of the installed tree serve again when nothing they depend on changed:
+# the same package-lock.json, installed to the end (npm's own node_modules/.package-lock.json),
+# for the same Node ABI and CPU (the marker below). Re-running the installer after editing
+# site.json is the usual way to enable the service, and npm ci takes minutes on a Pi.
+abi="node-abi $("$NODE" -p 'process.versions.modules + " " + process.arch')"
+ABI_MARK=node_modules/.outpost-node-abi
+installed=$(at "$PREFIX")
+if [ -f "$installed/package-lock.json" ] && cmp -s "$installed/package-lock.json" "$stage/package-lock.json" &&
+  [ -f "$installed/node_modules/.package-lock.json" ] && [ "$(cat "$installed/$ABI_MARK" 2>/dev/null)" = "$abi" ]; then
+  say "the runtime dependencies are those installed (same package-lock.json, $abi): copied, not installed again"
+  cp -a "$installed/node_modules" "$stage/node_modules"
+else
+  say "installing $version's runtime dependencies (npm ci --omit=dev --omit=optional)"
+  # --omit=optional keeps out typescript (23 MB): our dev typescript satisfies i18next's optional
+  # peer, and npm keeps such "devOptional" packages under --omit=dev alone. The only runtime cost
+  # is Node-RED's native bcrypt, whose pure-JS fallback (bcryptjs) checks the editor's password.
+  (cd "$stage" && npm ci --omit=dev --omit=optional --no-audit --no-fund --loglevel=error)
+  printf '%s\n' "$abi" >"$stage/$ABI_MARK"
+fi
 staged_version=$("$NODE" "$stage/dist/daemon/cli.js" --version)
 [ "$staged_version" = "$version" ] || die "the staged package says version $staged_version, expected $version"
 

@@ -153,6 +153,7 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const first = install(src, root)
   t.equal(first.status, 0, `first install exits 0\n${first.out}`)
   t.match(first.out, /installing the clone's dependencies \(npm ci/, 'a fresh clone gets its dependencies')
+  t.match(first.out, /installing \S+'s runtime dependencies \(npm ci --omit=dev --omit=optional\)/, 'and the install its runtime dependencies')
   t.match(first.out, /installed the example configuration as \/etc\/outpost\/site\.json/)
   t.match(first.out, /skipped daemon-reload, udevadm reload\/trigger and starting the service \(--root\)/, 'says what it skipped')
   t.match(first.out, /not enabling outpost\.service: \/etc\/outpost\/site\.json is still the example/, 'tells the installer to edit it')
@@ -247,6 +248,12 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   t.match(second.out, /the clone's dependencies match package-lock\.json/, 'no second npm ci in the clone')
   t.match(
     second.out,
+    /the runtime dependencies are those installed \(same package-lock\.json, node-abi \d+ \w+\): copied, not installed again/,
+    'nor of the runtime dependencies: the same lock, the same Node',
+  )
+  t.notMatch(second.out, /runtime dependencies \(npm ci/)
+  t.match(
+    second.out,
     /the build is current \(dist\/ is what these sources compile to\): not compiling again/,
     'nor a second compile of an unchanged clone',
   )
@@ -276,6 +283,10 @@ echo "systemctl $*$extra" >> '${calls}'
   writeFileSync(join(fakes, 'udevadm'), `#!/bin/sh\necho "udevadm $*" >> '${calls}'\n`)
   chmodSync(join(fakes, 'systemctl'), 0o755)
   chmodSync(join(fakes, 'udevadm'), 0o755)
+  // Installed under another Node (its ABI marker says so): the upgrade installs the runtime dependencies again.
+  const abiMark = join(opt, 'node_modules/.outpost-node-abi')
+  const abi = readFileSync(abiMark, 'utf8')
+  writeFileSync(abiMark, 'node-abi 83 x64\n')
   // Stale code on both sides: an older version's file in the install, a removed source's output in the clone.
   writeFileSync(join(opt, 'dist/daemon/left-over.js'), 'stale code from an older version\n')
   writeFileSync(join(src, 'dist/daemon/deleted-upstream.js'), 'compiled from a source file git pull removed\n')
@@ -284,6 +295,8 @@ echo "systemctl $*$extra" >> '${calls}'
   t.notOk(existsSync(join(opt, 'dist/daemon/left-over.js')), 'the code is replaced, not overlaid')
   t.notOk(existsSync(join(opt, 'dist/daemon/deleted-upstream.js')), 'the clone is built from scratch: nothing stale is packed')
   t.match(live.out, /building \(npm run build:ship\)/, 'a file in dist/ the build did not write: compiled again, from scratch')
+  t.match(live.out, /installing \S+'s runtime dependencies \(npm ci/, 'installed under another Node ABI: npm ci again')
+  t.equal(readFileSync(abiMark, 'utf8'), abi, 'and the marker names this Node again')
   t.same(
     [kept('etc/outpost/site.json'), kept('var/lib/outpost/journal/CURRENT')],
     keptBefore,
