@@ -207,7 +207,10 @@ export interface OcppConfig {
 
 export interface ApiConfig {
   listen: string
+  /** The admin role's token: may do everything. */
   token: string
+  /** Further tokens, each with a role (docs/contract.md "Config changes"). */
+  tokens?: { name: string; role: 'installer' | 'owner' | 'viewer'; token: string }[]
 }
 
 /** The site as OCPI 2.2.1 names it (for the ocpi-cdr and ocpi-tariff exports). */
@@ -338,6 +341,7 @@ export const RECORD_TYPES = [
   'meter.reconciliation',
   'session.queued',
   'session.resumed',
+  'config.applied',
 ] as const
 export type RecordType = (typeof RECORD_TYPES)[number]
 
@@ -416,6 +420,22 @@ export type RecordBody =
     }
   | { type: 'session.resumed'; ts: string; sessionId: string; outlet: string; circuit: string; waitedS: number }
   | { type: 'outlet.fault'; ts: string; outlet: string; detail: string }
+  | {
+      type: 'config.applied'
+      ts: string
+      /** Who applied it: the API token's name (role:name), or `file` when boot found the file changed since the last one applied. */
+      who: string
+      /** Lowercase hex SHA-256 of the config file's bytes now in force. */
+      configHash: string
+      /** The hash of the config it replaced; null when the journal knew none. */
+      previousHash: string | null
+      /** JSON pointers of what changed (leaves; `""` for the whole document), at most CONFIG_CHANGES_MAX. */
+      changed: string[]
+      /** Only when more pointers changed than `changed` holds: how many were left out. */
+      changedOmitted?: number
+      /** Only when some outlets have a session open: their changes wait until it ends (their wiring and plan stay as they were). */
+      pendingOutlets?: string[]
+    }
   | { type: 'outlet.recovered'; ts: string; outlet: string; detail: string }
   | {
       type: 'meter.reconciliation'

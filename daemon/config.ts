@@ -88,6 +88,21 @@ export function loadConfigFile(file: string): ConfigResult {
             : e.message
     return { ok: false, problems: [{ pointer: '', message: `cannot read config: ${why}` }] }
   }
+  return checkConfigText(text)
+}
+
+/**
+ * A config's text as the daemon reads it (defaults filled in, each outlet's phases resolved),
+ * or, when it is not valid, as written: what a diff compares, so that writing a default out
+ * changes nothing.
+ */
+export function effectiveConfig(text: string): unknown {
+  const r = checkConfigText(text)
+  return r.ok ? r.config : JSON.parse(text)
+}
+
+/** Parse and validate a config's text: what `check-config` checks in a file, and the local API at every save. */
+export function checkConfigText(text: string): ConfigResult {
   const parsed = parseJson(text)
   if (!parsed.ok) return { ok: false, problems: parsed.problems }
   return validateConfig(parsed.value)
@@ -349,6 +364,23 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models
     }
     out.push(...planIssues(p, `/plans/${i}`).filter((q) => !saidAtOrAbove(schema, q.pointer)))
   })
+
+  if (isObj(cfg.api)) {
+    const seen = new Map<string, string>()
+    const token = str(cfg.api.token)
+    if (token !== undefined) seen.set(token, '/api/token')
+    const names = new Set<string>()
+    arr(cfg.api.tokens).forEach((x, i) => {
+      if (!isObj(x)) return
+      const t = str(x.token)
+      const first = t === undefined ? undefined : seen.get(t)
+      if (first !== undefined) out.push({ pointer: `/api/tokens/${i}/token`, message: `is the same token as ${first}: each token is one role` })
+      else if (t !== undefined) seen.set(t, `/api/tokens/${i}/token`)
+      const name = str(x.name)
+      if (name !== undefined && names.has(name)) out.push({ pointer: `/api/tokens/${i}/name`, message: `duplicate token name "${name}"` })
+      else if (name !== undefined) names.add(name)
+    })
+  }
 
   const outletIds = new Set<string>()
   const meterUnits = new Map<string, string>() // `${bus}#${unit}` -> pointer

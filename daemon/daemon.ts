@@ -37,6 +37,7 @@ import {
   outletStatuses,
   step,
   type CircuitStatus,
+  type ConfigChange,
   type EngineState,
   type EngineEvent,
   type Effect,
@@ -59,6 +60,13 @@ export interface DaemonOptions {
   version: string
   /** Bound on a clean stop (final readings, relays, flush). */
   stopTimeoutMs?: number
+  /**
+   * The SHA-256 of the config file's bytes (daemon/config-store.ts): kept in the engine state,
+   * so a boot that finds the file changed since the last config applied journals `config.applied`.
+   */
+  configHash?: string
+  /** The JSON pointers that changed since the config of `previousHash` (boot, when the file changed); `[""]` when unknown. */
+  changedSince?: (previousHash: string) => Promise<string[]>
   /**
    * false: after the boot's first reads, no poll or tick timers run and the caller dispatches
    * the readings and ticks (a benchmark measuring the daemon with one source of readings).
@@ -91,7 +99,12 @@ export interface DaemonEvents {
 }
 
 export class Daemon extends EventEmitter<DaemonEvents> {
-  readonly config: SiteConfig
+  private cfg: SiteConfig
+  /** The config in force (replaced, without a restart, by applyConfig). */
+  get config(): SiteConfig {
+    return this.cfg
+  }
+  private readonly opts: DaemonOptions
   readonly bootId = randomUUID()
   private readonly clock: Clock
   private readonly log: Logger
@@ -125,7 +138,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
   constructor(opts: DaemonOptions) {
     super()
-    this.config = opts.config
+    this.opts = opts
+    this.cfg = opts.config
     this.clock = opts.clock
     this.log = opts.logger
     this.version = opts.version
@@ -163,7 +177,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         retentionDays: config.storage.retentionDays,
         readingSyncMs: config.storage.readingSyncMs,
         expectExisting: keyExisted,
-        sign: sessionSigner({ config, version: this.version, key: signer }),
+        sign: sessionSigner({ config: () => this.config, version: this.version, key: signer }),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
@@ -188,8 +202,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
     // The OCPP outbox follows the journal from before the boot step, so the sessions boot closes become StopTransactions.
     if (config.ocpp) {
+      const daemon = this
       this.ocpp = await OcppLink.attach({
-        config,
+        get config() {
+          return daemon.config
+        },
         version: this.version,
         journal: this.journal,
         logger: this.log,
@@ -216,7 +233,16 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         },
         'not every bus is open yet; continuing',
       )
-    if (persisted) await this.dispatch({ type: 'config', config })
+    const hash = this.opts.configHash
+    if (persisted || hash !== undefined) {
+      // A file changed since the last config applied (a hand edit, or a save whose journal record the process did not live to write): journaled.
+      const previous = persisted?.gateway.configHash ?? null
+      const change =
+        hash !== undefined && previous !== null && previous !== hash
+          ? { who: 'file', changed: (await this.opts.changedSince?.(previous)) ?? [''] }
+          : undefined
+      await this.dispatch({ type: 'config', config, ...(hash !== undefined ? { hash } : {}), ...(change ? { change } : {}) })
+    }
     await this.dispatch({
       type: 'boot',
       cleanShutdown: this.journal.previousCleanShutdown,
@@ -260,15 +286,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
 
     const { pollMs } = config.sessions
     if (this.ownTimers) {
-      for (const outlet of config.outlets) {
-        this.timers.push(setInterval(() => this.poll(outlet.id), pollMs))
-        // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
-        this.site.outlet(outlet.id).onChange?.(() => this.pollFresh(outlet.id))
-      }
+      for (const outlet of config.outlets) this.pollOutlet(outlet.id)
       for (const circuit of this.site.feederIds()) this.timers.push(setInterval(() => void this.pollFeeder(circuit), pollMs))
       this.timers.push(setInterval(() => void this.dispatch({ type: 'tick' }).catch(() => undefined), Math.min(1000, pollMs)))
     }
     this.log.info({ site: config.site.id, outlets: config.outlets.length, buses: config.buses.length, bootId: this.bootId }, 'outpost running')
+  }
+
+  /** Polls an outlet every pollMs, and at once when its device pushes a change. */
+  private pollOutlet(id: string): void {
+    this.timers.push(setInterval(() => this.poll(id), this.config.sessions.pollMs))
+    // A device that pushes changes (Shelly NotifyStatus) is read at once: an unplug is seen without waiting for the next poll.
+    this.site!.outlet(id).onChange?.(() => this.pollFresh(id))
   }
 
   /** The journal's state as the last run left it (its checkpoint, with the readings journaled after it replayed). */
@@ -319,6 +348,30 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     await this.journal?.close({ clean: !this.halted }).catch((err: unknown) => this.log.error({ err }, 'journal close failed'))
     await this.site?.close().catch(() => undefined)
     this.log.info('outpost stopped')
+  }
+
+  /**
+   * Applies a validated config without a restart: the outlets it adds open (with the buses
+   * and devices new to them), then one `config` step (journaled as `config.applied` in the same
+   * commit as the state it changes), then the daemon's own copy. Only what
+   * daemon/config-changes.ts lists as applying at once may differ from the config in force
+   * (the buses, devices and timers already open stay as they are). Returns the record's body.
+   */
+  async applyConfig(next: SiteConfig, hash: string, change: ConfigChange): Promise<RecordBody | undefined> {
+    const had = new Set(this.config.outlets.map((o) => o.id))
+    const added = next.outlets.filter((o) => !had.has(o.id)).map((o) => o.id)
+    // Outlets added (and the buses new to them) open before the step that adds them to the engine; the others are left alone.
+    if (added.length > 0) await this.site?.addOutlets(next, added)
+    const effects = await this.dispatch({ type: 'config', config: next, hash, change })
+    this.cfg = next
+    for (const id of added) {
+      // As at boot: a relay found in an unknown position is opened, and the outlet is read before it can be armed or started.
+      this.switchRelay(id, false)
+      if (this.ownTimers && !this.stopping && !this.halted) this.pollOutlet(id)
+      void this.poll(id)
+    }
+    if (added.length > 0) this.log.info({ outlets: added }, 'outlets added while running')
+    return effects.find((e): e is Extract<Effect, { type: 'record' }> => e.type === 'record' && e.record.type === 'config.applied')?.record
   }
 
   // ---------------------------------------------------------------- views
@@ -770,6 +823,9 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         break
       case 'session.resumed':
         this.log.info({ seq: r.seq, outlet: r.outlet, sessionId: r.sessionId, circuit: r.circuit, waitedS: r.waitedS }, 'session resumed')
+        break
+      case 'config.applied':
+        this.log.info({ seq: r.seq, who: r.who, configHash: r.configHash, changed: r.changed, pendingOutlets: r.pendingOutlets }, 'config applied')
         break
       default:
         this.log.debug({ seq: r.seq, type: r.type }, 'record')

@@ -71,6 +71,8 @@ function describe(r: JournalRecord): string {
       return `${at}  ${r.outlet}  session queued    circuit ${r.circuit} (${r.why})`
     case 'session.resumed':
       return `${at}  ${r.outlet}  session resumed   circuit ${r.circuit} after ${Math.round(r.waitedS)} s`
+    case 'config.applied':
+      return `${at}  config applied by ${r.who}: ${r.changed.join(', ') || '(nothing)'}${r.pendingOutlets ? ` (waits for the session of ${r.pendingOutlets.join(', ')})` : ''}`
   }
 }
 

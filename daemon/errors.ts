@@ -57,6 +57,11 @@ const API_ERRORS = {
   API_BAD_MOUNT: 'a handler mounted on a path already taken, or a path that is not /name',
 } as const satisfies Record<string, string>
 
+const CONFIG_ERRORS = {
+  CONFIG_WRITE_FAILED:
+    'the site config file (or a kept version of it) could not be written (a full disk, permissions); the config in force is unchanged',
+} as const satisfies Record<string, string>
+
 const NODE_RED_ERRORS = {
   NODE_RED_DISABLED: 'Node-RED was asked to start while nodeRed.enabled is not true',
   NODE_RED_EARLY: 'Node-RED was started before the daemon (its nodes need the command gateway and the journal)',
@@ -93,6 +98,7 @@ export const ERROR_SECTIONS = [
   { title: 'Uplink, reconcile and ingest', codes: UPLINK_ERRORS },
   { title: 'OCPP', codes: OCPP_ERRORS },
   { title: 'Local API', codes: API_ERRORS },
+  { title: 'Config changes', codes: CONFIG_ERRORS },
   { title: 'Node-RED', codes: NODE_RED_ERRORS },
   { title: 'Signing (the gateway key, OCMF)', codes: SIGNING_ERRORS },
   { title: 'Exports', codes: EXPORT_ERRORS },
@@ -106,6 +112,7 @@ export const ERRORS = {
   ...UPLINK_ERRORS,
   ...OCPP_ERRORS,
   ...API_ERRORS,
+  ...CONFIG_ERRORS,
   ...NODE_RED_ERRORS,
   ...SIGNING_ERRORS,
   ...EXPORT_ERRORS,

@@ -13,6 +13,9 @@ import type { Clock } from './clock.js'
 import type { Logger } from './log.js'
 import { Daemon } from './daemon.js'
 import { LocalApi, type LocalApiOptions } from './http/index.js'
+import type { ConfigStore } from './config-store.js'
+import { describeChanges } from './config-changes.js'
+import { effectiveConfig } from './config.js'
 import { startNodeRed as realStartNodeRed, type NodeRedHandle, type NodeRedOptions } from './nodered/index.js'
 
 export interface ServiceOptions {
@@ -23,6 +26,8 @@ export interface ServiceOptions {
   stopTimeoutMs?: number
   /** Local API tuning: `anyPortIfTaken` (the demo), `retryMs`, `snapshotMs`, `chartSampleMs` (tests). */
   api?: Partial<Pick<LocalApiOptions, 'anyPortIfTaken' | 'retryMs' | 'snapshotMs' | 'chartSampleMs'>>
+  /** The config file the daemon runs (outpost run): its version is journaled, and the API's config routes save through it. */
+  configStore?: ConfigStore
   /** Node-RED's starter (tests give their own; the default is daemon/nodered). */
   startNodeRed?: (opts: NodeRedOptions) => Promise<NodeRedHandle>
 }
@@ -39,6 +44,7 @@ export class Service {
       logger: opts.logger,
       version: opts.version,
       stopTimeoutMs: opts.stopTimeoutMs,
+      ...(opts.configStore ? configOptions(opts.configStore) : {}),
     })
   }
 
@@ -51,7 +57,14 @@ export class Service {
       if (config.nodeRed?.enabled) logger.error('nodeRed.enabled needs the local API (api) to serve the editor: Node-RED not started')
       return
     }
-    this.api = new LocalApi({ ...this.opts.api, daemon: this.daemon, config: config.api, logger, now: () => this.opts.clock.now() })
+    this.api = new LocalApi({
+      ...this.opts.api,
+      daemon: this.daemon,
+      config: config.api,
+      logger,
+      now: () => this.opts.clock.now(),
+      configStore: this.opts.configStore,
+    })
     await this.api.start()
     if (config.nodeRed?.enabled) await this.startNodeRed(this.api)
   }
@@ -78,5 +91,17 @@ export class Service {
     this.nodeRed = undefined
     await this.api?.stop().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'local API stop failed'))
     await this.daemon.stop()
+  }
+}
+
+/** The daemon's view of the config file: its version, and what changed since an earlier one still kept. */
+function configOptions(store: ConfigStore): { configHash: string; changedSince: (previous: string) => Promise<string[]> } {
+  const { text, version } = store.current()
+  return {
+    configHash: version,
+    changedSince: async (previous) => {
+      const old = await store.read(previous).catch(() => undefined)
+      return old === undefined ? [''] : describeChanges(effectiveConfig(old), effectiveConfig(text)).map((c) => c.pointer)
+    },
   }
 }

@@ -14,21 +14,26 @@ import type { GatewayKey } from './gateway-key.js'
 import type { SessionSigner } from './journal/index.js'
 import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
 
-export function sessionSigner(opts: { config: SiteConfig; version: string; key: () => GatewayKey }): SessionSigner {
-  const { config, version, key } = opts
-  const meters = meterIdentities(config, manufacturers(config))
-  return (body, { pagination, clockSynced }) =>
-    signOcmf(
+export function sessionSigner(opts: { config: () => SiteConfig; version: string; key: () => GatewayKey }): SessionSigner {
+  const { version, key } = opts
+  const manufacturerOf = manufacturers(opts.config())
+  // The meters of the config in force (outlets added while the daemon runs are signed with their own), worked out once per config.
+  let meters = { of: opts.config(), map: meterIdentities(opts.config(), manufacturerOf) }
+  return (body, { pagination, clockSynced }) => {
+    const config = opts.config()
+    if (meters.of !== config) meters = { of: config, map: meterIdentities(config, manufacturerOf) }
+    return signOcmf(
       ocmfPayload(body, {
         siteId: config.site.id,
         gatewaySerial: key().fingerprint,
         version,
         pagination,
         clockSynced,
-        meter: meters.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
+        meter: meters.map.get(body.outlet) ?? { model: 'unknown', serial: body.outlet },
       }),
       key().privateKey,
     )
+  }
 }
 
 /** Each meter model's manufacturer (OCMF MV), from the built-in models and models.dir. */

@@ -1,6 +1,7 @@
 /**
  * The site's I/O as the daemon sees it: openSite() turns the validated config
- * into one scheduler per bus and one OutletIO per outlet.
+ * into one scheduler per bus and one OutletIO per outlet; addOutlets() opens outlets
+ * appended while the daemon runs, beside the others.
  *
  * Owns: wiring buses, links and models together; turning a model's registers
  * into a Reading; switching a relay and confirming it by reading it back.
@@ -49,6 +50,13 @@ export interface SiteIO {
   feederIds(): string[]
   bus(id: string): Bus
   health(): BusHealth[]
+  /**
+   * Opens outlets added to the config while the site runs, and the buses and network devices
+   * new in `next` (those already open are left alone: their outlets keep polling). Throws
+   * CONFIG_INVALID, opening nothing, for a model on the wrong kind of bus or a new channel of a
+   * network device already started (its outlets' needs are checked at its start).
+   */
+  addOutlets(next: SiteConfig, ids: readonly string[]): Promise<void>
   /** Resolves true once every bus is open, false if that has not happened within `ms` (never throws). */
   ready(ms: number): Promise<boolean>
   close(): Promise<void>
@@ -385,34 +393,9 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
   const buses = new Map<string, Bus>()
   const devices = new Map<string, NetDevice>()
   const outlets = new Map<string, OutletIO>()
+  let current = config
   // Bind models first so a bad config opens nothing.
-  const plans: (() => OutletIO)[] = []
-  for (const o of config.outlets) {
-    const bc = config.buses.find((b) => b.id === o.bus)
-    if (!bc) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: unknown bus "${o.bus}"`)
-    const meter = registry.get(o.meter.model, 'meter')
-    const relay = o.relay ? registry.get(o.relay.model, 'relay') : undefined
-    const wantTransport = BUS_TRANSPORT[bc.type]
-    for (const m of [meter, relay]) {
-      if (m && m.transport !== wantTransport)
-        throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
-    }
-    if (bc.type === 'shelly' || bc.type === 'tasmota') {
-      plans.push(() => {
-        const dev = devices.get(bc.id)!
-        return dev instanceof ShellyDevice
-          ? new ShellyOutlet(o.id, dev, o, meter, relay, opts.now)
-          : new TasmotaOutlet(o.id, dev as TasmotaDevice, o, meter, relay, opts.now)
-      })
-      continue
-    }
-    plans.push(() => {
-      const bus = buses.get(bc.id)!
-      return bc.type === 'serial'
-        ? new SerialOutlet(o.id, bus, o, relay !== undefined, opts.now)
-        : new ModbusOutlet(o.id, bus, o, meter, relay, opts.now)
-    })
-  }
+  const plans = config.outlets.map((o) => planOutlet(o, config.buses, registry, buses, devices, opts))
   const feederPlans: (() => FeederIO)[] = []
   for (const c of config.circuits ?? []) {
     const m = c.meter
@@ -424,16 +407,13 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     const model = registry.get(m.model, 'meter')
     feederPlans.push(() => new ModbusFeeder(c.id, buses.get(bc.id)!, m, model, opts.now))
   }
-  for (const bc of config.buses) {
-    if (bc.type === 'shelly' || bc.type === 'tasmota') devices.set(bc.id, netDevice(bc, opts))
-    else buses.set(bc.id, openBus(bc, opts))
-  }
+  const started = openBuses(config.buses, buses, devices, opts)
   for (const p of plans) {
     const io = p()
     outlets.set(io.id, io)
   }
   // Outlets first: a Shelly checks at start that it has the methods its outlets' models call.
-  for (const d of devices.values()) d.start()
+  for (const d of started) d.start()
   const feeders = new Map<string, FeederIO>()
   for (const p of feederPlans) {
     const f = p()
@@ -461,7 +441,30 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
       }
       return b
     },
-    health: () => config.buses.map((bc) => (buses.get(bc.id) ?? devices.get(bc.id)!).health()),
+    health: () => current.buses.map((bc) => (buses.get(bc.id) ?? devices.get(bc.id)!).health()),
+    async addOutlets(next, ids) {
+      const fresh = ids.map((id) => {
+        if (outlets.has(id)) throw new OutpostError('CONFIG_INVALID', `outlet ${id} is already open`)
+        const o = next.outlets.find((x) => x.id === id)
+        if (!o) throw new OutpostError('CONFIG_INVALID', `outlet ${id} is not in the config`)
+        const bc = next.buses.find((b) => b.id === o.bus)
+        if (bc && devices.has(bc.id))
+          throw new OutpostError('CONFIG_INVALID', `outlet ${id}: network device ${bc.id} is already started; a new channel on it needs a restart`)
+        return planOutlet(o, next.buses, registry, buses, devices, opts)
+      })
+      const opened = openBuses(
+        next.buses.filter((b) => !buses.has(b.id) && !devices.has(b.id)),
+        buses,
+        devices,
+        opts,
+      )
+      for (const p of fresh) {
+        const io = p()
+        outlets.set(io.id, io)
+      }
+      for (const d of opened) d.start()
+      current = next
+    },
     async ready(ms) {
       const results = await Promise.allSettled([
         ...[...buses.values()].map((b) => b.scheduler.waitOpen(ms)),
@@ -472,5 +475,52 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
     async close() {
       await Promise.all([...[...buses.values()].map((b) => b.close()), ...[...devices.values()].map((d) => d.close())])
     },
+  }
+}
+
+/** Opens each of `configs` (a bus begins connecting in the background); returns the network devices, to start once their outlets are bound. */
+function openBuses(configs: readonly BusConfig[], buses: Map<string, Bus>, devices: Map<string, NetDevice>, opts: OpenOptions): NetDevice[] {
+  const started: NetDevice[] = []
+  for (const bc of configs) {
+    if (bc.type === 'shelly' || bc.type === 'tasmota') {
+      const d = netDevice(bc, opts)
+      devices.set(bc.id, d)
+      started.push(d)
+    } else buses.set(bc.id, openBus(bc, opts))
+  }
+  return started
+}
+
+/** An outlet's models bound to its bus kind (throws CONFIG_INVALID now), and how to build its OutletIO once its bus is open. */
+function planOutlet(
+  o: OutletConfig,
+  busConfigs: readonly BusConfig[],
+  registry: ModelRegistry,
+  buses: Map<string, Bus>,
+  devices: Map<string, NetDevice>,
+  opts: OpenOptions,
+): () => OutletIO {
+  const bc = busConfigs.find((b) => b.id === o.bus)
+  if (!bc) throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: unknown bus "${o.bus}"`)
+  const meter = registry.get(o.meter.model, 'meter')
+  const relay = o.relay ? registry.get(o.relay.model, 'relay') : undefined
+  const wantTransport = BUS_TRANSPORT[bc.type]
+  for (const m of [meter, relay]) {
+    if (m && m.transport !== wantTransport)
+      throw new OutpostError('CONFIG_INVALID', `outlet ${o.id}: model ${m.name} speaks ${m.transport} but bus ${bc.id} is ${bc.type}`)
+  }
+  if (bc.type === 'shelly' || bc.type === 'tasmota') {
+    return () => {
+      const dev = devices.get(bc.id)!
+      return dev instanceof ShellyDevice
+        ? new ShellyOutlet(o.id, dev, o, meter, relay, opts.now)
+        : new TasmotaOutlet(o.id, dev as TasmotaDevice, o, meter, relay, opts.now)
+    }
+  }
+  return () => {
+    const bus = buses.get(bc.id)!
+    return bc.type === 'serial'
+      ? new SerialOutlet(o.id, bus, o, relay !== undefined, opts.now)
+      : new ModbusOutlet(o.id, bus, o, meter, relay, opts.now)
   }
 }

@@ -195,3 +195,26 @@ t.test('two connections storing the same site at once: one prefix, every record 
   t.equal(Number((await client.query("SELECT count(*) FROM sessions WHERE site_id = 'race'")).rows[0].count), 200)
   t.equal(row.forks, 0)
 })
+
+t.test('a config.applied record (a price change) is stored like any record and verified in the prefix', async (t) => {
+  const log = new FleetLog()
+  log.append(bodies(3))
+  log.append([
+    {
+      type: 'config.applied',
+      ts: '2026-06-10T19:00:00.000Z',
+      who: 'owner:olga',
+      configHash: 'b'.repeat(64),
+      previousHash: 'a'.repeat(64),
+      changed: ['/plans/0/periods/0/perKwh'],
+      pendingOutlets: ['E1'],
+    },
+  ])
+  log.append(bodies(2, 3))
+  const r = await storeRecords(client, 'config', log.records)
+  t.equal(r.acked, 6, 'acked past it')
+  t.same(r.rejects, [])
+  const row = (await client.query("SELECT seq, body FROM records WHERE site_id = 'config' AND type = 'config.applied'")).rows[0]
+  t.equal(Number(row.seq), 4)
+  t.match(row.body, { who: 'owner:olga', configHash: 'b'.repeat(64), changed: ['/plans/0/periods/0/perKwh'] })
+})

@@ -563,6 +563,7 @@ t.test("the editor in a browser: login, the outpost palette, the nodes' edit dia
     ['gateway.started', false],
     ['session.queued', false],
     ['session.resumed', false],
+    ['config.applied', false],
   ])
   t.same(errors, [], 'no script error in the editor')
   t.same(elsewhere, [], 'the editor asked nothing of any other host')

@@ -5,7 +5,8 @@
  * from restarts by the unit so an invalid config does not restart-loop).
  */
 import { parseArgs } from 'node:util'
-import { loadConfigFile, formatProblem } from '../config.js'
+import { checkConfigText, loadConfigFile, formatProblem } from '../config.js'
+import { ConfigStore } from '../config-store.js'
 import { configFile, EXIT_BROKEN, EXIT_CONFIG, EXIT_OK, EXIT_USAGE, processIo, version, type Io } from '../cli-common.js'
 import { Service } from '../service.js'
 import { systemClock } from '../clock.js'
@@ -21,7 +22,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     io.err(`outpost run: ${(err as Error).message}\nUsage: outpost run [--config FILE]\n`)
     return EXIT_USAGE
   }
-  const loaded = loadConfigFile(file)
+  // The bytes read once: what is validated is what the config store versions (its SHA-256).
+  const store = await ConfigStore.load(file, systemClock.now).catch(() => undefined)
+  const loaded = store ? checkConfigText(store.current().text) : loadConfigFile(file)
   if (!loaded.ok) {
     for (const p of loaded.problems) io.err(formatProblem(file, p) + '\n')
     return EXIT_CONFIG
@@ -33,7 +36,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   process.on('SIGXFSZ', () => undefined)
   const logger = createLogger(config.logging.level)
   const notify = new SystemdNotifier()
-  const service = new Service({ config, clock: systemClock, logger, version })
+  const service = new Service({ config, clock: systemClock, logger, version, configStore: store })
   const daemon = service.daemon
   // Signals are ours from the start: a stop requested while starting (say, during the wait
   // for a bus that is down) is carried out cleanly once start() has returned, instead of

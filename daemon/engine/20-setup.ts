@@ -10,7 +10,7 @@
 import type { PlanConfig, SiteConfig } from '../../core/types.js'
 import { hasOwn } from './00-queries.js'
 import { assertTimeZone } from './pricing.js'
-import type { CircuitSettings, EngineState, OutletEntry, SettingsSection } from './state.js'
+import type { CircuitSettings, EngineState, OutletEntry, OutletParams, SettingsSection } from './state.js'
 
 export function settingsFrom(config: SiteConfig): SettingsSection {
   assertTimeZone(config.site.timezone)
@@ -55,6 +55,35 @@ const PHASE_INDEX = { L1: 0, L2: 1, L3: 2 } as const
 
 export function outletCircuit(o: SiteConfig['outlets'][number]): { circuit: string | null; phase: 0 | 1 | 2; priority: number } {
   return { circuit: o.circuit ?? null, phase: PHASE_INDEX[o.phase ?? 'L1'] ?? 0, priority: o.priority ?? 0 }
+}
+
+/** What of an outlet's config its engine entry follows. */
+export function outletParams(o: SiteConfig['outlets'][number]): OutletParams {
+  const { circuit, phase, priority } = outletCircuit(o)
+  return {
+    hasRelay: o.relay !== undefined,
+    ratingA: o.ratingA,
+    phases: o.phases ?? null,
+    plan: o.plan,
+    autoStart: o.autoStart?.userId ?? null,
+    circuit,
+    phase,
+    priority,
+  }
+}
+
+/** Whether an entry already follows `p` (its config plan and auto-start user, not a cloud's assignment). */
+export function followsParams(e: OutletEntry, p: OutletParams): boolean {
+  return (
+    e.hasRelay === p.hasRelay &&
+    e.ratingA === p.ratingA &&
+    (e.phases ?? null) === p.phases &&
+    e.configPlan === p.plan &&
+    e.configAutoStart === p.autoStart &&
+    e.circuit === p.circuit &&
+    e.phase === p.phase &&
+    e.priority === p.priority
+  )
 }
 
 export function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {

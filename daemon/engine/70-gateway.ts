@@ -4,16 +4,17 @@
  *
  * Owns: closing open sessions at boot (at their last journaled reading) and at shutdown,
  * the session id prefix, opening every relay at boot and shutdown, the offline clock,
- * outlets and circuits added, changed or removed by a config.
- * Must never: close a session at boot time instead of its last reading, keep a commanded
+ * outlets and circuits added, changed or removed by a config, an outlet's change that waits
+ * for its session to end, and the `config.applied` record.
+ * Must never: change the wiring or plan of an outlet while its session runs, close a session at boot time instead of its last reading, keep a commanded
  * circuit limit above a lowered maxA, or let a config file's unchanged plan override the cloud's.
  */
 import type { EndReason, JournalSalvageInfo, SiteConfig } from '../../core/types.js'
 import { hasCircuits, hasOwn } from './00-queries.js'
 import type { Ctx } from './10-context.js'
-import { newOutlet, outletCircuit, settingsFrom } from './20-setup.js'
+import { followsParams, newOutlet, outletParams, settingsFrom } from './20-setup.js'
 import { endSession } from './40-sessions.js'
-import type { CircuitEntry } from './state.js'
+import type { CircuitEntry, ConfigChange, OutletParams } from './state.js'
 
 export function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, publicKey: string | undefined, journalSalvage?: JournalSalvageInfo): void {
   const g = ctx.sec('gateway')
@@ -87,7 +88,7 @@ export function onUplink(ctx: Ctx, online: boolean): void {
   }
 }
 
-export function onConfig(ctx: Ctx, config: SiteConfig): void {
+export function onConfig(ctx: Ctx, config: SiteConfig, hash?: string, change?: ConfigChange): void {
   const next = settingsFrom(config)
   if (JSON.stringify(next) !== JSON.stringify(ctx.s)) ctx.put('settings', next)
   // Circuits: new ones added, removed ones dropped; a commanded limit above a lowered maxA is void.
@@ -102,6 +103,7 @@ export function onConfig(ctx: Ctx, config: SiteConfig): void {
   }
   if (!same) ctx.put('circuits', want)
   const inConfig = new Set<string>()
+  const waiting: string[] = []
   for (const o of config.outlets) {
     inConfig.add(o.id)
     if (!hasOwn(ctx.state.outlets, o.id)) {
@@ -110,40 +112,19 @@ export function onConfig(ctx: Ctx, config: SiteConfig): void {
       continue
     }
     const e0 = ctx.state.outlets[o.id]!
-    const auto = o.autoStart?.userId ?? null
-    const hasRelay = o.relay !== undefined
-    const wired = outletCircuit(o)
-    if (
-      e0.hasRelay === hasRelay &&
-      e0.ratingA === o.ratingA &&
-      e0.phases === o.phases &&
-      e0.configPlan === o.plan &&
-      e0.configAutoStart === auto &&
-      !e0.removed &&
-      e0.circuit === wired.circuit &&
-      e0.phase === wired.phase &&
-      e0.priority === wired.priority
-    )
+    const p = outletParams(o)
+    if (e0.removed) ctx.out(o.id).removed = false
+    if (followsParams(e0, p)) {
+      if (e0.pending) ctx.out(o.id).pending = null // changed and changed back while the session ran
       continue
-    const e = ctx.out(o.id)
-    Object.assign(e, wired)
-    e.hasRelay = hasRelay
-    e.ratingA = o.ratingA
-    if (o.phases !== undefined) e.phases = o.phases
-    else delete e.phases
-    e.removed = false
-    // The installer changed the plan or auto-start user in the file: that is newer than
-    // a cloud assign-plan / set-auto-start; an unchanged file keeps the cloud's choice.
-    if (e.configPlan !== o.plan) {
-      e.configPlan = o.plan
-      e.planId = o.plan
     }
-    if (e.configAutoStart !== auto) {
-      e.configAutoStart = auto
-      e.autoStartUser = auto
-      e.autoStartSuspended = false
+    if (e0.session) {
+      // A session keeps the wiring and plan it started with: the change waits until it ends (settle applies it).
+      if (JSON.stringify(e0.pending ?? null) !== JSON.stringify(p)) ctx.out(o.id).pending = p
+      waiting.push(o.id)
+      continue
     }
-    if (!hasRelay) e.autoStartUser = null
+    applyOutletParams(ctx, o.id, p)
   }
   for (const id of Object.keys(ctx.state.outlets)) {
     if (inConfig.has(id)) continue
@@ -155,5 +136,66 @@ export function onConfig(ctx: Ctx, config: SiteConfig): void {
     }
     if (e.session) endSession(ctx, id, 'manager-stopped')
     delete ctx.sec('outlets')[id]
+  }
+  if (hash !== undefined && ctx.gw.configHash !== hash) {
+    const previousHash = ctx.gw.configHash ?? null
+    ctx.sec('gateway').configHash = hash
+    if (change) {
+      const changed = change.changed.slice(0, CONFIG_CHANGES_MAX)
+      ctx.record({
+        type: 'config.applied',
+        ts: ctx.iso,
+        who: change.who,
+        configHash: hash,
+        previousHash,
+        changed,
+        ...(change.changed.length > changed.length ? { changedOmitted: change.changed.length - changed.length } : {}),
+        ...(waiting.length > 0 ? { pendingOutlets: waiting } : {}),
+      })
+    }
+  }
+}
+
+/** The JSON pointers a `config.applied` record lists at most (the rest are counted). */
+export const CONFIG_CHANGES_MAX = 64
+
+/**
+ * An outlet's config, applied to its entry. The installer changed the plan or auto-start user
+ * in the file: that is newer than a cloud assign-plan / set-auto-start; an unchanged file keeps
+ * the cloud's choice.
+ */
+function applyOutletParams(ctx: Ctx, id: string, p: OutletParams): void {
+  const e = ctx.out(id)
+  // A relay the outlet no longer has is opened before the engine forgets it (an armed outlet's is closed).
+  if (e.hasRelay && !p.hasRelay) ctx.relay(id, false)
+  e.hasRelay = p.hasRelay
+  e.ratingA = p.ratingA
+  if (p.phases !== null) e.phases = p.phases
+  else delete e.phases
+  e.circuit = p.circuit
+  e.phase = p.phase
+  e.priority = p.priority
+  if (e.configPlan !== p.plan) {
+    e.configPlan = p.plan
+    e.planId = p.plan
+  }
+  if (e.configAutoStart !== p.autoStart) {
+    e.configAutoStart = p.autoStart
+    e.autoStartUser = p.autoStart
+    e.autoStartSuspended = false
+  }
+  if (!p.hasRelay) e.autoStartUser = null
+  if (e.pending) e.pending = null
+  ctx.touch(id)
+}
+
+/**
+ * Outlets whose session has ended take the config change that waited for it (in settle, after
+ * every step). A session ends only in an entry the step copied, so only those are looked at.
+ */
+export function applyPending(ctx: Ctx): void {
+  for (const id of ctx.changed.slice()) {
+    const e = ctx.state.outlets[id]
+    if (e?.pending && !e.session) applyOutletParams(ctx, id, e.pending)
   }
 }

@@ -5,7 +5,7 @@
  *
  * Owns: event validation (an unknown outlet or circuit, a non-finite `now`, an unknown
  * event type throw and change nothing), which events count before boot, relay faults,
- * the order of a step (handler, circuit scheduler, derived states, memo), each outlet's
+ * the order of a step (handler, config changes that waited for a session, circuit scheduler, derived states, memo), each outlet's
  * derived state and whether its relay is closed.
  * Must never: do I/O, read a clock (time is `now` and reading timestamps), use randomness,
  * mutate the state it was given, or use floats for money.
@@ -17,13 +17,14 @@ import { checkFeederTimer, onFeederReading, schedule, storeSummary } from './30-
 import { endSession } from './40-sessions.js'
 import { checkMeterTimer, onReading, onTick } from './50-readings.js'
 import { onCommand } from './60-commands.js'
-import { onBoot, onConfig, onShutdown, onUplink } from './70-gateway.js'
+import { applyPending, onBoot, onConfig, onShutdown, onUplink } from './70-gateway.js'
 import { OutpostError } from './errors.js'
 import type { EngineEvent, EngineState, StepResult } from './state.js'
 
 const CLOSED_STATES: ReadonlySet<OutletState> = new Set(['armed', 'pending', 'charging'])
 
 function settle(ctx: Ctx): void {
+  applyPending(ctx)
   const circuits = hasCircuits(ctx.s)
   if (ctx.gw.running && circuits) schedule(ctx)
   deriveStates(ctx)
@@ -133,7 +134,7 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
       onUplink(ctx, event.online === true)
       break
     case 'config':
-      onConfig(ctx, event.config)
+      onConfig(ctx, event.config, typeof event.hash === 'string' ? event.hash : undefined, event.change)
       break
     case 'circuit-reading': {
       const id = requireFeeder(state, event.circuit, 'circuit-reading')

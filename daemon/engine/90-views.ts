@@ -9,7 +9,7 @@ import type { OutletStatus, PlanConfig } from '../../core/types.js'
 import { circuitLimit, hasOwn, planById, statusOf } from './00-queries.js'
 import { OutpostError } from './errors.js'
 import { priceTimeline, type TimelineEntry } from './pricing.js'
-import type { EngineState } from './state.js'
+import type { EngineState, OutletParams } from './state.js'
 
 /** A circuit as the status page, the API and the metrics show it. */
 export interface CircuitStatus {
@@ -102,4 +102,11 @@ export function outletPrices(
     activationFee: plan.activationFee ?? 0,
     timeline: priceTimeline(plan, state.settings.timezone, fromMs, hours),
   }
+}
+
+/** Outlets whose config change waits for their session to end (GET /api/config): the outlet, its session, what it will take. */
+export function pendingConfig(state: EngineState): { outlet: string; sessionId: string | null; params: OutletParams }[] {
+  const out: { outlet: string; sessionId: string | null; params: OutletParams }[] = []
+  for (const e of Object.values(state.outlets)) if (e.pending) out.push({ outlet: e.id, sessionId: e.session?.id ?? null, params: e.pending })
+  return out
 }

@@ -5,7 +5,7 @@
 export { initialState } from './20-setup.js'
 export { circuitMemoCheck } from './30-scheduler.js'
 export { step } from './80-step.js'
-export { outletStatuses, outletPlan, outletPrices, circuitStatuses, type CircuitStatus } from './90-views.js'
+export { outletStatuses, outletPlan, outletPrices, circuitStatuses, pendingConfig, type CircuitStatus } from './90-views.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,
@@ -37,6 +37,8 @@ export type {
   ReadingMark,
   CircuitEntry,
   CircuitSettings,
+  ConfigChange,
+  OutletParams,
 } from './state.js'
 export { planCircuits, minOnMs, minOffMs, MIN_ON_MS, MIN_OFF_MS, type CircuitLimit, type Contender, type CircuitPlan } from './circuits.js'
 export { replayReadings, type ReplayReading, type ReplayResult } from './replay.js'

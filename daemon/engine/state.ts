@@ -37,7 +37,7 @@ export type EngineEvent =
   | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
   | { type: 'uplink'; online: boolean }
-  | { type: 'config'; config: SiteConfig }
+  | { type: 'config'; config: SiteConfig; hash?: string; change?: ConfigChange }
   /** One sample of a circuit's feeder meter. */
   | { type: 'circuit-reading'; circuit: string; reading: CircuitReading }
   /** The feeder meter did not answer. */
@@ -202,6 +202,34 @@ export interface OutletEntry {
   phase: 0 | 1 | 2
   /** Higher is served first on a shared circuit. */
   priority: number
+  /**
+   * A config change that reached this outlet while it had a session open: applied when the
+   * session ends (a session keeps the wiring and plan it started with). Absent or null: none.
+   */
+  pending?: OutletParams | null
+}
+
+/** What of an outlet's config its engine entry follows (a config event compares and applies these). */
+export interface OutletParams {
+  hasRelay: boolean
+  ratingA: number
+  /** null: the config does not say. */
+  phases: 1 | 3 | null
+  plan: string
+  autoStart: string | null
+  circuit: string | null
+  phase: 0 | 1 | 2
+  priority: number
+}
+
+/**
+ * A config applied on purpose (the local API, or boot finding the file changed since the last
+ * one applied): the `config` event then journals `config.applied`.
+ */
+export interface ConfigChange {
+  who: string
+  /** JSON pointers of what changed (the daemon computes them from the two documents). */
+  changed: string[]
 }
 
 /** A circuit as the engine keeps it (its configuration is in settings.circuits). */
@@ -240,6 +268,8 @@ export interface GatewaySection {
   nextSession: number
   /** Base-36 time of the first boot: keeps ids unique even if the journal is wiped. */
   idPrefix: string | null
+  /** SHA-256 of the config file in force (the `config` event's hash); absent or null: not known (a state from before it was kept). */
+  configHash?: string | null
 }
 
 export interface SettingsSection {

@@ -1,5 +1,6 @@
 /**
- * Who may use the local API: the holder of `api.token`.
+ * Who may use the local API: the holder of `api.token` (the admin role) or of an
+ * `api.tokens` entry (installer, owner or viewer: docs/contract.md "Config changes").
  *
  * Two ways to present it:
  *  - `Authorization: Bearer <token>` (scripts, Node-RED flows, the cloud's site tools);
@@ -14,6 +15,7 @@
  */
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
+import type { Role } from '../config-changes.js'
 
 export const SESSION_COOKIE = 'outpost_session'
 const COOKIE_LABEL = 'outpost local api session v1'
@@ -29,34 +31,85 @@ export function sameSecret(given: string, expected: string): boolean {
   return timingSafeEqual(digest(given), digest(expected))
 }
 
-export class TokenAuth {
-  private readonly cookieValue: string
+/** Who a request is: its role, and the name journaled as `who` of what it changes (`admin`, or role:name of an api.tokens entry). */
+export interface Principal {
+  role: Role
+  who: string
+}
 
-  constructor(private readonly token: string) {
-    this.cookieValue = createHmac('sha256', token).update(COOKIE_LABEL).digest('base64url')
+interface Holder extends Principal {
+  token: string
+  cookie: string
+}
+
+export class TokenAuth {
+  private readonly holders: Holder[]
+
+  /** `token`: api.token (the admin role); `tokens`: api.tokens, each with its role. */
+  constructor(token: string, tokens: readonly { name: string; role: Role; token: string }[] = []) {
+    const holder = (t: string, role: Role, who: string): Holder => ({
+      token: t,
+      role,
+      who,
+      cookie: createHmac('sha256', t).update(COOKIE_LABEL).digest('base64url'),
+    })
+    this.holders = [holder(token, 'admin', 'admin'), ...tokens.map((x) => holder(x.token, x.role, `${x.role}:${x.name}`))]
   }
 
-  /** How the request authenticated, or undefined. */
-  check(req: IncomingMessage): 'bearer' | 'cookie' | undefined {
+  /** How the request authenticated and as whom, or undefined. Every token is compared (constant time each), whichever matches. */
+  check(req: IncomingMessage): (Principal & { how: 'bearer' | 'cookie' }) | undefined {
     const h = req.headers.authorization
     if (typeof h === 'string') {
       const m = /^Bearer[ ]+(.+)$/i.exec(h.trim())
-      return m && sameSecret(m[1]!, this.token) ? 'bearer' : undefined
+      const found = m ? this.find((x) => sameSecret(m[1]!, x.token)) : undefined
+      return found && { role: found.role, who: found.who, how: 'bearer' }
     }
     const cookie = readCookie(req, SESSION_COOKIE)
-    if (cookie !== undefined && sameSecret(cookie, this.cookieValue)) return 'cookie'
-    return undefined
+    const found = cookie === undefined ? undefined : this.find((x) => sameSecret(cookie, x.cookie))
+    return found && { role: found.role, who: found.who, how: 'cookie' }
   }
 
-  /** Whether a sign-in form's token is the right one. */
+  private find(match: (x: Holder) => boolean): Holder | undefined {
+    let found: Holder | undefined
+    for (const x of this.holders) if (match(x) && !found) found = x
+    return found
+  }
+
+  /** Whether a sign-in form's token is one of them. */
   accepts(token: string): boolean {
-    return sameSecret(token, this.token)
+    return this.find((x) => sameSecret(token, x.token)) !== undefined
   }
 
-  /** The Set-Cookie header for a successful sign-in (`secure` when served over TLS by a proxy). */
-  signInCookie(secure: boolean): string {
-    return `${SESSION_COOKIE}=${this.cookieValue}; HttpOnly; SameSite=Strict; Path=/; Max-Age=${SESSION_MAX_AGE_S}${secure ? '; Secure' : ''}`
+  /** The Set-Cookie header for a successful sign-in with `token` (`secure` when served over TLS by a proxy). */
+  signInCookie(token: string, secure: boolean): string {
+    const x = this.find((h) => sameSecret(token, h.token))
+    if (!x) throw new Error('signInCookie: not a token of this API')
+    return `${SESSION_COOKIE}=${x.cookie}; HttpOnly; SameSite=Strict; Path=/; Max-Age=${SESSION_MAX_AGE_S}${secure ? '; Secure' : ''}`
   }
+}
+
+/**
+ * The CSRF defence of a request that changes something with the browser's cookie: it must come
+ * from the page itself. A browser sends `Origin` with every cross-origin request and every
+ * non-GET one; where it is absent, `Sec-Fetch-Site` says where the request came from.
+ * Returns why a request is refused, or undefined.
+ */
+export function crossSite(req: IncomingMessage): string | undefined {
+  const origin = req.headers.origin
+  const host = req.headers.host
+  if (typeof origin === 'string') {
+    let originHost: string | undefined
+    try {
+      originHost = new URL(origin).host
+    } catch {
+      originHost = undefined
+    }
+    return originHost !== undefined && originHost === host ? undefined : `the request comes from ${origin}, not from this page (${host ?? 'no host'})`
+  }
+  const site = req.headers['sec-fetch-site']
+  if (typeof site === 'string' && site !== 'same-origin' && site !== 'none') return `the request comes from another site (Sec-Fetch-Site: ${site})`
+  if (site === undefined) return 'a browser request that changes something must carry Origin (or Sec-Fetch-Site) naming this page'
+  return undefined
 }
 
 export function signOutCookie(): string {

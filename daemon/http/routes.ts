@@ -23,6 +23,9 @@ import { RecentSessions } from './sessions.js'
 import { csvHeader, csvRow } from '../export.js'
 import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
+import { ConfigRoutes } from './config-routes.js'
+import type { ConfigStore } from '../config-store.js'
+import type { Principal } from './auth.js'
 
 /** A start/stop body is a few fields; anything bigger is a mistake. */
 export const MAX_BODY_BYTES = 4096
@@ -59,6 +62,7 @@ export const COMMAND_STATUS = {
 
 interface RoutesOptions {
   daemon: Daemon
+  configStore?: ConfigStore
   now: () => number
   snapshotMs: number
   chartSampleMs: number
@@ -72,7 +76,7 @@ export class ApiRoutes {
   private readonly history: PowerHistory
   /** Open live streams and how to send them an event. One daemon subscription serves them all. */
   private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
-  private readonly outletIds: Set<string>
+  private readonly configRoutes: ConfigRoutes | undefined
   private readonly onStatus = (s: OutletStatus): void => this.broadcast('outlet', s)
   private readonly onRecord = (r: JournalRecord): void => this.broadcast('record', r)
 
@@ -81,7 +85,7 @@ export class ApiRoutes {
     this.sessions = new RecentSessions(opts.daemon)
     this.metrics = new Metrics(opts.daemon, opts.now)
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
-    this.outletIds = new Set(opts.daemon.config.outlets.map((o) => o.id))
+    this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
   }
@@ -116,7 +120,7 @@ export class ApiRoutes {
     sendJson(res, ok ? 200 : 503, { ok, uplink: status, ...ocpp, journal: { head: journal.head(), acked: journal.acked() } })
   }
 
-  async handle(req: IncomingMessage, res: ServerResponse, method: string, path: string, q: URLSearchParams): Promise<void> {
+  async handle(req: IncomingMessage, res: ServerResponse, method: string, path: string, q: URLSearchParams, who: Principal): Promise<void> {
     if (path === '/metrics') {
       allow(method, ['GET', 'HEAD'])
       const text = await this.metrics.text()
@@ -169,6 +173,7 @@ export class ApiRoutes {
       allow(method, ['GET', 'HEAD'])
       return sendJson(res, 200, await this.snapshot())
     }
+    if (route === 'config' && this.configRoutes) return this.configRoutes.handle(req, res, method, parts.slice(1), who)
     if (route === 'events' && parts.length === 1) {
       allow(method, ['GET'])
       return this.stream(req, res)
@@ -184,8 +189,9 @@ export class ApiRoutes {
 
   private outletId(raw: string): string {
     const id = decodePathPart(raw, 'the outlet id')
-    if (!this.outletIds.has(id))
-      throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${[...this.outletIds].join(', ')})`)
+    // The config in force: outlets may be added while the daemon runs.
+    const ids = this.daemon.config.outlets.map((o) => o.id)
+    if (!ids.includes(id)) throw new HttpError(404, 'unknown-outlet', `no outlet ${JSON.stringify(id)} on this site (outlets: ${ids.join(', ')})`)
     return id
   }
 
@@ -241,6 +247,8 @@ export class ApiRoutes {
         meterUnit: o.meter.unit,
         hasRelay: o.relay !== undefined,
         planId,
+        // A config change that waits for this outlet's session to end (GET /api/config says what).
+        configPending: Boolean(state.outlets[o.id]?.pending),
         currency,
         digits: currency ? (currencyMinorDigits(currency) ?? 2) : 2,
         status: statuses.get(o.id) ?? null,

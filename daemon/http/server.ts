@@ -6,7 +6,8 @@
  * Owns: binding `api.listen` (and, when the port is taken, logging one clear
  * error and trying again every `retryMs` while the daemon keeps charging — the
  * API is not worth stopping billing for), the token check on every route but
- * `/api/health` and the sign-in form (see auth.ts), request size limits, and
+ * `/api/health` and the sign-in form (see auth.ts), the refusal of a change by a viewer
+ * or made with the cookie from another page (CSRF), request size limits, and
  * routing mounted handlers (express-style) under their prefixes WITHOUT the token
  * (Node-RED has its own adminAuth).
  *
@@ -22,10 +23,11 @@ import type { Logger } from '../log.js'
 import type { ApiConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import type { HttpHandler } from '../nodered/index.js'
-import { AuthThrottle, TokenAuth, presentsCredentials, signOutCookie } from './auth.js'
+import { AuthThrottle, TokenAuth, crossSite, presentsCredentials, signOutCookie, type Principal } from './auth.js'
 import { HttpError, allow, decodePathPart, mediaType, readBody, sendError } from './util.js'
 import { ApiRoutes } from './routes.js'
 import { StaticFiles } from './static.js'
+import type { ConfigStore } from '../config-store.js'
 
 export interface LocalApiOptions {
   daemon: Daemon
@@ -33,6 +35,8 @@ export interface LocalApiOptions {
   logger: Logger
   /** Wall clock (the daemon's injected clock). */
   now: () => number
+  /** The config file as the daemon runs it: the config routes (GET, check, save, versions, rollback) need it; without it they answer 404. */
+  configStore?: ConfigStore
   /** A taken port is tried again this often (default 10 s). */
   retryMs?: number
   /** When the port is taken, listen on any free port of the same host instead of retrying (the demo). */
@@ -62,7 +66,7 @@ export function parseListen(listen: string): { host: string; port: number } {
 
 export class LocalApi {
   readonly server: Server
-  private readonly auth: TokenAuth
+  private tokens: { of: ApiConfig; auth: TokenAuth }
   private readonly throttle: AuthThrottle
   private readonly routes: ApiRoutes
   private readonly files = new StaticFiles()
@@ -77,13 +81,14 @@ export class LocalApi {
 
   constructor(private readonly opts: LocalApiOptions) {
     this.log = opts.logger
-    this.auth = new TokenAuth(opts.config.token)
+    this.tokens = { of: opts.config, auth: new TokenAuth(opts.config.token, opts.config.tokens) }
     this.throttle = new AuthThrottle(opts.now)
     const { host, port } = parseListen(opts.config.listen || DEFAULT_LISTEN)
     this.host = host
     this.port = port
     this.routes = new ApiRoutes({
       daemon: opts.daemon,
+      configStore: opts.configStore,
       now: opts.now,
       snapshotMs: opts.snapshotMs ?? 2000,
       chartSampleMs: opts.chartSampleMs ?? 5000,
@@ -225,15 +230,20 @@ export class LocalApi {
     if (!builtin) {
       const m = this.mounts.find((x) => x.prefix === '/' || path === x.prefix || path.startsWith(x.prefix + '/'))
       if (!m) throw notFound(path)
-      if (m.token && !this.checkAuth(req)) throw unauthorized(m.prefix)
+      if (m.token) {
+        const who = this.checkAuth(req)
+        if (!who) throw unauthorized(m.prefix)
+        refuseChange(req, method, path, who)
+      }
       return this.runMount(m, req, res, url)
     }
 
-    const how = this.checkAuth(req)
-    if (!how) {
+    const who = this.checkAuth(req)
+    if (!who) {
       if (path === '/' && (method === 'GET' || method === 'HEAD')) return this.files.signIn(res, 401, '')
       throw unauthorized('this route')
     }
+    refuseChange(req, method, path, who)
     if (path === '/') {
       allow(method, ['GET', 'HEAD'])
       return this.files.serve(res, 'index.html')
@@ -243,16 +253,24 @@ export class LocalApi {
       return this.files.serve(res, decodePathPart(path.slice('/static/'.length), 'the file name'))
     }
     // A browser's cookie travels with cross-site requests only for navigations it starts itself
-    // (SameSite=Strict), and a cross-site form cannot send application/json: together, no CSRF.
-    return this.routes.handle(req, res, method, path, url.searchParams)
+    // (SameSite=Strict), a cross-site form cannot send application/json, and a change made with
+    // the cookie must carry this page's Origin (above): CSRF is refused three times over.
+    return this.routes.handle(req, res, method, path, url.searchParams, who)
+  }
+
+  /** The tokens in force: a config applied while the daemon runs may change `api.token` and `api.tokens` (the listener stays). */
+  private auth(): TokenAuth {
+    const api = this.opts.daemon.config.api ?? this.opts.config
+    if (api !== this.tokens.of) this.tokens = { of: api, auth: new TokenAuth(api.token, api.tokens) }
+    return this.tokens.auth
   }
 
   /** The token check, with the guessing throttle (429 after too many wrong tokens from one address). */
-  private checkAuth(req: IncomingMessage): 'bearer' | 'cookie' | undefined {
+  private checkAuth(req: IncomingMessage): (Principal & { how: 'bearer' | 'cookie' }) | undefined {
     if (!presentsCredentials(req)) return undefined
     const addr = req.socket.remoteAddress ?? ''
     this.refuseIfThrottled(addr)
-    const how = this.auth.check(req)
+    const how = this.auth().check(req)
     if (!how) this.throttle.fail(addr)
     return how
   }
@@ -278,13 +296,13 @@ export class LocalApi {
     if (token === null || token === '') return this.files.signIn(res, 400, 'Enter the token (api.token in the site configuration).')
     const addr = req.socket.remoteAddress ?? ''
     this.refuseIfThrottled(addr)
-    if (!this.auth.accepts(token)) {
+    if (!this.auth().accepts(token)) {
       this.throttle.fail(addr)
       this.log.warn({ from: addr }, 'local API: a sign-in with a wrong token')
       return this.files.signIn(res, 401, 'That token is not right.')
     }
     const secure = (req.socket as TLSSocket).encrypted === true
-    res.writeHead(303, { location: '/', 'set-cookie': this.auth.signInCookie(secure), 'cache-control': 'no-store' })
+    res.writeHead(303, { location: '/', 'set-cookie': this.auth().signInCookie(token, secure), 'cache-control': 'no-store' })
     res.end()
   }
 
@@ -316,6 +334,16 @@ export class LocalApi {
       next(err)
     }
   }
+}
+
+/** A change (any method but GET and HEAD) made with the cookie from another page, or by a viewer: refused, 403. */
+function refuseChange(req: IncomingMessage, method: string, path: string, who: Principal & { how: 'bearer' | 'cookie' }): void {
+  if (method === 'GET' || method === 'HEAD') return
+  if (who.how === 'cookie') {
+    const why = crossSite(req)
+    if (why) throw new HttpError(403, 'cross-site', `${method} ${path} refused: ${why}`)
+  }
+  if (who.role === 'viewer') throw new HttpError(403, 'forbidden', `${who.who} may only read: the viewer role cannot ${method} ${path}`)
 }
 
 function unauthorized(what: string): HttpError {

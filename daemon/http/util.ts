@@ -11,6 +11,8 @@ export class HttpError extends Error {
     readonly code: string,
     message: string,
     readonly headers: Record<string, string> = {},
+    /** More fields of the error object (a refused config's `problems`). */
+    readonly details: Record<string, unknown> = {},
   ) {
     super(message)
   }
@@ -37,7 +39,7 @@ export function sendJson(res: ServerResponse, status: number, body: unknown, hea
 }
 
 export function sendError(res: ServerResponse, err: HttpError): void {
-  sendJson(res, err.status, { error: { code: err.code, message: err.message } }, err.headers)
+  sendJson(res, err.status, { error: { code: err.code, message: err.message, ...err.details } }, err.headers)
 }
 
 /** Reads the request body, refusing (413) past `limit` bytes without buffering the rest. */

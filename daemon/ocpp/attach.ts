@@ -62,7 +62,10 @@ export class OcppLink {
     try {
       let link: OcppLink | undefined
       const cp = new ChargePoint({
-        config: host.config,
+        // Read at each use: a config applied while the daemon runs (the session timings) reaches the charge point.
+        get config() {
+          return host.config
+        },
         version: host.version,
         journal: host.journal,
         logger: host.logger,
