@@ -21,7 +21,8 @@ import { createInterface } from 'node:readline'
 import { Journal, openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
-import { registerMWh, siteConfig } from './fixtures/engine-site.js'
+import { registerMWh } from './fixtures/engine-site.js'
+import { siteConfig } from './fixtures/engine-site-config.js'
 import { type LineChild, spawnLineChild, untilCommitAfterReady } from './helpers/line-child.js'
 
 // The whole file may take as long as its one long chain is allowed to (more than .taprc's 240 s

@@ -20,7 +20,7 @@ import { leaveOutDamagedTables } from '../daemon/journal/table-check.js'
 import { initialState, step, type EngineState } from '../daemon/engine/index.js'
 import type { JournalRecord, JournalSalvageInfo } from '../core/types.js'
 import { packagePath } from '../core/paths.js'
-import { siteConfig } from './fixtures/engine-site.js'
+import { siteConfig } from './fixtures/engine-site-config.js'
 import { charge, garble, opts, quietLog, T0 } from './helpers/journal-charge.js'
 
 const config = siteConfig()

@@ -22,7 +22,7 @@ import { initialState, step, type EngineState, type Effect } from '../daemon/eng
 import type { Command, JournalRecord } from '../core/types.js'
 import { PowerCutLevel } from './fixtures/power-cut-level.js'
 import { rng } from './fixtures/journal-workload.js'
-import { siteConfig } from './fixtures/engine-site.js'
+import { siteConfig } from './fixtures/engine-site-config.js'
 
 const SEEDS = [11, 12, 13, 14, 15, 16]
 const RESTARTS_PER_SEED = 25

@@ -11,7 +11,8 @@ import { Journal, verifyRecords } from '../daemon/journal/index.js'
 import { initialState, step, type EngineState, type Effect } from '../daemon/engine/index.js'
 import type { OutpostError } from '../daemon/errors.js'
 import { PowerCutLevel, StorageFault } from './fixtures/power-cut-level.js'
-import { siteConfig, reading } from './fixtures/engine-site.js'
+import { reading } from './fixtures/engine-site.js'
+import { siteConfig } from './fixtures/engine-site-config.js'
 
 const faults: [string, StorageFault][] = [
   ['full disk', new StorageFault('LEVEL_IO_ERROR', 'IO error: /var/lib/outpost/journal/000012.log: No space left on device')],

@@ -70,8 +70,11 @@ t.test('a PATH lacking only socat and mbpoll: names exactly those two', async (t
 })
 
 t.test('npm test runs it before the build and before tap', async (t) => {
-  const pkg = JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { scripts: { test: string } }
-  t.match(pkg.scripts.test, /^bash \.ci\/preflight && rm -rf dist\/test && npm run build && tap\b/)
+  const pkg = JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { scripts: { test: string; 'build:test': string } }
+  t.match(pkg.scripts.test, /^bash \.ci\/preflight && rm -rf dist\/test && npm run build:test && tap\b/)
+  // build:test is the build (tsc and the validators) with tap's own build beside it, and fails if either does.
+  t.match(pkg.scripts['build:test'], /npm run build\b/)
+  t.match(pkg.scripts['build:test'], /tap build/)
 })
 
 t.test('a PostgreSQL program is looked for off PATH too, and its package named when absent', async (t) => {

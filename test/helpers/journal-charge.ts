@@ -11,7 +11,8 @@ import { Journal, journalLocation } from '../../daemon/journal/index.js'
 import { recordKey } from '../../daemon/journal/keys.js'
 import { initialState, step, type EngineState } from '../../daemon/engine/index.js'
 import type { JournalRecord } from '../../core/types.js'
-import { reading, siteConfig } from '../fixtures/engine-site.js'
+import { reading } from '../fixtures/engine-site.js'
+import { siteConfig } from '../fixtures/engine-site-config.js'
 
 const config = siteConfig()
 export const T0 = 1_767_225_600_000
