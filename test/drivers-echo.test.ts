@@ -142,14 +142,20 @@ t.test('echo: true — a mismatched echo is retried', async (t) => {
   t.equal(site.health()[0]!.echoErrors, 2)
 })
 
-t.test("echo: true — another unit's late reply, whole, and the echo only a moment later: skipped, never a collision", async (t) => {
-  const { site, line } = await echoSite(t, { echo: true, retries: 0 })
+/** Reads M1 once and returns the device's reply to its first block, as it went on the wire (hex). */
+async function m1Reply(t: Test, site: SiteIO, line: EchoLine): Promise<string> {
   await line.command({ cmd: 'log' })
   t.same(await site.outlet('M1').read(), { ts: clock, ...sdm120(1) })
   const events = (await line.command({ cmd: 'log' })).events!
   const at = events.findIndex(([k]) => k === 'rep')
   let reply = ''
   for (let i = at; i < events.length && events[i]![0] === 'rep'; i++) reply += events[i]![2]
+  return reply
+}
+
+t.test("echo: true — another unit's late reply, whole, and the echo only a moment later: skipped, never a collision", async (t) => {
+  const { site, line } = await echoSite(t, { echo: true, retries: 0 })
+  const reply = await m1Reply(t, site, line)
   // Unit 1's reply reaches the gateway on its own, 50 ms before the echo of unit 2's request.
   await line.command({ cmd: 'stale', hex: reply, gapMs: 50 })
   const before = site.health()[0]!.garbageBytes
@@ -161,13 +167,8 @@ t.test("echo: true — another unit's late reply, whole, and the echo only a mom
 
 t.test('echo: true — a late reply ahead of the echo is skipped, never a config error', async (t) => {
   const { site, line } = await echoSite(t, { echo: true, retries: 0 })
-  await line.command({ cmd: 'log' })
-  t.same(await site.outlet('M1').read(), { ts: clock, ...sdm120(1) })
   // The reply to M1's first block, as the device sent it: replay it ahead of the next echo.
-  const events = (await line.command({ cmd: 'log' })).events!
-  const at = events.findIndex(([k]) => k === 'rep')
-  let reply = ''
-  for (let i = at; i < events.length && events[i]![0] === 'rep'; i++) reply += events[i]![2]
+  const reply = await m1Reply(t, site, line)
   await line.command({ cmd: 'stale', hex: reply })
   const before = site.health()[0]!.garbageBytes
   t.same(await site.outlet('M1').read(), { ts: clock, ...sdm120(1) })
