@@ -11,13 +11,13 @@
  * of the directory: a crash or a full disk leaves the old file or the new one whole, never a
  * mix), the versions directory, the version in force, reading the file back to compare.
  * Must never: validate a config (daemon/config.ts does), apply one (the daemon does), write
- * the file anywhere but through writeAtomic, or leave a temporary file behind on failure.
+ * the file anywhere but through writeAtomic (journal/fsync.ts), or leave a temporary file behind on failure.
  */
 import { createHash } from 'node:crypto'
-import { mkdir, open, readdir, readFile, realpath, rename, stat, unlink } from 'node:fs/promises'
-import { basename, dirname, join } from 'node:path'
+import { mkdir, readdir, readFile, realpath, stat, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
 import { OutpostError } from './errors.js'
-import { syncDir } from './journal/fsync.js'
+import { writeAtomic } from './journal/fsync.js'
 
 /** How many versions `<file>.versions/` keeps (the newest; the one in force always). */
 export const KEEP_VERSIONS = 10
@@ -30,41 +30,6 @@ export interface KeptVersion {
   version: string
   savedAt: string
   bytes: number
-}
-
-let tmpSeq = 0
-
-/**
- * Writes `data` to `file` so that the file is, at any moment and after any crash or power cut,
- * either its old content or `data`, whole: a temporary file beside it, fsync, rename over it,
- * fsync of the directory. The new file keeps the old one's mode (a config may hold secrets).
- * On failure (ENOSPC, EIO, EDQUOT…) the temporary file is removed and the error thrown.
- */
-export async function writeAtomic(file: string, data: string, mode?: number): Promise<void> {
-  const dir = dirname(file)
-  let keepMode = mode
-  if (keepMode === undefined) {
-    try {
-      keepMode = (await stat(file)).mode & 0o777
-    } catch {
-      keepMode = 0o600
-    }
-  }
-  const tmp = join(dir, `.${basename(file)}.tmp-${process.pid}-${++tmpSeq}`)
-  const fd = await open(tmp, 'wx', keepMode)
-  try {
-    try {
-      await fd.writeFile(data, 'utf8')
-      await fd.sync()
-    } finally {
-      await fd.close()
-    }
-    await rename(tmp, file)
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined)
-    throw err
-  }
-  await syncDir(dir)
 }
 
 export class ConfigStore {

@@ -16,9 +16,9 @@
  * replaces (reservations only grow), or be trusted when its checksum does not match.
  */
 import { createHash } from 'node:crypto'
-import { open, readFile, rename, rm } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { syncDir } from './fsync.js'
+import { writeAtomic } from './fsync.js'
 
 export const MARKER_FILE = 'journal-seq.json'
 /** Seqs reserved at a time: one marker write per this many records (a few ms on an SD card). */
@@ -71,19 +71,7 @@ export async function readMarker(storageDir: string): Promise<MarkerRead> {
 
 /** Writes the marker atomically and durably (a power cut leaves the old one or the new one, never a torn one). */
 export async function writeMarker(storageDir: string, marker: SeqMarker): Promise<void> {
-  const file = markerPath(storageDir)
-  const tmp = `${file}.new`
-  const text = `${JSON.stringify({ v: 1, ...marker, sum: sum(marker) })}\n`
-  await rm(tmp, { force: true })
-  const fd = await open(tmp, 'wx', 0o644)
-  try {
-    await fd.writeFile(text)
-    await fd.sync()
-  } finally {
-    await fd.close()
-  }
-  await rename(tmp, file)
-  await syncDir(storageDir)
+  await writeAtomic(markerPath(storageDir), `${JSON.stringify({ v: 1, ...marker, sum: sum(marker) })}\n`, 0o644)
 }
 
 /**
