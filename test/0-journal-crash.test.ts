@@ -18,10 +18,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
-import { Journal, openOffline, storedRecords, verifyDb, verifyRecords } from '../daemon/journal/index.js'
+import { Journal, openOffline, storedRecords, verifyDb } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { checkLog, rng } from './fixtures/journal-workload.js'
-import { registerMWh } from './fixtures/engine-site.js'
+import { checkEngineLog } from './fixtures/engine-site.js'
 import { siteConfig } from './fixtures/engine-site-config.js'
 import { type LineChild, spawnLineChild, untilCommitAfterReady } from './helpers/line-child.js'
 
@@ -82,45 +82,6 @@ async function allRecords(): Promise<JournalRecord[]> {
   } finally {
     await j.close()
   }
-}
-
-/**
- * The crash invariants over the engine's log. `final` also demands that every
- * session.started has its session.ended (true up to the end of any boot).
- */
-function checkEngineLog(records: JournalRecord[], final: boolean): string[] {
-  const problems: string[] = []
-  const brk = verifyRecords(records)
-  if (brk) problems.push(`chain: seq ${brk.seq}: ${brk.problem}`)
-  if (records.length > 0 && records[0]!.seq !== 1) problems.push(`log starts at seq ${records[0]!.seq}`)
-  const started = new Map<string, JournalRecord & { type: 'session.started' }>()
-  const ended = new Map<string, number>()
-  const wh = (i: number, t: number): number => registerMWh(i, t) / 1000
-  for (const r of records) {
-    if (r.type === 'session.started') {
-      if (started.has(r.sessionId)) problems.push(`${r.sessionId} started twice`)
-      started.set(r.sessionId, r)
-    }
-    if (r.type !== 'session.ended') continue
-    ended.set(r.sessionId, (ended.get(r.sessionId) ?? 0) + 1)
-    const s = started.get(r.sessionId)
-    if (!s) problems.push(`${r.sessionId} ended without starting (seq ${r.seq})`)
-    else if (s.meterWh !== r.meterStartWh) problems.push(`${r.sessionId}: meterStartWh differs from session.started`)
-    const i = Number(r.outlet.slice(1)) - 1
-    const startT = Date.parse(r.startedAt)
-    const endT = Date.parse(r.endedAt)
-    // The start register is the last good reading at or before the start (read within the child's loop, well under 30 s).
-    if (r.meterStartWh > wh(i, startT) || r.meterStartWh < wh(i, startT - 30_000))
-      problems.push(`${r.sessionId}: start register ${r.meterStartWh} is not the meter's around ${r.startedAt}`)
-    // The end register is the meter's at endedAt, or, with no reading since the start, the start register.
-    if (r.meterEndWh !== wh(i, endT) && !(r.meterEndWh === r.meterStartWh && endT === startT))
-      problems.push(`${r.sessionId}: end register ${r.meterEndWh} is not the meter's at ${r.endedAt} (${wh(i, endT)})`)
-    if (r.energyWh < 0 || r.energyWh > r.meterEndWh - r.meterStartWh + 0.0005)
-      problems.push(`${r.sessionId}: billed ${r.energyWh} Wh > register delta ${r.meterEndWh - r.meterStartWh}`)
-  }
-  for (const [id, n] of ended) if (n > 1) problems.push(`${id} ended ${n} times`)
-  if (final) for (const id of started.keys()) if (!ended.has(id)) problems.push(`${id} never ended`)
-  return problems
 }
 
 const committed = new Map<number, string>()
