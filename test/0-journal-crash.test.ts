@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
 import { Journal, openOffline, storedRecords, verifyDb } from '../daemon/journal/index.js'
 import type { JournalRecord } from '../core/types.js'
-import { checkLog, rng } from './fixtures/journal-workload.js'
+import { checkLog, offlineRecords, rng } from './fixtures/journal-workload.js'
 import { checkEngineLog } from './fixtures/engine-site.js'
 import { siteConfig } from './fixtures/engine-site-config.js'
 import { type LineChild, spawnLineChild, untilCommitAfterReady } from './helpers/line-child.js'
@@ -64,24 +64,11 @@ function start(seed: number, flag?: string, kind: 'engine' | 'workload' = 'engin
 }
 
 async function allRecords(): Promise<JournalRecord[]> {
-  let j
-  try {
-    j = await openOffline(dir)
-  } catch (err) {
+  return offlineRecords(dir).catch((err: unknown) => {
     // Killed before its first open created the journal: nothing was ever committed.
     if ((err as { code?: string }).code === 'JOURNAL_MISSING' && committed.size === 0) return []
     throw err
-  }
-  try {
-    const out: JournalRecord[] = []
-    for await (const { record, error, key } of storedRecords(j.db)) {
-      if (error || !record) throw new Error(`${key}: ${error}`)
-      out.push(record)
-    }
-    return out
-  } finally {
-    await j.close()
-  }
+  })
 }
 
 const committed = new Map<number, string>()

@@ -28,7 +28,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { openOffline, storedRecords } from '../daemon/journal/index.js'
 import type { JournalRecord, SiteConfig } from '../core/types.js'
-import { rng } from './fixtures/journal-workload.js'
+import { offlineRecords, rng } from './fixtures/journal-workload.js'
 import { checkEngineLog, registerMWh } from './fixtures/engine-site.js'
 import { siteConfig } from './fixtures/engine-site-config.js'
 import { type LineChild, spawnLineChild, untilCommitAfterReady } from './helpers/line-child.js'
@@ -122,17 +122,7 @@ async function survivors(fs: LazyFs, storageDir: string): Promise<JournalRecord[
   const copy = mkdtempSync(join(tmpdir(), 'outpost-lazyfs-copy-'))
   try {
     await fs.guard('copying the journal', cp(from, join(copy, 'journal'), { recursive: true, filter: (src) => !src.endsWith('/LOCK') }))
-    const j = await openOffline(copy)
-    try {
-      const out: JournalRecord[] = []
-      for await (const { record, error, key } of storedRecords(j.db)) {
-        if (error || !record) throw new Error(`${key}: ${error}`)
-        out.push(record)
-      }
-      return out
-    } finally {
-      await j.close()
-    }
+    return await offlineRecords(copy)
   } finally {
     rmSync(copy, { recursive: true, force: true })
   }
