@@ -41,6 +41,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   const checked = found instanceof ConfigStore ? checkConfigText(found.current().text) : undefined
   let store: ConfigStore
   let config: SiteConfig
+  // Who saved the config the site starts with: the setup page, journaled as config.applied at boot.
+  let configBy: string | undefined
   if (found instanceof ConfigStore && checked?.ok) {
     store = found
     config = checked.config
@@ -54,8 +56,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     const setup = await firstRun({ file, store, state, problems, listen, io, notify })
     if (typeof setup === 'number') return setup
     config = setup
+    configBy = 'setup'
   }
-  return runSite(config, store, io, notify)
+  return runSite(config, store, io, notify, configBy)
 }
 
 /**
@@ -101,13 +104,13 @@ async function firstRun(o: {
   return out
 }
 
-async function runSite(config: SiteConfig, store: ConfigStore, io: Io, notify: SystemdNotifier): Promise<number> {
+async function runSite(config: SiteConfig, store: ConfigStore, io: Io, notify: SystemdNotifier, configBy?: string): Promise<number> {
   // A file size limit (ulimit -f, systemd's LimitFSIZE=) must surface as a write error (EFBIG),
   // which the journal turns into a fault: relays open, exit 1. Left at its default, SIGXFSZ
   // kills the process on the spot with every relay as it was.
   process.on('SIGXFSZ', () => undefined)
   const logger = createLogger(config.logging.level)
-  const service = new Service({ config, clock: systemClock, logger, version, configStore: store })
+  const service = new Service({ config, clock: systemClock, logger, version, configStore: store, configBy })
   const daemon = service.daemon
   // Signals are ours from the start: a stop requested while starting (say, during the wait
   // for a bus that is down) is carried out cleanly once start() has returned, instead of
