@@ -16,14 +16,14 @@
 import t from 'tap'
 import { request } from 'node:http'
 import { createHash } from 'node:crypto'
-import { existsSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { formatProblem, type ConfigProblem } from '../daemon/config.js'
 import { journalRecords } from './helpers/csms.js'
 import { freePort } from './helpers/mosquitto.js'
-import { launchChromium } from './helpers/browser.js'
+import { keepScreenshot, launchChromium } from './helpers/browser.js'
 import { runCli } from './helpers/cli.js'
-import { ROOT, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type DaemonProc } from './helpers/e2e-kit.js'
+import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type DaemonProc } from './helpers/e2e-kit.js'
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex')
 
@@ -175,4 +175,60 @@ t.test('no config file: the setup page, its code, and the first valid config sta
   t.equal((await daemon.stop('SIGTERM')).code, 0, 'a clean stop')
   const applied = journalRecords(file).filter((r) => r.type === 'config.applied')
   t.match(applied, [{ who: 'setup', configHash: sha(good), previousHash: null, changed: [''] }], 'journaled: config.applied by setup')
+})
+
+t.test('an invalid config: the page lists each problem at its pointer, relays stay open, the fix saved from the page starts the site', async (t) => {
+  const dir = tempDir(t, 'outpost-first-run-bad-')
+  const peer = await startPeer(t, { outlets: 1 })
+  const port = await freePort()
+  const file = writeSiteConfig({ dir, port: peer.port, outlets: 1 })
+  const good = readFileSync(file, 'utf8')
+  const doc = JSON.parse(good) as { sessions: Record<string, unknown>; outlets: Record<string, unknown>[] }
+  doc.sessions.pollMs = 5
+  doc.outlets[0]!.plan = '<img src=x id=injected>'
+  const bad = `${JSON.stringify(doc, null, 2)}\n`
+  writeFileSync(file, bad)
+  const expected = checkConfigLines(dir, bad).map((l) => l.replace(/^[^:]+: /, ''))
+  t.equal(expected.length, 3, 'check-config finds three problems (the plan twice: not an id, and unknown)', { expected })
+
+  const daemon = startDaemon(t, file, {}, undefined, [], ['--listen', `127.0.0.1:${port}`])
+  const line = await setupLine(daemon)
+  t.same(
+    daemon.stderr().map((l) => l.replace(/^[^:]+: /, '')),
+    expected,
+    "the problems on stderr in check-config's words",
+  )
+  const code = readFileSync(line.codeFile, 'utf8').split('\n')[0]!
+  await untouched(t, peer, 'with an invalid config')
+
+  const browser = await launchChromium(t)
+  const page = await (await browser.newContext({ viewport: { width: 900, height: 900 } })).newPage()
+  const errors: string[] = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  await page.goto(`http://127.0.0.1:${port}/`)
+  await page.fill('#code', code)
+  await page.click('#code-form button')
+  await page.waitForSelector('#problems li')
+  const listed = await page.$$eval('#problems li', (lis) => lis.map((li) => li.textContent))
+  t.same(listed, expected, 'each problem at its pointer, in check-config words')
+  t.equal(await page.$('#injected'), null, 'a name with HTML in it is shown as text')
+  t.equal(await page.inputValue('#config'), bad, 'the file as it is, to fix')
+  const shot = join(dir, 'setup-first-run.png')
+  await page.screenshot({ path: shot, fullPage: true })
+  keepScreenshot(shot)
+
+  await page.fill('#config', good)
+  await page.click('#save')
+  await page.waitForSelector('#msg.ok')
+  t.match(await page.textContent('#msg'), /^Saved \(version [0-9a-f]{12}…\)\. The site is starting\./, 'the page says so')
+  await waitFor(async () => (await peer.outlet(1)).polls > 0, 'the peer polled by the site')
+  t.ok(daemon.running(), 'the same process (no restart)')
+  t.equal(readFileSync(file, 'utf8'), good, 'the fix is the file')
+  t.same(errors, [], 'no script errors')
+  t.equal((await daemon.stop('SIGTERM')).code, 0, 'a clean stop')
+  t.match(journalRecords(file).filter((r) => r.type === 'config.applied'), [{ who: 'setup', configHash: sha(good) }], 'journaled: config.applied by setup')
+  t.ok(
+    readFileSync(join(`${file}.versions`, readdirSync(`${file}.versions`).find((n) => n.endsWith(`-${sha(bad)}.json`))!), 'utf8') === bad,
+    'the invalid file it replaced is kept as a version',
+  )
 })

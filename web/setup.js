@@ -28,7 +28,7 @@
       const li = document.createElement('li')
       const where = document.createElement('code')
       where.textContent = p.line !== undefined ? `line ${p.line}, column ${p.column}` : p.pointer === '' ? '/' : p.pointer
-      li.append(where, document.createTextNode(` ${p.message}`))
+      li.append(where, document.createTextNode(`: ${p.message}`))
       ul.append(li)
     }
     $('problems-box').hidden = problems.length === 0
