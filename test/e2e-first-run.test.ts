@@ -42,7 +42,14 @@ function http(
 ): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const req = request(
-      { host: '127.0.0.1', port, method, path, localAddress: o.from ?? '127.0.0.1', headers: { ...(o.body ? { 'content-type': 'application/json' } : {}), ...o.headers } },
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        localAddress: o.from ?? '127.0.0.1',
+        headers: { ...(o.body ? { 'content-type': 'application/json' } : {}), ...o.headers },
+      },
       (res) => {
         let text = ''
         res.setEncoding('utf8')
@@ -78,7 +85,11 @@ function checkConfigLines(dir: string, text: string): string[] {
 }
 
 /** The peer never asked anything, and its coil open: nothing of the site runs. */
-async function untouched(t: { equal(a: unknown, b: unknown, m: string): unknown }, peer: Awaited<ReturnType<typeof startPeer>>, what: string): Promise<void> {
+async function untouched(
+  t: { equal(a: unknown, b: unknown, m: string): unknown },
+  peer: Awaited<ReturnType<typeof startPeer>>,
+  what: string,
+): Promise<void> {
   const o = await peer.outlet(1)
   t.equal(o.polls, 0, `${what}: the meter was never read`)
   t.equal(o.coil, false, `${what}: the relay is open`)
@@ -130,7 +141,13 @@ t.test('no config file: the setup page, its code, and the first valid config sta
   const src = tempDir(t, 'outpost-first-run-src-')
   const token = 'first-run-admin-token-0123'
   const good = readFileSync(
-    writeSiteConfig({ dir: src, port: peer.port, outlets: 1, storage: { dir: join(dir, 'journal') }, extra: { api: { listen: `127.0.0.1:${apiPort}`, token } } }),
+    writeSiteConfig({
+      dir: src,
+      port: peer.port,
+      outlets: 1,
+      storage: { dir: join(dir, 'journal') },
+      extra: { api: { listen: `127.0.0.1:${apiPort}`, token } },
+    }),
     'utf8',
   )
   const badDoc = JSON.parse(good) as { sessions: Record<string, unknown>; outlets: Record<string, unknown>[] }
@@ -146,7 +163,9 @@ t.test('no config file: the setup page, its code, and the first valid config sta
     checkConfigLines(src, bad).map((l) => l.replace(/^[^:]+: /, '')),
     "the check's problems are check-config's, at their pointers",
   )
-  t.ok(words.includes('/sessions/pollMs: must be >= 100') && words.some((w) => w.startsWith('/outlets/0/plan: unknown plan "nope"')), 'both named', { words })
+  t.ok(words.includes('/sessions/pollMs: must be >= 100') && words.some((w) => w.startsWith('/outlets/0/plan: unknown plan "nope"')), 'both named', {
+    words,
+  })
   const refused = await setup('PUT', '/api/setup/config', bad)
   t.equal(refused.status, 422, 'an invalid config is refused')
   t.same(refused.json.error?.problems, checked.json.problems, 'at the same pointers')
@@ -226,7 +245,11 @@ t.test('an invalid config: the page lists each problem at its pointer, relays st
   t.equal(readFileSync(file, 'utf8'), good, 'the fix is the file')
   t.same(errors, [], 'no script errors')
   t.equal((await daemon.stop('SIGTERM')).code, 0, 'a clean stop')
-  t.match(journalRecords(file).filter((r) => r.type === 'config.applied'), [{ who: 'setup', configHash: sha(good) }], 'journaled: config.applied by setup')
+  t.match(
+    journalRecords(file).filter((r) => r.type === 'config.applied'),
+    [{ who: 'setup', configHash: sha(good) }],
+    'journaled: config.applied by setup',
+  )
   t.ok(
     readFileSync(join(`${file}.versions`, readdirSync(`${file}.versions`).find((n) => n.endsWith(`-${sha(bad)}.json`))!), 'utf8') === bad,
     'the invalid file it replaced is kept as a version',

@@ -11,8 +11,16 @@
     site: { id: 'my-site', name: 'My site', timezone: 'Europe/Berlin' },
     storage: { dir: '/var/lib/outpost/journal' },
     buses: [{ id: 'rs485', type: 'modbus-rtu', path: '/dev/ttyUSB0', baudRate: 9600 }],
-    outlets: [{ id: 'A1', bus: 'rs485', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' }],
-    plans: [{ id: 'standard', currency: 'EUR', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.4 }] }],
+    outlets: [
+      { id: 'A1', bus: 'rs485', meter: { model: 'eastron-sdm120', unit: 1 }, relay: { model: 'modbus-coil', unit: 100, coil: 0 }, plan: 'standard' },
+    ],
+    plans: [
+      {
+        id: 'standard',
+        currency: 'EUR',
+        periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.4 }],
+      },
+    ],
     api: { listen: '0.0.0.0:8080', token: 'change-me-to-a-long-random-token' },
   }
 

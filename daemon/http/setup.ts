@@ -122,7 +122,10 @@ export class SetupServer {
       await writeAtomic(this.opts.codeFile, `${this.code}\n${urls.join('\n')}\n`, 0o600)
     } catch (err) {
       codeFile = null
-      this.opts.logger.error({ codeFile: this.opts.codeFile, err: (err as Error).message }, 'setup: cannot write the setup code file; the code is in this log only')
+      this.opts.logger.error(
+        { codeFile: this.opts.codeFile, err: (err as Error).message },
+        'setup: cannot write the setup code file; the code is in this log only',
+      )
     }
     const why =
       this.opts.state === 'missing'
@@ -241,8 +244,7 @@ export class SetupServer {
       this.opts.logger.warn({ from: addr }, 'setup: a wrong setup code')
       throw new HttpError(401, 'wrong-setup-code', 'that is not the setup code (it is in the log, and in the setup code file)')
     }
-    if (this.spent)
-      throw new HttpError(410, 'setup-code-used', 'the setup code was used already, by one browser; restart the service for a new one')
+    if (this.spent) throw new HttpError(410, 'setup-code-used', 'the setup code was used already, by one browser; restart the service for a new one')
     this.spent = true
     this.session = randomBytes(32).toString('base64url')
     await unlink(this.opts.codeFile).catch(() => undefined)
@@ -264,7 +266,9 @@ export class SetupServer {
   private refuseIfThrottled(addr: string): void {
     const wait = this.throttle.blockedFor(addr)
     if (wait > 0)
-      throw new HttpError(429, 'too-many-attempts', `too many wrong setup codes from ${addr}; try again in ${wait} s`, { 'retry-after': String(wait) })
+      throw new HttpError(429, 'too-many-attempts', `too many wrong setup codes from ${addr}; try again in ${wait} s`, {
+        'retry-after': String(wait),
+      })
   }
 
   /** The first valid config: checked as `check-config` does, written atomically, then handed to `outpost run`. */

@@ -335,7 +335,11 @@ export function startDaemon(
   delete base.NOTIFY_SOCKET
   delete base.WATCHDOG_USEC
   delete base.WATCHDOG_PID
-  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile, ...runArgs], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
+  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile, ...runArgs], {
+    ...base,
+    OUTPOST_CLOCK_SYNCED: '1',
+    ...env,
+  })
   const logs = (): LogLine[] =>
     p.out.map((l) => {
       try {
