@@ -29,7 +29,7 @@ import { AuthThrottle, crossSite, readCookie, sameSecret } from './auth.js'
 import { configText, invalidConfig } from './config-routes.js'
 import { parseListen } from './server.js'
 import { StaticFiles } from './static.js'
-import { HttpError, allow, decodePathPart, mediaType, readBody, sendError, sendJson } from './util.js'
+import { HttpError, allow, mediaType, readBody, sendError, sendJson } from './util.js'
 
 /**
  * Where the setup page listens unless `--listen` says otherwise: every interface, so that an
@@ -177,14 +177,7 @@ export class SetupServer {
   private async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = new URL(req.url ?? '/', 'http://localhost').pathname
     const method = req.method ?? 'GET'
-    if (path === '/') {
-      allow(method, ['GET', 'HEAD'])
-      return this.files.serve(res, 'setup.html')
-    }
-    if (path.startsWith('/static/')) {
-      allow(method, ['GET', 'HEAD'])
-      return this.files.serve(res, decodePathPart(path.slice('/static/'.length), 'the file name'))
-    }
+    if (this.files.route(res, method, path, 'setup.html')) return
     if (path === '/api/health') return sendJson(res, 503, { ok: false, setup: this.opts.state })
     if (path === '/api/setup/session') {
       allow(method, ['POST'])
@@ -279,7 +272,7 @@ export class SetupServer {
     if (!checked.ok) throw invalidConfig(checked.problems)
     const store = this.opts.store
     const disk = await store.onDisk()
-    const expected = store.current().text === '' && this.opts.state === 'missing' ? null : store.current().version
+    const expected = this.opts.state === 'missing' ? null : store.current().version
     if (disk.version !== expected)
       throw new HttpError(
         409,
