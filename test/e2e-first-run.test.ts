@@ -16,7 +16,7 @@
 import t from 'tap'
 import { request } from 'node:http'
 import { createHash } from 'node:crypto'
-import { existsSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { formatProblem, type ConfigProblem } from '../daemon/config.js'
 import { journalRecords } from './helpers/csms.js'
@@ -210,8 +210,13 @@ t.test('an invalid config: the page lists each problem at its pointer, relays st
   const expected = checkConfigLines(dir, bad).map((l) => l.replace(/^[^:]+: /, ''))
   t.equal(expected.length, 3, 'check-config finds three problems (the plan twice: not an id, and unknown)', { expected })
 
-  const daemon = startDaemon(t, file, {}, undefined, [], ['--listen', `127.0.0.1:${port}`])
+  // As under systemd (StateDirectory=): the code file goes to the state directory.
+  const state = join(dir, 'state')
+  mkdirSync(state, { mode: 0o750 })
+  const daemon = startDaemon(t, file, { STATE_DIRECTORY: state }, undefined, [], ['--listen', `127.0.0.1:${port}`])
   const line = await setupLine(daemon)
+  t.equal(line.codeFile, join(state, 'setup-code'), 'the code file in $STATE_DIRECTORY')
+  t.equal(statSync(line.codeFile).mode & 0o777, 0o600, 'readable by its owner only')
   t.same(
     daemon.stderr().map((l) => l.replace(/^[^:]+: /, '')),
     expected,
@@ -244,6 +249,7 @@ t.test('an invalid config: the page lists each problem at its pointer, relays st
   t.ok(daemon.running(), 'the same process (no restart)')
   t.equal(readFileSync(file, 'utf8'), good, 'the fix is the file')
   t.same(errors, [], 'no script errors')
+  t.notOk(existsSync(line.codeFile), 'the code file is gone')
   t.equal((await daemon.stop('SIGTERM')).code, 0, 'a clean stop')
   t.match(
     journalRecords(file).filter((r) => r.type === 'config.applied'),

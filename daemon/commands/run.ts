@@ -95,10 +95,12 @@ async function firstRun(o: {
   })
   process.once('SIGTERM', onSignal)
   process.once('SIGINT', onSignal)
-  const out = await Promise.race([setup.saved, stopped])
+  let out = await Promise.race([setup.saved, stopped])
+  await setup.stop()
+  // A stop asked for while the setup page closed: carried out, the site is not started.
+  out = await Promise.race([stopped, Promise.resolve(out)])
   process.off('SIGTERM', onSignal)
   process.off('SIGINT', onSignal)
-  await setup.stop()
   if (typeof out === 'number') o.notify.stopping()
   logger.flush()
   return out
