@@ -68,6 +68,11 @@ export interface DaemonOptions {
   /** The JSON pointers that changed since the config of `previousHash` (boot, when the file changed); `[""]` when unknown. */
   changedSince?: (previousHash: string) => Promise<string[]>
   /**
+   * Who saved the config this boot starts with (`setup`: the first-run setup page): journaled as
+   * `config.applied` even on a fresh journal, which knows no config before it.
+   */
+  configBy?: string
+  /**
    * false: after the boot's first reads, no poll or tick timers run and the caller dispatches
    * the readings and ticks (a benchmark measuring the daemon with one source of readings).
    */
@@ -237,9 +242,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (persisted || hash !== undefined) {
       // A file changed since the last config applied (a hand edit, or a save whose journal record the process did not live to write): journaled.
       const previous = persisted?.gateway.configHash ?? null
+      const by = this.opts.configBy
       const change =
-        hash !== undefined && previous !== null && previous !== hash
-          ? { who: 'file', changed: (await this.opts.changedSince?.(previous)) ?? [''] }
+        hash !== undefined && previous !== hash && (previous !== null || by !== undefined)
+          ? { who: by ?? 'file', changed: previous === null ? [''] : ((await this.opts.changedSince?.(previous)) ?? ['']) }
           : undefined
       await this.dispatch({ type: 'config', config, ...(hash !== undefined ? { hash } : {}), ...(change ? { change } : {}) })
     }

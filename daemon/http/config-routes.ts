@@ -16,7 +16,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
-import { checkConfigText, effectiveConfig } from '../config.js'
+import { checkConfigText, effectiveConfig, type ConfigProblem } from '../config.js'
 import { REDACTED, describeChanges, mayChange, redact, unredact, type PointerRule } from '../config-changes.js'
 import { pendingConfig } from '../engine/index.js'
 import { isOutpostError } from '../errors.js'
@@ -150,14 +150,7 @@ export class ConfigRoutes {
       )
     }
     const checked = checkConfigText(text)
-    if (!checked.ok)
-      throw new HttpError(
-        422,
-        'invalid-config',
-        `the config has ${checked.problems.length} problem${checked.problems.length === 1 ? '' : 's'} (error.problems, each at its JSON pointer); nothing was changed`,
-        {},
-        { problems: checked.problems },
-      )
+    if (!checked.ok) throw invalidConfig(checked.problems)
     const changes = describeChanges(effectiveConfig(cur.text), checked.config)
     const denied = changes.filter((c) => !mayChange(who.role, c))
     if (denied.length > 0)
@@ -187,6 +180,17 @@ function fileState(version: string, disk: Awaited<ReturnType<ConfigStore['onDisk
   return { version: disk.version, edited: disk.version !== version }
 }
 
+/** 422 `invalid-config`: a config the checks of `check-config` refuse, each problem at its pointer in `error.problems`. */
+export function invalidConfig(problems: ConfigProblem[]): HttpError {
+  return new HttpError(
+    422,
+    'invalid-config',
+    `the config has ${problems.length} problem${problems.length === 1 ? '' : 's'} (error.problems, each at its JSON pointer); nothing was changed`,
+    {},
+    { problems },
+  )
+}
+
 const etag = (version: string): string => `"${version}"`
 
 function ifMatchOf(req: IncomingMessage): string {
@@ -198,7 +202,7 @@ function ifMatchOf(req: IncomingMessage): string {
   return m[1]!.toLowerCase()
 }
 
-async function configText(req: IncomingMessage): Promise<string> {
+export async function configText(req: IncomingMessage): Promise<string> {
   const type = mediaType(req)
   if (type !== 'application/json')
     throw new HttpError(

@@ -318,16 +318,28 @@ export interface DaemonProc {
 
 /**
  * Runs `outpost run` from this checkout's build, or from another tree's `cli` (an installed one).
- * `nodeArgs` go before the script (V8 flags such as --optimize-for-size, which NODE_OPTIONS does not accept).
+ * `nodeArgs` go before the script (V8 flags such as --optimize-for-size, which NODE_OPTIONS does not accept);
+ * `runArgs` after `run --config FILE` (--listen).
  */
-export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}, cli = CLI, nodeArgs: string[] = []): DaemonProc {
+export function startDaemon(
+  t: Teardownable,
+  configFile: string,
+  env: NodeJS.ProcessEnv = {},
+  cli = CLI,
+  nodeArgs: string[] = [],
+  runArgs: string[] = [],
+): DaemonProc {
   if (!existsSync(cli)) throw new Error(`${cli} is missing: build first (npx tsc -p .; npm test does)`)
   // The runner's own systemd settings (if it runs under systemd) are not the daemon's.
   const base: NodeJS.ProcessEnv = { ...process.env }
   delete base.NOTIFY_SOCKET
   delete base.WATCHDOG_USEC
   delete base.WATCHDOG_PID
-  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
+  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile, ...runArgs], {
+    ...base,
+    OUTPOST_CLOCK_SYNCED: '1',
+    ...env,
+  })
   const logs = (): LogLine[] =>
     p.out.map((l) => {
       try {
