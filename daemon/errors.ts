@@ -88,6 +88,7 @@ const DAEMON_ERRORS = {
   DAEMON_STOPPED: 'the daemon stopped before a command waiting on it could be applied',
   ENGINE_NO_RESULT: 'the engine gave no result for a command it was given (a programming error)',
   STOP_TIMEOUT: 'a part did not stop within its time limit',
+  CROSS_CHECK_REFUSED: 'the wiring cross-check cannot begin now (a session is open, one is already running, or the site is not running)',
 } as const satisfies Record<string, string>
 
 /** The thrown codes, by the part of Outpost that throws them (the order of docs/errors.md). */

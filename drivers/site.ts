@@ -57,6 +57,12 @@ export interface SiteIO {
    * network device already started (its outlets' needs are checked at its start).
    */
   addOutlets(next: SiteConfig, ids: readonly string[]): Promise<void>
+  /**
+   * Binds outlets already open to the relay `next` gives them (a swapped pair mended after a
+   * cross-check), on the Modbus or serial bus they were on. Throws CONFIG_INVALID, changing
+   * nothing, for an outlet not open, one that moved bus, or one on a network device.
+   */
+  rewireOutlets(next: SiteConfig, ids: readonly string[]): Promise<void>
   /** Resolves true once every bus is open, false if that has not happened within `ms` (never throws). */
   ready(ms: number): Promise<boolean>
   close(): Promise<void>
@@ -464,6 +470,21 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
       }
       for (const d of opened) d.start()
       current = next
+    },
+    async rewireOutlets(next, ids) {
+      const fresh = ids.map((id) => {
+        const o = next.outlets.find((x) => x.id === id)
+        const was = current.outlets.find((x) => x.id === id)
+        if (!o || !was || !outlets.has(id)) throw new OutpostError('CONFIG_INVALID', `outlet ${id} is not open`)
+        if (o.bus !== was.bus) throw new OutpostError('CONFIG_INVALID', `outlet ${id}: moving to another bus needs a restart`)
+        if (devices.has(o.bus)) throw new OutpostError('CONFIG_INVALID', `outlet ${id}: a network device's channels change at a restart`)
+        return planOutlet(o, current.buses, registry, buses, devices, opts)
+      })
+      for (const p of fresh) {
+        const io = p()
+        outlets.set(io.id, io)
+      }
+      current = { ...current, outlets: current.outlets.map((x) => next.outlets.find((y) => y.id === x.id && ids.includes(x.id)) ?? x) }
     },
     async ready(ms) {
       const results = await Promise.allSettled([

@@ -98,6 +98,14 @@ export class ConfigRoutes {
     }
   }
 
+  /** Saves `text` (made by another route, e.g. a cross-check's fix) as PUT /api/config would, If-Match from `req`, one at a time with every other save. */
+  saveText(text: string, req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
+    const ifMatch = ifMatchOf(req)
+    const run = this.lock.then(() => this.apply(text, ifMatch, who))
+    this.lock = run.catch(() => undefined)
+    return run
+  }
+
   private async save(req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
     const ifMatch = ifMatchOf(req)
     return this.apply(this.withSecrets(await configText(req), this.store.current().text), ifMatch, who)
@@ -162,6 +170,9 @@ export class ConfigRoutes {
         'restart-required',
         `${list(restart)} cannot change while the daemon runs (buses, devices and the rest open at start): edit the file and restart the daemon; nothing was changed`,
       )
+    const busy = this.daemon.rewiredBy(checked.config).filter((id) => this.daemon.engineState.outlets[id]?.session)
+    if (busy.length > 0)
+      throw new HttpError(409, 'session-open', `the relay of ${busy.join(', ')} cannot change while a session is open there; nothing was changed`)
     if (text === cur.text && !edited) return { version: cur.version, changed: [], unchanged: true }
     let version: string
     try {

@@ -137,11 +137,31 @@ export interface Peer {
 
 export async function startPeer(
   t: Teardownable,
-  opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number; feeder?: number; phases?: number[] },
+  opts: {
+    outlets: number
+    rtu?: string
+    baud?: number
+    port?: number
+    energyKwh?: number
+    feeder?: number
+    phases?: number[]
+    /** Which socket each coil really switches (coil outlet → socket outlet, 0: none); the rest switch their own. */
+    wiring?: Record<number, number>
+    /** Meters whose current sensor is the wrong way round. */
+    reversed?: number[]
+  },
 ): Promise<Peer> {
   const args = [PEER, '--outlets', String(opts.outlets)]
   if (opts.feeder !== undefined) args.push('--feeder', String(opts.feeder))
   if (opts.phases) args.push('--phases', opts.phases.join(','))
+  if (opts.wiring)
+    args.push(
+      '--wiring',
+      Object.entries(opts.wiring)
+        .map(([c, m]) => `${c}:${m}`)
+        .join(','),
+    )
+  if (opts.reversed) args.push('--reversed', opts.reversed.join(','))
   if (opts.energyKwh !== undefined) args.push('--energy-kwh', String(opts.energyKwh))
   if (opts.rtu) args.push('--rtu', opts.rtu, '--baud', String(opts.baud ?? 9600))
   else args.push('--tcp', String(opts.port ?? 0))
