@@ -61,9 +61,13 @@ export type FindingKind =
   | 'relay-error'
   | 'meter-silent'
 
-/** One RFC 6902 `replace`: all a fix needs (it never adds or removes outlets). */
-export interface ReplaceOp {
-  op: 'replace'
+/**
+ * One RFC 6902 operation of a fix: a `test` of what the check saw there, then the `replace`
+ * (a fix never adds or removes outlets). The tests make a fix apply only to the config it was
+ * made for: applied twice, or after the same place changed, it fails and changes nothing.
+ */
+export interface PatchOp {
+  op: 'test' | 'replace'
   path: string
   value: unknown
 }
@@ -75,7 +79,7 @@ export interface Finding {
   /** `error`: the site as configured would bill or limit the wrong outlet; `ok`: as configured. */
   severity: 'ok' | 'error'
   message: string
-  fix?: { label: string; patch: ReplaceOp[] }
+  fix?: { label: string; patch: PatchOp[] }
 }
 
 export interface CrossCheckVerdict {
@@ -149,6 +153,8 @@ export function diagnose(config: Pick<SiteConfig, 'outlets' | 'circuits'>, steps
           fix: {
             label: `swap the relays of ${a} and ${b} in the config`,
             patch: [
+              { op: 'test', path: `/outlets/${ia}/relay`, value: config.outlets[ia]!.relay },
+              { op: 'test', path: `/outlets/${ib}/relay`, value: config.outlets[ib]!.relay },
               { op: 'replace', path: `/outlets/${ia}/relay`, value: config.outlets[ib]!.relay },
               { op: 'replace', path: `/outlets/${ib}/relay`, value: config.outlets[ia]!.relay },
             ],
@@ -255,7 +261,13 @@ function phaseFinding(config: Pick<SiteConfig, 'outlets' | 'circuits'>, s: Cross
         outlets: [outlet],
         severity: 'error',
         message: `${outlet} is configured on ${o.phase}, but its load appeared on ${measured} of circuit ${circuit}'s feeder meter (+${round(rise[top]!, 1)} A): the circuit limits count it on the wrong phase`,
-        fix: { label: `set ${outlet}'s phase to ${measured}`, patch: [{ op: 'replace', path: `/outlets/${i}/phase`, value: measured }] },
+        fix: {
+          label: `set ${outlet}'s phase to ${measured}`,
+          patch: [
+            { op: 'test', path: `/outlets/${i}/phase`, value: o.phase },
+            { op: 'replace', path: `/outlets/${i}/phase`, value: measured },
+          ],
+        },
       }
     }
     circuit = config.circuits?.find((c) => c.id === circuit)?.parent
@@ -296,13 +308,14 @@ export function wiringOf(config: Pick<SiteConfig, 'outlets' | 'circuits'>): unkn
 }
 
 /**
- * `doc` with each `replace` applied (a copy). Throws with the op's path for a path that does
- * not exist in `doc`: a fix made for another config never lands somewhere else.
+ * `doc` with the operations applied in order (a copy; `doc` is left as it was). Throws, naming
+ * the operation's path, when a `test` finds another value or a path does not exist: a fix made
+ * for another config never lands.
  */
-export function applyReplaceOps(doc: unknown, ops: readonly ReplaceOp[]): unknown {
+export function applyPatch(doc: unknown, ops: readonly PatchOp[]): unknown {
   const out = structuredClone(doc)
   for (const op of ops) {
-    if (op.op !== 'replace') throw new Error(`${op.path}: only replace operations are applied`)
+    if (op.op !== 'test' && op.op !== 'replace') throw new Error(`${op.path}: only test and replace operations are applied`)
     const parts = op.path
       .split('/')
       .slice(1)
@@ -315,7 +328,20 @@ export function applyReplaceOps(doc: unknown, ops: readonly ReplaceOp[]): unknow
     }
     if (last === undefined || typeof at !== 'object' || at === null || !Object.hasOwn(at, last))
       throw new Error(`${op.path}: no such member in the config`)
-    ;(at as Record<string, unknown>)[last] = structuredClone(op.value)
+    const parent = at as Record<string, unknown>
+    if (op.op === 'test') {
+      if (!sameJson(parent[last], op.value))
+        throw new Error(`${op.path}: is ${JSON.stringify(parent[last])} now, not ${JSON.stringify(op.value)} as the check saw it`)
+    } else parent[last] = structuredClone(op.value)
   }
   return out
+}
+
+/** JSON equality, key order aside. */
+function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false
+  const ka = Object.keys(a).filter((k) => (a as Record<string, unknown>)[k] !== undefined)
+  const kb = Object.keys(b).filter((k) => (b as Record<string, unknown>)[k] !== undefined)
+  return ka.length === kb.length && ka.every((k) => sameJson((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]))
 }

@@ -18,7 +18,7 @@ import { diagnose, wiringOf, type CrossCheckStep, type CrossCheckVerdict, type M
 import type { SiteIO } from '../drivers/index.js'
 import { writeAtomic } from './journal/fsync.js'
 
-/** Polls watched with a relay closed, and again after it opened (the "2–3 polls"). */
+/** Polls watched with a relay closed, and again after it opened: a check takes about relays × 2 × this × pollMs. */
 export const CROSS_CHECK_POLLS = 3
 
 export interface CrossCheckProgress {
@@ -146,7 +146,7 @@ export async function runCrossCheck(o: RunOptions): Promise<CrossCheckReport> {
         break
       }
       o.onProgress?.({ done: steps.length, total: relays.length, relay, stage: 'closed' })
-      await wait(pollMs, o.signal)
+      // Read at once: the previous relay has had its polls to fall back (the first follows the opening of all).
       const before = await readMeters()
       const feedersBefore = await readFeeders()
       const step: CrossCheckStep = { relay, before, closed: {}, after: {}, feedersBefore, feedersClosed: {} }

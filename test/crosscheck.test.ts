@@ -6,7 +6,7 @@
  */
 import t from 'tap'
 import type { SiteConfig } from '../core/types.js'
-import { applyReplaceOps, diagnose, wiringOf, type CrossCheckStep, type MeterSample } from '../core/crosscheck.js'
+import { applyPatch, diagnose, wiringOf, type CrossCheckStep, type MeterSample } from '../core/crosscheck.js'
 import { describeChanges } from '../daemon/config-changes.js'
 import { Rig, WED_NOON, siteConfig } from './engine-fixtures.js'
 
@@ -71,10 +71,23 @@ t.test('each fault found, with the fix the config can take', async (t) => {
   t.equal(v.passed, false)
   t.same(kinds(v), ['swapped:A1+A2', 'dead:A3', 'several:A4+A6', 'wrong-phase:A5', 'reversed:A6'])
   t.same(v.findings[0]!.fix!.patch, [
+    { op: 'test', path: '/outlets/0/relay', value: c.outlets[0]!.relay },
+    { op: 'test', path: '/outlets/1/relay', value: c.outlets[1]!.relay },
     { op: 'replace', path: '/outlets/0/relay', value: c.outlets[1]!.relay },
     { op: 'replace', path: '/outlets/1/relay', value: c.outlets[0]!.relay },
   ])
-  t.same(v.findings[3]!.fix!.patch, [{ op: 'replace', path: '/outlets/4/phase', value: 'L3' }])
+  t.same(v.findings[3]!.fix!.patch, [
+    { op: 'test', path: '/outlets/4/phase', value: 'L1' },
+    { op: 'replace', path: '/outlets/4/phase', value: 'L3' },
+  ])
+  // Each fix applies on its own, in either order, and once.
+  const both = applyPatch(applyPatch(c, v.findings[3]!.fix!.patch), v.findings[0]!.fix!.patch) as typeof c
+  t.same([both.outlets[0]!.relay!.coil, both.outlets[1]!.relay!.coil, both.outlets[4]!.phase], [1, 0, 'L3'])
+  t.throws(
+    () => applyPatch(both, v.findings[0]!.fix!.patch),
+    /\/outlets\/0\/relay: is .* now, not .* as the check saw it/,
+    'a swap applied twice fails its test',
+  )
   t.notOk(v.findings[1]!.fix, 'no config mends a dead relay')
 })
 
@@ -111,9 +124,10 @@ t.test('the wiring leaves out what a check does not vouch for; fixes land only w
   const moved = { ...c, outlets: c.outlets.map((o, i) => (i === 0 ? { ...o, phase: 'L2' as const } : o)) }
   t.not(JSON.stringify(wiringOf(moved)), JSON.stringify(wiringOf(c)), 'a phase is')
   const doc = { outlets: [{ phase: 'L1' }] }
-  t.same(applyReplaceOps(doc, [{ op: 'replace', path: '/outlets/0/phase', value: 'L3' }]), { outlets: [{ phase: 'L3' }] })
+  t.same(applyPatch(doc, [{ op: 'replace', path: '/outlets/0/phase', value: 'L3' }]), { outlets: [{ phase: 'L3' }] })
   t.same(doc, { outlets: [{ phase: 'L1' }] }, 'the document given is not changed')
-  t.throws(() => applyReplaceOps(doc, [{ op: 'replace', path: '/outlets/1/phase', value: 'L3' }]), /\/outlets\/1\/phase: no such member/)
+  t.throws(() => applyPatch(doc, [{ op: 'replace', path: '/outlets/1/phase', value: 'L3' }]), /\/outlets\/1\/phase: no such member/)
+  t.same(applyPatch({ a: { x: 1, y: 2 } }, [{ op: 'test', path: '/a', value: { y: 2, x: 1 } }]), { a: { x: 1, y: 2 } }, 'a test ignores key order')
 })
 
 t.test('the engine while a check runs: no start, nothing armed, and a boot ends it', async (t) => {

@@ -15,6 +15,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { JournalRecord } from '../core/types.js'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
+import { keepScreenshot, launchChromium } from './helpers/browser.js'
 import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const ADMIN = 'admin-token-0123456789'
@@ -23,6 +24,8 @@ const TOKENS = [
   { name: 'vic', role: 'viewer', token: 'viewer-token-0123456789' },
 ]
 const FEEDER = 50
+/** The page's document, inside page functions. */
+declare const document: any
 const tokenOf = (role: string): string => (role === 'admin' ? ADMIN : TOKENS.find((x) => x.role === role)!.token)
 
 t.test('a site wired wrong: the cross-check finds each fault, its fixes apply without a restart, the mended site passes', async (t) => {
@@ -136,10 +139,12 @@ t.test('a site wired wrong: the cross-check finds each fault, its fixes apply wi
   t.equal(swap.length, 1, 'one swapped pair')
   t.same(swap[0].outlets, ['E1', 'E2'])
   t.same(
-    swap[0].fix.patch.map((p: any) => [p.path, p.value.coil]),
+    swap[0].fix.patch.map((p: any) => [p.op, p.path, p.value.coil]),
     [
-      ['/outlets/0/relay', 1],
-      ['/outlets/1/relay', 0],
+      ['test', '/outlets/0/relay', 0],
+      ['test', '/outlets/1/relay', 1],
+      ['replace', '/outlets/0/relay', 1],
+      ['replace', '/outlets/1/relay', 0],
     ],
   )
   t.same(
@@ -153,7 +158,7 @@ t.test('a site wired wrong: the cross-check finds each fault, its fixes apply wi
     [['E4']],
     'E4 on another phase',
   )
-  t.same(phase[0].fix.patch, [{ op: 'replace', path: '/outlets/3/phase', value: 'L2' }], 'the fix: E4 on L2')
+  t.same(phase[0].fix.patch.at(-1), { op: 'replace', path: '/outlets/3/phase', value: 'L2' }, 'the fix: E4 on L2')
   t.same(
     byKind('reversed').map((f: any) => f.outlets),
     [['E6']],
@@ -175,13 +180,38 @@ t.test('a site wired wrong: the cross-check finds each fault, its fixes apply wi
     'no session started during the check',
   )
 
-  // The fixes: refused to the viewer, without If-Match, for a finding that has none; then applied at once.
+  // The page, signed in as the installer: the state, the matrix, the findings in words; the phase fixed with one click.
+  const browser = await launchChromium(t)
+  const page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage()
+  const errors: string[] = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  await page.goto(base)
+  await page.fill('#token', tokenOf('installer'))
+  await Promise.all([page.waitForURL(`${base}/`), page.click('button[type=submit]')])
+  await page.waitForSelector('#cc-report .cc-findings li')
+  t.match(await page.textContent('#cc-state'), /Not passed/)
+  const listed = await page.$$eval('#cc-report .cc-findings li', (lis) => lis.map((li) => li.getAttribute('data-kind')))
+  t.same(
+    listed,
+    report.findings.map((f: { kind: string }) => f.kind),
+    'every finding listed, in the report’s order',
+  )
+  t.equal(await page.$$eval('.cc-matrix td.moved', (tds) => tds.length), 5, 'five cells moved: E1→E2, E2→E1, E4, E5, E6')
+  const shot = join(work, 'crosscheck-report.png')
+  await page.screenshot({ path: shot, fullPage: true })
+  keepScreenshot(shot)
+  await page.click(`#cc-report button[data-finding="${phase[0].i}"]`)
+  await page.waitForFunction(() => /^Fixed/.test(document.querySelector('#cc-report button[disabled]')?.textContent ?? ''))
+  t.equal(JSON.parse(readFileSync(file, 'utf8')).outlets[3].phase, 'L2', 'the page’s fix is in the file')
+  t.same(errors, [], 'no script error on the page')
+
+  // The swap through the API: refused to the viewer, without If-Match, for a finding without a fix; then applied at once.
   const cfg = await api('/api/config')
-  const fixBody = { report: report.id, findings: [swap[0].i, phase[0].i] }
+  const fixBody = { report: report.id, findings: [swap[0].i] }
   r = await api('/api/crosscheck/fix', { method: 'POST', role: 'viewer', body: fixBody, ifMatch: cfg.body.version })
   t.equal(r.status, 403)
   r = await api('/api/crosscheck/fix', { method: 'POST', role: 'installer', body: fixBody })
-  t.equal(r.status, 428, 'a fix is a config save: it needs If-Match')
+  t.equal(r.status, 428, `a fix is a config save: it needs If-Match (${JSON.stringify(r.body)})`)
   r = await api('/api/crosscheck/fix', {
     method: 'POST',
     role: 'installer',
@@ -191,14 +221,14 @@ t.test('a site wired wrong: the cross-check finds each fault, its fixes apply wi
   t.equal(r.status, 400)
   t.equal(r.body.error.code, 'no-fix', 'a dead relay has no config fix')
   r = await api('/api/crosscheck/fix', { method: 'POST', role: 'installer', body: fixBody, ifMatch: cfg.body.version })
-  t.equal(r.status, 200, 'the swap and the phase applied in one save, without a restart')
-  t.same(r.body.changed, ['/outlets/0/relay/coil', '/outlets/1/relay/coil', '/outlets/3/phase'])
+  t.equal(r.status, 200, `the swap applied, without a restart (${JSON.stringify(r.body)})`)
+  t.same(r.body.changed, ['/outlets/0/relay/coil', '/outlets/1/relay/coil'])
   const applied = await cloud.waitRecord((x) => x.type === 'config.applied' && x.configHash === r.body.version, 'config.applied reaches the cloud')
   t.match(applied, { who: 'installer:ian' })
   const onDisk = JSON.parse(readFileSync(file, 'utf8'))
   t.same([onDisk.outlets[0].relay.coil, onDisk.outlets[1].relay.coil, onDisk.outlets[3].phase], [1, 0, 'L2'], 'the file says so')
   r = await api('/api/crosscheck/fix', { method: 'POST', role: 'installer', body: fixBody, ifMatch: r.body.version })
-  t.equal(r.status, 409, 'a report of the old wiring fixes nothing twice')
+  t.equal(r.status, 409, 'a fix applies once')
   t.equal(r.body.error.code, 'stale-report')
   status = await api('/api/status')
   t.match(status.body.crossCheck, { passed: null, last: { id: report.id, passed: false, stale: true } }, 'status: the last check is stale')

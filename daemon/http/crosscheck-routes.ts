@@ -5,13 +5,13 @@
  *
  * Owns: who may run and fix (installer and admin), the confirmation, turning a report's fixes
  * into a config save (through ConfigRoutes, so every check of a save applies).
- * Must never: switch a relay itself (the daemon's check does), or apply a fix made for a
- * wiring other than the one in force.
+ * Must never: switch a relay itself (the daemon's check does), or apply a fix whose tests
+ * (what the check saw where it changes) no longer hold.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
-import { applyReplaceOps } from '../../core/crosscheck.js'
+import { applyPatch } from '../../core/crosscheck.js'
 import { isOutpostError } from '../errors.js'
 import type { ConfigRoutes } from './config-routes.js'
 import type { Principal } from './auth.js'
@@ -113,18 +113,16 @@ export class CrossCheckRoutes {
       if (!f.fix) throw new HttpError(400, 'no-fix', `finding ${i} (${f.kind}) has no fix: ${f.message}`, {}, { pointer: '/findings' })
       return f.fix.patch
     })
-    if (report.wiring !== this.daemon.wiringHash())
-      throw new HttpError(
-        409,
-        'stale-report',
-        `report ${report.id} checked another wiring than the one in force: run the cross-check again; nothing was changed`,
-      )
     const cur = this.store.current()
     let next: unknown
     try {
-      next = applyReplaceOps(JSON.parse(cur.text), ops)
+      next = applyPatch(JSON.parse(cur.text), ops)
     } catch (err) {
-      throw new HttpError(409, 'stale-report', `${(err as Error).message}; nothing was changed`)
+      throw new HttpError(
+        409,
+        'stale-report',
+        `report ${report.id}: ${(err as Error).message}: applied already, or changed since; nothing was changed`,
+      )
     }
     const out = await this.config.saveText(`${JSON.stringify(next, null, 2)}\n`, req, who)
     sendJson(res, 200, out, { etag: `"${out.version}"` })
