@@ -76,6 +76,14 @@ export interface OpenOptions {
 }
 
 /** A bus and the Modbus/line operations on it, all through its one scheduler. */
+/** How a read is queued: its priority, a delay before it, and whether it is a scan's probe (not the device's health). */
+export interface ReadOptions {
+  priority?: Priority
+  delayMs?: number
+  /** A scan asking whether anything answers: its failures and successes stay out of the unit's health and back-off. */
+  probe?: boolean
+}
+
 export class Bus {
   readonly scheduler: BusScheduler<ModbusRequest, ModbusResponse> | BusScheduler<LineRequest, LineReply>
   readonly config: WireBusConfig
@@ -142,16 +150,16 @@ export class Bus {
   }
 
   /** Read registers (FC03/FC04) as 16-bit words. */
-  readRegisters(unit: number, fc: 3 | 4, address: number, count: number, opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[]> {
+  readRegisters(unit: number, fc: 3 | 4, address: number, count: number, opts: ReadOptions = {}): Promise<number[]> {
     return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => decodeWords((await tx({ unit, fc, address, count })).data), opts)
   }
 
-  readBits(unit: number, fc: 1 | 2, address: number, count: number, opts: { priority?: Priority; delayMs?: number } = {}): Promise<boolean[]> {
+  readBits(unit: number, fc: 1 | 2, address: number, count: number, opts: ReadOptions = {}): Promise<boolean[]> {
     return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => decodeBits((await tx({ unit, fc, address, count })).data, count), opts)
   }
 
   /** Several block reads as one job (nothing else on the bus in between). */
-  readBlocks(unit: number, blocks: Block[], opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[][]> {
+  readBlocks(unit: number, blocks: Block[], opts: ReadOptions = {}): Promise<number[][]> {
     return this.modbus().submit(
       unit,
       opts.priority ?? 'poll',

@@ -24,6 +24,7 @@ import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
 import { ConfigRoutes } from './config-routes.js'
 import { CrossCheckRoutes } from './crosscheck-routes.js'
+import { ScanRoutes } from './scan-routes.js'
 import type { ConfigStore } from '../config-store.js'
 import type { Principal } from './auth.js'
 
@@ -79,6 +80,7 @@ export class ApiRoutes {
   private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
   private readonly configRoutes: ConfigRoutes | undefined
   private readonly crossCheckRoutes: CrossCheckRoutes
+  private readonly scanRoutes: ScanRoutes
   private readonly onStatus = (s: OutletStatus): void => this.broadcast('outlet', s)
   private readonly onRecord = (r: JournalRecord): void => this.broadcast('record', r)
 
@@ -89,6 +91,7 @@ export class ApiRoutes {
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
     this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
     this.crossCheckRoutes = new CrossCheckRoutes(opts.daemon, opts.configStore, this.configRoutes)
+    this.scanRoutes = new ScanRoutes(opts.daemon, opts.now)
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
   }
@@ -178,6 +181,7 @@ export class ApiRoutes {
     }
     if (route === 'config' && this.configRoutes) return this.configRoutes.handle(req, res, method, parts.slice(1), who)
     if (route === 'crosscheck') return this.crossCheckRoutes.handle(req, res, method, parts.slice(1), who)
+    if (route === 'scan') return this.scanRoutes.handle(req, res, method, parts.slice(1), who)
     if (route === 'events' && parts.length === 1) {
       allow(method, ['GET'])
       return this.stream(req, res)
