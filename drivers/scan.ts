@@ -340,3 +340,69 @@ export async function listSerialPorts(): Promise<{ path: string; byId?: string; 
   }
   return devs.map((p) => ({ path: p, byId: byId.get(p) }))
 }
+
+/** What a device test read: the meter's quantities and serial, the relay's position; each part's error instead where it failed. */
+export interface DeviceTest {
+  /** The quantities the model decodes (voltageV, currentA, powerW, energyWh…). */
+  meter?: Record<string, number>
+  /** The meter's serial register, where its model has one and it answered. */
+  serial?: string
+  meterError?: string
+  relay?: { closed: boolean }
+  relayError?: string
+}
+
+/**
+ * Reads a meter (and its relay's position) once, as its model says, before it is saved: the
+ * form's "Test". Never switches the relay. Through `opts.bus` (the site's own, between its
+ * polls) when the bus is configured, else a bus of its own, closed after.
+ */
+export async function testDevice(
+  config: BusConfig,
+  device: { meter: { model: string; unit: number }; relay?: { model: string; unit: number; coil?: number; register?: number } },
+  opts: { now: () => number; modelsDir?: string; bus?: Bus },
+): Promise<DeviceTest> {
+  if (config.type !== 'modbus-rtu' && config.type !== 'modbus-tcp') throw new OutpostError('USAGE', 'a device test reads Modbus devices only')
+  const registry = new ModelRegistry(opts.modelsDir)
+  const meter = registry.get(device.meter.model, 'meter')
+  const relay = device.relay ? registry.get(device.relay.model, 'relay') : undefined
+  const own = opts.bus === undefined
+  const bus = opts.bus ?? new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
+  if (own) bus.start()
+  const out: DeviceTest = {}
+  const why = (err: unknown): string => {
+    const e = err as { code?: string; message: string }
+    return `${e.code ? `${e.code}: ` : ''}${e.message}`
+  }
+  try {
+    await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
+    try {
+      const blocks = meterBlocks(meter)
+      const q = decodeMeter(meter, blocks, await bus.readBlocks(device.meter.unit, blocks, PROBE))
+      const serialReg = meter.identity?.serial
+      const serial = serialReg ? await readIdentity(bus, device.meter.unit, serialReg) : undefined
+      out.meter = q
+      if (serial) out.serial = serial
+    } catch (err) {
+      out.meterError = why(err)
+    }
+    if (relay && device.relay) {
+      try {
+        const r = relay.relay!
+        const address = r.point === 'coil' ? (device.relay.coil ?? r.address) : (device.relay.register ?? r.address)
+        if (address === undefined) throw new OutpostError('NO_RELAY', `relay model ${relay.name} needs relay.${r.point}`)
+        if (r.point === 'coil') out.relay = { closed: (await bus.readBits(device.relay.unit, 1, address, 1, PROBE))[0]! }
+        else {
+          const v = (await bus.readRegisters(device.relay.unit, 3, address, 1, PROBE))[0]!
+          if (v !== r.closedValue && v !== r.openValue) throw new OutpostError('RELAY_MISMATCH', `register ${address} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`)
+          out.relay = { closed: v === r.closedValue }
+        }
+      } catch (err) {
+        out.relayError = why(err)
+      }
+    }
+  } finally {
+    if (own) await bus.close()
+  }
+  return out
+}

@@ -12,6 +12,9 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { freePort } from './helpers/mosquitto.js'
 import { keepScreenshot, launchChromium } from './helpers/browser.js'
+
+/** The page's document, inside page functions. */
+declare const document: any
 import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const ADMIN = 'admin-token-0123456789'
@@ -66,7 +69,7 @@ t.test('scan the site’s bus from the page and add the meter it finds', async (
   t.ok(Array.isArray(ports.body.ports) && ports.body.baudRates.includes(2400), 'the serial ports found, and the rates to try')
 
   // Cancel: a scan of every unit id stops at once, with what it found so far.
-  const r = await api('/api/scan', { method: 'POST', body: { busId: 'site' } })
+  let r = await api('/api/scan', { method: 'POST', body: { busId: 'site' } })
   t.equal(r.status, 202)
   t.equal((await api('/api/scan', { method: 'POST', body: { busId: 'site', units: '1' } })).body.error.code, 'scan-running', 'one scan at a time')
   t.equal((await api('/api/scan', { method: 'DELETE' })).status, 200)
@@ -116,6 +119,33 @@ t.test('scan the site’s bus from the page and add the meter it finds', async (
   const shot = join(work, 'scan.png')
   await page.screenshot({ path: shot, fullPage: true })
   keepScreenshot(shot)
+  // "Test" reads the meter now, before it is added.
+  await peer.plug(3, 8)
+  await peer.cmd({ cmd: 'coil', outlet: 3, closed: true })
+  await page.click('#scan-hits button[data-test-unit="3"]')
+  await page.waitForFunction(() => / V · /.test(document.querySelector('[data-test="3"]')?.textContent ?? ''))
+  t.match(await page.textContent('[data-test="3"]'), /^230 V · 8\.00 A · 1840 W · 103\.\d{3} kWh$/, 'the page shows what meter 3 reads now')
+  await peer.cmd({ cmd: 'coil', outlet: 3, closed: false })
+  // The same through the API, with its relay's position; bad input at its field.
+  r = await api('/api/scan/test', {
+    method: 'POST',
+    body: { busId: 'site', meter: { model: 'eastron-sdm120', unit: 3 }, relay: { model: 'modbus-coil', unit: 100, coil: 2 } },
+  })
+  t.equal(r.status, 200)
+  t.match(r.body, { meter: { voltageV: 230, currentA: 0, powerW: 0 }, relay: { closed: false } }, 'meter 3 and coil 2 as they are')
+  t.ok(Math.abs(r.body.meter.energyWh - (await peer.outlet(3)).energyWh) < 5, 'its register, as the meter holds it')
+  r = await api('/api/scan/test', { method: 'POST', body: { busId: 'site', meter: { model: 'eastron-sdm999', unit: 3 } } })
+  t.equal(r.status, 400)
+  t.equal(r.body.error.pointer, '/meter/model', `an unknown model at its field: ${r.body.error.message}`)
+  r = await api('/api/scan/test', { method: 'POST', body: { busId: 'site', meter: { model: 'eastron-sdm120', unit: 0 } } })
+  t.equal(r.body.error.pointer, '/meter/unit', 'a unit id outside 1-247')
+  r = await api('/api/scan/test', { method: 'POST', body: { busId: 'site', meter: { model: 'eastron-sdm120', unit: 9 } } })
+  t.equal(r.status, 200)
+  t.match(r.body.meterError, /MODBUS_TIMEOUT/, 'a unit that does not answer: said, not a zero')
+  t.equal(
+    (await api('/api/scan/test', { method: 'POST', role: 'viewer', body: { busId: 'site', meter: { model: 'eastron-sdm120', unit: 3 } } })).status,
+    403,
+  )
   await page.click('#scan-hits button[data-unit="3"]')
   await page.waitForSelector('#scan-hits tr[data-unit="3"] td:has-text("added")')
   const saved = JSON.parse(readFileSync(file, 'utf8'))

@@ -87,6 +87,13 @@
         b.addEventListener('click', () => add(scan, h, b))
         td.append(b)
       }
+      const tested = el('td', {})
+      if (h.kind === 'meter' && !scan.running) {
+        const out = el('span', { class: 'sub', 'data-test': String(h.unit) })
+        const b = el('button', { type: 'button', 'data-test-unit': String(h.unit) }, 'Test')
+        b.addEventListener('click', () => test(scan, h, out))
+        tested.append(b, ' ', out)
+      }
       return el(
         'tr',
         { 'data-unit': String(h.unit) },
@@ -96,6 +103,7 @@
         el('td', {}, h.serial || ''),
         el('td', { class: 'sub' }, h.detail),
         td,
+        tested,
       )
     })
     box.append(
@@ -105,7 +113,7 @@
         el(
           'table',
           { id: 'scan-hits' },
-          el('thead', {}, el('tr', {}, ...['Unit', 'Kind', 'Model', 'Serial', 'Detail', ''].map((x) => el('th', {}, x)))),
+          el('thead', {}, el('tr', {}, ...['Unit', 'Kind', 'Model', 'Serial', 'Detail', '', ''].map((x) => el('th', {}, x)))),
           el('tbody', {}, ...rows),
         ),
       ),
@@ -152,6 +160,26 @@
     } catch (err) {
       button.disabled = false
       $('scan-error').textContent = err.message
+    }
+  }
+
+  /** Reads the meter now, as its model says: V, A, W and kWh, and its serial. */
+  async function test(scan, hit, out) {
+    out.textContent = 'reading…'
+    try {
+      const where = scan.busId ? { busId: scan.busId } : { bus: scan.bus }
+      const { body } = await api('/api/scan/test', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...where, meter: { model: hit.model, unit: hit.unit } }),
+      })
+      const m = body.meter
+      out.textContent = m
+        ? `${m.voltageV.toFixed(0)} V · ${m.currentA.toFixed(2)} A · ${m.powerW.toFixed(0)} W · ${(m.energyWh / 1000).toFixed(3)} kWh` +
+          (body.serial ? ` · serial ${body.serial}` : '')
+        : 'no answer: ' + body.meterError
+    } catch (err) {
+      out.textContent = err.message
     }
   }
 

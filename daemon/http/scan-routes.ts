@@ -11,7 +11,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { BusConfig } from '../../core/types.js'
 import type { Daemon } from '../daemon.js'
-import { listSerialPorts, parseUnits } from '../../drivers/scan.js'
+import { listSerialPorts, parseUnits, testDevice } from '../../drivers/scan.js'
 import { checkBus, portOf, ScanJobs } from '../scan-bus.js'
 import type { Principal } from './auth.js'
 import { HttpError, allow, jsonBody, sendJson } from './util.js'
@@ -32,7 +32,7 @@ export class ScanRoutes {
 
   constructor(
     private readonly daemon: Daemon,
-    now: () => number,
+    private readonly now: () => number,
   ) {
     this.jobs = new ScanJobs(now)
   }
@@ -44,6 +44,10 @@ export class ScanRoutes {
     if (sub === 'ports') {
       allow(method, ['GET', 'HEAD'])
       return sendJson(res, 200, { ports: await listSerialPorts(), ...LINE_HINTS })
+    }
+    if (sub === 'test') {
+      allow(method, ['POST'])
+      return sendJson(res, 200, await this.test(await jsonBody(req)))
     }
     if (sub !== '') throw new HttpError(404, 'not-found', `no route /api/scan/${sub} (see docs/contract.md "Bus scan")`)
     allow(method, ['GET', 'HEAD', 'POST', 'DELETE'])
@@ -58,16 +62,8 @@ export class ScanRoutes {
     sendJson(res, 200, { scan: this.jobs.state() ?? null })
   }
 
-  private async begin(body: Record<string, unknown>, who: Principal): Promise<void> {
-    for (const k of Object.keys(body))
-      if (k !== 'busId' && k !== 'bus' && k !== 'units') throw field(`/${k}`, 'unknown field (allowed: busId, bus, units)')
-    if (this.jobs.running()) throw new HttpError(409, 'scan-running', 'a scan is already running: wait for it or cancel it (DELETE /api/scan)')
-    let units: number[]
-    try {
-      units = parseUnits(typeof body.units === 'string' ? body.units : '1-247')
-    } catch (err) {
-      throw field('/units', (err as Error).message.replace(/^--units: /, ''))
-    }
+  /** The bus a request names: a configured Modbus bus (`busId`), or a new one (`bus`) on a port no configured bus uses. */
+  private busOf(body: Record<string, unknown>): { bus: BusConfig; busId: string | null } {
     const config = this.daemon.config
     let bus: BusConfig
     let busId: string | null = null
@@ -105,6 +101,58 @@ export class ScanRoutes {
           { pointer: '/bus' },
         )
     }
+    return { bus, busId }
+  }
+
+  /** Reads one meter (and its relay's position) as its model says, before it is added: the form's "Test". */
+  private async test(body: Record<string, unknown>): Promise<unknown> {
+    for (const k of Object.keys(body))
+      if (!['busId', 'bus', 'meter', 'relay'].includes(k)) throw field(`/${k}`, 'unknown field (allowed: busId, bus, meter, relay)')
+    const { bus, busId } = this.busOf(body)
+    const device = (v: unknown, what: string, coil: boolean): { model: string; unit: number; coil?: number } | undefined => {
+      if (v === undefined) return undefined
+      const o = v as Record<string, unknown> | null
+      if (typeof o !== 'object' || o === null || typeof o.model !== 'string')
+        throw field(`/${what}/model`, 'a model name is required (the model folder lists them)')
+      if (!Number.isInteger(o.unit) || (o.unit as number) < 1 || (o.unit as number) > 247)
+        throw field(`/${what}/unit`, 'must be a unit id from 1 to 247')
+      if (coil && o.coil !== undefined && (!Number.isInteger(o.coil) || (o.coil as number) < 0 || (o.coil as number) > 65535))
+        throw field(`/${what}/coil`, 'must be a coil number from 0 to 65535')
+      return { model: o.model, unit: o.unit as number, ...(o.coil !== undefined ? { coil: o.coil as number } : {}) }
+    }
+    const meter = device(body.meter, 'meter', false)
+    if (!meter) throw field('/meter', 'the meter to read is required: {model, unit}')
+    const relay = device(body.relay, 'relay', true)
+    try {
+      return await testDevice(
+        bus,
+        { meter, ...(relay ? { relay } : {}) },
+        {
+          now: this.now,
+          modelsDir: this.daemon.config.models?.dir,
+          bus: busId !== null ? this.daemon.buses?.bus(busId) : undefined,
+        },
+      )
+    } catch (err) {
+      const e = err as { code?: string; message: string }
+      if (e.code === 'MODEL_UNKNOWN') throw field(relay && e.message.includes(`"${relay.model}"`) ? '/relay/model' : '/meter/model', e.message)
+      if (e.code === 'USAGE') throw field('/bus', e.message)
+      throw err
+    }
+  }
+
+  private async begin(body: Record<string, unknown>, who: Principal): Promise<void> {
+    for (const k of Object.keys(body))
+      if (k !== 'busId' && k !== 'bus' && k !== 'units') throw field(`/${k}`, 'unknown field (allowed: busId, bus, units)')
+    if (this.jobs.running()) throw new HttpError(409, 'scan-running', 'a scan is already running: wait for it or cancel it (DELETE /api/scan)')
+    let units: number[]
+    try {
+      units = parseUnits(typeof body.units === 'string' ? body.units : '1-247')
+    } catch (err) {
+      throw field('/units', (err as Error).message.replace(/^--units: /, ''))
+    }
+    const config = this.daemon.config
+    const { bus, busId } = this.busOf(body)
     void this.jobs.begin({ bus, busId, units, site: this.daemon.buses, config, who: who.who })
   }
 }
