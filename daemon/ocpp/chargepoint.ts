@@ -62,6 +62,8 @@ export interface ChargePointHost {
   command(cmd: Record<string, unknown>): Promise<CommandResult>
   /** Reset from the central system: a clean stop (systemd starts the daemon again). Hard does not wait for the outbox to drain. */
   reset(kind: 'Soft' | 'Hard'): void
+  /** The clock is moved by its owner, who calls tick() after each move (tests): no timer of its own for what the clock decides. */
+  manualClock?: boolean
 }
 
 /** A transaction message refused with a CALLERROR this many times is dropped (logged): the rest of the queue must not wait on it forever. */
@@ -169,6 +171,18 @@ export class ChargePoint {
     this.clearTimers()
     if (this.sampleTimer) clearTimeout(this.sampleTimer)
     await this.rpc.stop()
+  }
+
+  /** Acts on the clock as it reads now (the meter values that are due); with `manualClock`, its owner calls this after moving the clock. */
+  tick(): void {
+    this.sampleDue()
+  }
+
+  /** Resolves once everything queued so far is written and the outbox's current run is over. */
+  async idle(): Promise<void> {
+    await this.work
+    await this.pumpRun
+    await this.outbox.settled()
   }
 
   state(): { connected: boolean; accepted: boolean; queued: number } {
@@ -345,13 +359,23 @@ export class ChargePoint {
         this.log.error({ sessionId: t.sessionId }, 'ocpp: a transaction without a session and without a known meter value stays open')
         continue
       }
-      const connectorId = t.connectorId ?? (last ? this.byOutlet.get(last.outlet) : undefined) ?? 0
+      // An outbox entry written before the connector was kept with the transactionId has none: the outlet of the
+      // session's last reading is the connector it ran on; without a reading it is unknown, and 0 (the charge
+      // point) stands for it in the outbox (StopTransaction itself carries no connectorId).
+      const connectorId = t.connectorId ?? (last ? this.byOutlet.get(last.outlet) : undefined)
+      if (t.connectorId === undefined)
+        this.log.warn(
+          { sessionId: t.sessionId, connectorId: connectorId ?? null },
+          connectorId === undefined
+            ? 'ocpp: an orphaned transaction from an older outbox names no connector and has no reading; closed on connector 0'
+            : "ocpp: an orphaned transaction from an older outbox names no connector; its last reading's outlet is taken",
+        )
       const at = new Date(last ? last.reading.ts : this.host.now()).toISOString()
       this.log.error(
-        { sessionId: t.sessionId, meterStop: wholeWh(meterWh), at },
+        { sessionId: t.sessionId, connectorId: connectorId ?? 0, meterStop: wholeWh(meterWh), at },
         'ocpp: a transaction whose session no surviving state holds is closed PowerLoss at its last known meter value',
       )
-      msgs.push({ action: 'StopTransaction', sessionId: t.sessionId, connectorId, payload: powerLossPayload(at, meterWh) })
+      msgs.push({ action: 'StopTransaction', sessionId: t.sessionId, connectorId: connectorId ?? 0, payload: powerLossPayload(at, meterWh) })
     }
     if (msgs.length > 0) await this.outbox.enqueue(msgs)
     this.pump()
@@ -458,18 +482,30 @@ export class ChargePoint {
 
   // ---------------------------------------------------------------- meter values
 
+  /** The next clock-aligned sample instant. */
+  private nextSample = 0
+
   private scheduleSample(): void {
     if (this.sampleTimer) clearTimeout(this.sampleTimer)
+    this.sampleTimer = undefined
     if (this.stopped || this.sampleS <= 0) return
     const period = this.sampleS * 1000
     const now = this.host.now()
-    this.sampleTimer = setTimeout(
-      () => {
-        this.sample(Math.round(this.host.now() / period) * period)
-        this.scheduleSample()
-      },
-      period - (now % period),
-    )
+    this.nextSample = now - (now % period) + period
+    if (this.host.manualClock) return
+    this.sampleTimer = setTimeout(() => this.tick(), this.nextSample - now)
+  }
+
+  private sampleDue(): void {
+    if (this.stopped || this.sampleS <= 0) return
+    if (this.host.now() < this.nextSample) {
+      // A timer that fired a moment before the wall clock reached the instant: wait for the rest.
+      if (!this.host.manualClock) this.sampleTimer = setTimeout(() => this.tick(), this.nextSample - this.host.now())
+      return
+    }
+    const period = this.sampleS * 1000
+    this.sample(Math.floor(this.host.now() / period) * period)
+    this.scheduleSample()
   }
 
   private sample(at: number): void {

@@ -4,7 +4,10 @@
  *
  *   cursor          the last journal seq turned into transaction messages
  *   q!<n:12>        a queued StartTransaction / StopTransaction / MeterValues, with its message id
- *   t!<sessionId>   {transactionId, meterStart}: what the central system answered the session's StartTransaction
+ *   t!<sessionId>   {sessionId, transactionId, connectorId, meterStart}: what the central system answered the
+ *                   session's StartTransaction, with the connector and register it started on (an entry written
+ *                   before connectorId was kept has none: the charge point then takes the outlet of the session's
+ *                   last journaled reading, and says so in its log)
  *
  * Owns: the order of transaction messages (n, gapless, never reused), each message's id from
  * the moment it is queued (a resend after a crash or a reconnect carries the same id, so the
@@ -66,10 +69,14 @@ export class Outbox {
         o.note(q)
         o.next = Math.max(o.next, q.n + 1)
       } else if (key.startsWith('t!')) {
-        const v = JSON.parse(value) as { sessionId: string; transactionId: number; meterStart?: number }
+        const v = JSON.parse(value) as { sessionId: string; transactionId: number; connectorId?: number; meterStart?: number }
         o.tx.set(v.sessionId, v.transactionId)
         o.started.add(v.sessionId)
-        if (typeof v.meterStart === 'number') o.known.set(v.sessionId, { ...o.known.get(v.sessionId), meterStart: v.meterStart })
+        o.known.set(v.sessionId, {
+          ...o.known.get(v.sessionId),
+          ...(typeof v.connectorId === 'number' ? { connectorId: v.connectorId } : {}),
+          ...(typeof v.meterStart === 'number' ? { meterStart: v.meterStart } : {}),
+        })
       } else if (key === 'next') o.next = Math.max(o.next, Number(value))
     }
     o.queue.sort((a, b) => a.n - b.n)
@@ -158,7 +165,7 @@ export class Outbox {
     if (q.action === 'StartTransaction' && transactionId !== undefined)
       this.retired.push({
         key: `t!${escapeId(q.sessionId)}`,
-        value: JSON.stringify({ sessionId: q.sessionId, transactionId, meterStart: q.payload.meterStart }),
+        value: JSON.stringify({ sessionId: q.sessionId, transactionId, connectorId: q.connectorId, meterStart: q.payload.meterStart }),
       })
     if (q.action === 'StopTransaction') this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: null })
     const i = this.queue.findIndex((m) => m.n === q.n)
