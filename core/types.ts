@@ -201,6 +201,13 @@ export interface OcppConfig {
   caFile?: string
   heartbeatS: number
   meterValueSampleS: number
+  clockAlignedDataS: number
+  meterValuesSampledData: string
+  meterValuesAlignedData: string
+  stopTxnSampledData: string
+  stopTxnAlignedData: string
+  transactionMessageAttempts: number
+  transactionMessageRetryIntervalS: number
   reconnectMaxMs: number
   callTimeoutS: number
 }

@@ -118,7 +118,7 @@ export function outletViews(config: SiteConfig, state: EngineState, statuses: Ou
     return {
       id: o.id,
       state: s?.state ?? 'off',
-      ...(e?.session ? { sessionId: e.session.id } : {}),
+      ...(e?.session ? { sessionId: e.session.id, sessionStartedAt: e.session.startedAt } : {}),
       currentA: s?.currentA ?? 0,
       meterFault: e?.meterFault ?? null,
       relayFault: e?.relayFault ?? null,

@@ -25,15 +25,18 @@ import type { Logger } from '../log.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
 import { CallError, OcppRpc } from './rpc.js'
+import { KEYS, keyDef, type Measurand, measurandsOf } from './settings.js'
 import {
   CONNECTOR_STATUS,
   type ConnectorStatus,
   type Ended,
+  type MeterValue,
   meterSample,
   powerLossPayload,
   STOP_REASON,
   type Started,
   type StopReason,
+  sampledValues,
   startPayload,
   stopPayload,
   wholeWh,
@@ -48,6 +51,8 @@ export interface OutletView {
   meterFault: string | null
   relayFault: string | null
   last: Reading | null
+  /** When the open session started (ms): its Sample.Periodic values run from here. */
+  sessionStartedAt?: number
 }
 
 export interface ChargePointHost {
@@ -66,15 +71,24 @@ export interface ChargePointHost {
   manualClock?: boolean
 }
 
-/** A transaction message refused with a CALLERROR this many times is dropped (logged): the rest of the queue must not wait on it forever. */
-export const TRANSACTION_MESSAGE_ATTEMPTS = 3
-const RETRY_MS = 1000
 /** How long a stop waits for the answer to the transaction message already on the wire. */
 const IN_FLIGHT_MS = 2000
+/** How often the daemon's clock is looked at for meter values that are due (each is stamped with its due instant). */
+const TICK_MS = 250
+/** At most this many sampled entries in one StopTransaction's transactionData (a long session at a short interval). */
+const STOP_SAMPLES_MAX = 1000
 
-/** The configuration keys GetConfiguration reports; `write` when ChangeConfiguration may change them. */
-const CONFIG_KEYS = ['HeartbeatInterval', 'MeterValueSampleInterval', 'ClockAlignedDataInterval'] as const
-type WritableKey = (typeof CONFIG_KEYS)[number]
+/** A transaction message the central system refused every attempt: held (not dropped) until the next accepted boot. */
+export interface HeldMessage {
+  action: string
+  sessionId: string
+  connectorId: number
+  messageId: string
+  attempts: number
+  error: string
+  /** When it was held (ISO time). */
+  since: string
+}
 
 export class ChargePoint {
   readonly rpc: OcppRpc
@@ -86,16 +100,22 @@ export class ChargePoint {
   private accepted = false
   private stopped = false
   private heartbeatMs: number
-  private sampleS: number
+  /** Every configuration key's value in force (KEYS' order): the config file's, or the central system's change. */
+  private readonly values = new Map<string, string>()
   private heartbeatTimer: NodeJS.Timeout | undefined
   private bootTimer: NodeJS.Timeout | undefined
-  private sampleTimer: NodeJS.Timeout | undefined
+  private tickTimer: NodeJS.Timeout | undefined
+  /** Per open session: the last Sample.Periodic index sent (k-th interval from its start). */
+  private readonly periodicDone = new Map<string, number>()
+  /** The last clock-aligned slot sent (floor(now / interval)); undefined until the interval is known. */
+  private alignedDone: number | undefined
   private readonly lastSent = new Map<number, ConnectorStatus & { session: boolean }>()
   /** Outlet → idTag of a RemoteStartTransaction being applied: its session needs no Authorize. */
   private readonly remoteStarts = new Map<string, string>()
-  /** Stops the central system caused (Remote) or a refused idTag caused (DeAuthorized), by session. */
-  private readonly stopOverride = new Map<string, StopReason>()
+  /** Refusals so far of each queued message (by n) since the last accepted boot. */
   private readonly attempts = new Map<number, number>()
+  /** Messages refused every attempt, by n: skipped (with the later messages of their session) until the next accepted boot. */
+  private readonly held = new Map<number, HeldMessage>()
   /** One chain for everything that writes the outbox (ingest and samples), so their order is the journal's. */
   private work: Promise<unknown> = Promise.resolve()
   private ingestWanted = false
@@ -113,12 +133,12 @@ export class ChargePoint {
     this.ocpp = ocpp
     this.log = host.logger
     this.heartbeatMs = ocpp.heartbeatS * 1000
-    this.sampleS = ocpp.meterValueSampleS
     host.config.outlets.forEach((o, i) => {
       const c = o.connectorId ?? i + 1
       this.byOutlet.set(o.id, c)
       this.byConnector.set(c, o.id)
     })
+    for (const k of KEYS) this.values.set(k.key, k.initial(ocpp, this.byOutlet.size))
     this.rpc = new OcppRpc({
       url: ocpp.url,
       identity: ocpp.identity,
@@ -136,6 +156,7 @@ export class ChargePoint {
   /** Opens the outbox and follows the journal: call before the boot step, so every session the boot closes is seen. */
   async attach(): Promise<void> {
     this.outbox = await Outbox.open(this.host.journal)
+    await this.applySaved()
     this.unsubscribe = this.host.journal.onAppend(() => this.ingest())
     this.ingest()
   }
@@ -146,7 +167,10 @@ export class ChargePoint {
     // After the boot step: every session it closed is in the outbox by now, what is still open is a trace without a session.
     this.serial(() => this.closeOrphans())
     this.rpc.start()
-    this.scheduleSample()
+    if (!this.host.manualClock) {
+      this.tickTimer = setInterval(() => this.tick(), TICK_MS)
+      this.tickTimer.unref()
+    }
   }
 
   /** After the daemon's last step: a Soft stop waits (at most `drainMs`) for the outbox to drain while connected. */
@@ -169,7 +193,7 @@ export class ChargePoint {
     await this.outbox?.settled()
     this.unsubscribe?.()
     this.clearTimers()
-    if (this.sampleTimer) clearTimeout(this.sampleTimer)
+    if (this.tickTimer) clearInterval(this.tickTimer)
     await this.rpc.stop()
   }
 
@@ -185,8 +209,24 @@ export class ChargePoint {
     await this.outbox.settled()
   }
 
-  state(): { connected: boolean; accepted: boolean; queued: number } {
-    return { connected: this.rpc.connected, accepted: this.accepted, queued: this.outbox?.size ?? 0 }
+  /**
+   * The link as the local API and the metrics show it: `held` the transaction messages refused every attempt (kept,
+   * sent again after the next accepted boot), `configuration` every key's value in force and where it comes from.
+   */
+  state(): {
+    connected: boolean
+    accepted: boolean
+    queued: number
+    held: HeldMessage[]
+    configuration: { key: string; value: string; readonly: boolean; source: 'config' | 'central-system' }[]
+  } {
+    return {
+      connected: this.rpc.connected,
+      accepted: this.accepted,
+      queued: this.outbox?.size ?? 0,
+      held: [...this.held.values()],
+      configuration: this.configuration().map((k) => ({ ...k, source: this.outbox?.settings.has(k.key) ? 'central-system' : 'config' })),
+    }
   }
 
   /** An outlet's status changed (daemon `status` event). */
@@ -237,6 +277,10 @@ export class ChargePoint {
     if (res.status === 'Accepted') {
       if (interval) this.heartbeatMs = interval
       this.accepted = true
+      // Every accepted boot (a reconnect) gives the held messages their attempts again.
+      if (this.held.size > 0) this.log.warn({ held: this.held.size }, 'ocpp: sending the held transaction messages again')
+      this.held.clear()
+      this.attempts.clear()
       this.log.info({ heartbeatS: this.heartbeatMs / 1000, queued: this.outbox.size }, 'ocpp: boot accepted')
       this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
       this.sendStatuses(true)
@@ -310,6 +354,7 @@ export class ChargePoint {
       if (records.length === 0) break
       const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
       const starting = new Set<string>()
+      const settled: string[] = []
       for (const r of records) {
         if (r.type === 'session.started') {
           const connectorId = this.byOutlet.get(r.outlet)
@@ -325,18 +370,20 @@ export class ChargePoint {
             authorize: !remote,
           })
         } else if (r.type === 'session.ended') {
+          this.periodicDone.delete(r.sessionId)
+          settled.push(r.sessionId)
           if (!starting.has(r.sessionId) && !this.outbox.hasStart(r.sessionId)) continue
-          const reason = this.stopOverride.get(r.sessionId) ?? STOP_REASON[r.reason]
-          this.stopOverride.delete(r.sessionId)
+          // The central system's own stop (kept on disk before it acted) wins over the table's reason.
+          const reason = (this.outbox.overrides.get(r.sessionId) as StopReason | undefined) ?? STOP_REASON[r.reason]
           msgs.push({
             action: 'StopTransaction',
             sessionId: r.sessionId,
             connectorId: this.byOutlet.get(r.outlet) ?? 0,
-            payload: stopPayload(r as Ended, reason),
+            payload: stopPayload(r as Ended, reason, await this.stopSamples(r as Ended)),
           })
         }
       }
-      await this.outbox.enqueue(msgs, records[records.length - 1]!.seq)
+      await this.outbox.enqueue(msgs, records[records.length - 1]!.seq, settled)
     }
   }
 
@@ -378,6 +425,9 @@ export class ChargePoint {
       msgs.push({ action: 'StopTransaction', sessionId: t.sessionId, connectorId: connectorId ?? 0, payload: powerLossPayload(at, meterWh) })
     }
     if (msgs.length > 0) await this.outbox.enqueue(msgs)
+    // A stop reason kept for a session that ended before its records were turned into a StopTransaction is used by
+    // now (catchUp above); one whose session is in no state any more has nothing left to apply to.
+    for (const s of [...this.outbox.overrides.keys()]) if (!open.has(s)) await this.outbox.saveOverride(s, null)
     this.pump()
   }
 
@@ -398,16 +448,23 @@ export class ChargePoint {
       })
   }
 
+  /** The first queued message not held, nor behind a held message of its own session (its transaction's order holds). */
+  private nextToSend(): Queued | undefined {
+    if (this.held.size === 0) return this.outbox.first()
+    const blocked = new Set([...this.held.values()].map((h) => h.sessionId))
+    return this.outbox.messages().find((m) => !blocked.has(m.sessionId))
+  }
+
   private async pumpNow(): Promise<void> {
     for (;;) {
       if (!this.accepted || !this.rpc.connected || this.stopped) return
-      const q = this.outbox.first()
+      const q = this.nextToSend()
       if (!q) return
       const payload = { ...q.payload }
       if (q.action !== 'StartTransaction') {
         const tid = this.outbox.transactionId(q.sessionId)
         if (tid === undefined) {
-          // Its StartTransaction was dropped (refused again and again): there is no transaction to speak of.
+          // No StartTransaction answer was ever kept for it (a salvage lost it): there is no transaction to speak of.
           this.log.error({ action: q.action, sessionId: q.sessionId }, 'ocpp: a transaction message without a transaction was dropped')
           await this.outbox.answered(q)
           continue
@@ -433,7 +490,7 @@ export class ChargePoint {
           await written
           const status = (res.idTagInfo as { status?: string } | undefined)?.status
           this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
-          if (status !== 'Accepted') this.deauthorize(q, status)
+          if (status !== 'Accepted') await this.deauthorize(q, status)
         } else if (q.action === 'StopTransaction') {
           await this.outbox.answered(q)
           this.log.info({ sessionId: q.sessionId, transactionId: payload.transactionId }, 'ocpp: transaction stopped')
@@ -452,10 +509,23 @@ export class ChargePoint {
           { action: q.action, sessionId: q.sessionId, attempt: n, err: (err as Error).message },
           'ocpp: the central system refused a transaction message',
         )
-        if (n >= TRANSACTION_MESSAGE_ATTEMPTS) {
-          await this.outbox.answered(q)
+        if (n >= this.int('TransactionMessageAttempts')) {
+          // Never dropped: held (with its session's later messages) until the next accepted boot, shown in the status and metrics.
           this.attempts.delete(q.n)
-        } else await new Promise((r) => setTimeout(r, RETRY_MS))
+          this.held.set(q.n, {
+            action: q.action,
+            sessionId: q.sessionId,
+            connectorId: q.connectorId,
+            messageId: q.msgId,
+            attempts: n,
+            error: (err as Error).message.slice(0, 200),
+            since: new Date(this.host.now()).toISOString(),
+          })
+          this.log.error(
+            { action: q.action, sessionId: q.sessionId, attempts: n },
+            'ocpp: a transaction message was refused at every attempt; held until the next reconnect',
+          )
+        } else await new Promise((r) => setTimeout(r, this.int('TransactionMessageRetryInterval') * 1000 * n))
       }
     }
   }
@@ -468,47 +538,151 @@ export class ChargePoint {
     const idTag = q.payload.idTag as string
     const res = await this.rpc.call('Authorize', { idTag })
     const status = (res.idTagInfo as { status?: string } | undefined)?.status
-    if (status !== 'Accepted') this.deauthorize(q, status)
+    if (status !== 'Accepted') await this.deauthorize(q, status)
   }
 
-  /** The central system refused the idTag of an open session: it ends (DeAuthorized). */
-  private deauthorize(q: Queued, status: string | undefined): void {
+  /** The central system refused the idTag of an open session: it ends (DeAuthorized, kept on disk before the stop). */
+  private async deauthorize(q: Queued, status: string | undefined): Promise<void> {
     const outlet = this.byConnector.get(q.connectorId)
-    if (!outlet || !this.isOpen(q.sessionId) || this.stopOverride.has(q.sessionId)) return
+    if (!outlet || !this.isOpen(q.sessionId) || this.outbox.overrides.has(q.sessionId)) return
     this.log.warn({ sessionId: q.sessionId, outlet, status }, 'ocpp: the central system refused the idTag; stopping the session')
-    this.stopOverride.set(q.sessionId, 'DeAuthorized')
+    await this.outbox.saveOverride(q.sessionId, 'DeAuthorized')
     void this.host.command({ id: `ocpp-deauth-${q.sessionId}`, action: 'stop', outlet, by: 'manager' })
   }
 
   // ---------------------------------------------------------------- meter values
 
-  /** The next clock-aligned sample instant. */
-  private nextSample = 0
-
-  private scheduleSample(): void {
-    if (this.sampleTimer) clearTimeout(this.sampleTimer)
-    this.sampleTimer = undefined
-    if (this.stopped || this.sampleS <= 0) return
-    const period = this.sampleS * 1000
-    const now = this.host.now()
-    this.nextSample = now - (now % period) + period
-    if (this.host.manualClock) return
-    this.sampleTimer = setTimeout(() => this.tick(), this.nextSample - now)
+  private int(key: string): number {
+    return Number(this.values.get(key))
   }
 
+  private measurands(key: string): Measurand[] {
+    return [...new Set(measurandsOf(this.values.get(key) ?? ''))]
+  }
+
+  /**
+   * The meter values due at the clock's time now: each open transaction's Sample.Periodic value at every
+   * MeterValueSampleInterval from its start, and every connector's (0 included) Sample.Clock value at every
+   * multiple of ClockAlignedDataInterval since midnight UTC. Each is stamped with its due instant and carries the
+   * outlet's last stepped reading; a clock that jumped over several instants sends the latest one.
+   */
   private sampleDue(): void {
-    if (this.stopped || this.sampleS <= 0) return
-    if (this.host.now() < this.nextSample) {
-      // A timer that fired a moment before the wall clock reached the instant: wait for the rest.
-      if (!this.host.manualClock) this.sampleTimer = setTimeout(() => this.tick(), this.nextSample - this.host.now())
-      return
+    if (this.stopped || !this.outbox) return
+    const now = this.host.now()
+    const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
+    const periodS = this.int('MeterValueSampleInterval')
+    const periodic = this.measurands('MeterValuesSampledData')
+    const open = new Set<string>()
+    for (const o of this.host.outlets()) {
+      const connectorId = this.byOutlet.get(o.id)
+      if (connectorId === undefined || !o.sessionId || o.sessionStartedAt === undefined) continue
+      open.add(o.sessionId)
+      if (periodS <= 0 || periodic.length === 0 || !o.last || !this.outbox.hasStart(o.sessionId)) continue
+      const k = Math.floor((now - o.sessionStartedAt) / (periodS * 1000))
+      if (k < 1 || k <= (this.periodicDone.get(o.sessionId) ?? 0)) continue
+      this.periodicDone.set(o.sessionId, k)
+      const at = new Date(o.sessionStartedAt + k * periodS * 1000).toISOString()
+      msgs.push({
+        action: 'MeterValues',
+        sessionId: o.sessionId,
+        connectorId,
+        payload: meterSample(connectorId, at, o.last, periodic, 'Sample.Periodic'),
+      })
     }
-    const period = this.sampleS * 1000
-    this.sample(Math.floor(this.host.now() / period) * period)
-    this.scheduleSample()
+    for (const s of this.periodicDone.keys()) if (!open.has(s)) this.periodicDone.delete(s)
+    const alignedS = this.int('ClockAlignedDataInterval')
+    if (alignedS > 0) {
+      const slot = Math.floor(now / (alignedS * 1000))
+      // The first instant after the interval is set (or the charge point starts) is the next one on the clock.
+      if (this.alignedDone === undefined) this.alignedDone = slot
+      else if (slot > this.alignedDone) {
+        this.alignedDone = slot
+        msgs.push(...this.aligned(new Date(slot * alignedS * 1000).toISOString()))
+      }
+    } else this.alignedDone = undefined
+    if (msgs.length > 0)
+      this.serial(async () => {
+        await this.outbox.enqueue(msgs)
+        this.pump()
+      })
   }
 
-  private sample(at: number): void {
+  /**
+   * The clock-aligned values of every connector at `at`: an open transaction's go through the outbox (they belong
+   * to it); connector 0 (the sum of the outlets: energy, power and current added up, voltage their mean) and the
+   * connectors without a transaction are sent at once when the central system is there, not queued.
+   */
+  private aligned(at: string): Omit<Queued, 'n' | 'msgId'>[] {
+    const measurands = this.measurands('MeterValuesAlignedData')
+    if (measurands.length === 0) return []
+    const queued: Omit<Queued, 'n' | 'msgId'>[] = []
+    const read = this.host.outlets().filter((o) => o.last && this.byOutlet.has(o.id))
+    for (const o of read) {
+      const connectorId = this.byOutlet.get(o.id)!
+      const payload = meterSample(connectorId, at, o.last!, measurands, 'Sample.Clock')
+      if (o.sessionId && this.outbox.hasStart(o.sessionId)) queued.push({ action: 'MeterValues', sessionId: o.sessionId, connectorId, payload })
+      else this.sendNow('MeterValues', payload)
+    }
+    if (read.length > 0) {
+      const sum = (f: (r: Reading) => number) => read.reduce((a, o) => a + f(o.last!), 0)
+      const site = {
+        energyWh: sum((r) => r.energyWh),
+        powerW: sum((r) => r.powerW),
+        currentA: sum((r) => r.currentA),
+        voltageV: sum((r) => r.voltageV) / read.length,
+      }
+      this.sendNow('MeterValues', meterSample(0, at, site, measurands, 'Sample.Clock'))
+    }
+    return queued
+  }
+
+  /** A message that is not a transaction's: sent now if the boot is accepted, else not at all. */
+  private sendNow(action: string, payload: Record<string, unknown>): void {
+    if (!this.accepted || this.stopped) return
+    void this.rpc.call(action, payload).catch((err: Error) => this.log.debug({ action, err: err.message }, 'ocpp: a message failed'))
+  }
+
+  /**
+   * transactionData's samples of an ended session, from its journaled readings: StopTxnSampledData at every
+   * MeterValueSampleInterval from its start (Sample.Periodic) and StopTxnAlignedData at every ClockAlignedDataInterval
+   * on the clock (Sample.Clock), each the last reading at or before its instant, in time order, at most STOP_SAMPLES_MAX.
+   */
+  private async stopSamples(r: Ended): Promise<MeterValue[]> {
+    const sampled = this.measurands('StopTxnSampledData')
+    const aligned = this.measurands('StopTxnAlignedData')
+    const periodS = this.int('MeterValueSampleInterval')
+    const alignedS = this.int('ClockAlignedDataInterval')
+    if ((sampled.length === 0 || periodS <= 0) && (aligned.length === 0 || alignedS <= 0)) return []
+    const readings = (await this.host.journal.readings(r.sessionId).catch(() => [])).map((e) => e.reading).sort((a, b) => a.ts - b.ts)
+    if (readings.length === 0) return []
+    const from = Date.parse(r.startedAt)
+    const to = Date.parse(r.endedAt)
+    const instants: { at: number; measurands: Measurand[]; context: string }[] = []
+    if (sampled.length > 0 && periodS > 0)
+      for (let at = from + periodS * 1000; at < to && instants.length < STOP_SAMPLES_MAX; at += periodS * 1000)
+        instants.push({ at, measurands: sampled, context: 'Sample.Periodic' })
+    if (aligned.length > 0 && alignedS > 0)
+      for (
+        let at = (Math.floor(from / (alignedS * 1000)) + 1) * alignedS * 1000;
+        at < to && instants.length < 2 * STOP_SAMPLES_MAX;
+        at += alignedS * 1000
+      )
+        instants.push({ at, measurands: aligned, context: 'Sample.Clock' })
+    instants.sort((a, b) => a.at - b.at)
+    const out: MeterValue[] = []
+    let i = 0
+    for (const x of instants.slice(0, STOP_SAMPLES_MAX)) {
+      while (i + 1 < readings.length && readings[i + 1]!.ts <= x.at) i++
+      if (readings[i]!.ts > x.at) continue
+      out.push({ timestamp: new Date(x.at).toISOString(), sampledValue: sampledValues(readings[i]!, x.measurands, x.context) })
+    }
+    return out
+  }
+
+  /** TriggerMessage MeterValues: every open transaction's values now (context Trigger), queued like the others. */
+  private sampleNow(): void {
+    const measurands = this.measurands('MeterValuesSampledData')
+    const at = new Date(this.host.now()).toISOString()
     this.serial(async () => {
       const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
       for (const o of this.host.outlets()) {
@@ -518,7 +692,7 @@ export class ChargePoint {
           action: 'MeterValues',
           sessionId: o.sessionId,
           connectorId,
-          payload: meterSample(connectorId, new Date(at).toISOString(), o.last),
+          payload: meterSample(connectorId, at, o.last, measurands, 'Trigger'),
         })
       }
       if (msgs.length > 0) await this.outbox.enqueue(msgs)
@@ -551,9 +725,10 @@ export class ChargePoint {
         }
         const o = sessionId ? this.host.outlets().find((x) => x.sessionId === sessionId) : undefined
         if (!o || !sessionId) return { status: 'Rejected' }
-        this.stopOverride.set(sessionId, 'Remote')
+        // On disk before the stop: a crash between the stop and its StopTransaction still says Remote.
+        await this.outbox.saveOverride(sessionId, 'Remote')
         const r = await this.host.command({ id, action: 'stop', outlet: o.id, by: 'manager' })
-        if (!r.ok) this.stopOverride.delete(sessionId)
+        if (!r.ok) await this.outbox.saveOverride(sessionId, null)
         return { status: r.ok ? 'Accepted' : 'Rejected' }
       }
       case 'ChangeAvailability': {
@@ -564,7 +739,7 @@ export class ChargePoint {
         let ok = true
         for (const outlet of outlets) {
           const open = this.host.outlets().find((o) => o.id === outlet)?.sessionId
-          if (open && !available) this.stopOverride.set(open, 'Remote')
+          if (open && !available) await this.outbox.saveOverride(open, 'Remote')
           const r = await this.host.command({
             id: outlets.length > 1 ? `${id}-${outlet}`.slice(0, 128) : id,
             action: 'set-availability',
@@ -573,7 +748,7 @@ export class ChargePoint {
           })
           if (!r.ok) {
             ok = false
-            if (open) this.stopOverride.delete(open)
+            if (open && !available) await this.outbox.saveOverride(open, null)
           }
         }
         return { status: ok ? 'Accepted' : 'Rejected' }
@@ -596,7 +771,7 @@ export class ChargePoint {
         }
       }
       case 'ChangeConfiguration':
-        return { status: this.changeConfiguration(p.key as string, p.value as string) }
+        return { status: await this.changeConfiguration(p.key as string, p.value as string) }
       case 'UnlockConnector':
         // A shelf outlet has no lockable connector.
         return { status: 'NotSupported' }
@@ -623,7 +798,7 @@ export class ChargePoint {
         setImmediate(() => this.sendStatuses(true, connectorId))
         return { status: 'Accepted' }
       case 'MeterValues':
-        setImmediate(() => this.sample(this.host.now()))
+        setImmediate(() => this.sampleNow())
         return { status: 'Accepted' }
       default:
         return { status: 'NotImplemented' }
@@ -631,49 +806,58 @@ export class ChargePoint {
   }
 
   private configuration(): { key: string; readonly: boolean; value: string }[] {
-    const measurands = 'Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage'
-    const sample = String(this.sampleS)
-    return [
-      { key: 'HeartbeatInterval', readonly: false, value: String(this.heartbeatMs / 1000) },
-      { key: 'MeterValueSampleInterval', readonly: false, value: sample },
-      { key: 'ClockAlignedDataInterval', readonly: false, value: sample },
-      { key: 'MeterValuesSampledData', readonly: true, value: measurands },
-      { key: 'MeterValuesAlignedData', readonly: true, value: measurands },
-      { key: 'StopTxnSampledData', readonly: true, value: '' },
-      { key: 'StopTxnAlignedData', readonly: true, value: 'Energy.Active.Import.Interval,Energy.Active.Import.Register' },
-      { key: 'NumberOfConnectors', readonly: true, value: String(this.byOutlet.size) },
-      { key: 'AuthorizeRemoteTxRequests', readonly: true, value: 'false' },
-      { key: 'LocalAuthorizeOffline', readonly: true, value: 'true' },
-      { key: 'LocalPreAuthorize', readonly: true, value: 'false' },
-      { key: 'StopTransactionOnEVSideDisconnect', readonly: true, value: 'true' },
-      { key: 'StopTransactionOnInvalidId', readonly: true, value: 'true' },
-      { key: 'TransactionMessageAttempts', readonly: true, value: String(TRANSACTION_MESSAGE_ATTEMPTS) },
-      { key: 'TransactionMessageRetryInterval', readonly: true, value: String(RETRY_MS / 1000) },
-      { key: 'ConnectorPhaseRotation', readonly: true, value: 'NotApplicable' },
-      { key: 'SupportedFeatureProfiles', readonly: true, value: 'Core,RemoteTrigger' },
-    ]
+    return KEYS.map((k) => ({
+      key: k.key,
+      readonly: !k.writable,
+      value: k.key === 'HeartbeatInterval' ? String(this.heartbeatMs / 1000) : (this.values.get(k.key) ?? ''),
+    }))
   }
 
-  private changeConfiguration(key: string, value: string): 'Accepted' | 'Rejected' | 'NotSupported' {
-    const known = this.configuration().find((k) => k.key === key)
-    if (!known) return 'NotSupported'
-    if (known.readonly || !(CONFIG_KEYS as readonly string[]).includes(key)) return 'Rejected'
-    if (!/^\d{1,6}$/.test(value)) return 'Rejected'
-    const n = Number(value)
-    switch (key as WritableKey) {
-      case 'HeartbeatInterval':
-        if (n < 10) return 'Rejected'
-        this.heartbeatMs = n * 1000
-        if (this.heartbeatTimer) {
-          clearInterval(this.heartbeatTimer)
-          this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
-        }
-        return 'Accepted'
-      case 'MeterValueSampleInterval':
-      case 'ClockAlignedDataInterval':
-        this.sampleS = n
-        this.scheduleSample()
-        return 'Accepted'
+  /**
+   * The central system's changes kept in the journal's side data, applied over the config file's values: a change
+   * stands until the file's value for that key is edited (the installer's newer word), then the file's value is used
+   * and the change forgotten.
+   */
+  private async applySaved(): Promise<void> {
+    for (const [key, saved] of [...this.outbox.settings]) {
+      const def = keyDef(key)
+      const file = def?.initial(this.ocpp, this.byOutlet.size)
+      if (!def?.writable || def.refuse?.(saved.value) !== undefined || file !== saved.file) {
+        this.log.info(
+          { key, value: saved.value, file },
+          "ocpp: a configuration change of the central system no longer applies (the config file's value was edited)",
+        )
+        await this.outbox.saveSetting(key, null)
+        continue
+      }
+      this.values.set(key, saved.value)
+      if (key === 'HeartbeatInterval') this.heartbeatMs = Number(saved.value) * 1000
     }
+  }
+
+  /** ChangeConfiguration: a writable key with a value it can honour is applied and kept on disk before it is answered Accepted. */
+  private async changeConfiguration(key: string, value: string): Promise<'Accepted' | 'Rejected' | 'NotSupported'> {
+    const def = keyDef(key)
+    if (!def) return 'NotSupported'
+    if (!def.writable) return 'Rejected'
+    const why = def.refuse?.(value)
+    if (why !== undefined) {
+      this.log.info({ key, value: value.slice(0, 100), why }, 'ocpp: ChangeConfiguration rejected')
+      return 'Rejected'
+    }
+    const file = def.initial(this.ocpp, this.byOutlet.size)
+    await this.outbox.saveSetting(key, value === file ? null : { value, file })
+    this.values.set(key, value)
+    if (key === 'HeartbeatInterval') {
+      this.heartbeatMs = Number(value) * 1000
+      if (this.heartbeatTimer) {
+        clearInterval(this.heartbeatTimer)
+        this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
+      }
+    }
+    // A new interval starts from the clock's next instant, not from one that passed.
+    if (key === 'ClockAlignedDataInterval') this.alignedDone = undefined
+    this.log.info({ key, value }, 'ocpp: configuration changed by the central system')
+    return 'Accepted'
   }
 }

@@ -38,7 +38,7 @@ export interface RigOptions {
 }
 
 export interface LogLine {
-  level: number
+  level: string
   msg: string
   [k: string]: unknown
 }
@@ -67,7 +67,15 @@ export class OcppRig {
     const base = JSON.parse(JSON.stringify(siteConfig())) as Record<string, unknown>
     const v = validateConfig({
       ...base,
-      ocpp: { url: csms.url, identity: 'outpost-rig', reconnectMaxMs: 1000, callTimeoutS: 10, meterValueSampleS: 0, ...opts.ocpp },
+      ocpp: {
+        url: csms.url,
+        identity: 'outpost-rig',
+        reconnectMaxMs: 1000,
+        callTimeoutS: 10,
+        meterValueSampleS: 0,
+        clockAlignedDataS: 0,
+        ...opts.ocpp,
+      },
     })
     if (!v.ok) throw new Error(JSON.stringify(v.problems))
     const rig = new OcppRig(dir, v.config, opts.at ?? Date.parse('2026-06-10T12:00:00.000Z'))
