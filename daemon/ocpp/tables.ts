@@ -134,17 +134,17 @@ export function sampledValues(
   context: string,
 ): Record<string, unknown>[] {
   return measurands.map((measurand) => {
-    switch (measurand) {
-      case 'Energy.Active.Import.Register':
-        return { value: String(wholeWh(r.energyWh)), context, measurand, unit: 'Wh' }
-      case 'Power.Active.Import':
-        return { value: r.powerW.toFixed(1), context, measurand, unit: 'W' }
-      case 'Current.Import':
-        return { value: r.currentA.toFixed(3), context, measurand, unit: 'A' }
-      case 'Voltage':
-        return { value: r.voltageV.toFixed(1), context, measurand, unit: 'V' }
-    }
+    const [value, unit] = SAMPLED[measurand](r)
+    return { value, context, measurand, unit }
   })
+}
+
+/** Each measurand's value (as OCPP's string) and unit, from a reading. */
+const SAMPLED: { readonly [M in Measurand]: (r: Pick<Reading, 'energyWh' | 'powerW' | 'currentA' | 'voltageV'>) => [string, string] } = {
+  'Energy.Active.Import.Register': (r) => [String(wholeWh(r.energyWh)), 'Wh'],
+  'Power.Active.Import': (r) => [r.powerW.toFixed(1), 'W'],
+  'Current.Import': (r) => [r.currentA.toFixed(3), 'A'],
+  Voltage: (r) => [r.voltageV.toFixed(1), 'V'],
 }
 
 /** The register at an instant, as transactionData's Transaction.Begin / Transaction.End. */
