@@ -156,6 +156,7 @@ export class OcppRig {
     const o = this.view(outlet)
     o.state = 'charging' satisfies OutletState
     o.sessionId = sessionId
+    o.sessionStartedAt = this.now
     this.reading(outlet, meterWh)
     await this.journal.commit({
       records: [{ type: 'session.started', ts, sessionId, outlet, userId, planId: 'standard', trigger: 'activation', meterWh }],
@@ -207,6 +208,7 @@ export class OcppRig {
     })
     o.state = 'off'
     delete o.sessionId
+    delete o.sessionStartedAt
   }
 
   /** Waits until the charge point's boot is accepted. */
