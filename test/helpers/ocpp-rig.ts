@@ -35,6 +35,8 @@ export interface RigOptions {
   ocpp?: Record<string, unknown>
   /** Start of the clock (ms since the epoch). */
   at?: number
+  /** Called after each command the charge point sent has been applied (a crash test kills the process here). */
+  onCommand?: (cmd: Record<string, unknown>) => void
 }
 
 export interface LogLine {
@@ -79,6 +81,7 @@ export class OcppRig {
     })
     if (!v.ok) throw new Error(JSON.stringify(v.problems))
     const rig = new OcppRig(dir, v.config, opts.at ?? Date.parse('2026-06-10T12:00:00.000Z'))
+    rig.onCommand = opts.onCommand
     rig.journal = await Journal.open(join(dir, 'journal'), {
       bootId: `rig-${Date.now()}`,
       clockSynced: () => true,
@@ -117,6 +120,7 @@ export class OcppRig {
   }
 
   close: () => Promise<void> = async () => undefined
+  private onCommand: ((cmd: Record<string, unknown>) => void) | undefined
 
   /** What the rig answers the charge point's commands: a stop ends the outlet's session at the current reading. */
   private async command(cmd: Record<string, unknown>): Promise<CommandResult> {
@@ -126,6 +130,7 @@ export class OcppRig {
       if (!o?.sessionId) return { ok: false, error: { code: 'no-session', message: 'no session' } } as unknown as CommandResult
       await this.end(o.id, 'manager-stopped')
     }
+    this.onCommand?.(cmd)
     return { ok: true } as unknown as CommandResult
   }
 
