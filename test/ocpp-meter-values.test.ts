@@ -114,18 +114,18 @@ t.test('two intervals, the measurands asked for, transactionData', async (t) => 
     ],
     'Sample.Clock at 12:15:00 for every connector, 0 included; only the transaction carries its id',
   )
-  const valueOf = (connectorId: number) => (clock.find((c) => c.params.connectorId === connectorId)!.params.meterValue as MV[])[0]!.sampledValue
+  const valuesOf = (connectorId: number) => (clock.find((c) => c.params.connectorId === connectorId)!.params.meterValue as MV[])[0]!.sampledValue
   // Live values are the reading in hand when the instant is noticed: here the clock moves in 10 s steps and
   // 12:15:00 is noticed at 12:15:00.5, with that step's reading (the daemon looks every 250 ms).
   const a1AtClock = 1000.2 + 47 * 1.234
   t.same(
-    valueOf(1).map((v) => [v.measurand, v.value]),
+    valuesOf(1).map((v) => [v.measurand, v.value]),
     [['Energy.Active.Import.Register', String(Math.round(a1AtClock))]],
     'the aligned measurands asked for',
   )
-  t.equal(valueOf(2)[0]!.value, '5000', 'a connector without a transaction has its register')
-  t.ok(Number.isInteger(Number(valueOf(0)[0]!.value)), 'connector 0 in whole Wh')
-  t.equal(valueOf(0)[0]!.value, String(Math.round(5000.4 + a1AtClock)), 'connector 0: the outlets added up')
+  t.equal(valuesOf(2)[0]!.value, '5000', 'a connector without a transaction has its register')
+  t.ok(Number.isInteger(Number(valuesOf(0)[0]!.value)), 'connector 0 in whole Wh')
+  t.equal(valuesOf(0)[0]!.value, String(Math.round(5000.4 + a1AtClock)), 'connector 0: the outlets added up')
   for (const c of mvs)
     for (const v of (c.params.meterValue as MV[])[0]!.sampledValue)
       if (v.measurand.startsWith('Energy')) t.ok(/^\d+$/.test(v.value), `register ${v.value} is whole Wh`)
