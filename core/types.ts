@@ -208,6 +208,11 @@ export interface OcppConfig {
   stopTxnAlignedData: string
   transactionMessageAttempts: number
   transactionMessageRetryIntervalS: number
+  localAuthorizeOffline: boolean
+  localPreAuthorize: boolean
+  allowOfflineTxForUnknownId: boolean
+  authorizationCacheEnabled: boolean
+  localAuthListEnabled: boolean
   reconnectMaxMs: number
   callTimeoutS: number
 }

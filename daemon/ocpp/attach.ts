@@ -102,6 +102,11 @@ export class OcppLink {
     return this.cp.state()
   }
 
+  /** Whether a start at the gateway for `userId` may go ahead as far as OCPP is concerned (offline authorization). */
+  admitStart(userId: string): { ok: true } | { ok: false; message: string } {
+    return this.cp.admitStart(userId)
+  }
+
   /** After the daemon's last step: the shutdown's StopTransactions get a few seconds, unless reset Hard or halted (then they go after the restart). */
   stop(opts: { halted: boolean }): Promise<void> {
     return this.cp.stop(this.hardReset || opts.halted ? 0 : DRAIN_MS).catch(() => undefined)

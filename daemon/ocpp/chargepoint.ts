@@ -22,6 +22,7 @@ import type { CommandResult, OcppConfig, OutletState, Reading, SiteConfig } from
 import { isOutpostError } from '../errors.js'
 import type { Journal } from '../journal/index.js'
 import type { Logger } from '../log.js'
+import { type IdTagInfo, LocalAuth } from './auth.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
 import { CallError, OcppRpc } from './rpc.js'
@@ -39,6 +40,7 @@ import {
   sampledValues,
   startPayload,
   stopPayload,
+  ID_TAG_MAX,
   wholeWh,
 } from './tables.js'
 
@@ -93,6 +95,7 @@ export interface HeldMessage {
 export class ChargePoint {
   readonly rpc: OcppRpc
   private outbox!: Outbox
+  private auth!: LocalAuth
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -156,6 +159,7 @@ export class ChargePoint {
   /** Opens the outbox and follows the journal: call before the boot step, so every session the boot closes is seen. */
   async attach(): Promise<void> {
     this.outbox = await Outbox.open(this.host.journal)
+    this.auth = await LocalAuth.open(this.host.journal)
     await this.applySaved()
     this.unsubscribe = this.host.journal.onAppend(() => this.ingest())
     this.ingest()
@@ -197,6 +201,45 @@ export class ChargePoint {
     await this.rpc.stop()
   }
 
+  /**
+   * Whether a start at the gateway (local API, MQTT, Node-RED) for `idTag` may go ahead, from the configuration keys:
+   * with the central system there, yes (its Authorize follows the start). While it is away: an idTag the local
+   * list (LocalAuthListEnabled), else the cache (AuthorizationCacheEnabled), holds as Accepted goes ahead when
+   * LocalAuthorizeOffline, one they hold otherwise is refused; an idTag they do not know (or any, without
+   * LocalAuthorizeOffline) goes ahead only with AllowOfflineTxForUnknownId. The table is in docs/ocpp.md.
+   */
+  admitStart(userId: string): { ok: true } | { ok: false; message: string } {
+    if (this.accepted && this.rpc.connected) return { ok: true }
+    const idTag = userId.slice(0, ID_TAG_MAX)
+    const known = this.values.get('LocalAuthorizeOffline') === 'true' ? this.known(idTag) : undefined
+    if (known?.status === 'Accepted') return { ok: true }
+    if (known)
+      return {
+        ok: false,
+        message: `the central system is unreachable and its ${known.source === 'list' ? 'local list' : 'authorization cache'} holds idTag ${idTag} as ${known.status}`,
+      }
+    if (this.values.get('AllowOfflineTxForUnknownId') === 'true') return { ok: true }
+    return {
+      ok: false,
+      message: `the central system is unreachable and idTag ${idTag} is not on its local list nor in the authorization cache (AllowOfflineTxForUnknownId is false)`,
+    }
+  }
+
+  private known(idTag: string) {
+    return this.auth.lookup(idTag, this.host.now(), {
+      list: this.values.get('LocalAuthListEnabled') === 'true',
+      cache: this.values.get('AuthorizationCacheEnabled') === 'true',
+    })
+  }
+
+  /** Keeps the central system's answer for an idTag in the cache (AuthorizationCacheEnabled). */
+  private async remember(idTag: string, info: unknown): Promise<void> {
+    if (this.values.get('AuthorizationCacheEnabled') !== 'true' || !info || typeof (info as IdTagInfo).status !== 'string') return
+    await this.auth
+      .remember(idTag, info as IdTagInfo)
+      .catch((err: Error) => this.log.error({ err: err.message }, 'ocpp: the authorization cache could not be written'))
+  }
+
   /** Acts on the clock as it reads now (the meter values that are due); with `manualClock`, its owner calls this after moving the clock. */
   tick(): void {
     this.sampleDue()
@@ -218,6 +261,8 @@ export class ChargePoint {
     accepted: boolean
     queued: number
     held: HeldMessage[]
+    localList: { version: number; size: number }
+    cachedIdTags: number
     configuration: { key: string; value: string; readonly: boolean; source: 'config' | 'central-system' }[]
   } {
     return {
@@ -225,6 +270,8 @@ export class ChargePoint {
       accepted: this.accepted,
       queued: this.outbox?.size ?? 0,
       held: [...this.held.values()],
+      localList: { version: this.auth?.listVersion ?? 0, size: this.auth?.listSize ?? 0 },
+      cachedIdTags: this.auth?.cacheSize ?? 0,
       configuration: this.configuration().map((k) => ({ ...k, source: this.outbox?.settings.has(k.key) ? 'central-system' : 'config' })),
     }
   }
@@ -489,6 +536,7 @@ export class ChargePoint {
           settled()
           await written
           const status = (res.idTagInfo as { status?: string } | undefined)?.status
+          await this.remember(q.payload.idTag as string, res.idTagInfo)
           this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
           if (status !== 'Accepted') await this.deauthorize(q, status)
         } else if (q.action === 'StopTransaction') {
@@ -536,7 +584,10 @@ export class ChargePoint {
 
   private async authorize(q: Queued): Promise<void> {
     const idTag = q.payload.idTag as string
+    // LocalPreAuthorize: an idTag the local list or the cache holds as Accepted needs no round trip.
+    if (this.values.get('LocalPreAuthorize') === 'true' && this.known(idTag)?.status === 'Accepted') return
     const res = await this.rpc.call('Authorize', { idTag })
+    await this.remember(idTag, res.idTagInfo)
     const status = (res.idTagInfo as { status?: string } | undefined)?.status
     if (status !== 'Accepted') await this.deauthorize(q, status)
   }
@@ -772,6 +823,13 @@ export class ChargePoint {
       }
       case 'ChangeConfiguration':
         return { status: await this.changeConfiguration(p.key as string, p.value as string) }
+      case 'SendLocalList':
+        return { status: await this.auth.update(p as Parameters<LocalAuth['update']>[0]) }
+      case 'GetLocalListVersion':
+        return { listVersion: this.auth.listVersion }
+      case 'ClearCache':
+        await this.auth.clearCache()
+        return { status: 'Accepted' }
       case 'UnlockConnector':
         // A shelf outlet has no lockable connector.
         return { status: 'NotSupported' }

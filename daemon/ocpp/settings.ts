@@ -10,13 +10,14 @@
  * cannot measure, an interval it cannot keep).
  */
 import type { OcppConfig } from '../../core/types.js'
+import { LIST_MAX as AUTH_LIST_MAX, SEND_LIST_MAX } from './auth.js'
 
 /** The measurands an outlet's meter gives (sampled and clock-aligned data, transactionData). */
 export const MEASURANDS = ['Energy.Active.Import.Register', 'Power.Active.Import', 'Current.Import', 'Voltage'] as const
 export type Measurand = (typeof MEASURANDS)[number]
 
 /** At most this many measurands in a list key (the four there are, each once). */
-const LIST_MAX = MEASURANDS.length
+const MEASURANDS_MAX = MEASURANDS.length
 
 export interface KeyDef {
   key: string
@@ -40,7 +41,7 @@ export function refuseMeasurands(v: string): string | undefined {
   const unknown = items.filter((x) => !(MEASURANDS as readonly string[]).includes(x))
   if (unknown.length > 0) return `not a measurand this charge point gives: ${unknown.join(', ').slice(0, 100)}`
   if (new Set(items).size !== items.length) return 'a measurand listed twice'
-  if (items.length > LIST_MAX) return `more than ${LIST_MAX} measurands`
+  if (items.length > MEASURANDS_MAX) return `more than ${MEASURANDS_MAX} measurands`
   return undefined
 }
 
@@ -48,6 +49,10 @@ export function refuseMeasurands(v: string): string | undefined {
 export const measurandsOf = (v: string): Measurand[] => (v.trim() === '' ? [] : (v.split(',').map((x) => x.trim()) as Measurand[]))
 
 const fixed = (value: string) => () => value
+
+/** OCPP's booleans are the strings true and false. */
+const refuseBoolean = (v: string): string | undefined => (v === 'true' || v === 'false' ? undefined : 'not true or false')
+const bool = (b: boolean): string => (b ? 'true' : 'false')
 
 export const KEYS: readonly KeyDef[] = [
   { key: 'HeartbeatInterval', writable: true, initial: (o) => String(o.heartbeatS), refuse: integer(10, 86400) },
@@ -57,10 +62,10 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'MeterValuesAlignedData', writable: true, initial: (o) => o.meterValuesAlignedData, refuse: refuseMeasurands },
   { key: 'StopTxnSampledData', writable: true, initial: (o) => o.stopTxnSampledData, refuse: refuseMeasurands },
   { key: 'StopTxnAlignedData', writable: true, initial: (o) => o.stopTxnAlignedData, refuse: refuseMeasurands },
-  { key: 'MeterValuesSampledDataMaxLength', writable: false, initial: fixed(String(LIST_MAX)) },
-  { key: 'MeterValuesAlignedDataMaxLength', writable: false, initial: fixed(String(LIST_MAX)) },
-  { key: 'StopTxnSampledDataMaxLength', writable: false, initial: fixed(String(LIST_MAX)) },
-  { key: 'StopTxnAlignedDataMaxLength', writable: false, initial: fixed(String(LIST_MAX)) },
+  { key: 'MeterValuesSampledDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'MeterValuesAlignedDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'StopTxnSampledDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'StopTxnAlignedDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
   { key: 'TransactionMessageAttempts', writable: true, initial: (o) => String(o.transactionMessageAttempts), refuse: integer(1, 100) },
   {
     key: 'TransactionMessageRetryInterval',
@@ -70,12 +75,17 @@ export const KEYS: readonly KeyDef[] = [
   },
   { key: 'NumberOfConnectors', writable: false, initial: (_o, n) => String(n) },
   { key: 'AuthorizeRemoteTxRequests', writable: false, initial: fixed('false') },
-  { key: 'LocalAuthorizeOffline', writable: false, initial: fixed('true') },
-  { key: 'LocalPreAuthorize', writable: false, initial: fixed('false') },
+  { key: 'LocalAuthorizeOffline', writable: true, initial: (o) => bool(o.localAuthorizeOffline), refuse: refuseBoolean },
+  { key: 'LocalPreAuthorize', writable: true, initial: (o) => bool(o.localPreAuthorize), refuse: refuseBoolean },
+  { key: 'AllowOfflineTxForUnknownId', writable: true, initial: (o) => bool(o.allowOfflineTxForUnknownId), refuse: refuseBoolean },
+  { key: 'AuthorizationCacheEnabled', writable: true, initial: (o) => bool(o.authorizationCacheEnabled), refuse: refuseBoolean },
+  { key: 'LocalAuthListEnabled', writable: true, initial: (o) => bool(o.localAuthListEnabled), refuse: refuseBoolean },
+  { key: 'LocalAuthListMaxLength', writable: false, initial: fixed(String(AUTH_LIST_MAX)) },
+  { key: 'SendLocalListMaxLength', writable: false, initial: fixed(String(SEND_LIST_MAX)) },
   { key: 'StopTransactionOnEVSideDisconnect', writable: false, initial: fixed('true') },
   { key: 'StopTransactionOnInvalidId', writable: false, initial: fixed('true') },
   { key: 'ConnectorPhaseRotation', writable: false, initial: fixed('NotApplicable') },
-  { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger') },
+  { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger,LocalAuthListManagement') },
 ]
 
 export const keyDef = (key: string): KeyDef | undefined => KEYS.find((k) => k.key === key)
