@@ -213,6 +213,8 @@ export interface OcppConfig {
   allowOfflineTxForUnknownId: boolean
   authorizationCacheEnabled: boolean
   localAuthListEnabled: boolean
+  stopTransactionOnInvalidId: boolean
+  maxEnergyOnInvalidIdWh: number
   reconnectMaxMs: number
   callTimeoutS: number
 }

@@ -117,6 +117,8 @@ export class ChargePoint {
   private readonly remoteStarts = new Map<string, string>()
   /** Refusals so far of each queued message (by n) since the last accepted boot. */
   private readonly attempts = new Map<number, number>()
+  /** Sessions the central system refused after their start that run on up to MaxEnergyOnInvalidId: the register (Wh) that stops them. */
+  private readonly invalidCaps = new Map<string, { q: Queued; status: string | undefined; untilWh: number }>()
   /** Messages refused every attempt, by n: skipped (with the later messages of their session) until the next accepted boot. */
   private readonly held = new Map<number, HeldMessage>()
   /** One chain for everything that writes the outbox (ingest and samples), so their order is the journal's. */
@@ -243,6 +245,7 @@ export class ChargePoint {
   /** Acts on the clock as it reads now (the meter values that are due); with `manualClock`, its owner calls this after moving the clock. */
   tick(): void {
     this.sampleDue()
+    this.enforceInvalidCaps()
   }
 
   /** Resolves once everything queued so far is written and the outbox's current run is over. */
@@ -414,7 +417,9 @@ export class ChargePoint {
             sessionId: r.sessionId,
             connectorId,
             payload: startPayload(r as Started, connectorId),
-            authorize: !remote,
+            // A start decided while the central system was away (offline authorization) goes as a StartTransaction
+            // alone: its answer is the central system's word on the idTag (StopTransactionOnInvalidId).
+            authorize: !remote && this.accepted && this.rpc.connected,
           })
         } else if (r.type === 'session.ended') {
           this.periodicDone.delete(r.sessionId)
@@ -538,7 +543,7 @@ export class ChargePoint {
           const status = (res.idTagInfo as { status?: string } | undefined)?.status
           await this.remember(q.payload.idTag as string, res.idTagInfo)
           this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
-          if (status !== 'Accepted') await this.deauthorize(q, status)
+          if (status !== 'Accepted') await this.invalidAfterStart(q, status)
         } else if (q.action === 'StopTransaction') {
           await this.outbox.answered(q)
           this.log.info({ sessionId: q.sessionId, transactionId: payload.transactionId }, 'ocpp: transaction stopped')
@@ -590,6 +595,36 @@ export class ChargePoint {
     await this.remember(idTag, res.idTagInfo)
     const status = (res.idTagInfo as { status?: string } | undefined)?.status
     if (status !== 'Accepted') await this.deauthorize(q, status)
+  }
+
+  /**
+   * StartTransaction.conf refused the idTag of a session that started (typically while the central system was away):
+   * stopped at once with StopTransactionOnInvalidId, else left running up to MaxEnergyOnInvalidId Wh from its start
+   * (watched at every tick against the outlet's meter; 0: no cap).
+   */
+  private async invalidAfterStart(q: Queued, status: string | undefined): Promise<void> {
+    if (this.values.get('StopTransactionOnInvalidId') === 'true') return this.deauthorize(q, status)
+    if (!this.isOpen(q.sessionId)) return
+    const maxWh = this.int('MaxEnergyOnInvalidId')
+    this.log.warn(
+      { sessionId: q.sessionId, status, maxEnergyWh: maxWh },
+      'ocpp: the central system refused the idTag of a running session; it runs on (StopTransactionOnInvalidId false)',
+    )
+    if (maxWh > 0) this.invalidCaps.set(q.sessionId, { q, status, untilWh: (q.payload.meterStart as number) + maxWh })
+  }
+
+  /** Stops each session refused after its start once its meter reached MaxEnergyOnInvalidId since the start. */
+  private enforceInvalidCaps(): void {
+    for (const [sessionId, cap] of this.invalidCaps) {
+      const o = this.host.outlets().find((x) => x.sessionId === sessionId)
+      if (!o) {
+        this.invalidCaps.delete(sessionId)
+        continue
+      }
+      if (!o.last || o.last.energyWh < cap.untilWh) continue
+      this.invalidCaps.delete(sessionId)
+      this.serial(() => this.deauthorize(cap.q, cap.status))
+    }
   }
 
   /** The central system refused the idTag of an open session: it ends (DeAuthorized, kept on disk before the stop). */

@@ -83,7 +83,8 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'LocalAuthListMaxLength', writable: false, initial: fixed(String(AUTH_LIST_MAX)) },
   { key: 'SendLocalListMaxLength', writable: false, initial: fixed(String(SEND_LIST_MAX)) },
   { key: 'StopTransactionOnEVSideDisconnect', writable: false, initial: fixed('true') },
-  { key: 'StopTransactionOnInvalidId', writable: false, initial: fixed('true') },
+  { key: 'StopTransactionOnInvalidId', writable: true, initial: (o) => bool(o.stopTransactionOnInvalidId), refuse: refuseBoolean },
+  { key: 'MaxEnergyOnInvalidId', writable: true, initial: (o) => String(o.maxEnergyOnInvalidIdWh), refuse: integer(0, 1_000_000) },
   { key: 'ConnectorPhaseRotation', writable: false, initial: fixed('NotApplicable') },
   { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger,LocalAuthListManagement') },
 ]
