@@ -21,7 +21,11 @@ function checkStrict(t: Test, csms: Csms): void {
   t.equal(csms.badMessages.length, 0, 'no bad message')
 }
 
-t.test('an outage across two sessions and a kill -9 while their messages wait', async (t) => {
+/** A one-outlet site on the pymodbus peer, a charge point of the strict central system: `ocpp` goes into its ocpp section. */
+async function site(
+  t: Test,
+  opts: { ocpp?: Record<string, unknown>; outlet?: Record<number, Record<string, unknown>>; api?: Record<string, unknown> },
+) {
   const dir = tempDir(t)
   const peer = await startPeer(t, { outlets: 1 })
   const csms = await startCsms(t)
@@ -29,9 +33,14 @@ t.test('an outage across two sessions and a kill -9 while their messages wait', 
     dir,
     port: peer.port,
     outlets: 1,
-    outlet: { 1: { autoStart: { userId: 'resident' } } },
-    extra: { ocpp: ocppSection(csms, { meterValueSampleS: 1 }) },
+    ...(opts.outlet ? { outlet: opts.outlet } : {}),
+    extra: { ocpp: ocppSection(csms, opts.ocpp), ...(opts.api ? { api: opts.api } : {}) },
   })
+  return { config, peer, csms }
+}
+
+t.test('an outage across two sessions and a kill -9 while their messages wait', async (t) => {
+  const { config, peer, csms } = await site(t, { outlet: { 1: { autoStart: { userId: 'resident' } } }, ocpp: { meterValueSampleS: 1 } })
   let daemon = startDaemon(t, config)
   await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'boot accepted')
   await csms.down()
@@ -166,14 +175,9 @@ t.test('kill -9 mid-session: one StopTransaction PowerLoss; SIGTERM mid-session:
 })
 
 t.test('offline authorization through the daemon: the local API start of an unknown idTag is refused, a listed one starts', async (t) => {
-  const dir = tempDir(t)
-  const peer = await startPeer(t, { outlets: 1 })
-  const csms = await startCsms(t)
-  const config = writeSiteConfig({
-    dir,
-    port: peer.port,
-    outlets: 1,
-    extra: { ocpp: ocppSection(csms, { allowOfflineTxForUnknownId: false }), api: { listen: '127.0.0.1:0', token: 'ocpp-auth-token' } },
+  const { config, peer, csms } = await site(t, {
+    ocpp: { allowOfflineTxForUnknownId: false },
+    api: { listen: '127.0.0.1:0', token: 'ocpp-auth-token' },
   })
   const daemon = startDaemon(t, config)
   const api = String((await daemon.waitLog((l) => l.msg === 'local API listening', 'the local API')).url).replace(/\/$/, '')

@@ -21,6 +21,7 @@ import { Journal } from '../../daemon/journal/index.js'
 import { createLogger } from '../../daemon/log.js'
 import { ChargePoint, type OutletView } from '../../daemon/ocpp/chargepoint.js'
 import { siteConfig } from '../engine-fixtures.js'
+import { ended } from '../fixtures/journal-workload.js'
 import type { Csms } from './csms.js'
 import { waitFor } from './e2e-kit.js'
 
@@ -183,34 +184,8 @@ export class OcppRig {
     const sessionId = o.sessionId!
     const recs = await this.journal.read(1, 100_000)
     const started = recs.find((r) => r.type === 'session.started' && r.sessionId === sessionId) as { ts: string; meterWh: number; userId: string }
-    const endWh = o.last!.energyWh
-    const endedAt = new Date(this.now).toISOString()
-    await this.journal.commit({
-      records: [
-        {
-          type: 'session.ended',
-          ts: endedAt,
-          sessionId,
-          outlet,
-          userId: started.userId,
-          planId: 'standard',
-          trigger: 'activation',
-          startedAt: started.ts,
-          endedAt,
-          reason,
-          durationS: Math.round((this.now - Date.parse(started.ts)) / 1000),
-          energyWh: endWh - started.meterWh,
-          meterStartWh: started.meterWh,
-          meterEndWh: endWh,
-          currency: 'CAD',
-          lines: [],
-          activationFee: 0,
-          total: 0,
-          offline: false,
-          pausedS: 0,
-        },
-      ],
-    })
+    const session = { id: sessionId, userId: started.userId, startedAt: Date.parse(started.ts), meterStartWh: started.meterWh, lastTs: 0, lastWh: 0 }
+    await this.journal.commit({ records: [ended(outlet, session, reason, this.now, o.last!.energyWh, this.now)] })
     o.state = 'off'
     delete o.sessionId
     delete o.sessionStartedAt
