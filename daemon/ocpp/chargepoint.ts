@@ -615,6 +615,7 @@ export class ChargePoint {
 
   /** Stops each session refused after its start once its meter reached MaxEnergyOnInvalidId since the start. */
   private enforceInvalidCaps(): void {
+    if (this.invalidCaps.size === 0) return
     for (const [sessionId, cap] of this.invalidCaps) {
       const o = this.host.outlets().find((x) => x.sessionId === sessionId)
       if (!o) {
@@ -654,9 +655,16 @@ export class ChargePoint {
    */
   private sampleDue(): void {
     if (this.stopped || !this.outbox) return
+    const periodS = this.int('MeterValueSampleInterval')
+    const alignedS = this.int('ClockAlignedDataInterval')
+    // Nothing to sample: the outlets' views are not even built (this runs four times a second).
+    if (periodS <= 0 && alignedS <= 0) {
+      this.alignedDone = undefined
+      this.periodicDone.clear()
+      return
+    }
     const now = this.host.now()
     const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
-    const periodS = this.int('MeterValueSampleInterval')
     const periodic = this.measurands('MeterValuesSampledData')
     const open = new Set<string>()
     for (const o of this.host.outlets()) {
@@ -676,7 +684,6 @@ export class ChargePoint {
       })
     }
     for (const s of this.periodicDone.keys()) if (!open.has(s)) this.periodicDone.delete(s)
-    const alignedS = this.int('ClockAlignedDataInterval')
     if (alignedS > 0) {
       const slot = Math.floor(now / (alignedS * 1000))
       // The first instant after the interval is set (or the charge point starts) is the next one on the clock.
