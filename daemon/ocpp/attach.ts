@@ -8,7 +8,8 @@
  * so every session the boot closes becomes a StopTransaction), each outlet's view for
  * OCPP (OutletView, derived from the engine's state and statuses), starting it after the
  * boot read, a central system's reset (a Hard one skips the drain at stop), the drain at
- * stop, and the state the local API and metrics show.
+ * stop, the state the local API and metrics show, and OCPP's say on a start at the gateway
+ * (offline authorization).
  *
  * Must never: hold anything billable (the journal does), throw into the daemon (a charge
  * point that cannot attach or start is logged and left out: charging and the MQTT uplink

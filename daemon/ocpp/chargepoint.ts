@@ -9,14 +9,18 @@
  * boots) and on every change, Authorize for starts the gateway began itself,
  * the transaction messages (derived from journal records into the durable
  * outbox, sent in order, one at a time, a Stop or MeterValues only once its
- * StartTransaction was answered), clock-aligned MeterValues of open
- * transactions, and the central system's calls, which become commands through
- * the command gateway (source `ocpp`).
+ * StartTransaction was answered; one refused at every attempt held, never
+ * dropped, until the next accepted boot), the sampled and clock-aligned
+ * MeterValues on the host's clock, the configuration keys in force (the config
+ * file's values and the central system's kept changes), offline authorization
+ * of starts at the gateway (local list, cache, keys), and the central system's
+ * calls, which become commands through the command gateway (source `ocpp`).
  *
  * Must never: hold anything billable (the journal does; this only derives),
  * send a transaction message with a transactionId the central system did not
- * give, throw into the daemon (an OCPP failure never stops charging or the MQTT
- * uplink), or apply a call the schema refused.
+ * give, drop a transaction message, throw into the daemon (an OCPP failure never
+ * stops charging or the MQTT uplink), apply a call the schema refused, or answer
+ * Accepted to a change it has not yet kept on disk.
  */
 import type { CommandResult, OcppConfig, OutletState, Reading, SiteConfig } from '../../core/types.js'
 import { isOutpostError } from '../errors.js'
