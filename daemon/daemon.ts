@@ -647,6 +647,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   }
 
   private async applyCommand(id: string, command: Command, source: CommandSource, held: () => void = () => undefined): Promise<CommandResult> {
+    // A start at the gateway while the central system is away: OCPP's offline authorization decides first (docs/ocpp.md).
+    if (command.action === 'start' && source !== 'ocpp' && this.ocpp) {
+      const a = this.ocpp.admitStart(command.userId)
+      if (!a.ok) return { id, ok: false, error: { code: 'not-authorized', message: a.message } }
+    }
     if (this.refusedOnlyForReading(id, command, source)) {
       held()
       const outlet = (command as { outlet: string }).outlet

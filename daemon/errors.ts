@@ -132,5 +132,7 @@ export const COMMAND_RESULT_ERRORS = {
   ...COMMAND_ERRORS,
   internal: 'the gateway could not validate or apply the command (a fault on the gateway; nothing was changed)',
   unavailable: 'Node-RED is stopping: its outpost-command node did not hand the command to the gateway (nothing was sent)',
+  'not-authorized':
+    'start on a site with ocpp while its central system is unreachable: the idTag is refused by the local list or the authorization cache, or unknown to both and AllowOfflineTxForUnknownId is false (docs/ocpp.md)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

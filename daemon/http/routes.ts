@@ -36,7 +36,8 @@ export const MAX_STREAMS = 32
 /**
  * How an engine refusal answers over HTTP. 400: the request is malformed; 404: it names
  * something that does not exist here; 402: the user cannot pay; 409: the outlet's state
- * does not allow it now (try again later or elsewhere); 503: the gateway is not running.
+ * does not allow it now (try again later or elsewhere); 403: OCPP's offline authorization refused the
+ * idTag; 503: the gateway is not running.
  */
 export const COMMAND_STATUS = {
   'invalid-command': 400,
@@ -59,6 +60,7 @@ export const COMMAND_STATUS = {
   'limit-above-circuit': 409,
   'cross-check-running': 409,
   unavailable: 503,
+  'not-authorized': 403,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 
