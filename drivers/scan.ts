@@ -394,7 +394,8 @@ export async function testDevice(
         if (r.point === 'coil') out.relay = { closed: (await bus.readBits(device.relay.unit, 1, address, 1, PROBE))[0]! }
         else {
           const v = (await bus.readRegisters(device.relay.unit, 3, address, 1, PROBE))[0]!
-          if (v !== r.closedValue && v !== r.openValue) throw new OutpostError('RELAY_MISMATCH', `register ${address} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`)
+          if (v !== r.closedValue && v !== r.openValue)
+            throw new OutpostError('RELAY_MISMATCH', `register ${address} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`)
           out.relay = { closed: v === r.closedValue }
         }
       } catch (err) {
