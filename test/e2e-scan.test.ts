@@ -159,6 +159,66 @@ t.test('scan the site’s bus from the page and add the meter it finds', async (
     'O3 read and idle, without a restart',
   )
   t.ok(daemon.running(), 'the same process')
+
+  // Its settings, in the form the page builds from the site schema: saved, and refused at the field.
+  await page.reload()
+  await page.click('#outlet-settings summary')
+  const form = '#outlet-forms form[data-outlet="O3"]'
+  await page.waitForSelector(form)
+  t.same(
+    await page.$$eval(`${form} [data-pointer]`, (els) => els.map((e) => e.getAttribute('data-pointer'))),
+    [
+      '/name',
+      '/bus',
+      '/meter/model',
+      '/meter/unit',
+      '/meter/channel',
+      '/meter/delayMs',
+      '/meter/serial',
+      '/relay/model',
+      '/relay/unit',
+      '/relay/channel',
+      '/relay/coil',
+      '/relay/register',
+      '/relay/delayMs',
+      '/plan',
+      '/ratingA',
+      '/phases',
+      '/circuit',
+      '/phase',
+      '/priority',
+    ],
+    'one field per property of an outlet in the schema',
+  )
+  await page.fill(`${form} [data-pointer="/name"]`, 'Bay <b id="injected">3</b>')
+  await page.fill(`${form} [data-pointer="/ratingA"]`, '16')
+  await page.selectOption(`${form} [data-pointer="/phase"]`, 'L2')
+  await page.click(`${form} button[type=submit]`)
+  await page.waitForSelector(`${form} .of-msg.good`)
+  t.same(
+    (await page.textContent(`${form} .of-msg`))!
+      .replace(/^saved: /, '')
+      .split(', ')
+      .sort(),
+    ['/outlets/2/name', '/outlets/2/phase', '/outlets/2/ratingA'],
+    'the page says what changed',
+  )
+  t.match(
+    JSON.parse(readFileSync(file, 'utf8')).outlets[2],
+    { id: 'O3', name: 'Bay <b id="injected">3</b>', ratingA: 16, phase: 'L2' },
+    'saved as typed',
+  )
+  await page.fill(`${form} [data-pointer="/meter/model"]`, 'no-such-meter')
+  await page.click(`${form} button[type=submit]`)
+  await page.waitForSelector(`${form} .of-msg.bad`)
+  t.match(await page.textContent(`${form} [data-error-for="/meter/model"]`), /no-such-meter/, 'the server’s problem at its field')
+  t.equal(JSON.parse(readFileSync(file, 'utf8')).outlets[2].meter.model, 'eastron-sdm120', 'nothing changed')
+  const formShot = join(work, 'outlet-settings.png')
+  await (await page.$(form))!.screenshot({ path: formShot })
+  keepScreenshot(formShot)
+  await page.reload()
+  await page.waitForSelector('#outlets article')
+  t.equal(await page.$('#injected'), null, 'a name with HTML in it is shown as text')
   t.same(errors, [], 'no script error on the page')
   await daemon.stop()
 })
