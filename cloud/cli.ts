@@ -14,6 +14,7 @@
  */
 import pino from 'pino'
 import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageError, type Io } from '../daemon/cli-common.js'
+import { parseListen } from './metrics.js'
 import { IngestWorker } from './worker.js'
 
 const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
@@ -24,6 +25,7 @@ const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
   --prefix P            topic prefix (default outpost)
   --worker ID           this worker's name in logs, pull ids and leases (default random)
   --gap-wait MS         pull a gap that made no progress for this long (default 3000)
+  --listen HOST:PORT    serve Prometheus /metrics and /health there (port 0: any free port, logged); not served without it
   --ca FILE             CA bundle (PEM) for mqtts://
   --cert FILE --key FILE  client certificate and key (PEM)
   --username U          broker user name
@@ -43,6 +45,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       prefix: { type: 'string' },
       worker: { type: 'string' },
       'gap-wait': { type: 'string' },
+      listen: { type: 'string' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -61,6 +64,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (values.prefix !== undefined && /[+#]/u.test(values.prefix)) throw new UsageError(`--prefix ${values.prefix}: '+' and '#' are MQTT wildcards`)
     if (values['gap-wait'] !== undefined && !(Number.isSafeInteger(Number(values['gap-wait'])) && Number(values['gap-wait']) >= 100))
       throw new UsageError(`--gap-wait ${values['gap-wait']}: an integer number of milliseconds, at least 100`)
+    if (values.listen !== undefined && !parseListen(values.listen))
+      throw new UsageError(`--listen ${values.listen}: HOST:PORT or [IPv6]:PORT, the port 0-65535`)
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
     io.err(`outpost ingest: ${err.message}\n${USAGE}`)
@@ -75,6 +80,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     prefix: values.prefix,
     workerId: values.worker,
     gapWaitMs: values['gap-wait'] !== undefined ? Number(values['gap-wait']) : undefined,
+    listen: values.listen !== undefined ? parseListen(values.listen) : undefined,
     caFile: values.ca,
     certFile: values.cert,
     keyFile: values.key,

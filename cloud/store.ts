@@ -52,6 +52,20 @@ interface SiteRow {
   chain_break: ChainBreakRow | null
 }
 
+/**
+ * The largest record stored, as JSON text: a gateway's records are a few kB (a session.ended with
+ * its OCMF signature is the largest); a larger one is refused into rejects with its first bytes.
+ */
+export const MAX_RECORD_BYTES = 64 * 1024
+
+/** What rejects keeps of a refused record: the record itself, or, when it cannot be stored whole, its size and first bytes. */
+function rejectBody(r: unknown): string {
+  const text = JSON.stringify(r) ?? 'null'
+  if (jsonbProblem(text)) return JSON.stringify({ unstorable: true })
+  if (Buffer.byteLength(text) > MAX_RECORD_BYTES) return JSON.stringify({ bytes: Buffer.byteLength(text), excerpt: text.slice(0, 1024) })
+  return text
+}
+
 /** JSON that PostgreSQL's jsonb cannot hold (it refuses the NUL character). */
 function jsonbProblem(text: string): string | undefined {
   return text.includes('\\u0000') ? 'holds a NUL character, which jsonb cannot store' : undefined
@@ -71,6 +85,8 @@ export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: 
   const v = verifyChain([r], { seq: r.seq - 1, hash: r.prev })
   if (!v.ok) return { ok: false, seq: r.seq, reason: v.break.message }
   const text = JSON.stringify(r)
+  const bytes = Buffer.byteLength(text)
+  if (bytes > MAX_RECORD_BYTES) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: too large (${bytes} bytes, at most ${MAX_RECORD_BYTES})` }
   const bad = jsonbProblem(text)
   if (bad) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: ${bad}` }
   return { ok: true, record: r, text }
@@ -83,12 +99,14 @@ export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: 
  */
 export async function storeRecords(client: pg.ClientBase, siteId: string, incoming: readonly unknown[]): Promise<StoreResult> {
   const rejects: StoreResult['rejects'] = []
+  const rejectBodies: string[] = []
   const fresh = new Map<number, { record: JournalRecord; text: string }>()
   const inBatchForks: { record: JournalRecord; text: string }[] = []
   for (const r of incoming) {
     const c = selfCheck(r)
     if (!c.ok) {
       rejects.push({ seq: c.seq, reason: c.reason })
+      rejectBodies.push(rejectBody(r))
       continue
     }
     const seen = fresh.get(c.record.seq)
@@ -148,17 +166,7 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
     if (rejects.length > 0)
       await client.query(
         `INSERT INTO rejects (site_id, seq, reason, body) SELECT $1, s, r, b::jsonb FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(s, r, b)`,
-        [
-          siteId,
-          rejects.map((x) => x.seq),
-          rejects.map((x) => x.reason),
-          incoming
-            .filter((r) => !selfCheck(r).ok)
-            .map((r) => {
-              const text = JSON.stringify(r) ?? 'null'
-              return jsonbProblem(text) ? JSON.stringify({ unstorable: true }) : text
-            }),
-        ],
+        [siteId, rejects.map((x) => x.seq), rejects.map((x) => x.reason), rejectBodies],
       )
 
     let chainBreak = site.chain_break

@@ -13,12 +13,14 @@
  * import the gateway daemon (test/layers.test.ts: only core/ and the shared modules it names).
  */
 import { randomBytes } from 'node:crypto'
+import type { Server } from 'node:http'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pg from 'pg'
 import pino, { type Logger } from 'pino'
 import type { PullAnswer } from '../core/types.js'
 import { OutpostError } from '../daemon/errors.js'
 import { authOptions, safeUrl, type BrokerAuth } from '../daemon/uplink/connection.js'
+import { serveMetrics, WorkerMetrics } from './metrics.js'
 import { migrate } from './schema.js'
 import { storeRecords, type StoreResult } from './store.js'
 
@@ -43,7 +45,15 @@ export interface IngestOptions extends BrokerAuth {
   connections?: number
   /** Deliveries received and not yet stored at most; past it the broker connection is not read (the broker holds the rest). Default 2000. */
   maxPending?: number
+  /** Where to serve /metrics and /health (port 0: any free one, see metricsPort). Not served when absent. */
+  listen?: { host: string; port: number }
 }
+
+/** A site id as the gateway's config allows it (config/site.schema.json `$defs.id`); any other is refused. */
+export const SITE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/u
+
+/** The largest message kept whole in rejects' body; a larger one keeps its first bytes (an excerpt) and its size. */
+const EXCERPT = 1024
 
 export interface IngestStats {
   messages: number
@@ -95,6 +105,11 @@ export class IngestWorker {
     dbErrors: 0,
   }
   readonly workerId: string
+  readonly metrics = new WorkerMetrics()
+  /** The port /metrics and /health are served on, once started with `listen`. */
+  metricsPort?: number
+  private metricsServer?: Server
+  private isSubscribed = false
   private readonly logger: Logger
   private readonly group: string
   private readonly prefix: string
@@ -171,11 +186,13 @@ export class IngestWorker {
       client.subscribe([`${share}/records`, `${share}/status`, `${share}/pull/+`], { qos: 1 }, (err) => {
         if (err) this.logger.warn({ err: { message: err.message } }, 'subscribe failed')
         else {
+          this.isSubscribed = true
           this.logger.info('subscribed')
           this.markSubscribed()
         }
       })
     })
+    client.on('close', () => (this.isSubscribed = false))
     client.on('error', (err) => this.logger.warn({ err: { message: err.message } }, 'broker connection error'))
     client.on('message', (topic, payload) => this.onMessage(topic, payload))
     // Backpressure: mqtt.js reads the next packet (and PUBACKs this one) only when this calls back, so a worker
@@ -184,6 +201,21 @@ export class IngestWorker {
     client.handleMessage = (_packet, callback) => {
       if (this.pending < limit) callback()
       else this.held.push(() => callback())
+    }
+    if (this.opts.listen) {
+      const served = await serveMetrics(
+        {
+          workerId: this.workerId,
+          metrics: this.metrics,
+          pool: () => this.pool,
+          brokerConnected: () => this.client?.connected === true,
+          subscribed: () => this.isSubscribed,
+        },
+        this.opts.listen,
+      )
+      this.metricsServer = served.server
+      this.metricsPort = served.port
+      this.logger.info({ host: this.opts.listen.host, port: served.port }, 'metrics listening')
     }
     this.tick = setInterval(
       () => {
@@ -209,6 +241,7 @@ export class IngestWorker {
       await Promise.all([...this.queues.values()])
     }
     if (client) await client.endAsync(false).catch(() => undefined)
+    await new Promise((r) => (this.metricsServer ? this.metricsServer.close(r) : r(undefined)))
     await this.pool?.end().catch(() => undefined)
   }
 
@@ -216,8 +249,16 @@ export class IngestWorker {
     if (this.stopping) return
     const rest = topic.startsWith(`${this.prefix}/`) ? topic.slice(this.prefix.length + 1).split('/') : []
     const [site, kind] = rest
-    if (!site || !kind || !this.matches(site)) return
+    if (!site || !kind) return
+    if (!SITE_ID.test(site)) {
+      // Not a site id any gateway can have: kept aside (not stored under it), once per message.
+      if (kind === 'records' || kind === 'pull')
+        void this.keepAside(site, topic, payload, 'site_refused', 'the site id is not allowed (1-64 letters, digits, ".", "_" or "-")')
+      return
+    }
+    if (!this.matches(site)) return
     this.stats.messages++
+    this.metrics.messages++
     if (kind === 'records' && rest.length === 2) this.enqueue(site, () => this.onRecords(site, topic, payload, 'records'))
     else if (kind === 'pull' && rest.length === 3) this.enqueue(site, () => this.onRecords(site, topic, payload, 'pull'))
     else if (kind === 'status' && rest.length === 2) this.enqueue(site, () => this.onStatus(site, topic, payload))
@@ -228,6 +269,7 @@ export class IngestWorker {
     const before = this.queues.get(site) ?? Promise.resolve()
     const next = before.then(job).catch((err) => {
       this.stats.dbErrors++
+      this.metrics.dbErrors++
       this.logger.error({ site, err: { message: (err as Error).message } }, 'storing failed; not acked (the records come again)')
     })
     this.queues.set(site, next)
@@ -243,21 +285,44 @@ export class IngestWorker {
     this.logger.warn({ site, topic }, `malformed payload on ${topic}: ${what}; ignored`)
   }
 
+  /**
+   * A whole delivery refused before storage (not JSON, not records, a site id not allowed): a row in `rejects`
+   * with the reason, the topic and the payload (an excerpt past EXCERPT bytes), and nothing else changes.
+   */
+  private async keepAside(site: string, topic: string, payload: Buffer, kind: string, reason: string): Promise<void> {
+    this.stats.malformed++
+    this.metrics.refuse(kind)
+    this.logger.warn({ site: site.slice(0, 200), topic: topic.slice(0, 300), reason }, `kept aside a delivery on ${topic.slice(0, 300)}: ${reason}`)
+    const text = payload.toString('utf8')
+    const body = { bytes: payload.length, ...(payload.length <= EXCERPT ? { text } : { excerpt: text.slice(0, EXCERPT) }) }
+    try {
+      await this.pool?.query('INSERT INTO rejects (site_id, seq, reason, body, topic) VALUES ($1, NULL, $2, $3::jsonb, $4)', [
+        site.slice(0, 200),
+        reason,
+        JSON.stringify(body).replace(/\\u0000/g, '\\ufffd'),
+        topic.slice(0, 300),
+      ])
+    } catch (err) {
+      this.logger.warn({ err: { message: (err as Error).message } }, 'could not keep the refused delivery aside')
+    }
+  }
+
   private async onRecords(site: string, topic: string, payload: Buffer, kind: 'records' | 'pull'): Promise<void> {
     let v: unknown
     try {
       v = JSON.parse(payload.toString('utf8'))
     } catch (err) {
-      return this.malformed(site, topic, `not JSON (${(err as Error).message})`)
+      return this.keepAside(site, topic, payload, 'not_json', `not JSON (${(err as Error).message})`)
     }
     let records: unknown[]
     let next: number | null = null
     if (kind === 'records') {
-      if (!Array.isArray(v)) return this.malformed(site, topic, 'not a JSON array of records')
+      if (!Array.isArray(v)) return this.keepAside(site, topic, payload, 'not_records', 'not a JSON array of records')
       records = v
     } else {
       const a = v as PullAnswer
-      if (typeof a !== 'object' || a === null || Array.isArray(a)) return this.malformed(site, topic, 'not a pull answer object')
+      if (typeof a !== 'object' || a === null || Array.isArray(a))
+        return this.keepAside(site, topic, payload, 'not_records', 'not a pull answer object')
       if (a.error) {
         if (a.error.code === 'compacted' && typeof a.error.oldest === 'number') {
           await this.pool!.query('UPDATE sites SET compacted_before = $2 WHERE site_id = $1', [site, a.error.oldest])
@@ -265,7 +330,7 @@ export class IngestWorker {
         } else this.logger.warn({ site, error: a.error }, 'pull refused')
         return
       }
-      if (!Array.isArray(a.records)) return this.malformed(site, topic, '/records: not an array')
+      if (!Array.isArray(a.records)) return this.keepAside(site, topic, payload, 'not_records', '/records: not an array')
       records = a.records
       next = typeof a.next === 'number' ? a.next : null
       if (typeof a.head === 'number' && Number.isSafeInteger(a.head))
@@ -273,11 +338,18 @@ export class IngestWorker {
     }
     const c = await this.pool!.connect()
     let r: StoreResult
+    const t0 = performance.now()
     try {
       r = await storeRecords(c, site, records)
     } finally {
       c.release()
     }
+    this.metrics.commitTook((performance.now() - t0) / 1000)
+    this.metrics.commits++
+    this.metrics.records.new += r.stored
+    this.metrics.records.repeat += r.duplicates
+    this.metrics.records.fork += r.forks.length
+    this.metrics.records.reject += r.rejects.length
     this.stats.commits++
     this.stats.stored += r.stored
     this.stats.duplicates += r.duplicates
@@ -316,6 +388,7 @@ export class IngestWorker {
   private sendAck(site: string, upTo: number): void {
     if (!this.client?.connected) return
     this.stats.acks++
+    this.metrics.acks++
     this.client.publish(`${this.prefix}/${site}/ack`, JSON.stringify({ upTo }), { qos: 1 })
   }
 
@@ -364,6 +437,7 @@ export class IngestWorker {
     if (to < from && !following) return
     const requestId = `ing-${this.workerId}-${++this.pullSeq}`
     this.stats.pulls++
+    this.metrics.pulls++
     this.logger.info({ site, from, to, requestId }, 'pulling a gap')
     this.client?.publish(`${this.prefix}/${site}/pull`, JSON.stringify({ requestId, from, ...(to >= from ? { to } : {}), limit: this.pullLimit }), {
       qos: 1,
