@@ -45,7 +45,7 @@ export interface StoreResult {
   repeatedSessions: { sessionId: string; seq: number }[]
 }
 
-interface SiteRow {
+export interface SiteRow {
   acked: string
   acked_hash: string
   head: string
@@ -155,8 +155,11 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
           duplicates++
           continue
         }
+        // A side an operator already moved to history (a resolution) is not a new fork when it comes again.
         const f = await client.query(
-          `INSERT INTO forks (site_id, seq, hash, prev, stored_hash, body) VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+          `INSERT INTO forks (site_id, seq, hash, prev, stored_hash, body)
+           SELECT $1, $2, $3, $4, $5, $6::jsonb
+           WHERE NOT EXISTS (SELECT 1 FROM record_history h WHERE h.site_id = $1 AND h.seq = $2 AND h.hash = $3)
            ON CONFLICT DO NOTHING RETURNING seq`,
           [siteId, x.record.seq, x.record.hash, x.record.prev, h, x.text],
         )
@@ -177,76 +180,9 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
     // The links between newly stored records and their stored neighbours, whichever arrived first.
     if (!chainBreak && insertedSeqs.size > 0) chainBreak = await checkLinks(client, siteId, [...insertedSeqs], Number(site.acked))
 
-    // Advance the verified prefix over what is now contiguous, re-verifying from the stored bodies.
-    let end: ChainPoint = Number(site.acked) === 0 ? CHAIN_START : { seq: Number(site.acked), hash: site.acked_hash }
-    const verified: JournalRecord[] = []
-    const limit = chainBreak ? chainBreak.seq - 1 : Number.MAX_SAFE_INTEGER
-    walk: while (end.seq < limit) {
-      const page = await client.query<{ seq: string; body: JournalRecord }>(
-        'SELECT seq, body FROM records WHERE site_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq',
-        [siteId, end.seq, Math.min(limit, end.seq + WALK_PAGE)],
-      )
-      if (page.rows.length === 0) break
-      for (const row of page.rows) {
-        if (Number(row.seq) !== end.seq + 1) break walk
-        const v = verifyChain([row.body], end)
-        if (!v.ok) {
-          chainBreak = { seq: v.break.seq, reason: v.break.reason, message: v.break.message }
-          break walk
-        }
-        end = v.end
-        verified.push(row.body)
-      }
-      if (page.rows.length < WALK_PAGE) break
-    }
-
-    let publicKey: string | undefined
-    const sessions = verified.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]
-    const repeatedSessions: StoreResult['repeatedSessions'] = []
-    if (sessions.length > 0) {
-      const ins = await client.query<{ seq: string }>(
-        `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
-         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-                                  $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
-         ON CONFLICT (site_id, session_id) DO NOTHING RETURNING seq`,
-        [
-          siteId,
-          sessions.map((s) => s.sessionId),
-          sessions.map((s) => s.seq),
-          sessions.map((s) => s.outlet),
-          sessions.map((s) => s.userId),
-          sessions.map((s) => s.startedAt),
-          sessions.map((s) => s.endedAt),
-          sessions.map((s) => s.energyWh),
-          sessions.map((s) => s.currency),
-          sessions.map((s) => s.total),
-          sessions.map((s) => JSON.stringify(s)),
-        ],
-      )
-      const inserted = new Set(ins.rows.map((r) => Number(r.seq)))
-      for (const x of sessions) if (!inserted.has(x.seq)) repeatedSessions.push({ sessionId: x.sessionId, seq: x.seq })
-    }
-    const recs = verified.filter((r) => r.type === 'meter.reconciliation') as Extract<JournalRecord, { type: 'meter.reconciliation' }>[]
-    if (recs.length > 0)
-      await client.query(
-        `INSERT INTO meter_reconciliations (site_id, seq, outlet, from_ts, to_ts, meter_start_wh, meter_end_wh, billed_wh, unbilled_wh, body)
-         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::float8[], $7::float8[],
-                                  $8::float8[], $9::float8[], $10::jsonb[])
-         ON CONFLICT DO NOTHING`,
-        [
-          siteId,
-          recs.map((r) => r.seq),
-          recs.map((r) => r.outlet),
-          recs.map((r) => r.from),
-          recs.map((r) => r.to),
-          recs.map((r) => r.meterStartWh),
-          recs.map((r) => r.meterEndWh),
-          recs.map((r) => r.billedWh),
-          recs.map((r) => r.unbilledWh),
-          recs.map((r) => JSON.stringify(r)),
-        ],
-      )
-    for (const r of verified) if (r.type === 'gateway.started' && typeof r.publicKey === 'string') publicKey = r.publicKey
+    const adv = await advancePrefix(client, siteId, site, chainBreak)
+    chainBreak = adv.chainBreak
+    const { end, verified, repeatedSessions, publicKey } = adv
 
     const maxSeq = list.length > 0 ? list[list.length - 1]!.record.seq : 0
     const up = await client.query<{ head: string }>(
@@ -264,19 +200,120 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
   }
 }
 
+/** What advancing a site's verified prefix did: the new end, the records it verified, and the rows derived from them. */
+export interface Advance {
+  end: ChainPoint
+  verified: JournalRecord[]
+  chainBreak: ChainBreakRow | null
+  repeatedSessions: StoreResult['repeatedSessions']
+  publicKey: string | undefined
+}
+
+/**
+ * Advances the verified prefix of `siteId` (locked by the caller, inside its transaction) over the
+ * stored records that follow it without a gap, re-verifying each from its stored body, up to
+ * `chainBreak`; writes the sessions and meter reconciliations of the records it verified.
+ */
+export async function advancePrefix(client: pg.ClientBase, siteId: string, site: SiteRow, brk: ChainBreakRow | null): Promise<Advance> {
+  let chainBreak = brk
+  // Advance the verified prefix over what is now contiguous, re-verifying from the stored bodies.
+  let end: ChainPoint = Number(site.acked) === 0 ? CHAIN_START : { seq: Number(site.acked), hash: site.acked_hash }
+  const verified: JournalRecord[] = []
+  const limit = chainBreak ? chainBreak.seq - 1 : Number.MAX_SAFE_INTEGER
+  walk: while (end.seq < limit) {
+    const page = await client.query<{ seq: string; body: JournalRecord }>(
+      'SELECT seq, body FROM records WHERE site_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq',
+      [siteId, end.seq, Math.min(limit, end.seq + WALK_PAGE)],
+    )
+    if (page.rows.length === 0) break
+    for (const row of page.rows) {
+      if (Number(row.seq) !== end.seq + 1) break walk
+      const v = verifyChain([row.body], end)
+      if (!v.ok) {
+        chainBreak = { seq: v.break.seq, reason: v.break.reason, message: v.break.message }
+        break walk
+      }
+      end = v.end
+      verified.push(row.body)
+    }
+    if (page.rows.length < WALK_PAGE) break
+  }
+
+  let publicKey: string | undefined
+  const sessions = verified.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]
+  const repeatedSessions: StoreResult['repeatedSessions'] = []
+  if (sessions.length > 0) {
+    const ins = await client.query<{ seq: string }>(
+      `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
+       SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+                                $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
+       ON CONFLICT (site_id, session_id) DO NOTHING RETURNING seq`,
+      [
+        siteId,
+        sessions.map((s) => s.sessionId),
+        sessions.map((s) => s.seq),
+        sessions.map((s) => s.outlet),
+        sessions.map((s) => s.userId),
+        sessions.map((s) => s.startedAt),
+        sessions.map((s) => s.endedAt),
+        sessions.map((s) => s.energyWh),
+        sessions.map((s) => s.currency),
+        sessions.map((s) => s.total),
+        sessions.map((s) => JSON.stringify(s)),
+      ],
+    )
+    const inserted = new Set(ins.rows.map((r) => Number(r.seq)))
+    for (const x of sessions) if (!inserted.has(x.seq)) repeatedSessions.push({ sessionId: x.sessionId, seq: x.seq })
+  }
+  const recs = verified.filter((r) => r.type === 'meter.reconciliation') as Extract<JournalRecord, { type: 'meter.reconciliation' }>[]
+  if (recs.length > 0)
+    await client.query(
+      `INSERT INTO meter_reconciliations (site_id, seq, outlet, from_ts, to_ts, meter_start_wh, meter_end_wh, billed_wh, unbilled_wh, body)
+       SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::float8[], $7::float8[],
+                                $8::float8[], $9::float8[], $10::jsonb[])
+       ON CONFLICT DO NOTHING`,
+      [
+        siteId,
+        recs.map((r) => r.seq),
+        recs.map((r) => r.outlet),
+        recs.map((r) => r.from),
+        recs.map((r) => r.to),
+        recs.map((r) => r.meterStartWh),
+        recs.map((r) => r.meterEndWh),
+        recs.map((r) => r.billedWh),
+        recs.map((r) => r.unbilledWh),
+        recs.map((r) => JSON.stringify(r)),
+      ],
+    )
+  for (const r of verified) if (r.type === 'gateway.started' && typeof r.publicKey === 'string') publicKey = r.publicKey
+  return { end, verified, chainBreak, repeatedSessions, publicKey }
+}
+
+/**
+ * The site's break past its verified prefix worked out afresh from what is stored (after an operator
+ * resolved a fork): the lowest fork left past the prefix, else the first link that does not hold.
+ */
+export async function findBreak(client: pg.ClientBase, siteId: string, acked: number): Promise<ChainBreakRow | null> {
+  const f = await client.query<{ seq: string }>('SELECT min(seq) AS seq FROM forks WHERE site_id = $1 AND seq > $2', [siteId, acked])
+  const seq = f.rows[0]?.seq
+  if (seq !== null && seq !== undefined)
+    return { seq: Number(seq), reason: 'fork', message: `seq ${seq}: two different records were received for this seq` }
+  return checkLinks(client, siteId, 'all', acked)
+}
+
 /**
  * For each newly stored record past the verified prefix, its `prev` against the stored
  * hash of seq − 1 and its hash against the stored `prev` of seq + 1, when those are held.
  * Returns the first mismatch (the seq whose prev does not link), or null.
  */
-async function checkLinks(client: pg.ClientBase, siteId: string, seqs: number[], acked: number): Promise<ChainBreakRow | null> {
-  const ahead = seqs.filter((s) => s > acked + 1)
-  if (ahead.length === 0) return null
+async function checkLinks(client: pg.ClientBase, siteId: string, seqs: number[] | 'all', acked: number): Promise<ChainBreakRow | null> {
+  const ahead = seqs === 'all' ? null : seqs.filter((s) => s > acked + 1)
+  if (ahead?.length === 0) return null
   const res = await client.query<{ seq: string }>(
     `SELECT b.seq FROM records a JOIN records b ON b.site_id = a.site_id AND b.seq = a.seq + 1
-     WHERE a.site_id = $1 AND b.prev <> a.hash AND (a.seq = ANY($2::bigint[]) OR b.seq = ANY($2::bigint[])) AND a.seq > $3
+     WHERE a.site_id = $1 AND b.prev <> a.hash AND ($2::bigint[] IS NULL OR a.seq = ANY($2::bigint[]) OR b.seq = ANY($2::bigint[])) AND a.seq > $3
      ORDER BY b.seq LIMIT 1`,
-    [siteId, ahead.flatMap((s) => [s, s - 1]), acked],
+    [siteId, ahead ? ahead.flatMap((s) => [s, s - 1]) : null, acked],
   )
   if (res.rows.length === 0) return null
   const seq = Number(res.rows[0]!.seq)

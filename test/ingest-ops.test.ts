@@ -5,14 +5,14 @@
  * large, a site id that is not allowed.
  */
 import t from 'tap'
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import pg from 'pg'
 import mqtt from 'mqtt'
 import { startPostgres } from './helpers/postgres.js'
 import { startMosquitto } from './helpers/mosquitto.js'
 import { FleetLog } from './helpers/fleet.js'
 import { bodies } from './helpers/memory-log.js'
-import { startWorker, waitFor } from './helpers/ingest-kit.js'
+import { CLI, startWorker, waitFor } from './helpers/ingest-kit.js'
 import { recordHash } from '../daemon/uplink/chain.js'
 import { MAX_RECORD_BYTES } from '../cloud/store.js'
 import type { JournalRecord } from '../core/types.js'
@@ -162,6 +162,135 @@ t.test('bad deliveries are kept aside with a reason and change nothing else', as
   t.equal(sample(text, 'outpost_ingest_refused_total{worker="m1",reason="not_records"}'), 1)
   t.equal(sample(text, 'outpost_ingest_refused_total{worker="m1",reason="site_refused"}'), 2)
   t.equal(promtool(text).status, 0)
+})
+
+/** `outpost ingest resolve …` of the built CLI. */
+async function resolve(...args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn(process.execPath, [CLI, 'ingest', 'resolve', '--db', db.url, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d) => (out += d))
+  child.stderr.on('data', (d) => (err += d))
+  const code = await new Promise<number | null>((r) => child.on('close', r))
+  return { code, out, err }
+}
+
+/** Every table an operator's resolve may touch, as rows: equal before and after a refusal. */
+async function snapshot(): Promise<string> {
+  const tables = ['records', 'forks', 'sites', 'sessions', 'record_history', 'resolutions', 'rejects']
+  const parts: unknown[] = []
+  for (const tb of tables) parts.push((await client.query(`SELECT * FROM ${tb} ORDER BY 1, 2`)).rows)
+  return JSON.stringify(parts)
+}
+
+t.test('resolve lists a fork with both sides; keeping one writes the audit row, moves the other to history, and acks continue', async (t) => {
+  const log = new FleetLog()
+  log.append(bodies(10, 500))
+  const r = log.records
+  await pub.publishAsync('outpost/fork-1/records', JSON.stringify(r.slice(0, 6)), { qos: 1 })
+  await waitFor(() => acks.get('fork-1') === 6, 'fork-1 acked to 6')
+  // A forged seq 8 (re-hashed, linking to the true 7) arrives before the true 7 and 8: the true 8 is the fork.
+  const forged = { ...r[7]!, total: 1 } as JournalRecord
+  forged.hash = recordHash(forged)
+  await pub.publishAsync('outpost/fork-1/records', JSON.stringify([forged]), { qos: 1 })
+  await pub.publishAsync('outpost/fork-1/records', JSON.stringify(r.slice(6)), { qos: 1 })
+  await waitFor(async () => (await client.query('SELECT 1 FROM forks WHERE site_id = $1', ['fork-1'])).rowCount === 1, 'the true seq 8 is a fork')
+  await waitFor(() => acks.get('fork-1') === 7, 'acked up to the fork')
+
+  const listed = await resolve('--site', 'fork-1')
+  t.equal(listed.code, 0, listed.err)
+  const report = JSON.parse(listed.out)
+  t.match(report, { site: 'fork-1', acked: 7, head: 10, chainBreak: { seq: 8, reason: 'fork' } })
+  t.equal(report.forks.length, 1)
+  t.match(report.forks[0], {
+    seq: 8,
+    inPrefix: false,
+    stored: { hash: forged.hash, body: { total: 1 } },
+    other: { hash: r[7]!.hash, prev: r[6]!.hash },
+  })
+
+  // Refusals change nothing and say why.
+  const before = await snapshot()
+  const usage = await resolve('--site', 'fork-1', '--seq', '8')
+  t.equal(usage.code, 64)
+  t.match(usage.err, /--seq, --keep, --by and --why go together/)
+  const noFork = await resolve('--site', 'met-9', '--seq', '1', '--keep', r[0]!.hash, '--by', 'ops', '--why', 'x')
+  t.equal(noFork.code, 65)
+  t.match(noFork.err, /refused, nothing changed: site met-9: the database holds nothing of it/)
+  const ackedSite = await resolve('--site', 'met-1', '--seq', '5', '--keep', r[0]!.hash, '--by', 'ops', '--why', 'x')
+  t.equal(ackedSite.code, 65)
+  t.match(ackedSite.err, /site met-1 has no fork at seq 5 \(its forks: seq 3\)/)
+  const clean = new FleetLog()
+  clean.append(bodies(2, 900))
+  await pub.publishAsync('outpost/clean-1/records', JSON.stringify(clean.records), { qos: 1 })
+  await waitFor(() => acks.get('clean-1') === 2, 'clean-1 acked')
+  const before2 = await snapshot()
+  const none = await resolve('--site', 'clean-1', '--seq', '1', '--keep', clean.records[0]!.hash, '--by', 'ops', '--why', 'x')
+  t.equal(none.code, 65)
+  t.match(none.err, /site clean-1 has no fork to resolve/)
+  const neither = await resolve('--site', 'fork-1', '--seq', '8', '--keep', 'a'.repeat(64), '--by', 'ops', '--why', 'x')
+  t.equal(neither.code, 65)
+  t.match(neither.err, /is neither side/)
+  t.equal(await snapshot(), before2, 'nothing changed by the refusals')
+  t.not(before, before2)
+
+  // The operator keeps the true record (the fork side).
+  const kept = await resolve(
+    '--site',
+    'fork-1',
+    '--seq',
+    '8',
+    '--keep',
+    r[7]!.hash,
+    '--by',
+    'alice@ops',
+    '--why',
+    'seq 9 links to it; the stored one was forged',
+  )
+  t.equal(kept.code, 0, kept.err)
+  t.match(JSON.parse(kept.out), { site: 'fork-1', seq: 8, kept: r[7]!.hash, moved: [forged.hash], acked: 10, chainBreak: null })
+  const row = (await client.query('SELECT hash, body FROM records WHERE site_id = $1 AND seq = 8', ['fork-1'])).rows[0]
+  t.equal(row.hash, r[7]!.hash, 'records holds the kept side')
+  t.same(
+    (await client.query('SELECT seq, hash FROM record_history WHERE site_id = $1', ['fork-1'])).rows,
+    [{ seq: '8', hash: forged.hash }],
+    'the other side moved to history, not deleted',
+  )
+  t.same((await client.query('SELECT 1 FROM forks WHERE site_id = $1', ['fork-1'])).rows, [])
+  t.match((await client.query('SELECT * FROM resolutions WHERE site_id = $1', ['fork-1'])).rows, [
+    { seq: '8', kept_hash: r[7]!.hash, moved_hash: forged.hash, by_whom: 'alice@ops', why: /forged/, at: Date },
+  ])
+  t.match((await client.query('SELECT acked, chain_break FROM sites WHERE site_id = $1', ['fork-1'])).rows[0], { acked: '10', chain_break: null })
+  t.equal(
+    (await client.query("SELECT body->>'total' AS total FROM sessions WHERE site_id = $1 AND seq = 8", ['fork-1'])).rows[0]?.total,
+    String(r[7]!.type === 'session.ended' ? r[7]!.total : ''),
+    "the session row is the kept record's",
+  )
+  // Acks continue: the next delivery (the forged record again, and a repeat) is acked to 10, and the forged one is no new fork.
+  await pub.publishAsync('outpost/fork-1/records', JSON.stringify([forged, r[9]]), { qos: 1 })
+  await waitFor(() => acks.get('fork-1') === 10, 'fork-1 acked to 10')
+  t.same((await client.query('SELECT 1 FROM forks WHERE site_id = $1', ['fork-1'])).rows, [], 'a side already resolved is not a fork again')
+
+  // A fork inside the verified prefix: only the stored side can be kept.
+  const met = JSON.parse((await resolve('--site', 'met-1')).out)
+  t.match(met.forks, [{ seq: 3, inPrefix: true }])
+  const inPrefix = await resolve('--site', 'met-1', '--seq', '3', '--keep', met.forks[0].other.hash, '--by', 'ops', '--why', 'x')
+  t.equal(inPrefix.code, 65)
+  t.match(inPrefix.err, /inside the verified prefix/)
+  const keepStored = await resolve(
+    '--site',
+    'met-1',
+    '--seq',
+    '3',
+    '--keep',
+    met.forks[0].stored.hash,
+    '--by',
+    'ops',
+    '--why',
+    'the chain links to it',
+  )
+  t.equal(keepStored.code, 0, keepStored.err)
+  t.match(JSON.parse(keepStored.out), { moved: [met.forks[0].other.hash], acked: 10 })
 })
 
 t.test('/health turns 503 when the database is gone, and /metrics says db_up 0', async (t) => {
