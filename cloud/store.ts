@@ -13,7 +13,9 @@
  */
 import type pg from 'pg'
 import type { JournalRecord } from '../core/types.js'
+import { GENESIS_PREV } from '../daemon/journal/chain.js'
 import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../daemon/uplink/chain.js'
+import { acceptedSalvages, lateMisfits, lostRanges, shrinkLost, takeSalvages } from './salvage.js'
 
 /** Rows read per step of the prefix walk. */
 const WALK_PAGE = 1000
@@ -116,9 +118,25 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
   await client.query('BEGIN')
   try {
     await client.query('INSERT INTO sites (site_id) VALUES ($1) ON CONFLICT DO NOTHING', [siteId])
-    const site = (await client.query<SiteRow>('SELECT acked, acked_hash, head, chain_break FROM sites WHERE site_id = $1 FOR UPDATE', [siteId]))
-      .rows[0]!
-    const list = [...fresh.values()].sort((a, b) => a.record.seq - b.record.seq)
+    const site = (
+      await client.query<SiteRow & { public_key: string | null }>(
+        'SELECT acked, acked_hash, head, chain_break, public_key FROM sites WHERE site_id = $1 FOR UPDATE',
+        [siteId],
+      )
+    ).rows[0]!
+    let list = [...fresh.values()].sort((a, b) => a.record.seq - b.record.seq)
+    // Salvage proofs first (a forgery or a replay is kept aside, never stored), then late records of a lost range that do not chain.
+    const salvage = await takeSalvages(client, siteId, Number(site.acked), site.public_key, list)
+    const lost = await lostRanges(client, siteId)
+    const refused = [...salvage.refused, ...(lost.length > 0 ? await lateMisfits(client, siteId, lost, list) : [])]
+    if (refused.length > 0) {
+      const out = new Set(refused.map((x) => x.c))
+      list = list.filter((x) => !out.has(x))
+      for (const x of refused) {
+        rejects.push({ seq: x.c.record.seq, reason: x.reason })
+        rejectBodies.push(rejectBody(x.c.record))
+      }
+    }
     let stored = 0
     const insertedSeqs = new Set<number>()
     if (list.length > 0) {
@@ -172,7 +190,10 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
         [siteId, rejects.map((x) => x.seq), rejects.map((x) => x.reason), rejectBodies],
       )
 
-    let chainBreak = site.chain_break
+    let chainBreak = site.chain_break ?? salvage.brk
+    // Records of a lost range that arrived, chained: the lost mark shrinks (those below the prefix are verified now).
+    const gained = lost.length > 0 ? await shrinkLost(client, siteId, Number(site.acked)) : []
+    const late = await deriveRows(client, siteId, gained)
     // A fork past the verified prefix stops it there: which of the two is the site's record is the operator's call.
     const forkAhead = forks.filter((s) => s > Number(site.acked)).sort((a, b) => a - b)[0]
     if (!chainBreak && forkAhead !== undefined)
@@ -182,7 +203,8 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
 
     const adv = await advancePrefix(client, siteId, site, chainBreak)
     chainBreak = adv.chainBreak
-    const { end, verified, repeatedSessions, publicKey } = adv
+    const { end, verified, publicKey } = adv
+    const repeatedSessions = [...late.repeatedSessions, ...adv.repeatedSessions]
 
     const maxSeq = list.length > 0 ? list[list.length - 1]!.record.seq : 0
     const up = await client.query<{ head: string }>(
@@ -220,17 +242,45 @@ export async function advancePrefix(client: pg.ClientBase, siteId: string, site:
   let end: ChainPoint = Number(site.acked) === 0 ? CHAIN_START : { seq: Number(site.acked), hash: site.acked_hash }
   const verified: JournalRecord[] = []
   const limit = chainBreak ? chainBreak.seq - 1 : Number.MAX_SAFE_INTEGER
+  // A salvage the database accepted: its lost ranges are passed over, its new chain's first record restarts the link.
+  const lost = await lostRanges(client, siteId)
+  const salvages = await acceptedSalvages(client, siteId)
   walk: while (end.seq < limit) {
+    const gap = lost.find((r) => r.from === end.seq + 1)
+    if (gap) {
+      if (gap.to + 1 > limit) break
+      const next = (await client.query<{ body: JournalRecord }>('SELECT body FROM records WHERE site_id = $1 AND seq = $2', [siteId, gap.to + 1]))
+        .rows[0]
+      if (!next) break
+      end = { seq: gap.to, hash: next.body.prev }
+    }
     const page = await client.query<{ seq: string; body: JournalRecord }>(
-      'SELECT seq, body FROM records WHERE site_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq',
-      [siteId, end.seq, Math.min(limit, end.seq + WALK_PAGE)],
+      'SELECT seq, body FROM records WHERE site_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4',
+      [siteId, end.seq, limit, WALK_PAGE],
     )
     if (page.rows.length === 0) break
     for (const row of page.rows) {
-      if (Number(row.seq) !== end.seq + 1) break walk
-      const v = verifyChain([row.body], end)
+      if (Number(row.seq) !== end.seq + 1) {
+        if (lost.some((r) => r.from === end.seq + 1)) continue walk
+        break walk
+      }
+      const restart = salvages.get(row.body.seq)
+      const from = restart && restart.hash === row.body.hash && row.body.prev === GENESIS_PREV ? { seq: end.seq, hash: GENESIS_PREV } : end
+      const v = verifyChain([row.body], from)
       if (!v.ok) {
         chainBreak = { seq: v.break.seq, reason: v.break.reason, message: v.break.message }
+        break walk
+      }
+      // The last record a salvage read must be the one held at its seq: else the salvage continues another chain.
+      const read = [...salvages.values()].find((x) => x.lastSeq === row.body.seq && x.lastHash !== row.body.hash)
+      if (read) {
+        chainBreak = {
+          seq: read.seq,
+          reason: 'salvage',
+          message: `seq ${read.seq}: the salvage read seq ${read.lastSeq} as ${read.lastHash}, the database holds ${row.body.hash}`,
+        }
+        end = v.end
+        verified.push(row.body)
         break walk
       }
       end = v.end
@@ -239,6 +289,16 @@ export async function advancePrefix(client: pg.ClientBase, siteId: string, site:
     if (page.rows.length < WALK_PAGE) break
   }
 
+  const { repeatedSessions, publicKey } = await deriveRows(client, siteId, verified)
+  return { end, verified, chainBreak, repeatedSessions, publicKey }
+}
+
+/** The rows derived from newly verified records: sessions, meter reconciliations, and the key a gateway.started announces. */
+async function deriveRows(
+  client: pg.ClientBase,
+  siteId: string,
+  verified: JournalRecord[],
+): Promise<{ repeatedSessions: StoreResult['repeatedSessions']; publicKey: string | undefined }> {
   let publicKey: string | undefined
   const sessions = verified.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]
   const repeatedSessions: StoreResult['repeatedSessions'] = []
@@ -286,7 +346,7 @@ export async function advancePrefix(client: pg.ClientBase, siteId: string, site:
       ],
     )
   for (const r of verified) if (r.type === 'gateway.started' && typeof r.publicKey === 'string') publicKey = r.publicKey
-  return { end, verified, chainBreak, repeatedSessions, publicKey }
+  return { repeatedSessions, publicKey }
 }
 
 /**
@@ -311,7 +371,9 @@ async function checkLinks(client: pg.ClientBase, siteId: string, seqs: number[] 
   if (ahead?.length === 0) return null
   const res = await client.query<{ seq: string }>(
     `SELECT b.seq FROM records a JOIN records b ON b.site_id = a.site_id AND b.seq = a.seq + 1
-     WHERE a.site_id = $1 AND b.prev <> a.hash AND ($2::bigint[] IS NULL OR a.seq = ANY($2::bigint[]) OR b.seq = ANY($2::bigint[])) AND a.seq > $3
+     WHERE a.site_id = $1 AND b.prev <> a.hash
+       AND NOT (b.prev = '${GENESIS_PREV}' AND EXISTS (SELECT 1 FROM salvages s WHERE s.site_id = b.site_id AND s.seq = b.seq AND s.hash = b.hash))
+       AND ($2::bigint[] IS NULL OR a.seq = ANY($2::bigint[]) OR b.seq = ANY($2::bigint[])) AND a.seq > $3
      ORDER BY b.seq LIMIT 1`,
     [siteId, ahead ? ahead.flatMap((s) => [s, s - 1]) : null, acked],
   )
