@@ -61,7 +61,7 @@ export interface SiteRow {
 export const MAX_RECORD_BYTES = 64 * 1024
 
 /** What rejects keeps of a refused record: the record itself, or, when it cannot be stored whole, its size and first bytes. */
-function rejectBody(r: unknown): string {
+export function rejectBody(r: unknown): string {
   const text = JSON.stringify(r) ?? 'null'
   if (jsonbProblem(text)) return JSON.stringify({ unstorable: true })
   if (Buffer.byteLength(text) > MAX_RECORD_BYTES) return JSON.stringify({ bytes: Buffer.byteLength(text), excerpt: text.slice(0, 1024) })
@@ -100,6 +100,19 @@ export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: 
  * the delivery is then kept; the records come again because they were not acked).
  */
 export async function storeRecords(client: pg.ClientBase, siteId: string, incoming: readonly unknown[]): Promise<StoreResult> {
+  await client.query('BEGIN')
+  try {
+    const r = await storeSiteInTx(client, siteId, incoming)
+    await client.query('COMMIT')
+    return r
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined)
+    throw err
+  }
+}
+
+/** storeRecords' work inside a transaction the caller opened (and commits): the site's row is locked here until then. */
+export async function storeSiteInTx(client: pg.ClientBase, siteId: string, incoming: readonly unknown[]): Promise<StoreResult> {
   const rejects: StoreResult['rejects'] = []
   const rejectBodies: string[] = []
   const fresh = new Map<number, { record: JournalRecord; text: string }>()
@@ -115,8 +128,7 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
     if (!seen) fresh.set(c.record.seq, c)
     else if (seen.record.hash !== c.record.hash) inBatchForks.push(c)
   }
-  await client.query('BEGIN')
-  try {
+  {
     await client.query('INSERT INTO sites (site_id) VALUES ($1) ON CONFLICT DO NOTHING', [siteId])
     const site = (
       await client.query<SiteRow & { public_key: string | null }>(
@@ -214,11 +226,7 @@ export async function storeRecords(client: pg.ClientBase, siteId: string, incomi
        WHERE site_id = $1 RETURNING head`,
       [siteId, end.seq, end.hash, maxSeq, chainBreak ? JSON.stringify(chainBreak) : null, forks.length, publicKey ?? null],
     )
-    await client.query('COMMIT')
     return { acked: end.seq, stored, duplicates, forks, rejects, verified, chainBreak, head: Number(up.rows[0]!.head), repeatedSessions }
-  } catch (err) {
-    await client.query('ROLLBACK').catch(() => undefined)
-    throw err
   }
 }
 
@@ -293,60 +301,81 @@ export async function advancePrefix(client: pg.ClientBase, siteId: string, site:
   return { end, verified, chainBreak, repeatedSessions, publicKey }
 }
 
-/** The rows derived from newly verified records: sessions, meter reconciliations, and the key a gateway.started announces. */
+/** The rows derived from newly verified records of one site: sessions, meter reconciliations, and the key a gateway.started announces. */
 async function deriveRows(
   client: pg.ClientBase,
   siteId: string,
   verified: JournalRecord[],
 ): Promise<{ repeatedSessions: StoreResult['repeatedSessions']; publicKey: string | undefined }> {
-  let publicKey: string | undefined
-  const sessions = verified.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]
-  const repeatedSessions: StoreResult['repeatedSessions'] = []
+  return (await deriveRowsMany(client, [{ siteId, records: verified }])).get(siteId)!
+}
+
+/** deriveRows for many sites in one statement per table (a batch of deliveries). */
+export async function deriveRowsMany(
+  client: pg.ClientBase,
+  items: { siteId: string; records: JournalRecord[] }[],
+): Promise<Map<string, { repeatedSessions: StoreResult['repeatedSessions']; publicKey: string | undefined }>> {
+  const out = new Map(
+    items.map((x) => [x.siteId, { repeatedSessions: [] as StoreResult['repeatedSessions'], publicKey: undefined as string | undefined }]),
+  )
+  const sessions = items.flatMap((x) =>
+    (x.records.filter((r) => r.type === 'session.ended') as Extract<JournalRecord, { type: 'session.ended' }>[]).map((r) => ({
+      site: x.siteId,
+      s: r,
+    })),
+  )
   if (sessions.length > 0) {
-    const ins = await client.query<{ seq: string }>(
+    const ins = await client.query<{ site_id: string; seq: string }>(
       `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
-       SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-                                $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
-       ON CONFLICT (site_id, session_id) DO NOTHING RETURNING seq`,
+       SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+                            $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
+       ON CONFLICT (site_id, session_id) DO NOTHING RETURNING site_id, seq`,
       [
-        siteId,
-        sessions.map((s) => s.sessionId),
-        sessions.map((s) => s.seq),
-        sessions.map((s) => s.outlet),
-        sessions.map((s) => s.userId),
-        sessions.map((s) => s.startedAt),
-        sessions.map((s) => s.endedAt),
-        sessions.map((s) => s.energyWh),
-        sessions.map((s) => s.currency),
-        sessions.map((s) => s.total),
-        sessions.map((s) => JSON.stringify(s)),
+        sessions.map((x) => x.site),
+        sessions.map((x) => x.s.sessionId),
+        sessions.map((x) => x.s.seq),
+        sessions.map((x) => x.s.outlet),
+        sessions.map((x) => x.s.userId),
+        sessions.map((x) => x.s.startedAt),
+        sessions.map((x) => x.s.endedAt),
+        sessions.map((x) => x.s.energyWh),
+        sessions.map((x) => x.s.currency),
+        sessions.map((x) => x.s.total),
+        sessions.map((x) => JSON.stringify(x.s)),
       ],
     )
-    const inserted = new Set(ins.rows.map((r) => Number(r.seq)))
-    for (const x of sessions) if (!inserted.has(x.seq)) repeatedSessions.push({ sessionId: x.sessionId, seq: x.seq })
+    const inserted = new Set(ins.rows.map((r) => `${r.site_id}\n${r.seq}`))
+    for (const x of sessions)
+      if (!inserted.has(`${x.site}\n${x.s.seq}`)) out.get(x.site)!.repeatedSessions.push({ sessionId: x.s.sessionId, seq: x.s.seq })
   }
-  const recs = verified.filter((r) => r.type === 'meter.reconciliation') as Extract<JournalRecord, { type: 'meter.reconciliation' }>[]
+  const recs = items.flatMap((x) =>
+    (x.records.filter((r) => r.type === 'meter.reconciliation') as Extract<JournalRecord, { type: 'meter.reconciliation' }>[]).map((r) => ({
+      site: x.siteId,
+      r,
+    })),
+  )
   if (recs.length > 0)
     await client.query(
       `INSERT INTO meter_reconciliations (site_id, seq, outlet, from_ts, to_ts, meter_start_wh, meter_end_wh, billed_wh, unbilled_wh, body)
-       SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::float8[], $7::float8[],
-                                $8::float8[], $9::float8[], $10::jsonb[])
+       SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::float8[], $7::float8[],
+                            $8::float8[], $9::float8[], $10::jsonb[])
        ON CONFLICT DO NOTHING`,
       [
-        siteId,
-        recs.map((r) => r.seq),
-        recs.map((r) => r.outlet),
-        recs.map((r) => r.from),
-        recs.map((r) => r.to),
-        recs.map((r) => r.meterStartWh),
-        recs.map((r) => r.meterEndWh),
-        recs.map((r) => r.billedWh),
-        recs.map((r) => r.unbilledWh),
-        recs.map((r) => JSON.stringify(r)),
+        recs.map((x) => x.site),
+        recs.map((x) => x.r.seq),
+        recs.map((x) => x.r.outlet),
+        recs.map((x) => x.r.from),
+        recs.map((x) => x.r.to),
+        recs.map((x) => x.r.meterStartWh),
+        recs.map((x) => x.r.meterEndWh),
+        recs.map((x) => x.r.billedWh),
+        recs.map((x) => x.r.unbilledWh),
+        recs.map((x) => JSON.stringify(x.r)),
       ],
     )
-  for (const r of verified) if (r.type === 'gateway.started' && typeof r.publicKey === 'string') publicKey = r.publicKey
-  return { repeatedSessions, publicKey }
+  for (const x of items)
+    for (const r of x.records) if (r.type === 'gateway.started' && typeof r.publicKey === 'string') out.get(x.siteId)!.publicKey = r.publicKey
+  return out
 }
 
 /**
@@ -366,7 +395,7 @@ export async function findBreak(client: pg.ClientBase, siteId: string, acked: nu
  * hash of seq − 1 and its hash against the stored `prev` of seq + 1, when those are held.
  * Returns the first mismatch (the seq whose prev does not link), or null.
  */
-async function checkLinks(client: pg.ClientBase, siteId: string, seqs: number[] | 'all', acked: number): Promise<ChainBreakRow | null> {
+export async function checkLinks(client: pg.ClientBase, siteId: string, seqs: number[] | 'all', acked: number): Promise<ChainBreakRow | null> {
   const ahead = seqs === 'all' ? null : seqs.filter((s) => s > acked + 1)
   if (ahead?.length === 0) return null
   const res = await client.query<{ seq: string }>(

@@ -4,7 +4,8 @@
  * stored it, and pulls gaps that stay open. Any number of workers with the same
  * group split the traffic; any worker may receive any site's records, in any order.
  *
- * Owns: the subscriptions, the per-site ordering of deliveries inside this worker,
+ * Owns: the subscriptions, the per-site ordering of deliveries inside this worker, the
+ * batches that store many sites' deliveries in one transaction (cloud/batch.ts),
  * publishing P/ack after commit, the gap pulls under a lease row (one puller per
  * site across workers), keeping `sites` current from P/status, and a clean stop
  * that finishes in-flight transactions.
@@ -22,6 +23,7 @@ import { OutpostError } from '../daemon/errors.js'
 import { authOptions, safeUrl, type BrokerAuth } from '../daemon/uplink/connection.js'
 import { serveMetrics, WorkerMetrics } from './metrics.js'
 import { migrate } from './schema.js'
+import { type Delivery, storeBatch } from './batch.js'
 import { storeRecords, type StoreResult } from './store.js'
 
 export interface IngestOptions extends BrokerAuth {
@@ -47,6 +49,14 @@ export interface IngestOptions extends BrokerAuth {
   maxPending?: number
   /** Where to serve /metrics and /health (port 0: any free one, see metricsPort). Not served when absent. */
   listen?: { host: string; port: number }
+}
+
+/** Records in one batch's transaction at most (a delivery larger than this goes alone). */
+const BATCH_RECORDS = 5000
+
+interface Waiting extends Delivery {
+  resolve(r: StoreResult): void
+  reject(err: unknown): void
 }
 
 /** A site id as the gateway's config allows it (config/site.schema.json `$defs.id`); any other is refused. */
@@ -131,6 +141,11 @@ export class IngestWorker {
   private pending = 0
   /** mqtt.js callbacks held back while `pending` is at the limit: each lets it read the next packet. */
   private readonly held: (() => void)[] = []
+  /** Deliveries waiting for a batch (at most one per site: the site's queue holds its next until this one commits). */
+  private readonly batchQueue: Waiting[] = []
+  private batchesRunning = 0
+  /** Batches at once: a connection is left for the gap checks and statuses. */
+  private readonly maxBatches: number
   private markSubscribed!: () => void
   /** Resolves once the first subscription is in place (the broker delivers to this worker from then on). */
   readonly subscribed: Promise<void> = new Promise((r) => (this.markSubscribed = r))
@@ -144,6 +159,7 @@ export class IngestWorker {
     this.gapWaitMs = opts.gapWaitMs ?? 3000
     this.leaseMs = opts.leaseMs ?? 10_000
     this.pullLimit = opts.pullLimit ?? 1000
+    this.maxBatches = Math.max(1, (opts.connections ?? 4) - 1)
   }
 
   /** Called after each committed delivery (tests, metrics). */
@@ -336,16 +352,7 @@ export class IngestWorker {
       if (typeof a.head === 'number' && Number.isSafeInteger(a.head))
         await this.pool!.query('UPDATE sites SET head = greatest(head, $2) WHERE site_id = $1', [site, a.head])
     }
-    const c = await this.pool!.connect()
-    let r: StoreResult
-    const t0 = performance.now()
-    try {
-      r = await storeRecords(c, site, records)
-    } finally {
-      c.release()
-    }
-    this.metrics.commitTook((performance.now() - t0) / 1000)
-    this.metrics.commits++
+    const r = await this.store(site, records)
     this.metrics.records.new += r.stored
     this.metrics.records.repeat += r.duplicates
     this.metrics.records.fork += r.forks.length
@@ -364,6 +371,70 @@ export class IngestWorker {
     if (r.acked > 0) this.sendAck(site, r.acked)
     for (const fn of this.afterCommit) fn(site, r)
     if (kind === 'pull' && next !== null && r.acked >= next - 1) await this.pullSite(site, true)
+  }
+
+  /** Hands a delivery to the batcher; resolves once the transaction that stored it committed. */
+  private store(site: string, records: unknown[]): Promise<StoreResult> {
+    return new Promise((resolve, reject) => {
+      this.batchQueue.push({ siteId: site, incoming: records, resolve, reject })
+      this.runBatches()
+    })
+  }
+
+  /**
+   * Starts batches while connections are free: each takes the deliveries waiting (up to BATCH_RECORDS records),
+   * one per site at most since a site's next delivery waits in its queue for this one's commit. Deliveries that
+   * arrive while batches run wait together for the next: the busier the worker, the larger its transactions.
+   */
+  private runBatches(): void {
+    while (this.batchesRunning < this.maxBatches && this.batchQueue.length > 0) {
+      let n = 0
+      let records = 0
+      while (n < this.batchQueue.length && (n === 0 || records + this.batchQueue[n]!.incoming.length <= BATCH_RECORDS)) {
+        records += this.batchQueue[n]!.incoming.length
+        n++
+      }
+      const batch = this.batchQueue.splice(0, n)
+      this.batchesRunning++
+      void this.runBatch(batch).finally(() => {
+        this.batchesRunning--
+        this.runBatches()
+      })
+    }
+  }
+
+  private async runBatch(batch: Waiting[]): Promise<void> {
+    let c: pg.PoolClient
+    try {
+      c = await this.pool!.connect()
+    } catch (err) {
+      for (const w of batch) w.reject(err)
+      return
+    }
+    try {
+      const t0 = performance.now()
+      const results = await storeBatch(c, batch)
+      this.metrics.commitTook((performance.now() - t0) / 1000)
+      this.metrics.commits++
+      for (const w of batch) w.resolve(results.get(w.siteId)!)
+    } catch (err) {
+      // One site's failure must not take the others down: each delivery again, in its own transaction.
+      if (batch.length === 1) batch[0]!.reject(err)
+      else
+        for (const w of batch) {
+          try {
+            const t0 = performance.now()
+            const r = await storeRecords(c, w.siteId, w.incoming)
+            this.metrics.commitTook((performance.now() - t0) / 1000)
+            this.metrics.commits++
+            w.resolve(r)
+          } catch (e) {
+            w.reject(e)
+          }
+        }
+    } finally {
+      c.release()
+    }
   }
 
   private async onStatus(site: string, topic: string, payload: Buffer): Promise<void> {

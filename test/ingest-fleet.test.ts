@@ -124,7 +124,7 @@ t.test('forged records are detected, change nothing they must not, and stop no o
   const last = victim.log.records[head - 1]! as JournalRecord & { total?: number }
   // 1. A stored record altered without re-hashing: refused.
   await raw.publishAsync(topic, JSON.stringify([{ ...last, total: 1 }]), { qos: 1 })
-  // 2. A malformed payload: ignored, logged.
+  // 2. A payload that is not JSON: kept aside in rejects (seq null, its topic), logged.
   await raw.publishAsync(topic, '{"not": "an array"', { qos: 1 })
   // 3. A stored record altered and re-hashed: a fork, kept aside, the stored one untouched.
   const rehashed = { ...last, total: 2 } as JournalRecord
@@ -135,10 +135,13 @@ t.test('forged records are detected, change nothing they must not, and stop no o
       'SELECT (SELECT count(*) FROM rejects WHERE site_id = $1)::int + (SELECT count(*) FROM forks WHERE site_id = $1)::int AS n',
       [victim.id],
     )
-    return r.rows[0]!.n === 2
+    return r.rows[0]!.n === 3
   }, 'the forgeries recorded')
-  const rej = await client.query('SELECT seq, reason FROM rejects WHERE site_id = $1', [victim.id])
-  t.match(rej.rows, [{ seq: String(head), reason: new RegExp(`seq ${head}: hash mismatch`) }])
+  const rej = await client.query('SELECT seq, reason, topic FROM rejects WHERE site_id = $1 ORDER BY seq NULLS LAST', [victim.id])
+  t.match(rej.rows, [
+    { seq: String(head), reason: new RegExp(`seq ${head}: hash mismatch`), topic: null },
+    { seq: null, reason: /^not JSON/, topic },
+  ])
   const fk = await client.query('SELECT seq, hash, stored_hash FROM forks WHERE site_id = $1', [victim.id])
   t.same(fk.rows, [{ seq: String(head), hash: rehashed.hash, stored_hash: last.hash }])
   const stored = await client.query('SELECT hash FROM records WHERE site_id = $1 AND seq = $2', [victim.id, head])
@@ -148,8 +151,8 @@ t.test('forged records are detected, change nothing they must not, and stop no o
     'the fork is alerted in a worker log',
   )
   t.ok(
-    workers.some((w) => w.err.some((l) => l.includes('malformed payload') && l.includes(victim.id))),
-    'the malformed payload is logged, naming the topic',
+    workers.some((w) => w.err.some((l) => l.includes('kept aside a delivery') && l.includes(topic))),
+    'the payload that is not JSON is logged, naming the topic',
   )
 
   // 4. A forged next record (self-consistent, linking to the head) before the gateway's own:
