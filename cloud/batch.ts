@@ -23,6 +23,7 @@ import {
   type ChainBreakRow,
   checkLinks,
   deriveRowsMany,
+  insertValues,
   rejectBody,
   selfCheck,
   type SiteRow,
@@ -103,20 +104,14 @@ export async function storeBatch(client: pg.ClientBase, deliveries: readonly Del
     const flat = fast.flatMap(({ p }) => p.list.map((x) => ({ site: p.siteId, x })))
     const inserted = new Set<string>()
     if (flat.length > 0) {
-      const res = await client.query<{ site_id: string; seq: string }>(
-        `INSERT INTO records (site_id, seq, type, hash, prev, body)
-         SELECT st, s, t, h, p, b::jsonb FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(st, s, t, h, p, b)
-         ON CONFLICT (site_id, seq) DO NOTHING RETURNING site_id, seq`,
-        [
-          flat.map((f) => f.site),
-          flat.map((f) => f.x.record.seq),
-          flat.map((f) => f.x.record.type),
-          flat.map((f) => f.x.record.hash),
-          flat.map((f) => f.x.record.prev),
-          flat.map((f) => f.x.text),
-        ],
+      const res = await insertValues<{ site_id: string; seq: string }>(
+        client,
+        'INSERT INTO records (site_id, seq, type, hash, prev, body)',
+        ['', '::bigint', '', '', '', '::jsonb'],
+        flat.map((f) => [f.site, f.x.record.seq, f.x.record.type, f.x.record.hash, f.x.record.prev, f.x.text]),
+        'ON CONFLICT (site_id, seq) DO NOTHING RETURNING site_id, seq',
       )
-      for (const r of res.rows) inserted.add(key(r.site_id, r.seq))
+      for (const r of res) inserted.add(key(r.site_id, r.seq))
     }
     // Records not inserted were held already: the same hash is a repeat, another is a fork.
     const held = flat.filter((f) => !inserted.has(key(f.site, f.x.record.seq)))

@@ -301,6 +301,33 @@ export async function advancePrefix(client: pg.ClientBase, siteId: string, site:
   return { end, verified, chainBreak, repeatedSessions, publicKey }
 }
 
+/** Bind parameters in one statement at most (PostgreSQL's protocol counts them in 16 bits). */
+const MAX_PARAMS = 65_535
+
+/**
+ * A multi-row `INSERT … VALUES ($1, $2::jsonb, …), (…)` of `rows`, chunked under MAX_PARAMS. Each value travels as
+ * its own parameter: no array literal to escape on the way (pg's arrays of long JSON texts cost more than the insert).
+ * `head` is `INSERT INTO t (cols)`, `casts` one per column ('' or '::jsonb'), `tail` e.g. `ON CONFLICT … RETURNING …`.
+ */
+export async function insertValues<R extends pg.QueryResultRow>(
+  client: pg.ClientBase,
+  head: string,
+  casts: readonly string[],
+  rows: readonly unknown[][],
+  tail: string,
+): Promise<R[]> {
+  const out: R[] = []
+  const per = Math.floor(MAX_PARAMS / casts.length)
+  for (let i = 0; i < rows.length; i += per) {
+    const chunk = rows.slice(i, i + per)
+    const params: unknown[] = []
+    const tuples = chunk.map((row) => `(${casts.map((c, k) => `$${params.push(row[k]) && params.length}${c}`).join(', ')})`)
+    const res = await client.query<R>(`${head} VALUES ${tuples.join(', ')} ${tail}`, params)
+    out.push(...res.rows)
+  }
+  return out
+}
+
 /** The rows derived from newly verified records of one site: sessions, meter reconciliations, and the key a gateway.started announces. */
 async function deriveRows(
   client: pg.ClientBase,
@@ -325,26 +352,19 @@ export async function deriveRowsMany(
     })),
   )
   if (sessions.length > 0) {
-    const ins = await client.query<{ site_id: string; seq: string }>(
-      `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
-       SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::timestamptz[], $7::timestamptz[],
-                            $8::float8[], $9::text[], $10::bigint[], $11::jsonb[])
-       ON CONFLICT (site_id, session_id) DO NOTHING RETURNING site_id, seq`,
-      [
-        sessions.map((x) => x.site),
-        sessions.map((x) => x.s.sessionId),
-        sessions.map((x) => x.s.seq),
-        sessions.map((x) => x.s.outlet),
-        sessions.map((x) => x.s.userId),
-        sessions.map((x) => x.s.startedAt),
-        sessions.map((x) => x.s.endedAt),
-        sessions.map((x) => x.s.energyWh),
-        sessions.map((x) => x.s.currency),
-        sessions.map((x) => x.s.total),
-        sessions.map((x) => JSON.stringify(x.s)),
-      ],
-    )
-    const inserted = new Set(ins.rows.map((r) => `${r.site_id}\n${r.seq}`))
+    // From the stored records themselves (every verified record is in `records`): the bodies are not sent or parsed twice.
+    const ins = (
+      await client.query<{ site_id: string; seq: string }>(
+        `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
+         SELECT r.site_id, r.body->>'sessionId', r.seq, r.body->>'outlet', r.body->>'userId', (r.body->>'startedAt')::timestamptz,
+                (r.body->>'endedAt')::timestamptz, (r.body->>'energyWh')::float8, r.body->>'currency', (r.body->>'total')::bigint, r.body
+         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(st, s, n) JOIN records r ON r.site_id = u.st AND r.seq = u.s
+         ORDER BY u.n
+         ON CONFLICT (site_id, session_id) DO NOTHING RETURNING site_id, seq`,
+        [sessions.map((x) => x.site), sessions.map((x) => x.s.seq)],
+      )
+    ).rows
+    const inserted = new Set(ins.map((r) => `${r.site_id}\n${r.seq}`))
     for (const x of sessions)
       if (!inserted.has(`${x.site}\n${x.s.seq}`)) out.get(x.site)!.repeatedSessions.push({ sessionId: x.s.sessionId, seq: x.s.seq })
   }
