@@ -51,8 +51,11 @@ function copyIn(dbUrl: string, chunks: readonly string[]): Promise<void> {
     let err = ''
     p.stderr!.on('data', (d: Buffer) => (err += d.toString()))
     p.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`psql COPY failed: ${err}`))))
-    for (const c of chunks) p.stdin!.write(c)
-    p.stdin!.end()
+    // Written with the pipe's back-pressure: a gigabyte handed over at once fails (ENOBUFS).
+    void (async () => {
+      for (const c of chunks) if (!p.stdin!.write(c)) await new Promise((r) => p.stdin!.once('drain', r))
+      p.stdin!.end()
+    })()
   })
 }
 

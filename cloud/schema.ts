@@ -140,6 +140,9 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (site_id, seq, hash)
   );
   ALTER TABLE rejects ADD COLUMN topic text;
+  -- Every table keyed site-first (no cross-site constraint), so that it distributes by site_id (Citus) as it is.
+  ALTER TABLE rejects DROP CONSTRAINT rejects_pkey;
+  ALTER TABLE rejects ADD PRIMARY KEY (site_id, id);
   `,
 ]
 

@@ -59,6 +59,21 @@ interface Waiting extends Delivery {
   reject(err: unknown): void
 }
 
+/**
+ * Whether a database error means the database could not be reached (a restart, a failover, a network
+ * cut: worth retrying) rather than refusing what was asked: connection errors, SQLSTATE classes 08
+ * (connection exception) and 57P (operator intervention: shutdown, cannot connect now).
+ */
+export function unreachable(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown }
+  const code = typeof e?.code === 'string' ? e.code : ''
+  if (/^(08|57P)/.test(code) || ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH'].includes(code)) return true
+  return (
+    typeof e?.message === 'string' &&
+    /Connection terminated|connection timeout|Client has encountered a connection error|not queryable/i.test(e.message)
+  )
+}
+
 /** A site id as the gateway's config allows it (config/site.schema.json `$defs.id`); any other is refused. */
 export const SITE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/u
 
@@ -144,6 +159,8 @@ export class IngestWorker {
   /** Deliveries waiting for a batch (at most one per site: the site's queue holds its next until this one commits). */
   private readonly batchQueue: Waiting[] = []
   private batchesRunning = 0
+  /** The database did not answer the last attempt (logged once per outage). */
+  private dbDown = false
   /** Batches at once: a connection is left for the gap checks and statuses. */
   private readonly maxBatches: number
   private markSubscribed!: () => void
@@ -403,14 +420,39 @@ export class IngestWorker {
     }
   }
 
+  /**
+   * Stores a batch, retrying while the database is unreachable (a restart, a failover): back-off from 250 ms
+   * doubling to 5 s, for as long as it takes, so that nothing is dropped or acked meanwhile; the batch's sites
+   * wait in their queues and, past maxPending, the broker holds the rest. A stop ends the retries (the
+   * deliveries were not acked: the gateways send them again).
+   */
   private async runBatch(batch: Waiting[]): Promise<void> {
-    let c: pg.PoolClient
-    try {
-      c = await this.pool!.connect()
-    } catch (err) {
-      for (const w of batch) w.reject(err)
-      return
+    for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        await this.storeOnce(batch)
+        if (this.dbDown) {
+          this.dbDown = false
+          this.logger.info('database reachable again')
+        }
+        return
+      } catch (err) {
+        if (!unreachable(err) || this.stopping) {
+          for (const w of batch) w.reject(err)
+          return
+        }
+        if (!this.dbDown)
+          this.logger.error({ err: { message: (err as Error).message } }, 'database unreachable; retrying with back-off, nothing acked meanwhile')
+        this.dbDown = true
+        this.metrics.dbErrors++
+        await new Promise((r) => setTimeout(r, delay))
+      }
     }
+  }
+
+  /** One attempt: the batch in one transaction; when it fails for one site's sake, each delivery alone. Throws when the database is unreachable. */
+  private async storeOnce(batch: Waiting[]): Promise<void> {
+    const c = await this.pool!.connect()
+    let broken = false
     try {
       const t0 = performance.now()
       const results = await storeBatch(c, batch)
@@ -418,22 +460,23 @@ export class IngestWorker {
       this.metrics.commits++
       for (const w of batch) w.resolve(results.get(w.siteId)!)
     } catch (err) {
+      broken = unreachable(err)
+      if (broken || batch.length === 1) throw err
       // One site's failure must not take the others down: each delivery again, in its own transaction.
-      if (batch.length === 1) batch[0]!.reject(err)
-      else
-        for (const w of batch) {
-          try {
-            const t0 = performance.now()
-            const r = await storeRecords(c, w.siteId, w.incoming)
-            this.metrics.commitTook((performance.now() - t0) / 1000)
-            this.metrics.commits++
-            w.resolve(r)
-          } catch (e) {
-            w.reject(e)
-          }
+      for (const w of batch) {
+        try {
+          const t0 = performance.now()
+          const r = await storeRecords(c, w.siteId, w.incoming)
+          this.metrics.commitTook((performance.now() - t0) / 1000)
+          this.metrics.commits++
+          w.resolve(r)
+        } catch (e) {
+          w.reject(e)
         }
+      }
     } finally {
-      c.release()
+      // A connection that failed is closed, not given back for reuse.
+      c.release(broken)
     }
   }
 
