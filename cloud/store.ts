@@ -301,33 +301,6 @@ export async function advancePrefix(client: pg.ClientBase, siteId: string, site:
   return { end, verified, chainBreak, repeatedSessions, publicKey }
 }
 
-/** Bind parameters in one statement at most (PostgreSQL's protocol counts them in 16 bits). */
-const MAX_PARAMS = 65_535
-
-/**
- * A multi-row `INSERT … VALUES ($1, $2::jsonb, …), (…)` of `rows`, chunked under MAX_PARAMS. Each value travels as
- * its own parameter: no array literal to escape on the way (pg's arrays of long JSON texts cost more than the insert).
- * `head` is `INSERT INTO t (cols)`, `casts` one per column ('' or '::jsonb'), `tail` e.g. `ON CONFLICT … RETURNING …`.
- */
-export async function insertValues<R extends pg.QueryResultRow>(
-  client: pg.ClientBase,
-  head: string,
-  casts: readonly string[],
-  rows: readonly unknown[][],
-  tail: string,
-): Promise<R[]> {
-  const out: R[] = []
-  const per = Math.floor(MAX_PARAMS / casts.length)
-  for (let i = 0; i < rows.length; i += per) {
-    const chunk = rows.slice(i, i + per)
-    const params: unknown[] = []
-    const tuples = chunk.map((row) => `(${casts.map((c, k) => `$${params.push(row[k]) && params.length}${c}`).join(', ')})`)
-    const res = await client.query<R>(`${head} VALUES ${tuples.join(', ')} ${tail}`, params)
-    out.push(...res.rows)
-  }
-  return out
-}
-
 /** The rows derived from newly verified records of one site: sessions, meter reconciliations, and the key a gateway.started announces. */
 async function deriveRows(
   client: pg.ClientBase,
