@@ -201,6 +201,20 @@ export interface OcppConfig {
   caFile?: string
   heartbeatS: number
   meterValueSampleS: number
+  clockAlignedDataS: number
+  meterValuesSampledData: string
+  meterValuesAlignedData: string
+  stopTxnSampledData: string
+  stopTxnAlignedData: string
+  transactionMessageAttempts: number
+  transactionMessageRetryIntervalS: number
+  localAuthorizeOffline: boolean
+  localPreAuthorize: boolean
+  allowOfflineTxForUnknownId: boolean
+  authorizationCacheEnabled: boolean
+  localAuthListEnabled: boolean
+  stopTransactionOnInvalidId: boolean
+  maxEnergyOnInvalidIdWh: number
   reconnectMaxMs: number
   callTimeoutS: number
 }

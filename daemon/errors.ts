@@ -88,6 +88,7 @@ const DAEMON_ERRORS = {
   DAEMON_STOPPED: 'the daemon stopped before a command waiting on it could be applied',
   ENGINE_NO_RESULT: 'the engine gave no result for a command it was given (a programming error)',
   STOP_TIMEOUT: 'a part did not stop within its time limit',
+  CROSS_CHECK_REFUSED: 'the wiring cross-check cannot begin now (a session is open, one is already running, or the site is not running)',
 } as const satisfies Record<string, string>
 
 /** The thrown codes, by the part of Outpost that throws them (the order of docs/errors.md). */
@@ -131,5 +132,7 @@ export const COMMAND_RESULT_ERRORS = {
   ...COMMAND_ERRORS,
   internal: 'the gateway could not validate or apply the command (a fault on the gateway; nothing was changed)',
   unavailable: 'Node-RED is stopping: its outpost-command node did not hand the command to the gateway (nothing was sent)',
+  'not-authorized':
+    'start on a site with ocpp while its central system is unreachable: the idTag is refused by the local list or the authorization cache, or unknown to both and AllowOfflineTxForUnknownId is false (docs/ocpp.md)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

@@ -16,7 +16,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
-import { checkConfigText, effectiveConfig } from '../config.js'
+import { checkConfigText, effectiveConfig, type ConfigProblem } from '../config.js'
 import { REDACTED, describeChanges, mayChange, redact, unredact, type PointerRule } from '../config-changes.js'
 import { pendingConfig } from '../engine/index.js'
 import { isOutpostError } from '../errors.js'
@@ -98,6 +98,14 @@ export class ConfigRoutes {
     }
   }
 
+  /** Saves `text` (made by another route, e.g. a cross-check's fix) as PUT /api/config would, If-Match from `req`, one at a time with every other save. */
+  saveText(text: string, req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
+    const ifMatch = ifMatchOf(req)
+    const run = this.lock.then(() => this.apply(text, ifMatch, who))
+    this.lock = run.catch(() => undefined)
+    return run
+  }
+
   private async save(req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
     const ifMatch = ifMatchOf(req)
     return this.apply(this.withSecrets(await configText(req), this.store.current().text), ifMatch, who)
@@ -150,14 +158,7 @@ export class ConfigRoutes {
       )
     }
     const checked = checkConfigText(text)
-    if (!checked.ok)
-      throw new HttpError(
-        422,
-        'invalid-config',
-        `the config has ${checked.problems.length} problem${checked.problems.length === 1 ? '' : 's'} (error.problems, each at its JSON pointer); nothing was changed`,
-        {},
-        { problems: checked.problems },
-      )
+    if (!checked.ok) throw invalidConfig(checked.problems)
     const changes = describeChanges(effectiveConfig(cur.text), checked.config)
     const denied = changes.filter((c) => !mayChange(who.role, c))
     if (denied.length > 0)
@@ -169,6 +170,9 @@ export class ConfigRoutes {
         'restart-required',
         `${list(restart)} cannot change while the daemon runs (buses, devices and the rest open at start): edit the file and restart the daemon; nothing was changed`,
       )
+    const busy = this.daemon.rewiredBy(checked.config).filter((id) => this.daemon.engineState.outlets[id]?.session)
+    if (busy.length > 0)
+      throw new HttpError(409, 'session-open', `the relay of ${busy.join(', ')} cannot change while a session is open there; nothing was changed`)
     if (text === cur.text && !edited) return { version: cur.version, changed: [], unchanged: true }
     let version: string
     try {
@@ -187,6 +191,17 @@ function fileState(version: string, disk: Awaited<ReturnType<ConfigStore['onDisk
   return { version: disk.version, edited: disk.version !== version }
 }
 
+/** 422 `invalid-config`: a config the checks of `check-config` refuse, each problem at its pointer in `error.problems`. */
+export function invalidConfig(problems: ConfigProblem[]): HttpError {
+  return new HttpError(
+    422,
+    'invalid-config',
+    `the config has ${problems.length} problem${problems.length === 1 ? '' : 's'} (error.problems, each at its JSON pointer); nothing was changed`,
+    {},
+    { problems },
+  )
+}
+
 const etag = (version: string): string => `"${version}"`
 
 function ifMatchOf(req: IncomingMessage): string {
@@ -198,7 +213,7 @@ function ifMatchOf(req: IncomingMessage): string {
   return m[1]!.toLowerCase()
 }
 
-async function configText(req: IncomingMessage): Promise<string> {
+export async function configText(req: IncomingMessage): Promise<string> {
   const type = mediaType(req)
   if (type !== 'application/json')
     throw new HttpError(
