@@ -51,7 +51,7 @@ import { CommandGateway } from './command-gateway.js'
 import { OcppLink, type OcppState } from './ocpp/attach.js'
 import { keyPath, loadOrCreateKey, type GatewayKey } from './gateway-key.js'
 import { existsSync } from 'node:fs'
-import { sessionSigner } from './session-signer.js'
+import { salvageSigner, sessionSigner } from './session-signer.js'
 import { CrossCheckReports, runCrossCheck, wiringHash, type CrossCheckProgress, type CrossCheckReport } from './crosscheck.js'
 
 export interface DaemonOptions {
@@ -184,6 +184,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         readingSyncMs: config.storage.readingSyncMs,
         expectExisting: keyExisted,
         sign: sessionSigner({ config: () => this.config, version: this.version, key: signer }),
+        signSalvage: salvageSigner({ siteId: () => config.site.id, key: signer }),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
