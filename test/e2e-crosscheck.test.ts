@@ -15,7 +15,7 @@ import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { JournalRecord } from '../core/types.js'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
-import { keepScreenshot, launchChromium } from './helpers/browser.js'
+import { keepScreenshot, signedInPage } from './helpers/browser.js'
 import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const ADMIN = 'admin-token-0123456789'
@@ -181,13 +181,7 @@ t.test('a site wired wrong: the cross-check finds each fault, its fixes apply wi
   )
 
   // The page, signed in as the installer: the state, the matrix, the findings in words; the phase fixed with one click.
-  const browser = await launchChromium(t)
-  const page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage()
-  const errors: string[] = []
-  page.on('pageerror', (e) => errors.push(e.message))
-  await page.goto(base)
-  await page.fill('#token', tokenOf('installer'))
-  await Promise.all([page.waitForURL(`${base}/`), page.click('button[type=submit]')])
+  const { page, errors } = await signedInPage(t, base, tokenOf('installer'))
   await page.waitForSelector('#cc-report .cc-findings li')
   t.match(await page.textContent('#cc-state'), /Not passed/)
   const listed = await page.$$eval('#cc-report .cc-findings li', (lis) => lis.map((li) => li.getAttribute('data-kind')))

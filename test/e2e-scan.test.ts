@@ -11,7 +11,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { freePort } from './helpers/mosquitto.js'
-import { keepScreenshot, launchChromium } from './helpers/browser.js'
+import { keepScreenshot, signedInPage } from './helpers/browser.js'
 
 /** The page's document, inside page functions. */
 declare const document: any
@@ -80,13 +80,7 @@ t.test('scan the site’s bus from the page and add the meter it finds', async (
   t.ok(cancelled.cancelled && cancelled.done < cancelled.total, `cancelled after ${cancelled.done} of ${cancelled.total} ids`)
 
   // The page: the configured bus, a few ids, the hits, and "Add" on the meter not in the config.
-  const browser = await launchChromium(t)
-  const page = await (await browser.newContext({ viewport: { width: 1100, height: 900 } })).newPage()
-  const errors: string[] = []
-  page.on('pageerror', (e) => errors.push(e.message))
-  await page.goto(base)
-  await page.fill('#token', tokenOf('installer'))
-  await Promise.all([page.waitForURL(`${base}/`), page.click('button[type=submit]')])
+  const { page, errors } = await signedInPage(t, base, tokenOf('installer'))
   await page.waitForSelector('#scan-source option[value="bus:site"]', { state: 'attached' })
   await page.selectOption('#scan-source', 'bus:site')
   await page.fill('#scan-units', '1-4,100')

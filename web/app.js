@@ -10,6 +10,7 @@
   const WINDOW_MS = 5 * 60 * 1000
   const COLORS = ['#1f6feb', '#1a7f37', '#b54708', '#7c3aed', '#b42318', '#0e7490', '#a21caf', '#4d7c0f']
   const $ = (id) => document.getElementById(id)
+  const { el } = window.Outpost
   let snap = null
   const statuses = new Map()
   const series = new Map() // outlet -> [{t, a, w}]
@@ -20,17 +21,6 @@
 
   // ---------------------------------------------------------------- formatting
 
-  function el(tag, attrs, ...children) {
-    const e = document.createElement(tag)
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = v
-      else if (k === 'color')
-        e.style.background = v // CSSOM: allowed by the page's CSP, unlike a style attribute
-      else e.setAttribute(k, v)
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c))
-    return e
-  }
   function money(minor, currency, digits) {
     if (!currency) return String(minor)
     const d = Number.isInteger(digits) ? digits : 2

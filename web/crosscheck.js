@@ -8,25 +8,9 @@
 'use strict'
 ;(() => {
   const $ = (id) => document.getElementById(id)
+  const { el, api } = window.Outpost
   let timer = null
   let shown = null
-
-  function el(tag, attrs, ...children) {
-    const e = document.createElement(tag)
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = v
-      else e.setAttribute(k, v)
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c))
-    return e
-  }
-
-  async function api(path, init) {
-    const res = await fetch(path, { credentials: 'same-origin', cache: 'no-store', ...(init || {}) })
-    const body = await res.json().catch(() => ({}))
-    if (!res.ok) throw new Error(body.error?.message || 'HTTP ' + res.status)
-    return { body, etag: res.headers.get('etag') }
-  }
 
   function when(ms) {
     return new Date(ms).toLocaleString()

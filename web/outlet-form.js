@@ -8,32 +8,12 @@
 'use strict'
 ;(() => {
   const $ = (id) => document.getElementById(id)
+  const { el, api } = window.Outpost
   /** Fields whose choices come from the config, not the schema: the list each names. */
   const REFERENCES = { plan: 'plans', circuit: 'circuits', bus: 'buses' }
   /** Shown, not edited here: an outlet's id names its topics and records. */
   const FIXED = new Set(['id', 'connectorId', 'autoStart'])
   let schema = null
-
-  function el(tag, attrs, ...children) {
-    const e = document.createElement(tag)
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = v
-      else e.setAttribute(k, v)
-    }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c))
-    return e
-  }
-
-  async function api(path, init) {
-    const res = await fetch(path, { credentials: 'same-origin', cache: 'no-store', ...(init || {}) })
-    const body = await res.json().catch(() => ({}))
-    if (!res.ok) {
-      const err = new Error(body.error?.message || 'HTTP ' + res.status)
-      err.problems = body.error?.problems || []
-      throw err
-    }
-    return { body, etag: res.headers.get('etag') }
-  }
 
   /** A schema node with its $ref followed (local refs only, as the site schema uses). */
   function resolve(node) {

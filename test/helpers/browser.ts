@@ -4,7 +4,7 @@
  */
 import { existsSync, mkdirSync, copyFileSync } from 'node:fs'
 import { basename, join } from 'node:path'
-import { chromium, type Browser } from 'playwright-core'
+import { chromium, type Browser, type Page } from 'playwright-core'
 
 interface Teardownable {
   teardown(fn: () => unknown): void
@@ -29,4 +29,21 @@ export function keepScreenshot(file: string): void {
   if (!dir) return
   mkdirSync(dir, { recursive: true })
   copyFileSync(file, join(dir, basename(file)))
+}
+
+/** The status page at `base` in headless Chromium, signed in with `token`; `errors` collects the page's script errors. */
+export async function signedInPage(
+  t: Teardownable,
+  base: string,
+  token: string,
+  viewport = { width: 1100, height: 900 },
+): Promise<{ page: Page; errors: string[] }> {
+  const browser = await launchChromium(t)
+  const page = await (await browser.newContext({ viewport })).newPage()
+  const errors: string[] = []
+  page.on('pageerror', (e) => errors.push(e.message))
+  await page.goto(base)
+  await page.fill('#token', token)
+  await Promise.all([page.waitForURL(`${base}/`), page.click('button[type=submit]')])
+  return { page, errors }
 }
