@@ -57,6 +57,7 @@ export const COMMAND_STATUS = {
   'unknown-circuit': 404,
   'limit-above-circuit': 409,
   unavailable: 503,
+  'rate-limited': 429,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 

@@ -1,0 +1,388 @@
+/**
+ * Node-RED's supervisor in the daemon: Node-RED runs in a process of its own
+ * (child.ts), as a user of its own when the daemon runs as root, and the daemon only
+ * ever talks to it through the channel (channel.ts) and proxies HTTP to it.
+ *
+ * Owns: spawning the Node-RED process (node flags, environment, user), watching it
+ * (a ping every `pingMs`; unanswered for `hangMs`, or no `ready` within `startMs`, it
+ * is killed), restarting it with back-off after it exits (1 s, doubling up to 30 s
+ * while it keeps dying within a minute of its start), the HTTP and websocket proxy
+ * for the editor and flows' endpoints (what the local API mounts), the counters the
+ * status page and /metrics show, and a clean stop.
+ *
+ * Must never: make the daemon wait on Node-RED (start() returns once the process is
+ * spawned; a request while it is down gets 503 at once); pass the API token or the
+ * status page's cookie on to Node-RED; hand Node-RED the systemd notify socket (it
+ * could feed the daemon's watchdog) or any descriptor but its channel.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { request, Agent, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { connect, type Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import { fileURLToPath } from 'node:url'
+import type { SiteConfig } from '../../core/types.js'
+import type { Daemon } from '../daemon.js'
+import type { Logger } from '../log.js'
+import { HttpError, sendError } from '../http/util.js'
+import { SESSION_COOKIE } from '../http/auth.js'
+import { type ChannelCounters, DaemonChannel } from './channel.js'
+import { type ChildSettings, PROXY_HEADER } from './wire.js'
+
+export const CHILD_PATH = fileURLToPath(new URL('./child.js', import.meta.url))
+
+/** Back-off after an exit: 1 s, doubling while it keeps dying within STABLE_MS of its start, at most 30 s. */
+export const BACKOFF_MIN_MS = 1000
+export const BACKOFF_MAX_MS = 30_000
+export const STABLE_MS = 60_000
+/** Environment the daemon never passes on: systemd's notify socket and watchdog, its credentials, socket activation. */
+const WITHHELD_ENV = [
+  'NOTIFY_SOCKET',
+  'WATCHDOG_USEC',
+  'WATCHDOG_PID',
+  'CREDENTIALS_DIRECTORY',
+  'LISTEN_FDS',
+  'LISTEN_PID',
+  'LISTEN_FDNAMES',
+  'NODE_OPTIONS',
+]
+
+export type NodeRedState = 'starting' | 'running' | 'restarting' | 'stopped'
+
+/** What the status page (`nodeRed` in GET /api/status) and /metrics show. */
+export interface NodeRedStatus {
+  state: NodeRedState
+  pid: number | null
+  /** The user Node-RED runs as. */
+  user: string
+  /** Starts after the first. */
+  restarts: number
+  /** Since when the state is what it is (ISO 8601). */
+  since: string
+  lastExit: { code: number | null; signal: string | null; at: string; why: string } | null
+  startMs: number | null
+  commands: number
+  refused: number
+  droppedEvents: number
+}
+
+export interface SupervisorOptions {
+  daemon: Daemon
+  config: SiteConfig
+  server: Server
+  logger: Logger
+  settings: Omit<ChildSettings, 'proxySecret' | 'logLevel'>
+  /** Who to run it as (uid/gid), or undefined: the daemon's own user. */
+  runAs?: { name: string; uid: number; gid: number }
+  /** Monotonic milliseconds. */
+  now?: () => number
+  /** Wall clock for `since`/`at` (the daemon's injected clock). */
+  wallNow?: () => number
+  pingMs?: number
+  hangMs?: number
+  startMs?: number
+}
+
+export class NodeRedSupervisor {
+  private child: ChildProcess | undefined
+  private channel: DaemonChannel | undefined
+  private port: number | undefined
+  private readonly secret = randomBytes(24).toString('base64url')
+  private readonly agent = new Agent({ keepAlive: true, maxSockets: 16 })
+  private readonly sockets = new Set<Duplex>()
+  private state: NodeRedState = 'starting'
+  private since: number
+  private restarts = 0
+  private failures = 0
+  private spawnedAt = 0
+  private lastPong = 0
+  private lastExit: NodeRedStatus['lastExit'] = null
+  private startMs: number | null = null
+  private killedWhy: string | undefined
+  private timer: NodeJS.Timeout | undefined
+  private pinger: NodeJS.Timeout | undefined
+  private stopping = false
+  private waiters: (() => void)[] = []
+  readonly counters: ChannelCounters = { commands: 0, refused: 0, droppedEvents: 0, droppedLogs: 0, malformed: 0 }
+  private readonly log: Logger
+  private readonly now: () => number
+  private readonly wallNow: () => number
+  private readonly onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => this.upgrade(req, socket, head)
+
+  constructor(private readonly o: SupervisorOptions) {
+    this.log = o.logger.child({ component: 'node-red' })
+    this.now = o.now ?? (() => performance.now())
+    this.wallNow = o.wallNow ?? Date.now
+    this.since = this.wallNow()
+  }
+
+  /** Spawns Node-RED and returns: the daemon never waits for it to be ready. */
+  start(): void {
+    this.o.server.on('upgrade', this.onUpgrade)
+    this.spawn()
+  }
+
+  /** Resolves once Node-RED is (again) ready for requests. */
+  ready(): Promise<void> {
+    if (this.state === 'running') return Promise.resolve()
+    return new Promise((r) => this.waiters.push(r))
+  }
+
+  pid(): number | undefined {
+    return this.child?.pid
+  }
+
+  status(): NodeRedStatus {
+    const c = this.counters
+    return {
+      state: this.state,
+      pid: this.child?.pid ?? null,
+      user: this.o.runAs?.name ?? currentUser(),
+      restarts: this.restarts,
+      since: new Date(this.since).toISOString(),
+      lastExit: this.lastExit,
+      startMs: this.startMs,
+      commands: c.commands,
+      refused: c.refused,
+      droppedEvents: c.droppedEvents,
+    }
+  }
+
+  /** The editor and its admin API (mounted without the API token: Node-RED has its own login). */
+  readonly admin = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void => this.proxy(req, res, next, false)
+  /** Flows' own endpoints (mounted behind the API token, which is not passed on). */
+  readonly node = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void => this.proxy(req, res, next, true)
+
+  async stop(): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    clearTimeout(this.timer)
+    clearInterval(this.pinger)
+    this.o.server.off('upgrade', this.onUpgrade)
+    for (const s of this.sockets) s.destroy()
+    const child = this.child
+    this.channel?.close()
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>((r) => child.once('exit', () => r()))
+      // The channel's end tells it to exit; a Node-RED that does not within 5 s is killed.
+      const kill = setTimeout(() => child.kill('SIGKILL'), 5000)
+      child.kill('SIGTERM')
+      await exited
+      clearTimeout(kill)
+    }
+    this.agent.destroy()
+    this.setState('stopped')
+    this.log.info('node-red stopped')
+  }
+
+  // ---------------------------------------------------------------- the process
+
+  private spawn(): void {
+    if (this.stopping) return
+    const { daemon, config, runAs } = this.o
+    const env: NodeJS.ProcessEnv = { ...process.env, HOME: this.o.settings.userDir }
+    for (const k of WITHHELD_ENV) delete env[k]
+    const maxMb = config.nodeRed?.maxMemoryMb ?? 256
+    this.port = undefined
+    this.killedWhy = undefined
+    this.spawnedAt = this.now()
+    this.lastPong = this.spawnedAt
+    let child: ChildProcess
+    try {
+      child = spawn(process.execPath, [`--max-old-space-size=${maxMb}`, CHILD_PATH], {
+        cwd: this.o.settings.userDir,
+        env,
+        stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+        ...(runAs ? { uid: runAs.uid, gid: runAs.gid } : {}),
+      })
+    } catch (err) {
+      this.exited(null, null, `spawn failed: ${(err as Error).message}`)
+      return
+    }
+    this.child = child
+    child.on('error', (err) => this.log.error({ err: err.message }, 'node-red process error'))
+    for (const [name, s] of [
+      ['stdout', child.stdout],
+      ['stderr', child.stderr],
+    ] as const)
+      if (s) logOutput(s, name, this.log)
+    const stream = child.stdio[3] as Duplex
+    const channel = new DaemonChannel({
+      daemon,
+      stream,
+      log: this.log,
+      settings: { ...this.o.settings, proxySecret: this.secret, logLevel: this.log.level },
+      commandRate: config.nodeRed?.commandRate ?? 20,
+      now: this.now,
+      counters: this.counters,
+      onReady: (m) => {
+        if (child !== this.child || typeof m.port !== 'number') return
+        this.port = m.port
+        this.startMs = Math.round(this.now() - this.spawnedAt)
+        this.setState('running')
+        this.log.info(
+          {
+            pid: child.pid,
+            user: this.status().user,
+            adminRoot: this.o.settings.adminRoot,
+            nodeRoot: this.o.settings.nodeRoot,
+            userDir: this.o.settings.userDir,
+            flowFile: this.o.settings.flowFile,
+            version: m.version,
+            startMs: this.startMs,
+            restarts: this.restarts,
+            auth: Boolean(this.o.settings.adminAuth),
+          },
+          'node-red running',
+        )
+        for (const w of this.waiters.splice(0)) w()
+      },
+      onPong: () => (this.lastPong = this.now()),
+      onBroken: (why) => this.kill(`the channel broke: ${why}`),
+    })
+    this.channel = channel
+    void channel.open().catch((err: Error) => this.kill(`the channel did not open: ${err.message}`))
+    child.once('exit', (code, signal) => {
+      if (child === this.child) this.exited(code, signal, this.killedWhy ?? (signal ? `killed by ${signal}` : `exited with ${code}`))
+    })
+    this.setState(this.restarts === 0 && this.lastExit === null ? 'starting' : 'restarting')
+    clearInterval(this.pinger)
+    const pingMs = this.o.pingMs ?? 5000
+    const hangMs = this.o.hangMs ?? 15_000
+    const startMs = this.o.startMs ?? 120_000
+    this.pinger = setInterval(() => {
+      const now = this.now()
+      if (now - this.lastPong > hangMs) return this.kill(`did not answer for ${Math.round((now - this.lastPong) / 1000)} s`)
+      if (this.port === undefined && now - this.spawnedAt > startMs) return this.kill(`not ready ${Math.round(startMs / 1000)} s after its start`)
+      channel.ping()
+    }, pingMs)
+    this.pinger.unref()
+  }
+
+  private kill(why: string): void {
+    const child = this.child
+    if (!child || child.exitCode !== null || child.signalCode !== null) return
+    this.killedWhy = why
+    this.log.error({ pid: child.pid, why }, 'node-red is killed')
+    child.kill('SIGKILL')
+  }
+
+  private exited(code: number | null, signal: string | null, why: string): void {
+    clearInterval(this.pinger)
+    this.channel?.close()
+    this.channel = undefined
+    this.port = undefined
+    for (const s of this.sockets) s.destroy()
+    this.lastExit = { code, signal, at: new Date(this.wallNow()).toISOString(), why }
+    if (this.stopping) return
+    const ranMs = this.now() - this.spawnedAt
+    this.failures = ranMs >= STABLE_MS ? 0 : this.failures + 1
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, this.failures - 1))
+    this.log.error({ code, signal, why, restartInMs: delay, restarts: this.restarts }, 'node-red exited; charging goes on, restarting it')
+    this.setState('restarting')
+    this.timer = setTimeout(() => {
+      this.restarts++
+      this.spawn()
+    }, delay)
+    this.timer.unref()
+  }
+
+  private setState(s: NodeRedState): void {
+    if (s !== this.state) this.since = this.wallNow()
+    this.state = s
+  }
+
+  // ---------------------------------------------------------------- HTTP
+
+  private proxy(req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void, isNode: boolean): void {
+    if (this.stopping) return void next()
+    const port = this.port
+    if (port === undefined) {
+      return void sendError(
+        res,
+        new HttpError(503, 'node-red-unavailable', `Node-RED is ${this.state} (see the status page); charging goes on without it`, {
+          'retry-after': '5',
+        }),
+      )
+    }
+    const path = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? '/'
+    const headers = forwardHeaders(req, this.secret, isNode)
+    const up = request({ host: '127.0.0.1', port, method: req.method, path, headers, agent: this.agent }, (ures) => {
+      res.writeHead(ures.statusCode ?? 502, ures.headers)
+      ures.pipe(res)
+    })
+    up.setTimeout(60_000, () => up.destroy(new Error('Node-RED did not answer within 60 s')))
+    up.on('error', (err) => {
+      if (res.headersSent) return void res.destroy()
+      sendError(res, new HttpError(502, 'node-red-unavailable', `Node-RED did not answer: ${err.message}`))
+    })
+    req.pipe(up)
+  }
+
+  /** The editor's websocket: piped to Node-RED's, the secret added. */
+  private upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const root = this.o.settings.adminRoot === '/' ? '' : this.o.settings.adminRoot
+    if ((req.url ?? '').split('?')[0] !== `${root}/comms`) return
+    const port = this.port
+    if (port === undefined || this.stopping) return void socket.destroy()
+    const upstream: Socket = connect(port, '127.0.0.1')
+    this.sockets.add(socket)
+    this.sockets.add(upstream)
+    const drop = (): void => {
+      socket.destroy()
+      upstream.destroy()
+      this.sockets.delete(socket)
+      this.sockets.delete(upstream)
+    }
+    socket.on('error', drop).on('close', drop)
+    upstream.on('error', drop).on('close', drop)
+    upstream.on('connect', () => {
+      const headers = forwardHeaders(req, this.secret, false)
+      const lines = [`${req.method} ${req.url} HTTP/1.1`]
+      for (const [k, v] of Object.entries(headers)) for (const one of Array.isArray(v) ? v : [v]) if (one !== undefined) lines.push(`${k}: ${one}`)
+      upstream.write(lines.join('\r\n') + '\r\n\r\n')
+      if (head.length) upstream.write(head)
+      socket.pipe(upstream)
+      upstream.pipe(socket)
+    })
+  }
+}
+
+/** The request's headers for Node-RED: the proxy's secret in, the status page's cookie out, and for flows' endpoints the API token out. */
+function forwardHeaders(req: IncomingMessage, secret: string, isNode: boolean): Record<string, string | string[] | undefined> {
+  const h: Record<string, string | string[] | undefined> = { ...req.headers }
+  delete h[PROXY_HEADER]
+  if (isNode) delete h.authorization
+  if (typeof h.cookie === 'string') {
+    const kept = h.cookie
+      .split(';')
+      .map((c) => c.trim())
+      .filter((c) => c && !c.startsWith(`${SESSION_COOKIE}=`))
+    if (kept.length) h.cookie = kept.join('; ')
+    else delete h.cookie
+  }
+  h[PROXY_HEADER] = secret
+  return h
+}
+
+/** The process's stdout/stderr (a crash's stack, V8's out-of-memory report) into the log, at most 50 lines a second. */
+function logOutput(s: NodeJS.ReadableStream, stream: string, log: Logger): void {
+  let held = ''
+  let window = { at: 0, n: 0 }
+  s.setEncoding('utf8')
+  s.on('data', (chunk: string) => {
+    const lines = (held + chunk).split('\n')
+    held = (lines.pop() ?? '').slice(0, 8192)
+    const now = Date.now()
+    if (now - window.at >= 1000) window = { at: now, n: 0 }
+    for (const line of lines) if (line.trim() && ++window.n <= 50) log.warn({ stream }, line.slice(0, 8192))
+  })
+}
+
+function currentUser(): string {
+  try {
+    return process.env.USER ?? String(process.getuid?.() ?? '')
+  } catch {
+    return ''
+  }
+}
