@@ -77,7 +77,7 @@ export class Service {
       api.mount(handle.adminRoot, handle.admin)
       if (handle.node && handle.nodeRoot) api.mount(handle.nodeRoot, handle.node, { token: true })
       this.nodeRed = handle
-      logger.info({ adminRoot: handle.adminRoot, nodeRoot: handle.nodeRoot ?? null }, 'node-red supervised in a process of its own')
+      logger.info({ adminRoot: handle.adminRoot, nodeRoot: handle.nodeRoot ?? null }, 'node-red started')
     } catch (err) {
       const e = err as { code?: string; message?: string }
       logger.error({ code: e.code, err: e.message ?? String(err) }, 'node-red did not start; charging continues without it')
