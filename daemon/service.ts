@@ -73,7 +73,14 @@ export class Service {
     const { config, logger } = this.opts
     const start = this.opts.startNodeRed ?? realStartNodeRed
     try {
-      const handle = await start({ daemon: this.daemon, config, server: api.server, logger, clock: this.opts.clock })
+      const handle = await start({
+        daemon: this.daemon,
+        config,
+        server: api.server,
+        logger,
+        clock: this.opts.clock,
+        configFile: this.opts.configStore?.file,
+      })
       api.mount(handle.adminRoot, handle.admin)
       if (handle.node && handle.nodeRoot) api.mount(handle.nodeRoot, handle.node, { token: true })
       this.nodeRed = handle

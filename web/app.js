@@ -171,6 +171,13 @@
     row('Acknowledged up to', '#' + u.acked)
     row('Journal head', '#' + j.head)
     if (j.fault) row('Journal fault', j.fault, 'bad')
+    const nr = snap.nodeRed
+    if (nr) {
+      const restarts = nr.restarts ? ` · ${nr.restarts} restart${nr.restarts === 1 ? '' : 's'}` : ''
+      row('Node-RED', nr.state + restarts, nr.state === 'running' ? 'good' : nr.state === 'stopped' ? '' : 'bad')
+      if (nr.lastExit && nr.state !== 'running') row('Node-RED stopped', `${nr.lastExit.why}, ${ago(nr.lastExit.at)}`, 'warn')
+      if (nr.refused) row('Node-RED commands refused', `${nr.refused} over the rate limit`, 'warn')
+    }
   }
 
   function renderCircuits() {

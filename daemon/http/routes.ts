@@ -266,6 +266,7 @@ export class ApiRoutes {
       circuits: d.circuitStatuses(),
       uplink: { ...d.uplinkState(), oldestUnackedTs: await oldestUnackedTs(d) },
       ocpp: d.ocppState() ?? null,
+      nodeRed: d.nodeRed?.status() ?? null,
       journal: journal.status(),
       sessions: await this.sessions.recent(10),
     }

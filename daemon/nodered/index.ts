@@ -16,7 +16,20 @@
  * put Node-RED's files where Node-RED's user could read the journal or the key.
  */
 import { randomBytes } from 'node:crypto'
-import { chownSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync, lstatSync } from 'node:fs'
+import {
+  chmodSync,
+  chownSync,
+  cpSync,
+  statSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+  lstatSync,
+} from 'node:fs'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
 import type { SiteConfig } from '../../core/types.js'
@@ -64,6 +77,8 @@ export interface NodeRedOptions {
   /** The local API's HTTP server (the editor's websocket is proxied from its `upgrade` event). */
   server: Server
   logger: Logger
+  /** The config file the daemon runs (its secrets): Node-RED's user must not be able to read it. */
+  configFile?: string
   /** The daemon's clock (the status's times; the rate limit's and watchdog's intervals). */
   clock?: Clock
   /** Watchdog tuning (tests): ping interval, how long unanswered before a kill. */
@@ -116,6 +131,7 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   const log = logger.child({ component: 'node-red' })
   const runAs = nodeRedUser(config, log)
   const paths = nodeRedPaths(config)
+  if (runAs) keepOut(config, opts.configFile, log)
   const { seeded, migrated } = prepareUserDir(config, runAs)
   if (migrated.length)
     log.warn({ moved: migrated, userDir: paths.userDir }, "node-red's files moved out of storage.dir (its own user cannot read storage.dir)")
@@ -185,6 +201,26 @@ export function nodeRedUser(config: SiteConfig, log: Logger): { name: string; ui
     )
   if (entry.uid === 0) throw new OutpostError('NODE_RED_USER', `nodeRed.user "${name}" is root: Node-RED never runs as root`)
   return { name, ...entry }
+}
+
+/**
+ * What Node-RED's user must not read, as the daemon (root) can make sure of: storage.dir (the
+ * journal, the key) loses any access for other users (the daemon creates it with the umask's
+ * mode); a config file other users may read is an error in the log (it is the site's to change).
+ */
+function keepOut(config: SiteConfig, configFile: string | undefined, log: Logger): void {
+  const dir = resolve(config.storage.dir)
+  try {
+    const mode = statSync(dir).mode & 0o7777
+    if (mode & 0o007) {
+      chmodSync(dir, mode & ~0o007)
+      log.info({ dir, mode: (mode & ~0o007).toString(8) }, "storage.dir closed to other users (Node-RED's among them)")
+    }
+  } catch (err) {
+    log.error({ dir, err: (err as Error).message }, "could not close storage.dir to other users: Node-RED's user may reach the journal")
+  }
+  if (configFile && existsSync(configFile) && statSync(configFile).mode & 0o004)
+    log.error({ file: configFile }, `the config file is readable by every user, Node-RED's too: chmod o-r ${configFile}`)
 }
 
 function passwdEntry(name: string): { uid: number; gid: number } | undefined {
