@@ -55,6 +55,7 @@ let nid = 0
 const id = (): string => `a77ac0000000${(++nid).toString(16).padStart(4, '0')}`
 /** A flow tab: http-in → function (libs: fs) → http response for each endpoint, plus the command and file-in paths. */
 function attackFlow(): unknown[] {
+  nid = 0
   const nodes: unknown[] = []
   const endpoint = (method: string, url: string, func: string, outputs = 1, wire?: (fnId: string) => string[][]): string => {
     const inId = id()
@@ -501,9 +502,10 @@ t.test('kill -9 of Node-RED: the daemon runs on, Node-RED is back within the bac
   t.ok(tookMs <= Number(exited.restartInMs) + Number(running.startMs) + 2000, 'back within the back-off and its start')
   t.ok(back.restarts > before.restarts)
   const flows = (await api('GET', '/red/flows', undefined, {})).json as { id: string }[]
+  const deployed = attackFlow() as { id: string }[]
   t.ok(
-    flows.some((n) => n.id === z),
-    'the deployed flow is intact',
+    deployed.every((d) => flows.some((n) => n.id === d.id)),
+    `the deployed flow is intact (its ${deployed.length} nodes)`,
   )
   t.ok(
     flows.some((n) => n.id === '0a7f1a0000000002'),
