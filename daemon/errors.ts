@@ -67,6 +67,7 @@ const NODE_RED_ERRORS = {
   NODE_RED_EARLY: 'Node-RED was started before the daemon (its nodes need the command gateway and the journal)',
   NODE_RED_ONCE: 'Node-RED is already running for this daemon',
   NODE_RED_USER: 'the daemon runs as root and nodeRed.user names no user of this system (Node-RED never runs as root)',
+  NODE_RED_CHANNEL: "the channel to Node-RED's own unit could not be set up (its credential or its socket)",
   NODE_RED_MIGRATE: "Node-RED's user directory could not be moved out of storage.dir",
   NODE_RED_NO_AUTH: 'the editor would be served beyond loopback without nodeRed.adminAuth',
   NODE_RED_SECRET: 'the credential key file holds no usable key',

@@ -15,7 +15,7 @@
  * 'node-red')` (the same validation, at-most-once per id and ledger as the cloud's);
  * wait on Node-RED; let anything Node-RED sends throw in the daemon.
  */
-import { randomUUID } from 'node:crypto'
+import { randomUUID, timingSafeEqual } from 'node:crypto'
 import type { Duplex } from 'node:stream'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
@@ -48,6 +48,9 @@ export interface ChannelOptions {
   /** Monotonic milliseconds (the rate limit's clock). */
   now: () => number
   counters: ChannelCounters
+  /** Under Node-RED's own unit: the credential its first line must give (`auth`); nothing is sent or taken before. */
+  token?: string
+  onAuthed?(): void
   onReady(m: Extract<UpMessage, { t: 'ready' }>): void
   onPong(n: number): void
   /** The other end broke the protocol beyond repair (an oversized line): the supervisor restarts it. */
@@ -62,10 +65,12 @@ export class DaemonChannel {
   private inFlight = 0
   private logWindow = { at: 0, n: 0 }
   private pingN = 0
+  private authed: boolean
 
   constructor(private readonly o: ChannelOptions) {
     this.tokens = o.commandRate
     this.refilledAt = o.now()
+    this.authed = o.token === undefined
     this.relays = {
       record: (p) => this.send({ t: 'record', p }),
       status: (p) => this.send({ t: 'status', p }),
@@ -126,6 +131,14 @@ export class DaemonChannel {
   private onMessage(m: unknown): void {
     if (this.closed) return
     const msg = m as UpMessage | undefined
+    if (!this.authed) {
+      const given = msg?.t === 'auth' && typeof msg.token === 'string' ? Buffer.from(msg.token) : undefined
+      const want = Buffer.from(this.o.token ?? '')
+      if (!given || given.length !== want.length || !timingSafeEqual(given, want))
+        return void this.o.onBroken('its first line was not the channel credential')
+      this.authed = true
+      return void this.o.onAuthed?.()
+    }
     if (!msg || typeof msg !== 'object' || typeof msg.t !== 'string') return void this.o.counters.malformed++
     switch (msg.t) {
       case 'command':

@@ -14,7 +14,7 @@
  */
 import { createServer, type IncomingMessage } from 'node:http'
 import { createRequire } from 'node:module'
-import { Socket } from 'node:net'
+import { Socket, connect } from 'node:net'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -24,7 +24,19 @@ import type { Duplex } from 'node:stream'
 import { packagePath } from '../../core/paths.js'
 import type { CommandResult, JournalRecord, OutletStatus } from '../../core/types.js'
 import type { OutpostBridge } from './bridge.js'
-import { CHANNEL_FD, type ChildSettings, type DownMessage, type Hello, PROXY_HEADER, type UpMessage, readLines, writeLine } from './wire.js'
+import { SystemdNotifier } from '../systemd.js'
+import { credentialSecret, prepareFiles } from './files.js'
+import {
+  CHANNEL_CREDENTIAL,
+  CHANNEL_FD,
+  type ChildSettings,
+  type DownMessage,
+  type Hello,
+  PROXY_HEADER,
+  type UpMessage,
+  readLines,
+  writeLine,
+} from './wire.js'
 
 const NODES_DIR = packagePath('flows')
 type Event = 'record' | 'status' | 'result'
@@ -129,15 +141,20 @@ function unavailable(message: string): CommandResult {
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace']
 
 async function main(): Promise<void> {
-  const stream = new Socket({ fd: CHANNEL_FD, readable: true, writable: true })
+  const at = process.argv.indexOf('--connect')
+  const unit = at > 0 ? process.argv[at + 1] : undefined
+  const stream = unit ? await connectUnit(unit) : new Socket({ fd: CHANNEL_FD, readable: true, writable: true })
   const up = (m: UpMessage): void => void writeLine(stream, m)
+  const notify = unit ? new SystemdNotifier() : undefined
   let bridge: ChannelBridge | undefined
   let started: Promise<void> | undefined
   stream.on('close', () => {
     bridge?.close()
-    process.exit(0)
+    // Spawned by the daemon: it is gone or stopping us. Under a unit: systemd starts a new one, which connects again.
+    process.exit(unit ? 1 : 0)
   })
   stream.on('error', () => undefined)
+  if (unit) up({ t: 'auth', token: readFileSync(join(process.env.CREDENTIALS_DIRECTORY ?? '', CHANNEL_CREDENTIAL), 'utf8').trim() })
   readLines(
     stream,
     (m) => {
@@ -146,11 +163,13 @@ async function main(): Promise<void> {
       if (msg.t === 'ping') return up({ t: 'pong', n: msg.n })
       if (msg.t === 'hello') {
         if (started) return
-        started = start(msg, stream, up, (b) => (bridge = b)).catch((err: Error) => {
-          up({ t: 'log', level: 'error', msg: `node-red did not start: ${err.message}` })
-          // The supervisor restarts a process that exits.
-          setTimeout(() => process.exit(1), 100)
-        })
+        started = start(msg, stream, up, (b) => (bridge = b), Boolean(unit))
+          .then(() => notify?.ready('node-red running'))
+          .catch((err: Error) => {
+            up({ t: 'log', level: 'error', msg: `node-red did not start: ${err.message}` })
+            // The supervisor (or systemd) restarts a process that exits.
+            setTimeout(() => process.exit(1), 100)
+          })
         return
       }
       bridge?.deliver(msg)
@@ -159,9 +178,33 @@ async function main(): Promise<void> {
   )
 }
 
-async function start(hello: Hello, stream: Duplex, up: (m: UpMessage) => void, setBridge: (b: ChannelBridge) => void): Promise<void> {
+/** Under its own unit: the daemon's socket, tried every second for a minute (the daemon may still be starting). */
+async function connectUnit(path: string): Promise<Socket> {
+  for (let i = 0; ; i++) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = connect(path)
+        s.once('connect', () => resolve(s))
+        s.once('error', reject)
+      })
+    } catch (err) {
+      if (i >= 60) throw err
+      await new Promise((r) => setTimeout(r, 1000))
+    }
+  }
+}
+
+async function start(
+  hello: Hello,
+  stream: Duplex,
+  up: (m: UpMessage) => void,
+  setBridge: (b: ChannelBridge) => void,
+  ownFiles: boolean,
+): Promise<void> {
   const t0 = performance.now()
   const s = hello.settings
+  // Spawned by the daemon, it prepared the user directory; under its own unit Node-RED owns it alone.
+  if (ownFiles) prepareFiles(s.userDir, s.flowFile)
   const logAt = Math.max(0, LEVELS.indexOf(s.logLevel))
   const log = (level: 'error' | 'warn' | 'info' | 'debug' | 'trace', msg: string, node?: Record<string, string>): void => {
     if (LEVELS.indexOf(level) <= logAt) up({ t: 'log', level, msg: msg.slice(0, 8192), ...(node ? { node } : {}) })
@@ -195,7 +238,7 @@ async function start(hello: Hello, stream: Duplex, up: (m: UpMessage) => void, s
   })
   await RED.start()
   const port = (server.address() as { port: number }).port
-  up({ t: 'ready', port, startMs: Math.round(performance.now() - t0), version: RED.version })
+  up({ t: 'ready', port, startMs: Math.round(performance.now() - t0), version: RED.version, pid: process.pid })
 }
 
 interface ExpressApp {
@@ -209,12 +252,6 @@ function fromProxy(req: IncomingMessage, secret: string): boolean {
   delete req.headers[PROXY_HEADER]
   if (typeof given !== 'string' || given.length !== secret.length) return false
   return timingSafeEqual(Buffer.from(given), Buffer.from(secret))
-}
-
-function credentialSecret(userDir: string): string {
-  const key = readFileSync(join(userDir, '.outpost-credential-secret'), 'utf8').trim()
-  if (key.length < 32) throw new Error(`${userDir}/.outpost-credential-secret holds no usable key`)
-  return key
 }
 
 function settings(

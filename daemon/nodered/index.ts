@@ -15,21 +15,7 @@
  * existing flow file (the installer's edits survive upgrades), run flows as root, or
  * put Node-RED's files where Node-RED's user could read the journal or the key.
  */
-import { randomBytes } from 'node:crypto'
-import {
-  chmodSync,
-  chownSync,
-  cpSync,
-  statSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  readdirSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-  lstatSync,
-} from 'node:fs'
+import { chmodSync, chownSync, cpSync, statSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, lstatSync } from 'node:fs'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
 import type { SiteConfig } from '../../core/types.js'
@@ -37,9 +23,12 @@ import { OutpostError } from '../errors.js'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
 import type { Clock } from '../clock.js'
-import { packagePath } from '../../core/paths.js'
 import { isLoopbackListen } from '../config.js'
 import { NodeRedSupervisor, type NodeRedStatus } from './supervisor.js'
+import { prepareFiles } from './files.js'
+import { CHANNEL_CREDENTIAL, CHANNEL_SOCKET } from './wire.js'
+
+export { SHIPPED_FLOWS_DIR, shippedFlows } from './files.js'
 
 export type { OutpostBridge } from './bridge.js'
 export type { NodeRedStatus } from './supervisor.js'
@@ -86,8 +75,6 @@ export interface NodeRedOptions {
   hangMs?: number
 }
 
-/** The shipped flows (one tab per file), the seed of a missing flow file and the editor's Import > Examples. */
-export const SHIPPED_FLOWS_DIR = packagePath('flows', 'examples')
 /** The user Node-RED runs as when the daemon runs as root and nodeRed.user is not set. */
 export const DEFAULT_NODE_RED_USER = 'outpost-node-red'
 
@@ -97,18 +84,6 @@ export function nodeRedPaths(config: SiteConfig): { userDir: string; flowFile: s
   const fromConfig = config.nodeRed?.flowFile
   const flowFile = fromConfig ? (isAbsolute(fromConfig) ? fromConfig : resolve(userDir, fromConfig)) : join(userDir, 'flows.json')
   return { userDir, flowFile, billingCsvDir: join(userDir, 'billing-csv') }
-}
-
-/** The shipped flows as one flow file: every example's nodes, in file-name order. */
-export function shippedFlows(): unknown[] {
-  const files = readdirSync(SHIPPED_FLOWS_DIR)
-    .filter((f) => f.endsWith('.json'))
-    .sort()
-  return files.flatMap((f) => {
-    const nodes = JSON.parse(readFileSync(join(SHIPPED_FLOWS_DIR, f), 'utf8')) as unknown
-    if (!Array.isArray(nodes)) throw new OutpostError('NODE_RED_FLOWS', `${join(SHIPPED_FLOWS_DIR, f)} is not a Node-RED flow (an array of nodes)`)
-    return nodes
-  })
 }
 
 /** One Node-RED per daemon. */
@@ -129,10 +104,12 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
     throw new OutpostError('NODE_RED_EARLY', 'start the daemon before Node-RED (its nodes need the command gateway and the journal)')
   if (running.has(daemon)) throw new OutpostError('NODE_RED_ONCE', 'Node-RED already runs for this daemon')
   const log = logger.child({ component: 'node-red' })
-  const runAs = nodeRedUser(config, log)
   const paths = nodeRedPaths(config)
+  // Under the installed units Node-RED has a unit (and a user) of its own and owns its files; otherwise the daemon spawns it.
+  const unit = unitChannel()
+  const runAs = unit ? undefined : nodeRedUser(config, log)
   if (runAs) keepOut(config, opts.configFile, log)
-  const { seeded, migrated } = prepareUserDir(config, runAs)
+  const { seeded, migrated } = unit ? { seeded: false, migrated: [] } : prepareUserDir(config, runAs)
   if (migrated.length)
     log.warn({ moved: migrated, userDir: paths.userDir }, "node-red's files moved out of storage.dir (its own user cannot read storage.dir)")
   const adminRoot = trimSlash(nr.httpAdminRoot) || '/'
@@ -143,6 +120,7 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
     server,
     logger,
     runAs,
+    ...(unit ? { unit } : {}),
     ...(opts.clock ? { now: opts.clock.monotonic, wallNow: opts.clock.now } : {}),
     ...(opts.pingMs ? { pingMs: opts.pingMs } : {}),
     ...(opts.hangMs ? { hangMs: opts.hangMs } : {}),
@@ -160,8 +138,18 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   })
   running.add(daemon)
   daemon.nodeRed = sup
-  sup.start()
-  log.info({ adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, user: sup.status().user }, 'node-red starting')
+  try {
+    await sup.start()
+  } catch (err) {
+    running.delete(daemon)
+    daemon.nodeRed = undefined
+    await sup.stop()
+    throw new OutpostError('NODE_RED_CHANNEL', `cannot listen on ${unit?.socket} for Node-RED's unit: ${(err as Error).message}`)
+  }
+  log.info(
+    { adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, user: sup.status().user, supervisor: sup.status().supervisor },
+    'node-red starting',
+  )
   return {
     adminRoot,
     admin: sup.admin,
@@ -181,6 +169,21 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
 }
 
 // ---------------------------------------------------------------- the user
+
+/**
+ * Node-RED under its own unit: the installed outpost.service hands the daemon the channel's
+ * credential (LoadCredential=node-red-channel) and a RuntimeDirectory for the socket; outside
+ * those units there is no credential and the daemon spawns Node-RED itself.
+ */
+export function unitChannel(env: NodeJS.ProcessEnv = process.env): { socket: string; token: string } | undefined {
+  const creds = env.CREDENTIALS_DIRECTORY
+  const file = creds ? join(creds, CHANNEL_CREDENTIAL) : undefined
+  if (!file || !existsSync(file)) return undefined
+  const token = readFileSync(file, 'utf8').trim()
+  if (token.length < 16) throw new OutpostError('NODE_RED_CHANNEL', `${file} holds no usable channel credential (16 characters or more)`)
+  const runtime = env.RUNTIME_DIRECTORY?.split(':')[0] || '/run/outpost'
+  return { socket: join(runtime, CHANNEL_SOCKET), token }
+}
 
 /**
  * Node-RED's user: as root, `nodeRed.user` (default outpost-node-red), which must exist and not be
@@ -251,9 +254,7 @@ export function prepareUserDir(
 ): { seeded: boolean; credentialSecret: string; migrated: string[] } {
   const paths = nodeRedPaths(config)
   const migrated = migrate(config, paths)
-  mkdirSync(paths.userDir, { recursive: true, mode: 0o700 })
-  const seeded = seedFlowFile(paths.flowFile)
-  const secret = credentialSecret(paths.userDir)
+  const { seeded, credentialSecret: secret } = prepareFiles(paths.userDir, paths.flowFile)
   if (owner) {
     chownTree(paths.userDir, owner.uid, owner.gid)
     if (!paths.flowFile.startsWith(paths.userDir + '/') && existsSync(paths.flowFile)) chownSync(paths.flowFile, owner.uid, owner.gid)
@@ -299,22 +300,6 @@ function chownTree(path: string, uid: number, gid: number): void {
   if (st.isSymbolicLink()) return
   chownSync(path, uid, gid)
   if (st.isDirectory()) for (const name of readdirSync(path)) chownTree(join(path, name), uid, gid)
-}
-
-/** Writes the shipped flows to a flow file that does not exist yet; an existing one is never touched. */
-function seedFlowFile(flowFile: string): boolean {
-  if (existsSync(flowFile)) return false
-  mkdirSync(dirname(flowFile), { recursive: true })
-  writeFileSync(flowFile, JSON.stringify(shippedFlows(), null, 4) + '\n', { flag: 'wx' })
-  return true
-}
-
-function credentialSecret(userDir: string): string {
-  const file = join(userDir, '.outpost-credential-secret')
-  if (!existsSync(file)) writeFileSync(file, randomBytes(32).toString('hex') + '\n', { mode: 0o600, flag: 'wx' })
-  const key = readFileSync(file, 'utf8').trim()
-  if (key.length < 32) throw new OutpostError('NODE_RED_SECRET', `${file} holds no usable key (delete it only together with flows_cred.json)`)
-  return key
 }
 
 function trimSlash(p: string): string {

@@ -17,8 +17,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { chmodSync, rmSync } from 'node:fs'
 import { request, Agent, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { connect, type Socket } from 'node:net'
+import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { SiteConfig } from '../../core/types.js'
@@ -47,15 +48,17 @@ const WITHHELD_ENV = [
   'NODE_OPTIONS',
 ]
 
-export type NodeRedState = 'starting' | 'running' | 'restarting' | 'stopped'
+export type NodeRedState = 'starting' | 'running' | 'restarting' | 'waiting' | 'stopped'
 
 /** What the status page (`nodeRed` in GET /api/status) and /metrics show. */
 export interface NodeRedStatus {
   state: NodeRedState
+  /** `daemon`: a child process of the daemon; `unit`: its own systemd unit, connected to the daemon's socket. */
+  supervisor: 'daemon' | 'unit'
   pid: number | null
-  /** The user Node-RED runs as. */
-  user: string
-  /** Starts after the first. */
+  /** The user Node-RED runs as (under its own unit: that unit's, not known here). */
+  user: string | null
+  /** Starts (or, under its unit, connections) after the first. */
   restarts: number
   /** Since when the state is what it is (ISO 8601). */
   since: string
@@ -74,6 +77,8 @@ export interface SupervisorOptions {
   settings: Omit<ChildSettings, 'proxySecret' | 'logLevel'>
   /** Who to run it as (uid/gid), or undefined: the daemon's own user. */
   runAs?: { name: string; uid: number; gid: number }
+  /** Node-RED runs under its own unit (the installed units): listen here and take the connection that gives `token`. */
+  unit?: { socket: string; token: string }
   /** Monotonic milliseconds. */
   now?: () => number
   /** Wall clock for `since`/`at` (the daemon's injected clock). */
@@ -86,15 +91,19 @@ export interface SupervisorOptions {
 export class NodeRedSupervisor {
   private child: ChildProcess | undefined
   private channel: DaemonChannel | undefined
+  private listener: NetServer | undefined
   private port: number | undefined
+  private readyPid: number | undefined
   private readonly secret = randomBytes(24).toString('base64url')
   private readonly agent = new Agent({ keepAlive: true, maxSockets: 16 })
   private readonly sockets = new Set<Duplex>()
   private state: NodeRedState = 'starting'
   private since: number
   private restarts = 0
+  private attached = 0
   private failures = 0
   private spawnedAt = 0
+  private adoptedAt = 0
   private lastPong = 0
   private lastExit: NodeRedStatus['lastExit'] = null
   private startMs: number | null = null
@@ -116,10 +125,11 @@ export class NodeRedSupervisor {
     this.since = this.wallNow()
   }
 
-  /** Spawns Node-RED and returns: the daemon never waits for it to be ready. */
-  start(): void {
+  /** Spawns Node-RED (or, under its own unit, listens for it) and returns: the daemon never waits for it to be ready. */
+  async start(): Promise<void> {
     this.o.server.on('upgrade', this.onUpgrade)
-    this.spawn()
+    if (this.o.unit) await this.listen(this.o.unit)
+    else this.spawn()
   }
 
   /** Resolves once Node-RED is (again) ready for requests. */
@@ -129,15 +139,16 @@ export class NodeRedSupervisor {
   }
 
   pid(): number | undefined {
-    return this.child?.pid
+    return this.child?.pid ?? this.readyPid
   }
 
   status(): NodeRedStatus {
     const c = this.counters
     return {
       state: this.state,
-      pid: this.child?.pid ?? null,
-      user: this.o.runAs?.name ?? currentUser(),
+      supervisor: this.o.unit ? 'unit' : 'daemon',
+      pid: this.pid() ?? null,
+      user: this.o.unit ? null : (this.o.runAs?.name ?? currentUser()),
       restarts: this.restarts,
       since: new Date(this.since).toISOString(),
       lastExit: this.lastExit,
@@ -162,6 +173,11 @@ export class NodeRedSupervisor {
     for (const s of this.sockets) s.destroy()
     const child = this.child
     this.channel?.close()
+    if (this.listener) {
+      const l = this.listener
+      await new Promise<void>((r) => l.close(() => r()))
+      rmSync(this.o.unit!.socket, { force: true })
+    }
     if (child && child.exitCode === null && child.signalCode === null) {
       const exited = new Promise<void>((r) => child.once('exit', () => r()))
       // The channel's end tells it to exit; a Node-RED that does not within 5 s is killed.
@@ -179,14 +195,12 @@ export class NodeRedSupervisor {
 
   private spawn(): void {
     if (this.stopping) return
-    const { daemon, config, runAs } = this.o
+    const { config, runAs } = this.o
     const env: NodeJS.ProcessEnv = { ...process.env, HOME: this.o.settings.userDir }
     for (const k of WITHHELD_ENV) delete env[k]
     const maxMb = config.nodeRed?.maxMemoryMb ?? 256
-    this.port = undefined
     this.killedWhy = undefined
     this.spawnedAt = this.now()
-    this.lastPong = this.spawnedAt
     let child: ChildProcess
     try {
       child = spawn(process.execPath, [`--max-old-space-size=${maxMb}`, CHILD_PATH], {
@@ -206,54 +220,76 @@ export class NodeRedSupervisor {
       ['stderr', child.stderr],
     ] as const)
       if (s) logOutput(s, name, this.log)
-    const stream = child.stdio[3] as Duplex
-    const channel = new DaemonChannel({
-      daemon,
-      stream,
-      log: this.log,
-      settings: { ...this.o.settings, proxySecret: this.secret, logLevel: this.log.level },
-      commandRate: config.nodeRed?.commandRate ?? 20,
-      now: this.now,
-      counters: this.counters,
-      onReady: (m) => {
-        if (child !== this.child || typeof m.port !== 'number') return
-        this.port = m.port
-        this.startMs = Math.round(this.now() - this.spawnedAt)
-        this.setState('running')
-        this.log.info(
-          {
-            pid: child.pid,
-            user: this.status().user,
-            adminRoot: this.o.settings.adminRoot,
-            nodeRoot: this.o.settings.nodeRoot,
-            userDir: this.o.settings.userDir,
-            flowFile: this.o.settings.flowFile,
-            version: m.version,
-            startMs: this.startMs,
-            restarts: this.restarts,
-            auth: Boolean(this.o.settings.adminAuth),
-          },
-          'node-red running',
-        )
-        for (const w of this.waiters.splice(0)) w()
-      },
-      onPong: () => (this.lastPong = this.now()),
-      onBroken: (why) => this.kill(`the channel broke: ${why}`),
-    })
-    this.channel = channel
+    const hung = (why: string): void => this.kill(why)
+    const channel = this.attach(child.stdio[3] as Duplex, undefined, hung)
+    this.adopt(channel, hung)
     void channel.open().catch((err: Error) => this.kill(`the channel did not open: ${err.message}`))
     child.once('exit', (code, signal) => {
       if (child === this.child) this.exited(code, signal, this.killedWhy ?? (signal ? `killed by ${signal}` : `exited with ${code}`))
     })
     this.setState(this.restarts === 0 && this.lastExit === null ? 'starting' : 'restarting')
+  }
+
+  /** A channel on `stream` (the child's fd 3, or a connection to the unit's socket); it becomes Node-RED's at `adopt`. */
+  private attach(stream: Duplex, token: string | undefined, hung: (why: string) => void): DaemonChannel {
+    const channel: DaemonChannel = new DaemonChannel({
+      daemon: this.o.daemon,
+      stream,
+      log: this.log,
+      settings: { ...this.o.settings, proxySecret: this.secret, logLevel: this.log.level },
+      commandRate: this.o.config.nodeRed?.commandRate ?? 20,
+      now: this.now,
+      counters: this.counters,
+      ...(token !== undefined ? { token, onAuthed: () => this.authed(channel, hung) } : {}),
+      onReady: (m) => {
+        if (channel !== this.channel || typeof m.port !== 'number') return
+        this.port = m.port
+        this.readyPid = typeof m.pid === 'number' ? m.pid : undefined
+        this.startMs = Math.round(this.now() - this.adoptedAt)
+        this.setState('running')
+        const o = this.o.settings
+        this.log.info(
+          {
+            pid: this.pid(),
+            user: this.status().user,
+            supervisor: this.status().supervisor,
+            adminRoot: o.adminRoot,
+            nodeRoot: o.nodeRoot,
+            userDir: o.userDir,
+            flowFile: o.flowFile,
+            version: m.version,
+            startMs: this.startMs,
+            restarts: this.restarts,
+            auth: Boolean(o.adminAuth),
+          },
+          'node-red running',
+        )
+        for (const w of this.waiters.splice(0)) w()
+      },
+      onPong: () => {
+        if (channel === this.channel) this.lastPong = this.now()
+      },
+      onBroken: (why) => hung(`the channel broke: ${why}`),
+    })
+    return channel
+  }
+
+  /** `channel` is Node-RED's from now on: pinged every pingMs; unanswered for hangMs (or not ready within startMs), `hung`. */
+  private adopt(channel: DaemonChannel, hung: (why: string) => void): void {
+    this.channel = channel
+    this.port = undefined
+    this.readyPid = undefined
+    this.adoptedAt = this.now()
+    this.lastPong = this.adoptedAt
     clearInterval(this.pinger)
     const pingMs = this.o.pingMs ?? 5000
     const hangMs = this.o.hangMs ?? 15_000
     const startMs = this.o.startMs ?? 120_000
     this.pinger = setInterval(() => {
+      if (channel !== this.channel) return
       const now = this.now()
-      if (now - this.lastPong > hangMs) return this.kill(`did not answer for ${Math.round((now - this.lastPong) / 1000)} s`)
-      if (this.port === undefined && now - this.spawnedAt > startMs) return this.kill(`not ready ${Math.round(startMs / 1000)} s after its start`)
+      if (now - this.lastPong > hangMs) return hung(`did not answer for ${Math.round((now - this.lastPong) / 1000)} s`)
+      if (this.port === undefined && now - this.adoptedAt > startMs) return hung(`not ready ${Math.round(startMs / 1000)} s after its start`)
       channel.ping()
     }, pingMs)
     this.pinger.unref()
@@ -269,10 +305,7 @@ export class NodeRedSupervisor {
 
   private exited(code: number | null, signal: string | null, why: string): void {
     clearInterval(this.pinger)
-    this.channel?.close()
-    this.channel = undefined
-    this.port = undefined
-    for (const s of this.sockets) s.destroy()
+    this.detach()
     this.lastExit = { code, signal, at: new Date(this.wallNow()).toISOString(), why }
     if (this.stopping) return
     const ranMs = this.now() - this.spawnedAt
@@ -285,6 +318,71 @@ export class NodeRedSupervisor {
       this.spawn()
     }, delay)
     this.timer.unref()
+  }
+
+  private detach(): void {
+    this.channel?.close()
+    this.channel = undefined
+    this.port = undefined
+    this.readyPid = undefined
+    for (const s of this.sockets) s.destroy()
+  }
+
+  // ---------------------------------------------------------------- under its own unit
+
+  /**
+   * Node-RED under its own systemd unit (its user, its sandbox, systemd's restarts and watchdog)
+   * connects here; the connection that gives the credential first becomes the channel (a new one
+   * replaces the old: a restarted Node-RED). Connections without it are closed unheard.
+   */
+  private async listen(unit: { socket: string; token: string }): Promise<void> {
+    rmSync(unit.socket, { force: true })
+    const server = createNetServer((conn) => {
+      if (this.stopping) return void conn.destroy()
+      // Unauthenticated connections get 5 s to say who they are.
+      const t = setTimeout(() => conn.destroy(), 5000)
+      conn.once('close', () => clearTimeout(t))
+      const channel = this.attachUnit(conn, unit.token, () => clearTimeout(t))
+      conn.once('close', () => {
+        if (channel !== this.channel || this.stopping) return
+        this.detach()
+        this.lastExit = { code: null, signal: null, at: new Date(this.wallNow()).toISOString(), why: 'its connection closed' }
+        this.log.error('node-red disconnected; charging goes on (its unit restarts it)')
+        this.setState('waiting')
+      })
+    })
+    this.listener = server
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(unit.socket, () => resolve())
+    })
+    server.on('error', (err) => this.log.error({ err: err.message }, 'node-red channel socket error'))
+    // Anyone may connect; only the credential's holder is heard (docs/nodered.md).
+    chmodSync(unit.socket, 0o666)
+    this.setState('waiting')
+    this.log.info({ socket: unit.socket }, 'node-red runs under its own unit: waiting for it on the channel socket')
+  }
+
+  private attachUnit(conn: Socket, token: string, heard: () => void): DaemonChannel {
+    const channel = this.attach(conn, token, (why) => {
+      this.log.error({ why }, "node-red's channel closed (its unit's watchdog restarts a Node-RED that hangs)")
+      conn.destroy()
+    })
+    this.pending.set(channel, heard)
+    conn.once('close', () => this.pending.delete(channel))
+    return channel
+  }
+
+  private readonly pending = new Map<DaemonChannel, () => void>()
+
+  private authed(channel: DaemonChannel, hung: (why: string) => void): void {
+    this.pending.get(channel)?.()
+    this.pending.delete(channel)
+    if (this.channel && this.channel !== channel) this.detach()
+    if (this.attached++ > 0) this.restarts++
+    this.adopt(channel, hung)
+    this.setState('starting')
+    void channel.open().catch((err: Error) => this.log.error({ err: err.message }, 'the node-red channel did not open'))
   }
 
   private setState(s: NodeRedState): void {

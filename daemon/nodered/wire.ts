@@ -50,7 +50,8 @@ export type DownMessage =
 
 /** Node-RED → daemon. */
 export type UpMessage =
-  | { t: 'ready'; port: number; startMs: number; version: string; seeded?: boolean }
+  | { t: 'auth'; token: string }
+  | { t: 'ready'; port: number; startMs: number; version: string; pid: number }
   | { t: 'command'; n: number; p: unknown }
   | { t: 'pong'; n: number }
   | { t: 'log'; level: 'error' | 'warn' | 'info' | 'debug' | 'trace'; msg: string; node?: Record<string, string> }
@@ -58,8 +59,15 @@ export type UpMessage =
 /** The longest line either end accepts (a command is a few hundred bytes; a log line is cut at 8 KiB). */
 export const MAX_LINE = 256 * 1024
 
-/** The channel's socket is fd 3 of the Node-RED process. */
+/** The channel's socket is fd 3 of the Node-RED process the daemon spawns. */
 export const CHANNEL_FD = 3
+/**
+ * Under the installed units Node-RED has a unit of its own and connects to the daemon's socket;
+ * its first line is `auth` with this systemd credential (LoadCredential= in both units).
+ */
+export const CHANNEL_CREDENTIAL = 'node-red-channel'
+/** The socket's name in the daemon's RuntimeDirectory (/run/outpost). */
+export const CHANNEL_SOCKET = 'node-red.sock'
 export const PROXY_HEADER = 'x-outpost-proxy'
 
 /** Calls `onMessage` for each line read from `stream` (parsed; undefined when it is not JSON). */
