@@ -72,7 +72,6 @@ const NODE_RED_ERRORS = {
   NODE_RED_NO_AUTH: 'the editor would be served beyond loopback without nodeRed.adminAuth',
   NODE_RED_SECRET: 'the credential key file holds no usable key',
   NODE_RED_FLOWS: 'a shipped flow file is not a Node-RED flow',
-  NODE_RED_START: 'embedded Node-RED did not start (the message says why)',
 } as const satisfies Record<string, string>
 
 const SIGNING_ERRORS = {

@@ -203,7 +203,7 @@ export class NodeRedSupervisor {
     this.spawnedAt = this.now()
     let child: ChildProcess
     try {
-      child = spawn(process.execPath, [`--max-old-space-size=${maxMb}`, CHILD_PATH], {
+      child = spawn(process.execPath, [...sizeFlags(), `--max-old-space-size=${maxMb}`, CHILD_PATH], {
         cwd: this.o.settings.userDir,
         env,
         stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
@@ -475,6 +475,11 @@ function logOutput(s: NodeJS.ReadableStream, stream: string, log: Logger): void 
     if (now - window.at >= 1000) window = { at: now, n: 0 }
     for (const line of lines) if (line.trim() && ++window.n <= 50) log.warn({ stream }, line.slice(0, 8192))
   })
+}
+
+/** The daemon's own V8 size flags (the unit's, the bin's), which Node-RED runs with too; nothing else of its command line (loaders, inspectors). */
+function sizeFlags(): string[] {
+  return process.execArgv.filter((a) => /^--(max-semi-space-size=\d+|optimize-for-size|lite-mode)$/.test(a))
 }
 
 function currentUser(): string {
