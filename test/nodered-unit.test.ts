@@ -8,7 +8,7 @@
  */
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type DaemonProc } from './helpers/e2e-kit.js'
@@ -25,6 +25,8 @@ let base = ''
 let socket = ''
 let nrCreds = ''
 let userDir = ''
+let storageDir = ''
+let configFile = ''
 const ids = ensureNodeRedUser()
 
 async function api(
@@ -66,12 +68,19 @@ t.before(async () => {
   const dir = tempDir(t, 'outpost-nr-unit-')
   passable(dir)
   const peer = await startPeer(t, { outlets: 2 })
-  const file = writeSiteConfig({
+  const written = writeSiteConfig({
     dir,
     port: peer.port,
     outlets: 2,
     extra: { api: { listen: '127.0.0.1:0', token: TOKEN }, nodeRed: { enabled: true }, logging: { level: 'info' } },
   })
+  const etc = join(dir, 'etc')
+  mkdirSync(etc, { mode: 0o750 })
+  configFile = join(etc, 'site.json')
+  renameSync(written, configFile)
+  chmodSync(configFile, 0o640)
+  storageDir = join(dir, 'journal')
+  mkdirSync(storageDir, { mode: 0o750 })
   // What systemd gives outpost.service: $CREDENTIALS_DIRECTORY/node-red-channel and $RUNTIME_DIRECTORY (0755).
   const creds = join(dir, 'creds-daemon')
   mkdirSync(creds, { mode: 0o500 })
@@ -88,7 +97,7 @@ t.before(async () => {
   if (ids) {
     for (const p of [nrCreds, join(nrCreds, CHANNEL_CREDENTIAL), userDir]) chownSync(p, ids.uid, ids.gid)
   }
-  daemon = startDaemon(t, file, { CREDENTIALS_DIRECTORY: creds, RUNTIME_DIRECTORY: run })
+  daemon = startDaemon(t, configFile, { CREDENTIALS_DIRECTORY: creds, RUNTIME_DIRECTORY: run })
   const listening = await daemon.waitLog((l) => l.msg === 'local API listening', 'local API listening')
   base = String(listening.url).replace(/\/$/, '')
   await daemon.waitLog((l) => l.msg === 'node-red runs under its own unit: waiting for it on the channel socket', 'the daemon waits for Node-RED')
@@ -130,10 +139,21 @@ t.test('Node-RED under its unit connects, prepares its own user directory, and i
   if (ids) t.equal(statSync(flows).uid, ids.uid, "as its own user: the daemon's user never writes there")
   t.equal((await api('GET', '/red/', undefined, {})).status, 200, 'the editor through the daemon')
   const z = 'c0ffee0000000000'
+  const read = [
+    'const out = {}',
+    'for (const p of msg.payload.paths) {',
+    '  try { out[p] = "read " + fs.readFileSync(p).length } catch (err) { out[p] = err.code || String(err) }',
+    '}',
+    'msg.payload = out',
+    'return msg',
+  ].join('\n')
   const nodes = [
     { id: 'c0ffee0000000001', type: 'http in', z, url: '/unit/command', method: 'post', wires: [['c0ffee0000000002']] },
     { id: 'c0ffee0000000002', type: 'outpost-command', z, wires: [['c0ffee0000000003']] },
     { id: 'c0ffee0000000003', type: 'http response', z, wires: [] },
+    { id: 'c0ffee0000000004', type: 'http in', z, url: '/unit/read', method: 'post', wires: [['c0ffee0000000005']] },
+    { id: 'c0ffee0000000005', type: 'function', z, func: read, outputs: 1, libs: [{ var: 'fs', module: 'fs' }], wires: [['c0ffee0000000006']] },
+    { id: 'c0ffee0000000006', type: 'http response', z, wires: [] },
   ]
   t.equal((await api('POST', '/red/flow', { id: z, label: 'unit', nodes }, {})).status, 200, 'a flow deploys')
   const r = await waitFor(async () => {
@@ -141,6 +161,16 @@ t.test('Node-RED under its unit connects, prepares its own user directory, and i
     return x.status === 200 ? x : undefined
   }, 'the flow answers')
   t.match(r.json, { id: 'unit-wallet', ok: true }, 'a command through the outpost-command node, the channel and the gateway')
+  if (ids) {
+    // As the installer lays them out: /var/lib/outpost 0750 and /etc/outpost 0750 (the daemon's), site.json 0640.
+    const paths = [join(storageDir, 'gateway-key.pem'), join(storageDir, 'journal', 'CURRENT'), configFile]
+    t.ok(
+      paths.every((p) => existsSync(p)),
+      'they exist',
+    )
+    const got = (await api('POST', '/red-api/unit/read', { paths })).json as Record<string, string>
+    t.same(got, Object.fromEntries(paths.map((p) => [p, 'EACCES'])), 'a flow reading the key, the journal or the config file: EACCES')
+  }
 })
 
 t.test('kill -9 of Node-RED under its unit: the daemon runs on; the unit restarts it; flows intact', async (t) => {
