@@ -39,7 +39,7 @@ import { tmpdir } from 'node:os'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { startMosquitto, freePort } from '../test/helpers/mosquitto.js'
 import { CLI, startCloud, startDaemon, waitFor, writeSiteConfig, type DaemonProc } from '../test/helpers/e2e-kit.js'
-import { ensureNodeRedUser, passable } from '../test/helpers/node-red-user.js'
+import { ensureNodeRedUser, passable } from '../test/helpers/node-red-kit.js'
 import { binNodeFlags, bounded, median, notMeasured, startSimProcess, Teardowns, type BenchRow } from './lib.js'
 
 const OUTLETS = 64

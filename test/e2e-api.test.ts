@@ -8,7 +8,7 @@ import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { startDaemon, startPeer, tempDir, writeSiteConfig } from './helpers/e2e-kit.js'
 import { parseMetrics } from './helpers/api-kit.js'
-import { ensureNodeRedUser, passable } from './helpers/node-red-user.js'
+import { ensureNodeRedUser, passable } from './helpers/node-red-kit.js'
 
 const TOKEN = 'e2e-api-token-42'
 

@@ -17,13 +17,12 @@
  * every session ended `unplugged`, the daemon never restarted and the watchdog was always fed.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { startSim, type Sim } from '../drivers/index.js'
 import type { JournalRecord } from '../core/types.js'
 import { startDaemon, tempDir, waitFor, writeSiteConfig, type DaemonProc, type LogLine } from './helpers/e2e-kit.js'
-import { ensureNodeRedUser, passable } from './helpers/node-red-user.js'
+import { ensureNodeRedUser, installedLayout, fakeNotifySocket, httpClient, passable } from './helpers/node-red-kit.js'
 import { BACKOFF_MAX_MS } from '../daemon/nodered/supervisor.js'
 import { KEY_FILE } from '../daemon/gateway-key.js'
 import { journalLocation } from '../daemon/journal/journal.js'
@@ -194,26 +193,8 @@ const feeds: number[] = []
 let configFile = ''
 let storageDir = ''
 
-async function api(
-  method: string,
-  path: string,
-  body?: unknown,
-  headers: Record<string, string> = AUTH,
-): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(base + path, {
-    method,
-    headers: { ...headers, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  })
-  const text = await res.text()
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch {
-    json = undefined
-  }
-  return { status: res.status, json, text }
-}
+const http = httpClient(() => base)
+const api = (method: string, path: string, body?: unknown, headers: Record<string, string> = AUTH) => http(method, path, { body, headers })
 const flowApi = (method: string, path: string, body?: unknown) => api(method, `/red-api${path}`, body)
 const nodeRedStatus = async (): Promise<{ state: string; pid: number | null; restarts: number; refused: number; user: string }> =>
   (await api('GET', '/api/status')).json.nodeRed
@@ -294,25 +275,12 @@ t.before(async () => {
     },
   })
   // As the installer lays it out: /etc/outpost (0750) and site.json (0640), root's.
-  const etc = join(dir, 'etc')
-  mkdirSync(etc, { mode: 0o750 })
-  configFile = join(etc, 'site.json')
-  renameSync(written, configFile)
-  chmodSync(configFile, 0o640)
-  storageDir = join(dir, 'journal')
+  ;({ configFile, storageDir } = installedLayout(dir, written))
 
-  // systemd's side of NOTIFY_SOCKET: socat prints what arrives; each WATCHDOG=1 is stamped here.
-  const notifySocket = join(dir, 'notify')
-  const recv = spawn('socat', ['-u', `UNIX-RECV:${notifySocket}`, 'STDOUT'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const recvExit = new Promise((r) => recv.once('exit', r))
-  t.teardown(async () => {
-    if (recv.exitCode === null && recv.signalCode === null) recv.kill('SIGKILL')
-    await recvExit
+  // systemd's side of NOTIFY_SOCKET: each WATCHDOG=1 is stamped here.
+  const notifySocket = await fakeNotifySocket(t, dir, (text) => {
+    for (const _ of text.matchAll(/WATCHDOG=1/g)) feeds.push(performance.now())
   })
-  recv.stdout.on('data', (d: Buffer) => {
-    for (const _ of d.toString().matchAll(/WATCHDOG=1/g)) feeds.push(performance.now())
-  })
-  await waitFor(() => existsSync(notifySocket), 'the notify socket exists')
 
   daemon = startDaemon(t, configFile, { NOTIFY_SOCKET: notifySocket, WATCHDOG_USEC: String(WATCHDOG_MS * 1000) })
   const listening = await daemon.waitLog((l) => l.msg === 'local API listening', 'local API listening')

@@ -8,11 +8,11 @@
  */
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { chmodSync, chownSync, existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs'
+import { chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type DaemonProc } from './helpers/e2e-kit.js'
-import { ensureNodeRedUser, passable } from './helpers/node-red-user.js'
+import { ensureNodeRedUser, installedLayout, httpClient, passable } from './helpers/node-red-kit.js'
 import { CHILD_PATH } from '../daemon/nodered/supervisor.js'
 import { CHANNEL_CREDENTIAL, CHANNEL_SOCKET } from '../daemon/nodered/wire.js'
 
@@ -29,26 +29,8 @@ let storageDir = ''
 let configFile = ''
 const ids = ensureNodeRedUser()
 
-async function api(
-  method: string,
-  path: string,
-  body?: unknown,
-  headers: Record<string, string> = AUTH,
-): Promise<{ status: number; json: any; text: string }> {
-  const res = await fetch(base + path, {
-    method,
-    headers: { ...headers, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  })
-  const text = await res.text()
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch {
-    json = undefined
-  }
-  return { status: res.status, json, text }
-}
+const http = httpClient(() => base)
+const api = (method: string, path: string, body?: unknown, headers: Record<string, string> = AUTH) => http(method, path, { body, headers })
 const status = async () =>
   (await api('GET', '/api/status')).json.nodeRed as { state: string; supervisor: string; pid: number | null; restarts: number }
 
@@ -74,12 +56,7 @@ t.before(async () => {
     outlets: 2,
     extra: { api: { listen: '127.0.0.1:0', token: TOKEN }, nodeRed: { enabled: true }, logging: { level: 'info' } },
   })
-  const etc = join(dir, 'etc')
-  mkdirSync(etc, { mode: 0o750 })
-  configFile = join(etc, 'site.json')
-  renameSync(written, configFile)
-  chmodSync(configFile, 0o640)
-  storageDir = join(dir, 'journal')
+  ;({ configFile, storageDir } = installedLayout(dir, written))
   mkdirSync(storageDir, { mode: 0o750 })
   // What systemd gives outpost.service: $CREDENTIALS_DIRECTORY/node-red-channel and $RUNTIME_DIRECTORY (0755).
   const creds = join(dir, 'creds-daemon')

@@ -24,7 +24,7 @@ import { startNodeRed, shippedFlows, prepareUserDir, nodeRedPaths, type NodeRedH
 import type { CommandResult, JournalRecord, SiteConfig } from '../core/types.js'
 import { tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 import { LocalApi } from '../daemon/http/server.js'
-import { ensureNodeRedUser, passable } from './helpers/node-red-user.js'
+import { ensureNodeRedUser, httpClient, passable } from './helpers/node-red-kit.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const USER = 'installer'
@@ -66,7 +66,6 @@ const logLines: Record<string, any>[] = []
 const logStream = new Writable({
   write(chunk: Buffer, _enc, cb) {
     for (const l of chunk.toString('utf8').split('\n')) if (l.trim()) logLines.push(JSON.parse(l) as Record<string, any>)
-    if (process.env.DEBUG_NR) process.stderr.write(chunk)
     cb()
   },
 })
@@ -127,25 +126,9 @@ t.before(async () => {
   measured.rssMb = vmRss ? Math.round((Number(vmRss[1]) / 1024) * 10) / 10 : undefined
 })
 
-async function req(
-  method: string,
-  path: string,
-  opts: { body?: unknown; text?: string; auth?: string } = {},
-): Promise<{ status: number; text: string; json: any }> {
-  const headers: Record<string, string> = { accept: 'application/json' }
-  if (opts.auth) headers.authorization = opts.auth
-  if (opts.body !== undefined) headers['content-type'] = 'application/json'
-  if (opts.text !== undefined) headers['content-type'] = 'text/plain'
-  const res = await fetch(base + path, { method, headers, body: opts.text ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body)) })
-  const text = await res.text()
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch {
-    json = undefined
-  }
-  return { status: res.status, text, json }
-}
+const client = httpClient(() => base)
+const req = (method: string, path: string, opts: { body?: unknown; text?: string; auth?: string } = {}) =>
+  client(method, path, { body: opts.body, text: opts.text, headers: opts.auth ? { authorization: opts.auth } : {} })
 
 const admin = (method: string, path: string, body?: unknown) => req(method, `/red${path}`, { body, auth: `Bearer ${token}` })
 /** POST to the test flow's command endpoint: what comes back is the outpost-command node's msg.payload. */

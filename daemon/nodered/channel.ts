@@ -66,6 +66,7 @@ export class DaemonChannel {
   private logWindow = { at: 0, n: 0 }
   private pingN = 0
   private authed: boolean
+  private corked = false
 
   constructor(private readonly o: ChannelOptions) {
     this.tokens = o.commandRate
@@ -124,6 +125,15 @@ export class DaemonChannel {
     if (this.o.stream.writableLength > MAX_UNREAD && m.t !== 'reply') {
       this.o.counters.droppedEvents++
       return
+    }
+    // A poll's burst of statuses (one per outlet) goes out in one write, not one system call each.
+    if (!this.corked) {
+      this.corked = true
+      this.o.stream.cork()
+      process.nextTick(() => {
+        this.corked = false
+        this.o.stream.uncork()
+      })
     }
     writeLine(this.o.stream, m)
   }
