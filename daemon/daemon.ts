@@ -29,7 +29,7 @@ import type { SiteConfig, Reading, CommandResult, Command, CommandSource, Outlet
 import { OutpostError, isOutpostError } from './errors.js'
 import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
-import type { NodeRedStatus } from './nodered/supervisor.js'
+import type { NodeRedStatus } from './nodered/status.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
 import {

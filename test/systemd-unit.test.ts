@@ -168,10 +168,12 @@ t.test("Node-RED's unit: its own user, nothing of the daemon's, the channel", as
   t.equal(nrOne('PartOf'), undefined, 'PartOf is in [Unit]')
   t.equal(nrUnit.get('Unit')?.get('PartOf')?.at(-1), 'outpost.service', 'stopped and restarted with the daemon')
   const exec = nrOne('ExecStart') ?? ''
-  t.match(
-    exec,
-    /^\/usr\/bin\/node --max-old-space-size=\d+ \/opt\/outpost\/dist\/daemon\/nodered\/child\.js --connect \/run\/outpost\/node-red\.sock$/,
+  t.equal(
+    exec.replace(/ --max-old-space-size=\d+ /, ' '),
+    `/usr/bin/node ${binNodeFlags(packagePath('bin', 'outpost.ts')).join(' ')} /opt/outpost/dist/daemon/nodered/child.js --connect /run/outpost/node-red.sock`,
+    "the bin's node flags (as the daemon's unit), the installed entry point, the daemon's socket",
   )
+  t.match(exec, / --max-old-space-size=\d+ /, 'and a heap bound')
   t.ok(existsSync(packagePath('dist/daemon/nodered/child.js')), 'the entry point is built')
   // The socket it connects to is the daemon's: RuntimeDirectory=outpost, named as the daemon names it.
   t.equal(one('RuntimeDirectory'), 'outpost')

@@ -12,7 +12,7 @@ import type { Daemon } from '../daemon.js'
 import { OUTLET_STATES, PHASES, type JournalRecord, type OutletStatus } from '../../core/types.js'
 import { oldestUnackedTs } from './views.js'
 import { REJECT_REASONS } from '../command-gateway.js'
-import type { NodeRedStatus } from '../nodered/supervisor.js'
+import type { NodeRedStatus } from '../nodered/status.js'
 
 const STATES = OUTLET_STATES
 

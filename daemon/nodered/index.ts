@@ -24,14 +24,15 @@ import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
 import type { Clock } from '../clock.js'
 import { isLoopbackListen } from '../config.js'
-import { NodeRedSupervisor, type NodeRedStatus } from './supervisor.js'
+import { NodeRedSupervisor } from './supervisor.js'
+import type { NodeRedStatus } from './status.js'
 import { prepareFiles } from './files.js'
 import { CHANNEL_CREDENTIAL, CHANNEL_SOCKET } from './wire.js'
 
 export { SHIPPED_FLOWS_DIR, shippedFlows } from './files.js'
 
 export type { OutpostBridge } from './bridge.js'
-export type { NodeRedStatus } from './supervisor.js'
+export type { NodeRedStatus } from './status.js'
 
 /**
  * An express-style handler. The local API mounts it as `app.use(root, app)` would: the handler

@@ -29,6 +29,7 @@ import { HttpError, sendError } from '../http/util.js'
 import { SESSION_COOKIE } from '../http/auth.js'
 import { type ChannelCounters, DaemonChannel } from './channel.js'
 import { type ChildSettings, PROXY_HEADER } from './wire.js'
+import type { NodeRedState, NodeRedStatus } from './status.js'
 
 export const CHILD_PATH = fileURLToPath(new URL('./child.js', import.meta.url))
 
@@ -48,26 +49,7 @@ const WITHHELD_ENV = [
   'NODE_OPTIONS',
 ]
 
-export type NodeRedState = 'starting' | 'running' | 'restarting' | 'waiting' | 'stopped'
-
-/** What the status page (`nodeRed` in GET /api/status) and /metrics show. */
-export interface NodeRedStatus {
-  state: NodeRedState
-  /** `daemon`: a child process of the daemon; `unit`: its own systemd unit, connected to the daemon's socket. */
-  supervisor: 'daemon' | 'unit'
-  pid: number | null
-  /** The user Node-RED runs as (under its own unit: that unit's, not known here). */
-  user: string | null
-  /** Starts (or, under its unit, connections) after the first. */
-  restarts: number
-  /** Since when the state is what it is (ISO 8601). */
-  since: string
-  lastExit: { code: number | null; signal: string | null; at: string; why: string } | null
-  startMs: number | null
-  commands: number
-  refused: number
-  droppedEvents: number
-}
+export type { NodeRedState, NodeRedStatus } from './status.js'
 
 export interface SupervisorOptions {
   daemon: Daemon
