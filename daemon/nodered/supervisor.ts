@@ -22,6 +22,7 @@ import { request, Agent, type IncomingMessage, type Server, type ServerResponse 
 import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { fileURLToPath } from 'node:url'
+import { setPriority } from 'node:os'
 import type { SiteConfig } from '../../core/types.js'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
@@ -37,6 +38,8 @@ export const CHILD_PATH = fileURLToPath(new URL('./child.js', import.meta.url))
 export const BACKOFF_MIN_MS = 1000
 export const BACKOFF_MAX_MS = 30_000
 export const STABLE_MS = 60_000
+/** Node-RED's nice value (the daemon's is 0): the daemon gets the CPU first. Its unit says Nice=10 too. */
+export const NODE_RED_NICE = 10
 /** Environment the daemon never passes on: systemd's notify socket and watchdog, its credentials, socket activation. */
 const WITHHELD_ENV = [
   'NOTIFY_SOCKET',
@@ -197,6 +200,14 @@ export class NodeRedSupervisor {
     }
     this.child = child
     child.on('error', (err) => this.log.error({ err: err.message }, 'node-red process error'))
+    // Below the daemon on the CPU: a flow that busy-loops takes only what the daemon leaves.
+    if (child.pid !== undefined) {
+      try {
+        setPriority(child.pid, NODE_RED_NICE)
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'could not lower node-red’s CPU priority')
+      }
+    }
     for (const [name, s] of [
       ['stdout', child.stdout],
       ['stderr', child.stderr],
