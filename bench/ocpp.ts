@@ -21,6 +21,7 @@ import { Journal } from '../daemon/journal/index.js'
 import { createLogger } from '../daemon/log.js'
 import { ChargePoint } from '../daemon/ocpp/chargepoint.js'
 import { Outbox, type Queued } from '../daemon/ocpp/outbox.js'
+import { MEASURANDS } from '../daemon/ocpp/settings.js'
 import { meterSample } from '../daemon/ocpp/tables.js'
 import { type BenchRow, row } from './lib.js'
 
@@ -51,13 +52,18 @@ function backlog(): Omit<Queued, 'n' | 'msgId'>[] {
         action: 'MeterValues',
         sessionId,
         connectorId,
-        payload: meterSample(connectorId, new Date(t0 + s * 3_600_000 + (i + 1) * 60_000).toISOString(), {
-          ts: 0,
-          currentA: 16,
-          powerW: 3680,
-          energyWh: wh,
-          voltageV: 230,
-        }),
+        payload: meterSample(
+          connectorId,
+          new Date(t0 + s * 3_600_000 + (i + 1) * 60_000).toISOString(),
+          {
+            currentA: 16,
+            powerW: 3680,
+            energyWh: wh,
+            voltageV: 230,
+          },
+          MEASURANDS,
+          'Sample.Periodic',
+        ),
       })
     }
     out.push({

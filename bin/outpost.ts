@@ -26,7 +26,7 @@ import { main, type Command } from '../daemon/cli.js'
 const CLOUD: Record<string, Command> = {
   ingest: {
     summary: "cloud-side service: store every site's records in PostgreSQL, split across workers",
-    usage: 'outpost ingest --url URL --db POSTGRES_URL [--group NAME] [--sites PATTERN]',
+    usage: 'outpost ingest --url URL --db POSTGRES_URL [--group NAME] [--sites PATTERN] | outpost ingest resolve --db URL --site ID',
     load: () => import('../cloud/cli.js'),
   },
 }

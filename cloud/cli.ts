@@ -7,14 +7,19 @@
  * routes the word `ingest` here.
  *
  * Owns: the command line of the service and its signals (SIGTERM/SIGINT: a clean
- * stop that finishes in-flight transactions).
+ * stop that finishes in-flight transactions), and of `outpost ingest resolve`, an
+ * operator's report on one site and a fork's resolution (cloud/resolve.ts).
  * Must never: start with a flag it does not understand, or print a password.
  *
  * Exit status: 0 after a clean stop, 64 usage, 70 cannot start (database or broker settings).
  */
 import pino from 'pino'
 import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, UsageError, type Io } from '../daemon/cli-common.js'
-import { IngestWorker } from './worker.js'
+import pg from 'pg'
+import { parseListen } from './metrics.js'
+import { keepSide, ResolveRefused, siteReport } from './resolve.js'
+import { migrate } from './schema.js'
+import { IngestWorker, safeDbUrl } from './worker.js'
 
 const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
   --url URL             broker: mqtt://host:1883 or mqtts://host:8883 (MQTT 5 shared subscriptions)
@@ -24,15 +29,78 @@ const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
   --prefix P            topic prefix (default outpost)
   --worker ID           this worker's name in logs, pull ids and leases (default random)
   --gap-wait MS         pull a gap that made no progress for this long (default 3000)
+  --listen HOST:PORT    serve Prometheus /metrics and /health there (port 0: any free port, logged); not served without it
   --ca FILE             CA bundle (PEM) for mqtts://
   --cert FILE --key FILE  client certificate and key (PEM)
   --username U          broker user name
   --password-file FILE  file whose first line is the broker password
 `
 
+const RESOLVE_USAGE = `Usage: outpost ingest resolve --db POSTGRES_URL --site ID [--seq N --keep HASH --by WHO --why TEXT]
+  without --seq: prints the site's chain break, forks (both sides), rejects, lost ranges and resolutions (JSON)
+  --seq N --keep HASH   of the two records held at seq N, keep the one with this hash; the other moves to record_history
+  --by WHO --why TEXT   who decides and why (the resolutions row)
+Exit status: 0 done, 64 usage, 65 refused (no such site, no fork at that seq, a hash that is neither side,
+a side that would break the verified prefix: nothing changed), 70 database unreachable
+`
+
+/** A resolve refused for what it asked: nothing changed (sysexits EX_DATAERR). */
+const EXIT_REFUSED = 65
+
+async function resolveMain(argv: string[], io: Io): Promise<number> {
+  let values
+  try {
+    values = parseCommandLine(argv, {
+      db: { type: 'string' },
+      site: { type: 'string' },
+      seq: { type: 'string' },
+      keep: { type: 'string' },
+      by: { type: 'string' },
+      why: { type: 'string' },
+    }).values
+    if (!values.db || !values.site) throw new UsageError('--db and --site are required')
+    if (!/^postgres(ql)?:\/\//u.test(values.db)) throw new UsageError('--db: not a postgres:// URL')
+    const acting = [values.seq, values.keep, values.by, values.why].filter((v) => v !== undefined).length
+    if (acting > 0 && acting < 4) throw new UsageError('--seq, --keep, --by and --why go together')
+    if (values.seq !== undefined && !(Number.isSafeInteger(Number(values.seq)) && Number(values.seq) >= 1))
+      throw new UsageError(`--seq ${values.seq}: a record's seq, an integer from 1`)
+    if (values.keep !== undefined && !/^[0-9a-f]{64}$/u.test(values.keep)) throw new UsageError(`--keep ${values.keep}: a record hash, 64 hex digits`)
+    if (values.by !== undefined && values.by.trim() === '') throw new UsageError('--by: who decides, not empty')
+    if (values.why !== undefined && values.why.trim() === '') throw new UsageError('--why: the reason, not empty')
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    io.err(`outpost ingest resolve: ${err.message}\n${RESOLVE_USAGE}`)
+    return EXIT_USAGE
+  }
+  const client = new pg.Client({ connectionString: values.db })
+  try {
+    await client.connect()
+    await migrate(client)
+  } catch (err) {
+    await client.end().catch(() => undefined)
+    io.err(`outpost ingest resolve: INGEST_DB: database ${safeDbUrl(values.db)}: ${(err as Error).message}\n`)
+    return EXIT_CANNOT_START
+  }
+  try {
+    if (values.seq === undefined) io.out(JSON.stringify(await siteReport(client, values.site), null, 2) + '\n')
+    else {
+      const r = await keepSide(client, { site: values.site, seq: Number(values.seq), keep: values.keep!, by: values.by!, why: values.why! })
+      io.out(JSON.stringify({ site: values.site, seq: Number(values.seq), kept: values.keep, ...r }) + '\n')
+    }
+    return EXIT_OK
+  } catch (err) {
+    if (!(err instanceof ResolveRefused)) throw err
+    io.err(`outpost ingest resolve: refused, nothing changed: ${err.message}\n`)
+    return EXIT_REFUSED
+  } finally {
+    await client.end().catch(() => undefined)
+  }
+}
+
 const LEVEL = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/u
 
 export async function main(argv: string[], io: Io = processIo): Promise<number> {
+  if (argv[0] === 'resolve') return resolveMain(argv.slice(1), io)
   let values
   try {
     values = parseCommandLine(argv, {
@@ -43,6 +111,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       prefix: { type: 'string' },
       worker: { type: 'string' },
       'gap-wait': { type: 'string' },
+      listen: { type: 'string' },
       ca: { type: 'string' },
       cert: { type: 'string' },
       key: { type: 'string' },
@@ -61,6 +130,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     if (values.prefix !== undefined && /[+#]/u.test(values.prefix)) throw new UsageError(`--prefix ${values.prefix}: '+' and '#' are MQTT wildcards`)
     if (values['gap-wait'] !== undefined && !(Number.isSafeInteger(Number(values['gap-wait'])) && Number(values['gap-wait']) >= 100))
       throw new UsageError(`--gap-wait ${values['gap-wait']}: an integer number of milliseconds, at least 100`)
+    if (values.listen !== undefined && !parseListen(values.listen))
+      throw new UsageError(`--listen ${values.listen}: HOST:PORT or [IPv6]:PORT, the port 0-65535`)
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
     io.err(`outpost ingest: ${err.message}\n${USAGE}`)
@@ -75,6 +146,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     prefix: values.prefix,
     workerId: values.worker,
     gapWaitMs: values['gap-wait'] !== undefined ? Number(values['gap-wait']) : undefined,
+    listen: values.listen !== undefined ? parseListen(values.listen) : undefined,
     caFile: values.ca,
     certFile: values.cert,
     keyFile: values.key,

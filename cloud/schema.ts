@@ -5,7 +5,8 @@
  * exactly one applies them.
  *
  * Owns: the table definitions (the contract's `records`, `sessions`, `sites`,
- * `meter_reconciliations`, plus `forks`, `rejects` and `pull_leases`) and their
+ * `meter_reconciliations`, `salvages`, `lost_ranges`, `resolutions`, `record_history`, plus
+ * `forks`, `rejects` and `pull_leases`) and their
  * order of creation.
  * Must never: change a migration that has shipped (a later one alters instead), or
  * drop a table that holds records.
@@ -92,6 +93,56 @@ export const MIGRATIONS: readonly string[] = [
     worker    text        NOT NULL,
     until     timestamptz NOT NULL
   );
+  `,
+  // Salvaged gateways, resolutions, and refusals kept aside whole: keyed site-first like the rest.
+  `
+  CREATE TABLE salvages (
+    site_id     text        NOT NULL,
+    seq         bigint      NOT NULL,
+    hash        text        NOT NULL,
+    last_seq    bigint,
+    last_hash   text,
+    lost        jsonb       NOT NULL,
+    signature   text        NOT NULL,
+    public_key  text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, seq)
+  );
+  CREATE UNIQUE INDEX salvages_signature ON salvages (site_id, signature);
+  CREATE TABLE lost_ranges (
+    site_id        text        NOT NULL,
+    announced_from bigint      NOT NULL,
+    announced_to   bigint      NOT NULL,
+    salvage_seq    bigint      NOT NULL,
+    from_seq       bigint      NOT NULL,
+    to_seq         bigint      NOT NULL,
+    marked_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, announced_from)
+  );
+  CREATE TABLE resolutions (
+    site_id      text        NOT NULL,
+    seq          bigint      NOT NULL,
+    kept_hash    text        NOT NULL,
+    moved_hash   text        NOT NULL,
+    by_whom      text        NOT NULL,
+    why          text        NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, seq, moved_hash)
+  );
+  CREATE TABLE record_history (
+    site_id     text        NOT NULL,
+    seq         bigint      NOT NULL,
+    hash        text        NOT NULL,
+    prev        text        NOT NULL,
+    body        jsonb       NOT NULL,
+    received_at timestamptz NOT NULL,
+    moved_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (site_id, seq, hash)
+  );
+  ALTER TABLE rejects ADD COLUMN topic text;
+  -- Every table keyed site-first (no cross-site constraint), so that it distributes by site_id (Citus) as it is.
+  ALTER TABLE rejects DROP CONSTRAINT rejects_pkey;
+  ALTER TABLE rejects ADD PRIMARY KEY (site_id, id);
   `,
 ]
 

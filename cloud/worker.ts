@@ -4,7 +4,8 @@
  * stored it, and pulls gaps that stay open. Any number of workers with the same
  * group split the traffic; any worker may receive any site's records, in any order.
  *
- * Owns: the subscriptions, the per-site ordering of deliveries inside this worker,
+ * Owns: the subscriptions, the per-site ordering of deliveries inside this worker, the
+ * batches that store many sites' deliveries in one transaction (cloud/batch.ts),
  * publishing P/ack after commit, the gap pulls under a lease row (one puller per
  * site across workers), keeping `sites` current from P/status, and a clean stop
  * that finishes in-flight transactions.
@@ -13,13 +14,16 @@
  * import the gateway daemon (test/layers.test.ts: only core/ and the shared modules it names).
  */
 import { randomBytes } from 'node:crypto'
+import type { Server } from 'node:http'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import pg from 'pg'
 import pino, { type Logger } from 'pino'
 import type { PullAnswer } from '../core/types.js'
 import { OutpostError } from '../daemon/errors.js'
 import { authOptions, safeUrl, type BrokerAuth } from '../daemon/uplink/connection.js'
+import { serveMetrics, WorkerMetrics } from './metrics.js'
 import { migrate } from './schema.js'
+import { type Delivery, storeBatch } from './batch.js'
 import { storeRecords, type StoreResult } from './store.js'
 
 export interface IngestOptions extends BrokerAuth {
@@ -43,7 +47,38 @@ export interface IngestOptions extends BrokerAuth {
   connections?: number
   /** Deliveries received and not yet stored at most; past it the broker connection is not read (the broker holds the rest). Default 2000. */
   maxPending?: number
+  /** Where to serve /metrics and /health (port 0: any free one, see metricsPort). Not served when absent. */
+  listen?: { host: string; port: number }
 }
+
+/** Records in one batch's transaction at most (a delivery larger than this goes alone). */
+const BATCH_RECORDS = 5000
+
+interface Waiting extends Delivery {
+  resolve(r: StoreResult): void
+  reject(err: unknown): void
+}
+
+/**
+ * Whether a database error means the database could not be reached (a restart, a failover, a network
+ * cut: worth retrying) rather than refusing what was asked: connection errors, SQLSTATE classes 08
+ * (connection exception) and 57P (operator intervention: shutdown, cannot connect now).
+ */
+export function unreachable(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown }
+  const code = typeof e?.code === 'string' ? e.code : ''
+  if (/^(08|57P)/.test(code) || ['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EHOSTUNREACH'].includes(code)) return true
+  return (
+    typeof e?.message === 'string' &&
+    /Connection terminated|connection timeout|Client has encountered a connection error|not queryable/i.test(e.message)
+  )
+}
+
+/** A site id as the gateway's config allows it (config/site.schema.json `$defs.id`); any other is refused. */
+export const SITE_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/u
+
+/** The largest message kept whole in rejects' body; a larger one keeps its first bytes (an excerpt) and its size. */
+const EXCERPT = 1024
 
 export interface IngestStats {
   messages: number
@@ -95,6 +130,11 @@ export class IngestWorker {
     dbErrors: 0,
   }
   readonly workerId: string
+  readonly metrics = new WorkerMetrics()
+  /** The port /metrics and /health are served on, once started with `listen`. */
+  metricsPort?: number
+  private metricsServer?: Server
+  private isSubscribed = false
   private readonly logger: Logger
   private readonly group: string
   private readonly prefix: string
@@ -116,6 +156,13 @@ export class IngestWorker {
   private pending = 0
   /** mqtt.js callbacks held back while `pending` is at the limit: each lets it read the next packet. */
   private readonly held: (() => void)[] = []
+  /** Deliveries waiting for a batch (at most one per site: the site's queue holds its next until this one commits). */
+  private readonly batchQueue: Waiting[] = []
+  private batchesRunning = 0
+  /** The database did not answer the last attempt (logged once per outage). */
+  private dbDown = false
+  /** Batches at once: a connection is left for the gap checks and statuses. */
+  private readonly maxBatches: number
   private markSubscribed!: () => void
   /** Resolves once the first subscription is in place (the broker delivers to this worker from then on). */
   readonly subscribed: Promise<void> = new Promise((r) => (this.markSubscribed = r))
@@ -129,6 +176,7 @@ export class IngestWorker {
     this.gapWaitMs = opts.gapWaitMs ?? 3000
     this.leaseMs = opts.leaseMs ?? 10_000
     this.pullLimit = opts.pullLimit ?? 1000
+    this.maxBatches = Math.max(1, (opts.connections ?? 4) - 1)
   }
 
   /** Called after each committed delivery (tests, metrics). */
@@ -171,11 +219,13 @@ export class IngestWorker {
       client.subscribe([`${share}/records`, `${share}/status`, `${share}/pull/+`], { qos: 1 }, (err) => {
         if (err) this.logger.warn({ err: { message: err.message } }, 'subscribe failed')
         else {
+          this.isSubscribed = true
           this.logger.info('subscribed')
           this.markSubscribed()
         }
       })
     })
+    client.on('close', () => (this.isSubscribed = false))
     client.on('error', (err) => this.logger.warn({ err: { message: err.message } }, 'broker connection error'))
     client.on('message', (topic, payload) => this.onMessage(topic, payload))
     // Backpressure: mqtt.js reads the next packet (and PUBACKs this one) only when this calls back, so a worker
@@ -184,6 +234,21 @@ export class IngestWorker {
     client.handleMessage = (_packet, callback) => {
       if (this.pending < limit) callback()
       else this.held.push(() => callback())
+    }
+    if (this.opts.listen) {
+      const served = await serveMetrics(
+        {
+          workerId: this.workerId,
+          metrics: this.metrics,
+          pool: () => this.pool,
+          brokerConnected: () => this.client?.connected === true,
+          subscribed: () => this.isSubscribed,
+        },
+        this.opts.listen,
+      )
+      this.metricsServer = served.server
+      this.metricsPort = served.port
+      this.logger.info({ host: this.opts.listen.host, port: served.port }, 'metrics listening')
     }
     this.tick = setInterval(
       () => {
@@ -209,6 +274,7 @@ export class IngestWorker {
       await Promise.all([...this.queues.values()])
     }
     if (client) await client.endAsync(false).catch(() => undefined)
+    await new Promise((r) => (this.metricsServer ? this.metricsServer.close(r) : r(undefined)))
     await this.pool?.end().catch(() => undefined)
   }
 
@@ -216,8 +282,16 @@ export class IngestWorker {
     if (this.stopping) return
     const rest = topic.startsWith(`${this.prefix}/`) ? topic.slice(this.prefix.length + 1).split('/') : []
     const [site, kind] = rest
-    if (!site || !kind || !this.matches(site)) return
+    if (!site || !kind) return
+    if (!SITE_ID.test(site)) {
+      // Not a site id any gateway can have: kept aside (not stored under it), once per message.
+      if (kind === 'records' || kind === 'pull')
+        void this.keepAside(site, topic, payload, 'site_refused', 'the site id is not allowed (1-64 letters, digits, ".", "_" or "-")')
+      return
+    }
+    if (!this.matches(site)) return
     this.stats.messages++
+    this.metrics.messages++
     if (kind === 'records' && rest.length === 2) this.enqueue(site, () => this.onRecords(site, topic, payload, 'records'))
     else if (kind === 'pull' && rest.length === 3) this.enqueue(site, () => this.onRecords(site, topic, payload, 'pull'))
     else if (kind === 'status' && rest.length === 2) this.enqueue(site, () => this.onStatus(site, topic, payload))
@@ -228,6 +302,7 @@ export class IngestWorker {
     const before = this.queues.get(site) ?? Promise.resolve()
     const next = before.then(job).catch((err) => {
       this.stats.dbErrors++
+      this.metrics.dbErrors++
       this.logger.error({ site, err: { message: (err as Error).message } }, 'storing failed; not acked (the records come again)')
     })
     this.queues.set(site, next)
@@ -243,21 +318,44 @@ export class IngestWorker {
     this.logger.warn({ site, topic }, `malformed payload on ${topic}: ${what}; ignored`)
   }
 
+  /**
+   * A whole delivery refused before storage (not JSON, not records, a site id not allowed): a row in `rejects`
+   * with the reason, the topic and the payload (an excerpt past EXCERPT bytes), and nothing else changes.
+   */
+  private async keepAside(site: string, topic: string, payload: Buffer, kind: string, reason: string): Promise<void> {
+    this.stats.malformed++
+    this.metrics.refuse(kind)
+    this.logger.warn({ site: site.slice(0, 200), topic: topic.slice(0, 300), reason }, `kept aside a delivery on ${topic.slice(0, 300)}: ${reason}`)
+    const text = payload.toString('utf8')
+    const body = { bytes: payload.length, ...(payload.length <= EXCERPT ? { text } : { excerpt: text.slice(0, EXCERPT) }) }
+    try {
+      await this.pool?.query('INSERT INTO rejects (site_id, seq, reason, body, topic) VALUES ($1, NULL, $2, $3::jsonb, $4)', [
+        site.slice(0, 200),
+        reason,
+        JSON.stringify(body).replace(/\\u0000/g, '\\ufffd'),
+        topic.slice(0, 300),
+      ])
+    } catch (err) {
+      this.logger.warn({ err: { message: (err as Error).message } }, 'could not keep the refused delivery aside')
+    }
+  }
+
   private async onRecords(site: string, topic: string, payload: Buffer, kind: 'records' | 'pull'): Promise<void> {
     let v: unknown
     try {
       v = JSON.parse(payload.toString('utf8'))
     } catch (err) {
-      return this.malformed(site, topic, `not JSON (${(err as Error).message})`)
+      return this.keepAside(site, topic, payload, 'not_json', `not JSON (${(err as Error).message})`)
     }
     let records: unknown[]
     let next: number | null = null
     if (kind === 'records') {
-      if (!Array.isArray(v)) return this.malformed(site, topic, 'not a JSON array of records')
+      if (!Array.isArray(v)) return this.keepAside(site, topic, payload, 'not_records', 'not a JSON array of records')
       records = v
     } else {
       const a = v as PullAnswer
-      if (typeof a !== 'object' || a === null || Array.isArray(a)) return this.malformed(site, topic, 'not a pull answer object')
+      if (typeof a !== 'object' || a === null || Array.isArray(a))
+        return this.keepAside(site, topic, payload, 'not_records', 'not a pull answer object')
       if (a.error) {
         if (a.error.code === 'compacted' && typeof a.error.oldest === 'number') {
           await this.pool!.query('UPDATE sites SET compacted_before = $2 WHERE site_id = $1', [site, a.error.oldest])
@@ -265,19 +363,17 @@ export class IngestWorker {
         } else this.logger.warn({ site, error: a.error }, 'pull refused')
         return
       }
-      if (!Array.isArray(a.records)) return this.malformed(site, topic, '/records: not an array')
+      if (!Array.isArray(a.records)) return this.keepAside(site, topic, payload, 'not_records', '/records: not an array')
       records = a.records
       next = typeof a.next === 'number' ? a.next : null
       if (typeof a.head === 'number' && Number.isSafeInteger(a.head))
         await this.pool!.query('UPDATE sites SET head = greatest(head, $2) WHERE site_id = $1', [site, a.head])
     }
-    const c = await this.pool!.connect()
-    let r: StoreResult
-    try {
-      r = await storeRecords(c, site, records)
-    } finally {
-      c.release()
-    }
+    const r = await this.store(site, records)
+    this.metrics.records.new += r.stored
+    this.metrics.records.repeat += r.duplicates
+    this.metrics.records.fork += r.forks.length
+    this.metrics.records.reject += r.rejects.length
     this.stats.commits++
     this.stats.stored += r.stored
     this.stats.duplicates += r.duplicates
@@ -292,6 +388,96 @@ export class IngestWorker {
     if (r.acked > 0) this.sendAck(site, r.acked)
     for (const fn of this.afterCommit) fn(site, r)
     if (kind === 'pull' && next !== null && r.acked >= next - 1) await this.pullSite(site, true)
+  }
+
+  /** Hands a delivery to the batcher; resolves once the transaction that stored it committed. */
+  private store(site: string, records: unknown[]): Promise<StoreResult> {
+    return new Promise((resolve, reject) => {
+      this.batchQueue.push({ siteId: site, incoming: records, resolve, reject })
+      this.runBatches()
+    })
+  }
+
+  /**
+   * Starts batches while connections are free: each takes the deliveries waiting (up to BATCH_RECORDS records),
+   * one per site at most since a site's next delivery waits in its queue for this one's commit. Deliveries that
+   * arrive while batches run wait together for the next: the busier the worker, the larger its transactions.
+   */
+  private runBatches(): void {
+    while (this.batchesRunning < this.maxBatches && this.batchQueue.length > 0) {
+      let n = 0
+      let records = 0
+      while (n < this.batchQueue.length && (n === 0 || records + this.batchQueue[n]!.incoming.length <= BATCH_RECORDS)) {
+        records += this.batchQueue[n]!.incoming.length
+        n++
+      }
+      const batch = this.batchQueue.splice(0, n)
+      this.batchesRunning++
+      void this.runBatch(batch).finally(() => {
+        this.batchesRunning--
+        this.runBatches()
+      })
+    }
+  }
+
+  /**
+   * Stores a batch, retrying while the database is unreachable (a restart, a failover): back-off from 250 ms
+   * doubling to 5 s, for as long as it takes, so that nothing is dropped or acked meanwhile; the batch's sites
+   * wait in their queues and, past maxPending, the broker holds the rest. A stop ends the retries (the
+   * deliveries were not acked: the gateways send them again).
+   */
+  private async runBatch(batch: Waiting[]): Promise<void> {
+    for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+      try {
+        await this.storeOnce(batch)
+        if (this.dbDown) {
+          this.dbDown = false
+          this.logger.info('database reachable again')
+        }
+        return
+      } catch (err) {
+        if (!unreachable(err) || this.stopping) {
+          for (const w of batch) w.reject(err)
+          return
+        }
+        if (!this.dbDown)
+          this.logger.error({ err: { message: (err as Error).message } }, 'database unreachable; retrying with back-off, nothing acked meanwhile')
+        this.dbDown = true
+        this.metrics.dbErrors++
+        await new Promise((r) => setTimeout(r, delay))
+      }
+    }
+  }
+
+  /** One attempt: the batch in one transaction; when it fails for one site's sake, each delivery alone. Throws when the database is unreachable. */
+  private async storeOnce(batch: Waiting[]): Promise<void> {
+    const c = await this.pool!.connect()
+    let broken = false
+    try {
+      const t0 = performance.now()
+      const results = await storeBatch(c, batch)
+      this.metrics.commitTook((performance.now() - t0) / 1000)
+      this.metrics.commits++
+      for (const w of batch) w.resolve(results.get(w.siteId)!)
+    } catch (err) {
+      broken = unreachable(err)
+      if (broken || batch.length === 1) throw err
+      // One site's failure must not take the others down: each delivery again, in its own transaction.
+      for (const w of batch) {
+        try {
+          const t0 = performance.now()
+          const r = await storeRecords(c, w.siteId, w.incoming)
+          this.metrics.commitTook((performance.now() - t0) / 1000)
+          this.metrics.commits++
+          w.resolve(r)
+        } catch (e) {
+          w.reject(e)
+        }
+      }
+    } finally {
+      // A connection that failed is closed, not given back for reuse.
+      c.release(broken)
+    }
   }
 
   private async onStatus(site: string, topic: string, payload: Buffer): Promise<void> {
@@ -316,6 +502,7 @@ export class IngestWorker {
   private sendAck(site: string, upTo: number): void {
     if (!this.client?.connected) return
     this.stats.acks++
+    this.metrics.acks++
     this.client.publish(`${this.prefix}/${site}/ack`, JSON.stringify({ upTo }), { qos: 1 })
   }
 
@@ -364,6 +551,7 @@ export class IngestWorker {
     if (to < from && !following) return
     const requestId = `ing-${this.workerId}-${++this.pullSeq}`
     this.stats.pulls++
+    this.metrics.pulls++
     this.logger.info({ site, from, to, requestId }, 'pulling a gap')
     this.client?.publish(`${this.prefix}/${site}/pull`, JSON.stringify({ requestId, from, ...(to >= from ? { to } : {}), limit: this.pullLimit }), {
       qos: 1,

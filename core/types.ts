@@ -201,6 +201,20 @@ export interface OcppConfig {
   caFile?: string
   heartbeatS: number
   meterValueSampleS: number
+  clockAlignedDataS: number
+  meterValuesSampledData: string
+  meterValuesAlignedData: string
+  stopTxnSampledData: string
+  stopTxnAlignedData: string
+  transactionMessageAttempts: number
+  transactionMessageRetryIntervalS: number
+  localAuthorizeOffline: boolean
+  localPreAuthorize: boolean
+  allowOfflineTxForUnknownId: boolean
+  authorizationCacheEnabled: boolean
+  localAuthListEnabled: boolean
+  stopTransactionOnInvalidId: boolean
+  maxEnergyOnInvalidIdWh: number
   reconnectMaxMs: number
   callTimeoutS: number
 }
@@ -338,6 +352,22 @@ export interface JournalSalvageInfo {
   sessionsMayBeLost: boolean
 }
 
+/**
+ * A salvage announced in a form the cloud can check: signed (ECDSA P-256, SHA-256, DER in base64)
+ * with the gateway key over the canonical JSON of every other field (daemon/journal/chain.ts
+ * salvageStatement). `seq` and `prev` are its gateway.started's own.
+ */
+export interface SalvageProof {
+  site: string
+  seq: number
+  prev: string
+  /** The last record before this one the salvage could still read (its seq and hash); null when it read none. */
+  last: { seq: number; hash: string } | null
+  /** Seqs below `seq` that will never be sent, ascending and merged: lost, or (before a new chain) never given out. */
+  lost: { from: number; to: number }[]
+  signature: string
+}
+
 /** What the engine emits; the journal adds seq, bootId, clockSynced, prev, hash. */
 /** Every record type, in one list: the journal refuses any other, Node-RED's events node offers these. */
 export const RECORD_TYPES = [
@@ -362,6 +392,8 @@ export type RecordBody =
       /** The gateway's public key, SPKI in PEM: every later session.ended's OCMF signature verifies against it. */
       publicKey?: string
       journalSalvage?: JournalSalvageInfo
+      /** With journalSalvage: the salvage's statement signed with the gateway key (the cloud continues the site's chain on it). */
+      salvageProof?: SalvageProof
     }
   | {
       type: 'session.started'

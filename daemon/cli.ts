@@ -13,7 +13,7 @@ import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, version, type Io } from '.
 export type Command = { summary: string; usage: string; load: () => Promise<{ main: (argv: string[], io?: Io) => Promise<number> }> }
 
 const commands: Record<string, Command> = {
-  run: { summary: 'run the daemon', usage: 'outpost run [--config FILE]', load: () => import('./commands/run.js') },
+  run: { summary: 'run the daemon', usage: 'outpost run [--config FILE] [--listen HOST:PORT]', load: () => import('./commands/run.js') },
   'check-config': {
     summary: 'validate a site config without touching hardware',
     usage: 'outpost check-config FILE',

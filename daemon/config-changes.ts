@@ -83,7 +83,21 @@ export function describeChanges(before: unknown, after: unknown): PointerRule[] 
     pointers = pointers.filter((p) => p !== `/${list}` && !p.startsWith(`/${list}/`))
     pointers.push(`/${list}`)
   }
-  return pointers.map((p) => (addable(p, before, after) ? { pointer: p, hot: true, owner: 'installer' } : rule(p)))
+  return pointers.map((p) => (addable(p, before, after) || rewirable(p, before, after) ? { pointer: p, hot: true, owner: 'installer' } : rule(p)))
+}
+
+/**
+ * An outlet's relay changed on the Modbus or serial bus it stays on (a swapped pair mended
+ * after a cross-check): the daemon binds the new relay at once, for an outlet without a session.
+ */
+function rewirable(pointer: string, before: unknown, after: unknown): boolean {
+  const m = /^\/outlets\/(\d+)\/relay(?:\/|$)/.exec(pointer)
+  if (!m) return false
+  const a = listOf(before, 'outlets')[Number(m[1])]
+  const b = listOf(after, 'outlets')[Number(m[1])]
+  if (!a || !b || a.id !== b.id || a.bus !== b.bus || a.relay === undefined || b.relay === undefined) return false
+  const bus = listOf(after, 'buses').find((x) => x?.id === b.bus)
+  return bus !== undefined && (bus.type === 'modbus-rtu' || bus.type === 'modbus-tcp' || bus.type === 'serial')
 }
 
 type Doc = Record<string, unknown> | null

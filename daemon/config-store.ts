@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto'
 import { mkdir, readdir, readFile, realpath, stat, unlink } from 'node:fs/promises'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { OutpostError } from './errors.js'
 import { writeAtomic } from './journal/fsync.js'
 
@@ -47,6 +47,14 @@ export class ConfigStore {
     this.dir = `${file}.versions`
     this.text = text
     this.version = configVersion(text)
+  }
+
+  /**
+   * A store for a config file that does not exist yet (the first run): nothing in force, so a
+   * first save keeps only what it writes. `file` is taken as given (absolute), not resolved.
+   */
+  static absent(file: string, now: () => number): ConfigStore {
+    return new ConfigStore(resolve(file), '', now)
   }
 
   /** Reads `file` as the daemon starts with it. */
@@ -83,7 +91,8 @@ export class ConfigStore {
     try {
       await mkdir(this.dir, { recursive: true, mode: 0o700 })
       const kept = await this.list()
-      if (!kept.some((k) => k.version === this.version)) await this.keepVersion(this.text, this.version, at - 2)
+      // Nothing in force yet (the first run, or an empty file): nothing worth keeping.
+      if (this.text !== '' && !kept.some((k) => k.version === this.version)) await this.keepVersion(this.text, this.version, at - 2)
       // A file edited by hand and replaced knowingly is kept too: a rollback can bring it back.
       if (edited && !kept.some((k) => k.version === edited.version)) await this.keepVersion(edited.text, edited.version, at - 1)
       if (!kept.some((k) => k.version === version)) await this.keepVersion(text, version, at)

@@ -52,7 +52,8 @@ import { CommandGateway } from './command-gateway.js'
 import { OcppLink, type OcppState } from './ocpp/attach.js'
 import { keyPath, loadOrCreateKey, type GatewayKey } from './gateway-key.js'
 import { existsSync } from 'node:fs'
-import { sessionSigner } from './session-signer.js'
+import { salvageSigner, sessionSigner } from './session-signer.js'
+import { CrossCheckReports, runCrossCheck, wiringHash, type CrossCheckProgress, type CrossCheckReport } from './crosscheck.js'
 
 export interface DaemonOptions {
   config: SiteConfig
@@ -68,6 +69,11 @@ export interface DaemonOptions {
   configHash?: string
   /** The JSON pointers that changed since the config of `previousHash` (boot, when the file changed); `[""]` when unknown. */
   changedSince?: (previousHash: string) => Promise<string[]>
+  /**
+   * Who saved the config this boot starts with (`setup`: the first-run setup page): journaled as
+   * `config.applied` even on a fresh journal, which knows no config before it.
+   */
+  configBy?: string
   /**
    * false: after the boot's first reads, no poll or tick timers run and the caller dispatches
    * the readings and ticks (a benchmark measuring the daemon with one source of readings).
@@ -181,6 +187,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
         readingSyncMs: config.storage.readingSyncMs,
         expectExisting: keyExisted,
         sign: sessionSigner({ config: () => this.config, version: this.version, key: signer }),
+        signSalvage: salvageSigner({ siteId: () => config.site.id, key: signer }),
       },
       { warn: (fields, msg) => this.log.error(fields, msg) },
     )
@@ -240,9 +247,10 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     if (persisted || hash !== undefined) {
       // A file changed since the last config applied (a hand edit, or a save whose journal record the process did not live to write): journaled.
       const previous = persisted?.gateway.configHash ?? null
+      const by = this.opts.configBy
       const change =
-        hash !== undefined && previous !== null && previous !== hash
-          ? { who: 'file', changed: (await this.opts.changedSince?.(previous)) ?? [''] }
+        hash !== undefined && previous !== hash && (previous !== null || by !== undefined)
+          ? { who: by ?? 'file', changed: previous === null ? [''] : ((await this.opts.changedSince?.(previous)) ?? ['']) }
           : undefined
       await this.dispatch({ type: 'config', config, ...(hash !== undefined ? { hash } : {}), ...(change ? { change } : {}) })
     }
@@ -363,8 +371,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   async applyConfig(next: SiteConfig, hash: string, change: ConfigChange): Promise<RecordBody | undefined> {
     const had = new Set(this.config.outlets.map((o) => o.id))
     const added = next.outlets.filter((o) => !had.has(o.id)).map((o) => o.id)
+    const rewired = this.rewiredBy(next)
+    const busy = rewired.filter((id) => this.state.outlets[id]?.session)
+    if (busy.length > 0) throw new OutpostError('CONFIG_INVALID', `the relay of ${busy.join(', ')} cannot change during a session`)
     // Outlets added (and the buses new to them) open before the step that adds them to the engine; the others are left alone.
     if (added.length > 0) await this.site?.addOutlets(next, added)
+    if (rewired.length > 0) await this.site?.rewireOutlets(next, rewired)
     const effects = await this.dispatch({ type: 'config', config: next, hash, change })
     this.cfg = next
     for (const id of added) {
@@ -374,7 +386,125 @@ export class Daemon extends EventEmitter<DaemonEvents> {
       void this.poll(id)
     }
     if (added.length > 0) this.log.info({ outlets: added }, 'outlets added while running')
+    if (rewired.length > 0) {
+      // The relay now bound may be in any position: it is put where the engine wants it.
+      for (const id of rewired) this.switchRelay(id, this.state.outlets[id]?.relayClosed === true)
+      this.log.info({ outlets: rewired }, 'relays rebound while running')
+    }
     return effects.find((e): e is Extract<Effect, { type: 'record' }> => e.type === 'record' && e.record.type === 'config.applied')?.record
+  }
+
+  // ---------------------------------------------------------------- the wiring cross-check
+
+  private checking: { controller: AbortController; progress: CrossCheckProgress; who: string; startedAt: number } | undefined
+  private crossCheckReports: CrossCheckReports | undefined
+
+  /** Where the cross-check's reports are kept (storage.dir/crosscheck). */
+  get crossChecks(): CrossCheckReports {
+    this.crossCheckReports ??= new CrossCheckReports(this.config.storage.dir)
+    return this.crossCheckReports
+  }
+
+  /** The check running now, if one is. */
+  crossCheckRunning(): { progress: CrossCheckProgress; who: string; startedAt: number } | undefined {
+    if (!this.checking) return undefined
+    const { progress, who, startedAt } = this.checking
+    return { progress: { ...progress }, who, startedAt }
+  }
+
+  /** Why a cross-check cannot begin now, or undefined when it can. */
+  crossCheckBlocker(): string | undefined {
+    if (!this.site || !this.state?.gateway.running || this.stopping || this.closed) return 'the site is not running'
+    if (this.halted) return `the daemon is halted (${this.halted.message})`
+    if (this.checking) return `a cross-check is already running (started by ${this.checking.who})`
+    const open = Object.keys(this.state.outlets).filter((id) => this.state.outlets[id]!.session !== null)
+    if (open.length > 0) return `sessions are open on ${open.join(', ')}: the cross-check switches every relay, so it runs only with none open`
+    if (!this.config.outlets.some((o) => o.relay !== undefined)) return 'no outlet has a relay to switch'
+    return undefined
+  }
+
+  /** The wiring in force (core/crosscheck.ts wiringOf), hashed: what a passed report must match. */
+  wiringHash(): string {
+    return wiringHash(this.config)
+  }
+
+  /**
+   * Begins the wiring cross-check: the engine makes every idle outlet unavailable and refuses
+   * starts while it runs (one step, journaled like any other), then one relay at a time is
+   * closed and opened again. Resolves once it has begun; `done` resolves with the saved report
+   * (also when cancelled). Throws CROSS_CHECK_REFUSED, changing nothing, when it cannot begin.
+   */
+  async beginCrossCheck(
+    who: string,
+    configVersion: string | null,
+    opts: { polls?: number; pollMs?: number } = {},
+  ): Promise<{ done: Promise<CrossCheckReport> }> {
+    const blocker = this.crossCheckBlocker()
+    if (blocker) throw new OutpostError('CROSS_CHECK_REFUSED', blocker)
+    const controller = new AbortController()
+    this.checking = { controller, progress: { done: 0, total: 0 }, who, startedAt: this.clock.now() }
+    try {
+      await this.dispatch({ type: 'cross-check', running: true })
+      // A start that won the race with the check's step has a session now: leave it alone.
+      const raced = Object.keys(this.state.outlets).filter((id) => this.state.outlets[id]!.session !== null)
+      if (raced.length > 0) throw new OutpostError('CROSS_CHECK_REFUSED', `a session opened on ${raced.join(', ')} as the check began`)
+      await this.relaysSettled()
+    } catch (err) {
+      this.checking = undefined
+      await this.dispatch({ type: 'cross-check', running: false }).catch(() => undefined)
+      throw err
+    }
+    this.log.info({ who }, 'wiring cross-check begins: the relays are switched one at a time, no session starts until it ends')
+    const config = this.config
+    const done = runCrossCheck({
+      site: this.site!,
+      config,
+      now: () => this.clock.now(),
+      who,
+      configVersion,
+      polls: opts.polls,
+      pollMs: opts.pollMs,
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (this.checking) this.checking.progress = p
+      },
+    })
+      .then(async (report) => {
+        await this.crossChecks.save(report)
+        this.log.info(
+          {
+            id: report.id,
+            passed: report.passed,
+            cancelled: report.cancelled,
+            findings: report.findings.filter((f) => f.severity !== 'ok').map((f) => f.kind),
+          },
+          'wiring cross-check ended',
+        )
+        return report
+      })
+      .finally(async () => {
+        this.checking = undefined
+        if (!this.closed && !this.halted) await this.dispatch({ type: 'cross-check', running: false }).catch(() => undefined)
+      })
+    done.catch((err: Error) => this.log.error({ err: err.message }, 'wiring cross-check failed'))
+    return { done }
+  }
+
+  /** Cancels the check running now (its relay is opened, the report says cancelled); false when none runs. */
+  cancelCrossCheck(): boolean {
+    if (!this.checking) return false
+    this.checking.controller.abort()
+    return true
+  }
+
+  /** The outlets whose relay `next` changes (they must have no session for it to apply now). */
+  rewiredBy(next: SiteConfig): string[] {
+    return next.outlets
+      .filter((o) => {
+        const was = this.config.outlets.find((x) => x.id === o.id)
+        return was !== undefined && JSON.stringify(was.relay) !== JSON.stringify(o.relay)
+      })
+      .map((o) => o.id)
   }
 
   // ---------------------------------------------------------------- views
@@ -521,6 +651,11 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   }
 
   private async applyCommand(id: string, command: Command, source: CommandSource, held: () => void = () => undefined): Promise<CommandResult> {
+    // A start at the gateway while the central system is away: OCPP's offline authorization decides first (docs/ocpp.md).
+    if (command.action === 'start' && source !== 'ocpp' && this.ocpp) {
+      const a = this.ocpp.admitStart(command.userId)
+      if (!a.ok) return { id, ok: false, error: { code: 'not-authorized', message: a.message } }
+    }
     if (this.refusedOnlyForReading(id, command, source)) {
       held()
       const outlet = (command as { outlet: string }).outlet

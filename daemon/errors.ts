@@ -90,6 +90,7 @@ const DAEMON_ERRORS = {
   DAEMON_STOPPED: 'the daemon stopped before a command waiting on it could be applied',
   ENGINE_NO_RESULT: 'the engine gave no result for a command it was given (a programming error)',
   STOP_TIMEOUT: 'a part did not stop within its time limit',
+  CROSS_CHECK_REFUSED: 'the wiring cross-check cannot begin now (a session is open, one is already running, or the site is not running)',
 } as const satisfies Record<string, string>
 
 /** The thrown codes, by the part of Outpost that throws them (the order of docs/errors.md). */
@@ -136,5 +137,7 @@ export const COMMAND_RESULT_ERRORS = {
     'Node-RED is stopping or its channel to the daemon is down: the outpost-command node did not hand the command to the gateway (nothing was sent)',
   'rate-limited':
     'Node-RED sent more commands than nodeRed.commandRate a second (or too many unanswered at once): this one was refused before the gateway, nothing was applied',
+  'not-authorized':
+    'start on a site with ocpp while its central system is unreachable: the idTag is refused by the local list or the authorization cache, or unknown to both and AllowOfflineTxForUnknownId is false (docs/ocpp.md)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

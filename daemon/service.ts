@@ -28,6 +28,8 @@ export interface ServiceOptions {
   api?: Partial<Pick<LocalApiOptions, 'anyPortIfTaken' | 'retryMs' | 'snapshotMs' | 'chartSampleMs'>>
   /** The config file the daemon runs (outpost run): its version is journaled, and the API's config routes save through it. */
   configStore?: ConfigStore
+  /** Who saved the config it starts with (`setup`: the first-run page), journaled as `config.applied.who` at boot. */
+  configBy?: string
   /** Node-RED's starter (tests give their own; the default is daemon/nodered). */
   startNodeRed?: (opts: NodeRedOptions) => Promise<NodeRedHandle>
 }
@@ -45,6 +47,7 @@ export class Service {
       version: opts.version,
       stopTimeoutMs: opts.stopTimeoutMs,
       ...(opts.configStore ? configOptions(opts.configStore) : {}),
+      ...(opts.configBy ? { configBy: opts.configBy } : {}),
     })
   }
 

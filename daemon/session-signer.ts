@@ -4,14 +4,16 @@
  * the built-in models and models.dir; MS from the record's meterSerial, the serial the meter reported, else meter.serial or `<bus>:<unit>`).
  *
  * Owns: which meter identity and which context (site, gateway serial, version) a signature
- * carries.
+ * carries; and the signature of a salvage's statement (gateway.started.salvageProof).
  * Must never: hold or hand out the private key (it asks for it at each signature, so a key
  * loaded after the journal opened is the one used), or sign without a key (KEY_MISSING).
  */
+import { sign } from 'node:crypto'
 import type { SiteConfig } from '../core/types.js'
 import { ModelRegistry } from '../drivers/index.js'
 import type { GatewayKey } from './gateway-key.js'
-import type { SessionSigner } from './journal/index.js'
+import { salvageStatement } from './journal/chain.js'
+import type { SalvageSigner, SessionSigner } from './journal/index.js'
 import { meterIdentities, ocmfPayload, signOcmf } from './ocmf.js'
 
 export function sessionSigner(opts: { config: () => SiteConfig; version: string; key: () => GatewayKey }): SessionSigner {
@@ -33,6 +35,14 @@ export function sessionSigner(opts: { config: () => SiteConfig; version: string;
       }),
       key().privateKey,
     )
+  }
+}
+
+/** The journal's salvage signer: a salvage's statement, with the site id, signed with the gateway key (the cloud checks it against the key the site announced). */
+export function salvageSigner(opts: { siteId: () => string; key: () => GatewayKey }): SalvageSigner {
+  return (statement) => {
+    const proof = { site: opts.siteId(), ...statement }
+    return { ...proof, signature: sign('sha256', Buffer.from(salvageStatement(proof), 'utf8'), opts.key().privateKey).toString('base64') }
   }
 }
 

@@ -20,7 +20,8 @@ export class SystemdNotifier {
   ready(status: string): void {
     this.send('--ready', `--status=${status}`)
     const usec = Number(process.env.WATCHDOG_USEC)
-    if (this.enabled && Number.isFinite(usec) && usec > 0) {
+    // Ready again (the first-run setup, then the site): one keep-alive timer.
+    if (this.enabled && !this.watchdog && Number.isFinite(usec) && usec > 0) {
       // Feed at half the watchdog period, as sd_watchdog_enabled(3) recommends.
       this.watchdog = setInterval(() => this.send('WATCHDOG=1'), Math.max(1000, usec / 2000))
       this.watchdog.unref()

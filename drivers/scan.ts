@@ -23,6 +23,9 @@ import {
   type IdentityRegister,
 } from './models.js'
 
+/** Every scan read is a probe: what it finds or misses stays out of the units' health on a bus the site uses. */
+const PROBE = { probe: true } as const
+
 export interface ScanHit {
   unit: number
   kind: 'meter' | 'relay' | 'unknown'
@@ -75,7 +78,15 @@ function absent(err: unknown): boolean {
 export async function scanBus(
   config: BusConfig,
   units: number[],
-  opts: { now: () => number; modelsDir?: string; onUnit?: (unit: number, hit: ScanHit | undefined) => void },
+  opts: {
+    now: () => number
+    modelsDir?: string
+    onUnit?: (unit: number, hit: ScanHit | undefined) => void
+    /** The site's own bus for this config, already open: probed through its scheduler, between its polls, and left open. */
+    bus?: Bus
+    /** Stops before the next unit; the hits so far are returned. */
+    signal?: AbortSignal
+  },
 ): Promise<ScanHit[]> {
   if (config.type === 'serial') throw new OutpostError('USAGE', 'scan probes Modbus buses only')
   const registry = new ModelRegistry(opts.modelsDir)
@@ -84,18 +95,20 @@ export async function scanBus(
     .all()
     .filter((m) => m.kinds.includes('meter') && m.transport === 'modbus' && ((m.identify?.length ?? 0) > 0 || m.identity?.model))
     .sort((a, b) => a.name.localeCompare(b.name))
-  const bus = new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
-  bus.start()
+  const own = opts.bus === undefined
+  const bus = opts.bus ?? new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
+  if (own) bus.start()
   const hits: ScanHit[] = []
   try {
     await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
     for (const unit of units) {
+      if (opts.signal?.aborted) break
       const hit = await probe(bus, unit, meters)
       if (hit) hits.push(hit)
       opts.onUnit?.(unit, hit)
     }
   } finally {
-    await bus.close()
+    if (own) await bus.close()
   }
   return hits
 }
@@ -103,7 +116,7 @@ export async function scanBus(
 /** An identity register's text, or undefined when the device does not answer it. */
 async function readIdentity(bus: Bus, unit: number, reg: IdentityRegister): Promise<string | undefined> {
   try {
-    return decodeIdentity(reg, await bus.readRegisters(unit, reg.function, reg.address, identityWords(reg)))
+    return decodeIdentity(reg, await bus.readRegisters(unit, reg.function, reg.address, identityWords(reg), PROBE))
   } catch {
     return undefined
   }
@@ -118,7 +131,7 @@ async function identifyMeter(bus: Bus, unit: number, meters: DeviceModel[]): Pro
   const decode = async (m: DeviceModel): Promise<Record<string, number> | undefined> => {
     const blocks = meterBlocks(m)
     try {
-      return decodeMeter(m, blocks, await bus.readBlocks(unit, blocks))
+      return decodeMeter(m, blocks, await bus.readBlocks(unit, blocks, PROBE))
     } catch {
       return undefined // this model's registers are not all there: not this model
     }
@@ -193,7 +206,7 @@ async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<Sca
   // answer, an exception included, means a device is there.
   for (const fc of [4, 3] as const) {
     try {
-      await bus.readRegisters(unit, fc, 0, 1)
+      await bus.readRegisters(unit, fc, 0, 1, PROBE)
       answered = true
     } catch (err) {
       if (!absent(err)) answered = true
@@ -208,7 +221,7 @@ async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<Sca
   let have = 0
   for (const n of [64, 32, 16, 8, 4, 2, 1]) {
     try {
-      await bus.readBits(unit, 1, 0, n)
+      await bus.readBits(unit, 1, 0, n, PROBE)
       have = n
       break
     } catch (err) {
@@ -224,17 +237,17 @@ async function probe(bus: Bus, unit: number, meters: DeviceModel[]): Promise<Sca
     while (hi - lo > 1) {
       const mid = (lo + hi) >> 1
       try {
-        await bus.readBits(unit, 1, 0, mid)
+        await bus.readBits(unit, 1, 0, mid, PROBE)
         lo = mid
       } catch {
         hi = mid
       }
     }
-    const coils = await bus.readBits(unit, 1, 0, lo).catch(() => undefined)
+    const coils = await bus.readBits(unit, 1, 0, lo, PROBE).catch(() => undefined)
     if (coils) return { unit, kind: 'relay', model: 'modbus-coil', coils, detail: `${lo} coils: ${coils.map((c) => (c ? 1 : 0)).join('')}` }
   }
   try {
-    const v = await bus.readRegisters(unit, 3, 0, 1)
+    const v = await bus.readRegisters(unit, 3, 0, 1, PROBE)
     return {
       unit,
       kind: 'unknown',
@@ -326,4 +339,71 @@ export async function listSerialPorts(): Promise<{ path: string; byId?: string; 
     devs = []
   }
   return devs.map((p) => ({ path: p, byId: byId.get(p) }))
+}
+
+/** What a device test read: the meter's quantities and serial, the relay's position; each part's error instead where it failed. */
+export interface DeviceTest {
+  /** The quantities the model decodes (voltageV, currentA, powerW, energyWh…). */
+  meter?: Record<string, number>
+  /** The meter's serial register, where its model has one and it answered. */
+  serial?: string
+  meterError?: string
+  relay?: { closed: boolean }
+  relayError?: string
+}
+
+/**
+ * Reads a meter (and its relay's position) once, as its model says, before it is saved: the
+ * form's "Test". Never switches the relay. Through `opts.bus` (the site's own, between its
+ * polls) when the bus is configured, else a bus of its own, closed after.
+ */
+export async function testDevice(
+  config: BusConfig,
+  device: { meter: { model: string; unit: number }; relay?: { model: string; unit: number; coil?: number; register?: number } },
+  opts: { now: () => number; modelsDir?: string; bus?: Bus },
+): Promise<DeviceTest> {
+  if (config.type !== 'modbus-rtu' && config.type !== 'modbus-tcp') throw new OutpostError('USAGE', 'a device test reads Modbus devices only')
+  const registry = new ModelRegistry(opts.modelsDir)
+  const meter = registry.get(device.meter.model, 'meter')
+  const relay = device.relay ? registry.get(device.relay.model, 'relay') : undefined
+  const own = opts.bus === undefined
+  const bus = opts.bus ?? new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
+  if (own) bus.start()
+  const out: DeviceTest = {}
+  const why = (err: unknown): string => {
+    const e = err as { code?: string; message: string }
+    return `${e.code ? `${e.code}: ` : ''}${e.message}`
+  }
+  try {
+    await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
+    try {
+      const blocks = meterBlocks(meter)
+      const q = decodeMeter(meter, blocks, await bus.readBlocks(device.meter.unit, blocks, PROBE))
+      const serialReg = meter.identity?.serial
+      const serial = serialReg ? await readIdentity(bus, device.meter.unit, serialReg) : undefined
+      out.meter = q
+      if (serial) out.serial = serial
+    } catch (err) {
+      out.meterError = why(err)
+    }
+    if (relay && device.relay) {
+      try {
+        const r = relay.relay!
+        const address = r.point === 'coil' ? (device.relay.coil ?? r.address) : (device.relay.register ?? r.address)
+        if (address === undefined) throw new OutpostError('NO_RELAY', `relay model ${relay.name} needs relay.${r.point}`)
+        if (r.point === 'coil') out.relay = { closed: (await bus.readBits(device.relay.unit, 1, address, 1, PROBE))[0]! }
+        else {
+          const v = (await bus.readRegisters(device.relay.unit, 3, address, 1, PROBE))[0]!
+          if (v !== r.closedValue && v !== r.openValue)
+            throw new OutpostError('RELAY_MISMATCH', `register ${address} holds ${v}, neither closed (${r.closedValue}) nor open (${r.openValue})`)
+          out.relay = { closed: v === r.closedValue }
+        }
+      } catch (err) {
+        out.relayError = why(err)
+      }
+    }
+  } finally {
+    if (own) await bus.close()
+  }
+  return out
 }

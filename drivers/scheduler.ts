@@ -97,6 +97,8 @@ interface Job {
   device: number
   priority: Priority
   delayMs: number
+  /** A scan's probe: the bus counts it, the device's health does not (a scan of unit ids nobody uses backs none off). */
+  probe: boolean
   run: (tx: (req: unknown) => Promise<unknown>) => Promise<unknown>
   resolve: (v: unknown) => void
   reject: (e: unknown) => void
@@ -160,14 +162,22 @@ export class BusScheduler<Req, Res> {
    * refused at once (DEVICE_BACKOFF); relay commands are always attempted because
    * opening a relay is the safe direction and must never wait for a back-off.
    */
-  submit<T>(device: number, priority: Priority, run: (tx: Tx<Req, Res>) => Promise<T>, opts: { delayMs?: number } = {}): Promise<T> {
+  submit<T>(device: number, priority: Priority, run: (tx: Tx<Req, Res>) => Promise<T>, opts: { delayMs?: number; probe?: boolean } = {}): Promise<T> {
     const refusal = this.refusal(device, priority)
     if (refusal) {
       this.stats.refused++
       return Promise.reject(refusal)
     }
     return new Promise<T>((resolve, reject) => {
-      const job: Job = { device, priority, delayMs: opts.delayMs ?? 0, run: run as Job['run'], resolve: resolve as Job['resolve'], reject }
+      const job: Job = {
+        device,
+        priority,
+        delayMs: opts.delayMs ?? 0,
+        probe: opts.probe === true,
+        run: run as Job['run'],
+        resolve: resolve as Job['resolve'],
+        reject,
+      }
       ;(priority === 'relay' ? this.relayQueue : this.pollQueue).push(job)
       this.pump()
     })
@@ -314,14 +324,18 @@ export class BusScheduler<Req, Res> {
       job.reject(refusal)
       return
     }
-    const d = this.device(job.device)
     let lastFailure: OutpostError | undefined
     const tx = async (req: unknown): Promise<unknown> => {
-      const r = await this.exchange(req as Req, job.delayMs)
+      const r = await this.exchange(req as Req, job.delayMs, job.probe)
       if (r.ok) return r.value
       lastFailure = r.error
       throw r.error
     }
+    if (job.probe) {
+      await job.run(tx).then(job.resolve, job.reject)
+      return
+    }
+    const d = this.device(job.device)
     try {
       const value = await job.run(tx)
       d.consecutiveFailures = 0
@@ -351,8 +365,8 @@ export class BusScheduler<Req, Res> {
   }
 
   /** One request with gap, delay, timeout and bounded retry. */
-  private async exchange(req: Req, delayMs: number): Promise<{ ok: true; value: Res } | { ok: false; error: OutpostError }> {
-    const d = this.device(this.link.deviceOf(req))
+  private async exchange(req: Req, delayMs: number, probe = false): Promise<{ ok: true; value: Res } | { ok: false; error: OutpostError }> {
+    const d = probe ? { transactions: 0 } : this.device(this.link.deviceOf(req))
     let error: OutpostError | undefined
     for (let attempt = 0; attempt <= this.o.retries; attempt++) {
       if (attempt > 0) this.stats.retries++

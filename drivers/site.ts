@@ -57,6 +57,12 @@ export interface SiteIO {
    * network device already started (its outlets' needs are checked at its start).
    */
   addOutlets(next: SiteConfig, ids: readonly string[]): Promise<void>
+  /**
+   * Binds outlets already open to the relay `next` gives them (a swapped pair mended after a
+   * cross-check), on the Modbus or serial bus they were on. Throws CONFIG_INVALID, changing
+   * nothing, for an outlet not open, one that moved bus, or one on a network device.
+   */
+  rewireOutlets(next: SiteConfig, ids: readonly string[]): Promise<void>
   /** Resolves true once every bus is open, false if that has not happened within `ms` (never throws). */
   ready(ms: number): Promise<boolean>
   close(): Promise<void>
@@ -70,6 +76,14 @@ export interface OpenOptions {
 }
 
 /** A bus and the Modbus/line operations on it, all through its one scheduler. */
+/** How a read is queued: its priority, a delay before it, and whether it is a scan's probe (not the device's health). */
+export interface ReadOptions {
+  priority?: Priority
+  delayMs?: number
+  /** A scan asking whether anything answers: its failures and successes stay out of the unit's health and back-off. */
+  probe?: boolean
+}
+
 export class Bus {
   readonly scheduler: BusScheduler<ModbusRequest, ModbusResponse> | BusScheduler<LineRequest, LineReply>
   readonly config: WireBusConfig
@@ -136,16 +150,16 @@ export class Bus {
   }
 
   /** Read registers (FC03/FC04) as 16-bit words. */
-  readRegisters(unit: number, fc: 3 | 4, address: number, count: number, opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[]> {
+  readRegisters(unit: number, fc: 3 | 4, address: number, count: number, opts: ReadOptions = {}): Promise<number[]> {
     return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => decodeWords((await tx({ unit, fc, address, count })).data), opts)
   }
 
-  readBits(unit: number, fc: 1 | 2, address: number, count: number, opts: { priority?: Priority; delayMs?: number } = {}): Promise<boolean[]> {
+  readBits(unit: number, fc: 1 | 2, address: number, count: number, opts: ReadOptions = {}): Promise<boolean[]> {
     return this.modbus().submit(unit, opts.priority ?? 'poll', async (tx) => decodeBits((await tx({ unit, fc, address, count })).data, count), opts)
   }
 
   /** Several block reads as one job (nothing else on the bus in between). */
-  readBlocks(unit: number, blocks: Block[], opts: { priority?: Priority; delayMs?: number } = {}): Promise<number[][]> {
+  readBlocks(unit: number, blocks: Block[], opts: ReadOptions = {}): Promise<number[][]> {
     return this.modbus().submit(
       unit,
       opts.priority ?? 'poll',
@@ -464,6 +478,21 @@ export async function openSite(config: SiteConfig, opts: OpenOptions): Promise<S
       }
       for (const d of opened) d.start()
       current = next
+    },
+    async rewireOutlets(next, ids) {
+      const fresh = ids.map((id) => {
+        const o = next.outlets.find((x) => x.id === id)
+        const was = current.outlets.find((x) => x.id === id)
+        if (!o || !was || !outlets.has(id)) throw new OutpostError('CONFIG_INVALID', `outlet ${id} is not open`)
+        if (o.bus !== was.bus) throw new OutpostError('CONFIG_INVALID', `outlet ${id}: moving to another bus needs a restart`)
+        if (devices.has(o.bus)) throw new OutpostError('CONFIG_INVALID', `outlet ${id}: a network device's channels change at a restart`)
+        return planOutlet(o, current.buses, registry, buses, devices, opts)
+      })
+      for (const p of fresh) {
+        const io = p()
+        outlets.set(io.id, io)
+      }
+      current = { ...current, outlets: current.outlets.map((x) => next.outlets.find((y) => y.id === x.id && ids.includes(x.id)) ?? x) }
     },
     async ready(ms) {
       const results = await Promise.allSettled([

@@ -7,7 +7,6 @@
 import t from 'tap'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { runCli } from './helpers/cli.js'
 import { freePort, startMosquitto } from './helpers/mosquitto.js'
 import { isEnded, startCloud, startDaemon, startPeer, startSession, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
@@ -45,16 +44,18 @@ t.test('a bus that is down at boot comes up later', async (t) => {
   t.equal((await daemon.stop('SIGTERM')).code, 0, 'clean exit')
 })
 
-t.test('outpost run with an invalid config: exit 78, every problem named, nothing touched', async (t) => {
+t.test('outpost run with an invalid config: every problem named, nothing touched, the setup page instead of a restart loop', async (t) => {
   const dir = tempDir(t)
   const file = writeSiteConfig({ dir, port: 1, outlets: 1 })
   const raw = JSON.parse(readFileSync(file, 'utf8')) as { sessions: Record<string, unknown>; outlets: Record<string, unknown>[] }
   raw.sessions.pollMs = 5
   raw.outlets[0]!.plan = 'nope'
   writeFileSync(file, JSON.stringify(raw))
-  const r = runCli(['run', '--config', file])
-  t.equal(r.status, 78, 'exit 78')
-  t.match(r.stderr, `${file}: /sessions/pollMs: must be >= 100`, 'names the pointer and the problem')
-  t.match(r.stderr, `${file}: /outlets/0/plan: unknown plan "nope"`, 'and every other problem')
+  const daemon = startDaemon(t, file, {}, undefined, [], ['--listen', `127.0.0.1:${await freePort()}`])
+  await daemon.waitLog((l) => l.setup === 'invalid', 'the setup page for the invalid config')
+  const stderr = daemon.stderr().join('\n')
+  t.match(stderr, `${file}: /sessions/pollMs: must be >= 100`, 'names the pointer and the problem')
+  t.match(stderr, `${file}: /outlets/0/plan: unknown plan "nope"`, 'and every other problem')
   t.notOk(existsSync(join(dir, 'journal')), 'no journal created')
+  t.equal((await daemon.stop('SIGTERM')).code, 0, 'a clean stop from the setup page')
 })

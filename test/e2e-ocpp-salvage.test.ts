@@ -20,6 +20,8 @@ t.test('a transaction in the outbox whose session no surviving state holds: Stop
   const config = writeSiteConfig({ dir, port: peer.port, outlets: 1, extra: { ocpp: ocppSection(csms) } })
   let daemon = startDaemon(t, config)
   await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'boot accepted')
+  // A configuration change of the central system's is side data too: the salvage carries it.
+  t.same(await csms.call('ChangeConfiguration', { key: 'MeterValueSampleInterval', value: '45' }), { status: 'Accepted' })
   await peer.plug(1, 16)
   t.same(await csms.call('RemoteStartTransaction', { connectorId: 1, idTag: 'drv-lost' }), { status: 'Accepted' })
   const start = await waitFor(() => csms.of('StartTransaction')[0]?.reply && csms.of('StartTransaction')[0], 'StartTransaction answered')
@@ -62,6 +64,11 @@ t.test('a transaction in the outbox whose session no surviving state holds: Stop
   t.ok(
     daemon.logs().some((l) => l.level === 'error' && /closed PowerLoss at its last known meter value/.test(l.msg)),
     'logged at error level',
+  )
+  t.same(
+    await csms.call('GetConfiguration', { key: ['MeterValueSampleInterval'] }),
+    { configurationKey: [{ key: 'MeterValueSampleInterval', readonly: false, value: '45' }], unknownKey: [] },
+    "the central system's change survived the salvage",
   )
   t.equal((await daemon.stop('SIGTERM')).code, 0)
 

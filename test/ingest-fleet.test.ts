@@ -4,7 +4,8 @@
  * gateways whose records are sealed by the journal's own code and forwarded by the
  * real Uplink. In turn: a kill -9 of a worker mid-stream (and a clean stop of
  * another), a broker restart with gateways restarting, ten gateways offline for
- * hours of records catching up, and forged records. After each, the invariants:
+ * hours of records catching up, a database restart (30 s down) during gap pulls and a burst,
+ * and forged records. After each, the invariants:
  * every record stored exactly once, every chain verified from the database alone,
  * no ack ahead of the database, the sessions table equal to the session.ended
  * records, and the forgery detected.
@@ -20,12 +21,14 @@ import { recordHash } from '../daemon/uplink/chain.js'
 import type { JournalRecord } from '../core/types.js'
 
 const SITES = 200
+const top = t
 const random = rng(20261201)
 
 const db = await startPostgres(t)
 const broker = await startMosquitto(t, { extraConfig: ['max_queued_messages 0'] })
-const client = new pg.Client({ connectionString: db.url })
-await client.connect()
+// A pool, not one connection: the database restarts in one of the steps, and the checks go on after it.
+const client = new pg.Pool({ connectionString: db.url, max: 2 })
+client.on('error', () => undefined)
 t.teardown(() => client.end())
 
 // Three workers starting at once: one applies the migrations, the others wait for its lock.
@@ -56,7 +59,7 @@ async function settled(sites = fleet, what = 'every site acked to its head'): Pr
 }
 
 async function checkAll(t: { same(a: unknown, b: unknown, m: string): unknown }, sites = fleet): Promise<void> {
-  t.same(await invariants(client, truth(sites)), [], 'every record once, every chain verified, sessions = session.ended')
+  t.same(await invariants(client as unknown as pg.ClientBase, truth(sites)), [], 'every record once, every chain verified, sessions = session.ended')
   t.same(watch.violations, [], 'no ack ahead of the database')
 }
 
@@ -72,8 +75,9 @@ t.test('the fleet streams; a worker is killed mid-stream and another stops clean
   t.equal(st.code, 0, workers[1]!.err.slice(-5).join('\n'))
   const summary = JSON.parse(workers[1]!.out.at(-1)!) as { commits: number; stored: number }
   t.ok(summary.commits > 0, 'the stopped worker had committed deliveries')
-  workers[0] = await startWorker(t, 'w1b', broker.url, db.url)
-  workers[1] = await startWorker(t, 'w2b', broker.url, db.url)
+  // Started for the rest of the file (the subtest's teardown would kill them at its end: the later steps need three workers).
+  workers[0] = await startWorker(top, 'w1b', broker.url, db.url)
+  workers[1] = await startWorker(top, 'w2b', broker.url, db.url)
   for (let i = 0; i < 2; i++) await round()
   await settled()
   await checkAll(t)
@@ -115,6 +119,35 @@ t.test('ten gateways offline for hours of records catch up', async (t) => {
   t.ok(offline.rows[0]!.n >= 70, `the sessions ended offline are in the sessions table (${offline.rows[0]!.n})`)
 })
 
+t.test('the database restarts (30 s down) during gap pulls and a burst', async (t) => {
+  // Five gateways with a gap: offline while they write, one late record of each published on its own, so the
+  // database holds it past a gap that a worker pulls (under its lease) once the gateways are back.
+  const gapped = fleet.slice(120, 125)
+  await Promise.all(gapped.map((s) => s.stopUplink()))
+  for (let i = 0; i < 20; i++) for (const s of gapped) s.step()
+  const raw = await mqtt.connectAsync(broker.url, { clientId: `late-${process.pid}` })
+  t.teardown(() => raw.endAsync(true))
+  const pulls: string[] = []
+  await raw.subscribeAsync('outpost/+/pull', { qos: 1 })
+  raw.on('message', (topic) => pulls.push(topic.split('/')[1]!))
+  for (const s of gapped) await raw.publishAsync(`outpost/${s.id}/records`, JSON.stringify([s.log.records.at(-1)]), { qos: 1 })
+  // A worker pulls each gap (the gateways, offline, do not answer yet).
+  await waitFor(() => gapped.every((s) => pulls.includes(s.id)), 'a gap pull under way for each', 30_000)
+  // The database goes down for 30 s while the gateways come back (their backlog, their pull answers) and the whole fleet sends a burst.
+  const restarting = db.restart(30_000)
+  for (const s of gapped) s.startUplink()
+  for (let i = 0; i < 3; i++) await round()
+  await restarting
+  for (let i = 0; i < 2; i++) await round()
+  await settled(fleet, 'every site acked to its head after the restart')
+  await checkAll(t)
+  for (const w of workers) t.ok(w.running(), `worker ${w.name} rode the restart out${w.running() ? '' : `: ${w.err.slice(-6).join('\n')}`}`)
+  t.ok(
+    workers.some((w) => w.err.some((l) => l.includes('database unreachable; retrying with back-off'))),
+    'a worker said it was retrying',
+  )
+})
+
 t.test('forged records are detected, change nothing they must not, and stop no other site', async (t) => {
   const victim = fleet[5]!
   const raw = await mqtt.connectAsync(broker.url, { clientId: `forger-${process.pid}` })
@@ -124,7 +157,7 @@ t.test('forged records are detected, change nothing they must not, and stop no o
   const last = victim.log.records[head - 1]! as JournalRecord & { total?: number }
   // 1. A stored record altered without re-hashing: refused.
   await raw.publishAsync(topic, JSON.stringify([{ ...last, total: 1 }]), { qos: 1 })
-  // 2. A malformed payload: ignored, logged.
+  // 2. A payload that is not JSON: kept aside in rejects (seq null, its topic), logged.
   await raw.publishAsync(topic, '{"not": "an array"', { qos: 1 })
   // 3. A stored record altered and re-hashed: a fork, kept aside, the stored one untouched.
   const rehashed = { ...last, total: 2 } as JournalRecord
@@ -135,10 +168,13 @@ t.test('forged records are detected, change nothing they must not, and stop no o
       'SELECT (SELECT count(*) FROM rejects WHERE site_id = $1)::int + (SELECT count(*) FROM forks WHERE site_id = $1)::int AS n',
       [victim.id],
     )
-    return r.rows[0]!.n === 2
+    return r.rows[0]!.n === 3
   }, 'the forgeries recorded')
-  const rej = await client.query('SELECT seq, reason FROM rejects WHERE site_id = $1', [victim.id])
-  t.match(rej.rows, [{ seq: String(head), reason: new RegExp(`seq ${head}: hash mismatch`) }])
+  const rej = await client.query('SELECT seq, reason, topic FROM rejects WHERE site_id = $1 ORDER BY seq NULLS LAST', [victim.id])
+  t.match(rej.rows, [
+    { seq: String(head), reason: new RegExp(`seq ${head}: hash mismatch`), topic: null },
+    { seq: null, reason: /^not JSON/, topic },
+  ])
   const fk = await client.query('SELECT seq, hash, stored_hash FROM forks WHERE site_id = $1', [victim.id])
   t.same(fk.rows, [{ seq: String(head), hash: rehashed.hash, stored_hash: last.hash }])
   const stored = await client.query('SELECT hash FROM records WHERE site_id = $1 AND seq = $2', [victim.id, head])
@@ -148,8 +184,8 @@ t.test('forged records are detected, change nothing they must not, and stop no o
     'the fork is alerted in a worker log',
   )
   t.ok(
-    workers.some((w) => w.err.some((l) => l.includes('malformed payload') && l.includes(victim.id))),
-    'the malformed payload is logged, naming the topic',
+    workers.some((w) => w.err.some((l) => l.includes('kept aside a delivery') && l.includes(topic))),
+    'the payload that is not JSON is logged, naming the topic',
   )
 
   // 4. A forged next record (self-consistent, linking to the head) before the gateway's own:

@@ -11,6 +11,7 @@ import { FleetLog } from './helpers/fleet.js'
 import { bodies } from './helpers/memory-log.js'
 import { MIGRATIONS, migrate } from '../cloud/schema.js'
 import { storeRecords } from '../cloud/store.js'
+import { storeBatch } from '../cloud/batch.js'
 import { recordHash, verifyChain } from '../daemon/uplink/chain.js'
 import type { JournalRecord } from '../core/types.js'
 
@@ -217,4 +218,66 @@ t.test('a config.applied record (a price change) is stored like any record and v
   const row = (await client.query("SELECT seq, body FROM records WHERE site_id = 'config' AND type = 'config.applied'")).rows[0]
   t.equal(Number(row.seq), 4)
   t.match(row.body, { who: 'owner:olga', configHash: 'b'.repeat(64), changed: ['/plans/0/periods/0/perKwh'] })
+})
+
+t.test('a batch across sites stores exactly what the deliveries one at a time store', async (t) => {
+  const SITES = 12
+  const logs = Array.from({ length: SITES }, (_, i) => {
+    const log = new FleetLog()
+    log.append(bodies(40, i * 40))
+    return log.records
+  })
+  // Each site's deliveries: 1-7 records, shuffled, every record twice; some sites get a forged record first
+  // (re-hashed: a fork at its seq), a tampered one (a reject), or lose a record for good (a gap).
+  const perSite = logs.map((records, i) => {
+    const ds: unknown[][] = []
+    for (let k = 0; k < records.length; ) {
+      const n = 1 + ((k + i) % 7)
+      ds.push(records.slice(k, k + n))
+      k += n
+    }
+    let all = shuffled([...ds, ...ds], 100 + i)
+    if (i % 4 === 1) {
+      const forged = { ...records[20]!, ts: '2031-01-01T00:00:00.000Z' } as JournalRecord
+      forged.hash = recordHash(forged)
+      all = [[forged], ...all]
+    }
+    if (i % 4 === 2) all.push([{ ...records[5]!, ts: '2031-01-01T00:00:00.000Z' }])
+    if (i % 4 === 3) all = all.map((d) => d.filter((r) => (r as JournalRecord).seq !== 30))
+    return all
+  })
+  // One at a time, as before.
+  for (let i = 0; i < SITES; i++) for (const d of perSite[i]!) await storeRecords(client, `one-${i}`, d)
+  // In batches: the deliveries interleaved across sites (each site's in its order), 1-9 sites' deliveries a batch, several of one site together too.
+  const queue: { siteId: string; incoming: unknown[] }[] = []
+  const cursors = perSite.map(() => 0)
+  for (let round = 0; queue.length < perSite.reduce((n, d) => n + d.length, 0); round++)
+    for (let i = 0; i < SITES; i++) {
+      const take = 1 + ((round + i) % 2)
+      for (let k = 0; k < take && cursors[i]! < perSite[i]!.length; k++) queue.push({ siteId: `bat-${i}`, incoming: perSite[i]![cursors[i]!++]! })
+    }
+  const acked = new Map<string, number>()
+  for (let k = 0, n = 1; k < queue.length; k += n, n = 1 + (n % 9)) {
+    const results = await storeBatch(client, queue.slice(k, k + n))
+    for (const [site, r] of results) {
+      t.ok(r.acked >= (acked.get(site) ?? 0), 'the prefix never goes back')
+      acked.set(site, r.acked)
+    }
+  }
+  const dump = async (site: string) => {
+    const q = async (sql: string) => (await client.query(sql, [site])).rows
+    return {
+      records: await q('SELECT seq, hash FROM records WHERE site_id = $1 ORDER BY seq'),
+      forks: await q('SELECT seq, hash, stored_hash FROM forks WHERE site_id = $1 ORDER BY seq, hash'),
+      rejects: await q('SELECT seq, reason FROM rejects WHERE site_id = $1 ORDER BY seq, reason'),
+      site: await q('SELECT head, acked, acked_hash, chain_break, forks, public_key FROM sites WHERE site_id = $1'),
+      sessions: await q('SELECT session_id, seq, total FROM sessions WHERE site_id = $1 ORDER BY seq'),
+    }
+  }
+  for (let i = 0; i < SITES; i++) t.same(await dump(`bat-${i}`), await dump(`one-${i}`), `site ${i}: the same rows`)
+  const brk = await siteRow('bat-1')
+  // The forged seq 21 came first and links to 20: it is taken (the documented limit), the true one is the fork, and 22's prev breaks.
+  t.match(brk, { acked: '21', chain_break: { seq: 22, reason: 'prev' }, forks: 1 }, 'the forgery stops the prefix in a batch too')
+  t.equal((await siteRow('bat-0')).acked, '40')
+  t.equal((await siteRow('bat-3')).acked, '29', 'a gap stops it')
 })

@@ -5,7 +5,10 @@
  *   their messages are queued: afterwards every transaction message arrives, in
  *   order, once, each Stop and MeterValues with its own StartTransaction's id;
  * - kill -9 mid-session: one StopTransaction PowerLoss at the last journaled reading;
- * - SIGTERM mid-session: one StopTransaction Reboot, sent before the process exits.
+ * - SIGTERM mid-session: one StopTransaction Reboot, sent before the process exits;
+ * - offline authorization through the daemon: with AllowOfflineTxForUnknownId false, the local API's start
+ *   of an unknown idTag is refused not-authorized (403) while the central system is away, one on the local
+ *   list starts.
  */
 import t, { type Test } from 'tap'
 import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
@@ -18,7 +21,11 @@ function checkStrict(t: Test, csms: Csms): void {
   t.equal(csms.badMessages.length, 0, 'no bad message')
 }
 
-t.test('an outage across two sessions and a kill -9 while their messages wait', async (t) => {
+/** A one-outlet site on the pymodbus peer, a charge point of the strict central system: `ocpp` goes into its ocpp section. */
+async function site(
+  t: Test,
+  opts: { ocpp?: Record<string, unknown>; outlet?: Record<number, Record<string, unknown>>; api?: Record<string, unknown> },
+) {
   const dir = tempDir(t)
   const peer = await startPeer(t, { outlets: 1 })
   const csms = await startCsms(t)
@@ -26,9 +33,14 @@ t.test('an outage across two sessions and a kill -9 while their messages wait', 
     dir,
     port: peer.port,
     outlets: 1,
-    outlet: { 1: { autoStart: { userId: 'resident' } } },
-    extra: { ocpp: ocppSection(csms, { meterValueSampleS: 1 }) },
+    ...(opts.outlet ? { outlet: opts.outlet } : {}),
+    extra: { ocpp: ocppSection(csms, opts.ocpp), ...(opts.api ? { api: opts.api } : {}) },
   })
+  return { config, peer, csms }
+}
+
+t.test('an outage across two sessions and a kill -9 while their messages wait', async (t) => {
+  const { config, peer, csms } = await site(t, { outlet: { 1: { autoStart: { userId: 'resident' } } }, ocpp: { meterValueSampleS: 1 } })
   let daemon = startDaemon(t, config)
   await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'boot accepted')
   await csms.down()
@@ -160,4 +172,44 @@ t.test('kill -9 mid-session: one StopTransaction PowerLoss; SIGTERM mid-session:
   t.equal(stop1.params.meterStop, Math.round(ended[0]!.meterEndWh), 'meterStop is the last journaled reading')
   t.equal(stop2?.params.meterStop, Math.round(ended[1]!.meterEndWh))
   checkStrict(t, csms)
+})
+
+t.test('offline authorization through the daemon: the local API start of an unknown idTag is refused, a listed one starts', async (t) => {
+  const { config, peer, csms } = await site(t, {
+    ocpp: { allowOfflineTxForUnknownId: false },
+    api: { listen: '127.0.0.1:0', token: 'ocpp-auth-token' },
+  })
+  const daemon = startDaemon(t, config)
+  const api = String((await daemon.waitLog((l) => l.msg === 'local API listening', 'the local API')).url).replace(/\/$/, '')
+  await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'boot accepted')
+  t.same(
+    await csms.call('SendLocalList', {
+      listVersion: 1,
+      updateType: 'Full',
+      localAuthorizationList: [{ idTag: 'on-list', idTagInfo: { status: 'Accepted' } }],
+    }),
+    { status: 'Accepted' },
+  )
+  await csms.down()
+  await daemon.waitLog((l) => String(l.msg).startsWith('ocpp: disconnected'), 'the charge point sees the outage')
+  const start = (userId: string) =>
+    fetch(`${api}/api/outlets/E1/start`, {
+      method: 'POST',
+      headers: { authorization: 'Bearer ocpp-auth-token', 'content-type': 'application/json' },
+      body: JSON.stringify({ userId }),
+    })
+  const refused = await start('stranger')
+  t.equal(refused.status, 403)
+  t.match(await refused.json(), { ok: false, error: { code: 'not-authorized', message: /not on its local list nor in the authorization cache/ } })
+  t.equal(journalRecords(config).filter((r) => r.type === 'session.started').length, 0, 'nothing started, nothing journaled')
+  await peer.plug(1, 16)
+  const ok = await start('on-list')
+  t.equal(ok.status, 200, 'an idTag on the local list starts while the central system is away')
+  await daemon.waitLog((l) => l.msg === 'session started', 'the session started')
+  await csms.up()
+  const tx = await csms.waitCall('StartTransaction', (c) => c.reply !== undefined, 'the StartTransaction after the reconnect')
+  t.equal(tx.params.idTag, 'on-list')
+  t.equal((await daemon.stop('SIGTERM')).code, 0)
+  t.equal(csms.violations.length, 0)
+  t.equal(csms.badMessages.length, 0)
 })

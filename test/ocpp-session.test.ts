@@ -64,7 +64,12 @@ t.test('remote start at boot, meter values, unplug; auto-start with Authorize; a
     const mv = csms.of('MeterValues').find((c) => c.params.connectorId === 1)!
     const values = (mv.params.meterValue as { timestamp: string; sampledValue: { measurand: string; unit: string; value: string }[] }[])[0]!
     t.same(values.sampledValue.map((v) => v.measurand).sort(), ['Current.Import', 'Energy.Active.Import.Register', 'Power.Active.Import', 'Voltage'])
-    t.equal(new Date(values.timestamp).getTime() % 1000, 0, 'clock-aligned to the second')
+    t.equal(
+      (Date.parse(values.timestamp) - Date.parse(tx.params.timestamp as string)) % 1000,
+      0,
+      'sampled every second from the start of the transaction',
+    )
+    t.equal((values.sampledValue[0] as unknown as { context: string }).context, 'Sample.Periodic')
     // The first sample may come before the current rose (the relay had just closed); a later one shows the car drawing.
     await waitFor(
       () =>
@@ -127,7 +132,22 @@ t.test('remote start at boot, meter values, unplug; auto-start with Authorize; a
       (m) => m.sampledValue[0]!.measurand === 'Energy.Active.Import.Interval',
     )
     t.equal(lines.length, ended.lines.length, 'one interval value per billing line')
-    t.ok(Math.abs(lines.reduce((a, m) => a + Number(m.sampledValue[0]!.value), 0) - ended.energyWh) < 0.01, 'the lines add up to the energy')
+    t.equal(
+      lines.reduce((a, m) => a + Number(m.sampledValue[0]!.value), 0),
+      delta,
+      'the lines, in whole Wh, add up to meterStop − meterStart',
+    )
+    const data = stop.params.transactionData as { timestamp: string; sampledValue: { measurand: string; value: string; context: string }[] }[]
+    t.same(
+      [data[0]!.sampledValue[0]!.context, data[0]!.sampledValue[0]!.value, data[0]!.timestamp],
+      ['Transaction.Begin', String(start.params.meterStart), start.params.timestamp],
+      'transactionData begins with the register at the start',
+    )
+    t.same(
+      [data.at(-1)!.sampledValue[0]!.context, data.at(-1)!.sampledValue[0]!.value],
+      ['Transaction.End', String(stop.params.meterStop)],
+      'and ends with the register at the end',
+    )
   })
 
   t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
@@ -164,14 +184,15 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
   const broker = await startMosquitto(t)
   const dir = tempDir(t)
   const peer = await startPeer(t, { outlets: 1 })
-  const csms = await startCsms(t)
+  // Once back, it refuses the first three StopTransactions: the stop is held (shown), then sent after a reconnect.
+  const csms = await startCsms(t, { refuse: (action, nth) => (action === 'StopTransaction' && nth <= 3 ? 'InternalError' : undefined) })
   await csms.down() // the port is known, nothing listens on it
   const config = writeSiteConfig({
     dir,
     port: peer.port,
     outlets: 1,
     brokerUrl: broker.url,
-    extra: { ocpp: ocppSection(csms), api: { listen: '127.0.0.1:0', token: 'ocpp-test-token' } },
+    extra: { ocpp: ocppSection(csms, { transactionMessageRetryIntervalS: 1 }), api: { listen: '127.0.0.1:0', token: 'ocpp-test-token' } },
   })
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config)
@@ -203,7 +224,23 @@ t.test('beside the MQTT uplink: a central system that is not there stops neither
   t.equal(stop.params.transactionId, start.reply!.transactionId)
   t.equal(stop.params.meterStop, Math.round(ended.meterEndWh))
   t.equal(csms.of('Authorize').length, 0, 'no Authorize for a session that had already ended when it could be sent')
+  await waitFor(async () => (await metrics()).get('outpost_ocpp_held_messages') === 1, '/metrics: the stop refused three times is held')
+  const status = (await (await fetch(`${api}/api/status`, { headers: { authorization: 'Bearer ocpp-test-token' } })).json()) as {
+    ocpp: { held: { action: string; attempts: number }[]; queued: number; configuration: { key: string; value: string; source: string }[] }
+  }
+  t.match(status.ocpp.held, [{ action: 'StopTransaction', attempts: 3 }], '/api/status shows the held stop')
+  t.equal(status.ocpp.queued, 1, 'still in the queue')
+  t.match(
+    status.ocpp.configuration.find((k) => k.key === 'TransactionMessageRetryInterval'),
+    { value: '1', source: 'config' },
+    '/api/status shows the keys in force and where they come from',
+  )
+  await csms.down()
+  await csms.up()
+  await waitFor(() => csms.of('StopTransaction').find((c) => c.reply), 'the stop answered after the reconnect')
+  t.equal(csms.of('StopTransaction').length, 4, 'three refusals, then the fourth attempt')
   await waitFor(async () => (await metrics()).get('outpost_ocpp_queued_messages') === 0, '/metrics: the queue drained')
+  t.equal((await metrics()).get('outpost_ocpp_held_messages'), 0, '/metrics: nothing held')
   t.equal((await metrics()).get('outpost_ocpp_online'), 1, '/metrics: online')
   t.equal((await daemon.stop('SIGTERM')).code, 0)
   t.equal(csms.violations.length, 0)

@@ -8,6 +8,7 @@ import t from 'tap'
 import { validateConfig } from '../daemon/config.js'
 import { checkCall } from '../daemon/ocpp/calls.js'
 import { CallError } from '../daemon/ocpp/rpc.js'
+import { MEASURANDS } from '../daemon/ocpp/settings.js'
 import { CONNECTOR_STATUS, STOP_REASON, meterSample, startPayload, stopPayload, type Ended, type Started } from '../daemon/ocpp/tables.js'
 import { Rig, siteConfig, WED_NOON } from './engine-fixtures.js'
 
@@ -100,6 +101,8 @@ t.test('tables: statuses, stop reasons, messages from records', async (t) => {
   const ended = {
     type: 'session.ended',
     userId: 'u',
+    startedAt: '2026-06-10T19:00:00.000Z',
+    meterStartWh: 1234,
     meterEndWh: 2000.4,
     endedAt: '2026-06-10T20:00:00.000Z',
     lines: [
@@ -109,23 +112,42 @@ t.test('tables: statuses, stop reasons, messages from records', async (t) => {
   } as unknown as Ended
   const stop = stopPayload(ended, 'EVDisconnected') as {
     meterStop: number
-    transactionData: { sampledValue: { measurand: string; value: string }[] }[]
+    transactionData: { sampledValue: { measurand: string; value: string; context: string }[] }[]
   }
   t.equal(stop.meterStop, 2000)
   t.same(
-    stop.transactionData.map((m) => [m.sampledValue[0]!.measurand, m.sampledValue[0]!.value]),
+    stop.transactionData.map((m) => [m.sampledValue[0]!.measurand, m.sampledValue[0]!.context, m.sampledValue[0]!.value]),
     [
-      ['Energy.Active.Import.Interval', '300.100'],
-      ['Energy.Active.Import.Interval', '465.800'],
-      ['Energy.Active.Import.Register', '2000.400'],
+      ['Energy.Active.Import.Register', 'Transaction.Begin', '1234'],
+      ['Energy.Active.Import.Interval', 'Other', '300'],
+      ['Energy.Active.Import.Interval', 'Other', '466'],
+      ['Energy.Active.Import.Register', 'Transaction.End', '2000'],
     ],
+    'Begin, the billing lines in whole Wh rounded on the running sum (they add up to meterStop - meterStart), End',
   )
-  const mv = meterSample(2, '2026-06-10T19:01:00.000Z', { ts: 0, currentA: 15.9876, powerW: 3600.04, energyWh: 1300.0004, voltageV: 229.96 }) as {
-    meterValue: { sampledValue: { value: string }[] }[]
+  const mv = meterSample(
+    2,
+    '2026-06-10T19:01:00.000Z',
+    { currentA: 15.9876, powerW: 3600.04, energyWh: 1300.5004, voltageV: 229.96 },
+    MEASURANDS,
+    'Sample.Periodic',
+  ) as {
+    meterValue: { sampledValue: { value: string; context: string }[] }[]
   }
   t.same(
     mv.meterValue[0]!.sampledValue.map((v) => v.value),
-    ['1300.000', '3600.0', '15.988', '230.0'],
+    ['1301', '3600.0', '15.988', '230.0'],
+    'the register in whole Wh',
+  )
+  t.same(
+    (
+      meterSample(2, 'x', { currentA: 1, powerW: 1, energyWh: 1, voltageV: 1 }, ['Voltage', 'Power.Active.Import'], 'Sample.Clock') as typeof mv
+    ).meterValue[0]!.sampledValue.map((v) => [v.value, v.context]),
+    [
+      ['1.0', 'Sample.Clock'],
+      ['1.0', 'Sample.Clock'],
+    ],
+    'the measurands asked for, in their order, with the context given',
   )
 })
 

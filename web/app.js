@@ -171,6 +171,13 @@
     row('Acknowledged up to', '#' + u.acked)
     row('Journal head', '#' + j.head)
     if (j.fault) row('Journal fault', j.fault, 'bad')
+    // A site that speaks OCPP: its central system's link, beside the uplink.
+    const o = snap.ocpp
+    if (o) {
+      const state = o.connected && o.accepted ? 'online' : o.connected ? 'connected, not accepted' : 'offline'
+      row('Central system (OCPP)', state, state === 'online' ? 'good' : state === 'offline' ? 'bad' : 'warn')
+      row('Waiting for the central system', o.queued + (o.queued === 1 ? ' message' : ' messages'), o.queued > 0 && state !== 'online' ? 'warn' : '')
+    }
     const nr = snap.nodeRed
     if (nr) {
       const restarts = nr.restarts ? ` · ${nr.restarts} restart${nr.restarts === 1 ? '' : 's'}` : ''

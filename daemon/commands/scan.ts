@@ -4,7 +4,7 @@
  * relay. Without --bus, lists the serial ports (safely, without udevadm).
  */
 import { parseArgs } from 'node:util'
-import { validateConfig } from '../config.js'
+import { checkBus } from '../scan-bus.js'
 import { EXIT_BROKEN, EXIT_OK, EXIT_USAGE, processIo, type Io } from '../cli-common.js'
 import type { BusConfig } from '../../core/types.js'
 import { configSnippet, formatSnippet, formatTable, listSerialPorts, parseUnits, scanBus } from '../../drivers/scan.js'
@@ -104,20 +104,8 @@ function parseBus(spec: string, v: { baud?: string; parity?: string; 'stop-bits'
   } else {
     throw new Error(`--bus "${spec}": expected tcp://HOST:PORT or rtu:/dev/PATH[@BAUD[,PARITY]]`)
   }
-  // Validate through the site schema so scan accepts exactly what a config would.
-  const r = validateConfig({
-    site: { id: 'scan', timezone: 'UTC' },
-    storage: { dir: '/tmp' },
-    buses: [raw],
-    outlets: [{ id: 'x', bus: 'scan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
-    plans: [{ id: 'p', currency: 'EUR', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 0.1 }] }],
-  })
-  if (!r.ok)
-    throw new Error(
-      r.problems
-        .filter((p) => p.pointer.startsWith('/buses/0'))
-        .map((p) => `${p.pointer.replace('/buses/0/', '')}: ${p.message}`)
-        .join('; ') || 'invalid bus',
-    )
-  return r.config.buses[0]!
+  // Checked as a site config would check it, so scan accepts exactly what a config would.
+  const r = checkBus(raw)
+  if (!r.ok) throw new Error(r.problems.map((p) => `${p.pointer.replace(/^\/bus\/?/, '') || 'bus'}: ${p.message}`).join('; '))
+  return r.bus
 }

@@ -180,7 +180,8 @@ export function circuitClosedToArming(st: EngineState, e: OutletEntry): boolean 
 export function idleState(st: EngineState, e: OutletEntry, now: number): OutletState {
   if (e.meterFault !== null || e.relayFault !== null) return 'fault'
   if (!st.gateway.running) return 'off'
-  if (!e.available) return 'unavailable'
+  // The cross-check switches the relays itself: nothing is armed or offered while it runs.
+  if (!e.available || st.gateway.crossCheck === true) return 'unavailable'
   const plan = planById(st, e.planId)
   if (!plan || !periodAt(plan, st.settings.timezone, now).available) return 'unavailable'
   if (

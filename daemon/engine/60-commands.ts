@@ -159,6 +159,8 @@ function start(ctx: Ctx, id: string, userId: string): Outcome {
   const st = ctx.state
   const e = st.outlets[id]!
   if (!st.gateway.running) return fail('not-running', 'the gateway is not running')
+  if (st.gateway.crossCheck === true)
+    return fail('cross-check-running', 'the wiring cross-check is switching the relays; start again once it has ended')
   if (e.session) return fail('outlet-busy', `outlet "${id}" already has session ${e.session.id}`)
   if (e.meterFault !== null || e.relayFault !== null) return fail('outlet-fault', `outlet "${id}" is in fault: ${e.meterFault ?? e.relayFault}`)
   if (!e.available) return fail('outlet-unavailable', `outlet "${id}" was made unavailable by the manager`)

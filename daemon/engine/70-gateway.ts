@@ -20,6 +20,8 @@ export function onBoot(ctx: Ctx, cleanShutdown: boolean, version: string, public
   const g = ctx.sec('gateway')
   g.running = true
   g.bootAt = ctx.now
+  // A check never outlives its process: its relays were opened at the restart.
+  if (g.crossCheck !== undefined) delete g.crossCheck
   g.online = false
   g.offlineSince = ctx.now
   if (g.idPrefix === null) g.idPrefix = ctx.now.toString(36)
@@ -67,6 +69,17 @@ export function onShutdown(ctx: Ctx): void {
     if (e.hasRelay) ctx.relay(id, false) // every relay, open or not
     ctx.touch(id)
   }
+}
+
+/**
+ * The wiring cross-check begins or ends. While it runs every idle outlet is `unavailable`
+ * (an armed relay opens, nothing auto-starts) and a start is refused `cross-check-running`;
+ * the daemon only begins one with no session open, and a session open meanwhile is left alone.
+ */
+export function onCrossCheck(ctx: Ctx, running: boolean): void {
+  if (running && !ctx.gw.running) return
+  if ((ctx.gw.crossCheck === true) === running) return
+  ctx.sec('gateway').crossCheck = running
 }
 
 export function onUplink(ctx: Ctx, online: boolean): void {

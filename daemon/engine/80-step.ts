@@ -17,7 +17,7 @@ import { checkFeederTimer, onFeederReading, schedule, storeSummary } from './30-
 import { endSession } from './40-sessions.js'
 import { checkMeterTimer, onReading, onTick } from './50-readings.js'
 import { onCommand } from './60-commands.js'
-import { applyPending, onBoot, onConfig, onShutdown, onUplink } from './70-gateway.js'
+import { applyPending, onBoot, onConfig, onCrossCheck, onShutdown, onUplink } from './70-gateway.js'
 import { OutpostError } from './errors.js'
 import type { EngineEvent, EngineState, StepResult } from './state.js'
 
@@ -132,6 +132,9 @@ export function step(state: EngineState, event: EngineEvent, now: number): StepR
       break
     case 'uplink':
       onUplink(ctx, event.online === true)
+      break
+    case 'cross-check':
+      onCrossCheck(ctx, event.running === true)
       break
     case 'config':
       onConfig(ctx, event.config, typeof event.hash === 'string' ? event.hash : undefined, event.change)

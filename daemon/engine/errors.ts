@@ -34,6 +34,7 @@ export const COMMAND_ERRORS = {
   'not-running': 'start: the gateway is not running (before boot or after shutdown)',
   'unknown-circuit': 'set-circuit-limit: no circuit with that id on this site',
   'limit-above-circuit': 'set-circuit-limit: maxA above the circuit’s configured maxA (the wiring’s limit cannot be raised by a command)',
+  'cross-check-running': 'start: the wiring cross-check is switching the relays (no session starts until it ends)',
 } as const satisfies Record<string, string>
 export type CommandErrorCode = keyof typeof COMMAND_ERRORS
 

@@ -37,6 +37,8 @@ export type EngineEvent =
   | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
   | { type: 'uplink'; online: boolean }
+  /** The wiring cross-check begins (`running`) or ends: while it runs no session starts and every idle outlet is unavailable. */
+  | { type: 'cross-check'; running: boolean }
   | { type: 'config'; config: SiteConfig; hash?: string; change?: ConfigChange }
   /** One sample of a circuit's feeder meter. */
   | { type: 'circuit-reading'; circuit: string; reading: CircuitReading }
@@ -270,6 +272,8 @@ export interface GatewaySection {
   idPrefix: string | null
   /** SHA-256 of the config file in force (the `config` event's hash); absent or null: not known (a state from before it was kept). */
   configHash?: string | null
+  /** The wiring cross-check is switching the relays (absent: no). A boot clears it: a check never outlives its process. */
+  crossCheck?: boolean
 }
 
 export interface SettingsSection {

@@ -116,7 +116,7 @@ export function signOutCookie(): string {
   return `${SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0`
 }
 
-function readCookie(req: IncomingMessage, name: string): string | undefined {
+export function readCookie(req: IncomingMessage, name: string): string | undefined {
   const raw = req.headers.cookie
   if (!raw) return undefined
   for (const part of raw.split(';')) {

@@ -13,10 +13,12 @@
  * by hand without being told its version, or apply a change that needs a restart (it is
  * refused, naming it, never saved to be silently ignored).
  */
+import { readFileSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { packagePath } from '../../core/paths.js'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
-import { checkConfigText, effectiveConfig } from '../config.js'
+import { checkConfigText, effectiveConfig, type ConfigProblem } from '../config.js'
 import { REDACTED, describeChanges, mayChange, redact, unredact, type PointerRule } from '../config-changes.js'
 import { pendingConfig } from '../engine/index.js'
 import { isOutpostError } from '../errors.js'
@@ -46,6 +48,11 @@ export class ConfigRoutes {
     if (sub === 'check') {
       allow(method, ['POST'])
       return sendJson(res, 200, await this.check(await configText(req), who))
+    }
+    if (sub === 'schema') {
+      // The site config's JSON Schema: the page builds its forms from it (and so never disagrees with check-config).
+      allow(method, ['GET', 'HEAD'])
+      return sendJson(res, 200, siteSchema())
     }
     if (sub === 'versions') {
       allow(method, ['GET', 'HEAD'])
@@ -96,6 +103,14 @@ export class ConfigRoutes {
       changes: changes.map((c) => ({ ...c, allowed: mayChange(who.role, c) })),
       restartRequired: changes.filter((c) => !c.hot).map((c) => c.pointer),
     }
+  }
+
+  /** Saves `text` (made by another route, e.g. a cross-check's fix) as PUT /api/config would, If-Match from `req`, one at a time with every other save. */
+  saveText(text: string, req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
+    const ifMatch = ifMatchOf(req)
+    const run = this.lock.then(() => this.apply(text, ifMatch, who))
+    this.lock = run.catch(() => undefined)
+    return run
   }
 
   private async save(req: IncomingMessage, who: Principal): Promise<{ version: string } & Record<string, unknown>> {
@@ -150,14 +165,7 @@ export class ConfigRoutes {
       )
     }
     const checked = checkConfigText(text)
-    if (!checked.ok)
-      throw new HttpError(
-        422,
-        'invalid-config',
-        `the config has ${checked.problems.length} problem${checked.problems.length === 1 ? '' : 's'} (error.problems, each at its JSON pointer); nothing was changed`,
-        {},
-        { problems: checked.problems },
-      )
+    if (!checked.ok) throw invalidConfig(checked.problems)
     const changes = describeChanges(effectiveConfig(cur.text), checked.config)
     const denied = changes.filter((c) => !mayChange(who.role, c))
     if (denied.length > 0)
@@ -169,6 +177,9 @@ export class ConfigRoutes {
         'restart-required',
         `${list(restart)} cannot change while the daemon runs (buses, devices and the rest open at start): edit the file and restart the daemon; nothing was changed`,
       )
+    const busy = this.daemon.rewiredBy(checked.config).filter((id) => this.daemon.engineState.outlets[id]?.session)
+    if (busy.length > 0)
+      throw new HttpError(409, 'session-open', `the relay of ${busy.join(', ')} cannot change while a session is open there; nothing was changed`)
     if (text === cur.text && !edited) return { version: cur.version, changed: [], unchanged: true }
     let version: string
     try {
@@ -187,7 +198,24 @@ function fileState(version: string, disk: Awaited<ReturnType<ConfigStore['onDisk
   return { version: disk.version, edited: disk.version !== version }
 }
 
+/** 422 `invalid-config`: a config the checks of `check-config` refuse, each problem at its pointer in `error.problems`. */
+export function invalidConfig(problems: ConfigProblem[]): HttpError {
+  return new HttpError(
+    422,
+    'invalid-config',
+    `the config has ${problems.length} problem${problems.length === 1 ? '' : 's'} (error.problems, each at its JSON pointer); nothing was changed`,
+    {},
+    { problems },
+  )
+}
+
 const etag = (version: string): string => `"${version}"`
+
+let schema: unknown
+function siteSchema(): unknown {
+  schema ??= JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8'))
+  return schema
+}
 
 function ifMatchOf(req: IncomingMessage): string {
   const h = req.headers['if-match']
@@ -198,7 +226,7 @@ function ifMatchOf(req: IncomingMessage): string {
   return m[1]!.toLowerCase()
 }
 
-async function configText(req: IncomingMessage): Promise<string> {
+export async function configText(req: IncomingMessage): Promise<string> {
   const type = mediaType(req)
   if (type !== 'application/json')
     throw new HttpError(

@@ -302,6 +302,14 @@ export class Metrics {
         this.set(daemon.ocppState()?.queued ?? 0)
       },
     })
+    new Gauge({
+      name: 'outpost_ocpp_held_messages',
+      help: 'OCPP transaction messages the central system refused at every attempt: kept, sent again after the next reconnect.',
+      registers,
+      collect() {
+        this.set(daemon.ocppState()?.held.length ?? 0)
+      },
+    })
 
     collectDefaultMetrics({ register: this.registry, prefix: 'outpost_' })
   }

@@ -16,14 +16,15 @@ import type { Logger } from '../log.js'
 import type { CommandResult, JournalRecord, OutletStatus } from '../../core/types.js'
 import { isOutpostError, type CommandResultCode } from '../errors.js'
 import { outletPlan, outletPrices } from '../engine/index.js'
-import { parseJson } from '../config.js'
 import { currencyMinorDigits } from '../../core/money.js'
-import { HttpError, allow, decodePathPart, mediaType, readBody, sendJson } from './util.js'
+import { HttpError, allow, decodePathPart, jsonBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
 import { csvHeader, csvRow } from '../export.js'
 import { Metrics } from './metrics.js'
 import { PowerHistory, oldestUnackedTs } from './views.js'
 import { ConfigRoutes } from './config-routes.js'
+import { CrossCheckRoutes } from './crosscheck-routes.js'
+import { ScanRoutes } from './scan-routes.js'
 import type { ConfigStore } from '../config-store.js'
 import type { Principal } from './auth.js'
 
@@ -35,7 +36,8 @@ export const MAX_STREAMS = 32
 /**
  * How an engine refusal answers over HTTP. 400: the request is malformed; 404: it names
  * something that does not exist here; 402: the user cannot pay; 409: the outlet's state
- * does not allow it now (try again later or elsewhere); 503: the gateway is not running.
+ * does not allow it now (try again later or elsewhere); 403: OCPP's offline authorization refused the
+ * idTag; 503: the gateway is not running.
  */
 export const COMMAND_STATUS = {
   'invalid-command': 400,
@@ -56,8 +58,10 @@ export const COMMAND_STATUS = {
   'not-running': 503,
   'unknown-circuit': 404,
   'limit-above-circuit': 409,
+  'cross-check-running': 409,
   unavailable: 503,
   'rate-limited': 429,
+  'not-authorized': 403,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
 
@@ -78,6 +82,8 @@ export class ApiRoutes {
   /** Open live streams and how to send them an event. One daemon subscription serves them all. */
   private readonly streams = new Map<ServerResponse, (event: string, data: unknown) => void>()
   private readonly configRoutes: ConfigRoutes | undefined
+  private readonly crossCheckRoutes: CrossCheckRoutes
+  private readonly scanRoutes: ScanRoutes
   private readonly onStatus = (s: OutletStatus): void => this.broadcast('outlet', s)
   private readonly onRecord = (r: JournalRecord): void => this.broadcast('record', r)
 
@@ -87,6 +93,8 @@ export class ApiRoutes {
     this.metrics = new Metrics(opts.daemon, opts.now)
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
     this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
+    this.crossCheckRoutes = new CrossCheckRoutes(opts.daemon, opts.configStore, this.configRoutes)
+    this.scanRoutes = new ScanRoutes(opts.daemon, opts.now)
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
   }
@@ -175,6 +183,8 @@ export class ApiRoutes {
       return sendJson(res, 200, await this.snapshot())
     }
     if (route === 'config' && this.configRoutes) return this.configRoutes.handle(req, res, method, parts.slice(1), who)
+    if (route === 'crosscheck') return this.crossCheckRoutes.handle(req, res, method, parts.slice(1), who)
+    if (route === 'scan') return this.scanRoutes.handle(req, res, method, parts.slice(1), who)
     if (route === 'events' && parts.length === 1) {
       allow(method, ['GET'])
       return this.stream(req, res)
@@ -269,6 +279,18 @@ export class ApiRoutes {
       nodeRed: d.nodeRed?.status() ?? null,
       journal: journal.status(),
       sessions: await this.sessions.recent(10),
+      crossCheck: await this.crossCheckSummary(),
+    }
+  }
+
+  /** Whether the wiring in force has passed a cross-check (and which), and the check running now. */
+  private async crossCheckSummary(): Promise<Record<string, unknown>> {
+    const passed = await this.daemon.crossChecks.passedFor(this.daemon.wiringHash())
+    const last = await this.daemon.crossChecks.latest()
+    return {
+      running: this.daemon.crossCheckRunning() ?? null,
+      passed: passed ? { id: passed.id, finishedAt: passed.finishedAt, who: passed.who } : null,
+      last: last ? { id: last.id, passed: last.passed, finishedAt: last.finishedAt, stale: last.wiring !== this.daemon.wiringHash() } : null,
     }
   }
 
@@ -346,21 +368,6 @@ export class ApiRoutes {
     req.on('close', done)
     res.on('close', done)
   }
-}
-
-async function jsonBody(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const type = mediaType(req)
-  if (type !== 'application/json')
-    throw new HttpError(415, 'unsupported-media-type', `the body must be JSON (content-type: application/json), got ${type || 'no content type'}`)
-  const text = await readBody(req, MAX_BODY_BYTES)
-  const parsed = parseJson(text)
-  if (!parsed.ok) {
-    const p = parsed.problems[0]!
-    throw new HttpError(400, 'invalid-request', `body: ${p.message}${p.line !== undefined ? ` at line ${p.line}, column ${p.column}` : ''}`)
-  }
-  const v = parsed.value
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new HttpError(400, 'invalid-request', 'body: must be a JSON object')
-  return v as Record<string, unknown>
 }
 
 function intParam(q: URLSearchParams, name: string, dflt: number, min: number, max: number): number {

@@ -24,7 +24,7 @@ import type { ApiConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import type { HttpHandler } from '../nodered/index.js'
 import { AuthThrottle, TokenAuth, crossSite, presentsCredentials, signOutCookie, type Principal } from './auth.js'
-import { HttpError, allow, decodePathPart, mediaType, readBody, sendError } from './util.js'
+import { HttpError, allow, mediaType, readBody, sendError } from './util.js'
 import { ApiRoutes } from './routes.js'
 import { StaticFiles } from './static.js'
 import type { ConfigStore } from '../config-store.js'
@@ -244,14 +244,7 @@ export class LocalApi {
       throw unauthorized('this route')
     }
     refuseChange(req, method, path, who)
-    if (path === '/') {
-      allow(method, ['GET', 'HEAD'])
-      return this.files.serve(res, 'index.html')
-    }
-    if (path.startsWith('/static/')) {
-      allow(method, ['GET', 'HEAD'])
-      return this.files.serve(res, decodePathPart(path.slice('/static/'.length), 'the file name'))
-    }
+    if (this.files.route(res, method, path, 'index.html')) return
     // A browser's cookie travels with cross-site requests only for navigations it starts itself
     // (SameSite=Strict), a cross-site form cannot send application/json, and a change made with
     // the cookie must carry this page's Origin (above): CSRF is refused three times over.

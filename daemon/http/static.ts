@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { ServerResponse } from 'node:http'
 import { packagePath } from '../../core/paths.js'
-import { HttpError } from './util.js'
+import { HttpError, allow, decodePathPart } from './util.js'
 
 const TYPES: Record<string, string> = {
   html: 'text/html; charset=utf-8',
@@ -45,6 +45,14 @@ export class StaticFiles {
       ...csp,
     })
     res.end(body)
+  }
+
+  /** Serves `/` (the page `page`) and `/static/<file>` and says so; any other path: false. */
+  route(res: ServerResponse, method: string, path: string, page: string): boolean {
+    if (path !== '/' && !path.startsWith('/static/')) return false
+    allow(method, ['GET', 'HEAD'])
+    this.serve(res, path === '/' ? page : decodePathPart(path.slice('/static/'.length), 'the file name'))
+    return true
   }
 
   /** The sign-in form, with an optional message (HTML-escaped). */

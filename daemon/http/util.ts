@@ -3,6 +3,7 @@
  * `{"error": {"code", "message"}}`, bounded body reading.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
+import { parseJson } from '../config.js'
 
 /** A refusal with its HTTP status and a stable code; the message names what was wrong and where. */
 export class HttpError extends Error {
@@ -82,4 +83,20 @@ export function mediaType(req: IncomingMessage): string {
 export function allow(method: string, methods: string[]): void {
   if (!methods.includes(method))
     throw new HttpError(405, 'method-not-allowed', `${method} is not allowed here; use ${methods.join(' or ')}`, { allow: methods.join(', ') })
+}
+
+/** A JSON object body (content-type application/json, at most `max` bytes), or 415/400 saying what is wrong. */
+export async function jsonBody(req: IncomingMessage, max = 4096): Promise<Record<string, unknown>> {
+  const type = mediaType(req)
+  if (type !== 'application/json')
+    throw new HttpError(415, 'unsupported-media-type', `the body must be JSON (content-type: application/json), got ${type || 'no content type'}`)
+  const text = await readBody(req, max)
+  const parsed = parseJson(text)
+  if (!parsed.ok) {
+    const p = parsed.problems[0]!
+    throw new HttpError(400, 'invalid-request', `body: ${p.message}${p.line !== undefined ? ` at line ${p.line}, column ${p.column}` : ''}`)
+  }
+  const v = parsed.value
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new HttpError(400, 'invalid-request', 'body: must be a JSON object')
+  return v as Record<string, unknown>
 }

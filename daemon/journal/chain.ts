@@ -6,8 +6,8 @@
  * never touches storage, never repairs anything; a break is reported, not fixed,
  * because a changed billing record must stay visible to the cloud.
  */
-import { createHash } from 'node:crypto'
-import type { JournalRecord, JournalSalvageInfo, RecordBody } from '../../core/types.js'
+import { createHash, verify } from 'node:crypto'
+import type { JournalRecord, JournalSalvageInfo, RecordBody, SalvageProof } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 
 /** `prev` of seq 1. */
@@ -304,4 +304,39 @@ type JournalSalvageAnnouncement = Partial<Pick<JournalSalvageInfo, 'carried' | '
 export function describeAnnounced(a: AnnouncedBreak): string {
   const lost = a.from <= a.to ? `seqs ${a.from}..${a.to} lost` : 'nothing lost'
   return `salvage announced at seq ${a.announcedAt}: ${lost}${a.newChain ? `, a new chain starts at seq ${a.to + 1}` : ''}`
+}
+
+/** The bytes a salvage proof's signature covers: the canonical JSON of every field but the signature. */
+export function salvageStatement(p: Omit<SalvageProof, 'signature'>): string {
+  return canonicalJson({ site: p.site, seq: p.seq, prev: p.prev, last: p.last, lost: p.lost })
+}
+
+/** Whether a salvage proof's signature verifies against `publicKeyPem` (the key the site announced before, never the record's own). */
+export function salvageProofVerifies(p: SalvageProof, publicKeyPem: string): boolean {
+  try {
+    return verify('sha256', Buffer.from(salvageStatement(p), 'utf8'), publicKeyPem, Buffer.from(p.signature, 'base64'))
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The seqs below `start` (the salvage's gateway.started) that a salvage says will never be sent, merged
+ * ascending: its `lost` and `lostAfter`, and before a new chain every seq between the last one it
+ * carried (or lost) and `start`, given out and lost or never given out alike.
+ */
+export function salvageLostRanges(s: JournalSalvageInfo, start: number): { from: number; to: number }[] {
+  const ranges = [...(s.lost ?? []), ...(s.lostAfter ? [s.lostAfter] : [])]
+  if (s.newChain) {
+    const top = Math.max(s.carried?.to ?? 0, ...ranges.map((r) => r.to))
+    if (top + 1 <= start - 1) ranges.push({ from: top + 1, to: start - 1 })
+  }
+  ranges.sort((a, b) => a.from - b.from)
+  const out: { from: number; to: number }[] = []
+  for (const r of ranges) {
+    const prev = out.at(-1)
+    if (prev && r.from <= prev.to + 1) prev.to = Math.max(prev.to, r.to)
+    else out.push({ ...r })
+  }
+  return out.filter((r) => r.from <= r.to && r.to < start)
 }

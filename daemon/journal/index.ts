@@ -8,6 +8,7 @@ export {
   type ReadingEntry,
   type CompactionResult,
   type JournalDb,
+  type SalvageSigner,
   type SessionSigner,
 } from './journal.js'
 export {

@@ -18,9 +18,17 @@ import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Level } from 'level'
 import type { AbstractLevel } from 'abstract-level'
-import type { CommandResult, JournalRecord, PersistedEngineState, RecordLog, SessionEndedBody } from '../../core/types.js'
+import type {
+  CommandResult,
+  JournalRecord,
+  JournalSalvageInfo,
+  PersistedEngineState,
+  RecordLog,
+  SalvageProof,
+  SessionEndedBody,
+} from '../../core/types.js'
 import { OutpostError } from '../errors.js'
-import { ChainVerifier, GENESIS_PREV, sealRecordText } from './chain.js'
+import { ChainVerifier, GENESIS_PREV, salvageLostRanges, sealRecordText } from './chain.js'
 import { paginationOf } from '../ocmf.js'
 import * as K from './keys.js'
 import { readMarker, RESERVE_BLOCK, type SeqMarker, writeMarker } from './seq-marker.js'
@@ -71,6 +79,8 @@ export interface JournalOptions {
    * journal (m!pagination, in the record's own batch): gapless across restarts and crashes.
    */
   sign?: SessionSigner
+  /** Signs a salvage's gateway.started as it is sealed (its seq and prev known only then): its `salvageProof`. */
+  signSalvage?: SalvageSigner
   /**
    * A journal existed in this storage.dir before (the gateway key, created with the journal, was
    * there before this start): a LevelDB found empty then is a lost journal, never a new one.
@@ -79,6 +89,7 @@ export interface JournalOptions {
 }
 
 export type SessionSigner = (body: SessionEndedBody, ctx: { pagination: number; clockSynced: boolean }) => string
+export type SalvageSigner = (statement: Omit<SalvageProof, 'site' | 'signature'>) => SalvageProof
 
 export type { CommitStep, ReadingEntry } from './commit-step.js'
 
@@ -547,6 +558,17 @@ export class Journal implements RecordLog {
     return this.enqueue(() => this.doCommit(step))
   }
 
+  /** What a salvage's gateway.started at `seq` (linking to `prev`) states: the last record still readable before it, and what is lost. */
+  private async salvageStatement(s: JournalSalvageInfo, seq: number, prev: string): Promise<Omit<SalvageProof, 'site' | 'signature'>> {
+    let last: SalvageProof['last'] = null
+    if (!s.newChain) last = seq > 1 ? { seq: seq - 1, hash: prev } : null
+    else if (s.carried) {
+      const text = await this.db.get(K.recordKey(s.carried.to))
+      if (text !== undefined) last = { seq: s.carried.to, hash: (JSON.parse(text) as JournalRecord).hash }
+    }
+    return { seq, prev, last, lost: salvageLostRanges(s, seq) }
+  }
+
   private async doCommit(step: CommitStep): Promise<JournalRecord[]> {
     this.assertWritable()
     const ops: Op[] = []
@@ -562,6 +584,8 @@ export class Journal implements RecordLog {
         // Signed here, where the record is sealed: the counter it takes goes to disk in the same batch.
         body = { ...body, ocmf: this.opts.sign(body, { pagination: ++pagination, clockSynced }) }
       }
+      if (body.type === 'gateway.started' && body.journalSalvage && this.opts.signSalvage)
+        body = { ...body, salvageProof: this.opts.signSalvage(await this.salvageStatement(body.journalSalvage, seq + 1, prev)) }
       const { record: r, text } = sealRecordText(body, ++seq, prev, this.opts.bootId, clockSynced)
       prev = r.hash
       sealed.push(r)

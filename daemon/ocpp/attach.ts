@@ -8,7 +8,8 @@
  * so every session the boot closes becomes a StopTransaction), each outlet's view for
  * OCPP (OutletView, derived from the engine's state and statuses), starting it after the
  * boot read, a central system's reset (a Hard one skips the drain at stop), the drain at
- * stop, and the state the local API and metrics show.
+ * stop, the state the local API and metrics show, and OCPP's say on a start at the gateway
+ * (offline authorization).
  *
  * Must never: hold anything billable (the journal does), throw into the daemon (a charge
  * point that cannot attach or start is logged and left out: charging and the MQTT uplink
@@ -102,6 +103,11 @@ export class OcppLink {
     return this.cp.state()
   }
 
+  /** Whether a start at the gateway for `userId` may go ahead as far as OCPP is concerned (offline authorization). */
+  admitStart(userId: string): { ok: true } | { ok: false; message: string } {
+    return this.cp.admitStart(userId)
+  }
+
   /** After the daemon's last step: the shutdown's StopTransactions get a few seconds, unless reset Hard or halted (then they go after the restart). */
   stop(opts: { halted: boolean }): Promise<void> {
     return this.cp.stop(this.hardReset || opts.halted ? 0 : DRAIN_MS).catch(() => undefined)
@@ -118,7 +124,7 @@ export function outletViews(config: SiteConfig, state: EngineState, statuses: Ou
     return {
       id: o.id,
       state: s?.state ?? 'off',
-      ...(e?.session ? { sessionId: e.session.id } : {}),
+      ...(e?.session ? { sessionId: e.session.id, sessionStartedAt: e.session.startedAt } : {}),
       currentA: s?.currentA ?? 0,
       meterFault: e?.meterFault ?? null,
       relayFault: e?.relayFault ?? null,

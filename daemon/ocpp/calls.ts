@@ -41,14 +41,11 @@ export const ANSWERED = Object.keys(file.actions)
 /** OCPP 1.6 actions a central system may send that Outpost does not support: answered NotSupported. */
 export const NOT_SUPPORTED = [
   'CancelReservation',
-  'ClearCache',
   'ClearChargingProfile',
   'DataTransfer',
   'GetCompositeSchedule',
   'GetDiagnostics',
-  'GetLocalListVersion',
   'ReserveNow',
-  'SendLocalList',
   'SetChargingProfile',
   'UpdateFirmware',
 ] as const

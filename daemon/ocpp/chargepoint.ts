@@ -9,33 +9,42 @@
  * boots) and on every change, Authorize for starts the gateway began itself,
  * the transaction messages (derived from journal records into the durable
  * outbox, sent in order, one at a time, a Stop or MeterValues only once its
- * StartTransaction was answered), clock-aligned MeterValues of open
- * transactions, and the central system's calls, which become commands through
- * the command gateway (source `ocpp`).
+ * StartTransaction was answered; one refused at every attempt held, never
+ * dropped, until the next accepted boot), the sampled and clock-aligned
+ * MeterValues on the host's clock, the configuration keys in force (the config
+ * file's values and the central system's kept changes), offline authorization
+ * of starts at the gateway (local list, cache, keys), and the central system's
+ * calls, which become commands through the command gateway (source `ocpp`).
  *
  * Must never: hold anything billable (the journal does; this only derives),
  * send a transaction message with a transactionId the central system did not
- * give, throw into the daemon (an OCPP failure never stops charging or the MQTT
- * uplink), or apply a call the schema refused.
+ * give, drop a transaction message, throw into the daemon (an OCPP failure never
+ * stops charging or the MQTT uplink), apply a call the schema refused, or answer
+ * Accepted to a change it has not yet kept on disk.
  */
 import type { CommandResult, OcppConfig, OutletState, Reading, SiteConfig } from '../../core/types.js'
 import { isOutpostError } from '../errors.js'
 import type { Journal } from '../journal/index.js'
 import type { Logger } from '../log.js'
+import { type IdTagInfo, LocalAuth } from './auth.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
 import { CallError, OcppRpc } from './rpc.js'
+import { KEYS, keyDef, type Measurand, measurandsOf } from './settings.js'
 import {
   CONNECTOR_STATUS,
   type ConnectorStatus,
   type Ended,
+  type MeterValue,
   meterSample,
   powerLossPayload,
   STOP_REASON,
   type Started,
   type StopReason,
+  sampledValues,
   startPayload,
   stopPayload,
+  ID_TAG_MAX,
   wholeWh,
 } from './tables.js'
 
@@ -48,6 +57,8 @@ export interface OutletView {
   meterFault: string | null
   relayFault: string | null
   last: Reading | null
+  /** When the open session started (ms): its Sample.Periodic values run from here. */
+  sessionStartedAt?: number
 }
 
 export interface ChargePointHost {
@@ -62,21 +73,33 @@ export interface ChargePointHost {
   command(cmd: Record<string, unknown>): Promise<CommandResult>
   /** Reset from the central system: a clean stop (systemd starts the daemon again). Hard does not wait for the outbox to drain. */
   reset(kind: 'Soft' | 'Hard'): void
+  /** The clock is moved by its owner, who calls tick() after each move (tests): no timer of its own for what the clock decides. */
+  manualClock?: boolean
 }
 
-/** A transaction message refused with a CALLERROR this many times is dropped (logged): the rest of the queue must not wait on it forever. */
-export const TRANSACTION_MESSAGE_ATTEMPTS = 3
-const RETRY_MS = 1000
 /** How long a stop waits for the answer to the transaction message already on the wire. */
 const IN_FLIGHT_MS = 2000
+/** How often the daemon's clock is looked at for meter values that are due (each is stamped with its due instant). */
+const TICK_MS = 250
+/** At most this many sampled entries in one StopTransaction's transactionData (a long session at a short interval). */
+const STOP_SAMPLES_MAX = 1000
 
-/** The configuration keys GetConfiguration reports; `write` when ChangeConfiguration may change them. */
-const CONFIG_KEYS = ['HeartbeatInterval', 'MeterValueSampleInterval', 'ClockAlignedDataInterval'] as const
-type WritableKey = (typeof CONFIG_KEYS)[number]
+/** A transaction message the central system refused every attempt: held (not dropped) until the next accepted boot. */
+export interface HeldMessage {
+  action: string
+  sessionId: string
+  connectorId: number
+  messageId: string
+  attempts: number
+  error: string
+  /** When it was held (ISO time). */
+  since: string
+}
 
 export class ChargePoint {
   readonly rpc: OcppRpc
   private outbox!: Outbox
+  private auth!: LocalAuth
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -84,16 +107,24 @@ export class ChargePoint {
   private accepted = false
   private stopped = false
   private heartbeatMs: number
-  private sampleS: number
+  /** Every configuration key's value in force (KEYS' order): the config file's, or the central system's change. */
+  private readonly values = new Map<string, string>()
   private heartbeatTimer: NodeJS.Timeout | undefined
   private bootTimer: NodeJS.Timeout | undefined
-  private sampleTimer: NodeJS.Timeout | undefined
+  private tickTimer: NodeJS.Timeout | undefined
+  /** Per open session: the last Sample.Periodic index sent (k-th interval from its start). */
+  private readonly periodicDone = new Map<string, number>()
+  /** The last clock-aligned slot sent (floor(now / interval)); undefined until the interval is known. */
+  private alignedDone: number | undefined
   private readonly lastSent = new Map<number, ConnectorStatus & { session: boolean }>()
   /** Outlet → idTag of a RemoteStartTransaction being applied: its session needs no Authorize. */
   private readonly remoteStarts = new Map<string, string>()
-  /** Stops the central system caused (Remote) or a refused idTag caused (DeAuthorized), by session. */
-  private readonly stopOverride = new Map<string, StopReason>()
+  /** Refusals so far of each queued message (by n) since the last accepted boot. */
   private readonly attempts = new Map<number, number>()
+  /** Sessions the central system refused after their start that run on up to MaxEnergyOnInvalidId: the register (Wh) that stops them. */
+  private readonly invalidCaps = new Map<string, { q: Queued; status: string | undefined; untilWh: number }>()
+  /** Messages refused every attempt, by n: skipped (with the later messages of their session) until the next accepted boot. */
+  private readonly held = new Map<number, HeldMessage>()
   /** One chain for everything that writes the outbox (ingest and samples), so their order is the journal's. */
   private work: Promise<unknown> = Promise.resolve()
   private ingestWanted = false
@@ -111,12 +142,12 @@ export class ChargePoint {
     this.ocpp = ocpp
     this.log = host.logger
     this.heartbeatMs = ocpp.heartbeatS * 1000
-    this.sampleS = ocpp.meterValueSampleS
     host.config.outlets.forEach((o, i) => {
       const c = o.connectorId ?? i + 1
       this.byOutlet.set(o.id, c)
       this.byConnector.set(c, o.id)
     })
+    for (const k of KEYS) this.values.set(k.key, k.initial(ocpp, this.byOutlet.size))
     this.rpc = new OcppRpc({
       url: ocpp.url,
       identity: ocpp.identity,
@@ -134,6 +165,8 @@ export class ChargePoint {
   /** Opens the outbox and follows the journal: call before the boot step, so every session the boot closes is seen. */
   async attach(): Promise<void> {
     this.outbox = await Outbox.open(this.host.journal)
+    this.auth = await LocalAuth.open(this.host.journal)
+    await this.applySaved()
     this.unsubscribe = this.host.journal.onAppend(() => this.ingest())
     this.ingest()
   }
@@ -144,7 +177,10 @@ export class ChargePoint {
     // After the boot step: every session it closed is in the outbox by now, what is still open is a trace without a session.
     this.serial(() => this.closeOrphans())
     this.rpc.start()
-    this.scheduleSample()
+    if (!this.host.manualClock) {
+      this.tickTimer = setInterval(() => this.tick(), TICK_MS)
+      this.tickTimer.unref()
+    }
   }
 
   /** After the daemon's last step: a Soft stop waits (at most `drainMs`) for the outbox to drain while connected. */
@@ -167,12 +203,84 @@ export class ChargePoint {
     await this.outbox?.settled()
     this.unsubscribe?.()
     this.clearTimers()
-    if (this.sampleTimer) clearTimeout(this.sampleTimer)
+    if (this.tickTimer) clearInterval(this.tickTimer)
     await this.rpc.stop()
   }
 
-  state(): { connected: boolean; accepted: boolean; queued: number } {
-    return { connected: this.rpc.connected, accepted: this.accepted, queued: this.outbox?.size ?? 0 }
+  /**
+   * Whether a start at the gateway (local API, MQTT, Node-RED) for `idTag` may go ahead, from the configuration keys:
+   * with the central system there, yes (its Authorize follows the start). While it is away: an idTag the local
+   * list (LocalAuthListEnabled), else the cache (AuthorizationCacheEnabled), holds as Accepted goes ahead when
+   * LocalAuthorizeOffline, one they hold otherwise is refused; an idTag they do not know (or any, without
+   * LocalAuthorizeOffline) goes ahead only with AllowOfflineTxForUnknownId. The table is in docs/ocpp.md.
+   */
+  admitStart(userId: string): { ok: true } | { ok: false; message: string } {
+    if (this.accepted && this.rpc.connected) return { ok: true }
+    const idTag = userId.slice(0, ID_TAG_MAX)
+    const known = this.values.get('LocalAuthorizeOffline') === 'true' ? this.known(idTag) : undefined
+    if (known?.status === 'Accepted') return { ok: true }
+    if (known)
+      return {
+        ok: false,
+        message: `the central system is unreachable and its ${known.source === 'list' ? 'local list' : 'authorization cache'} holds idTag ${idTag} as ${known.status}`,
+      }
+    if (this.values.get('AllowOfflineTxForUnknownId') === 'true') return { ok: true }
+    return {
+      ok: false,
+      message: `the central system is unreachable and idTag ${idTag} is not on its local list nor in the authorization cache (AllowOfflineTxForUnknownId is false)`,
+    }
+  }
+
+  private known(idTag: string) {
+    return this.auth.lookup(idTag, this.host.now(), {
+      list: this.values.get('LocalAuthListEnabled') === 'true',
+      cache: this.values.get('AuthorizationCacheEnabled') === 'true',
+    })
+  }
+
+  /** Keeps the central system's answer for an idTag in the cache (AuthorizationCacheEnabled). */
+  private async remember(idTag: string, info: unknown): Promise<void> {
+    if (this.values.get('AuthorizationCacheEnabled') !== 'true' || !info || typeof (info as IdTagInfo).status !== 'string') return
+    await this.auth
+      .remember(idTag, info as IdTagInfo)
+      .catch((err: Error) => this.log.error({ err: err.message }, 'ocpp: the authorization cache could not be written'))
+  }
+
+  /** Acts on the clock as it reads now (the meter values that are due); with `manualClock`, its owner calls this after moving the clock. */
+  tick(): void {
+    this.sampleDue()
+    this.enforceInvalidCaps()
+  }
+
+  /** Resolves once everything queued so far is written and the outbox's current run is over. */
+  async idle(): Promise<void> {
+    await this.work
+    await this.pumpRun
+    await this.outbox.settled()
+  }
+
+  /**
+   * The link as the local API and the metrics show it: `held` the transaction messages refused every attempt (kept,
+   * sent again after the next accepted boot), `configuration` every key's value in force and where it comes from.
+   */
+  state(): {
+    connected: boolean
+    accepted: boolean
+    queued: number
+    held: HeldMessage[]
+    localList: { version: number; size: number }
+    cachedIdTags: number
+    configuration: { key: string; value: string; readonly: boolean; source: 'config' | 'central-system' }[]
+  } {
+    return {
+      connected: this.rpc.connected,
+      accepted: this.accepted,
+      queued: this.outbox?.size ?? 0,
+      held: [...this.held.values()],
+      localList: { version: this.auth?.listVersion ?? 0, size: this.auth?.listSize ?? 0 },
+      cachedIdTags: this.auth?.cacheSize ?? 0,
+      configuration: this.configuration().map((k) => ({ ...k, source: this.outbox?.settings.has(k.key) ? 'central-system' : 'config' })),
+    }
   }
 
   /** An outlet's status changed (daemon `status` event). */
@@ -223,6 +331,10 @@ export class ChargePoint {
     if (res.status === 'Accepted') {
       if (interval) this.heartbeatMs = interval
       this.accepted = true
+      // Every accepted boot (a reconnect) gives the held messages their attempts again.
+      if (this.held.size > 0) this.log.warn({ held: this.held.size }, 'ocpp: sending the held transaction messages again')
+      this.held.clear()
+      this.attempts.clear()
       this.log.info({ heartbeatS: this.heartbeatMs / 1000, queued: this.outbox.size }, 'ocpp: boot accepted')
       this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
       this.sendStatuses(true)
@@ -296,6 +408,7 @@ export class ChargePoint {
       if (records.length === 0) break
       const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
       const starting = new Set<string>()
+      const settled: string[] = []
       for (const r of records) {
         if (r.type === 'session.started') {
           const connectorId = this.byOutlet.get(r.outlet)
@@ -308,21 +421,25 @@ export class ChargePoint {
             sessionId: r.sessionId,
             connectorId,
             payload: startPayload(r as Started, connectorId),
-            authorize: !remote,
+            // A start decided while the central system was away (offline authorization) goes as a StartTransaction
+            // alone: its answer is the central system's word on the idTag (StopTransactionOnInvalidId).
+            authorize: !remote && this.accepted && this.rpc.connected,
           })
         } else if (r.type === 'session.ended') {
+          this.periodicDone.delete(r.sessionId)
+          settled.push(r.sessionId)
           if (!starting.has(r.sessionId) && !this.outbox.hasStart(r.sessionId)) continue
-          const reason = this.stopOverride.get(r.sessionId) ?? STOP_REASON[r.reason]
-          this.stopOverride.delete(r.sessionId)
+          // The central system's own stop (kept on disk before it acted) wins over the table's reason.
+          const reason = (this.outbox.overrides.get(r.sessionId) as StopReason | undefined) ?? STOP_REASON[r.reason]
           msgs.push({
             action: 'StopTransaction',
             sessionId: r.sessionId,
             connectorId: this.byOutlet.get(r.outlet) ?? 0,
-            payload: stopPayload(r as Ended, reason),
+            payload: stopPayload(r as Ended, reason, await this.stopSamples(r as Ended)),
           })
         }
       }
-      await this.outbox.enqueue(msgs, records[records.length - 1]!.seq)
+      await this.outbox.enqueue(msgs, records[records.length - 1]!.seq, settled)
     }
   }
 
@@ -345,15 +462,28 @@ export class ChargePoint {
         this.log.error({ sessionId: t.sessionId }, 'ocpp: a transaction without a session and without a known meter value stays open')
         continue
       }
-      const connectorId = t.connectorId ?? (last ? this.byOutlet.get(last.outlet) : undefined) ?? 0
+      // An outbox entry written before the connector was kept with the transactionId has none: the outlet of the
+      // session's last reading is the connector it ran on; without a reading it is unknown, and 0 (the charge
+      // point) stands for it in the outbox (StopTransaction itself carries no connectorId).
+      const connectorId = t.connectorId ?? (last ? this.byOutlet.get(last.outlet) : undefined)
+      if (t.connectorId === undefined)
+        this.log.warn(
+          { sessionId: t.sessionId, connectorId: connectorId ?? null },
+          connectorId === undefined
+            ? 'ocpp: an orphaned transaction from an older outbox names no connector and has no reading; closed on connector 0'
+            : "ocpp: an orphaned transaction from an older outbox names no connector; its last reading's outlet is taken",
+        )
       const at = new Date(last ? last.reading.ts : this.host.now()).toISOString()
       this.log.error(
-        { sessionId: t.sessionId, meterStop: wholeWh(meterWh), at },
+        { sessionId: t.sessionId, connectorId: connectorId ?? 0, meterStop: wholeWh(meterWh), at },
         'ocpp: a transaction whose session no surviving state holds is closed PowerLoss at its last known meter value',
       )
-      msgs.push({ action: 'StopTransaction', sessionId: t.sessionId, connectorId, payload: powerLossPayload(at, meterWh) })
+      msgs.push({ action: 'StopTransaction', sessionId: t.sessionId, connectorId: connectorId ?? 0, payload: powerLossPayload(at, meterWh) })
     }
     if (msgs.length > 0) await this.outbox.enqueue(msgs)
+    // A stop reason kept for a session that ended before its records were turned into a StopTransaction is used by
+    // now (catchUp above); one whose session is in no state any more has nothing left to apply to.
+    for (const s of [...this.outbox.overrides.keys()]) if (!open.has(s)) await this.outbox.saveOverride(s, null)
     this.pump()
   }
 
@@ -374,16 +504,23 @@ export class ChargePoint {
       })
   }
 
+  /** The first queued message not held, nor behind a held message of its own session (its transaction's order holds). */
+  private nextToSend(): Queued | undefined {
+    if (this.held.size === 0) return this.outbox.first()
+    const blocked = new Set([...this.held.values()].map((h) => h.sessionId))
+    return this.outbox.messages().find((m) => !blocked.has(m.sessionId))
+  }
+
   private async pumpNow(): Promise<void> {
     for (;;) {
       if (!this.accepted || !this.rpc.connected || this.stopped) return
-      const q = this.outbox.first()
+      const q = this.nextToSend()
       if (!q) return
       const payload = { ...q.payload }
       if (q.action !== 'StartTransaction') {
         const tid = this.outbox.transactionId(q.sessionId)
         if (tid === undefined) {
-          // Its StartTransaction was dropped (refused again and again): there is no transaction to speak of.
+          // No StartTransaction answer was ever kept for it (a salvage lost it): there is no transaction to speak of.
           this.log.error({ action: q.action, sessionId: q.sessionId }, 'ocpp: a transaction message without a transaction was dropped')
           await this.outbox.answered(q)
           continue
@@ -408,8 +545,9 @@ export class ChargePoint {
           settled()
           await written
           const status = (res.idTagInfo as { status?: string } | undefined)?.status
+          await this.remember(q.payload.idTag as string, res.idTagInfo)
           this.log.info({ sessionId: q.sessionId, transactionId: tid, idTagStatus: status }, 'ocpp: transaction started')
-          if (status !== 'Accepted') this.deauthorize(q, status)
+          if (status !== 'Accepted') await this.invalidAfterStart(q, status)
         } else if (q.action === 'StopTransaction') {
           await this.outbox.answered(q)
           this.log.info({ sessionId: q.sessionId, transactionId: payload.transactionId }, 'ocpp: transaction stopped')
@@ -428,10 +566,23 @@ export class ChargePoint {
           { action: q.action, sessionId: q.sessionId, attempt: n, err: (err as Error).message },
           'ocpp: the central system refused a transaction message',
         )
-        if (n >= TRANSACTION_MESSAGE_ATTEMPTS) {
-          await this.outbox.answered(q)
+        if (n >= this.int('TransactionMessageAttempts')) {
+          // Never dropped: held (with its session's later messages) until the next accepted boot, shown in the status and metrics.
           this.attempts.delete(q.n)
-        } else await new Promise((r) => setTimeout(r, RETRY_MS))
+          this.held.set(q.n, {
+            action: q.action,
+            sessionId: q.sessionId,
+            connectorId: q.connectorId,
+            messageId: q.msgId,
+            attempts: n,
+            error: (err as Error).message.slice(0, 200),
+            since: new Date(this.host.now()).toISOString(),
+          })
+          this.log.error(
+            { action: q.action, sessionId: q.sessionId, attempts: n },
+            'ocpp: a transaction message was refused at every attempt; held until the next reconnect',
+          )
+        } else await new Promise((r) => setTimeout(r, this.int('TransactionMessageRetryInterval') * 1000 * n))
       }
     }
   }
@@ -442,37 +593,193 @@ export class ChargePoint {
 
   private async authorize(q: Queued): Promise<void> {
     const idTag = q.payload.idTag as string
+    // LocalPreAuthorize: an idTag the local list or the cache holds as Accepted needs no round trip.
+    if (this.values.get('LocalPreAuthorize') === 'true' && this.known(idTag)?.status === 'Accepted') return
     const res = await this.rpc.call('Authorize', { idTag })
+    await this.remember(idTag, res.idTagInfo)
     const status = (res.idTagInfo as { status?: string } | undefined)?.status
-    if (status !== 'Accepted') this.deauthorize(q, status)
+    if (status !== 'Accepted') await this.deauthorize(q, status)
   }
 
-  /** The central system refused the idTag of an open session: it ends (DeAuthorized). */
-  private deauthorize(q: Queued, status: string | undefined): void {
+  /**
+   * StartTransaction.conf refused the idTag of a session that started (typically while the central system was away):
+   * stopped at once with StopTransactionOnInvalidId, else left running up to MaxEnergyOnInvalidId Wh from its start
+   * (watched at every tick against the outlet's meter; 0: no cap).
+   */
+  private async invalidAfterStart(q: Queued, status: string | undefined): Promise<void> {
+    if (this.values.get('StopTransactionOnInvalidId') === 'true') return this.deauthorize(q, status)
+    if (!this.isOpen(q.sessionId)) return
+    const maxWh = this.int('MaxEnergyOnInvalidId')
+    this.log.warn(
+      { sessionId: q.sessionId, status, maxEnergyWh: maxWh },
+      'ocpp: the central system refused the idTag of a running session; it runs on (StopTransactionOnInvalidId false)',
+    )
+    if (maxWh > 0) this.invalidCaps.set(q.sessionId, { q, status, untilWh: (q.payload.meterStart as number) + maxWh })
+  }
+
+  /** Stops each session refused after its start once its meter reached MaxEnergyOnInvalidId since the start. */
+  private enforceInvalidCaps(): void {
+    if (this.invalidCaps.size === 0) return
+    for (const [sessionId, cap] of this.invalidCaps) {
+      const o = this.host.outlets().find((x) => x.sessionId === sessionId)
+      if (!o) {
+        this.invalidCaps.delete(sessionId)
+        continue
+      }
+      if (!o.last || o.last.energyWh < cap.untilWh) continue
+      this.invalidCaps.delete(sessionId)
+      this.serial(() => this.deauthorize(cap.q, cap.status))
+    }
+  }
+
+  /** The central system refused the idTag of an open session: it ends (DeAuthorized, kept on disk before the stop). */
+  private async deauthorize(q: Queued, status: string | undefined): Promise<void> {
     const outlet = this.byConnector.get(q.connectorId)
-    if (!outlet || !this.isOpen(q.sessionId) || this.stopOverride.has(q.sessionId)) return
+    if (!outlet || !this.isOpen(q.sessionId) || this.outbox.overrides.has(q.sessionId)) return
     this.log.warn({ sessionId: q.sessionId, outlet, status }, 'ocpp: the central system refused the idTag; stopping the session')
-    this.stopOverride.set(q.sessionId, 'DeAuthorized')
+    await this.outbox.saveOverride(q.sessionId, 'DeAuthorized')
     void this.host.command({ id: `ocpp-deauth-${q.sessionId}`, action: 'stop', outlet, by: 'manager' })
   }
 
   // ---------------------------------------------------------------- meter values
 
-  private scheduleSample(): void {
-    if (this.sampleTimer) clearTimeout(this.sampleTimer)
-    if (this.stopped || this.sampleS <= 0) return
-    const period = this.sampleS * 1000
-    const now = this.host.now()
-    this.sampleTimer = setTimeout(
-      () => {
-        this.sample(Math.round(this.host.now() / period) * period)
-        this.scheduleSample()
-      },
-      period - (now % period),
-    )
+  private int(key: string): number {
+    return Number(this.values.get(key))
   }
 
-  private sample(at: number): void {
+  private measurands(key: string): Measurand[] {
+    return [...new Set(measurandsOf(this.values.get(key) ?? ''))]
+  }
+
+  /**
+   * The meter values due at the clock's time now: each open transaction's Sample.Periodic value at every
+   * MeterValueSampleInterval from its start, and every connector's (0 included) Sample.Clock value at every
+   * multiple of ClockAlignedDataInterval since midnight UTC. Each is stamped with its due instant and carries the
+   * outlet's last stepped reading; a clock that jumped over several instants sends the latest one.
+   */
+  private sampleDue(): void {
+    if (this.stopped || !this.outbox) return
+    const periodS = this.int('MeterValueSampleInterval')
+    const alignedS = this.int('ClockAlignedDataInterval')
+    // Nothing to sample: the outlets' views are not even built (this runs four times a second).
+    if (periodS <= 0 && alignedS <= 0) {
+      this.alignedDone = undefined
+      this.periodicDone.clear()
+      return
+    }
+    const now = this.host.now()
+    const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
+    const periodic = this.measurands('MeterValuesSampledData')
+    const open = new Set<string>()
+    for (const o of this.host.outlets()) {
+      const connectorId = this.byOutlet.get(o.id)
+      if (connectorId === undefined || !o.sessionId || o.sessionStartedAt === undefined) continue
+      open.add(o.sessionId)
+      if (periodS <= 0 || periodic.length === 0 || !o.last || !this.outbox.hasStart(o.sessionId)) continue
+      const k = Math.floor((now - o.sessionStartedAt) / (periodS * 1000))
+      if (k < 1 || k <= (this.periodicDone.get(o.sessionId) ?? 0)) continue
+      this.periodicDone.set(o.sessionId, k)
+      const at = new Date(o.sessionStartedAt + k * periodS * 1000).toISOString()
+      msgs.push({
+        action: 'MeterValues',
+        sessionId: o.sessionId,
+        connectorId,
+        payload: meterSample(connectorId, at, o.last, periodic, 'Sample.Periodic'),
+      })
+    }
+    for (const s of this.periodicDone.keys()) if (!open.has(s)) this.periodicDone.delete(s)
+    if (alignedS > 0) {
+      const slot = Math.floor(now / (alignedS * 1000))
+      // The first instant after the interval is set (or the charge point starts) is the next one on the clock.
+      if (this.alignedDone === undefined) this.alignedDone = slot
+      else if (slot > this.alignedDone) {
+        this.alignedDone = slot
+        msgs.push(...this.aligned(new Date(slot * alignedS * 1000).toISOString()))
+      }
+    } else this.alignedDone = undefined
+    if (msgs.length > 0)
+      this.serial(async () => {
+        await this.outbox.enqueue(msgs)
+        this.pump()
+      })
+  }
+
+  /**
+   * The clock-aligned values of every connector at `at`: an open transaction's go through the outbox (they belong
+   * to it); connector 0 (the sum of the outlets: energy, power and current added up, voltage their mean) and the
+   * connectors without a transaction are sent at once when the central system is there, not queued.
+   */
+  private aligned(at: string): Omit<Queued, 'n' | 'msgId'>[] {
+    const measurands = this.measurands('MeterValuesAlignedData')
+    if (measurands.length === 0) return []
+    const queued: Omit<Queued, 'n' | 'msgId'>[] = []
+    const read = this.host.outlets().filter((o) => o.last && this.byOutlet.has(o.id))
+    for (const o of read) {
+      const connectorId = this.byOutlet.get(o.id)!
+      const payload = meterSample(connectorId, at, o.last!, measurands, 'Sample.Clock')
+      if (o.sessionId && this.outbox.hasStart(o.sessionId)) queued.push({ action: 'MeterValues', sessionId: o.sessionId, connectorId, payload })
+      else this.sendNow('MeterValues', payload)
+    }
+    if (read.length > 0) {
+      const sum = (f: (r: Reading) => number) => read.reduce((a, o) => a + f(o.last!), 0)
+      const site = {
+        energyWh: sum((r) => r.energyWh),
+        powerW: sum((r) => r.powerW),
+        currentA: sum((r) => r.currentA),
+        voltageV: sum((r) => r.voltageV) / read.length,
+      }
+      this.sendNow('MeterValues', meterSample(0, at, site, measurands, 'Sample.Clock'))
+    }
+    return queued
+  }
+
+  /** A message that is not a transaction's: sent now if the boot is accepted, else not at all. */
+  private sendNow(action: string, payload: Record<string, unknown>): void {
+    if (!this.accepted || this.stopped) return
+    void this.rpc.call(action, payload).catch((err: Error) => this.log.debug({ action, err: err.message }, 'ocpp: a message failed'))
+  }
+
+  /**
+   * transactionData's samples of an ended session, from its journaled readings: StopTxnSampledData at every
+   * MeterValueSampleInterval from its start (Sample.Periodic) and StopTxnAlignedData at every ClockAlignedDataInterval
+   * on the clock (Sample.Clock), each the last reading at or before its instant, in time order, at most STOP_SAMPLES_MAX.
+   */
+  private async stopSamples(r: Ended): Promise<MeterValue[]> {
+    const sampled = this.measurands('StopTxnSampledData')
+    const aligned = this.measurands('StopTxnAlignedData')
+    const periodS = this.int('MeterValueSampleInterval')
+    const alignedS = this.int('ClockAlignedDataInterval')
+    if ((sampled.length === 0 || periodS <= 0) && (aligned.length === 0 || alignedS <= 0)) return []
+    const readings = (await this.host.journal.readings(r.sessionId).catch(() => [])).map((e) => e.reading).sort((a, b) => a.ts - b.ts)
+    if (readings.length === 0) return []
+    const from = Date.parse(r.startedAt)
+    const to = Date.parse(r.endedAt)
+    const instants: { at: number; measurands: Measurand[]; context: string }[] = []
+    if (sampled.length > 0 && periodS > 0)
+      for (let at = from + periodS * 1000; at < to && instants.length < STOP_SAMPLES_MAX; at += periodS * 1000)
+        instants.push({ at, measurands: sampled, context: 'Sample.Periodic' })
+    if (aligned.length > 0 && alignedS > 0)
+      for (
+        let at = (Math.floor(from / (alignedS * 1000)) + 1) * alignedS * 1000;
+        at < to && instants.length < 2 * STOP_SAMPLES_MAX;
+        at += alignedS * 1000
+      )
+        instants.push({ at, measurands: aligned, context: 'Sample.Clock' })
+    instants.sort((a, b) => a.at - b.at)
+    const out: MeterValue[] = []
+    let i = 0
+    for (const x of instants.slice(0, STOP_SAMPLES_MAX)) {
+      while (i + 1 < readings.length && readings[i + 1]!.ts <= x.at) i++
+      if (readings[i]!.ts > x.at) continue
+      out.push({ timestamp: new Date(x.at).toISOString(), sampledValue: sampledValues(readings[i]!, x.measurands, x.context) })
+    }
+    return out
+  }
+
+  /** TriggerMessage MeterValues: every open transaction's values now (context Trigger), queued like the others. */
+  private sampleNow(): void {
+    const measurands = this.measurands('MeterValuesSampledData')
+    const at = new Date(this.host.now()).toISOString()
     this.serial(async () => {
       const msgs: Omit<Queued, 'n' | 'msgId'>[] = []
       for (const o of this.host.outlets()) {
@@ -482,7 +789,7 @@ export class ChargePoint {
           action: 'MeterValues',
           sessionId: o.sessionId,
           connectorId,
-          payload: meterSample(connectorId, new Date(at).toISOString(), o.last),
+          payload: meterSample(connectorId, at, o.last, measurands, 'Trigger'),
         })
       }
       if (msgs.length > 0) await this.outbox.enqueue(msgs)
@@ -515,9 +822,10 @@ export class ChargePoint {
         }
         const o = sessionId ? this.host.outlets().find((x) => x.sessionId === sessionId) : undefined
         if (!o || !sessionId) return { status: 'Rejected' }
-        this.stopOverride.set(sessionId, 'Remote')
+        // On disk before the stop: a crash between the stop and its StopTransaction still says Remote.
+        await this.outbox.saveOverride(sessionId, 'Remote')
         const r = await this.host.command({ id, action: 'stop', outlet: o.id, by: 'manager' })
-        if (!r.ok) this.stopOverride.delete(sessionId)
+        if (!r.ok) await this.outbox.saveOverride(sessionId, null)
         return { status: r.ok ? 'Accepted' : 'Rejected' }
       }
       case 'ChangeAvailability': {
@@ -528,7 +836,7 @@ export class ChargePoint {
         let ok = true
         for (const outlet of outlets) {
           const open = this.host.outlets().find((o) => o.id === outlet)?.sessionId
-          if (open && !available) this.stopOverride.set(open, 'Remote')
+          if (open && !available) await this.outbox.saveOverride(open, 'Remote')
           const r = await this.host.command({
             id: outlets.length > 1 ? `${id}-${outlet}`.slice(0, 128) : id,
             action: 'set-availability',
@@ -537,7 +845,7 @@ export class ChargePoint {
           })
           if (!r.ok) {
             ok = false
-            if (open) this.stopOverride.delete(open)
+            if (open && !available) await this.outbox.saveOverride(open, null)
           }
         }
         return { status: ok ? 'Accepted' : 'Rejected' }
@@ -560,7 +868,14 @@ export class ChargePoint {
         }
       }
       case 'ChangeConfiguration':
-        return { status: this.changeConfiguration(p.key as string, p.value as string) }
+        return { status: await this.changeConfiguration(p.key as string, p.value as string) }
+      case 'SendLocalList':
+        return { status: await this.auth.update(p as Parameters<LocalAuth['update']>[0]) }
+      case 'GetLocalListVersion':
+        return { listVersion: this.auth.listVersion }
+      case 'ClearCache':
+        await this.auth.clearCache()
+        return { status: 'Accepted' }
       case 'UnlockConnector':
         // A shelf outlet has no lockable connector.
         return { status: 'NotSupported' }
@@ -587,7 +902,7 @@ export class ChargePoint {
         setImmediate(() => this.sendStatuses(true, connectorId))
         return { status: 'Accepted' }
       case 'MeterValues':
-        setImmediate(() => this.sample(this.host.now()))
+        setImmediate(() => this.sampleNow())
         return { status: 'Accepted' }
       default:
         return { status: 'NotImplemented' }
@@ -595,49 +910,58 @@ export class ChargePoint {
   }
 
   private configuration(): { key: string; readonly: boolean; value: string }[] {
-    const measurands = 'Energy.Active.Import.Register,Power.Active.Import,Current.Import,Voltage'
-    const sample = String(this.sampleS)
-    return [
-      { key: 'HeartbeatInterval', readonly: false, value: String(this.heartbeatMs / 1000) },
-      { key: 'MeterValueSampleInterval', readonly: false, value: sample },
-      { key: 'ClockAlignedDataInterval', readonly: false, value: sample },
-      { key: 'MeterValuesSampledData', readonly: true, value: measurands },
-      { key: 'MeterValuesAlignedData', readonly: true, value: measurands },
-      { key: 'StopTxnSampledData', readonly: true, value: '' },
-      { key: 'StopTxnAlignedData', readonly: true, value: 'Energy.Active.Import.Interval,Energy.Active.Import.Register' },
-      { key: 'NumberOfConnectors', readonly: true, value: String(this.byOutlet.size) },
-      { key: 'AuthorizeRemoteTxRequests', readonly: true, value: 'false' },
-      { key: 'LocalAuthorizeOffline', readonly: true, value: 'true' },
-      { key: 'LocalPreAuthorize', readonly: true, value: 'false' },
-      { key: 'StopTransactionOnEVSideDisconnect', readonly: true, value: 'true' },
-      { key: 'StopTransactionOnInvalidId', readonly: true, value: 'true' },
-      { key: 'TransactionMessageAttempts', readonly: true, value: String(TRANSACTION_MESSAGE_ATTEMPTS) },
-      { key: 'TransactionMessageRetryInterval', readonly: true, value: String(RETRY_MS / 1000) },
-      { key: 'ConnectorPhaseRotation', readonly: true, value: 'NotApplicable' },
-      { key: 'SupportedFeatureProfiles', readonly: true, value: 'Core,RemoteTrigger' },
-    ]
+    return KEYS.map((k) => ({
+      key: k.key,
+      readonly: !k.writable,
+      value: k.key === 'HeartbeatInterval' ? String(this.heartbeatMs / 1000) : (this.values.get(k.key) ?? ''),
+    }))
   }
 
-  private changeConfiguration(key: string, value: string): 'Accepted' | 'Rejected' | 'NotSupported' {
-    const known = this.configuration().find((k) => k.key === key)
-    if (!known) return 'NotSupported'
-    if (known.readonly || !(CONFIG_KEYS as readonly string[]).includes(key)) return 'Rejected'
-    if (!/^\d{1,6}$/.test(value)) return 'Rejected'
-    const n = Number(value)
-    switch (key as WritableKey) {
-      case 'HeartbeatInterval':
-        if (n < 10) return 'Rejected'
-        this.heartbeatMs = n * 1000
-        if (this.heartbeatTimer) {
-          clearInterval(this.heartbeatTimer)
-          this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
-        }
-        return 'Accepted'
-      case 'MeterValueSampleInterval':
-      case 'ClockAlignedDataInterval':
-        this.sampleS = n
-        this.scheduleSample()
-        return 'Accepted'
+  /**
+   * The central system's changes kept in the journal's side data, applied over the config file's values: a change
+   * stands until the file's value for that key is edited (the installer's newer word), then the file's value is used
+   * and the change forgotten.
+   */
+  private async applySaved(): Promise<void> {
+    for (const [key, saved] of [...this.outbox.settings]) {
+      const def = keyDef(key)
+      const file = def?.initial(this.ocpp, this.byOutlet.size)
+      if (!def?.writable || def.refuse?.(saved.value) !== undefined || file !== saved.file) {
+        this.log.info(
+          { key, value: saved.value, file },
+          "ocpp: a configuration change of the central system no longer applies (the config file's value was edited)",
+        )
+        await this.outbox.saveSetting(key, null)
+        continue
+      }
+      this.values.set(key, saved.value)
+      if (key === 'HeartbeatInterval') this.heartbeatMs = Number(saved.value) * 1000
     }
+  }
+
+  /** ChangeConfiguration: a writable key with a value it can honour is applied and kept on disk before it is answered Accepted. */
+  private async changeConfiguration(key: string, value: string): Promise<'Accepted' | 'Rejected' | 'NotSupported'> {
+    const def = keyDef(key)
+    if (!def) return 'NotSupported'
+    if (!def.writable) return 'Rejected'
+    const why = def.refuse?.(value)
+    if (why !== undefined) {
+      this.log.info({ key, value: value.slice(0, 100), why }, 'ocpp: ChangeConfiguration rejected')
+      return 'Rejected'
+    }
+    const file = def.initial(this.ocpp, this.byOutlet.size)
+    await this.outbox.saveSetting(key, value === file ? null : { value, file })
+    this.values.set(key, value)
+    if (key === 'HeartbeatInterval') {
+      this.heartbeatMs = Number(value) * 1000
+      if (this.heartbeatTimer) {
+        clearInterval(this.heartbeatTimer)
+        this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
+      }
+    }
+    // A new interval starts from the clock's next instant, not from one that passed.
+    if (key === 'ClockAlignedDataInterval') this.alignedDone = undefined
+    this.log.info({ key, value }, 'ocpp: configuration changed by the central system')
+    return 'Accepted'
   }
 }

@@ -4,7 +4,14 @@
  *
  *   cursor          the last journal seq turned into transaction messages
  *   q!<n:12>        a queued StartTransaction / StopTransaction / MeterValues, with its message id
- *   t!<sessionId>   {transactionId, meterStart}: what the central system answered the session's StartTransaction
+ *   c!<key>         {value, file}: a configuration key the central system changed (ChangeConfiguration), with the
+ *                   config file's value it replaced (a later edit of that value in the file wins over it)
+ *   o!<sessionId>   {sessionId, reason}: the StopTransaction reason the central system's own action gave a session
+ *                   (Remote, DeAuthorized), written before that action stops it and deleted with the queued Stop
+ *   t!<sessionId>   {sessionId, transactionId, connectorId, meterStart}: what the central system answered the
+ *                   session's StartTransaction, with the connector and register it started on (an entry written
+ *                   before connectorId was kept has none: the charge point then takes the outlet of the session's
+ *                   last journaled reading, and says so in its log)
  *
  * Owns: the order of transaction messages (n, gapless, never reused), each message's id from
  * the moment it is queued (a resend after a crash or a reconnect carries the same id, so the
@@ -46,6 +53,10 @@ export class Outbox {
   private readonly stopped = new Set<string>()
   /** What the outbox knows of each started session: its connector and meterStart (Wh), from its StartTransaction. */
   private readonly known = new Map<string, { connectorId?: number; meterStart?: number }>()
+  /** Configuration keys the central system changed: key → the value, and the config file's value it replaced. */
+  readonly settings = new Map<string, { value: string; file: string }>()
+  /** Stop reasons the central system's own action gave, by session, until its StopTransaction is queued. */
+  readonly overrides = new Map<string, string>()
   private next = 1
   private cursorSeq = 0
   /** Answers waiting for their write, and the write in progress. */
@@ -66,10 +77,20 @@ export class Outbox {
         o.note(q)
         o.next = Math.max(o.next, q.n + 1)
       } else if (key.startsWith('t!')) {
-        const v = JSON.parse(value) as { sessionId: string; transactionId: number; meterStart?: number }
+        const v = JSON.parse(value) as { sessionId: string; transactionId: number; connectorId?: number; meterStart?: number }
         o.tx.set(v.sessionId, v.transactionId)
         o.started.add(v.sessionId)
-        if (typeof v.meterStart === 'number') o.known.set(v.sessionId, { ...o.known.get(v.sessionId), meterStart: v.meterStart })
+        o.known.set(v.sessionId, {
+          ...o.known.get(v.sessionId),
+          ...(typeof v.connectorId === 'number' ? { connectorId: v.connectorId } : {}),
+          ...(typeof v.meterStart === 'number' ? { meterStart: v.meterStart } : {}),
+        })
+      } else if (key.startsWith('c!')) {
+        const v = JSON.parse(value) as { value: string; file: string }
+        o.settings.set(key.slice(2), v)
+      } else if (key.startsWith('o!')) {
+        const v = JSON.parse(value) as { sessionId: string; reason: string }
+        o.overrides.set(v.sessionId, v.reason)
       } else if (key === 'next') o.next = Math.max(o.next, Number(value))
     }
     o.queue.sort((a, b) => a.n - b.n)
@@ -125,9 +146,33 @@ export class Outbox {
     }
   }
 
-  /** Queues messages (in this order) and moves the cursor to `cursor`, in one fsynced batch. */
-  async enqueue(msgs: Omit<Queued, 'n' | 'msgId'>[], cursor?: number): Promise<void> {
-    const entries: { key: string; value: string | null }[] = []
+  /** Keeps a configuration key the central system changed (fsynced before it is answered Accepted); null: back to the file's. */
+  async saveSetting(key: string, setting: { value: string; file: string } | null): Promise<void> {
+    await this.journal.asideWrite(OWNER, [{ key: `c!${key}`, value: setting ? JSON.stringify(setting) : null }])
+    if (setting) this.settings.set(key, setting)
+    else this.settings.delete(key)
+  }
+
+  /** Keeps the stop reason the central system's action gives a session (fsynced before the action stops it); null: forgotten. */
+  async saveOverride(sessionId: string, reason: string | null): Promise<void> {
+    await this.journal.asideWrite(OWNER, [{ key: `o!${escapeId(sessionId)}`, value: reason ? JSON.stringify({ sessionId, reason }) : null }])
+    if (reason) this.overrides.set(sessionId, reason)
+    else this.overrides.delete(sessionId)
+  }
+
+  /** Every message still queued, oldest first. */
+  messages(): readonly Queued[] {
+    return this.queue
+  }
+
+  /**
+   * Queues messages (in this order) and moves the cursor to `cursor`, in one fsynced batch; the stop reasons of
+   * `settled` sessions (their StopTransaction is among the messages, or they ended without one) go in the same batch.
+   */
+  async enqueue(msgs: Omit<Queued, 'n' | 'msgId'>[], cursor?: number, settled: string[] = []): Promise<void> {
+    const entries: { key: string; value: string | null }[] = settled
+      .filter((s) => this.overrides.has(s))
+      .map((s) => ({ key: `o!${escapeId(s)}`, value: null }))
     const added: Queued[] = []
     let n = this.next
     for (const m of msgs) {
@@ -142,6 +187,7 @@ export class Outbox {
     await this.journal.asideWrite(OWNER, entries)
     this.next = n
     if (cursor !== undefined) this.cursorSeq = Math.max(this.cursorSeq, cursor)
+    for (const s of settled) this.overrides.delete(s)
     for (const q of added) {
       this.queue.push(q)
       if (q.action === 'StartTransaction' || q.action === 'StopTransaction') this.note(q)
@@ -158,7 +204,7 @@ export class Outbox {
     if (q.action === 'StartTransaction' && transactionId !== undefined)
       this.retired.push({
         key: `t!${escapeId(q.sessionId)}`,
-        value: JSON.stringify({ sessionId: q.sessionId, transactionId, meterStart: q.payload.meterStart }),
+        value: JSON.stringify({ sessionId: q.sessionId, transactionId, connectorId: q.connectorId, meterStart: q.payload.meterStart }),
       })
     if (q.action === 'StopTransaction') this.retired.push({ key: `t!${escapeId(q.sessionId)}`, value: null })
     const i = this.queue.findIndex((m) => m.n === q.n)

@@ -11,6 +11,7 @@
  * and meterStop are the journaled registers, rounded to whole Wh as OCPP asks).
  */
 import type { BillingLine, EndReason, JournalRecord, OutletState, Reading } from '../../core/types.js'
+import type { Measurand } from './settings.js'
 
 export type ChargePointStatus =
   | 'Available'
@@ -116,26 +117,77 @@ export function startPayload(r: Started, connectorId: number): Record<string, un
   return { connectorId, idTag: r.userId.slice(0, ID_TAG_MAX), meterStart: wholeWh(r.meterWh), timestamp: r.ts }
 }
 
+/** What a transactionData entry or a MeterValues meterValue is: a time and its sampled values. */
+export interface MeterValue {
+  timestamp: string
+  sampledValue: Record<string, unknown>[]
+}
+
+/**
+ * The sampled values of one reading: each measurand asked for, in its order, in its unit. Registers are whole
+ * Wh (some central systems refuse fractions with FormationViolation); power in W and voltage in V to 0.1,
+ * current in A to 0.001.
+ */
+export function sampledValues(
+  r: Pick<Reading, 'energyWh' | 'powerW' | 'currentA' | 'voltageV'>,
+  measurands: readonly Measurand[],
+  context: string,
+): Record<string, unknown>[] {
+  return measurands.map((measurand) => {
+    const [value, unit] = SAMPLED[measurand](r)
+    return { value, context, measurand, unit }
+  })
+}
+
+/** Each measurand's value (as OCPP's string) and unit, from a reading. */
+const SAMPLED: { readonly [M in Measurand]: (r: Pick<Reading, 'energyWh' | 'powerW' | 'currentA' | 'voltageV'>) => [string, string] } = {
+  'Energy.Active.Import.Register': (r) => [String(wholeWh(r.energyWh)), 'Wh'],
+  'Power.Active.Import': (r) => [r.powerW.toFixed(1), 'W'],
+  'Current.Import': (r) => [r.currentA.toFixed(3), 'A'],
+  Voltage: (r) => [r.voltageV.toFixed(1), 'V'],
+}
+
+/** The register at an instant, as transactionData's Transaction.Begin / Transaction.End. */
+export function registerValue(ts: string, wh: number, context: 'Transaction.Begin' | 'Transaction.End'): MeterValue {
+  return {
+    timestamp: ts,
+    sampledValue: sampledValues({ energyWh: wh, powerW: 0, currentA: 0, voltageV: 0 }, ['Energy.Active.Import.Register'], context),
+  }
+}
+
 /**
  * StopTransaction without its transactionId (known only once StartTransaction is answered).
- * transactionData: one Energy.Active.Import.Interval value per billing line (the energy of
- * each priced period, stamped at its end) and the register at the end.
+ * transactionData, in time order: the register at the start (`Transaction.Begin`), the samples asked
+ * for by StopTxnSampledData / StopTxnAlignedData (`samples`, from the session's journaled readings),
+ * one Energy.Active.Import.Interval value per billing line (the energy of each priced period, stamped
+ * at its end, context `Other`; whole Wh rounded on the running sum, so they add up to
+ * meterStop − meterStart), and the register at the end (`Transaction.End`).
  */
-export function stopPayload(r: Ended, reason: StopReason): Record<string, unknown> {
+export function stopPayload(r: Ended, reason: StopReason, samples: MeterValue[] = []): Record<string, unknown> {
   return {
     idTag: r.userId.slice(0, ID_TAG_MAX),
     meterStop: wholeWh(r.meterEndWh),
     timestamp: r.endedAt,
     reason,
-    transactionData: [...r.lines.map(lineValue), registerValue(r.endedAt, r.meterEndWh, 'Transaction.End')],
+    transactionData: [
+      registerValue(r.startedAt, r.meterStartWh, 'Transaction.Begin'),
+      ...samples,
+      ...lineValues(r.lines, r.meterStartWh),
+      registerValue(r.endedAt, r.meterEndWh, 'Transaction.End'),
+    ],
   }
 }
 
-function lineValue(l: BillingLine): Record<string, unknown> {
-  return {
-    timestamp: l.to,
-    sampledValue: [{ value: l.energyWh.toFixed(3), context: 'Sample.Clock', measurand: 'Energy.Active.Import.Interval', unit: 'Wh' }],
-  }
+function lineValues(lines: BillingLine[], startWh: number): MeterValue[] {
+  let sum = startWh
+  return lines.map((l) => {
+    const from = wholeWh(sum)
+    sum += l.energyWh
+    return {
+      timestamp: l.to,
+      sampledValue: [{ value: String(wholeWh(sum) - from), context: 'Other', measurand: 'Energy.Active.Import.Interval', unit: 'Wh' }],
+    }
+  })
 }
 
 /** StopTransaction of a transaction whose session record is gone: PowerLoss at the last meter value known. */
@@ -148,30 +200,13 @@ export function powerLossPayload(at: string, meterWh: number): Record<string, un
   }
 }
 
-function registerValue(ts: string, wh: number, context: string): Record<string, unknown> {
-  return { timestamp: ts, sampledValue: [{ value: wh.toFixed(3), context, measurand: 'Energy.Active.Import.Register', unit: 'Wh' }] }
-}
-
-/** One clock-aligned sample of an open transaction: the four measurands the README lists. */
-export function meterSample(connectorId: number, at: string, r: Reading): Record<string, unknown> {
-  const v = (value: number, measurand: string, unit: string, digits: number) => ({
-    value: value.toFixed(digits),
-    context: 'Sample.Clock',
-    measurand,
-    unit,
-  })
-  return {
-    connectorId,
-    meterValue: [
-      {
-        timestamp: at,
-        sampledValue: [
-          v(r.energyWh, 'Energy.Active.Import.Register', 'Wh', 3),
-          v(r.powerW, 'Power.Active.Import', 'W', 1),
-          v(r.currentA, 'Current.Import', 'A', 3),
-          v(r.voltageV, 'Voltage', 'V', 1),
-        ],
-      },
-    ],
-  }
+/** One MeterValues of a connector: a reading's values at `at` (empty measurands: nothing to send). */
+export function meterSample(
+  connectorId: number,
+  at: string,
+  r: Pick<Reading, 'energyWh' | 'powerW' | 'currentA' | 'voltageV'>,
+  measurands: readonly Measurand[],
+  context: 'Sample.Periodic' | 'Sample.Clock' | 'Trigger',
+): Record<string, unknown> {
+  return { connectorId, meterValue: [{ timestamp: at, sampledValue: sampledValues(r, measurands, context) }] }
 }

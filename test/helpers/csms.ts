@@ -20,7 +20,7 @@ import type { JournalRecord } from '../../core/types.js'
 import { CLI, waitFor } from './e2e-kit.js'
 
 const require = createRequire(import.meta.url)
-const { RPCServer } = require('ocpp-rpc') as { RPCServer: any }
+const { RPCServer, createRPCError } = require('ocpp-rpc') as { RPCServer: any; createRPCError: (type: string, message?: string) => Error }
 
 interface Teardownable {
   teardown(fn: () => unknown): void
@@ -35,6 +35,8 @@ export interface CsmsCall {
   at: number
   /** What the central system answered. */
   reply?: Record<string, unknown>
+  /** The CALLERROR code it answered instead (CsmsOptions.refuse). */
+  refused?: string
 }
 
 export interface CsmsOptions {
@@ -49,6 +51,11 @@ export interface CsmsOptions {
    * it is about to give: a call made here reaches the charge point ahead of that answer.
    */
   onStartTransaction?: (transactionId: number, params: Record<string, unknown>) => void
+  /**
+   * A CALLERROR code to answer a call with instead of its result (the nth call of that action, from 1), or
+   * undefined to answer it. The refused call is recorded with `refused` set.
+   */
+  refuse?: (action: string, nth: number, params: Record<string, unknown>) => string | undefined
   /** idTags Authorize and StartTransaction refuse (Invalid). */
   invalidTags?: string[]
   port?: number
@@ -115,6 +122,11 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
       const record = (action: string, p: { params: Record<string, unknown>; messageId: string }) => {
         const c: CsmsCall = { identity: client.identity, action, params: p.params, messageId: p.messageId, at: Date.now() }
         calls.push(c)
+        const code = opts.refuse?.(action, calls.filter((x) => x.action === action).length, p.params)
+        if (code !== undefined) {
+          c.refused = code
+          throw createRPCError(code, `the test central system refuses this ${action}`)
+        }
         return <R extends Record<string, unknown>>(reply: R): R => {
           c.reply = reply
           return reply
@@ -227,7 +239,7 @@ export const statusesOf = (csms: Csms, connectorId: number): string[] =>
 
 /** The site config's `ocpp` section for a test CSMS: short timings so a scenario takes seconds. */
 export function ocppSection(csms: Csms, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  return { url: csms.url, identity: 'outpost-e2e', reconnectMaxMs: 1000, callTimeoutS: 10, meterValueSampleS: 0, ...extra }
+  return { url: csms.url, identity: 'outpost-e2e', reconnectMaxMs: 1000, callTimeoutS: 10, meterValueSampleS: 0, clockAlignedDataS: 0, ...extra }
 }
 
 /** The journal's records, read with `outpost records` (the daemon stopped, or between its writes). */

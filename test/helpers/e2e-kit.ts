@@ -137,11 +137,31 @@ export interface Peer {
 
 export async function startPeer(
   t: Teardownable,
-  opts: { outlets: number; rtu?: string; baud?: number; port?: number; energyKwh?: number; feeder?: number; phases?: number[] },
+  opts: {
+    outlets: number
+    rtu?: string
+    baud?: number
+    port?: number
+    energyKwh?: number
+    feeder?: number
+    phases?: number[]
+    /** Which socket each coil really switches (coil outlet → socket outlet, 0: none); the rest switch their own. */
+    wiring?: Record<number, number>
+    /** Meters whose current sensor is the wrong way round. */
+    reversed?: number[]
+  },
 ): Promise<Peer> {
   const args = [PEER, '--outlets', String(opts.outlets)]
   if (opts.feeder !== undefined) args.push('--feeder', String(opts.feeder))
   if (opts.phases) args.push('--phases', opts.phases.join(','))
+  if (opts.wiring)
+    args.push(
+      '--wiring',
+      Object.entries(opts.wiring)
+        .map(([c, m]) => `${c}:${m}`)
+        .join(','),
+    )
+  if (opts.reversed) args.push('--reversed', opts.reversed.join(','))
   if (opts.energyKwh !== undefined) args.push('--energy-kwh', String(opts.energyKwh))
   if (opts.rtu) args.push('--rtu', opts.rtu, '--baud', String(opts.baud ?? 9600))
   else args.push('--tcp', String(opts.port ?? 0))
@@ -318,16 +338,28 @@ export interface DaemonProc {
 
 /**
  * Runs `outpost run` from this checkout's build, or from another tree's `cli` (an installed one).
- * `nodeArgs` go before the script (V8 flags such as --optimize-for-size, which NODE_OPTIONS does not accept).
+ * `nodeArgs` go before the script (V8 flags such as --optimize-for-size, which NODE_OPTIONS does not accept);
+ * `runArgs` after `run --config FILE` (--listen).
  */
-export function startDaemon(t: Teardownable, configFile: string, env: NodeJS.ProcessEnv = {}, cli = CLI, nodeArgs: string[] = []): DaemonProc {
+export function startDaemon(
+  t: Teardownable,
+  configFile: string,
+  env: NodeJS.ProcessEnv = {},
+  cli = CLI,
+  nodeArgs: string[] = [],
+  runArgs: string[] = [],
+): DaemonProc {
   if (!existsSync(cli)) throw new Error(`${cli} is missing: build first (npx tsc -p .; npm test does)`)
   // The runner's own systemd settings (if it runs under systemd) are not the daemon's.
   const base: NodeJS.ProcessEnv = { ...process.env }
   delete base.NOTIFY_SOCKET
   delete base.WATCHDOG_USEC
   delete base.WATCHDOG_PID
-  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile], { ...base, OUTPOST_CLOCK_SYNCED: '1', ...env })
+  const p = startProc(t, process.execPath, [...nodeArgs, cli, 'run', '--config', configFile, ...runArgs], {
+    ...base,
+    OUTPOST_CLOCK_SYNCED: '1',
+    ...env,
+  })
   const logs = (): LogLine[] =>
     p.out.map((l) => {
       try {

@@ -35,6 +35,8 @@ export interface Postgres {
   port: number
   /** A query on a fresh connection (for the test's own checks). */
   query<T extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<T[]>
+  /** A restart: a fast shutdown (every connection closed), `downMs` with no server, then the same cluster on the same port. */
+  restart(downMs: number): Promise<void>
   stop(): Promise<void>
 }
 
@@ -63,20 +65,23 @@ export async function startPostgres(t?: Teardownable): Promise<Postgres> {
     rmSync(dir, { recursive: true, force: true })
     throw new Error(`initdb failed: ${init.stderr}`)
   }
-  let child: ChildProcess | undefined
   let port = 0
   let stderr = ''
-  for (let attempt = 0; ; attempt++) {
-    port = await freePort()
+  const launch = async (): Promise<ChildProcess | undefined> => {
     // fsync stays on: the tests check what a commit promises. Small buffers: several clusters may run at once.
     const args = ['-D', data, '-p', String(port), '-k', dir, '-h', '127.0.0.1', '-c', 'shared_buffers=32MB', '-c', 'max_connections=200']
     stderr = ''
     const c = spawn(join(PG_BIN, 'postgres'), args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...ids })
     c.stderr?.on('data', (d: Buffer) => (stderr += d.toString()))
-    child = c
-    const ok = await ready(port, c)
-    if (ok) break
+    if (await ready(port, c)) return c
     c.kill('SIGKILL')
+    return undefined
+  }
+  let child: ChildProcess | undefined
+  for (let attempt = 0; ; attempt++) {
+    port = await freePort()
+    child = await launch()
+    if (child) break
     if (attempt >= 3) {
       rmSync(dir, { recursive: true, force: true })
       throw new Error(`postgres did not start: ${stderr}`)
@@ -84,7 +89,7 @@ export async function startPostgres(t?: Teardownable): Promise<Postgres> {
   }
   const url = `postgres://${USER}@127.0.0.1:${port}/postgres`
   let stopped = false
-  const server = child!
+  let server = child!
   // Should the test process die without its teardown (an uncaught exception), the server goes with it:
   // SIGQUIT is PostgreSQL's immediate shutdown.
   const onExit = () => {
@@ -102,6 +107,15 @@ export async function startPostgres(t?: Teardownable): Promise<Postgres> {
       } finally {
         await c.end()
       }
+    },
+    async restart(downMs) {
+      const gone = new Promise((r) => server.once('exit', r))
+      server.kill('SIGINT')
+      await gone
+      await new Promise((r) => setTimeout(r, downMs))
+      const again = await launch()
+      if (!again) throw new Error(`postgres did not start again on port ${port}: ${stderr}`)
+      server = again
     },
     async stop() {
       if (stopped) return

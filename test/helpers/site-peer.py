@@ -11,11 +11,17 @@ Run with /usr/bin/python3 (the only interpreter here that has pymodbus).
   --feeder UNIT      an SDM630 feeder meter at UNIT measuring the circuit all outlets are on:
                      per phase, the sum of what its outlets draw plus an unmanaged load
   --phases P         the phase of each outlet, comma separated (1,1,2,...; default all 1)
+  --wiring W         which socket each coil really switches, C:M pairs comma separated (1:2,2:1
+                     swaps outlets 1 and 2's contactors; 3:0 wires coil 3 to nothing, a dead
+                     relay); coils not named switch their own socket
+  --reversed N,...   meters whose current sensor is wired the wrong way round: their power
+                     reads negative and their import register does not count
 
 Prints "READY <port-or-path>" on stdout once it serves.
 
 The meters and the relay board are PHYSICALLY COUPLED, as on a real site: meter n
-shows current only while coil n-1 is closed and a vehicle is plugged into outlet n;
+shows current only while the coil wired to socket n (coil n-1 unless --wiring says
+otherwise) is closed and a vehicle is plugged into outlet n;
 its energy register integrates V*I*dt every tick (100 ms) and never goes down. No
 Outpost code is involved: this is what the daemon's drivers must understand.
 
@@ -34,6 +40,9 @@ on stdout, echoing "id" when the command had one:
   {"cmd":"delay","ms":150}                delay 150      every reply is held back 150 ms
   {"cmd":"load","amps":30,"phase":1}      load 30 1      an unmanaged load on the feeder (a heater)
   {"cmd":"reset-max"}                     reset-max      forget the maxima below
+  {"cmd":"wire","coil":3,"socket":3}      wire 3 3       the electrician rewires coil 3 to socket 3 (0: to nothing)
+  {"cmd":"reverse","outlet":6,"reversed":false}
+                                          reverse 6 0    meter 6's current sensor turned round
   {"cmd":"glitch","outlet":1,"addKwh":5000} glitch 1 5000
                                           the next reply that carries meter n's import register
                                           shows it addKwh too high (a corrupt frame), the
@@ -101,10 +110,17 @@ def main():
     ap.add_argument("--volts", type=float, default=230.0)
     ap.add_argument("--feeder", type=int)
     ap.add_argument("--phases")
+    ap.add_argument("--wiring")
+    ap.add_argument("--reversed")
     args = ap.parse_args()
     n_out = args.outlets
     phases = [int(x) for x in args.phases.split(",")] if args.phases else []
     phase_of = {n: (phases[n - 1] if n - 1 < len(phases) else 1) for n in range(1, n_out + 1)}
+    feeds = {n: n for n in range(1, n_out + 1)}  # coil of outlet c -> the socket it switches (0: none)
+    for pair in (args.wiring.split(",") if args.wiring else []):
+        c, m = (int(x) for x in pair.split(":"))
+        feeds[c] = m
+    reversed_meters = {int(x) for x in args.reversed.split(",")} if args.reversed else set()
 
     def meter_slave():
         return ModbusSlaveContext(
@@ -135,14 +151,18 @@ def main():
     def coil(n):
         return bool(context[RELAY_UNIT].getValues(1, n - 1, 1)[0])
 
+    def powered(n):
+        """Whether socket n has mains: a closed coil wired to it."""
+        return any(coil(c) for c, m in feeds.items() if m == n)
+
     def publish(o):
         """Write outlet o's meter registers. Runs on the event loop, so a poll never sees half a float."""
-        a = o.draw(coil(o.n))
+        a = o.draw(powered(o.n))
         v = args.volts
         ir = context[o.n]
         ir.setValues(4, 0x0000, words(v))
         ir.setValues(4, 0x0006, words(a))
-        ir.setValues(4, 0x000C, words(v * a))
+        ir.setValues(4, 0x000C, words(-v * a if o.n in reversed_meters else v * a))
         ir.setValues(4, 0x0046, words(50.0))
         ir.setValues(4, 0x0048, words(o.kwh + o.glitch_kwh))
         ir.setValues(4, 0x0156, words(o.kwh + o.glitch_kwh))
@@ -150,7 +170,7 @@ def main():
     def phase_currents():
         a = list(feeder["load"])
         for o in outlets.values():
-            a[phase_of[o.n] - 1] += o.draw(coil(o.n))
+            a[phase_of[o.n] - 1] += o.draw(powered(o.n))
         return a
 
     def publish_feeder(dt):
@@ -158,7 +178,7 @@ def main():
         if not args.feeder:
             return
         a = phase_currents()
-        drawing = sum(1 for o in outlets.values() if o.draw(coil(o.n)) > 0)
+        drawing = sum(1 for o in outlets.values() if o.draw(powered(o.n)) > 0)
         feeder["maxA"] = [max(m, x) for m, x in zip(feeder["maxA"], a)]
         feeder["maxDrawing"] = max(feeder["maxDrawing"], drawing)
         if feeder["loadAtPolls"] is not None and feeder["clearAtPolls"] is None and drawing == 0:
@@ -193,8 +213,8 @@ def main():
         dt = t - last[0]
         last[0] = t
         for o in outlets.values():
-            a = o.draw(coil(o.n))
-            if a > 0:
+            a = o.draw(powered(o.n))
+            if a > 0 and o.n not in reversed_meters:
                 o.kwh += args.volts * a * dt / 3600.0 / 1000.0
             publish(o)
         publish_feeder(dt)
@@ -206,7 +226,7 @@ def main():
                 "coil": coil(o.n),
                 "plugged": o.plugged,
                 "amps": o.amps,
-                "drawA": o.draw(coil(o.n)),
+                "drawA": o.draw(powered(o.n)),
                 "energyWh": f32(o.kwh) * 1000.0,
                 "polls": answered.get(o.n, 0),
                 "glitched": o.glitched,
@@ -236,6 +256,10 @@ def main():
             return {"cmd": cmd, "outlet": int(parts[1]), "addKwh": float(parts[2]) if len(parts) > 2 else 5000.0}
         if cmd == "load":
             return {"cmd": cmd, "amps": float(parts[1]), "phase": int(parts[2]) if len(parts) > 2 else 1}
+        if cmd == "wire":
+            return {"cmd": cmd, "coil": int(parts[1]), "socket": int(parts[2])}
+        if cmd == "reverse":
+            return {"cmd": cmd, "outlet": int(parts[1]), "reversed": parts[2] in ("1", "true", "on")}
         return {"cmd": cmd}
 
     def handle(line):
@@ -284,6 +308,20 @@ def main():
                 feeder["loadAtPolls"] = answered.get(args.feeder, 0) if on else None
                 feeder["clearAtPolls"] = None
                 publish_feeder(0.0)
+            elif cmd == "wire":
+                c_, m_ = int(c["coil"]), int(c["socket"])
+                if c_ not in outlets or (m_ != 0 and m_ not in outlets):
+                    raise ValueError("no coil %s or socket %s" % (c_, m_))
+                feeds[c_] = m_
+                for o in outlets.values():
+                    publish(o)
+                publish_feeder(0.0)
+            elif cmd == "reverse":
+                o = outlets.get(int(c["outlet"]))
+                if o is None:
+                    raise ValueError("no outlet %s" % c["outlet"])
+                (reversed_meters.add if c.get("reversed", True) else reversed_meters.discard)(o.n)
+                publish(o)
             elif cmd == "reset-max":
                 feeder["maxA"] = [0.0, 0.0, 0.0]
                 feeder["maxDrawing"] = 0

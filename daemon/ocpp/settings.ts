@@ -1,0 +1,92 @@
+/**
+ * The OCPP 1.6 configuration keys the charge point has (GetConfiguration,
+ * ChangeConfiguration): one row per key, in the order GetConfiguration lists them.
+ *
+ * Owns: which keys exist, which the central system may change, each key's initial
+ * value from the site config's `ocpp` section, and what a value must be (a value
+ * refused here is answered `Rejected` and changes nothing). The supported measurands.
+ *
+ * Must never: do I/O, or accept a value the charge point cannot honour (a measurand it
+ * cannot measure, an interval it cannot keep).
+ */
+import type { OcppConfig } from '../../core/types.js'
+import { LIST_MAX as AUTH_LIST_MAX, SEND_LIST_MAX } from './auth.js'
+
+/** The measurands an outlet's meter gives (sampled and clock-aligned data, transactionData). */
+export const MEASURANDS = ['Energy.Active.Import.Register', 'Power.Active.Import', 'Current.Import', 'Voltage'] as const
+export type Measurand = (typeof MEASURANDS)[number]
+
+/** At most this many measurands in a list key (the four there are, each once). */
+const MEASURANDS_MAX = MEASURANDS.length
+
+export interface KeyDef {
+  key: string
+  /** ChangeConfiguration may change it (and the change is kept across restarts). */
+  writable: boolean
+  /** Its value at start, from the site config (before any change the central system made). */
+  initial(o: OcppConfig, connectors: number): string
+  /** Why a value is refused (`Rejected`), or undefined when it is fine. */
+  refuse?(value: string): string | undefined
+}
+
+const integer =
+  (min: number, max: number) =>
+  (v: string): string | undefined =>
+    !/^\d{1,9}$/.test(v) ? 'not a whole number' : Number(v) < min || Number(v) > max ? `not within ${min}..${max}` : undefined
+
+/** A comma-separated list of supported measurands, each at most once; empty is none. */
+export function refuseMeasurands(v: string): string | undefined {
+  if (v.trim() === '') return undefined
+  const items = v.split(',').map((x) => x.trim())
+  const unknown = items.filter((x) => !(MEASURANDS as readonly string[]).includes(x))
+  if (unknown.length > 0) return `not a measurand this charge point gives: ${unknown.join(', ').slice(0, 100)}`
+  if (new Set(items).size !== items.length) return 'a measurand listed twice'
+  if (items.length > MEASURANDS_MAX) return `more than ${MEASURANDS_MAX} measurands`
+  return undefined
+}
+
+/** The measurands of a list key's value, in its order. */
+export const measurandsOf = (v: string): Measurand[] => (v.trim() === '' ? [] : (v.split(',').map((x) => x.trim()) as Measurand[]))
+
+const fixed = (value: string) => () => value
+
+/** OCPP's booleans are the strings true and false. */
+const refuseBoolean = (v: string): string | undefined => (v === 'true' || v === 'false' ? undefined : 'not true or false')
+const bool = (b: boolean): string => (b ? 'true' : 'false')
+
+export const KEYS: readonly KeyDef[] = [
+  { key: 'HeartbeatInterval', writable: true, initial: (o) => String(o.heartbeatS), refuse: integer(10, 86400) },
+  { key: 'MeterValueSampleInterval', writable: true, initial: (o) => String(o.meterValueSampleS), refuse: integer(0, 86400) },
+  { key: 'ClockAlignedDataInterval', writable: true, initial: (o) => String(o.clockAlignedDataS), refuse: integer(0, 86400) },
+  { key: 'MeterValuesSampledData', writable: true, initial: (o) => o.meterValuesSampledData, refuse: refuseMeasurands },
+  { key: 'MeterValuesAlignedData', writable: true, initial: (o) => o.meterValuesAlignedData, refuse: refuseMeasurands },
+  { key: 'StopTxnSampledData', writable: true, initial: (o) => o.stopTxnSampledData, refuse: refuseMeasurands },
+  { key: 'StopTxnAlignedData', writable: true, initial: (o) => o.stopTxnAlignedData, refuse: refuseMeasurands },
+  { key: 'MeterValuesSampledDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'MeterValuesAlignedDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'StopTxnSampledDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'StopTxnAlignedDataMaxLength', writable: false, initial: fixed(String(MEASURANDS_MAX)) },
+  { key: 'TransactionMessageAttempts', writable: true, initial: (o) => String(o.transactionMessageAttempts), refuse: integer(1, 100) },
+  {
+    key: 'TransactionMessageRetryInterval',
+    writable: true,
+    initial: (o) => String(o.transactionMessageRetryIntervalS),
+    refuse: integer(1, 3600),
+  },
+  { key: 'NumberOfConnectors', writable: false, initial: (_o, n) => String(n) },
+  { key: 'AuthorizeRemoteTxRequests', writable: false, initial: fixed('false') },
+  { key: 'LocalAuthorizeOffline', writable: true, initial: (o) => bool(o.localAuthorizeOffline), refuse: refuseBoolean },
+  { key: 'LocalPreAuthorize', writable: true, initial: (o) => bool(o.localPreAuthorize), refuse: refuseBoolean },
+  { key: 'AllowOfflineTxForUnknownId', writable: true, initial: (o) => bool(o.allowOfflineTxForUnknownId), refuse: refuseBoolean },
+  { key: 'AuthorizationCacheEnabled', writable: true, initial: (o) => bool(o.authorizationCacheEnabled), refuse: refuseBoolean },
+  { key: 'LocalAuthListEnabled', writable: true, initial: (o) => bool(o.localAuthListEnabled), refuse: refuseBoolean },
+  { key: 'LocalAuthListMaxLength', writable: false, initial: fixed(String(AUTH_LIST_MAX)) },
+  { key: 'SendLocalListMaxLength', writable: false, initial: fixed(String(SEND_LIST_MAX)) },
+  { key: 'StopTransactionOnEVSideDisconnect', writable: false, initial: fixed('true') },
+  { key: 'StopTransactionOnInvalidId', writable: true, initial: (o) => bool(o.stopTransactionOnInvalidId), refuse: refuseBoolean },
+  { key: 'MaxEnergyOnInvalidId', writable: true, initial: (o) => String(o.maxEnergyOnInvalidIdWh), refuse: integer(0, 1_000_000) },
+  { key: 'ConnectorPhaseRotation', writable: false, initial: fixed('NotApplicable') },
+  { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger,LocalAuthListManagement') },
+]
+
+export const keyDef = (key: string): KeyDef | undefined => KEYS.find((k) => k.key === key)

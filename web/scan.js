@@ -1,0 +1,214 @@
+/*
+ * The status page's bus scan: pick a configured bus, a serial port found on the gateway (with
+ * the line settings to try) or a Modbus TCP host; scan a range of unit ids with progress and a
+ * cancel; each device found is listed with what the config already does with it, and "Add"
+ * appends it to the config as an outlet (a meter, paired with the next free coil of a relay
+ * board found or configured on the same bus), through the same checked save as every change.
+ * Everything through /api/scan and /api/config (docs/contract.md); names shown as text.
+ */
+'use strict'
+;(() => {
+  const $ = (id) => document.getElementById(id)
+  let timer = null
+  let hints = null
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag)
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === 'class') e.className = v
+      else e.setAttribute(k, v)
+    }
+    for (const c of children) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c))
+    return e
+  }
+
+  async function api(path, init) {
+    const res = await fetch(path, { credentials: 'same-origin', cache: 'no-store', ...(init || {}) })
+    const body = await res.json().catch(() => ({}))
+    if (!res.ok) throw new Error(body.error?.message || 'HTTP ' + res.status)
+    return { body, etag: res.headers.get('etag') }
+  }
+
+  async function setup() {
+    const [cfg, ports] = await Promise.all([api('/api/config'), api('/api/scan/ports')])
+    hints = ports.body
+    const src = $('scan-source')
+    src.replaceChildren()
+    for (const b of cfg.body.config.buses.filter((x) => x.type === 'modbus-rtu' || x.type === 'modbus-tcp'))
+      src.append(el('option', { value: 'bus:' + b.id }, b.id + ' (configured, ' + (b.path || b.host + ':' + b.port) + ')'))
+    for (const p of hints.ports)
+      src.append(el('option', { value: 'rtu:' + (p.byId || p.path) }, (p.byId || p.path) + (p.note ? ' — ' + p.note : '') + ' (new RS-485 line)'))
+    src.append(el('option', { value: 'tcp:' }, 'Modbus TCP host (new)'))
+    $('scan-baud').replaceChildren(...hints.baudRates.map((b) => el('option', b === 9600 ? { value: b, selected: '' } : { value: b }, b)))
+    $('scan-parity').replaceChildren(...hints.parities.map((p) => el('option', { value: p }, p)))
+    $('scan-hints').replaceChildren(...hints.notes.map((n) => el('div', {}, n)))
+    src.addEventListener('change', showFields)
+    showFields()
+  }
+
+  function showFields() {
+    const v = $('scan-source').value
+    $('scan-line').hidden = !v.startsWith('rtu:')
+    $('scan-tcp').hidden = v !== 'tcp:'
+  }
+
+  function request() {
+    const v = $('scan-source').value
+    const units = $('scan-units').value.trim()
+    if (v.startsWith('bus:')) return { busId: v.slice(4), units }
+    if (v.startsWith('rtu:'))
+      return { bus: { type: 'modbus-rtu', path: v.slice(4), baudRate: Number($('scan-baud').value), parity: $('scan-parity').value }, units }
+    return { bus: { type: 'modbus-tcp', host: $('scan-host').value.trim(), port: Number($('scan-port').value) }, units }
+  }
+
+  function render(scan) {
+    $('scan-start').disabled = Boolean(scan?.running)
+    $('scan-cancel').hidden = !scan?.running
+    $('scan-progress').hidden = !scan?.running
+    const box = $('scan-result')
+    box.replaceChildren()
+    if (!scan) return
+    $('scan-progress').max = Math.max(1, scan.total)
+    $('scan-progress').value = scan.done
+    const where = scan.busId ? 'bus ' + scan.busId : scan.bus.path || scan.bus.host + ':' + scan.bus.port
+    const state = scan.running
+      ? 'scanning ' + where + ': ' + scan.done + ' of ' + scan.total + ' unit ids'
+      : (scan.cancelled ? 'cancelled' : 'done') + ': ' + where + ', ' + scan.done + ' unit ids asked'
+    box.append(el('p', { class: 'sub' }, state + (scan.error ? ' — ' + scan.error : '')))
+    if (scan.hits.length === 0) {
+      if (!scan.running) box.append(el('p', { class: 'empty' }, 'Nothing answered.'))
+      return
+    }
+    const rows = scan.hits.map((h) => {
+      const td = el('td', {})
+      if (h.outlets.length > 0) td.append('in the config: ' + h.outlets.join(', '))
+      else if (h.kind === 'meter' && !scan.running) {
+        const b = el('button', { type: 'button', 'data-unit': String(h.unit) }, 'Add as an outlet')
+        b.addEventListener('click', () => add(scan, h, b))
+        td.append(b)
+      }
+      const tested = el('td', {})
+      if (h.kind === 'meter' && !scan.running) {
+        const out = el('span', { class: 'sub', 'data-test': String(h.unit) })
+        const b = el('button', { type: 'button', 'data-test-unit': String(h.unit) }, 'Test')
+        b.addEventListener('click', () => test(scan, h, out))
+        tested.append(b, ' ', out)
+      }
+      return el(
+        'tr',
+        { 'data-unit': String(h.unit) },
+        el('td', { class: 'n' }, h.unit),
+        el('td', {}, h.kind),
+        el('td', {}, h.model || '—'),
+        el('td', {}, h.serial || ''),
+        el('td', { class: 'sub' }, h.detail),
+        td,
+        tested,
+      )
+    })
+    box.append(
+      el(
+        'div',
+        { class: 'scroll' },
+        el(
+          'table',
+          { id: 'scan-hits' },
+          el('thead', {}, el('tr', {}, ...['Unit', 'Kind', 'Model', 'Serial', 'Detail', '', ''].map((x) => el('th', {}, x)))),
+          el('tbody', {}, ...rows),
+        ),
+      ),
+    )
+  }
+
+  /** The config with the meter at `hit` appended as an outlet (and the scanned bus, when it is new). */
+  function withOutlet(config, scan, hit) {
+    const next = structuredClone(config)
+    let busId = scan.busId
+    if (!busId) {
+      let n = next.buses.length + 1
+      while (next.buses.some((b) => b.id === 'bus' + n)) n++
+      busId = 'bus' + n
+      next.buses.push({ ...scan.bus, id: busId })
+    }
+    const onBus = next.outlets.filter((o) => o.bus === busId)
+    const board = scan.hits.find((h) => h.kind === 'relay') || onBus.find((o) => o.relay && o.relay.model === 'modbus-coil')?.relay
+    const boardUnit = board ? board.unit : null
+    let relay
+    if (boardUnit !== null) {
+      const used = new Set(onBus.filter((o) => o.relay && o.relay.unit === boardUnit).map((o) => o.relay.coil))
+      let coil = 0
+      while (used.has(coil)) coil++
+      relay = { model: 'modbus-coil', unit: boardUnit, coil }
+    }
+    let id = 'O' + hit.unit
+    while (next.outlets.some((o) => o.id === id)) id += '-' + busId
+    next.outlets.push({ id, bus: busId, meter: { model: hit.model, unit: hit.unit }, ...(relay ? { relay } : {}), plan: next.plans[0].id })
+    return next
+  }
+
+  async function add(scan, hit, button) {
+    button.disabled = true
+    $('scan-error').textContent = ''
+    try {
+      const cfg = await api('/api/config')
+      await api('/api/config', {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json', 'if-match': cfg.etag },
+        body: JSON.stringify(withOutlet(cfg.body.config, scan, hit), null, 2),
+      })
+      button.replaceWith('added')
+    } catch (err) {
+      button.disabled = false
+      $('scan-error').textContent = err.message
+    }
+  }
+
+  /** Reads the meter now, as its model says: V, A, W and kWh, and its serial. */
+  async function test(scan, hit, out) {
+    out.textContent = 'reading…'
+    try {
+      const where = scan.busId ? { busId: scan.busId } : { bus: scan.bus }
+      const { body } = await api('/api/scan/test', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ ...where, meter: { model: hit.model, unit: hit.unit } }),
+      })
+      const m = body.meter
+      out.textContent = m
+        ? `${m.voltageV.toFixed(0)} V · ${m.currentA.toFixed(2)} A · ${m.powerW.toFixed(0)} W · ${(m.energyWh / 1000).toFixed(3)} kWh` +
+          (body.serial ? ` · serial ${body.serial}` : '')
+        : 'no answer: ' + body.meterError
+    } catch (err) {
+      out.textContent = err.message
+    }
+  }
+
+  async function refresh() {
+    try {
+      const { scan } = (await api('/api/scan')).body
+      render(scan)
+      clearTimeout(timer)
+      if (scan?.running) timer = setTimeout(refresh, 500)
+    } catch (err) {
+      $('scan-error').textContent = err.message
+    }
+  }
+
+  $('scan-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault()
+    $('scan-error').textContent = ''
+    try {
+      await api('/api/scan', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(request()) })
+    } catch (err) {
+      $('scan-error').textContent = err.message
+    }
+    refresh()
+  })
+  $('scan-cancel').addEventListener('click', async () => {
+    await api('/api/scan', { method: 'DELETE' }).catch((err) => ($('scan-error').textContent = err.message))
+    refresh()
+  })
+  setup()
+    .then(refresh)
+    .catch((err) => ($('scan-error').textContent = err.message))
+})()
