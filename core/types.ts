@@ -249,6 +249,14 @@ export interface NodeRedConfig {
   httpNodeRoot: string
   adminAuth?: { username: string; passwordHash: string }
   flowFile?: string
+  /** Node-RED's user directory (default `<storage.dir>-node-red`): never inside storage.dir. */
+  userDir?: string
+  /** The user Node-RED runs as when the daemon runs as root (default outpost-node-red). */
+  user?: string
+  /** Commands a second (and in one burst) Node-RED may send before they are refused `rate-limited`. */
+  commandRate?: number
+  /** Node-RED's heap bound (V8 --max-old-space-size), MB. */
+  maxMemoryMb?: number
 }
 
 // ---------------------------------------------------------------- readings

@@ -8,7 +8,7 @@
  * useDefaults applies them, and the README's reference is generated from them.
  */
 import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve as pathResolve } from 'node:path'
 import { parseTree, printParseErrorCode, type ParseError, visit } from 'jsonc-parser'
 import type { ErrorObject, ValidateFunction } from 'ajv/dist/2020.js'
 import type { NetDeviceConfig, SiteConfig, PlanConfig } from '../core/types.js'
@@ -632,6 +632,19 @@ function nodeRedProblems(cfg: Loose): ConfigProblem[] {
   if (a !== undefined && n !== undefined && (a === n || a.startsWith(n + '/') || n.startsWith(a + '/'))) {
     out.push({ pointer: '/nodeRed/httpNodeRoot', message: `"${n}" overlaps httpAdminRoot "${a}": flows' endpoints need a path of their own` })
   }
+  // Node-RED's user must reach nothing of storage.dir (the journal, the key): its files live apart.
+  const userDir = str(nr.userDir)
+  const storage = isObj(cfg.storage) ? str(cfg.storage.dir) : undefined
+  if (userDir !== undefined && storage !== undefined) {
+    const u = pathResolve(userDir)
+    const d = pathResolve(storage)
+    if (u === d || u.startsWith(d + '/') || d.startsWith(u + '/'))
+      out.push({
+        pointer: '/nodeRed/userDir',
+        message: `"${userDir}" overlaps storage.dir "${storage}": Node-RED's user must not reach the journal or the key`,
+      })
+  }
+  if (str(nr.user) === 'root') out.push({ pointer: '/nodeRed/user', message: 'must not be root: flows run code on the gateway' })
   if (nr.enabled !== true) return out
   const api = isObj(cfg.api) ? cfg.api : undefined
   if (!api) {

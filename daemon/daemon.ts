@@ -29,6 +29,7 @@ import type { SiteConfig, Reading, CommandResult, Command, CommandSource, Outlet
 import { OutpostError, isOutpostError } from './errors.js'
 import { withTimeout } from '../core/timeout.js'
 import type { Clock } from './clock.js'
+import type { NodeRedStatus } from './nodered/status.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
 import {
@@ -117,6 +118,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   private readonly quiet: QuietLog
   readonly version: string
   private readonly stopTimeoutMs: number
+  /** Node-RED's supervisor while one runs (daemon/nodered): the status page and /metrics read it. */
+  nodeRed: { status(): NodeRedStatus } | undefined
 
   private state!: EngineState
   /** The gateway's signing key (loaded, or created with a new journal, at start); never handed out. */

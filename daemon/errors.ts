@@ -65,11 +65,13 @@ const CONFIG_ERRORS = {
 const NODE_RED_ERRORS = {
   NODE_RED_DISABLED: 'Node-RED was asked to start while nodeRed.enabled is not true',
   NODE_RED_EARLY: 'Node-RED was started before the daemon (its nodes need the command gateway and the journal)',
-  NODE_RED_ONCE: 'embedded Node-RED starts once per process; restart the daemon to restart it',
+  NODE_RED_ONCE: 'Node-RED is already running for this daemon',
+  NODE_RED_USER: 'the daemon runs as root and nodeRed.user names no user of this system (Node-RED never runs as root)',
+  NODE_RED_CHANNEL: "the channel to Node-RED's own unit could not be set up (its credential or its socket)",
+  NODE_RED_MIGRATE: "Node-RED's user directory could not be moved out of storage.dir",
   NODE_RED_NO_AUTH: 'the editor would be served beyond loopback without nodeRed.adminAuth',
   NODE_RED_SECRET: 'the credential key file holds no usable key',
   NODE_RED_FLOWS: 'a shipped flow file is not a Node-RED flow',
-  NODE_RED_START: 'embedded Node-RED did not start (the message says why)',
 } as const satisfies Record<string, string>
 
 const SIGNING_ERRORS = {
@@ -131,7 +133,10 @@ export const isOutpostError: OutpostErrorGuard<ErrorCode> = coreIsOutpostError
 export const COMMAND_RESULT_ERRORS = {
   ...COMMAND_ERRORS,
   internal: 'the gateway could not validate or apply the command (a fault on the gateway; nothing was changed)',
-  unavailable: 'Node-RED is stopping: its outpost-command node did not hand the command to the gateway (nothing was sent)',
+  unavailable:
+    'Node-RED is stopping or its channel to the daemon is down: the outpost-command node did not hand the command to the gateway (nothing was sent)',
+  'rate-limited':
+    'Node-RED sent more commands than nodeRed.commandRate a second (or too many unanswered at once): this one was refused before the gateway, nothing was applied',
   'not-authorized':
     'start on a site with ocpp while its central system is unreachable: the idTag is refused by the local list or the authorization cache, or unknown to both and AllowOfflineTxForUnknownId is false (docs/ocpp.md)',
 } as const satisfies Record<string, string>

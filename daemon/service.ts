@@ -1,7 +1,7 @@
 /**
  * The running site as `outpost run` and the demo compose it: the Daemon (journal,
  * buses, engine, uplink), then the local HTTP API (if `api` is configured), then
- * embedded Node-RED (if `nodeRed.enabled`) mounted on the API's server. Stopped in
+ * Node-RED (if `nodeRed.enabled`: its own process, proxied by the API's server). Stopped in
  * reverse order.
  *
  * Charging never depends on the extras: a local API that cannot bind logs and
@@ -76,7 +76,14 @@ export class Service {
     const { config, logger } = this.opts
     const start = this.opts.startNodeRed ?? realStartNodeRed
     try {
-      const handle = await start({ daemon: this.daemon, config, server: api.server, logger })
+      const handle = await start({
+        daemon: this.daemon,
+        config,
+        server: api.server,
+        logger,
+        clock: this.opts.clock,
+        configFile: this.opts.configStore?.file,
+      })
       api.mount(handle.adminRoot, handle.admin)
       if (handle.node && handle.nodeRoot) api.mount(handle.nodeRoot, handle.node, { token: true })
       this.nodeRed = handle

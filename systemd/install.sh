@@ -8,7 +8,9 @@
 #   1. checks Node (20 or newer) and npm;
 #   2. builds the clone (npm ci when its node_modules do not match package-lock.json,
 #      then npm run build:ship: the shipped code, not the tests), as the clone's owner;
-#   3. creates the system user `outpost` (in dialout), /etc/outpost and /var/lib/outpost;
+#   3. creates the system users `outpost` (in dialout) and `outpost-node-red` (Node-RED's own),
+#      /etc/outpost, /var/lib/outpost, /var/lib/outpost-node-red (moving an older Node-RED user
+#      directory out of /var/lib/outpost) and the Node-RED channel's credential;
 #   4. installs config/example.json as /etc/outpost/site.json if there is none (with a
 #      random api.token) and then stops short of enabling: edit it, run again;
 #   5. validates /etc/outpost/site.json with check-config; an invalid one stops the
@@ -16,8 +18,9 @@
 #   6. packs the package (npm pack: package.json "files"), installs it with
 #      `npm ci --omit=dev --omit=optional` into a staging directory, checks that it runs, stops the
 #      service, swaps the directory in as /opt/outpost, and installs /usr/local/bin/outpost,
-#      the systemd unit and the udev rule;
-#   7. enables and (re)starts outpost.service.
+#      the systemd units and the udev rule;
+#   7. enables and (re)starts outpost.service, and outpost-node-red.service when site.json
+#      enables Node-RED.
 #
 # Re-running it upgrades: the code, the unit and the udev rule are replaced; /etc/outpost
 # and /var/lib/outpost are never touched (beyond creating them). With --root DIR every
@@ -32,6 +35,10 @@ UNIT_DIR=/etc/systemd/system
 UDEV_DIR=/etc/udev/rules.d
 BIN=/usr/local/bin/outpost
 UNIT=outpost.service
+NR_UNIT=outpost-node-red.service
+NR_USER=outpost-node-red
+NR_STATE_DIR=/var/lib/outpost-node-red
+CHANNEL_TOKEN=/etc/outpost/node-red-channel.token
 RULE=99-outpost-rs485.rules
 USER_NAME=outpost
 MIN_NODE=20
@@ -190,6 +197,35 @@ install -d -m 0755 "$(at /opt)" "$(at /usr/local/bin)" "$(at "$UNIT_DIR")" "$(at
 install -d -o 0 -g "$gid" -m 0750 "$(at "$CONF_DIR")"
 install -d -o "$uid" -g "$gid" -m 0750 "$(at "$STATE_DIR")"
 
+# Node-RED's own user and directory: it must reach nothing of /var/lib/outpost or /etc/outpost.
+if ! grep -q "^$NR_USER:" "$group_file"; then
+  groupadd "${prefix_args[@]}" --system "$NR_USER"
+fi
+if ! grep -q "^$NR_USER:" "$passwd_file"; then
+  useradd "${prefix_args[@]}" --system --gid "$NR_USER" --home-dir "$NR_STATE_DIR" \
+    --no-create-home --shell /usr/sbin/nologin --comment "Outpost's Node-RED" "$NR_USER"
+  say "created system user $NR_USER (Node-RED runs as it, apart from the daemon)"
+fi
+nr_uid=$(awk -F: -v u="$NR_USER" '$1 == u { print $3 }' "$passwd_file")
+nr_gid=$(awk -F: -v g="$NR_USER" '$1 == g { print $3 }' "$group_file")
+install -d -o "$nr_uid" -g "$nr_gid" -m 0700 "$(at "$NR_STATE_DIR")"
+# An older Outpost kept Node-RED's user directory (and the CSV flow's files) in /var/lib/outpost.
+old_nr=$(at "$STATE_DIR/node-red")
+if [ -d "$old_nr" ] && [ -z "$(ls -A "$(at "$NR_STATE_DIR")")" ]; then
+  cp -a "$old_nr/." "$(at "$NR_STATE_DIR")/"
+  if [ -d "$(at "$STATE_DIR/billing-csv")" ]; then cp -a "$(at "$STATE_DIR/billing-csv")" "$(at "$NR_STATE_DIR")/billing-csv"; fi
+  chown -R "$nr_uid:$nr_gid" "$(at "$NR_STATE_DIR")"
+  rm -rf "$old_nr" "$(at "$STATE_DIR/billing-csv")"
+  say "moved Node-RED's user directory from $STATE_DIR/node-red to $NR_STATE_DIR (flows and credentials kept)"
+fi
+# The channel's credential: both units load it (LoadCredential=); only root reads the file.
+if [ ! -s "$(at "$CHANNEL_TOKEN")" ]; then
+  (umask 077 && "$NODE" -e 'process.stdout.write(require("crypto").randomBytes(32).toString("base64url") + "\n")' >"$(at "$CHANNEL_TOKEN")")
+  chown 0:0 "$(at "$CHANNEL_TOKEN")"
+  chmod 0600 "$(at "$CHANNEL_TOKEN")"
+  say "created the Node-RED channel credential $CHANNEL_TOKEN"
+fi
+
 # ------------------------------------------------------------------ 4. the site config
 SITE=$CONF_DIR/site.json
 site_file=$(at "$SITE")
@@ -297,8 +333,11 @@ mv "$(at "$BIN").tmp" "$(at "$BIN")"
 sed "s|^ExecStart=/usr/bin/node |ExecStart=$NODE |" "$SRC/systemd/$UNIT" >"$(at "$UNIT_DIR/$UNIT").tmp"
 chmod 0644 "$(at "$UNIT_DIR/$UNIT").tmp"
 mv "$(at "$UNIT_DIR/$UNIT").tmp" "$(at "$UNIT_DIR/$UNIT")"
+sed "s|^ExecStart=/usr/bin/node |ExecStart=$NODE |" "$SRC/systemd/$NR_UNIT" >"$(at "$UNIT_DIR/$NR_UNIT").tmp"
+chmod 0644 "$(at "$UNIT_DIR/$NR_UNIT").tmp"
+mv "$(at "$UNIT_DIR/$NR_UNIT").tmp" "$(at "$UNIT_DIR/$NR_UNIT")"
 install -m 0644 "$SRC/systemd/$RULE" "$(at "$UDEV_DIR/$RULE")"
-say "installed $UNIT_DIR/$UNIT and $UDEV_DIR/$RULE"
+say "installed $UNIT_DIR/$UNIT, $UNIT_DIR/$NR_UNIT and $UDEV_DIR/$RULE"
 
 # ------------------------------------------------------------------ 7. enable and start
 if [ "$systemd_running" = yes ]; then
@@ -325,11 +364,22 @@ if [ "$unedited" = yes ]; then
   if [ "$was_active" = yes ]; then started; fi
   exit 0
 fi
+# Node-RED's unit runs when site.json enables Node-RED (the daemon serves its editor).
+node_red=$(cd "$(at "$PREFIX")" && "$NODE" -e '
+  const c = require("jsonc-parser").parse(require("fs").readFileSync(process.argv[1], "utf8"))
+  process.stdout.write(c && c.nodeRed && c.nodeRed.enabled === true ? "yes" : "no")' "$site_file")
 if [ "$systemd_running" = yes ]; then
   systemctl enable --quiet "$UNIT"
   started
   say "outpost $version is enabled and running: journalctl -u outpost -f"
+  if [ "$node_red" = yes ]; then
+    systemctl enable --quiet "$NR_UNIT"
+    systemctl restart "$NR_UNIT" || say "warning: $NR_UNIT did not start: journalctl -u outpost-node-red -n 50 (charging goes on without it)"
+    say "Node-RED runs as $NR_USER: journalctl -u outpost-node-red -f"
+  fi
 else
   systemctl --root="${ROOT:-/}" enable --quiet "$UNIT"
   say "enabled $UNIT (it starts at the next boot)"
+  if [ "$node_red" = yes ]; then systemctl --root="${ROOT:-/}" enable --quiet "$NR_UNIT"; fi
 fi
+if [ "$node_red" = no ]; then say "Node-RED is not enabled in $SITE: $NR_UNIT is installed, not enabled"; fi

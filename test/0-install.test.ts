@@ -178,6 +178,25 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
 
   const unitText = readFileSync(packagePath('systemd', 'outpost.service'), 'utf8').replace('ExecStart=/usr/bin/node ', `ExecStart=${nodePath} `)
   t.equal(readFileSync(join(root, 'etc/systemd/system/outpost.service'), 'utf8'), unitText, "the unit (with this machine's node)")
+  const nrUnitText = readFileSync(packagePath('systemd', 'outpost-node-red.service'), 'utf8').replace(
+    'ExecStart=/usr/bin/node ',
+    `ExecStart=${nodePath} `,
+  )
+  t.equal(readFileSync(join(root, 'etc/systemd/system/outpost-node-red.service'), 'utf8'), nrUnitText, "Node-RED's unit")
+  const nr = userLine(root, 'outpost-node-red')?.split(':') ?? []
+  t.match(nr, ['outpost-node-red', 'x', /^\d+$/, /^\d+$/, /Node-RED/, '/var/lib/outpost-node-red', '/usr/sbin/nologin'], "Node-RED's own system user")
+  t.notOk(groupLine(root, 'dialout')?.split(':')[3]?.split(',').includes('outpost-node-red'), 'not in dialout')
+  t.equal(
+    `${mode('var/lib/outpost-node-red')} ${owner('var/lib/outpost-node-red')}`,
+    `700 ${nr[2]}:${nr[3]}`,
+    "Node-RED's directory: its user's alone",
+  )
+  t.equal(
+    `${mode('etc/outpost/node-red-channel.token')} ${owner('etc/outpost/node-red-channel.token')}`,
+    '600 0:0',
+    'the channel credential: root’s (systemd hands it out)',
+  )
+  t.match(readFileSync(join(root, 'etc/outpost/node-red-channel.token'), 'utf8'), /^[\w-]{43}\n$/)
   t.equal(
     readFileSync(join(root, 'etc/udev/rules.d/99-outpost-rs485.rules'), 'utf8'),
     readFileSync(packagePath('systemd', '99-outpost-rs485.rules'), 'utf8'),
@@ -243,8 +262,24 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   writeFileSync(join(root, 'etc/outpost/site.json'), edited)
   mkdirSync(join(root, 'var/lib/outpost/journal'))
   writeFileSync(join(root, 'var/lib/outpost/journal/CURRENT'), 'MANIFEST-000042\n')
+  // Node-RED's files as an older version kept them, in /var/lib/outpost.
+  mkdirSync(join(root, 'var/lib/outpost/node-red'), { mode: 0o700 })
+  writeFileSync(join(root, 'var/lib/outpost/node-red/flows.json'), '[{"id":"kept","type":"tab"}]\n')
+  writeFileSync(join(root, 'var/lib/outpost/node-red/.outpost-credential-secret'), 'a'.repeat(64) + '\n', { mode: 0o600 })
+  mkdirSync(join(root, 'var/lib/outpost/billing-csv'))
+  writeFileSync(join(root, 'var/lib/outpost/billing-csv/billing-2026-01-01.csv'), 'seq\n1\n')
   const second = install(src, root)
   t.equal(second.status, 0, `the re-run exits 0\n${second.out}`)
+  t.match(second.out, /moved Node-RED's user directory from \/var\/lib\/outpost\/node-red to \/var\/lib\/outpost-node-red/)
+  t.equal(readFileSync(join(root, 'var/lib/outpost-node-red/flows.json'), 'utf8'), '[{"id":"kept","type":"tab"}]\n', 'its flows moved')
+  t.equal(readFileSync(join(root, 'var/lib/outpost-node-red/.outpost-credential-secret'), 'utf8'), 'a'.repeat(64) + '\n', 'with their key')
+  t.ok(existsSync(join(root, 'var/lib/outpost-node-red/billing-csv/billing-2026-01-01.csv')), "and the CSV flow's files")
+  t.equal(owner('var/lib/outpost-node-red/flows.json'), `${nr[2]}:${nr[3]}`, "owned by Node-RED's user")
+  t.notOk(
+    existsSync(join(root, 'var/lib/outpost/node-red')) || existsSync(join(root, 'var/lib/outpost/billing-csv')),
+    'nothing of it left beside the journal',
+  )
+  t.match(second.out, /Node-RED is not enabled in \/etc\/outpost\/site\.json: outpost-node-red\.service is installed, not enabled/)
   t.match(second.out, /the clone's dependencies match package-lock\.json/, 'no second npm ci in the clone')
   t.match(
     second.out,

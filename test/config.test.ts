@@ -179,6 +179,20 @@ const cases: RejectCase[] = [
     /overlaps httpAdminRoot "\/red"/,
   ],
   ['Node-RED root without a slash', (c) => (c.nodeRed = { enabled: true, httpNodeRoot: 'hooks' }), '/nodeRed/httpNodeRoot', /must start with '\/'/],
+  [
+    "Node-RED's user directory inside storage.dir",
+    (c) => (c.nodeRed = { enabled: true, userDir: `${c.storage.dir}/node-red` }),
+    '/nodeRed/userDir',
+    /overlaps storage.dir .* must not reach the journal or the key/,
+  ],
+  [
+    "storage.dir inside Node-RED's user directory",
+    (c) => (c.nodeRed = { enabled: false, userDir: String(c.storage.dir).replace(/\/[^/]+$/, '') }),
+    '/nodeRed/userDir',
+    /overlaps storage.dir/,
+  ],
+  ['Node-RED as root', (c) => (c.nodeRed = { enabled: true, user: 'root' }), '/nodeRed/user', /must not be root/],
+  ['Node-RED flooding at any rate', (c) => (c.nodeRed = { enabled: true, commandRate: 100_000 }), '/nodeRed/commandRate', /must be <= 1000/],
 ]
 
 testRejections(cases, example)
@@ -190,7 +204,12 @@ t.test('Node-RED: loopback may go without a password; the defaults; disabled nee
     cfg.nodeRed = { enabled: true }
     const r = validateConfig(cfg)
     t.ok(r.ok, `${listen}: ${r.ok ? 'valid' : JSON.stringify(r.problems)}`)
-    if (r.ok) t.same(r.config.nodeRed, { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red-api' }, 'roots default')
+    if (r.ok)
+      t.same(
+        r.config.nodeRed,
+        { enabled: true, httpAdminRoot: '/red', httpNodeRoot: '/red-api', commandRate: 20, maxMemoryMb: 256 },
+        'roots, command rate and heap bound default',
+      )
   }
   const lan = example()
   lan.api.listen = '0.0.0.0:8080'

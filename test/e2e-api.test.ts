@@ -1,18 +1,22 @@
 /**
  * `outpost run` (the built daemon as a subprocess, against the pymodbus peer)
  * with `api` configured: the service starts the local API after the daemon, it
- * serves with the token, Node-RED enabled but unable to start does not stop
- * charging, and SIGTERM stops everything cleanly (exit 0).
+ * serves with the token, Node-RED runs in its own process and is served through it,
+ * and SIGTERM stops everything cleanly (exit 0).
  */
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { startDaemon, startPeer, tempDir, writeSiteConfig } from './helpers/e2e-kit.js'
 import { parseMetrics } from './helpers/api-kit.js'
+import { ensureNodeRedUser, passable } from './helpers/node-red-kit.js'
 
 const TOKEN = 'e2e-api-token-42'
 
 t.test('outpost run serves the local API and stops it cleanly', async (t) => {
   const dir = tempDir(t)
+  // Run as root (as here), the daemon starts Node-RED as its own user, which reaches its user directory in dir.
+  ensureNodeRedUser()
+  passable(dir)
   const peer = await startPeer(t, { outlets: 2 })
   const file = writeSiteConfig({ dir, port: peer.port, outlets: 2 })
   const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
@@ -30,6 +34,8 @@ t.test('outpost run serves the local API and stops it cleanly', async (t) => {
   t.ok(!daemon.logs().some((l) => l.level === 'fatal'), 'nothing fatal')
   await daemon.waitLog((l) => l.msg === 'node-red started' && l.component === undefined, 'node-red started')
   t.notOk(daemon.logs().some((l) => l.msg === 'node-red did not start; charging continues without it'))
+  // Its own process: the daemon does not wait for it to be ready.
+  await daemon.waitLog((l) => l.msg === 'node-red running' && l.component === 'node-red', 'node-red running', 60_000)
   const editor = await fetch(base + 'red/')
   t.equal(editor.status, 200, 'the Node-RED editor is served on the loopback listener (no adminAuth needed there)')
   t.match(await editor.text(), /Node-RED/)

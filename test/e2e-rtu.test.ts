@@ -24,7 +24,7 @@ import {
   writeSiteConfig,
   type LogLine,
 } from './helpers/e2e-kit.js'
-import { spawn } from 'node:child_process'
+import { fakeNotifySocket } from './helpers/node-red-kit.js'
 
 const WH_EPS = 0.02
 /** systemd-notify is what `outpost run` uses to talk to systemd (Debian package `systemd`). */
@@ -67,17 +67,9 @@ t.test('Modbus RTU over a pty pair, dead buses beside it, systemd notify', async
     ],
   })
 
-  // systemd's side of NOTIFY_SOCKET: a unix datagram socket; socat prints what arrives.
-  const notifySocket = join(dir, 'notify')
-  const recv = spawn('socat', ['-u', `UNIX-RECV:${notifySocket}`, 'STDOUT'], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const recvExit = new Promise((r) => recv.once('exit', r))
-  t.teardown(async () => {
-    if (recv.exitCode === null && recv.signalCode === null) recv.kill('SIGKILL')
-    await recvExit
-  })
+  // systemd's side of NOTIFY_SOCKET: a unix datagram socket.
   let notified = ''
-  recv.stdout.on('data', (d: Buffer) => (notified += d.toString()))
-  await waitFor(() => existsSync(notifySocket), 'the notify socket exists')
+  const notifySocket = await fakeNotifySocket(t, dir, (text) => (notified += text))
 
   const cloud = await startCloud(t, broker.url, dir)
   const daemon = startDaemon(t, config, { NOTIFY_SOCKET: notifySocket, WATCHDOG_USEC: '2000000' })

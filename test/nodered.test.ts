@@ -1,10 +1,12 @@
 /**
- * Embedded Node-RED, for real: a Daemon in this process (journal on disk, its bus
- * against the in-process Modbus TCP simulator), Node-RED started by startNodeRed on
- * the real local API (daemon/http), its handles mounted as daemon/service.ts does, the shipped flows seeded into the user directory, Outpost's nodes
- * loaded from flows/. A test flow deployed through the admin API drives the
- * command and outlet-state nodes over http-in endpoints and reports the events
- * node's messages to a collector server here.
+ * Node-RED, for real: a Daemon in this process (journal on disk, its bus against the
+ * in-process Modbus TCP simulator), Node-RED started by startNodeRed in its own process
+ * (as its own user when the tests run as root) and proxied by the real local API
+ * (daemon/http), its handles mounted as daemon/service.ts does, the shipped flows seeded
+ * into the user directory, Outpost's nodes loaded from flows/ and reaching the daemon over
+ * the channel. A test flow deployed through the admin API drives the command and
+ * outlet-state nodes over http-in endpoints and reports the events node's messages to a
+ * collector server here.
  */
 import t from 'tap'
 import http from 'node:http'
@@ -22,6 +24,7 @@ import { startNodeRed, shippedFlows, prepareUserDir, nodeRedPaths, type NodeRedH
 import type { CommandResult, JournalRecord, SiteConfig } from '../core/types.js'
 import { tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 import { LocalApi } from '../daemon/http/server.js'
+import { ensureNodeRedUser, httpClient, passable } from './helpers/node-red-kit.js'
 
 const CHROMIUM = '/usr/bin/chromium'
 const USER = 'installer'
@@ -83,6 +86,8 @@ const measured: { startMs?: number; rssMb?: number } = {}
 
 t.before(async () => {
   const dir = tempDir(t, 'outpost-nodered-')
+  ensureNodeRedUser()
+  passable(dir)
   hooks = await collector(t)
   // The shipped fault flow reads its webhook URL from the environment (or the tab's env).
   process.env.OUTPOST_FAULT_WEBHOOK_URL = `${hooks.url}/hook`
@@ -111,35 +116,19 @@ t.before(async () => {
   base = `http://127.0.0.1:${api.address()!.port}`
 
   apiListeners = daemonListeners()
-  global.gc?.()
-  const rss0 = process.memoryUsage().rss
   handle = await startNodeRed({ daemon, config, server: apiServer, logger })
   api.mount(handle.adminRoot, handle.admin)
   api.mount(handle.nodeRoot!, handle.node!, { token: true })
-  measured.startMs = handle.startMs
-  measured.rssMb = Math.round(((process.memoryUsage().rss - rss0) / 2 ** 20) * 10) / 10
   t.teardown(() => handle.stop())
+  await handle.ready!()
+  measured.startMs = handle.status!().startMs ?? undefined
+  const vmRss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${handle.pid!()}/status`, 'utf8'))
+  measured.rssMb = vmRss ? Math.round((Number(vmRss[1]) / 1024) * 10) / 10 : undefined
 })
 
-async function req(
-  method: string,
-  path: string,
-  opts: { body?: unknown; text?: string; auth?: string } = {},
-): Promise<{ status: number; text: string; json: any }> {
-  const headers: Record<string, string> = { accept: 'application/json' }
-  if (opts.auth) headers.authorization = opts.auth
-  if (opts.body !== undefined) headers['content-type'] = 'application/json'
-  if (opts.text !== undefined) headers['content-type'] = 'text/plain'
-  const res = await fetch(base + path, { method, headers, body: opts.text ?? (opts.body === undefined ? undefined : JSON.stringify(opts.body)) })
-  const text = await res.text()
-  let json: unknown
-  try {
-    json = JSON.parse(text)
-  } catch {
-    json = undefined
-  }
-  return { status: res.status, text, json }
-}
+const client = httpClient(() => base)
+const req = (method: string, path: string, opts: { body?: unknown; text?: string; auth?: string } = {}) =>
+  client(method, path, { body: opts.body, text: opts.text, headers: opts.auth ? { authorization: opts.auth } : {} })
 
 const admin = (method: string, path: string, body?: unknown) => req(method, `/red${path}`, { body, auth: `Bearer ${token}` })
 /** POST to the test flow's command endpoint: what comes back is the outpost-command node's msg.payload. */
@@ -148,17 +137,22 @@ const command = async (body: unknown): Promise<CommandResult> =>
 const journal = async (): Promise<JournalRecord[]> => daemon.records!.read(1, 10_000)
 
 t.test('Node-RED starts with the shipped flows and the outpost nodes, behind the password', async (t) => {
-  t.comment(`Node-RED start: ${measured.startMs} ms, RSS added: ${measured.rssMb} MiB`)
+  t.comment(`Node-RED start: ${measured.startMs} ms, its process's RSS: ${measured.rssMb} MiB`)
   t.match(
-    logLines.find((l) => l.msg === 'node-red started'),
-    { component: 'node-red', adminRoot: '/red', nodeRoot: '/red-api', seeded: true, auth: true },
+    logLines.find((l) => l.msg === 'node-red starting'),
+    { component: 'node-red', adminRoot: '/red', nodeRoot: '/red-api', seeded: true },
     'one info line says where it runs',
   )
+  t.match(
+    logLines.find((l) => l.msg === 'node-red running'),
+    { component: 'node-red', adminRoot: '/red', auth: true, pid: handle.pid!() },
+  )
+  t.not(handle.pid!(), process.pid, 'in a process of its own')
 
-  const flowFile = join(config.storage.dir, 'node-red', 'flows.json')
-  t.equal(handle.flowFile, flowFile, 'the flow file lives in the user directory under storage.dir')
+  const flowFile = join(`${config.storage.dir}-node-red`, 'flows.json')
+  t.equal(handle.flowFile, flowFile, 'the flow file lives in the user directory beside storage.dir, not in it')
   t.same(JSON.parse(readFileSync(flowFile, 'utf8')), shippedFlows(), 'seeded from the shipped flows on first start')
-  t.ok(existsSync(join(config.storage.dir, 'node-red', '.outpost-credential-secret')), 'the credential key is kept in the user directory')
+  t.ok(existsSync(join(handle.userDir!, '.outpost-credential-secret')), 'the credential key is kept in the user directory')
 
   t.equal((await req('GET', '/red/flows')).status, 401, 'the admin API refuses a request without a token')
   t.equal((await req('GET', '/red/nodes')).status, 401)
@@ -426,7 +420,7 @@ t.test('the events node sends records and state changes; the outlet-state node s
 
 t.test('the shipped CSV flow appends a line per session.ended, with a header, and serves the day', async (t) => {
   const ended = (await journal()).find((r): r is Extract<JournalRecord, { type: 'session.ended' }> => r.type === 'session.ended')!
-  const dir = join(config.storage.dir, 'billing-csv')
+  const dir = join(handle.userDir!, 'billing-csv')
   const file = await waitFor(() => existsSync(dir) && readdirSync(dir).find((f) => /^billing-\d{4}-\d{2}-\d{2}\.csv$/.test(f)), 'a billing CSV')
   const day = new Intl.DateTimeFormat('en-CA', { timeZone: config.site.timezone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(
     new Date(ended.endedAt),
@@ -599,6 +593,13 @@ t.test('the bridge is not visible to the editor', async (t) => {
   t.equal((await req('GET', '/red/settings')).status, 401)
 })
 
+t.test('one Node-RED per daemon', async (t) => {
+  await t.rejects(startNodeRed({ daemon, config, server: apiServer, logger: createLogger('fatal') }), {
+    code: 'NODE_RED_ONCE',
+  })
+  t.equal(apiServer.listeners('upgrade').length, 1, 'nothing more was attached')
+})
+
 t.test('Node-RED stops cleanly and lets go of the server', async (t) => {
   const ws = await openComms()
   const closed = new Promise<void>((r) => ws.once('close', () => r()))
@@ -614,14 +615,6 @@ t.test('Node-RED stops cleanly and lets go of the server', async (t) => {
   t.equal(daemon.records!.head(), records)
 })
 
-t.test('Node-RED starts once per process', async (t) => {
-  await t.rejects(startNodeRed({ daemon, config, server: apiServer, logger: createLogger('fatal') }), {
-    code: 'NODE_RED_ONCE',
-    message: /restart the daemon/,
-  })
-  t.equal(apiServer.listeners('upgrade').length, 0, 'nothing was attached')
-})
-
 t.test('the next start keeps the flows as deployed and the credential key (edits survive restarts and upgrades)', async (t) => {
   const flowFile = handle.flowFile!
   const before = readFileSync(flowFile, 'utf8')
@@ -629,16 +622,25 @@ t.test('the next start keeps the flows as deployed and the credential key (edits
     JSON.parse(before).some((n: { id: string }) => n.id === 'feed000000000003'),
     'the flow file holds the deploy',
   )
-  const secret = readFileSync(join(config.storage.dir, 'node-red', '.outpost-credential-secret'), 'utf8')
+  const userDir = handle.userDir!
+  const secret = readFileSync(join(userDir, '.outpost-credential-secret'), 'utf8')
   const again = prepareUserDir(config)
   t.equal(again.seeded, false, 'an existing flow file is not seeded again')
   t.equal(readFileSync(flowFile, 'utf8'), before, 'nor rewritten')
   t.equal(again.credentialSecret, secret.trim(), 'the same credential key')
-  t.equal(statSync(join(config.storage.dir, 'node-red', '.outpost-credential-secret')).mode & 0o777, 0o600, 'readable by the daemon only')
-  t.equal(statSync(join(config.storage.dir, 'node-red')).mode & 0o777, 0o700)
+  const key = statSync(join(userDir, '.outpost-credential-secret'))
+  t.equal(key.mode & 0o777, 0o600, "readable by Node-RED's user only")
+  t.equal(statSync(userDir).mode & 0o777, 0o700)
+  const ids = ensureNodeRedUser()
+  if (ids)
+    t.same(
+      [key.uid, statSync(userDir).uid, statSync(flowFile).uid],
+      [ids.uid, ids.uid, ids.uid],
+      "owned by Node-RED's user (the daemon runs as root)",
+    )
 
   const own = { ...config, nodeRed: { ...config.nodeRed!, flowFile: 'site-flows.json' } }
-  t.equal(nodeRedPaths(own).flowFile, join(config.storage.dir, 'site-flows.json'), 'a relative nodeRed.flowFile is under storage.dir')
+  t.equal(nodeRedPaths(own).flowFile, join(userDir, 'site-flows.json'), 'a relative nodeRed.flowFile is under the user directory')
   t.equal(prepareUserDir(own).seeded, true, 'a configured flow file that does not exist yet is seeded')
   t.same(JSON.parse(readFileSync(nodeRedPaths(own).flowFile, 'utf8')), shippedFlows())
 })

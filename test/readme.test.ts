@@ -21,7 +21,7 @@ t.test('the README shows the two commands', async (t) => {
 t.test('docs/errors.md lists the error catalog as generated, and the README links it', async (t) => {
   const doc = readFileSync(packagePath('docs', 'errors.md'), 'utf8')
   t.equal(doc, withErrorTables(doc), 'out of date: run `npm run docs`')
-  for (const code of ['BUS_WRITE_FAILED', 'JOURNAL_COMPACTED', 'ENGINE_UNKNOWN_PLAN', 'NODE_RED_START'])
+  for (const code of ['BUS_WRITE_FAILED', 'JOURNAL_COMPACTED', 'ENGINE_UNKNOWN_PLAN', 'NODE_RED_USER'])
     t.match(doc, `| \`${code}\` |`, `documents ${code}`)
   t.match(doc, '| `no-balance` | 402 |', 'a refusal code with its HTTP status')
   t.match(readFileSync(packagePath('README.md'), 'utf8'), '(docs/errors.md)')

@@ -15,6 +15,8 @@ import { join } from 'node:path'
 import { packagePath } from '../core/paths.js'
 import { EXIT_CONFIG, DEFAULT_CONFIG } from '../daemon/cli-common.js'
 import { binNodeFlags } from '../bench/lib.js'
+import { DEFAULT_NODE_RED_USER } from '../daemon/nodered/index.js'
+import { CHANNEL_CREDENTIAL, CHANNEL_SOCKET } from '../daemon/nodered/wire.js'
 
 const UNIT_FILE = packagePath('systemd', 'outpost.service')
 const RULE_FILE = packagePath('systemd', '99-outpost-rs485.rules')
@@ -122,6 +124,63 @@ t.test('the unit keeps what the daemon needs', async (t) => {
     const installed = /^file:\/opt\/outpost\/(.+)$/.exec(d)?.[1]
     t.ok(installed !== undefined && existsSync(packagePath(installed)), `${d} is a file of the package`)
   }
+})
+
+// ---------------------------------------------------------------- Node-RED's unit
+
+const NR_UNIT_FILE = packagePath('systemd', 'outpost-node-red.service')
+const nrUnit = parseUnit(readFileSync(NR_UNIT_FILE, 'utf8'))
+const nrService = nrUnit.get('Service') ?? new Map<string, string[]>()
+const nrOne = (key: string): string | undefined => nrService.get(key)?.at(-1)
+const nrWords = (key: string): string[] => (nrService.get(key) ?? []).flatMap((v) => v.split(/\s+/).filter(Boolean))
+
+t.test("Node-RED's unit: rated at least as strict as the daemon's, verified", async (t) => {
+  const { value, output } = exposure(NR_UNIT_FILE)
+  const daemon = exposure(UNIT_FILE).value
+  t.ok(value <= daemon && value <= 2.0, `overall exposure ${value} <= the daemon's ${daemon} (and 2.0)`)
+  t.comment(`exposure ${value}`)
+  t.notMatch(output, /Failed to|Unknown (key|lvalue)/, 'every directive is understood')
+  const r = spawnSync('systemd-analyze', ['verify', '--man=no', NR_UNIT_FILE], { encoding: 'utf8' })
+  t.equal(r.status, 0, `systemd-analyze verify: ${r.stderr}`)
+})
+
+t.test("Node-RED's unit: its own user, nothing of the daemon's, the channel", async (t) => {
+  t.equal(nrOne('User'), DEFAULT_NODE_RED_USER)
+  t.equal(nrOne('Group'), DEFAULT_NODE_RED_USER)
+  t.same(nrWords('SupplementaryGroups'), [], 'no supplementary group (no dialout, no outpost)')
+  t.equal(
+    nrOne('StateDirectory'),
+    'outpost-node-red',
+    'its own state directory, /var/lib/outpost-node-red (nodeRed.userDir default: <storage.dir>-node-red)',
+  )
+  for (const p of ['/var/lib/outpost', '/etc/outpost'])
+    t.ok(
+      nrWords('InaccessiblePaths').some((w) => w.replace(/^-/, '') === p),
+      `${p} is inaccessible`,
+    )
+  t.equal(nrOne('PrivateDevices'), 'yes', 'no devices')
+  t.equal(nrOne('ProtectSystem'), 'strict')
+  t.equal(nrOne('NoNewPrivileges'), 'yes')
+  t.equal(nrOne('CapabilityBoundingSet'), '')
+  t.equal(nrOne('Restart'), 'always', 'systemd restarts it')
+  t.ok(Number(nrOne('WatchdogSec')) > 0, 'a Node-RED that stops feeding its watchdog (a busy loop) is killed and restarted')
+  t.match(nrOne('MemoryMax') ?? '', /^\d+M$/, 'a memory bound')
+  t.equal(nrOne('PartOf'), undefined, 'PartOf is in [Unit]')
+  t.equal(nrUnit.get('Unit')?.get('PartOf')?.at(-1), 'outpost.service', 'stopped and restarted with the daemon')
+  const exec = nrOne('ExecStart') ?? ''
+  t.equal(
+    exec.replace(/ --max-old-space-size=\d+ /, ' '),
+    `/usr/bin/node ${binNodeFlags(packagePath('bin', 'outpost.ts')).join(' ')} /opt/outpost/dist/daemon/nodered/child.js --connect /run/outpost/node-red.sock`,
+    "the bin's node flags (as the daemon's unit), the installed entry point, the daemon's socket",
+  )
+  t.match(exec, / --max-old-space-size=\d+ /, 'and a heap bound')
+  t.ok(existsSync(packagePath('dist/daemon/nodered/child.js')), 'the entry point is built')
+  // The socket it connects to is the daemon's: RuntimeDirectory=outpost, named as the daemon names it.
+  t.equal(one('RuntimeDirectory'), 'outpost')
+  t.equal(exec.split(' ').at(-1), `/run/${one('RuntimeDirectory')}/${CHANNEL_SOCKET}`)
+  const cred = `${CHANNEL_CREDENTIAL}:/etc/outpost/node-red-channel.token`
+  t.equal(nrOne('LoadCredential'), cred, 'the channel credential')
+  t.equal(one('LoadCredential'), cred, 'the same one in the daemon’s unit')
 })
 
 // ---------------------------------------------------------------- the udev rule

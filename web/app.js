@@ -168,6 +168,13 @@
       row('Central system (OCPP)', state, state === 'online' ? 'good' : state === 'offline' ? 'bad' : 'warn')
       row('Waiting for the central system', o.queued + (o.queued === 1 ? ' message' : ' messages'), o.queued > 0 && state !== 'online' ? 'warn' : '')
     }
+    const nr = snap.nodeRed
+    if (nr) {
+      const restarts = nr.restarts ? ` · ${nr.restarts} restart${nr.restarts === 1 ? '' : 's'}` : ''
+      row('Node-RED', nr.state + restarts, nr.state === 'running' ? 'good' : nr.state === 'stopped' ? '' : 'bad')
+      if (nr.lastExit && nr.state !== 'running') row('Node-RED stopped', `${nr.lastExit.why}, ${ago(nr.lastExit.at)}`, 'warn')
+      if (nr.refused) row('Node-RED commands refused', `${nr.refused} over the rate limit`, 'warn')
+    }
   }
 
   function renderCircuits() {

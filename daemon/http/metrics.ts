@@ -12,6 +12,7 @@ import type { Daemon } from '../daemon.js'
 import { OUTLET_STATES, PHASES, type JournalRecord, type OutletStatus } from '../../core/types.js'
 import { oldestUnackedTs } from './views.js'
 import { REJECT_REASONS } from '../command-gateway.js'
+import type { NodeRedStatus } from '../nodered/status.js'
 
 const STATES = OUTLET_STATES
 
@@ -54,6 +55,41 @@ export class Metrics {
       })
     }
     const perOutlet = (pick: (s: OutletStatus) => number) => (): Rows => outlets().map((s) => [{ outlet: s.outlet }, pick(s)])
+    // Node-RED, while the daemon supervises one (none: no samples).
+    const nodeRed = (pick: (s: NodeRedStatus) => number) => (): Rows => {
+      const s = daemon.nodeRed?.status()
+      return s ? [[{}, pick(s)]] : []
+    }
+    gauge(
+      'outpost_node_red_up',
+      'Node-RED runs and answers (1), or is starting, restarting or stopped (0).',
+      [],
+      nodeRed((s) => (s.state === 'running' ? 1 : 0)),
+    )
+    counter(
+      'outpost_node_red_restarts_total',
+      'Node-RED restarts after it exited or was killed for not answering.',
+      [],
+      nodeRed((s) => s.restarts),
+    )
+    counter(
+      'outpost_node_red_commands_total',
+      "Commands Node-RED's nodes sent over the channel.",
+      [],
+      nodeRed((s) => s.commands),
+    )
+    counter(
+      'outpost_node_red_commands_rate_limited_total',
+      'Commands from Node-RED refused rate-limited (over nodeRed.commandRate), never reaching the gateway.',
+      [],
+      nodeRed((s) => s.refused),
+    )
+    counter(
+      'outpost_node_red_events_dropped_total',
+      'Daemon events not sent to a Node-RED that stopped reading (more than 4 MiB waiting).',
+      [],
+      nodeRed((s) => s.droppedEvents),
+    )
     gauge(
       'outpost_outlet_current_amperes',
       'Current drawn at the outlet (last reading).',

@@ -60,6 +60,7 @@ export const COMMAND_STATUS = {
   'limit-above-circuit': 409,
   'cross-check-running': 409,
   unavailable: 503,
+  'rate-limited': 429,
   'not-authorized': 403,
   internal: 500,
 } as const satisfies Record<CommandResultCode, number>
@@ -275,6 +276,7 @@ export class ApiRoutes {
       circuits: d.circuitStatuses(),
       uplink: { ...d.uplinkState(), oldestUnackedTs: await oldestUnackedTs(d) },
       ocpp: d.ocppState() ?? null,
+      nodeRed: d.nodeRed?.status() ?? null,
       journal: journal.status(),
       sessions: await this.sessions.recent(10),
       crossCheck: await this.crossCheckSummary(),

@@ -1,39 +1,43 @@
 /**
- * Embedded Node-RED (node-red 4.1, in the daemon's process): the interface the
- * local HTTP server (daemon/http) mounts, and the settings Outpost runs it with.
+ * Node-RED beside the daemon: the interface the local HTTP server (daemon/http)
+ * mounts, the user directory, and the user Node-RED runs as. Node-RED itself runs in
+ * a process of its own (child.ts), supervised by supervisor.ts, reaching the daemon
+ * only through the channel (channel.ts). docs/nodered.md says why.
  *
- * Owns: Node-RED's settings (user directory under storage.dir, the flow file and
- * its first-start seed from flows/examples, adminAuth, Outpost's nodes from
- * flows/ as a node package, logging into pino, nothing reaching the network on
- * its own), the bridge the nodes use (./bridge.ts), and a clean stop.
+ * Owns: Node-RED's files (its user directory, apart from storage.dir: `nodeRed.userDir`,
+ * default `<storage.dir>-node-red`; the flow file and its first-start seed from
+ * flows/examples; the credential key), moving an older user directory out of
+ * storage.dir, and choosing the user: a daemon running as root runs Node-RED as
+ * `nodeRed.user` (default `outpost-node-red`), never as root.
  *
- * Must never: serve the editor without a password unless the API listens on
- * loopback (daemon/config.ts refuses such a config; this file refuses it again),
- * overwrite an existing flow file (the installer's edits survive upgrades), or
- * let Node-RED install anything. Node-RED is one per process (a singleton
- * module): a second start while one runs is refused.
+ * Must never: serve the editor without a password unless the API listens on loopback
+ * (daemon/config.ts refuses such a config; this file refuses it again), overwrite an
+ * existing flow file (the installer's edits survive upgrades), run flows as root, or
+ * put Node-RED's files where Node-RED's user could read the journal or the key.
  */
-import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, cpSync, statSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, lstatSync } from 'node:fs'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
-import type { Socket } from 'node:net'
 import { dirname, isAbsolute, join, resolve } from 'node:path'
-import { inspect } from 'node:util'
-import { createRequire } from 'node:module'
 import type { SiteConfig } from '../../core/types.js'
 import { OutpostError } from '../errors.js'
 import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
-import { packagePath } from '../../core/paths.js'
+import type { Clock } from '../clock.js'
 import { isLoopbackListen } from '../config.js'
-import { DaemonBridge, type OutpostBridge } from './bridge.js'
+import { NodeRedSupervisor } from './supervisor.js'
+import type { NodeRedStatus } from './status.js'
+import { prepareFiles } from './files.js'
+import { CHANNEL_CREDENTIAL, CHANNEL_SOCKET } from './wire.js'
+
+export { SHIPPED_FLOWS_DIR, shippedFlows } from './files.js'
 
 export type { OutpostBridge } from './bridge.js'
+export type { NodeRedStatus } from './status.js'
 
 /**
- * An express-style handler: Node-RED's httpAdmin and httpNode apps. The local API
- * mounts them as `app.use(root, app)` would: the handler sees `req.url` without the
- * root (`req.originalUrl` keeps the full one); a request no route answers goes to `next()`.
+ * An express-style handler. The local API mounts it as `app.use(root, app)` would: the handler
+ * sees `req.url` without the root (`req.originalUrl` keeps the full one); a request no route
+ * answers goes to `next()`.
  */
 export type HttpHandler = (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void
 
@@ -48,46 +52,43 @@ export interface NodeRedHandle {
   userDir?: string
   /** The flow file Node-RED runs and the editor deploys to. */
   flowFile?: string
-  /** Milliseconds from startNodeRed to flows started. */
-  startMs?: number
+  /** Resolves once Node-RED answers requests (again, after a restart). */
+  ready?(): Promise<void>
+  /** State, restarts, counters: the status page and /metrics. */
+  status?(): NodeRedStatus
+  /** The Node-RED process, while one runs. */
+  pid?(): number | undefined
   stop(): Promise<void>
 }
 
 export interface NodeRedOptions {
   daemon: Daemon
   config: SiteConfig
-  /** The local API's HTTP server (Node-RED's websocket for the editor attaches to it). */
+  /** The local API's HTTP server (the editor's websocket is proxied from its `upgrade` event). */
   server: Server
   logger: Logger
+  /** The config file the daemon runs (its secrets): Node-RED's user must not be able to read it. */
+  configFile?: string
+  /** The daemon's clock (the status's times; the rate limit's and watchdog's intervals). */
+  clock?: Clock
+  /** Watchdog tuning (tests): ping interval, how long unanswered before a kill. */
+  pingMs?: number
+  hangMs?: number
 }
 
-/** The shipped flows (one tab per file), the seed of a missing flow file and the editor's Import > Examples. */
-export const SHIPPED_FLOWS_DIR = packagePath('flows', 'examples')
-/** Outpost's Node-RED node package. */
-export const NODES_DIR = packagePath('flows')
+/** The user Node-RED runs as when the daemon runs as root and nodeRed.user is not set. */
+export const DEFAULT_NODE_RED_USER = 'outpost-node-red'
 
 /** Where Node-RED keeps its files for this config. */
 export function nodeRedPaths(config: SiteConfig): { userDir: string; flowFile: string; billingCsvDir: string } {
-  const userDir = join(resolve(config.storage.dir), 'node-red')
+  const userDir = config.nodeRed?.userDir ? resolve(config.nodeRed.userDir) : `${resolve(config.storage.dir)}-node-red`
   const fromConfig = config.nodeRed?.flowFile
-  const flowFile = fromConfig ? (isAbsolute(fromConfig) ? fromConfig : resolve(config.storage.dir, fromConfig)) : join(userDir, 'flows.json')
-  return { userDir, flowFile, billingCsvDir: join(resolve(config.storage.dir), 'billing-csv') }
+  const flowFile = fromConfig ? (isAbsolute(fromConfig) ? fromConfig : resolve(userDir, fromConfig)) : join(userDir, 'flows.json')
+  return { userDir, flowFile, billingCsvDir: join(userDir, 'billing-csv') }
 }
 
-/** The shipped flows as one flow file: every example's nodes, in file-name order. */
-export function shippedFlows(): unknown[] {
-  const files = readdirSync(SHIPPED_FLOWS_DIR)
-    .filter((f) => f.endsWith('.json'))
-    .sort()
-  return files.flatMap((f) => {
-    const nodes = JSON.parse(readFileSync(join(SHIPPED_FLOWS_DIR, f), 'utf8')) as unknown
-    if (!Array.isArray(nodes)) throw new OutpostError('NODE_RED_FLOWS', `${join(SHIPPED_FLOWS_DIR, f)} is not a Node-RED flow (an array of nodes)`)
-    return nodes
-  })
-}
-
-/** Node-RED is a singleton module; a second init in one process leaves http-in nodes on the first runtime's app. */
-let started = false
+/** One Node-RED per daemon. */
+const running = new WeakSet<Daemon>()
 
 export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle> {
   const { daemon, config, server, logger } = opts
@@ -102,229 +103,205 @@ export async function startNodeRed(opts: NodeRedOptions): Promise<NodeRedHandle>
   }
   if (!daemon.records)
     throw new OutpostError('NODE_RED_EARLY', 'start the daemon before Node-RED (its nodes need the command gateway and the journal)')
-  if (started) {
-    throw new OutpostError(
-      'NODE_RED_ONCE',
-      "embedded Node-RED starts once per process (its HTTP nodes keep the first runtime's routes): restart the daemon to restart Node-RED",
-    )
-  }
-  started = true
-  const t0 = performance.now()
+  if (running.has(daemon)) throw new OutpostError('NODE_RED_ONCE', 'Node-RED already runs for this daemon')
   const log = logger.child({ component: 'node-red' })
+  const paths = nodeRedPaths(config)
+  // Under the installed units Node-RED has a unit (and a user) of its own and owns its files; otherwise the daemon spawns it.
+  const unit = unitChannel()
+  const runAs = unit ? undefined : nodeRedUser(config, log)
+  if (runAs) keepOut(config, opts.configFile, log)
+  const { seeded, migrated } = unit ? { seeded: false, migrated: [] } : prepareUserDir(config, runAs)
+  if (migrated.length)
+    log.warn({ moved: migrated, userDir: paths.userDir }, "node-red's files moved out of storage.dir (its own user cannot read storage.dir)")
   const adminRoot = trimSlash(nr.httpAdminRoot) || '/'
   const nodeRoot = trimSlash(nr.httpNodeRoot ?? '/red-api') || '/'
-  const paths = nodeRedPaths(config)
-  let bridge: DaemonBridge | undefined
-  let red: { stop(): Promise<void> } | undefined
-  const upgradeBefore = new Set(server.listeners('upgrade'))
-  const detach = (): void => {
-    for (const l of server.listeners('upgrade')) if (!upgradeBefore.has(l)) server.off('upgrade', l as () => void)
-  }
-  const sockets = new Set<Socket>()
-  const commsPath = `${adminRoot === '/' ? '' : adminRoot}/comms`
-  const trackComms = (req: IncomingMessage, socket: Socket): void => {
-    if ((req.url ?? '').split('?')[0] !== commsPath) return
-    sockets.add(socket)
-    socket.once('close', () => sockets.delete(socket))
-  }
-  try {
-    const { seeded, credentialSecret } = prepareUserDir(config)
-    const RED = (await import('node-red')).default
-    bridge = new DaemonBridge(daemon, log)
-    await bridge.load()
-    server.on('upgrade', trackComms)
-    red = RED
-    RED.init(server, settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialSecret }))
-    await RED.start()
-    const startMs = Math.round(performance.now() - t0)
-    log.info(
-      { adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, version: RED.version, startMs, auth: Boolean(nr.adminAuth) },
-      'node-red started',
-    )
-    let stopped: Promise<void> | undefined
-    const b = bridge
-    return {
-      adminRoot,
-      admin: RED.httpAdmin,
-      nodeRoot,
-      // Flows' own endpoints (today's billing CSV...) are API routes: mounted behind the local API's token.
-      node: RED.httpNode,
+  const sup = new NodeRedSupervisor({
+    daemon,
+    config,
+    server,
+    logger,
+    runAs,
+    ...(unit ? { unit } : {}),
+    ...(opts.clock ? { now: opts.clock.monotonic, wallNow: opts.clock.now } : {}),
+    ...(opts.pingMs ? { pingMs: opts.pingMs } : {}),
+    ...(opts.hangMs ? { hangMs: opts.hangMs } : {}),
+    settings: {
       userDir: paths.userDir,
       flowFile: paths.flowFile,
-      startMs,
-      stop: () =>
-        (stopped ??= (async () => {
-          b.close()
-          try {
-            await RED.stop()
-          } catch (err) {
-            log.error({ err: (err as Error).message }, 'node-red did not stop cleanly')
-          }
-          releaseSessionTimer()
-          // Node-RED leaves its upgrade listener on the server and open editor websockets behind.
-          detach()
-          for (const s of sockets) s.destroy()
-          log.info('node-red stopped')
-        })()),
-    }
+      adminRoot,
+      nodeRoot,
+      ...(nr.adminAuth ? { adminAuth: nr.adminAuth } : {}),
+      siteId: config.site.id,
+      siteName: config.site.name ?? config.site.id,
+      timezone: config.site.timezone,
+      billingCsvDir: paths.billingCsvDir,
+    },
+  })
+  running.add(daemon)
+  daemon.nodeRed = sup
+  try {
+    await sup.start()
   } catch (err) {
-    bridge?.close()
-    // A runtime that got halfway stops again; whatever it attached to the server goes.
-    if (red) await red.stop().catch(() => undefined)
-    else started = false // Node-RED was never initialised: a later start may try again
-    releaseSessionTimer()
-    detach()
-    const e = err as Error
-    throw new OutpostError('NODE_RED_START', `embedded Node-RED did not start: ${e.message}`)
+    running.delete(daemon)
+    daemon.nodeRed = undefined
+    await sup.stop()
+    throw new OutpostError('NODE_RED_CHANNEL', `cannot listen on ${unit?.socket} for Node-RED's unit: ${(err as Error).message}`)
   }
-}
-
-// ---------------------------------------------------------------- settings
-
-interface SettingsInput {
-  config: SiteConfig
-  paths: ReturnType<typeof nodeRedPaths>
-  adminRoot: string
-  nodeRoot: string
-  bridge: OutpostBridge
-  log: Logger
-  credentialSecret: string
-}
-
-function settings({ config, paths, adminRoot, nodeRoot, bridge, log, credentialSecret }: SettingsInput): Record<string, unknown> {
-  const auth = config.nodeRed?.adminAuth
+  log.info(
+    { adminRoot, nodeRoot, userDir: paths.userDir, flowFile: paths.flowFile, seeded, user: sup.status().user, supervisor: sup.status().supervisor },
+    'node-red starting',
+  )
   return {
+    adminRoot,
+    admin: sup.admin,
+    nodeRoot,
+    node: sup.node,
     userDir: paths.userDir,
     flowFile: paths.flowFile,
-    flowFilePretty: true,
-    // Credentials (flows_cred.json) are encrypted with a key of our own, kept beside them (see docs/nodered.md).
-    credentialSecret,
-    httpAdminRoot: adminRoot,
-    httpNodeRoot: nodeRoot,
-    ...(auth
-      ? {
-          adminAuth: { type: 'credentials', users: [{ username: auth.username, password: auth.passwordHash, permissions: '*' }] },
-        }
-      : {}),
-    // Outpost's nodes: flows/ is a Node-RED node package (package.json "node-red").
-    nodesDir: [NODES_DIR],
-    // Nothing reaches the network or installs anything on its own.
-    telemetry: { enabled: false, updateNotification: false },
-    diagnostics: { enabled: false, ui: false },
-    runtimeState: { enabled: false, ui: false },
-    externalModules: {
-      autoInstall: false,
-      palette: { allowInstall: false, allowUpdate: false, allowUpload: false },
-      modules: { allowInstall: false },
+    ready: () => sup.ready(),
+    status: () => sup.status(),
+    pid: () => sup.pid(),
+    stop: async () => {
+      await sup.stop()
+      running.delete(daemon)
+      if (daemon.nodeRed === sup) daemon.nodeRed = undefined
     },
-    // Function nodes may use Node's built-in modules (the CSV flow uses fs), never npm installs.
-    functionExternalModules: true,
-    functionGlobalContext: {
-      outpost: {
-        siteId: config.site.id,
-        timezone: config.site.timezone,
-        storageDir: resolve(config.storage.dir),
-        billingCsvDir: paths.billingCsvDir,
-      },
-    },
-    exportGlobalContextKeys: false,
-    editorTheme: {
-      page: { title: `Outpost ${config.site.id} · Node-RED` },
-      header: { title: `Outpost · ${config.site.name ?? config.site.id}` },
-      tours: false,
-      palette: { categories: ['outpost', 'common', 'function', 'network', 'sequence', 'parser', 'storage'] },
-    },
-    logging: { outpost: { level: log.isLevelEnabled('trace') ? 'trace' : 'info', metrics: false, audit: false, handler: () => logHandler(log) } },
-    // The bridge Outpost's nodes use (RED.settings.outpost); never exported to the editor.
-    outpost: bridge,
   }
 }
 
-/** Node-RED warnings at every start that need nobody's attention in Outpost. */
-const BENIGN_WARNINGS = [
-  'Projects disabled', // Outpost never enables projects
-  'Encrypted credentials not found', // no flow has credentials yet (flows_cred.json is written with the first)
-]
+// ---------------------------------------------------------------- the user
 
-interface NodeRedLogMessage {
-  level: number
-  msg?: unknown
-  type?: string
-  id?: string
-  name?: string
-  z?: string
+/**
+ * Node-RED under its own unit: the installed outpost.service hands the daemon the channel's
+ * credential (LoadCredential=node-red-channel) and a RuntimeDirectory for the socket; outside
+ * those units there is no credential and the daemon spawns Node-RED itself.
+ */
+export function unitChannel(env: NodeJS.ProcessEnv = process.env): { socket: string; token: string } | undefined {
+  const creds = env.CREDENTIALS_DIRECTORY
+  const file = creds ? join(creds, CHANNEL_CREDENTIAL) : undefined
+  if (!file || !existsSync(file)) return undefined
+  const token = readFileSync(file, 'utf8').trim()
+  if (token.length < 16) throw new OutpostError('NODE_RED_CHANNEL', `${file} holds no usable channel credential (16 characters or more)`)
+  const runtime = env.RUNTIME_DIRECTORY?.split(':')[0] || '/run/outpost'
+  return { socket: join(runtime, CHANNEL_SOCKET), token }
 }
 
 /**
- * Node-RED's log into pino. Its start-up chatter (info) is debug here; a flow node's own
- * node.log() stays info; warnings and errors keep their level. Node-RED's "fatal" is an error
- * here: in Outpost, fatal means the daemon stops billing, which Node-RED never decides.
+ * Node-RED's user: as root, `nodeRed.user` (default outpost-node-red), which must exist and not be
+ * root; otherwise the daemon's own user (Node-RED is then apart in its process only, docs/nodered.md).
  */
-function logHandler(log: Logger): (m: NodeRedLogMessage) => void {
-  return (m) => {
-    const text = typeof m.msg === 'string' ? m.msg : m.msg instanceof Error ? m.msg.message : inspect(m.msg, { depth: 3, breakLength: Infinity })
-    const fields = m.type ? { node: { type: m.type, id: m.id, ...(m.name ? { name: m.name } : {}), ...(m.z ? { flow: m.z } : {}) } } : {}
-    if (m.level <= 20) log.error(fields, text)
-    else if (m.level === 30 && !m.type && BENIGN_WARNINGS.some((w) => text.startsWith(w))) log.debug(fields, text)
-    else if (m.level === 30) log.warn(fields, text)
-    else if (m.level === 40) m.type ? log.info(fields, text) : log.debug(fields, text)
-    else if (m.level <= 60) log.trace(fields, text)
+export function nodeRedUser(config: SiteConfig, log: Logger): { name: string; uid: number; gid: number } | undefined {
+  const wanted = config.nodeRed?.user
+  if (process.getuid?.() !== 0) {
+    if (wanted) log.warn({ user: wanted }, 'nodeRed.user needs a daemon started as root: Node-RED runs as the daemon’s user, in a process of its own')
+    return undefined
   }
+  const name = wanted ?? DEFAULT_NODE_RED_USER
+  const entry = passwdEntry(name)
+  if (!entry)
+    throw new OutpostError(
+      'NODE_RED_USER',
+      `the daemon runs as root and there is no user "${name}" (nodeRed.user${wanted ? '' : `, default ${DEFAULT_NODE_RED_USER}`}) to run Node-RED as: create it (useradd --system --no-create-home --shell /usr/sbin/nologin ${name}); Node-RED never runs as root`,
+    )
+  if (entry.uid === 0) throw new OutpostError('NODE_RED_USER', `nodeRed.user "${name}" is root: Node-RED never runs as root`)
+  return { name, ...entry }
 }
 
 /**
- * Node-RED 4.1 never clears the timer that expires editor login sessions (up to 7 days
- * away) when it stops, so a stopped Node-RED would keep the process alive. Its token
- * module clears that timer whenever it reloads sessions and finds none: make it do so
- * (with a storage that holds none, and is dropped again at the next start's init).
+ * What Node-RED's user must not read, as the daemon (root) can make sure of: storage.dir (the
+ * journal, the key) loses any access for other users (the daemon creates it with the umask's
+ * mode); a config file other users may read is an error in the log (it is the site's to change).
  */
-function releaseSessionTimer(): void {
+function keepOut(config: SiteConfig, configFile: string | undefined, log: Logger): void {
+  const dir = resolve(config.storage.dir)
   try {
-    const tokens = nodeRedRequire('@node-red/editor-api/lib/auth/tokens.js') as {
-      init(settings: object, storage: object): Promise<void>
-      get(token: string): Promise<unknown>
+    const mode = statSync(dir).mode & 0o7777
+    if (mode & 0o007) {
+      chmodSync(dir, mode & ~0o007)
+      log.info({ dir, mode: (mode & ~0o007).toString(8) }, "storage.dir closed to other users (Node-RED's among them)")
     }
-    const none = { getSessions: async () => ({}), saveSessions: async () => undefined }
-    void tokens
-      .init({}, none)
-      .then(() => tokens.get(''))
-      .catch(() => undefined)
-  } catch {
-    // A later Node-RED may have moved the module; then it may also have fixed the timer.
+  } catch (err) {
+    log.error({ dir, err: (err as Error).message }, "could not close storage.dir to other users: Node-RED's user may reach the journal")
   }
+  if (configFile && existsSync(configFile) && statSync(configFile).mode & 0o004)
+    log.error({ file: configFile }, `the config file is readable by every user, Node-RED's too: chmod o-r ${configFile}`)
 }
-const nodeRedRequire = createRequire(createRequire(import.meta.url).resolve('node-red'))
+
+function passwdEntry(name: string): { uid: number; gid: number } | undefined {
+  let text: string
+  try {
+    text = readFileSync('/etc/passwd', 'utf8')
+  } catch {
+    return undefined
+  }
+  for (const line of text.split('\n')) {
+    const f = line.split(':')
+    if (f[0] === name && f.length >= 4) return { uid: Number(f[2]), gid: Number(f[3]) }
+  }
+  return undefined
+}
 
 // ---------------------------------------------------------------- files
 
 /**
  * Creates the user directory (0700) and, on first start, the flow file (from the shipped flows)
- * and the credential key (0600). What exists is never touched: the installer's flows, as deployed
- * from the editor, survive restarts and upgrades.
+ * and the credential key (0600); moves an older user directory out of storage.dir. What exists is
+ * never rewritten: the installer's flows, as deployed from the editor, survive restarts and
+ * upgrades. With `owner`, the user directory is handed to Node-RED's user.
  */
-export function prepareUserDir(config: SiteConfig): { seeded: boolean; credentialSecret: string } {
+export function prepareUserDir(
+  config: SiteConfig,
+  owner?: { uid: number; gid: number },
+): { seeded: boolean; credentialSecret: string; migrated: string[] } {
   const paths = nodeRedPaths(config)
-  mkdirSync(paths.userDir, { recursive: true, mode: 0o700 })
-  return { seeded: seedFlowFile(paths.flowFile), credentialSecret: credentialSecret(paths.userDir) }
+  const migrated = migrate(config, paths)
+  const { seeded, credentialSecret: secret } = prepareFiles(paths.userDir, paths.flowFile)
+  if (owner) {
+    chownTree(paths.userDir, owner.uid, owner.gid)
+    if (!paths.flowFile.startsWith(paths.userDir + '/') && existsSync(paths.flowFile)) chownSync(paths.flowFile, owner.uid, owner.gid)
+  }
+  return { seeded, credentialSecret: secret, migrated }
 }
 
-/** Writes the shipped flows to a flow file that does not exist yet; an existing one is never touched. */
-function seedFlowFile(flowFile: string): boolean {
-  if (existsSync(flowFile)) return false
-  mkdirSync(dirname(flowFile), { recursive: true })
-  writeFileSync(flowFile, JSON.stringify(shippedFlows(), null, 4) + '\n', { flag: 'wx' })
-  return true
+/**
+ * Before Node-RED had a process and a user of its own its files were under storage.dir:
+ * `node-red/` (the user directory), `billing-csv/` (the shipped CSV flow) and a relative
+ * nodeRed.flowFile. Each moves to the new user directory once, if nothing is there yet.
+ */
+function migrate(config: SiteConfig, paths: ReturnType<typeof nodeRedPaths>): string[] {
+  const storage = resolve(config.storage.dir)
+  const moves: [string, string][] = [
+    [join(storage, 'node-red'), paths.userDir],
+    [join(storage, 'billing-csv'), paths.billingCsvDir],
+  ]
+  const ff = config.nodeRed?.flowFile
+  if (ff && !isAbsolute(ff)) moves.push([resolve(storage, ff), paths.flowFile])
+  const done: string[] = []
+  for (const [from, to] of moves) {
+    if (from === to || !existsSync(from) || existsSync(to)) continue
+    try {
+      mkdirSync(dirname(to), { recursive: true, mode: 0o700 })
+      try {
+        renameSync(from, to)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err
+        cpSync(from, to, { recursive: true, preserveTimestamps: true })
+        rmSync(from, { recursive: true })
+      }
+      done.push(`${from} -> ${to}`)
+    } catch (err) {
+      throw new OutpostError('NODE_RED_MIGRATE', `could not move ${from} to ${to}: ${(err as Error).message}`)
+    }
+  }
+  return done
 }
 
-function credentialSecret(userDir: string): string {
-  const file = join(userDir, '.outpost-credential-secret')
-  if (!existsSync(file)) writeFileSync(file, randomBytes(32).toString('hex') + '\n', { mode: 0o600, flag: 'wx' })
-  const key = readFileSync(file, 'utf8').trim()
-  if (key.length < 32) throw new OutpostError('NODE_RED_SECRET', `${file} holds no usable key (delete it only together with flows_cred.json)`)
-  return key
+function chownTree(path: string, uid: number, gid: number): void {
+  const st = lstatSync(path)
+  if (st.isSymbolicLink()) return
+  chownSync(path, uid, gid)
+  if (st.isDirectory()) for (const name of readdirSync(path)) chownTree(join(path, name), uid, gid)
 }
-
-// ---------------------------------------------------------------- http
 
 function trimSlash(p: string): string {
   return p.length > 1 && p.endsWith('/') ? p.replace(/\/+$/, '') : p === '/' ? '' : p

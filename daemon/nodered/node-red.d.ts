@@ -9,6 +9,8 @@ declare module 'node-red' {
     readonly httpAdmin: Handler
     readonly httpNode: Handler
     readonly version: string
+    /** The runtime's events: `flows:started` once the flows run (start() resolves before). */
+    readonly events: { once(event: string, fn: () => void): void }
   }
   const RED: NodeRed
   export default RED

@@ -1,13 +1,15 @@
 /**
- * How Outpost's nodes reach the daemon: the bridge object the embedded Node-RED
- * is started with (daemon/nodered/bridge.ts, exposed as RED.settings.outpost):
+ * How Outpost's nodes reach the daemon: the bridge object Outpost's Node-RED process
+ * is started with (daemon/nodered/child.ts, over the channel to the daemon; exposed as
+ * RED.settings.outpost):
  *
  *   siteId, timezone            the site's config
  *   recordTypes                 every record type (the daemon's one list)
  *   outletIds()                 outlet ids in config order
  *   outlets()                   latest OutletStatus of every outlet that has one
  *   on(event, fn) -> off()      event: 'record' | 'status' | 'result'
- *   command(payload)            Promise<CommandResult>, through the command gateway (source 'node-red')
+ *   command(payload)            Promise<CommandResult>, through the command gateway (source 'node-red');
+ *                               rate-limited past nodeRed.commandRate, unavailable while the channel is down
  *   bootRecord(nodeId)          this boot's gateway.started record, once per node id
  *
  * Outside Outpost (a stock Node-RED) there is no bridge: the node says so and does nothing.
@@ -23,7 +25,7 @@ function bridgeOf(RED, node) {
   }
   if (bridge?.version !== 1) {
     node.status({ fill: 'red', shape: 'ring', text: 'not inside Outpost' })
-    node.error('Outpost nodes run only in the Node-RED embedded in `outpost run` (RED.settings.outpost is missing)')
+    node.error('Outpost nodes run only in the Node-RED that `outpost run` (or its outpost-node-red unit) starts (RED.settings.outpost is missing)')
     return undefined
   }
   return bridge
