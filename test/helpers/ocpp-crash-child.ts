@@ -8,7 +8,8 @@
  *                                                    the process SIGKILLs itself at once, before the charge point
  *                                                    can queue the StopTransaction
  *   node ocpp-crash-child.js restart DIR URL         prints what the outbox held (`outbox {json}`), then runs the
- *                                                    charge point until its queue is empty and prints `drained`
+ *                                                    charge point until the orphaned transaction is closed and its
+ *                                                    queue empty, and prints `drained`
  *
  * Owns: the moment of the kill (right after the stop is on disk).
  * Must never: print anything but those lines on stdout.
@@ -45,7 +46,13 @@ if (phase === 'run') {
   process.stdout.write(`outbox ${JSON.stringify({ stops, overrides })}\n`)
   const rig = await OcppRig.open(t, csms, { dir })
   await rig.online()
-  await waitFor(() => rig.cp.state().queued === 0, 'the queue drained', 30_000)
+  // Drained: the orphaned transaction closed (its StopTransaction answered, its entry gone), not
+  // merely an empty queue, which it also is before the boot's orphan check has queued that stop.
+  await waitFor(
+    async () => rig.cp.state().queued === 0 && (await rig.journal.asideRead('ocpp', 't!')).length === 0,
+    'the orphaned transaction closed and the queue drained',
+    30_000,
+  )
   await rig.close()
   process.stdout.write('drained\n')
   process.exit(0)
