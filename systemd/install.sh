@@ -2,7 +2,7 @@
 # Install or upgrade Outpost on Raspberry Pi OS (arm64 or armhf) from a clone of the
 # repository:
 #
-#   sudo systemd/install.sh [--root DIR]
+#   sudo systemd/install.sh [--root DIR] [--example]
 #
 # What it does, in order (docs/install.md has the details):
 #   1. checks Node (20 or newer) and npm;
@@ -11,16 +11,17 @@
 #   3. creates the system users `outpost` (in dialout) and `outpost-node-red` (Node-RED's own),
 #      /etc/outpost, /var/lib/outpost, /var/lib/outpost-node-red (moving an older Node-RED user
 #      directory out of /var/lib/outpost) and the Node-RED channel's credential;
-#   4. installs config/example.json as /etc/outpost/site.json if there is none (with a
-#      random api.token) and then stops short of enabling: edit it, run again;
-#   5. validates /etc/outpost/site.json with check-config; an invalid one stops the
-#      installer here, before anything is installed or restarted (exit 78);
+#   4. with no /etc/outpost/site.json yet, leaves it to the first-run setup page the service
+#      serves (or, with --example, installs config/example.json there with a random
+#      api.token and stops short of enabling: edit it, run again);
+#   5. validates /etc/outpost/site.json, when there is one, with check-config; an invalid one
+#      stops the installer here, before anything is installed or restarted (exit 78);
 #   6. packs the package (npm pack: package.json "files"), installs it with
 #      `npm ci --omit=dev --omit=optional` into a staging directory, checks that it runs, stops the
 #      service, swaps the directory in as /opt/outpost, and installs /usr/local/bin/outpost,
 #      the systemd units and the udev rule;
-#   7. enables and (re)starts outpost.service, and outpost-node-red.service when site.json
-#      enables Node-RED.
+#   7. enables and (re)starts outpost.service (without a site.json: its setup page, on port
+#      8080), and outpost-node-red.service when site.json enables Node-RED.
 #
 # Re-running it upgrades: the code, the unit and the udev rule are replaced; /etc/outpost
 # and /var/lib/outpost are never touched (beyond creating them). With --root DIR every
@@ -50,22 +51,27 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit "${2:-1}"; }
 
 usage() {
   cat <<'USAGE'
-Usage: sudo systemd/install.sh [--root DIR]
+Usage: sudo systemd/install.sh [--root DIR] [--example]
 
 Installs or upgrades Outpost from this clone: /opt/outpost, /usr/local/bin/outpost,
 the outpost user, /etc/outpost (config, kept), /var/lib/outpost (journal, kept), the
 systemd unit and the udev rule for USB-RS485 adapters; then enables and starts the
-service once /etc/outpost/site.json is valid and edited.
+service. Without /etc/outpost/site.json the service serves the first-run setup page
+(http://THIS-HOST:8080/, its one-time code in /var/lib/outpost/setup-code).
 
   --root DIR   install into DIR instead of / (users in DIR/etc/passwd; nothing is
                started, reloaded or triggered)
+  --example    with no site.json, install the example config to edit by hand
+               instead (the service is enabled once it is edited)
   -h, --help   this text
 USAGE
 }
 
 ROOT=""
+EXAMPLE=no
 while [ $# -gt 0 ]; do
   case "$1" in
+    --example) EXAMPLE=yes; shift ;;
     --root) [ $# -ge 2 ] || die "--root needs a directory" "$EX_USAGE"; ROOT=$2; shift 2 ;;
     --root=*) ROOT=${1#--root=}; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -194,7 +200,10 @@ gid=$(awk -F: -v g="$USER_NAME" '$1 == g { print $3 }' "$group_file")
 
 install -d -m 0755 "$(at /opt)" "$(at /usr/local/bin)" "$(at "$UNIT_DIR")" "$(at "$UDEV_DIR")"
 # Existing directories keep their contents; owner and mode are (re)asserted.
-install -d -o 0 -g "$gid" -m 0750 "$(at "$CONF_DIR")"
+# Group-writable: the service saves site.json from the setup page and the config API (atomic
+# rename in this directory, versions beside it). An existing directory gets the mode too.
+install -d -o 0 -g "$gid" -m 0770 "$(at "$CONF_DIR")"
+chmod 0770 "$(at "$CONF_DIR")"
 install -d -o "$uid" -g "$gid" -m 0750 "$(at "$STATE_DIR")"
 
 # Node-RED's own user and directory: it must reach nothing of /var/lib/outpost or /etc/outpost.
@@ -230,7 +239,12 @@ fi
 SITE=$CONF_DIR/site.json
 site_file=$(at "$SITE")
 example_mark=$(at "$CONF_DIR/.example.sha256")
-if [ ! -e "$site_file" ]; then
+fresh=no
+if [ ! -e "$site_file" ] && [ "$EXAMPLE" = no ]; then
+  # The service serves the first-run setup page and writes the file itself (group outpost may write $CONF_DIR).
+  fresh=yes
+  say "no $SITE yet: the service will serve the first-run setup page to write it"
+elif [ ! -e "$site_file" ]; then
   token=$("$NODE" -e 'process.stdout.write(require("crypto").randomBytes(24).toString("base64url"))')
   "$NODE" -e '
     const fs = require("fs")
@@ -244,11 +258,12 @@ if [ ! -e "$site_file" ]; then
   say "installed the example configuration as $SITE (with a random api.token)"
 fi
 unedited=no
-if [ -f "$example_mark" ] && [ "$(sha256sum <"$site_file" | cut -d' ' -f1)" = "$(cat "$example_mark")" ]; then
+if [ "$fresh" = no ] && [ -f "$example_mark" ] && [ "$(sha256sum <"$site_file" | cut -d' ' -f1)" = "$(cat "$example_mark")" ]; then
   unedited=yes
 fi
 
 # ------------------------------------------------------------------ 5. validate it
+if [ "$fresh" = no ]; then
 # The service reads it as user outpost (group outpost), not as root.
 read -r f_uid f_gid f_mode < <(stat -c '%u %g %a' "$site_file")
 f_mode=$((8#$f_mode))
@@ -263,6 +278,7 @@ set -e
 printf '%s\n' "$check_out" | sed "s|^$ROOT||; s|^|  |"
 if [ "$check_status" -ne 0 ]; then
   die "$SITE is not valid (check-config exit $check_status): nothing was installed, upgraded, enabled or restarted. Fix the lines above, then run the installer again." "$EX_CONFIG"
+fi
 fi
 
 # ------------------------------------------------------------------ 6. the code
@@ -365,7 +381,8 @@ if [ "$unedited" = yes ]; then
   exit 0
 fi
 # Node-RED's unit runs when site.json enables Node-RED (the daemon serves its editor).
-node_red=$(cd "$(at "$PREFIX")" && "$NODE" -e '
+node_red=no
+[ "$fresh" = yes ] || node_red=$(cd "$(at "$PREFIX")" && "$NODE" -e '
   const c = require("jsonc-parser").parse(require("fs").readFileSync(process.argv[1], "utf8"))
   process.stdout.write(c && c.nodeRed && c.nodeRed.enabled === true ? "yes" : "no")' "$site_file")
 if [ "$systemd_running" = yes ]; then
@@ -382,4 +399,8 @@ else
   say "enabled $UNIT (it starts at the next boot)"
   if [ "$node_red" = yes ]; then systemctl --root="${ROOT:-/}" enable --quiet "$NR_UNIT"; fi
 fi
-if [ "$node_red" = no ]; then say "Node-RED is not enabled in $SITE: $NR_UNIT is installed, not enabled"; fi
+if [ "$fresh" = yes ]; then
+  say "next: from the site's network open http://$(hostname 2>/dev/null || echo THIS-HOST):8080/ and enter the one-time setup code:"
+  say "      sudo cat $STATE_DIR/setup-code    (also in: journalctl -u outpost)"
+  say "      the page checks the config as check-config does, saves $SITE and starts the site"
+elif [ "$node_red" = no ]; then say "Node-RED is not enabled in $SITE: $NR_UNIT is installed, not enabled"; fi

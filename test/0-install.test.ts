@@ -10,7 +10,19 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, cpSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs'
+import {
+  chmodSync,
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs'
 import { join, relative } from 'node:path'
 import { packagePath } from '../core/paths.js'
 import { version } from '../daemon/cli-common.js'
@@ -63,8 +75,8 @@ function installerEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return { ...env, npm_config_prefer_offline: 'true', ...extra }
 }
 
-function install(src: string, root: string, env: NodeJS.ProcessEnv = installerEnv()): Run {
-  const r = spawnSync('bash', [join(src, 'systemd', 'install.sh'), '--root', root], { env, encoding: 'utf8', timeout: 400_000 })
+function install(src: string, root: string, env: NodeJS.ProcessEnv = installerEnv(), args: string[] = []): Run {
+  const r = spawnSync('bash', [join(src, 'systemd', 'install.sh'), '--root', root, ...args], { env, encoding: 'utf8', timeout: 400_000 })
   if (r.error) throw r.error
   return { status: r.status, out: r.stdout + r.stderr }
 }
@@ -149,11 +161,21 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
   const src = cloneCopy()
   const root = freshRoot()
 
-  // ------------------------------------------------------------ first install: no site.json
-  const first = install(src, root)
-  t.equal(first.status, 0, `first install exits 0\n${first.out}`)
-  t.match(first.out, /installing the clone's dependencies \(npm ci/, 'a fresh clone gets its dependencies')
-  t.match(first.out, /installing \S+'s runtime dependencies \(npm ci --omit=dev --omit=optional\)/, 'and the install its runtime dependencies')
+  // ------------------------------------------------------------ first install: no site.json, the setup page's
+  const setup = install(src, root)
+  t.equal(setup.status, 0, `first install exits 0\n${setup.out}`)
+  t.match(setup.out, /installing the clone's dependencies \(npm ci/, 'a fresh clone gets its dependencies')
+  t.match(setup.out, /installing \S+'s runtime dependencies \(npm ci --omit=dev --omit=optional\)/, 'and the install its runtime dependencies')
+  t.match(setup.out, /no \/etc\/outpost\/site\.json yet: the service will serve the first-run setup page/)
+  t.match(setup.out, /open http:\/\/\S+:8080\/ and enter the one-time setup code/, 'says where the page is')
+  t.match(setup.out, /sudo cat \/var\/lib\/outpost\/setup-code/, 'and where its code is')
+  t.notOk(existsSync(join(root, 'etc/outpost/site.json')), 'no config written: the page writes it')
+  t.ok(lstatSync(join(root, WANTS)).isSymbolicLink(), 'enabled: the service serves the setup page')
+
+  // ------------------------------------------------------------ --example: the hand-written path
+  unlinkSync(join(root, WANTS))
+  const first = install(src, root, installerEnv(), ['--example'])
+  t.equal(first.status, 0, `the --example install exits 0\n${first.out}`)
   t.match(first.out, /installed the example configuration as \/etc\/outpost\/site\.json/)
   t.match(first.out, /skipped daemon-reload, udevadm reload\/trigger and starting the service \(--root\)/, 'says what it skipped')
   t.match(first.out, /not enabling outpost\.service: \/etc\/outpost\/site\.json is still the example/, 'tells the installer to edit it')
@@ -168,7 +190,11 @@ t.test('install, edit, upgrade, refuse an invalid config', async (t) => {
 
   const mode = (p: string) => (statSync(join(root, p)).mode & 0o7777).toString(8)
   const owner = (p: string) => `${statSync(join(root, p)).uid}:${statSync(join(root, p)).gid}`
-  t.equal(`${mode('etc/outpost')} ${owner('etc/outpost')}`, `750 0:${gid}`, '/etc/outpost: root-owned, readable by the service group')
+  t.equal(
+    `${mode('etc/outpost')} ${owner('etc/outpost')}`,
+    `770 0:${gid}`,
+    '/etc/outpost: root-owned, the service group may save site.json there (setup page, config API)',
+  )
   t.equal(`${mode('etc/outpost/site.json')} ${owner('etc/outpost/site.json')}`, `640 0:${gid}`, 'site.json: secrets readable by the service only')
   t.equal(`${mode('var/lib/outpost')} ${owner('var/lib/outpost')}`, `750 ${uid}:${gid}`, "/var/lib/outpost: the service user's")
   const site = JSON.parse(readFileSync(join(root, 'etc/outpost/site.json'), 'utf8')) as { api: { token: string }; site: { name: string } }

@@ -94,6 +94,8 @@ t.test('the unit keeps what the daemon needs', async (t) => {
   t.ok(words('SupplementaryGroups').includes('dialout') || one('Group') === 'dialout', 'in dialout for the serial ports')
   t.equal(one('StateDirectory'), 'outpost', 'StateDirectory=outpost (/var/lib/outpost, owned by the service user)')
   t.ok(words('ReadWritePaths').includes('/var/lib/outpost'), 'the journal directory is writable under ProtectSystem=strict')
+  t.ok(words('ReadWritePaths').includes('/etc/outpost'), 'the config directory too: the setup page and the config API save site.json there')
+  t.equal(one('ConfigurationDirectoryMode'), '0770', 'group outpost may write it')
   t.equal(one('ProtectSystem'), 'strict')
   t.equal(one('ConfigurationDirectory'), 'outpost', 'ConfigurationDirectory=outpost (/etc/outpost)')
 
