@@ -146,6 +146,10 @@ t.test('RTU adapter unplugged mid-session and plugged back', async (t) => {
   // The gateway has read the session past its first Wh (on a loaded machine its polls can lag the peer).
   await waitFor(() => Number(cloud.outlet('E1')?.energyWh) > 1, 'the gateway reading the session past 1 Wh')
   // Unplug the adapter: both pty ends vanish, and with them the site (its contactor drops out too).
+  // The meter goes quiet first, so the register sampled here is at least anything the gateway
+  // read: sampled while it still answered, a poll could read the few ms of charge after it, and
+  // the site restarted below would then start a step behind what the gateway last saw.
+  await peer.silence(1)
   const atUnplug = (await peer.outlet(1)).energyWh
   await peer.kill()
   await pty.close()
