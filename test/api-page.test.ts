@@ -53,6 +53,10 @@ t.test('the status page: sign in, every outlet, live session, billed session, di
   t.match(await page.textContent('#buses'), /lan[\s\S]*open/, 'bus health shown')
   t.match(await page.textContent('#uplink'), /disabled/, 'uplink shown')
   t.match(await page.textContent('#sessions'), 'No session has ended yet')
+  // Run without a config file (as the demo is): the scan and the outlet settings say why they are not offered.
+  await page.waitForFunction(() => /works under outpost run --config FILE/.test(document.querySelector('#scan-hints')?.textContent ?? ''))
+  t.equal(await page.isHidden('#scan-form'), true, 'no scan form without a config file')
+  t.equal(await page.textContent('#scan-error'), '', 'and no error')
   await page.evaluate(() => (window.marker = 42))
 
   // A session starts through the API: the page follows without a reload.

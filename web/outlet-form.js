@@ -140,7 +140,13 @@
   }
 
   async function start() {
-    const [s, cfg] = await Promise.all([api('/api/config/schema'), api('/api/config')])
+    const cfg = await api('/api/config').catch(() => null)
+    if (!cfg) {
+      $('outlet-forms').textContent =
+        'Outlet settings are saved to the site’s config file: they work under outpost run --config FILE, and this daemon runs without one (as the demo does).'
+      return
+    }
+    const s = await api('/api/config/schema')
     schema = s.body
     const box = $('outlet-forms')
     box.replaceChildren(...cfg.body.config.outlets.map((o, i) => form(o, i, cfg.body.config)))

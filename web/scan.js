@@ -13,8 +13,17 @@
   let timer = null
   let hints = null
 
+  /** What scan finds is added to the config file: a daemon run without one (the demo) has nothing to add to. */
+  const NO_FILE =
+    'The bus scan adds what it finds to the site’s config file: it works under outpost run --config FILE, and this daemon runs without one (as the demo does).'
+
   async function setup() {
-    const [cfg, ports] = await Promise.all([api('/api/config'), api('/api/scan/ports')])
+    const [cfg, ports] = await Promise.all([api('/api/config').catch(() => null), api('/api/scan/ports')])
+    if (!cfg) {
+      $('scan-form').hidden = true
+      $('scan-hints').textContent = NO_FILE
+      return false
+    }
     hints = ports.body
     const src = $('scan-source')
     src.replaceChildren()
@@ -28,6 +37,7 @@
     $('scan-hints').replaceChildren(...hints.notes.map((n) => el('div', {}, n)))
     src.addEventListener('change', showFields)
     showFields()
+    return true
   }
 
   function showFields() {
@@ -193,6 +203,6 @@
     refresh()
   })
   setup()
-    .then(refresh)
+    .then((ok) => ok && refresh())
     .catch((err) => ($('scan-error').textContent = err.message))
 })()
