@@ -13,8 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { openSite, startSim } from '../drivers/index.js'
 import { CROSS_CHECK_POLLS, runCrossCheck } from '../daemon/crosscheck.js'
-import { validateConfig } from '../daemon/config.js'
-import { runAlone, Teardowns, type BenchRow } from './lib.js'
+import { benchSite, runAlone, Teardowns, type BenchRow } from './lib.js'
 
 const OUTLETS = 16
 const POLL_MS = 1000
@@ -27,28 +26,12 @@ export async function run(): Promise<BenchRow[]> {
     const sim = await startSim({ outlets: OUTLETS, port: 0, speed: 1, script: false, seed: 7 })
     td.teardown(() => sim.close())
     for (let n = 1; n <= OUTLETS; n++) sim.plug(n, { needWh: 1e6, maxA: 10 })
-    const checked = validateConfig({
-      site: { id: 'bench', timezone: 'UTC' },
-      storage: { dir: join(dir, 'journal') },
-      buses: [{ id: 'lan', type: 'modbus-tcp', host: '127.0.0.1', port: sim.port, timeoutMs: 500 }],
-      outlets: Array.from({ length: OUTLETS }, (_, i) => ({
-        id: `A${i + 1}`,
-        bus: 'lan',
-        meter: { model: 'eastron-sdm120', unit: i + 1 },
-        relay: { model: 'modbus-coil', unit: 100, coil: i },
-        plan: 'p',
-      })),
-      plans: [
-        { id: 'p', currency: 'EUR', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.3 }] },
-      ],
-      sessions: { pollMs: POLL_MS },
-    })
-    if (!checked.ok) throw new Error(`bench config invalid: ${JSON.stringify(checked.problems)}`)
-    const site = await openSite(checked.config, { now: () => Date.now() })
+    const config = benchSite({ outlets: OUTLETS, port: sim.port, storageDir: join(dir, 'journal'), extra: { sessions: { pollMs: POLL_MS } } })
+    const site = await openSite(config, { now: () => Date.now() })
     td.teardown(() => site.close())
     if (!(await site.ready(10_000))) throw new Error('the simulator bus did not open')
     const t0 = performance.now()
-    const report = await runCrossCheck({ site, config: checked.config, now: () => Date.now(), who: 'bench', configVersion: null })
+    const report = await runCrossCheck({ site, config: config, now: () => Date.now(), who: 'bench', configVersion: null })
     const ms = performance.now() - t0
     if (!report.passed)
       throw new Error(

@@ -8,6 +8,8 @@ import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { packagePath } from '../core/paths.js'
 import type { EngineEvent } from '../daemon/engine/index.js'
+import type { SiteConfig } from '../core/types.js'
+import { validateConfig } from '../daemon/config.js'
 
 export interface BenchRow {
   /** What is measured, e.g. "journal durable appends/s". */
@@ -200,4 +202,31 @@ export function runAlone(name: string, run: () => Promise<BenchRow[]>): void {
       process.exitCode = 1
     },
   )
+}
+
+/**
+ * A bench site, checked as `check-config` would: `outlets` SDM120 meters at units 1..N with the
+ * coils of a relay board at unit 100, on one Modbus TCP bus at `port` (the simulator's), one flat
+ * plan; `extra` adds or replaces top-level sections.
+ */
+export function benchSite(o: { outlets: number; port: number; storageDir: string; extra?: Record<string, unknown> }): SiteConfig {
+  const r = validateConfig({
+    site: { id: 'bench', timezone: 'UTC' },
+    storage: { dir: o.storageDir },
+    buses: [{ id: 'b', type: 'modbus-tcp', host: '127.0.0.1', port: o.port, timeoutMs: 500 }],
+    outlets: Array.from({ length: o.outlets }, (_, i) => ({
+      id: `O${i}`,
+      bus: 'b',
+      meter: { model: 'eastron-sdm120', unit: i + 1 },
+      relay: { model: 'modbus-coil', unit: 100, coil: i },
+      plan: 'p',
+    })),
+    plans: [
+      { id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.1 }] },
+    ],
+    logging: { level: 'error' },
+    ...(o.extra ?? {}),
+  })
+  if (!r.ok) throw new Error(`bench config invalid: ${JSON.stringify(r.problems.slice(0, 3))}`)
+  return r.config
 }

@@ -14,13 +14,12 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { SiteConfig } from '../core/types.js'
-import { validateConfig } from '../daemon/config.js'
 import { type EngineState, initialState, step } from '../daemon/engine/index.js'
 import { Journal } from '../daemon/journal/index.js'
 import { createLogger } from '../daemon/log.js'
 import { LocalAuth, SEND_LIST_MAX } from '../daemon/ocpp/auth.js'
 import { ChargePoint } from '../daemon/ocpp/chargepoint.js'
-import { type BenchRow, readingAt, row, runAlone } from './lib.js'
+import { type BenchRow, benchSite, readingAt, row, runAlone } from './lib.js'
 
 const LIST = 10_000
 const STARTS = 20_000
@@ -28,25 +27,12 @@ const ROUNDS = 7
 const T0 = Date.UTC(2026, 5, 10, 19, 0)
 
 function site(ocpp: boolean): SiteConfig {
-  const r = validateConfig({
-    site: { id: 'bench', timezone: 'UTC' },
-    storage: { dir: '/tmp/unused' },
-    buses: [{ id: 'b', type: 'modbus-tcp', host: '127.0.0.1', port: 5020 }],
-    outlets: Array.from({ length: 8 }, (_, i) => ({
-      id: `O${i}`,
-      bus: 'b',
-      meter: { model: 'eastron-sdm120', unit: i + 1 },
-      relay: { model: 'modbus-coil', unit: 100, coil: i },
-      plan: 'p',
-    })),
-    plans: [
-      { id: 'p', currency: 'CAD', periods: [{ days: ['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun'], from: '00:00', to: '24:00', perKwh: 0.1 }] },
-    ],
-    ...(ocpp ? { ocpp: { url: 'ws://127.0.0.1:9/ocpp', identity: 'bench', allowOfflineTxForUnknownId: false } } : {}),
-    logging: { level: 'error' },
+  return benchSite({
+    outlets: 8,
+    port: 5020,
+    storageDir: '/tmp/unused',
+    ...(ocpp ? { extra: { ocpp: { url: 'ws://127.0.0.1:9/ocpp', identity: 'bench', allowOfflineTxForUnknownId: false } } } : {}),
   })
-  if (!r.ok) throw new Error(JSON.stringify(r.problems.slice(0, 3)))
-  return r.config
 }
 
 /** The booted engine with every outlet read and free; without OCPP, every user a wallet. */

@@ -372,7 +372,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const had = new Set(this.config.outlets.map((o) => o.id))
     const added = next.outlets.filter((o) => !had.has(o.id)).map((o) => o.id)
     const rewired = this.rewiredBy(next)
-    const busy = rewired.filter((id) => this.state.outlets[id]?.session)
+    const busy = this.rewiredDuringSession(next)
     if (busy.length > 0) throw new OutpostError('CONFIG_INVALID', `the relay of ${busy.join(', ')} cannot change during a session`)
     // Outlets added (and the buses new to them) open before the step that adds them to the engine; the others are left alone.
     if (added.length > 0) await this.site?.addOutlets(next, added)
@@ -498,13 +498,18 @@ export class Daemon extends EventEmitter<DaemonEvents> {
   }
 
   /** The outlets whose relay `next` changes (they must have no session for it to apply now). */
-  rewiredBy(next: SiteConfig): string[] {
+  private rewiredBy(next: SiteConfig): string[] {
     return next.outlets
       .filter((o) => {
         const was = this.config.outlets.find((x) => x.id === o.id)
         return was !== undefined && JSON.stringify(was.relay) !== JSON.stringify(o.relay)
       })
       .map((o) => o.id)
+  }
+
+  /** The outlets whose relay `next` changes while they have a session: such a config cannot apply now. */
+  rewiredDuringSession(next: SiteConfig): string[] {
+    return this.rewiredBy(next).filter((id) => this.state.outlets[id]?.session)
   }
 
   // ---------------------------------------------------------------- views

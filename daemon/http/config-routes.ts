@@ -177,7 +177,7 @@ export class ConfigRoutes {
         'restart-required',
         `${list(restart)} cannot change while the daemon runs (buses, devices and the rest open at start): edit the file and restart the daemon; nothing was changed`,
       )
-    const busy = this.daemon.rewiredBy(checked.config).filter((id) => this.daemon.engineState.outlets[id]?.session)
+    const busy = this.daemon.rewiredDuringSession(checked.config)
     if (busy.length > 0)
       throw new HttpError(409, 'session-open', `the relay of ${busy.join(', ')} cannot change while a session is open there; nothing was changed`)
     if (text === cur.text && !edited) return { version: cur.version, changed: [], unchanged: true }

@@ -12,10 +12,19 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
 import { applyPatch } from '../../core/crosscheck.js'
+import type { CrossCheckReport } from '../crosscheck.js'
 import { isOutpostError } from '../errors.js'
 import type { ConfigRoutes } from './config-routes.js'
 import type { Principal } from './auth.js'
 import { HttpError, allow, jsonBody, sendJson } from './util.js'
+
+export interface CrossCheckView {
+  running: ReturnType<Daemon['crossCheckRunning']> | null
+  blocker: string | null
+  wiring: string
+  passed: { id: string; finishedAt: number; who: string } | null
+  last: CrossCheckReport | null
+}
 
 export class CrossCheckRoutes {
   constructor(
@@ -60,7 +69,7 @@ export class CrossCheckRoutes {
   }
 
   /** What the status page shows: a check running, the last report, and whether the wiring in force has passed one. */
-  async view(): Promise<Record<string, unknown>> {
+  async view(): Promise<CrossCheckView> {
     const wiring = this.daemon.wiringHash()
     const last = await this.daemon.crossChecks.latest()
     const passed = await this.daemon.crossChecks.passedFor(wiring)

@@ -283,14 +283,13 @@ export class ApiRoutes {
     }
   }
 
-  /** Whether the wiring in force has passed a cross-check (and which), and the check running now. */
+  /** Whether the wiring in force has passed a cross-check (and which), and the check running now: the cross-check's view, its last report in brief. */
   private async crossCheckSummary(): Promise<Record<string, unknown>> {
-    const passed = await this.daemon.crossChecks.passedFor(this.daemon.wiringHash())
-    const last = await this.daemon.crossChecks.latest()
+    const { running, passed, last, wiring } = await this.crossCheckRoutes.view()
     return {
-      running: this.daemon.crossCheckRunning() ?? null,
-      passed: passed ? { id: passed.id, finishedAt: passed.finishedAt, who: passed.who } : null,
-      last: last ? { id: last.id, passed: last.passed, finishedAt: last.finishedAt, stale: last.wiring !== this.daemon.wiringHash() } : null,
+      running,
+      passed,
+      last: last ? { id: last.id, passed: last.passed, finishedAt: last.finishedAt, stale: last.wiring !== wiring } : null,
     }
   }
 
