@@ -199,6 +199,13 @@ export interface OcppConfig {
   /** Basic auth (identity as user) when set. */
   password?: string
   caFile?: string
+  /** The security profile (0-3) the file gives; derived from url and credentials when absent (ocpp/settings.ts). */
+  securityProfile?: number
+  /** A client certificate (PEM chain) and its key for security profile 3, used until the central system installs one. */
+  clientCertFile?: string
+  clientKeyFile?: string
+  /** CpoName: the organizationName of the charge point's certificate signing requests. */
+  cpoName: string
   heartbeatS: number
   meterValueSampleS: number
   clockAlignedDataS: number

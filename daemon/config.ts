@@ -382,6 +382,8 @@ function semanticProblems(cfg: unknown, schema: readonly ConfigProblem[], models
     })
   }
 
+  if (isObj(cfg.ocpp)) out.push(...ocppProblems(cfg.ocpp))
+
   const outletIds = new Set<string>()
   const meterUnits = new Map<string, string>() // `${bus}#${unit}` -> pointer
   const relayPoints = new Map<string, string>() // `${bus}#${unit}#${coil|reg}` -> pointer
@@ -594,6 +596,23 @@ function circuitProblems(
 }
 
 /** host:port whose host is a loopback address (127.0.0.0/8, ::1, localhost): reachable only from the gateway itself. */
+/** What an OCPP security profile needs of the rest of the section (the OCPP 1.6 security whitepaper). */
+function ocppProblems(o: Loose): ConfigProblem[] {
+  const out: ConfigProblem[] = []
+  const profile = typeof o.securityProfile === 'number' ? o.securityProfile : undefined
+  const url = str(o.url)
+  if (profile !== undefined && profile >= 2 && url !== undefined && !url.startsWith('wss://'))
+    out.push({ pointer: '/ocpp/securityProfile', message: `security profile ${profile} needs a wss:// url (TLS)` })
+  if ((profile === 1 || profile === 2) && o.password === undefined)
+    out.push({ pointer: '/ocpp/securityProfile', message: `security profile ${profile} is Basic auth: it needs ocpp.password` })
+  if ((o.clientCertFile === undefined) !== (o.clientKeyFile === undefined))
+    out.push({
+      pointer: o.clientCertFile === undefined ? '/ocpp/clientKeyFile' : '/ocpp/clientCertFile',
+      message: 'clientCertFile and clientKeyFile go together (a certificate and its private key)',
+    })
+  return out
+}
+
 export function isLoopbackListen(listen: string): boolean {
   const host = listen.startsWith('[') ? listen.slice(1, listen.indexOf(']')) : listen.slice(0, listen.lastIndexOf(':'))
   return host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)

@@ -30,6 +30,7 @@ import { type IdTagInfo, LocalAuth } from './auth.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
 import { CallError, OcppRpc } from './rpc.js'
+import { type RootType, Security } from './security.js'
 import { KEYS, keyDef, type Measurand, measurandsOf } from './settings.js'
 import {
   CONNECTOR_STATUS,
@@ -100,6 +101,8 @@ export class ChargePoint {
   readonly rpc: OcppRpc
   private outbox!: Outbox
   private auth!: LocalAuth
+  private security!: Security
+  private sendingEvents = false
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -159,6 +162,8 @@ export class ChargePoint {
       onCall: (id, action, payload) => this.onCall(id, action, payload),
       onOpen: () => this.onOpen(),
       onClose: () => this.onClose(),
+      credentials: () => ({ ...this.security?.connection(this.profile()), basicAuth: this.profile() < 3 }),
+      onRefused: (kind, detail) => void this.security?.connectFailed(kind, detail).catch((err: Error) => this.eventNotWritten(err)),
     })
   }
 
@@ -166,7 +171,19 @@ export class ChargePoint {
   async attach(): Promise<void> {
     this.outbox = await Outbox.open(this.host.journal)
     this.auth = await LocalAuth.open(this.host.journal)
+    this.security = await Security.open({
+      journal: this.host.journal,
+      storageDir: this.host.config.storage.dir,
+      logger: this.log,
+      now: this.host.now,
+      caFile: this.ocpp.caFile,
+      clientCertFile: this.ocpp.clientCertFile,
+      clientKeyFile: this.ocpp.clientKeyFile,
+    })
     await this.applySaved()
+    await this.securityEvent('StartupOfTheDevice', `Outpost ${this.host.version} started`)
+    if (this.profile() === 3 && !this.security.hasClientCertificate)
+      this.log.error('ocpp: security profile 3 without a client certificate: the central system will refuse the connection')
     this.unsubscribe = this.host.journal.onAppend(() => this.ingest())
     this.ingest()
   }
@@ -270,6 +287,7 @@ export class ChargePoint {
     held: HeldMessage[]
     localList: { version: number; size: number }
     cachedIdTags: number
+    security: ReturnType<Security['state']> | null
     configuration: { key: string; value: string; readonly: boolean; source: 'config' | 'central-system' }[]
   } {
     return {
@@ -279,6 +297,7 @@ export class ChargePoint {
       held: [...this.held.values()],
       localList: { version: this.auth?.listVersion ?? 0, size: this.auth?.listSize ?? 0 },
       cachedIdTags: this.auth?.cacheSize ?? 0,
+      security: this.security?.state() ?? null,
       configuration: this.configuration().map((k) => ({ ...k, source: this.outbox?.settings.has(k.key) ? 'central-system' : 'config' })),
     }
   }
@@ -291,7 +310,8 @@ export class ChargePoint {
   // ---------------------------------------------------------------- connection
 
   private onOpen(): void {
-    this.log.info({ url: this.rpc.endpoint }, 'ocpp: connected')
+    this.log.info({ url: this.rpc.endpoint, securityProfile: this.profile() }, 'ocpp: connected')
+    this.security.connected()
     this.accepted = false
     this.lastSent.clear()
     void this.boot()
@@ -339,6 +359,7 @@ export class ChargePoint {
       this.heartbeatTimer = setInterval(() => this.heartbeat(), this.heartbeatMs)
       this.sendStatuses(true)
       this.pump()
+      this.sendEvents()
       return
     }
     // Pending or Rejected: ask again after the interval it gave (the configured heartbeat when it gave none).
@@ -801,6 +822,7 @@ export class ChargePoint {
 
   private async onCall(msgId: string, action: string, raw: unknown): Promise<Record<string, unknown>> {
     const p = checkCall(action, raw)
+    if (SECURITY_CALLS.has(action)) return this.securityCall(action, p)
     const id = `ocpp-${msgId.replace(/[^A-Za-z0-9_.:-]/g, '_')}`.slice(0, 128)
     switch (action) {
       case 'RemoteStartTransaction': {
@@ -853,6 +875,7 @@ export class ChargePoint {
       case 'Reset': {
         const kind = p.type as 'Soft' | 'Hard'
         this.log.warn({ type: kind }, 'ocpp: reset requested by the central system')
+        await this.securityEvent('ResetOrReboot', `Reset.req ${kind} from the central system`)
         setImmediate(() => this.host.reset(kind))
         return { status: 'Accepted' }
       }
@@ -944,12 +967,13 @@ export class ChargePoint {
     const def = keyDef(key)
     if (!def) return 'NotSupported'
     if (!def.writable) return 'Rejected'
-    const why = def.refuse?.(value)
+    const why = def.refuse?.(value) ?? (key === 'SecurityProfile' ? this.refuseProfile(Number(value)) : undefined)
     if (why !== undefined) {
       this.log.info({ key, value: value.slice(0, 100), why }, 'ocpp: ChangeConfiguration rejected')
       return 'Rejected'
     }
     const file = def.initial(this.ocpp, this.byOutlet.size)
+    const was = this.values.get(key)
     await this.outbox.saveSetting(key, value === file ? null : { value, file })
     this.values.set(key, value)
     if (key === 'HeartbeatInterval') {
@@ -961,7 +985,155 @@ export class ChargePoint {
     }
     // A new interval starts from the clock's next instant, not from one that passed.
     if (key === 'ClockAlignedDataInterval') this.alignedDone = undefined
+    if (key === 'SecurityProfile' && value !== was) {
+      await this.securityEvent('ReconfigurationOfSecurityParameters', `SecurityProfile ${was} → ${value}`)
+      this.rpc.reconnect(`security profile ${value}`)
+    }
     this.log.info({ key, value }, 'ocpp: configuration changed by the central system')
     return 'Accepted'
   }
+
+  // ---------------------------------------------------------------- security (the OCPP 1.6 security whitepaper)
+
+  private profile(): number {
+    return Number(this.values.get('SecurityProfile') ?? 0)
+  }
+
+  /**
+   * Why ChangeConfiguration may not set SecurityProfile to `next`: never lower than the profile in force, and a
+   * higher one only with what it needs (wss://, a CentralSystemRootCertificate, the password of profile 1 and 2, the
+   * ChargePointCertificate of profile 3).
+   */
+  private refuseProfile(next: number): string | undefined {
+    const now = this.profile()
+    if (next < now) return `the security profile is never lowered over OCPP (${now} in force)`
+    if (next === now) return undefined
+    if (next >= 2 && !this.ocpp.url.startsWith('wss://')) return `security profile ${next} needs a wss:// url (ocpp.url is ws://)`
+    if (next >= 2 && !this.security.hasCentralSystemRoot)
+      return `security profile ${next} needs a CentralSystemRootCertificate (none installed, no ocpp.caFile)`
+    if (next <= 2 && this.ocpp.password === undefined) return `security profile ${next} needs a Basic auth password (ocpp.password)`
+    if (next === 3 && !this.security.hasClientCertificate) return 'security profile 3 needs a ChargePointCertificate (none installed)'
+    return undefined
+  }
+
+  /** Keeps a security event (on disk) and sends the waiting ones if the central system is there; a failure to write is logged. */
+  private async securityEvent(type: string, techInfo?: string): Promise<void> {
+    try {
+      await this.security.record(type, techInfo)
+    } catch (err) {
+      this.eventNotWritten(err as Error)
+      return
+    }
+    this.sendEvents()
+  }
+
+  private eventNotWritten(err: Error): void {
+    this.log.error({ err: err.message }, 'ocpp: a security event could not be written')
+  }
+
+  /** Sends the waiting security events, oldest first, while the boot is accepted; one the central system refuses (CALLERROR) is dropped. */
+  private sendEvents(): void {
+    if (this.sendingEvents || !this.accepted || this.stopped) return
+    this.sendingEvents = true
+    const run = async (): Promise<void> => {
+      for (let e = this.security.firstEvent(); e && this.accepted && this.rpc.connected && !this.stopped; e = this.security.firstEvent()) {
+        try {
+          await this.rpc.call('SecurityEventNotification', { type: e.type, timestamp: e.timestamp, ...(e.techInfo ? { techInfo: e.techInfo } : {}) })
+        } catch (err) {
+          // Closed or timed out: sent after the next accepted boot.
+          if (!isOutpostError(err, 'OCPP_CALL_ERROR')) return
+          this.log.info({ type: e.type, err: (err as Error).message }, 'ocpp: the central system refused a security event; dropped')
+        }
+        await this.security.sent(e)
+      }
+    }
+    void run()
+      .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: sending security events failed'))
+      .finally(() => {
+        this.sendingEvents = false
+      })
+  }
+
+  /** The central system's calls of the security whitepaper (certificates, ExtendedTriggerMessage). */
+  private async securityCall(action: string, p: Record<string, unknown>): Promise<Record<string, unknown>> {
+    switch (action) {
+      case 'ExtendedTriggerMessage': {
+        const what = p.requestedMessage as string
+        if (what === 'SignChargePointCertificate') {
+          if ((this.values.get('CpoName') ?? '') === '') {
+            this.log.warn('ocpp: a certificate signing request needs CpoName (the O of its subject); set it first')
+            return { status: 'Rejected' }
+          }
+          setImmediate(() => void this.signCertificate())
+          return { status: 'Accepted' }
+        }
+        if (what === 'LogStatusNotification' || what === 'FirmwareStatusNotification') return { status: 'NotImplemented' }
+        return this.trigger(what, p.connectorId as number | undefined)
+      }
+      case 'CertificateSigned': {
+        const r = await this.security.certificateSigned(p.certificateChain as string)
+        if (!r.ok) {
+          this.log.warn({ why: r.why }, 'ocpp: CertificateSigned rejected; the certificate in use stays')
+          await this.securityEvent('InvalidChargePointCertificate', r.why)
+          return { status: 'Rejected' }
+        }
+        this.log.info(
+          { subject: r.leaf.subject, serialNumber: r.leaf.serialNumber, validTo: r.leaf.validTo },
+          'ocpp: charge point certificate installed',
+        )
+        await this.securityEvent(
+          'ReconfigurationOfSecurityParameters',
+          `ChargePointCertificate installed: serial ${r.leaf.serialNumber}, valid to ${r.leaf.validTo}`,
+        )
+        // Profile 3 connects with it: the connection is made again with the new certificate.
+        if (this.profile() === 3) this.rpc.reconnect('a new charge point certificate')
+        return { status: 'Accepted' }
+      }
+      case 'InstallCertificate': {
+        const type = p.certificateType as RootType
+        const r = await this.security.install(type, p.certificate as string)
+        if (r.status !== 'Accepted') {
+          this.log.warn({ type, status: r.status, why: r.why }, 'ocpp: InstallCertificate refused; nothing changed')
+          return { status: r.status }
+        }
+        this.log.info({ type, subject: r.cert?.subject }, 'ocpp: root certificate installed')
+        await this.securityEvent('ReconfigurationOfSecurityParameters', `${type} installed: ${r.cert?.subject.replace(/\n/g, ', ') ?? ''}`)
+        return { status: 'Accepted' }
+      }
+      case 'GetInstalledCertificateIds': {
+        const ids = this.security.installedIds(p.certificateType as RootType)
+        return ids.length > 0 ? { status: 'Accepted', certificateHashData: ids } : { status: 'NotFound' }
+      }
+      case 'DeleteCertificate': {
+        const r = await this.security.delete(p.certificateHashData as Parameters<Security['delete']>[0], this.profile())
+        if (r.status === 'Accepted') {
+          this.log.info({ subject: r.cert?.subject }, 'ocpp: root certificate deleted')
+          await this.securityEvent('ReconfigurationOfSecurityParameters', `root certificate deleted: ${r.cert?.subject.replace(/\n/g, ', ') ?? ''}`)
+        } else this.log.warn({ status: r.status, why: r.why }, 'ocpp: DeleteCertificate refused; nothing changed')
+        return { status: r.status }
+      }
+      default:
+        throw new CallError('NotImplemented', `unknown action ${action}`)
+    }
+  }
+
+  /** ExtendedTriggerMessage SignChargePointCertificate: a new key pair made here, its CSR sent with SignCertificate. */
+  private async signCertificate(): Promise<void> {
+    try {
+      const csr = await this.security.newCsr(this.values.get('CpoName') ?? '', this.ocpp.identity)
+      const res = await this.rpc.call('SignCertificate', { csr })
+      this.log.info({ status: res.status }, 'ocpp: certificate signing request sent')
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'ocpp: the certificate signing request could not be made or sent')
+    }
+  }
 }
+
+/** The calls of the security whitepaper, answered by securityCall. */
+const SECURITY_CALLS = new Set([
+  'ExtendedTriggerMessage',
+  'CertificateSigned',
+  'InstallCertificate',
+  'GetInstalledCertificateIds',
+  'DeleteCertificate',
+])

@@ -3,7 +3,9 @@
  * central system (OCPP 1.6 JSON, subprotocol `ocpp1.6`).
  *
  * Owns: connecting to `url/identity` (Basic auth when a password is given, the
- * system's CA for wss://), reconnecting with capped, jittered back-off, the
+ * system's CA for wss://, the credentials the charge point gives each attempt:
+ * installed roots, a client certificate in security profile 3), telling a refused
+ * certificate or authentication from other failures, reconnecting with capped, jittered back-off, the
  * CALL / CALLRESULT / CALLERROR frames, one outgoing call at a time (OCPP 1.6
  * asks a charge point not to send a CALL before the previous one is answered),
  * a timeout per call (a call left unanswered drops the connection, which is the
@@ -63,8 +65,34 @@ export interface RpcOptions {
   onCall: (msgId: string, action: string, payload: unknown) => Promise<Record<string, unknown>>
   onOpen: () => void
   onClose: () => void
+  /**
+   * The TLS credentials of each connection attempt, asked at each one (a certificate installed meanwhile is used by
+   * the next): CA certificates trusted beside caFile's, the client certificate and key (security profile 3), and
+   * whether the password goes as Basic auth (not in profile 3).
+   */
+  credentials?: () => { ca?: string[]; cert?: string; key?: string; basicAuth: boolean }
+  /** A connection attempt failed for security: the central system refused us (HTTP 401/403, a TLS alert about our certificate), or we refused its certificate. */
+  onRefused?: (kind: 'auth' | 'server-certificate', detail: string) => void
   random?: () => number
 }
+
+/** TLS errors of a central system's certificate this side refused (node's and OpenSSL's verify codes). */
+const SERVER_CERT_ERRORS = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_UNTRUSTED',
+  'CERT_REJECTED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+])
+/** TLS alerts with which a central system refuses this side's certificate (or its absence). */
+const CLIENT_CERT_ALERT =
+  /^ERR_SSL_.*ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_UNKNOWN|CERTIFICATE_EXPIRED|CERTIFICATE_REVOKED|UNSUPPORTED_CERTIFICATE|ACCESS_DENIED|HANDSHAKE_FAILURE|DECRYPT_ERROR)$/
 
 interface Waiting {
   id: string
@@ -133,6 +161,17 @@ export class OcppRpc {
     }
   }
 
+  /**
+   * Closes the connection cleanly (what was sent, an answer included, leaves first) so that it opens again with new
+   * credentials (a security profile, a certificate): it reopens after the back-off.
+   */
+  reconnect(why: string): void {
+    const ws = this.ws
+    if (!ws || ws.readyState !== WebSocket.OPEN) return
+    this.opts.logger.info({ why }, 'ocpp: reconnecting with new credentials')
+    setImmediate(() => ws.close(1012, 'reconnecting with new credentials'))
+  }
+
   /** Drops the connection (a call went unanswered): it reopens after the back-off. */
   reset(): void {
     this.ws?.terminate()
@@ -176,13 +215,17 @@ export class OcppRpc {
 
   private connect(): void {
     if (this.stopped) return
+    const creds = this.opts.credentials?.()
     const headers: Record<string, string> = {}
-    if (this.opts.password !== undefined)
+    if (this.opts.password !== undefined && (creds?.basicAuth ?? true))
       headers.Authorization = `Basic ${Buffer.from(`${this.opts.identity}:${this.opts.password}`).toString('base64')}`
+    const ca = [...(this.ca ? [this.ca] : []), ...(creds?.ca ?? []).map((c) => Buffer.from(c))]
     const ws = new WebSocket(this.endpoint, [SUBPROTOCOL], {
       headers,
       handshakeTimeout: 10_000,
-      ...(this.ca ? { ca: this.ca } : {}),
+      ...(ca.length > 0 ? { ca } : {}),
+      ...(creds?.cert !== undefined && creds.key !== undefined ? { cert: creds.cert, key: creds.key } : {}),
+      minVersion: 'TLSv1.2',
       // Never accept an unverifiable central system: transactions and remote commands go over this link.
       rejectUnauthorized: true,
     })
@@ -203,9 +246,19 @@ export class OcppRpc {
     })
     ws.on('unexpected-response', (_req, res) => {
       this.opts.logger.warn({ url: this.endpoint, status: res.statusCode }, 'ocpp: the central system refused the connection')
+      if (res.statusCode === 401 || res.statusCode === 403) this.refused('auth', `HTTP ${res.statusCode} at the websocket upgrade`)
       ws.terminate()
     })
-    ws.on('error', (err) => this.opts.logger.debug({ err: err.message }, 'ocpp: websocket error'))
+    ws.on('error', (err) => {
+      const code = (err as NodeJS.ErrnoException).code ?? ''
+      if (!this.open && SERVER_CERT_ERRORS.has(code)) {
+        this.opts.logger.warn({ url: this.endpoint, code, err: err.message }, "ocpp: the central system's TLS certificate was refused")
+        this.refused('server-certificate', `${code}: ${err.message}`)
+      } else if (!this.open && CLIENT_CERT_ALERT.test(code)) {
+        this.opts.logger.warn({ url: this.endpoint, code }, "ocpp: the central system refused this charge point's TLS certificate")
+        this.refused('auth', code)
+      } else this.opts.logger.debug({ err: err.message, code }, 'ocpp: websocket error')
+    })
     ws.on('close', () => {
       if (this.ws !== ws) return
       const wasOpen = this.open
@@ -213,6 +266,11 @@ export class OcppRpc {
       if (wasOpen) this.guard(() => this.opts.onClose())
       this.scheduleReconnect()
     })
+  }
+
+  private refused(kind: 'auth' | 'server-certificate', detail: string): void {
+    const cb = this.opts.onRefused
+    if (cb) this.guard(() => cb(kind, detail))
   }
 
   private dropped(): void {

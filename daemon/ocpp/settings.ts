@@ -11,6 +11,7 @@
  */
 import type { OcppConfig } from '../../core/types.js'
 import { LIST_MAX as AUTH_LIST_MAX, SEND_LIST_MAX } from './auth.js'
+import { CHAIN_MAX, STORE_MAX } from './security.js'
 
 /** The measurands an outlet's meter gives (sampled and clock-aligned data, transactionData). */
 export const MEASURANDS = ['Energy.Active.Import.Register', 'Power.Active.Import', 'Current.Import', 'Voltage'] as const
@@ -73,6 +74,17 @@ export const KEYS: readonly KeyDef[] = [
     initial: (o) => String(o.transactionMessageRetryIntervalS),
     refuse: integer(1, 3600),
   },
+  // The security whitepaper's keys: SecurityProfile is never lowered and raised only with what it needs (chargepoint.ts).
+  { key: 'SecurityProfile', writable: true, initial: (o) => String(securityProfileOf(o)), refuse: integer(0, 3) },
+  {
+    key: 'CpoName',
+    writable: true,
+    initial: (o) => o.cpoName,
+    refuse: (v) => (v.length > 64 ? 'longer than 64 characters (an X.509 organizationName)' : undefined),
+  },
+  { key: 'CertificateSignedMaxChainSize', writable: false, initial: fixed(String(CHAIN_MAX)) },
+  { key: 'CertificateStoreMaxLength', writable: false, initial: fixed(String(STORE_MAX)) },
+  { key: 'AdditionalRootCertificateCheck', writable: false, initial: fixed('false') },
   { key: 'NumberOfConnectors', writable: false, initial: (_o, n) => String(n) },
   { key: 'AuthorizeRemoteTxRequests', writable: false, initial: fixed('false') },
   { key: 'LocalAuthorizeOffline', writable: true, initial: (o) => bool(o.localAuthorizeOffline), refuse: refuseBoolean },
@@ -88,5 +100,15 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'ConnectorPhaseRotation', writable: false, initial: fixed('NotApplicable') },
   { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger,LocalAuthListManagement') },
 ]
+
+/**
+ * The security profile the config file gives: `securityProfile` when set, else what the url and credentials are:
+ * wss:// with a client certificate and no password 3, wss:// 2, ws:// with a password 1, ws:// 0.
+ */
+export function securityProfileOf(o: OcppConfig): number {
+  if (o.securityProfile !== undefined) return o.securityProfile
+  if (o.url.startsWith('wss://')) return o.clientCertFile !== undefined && o.password === undefined ? 3 : 2
+  return o.password !== undefined ? 1 : 0
+}
 
 export const keyDef = (key: string): KeyDef | undefined => KEYS.find((k) => k.key === key)

@@ -70,6 +70,8 @@ export class OcppRig {
     const base = JSON.parse(JSON.stringify(siteConfig())) as Record<string, unknown>
     const v = validateConfig({
       ...base,
+      // The charge point keeps its certificates under storage.dir (ocpp-security/).
+      storage: { ...(base.storage as object), dir: join(dir, 'storage') },
       ocpp: {
         url: csms.url,
         identity: 'outpost-rig',
