@@ -125,7 +125,7 @@ function certFields(der: Buffer): { issuer: Buffer; publicKeyBits: Buffer } {
   const spki = f[5]
   if (!issuer || !spki) throw new Error('DER: a tbsCertificate without issuer or subjectPublicKeyInfo')
   const bits = children(der, spki)[1]
-  if (!bits || bits.tag !== 0x03) throw new Error('DER: subjectPublicKey is not a BIT STRING')
+  if (bits?.tag !== 0x03) throw new Error('DER: subjectPublicKey is not a BIT STRING')
   return { issuer: der.subarray(issuer.start, issuer.end), publicKeyBits: der.subarray(bits.content + 1, bits.end) }
 }
 

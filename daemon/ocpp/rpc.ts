@@ -19,6 +19,8 @@
  */
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { isIP, type connect as netConnect } from 'node:net'
+import { connect as tlsConnect, type ConnectionOptions } from 'node:tls'
 import WebSocket from 'ws'
 import { OutpostError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -220,7 +222,24 @@ export class OcppRpc {
     if (this.opts.password !== undefined && (creds?.basicAuth ?? true))
       headers.Authorization = `Basic ${Buffer.from(`${this.opts.identity}:${this.opts.password}`).toString('base64')}`
     const ca = [...(this.ca ? [this.ca] : []), ...(creds?.ca ?? []).map((c) => Buffer.from(c))]
+    // Whether the TLS handshake completed: under TLS 1.3 a central system that refuses the client certificate may
+    // only reset the connection after it, before any answer to the upgrade.
+    let handshook = false
+    const secure = this.opts.url.startsWith('wss://')
     const ws = new WebSocket(this.endpoint, [SUBPROTOCOL], {
+      ...(secure
+        ? {
+            // ws calls it with the request's options only (as its own tlsConnect, servername included).
+            createConnection: ((options: ConnectionOptions & { host?: string }) => {
+              const servername = options.servername || (options.host && isIP(options.host) === 0 ? options.host : undefined)
+              const socket = tlsConnect({ ...options, ...(servername ? { servername } : {}) })
+              socket.once('secureConnect', () => {
+                handshook = true
+              })
+              return socket
+            }) as unknown as typeof netConnect,
+          }
+        : {}),
       headers,
       handshakeTimeout: 10_000,
       ...(ca.length > 0 ? { ca } : {}),
@@ -254,9 +273,12 @@ export class OcppRpc {
       if (!this.open && SERVER_CERT_ERRORS.has(code)) {
         this.opts.logger.warn({ url: this.endpoint, code, err: err.message }, "ocpp: the central system's TLS certificate was refused")
         this.refused('server-certificate', `${code}: ${err.message}`)
-      } else if (!this.open && CLIENT_CERT_ALERT.test(code)) {
+      } else if (!this.open && (CLIENT_CERT_ALERT.test(code) || (handshook && creds?.basicAuth === false && code === 'ECONNRESET'))) {
         this.opts.logger.warn({ url: this.endpoint, code }, "ocpp: the central system refused this charge point's TLS certificate")
-        this.refused('auth', code)
+        this.refused(
+          'auth',
+          CLIENT_CERT_ALERT.test(code) ? code : `${code}: the connection was reset after the TLS handshake, before the upgrade was answered`,
+        )
       } else this.opts.logger.debug({ err: err.message, code }, 'ocpp: websocket error')
     })
     ws.on('close', () => {

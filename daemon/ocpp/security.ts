@@ -54,7 +54,7 @@ const CSR_KEY_FILE = 'csr-key.pem'
 /** CertificateSignedMaxChainSize: the longest certificateChain accepted, in characters (the whitepaper's ceiling). */
 export const CHAIN_MAX = 10_000
 /** CertificateStoreMaxLength: at most this many root certificates installed through InstallCertificate (both kinds). */
-export const STORE_MAX = 20
+export const STORE_MAX = 10
 /** At most this many security events wait for the central system; the oldest leaves first. */
 export const EVENTS_MAX = 1000
 

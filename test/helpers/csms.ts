@@ -59,8 +59,21 @@ export interface CsmsOptions {
   /** idTags Authorize and StartTransaction refuse (Invalid). */
   invalidTags?: string[]
   port?: number
-  /** Serve wss:// with this key and certificate (PEM). */
-  tls?: { key: Buffer; cert: Buffer }
+  /**
+   * Serve wss:// with this key and certificate (PEM). With `clientCa`, a client certificate signed by it is asked for
+   * (`requireClientCert`: and a connection without one refused in the TLS handshake: security profile 3).
+   */
+  tls?: { key: Buffer; cert: Buffer; clientCa?: Buffer; requireClientCert?: boolean }
+  /** What SignCertificate is answered (default Accepted). */
+  signCertificate?: 'Accepted' | 'Rejected'
+}
+
+/** How a charge point connected: its Basic auth password, and the client certificate it presented (verified by the TLS layer). */
+export interface CsmsPeer {
+  password?: string
+  /** The verified client certificate's subject CN, or undefined when none was presented or it did not verify. */
+  certCn?: string
+  certSerial?: string
 }
 
 export interface Csms {
@@ -73,6 +86,8 @@ export interface Csms {
   /** Raw frames the charge point sent, as text. */
   frames: string[]
   connections: number
+  /** Every connection, in order: how the charge point authenticated. */
+  peers: CsmsPeer[]
   /** The connected charge point (its ocpp-rpc server client), if any. */
   client(): any
   waitCall(action: string, pred?: (c: CsmsCall) => boolean, what?: string, timeoutMs?: number): Promise<CsmsCall>
@@ -100,12 +115,20 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
   let current: any
   let port = opts.port ?? 0
   let connections = 0
+  const peers: CsmsPeer[] = []
   const invalid = new Set(opts.invalidTags ?? [])
 
   const listen = async () => {
     server = new RPCServer({ protocols: ['ocpp1.6'], strictMode: true, callTimeoutMs: 10_000 })
-    server.auth((accept: (s?: unknown) => void, reject: (code: number) => void, handshake: { password?: Buffer }) => {
-      if (opts.password !== undefined && handshake.password?.toString('utf8') !== opts.password) reject(401)
+    server.auth((accept: (s?: unknown) => void, reject: (code: number) => void, handshake: { password?: Buffer; request: any }) => {
+      const socket = handshake.request.socket
+      const cert = socket.authorized && typeof socket.getPeerCertificate === 'function' ? socket.getPeerCertificate() : undefined
+      peers.push({
+        ...(handshake.password ? { password: handshake.password.toString('utf8') } : {}),
+        ...(cert?.subject ? { certCn: cert.subject.CN as string, certSerial: cert.serialNumber as string } : {}),
+      })
+      // A verified client certificate stands for the password (security profile 3 sends none).
+      if (opts.password !== undefined && !cert?.subject && handshake.password?.toString('utf8') !== opts.password) reject(401)
       else accept({})
     })
     server.on('client', (client: any) => {
@@ -159,9 +182,19 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
       client.handle('MeterValues', (p: { params: Record<string, unknown>; messageId: string }) => {
         return record('MeterValues', p)({})
       })
+      client.handle('SecurityEventNotification', (p: { params: Record<string, unknown>; messageId: string }) => {
+        return record('SecurityEventNotification', p)({})
+      })
+      client.handle('SignCertificate', (p: { params: Record<string, unknown>; messageId: string }) => {
+        return record('SignCertificate', p)({ status: opts.signCertificate ?? 'Accepted' })
+      })
     })
     if (opts.tls) {
-      const https = createHttpsServer({ key: opts.tls.key, cert: opts.tls.cert })
+      const https = createHttpsServer({
+        key: opts.tls.key,
+        cert: opts.tls.cert,
+        ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: opts.tls.requireClientCert === true } : {}),
+      })
       https.on('upgrade', server.handleUpgrade)
       await new Promise<void>((resolve) => https.listen(port, '127.0.0.1', resolve))
       port = (https.address() as AddressInfo).port
@@ -184,6 +217,7 @@ export async function startCsms(t: Teardownable, opts: CsmsOptions = {}): Promis
     violations,
     badMessages,
     frames,
+    peers,
     get connections() {
       return connections
     },
