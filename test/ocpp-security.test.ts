@@ -64,6 +64,39 @@ ossl(
   p('sub.crt'),
 )
 
+// A server certificate for 127.0.0.1 from a CA the charge point does not trust: a central system it must refuse.
+ossl(
+  'req',
+  '-newkey',
+  'ec',
+  '-pkeyopt',
+  'ec_paramgen_curve:P-256',
+  '-nodes',
+  '-subj',
+  '/CN=127.0.0.1',
+  '-keyout',
+  p('rogue.key'),
+  '-out',
+  p('rogue.csr'),
+)
+ossl(
+  'x509',
+  '-req',
+  '-in',
+  p('rogue.csr'),
+  '-CA',
+  pki.otherCa,
+  '-CAkey',
+  p('other.key'),
+  '-CAcreateserial',
+  '-days',
+  '2',
+  '-extfile',
+  p('server.ext'),
+  '-out',
+  p('rogue.crt'),
+)
+
 /** The CSR signed by `ca` (a clientAuth certificate, 2 days). */
 function signCsr(csr: string, ca: string, caKey: string, out: string): string {
   writeFileSync(p(`${out}.csr`), csr)
@@ -233,6 +266,23 @@ t.test('a CSR made on the gateway, a signed certificate checked and installed, s
     await new Promise((r) => setTimeout(r, 500))
     t.equal(events(csms, 'FailedToAuthenticateAtCentralSystem').length, 1, 'one event for the whole failing streak')
     t.equal(csms.peers.at(-1)?.certCn, 'outpost-rig')
+
+    // A central system whose certificate does not lead to the charge point's roots is refused, one event.
+    await csms.down()
+    const good = { key: tls.key, cert: tls.cert }
+    tls.key = readFileSync(p('rogue.key'))
+    tls.cert = readFileSync(p('rogue.crt'))
+    await csms.up()
+    const refusedCert = "ocpp: the central system's TLS certificate was refused"
+    await waitFor(() => rig.lines.filter((l) => l.msg === refusedCert).length >= 2, 'its certificate refused twice')
+    await csms.down()
+    Object.assign(tls, good)
+    await csms.up()
+    await rig.online()
+    const bad = await csms.waitCall('SecurityEventNotification', (c) => c.params.type === 'InvalidCentralSystemCertificate', 'the certificate event')
+    t.match(bad.params.techInfo, /^UNABLE_TO_VERIFY_LEAF_SIGNATURE/, bad.params.techInfo as string)
+    await new Promise((r) => setTimeout(r, 500))
+    t.equal(events(csms, 'InvalidCentralSystemCertificate').length, 1, 'one event for the whole failing streak')
   })
 
   await t.test('after a restart (the central system away meanwhile): profile 3 kept, the events queued on disk', async (t) => {

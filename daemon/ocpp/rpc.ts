@@ -232,7 +232,8 @@ export class OcppRpc {
             // ws calls it with the request's options only (as its own tlsConnect, servername included).
             createConnection: ((options: ConnectionOptions & { host?: string }) => {
               const servername = options.servername || (options.host && isIP(options.host) === 0 ? options.host : undefined)
-              const socket = tlsConnect({ ...options, ...(servername ? { servername } : {}) })
+              // `path` is the request's URL path here, not a socket's: it must not reach tls.connect (as in ws's own).
+              const socket = tlsConnect({ ...options, path: undefined, ...(servername ? { servername } : {}) } as ConnectionOptions)
               socket.once('secureConnect', () => {
                 handshook = true
               })
