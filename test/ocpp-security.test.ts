@@ -13,7 +13,6 @@
  *   failure, sent when connected again), kept in the journal while the central system is away;
  * - the config checks of a security profile.
  */
-import { execFileSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -23,101 +22,23 @@ import { siteConfig } from './engine-fixtures.js'
 import { type Csms, startCsms } from './helpers/csms.js'
 import { waitFor } from './helpers/e2e-kit.js'
 import { OcppRig } from './helpers/ocpp-rig.js'
-import { makePki } from './helpers/pki.js'
+import { issueEc, makePki, openssl, signCsrFile } from './helpers/pki.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'outpost-ocpp-sec-'))
 t.teardown(() => rmSync(dir, { recursive: true, force: true }))
 const pki = makePki(dir)
 const p = (f: string) => join(dir, f)
-const ossl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+const ossl = (...args: string[]) => openssl(dir, ...args)
 writeFileSync(p('ca.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n')
 // An intermediate CA under the test CA: the charge point's certificate comes with it in its chain.
-ossl(
-  'req',
-  '-newkey',
-  'ec',
-  '-pkeyopt',
-  'ec_paramgen_curve:P-256',
-  '-nodes',
-  '-subj',
-  '/CN=Outpost Test Sub CA',
-  '-keyout',
-  p('sub.key'),
-  '-out',
-  p('sub.csr'),
-)
-ossl(
-  'x509',
-  '-req',
-  '-in',
-  p('sub.csr'),
-  '-CA',
-  pki.ca,
-  '-CAkey',
-  p('ca.key'),
-  '-CAcreateserial',
-  '-days',
-  '2',
-  '-extfile',
-  p('ca.ext'),
-  '-out',
-  p('sub.crt'),
-)
-
+issueEc(dir, 'sub', '/CN=Outpost Test Sub CA', pki.ca, p('ca.key'), p('ca.ext'))
 // A server certificate for 127.0.0.1 from a CA the charge point does not trust: a central system it must refuse.
-ossl(
-  'req',
-  '-newkey',
-  'ec',
-  '-pkeyopt',
-  'ec_paramgen_curve:P-256',
-  '-nodes',
-  '-subj',
-  '/CN=127.0.0.1',
-  '-keyout',
-  p('rogue.key'),
-  '-out',
-  p('rogue.csr'),
-)
-ossl(
-  'x509',
-  '-req',
-  '-in',
-  p('rogue.csr'),
-  '-CA',
-  pki.otherCa,
-  '-CAkey',
-  p('other.key'),
-  '-CAcreateserial',
-  '-days',
-  '2',
-  '-extfile',
-  p('server.ext'),
-  '-out',
-  p('rogue.crt'),
-)
+issueEc(dir, 'rogue', '/CN=127.0.0.1', pki.otherCa, p('other.key'), p('server.ext'))
 
 /** The CSR signed by `ca` (a clientAuth certificate, 2 days). */
 function signCsr(csr: string, ca: string, caKey: string, out: string): string {
   writeFileSync(p(`${out}.csr`), csr)
-  ossl(
-    'x509',
-    '-req',
-    '-in',
-    p(`${out}.csr`),
-    '-CA',
-    ca,
-    '-CAkey',
-    caKey,
-    '-CAcreateserial',
-    '-days',
-    '2',
-    '-extfile',
-    p('client.ext'),
-    '-out',
-    p(`${out}.crt`),
-  )
-  return readFileSync(p(`${out}.crt`), 'utf8')
+  return readFileSync(signCsrFile(dir, p(`${out}.csr`), ca, caKey, p('client.ext'), p(`${out}.crt`)), 'utf8')
 }
 
 /** A self-signed EC root certificate (fast to make). */
