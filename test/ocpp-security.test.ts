@@ -285,6 +285,29 @@ t.test('a CSR made on the gateway, a signed certificate checked and installed, s
   t.equal(csms.badMessages.length, 1, 'the answer to the raw frame')
 })
 
+t.test('profile 3 from the config file: clientCertFile and clientKeyFile', async (t) => {
+  const tls = { key: readFileSync(pki.serverKey), cert: readFileSync(pki.serverCert), clientCa: readFileSync(pki.ca), requireClientCert: true }
+  const csms = await startCsms(t, { password: 'unused', tls })
+  const ocpp = { url: csms.url, caFile: pki.ca, clientCertFile: pki.clientCert, clientKeyFile: pki.clientKey }
+  const rig = await OcppRig.open(t, csms, { at: Date.now() + 3_600_000, ocpp })
+  await rig.online()
+  t.equal(await key(csms, 'SecurityProfile'), '3', 'wss:// with a client certificate and no password is profile 3')
+  t.same(csms.peers.at(-1), { certCn: 'lot-7', certSerial: csms.peers.at(-1)?.certSerial }, 'the certificate of the file, no password')
+  t.match(rig.cp.state().security?.clientCertificate, { subject: /CN=lot-7/, source: 'config' })
+  await rig.close()
+
+  // A key that is not the certificate's: the certificate is not used, said at error level; the central system refuses.
+  const wrong = await OcppRig.open(t, csms, { at: Date.now() + 3_600_000, ocpp: { ...ocpp, clientKeyFile: pki.serverKey } })
+  t.match(
+    wrong.lines.find((l) => l.msg === 'ocpp: the client certificate cannot be used'),
+    { level: 'error', err: /not the private key/ },
+  )
+  t.ok(wrong.lines.some((l) => l.msg === 'ocpp: security profile 3 without a client certificate: the central system will refuse the connection'))
+  await waitFor(() => wrong.lines.some((l) => l.msg === "ocpp: the central system refused this charge point's TLS certificate"), 'refused')
+  t.notOk(wrong.cp.state().accepted)
+  t.equal(csms.violations.length, 0, 'no strict-mode violation')
+})
+
 t.test('the config checks of a security profile', async (t) => {
   const base = JSON.parse(JSON.stringify(siteConfig())) as Record<string, unknown>
   const check = (ocpp: Record<string, unknown>) => validateConfig({ ...base, ocpp: { url: 'ws://127.0.0.1:1/ocpp', identity: 'x', ...ocpp } })

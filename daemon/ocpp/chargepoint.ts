@@ -103,6 +103,7 @@ export class ChargePoint {
   private auth!: LocalAuth
   private security!: Security
   private sendingEvents = false
+  private securityWork: Promise<unknown> = Promise.resolve()
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -822,7 +823,12 @@ export class ChargePoint {
 
   private async onCall(msgId: string, action: string, raw: unknown): Promise<Record<string, unknown>> {
     const p = checkCall(action, raw)
-    if (SECURITY_CALLS.has(action)) return this.securityCall(action, p)
+    if (SECURITY_CALLS.has(action)) {
+      // One at a time: two certificate calls never check the same store state and both write.
+      const run = this.securityWork.then(() => this.securityCall(action, p))
+      this.securityWork = run.catch(() => undefined)
+      return run
+    }
     const id = `ocpp-${msgId.replace(/[^A-Za-z0-9_.:-]/g, '_')}`.slice(0, 128)
     switch (action) {
       case 'RemoteStartTransaction': {

@@ -320,14 +320,20 @@ export class Security {
     return { status: 'Accepted', cert }
   }
 
-  /** The root that issued `cert` among those known (itself for a self-signed one). */
-  private issuerOf(cert: X509Certificate): X509Certificate {
-    return this.roots.find((r) => r.cert !== cert && issuedBy(cert, r.cert))?.cert ?? cert
+  /** The certificate that issued `cert`: itself for a self-signed one, else one of the known roots, else undefined. */
+  private issuerOf(cert: X509Certificate): X509Certificate | undefined {
+    return selfSigned(cert) ? cert : this.roots.find((r) => r.cert !== cert && issuedBy(cert, r.cert))?.cert
   }
 
-  /** GetInstalledCertificateIds: the hash data of every root of `type` (those of ocpp.caFile included). */
+  /**
+   * GetInstalledCertificateIds: the hash data of every root of `type` (those of ocpp.caFile included; one of its
+   * intermediates whose issuer is not known here has no issuerKeyHash to give and is left out).
+   */
   installedIds(type: RootType): CertificateHashData[] {
-    return this.roots.filter((r) => r.type === type).map((r) => hashData(r.cert, this.issuerOf(r.cert)))
+    return this.roots.flatMap((r) => {
+      const issuer = r.type === type ? this.issuerOf(r.cert) : undefined
+      return issuer ? [hashData(r.cert, issuer)] : []
+    })
   }
 
   /**
@@ -338,7 +344,10 @@ export class Security {
     hd: CertificateHashData,
     profile: number,
   ): Promise<{ status: 'Accepted' | 'Failed' | 'NotFound'; why?: string; cert?: X509Certificate }> {
-    const root = this.roots.find((r) => sameHashData(hashData(r.cert, this.issuerOf(r.cert), hd.hashAlgorithm), hd))
+    const root = this.roots.find((r) => {
+      const issuer = this.issuerOf(r.cert)
+      return issuer !== undefined && sameHashData(hashData(r.cert, issuer, hd.hashAlgorithm), hd)
+    })
     if (!root) return { status: 'NotFound' }
     if (!root.file) return { status: 'Failed', why: 'a certificate of ocpp.caFile (the installer’s file) is not deleted over OCPP' }
     if (root.type === 'CentralSystemRootCertificate' && profile >= 2 && this.anchors('CentralSystemRootCertificate').length === 1)
