@@ -13,8 +13,11 @@
  * dropped, until the next accepted boot), the sampled and clock-aligned
  * MeterValues on the host's clock, the configuration keys in force (the config
  * file's values and the central system's kept changes), offline authorization
- * of starts at the gateway (local list, cache, keys), and the central system's
- * calls, which become commands through the command gateway (source `ocpp`).
+ * of starts at the gateway (local list, cache, keys), the security whitepaper's
+ * side (the security profile in force and its rules, the certificate calls and
+ * SecurityEventNotification; security.ts keeps the keys, certificates and events),
+ * and the central system's calls, which become commands through the command
+ * gateway (source `ocpp`).
  *
  * Must never: hold anything billable (the journal does; this only derives),
  * send a transaction message with a transactionId the central system did not
