@@ -294,6 +294,20 @@ t.test('profile 3 from the config file: clientCertFile and clientKeyFile', async
   t.equal(await key(csms, 'SecurityProfile'), '3', 'wss:// with a client certificate and no password is profile 3')
   t.same(csms.peers.at(-1), { certCn: 'lot-7', certSerial: csms.peers.at(-1)?.certSerial }, 'the certificate of the file, no password')
   t.match(rig.cp.state().security?.clientCertificate, { subject: /CN=lot-7/, source: 'config' })
+
+  // Near its end (a quarter of its 2 days left), the charge point asks for a new certificate itself, once a day.
+  t.same(await csms.call('ChangeConfiguration', { key: 'CpoName', value: 'Outpost Test CPO' }), { status: 'Accepted' })
+  await rig.advance(60_000)
+  t.equal(csms.of('SignCertificate').length, 0, 'not yet: most of its lifetime left')
+  rig.now = Date.parse(rig.cp.state().security!.clientCertificate!.validTo) - 11 * 3_600_000
+  await rig.advance(1000)
+  const req = await csms.waitCall('SignCertificate', undefined, 'a SignCertificate of its own accord')
+  writeFileSync(p('renew.csr'), req.params.csr as string)
+  t.match(ossl('req', '-in', p('renew.csr'), '-verify', '-noout', '-subject'), /subject=O = Outpost Test CPO, CN = outpost-rig/)
+  await rig.advance(3_600_000)
+  t.equal(csms.of('SignCertificate').length, 1, 'not again within the day')
+  await rig.advance(86_400_000)
+  await waitFor(() => csms.of('SignCertificate').length === 2, 'asked again the next day')
   await rig.close()
 
   // A key that is not the certificate's: the certificate is not used, said at error level; the central system refuses.

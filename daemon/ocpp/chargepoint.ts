@@ -107,6 +107,8 @@ export class ChargePoint {
   private security!: Security
   private sendingEvents = false
   private securityWork: Promise<unknown> = Promise.resolve()
+  /** When the charge point last asked for a new certificate of its own accord (ms, host clock). */
+  private renewAskedAt: number | undefined
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -271,6 +273,7 @@ export class ChargePoint {
   tick(): void {
     this.sampleDue()
     this.enforceInvalidCaps()
+    this.renewDue()
   }
 
   /** Resolves once everything queued so far is written and the outbox's current run is over. */
@@ -1126,6 +1129,19 @@ export class ChargePoint {
     }
   }
 
+  /**
+   * The client certificate near its end (security.ts renewalDue): the charge point sends a CSR of its own accord (the
+   * whitepaper's A03) while the central system is there and CpoName is set, at most once every RENEW_RETRY_MS.
+   */
+  private renewDue(): void {
+    if (!this.security || !this.accepted || this.stopped || (this.values.get('CpoName') ?? '') === '') return
+    const now = this.host.now()
+    if (!this.security.renewalDue(now) || (this.renewAskedAt !== undefined && now - this.renewAskedAt < RENEW_RETRY_MS)) return
+    this.renewAskedAt = now
+    this.log.info('ocpp: the charge point certificate nears its end; asking for a new one')
+    void this.signCertificate()
+  }
+
   /** ExtendedTriggerMessage SignChargePointCertificate: a new key pair made here, its CSR sent with SignCertificate. */
   private async signCertificate(): Promise<void> {
     try {
@@ -1137,6 +1153,9 @@ export class ChargePoint {
     }
   }
 }
+
+/** How long the charge point waits for a certificate it asked for before it asks again (a new CSR, a new key). */
+const RENEW_RETRY_MS = 86_400_000
 
 /** The calls of the security whitepaper, answered by securityCall. */
 const SECURITY_CALLS = new Set([

@@ -55,6 +55,8 @@ const CSR_KEY_FILE = 'csr-key.pem'
 export const CHAIN_MAX = 10_000
 /** CertificateStoreMaxLength: at most this many root certificates installed through InstallCertificate (both kinds). */
 export const STORE_MAX = 10
+/** A client certificate with less than this left (or a quarter of its lifetime, if shorter) is renewed. */
+export const RENEW_BEFORE_MS = 30 * 86_400_000
 /** At most this many security events wait for the central system; the oldest leaves first. */
 export const EVENTS_MAX = 1000
 
@@ -212,6 +214,18 @@ export class Security {
 
   get hasClientCertificate(): boolean {
     return this.client !== undefined
+  }
+
+  /**
+   * Whether the client certificate in use is near its end at `now`: less than RENEW_BEFORE_MS or a quarter of its
+   * lifetime left, whichever is shorter (the charge point then asks for a new one itself).
+   */
+  renewalDue(now: number): boolean {
+    const leaf = this.client?.leaf
+    if (!leaf) return false
+    const from = Date.parse(leaf.validFrom)
+    const to = Date.parse(leaf.validTo)
+    return to - now < Math.min(RENEW_BEFORE_MS, (to - from) / 4)
   }
 
   get hasCentralSystemRoot(): boolean {
