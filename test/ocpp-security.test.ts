@@ -3,8 +3,9 @@
  * strict central system on an https server that asks for client certificates, a throw-away PKI made by openssl):
  * - ExtendedTriggerMessage SignChargePointCertificate → SignCertificate with a CSR made on the gateway (checked by
  *   `openssl req -verify`; its key 0600 under storage.dir, never logged, sent or shown);
- * - CertificateSigned: a chain that does not lead to the roots, one for another key, garbage, an oversized chain are
- *   refused and change nothing; the CA's signature of the CSR (through an intermediate) is installed;
+ * - CertificateSigned: a chain that does not lead to the roots, one for another key, a server certificate, garbage,
+ *   an oversized chain are refused and change nothing; the CA's signature of the CSR (through an intermediate) is
+ *   installed; profile 3 from clientCertFile, and a renewal asked for by the charge point itself near the end;
  * - SecurityProfile: never lowered, raised to 3 only with the certificate, then the connection is made with it (the
  *   central system sees the certificate's CN and no password), also after a restart;
  * - InstallCertificate, GetInstalledCertificateIds (hash data checked against openssl's OCSP CertID),
@@ -35,10 +36,10 @@ issueEc(dir, 'sub', '/CN=Outpost Test Sub CA', pki.ca, p('ca.key'), p('ca.ext'))
 // A server certificate for 127.0.0.1 from a CA the charge point does not trust: a central system it must refuse.
 issueEc(dir, 'rogue', '/CN=127.0.0.1', pki.otherCa, p('other.key'), p('server.ext'))
 
-/** The CSR signed by `ca` (a clientAuth certificate, 2 days). */
-function signCsr(csr: string, ca: string, caKey: string, out: string): string {
+/** The CSR signed by `ca` (a clientAuth certificate, 2 days; `ext` another extensions file). */
+function signCsr(csr: string, ca: string, caKey: string, out: string, ext = 'client.ext'): string {
   writeFileSync(p(`${out}.csr`), csr)
-  return readFileSync(signCsrFile(dir, p(`${out}.csr`), ca, caKey, p('client.ext'), p(`${out}.crt`)), 'utf8')
+  return readFileSync(signCsrFile(dir, p(`${out}.csr`), ca, caKey, p(ext), p(`${out}.crt`)), 'utf8')
 }
 
 /** A self-signed EC root certificate (fast to make). */
@@ -128,6 +129,8 @@ t.test('a CSR made on the gateway, a signed certificate checked and installed, s
     t.same(await signed(leafOnly), { status: 'Rejected' }, 'an intermediate missing from the chain')
     t.same(await signed('-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n'), { status: 'Rejected' }, 'garbage PEM')
     t.same(await signed('no PEM at all'), { status: 'Rejected' }, 'no PEM block')
+    const serverOnly = signCsr(csr, p('sub.crt'), p('sub.key'), 'server-only', 'server.ext')
+    t.same(await signed(serverOnly + readFileSync(p('sub.crt'), 'utf8')), { status: 'Rejected' }, 'a server certificate, not a client one')
     const reply = await csms.raw(JSON.stringify([2, 'big-chain', 'CertificateSigned', { certificateChain: 'A'.repeat(10_001) }]), 'big-chain')
     t.equal(reply[0], 4, 'a chain over CertificateSignedMaxChainSize: CALLERROR')
     t.equal(reply[2], 'PropertyConstraintViolation', reply[3] as string)
@@ -135,7 +138,7 @@ t.test('a CSR made on the gateway, a signed certificate checked and installed, s
     t.equal(rig.cp.state().security?.csrWaiting, true, 'the CSR still waits')
     t.notOk(existsSync(join(store, 'charge-point.pem')), 'nothing installed')
     t.equal(secretOf(keyPem()), pending, 'the key of the CSR unchanged')
-    await waitFor(() => events(csms, 'InvalidChargePointCertificate').length === 5, 'an InvalidChargePointCertificate event per refusal')
+    await waitFor(() => events(csms, 'InvalidChargePointCertificate').length === 6, 'an InvalidChargePointCertificate event per refusal')
     t.match(
       rig.lines.filter((l) => l.msg === 'ocpp: CertificateSigned rejected; the certificate in use stays').map((l) => l.why),
       [
@@ -144,6 +147,7 @@ t.test('a CSR made on the gateway, a signed certificate checked and installed, s
         /does not lead to an installed CentralSystemRootCertificate/,
         /certificate 1 of 1 is not a valid X.509 certificate/,
         /no PEM certificate/,
+        /extended key usage \(1.3.6.1.5.5.7.3.1\) leaves out TLS client authentication/,
       ],
       'each refused for its reason',
     )

@@ -191,6 +191,15 @@ export function refuseValidity(cert: X509Certificate, now: number, what: string)
   return undefined
 }
 
+const CLIENT_AUTH = '1.3.6.1.5.5.7.3.2'
+
+/** Why `leaf` cannot authenticate a TLS client: an extended key usage that leaves out clientAuth. */
+export function refuseClientAuth(leaf: X509Certificate): string | undefined {
+  // node names the extended key usage OIDs `keyUsage`; undefined when the certificate has none (any use).
+  const eku = leaf.keyUsage as string[] | undefined
+  return eku && !eku.includes(CLIENT_AUTH) ? `its extended key usage (${eku.join(', ')}) leaves out TLS client authentication` : undefined
+}
+
 /**
  * Why a certificate chain (leaf first, then the CAs that signed it, in order) cannot be trusted at `now` through
  * `anchors`, or undefined: every certificate valid now, each signed by the next, every one after the leaf a CA, and

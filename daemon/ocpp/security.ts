@@ -42,6 +42,7 @@ import {
   newKeyPair,
   parseCertificates,
   refuseChain,
+  refuseClientAuth,
   refuseValidity,
   sameHashData,
   selfSigned,
@@ -286,7 +287,7 @@ export class Security {
     const leaf = chain[0]!
     if (!leaf.checkPrivateKey(pending.key))
       return { ok: false, why: "the certificate is not for the key of this charge point's last certificate signing request" }
-    const why = refuseChain(chain, this.anchors('CentralSystemRootCertificate'), this.opts.now())
+    const why = refuseClientAuth(leaf) ?? refuseChain(chain, this.anchors('CentralSystemRootCertificate'), this.opts.now())
     if (why) return { ok: false, why }
     const chainPem = chain.map((c) => c.toString()).join('')
     this.ensureDir()
