@@ -75,7 +75,8 @@
     }
     const rows = scan.hits.map((h) => {
       const td = el('td', {})
-      if (h.outlets.length > 0) td.append('in the config: ' + h.outlets.join(', '))
+      const uses = [...h.outlets, ...(h.feederOf || []).map((c) => 'feeder of ' + c)]
+      if (uses.length > 0) td.append('in the config: ' + uses.join(', '))
       else if (h.kind === 'meter' && !scan.running) {
         const b = el('button', { type: 'button', 'data-unit': String(h.unit) }, 'Add as an outlet')
         b.addEventListener('click', () => add(scan, h, b))
@@ -136,7 +137,16 @@
     }
     let id = 'O' + hit.unit
     while (next.outlets.some((o) => o.id === id)) id += '-' + busId
-    next.outlets.push({ id, bus: busId, meter: { model: hit.model, unit: hit.unit }, ...(relay ? { relay } : {}), plan: next.plans[0].id })
+    // On a site with a supply circuit the outlet joins it, on L1 until the installer (or the cross-check's fix) says otherwise.
+    const supply = (next.circuits || []).find((c) => !c.parent)
+    next.outlets.push({
+      id,
+      bus: busId,
+      meter: { model: hit.model, unit: hit.unit },
+      ...(relay ? { relay } : {}),
+      plan: next.plans[0].id,
+      ...(supply ? { circuit: supply.id, phase: 'L1' } : {}),
+    })
     return next
   }
 
