@@ -19,7 +19,7 @@ export function checkBus(raw: unknown): { ok: true; bus: BusConfig } | { ok: fal
     site: { id: 'scan', timezone: 'UTC' },
     storage: { dir: '/tmp' },
     buses: [raw],
-    outlets: [{ id: 'x', bus: (raw as { id?: unknown } | null)?.id ?? 'scan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
+    outlets: [],
     plans: [{ id: 'p', currency: 'EUR', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 0.1 }] }],
   })
   if (r.ok) return { ok: true, bus: r.config.buses[0]! }

@@ -94,7 +94,7 @@ export class ApiRoutes {
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
     this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
     this.crossCheckRoutes = new CrossCheckRoutes(opts.daemon, opts.configStore, this.configRoutes)
-    this.scanRoutes = new ScanRoutes(opts.daemon, opts.now)
+    this.scanRoutes = new ScanRoutes(opts.daemon, opts.now, opts.configStore?.file)
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
   }
