@@ -258,7 +258,10 @@ t.test('a Shelly and a Tasmota added by address: found, read, added without a re
     t.equal(r.body.error?.code, code, `${what}: ${r.body.error?.message}`)
     if (pointer) t.equal(r.body.error.pointer, pointer, `${what}: at ${pointer}`)
   }
-  t.notOk(readdirSync(work).some((f) => f.endsWith('.password')), 'no password file written for a refusal')
+  t.notOk(
+    readdirSync(work).some((f) => f.endsWith('.password')),
+    'no password file written for a refusal',
+  )
 
   const tas = await find({ type: 'tasmota', host: '127.0.0.1', port: tasmota.port })
   t.equal(tas.status, 200, JSON.stringify(tas.body))
@@ -284,7 +287,11 @@ t.test('a Shelly and a Tasmota added by address: found, read, added without a re
   await page.click('#net-channels button[data-channel="0"]')
   await page.waitForSelector('#net-channels tr[data-channel="0"] td:has-text("added")')
   const cfg = JSON.parse(readFileSync(file, 'utf8'))
-  t.same(cfg.buses.at(-1), { id: 'shelly-127-0-0-1', type: 'shelly', host: '127.0.0.1', port: shelly.port, passwordFile: pwFile }, 'the device as a bus')
+  t.same(
+    cfg.buses.at(-1),
+    { id: 'shelly-127-0-0-1', type: 'shelly', host: '127.0.0.1', port: shelly.port, passwordFile: pwFile },
+    'the device as a bus',
+  )
   t.match(cfg.outlets.at(-1), { id: 'shelly-127-0-0-1-0', bus: 'shelly-127-0-0-1', meter: { model: 'shelly-switch', channel: 0 } })
   t.notOk(readFileSync(file, 'utf8').includes('garage-secret'), 'the password is not in the config')
   await page.waitForSelector('#outlets article[data-outlet="shelly-127-0-0-1-0"][data-state="off"]', { timeout: 30_000 })
