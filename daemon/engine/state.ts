@@ -205,6 +205,12 @@ export interface OutletEntry {
   /** Higher is served first on a shared circuit. */
   priority: number
   /**
+   * A per-outlet limit in force (per phase, A; `set-outlet-limit`, an OCPP TxProfile or
+   * TxDefaultProfile): below `sessions.minChargeA` the outlet's session waits (queued `limit`),
+   * any other value lets it run (an outlet switches, it does not dim). Absent: none.
+   */
+  limitA?: number
+  /**
    * A config change that reached this outlet while it had a session open: applied when the
    * session ends (a session keeps the wiring and plan it started with). Absent or null: none.
    */
