@@ -125,6 +125,7 @@ export function outletViews(config: SiteConfig, state: EngineState, statuses: Ou
       id: o.id,
       state: s?.state ?? 'off',
       ...(e?.session ? { sessionId: e.session.id, sessionStartedAt: e.session.startedAt } : {}),
+      ...(e?.limitA !== undefined ? { limitA: e.limitA } : {}),
       currentA: s?.currentA ?? 0,
       meterFault: e?.meterFault ?? null,
       relayFault: e?.relayFault ?? null,
