@@ -104,7 +104,7 @@ t.test('SendLocalList, GetLocalListVersion, ClearCache; impossible updates chang
   }
   t.same(
     keys.configurationKey.map((k) => k.value),
-    ['10000', '1000', 'Core,RemoteTrigger,LocalAuthListManagement'],
+    ['10000', '1000', 'Core,RemoteTrigger,LocalAuthListManagement,SmartCharging'],
   )
 
   // The cache: the central system's answers, forgotten on ClearCache.

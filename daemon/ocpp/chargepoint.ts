@@ -30,18 +30,7 @@ import { type IdTagInfo, LocalAuth } from './auth.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
 import { OCPP_SITE_CIRCUIT, siteCircuits } from '../engine/index.js'
-import {
-  amps,
-  changesIn,
-  type Installed,
-  NOMINAL_V,
-  type Profile,
-  type ProfileContext,
-  Profiles,
-  type Purpose,
-  refuseProfile,
-  stackLimit,
-} from './profiles.js'
+import { changesIn, NOMINAL_V, type Profile, type ProfileContext, Profiles, type Purpose, refuseProfile, stackLimit } from './profiles.js'
 import { CallError, OcppRpc } from './rpc.js'
 import { KEYS, keyDef, type Measurand, measurandsOf } from './settings.js'
 import {
