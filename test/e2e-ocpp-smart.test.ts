@@ -8,10 +8,9 @@
  * - on a site without circuits the profile makes one, and after a kill -9 with the central system away the
  *   kept profile still holds the second car back.
  */
-import { readFileSync, writeFileSync } from 'node:fs'
 import t from 'tap'
-import { journalRecords, ocppSection, startCsms, statusesOf } from './helpers/csms.js'
-import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { bayOfTwo, journalRecords, ocppSection, startCsms, statusesOf } from './helpers/csms.js'
+import { localStart, startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const FEEDER = 50
 const siteProfile = (id: number, limit: number, unit: 'A' | 'W' = 'A') => ({
@@ -31,21 +30,11 @@ const siteProfile = (id: number, limit: number, unit: 'A' | 'W' = 'A') => ({
 const lastStatus = (csms: Parameters<typeof statusesOf>[0], c: number) => statusesOf(csms, c).at(-1)
 
 t.test('a site limit and a TxProfile on a metered 40 A circuit', async (t) => {
-  const dir = tempDir(t)
-  const peer = await startPeer(t, { outlets: 2, feeder: FEEDER })
-  const csms = await startCsms(t)
-  await peer.plug(1, 16)
-  await peer.plug(2, 16)
-  const file = writeSiteConfig({
-    dir,
-    port: peer.port,
-    outlets: 2,
-    outlet: { 1: { circuit: 'bay', ratingA: 16 }, 2: { circuit: 'bay', ratingA: 16 } },
-    extra: { ocpp: ocppSection(csms, { meterValueSampleS: 0 }) },
-  })
-  const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
-  config.circuits = [{ id: 'bay', maxA: 40, slotS: 3600, failsafeA: 16, meter: { bus: 'site', model: 'eastron-sdm630', unit: FEEDER } }]
-  writeFileSync(file, JSON.stringify(config, null, 2))
+  const { peer, csms, file } = await bayOfTwo(
+    t,
+    { maxA: 40, slotS: 3600, failsafeA: 16, meter: { bus: 'site', model: 'eastron-sdm630', unit: FEEDER } },
+    FEEDER,
+  )
   const daemon = startDaemon(t, file)
   await csms.waitCall('BootNotification')
 
@@ -194,12 +183,7 @@ t.test('a site without circuits gets one; the profile survives a kill -9 and hol
   t.match(status.ocpp, { chargingProfiles: 1, siteLimitA: 16, connected: false })
   await peer.plug(1, 16)
   await peer.plug(2, 16)
-  const start = (outlet: string, userId: string) =>
-    fetch(`${api}/api/outlets/${outlet}/start`, {
-      method: 'POST',
-      headers: { authorization: 'Bearer smart-token', 'content-type': 'application/json' },
-      body: JSON.stringify({ userId }),
-    })
+  const start = (outlet: string, userId: string) => localStart(api, 'smart-token', outlet, userId)
   t.equal((await start('E1', 'offline-1')).status, 200)
   await waitFor(async () => (await peer.outlet(1)).drawA > 0, 'the first car draws')
   t.equal((await start('E2', 'offline-2')).status, 200, 'the second start is accepted')

@@ -12,7 +12,7 @@
  */
 import t, { type Test } from 'tap'
 import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
-import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended, type Started } from './helpers/e2e-kit.js'
+import { localStart, startDaemon, startPeer, tempDir, type Ended, type Started, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const TX_ACTIONS = ['StartTransaction', 'StopTransaction', 'MeterValues']
 
@@ -192,12 +192,7 @@ t.test('offline authorization through the daemon: the local API start of an unkn
   )
   await csms.down()
   await daemon.waitLog((l) => String(l.msg).startsWith('ocpp: disconnected'), 'the charge point sees the outage')
-  const start = (userId: string) =>
-    fetch(`${api}/api/outlets/E1/start`, {
-      method: 'POST',
-      headers: { authorization: 'Bearer ocpp-auth-token', 'content-type': 'application/json' },
-      body: JSON.stringify({ userId }),
-    })
+  const start = (userId: string) => localStart(api, 'ocpp-auth-token', 'E1', userId)
   const refused = await start('stranger')
   t.equal(refused.status, 403)
   t.match(await refused.json(), { ok: false, error: { code: 'not-authorized', message: /not on its local list nor in the authorization cache/ } })

@@ -9,7 +9,7 @@
  * What the engine does with those limits is test/engine-circuits.test.ts; the daemon, the site peer with its
  * feeder meter and the circuit rules together are test/e2e-ocpp-smart.test.ts.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { startCsms } from './helpers/csms.js'
 import { OcppRig } from './helpers/ocpp-rig.js'
 
@@ -33,15 +33,32 @@ function profile(over: Record<string, unknown> = {}, periods: [number, number][]
   }
 }
 
+/** A strict central system and the rig on its clock at T0, booted. */
+async function online(t: Parameters<typeof startCsms>[0], dir?: string) {
+  const csms = await startCsms(t)
+  const rig = await OcppRig.open(t, csms, { at: T0, ...(dir ? { dir } : {}) })
+  await rig.online()
+  return { csms, rig }
+}
+
+/** Closes the rig; the central system saw no strict-mode violation and (unless `bad` says which) no bad message. */
+async function closeClean(t: Test, csms: Awaited<ReturnType<typeof startCsms>>, rig: OcppRig, bad: string[] = []) {
+  await rig.close()
+  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
+  t.same(
+    csms.badMessages.map((b) => (JSON.parse(String((b as { buffer: Buffer }).buffer)) as unknown[])[1]),
+    bad,
+    'no bad message but the answers to raw frames (ocpp-rpc did not send them)',
+  )
+}
+
 const limits = (rig: OcppRig) =>
   rig.commands
     .filter((c) => c.action === 'set-circuit-limit' || c.action === 'set-outlet-limit')
     .map((c) => [c.action, c.circuit ?? c.outlet, c.maxA])
 
 t.test('a ChargePointMaxProfile is the site circuit limit, period by period on the injected clock; W at 230 V', async (t) => {
-  const csms = await startCsms(t)
-  const rig = await OcppRig.open(t, csms, { at: T0 })
-  await rig.online()
+  const { csms, rig } = await online(t)
   const conf = (await csms.call('GetConfiguration', {
     key: [
       'ChargeProfileMaxStackLevel',
@@ -163,15 +180,11 @@ t.test('a ChargePointMaxProfile is the site circuit limit, period by period on t
   t.same(limits(rig).at(-1), ['set-circuit-limit', 'site', 6], 'at 18:00')
   await rig.advance(4 * 3600_000)
   t.same(limits(rig).at(-1), ['set-circuit-limit', 'site', 32], 'at 22:00')
-  await rig.close()
-  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
-  t.equal(csms.badMessages.length, 0)
+  await closeClean(t, csms, rig)
 })
 
 t.test('TxDefaultProfile and TxProfile: each outlet its own limit; a TxProfile ends with its transaction', async (t) => {
-  const csms = await startCsms(t)
-  const rig = await OcppRig.open(t, csms, { at: T0 })
-  await rig.online()
+  const { csms, rig } = await online(t)
   const tx = (connectorId: number, p: Record<string, unknown>) => csms.call('SetChargingProfile', { connectorId, csChargingProfiles: p })
 
   t.same(await tx(1, profile({ chargingProfileId: 10, chargingProfilePurpose: 'TxProfile' }, [[0, 0]])), { status: 'Rejected' }, 'no transaction')
@@ -246,15 +259,11 @@ t.test('TxDefaultProfile and TxProfile: each outlet its own limit; a TxProfile e
     ['set-outlet-limit', 'A2', null],
   ])
   t.same(await csms.call('ClearChargingProfile', { chargingProfilePurpose: 'TxDefaultProfile' }), { status: 'Unknown' }, 'nothing left to clear')
-  await rig.close()
-  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
-  t.equal(csms.badMessages.length, 0)
+  await closeClean(t, csms, rig)
 })
 
 t.test('impossible profiles are Rejected (or a CALLERROR) and change nothing', async (t) => {
-  const csms = await startCsms(t)
-  const rig = await OcppRig.open(t, csms, { at: T0 })
-  await rig.online()
+  const { csms, rig } = await online(t)
   t.same(await csms.call('SetChargingProfile', { connectorId: 0, csChargingProfiles: profile({ chargingProfileId: 7 }, [[0, 24]]) }), {
     status: 'Accepted',
   })
@@ -359,19 +368,11 @@ t.test('impossible profiles are Rejected (or a CALLERROR) and change nothing', a
   t.same(JSON.stringify([limits(rig), rig.cp.state().chargingProfiles]), before, 'nothing changed')
   t.same(await csms.call('GetCompositeSchedule', { connectorId: 0, duration: 3600 }), composite, 'the composite schedule is the same')
 
-  await rig.close()
-  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
-  t.same(
-    csms.badMessages.map((b) => (JSON.parse(String((b as { buffer: Buffer }).buffer)) as unknown[])[1]),
-    ['unit-1'],
-    'the one bad message is the answer to the raw frame (ocpp-rpc did not send it)',
-  )
+  await closeClean(t, csms, rig, ['unit-1'])
 })
 
 t.test('replacement, ClearChargingProfile by id, connector, purpose and stack level; the limit of installed profiles', async (t) => {
-  const csms = await startCsms(t)
-  const rig = await OcppRig.open(t, csms, { at: T0 })
-  await rig.online()
+  const { csms, rig } = await online(t)
   const set = (connectorId: number, over: Record<string, unknown>, limit = 16) =>
     csms.call('SetChargingProfile', {
       connectorId,
@@ -452,8 +453,7 @@ t.test('replacement, ClearChargingProfile by id, connector, purpose and stack le
     'a replacement still goes in',
   )
   t.same(limits(rig).at(-1), ['set-circuit-limit', 'site', 12])
-  await rig.close()
-  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
+  await closeClean(t, csms, rig)
 })
 
 t.test('profiles survive a restart and apply while the central system is away', async (t) => {
@@ -488,14 +488,11 @@ t.test('profiles survive a restart and apply while the central system is away', 
   await rig.cp.idle()
   t.equal(rig.cp.state().chargingProfiles, 0, 'the clear is kept too')
   t.same(limits(rig), [], 'and nothing is given to the engine')
-  await rig.close()
-  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
+  await closeClean(t, csms, rig)
 })
 
 t.test('RemoteStartTransaction.chargingProfile must be a TxProfile naming no transaction', async (t) => {
-  const csms = await startCsms(t)
-  const rig = await OcppRig.open(t, csms, { at: T0 })
-  await rig.online()
+  const { csms, rig } = await online(t)
   for (const [what, p] of [
     ['a TxDefaultProfile', profile({ chargingProfilePurpose: 'TxDefaultProfile' })],
     ['a TxProfile naming a transaction', profile({ chargingProfilePurpose: 'TxProfile', transactionId: 4 })],
@@ -514,6 +511,5 @@ t.test('RemoteStartTransaction.chargingProfile must be a TxProfile naming no tra
     [],
     'no start, no limit',
   )
-  await rig.close()
-  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
+  await closeClean(t, csms, rig)
 })

@@ -392,6 +392,15 @@ export function startDaemon(
   return d
 }
 
+/** A `start` through the daemon's local API (`api`: its base URL without the trailing slash). */
+export function localStart(api: string, token: string, outlet: string, userId: string): Promise<Response> {
+  return fetch(`${api}/api/outlets/${outlet}/start`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ userId }),
+  })
+}
+
 // ---------------------------------------------------------------- the cloud
 
 export interface Cloud {
