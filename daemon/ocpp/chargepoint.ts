@@ -63,6 +63,9 @@ export interface OutletView {
   sessionStartedAt?: number
   /** The outlet's own limit in force in the engine (A per phase), if any. */
   limitA?: number
+  /** What opened the open session, and for whom. */
+  sessionTrigger?: 'activation' | 'auto-start'
+  userId?: string
 }
 
 export interface ChargePointHost {
@@ -117,6 +120,8 @@ export class ChargePoint {
   private limits: Promise<void> = Promise.resolve()
   private limitsQueued = false
   private limitSeq = 0
+  /** Open sessions already looked at by the offline authorization of auto-starts (seeded at start: decided before). */
+  private readonly seenSessions = new Set<string>()
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -208,6 +213,7 @@ export class ChargePoint {
     this.serial(() => this.closeOrphans())
     // The limits in force now, before the central system is there (they apply while it is away).
     void this.applyLimits()
+    for (const o of this.host.outlets()) if (o.sessionId) this.seenSessions.add(o.sessionId)
     this.rpc.start()
     if (!this.host.manualClock) {
       this.tickTimer = setInterval(() => this.tick(), TICK_MS)
@@ -326,6 +332,35 @@ export class ChargePoint {
   /** An outlet's status changed (daemon `status` event). */
   onStatus(): void {
     this.sendStatuses(false)
+    this.checkAutoStarts()
+  }
+
+  /**
+   * An auto-start opens its session in the engine on its own (the car drew on an armed outlet): while the central
+   * system is away, its user goes through offline authorization like a start at the gateway (admitStart), and a
+   * refused one is stopped at once (StopTransaction DeAuthorized, kept on disk before the stop; the stop suspends
+   * the outlet's auto-start, so the plugged car does not start it again), billed for what it drew.
+   */
+  private checkAutoStarts(): void {
+    if (this.stopped || !this.outbox) return
+    const open = new Set<string>()
+    for (const o of this.host.outlets()) {
+      if (!o.sessionId) continue
+      open.add(o.sessionId)
+      if (this.seenSessions.has(o.sessionId)) continue
+      this.seenSessions.add(o.sessionId)
+      if (o.sessionTrigger !== 'auto-start' || o.userId === undefined) continue
+      const a = this.admitStart(o.userId)
+      if (a.ok) continue
+      const { id: outlet, sessionId } = o
+      this.log.warn({ outlet, sessionId, why: a.message }, 'ocpp: offline authorization refused an auto-start; stopping it')
+      this.serial(async () => {
+        await this.outbox.saveOverride(sessionId, 'DeAuthorized')
+        const r = await this.host.command({ id: `ocpp-offline-${sessionId}`.slice(0, 128), action: 'stop', outlet, by: 'manager' })
+        if (!r.ok) await this.outbox.saveOverride(sessionId, null)
+      })
+    }
+    for (const s of this.seenSessions) if (!open.has(s)) this.seenSessions.delete(s)
   }
 
   // ---------------------------------------------------------------- connection
