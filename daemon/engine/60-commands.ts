@@ -33,7 +33,13 @@ export function onCommand(ctx: Ctx, ev: EngineEvent & { type: 'command' }): void
     ctx.result = memo.results[ev.id]!
     return
   }
-  const o = applyCommand(ctx, ev.command)
+  const r = ev.refused as { code?: unknown; message?: unknown } | undefined
+  const o: Outcome =
+    r === undefined
+      ? applyCommand(ctx, ev.command)
+      : typeof r === 'object' && r !== null && typeof r.code === 'string' && r.code !== '' && typeof r.message === 'string'
+        ? { ok: false, code: r.code as CommandErrorCode, message: r.message }
+        : fail('invalid-command', 'refused: must be {code, message}, strings')
   const result: CommandResult = o.ok
     ? o.result === undefined
       ? { id: ev.id, ok: true }

@@ -32,7 +32,12 @@ export type EngineEvent =
   | { type: 'relay-failed'; outlet: string; error: string }
   /** The relay answered and its read-back agrees again: clears a relay fault. */
   | { type: 'relay-ok'; outlet: string }
-  | { type: 'command'; id: string; source: CommandSource; command: Command }
+  /**
+   * A command. `refused`: the gateway refused it before the engine (OCPP offline authorization,
+   * `not-authorized`): nothing is applied, and the refusal is remembered for its id (a repeated
+   * id gets the first answer, whichever it was) and journaled like the engine's own refusals.
+   */
+  | { type: 'command'; id: string; source: CommandSource; command: Command; refused?: { code: string; message: string } }
   | { type: 'tick' }
   | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
