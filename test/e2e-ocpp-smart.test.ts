@@ -175,12 +175,20 @@ t.test('a site without circuits gets one; the profile survives a kill -9 and hol
 
   daemon = startDaemon(t, file)
   const api = String((await daemon.waitLog((l) => l.msg === 'local API listening', 'the local API')).url).replace(/\/$/, '')
-  await daemon.waitLog((l) => l.msg === 'ocpp: site limit in force' && l.maxA === 16, 'the kept limit in force again, offline')
-  const status = (await (await fetch(`${api}/api/status`, { headers: { authorization: 'Bearer smart-token' } })).json()) as {
+  type Status = {
     ocpp: { chargingProfiles: number; siteLimitA: number; connected: boolean }
-    circuits?: { id: string; limitA: number }[]
+    circuits: { circuit: string; maxA: number; limitA: number }[]
   }
+  const status = await waitFor(async () => {
+    const s = (await (await fetch(`${api}/api/status`, { headers: { authorization: 'Bearer smart-token' } })).json()) as Status
+    return s.ocpp.siteLimitA === 16 && s
+  }, 'the kept limit in force again, offline')
   t.match(status.ocpp, { chargingProfiles: 1, siteLimitA: 16, connected: false })
+  t.same(
+    status.circuits.map((c) => [c.circuit, c.maxA, c.limitA]),
+    [['site', 32, 16]],
+    'the site circuit (the sum of the ratings), cut to 16 A',
+  )
   await peer.plug(1, 16)
   await peer.plug(2, 16)
   const start = (outlet: string, userId: string) => localStart(api, 'smart-token', outlet, userId)

@@ -475,7 +475,9 @@ t.test('profiles survive a restart and apply while the central system is away', 
   rig = await OcppRig.open(t, csms, { at: T0 + 60_000, dir: rig.dir })
   await rig.cp.idle()
   t.equal(rig.cp.state().chargingProfiles, 1, 'kept in the journal')
-  t.same(limits(rig), [['set-circuit-limit', 'site', 20]], 'in force at start, with no central system')
+  // The engine keeps its limit in its journaled state; the charge point knows it gave 20 A and gives it again only when it changes.
+  t.same(limits(rig), [], 'nothing to give at start: 20 A is what the engine has')
+  t.equal(rig.cp.state().siteLimitA, 20, 'in force at start, with no central system')
   t.notOk(rig.cp.state().connected)
   await rig.advance(3540_000)
   t.same(limits(rig).at(-1), ['set-circuit-limit', 'site', 8], 'the next period at its time, offline')
@@ -513,3 +515,26 @@ t.test('RemoteStartTransaction.chargingProfile must be a TxProfile naming no tra
   )
   await closeClean(t, csms, rig)
 })
+
+t.test(
+  'a schedule that ended while the daemon was down is lifted at the next start; a limit the charge point never gave is left alone',
+  async (t) => {
+    let { csms, rig } = await online(t)
+    t.same(limits(rig), [], 'no site limit given at a start without profiles (a limit set by the cloud would stay)')
+    t.same(await csms.call('SetChargingProfile', { connectorId: 0, csChargingProfiles: profile({}, [[0, 20]], { duration: 600 }) }), {
+      status: 'Accepted',
+    })
+    t.same(limits(rig), [['set-circuit-limit', 'site', 20]])
+    await rig.close()
+    // Down for an hour: the ten-minute schedule ended meanwhile.
+    rig = await OcppRig.open(t, csms, { at: T0 + 3600_000, dir: rig.dir })
+    await rig.cp.idle()
+    t.same(limits(rig), [['set-circuit-limit', 'site', null]], 'lifted at the start')
+    t.equal(rig.cp.state().siteLimitA, null)
+    await rig.close()
+    rig = await OcppRig.open(t, csms, { at: T0 + 7200_000, dir: rig.dir })
+    await rig.cp.idle()
+    t.same(limits(rig), [], 'and not again')
+    await closeClean(t, csms, rig)
+  },
+)

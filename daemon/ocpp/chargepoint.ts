@@ -112,7 +112,7 @@ export class ChargePoint {
   private readonly root: { id: string; maxA: number } | undefined
   /** Per outlet: its circuit chain's smallest maxA, for outlets the circuit rules switch. */
   private readonly chainMaxA = new Map<string, number>()
-  /** The site limit last given to the engine (null: none); undefined until the first one. */
+  /** The site limit last given to the engine (null: none; kept on disk); undefined when none ever was. */
   private lastSite: number | null | undefined
   /** Per outlet: its own limit last given to the engine (null: none), first read from the engine's state. */
   private readonly lastOutlet = new Map<string, number | null>()
@@ -1116,12 +1116,14 @@ export class ChargePoint {
     await this.profiles.remove((i) => i.profile.chargingProfilePurpose === 'TxProfile' && open.get(i.connectorId) !== i.sessionId)
     const now = this.host.now()
     if (this.root) {
+      this.lastSite ??= this.profiles.siteApplied
       const want = this.siteLimitAt(now)
       // No site limit ever given by this process and none now: the root's limit is left to whoever set it.
       if (want !== (this.lastSite ?? null) || (this.lastSite === undefined && want !== null)) {
         const r = await this.host.command({ id: this.limitId(), action: 'set-circuit-limit', circuit: this.root.id, maxA: want })
         if (r.ok) {
           this.lastSite = want
+          await this.profiles.saveSite(want)
           this.log.info({ circuit: this.root.id, maxA: want }, 'ocpp: site limit in force')
         } else this.log.error({ circuit: this.root.id, maxA: want, code: r.error.code }, 'ocpp: the site limit was refused')
       }

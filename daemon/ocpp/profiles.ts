@@ -2,7 +2,8 @@
  * Smart charging (OCPP 1.6 SetChargingProfile, ClearChargingProfile, GetCompositeSchedule):
  * the charging profiles the central system installed, kept in the journal's side data (owner
  * `ocpp-profiles`: `p!<chargingProfileId>` one installed profile with its connector and, for a
- * TxProfile, its session; a salvage carries them), and the limit each stack gives at an instant.
+ * TxProfile, its session; `site` the site limit last given to the engine; a salvage carries them),
+ * and the limit each stack gives at an instant.
  *
  * Owns: the rules of a profile (what is `Rejected`, what is a CALLERROR), which installed profile
  * a new one replaces (the same chargingProfileId, or the same connector, purpose and stackLevel),
@@ -234,6 +235,8 @@ export function stackLimit(
 /** The installed profiles, kept in the journal's side data. */
 export class Profiles {
   private readonly byId = new Map<number, Installed>()
+  /** The site limit last given to the engine (A, or null: none); undefined when none ever was. */
+  private site: number | null | undefined
 
   private constructor(private readonly journal: Journal) {}
 
@@ -243,8 +246,23 @@ export class Profiles {
       if (key.startsWith('p!')) {
         const v = JSON.parse(value) as Installed
         p.byId.set(v.profile.chargingProfileId, v)
-      }
+      } else if (key === 'site') p.site = JSON.parse(value) as number | null
     return p
+  }
+
+  /**
+   * The site limit last given to the engine, kept across restarts: a schedule that ended, or a clear that landed,
+   * while the daemon was down is lifted at the next start (and a limit never given by the charge point is left
+   * to whoever set it).
+   */
+  get siteApplied(): number | null | undefined {
+    return this.site
+  }
+
+  async saveSite(maxA: number | null): Promise<void> {
+    if (maxA === this.site) return
+    await this.journal.asideWrite(OWNER, [{ key: 'site', value: JSON.stringify(maxA) }])
+    this.site = maxA
   }
 
   get size(): number {
