@@ -12,6 +12,7 @@
  */
 import type { Phase, SiteConfig } from './types.js'
 import { PHASES } from './types.js'
+import { pointerSegments } from './json-pointer.js'
 
 /** A meter "moved" when a relay's closing changed its current, power or voltage by at least this much. */
 export const MOVED = { currentA: 0.5, powerW: 100, voltageV: 50 } as const
@@ -316,10 +317,7 @@ export function applyPatch(doc: unknown, ops: readonly PatchOp[]): unknown {
   const out = structuredClone(doc)
   for (const op of ops) {
     if (op.op !== 'test' && op.op !== 'replace') throw new Error(`${op.path}: only test and replace operations are applied`)
-    const parts = op.path
-      .split('/')
-      .slice(1)
-      .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))
+    const parts = pointerSegments(op.path)
     const last = parts.pop()
     let at: unknown = out
     for (const p of parts) {

@@ -330,7 +330,7 @@ export interface BillingLine {
   pausedS?: number
 }
 
-export type QueueReason = 'start' | 'rotation' | 'shed' | 'failsafe'
+export type QueueReason = 'start' | 'rotation' | 'shed' | 'failsafe' | 'limit'
 
 /**
  * Present on gateway.started only when boot found the journal damaged (JOURNAL_CORRUPT)
@@ -461,7 +461,8 @@ export type RecordBody =
       circuit: string
       /**
        * start: no room when it began; rotation: its slot was over and another's turn came;
-       * shed: the circuit was over its limit; failsafe: the feeder meter is silent.
+       * shed: the circuit was over its limit; failsafe: the feeder meter is silent;
+       * limit: the outlet's own limit (set-outlet-limit, an OCPP charging profile) is below sessions.minChargeA.
        */
       why: QueueReason
     }
@@ -554,6 +555,8 @@ export type Command =
   | { action: 'assign-plan'; outlet: string; planId: string }
   /** Demand response: the circuit's limit (per phase, A) until the next one; null goes back to the configured maxA. */
   | { action: 'set-circuit-limit'; circuit: string; maxA: number | null }
+  /** An outlet's own limit (per phase, A) until the next one: below sessions.minChargeA its session waits; null: none. */
+  | { action: 'set-outlet-limit'; outlet: string; maxA: number | null }
 
 /** Where a command came from: the cloud (MQTT), the local API, a Node-RED flow, or the OCPP central system. */
 export type CommandSource = 'cloud' | 'local' | 'node-red' | 'ocpp'

@@ -25,6 +25,7 @@ import { currencyMinorDigits } from '../core/money.js'
 import { packagePath } from '../core/paths.js'
 import type { Command, CommandResult, CommandSource } from '../core/types.js'
 import { QuietLog, type Logger } from './log.js'
+import { escapeSegment as escapePointer } from '../core/json-pointer.js'
 
 /** A command payload larger than this is refused before it is parsed (a plan of ~200 periods fits in 32 KiB). */
 export const MAX_COMMAND_BYTES = 64 * 1024
@@ -299,10 +300,6 @@ export function recoverId(head: string): string | undefined {
     if (head[i] !== ',') return undefined
     i++
   }
-}
-
-function escapePointer(s: string): string {
-  return s.replace(/~/g, '~0').replace(/\//g, '~1')
 }
 
 function describeErrors(all: ErrorObject[]): string[] {

@@ -9,6 +9,7 @@
  * and which parts are secrets.
  * Must never: validate a config (daemon/config.ts), read or write a file, or apply anything.
  */
+import { escapeSegment as seg, pointerSegments } from '../core/json-pointer.js'
 
 /** The local API's roles: `admin` is `api.token` (may do everything), the others come from `api.tokens`. */
 export const ROLES = ['admin', 'installer', 'owner', 'viewer'] as const
@@ -35,9 +36,6 @@ export interface PointerRule {
   /** The role that owns it (admin may change everything). */
   owner: Role
 }
-
-/** One JSON pointer segment, escaped (RFC 6901). */
-const seg = (k: string | number): string => String(k).replace(/~/g, '~0').replace(/\//g, '~1')
 
 /** The pointers of every leaf that differs (a whole subtree when one side is not an object of the same kind), in document order. */
 export function diffPointers(a: unknown, b: unknown, at = ''): string[] {
@@ -172,13 +170,7 @@ export function redact(doc: unknown): unknown {
 export function unredact(doc: unknown, inForce: unknown): unknown {
   const copy = structuredClone(doc)
   const at = (p: string): unknown =>
-    p
-      .split('/')
-      .slice(1)
-      .reduce<unknown>(
-        (n, k) => (typeof n === 'object' && n !== null ? (n as Record<string, unknown>)[k.replace(/~1/g, '/').replace(/~0/g, '~')] : undefined),
-        inForce,
-      )
+    pointerSegments(p).reduce<unknown>((n, k) => (typeof n === 'object' && n !== null ? (n as Record<string, unknown>)[k] : undefined), inForce)
   eachSecret(copy, (holder, key, pointer) => {
     const was = at(pointer)
     if (holder[key] === REDACTED && typeof was === 'string') holder[key] = was

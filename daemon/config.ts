@@ -17,6 +17,7 @@ import { packagePath } from '../core/paths.js'
 import { loadValidators, type ValidatorSpec } from '../core/validators.js'
 import { BUS_TRANSPORT, defaultChannel, isNetBusType, ModelRegistry } from '../drivers/models.js'
 import { DEFAULT_PHASES, planIssues } from './engine/index.js'
+import { escapeSegment as escapePointer } from '../core/json-pointer.js'
 
 export const siteSchemaText = readFileSync(packagePath('config', 'site.schema.json'), 'utf8')
 export const siteSchema = JSON.parse(siteSchemaText) as Record<string, unknown>
@@ -190,9 +191,6 @@ function lineColumn(text: string, offset: number): { line: number; column: numbe
   return { line, column: offset - lineStart + 1 }
 }
 
-function escapePointer(s: string): string {
-  return s.replace(/~/g, '~0').replace(/\//g, '~1')
-}
 function toPointer(parts: (string | number)[]): string {
   return parts.map((p) => '/' + escapePointer(String(p))).join('')
 }

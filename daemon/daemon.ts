@@ -659,7 +659,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     // A start at the gateway while the central system is away: OCPP's offline authorization decides first (docs/ocpp.md).
     if (command.action === 'start' && source !== 'ocpp' && this.ocpp) {
       const a = this.ocpp.admitStart(command.userId)
-      if (!a.ok) return { id, ok: false, error: { code: 'not-authorized', message: a.message } }
+      // Through the engine all the same: the refusal is journaled and kept for its id like any other.
+      if (!a.ok) return this.applyNow(id, command, source, { code: 'not-authorized', message: a.message })
     }
     if (this.refusedOnlyForReading(id, command, source)) {
       held()
@@ -725,8 +726,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
   }
 
-  private async applyNow(id: string, command: Command, source: CommandSource): Promise<CommandResult> {
-    const effects = await this.dispatch({ type: 'command', id, source, command })
+  private async applyNow(id: string, command: Command, source: CommandSource, refused?: { code: string; message: string }): Promise<CommandResult> {
+    const effects = await this.dispatch({ type: 'command', id, source, command, ...(refused ? { refused } : {}) })
     const result = effects.find((e): e is Extract<Effect, { type: 'result' }> => e.type === 'result')
     if (!result) throw new OutpostError('ENGINE_NO_RESULT', `the engine gave no result for command ${id}`)
     return result.result

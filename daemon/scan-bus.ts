@@ -19,7 +19,7 @@ export function checkBus(raw: unknown): { ok: true; bus: BusConfig } | { ok: fal
     site: { id: 'scan', timezone: 'UTC' },
     storage: { dir: '/tmp' },
     buses: [raw],
-    outlets: [{ id: 'x', bus: (raw as { id?: unknown } | null)?.id ?? 'scan', meter: { model: 'eastron-sdm120', unit: 1 }, plan: 'p' }],
+    outlets: [],
     plans: [{ id: 'p', currency: 'EUR', periods: [{ days: ['mon'], from: '00:00', to: '24:00', perKwh: 0.1 }] }],
   })
   if (r.ok) return { ok: true, bus: r.config.buses[0]! }
@@ -39,7 +39,7 @@ export interface ScanState {
   cancelled: boolean
   error: string | null
   /** Each hit, with `outlets`: the configured outlets whose meter or relay already use that unit on this bus (none: []). */
-  hits: (ScanHit & { outlets: string[] })[]
+  hits: (ScanHit & { outlets: string[]; feederOf: string[] })[]
   who: string
   startedAt: number
 }
@@ -79,6 +79,8 @@ export class ScanJobs {
     this.job = job
     const usedBy = (unit: number): string[] =>
       o.busId === null ? [] : o.config.outlets.filter((x) => x.bus === o.busId && (x.meter.unit === unit || x.relay?.unit === unit)).map((x) => x.id)
+    const feederOf = (unit: number): string[] =>
+      o.busId === null ? [] : (o.config.circuits ?? []).filter((c) => c.meter?.bus === o.busId && c.meter.unit === unit).map((c) => c.id)
     const signal = this.controller.signal
     return scanBus(o.bus, o.units, {
       now: this.now,
@@ -87,7 +89,7 @@ export class ScanJobs {
       signal,
       onUnit: (unit, hit) => {
         job.done++
-        if (hit) job.hits.push({ ...hit, outlets: usedBy(unit) })
+        if (hit) job.hits.push({ ...hit, outlets: usedBy(unit), feederOf: feederOf(unit) })
       },
     }).then(
       () => {

@@ -219,6 +219,8 @@ const SILENT = new Set(['NET_TIMEOUT', 'NET_UNREACHABLE'])
 export interface NetOpenOptions {
   now: () => number
   logger?: Logger
+  /** The password itself, for a device not in the config yet (the page's find); else the config's passwordFile is read. */
+  password?: () => string
 }
 
 /**

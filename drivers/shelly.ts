@@ -35,7 +35,7 @@ export class ShellyDevice extends NetDevice {
 
   constructor(config: NetDeviceConfig, opts: NetOpenOptions) {
     super(config, opts)
-    this.password = passwordReader(config)
+    this.password = opts.password ?? passwordReader(config)
     this.auth = this.password ? new DigestAuth(USER, this.password) : undefined
   }
 

@@ -19,7 +19,7 @@ export class TasmotaDevice extends NetDevice {
 
   constructor(config: NetDeviceConfig, opts: NetOpenOptions) {
     super(config, opts)
-    this.password = passwordReader(config)
+    this.password = opts.password ?? passwordReader(config)
   }
 
   /** Status 0: the device is there. */

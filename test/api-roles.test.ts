@@ -68,3 +68,63 @@ t.test('roles and CSRF', async (t) => {
   t.equal(r.status, 409)
   t.equal(r.body.error.code, 'no-session')
 })
+
+t.test("users' wallets are the owner's: set from the local API as the cloud's set-wallet sets them", async (t) => {
+  const INSTALLER = 'installer-token-0123456789'
+  const site = await startApiSite(t, {
+    config: {
+      api: {
+        listen: '127.0.0.1:0',
+        token: TOKEN,
+        tokens: [
+          { name: 'vic', role: 'viewer', token: VIEWER },
+          { name: 'olga', role: 'owner', token: OWNER },
+          { name: 'ian', role: 'installer', token: INSTALLER },
+        ],
+      },
+    },
+  })
+  await site.ready()
+  const put = (user: string, body: unknown, auth: string) =>
+    site.json(`/api/wallets/${encodeURIComponent(user)}`, {
+      auth,
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    })
+  t.same((await site.json('/api/wallets', { auth: VIEWER })).body, { wallets: [] }, 'none yet; the viewer reads them')
+
+  for (const [who, token] of [
+    ['viewer:vic', VIEWER],
+    ['installer:ian', INSTALLER],
+  ] as const) {
+    const r = await put('ann', { currency: 'EUR', balance: 2500 }, token)
+    t.equal(r.status, 403, `${who} may not set a wallet`)
+    t.match(r.body.error.message, who)
+  }
+  for (const [body, field] of [
+    [{ currency: 'EURO', balance: 2500 }, /body\/currency/],
+    [{ currency: 'EUR', balance: 25.5 }, /body\/balance/],
+    [{ currency: 'EUR' }, /body\/balance/],
+    [{ currency: 'EUR', balance: 100, extra: 1 }, /body\/extra: unknown field/],
+  ] as const) {
+    const r = await put('ann', body, OWNER)
+    t.equal(r.status, 400, `refused: ${JSON.stringify(body)}`)
+    t.match(r.body.error.message, field, 'the error names the field')
+  }
+  t.same((await site.json('/api/wallets', { auth: OWNER })).body, { wallets: [] }, 'nothing changed')
+
+  const r = await put('ann <b>', { currency: 'CAD', balance: 2500 }, OWNER)
+  t.equal(r.status, 200)
+  t.same(r.body.wallet, { userId: 'ann <b>', currency: 'CAD', balance: 2500, reserved: 0, digits: 2 })
+  // The wallet is the engine's, as set-wallet makes it: a start for that user is accepted, and reserves the balance.
+  const started = await site.post('/api/outlets/A1/start', { userId: 'ann <b>' }, { auth: OWNER })
+  t.equal(started.status, 200, JSON.stringify(started.body))
+  t.same(
+    (await site.json('/api/wallets', { auth: OWNER })).body.wallets,
+    [{ userId: 'ann <b>', currency: 'CAD', balance: 2500, reserved: 2500, digits: 2 }],
+    'the open session reserves the balance',
+  )
+  const nobody = await site.post('/api/outlets/A2/start', { userId: 'nobody' }, { auth: OWNER })
+  t.equal(nobody.body.error?.code, 'unknown-user', 'a user without a wallet is refused, as before')
+})

@@ -8,10 +8,11 @@
  * polled. Refusals at their fields, a port the site already uses, one scan at a time, cancel.
  */
 import t from 'tap'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { freePort } from './helpers/mosquitto.js'
 import { keepScreenshot, signedInPage } from './helpers/browser.js'
+import { startShelly, startTasmota } from './helpers/fake-netdev.js'
 
 /** The page's document, inside page functions. */
 declare const document: any
@@ -215,4 +216,94 @@ t.test('scan the site’s bus from the page and add the meter it finds', async (
   t.equal(await page.$('#injected'), null, 'a name with HTML in it is shown as text')
   t.same(errors, [], 'no script error on the page')
   await daemon.stop()
+})
+
+t.test('a Shelly and a Tasmota added by address: found, read, added without a restart, the password kept beside the config', async (t) => {
+  const work = tempDir(t, 'outpost-e2e-netadd-')
+  const peer = await startPeer(t, { outlets: 1 })
+  const shelly = await startShelly(t, { password: 'garage-secret', energyWh: 4321 })
+  const tasmota = await startTasmota(t, { energyWh: 777 })
+  shelly.plug(6)
+  const port = await freePort()
+  const file = writeSiteConfig({
+    dir: work,
+    port: peer.port,
+    outlets: 1,
+    extra: { api: { listen: `127.0.0.1:${port}`, token: ADMIN, tokens: TOKENS }, logging: { level: 'info' } },
+  })
+  const daemon = startDaemon(t, file)
+  const base = `http://127.0.0.1:${port}`
+  const api = async (path: string, o: { role?: string; method?: string; body?: unknown } = {}) => {
+    const headers: Record<string, string> = { authorization: `Bearer ${tokenOf(o.role ?? 'installer')}` }
+    if (o.body !== undefined) headers['content-type'] = 'application/json'
+    const res = await fetch(base + path, { method: o.method ?? 'GET', headers, ...(o.body !== undefined ? { body: JSON.stringify(o.body) } : {}) })
+    return { status: res.status, body: (await res.json()) as any }
+  }
+  await waitFor(async () => (await api('/api/status').catch(() => ({ status: 0 }))).status === 200, 'the API', 60_000)
+  const find = (body: unknown, role = 'installer') => api('/api/scan/device', { method: 'POST', body, role })
+
+  // Refusals at their fields; nothing written.
+  const refusals: [unknown, number, string, string | undefined, string, string?][] = [
+    [{ type: 'shelly', host: '127.0.0.1' }, 403, 'forbidden', undefined, 'the viewer may not', 'viewer'],
+    [{ type: 'hue', host: '127.0.0.1' }, 400, 'invalid-request', undefined, 'a kind of device Outpost does not drive'],
+    [{ type: 'shelly', host: 'not a host' }, 400, 'invalid-request', '/host', 'a host with spaces'],
+    [{ type: 'shelly', host: '127.0.0.1', port: 70000 }, 400, 'invalid-request', '/port', 'a port beyond 65535'],
+    [{ type: 'shelly', host: '127.0.0.1', port: shelly.port, colour: 'red' }, 400, 'invalid-request', undefined, 'an unknown field'],
+    [{ type: 'shelly', host: '127.0.0.1', port: shelly.port }, 502, 'device-unreachable', '/password', 'no password for a device that wants one'],
+    [{ type: 'shelly', host: '127.0.0.1', port: shelly.port, password: 'wrong' }, 502, 'device-unreachable', '/password', 'a wrong password'],
+  ]
+  for (const [body, status, code, pointer, what, role] of refusals) {
+    const r = await find(body, role)
+    t.equal(r.status, status, what)
+    t.equal(r.body.error?.code, code, `${what}: ${r.body.error?.message}`)
+    if (pointer) t.equal(r.body.error.pointer, pointer, `${what}: at ${pointer}`)
+  }
+  t.notOk(
+    readdirSync(work).some((f) => f.endsWith('.password')),
+    'no password file written for a refusal',
+  )
+
+  const tas = await find({ type: 'tasmota', host: '127.0.0.1', port: tasmota.port })
+  t.equal(tas.status, 200, JSON.stringify(tas.body))
+  t.match(tas.body.device.channels, [{ channel: 1, meter: 'tasmota', relay: 'tasmota', relayClosed: false, reading: { energyWh: 777 } }])
+  t.same(tas.body.bus, { id: `tasmota-127-0-0-1`, type: 'tasmota', host: '127.0.0.1', port: tasmota.port }, 'no password: no file')
+
+  // The page: the Shelly by address and password, its channel read, "Add".
+  const { page, errors } = await signedInPage(t, base, tokenOf('installer'))
+  await page.waitForSelector('#net-form')
+  await page.selectOption('#net-type', 'shelly')
+  await page.fill('#net-host', '127.0.0.1')
+  await page.fill('#net-port', String(shelly.port))
+  await page.fill('#net-password', 'garage-secret')
+  await page.click('#net-find')
+  await page.waitForSelector('#net-channels tr[data-channel="0"]')
+  const row = await page.$$eval('#net-channels tbody tr', (trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)))
+  t.same(row[0]!.slice(0, 3), ['0', 'shelly-switch', 'shelly-switch'], 'a metering switch: one outlet, meter and relay')
+  t.match(row[0]![3], /^230 V · 0\.00 A · 0 W · 4\.321 kWh$/, 'read once through its model (the relay open: no current)')
+  t.equal(row[0]![4], 'open')
+  const pwFile = join(work, 'shelly-127-0-0-1.password')
+  t.equal(readFileSync(pwFile, 'utf8'), 'garage-secret\n', 'the password kept beside the config')
+  t.equal(statSync(pwFile).mode & 0o777, 0o600, 'readable by the daemon’s user only')
+  await page.click('#net-channels button[data-channel="0"]')
+  await page.waitForSelector('#net-channels tr[data-channel="0"] td:has-text("added")')
+  const cfg = JSON.parse(readFileSync(file, 'utf8'))
+  t.same(
+    cfg.buses.at(-1),
+    { id: 'shelly-127-0-0-1', type: 'shelly', host: '127.0.0.1', port: shelly.port, passwordFile: pwFile },
+    'the device as a bus',
+  )
+  t.match(cfg.outlets.at(-1), { id: 'shelly-127-0-0-1-0', bus: 'shelly-127-0-0-1', meter: { model: 'shelly-switch', channel: 0 } })
+  t.notOk(readFileSync(file, 'utf8').includes('garage-secret'), 'the password is not in the config')
+  await page.waitForSelector('#outlets article[data-outlet="shelly-127-0-0-1-0"][data-state="off"]', { timeout: 30_000 })
+  t.ok(daemon.running(), 'added without a restart')
+  // The same device again is refused: it is the site's now.
+  const again = await find({ type: 'shelly', host: '127.0.0.1', port: shelly.port, password: 'garage-secret' })
+  t.equal(again.status, 409)
+  t.equal(again.body.error.code, 'device-in-use')
+  // It charges: a start closes the Shelly's relay and the car draws.
+  await api('/api/wallets/ann', { method: 'PUT', role: 'admin', body: { currency: 'CAD', balance: 5000 } })
+  const started = await api('/api/outlets/shelly-127-0-0-1-0/start', { method: 'POST', body: { userId: 'ann' } })
+  t.equal(started.status, 200, JSON.stringify(started.body))
+  await waitFor(() => shelly.load.current > 5, 'the Shelly’s relay closed and the car draws')
+  t.same(errors, [], 'no script errors')
 })

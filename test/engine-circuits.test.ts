@@ -474,3 +474,83 @@ t.test('a JSON round-tripped state plans the same', async (t) => {
   t.ok(g.records('session.resumed').length >= 2, 'turns were taken')
   t.equal(g.diverged, 0, 'every step identical on the round-tripped state')
 })
+
+const limit = (g: Garage, outlet: string, maxA: number | null, id = `l-${outlet}-${g.now}`) =>
+  g.apply({ type: 'command', id, source: 'ocpp', command: { action: 'set-outlet-limit', outlet, maxA } })
+
+t.test("an outlet's own limit below the minimum pauses its session (queued limit, not billed per hour); any other lets it run", async (t) => {
+  const g = new Garage(six())
+  g.car.B1 = 16
+  g.start('B1')
+  g.run(5000)
+  t.equal(g.states().B1, 'charging')
+  const r = limit(g, 'B1', 0).find((e) => e.type === 'result')
+  t.same(r?.type === 'result' && r.result, { id: `l-B1-${g.now}`, ok: true, result: { outlet: 'B1', maxA: 0 } })
+  t.equal(g.states().B1, 'queued', 'paused in the step of the limit')
+  t.notOk(g.relay.B1, 'its relay open')
+  t.same(
+    g.records('session.queued').map((q) => [q.outlet, q.why]),
+    [['B1', 'limit']],
+  )
+  g.run(120_000)
+  t.equal(g.states().B1, 'queued', 'still paused two minutes later: a limit is not a turn')
+  // Above the minimum (0.5 A), even far below the car's 16 A: it runs (an outlet switches, it does not dim).
+  limit(g, 'B1', 6)
+  t.equal(g.states().B1, 'pending', 'switched on again at once (minimum off time long over)')
+  t.ok(g.relay.B1)
+  t.same(
+    g.records('session.resumed').map((q) => q.outlet),
+    ['B1'],
+  )
+  g.run(5000)
+  t.equal(g.states().B1, 'charging')
+  limit(g, 'B1', null)
+  g.apply({ type: 'command', id: 'stop-B1', source: 'local', command: { action: 'stop', outlet: 'B1', by: 'user' } })
+  const ended = g.records('session.ended')[0]!
+  t.ok(ended.pausedS !== undefined && ended.pausedS >= 120, `the pause is not billed per hour (pausedS ${ended.pausedS})`)
+})
+
+t.test('a paused session holds nobody up; a start on a paused outlet opens queued limit; a limit on an unknown outlet is refused', async (t) => {
+  const g = new Garage(
+    config({
+      circuits: [{ id: 'feeder', maxA: 20, slotS: 60 }],
+      outlets: ['B1', 'B2'].map((id) => ({ id, circuit: 'feeder' })),
+    }),
+  )
+  limit(g, 'B1', 0.4)
+  g.car.B1 = 16
+  g.car.B2 = 16
+  g.start('B1')
+  t.equal(g.states().B1, 'queued', 'opened waiting')
+  t.same(
+    g.records('session.queued').map((q) => [q.outlet, q.why]),
+    [['B1', 'limit']],
+  )
+  g.poll()
+  g.start('B2')
+  g.run(3000)
+  t.equal(g.states().B2, 'charging', 'the paused one, first in line, does not hold the second back')
+  const bad = limit(g, 'nope', 0).find((e) => e.type === 'result')
+  t.same(bad?.type === 'result' && !bad.result.ok && bad.result.error.code, 'unknown-outlet')
+  const neg = limit(g, 'B1', -1).find((e) => e.type === 'result')
+  t.same(neg?.type === 'result' && !neg.result.ok && neg.result.error.code, 'invalid-command')
+})
+
+t.test('a site with an OCPP central system and no circuits has one circuit, every outlet on it, that holds nobody back until cut', async (t) => {
+  const base = six()
+  const cfg = { ...base, circuits: [], ocpp: { url: 'ws://127.0.0.1:1', identity: 'cp' } } as unknown as SiteConfig
+  cfg.outlets = cfg.outlets.map(({ circuit: _c, ...o }) => o)
+  const g = new Garage(cfg)
+  t.same(Object.keys(g.state.settings.circuits), ['site'])
+  t.equal(g.state.settings.circuits.site!.maxA, 96, 'the sum of the ratings')
+  t.same(g.state.settings.circuits.site!.members, ['B1', 'B2', 'B3', 'B4', 'B5', 'B6'])
+  for (const id of ['B1', 'B2', 'B3', 'B4', 'B5', 'B6']) {
+    g.car[id] = 16
+    g.start(id)
+  }
+  g.run(3000)
+  t.equal(g.onCount(), 6, 'all six on a 96 A site')
+  g.apply({ type: 'command', id: 'cut', source: 'ocpp', command: { action: 'set-circuit-limit', circuit: 'site', maxA: 32 } })
+  t.equal(g.onCount(), 2, 'a 32 A site limit: two on, in the step of the limit')
+  t.equal(g.records('session.queued').filter((q) => q.why === 'shed').length, 4)
+})

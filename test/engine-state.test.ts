@@ -441,3 +441,22 @@ t.test('the command memo is bounded: the last 256 ids are remembered, older ones
   t.equal(r.state.commands.ids.length, 256)
   t.equal(Object.keys(r.state.commands.results).length, 256)
 })
+
+t.test('a command the gateway refused before the engine (refused): nothing applied, the refusal remembered for its id', async (t) => {
+  const r = new Rig(siteConfig(), WED_NOON)
+  r.boot(true)
+  r.read('A1', 0)
+  const start = { action: 'start', outlet: 'A1', userId: 'u-1' } as const
+  const result = (effects: ReturnType<Rig['apply']>) =>
+    effects.find((e) => e.type === 'result')?.type === 'result' && effects.find((e) => e.type === 'result')
+  const refused = { code: 'not-authorized', message: 'the central system is unreachable' }
+  const first = r.apply({ type: 'command', id: 'c1', source: 'local', command: start, refused })
+  t.same(result(first), { type: 'result', result: { id: 'c1', ok: false, error: refused } })
+  t.equal(first.filter((e) => e.type === 'record').length, 0, 'nothing recorded')
+  t.same(r.state.commands.results.c1, { id: 'c1', ok: false, error: refused }, 'kept in the state the journal commits')
+  t.equal(r.state.outlets.A1!.session, null, 'nothing started')
+  const again = r.apply({ type: 'command', id: 'c1', source: 'local', command: start })
+  t.same(result(again), { type: 'result', result: { id: 'c1', ok: false, error: refused } }, 'the same id: the same answer')
+  const bad = r.apply({ type: 'command', id: 'c2', source: 'local', command: start, refused: { code: 5 } as never })
+  t.match(result(bad), { result: { ok: false, error: { code: 'invalid-command', message: /refused/ } } })
+})

@@ -529,6 +529,8 @@ t.test("the editor in a browser: login, the outpost palette, the nodes' edit dia
     await page.waitForSelector(`.red-ui-palette-node[data-palette-type="${type}"]`, { state: 'attached', timeout: 60_000 })
   }
   t.pass('the three nodes are in the palette')
+  // The palette comes before the flows: the shipped flow's nodes exist once the workspace has loaded them.
+  await page.waitForFunction(() => Boolean((globalThis as any).RED?.nodes?.node('0a7f1a0000000002')), undefined, { timeout: 60_000 })
   const seen = await page.evaluate(() => {
     const RED = (globalThis as any).RED
     const help = (type: string) => String(RED.nodes.getNodeHelp(type) ?? '')

@@ -7,27 +7,12 @@
  * (`pausedS`), and the transaction's meterStop − meterStart is still the session's energy.
  * Against ocpp-rpc's strict central system and the pymodbus site peer.
  */
-import { readFileSync, writeFileSync } from 'node:fs'
 import t from 'tap'
-import { journalRecords, ocppSection, startCsms, statusesOf } from './helpers/csms.js'
-import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
+import { bayOfTwo, journalRecords, statusesOf } from './helpers/csms.js'
+import { startDaemon, waitFor } from './helpers/e2e-kit.js'
 
 t.test('a queued session is SuspendedEVSE inside its transaction, and Charging when its turn comes', async (t) => {
-  const dir = tempDir(t)
-  const peer = await startPeer(t, { outlets: 2 })
-  const csms = await startCsms(t)
-  await peer.plug(1, 16)
-  await peer.plug(2, 16)
-  const file = writeSiteConfig({
-    dir,
-    port: peer.port,
-    outlets: 2,
-    outlet: { 1: { circuit: 'bay', ratingA: 16 }, 2: { circuit: 'bay', ratingA: 16 } },
-    extra: { ocpp: ocppSection(csms, { meterValueSampleS: 0 }) },
-  })
-  const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>
-  config.circuits = [{ id: 'bay', maxA: 20, slotS: 3600 }]
-  writeFileSync(file, JSON.stringify(config, null, 2))
+  const { peer, csms, file } = await bayOfTwo(t, { maxA: 20, slotS: 3600 })
   const daemon = startDaemon(t, file)
 
   await csms.waitCall('BootNotification')

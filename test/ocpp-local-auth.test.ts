@@ -104,7 +104,7 @@ t.test('SendLocalList, GetLocalListVersion, ClearCache; impossible updates chang
   }
   t.same(
     keys.configurationKey.map((k) => k.value),
-    ['10000', '1000', 'Core,RemoteTrigger,LocalAuthListManagement'],
+    ['10000', '1000', 'Core,RemoteTrigger,LocalAuthListManagement,SmartCharging'],
   )
 
   // The cache: the central system's answers, forgotten on ClearCache.
@@ -265,6 +265,46 @@ t.test('an idTag refused at the reconnect: stopped at once, or run on up to MaxE
   const stop2 = await csms.waitCall('StopTransaction', (c) => c.params.idTag === 'eve')
   t.equal(stop2.params.reason, 'DeAuthorized')
   t.equal(stop2.params.meterStop, 1050)
+  await rig.close()
+  t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
+  t.equal(csms.badMessages.length, 0)
+})
+
+t.test('an auto-start while the central system is away goes through offline authorization: a refused one is stopped at once', async (t) => {
+  const csms = await startCsms(t)
+  const rig = await OcppRig.open(t, csms, { ocpp: { allowOfflineTxForUnknownId: false } })
+  await rig.online()
+  t.same(
+    await csms.call('SendLocalList', {
+      listVersion: 1,
+      updateType: 'Full',
+      localAuthorizationList: [{ idTag: 'resident', idTagInfo: { status: 'Accepted' } }],
+    }),
+    { status: 'Accepted' },
+  )
+  await csms.down()
+  await waitFor(() => !rig.cp.state().connected, 'offline')
+  /** The engine opened an auto-start session on the outlet (the car drew on the armed relay). */
+  const autoStart = async (outlet: string, userId: string, wh: number) => {
+    await rig.start(outlet, userId, wh)
+    Object.assign(rig.view(outlet), { sessionTrigger: 'auto-start', userId })
+    rig.cp.onStatus()
+    await rig.cp.idle()
+  }
+  await autoStart('A1', 'resident', 100)
+  t.same(
+    rig.commands.filter((c) => c.action === 'stop'),
+    [],
+    'an auto-start for a listed idTag runs',
+  )
+  await autoStart('A2', 'stranger', 500)
+  await waitFor(() => rig.commands.some((c) => c.action === 'stop' && c.outlet === 'A2'), 'the refused auto-start stopped')
+  t.equal(rig.commands.filter((c) => c.action === 'stop').length, 1, 'only that one')
+  t.ok(rig.lines.some((l) => l.msg === 'ocpp: offline authorization refused an auto-start; stopping it' && l.outlet === 'A2'))
+  await csms.up()
+  await rig.online()
+  const stop = await csms.waitCall('StopTransaction', (c) => c.params.idTag === 'stranger')
+  t.equal(stop.params.reason, 'DeAuthorized', 'the central system hears why')
   await rig.close()
   t.equal(csms.violations.length, 0, `no strict-mode violation: ${JSON.stringify(csms.violations.slice(0, 2))}`)
   t.equal(csms.badMessages.length, 0)

@@ -12,7 +12,7 @@
  */
 import t, { type Test } from 'tap'
 import { type Csms, type CsmsCall, journalRecords, ocppSection, startCsms } from './helpers/csms.js'
-import { startDaemon, startPeer, tempDir, waitFor, writeSiteConfig, type Ended, type Started } from './helpers/e2e-kit.js'
+import { localStart, startDaemon, startPeer, tempDir, type Ended, type Started, waitFor, writeSiteConfig } from './helpers/e2e-kit.js'
 
 const TX_ACTIONS = ['StartTransaction', 'StopTransaction', 'MeterValues']
 
@@ -174,42 +174,45 @@ t.test('kill -9 mid-session: one StopTransaction PowerLoss; SIGTERM mid-session:
   checkStrict(t, csms)
 })
 
-t.test('offline authorization through the daemon: the local API start of an unknown idTag is refused, a listed one starts', async (t) => {
-  const { config, peer, csms } = await site(t, {
-    ocpp: { allowOfflineTxForUnknownId: false },
-    api: { listen: '127.0.0.1:0', token: 'ocpp-auth-token' },
-  })
-  const daemon = startDaemon(t, config)
-  const api = String((await daemon.waitLog((l) => l.msg === 'local API listening', 'the local API')).url).replace(/\/$/, '')
-  await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'boot accepted')
-  t.same(
-    await csms.call('SendLocalList', {
-      listVersion: 1,
-      updateType: 'Full',
-      localAuthorizationList: [{ idTag: 'on-list', idTagInfo: { status: 'Accepted' } }],
-    }),
-    { status: 'Accepted' },
-  )
-  await csms.down()
-  await daemon.waitLog((l) => String(l.msg).startsWith('ocpp: disconnected'), 'the charge point sees the outage')
-  const start = (userId: string) =>
-    fetch(`${api}/api/outlets/E1/start`, {
-      method: 'POST',
-      headers: { authorization: 'Bearer ocpp-auth-token', 'content-type': 'application/json' },
-      body: JSON.stringify({ userId }),
+t.test(
+  'offline authorization through the daemon: the local API start of an unknown idTag is refused (journaled, kept for its id), a listed one starts',
+  async (t) => {
+    const { config, peer, csms } = await site(t, {
+      ocpp: { allowOfflineTxForUnknownId: false },
+      api: { listen: '127.0.0.1:0', token: 'ocpp-auth-token' },
     })
-  const refused = await start('stranger')
-  t.equal(refused.status, 403)
-  t.match(await refused.json(), { ok: false, error: { code: 'not-authorized', message: /not on its local list nor in the authorization cache/ } })
-  t.equal(journalRecords(config).filter((r) => r.type === 'session.started').length, 0, 'nothing started, nothing journaled')
-  await peer.plug(1, 16)
-  const ok = await start('on-list')
-  t.equal(ok.status, 200, 'an idTag on the local list starts while the central system is away')
-  await daemon.waitLog((l) => l.msg === 'session started', 'the session started')
-  await csms.up()
-  const tx = await csms.waitCall('StartTransaction', (c) => c.reply !== undefined, 'the StartTransaction after the reconnect')
-  t.equal(tx.params.idTag, 'on-list')
-  t.equal((await daemon.stop('SIGTERM')).code, 0)
-  t.equal(csms.violations.length, 0)
-  t.equal(csms.badMessages.length, 0)
-})
+    const daemon = startDaemon(t, config)
+    const api = String((await daemon.waitLog((l) => l.msg === 'local API listening', 'the local API')).url).replace(/\/$/, '')
+    await daemon.waitLog((l) => l.msg === 'ocpp: boot accepted', 'boot accepted')
+    t.same(
+      await csms.call('SendLocalList', {
+        listVersion: 1,
+        updateType: 'Full',
+        localAuthorizationList: [{ idTag: 'on-list', idTagInfo: { status: 'Accepted' } }],
+      }),
+      { status: 'Accepted' },
+    )
+    await csms.down()
+    await daemon.waitLog((l) => String(l.msg).startsWith('ocpp: disconnected'), 'the charge point sees the outage')
+    const start = (userId: string, id?: string) => localStart(api, 'ocpp-auth-token', 'E1', userId, id)
+    const refused = await start('stranger', 'offline-1')
+    t.equal(refused.status, 403)
+    const refusal = await refused.json()
+    t.match(refusal, { ok: false, error: { code: 'not-authorized', message: /not on its local list nor in the authorization cache/ } })
+    t.equal(journalRecords(config).filter((r) => r.type === 'session.started').length, 0, 'nothing started')
+    await peer.plug(1, 16)
+    const ok = await start('on-list')
+    t.equal(ok.status, 200, 'an idTag on the local list starts while the central system is away')
+    await daemon.waitLog((l) => l.msg === 'session started', 'the session started')
+    await csms.up()
+    const tx = await csms.waitCall('StartTransaction', (c) => c.reply !== undefined, 'the StartTransaction after the reconnect')
+    t.equal(tx.params.idTag, 'on-list')
+    // The refusal went through the engine: journaled with its id, so the same id gets the same answer, online too.
+    const again = await start('stranger', 'offline-1')
+    t.equal(again.status, 403)
+    t.same(await again.json(), refusal, 'the same id: the first answer, not a new decision')
+    t.equal((await daemon.stop('SIGTERM')).code, 0)
+    t.equal(csms.violations.length, 0)
+    t.equal(csms.badMessages.length, 0)
+  },
+)

@@ -10,7 +10,7 @@
   const WINDOW_MS = 5 * 60 * 1000
   const COLORS = ['#1f6feb', '#1a7f37', '#b54708', '#7c3aed', '#b42318', '#0e7490', '#a21caf', '#4d7c0f']
   const $ = (id) => document.getElementById(id)
-  const { el } = window.Outpost
+  const { el, api } = window.Outpost
   let snap = null
   const statuses = new Map()
   const series = new Map() // outlet -> [{t, a, w}]
@@ -116,9 +116,46 @@
         sess.append(el('div', { class: 'unit' }, 'Plan ' + o.planId + (o.hasRelay ? '' : ' · meter only')))
       }
       card.append(sess)
+      if (s?.sessionId) {
+        const stop = el('button', { type: 'button', class: 'link', 'data-stop': o.id }, 'Stop this session')
+        stop.addEventListener('click', () => command(o.id, 'stop', { by: 'manager' }))
+        card.append(stop)
+      }
       box.append(card)
     }
+    if (snap.outlets.length === 0) box.append(el('p', { class: 'empty' }, 'No outlets yet: scan the bus below and add the meters it finds.'))
+    renderStartChoices()
   }
+
+  /** The start form offers the outlets with no open session (the choice made is kept across redraws). */
+  function renderStartChoices() {
+    const sel = $('start-outlet')
+    const was = sel.value
+    const free = snap.outlets.filter((o) => !(statuses.get(o.id) || o.status)?.sessionId).map((o) => o.id)
+    if (free.join() === [...sel.options].map((x) => x.value).join()) return
+    sel.replaceChildren(...free.map((id) => el('option', id === was ? { value: id, selected: '' } : { value: id }, id)))
+    $('start-form').hidden = snap.outlets.length === 0
+  }
+
+  /** A start or stop as the signed-in role (installer, owner or admin; a viewer is refused by the server). */
+  async function command(outlet, action, body) {
+    $('start-error').textContent = ''
+    try {
+      await api('/api/outlets/' + encodeURIComponent(outlet) + '/' + action, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      })
+    } catch (err) {
+      $('start-error').textContent = outlet + ': ' + err.message
+    }
+  }
+
+  $('start-form').addEventListener('submit', (ev) => {
+    ev.preventDefault()
+    const outlet = $('start-outlet').value
+    if (outlet) command(outlet, 'start', { userId: $('start-user').value.trim() })
+  })
 
   function renderSessions() {
     const body = $('sessions').tBodies[0]

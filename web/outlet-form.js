@@ -8,75 +8,30 @@
 'use strict'
 ;(() => {
   const $ = (id) => document.getElementById(id)
-  const { el, api } = window.Outpost
+  const { el, api, schemaField, resolveSchema, saveConfigForm } = window.Outpost
   /** Fields whose choices come from the config, not the schema: the list each names. */
   const REFERENCES = { plan: 'plans', circuit: 'circuits', bus: 'buses' }
   /** Shown, not edited here: an outlet's id names its topics and records. */
   const FIXED = new Set(['id', 'connectorId', 'autoStart'])
   let schema = null
 
-  /** A schema node with its $ref followed (local refs only, as the site schema uses). */
-  function resolve(node) {
-    let n = node
-    while (n?.$ref) {
-      const path = n.$ref.replace(/^#\//, '').split('/')
-      const desc = n.description
-      n = path.reduce((o, k) => o?.[k], schema)
-      if (desc && n && !n.description) n = { ...n, description: desc }
-    }
-    return n
-  }
-
   /** One input for a leaf of the schema at `pointer` (relative: "/meter/unit"), its value from `value`. */
   function field(name, node, value, pointer, config) {
-    const n = resolve(node) || {}
-    const id = 'of' + pointer.replace(/\//g, '-')
-    let input
     const ref = REFERENCES[name]
-    if (ref) {
-      input = el('select', { id, 'data-pointer': pointer })
-      if (name !== 'plan' && name !== 'bus') input.append(el('option', { value: '' }, '(none)'))
-      for (const x of config[ref] || []) input.append(el('option', x.id === value ? { value: x.id, selected: '' } : { value: x.id }, x.id))
-    } else if (n.enum) {
-      input = el('select', { id, 'data-pointer': pointer })
-      if (n.default === undefined) input.append(el('option', { value: '' }, '(default)'))
-      for (const v of n.enum)
-        input.append(el('option', v === (value ?? n.default) ? { value: String(v), selected: '' } : { value: String(v) }, String(v)))
-    } else if (n.type === 'integer' || n.type === 'number') {
-      const a = { id, type: 'number', 'data-pointer': pointer, step: n.type === 'integer' ? '1' : 'any' }
-      if (n.minimum !== undefined) a.min = String(n.minimum)
-      if (n.maximum !== undefined) a.max = String(n.maximum)
-      if (n.default !== undefined) a.placeholder = String(n.default)
-      input = el('input', a)
-      if (value !== undefined) input.value = String(value)
-    } else {
-      input = el('input', { id, type: 'text', 'data-pointer': pointer, ...(n.maxLength ? { maxlength: String(n.maxLength) } : {}) })
-      if (value !== undefined) input.value = String(value)
-    }
-    input.dataset.kind = n.enum
-      ? typeof n.enum[0] === 'number'
-        ? 'number'
-        : 'string'
-      : n.type === 'integer' || n.type === 'number'
-        ? 'number'
-        : 'string'
-    return el(
-      'label',
-      { class: 'of-field', title: n.description || '' },
-      el('span', {}, pointer.slice(1).replace('/', ' ')),
-      input,
-      el('small', { class: 'err', 'data-error-for': pointer }),
-    )
+    return schemaField(schema, node, value, pointer, {
+      label: pointer.slice(1).replace('/', ' '),
+      ...(ref ? { choices: (config[ref] || []).map((x) => x.id), none: name !== 'plan' && name !== 'bus' } : {}),
+    })
   }
 
   function form(outlet, index, config) {
-    const item = resolve(schema.properties.outlets.items)
+    const item = resolveSchema(schema, schema.properties.outlets.items)
     const f = el('form', { class: 'of-form', 'data-outlet': outlet.id })
     f.append(el('h3', {}, outlet.id + (outlet.name ? ' — ' + outlet.name : '')))
     const grid = el('div', { class: 'of-grid' })
     for (const [name, node] of Object.entries(item.properties)) {
       if (FIXED.has(name)) continue
-      const n = resolve(node)
+      const n = resolveSchema(schema, node)
       if (n.type === 'object') {
         for (const [sub, subNode] of Object.entries(n.properties || {}))
           grid.append(field(sub, subNode, outlet[name]?.[sub], `/${name}/${sub}`, config))
@@ -108,35 +63,10 @@
     return out
   }
 
-  async function save(f, index) {
-    for (const e of f.querySelectorAll('[data-error-for]')) e.textContent = ''
-    const msg = f.querySelector('.of-msg')
-    msg.textContent = 'saving…'
-    msg.className = 'of-msg'
-    try {
-      const cfg = await api('/api/config')
-      const next = structuredClone(cfg.body.config)
+  function save(f, index) {
+    return saveConfigForm(f, `/outlets/${index}`, (next) => {
       next.outlets[index] = read(f, next.outlets[index])
-      const r = await api('/api/config', {
-        method: 'PUT',
-        headers: { 'content-type': 'application/json', 'if-match': cfg.etag },
-        body: JSON.stringify(next, null, 2),
-      })
-      msg.textContent = r.body.unchanged ? 'nothing changed' : 'saved: ' + r.body.changed.join(', ')
-      msg.className = 'of-msg good'
-    } catch (err) {
-      const prefix = `/outlets/${index}`
-      let placed = 0
-      for (const p of err.problems) {
-        const at = p.pointer.startsWith(prefix) ? f.querySelector(`[data-error-for="${p.pointer.slice(prefix.length)}"]`) : null
-        if (at) {
-          at.textContent = p.message
-          placed++
-        }
-      }
-      msg.textContent = placed > 0 && placed === err.problems.length ? 'not saved: see the fields' : err.message
-      msg.className = 'of-msg bad'
-    }
+    })
   }
 
   async function start() {

@@ -4,6 +4,8 @@
  * cancel; each device found is listed with what the config already does with it, and "Add"
  * appends it to the config as an outlet (a meter, paired with the next free coil of a relay
  * board found or configured on the same bus), through the same checked save as every change.
+ * A Shelly or a Tasmota is found by its address (with its password, kept by the gateway beside
+ * the config): each metering channel read once, and "Add" appends the device and the outlet.
  * Everything through /api/scan and /api/config (docs/contract.md); names shown as text.
  */
 'use strict'
@@ -21,6 +23,7 @@
     const [cfg, ports] = await Promise.all([api('/api/config').catch(() => null), api('/api/scan/ports')])
     if (!cfg) {
       $('scan-form').hidden = true
+      $('net-form').hidden = true
       $('scan-hints').textContent = NO_FILE
       return false
     }
@@ -75,7 +78,8 @@
     }
     const rows = scan.hits.map((h) => {
       const td = el('td', {})
-      if (h.outlets.length > 0) td.append('in the config: ' + h.outlets.join(', '))
+      const uses = [...h.outlets, ...(h.feederOf || []).map((c) => 'feeder of ' + c)]
+      if (uses.length > 0) td.append('in the config: ' + uses.join(', '))
       else if (h.kind === 'meter' && !scan.running) {
         const b = el('button', { type: 'button', 'data-unit': String(h.unit) }, 'Add as an outlet')
         b.addEventListener('click', () => add(scan, h, b))
@@ -136,20 +140,120 @@
     }
     let id = 'O' + hit.unit
     while (next.outlets.some((o) => o.id === id)) id += '-' + busId
-    next.outlets.push({ id, bus: busId, meter: { model: hit.model, unit: hit.unit }, ...(relay ? { relay } : {}), plan: next.plans[0].id })
+    next.outlets.push({ id, bus: busId, meter: { model: hit.model, unit: hit.unit }, ...(relay ? { relay } : {}), ...sellsAs(next) })
     return next
   }
+
+  /**
+   * What a new outlet sells and where it draws: the first plan, and on a site with a supply
+   * circuit that circuit, on L1 until the installer (or the cross-check's fix) says otherwise.
+   */
+  function sellsAs(config) {
+    const supply = (config.circuits || []).find((c) => !c.parent)
+    return { plan: config.plans[0].id, ...(supply ? { circuit: supply.id, phase: 'L1' } : {}) }
+  }
+
+  async function saveWith(change) {
+    const cfg = await api('/api/config')
+    await api('/api/config', {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json', 'if-match': cfg.etag },
+      body: JSON.stringify(change(cfg.body.config), null, 2),
+    })
+  }
+
+  // ---------------------------------------------------------------- Shelly and Tasmota by address
+
+  const reads = (r) => `${r.voltageV.toFixed(0)} V · ${r.currentA.toFixed(2)} A · ${r.powerW.toFixed(0)} W · ${(r.energyWh / 1000).toFixed(3)} kWh`
+
+  function renderDevice(found) {
+    const d = found.device
+    const box = $('net-result')
+    box.replaceChildren(
+      el('p', { class: 'sub' }, `${d.type} at ${d.host}:${d.port}: ${[d.model, d.name].filter((x) => x).join(', ') || 'no model reported'}`),
+    )
+    if (d.channels.length === 0) return box.append(el('p', { class: 'empty' }, 'It has no metering channel an outlet could use.'))
+    const rows = d.channels.map((c) => {
+      const add = el('button', { type: 'button', 'data-channel': String(c.channel) }, 'Add as an outlet')
+      add.addEventListener('click', () => addDevice(found, c, add))
+      return el(
+        'tr',
+        { 'data-channel': String(c.channel) },
+        el('td', { class: 'n' }, c.channel),
+        el('td', {}, c.meter),
+        el('td', {}, c.relay || '—'),
+        el('td', {}, c.reading ? reads(c.reading) : 'no reading: ' + c.readError),
+        el('td', {}, c.relayClosed === undefined ? '' : c.relayClosed ? 'closed' : 'open'),
+        el('td', {}, add),
+      )
+    })
+    box.append(
+      el(
+        'div',
+        { class: 'scroll' },
+        el(
+          'table',
+          { id: 'net-channels' },
+          el('thead', {}, el('tr', {}, ...['Channel', 'Meter', 'Relay', 'Reads now', 'Relay', ''].map((x) => el('th', {}, x)))),
+          el('tbody', {}, ...rows),
+        ),
+      ),
+    )
+  }
+
+  /** The device as a bus of its own (once), and the channel as an outlet on it. */
+  async function addDevice(found, c, button) {
+    button.disabled = true
+    $('net-error').textContent = ''
+    try {
+      await saveWith((config) => {
+        const next = structuredClone(config)
+        const bus = found.bus
+        if (!next.buses.some((b) => b.id === bus.id)) next.buses.push(bus)
+        let id = bus.id + '-' + c.channel
+        while (next.outlets.some((o) => o.id === id)) id += '-x'
+        const relayChannel = c.meter === 'shelly-em1' ? 0 : c.channel
+        next.outlets.push({
+          id,
+          bus: bus.id,
+          meter: { model: c.meter, channel: c.channel },
+          ...(c.relay ? { relay: { model: c.relay, channel: relayChannel } } : {}),
+          ...sellsAs(next),
+        })
+        return next
+      })
+      button.replaceWith('added')
+    } catch (err) {
+      button.disabled = false
+      $('net-error').textContent = err.message
+    }
+  }
+
+  $('net-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault()
+    $('net-error').textContent = ''
+    $('net-result').replaceChildren(el('p', { class: 'sub' }, 'asking the device…'))
+    const body = { type: $('net-type').value, host: $('net-host').value.trim() }
+    if ($('net-port').value.trim()) body.port = Number($('net-port').value)
+    if ($('net-password').value) body.password = $('net-password').value
+    try {
+      const { body: found } = await api('/api/scan/device', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      })
+      renderDevice(found)
+    } catch (err) {
+      $('net-result').replaceChildren()
+      $('net-error').textContent = err.message
+    }
+  })
 
   async function add(scan, hit, button) {
     button.disabled = true
     $('scan-error').textContent = ''
     try {
-      const cfg = await api('/api/config')
-      await api('/api/config', {
-        method: 'PUT',
-        headers: { 'content-type': 'application/json', 'if-match': cfg.etag },
-        body: JSON.stringify(withOutlet(cfg.body.config, scan, hit), null, 2),
-      })
+      await saveWith((config) => withOutlet(config, scan, hit))
       button.replaceWith('added')
     } catch (err) {
       button.disabled = false

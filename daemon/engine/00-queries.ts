@@ -116,6 +116,11 @@ export function onCircuit(st: EngineState, e: OutletEntry): boolean {
   return e.circuit != null && e.hasRelay && hasOwn(st.settings.circuits ?? {}, e.circuit)
 }
 
+/** The outlet's own limit (set-outlet-limit) is below the minimum charging current: its session waits. */
+export function limitPaused(st: EngineState, e: OutletEntry): boolean {
+  return e.limitA !== undefined && e.limitA < st.settings.sessions.minChargeA
+}
+
 /** A circuit's limit now: the configured maxA, a set-circuit-limit in force, the failsafe while its feeder meter is silent. */
 export function circuitLimit(st: EngineState, id: string): { limitA: number; failsafe: boolean } {
   const c = st.settings.circuits[id]!
@@ -191,6 +196,7 @@ export function idleState(st: EngineState, e: OutletEntry, now: number): OutletS
     e.fresh &&
     !offlineLimited(st, now) &&
     !circuitClosedToArming(st, e) &&
+    !limitPaused(st, e) &&
     canPay(st, e.autoStartUser, plan).ok
   )
     return 'armed'

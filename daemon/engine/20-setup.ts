@@ -28,11 +28,31 @@ export function settingsFrom(config: SiteConfig): SettingsSection {
   }
 }
 
+/**
+ * The circuit of a site with an OCPP central system and no circuits in its config: every outlet
+ * on it, its limit the sum of their ratings (it never holds anyone back by itself), so that the
+ * central system's site limit (ChargePointMaxProfile) has a circuit to cut (docs/ocpp.md).
+ */
+export const OCPP_SITE_CIRCUIT = 'site'
+
+/** The site's circuits: the config's, or the OCPP site circuit. */
+export function siteCircuits(config: SiteConfig): NonNullable<SiteConfig['circuits']> {
+  if ((config.circuits ?? []).length > 0 || config.ocpp === undefined) return config.circuits ?? []
+  const maxA = config.outlets.reduce((a, o) => a + o.ratingA, 0)
+  return [{ id: OCPP_SITE_CIRCUIT, maxA, failsafeA: maxA, slotS: 1800 }]
+}
+
+/** The circuit an outlet is on: its config's, or the OCPP site circuit. */
+function circuitOf(config: SiteConfig, o: SiteConfig['outlets'][number]): string | undefined {
+  return (config.circuits ?? []).length === 0 && config.ocpp !== undefined ? OCPP_SITE_CIRCUIT : o.circuit
+}
+
 /** Each circuit with its chain to the root and its children, computed once per config. */
 function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
   const out: Record<string, CircuitSettings> = {}
-  const byId = new Map((config.circuits ?? []).map((c) => [c.id, c]))
-  for (const c of config.circuits ?? []) {
+  const circuits = siteCircuits(config)
+  const byId = new Map(circuits.map((c) => [c.id, c]))
+  for (const c of circuits) {
     const chain: string[] = []
     // The config refuses cycles and unknown parents; the walk stops at either all the same.
     for (let cur: string | undefined = c.id; cur !== undefined && byId.has(cur) && !chain.includes(cur); cur = byId.get(cur)!.parent) chain.push(cur)
@@ -40,26 +60,25 @@ function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
       maxA: c.maxA,
       chain,
       children: [],
-      members: config.outlets.filter((o) => o.circuit === c.id).map((o) => o.id),
+      members: config.outlets.filter((o) => circuitOf(config, o) === c.id).map((o) => o.id),
       metered: c.meter !== undefined,
       failsafeA: c.failsafeA ?? 0,
       slotMs: (c.slotS ?? 1800) * 1000,
     }
   }
-  for (const c of config.circuits ?? [])
-    if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
+  for (const c of circuits) if (c.parent !== undefined && hasOwn(out, c.parent) && out[c.parent]!.chain.length > 0) out[c.parent]!.children.push(c.id)
   return out
 }
 
 const PHASE_INDEX = { L1: 0, L2: 1, L3: 2 } as const
 
-export function outletCircuit(o: SiteConfig['outlets'][number]): { circuit: string | null; phase: 0 | 1 | 2; priority: number } {
-  return { circuit: o.circuit ?? null, phase: PHASE_INDEX[o.phase ?? 'L1'] ?? 0, priority: o.priority ?? 0 }
+export function outletCircuit(config: SiteConfig, o: SiteConfig['outlets'][number]): { circuit: string | null; phase: 0 | 1 | 2; priority: number } {
+  return { circuit: circuitOf(config, o) ?? null, phase: PHASE_INDEX[o.phase ?? 'L1'] ?? 0, priority: o.priority ?? 0 }
 }
 
 /** What of an outlet's config its engine entry follows. */
-export function outletParams(o: SiteConfig['outlets'][number]): OutletParams {
-  const { circuit, phase, priority } = outletCircuit(o)
+export function outletParams(config: SiteConfig, o: SiteConfig['outlets'][number]): OutletParams {
+  const { circuit, phase, priority } = outletCircuit(config, o)
   return {
     hasRelay: o.relay !== undefined,
     ratingA: o.ratingA,
@@ -86,7 +105,7 @@ export function followsParams(e: OutletEntry, p: OutletParams): boolean {
   )
 }
 
-export function newOutlet(o: SiteConfig['outlets'][number], now: number): OutletEntry {
+export function newOutlet(config: SiteConfig, o: SiteConfig['outlets'][number], now: number): OutletEntry {
   const auto = o.autoStart?.userId ?? null
   return {
     id: o.id,
@@ -112,14 +131,14 @@ export function newOutlet(o: SiteConfig['outlets'][number], now: number): Outlet
     session: null,
     recon: null,
     removed: false,
-    ...outletCircuit(o),
+    ...outletCircuit(config, o),
   }
 }
 
 /** A fresh state for a site: every outlet off, no sessions, no wallets. Send `boot` next. */
 export function initialState(config: SiteConfig): EngineState {
   const outlets: Record<string, OutletEntry> = {}
-  for (const o of config.outlets) outlets[o.id] = newOutlet(o, 0)
+  for (const o of config.outlets) outlets[o.id] = newOutlet(config, o, 0)
   return {
     outlets,
     gateway: { running: false, bootAt: null, online: false, offlineSince: null, nextSession: 1, idPrefix: null },

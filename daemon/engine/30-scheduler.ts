@@ -10,7 +10,7 @@
  * Must never: open or end a session, bill anything, decide who goes first (circuits.ts
  * does), or persist the memo.
  */
-import { idleState, circuitLimit, hasOwn, limitsNow } from './00-queries.js'
+import { idleState, circuitLimit, hasOwn, limitPaused, limitsNow } from './00-queries.js'
 import type { Ctx } from './10-context.js'
 import type { CircuitReading } from '../../core/types.js'
 import { minOffMs, minOnMs, planCircuits, type CircuitLimit, type Contender } from './circuits.js'
@@ -161,7 +161,7 @@ function addContribution(
 
 /**
  * What of an outlet entry the look for a waiter who could be switched on reads (couldSwitchOn):
- * its circuit, phase, rating and priority, whether its session is switched on or waits, and
+ * its circuit, phase, rating, priority and own limit, whether its session is switched on or waits, and
  * its switch times. Two entries with the same key leave a quiet verdict standing.
  */
 function sameForTurns(a: OutletEntry | undefined, b: OutletEntry | undefined): boolean {
@@ -175,6 +175,7 @@ function sameForTurns(a: OutletEntry | undefined, b: OutletEntry | undefined): b
     a.ratingA === b.ratingA &&
     a.priority === b.priority &&
     a.hasRelay === b.hasRelay &&
+    a.limitA === b.limitA &&
     (a.meterFault === null) === (b.meterFault === null) &&
     (a.relayFault === null) === (b.relayFault === null) &&
     (sa == null) === (sb == null) &&
@@ -315,6 +316,8 @@ function couldSwitchOn(
     const e = st.outlets[oid]!
     const s = e.session!
     const c = cs[e.circuit!]!
+    // Paused by its own limit: nothing here could switch it on (a new limit changes its entry).
+    if (limitPaused(st, e)) continue
     if (s.offAt != null && now - s.offAt < minOffMs(c.slotMs)) {
       until = Math.min(until, s.offAt + minOffMs(c.slotMs))
       continue
@@ -423,6 +426,7 @@ export function schedule(ctx: Ctx): void {
           queuedAt: s.queuedAt ?? s.startedAt,
           offAt: s.offAt ?? Number.NEGATIVE_INFINITY,
           slotMs: c.slotMs,
+          paused: limitPaused(st, e),
         })
       } else if (a > 0) {
         contenders.push({
@@ -461,7 +465,14 @@ export function schedule(ctx: Ctx): void {
   // (off long enough, and either there is room or a switched-on session's time is up): the
   // rules would change nothing (the common step). A walk that finds nobody is kept as a Quiet
   // verdict, so the steps after it look only at what changed.
-  const fresh0 = ctx.records.some((r) => r.type === 'session.started')
+  // A session switched on whose outlet's own limit pauses it (a limit set in this step, a session
+  // opened or a fault cleared on a paused outlet): only an entry this step changed can be one.
+  const fresh0 =
+    ctx.records.some((r) => r.type === 'session.started') ||
+    ctx.changed.some((id) => {
+      const e = st.outlets[id]
+      return e !== undefined && e.session != null && e.session.queuedAt == null && limitPaused(st, e)
+    })
   if (!fresh0) {
     const memo = currentSummary(ctx)
     memoOf.set(ctx, { sum: memo, outs: ctx.outs })
@@ -553,7 +564,14 @@ export function schedule(ctx: Ctx): void {
     s.taperedAtLow = false
     s.drawing = false
     s.awaitDraw = false
-    ctx.record({ type: 'session.queued', ts: ctx.iso, sessionId: s.id, outlet: id, circuit: e.circuit!, why: fresh.has(id) ? 'start' : why })
+    ctx.record({
+      type: 'session.queued',
+      ts: ctx.iso,
+      sessionId: s.id,
+      outlet: id,
+      circuit: e.circuit!,
+      why: fresh.has(id) && why !== 'limit' ? 'start' : why,
+    })
     ctx.touch(id)
   }
   for (const id of plan.on) {
@@ -578,6 +596,13 @@ export function schedule(ctx: Ctx): void {
   for (const c of contenders) {
     if (!c.movable || c.on || plan.on.has(c.outlet) || !fresh.has(c.outlet)) continue
     const s = st.outlets[c.outlet]!.session!
-    ctx.record({ type: 'session.queued', ts: ctx.iso, sessionId: s.id, outlet: c.outlet, circuit: st.outlets[c.outlet]!.circuit!, why: 'start' })
+    ctx.record({
+      type: 'session.queued',
+      ts: ctx.iso,
+      sessionId: s.id,
+      outlet: c.outlet,
+      circuit: st.outlets[c.outlet]!.circuit!,
+      why: c.paused ? 'limit' : 'start',
+    })
   }
 }

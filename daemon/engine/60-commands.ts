@@ -3,7 +3,7 @@
  * command's fields, at-most-once application by command id, and the result.
  *
  * Owns: the command actions (start, stop, set-wallet, set-auto-start, set-availability,
- * set-plan, assign-plan, set-circuit-limit), the checks before a start, the memory of the
+ * set-plan, assign-plan, set-circuit-limit, set-outlet-limit), the checks before a start, the memory of the
  * last command ids and their results, the error code and message of a refused command.
  * Must never: apply a command id twice, change anything for a refused command, or throw on
  * a malformed command (it gets an `invalid-command` result).
@@ -33,7 +33,13 @@ export function onCommand(ctx: Ctx, ev: EngineEvent & { type: 'command' }): void
     ctx.result = memo.results[ev.id]!
     return
   }
-  const o = applyCommand(ctx, ev.command)
+  const r = ev.refused as { code?: unknown; message?: unknown } | undefined
+  const o: Outcome =
+    r === undefined
+      ? applyCommand(ctx, ev.command)
+      : typeof r === 'object' && r !== null && typeof r.code === 'string' && r.code !== '' && typeof r.message === 'string'
+        ? { ok: false, code: r.code as CommandErrorCode, message: r.message }
+        : fail('invalid-command', 'refused: must be {code, message}, strings')
   const result: CommandResult = o.ok
     ? o.result === undefined
       ? { id: ev.id, ok: true }
@@ -149,6 +155,21 @@ function applyCommand(ctx: Ctx, cmd: Command): Outcome {
         cs[c.circuit] = { ...(cur ?? { currentsA: null, goodAt: ctx.now, fault: null }), limitA }
       }
       return { ok: true, result: { circuit: c.circuit, maxA: limitA ?? cfg.maxA } }
+    }
+    case 'set-outlet-limit': {
+      const bad =
+        needOutlet() ??
+        (c.maxA === null || (typeof c.maxA === 'number' && Number.isFinite(c.maxA) && c.maxA >= 0)
+          ? null
+          : fail('invalid-command', 'maxA: must be a number >= 0 (amperes per phase) or null'))
+      if (bad) return bad
+      const id = c.outlet as string
+      if ((ctx.state.outlets[id]!.limitA ?? null) !== c.maxA) {
+        const e = ctx.out(id)
+        if (c.maxA === null) delete e.limitA
+        else e.limitA = c.maxA as number
+      }
+      return { ok: true, result: { outlet: id, maxA: c.maxA } }
     }
     default:
       return fail('invalid-command', `action: unknown action ${JSON.stringify(c.action)}`)

@@ -120,12 +120,12 @@ export function onConfig(ctx: Ctx, config: SiteConfig, hash?: string, change?: C
   for (const o of config.outlets) {
     inConfig.add(o.id)
     if (!hasOwn(ctx.state.outlets, o.id)) {
-      ctx.sec('outlets')[o.id] = newOutlet(o, ctx.now)
+      ctx.sec('outlets')[o.id] = newOutlet(config, o, ctx.now)
       ctx.touch(o.id)
       continue
     }
     const e0 = ctx.state.outlets[o.id]!
-    const p = outletParams(o)
+    const p = outletParams(config, o)
     if (e0.removed) ctx.out(o.id).removed = false
     if (followsParams(e0, p)) {
       if (e0.pending) ctx.out(o.id).pending = null // changed and changed back while the session ran

@@ -3,7 +3,8 @@
  * limit and unmetered load, and every outlet that draws or wants to draw on a circuit,
  * decide which sessions are switched on and which wait (`queued`).
  *
- * Owns: the per-phase limit on a circuit and each of its parents, shedding (lowest
+ * Owns: the per-phase limit on a circuit and each of its parents, an outlet's own limit below
+ * the minimum (its session waits, `limit`, and holds nobody up), shedding (lowest
  * priority first, then the one on longest), admission (highest priority first, then the
  * longest waiting), turn taking by slot with minimum on and off times, the expected draw of
  * a session (its measured current, or the outlet's rating before it has drawn).
@@ -54,6 +55,8 @@ export interface Contender {
   offAt: number
   /** The slot of its own circuit, ms. */
   slotMs: number
+  /** Its outlet's own limit is below the minimum charging current: it waits, and holds nobody up. */
+  paused?: boolean
 }
 
 export interface CircuitPlan {
@@ -89,6 +92,13 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
   }
   const over = (id: string, ph: number): boolean => load[id]![ph]! > limits[id]!.limitA + 1e-9
 
+  // 0. A session whose outlet's own limit is below the minimum waits, whatever the room.
+  for (const c of contenders)
+    if (c.paused && c.on && c.movable) {
+      off.set(c.outlet, 'limit')
+      shift(c, -1)
+    }
+
   // 1. Shed: every circuit and phase over its limit loses sessions until it is not.
   let shedOrder: Contender[] | null = null
   for (const id of Object.keys(limits)) {
@@ -110,7 +120,7 @@ export function planCircuits(limits: Readonly<Record<string, CircuitLimit>>, con
   const blocked = new Set<string>()
   let victims: Contender[] | null = null
   for (const w of waiting) {
-    if (off.has(w.outlet)) continue // shed in this step: not back in the same one
+    if (off.has(w.outlet) || w.paused) continue // shed in this step: not back in the same one; paused: not a contender
     if (w.chain.some((id) => blocked.has(`${id}#${w.phase}`))) continue
     if (now - w.offAt < minOffMs(w.slotMs)) continue
     if (fits(w, load, limits)) {

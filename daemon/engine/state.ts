@@ -32,7 +32,12 @@ export type EngineEvent =
   | { type: 'relay-failed'; outlet: string; error: string }
   /** The relay answered and its read-back agrees again: clears a relay fault. */
   | { type: 'relay-ok'; outlet: string }
-  | { type: 'command'; id: string; source: CommandSource; command: Command }
+  /**
+   * A command. `refused`: the gateway refused it before the engine (OCPP offline authorization,
+   * `not-authorized`): nothing is applied, and the refusal is remembered for its id (a repeated
+   * id gets the first answer, whichever it was) and journaled like the engine's own refusals.
+   */
+  | { type: 'command'; id: string; source: CommandSource; command: Command; refused?: { code: string; message: string } }
   | { type: 'tick' }
   | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
@@ -204,6 +209,12 @@ export interface OutletEntry {
   phase: 0 | 1 | 2
   /** Higher is served first on a shared circuit. */
   priority: number
+  /**
+   * A per-outlet limit in force (per phase, A; `set-outlet-limit`, an OCPP TxProfile or
+   * TxDefaultProfile): below `sessions.minChargeA` the outlet's session waits (queued `limit`),
+   * any other value lets it run (an outlet switches, it does not dim). Absent: none.
+   */
+  limitA?: number
   /**
    * A config change that reached this outlet while it had a session open: applied when the
    * session ends (a session keeps the wiring and plan it started with). Absent or null: none.

@@ -94,7 +94,7 @@ export class ApiRoutes {
     this.history = new PowerHistory(opts.daemon, opts.now, opts.chartSampleMs, Math.ceil(300_000 / opts.chartSampleMs))
     this.configRoutes = opts.configStore ? new ConfigRoutes(opts.daemon, opts.configStore) : undefined
     this.crossCheckRoutes = new CrossCheckRoutes(opts.daemon, opts.configStore, this.configRoutes)
-    this.scanRoutes = new ScanRoutes(opts.daemon, opts.now)
+    this.scanRoutes = new ScanRoutes(opts.daemon, opts.now, opts.configStore?.file)
     this.daemon.on('status', this.onStatus)
     this.daemon.on('record', this.onRecord)
   }
@@ -156,6 +156,16 @@ export class ApiRoutes {
           allow(method, ['POST'])
           return this.command(res, id, 'stop', await jsonBody(req))
       }
+    }
+    if (route === 'wallets' && parts.length === 1) {
+      allow(method, ['GET', 'HEAD'])
+      return sendJson(res, 200, this.wallets())
+    }
+    if (route === 'wallets' && parts.length === 2) {
+      allow(method, ['PUT'])
+      if (who.role !== 'admin' && who.role !== 'owner')
+        throw new HttpError(403, 'forbidden', `${who.who} may not set a wallet: users and wallets are the owner's`)
+      return this.setWallet(res, decodePathPart(parts[1]!, 'the user id'), await jsonBody(req), who)
     }
     if (route === 'sessions' && parts.length === 1) {
       allow(method, ['GET', 'HEAD'])
@@ -329,6 +339,41 @@ export class ApiRoutes {
     // The gateway's schema messages point into the command ("/userId: ..."): say it was the body.
     const message = result.error.code === 'invalid-command' ? result.error.message.replace(/(^|; )\//g, '$1body/') : result.error.message
     sendJson(res, status, { id: result.id || id, ok: false, error: { code: result.error.code, message } })
+  }
+
+  // ---------------------------------------------------------------- wallets
+
+  /** GET /api/wallets: every user's wallet, with what their open sessions have reserved of it (minor units). */
+  private wallets(): { wallets: { userId: string; currency: string; balance: number; reserved: number; digits: number }[] } {
+    const st = this.daemon.engineState
+    return {
+      wallets: Object.entries(st.wallets)
+        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+        .map(([userId, w]) => {
+          let reserved = 0
+          for (const o of Object.values(st.outlets))
+            if (o.session?.userId === userId && o.session.currency === w.currency) reserved += o.session.capMinor
+          return { userId, currency: w.currency, balance: w.balance, reserved, digits: currencyMinorDigits(w.currency) ?? 2 }
+        }),
+    }
+  }
+
+  /**
+   * PUT /api/wallets/{userId} `{"currency", "balance"}`: the owner sets a user's balance, as
+   * the cloud's `set-wallet` does (the same engine command, journaled the same way; where a
+   * cloud keeps the wallets, its next set-wallet replaces this one).
+   */
+  private async setWallet(res: ServerResponse, userId: string, body: Record<string, unknown>, who: Principal): Promise<void> {
+    for (const k of Object.keys(body))
+      if (k !== 'currency' && k !== 'balance') throw new HttpError(400, 'invalid-request', `body/${k}: unknown field (allowed: currency, balance)`)
+    const command = { id: `local-${randomUUID()}`, action: 'set-wallet', userId, currency: body.currency, balance: body.balance }
+    const result: CommandResult = await this.daemon.gateway.handle(JSON.stringify(command), 'local')
+    if (!result.ok) {
+      const message = result.error.message.replace(/(^|; )\/?(currency|balance)\b/g, '$1body/$2').replace(/(^|; )\/?userId\b/g, '$1path/userId')
+      return sendJson(res, 400, { ok: false, error: { code: result.error.code, message } })
+    }
+    this.opts.logger.info({ userId, currency: body.currency, balance: body.balance, by: who.who }, 'wallet set from the local API')
+    sendJson(res, 200, { ok: true, wallet: this.wallets().wallets.find((w) => w.userId === userId) ?? null })
   }
 
   // ---------------------------------------------------------------- live stream

@@ -9,7 +9,10 @@
  * scans at once.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { BusConfig } from '../../core/types.js'
+import { dirname, join } from 'node:path'
+import type { BusConfig, NetDeviceConfig } from '../../core/types.js'
+import { findNetDevice, type NetDeviceFind } from '../../drivers/netscan.js'
+import { writeAtomic } from '../journal/fsync.js'
 import type { Daemon } from '../daemon.js'
 import { listSerialPorts, parseUnits, testDevice } from '../../drivers/scan.js'
 import { checkBus, portOf, ScanJobs } from '../scan-bus.js'
@@ -33,6 +36,8 @@ export class ScanRoutes {
   constructor(
     private readonly daemon: Daemon,
     private readonly now: () => number,
+    /** The site's config file: a found device's password is kept beside it. */
+    private readonly configFile?: string,
   ) {
     this.jobs = new ScanJobs(now)
   }
@@ -44,6 +49,10 @@ export class ScanRoutes {
     if (sub === 'ports') {
       allow(method, ['GET', 'HEAD'])
       return sendJson(res, 200, { ports: await listSerialPorts(), ...LINE_HINTS })
+    }
+    if (sub === 'device') {
+      allow(method, ['POST'])
+      return sendJson(res, 200, await this.device(await jsonBody(req)))
     }
     if (sub === 'test') {
       allow(method, ['POST'])
@@ -139,6 +148,57 @@ export class ScanRoutes {
       if (e.code === 'USAGE') throw field('/bus', e.message)
       throw err
     }
+  }
+
+  /**
+   * A Shelly or a Tasmota by address: what it offers, each channel read once, and the bus to
+   * add it as (a new id; `passwordFile` when a password was given: kept beside the config
+   * file, mode 0600, never in the config itself).
+   */
+  private async device(body: Record<string, unknown>): Promise<unknown> {
+    for (const k of Object.keys(body))
+      if (!['type', 'host', 'port', 'password'].includes(k)) throw field(`/${k}`, 'unknown field (allowed: type, host, port, password)')
+    if (body.type !== 'shelly' && body.type !== 'tasmota') throw field('/type', 'must be "shelly" or "tasmota"')
+    if (body.password !== undefined && (typeof body.password !== 'string' || body.password === '' || body.password.length > 128))
+      throw field('/password', 'must be the device’s password (1 to 128 characters), or left out when it has none')
+    const config = this.daemon.config
+    const taken = new Set(config.buses.map((b) => b.id))
+    const stem = `${body.type}-${String(body.host ?? '').replace(/[^A-Za-z0-9]+/g, '-')}`.replace(/-+$/, '').slice(0, 56)
+    let id = stem
+    for (let n = 2; taken.has(id); n++) id = `${stem}-${n}`
+    const checked = checkBus({ id, type: body.type, host: body.host, ...(body.port !== undefined ? { port: body.port } : {}) })
+    if (!checked.ok) {
+      // The body is the bus's fields themselves: /bus/host is /host here.
+      const problems = checked.problems.map((p) => ({ ...p, pointer: p.pointer.replace(/^\/bus/, '') || '/' }))
+      const p = problems[0]!
+      throw new HttpError(400, 'invalid-request', `body${p.pointer}: ${p.message}`, {}, { pointer: p.pointer, problems })
+    }
+    const bus = checked.bus as NetDeviceConfig
+    const same = config.buses.find((b) => (b.type === 'shelly' || b.type === 'tasmota') && b.host === bus.host && b.port === bus.port)
+    if (same) throw new HttpError(409, 'device-in-use', `${bus.host}:${bus.port} is device ${same.id} of the site already`, {}, { pointer: '/host' })
+    const password = typeof body.password === 'string' ? body.password : undefined
+    let found: NetDeviceFind
+    try {
+      found = await findNetDevice(bus, { now: this.now, modelsDir: config.models?.dir, ...(password ? { password: () => password } : {}) })
+    } catch (err) {
+      const e = err as { code?: string; message: string }
+      throw new HttpError(
+        502,
+        'device-unreachable',
+        `${bus.type} at ${bus.host}:${bus.port}: ${e.code ? `${e.code}: ` : ''}${e.message}`,
+        {},
+        {
+          pointer: e.code === 'NET_AUTH' ? '/password' : '/host',
+        },
+      )
+    }
+    let passwordFile: string | undefined
+    if (password) {
+      if (!this.configFile) throw new HttpError(409, 'no-config-file', 'the password is kept beside the config file: this daemon runs without one')
+      passwordFile = join(dirname(this.configFile), `${id}.password`)
+      await writeAtomic(passwordFile, `${password}\n`, 0o600)
+    }
+    return { device: found, bus: { id, type: bus.type, host: bus.host, port: bus.port, ...(passwordFile ? { passwordFile } : {}) } }
   }
 
   private async begin(body: Record<string, unknown>, who: Principal): Promise<void> {

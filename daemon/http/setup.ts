@@ -29,6 +29,9 @@ import { isOutpostError } from '../errors.js'
 import { AuthThrottle, crossSite, readCookie, sameSecret } from './auth.js'
 import { configText, invalidConfig } from './config-routes.js'
 import { parseListen } from './server.js'
+import { LINE_HINTS } from './scan-routes.js'
+import { listSerialPorts } from '../../drivers/scan.js'
+import { ModelRegistry } from '../../drivers/models.js'
 import { StaticFiles } from './static.js'
 import { HttpError, allow, mediaType, readBody, sendError, sendJson } from './util.js'
 
@@ -199,6 +202,19 @@ export class SetupServer {
           file: this.opts.store.file,
           problems: this.opts.problems,
           text: disk.version === null ? null : disk.text,
+        })
+      }
+      if (sub === '/ports') {
+        // What the form offers: the serial ports found, the line settings to try, the meter
+        // models a feeder meter may be (the same lists as the running site's bus scan).
+        allow(method, ['GET', 'HEAD'])
+        return sendJson(res, 200, {
+          ports: await listSerialPorts(),
+          ...LINE_HINTS,
+          meterModels: new ModelRegistry()
+            .all()
+            .filter((m) => m.kinds.includes('meter') && m.transport === 'modbus')
+            .map((m) => ({ name: m.name, phases: m.phases })),
         })
       }
       if (sub === '/check') {

@@ -124,7 +124,10 @@ export function outletViews(config: SiteConfig, state: EngineState, statuses: Ou
     return {
       id: o.id,
       state: s?.state ?? 'off',
-      ...(e?.session ? { sessionId: e.session.id, sessionStartedAt: e.session.startedAt } : {}),
+      ...(e?.session
+        ? { sessionId: e.session.id, sessionStartedAt: e.session.startedAt, sessionTrigger: e.session.trigger, userId: e.session.userId }
+        : {}),
+      ...(e?.limitA !== undefined ? { limitA: e.limitA } : {}),
       currentA: s?.currentA ?? 0,
       meterFault: e?.meterFault ?? null,
       relayFault: e?.relayFault ?? null,

@@ -32,6 +32,8 @@ import type { Logger } from '../log.js'
 import { type IdTagInfo, LocalAuth } from './auth.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
+import { OCPP_SITE_CIRCUIT, siteCircuits } from '../engine/index.js'
+import { changesIn, NOMINAL_V, type Profile, type ProfileContext, Profiles, type Purpose, refuseProfile, stackLimit } from './profiles.js'
 import { CallError, OcppRpc } from './rpc.js'
 import { type RootType, Security } from './security.js'
 import { KEYS, keyDef, type Measurand, measurandsOf } from './settings.js'
@@ -63,6 +65,11 @@ export interface OutletView {
   last: Reading | null
   /** When the open session started (ms): its Sample.Periodic values run from here. */
   sessionStartedAt?: number
+  /** The outlet's own limit in force in the engine (A per phase), if any. */
+  limitA?: number
+  /** What opened the open session, and for whom. */
+  sessionTrigger?: 'activation' | 'auto-start'
+  userId?: string
 }
 
 export interface ChargePointHost {
@@ -109,6 +116,21 @@ export class ChargePoint {
   private securityWork: Promise<unknown> = Promise.resolve()
   /** When the charge point last asked for a new certificate of its own accord (ms, host clock). */
   private renewAskedAt: number | undefined
+  private profiles!: Profiles
+  /** The one root circuit the site limit (ChargePointMaxProfile) cuts, with its wiring's maxA; undefined: none. */
+  private readonly root: { id: string; maxA: number } | undefined
+  /** Per outlet: its circuit chain's smallest maxA, for outlets the circuit rules switch. */
+  private readonly chainMaxA = new Map<string, number>()
+  /** The site limit last given to the engine (null: none; kept on disk); undefined when none ever was. */
+  private lastSite: number | null | undefined
+  /** Per outlet: its own limit last given to the engine (null: none), first read from the engine's state. */
+  private readonly lastOutlet = new Map<string, number | null>()
+  /** The limits' runs, one at a time (the tick, a profile set or cleared). */
+  private limits: Promise<void> = Promise.resolve()
+  private limitsQueued = false
+  private limitSeq = 0
+  /** Open sessions already looked at by the offline authorization of auto-starts (seeded at start: decided before). */
+  private readonly seenSessions = new Set<string>()
   private readonly ocpp: OcppConfig
   private readonly log: Logger
   private readonly byOutlet = new Map<string, number>()
@@ -157,6 +179,18 @@ export class ChargePoint {
       this.byConnector.set(c, o.id)
     })
     for (const k of KEYS) this.values.set(k.key, k.initial(ocpp, this.byOutlet.size))
+    const circuits = siteCircuits(host.config)
+    const roots = circuits.filter((c) => c.parent === undefined)
+    this.root = roots.length === 1 ? { id: roots[0]!.id, maxA: roots[0]!.maxA } : undefined
+    const byId = new Map(circuits.map((c) => [c.id, c]))
+    for (const o of host.config.outlets) {
+      const first = (host.config.circuits ?? []).length > 0 ? o.circuit : OCPP_SITE_CIRCUIT
+      if (first === undefined || !byId.has(first) || o.relay === undefined) continue
+      let maxA = Number.POSITIVE_INFINITY
+      for (let c = byId.get(first), n = 0; c && n < 64; c = c.parent === undefined ? undefined : byId.get(c.parent), n++)
+        maxA = Math.min(maxA, c.maxA)
+      this.chainMaxA.set(o.id, maxA)
+    }
     this.rpc = new OcppRpc({
       url: ocpp.url,
       identity: ocpp.identity,
@@ -186,6 +220,7 @@ export class ChargePoint {
       clientCertFile: this.ocpp.clientCertFile,
       clientKeyFile: this.ocpp.clientKeyFile,
     })
+    this.profiles = await Profiles.open(this.host.journal)
     await this.applySaved()
     await this.securityEvent('StartupOfTheDevice', `Outpost ${this.host.version} started`)
     if (this.profile() === 3 && !this.security.hasClientCertificate)
@@ -199,6 +234,9 @@ export class ChargePoint {
     this.log.info({ url: this.rpc.endpoint, queued: this.outbox.size }, 'ocpp: connecting to the central system')
     // After the boot step: every session it closed is in the outbox by now, what is still open is a trace without a session.
     this.serial(() => this.closeOrphans())
+    // The limits in force now, before the central system is there (they apply while it is away).
+    void this.applyLimits()
+    for (const o of this.host.outlets()) if (o.sessionId) this.seenSessions.add(o.sessionId)
     this.rpc.start()
     if (!this.host.manualClock) {
       this.tickTimer = setInterval(() => this.tick(), TICK_MS)
@@ -274,6 +312,9 @@ export class ChargePoint {
     this.sampleDue()
     this.enforceInvalidCaps()
     this.renewDue()
+    // Nothing installed and nothing given to the engine: no limit can be due (this runs four times a second).
+    const idle = this.profiles?.size === 0 && (this.lastSite ?? null) === null && [...this.lastOutlet.values()].every((v) => v === null)
+    if (!this.limitsQueued && !idle) void this.applyLimits()
   }
 
   /** Resolves once everything queued so far is written and the outbox's current run is over. */
@@ -281,6 +322,7 @@ export class ChargePoint {
     await this.work
     await this.pumpRun
     await this.outbox.settled()
+    await this.limits
   }
 
   /**
@@ -295,6 +337,8 @@ export class ChargePoint {
     localList: { version: number; size: number }
     cachedIdTags: number
     security: ReturnType<Security['state']> | null
+    chargingProfiles: number
+    siteLimitA: number | null
     configuration: { key: string; value: string; readonly: boolean; source: 'config' | 'central-system' }[]
   } {
     return {
@@ -305,6 +349,8 @@ export class ChargePoint {
       localList: { version: this.auth?.listVersion ?? 0, size: this.auth?.listSize ?? 0 },
       cachedIdTags: this.auth?.cacheSize ?? 0,
       security: this.security?.state() ?? null,
+      chargingProfiles: this.profiles?.size ?? 0,
+      siteLimitA: this.lastSite ?? null,
       configuration: this.configuration().map((k) => ({ ...k, source: this.outbox?.settings.has(k.key) ? 'central-system' : 'config' })),
     }
   }
@@ -312,6 +358,35 @@ export class ChargePoint {
   /** An outlet's status changed (daemon `status` event). */
   onStatus(): void {
     this.sendStatuses(false)
+    this.checkAutoStarts()
+  }
+
+  /**
+   * An auto-start opens its session in the engine on its own (the car drew on an armed outlet): while the central
+   * system is away, its user goes through offline authorization like a start at the gateway (admitStart), and a
+   * refused one is stopped at once (StopTransaction DeAuthorized, kept on disk before the stop; the stop suspends
+   * the outlet's auto-start, so the plugged car does not start it again), billed for what it drew.
+   */
+  private checkAutoStarts(): void {
+    if (this.stopped || !this.outbox) return
+    const open = new Set<string>()
+    for (const o of this.host.outlets()) {
+      if (!o.sessionId) continue
+      open.add(o.sessionId)
+      if (this.seenSessions.has(o.sessionId)) continue
+      this.seenSessions.add(o.sessionId)
+      if (o.sessionTrigger !== 'auto-start' || o.userId === undefined) continue
+      const a = this.admitStart(o.userId)
+      if (a.ok) continue
+      const { id: outlet, sessionId } = o
+      this.log.warn({ outlet, sessionId, why: a.message }, 'ocpp: offline authorization refused an auto-start; stopping it')
+      this.serial(async () => {
+        await this.outbox.saveOverride(sessionId, 'DeAuthorized')
+        const r = await this.host.command({ id: `ocpp-offline-${sessionId}`.slice(0, 128), action: 'stop', outlet, by: 'manager' })
+        if (!r.ok) await this.outbox.saveOverride(sessionId, null)
+      })
+    }
+    for (const s of this.seenSessions) if (!open.has(s)) this.seenSessions.delete(s)
   }
 
   // ---------------------------------------------------------------- connection
@@ -840,12 +915,34 @@ export class ChargePoint {
       case 'RemoteStartTransaction': {
         const outlet = p.connectorId !== undefined ? this.byConnector.get(p.connectorId as number) : this.freeOutlet()
         if (!outlet) return { status: 'Rejected' }
+        const profile = p.chargingProfile as Profile | undefined
+        const connectorId = this.byOutlet.get(outlet)!
+        if (profile) {
+          // The transaction it is for starts with it: checked as a TxProfile on a connector with a transaction coming.
+          const why =
+            profile.chargingProfilePurpose !== 'TxProfile'
+              ? 'the chargingProfile of a RemoteStartTransaction is a TxProfile'
+              : profile.transactionId !== undefined
+                ? 'the chargingProfile of a RemoteStartTransaction names no transaction'
+                : refuseProfile(connectorId, profile, { ...this.profileContext(), transaction: () => ({ sessionId: '' }) })
+          if (why !== undefined) {
+            this.log.info({ connectorId, chargingProfileId: profile.chargingProfileId, why }, 'ocpp: remote start refused: its chargingProfile')
+            return { status: 'Rejected' }
+          }
+          // In force before the start, so a session it pauses opens waiting instead of switching on and off.
+          const now = this.host.now()
+          const first = stackLimit([{ connectorId, profile }], now, now, now)
+          await this.limitOutlet(outlet, first ?? null, `${id}-limit`)
+        }
         this.remoteStarts.set(outlet, p.idTag as string)
         const r = await this.host.command({ id, action: 'start', outlet, userId: p.idTag })
         if (!r.ok) {
           this.remoteStarts.delete(outlet)
           this.log.info({ outlet, idTag: p.idTag, code: r.error.code }, 'ocpp: remote start refused')
         }
+        const sessionId = this.host.outlets().find((o) => o.id === outlet)?.sessionId
+        if (r.ok && profile && sessionId) await this.profiles.install({ connectorId, profile, sessionId })
+        if (profile) await this.applyLimits()
         return { status: r.ok ? 'Accepted' : 'Rejected' }
       }
       case 'RemoteStopTransaction': {
@@ -911,11 +1008,220 @@ export class ChargePoint {
       case 'ClearCache':
         await this.auth.clearCache()
         return { status: 'Accepted' }
+      case 'SetChargingProfile':
+        return { status: await this.setProfile(p.connectorId as number, p.csChargingProfiles as Profile) }
+      case 'ClearChargingProfile':
+        return { status: await this.clearProfiles(p as { id?: number; connectorId?: number; chargingProfilePurpose?: Purpose; stackLevel?: number }) }
+      case 'GetCompositeSchedule':
+        return this.compositeSchedule(p.connectorId as number, p.duration as number, (p.chargingRateUnit as 'A' | 'W' | undefined) ?? 'A')
       case 'UnlockConnector':
         // A shelf outlet has no lockable connector.
         return { status: 'NotSupported' }
       default:
         throw new CallError('NotImplemented', `unknown action ${action}`)
+    }
+  }
+
+  // ---------------------------------------------------------------- smart charging
+
+  private profileContext(): ProfileContext {
+    return {
+      connector: (c) => c === 0 || this.byConnector.has(c),
+      switchable: (c) => this.chainMaxA.has(this.byConnector.get(c) ?? ''),
+      transaction: (c) => {
+        const o = this.host.outlets().find((x) => x.id === this.byConnector.get(c))
+        if (!o?.sessionId) return undefined
+        const transactionId = this.outbox.transactionId(o.sessionId)
+        return { sessionId: o.sessionId, ...(transactionId !== undefined ? { transactionId } : {}) }
+      },
+      siteLimit: this.root !== undefined,
+      now: this.host.now(),
+    }
+  }
+
+  /** SetChargingProfile: a profile its rules accept is kept on disk and in force before it is answered Accepted. */
+  private async setProfile(connectorId: number, profile: Profile): Promise<'Accepted' | 'Rejected'> {
+    // Its transactionId may be the one the central system just gave, in an answer not yet on disk.
+    if (profile.chargingProfilePurpose === 'TxProfile' && profile.transactionId !== undefined && this.startCall) await this.startCall
+    const ctx = this.profileContext()
+    const why = refuseProfile(connectorId, profile, ctx)
+    if (why !== undefined) {
+      this.log.info({ connectorId, chargingProfileId: profile.chargingProfileId, why }, 'ocpp: SetChargingProfile rejected')
+      return 'Rejected'
+    }
+    const sessionId = profile.chargingProfilePurpose === 'TxProfile' ? ctx.transaction(connectorId)!.sessionId : undefined
+    const status = await this.profiles.install({ connectorId, profile, ...(sessionId !== undefined ? { sessionId } : {}) })
+    if (status === 'Rejected') {
+      this.log.info(
+        { connectorId, chargingProfileId: profile.chargingProfileId, why: 'MaxChargingProfilesInstalled reached' },
+        'ocpp: SetChargingProfile rejected',
+      )
+      return status
+    }
+    this.log.info(
+      { connectorId, chargingProfileId: profile.chargingProfileId, purpose: profile.chargingProfilePurpose, stackLevel: profile.stackLevel },
+      'ocpp: charging profile installed',
+    )
+    await this.applyLimits()
+    return 'Accepted'
+  }
+
+  /** ClearChargingProfile: by id (then nothing else counts), else every profile matching each criterion given. */
+  private async clearProfiles(p: {
+    id?: number
+    connectorId?: number
+    chargingProfilePurpose?: Purpose
+    stackLevel?: number
+  }): Promise<'Accepted' | 'Unknown'> {
+    const n = await this.profiles.remove((i) =>
+      p.id !== undefined
+        ? i.profile.chargingProfileId === p.id
+        : (p.connectorId === undefined || i.connectorId === p.connectorId) &&
+          (p.chargingProfilePurpose === undefined || i.profile.chargingProfilePurpose === p.chargingProfilePurpose) &&
+          (p.stackLevel === undefined || i.profile.stackLevel === p.stackLevel),
+    )
+    if (n === 0) return 'Unknown'
+    this.log.info({ ...p, cleared: n }, 'ocpp: charging profiles cleared')
+    await this.applyLimits()
+    return 'Accepted'
+  }
+
+  /** The site limit at `t` from the ChargePointMaxProfiles (A per phase, at most the root's wiring), or null: none. */
+  private siteLimitAt(t: number): number | null {
+    if (!this.root) return null
+    const l = stackLimit(
+      this.profiles.all().filter((i) => i.profile.chargingProfilePurpose === 'ChargePointMaxProfile'),
+      t,
+      undefined,
+      t,
+    )
+    return l === undefined ? null : Math.min(l, this.root.maxA)
+  }
+
+  /**
+   * An outlet's own limit at `t` (A per phase), or null: its transaction's TxProfiles, else the TxDefaultProfiles
+   * of its connector and of connector 0 (at the same stack level the connector's own wins). A Relative schedule
+   * runs from its transaction's start; without a transaction it stands at its first period.
+   */
+  private outletLimitAt(o: OutletView, t: number): number | null {
+    const c = this.byOutlet.get(o.id)
+    const all = this.profiles.all()
+    const tx = o.sessionId
+      ? stackLimit(
+          all.filter((i) => i.profile.chargingProfilePurpose === 'TxProfile' && i.connectorId === c && i.sessionId === o.sessionId),
+          t,
+          o.sessionStartedAt,
+          t,
+        )
+      : undefined
+    if (tx !== undefined) return tx
+    const dflt = stackLimit(
+      all.filter((i) => i.profile.chargingProfilePurpose === 'TxDefaultProfile' && (i.connectorId === c || i.connectorId === 0)),
+      t,
+      o.sessionStartedAt,
+      t,
+      (a, b) => (b.connectorId !== 0 ? 1 : 0) - (a.connectorId !== 0 ? 1 : 0),
+    )
+    return dflt ?? null
+  }
+
+  /**
+   * The limits in force on the daemon's clock, given to the engine where they changed: the site limit as the root
+   * circuit's `set-circuit-limit`, each outlet's own as `set-outlet-limit` (below the minimum its session waits). A
+   * TxProfile whose transaction is over is removed first. Runs one at a time; a run asked for during one follows it.
+   */
+  private applyLimits(): Promise<void> {
+    if (this.limitsQueued) return this.limits
+    this.limitsQueued = true
+    this.limits = this.limits.then(async () => {
+      this.limitsQueued = false
+      if (this.stopped || !this.profiles) return
+      try {
+        await this.applyLimitsNow()
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, 'ocpp: a charging limit could not be applied')
+      }
+    })
+    return this.limits
+  }
+
+  private async applyLimitsNow(): Promise<void> {
+    const views = this.host.outlets()
+    const open = new Map(views.filter((o) => o.sessionId).map((o) => [this.byOutlet.get(o.id), o.sessionId]))
+    await this.profiles.remove((i) => i.profile.chargingProfilePurpose === 'TxProfile' && open.get(i.connectorId) !== i.sessionId)
+    const now = this.host.now()
+    if (this.root) {
+      this.lastSite ??= this.profiles.siteApplied
+      const want = this.siteLimitAt(now)
+      // No site limit ever given by this process and none now: the root's limit is left to whoever set it.
+      if (want !== (this.lastSite ?? null) || (this.lastSite === undefined && want !== null)) {
+        const r = await this.host.command({ id: this.limitId(), action: 'set-circuit-limit', circuit: this.root.id, maxA: want })
+        if (r.ok) {
+          this.lastSite = want
+          await this.profiles.saveSite(want)
+          this.log.info({ circuit: this.root.id, maxA: want }, 'ocpp: site limit in force')
+        } else this.log.error({ circuit: this.root.id, maxA: want, code: r.error.code }, 'ocpp: the site limit was refused')
+      }
+    }
+    for (const o of views) {
+      if (!this.chainMaxA.has(o.id)) continue
+      if (!this.lastOutlet.has(o.id)) this.lastOutlet.set(o.id, o.limitA ?? null)
+      const want = this.outletLimitAt(o, now)
+      if (want !== this.lastOutlet.get(o.id)) await this.limitOutlet(o.id, want, this.limitId())
+    }
+  }
+
+  private async limitOutlet(outlet: string, maxA: number | null, id: string): Promise<void> {
+    const r = await this.host.command({ id, action: 'set-outlet-limit', outlet, maxA })
+    if (r.ok) {
+      this.lastOutlet.set(outlet, maxA)
+      this.log.info({ outlet, maxA }, 'ocpp: outlet limit in force')
+    } else this.log.error({ outlet, maxA, code: r.error.code }, 'ocpp: an outlet limit was refused')
+  }
+
+  /** A command id never used before, across restarts too (the engine applies an id at most once). */
+  private limitId(): string {
+    return `ocpp-limit-${this.host.now().toString(36)}-${(this.limitSeq++).toString(36)}`
+  }
+
+  /**
+   * GetCompositeSchedule from what the engine will do. Connector 0: the site limit in force (the root circuit's
+   * wiring without a ChargePointMaxProfile). Connector n: an outlet switches, it does not dim: its rating while
+   * it may run, 0 while its own limit is below the minimum or the site limit (or its circuits' wiring) is below
+   * its rating (it could never fit). W is A × NOMINAL_V × phases.
+   */
+  private compositeSchedule(connectorId: number, duration: number, unit: 'A' | 'W'): Record<string, unknown> {
+    if (connectorId !== 0 && !this.byConnector.has(connectorId)) return { status: 'Rejected' }
+    if (duration <= 0 || duration > 7 * 86_400) return { status: 'Rejected' }
+    const now = this.host.now()
+    const to = now + duration * 1000
+    const o = connectorId === 0 ? undefined : this.host.outlets().find((x) => x.id === this.byConnector.get(connectorId))
+    const cfg = o ? this.host.config.outlets.find((x) => x.id === o.id) : undefined
+    const phases = cfg ? (cfg.phases ?? 3) : 3
+    const minA = this.host.config.sessions.minChargeA
+    const instants = new Set<number>([now])
+    for (const i of this.profiles.all()) for (const t of changesIn(i.profile, now, to, o?.sessionStartedAt, now)) instants.add(t)
+    const value = (t: number): number => {
+      const site = this.siteLimitAt(t) ?? this.root?.maxA ?? Number.POSITIVE_INFINITY
+      if (!o || !cfg) return Number.isFinite(site) ? site : this.host.config.outlets.reduce((a, x) => a + x.ratingA, 0)
+      if (!this.chainMaxA.has(o.id)) return cfg.ratingA
+      const own = this.outletLimitAt(o, t)
+      const room = Math.min(site, this.chainMaxA.get(o.id)!)
+      return (own !== null && own < minA) || room < cfg.ratingA ? 0 : cfg.ratingA
+    }
+    const periods: { startPeriod: number; limit: number; numberPhases: number }[] = []
+    for (const t of [...instants].sort((a, b) => a - b)) {
+      const a = value(t)
+      const limit = Math.round((unit === 'A' ? a : a * NOMINAL_V * phases) * 10) / 10
+      if (periods.length > 0 && periods[periods.length - 1]!.limit === limit) continue
+      periods.push({ startPeriod: Math.round((t - now) / 1000), limit, numberPhases: phases })
+    }
+    const start = new Date(now).toISOString()
+    return {
+      status: 'Accepted',
+      connectorId,
+      scheduleStart: start,
+      chargingSchedule: { duration, startSchedule: start, chargingRateUnit: unit, chargingSchedulePeriod: periods },
     }
   }
 
@@ -979,7 +1285,7 @@ export class ChargePoint {
     const def = keyDef(key)
     if (!def) return 'NotSupported'
     if (!def.writable) return 'Rejected'
-    const why = def.refuse?.(value) ?? (key === 'SecurityProfile' ? this.refuseProfile(Number(value)) : undefined)
+    const why = def.refuse?.(value) ?? (key === 'SecurityProfile' ? this.refuseSecurityProfile(Number(value)) : undefined)
     if (why !== undefined) {
       this.log.info({ key, value: value.slice(0, 100), why }, 'ocpp: ChangeConfiguration rejected')
       return 'Rejected'
@@ -1016,7 +1322,7 @@ export class ChargePoint {
    * higher one only with what it needs (wss://, a CentralSystemRootCertificate, the password of profile 1 and 2, the
    * ChargePointCertificate of profile 3).
    */
-  private refuseProfile(next: number): string | undefined {
+  private refuseSecurityProfile(next: number): string | undefined {
     const now = this.profile()
     if (next < now) return `the security profile is never lowered over OCPP (${now} in force)`
     if (next === now) return undefined

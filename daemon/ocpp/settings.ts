@@ -11,6 +11,7 @@
  */
 import type { OcppConfig } from '../../core/types.js'
 import { LIST_MAX as AUTH_LIST_MAX, SEND_LIST_MAX } from './auth.js'
+import { PERIODS_MAX, PROFILES_MAX, STACK_LEVEL_MAX } from './profiles.js'
 import { CHAIN_MAX, STORE_MAX } from './security.js'
 
 /** The measurands an outlet's meter gives (sampled and clock-aligned data, transactionData). */
@@ -98,7 +99,11 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'StopTransactionOnInvalidId', writable: true, initial: (o) => bool(o.stopTransactionOnInvalidId), refuse: refuseBoolean },
   { key: 'MaxEnergyOnInvalidId', writable: true, initial: (o) => String(o.maxEnergyOnInvalidIdWh), refuse: integer(0, 1_000_000) },
   { key: 'ConnectorPhaseRotation', writable: false, initial: fixed('NotApplicable') },
-  { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger,LocalAuthListManagement') },
+  { key: 'ChargeProfileMaxStackLevel', writable: false, initial: fixed(String(STACK_LEVEL_MAX)) },
+  { key: 'ChargingScheduleAllowedChargingRateUnit', writable: false, initial: fixed('Current,Power') },
+  { key: 'ChargingScheduleMaxPeriods', writable: false, initial: fixed(String(PERIODS_MAX)) },
+  { key: 'MaxChargingProfilesInstalled', writable: false, initial: fixed(String(PROFILES_MAX)) },
+  { key: 'SupportedFeatureProfiles', writable: false, initial: fixed('Core,RemoteTrigger,LocalAuthListManagement,SmartCharging') },
 ]
 
 /**

@@ -37,7 +37,7 @@ export interface ApiSite {
   /** The same as JSON: status and parsed body. */
   json(path: string, init?: RequestInit & { auth?: boolean | string }): Promise<{ status: number; body: any; res: Response }>
   post(path: string, body: unknown, init?: RequestInit & { auth?: boolean | string }): Promise<{ status: number; body: any; res: Response }>
-  /** A command through the gateway as the cloud would send it (wallets: the API has no route for them). */
+  /** A command through the gateway as the cloud would send it. */
   command(body: Record<string, unknown>): ReturnType<Daemon['gateway']['handle']>
   /** Waits until every outlet has been read at least once (start refuses `outlet-not-ready` before). */
   ready(): Promise<void>

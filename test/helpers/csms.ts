@@ -17,7 +17,7 @@ import { createServer as createHttpsServer } from 'node:https'
 import { createRequire } from 'node:module'
 import type { AddressInfo } from 'node:net'
 import type { JournalRecord } from '../../core/types.js'
-import { CLI, waitFor } from './e2e-kit.js'
+import { CLI, type Peer, startPeer, tempDir, waitFor, writeSiteConfig } from './e2e-kit.js'
 
 const require = createRequire(import.meta.url)
 const { RPCServer, createRPCError } = require('ocpp-rpc') as { RPCServer: any; createRPCError: (type: string, message?: string) => Error }
@@ -283,4 +283,28 @@ export function journalRecords(configFile: string): JournalRecord[] {
     .split('\n')
     .filter((l) => l.trim() !== '')
     .map((l) => JSON.parse(l) as JournalRecord)
+}
+
+/**
+ * Two 16 A cars plugged in on the pymodbus peer, both outlets on the circuit `bay` (`circuit`: its
+ * config; with a `meter`, the peer's feeder meter at `feeder`), a charge point of a strict central system.
+ */
+export async function bayOfTwo(
+  t: Teardownable,
+  circuit: Record<string, unknown>,
+  feeder?: number,
+): Promise<{ peer: Peer; csms: Csms; file: string }> {
+  const dir = tempDir(t)
+  const peer = await startPeer(t, { outlets: 2, ...(feeder !== undefined ? { feeder } : {}) })
+  const csms = await startCsms(t)
+  await peer.plug(1, 16)
+  await peer.plug(2, 16)
+  const file = writeSiteConfig({
+    dir,
+    port: peer.port,
+    outlets: 2,
+    outlet: { 1: { circuit: 'bay', ratingA: 16 }, 2: { circuit: 'bay', ratingA: 16 } },
+    extra: { ocpp: ocppSection(csms, { meterValueSampleS: 0 }), circuits: [{ id: 'bay', ...circuit }] },
+  })
+  return { peer, csms, file }
 }

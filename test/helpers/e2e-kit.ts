@@ -392,6 +392,15 @@ export function startDaemon(
   return d
 }
 
+/** A `start` through the daemon's local API (`api`: its base URL without the trailing slash), with a command `id` if given. */
+export function localStart(api: string, token: string, outlet: string, userId: string, id?: string): Promise<Response> {
+  return fetch(`${api}/api/outlets/${outlet}/start`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ userId, ...(id !== undefined ? { id } : {}) }),
+  })
+}
+
 // ---------------------------------------------------------------- the cloud
 
 export interface Cloud {
