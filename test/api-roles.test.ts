@@ -10,19 +10,20 @@ import { TOKEN, startApiSite } from './helpers/api-kit.js'
 const VIEWER = 'viewer-token-0123456789'
 const OWNER = 'owner-token-0123456789'
 
+const INSTALLER = 'installer-token-0123456789'
+/** The site's api section: the admin's token, and a viewer, an owner and an installer. */
+const API = {
+  listen: '127.0.0.1:0',
+  token: TOKEN,
+  tokens: [
+    { name: 'vic', role: 'viewer', token: VIEWER },
+    { name: 'olga', role: 'owner', token: OWNER },
+    { name: 'ian', role: 'installer', token: INSTALLER },
+  ],
+}
+
 t.test('roles and CSRF', async (t) => {
-  const site = await startApiSite(t, {
-    config: {
-      api: {
-        listen: '127.0.0.1:0',
-        token: TOKEN,
-        tokens: [
-          { name: 'vic', role: 'viewer', token: VIEWER },
-          { name: 'olga', role: 'owner', token: OWNER },
-        ],
-      },
-    },
-  })
+  const site = await startApiSite(t, { config: { api: API } })
   await site.ready()
   const signIn = async (token: string): Promise<string> => {
     const res = await site.req('/login', {
@@ -70,20 +71,7 @@ t.test('roles and CSRF', async (t) => {
 })
 
 t.test("users' wallets are the owner's: set from the local API as the cloud's set-wallet sets them", async (t) => {
-  const INSTALLER = 'installer-token-0123456789'
-  const site = await startApiSite(t, {
-    config: {
-      api: {
-        listen: '127.0.0.1:0',
-        token: TOKEN,
-        tokens: [
-          { name: 'vic', role: 'viewer', token: VIEWER },
-          { name: 'olga', role: 'owner', token: OWNER },
-          { name: 'ian', role: 'installer', token: INSTALLER },
-        ],
-      },
-    },
-  })
+  const site = await startApiSite(t, { config: { api: API } })
   await site.ready()
   const put = (user: string, body: unknown, auth: string) =>
     site.json(`/api/wallets/${encodeURIComponent(user)}`, {

@@ -25,14 +25,13 @@ const TOKENS = [
 ]
 const tokenOf = (role: string): string => (role === 'admin' ? ADMIN : TOKENS.find((x) => x.role === role)!.token)
 
-t.test('scan the site’s bus from the page and add the meter it finds', async (t) => {
-  const work = tempDir(t, 'outpost-e2e-scan-')
-  const peer = await startPeer(t, { outlets: 3 })
+/** The built daemon with `outlets` of the peer's meters configured, its API up; `api` calls it as a role (the installer by default). */
+async function startScanSite(t: Parameters<typeof startDaemon>[0], work: string, peerPort: number, outlets: number) {
   const port = await freePort()
   const file = writeSiteConfig({
     dir: work,
-    port: peer.port,
-    outlets: 2,
+    port: peerPort,
+    outlets,
     extra: { api: { listen: `127.0.0.1:${port}`, token: ADMIN, tokens: TOKENS }, logging: { level: 'info' } },
   })
   const daemon = startDaemon(t, file)
@@ -44,6 +43,13 @@ t.test('scan the site’s bus from the page and add the meter it finds', async (
     return { status: res.status, body: (await res.json()) as any }
   }
   await waitFor(async () => (await api('/api/status').catch(() => ({ status: 0 }))).status === 200, 'the API', 60_000)
+  return { file, daemon, base, api }
+}
+
+t.test('scan the site’s bus from the page and add the meter it finds', async (t) => {
+  const work = tempDir(t, 'outpost-e2e-scan-')
+  const peer = await startPeer(t, { outlets: 3 })
+  const { file, daemon, base, api } = await startScanSite(t, work, peer.port, 2)
 
   // Refusals, each at its field, and nothing scanned.
   const refused = async (body: unknown, status: number, code: string, pointer: string | undefined, what: string, role = 'installer') => {
@@ -224,22 +230,7 @@ t.test('a Shelly and a Tasmota added by address: found, read, added without a re
   const shelly = await startShelly(t, { password: 'garage-secret', energyWh: 4321 })
   const tasmota = await startTasmota(t, { energyWh: 777 })
   shelly.plug(6)
-  const port = await freePort()
-  const file = writeSiteConfig({
-    dir: work,
-    port: peer.port,
-    outlets: 1,
-    extra: { api: { listen: `127.0.0.1:${port}`, token: ADMIN, tokens: TOKENS }, logging: { level: 'info' } },
-  })
-  const daemon = startDaemon(t, file)
-  const base = `http://127.0.0.1:${port}`
-  const api = async (path: string, o: { role?: string; method?: string; body?: unknown } = {}) => {
-    const headers: Record<string, string> = { authorization: `Bearer ${tokenOf(o.role ?? 'installer')}` }
-    if (o.body !== undefined) headers['content-type'] = 'application/json'
-    const res = await fetch(base + path, { method: o.method ?? 'GET', headers, ...(o.body !== undefined ? { body: JSON.stringify(o.body) } : {}) })
-    return { status: res.status, body: (await res.json()) as any }
-  }
-  await waitFor(async () => (await api('/api/status').catch(() => ({ status: 0 }))).status === 200, 'the API', 60_000)
+  const { file, daemon, base, api } = await startScanSite(t, work, peer.port, 1)
   const find = (body: unknown, role = 'installer') => api('/api/scan/device', { method: 'POST', body, role })
 
   // Refusals at their fields; nothing written.

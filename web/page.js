@@ -121,5 +121,14 @@ window.Outpost = (() => {
     }
   }
 
-  return { el, api, resolveSchema, schemaField, saveConfigForm }
+  /** A scrolling table: `headers` as text, `rows` the <tr> elements. */
+  function table(id, headers, rows) {
+    return el(
+      'div',
+      { class: 'scroll' },
+      el('table', { id }, el('thead', {}, el('tr', {}, ...headers.map((x) => el('th', {}, x)))), el('tbody', {}, ...rows)),
+    )
+  }
+
+  return { el, api, table, resolveSchema, schemaField, saveConfigForm }
 })()

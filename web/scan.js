@@ -11,7 +11,7 @@
 'use strict'
 ;(() => {
   const $ = (id) => document.getElementById(id)
-  const { el, api } = window.Outpost
+  const { el, api, table } = window.Outpost
   let timer = null
   let hints = null
 
@@ -104,18 +104,7 @@
         tested,
       )
     })
-    box.append(
-      el(
-        'div',
-        { class: 'scroll' },
-        el(
-          'table',
-          { id: 'scan-hits' },
-          el('thead', {}, el('tr', {}, ...['Unit', 'Kind', 'Model', 'Serial', 'Detail', '', ''].map((x) => el('th', {}, x)))),
-          el('tbody', {}, ...rows),
-        ),
-      ),
-    )
+    box.append(table('scan-hits', ['Unit', 'Kind', 'Model', 'Serial', 'Detail', '', ''], rows))
   }
 
   /** The config with the meter at `hit` appended as an outlet (and the scanned bus, when it is new). */
@@ -187,18 +176,7 @@
         el('td', {}, add),
       )
     })
-    box.append(
-      el(
-        'div',
-        { class: 'scroll' },
-        el(
-          'table',
-          { id: 'net-channels' },
-          el('thead', {}, el('tr', {}, ...['Channel', 'Meter', 'Relay', 'Reads now', 'Relay', ''].map((x) => el('th', {}, x)))),
-          el('tbody', {}, ...rows),
-        ),
-      ),
-    )
+    box.append(table('net-channels', ['Channel', 'Meter', 'Relay', 'Reads now', 'Relay', ''], rows))
   }
 
   /** The device as a bus of its own (once), and the channel as an outlet on it. */
