@@ -16,6 +16,7 @@ import type { JournalRecord } from '../core/types.js'
 import { GENESIS_PREV } from '../daemon/journal/chain.js'
 import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../daemon/uplink/chain.js'
 import { acceptedSalvages, lateMisfits, lostRanges, shrinkLost, takeSalvages } from './salvage.js'
+import { recordTime } from './schema.js'
 
 /** Rows read per step of the prefix walk. */
 const WALK_PAGE = 1000
@@ -94,6 +95,38 @@ export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: 
   return { ok: true, record: r, text }
 }
 
+/** A (site, seq) pair as one string key. */
+export const siteSeq = (site: string, seq: number | string) => `${site}\n${seq}`
+
+/**
+ * Inserts records of any sites (each site's row locked by the caller) and returns the `siteSeq` keys of
+ * those inserted. The (site_id, seq) is claimed in `record_keys` first: only a record whose key was free
+ * goes into `records` (whichever month's partition its `ts` names); one held already is left to the
+ * caller (a repeat or a fork). One JSON document of every row, the record texts spliced in as they came:
+ * parsed once by the server, nothing escaped here.
+ */
+export async function insertRecords(
+  client: pg.ClientBase,
+  rows: readonly { site: string; c: { record: JournalRecord; text: string } }[],
+): Promise<string[]> {
+  if (rows.length === 0) return []
+  const doc = `[${rows
+    .map(
+      ({ site, c: { record: r, text } }) =>
+        `[${JSON.stringify(site)},${r.seq},${JSON.stringify(r.type)},${JSON.stringify(r.hash)},${JSON.stringify(r.prev)},${JSON.stringify(recordTime(r.ts))},${text}]`,
+    )
+    .join(',')}]`
+  const res = await client.query<{ site_id: string; seq: string }>(
+    `WITH e AS (SELECT e->>0 AS st, (e->>1)::bigint AS s, e->>2 AS t, e->>3 AS h, e->>4 AS p, (e->>5)::timestamptz AS ts, e->6 AS b
+                FROM jsonb_array_elements($1::jsonb) AS e),
+          k AS (INSERT INTO record_keys (site_id, seq, hash, ts) SELECT st, s, h, ts FROM e ON CONFLICT (site_id, seq) DO NOTHING RETURNING site_id, seq)
+     INSERT INTO records (site_id, seq, type, hash, prev, body, ts)
+     SELECT e.st, e.s, e.t, e.h, e.p, e.b, e.ts FROM e JOIN k ON k.site_id = e.st AND k.seq = e.s RETURNING site_id, seq`,
+    [doc],
+  )
+  return res.rows.map((r) => siteSeq(r.site_id, r.seq))
+}
+
 /**
  * Stores a delivery of `siteId`'s records (live, re-sent or pulled) in one transaction
  * on `client` and returns what it changed. Throws when the database does (nothing of
@@ -149,35 +182,25 @@ export async function storeSiteInTx(client: pg.ClientBase, siteId: string, incom
         rejectBodies.push(rejectBody(x.c.record))
       }
     }
-    let stored = 0
-    const insertedSeqs = new Set<number>()
-    if (list.length > 0) {
-      const res = await client.query<{ seq: string }>(
-        `INSERT INTO records (site_id, seq, type, hash, prev, body)
-         SELECT $1, s, t, h, p, b::jsonb FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(s, t, h, p, b)
-         ON CONFLICT (site_id, seq) DO NOTHING RETURNING seq`,
-        [
-          siteId,
-          list.map((x) => x.record.seq),
-          list.map((x) => x.record.type),
-          list.map((x) => x.record.hash),
-          list.map((x) => x.record.prev),
-          list.map((x) => x.text),
-        ],
-      )
-      for (const row of res.rows) insertedSeqs.add(Number(row.seq))
-      stored = insertedSeqs.size
-    }
+    const insertedSeqs = new Set(
+      (
+        await insertRecords(
+          client,
+          list.map((x) => ({ site: siteId, c: x })),
+        )
+      ).map((k) => Number(k.slice(k.indexOf('\n') + 1))),
+    )
+    const stored = insertedSeqs.size
     // Records not inserted were held already: the same hash is a repeat, another is a fork.
     const held = list.filter((x) => !insertedSeqs.has(x.record.seq))
     const candidates = [...held, ...inBatchForks]
     let duplicates = 0
     const forks: number[] = []
     if (candidates.length > 0) {
-      const have = await client.query<{ seq: string; hash: string }>('SELECT seq, hash FROM records WHERE site_id = $1 AND seq = ANY($2::bigint[])', [
-        siteId,
-        [...new Set(candidates.map((x) => x.record.seq))],
-      ])
+      const have = await client.query<{ seq: string; hash: string }>(
+        'SELECT seq, hash FROM record_keys WHERE site_id = $1 AND seq = ANY($2::bigint[])',
+        [siteId, [...new Set(candidates.map((x) => x.record.seq))]],
+      )
       const storedHash = new Map(have.rows.map((r) => [Number(r.seq), r.hash]))
       for (const x of candidates) {
         const h = storedHash.get(x.record.seq)!
