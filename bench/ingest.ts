@@ -15,12 +15,15 @@ import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import mqtt, { type MqttClient } from 'mqtt'
 import pg from 'pg'
-import { notMeasured, percentile, row, Teardowns, type BenchRow } from './lib.js'
+import { binNodeFlags, notMeasured, percentile, row, Teardowns, type BenchRow } from './lib.js'
 import { FleetLog } from '../test/helpers/fleet.js'
 import { bodies } from '../test/helpers/memory-log.js'
 import { startMosquitto } from '../test/helpers/mosquitto.js'
 import { PG_BIN, startPostgres } from '../test/helpers/postgres.js'
-import { startWorker, type WorkerProc } from '../test/helpers/ingest-kit.js'
+import { startWorker as startIngest, type WorkerProc } from '../test/helpers/ingest-kit.js'
+
+/** `outpost ingest` as the installed bin runs it: under its interpreter line's node flags (bin/outpost.ts then runs the cloud side with its own). */
+const startWorker = (td: Teardowns, name: string, brokerUrl: string, dbUrl: string) => startIngest(td, name, brokerUrl, dbUrl, [], binNodeFlags())
 import type { JournalRecord } from '../core/types.js'
 
 const SITES = Number(process.env.OUTPOST_BENCH_INGEST_SITES ?? 100)
