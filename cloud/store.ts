@@ -13,7 +13,7 @@
  */
 import type pg from 'pg'
 import type { JournalRecord } from '../core/types.js'
-import { GENESIS_PREV } from '../daemon/journal/chain.js'
+import { ChainVerifier, GENESIS_PREV } from '../daemon/journal/chain.js'
 import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../daemon/uplink/chain.js'
 import { acceptedSalvages, lateMisfits, lostRanges, shrinkLost, takeSalvages } from './salvage.js'
 import { recordTime } from './schema.js'
@@ -76,7 +76,7 @@ function jsonbProblem(text: string): string | undefined {
 
 /**
  * Checks a record on its own: the shape and its hash over its content (the link to
- * its predecessor is checked against the stored chain). Uses verifyChain from the
+ * its predecessor is checked against the stored chain). Uses the chain's ChainVerifier from the
  * point the record itself names, so the rules are the chain's own.
  */
 export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: string } | { ok: false; seq: number | null; reason: string } {
@@ -85,10 +85,13 @@ export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: 
     return typeof s === 'number' && Number.isSafeInteger(s) ? s : null
   }
   if (!isRecordShape(r)) return { ok: false, seq: seqOf(r), reason: 'not a record (seq, type, prev and hash are required)' }
-  const v = verifyChain([r], { seq: r.seq - 1, hash: r.prev })
-  if (!v.ok) return { ok: false, seq: r.seq, reason: v.break.message }
-  const text = JSON.stringify(r)
-  const bytes = Buffer.byteLength(text)
+  // The chain's own verifier, one record from the point it names: its text comes from the hashing (no second serialization).
+  const v = new ChainVerifier({ seq: r.seq, prev: r.prev })
+  const b = v.push(r)
+  if (b) return { ok: false, seq: r.seq, reason: `seq ${b.seq}: ${b.problem}` }
+  const text = v.lastText!
+  // At most 3 bytes of UTF-8 per UTF-16 unit: a text short enough is not counted.
+  const bytes = text.length * 3 <= MAX_RECORD_BYTES ? text.length : Buffer.byteLength(text)
   if (bytes > MAX_RECORD_BYTES) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: too large (${bytes} bytes, at most ${MAX_RECORD_BYTES})` }
   const bad = jsonbProblem(text)
   if (bad) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: ${bad}` }
@@ -113,7 +116,8 @@ export async function insertRecords(
   const doc = `[${rows
     .map(
       ({ site, c: { record: r, text } }) =>
-        `[${JSON.stringify(site)},${r.seq},${JSON.stringify(r.type)},${JSON.stringify(r.hash)},${JSON.stringify(r.prev)},${JSON.stringify(recordTime(r.ts))},${text}]`,
+        // hash and prev are 64 hex digits (checked), the time the contract's form or -infinity: no escaping needed.
+        `[${JSON.stringify(site)},${r.seq},${JSON.stringify(r.type)},"${r.hash}","${r.prev}","${recordTime(r.ts)}",${text}]`,
     )
     .join(',')}]`
   const res = await client.query<{ site_id: string; seq: string }>(
@@ -354,10 +358,12 @@ export async function deriveRowsMany(
         `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
          SELECT r.site_id, r.body->>'sessionId', r.seq, r.body->>'outlet', r.body->>'userId', (r.body->>'startedAt')::timestamptz,
                 (r.body->>'endedAt')::timestamptz, (r.body->>'energyWh')::float8, r.body->>'currency', (r.body->>'total')::bigint, r.body
-         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(st, s, n) JOIN records r ON r.site_id = u.st AND r.seq = u.s
+         FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) WITH ORDINALITY AS u(st, s, ts, n)
+           JOIN records r ON r.site_id = u.st AND r.seq = u.s AND r.ts = u.ts
          ORDER BY u.n
          ON CONFLICT (site_id, session_id) DO NOTHING RETURNING site_id, seq`,
-        [sessions.map((x) => x.site), sessions.map((x) => x.s.seq)],
+        // The record's time names its month: each lookup goes to one partition.
+        [sessions.map((x) => x.site), sessions.map((x) => x.s.seq), sessions.map((x) => recordTime(x.s.ts))],
       )
     ).rows
     const inserted = new Set(ins.map((r) => `${r.site_id}\n${r.seq}`))
