@@ -142,6 +142,10 @@ export async function run(): Promise<BenchRow[]> {
         copies.push(await copyRun())
         ingests.push(await ingestRun(workers)())
       }
+      // Every run, for the spread (stderr: the rows are the output).
+      process.stderr.write(
+        `ingest throughput, ${workers} worker(s): COPY records/s ${copies.map(Math.round).join(', ')}; ingest ${ingests.map(Math.round).join(', ')}\n`,
+      )
       rows.push(
         row(
           `ingest records/s, ${workers} worker${workers > 1 ? 's' : ''} (${SITES} sites × ${PER_SITE}), vs raw COPY of the same rows`,
@@ -279,6 +283,9 @@ async function catchUp(
     await w.kill('SIGTERM')
     await reset()
   }
+  process.stderr.write(
+    `catch-up runs, seconds: COPY ${copyTimes.map((x) => x.toFixed(1)).join(', ')}; ingest ${ingestTimes.map((x) => x.toFixed(1)).join(', ')}\n`,
+  )
   return row(
     `catch-up: ${CATCHUP_SITES} sites × ${CATCHUP_RECORDS} records (${total} records) reconnect at once, 1 worker: seconds until every site is acked, vs COPY of the same rows`,
     's',
