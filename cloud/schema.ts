@@ -224,13 +224,7 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE records RENAME TO records_v1;
   ALTER TABLE records_v1 RENAME CONSTRAINT records_pkey TO records_v1_pkey;
   CREATE TABLE records (
-    site_id     text        NOT NULL,
-    seq         bigint      NOT NULL CHECK (seq >= 1),
-    type        text        NOT NULL,
-    hash        text        NOT NULL,
-    prev        text        NOT NULL,
-    body        jsonb       NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now(),
+    LIKE records_v1 INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     ts          timestamptz NOT NULL,
     PRIMARY KEY (site_id, seq, ts)
   ) PARTITION BY RANGE (ts);
