@@ -28,6 +28,8 @@ import {
   selfCheck,
   type SiteRow,
   type StoreResult,
+  insertRecords,
+  siteSeq,
   storeSiteInTx,
 } from './store.js'
 
@@ -67,7 +69,7 @@ function prepare(siteId: string, incoming: unknown[]): Prep {
   return p
 }
 
-const key = (site: string, seq: number | string) => `${site}\n${seq}`
+const key = siteSeq
 
 /**
  * Stores every delivery (several of one site are taken together, in order) in one transaction and
@@ -102,26 +104,18 @@ export async function storeBatch(client: pg.ClientBase, deliveries: readonly Del
     }
 
     const flat = fast.flatMap(({ p }) => p.list.map((x) => ({ site: p.siteId, x })))
-    const inserted = new Set<string>()
-    if (flat.length > 0) {
-      // One JSON document of every row (the record texts spliced in as they are): parsed once by the server, nothing escaped here.
-      const doc = `[${flat.map((f) => `[${JSON.stringify(f.site)},${f.x.record.seq},${JSON.stringify(f.x.record.type)},${JSON.stringify(f.x.record.hash)},${JSON.stringify(f.x.record.prev)},${f.x.text}]`).join(',')}]`
-      const res = (
-        await client.query<{ site_id: string; seq: string }>(
-          `INSERT INTO records (site_id, seq, type, hash, prev, body)
-           SELECT e->>0, (e->>1)::bigint, e->>2, e->>3, e->>4, e->5 FROM jsonb_array_elements($1::jsonb) AS e
-           ON CONFLICT (site_id, seq) DO NOTHING RETURNING site_id, seq`,
-          [doc],
-        )
-      ).rows
-      for (const r of res) inserted.add(key(r.site_id, r.seq))
-    }
+    const inserted = new Set(
+      await insertRecords(
+        client,
+        flat.map((f) => ({ site: f.site, c: f.x })),
+      ),
+    )
     // Records not inserted were held already: the same hash is a repeat, another is a fork.
     const held = flat.filter((f) => !inserted.has(key(f.site, f.x.record.seq)))
     const storedHash = new Map<string, string>()
     if (held.length > 0) {
       const have = await client.query<{ site_id: string; seq: string; hash: string }>(
-        'SELECT r.site_id, r.seq, r.hash FROM records r JOIN unnest($1::text[], $2::bigint[]) AS u(st, s) ON r.site_id = u.st AND r.seq = u.s',
+        'SELECT r.site_id, r.seq, r.hash FROM record_keys r JOIN unnest($1::text[], $2::bigint[]) AS u(st, s) ON r.site_id = u.st AND r.seq = u.s',
         [held.map((f) => f.site), held.map((f) => f.x.record.seq)],
       )
       for (const r of have.rows) storedHash.set(key(r.site_id, r.seq), r.hash)

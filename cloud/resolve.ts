@@ -14,6 +14,7 @@
 import type pg from 'pg'
 import type { JournalRecord } from '../core/types.js'
 import { advancePrefix, findBreak, type SiteRow } from './store.js'
+import { recordTime } from './schema.js'
 
 /** A resolve refused for what it asked (no such site, no fork at that seq, a hash that is neither side): nothing changed. */
 export class ResolveRefused extends Error {}
@@ -130,7 +131,8 @@ export async function keepSide(client: pg.ClientBase, req: KeepRequest): Promise
         any?.length ? `site ${req.site} has no fork at seq ${req.seq} (its forks: seq ${any.join(', ')})` : `site ${req.site} has no fork to resolve`,
       )
     }
-    const stored = (await client.query<{ hash: string }>('SELECT hash FROM records WHERE site_id = $1 AND seq = $2', [req.site, req.seq])).rows[0]!
+    const stored = (await client.query<{ hash: string }>('SELECT hash FROM record_keys WHERE site_id = $1 AND seq = $2', [req.site, req.seq]))
+      .rows[0]!
     const acked = Number(site.acked)
     const moved: string[] = []
     const toHistory = async (hash: string, from: 'forks' | 'records') => {
@@ -165,15 +167,13 @@ export async function keepSide(client: pg.ClientBase, req: KeepRequest): Promise
           `site ${req.site} seq ${req.seq}: the stored record is inside the verified prefix (acked ${acked}), the record after it links to it; only it can be kept`,
         )
       await toHistory(stored.hash, 'records')
-      await client.query('UPDATE records SET type = $4, hash = $3, prev = $5, body = $6::jsonb, received_at = $7 WHERE site_id = $1 AND seq = $2', [
-        req.site,
-        req.seq,
-        kept.hash,
-        kept.body.type,
-        kept.prev,
-        JSON.stringify(kept.body),
-        kept.received_at,
-      ])
+      // The kept side may name another month: the row moves to that month's partition, and the key follows.
+      const ts = recordTime(kept.body.ts)
+      await client.query(
+        'UPDATE records SET type = $4, hash = $3, prev = $5, body = $6::jsonb, received_at = $7, ts = $8 WHERE site_id = $1 AND seq = $2',
+        [req.site, req.seq, kept.hash, kept.body.type, kept.prev, JSON.stringify(kept.body), kept.received_at, ts],
+      )
+      await client.query('UPDATE record_keys SET hash = $3, ts = $4 WHERE site_id = $1 AND seq = $2', [req.site, req.seq, kept.hash, ts])
       await client.query('DELETE FROM forks WHERE site_id = $1 AND seq = $2 AND hash = $3', [req.site, req.seq, kept.hash])
       for (const f of forks.filter((x) => x.hash !== kept.hash)) {
         await toHistory(f.hash, 'forks')

@@ -4,17 +4,82 @@
  * `outpost_migrations`; several workers starting together take an advisory lock so
  * exactly one applies them.
  *
- * Owns: the table definitions (the contract's `records`, `sessions`, `sites`,
+ * Owns: the table definitions (the contract's `records` with its month partitions and `record_keys`, `sessions`, `sites`,
  * `meter_reconciliations`, `salvages`, `lost_ranges`, `resolutions`, `record_history`, plus
  * `forks`, `rejects` and `pull_leases`) and their
  * order of creation.
  * Must never: change a migration that has shipped (a later one alters instead), or
- * drop a table that holds records.
+ * drop a table whose records are not held elsewhere (a migration moves them first, in its transaction).
  */
 import type pg from 'pg'
 
-/** Key of the advisory lock that serializes migrations across workers. */
+/** Key of the advisory lock that serializes migrations and partition changes across workers. */
 const MIGRATION_LOCK = 7_140_001
+
+/**
+ * A record's `ts` as the contract writes it (ISO 8601 UTC, `Z`, at most microseconds), in a syntax both
+ * JavaScript and PostgreSQL's regular expressions read alike. A `ts` that does not match, or names no
+ * calendar day (31 April), puts the record in `records_default` with `ts` `-infinity`: it is stored all the same.
+ */
+const RECORD_TS_PATTERN = String.raw`^(?!0000)\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?Z$`
+const RECORD_TS = new RegExp(RECORD_TS_PATTERN)
+
+/** The partition key of a record: its `ts` when that is a real UTC time as the contract writes it, else `-infinity`. */
+export function recordTime(ts: unknown): string {
+  if (typeof ts !== 'string' || !RECORD_TS.test(ts)) return '-infinity'
+  const d = new Date(0)
+  const day = Number(ts.slice(8, 10))
+  d.setUTCFullYear(Number(ts.slice(0, 4)), Number(ts.slice(5, 7)) - 1, day)
+  return d.getUTCDate() === day ? ts : '-infinity'
+}
+
+/** Months of `records` made ahead of the current one (at start and daily), so that no month's records wait in the default partition. */
+export const PARTITION_MONTHS_AHEAD = 2
+
+/** The partition of `records` holding the UTC month that `at` falls in: its name and bounds. */
+export function monthPartition(at: Date): { name: string; from: string; to: string } {
+  const y = at.getUTCFullYear()
+  const m = at.getUTCMonth()
+  const iso = (yy: number, mm: number) => new Date(Date.UTC(yy, mm, 1)).toISOString().replace('.000Z', 'Z')
+  return { name: `records_${y}_${String(m + 1).padStart(2, '0')}`, from: iso(y, m), to: iso(y, m + 1) }
+}
+
+/**
+ * Makes the month partitions of `records` from the month of `at` to PARTITION_MONTHS_AHEAD after it, those
+ * missing; returns the names made. A month whose records the default partition already holds (it had no
+ * partition when they came) takes them with it: the move, the default partition locked against writes,
+ * and the attach are one transaction. Any number of workers may call it at once (the advisory lock).
+ */
+export async function ensurePartitions(client: pg.ClientBase, at: Date, ahead = PARTITION_MONTHS_AHEAD): Promise<string[]> {
+  const made: string[] = []
+  for (let i = 0; i <= ahead; i++) {
+    const p = monthPartition(new Date(Date.UTC(at.getUTCFullYear(), at.getUTCMonth() + i, 1)))
+    // pg_class read with the statement's snapshot (to_regclass would answer from a cache not yet told of another worker's commit).
+    const exists = async () =>
+      ((await client.query('SELECT 1 FROM pg_class WHERE relname = $1 AND relnamespace = current_schema()::regnamespace', [p.name])).rowCount ?? 0) >
+      0
+    if (await exists()) continue
+    await client.query('BEGIN')
+    try {
+      await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK])
+      if (!(await exists())) {
+        await client.query('LOCK TABLE records_default IN EXCLUSIVE MODE')
+        await client.query(`CREATE TABLE ${p.name} (LIKE records INCLUDING DEFAULTS INCLUDING CONSTRAINTS)`)
+        await client.query(
+          `WITH moved AS (DELETE FROM records_default WHERE ts >= $1 AND ts < $2 RETURNING *) INSERT INTO ${p.name} SELECT * FROM moved`,
+          [p.from, p.to],
+        )
+        await client.query(`ALTER TABLE records ATTACH PARTITION ${p.name} FOR VALUES FROM ('${p.from}') TO ('${p.to}')`)
+        made.push(p.name)
+      }
+      await client.query('COMMIT')
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined)
+      throw err
+    }
+  }
+  return made
+}
 
 /** Migrations in order; the index + 1 is the version. Append only. */
 export const MIGRATIONS: readonly string[] = [
@@ -144,10 +209,52 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE rejects DROP CONSTRAINT rejects_pkey;
   ALTER TABLE rejects ADD PRIMARY KEY (site_id, id);
   `,
+  // `records` partitioned by month of the record's own time (`ts`), so that old months can be detached and
+  // archived. A partitioned table's unique keys must hold the partition key, so (site_id, seq) is kept unique by
+  // `record_keys`, one narrow row per stored record in one table: the idempotent insert and fork detection go
+  // through it, exactly as strict as before, across every month (and after a month is archived). The rows a
+  // database of the previous schema holds are moved in this migration's transaction (docs/ingest.md).
+  `
+  CREATE FUNCTION outpost_record_ts(s text) RETURNS timestamptz LANGUAGE plpgsql IMMUTABLE AS $f$
+  BEGIN
+    IF s ~ '${RECORD_TS_PATTERN}' THEN RETURN s::timestamptz; END IF;
+    RETURN '-infinity';
+  EXCEPTION WHEN others THEN RETURN '-infinity';
+  END $f$;
+  ALTER TABLE records RENAME TO records_v1;
+  ALTER TABLE records_v1 RENAME CONSTRAINT records_pkey TO records_v1_pkey;
+  CREATE TABLE records (
+    LIKE records_v1 INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+    ts          timestamptz NOT NULL,
+    PRIMARY KEY (site_id, seq, ts)
+  ) PARTITION BY RANGE (ts);
+  CREATE TABLE records_default PARTITION OF records DEFAULT;
+  CREATE TABLE record_keys (
+    site_id     text        NOT NULL,
+    seq         bigint      NOT NULL,
+    hash        text        NOT NULL,
+    ts          timestamptz NOT NULL,
+    PRIMARY KEY (site_id, seq)
+  );
+  DO $m$
+  DECLARE m timestamp;
+  BEGIN
+    FOR m IN SELECT DISTINCT date_trunc('month', outpost_record_ts(body->>'ts') AT TIME ZONE 'UTC') FROM records_v1
+             WHERE outpost_record_ts(body->>'ts') > '-infinity' LOOP
+      EXECUTE format('CREATE TABLE %I PARTITION OF records FOR VALUES FROM (%L) TO (%L)', 'records_' || to_char(m, 'YYYY_MM'),
+                     to_char(m, 'YYYY-MM-DD"T00:00:00Z"'), to_char(m + interval '1 month', 'YYYY-MM-DD"T00:00:00Z"'));
+    END LOOP;
+  END $m$;
+  INSERT INTO records (site_id, seq, type, hash, prev, body, received_at, ts)
+    SELECT site_id, seq, type, hash, prev, body, received_at, outpost_record_ts(body->>'ts') FROM records_v1;
+  INSERT INTO record_keys (site_id, seq, hash, ts) SELECT site_id, seq, hash, ts FROM records;
+  DROP TABLE records_v1;
+  DROP FUNCTION outpost_record_ts(text);
+  `,
 ]
 
-/** Applies every migration not yet applied; returns the schema version now in force. */
-export async function migrate(client: pg.ClientBase): Promise<number> {
+/** Applies every migration not yet applied (up to `target`: a test builds an older schema); returns the schema version now in force. */
+export async function migrate(client: pg.ClientBase, target = MIGRATIONS.length): Promise<number> {
   await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK])
   try {
     await client.query('CREATE TABLE IF NOT EXISTS outpost_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
@@ -155,7 +262,7 @@ export async function migrate(client: pg.ClientBase): Promise<number> {
     const have = rows[0]?.v ?? 0
     if (have > MIGRATIONS.length)
       throw new Error(`the database's schema is version ${have}, newer than this build's ${MIGRATIONS.length}: upgrade outpost`)
-    for (let v = have + 1; v <= MIGRATIONS.length; v++) {
+    for (let v = have + 1; v <= target; v++) {
       await client.query('BEGIN')
       try {
         await client.query(MIGRATIONS[v - 1]!)
@@ -166,7 +273,7 @@ export async function migrate(client: pg.ClientBase): Promise<number> {
         throw err
       }
     }
-    return MIGRATIONS.length
+    return Math.max(have, target)
   } finally {
     await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK])
   }

@@ -13,9 +13,10 @@
  */
 import type pg from 'pg'
 import type { JournalRecord } from '../core/types.js'
-import { GENESIS_PREV } from '../daemon/journal/chain.js'
+import { ChainVerifier, GENESIS_PREV } from '../daemon/journal/chain.js'
 import { CHAIN_START, isRecordShape, verifyChain, type ChainPoint } from '../daemon/uplink/chain.js'
 import { acceptedSalvages, lateMisfits, lostRanges, shrinkLost, takeSalvages } from './salvage.js'
+import { recordTime } from './schema.js'
 
 /** Rows read per step of the prefix walk. */
 const WALK_PAGE = 1000
@@ -75,7 +76,7 @@ function jsonbProblem(text: string): string | undefined {
 
 /**
  * Checks a record on its own: the shape and its hash over its content (the link to
- * its predecessor is checked against the stored chain). Uses verifyChain from the
+ * its predecessor is checked against the stored chain). Uses the chain's ChainVerifier from the
  * point the record itself names, so the rules are the chain's own.
  */
 export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: string } | { ok: false; seq: number | null; reason: string } {
@@ -84,14 +85,50 @@ export function selfCheck(r: unknown): { ok: true; record: JournalRecord; text: 
     return typeof s === 'number' && Number.isSafeInteger(s) ? s : null
   }
   if (!isRecordShape(r)) return { ok: false, seq: seqOf(r), reason: 'not a record (seq, type, prev and hash are required)' }
-  const v = verifyChain([r], { seq: r.seq - 1, hash: r.prev })
-  if (!v.ok) return { ok: false, seq: r.seq, reason: v.break.message }
-  const text = JSON.stringify(r)
-  const bytes = Buffer.byteLength(text)
+  // The chain's own verifier, one record from the point it names: its text comes from the hashing (no second serialization).
+  const v = new ChainVerifier({ seq: r.seq, prev: r.prev })
+  const b = v.push(r)
+  if (b) return { ok: false, seq: r.seq, reason: `seq ${b.seq}: ${b.problem}` }
+  const text = v.lastText!
+  // At most 3 bytes of UTF-8 per UTF-16 unit: a text short enough is not counted.
+  const bytes = text.length * 3 <= MAX_RECORD_BYTES ? text.length : Buffer.byteLength(text)
   if (bytes > MAX_RECORD_BYTES) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: too large (${bytes} bytes, at most ${MAX_RECORD_BYTES})` }
   const bad = jsonbProblem(text)
   if (bad) return { ok: false, seq: r.seq, reason: `seq ${r.seq}: ${bad}` }
   return { ok: true, record: r, text }
+}
+
+/** A (site, seq) pair as one string key. */
+export const siteSeq = (site: string, seq: number | string) => `${site}\n${seq}`
+
+/**
+ * Inserts records of any sites (each site's row locked by the caller) and returns the `siteSeq` keys of
+ * those inserted. The (site_id, seq) is claimed in `record_keys` first: only a record whose key was free
+ * goes into `records` (whichever month's partition its `ts` names); one held already is left to the
+ * caller (a repeat or a fork). One JSON document of every row, the record texts spliced in as they came:
+ * parsed once by the server, nothing escaped here.
+ */
+export async function insertRecords(
+  client: pg.ClientBase,
+  rows: readonly { site: string; c: { record: JournalRecord; text: string } }[],
+): Promise<string[]> {
+  if (rows.length === 0) return []
+  const doc = `[${rows
+    .map(
+      ({ site, c: { record: r, text } }) =>
+        // hash and prev are 64 hex digits (checked), the time the contract's form or -infinity: no escaping needed.
+        `[${JSON.stringify(site)},${r.seq},${JSON.stringify(r.type)},"${r.hash}","${r.prev}","${recordTime(r.ts)}",${text}]`,
+    )
+    .join(',')}]`
+  const res = await client.query<{ site_id: string; seq: string }>(
+    `WITH e AS (SELECT e->>0 AS st, (e->>1)::bigint AS s, e->>2 AS t, e->>3 AS h, e->>4 AS p, (e->>5)::timestamptz AS ts, e->6 AS b
+                FROM jsonb_array_elements($1::jsonb) AS e),
+          k AS (INSERT INTO record_keys (site_id, seq, hash, ts) SELECT st, s, h, ts FROM e ON CONFLICT (site_id, seq) DO NOTHING RETURNING site_id, seq)
+     INSERT INTO records (site_id, seq, type, hash, prev, body, ts)
+     SELECT e.st, e.s, e.t, e.h, e.p, e.b, e.ts FROM e JOIN k ON k.site_id = e.st AND k.seq = e.s RETURNING site_id, seq`,
+    [doc],
+  )
+  return res.rows.map((r) => siteSeq(r.site_id, r.seq))
 }
 
 /**
@@ -149,35 +186,25 @@ export async function storeSiteInTx(client: pg.ClientBase, siteId: string, incom
         rejectBodies.push(rejectBody(x.c.record))
       }
     }
-    let stored = 0
-    const insertedSeqs = new Set<number>()
-    if (list.length > 0) {
-      const res = await client.query<{ seq: string }>(
-        `INSERT INTO records (site_id, seq, type, hash, prev, body)
-         SELECT $1, s, t, h, p, b::jsonb FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(s, t, h, p, b)
-         ON CONFLICT (site_id, seq) DO NOTHING RETURNING seq`,
-        [
-          siteId,
-          list.map((x) => x.record.seq),
-          list.map((x) => x.record.type),
-          list.map((x) => x.record.hash),
-          list.map((x) => x.record.prev),
-          list.map((x) => x.text),
-        ],
-      )
-      for (const row of res.rows) insertedSeqs.add(Number(row.seq))
-      stored = insertedSeqs.size
-    }
+    const insertedSeqs = new Set(
+      (
+        await insertRecords(
+          client,
+          list.map((x) => ({ site: siteId, c: x })),
+        )
+      ).map((k) => Number(k.slice(k.indexOf('\n') + 1))),
+    )
+    const stored = insertedSeqs.size
     // Records not inserted were held already: the same hash is a repeat, another is a fork.
     const held = list.filter((x) => !insertedSeqs.has(x.record.seq))
     const candidates = [...held, ...inBatchForks]
     let duplicates = 0
     const forks: number[] = []
     if (candidates.length > 0) {
-      const have = await client.query<{ seq: string; hash: string }>('SELECT seq, hash FROM records WHERE site_id = $1 AND seq = ANY($2::bigint[])', [
-        siteId,
-        [...new Set(candidates.map((x) => x.record.seq))],
-      ])
+      const have = await client.query<{ seq: string; hash: string }>(
+        'SELECT seq, hash FROM record_keys WHERE site_id = $1 AND seq = ANY($2::bigint[])',
+        [siteId, [...new Set(candidates.map((x) => x.record.seq))]],
+      )
       const storedHash = new Map(have.rows.map((r) => [Number(r.seq), r.hash]))
       for (const x of candidates) {
         const h = storedHash.get(x.record.seq)!
@@ -331,10 +358,12 @@ export async function deriveRowsMany(
         `INSERT INTO sessions (site_id, session_id, seq, outlet, user_id, started_at, ended_at, energy_wh, currency, total, body)
          SELECT r.site_id, r.body->>'sessionId', r.seq, r.body->>'outlet', r.body->>'userId', (r.body->>'startedAt')::timestamptz,
                 (r.body->>'endedAt')::timestamptz, (r.body->>'energyWh')::float8, r.body->>'currency', (r.body->>'total')::bigint, r.body
-         FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(st, s, n) JOIN records r ON r.site_id = u.st AND r.seq = u.s
+         FROM unnest($1::text[], $2::bigint[], $3::timestamptz[]) WITH ORDINALITY AS u(st, s, ts, n)
+           JOIN records r ON r.site_id = u.st AND r.seq = u.s AND r.ts = u.ts
          ORDER BY u.n
          ON CONFLICT (site_id, session_id) DO NOTHING RETURNING site_id, seq`,
-        [sessions.map((x) => x.site), sessions.map((x) => x.s.seq)],
+        // The record's time names its month: each lookup goes to one partition.
+        [sessions.map((x) => x.site), sessions.map((x) => x.s.seq), sessions.map((x) => recordTime(x.s.ts))],
       )
     ).rows
     const inserted = new Set(ins.map((r) => `${r.site_id}\n${r.seq}`))

@@ -22,7 +22,7 @@ import type { PullAnswer } from '../core/types.js'
 import { OutpostError } from '../daemon/errors.js'
 import { authOptions, safeUrl, type BrokerAuth } from '../daemon/uplink/connection.js'
 import { serveMetrics, WorkerMetrics } from './metrics.js'
-import { migrate } from './schema.js'
+import { ensurePartitions, migrate } from './schema.js'
 import { type Delivery, storeBatch } from './batch.js'
 import { storeRecords, type StoreResult } from './store.js'
 
@@ -49,7 +49,12 @@ export interface IngestOptions extends BrokerAuth {
   maxPending?: number
   /** Where to serve /metrics and /health (port 0: any free one, see metricsPort). Not served when absent. */
   listen?: { host: string; port: number }
+  /** Milliseconds since the epoch: which months of `records` to make (at start and every PARTITION_CHECK_MS). Default Date.now. */
+  clock?: () => number
 }
+
+/** How often a worker makes the coming months' partitions of `records` (schema.ts ensurePartitions): daily. */
+const PARTITION_CHECK_MS = 24 * 3600 * 1000
 
 /** Records in one batch's transaction at most (a delivery larger than this goes alone). */
 const BATCH_RECORDS = 5000
@@ -147,6 +152,8 @@ export class IngestWorker {
   /** Per-site chain of deliveries inside this worker (arrival order per site, sites in parallel). */
   private readonly queues = new Map<string, Promise<void>>()
   private tick?: NodeJS.Timeout
+  private partitionTick?: NodeJS.Timeout
+  private readonly clock: () => number
   private pullSeq = 0
   /** The gap check under way, if any (one at a time; a stop waits for it). */
   private gapCheck?: Promise<void>
@@ -177,6 +184,7 @@ export class IngestWorker {
     this.leaseMs = opts.leaseMs ?? 10_000
     this.pullLimit = opts.pullLimit ?? 1000
     this.maxBatches = Math.max(1, (opts.connections ?? 4) - 1)
+    this.clock = opts.clock ?? Date.now
   }
 
   /** Called after each committed delivery (tests, metrics). */
@@ -194,7 +202,8 @@ export class IngestWorker {
       const c = await pool.connect()
       try {
         const version = await migrate(c)
-        this.logger.info({ schema: version }, 'database ready')
+        const made = await ensurePartitions(c, new Date(this.clock()))
+        this.logger.info({ schema: version, partitionsMade: made }, 'database ready')
       } finally {
         c.release()
       }
@@ -250,6 +259,7 @@ export class IngestWorker {
       this.metricsPort = served.port
       this.logger.info({ host: this.opts.listen.host, port: served.port }, 'metrics listening')
     }
+    this.partitionTick = setInterval(() => void this.makePartitions(), PARTITION_CHECK_MS)
     this.tick = setInterval(
       () => {
         if (!this.gapCheck) this.gapCheck = this.pullGaps().finally(() => (this.gapCheck = undefined))
@@ -263,6 +273,7 @@ export class IngestWorker {
     if (this.stopping) return
     this.stopping = true
     clearInterval(this.tick)
+    clearInterval(this.partitionTick)
     await this.gapCheck
     const client = this.client
     if (client?.connected) {
@@ -276,6 +287,22 @@ export class IngestWorker {
     if (client) await client.endAsync(false).catch(() => undefined)
     await new Promise((r) => (this.metricsServer ? this.metricsServer.close(r) : r(undefined)))
     await this.pool?.end().catch(() => undefined)
+  }
+
+  /** The coming months' partitions of `records`; a failure is logged and tried again the next day (or at the next start). */
+  private async makePartitions(): Promise<void> {
+    if (this.stopping || !this.pool) return
+    try {
+      const c = await this.pool.connect()
+      try {
+        const made = await ensurePartitions(c, new Date(this.clock()))
+        if (made.length > 0) this.logger.info({ made }, 'made partitions of records')
+      } finally {
+        c.release()
+      }
+    } catch (err) {
+      this.logger.warn({ err: { message: (err as Error).message } }, 'could not make the coming months of records; tried again tomorrow')
+    }
   }
 
   private onMessage(topic: string, payload: Buffer): void {

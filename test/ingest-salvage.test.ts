@@ -14,6 +14,7 @@ import { FleetLog } from './helpers/fleet.js'
 import { bodies } from './helpers/memory-log.js'
 import { migrate } from '../cloud/schema.js'
 import { storeRecords } from '../cloud/store.js'
+import { storeBatch } from '../cloud/batch.js'
 import { GENESIS_PREV, recordHash, salvageStatement, sealRecord } from '../daemon/journal/chain.js'
 import type { JournalRecord, JournalSalvageInfo, RecordBody, SalvageProof } from '../core/types.js'
 
@@ -93,7 +94,7 @@ const snapshot = async (site: string) =>
   JSON.stringify(
     await Promise.all(
       // sites.last_seen says when the site last sent anything: every delivery moves it.
-      ['records', 'sites', 'salvages', 'lost_ranges', 'sessions', 'forks'].map(
+      ['records', 'record_keys', 'sites', 'salvages', 'lost_ranges', 'sessions', 'forks'].map(
         async (tb) =>
           (
             await client.query(
@@ -143,6 +144,16 @@ t.test('a signed salvage: the lost range is marked lost, the chain goes on from 
   t.match(rr.rejects, [{ seq: 24, reason: /salvage replayed: its proof was accepted at seq 21 already/ }])
   t.equal(rr.acked, 23)
   t.equal(await snapshot('salv-1'), before, 'the replay changed nothing but rejects')
+  // The replay again (a second time), through a batch of several sites: kept aside again with its reason, nothing else changes.
+  const rejectsBefore = (await client.query('SELECT count(*)::int AS n FROM rejects WHERE site_id = $1', ['salv-1'])).rows[0].n as number
+  const twice = await storeBatch(client, [
+    { siteId: 'salv-1', incoming: [replay] },
+    { siteId: 'salv-other', incoming: new FleetLog().append(bodies(1)) },
+  ])
+  t.match(twice.get('salv-1')!.rejects, [{ seq: 24, reason: /salvage replayed: its proof was accepted at seq 21 already/ }])
+  t.equal(twice.get('salv-other')!.acked, 1, 'the other site of the batch is stored')
+  t.equal(await snapshot('salv-1'), before, 'the second replay changed nothing but rejects')
+  t.equal((await client.query('SELECT count(*)::int AS n FROM rejects WHERE site_id = $1', ['salv-1'])).rows[0].n, rejectsBefore + 1)
 
   // Late records of the lost range (from a backup): stored when they chain, the lost mark shrinks from the front.
   const late = await storeRecords(client, 'salv-1', [r[12], r[13]])

@@ -94,6 +94,26 @@ t.test('property: the canonicalizer agrees with the canonicalize package (a main
       { numRuns: 3000 },
     ),
   )
+  // A value parsed back from its canonical text (keys in order: the short path through JSON.stringify) canonicalizes to that same text.
+  t.doesNotThrow(() =>
+    fc.assert(
+      fc.property(value, (v) => {
+        let text: string
+        try {
+          text = canonicalJson(v)
+        } catch {
+          return true
+        }
+        const back = JSON.parse(text) as unknown
+        return canonicalJson(back) === text && canonicalize(back) === text
+      }),
+      { numRuns: 3000 },
+    ),
+  )
+  t.equal(canonicalJson({ a: '\\ud800', b: [1, { c: 'x' }] }), '{"a":"\\\\ud800","b":[1,{"c":"x"}]}', 'a literal backslash-u-d in sorted input')
+  t.throws(() => canonicalJson({ a: ['\udfff'] }), { code: 'JOURNAL_INVALID_RECORD' }, 'a lone surrogate in sorted input is refused')
+  t.throws(() => canonicalJson({ a: 1, b: Number.NaN }), { code: 'JOURNAL_INVALID_RECORD' })
+  t.equal(canonicalJson({ '10': 1, '9': 2, a: 3 }), '{"10":1,"9":2,"a":3}', 'integer-like keys in code-unit order, not numeric')
   t.throws(() => canonicalJson({ a: '\ud800' }), { code: 'JOURNAL_INVALID_RECORD' })
   t.throws(() => canonicalJson({ '\udc00': 1 }), { code: 'JOURNAL_INVALID_RECORD' })
   t.equal(

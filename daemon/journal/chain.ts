@@ -81,9 +81,48 @@ function canon(v: unknown): string {
   }
 }
 
+/**
+ * Whether JSON.stringify(v) writes v's canonical JSON already (but for lone surrogates, which the caller looks
+ * for in the text): every object's own keys in sorted order, only finite numbers, strings, booleans, null,
+ * arrays and plain objects, nothing with toJSON, undefined, a function or a symbol in it. A record read back
+ * from the journal is such a value (parsed from its stored canonical text), so checking it costs a walk and
+ * one JSON.stringify instead of building the text piece by piece.
+ */
+function stringifiesCanonically(v: unknown): boolean {
+  switch (typeof v) {
+    case 'string':
+    case 'boolean':
+      return true
+    case 'number':
+      return Number.isFinite(v)
+    case 'object': {
+      if (v === null) return true
+      if (Array.isArray(v)) {
+        for (let i = 0; i < v.length; i++) if (!stringifiesCanonically(v[i])) return false
+        return true
+      }
+      if (typeof (v as { toJSON?: unknown }).toJSON === 'function') return false
+      let prev: string | undefined
+      for (const k of Object.keys(v)) {
+        if (prev !== undefined && !(prev < k)) return false
+        if (!stringifiesCanonically((v as Record<string, unknown>)[k])) return false
+        prev = k
+      }
+      return true
+    }
+    default:
+      return false
+  }
+}
+
 /** RFC 8785 canonical JSON; throws OutpostError('JOURNAL_INVALID_RECORD') for what JSON cannot carry (NaN, Infinity, lone surrogates, cycles). */
 export function canonicalJson(value: unknown): string {
   try {
+    if (stringifiesCanonically(value)) {
+      const text = JSON.stringify(value)
+      // JSON.stringify escapes a lone surrogate (backslash, u, dXXX), which canon refuses: such a text (or a literal "\ud") takes canon's path.
+      if (!text.includes('\\ud')) return text
+    }
     return canon(value)
   } catch (err) {
     if (err instanceof OutpostError) throw err
@@ -94,8 +133,19 @@ export function canonicalJson(value: unknown): string {
 
 /** Lowercase hex SHA-256 of the canonical JSON of the record without its `hash`. */
 export function recordHash(record: Omit<JournalRecord, 'hash'> | JournalRecord): string {
+  return recordCanonical(record).hash
+}
+
+/** recordHash's work with the canonical JSON kept: a checker that also stores the record needs no second serialization (recordText). */
+function recordCanonical(record: Omit<JournalRecord, 'hash'> | JournalRecord): { canonical: string; hash: string } {
   const { hash: _drop, ...rest } = record as JournalRecord
-  return createHash('sha256').update(canonicalJson(rest), 'utf8').digest('hex')
+  const canonical = canonicalJson(rest)
+  return { canonical, hash: createHash('sha256').update(canonical, 'utf8').digest('hex') }
+}
+
+/** A record's stored JSON text: its canonical form (without `hash`) with `"hash"` appended last, as sealRecordText writes it. */
+function recordText(canonical: string, hash: string): string {
+  return `${canonical.slice(0, -1)},"hash":"${hash}"}`
 }
 
 /** Seal a body into a record: the journal's only way of making one. */
@@ -120,7 +170,7 @@ export function sealRecordText(
   const hash = createHash('sha256').update(canonical, 'utf8').digest('hex')
   // Our own fresh object: adding the hash after canonicalizing costs no second copy.
   record.hash = hash
-  return { record, text: `${canonical.slice(0, -1)},"hash":"${hash}"}` }
+  return { record, text: recordText(canonical, hash) }
 }
 
 export interface ChainBreak {
@@ -146,6 +196,8 @@ export class ChainVerifier {
   count = 0
   firstSeq: number | undefined
   lastSeq: number | undefined
+  /** The JSON text of the last record that continued the chain, as sealRecordText writes it (the same content as the record). */
+  lastText: string | undefined
 
   constructor(private readonly expectFrom?: { seq: number; prev: string }) {}
 
@@ -179,14 +231,15 @@ export class ChainVerifier {
     } else if (seq === 1 && r.prev !== GENESIS_PREV) {
       return at('prev', 'seq 1 must have prev = 64 zeros', seq)
     }
-    let computed: string
+    let computed: { canonical: string; hash: string }
     try {
-      computed = recordHash(r as JournalRecord)
+      computed = recordCanonical(r as JournalRecord)
     } catch (err) {
       return at('hash', `cannot hash: ${(err as Error).message}`, seq)
     }
-    if (computed !== r.hash)
-      return at('hash', `hash mismatch: the record was changed (stored ${r.hash.slice(0, 12)}…, computed ${computed.slice(0, 12)}…)`, seq)
+    if (computed.hash !== r.hash)
+      return at('hash', `hash mismatch: the record was changed (stored ${r.hash.slice(0, 12)}…, computed ${computed.hash.slice(0, 12)}…)`, seq)
+    this.lastText = recordText(computed.canonical, r.hash)
     this.last = { seq, hash: r.hash }
     this.firstSeq ??= seq
     this.lastSeq = seq

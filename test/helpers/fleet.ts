@@ -8,10 +8,10 @@
  * are appended).
  *
  * Owns: the simulated sites' logs and uplinks, and a seeded generator of their activity.
- * Must never: make a record any other way than sealRecord, or drop an unacked record.
+ * Must never: make a record any other way than the journal's sealing (sealRecordText), or drop an unacked record.
  */
 import type { CommandResult, JournalRecord, RecordBody, RecordLog, UplinkConfig } from '../../core/types.js'
-import { GENESIS_PREV, sealRecord } from '../../daemon/journal/chain.js'
+import { GENESIS_PREV, sealRecordText } from '../../daemon/journal/chain.js'
 import { Uplink } from '../../daemon/uplink/uplink.js'
 import { mulberry32 } from '../../core/prng.js'
 
@@ -52,7 +52,8 @@ export class FleetLog implements RecordLog {
     const out: JournalRecord[] = []
     for (const b of bodies) {
       const prev = this.records.length === 0 ? GENESIS_PREV : this.records[this.records.length - 1]!.hash
-      const r = sealRecord(b, this.records.length + 1, prev, this.bootId, true)
+      // As the journal hands records to the uplink: parsed back from the stored text (canonical key order, hash last).
+      const r = JSON.parse(sealRecordText(b, this.records.length + 1, prev, this.bootId, true).text) as JournalRecord
       this.records.push(r)
       out.push(r)
     }

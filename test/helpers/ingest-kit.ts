@@ -26,11 +26,31 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, what: stri
   }
 }
 
-/** Starts `outpost ingest` and waits until it has subscribed. */
-export async function startWorker(t: Teardownable, name: string, brokerUrl: string, dbUrl: string, extra: string[] = []): Promise<WorkerProc> {
+/** Starts `outpost ingest` (with `nodeArgs` before the bin: the bench gives the bin's own) and waits until it has subscribed. */
+export async function startWorker(
+  t: Teardownable,
+  name: string,
+  brokerUrl: string,
+  dbUrl: string,
+  extra: string[] = [],
+  nodeArgs: string[] = [],
+): Promise<WorkerProc> {
   const w: WorkerProc = {
     name,
-    ...startProc(t, process.execPath, [CLI, 'ingest', '--url', brokerUrl, '--db', dbUrl, '--worker', name, '--gap-wait', '1000', ...extra]),
+    ...startProc(t, process.execPath, [
+      ...nodeArgs,
+      CLI,
+      'ingest',
+      '--url',
+      brokerUrl,
+      '--db',
+      dbUrl,
+      '--worker',
+      name,
+      '--gap-wait',
+      '1000',
+      ...extra,
+    ]),
   }
   // A test process that dies without its teardown takes its workers with it.
   const onExit = () => void (w.running() && w.proc.kill('SIGKILL'))
