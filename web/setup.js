@@ -161,9 +161,10 @@
     if (s.text === null) {
       $('state').textContent =
         `There is no configuration at ${s.file} yet. Describe the site below, check it and save it; the site starts with no outlets, and the bus scan on its status page adds them.`
-      $('site-form').hidden = false
+      // Shown once its choices are in (the ports found, the models): never a half-filled form.
       await fillForm()
       mirror()
+      $('site-form').hidden = false
     } else {
       $('state').textContent = `The configuration at ${s.file} has problems; the site does not run until they are fixed.`
       jsonEdited = true
