@@ -21,6 +21,8 @@ export interface NetChannelFind {
   channel: number
   meter: string
   relay?: string
+  /** The relay's channel (a Shelly EM's contactor is its switch:0, whatever the meter's channel). */
+  relayChannel?: number
   /** What the meter reads now, through its model: voltageV, currentA, powerW, energyWh. */
   reading?: { voltageV: number; currentA: number; powerW: number; energyWh: number }
   readError?: string
@@ -58,7 +60,7 @@ export async function findNetDevice(
         id: `${config.id}-${ch.channel}`,
         bus: config.id,
         meter: { model: ch.meter, channel: ch.channel },
-        ...(ch.relay ? { relay: { model: ch.relay, channel: ch.relay === 'shelly-switch' && ch.meter === 'shelly-em1' ? 0 : ch.channel } } : {}),
+        ...(ch.relay ? { relay: { model: ch.relay, channel: ch.relayChannel } } : {}),
         plan: 'probe',
       } as OutletConfig
       const meter = registry.get(ch.meter, 'meter')
@@ -95,10 +97,11 @@ async function shellyChannels(dev: ShellyDevice): Promise<{ model: string | null
       .sort((a, b) => a - b)
   const channels: NetChannelFind[] = []
   for (const n of ids('switch'))
-    if (typeof status[`switch:${n}`]?.apower === 'number') channels.push({ channel: n, meter: 'shelly-switch', relay: 'shelly-switch' })
+    if (typeof status[`switch:${n}`]?.apower === 'number')
+      channels.push({ channel: n, meter: 'shelly-switch', relay: 'shelly-switch', relayChannel: n })
   for (const n of ids('pm1')) channels.push({ channel: n, meter: 'shelly-pm1' })
   const contactor = ids('switch').includes(0)
-  for (const n of ids('em1')) channels.push({ channel: n, meter: 'shelly-em1', ...(contactor ? { relay: 'shelly-switch' } : {}) })
+  for (const n of ids('em1')) channels.push({ channel: n, meter: 'shelly-em1', ...(contactor ? { relay: 'shelly-switch', relayChannel: 0 } : {}) })
   const text = (v: unknown): string | null => (typeof v === 'string' && v !== '' ? v : null)
   return { model: [text(info.app), text(info.model)].filter((x) => x).join(' ') || null, name: text(info.name) ?? text(info.id), channels }
 }
@@ -109,6 +112,6 @@ async function tasmotaChannels(dev: TasmotaDevice): Promise<{ model: string | nu
   const names = Array.isArray(st.FriendlyName) ? (st.FriendlyName as unknown[]) : []
   const meters = typeof sns.ENERGY === 'object' && sns.ENERGY !== null
   // Tasmota's energy sensor measures the device as a whole: with it, relay 1 is the outlet.
-  const channels: NetChannelFind[] = meters ? [{ channel: 1, meter: 'tasmota', relay: 'tasmota' }] : []
+  const channels: NetChannelFind[] = meters ? [{ channel: 1, meter: 'tasmota', relay: 'tasmota', relayChannel: 1 }] : []
   return { model: typeof st.DeviceName === 'string' ? st.DeviceName : null, name: typeof names[0] === 'string' ? names[0] : null, channels }
 }

@@ -8,7 +8,7 @@
 'use strict'
 ;(() => {
   const $ = (id) => document.getElementById(id)
-  const { el, api } = window.Outpost
+  const { el, api, jobControls } = window.Outpost
   let timer = null
   let shown = null
 
@@ -152,23 +152,17 @@
     }
   }
 
-  $('cc-run').addEventListener('submit', async (ev) => {
-    ev.preventDefault()
-    $('cc-error').textContent = ''
-    if (!$('cc-confirm').checked) {
+  jobControls({
+    path: '/api/crosscheck',
+    form: 'cc-run',
+    cancel: 'cc-cancel',
+    error: 'cc-error',
+    refresh,
+    body: () => {
+      if ($('cc-confirm').checked) return { confirm: true }
       $('cc-error').textContent = 'Confirm first that a load is plugged into every outlet and may be switched on.'
-      return
-    }
-    try {
-      await api('/api/crosscheck', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ confirm: true }) })
-    } catch (err) {
-      $('cc-error').textContent = err.message
-    }
-    refresh()
-  })
-  $('cc-cancel').addEventListener('click', async () => {
-    await api('/api/crosscheck', { method: 'DELETE' }).catch((err) => ($('cc-error').textContent = err.message))
-    refresh()
+      return null
+    },
   })
   $('cc-print').addEventListener('click', () => window.print())
   refresh()

@@ -130,5 +130,30 @@ window.Outpost = (() => {
     )
   }
 
-  return { el, api, table, resolveSchema, schemaField, saveConfigForm }
+  /**
+   * A long job the server runs (the cross-check, a bus scan): its form's submit POSTs `body()`
+   * to `path` (nothing when `body` returns null), its cancel button DELETEs it; either way the
+   * server's refusal goes to `error` and the view is `refresh`ed.
+   */
+  function jobControls(o) {
+    const $ = (id) => document.getElementById(id)
+    $(o.form).addEventListener('submit', async (ev) => {
+      ev.preventDefault()
+      $(o.error).textContent = ''
+      const body = o.body()
+      if (body === null) return
+      try {
+        await api(o.path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+      } catch (err) {
+        $(o.error).textContent = err.message
+      }
+      o.refresh()
+    })
+    $(o.cancel).addEventListener('click', async () => {
+      await api(o.path, { method: 'DELETE' }).catch((err) => ($(o.error).textContent = err.message))
+      o.refresh()
+    })
+  }
+
+  return { el, api, table, resolveSchema, schemaField, saveConfigForm, jobControls }
 })()

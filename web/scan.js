@@ -11,7 +11,7 @@
 'use strict'
 ;(() => {
   const $ = (id) => document.getElementById(id)
-  const { el, api, table } = window.Outpost
+  const { el, api, table, jobControls } = window.Outpost
   let timer = null
   let hints = null
 
@@ -190,12 +190,11 @@
         if (!next.buses.some((b) => b.id === bus.id)) next.buses.push(bus)
         let id = bus.id + '-' + c.channel
         while (next.outlets.some((o) => o.id === id)) id += '-x'
-        const relayChannel = c.meter === 'shelly-em1' ? 0 : c.channel
         next.outlets.push({
           id,
           bus: bus.id,
           meter: { model: c.meter, channel: c.channel },
-          ...(c.relay ? { relay: { model: c.relay, channel: relayChannel } } : {}),
+          ...(c.relay ? { relay: { model: c.relay, channel: c.relayChannel } } : {}),
           ...sellsAs(next),
         })
         return next
@@ -270,20 +269,7 @@
     }
   }
 
-  $('scan-form').addEventListener('submit', async (ev) => {
-    ev.preventDefault()
-    $('scan-error').textContent = ''
-    try {
-      await api('/api/scan', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(request()) })
-    } catch (err) {
-      $('scan-error').textContent = err.message
-    }
-    refresh()
-  })
-  $('scan-cancel').addEventListener('click', async () => {
-    await api('/api/scan', { method: 'DELETE' }).catch((err) => ($('scan-error').textContent = err.message))
-    refresh()
-  })
+  jobControls({ path: '/api/scan', form: 'scan-form', cancel: 'scan-cancel', error: 'scan-error', refresh, body: request })
   setup()
     .then((ok) => ok && refresh())
     .catch((err) => ($('scan-error').textContent = err.message))

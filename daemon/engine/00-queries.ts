@@ -38,12 +38,17 @@ export function feeMicrosOf(plan: PlanConfig): number {
   return toMicros(plan.activationFee ?? 0)
 }
 
+/** What the user's open sessions have reserved of their wallet (the sum of their caps, minor units). */
+export function reservedMinor(st: EngineState, userId: string): number {
+  let reserved = 0
+  for (const e of Object.values(st.outlets)) if (e.session && e.session.userId === userId) reserved += e.session.capMinor
+  return reserved
+}
+
 /** Wallet balance minus what the user's open sessions have reserved; null without a wallet. */
 function availableMinor(st: EngineState, userId: string): number | null {
   if (!hasOwn(st.wallets, userId)) return null
-  let reserved = 0
-  for (const e of Object.values(st.outlets)) if (e.session && e.session.userId === userId) reserved += e.session.capMinor
-  return st.wallets[userId]!.balance - reserved
+  return st.wallets[userId]!.balance - reservedMinor(st, userId)
 }
 
 /** The cap of a session with no local wallet (the central system bills it): never reached, and plain JSON (Infinity is not). */

@@ -6,7 +6,8 @@
  * Must never: change a state, or be called from a step (the views read; `step` decides).
  */
 import type { OutletStatus, PlanConfig } from '../../core/types.js'
-import { circuitLimit, hasOwn, planById, statusOf } from './00-queries.js'
+import { circuitLimit, hasOwn, planById, reservedMinor, statusOf } from './00-queries.js'
+import { currencyMinorDigits } from '../../core/money.js'
 import { OutpostError } from './errors.js'
 import { priceTimeline, type TimelineEntry } from './pricing.js'
 import type { EngineState, OutletParams } from './state.js'
@@ -109,4 +110,25 @@ export function pendingConfig(state: EngineState): { outlet: string; sessionId: 
   const out: { outlet: string; sessionId: string | null; params: OutletParams }[] = []
   for (const e of Object.values(state.outlets)) if (e.pending) out.push({ outlet: e.id, sessionId: e.session?.id ?? null, params: e.pending })
   return out
+}
+
+export interface WalletView {
+  userId: string
+  currency: string
+  /** Minor units. */
+  balance: number
+  /** What the user's open sessions have reserved of it (the engine's own reckoning: canPay's). */
+  reserved: number
+  /** The currency's minor digits. */
+  digits: number
+}
+
+/** Every user's wallet, by user id. */
+export function walletViews(st: EngineState): WalletView[] {
+  return Object.keys(st.wallets)
+    .sort()
+    .map((userId) => {
+      const w = st.wallets[userId]!
+      return { userId, currency: w.currency, balance: w.balance, reserved: reservedMinor(st, userId), digits: currencyMinorDigits(w.currency) ?? 2 }
+    })
 }

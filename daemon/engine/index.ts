@@ -5,7 +5,16 @@
 export { initialState, OCPP_SITE_CIRCUIT, siteCircuits } from './20-setup.js'
 export { circuitMemoCheck } from './30-scheduler.js'
 export { step } from './80-step.js'
-export { outletStatuses, outletPlan, outletPrices, circuitStatuses, pendingConfig, type CircuitStatus } from './90-views.js'
+export {
+  outletStatuses,
+  outletPlan,
+  outletPrices,
+  circuitStatuses,
+  pendingConfig,
+  walletViews,
+  type CircuitStatus,
+  type WalletView,
+} from './90-views.js'
 export { COMMAND_ERRORS, ENGINE_ERRORS, type CommandErrorCode, type EngineErrorCode } from './errors.js'
 export {
   periodAt,

@@ -15,7 +15,7 @@ import type { Daemon } from '../daemon.js'
 import type { Logger } from '../log.js'
 import type { CommandResult, JournalRecord, OutletStatus } from '../../core/types.js'
 import { isOutpostError, type CommandResultCode } from '../errors.js'
-import { outletPlan, outletPrices } from '../engine/index.js'
+import { outletPlan, outletPrices, walletViews, type WalletView } from '../engine/index.js'
 import { currencyMinorDigits } from '../../core/money.js'
 import { HttpError, allow, decodePathPart, jsonBody, sendJson } from './util.js'
 import { RecentSessions } from './sessions.js'
@@ -336,26 +336,15 @@ export class ApiRoutes {
     if (result.ok) return sendJson(res, 200, result)
     const code = result.error.code
     const status = Object.hasOwn(COMMAND_STATUS, code) ? COMMAND_STATUS[code as CommandResultCode] : 400
-    // The gateway's schema messages point into the command ("/userId: ..."): say it was the body.
-    const message = result.error.code === 'invalid-command' ? result.error.message.replace(/(^|; )\//g, '$1body/') : result.error.message
+    const message = requestMessage(result.error)
     sendJson(res, status, { id: result.id || id, ok: false, error: { code: result.error.code, message } })
   }
 
   // ---------------------------------------------------------------- wallets
 
   /** GET /api/wallets: every user's wallet, with what their open sessions have reserved of it (minor units). */
-  private wallets(): { wallets: { userId: string; currency: string; balance: number; reserved: number; digits: number }[] } {
-    const st = this.daemon.engineState
-    return {
-      wallets: Object.entries(st.wallets)
-        .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-        .map(([userId, w]) => {
-          let reserved = 0
-          for (const o of Object.values(st.outlets))
-            if (o.session?.userId === userId && o.session.currency === w.currency) reserved += o.session.capMinor
-          return { userId, currency: w.currency, balance: w.balance, reserved, digits: currencyMinorDigits(w.currency) ?? 2 }
-        }),
-    }
+  private wallets(): { wallets: WalletView[] } {
+    return { wallets: walletViews(this.daemon.engineState) }
   }
 
   /**
@@ -369,8 +358,7 @@ export class ApiRoutes {
     const command = { id: `local-${randomUUID()}`, action: 'set-wallet', userId, currency: body.currency, balance: body.balance }
     const result: CommandResult = await this.daemon.gateway.handle(JSON.stringify(command), 'local')
     if (!result.ok) {
-      const message = result.error.message.replace(/(^|; )\/?(currency|balance)\b/g, '$1body/$2').replace(/(^|; )\/?userId\b/g, '$1path/userId')
-      return sendJson(res, 400, { ok: false, error: { code: result.error.code, message } })
+      return sendJson(res, 400, { ok: false, error: { code: result.error.code, message: requestMessage(result.error, ['userId']) } })
     }
     this.opts.logger.info({ userId, currency: body.currency, balance: body.balance, by: who.who }, 'wallet set from the local API')
     sendJson(res, 200, { ok: true, wallet: this.wallets().wallets.find((w) => w.userId === userId) ?? null })
@@ -422,4 +410,14 @@ function intParam(q: URLSearchParams, name: string, dflt: number, min: number, m
     throw new HttpError(400, 'invalid-request', `query parameter ${name}: must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`)
   }
   return n
+}
+
+/**
+ * A refused command's message as said of the request: the gateway's schema messages point into
+ * the command ("/userId: ..."), and each field is where the request carried it (the body, or
+ * the path for those named in `inPath`).
+ */
+function requestMessage(error: { code: string; message: string }, inPath: readonly string[] = []): string {
+  if (error.code !== 'invalid-command') return error.message
+  return error.message.replace(/(^|; )\/(\w*)/g, (_m, lead: string, field: string) => `${lead}${inPath.includes(field) ? 'path' : 'body'}/${field}`)
 }
