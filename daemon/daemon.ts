@@ -32,12 +32,14 @@ import type { Clock } from './clock.js'
 import type { NodeRedStatus } from './nodered/status.js'
 import type { Logger } from './log.js'
 import { QuietLog } from './log.js'
+import { diffPointers } from './config-changes.js'
 import {
   circuitStatuses,
   initialState,
   outletStatuses,
   step,
   type CircuitStatus,
+  type CommandErrorCode,
   type ConfigChange,
   type EngineState,
   type EngineEvent,
@@ -372,7 +374,7 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     const had = new Set(this.config.outlets.map((o) => o.id))
     const added = next.outlets.filter((o) => !had.has(o.id)).map((o) => o.id)
     const rewired = this.rewiredBy(next)
-    const busy = this.rewiredDuringSession(next)
+    const busy = rewired.filter((id) => this.state.outlets[id]?.session)
     if (busy.length > 0) throw new OutpostError('CONFIG_INVALID', `the relay of ${busy.join(', ')} cannot change during a session`)
     // Outlets added (and the buses new to them) open before the step that adds them to the engine; the others are left alone.
     if (added.length > 0) await this.site?.addOutlets(next, added)
@@ -502,7 +504,8 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     return next.outlets
       .filter((o) => {
         const was = this.config.outlets.find((x) => x.id === o.id)
-        return was !== undefined && JSON.stringify(was.relay) !== JSON.stringify(o.relay)
+        // The same comparison the config diff makes (key order aside): a hand edit that only reorders keys rewires nothing.
+        return was !== undefined && diffPointers(was.relay ?? null, o.relay ?? null).length > 0
       })
       .map((o) => o.id)
   }
@@ -726,7 +729,12 @@ export class Daemon extends EventEmitter<DaemonEvents> {
     }
   }
 
-  private async applyNow(id: string, command: Command, source: CommandSource, refused?: { code: string; message: string }): Promise<CommandResult> {
+  private async applyNow(
+    id: string,
+    command: Command,
+    source: CommandSource,
+    refused?: { code: CommandErrorCode; message: string },
+  ): Promise<CommandResult> {
     const effects = await this.dispatch({ type: 'command', id, source, command, ...(refused ? { refused } : {}) })
     const result = effects.find((e): e is Extract<Effect, { type: 'result' }> => e.type === 'result')
     if (!result) throw new OutpostError('ENGINE_NO_RESULT', `the engine gave no result for command ${id}`)

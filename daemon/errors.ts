@@ -137,7 +137,5 @@ export const COMMAND_RESULT_ERRORS = {
     'Node-RED is stopping or its channel to the daemon is down: the outpost-command node did not hand the command to the gateway (nothing was sent)',
   'rate-limited':
     'Node-RED sent more commands than nodeRed.commandRate a second (or too many unanswered at once): this one was refused before the gateway, nothing was applied',
-  'not-authorized':
-    'start on a site with ocpp while its central system is unreachable: the idTag is refused by the local list or the authorization cache, or unknown to both and AllowOfflineTxForUnknownId is false (docs/ocpp.md)',
 } as const satisfies Record<string, string>
 export type CommandResultCode = keyof typeof COMMAND_RESULT_ERRORS

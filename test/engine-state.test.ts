@@ -449,7 +449,7 @@ t.test('a command the gateway refused before the engine (refused): nothing appli
   const start = { action: 'start', outlet: 'A1', userId: 'u-1' } as const
   const result = (effects: ReturnType<Rig['apply']>) =>
     effects.find((e) => e.type === 'result')?.type === 'result' && effects.find((e) => e.type === 'result')
-  const refused = { code: 'not-authorized', message: 'the central system is unreachable' }
+  const refused = { code: 'not-authorized', message: 'the central system is unreachable' } as const
   const first = r.apply({ type: 'command', id: 'c1', source: 'local', command: start, refused })
   t.same(result(first), { type: 'result', result: { id: 'c1', ok: false, error: refused } })
   t.equal(first.filter((e) => e.type === 'record').length, 0, 'nothing recorded')

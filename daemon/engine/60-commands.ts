@@ -12,7 +12,7 @@ import type { Command, CommandResult, PlanConfig } from '../../core/types.js'
 import { canPay, costNow, hasOwn, isId, knownCurrency, offlineLimited, planById } from './00-queries.js'
 import type { Ctx } from './10-context.js'
 import { endSession, openSession } from './40-sessions.js'
-import type { CommandErrorCode } from './errors.js'
+import { COMMAND_ERRORS, type CommandErrorCode } from './errors.js'
 import { planProblems } from './plan-rules.js'
 import { periodAt } from './pricing.js'
 import type { EngineEvent } from './state.js'
@@ -37,9 +37,9 @@ export function onCommand(ctx: Ctx, ev: EngineEvent & { type: 'command' }): void
   const o: Outcome =
     r === undefined
       ? applyCommand(ctx, ev.command)
-      : typeof r === 'object' && r !== null && typeof r.code === 'string' && r.code !== '' && typeof r.message === 'string'
+      : typeof r === 'object' && r !== null && typeof r.code === 'string' && hasOwn(COMMAND_ERRORS, r.code) && typeof r.message === 'string'
         ? { ok: false, code: r.code as CommandErrorCode, message: r.message }
-        : fail('invalid-command', 'refused: must be {code, message}, strings')
+        : fail('invalid-command', 'refused: must be {code, message}, code one of the command error codes')
   const result: CommandResult = o.ok
     ? o.result === undefined
       ? { id: ev.id, ok: true }

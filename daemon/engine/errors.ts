@@ -28,6 +28,8 @@ export const COMMAND_ERRORS = {
   'plan-unavailable': 'the outlet’s plan is in an unavailable window now',
   'offline-limit': 'the uplink has been down longer than offline.limitMinutes',
   'no-balance': 'the user’s available balance is not positive, or does not exceed the activation fee',
+  'not-authorized':
+    'start on a site with ocpp while its central system is unreachable: the idTag is refused by the local list or the authorization cache, or unknown to both and AllowOfflineTxForUnknownId is false (docs/ocpp.md); the gateway refuses it, the engine journals the refusal',
   'currency-mismatch': 'the user’s wallet is in another currency than the outlet’s plan',
   'no-session': 'stop: the outlet has no open session',
   'no-relay': 'set-auto-start: a meter-only outlet cannot be armed',

@@ -24,6 +24,7 @@ import type {
   CircuitReading,
   MeterEventKind,
 } from '../../core/types.js'
+import type { CommandErrorCode } from './errors.js'
 
 export type EngineEvent =
   | { type: 'reading'; outlet: string; reading: Reading }
@@ -37,7 +38,7 @@ export type EngineEvent =
    * `not-authorized`): nothing is applied, and the refusal is remembered for its id (a repeated
    * id gets the first answer, whichever it was) and journaled like the engine's own refusals.
    */
-  | { type: 'command'; id: string; source: CommandSource; command: Command; refused?: { code: string; message: string } }
+  | { type: 'command'; id: string; source: CommandSource; command: Command; refused?: { code: CommandErrorCode; message: string } }
   | { type: 'tick' }
   | { type: 'boot'; cleanShutdown: boolean; version: string; publicKey?: string; journalSalvage?: JournalSalvageInfo }
   | { type: 'shutdown' }
