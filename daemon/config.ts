@@ -18,6 +18,7 @@ import { loadValidators, type ValidatorSpec } from '../core/validators.js'
 import { BUS_TRANSPORT, defaultChannel, isNetBusType, ModelRegistry } from '../drivers/models.js'
 import { DEFAULT_PHASES, planIssues } from './engine/index.js'
 import { escapeSegment as escapePointer } from '../core/json-pointer.js'
+import { securityProfileNeeds } from './ocpp/settings.js'
 
 export const siteSchemaText = readFileSync(packagePath('config', 'site.schema.json'), 'utf8')
 export const siteSchema = JSON.parse(siteSchemaText) as Record<string, unknown>
@@ -598,11 +599,9 @@ function circuitProblems(
 function ocppProblems(o: Loose): ConfigProblem[] {
   const out: ConfigProblem[] = []
   const profile = typeof o.securityProfile === 'number' ? o.securityProfile : undefined
-  const url = str(o.url)
-  if (profile !== undefined && profile >= 2 && url !== undefined && !url.startsWith('wss://'))
-    out.push({ pointer: '/ocpp/securityProfile', message: `security profile ${profile} needs a wss:// url (TLS)` })
-  if ((profile === 1 || profile === 2) && o.password === undefined)
-    out.push({ pointer: '/ocpp/securityProfile', message: `security profile ${profile} is Basic auth: it needs ocpp.password` })
+  if (profile !== undefined)
+    for (const message of securityProfileNeeds(profile, { url: str(o.url), password: o.password !== undefined }))
+      out.push({ pointer: '/ocpp/securityProfile', message })
   if ((o.clientCertFile === undefined) !== (o.clientKeyFile === undefined))
     out.push({
       pointer: o.clientCertFile === undefined ? '/ocpp/clientKeyFile' : '/ocpp/clientCertFile',

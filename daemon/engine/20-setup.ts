@@ -47,6 +47,23 @@ function circuitOf(config: SiteConfig, o: SiteConfig['outlets'][number]): string
   return (config.circuits ?? []).length === 0 && config.ocpp !== undefined ? OCPP_SITE_CIRCUIT : o.circuit
 }
 
+/**
+ * What the OCPP site limit may cut, from the config in force: the one root circuit (undefined
+ * with none or several) and, for each outlet the circuit rules switch (on a circuit, with a
+ * relay), the smallest wiring maxA along its chain.
+ */
+export function circuitWiring(config: SiteConfig): { root: { id: string; maxA: number } | undefined; chainMaxA: Map<string, number> } {
+  const settings = circuitSettings(config)
+  const roots = siteCircuits(config).filter((c) => c.parent === undefined)
+  const chainMaxA = new Map<string, number>()
+  for (const o of config.outlets) {
+    const c = circuitOf(config, o)
+    if (c === undefined || !hasOwn(settings, c) || o.relay === undefined) continue
+    chainMaxA.set(o.id, Math.min(...settings[c]!.chain.map((id) => settings[id]!.maxA)))
+  }
+  return { root: roots.length === 1 ? { id: roots[0]!.id, maxA: roots[0]!.maxA } : undefined, chainMaxA }
+}
+
 /** Each circuit with its chain to the root and its children, computed once per config. */
 function circuitSettings(config: SiteConfig): Record<string, CircuitSettings> {
   const out: Record<string, CircuitSettings> = {}

@@ -2,7 +2,7 @@
  * The session and pricing engine, pure: the daemon feeds it events and carries
  * out its effects. See docs/engine.md.
  */
-export { initialState, OCPP_SITE_CIRCUIT, siteCircuits } from './20-setup.js'
+export { circuitWiring, initialState, OCPP_SITE_CIRCUIT, siteCircuits } from './20-setup.js'
 export { circuitMemoCheck } from './30-scheduler.js'
 export { step } from './80-step.js'
 export {

@@ -125,7 +125,13 @@ export function outletViews(config: SiteConfig, state: EngineState, statuses: Ou
       id: o.id,
       state: s?.state ?? 'off',
       ...(e?.session
-        ? { sessionId: e.session.id, sessionStartedAt: e.session.startedAt, sessionTrigger: e.session.trigger, userId: e.session.userId }
+        ? {
+            sessionId: e.session.id,
+            sessionStartedAt: e.session.startedAt,
+            sessionTrigger: e.session.trigger,
+            userId: e.session.userId,
+            sessionEnergyWh: s?.energyWh ?? 0,
+          }
         : {}),
       ...(e?.limitA !== undefined ? { limitA: e.limitA } : {}),
       currentA: s?.currentA ?? 0,

@@ -25,7 +25,7 @@ export const LIST_MAX = 10_000
 /** At most this many entries in one SendLocalList (SendLocalListMaxLength). */
 export const SEND_LIST_MAX = 1_000
 /** At most this many idTags in the cache; the oldest answer since start leaves first (after a restart, in idTag order). */
-export const CACHE_MAX = 10_000
+const CACHE_MAX = 10_000
 
 export type AuthStatus = 'Accepted' | 'Blocked' | 'Expired' | 'Invalid' | 'ConcurrentTx'
 

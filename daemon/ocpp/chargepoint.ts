@@ -32,11 +32,11 @@ import type { Logger } from '../log.js'
 import { type IdTagInfo, LocalAuth } from './auth.js'
 import { checkCall } from './calls.js'
 import { Outbox, type Queued } from './outbox.js'
-import { OCPP_SITE_CIRCUIT, siteCircuits } from '../engine/index.js'
+import { circuitWiring } from '../engine/index.js'
 import { changesIn, NOMINAL_V, type Profile, type ProfileContext, Profiles, type Purpose, refuseProfile, stackLimit } from './profiles.js'
 import { CallError, OcppRpc } from './rpc.js'
 import { type RootType, Security } from './security.js'
-import { KEYS, keyDef, type Measurand, measurandsOf } from './settings.js'
+import { KEYS, keyDef, type Measurand, measurandsOf, securityProfileNeeds } from './settings.js'
 import {
   CONNECTOR_STATUS,
   type ConnectorStatus,
@@ -65,6 +65,8 @@ export interface OutletView {
   last: Reading | null
   /** When the open session started (ms): its Sample.Periodic values run from here. */
   sessionStartedAt?: number
+  /** The open session's energy so far, as the engine bills it (a meter reset or a rejected step does not count). */
+  sessionEnergyWh?: number
   /** The outlet's own limit in force in the engine (A per phase), if any. */
   limitA?: number
   /** What opened the open session, and for whom. */
@@ -117,14 +119,30 @@ export class ChargePoint {
   /** When the charge point last asked for a new certificate of its own accord (ms, host clock). */
   private renewAskedAt: number | undefined
   private profiles!: Profiles
-  /** The one root circuit the site limit (ChargePointMaxProfile) cuts, with its wiring's maxA; undefined: none. */
-  private readonly root: { id: string; maxA: number } | undefined
-  /** Per outlet: its circuit chain's smallest maxA, for outlets the circuit rules switch. */
-  private readonly chainMaxA = new Map<string, number>()
   /** The site limit last given to the engine (null: none; kept on disk); undefined when none ever was. */
   private lastSite: number | null | undefined
   /** Per outlet: its own limit last given to the engine (null: none), first read from the engine's state. */
   private readonly lastOutlet = new Map<string, number | null>()
+  /** A site limit the engine refused, not offered again until the wanted limit changes. */
+  private refusedSite: number | null | undefined
+
+  /**
+   * The one root circuit the site limit (ChargePointMaxProfile) cuts, with its wiring's maxA
+   * (undefined: none), and per switched outlet its chain's smallest maxA: from the config in
+   * force, so that a maxA changed without a restart is the one clamped to.
+   */
+  private get wiring(): ReturnType<typeof circuitWiring> {
+    const config = this.host.config
+    if (this.wiringOf?.config !== config) this.wiringOf = { config, value: circuitWiring(config) }
+    return this.wiringOf.value
+  }
+  private wiringOf: { config: SiteConfig; value: ReturnType<typeof circuitWiring> } | undefined
+  private get root(): { id: string; maxA: number } | undefined {
+    return this.wiring.root
+  }
+  private get chainMaxA(): Map<string, number> {
+    return this.wiring.chainMaxA
+  }
   /** The limits' runs, one at a time (the tick, a profile set or cleared). */
   private limits: Promise<void> = Promise.resolve()
   private limitsQueued = false
@@ -153,7 +171,7 @@ export class ChargePoint {
   /** Refusals so far of each queued message (by n) since the last accepted boot. */
   private readonly attempts = new Map<number, number>()
   /** Sessions the central system refused after their start that run on up to MaxEnergyOnInvalidId: the register (Wh) that stops them. */
-  private readonly invalidCaps = new Map<string, { q: Queued; status: string | undefined; untilWh: number }>()
+  private readonly invalidCaps = new Map<string, { q: Queued; status: string | undefined; maxWh: number }>()
   /** Messages refused every attempt, by n: skipped (with the later messages of their session) until the next accepted boot. */
   private readonly held = new Map<number, HeldMessage>()
   /** One chain for everything that writes the outbox (ingest and samples), so their order is the journal's. */
@@ -179,18 +197,6 @@ export class ChargePoint {
       this.byConnector.set(c, o.id)
     })
     for (const k of KEYS) this.values.set(k.key, k.initial(ocpp, this.byOutlet.size))
-    const circuits = siteCircuits(host.config)
-    const roots = circuits.filter((c) => c.parent === undefined)
-    this.root = roots.length === 1 ? { id: roots[0]!.id, maxA: roots[0]!.maxA } : undefined
-    const byId = new Map(circuits.map((c) => [c.id, c]))
-    for (const o of host.config.outlets) {
-      const first = (host.config.circuits ?? []).length > 0 ? o.circuit : OCPP_SITE_CIRCUIT
-      if (first === undefined || !byId.has(first) || o.relay === undefined) continue
-      let maxA = Number.POSITIVE_INFINITY
-      for (let c = byId.get(first), n = 0; c && n < 64; c = c.parent === undefined ? undefined : byId.get(c.parent), n++)
-        maxA = Math.min(maxA, c.maxA)
-      this.chainMaxA.set(o.id, maxA)
-    }
     this.rpc = new OcppRpc({
       url: ocpp.url,
       identity: ocpp.identity,
@@ -381,9 +387,7 @@ export class ChargePoint {
       const { id: outlet, sessionId } = o
       this.log.warn({ outlet, sessionId, why: a.message }, 'ocpp: offline authorization refused an auto-start; stopping it')
       this.serial(async () => {
-        await this.outbox.saveOverride(sessionId, 'DeAuthorized')
-        const r = await this.host.command({ id: `ocpp-offline-${sessionId}`.slice(0, 128), action: 'stop', outlet, by: 'manager' })
-        if (!r.ok) await this.outbox.saveOverride(sessionId, null)
+        await this.stopWithReason(sessionId, outlet, 'DeAuthorized', `ocpp-offline-${sessionId}`.slice(0, 128))
       })
     }
     for (const s of this.seenSessions) if (!open.has(s)) this.seenSessions.delete(s)
@@ -717,7 +721,7 @@ export class ChargePoint {
       { sessionId: q.sessionId, status, maxEnergyWh: maxWh },
       'ocpp: the central system refused the idTag of a running session; it runs on (StopTransactionOnInvalidId false)',
     )
-    if (maxWh > 0) this.invalidCaps.set(q.sessionId, { q, status, untilWh: (q.payload.meterStart as number) + maxWh })
+    if (maxWh > 0) this.invalidCaps.set(q.sessionId, { q, status, maxWh })
   }
 
   /** Stops each session refused after its start once its meter reached MaxEnergyOnInvalidId since the start. */
@@ -729,7 +733,8 @@ export class ChargePoint {
         this.invalidCaps.delete(sessionId)
         continue
       }
-      if (!o.last || o.last.energyWh < cap.untilWh) continue
+      // The session's energy as billed, not the register: a meter reset or a rejected step neither hides nor fakes the cap.
+      if ((o.sessionEnergyWh ?? 0) < cap.maxWh) continue
       this.invalidCaps.delete(sessionId)
       this.serial(() => this.deauthorize(cap.q, cap.status))
     }
@@ -741,7 +746,23 @@ export class ChargePoint {
     if (!outlet || !this.isOpen(q.sessionId) || this.outbox.overrides.has(q.sessionId)) return
     this.log.warn({ sessionId: q.sessionId, outlet, status }, 'ocpp: the central system refused the idTag; stopping the session')
     await this.outbox.saveOverride(q.sessionId, 'DeAuthorized')
-    void this.host.command({ id: `ocpp-deauth-${q.sessionId}`, action: 'stop', outlet, by: 'manager' })
+    // The stop is not awaited (this runs inside the outbox's own work, which the stop's StopTransaction then joins);
+    // a refused stop takes the reason back, as stopWithReason does.
+    void this.host
+      .command({ id: `ocpp-deauth-${q.sessionId}`, action: 'stop', outlet, by: 'manager' })
+      .then((r) => (r.ok ? undefined : this.outbox.saveOverride(q.sessionId, null)))
+      .catch((err: unknown) => this.log.error({ err: (err as Error).message }, 'ocpp: a DeAuthorized stop failed'))
+  }
+
+  /**
+   * Ends an open session with the stop reason the central system will read: the reason on disk
+   * before the stop (a crash between them still says it), taken back when the engine refused the stop.
+   */
+  private async stopWithReason(sessionId: string, outlet: string, reason: 'DeAuthorized' | 'Remote', id: string): Promise<CommandResult> {
+    await this.outbox.saveOverride(sessionId, reason)
+    const r = await this.host.command({ id, action: 'stop', outlet, by: 'manager' })
+    if (!r.ok) await this.outbox.saveOverride(sessionId, null)
+    return r
   }
 
   // ---------------------------------------------------------------- meter values
@@ -953,10 +974,7 @@ export class ChargePoint {
         }
         const o = sessionId ? this.host.outlets().find((x) => x.sessionId === sessionId) : undefined
         if (!o || !sessionId) return { status: 'Rejected' }
-        // On disk before the stop: a crash between the stop and its StopTransaction still says Remote.
-        await this.outbox.saveOverride(sessionId, 'Remote')
-        const r = await this.host.command({ id, action: 'stop', outlet: o.id, by: 'manager' })
-        if (!r.ok) await this.outbox.saveOverride(sessionId, null)
+        const r = await this.stopWithReason(sessionId, o.id, 'Remote', id)
         return { status: r.ok ? 'Accepted' : 'Rejected' }
       }
       case 'ChangeAvailability': {
@@ -1154,13 +1172,19 @@ export class ChargePoint {
       this.lastSite ??= this.profiles.siteApplied
       const want = this.siteLimitAt(now)
       // No site limit ever given by this process and none now: the root's limit is left to whoever set it.
-      if (want !== (this.lastSite ?? null) || (this.lastSite === undefined && want !== null)) {
+      // A refused limit is not sent again every tick (each try would take a command id of the engine's memory): only once the wanted limit changes.
+      const changed = want !== (this.lastSite ?? null) || (this.lastSite === undefined && want !== null)
+      if (changed && want !== this.refusedSite) {
         const r = await this.host.command({ id: this.limitId(), action: 'set-circuit-limit', circuit: this.root.id, maxA: want })
         if (r.ok) {
           this.lastSite = want
+          this.refusedSite = undefined
           await this.profiles.saveSite(want)
           this.log.info({ circuit: this.root.id, maxA: want }, 'ocpp: site limit in force')
-        } else this.log.error({ circuit: this.root.id, maxA: want, code: r.error.code }, 'ocpp: the site limit was refused')
+        } else {
+          this.refusedSite = want
+          this.log.error({ circuit: this.root.id, maxA: want, code: r.error.code }, 'ocpp: the site limit was refused')
+        }
       }
     }
     for (const o of views) {
@@ -1326,12 +1350,12 @@ export class ChargePoint {
     const now = this.profile()
     if (next < now) return `the security profile is never lowered over OCPP (${now} in force)`
     if (next === now) return undefined
-    if (next >= 2 && !this.ocpp.url.startsWith('wss://')) return `security profile ${next} needs a wss:// url (ocpp.url is ws://)`
-    if (next >= 2 && !this.security.hasCentralSystemRoot)
-      return `security profile ${next} needs a CentralSystemRootCertificate (none installed, no ocpp.caFile)`
-    if (next <= 2 && this.ocpp.password === undefined) return `security profile ${next} needs a Basic auth password (ocpp.password)`
-    if (next === 3 && !this.security.hasClientCertificate) return 'security profile 3 needs a ChargePointCertificate (none installed)'
-    return undefined
+    return securityProfileNeeds(next, {
+      url: this.ocpp.url,
+      password: this.ocpp.password !== undefined,
+      root: this.security.hasCentralSystemRoot,
+      clientCert: this.security.hasClientCertificate,
+    })[0]
   }
 
   /** Keeps a security event (on disk) and sends the waiting ones if the central system is there; a failure to write is logged. */

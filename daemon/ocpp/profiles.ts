@@ -153,7 +153,7 @@ export function refuseProfile(connectorId: number, p: Profile, ctx: ProfileConte
 }
 
 /** A period's limit in A per phase: W at NOMINAL_V on its numberPhases (3 when not given). */
-export function amps(unit: 'A' | 'W', x: Period): number {
+function amps(unit: 'A' | 'W', x: Period): number {
   return unit === 'A' ? x.limit : x.limit / (NOMINAL_V * (x.numberPhases ?? 3))
 }
 
@@ -162,7 +162,7 @@ export function amps(unit: 'A' | 'W', x: Period): number {
  * valid or no longer, before its start, after its duration). `txStart`: when its connector's transaction
  * started (a Relative schedule's start; without one, `relativeFrom`).
  */
-export function limitAt(p: Profile, t: number, txStart: number | undefined, relativeFrom: number): number | undefined {
+function limitAt(p: Profile, t: number, txStart: number | undefined, relativeFrom: number): number | undefined {
   const x = periodAt(p, t, txStart, relativeFrom)
   return x === undefined ? undefined : amps(p.chargingSchedule.chargingRateUnit, x)
 }

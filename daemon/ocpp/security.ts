@@ -49,7 +49,7 @@ import {
 } from './pkix.js'
 
 const OWNER = 'ocpp-sec'
-export const SECURITY_DIR = 'ocpp-security'
+const SECURITY_DIR = 'ocpp-security'
 const CLIENT_FILE = 'charge-point.pem'
 const CSR_KEY_FILE = 'csr-key.pem'
 /** CertificateSignedMaxChainSize: the longest certificateChain accepted, in characters (the whitepaper's ceiling). */
@@ -57,9 +57,9 @@ export const CHAIN_MAX = 10_000
 /** CertificateStoreMaxLength: at most this many root certificates installed through InstallCertificate (both kinds). */
 export const STORE_MAX = 10
 /** A client certificate with less than this left (or a quarter of its lifetime, if shorter) is renewed. */
-export const RENEW_BEFORE_MS = 30 * 86_400_000
+const RENEW_BEFORE_MS = 30 * 86_400_000
 /** At most this many security events wait for the central system; the oldest leaves first. */
-export const EVENTS_MAX = 1000
+const EVENTS_MAX = 1000
 
 export type RootType = 'CentralSystemRootCertificate' | 'ManufacturerRootCertificate'
 const ROOT_DIR: Record<RootType, string> = {

@@ -116,4 +116,21 @@ export function securityProfileOf(o: OcppConfig): number {
   return o.password !== undefined ? 1 : 0
 }
 
+/**
+ * What security profile `p` needs that `have` lacks, one message each: wss:// from profile 2,
+ * a Basic auth password for 1 and 2, a central-system root from 2 and the charge point's
+ * certificate for 3 (the last two only where known: the config check cannot know them).
+ */
+export function securityProfileNeeds(
+  p: number,
+  have: { url: string | undefined; password: boolean; root?: boolean; clientCert?: boolean },
+): string[] {
+  const out: string[] = []
+  if (p >= 2 && have.url !== undefined && !have.url.startsWith('wss://')) out.push(`security profile ${p} needs a wss:// url (TLS)`)
+  if (p >= 2 && have.root === false) out.push(`security profile ${p} needs a CentralSystemRootCertificate (none installed, no ocpp.caFile)`)
+  if ((p === 1 || p === 2) && !have.password) out.push(`security profile ${p} is Basic auth: it needs ocpp.password`)
+  if (p === 3 && have.clientCert === false) out.push('security profile 3 needs a ChargePointCertificate (none installed)')
+  return out
+}
+
 export const keyDef = (key: string): KeyDef | undefined => KEYS.find((k) => k.key === key)

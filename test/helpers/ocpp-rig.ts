@@ -157,6 +157,8 @@ export class OcppRig {
     return o
   }
 
+  private readonly meterStart = new Map<string, number>()
+
   /** A session.started record, as the engine commits it, and the outlet charging. */
   async start(outlet: string, userId: string, meterWh: number): Promise<string> {
     const sessionId = `s-${++this.seq}-${outlet}`
@@ -165,6 +167,8 @@ export class OcppRig {
     o.state = 'charging' satisfies OutletState
     o.sessionId = sessionId
     o.sessionStartedAt = this.now
+    o.sessionEnergyWh = 0
+    this.meterStart.set(sessionId, meterWh)
     this.reading(outlet, meterWh)
     await this.journal.commit({
       records: [{ type: 'session.started', ts, sessionId, outlet, userId, planId: 'standard', trigger: 'activation', meterWh }],
@@ -177,6 +181,8 @@ export class OcppRig {
   async step(outlet: string, energyWh: number, extra: Partial<Reading> = {}): Promise<void> {
     const o = this.view(outlet)
     const r = this.reading(outlet, energyWh, extra)
+    // The session's energy as the engine bills it (the rig's meter never lies).
+    if (o.sessionId) o.sessionEnergyWh = energyWh - (this.meterStart.get(o.sessionId) ?? energyWh)
     await this.journal.commit({ records: [], readings: o.sessionId ? [{ outlet, sessionId: o.sessionId, reading: r }] : [] })
   }
 
@@ -191,6 +197,7 @@ export class OcppRig {
     o.state = 'off'
     delete o.sessionId
     delete o.sessionStartedAt
+    delete o.sessionEnergyWh
   }
 
   /** Waits until the charge point's boot is accepted. */
