@@ -89,9 +89,11 @@ export async function storeBatch(client: pg.ClientBase, deliveries: readonly Del
   try {
     await client.query('INSERT INTO sites (site_id) SELECT * FROM unnest($1::text[]) ON CONFLICT DO NOTHING', [ids])
     const rows = (
-      await client.query<SiteRow & { site_id: string; lost: boolean }>(
+      await client.query<SiteRow & { site_id: string; lost: boolean; salvaged: boolean }>(
+        // A salvage whose last-read record is not yet behind the prefix: the walk must check that record against it (storeSiteInTx's advancePrefix does).
         `SELECT site_id, acked, acked_hash, head, chain_break,
-           EXISTS (SELECT 1 FROM lost_ranges l WHERE l.site_id = s.site_id AND l.from_seq <= l.to_seq) AS lost
+           EXISTS (SELECT 1 FROM lost_ranges l WHERE l.site_id = s.site_id AND l.from_seq <= l.to_seq) AS lost,
+           EXISTS (SELECT 1 FROM salvages v WHERE v.site_id = s.site_id AND v.last_seq > s.acked) AS salvaged
          FROM sites s WHERE site_id = ANY($1::text[]) ORDER BY site_id FOR UPDATE`,
         [ids],
       )
@@ -99,7 +101,7 @@ export async function storeBatch(client: pg.ClientBase, deliveries: readonly Del
     const fast: { p: Prep; site: SiteRow }[] = []
     for (const row of rows) {
       const p = preps.get(row.site_id)!
-      if (p.special || row.chain_break || row.lost) results.set(p.siteId, await storeSiteInTx(client, p.siteId, p.incoming))
+      if (p.special || row.chain_break || row.lost || row.salvaged) results.set(p.siteId, await storeSiteInTx(client, p.siteId, p.incoming))
       else fast.push({ p, site: row })
     }
 

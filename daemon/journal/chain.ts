@@ -97,10 +97,14 @@ function stringifiesCanonically(v: unknown): boolean {
       return Number.isFinite(v)
     case 'object': {
       if (v === null) return true
+      // Only plain arrays and objects: a boxed primitive, a class instance or anything with toJSON takes canon's path.
+      const proto = Object.getPrototypeOf(v)
       if (Array.isArray(v)) {
+        if (proto !== Array.prototype || Object.hasOwn(v, 'toJSON')) return false
         for (let i = 0; i < v.length; i++) if (!stringifiesCanonically(v[i])) return false
         return true
       }
+      if (proto !== Object.prototype && proto !== null) return false
       if (typeof (v as { toJSON?: unknown }).toJSON === 'function') return false
       let prev: string | undefined
       for (const k of Object.keys(v)) {
