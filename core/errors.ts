@@ -29,3 +29,10 @@ export type OutpostErrorGuard<C extends string> = <K extends C = C>(e: unknown, 
 export function isOutpostError<C extends string>(e: unknown, ...codes: C[]): e is OutpostError<C> {
   return e instanceof OutpostError && (codes.length === 0 || (codes as string[]).includes(e.code))
 }
+
+/** An error as one line: its code (when it has one, an OutpostError's or a system error's) and its message. */
+export function describeError(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown } | null
+  const message = typeof e?.message === 'string' ? e.message : String(err)
+  return typeof e?.code === 'string' && e.code !== '' ? `${e.code}: ${message}` : message
+}

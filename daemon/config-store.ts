@@ -18,6 +18,7 @@ import { mkdir, readdir, readFile, realpath, stat, unlink } from 'node:fs/promis
 import { join, resolve } from 'node:path'
 import { OutpostError } from './errors.js'
 import { writeAtomic } from './journal/fsync.js'
+import { describeError } from '../core/errors.js'
 
 /** How many versions `<file>.versions/` keeps (the newest; the one in force always). */
 export const KEEP_VERSIONS = 10
@@ -160,9 +161,5 @@ export class ConfigStore {
 }
 
 function writeFailed(where: string, err: unknown): OutpostError {
-  const e = err as { code?: string; message?: string }
-  return new OutpostError(
-    'CONFIG_WRITE_FAILED',
-    `cannot write ${where}: ${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}; the config in force is unchanged`,
-  )
+  return new OutpostError('CONFIG_WRITE_FAILED', `cannot write ${where}: ${describeError(err)}; the config in force is unchanged`)
 }

@@ -12,6 +12,7 @@ import type { BusConfig, SiteConfig } from '../core/types.js'
 import { scanBus, type ScanHit } from '../drivers/scan.js'
 import type { SiteIO } from '../drivers/index.js'
 import { validateConfig } from './config.js'
+import { describeError } from '../core/errors.js'
 
 /** A bus as a config would have it (defaults filled in), or its problems at pointers under /bus. */
 export function checkBus(raw: unknown): { ok: true; bus: BusConfig } | { ok: false; problems: { pointer: string; message: string }[] } {
@@ -96,9 +97,9 @@ export class ScanJobs {
         job.running = false
         job.cancelled = signal.aborted
       },
-      (err: Error & { code?: string }) => {
+      (err: unknown) => {
         job.running = false
-        job.error = `${err.code ? `${err.code}: ` : ''}${err.message}`
+        job.error = describeError(err)
       },
     )
   }

@@ -16,6 +16,7 @@ import { ModelRegistry } from './models.js'
 import { ShellyDevice, ShellyOutlet } from './shelly.js'
 import { TasmotaDevice, TasmotaOutlet } from './tasmota.js'
 import type { NetDevice, NetOutlet } from './netdev.js'
+import { describeError } from '../core/errors.js'
 
 export interface NetChannelFind {
   channel: number
@@ -37,11 +38,6 @@ export interface NetDeviceFind {
   model: string | null
   name: string | null
   channels: NetChannelFind[]
-}
-
-const why = (err: unknown): string => {
-  const e = err as { code?: string; message: string }
-  return `${e.code ? `${e.code}: ` : ''}${e.message}`
 }
 
 /** What the device at `config` offers, each channel read once; rejects when the device does not answer (or refuses the password). */
@@ -74,7 +70,7 @@ export async function findNetDevice(
         const r = await outlet.read()
         result.reading = { voltageV: r.voltageV, currentA: r.currentA, powerW: r.powerW, energyWh: r.energyWh }
       } catch (err) {
-        result.readError = why(err)
+        result.readError = describeError(err)
       }
       if (relay) result.relayClosed = await outlet.readRelay().catch(() => undefined)
       out.channels.push(result)

@@ -22,6 +22,7 @@ import {
   type DeviceModel,
   type IdentityRegister,
 } from './models.js'
+import { describeError } from '../core/errors.js'
 
 /** Every scan read is a probe: what it finds or misses stays out of the units' health on a bus the site uses. */
 const PROBE = { probe: true } as const
@@ -64,11 +65,12 @@ function matches(model: DeviceModel, q: Record<string, number>): boolean {
 
 /**
  * Timeout, garbage and CRC mean "nothing at this unit" rather than "something that said no".
- * An echo setting that does not match the adapter is rethrown: every unit would seem to
- * answer, and the scan stops with the diagnosis instead.
+ * An echo setting that does not match the adapter, or a bus that closed, is rethrown: every
+ * unit would seem to answer, and the scan stops with the diagnosis instead.
  */
 function absent(err: unknown): boolean {
-  if (isOutpostError(err, 'BUS_ECHO_UNEXPECTED', 'BUS_ECHO_MISSING')) throw err
+  // A bus that closed under the scan answers nothing for anyone: stop with that, never call every unit left a device.
+  if (isOutpostError(err, 'BUS_ECHO_UNEXPECTED', 'BUS_ECHO_MISSING', 'BUS_CLOSED')) throw err
   if (isOutpostError(err, 'MODBUS_TIMEOUT', 'MODBUS_GARBAGE', 'MODBUS_CRC')) return true
   // A TCP gateway answers 10/11 for a unit behind it that does not answer.
   const cause = (err as { cause?: { exceptionCode?: number } }).cause
@@ -95,22 +97,33 @@ export async function scanBus(
     .all()
     .filter((m) => m.kinds.includes('meter') && m.transport === 'modbus' && ((m.identify?.length ?? 0) > 0 || m.identity?.model))
     .sort((a, b) => a.name.localeCompare(b.name))
-  const own = opts.bus === undefined
-  const bus = opts.bus ?? new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
-  if (own) bus.start()
   const hits: ScanHit[] = []
-  try {
-    await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
+  await onProbeBus(config, opts, async (bus) => {
     for (const unit of units) {
       if (opts.signal?.aborted) break
       const hit = await probe(bus, unit, meters)
       if (hit) hits.push(hit)
       opts.onUnit?.(unit, hit)
     }
+  })
+  return hits
+}
+
+/**
+ * Runs `fn` on the site's own bus (`opts.bus`, already open: between its polls, left open) or,
+ * for a port the site does not use, on a bus of its own that never backs a unit off (every
+ * unit id asked is a probe), open first and closed after.
+ */
+async function onProbeBus(config: BusConfig, opts: { now: () => number; bus?: Bus }, fn: (bus: Bus) => Promise<void>): Promise<void> {
+  const own = opts.bus === undefined
+  const bus = opts.bus ?? new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
+  if (own) bus.start()
+  try {
+    await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
+    await fn(bus)
   } finally {
     if (own) await bus.close()
   }
-  return hits
 }
 
 /** An identity register's text, or undefined when the device does not answer it. */
@@ -366,16 +379,8 @@ export async function testDevice(
   const registry = new ModelRegistry(opts.modelsDir)
   const meter = registry.get(device.meter.model, 'meter')
   const relay = device.relay ? registry.get(device.relay.model, 'relay') : undefined
-  const own = opts.bus === undefined
-  const bus = opts.bus ?? new Bus(config, { now: opts.now, scheduler: { backoffAfter: 1_000_000, reopenMinMs: 200, reopenMaxMs: 1000 } })
-  if (own) bus.start()
   const out: DeviceTest = {}
-  const why = (err: unknown): string => {
-    const e = err as { code?: string; message: string }
-    return `${e.code ? `${e.code}: ` : ''}${e.message}`
-  }
-  try {
-    await bus.scheduler.waitOpen(Math.max(5000, config.timeoutMs * 10))
+  await onProbeBus(config, opts, async (bus) => {
     try {
       const blocks = meterBlocks(meter)
       const q = decodeMeter(meter, blocks, await bus.readBlocks(device.meter.unit, blocks, PROBE))
@@ -384,7 +389,7 @@ export async function testDevice(
       out.meter = q
       if (serial) out.serial = serial
     } catch (err) {
-      out.meterError = why(err)
+      out.meterError = describeError(err)
     }
     if (relay && device.relay) {
       try {
@@ -399,11 +404,9 @@ export async function testDevice(
           out.relay = { closed: v === r.closedValue }
         }
       } catch (err) {
-        out.relayError = why(err)
+        out.relayError = describeError(err)
       }
     }
-  } finally {
-    if (own) await bus.close()
-  }
+  })
   return out
 }

@@ -163,7 +163,7 @@ export class BusScheduler<Req, Res> {
    * opening a relay is the safe direction and must never wait for a back-off.
    */
   submit<T>(device: number, priority: Priority, run: (tx: Tx<Req, Res>) => Promise<T>, opts: { delayMs?: number; probe?: boolean } = {}): Promise<T> {
-    const refusal = this.refusal(device, priority)
+    const refusal = this.refusal(device, priority, opts.probe === true)
     if (refusal) {
       this.stats.refused++
       return Promise.reject(refusal)
@@ -220,14 +220,15 @@ export class BusScheduler<Req, Res> {
 
   // ------------------------------------------------------------------ internals
 
-  private refusal(device: number, priority: Priority): OutpostError | undefined {
+  /** Why a job cannot run now. A probe is not held back by its unit's back-off: it asks whether something is there, and its answer never touches the unit's health. */
+  private refusal(device: number, priority: Priority, probe = false): OutpostError | undefined {
     if (this.closed) return new OutpostError('BUS_CLOSED', `bus ${this.o.id} is closed`)
     if (this.state !== 'open')
       return new OutpostError(
         'BUS_CLOSED',
         `bus ${this.o.id} (${this.link.stream.describe}) is not open${this.lastError ? ': ' + this.lastError.message : ''}`,
       )
-    if (priority === 'poll') {
+    if (priority === 'poll' && !probe) {
       const d = this.devices.get(device)
       if (d?.backedOffUntil !== undefined && d.backedOffUntil > this.o.now()) {
         return new OutpostError(
@@ -318,7 +319,7 @@ export class BusScheduler<Req, Res> {
   }
 
   private async runJob(job: Job): Promise<void> {
-    const refusal = this.refusal(job.device, job.priority)
+    const refusal = this.refusal(job.device, job.priority, job.probe)
     if (refusal) {
       this.stats.refused++
       job.reject(refusal)

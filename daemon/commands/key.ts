@@ -11,6 +11,7 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadConfig } from './journal-support.js'
 import { configFile, parseCommandLine, processIo, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN, type Io } from '../cli-common.js'
+import { describeError } from '../../core/errors.js'
 
 const USAGE = 'Usage: outpost key --config FILE [--rotate]\n'
 
@@ -55,8 +56,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     io.out(key.publicKeyPem)
     return EXIT_OK
   } catch (err) {
-    const e = err as { code?: string; message: string }
-    io.err(`outpost key: ${e.code ? `${e.code}: ` : ''}${e.message}\n`)
+    io.err(`outpost key: ${describeError(err)}\n`)
     return EXIT_BROKEN
   }
 }

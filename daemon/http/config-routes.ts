@@ -13,12 +13,10 @@
  * by hand without being told its version, or apply a change that needs a restart (it is
  * refused, naming it, never saved to be silently ignored).
  */
-import { readFileSync } from 'node:fs'
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { packagePath } from '../../core/paths.js'
 import type { Daemon } from '../daemon.js'
 import type { ConfigStore } from '../config-store.js'
-import { checkConfigText, effectiveConfig, type ConfigProblem } from '../config.js'
+import { checkConfigText, effectiveConfig, siteSchema, type ConfigProblem } from '../config.js'
 import { REDACTED, describeChanges, mayChange, redact, unredact, type PointerRule } from '../config-changes.js'
 import { pendingConfig } from '../engine/index.js'
 import { isOutpostError } from '../errors.js'
@@ -52,7 +50,7 @@ export class ConfigRoutes {
     if (sub === 'schema') {
       // The site config's JSON Schema: the page builds its forms from it (and so never disagrees with check-config).
       allow(method, ['GET', 'HEAD'])
-      return sendJson(res, 200, siteSchema())
+      return sendJson(res, 200, siteSchema)
     }
     if (sub === 'versions') {
       allow(method, ['GET', 'HEAD'])
@@ -210,12 +208,6 @@ export function invalidConfig(problems: ConfigProblem[]): HttpError {
 }
 
 const etag = (version: string): string => `"${version}"`
-
-let schema: unknown
-function siteSchema(): unknown {
-  schema ??= JSON.parse(readFileSync(packagePath('config', 'site.schema.json'), 'utf8'))
-  return schema
-}
 
 function ifMatchOf(req: IncomingMessage): string {
   const h = req.headers['if-match']

@@ -18,6 +18,7 @@ import { listSerialPorts, parseUnits, testDevice } from '../../drivers/scan.js'
 import { checkBus, portOf, ScanJobs } from '../scan-bus.js'
 import type { Principal } from './auth.js'
 import { HttpError, allow, jsonBody, sendJson } from './util.js'
+import { describeError } from '../../core/errors.js'
 
 /** What the page offers for a serial line: the common rates first, with what ships at each. */
 export const LINE_HINTS = {
@@ -185,7 +186,7 @@ export class ScanRoutes {
       throw new HttpError(
         502,
         'device-unreachable',
-        `${bus.type} at ${bus.host}:${bus.port}: ${e.code ? `${e.code}: ` : ''}${e.message}`,
+        `${bus.type} at ${bus.host}:${bus.port}: ${describeError(err)}`,
         {},
         {
           pointer: e.code === 'NET_AUTH' ? '/password' : '/host',
