@@ -24,6 +24,7 @@ import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { main, type Command } from '../daemon/cli.js'
+import { constants } from 'node:os'
 
 /** The cloud side's command words. */
 const CLOUD: Record<string, Command> = {
@@ -75,7 +76,8 @@ function cloudWithoutGatewayFlags(): boolean {
   })
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => child.kill(sig))
   child.once('exit', (code, signal) => {
-    process.exitCode = code ?? 128 + (signal === 'SIGINT' ? 2 : signal === 'SIGHUP' ? 1 : 15)
+    // A signal's death as a shell reports it: 128 + its number (a SIGKILL from the OOM killer is 137, not a SIGTERM's 143).
+    process.exitCode = code ?? 128 + (signal ? (constants.signals[signal] ?? 15) : 15)
   })
   return true
 }

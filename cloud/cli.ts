@@ -18,7 +18,7 @@ import { EXIT_CANNOT_START, EXIT_OK, EXIT_USAGE, parseCommandLine, processIo, Us
 import pg from 'pg'
 import { parseListen } from './metrics.js'
 import { keepSide, ResolveRefused, siteReport } from './resolve.js'
-import { migrate } from './schema.js'
+import { MIGRATIONS, schemaVersion } from './schema.js'
 import { IngestWorker, safeDbUrl } from './worker.js'
 
 const USAGE = `Usage: outpost ingest --url URL --db POSTGRES_URL [options]
@@ -41,7 +41,7 @@ const RESOLVE_USAGE = `Usage: outpost ingest resolve --db POSTGRES_URL --site ID
   --seq N --keep HASH   of the two records held at seq N, keep the one with this hash; the other moves to record_history
   --by WHO --why TEXT   who decides and why (the resolutions row)
 Exit status: 0 done, 64 usage, 65 refused (no such site, no fork at that seq, a hash that is neither side,
-a side that would break the verified prefix: nothing changed), 70 database unreachable
+a side that would break the verified prefix: nothing changed), 70 database unreachable or its schema not at this build's version (a worker migrates it; resolve never does)
 `
 
 /** A resolve refused for what it asked: nothing changed (sysexits EX_DATAERR). */
@@ -75,7 +75,12 @@ async function resolveMain(argv: string[], io: Io): Promise<number> {
   const client = new pg.Client({ connectionString: values.db })
   try {
     await client.connect()
-    await migrate(client)
+    // A report or a resolution never migrates: a migration may rewrite every record, the workers' to run (docs/ingest.md).
+    const version = await schemaVersion(client)
+    if (version !== MIGRATIONS.length)
+      throw new Error(
+        `the schema is version ${version}, this build's is ${MIGRATIONS.length}: start one worker of this build first and let it migrate`,
+      )
   } catch (err) {
     await client.end().catch(() => undefined)
     io.err(`outpost ingest resolve: INGEST_DB: database ${safeDbUrl(values.db)}: ${(err as Error).message}\n`)

@@ -254,6 +254,14 @@ export const MIGRATIONS: readonly string[] = [
 ]
 
 /** Applies every migration not yet applied (up to `target`: a test builds an older schema); returns the schema version now in force. */
+/** The version the database's schema is at (0: never migrated). */
+export async function schemaVersion(client: pg.ClientBase): Promise<number> {
+  const t = await client.query<{ t: string | null }>("SELECT to_regclass('outpost_migrations')::text AS t")
+  if (t.rows[0]?.t == null) return 0
+  const { rows } = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM outpost_migrations')
+  return Number(rows[0]?.v ?? 0)
+}
+
 export async function migrate(client: pg.ClientBase, target = MIGRATIONS.length): Promise<number> {
   await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK])
   try {

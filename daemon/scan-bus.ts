@@ -8,6 +8,7 @@
  * scanned through the site's own bus, between its polls), or write to a device (drivers/scan.ts
  * only reads).
  */
+import { realpathSync } from 'node:fs'
 import type { BusConfig, SiteConfig } from '../core/types.js'
 import { scanBus, type ScanHit } from '../drivers/scan.js'
 import type { SiteIO } from '../drivers/index.js'
@@ -48,7 +49,14 @@ export interface ScanState {
 /** Where two bus configs would open one port, or a unit id would answer for two devices. */
 export function portOf(b: BusConfig): string | null {
   if (b.type === 'modbus-tcp') return `tcp://${b.host}:${b.port}`
-  if (b.type === 'modbus-rtu' || b.type === 'serial') return b.path
+  // The device itself: /dev/serial/by-id/… (what the page lists) and /dev/ttyUSB0 (what a config may name) are one port.
+  if (b.type === 'modbus-rtu' || b.type === 'serial') {
+    try {
+      return realpathSync(b.path)
+    } catch {
+      return b.path
+    }
+  }
   return null
 }
 
