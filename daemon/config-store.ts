@@ -18,7 +18,7 @@ import { mkdir, readdir, readFile, realpath, stat, unlink } from 'node:fs/promis
 import { join, resolve } from 'node:path'
 import { OutpostError } from './errors.js'
 import { writeAtomic } from './journal/fsync.js'
-import { describeError } from '../core/errors.js'
+import { describeError } from './errors.js'
 
 /** How many versions `<file>.versions/` keeps (the newest; the one in force always). */
 export const KEEP_VERSIONS = 10

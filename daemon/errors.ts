@@ -15,6 +15,7 @@ import {
   type OutpostErrorClass,
   type OutpostErrorGuard,
 } from '../core/errors.js'
+export { describeError } from '../core/errors.js'
 import { DRIVER_ERRORS } from '../drivers/errors.js'
 // The engine's codes straight from their module, not the engine's face: this catalog is shared
 // with the cloud side (test/layers.test.ts), which must never load the engine itself.

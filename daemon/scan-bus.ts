@@ -13,7 +13,7 @@ import type { BusConfig, SiteConfig } from '../core/types.js'
 import { scanBus, type ScanHit } from '../drivers/scan.js'
 import type { SiteIO } from '../drivers/index.js'
 import { validateConfig } from './config.js'
-import { describeError } from '../core/errors.js'
+import { describeError } from './errors.js'
 
 /** A bus as a config would have it (defaults filled in), or its problems at pointers under /bus. */
 export function checkBus(raw: unknown): { ok: true; bus: BusConfig } | { ok: false; problems: { pointer: string; message: string }[] } {

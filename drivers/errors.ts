@@ -12,6 +12,7 @@ import {
   type OutpostErrorClass,
   type OutpostErrorGuard,
 } from '../core/errors.js'
+export { describeError } from '../core/errors.js'
 
 export const DRIVER_ERRORS = {
   MODBUS_TIMEOUT: 'no byte came back within the timeout (retried; counts toward back-off)',

@@ -16,7 +16,7 @@ import { ModelRegistry } from './models.js'
 import { ShellyDevice, ShellyOutlet } from './shelly.js'
 import { TasmotaDevice, TasmotaOutlet } from './tasmota.js'
 import type { NetDevice, NetOutlet } from './netdev.js'
-import { describeError } from '../core/errors.js'
+import { describeError } from './errors.js'
 
 export interface NetChannelFind {
   channel: number

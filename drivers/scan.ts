@@ -22,7 +22,7 @@ import {
   type DeviceModel,
   type IdentityRegister,
 } from './models.js'
-import { describeError } from '../core/errors.js'
+import { describeError } from './errors.js'
 
 /** Every scan read is a probe: what it finds or misses stays out of the units' health on a bus the site uses. */
 const PROBE = { probe: true } as const

@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { loadConfig } from './journal-support.js'
 import { configFile, parseCommandLine, processIo, UsageError, EXIT_OK, EXIT_USAGE, EXIT_NOINPUT, EXIT_BROKEN, type Io } from '../cli-common.js'
-import { describeError } from '../../core/errors.js'
+import { describeError } from '../errors.js'
 
 const USAGE = 'Usage: outpost key --config FILE [--rotate]\n'
 

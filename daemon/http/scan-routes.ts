@@ -18,7 +18,7 @@ import { listSerialPorts, parseUnits, testDevice } from '../../drivers/scan.js'
 import { checkBus, portOf, ScanJobs } from '../scan-bus.js'
 import type { Principal } from './auth.js'
 import { HttpError, allow, jsonBody, sendJson } from './util.js'
-import { describeError } from '../../core/errors.js'
+import { describeError } from '../errors.js'
 
 /** What the page offers for a serial line: the common rates first, with what ships at each. */
 export const LINE_HINTS = {
